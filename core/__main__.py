@@ -1,0 +1,5 @@
+"""``python -m chatcore``: the same as the ``chatcore`` command."""
+
+from chatcore.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""The ``chatcore`` command: ``serve``, ``client`` and ``plugins``."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+import pluggy
+
+from chatcore import UsageError, __version__
+from chatcore.hooks import PluginError
+from chatcore.manager import PluginLoadError, describe_plugins
+
+log = logging.getLogger("chatcore")
+
+# Each client has a reader thread; Python's default 8 MiB stack reservation
+# is far more than a reader needs, and 10,000 of them would reserve 80 GiB of
+# address space. The resident cost is what the thread touches either way.
+THREAD_STACK_SIZE = 256 * 1024
+
+
+def _error(message: str, status: int) -> int:
+    print(f"chatcore: error: {message}", file=sys.stderr)
+    return status
+
+
+def _raise_open_file_limit(max_clients: int) -> None:
+    """Raise the soft open-file limit to the hard limit; warn if still low."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, max_clients + 64)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < max_clients + 64:
+        log.warning(
+            "open-file limit is %d, too low for --max-clients %d; raise it (ulimit -n) or lower --max-clients",
+            soft,
+            max_clients,
+        )
+
+
+def serve(args: Sequence[str]) -> int:
+    """``chatcore serve``: run the server until SIGINT or SIGTERM."""
+    from chatcore.config import parse_config
+    from chatcore.server import ChatServer
+
+    logging.basicConfig(format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        config = parse_config(args)
+    except UsageError as exc:
+        return _error(str(exc), 2)
+    except (PluginLoadError, PluginError, pluggy.PluginValidationError) as exc:
+        return _error(str(exc), 1)
+    options = config.options
+    logging.getLogger("chatcore").setLevel(options.log_level)
+    _raise_open_file_limit(options.max_clients)
+    threading.stack_size(THREAD_STACK_SIZE)
+
+    try:
+        server = ChatServer(config)
+    except OSError as exc:
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (another server is running there? pick another --port, or --port 0 for a free one)"
+        return _error(f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}{hint}", 1)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        server.start()
+    except PluginError as exc:
+        server.server_close()
+        return _error(str(exc), 1)
+    names = [name for name, _ in config.pluginmanager.list_name_plugin()]
+    print(f"chatcore {__version__} listening on {server.address_text} (plugins: {', '.join(names)})", flush=True)
+    stop.wait()
+    # A second Ctrl-C while shutting down interrupts at once.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    server.stop()
+    log.info("server stopped")
+    return 0
+
+
+def plugins(args: Sequence[str]) -> int:
+    """``chatcore plugins``: list the installed plugins."""
+    parser = argparse.ArgumentParser(
+        prog="chatcore plugins",
+        description="List the installed chatcore plugins: name, version, description and the hooks each implements.",
+    )
+    parser.parse_args(args)
+    for info in describe_plugins():
+        tag = " (built in, always on)" if info.builtin else ""
+        if info.error:
+            print(f"{info.name} {info.version}{tag}: failed to load: {info.error}")
+            continue
+        print(f"{info.name} {info.version}{tag}: {info.description}")
+        print(f"    hooks: {', '.join(info.hooks) or 'none'}")
+    return 0
+
+
+def client(args: Sequence[str]) -> int:
+    """``chatcore client``: the interactive terminal client."""
+    from chatcore.terminal import main as client_main
+
+    return client_main(args)
+
+
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "serve": (serve, "run a chat server"),
+    "client": (client, "chat from this terminal"),
+    "plugins": (plugins, "list the installed plugins and the hooks they implement"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        command, _ = COMMANDS[args[0]]
+        return command(args[1:])
+    parser = argparse.ArgumentParser(
+        prog="chatcore",
+        description="A plugin-extensible, multithreaded chat server.",
+        epilog="Run 'chatcore COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"chatcore {__version__} (pluggy {pluggy.__version__})")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text)
+    parser.parse_args(args)
+    parser.print_help(sys.stderr)
+    return 2

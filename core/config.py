@@ -1,0 +1,158 @@
+"""Configuration of ``chatcore serve``, parsed in two phases.
+
+As pytest does with ``-p``: ``--plugins`` is read first, those plugins are
+registered, each adds its own options (``chatcore_addoption``), and only then
+is the whole command line parsed, so ``--help`` and error messages know every
+option of the selected plugins.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from chatcore import __version__
+from chatcore.connection import DEFAULT_MAX_QUEUE
+from chatcore.manager import DEFAULT_PLUGINS, PluginManager, load_plugins, parse_plugin_list
+from chatcore.protocol import DEFAULT_MAX_LINE
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 12000
+# The original chatroom's listen(10) refused 239 of 500 simultaneous
+# connects. The kernel caps this at net.core.somaxconn (4096 on Linux >= 5.4).
+DEFAULT_BACKLOG = 1024
+DEFAULT_MAX_CLIENTS = 1000
+
+
+class Config:
+    """The parsed configuration a server runs with.
+
+    :ivar options: every option as an :class:`argparse.Namespace`, including
+        the ones plugins added (``config.options.welcome_text``).
+    :ivar pluginmanager: the plugin manager, with the selected plugins.
+    :ivar plugins: the plugin names selected with ``--plugins``.
+    :ivar data: plugins' per-server state, keyed by plugin name. Plugin
+        modules are shared by every server in a process, so state belongs
+        here, not in module globals.
+    """
+
+    def __init__(self, options: argparse.Namespace, pluginmanager: PluginManager, plugins: Sequence[str]) -> None:
+        self.options = options
+        self.pluginmanager = pluginmanager
+        self.plugins = list(plugins)
+        self.data: dict[str, Any] = {}
+
+    def getoption(self, name: str, default: Any = None) -> Any:
+        """An option's value by its ``dest`` name, or ``default``."""
+        return getattr(self.options, name, default)
+
+
+def _int_in(low: int, high: int | None = None) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range (must be {bounds})")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
+    """The ``chatcore serve`` parser, with the options of ``pm``'s plugins."""
+    parser = argparse.ArgumentParser(
+        prog="chatcore serve",
+        description="Run a chat server. Connect with 'chatcore client' or 'nc HOST PORT'.",
+        epilog=(
+            "Plugins add their own options; they are listed above for the plugins "
+            "selected with --plugins (try: chatcore serve --plugins welcome,logger --help). "
+            "'chatcore plugins' lists the installed plugins."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"chatcore {__version__}")
+    parser.add_argument(
+        "--plugins",
+        metavar="NAMES",
+        help=(
+            "comma-separated plugins to load, by entry-point name or dotted module "
+            f"name (default: {','.join(DEFAULT_PLUGINS)}; '' for none)"
+        ),
+    )
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s; use :: for IPv6)")
+    net.add_argument(
+        "--port",
+        type=_int_in(0, 65535),
+        default=DEFAULT_PORT,
+        help="TCP port (default: %(default)s; 0 picks a free port, and the bound address is printed)",
+    )
+    net.add_argument(
+        "--backlog",
+        type=_int_in(1),
+        default=DEFAULT_BACKLOG,
+        help="listen backlog: connections the kernel holds until accepted (default: %(default)s)",
+    )
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-line",
+        type=_int_in(16),
+        default=DEFAULT_MAX_LINE,
+        metavar="BYTES",
+        help="longest line a client may send, in bytes (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-queue",
+        type=_int_in(1),
+        default=DEFAULT_MAX_QUEUE,
+        metavar="LINES",
+        help=(
+            "lines queued for a client that is not reading before it is "
+            "disconnected as a slow consumer (default: %(default)s)"
+        ),
+    )
+    limits.add_argument(
+        "--max-clients",
+        type=_int_in(1),
+        default=DEFAULT_MAX_CLIENTS,
+        metavar="N",
+        help="clients connected at once; more are refused (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="console log level (default: %(default)s)",
+    )
+    if pm is not None:
+        pm.hooks.addoption(parser)
+    return parser
+
+
+def parse_config(args: Sequence[str], extra_plugins: Sequence[object] = ()) -> Config:
+    """Parse a ``chatcore serve`` command line into a :class:`Config`.
+
+    :param args: the arguments after ``serve``.
+    :param extra_plugins: plugin objects to register before those named by
+        ``--plugins`` (used by tests and by programs embedding chatcore).
+    :raises UsageError: an unknown plugin, or a plugin rejected an option.
+    :raises SystemExit: argparse's usage error (status 2) or ``--help``.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins")
+    known, _ = pre.parse_known_args(args)
+    names = list(DEFAULT_PLUGINS) if known.plugins is None else parse_plugin_list(known.plugins)
+
+    pm = PluginManager()
+    for plugin in extra_plugins:
+        pm.register(plugin)
+    load_plugins(pm, names)
+    options = build_parser(pm).parse_args(args)
+    config = Config(options, pm, names)
+    pm.hooks.configure(config)
+    return config

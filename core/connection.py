@@ -1,0 +1,142 @@
+"""A connected client, as the server and the plugins see it."""
+
+from __future__ import annotations
+
+import collections
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+from chatcore.protocol import ERROR, NOTICE
+
+if TYPE_CHECKING:
+    from chatcore.server import ChatServer
+
+DEFAULT_MAX_QUEUE = 8192
+
+
+class Client:
+    """One connected client.
+
+    Plugins read :attr:`nick`, :attr:`room`, :attr:`address` and :attr:`id`,
+    keep their own per-client state in :attr:`data`, and talk to the client
+    with :meth:`notice`, :meth:`error`, :meth:`send_line` and
+    :meth:`disconnect`. Nick and room change only through the registry.
+
+    Output is queued, never written by the calling thread: lines go to a
+    bounded queue that the server's writer drains (see
+    :mod:`chatcore.writer`). A client whose queue is full is disconnected as a
+    slow consumer; it never holds up the thread that was sending to it.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: tuple[str, int],
+        server: ChatServer,
+        *,
+        client_id: int = 0,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ) -> None:
+        self.sock = sock
+        #: The server this client is connected to (its ``registry``,
+        #: ``hooks`` and ``deliver()`` are what commands need).
+        self.server = server
+        #: The peer's ``(host, port)``.
+        self.address = address
+        #: A number unique for this server's lifetime.
+        self.id = client_id
+        #: The nickname; set by the registry.
+        self.nick = ""
+        #: The current room; set by the registry.
+        self.room = ""
+        #: Free-form per-client state for plugins, keyed by plugin name.
+        self.data: dict[str, Any] = {}
+        #: Why the client is being disconnected (``None`` while connected).
+        self.close_reason: str | None = None
+
+        # Output state, shared with the writer thread (see chatcore.writer).
+        self._writer = server.writer
+        self._max_queue = max_queue
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._scheduled = False  # in the writer's ready queue, or blocked
+        self._unsent: bytes | memoryview = b""
+        self._blocked = False  # waiting for the socket to become writable
+        self._finishing = False
+        self._finish_deadline = 0.0
+        self._done = False
+        self._writer_done = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id} {self.nick!r} in {self.room!r} from {self.address[0]}:{self.address[1]}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once the client is being disconnected."""
+        return self.close_reason is not None
+
+    @property
+    def queued(self) -> int:
+        """Lines waiting to be written to this client."""
+        return len(self._queue)
+
+    # -- output -------------------------------------------------------------
+
+    def send_data(self, data: bytes) -> None:
+        """Queue encoded protocol lines (each ending in ``\\n``).
+
+        The hot path of every broadcast: no lock and at most one wake-up of
+        the writer, when this client's queue goes from idle to busy.
+        """
+        if self.close_reason is not None:
+            return
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            self.disconnect("slow consumer", tell=False)
+            return
+        queue.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._writer.schedule(self)
+
+    def send_line(self, line: str) -> None:
+        """Queue one protocol line (without its newline) for this client."""
+        self.send_data(line.encode("utf-8") + b"\n")
+
+    def notice(self, text: str) -> None:
+        """Send a server notice to this client: ``* <text>``."""
+        self.send_line(NOTICE + text)
+
+    def error(self, text: str) -> None:
+        """Send an error to this client only: ``! <text>``."""
+        self.send_line(ERROR + text)
+
+    # -- disconnecting ------------------------------------------------------
+
+    def disconnect(self, reason: str, *, tell: bool = True, notice: str | None = None, linger: float = 0.0) -> None:
+        """Disconnect this client, from any thread; idempotent.
+
+        What is already queued is still written (up to ``linger`` seconds if
+        the client is not reading), then the connection is closed. The
+        client's own thread sees the close, removes the client from the
+        registry and reports the departure with ``reason``.
+
+        :param reason: why; shown to the others in the leave notice.
+        :param tell: send the client ``! disconnected: <reason>`` first.
+        :param notice: a notice line to send instead of the error.
+        :param linger: seconds to keep trying to write what is queued.
+        """
+        if self.close_reason is not None:
+            return
+        if notice is not None:
+            self.notice(notice)
+        elif tell:
+            self.error(f"disconnected: {reason}")
+        if self.close_reason is not None:
+            return  # that last line overflowed the queue: already a slow consumer
+        self.close_reason = reason
+        self._writer.finish(self, linger)
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait until the writer is done with this client's socket."""
+        return self._writer_done.wait(timeout)

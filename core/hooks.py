@@ -1,0 +1,202 @@
+"""A typed facade over ``pm.hook``: how the server calls its plugins.
+
+The server calls ``hooks.client_joined(client, room)``, not
+``pm.hook.chatcore_client_joined(...)``: readers and type checkers see real
+signatures, and this is the one place that decides what a failing plugin
+does.
+
+pluggy stops a hook call at the first implementation that raises. A chat
+server must not lose a client or a message to one buggy plugin, so per-event
+hooks call each implementation in pluggy's order (LIFO, with ``tryfirst`` /
+``trylast`` honoured), log a failure with the plugin's name and go on.
+Start-up hooks instead fail fast with a :class:`PluginError` that names the
+plugin. Hook wrappers are not supported for chatcore hooks (checked when a
+plugin is registered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from chatcore import UsageError
+
+if TYPE_CHECKING:
+    from chatcore.config import Config
+    from chatcore.connection import Client
+    from chatcore.message import Message
+    from chatcore.server import ChatServer
+
+log = logging.getLogger("chatcore.plugins")
+
+# After this many failures of one plugin in one hook, only every
+# _LOG_EVERY-th further failure is logged, so a plugin that fails on every
+# message cannot flood the log.
+_LOG_FIRST = 5
+_LOG_EVERY = 1000
+
+
+class PluginError(Exception):
+    """A plugin failed while the server was starting."""
+
+    def __init__(self, plugin: str, hook: str, error: BaseException) -> None:
+        super().__init__(f"plugin {plugin!r} failed in {hook}: {type(error).__name__}: {error}")
+        self.plugin = plugin
+        self.hook = hook
+        self.error = error
+
+
+# One implementation, ready to call: (plugin name, function, argument names).
+_Impl = tuple[str, Callable[..., Any], tuple[str, ...]]
+
+
+class Hooks:
+    """Calls the plugins registered with a plugin manager."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self._impls: dict[str, list[_Impl]] = {}
+        self._failures: dict[tuple[str, str], int] = {}
+
+    def refresh(self) -> None:
+        """Forget the cached implementation lists (after (un)registering)."""
+        self._impls.clear()
+
+    def implemented(self, name: str) -> bool:
+        """True if any plugin implements the hook ``chatcore_<name>``."""
+        return bool(self._get("chatcore_" + name))
+
+    def _get(self, hook: str) -> list[_Impl]:
+        impls = self._impls.get(hook)
+        if impls is None:
+            caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
+            # pluggy calls the last of get_hookimpls() first.
+            impls = [
+                (impl.plugin_name, impl.function, tuple(impl.argnames))
+                for impl in reversed(caller.get_hookimpls())
+            ]
+            self._impls[hook] = impls
+        return impls
+
+    # -- the three calling conventions --------------------------------------
+
+    def _call_each(self, hook: str, kwargs: dict[str, Any]) -> list[Any]:
+        """Call every implementation; log and skip the ones that raise."""
+        results = []
+        for plugin, function, argnames in self._get(hook):
+            try:
+                result = function(*[kwargs[a] for a in argnames])
+            except Exception as exc:
+                self._failed(plugin, hook, exc)
+                continue
+            if result is not None:
+                results.append(result)
+        return results
+
+    def _call_first(self, hook: str, kwargs: dict[str, Any]) -> Any:
+        """Return the first result that is not None; log and skip failures."""
+        for plugin, function, argnames in self._get(hook):
+            try:
+                result = function(*[kwargs[a] for a in argnames])
+            except Exception as exc:
+                self._failed(plugin, hook, exc)
+                continue
+            if result is not None:
+                return result
+        return None
+
+    def _call_strict(self, hook: str, kwargs: dict[str, Any]) -> None:
+        """Call every implementation; the first failure stops the start."""
+        for plugin, function, argnames in self._get(hook):
+            try:
+                function(*[kwargs[a] for a in argnames])
+            except UsageError:
+                raise
+            except Exception as exc:
+                raise PluginError(plugin, hook, exc) from exc
+
+    def _failed(self, plugin: str, hook: str, exc: Exception) -> None:
+        key = (plugin, hook)
+        count = self._failures[key] = self._failures.get(key, 0) + 1
+        if count <= _LOG_FIRST:
+            log.error("plugin %r failed in %s (the event goes on without it)", plugin, hook, exc_info=exc)
+        elif count % _LOG_EVERY == 0:
+            log.error("plugin %r has failed %d times in %s; last error: %r", plugin, count, hook, exc)
+
+    def failures(self, plugin: str) -> int:
+        """How many times ``plugin`` has failed in per-event hooks."""
+        return sum(n for (name, _hook), n in self._failures.items() if name == plugin)
+
+    # -- start-up and shutdown ----------------------------------------------
+
+    def addoption(self, parser: argparse.ArgumentParser) -> None:
+        self._call_strict("chatcore_addoption", {"parser": parser})
+
+    def configure(self, config: Config) -> None:
+        self._call_strict("chatcore_configure", {"config": config})
+
+    def server_start(self, server: ChatServer) -> None:
+        self._call_strict("chatcore_server_start", {"server": server})
+
+    def server_stop(self, server: ChatServer) -> None:
+        self._call_each("chatcore_server_stop", {"server": server})
+
+    # -- connections and rooms ----------------------------------------------
+
+    def connection_arriving(self, address: tuple[str, int]) -> str | None:
+        reason = self._call_first("chatcore_connection_arriving", {"address": address})
+        return None if reason is None else str(reason)
+
+    def welcome(self, client: Client) -> list[str]:
+        lines: list[str] = []
+        for result in self._call_each("chatcore_welcome", {"client": client}):
+            lines.extend([result] if isinstance(result, str) else result)
+        return lines
+
+    def client_joined(self, client: Client, room: str) -> None:
+        self._call_each("chatcore_client_joined", {"client": client, "room": room})
+
+    def client_left(self, client: Client, room: str, reason: str) -> None:
+        self._call_each("chatcore_client_left", {"client": client, "room": room, "reason": reason})
+
+    # -- messages and commands ----------------------------------------------
+
+    def message(self, message: Message) -> None:
+        """Run the filter chain; it stops at the first rejection."""
+        for plugin, function, argnames in self._get("chatcore_message"):
+            try:
+                if argnames == ("message",):  # the usual case, without a dict
+                    function(message)
+                else:
+                    function(*[{"message": message}[a] for a in argnames])
+            except Exception as exc:
+                self._failed(plugin, "chatcore_message", exc)
+                continue
+            if message.rejected is not None:
+                return
+
+    def message_delivered(self, message: Message, recipients: int) -> None:
+        self._call_each("chatcore_message_delivered", {"message": message, "recipients": recipients})
+
+    def command(self, client: Client, name: str, args: str) -> bool:
+        return bool(self._call_first("chatcore_command", {"client": client, "name": name, "args": args}))
+
+    def command_help(self) -> list[tuple[str, str]]:
+        entries: list[tuple[str, str]] = []
+        for result in self._call_each("chatcore_command_help", {}):
+            entries.extend(result)
+        return entries
+
+    def room_line(self, room: str, line: str) -> None:
+        self._call_each("chatcore_room_line", {"room": room, "line": line})
+
+
+def hook_names() -> Sequence[str]:
+    """Every hook this facade calls, for the documentation meta-tests."""
+    from chatcore import hookspecs
+
+    return sorted(name for name in vars(hookspecs) if name.startswith("chatcore_"))

@@ -1,0 +1,260 @@
+"""Hook specifications: the public API for chatcore plugins.
+
+A plugin is a module (or object) with functions named after these hooks and
+marked with :data:`chatcore.hookimpl`. An implementation may accept any subset
+of a hook's arguments, by name, so hooks can gain arguments without breaking
+plugins.
+
+Threads: chatcore runs one thread per connected client, so most hooks are
+called on a client's thread, and calls from different clients overlap. A
+plugin that keeps shared state must lock it (or keep it per client in
+``client.data``).
+
+Failures: a plugin that raises in a per-connection or per-message hook is
+logged with its name and skipped; the event goes on with the other plugins.
+A plugin that raises while the server starts stops the start with one clear
+line. See docs/plugins.md for the full contract of every hook.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from chatcore import hookspec
+
+if TYPE_CHECKING:
+    from chatcore.config import Config
+    from chatcore.connection import Client
+    from chatcore.message import Message
+    from chatcore.server import ChatServer
+
+# ---------------------------------------------------------------------------
+# Start-up and shutdown
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
+    """Add command-line options for ``chatcore serve``.
+
+    Called once per plugin selected with ``--plugins``, before the command
+    line is parsed. Use ``parser.add_argument_group("name")`` so ``--help``
+    shows the plugin's options together.
+
+    :param parser: the ``chatcore serve`` argument parser.
+
+    Called on the main thread, before the server exists.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def chatcore_configure(config: Config) -> None:
+    """Read and check the parsed configuration.
+
+    Raise :class:`chatcore.UsageError` for a bad option value: ``chatcore
+    serve`` prints it as one line and exits with status 2.
+
+    :param config: the parsed configuration; ``config.options`` holds every
+        option, including those the plugins added.
+
+    Called on the main thread, once, after the command line is parsed and
+    before the server binds its port.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def chatcore_server_start(server: ChatServer) -> None:
+    """The server is listening and about to accept connections.
+
+    Start background threads or open files here. An exception stops the
+    server from starting.
+
+    :param server: the running server (``server.address`` is the bound
+        address, ``server.registry`` the connected clients).
+
+    Called once on the thread that starts the server.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def chatcore_server_stop(server: ChatServer) -> None:
+    """The server has stopped: every client is gone.
+
+    Flush and close what ``chatcore_server_start`` opened. Every plugin's
+    implementation runs even if another one raises.
+
+    :param server: the stopping server.
+
+    Called once on the thread that stops the server.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# Connections and rooms
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def chatcore_connection_arriving(address: tuple[str, int]) -> str | None:
+    """A connection arrived; decide whether to accept it.
+
+    :param address: the peer's ``(host, port)``.
+    :return: ``None`` to accept, or a reason (a short sentence) to refuse:
+        the client is sent ``! <reason>`` and disconnected. The first plugin
+        that returns a reason decides.
+
+    Called on the new connection's own thread, before it has a nickname.
+    Calls for different connections overlap.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def chatcore_welcome(client: Client) -> list[str] | None:
+    """Lines of welcome text for a client that just connected.
+
+    :param client: the new client; ``client.nick`` and ``client.room`` are
+        set.
+    :return: a list of lines (or ``None``). Each line is sent to the client
+        as a notice (``* <line>``), plugins' lines in hook order.
+
+    Called on the client's thread, before ``chatcore_client_joined``.
+    Calls for different clients overlap.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def chatcore_client_joined(client: Client, room: str) -> None:
+    """A client entered a room: on connecting, or by changing room.
+
+    The other members have been sent ``* <nick> joined``.
+
+    :param client: the client; ``client.room == room``.
+    :param room: the room entered.
+
+    Called on the client's own thread. Calls for different clients overlap.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def chatcore_client_left(client: Client, room: str, reason: str) -> None:
+    """A client left a room: by disconnecting, or by changing room.
+
+    Called exactly once per departure, whatever ended it.
+
+    :param client: the client that left.
+    :param room: the room it left.
+    :param reason: why, for example ``"quit"``, ``"connection closed"``,
+        ``"connection lost"``, ``"slow consumer"``, ``"server shutting
+        down"``, or a reason given by the user or a plugin.
+
+    Called on the client's own thread. Calls for different clients overlap.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# Messages and commands
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def chatcore_message(message: Message) -> None:
+    """A message is on its way to a room: the filter chain.
+
+    Every implementation may rewrite ``message.text`` or call
+    ``message.reject(reason)``; only the sender sees the reason (as
+    ``! <reason>``) and the message is not delivered. The chain stops at the
+    first rejection. Order the chain with ``tryfirst``/``trylast``.
+
+    If an implementation raises, the error is logged with the plugin's name
+    and the message goes on through the rest of the chain (see
+    docs/plugins.md for why a failing filter does not drop the message).
+
+    :param message: the message (``text``, ``sender``, ``room``, ``kind``).
+
+    Called on the sender's thread. Calls from different senders overlap.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def chatcore_message_delivered(message: Message, recipients: int) -> None:
+    """A message was delivered to its room: what observers should record.
+
+    :param message: the message as it was delivered, after all filters.
+    :param recipients: how many clients in this server it was queued to.
+
+    Called on the sender's thread after the message was queued to every
+    recipient. Calls from different senders overlap; keep this fast.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def chatcore_command(client: Client, name: str, args: str) -> bool | None:
+    """A client sent a command (a line starting with ``/``).
+
+    Handle the commands you own and reply to the client (every command
+    should answer with a notice or an error).
+
+    :param client: the client that sent it.
+    :param name: the command's name, lower case, without the ``/``.
+    :param args: the rest of the line, stripped.
+    :return: ``True`` if handled; the first plugin that returns ``True``
+        wins. If none does, the client gets ``! unknown command /<name>
+        (try /help)``.
+
+    Called on the client's own thread. Calls for different clients overlap.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def chatcore_command_help() -> list[tuple[str, str]] | None:
+    """The commands a plugin provides, for ``/help``.
+
+    :return: a list of ``(usage, one-line help)`` pairs, for example
+        ``[("/quit [REASON]", "leave the chat")]``.
+
+    Called on the thread of the client that asked for help.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def chatcore_room_line(room: str, line: str) -> None:
+    """A line was delivered to a room's members in this server.
+
+    Every line that goes to a room (chat, actions, joins, leaves, renames)
+    passes through :meth:`ChatServer.deliver`, and that is where this hook is
+    called: the one place a plugin can carry rooms to other servers. A line
+    it receives from elsewhere goes back in with
+    ``server.deliver(room, line, relay=False)`` so it is not relayed again.
+
+    :param room: the room.
+    :param line: the protocol line, without the newline.
+
+    Called on the thread that delivered the line. Calls overlap.
+
+    .. versionadded:: 0.1
+    """

@@ -1,0 +1,43 @@
+"""The message object that travels through the filter chain."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from chatcore.connection import Client
+
+MessageKind = Literal["chat", "action"]
+
+
+class Message:
+    """A line of chat on its way to a room.
+
+    Filters (``chatcore_message`` implementations) may change :attr:`text` or
+    call :meth:`reject`. pluggy does not pipe results from one implementation
+    to the next, so the chain works on this one mutable object.
+
+    :ivar sender: the :class:`~chatcore.connection.Client` that sent it.
+    :ivar room: the room it goes to.
+    :ivar text: the text, already decoded and stripped of control characters.
+    :ivar kind: ``"chat"`` for ``<nick> text``, ``"action"`` for
+        ``* nick text`` (``/me``).
+    :ivar rejected: ``None``, or the reason a filter gave for rejecting it.
+    """
+
+    __slots__ = ("kind", "rejected", "room", "sender", "text")
+
+    def __init__(self, sender: Client, room: str, text: str, kind: MessageKind = "chat") -> None:
+        self.sender = sender
+        self.room = room
+        self.text = text
+        self.kind: MessageKind = kind
+        self.rejected: str | None = None
+
+    def reject(self, reason: str) -> None:
+        """Stop this message: it is not delivered, and only the sender sees
+        ``! <reason>``."""
+        self.rejected = reason
+
+    def __repr__(self) -> str:
+        return f"<Message {self.kind} from {self.sender.nick!r} to {self.room!r}: {self.text!r}>"

@@ -1,0 +1,104 @@
+"""The registry of connected clients, their nicknames and their rooms."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+
+from chatcore.connection import Client
+
+DEFAULT_ROOM = "lobby"
+
+
+class Registry:
+    """Who is connected, under which nickname, in which room.
+
+    Thread-safe. Changes (add, remove, rename, move) take a lock; reading a
+    room's members does not: each room holds an immutable tuple that is
+    replaced on every change (copy-on-write), because members are read on
+    every message and change only when someone joins or leaves.
+    """
+
+    def __init__(self, default_room: str = DEFAULT_ROOM) -> None:
+        self.default_room = default_room
+        self._lock = threading.Lock()
+        self._by_nick: dict[str, Client] = {}  # keys are casefolded nicks
+        self._rooms: dict[str, tuple[Client, ...]] = {}
+        self._guest_numbers = itertools.count(1)
+        self._ids = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._by_nick)
+
+    def __iter__(self) -> Iterator[Client]:
+        return iter(tuple(self._by_nick.values()))
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def add(self, client: Client, room: str | None = None) -> None:
+        """Register a new client under a fresh ``guest-N`` nickname."""
+        with self._lock:
+            while True:
+                nick = f"guest-{next(self._guest_numbers)}"
+                if nick not in self._by_nick:
+                    break
+            client.nick = nick
+            self._by_nick[nick] = client
+            self._enter(client, room or self.default_room)
+
+    def remove(self, client: Client) -> bool:
+        """Unregister a client; True only for the call that removed it."""
+        with self._lock:
+            if self._by_nick.get(client.nick.casefold()) is not client:
+                return False
+            del self._by_nick[client.nick.casefold()]
+            self._leave(client)
+            return True
+
+    def rename(self, client: Client, nick: str) -> bool:
+        """Give ``client`` a new nickname; False if another client has it
+        (nicknames are unique ignoring case)."""
+        with self._lock:
+            holder = self._by_nick.get(nick.casefold())
+            if holder is not None and holder is not client:
+                return False
+            if self._by_nick.get(client.nick.casefold()) is client:
+                del self._by_nick[client.nick.casefold()]
+            client.nick = nick
+            self._by_nick[nick.casefold()] = client
+            return True
+
+    def move(self, client: Client, room: str) -> str:
+        """Move ``client`` to ``room`` (created on first use); returns the
+        room it left."""
+        with self._lock:
+            old = client.room
+            self._leave(client)
+            self._enter(client, room)
+            return old
+
+    def find(self, nick: str) -> Client | None:
+        """The client with this nickname (ignoring case), or None."""
+        return self._by_nick.get(nick.casefold())
+
+    def members(self, room: str) -> tuple[Client, ...]:
+        """The clients in ``room``: a snapshot, safe to iterate."""
+        return self._rooms.get(room, ())
+
+    def rooms(self) -> dict[str, int]:
+        """Every room that has members, with its member count."""
+        return {name: len(members) for name, members in list(self._rooms.items())}
+
+    # Both called with the lock held.
+    def _enter(self, client: Client, room: str) -> None:
+        client.room = room
+        self._rooms[room] = (*self._rooms.get(room, ()), client)
+
+    def _leave(self, client: Client) -> None:
+        members = tuple(c for c in self._rooms.get(client.room, ()) if c is not client)
+        if members:
+            self._rooms[client.room] = members
+        else:
+            self._rooms.pop(client.room, None)

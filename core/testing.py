@@ -1,0 +1,208 @@
+"""Fixtures for testing chatcore and chatcore plugins, over real sockets.
+
+An opt-in pytest plugin. In a plugin's ``conftest.py``::
+
+    pytest_plugins = ["chatcore.testing"]
+
+    def test_greets(chat_server_factory, chat_client):
+        server = chat_server_factory("--plugins", "myplugin")
+        alice = chat_client(server)
+        alice.expect("* hello from myplugin")
+
+Servers listen on 127.0.0.1 with a port the OS picks, run in background
+threads of the test process, and are always stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Union
+
+import pytest
+
+from chatcore.config import parse_config
+from chatcore.server import ChatServer
+
+DEFAULT_TIMEOUT = 5.0
+
+Match = Union[str, "re.Pattern[str]", Callable[[str], bool]]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, message: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something true; fail after
+    ``timeout`` seconds. Returns what the condition returned."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _matcher(match: Match) -> Callable[[str], bool]:
+    if isinstance(match, str):
+        return lambda line: line == match
+    if isinstance(match, re.Pattern):
+        pattern = match
+        return lambda line: pattern.search(line) is not None
+    return match
+
+
+class LineClient:
+    """A raw chat client for tests: sends lines, reads lines, with timeouts.
+
+    Every line received is kept in :attr:`received`, in order.
+    """
+
+    def __init__(self, address: tuple[str, int], timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.timeout = timeout
+        self.sock = socket.create_connection(address, timeout=timeout)
+        self.received: list[str] = []
+        self._buffer = b""
+        self._unread: list[str] = []
+        self.eof = False
+
+    def __repr__(self) -> str:
+        return f"<LineClient {self.sock.getsockname()}>"
+
+    def send(self, line: str) -> None:
+        """Send one line (the newline is added)."""
+        self.sock.sendall(line.encode("utf-8") + b"\n")
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self, deadline: float) -> bool:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or self.eof:
+            return False
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except (TimeoutError, socket.timeout):
+            return False
+        except ConnectionError:
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            self.received.append(line)
+            self._unread.append(line)
+        return True
+
+    def readline(self, timeout: float | None = None) -> str:
+        """The next line received; fails on timeout or end of stream."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not self._unread:
+            if not self._fill(deadline):
+                raise AssertionError(f"no line within the timeout (eof={self.eof}); received so far: {self.received}")
+        return self._unread.pop(0)
+
+    def expect(self, match: Match, timeout: float | None = None) -> str:
+        """Read lines until one matches (a string equal to the line, a regex
+        searched in it, or a predicate); returns it. Lines before it are
+        consumed."""
+        matches = _matcher(match)
+        skipped: list[str] = []
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            while self._unread:
+                line = self._unread.pop(0)
+                if matches(line):
+                    return line
+                skipped.append(line)
+            if not self._fill(deadline):
+                raise AssertionError(f"expected a line matching {match!r}; got {skipped} (eof={self.eof})")
+
+    def sync(self) -> list[str]:
+        """Round trip through the server: returns every line that arrived
+        before the reply to ``/ping``. Since the server handles a client's
+        lines in order, anything caused by earlier lines is in the result."""
+        self.send("/ping")
+        before: list[str] = []
+        deadline = time.monotonic() + self.timeout
+        while True:
+            while self._unread:
+                line = self._unread.pop(0)
+                if line == "* pong":
+                    return before
+                before.append(line)
+            if not self._fill(deadline):
+                raise AssertionError(f"no reply to /ping; got {before} (eof={self.eof})")
+
+    def wait_closed(self, timeout: float | None = None) -> list[str]:
+        """Wait until the server closes the connection; returns the lines
+        that arrived before."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not self.eof:
+            if not self._fill(deadline) and not self.eof:
+                raise AssertionError(f"connection still open; received: {self.received}")
+        lines, self._unread = self._unread, []
+        return lines
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+ServerFactory = Callable[..., ChatServer]
+ClientFactory = Callable[..., LineClient]
+
+
+@pytest.fixture
+def chat_server_factory() -> Iterator[ServerFactory]:
+    """Start servers: ``chat_server_factory(*serve_args, plugins=[objects])``.
+
+    Arguments are those of ``chatcore serve`` (``--port 0`` is added);
+    ``plugins`` are plugin objects registered before ``--plugins``.
+    """
+    servers: list[ChatServer] = []
+
+    def start(*args: str, plugins: Sequence[object] = ()) -> ChatServer:
+        config = parse_config(["--port", "0", *args], extra_plugins=plugins)
+        server = ChatServer(config)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(timeout=1.0)
+
+
+@pytest.fixture
+def chat_server(chat_server_factory: ServerFactory) -> ChatServer:
+    """A server with the default plugins."""
+    return chat_server_factory()
+
+
+@pytest.fixture
+def chat_client() -> Iterator[ClientFactory]:
+    """Connect raw clients: ``chat_client(server)``; closed at teardown.
+
+    With ``sync=True`` (the default) it returns once the server has
+    answered a ``/ping``, so the client is welcomed and in the registry;
+    the welcome lines are then in ``client.received``.
+    """
+    clients: list[LineClient] = []
+
+    def connect(server: ChatServer, *, sync: bool = True) -> LineClient:
+        client = LineClient(server.address)
+        clients.append(client)
+        if sync:
+            client.sync()
+        return client
+
+    yield connect
+    for client in clients:
+        client.close()

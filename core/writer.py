@@ -1,0 +1,223 @@
+"""The writer: one thread that writes every client's queued output.
+
+Why one writer loop and not a writer thread per client: each client already
+has a reader thread, and a second thread per client would double the memory
+per connection (a Python thread costs roughly 16 KB resident) for no gain,
+since sockets are written without blocking anyway. One loop also coalesces
+naturally: by the time it gets to a client, every line queued since its last
+visit goes out in a single ``send()``.
+
+How it works:
+
+- :meth:`Client.send_data` appends to the client's queue and, only when the
+  client was idle, puts it on the writer's ready queue (and wakes the writer
+  only if the writer was asleep). A busy room costs no lock and no wake-up
+  per delivery.
+- The writer takes clients off the ready queue in turn, joins up to
+  ``MAX_BATCH`` queued lines and sends them with ``MSG_DONTWAIT``, so a full
+  socket never blocks it. What the kernel does not take waits, and the
+  client is watched with a selector until its socket is writable again. A
+  client that stops reading fills its queue and is disconnected as a slow
+  consumer (see :meth:`Client.send_data`); nobody else waits for it.
+- A client with more output goes to the back of the ready queue, so one busy
+  client cannot starve the others.
+- Closing is the writer's business too: :meth:`finish` flushes what is
+  queued, then shuts the socket down, which wakes the client's reader thread.
+  The reader thread closes the socket after :meth:`Client.wait_closed`, so
+  the writer never touches a file descriptor that may have been reused.
+
+``MSG_DONTWAIT`` exists on Linux, the BSDs and macOS; the server is for
+POSIX systems (the terminal client is portable).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import selectors
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatcore.connection import Client
+
+log = logging.getLogger("chatcore.writer")
+
+#: Most lines joined into one send(); bounds the size of one write.
+MAX_BATCH = 1024
+_SEND_FLAGS = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+class Writer:
+    """Writes every client's queued output from one background thread."""
+
+    def __init__(self) -> None:
+        self._ready: collections.deque[Client] = collections.deque()
+        self._finishing: collections.deque[Client] = collections.deque()
+        self._lingering: set[Client] = set()
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._idle = False
+        self._running = False
+        self._thread = threading.Thread(target=self._run, name="chatcore-writer", daemon=True)
+
+    # -- called from any thread ---------------------------------------------
+
+    def start(self) -> None:
+        self._running = True
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread; clients still connected are not written to again."""
+        if self._running:
+            self._running = False
+            self._wake()
+            self._thread.join(timeout)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def schedule(self, client: Client) -> None:
+        """Put a client with new output on the ready queue."""
+        self._ready.append(client)
+        if self._idle:
+            self._idle = False
+            self._wake()
+
+    def finish(self, client: Client, linger: float = 0.0) -> None:
+        """Write what ``client`` has queued (for up to ``linger`` seconds if
+        it is not reading), then shut its socket down."""
+        client._finish_deadline = time.monotonic() + linger
+        self._finishing.append(client)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending, or we are shutting down
+
+    # -- the writer thread --------------------------------------------------
+
+    def _run(self) -> None:
+        ready = self._ready
+        finishing = self._finishing
+        select = self._selector.select
+        while self._running:
+            # One pass over the clients that were ready when it began, so
+            # blocked sockets and closes get their turn under steady load.
+            for _ in range(len(ready)):
+                self._flush(ready.popleft())
+            while finishing:
+                self._begin_finish(finishing.popleft())
+            if ready or finishing:
+                if len(self._selector.get_map()) > 1:
+                    self._handle_events(select(0))
+                if self._lingering:
+                    self._expire_lingering()
+                continue
+            self._idle = True
+            if ready or finishing:  # raced with schedule() or finish()
+                self._idle = False
+                continue
+            self._handle_events(select(0.25 if self._lingering else None))
+            self._idle = False
+            if self._lingering:
+                self._expire_lingering()
+
+    def _handle_events(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, _mask in events:
+            client: Client | None = key.data
+            if client is None:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+                continue
+            self._selector.unregister(key.fileobj)
+            client._blocked = False
+            self._flush(client)
+
+    def _flush(self, client: Client) -> None:
+        if client._blocked or client._done:
+            return
+        queue = client._queue
+        out = client._unsent
+        if not out:
+            n = len(queue)
+            if n == 1:
+                out = queue.popleft()
+            elif n:
+                out = b"".join([queue.popleft() for _ in range(min(n, MAX_BATCH))])
+        if out:
+            try:
+                sent = client.sock.send(out, _SEND_FLAGS)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                if client.close_reason is None:
+                    client.close_reason = "connection lost"
+                log.debug("write to %r failed: %s", client, exc)
+                self._complete(client)
+                return
+            if sent < len(out):
+                client._unsent = memoryview(out)[sent:]
+                client._blocked = True
+                self._selector.register(client.sock, selectors.EVENT_WRITE, client)
+                if client._finishing:
+                    self._lingering.add(client)
+                return
+            client._unsent = b""
+        if queue:
+            self._ready.append(client)  # more to send: back of the line
+            return
+        if client._finishing:
+            self._complete(client)
+            return
+        client._scheduled = False
+        if queue and not client._scheduled:  # raced with send_data()
+            client._scheduled = True
+            self._ready.append(client)
+
+    def _begin_finish(self, client: Client) -> None:
+        if client._done:
+            return
+        client._finishing = True
+        if client._blocked:
+            self._lingering.add(client)
+            self._expire_lingering()
+        else:
+            self._flush(client)
+
+    def _expire_lingering(self) -> None:
+        now = time.monotonic()
+        for client in list(self._lingering):
+            if client._done:
+                self._lingering.discard(client)
+            elif now >= client._finish_deadline:
+                self._complete(client)
+
+    def _complete(self, client: Client) -> None:
+        """Done writing to this client: wake its reader and let it close."""
+        if client._done:
+            return
+        client._done = True
+        self._lingering.discard(client)
+        if client._blocked:
+            self._selector.unregister(client.sock)
+            client._blocked = False
+        client._queue.clear()
+        client._unsent = b""
+        if client.close_reason is None:
+            client.close_reason = "connection lost"
+        try:
+            client.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
+        client._writer_done.set()

@@ -1,0 +1,134 @@
+"""Writes joins, leaves and delivered messages as JSON lines to a file."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import queue
+import sys
+import threading
+import time
+from typing import IO, Any
+
+from chatcore import Client, Config, Message, UsageError, hookimpl
+from chatcore.server import ChatServer
+
+DEFAULT_LOG_FILE = "chatcore-events.jsonl"
+
+
+@hookimpl
+def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("logger plugin")
+    group.add_argument(
+        "--log-file",
+        default=DEFAULT_LOG_FILE,
+        metavar="PATH",
+        help="JSON-lines event log, appended to; '-' for standard output (default: ./%(default)s)",
+    )
+
+
+@hookimpl
+def chatcore_configure(config: Config) -> None:
+    # Opened now so that a bad path stops the start with a clear message.
+    config.data["logger"] = EventLog.open(config.options.log_file)
+
+
+@hookimpl
+def chatcore_server_start(server: ChatServer) -> None:
+    _log(server).start()
+
+
+@hookimpl
+def chatcore_server_stop(server: ChatServer) -> None:
+    _log(server).stop()
+
+
+@hookimpl
+def chatcore_client_joined(client: Client, room: str) -> None:
+    _log(client.server).put((time.time(), "join", client.nick, room, None, None))
+
+
+@hookimpl
+def chatcore_client_left(client: Client, room: str, reason: str) -> None:
+    _log(client.server).put((time.time(), "leave", client.nick, room, None, reason))
+
+
+@hookimpl
+def chatcore_message_delivered(message: Message, recipients: int) -> None:
+    _log(message.sender.server).put(
+        (time.time(), message.kind, message.sender.nick, message.room, message.text, recipients)
+    )
+
+
+def _log(server: ChatServer) -> EventLog:
+    log: EventLog = server.config.data["logger"]
+    return log
+
+
+class EventLog:
+    """Takes events from the client threads; a background thread writes.
+
+    The hooks only put a tuple on a queue, so logging adds next to nothing
+    to the broadcast path (and never an open or close per line); the thread
+    formats the JSON, writes whatever has piled up in one go and flushes
+    when the queue runs dry.
+    """
+
+    def __init__(self, stream: IO[str], close: bool) -> None:
+        self._stream = stream
+        self._close = close
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="chatcore-logger", daemon=True)
+        self.put = self._queue.put
+
+    @classmethod
+    def open(cls, path: str) -> EventLog:
+        if path == "-":
+            return cls(sys.stdout, close=False)
+        try:
+            stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by stop())
+        except OSError as exc:
+            raise UsageError(f"--log-file {path}: cannot open it for writing ({exc.strerror})") from None
+        return cls(stream, close=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write everything recorded so far, then close the file."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(10)
+        if self._close:
+            self._stream.close()
+
+    def _run(self) -> None:
+        get = self._queue.get
+        while True:
+            batch = [get()]
+            while not self._queue.empty() and len(batch) < 10000:
+                batch.append(get())
+            lines = [self._format(event) for event in batch if event is not None]
+            if lines:
+                self._stream.write("".join(lines))
+            self._stream.flush()
+            if None in batch:
+                return
+
+    @staticmethod
+    def _format(event: tuple[Any, ...]) -> str:
+        when, kind, nick, room, text, extra = event
+        record: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(when, datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "event": kind,
+            "nick": nick,
+            "room": room,
+        }
+        if text is not None:
+            record["text"] = text
+        if kind == "leave":
+            record["reason"] = extra
+        elif extra is not None:
+            record["recipients"] = extra
+        return json.dumps(record, ensure_ascii=False) + "\n"
