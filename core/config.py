@@ -84,7 +84,9 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
         ),
     )
     net = parser.add_argument_group("network")
-    net.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s; use :: for IPv6)")
+    net.add_argument(
+        "--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s; use :: for IPv6)"
+    )
     net.add_argument(
         "--port",
         type=_int_in(0, 65535),

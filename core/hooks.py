@@ -76,8 +76,7 @@ class Hooks:
             caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
             # pluggy calls the last of get_hookimpls() first.
             impls = [
-                (impl.plugin_name, impl.function, tuple(impl.argnames))
-                for impl in reversed(caller.get_hookimpls())
+                (impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in reversed(caller.get_hookimpls())
             ]
             self._impls[hook] = impls
         return impls

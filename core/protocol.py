@@ -75,33 +75,27 @@ class LineFramer:
 
     def feed(self, data: bytes) -> list[bytes | None]:
         max_line = self._max_line
-        pieces: list[bytes | None] = list(data.split(b"\n"))
-        tail = pieces.pop()
-        if pieces:
-            first = pieces[0]
-            assert first is not None
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        out: list[bytes | None] = []
+        if lines:
             if self._discarding:
-                # The end of a line already reported as too long.
-                del pieces[0]
+                del lines[0]  # the end of a line already reported as too long
                 self._discarding = False
             elif self._partial:
-                pieces[0] = self._partial + first
+                lines[0] = self._partial + lines[0]
             self._partial = b""
-            for i, line in enumerate(pieces):
-                assert line is not None
-                if line.endswith(b"\r"):
-                    line = pieces[i] = line[:-1]
-                if len(line) > max_line:
-                    pieces[i] = None
+            lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+            out = [line if len(line) <= max_line else None for line in lines]
         if self._discarding:
-            return pieces
+            return out
         if len(self._partial) + len(tail) > max_line:
-            pieces.append(None)
+            out.append(None)
             self._partial = b""
             self._discarding = True
         elif tail:
             self._partial += tail
-        return pieces
+        return out
 
 
 def chat_line(nick: str, text: str) -> str:

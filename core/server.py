@@ -170,8 +170,12 @@ class ChatServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             return
         if not message.text:
             return
-        fmt = action_line if message.kind == "action" else chat_line
-        recipients = self.deliver(message.room, fmt(sender.nick, message.text), exclude=sender)
+        # Chat is not echoed to its sender; an action is, as the answer to /me.
+        if message.kind == "action":
+            line, exclude = action_line(sender.nick, message.text), None
+        else:
+            line, exclude = chat_line(sender.nick, message.text), sender
+        recipients = self.deliver(message.room, line, exclude=exclude)
         self.hooks.message_delivered(message, recipients)
 
     def change_room(self, client: Client, room: str, reason: str | None = None) -> None:

@@ -86,7 +86,7 @@ class LineClient:
         self.sock.settimeout(remaining)
         try:
             data = self.sock.recv(65536)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
         except ConnectionError:
             data = b""

@@ -1,14 +1,45 @@
-"""The built-in commands: /help, /ping and /quit."""
+"""The built-in commands: /nick, /join, /me, /help, /ping and /quit."""
 
 from __future__ import annotations
 
-from chatcore import Client, hookimpl
+import re
+
+from chatcore import Client, Message, hookimpl
+from chatcore.protocol import NOTICE
+
+#: Nicknames and room names: 1 to 32 ASCII letters, digits, "_" or "-".
+#: ASCII only, so that no two names look alike on screen.
+NAME_RULES = "1 to 32 letters (a-z, A-Z), digits, '_' or '-'"
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+#: Nicknames nobody may take, compared ignoring case; ``guest-<number>`` is
+#: kept for the names the server hands out.
+RESERVED_NICKS = frozenset({"server", "chatcore", "admin", "system", "you", "nobody"})
+_GUEST = re.compile(r"guest-[0-9]+", re.IGNORECASE)
 
 HELP = [
+    ("/nick NAME", "change your nickname"),
+    ("/join ROOM", "leave this room and enter ROOM (created if new)"),
+    ("/me TEXT", "say TEXT as an action: * you TEXT"),
     ("/help", "list the commands"),
     ("/ping", "the server answers * pong (to check the connection)"),
     ("/quit [REASON]", "leave the chat; the others see the reason"),
 ]
+
+
+def nick_problem(nick: str) -> str | None:
+    """Why ``nick`` cannot be a nickname, or None if it can."""
+    if not _NAME.fullmatch(nick):
+        return f"invalid nickname {nick!r}: use {NAME_RULES}"
+    if nick.casefold() in RESERVED_NICKS or _GUEST.fullmatch(nick):
+        return f"nickname {nick!r} is reserved"
+    return None
+
+
+def room_problem(room: str) -> str | None:
+    """Why ``room`` cannot be a room name, or None if it can."""
+    if not _NAME.fullmatch(room):
+        return f"invalid room name {room!r}: use {NAME_RULES}"
+    return None
 
 
 @hookimpl(trylast=True)
@@ -18,17 +49,78 @@ def chatcore_command_help() -> list[tuple[str, str]]:
 
 @hookimpl(trylast=True)
 def chatcore_command(client: Client, name: str, args: str) -> bool | None:
-    if name == "quit":
-        client.disconnect(args or "quit", notice="goodbye")
-        return True
-    if name == "ping":
-        client.notice("pong")
-        return True
-    if name == "help":
-        entries = client.server.hooks.command_help()
-        width = max(len(usage) for usage, _ in entries)
-        client.notice("commands:")
-        for usage, text in sorted(entries):
-            client.notice(f"  {usage.ljust(width)}  {text}")
-        return True
-    return None
+    handler = _COMMANDS.get(name)
+    if handler is None:
+        return None
+    handler(client, args)
+    return True
+
+
+def _nick(client: Client, args: str) -> None:
+    nick = args.strip()
+    if not nick:
+        client.error("usage: /nick NAME")
+        return
+    problem = nick_problem(nick)
+    if problem:
+        client.error(problem)
+        return
+    old = client.nick
+    if old == nick:
+        client.notice(f"you are already known as {nick}")
+        return
+    if not client.server.registry.rename(client, nick):
+        client.error(f"nickname {nick!r} is taken")
+        return
+    client.notice(f"you are now known as {nick}")
+    client.server.deliver(client.room, f"{NOTICE}{old} is now known as {nick}", exclude=client)
+
+
+def _join(client: Client, args: str) -> None:
+    room = args.strip()
+    if not room:
+        client.error("usage: /join ROOM")
+        return
+    problem = room_problem(room)
+    if problem:
+        client.error(problem)
+        return
+    if room == client.room:
+        client.notice(f"you are already in {room}")
+        return
+    client.server.change_room(client, room, reason=f"joined {room}")
+    count = len(client.server.registry.members(room))
+    client.notice(f"you are now in {room} ({count} here)")
+
+
+def _me(client: Client, args: str) -> None:
+    if not args:
+        client.error("usage: /me TEXT")
+        return
+    client.server.broadcast_message(Message(client, client.room, args, kind="action"))
+
+
+def _help(client: Client, args: str) -> None:
+    entries = sorted(client.server.hooks.command_help())
+    width = max(len(usage) for usage, _ in entries)
+    client.notice("commands:")
+    for usage, text in entries:
+        client.notice(f"  {usage.ljust(width)}  {text}")
+
+
+def _ping(client: Client, args: str) -> None:
+    client.notice("pong")
+
+
+def _quit(client: Client, args: str) -> None:
+    client.disconnect(args or "quit", notice="goodbye")
+
+
+_COMMANDS = {
+    "nick": _nick,
+    "join": _join,
+    "me": _me,
+    "help": _help,
+    "ping": _ping,
+    "quit": _quit,
+}
