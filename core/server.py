@@ -37,6 +37,8 @@ from chatcore.writer import Writer
 log = logging.getLogger("chatcore.server")
 
 RECV_SIZE = 65536
+#: How often the accept loop checks for shutdown(): stop() waits up to this.
+ACCEPT_POLL_INTERVAL = 0.1
 #: How long a disconnecting client may take to read what is queued for it.
 SHUTDOWN_LINGER = 2.0
 
@@ -85,7 +87,9 @@ class ChatServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.hooks.server_start(self)
         self.writer.start()
         self._serving = True
-        thread = threading.Thread(target=self.serve_forever, name="chatcore-accept", daemon=True)
+        thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": ACCEPT_POLL_INTERVAL}, name="chatcore-accept", daemon=True
+        )
         thread.start()
         return thread
 
@@ -238,9 +242,8 @@ class ClientHandler(socketserver.BaseRequestHandler):
             try:
                 data = recv(RECV_SIZE)
             except OSError as exc:
-                if client.close_reason is None:
-                    client.close_reason = "connection lost"
                 log.debug("read from %r failed: %s", client, exc)
+                client.disconnect("connection lost", tell=False)
                 return
             if not data:
                 if framer.pending:

@@ -46,6 +46,13 @@ def wait_for(condition: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, mes
         delay = min(delay * 2, 0.05)
 
 
+def _summary(lines: list[str], last: int = 10) -> str:
+    """The last lines, shortened, for failure messages."""
+    shown = [line if len(line) <= 120 else line[:117] + "..." for line in lines[-last:]]
+    more = f"{len(lines) - last} earlier lines, then " if len(lines) > last else ""
+    return f"{more}{shown}"
+
+
 def _matcher(match: Match) -> Callable[[str], bool]:
     if isinstance(match, str):
         return lambda line: line == match
@@ -106,7 +113,7 @@ class LineClient:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not self._unread:
             if not self._fill(deadline):
-                raise AssertionError(f"no line within the timeout (eof={self.eof}); received so far: {self.received}")
+                raise AssertionError(f"no line within the timeout (eof={self.eof}); received: {_summary(self.received)}")
         return self._unread.pop(0)
 
     def expect(self, match: Match, timeout: float | None = None) -> str:
@@ -123,7 +130,7 @@ class LineClient:
                     return line
                 skipped.append(line)
             if not self._fill(deadline):
-                raise AssertionError(f"expected a line matching {match!r}; got {skipped} (eof={self.eof})")
+                raise AssertionError(f"expected a line matching {match!r}; got {_summary(skipped)} (eof={self.eof})")
 
     def sync(self) -> list[str]:
         """Round trip through the server: returns every line that arrived
@@ -139,7 +146,7 @@ class LineClient:
                     return before
                 before.append(line)
             if not self._fill(deadline):
-                raise AssertionError(f"no reply to /ping; got {before} (eof={self.eof})")
+                raise AssertionError(f"no reply to /ping; got {_summary(before)} (eof={self.eof})")
 
     def wait_closed(self, timeout: float | None = None) -> list[str]:
         """Wait until the server closes the connection; returns the lines
@@ -147,7 +154,7 @@ class LineClient:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not self.eof:
             if not self._fill(deadline) and not self.eof:
-                raise AssertionError(f"connection still open; received: {self.received}")
+                raise AssertionError(f"connection still open; received: {_summary(self.received)}")
         lines, self._unread = self._unread, []
         return lines
 
