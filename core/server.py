@@ -112,8 +112,12 @@ class ChatServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
         self.hooks.server_stop(self)
-        self.writer.stop()
         self.server_close()
+
+    def server_close(self) -> None:
+        """Close the listening socket and stop the writer."""
+        super().server_close()
+        self.writer.stop()
 
     # -- socketserver overrides ---------------------------------------------
 

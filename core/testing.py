@@ -15,8 +15,12 @@ threads of the test process, and are always stopped at teardown.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Union
@@ -160,6 +164,69 @@ class LineClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class ServerProcess:
+    """``chatcore serve`` in a child process, for testing the real program.
+
+    Starts ``python -m chatcore serve --port 0 *args``, waits for the line
+    that gives the bound address, and stops the process with a signal::
+
+        with ServerProcess("--plugins", "welcome") as proc:
+            client = LineClient(proc.address)
+            ...
+        assert proc.returncode == 0
+    """
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 10.0) -> None:
+        self.args = ["--port", "0", *args]
+        self.env = env
+        self.timeout = timeout
+        self.address: tuple[str, int] = ("", 0)
+        self.returncode: int | None = None
+        self.stdout = ""
+        self.stderr = ""
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chatcore", "serve", *self.args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(self.env or {})},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # the server prints it once bound
+        match = re.search(r"listening on \[?([^\]\s]+?)\]?:(\d+) ", line)
+        if not match:
+            self.stop()
+            raise AssertionError(f"server did not start: {line!r} {self.stderr}")
+        self.address = (match.group(1), int(match.group(2)))
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` and wait; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            out, err = self.proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        self.stdout += out
+        self.stderr += err
+        self.returncode = self.proc.returncode
+        return self.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.returncode is None:
+            self.stop()
 
 
 ServerFactory = Callable[..., ChatServer]
