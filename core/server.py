@@ -88,7 +88,10 @@ class ChatServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.writer.start()
         self._serving = True
         thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": ACCEPT_POLL_INTERVAL}, name="chatcore-accept", daemon=True
+            target=self.serve_forever,
+            kwargs={"poll_interval": ACCEPT_POLL_INTERVAL},
+            name="chatcore-accept",
+            daemon=True,
         )
         thread.start()
         return thread

@@ -117,7 +117,9 @@ class LineClient:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not self._unread:
             if not self._fill(deadline):
-                raise AssertionError(f"no line within the timeout (eof={self.eof}); received: {_summary(self.received)}")
+                raise AssertionError(
+                    f"no line within the timeout (eof={self.eof}); received: {_summary(self.received)}"
+                )
         return self._unread.pop(0)
 
     def expect(self, match: Match, timeout: float | None = None) -> str:

@@ -55,9 +55,10 @@ def test_no_command_is_a_usage_error():
 def test_unknown_plugin_exits_2_and_lists_the_available_ones():
     result = run("serve", "--plugins", "welcome,nosuch")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "chatcore: error: unknown plugin 'nosuch' (available: logger, welcome)"
-    ] or "available:" in result.stderr
+    assert (
+        result.stderr.strip().splitlines() == ["chatcore: error: unknown plugin 'nosuch' (available: logger, welcome)"]
+        or "available:" in result.stderr
+    )
     assert "unknown plugin 'nosuch'" in result.stderr
     assert "welcome" in result.stderr.split("available:")[1]
     assert "Traceback" not in result.stderr

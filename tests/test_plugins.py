@@ -208,7 +208,9 @@ def test_a_failing_start_hook_stops_the_start_naming_the_plugin():
     config = parse_config(["--port", "0"], extra_plugins=[FailsToStart()])
     server = ChatServer(config)
     try:
-        with pytest.raises(PluginError, match=r"plugin '.*' failed in chatcore_server_start: RuntimeError: no database"):
+        with pytest.raises(
+            PluginError, match=r"plugin '.*' failed in chatcore_server_start: RuntimeError: no database"
+        ):
             server.start()
     finally:
         server.server_close()
