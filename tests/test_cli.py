@@ -23,6 +23,7 @@ TEST_PLUGINS = Path(__file__).parent / "plugins"
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "chatcore", *args],
+        check=False,
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
@@ -55,10 +56,6 @@ def test_no_command_is_a_usage_error():
 def test_unknown_plugin_exits_2_and_lists_the_available_ones():
     result = run("serve", "--plugins", "welcome,nosuch")
     assert result.returncode == 2
-    assert (
-        result.stderr.strip().splitlines() == ["chatcore: error: unknown plugin 'nosuch' (available: logger, welcome)"]
-        or "available:" in result.stderr
-    )
     assert "unknown plugin 'nosuch'" in result.stderr
     assert "welcome" in result.stderr.split("available:")[1]
     assert "Traceback" not in result.stderr

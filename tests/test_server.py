@@ -285,5 +285,5 @@ def test_stop_tells_clients_and_closes(chat_server_factory, chat_client):
     assert alice.wait_closed() == ["* server shutting down"]
     assert bob.wait_closed() == ["* server shutting down"]
     assert sorted(reason for _, _, reason in recorder.left) == ["server shutting down"] * 2
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         socket.create_connection(server.address, timeout=1)
