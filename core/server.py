@@ -36,7 +36,11 @@ from chatcore.writer import Writer
 
 log = logging.getLogger("chatcore.server")
 
-RECV_SIZE = 65536
+# recv() allocates its whole buffer before it blocks, so a large buffer would
+# sit in memory for every idle client. Idle clients wait with a small one;
+# a read that fills it is followed by large reads until the data runs out.
+RECV_IDLE = 256
+RECV_BUSY = 65536
 #: How often the accept loop checks for shutdown(): stop() waits up to this.
 ACCEPT_POLL_INTERVAL = 0.1
 #: How long a disconnecting client may take to read what is queued for it.
@@ -245,9 +249,10 @@ class ClientHandler(socketserver.BaseRequestHandler):
         framer = LineFramer(self.server.max_line)
         recv = self.request.recv
         handle_line = self.handle_line
+        size = RECV_IDLE
         while client.close_reason is None:
             try:
-                data = recv(RECV_SIZE)
+                data = recv(size)
             except OSError as exc:
                 log.debug("read from %r failed: %s", client, exc)
                 client.disconnect("connection lost", tell=False)
@@ -256,6 +261,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
                 if framer.pending:
                     log.debug("%r closed the connection in the middle of a line", client)
                 return
+            size = RECV_BUSY if len(data) == size else RECV_IDLE
             for line in framer.feed(data):
                 if line is None:
                     client.error(f"line too long (the limit is {self.server.max_line} bytes); it was not sent")

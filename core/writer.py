@@ -224,4 +224,4 @@ class Writer:
             client.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # already gone
-        client._writer_done.set()
+        client._writer_done.release()
