@@ -158,8 +158,11 @@ class Client:
             self.notice(notice)
         elif tell:
             self.error(f"disconnected: {reason}")
-        if self.close_reason is not None:
-            return  # that last line overflowed the queue: already a slow consumer
+        # That last line may have overflowed the queue, closing the client as
+        # a slow consumer. Checked through the property: mypy assumes the
+        # calls above left close_reason None.
+        if self.closed:
+            return
         self.close_reason = reason
         self._writer.finish(self, linger)
 
