@@ -155,10 +155,7 @@ def wants_colour(stream: TextIO, environ: Mapping[str, str]) -> bool:
     (to anything but the empty string; see https://no-color.org)."""
     if environ.get("NO_COLOR"):
         return False
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # closed or not a real stream
-        return False
+    return _isatty(stream)
 
 
 def own_line(text: str) -> str | None:
@@ -237,7 +234,7 @@ def main(args: Sequence[str]) -> int:
     """Run ``chatcore client`` with its command-line arguments; return the
     exit status."""
     options = build_parser().parse_args(list(args))
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    interactive = _isatty(sys.stdin) and _isatty(sys.stdout)
     # Whatever arrives must print, even on an output that cannot encode it.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
@@ -251,8 +248,15 @@ def main(args: Sequence[str]) -> int:
     )
     try:
         return asyncio.run(client.run())
-    except KeyboardInterrupt:  # a second Ctrl-C while leaving
+    except KeyboardInterrupt:  # Ctrl-C while connecting: nothing to leave
         return 0
+
+
+def _isatty(stream: TextIO | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except ValueError:  # closed
+        return False
 
 
 # -- input sources ----------------------------------------------------------
@@ -276,9 +280,9 @@ class _StdinLines:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, line)
 
     def _read(self) -> None:
-        fd = sys.stdin.fileno()
         pending = b""
         try:
+            fd = sys.stdin.fileno()
             while True:
                 data = os.read(fd, RECV_SIZE)
                 if not data:
@@ -288,8 +292,8 @@ class _StdinLines:
                     self._put(raw.decode("utf-8", "replace").rstrip("\r"))
             if pending:
                 self._put(pending.decode("utf-8", "replace").rstrip("\r"))
-        except OSError:
-            pass  # stdin closed under us: that is the end of the input
+        except (AttributeError, ValueError, OSError):
+            pass  # no stdin, or closed under us: that is the end of the input
         except RuntimeError:
             return  # the loop is closed: the client has already finished
         with contextlib.suppress(RuntimeError):
@@ -346,11 +350,22 @@ class TerminalClient:
         self._welcome = True
         self._nick_pending = nick is not None
         self._welcomed = asyncio.Event()
+        #: Set by Ctrl-C (as a signal) or when our output is closed.
+        self._leave_requested = asyncio.Event()
 
     # -- output --
 
     def show(self, line: str, kind: Kind) -> None:
-        print(render(line, kind, self.colour), flush=True)
+        try:
+            print(render(line, kind, self.colour), flush=True)
+        except BrokenPipeError:
+            # Whoever read our output is gone (``chatcore client | head``):
+            # leave cleanly, and send further output nowhere so that
+            # neither it nor the flush at exit fails again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            self._leave_requested.set()
 
     def note(self, text: str) -> None:
         """A message from the client itself (not from the server)."""
@@ -436,7 +451,7 @@ class TerminalClient:
             return 1
         assert self._writer is not None
         loop = asyncio.get_running_loop()
-        leave_requested = asyncio.Event()
+        leave_requested = self._leave_requested
         previous_sigint = _install_sigint(loop, leave_requested)
         try:
             if self.nick is not None:
@@ -494,7 +509,8 @@ class TerminalClient:
                 text = typed.result()
                 if text is None:
                     break
-                if not text.strip():
+                text = text.strip()  # as the server does, so "/quit " is seen as /quit here too
+                if not text:
                     continue
                 await self._send(text)
                 shown = own_line(text)

@@ -116,17 +116,21 @@ def test_incoming_line_does_not_garble_the_line_being_typed(
     assert other.expect(re.compile(r"^\* ")) == f"* {nick} left"
 
 
-def test_ctrl_c_leaves_cleanly_and_output_is_coloured(
+def test_refused_nick_ctrl_c_and_colours_in_a_terminal(
     chat_server_factory: ServerFactory, chat_client: ClientFactory, spawn: Any
 ) -> None:
     server = chat_server_factory()
     other = chat_client(server)
-    child = spawn(server)
+    other.send("/nick bob")
+    other.expect("* you are now known as bob")
+    child = spawn(server, "--nick", "bob")
     nick = joined_nick(other)
     child.expect(re.escape("\x1b[2m* Welcome"))  # a notice, dim
+    child.expect(re.escape("\x1b[1;31m! nickname 'bob' is taken"))  # an error, bold red
+    child.expect("the nickname 'bob' was refused; you are connected under your guest name")
     child.expect(">")
     other.send("hi")
-    child.expect(re.escape("\x1b[1;36m<guest-"))  # a nickname in chat, bold cyan
+    child.expect(re.escape("\x1b[1;36m<bob>\x1b[0m hi"))  # a nickname in chat, bold cyan
     child.send("half typed")
     child.expect("half typed")
     child.sendcontrol("c")
@@ -203,6 +207,24 @@ def test_piped_server_shutdown_says_connection_lost(
     assert err.decode() == (
         f"chatcore client: error: lost the connection to 127.0.0.1:{server.address[1]}: the server closed it.\n"
     )
+
+
+def test_closed_output_leaves_cleanly(chat_server_factory: ServerFactory, chat_client: ClientFactory) -> None:
+    """``chatcore client | head -1``: the reader of the output goes away."""
+    server = chat_server_factory()
+    other = chat_client(server)
+    with subprocess.Popen(
+        client_command(server), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        nick = joined_nick(other)
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.readline().startswith(b"* Welcome")
+        process.stdout.close()
+        other.send("anyone there?")  # the client's next write fails
+        assert other.expect(re.compile(r"^\* ")) == f"* {nick} left"
+        assert process.wait(timeout=TIMEOUT) == 0
+        assert process.stderr.read() == b""
 
 
 def test_connection_refused_is_one_line_and_exit_1() -> None:
