@@ -185,14 +185,23 @@ def _port(value: str) -> int:
     return port
 
 
+def _nick(value: str) -> str:
+    # Only what would break the line protocol is checked here; the server
+    # judges the name itself and its answer is shown.
+    if not value or any(char.isspace() or not char.isprintable() for char in value):
+        raise argparse.ArgumentTypeError(f"a nickname is one word without spaces, not {value!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Chat from this terminal: connect to a chatcore server, send what you type, show what arrives.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""\
-In a terminal: type a line and press Enter to send it. Up and Down recall
-earlier lines; the usual editing keys work. Lines starting with / are
+In a terminal: type a line and press Enter to send it. What arrives while
+you type appears above the prompt; your line stays as it was. Up and Down
+recall earlier lines; the usual editing keys work. Lines starting with / are
 commands for the server (/help lists them; //text sends "/text"). Your own
 messages are shown as <You> text. Ctrl-D on an empty line, Ctrl-C or /quit
 leave the chat.
@@ -216,7 +225,10 @@ connection was lost, 2 for a usage error.""",
         "--port", type=_port, default=DEFAULT_PORT, help=f"the server's TCP port (default: {DEFAULT_PORT})"
     )
     parser.add_argument(
-        "--nick", metavar="NAME", help="the nickname to take right after connecting (default: the server's guest name)"
+        "--nick",
+        type=_nick,
+        metavar="NAME",
+        help="the nickname to take right after connecting (default: the server's guest name)",
     )
     return parser
 
@@ -329,7 +341,7 @@ class _PromptLines:
 
 
 class ConnectionLost(Exception):
-    pass
+    """Sending failed: the connection is gone."""
 
 
 class TerminalClient:
@@ -352,6 +364,7 @@ class TerminalClient:
         self._welcomed = asyncio.Event()
         #: Set by Ctrl-C (as a signal) or when our output is closed.
         self._leave_requested = asyncio.Event()
+        self._lost_reason = "the server closed it"
 
     # -- output --
 
@@ -403,7 +416,8 @@ class TerminalClient:
         try:
             await self._writer.drain()
         except OSError as exc:
-            raise ConnectionLost(str(exc)) from None
+            self._lost_reason = exc.strerror or str(exc)
+            raise ConnectionLost from None
 
     async def _read_server(self, reader: asyncio.StreamReader) -> None:
         """Show every line from the server; returns when it closes."""
@@ -411,7 +425,8 @@ class TerminalClient:
         while True:
             try:
                 data = await reader.read(RECV_SIZE)
-            except OSError:
+            except OSError as exc:
+                self._lost_reason = exc.strerror or str(exc)
                 data = b""
             if not data:
                 if pending:
@@ -473,7 +488,7 @@ class TerminalClient:
             with contextlib.suppress(OSError):
                 await self._writer.wait_closed()
         if lost:
-            return _error(f"lost the connection to {self.address}: the server closed it.")
+            return _error(f"lost the connection to {self.address}: {self._lost_reason}.")
         return 0
 
     async def _chat(

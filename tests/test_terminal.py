@@ -227,6 +227,29 @@ def test_closed_output_leaves_cleanly(chat_server_factory: ServerFactory, chat_c
         assert process.stderr.read() == b""
 
 
+def test_escape_sequences_from_the_server_are_not_printed() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with subprocess.Popen(
+            [sys.executable, "-m", "chatcore", "client", "--port", str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as process:
+            listener.settimeout(TIMEOUT)
+            connection, _ = listener.accept()
+            with connection:
+                # Read what the client sends first, so that closing is not a reset.
+                received = b""
+                while not received.endswith(b"/ping\n"):
+                    received += connection.recv(1024)
+                connection.sendall(b"\x1b]0;pwned\x07<eve> \x1b[2Jhi\x1b[31m there\n")
+            out, err = process.communicate(timeout=TIMEOUT)
+    assert out == b"<eve> hi there\n"
+    assert process.returncode == 1
+    assert b"lost the connection" in err
+
+
 def test_connection_refused_is_one_line_and_exit_1() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -349,7 +372,15 @@ def test_help_describes_every_option(capsys: pytest.CaptureFixture[str]) -> None
         assert needle in text
 
 
-def test_bad_port_is_a_usage_error() -> None:
-    result = run_client([sys.executable, "-m", "chatcore", "client", "--port", "70000"])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "port must be 1 to 65535"),
+        (["--port", "x"], "not a port number"),
+        (["--nick", "a b"], "a nickname is one word"),
+    ],
+)
+def test_usage_errors(args: list[str], message: str) -> None:
+    result = run_client([sys.executable, "-m", "chatcore", "client", *args])
     assert result.returncode == 2
-    assert "port must be 1 to 65535" in result.stderr.decode()
+    assert message in result.stderr.decode()
