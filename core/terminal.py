@@ -390,16 +390,16 @@ class TerminalClient:
             if line == "* pong":  # ours, sent after connecting; not shown
                 self._welcome = False
                 self._welcomed.set()
+                if self._nick_pending:
+                    # No "you are now known as": the error shown was the
+                    # answer. (Said only now, when we know we are still
+                    # connected: "! server full" is an error too.)
+                    self.note(
+                        f"the nickname {self.nick!r} was refused; you are connected under your guest name. "
+                        "Type /nick NAME to choose another."
+                    )
                 return
-            if self._nick_pending and line.startswith(ERROR):
-                self._nick_pending = False
-                self.show(line, Kind.ERROR)
-                self.note(
-                    f"the nickname {self.nick!r} was refused; you are connected under your guest name. "
-                    "Type /nick NAME to choose another."
-                )
-                return
-            if self._nick_pending and line.startswith(("* you are now known as ", "* you are already known as ")):
+            if line.startswith(("* you are now known as ", "* you are already known as ")):
                 self._nick_pending = False
             # Before the first /ping answer, "* " lines are the welcome notices.
             kind = Kind.NOTICE if line.startswith(NOTICE) else classify(line)
@@ -510,6 +510,7 @@ class TerminalClient:
             )
             welcomed.cancel()
             if server_closed.done():
+                server_closed.result()
                 return True
             while not leave.done():
                 typed = asyncio.create_task(next_line())
@@ -519,6 +520,7 @@ class TerminalClient:
                     with contextlib.suppress(asyncio.CancelledError):
                         await typed
                     if server_closed.done():
+                        server_closed.result()  # a failure in the reader is a bug: let it show
                         return True
                     break
                 text = typed.result()

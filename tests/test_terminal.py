@@ -227,27 +227,34 @@ def test_closed_output_leaves_cleanly(chat_server_factory: ServerFactory, chat_c
         assert process.stderr.read() == b""
 
 
-def test_escape_sequences_from_the_server_are_not_printed() -> None:
+def fake_server_session(reply: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run a client against a stand-in server that reads what the client
+    sends on connecting (up to its /ping), sends ``reply`` and closes."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
+        listener.settimeout(TIMEOUT)
+        command = [sys.executable, "-m", "chatcore", "client", "--port", str(listener.getsockname()[1]), *args]
         with subprocess.Popen(
-            [sys.executable, "-m", "chatcore", "client", "--port", str(port)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         ) as process:
-            listener.settimeout(TIMEOUT)
             connection, _ = listener.accept()
             with connection:
-                # Read what the client sends first, so that closing is not a reset.
+                connection.settimeout(TIMEOUT)
+                # Read what the client sent first, so that closing is not a reset.
                 received = b""
                 while not received.endswith(b"/ping\n"):
-                    received += connection.recv(1024)
-                connection.sendall(b"\x1b]0;pwned\x07<eve> \x1b[2Jhi\x1b[31m there\n")
+                    data = connection.recv(1024)
+                    assert data, f"the client closed after sending {received!r}"
+                    received += data
+                connection.sendall(reply)
             out, err = process.communicate(timeout=TIMEOUT)
-    assert out == b"<eve> hi there\n"
-    assert process.returncode == 1
-    assert b"lost the connection" in err
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def test_escape_sequences_from_the_server_are_not_printed() -> None:
+    result = fake_server_session(b"\x1b]0;pwned\x07<eve> \x1b[2Jhi\x1b[31m there\n")
+    assert result.stdout == b"<eve> hi there\n"
+    assert result.returncode == 1
+    assert b"lost the connection" in result.stderr
 
 
 def test_connection_refused_is_one_line_and_exit_1() -> None:
@@ -276,6 +283,16 @@ def test_nick_refused_because_taken_stays_connected_as_guest(
     assert result.returncode == 0
     assert "! nickname 'bob' is taken" in result.stdout.decode().splitlines()
     assert "the nickname 'bob' was refused; you are connected under your guest name" in result.stderr.decode()
+
+
+def test_server_full_is_not_mistaken_for_a_refused_nick() -> None:
+    # A stand-in server: the real one may reset a refused connection before
+    # its "! server full" line is read, which makes the outcome a race.
+    result = fake_server_session(b"! server full, try again later\n", "--nick", "bob")
+    assert result.returncode == 1
+    assert result.stdout == b"! server full, try again later\n"
+    assert b"refused" not in result.stderr
+    assert b"lost the connection" in result.stderr
 
 
 def test_nick_is_taken_before_the_input_is_sent(chat_server_factory: ServerFactory, chat_client: ClientFactory) -> None:
