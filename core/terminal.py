@@ -22,6 +22,11 @@ feed it, each independent of the others:
 The main coroutine waits for whichever comes first: a line to send, the end
 of input, a request to leave, or the server closing the connection.
 
+Right after connecting the client sends ``/nick NAME`` (with ``--nick``) and
+``/ping``. The server answers a client's lines in order, so everything before
+the ``* pong`` is the welcome or the answer to ``/nick``; input waits until
+then, and that ``* pong`` is not shown.
+
 Leaving (Ctrl-D, Ctrl-C, end of piped input, ``/quit``) always sends
 ``/quit``, then reads until the server closes the connection (at most
 :data:`LEAVE_TIMEOUT` seconds) before closing the socket. Nothing unread is
@@ -84,7 +89,9 @@ class Kind(enum.Enum):
     OTHER = "other"
 
 
-_NAME = r"[A-Za-z0-9_-]{1,32}"
+# Looser than the server's rules for nicknames, so that names relayed from
+# elsewhere by a plugin are recognised too.
+_NAME = r"[^\s<>*]{1,64}"
 _CHAT = re.compile(rf"<{_NAME}> ")
 _PRIVATE = re.compile(rf"\*{_NAME}\* ")
 _PRIVATE_SENT = re.compile(rf"-> \*{_NAME}\* ")

@@ -314,6 +314,7 @@ def test_nick_is_taken_before_the_input_is_sent(chat_server_factory: ServerFacto
     ("line", "kind"),
     [
         ("<alice> hello", Kind.CHAT),
+        ("<alice@east> hello", Kind.CHAT),
         ("<alice> * bob waves", Kind.CHAT),
         ("* alice waves", Kind.ACTION),
         ("* alice joined the fun", Kind.ACTION),
