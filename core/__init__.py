@@ -30,8 +30,8 @@ class UsageError(Exception):
 
 # Imported after the markers: these modules import them from here.
 from chatcore.config import Config  # noqa: E402
+from chatcore.connection import Client  # noqa: E402
 from chatcore.message import Message  # noqa: E402
-from chatcore.registry import Client  # noqa: E402
 
 __all__ = [
     "Client",

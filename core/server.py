@@ -250,7 +250,9 @@ class ClientHandler(socketserver.BaseRequestHandler):
         recv = self.request.recv
         handle_line = self.handle_line
         size = RECV_IDLE
-        while client.close_reason is None:
+        # No check of client.closed up here: a disconnect from any other
+        # thread shuts the socket down, which ends recv() below.
+        while True:
             try:
                 data = recv(size)
             except OSError as exc:
@@ -267,7 +269,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
                     client.error(f"line too long (the limit is {self.server.max_line} bytes); it was not sent")
                 else:
                     handle_line(client, line)
-                if client.close_reason is not None:
+                if client.closed:  # the line may have disconnected it (/quit)
                     return
 
     def handle_line(self, client: Client, raw: bytes) -> None:
