@@ -41,6 +41,8 @@ log = logging.getLogger("chatcore.server")
 # a read that fills it is followed by large reads until the data runs out.
 RECV_IDLE = 256
 RECV_BUSY = 65536
+#: How long a refused connection may take to close after its reply.
+REFUSE_LINGER = 1.0
 #: How often the accept loop checks for shutdown(): stop() waits up to this.
 ACCEPT_POLL_INTERVAL = 0.1
 #: How long a disconnecting client may take to read what is queued for it.
@@ -128,18 +130,6 @@ class ChatServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     # -- socketserver overrides ---------------------------------------------
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse at once (on the accept thread) when full or stopping."""
-        if self._stopping or len(self.registry) >= self.max_clients:
-            reason = "server shutting down" if self._stopping else "server full, try again later"
-            try:
-                request.send(f"{ERROR}{reason}\n".encode(), socket.MSG_DONTWAIT)
-            except OSError:
-                pass
-            log.warning("refused %s: %s", _format_address(client_address), reason)
-            return False
-        return True
-
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         thread = threading.current_thread()
         with self._threads_lock:
@@ -217,13 +207,15 @@ class ClientHandler(socketserver.BaseRequestHandler):
         # see a steady ~40 ms delay per line.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-        refusal = server.hooks.connection_arriving(address)
+        if server._stopping:
+            refusal: str | None = "server shutting down"
+        elif len(server.registry) >= server.max_clients:
+            refusal = "server full, try again later"
+        else:
+            refusal = server.hooks.connection_arriving(address)
         if refusal:
-            log.info("refused %s: %s", _format_address(address), refusal)
-            try:
-                sock.sendall(f"{ERROR}{refusal}\n".encode())
-            except OSError:
-                pass
+            log.warning("refused %s: %s", _format_address(address), refusal)
+            self._refuse(refusal)
             return
 
         client = Client(sock, address, server, client_id=server.registry.next_id(), max_queue=server.max_queue)
@@ -236,6 +228,25 @@ class ClientHandler(socketserver.BaseRequestHandler):
             self._read_lines(client)
         finally:
             self._leave(client)
+
+    def _refuse(self, reason: str) -> None:
+        """Send ``! reason`` and close without losing that line.
+
+        Closing a socket with unread input makes the kernel send a reset,
+        which can discard the reply before the client reads it (a client
+        usually sends something right after connecting). So: send, shut
+        down writing, read what the client sends until it closes (at most
+        a second), and only then close.
+        """
+        sock = self.request
+        try:
+            sock.sendall(f"{ERROR}{reason}\n".encode())
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(REFUSE_LINGER)
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass  # gone already, or too slow to say goodbye to
 
     def _join(self, client: Client) -> None:
         server = self.server

@@ -295,6 +295,20 @@ def test_server_full(chat_server_factory, chat_client):
         third.close()
 
 
+def test_a_refused_client_that_talks_first_still_reads_why(chat_server_factory, chat_client):
+    # Clients send right after connecting; closing with their bytes unread
+    # would reset the connection and lose the reply.
+    server = chat_server_factory("--max-clients", "1")
+    chat_client(server)
+    for _ in range(20):
+        refused = LineClient(server.address)
+        try:
+            refused.send_raw(b"/nick bob\n/ping\n")
+            assert refused.wait_closed() == ["! server full, try again later"]
+        finally:
+            refused.close()
+
+
 def test_stop_tells_clients_and_closes(chat_server_factory, chat_client):
     recorder = LeaveRecorder()
     server = chat_server_factory(plugins=[recorder])
