@@ -78,7 +78,10 @@ class LineClient:
         self.received: list[str] = []
         self._buffer = b""
         self._unread: list[str] = []
+        #: True once the server closed the connection.
         self.eof = False
+        #: True if it was closed with a reset (RST) rather than a clean close.
+        self.reset = False
 
     def __repr__(self) -> str:
         return f"<LineClient {self.sock.getsockname()}>"
@@ -100,6 +103,7 @@ class LineClient:
         except TimeoutError:
             return False
         except ConnectionError:
+            self.reset = True
             data = b""
         if not data:
             self.eof = True

@@ -303,8 +303,9 @@ def test_a_refused_client_that_talks_first_still_reads_why(chat_server_factory, 
     for _ in range(20):
         refused = LineClient(server.address)
         try:
-            refused.send_raw(b"/nick bob\n/ping\n")
+            refused.send_raw(b"/nick bob\n/ping\n" + b"x" * 65536)  # certainly unread at close
             assert refused.wait_closed() == ["! server full, try again later"]
+            assert not refused.reset  # many clients drop buffered data on a reset
         finally:
             refused.close()
 
