@@ -107,6 +107,9 @@ class LineClient:
             data = b""
         if not data:
             self.eof = True
+            # A reset right behind the close shows up as a pending socket error.
+            if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self.reset = True
             return False
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")

@@ -310,6 +310,28 @@ def test_a_refused_client_that_talks_first_still_reads_why(chat_server_factory, 
             refused.close()
 
 
+def test_a_refusal_with_unread_input_is_a_clean_close(chat_server_factory):
+    spoke = threading.Event()
+
+    class Gate:
+        @hookimpl
+        def chatcore_connection_arriving(self) -> str:
+            spoke.wait(5)  # refuse only once the client's bytes are waiting
+            return "no entry"
+
+    server = chat_server_factory(plugins=[Gate()])
+    refused = LineClient(server.address)
+    try:
+        refused.send_raw(b"/nick bob\n" + b"x" * 65536)
+        spoke.set()
+        assert refused.wait_closed() == ["! no entry"]
+        # Closing with unread input resets; that usually shows by the time
+        # the client reads the close (the old code failed this 3 times in 5).
+        assert not refused.reset
+    finally:
+        refused.close()
+
+
 def test_stop_tells_clients_and_closes(chat_server_factory, chat_client):
     recorder = LeaveRecorder()
     server = chat_server_factory(plugins=[recorder])
