@@ -259,21 +259,25 @@ def message_length(message: Message) -> None:
 _WORD_CHAR = re.compile(r"\w")
 
 
-@functools.lru_cache(maxsize=4096)
 def fold(text: str) -> str:
     """The form words are compared in: NFKC, case-folded, NFKC again (the
     Unicode "NFKC_Casefold" idea): "Straße" and "STRASSE" give "strasse",
-    full-width "Bad" and the "fi" ligature give "bad" and "fi", "é" composed or not gives "é"."""
+    full-width "Bad" and the "fi" ligature give "bad" and "fi", "é" composed
+    or not gives "é"."""
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
+_fold_piece = functools.lru_cache(maxsize=4096)(fold)
+
+
 def _clusters(text: str) -> list[tuple[int, int]]:
-    """``text`` cut into characters as shown: a character with the combining
-    marks after it, as ``(start, end)`` spans."""
+    """``text`` cut into characters as shown: a character with the marks
+    (accents, vowel signs) after it, as ``(start, end)`` spans."""
     spans = []
     start = 0
+    category = unicodedata.category
     for index in range(1, len(text) + 1):
-        if index == len(text) or not unicodedata.combining(text[index]):
+        if index == len(text) or category(text[index])[0] != "M":
             spans.append((start, index))
             start = index
     return spans
@@ -282,11 +286,12 @@ def _clusters(text: str) -> list[tuple[int, int]]:
 class BannedWords:
     """A compiled set of banned words or phrases.
 
-    ASCII text (nearly every message) is matched in one pass of one
-    precompiled, case-insensitive regex. Other text is folded piece by piece
-    (:func:`fold`), remembering which original characters each folded
-    character came from, so a match maps back to exactly the characters to
-    mask, even where folding changes the length ("ß" -> "ss").
+    ASCII text (nearly every message) is lower-cased and searched with one
+    precompiled regex. Other text is folded whole and searched; only if that
+    finds something is it folded again piece by piece (a character with its
+    marks), remembering which original characters each folded character
+    came from, so a match maps back to exactly the characters to mask, even
+    where folding changes the length ("ß" -> "ss").
     """
 
     def __init__(self, words: Iterable[str]) -> None:
@@ -294,31 +299,35 @@ class BannedWords:
         folded = sorted({fold(word) for word in words}, key=lambda w: (-len(w), w))
         self.words = folded
 
-        def alternatives(items: list[str]) -> str:
-            # A space in a phrase matches any run of white space.
-            return "|".join(re.escape(item).replace(r"\ ", r"\s+") for item in items)
+        def pattern(items: list[str], flags: int = 0) -> re.Pattern[str]:
+            # A space in a phrase matches any run of white space. Words start
+            # and end with a word character (checked at configure), so \b is
+            # "not inside a longer word".
+            body = "|".join(re.escape(item).replace(r"\ ", r"\s+") for item in items)
+            return re.compile(rf"\b(?:{body})\b", flags)
 
-        self._unicode = re.compile(rf"(?<!\w)(?:{alternatives(folded)})(?!\w)")
+        self._unicode = pattern(folded)
+        # Only ASCII words can match ASCII text, whose folding is lower().
         ascii_words = [word for word in folded if word.isascii()]
-        # Only ASCII words can match ASCII text; in ASCII, IGNORECASE is folding.
-        self._ascii = (
-            re.compile(rf"(?<!\w)(?:{alternatives(ascii_words)})(?!\w)", re.ASCII | re.IGNORECASE)
-            if ascii_words
-            else None
-        )
+        self._ascii = pattern(ascii_words, re.ASCII) if ascii_words else None
 
     def find(self, text: str) -> list[tuple[int, int]]:
         """The ``(start, end)`` spans of ``text`` that are banned words."""
         if text.isascii():
             if self._ascii is None:
                 return []
-            return [match.span() for match in self._ascii.finditer(text)]
+            return [match.span() for match in self._ascii.finditer(text.lower())]
+        if self._unicode.search(fold(text)) is None:
+            return []
+        return self._find_by_piece(text)
+
+    def _find_by_piece(self, text: str) -> list[tuple[int, int]]:
         clusters = _clusters(text)
         pieces: list[str] = []
         owner: list[int] = []  # folded character -> index in clusters
         for number, (start, end) in enumerate(clusters):
             piece = text[start:end]
-            folded = piece.lower() if piece.isascii() else fold(piece)
+            folded = piece.lower() if piece.isascii() else _fold_piece(piece)
             pieces.append(folded)
             owner.extend([number] * len(folded))
         folded_text = "".join(pieces)
