@@ -146,8 +146,10 @@ def chatcore_configure(config: Config) -> None:
     words = [" ".join(word.split()) for word in words]
     words = [word for word in words if word]
     for word in words:
-        if not (_WORD_CHAR.match(word[0]) and _WORD_CHAR.match(word[-1])):
-            raise UsageError(f"banned word {word!r}: a banned word must start and end with a letter, digit or '_'")
+        if not (_WORD_CHAR.match(word[0]) and (_WORD_CHAR.match(word[-1]) or _is_mark(word[-1]))):
+            raise UsageError(
+                f"banned word {word!r}: a banned word must start and end with a letter or digit, not punctuation"
+            )
     if options.flood_rate is None:
         for name, value in (("--flood-burst", options.flood_burst), ("--flood-disconnect", options.flood_disconnect)):
             if value is not None:
@@ -275,12 +277,32 @@ def _clusters(text: str) -> list[tuple[int, int]]:
     (accents, vowel signs) after it, as ``(start, end)`` spans."""
     spans = []
     start = 0
-    category = unicodedata.category
     for index in range(1, len(text) + 1):
-        if index == len(text) or category(text[index])[0] != "M":
+        if index == len(text) or not _is_mark(text[index]):
             spans.append((start, index))
             start = index
     return spans
+
+
+def _is_mark(char: str) -> bool:
+    return unicodedata.category(char)[0] == "M"
+
+
+@functools.cache
+def _word_char_class() -> str:
+    """A regex class of word characters: ``\\w`` (letters, digits, "_") and
+    every mark (Mn, Mc, Me), which ``\\w`` leaves out although "नहीं" ends
+    with one. Built once, on first use (a few tens of milliseconds)."""
+    ranges: list[tuple[int, int]] = []
+    for code in range(0x300, 0x20000):
+        if _is_mark(chr(code)):
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+    ranges.append((0xE0100, 0xE01EF))  # variation selectors supplement
+    body = "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in ranges)
+    return f"[\\w{body}]"
 
 
 class BannedWords:
@@ -299,17 +321,19 @@ class BannedWords:
         folded = sorted({fold(word) for word in words}, key=lambda w: (-len(w), w))
         self.words = folded
 
-        def pattern(items: list[str], flags: int = 0) -> re.Pattern[str]:
-            # A space in a phrase matches any run of white space. Words start
-            # and end with a word character (checked at configure), so \b is
-            # "not inside a longer word".
-            body = "|".join(re.escape(item).replace(r"\ ", r"\s+") for item in items)
-            return re.compile(rf"\b(?:{body})\b", flags)
+        def alternatives(items: list[str]) -> str:
+            # A space in a phrase matches any run of white space.
+            return "|".join(re.escape(item).replace(r"\ ", r"\s+") for item in items)
 
-        self._unicode = pattern(folded)
-        # Only ASCII words can match ASCII text, whose folding is lower().
+        # Not inside a longer word: no letter, digit, "_" or mark (an accent
+        # or vowel sign is part of the word it is in) on either side.
+        word_char = _word_char_class()
+        self._unicode = re.compile(rf"(?<!{word_char})(?:{alternatives(folded)})(?!{word_char})")
+        # Only ASCII words can match ASCII text, whose folding is lower() and
+        # which has no marks; words start and end with a word character, so
+        # \b says the same there, faster.
         ascii_words = [word for word in folded if word.isascii()]
-        self._ascii = pattern(ascii_words, re.ASCII) if ascii_words else None
+        self._ascii = re.compile(rf"\b(?:{alternatives(ascii_words)})\b", re.ASCII) if ascii_words else None
 
     def find(self, text: str) -> list[tuple[int, int]]:
         """The ``(start, end)`` spans of ``text`` that are banned words."""
