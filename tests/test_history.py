@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +18,8 @@ from chatcore.config import parse_config
 from chatcore.plugins import history
 from chatcore.server import ChatServer
 from chatcore.testing import ClientFactory, LineClient, wait_for
+
+LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+) ")
 
 
 def named(chat_client: ClientFactory, server: ChatServer, nick: str) -> LineClient:
@@ -137,6 +141,64 @@ def test_sqlite_history_survives_a_restart(chat_server_factory, chat_client, tmp
         ("dev", "action", "bob", "codes"),
         ("dev", "chat", "guest-1", "still here"),
     ]
+
+
+def _serve(*args: str) -> tuple[subprocess.Popen[str], tuple[str, int]]:
+    """``chatcore serve --port 0 ARGS`` as a process; waits for its address."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatcore", "serve", "--port", "0", "--log-level", "WARNING", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 20)
+    line = process.stdout.readline() if ready else ""
+    match = LISTENING.search(line)
+    if match is None:
+        process.kill()
+        _, stderr = process.communicate(timeout=10)
+        raise AssertionError(f"server did not start: {line!r} {stderr!r}")
+    return process, ("127.0.0.1", int(match.group(1)))
+
+
+def _stop(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    return stderr
+
+
+def test_history_survives_a_restart_of_the_process(tmp_path):
+    db = tmp_path / "history.sqlite"
+    args = ("--plugins", "welcome,logger,filters,history", "--log-file", str(tmp_path / "events.jsonl"))
+    args += ("--banned-words", "darn", "--history-db", str(db))
+    process, address = _serve(*args)
+    try:
+        alice, bob = LineClient(address), LineClient(address)
+        bob.send("/nick bob")
+        bob.expect("* you are now known as bob")
+        alice.send("/nick alice")
+        alice.send("darn, it works")
+        alice.send("/msg bob between us")
+        bob.expect("<alice> ****, it works")
+        bob.expect("*alice* between us")
+        alice.sync()
+        alice.close()
+        bob.close()
+    finally:
+        stderr = _stop(process)
+    assert "Traceback" not in stderr
+
+    process, address = _serve(*args)
+    try:
+        carol = LineClient(address)
+        carol.sync()
+        assert replayed(carol) == ["* last 1 message in lobby:", "# <alice> ****, it works"]
+        carol.close()
+    finally:
+        stderr = _stop(process)
+    assert "Traceback" not in stderr
 
 
 def test_a_locked_database_while_chatting_is_retried(chat_server_factory, chat_client, tmp_path, monkeypatch, caplog):
