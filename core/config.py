@@ -152,7 +152,9 @@ def parse_config(args: Sequence[str], extra_plugins: Sequence[object] = ()) -> C
 
     pm = PluginManager()
     for plugin in extra_plugins:
-        pm.register(plugin)
+        # Name object plugins after their class, so log lines can say who failed.
+        name = type(plugin).__name__ if not isinstance(plugin, type(argparse)) else plugin.__name__
+        pm.register(plugin, name=name if not pm.has_plugin(name) else f"{name}-{id(plugin)}")
     load_plugins(pm, names)
     options = build_parser(pm).parse_args(args)
     config = Config(options, pm, names)

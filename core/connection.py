@@ -29,6 +29,28 @@ class Client:
     slow consumer; it never holds up the thread that was sending to it.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_blocked",
+        "_done",
+        "_finish_deadline",
+        "_finishing",
+        "_max_queue",
+        "_queue",
+        "_scheduled",
+        "_unsent",
+        "_writer",
+        "_writer_done",
+        "address",
+        "close_reason",
+        "data",
+        "id",
+        "nick",
+        "room",
+        "server",
+        "sock",
+    )
+
     def __init__(
         self,
         sock: socket.socket,
@@ -65,7 +87,11 @@ class Client:
         self._finishing = False
         self._finish_deadline = 0.0
         self._done = False
-        self._writer_done = threading.Event()
+        # Held until the writer is done with the socket: a bare lock is a
+        # latch at a tenth of a threading.Event's memory, which matters with
+        # thousands of clients.
+        self._writer_done = threading.Lock()
+        self._writer_done.acquire()
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.nick!r} in {self.room!r} from {self.address[0]}:{self.address[1]}>"
@@ -132,11 +158,17 @@ class Client:
             self.notice(notice)
         elif tell:
             self.error(f"disconnected: {reason}")
-        if self.close_reason is not None:
-            return  # that last line overflowed the queue: already a slow consumer
+        # That last line may have overflowed the queue, closing the client as
+        # a slow consumer. Checked through the property: mypy assumes the
+        # calls above left close_reason None.
+        if self.closed:
+            return
         self.close_reason = reason
         self._writer.finish(self, linger)
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Wait until the writer is done with this client's socket."""
-        return self._writer_done.wait(timeout)
+        if self._writer_done.acquire(timeout=-1 if timeout is None else timeout):
+            self._writer_done.release()
+            return True
+        return False

@@ -36,7 +36,13 @@ from chatcore.writer import Writer
 
 log = logging.getLogger("chatcore.server")
 
-RECV_SIZE = 65536
+# recv() allocates its whole buffer before it blocks, so a large buffer would
+# sit in memory for every idle client. Idle clients wait with a small one;
+# a read that fills it is followed by large reads until the data runs out.
+RECV_IDLE = 256
+RECV_BUSY = 65536
+#: How often the accept loop checks for shutdown(): stop() waits up to this.
+ACCEPT_POLL_INTERVAL = 0.1
 #: How long a disconnecting client may take to read what is queued for it.
 SHUTDOWN_LINGER = 2.0
 
@@ -85,7 +91,12 @@ class ChatServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.hooks.server_start(self)
         self.writer.start()
         self._serving = True
-        thread = threading.Thread(target=self.serve_forever, name="chatcore-accept", daemon=True)
+        thread = threading.Thread(
+            target=self.serve_forever,
+            kwargs={"poll_interval": ACCEPT_POLL_INTERVAL},
+            name="chatcore-accept",
+            daemon=True,
+        )
         thread.start()
         return thread
 
@@ -108,8 +119,12 @@ class ChatServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
         self.hooks.server_stop(self)
-        self.writer.stop()
         self.server_close()
+
+    def server_close(self) -> None:
+        """Close the listening socket and stop the writer."""
+        super().server_close()
+        self.writer.stop()
 
     # -- socketserver overrides ---------------------------------------------
 
@@ -234,18 +249,19 @@ class ClientHandler(socketserver.BaseRequestHandler):
         framer = LineFramer(self.server.max_line)
         recv = self.request.recv
         handle_line = self.handle_line
+        size = RECV_IDLE
         while client.close_reason is None:
             try:
-                data = recv(RECV_SIZE)
+                data = recv(size)
             except OSError as exc:
-                if client.close_reason is None:
-                    client.close_reason = "connection lost"
                 log.debug("read from %r failed: %s", client, exc)
+                client.disconnect("connection lost", tell=False)
                 return
             if not data:
                 if framer.pending:
                     log.debug("%r closed the connection in the middle of a line", client)
                 return
+            size = RECV_BUSY if len(data) == size else RECV_IDLE
             for line in framer.feed(data):
                 if line is None:
                     client.error(f"line too long (the limit is {self.server.max_line} bytes); it was not sent")

@@ -15,8 +15,12 @@ threads of the test process, and are always stopped at teardown.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Union
@@ -44,6 +48,13 @@ def wait_for(condition: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, mes
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def _summary(lines: list[str], last: int = 10) -> str:
+    """The last lines, shortened, for failure messages."""
+    shown = [line if len(line) <= 120 else line[:117] + "..." for line in lines[-last:]]
+    more = f"{len(lines) - last} earlier lines, then " if len(lines) > last else ""
+    return f"{more}{shown}"
 
 
 def _matcher(match: Match) -> Callable[[str], bool]:
@@ -106,7 +117,9 @@ class LineClient:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not self._unread:
             if not self._fill(deadline):
-                raise AssertionError(f"no line within the timeout (eof={self.eof}); received so far: {self.received}")
+                raise AssertionError(
+                    f"no line within the timeout (eof={self.eof}); received: {_summary(self.received)}"
+                )
         return self._unread.pop(0)
 
     def expect(self, match: Match, timeout: float | None = None) -> str:
@@ -123,7 +136,7 @@ class LineClient:
                     return line
                 skipped.append(line)
             if not self._fill(deadline):
-                raise AssertionError(f"expected a line matching {match!r}; got {skipped} (eof={self.eof})")
+                raise AssertionError(f"expected a line matching {match!r}; got {_summary(skipped)} (eof={self.eof})")
 
     def sync(self) -> list[str]:
         """Round trip through the server: returns every line that arrived
@@ -139,7 +152,7 @@ class LineClient:
                     return before
                 before.append(line)
             if not self._fill(deadline):
-                raise AssertionError(f"no reply to /ping; got {before} (eof={self.eof})")
+                raise AssertionError(f"no reply to /ping; got {_summary(before)} (eof={self.eof})")
 
     def wait_closed(self, timeout: float | None = None) -> list[str]:
         """Wait until the server closes the connection; returns the lines
@@ -147,12 +160,75 @@ class LineClient:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not self.eof:
             if not self._fill(deadline) and not self.eof:
-                raise AssertionError(f"connection still open; received: {self.received}")
+                raise AssertionError(f"connection still open; received: {_summary(self.received)}")
         lines, self._unread = self._unread, []
         return lines
 
     def close(self) -> None:
         self.sock.close()
+
+
+class ServerProcess:
+    """``chatcore serve`` in a child process, for testing the real program.
+
+    Starts ``python -m chatcore serve --port 0 *args``, waits for the line
+    that gives the bound address, and stops the process with a signal::
+
+        with ServerProcess("--plugins", "welcome") as proc:
+            client = LineClient(proc.address)
+            ...
+        assert proc.returncode == 0
+    """
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 10.0) -> None:
+        self.args = ["--port", "0", *args]
+        self.env = env
+        self.timeout = timeout
+        self.address: tuple[str, int] = ("", 0)
+        self.returncode: int | None = None
+        self.stdout = ""
+        self.stderr = ""
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chatcore", "serve", *self.args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(self.env or {})},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # the server prints it once bound
+        match = re.search(r"listening on \[?([^\]\s]+?)\]?:(\d+) ", line)
+        if not match:
+            self.stop()
+            raise AssertionError(f"server did not start: {line!r} {self.stderr}")
+        self.address = (match.group(1), int(match.group(2)))
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` and wait; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            out, err = self.proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        self.stdout += out
+        self.stderr += err
+        self.returncode = self.proc.returncode
+        return self.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.returncode is None:
+            self.stop()
 
 
 ServerFactory = Callable[..., ChatServer]

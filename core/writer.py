@@ -64,6 +64,7 @@ class Writer:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._idle = False
         self._running = False
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="chatcore-writer", daemon=True)
 
     # -- called from any thread ---------------------------------------------
@@ -74,6 +75,9 @@ class Writer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread; clients still connected are not written to again."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._running:
             self._running = False
             self._wake()
@@ -220,4 +224,4 @@ class Writer:
             client.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # already gone
-        client._writer_done.set()
+        client._writer_done.release()

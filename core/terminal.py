@@ -1,0 +1,580 @@
+"""The terminal client: ``chatcore client``.
+
+Design
+------
+One asyncio event loop on the main thread owns the connection. Three things
+feed it, each independent of the others:
+
+- a **server reader** task reads the socket and prints each line it gets;
+- an **input source** yields the lines to send:
+
+  - interactive (stdin and stdout are terminals): prompt_toolkit's
+    ``prompt_async()``, with line editing and history. Everything printed
+    while the prompt is up goes through ``patch_stdout()``, which draws it
+    above the prompt and redraws the half-typed line below it;
+  - otherwise: a daemon thread that reads stdin with ``os.read()`` and hands
+    each line to the loop with ``call_soon_threadsafe()``. Blocking reads in
+    a thread work on every platform for terminals, pipes and files alike,
+    where ``select()`` on stdin does not work on Windows;
+
+- Ctrl-C outside the prompt (a signal) sets a "leave" event.
+
+The main coroutine waits for whichever comes first: a line to send, the end
+of input, a request to leave, or the server closing the connection.
+
+Right after connecting the client sends ``/nick NAME`` (with ``--nick``) and
+``/ping``. The server answers a client's lines in order, so everything before
+the ``* pong`` is the welcome or the answer to ``/nick``; input waits until
+then, and that ``* pong`` is not shown.
+
+Leaving (Ctrl-D, Ctrl-C, end of piped input, ``/quit``) always sends
+``/quit``, then reads until the server closes the connection (at most
+:data:`LEAVE_TIMEOUT` seconds) before closing the socket. Nothing unread is
+left in the socket, so the close is a normal one, never a reset, and the
+others see ``* NICK left``.
+
+When the server closes the connection without having been asked to, the
+client says the connection was lost and exits with status 1.
+
+The colours come from :func:`classify`, a pure function from a server line
+to its :class:`Kind`, and :func:`render`. They are used only when stdout is a
+terminal and ``NO_COLOR`` is unset or empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import enum
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from types import FrameType
+from typing import Any, TextIO, TypeAlias
+
+from chatcore.protocol import ERROR, NOTICE, sanitize
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 12000
+#: How long to wait for the server to close the connection after ``/quit``.
+LEAVE_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 10.0
+#: How long input waits for the server's welcome (the answer to a /ping).
+WELCOME_TIMEOUT = 5.0
+PROMPT = "> "
+RECV_SIZE = 65536
+
+PROG = "chatcore client"
+
+# What signal.signal() returns: the previous handler.
+_SignalHandler: TypeAlias = "Callable[[int, FrameType | None], Any] | int | signal.Handlers | None"
+
+
+class Kind(enum.Enum):
+    """What a line on screen is, for its colour."""
+
+    CHAT = "chat"
+    OWN = "own"  # the user's own message, shown as <You> text
+    ACTION = "action"
+    NOTICE = "notice"
+    ERROR = "error"
+    PRIVATE = "private"  # *alice* text, to us
+    PRIVATE_SENT = "private_sent"  # -> *bob* text, our own private message
+    HISTORY = "history"  # # <alice> hi, replayed when joining
+    OTHER = "other"
+
+
+# Looser than the server's rules for nicknames, so that names relayed from
+# elsewhere by a plugin are recognised too.
+_NAME = r"[^\s<>*]{1,64}"
+_CHAT = re.compile(rf"<{_NAME}> ")
+_PRIVATE = re.compile(rf"\*{_NAME}\* ")
+_PRIVATE_SENT = re.compile(rf"-> \*{_NAME}\* ")
+# "* NICK TEXT" is an action, unless it is one of the server's own notices
+# about a person; the protocol writes both with "* " in front.
+_ACTION = re.compile(rf"\* (?P<nick>{_NAME}) (?P<text>.+)")
+_PERSON_NOTICE = re.compile(r"joined|left|left \(.*\)|is now known as \S+")
+#: Reserved nicknames that begin the server's notices ("* you are now ...").
+_NOTICE_SUBJECTS = frozenset({"you", "server"})
+
+
+def classify(line: str) -> Kind:
+    """The kind of a line from the server (see docs/protocol.md).
+
+    Actions and notices both start with ``* ``: a line is an action when it
+    reads ``* NICK TEXT`` and is not one of the notices about a person
+    (joined, left, renamed) or about the user (``* you ...``).
+    """
+    if line.startswith("# "):
+        return Kind.HISTORY
+    if line.startswith(ERROR):
+        return Kind.ERROR
+    if _CHAT.match(line):
+        return Kind.CHAT
+    if _PRIVATE.match(line):
+        return Kind.PRIVATE
+    if _PRIVATE_SENT.match(line):
+        return Kind.PRIVATE_SENT
+    if line.startswith(NOTICE):
+        action = _ACTION.fullmatch(line)
+        if (
+            action
+            and action["nick"].casefold() not in _NOTICE_SUBJECTS
+            and not _PERSON_NOTICE.fullmatch(action["text"])
+        ):
+            return Kind.ACTION
+        return Kind.NOTICE
+    return Kind.OTHER
+
+
+_RESET = "\x1b[0m"
+#: ANSI SGR codes per kind; chat and own lines colour only the nickname.
+STYLES: dict[Kind, str] = {
+    Kind.CHAT: "1;36",  # bold cyan nick
+    Kind.OWN: "1;32",  # bold green nick
+    Kind.ACTION: "35",  # magenta
+    Kind.NOTICE: "2",  # dim
+    Kind.ERROR: "1;31",  # bold red
+    Kind.PRIVATE: "1;33",  # bold yellow
+    Kind.PRIVATE_SENT: "33",  # yellow
+    Kind.HISTORY: "2;3",  # dim italic
+}
+
+
+def render(line: str, kind: Kind, colour: bool) -> str:
+    """The text to print for ``line``: with ANSI colours if ``colour``."""
+    style = STYLES.get(kind)
+    if not colour or style is None:
+        return line
+    if kind in (Kind.CHAT, Kind.OWN):
+        nick, sep, text = line.partition("> ")
+        return f"\x1b[{style}m{nick}{sep.rstrip()}{_RESET} {text}"
+    return f"\x1b[{style}m{line}{_RESET}"
+
+
+def wants_colour(stream: TextIO, environ: Mapping[str, str]) -> bool:
+    """Colour only on a terminal, and never when ``NO_COLOR`` is set
+    (to anything but the empty string; see https://no-color.org)."""
+    if environ.get("NO_COLOR"):
+        return False
+    return _isatty(stream)
+
+
+def own_line(text: str) -> str | None:
+    """How the user's own input line is shown: ``<You> text`` for a message,
+    ``None`` for a command (the server answers those)."""
+    if text.startswith("//"):
+        return f"<You> {text[1:]}"
+    if text.startswith("/"):
+        return None
+    return f"<You> {text}"
+
+
+def is_quit(text: str) -> bool:
+    return text.split(maxsplit=1)[0].lower() == "/quit"
+
+
+# -- command line -----------------------------------------------------------
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1 to 65535, not {port}")
+    return port
+
+
+def _nick(value: str) -> str:
+    # Only what would break the line protocol is checked here; the server
+    # judges the name itself and its answer is shown.
+    if not value or any(char.isspace() or not char.isprintable() for char in value):
+        raise argparse.ArgumentTypeError(f"a nickname is one word without spaces, not {value!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Chat from this terminal: connect to a chatcore server, send what you type, show what arrives.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""\
+In a terminal: type a line and press Enter to send it. What arrives while
+you type appears above the prompt; your line stays as it was. Up and Down
+recall earlier lines; the usual editing keys work. Lines starting with / are
+commands for the server (/help lists them; //text sends "/text"). Your own
+messages are shown as <You> text. Ctrl-D on an empty line, Ctrl-C or /quit
+leave the chat.
+
+With stdin a pipe or file, each line is sent and the client leaves when the
+input ends (or at a /quit line), after the server has answered everything:
+  printf 'hello\\n/me waves\\n' | chatcore client --nick robot
+With stdout not a terminal, lines are printed plain, one per line.
+
+Colours are used when stdout is a terminal, unless NO_COLOR is set.
+If --nick is refused (taken or invalid), the client stays connected under
+the guest name the server gave it; use /nick NAME to try another.
+
+Exit status: 0 after leaving, 1 if the server could not be reached or the
+connection was lost, 2 for a usage error.""",
+    )
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"the server's host name or address (default: {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"the server's TCP port (default: {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--nick",
+        type=_nick,
+        metavar="NAME",
+        help="the nickname to take right after connecting (default: the server's guest name)",
+    )
+    return parser
+
+
+def _address_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def main(args: Sequence[str]) -> int:
+    """Run ``chatcore client`` with its command-line arguments; return the
+    exit status."""
+    options = build_parser().parse_args(list(args))
+    interactive = _isatty(sys.stdin) and _isatty(sys.stdout)
+    # Whatever arrives must print, even on an output that cannot encode it.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+    client = TerminalClient(
+        options.host,
+        options.port,
+        nick=options.nick,
+        interactive=interactive,
+        colour=wants_colour(sys.stdout, os.environ),
+    )
+    try:
+        return asyncio.run(client.run())
+    except KeyboardInterrupt:  # Ctrl-C while connecting: nothing to leave
+        return 0
+
+
+def _isatty(stream: TextIO | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except ValueError:  # closed
+        return False
+
+
+# -- input sources ----------------------------------------------------------
+
+
+class _StdinLines:
+    """Lines from stdin, read by a daemon thread (see the module docstring).
+
+    ``os.read`` on the file descriptor, not ``sys.stdin``: a daemon thread
+    blocked inside the buffered reader would stop the interpreter from
+    shutting down cleanly when we exit before the input ends.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._thread = threading.Thread(target=self._read, name="chatcore-stdin", daemon=True)
+        self._thread.start()
+
+    def _put(self, line: str | None) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, line)
+
+    def _read(self) -> None:
+        pending = b""
+        try:
+            fd = sys.stdin.fileno()
+            while True:
+                data = os.read(fd, RECV_SIZE)
+                if not data:
+                    break
+                *lines, pending = (pending + data).split(b"\n")
+                for raw in lines:
+                    self._put(raw.decode("utf-8", "replace").rstrip("\r"))
+            if pending:
+                self._put(pending.decode("utf-8", "replace").rstrip("\r"))
+        except (AttributeError, ValueError, OSError):
+            pass  # no stdin, or closed under us: that is the end of the input
+        except RuntimeError:
+            return  # the loop is closed: the client has already finished
+        with contextlib.suppress(RuntimeError):
+            self._put(None)
+
+    async def next(self) -> str | None:
+        """The next line, or ``None`` at the end of the input."""
+        return await self._queue.get()
+
+
+class _PromptLines:
+    """Lines typed at a prompt_toolkit prompt."""
+
+    def __init__(self) -> None:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import InMemoryHistory
+
+        # erase_when_done: the typed line is replaced by "<You> text".
+        self._session: PromptSession[str] = PromptSession(PROMPT, history=InMemoryHistory(), erase_when_done=True)
+
+    async def next(self) -> str | None:
+        """The next line typed, or ``None`` for Ctrl-D (on an empty line) or
+        Ctrl-C."""
+        try:
+            # Our own SIGINT handler stays in place (see TerminalClient.run);
+            # at the prompt, Ctrl-C is a key press, not a signal.
+            return await self._session.prompt_async(handle_sigint=False)
+        except (EOFError, KeyboardInterrupt):
+            return None
+
+
+# -- the client -------------------------------------------------------------
+
+
+class ConnectionLost(Exception):
+    """Sending failed: the connection is gone."""
+
+
+class TerminalClient:
+    """One session of ``chatcore client``: connect, chat, leave."""
+
+    def __init__(self, host: str, port: int, *, nick: str | None, interactive: bool, colour: bool) -> None:
+        self.host = host
+        self.port = port
+        self.address = _address_text(host, port)
+        self.nick = nick
+        self.interactive = interactive
+        self.colour = colour
+        self._writer: asyncio.StreamWriter | None = None
+        #: Set once we have sent /quit: the server closing is then expected.
+        self._leaving = False
+        #: True until the answer to our first /ping: everything before it is
+        #: the welcome and the answer to --nick.
+        self._welcome = True
+        self._nick_pending = nick is not None
+        self._welcomed = asyncio.Event()
+        #: Set by Ctrl-C (as a signal) or when our output is closed.
+        self._leave_requested = asyncio.Event()
+        self._lost_reason = "the server closed it"
+
+    # -- output --
+
+    def show(self, line: str, kind: Kind) -> None:
+        try:
+            print(render(line, kind, self.colour), flush=True)
+        except BrokenPipeError:
+            # Whoever read our output is gone (``chatcore client | head``):
+            # leave cleanly, and send further output nowhere so that
+            # neither it nor the flush at exit fails again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            self._leave_requested.set()
+
+    def note(self, text: str) -> None:
+        """A message from the client itself (not from the server)."""
+        print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+
+    def show_server_line(self, line: str) -> None:
+        line = sanitize(line)  # a rogue server must not paint on the terminal
+        if self._welcome:
+            if line == "* pong":  # ours, sent after connecting; not shown
+                self._welcome = False
+                self._welcomed.set()
+                if self._nick_pending:
+                    # No "you are now known as": the error shown was the
+                    # answer. (Said only now, when we know we are still
+                    # connected: "! server full" is an error too.)
+                    self.note(
+                        f"the nickname {self.nick!r} was refused; you are connected under your guest name. "
+                        "Type /nick NAME to choose another."
+                    )
+                return
+            if line.startswith(("* you are now known as ", "* you are already known as ")):
+                self._nick_pending = False
+            # Before the first /ping answer, "* " lines are the welcome notices.
+            kind = Kind.NOTICE if line.startswith(NOTICE) else classify(line)
+        else:
+            kind = classify(line)
+        if line:
+            self.show(line, kind)
+
+    # -- the connection --
+
+    async def _send(self, text: str) -> None:
+        assert self._writer is not None
+        self._writer.write(text.encode("utf-8") + b"\n")
+        try:
+            await self._writer.drain()
+        except OSError as exc:
+            self._lost_reason = exc.strerror or str(exc)
+            raise ConnectionLost from None
+
+    async def _read_server(self, reader: asyncio.StreamReader) -> None:
+        """Show every line from the server; returns when it closes."""
+        pending = b""
+        while True:
+            try:
+                data = await reader.read(RECV_SIZE)
+            except OSError as exc:
+                self._lost_reason = exc.strerror or str(exc)
+                data = b""
+            if not data:
+                if pending:
+                    self.show_server_line(pending.decode("utf-8", "replace"))
+                return
+            *lines, pending = (pending + data).split(b"\n")
+            for raw in lines:
+                self.show_server_line(raw.decode("utf-8", "replace").rstrip("\r"))
+
+    async def _connect(self) -> asyncio.StreamReader | None:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT)
+        except ConnectionRefusedError:
+            serve = "chatcore serve" + (f" --port {self.port}" if self.port != DEFAULT_PORT else "")
+            _error(
+                f"cannot connect to {self.address}: connection refused. "
+                f"Is the server running? Start one with '{serve}'."
+            )
+            return None
+        except socket.gaierror as exc:
+            _error(f"cannot find the host {self.host!r}: {exc.strerror}. Check --host.")
+            return None
+        except (asyncio.TimeoutError, TimeoutError):
+            _error(
+                f"cannot connect to {self.address}: no answer within {CONNECT_TIMEOUT:g} s. Check --host and --port."
+            )
+            return None
+        except OSError as exc:
+            _error(f"cannot connect to {self.address}: {exc.strerror or exc}. Check --host and --port.")
+            return None
+        self._writer = writer
+        return reader
+
+    async def run(self) -> int:
+        reader = await self._connect()
+        if reader is None:
+            return 1
+        assert self._writer is not None
+        loop = asyncio.get_running_loop()
+        leave_requested = self._leave_requested
+        previous_sigint = _install_sigint(loop, leave_requested)
+        try:
+            if self.nick is not None:
+                await self._send(f"/nick {self.nick}")
+            await self._send("/ping")  # the answer marks the end of the welcome
+            if self.interactive:
+                from prompt_toolkit.patch_stdout import patch_stdout
+
+                with patch_stdout(raw=True):
+                    lost = await self._chat(reader, _PromptLines().next, leave_requested)
+            else:
+                lost = await self._chat(reader, _StdinLines(loop).next, leave_requested)
+        except ConnectionLost:
+            lost = True
+        finally:
+            if previous_sigint is not None:
+                signal.signal(signal.SIGINT, previous_sigint)
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+        if lost:
+            return _error(f"lost the connection to {self.address}: {self._lost_reason}.")
+        return 0
+
+    async def _chat(
+        self,
+        reader: asyncio.StreamReader,
+        next_line: Callable[[], Coroutine[object, object, str | None]],
+        leave_requested: asyncio.Event,
+    ) -> bool:
+        """Send lines until the user leaves; return True if the connection
+        was lost instead."""
+        server_closed = asyncio.create_task(self._read_server(reader))
+        leave = asyncio.create_task(leave_requested.wait())
+        try:
+            # Input waits for the welcome and the answer to --nick, so that
+            # what is shown is in order and lines go out under the new name.
+            welcomed = asyncio.create_task(self._welcomed.wait())
+            await asyncio.wait(
+                {welcomed, server_closed, leave}, timeout=WELCOME_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+            welcomed.cancel()
+            if server_closed.done():
+                server_closed.result()
+                return True
+            while not leave.done():
+                typed = asyncio.create_task(next_line())
+                await asyncio.wait({typed, server_closed, leave}, return_when=asyncio.FIRST_COMPLETED)
+                if server_closed.done() or leave.done():
+                    typed.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await typed
+                    if server_closed.done():
+                        server_closed.result()  # a failure in the reader is a bug: let it show
+                        return True
+                    break
+                text = typed.result()
+                if text is None:
+                    break
+                text = text.strip()  # as the server does, so "/quit " is seen as /quit here too
+                if not text:
+                    continue
+                await self._send(text)
+                shown = own_line(text)
+                if shown is not None:
+                    self.show(shown, Kind.OWN)
+                if is_quit(text):
+                    self._leaving = True
+                    break
+            await self._leave(server_closed)
+            return False
+        finally:
+            leave.cancel()
+            server_closed.cancel()
+
+    async def _leave(self, server_closed: asyncio.Task[None]) -> None:
+        """Say /quit (unless done already) and read until the server closes."""
+        if not self._leaving:
+            self._leaving = True
+            try:
+                await self._send("/quit")
+            except ConnectionLost:
+                return
+        try:
+            await asyncio.wait_for(asyncio.shield(server_closed), LEAVE_TIMEOUT)
+        except (asyncio.TimeoutError, TimeoutError):
+            self.note(f"the server did not close the connection within {LEAVE_TIMEOUT:g} s; closing it.")
+
+
+def _install_sigint(loop: asyncio.AbstractEventLoop, leave_requested: asyncio.Event) -> _SignalHandler:
+    """Ctrl-C (when it arrives as a signal) asks to leave cleanly; returns
+    the handler it replaced (None if it could not install one).
+
+    ``signal.signal`` rather than ``loop.add_signal_handler``: the latter is
+    not available on Windows.
+    """
+
+    def on_sigint(_signum: int, _frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(leave_requested.set)
+
+    try:
+        return signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread
+        return None

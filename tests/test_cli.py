@@ -1,0 +1,175 @@
+"""The ``chatcore`` program as a process: exit codes, signals, discovery."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import chatcore
+from chatcore.testing import LineClient, ServerProcess
+
+ROOT = Path(__file__).parent.parent
+TEST_PLUGINS = Path(__file__).parent / "plugins"
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chatcore", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_version():
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"chatcore {chatcore.__version__} (pluggy ")
+
+
+def test_console_script_is_installed():
+    script = shutil.which("chatcore", path=str(Path(sys.executable).parent))
+    assert script, "the chatcore console script is not installed next to python"
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    assert chatcore.__version__ in result.stdout
+
+
+def test_no_command_is_a_usage_error():
+    result = run()
+    assert result.returncode == 2
+    assert "serve" in result.stderr
+    assert "client" in result.stderr
+
+
+def test_unknown_plugin_exits_2_and_lists_the_available_ones():
+    result = run("serve", "--plugins", "welcome,nosuch")
+    assert result.returncode == 2
+    assert "unknown plugin 'nosuch'" in result.stderr
+    assert "welcome" in result.stderr.split("available:")[1]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_option_value_exits_2():
+    result = run("serve", "--port", "70000")
+    assert result.returncode == 2
+    assert "70000 is out of range" in result.stderr
+
+
+def test_plugin_usage_error_exits_2_in_one_line():
+    env = {"PYTHONPATH": str(TEST_PLUGINS)}
+    result = run("serve", "--plugins", "chatcore_testplugins.bad_option", "--colour", "red", env=env)
+    assert result.returncode == 2
+    assert result.stderr == "chatcore: error: --colour must be blue or green, not 'red'\n"
+
+
+def test_plugin_failing_at_start_exits_1_in_one_line():
+    env = {"PYTHONPATH": str(TEST_PLUGINS)}
+    result = run("serve", "--port", "0", "--plugins", "chatcore_testplugins.failing_start", env=env)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "chatcore: error: plugin 'chatcore_testplugins.failing_start' failed in chatcore_server_start: "
+        "RuntimeError: the database is on fire\n"
+    )
+
+
+def test_port_in_use_exits_1_with_a_hint():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--port", str(port))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plugins_command_lists_descriptions_and_hooks():
+    result = run("plugins")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("welcome ") and "welcome text" in line for line in lines)
+    assert any(line.startswith("commands ") and "built in, always on" in line for line in lines)
+    logger_hooks = lines[lines.index(next(x for x in lines if x.startswith("logger "))) + 1]
+    assert "chatcore_message_delivered" in logger_hooks
+
+
+def test_serve_help_shows_the_selected_plugins_options():
+    result = run("serve", "--plugins", "welcome,logger", "--help")
+    assert result.returncode == 0
+    for option in ("--host", "--port", "--backlog", "--max-line", "--log-level", "--welcome-text", "--log-file"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_shuts_down_gracefully(sig):
+    with ServerProcess("--plugins", "welcome") as server:
+        alice = LineClient(server.address)
+        alice.sync()
+        bob = LineClient(server.address)
+        try:
+            bob.sync()
+            alice.expect("* guest-2 joined")
+            started = time.monotonic()
+            status = server.stop(sig)
+            elapsed = time.monotonic() - started
+            assert alice.wait_closed() == ["* server shutting down"]
+            assert bob.wait_closed() == ["* server shutting down"]
+        finally:
+            alice.close()
+            bob.close()
+    assert status == 0, server.stderr
+    assert elapsed < 5
+    assert "server stopped" in server.stderr
+
+
+def test_listening_line_gives_the_bound_address():
+    with ServerProcess("--plugins", "") as server:
+        assert server.address[0] == "127.0.0.1"
+        assert server.address[1] > 0
+        client = LineClient(server.address)
+        client.sync()
+        client.close()
+
+
+def test_an_installed_plugin_package_is_discovered_through_entry_points(tmp_path):
+    """pip-install the example package and use it exactly like a bundled one."""
+    source = tmp_path / "src"
+    shutil.copytree(ROOT / "examples" / "chatcore-shout", source)
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(source)],
+        check=True,
+        timeout=120,
+    )  # fmt: skip
+    env = {"PYTHONPATH": str(target)}
+    listing = run("plugins", env=env)
+    assert "shout 1.0.0: Adds /shout TEXT, which says TEXT in capitals to the room" in listing.stdout
+
+    with ServerProcess("--plugins", "welcome,shout", "--shout-prefix", ">> ", env=env) as server:
+        alice, bob = LineClient(server.address), LineClient(server.address)
+        try:
+            alice.sync()
+            bob.sync()
+            alice.send("/shout hello")
+            alice.expect("* shouted")
+            assert bob.expect(lambda line: line.startswith("<")) == "<guest-1> >> HELLO"
+            alice.send("/help")
+            alice.expect(lambda line: "/shout TEXT" in line)
+        finally:
+            alice.close()
+            bob.close()
+    assert server.returncode == 0

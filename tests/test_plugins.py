@@ -1,0 +1,229 @@
+"""The plugin system: hooks, isolation of failing plugins, discovery."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+
+import pluggy
+import pytest
+
+from chatcore import Client, Message, hookimpl
+from chatcore.config import parse_config
+from chatcore.hooks import PluginError
+from chatcore.server import ChatServer
+from chatcore.testing import LineClient
+
+TEST_PLUGINS = Path(__file__).parent / "plugins"
+
+
+class Upper:
+    """A filter that shouts."""
+
+    @hookimpl
+    def chatcore_message(self, message: Message) -> None:
+        message.text = message.text.upper()
+
+
+class Broken:
+    """Fails in every per-event hook."""
+
+    @hookimpl
+    def chatcore_message(self, message: Message) -> None:
+        raise ValueError("broken filter")
+
+    @hookimpl
+    def chatcore_welcome(self, client: Client) -> list[str]:
+        raise ValueError("broken welcome")
+
+    @hookimpl
+    def chatcore_client_joined(self, client: Client) -> None:
+        raise ValueError("broken join")
+
+    @hookimpl
+    def chatcore_client_left(self, client: Client) -> None:
+        raise ValueError("broken leave")
+
+    @hookimpl
+    def chatcore_message_delivered(self) -> None:
+        raise ValueError("broken observer")
+
+    @hookimpl
+    def chatcore_command(self, name: str) -> bool:
+        raise ValueError("broken command")
+
+    @hookimpl
+    def chatcore_connection_arriving(self) -> str | None:
+        raise ValueError("broken gate")
+
+    @hookimpl
+    def chatcore_command_help(self) -> list[tuple[str, str]]:
+        raise ValueError("broken help")
+
+    @hookimpl
+    def chatcore_room_line(self) -> None:
+        raise ValueError("broken relay")
+
+    @hookimpl
+    def chatcore_server_stop(self) -> None:
+        raise ValueError("broken stop")
+
+
+@pytest.mark.parametrize("order", ["broken-first", "broken-last"])
+def test_a_failing_plugin_is_logged_and_skipped(chat_server_factory, chat_client, caplog, order):
+    plugins = [Broken(), Upper()] if order == "broken-first" else [Upper(), Broken()]
+    server = chat_server_factory(plugins=plugins)
+    alice, bob = chat_client(server), chat_client(server)
+    assert alice.received[0].startswith("* Welcome to chatcore")  # welcome survived
+    alice.expect("* guest-2 joined")  # joins survived
+    alice.send("hello")
+    assert bob.expect(re.compile("^<")) == "<guest-1> HELLO"  # the other filter still ran
+    alice.send("/ping")
+    alice.expect("* pong")  # commands survived
+    alice.send("/help")
+    alice.expect(re.compile("/quit"))
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR and "broken" in str(r.exc_info)]
+    assert failures
+    assert all("failed in chatcore_" in r.getMessage() for r in failures)
+    assert "plugin 'Broken' failed in chatcore_message" in caplog.text
+
+
+def test_failure_log_names_the_plugin(chat_server_factory, chat_client, caplog):
+    server = chat_server_factory(plugins=[])
+    server.config.pluginmanager.register(Broken(), name="broken-plugin")
+    alice, bob = chat_client(server), chat_client(server)
+    alice.send("hi")
+    assert bob.expect(re.compile("^<")) == "<guest-1> hi"
+    assert "plugin 'broken-plugin' failed in chatcore_message" in caplog.text
+    assert server.hooks.failures("broken-plugin") >= 3
+
+
+def test_a_plugin_can_refuse_a_connection(chat_server_factory):
+    class Gate:
+        @hookimpl
+        def chatcore_connection_arriving(self, address: tuple[str, int]) -> str | None:
+            return f"go away, {address[0]}"
+
+    server = chat_server_factory(plugins=[Gate()])
+    client = LineClient(server.address)
+    try:
+        assert client.wait_closed() == ["! go away, 127.0.0.1"]
+    finally:
+        client.close()
+    assert len(server.registry) == 0
+
+
+def test_filter_chain_rejection_goes_to_the_sender_only(chat_server_factory, chat_client):
+    class NoShouting:
+        @hookimpl(tryfirst=True)
+        def chatcore_message(self, message: Message) -> None:
+            if message.text.isupper():
+                message.reject("please do not shout")
+
+    server = chat_server_factory(plugins=[Upper(), NoShouting()])
+    alice, bob = chat_client(server), chat_client(server)
+    alice.send("STOP")
+    alice.expect("! please do not shout")
+    alice.send("quiet")  # Upper runs after NoShouting: its result is not checked
+    assert bob.expect(re.compile("^<")) == "<guest-1> QUIET"
+    assert "<guest-1> STOP" not in bob.sync()
+
+
+def test_delivered_observers_see_the_final_text(chat_server_factory, chat_client):
+    seen: list[tuple[str, str, int]] = []
+
+    class Observer:
+        @hookimpl
+        def chatcore_message_delivered(self, message: Message, recipients: int) -> None:
+            seen.append((message.sender.nick, message.text, recipients))
+
+    server = chat_server_factory(plugins=[Upper(), Observer()])
+    alice, bob, _carol = chat_client(server), chat_client(server), chat_client(server)
+    alice.send("hey")
+    bob.expect("<guest-1> HEY")
+    alice.sync()
+    assert seen == [("guest-1", "HEY", 2)]
+
+
+def test_first_command_plugin_wins_and_shows_in_help(chat_server_factory, chat_client):
+    class Dice:
+        @hookimpl
+        def chatcore_command(self, client: Client, name: str, args: str) -> bool | None:
+            if name in ("roll", "ping"):
+                client.notice(f"rolled a 4 ({args or 'no args'})")
+                return True
+            return None
+
+        @hookimpl
+        def chatcore_command_help(self) -> list[tuple[str, str]]:
+            return [("/roll [WHAT]", "roll a die")]
+
+    server = chat_server_factory(plugins=[Dice()])
+    alice = chat_client(server, sync=False)
+    alice.send("/roll d6")
+    alice.expect("* rolled a 4 (d6)")
+    alice.send("/ping")  # the built-in commands run trylast: the plugin wins
+    alice.expect("* rolled a 4 (no args)")
+    alice.send("/help")
+    alice.expect(re.compile(r"^\*   /roll \[WHAT\] +roll a die$"))
+
+
+def test_room_line_sees_every_room_line_and_relay_false_skips_it(chat_server_factory, chat_client):
+    relayed: list[tuple[str, str]] = []
+
+    class Bridge:
+        @hookimpl
+        def chatcore_room_line(self, room: str, line: str) -> None:
+            relayed.append((room, line))
+
+    server = chat_server_factory(plugins=[Bridge()])
+    alice, bob = chat_client(server), chat_client(server)
+    alice.send("over the bridge")
+    bob.expect("<guest-1> over the bridge")
+    server.deliver("lobby", "<remote> from afar", relay=False)
+    alice.expect("<remote> from afar")
+    bob.expect("<remote> from afar")
+    assert ("lobby", "* guest-2 joined") in relayed
+    assert ("lobby", "<guest-1> over the bridge") in relayed
+    assert all("from afar" not in line for _, line in relayed)
+
+
+def test_hook_wrappers_are_refused_with_a_clear_message():
+    sys.path.insert(0, str(TEST_PLUGINS))
+    try:
+        with pytest.raises(pluggy.PluginValidationError, match="hook wrapper"):
+            parse_config(["--plugins", "chatcore_testplugins.wrapper"])
+    finally:
+        sys.path.remove(str(TEST_PLUGINS))
+
+
+def test_a_failing_start_hook_stops_the_start_naming_the_plugin():
+    class FailsToStart:
+        @hookimpl
+        def chatcore_server_start(self) -> None:
+            raise RuntimeError("no database")
+
+    config = parse_config(["--port", "0"], extra_plugins=[FailsToStart()])
+    server = ChatServer(config)
+    try:
+        with pytest.raises(
+            PluginError, match=r"plugin '.*' failed in chatcore_server_start: RuntimeError: no database"
+        ):
+            server.start()
+    finally:
+        server.server_close()
+
+
+def test_server_stop_runs_every_plugin_even_if_one_fails(chat_server_factory):
+    stopped: list[str] = []
+
+    class Stopper:
+        @hookimpl
+        def chatcore_server_stop(self, server: ChatServer) -> None:
+            stopped.append(server.address_text)
+
+    server = chat_server_factory(plugins=[Stopper(), Broken()])
+    server.stop()
+    assert stopped == [server.address_text]

@@ -1,0 +1,55 @@
+"""Line framing and sanitising, as pure functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatcore.protocol import LineFramer, decode, sanitize
+
+
+def test_framer_joins_partial_lines_and_strips_cr():
+    framer = LineFramer(100)
+    assert framer.feed(b"hel") == []
+    assert framer.feed(b"lo\r\nwor") == [b"hello"]
+    assert framer.feed(b"ld\n\n") == [b"world", b""]
+    assert framer.pending == 0
+
+
+def test_framer_reports_an_overlong_line_once_and_recovers():
+    framer = LineFramer(10)
+    assert framer.feed(b"0123456789") == []  # exactly the limit, unfinished
+    assert framer.feed(b"X") == [None]  # one byte over: reported now
+    assert framer.pending == 0
+    assert framer.feed(b"more and more") == []  # the rest is dropped
+    assert framer.feed(b"end\nok\n") == [b"ok"]
+
+
+def test_framer_complete_overlong_line_in_one_chunk():
+    framer = LineFramer(5)
+    assert framer.feed(b"short\ntoo long\nfine\n") == [b"short", None, b"fine"]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_framer_never_holds_more_than_the_limit(chunk):
+    framer = LineFramer(1000)
+    data = b"y" * 100_000
+    results = []
+    for i in range(0, len(data), chunk):
+        results += framer.feed(data[i : i + chunk])
+        assert framer.pending <= 1000
+    assert results == [None]
+
+
+def test_sanitize():
+    assert sanitize("plain text") == "plain text"
+    assert sanitize("  padded  ") == "padded"
+    assert sanitize("\x1b[1;31mbold red\x1b[0m") == "bold red"
+    assert sanitize("\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\") == "link"
+    assert sanitize("a\u2028b\u0085c") == "abc"
+    assert sanitize("tab\tstop") == "tab stop"
+    assert sanitize("emoji 🎉 and ünïcödé") == "emoji 🎉 and ünïcödé"
+    assert sanitize("\x00\x07\x08") == ""
+
+
+def test_decode_replaces_invalid_utf8():
+    assert decode(b"ok \xe2\x82") == "ok \ufffd"

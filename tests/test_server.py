@@ -1,0 +1,308 @@
+"""The core server over real sockets: rooms, broadcast, bad input, disconnects."""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+
+from chatcore import Client, hookimpl
+from chatcore.testing import LineClient, wait_for
+
+
+class LeaveRecorder:
+    """Records every join and leave event."""
+
+    def __init__(self) -> None:
+        self.joined: list[str] = []
+        self.left: list[tuple[str, str, str]] = []
+
+    @hookimpl
+    def chatcore_client_joined(self, client: Client, room: str) -> None:
+        self.joined.append(client.nick)
+
+    @hookimpl
+    def chatcore_client_left(self, client: Client, room: str, reason: str) -> None:
+        self.left.append((client.nick, room, reason))
+
+
+def test_three_clients_welcome_join_broadcast_leave(chat_server, chat_client):
+    alice = chat_client(chat_server)
+    assert alice.received[0].startswith("* Welcome to chatcore, guest-1!")
+    bob = chat_client(chat_server)
+    alice.expect("* guest-2 joined")
+    carol = chat_client(chat_server)
+    alice.expect("* guest-3 joined")
+    bob.expect("* guest-3 joined")
+
+    alice.send("hello, room")
+    assert bob.expect(re.compile("hello")) == "<guest-1> hello, room"
+    assert carol.expect(re.compile("hello")) == "<guest-1> hello, room"
+    assert "<guest-1> hello, room" not in alice.sync()  # no echo to the sender
+
+    carol.close()
+    alice.expect("* guest-3 left")
+    bob.expect("* guest-3 left")
+
+
+def test_server_listens_with_reuseaddr_and_sets_nodelay(chat_server, chat_client):
+    assert chat_server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+    assert chat_server.address[0] == "127.0.0.1"
+    assert chat_server.address[1] != 0
+    chat_client(chat_server)
+    (client,) = chat_server.registry
+    assert client.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def listen_overflows() -> int | None:
+    """Linux's count of connections dropped because a listen queue was full."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            fields = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(fields["ListenOverflows"])
+    return None
+
+
+def test_default_backlog_lets_a_burst_of_500_connects_in(chat_server_factory):
+    resource = pytest.importorskip("resource")  # POSIX: the server is POSIX-only
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1100 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # The server is not accepting while the burst arrives: everything the
+    # kernel does not queue (the backlog) would be dropped or retried.
+    server = chat_server_factory("--plugins", "")
+    assert server.request_queue_size >= 500
+    start = threading.Barrier(501)
+    clients: list[LineClient] = []
+    errors: list[Exception] = []
+    lock = threading.Lock()
+
+    def connect() -> None:
+        start.wait()
+        try:
+            client = LineClient(server.address, timeout=10)
+        except OSError as exc:
+            with lock:
+                errors.append(exc)
+            return
+        with lock:
+            clients.append(client)
+
+    threads = [threading.Thread(target=connect) for _ in range(500)]
+    overflows_before = listen_overflows()
+    for thread in threads:
+        thread.start()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        # With listen(10) every connect still succeeds, but hundreds are
+        # dropped first and retried a second later: the kernel counts those.
+        if overflows_before is not None:
+            assert listen_overflows() == overflows_before
+        wait_for(lambda: len(server.registry) == 500, timeout=10, message="500 clients registered")
+        for client in clients:  # every one of them is served
+            client.sync()
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_every_line_arrives_whole_and_exactly_once(chat_server_factory, chat_client):
+    server = chat_server_factory("--plugins", "")
+    listener = chat_client(server)
+    senders = [chat_client(server) for _ in range(4)]
+    per_sender = 500
+
+    def blast(index: int, sender: LineClient) -> None:
+        # Many lines per send(), so the server must split and join them.
+        payload = "".join(f"{index}:{n}:{'x' * (n % 97)}\n" for n in range(per_sender))
+        sender.send_raw(payload.encode())
+
+    threads = [threading.Thread(target=blast, args=(i, s)) for i, s in enumerate(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seen: dict[str, list[int]] = {}
+    pattern = re.compile(r"<(guest-\d+)> (\d):(\d+):(x*)")
+    while sum(len(v) for v in seen.values()) < 4 * per_sender:
+        line = listener.readline()
+        if line.startswith("* "):
+            continue
+        match = pattern.fullmatch(line)
+        assert match, f"mangled line: {line!r}"
+        _nick, index, n, xs = match.groups()
+        assert len(xs) == int(n) % 97
+        seen.setdefault(index, []).append(int(n))
+    assert all(numbers == list(range(per_sender)) for numbers in seen.values())
+    assert listener.sync() == []  # nothing more: no duplicates
+
+
+def test_crlf_is_accepted(chat_server, chat_client):
+    alice, bob = chat_client(chat_server), chat_client(chat_server)
+    alice.send_raw(b"windows line\r\n")
+    assert bob.expect(re.compile("windows")) == "<guest-1> windows line"
+
+
+def test_oversized_line_is_refused_and_the_connection_goes_on(chat_server_factory, chat_client):
+    server = chat_server_factory("--max-line", "100")
+    alice, bob = chat_client(server), chat_client(server)
+    alice.send_raw(b"a" * 101 + b"\n")
+    alice.expect("! line too long (the limit is 100 bytes); it was not sent")
+    alice.send("x" * 100)  # exactly the limit is fine
+    alice.send("next line")
+    assert bob.expect(re.compile("^<")) == "<guest-1> " + "x" * 100
+    assert bob.expect(re.compile("^<")) == "<guest-1> next line"
+    assert not any("aaa" in line for line in bob.received)
+
+
+def test_unterminated_flood_is_bounded_and_reported_once(chat_server_factory, chat_client):
+    server = chat_server_factory("--max-line", "1000")
+    alice, bob = chat_client(server), chat_client(server)
+    for _ in range(50):  # 50 KB without a newline
+        alice.send_raw(b"z" * 1000)
+    alice.send_raw(b"zzz\nafter\n")
+    assert bob.expect(re.compile("^<")) == "<guest-1> after"
+    errors = [line for line in alice.sync() if line.startswith("! ")]
+    assert errors == ["! line too long (the limit is 1000 bytes); it was not sent"]
+
+
+def test_invalid_utf8_is_replaced(chat_server, chat_client):
+    alice, bob = chat_client(chat_server), chat_client(chat_server)
+    alice.send_raw(b"caf\xc3\xa9 \xff\xfe ok\n")
+    assert bob.expect(re.compile("caf")) == "<guest-1> café \ufffd\ufffd ok"
+
+
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        (b"\x1b[31mred\x1b[0m text", "red text"),
+        (b"\x1b]0;evil title\x07title", "title"),
+        (b"back\x08\x08space and bell\x07", "backspace and bell"),
+        (b"nul\x00byte", "nulbyte"),
+        (b"carriage\rreturn", "carriagereturn"),
+        (b"\x1b[2J\x1b[Hclear", "clear"),
+        (b"c1 \xc2\x9b31m csi", "c1  csi"),
+        (b"tab\there", "tab here"),
+    ],
+)
+def test_control_characters_are_removed(chat_server, chat_client, sent, shown):
+    alice, bob = chat_client(chat_server), chat_client(chat_server)
+    alice.send_raw(sent + b"\n")
+    assert bob.expect(re.compile("^<")) == f"<guest-1> {shown}"
+
+
+def test_empty_and_blank_lines_are_ignored(chat_server, chat_client):
+    alice, bob = chat_client(chat_server), chat_client(chat_server)
+    alice.send_raw(b"\n\r\n   \n\x07\n")
+    alice.sync()
+    assert bob.sync() == []
+
+
+def test_commands(chat_server, chat_client):
+    alice, bob = chat_client(chat_server), chat_client(chat_server)
+    alice.send("/frobnicate now")
+    alice.expect("! unknown command /frobnicate (try /help)")
+    alice.send("//not a command")
+    assert bob.expect(re.compile("^<")) == "<guest-1> /not a command"
+    alice.send("/quit")
+    assert alice.wait_closed() == ["* goodbye"]
+    bob.expect("* guest-1 left")
+
+
+def test_quit_with_a_reason(chat_server, chat_client):
+    alice, bob = chat_client(chat_server), chat_client(chat_server)
+    alice.send("/quit off to lunch")
+    alice.wait_closed()
+    bob.expect("* guest-1 left (off to lunch)")
+
+
+def _reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        # A close with unread data is a reset (RST), so read it all first.
+        (lambda c: (c.sync(), c.close()), "connection closed"),
+        (lambda c: _reset(c.sock), "connection lost"),
+        (lambda c: (c.sync(), c.send_raw(b"half a li"), c.close()), "connection closed"),
+        (lambda c: c.send("/quit"), "quit"),
+    ],
+    ids=["close", "reset", "half-line", "quit"],
+)
+def test_every_disconnect_gives_exactly_one_leave(chat_server_factory, chat_client, how, reason):
+    recorder = LeaveRecorder()
+    server = chat_server_factory(plugins=[recorder])
+    alice, bob = chat_client(server), chat_client(server)
+    how(alice)
+    bob.expect(re.compile(r"^\* guest-1 left"))
+    wait_for(lambda: len(server.registry) == 1, message="alice gone from the registry")
+    bob.send("/quit")
+    bob.wait_closed()
+    wait_for(lambda: len(recorder.left) == 2, message="both leaves")
+    assert recorder.left[0][0] == "guest-1"
+    assert recorder.left[0][2].startswith(reason)
+    assert [nick for nick, _, _ in recorder.left] == ["guest-1", "guest-2"]
+
+
+def test_a_client_that_never_reads_is_dropped_and_holds_no_one_up(chat_server_factory, chat_client):
+    max_queue = 200
+    server = chat_server_factory("--max-queue", str(max_queue), "--plugins", "")
+    stalled = LineClient(server.address)
+    stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.send("/ping")  # it sends, but never reads again
+    alice, bob = chat_client(server), chat_client(server)
+    wait_for(lambda: len(server.registry) == 3, message="three clients")
+    (stalled_client,) = [c for c in server.registry if c.nick == "guest-1"]
+    highest = 0
+    payload = "y" * 1000
+    # Bounded: the kernel buffers a few MB on loopback before our queue fills.
+    for n in range(50_000):
+        alice.send(f"{n} {payload}")
+        highest = max(highest, stalled_client.queued)
+        assert bob.readline() == f"<guest-2> {n} {payload}"  # bob receives all along
+        if stalled_client.closed:
+            break
+    bob.expect(re.compile(r"^\* guest-1 left \(slow consumer\)"))
+    assert stalled_client.close_reason == "slow consumer"
+    assert highest <= max_queue  # the server never held more than the bound
+    alice.send("still here")
+    assert bob.expect(re.compile("still here")) == "<guest-2> still here"
+    stalled.close()
+
+
+def test_server_full(chat_server_factory, chat_client):
+    server = chat_server_factory("--max-clients", "2")
+    chat_client(server)
+    chat_client(server)
+    third = LineClient(server.address)
+    try:
+        assert third.wait_closed() == ["! server full, try again later"]
+    finally:
+        third.close()
+
+
+def test_stop_tells_clients_and_closes(chat_server_factory, chat_client):
+    recorder = LeaveRecorder()
+    server = chat_server_factory(plugins=[recorder])
+    alice, bob = chat_client(server), chat_client(server)
+    alice.expect("* guest-2 joined")
+    server.stop()
+    assert alice.wait_closed() == ["* server shutting down"]
+    assert bob.wait_closed() == ["* server shutting down"]
+    assert sorted(reason for _, _, reason in recorder.left) == ["server shutting down"] * 2
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(server.address, timeout=1)

@@ -1,0 +1,404 @@
+"""``chatcore client``: real client processes against a real server.
+
+Interactive sessions run in a pseudo-terminal (pexpect); piped sessions with
+stdin and stdout as pipes. Every wait has a timeout; none sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pexpect
+import pytest
+
+from chatcore.server import ChatServer
+from chatcore.terminal import Kind, build_parser, classify, own_line, render, wants_colour
+from chatcore.testing import ClientFactory, LineClient, ServerFactory
+
+TIMEOUT = 5
+JOINED = re.compile(r"^\* (guest-\d+) joined$")
+
+
+def client_command(server: ChatServer, *args: str) -> list[str]:
+    return [sys.executable, "-m", "chatcore", "client", "--port", str(server.address[1]), *args]
+
+
+def run_client(command: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run a client with ``stdin`` piped in (or none at all) to the end."""
+    return subprocess.run(
+        command,
+        check=False,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True,
+        timeout=TIMEOUT,
+        env=client_env(),
+    )
+
+
+def client_env(**extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "NO_COLOR"}
+    # A pty has no terminal to answer prompt_toolkit's cursor position
+    # request; without this it waits for the answer and then warns.
+    env.update(TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", **extra)
+    return env
+
+
+@pytest.fixture
+def spawn() -> Iterator[Any]:
+    children: list[pexpect.spawn] = []
+
+    def start(server: ChatServer, *args: str, **env: str) -> pexpect.spawn:
+        command = client_command(server, *args)
+        child = pexpect.spawn(
+            command[0],
+            command[1:],
+            env=client_env(**env),
+            dimensions=(24, 100),
+            timeout=TIMEOUT,
+            encoding="utf-8",
+        )
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        child.close(force=True)
+
+
+def joined_nick(other: LineClient) -> str:
+    """The guest name of the client whose arrival ``other`` sees next."""
+    match = JOINED.match(other.expect(JOINED))
+    assert match is not None
+    return match[1]
+
+
+def wait_exit(child: pexpect.spawn) -> int:
+    child.expect(pexpect.EOF)
+    child.close()
+    status: int = child.exitstatus
+    return status
+
+
+# -- in a terminal ----------------------------------------------------------
+
+
+def test_incoming_line_does_not_garble_the_line_being_typed(
+    chat_server_factory: ServerFactory, chat_client: ClientFactory, spawn: Any
+) -> None:
+    server = chat_server_factory()
+    other = chat_client(server)
+    other.send("/nick bob")
+    other.expect("* you are now known as bob")
+    child = spawn(server, NO_COLOR="1")
+    nick = joined_nick(other)
+    child.expect("Welcome")
+    child.expect(">")  # the prompt
+
+    child.send("hello wor")
+    child.expect("hello wor")
+    other.send("interrupting")
+    child.expect("<bob> interrupting")
+    child.expect("hello wor")  # the half-typed line, redrawn below it
+    child.send("ld\r")
+
+    assert other.expect(re.compile("^<")) == f"<{nick}> hello world"
+    child.expect("<You> hello world")
+
+    child.sendcontrol("d")
+    assert wait_exit(child) == 0
+    assert other.expect(re.compile(r"^\* ")) == f"* {nick} left"
+
+
+def test_refused_nick_ctrl_c_and_colours_in_a_terminal(
+    chat_server_factory: ServerFactory, chat_client: ClientFactory, spawn: Any
+) -> None:
+    server = chat_server_factory()
+    other = chat_client(server)
+    other.send("/nick bob")
+    other.expect("* you are now known as bob")
+    child = spawn(server, "--nick", "bob")
+    nick = joined_nick(other)
+    child.expect(re.escape("\x1b[2m* Welcome"))  # a notice, dim
+    child.expect(re.escape("\x1b[1;31m! nickname 'bob' is taken"))  # an error, bold red
+    child.expect("the nickname 'bob' was refused; you are connected under your guest name")
+    child.expect(">")
+    other.send("hi")
+    child.expect(re.escape("\x1b[1;36m<bob>\x1b[0m hi"))  # a nickname in chat, bold cyan
+    child.send("half typed")
+    child.expect("half typed")
+    child.sendcontrol("c")
+    assert wait_exit(child) == 0
+    assert other.expect(re.compile(r"^\* ")) == f"* {nick} left"
+
+
+def test_server_shutdown_in_a_terminal_says_connection_lost(
+    chat_server_factory: ServerFactory, chat_client: ClientFactory, spawn: Any
+) -> None:
+    server = chat_server_factory()
+    other = chat_client(server)
+    child = spawn(server, NO_COLOR="1")
+    joined_nick(other)
+    child.expect(">")
+    child.send("unsent")
+    child.expect("unsent")
+    server.stop()
+    child.expect("server shutting down")
+    child.expect(f"lost the connection to 127.0.0.1:{server.address[1]}")
+    assert wait_exit(child) == 1
+    assert "Traceback" not in child.before
+
+
+# -- piped ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stdin", [b"hi\n/quit\n", b"hi\n", b"hi", b"\n\nhi\r\n"])
+def test_piped_input_is_sent_and_the_client_leaves(
+    chat_server_factory: ServerFactory, chat_client: ClientFactory, stdin: bytes
+) -> None:
+    server = chat_server_factory()
+    other = chat_client(server)
+    result = run_client(client_command(server), stdin)
+    nick = joined_nick(other)
+    assert other.readline() == f"<{nick}> hi"
+    assert other.readline() == f"* {nick} left"
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert "\x1b" not in out  # plain text into a pipe
+    lines = out.splitlines()
+    assert lines[0].startswith("* Welcome")
+    assert "<You> hi" in lines
+    assert lines[-1] == "* goodbye"
+    assert result.stderr == b""
+
+
+def test_piped_quit_ends_the_session_and_later_lines_are_not_sent(
+    chat_server_factory: ServerFactory, chat_client: ClientFactory
+) -> None:
+    server = chat_server_factory()
+    other = chat_client(server)
+    result = run_client(client_command(server), b"one\n/quit done\ntwo\n")
+    nick = joined_nick(other)
+    assert result.returncode == 0, result.stderr
+    assert other.readline() == f"<{nick}> one"
+    assert other.readline() == f"* {nick} left (done)"
+    assert other.sync() == []
+
+
+def test_piped_server_shutdown_says_connection_lost(
+    chat_server_factory: ServerFactory, chat_client: ClientFactory
+) -> None:
+    server = chat_server_factory()
+    other = chat_client(server)
+    with subprocess.Popen(
+        client_command(server), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        joined_nick(other)
+        server.stop()
+        out, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 1
+    assert out.decode().splitlines()[-1] == "* server shutting down"
+    assert err.decode() == (
+        f"chatcore client: error: lost the connection to 127.0.0.1:{server.address[1]}: the server closed it.\n"
+    )
+
+
+def test_closed_output_leaves_cleanly(chat_server_factory: ServerFactory, chat_client: ClientFactory) -> None:
+    """``chatcore client | head -1``: the reader of the output goes away."""
+    server = chat_server_factory()
+    other = chat_client(server)
+    with subprocess.Popen(
+        client_command(server), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        nick = joined_nick(other)
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.readline().startswith(b"* Welcome")
+        process.stdout.close()
+        other.send("anyone there?")  # the client's next write fails
+        assert other.expect(re.compile(r"^\* ")) == f"* {nick} left"
+        assert process.wait(timeout=TIMEOUT) == 0
+        assert process.stderr.read() == b""
+
+
+def fake_server_session(reply: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run a client against a stand-in server that reads what the client
+    sends on connecting (up to its /ping), sends ``reply`` and closes."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(TIMEOUT)
+        command = [sys.executable, "-m", "chatcore", "client", "--port", str(listener.getsockname()[1]), *args]
+        with subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ) as process:
+            connection, _ = listener.accept()
+            with connection:
+                connection.settimeout(TIMEOUT)
+                # Read what the client sent first, so that closing is not a reset.
+                received = b""
+                while not received.endswith(b"/ping\n"):
+                    data = connection.recv(1024)
+                    assert data, f"the client closed after sending {received!r}"
+                    received += data
+                connection.sendall(reply)
+            out, err = process.communicate(timeout=TIMEOUT)
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def test_escape_sequences_from_the_server_are_not_printed() -> None:
+    result = fake_server_session(b"\x1b]0;pwned\x07<eve> \x1b[2Jhi\x1b[31m there\n")
+    assert result.stdout == b"<eve> hi there\n"
+    assert result.returncode == 1
+    assert b"lost the connection" in result.stderr
+
+
+def test_connection_refused_is_one_line_and_exit_1() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run_client([sys.executable, "-m", "chatcore", "client", "--port", str(port)])
+    assert result.returncode == 1
+    assert result.stdout == b""
+    err = result.stderr.decode()
+    assert err.count("\n") == 1
+    assert f"cannot connect to 127.0.0.1:{port}: connection refused" in err
+    assert f"chatcore serve --port {port}" in err
+
+
+def test_nick_refused_because_taken_stays_connected_as_guest(
+    chat_server_factory: ServerFactory, chat_client: ClientFactory
+) -> None:
+    server = chat_server_factory()
+    other = chat_client(server)
+    other.send("/nick bob")
+    other.expect("* you are now known as bob")
+    result = run_client(client_command(server, "--nick", "bob"), b"hi\n")
+    nick = joined_nick(other)
+    assert other.readline() == f"<{nick}> hi"
+    assert result.returncode == 0
+    assert "! nickname 'bob' is taken" in result.stdout.decode().splitlines()
+    assert "the nickname 'bob' was refused; you are connected under your guest name" in result.stderr.decode()
+
+
+def test_server_full_is_not_mistaken_for_a_refused_nick() -> None:
+    # A stand-in server: the real one may reset a refused connection before
+    # its "! server full" line is read, which makes the outcome a race.
+    result = fake_server_session(b"! server full, try again later\n", "--nick", "bob")
+    assert result.returncode == 1
+    assert result.stdout == b"! server full, try again later\n"
+    assert b"refused" not in result.stderr
+    assert b"lost the connection" in result.stderr
+
+
+def test_nick_is_taken_before_the_input_is_sent(chat_server_factory: ServerFactory, chat_client: ClientFactory) -> None:
+    server = chat_server_factory()
+    other = chat_client(server)
+    result = run_client(client_command(server, "--nick", "carol"), b"hi\n")
+    nick = joined_nick(other)
+    assert other.readline() == f"* {nick} is now known as carol"
+    assert other.readline() == "<carol> hi"
+    assert result.returncode == 0
+    assert result.stderr == b""
+    assert "* you are now known as carol" in result.stdout.decode().splitlines()
+
+
+# -- the pieces -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        ("<alice> hello", Kind.CHAT),
+        ("<alice@east> hello", Kind.CHAT),
+        ("<alice> * bob waves", Kind.CHAT),
+        ("* alice waves", Kind.ACTION),
+        ("* alice joined the fun", Kind.ACTION),
+        ("* alice joined", Kind.NOTICE),
+        ("* alice left", Kind.NOTICE),
+        ("* alice left (timeout)", Kind.NOTICE),
+        ("* alice is now known as bob", Kind.NOTICE),
+        ("* you are now known as bob", Kind.NOTICE),
+        ("* you are now in games (2 here)", Kind.NOTICE),
+        ("* server shutting down", Kind.NOTICE),
+        ("* pong", Kind.NOTICE),
+        ("* commands:", Kind.NOTICE),
+        ("*   /nick NAME  change your nickname", Kind.NOTICE),
+        ("! nickname 'bob' is taken", Kind.ERROR),
+        ("*alice* psst", Kind.PRIVATE),
+        ("-> *bob* psst", Kind.PRIVATE_SENT),
+        ("# <alice> hi", Kind.HISTORY),
+        ("# * alice waves", Kind.HISTORY),
+        ("hello", Kind.OTHER),
+        ("", Kind.OTHER),
+    ],
+)
+def test_classify(line: str, kind: Kind) -> None:
+    assert classify(line) is kind
+
+
+def test_render_is_plain_without_colour() -> None:
+    for kind in Kind:
+        assert render("<alice> hi", kind, colour=False) == "<alice> hi"
+
+
+def test_render_colours_the_nick_of_chat_and_whole_other_lines() -> None:
+    assert render("<alice> hi", Kind.CHAT, colour=True) == "\x1b[1;36m<alice>\x1b[0m hi"
+    assert render("! no", Kind.ERROR, colour=True) == "\x1b[1;31m! no\x1b[0m"
+    assert render("hello", Kind.OTHER, colour=True) == "hello"
+
+
+class FakeStream:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize(
+    ("tty", "environ", "expected"),
+    [
+        (True, {}, True),
+        (True, {"NO_COLOR": ""}, True),  # set but empty: ignored, as no-color.org says
+        (True, {"NO_COLOR": "1"}, False),
+        (True, {"NO_COLOR": "0"}, False),  # any non-empty value
+        (False, {}, False),
+    ],
+)
+def test_wants_colour(tty: bool, environ: dict[str, str], expected: bool) -> None:
+    assert wants_colour(FakeStream(tty), environ) is expected  # type: ignore[arg-type]
+
+
+def test_own_line() -> None:
+    assert own_line("hello") == "<You> hello"
+    assert own_line("//etc/passwd is public") == "<You> /etc/passwd is public"
+    assert own_line("/me waves") is None
+    assert own_line("/quit") is None
+
+
+def test_help_describes_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for needle in ("--host", "--port", "--nick", "127.0.0.1", "12000", "NO_COLOR", "Ctrl-D", "Exit status"):
+        assert needle in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "port must be 1 to 65535"),
+        (["--port", "x"], "not a port number"),
+        (["--nick", "a b"], "a nickname is one word"),
+    ],
+)
+def test_usage_errors(args: list[str], message: str) -> None:
+    result = run_client([sys.executable, "-m", "chatcore", "client", *args])
+    assert result.returncode == 2
+    assert message in result.stderr.decode()

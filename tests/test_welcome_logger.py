@@ -1,0 +1,105 @@
+"""The bundled welcome and logger plugins."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import subprocess
+import sys
+
+from chatcore.testing import LineClient, ServerProcess, wait_for
+
+
+def test_welcome_text_placeholders_and_lines(chat_server_factory, chat_client):
+    server = chat_server_factory("--welcome-text", "Hi {nick}!\\nRoom {room} has {count}. {{braces}}")
+    chat_client(server)
+    bob = chat_client(server)
+    assert bob.received[:2] == ["* Hi guest-2!", "* Room lobby has 2. {braces}"]
+
+
+def test_default_welcome_text(chat_server, chat_client):
+    alice = chat_client(chat_server)
+    assert alice.received[0] == (
+        "* Welcome to chatcore, guest-1! You are in lobby (1 here). Type /help for the commands."
+    )
+
+
+def test_no_welcome_without_the_plugin(chat_server_factory, chat_client):
+    server = chat_server_factory("--plugins", "")
+    assert chat_client(server).received == ["* pong"]
+
+
+def test_bad_welcome_placeholder_is_a_usage_error():
+    result = subprocess.run(
+        [sys.executable, "-m", "chatcore", "serve", "--welcome-text", "hi {name}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("chatcore: error: --welcome-text: bad placeholder 'name'")
+
+
+def read_events(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_logger_writes_json_lines(chat_server_factory, chat_client, tmp_path):
+    log_file = tmp_path / "events.jsonl"
+    server = chat_server_factory("--plugins", "welcome,logger", "--log-file", str(log_file))
+    alice, bob = chat_client(server), chat_client(server)
+    alice.send("héllo wörld")
+    bob.expect("<guest-1> héllo wörld")
+    alice.send("/me waves")
+    bob.expect("* guest-1 waves")
+    bob.send("/quit")
+    bob.wait_closed()
+    alice.expect("* guest-2 left")
+    server.stop()
+    events = read_events(log_file)
+    assert [(e["event"], e["nick"]) for e in events] == [
+        ("join", "guest-1"),
+        ("join", "guest-2"),
+        ("chat", "guest-1"),
+        ("action", "guest-1"),
+        ("leave", "guest-2"),
+        ("leave", "guest-1"),
+    ]
+    assert events[2] == {**events[2], "room": "lobby", "text": "héllo wörld", "recipients": 1}
+    assert events[4]["reason"] == "quit"
+    assert events[5]["reason"] == "server shutting down"
+    for event in events:
+        when = datetime.datetime.fromisoformat(event["time"])
+        assert when.tzinfo is not None
+
+
+def test_logger_appends_and_flushes_while_running(chat_server_factory, chat_client, tmp_path):
+    log_file = tmp_path / "events.jsonl"
+    log_file.write_text('{"event": "earlier"}\n')
+    server = chat_server_factory("--plugins", "logger", "--log-file", str(log_file))
+    alice = chat_client(server)
+    alice.send("/ping")
+    wait_for(lambda: len(read_events(log_file)) == 2, message="the join to be flushed")
+    assert read_events(log_file)[0] == {"event": "earlier"}
+
+
+def test_logger_to_stdout():
+    with ServerProcess("--plugins", "logger", "--log-file", "-") as server:
+        client = LineClient(server.address)
+        client.sync()
+        client.close()
+    assert server.returncode == 0
+    lines = [json.loads(line) for line in server.stdout.splitlines()]  # "listening on" was read already
+    assert [e["event"] for e in lines] == ["join", "leave"]
+
+
+def test_logger_unwritable_file_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "chatcore", "serve", "--plugins", "logger", "--log-file", str(tmp_path / "no" / "x")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert re.fullmatch(r"chatcore: error: --log-file .*x: cannot open it for writing \(.+\)\n", result.stderr)
