@@ -238,7 +238,8 @@ def flood_control(message: Message) -> None:
     limit = settings.flood_disconnect
     if limit and bucket.rejections_within(now, FLOOD_WINDOW) >= limit:
         # The others see "* nick left (flooding)"; the flooder sees
-        # "! disconnected: flooding" (the "slow down" would come after).
+        # "! disconnected: flooding" (and not this message's "slow down":
+        # nothing more is sent to a closing client).
         client.disconnect("flooding")
 
 
