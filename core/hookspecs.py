@@ -175,12 +175,15 @@ def chatcore_client_left(client: Client, room: str, reason: str) -> None:
 
 @hookspec
 def chatcore_message(message: Message) -> None:
-    """A message is on its way to a room: the filter chain.
+    """A message is on its way to a room or, for ``/msg``, to one client:
+    the filter chain.
 
     Every implementation may rewrite ``message.text`` or call
     ``message.reject(reason)``; only the sender sees the reason (as
     ``! <reason>``) and the message is not delivered. The chain stops at the
     first rejection. Order the chain with ``tryfirst``/``trylast``.
+    Private messages (``message.kind == "private"``, ``message.recipient``
+    set) pass through the same chain, so the same rules apply to them.
 
     If an implementation raises, the error is logged with the plugin's name
     and the message goes on through the rest of the chain (see
@@ -197,6 +200,10 @@ def chatcore_message(message: Message) -> None:
 @hookspec
 def chatcore_message_delivered(message: Message, recipients: int) -> None:
     """A message was delivered to its room: what observers should record.
+
+    Also called for a private message (``message.kind == "private"``),
+    delivered to ``message.recipient`` only; a plugin that keeps room
+    history must skip those.
 
     :param message: the message as it was delivered, after all filters.
     :param recipients: how many clients in this server it was queued to.

@@ -7,31 +7,40 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from chatcore.connection import Client
 
-MessageKind = Literal["chat", "action"]
+#: ``"chat"`` and ``"action"`` go to a room; ``"private"`` (``/msg``) goes to
+#: one client, :attr:`Message.recipient`.
+MessageKind = Literal["chat", "action", "private"]
 
 
 class Message:
-    """A line of chat on its way to a room.
+    """A line of chat on its way to a room, or to one client (``/msg``).
 
     Filters (``chatcore_message`` implementations) may change :attr:`text` or
     call :meth:`reject`. pluggy does not pipe results from one implementation
     to the next, so the chain works on this one mutable object.
 
     :ivar sender: the :class:`~chatcore.connection.Client` that sent it.
-    :ivar room: the room it goes to.
+    :ivar room: the room it goes to; for a private message, the sender's
+        room (where it was written), not where it is delivered.
     :ivar text: the text, already decoded and stripped of control characters.
     :ivar kind: ``"chat"`` for ``<nick> text``, ``"action"`` for
-        ``* nick text`` (``/me``).
+        ``* nick text`` (``/me``), ``"private"`` for ``*nick* text``
+        (``/msg``), seen only by :attr:`recipient`.
+    :ivar recipient: the client a private message goes to; ``None`` for chat
+        and actions.
     :ivar rejected: ``None``, or the reason a filter gave for rejecting it.
     """
 
-    __slots__ = ("kind", "rejected", "room", "sender", "text")
+    __slots__ = ("kind", "recipient", "rejected", "room", "sender", "text")
 
-    def __init__(self, sender: Client, room: str, text: str, kind: MessageKind = "chat") -> None:
+    def __init__(
+        self, sender: Client, room: str, text: str, kind: MessageKind = "chat", *, recipient: Client | None = None
+    ) -> None:
         self.sender = sender
         self.room = room
         self.text = text
         self.kind: MessageKind = kind
+        self.recipient = recipient
         self.rejected: str | None = None
 
     def reject(self, reason: str) -> None:
@@ -40,4 +49,5 @@ class Message:
         self.rejected = reason
 
     def __repr__(self) -> str:
-        return f"<Message {self.kind} from {self.sender.nick!r} to {self.room!r}: {self.text!r}>"
+        to = self.room if self.recipient is None else self.recipient.nick
+        return f"<Message {self.kind} from {self.sender.nick!r} to {to!r}: {self.text!r}>"

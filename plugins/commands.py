@@ -1,8 +1,16 @@
-"""The built-in commands: /nick, /join, /me, /help, /ping and /quit."""
+"""The built-in commands: /nick, /join, /rooms, /who, /msg, /me, /help, /ping and /quit.
+
+Always on, and an ordinary plugin all the same: every command goes through
+``chatcore_command`` exactly as a third-party plugin's would, and the
+implementations are ``trylast`` so that a plugin can override any of them.
+Every command answers the client (a notice, or an error starting ``!``), so a
+client never waits in silence. docs/commands.md is the reference.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from chatcore import Client, Message, hookimpl
 from chatcore.protocol import NOTICE
@@ -19,6 +27,9 @@ _GUEST = re.compile(r"guest-[0-9]+", re.IGNORECASE)
 HELP = [
     ("/nick NAME", "change your nickname"),
     ("/join ROOM", "leave this room and enter ROOM (created if new)"),
+    ("/rooms", "list the rooms and how many people are in each"),
+    ("/who", "list the people in your room"),
+    ("/msg NICK TEXT", "send TEXT to NICK only, in whatever room they are"),
     ("/me TEXT", "say TEXT as an action: * you TEXT"),
     ("/help", "list the commands"),
     ("/ping", "the server answers * pong (to check the connection)"),
@@ -69,6 +80,8 @@ def _nick(client: Client, args: str) -> None:
     if old == nick:
         client.notice(f"you are already known as {nick}")
         return
+    # The registry checks and takes the name under one lock: of two clients
+    # asking for the same free name at once, exactly one gets it.
     if not client.server.registry.rename(client, nick):
         client.error(f"nickname {nick!r} is taken")
         return
@@ -85,12 +98,56 @@ def _join(client: Client, args: str) -> None:
     if problem:
         client.error(problem)
         return
+    # Room names ignore case, as nicknames do; lower case is the one
+    # spelling, so "/join Dev" and "/join dev" meet in the same room.
+    room = room.lower()
     if room == client.room:
         client.notice(f"you are already in {room}")
         return
     client.server.change_room(client, room, reason=f"joined {room}")
     count = len(client.server.registry.members(room))
     client.notice(f"you are now in {room} ({count} here)")
+
+
+def _rooms(client: Client, args: str) -> None:
+    rooms = sorted(client.server.registry.rooms().items())
+    listing = ", ".join(f"{name} ({count})" for name, count in rooms)
+    client.notice(f"{len(rooms)} {'room' if len(rooms) == 1 else 'rooms'}: {listing}")
+
+
+def _who(client: Client, args: str) -> None:
+    room = client.room
+    nicks = sorted((member.nick for member in client.server.registry.members(room)), key=str.casefold)
+    client.notice(f"in {room} ({len(nicks)}): {', '.join(nicks)}")
+
+
+def _msg(client: Client, args: str) -> None:
+    nick, _, text = args.partition(" ")
+    text = text.strip()
+    if not nick or not text:
+        client.error("usage: /msg NICK TEXT")
+        return
+    server = client.server
+    recipient = server.registry.find(nick)
+    if recipient is None or recipient.closed:
+        client.error(f"no such nick {nick!r}")
+        return
+    if recipient is client:
+        client.error("you cannot send a private message to yourself")
+        return
+    # The same filter chain as room chat (flood control, banned words ...);
+    # the room is where it was written, the recipient where it goes.
+    message = Message(client, client.room, text, "private", recipient=recipient)
+    server.hooks.message(message)
+    if message.rejected is not None:
+        client.error(message.rejected)
+        return
+    if not message.text:
+        client.error(f"your message to {recipient.nick} was empty after filtering; it was not sent")
+        return
+    recipient.send_line(f"*{client.nick}* {message.text}")
+    client.send_line(f"-> *{recipient.nick}* {message.text}")
+    server.hooks.message_delivered(message, 1)
 
 
 def _me(client: Client, args: str) -> None:
@@ -116,9 +173,12 @@ def _quit(client: Client, args: str) -> None:
     client.disconnect(args or "quit", notice="goodbye")
 
 
-_COMMANDS = {
+_COMMANDS: dict[str, Callable[[Client, str], None]] = {
     "nick": _nick,
     "join": _join,
+    "rooms": _rooms,
+    "who": _who,
+    "msg": _msg,
     "me": _me,
     "help": _help,
     "ping": _ping,

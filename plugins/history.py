@@ -1,0 +1,345 @@
+"""Room history: replays a room's last lines to whoever enters it.
+
+Keeps the last ``--history-lines`` chat and action lines of each room (not
+joins, leaves or private messages) and replays them to a client entering the
+room, on connecting and on ``/join``: a notice ``* last N messages in ROOM:``
+and then each line marked ``# `` (``# <alice> hi``, ``# * alice waves``), so a
+client can tell replay from live chat.
+
+``--history-db FILE`` also keeps them in SQLite, so they survive a restart.
+The hot path only appends to the room's in-memory deque and puts a tuple on
+a queue; a background thread writes to the database in batches. The file is
+opened and checked when the server starts: a damaged, locked or unwritable
+file stops the start with one clear line, and a write that fails later is
+logged and retried, never a crash in the middle of the chat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+
+from chatcore import Client, Config, Message, UsageError, hookimpl
+from chatcore.protocol import action_line, chat_line
+from chatcore.server import ChatServer
+
+log = logging.getLogger("chatcore.history")
+
+NAME = "history"
+DEFAULT_LINES = 20
+MAX_LINES = 10000
+#: The mark of a replayed line.
+REPLAY = "# "
+#: How long the start waits for a database another process has locked.
+OPEN_TIMEOUT = 2.0
+#: Lines written to the database in one transaction, at most.
+BATCH = 1000
+#: Lines kept for the database while it cannot be written (they are in
+#: memory anyway); beyond this the oldest are given up.
+MAX_PENDING = 100000
+#: Seconds between retries while the database cannot be written.
+RETRY_DELAY = 1.0
+
+_SCHEMA_VERSION = 1
+_TABLE = "chatcore_history"
+
+
+def _line_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_LINES:
+        raise argparse.ArgumentTypeError(f"{value} is out of range (must be from 1 to {MAX_LINES})")
+    return value
+
+
+_line_count.__name__ = "number"
+
+
+@hookimpl
+def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "history plugin",
+        "Replays a room's last chat and action lines, marked '# ', to whoever enters it.",
+    )
+    group.add_argument(
+        "--history-lines",
+        type=_line_count,
+        default=DEFAULT_LINES,
+        metavar="N",
+        help="lines kept and replayed per room (default: %(default)s)",
+    )
+    group.add_argument(
+        "--history-db",
+        metavar="FILE",
+        help="SQLite file that keeps the history across restarts, created if missing (default: memory only)",
+    )
+
+
+@hookimpl
+def chatcore_configure(config: Config) -> None:
+    options = config.options
+    store = HistoryStore.open(options.history_db, options.history_lines) if options.history_db else None
+    history = History(options.history_lines, store)
+    if store is not None:
+        for room, kind, nick, text in store.load():
+            history.remember(room, kind, nick, text)
+    config.data[NAME] = history
+
+
+@hookimpl
+def chatcore_server_start(server: ChatServer) -> None:
+    _history(server).start()
+
+
+@hookimpl
+def chatcore_server_stop(server: ChatServer) -> None:
+    _history(server).stop()
+
+
+@hookimpl
+def chatcore_message_delivered(message: Message) -> None:
+    if message.kind == "private":
+        return
+    _history(message.sender.server).add(message.room, message.kind, message.sender.nick, message.text)
+
+
+@hookimpl
+def chatcore_client_joined(client: Client, room: str) -> None:
+    lines = _history(client.server).replay(room)
+    if lines:
+        client.notice(f"last {len(lines)} {'message' if len(lines) == 1 else 'messages'} in {room}:")
+        # One queue entry for the whole replay.
+        client.send_data(b"".join(lines))
+
+
+def _history(server: ChatServer) -> History:
+    history: History = server.config.data[NAME]
+    return history
+
+
+_FORMATS: dict[str, Callable[[str, str], str]] = {"chat": chat_line, "action": action_line}
+
+
+class History:
+    """The last lines of every room, in memory, ready to replay.
+
+    Client threads add and replay concurrently; a lock guards the deques
+    (held for an append or a copy, nothing more).
+    """
+
+    def __init__(self, lines: int, store: HistoryStore | None) -> None:
+        self.lines = lines
+        self.store = store
+        self._rooms: dict[str, collections.deque[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, room: str, kind: str, nick: str, text: str) -> None:
+        """Keep a line in memory only (what the store had at start)."""
+        line = (REPLAY + _FORMATS[kind](nick, text) + "\n").encode("utf-8")
+        with self._lock:
+            lines = self._rooms.get(room)
+            if lines is None:
+                lines = self._rooms[room] = collections.deque(maxlen=self.lines)
+            lines.append(line)
+
+    def add(self, room: str, kind: str, nick: str, text: str) -> None:
+        """A line was delivered: keep it, and queue it for the database."""
+        self.remember(room, kind, nick, text)
+        if self.store is not None:
+            self.store.put((room, time.time(), kind, nick, text))
+
+    def replay(self, room: str) -> list[bytes]:
+        """The room's kept lines, oldest first, each ``# ...\\n``."""
+        with self._lock:
+            lines = self._rooms.get(room)
+            return list(lines) if lines else []
+
+    def start(self) -> None:
+        if self.store is not None:
+            self.store.start()
+
+    def stop(self) -> None:
+        if self.store is not None:
+            self.store.stop()
+
+
+_Row = tuple[str, float, str, str, str]  # room, time, kind, nick, text
+
+
+class HistoryStore:
+    """The SQLite side: checked at start, written by one background thread.
+
+    One table (``chatcore_history``) holds the lines; after each batch only
+    the last N lines of the rooms it touched are kept. The connection is
+    made on the main thread and then used only by the writer thread.
+    """
+
+    def __init__(self, path: str, lines: int, connection: sqlite3.Connection) -> None:
+        self.path = path
+        self.lines = lines
+        self._db = connection
+        self._queue: queue.SimpleQueue[_Row | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="chatcore-history", daemon=True)
+        self.put = self._queue.put
+        self._failures = 0
+
+    @classmethod
+    def open(cls, path: str, lines: int) -> HistoryStore:
+        """Open and check the database, creating it if needed.
+
+        :raises UsageError: the file cannot be opened, is not a SQLite
+            database, is damaged, is locked by another process, cannot be
+            written, or holds a different kind of table under our name.
+        """
+
+        def refuse(problem: str) -> UsageError:
+            return UsageError(f"--history-db {path}: {problem}")
+
+        try:
+            db = sqlite3.connect(path, timeout=OPEN_TIMEOUT, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise refuse(f"cannot open it ({exc}); check the path and its permissions") from None
+        try:
+            cls._check(db, refuse)
+        except BaseException:
+            db.close()
+            raise
+        return cls(path, lines, db)
+
+    @staticmethod
+    def _check(db: sqlite3.Connection, refuse: Callable[[str], UsageError]) -> None:
+        try:
+            (status,) = db.execute("PRAGMA quick_check").fetchone()
+            if status != "ok":
+                raise refuse(f"the database is damaged ({status}); move it away to start a new history")
+            # A write transaction, at once: fails now if the file is locked
+            # or read-only, rather than in the middle of the chat.
+            db.execute("BEGIN IMMEDIATE")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                raise refuse(f"written by another version of chatcore (schema {version}); use another file")
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
+                "id INTEGER PRIMARY KEY, room TEXT NOT NULL, time REAL NOT NULL, "
+                "kind TEXT NOT NULL, nick TEXT NOT NULL, text TEXT NOT NULL)"
+            )
+            db.execute(f"CREATE INDEX IF NOT EXISTS {_TABLE}_room ON {_TABLE} (room, id)")
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            message = str(exc)
+            if "locked" in message or "busy" in message:
+                raise refuse(
+                    f"the database is locked ({message}); is another chatcore server using it? "
+                    "Stop it or use another file"
+                ) from None
+            if "readonly" in message:
+                raise refuse(f"cannot write it ({message}); check its permissions") from None
+            raise refuse(f"not a usable SQLite database ({message}); move it away to start a new history") from None
+
+    def load(self) -> list[tuple[str, str, str, str]]:
+        """The last N lines of every room, oldest first: ``(room, kind,
+        nick, text)``."""
+        try:
+            rows = self._db.execute(
+                f"SELECT room, kind, nick, text FROM ("
+                f"  SELECT *, row_number() OVER (PARTITION BY room ORDER BY id DESC) AS age FROM {_TABLE}"
+                f") WHERE age <= ? AND kind IN ('chat', 'action') ORDER BY id",
+                (self.lines,),
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise UsageError(
+                f"--history-db {self.path}: cannot read the history ({exc}); move the file away to start a new one"
+            ) from None
+        return [(str(room), str(kind), str(nick), str(text)) for room, kind, nick, text in rows]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write everything queued, then close the database."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(10)
+        if not self._thread.is_alive():
+            self._db.close()
+
+    def _run(self) -> None:
+        pending: list[_Row] = []
+        while True:
+            stopping = self._collect(pending)
+            if pending:
+                self._write(pending)
+            if len(pending) > MAX_PENDING:
+                log.error("history: gave up %d unsaved lines (the oldest)", len(pending) - MAX_PENDING)
+                del pending[: len(pending) - MAX_PENDING]
+            if stopping:
+                if pending:
+                    log.error("history: %d lines could not be saved to %s", len(pending), self.path)
+                return
+
+    def _collect(self, pending: list[_Row]) -> bool:
+        """Wait for lines, then take what is queued (up to a batch) into
+        ``pending``; True once the store is stopping. While a write is
+        failing, returns every RETRY_DELAY seconds to retry it."""
+        try:
+            item = self._queue.get(timeout=RETRY_DELAY if pending else None)
+        except queue.Empty:
+            return False
+        taken = 0
+        while item is not None:
+            pending.append(item)
+            taken += 1
+            if taken >= BATCH:
+                return False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+        return True
+
+    def _write(self, pending: list[_Row]) -> None:
+        """Write ``pending`` in one transaction and trim the rooms it
+        touched; on success ``pending`` is emptied, on failure it is kept
+        for the next try."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(f"INSERT INTO {_TABLE} (room, time, kind, nick, text) VALUES (?, ?, ?, ?, ?)", pending)
+            for room in {row[0] for row in pending}:
+                db.execute(
+                    f"DELETE FROM {_TABLE} WHERE room = ? AND id <= "
+                    f"(SELECT id FROM {_TABLE} WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (room, room, self.lines),
+                )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._failures += 1
+            if self._failures == 1 or self._failures % 100 == 0:
+                log.error(
+                    "history: cannot write %s (%s); the lines stay in memory and the write is retried (failure %d)",
+                    self.path,
+                    exc,
+                    self._failures,
+                )
+            return
+        if self._failures:
+            log.warning("history: writing %s works again", self.path)
+            self._failures = 0
+        pending.clear()
