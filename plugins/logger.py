@@ -58,9 +58,9 @@ def chatcore_client_left(client: Client, room: str, reason: str) -> None:
 
 @hookimpl
 def chatcore_message_delivered(message: Message, recipients: int) -> None:
-    _log(message.sender.server).put(
-        (time.time(), message.kind, message.sender.nick, message.room, message.text, recipients)
-    )
+    # A private message records who it went to; its "room" is the sender's.
+    extra = recipients if message.recipient is None else (recipients, message.recipient.nick)
+    _log(message.sender.server).put((time.time(), message.kind, message.sender.nick, message.room, message.text, extra))
 
 
 def _log(server: ChatServer) -> EventLog:
@@ -140,5 +140,8 @@ class EventLog:
         if kind == "leave":
             record += f', "reason": {_json_string(extra)}'
         elif extra is not None:
+            if isinstance(extra, tuple):  # a private message: (recipients, to)
+                extra, to = extra
+                record += f', "to": {_json_string(to)}'
             record += f', "recipients": {int(extra)}'
         return record + "}\n"

@@ -278,6 +278,8 @@ def test_filter_order_with_welcome_and_logger(chat_server_factory, chat_client, 
     events = [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines()]
     said = [(e["event"], e["nick"], e["text"]) for e in events if "text" in e]
     assert said == [("chat", "alice", "**** it"), ("private", "alice", "****"), ("action", "alice", "ok")]
+    (private,) = [e for e in events if e["event"] == "private"]
+    assert (private["to"], private["recipients"]) == ("bob", 1)
 
 
 def test_filters_are_off_by_default(chat_server_factory, chat_client):
