@@ -1,0 +1,125 @@
+"""The writer: coalescing, no head-of-line blocking, closing."""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+from typing import Any
+
+from chatcore.connection import Client
+from chatcore.testing import wait_for
+from chatcore.writer import Writer
+
+
+class RecordingSocket:
+    """A real connected socket that records each send() call."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.sends: list[bytes] = []
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        sent = self._sock.send(data, flags)
+        self.sends.append(bytes(data[:sent]))
+        return sent
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def shutdown(self, how: int) -> None:
+        self._sock.shutdown(how)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def make_client(writer: Writer, max_queue: int = 100) -> tuple[Client, RecordingSocket, socket.socket]:
+    ours, peer = socket.socketpair()
+    recording = RecordingSocket(ours)
+    client = Client(recording, ("127.0.0.1", 1), SimpleNamespace(writer=writer), max_queue=max_queue)  # type: ignore[arg-type]
+    return client, recording, peer
+
+
+def read_exactly(peer: socket.socket, size: int) -> bytes:
+    data = b""
+    peer.settimeout(5)
+    while len(data) < size:
+        data += peer.recv(size - len(data))
+    return data
+
+
+def test_lines_queued_together_go_out_in_one_send():
+    writer = Writer()
+    client, recording, peer = make_client(writer)
+    try:
+        lines = [f"<alice> line {n}\n".encode() for n in range(50)]
+        for line in lines:  # queued before the writer runs: all waiting at once
+            client.send_data(line)
+        writer.start()
+        expected = b"".join(lines)
+        assert read_exactly(peer, len(expected)) == expected
+        wait_for(lambda: recording.sends, message="the send to be recorded")
+        assert recording.sends == [expected]
+    finally:
+        writer.stop()
+        recording.close()
+        peer.close()
+
+
+def test_a_stalled_client_does_not_hold_up_the_others():
+    writer = Writer()
+    writer.start()
+    stalled, stalled_sock, stalled_peer = make_client(writer, max_queue=10_000)
+    healthy, healthy_sock, healthy_peer = make_client(writer)
+    try:
+        chunk = b"x" * 1000 + b"\n"
+        for _ in range(5000):  # 5 MB for a peer that never reads
+            stalled.send_data(chunk)
+        wait_for(lambda: stalled._blocked, message="the stalled socket to fill up")
+        healthy.send_data(b"still flowing\n")
+        assert read_exactly(healthy_peer, 14) == b"still flowing\n"
+    finally:
+        writer.stop()
+        for sock in (stalled_sock, stalled_peer, healthy_sock, healthy_peer):
+            sock.close()
+
+
+def test_overflow_disconnects_as_slow_consumer_and_shuts_the_socket():
+    writer = Writer()
+    writer.start()
+    client, sock, peer = make_client(writer, max_queue=5)
+    try:
+        client._scheduled = True  # as if the writer were busy elsewhere: the queue only fills
+        for n in range(6):  # one more than the bound
+            client.send_data(f"{n}\n".encode())
+        assert client.close_reason == "slow consumer"
+        assert client.wait_closed(5)
+        peer.settimeout(5)
+        received = b""
+        while chunk := peer.recv(4096):
+            received += chunk
+        # What fits without blocking may still go out; then the close.
+        assert b"0\n1\n2\n3\n4\n".startswith(received)
+    finally:
+        writer.stop()
+        sock.close()
+        peer.close()
+
+
+def test_finish_flushes_what_is_queued_then_shuts_down():
+    writer = Writer()
+    writer.start()
+    client, sock, peer = make_client(writer)
+    try:
+        client.send_line("last words")
+        client.disconnect("done", notice="bye")
+        assert client.wait_closed(5)
+        peer.settimeout(5)
+        received = b""
+        while chunk := peer.recv(4096):
+            received += chunk
+        assert received == b"last words\n* bye\n"
+    finally:
+        writer.stop()
+        sock.close()
+        peer.close()
