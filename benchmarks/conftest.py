@@ -8,8 +8,9 @@ so pytest-benchmark's table shows them next to each other.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from broadcast import default_plugins
@@ -47,3 +48,29 @@ def chat_server(chat_config: Config) -> Iterator[ChatServer]:
         server.hooks.server_stop(server)
         server.writer.stop()
         server.server_close()
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def report_figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Add a line to the "chatcore figures" section printed at the end."""
+
+    def add(text: str) -> None:
+        _FIGURES.append(f"{request.node.name}: {text}")
+
+    return add
+
+
+def min_seconds(benchmark: Any) -> float | None:
+    """The fastest round of a finished benchmark (None when disabled)."""
+    stats = getattr(benchmark, "stats", None)
+    return stats.stats.min if stats is not None else None
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FIGURES:
+        terminalreporter.section("chatcore figures (best round)")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

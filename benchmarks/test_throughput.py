@@ -12,7 +12,7 @@ that matters, ``deliveries_per_s`` (best round), is in the extra info;
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -114,7 +114,13 @@ def server(request: pytest.FixtureRequest, plugins: str, tmp_path: Path) -> Iter
 
 
 @pytest.mark.parametrize(("clients", "senders"), [(10, 10), (100, 10)], ids=["10-clients", "100-clients"])
-def test_broadcast_throughput(benchmark: BenchmarkFixture, server: ServerProcess, clients: int, senders: int) -> None:
+def test_broadcast_throughput(
+    benchmark: BenchmarkFixture,
+    server: ServerProcess,
+    clients: int,
+    senders: int,
+    report_figure: Callable[[str], None],
+) -> None:
     room = Room(server, clients, senders)
     try:
         benchmark.pedantic(room.transfer, rounds=3, iterations=1, warmup_rounds=1)
@@ -123,5 +129,6 @@ def test_broadcast_throughput(benchmark: BenchmarkFixture, server: ServerProcess
     benchmark.extra_info["deliveries_per_round"] = room.per_sender * senders * (clients - 1)
     benchmark.extra_info["deliveries_per_s"] = round(max(room.rates))
     benchmark.extra_info["lost"] = room.lost
+    report_figure(f"{max(room.rates):,.0f} deliveries/s, {room.lost} lost")
     if server.name == "chatcore":
         assert room.lost == 0
