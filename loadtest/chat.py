@@ -72,7 +72,8 @@ class ChatUser(User):
                     context={},
                 )
                 connection.close()
-                raise StopUser() from None
+                self.connection = None  # the first task stops this user: StopUser here logs a traceback
+                return
             fire(
                 request_type=request_type,
                 name=name,
@@ -101,7 +102,7 @@ class ChatUser(User):
     def chat(self) -> None:
         connection = self.connection
         if connection is None:
-            return
+            raise StopUser()
         connection.sample = sampler.stride
         if not self.sending:
             return
