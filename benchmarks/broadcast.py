@@ -252,12 +252,29 @@ def sync(sock: socket.socket, server: str) -> None:
     sock.setblocking(False)
 
 
+class Samples(list[float]):
+    """Latency samples: a uniform random sample of at most ``SAMPLE_LIMIT``
+    of all values added (reservoir sampling), so that a long run is not
+    represented by its first seconds only."""
+
+    seen = 0
+
+    def add(self, value: float) -> None:
+        self.seen += 1
+        if len(self) < SAMPLE_LIMIT:
+            self.append(value)
+        else:
+            slot = random.randrange(self.seen)
+            if slot < SAMPLE_LIMIT:
+                self[slot] = value
+
+
 class Receiver:
     """Counts a stream of fixed-size lines in bulk; see the module docstring."""
 
     __slots__ = ("corrupted", "lines", "notices", "phase", "samples", "size", "sock", "tail")
 
-    def __init__(self, sock: socket.socket, size: int, samples: list[float]) -> None:
+    def __init__(self, sock: socket.socket, size: int, samples: Samples) -> None:
         self.sock = sock
         self.size = size
         self.phase = size - 1  # where the next newline must be, counted from the next chunk's start
@@ -277,12 +294,12 @@ class Receiver:
             self.phase = phase + newlines * size - length
         else:
             self._slow(data)
-        if newlines and len(self.samples) < SAMPLE_LIMIT:
+        if newlines:
             start = data.find(b"\n", random.randrange(length)) + 1
             end = data.find(b"\n", start)
             if start and end > 0 and end - start == size - 1:
                 try:
-                    self.samples.append((now_us() - int(data[end - 16 : end])) / 1000.0)
+                    self.samples.add((now_us() - int(data[end - 16 : end])) / 1000.0)
                 except ValueError:
                     pass
 
@@ -313,7 +330,7 @@ class Monitor(Receiver):
 
     __slots__ = ("acked", "buffer", "dirty", "duplicated", "gaps", "last", "reordered")
 
-    def __init__(self, sock: socket.socket, size: int, samples: list[float], senders: int) -> None:
+    def __init__(self, sock: socket.socket, size: int, samples: Samples, senders: int) -> None:
         super().__init__(sock, size, samples)
         self.buffer = b""
         self.acked = [0] * senders
@@ -390,7 +407,7 @@ class Sender:
         self.out = self.out[sent:]
 
 
-def connect_receivers(port: int, count: int, *, rate: float, size: int, samples: list[float]) -> list[Receiver]:
+def connect_receivers(port: int, count: int, *, rate: float, size: int, samples: Samples) -> list[Receiver]:
     paced = Paced(rate)
     receivers = []
     for _ in range(count):
@@ -443,7 +460,7 @@ class WorkerTask:
 def worker(task: WorkerTask, ready: Any, stop: Any, counts: Any, pipe: Any) -> None:
     """A process of bulk receivers: connect, sync, count until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    samples: list[float] = []
+    samples = Samples()
     try:
         receivers = connect_receivers(task.port, task.count, rate=task.rate, size=task.size, samples=samples)
         for receiver in receivers:
@@ -462,7 +479,7 @@ def worker(task: WorkerTask, ready: Any, stop: Any, counts: Any, pipe: Any) -> N
             "lines": sum(r.lines for r in receivers),
             "corrupted": sum(r.corrupted for r in receivers),
             "notices": sum(r.notices for r in receivers),
-            "samples": samples,
+            "samples": list(samples),
             "cpu": time.process_time() - cpu_start,
         }
     )
@@ -492,7 +509,7 @@ def run_flow(server: ServerProcess, scenario: Scenario, options: argparse.Namesp
     stop = ctx.Event()
     counts = ctx.Array("q", max(1, procs), lock=False)
     workers = []
-    samples: list[float] = []
+    samples = Samples()
     share = [bulk // procs + (1 if i < bulk % procs else 0) for i in range(procs)] if procs else []
     for slot, count in enumerate(share):
         ready = ctx.Event()
@@ -548,7 +565,7 @@ def _run_flow_main(
     workers: list[Any],
     stop: Any,
     counts: Any,
-    samples: list[float],
+    samples: Samples,
 ) -> dict[str, Any]:
     size = options.line_size
     clients = scenario.clients
@@ -737,7 +754,7 @@ def run_idle(server: ServerProcess, scenario: Scenario, options: argparse.Namesp
     before = server.rss_kib()
     paced = Paced(options.connect_rate)
     receivers: list[Receiver] = []
-    samples: list[float] = []
+    samples = Samples()
     errors = 0
     begin = time.monotonic()
     deadline = begin + count / options.connect_rate + 60

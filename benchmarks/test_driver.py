@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from broadcast import LINE_SIZE, Monitor, Receiver, main, now_us
+from broadcast import LINE_SIZE, Monitor, Receiver, Samples, main, now_us
 
 
 def line(sender: int, seq: int) -> bytes:
@@ -17,7 +17,7 @@ def line(sender: int, seq: int) -> bytes:
 
 def test_receiver_counts_lines_split_anywhere() -> None:
     stream = b"".join(line(1, seq) for seq in range(1, 101))
-    receiver = Receiver(None, LINE_SIZE, [])  # type: ignore[arg-type]
+    receiver = Receiver(None, LINE_SIZE, Samples())  # type: ignore[arg-type]
     for start in range(0, len(stream), 777):
         receiver.feed(stream[start : start + 777])
     assert (receiver.lines, receiver.corrupted, receiver.notices) == (100, 0, 0)
@@ -25,7 +25,7 @@ def test_receiver_counts_lines_split_anywhere() -> None:
 
 
 def test_receiver_finds_interleaved_lines_and_recovers() -> None:
-    receiver = Receiver(None, LINE_SIZE, [])  # type: ignore[arg-type]
+    receiver = Receiver(None, LINE_SIZE, Samples())  # type: ignore[arg-type]
     first, second = line(1, 1), line(2, 1)
     receiver.feed(first[:30] + second + first[30:] + b"* guest-7 joined\n")
     assert (receiver.corrupted, receiver.notices) == (2, 1)
@@ -34,7 +34,7 @@ def test_receiver_finds_interleaved_lines_and_recovers() -> None:
 
 
 def test_monitor_checks_each_senders_sequence() -> None:
-    monitor = Monitor(None, LINE_SIZE, [], 3)  # type: ignore[arg-type]
+    monitor = Monitor(None, LINE_SIZE, Samples(), 3)  # type: ignore[arg-type]
     monitor.feed(line(1, 1) + line(1, 2) + line(1, 5) + line(1, 4) + line(1, 5) + line(2, 1))
     assert (monitor.gaps, monitor.reordered, monitor.duplicated) == (2, 1, 1)
     assert monitor.acked[1:] == [5, 1]

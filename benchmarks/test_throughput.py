@@ -21,6 +21,7 @@ from broadcast import (
     WINDOW_TIMEOUT,
     Monitor,
     Receiver,
+    Samples,
     Sender,
     ServerProcess,
     connect,
@@ -46,7 +47,10 @@ class Room:
             sock = connect(server.port)
             read_until(sock, b"\n")
             socks.append(sock)
-        self.monitors = [Monitor(socks[0], LINE_SIZE, [], senders), Monitor(socks[1], LINE_SIZE, [], senders)]
+        self.monitors = [
+            Monitor(socks[0], LINE_SIZE, Samples(), senders),
+            Monitor(socks[1], LINE_SIZE, Samples(), senders),
+        ]
         self.senders = []
         for index in range(senders):
             nick = b"s%05d" % index
@@ -57,7 +61,7 @@ class Room:
             else:
                 prefix = b"<" + nick + b"> "
             self.senders.append(Sender(index, socks[index], prefix, self.monitors[1 if index == 0 else 0]))
-        self.receivers: list[Receiver] = [*self.monitors, *(Receiver(s, LINE_SIZE, []) for s in socks[2:])]
+        self.receivers: list[Receiver] = [*self.monitors, *(Receiver(s, LINE_SIZE, Samples()) for s in socks[2:])]
         for receiver in self.receivers:
             sync(receiver.sock, server.name)
         self.clients = clients
