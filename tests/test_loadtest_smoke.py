@@ -98,6 +98,10 @@ def test_locust_chat_scenario_delivers_everything(server_port: int, tmp_path: Pa
             f"tcp://127.0.0.1:{server_port}",
             "--message-rate",
             "10",
+            # Weighted recording (one latency sample per 3 deliveries) must
+            # still count every delivery.
+            "--deliver-sample",
+            "3",
             "--json-file",
             str(report),
         ],
