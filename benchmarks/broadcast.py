@@ -1,0 +1,960 @@
+"""Broadcast benchmark driver: how many deliveries per second, how fast, how
+much memory -- for chatcore and, side by side, the naive original design.
+
+    python benchmarks/broadcast.py                      # every scenario, both servers
+    python benchmarks/broadcast.py --scenario room100 --duration 10
+    python benchmarks/broadcast.py --scenario idle --idle-clients 10000
+    python benchmarks/broadcast.py --servers chatcore --plugins welcome,logger
+
+Locust records about 300k events/s per process, so it cannot measure a
+server that delivers millions of lines per second. This driver can: raw
+non-blocking sockets on epoll, and nothing per line in Python on the bulk
+path.
+
+Every chat line a receiver gets is exactly ``--line-size`` bytes (64):
+``<s00001> xxx... SENDER SEQ SENT_US`` (the sender pads its text to make up
+for the ``<nick> `` prefix chatcore adds; to the naive server, which adds
+nothing, it sends the whole line). So a receiver
+
+- counts lines with ``bytes.count(b"\\n")``;
+- checks that the newlines sit exactly every ``line-size`` bytes with one
+  strided slice (``data[phase::size]``); a chunk that does not line up is
+  split and each line of the wrong length is counted as corrupted (lines
+  starting with ``* `` or ``! `` are notices, counted apart);
+- samples latency from one line per ``recv()`` chunk, picked at a random
+  place, against the microsecond timestamp the sender put in it.
+
+Two "monitor" clients parse every line: they check each sender's sequence
+(gaps, duplicates, reordering) and acknowledge progress for the window.
+
+**Window W**: sender *i* may send message *k* only while ``k - acked_i <= W``,
+where ``acked_i`` is the highest sequence number of sender *i* that its
+monitor has received (monitor 0 for every sender but client 0, whose monitor
+is client 1: chat is not echoed to its sender). So at most W of each
+sender's messages are in flight, and a slow server is not buried in backlog.
+If a sender's acknowledgements stop for ``WINDOW_TIMEOUT`` seconds (its
+in-flight lines were lost, e.g. corrupted by the naive server) its window is
+reopened and a stall is counted.
+
+**Losses**: every client but the sender should receive every message, so
+``lost = sent * (clients - 1) - received`` after a drain (bounded in time).
+
+Bulk receivers run in ``--procs`` worker processes (default 1; 0 keeps them
+in the main process with the senders and monitors); each worker connects
+its own clients at ``--connect-rate`` per second. All loops are bounded in
+count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.metadata
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import random
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+LINE_SIZE = 64
+TAIL = 34  # " SSSSS QQQQQQQQQQ TTTTTTTTTTTTTTTT": sender, sequence, send time (us)
+WINDOW_TIMEOUT = 1.0
+RECV_SIZE = 262144
+SAMPLE_LIMIT = 200_000
+SETUP_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 5.0
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+# -- scenarios ----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Scenario:
+    name: str
+    title: str
+    kind: str  # "flow", "connect" or "idle"
+    clients: int = 0
+    senders: int = 0
+    window: int = 0  # 0: paced by rate instead
+    rate: float = 0.0  # offered deliveries/s (paced flows)
+
+
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario("room100", "100 clients, 10 senders, window 20", "flow", 100, 10, 20),
+        Scenario("room10", "10 clients all sending, window 20", "flow", 10, 10, 20),
+        Scenario("room500", "500 clients all sending, window 1", "flow", 500, 500, 1),
+        Scenario("steady", "steady 50,000 deliveries/s to 100 clients", "flow", 100, 10, 0, 50_000),
+        Scenario("connect", "500 clients connecting at once", "connect", 500),
+        Scenario("idle", "idle clients held, resident memory per client", "idle"),
+    )
+}
+
+
+# -- servers ------------------------------------------------------------------
+
+
+class ServerProcess:
+    """A chat server in a subprocess; its port is read from its first line."""
+
+    def __init__(self, name: str, command: list[str], output: Path) -> None:
+        self.name = name
+        self.command = command
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        # A file, not a pipe: nobody reads a pipe during the run, and a
+        # server that logs into a full pipe would stall.
+        self.output = output
+
+    def __enter__(self) -> ServerProcess:
+        with self.output.open("wb") as out:
+            self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        while time.monotonic() < deadline and self.process.poll() is None:
+            match = re.search(r"listening on \[?[0-9a-f.:]+\]?:(\d+)", self.output.read_text(errors="replace"))
+            if match:
+                self.port = int(match.group(1))
+                return self
+            time.sleep(0.02)
+        text = self.output.read_text(errors="replace")
+        self.__exit__()
+        raise RuntimeError(f"{self.name} server did not start: {' '.join(self.command)}: {text.strip()[-500:]}")
+
+    def rss_kib(self) -> int:
+        assert self.process is not None
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the server has used so far."""
+        assert self.process is not None
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+def default_plugins() -> str:
+    names = {ep.name for ep in importlib.metadata.entry_points(group="chatcore")}
+    return ",".join(name for name in ("welcome", "logger", "filters") if name in names)
+
+
+def server_command(
+    name: str, scenario: Scenario, options: argparse.Namespace, max_clients: int, log_dir: str
+) -> list[str]:
+    if name == "naive":
+        # 'idle' measures memory, not the original's listen(10), which would
+        # make thousands of paced connects wait for SYN retransmits.
+        backlog = ["--backlog", "1024"] if scenario.kind == "idle" else []
+        return [sys.executable, str(HERE / "naive_server.py"), "--port", "0", *backlog, *options.naive_args]
+    return [
+        sys.executable,
+        "-m",
+        "chatcore",
+        "serve",
+        "--port",
+        "0",
+        "--plugins",
+        options.plugins,
+        *(["--log-file", os.path.join(log_dir, "events.jsonl")] if "logger" in options.plugins.split(",") else []),
+        "--max-clients",
+        str(max_clients),
+        *options.server_args,
+    ]
+
+
+# -- clients ------------------------------------------------------------------
+
+
+def raise_file_limit() -> int:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
+class Paced:
+    """Sleeps so that calls happen at most ``rate`` times per second."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next = time.monotonic()
+
+    def wait(self) -> None:
+        if self.interval:
+            self.next += self.interval
+            delay = self.next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_until(sock: socket.socket, marker: bytes, timeout: float = 10.0) -> bytes:
+    """Blocking setup read: everything up to and including ``marker``."""
+    sock.settimeout(timeout)
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker not in data:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {marker!r} within {timeout}s")
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before {marker!r}: {data[-200:]!r}")
+        data += chunk
+    return data
+
+
+def sync(sock: socket.socket, server: str) -> None:
+    """Read everything the server sent so far (chatcore: up to ``* pong``)."""
+    if server == "chatcore":
+        sock.sendall(b"/ping\n")
+        read_until(sock, b"* pong\n")
+    sock.setblocking(False)
+
+
+class Samples(list[float]):
+    """Latency samples: a uniform random sample of at most ``SAMPLE_LIMIT``
+    of all values added (reservoir sampling), so that a long run is not
+    represented by its first seconds only."""
+
+    seen = 0
+
+    def add(self, value: float) -> None:
+        self.seen += 1
+        if len(self) < SAMPLE_LIMIT:
+            self.append(value)
+        else:
+            slot = random.randrange(self.seen)
+            if slot < SAMPLE_LIMIT:
+                self[slot] = value
+
+
+class Receiver:
+    """Counts a stream of fixed-size lines in bulk; see the module docstring."""
+
+    __slots__ = ("corrupted", "lines", "notices", "phase", "samples", "size", "sock", "tail")
+
+    def __init__(self, sock: socket.socket, size: int, samples: Samples) -> None:
+        self.sock = sock
+        self.size = size
+        self.phase = size - 1  # where the next newline must be, counted from the next chunk's start
+        self.tail = b""  # the unfinished line, kept only after a misaligned chunk
+        self.lines = 0
+        self.corrupted = 0
+        self.notices = 0
+        self.samples = samples
+
+    def feed(self, data: bytes) -> None:
+        size = self.size
+        length = len(data)
+        newlines = data.count(b"\n")
+        phase = self.phase
+        if not self.tail and data[phase::size].count(b"\n") == newlines and newlines == len(data[phase::size]):
+            self.lines += newlines
+            self.phase = phase + newlines * size - length
+        else:
+            self._slow(data)
+        if newlines:
+            start = data.find(b"\n", random.randrange(length)) + 1
+            end = data.find(b"\n", start)
+            if start and end > 0 and end - start == size - 1:
+                try:
+                    self.samples.add((now_us() - int(data[end - 16 : end])) / 1000.0)
+                except ValueError:
+                    pass
+
+    def _slow(self, data: bytes) -> None:
+        """A chunk that is not whole lines of the expected size."""
+        size = self.size
+        if not self.tail and self.phase < size - 1:
+            # Re-create the partial line the fast path did not keep.
+            self.tail = b"?" * (size - 1 - self.phase)
+        lines = (self.tail + data).split(b"\n")
+        self.tail = lines.pop()
+        for line in lines:
+            if line[:2] in (b"* ", b"! "):
+                self.notices += 1
+            elif len(line) == size - 1:
+                self.lines += 1
+            else:
+                self.lines += 1
+                self.corrupted += 1
+        if len(self.tail) < size:
+            # Realigned: go back to the fast path.
+            self.phase = size - 1 - len(self.tail)
+            self.tail = b""
+
+
+class Monitor(Receiver):
+    """A receiver that parses every line: per-sender order, and window acks."""
+
+    __slots__ = ("acked", "buffer", "dirty", "duplicated", "gaps", "last", "reordered")
+
+    def __init__(self, sock: socket.socket, size: int, samples: Samples, senders: int) -> None:
+        super().__init__(sock, size, samples)
+        self.buffer = b""
+        self.acked = [0] * senders
+        self.last = [0] * senders
+        self.dirty: set[int] = set()
+        self.gaps = 0
+        self.duplicated = 0
+        self.reordered = 0
+
+    def feed(self, data: bytes) -> None:
+        super().feed(data)
+        lines = (self.buffer + data).split(b"\n")
+        self.buffer = lines.pop()
+        last = self.last
+        acked = self.acked
+        for line in lines:
+            if len(line) != self.size - 1:
+                continue
+            try:
+                sender = int(line[-33:-28])
+                seq = int(line[-27:-17])
+            except ValueError:
+                continue
+            if sender >= len(last):
+                continue
+            previous = last[sender]
+            if seq == previous + 1:
+                pass
+            elif seq > previous:
+                if previous:
+                    self.gaps += seq - previous - 1
+            elif seq == previous:
+                self.duplicated += 1
+            else:
+                self.reordered += 1
+            if seq > previous:
+                last[sender] = seq
+                if seq > acked[sender]:
+                    acked[sender] = seq
+                    self.dirty.add(sender)
+
+
+class Sender:
+    __slots__ = ("index", "monitor", "out", "prefix", "progress_at", "sent", "sock", "stalls")
+
+    def __init__(self, index: int, sock: socket.socket, prefix: bytes, monitor: Monitor) -> None:
+        self.index = index
+        self.sock = sock
+        self.prefix = prefix  # what the client itself writes before the padding
+        self.monitor = monitor
+        self.out = b""
+        self.sent = 0
+        self.progress_at = time.monotonic()
+        self.stalls = 0
+
+    def make(self, count: int, size: int) -> bytes:
+        """``count`` lines, each ``size`` bytes as the receivers will see them."""
+        index = self.index
+        pad = b"x" * (size - 9 - TAIL - 1)  # "<s00001> " prefix, tail, newline
+        stamp = now_us()
+        first = self.sent + 1
+        self.sent += count
+        return b"".join(
+            b"%s%s %05d %010d %016d\n" % (self.prefix, pad, index, seq, stamp) for seq in range(first, first + count)
+        )
+
+    def push(self) -> None:
+        if not self.out:
+            return
+        try:
+            sent = self.sock.send(self.out)
+        except BlockingIOError:
+            return
+        self.out = self.out[sent:]
+
+
+def connect_receivers(port: int, count: int, *, rate: float, size: int, samples: Samples) -> list[Receiver]:
+    paced = Paced(rate)
+    receivers = []
+    for _ in range(count):
+        paced.wait()
+        sock = connect(port)
+        read_until(sock, b"\n")
+        receivers.append(Receiver(sock, size, samples))
+    return receivers
+
+
+def receive_loop(receivers: Sequence[Receiver], until: Any, poll_timeout: float = 0.05) -> Iterator[None]:
+    """Receive on every socket; yields after each poll so the caller can act.
+    Stops when ``until()`` is true."""
+    poller = select.epoll()
+    by_fd = {}
+    for receiver in receivers:
+        poller.register(receiver.sock.fileno(), select.EPOLLIN)
+        by_fd[receiver.sock.fileno()] = receiver
+    try:
+        while not until():
+            for fd, _events in poller.poll(poll_timeout, 256):
+                receiver = by_fd[fd]
+                try:
+                    data = receiver.sock.recv(RECV_SIZE)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    poller.unregister(fd)
+                    continue
+                receiver.feed(data)
+            yield
+    finally:
+        poller.close()
+
+
+@dataclasses.dataclass
+class WorkerTask:
+    port: int
+    server: str
+    count: int
+    rate: float
+    size: int
+    slot: int
+    #: Seconds after which the worker gives up even if never told to stop.
+    lifetime: float
+
+
+def worker(task: WorkerTask, ready: Any, stop: Any, counts: Any, pipe: Any) -> None:
+    """A process of bulk receivers: connect, sync, count until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    samples = Samples()
+    try:
+        receivers = connect_receivers(task.port, task.count, rate=task.rate, size=task.size, samples=samples)
+        for receiver in receivers:
+            sync(receiver.sock, task.server)
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        pipe.send({"error": f"worker could not connect: {exc}"})
+        return
+    ready.set()
+    cpu_start = time.process_time()
+    give_up = time.monotonic() + task.lifetime
+    for _ in receive_loop(receivers, lambda: stop.is_set() or time.monotonic() > give_up, 0.01):
+        counts[task.slot] = sum(r.lines for r in receivers)
+    counts[task.slot] = sum(r.lines for r in receivers)
+    pipe.send(
+        {
+            "lines": sum(r.lines for r in receivers),
+            "corrupted": sum(r.corrupted for r in receivers),
+            "notices": sum(r.notices for r in receivers),
+            "samples": list(samples),
+            "cpu": time.process_time() - cpu_start,
+        }
+    )
+    for receiver in receivers:
+        receiver.sock.close()
+
+
+# -- measurements -------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def run_flow(server: ServerProcess, scenario: Scenario, options: argparse.Namespace) -> dict[str, Any]:
+    """A room of ``clients`` with ``senders`` of them sending, for ``duration``."""
+    size = options.line_size
+    clients, senders_count = scenario.clients, scenario.senders
+    # Main process: the senders (and the two monitors among them or besides).
+    main_count = max(senders_count, 2)
+    bulk = clients - main_count
+    procs = min(options.procs, bulk)
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    counts = ctx.Array("q", max(1, procs), lock=False)
+    workers = []
+    samples = Samples()
+    share = [bulk // procs + (1 if i < bulk % procs else 0) for i in range(procs)] if procs else []
+    for slot, count in enumerate(share):
+        ready = ctx.Event()
+        parent, child = ctx.Pipe(duplex=False)
+        process = ctx.Process(
+            target=worker,
+            args=(
+                WorkerTask(
+                    server.port,
+                    server.name,
+                    count,
+                    options.connect_rate,
+                    size,
+                    slot,
+                    lifetime=2 * SETUP_TIMEOUT + options.duration + DRAIN_TIMEOUT + 30,
+                ),
+                ready,
+                stop,
+                counts,
+                child,
+            ),
+            daemon=True,
+        )
+        process.start()
+        workers.append((process, ready, parent))
+    try:
+        return _run_flow_main(
+            server,
+            scenario,
+            options,
+            main_count=main_count,
+            local_bulk=bulk - sum(share),
+            workers=workers,
+            stop=stop,
+            counts=counts,
+            samples=samples,
+        )
+    finally:
+        stop.set()
+        for process, _ready, _pipe in workers:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+
+
+def _run_flow_main(
+    server: ServerProcess,
+    scenario: Scenario,
+    options: argparse.Namespace,
+    *,
+    main_count: int,
+    local_bulk: int,
+    workers: list[Any],
+    stop: Any,
+    counts: Any,
+    samples: Samples,
+) -> dict[str, Any]:
+    size = options.line_size
+    clients = scenario.clients
+    paced = Paced(options.connect_rate)
+    receivers: list[Receiver] = []
+    socks = []
+    for _ in range(main_count):
+        paced.wait()
+        sock = connect(server.port)
+        read_until(sock, b"\n")
+        socks.append(sock)
+    monitors = [Monitor(socks[0], size, samples, main_count), Monitor(socks[1], size, samples, main_count)]
+    senders = []
+    for index in range(scenario.senders):
+        nick = b"s%05d" % index
+        if server.name == "chatcore":
+            socks[index].sendall(b"/nick " + nick + b"\n")
+            read_until(socks[index], b"* you are now known as")
+            prefix = b""
+        else:
+            prefix = b"<" + nick + b"> "
+        senders.append(Sender(index, socks[index], prefix, monitors[1 if index == 0 else 0]))
+    receivers.extend(monitors)
+    receivers.extend(Receiver(sock, size, samples) for sock in socks[2:])
+    receivers.extend(connect_receivers(server.port, local_bulk, rate=options.connect_rate, size=size, samples=samples))
+    deadline = time.monotonic() + SETUP_TIMEOUT
+    for process, ready, pipe in workers:
+        while not ready.wait(0.1):
+            if pipe.poll() or not process.is_alive() or time.monotonic() > deadline:
+                message = pipe.recv() if pipe.poll() else {"error": "worker did not get ready"}
+                raise RuntimeError(message.get("error", "worker failed"))
+    for receiver in receivers:
+        sync(receiver.sock, server.name)
+    for sender in senders:
+        sender.sock.setblocking(False)
+
+    # Send for the duration; receive until drained.
+    def local_lines() -> int:
+        return sum(r.lines for r in receivers)
+
+    def total_lines() -> int:
+        return local_lines() + int(sum(counts))
+
+    window = scenario.window
+    per_sender_rate = scenario.rate / max(1, clients - 1) / max(1, len(senders)) if scenario.rate else 0.0
+    started = time.monotonic()
+    cpu_start = time.process_time()
+    server_cpu_start = server.cpu_seconds()
+    send_until = started + options.duration
+    lines_at_start = total_lines()
+    lines_at_stop: int | None = None
+    stopped_at = send_until
+    server_cpu = 0.0
+    drain_deadline = send_until + DRAIN_TIMEOUT
+    expected = 0
+    batch = max(1, window)
+    last_total = -1
+    quiet_since = 0.0
+    for _ in receive_loop(receivers, lambda: time.monotonic() > drain_deadline, 0.0005 if window else 0.0002):
+        now = time.monotonic()
+        if now < send_until:
+            if window:
+                for sender in senders:
+                    allowed = sender.monitor.acked[sender.index] + window - sender.sent
+                    if allowed <= 0:
+                        if now - sender.progress_at > WINDOW_TIMEOUT:
+                            sender.monitor.acked[sender.index] = sender.sent
+                            sender.stalls += 1
+                            sender.progress_at = now
+                        continue
+                    sender.progress_at = now
+                    if not sender.out:
+                        sender.out = sender.make(min(allowed, batch), size)
+                    sender.push()
+            else:
+                due = int((now - started) * per_sender_rate)
+                for sender in senders:
+                    if due > sender.sent and not sender.out:
+                        sender.out = sender.make(min(due - sender.sent, 100), size)
+                    sender.push()
+        else:
+            if lines_at_stop is None:
+                for sender in senders:  # finish what was started; bounded by the drain deadline
+                    sender.push()
+                if any(sender.out for sender in senders):
+                    continue
+                lines_at_stop = total_lines()
+                stopped_at = now
+                server_cpu = server.cpu_seconds() - server_cpu_start
+                expected = sum(s.sent for s in senders) * (clients - 1)
+            total = total_lines()
+            if total >= expected:
+                break
+            if total != last_total:
+                last_total, quiet_since = total, now
+            elif now - quiet_since > 1.0:
+                break  # nothing arrived for a second: the rest is lost
+    driver_cpu = time.process_time() - cpu_start
+    stop.set()
+    results = [pipe.recv() for _process, _ready, pipe in workers if pipe.poll(5)]
+    received = local_lines() + sum(r.get("lines", 0) for r in results)
+    corrupted = sum(r.corrupted for r in receivers) + sum(r.get("corrupted", 0) for r in results)
+    for result in results:
+        samples.extend(result.get("samples", []))
+    for receiver in receivers:
+        receiver.sock.close()
+    seconds = stopped_at - started
+    sent = sum(s.sent for s in senders)
+    if lines_at_stop is None:
+        lines_at_stop = total_lines()
+        server_cpu = server.cpu_seconds() - server_cpu_start
+    return {
+        "sent": sent,
+        "deliveries": received,
+        "deliveries_per_s": (lines_at_stop - lines_at_start) / seconds if seconds > 0 else 0.0,
+        "p50_ms": percentile(samples, 0.5),
+        "p99_ms": percentile(samples, 0.99),
+        "lost": max(0, sent * (clients - 1) - received),
+        "corrupted": corrupted,
+        "gaps": sum(m.gaps for m in monitors),
+        "duplicated": sum(m.duplicated for m in monitors),
+        "reordered": sum(m.reordered for m in monitors),
+        "window_stalls": sum(s.stalls for s in senders),
+        "seconds": round(seconds, 2),
+        # Cores busy while sending: is the server or the driver the limit?
+        "server_cores": round(server_cpu / seconds, 2) if seconds > 0 else None,
+        "driver_cores": round((driver_cpu + sum(r.get("cpu", 0.0) for r in results)) / (time.monotonic() - started), 2),
+    }
+
+
+def run_connect(server: ServerProcess, scenario: Scenario, options: argparse.Namespace) -> dict[str, Any]:
+    """``clients`` connects started at once; time until each is welcomed."""
+    count = scenario.clients
+    poller = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    started_at: dict[int, float] = {}
+    welcomed: list[float] = []
+    refused = 0
+    begin = time.monotonic()
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", server.port))
+        socks[sock.fileno()] = sock
+        started_at[sock.fileno()] = time.monotonic()
+        poller.register(sock.fileno(), select.EPOLLIN)
+    pending = set(socks)
+    deadline = begin + options.connect_timeout
+    try:
+        while pending and time.monotonic() < deadline:
+            for fd, _events in poller.poll(0.05):
+                if fd not in pending:
+                    continue
+                try:
+                    data = socks[fd].recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                pending.discard(fd)
+                poller.unregister(fd)
+                if data.startswith(b"! ") or not data:
+                    refused += 1
+                else:
+                    welcomed.append(time.monotonic() - started_at[fd])
+        last = max(welcomed) if welcomed else None
+        return {
+            "clients": count,
+            "welcomed": len(welcomed),
+            "refused_or_closed": refused,
+            "still_waiting": len(pending),
+            "all_welcomed_s": round(time.monotonic() - begin, 3) if not pending and not refused else None,
+            "p50_ms": percentile([w * 1000 for w in welcomed], 0.5),
+            "p99_ms": percentile([w * 1000 for w in welcomed], 0.99),
+            "last_welcome_s": round(last, 3) if last is not None else None,
+        }
+    finally:
+        poller.close()
+        for sock in socks.values():
+            sock.close()
+
+
+def run_idle(server: ServerProcess, scenario: Scenario, options: argparse.Namespace) -> dict[str, Any]:
+    """Hold ``--idle-clients`` connections; server RSS per client."""
+    count = options.idle_clients
+    before = server.rss_kib()
+    paced = Paced(options.connect_rate)
+    receivers: list[Receiver] = []
+    samples = Samples()
+    errors = 0
+    begin = time.monotonic()
+    deadline = begin + count / options.connect_rate + 60
+    connected = 0
+    # Clients keep reading (join notices fill a busy lobby) while more connect.
+    for _ in range(count):
+        if time.monotonic() > deadline:
+            break
+        paced.wait()
+        try:
+            sock = connect(server.port)
+        except OSError:
+            errors += 1
+            continue
+        sock.setblocking(False)
+        receivers.append(Receiver(sock, options.line_size, samples))
+        connected += 1
+        if connected % 100 == 0:
+            _drain(receivers)
+    # Settle: every client has read what the server queued for it (chatcore
+    # broadcasts each join to the lobby: N * (N - 1) / 2 notices in all).
+    settle_deadline = time.monotonic() + options.idle_settle
+    settled = 0
+    for receiver in receivers:
+        if time.monotonic() > settle_deadline:
+            break
+        try:
+            receiver.sock.setblocking(True)
+            sync(receiver.sock, server.name)
+            settled += 1
+        except (OSError, TimeoutError, ConnectionError):
+            errors += 1
+    _drain(receivers)
+    time.sleep(0.5)  # let the server's threads park after the last ping
+    after = server.rss_kib()
+    for receiver in receivers:
+        receiver.sock.close()
+    return {
+        "clients": connected,
+        "settled": settled,
+        "errors": errors,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_client": round((after - before) / connected, 1) if connected else None,
+        "seconds": round(time.monotonic() - begin, 1),
+    }
+
+
+def _drain(receivers: list[Receiver]) -> None:
+    for receiver in receivers:
+        try:
+            while receiver.sock.recv(RECV_SIZE):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+
+# -- main ---------------------------------------------------------------------
+
+
+def format_row(server: str, result: dict[str, Any]) -> str:
+    def show(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    return f"  {server:9s} " + "  ".join(f"{key}={show(value)}" for key, value in result.items())
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Broadcast benchmark: chatcore and the naive original design, side by side.",
+        epilog="Scenarios: "
+        + "; ".join(f"{s.name}: {s.title}" for s in SCENARIOS.values())
+        + ". Output per server: deliveries_per_s while sending, latency p50/p99 (sampled), lost "
+        "(sent x (clients - 1) - received), corrupted lines, sequence gaps/duplicates/reorders seen by the "
+        "monitors, window stalls, and the CPU cores the server and the driver used. Exit status 1 if a run failed.",
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=[*SCENARIOS, "all"],
+        help="scenario to run; repeat for several (default: all)",
+    )
+    parser.add_argument(
+        "--servers",
+        default="chatcore,naive",
+        metavar="NAMES",
+        help="comma-separated: chatcore, naive (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="seconds of sending per flow (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--line-size",
+        type=int,
+        default=LINE_SIZE,
+        metavar="BYTES",
+        help="bytes per delivered line, newline included (default: 64)",
+    )
+    parser.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes for the bulk receivers; 0: none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--connect-rate",
+        type=float,
+        default=2000.0,
+        metavar="PER_S",
+        help="client connects per second (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--idle-clients", type=int, default=10000, metavar="N", help="clients for 'idle' (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--idle-settle", type=float, default=60.0, help="seconds at most to let idle clients settle (default: 60)"
+    )
+    parser.add_argument(
+        "--connect-timeout", type=float, default=5.0, help="'connect': seconds to wait for welcomes (default: 5)"
+    )
+    parser.add_argument(
+        "--plugins",
+        default=default_plugins(),
+        help="chatcore plugins (default: welcome,logger and filters when installed: %(default)s)",
+    )
+    parser.add_argument(
+        "--server-arg",
+        dest="server_args",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for 'chatcore serve' (repeat; e.g. --server-arg=--flood-rate=0)",
+    )
+    parser.add_argument(
+        "--naive-arg", dest="naive_args", action="append", default=[], metavar="ARG", help="extra naive_server.py arg"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    options = parser.parse_args(argv)
+    for name in ("duration", "connect_rate", "idle_clients", "idle_settle", "connect_timeout"):
+        if getattr(options, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be more than 0")
+    if options.procs < 0:
+        parser.error("--procs must be 0 or more")
+    if options.line_size < 9 + TAIL + 2:
+        parser.error(f"--line-size must be at least {9 + TAIL + 2}")
+    options.servers = [s.strip() for s in options.servers.split(",") if s.strip()]
+    for name in options.servers:
+        if name not in ("chatcore", "naive"):
+            parser.error(f"--servers: unknown server {name!r} (use chatcore and/or naive)")
+    names = options.scenario or ["all"]
+    options.scenarios = list(SCENARIOS) if "all" in names else list(dict.fromkeys(names))
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    limit = raise_file_limit()
+    if "idle" in options.scenarios and options.idle_clients + 100 > limit:
+        print(
+            f"broadcast: open-file limit {limit} is too low for {options.idle_clients} idle clients; "
+            f"using {limit - 100} (raise it with ulimit -n)",
+            file=sys.stderr,
+        )
+        options.idle_clients = max(1, limit - 100)
+    print(
+        f"broadcast.py: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, line {options.line_size} bytes, "
+        f"{options.duration:g} s per flow, chatcore plugins: {options.plugins or '(none)'}",
+        flush=True,
+    )
+    runners = {"flow": run_flow, "connect": run_connect, "idle": run_idle}
+    results: list[dict[str, Any]] = []
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="chatcore-bench-") as log_dir:
+        for name in options.scenarios:
+            scenario = SCENARIOS[name]
+            print(f"{scenario.name}: {scenario.title}", flush=True)
+            max_clients = max(1000, scenario.clients + 100, options.idle_clients + 100 if name == "idle" else 0)
+            for server_name in options.servers:
+                command = server_command(server_name, scenario, options, max_clients, log_dir)
+                try:
+                    with ServerProcess(server_name, command, Path(log_dir) / f"{server_name}.out") as server:
+                        result = runners[scenario.kind](server, scenario, options)
+                except (OSError, RuntimeError, TimeoutError, ConnectionError) as exc:
+                    result = {"error": str(exc).splitlines()[0]}
+                    failed = True
+                print(format_row(server_name, result), flush=True)
+                results.append({"scenario": name, "server": server_name, **result})
+    if options.json:
+        Path(options.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""A gevent-friendly chat client for the Locust scenarios in this folder.
+
+Locust skips modules whose names start with ``_`` when it is given the
+folder, so this shared code is not mistaken for a scenario. Nothing here
+imports Locust: the client reports through a :class:`Recorder` (the
+scenarios pass one that writes Locust statistics), which keeps it usable and
+readable on its own. It does use gevent sockets, because Locust users are
+greenlets.
+
+Every load-test message is a chat line whose text is::
+
+    ~lt SENDER SEQ SENT_US xxxx...
+
+``SENDER`` is unique per simulated user (across processes), ``SEQ`` counts
+from 1 per sender, ``SENT_US`` is the send time in microseconds since the
+epoch (all load generators of one run share a clock: same host, or NTP) and
+the ``x`` padding brings the text to the configured size. Receivers check
+each sender's sequence:
+
+- Tracking of a sender starts at the first of its messages a receiver sees,
+  so a receiver never reports what was sent before it joined the room, and
+  nothing is expected after it stops (it just stops looking).
+- After that, a jump from ``n`` to ``n + k`` is ``k - 1`` lost messages, a
+  number seen before is a duplicate, and a missing number that turns up late
+  is reordered (its loss was already reported: TCP and the server keep order,
+  so either is a bug worth a failure).
+- A load-test line that does not parse (bad numbers, wrong padding) is
+  corrupted: the kind of damage unframed forwarding does under load.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import time
+from typing import Any, Protocol
+
+import gevent
+from gevent import socket
+
+MARK = b"> ~lt "
+#: Text of a load-test message without its padding: "~lt SENDER SEQ SENT_US ".
+HEADER = "~lt {sender} {seq} {sent_us} "
+RECV_SIZE = 65536
+#: How many missing sequence numbers per sender a receiver remembers, to tell
+#: a late (reordered) message from a duplicate.
+MISSING_LIMIT = 1024
+
+_process_token = secrets.token_hex(2)
+_sender_numbers = itertools.count(1)
+
+
+def new_sender_id() -> str:
+    """A sender id unique across the load generator's processes."""
+    return f"{_process_token}{os.getpid():x}.{next(_sender_numbers)}"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class ChatError(Exception):
+    """The server answered something unexpected, or the connection failed."""
+
+
+class Recorder(Protocol):
+    """Where a :class:`ChatConnection` reports what it measured."""
+
+    def delivered(self, latency_ms: float, count: int) -> None:
+        """``count`` deliveries arrived; ``latency_ms`` is one sample of them."""
+
+    def problem(self, kind: str, count: int, detail: str) -> None:
+        """``count`` messages lost, duplicated, reordered or corrupted (``kind``)."""
+
+    def closed(self, detail: str) -> None:
+        """The server closed the connection while the user was running."""
+
+
+class ChatConnection:
+    """One chat client: connect, run commands, send, and receive in a greenlet.
+
+    Setup (:meth:`connect`, :meth:`command`) reads replies in the calling
+    greenlet; :meth:`start_receiving` then hands the socket's input to a
+    background greenlet that tracks load-test messages. :meth:`close` stops
+    that greenlet *before* closing the socket, so the close is not reported
+    as a failure.
+
+    Latency is sampled: one delivery in ``sample`` is reported with its
+    latency, carrying the count of deliveries since the previous sample, so
+    totals stay exact while the number of recorded events stays bounded.
+    """
+
+    def __init__(self, host: str, port: int, recorder: Recorder, *, timeout: float = 10.0) -> None:
+        self.host = host
+        self.port = port
+        self.recorder = recorder
+        self.timeout = timeout
+        self.sock: Any = None
+        self.sender = new_sender_id()
+        self.seq = 0
+        self.sample = 1
+        self.received_lines = 0
+        self._buffer = b""
+        self._reader: gevent.Greenlet | None = None
+        self._stopping = False
+        # Per sender: [last sequence seen, set of missing sequence numbers].
+        self._senders: dict[bytes, list[Any]] = {}
+        self._unsampled = 0
+        self._last_latency = 0.0
+
+    # -- setup, in the calling greenlet --------------------------------------
+
+    def connect(self) -> str:
+        """Connect and wait for the first line (the welcome); return it."""
+        self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        first = self.readline()
+        if first.startswith("! "):
+            raise ChatError(f"refused: {first[2:]}")
+        return first
+
+    def readline(self) -> str:
+        """The next line from the server (setup only, before receiving starts)."""
+        while b"\n" not in self._buffer:
+            data = self.sock.recv(RECV_SIZE)
+            if not data:
+                raise ChatError("connection closed by the server")
+            self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", "replace").rstrip("\r")
+
+    def command(self, line: str, reply_prefix: str) -> str:
+        """Send a command; return the first reply that starts with
+        ``reply_prefix`` (lines in between are skipped). An error reply
+        (``! ...``) raises :class:`ChatError`."""
+        self.sock.sendall(line.encode("utf-8") + b"\n")
+        while True:
+            reply = self.readline()
+            if reply.startswith(reply_prefix):
+                return reply
+            if reply.startswith("! "):
+                raise ChatError(f"{line.split(maxsplit=1)[0]}: {reply[2:]}")
+
+    # -- running --------------------------------------------------------------
+
+    def start_receiving(self) -> None:
+        self._reader = gevent.spawn(self._receive)
+
+    def send_message(self, size: int) -> int:
+        """Send the next load-test message of ``size`` bytes of text; return
+        the bytes sent."""
+        self.seq += 1
+        text = HEADER.format(sender=self.sender, seq=self.seq, sent_us=now_us())
+        data = (text + "x" * max(1, size - len(text)) + "\n").encode("ascii")
+        self.sock.sendall(data)
+        return len(data)
+
+    def close(self) -> None:
+        """Stop receiving, report what is still counted, say goodbye, close."""
+        self._stopping = True
+        if self._reader is not None:
+            self._reader.kill(block=True, timeout=self.timeout)
+            self._reader = None
+        self.flush()
+        if self.sock is not None:
+            try:
+                self.sock.sendall(b"/quit\n")
+            except OSError:
+                pass
+            self.sock.close()
+            self.sock = None
+
+    def flush(self) -> None:
+        """Report deliveries counted since the last latency sample."""
+        if self._unsampled:
+            self.recorder.delivered(self._last_latency, self._unsampled)
+            self._unsampled = 0
+
+    # -- the receive greenlet -------------------------------------------------
+
+    def _receive(self) -> None:
+        sock = self.sock
+        pending = self._buffer
+        self._buffer = b""
+        while True:
+            try:
+                data = sock.recv(RECV_SIZE)
+            except OSError as exc:
+                if not self._stopping:
+                    self.recorder.closed(f"receive failed: {exc}")
+                return
+            if not data:
+                if not self._stopping:
+                    self.recorder.closed("connection closed by the server")
+                return
+            lines = (pending + data).split(b"\n")
+            pending = lines.pop()
+            self._track(lines)
+
+    def _track(self, lines: list[bytes]) -> None:
+        senders = self._senders
+        recorder = self.recorder
+        sample = self.sample
+        arrived = now_us()
+        self.received_lines += len(lines)
+        for line in lines:
+            start = line.find(MARK)
+            if start < 0:
+                if line.startswith(b"! disconnected"):
+                    recorder.closed(line.decode("utf-8", "replace"))
+                continue  # a notice, or chat that is not ours
+            fields = line[start + len(MARK) :].split(b" ")
+            try:
+                sender, seq_text, sent_text, padding = fields
+                seq = int(seq_text)
+                sent = int(sent_text)
+            except ValueError:
+                recorder.problem("corrupted", 1, line[:80].decode("utf-8", "replace"))
+                continue
+            if padding.strip(b"x"):
+                recorder.problem("corrupted", 1, line[:80].decode("utf-8", "replace"))
+                continue
+            track = senders.get(sender)
+            if track is None:
+                senders[sender] = [seq, set()]
+            else:
+                last = track[0]
+                if seq == last + 1:
+                    track[0] = seq
+                elif seq > last:
+                    missing: set[int] = track[1]
+                    recorder.problem("lost", seq - last - 1, f"{sender.decode()}: {last + 1}..{seq - 1}")
+                    if len(missing) < MISSING_LIMIT:
+                        missing.update(range(last + 1, min(seq, last + 1 + MISSING_LIMIT)))
+                    track[0] = seq
+                elif seq in track[1]:
+                    track[1].discard(seq)
+                    recorder.problem("reordered", 1, f"{sender.decode()}: {seq} after {track[0]}")
+                    continue
+                else:
+                    recorder.problem("duplicated", 1, f"{sender.decode()}: {seq} after {track[0]}")
+                    continue
+            self._unsampled += 1
+            if self._unsampled >= sample:
+                self._last_latency = (arrived - sent) / 1000.0
+                recorder.delivered(self._last_latency, self._unsampled)
+                self._unsampled = 0
