@@ -2,8 +2,9 @@
 headless against it, checked from Locust's own JSON report.
 
 Both run as subprocesses: importing Locust would monkey-patch this process
-with gevent. Locust needs Python 3.11+, so on 3.10 the test is skipped; on
-3.11 and later a missing Locust is a failure (install ``chatcore[loadtest]``).
+with gevent. Locust needs Python 3.11+, so on 3.10 this file is not
+collected (tests/conftest.py); on 3.11 and later a missing Locust is a
+failure (install ``chatcore[loadtest]``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ LOADTEST_DIR = Path(__file__).resolve().parent.parent / "loadtest"
 STARTUP_TIMEOUT = 15.0
 LOCUST_TIMEOUT = 90.0
 
-pytestmark = pytest.mark.skipif(sys.version_info < (3, 11), reason="Locust needs Python 3.11 or later")
 
 
 def _read_lines(stream: IO[str], lines: queue.Queue[str]) -> None:

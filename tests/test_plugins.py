@@ -182,6 +182,7 @@ def test_room_line_sees_every_room_line_and_relay_false_skips_it(chat_server_fac
     alice, bob = chat_client(server), chat_client(server)
     alice.send("over the bridge")
     bob.expect("<guest-1> over the bridge")
+    alice.sync()  # the hook runs on alice's thread after the line is queued
     server.deliver("lobby", "<remote> from afar", relay=False)
     alice.expect("<remote> from afar")
     bob.expect("<remote> from afar")
