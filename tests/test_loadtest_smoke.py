@@ -27,7 +27,6 @@ STARTUP_TIMEOUT = 15.0
 LOCUST_TIMEOUT = 90.0
 
 
-
 def _read_lines(stream: IO[str], lines: queue.Queue[str]) -> None:
     for line in stream:
         lines.put(line)
