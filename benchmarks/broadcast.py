@@ -641,8 +641,10 @@ def _run_flow_main(
                         sender.out = sender.make(min(allowed, batch), size)
                     sender.push()
             else:
-                due = int((now - started) * per_sender_rate)
+                # Each sender is offset by a fraction of its interval, so the
+                # offered load is evenly spaced rather than 10 messages at once.
                 for sender in senders:
+                    due = int((now - started) * per_sender_rate + sender.index / len(senders))
                     if due > sender.sent and not sender.out:
                         sender.out = sender.make(min(due - sender.sent, 100), size)
                     sender.push()

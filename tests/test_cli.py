@@ -160,9 +160,10 @@ def test_an_installed_plugin_package_is_discovered_through_entry_points(tmp_path
     assert "shout 1.0.0: Adds /shout TEXT, which says TEXT in capitals to the room" in listing.stdout
 
     with ServerProcess("--plugins", "welcome,shout", "--shout-prefix", ">> ", env=env) as server:
-        alice, bob = LineClient(server.address), LineClient(server.address)
+        alice = LineClient(server.address)
+        alice.sync()  # alice is guest-1: connected and greeted before bob
+        bob = LineClient(server.address)
         try:
-            alice.sync()
             bob.sync()
             alice.send("/shout hello")
             alice.expect("* shouted")
