@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import logging
+import logging.handlers
+import queue
 import signal
 import sys
 import threading
@@ -51,12 +54,29 @@ def _raise_open_file_limit(max_clients: int) -> None:
         )
 
 
+def _log_through_a_queue() -> None:
+    """Console logging whose formatting and writing happen on one thread.
+
+    Every client thread logs its join and leave. Writing to stderr from
+    thousands of threads makes them queue on the handler's lock deep inside
+    the I/O stack, and a thread keeps every stack page it ever touched:
+    about 2 KB more per idle client. A queue keeps the client side shallow.
+    """
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, stream)
+    listener.start()
+    atexit.register(listener.stop)
+    logging.basicConfig(handlers=[logging.handlers.QueueHandler(records)], force=True)
+
+
 def serve(args: Sequence[str]) -> int:
     """``chatcore serve``: run the server until SIGINT or SIGTERM."""
     from chatcore.config import parse_config
     from chatcore.server import ChatServer
 
-    logging.basicConfig(format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    _log_through_a_queue()
     try:
         config = parse_config(args)
     except UsageError as exc:
