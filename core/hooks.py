@@ -50,8 +50,31 @@ class PluginError(Exception):
         self.error = error
 
 
-# One implementation, ready to call: (plugin name, function, argument names).
-_Impl = tuple[str, Callable[..., Any], tuple[str, ...]]
+# One implementation, ready to call: (plugin name, call(kwargs)).
+_Impl = tuple[str, Callable[[dict[str, Any]], Any]]
+
+
+def _bind(function: Callable[..., Any], argnames: tuple[str, ...]) -> Callable[[dict[str, Any]], Any]:
+    """A caller that passes an implementation the arguments it asks for.
+
+    Spelled out per arity rather than ``function(*args)``: a call with a
+    star-argument recurses in C, a plain call is run inline by CPython
+    3.11+. Each C level deepens every client thread's stack, and a stack
+    page once touched stays resident: this keeps a client's thread one
+    page (4 KB) smaller, and dispatch faster.
+    """
+    if not argnames:
+        return lambda kwargs: function()
+    a = argnames[0]
+    if len(argnames) == 1:
+        return lambda kwargs: function(kwargs[a])
+    b = argnames[1]
+    if len(argnames) == 2:
+        return lambda kwargs: function(kwargs[a], kwargs[b])
+    c = argnames[2]
+    if len(argnames) == 3:
+        return lambda kwargs: function(kwargs[a], kwargs[b], kwargs[c])
+    return lambda kwargs: function(*[kwargs[name] for name in argnames])
 
 
 class Hooks:
@@ -76,7 +99,8 @@ class Hooks:
             caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
             # pluggy calls the last of get_hookimpls() first.
             impls = [
-                (impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in reversed(caller.get_hookimpls())
+                (impl.plugin_name, _bind(impl.function, tuple(impl.argnames)))
+                for impl in reversed(caller.get_hookimpls())
             ]
             self._impls[hook] = impls
         return impls
@@ -86,9 +110,9 @@ class Hooks:
     def _call_each(self, hook: str, kwargs: dict[str, Any]) -> list[Any]:
         """Call every implementation; log and skip the ones that raise."""
         results = []
-        for plugin, function, argnames in self._get(hook):
+        for plugin, call in self._get(hook):
             try:
-                result = function(*[kwargs[a] for a in argnames])
+                result = call(kwargs)
             except Exception as exc:
                 self._failed(plugin, hook, exc)
                 continue
@@ -98,9 +122,9 @@ class Hooks:
 
     def _call_first(self, hook: str, kwargs: dict[str, Any]) -> Any:
         """Return the first result that is not None; log and skip failures."""
-        for plugin, function, argnames in self._get(hook):
+        for plugin, call in self._get(hook):
             try:
-                result = function(*[kwargs[a] for a in argnames])
+                result = call(kwargs)
             except Exception as exc:
                 self._failed(plugin, hook, exc)
                 continue
@@ -110,9 +134,9 @@ class Hooks:
 
     def _call_strict(self, hook: str, kwargs: dict[str, Any]) -> None:
         """Call every implementation; the first failure stops the start."""
-        for plugin, function, argnames in self._get(hook):
+        for plugin, call in self._get(hook):
             try:
-                function(*[kwargs[a] for a in argnames])
+                call(kwargs)
             except UsageError:
                 raise
             except Exception as exc:
@@ -166,12 +190,10 @@ class Hooks:
 
     def message(self, message: Message) -> None:
         """Run the filter chain; it stops at the first rejection."""
-        for plugin, function, argnames in self._get("chatcore_message"):
+        kwargs = {"message": message}
+        for plugin, call in self._get("chatcore_message"):
             try:
-                if argnames == ("message",):  # the usual case, without a dict
-                    function(message)
-                else:
-                    function(*[{"message": message}[a] for a in argnames])
+                call(kwargs)
             except Exception as exc:
                 self._failed(plugin, "chatcore_message", exc)
                 continue
