@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broadcast import default_plugins
+from broadcast import default_plugins, filter_args
 
 from chatcore.config import Config, parse_config
 from chatcore.server import ChatServer
@@ -27,7 +27,7 @@ def plugins() -> str:
 
 @pytest.fixture
 def chat_config(plugins: str, tmp_path: Path) -> Config:
-    args = ["--port", "0", "--plugins", plugins]
+    args = ["--port", "0", "--plugins", plugins, *filter_args(plugins)]
     if "logger" in plugins.split(","):
         args += ["--log-file", str(tmp_path / "events.jsonl")]
     return parse_config(args)
