@@ -64,7 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -430,9 +430,13 @@ def connect_receivers(port: int, count: int, *, rate: float, size: int, samples:
     return receivers
 
 
-def receive_loop(receivers: Sequence[Receiver], until: Any, poll_timeout: float = 0.05) -> Iterator[None]:
+def receive_loop(
+    receivers: Sequence[Receiver], until: Any, poll_timeout: float | Callable[[], float] = 0.05
+) -> Iterator[None]:
     """Receive on every socket; yields after each poll so the caller can act.
-    Stops when ``until()`` is true."""
+    Stops when ``until()`` is true. ``poll_timeout`` may be a function, asked
+    before each poll (a paced sender sleeps until its next message is due)."""
+    timeout = poll_timeout if callable(poll_timeout) else (lambda: poll_timeout)
     poller = select.epoll()
     by_fd = {}
     for receiver in receivers:
@@ -440,7 +444,7 @@ def receive_loop(receivers: Sequence[Receiver], until: Any, poll_timeout: float 
         by_fd[receiver.sock.fileno()] = receiver
     try:
         while not until():
-            for fd, _events in poller.poll(poll_timeout, 256):
+            for fd, _events in poller.poll(timeout(), 256):
                 receiver = by_fd[fd]
                 try:
                     data = receiver.sock.recv(RECV_SIZE)
@@ -636,7 +640,15 @@ def _run_flow_main(
     batch = max(1, window)
     last_total = -1
     quiet_since = 0.0
-    for _ in receive_loop(receivers, lambda: time.monotonic() > drain_deadline, 0.0005 if window else 0.0002):
+    def until_next_send() -> float:
+        # Paced: sleep until the next message is due rather than spin, so
+        # the driver does not take CPU from the server it is measuring.
+        if window or time.monotonic() >= send_until:
+            return 0.0005
+        due = min(started + (s.sent + 1 - s.index / len(senders)) / per_sender_rate for s in senders)
+        return min(0.005, max(0.0, due - time.monotonic()))
+
+    for _ in receive_loop(receivers, lambda: time.monotonic() > drain_deadline, until_next_send):
         now = time.monotonic()
         if now < send_until:
             if window:
