@@ -640,6 +640,7 @@ def _run_flow_main(
     batch = max(1, window)
     last_total = -1
     quiet_since = 0.0
+
     def until_next_send() -> float:
         # Paced: sleep until the next message is due rather than spin, so
         # the driver does not take CPU from the server it is measuring.

@@ -9,7 +9,7 @@ option of the selected plugins.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from chatcore import __version__
@@ -48,7 +48,13 @@ class Config:
         return getattr(self.options, name, default)
 
 
-def _int_in(low: int, high: int | None = None) -> Any:
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type`` for a whole number from ``low`` to ``high``.
+
+    For plugins' options too: ``type=whole_number(1)``. A bad value gets
+    argparse's usage error, which says what was wrong and what is allowed.
+    """
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -59,7 +65,7 @@ def _int_in(low: int, high: int | None = None) -> Any:
             raise argparse.ArgumentTypeError(f"{value} is out of range (must be {bounds})")
         return value
 
-    parse.__name__ = "number"
+    parse.__name__ = "number"  # argparse names the type in its messages
     return parse
 
 
@@ -89,27 +95,27 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--port",
-        type=_int_in(0, 65535),
+        type=whole_number(0, 65535),
         default=DEFAULT_PORT,
         help="TCP port (default: %(default)s; 0 picks a free port, and the bound address is printed)",
     )
     net.add_argument(
         "--backlog",
-        type=_int_in(1),
+        type=whole_number(1),
         default=DEFAULT_BACKLOG,
         help="listen backlog: connections the kernel holds until accepted (default: %(default)s)",
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--max-line",
-        type=_int_in(16),
+        type=whole_number(16),
         default=DEFAULT_MAX_LINE,
         metavar="BYTES",
         help="longest line a client may send, in bytes (default: %(default)s)",
     )
     limits.add_argument(
         "--max-queue",
-        type=_int_in(1),
+        type=whole_number(1),
         default=DEFAULT_MAX_QUEUE,
         metavar="LINES",
         help=(
@@ -119,7 +125,7 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
     )
     limits.add_argument(
         "--max-clients",
-        type=_int_in(1),
+        type=whole_number(1),
         default=DEFAULT_MAX_CLIENTS,
         metavar="N",
         help="clients connected at once; more are refused (default: %(default)s)",

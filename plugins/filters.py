@@ -21,10 +21,11 @@ import functools
 import re
 import time
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from chatcore import Config, Message, UsageError, hookimpl
+from chatcore.config import whole_number
 
 NAME = "filters"
 #: A client with ``--flood-disconnect`` messages rejected for flooding within
@@ -47,20 +48,6 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} must be a number above 0")
     return value
-
-
-def _whole_number(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is out of range (must be at least {low})")
-        return value
-
-    parse.__name__ = "number"
-    return parse
 
 
 @hookimpl
@@ -102,13 +89,13 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--flood-burst",
-        type=_whole_number(1),
+        type=whole_number(1),
         metavar="N",
         help=f"messages a client may send at once before --flood-rate applies (default: {DEFAULT_FLOOD_BURST})",
     )
     group.add_argument(
         "--flood-disconnect",
-        type=_whole_number(0),
+        type=whole_number(0),
         metavar="N",
         help=(
             f"disconnect a client whose messages were dropped for flooding N times within "
@@ -117,7 +104,7 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-message-chars",
-        type=_whole_number(1),
+        type=whole_number(1),
         metavar="N",
         help="longest message in characters, after decoding; longer ones are refused (default: only --max-line)",
     )

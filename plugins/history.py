@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 from chatcore import Client, Config, Message, UsageError, hookimpl
+from chatcore.config import whole_number
 from chatcore.protocol import action_line, chat_line
 from chatcore.server import ChatServer
 
@@ -50,19 +51,6 @@ _SCHEMA_VERSION = 1
 _TABLE = "chatcore_history"
 
 
-def _line_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_LINES:
-        raise argparse.ArgumentTypeError(f"{value} is out of range (must be from 1 to {MAX_LINES})")
-    return value
-
-
-_line_count.__name__ = "number"
-
-
 @hookimpl
 def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
@@ -71,7 +59,7 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--history-lines",
-        type=_line_count,
+        type=whole_number(1, MAX_LINES),
         default=DEFAULT_LINES,
         metavar="N",
         help="lines kept and replayed per room (default: %(default)s)",
