@@ -43,6 +43,7 @@ def _raise_open_file_limit(max_clients: int) -> None:
         target = hard if hard != resource.RLIM_INFINITY else max(soft, max_clients + 64)
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("raised the open-file limit from %d to %d", soft, target)
             soft = target
         except (ValueError, OSError):
             pass

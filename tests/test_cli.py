@@ -174,3 +174,44 @@ def test_an_installed_plugin_package_is_discovered_through_entry_points(tmp_path
             alice.close()
             bob.close()
     assert server.returncode == 0
+
+
+def _serve_with_file_limit(soft: int, hard: int, *args: str) -> tuple[int, str]:
+    """Run the server under an open-file limit; returns (soft limit it ran with, stderr)."""
+    # A small wrapper sets the limit and execs the server (preexec_fn is not
+    # safe in a process with threads).
+    wrapper = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'chatcore', *sys.argv[1:]])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", wrapper, "serve", "--port", "0", "--plugins", "", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "listening on" in proc.stdout.readline()
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        running_soft = int(next(line for line in limits.splitlines() if line.startswith("Max open files")).split()[3])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    return running_soft, err
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit():
+    soft, err = _serve_with_file_limit(256, 2048, "--max-clients", "1000")
+    assert soft == 2048
+    assert "raised the open-file limit from 256 to 2048" in err
+    assert "too low" not in err
+
+
+def test_a_hard_limit_too_low_for_max_clients_is_reported():
+    soft, err = _serve_with_file_limit(256, 256, "--max-clients", "1000")
+    assert soft == 256
+    assert "open-file limit is 256, too low for --max-clients 1000; raise it (ulimit -n)" in err
