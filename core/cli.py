@@ -69,7 +69,10 @@ def _log_through_a_queue() -> None:
     listener = logging.handlers.QueueListener(records, stream)
     listener.start()
     atexit.register(listener.stop)
-    logging.basicConfig(handlers=[logging.handlers.QueueHandler(records)], force=True)
+    # The listener's handler formats; the queue's side keeps the bare message.
+    to_queue = logging.handlers.QueueHandler(records)
+    to_queue.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(handlers=[to_queue], force=True)
 
 
 def serve(args: Sequence[str]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -132,7 +133,15 @@ def test_signal_shuts_down_gracefully(sig):
             bob.close()
     assert status == 0, server.stderr
     assert elapsed < 5
-    assert "server stopped" in server.stderr
+    # The console log reads like the original chatroom's: one line per event.
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO    "
+    name = signal.Signals(sig).name
+    for line in (
+        rf"chatcore: received {name}, shutting down",
+        r"chatcore\.server: client joined: guest-1 from 127\.0\.0\.1:\d+",
+        r"chatcore: server stopped",
+    ):
+        assert re.search(rf"^{stamp}{line}$", server.stderr, re.M), server.stderr
 
 
 def test_listening_line_gives_the_bound_address():
