@@ -110,15 +110,20 @@ def serve(args: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         server.start()
-    except PluginError as exc:
+    except (PluginError, UsageError) as exc:
+        server.hooks.server_stop(server)  # plugins that did start may need flushing
         server.server_close()
-        return _error(str(exc), 1)
+        return _error(str(exc), 2 if isinstance(exc, UsageError) else 1)
     names = [name for name, _ in config.pluginmanager.list_name_plugin()]
     print(f"chatcore {__version__} listening on {server.address_text} (plugins: {', '.join(names)})", flush=True)
     stop.wait()
     # A second Ctrl-C while shutting down interrupts at once.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    server.stop()
+    try:
+        server.stop()
+    except KeyboardInterrupt:
+        print("chatcore: interrupted while shutting down", file=sys.stderr)
+        return 130
     log.info("server stopped")
     return 0
 

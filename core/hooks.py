@@ -121,16 +121,34 @@ class Hooks:
         return results
 
     def _call_first(self, hook: str, kwargs: dict[str, Any]) -> Any:
-        """Return the first result that is not None; log and skip failures."""
+        """Return the first true result; log and skip failures.
+
+        ``False`` or ``""`` mean "not mine" as ``None`` does, so a plugin
+        that answers a yes/no hook with False does not stop the chain.
+        """
         for plugin, call in self._get(hook):
             try:
                 result = call(kwargs)
             except Exception as exc:
                 self._failed(plugin, hook, exc)
                 continue
-            if result is not None:
+            if result:
                 return result
         return None
+
+    def _collect(self, hook: str, kwargs: dict[str, Any], check: Callable[[Any], list[Any]]) -> list[Any]:
+        """Call every implementation and gather the items of its result;
+        a plugin that raises, or returns something ``check`` rejects, is
+        logged and skipped."""
+        items: list[Any] = []
+        for plugin, call in self._get(hook):
+            try:
+                result = call(kwargs)
+                if result is not None:
+                    items.extend(check(result))
+            except Exception as exc:
+                self._failed(plugin, hook, exc)
+        return items
 
     def _call_strict(self, hook: str, kwargs: dict[str, Any]) -> None:
         """Call every implementation; the first failure stops the start."""
@@ -175,10 +193,7 @@ class Hooks:
         return None if reason is None else str(reason)
 
     def welcome(self, client: Client) -> list[str]:
-        lines: list[str] = []
-        for result in self._call_each("chatcore_welcome", {"client": client}):
-            lines.extend([result] if isinstance(result, str) else result)
-        return lines
+        return self._collect("chatcore_welcome", {"client": client}, _lines)
 
     def client_joined(self, client: Client, room: str) -> None:
         self._call_each("chatcore_client_joined", {"client": client, "room": room})
@@ -207,13 +222,26 @@ class Hooks:
         return bool(self._call_first("chatcore_command", {"client": client, "name": name, "args": args}))
 
     def command_help(self) -> list[tuple[str, str]]:
-        entries: list[tuple[str, str]] = []
-        for result in self._call_each("chatcore_command_help", {}):
-            entries.extend(result)
-        return entries
+        return self._collect("chatcore_command_help", {}, _help_entries)
 
     def room_line(self, room: str, line: str) -> None:
         self._call_each("chatcore_room_line", {"room": room, "line": line})
+
+
+def _lines(result: Any) -> list[str]:
+    """A welcome result: a line, or a list of lines."""
+    lines = [result] if isinstance(result, str) else list(result)
+    if not all(isinstance(line, str) for line in lines):
+        raise TypeError(f"chatcore_welcome must return a list of strings, not {result!r}")
+    return lines
+
+
+def _help_entries(result: Any) -> list[tuple[str, str]]:
+    """A command_help result: (usage, help) pairs of strings."""
+    entries = [tuple(entry) for entry in result]
+    if not all(len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], str) for e in entries):
+        raise TypeError(f"chatcore_command_help must return (usage, help) pairs of strings, not {result!r}")
+    return entries
 
 
 def hook_names() -> Sequence[str]:

@@ -89,7 +89,8 @@ class LineFramer:
             out = [line if len(line) <= max_line else None for line in lines]
         if self._discarding:
             return out
-        if len(self._partial) + len(tail) > max_line:
+        # A trailing "\r" may be the first half of "\r\n": not counted yet.
+        if len(self._partial) + len(tail) > max_line + tail.endswith(b"\r"):
             out.append(None)
             self._partial = b""
             self._discarding = True

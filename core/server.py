@@ -116,8 +116,8 @@ class ChatServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         deadline = time.monotonic() + timeout
         for client in self.registry:
             client.disconnect(reason, notice=reason, linger=timeout)
-        with self._threads_lock:
-            threads = list(self._handlers)
+        with self._threads_lock:  # stop() may run on a client's own thread (a plugin's command)
+            threads = [thread for thread in self._handlers if thread is not threading.current_thread()]
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
         self.hooks.server_stop(self)
@@ -171,7 +171,7 @@ class ChatServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         data = line.encode("utf-8") + b"\n"
         count = 0
         for member in self.registry.members(room):
-            if member is not exclude:
+            if member is not exclude and member.close_reason is None:
                 member.send_data(data)
                 count += 1
         if relay and self.hooks.implemented("room_line"):
@@ -251,12 +251,14 @@ class ClientHandler(socketserver.BaseRequestHandler):
         a second), and only then close.
         """
         sock = self.request
+        deadline = time.monotonic() + REFUSE_LINGER  # in all: a trickle cannot hold it
         try:
             sock.sendall(f"{ERROR}{reason}\n".encode())
             sock.shutdown(socket.SHUT_WR)
-            sock.settimeout(REFUSE_LINGER)
-            while sock.recv(4096):
-                pass
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                if not sock.recv(4096):
+                    break
         except OSError:
             pass  # gone already, or too slow to say goodbye to
 
@@ -288,12 +290,12 @@ class ClientHandler(socketserver.BaseRequestHandler):
                 return
             size = RECV_BUSY if len(data) == size else RECV_IDLE
             for line in framer.feed(data):
+                if client.closed:  # disconnected (by this line, or another thread)
+                    return
                 if line is None:
                     client.error(f"line too long (the limit is {self.server.max_line} bytes); it was not sent")
                 else:
                     handle_line(client, line)
-                if client.closed:  # the line may have disconnected it (/quit)
-                    return
 
     def handle_line(self, client: Client, raw: bytes) -> None:
         """One complete line from the client: a command or a message."""
@@ -326,5 +328,6 @@ class ClientHandler(socketserver.BaseRequestHandler):
                 server.deliver(room, f"{NOTICE}{client.nick} left{said}")
             log.info("client left: %s from %s (%s)", client.nick, _format_address(client.address), reason)
             server.hooks.client_left(client, room, reason)
-        if not client.wait_closed(SHUTDOWN_LINGER + 5):
+        # The writer is done by the client's finish deadline (its linger).
+        if not client.wait_closed(max(SHUTDOWN_LINGER, client._finish_deadline - time.monotonic()) + 5):
             log.warning("writer did not release %r in time; closing anyway", client)

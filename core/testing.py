@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -207,7 +208,10 @@ class ServerProcess:
             env={**os.environ, **(self.env or {})},
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # the server prints it once bound
+        # The server prints its address once bound; a hung start must fail
+        # the test, not hang the run.
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        line = self.proc.stdout.readline() if ready else ""
         match = re.search(r"listening on \[?([^\]\s]+?)\]?:(\d+) ", line)
         if not match:
             self.stop()

@@ -26,6 +26,12 @@ How it works:
   The reader thread closes the socket after :meth:`Client.wait_closed`, so
   the writer never touches a file descriptor that may have been reused.
 
+The flags (``_scheduled``, ``_idle``) are checked and set without a lock:
+under the GIL each read or write is atomic, and every race is resolved by
+re-checking after the flag is cleared (at worst a client is flushed once
+more than needed). A free-threaded CPython would need those checks made
+atomic; chatcore is tested on GIL builds only.
+
 ``MSG_DONTWAIT`` exists on Linux, the BSDs and macOS; the server is for
 POSIX systems (the terminal client is portable).
 """
@@ -38,6 +44,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -116,9 +123,9 @@ class Writer:
             # One pass over the clients that were ready when it began, so
             # blocked sockets and closes get their turn under steady load.
             for _ in range(len(ready)):
-                self._flush(ready.popleft())
+                self._guarded(self._flush, ready.popleft())
             while finishing:
-                self._begin_finish(finishing.popleft())
+                self._guarded(self._begin_finish, finishing.popleft())
             if ready or finishing:
                 if len(self._selector.get_map()) > 1:
                     self._handle_events(select(0))
@@ -146,7 +153,19 @@ class Writer:
                 continue
             self._selector.unregister(key.fileobj)
             client._blocked = False
-            self._flush(client)
+            self._guarded(self._flush, client)
+
+    def _guarded(self, step: Callable[[Client], None], client: Client) -> None:
+        """Run one step for one client; if it fails unexpectedly, that client
+        is dropped, not the writer (which every other client depends on)."""
+        try:
+            step(client)
+        except Exception:
+            log.exception("writer failed on %r; disconnecting it", client)
+            try:
+                self._complete(client)
+            except Exception:
+                log.exception("writer could not close %r", client)
 
     def _flush(self, client: Client) -> None:
         if client._blocked or client._done:

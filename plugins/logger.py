@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import queue
 import sys
 import threading
@@ -14,6 +15,8 @@ from chatcore import Client, Config, Message, UsageError, hookimpl
 from chatcore.server import ChatServer
 
 DEFAULT_LOG_FILE = "chatcore-events.jsonl"
+
+log = logging.getLogger("chatcore.plugins.logger")
 
 # json's own string encoder (C-accelerated): quotes and escapes one string.
 _json_string = encode_basestring
@@ -83,6 +86,8 @@ class EventLog:
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="chatcore-logger", daemon=True)
         self.put = self._queue.put
+        #: Events dropped because the file could not be written.
+        self.lost = 0
         self._second = -1
         self._second_text = ""
 
@@ -115,10 +120,25 @@ class EventLog:
                 batch.append(get())
             lines = [self._format(event) for event in batch if event is not None]
             if lines:
-                self._stream.write("".join(lines))
-            self._stream.flush()
+                self._write("".join(lines), len(lines))
             if None in batch:
                 return
+
+    def _write(self, text: str, count: int) -> None:
+        # A full disk or a closed pipe must not end the thread: the queue
+        # would then grow for ever. Events are dropped while writing fails
+        # (and counted); the log says so once, and again when it recovers.
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError) as exc:
+            if not self.lost:
+                log.error("cannot write the event log (%s); dropping events until it can", exc)
+            self.lost += count
+            return
+        if self.lost:
+            log.warning("writing the event log again; %d events were lost", self.lost)
+            self.lost = 0
 
     def _format(self, event: tuple[Any, ...]) -> str:
         # Called once per event under the GIL that the chat threads need too,

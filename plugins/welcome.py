@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import string
 
 from chatcore import Client, Config, UsageError, hookimpl
 
+PLACEHOLDERS = ("nick", "room", "count")
 DEFAULT_TEXT = "Welcome to chatcore, {nick}! You are in {room} ({count} here). Type /help for the commands."
 
 
@@ -26,12 +28,16 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
 
 @hookimpl
 def chatcore_configure(config: Config) -> None:
+    usage = "use {nick}, {room} and {count} (double a brace to show it)"
     try:
-        config.options.welcome_text.format(nick="", room="", count=0)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise UsageError(
-            f"--welcome-text: bad placeholder {exc}; use {{nick}}, {{room}} and {{count}} (double a brace to show it)"
-        ) from None
+        parsed = string.Formatter().parse(config.options.welcome_text)
+        fields = [field for _, field, _, _ in parsed if field is not None]
+    except ValueError as exc:
+        raise UsageError(f"--welcome-text: {exc}; {usage}") from None
+    for field in fields:
+        # Plain names only: {nick.upper} or {room[0]} would reach into objects.
+        if field not in PLACEHOLDERS:
+            raise UsageError(f"--welcome-text: bad placeholder {{{field}}}; {usage}")
 
 
 @hookimpl(trylast=True)

@@ -224,3 +224,11 @@ def test_a_hard_limit_too_low_for_max_clients_is_reported():
     soft, err = _serve_with_file_limit(256, 256, "--max-clients", "1000")
     assert soft == 256
     assert "open-file limit is 256, too low for --max-clients 1000; raise it (ulimit -n)" in err
+
+
+def test_usage_error_at_start_exits_2_in_one_line():
+    env = {"PYTHONPATH": str(TEST_PLUGINS)}
+    result = run("serve", "--port", "0", "--plugins", "logger,chatcore_testplugins.usage_at_start", env=env)
+    assert result.returncode == 2
+    assert result.stderr.endswith("chatcore: error: the room list names no rooms\n")
+    assert "Traceback" not in result.stderr

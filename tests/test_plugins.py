@@ -14,7 +14,7 @@ from chatcore import Client, Message, hookimpl
 from chatcore.config import parse_config
 from chatcore.hooks import PluginError
 from chatcore.server import ChatServer
-from chatcore.testing import LineClient
+from chatcore.testing import LineClient, wait_for
 
 TEST_PLUGINS = Path(__file__).parent / "plugins"
 
@@ -228,3 +228,71 @@ def test_server_stop_runs_every_plugin_even_if_one_fails(chat_server_factory):
     server = chat_server_factory(plugins=[Stopper(), Broken()])
     server.stop()
     assert stopped == [server.address_text]
+
+
+def test_a_plugin_returning_the_wrong_type_is_skipped_like_a_failing_one(chat_server_factory, chat_client, caplog):
+    class Sloppy:
+        @hookimpl
+        def chatcore_welcome(self) -> int:
+            return 42
+
+        @hookimpl
+        def chatcore_command_help(self) -> list[str]:
+            return ["/oops"]
+
+    server = chat_server_factory(plugins=[Sloppy()])
+    alice = chat_client(server)
+    assert alice.received[0].startswith("* Welcome to chatcore")  # the welcome plugin still greets
+    alice.send("/help")
+    alice.expect(re.compile(r"^\*   /quit \[REASON\]"))
+    assert "plugin 'Sloppy' failed in chatcore_welcome" in caplog.text
+    assert "plugin 'Sloppy' failed in chatcore_command_help" in caplog.text
+
+
+def test_false_means_not_mine_in_first_result_hooks(chat_server_factory, chat_client):
+    class Shy:
+        @hookimpl(tryfirst=True)
+        def chatcore_connection_arriving(self) -> bool:
+            return False
+
+        @hookimpl(tryfirst=True)
+        def chatcore_command(self) -> bool:
+            return False
+
+    server = chat_server_factory(plugins=[Shy()])
+    alice = chat_client(server)  # accepted
+    alice.send("/ping")
+    alice.expect("* pong")  # the built-in command still answers
+
+
+def test_lines_after_a_disconnect_are_not_handled(chat_server_factory, chat_client):
+    class Moderator:
+        @hookimpl
+        def chatcore_message(self, message: Message) -> None:
+            if message.text == "spam":
+                message.reject("no spam")
+                message.sender.disconnect("banned")
+
+    server = chat_server_factory(plugins=[Moderator()])
+    alice, bob = chat_client(server), chat_client(server)
+    alice.send_raw(b"spam\nafter the ban\n/nick sneaky\n")  # one recv() on the server
+    bob.expect("* guest-1 left (banned)")
+    assert all("after the ban" not in line and "sneaky" not in line for line in bob.sync())
+    assert server.registry.find("sneaky") is None
+
+
+def test_a_plugin_command_can_stop_the_server(chat_server_factory, chat_client):
+    class Halt:
+        @hookimpl
+        def chatcore_command(self, client: Client, name: str) -> bool | None:
+            if name != "halt":
+                return None
+            client.server.stop()  # on this client's own thread
+            return True
+
+    server = chat_server_factory(plugins=[Halt()])
+    alice, bob = chat_client(server), chat_client(server)
+    alice.send("/halt")
+    assert bob.wait_closed()[-1] == "* server shutting down"
+    assert alice.wait_closed()[-1] == "* server shutting down"
+    wait_for(lambda: server.socket.fileno() == -1, message="the listening socket closed")

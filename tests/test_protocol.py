@@ -53,3 +53,12 @@ def test_sanitize():
 
 def test_decode_replaces_invalid_utf8():
     assert decode(b"ok \xe2\x82") == "ok \ufffd"
+
+
+def test_framer_crlf_line_at_the_limit_split_before_the_cr():
+    framer = LineFramer(16)
+    assert framer.feed(b"x" * 16) == []
+    assert framer.feed(b"\r") == []  # may be the first half of \r\n: not counted yet
+    assert framer.feed(b"\n") == [b"x" * 16]
+    assert framer.feed(b"y" * 16 + b"\r") == []
+    assert framer.feed(b"z") == [None]  # a lone \r inside the line does count

@@ -6,6 +6,7 @@ import re
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -106,9 +107,13 @@ def test_default_backlog_lets_a_burst_of_500_connects_in(chat_server_factory):
     try:
         assert errors == []
         # With listen(10) every connect still succeeds, but hundreds are
-        # dropped first and retried a second later: the kernel counts those.
+        # dropped first and retried a second later: the kernel counts those
+        # (about 900 for this burst). The counter is system-wide, so a few
+        # from other processes on a busy CI host are tolerated.
         if overflows_before is not None:
-            assert listen_overflows() == overflows_before
+            overflows = listen_overflows()
+            assert overflows is not None
+            assert overflows - overflows_before < 50
         wait_for(lambda: len(server.registry) == 500, timeout=10, message="500 clients registered")
         for client in clients:  # every one of them is served
             client.sync()
@@ -249,13 +254,13 @@ def test_every_disconnect_gives_exactly_one_leave(chat_server_factory, chat_clie
     alice, bob = chat_client(server), chat_client(server)
     how(alice)
     bob.expect(re.compile(r"^\* guest-1 left"))
-    wait_for(lambda: len(server.registry) == 1, message="alice gone from the registry")
+    # The notice goes out before the hook runs: wait for the hook itself.
+    wait_for(lambda: len(recorder.left) == 1, message="alice's leave event")
     bob.send("/quit")
     bob.wait_closed()
-    wait_for(lambda: len(recorder.left) == 2, message="both leaves")
-    assert recorder.left[0][0] == "guest-1"
-    assert recorder.left[0][2].startswith(reason)
+    server.stop()  # every thread is done: no late duplicate can follow
     assert [nick for nick, _, _ in recorder.left] == ["guest-1", "guest-2"]
+    assert recorder.left[0][2].startswith(reason)
 
 
 def test_a_client_that_never_reads_is_dropped_and_holds_no_one_up(chat_server_factory, chat_client):
@@ -268,15 +273,21 @@ def test_a_client_that_never_reads_is_dropped_and_holds_no_one_up(chat_server_fa
     wait_for(lambda: len(server.registry) == 3, message="three clients")
     (stalled_client,) = [c for c in server.registry if c.nick == "guest-1"]
     highest = 0
+    left_seen = False
     payload = "y" * 1000
     # Bounded: the kernel buffers a few MB on loopback before our queue fills.
     for n in range(50_000):
         alice.send(f"{n} {payload}")
         highest = max(highest, stalled_client.queued)
-        assert bob.readline() == f"<guest-2> {n} {payload}"  # bob receives all along
+        line = bob.readline()
+        if line == "* guest-1 left (slow consumer)":  # may overtake the last chat line
+            left_seen = True
+            line = bob.readline()
+        assert line == f"<guest-2> {n} {payload}"  # bob receives all along
         if stalled_client.closed:
             break
-    bob.expect(re.compile(r"^\* guest-1 left \(slow consumer\)"))
+    if not left_seen:
+        bob.expect("* guest-1 left (slow consumer)")
     assert stalled_client.close_reason == "slow consumer"
     assert highest <= max_queue  # the server never held more than the bound
     alice.send("still here")
@@ -330,6 +341,31 @@ def test_a_refusal_with_unread_input_is_a_clean_close(chat_server_factory):
         assert not refused.reset
     finally:
         refused.close()
+
+
+def test_a_refused_client_cannot_hold_its_thread_by_trickling(chat_server_factory, chat_client):
+    server = chat_server_factory("--max-clients", "1")
+    chat_client(server)
+    trickler = LineClient(server.address, timeout=10)
+    stop = threading.Event()
+
+    def trickle() -> None:  # one byte every 0.2 s: each recv() would succeed
+        while not stop.wait(0.2):
+            try:
+                trickler.sock.send(b"x")
+            except OSError:
+                return
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    try:
+        started = time.monotonic()
+        assert trickler.wait_closed(timeout=5) == ["! server full, try again later"]
+        assert time.monotonic() - started < 3  # REFUSE_LINGER is 1 s in all
+    finally:
+        stop.set()
+        thread.join()
+        trickler.close()
 
 
 def test_stop_tells_clients_and_closes(chat_server_factory, chat_client):

@@ -7,6 +7,9 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from chatcore.testing import LineClient, ServerProcess, wait_for
 
@@ -30,15 +33,25 @@ def test_no_welcome_without_the_plugin(chat_server_factory, chat_client):
     assert chat_client(server).received == ["* pong"]
 
 
-def test_bad_welcome_placeholder_is_a_usage_error():
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("hi {name}", "bad placeholder {name}"),
+        ("hi {nick.upper}", "bad placeholder {nick.upper}"),
+        ("hi {room[0]}", "bad placeholder {room[0]}"),
+        ("hi {0}", "bad placeholder {0}"),
+        ("hi {nick", "expected '}' before end of string"),
+    ],
+)
+def test_bad_welcome_placeholder_is_a_usage_error(text, problem):
     result = subprocess.run(
-        [sys.executable, "-m", "chatcore", "serve", "--welcome-text", "hi {name}"],
+        [sys.executable, "-m", "chatcore", "serve", "--welcome-text", text],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 2
-    assert result.stderr.startswith("chatcore: error: --welcome-text: bad placeholder 'name'")
+    assert result.stderr.startswith(f"chatcore: error: --welcome-text: {problem}; use {{nick}}"), result.stderr
 
 
 def read_events(path):
@@ -58,6 +71,8 @@ def test_logger_writes_json_lines(chat_server_factory, chat_client, tmp_path):
     bob.send("/quit")
     bob.wait_closed()
     alice.expect("* guest-2 left")
+    # The leave notice goes out before the logger hook runs: wait for the line.
+    wait_for(lambda: len(read_events(log_file)) == 5, message="five events in the log")
     server.stop()
     events = read_events(log_file)
     assert [(e["event"], e["nick"]) for e in events] == [
@@ -105,3 +120,16 @@ def test_logger_unwritable_file_is_a_clear_error(tmp_path):
     )
     assert result.returncode == 2
     assert re.fullmatch(r"chatcore: error: --log-file .*x: cannot open it for writing \(.+\)\n", result.stderr)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_logger_survives_a_file_it_cannot_write(chat_server_factory, chat_client, caplog):
+    server = chat_server_factory("--plugins", "logger", "--log-file", "/dev/full")
+    alice, bob = chat_client(server), chat_client(server)
+    for n in range(3):
+        alice.send(f"line {n}")
+        bob.expect(f"<guest-1> line {n}")
+    event_log = server.config.data["logger"]
+    wait_for(lambda: event_log.lost >= 5, message="the events to be counted as lost")
+    assert event_log._thread.is_alive()
+    assert caplog.text.count("cannot write the event log") == 1
