@@ -85,7 +85,10 @@ def chatcore_server_start(server: ChatServer) -> None:
 
 @hookspec
 def chatcore_server_stop(server: ChatServer) -> None:
-    """The server has stopped: every client is gone.
+    """The server has stopped: every client has been disconnected.
+
+    Client threads get the shutdown deadline (two seconds) to finish; one
+    still running after it may report its departure late.
 
     Flush and close what ``chatcore_server_start`` opened. Every plugin's
     implementation runs even if another one raises.
