@@ -48,6 +48,14 @@ def read_exactly(peer: socket.socket, size: int) -> bytes:
     return data
 
 
+def read_until_closed(peer: socket.socket) -> bytes:
+    data = b""
+    peer.settimeout(5)
+    while chunk := peer.recv(4096):
+        data += chunk
+    return data
+
+
 def test_lines_queued_together_go_out_in_one_send():
     writer = Writer()
     client, recording, peer = make_client(writer)
@@ -94,10 +102,7 @@ def test_overflow_disconnects_as_slow_consumer_and_shuts_the_socket():
             client.send_data(f"{n}\n".encode())
         assert client.close_reason == "slow consumer"
         assert client.wait_closed(5)
-        peer.settimeout(5)
-        received = b""
-        while chunk := peer.recv(4096):
-            received += chunk
+        received = read_until_closed(peer)
         # What was queued before the overflow still goes out (the socket has
         # room), then the close.
         assert received == b"0\n1\n2\n3\n4\n"
@@ -115,10 +120,7 @@ def test_finish_flushes_what_is_queued_then_shuts_down():
         client.send_line("last words")
         client.disconnect("done", notice="bye")
         assert client.wait_closed(5)
-        peer.settimeout(5)
-        received = b""
-        while chunk := peer.recv(4096):
-            received += chunk
+        received = read_until_closed(peer)
         assert received == b"last words\n* bye\n"
     finally:
         writer.stop()
