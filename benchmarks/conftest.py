@@ -16,7 +16,7 @@ import pytest
 from broadcast import default_plugins, filter_args
 
 from chatcore.config import Config, parse_config
-from chatcore.server import ChatServer
+from chatcore.engine.server import ChatServer
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ import pytest
 from conftest import min_seconds
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from chatcore.connection import Client
-from chatcore.server import ChatServer
+from chatcore.engine.connection import Client
+from chatcore.engine.server import ChatServer
 
 LINE = "<alice> " + "x" * 55
 ROUNDS = {10: 1000, 100: 300, 1000: 60}

@@ -17,9 +17,9 @@ import pytest
 from conftest import min_seconds
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from chatcore.connection import Client
+from chatcore.engine.connection import Client
 from chatcore.message import Message
-from chatcore.server import ChatServer
+from chatcore.engine.server import ChatServer
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from chatcore.protocol import LineFramer, decode, sanitize
+from chatcore.wire.native import LineFramer, decode, sanitize
 
 LINE = b"a chat line of about sixty-four bytes, as the other benchmarks use\n"[:63] + b"\n"
 

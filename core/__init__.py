@@ -30,7 +30,7 @@ class UsageError(Exception):
 
 # Imported after the markers: these modules import them from here.
 from chatcore.config import Config  # noqa: E402
-from chatcore.connection import Client  # noqa: E402
+from chatcore.engine.connection import Client  # noqa: E402
 from chatcore.message import Message  # noqa: E402
 
 __all__ = [

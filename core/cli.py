@@ -78,7 +78,7 @@ def _log_through_a_queue() -> None:
 def serve(args: Sequence[str]) -> int:
     """``chatcore serve``: run the server until SIGINT or SIGTERM."""
     from chatcore.config import parse_config
-    from chatcore.server import ChatServer
+    from chatcore.engine.server import ChatServer
 
     _log_through_a_queue()
     try:
@@ -147,7 +147,7 @@ def plugins(args: Sequence[str]) -> int:
 
 def client(args: Sequence[str]) -> int:
     """``chatcore client``: the interactive terminal client."""
-    from chatcore.terminal import main as client_main
+    from chatcore.client.terminal import main as client_main
 
     return client_main(args)
 

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from chatcore import __version__
-from chatcore.connection import DEFAULT_MAX_QUEUE
+from chatcore.engine.connection import DEFAULT_MAX_QUEUE
 from chatcore.manager import DEFAULT_PLUGINS, PluginManager, load_plugins, parse_plugin_list
-from chatcore.protocol import DEFAULT_MAX_LINE
+from chatcore.wire.native import DEFAULT_MAX_LINE
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12000

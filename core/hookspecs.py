@@ -25,9 +25,9 @@ from chatcore import hookspec
 
 if TYPE_CHECKING:
     from chatcore.config import Config
-    from chatcore.connection import Client
+    from chatcore.engine.connection import Client
     from chatcore.message import Message
-    from chatcore.server import ChatServer
+    from chatcore.engine.server import ChatServer
 
 # ---------------------------------------------------------------------------
 # Start-up and shutdown

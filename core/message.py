@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from chatcore.connection import Client
+    from chatcore.engine.connection import Client
 
 #: ``"chat"`` and ``"action"`` go to a room; ``"private"`` (``/msg``) goes to
 #: one client, :attr:`Message.recipient`.
@@ -19,7 +19,7 @@ class Message:
     call :meth:`reject`. pluggy does not pipe results from one implementation
     to the next, so the chain works on this one mutable object.
 
-    :ivar sender: the :class:`~chatcore.connection.Client` that sent it.
+    :ivar sender: the :class:`~chatcore.engine.connection.Client` that sent it.
     :ivar room: the room it goes to; for a private message, the sender's
         room (where it was written), not where it is delivered.
     :ivar text: the text, already decoded and stripped of control characters.

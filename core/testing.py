@@ -29,7 +29,7 @@ from typing import Any, Union
 import pytest
 
 from chatcore.config import parse_config
-from chatcore.server import ChatServer
+from chatcore.engine.server import ChatServer
 
 DEFAULT_TIMEOUT = 5.0
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 
 from chatcore import Client, Message, hookimpl
-from chatcore.protocol import NOTICE
+from chatcore.wire.native import NOTICE
 
 #: Nicknames and room names: 1 to 32 ASCII letters, digits, "_" or "-".
 #: ASCII only, so that no two names look alike on screen.

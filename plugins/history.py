@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 from chatcore import Client, Config, Message, UsageError, hookimpl
 from chatcore.config import whole_number
-from chatcore.protocol import action_line, chat_line
-from chatcore.server import ChatServer
+from chatcore.wire.native import action_line, chat_line
+from chatcore.engine.server import ChatServer
 
 log = logging.getLogger("chatcore.history")
 

@@ -12,7 +12,7 @@ from json.encoder import encode_basestring
 from typing import IO, Any
 
 from chatcore import Client, Config, Message, UsageError, hookimpl
-from chatcore.server import ChatServer
+from chatcore.engine.server import ChatServer
 
 DEFAULT_LOG_FILE = "chatcore-events.jsonl"
 

@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 
 from chatcore.plugins.commands import HELP, RESERVED_NICKS
-from chatcore.server import ChatServer
+from chatcore.engine.server import ChatServer
 from chatcore.testing import ClientFactory, LineClient, ServerFactory, wait_for
 
 

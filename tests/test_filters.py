@@ -13,7 +13,7 @@ import pytest
 from chatcore import Message, UsageError, hookimpl
 from chatcore.config import parse_config
 from chatcore.plugins.filters import BannedWords, TokenBucket
-from chatcore.server import ChatServer
+from chatcore.engine.server import ChatServer
 from chatcore.testing import ClientFactory, LineClient, wait_for
 
 

@@ -16,7 +16,7 @@ import pytest
 from chatcore import UsageError
 from chatcore.config import parse_config
 from chatcore.plugins import history
-from chatcore.server import ChatServer
+from chatcore.engine.server import ChatServer
 from chatcore.testing import ClientFactory, LineClient, wait_for
 
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+) ")

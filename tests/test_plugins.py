@@ -13,7 +13,7 @@ import pytest
 from chatcore import Client, Message, hookimpl
 from chatcore.config import parse_config
 from chatcore.hooks import PluginError
-from chatcore.server import ChatServer
+from chatcore.engine.server import ChatServer
 from chatcore.testing import LineClient, wait_for
 
 TEST_PLUGINS = Path(__file__).parent / "plugins"

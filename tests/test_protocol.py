@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatcore.protocol import LineFramer, decode, sanitize
+from chatcore.wire.native import LineFramer, decode, sanitize
 
 
 def test_framer_joins_partial_lines_and_strips_cr():

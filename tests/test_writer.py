@@ -6,9 +6,9 @@ import socket
 from types import SimpleNamespace
 from typing import Any
 
-from chatcore.connection import Client
+from chatcore.engine.connection import Client
 from chatcore.testing import wait_for
-from chatcore.writer import Writer
+from chatcore.engine.writer import Writer
 
 
 class RecordingSocket:

@@ -48,9 +48,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from chatcore.connection import Client
+    from chatcore.engine.connection import Client
 
-log = logging.getLogger("chatcore.writer")
+log = logging.getLogger("chatcore.engine.writer")
 
 #: Most lines joined into one send(); bounds the size of one write.
 MAX_BATCH = 1024

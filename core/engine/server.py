@@ -15,7 +15,7 @@ and ``deliver()``.
 
 Every line that goes to a room passes through :meth:`ChatServer.deliver`:
 encoded once, queued to each member except the sender, written by the
-writer thread (:mod:`chatcore.writer`).
+writer thread (:mod:`chatcore.engine.writer`).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ import time
 from typing import Any
 
 from chatcore.config import Config
-from chatcore.connection import Client
+from chatcore.engine.connection import Client
 from chatcore.message import Message
-from chatcore.protocol import ERROR, NOTICE, LineFramer, action_line, chat_line, decode, sanitize
-from chatcore.registry import Registry
-from chatcore.writer import Writer
+from chatcore.wire.native import ERROR, NOTICE, LineFramer, action_line, chat_line, decode, sanitize
+from chatcore.engine.registry import Registry
+from chatcore.engine.writer import Writer
 
-log = logging.getLogger("chatcore.server")
+log = logging.getLogger("chatcore.engine.server")
 
 # recv() allocates its whole buffer before it blocks, so a large buffer would
 # sit in memory for every idle client. Idle clients wait with a small one;

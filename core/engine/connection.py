@@ -7,10 +7,10 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
-from chatcore.protocol import ERROR, NOTICE
+from chatcore.wire.native import ERROR, NOTICE
 
 if TYPE_CHECKING:
-    from chatcore.server import ChatServer
+    from chatcore.engine.server import ChatServer
 
 DEFAULT_MAX_QUEUE = 8192
 
@@ -25,7 +25,7 @@ class Client:
 
     Output is queued, never written by the calling thread: lines go to a
     bounded queue that the server's writer drains (see
-    :mod:`chatcore.writer`). A client whose queue is full is disconnected as a
+    :mod:`chatcore.engine.writer`). A client whose queue is full is disconnected as a
     slow consumer; it never holds up the thread that was sending to it.
     """
 
@@ -77,7 +77,7 @@ class Client:
         #: Why the client is being disconnected (``None`` while connected).
         self.close_reason: str | None = None
 
-        # Output state, shared with the writer thread (see chatcore.writer).
+        # Output state, shared with the writer thread (see chatcore.engine.writer).
         self._writer = server.writer
         self._max_queue = max_queue
         self._queue: collections.deque[bytes] = collections.deque()

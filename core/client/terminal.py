@@ -57,7 +57,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import FrameType
 from typing import Any, TextIO, TypeAlias
 
-from chatcore.protocol import ERROR, NOTICE, sanitize
+from chatcore.wire.native import ERROR, NOTICE, sanitize
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12000

@@ -6,7 +6,7 @@ import itertools
 import threading
 from collections.abc import Iterator
 
-from chatcore.connection import Client
+from chatcore.engine.connection import Client
 
 DEFAULT_ROOM = "lobby"
 
