@@ -34,7 +34,7 @@ from chatcore.wire.native import ERROR, NOTICE, LineFramer, action_line, chat_li
 from chatcore.engine.registry import Registry
 from chatcore.engine.writer import Writer
 
-log = logging.getLogger("chatcore.engine.server")
+log = logging.getLogger("chatcore.server")
 
 # recv() allocates its whole buffer before it blocks, so a large buffer would
 # sit in memory for every idle client. Idle clients wait with a small one;

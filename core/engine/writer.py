@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
 
-log = logging.getLogger("chatcore.engine.writer")
+log = logging.getLogger("chatcore.writer")
 
 #: Most lines joined into one send(); bounds the size of one write.
 MAX_BATCH = 1024
