@@ -18,8 +18,8 @@ from conftest import min_seconds
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from chatcore.engine.connection import Client
-from chatcore.message import Message
 from chatcore.engine.server import ChatServer
+from chatcore.message import Message
 
 
 @pytest.fixture

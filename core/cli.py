@@ -97,17 +97,23 @@ def serve(args: Sequence[str]) -> int:
     except OSError as exc:
         hint = ""
         if exc.errno == errno.EADDRINUSE:
-            hint = " (another server is running there? pick another --port, or --port 0 for a free one)"
-        return _error(f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}{hint}", 1)
+            hint = " (another server is running there? pick another --port or --listen port, or 0 for a free one)"
+        where = getattr(exc, "filename", None) or ", ".join(str(url) for url in config.listen)
+        return _error(f"cannot listen on {where}: {exc.strerror or exc}{hint}", 1)
 
-    stop = threading.Event()
+    # Signals only set flags; the main thread acts on them below, outside
+    # the signal handler.
+    wake = threading.Event()
+    received: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
+        received.append(signum)
+        wake.set()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_signal)
     try:
         server.start()
     except (PluginError, UsageError) as exc:
@@ -116,7 +122,15 @@ def serve(args: Sequence[str]) -> int:
         return _error(str(exc), 2 if isinstance(exc, UsageError) else 1)
     names = [name for name, _ in config.pluginmanager.list_name_plugin()]
     print(f"chatcore {__version__} listening on {server.address_text} (plugins: {', '.join(names)})", flush=True)
-    stop.wait()
+    while True:
+        wake.wait()
+        wake.clear()
+        signums, received[:] = received[:], []
+        if any(signum != getattr(signal, "SIGHUP", None) for signum in signums):
+            log.info("received %s, shutting down", signal.Signals(signums[-1]).name)
+            break
+        log.info("received SIGHUP, reloading")
+        server.reload()
     # A second Ctrl-C while shutting down interrupts at once.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

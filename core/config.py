@@ -9,13 +9,19 @@ option of the selected plugins.
 from __future__ import annotations
 
 import argparse
+import ssl
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chatcore import __version__
+from chatcore import UsageError, __version__
 from chatcore.engine.connection import DEFAULT_MAX_QUEUE
 from chatcore.manager import DEFAULT_PLUGINS, PluginManager, load_plugins, parse_plugin_list
+from chatcore.transports.listener import ListenURL, format_address, parse_listen_url
 from chatcore.wire.native import DEFAULT_MAX_LINE
+
+if TYPE_CHECKING:
+    from chatcore.transports import Scheme
+    from chatcore.transports.tls import Certificates
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12000
@@ -35,6 +41,9 @@ class Config:
     :ivar data: plugins' per-server state, keyed by plugin name. Plugin
         modules are shared by every server in a process, so state belongs
         here, not in module globals.
+    :ivar schemes: every listener scheme the plugins registered, by name.
+    :ivar listen: the listener URLs (``--listen``, or ``--host``/``--port``).
+    :ivar certificates: the TLS certificate and key, if a listener needs them.
     """
 
     def __init__(self, options: argparse.Namespace, pluginmanager: PluginManager, plugins: Sequence[str]) -> None:
@@ -42,6 +51,9 @@ class Config:
         self.pluginmanager = pluginmanager
         self.plugins = list(plugins)
         self.data: dict[str, Any] = {}
+        self.schemes: dict[str, Scheme] = {}
+        self.listen: list[ListenURL] = []
+        self.certificates: Certificates | None = None
 
     def getoption(self, name: str, default: Any = None) -> Any:
         """An option's value by its ``dest`` name, or ``default``."""
@@ -90,14 +102,28 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
         ),
     )
     net = parser.add_argument_group("network")
+    schemes = ", ".join(f"{s.name}:// ({s.description})" for s in _schemes(pm).values()) if pm else "tcp://, tls://"
     net.add_argument(
-        "--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s; use :: for IPv6)"
+        "--listen",
+        action="append",
+        metavar="URL",
+        help=(
+            "listen on SCHEME://HOST:PORT; repeat for several, e.g. --listen tcp://127.0.0.1:12000 "
+            "--listen tls://[::1]:12001; port 0 picks a free port. Schemes of the selected plugins: "
+            f"{schemes}. Default: one tcp:// listener on --host and --port"
+        ),
+    )
+    net.add_argument(
+        "--host",
+        help=f"address of the default tcp:// listener, without --listen (default: {DEFAULT_HOST}; :: for IPv6)",
     )
     net.add_argument(
         "--port",
         type=whole_number(0, 65535),
-        default=DEFAULT_PORT,
-        help="TCP port (default: %(default)s; 0 picks a free port, and the bound address is printed)",
+        help=(
+            f"port of the default tcp:// listener (default: {DEFAULT_PORT}; 0 picks a free port, "
+            "and the bound address is printed)"
+        ),
     )
     net.add_argument(
         "--backlog",
@@ -105,6 +131,9 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
         default=DEFAULT_BACKLOG,
         help="listen backlog: connections the kernel holds until accepted (default: %(default)s)",
     )
+    tls = parser.add_argument_group("TLS", "For tls:// and the other TLS listeners. SIGHUP re-reads both files.")
+    tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain, the server's certificate first")
+    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of that certificate")
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--max-line",
@@ -164,5 +193,48 @@ def parse_config(args: Sequence[str], extra_plugins: Sequence[object] = ()) -> C
     load_plugins(pm, names)
     options = build_parser(pm).parse_args(args)
     config = Config(options, pm, names)
+    _configure_listeners(config)
     pm.hooks.configure(config)
     return config
+
+
+def _schemes(pm: PluginManager) -> dict[str, Scheme]:
+    schemes: dict[str, Scheme] = {}
+    for scheme in pm.hooks.schemes():
+        if scheme.name in schemes:
+            raise UsageError(f"two plugins register the listener scheme {scheme.name}://; load only one of them")
+        schemes[scheme.name] = scheme
+    return schemes
+
+
+def _configure_listeners(config: Config) -> None:
+    """Resolve ``--listen`` (or ``--host``/``--port``) and the TLS files.
+
+    :raises UsageError: a bad or unknown URL, ``--listen`` mixed with
+        ``--host``/``--port``, a TLS listener without a certificate, or a
+        certificate that cannot be loaded.
+    """
+    options = config.options
+    config.schemes = schemes = _schemes(config.pluginmanager)
+    if options.listen:
+        if options.host is not None or options.port is not None:
+            raise UsageError("--listen replaces --host and --port: give the address in the URL instead")
+        config.listen = [parse_listen_url(text, schemes) for text in options.listen]
+    else:
+        host = DEFAULT_HOST if options.host is None else options.host
+        port = DEFAULT_PORT if options.port is None else options.port
+        config.listen = [parse_listen_url(f"tcp://{format_address(host, port)}", schemes)]
+    needs_tls = sorted({str(url) for url in config.listen if schemes[url.scheme].tls})
+    if not needs_tls:
+        return
+    if not options.tls_cert or not options.tls_key:
+        raise UsageError(f"{needs_tls[0]} needs a certificate and its key: give --tls-cert FILE and --tls-key FILE")
+    from chatcore.transports.tls import Certificates
+
+    try:
+        config.certificates = Certificates(options.tls_cert, options.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(
+            f"--tls-cert {options.tls_cert} / --tls-key {options.tls_key}: cannot load them "
+            f"({getattr(exc, 'strerror', None) or exc}); they must be PEM files of a certificate and its key"
+        ) from None

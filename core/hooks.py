@@ -28,8 +28,10 @@ from chatcore import UsageError
 if TYPE_CHECKING:
     from chatcore.config import Config
     from chatcore.engine.connection import Client
-    from chatcore.message import Message
     from chatcore.engine.server import ChatServer
+    from chatcore.events import RoomEvent
+    from chatcore.message import Message
+    from chatcore.transports import Scheme
 
 log = logging.getLogger("chatcore.plugins")
 
@@ -224,8 +226,35 @@ class Hooks:
     def command_help(self) -> list[tuple[str, str]]:
         return self._collect("chatcore_command_help", {}, _help_entries)
 
-    def room_line(self, room: str, line: str) -> None:
-        self._call_each("chatcore_room_line", {"room": room, "line": line})
+    def room_event(self, server: ChatServer, event: RoomEvent) -> None:
+        self._call_each("chatcore_room_event", {"server": server, "event": event})
+
+    # -- listeners and clusters -----------------------------------------------
+
+    def schemes(self) -> list[Scheme]:
+        """Every plugin's schemes; a failure stops the start."""
+        found: list[Scheme] = []
+        for plugin, call in self._get("chatcore_schemes"):
+            try:
+                result = call({})
+                if result is not None:
+                    found.extend(_schemes(result))
+            except Exception as exc:
+                raise PluginError(plugin, "chatcore_schemes", exc) from exc
+        return found
+
+    def sequencer(self, server: ChatServer) -> Any:
+        """A plugin's sequencer, or None; a failure stops the start."""
+        for plugin, call in self._get("chatcore_sequencer"):
+            try:
+                result = call({"server": server})
+            except Exception as exc:
+                raise PluginError(plugin, "chatcore_sequencer", exc) from exc
+            if result is not None:
+                if not callable(getattr(result, "next", None)):
+                    raise PluginError(plugin, "chatcore_sequencer", TypeError(f"{result!r} has no next(room)"))
+                return result
+        return None
 
 
 def _lines(result: Any) -> list[str]:
@@ -234,6 +263,15 @@ def _lines(result: Any) -> list[str]:
     if not all(isinstance(line, str) for line in lines):
         raise TypeError(f"chatcore_welcome must return a list of strings, not {result!r}")
     return lines
+
+
+def _schemes(result: Any) -> list[Scheme]:
+    from chatcore.transports import Scheme
+
+    schemes = list(result)
+    if not all(isinstance(scheme, Scheme) for scheme in schemes):
+        raise TypeError(f"chatcore_schemes must return a list of chatcore.transports.Scheme, not {result!r}")
+    return schemes
 
 
 def _help_entries(result: Any) -> list[tuple[str, str]]:

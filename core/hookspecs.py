@@ -19,15 +19,17 @@ line. See docs/plugins.md for the full contract of every hook.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chatcore import hookspec
 
 if TYPE_CHECKING:
     from chatcore.config import Config
     from chatcore.engine.connection import Client
-    from chatcore.message import Message
     from chatcore.engine.server import ChatServer
+    from chatcore.events import RoomEvent
+    from chatcore.message import Message
+    from chatcore.transports import Scheme
 
 # ---------------------------------------------------------------------------
 # Start-up and shutdown
@@ -252,19 +254,69 @@ def chatcore_command_help() -> list[tuple[str, str]] | None:
 
 
 @hookspec
-def chatcore_room_line(room: str, line: str) -> None:
-    """A line was delivered to a room's members in this server.
+def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
+    """An event was said to a room's members in this server.
 
-    Every line that goes to a room (chat, actions, joins, leaves, renames)
-    passes through :meth:`ChatServer.deliver`, and that is where this hook is
-    called: the one place a plugin can carry rooms to other servers. A line
-    it receives from elsewhere goes back in with
-    ``server.deliver(room, line, relay=False)`` so it is not relayed again.
+    Everything said to a room (chat, actions, joins, leaves, nick changes,
+    room notices) passes through :meth:`ChatServer.publish
+    <chatcore.engine.server.ChatServer.publish>`, and that is where this hook
+    is called, after the event was queued to every member: the one place a
+    plugin can record rooms (history) or carry them to other servers. The
+    event has its identity (``event.epoch``, ``event.offset``). An event a
+    plugin receives from elsewhere goes back in with
+    ``server.publish(event, relay=False)``, so it is not relayed again.
 
-    :param room: the room.
-    :param line: the protocol line, without the newline.
+    :param server: the server it was published in.
+    :param event: the :class:`~chatcore.events.RoomEvent`, immutable.
 
-    Called on the thread that delivered the line. Calls overlap.
+    Called on the thread that published the event. Calls overlap, also for
+    one room; keep this fast.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 0.2 (replaces ``chatcore_room_line``)
+    """
+
+
+# ---------------------------------------------------------------------------
+# Listeners and clusters
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def chatcore_schemes() -> list[Scheme] | None:
+    """The listener URL schemes a plugin serves (``--listen NAME://HOST:PORT``).
+
+    :return: :class:`~chatcore.transports.Scheme` objects: each binds a
+        scheme name to a wire format, a per-connection protocol factory and
+        whether it runs over TLS. The bundled ``native`` plugin returns
+        ``tcp`` and ``tls``. Two plugins returning the same name is a start-up
+        error.
+
+    Called once on the main thread, after the plugins are loaded and before
+    the command line is checked. The protocol factory is called on each new
+    connection's own thread; the wire format's methods on any client thread,
+    concurrently (see :mod:`chatcore.wire`).
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec(firstresult=True)
+def chatcore_sequencer(server: ChatServer) -> Any:
+    """Supply the numbering of room events, instead of the local server's.
+
+    A cluster plugin numbers each room's events across servers, so that a
+    client resuming on any server finds the same identities.
+
+    :param server: the started server.
+    :return: ``None``, or an object with a method ``next(room) ->
+        (epoch, offset)``: the identity of the room's next event. The server
+        calls it with the room's lock held (never twice at once for one
+        room), on the publishing thread. Offsets must grow by one within an
+        epoch; a new epoch says the numbering started again. The first
+        plugin that returns one decides.
+
+    Called once on the thread that starts the server, after
+    ``chatcore_server_start``.
+
+    .. versionadded:: 0.2
     """

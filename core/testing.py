@@ -20,6 +20,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -73,9 +74,19 @@ class LineClient:
     Every line received is kept in :attr:`received`, in order.
     """
 
-    def __init__(self, address: tuple[str, int], timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
         self.timeout = timeout
-        self.sock = socket.create_connection(address, timeout=timeout)
+        sock = socket.create_connection(address, timeout=timeout)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=server_hostname or address[0])
+        self.sock = sock
         self.received: list[str] = []
         self._buffer = b""
         self._unread: list[str] = []
@@ -189,10 +200,13 @@ class ServerProcess:
     """
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 10.0) -> None:
-        self.args = ["--port", "0", *args]
+        self.args = _with_free_port(args)
         self.env = env
         self.timeout = timeout
+        #: The first listener's ``(host, port)``.
         self.address: tuple[str, int] = ("", 0)
+        #: Every listener's ``(host, port)``, by scheme (the first of each).
+        self.addresses: dict[str, tuple[str, int]] = {}
         self.returncode: int | None = None
         self.stdout = ""
         self.stderr = ""
@@ -212,11 +226,13 @@ class ServerProcess:
         # the test, not hang the run.
         ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
         line = self.proc.stdout.readline() if ready else ""
-        match = re.search(r"listening on \[?([^\]\s]+?)\]?:(\d+) ", line)
-        if not match:
+        found = _LISTENER.findall(line.partition(" listening on ")[2])
+        if not found:
             self.stop()
             raise AssertionError(f"server did not start: {line!r} {self.stderr}")
-        self.address = (match.group(1), int(match.group(2)))
+        for scheme, host, port in reversed(found):
+            self.addresses[scheme] = (host, int(port))
+        self.address = (found[0][1], int(found[0][2]))
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
@@ -242,6 +258,17 @@ class ServerProcess:
             self.stop()
 
 
+# "tcp://127.0.0.1:40001" or "tls://[::1]:40002" in the start-up line.
+_LISTENER = re.compile(r"(\w+)://\[?([^\]\s,]+?)\]?:(\d+)")
+
+
+def _with_free_port(args: Sequence[str]) -> list[str]:
+    """``chatcore serve`` arguments with a free port, unless they say where."""
+    if any(arg == "--listen" or arg.startswith(("--listen=", "--port")) for arg in args):
+        return list(args)
+    return ["--port", "0", *args]
+
+
 ServerFactory = Callable[..., ChatServer]
 ClientFactory = Callable[..., LineClient]
 
@@ -256,7 +283,7 @@ def chat_server_factory() -> Iterator[ServerFactory]:
     servers: list[ChatServer] = []
 
     def start(*args: str, plugins: Sequence[object] = ()) -> ChatServer:
-        config = parse_config(["--port", "0", *args], extra_plugins=plugins)
+        config = parse_config(_with_free_port(args), extra_plugins=plugins)
         server = ChatServer(config)
         servers.append(server)
         server.start()

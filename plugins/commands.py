@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 
 from chatcore import Client, Message, hookimpl
-from chatcore.wire.native import NOTICE
+from chatcore.events import Members, PrivateMessage, RoomList
 
 #: Nicknames and room names: 1 to 32 ASCII letters, digits, "_" or "-".
 #: ASCII only, so that no two names look alike on screen.
@@ -80,13 +80,10 @@ def _nick(client: Client, args: str) -> None:
     if old == nick:
         client.notice(f"you are already known as {nick}")
         return
-    # The registry checks and takes the name under one lock: of two clients
-    # asking for the same free name at once, exactly one gets it.
-    if not client.server.registry.rename(client, nick):
+    if not client.server.change_nick(client, nick):
         client.error(f"nickname {nick!r} is taken")
         return
     client.notice(f"you are now known as {nick}")
-    client.server.deliver(client.room, f"{NOTICE}{old} is now known as {nick}", exclude=client)
 
 
 def _join(client: Client, args: str) -> None:
@@ -110,15 +107,13 @@ def _join(client: Client, args: str) -> None:
 
 
 def _rooms(client: Client, args: str) -> None:
-    rooms = sorted(client.server.registry.rooms().items())
-    listing = ", ".join(f"{name} ({count})" for name, count in rooms)
-    client.notice(f"{len(rooms)} {'room' if len(rooms) == 1 else 'rooms'}: {listing}")
+    client.send(RoomList(tuple(sorted(client.server.registry.rooms().items()))))
 
 
 def _who(client: Client, args: str) -> None:
     room = client.room
     nicks = sorted((member.nick for member in client.server.registry.members(room)), key=str.casefold)
-    client.notice(f"in {room} ({len(nicks)}): {', '.join(nicks)}")
+    client.send(Members(room, tuple(nicks)))
 
 
 def _msg(client: Client, args: str) -> None:
@@ -145,8 +140,8 @@ def _msg(client: Client, args: str) -> None:
     if not message.text:
         client.error(f"your message to {recipient.nick} was empty after filtering; it was not sent")
         return
-    recipient.send_line(f"*{client.nick}* {message.text}")
-    client.send_line(f"-> *{recipient.nick}* {message.text}")
+    recipient.send(PrivateMessage(client.nick, recipient.nick, message.text))
+    client.send(PrivateMessage(client.nick, recipient.nick, message.text, echo=True))
     server.hooks.message_delivered(message, 1)
 
 

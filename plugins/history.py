@@ -1,14 +1,17 @@
-"""Room history: replays a room's last lines to whoever enters it.
+"""Room history: replays a room's last messages to whoever enters it.
 
-Keeps the last ``--history-lines`` chat and action lines of each room (not
-joins, leaves or private messages) and replays them to a client entering the
-room, on connecting and on ``/join``: a notice ``* last N messages in ROOM:``
-and then each line marked ``# `` (``# <alice> hi``, ``# * alice waves``), so a
-client can tell replay from live chat.
+Keeps the last ``--history-lines`` chat and action events of each room (not
+joins, leaves or private messages), as they were published
+(``chatcore_room_event``), and replays them to a client entering the room,
+on connecting and on ``/join``, as one :class:`~chatcore.events.Replay`
+event. The native protocol shows it as a notice ``* last N messages in
+ROOM:`` and then each line marked ``# `` (``# <alice> hi``, ``# * alice
+waves``), so a client can tell replay from live chat; other front-ends
+render it their own way, with each event's identity.
 
 ``--history-db FILE`` also keeps them in SQLite, so they survive a restart.
-The hot path only appends to the room's in-memory deque and puts a tuple on
-a queue; a background thread writes to the database in batches. The file is
+The hot path only appends the event to the room's in-memory deque and puts
+a tuple on a queue; a background thread writes to the database in batches. The file is
 opened and checked when the server starts: a damaged, locked or unwritable
 file stops the start with one clear line, and a write that fails later is
 logged and retried, never a crash in the middle of the chat.
@@ -22,21 +25,18 @@ import logging
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 
-from chatcore import Client, Config, Message, UsageError, hookimpl
+from chatcore import Client, Config, UsageError, hookimpl
 from chatcore.config import whole_number
-from chatcore.wire.native import action_line, chat_line
 from chatcore.engine.server import ChatServer
+from chatcore.events import Action, Chat, Replay, RoomEvent
 
 log = logging.getLogger("chatcore.history")
 
 NAME = "history"
 DEFAULT_LINES = 20
 MAX_LINES = 10000
-#: The mark of a replayed line.
-REPLAY = "# "
 #: How long the start waits for a database another process has locked.
 OPEN_TIMEOUT = 2.0
 #: Lines written to the database in one transaction, at most.
@@ -77,8 +77,8 @@ def chatcore_configure(config: Config) -> None:
     store = HistoryStore.open(options.history_db, options.history_lines) if options.history_db else None
     history = History(options.history_lines, store)
     if store is not None:
-        for room, kind, nick, text in store.load():
-            history.remember(room, kind, nick, text)
+        for room, when, kind, nick, text in store.load():
+            history.remember(_KINDS[kind](room, nick=nick, text=text, time=when))
     config.data[NAME] = history
 
 
@@ -93,19 +93,16 @@ def chatcore_server_stop(server: ChatServer) -> None:
 
 
 @hookimpl
-def chatcore_message_delivered(message: Message) -> None:
-    if message.kind == "private":
-        return
-    _history(message.sender.server).add(message.room, message.kind, message.sender.nick, message.text)
+def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
+    if type(event) in _RECORDED:
+        _history(server).add(event)
 
 
 @hookimpl
 def chatcore_client_joined(client: Client, room: str) -> None:
-    lines = _history(client.server).replay(room)
-    if lines:
-        client.notice(f"last {len(lines)} {'message' if len(lines) == 1 else 'messages'} in {room}:")
-        # One queue entry for the whole replay.
-        client.send_data(b"".join(lines))
+    events = _history(client.server).replay(room)
+    if events:
+        client.send(Replay(room, tuple(events)))
 
 
 def _history(server: ChatServer) -> History:
@@ -113,11 +110,12 @@ def _history(server: ChatServer) -> History:
     return history
 
 
-_FORMATS: dict[str, Callable[[str, str], str]] = {"chat": chat_line, "action": action_line}
+_KINDS: dict[str, type[Chat] | type[Action]] = {"chat": Chat, "action": Action}
+_RECORDED = frozenset(_KINDS.values())
 
 
 class History:
-    """The last lines of every room, in memory, ready to replay.
+    """The last events of every room, in memory, ready to replay.
 
     Client threads add and replay concurrently; a lock guards the deques
     (held for an append or a copy, nothing more).
@@ -126,29 +124,29 @@ class History:
     def __init__(self, lines: int, store: HistoryStore | None) -> None:
         self.lines = lines
         self.store = store
-        self._rooms: dict[str, collections.deque[bytes]] = {}
+        self._rooms: dict[str, collections.deque[RoomEvent]] = {}
         self._lock = threading.Lock()
 
-    def remember(self, room: str, kind: str, nick: str, text: str) -> None:
-        """Keep a line in memory only (what the store had at start)."""
-        line = (REPLAY + _FORMATS[kind](nick, text) + "\n").encode("utf-8")
+    def remember(self, event: Chat | Action) -> None:
+        """Keep an event in memory only (what the store had at start)."""
         with self._lock:
-            lines = self._rooms.get(room)
-            if lines is None:
-                lines = self._rooms[room] = collections.deque(maxlen=self.lines)
-            lines.append(line)
+            events = self._rooms.get(event.room)
+            if events is None:
+                events = self._rooms[event.room] = collections.deque(maxlen=self.lines)
+            events.append(event)
 
-    def add(self, room: str, kind: str, nick: str, text: str) -> None:
-        """A line was delivered: keep it, and queue it for the database."""
-        self.remember(room, kind, nick, text)
+    def add(self, event: Chat | Action) -> None:
+        """An event was published: keep it, and queue it for the database."""
+        self.remember(event)
         if self.store is not None:
-            self.store.put((room, time.time(), kind, nick, text))
+            kind = "chat" if type(event) is Chat else "action"
+            self.store.put((event.room, event.time, kind, event.nick, event.text))
 
-    def replay(self, room: str) -> list[bytes]:
-        """The room's kept lines, oldest first, each ``# ...\\n``."""
+    def replay(self, room: str) -> list[RoomEvent]:
+        """The room's kept events, oldest first."""
         with self._lock:
-            lines = self._rooms.get(room)
-            return list(lines) if lines else []
+            events = self._rooms.get(room)
+            return list(events) if events else []
 
     def start(self) -> None:
         if self.store is not None:
@@ -235,12 +233,12 @@ class HistoryStore:
                 raise refuse(f"cannot write it ({message}); check its permissions") from None
             raise refuse(f"not a usable SQLite database ({message}); move it away to start a new history") from None
 
-    def load(self) -> list[tuple[str, str, str, str]]:
-        """The last N lines of every room, oldest first: ``(room, kind,
-        nick, text)``."""
+    def load(self) -> list[tuple[str, float, str, str, str]]:
+        """The last N lines of every room, oldest first: ``(room, time,
+        kind, nick, text)``."""
         try:
             rows = self._db.execute(
-                f"SELECT room, kind, nick, text FROM ("
+                f"SELECT room, time, kind, nick, text FROM ("
                 f"  SELECT *, row_number() OVER (PARTITION BY room ORDER BY id DESC) AS age FROM {_TABLE}"
                 f") WHERE age <= ? AND kind IN ('chat', 'action') ORDER BY id",
                 (self.lines,),
@@ -250,7 +248,7 @@ class HistoryStore:
             raise UsageError(
                 f"--history-db {self.path}: cannot read the history ({exc}); move the file away to start a new one"
             ) from None
-        return [(str(room), str(kind), str(nick), str(text)) for room, kind, nick, text in rows]
+        return [(str(room), float(when), str(kind), str(nick), str(text)) for room, when, kind, nick, text in rows]
 
     def start(self) -> None:
         self._thread.start()

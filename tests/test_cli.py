@@ -92,7 +92,7 @@ def test_port_in_use_exits_1_with_a_hint():
         port = taken.getsockname()[1]
         result = run("serve", "--port", str(port))
     assert result.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert f"cannot listen on tcp://127.0.0.1:{port}" in result.stderr
     assert "--port" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -10,8 +10,8 @@ from types import ModuleType
 
 import pytest
 
-from chatcore.plugins.commands import HELP, RESERVED_NICKS
 from chatcore.engine.server import ChatServer
+from chatcore.plugins.commands import HELP, RESERVED_NICKS
 from chatcore.testing import ClientFactory, LineClient, ServerFactory, wait_for
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from chatcore import Message, UsageError, hookimpl
 from chatcore.config import parse_config
-from chatcore.plugins.filters import BannedWords, TokenBucket
 from chatcore.engine.server import ChatServer
+from chatcore.plugins.filters import BannedWords, TokenBucket
 from chatcore.testing import ClientFactory, LineClient, wait_for
 
 

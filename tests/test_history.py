@@ -15,11 +15,11 @@ import pytest
 
 from chatcore import UsageError
 from chatcore.config import parse_config
-from chatcore.plugins import history
 from chatcore.engine.server import ChatServer
+from chatcore.plugins import history
 from chatcore.testing import ClientFactory, LineClient, wait_for
 
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+) ")
+LISTENING = re.compile(r"listening on tcp://127\.0\.0\.1:(\d+) ")
 
 
 def named(chat_client: ClientFactory, server: ChatServer, nick: str) -> LineClient:

@@ -62,7 +62,7 @@ def server_port(tmp_path: Path) -> Iterator[int]:
             except queue.Empty:
                 pytest.fail(f"server did not say where it listens within {STARTUP_TIMEOUT}s: {''.join(output)}")
             output.append(line)
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            match = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", line)
             if match:
                 break
         yield int(match.group(1))

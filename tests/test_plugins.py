@@ -12,8 +12,9 @@ import pytest
 
 from chatcore import Client, Message, hookimpl
 from chatcore.config import parse_config
-from chatcore.hooks import PluginError
 from chatcore.engine.server import ChatServer
+from chatcore.events import Chat, Joined, RoomEvent
+from chatcore.hooks import PluginError
 from chatcore.testing import LineClient, wait_for
 
 TEST_PLUGINS = Path(__file__).parent / "plugins"
@@ -63,7 +64,7 @@ class Broken:
         raise ValueError("broken help")
 
     @hookimpl
-    def chatcore_room_line(self) -> None:
+    def chatcore_room_event(self) -> None:
         raise ValueError("broken relay")
 
     @hookimpl
@@ -170,25 +171,37 @@ def test_first_command_plugin_wins_and_shows_in_help(chat_server_factory, chat_c
     alice.expect(re.compile(r"^\*   /roll \[WHAT\] +roll a die$"))
 
 
-def test_room_line_sees_every_room_line_and_relay_false_skips_it(chat_server_factory, chat_client):
-    relayed: list[tuple[str, str]] = []
+def test_room_event_sees_every_room_event_and_relay_false_skips_it(chat_server_factory, chat_client):
+    relayed: list[RoomEvent] = []
 
     class Bridge:
         @hookimpl
-        def chatcore_room_line(self, room: str, line: str) -> None:
-            relayed.append((room, line))
+        def chatcore_room_event(self, event: RoomEvent) -> None:
+            relayed.append(event)
 
     server = chat_server_factory(plugins=[Bridge()])
     alice, bob = chat_client(server), chat_client(server)
     alice.send("over the bridge")
     bob.expect("<guest-1> over the bridge")
     alice.sync()  # the hook runs on alice's thread after the line is queued
-    server.deliver("lobby", "<remote> from afar", relay=False)
+    remote = Chat("lobby", nick="remote", text="from afar", epoch="elsewhere", offset=99)
+    server.publish(remote, relay=False)
     alice.expect("<remote> from afar")
     bob.expect("<remote> from afar")
-    assert ("lobby", "* guest-2 joined") in relayed
-    assert ("lobby", "<guest-1> over the bridge") in relayed
-    assert all("from afar" not in line for _, line in relayed)
+    assert remote.offset == 99  # an event from elsewhere keeps its identity
+    assert [(type(e), e.room, getattr(e, "nick", "")) for e in relayed] == [
+        (Joined, "lobby", "guest-1"),
+        (Joined, "lobby", "guest-2"),
+        (Chat, "lobby", "guest-1"),
+    ]
+    assert relayed[2] == Chat(
+        "lobby", nick="guest-1", text="over the bridge", epoch=relayed[0].epoch, offset=3, time=relayed[2].time
+    )
+    # One numbering per room, without gaps, in one epoch.
+    assert [e.offset for e in relayed] == [1, 2, 3]
+    assert len({e.epoch for e in relayed}) == 1
+    assert relayed[0].epoch
+    assert all(e.time > 0 for e in relayed)
 
 
 def test_hook_wrappers_are_refused_with_a_clear_message():
@@ -295,4 +308,4 @@ def test_a_plugin_command_can_stop_the_server(chat_server_factory, chat_client):
     alice.send("/halt")
     assert bob.wait_closed()[-1] == "* server shutting down"
     assert alice.wait_closed()[-1] == "* server shutting down"
-    wait_for(lambda: server.socket.fileno() == -1, message="the listening socket closed")
+    wait_for(lambda: server.listeners[0].socket.fileno() == -1, message="the listening socket closed")

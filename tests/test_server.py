@@ -51,7 +51,7 @@ def test_three_clients_welcome_join_broadcast_leave(chat_server, chat_client):
 
 
 def test_server_listens_with_reuseaddr_and_sets_nodelay(chat_server, chat_client):
-    assert chat_server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+    assert chat_server.listeners[0].socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
     assert chat_server.address[0] == "127.0.0.1"
     assert chat_server.address[1] != 0
     chat_client(chat_server)
@@ -80,7 +80,7 @@ def test_default_backlog_lets_a_burst_of_500_connects_in(chat_server_factory):
     # The server is not accepting while the burst arrives: everything the
     # kernel does not queue (the backlog) would be dropped or retried.
     server = chat_server_factory("--plugins", "")
-    assert server.request_queue_size >= 500
+    assert server.listeners[0].request_queue_size >= 500
     start = threading.Barrier(501)
     clients: list[LineClient] = []
     errors: list[Exception] = []

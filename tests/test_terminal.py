@@ -17,8 +17,8 @@ from typing import Any
 import pexpect
 import pytest
 
-from chatcore.engine.server import ChatServer
 from chatcore.client.terminal import Kind, build_parser, classify, own_line, render, wants_colour
+from chatcore.engine.server import ChatServer
 from chatcore.testing import ClientFactory, LineClient, ServerFactory
 
 TIMEOUT = 5

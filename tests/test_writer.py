@@ -7,8 +7,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from chatcore.engine.connection import Client
-from chatcore.testing import wait_for
 from chatcore.engine.writer import Writer
+from chatcore.testing import wait_for
+from chatcore.transports import Transport
+from chatcore.wire.native import NATIVE
 
 
 class RecordingSocket:
@@ -36,7 +38,8 @@ class RecordingSocket:
 def make_client(writer: Writer, max_queue: int = 100) -> tuple[Client, RecordingSocket, socket.socket]:
     ours, peer = socket.socketpair()
     recording = RecordingSocket(ours)
-    client = Client(recording, ("127.0.0.1", 1), SimpleNamespace(writer=writer), max_queue=max_queue)  # type: ignore[arg-type]
+    server = SimpleNamespace(writer=writer)
+    client = Client(Transport(recording), ("127.0.0.1", 1), server, wire=NATIVE, max_queue=max_queue)  # type: ignore[arg-type]
     return client, recording, peer
 
 
@@ -117,7 +120,7 @@ def test_finish_flushes_what_is_queued_then_shuts_down():
     writer.start()
     client, sock, peer = make_client(writer)
     try:
-        client.send_line("last words")
+        client.send_data(b"last words\n")
         client.disconnect("done", notice="bye")
         assert client.wait_closed(5)
         received = read_until_closed(peer)

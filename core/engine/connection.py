@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import collections
-import socket
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from chatcore.wire.native import ERROR, NOTICE
+from chatcore.events import Error, Event, Notice
 
 if TYPE_CHECKING:
     from chatcore.engine.server import ChatServer
+    from chatcore.transports import Transport
+    from chatcore.wire import WireFormat
 
 DEFAULT_MAX_QUEUE = 8192
 
@@ -20,8 +22,10 @@ class Client:
 
     Plugins read :attr:`nick`, :attr:`room`, :attr:`address` and :attr:`id`,
     keep their own per-client state in :attr:`data`, and talk to the client
-    with :meth:`notice`, :meth:`error`, :meth:`send_line` and
-    :meth:`disconnect`. Nick and room change only through the registry.
+    with :meth:`send` (any event of :mod:`chatcore.events`), :meth:`notice`,
+    :meth:`error` and :meth:`disconnect`. What the client receives is the
+    rendering of those events by its :attr:`wire` format. Nick and room
+    change only through the registry.
 
     Output is queued, never written by the calling thread: lines go to a
     bounded queue that the server's writer drains (see
@@ -33,6 +37,7 @@ class Client:
         "__weakref__",
         "_blocked",
         "_done",
+        "_encrypt",
         "_finish_deadline",
         "_finishing",
         "_max_queue",
@@ -49,18 +54,25 @@ class Client:
         "room",
         "server",
         "sock",
+        "transport",
+        "wire",
     )
 
     def __init__(
         self,
-        sock: socket.socket,
+        transport: Transport,
         address: tuple[str, int],
         server: ChatServer,
         *,
+        wire: WireFormat,
         client_id: int = 0,
         max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
-        self.sock = sock
+        #: How bytes travel (:mod:`chatcore.transports`): plain TCP, TLS ...
+        self.transport = transport
+        self.sock = transport.sock
+        #: How events become bytes for this client (:mod:`chatcore.wire`).
+        self.wire = wire
         #: The server this client is connected to (its ``registry``,
         #: ``hooks`` and ``deliver()`` are what commands need).
         self.server = server
@@ -92,6 +104,11 @@ class Client:
         # thousands of clients.
         self._writer_done = threading.Lock()
         self._writer_done.acquire()
+        # The writer encrypts just before sending (TLS); None for plain TCP.
+        self._encrypt: Callable[[bytes], bytes] | None = None
+        if transport.encrypts:
+            self._encrypt = transport.encrypt
+            transport.set_output_callback(self._flush_transport)
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.nick!r} in {self.room!r} from {self.address[0]}:{self.address[1]}>"
@@ -108,8 +125,15 @@ class Client:
 
     # -- output -------------------------------------------------------------
 
+    def send(self, event: Event) -> None:
+        """Send an event to this client alone, rendered by its wire format."""
+        data = self.wire.encode_for(self, event)
+        if data:
+            self.send_data(data)
+
     def send_data(self, data: bytes) -> None:
-        """Queue encoded protocol lines (each ending in ``\\n``).
+        """Queue bytes already in this client's wire format (whole lines or
+        messages of it: nothing is split or merged).
 
         The hot path of every broadcast: no lock and at most one wake-up of
         the writer, when this client's queue goes from idle to busy.
@@ -125,17 +149,18 @@ class Client:
             self._scheduled = True
             self._writer.schedule(self)
 
-    def send_line(self, line: str) -> None:
-        """Queue one protocol line (without its newline) for this client."""
-        self.send_data(line.encode("utf-8") + b"\n")
-
     def notice(self, text: str) -> None:
-        """Send a server notice to this client: ``* <text>``."""
-        self.send_line(NOTICE + text)
+        """Send a server notice to this client (native: ``* <text>``)."""
+        self.send(Notice(text))
 
     def error(self, text: str) -> None:
-        """Send an error to this client only: ``! <text>``."""
-        self.send_line(ERROR + text)
+        """Send an error to this client only (native: ``! <text>``)."""
+        self.send(Error(text))
+
+    def _flush_transport(self) -> None:
+        # The transport made output of its own (a TLS key-update reply): an
+        # empty entry gets the writer to send it, in order with the rest.
+        self.send_data(b"")
 
     # -- disconnecting ------------------------------------------------------
 

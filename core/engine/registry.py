@@ -5,8 +5,15 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from chatcore.engine.connection import Client
+
+if TYPE_CHECKING:
+    from chatcore.wire import WireFormat
+
+#: A room's members grouped by wire format: what publish() renders once each.
+WireGroups = tuple[tuple["WireFormat", tuple[Client, ...]], ...]
 
 DEFAULT_ROOM = "lobby"
 
@@ -17,7 +24,9 @@ class Registry:
     Thread-safe. Changes (add, remove, rename, move) take a lock; reading a
     room's members does not: each room holds an immutable tuple that is
     replaced on every change (copy-on-write), because members are read on
-    every message and change only when someone joins or leaves.
+    every message and change only when someone joins or leaves. Each room
+    also keeps its members grouped by wire format (:meth:`by_wire`), so an
+    event is rendered once per format present, not once per member.
     """
 
     def __init__(self, default_room: str = DEFAULT_ROOM) -> None:
@@ -25,6 +34,7 @@ class Registry:
         self._lock = threading.Lock()
         self._by_nick: dict[str, Client] = {}  # keys are casefolded nicks
         self._rooms: dict[str, tuple[Client, ...]] = {}
+        self._groups: dict[str, WireGroups] = {}
         self._guest_numbers = itertools.count(1)
         self._ids = itertools.count(1)
 
@@ -87,6 +97,11 @@ class Registry:
         """The clients in ``room``: a snapshot, safe to iterate."""
         return self._rooms.get(room, ())
 
+    def by_wire(self, room: str) -> WireGroups:
+        """The clients in ``room`` grouped by wire format: a snapshot of
+        ``((format, members), ...)``, one entry per format present."""
+        return self._groups.get(room, ())
+
     def rooms(self) -> dict[str, int]:
         """Every room that has members, with its member count."""
         return {name: len(members) for name, members in list(self._rooms.items())}
@@ -95,10 +110,24 @@ class Registry:
     def _enter(self, client: Client, room: str) -> None:
         client.room = room
         self._rooms[room] = (*self._rooms.get(room, ()), client)
+        groups = dict(self._groups.get(room, ()))
+        groups[client.wire] = (*groups.get(client.wire, ()), client)
+        # Readers may see the new members a moment before the new groups:
+        # each is a consistent snapshot on its own.
+        self._groups[room] = tuple(groups.items())
 
     def _leave(self, client: Client) -> None:
-        members = tuple(c for c in self._rooms.get(client.room, ()) if c is not client)
-        if members:
-            self._rooms[client.room] = members
+        room = client.room
+        members = tuple(c for c in self._rooms.get(room, ()) if c is not client)
+        if not members:
+            self._rooms.pop(room, None)
+            self._groups.pop(room, None)
+            return
+        self._rooms[room] = members
+        groups = dict(self._groups.get(room, ()))
+        group = tuple(c for c in groups.get(client.wire, ()) if c is not client)
+        if group:
+            groups[client.wire] = group
         else:
-            self._rooms.pop(client.room, None)
+            groups.pop(client.wire, None)
+        self._groups[room] = tuple(groups.items())

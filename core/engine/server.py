@@ -1,38 +1,47 @@
-"""The chat server: socketserver's threading TCP server, one thread per client.
+"""The chat server: listeners in, one registry and one set of rooms, events out.
 
-Class layout (socketserver's shape)::
+Shape::
 
-    socketserver.TCPServer
-      + socketserver.ThreadingMixIn
-        = ChatServer          accepts, owns the registry, the writer, the hooks
-    socketserver.BaseRequestHandler
-        = ClientHandler       one per connection, on its own thread: reads
-                              lines, runs the hooks, delivers to the room
+    Listener (socketserver's threading TCP server), one per --listen URL
+        accepts; each connection gets a thread of its own, which runs
+    ChatServer.serve_connection()
+        transport handshake (TLS), refusals, then the scheme's Protocol:
+        connection_made(), data_received() for every chunk read, and the
+        leave when it ends
 
-For the caller: ``serve_forever()`` in a thread, then ``stop()`` (which calls
-``shutdown()`` and ``server_close()``). May be overridden: ``handle_line()``
-and ``deliver()``.
+For the caller: ``start()``, then ``stop()``. For protocols and plugins, the
+actions: :meth:`~ChatServer.admit`, :meth:`~ChatServer.run_command`,
+:meth:`~ChatServer.broadcast_message`, :meth:`~ChatServer.change_room`,
+:meth:`~ChatServer.change_nick` and :meth:`~ChatServer.publish`.
 
-Every line that goes to a room passes through :meth:`ChatServer.deliver`:
-encoded once, queued to each member except the sender, written by the
-writer thread (:mod:`chatcore.engine.writer`).
+Every event said to a room passes through :meth:`ChatServer.publish`: it
+gets its number in the room's stream (from the sequencer, which a cluster
+plugin may supply), is rendered once per wire format present in the room,
+and the same bytes are queued to each member but the excluded one, under the
+room's lock so that members get a room's events in the order of their
+numbers. The writer thread (:mod:`chatcore.engine.writer`) sends them.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
-import socketserver
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chatcore.config import Config
 from chatcore.engine.connection import Client
-from chatcore.message import Message
-from chatcore.wire.native import ERROR, NOTICE, LineFramer, action_line, chat_line, decode, sanitize
 from chatcore.engine.registry import Registry
 from chatcore.engine.writer import Writer
+from chatcore.events import Action, Chat, Error, Joined, Left, NickChanged, RoomEvent, Welcome
+from chatcore.message import Message
+from chatcore.transports import Scheme, Transport
+from chatcore.transports.listener import Listener, format_address
+from chatcore.transports.tls import HANDSHAKE_TIMEOUT, Certificates, TLSTransport
+
+if TYPE_CHECKING:
+    from chatcore.config import Config
 
 log = logging.getLogger("chatcore.server")
 
@@ -43,23 +52,51 @@ RECV_IDLE = 256
 RECV_BUSY = 65536
 #: How long a refused connection may take to close after its reply.
 REFUSE_LINGER = 1.0
-#: How often the accept loop checks for shutdown(): stop() waits up to this.
-ACCEPT_POLL_INTERVAL = 0.1
 #: How long a disconnecting client may take to read what is queued for it.
 SHUTDOWN_LINGER = 2.0
 
 
-def _format_address(address: tuple[Any, ...]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+class LocalSequencer:
+    """Numbers each room's events in this process: offsets 1, 2, 3 ... per
+    room, under an epoch drawn at random when the server starts (so a client
+    that resumes across a restart sees the numbering changed).
+
+    The server calls :meth:`next` with the room's lock held, so calls for
+    one room never overlap.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = secrets.token_hex(4)
+        self._offsets: dict[str, int] = {}
+
+    def next(self, room: str) -> tuple[str, int]:
+        """The identity of the room's next event: ``(epoch, offset)``."""
+        offset = self._offsets.get(room, 0) + 1
+        self._offsets[room] = offset
+        return self.epoch, offset
 
 
-class ChatServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    """A multithreaded chat server configured by a :class:`Config`."""
+def _stamp(event: RoomEvent, epoch: str, offset: int, when: float) -> None:
+    # An event is immutable once published; publish() gives it its identity
+    # first, while only the publishing thread holds it. A frozen dataclass's
+    # fields are set the way its own __init__ sets them, at a tenth of the
+    # cost of dataclasses.replace() on every message.
+    setattr_ = object.__setattr__
+    setattr_(event, "epoch", epoch)
+    setattr_(event, "offset", offset)
+    setattr_(event, "time", when)
 
-    allow_reuse_address = True  # SO_REUSEADDR, as the original chatroom
-    daemon_threads = True
-    block_on_close = False  # stop() waits for clients itself, with a deadline
+
+class ChatServer:
+    """A chat server configured by a :class:`~chatcore.config.Config`.
+
+    :ivar registry: the connected clients, their nicknames and rooms.
+    :ivar listeners: one :class:`~chatcore.transports.listener.Listener` per
+        ``--listen`` URL, bound when the server is made.
+    :ivar schemes: every URL scheme the plugins registered.
+    :ivar hooks: the plugins (:class:`chatcore.hooks.Hooks`).
+    :ivar sequencer: numbers room events (``chatcore_sequencer``).
+    """
 
     def __init__(self, config: Config) -> None:
         options = config.options
@@ -70,37 +107,51 @@ class ChatServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.max_line: int = options.max_line
         self.max_queue: int = options.max_queue
         self.max_clients: int = options.max_clients
-        self.request_queue_size = options.backlog
-        if ":" in options.host:
-            self.address_family = socket.AF_INET6
+        self.sequencer: Any = LocalSequencer()
+        self.schemes: dict[str, Scheme] = config.schemes
+        self.certificates: Certificates | None = config.certificates
+        self._room_locks: dict[str, threading.Lock] = {}
         self._stopping = False
-        self._serving = False
         self._stopped = False
-        self._threads_lock = threading.Lock()
-        self._handlers: set[threading.Thread] = set()
-        super().__init__((options.host, options.port), ClientHandler)
-        self.address: tuple[str, int] = self.server_address[:2]  # type: ignore[assignment]
+        self._connections_lock = threading.Lock()
+        #: Every connection being served, registered or not yet (TLS handshake,
+        #: IRC registration): what stop() must disconnect.
+        self.connections: set[Client] = set()
+        self._threads: set[threading.Thread] = set()
+        self.listeners: list[Listener] = []
+        for url in config.listen:
+            try:
+                self.listeners.append(Listener(self, url, self.schemes[url.scheme], options.backlog))
+            except OSError as exc:
+                for listener in self.listeners:
+                    listener.server_close()
+                raise OSError(exc.errno, exc.strerror, str(url)) from exc
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The first listener's bound ``(host, port)``."""
+        return self.listeners[0].address
 
     @property
     def address_text(self) -> str:
-        """The bound address as ``host:port``."""
-        return _format_address(self.address)
+        """Every bound listener, ``tcp://127.0.0.1:12000, tls://...``."""
+        return ", ".join(str(listener.url) for listener in self.listeners)
+
+    def listener(self, scheme: str) -> Listener:
+        """The first listener of ``scheme``."""
+        return next(listener for listener in self.listeners if listener.url.scheme == scheme)
 
     # -- life cycle ---------------------------------------------------------
 
-    def start(self) -> threading.Thread:
-        """Start the plugins, the writer and the accept loop (in a thread)."""
+    def start(self) -> None:
+        """Start the plugins, the writer and the accept loops (in threads)."""
         self.hooks.server_start(self)
+        sequencer = self.hooks.sequencer(self)
+        if sequencer is not None:
+            self.sequencer = sequencer
         self.writer.start()
-        self._serving = True
-        thread = threading.Thread(
-            target=self.serve_forever,
-            kwargs={"poll_interval": ACCEPT_POLL_INTERVAL},
-            name="chatcore-accept",
-            daemon=True,
-        )
-        thread.start()
-        return thread
+        for listener in self.listeners:
+            listener.start()
 
     def stop(self, reason: str = "server shutting down", timeout: float = SHUTDOWN_LINGER) -> None:
         """Stop accepting, tell every client, flush what is queued, close.
@@ -111,138 +162,96 @@ class ChatServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             return
         self._stopped = True
         self._stopping = True
-        if self._serving:
-            self.shutdown()
+        for listener in self.listeners:
+            listener.stop()
         deadline = time.monotonic() + timeout
-        for client in self.registry:
+        with self._connections_lock:
+            clients = list(self.connections)
+        for client in clients:
             client.disconnect(reason, notice=reason, linger=timeout)
-        with self._threads_lock:  # stop() may run on a client's own thread (a plugin's command)
-            threads = [thread for thread in self._handlers if thread is not threading.current_thread()]
+        with self._connections_lock:  # stop() may run on a client's own thread (a plugin's command)
+            threads = [thread for thread in self._threads if thread is not threading.current_thread()]
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
         self.hooks.server_stop(self)
         self.server_close()
 
     def server_close(self) -> None:
-        """Close the listening socket and stop the writer."""
-        super().server_close()
+        """Close the listening sockets and stop the writer."""
+        for listener in self.listeners:
+            listener.server_close()
         self.writer.stop()
 
-    # -- socketserver overrides ---------------------------------------------
+    def reload(self) -> None:
+        """Re-read what can change while running (SIGHUP): the TLS
+        certificate and key, for new connections."""
+        if self.certificates is not None:
+            self.certificates.reload()
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    # -- connections ----------------------------------------------------------
+
+    def serve_connection(self, listener: Listener, sock: socket.socket, peer: Any) -> None:
+        """Serve one connection from ``listener`` on its own thread, from the
+        handshake to the leave."""
         thread = threading.current_thread()
-        with self._threads_lock:
-            self._handlers.add(thread)
+        with self._connections_lock:
+            self._threads.add(thread)
         try:
-            super().process_request_thread(request, client_address)
+            self._serve(listener, sock, (str(peer[0]), int(peer[1])))
         finally:
-            with self._threads_lock:
-                self._handlers.discard(thread)
+            with self._connections_lock:
+                self._threads.discard(thread)
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        """Serve the connection: make the handler and run it.
-
-        socketserver calls ``RequestHandlerClass(...)``, and a class call
-        runs ``__init__`` one C level deeper; calling ``__init__`` ourselves
-        lets CPython run it inline. A client's thread keeps every stack page
-        it touches, and that one level decides whether it touches two pages
-        or three: 4 KB per connected client.
-        """
-        handler = ClientHandler.__new__(ClientHandler)
-        handler.__init__(request, client_address, self)  # type: ignore[misc]  # inline, on purpose (above)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("unexpected error with %s", _format_address(client_address))
-
-    # -- delivery -----------------------------------------------------------
-
-    def deliver(self, room: str, line: str, exclude: Client | None = None, *, relay: bool = True) -> int:
-        """Send one protocol line to every member of ``room`` but ``exclude``.
-
-        The one path for everything that goes to a room. The line is encoded
-        once and the same bytes are queued to every member. Unless ``relay``
-        is false, ``chatcore_room_line`` then tells the plugins, so a plugin
-        can carry the room to other servers (and put their lines back in with
-        ``relay=False``).
-
-        :return: how many clients it was queued to.
-        """
-        data = line.encode("utf-8") + b"\n"
-        count = 0
-        for member in self.registry.members(room):
-            if member is not exclude and member.close_reason is None:
-                member.send_data(data)
-                count += 1
-        if relay and self.hooks.implemented("room_line"):
-            self.hooks.room_line(room, line)
-        return count
-
-    def broadcast_message(self, message: Message) -> None:
-        """Run a message through the filters and deliver it to its room."""
-        sender = message.sender
-        self.hooks.message(message)
-        if message.rejected is not None:
-            sender.error(message.rejected)
-            return
-        if not message.text:
-            return
-        # Chat is not echoed to its sender; an action is, as the answer to /me.
-        if message.kind == "action":
-            line, exclude = action_line(sender.nick, message.text), None
-        else:
-            line, exclude = chat_line(sender.nick, message.text), sender
-        recipients = self.deliver(message.room, line, exclude=exclude)
-        self.hooks.message_delivered(message, recipients)
-
-    def change_room(self, client: Client, room: str, reason: str | None = None) -> None:
-        """Move a client to ``room``, with the leave and join notices and
-        hooks (used by ``/join``)."""
-        old = self.registry.move(client, room)
-        self.deliver(old, f"{NOTICE}{client.nick} left" + (f" ({reason})" if reason else ""))
-        self.hooks.client_left(client, old, reason or f"joined {room}")
-        self.deliver(room, f"{NOTICE}{client.nick} joined", exclude=client)
-        self.hooks.client_joined(client, room)
-
-
-class ClientHandler(socketserver.BaseRequestHandler):
-    """Serves one connection on its own thread, from welcome to leave."""
-
-    server: ChatServer
-    request: socket.socket
-
-    def handle(self) -> None:
-        server = self.server
-        sock = self.request
-        address = (str(self.client_address[0]), int(self.client_address[1]))
+    def _serve(self, listener: Listener, sock: socket.socket, address: tuple[str, int]) -> None:
+        scheme = listener.scheme
         # Without this, Nagle's algorithm meets delayed ACKs and small rooms
         # see a steady ~40 ms delay per line.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport: Transport
+        if scheme.tls:
+            assert self.certificates is not None  # checked when the configuration was read
+            transport = TLSTransport(sock, self.certificates.context)
+            try:
+                transport.handshake(HANDSHAKE_TIMEOUT)
+            except (OSError, ValueError) as exc:
+                # Not the server's problem, and not worth a traceback: a
+                # plain-text client on a TLS port, a scanner, a timeout.
+                log.info("TLS handshake with %s failed: %s", format_address(*address), _why(exc))
+                return
+        else:
+            transport = Transport(sock)
 
-        if server._stopping:
+        client = Client(
+            transport, address, self, client_id=self.registry.next_id(), max_queue=self.max_queue, wire=scheme.wire
+        )
+        if self._stopping:
             refusal: str | None = "server shutting down"
-        elif len(server.registry) >= server.max_clients:
+        elif len(self.connections) >= self.max_clients:
             refusal = "server full, try again later"
         else:
-            refusal = server.hooks.connection_arriving(address)
+            refusal = self.hooks.connection_arriving(address)
         if refusal:
-            log.warning("refused %s: %s", _format_address(address), refusal)
-            self._refuse(refusal)
+            log.warning("refused %s: %s", format_address(*address), refusal)
+            self._refuse(client, refusal)
             return
 
-        client = Client(sock, address, server, client_id=server.registry.next_id(), max_queue=server.max_queue)
-        server.registry.add(client)
+        protocol = scheme.protocol(client)
+        with self._connections_lock:
+            self.connections.add(client)
         try:
-            if server._stopping:
+            if self._stopping:
                 client.disconnect("server shutting down", notice="server shutting down")
                 return
-            self._join(client)
-            self._read_lines(client)
+            protocol.connection_made()
+            self._read(client, protocol.data_received)
+            protocol.connection_lost()
         finally:
             self._leave(client)
+            with self._connections_lock:
+                self.connections.discard(client)
 
-    def _refuse(self, reason: str) -> None:
-        """Send ``! reason`` and close without losing that line.
+    def _refuse(self, client: Client, reason: str) -> None:
+        """Send the refusal and close without losing it.
 
         Closing a socket with unread input makes the kernel send a reset,
         which can discard the reply before the client reads it (a client
@@ -250,10 +259,11 @@ class ClientHandler(socketserver.BaseRequestHandler):
         down writing, read what the client sends until it closes (at most
         a second), and only then close.
         """
-        sock = self.request
+        transport = client.transport
+        sock = transport.sock
         deadline = time.monotonic() + REFUSE_LINGER  # in all: a trickle cannot hold it
         try:
-            sock.sendall(f"{ERROR}{reason}\n".encode())
+            transport.sendall(client.wire.encode_for(client, Error(reason)) + transport.goodbye())
             sock.shutdown(socket.SHUT_WR)
             while (left := deadline - time.monotonic()) > 0:
                 sock.settimeout(left)
@@ -262,18 +272,8 @@ class ClientHandler(socketserver.BaseRequestHandler):
         except OSError:
             pass  # gone already, or too slow to say goodbye to
 
-    def _join(self, client: Client) -> None:
-        server = self.server
-        for line in server.hooks.welcome(client):
-            client.notice(line)
-        log.info("client joined: %s from %s", client.nick, _format_address(client.address))
-        server.deliver(client.room, f"{NOTICE}{client.nick} joined", exclude=client)
-        server.hooks.client_joined(client, client.room)
-
-    def _read_lines(self, client: Client) -> None:
-        framer = LineFramer(self.server.max_line)
-        recv = self.request.recv
-        handle_line = self.handle_line
+    def _read(self, client: Client, data_received: Any) -> None:
+        recv = client.transport.recv
         size = RECV_IDLE
         # No check of client.closed up here: a disconnect from any other
         # thread shuts the socket down, which ends recv() below.
@@ -285,49 +285,124 @@ class ClientHandler(socketserver.BaseRequestHandler):
                 client.disconnect("connection lost", tell=False)
                 return
             if not data:
-                if framer.pending:
-                    log.debug("%r closed the connection in the middle of a line", client)
                 return
-            size = RECV_BUSY if len(data) == size else RECV_IDLE
-            for line in framer.feed(data):
-                if client.closed:  # disconnected (by this line, or another thread)
-                    return
-                if line is None:
-                    client.error(f"line too long (the limit is {self.server.max_line} bytes); it was not sent")
-                else:
-                    handle_line(client, line)
-
-    def handle_line(self, client: Client, raw: bytes) -> None:
-        """One complete line from the client: a command or a message."""
-        text = sanitize(decode(raw))
-        if not text:
-            return
-        if text[0] == "/":
-            if text[:2] != "//":
-                self._command(client, text)
+            size = RECV_BUSY if len(data) >= size else RECV_IDLE
+            data_received(data)
+            if client.closed:  # disconnected (by what it sent, or another thread)
                 return
-            text = text[1:]  # "//text" sends "/text" as a message
-        self.server.broadcast_message(Message(client, client.room, text))
-
-    def _command(self, client: Client, text: str) -> None:
-        name, _, args = text[1:].partition(" ")
-        name = name.lower()
-        if not self.server.hooks.command(client, name, args.strip()):
-            client.error(f"unknown command /{name} (try /help)")
 
     def _leave(self, client: Client) -> None:
-        server = self.server
         if client.close_reason is None:
             client.disconnect("connection closed", tell=False)
         reason = client.close_reason or "connection closed"
         room = client.room
-        if server.registry.remove(client):
-            if not server._stopping:
-                # A plain close or /quit needs no explanation; anything else does.
-                said = "" if reason in ("connection closed", "quit") else f" ({reason})"
-                server.deliver(room, f"{NOTICE}{client.nick} left{said}")
-            log.info("client left: %s from %s (%s)", client.nick, _format_address(client.address), reason)
-            server.hooks.client_left(client, room, reason)
+        if self.registry.remove(client):
+            if not self._stopping:
+                self.publish(Left(room, nick=client.nick, reason=reason))
+            log.info("client left: %s from %s (%s)", client.nick, format_address(*client.address), reason)
+            self.hooks.client_left(client, room, reason)
         # The writer is done by the client's finish deadline (its linger).
         if not client.wait_closed(max(SHUTDOWN_LINGER, client._finish_deadline - time.monotonic()) + 5):
             log.warning("writer did not release %r in time; closing anyway", client)
+
+    def connection_error(self, peer: Any) -> None:
+        log.exception("unexpected error with %s", format_address(str(peer[0]), int(peer[1])))
+
+    # -- actions: what protocols and plugins make happen -----------------------
+
+    def admit(self, client: Client, room: str | None = None) -> None:
+        """Let a connected client into the chat: a ``guest-N`` nickname (a
+        protocol may rename it right after), ``room`` or the default room,
+        the welcome text, and the join notice for the others."""
+        self.registry.add(client, room)
+        client.send(Welcome(tuple(self.hooks.welcome(client))))
+        log.info("client joined: %s from %s", client.nick, format_address(*client.address))
+        self.publish(Joined(client.room, nick=client.nick), exclude=client)
+        self.hooks.client_joined(client, client.room)
+
+    def run_command(self, client: Client, name: str, args: str) -> None:
+        """Run ``/name args`` for ``client`` through ``chatcore_command``."""
+        if not self.hooks.command(client, name, args):
+            client.error(f"unknown command /{name} (try /help)")
+
+    def broadcast_message(self, message: Message) -> None:
+        """Run a message through the filters and publish it to its room."""
+        sender = message.sender
+        self.hooks.message(message)
+        if message.rejected is not None:
+            sender.error(message.rejected)
+            return
+        if not message.text:
+            return
+        # Chat is not echoed to its sender; an action is, as the answer to /me.
+        if message.kind == "action":
+            recipients = self.publish(Action(message.room, nick=sender.nick, text=message.text))
+        else:
+            recipients = self.publish(Chat(message.room, nick=sender.nick, text=message.text), exclude=sender)
+        self.hooks.message_delivered(message, recipients)
+
+    def change_room(self, client: Client, room: str, reason: str | None = None) -> None:
+        """Move a client to ``room``, with the leave and join notices and
+        hooks (used by ``/join``)."""
+        old = self.registry.move(client, room)
+        self.publish(Left(old, nick=client.nick, reason=reason or f"joined {room}", disconnected=False))
+        self.hooks.client_left(client, old, reason or f"joined {room}")
+        self.publish(Joined(room, nick=client.nick), exclude=client)
+        self.hooks.client_joined(client, room)
+
+    def change_nick(self, client: Client, nick: str) -> bool:
+        """Rename ``client`` and tell its room; False if the nickname is
+        taken (checked and taken under the registry's lock, so of two
+        clients asking for the same name at once exactly one gets it)."""
+        old = client.nick
+        if not self.registry.rename(client, nick):
+            return False
+        self.publish(NickChanged(client.room, nick=old, new_nick=nick), exclude=client)
+        return True
+
+    # -- delivery -------------------------------------------------------------
+
+    def publish(self, event: RoomEvent, exclude: Client | None = None, *, relay: bool = True) -> int:
+        """Say ``event`` to every member of its room in this server but ``exclude``.
+
+        The one path for everything said to a room. An event that has no
+        identity yet (``offset == 0``) gets the room's next one from the
+        sequencer; one that has it (from another server) keeps it. The event
+        is rendered once per wire format in the room, and the same bytes are
+        queued to every member. Unless ``relay`` is false,
+        ``chatcore_room_event`` then tells the plugins, so a cluster plugin
+        can carry it to other servers (and publish theirs with
+        ``relay=False``).
+
+        :return: how many clients it was queued to.
+        """
+        room = event.room
+        lock = self._room_locks.get(room)
+        if lock is None:
+            lock = self._room_locks.setdefault(room, threading.Lock())
+        count = 0
+        with lock:
+            if not event.offset:
+                epoch, offset = self.sequencer.next(room)
+                _stamp(event, epoch, offset, time.time())
+            for wire, members in self.registry.by_wire(room):
+                data = wire.encode(event)
+                if not data:
+                    continue
+                for member in members:
+                    if member is not exclude and member.close_reason is None:
+                        member.send_data(data)
+                        count += 1
+        if relay and self.hooks.implemented("room_event"):
+            self.hooks.room_event(self, event)
+        return count
+
+
+def _why(exc: BaseException) -> str:
+    """A handshake failure in a few words, for the log."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    reason = getattr(exc, "reason", None)
+    if reason:
+        return f"{reason} (not a TLS client?)" if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST") else str(reason)
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

@@ -163,7 +163,7 @@ class Writer:
         except Exception:
             log.exception("writer failed on %r; disconnecting it", client)
             try:
-                self._complete(client)
+                self._complete(client, clean=False)
             except Exception:
                 log.exception("writer could not close %r", client)
 
@@ -172,22 +172,25 @@ class Writer:
             return
         queue = client._queue
         out = client._unsent
-        if not out:
-            n = len(queue)
-            if n == 1:
-                out = queue.popleft()
-            elif n:
-                out = b"".join([queue.popleft() for _ in range(min(n, MAX_BATCH))])
+        try:
+            if not out:
+                n = len(queue)
+                if n == 1:
+                    out = queue.popleft()
+                elif n:
+                    out = b"".join([queue.popleft() for _ in range(min(n, MAX_BATCH))])
+                if client._encrypt is not None:
+                    out = client._encrypt(out)  # TLS: plaintext in, records out (chatcore.transports.tls)
+        except OSError as exc:
+            self._lost(client, exc)
+            return
         if out:
             try:
                 sent = client.sock.send(out, _SEND_FLAGS)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                if client.close_reason is None:
-                    client.close_reason = "connection lost"
-                log.debug("write to %r failed: %s", client, exc)
-                self._complete(client)
+                self._lost(client, exc)
                 return
             if sent < len(out):
                 client._unsent = memoryview(out)[sent:]
@@ -208,6 +211,12 @@ class Writer:
             client._scheduled = True
             self._ready.append(client)
 
+    def _lost(self, client: Client, exc: OSError) -> None:
+        if client.close_reason is None:
+            client.close_reason = "connection lost"
+        log.debug("write to %r failed: %s", client, exc)
+        self._complete(client, clean=False)
+
     def _begin_finish(self, client: Client) -> None:
         if client._done:
             return
@@ -226,11 +235,16 @@ class Writer:
             elif now >= client._finish_deadline:
                 self._complete(client)
 
-    def _complete(self, client: Client) -> None:
+    def _complete(self, client: Client, *, clean: bool = True) -> None:
         """Done writing to this client: wake its reader and let it close."""
         if client._done:
             return
         client._done = True
+        if clean and client._encrypt is not None and not client._unsent:
+            try:  # TLS's close_notify, if the socket takes it now
+                client.sock.send(client.transport.goodbye(), _SEND_FLAGS)
+            except OSError:
+                pass
         self._lingering.discard(client)
         if client._blocked:
             self._selector.unregister(client.sock)

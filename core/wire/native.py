@@ -1,15 +1,47 @@
-"""The wire protocol: line framing, sanitising and the line formats.
+"""The native line protocol: framing, sanitising, and events as text lines.
 
 docs/protocol.md is the reference; this module is its implementation. Every
 line is UTF-8 text ended by ``\\n`` (``\\r\\n`` is accepted). Lines from the
 server start with:
 
 - ``<nick> `` chat, ``* `` notices and actions, ``! `` errors for one client.
+
+:class:`NativeFormat` renders events (:data:`NATIVE` is the shared instance);
+:class:`NativeProtocol` turns a client's lines into commands and messages.
+Both are registered for ``tcp://`` and ``tls://`` by the bundled ``native``
+plugin.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from chatcore.events import (
+    Action,
+    Chat,
+    Error,
+    Event,
+    Joined,
+    Left,
+    Members,
+    NickChanged,
+    Notice,
+    PrivateMessage,
+    Replay,
+    RoomList,
+    RoomNotice,
+    Welcome,
+)
+from chatcore.message import Message
+from chatcore.wire import Protocol, WireFormat
+
+if TYPE_CHECKING:
+    from chatcore.engine.connection import Client
+
+log = logging.getLogger("chatcore.native")
 
 DEFAULT_MAX_LINE = 4096
 
@@ -99,9 +131,115 @@ class LineFramer:
         return out
 
 
-def chat_line(nick: str, text: str) -> str:
-    return f"<{nick}> {text}"
+#: The mark of a replayed (history) line.
+REPLAY = "# "
 
 
-def action_line(nick: str, text: str) -> str:
-    return f"* {nick} {text}"
+def _left(event: Left) -> str:
+    reason = event.shown_reason
+    return f"{NOTICE}{event.nick} left" + (f" ({reason})" if reason else "")
+
+
+def _private(event: PrivateMessage) -> str:
+    if event.echo:
+        return f"-> *{event.recipient}* {event.text}"
+    return f"*{event.sender}* {event.text}"
+
+
+def _rooms(event: RoomList) -> str:
+    count = len(event.rooms)
+    listing = ", ".join(f"{name} ({members})" for name, members in event.rooms)
+    return f"{NOTICE}{count} {'room' if count == 1 else 'rooms'}: {listing}"
+
+
+# One text line per event type (without its newline).
+_LINES: dict[type[Event], Callable[[Any], str]] = {
+    Chat: lambda e: f"<{e.nick}> {e.text}",
+    Action: lambda e: f"{NOTICE}{e.nick} {e.text}",
+    Joined: lambda e: f"{NOTICE}{e.nick} joined",
+    Left: _left,
+    NickChanged: lambda e: f"{NOTICE}{e.nick} is now known as {e.new_nick}",
+    RoomNotice: lambda e: NOTICE + e.text,
+    Notice: lambda e: NOTICE + e.text,
+    Error: lambda e: ERROR + e.text,
+    PrivateMessage: _private,
+    Members: lambda e: f"{NOTICE}in {e.room} ({len(e.nicks)}): {', '.join(e.nicks)}",
+    RoomList: _rooms,
+}
+
+
+def event_line(event: Event) -> str | None:
+    """The native text line for an event (without its newline), or None for
+    an event this protocol does not show as one line."""
+    render = _LINES.get(type(event))
+    return None if render is None else render(event)
+
+
+class NativeFormat(WireFormat):
+    """Events as the native protocol's text lines (docs/protocol.md)."""
+
+    name = "native"
+
+    def encode(self, event: Event) -> bytes:  # type: ignore[override]  # every event, room or not
+        render = _LINES.get(type(event))
+        if render is not None:
+            return (render(event) + "\n").encode("utf-8")
+        if isinstance(event, Welcome):
+            return "".join(f"{NOTICE}{line}\n" for line in event.lines).encode("utf-8")
+        if isinstance(event, Replay):
+            return self._replay(event)
+        return b""  # an event type this protocol does not show
+
+    def encode_for(self, client: Client, event: Event) -> bytes:
+        return self.encode(event)
+
+    @staticmethod
+    def _replay(event: Replay) -> bytes:
+        lines = [REPLAY + line for line in map(event_line, event.events) if line is not None]
+        if not lines:
+            return b""
+        header = f"{NOTICE}last {len(lines)} {'message' if len(lines) == 1 else 'messages'} in {event.room}:"
+        return "".join(f"{line}\n" for line in (header, *lines)).encode("utf-8")
+
+
+#: The one instance every native connection shares.
+NATIVE = NativeFormat()
+
+
+class NativeProtocol(Protocol):
+    """A native client: enters the chat at once, then each line is a command
+    (``/name args``) or a message to its room (``//text`` sends ``/text``)."""
+
+    __slots__ = ("_framer",)
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self._framer = LineFramer(client.server.max_line)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        for line in self._framer.feed(data):
+            if client.closed:  # disconnected (by this line, or another thread)
+                return
+            if line is None:
+                client.error(f"line too long (the limit is {client.server.max_line} bytes); it was not sent")
+            else:
+                self.handle_line(line)
+
+    def connection_lost(self) -> None:
+        if self._framer.pending:
+            log.debug("%r closed the connection in the middle of a line", self.client)
+
+    def handle_line(self, raw: bytes) -> None:
+        """One complete line from the client: a command or a message."""
+        text = sanitize(decode(raw))
+        if not text:
+            return
+        client = self.client
+        if text[0] == "/":
+            if text[:2] != "//":
+                name, _, args = text[1:].partition(" ")
+                client.server.run_command(client, name.lower(), args.strip())
+                return
+            text = text[1:]  # "//text" sends "/text" as a message
+        client.server.broadcast_message(Message(client, client.room, text))

@@ -1,0 +1,214 @@
+"""What the server says to clients: a small set of typed, immutable events.
+
+Every byte a client receives is the rendering of one of these by the wire
+format of its connection (:mod:`chatcore.wire`): the native line protocol
+turns :class:`Chat` into ``<alice> hi``, an IRC front-end into
+``:alice!alice@host PRIVMSG #lobby :hi``, a web front-end into JSON. Plugins,
+the room relay hook (``chatcore_room_event``) and the history plugin see
+events, never rendered lines, so a cluster plugin can carry them to another
+server and every front-end renders them its own way.
+
+Two families:
+
+- :class:`RoomEvent`: said to a room (chat, actions, joins, leaves, nick
+  changes, room notices). :meth:`ChatServer.publish
+  <chatcore.engine.server.ChatServer.publish>` numbers each one in its room's
+  stream (:attr:`~RoomEvent.offset` within :attr:`~RoomEvent.epoch`), renders it
+  once per wire format present in the room and queues the bytes to every
+  member.
+- Events for one client (:class:`Welcome`, :class:`Notice`, :class:`Error`,
+  :class:`PrivateMessage`, :class:`Replay`, :class:`Members`,
+  :class:`RoomList`), sent with :meth:`Client.send
+  <chatcore.engine.connection.Client.send>`.
+
+An event's identity is ``(room, epoch, offset)``: offsets count a room's
+events from 1 without gaps within one epoch, and the epoch changes whenever
+the numbering starts again (the local server picks a new one at every start;
+a cluster plugin supplies its own, see ``chatcore_sequencer``). A client that
+saw ``(epoch, offset)`` and reconnects can ask for what came after it.
+
+Events are frozen dataclasses with slots: cheap to create, safe to share
+between threads and to keep in history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+__all__ = [
+    "Action",
+    "Chat",
+    "Error",
+    "Event",
+    "Joined",
+    "Left",
+    "Members",
+    "NickChanged",
+    "Notice",
+    "PrivateMessage",
+    "Replay",
+    "RoomEvent",
+    "RoomList",
+    "RoomNotice",
+    "Welcome",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of every event."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomEvent(Event):
+    """Something said to a whole room.
+
+    :ivar room: the room.
+    :ivar offset: the event's number in the room's stream, from 1; 0 until
+        the server has published it.
+    :ivar epoch: the numbering the offset belongs to (see the module's
+        docstring); ``""`` until published.
+    :ivar time: when it was published, in seconds since the epoch (0.0 until
+        then).
+    """
+
+    room: str
+    offset: int = field(default=0, kw_only=True)
+    epoch: str = field(default="", kw_only=True)
+    time: float = field(default=0.0, kw_only=True)
+
+
+_E = TypeVar("_E", bound=RoomEvent)
+
+
+def numbered(event: _E, epoch: str, offset: int, time: float) -> _E:
+    """A copy of ``event`` with its identity in the room's stream."""
+    return dataclasses.replace(event, epoch=epoch, offset=offset, time=time)
+
+
+@dataclass(frozen=True, slots=True)
+class Chat(RoomEvent):
+    """``nick`` said ``text`` (native: ``<nick> text``). Not sent back to its sender."""
+
+    nick: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Action(RoomEvent):
+    """``nick`` did ``text`` with ``/me`` (native: ``* nick text``). Sent to its sender too."""
+
+    nick: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Joined(RoomEvent):
+    """``nick`` entered the room (native: ``* nick joined``)."""
+
+    nick: str
+
+
+#: Reasons a leave notice does not repeat: an ordinary goodbye.
+PLAIN_LEAVE_REASONS = frozenset({"connection closed", "quit"})
+
+
+@dataclass(frozen=True, slots=True)
+class Left(RoomEvent):
+    """``nick`` left the room (native: ``* nick left`` or ``* nick left (reason)``).
+
+    :ivar reason: why: ``"quit"``, ``"connection closed"``, ``"connection
+        lost"``, ``"slow consumer"``, ``"joined ROOM"``, the text given to
+        ``/quit`` or a reason a plugin gave.
+    :ivar disconnected: True if the client left the server, False if it moved
+        to another room (IRC tells QUIT from PART).
+    """
+
+    nick: str
+    reason: str = "connection closed"
+    disconnected: bool = True
+
+    @property
+    def shown_reason(self) -> str | None:
+        """The reason worth showing, or None for a plain quit or close."""
+        return None if self.reason in PLAIN_LEAVE_REASONS else self.reason
+
+
+@dataclass(frozen=True, slots=True)
+class NickChanged(RoomEvent):
+    """``nick`` is now known as ``new_nick`` (native: ``* nick is now known as new_nick``)."""
+
+    nick: str
+    new_nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoomNotice(RoomEvent):
+    """A notice from the server or a plugin to the whole room (native: ``* text``)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice(Event):
+    """A notice for one client (native: ``* text``): answers, welcome lines, ``server shutting down``."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Event):
+    """The welcome text for a client entering the chat, from the
+    ``chatcore_welcome`` hooks (native: each line as ``* line``; IRC: the MOTD)."""
+
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Event):
+    """An error for one client (native: ``! text``)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateMessage(Event):
+    """``sender`` wrote ``text`` to ``recipient`` with ``/msg``.
+
+    The recipient gets it with ``echo=False`` (native: ``*sender* text``), the
+    sender a copy with ``echo=True`` (native: ``-> *recipient* text``).
+    """
+
+    sender: str
+    recipient: str
+    text: str
+    echo: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Replay(Event):
+    """A room's earlier events, replayed to a client entering it (history).
+
+    Native: ``* last N messages in ROOM:`` then each event's line marked
+    ``# `` (``# <alice> hi``).
+    """
+
+    room: str
+    events: tuple[RoomEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Members(Event):
+    """Who is in ``room`` (native: ``* in ROOM (N): a, b``), the answer to ``/who``."""
+
+    room: str
+    nicks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomList(Event):
+    """Every room with members, and how many (native: ``* 2 rooms: dev (1), lobby (3)``)."""
+
+    rooms: tuple[tuple[str, int], ...]

@@ -1,0 +1,82 @@
+"""Wire formats: how events become bytes, and bytes become what a client asked for.
+
+A front-end (the native line protocol, IRC, WebSocket JSON) is two parts:
+
+- a :class:`WireFormat`, shared by every connection that speaks it, renders
+  :mod:`chatcore.events` to bytes. It does no I/O and keeps no state per
+  connection, so a room event is rendered once per wire format present in
+  the room, whatever the number of members, and it is tested without a
+  socket;
+- a :class:`Protocol`, one per connection, is fed the bytes the client sent
+  (already decrypted by its transport) and turns them into the server's
+  actions: ``server.admit()``, ``server.run_command()``,
+  ``server.broadcast_message()`` and so on.
+
+A plugin adds a front-end by returning a :class:`~chatcore.transports.Scheme`
+from ``chatcore_schemes``: the URL scheme, its wire format, its protocol and
+whether it runs over TLS. :mod:`chatcore.wire.native` is the model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatcore.engine.connection import Client
+    from chatcore.events import Event, RoomEvent
+
+
+class WireFormat:
+    """Renders events to bytes for one wire protocol.
+
+    Called on whichever thread publishes or sends the event (client threads,
+    concurrently): implementations must not keep mutable state.
+
+    :cvar name: a short name for logs and metrics (``"native"``, ``"irc"``).
+    """
+
+    name = "wire"
+
+    def encode(self, event: RoomEvent) -> bytes:
+        """The bytes every member of the room gets for ``event``; ``b""`` if
+        this format shows nothing for it. Called once per event per format."""
+        raise NotImplementedError
+
+    def encode_for(self, client: Client, event: Event) -> bytes:
+        """The bytes ``client`` gets for an event sent to it alone (a notice,
+        an error, a private message, a replay); ``b""`` for nothing. The
+        default renders it like a room event."""
+        return self.encode(event)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class Protocol:
+    """One connection's side of a wire protocol, on that client's thread.
+
+    The server calls :meth:`connection_made` once the transport is ready
+    (after a TLS handshake), then :meth:`data_received` with every chunk the
+    client sends, in order, until the connection ends, then
+    :meth:`connection_lost`. All three run on the client's own thread, so a
+    protocol needs no lock for its own state.
+
+    :ivar client: the :class:`~chatcore.engine.connection.Client`.
+    """
+
+    __slots__ = ("client",)  # one per connection: no __dict__
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def connection_made(self) -> None:
+        """Start the conversation; a protocol calls ``server.admit(client)``
+        when the client may enter the chat (at once, or after it registered)."""
+        self.client.server.admit(self.client)
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the client (never empty)."""
+        raise NotImplementedError
+
+    def connection_lost(self) -> None:
+        """The client closed the connection, or it was closed."""
