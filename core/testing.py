@@ -226,6 +226,8 @@ class ServerProcess:
         # the test, not hang the run.
         ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
         line = self.proc.stdout.readline() if ready else ""
+        #: The start-up line: ``chatcore X listening on URL, URL (plugins: ...)``.
+        self.banner = line
         found = _LISTENER.findall(line.partition(" listening on ")[2])
         if not found:
             self.stop()

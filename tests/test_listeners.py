@@ -1,0 +1,233 @@
+"""Listeners and schemes: several --listen URLs, one registry, wire formats
+registered by plugins, events rendered once per format, numbering."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from collections import Counter
+
+import pytest
+
+from chatcore import hookimpl
+from chatcore.config import parse_config
+from chatcore.engine.server import ChatServer
+from chatcore.events import Event, RoomEvent
+from chatcore.testing import LineClient, ServerProcess
+from chatcore.transports import Scheme
+from chatcore.wire import WireFormat
+from chatcore.wire.native import NativeProtocol
+
+
+class JSONLines(WireFormat):
+    """A second wire format: every event as one JSON object per line."""
+
+    name = "jsonl"
+
+    def __init__(self) -> None:
+        self.encoded: Counter[tuple[str, int]] = Counter()
+        self._lock = threading.Lock()
+
+    def encode(self, event: Event) -> bytes:  # type: ignore[override]
+        if isinstance(event, RoomEvent):
+            with self._lock:
+                self.encoded[(event.room, event.offset)] += 1
+        fields = {name: getattr(event, name) for name in type(event).__dataclass_fields__}
+        return (json.dumps({"type": type(event).__name__, **fields}, default=list) + "\n").encode()
+
+
+class JSONScheme:
+    """A plugin that serves jsonl:// (the native protocol's input, JSON output)."""
+
+    def __init__(self) -> None:
+        self.wire = JSONLines()
+
+    @hookimpl
+    def chatcore_schemes(self) -> list[Scheme]:
+        return [Scheme("jsonl", self.wire, NativeProtocol, default_port=0, description="JSON lines, for tests")]
+
+
+@pytest.fixture
+def connect():
+    """``connect(address)``: a LineClient closed at teardown."""
+    clients: list[LineClient] = []
+
+    def make(address: tuple[str, int]) -> LineClient:
+        client = LineClient(address)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def read_json(client: LineClient, type_name: str) -> dict[str, object]:
+    line = client.expect(lambda line: line.startswith("{") and json.loads(line)["type"] == type_name)
+    return dict(json.loads(line))
+
+
+def test_every_listener_shares_one_registry_and_renders_in_its_own_format(chat_server_factory, connect):
+    plugin = JSONScheme()
+    server = chat_server_factory(
+        "--listen", "tcp://127.0.0.1:0", "--listen", "jsonl://127.0.0.1:0", "--listen", "tcp://127.0.0.1:0",
+        plugins=[plugin],
+    )  # fmt: skip
+    assert [listener.url.scheme for listener in server.listeners] == ["tcp", "jsonl", "tcp"]
+    assert len({listener.url.port for listener in server.listeners}) == 3
+    assert all(listener.url.port for listener in server.listeners)
+    alice = connect(server.listeners[0].address)
+    alice.sync()
+    robot = connect(server.listeners[1].address)
+    robot.send("/nick robot")
+    read_json(robot, "Welcome")
+    carol = connect(server.listeners[2].address)
+    carol.sync()
+    alice.expect("* guest-2 is now known as robot")
+
+    alice.send("hello, formats")
+    said = read_json(robot, "Chat")
+    assert said["nick"] == "guest-1"
+    assert said["text"] == "hello, formats"
+    assert said["room"] == "lobby"
+    assert isinstance(said["offset"], int)
+    assert said["offset"] > 0
+    assert said["epoch"]
+    assert carol.expect("<guest-1> hello, formats")
+
+    robot.send("beep")
+    assert alice.expect("<robot> beep")
+    assert carol.expect("<robot> beep")
+    alice.send("/who")
+    assert alice.expect("* in lobby (3): guest-1, guest-3, robot")
+    # Encoded once per event for the one JSON client, never per recipient.
+    assert set(plugin.wire.encoded.values()) == {1}
+
+
+def test_a_room_event_is_encoded_once_per_format_whatever_the_members(chat_server_factory, connect):
+    plugin = JSONScheme()
+    server = chat_server_factory(
+        "--plugins", "", "--listen", "tcp://127.0.0.1:0", "--listen", "jsonl://127.0.0.1:0", plugins=[plugin]
+    )
+    natives = [connect(server.listeners[0].address) for _ in range(3)]
+    robots = [connect(server.listeners[1].address) for _ in range(4)]
+    for client in natives:
+        client.sync()
+    for robot in robots:
+        robot.send("/ping")
+        read_json(robot, "Notice")
+    natives[0].send("to everyone")
+    for robot in robots:
+        assert read_json(robot, "Chat")["text"] == "to everyone"
+    for client in natives[1:]:
+        client.expect(re.compile(r"^<guest-\d+> to everyone$"))
+    chat_offsets = [offset for (room, offset), count in plugin.wire.encoded.items()]
+    assert chat_offsets == sorted(set(chat_offsets))  # each offset once
+    assert max(plugin.wire.encoded.values()) == 1
+
+
+def test_room_events_are_numbered_per_room_and_a_plugin_can_supply_the_numbers(chat_server_factory, chat_client):
+    seen: list[RoomEvent] = []
+
+    class Cluster:
+        """Numbers events the way a cluster plugin would: its own epoch."""
+
+        def __init__(self) -> None:
+            self.offsets: Counter[str] = Counter()
+
+        @hookimpl
+        def chatcore_sequencer(self, server: ChatServer) -> Cluster:
+            return self
+
+        def next(self, room: str) -> tuple[str, int]:
+            self.offsets[room] += 100
+            return "cluster-epoch", self.offsets[room]
+
+        @hookimpl
+        def chatcore_room_event(self, event: RoomEvent) -> None:
+            seen.append(event)
+
+    server = chat_server_factory(plugins=[Cluster()])
+    alice, bob = chat_client(server), chat_client(server)
+    alice.send("one")
+    bob.expect("<guest-1> one")
+    bob.send("/join dev")
+    bob.expect("* you are now in dev (1 here)")
+    bob.send("two")
+    bob.sync()
+    lobby = [(e.offset, type(e).__name__) for e in seen if e.room == "lobby"]
+    dev = [(e.offset, type(e).__name__) for e in seen if e.room == "dev"]
+    assert lobby == [(100, "Joined"), (200, "Joined"), (300, "Chat"), (400, "Left")]
+    assert dev == [(100, "Joined"), (200, "Chat")]
+    assert {e.epoch for e in seen} == {"cluster-epoch"}
+
+
+def test_the_local_numbering_changes_epoch_at_every_start(chat_server_factory):
+    epochs = {chat_server_factory().sequencer.epoch for _ in range(3)}
+    assert len(epochs) == 3
+
+
+def test_ipv6_listener(chat_server_factory, connect):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.fail("this machine has no IPv6 loopback; chatcore's IPv6 listener cannot be tested")
+    server = chat_server_factory("--listen", "tcp://[::1]:0")
+    assert str(server.listeners[0].url).startswith("tcp://[::1]:")
+    alice = connect(server.address)
+    bob = connect(server.address)
+    alice.sync()
+    bob.sync()
+    alice.send("over six")
+    assert bob.expect("<guest-1> over six")
+
+
+def test_start_up_line_lists_every_listener_with_its_real_port():
+    with ServerProcess("--listen", "tcp://127.0.0.1:0", "--listen", "tcp://127.0.0.1:0") as proc:
+        ports = [int(port) for port in re.findall(r"tcp://127\.0\.0\.1:(\d+)", proc.banner)]
+        assert len(ports) == 2
+        assert len(set(ports)) == 2
+        assert 0 not in ports
+        for port in ports:
+            client = LineClient(("127.0.0.1", port))
+            client.sync()
+            client.close()
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen", "ftp://127.0.0.1:21"], "unknown scheme 'ftp://' (known: tcp://, tls://;"),
+        (["--listen", "127.0.0.1:12000"], "expected SCHEME://HOST:PORT"),
+        (["--listen", "tcp://127.0.0.1:99999"], "the port must be a number from 0 to 65535"),
+        (["--listen", "tcp://:12000"], "give a host"),
+        (["--listen", "tcp://127.0.0.1:0", "--port", "0"], "--listen replaces --host and --port"),
+        (["--listen", "tls://127.0.0.1:0"], "needs a certificate and its key: give --tls-cert FILE and --tls-key FILE"),
+    ],
+)
+def test_bad_listen_values_are_usage_errors(args, message):
+    from chatcore import UsageError
+
+    with pytest.raises(UsageError) as caught:
+        parse_config(args)
+    assert message in str(caught.value)
+
+
+def test_an_unknown_scheme_exits_2_and_lists_the_known_ones():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "chatcore", "serve", "--listen", "irc://127.0.0.1:6667"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "unknown scheme 'irc://' (known: tcp://, tls://;" in result.stderr
+    assert "Traceback" not in result.stderr
