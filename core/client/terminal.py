@@ -51,8 +51,10 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import FrameType
 from typing import Any, TextIO, TypeAlias
@@ -61,6 +63,7 @@ from chatcore.wire.native import ERROR, NOTICE, sanitize
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12000
+DEFAULT_TLS_PORT = 12001
 #: How long to wait for the server to close the connection after ``/quit``.
 LEAVE_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 10.0
@@ -222,14 +225,34 @@ Colours are used when stdout is a terminal, unless NO_COLOR is set.
 If --nick is refused (taken or invalid), the client stays connected under
 the guest name the server gave it; use /nick NAME to try another.
 
+TLS: give a URL (chatcore client tls://chat.example:12001) or --tls. The
+server's certificate chain and host name are checked against the system's
+trusted certificates, or --ca FILE; an unverified server is refused unless
+--insecure (which says so on every start).
+
 Exit status: 0 after leaving, 1 if the server could not be reached or the
 connection was lost, 2 for a usage error.""",
+    )
+    parser.add_argument(
+        "url",
+        nargs="?",
+        metavar="URL",
+        help="tcp://HOST[:PORT] or tls://HOST[:PORT] (instead of --host, --port and --tls)",
     )
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help=f"the server's host name or address (default: {DEFAULT_HOST})"
     )
     parser.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help=f"the server's TCP port (default: {DEFAULT_PORT})"
+        "--port", type=_port, help=f"the server's TCP port (default: {DEFAULT_PORT}, or {DEFAULT_TLS_PORT} with TLS)"
+    )
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (the default port is then 12001)")
+    parser.add_argument(
+        "--ca", metavar="FILE", help="PEM file of the certificates to trust instead of the system's (implies --tls)"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="TLS without checking the certificate or host name: for test certificates only (implies --tls)",
     )
     parser.add_argument(
         "--nick",
@@ -252,15 +275,26 @@ def _error(message: str) -> int:
 def main(args: Sequence[str]) -> int:
     """Run ``chatcore client`` with its command-line arguments; return the
     exit status."""
-    options = build_parser().parse_args(list(args))
+    parser = build_parser()
+    options = parser.parse_args(list(args))
+    try:
+        host, port, tls = _target(options)
+    except ValueError as exc:
+        parser.error(str(exc))
+    context: ssl.SSLContext | None = None
+    if tls:
+        context = _tls_context(options.ca, options.insecure)
+        if context is None:
+            return 1
     interactive = _isatty(sys.stdin) and _isatty(sys.stdout)
     # Whatever arrives must print, even on an output that cannot encode it.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
     client = TerminalClient(
-        options.host,
-        options.port,
+        host,
+        port,
+        tls=context,
         nick=options.nick,
         interactive=interactive,
         colour=wants_colour(sys.stdout, os.environ),
@@ -269,6 +303,48 @@ def main(args: Sequence[str]) -> int:
         return asyncio.run(client.run())
     except KeyboardInterrupt:  # Ctrl-C while connecting: nothing to leave
         return 0
+
+
+def _target(options: argparse.Namespace) -> tuple[str, int, bool]:
+    """``(host, port, tls)`` from the URL or the options."""
+    tls = bool(options.tls or options.ca or options.insecure)
+    if options.url is None:
+        return (
+            options.host,
+            options.port if options.port is not None else (DEFAULT_TLS_PORT if tls else DEFAULT_PORT),
+            tls,
+        )
+    if options.host != DEFAULT_HOST or options.port is not None:
+        raise ValueError("give the server either as a URL or with --host and --port, not both")
+    parts = urllib.parse.urlsplit(options.url if "://" in options.url else f"tcp://{options.url}")
+    if parts.scheme not in ("tcp", "tls"):
+        raise ValueError(f"{options.url!r}: the scheme must be tcp:// or tls://")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{options.url!r}: the port must be a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ValueError(f"{options.url!r}: no host")
+    tls = tls or parts.scheme == "tls"
+    return parts.hostname, port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT), tls
+
+
+def _tls_context(ca: str | None, insecure: bool) -> ssl.SSLContext | None:
+    """A client context that verifies the chain and the host name (against
+    ``ca`` or the system store), or, with ``insecure``, verifies nothing and
+    says so. Defends against a man in the middle posing as the server."""
+    context = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        print(
+            f"{PROG}: warning: --insecure: the server's certificate is not checked; "
+            "anyone between you and the server can read and change the chat",
+            file=sys.stderr,
+            flush=True,
+        )
+    return context
 
 
 def _isatty(stream: TextIO | None) -> bool:
@@ -354,9 +430,19 @@ class ConnectionLost(Exception):
 class TerminalClient:
     """One session of ``chatcore client``: connect, chat, leave."""
 
-    def __init__(self, host: str, port: int, *, nick: str | None, interactive: bool, colour: bool) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        nick: str | None,
+        interactive: bool,
+        colour: bool,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.host = host
         self.port = port
+        self.tls = tls
         self.address = _address_text(host, port)
         self.nick = nick
         self.interactive = interactive
@@ -445,7 +531,26 @@ class TerminalClient:
 
     async def _connect(self) -> asyncio.StreamReader | None:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    self.host, self.port, ssl=self.tls, server_hostname=self.host if self.tls else None
+                ),
+                CONNECT_TIMEOUT,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
+            if exc.verify_code in (62, 64):
+                hint = "connect with a host name the certificate was issued for"
+            else:
+                hint = "pass the server's CA with --ca FILE"
+            _error(
+                f"cannot connect to {self.address}: the server's certificate cannot be trusted "
+                f"({exc.verify_message}); {hint}, or --insecure to skip the check (test certificates only)."
+            )
+            return None
+        except ssl.SSLError as exc:
+            _error(f"cannot connect to {self.address}: TLS failed ({exc.reason or exc}). Is it a TLS port?")
+            return None
         except ConnectionRefusedError:
             serve = "chatcore serve" + (f" --port {self.port}" if self.port != DEFAULT_PORT else "")
             _error(
