@@ -113,8 +113,9 @@ def test_plain_and_tls_clients_chat_in_one_room(chat_server_factory, certs, clie
 def test_tls_is_at_least_1_2(chat_server_factory, certs, clients):
     server = both_listeners(chat_server_factory, certs)
     old = certs.client_context()
-    with pytest.warns(DeprecationWarning):  # as it should be
+    with pytest.warns(DeprecationWarning, match="TLSv1"):  # as it should be
         old.minimum_version = ssl.TLSVersion.TLSv1
+    with pytest.warns(DeprecationWarning, match="TLSv1_1"):
         old.maximum_version = ssl.TLSVersion.TLSv1_1
     old.set_ciphers("ALL:@SECLEVEL=0")
     with pytest.raises((ssl.SSLError, ConnectionError)):
@@ -258,8 +259,17 @@ def test_a_certificate_that_cannot_be_loaded_is_a_usage_error(tmp_path):
     bad = tmp_path / "bad.pem"
     bad.write_text("nonsense\n")
     result = subprocess.run(
-        [sys.executable, "-m", "chatcore", "serve", "--listen", "tls://127.0.0.1:0"]
-        + ["--tls-cert", str(bad), "--tls-key", str(bad)],
+        [
+            sys.executable,
+            "-m",
+            "chatcore",
+            "serve",
+            "--listen",
+            "tls://127.0.0.1:0",
+            *("--tls-cert", str(bad)),
+            "--tls-key",
+            str(bad),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -287,7 +297,7 @@ def run_client(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[st
 def test_the_client_chats_over_tls_in_piped_mode(chat_server_factory, certs, clients):
     server = both_listeners(chat_server_factory, certs)
     watcher = plain_client(server, clients)
-    host, port = server.listener("tls").address
+    _host, port = server.listener("tls").address
     result = run_client(
         f"tls://localhost:{port}", "--ca", str(certs.ca_file), "--nick", "secure", stdin=b"hi from TLS\n"
     )
