@@ -327,7 +327,8 @@ class Sources:
         for variable, text in self.env.items():
             action = by_variable.get(variable)
             if action is None:
-                close = difflib.get_close_matches(variable, list(by_variable), n=1, cutoff=0.85)
+                # 0.9: CHATCORE_MAX_CLIENT and CHATCORE_PORTT, not CHATCORE_HOSTNAME.
+                close = difflib.get_close_matches(variable, list(by_variable), n=1, cutoff=0.9)
                 if close:
                     log.warning("ignoring %s: not an option (did you mean %s?)", variable, close[0])
                 continue

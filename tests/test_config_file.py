@@ -200,7 +200,12 @@ def test_a_required_option_may_come_from_the_file(tmp_path):
 
 
 def test_unknown_variables_are_ignored_and_near_misses_warned_about(caplog):
-    env = {"CHATCORE_MAX_CLIENT": "5", "CHATCORE_DEPLOY_ID": "42", "CHATCORE_PASSWORD": "x"}
+    env = {
+        "CHATCORE_MAX_CLIENT": "5",
+        "CHATCORE_DEPLOY_ID": "42",
+        "CHATCORE_HOSTNAME": "box1",
+        "CHATCORE_PASSWORD": "x",
+    }
     with caplog.at_level("WARNING", logger="chatcore.config"):
         options = parse(env=env)
     assert options.max_clients == 1000
