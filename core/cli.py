@@ -88,6 +88,12 @@ def serve(args: Sequence[str]) -> int:
     except (PluginLoadError, PluginError, pluggy.PluginValidationError) as exc:
         return _error(str(exc), 1)
     options = config.options
+    if options.print_config:
+        from chatcore.config import build_parser
+        from chatcore.configfile import render
+
+        print(render(build_parser(config.pluginmanager), options, config.plugins), end="")
+        return 0
     logging.getLogger("chatcore").setLevel(options.log_level)
     _raise_open_file_limit(options.max_clients)
     threading.stack_size(THREAD_STACK_SIZE)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from chatcore import UsageError, __version__
+from chatcore import UsageError, __version__, configfile
+
+# Re-exported (the "as" form, for mypy) so plugins write: from chatcore.config import secret
+from chatcore.configfile import secret as secret  # noqa: PLC0414
 from chatcore.engine.connection import DEFAULT_MAX_QUEUE
 from chatcore.manager import DEFAULT_PLUGINS, PluginManager, load_plugins, parse_plugin_list
 from chatcore.transports.listener import ListenURL, format_address, parse_listen_url
@@ -166,24 +169,36 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="console log level (default: %(default)s)",
     )
+    configfile.add_arguments(parser)
     if pm is not None:
         pm.hooks.addoption(parser)
     return parser
 
 
-def parse_config(args: Sequence[str], extra_plugins: Sequence[object] = ()) -> Config:
+def parse_config(
+    args: Sequence[str], extra_plugins: Sequence[object] = (), environ: Mapping[str, str] | None = None
+) -> Config:
     """Parse a ``chatcore serve`` command line into a :class:`Config`.
+
+    Options may also come from ``--config FILE`` and ``CHATCORE_*``
+    variables (:mod:`chatcore.configfile`); the command line wins.
 
     :param args: the arguments after ``serve``.
     :param extra_plugins: plugin objects to register before those named by
         ``--plugins`` (used by tests and by programs embedding chatcore).
-    :raises UsageError: an unknown plugin, or a plugin rejected an option.
+    :param environ: the environment to read ``CHATCORE_*`` from (default:
+        ``os.environ``).
+    :raises UsageError: an unknown plugin, a plugin rejected an option, or a
+        mistake in the configuration file or environment.
     :raises SystemExit: argparse's usage error (status 2) or ``--help``.
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--plugins")
+    pre.add_argument("--config")
     known, _ = pre.parse_known_args(args)
-    names = list(DEFAULT_PLUGINS) if known.plugins is None else parse_plugin_list(known.plugins)
+    sources = configfile.load(known.config, environ)
+    selected = known.plugins if known.plugins is not None else sources.plugins
+    names = list(DEFAULT_PLUGINS) if selected is None else parse_plugin_list(selected)
 
     pm = PluginManager()
     for plugin in extra_plugins:
@@ -191,10 +206,11 @@ def parse_config(args: Sequence[str], extra_plugins: Sequence[object] = ()) -> C
         name = type(plugin).__name__ if not isinstance(plugin, type(argparse)) else plugin.__name__
         pm.register(plugin, name=name if not pm.has_plugin(name) else f"{name}-{id(plugin)}")
     load_plugins(pm, names)
-    options = build_parser(pm).parse_args(args)
+    options = sources.parse_args(build_parser(pm), args)
     config = Config(options, pm, names)
-    _configure_listeners(config)
-    pm.hooks.configure(config)
+    if not options.print_config:  # it prints the options and starts nothing: plugins open files here
+        _configure_listeners(config)
+        pm.hooks.configure(config)
     return config
 
 
