@@ -94,7 +94,7 @@ def chatcore_server_stop(server: ChatServer) -> None:
 
 @hookimpl
 def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
-    if type(event) in _RECORDED:
+    if isinstance(event, (Chat, Action)):
         _history(server).add(event)
 
 
@@ -111,7 +111,6 @@ def _history(server: ChatServer) -> History:
 
 
 _KINDS: dict[str, type[Chat] | type[Action]] = {"chat": Chat, "action": Action}
-_RECORDED = frozenset(_KINDS.values())
 
 
 class History:

@@ -176,11 +176,11 @@ class Writer:
             if not out:
                 n = len(queue)
                 if n == 1:
-                    out = queue.popleft()
-                elif n:
-                    out = b"".join([queue.popleft() for _ in range(min(n, MAX_BATCH))])
-                if client._encrypt is not None:
-                    out = client._encrypt(out)  # TLS: plaintext in, records out (chatcore.transports.tls)
+                    plain = queue.popleft()
+                else:
+                    plain = b"".join([queue.popleft() for _ in range(min(n, MAX_BATCH))]) if n else b""
+                # TLS: plaintext in, records out (chatcore.transports.tls).
+                out = plain if client._encrypt is None else client._encrypt(plain)
         except OSError as exc:
             self._lost(client, exc)
             return

@@ -180,7 +180,7 @@ class NativeFormat(WireFormat):
 
     name = "native"
 
-    def encode(self, event: Event) -> bytes:  # type: ignore[override]  # every event, room or not
+    def encode(self, event: Event) -> bytes:  # every event, room or not
         render = _LINES.get(type(event))
         if render is not None:
             return (render(event) + "\n").encode("utf-8")
