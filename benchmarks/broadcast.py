@@ -129,7 +129,9 @@ class ServerProcess:
             self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + SETUP_TIMEOUT
         while time.monotonic() < deadline and self.process.poll() is None:
-            match = re.search(r"listening on \[?[0-9a-f.:]+\]?:(\d+)", self.output.read_text(errors="replace"))
+            match = re.search(
+                r"listening on (?:\w+://)?\[?[0-9a-f.:]+\]?:(\d+)", self.output.read_text(errors="replace")
+            )
             if match:
                 self.port = int(match.group(1))
                 return self

@@ -1,6 +1,6 @@
 """Fan-out of one message to N clients through the real broadcast code.
 
-chatcore: ``ChatServer.deliver()`` to a room of N real :class:`Client`
+chatcore: ``ChatServer.publish()`` of a chat event to a room of N real :class:`Client`
 objects on socketpairs, timed until the writer thread has written the line
 to the last of them (their order in the room is the order the writer goes
 through them, so a blocking read on the last peer marks the end).
@@ -22,8 +22,12 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from chatcore.engine.connection import Client
 from chatcore.engine.server import ChatServer
+from chatcore.events import Chat
+from chatcore.transports import Transport
+from chatcore.wire.native import NATIVE
 
-LINE = "<alice> " + "x" * 55
+TEXT = "x" * 55
+LINE = "<alice> " + TEXT
 ROUNDS = {10: 1000, 100: 300, 1000: 60}
 
 
@@ -36,7 +40,9 @@ def room(request: pytest.FixtureRequest, chat_server: ChatServer) -> Iterator[tu
         ours, theirs = socket.socketpair()
         theirs.setblocking(False)
         pairs.append((ours, theirs))
-        client = Client(ours, ("127.0.0.1", 1), chat_server, client_id=chat_server.registry.next_id())
+        client = Client(
+            Transport(ours), ("127.0.0.1", 1), chat_server, client_id=chat_server.registry.next_id(), wire=NATIVE
+        )
         chat_server.registry.add(client, "bench")
         clients.append(client)
         peers.append(theirs)
@@ -74,7 +80,7 @@ def test_fanout(
     if design == "chatcore":
 
         def fan_out() -> None:
-            chat_server.deliver("bench", LINE)
+            chat_server.publish(Chat("bench", nick="alice", text=TEXT))
             last.setblocking(True)
             last.recv(len(data))
             last.setblocking(False)
