@@ -25,7 +25,9 @@ An event's identity is ``(room, epoch, offset)``: offsets count a room's
 events from 1 without gaps within one epoch, and the epoch changes whenever
 the numbering starts again (the local server picks a new one at every start;
 a cluster plugin supplies its own, see ``chatcore_sequencer``). A client that
-saw ``(epoch, offset)`` and reconnects can ask for what came after it.
+reconnects asks for what came after the highest offset below which it saw
+every event (events of concurrent senders may arrive slightly out of offset
+order; each sender's arrive in order) and drops offsets it already has.
 
 Events are frozen dataclasses with slots: cheap to create, safe to share
 between threads and to keep in history.

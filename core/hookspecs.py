@@ -309,11 +309,11 @@ def chatcore_sequencer(server: ChatServer) -> Any:
 
     :param server: the started server.
     :return: ``None``, or an object with a method ``next(room) ->
-        (epoch, offset)``: the identity of the room's next event. The server
-        calls it with the room's lock held (never twice at once for one
-        room), on the publishing thread. Offsets must grow by one within an
-        epoch; a new epoch says the numbering started again. The first
-        plugin that returns one decides.
+        (epoch, offset)``: the identity of the room's next event, called on
+        the publishing thread, concurrently (also for one room: it must be
+        thread-safe, as an atomic counter is). Offsets must be unique and
+        grow by one within an epoch; a new epoch says the numbering started
+        again. The first plugin that returns one decides.
 
     Called once on the thread that starts the server, after
     ``chatcore_server_start``.

@@ -17,9 +17,16 @@ actions: :meth:`~ChatServer.admit`, :meth:`~ChatServer.run_command`,
 Every event said to a room passes through :meth:`ChatServer.publish`: it
 gets its number in the room's stream (from the sequencer, which a cluster
 plugin may supply), is rendered once per wire format present in the room,
-and the same bytes are queued to each member but the excluded one, under the
-room's lock so that members get a room's events in the order of their
-numbers. The writer thread (:mod:`chatcore.engine.writer`) sends them.
+and the same bytes are queued to each member but the excluded one. The
+writer thread (:mod:`chatcore.engine.writer`) sends them.
+
+Offsets are unique and gap-free per room, and each sender's events reach
+every member in the order sent. Two events published at the same instant by
+different threads may reach members in either order: publishing takes no
+lock (a per-room lock made concurrent senders convoy, at a third of the
+speed). A client that resumes therefore asks for everything after the
+highest offset below which it has seen every event, and drops offsets it
+already has.
 """
 
 from __future__ import annotations
