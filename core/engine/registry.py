@@ -47,16 +47,22 @@ class Registry:
     def next_id(self) -> int:
         return next(self._ids)
 
-    def add(self, client: Client, room: str | None = None) -> None:
-        """Register a new client under a fresh ``guest-N`` nickname."""
+    def add(self, client: Client, room: str | None = None, nick: str | None = None) -> bool:
+        """Register a new client under ``nick``, or a fresh ``guest-N``
+        nickname if none is given; False (and nothing changed) if ``nick``
+        is taken, ignoring case."""
         with self._lock:
-            while True:
-                nick = f"guest-{next(self._guest_numbers)}"
-                if nick not in self._by_nick:
-                    break
+            if nick is None:
+                while True:
+                    nick = f"guest-{next(self._guest_numbers)}"
+                    if nick not in self._by_nick:
+                        break
+            elif nick.casefold() in self._by_nick:
+                return False
             client.nick = nick
-            self._by_nick[nick] = client
+            self._by_nick[nick.casefold()] = client
             self._enter(client, room or self.default_room)
+            return True
 
     def remove(self, client: Client) -> bool:
         """Unregister a client; True only for the call that removed it."""

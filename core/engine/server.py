@@ -319,15 +319,24 @@ class ChatServer:
 
     # -- actions: what protocols and plugins make happen -----------------------
 
-    def admit(self, client: Client, room: str | None = None) -> None:
-        """Let a connected client into the chat: a ``guest-N`` nickname (a
-        protocol may rename it right after), ``room`` or the default room,
-        the welcome text, and the join notice for the others."""
-        self.registry.add(client, room)
+    def admit(self, client: Client, room: str | None = None, nick: str | None = None) -> bool:
+        """Let a connected client into the chat: ``nick`` or a fresh
+        ``guest-N`` nickname, ``room`` or the default room, the welcome
+        text, and the join notice for the others.
+
+        A protocol whose clients choose their nickname before they enter
+        (IRC's registration) passes it here, so that the others never see a
+        guest name first. Returns False, admitting nothing, if ``nick`` is
+        taken: the protocol tells its client and may try again. The caller
+        checks that ``nick`` is a valid nickname.
+        """
+        if not self.registry.add(client, room, nick):
+            return False
         client.send(Welcome(tuple(self.hooks.welcome(client))))
         log.info("client joined: %s from %s", client.nick, format_address(*client.address))
         self.publish(Joined(client.room, nick=client.nick), exclude=client)
         self.hooks.client_joined(client, client.room)
+        return True
 
     def run_command(self, client: Client, name: str, args: str) -> None:
         """Run ``/name args`` for ``client`` through ``chatcore_command``."""
