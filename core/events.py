@@ -100,7 +100,9 @@ class Chat(RoomEvent):
 
 @dataclass(frozen=True, slots=True)
 class Action(RoomEvent):
-    """``nick`` did ``text`` with ``/me`` (native: ``* nick text``). Sent to its sender too."""
+    """``nick`` did ``text`` with ``/me`` (native: ``* nick text``). Sent to
+    its sender too, unless the sender's wire format does not echo actions
+    (IRC clients show their own)."""
 
     nick: str
     text: str

@@ -352,9 +352,11 @@ class ChatServer:
             return
         if not message.text:
             return
-        # Chat is not echoed to its sender; an action is, as the answer to /me.
+        # Chat is not echoed to its sender; an action is, as the answer to
+        # /me, unless the sender's client shows its own actions (IRC).
         if message.kind == "action":
-            recipients = self.publish(Action(message.room, nick=sender.nick, text=message.text))
+            exclude = None if sender.wire.echoes_actions else sender
+            recipients = self.publish(Action(message.room, nick=sender.nick, text=message.text), exclude=exclude)
         else:
             recipients = self.publish(Chat(message.room, nick=sender.nick, text=message.text), exclude=sender)
         self.hooks.message_delivered(message, recipients)

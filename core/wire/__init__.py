@@ -33,9 +33,13 @@ class WireFormat:
     concurrently): implementations must not keep mutable state.
 
     :cvar name: a short name for logs and metrics (``"native"``, ``"irc"``).
+    :cvar echoes_actions: True if a client of this format gets its own
+        actions (``/me``) back, as the native protocol's answer to ``/me``;
+        False where the client shows them itself (IRC clients do).
     """
 
     name = "wire"
+    echoes_actions = True
 
     def encode(self, event: RoomEvent) -> bytes:
         """The bytes every member of the room gets for ``event``; ``b""`` if
