@@ -1,0 +1,830 @@
+"""An IRC front-end: IRC clients and bots in chatcore's rooms (docs/irc.md).
+
+Registers ``irc://`` (default port 6667) and ``ircs://`` (TLS, 6697). A room
+is a channel (``lobby`` is ``#lobby``), nicknames are the one registry every
+protocol shares, and everything an IRC user says goes through the same
+actions as a native user's (``broadcast_message``, the ``/msg`` command), so
+every plugin applies to both.
+
+Two parts, as for every front-end (:mod:`chatcore.wire`):
+
+- :class:`IRCFormat` renders events as IRC lines (RFC 1459/2812 with the
+  modern registration of the IRCv3 ``CAP`` negotiation);
+- :class:`IRCProtocol` reads one client's lines: registration (``CAP``,
+  ``PASS``, ``NICK``, ``USER``), then the commands.
+
+chatcore keeps a client in exactly one room: an IRC client is put in the
+default room when it registers, a second ``JOIN`` moves it (the client gets
+``PART`` for the old channel and ``JOIN`` for the new one), and ``PART``
+goes back to the default room.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from chatcore import __version__, hookimpl
+from chatcore.events import (
+    Action,
+    Chat,
+    Error,
+    Event,
+    Joined,
+    Left,
+    Members,
+    NickChanged,
+    Notice,
+    PrivateMessage,
+    Replay,
+    RoomEvent,
+    RoomList,
+    RoomNotice,
+    Welcome,
+)
+from chatcore.message import Message
+from chatcore.plugins.commands import nick_problem, room_problem
+from chatcore.transports import Scheme
+from chatcore.wire import Protocol, WireFormat
+from chatcore.wire.native import LineFramer, event_line, sanitize
+
+if TYPE_CHECKING:
+    from chatcore.engine.connection import Client
+
+DEFAULT_PORT = 6667
+DEFAULT_TLS_PORT = 6697
+
+#: The server's name in prefixes and numerics, and the network's (005 NETWORK).
+SERVER = "chatcore"
+NETWORK = "chatcore"
+#: The host part of every ``nick!user@host``. A cloak, not the address:
+#: defends against anyone learning a user's IP address from a prefix, WHO
+#: or WHOIS (IRC shows them to everybody by default).
+HOST = "chatcore"
+#: RFC 1459's limit for a whole line, CR LF included.
+MAX_LINE = 512
+#: The nickname and room rules are chatcore's (chatcore.plugins.commands).
+NICKLEN = 32
+CHANNELLEN = 33  # "#" and a room name
+AWAYLEN = 200
+#: How long a connection may take to register: an unregistered connection
+#: holds a thread and a slot, so one that never registers is closed.
+REGISTRATION_TIMEOUT = 60.0
+#: Targets in one ISON or USERHOST.
+MAX_TARGETS = 20
+STARTED = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+# mIRC formatting: bold, colour (with its digits), hex colour, reset,
+# monospace, reverse, italic, strike-through, underline. Stripped, because
+# native users would see the digits of a colour code as text.
+_FORMATTING = re.compile(
+    r"\x03(?:\d{1,2}(?:,\d{1,2})?)?|\x04(?:[0-9a-fA-F]{6}(?:,[0-9a-fA-F]{6})?)?|[\x02\x0f\x11\x16\x1d\x1e\x1f]"
+)
+
+
+def channel(room: str) -> str:
+    return "#" + room
+
+
+def mask(nick: str) -> str:
+    """``nick!user@host`` for anyone: the user is the nickname, the host the cloak."""
+    return f"{nick}!{nick}@{HOST}"
+
+
+def irc_line(prefix: str | None, command: str, *params: str) -> str:
+    """One line without CR LF; the last parameter is a trailing one when it
+    must be (empty, has a space or starts with ``:``)."""
+    parts = [f":{prefix}", command] if prefix else [command]
+    if params:
+        *middle, last = params
+        parts.extend(middle)
+        parts.append(f":{last}" if not last or " " in last or last[0] == ":" else last)
+    return " ".join(parts)
+
+
+def text_lines(head: str, text: str, before: str = "", after: str = "") -> list[str]:
+    """``head`` + ``:`` + ``text`` as lines of at most 512 bytes with CR LF,
+    ``text`` split on character boundaries (``before``/``after`` wrap each
+    part: the CTCP ACTION markers)."""
+    head = f"{head} :{before}"
+    budget = MAX_LINE - 2 - len(head.encode("utf-8")) - len(after.encode("utf-8"))
+    data = text.encode("utf-8")
+    parts: list[str] = []
+    while True:
+        if len(data) <= budget:
+            parts.append(data.decode("utf-8"))
+            break
+        cut = budget
+        while cut and (data[cut] & 0xC0) == 0x80:  # a UTF-8 continuation byte: not a boundary
+            cut -= 1
+        # A space near the end is a kinder place to split.
+        space = data.rfind(b" ", budget * 3 // 4, cut)
+        if space > 0:
+            cut = space + 1
+        parts.append(data[:cut].decode("utf-8"))
+        data = data[cut:]
+    return [f"{head}{part}{after}" for part in parts]
+
+
+def _encode(lines: Iterable[str]) -> bytes:
+    return "".join(line + "\r\n" for line in lines).encode("utf-8")
+
+
+def numeric(client_nick: str, code: str, *params: str) -> str:
+    return irc_line(SERVER, code, client_nick or "*", *params)
+
+
+# -- rendering ------------------------------------------------------------------
+
+
+def _room_lines(event: RoomEvent) -> list[str]:
+    target = channel(event.room)
+    if isinstance(event, Chat):
+        return text_lines(f":{mask(event.nick)} PRIVMSG {target}", event.text)
+    if isinstance(event, Action):
+        return text_lines(f":{mask(event.nick)} PRIVMSG {target}", event.text, "\x01ACTION ", "\x01")
+    if isinstance(event, Joined):
+        return [irc_line(mask(event.nick), "JOIN", target)]
+    if isinstance(event, Left):
+        if event.disconnected:
+            return [irc_line(mask(event.nick), "QUIT", _quit_text(event.reason))]
+        return [irc_line(mask(event.nick), "PART", target, event.reason)]
+    if isinstance(event, NickChanged):
+        return [irc_line(mask(event.nick), "NICK", event.new_nick)]
+    if isinstance(event, RoomNotice):
+        return text_lines(f":{SERVER} NOTICE {target}", event.text)
+    return []
+
+
+def _quit_text(reason: str) -> str:
+    # What IRC servers say: "Quit: ..." for a user's own words.
+    if reason == "quit":
+        return "Quit"
+    if reason in ("connection closed", "connection lost", "slow consumer", "server shutting down"):
+        return reason.capitalize()
+    return f"Quit: {reason}"
+
+
+def welcome_lines(nick: str, motd: Iterable[str]) -> list[str]:
+    """001 to 005 and the MOTD (422 if there is none)."""
+    version = f"chatcore-{__version__}"
+    lines = [
+        numeric(nick, "001", f"Welcome to the {NETWORK} IRC network, {mask(nick)}"),
+        numeric(nick, "002", f"Your host is {SERVER}, running version {version}"),
+        numeric(nick, "003", f"This server was created {STARTED}"),
+        numeric(nick, "004", SERVER, version, "i", "nt"),
+        numeric(
+            nick,
+            "005",
+            f"AWAYLEN={AWAYLEN}",
+            "CASEMAPPING=ascii",
+            "CHANLIMIT=#:1",
+            "CHANMODES=b,,,nt",
+            f"CHANNELLEN={CHANNELLEN}",
+            "CHANTYPES=#",
+            f"NETWORK={NETWORK}",
+            f"NICKLEN={NICKLEN}",
+            "PREFIX=(ov)@+",
+            "are supported by this server",
+        ),
+    ]
+    return lines + motd_lines(nick, motd)
+
+
+def motd_lines(nick: str, motd: Iterable[str]) -> list[str]:
+    text = [line for line in motd if line.strip()]
+    if not text:
+        return [numeric(nick, "422", "MOTD File is missing")]
+    lines = [numeric(nick, "375", f"- {SERVER} Message of the day - ")]
+    for line in text:
+        lines.extend(text_lines(f":{SERVER} 372 {nick}", f"- {line}"))
+    lines.append(numeric(nick, "376", "End of /MOTD command."))
+    return lines
+
+
+def names_lines(nick: str, room: str, nicks: Iterable[str]) -> list[str]:
+    """353 (as many as the nicknames need) and 366."""
+    lines = text_lines(f":{SERVER} 353 {nick} = {channel(room)}", " ".join(nicks))
+    return [*lines, numeric(nick, "366", channel(room), "End of /NAMES list.")]
+
+
+def sorted_nicks(client: Client, room: str) -> list[str]:
+    return sorted((member.nick for member in client.server.registry.members(room)), key=str.casefold)
+
+
+def join_lines(client: Client) -> list[str]:
+    """What a client sees when it enters its room: its JOIN, the topic (none) and the names."""
+    room = client.room
+    return [
+        irc_line(mask(client.nick), "JOIN", channel(room)),
+        numeric(client.nick, "331", channel(room), "No topic is set"),
+        *names_lines(client.nick, room, sorted_nicks(client, room)),
+    ]
+
+
+class IRCFormat(WireFormat):
+    """Events as IRC lines, CR LF ended, at most 512 bytes each."""
+
+    name = "irc"
+    echoes_actions = False  # IRC clients show their own /me
+
+    def encode(self, event: RoomEvent) -> bytes:
+        return _encode(_room_lines(event))
+
+    def encode_for(self, client: Client, event: Event) -> bytes:
+        nick = client.nick or "*"
+        if isinstance(event, RoomEvent):
+            return self.encode(event)
+        if isinstance(event, Welcome):
+            # Sent by admit(), right after the client entered its room: the
+            # registration burst and the client's own JOIN.
+            return _encode(welcome_lines(nick, event.lines) + join_lines(client))
+        if isinstance(event, Notice):
+            return _encode(text_lines(f":{SERVER} NOTICE {nick}", event.text))
+        if isinstance(event, Error):
+            # Before registration an error is a refusal, and "disconnected:"
+            # is the engine's last word: both close the link.
+            if not client.nick or event.text.startswith("disconnected: "):
+                return _encode([irc_line(None, "ERROR", f"Closing Link: {event.text}")])
+            return _encode(text_lines(f":{SERVER} NOTICE {nick}", f"error: {event.text}"))
+        if isinstance(event, PrivateMessage):
+            if event.echo:  # IRC clients show what they sent themselves
+                return b""
+            return _encode(text_lines(f":{mask(event.sender)} PRIVMSG {event.recipient}", event.text))
+        if isinstance(event, Members):
+            return _encode(names_lines(nick, event.room, event.nicks))
+        if isinstance(event, RoomList):
+            return _encode(list_lines(nick, event.rooms))
+        if isinstance(event, Replay):
+            lines: list[str] = []
+            for line in map(event_line, event.events):
+                if line is not None:
+                    lines.extend(text_lines(f":{SERVER} NOTICE {channel(event.room)}", f"[history] {line}"))
+            return _encode(lines)
+        return b""
+
+
+def list_lines(nick: str, rooms: Iterable[tuple[str, int]]) -> list[str]:
+    lines = [numeric(nick, "321", "Channel", "Users  Name")]
+    lines += [numeric(nick, "322", channel(room), str(count), "") for room, count in rooms]
+    return [*lines, numeric(nick, "323", "End of /LIST")]
+
+
+# -- reading ----------------------------------------------------------------------
+
+
+def parse(line: str) -> tuple[str, list[str]] | None:
+    """``(COMMAND, params)`` of one line; tags and a prefix are ignored; None if empty."""
+    if line.startswith("@"):
+        line = line.partition(" ")[2].lstrip(" ")
+    if line.startswith(":"):
+        line = line.partition(" ")[2].lstrip(" ")
+    head, has_trailing, trailing = line.partition(" :")
+    if line.startswith(":"):  # no middle parameters, only a trailing one
+        head, has_trailing, trailing = "", ":", line[1:]
+    params = head.split()
+    if not params:
+        return None
+    if has_trailing:
+        params.append(trailing)
+    return params[0].upper(), params[1:]
+
+
+def clean(text: str) -> str:
+    """Text from an IRC client as chatcore text: no formatting codes, no
+    control characters (what the native protocol's sanitising removes)."""
+    return sanitize(_FORMATTING.sub("", text))
+
+
+def decode(raw: bytes) -> str:
+    # Most IRC clients send UTF-8; some old ones Latin-1, which is never an error.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+class IRCState:
+    """What an IRC client told the server about itself, in ``client.data["irc"]``
+    (WHOIS and PRIVMSG read another client's)."""
+
+    __slots__ = ("away", "modes", "realname", "username")
+
+    def __init__(self) -> None:
+        self.username = ""
+        self.realname = ""
+        self.away: str | None = None
+        self.modes = ""
+
+
+def irc_state(client: Client) -> IRCState | None:
+    state = client.data.get("irc")
+    return state if isinstance(state, IRCState) else None
+
+
+Handler = Callable[["IRCProtocol", list[str]], None]
+
+
+class IRCProtocol(Protocol):
+    """One IRC connection: registration, then commands (docs/irc.md)."""
+
+    __slots__ = ("_cap_negotiating", "_framer", "_nick", "_password", "_registered", "_timer", "state")
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self._framer = LineFramer(client.server.max_line)
+        self._registered = False
+        self._cap_negotiating = False
+        self._nick = ""  # asked for before registration
+        self._password: str | None = None
+        self._timer: threading.Timer | None = None
+        self.state = IRCState()
+        client.data["irc"] = self.state
+
+    # -- the engine's calls --
+
+    def connection_made(self) -> None:
+        # Not admitted yet: that waits for NICK, USER (and CAP END).
+        self._timer = threading.Timer(REGISTRATION_TIMEOUT, self._registration_expired)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        for raw in self._framer.feed(data):
+            if client.closed:
+                return
+            if raw is None:
+                self.reply("417", f"Input line was too long (the limit is {client.server.max_line} bytes)")
+                continue
+            parsed = parse(decode(raw).strip("\r\n"))
+            if parsed is not None:
+                self.handle(*parsed)
+
+    def connection_lost(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    # -- output --
+
+    @property
+    def nick(self) -> str:
+        return self.client.nick if self._registered else "*"
+
+    def send(self, lines: Iterable[str]) -> None:
+        self.client.send_data(_encode(lines))
+
+    def reply(self, code: str, *params: str) -> None:
+        self.send([numeric(self.nick, code, *params)])
+
+    def _registration_expired(self) -> None:  # on the timer's thread
+        if not self._registered and not self.client.closed:
+            self.send([irc_line(None, "ERROR", "Closing Link: registration timed out")])
+            self.client.disconnect("registration timed out", tell=False)
+
+    # -- input --
+
+    def handle(self, command: str, params: list[str]) -> None:
+        handler = _HANDLERS.get(command)
+        if not self._registered and command not in _BEFORE_REGISTRATION:
+            self.reply("451", "You have not registered")
+            return
+        if handler is not None:
+            handler(self, params)
+            return
+        # A chatcore command of some plugin (irssi sends "/shout hi" as "SHOUT hi").
+        if not self.client.server.hooks.command(self.client, command.lower(), " ".join(params)):
+            self.reply("421", command, "Unknown command")
+
+    def _need(self, params: list[str], count: int, command: str) -> bool:
+        if len(params) < count:
+            self.reply("461", command, "Not enough parameters")
+            return False
+        return True
+
+    # -- registration --
+
+    def cap(self, params: list[str]) -> None:
+        if not self._need(params, 1, "CAP"):
+            return
+        sub = params[0].upper()
+        if sub == "LS":
+            if not self._registered:
+                self._cap_negotiating = True  # registration waits for CAP END
+            self.send([irc_line(SERVER, "CAP", self.nick, "LS", "")])  # no capabilities (yet)
+        elif sub == "LIST":
+            self.send([irc_line(SERVER, "CAP", self.nick, "LIST", "")])
+        elif sub == "REQ":
+            if not self._registered:
+                self._cap_negotiating = True
+            self.send([irc_line(SERVER, "CAP", self.nick, "NAK", params[1] if len(params) > 1 else "")])
+        elif sub == "END":
+            if self._cap_negotiating:
+                self._cap_negotiating = False
+                self._try_register()
+        else:
+            self.reply("410", sub, "Invalid CAP command")
+
+    def pass_(self, params: list[str]) -> None:
+        if self._registered:
+            self.reply("462", "You may not reregister")
+        elif self._need(params, 1, "PASS"):
+            self._password = params[0]
+
+    def _password_problem(self) -> str | None:
+        """Why the password given with PASS does not let the client in, or None.
+
+        chatcore has no server password yet: PASS is accepted and ignored
+        (bouncers and some clients always send one). A server-password
+        feature checks ``self._password`` here, in constant time.
+        """
+        return None
+
+    def user(self, params: list[str]) -> None:
+        if self._registered:
+            self.reply("462", "You may not reregister")
+            return
+        if not self._need(params, 4, "USER"):
+            return
+        self.state.username = re.sub(r"[^A-Za-z0-9_.-]", "", params[0])[:NICKLEN] or "user"
+        self.state.realname = clean(params[3])[:100]
+        self._try_register()
+
+    def _try_register(self) -> None:
+        if self._registered or self._cap_negotiating or not self._nick or not self.state.username:
+            return
+        problem = self._password_problem()
+        if problem is not None:
+            self.reply("464", problem)
+            self.send([irc_line(None, "ERROR", f"Closing Link: {problem}")])
+            self.client.disconnect("bad password", tell=False)
+            return
+        # admit() takes the nickname under the registry's lock: it may have
+        # gone since NICK was checked.
+        if not self.client.server.admit(self.client, nick=self._nick):
+            self.reply("433", self._nick, "Nickname is already in use")
+            self._nick = ""
+            return
+        self._registered = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+    # -- nicknames --
+
+    def nick_(self, params: list[str]) -> None:
+        if not params or not params[0]:
+            self.reply("431", "No nickname given")
+            return
+        nick = params[0]
+        problem = nick_problem(nick)
+        if problem is not None:
+            self.reply("432", nick, f"Erroneous nickname: {problem}")
+            return
+        client = self.client
+        holder = client.server.registry.find(nick)
+        if holder is not None and holder is not client:
+            self.reply("433", nick, "Nickname is already in use")
+            return
+        if not self._registered:
+            self._nick = nick
+            self._try_register()
+            return
+        old = client.nick
+        if old == nick:
+            return
+        if not client.server.change_nick(client, nick):
+            self.reply("433", nick, "Nickname is already in use")
+            return
+        self.send([irc_line(mask(old), "NICK", nick)])  # the others got it from change_nick
+
+    # -- rooms --
+
+    def _room_of(self, name: str) -> str | None:
+        """The room a channel name means, or None after telling the client why not."""
+        if not name.startswith("#"):
+            self.reply("403", name, "No such channel (channels start with #)")
+            return None
+        room = name[1:]
+        if room_problem(room) is not None:
+            self.reply("479", name, f"Illegal channel name: {room_problem(room)}")
+            return None
+        return room.lower()
+
+    def join(self, params: list[str]) -> None:
+        if not self._need(params, 1, "JOIN"):
+            return
+        names = params[0].split(",")
+        client = self.client
+        if names == ["0"]:  # "leave every channel": back to the default room
+            self._move(client.server.registry.default_room, "left")
+            return
+        room = self._room_of(names[0])
+        for extra in names[1:]:
+            self.reply("405", extra, "You can be in one channel at a time: a JOIN moves you")
+        if room is None or room == client.room:
+            return
+        self._move(room, f"joined {room}")
+
+    def _move(self, room: str, reason: str) -> None:
+        client = self.client
+        if room == client.room:
+            return
+        old = client.room
+        client.server.change_room(client, room, reason=reason)
+        # The PART is published to the old room, which the client has left by then.
+        self.send([irc_line(mask(client.nick), "PART", channel(old), reason), *join_lines(client)])
+
+    def part(self, params: list[str]) -> None:
+        if not self._need(params, 1, "PART"):
+            return
+        client = self.client
+        default = client.server.registry.default_room
+        for name in params[0].split(","):
+            if name.lower() != channel(client.room):
+                self.reply("442", name, "You're not on that channel")
+            elif client.room == default:
+                self.send(
+                    text_lines(
+                        f":{SERVER} NOTICE {client.nick}",
+                        f"you are always in one channel, and {channel(default)} is the default one: "
+                        "JOIN another channel to leave it",
+                    )
+                )
+            else:
+                self._move(default, clean(params[1]) if len(params) > 1 and clean(params[1]) else f"joined {default}")
+
+    def names(self, params: list[str]) -> None:
+        client = self.client
+        name = params[0].split(",")[0] if params else channel(client.room)
+        room = name[1:].lower() if name.startswith("#") else ""
+        if room and client.server.registry.members(room):
+            self.send(names_lines(client.nick, room, sorted_nicks(client, room)))
+        else:
+            self.reply("366", name, "End of /NAMES list.")
+
+    def list_(self, params: list[str]) -> None:
+        self.send(list_lines(self.client.nick, sorted(self.client.server.registry.rooms().items())))
+
+    def topic(self, params: list[str]) -> None:
+        if not self._need(params, 1, "TOPIC"):
+            return
+        name = params[0]
+        room = name[1:].lower() if name.startswith("#") else ""
+        if not room or not self.client.server.registry.members(room):
+            self.reply("403", name, "No such channel")
+        elif len(params) > 1:
+            self.reply("482", name, "Topics are not supported by chatcore")
+        else:
+            self.reply("331", name, "No topic is set")
+
+    # -- messages --
+
+    def privmsg(self, params: list[str], *, command: str = "PRIVMSG") -> None:
+        # No automatic replies to a NOTICE (RFC 2812 3.3.2): errors are dropped.
+        quiet = command == "NOTICE"
+        if not params or not params[0]:
+            if not quiet:
+                self.reply("411", f"No recipient given ({command})")
+            return
+        if len(params) < 2 or not params[1]:
+            if not quiet:
+                self.reply("412", "No text to send")
+            return
+        target, text = params[0].split(",")[0], params[1]
+        kind: Any = "chat"
+        if text.startswith("\x01"):  # CTCP: only ACTION (/me) to a channel means something here
+            ctcp, _, rest = text.strip("\x01").partition(" ")
+            ctcp = ctcp.upper()
+            if ctcp != "ACTION":
+                if not quiet:
+                    self._notice(f"CTCP {ctcp} is not supported here; it was not sent")
+                return
+            if not target.startswith("#"):
+                if not quiet:
+                    self._notice("/me to a nickname is not supported here; it was not sent")
+                return
+            kind, text = "action", rest
+        text = clean(text)
+        if not text:
+            if not quiet:
+                self.reply("412", "No text to send")
+            return
+        client = self.client
+        server = client.server
+        if target.startswith("#"):
+            room = target[1:].lower()
+            if room == client.room:
+                server.broadcast_message(Message(client, room, text, kind))
+            elif not quiet:
+                if server.registry.members(room):
+                    self.reply("404", target, f"Cannot send to channel: you are in {channel(client.room)}")
+                else:
+                    self.reply("403", target, "No such channel")
+            return
+        recipient = server.registry.find(target)
+        if recipient is None or recipient.closed:
+            if not quiet:
+                self.reply("401", target, "No such nick/channel")
+            return
+        away = irc_state(recipient)
+        if away is not None and away.away is not None and not quiet:
+            self.reply("301", recipient.nick, away.away)
+        # The /msg command's path: the filter chain, and any plugin that overrides /msg.
+        server.run_command(client, "msg", f"{recipient.nick} {text}")
+
+    def notice(self, params: list[str]) -> None:
+        self.privmsg(params, command="NOTICE")
+
+    def _notice(self, text: str) -> None:
+        self.send(text_lines(f":{SERVER} NOTICE {self.nick}", text))
+
+    # -- about people --
+
+    def _userinfo(self, member: Client) -> tuple[str, str]:
+        state = irc_state(member)
+        if state is None:
+            return member.nick, "chatcore native user"
+        return member.nick, state.realname or member.nick
+
+    def who(self, params: list[str]) -> None:
+        client = self.client
+        registry = client.server.registry
+        target = params[0] if params else "*"
+        if target.startswith("#"):
+            members = list(registry.members(target[1:].lower()))
+        else:
+            found = registry.find(target)
+            members = [] if found is None else [found]
+        lines = []
+        for member in sorted(members, key=lambda m: m.nick.casefold()):
+            user, realname = self._userinfo(member)
+            state = irc_state(member)
+            here = "G" if state is not None and state.away is not None else "H"
+            lines.append(
+                numeric(
+                    client.nick, "352", channel(member.room), user, HOST, SERVER, member.nick, here, f"0 {realname}"
+                )
+            )
+        self.send([*lines, numeric(client.nick, "315", target, "End of /WHO list.")])
+
+    def whois(self, params: list[str]) -> None:
+        if not params:
+            self.reply("431", "No nickname given")
+            return
+        client = self.client
+        target = params[-1].split(",")[0]
+        member = client.server.registry.find(target)
+        if member is None:
+            self.send(
+                [
+                    numeric(client.nick, "401", target, "No such nick"),
+                    numeric(client.nick, "318", target, "End of /WHOIS list."),
+                ]
+            )
+            return
+        user, realname = self._userinfo(member)
+        nick = member.nick
+        lines = [
+            numeric(client.nick, "311", nick, user, HOST, "*", realname),
+            numeric(client.nick, "319", nick, channel(member.room)),
+            numeric(client.nick, "312", nick, SERVER, f"chatcore {__version__}"),
+        ]
+        state = irc_state(member)
+        if state is not None and state.away is not None:
+            lines.append(numeric(client.nick, "301", nick, state.away))
+        self.send([*lines, numeric(client.nick, "318", nick, "End of /WHOIS list.")])
+
+    def ison(self, params: list[str]) -> None:
+        if not self._need(params, 1, "ISON"):
+            return
+        registry = self.client.server.registry
+        nicks = " ".join(params).split()[:MAX_TARGETS]
+        present = [member.nick for member in map(registry.find, nicks) if member is not None]
+        self.reply("303", " ".join(present))
+
+    def userhost(self, params: list[str]) -> None:
+        if not self._need(params, 1, "USERHOST"):
+            return
+        registry = self.client.server.registry
+        answers = []
+        for nick in params[:5]:
+            member = registry.find(nick)
+            if member is not None:
+                state = irc_state(member)
+                here = "-" if state is not None and state.away is not None else "+"
+                answers.append(f"{member.nick}={here}{self._userinfo(member)[0]}@{HOST}")
+        self.reply("302", " ".join(answers))
+
+    def away(self, params: list[str]) -> None:
+        text = clean(params[0])[:AWAYLEN] if params else ""
+        if text:
+            self.state.away = text
+            self.reply("306", "You have been marked as being away")
+        else:
+            self.state.away = None
+            self.reply("305", "You are no longer marked as being away")
+
+    def mode(self, params: list[str]) -> None:
+        if not self._need(params, 1, "MODE"):
+            return
+        client = self.client
+        target = params[0]
+        if target.startswith("#"):
+            room = target[1:].lower()
+            if not client.server.registry.members(room):
+                self.reply("403", target, "No such channel")
+            elif len(params) == 1:
+                self.reply("324", target, "+nt")
+            elif params[1].lstrip("+") == "b":  # clients ask for the ban list on joining
+                self.reply("368", target, "End of channel ban list")
+            else:
+                self.reply("482", target, "Channel modes cannot be changed on chatcore")
+            return
+        if target.casefold() != client.nick.casefold():
+            self.reply("502", "Can't change mode for other users")
+            return
+        if len(params) == 1:
+            self.reply("221", "+" + self.state.modes)
+            return
+        adding, changed, unknown = True, "", False
+        for letter in params[1]:
+            if letter in "+-":
+                adding = letter == "+"
+            elif letter == "i":  # invisible: every chatcore user is, in effect
+                if adding != ("i" in self.state.modes):
+                    self.state.modes = "i" if adding else ""
+                    changed += ("+" if adding else "-") + "i"
+            else:
+                unknown = True
+        if changed:
+            self.send([irc_line(client.nick, "MODE", client.nick, changed)])
+        if unknown:
+            self.reply("501", "Unknown MODE flag")
+
+    # -- the connection --
+
+    def ping(self, params: list[str]) -> None:
+        if not params:
+            self.reply("409", "No origin specified")
+            return
+        self.send([irc_line(SERVER, "PONG", SERVER, params[-1])])
+
+    def pong(self, params: list[str]) -> None:
+        """Nothing to do: the server sends no PINGs (TCP keep-alive is the kernel's)."""
+
+    def motd(self, params: list[str]) -> None:
+        self.send(motd_lines(self.client.nick, self.client.server.hooks.welcome(self.client)))
+
+    def quit(self, params: list[str]) -> None:
+        text = clean(params[0]) if params else ""
+        client = self.client
+        self.send(
+            [irc_line(None, "ERROR", f"Closing Link: {client.nick or '*'}[{HOST}] ({_quit_text(text or 'quit')})")]
+        )
+        client.disconnect(text or "quit", tell=False)
+
+
+_HANDLERS: dict[str, Handler] = {
+    "CAP": IRCProtocol.cap,
+    "PASS": IRCProtocol.pass_,
+    "NICK": IRCProtocol.nick_,
+    "USER": IRCProtocol.user,
+    "PING": IRCProtocol.ping,
+    "PONG": IRCProtocol.pong,
+    "QUIT": IRCProtocol.quit,
+    "JOIN": IRCProtocol.join,
+    "PART": IRCProtocol.part,
+    "PRIVMSG": IRCProtocol.privmsg,
+    "NOTICE": IRCProtocol.notice,
+    "NAMES": IRCProtocol.names,
+    "LIST": IRCProtocol.list_,
+    "TOPIC": IRCProtocol.topic,
+    "WHO": IRCProtocol.who,
+    "WHOIS": IRCProtocol.whois,
+    "ISON": IRCProtocol.ison,
+    "USERHOST": IRCProtocol.userhost,
+    "AWAY": IRCProtocol.away,
+    "MODE": IRCProtocol.mode,
+    "MOTD": IRCProtocol.motd,
+}
+_BEFORE_REGISTRATION = frozenset({"CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
+
+
+@hookimpl
+def chatcore_schemes() -> list[Scheme]:
+    # One format per server: the engine groups a room's members by format.
+    wire = IRCFormat()
+    return [
+        Scheme("irc", wire, IRCProtocol, default_port=DEFAULT_PORT, description="IRC (RFC 1459/2812) clients and bots"),
+        Scheme(
+            "ircs",
+            wire,
+            IRCProtocol,
+            tls=True,
+            default_port=DEFAULT_TLS_PORT,
+            description="IRC over TLS",
+        ),
+    ]
