@@ -94,14 +94,19 @@ def mask(nick: str) -> str:
     return f"{nick}!{nick}@{HOST}"
 
 
+#: Commands whose last parameter is text: always sent as a trailing one.
+_TEXT_COMMANDS = frozenset({"PRIVMSG", "NOTICE", "PART", "QUIT", "ERROR", "PONG"})
+
+
 def irc_line(prefix: str | None, command: str, *params: str) -> str:
     """One line without CR LF; the last parameter is a trailing one when it
-    must be (empty, has a space or starts with ``:``)."""
+    must be (empty, has a space or starts with ``:``) or is text."""
     parts = [f":{prefix}", command] if prefix else [command]
     if params:
         *middle, last = params
         parts.extend(middle)
-        parts.append(f":{last}" if not last or " " in last or last[0] == ":" else last)
+        trailing = command in _TEXT_COMMANDS or not last or " " in last or last[0] == ":"
+        parts.append(f":{last}" if trailing else last)
     return " ".join(parts)
 
 

@@ -1,0 +1,526 @@
+"""The irc plugin over real sockets: registration, commands, wire rules, and
+IRC and native users in one room. Real IRC client software is in
+test_irc_clients.py."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+import chatcore.plugins.irc
+from chatcore.engine.server import ChatServer
+from chatcore.events import Chat
+from chatcore.plugins.irc import IRCFormat, parse, text_lines
+from chatcore.testing import LineClient, ServerFactory, wait_for
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> tuple[ssl.SSLContext, list[str]]:
+    """A client context that trusts a throwaway CA, and the server's certificate options."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context, ["--tls-cert", str(cert), "--tls-key", str(key)]
+
+
+class IRCClient(LineClient):
+    """A raw IRC client: lines without their CR, sent with CR LF."""
+
+    def _fill(self, deadline: float) -> bool:
+        before = len(self.received)
+        filled = super()._fill(deadline)
+        for index in range(before, len(self.received)):
+            line = self.received[index]
+            if not line.endswith("\r"):
+                raise AssertionError(f"a line without CR LF from the server: {line!r}")
+            self.received[index] = line[:-1]
+        self._unread = [line.removesuffix("\r") for line in self._unread]
+        return filled
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode("utf-8") + b"\r\n")
+
+    def expect(self, match, timeout=None) -> str:  # type: ignore[no-untyped-def]
+        if isinstance(match, str) and not match.startswith(":"):
+            match = re.compile(match)
+        return super().expect(match, timeout)
+
+    def sync(self) -> list[str]:
+        """Every line before the answer to a PING (lines are handled in order)."""
+        self.send("PING :sync")
+        before: list[str] = []
+        while (line := self.readline()) != ":chatcore PONG chatcore :sync":
+            before.append(line)
+        return before
+
+
+@pytest.fixture
+def connect() -> Iterator:
+    made: list[LineClient] = []
+
+    def make(server: ChatServer, scheme: str = "irc", **kwargs) -> IRCClient:  # type: ignore[no-untyped-def]
+        client = IRCClient(server.listener(scheme).address, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def native(server: ChatServer, made: list[LineClient], nick: str | None = None) -> LineClient:
+    client = LineClient(server.listener("tcp").address)
+    made.append(client)
+    client.sync()
+    if nick:
+        client.send(f"/nick {nick}")
+        client.expect(f"* you are now known as {nick}")
+    return client
+
+
+@pytest.fixture
+def natives() -> Iterator[list[LineClient]]:
+    made: list[LineClient] = []
+    yield made
+    for client in made:
+        client.close()
+
+
+def start(factory: ServerFactory, *args: str, plugins: str = "") -> ChatServer:
+    listen = ["--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0"]
+    return factory("--plugins", ",".join(["irc", *filter(None, [plugins])]), *listen, *args)
+
+
+def register(connect, server: ChatServer, nick: str) -> IRCClient:  # type: ignore[no-untyped-def]
+    client = connect(server)
+    client.send(f"NICK {nick}")
+    client.send(f"USER {nick} 0 * :The real {nick}")
+    client.expect(f" 366 {nick} #lobby ")
+    return client
+
+
+# -- registration -------------------------------------------------------------------
+
+
+def test_registration_with_cap_negotiation_as_modern_clients_do_it(chat_server_factory, connect, natives):
+    server = start(chat_server_factory, "--welcome-text", "Hello {nick}\\nbe nice", plugins="welcome")
+    watcher = native(server, natives)
+    irc = connect(server)
+    irc.send("CAP LS 302")
+    assert irc.readline() == ":chatcore CAP * LS :"
+    irc.send("JOIN #lobby")
+    assert irc.readline() == ":chatcore 451 * :You have not registered"
+    irc.send("NICK alice")
+    irc.send("USER alice 0 * :Alice Liddell")
+    irc.send("CAP REQ :multi-prefix sasl")
+    assert irc.readline() == ":chatcore CAP * NAK :multi-prefix sasl"
+    # Registration waits for CAP END; PING is answered meanwhile.
+    assert irc.sync() == []
+    irc.send("CAP END")
+    lines = irc.sync()
+    codes = [line.split()[1] for line in lines]
+    assert codes[:5] == ["001", "002", "003", "004", "005"]
+    assert lines[0] == ":chatcore 001 alice :Welcome to the chatcore IRC network, alice!alice@chatcore"
+    isupport = lines[4].split()
+    for token in (
+        "CHANTYPES=#",
+        "PREFIX=(ov)@+",
+        "CASEMAPPING=ascii",
+        "NICKLEN=32",
+        "CHANNELLEN=33",
+        "NETWORK=chatcore",
+    ):
+        assert token in isupport
+    assert ":chatcore 372 alice :- Hello alice" in lines
+    assert ":chatcore 372 alice :- be nice" in lines
+    assert lines.index(":chatcore 376 alice :End of /MOTD command.") < lines.index(":alice!alice@chatcore JOIN #lobby")
+    assert ":chatcore 353 alice = #lobby :alice guest-1" in lines
+    assert lines[-1] == ":chatcore 366 alice #lobby :End of /NAMES list."
+    # The native user sees the IRC user arrive under its own name, never a guest name.
+    assert watcher.expect(re.compile("joined")) == "* alice joined"
+
+
+def test_registration_without_cap_and_without_a_welcome_text_gets_422(chat_server_factory, connect):
+    server = start(chat_server_factory)
+    irc = connect(server)
+    irc.send("PING :early")
+    assert irc.readline() == ":chatcore PONG chatcore :early"
+    irc.send("PASS whatever")  # accepted and ignored: there is no server password
+    irc.send("USER bob 0 * :Bob")
+    irc.send("NICK bob")
+    assert irc.expect(" 422 ") == ":chatcore 422 bob :MOTD File is missing"
+    irc.expect(":bob!bob@chatcore JOIN #lobby")
+    irc.send("PASS again")
+    assert irc.expect(" 462 ") == ":chatcore 462 bob :You may not reregister"
+
+
+def test_a_nickname_taken_or_invalid_gets_433_or_432_and_the_client_tries_again(chat_server_factory, connect, natives):
+    server = start(chat_server_factory)
+    native(server, natives, "Alice")
+    irc = connect(server)
+    irc.send("USER x 0 * :X")
+    irc.send("NICK alice")  # taken by a native user, ignoring case: one registry
+    assert irc.readline() == ":chatcore 433 * alice :Nickname is already in use"
+    irc.send("NICK [away]")
+    assert irc.readline().startswith(":chatcore 432 * [away] :Erroneous nickname: invalid nickname")
+    irc.send("NICK admin")
+    assert irc.readline().startswith(":chatcore 432 * admin :Erroneous nickname: nickname 'admin' is reserved")
+    irc.send("NICK")
+    assert irc.readline() == ":chatcore 431 * :No nickname given"
+    irc.send("NICK alice2")
+    assert irc.expect(" 001 ").startswith(":chatcore 001 alice2 ")
+    assert server.registry.find("alice2") is not None
+
+
+def test_a_connection_that_never_registers_is_closed(chat_server_factory, connect, monkeypatch):
+    monkeypatch.setattr(chatcore.plugins.irc, "REGISTRATION_TIMEOUT", 0.3)
+    server = start(chat_server_factory)
+    irc = connect(server)
+    irc.send("NICK lazy")
+    assert irc.wait_closed() == ["ERROR :Closing Link: registration timed out"]
+    assert server.registry.find("lazy") is None
+    wait_for(lambda: not server.connections, message="the connection forgotten")
+
+
+def test_quit_before_registration_is_answered_with_error(chat_server_factory, connect):
+    server = start(chat_server_factory)
+    irc = connect(server)
+    irc.send("QUIT :changed my mind")
+    assert irc.wait_closed() == ["ERROR :Closing Link: *[chatcore] (Quit: changed my mind)"]
+
+
+# -- IRC and native users in one room ----------------------------------------------------
+
+
+def test_irc_and_native_users_talk_both_ways(chat_server_factory, connect, natives):
+    server = start(chat_server_factory)
+    bob = native(server, natives, "bob")
+    alice = register(connect, server, "alice")
+    bob.expect("* alice joined")
+
+    alice.send("PRIVMSG #lobby :hello from IRC")
+    assert bob.readline() == "<alice> hello from IRC"
+    bob.send("hello from the native side")
+    assert alice.readline() == ":bob!bob@chatcore PRIVMSG #lobby :hello from the native side"
+
+    alice.send("PRIVMSG #lobby :\x01ACTION waves\x01")
+    assert bob.readline() == "* alice waves"
+    bob.send("/me bows")
+    assert alice.readline() == ":bob!bob@chatcore PRIVMSG #lobby :\x01ACTION bows\x01"
+    assert bob.readline() == "* bob bows"
+    assert alice.sync() == []  # her own action is not echoed: IRC clients show it themselves
+
+    alice.send("PRIVMSG bob :psst")
+    assert bob.readline() == "*alice* psst"
+    bob.send("/msg alice psst back")
+    assert alice.readline() == ":bob!bob@chatcore PRIVMSG alice :psst back"
+    assert bob.readline() == "-> *alice* psst back"
+    alice.send("NOTICE bob :a notice")
+    assert bob.readline() == "*alice* a notice"
+
+    alice.send("NICK alicia")
+    assert alice.readline() == ":alice!alice@chatcore NICK alicia"
+    assert bob.readline() == "* alice is now known as alicia"
+    bob.send("/nick robert")
+    bob.expect("* you are now known as robert")
+    assert alice.readline() == ":bob!bob@chatcore NICK robert"
+
+    bob.send("/quit gone fishing")
+    assert alice.readline() == ":robert!robert@chatcore QUIT :Quit: gone fishing"
+    carol = native(server, natives, "carol")
+    alice.expect(re.compile(r"^:guest-\d+!guest-\d+@chatcore NICK carol$"))
+    alice.send("QUIT :bye now")
+    assert alice.wait_closed() == ["ERROR :Closing Link: alicia[chatcore] (Quit: bye now)"]
+    assert carol.readline() == "* alicia left (bye now)"
+
+
+def test_two_irc_clients_see_each_other_as_irc_users_do(chat_server_factory, connect):
+    server = start(chat_server_factory)
+    alice = register(connect, server, "alice")
+    bob = register(connect, server, "bob")
+    assert alice.readline() == ":bob!bob@chatcore JOIN #lobby"
+    bob.send("PRIVMSG #lobby :hi alice")
+    assert alice.readline() == ":bob!bob@chatcore PRIVMSG #lobby :hi alice"
+    bob.send("PRIVMSG #lobby :\x01ACTION smiles\x01")
+    assert alice.readline() == ":bob!bob@chatcore PRIVMSG #lobby :\x01ACTION smiles\x01"
+    bob.send("QUIT")
+    assert alice.readline() == ":bob!bob@chatcore QUIT :Quit"
+
+
+def test_a_second_join_moves_and_part_goes_back_to_the_default_channel(chat_server_factory, connect, natives):
+    server = start(chat_server_factory)
+    in_lobby = native(server, natives, "lobbyist")
+    in_dev = native(server, natives, "dev")
+    in_dev.send("/join dev")
+    in_dev.expect(re.compile("you are now in dev"))
+    alice = register(connect, server, "alice")
+    in_lobby.expect("* alice joined")
+
+    alice.send("JOIN #Dev,#other")
+    assert alice.readline() == ":chatcore 405 alice #other :You can be in one channel at a time: a JOIN moves you"
+    assert alice.readline() == ":alice!alice@chatcore PART #lobby :joined dev"
+    assert alice.readline() == ":alice!alice@chatcore JOIN #dev"
+    assert alice.readline() == ":chatcore 331 alice #dev :No topic is set"
+    assert alice.readline() == ":chatcore 353 alice = #dev :alice dev"
+    assert alice.readline() == ":chatcore 366 alice #dev :End of /NAMES list."
+    assert in_lobby.readline() == "* alice left (joined dev)"
+    assert in_dev.readline() == "* alice joined"
+    assert server.registry.find("alice").room == "dev"
+    alice.send("JOIN #dev")  # already there: nothing happens
+    assert alice.sync() == []
+
+    alice.send("PART #dev :see you")
+    assert alice.readline() == ":alice!alice@chatcore PART #dev :see you"
+    assert alice.readline() == ":alice!alice@chatcore JOIN #lobby"
+    alice.expect(":chatcore 366 alice #lobby :End of /NAMES list.")
+    assert in_dev.readline() == "* alice left (see you)"
+    assert in_lobby.readline() == "* alice joined"
+
+    alice.send("PART #lobby")
+    assert "JOIN another channel to leave it" in alice.readline()
+    alice.send("PART #dev")
+    assert alice.readline() == ":chatcore 442 alice #dev :You're not on that channel"
+    assert server.registry.find("alice").room == "lobby"
+
+
+def test_error_numerics_where_a_native_user_gets_an_error(chat_server_factory, connect, natives):
+    server = start(chat_server_factory)
+    other = native(server, natives, "other")
+    other.send("/join elsewhere")
+    other.expect("* you are now in elsewhere (1 here)")
+    alice = register(connect, server, "alice")
+    cases = {
+        "PRIVMSG nobody :hi": ":chatcore 401 alice nobody :No such nick/channel",
+        "PRIVMSG #nowhere :hi": ":chatcore 403 alice #nowhere :No such channel",
+        "PRIVMSG #elsewhere :hi": ":chatcore 404 alice #elsewhere :Cannot send to channel: you are in #lobby",
+        "PRIVMSG": ":chatcore 411 alice :No recipient given (PRIVMSG)",
+        "PRIVMSG #lobby": ":chatcore 412 alice :No text to send",
+        "JOIN": ":chatcore 461 alice JOIN :Not enough parameters",
+        "JOIN lobby": ":chatcore 403 alice lobby :No such channel (channels start with #)",
+        "FROBNICATE now": ":chatcore 421 alice FROBNICATE :Unknown command",
+        "NICK bad!nick": ":chatcore 432 alice bad!nick :Erroneous nickname: invalid nickname 'bad!nick': "
+        "use 1 to 32 letters (a-z, A-Z), digits, '_' or '-'",
+        "NICK other": ":chatcore 433 alice other :Nickname is already in use",
+        "USER a b c d": ":chatcore 462 alice :You may not reregister",
+        "TOPIC #lobby :new topic": ":chatcore 482 alice #lobby :Topics are not supported by chatcore",
+        "MODE #lobby +m": ":chatcore 482 alice #lobby :Channel modes cannot be changed on chatcore",
+        "MODE other": ":chatcore 502 alice :Can't change mode for other users",
+        "PRIVMSG other :\x01VERSION\x01": ":chatcore NOTICE alice :CTCP VERSION is not supported here; it was not sent",
+    }
+    for sent, expected in cases.items():
+        alice.send(sent)
+        assert alice.readline() == expected, sent
+    # NOTICE never gets an automatic reply, errors included.
+    alice.send("NOTICE nobody :hi")
+    assert alice.sync() == []
+    assert other.sync() == []  # and nothing leaked to anyone
+
+
+def test_who_whois_names_list_topic_mode_away_ison_userhost(chat_server_factory, connect, natives):
+    server = start(chat_server_factory)
+    native(server, natives, "bob")
+    alice = register(connect, server, "alice")
+    carol = register(connect, server, "carol")
+    alice.expect(":carol!carol@chatcore JOIN #lobby")
+
+    alice.send("WHO #lobby")
+    assert alice.sync() == [
+        ":chatcore 352 alice #lobby alice chatcore chatcore alice H :0 The real alice",
+        ":chatcore 352 alice #lobby bob chatcore chatcore bob H :0 chatcore native user",
+        ":chatcore 352 alice #lobby carol chatcore chatcore carol H :0 The real carol",
+        ":chatcore 315 alice #lobby :End of /WHO list.",
+    ]
+    carol.send("AWAY :lunch")
+    assert carol.readline() == ":chatcore 306 carol :You have been marked as being away"
+    carol.sync()
+    alice.send("WHOIS carol")
+    assert alice.sync() == [
+        ":chatcore 311 alice carol carol chatcore * :The real carol",
+        ":chatcore 319 alice carol #lobby",
+        ":chatcore 312 alice carol chatcore :chatcore 0.1.0",
+        ":chatcore 301 alice carol lunch",
+        ":chatcore 318 alice carol :End of /WHOIS list.",
+    ]
+    alice.send("PRIVMSG carol :are you there?")
+    assert alice.readline() == ":chatcore 301 alice carol lunch"
+    assert carol.readline() == ":alice!alice@chatcore PRIVMSG carol :are you there?"
+    alice.send("WHOIS ghost")
+    assert alice.sync() == [":chatcore 401 alice ghost :No such nick", ":chatcore 318 alice ghost :End of /WHOIS list."]
+    alice.send("NAMES #lobby")
+    assert alice.sync() == [
+        ":chatcore 353 alice = #lobby :alice bob carol",
+        ":chatcore 366 alice #lobby :End of /NAMES list.",
+    ]
+    alice.send("NAMES #nothing")
+    assert alice.sync() == [":chatcore 366 alice #nothing :End of /NAMES list."]
+    alice.send("LIST")
+    assert alice.sync() == [
+        ":chatcore 321 alice Channel :Users  Name",
+        ":chatcore 322 alice #lobby 3 :",
+        ":chatcore 323 alice :End of /LIST",
+    ]
+    alice.send("TOPIC #lobby")
+    alice.send("MODE #lobby")
+    alice.send("MODE #lobby b")
+    alice.send("MODE alice +i")
+    alice.send("MODE alice")
+    alice.send("ISON bob nobody CAROL")
+    alice.send("USERHOST bob carol")
+    assert alice.sync() == [
+        ":chatcore 331 alice #lobby :No topic is set",
+        ":chatcore 324 alice #lobby +nt",
+        ":chatcore 368 alice #lobby :End of channel ban list",
+        ":alice MODE alice +i",
+        ":chatcore 221 alice +i",
+        ":chatcore 303 alice :bob carol",
+        ":chatcore 302 alice :bob=+bob@chatcore carol=-carol@chatcore",
+    ]
+    carol.send("AWAY")
+    assert carol.readline() == ":chatcore 305 carol :You are no longer marked as being away"
+
+
+def test_chatcore_commands_of_plugins_work_as_irc_commands(chat_server_factory, connect):
+    server = start(chat_server_factory)
+    alice = register(connect, server, "alice")
+    alice.send("HELP")  # what irssi sends for "/quote help"; "/rooms" and plugins' commands alike
+    lines = alice.sync()
+    assert ":chatcore NOTICE alice :commands:" in lines
+    alice.send("ROOMS")
+    assert alice.sync() == [
+        ":chatcore 321 alice Channel :Users  Name",
+        ":chatcore 322 alice #lobby 1 :",
+        ":chatcore 323 alice :End of /LIST",
+    ]
+
+
+def test_filters_apply_to_irc_users(chat_server_factory, connect, natives):
+    server = start(chat_server_factory, "--banned-words", "spam", "--banned-action", "reject", plugins="filters")
+    bob = native(server, natives, "bob")
+    alice = register(connect, server, "alice")
+    alice.send("PRIVMSG #lobby :buy spam now")
+    assert alice.readline().startswith(":chatcore NOTICE alice :error: ")
+    alice.send("PRIVMSG bob :spam in private")
+    assert alice.readline().startswith(":chatcore NOTICE alice :error: ")
+    alice.send("PRIVMSG #lobby :clean")
+    assert bob.expect(re.compile("<alice>")) == "<alice> clean"
+
+
+# -- wire rules ---------------------------------------------------------------------------
+
+
+def test_long_native_lines_are_split_into_512_byte_lines_on_character_boundaries(chat_server_factory, connect, natives):
+    server = start(chat_server_factory)
+    bob = native(server, natives, "bob")
+    alice = register(connect, server, "alice")
+    text = "é€𝄞x" * 300  # 2, 3, 4 and 1 bytes: 3000 bytes, no space to split at
+    bob.send(text)
+    bob.send("/me " + "ab " * 400)
+    bob.send("end")
+    parts = []
+    while (line := alice.readline()) != ":bob!bob@chatcore PRIVMSG #lobby :end":
+        assert len(line.encode("utf-8")) + 2 <= 512, line
+        parts.append(line)
+    head = ":bob!bob@chatcore PRIVMSG #lobby :"
+    chat = [line.removeprefix(head) for line in parts if "\x01" not in line]
+    assert len(chat) > 5
+    assert "".join(chat) == text
+    actions = [line.removeprefix(head) for line in parts if "\x01" in line]
+    assert all(action.startswith("\x01ACTION ") and action.endswith("\x01") for action in actions)
+    assert "".join(action[8:-1] for action in actions) == ("ab " * 400).strip()
+
+
+def test_lf_and_crlf_are_accepted_formatting_is_stripped_and_bad_input_loses_nothing(
+    chat_server_factory, connect, natives
+):
+    server = start(chat_server_factory)
+    bob = native(server, natives, "bob")
+    alice = connect(server)
+    alice.send_raw(b"NICK alice\nUSER alice 0 * :A\r\n")
+    alice.expect(" 366 alice ")
+    bob.expect("* alice joined")
+    alice.send_raw(b"PRIVMSG #lobby :\x02bold\x02 \x0304,12red\x03 plain\r\n")
+    assert bob.readline() == "<alice> bold red plain"
+    alice.send_raw(b"\r\n\n   \r\n:ignored!prefix PRIVMSG #lobby :caf\xe9 in latin-1\r\n")
+    assert bob.readline() == "<alice> café in latin-1"
+    alice.send_raw(b"@time=2020-01-01T00:00:00Z PRIVMSG #lobby :tags ignored\r\n")
+    assert bob.readline() == "<alice> tags ignored"
+    alice.send_raw(b"PRIVMSG #lobby :" + b"x" * 5000 + b"\r\n")
+    assert alice.readline() == ":chatcore 417 alice :Input line was too long (the limit is 4096 bytes)"
+    alice.send_raw(b"PRIVMSG #lobby :\x1b[31mno escapes\x00\r\n")
+    assert bob.readline() == "<alice> no escapes"
+    alice.send("PRIVMSG #lobby :still here")
+    assert bob.expect(re.compile("still here")) == "<alice> still here"
+
+
+def test_ircs_over_tls(chat_server_factory, connect, natives, certs):
+    context, options = certs
+    server = chat_server_factory(
+        "--plugins", "irc", "--listen", "tcp://127.0.0.1:0", "--listen", "ircs://127.0.0.1:0", *options
+    )
+    bob = native(server, natives, "bob")
+    alice = connect(server, "ircs", tls=context)
+    alice.send("NICK alice")
+    alice.send("USER alice 0 * :A")
+    alice.expect(" 366 alice ")
+    alice.send("PRIVMSG #lobby :secure hello")
+    assert bob.expect(re.compile("secure")) == "<alice> secure hello"
+    server.stop()
+    assert alice.wait_closed()[-1] == ":chatcore NOTICE alice :server shutting down"
+
+
+def test_server_shutdown_reaches_irc_clients(chat_server_factory, connect):
+    server = start(chat_server_factory)
+    alice = register(connect, server, "alice")
+    waiting = connect(server)  # not registered yet
+    waiting.send("NICK later")
+    waiting.sync()
+    server.stop()
+    assert alice.wait_closed() == [":chatcore NOTICE alice :server shutting down"]
+    assert waiting.wait_closed() == [":chatcore NOTICE * :server shutting down"]
+
+
+# -- the format on its own ----------------------------------------------------------------
+
+
+def test_parse():
+    assert parse("privmsg #a :hello there") == ("PRIVMSG", ["#a", "hello there"])
+    assert parse(":nick!u@h JOIN #a") == ("JOIN", ["#a"])
+    assert parse("@a=b;c :p NOTICE x :y z") == ("NOTICE", ["x", "y z"])
+    assert parse("USER u 0 *  :Real Name") == ("USER", ["u", "0", "*", "Real Name"])
+    assert parse("PRIVMSG #a :") == ("PRIVMSG", ["#a", ""])
+    assert parse("   ") is None
+    assert parse(":only-a-prefix") is None
+
+
+def test_text_lines_fit_512_bytes():
+    lines = text_lines(":n!n@h PRIVMSG #r", "word " * 300)
+    assert all(len(line.encode()) <= 510 for line in lines)
+    assert "".join(line.removeprefix(":n!n@h PRIVMSG #r :") for line in lines) == "word " * 300
+    assert all(not line.endswith(" :") for line in lines)
+
+
+def test_the_format_renders_room_events_once_as_irc_lines():
+    event = Chat("lobby", nick="bob", text="hi")
+    assert IRCFormat().encode(event) == b":bob!bob@chatcore PRIVMSG #lobby :hi\r\n"
+
+
+def test_an_unregistered_connection_takes_no_nickname_and_no_room(chat_server_factory, connect):
+    server = start(chat_server_factory)
+    lurker = connect(server)
+    lurker.send("NICK lurker")
+    lurker.sync()
+    assert server.registry.find("lurker") is None
+    assert len(server.registry) == 0
+    raw = socket.create_connection(server.listener("irc").address, timeout=5)
+    raw.close()  # gone without a word
+    wait_for(lambda: len(server.connections) == 1, message="the silent connection forgotten")
