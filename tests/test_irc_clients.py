@@ -1,0 +1,242 @@
+"""IRC software nobody here wrote against a real ``chatcore serve``: the
+``irc`` library (jaraco/irc) as a bot, and Debian's ``ii`` client, each in a
+room with a native client.
+
+``ii`` comes from Debian (``apt-get install ii``; .ci/run installs it): a
+missing ``ii`` is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import irc.client
+import pytest
+
+from chatcore.testing import LineClient, ServerProcess, wait_for
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+def server() -> Iterator[ServerProcess]:
+    with ServerProcess(
+        "--plugins", "welcome,irc", "--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0"
+    ) as proc:
+        yield proc
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture
+def bob(server: ServerProcess) -> Iterator[LineClient]:
+    client = LineClient(server.addresses["tcp"])
+    client.sync()
+    client.send("/nick bob")
+    client.expect("* you are now known as bob")
+    yield client
+    client.close()
+
+
+class Bot:
+    """A jaraco/irc client, its events recorded, pumped until a condition holds."""
+
+    def __init__(self, address: tuple[str, int], nick: str) -> None:
+        self.reactor = irc.client.Reactor()
+        self.events: list[irc.client.Event] = []
+        self.reactor.add_global_handler("all_events", lambda _connection, event: self.events.append(event))
+        self.connection = self.reactor.server().connect(address[0], address[1], nick, ircname="A jaraco/irc bot")
+
+    def wait(self, what: str, condition: Callable[[irc.client.Event], bool]) -> irc.client.Event:
+        deadline = time.monotonic() + TIMEOUT
+        seen = 0
+        while time.monotonic() < deadline:
+            for event in self.events[seen:]:
+                if condition(event):
+                    return event
+            seen = len(self.events)
+            self.reactor.process_once(0.05)
+        raise AssertionError(f"the bot did not see {what}; it saw {[(e.type, e.arguments) for e in self.events][-10:]}")
+
+    def wait_type(self, kind: str, **fields: Any) -> irc.client.Event:
+        def matches(event: irc.client.Event) -> bool:
+            return event.type == kind and all(getattr(event, k) == v for k, v in fields.items())
+
+        return self.wait(f"{kind} {fields}", matches)
+
+
+def test_the_irc_library_as_a_bot_in_a_room_with_a_native_user(server, bob):
+    bot = Bot(server.addresses["irc"], "ircbot")
+    try:
+        bot.wait_type("welcome")
+        assert bot.connection.features.network == "chatcore"
+        assert bot.connection.features.chantypes == "#"
+        bot.wait_type("endofmotd")
+        joined = bot.wait_type("join", target="#lobby")
+        assert joined.source.nick == "ircbot"
+        assert bob.expect(re.compile("joined")) == "* ircbot joined"
+
+        bot.connection.privmsg("#lobby", "hello from the bot")
+        assert bob.readline() == "<ircbot> hello from the bot"
+        bob.send("hello bot")
+        said = bot.wait_type("pubmsg", target="#lobby")
+        assert (said.source.nick, said.arguments) == ("bob", ["hello bot"])
+
+        bot.connection.action("#lobby", "beeps")
+        assert bob.readline() == "* ircbot beeps"
+        bob.send("/me pats the bot")
+        assert bob.readline() == "* bob pats the bot"
+        action = bot.wait_type("action", target="#lobby")
+        assert (action.source.nick, action.arguments) == ("bob", ["pats the bot"])
+
+        bot.connection.privmsg("bob", "a secret")
+        assert bob.readline() == "*ircbot* a secret"
+        bob.send("/msg ircbot secret back")
+        assert bob.readline() == "-> *ircbot* secret back"
+        private = bot.wait_type("privmsg", target="ircbot")
+        assert (private.source.nick, private.arguments) == ("bob", ["secret back"])
+
+        bot.connection.names(["#lobby"])
+        names = bot.wait_type("namreply")
+        assert sorted(names.arguments[2].split()) == ["bob", "ircbot"]
+        bot.connection.who("#lobby")
+        bot.wait_type("endofwho")
+        bot.connection.whois(["bob"])
+        assert bot.wait_type("whoisuser").arguments[0] == "bob"
+
+        bot.connection.nick("robot")
+        bot.wait_type("nick", target="robot")
+        assert bob.expect(re.compile("known as")) == "* ircbot is now known as robot"
+        bob.send("/nick robert")
+        renamed = bot.wait_type("nick", target="robert")
+        assert renamed.source.nick == "bob"
+
+        bot.connection.join("#dev")
+        bot.wait_type("join", target="#dev")
+        assert bob.expect(re.compile("robot")) == "* robot left (joined dev)"
+        bob.send("/join dev")
+        assert bot.wait_type("join", target="#dev", source="robert!robert@chatcore")
+        bot.connection.part("#dev")
+        bot.wait_type("join", target="#lobby")
+        assert bob.expect(re.compile("robot left")) == "* robot left (joined lobby)"
+        bob.send("/join lobby")
+        bot.wait_type("join", target="#lobby", source="robert!robert@chatcore")
+
+        bot.connection.quit("shutting down the bot")
+        bot.wait_type("error")
+        assert bob.expect(re.compile("robot left [(]shutting")) == "* robot left (shutting down the bot)"
+    finally:
+        bot.reactor.disconnect_all()
+
+
+def test_a_native_users_quit_reaches_the_bot(server, bob):
+    bot = Bot(server.addresses["irc"], "watcher")
+    try:
+        bot.wait_type("endofnames")
+        bob.send("/quit see you")
+        quit_ = bot.wait_type("quit")
+        assert (quit_.source.nick, quit_.arguments) == ("bob", ["Quit: see you"])
+    finally:
+        bot.reactor.disconnect_all()
+
+
+# -- ii, Debian's file-based IRC client ----------------------------------------------------
+
+
+class II:
+    """``ii`` in a child process: write commands to its FIFOs, read its out files."""
+
+    def __init__(self, address: tuple[str, int], nick: str, directory: Path) -> None:
+        executable = shutil.which("ii")
+        assert executable, "ii is not installed: apt-get install ii (.ci/run installs it)"
+        self.root = directory / address[0]
+        self.proc = subprocess.Popen(
+            [executable, "-s", address[0], "-p", str(address[1]), "-n", nick, "-i", str(directory), "-f", "ii user"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # everything is in its out files
+            stderr=subprocess.DEVNULL,
+        )
+
+    def write(self, fifo: Path, line: str) -> None:
+        wait_for(fifo.exists, TIMEOUT, f"{fifo} made by ii")
+        # ii keeps its FIFOs open for reading; O_NONBLOCK fails rather than hangs if it is gone.
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(fd, line.encode("utf-8") + b"\n")
+        finally:
+            os.close(fd)
+
+    def say(self, channel: str, line: str) -> None:
+        self.write(self.root / channel / "in", line)
+
+    def command(self, line: str) -> None:
+        self.write(self.root / "in", line)
+
+    def wait_out(self, where: Path, pattern: str) -> str:
+        regex = re.compile(pattern)
+
+        def found() -> str | None:
+            text = where.read_text(encoding="utf-8", errors="replace") if where.exists() else ""
+            return next((line for line in text.splitlines() if regex.search(line)), None)
+
+        line: str = wait_for(found, TIMEOUT, f"{pattern!r} in {where}")
+        return line
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def test_the_ii_client_end_to_end(server, bob, tmp_path):
+    ii = II(server.addresses["irc"], "iiuser", tmp_path)
+    try:
+        lobby = ii.root / "#lobby"
+        ii.wait_out(ii.root / "out", r"Welcome to the chatcore IRC network, iiuser!iiuser@chatcore")
+        ii.wait_out(lobby / "out", r"iiuser\(iiuser@chatcore\) has joined #lobby")
+        assert bob.expect(re.compile("joined")) == "* iiuser joined"
+
+        ii.say("#lobby", "hello from ii")
+        assert bob.readline() == "<iiuser> hello from ii"
+        bob.send("hello ii")
+        ii.wait_out(lobby / "out", r"<bob> hello ii$")
+
+        ii.command("/PRIVMSG #lobby :\x01ACTION waves\x01")  # ii has no /me: a raw line
+        assert bob.readline() == "* iiuser waves"
+        bob.send("/me waves back")
+        assert bob.readline() == "* bob waves back"
+        ii.wait_out(lobby / "out", r"<bob> .?ACTION waves back")
+
+        bob.send("/msg iiuser private hello")
+        assert bob.readline() == "-> *iiuser* private hello"
+        ii.wait_out(ii.root / "bob" / "out", r"<bob> private hello$")
+        ii.say("bob", "private answer")
+        assert bob.readline() == "*iiuser* private answer"
+
+        ii.command("/n iirenamed")
+        assert bob.readline() == "* iiuser is now known as iirenamed"
+        # ii quits without reading what is left on its socket, and a close
+        # with unread input is a reset, which can discard the QUIT before the
+        # server reads it: let ii read its NICK first (it shows no line for
+        # it; the end of a WHOIS, which comes after, is shown).
+        ii.command("/WHOIS iirenamed")
+        ii.wait_out(ii.root / "out", r"iirenamed End of /WHOIS list")
+
+        ii.command("/q off to lunch")
+        assert bob.readline() == "* iirenamed left (off to lunch)"
+        assert ii.proc.wait(TIMEOUT) is not None  # ii exits when the server closes the link
+    finally:
+        ii.stop()
