@@ -524,7 +524,8 @@ class IRCProtocol(Protocol):
         names = params[0].split(",")
         client = self.client
         if names == ["0"]:  # "leave every channel": back to the default room
-            self._move(client.server.registry.default_room, "left")
+            default = client.server.registry.default_room
+            self._move(default, f"joined {default}")
             return
         room = self._room_of(names[0])
         for extra in names[1:]:
