@@ -66,6 +66,8 @@ NETWORK = "chatcore"
 HOST = "chatcore"
 #: RFC 1459's limit for a whole line, CR LF included.
 MAX_LINE = 512
+#: What a client may send in one line: tags, then a 512-byte message.
+MAX_INPUT = 8191 + MAX_LINE
 #: The nickname and room rules are chatcore's (chatcore.plugins.commands).
 NICKLEN = 32
 CHANNELLEN = 33  # "#" and a room name
@@ -340,7 +342,7 @@ class IRCProtocol(Protocol):
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
-        self._framer = LineFramer(client.server.max_line)
+        self._framer = LineFramer(MAX_INPUT)
         self._registered = False
         self._cap_negotiating = False
         self._nick = ""  # asked for before registration
@@ -363,9 +365,13 @@ class IRCProtocol(Protocol):
             if client.closed:
                 return
             if raw is None:
-                self.reply("417", f"Input line was too long (the limit is {client.server.max_line} bytes)")
+                self.reply("417", f"Input line was too long (the limit is {MAX_LINE} bytes)")
                 continue
-            parsed = parse(decode(raw).strip("\r\n"))
+            # 512 bytes with CR LF, as RFC 1459 says, after IRCv3 tags (up to 8191 bytes).
+            if len(raw.partition(b" ")[2] if raw.startswith(b"@") else raw) > MAX_LINE - 2:
+                self.reply("417", f"Input line was too long (the limit is {MAX_LINE} bytes)")
+                continue
+            parsed = parse(decode(raw))
             if parsed is not None:
                 self.handle(*parsed)
 
@@ -452,7 +458,8 @@ class IRCProtocol(Protocol):
         if self._registered:
             self.reply("462", "You may not reregister")
             return
-        if not self._need(params, 4, "USER"):
+        if len(params) < 4 or not params[0] or not params[3]:
+            self.reply("461", "USER", "Not enough parameters")
             return
         self.state.username = re.sub(r"[^A-Za-z0-9_.-]", "", params[0])[:NICKLEN] or "user"
         self.state.realname = clean(params[3])[:100]
@@ -538,10 +545,14 @@ class IRCProtocol(Protocol):
         client = self.client
         if room == client.room:
             return
-        old = client.room
+        # PART and JOIN first: the PART is published to the old room once the
+        # client has left it, and the history plugin replays the new room's
+        # lines while change_room runs; a client shows them in the channel
+        # only after its JOIN. The names come after, with the client in them.
+        me = mask(client.nick)
+        self.send([irc_line(me, "PART", channel(client.room), reason), irc_line(me, "JOIN", channel(room))])
         client.server.change_room(client, room, reason=reason)
-        # The PART is published to the old room, which the client has left by then.
-        self.send([irc_line(mask(client.nick), "PART", channel(old), reason), *join_lines(client)])
+        self.send(join_lines(client)[1:])
 
     def part(self, params: list[str]) -> None:
         if not self._need(params, 1, "PART"):

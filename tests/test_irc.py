@@ -177,6 +177,8 @@ def test_a_nickname_taken_or_invalid_gets_433_or_432_and_the_client_tries_again(
     assert irc.readline().startswith(":chatcore 432 * admin :Erroneous nickname: nickname 'admin' is reserved")
     irc.send("NICK")
     assert irc.readline() == ":chatcore 431 * :No nickname given"
+    irc.send("USER x 0 * :")
+    assert irc.readline() == ":chatcore 461 * USER :Not enough parameters"
     irc.send("NICK alice2")
     assert irc.expect(" 001 ").startswith(":chatcore 001 alice2 ")
     assert server.registry.find("alice2") is not None
@@ -454,8 +456,13 @@ def test_lf_and_crlf_are_accepted_formatting_is_stripped_and_bad_input_loses_not
     assert bob.readline() == "<alice> café in latin-1"
     alice.send_raw(b"@time=2020-01-01T00:00:00Z PRIVMSG #lobby :tags ignored\r\n")
     assert bob.readline() == "<alice> tags ignored"
-    alice.send_raw(b"PRIVMSG #lobby :" + b"x" * 5000 + b"\r\n")
-    assert alice.readline() == ":chatcore 417 alice :Input line was too long (the limit is 4096 bytes)"
+    head = b"PRIVMSG #lobby :"
+    alice.send_raw(head + b"x" * (511 - len(head)) + b"\r\n")  # 513 bytes
+    assert alice.readline() == ":chatcore 417 alice :Input line was too long (the limit is 512 bytes)"
+    alice.send_raw(head + b"y" * 20000 + b"\r\n")
+    assert alice.readline() == ":chatcore 417 alice :Input line was too long (the limit is 512 bytes)"
+    alice.send_raw(head + b"z" * (510 - len(head)) + b"\r\n")  # 512 bytes: fine
+    assert bob.readline() == "<alice> " + "z" * (510 - len(head))
     alice.send_raw(b"PRIVMSG #lobby :\x1b[31mno escapes\x00\r\n")
     assert bob.readline() == "<alice> no escapes"
     alice.send("PRIVMSG #lobby :still here")
@@ -524,3 +531,18 @@ def test_an_unregistered_connection_takes_no_nickname_and_no_room(chat_server_fa
     raw = socket.create_connection(server.listener("irc").address, timeout=5)
     raw.close()  # gone without a word
     wait_for(lambda: len(server.connections) == 1, message="the silent connection forgotten")
+
+
+def test_history_reaches_an_irc_client_after_its_join(chat_server_factory, connect, natives):
+    server = start(chat_server_factory, plugins="history")
+    dev = native(server, natives, "dev")
+    dev.send("/join dev")
+    dev.expect(re.compile("you are now in dev"))
+    dev.send("said before alice came")
+    dev.sync()
+    alice = register(connect, server, "alice")
+    alice.send("JOIN #dev")
+    lines = alice.sync()
+    assert lines[:2] == [":alice!alice@chatcore PART #lobby :joined dev", ":alice!alice@chatcore JOIN #dev"]
+    assert ":chatcore NOTICE #dev :[history] <dev> said before alice came" in lines
+    assert lines[-1] == ":chatcore 366 alice #dev :End of /NAMES list."
