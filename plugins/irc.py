@@ -21,13 +21,14 @@ goes back to the default room.
 
 from __future__ import annotations
 
+import argparse
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from chatcore import __version__, hookimpl
+from chatcore import Config, UsageError, __version__, hookimpl
 from chatcore.events import (
     Action,
     Chat,
@@ -53,13 +54,15 @@ from chatcore.wire.native import LineFramer, event_line, sanitize
 
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
+    from chatcore.engine.registry import Registry
+    from chatcore.engine.server import ChatServer
 
 DEFAULT_PORT = 6667
 DEFAULT_TLS_PORT = 6697
 
 #: The server's name in prefixes and numerics, and the network's (005 NETWORK).
-SERVER = "chatcore"
-NETWORK = "chatcore"
+DEFAULT_SERVER_NAME = "chatcore"
+DEFAULT_NETWORK = "chatcore"
 #: The host part of every ``nick!user@host``. A cloak, not the address:
 #: defends against anyone learning a user's IP address from a prefix, WHO
 #: or WHOIS (IRC shows them to everybody by default).
@@ -89,11 +92,6 @@ _FORMATTING = re.compile(
 
 def channel(room: str) -> str:
     return "#" + room
-
-
-def mask(nick: str) -> str:
-    """``nick!user@host`` for anyone: the user is the nickname, the host the cloak."""
-    return f"{nick}!{nick}@{HOST}"
 
 
 #: Commands whose last parameter is text: always sent as a trailing one.
@@ -140,30 +138,7 @@ def _encode(lines: Iterable[str]) -> bytes:
     return "".join(line + "\r\n" for line in lines).encode("utf-8")
 
 
-def numeric(client_nick: str, code: str, *params: str) -> str:
-    return irc_line(SERVER, code, client_nick or "*", *params)
-
-
 # -- rendering ------------------------------------------------------------------
-
-
-def _room_lines(event: RoomEvent) -> list[str]:
-    target = channel(event.room)
-    if isinstance(event, Chat):
-        return text_lines(f":{mask(event.nick)} PRIVMSG {target}", event.text)
-    if isinstance(event, Action):
-        return text_lines(f":{mask(event.nick)} PRIVMSG {target}", event.text, "\x01ACTION ", "\x01")
-    if isinstance(event, Joined):
-        return [irc_line(mask(event.nick), "JOIN", target)]
-    if isinstance(event, Left):
-        if event.disconnected:
-            return [irc_line(mask(event.nick), "QUIT", _quit_text(event.reason))]
-        return [irc_line(mask(event.nick), "PART", target, event.reason)]
-    if isinstance(event, NickChanged):
-        return [irc_line(mask(event.nick), "NICK", event.new_nick)]
-    if isinstance(event, RoomNotice):
-        return text_lines(f":{SERVER} NOTICE {target}", event.text)
-    return []
 
 
 def _quit_text(reason: str) -> str:
@@ -175,71 +150,31 @@ def _quit_text(reason: str) -> str:
     return f"Quit: {reason}"
 
 
-def welcome_lines(nick: str, motd: Iterable[str]) -> list[str]:
-    """001 to 005 and the MOTD (422 if there is none)."""
-    version = f"chatcore-{__version__}"
-    lines = [
-        numeric(nick, "001", f"Welcome to the {NETWORK} IRC network, {mask(nick)}"),
-        numeric(nick, "002", f"Your host is {SERVER}, running version {version}"),
-        numeric(nick, "003", f"This server was created {STARTED}"),
-        numeric(nick, "004", SERVER, version, "i", "nt"),
-        numeric(
-            nick,
-            "005",
-            f"AWAYLEN={AWAYLEN}",
-            "CASEMAPPING=ascii",
-            "CHANLIMIT=#:1",
-            "CHANMODES=b,,,nt",
-            f"CHANNELLEN={CHANNELLEN}",
-            "CHANTYPES=#",
-            f"NETWORK={NETWORK}",
-            f"NICKLEN={NICKLEN}",
-            "PREFIX=(ov)@+",
-            "are supported by this server",
-        ),
-    ]
-    return lines + motd_lines(nick, motd)
-
-
-def motd_lines(nick: str, motd: Iterable[str]) -> list[str]:
-    text = [line for line in motd if line.strip()]
-    if not text:
-        return [numeric(nick, "422", "MOTD File is missing")]
-    lines = [numeric(nick, "375", f"- {SERVER} Message of the day - ")]
-    for line in text:
-        lines.extend(text_lines(f":{SERVER} 372 {nick}", f"- {line}"))
-    lines.append(numeric(nick, "376", "End of /MOTD command."))
-    return lines
-
-
-def names_lines(nick: str, room: str, nicks: Iterable[str]) -> list[str]:
-    """353 (as many as the nicknames need) and 366."""
-    lines = text_lines(f":{SERVER} 353 {nick} = {channel(room)}", " ".join(nicks))
-    return [*lines, numeric(nick, "366", channel(room), "End of /NAMES list.")]
-
-
 def sorted_nicks(client: Client, room: str) -> list[str]:
     return sorted((member.nick for member in client.server.registry.members(room)), key=str.casefold)
 
 
-def join_lines(client: Client) -> list[str]:
-    """What a client sees when it enters its room: its JOIN, the topic (none) and the names."""
-    room = client.room
-    return [
-        irc_line(mask(client.nick), "JOIN", channel(room)),
-        numeric(client.nick, "331", channel(room), "No topic is set"),
-        *names_lines(client.nick, room, sorted_nicks(client, room)),
-    ]
-
-
 class IRCFormat(WireFormat):
-    """Events as IRC lines, CR LF ended, at most 512 bytes each."""
+    """Events as IRC lines, CR LF ended, at most 512 bytes each.
+
+    :ivar server: the server's name in prefixes and numerics (``--irc-server-name``).
+    :ivar network: the network's name (005 ``NETWORK``, ``--irc-network``).
+    :ivar registry: the server's registry, to find the user name of a prefix;
+        set when the server starts.
+    """
 
     name = "irc"
     echoes_actions = False  # IRC clients show their own /me
 
+    def __init__(self, server: str = DEFAULT_SERVER_NAME, network: str = DEFAULT_NETWORK) -> None:
+        self.server = server
+        self.network = network
+        self.registry: Registry | None = None
+
+    # -- the WireFormat's two calls --
+
     def encode(self, event: RoomEvent) -> bytes:
-        return _encode(_room_lines(event))
+        return _encode(self.room_lines(event))
 
     def encode_for(self, client: Client, event: Event) -> bytes:
         nick = client.nick or "*"
@@ -248,36 +183,124 @@ class IRCFormat(WireFormat):
         if isinstance(event, Welcome):
             # Sent by admit(), right after the client entered its room: the
             # registration burst and the client's own JOIN.
-            return _encode(welcome_lines(nick, event.lines) + join_lines(client))
+            return _encode(self.welcome_lines(nick, event.lines) + self.join_lines(client))
         if isinstance(event, Notice):
-            return _encode(text_lines(f":{SERVER} NOTICE {nick}", event.text))
+            return _encode(self.notice_lines(nick, event.text))
         if isinstance(event, Error):
             # Before registration an error is a refusal, and "disconnected:"
             # is the engine's last word: both close the link.
             if not client.nick or event.text.startswith("disconnected: "):
                 return _encode([irc_line(None, "ERROR", f"Closing Link: {event.text}")])
-            return _encode(text_lines(f":{SERVER} NOTICE {nick}", f"error: {event.text}"))
+            return _encode(self.notice_lines(nick, f"error: {event.text}"))
         if isinstance(event, PrivateMessage):
             if event.echo:  # IRC clients show what they sent themselves
                 return b""
-            return _encode(text_lines(f":{mask(event.sender)} PRIVMSG {event.recipient}", event.text))
+            return _encode(text_lines(f":{self.mask(event.sender)} PRIVMSG {event.recipient}", event.text))
         if isinstance(event, Members):
-            return _encode(names_lines(nick, event.room, event.nicks))
+            return _encode(self.names_lines(nick, event.room, event.nicks))
         if isinstance(event, RoomList):
-            return _encode(list_lines(nick, event.rooms))
+            return _encode(self.list_lines(nick, event.rooms))
         if isinstance(event, Replay):
             lines: list[str] = []
             for line in map(event_line, event.events):
                 if line is not None:
-                    lines.extend(text_lines(f":{SERVER} NOTICE {channel(event.room)}", f"[history] {line}"))
+                    lines.extend(self.notice_lines(channel(event.room), f"[history] {line}"))
             return _encode(lines)
         return b""
 
+    # -- lines --
 
-def list_lines(nick: str, rooms: Iterable[tuple[str, int]]) -> list[str]:
-    lines = [numeric(nick, "321", "Channel", "Users  Name")]
-    lines += [numeric(nick, "322", channel(room), str(count), "") for room, count in rooms]
-    return [*lines, numeric(nick, "323", "End of /LIST")]
+    def username_of(self, nick: str) -> str | None:
+        """The user name an IRC user gave with USER; None for a native user
+        (whose prefix has its nickname there)."""
+        member = None if self.registry is None else self.registry.find(nick)
+        state = None if member is None else irc_state(member)
+        return state.username if state is not None and state.username else None
+
+    def mask(self, nick: str) -> str:
+        """``nick!user@host``; the host is the cloak."""
+        return f"{nick}!{self.username_of(nick) or nick}@{HOST}"
+
+    def numeric(self, nick: str, code: str, *params: str) -> str:
+        return irc_line(self.server, code, nick or "*", *params)
+
+    def notice_lines(self, target: str, text: str) -> list[str]:
+        return text_lines(f":{self.server} NOTICE {target}", text)
+
+    def room_lines(self, event: RoomEvent) -> list[str]:
+        target = channel(event.room)
+        if isinstance(event, Chat):
+            return text_lines(f":{self.mask(event.nick)} PRIVMSG {target}", event.text)
+        if isinstance(event, Action):
+            return text_lines(f":{self.mask(event.nick)} PRIVMSG {target}", event.text, "\x01ACTION ", "\x01")
+        if isinstance(event, Joined):
+            return [irc_line(self.mask(event.nick), "JOIN", target)]
+        if isinstance(event, Left):
+            if event.disconnected:
+                return [irc_line(self.mask(event.nick), "QUIT", _quit_text(event.reason))]
+            return [irc_line(self.mask(event.nick), "PART", target, event.reason)]
+        if isinstance(event, NickChanged):
+            # Renamed already: the registry knows the new nickname.
+            user = self.username_of(event.new_nick) or event.nick
+            return [irc_line(f"{event.nick}!{user}@{HOST}", "NICK", event.new_nick)]
+        if isinstance(event, RoomNotice):
+            return self.notice_lines(target, event.text)
+        return []
+
+    def welcome_lines(self, nick: str, motd: Iterable[str]) -> list[str]:
+        """001 to 005 and the MOTD (422 if there is none)."""
+        version = f"chatcore-{__version__}"
+        numeric = self.numeric
+        lines = [
+            numeric(nick, "001", f"Welcome to the {self.network} IRC network, {self.mask(nick)}"),
+            numeric(nick, "002", f"Your host is {self.server}, running version {version}"),
+            numeric(nick, "003", f"This server was created {STARTED}"),
+            numeric(nick, "004", self.server, version, "i", "nt"),
+            numeric(
+                nick,
+                "005",
+                f"AWAYLEN={AWAYLEN}",
+                "CASEMAPPING=ascii",
+                "CHANLIMIT=#:1",
+                "CHANMODES=b,,,nt",
+                f"CHANNELLEN={CHANNELLEN}",
+                "CHANTYPES=#",
+                f"NETWORK={self.network}",
+                f"NICKLEN={NICKLEN}",
+                "PREFIX=(ov)@+",
+                "are supported by this server",
+            ),
+        ]
+        return lines + self.motd_lines(nick, motd)
+
+    def motd_lines(self, nick: str, motd: Iterable[str]) -> list[str]:
+        text = [line for line in motd if line.strip()]
+        if not text:
+            return [self.numeric(nick, "422", "MOTD File is missing")]
+        lines = [self.numeric(nick, "375", f"- {self.server} Message of the day - ")]
+        for line in text:
+            lines.extend(text_lines(f":{self.server} 372 {nick}", f"- {line}"))
+        lines.append(self.numeric(nick, "376", "End of /MOTD command."))
+        return lines
+
+    def names_lines(self, nick: str, room: str, nicks: Iterable[str]) -> list[str]:
+        """353 (as many as the nicknames need) and 366."""
+        lines = text_lines(f":{self.server} 353 {nick} = {channel(room)}", " ".join(nicks))
+        return [*lines, self.numeric(nick, "366", channel(room), "End of /NAMES list.")]
+
+    def join_lines(self, client: Client) -> list[str]:
+        """What a client sees when it enters its room: its JOIN, the topic (none) and the names."""
+        room = client.room
+        return [
+            irc_line(self.mask(client.nick), "JOIN", channel(room)),
+            self.numeric(client.nick, "331", channel(room), "No topic is set"),
+            *self.names_lines(client.nick, room, sorted_nicks(client, room)),
+        ]
+
+    def list_lines(self, nick: str, rooms: Iterable[tuple[str, int]]) -> list[str]:
+        lines = [self.numeric(nick, "321", "Channel", "Users  Name")]
+        lines += [self.numeric(nick, "322", channel(room), str(count), "") for room, count in rooms]
+        return [*lines, self.numeric(nick, "323", "End of /LIST")]
 
 
 # -- reading ----------------------------------------------------------------------
@@ -338,10 +361,12 @@ Handler = Callable[["IRCProtocol", list[str]], None]
 class IRCProtocol(Protocol):
     """One IRC connection: registration, then commands (docs/irc.md)."""
 
-    __slots__ = ("_cap_negotiating", "_framer", "_nick", "_password", "_registered", "_timer", "state")
+    __slots__ = ("_cap_negotiating", "_framer", "_nick", "_password", "_registered", "_timer", "state", "wire")
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
+        assert isinstance(client.wire, IRCFormat)  # the schemes of this plugin pair the two
+        self.wire: IRCFormat = client.wire
         self._framer = LineFramer(MAX_INPUT)
         self._registered = False
         self._cap_negotiating = False
@@ -389,7 +414,7 @@ class IRCProtocol(Protocol):
         self.client.send_data(_encode(lines))
 
     def reply(self, code: str, *params: str) -> None:
-        self.send([numeric(self.nick, code, *params)])
+        self.send([self.wire.numeric(self.nick, code, *params)])
 
     def _registration_expired(self) -> None:  # on the timer's thread
         if not self._registered and not self.client.closed:
@@ -425,13 +450,13 @@ class IRCProtocol(Protocol):
         if sub == "LS":
             if not self._registered:
                 self._cap_negotiating = True  # registration waits for CAP END
-            self.send([irc_line(SERVER, "CAP", self.nick, "LS", "")])  # no capabilities (yet)
+            self.send([irc_line(self.wire.server, "CAP", self.nick, "LS", "")])  # no capabilities (yet)
         elif sub == "LIST":
-            self.send([irc_line(SERVER, "CAP", self.nick, "LIST", "")])
+            self.send([irc_line(self.wire.server, "CAP", self.nick, "LIST", "")])
         elif sub == "REQ":
             if not self._registered:
                 self._cap_negotiating = True
-            self.send([irc_line(SERVER, "CAP", self.nick, "NAK", params[1] if len(params) > 1 else "")])
+            self.send([irc_line(self.wire.server, "CAP", self.nick, "NAK", params[1] if len(params) > 1 else "")])
         elif sub == "END":
             if self._cap_negotiating:
                 self._cap_negotiating = False
@@ -510,7 +535,7 @@ class IRCProtocol(Protocol):
         if not client.server.change_nick(client, nick):
             self.reply("433", nick, "Nickname is already in use")
             return
-        self.send([irc_line(mask(old), "NICK", nick)])  # the others got it from change_nick
+        self.send([irc_line(self.wire.mask(old), "NICK", nick)])  # the others got it from change_nick
 
     # -- rooms --
 
@@ -549,10 +574,10 @@ class IRCProtocol(Protocol):
         # client has left it, and the history plugin replays the new room's
         # lines while change_room runs; a client shows them in the channel
         # only after its JOIN. The names come after, with the client in them.
-        me = mask(client.nick)
+        me = self.wire.mask(client.nick)
         self.send([irc_line(me, "PART", channel(client.room), reason), irc_line(me, "JOIN", channel(room))])
         client.server.change_room(client, room, reason=reason)
-        self.send(join_lines(client)[1:])
+        self.send(self.wire.join_lines(client)[1:])
 
     def part(self, params: list[str]) -> None:
         if not self._need(params, 1, "PART"):
@@ -563,12 +588,9 @@ class IRCProtocol(Protocol):
             if name.lower() != channel(client.room):
                 self.reply("442", name, "You're not on that channel")
             elif client.room == default:
-                self.send(
-                    text_lines(
-                        f":{SERVER} NOTICE {client.nick}",
-                        f"you are always in one channel, and {channel(default)} is the default one: "
-                        "JOIN another channel to leave it",
-                    )
+                self._notice(
+                    f"you are always in one channel, and {channel(default)} is the default one: "
+                    "JOIN another channel to leave it"
                 )
             else:
                 self._move(default, clean(params[1]) if len(params) > 1 and clean(params[1]) else f"joined {default}")
@@ -578,12 +600,12 @@ class IRCProtocol(Protocol):
         name = params[0].split(",")[0] if params else channel(client.room)
         room = name[1:].lower() if name.startswith("#") else ""
         if room and client.server.registry.members(room):
-            self.send(names_lines(client.nick, room, sorted_nicks(client, room)))
+            self.send(self.wire.names_lines(client.nick, room, sorted_nicks(client, room)))
         else:
             self.reply("366", name, "End of /NAMES list.")
 
     def list_(self, params: list[str]) -> None:
-        self.send(list_lines(self.client.nick, sorted(self.client.server.registry.rooms().items())))
+        self.send(self.wire.list_lines(self.client.nick, sorted(self.client.server.registry.rooms().items())))
 
     def topic(self, params: list[str]) -> None:
         if not self._need(params, 1, "TOPIC"):
@@ -656,7 +678,7 @@ class IRCProtocol(Protocol):
         self.privmsg(params, command="NOTICE")
 
     def _notice(self, text: str) -> None:
-        self.send(text_lines(f":{SERVER} NOTICE {self.nick}", text))
+        self.send(self.wire.notice_lines(self.nick, text))
 
     # -- about people --
 
@@ -664,7 +686,7 @@ class IRCProtocol(Protocol):
         state = irc_state(member)
         if state is None:
             return member.nick, "chatcore native user"
-        return member.nick, state.realname or member.nick
+        return state.username or member.nick, state.realname or member.nick
 
     def who(self, params: list[str]) -> None:
         client = self.client
@@ -681,11 +703,19 @@ class IRCProtocol(Protocol):
             state = irc_state(member)
             here = "G" if state is not None and state.away is not None else "H"
             lines.append(
-                numeric(
-                    client.nick, "352", channel(member.room), user, HOST, SERVER, member.nick, here, f"0 {realname}"
+                self.wire.numeric(
+                    client.nick,
+                    "352",
+                    channel(member.room),
+                    user,
+                    HOST,
+                    self.wire.server,
+                    member.nick,
+                    here,
+                    f"0 {realname}",
                 )
             )
-        self.send([*lines, numeric(client.nick, "315", target, "End of /WHO list.")])
+        self.send([*lines, self.wire.numeric(client.nick, "315", target, "End of /WHO list.")])
 
     def whois(self, params: list[str]) -> None:
         if not params:
@@ -697,22 +727,22 @@ class IRCProtocol(Protocol):
         if member is None:
             self.send(
                 [
-                    numeric(client.nick, "401", target, "No such nick"),
-                    numeric(client.nick, "318", target, "End of /WHOIS list."),
+                    self.wire.numeric(client.nick, "401", target, "No such nick"),
+                    self.wire.numeric(client.nick, "318", target, "End of /WHOIS list."),
                 ]
             )
             return
         user, realname = self._userinfo(member)
         nick = member.nick
         lines = [
-            numeric(client.nick, "311", nick, user, HOST, "*", realname),
-            numeric(client.nick, "319", nick, channel(member.room)),
-            numeric(client.nick, "312", nick, SERVER, f"chatcore {__version__}"),
+            self.wire.numeric(client.nick, "311", nick, user, HOST, "*", realname),
+            self.wire.numeric(client.nick, "319", nick, channel(member.room)),
+            self.wire.numeric(client.nick, "312", nick, self.wire.server, f"chatcore {__version__}"),
         ]
         state = irc_state(member)
         if state is not None and state.away is not None:
-            lines.append(numeric(client.nick, "301", nick, state.away))
-        self.send([*lines, numeric(client.nick, "318", nick, "End of /WHOIS list.")])
+            lines.append(self.wire.numeric(client.nick, "301", nick, state.away))
+        self.send([*lines, self.wire.numeric(client.nick, "318", nick, "End of /WHOIS list.")])
 
     def ison(self, params: list[str]) -> None:
         if not self._need(params, 1, "ISON"):
@@ -787,13 +817,13 @@ class IRCProtocol(Protocol):
         if not params:
             self.reply("409", "No origin specified")
             return
-        self.send([irc_line(SERVER, "PONG", SERVER, params[-1])])
+        self.send([irc_line(self.wire.server, "PONG", self.wire.server, params[-1])])
 
     def pong(self, params: list[str]) -> None:
         """Nothing to do: the server sends no PINGs (TCP keep-alive is the kernel's)."""
 
     def motd(self, params: list[str]) -> None:
-        self.send(motd_lines(self.client.nick, self.client.server.hooks.welcome(self.client)))
+        self.send(self.wire.motd_lines(self.client.nick, self.client.server.hooks.welcome(self.client)))
 
     def quit(self, params: list[str]) -> None:
         text = clean(params[0]) if params else ""
@@ -828,6 +858,52 @@ _HANDLERS: dict[str, Handler] = {
     "MOTD": IRCProtocol.motd,
 }
 _BEFORE_REGISTRATION = frozenset({"CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
+
+
+#: A server name is a host name (RFC 2812 2.3.1); a network name one word.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_SERVER_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_NETWORK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+@hookimpl
+def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("irc plugin", "IRC clients on irc:// and ircs:// listeners (docs/irc.md).")
+    group.add_argument(
+        "--irc-server-name",
+        default=DEFAULT_SERVER_NAME,
+        metavar="NAME",
+        help="the server's name in IRC prefixes and numerics, a host name (default: %(default)s)",
+    )
+    group.add_argument(
+        "--irc-network",
+        default=DEFAULT_NETWORK,
+        metavar="NAME",
+        help="the network name IRC clients show (005 NETWORK; default: %(default)s)",
+    )
+
+
+@hookimpl
+def chatcore_configure(config: Config) -> None:
+    options = config.options
+    if len(options.irc_server_name) > 63 or not _SERVER_NAME.fullmatch(options.irc_server_name):
+        raise UsageError(
+            f"--irc-server-name {options.irc_server_name!r}: use a host name, e.g. irc.example.org "
+            "(letters, digits, '-' and dots, at most 63 characters)"
+        )
+    if not _NETWORK_NAME.fullmatch(options.irc_network):
+        raise UsageError(f"--irc-network {options.irc_network!r}: use 1 to 32 letters, digits, '_', '-' or '.'")
+    for scheme in config.schemes.values():
+        if isinstance(scheme.wire, IRCFormat):
+            scheme.wire.server = options.irc_server_name
+            scheme.wire.network = options.irc_network
+
+
+@hookimpl
+def chatcore_server_start(server: ChatServer) -> None:
+    for scheme in server.schemes.values():
+        if isinstance(scheme.wire, IRCFormat):
+            scheme.wire.registry = server.registry
 
 
 @hookimpl

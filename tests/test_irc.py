@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,11 +57,13 @@ class IRCClient(LineClient):
             match = re.compile(match)
         return super().expect(match, timeout)
 
+    server_name = "chatcore"
+
     def sync(self) -> list[str]:
         """Every line before the answer to a PING (lines are handled in order)."""
         self.send("PING :sync")
         before: list[str] = []
-        while (line := self.readline()) != ":chatcore PONG chatcore :sync":
+        while (line := self.readline()) != f":{self.server_name} PONG {self.server_name} :sync":
             before.append(line)
         return before
 
@@ -343,7 +347,7 @@ def test_who_whois_names_list_topic_mode_away_ison_userhost(chat_server_factory,
         ":chatcore 315 alice #lobby :End of /WHO list.",
     ]
     carol.send("AWAY :lunch")
-    assert carol.readline() == ":chatcore 306 carol :You have been marked as being away"
+    assert carol.expect(" 306 ") == ":chatcore 306 carol :You have been marked as being away"
     carol.sync()
     alice.send("WHOIS carol")
     assert alice.sync() == [
@@ -355,7 +359,7 @@ def test_who_whois_names_list_topic_mode_away_ison_userhost(chat_server_factory,
     ]
     alice.send("PRIVMSG carol :are you there?")
     assert alice.readline() == ":chatcore 301 alice carol lunch"
-    assert carol.readline() == ":alice!alice@chatcore PRIVMSG carol :are you there?"
+    assert carol.expect(" PRIVMSG ") == ":alice!alice@chatcore PRIVMSG carol :are you there?"
     alice.send("WHOIS ghost")
     assert alice.sync() == [":chatcore 401 alice ghost :No such nick", ":chatcore 318 alice ghost :End of /WHOIS list."]
     alice.send("NAMES #lobby")
@@ -388,7 +392,7 @@ def test_who_whois_names_list_topic_mode_away_ison_userhost(chat_server_factory,
         ":chatcore 302 alice :bob=+bob@chatcore carol=-carol@chatcore",
     ]
     carol.send("AWAY")
-    assert carol.readline() == ":chatcore 305 carol :You are no longer marked as being away"
+    assert carol.expect(" 305 ") == ":chatcore 305 carol :You are no longer marked as being away"
 
 
 def test_chatcore_commands_of_plugins_work_as_irc_commands(chat_server_factory, connect):
@@ -546,3 +550,45 @@ def test_history_reaches_an_irc_client_after_its_join(chat_server_factory, conne
     assert lines[:2] == [":alice!alice@chatcore PART #lobby :joined dev", ":alice!alice@chatcore JOIN #dev"]
     assert ":chatcore NOTICE #dev :[history] <dev> said before alice came" in lines
     assert lines[-1] == ":chatcore 366 alice #dev :End of /NAMES list."
+
+
+def test_the_server_and_network_names_are_options_and_user_names_are_in_prefixes(chat_server_factory, connect, natives):
+    server = start(chat_server_factory, "--irc-server-name", "irc.example.org", "--irc-network", "ExampleNet")
+    bob = native(server, natives, "bob")
+    alice = connect(server)
+    alice.server_name = "irc.example.org"
+    alice.send("NICK alice")
+    alice.send("USER al1ce!* 0 * :Alice")  # the user name loses what a prefix cannot hold
+    lines = alice.sync()
+    assert lines[0] == ":irc.example.org 001 alice :Welcome to the ExampleNet IRC network, alice!al1ce@chatcore"
+    assert "NETWORK=ExampleNet" in lines[4].split()
+    alice.send("PING :x")
+    assert alice.readline() == ":irc.example.org PONG irc.example.org :x"
+    bob.send("/who")
+    bob.sync()
+    alice.send("PRIVMSG #lobby :hi")
+    bob.expect("<alice> hi")
+    carol = register(connect, server, "carol")
+    alice.send("PRIVMSG #lobby :again")
+    assert carol.expect(re.compile("again")) == ":alice!al1ce@chatcore PRIVMSG #lobby :again"
+    alice.send("NICK alicia")
+    assert carol.readline() == ":alice!al1ce@chatcore NICK alicia"
+    alice.send("WHO alicia")
+    who = ":irc.example.org 352 alicia #lobby al1ce chatcore irc.example.org alicia H :0 Alice"
+    assert alice.expect(" 352 ") == who
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--irc-server-name", "not a host"), ("--irc-server-name", "x" * 64), ("--irc-network", "a b")],
+)
+def test_bad_server_or_network_names_are_usage_errors(option, value):
+    result = subprocess.run(
+        [sys.executable, "-m", "chatcore", "serve", "--plugins", "irc", option, value],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"{option} {value!r}: use " in result.stderr
