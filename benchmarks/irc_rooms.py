@@ -1,0 +1,345 @@
+"""IRC room benchmark: chatcore's IRC port beside the IRC servers people run.
+
+    python benchmarks/irc_rooms.py                               # chatcore, ngircd, inspircd
+    python benchmarks/irc_rooms.py --servers chatcore --rooms 10,100 --duration 5
+
+Each server is started on a free loopback port with a throwaway
+configuration and its flood limits lifted (ngIRCd: ``MaxPenaltyTime = 0``;
+InspIRCd: ``fakelag="no"`` and a huge ``commandrate``), then, for every room
+size N:
+
+- **connects**: N clients register at once (``NICK``/``USER`` sent on every
+  socket, then wait for every 001); the time until the last 001;
+- **room**: every client joins ``#bench``; ``--senders`` of them send
+  ``PRIVMSG #bench`` lines as fast as a window allows (a sender has at most
+  ``--window`` lines that the monitor, a client that does not send, has not
+  yet received), for ``--duration`` seconds. Deliveries are the PRIVMSG
+  lines all clients receive, per second; latency is sampled from one line per
+  ``recv()`` chunk against the microsecond time the sender put in it.
+
+One process, non-blocking sockets on one selector: the driver itself costs
+CPU, so the figures compare servers under the same driver; they are not
+each server's ceiling. Ergo is not in Debian 12 and is not measured here.
+Every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+CHANNEL = b"#bench"
+SETUP_TIMEOUT = 120.0
+LINE_TEXT = 64  # bytes of text per PRIVMSG, timestamp included
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+# -- the servers ------------------------------------------------------------------------
+
+
+def chatcore(port: int, directory: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "chatcore", "serve", "--plugins", "irc", "--log-level", "WARNING",
+        "--listen", f"irc://127.0.0.1:{port}", "--max-clients", "5000", "--max-queue", "100000",
+    ]  # fmt: skip
+
+
+def ngircd(port: int, directory: Path) -> list[str]:
+    config = directory / "ngircd.conf"
+    config.write_text(
+        f"""[Global]
+Name = bench.ngircd
+Info = benchmark
+Listen = 127.0.0.1
+Ports = {port}
+MotdPhrase = benchmark
+[Limits]
+MaxConnections = 0
+MaxConnectionsIP = 0
+MaxJoins = 0
+MaxNickLength = 31
+MaxPenaltyTime = 0
+PingTimeout = 600
+PongTimeout = 600
+[Options]
+DNS = no
+Ident = no
+PAM = no
+"""
+    )
+    return ["ngircd", "--nodaemon", "--config", str(config)]
+
+
+def inspircd(port: int, directory: Path) -> list[str]:
+    config = directory / "inspircd.conf"
+    config.write_text(
+        f"""<server name="bench.inspircd" description="benchmark" network="bench">
+<admin name="bench" nick="bench" email="bench@example.org">
+<bind address="127.0.0.1" port="{port}" type="clients">
+<connect name="bench" allow="127.0.0.1" timeout="60" pingfreq="600" hardsendq="104857600"
+    softsendq="104857600" recvq="104857600" threshold="1000000" commandrate="100000000" fakelag="no" localmax="100000"
+    globalmax="100000" maxconnwarn="no" resolvehostnames="no" useident="no" limit="100000">
+<performance softlimit="100000" somaxconn="4096" netbuffersize="65536" clonesonconnect="no">
+<limits maxnick="32" maxchan="64">
+<pid file="{directory}/inspircd.pid">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="sparse" target="{directory}/inspircd.log">
+"""
+    )
+    return ["inspircd", "--nofork", "--runasroot", f"--config={config}"]
+
+
+SERVERS: dict[str, Callable[[int, Path], list[str]]] = {"chatcore": chatcore, "ngircd": ngircd, "inspircd": inspircd}
+
+
+def version(name: str) -> str:
+    if name == "chatcore":
+        import chatcore
+
+        return f"chatcore {chatcore.__version__} (Python {sys.version.split()[0]})"
+    command = {"ngircd": ["ngircd", "--version"], "inspircd": ["inspircd", "--version"]}[name]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    return (out.stdout or out.stderr).strip().splitlines()[0]
+
+
+@contextlib.contextmanager
+def running(name: str) -> Iterator[int]:
+    with tempfile.TemporaryDirectory(prefix=f"irc-bench-{name}-") as tmp:
+        port = free_port()
+        command = SERVERS[name](port, Path(tmp))
+        if shutil.which(command[0]) is None and name != "chatcore":
+            raise RuntimeError(f"{command[0]} is not installed (apt-get install {name})")
+        log = Path(tmp) / "server.log"
+        with log.open("wb") as output:
+            proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=tmp)
+        try:
+            wait_for_port(port, proc)
+            yield port
+        except Exception:
+            print(f"{name} said:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]), file=sys.stderr)
+            raise
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# -- the clients ----------------------------------------------------------------------------
+
+
+class Client:
+    __slots__ = ("buffer", "index", "lines", "nick", "sock", "welcomed")
+
+    def __init__(self, port: int, index: int) -> None:
+        self.index = index
+        self.nick = f"b{index:05d}"
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=SETUP_TIMEOUT)
+        self.sock.setblocking(False)
+        self.buffer = b""
+        self.lines = 0
+        self.welcomed = False
+
+    def send(self, data: bytes) -> None:
+        self.sock.setblocking(True)
+        self.sock.sendall(data)
+        self.sock.setblocking(False)
+
+    def read_lines(self) -> list[bytes]:
+        try:
+            data = self.sock.recv(262144)
+        except BlockingIOError:
+            return []
+        if not data:
+            raise ConnectionError(f"{self.nick}: the server closed the connection ({self.buffer[-200:]!r})")
+        *lines, self.buffer = (self.buffer + data).split(b"\r\n")
+        if lines and lines[-1].startswith(b"ERROR"):
+            raise ConnectionError(f"{self.nick}: {lines[-1].decode(errors='replace')}")
+        for line in lines:
+            if line.startswith(b"PING "):
+                self.send(b"PONG " + line[5:] + b"\r\n")
+        return lines
+
+
+def until(clients: list[Client], done: Callable[[Client, bytes], bool], what: str) -> None:
+    """Read every client's lines until ``done`` said True once for each."""
+    selector = selectors.DefaultSelector()
+    for client in clients:
+        selector.register(client.sock, selectors.EVENT_READ, client)
+    waiting = len(clients)
+    finished: set[int] = set()
+    deadline = time.monotonic() + SETUP_TIMEOUT
+    try:
+        while waiting:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: {waiting} clients still waiting after {SETUP_TIMEOUT}s")
+            for key, _ in selector.select(1.0):
+                client = key.data
+                for line in client.read_lines():
+                    if client.index not in finished and done(client, line):
+                        finished.add(client.index)
+                        waiting -= 1
+    finally:
+        selector.close()
+
+
+def connect(port: int, count: int) -> tuple[list[Client], float]:
+    started = time.perf_counter()
+    clients = [Client(port, index) for index in range(count)]
+    for client in clients:
+        client.send(f"NICK {client.nick}\r\nUSER {client.nick} 0 * :bench\r\n".encode())
+    until(clients, lambda client, line: line.split(b" ", 2)[1:2] == [b"001"], "registration")
+    return clients, time.perf_counter() - started
+
+
+def join(clients: list[Client]) -> None:
+    """Everyone joins; done when each has its names (366) and has seen the
+    last client in the names or JOIN, so that no setup traffic is left."""
+    nick = clients[-1].nick.encode()
+    last = b":" + nick + b"!"
+    names: set[int] = set()
+    seen: set[int] = set()
+
+    def done(client: Client, line: bytes) -> bool:
+        if b" 366 " in line and CHANNEL in line:
+            names.add(client.index)
+        elif (line.startswith(last) and b" JOIN " in line) or (
+            b" 353 " in line and nick in line.partition(b" :")[2].split()
+        ):
+            seen.add(client.index)
+        return client.index in names and client.index in seen
+
+    for client in clients:
+        client.send(b"JOIN " + CHANNEL + b"\r\n")
+    until(clients, done, "JOIN")
+
+
+def room(clients: list[Client], senders: int, duration: float, window: int) -> tuple[float, list[float]]:
+    """Deliveries per second and latency samples (ms)."""
+    sending = clients[: min(senders, len(clients) - 1)]
+    monitor = clients[-1]
+    sent = [0] * len(sending)
+    acked = [0] * len(sending)
+    samples: list[float] = []
+    deliveries = 0
+    marker = b" PRIVMSG " + CHANNEL + b" :"
+    selector = selectors.DefaultSelector()
+    for client in clients:
+        selector.register(client.sock, selectors.EVENT_READ, client)
+    start = time.perf_counter()
+    end = start + duration
+    try:
+        while (now := time.perf_counter()) < end:
+            for number, client in enumerate(sending):
+                room_left = window - (sent[number] - acked[number])
+                if room_left > window // 2:
+                    stamp = int(time.time() * 1e6)
+                    batch = []
+                    for _ in range(room_left):
+                        sent[number] += 1
+                        text = f"{number} {sent[number]} {stamp} "
+                        batch.append(b"PRIVMSG " + CHANNEL + b" :" + text.ljust(LINE_TEXT, "x").encode() + b"\r\n")
+                    client.send(b"".join(batch))
+            for key, _ in selector.select(0.01):
+                client = key.data
+                try:
+                    data = client.sock.recv(262144)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    raise ConnectionError(f"{client.nick}: closed by the server")
+                data = client.buffer + data
+                cut = data.rfind(b"\r\n")
+                client.buffer, data = data[cut + 2 :], data[:cut]
+                deliveries += data.count(marker)
+                last = data[data.rfind(marker) + len(marker) :] if marker in data else b""
+                if last:
+                    samples.append((time.time() * 1e6 - int(last.split(b" ")[2])) / 1000)
+                if client is monitor:
+                    for line in data.split(b"\r\n"):
+                        at = line.find(marker)
+                        if at >= 0:
+                            number_text, seq_text = line[at + len(marker) :].split(b" ")[:2]
+                            number = int(number_text)
+                            acked[number] = max(acked[number], int(seq_text))
+    finally:
+        selector.close()
+    return deliveries / (now - start), samples
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--servers", default="chatcore,ngircd,inspircd", help="comma-separated: %(default)s")
+    parser.add_argument("--rooms", default="10,100,500", help="room sizes (default: %(default)s)")
+    parser.add_argument("--senders", type=int, default=10, help="clients that send (default: %(default)s)")
+    parser.add_argument("--window", type=int, default=20, help="lines in flight per sender (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per room (default: %(default)s)")
+    parser.add_argument("--connects", type=int, default=500, help="clients registering at once (default: %(default)s)")
+    options = parser.parse_args(argv)
+    names = options.servers.split(",")
+    unknown = sorted(set(names) - set(SERVERS))
+    if unknown:
+        parser.error(f"unknown servers {unknown}; known: {sorted(SERVERS)}")
+    print("| server | test | deliveries/s | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        print(f"<!-- {version(name)} -->", file=sys.stderr)
+        for size in [int(text) for text in options.rooms.split(",")]:
+            with running(name) as port:
+                clients, _ = connect(port, size)
+                try:
+                    join(clients)
+                    rate, samples = room(clients, options.senders, options.duration, options.window)
+                finally:
+                    for client in clients:
+                        client.sock.close()
+            p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+            print(f"| {name} | room of {size} | {rate:,.0f} | {p50:.1f} | {p99:.1f} |", flush=True)
+        with running(name) as port:
+            clients, seconds = connect(port, options.connects)
+            for client in clients:
+                client.sock.close()
+        print(f"| {name} | {options.connects} connects at once | {seconds:.2f} s until the last 001 | | |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""The IRC room driver against chatcore alone (ngIRCd and InspIRCd are
+Debian packages the benchmark run needs, not the test): it connects,
+joins, counts deliveries and reports a row per test."""
+
+from __future__ import annotations
+
+import pytest
+from irc_rooms import main, percentile
+
+
+def test_percentile() -> None:
+    values = [float(number) for number in range(1, 101)]
+    assert percentile(values, 0.5) == 51.0
+    assert percentile(values, 0.99) == 100.0
+    assert percentile([], 0.5) != percentile([], 0.5)  # nan
+
+
+def test_the_driver_measures_chatcore(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["--servers", "chatcore", "--rooms", "5", "--senders", "2", "--duration", "0.5", "--connects", "20"]) == 0
+    )
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| chatcore |")]
+    assert len(rows) == 2
+    deliveries = int(rows[0].split("|")[3].replace(",", ""))
+    assert deliveries > 0
+    assert "20 connects at once" in rows[1]
