@@ -468,7 +468,7 @@ class IRCProtocol(Protocol):
         if self._registered:
             self.reply("462", "You may not reregister")
         elif self._need(params, 1, "PASS"):
-            self._password = params[0]
+            self._password = params[0]  # a secret: kept for the check below, never logged or echoed
 
     def _password_problem(self) -> str | None:
         """Why the password given with PASS does not let the client in, or None.
@@ -632,7 +632,10 @@ class IRCProtocol(Protocol):
             if not quiet:
                 self.reply("412", "No text to send")
             return
-        target, text = params[0].split(",")[0], params[1]
+        target, *extra = params[0].split(",")
+        text = params[1]
+        if extra and not quiet:
+            self.reply("407", ",".join(extra), "Too many recipients: one target per message; the others were skipped")
         kind: Any = "chat"
         if text.startswith("\x01"):  # CTCP: only ACTION (/me) to a channel means something here
             ctcp, _, rest = text.strip("\x01").partition(" ")

@@ -326,6 +326,11 @@ def test_error_numerics_where_a_native_user_gets_an_error(chat_server_factory, c
     for sent, expected in cases.items():
         alice.send(sent)
         assert alice.readline() == expected, sent
+    alice.send("PRIVMSG nobody,ghost,#x :hi")
+    assert alice.readline() == (
+        ":chatcore 407 alice ghost,#x :Too many recipients: one target per message; the others were skipped"
+    )
+    assert alice.readline() == ":chatcore 401 alice nobody :No such nick/channel"
     # NOTICE never gets an automatic reply, errors included.
     alice.send("NOTICE nobody :hi")
     assert alice.sync() == []
