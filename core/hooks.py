@@ -86,10 +86,14 @@ class Hooks:
         self.pm = pm
         self._impls: dict[str, list[_Impl]] = {}
         self._failures: dict[tuple[str, str], int] = {}
+        self.refresh()
 
     def refresh(self) -> None:
         """Forget the cached implementation lists (after (un)registering)."""
         self._impls.clear()
+        #: True if a plugin implements ``chatcore_room_event`` (checked on
+        #: every publish, so kept as a plain attribute).
+        self.room_events_observed = bool(self._get("chatcore_room_event"))
 
     def implemented(self, name: str) -> bool:
         """True if any plugin implements the hook ``chatcore_<name>``."""
