@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chatcore.engine.connection import Client
 from chatcore.engine.registry import Registry
@@ -63,6 +63,15 @@ RECV_BUSY = 65536
 REFUSE_LINGER = 1.0
 #: How long a disconnecting client may take to read what is queued for it.
 SHUTDOWN_LINGER = 2.0
+
+
+class Sequencer(Protocol):
+    """What numbers room events: the local one below, or a cluster plugin's
+    (``chatcore_sequencer``)."""
+
+    def next(self, room: str) -> tuple[str, int]:
+        """``(epoch, offset)`` for the room's next event; thread-safe."""
+        ...
 
 
 class LocalSequencer:
@@ -113,7 +122,7 @@ class ChatServer:
         self.max_line: int = options.max_line
         self.max_queue: int = options.max_queue
         self.max_clients: int = options.max_clients
-        self.sequencer: Any = LocalSequencer()
+        self.sequencer: Sequencer = LocalSequencer()
         self.schemes: dict[str, Scheme] = config.schemes
         self.certificates: Certificates | None = config.certificates
         self._stopping = False
@@ -346,11 +355,11 @@ class ChatServer:
         now = time.time()
         # Chat is not echoed to its sender; an action is, as the answer to /me.
         if message.kind == "action":
-            event = Action(room, nick=sender.nick, text=message.text, epoch=epoch, offset=offset, time=now)
-            recipients = self.publish(event)
+            action = Action(room, sender.nick, message.text, epoch=epoch, offset=offset, time=now)
+            recipients = self.publish(action)
         else:
-            event = Chat(room, nick=sender.nick, text=message.text, epoch=epoch, offset=offset, time=now)
-            recipients = self.publish(event, exclude=sender)
+            chat = Chat(room, sender.nick, message.text, epoch=epoch, offset=offset, time=now)
+            recipients = self.publish(chat, exclude=sender)
         self.hooks.message_delivered(message, recipients)
 
     def change_room(self, client: Client, room: str, reason: str | None = None) -> None:
