@@ -17,14 +17,21 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
+import trustme
+
+from chatcore.testing import ServerProcess
 
 LOADTEST_DIR = Path(__file__).resolve().parent.parent / "loadtest"
 STARTUP_TIMEOUT = 15.0
 LOCUST_TIMEOUT = 90.0
+
+# Each test runs Locust for a few seconds.
+pytestmark = pytest.mark.slow
 
 
 def _read_lines(stream: IO[str], lines: queue.Queue[str]) -> None:
@@ -85,7 +92,7 @@ def test_locust_chat_scenario_delivers_everything(server_port: int, tmp_path: Pa
             "-m",
             "locust",
             "-f",
-            str(LOADTEST_DIR),
+            str(LOADTEST_DIR / "chat.py"),
             "--headless",
             "-u",
             "5",
@@ -126,3 +133,149 @@ def test_locust_chat_scenario_delivers_everything(server_port: int, tmp_path: Pa
     assert re.search(
         r"chatcore: sent \d+ messages, \d+ deliveries .* lost 0, duplicated 0, reordered 0, corrupted 0", log
     )
+
+
+# -- transports and several servers ------------------------------------------
+
+
+@dataclass
+class Certs:
+    cert: Path
+    key: Path
+    ca_file: Path
+
+    def args(self) -> list[str]:
+        return ["--tls-cert", str(self.cert), "--tls-key", str(self.key)]
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Certs:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    ca.cert_pem.write_to_path(str(ca_file))
+    return Certs(cert, key, ca_file)
+
+
+def run_locust(tmp_path: Path, *args: str, users: int = 4, seconds: int = 4) -> tuple[int, dict[Any, Any], str]:
+    """Run the load test headless; return its exit status, the JSON
+    report's rows by (type, name) and its output."""
+    assert importlib.util.find_spec("locust") is not None, "Locust is not installed: pip install 'chatcore[loadtest]'"
+    report = tmp_path / "report"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOADTEST_DIR / "chat.py"),
+            "--headless",
+            "-u",
+            str(users),
+            "-r",
+            str(users),
+            "-t",
+            f"{seconds}s",
+            "--message-rate",
+            "5",
+            "--json-file",
+            str(report),
+            *args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=LOCUST_TIMEOUT,
+        check=False,
+    )
+    path = report.with_suffix(".json")
+    entries = {(e["method"], e["name"]): e for e in json.loads(path.read_text())} if path.exists() else {}
+    return result.returncode, entries, result.stdout + result.stderr
+
+
+def url(scheme: str, address: tuple[str, int]) -> str:
+    return f"{scheme}://{address[0]}:{address[1]}"
+
+
+def test_tls_host_verified_with_ca(certs: Certs, tmp_path: Path) -> None:
+    with ServerProcess("--listen", "tls://127.0.0.1:0", *certs.args()) as server:
+        code, entries, log = run_locust(
+            tmp_path, "--host", url("tls", server.addresses["tls"]), "--ca", str(certs.ca_file)
+        )
+    assert code == 0, log
+    assert entries[("connect", "welcome")]["num_requests"] == 4, log
+    assert entries[("deliver", "message")]["num_requests"] >= 20, log
+    assert not [key for key, e in entries.items() if e["num_failures"]], log
+
+
+def test_tls_unverified_server_is_refused_unless_insecure(certs: Certs, tmp_path: Path) -> None:
+    with ServerProcess("--listen", "tls://127.0.0.1:0", *certs.args()) as server:
+        host = url("tls", server.addresses["tls"])
+        refused_code, refused, refused_log = run_locust(tmp_path, "--host", host, users=1, seconds=2)
+        code, entries, log = run_locust(tmp_path, "--host", host, "--insecure", users=2, seconds=2)
+    # The test CA is in no system store: every connect fails on verification.
+    assert refused_code == 1, refused_log
+    assert refused[("connect", "welcome")]["num_failures"] == 1, refused_log
+    assert "CERTIFICATE_VERIFY_FAILED" in refused_log
+    assert code == 0, log
+    assert entries[("connect", "welcome")]["num_failures"] == 0, log
+
+
+def test_chat_hosts_split_deliveries_by_server_pair(certs: Certs, tmp_path: Path) -> None:
+    """One server listening on tcp:// and tls:// shares its rooms between
+    the two, as a cluster's servers do: every user sees every other user's
+    messages, and the rows say which way each delivery went."""
+    with ServerProcess("--listen", "tcp://127.0.0.1:0", "--listen", "tls://127.0.0.1:0", *certs.args()) as server:
+        tcp, tls = url("tcp", server.addresses["tcp"]), url("tls", server.addresses["tls"])
+        code, entries, log = run_locust(tmp_path, "--chat-hosts", f"{tcp},{tls}", "--ca", str(certs.ca_file))
+    assert code == 0, log
+    assert not [key for key, e in entries.items() if e["num_failures"]], log
+    sent = {origin: entries[("send", f"message {origin}")]["num_requests"] for origin in (tcp, tls)}
+    # Two users on each listener, all in one room: each message reaches the
+    # other user on its own listener and both users on the other one.
+    for origin in (tcp, tls):
+        for receiver in (tcp, tls):
+            delivered = entries[("deliver", f"message {origin} > {receiver}")]["num_requests"]
+            expected = sent[origin] * (1 if origin == receiver else 2)
+            assert expected * 0.8 <= delivered <= expected, (origin, receiver, log)
+    assert ("deliver", "message") not in entries
+    assert re.search(
+        r"chatcore: sent \d+ messages, \d+ deliveries .* lost 0, duplicated 0, reordered 0, corrupted 0", log
+    )
+
+
+def test_chat_hosts_spread_users_over_separate_servers(tmp_path: Path) -> None:
+    """Two servers on two loopback addresses share nothing: each user's
+    messages reach only the users of its own server, and nothing is counted
+    as lost for the other one."""
+    with (
+        ServerProcess("--listen", "tcp://127.0.0.1:0") as one,
+        ServerProcess("--listen", "tcp://127.0.0.2:0") as two,
+    ):
+        first, second = url("tcp", one.address), url("tcp", two.address)
+        code, entries, log = run_locust(tmp_path, "--chat-hosts", f"{first}, {second}")
+    assert code == 0, log
+    assert not [key for key, e in entries.items() if e["num_failures"]], log
+    for server in (first, second):
+        sent = entries[("send", f"message {server}")]["num_requests"]
+        assert sent >= 10, log
+        delivered = entries[("deliver", f"message {server} > {server}")]["num_requests"]
+        assert sent * 0.8 <= delivered <= sent, log  # two users per server
+    assert ("deliver", f"message {first} > {second}") not in entries
+    assert ("deliver", f"message {second} > {first}") not in entries
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--host", "ftp://127.0.0.1:1"], "unknown scheme ftp://; use one of tcp://, tls://"),
+        (["--chat-hosts", "tcp://127.0.0.1:1,tcp://127.0.0.1:x"], "the port must be a number"),
+        (["--host", "tls://:12001"], "no host"),
+    ],
+)
+def test_bad_server_url_is_a_usage_error(tmp_path: Path, args: list[str], error: str) -> None:
+    code, _, log = run_locust(tmp_path, *args, users=1, seconds=1)
+    assert code == 2, log
+    assert error in log
