@@ -21,6 +21,7 @@ import ssl
 import time
 from typing import Any
 
+import _chatview  # noqa: F401  (the Chat tab and HTML report: listeners registered on import)
 from _chatclient import ChatConnection, ChatError
 from _common import LocustRecorder, endpoints_of, sampler, send_name
 from _transports import transport_for

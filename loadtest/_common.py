@@ -297,7 +297,7 @@ def on_test_stop(environment: Environment, **_kwargs: Any) -> None:
     sampler.stop()
 
 
-def chat_rows(stats: Any, endpoints: list[Endpoint]) -> list[dict[str, Any]]:
+def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -> list[dict[str, Any]]:
     """The chat figures, per scope: the whole run, each transport and each
     server (by where the deliveries arrived), and with several servers each
     (sending server, receiving server) pair.
@@ -307,8 +307,10 @@ def chat_rows(stats: Any, endpoints: list[Endpoint]) -> list[dict[str, Any]]:
     total and per second now), ``fanout`` (deliveries per message their
     senders sent: the receivers in this scope per message that could reach
     them), ``p50``/``p95``/``p99`` delivery latency (ms) and the four
-    problem counts.
+    problem counts. With ``average`` the rates are over the whole run
+    (for reports) instead of the last seconds (for the live view).
     """
+    seconds = max(1e-9, (stats.last_request_timestamp or time.time()) - stats.total.start_time)
     single = endpoints[0].url if len(endpoints) == 1 else ""
     schemes = {endpoint.url: endpoint.scheme for endpoint in endpoints}
     delivers: list[tuple[str, str, Any]] = []
@@ -362,9 +364,12 @@ def chat_rows(stats: Any, endpoints: list[Endpoint]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "scope": scope,
             "deliveries": merged.num_requests,
-            "rate": round(rate, 1),
+            "rate": round(merged.num_requests / seconds if average else rate, 1),
             "messages": messages,
-            "mrate": round(sum(entry.current_rps for entry in scope_sends), 1),
+            "mrate": round(
+                messages / seconds if average else sum(entry.current_rps for entry in scope_sends),
+                1,
+            ),
             "fanout": round(merged.num_requests / reached_by, 2) if reached_by else 0,
         }
         for key, percent in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):

@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import queue
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 import trustme
 
-from chatcore.testing import ServerProcess
+from chatcore.testing import ServerProcess, wait_for
 
 LOADTEST_DIR = Path(__file__).resolve().parent.parent / "loadtest"
 STARTUP_TIMEOUT = 15.0
@@ -279,3 +284,150 @@ def test_bad_server_url_is_a_usage_error(tmp_path: Path, args: list[str], error:
     code, _, log = run_locust(tmp_path, *args, users=1, seconds=1)
     assert code == 2, log
     assert error in log
+
+
+# -- the Chat tab and the HTML report ------------------------------------------
+
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox cannot start
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+class _Tables(HTMLParser):
+    """The text of every table row's cells (header and body)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self.rows:
+            self.rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def chat_table(page: str) -> dict[str, dict[str, str]]:
+    """The chat table in a page: rows by scope, cells by column title."""
+    parser = _Tables()
+    parser.feed(page)
+    header = next(row for row in parser.rows if row[:2] == ["Scope", "Deliveries/s"])
+    return {
+        row[0]: dict(zip(header, row, strict=True)) for row in parser.rows if len(row) == len(header) and row != header
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_chat_tab_shows_live_figures_in_chromium(certs: Certs, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium")
+    assert chromium, "Chromium is not installed: apt-get install chromium (.ci/run installs it in CI)"
+    web_port = free_port()
+    html_report = tmp_path / "report.html"
+    screenshot = tmp_path / "chat-tab.png"
+    with ServerProcess("--listen", "tcp://127.0.0.1:0", "--listen", "tls://127.0.0.1:0", *certs.args()) as server:
+        tcp, tls = url("tcp", server.addresses["tcp"]), url("tls", server.addresses["tls"])
+        locust = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(LOADTEST_DIR / "chat.py"),
+                "--autostart",
+                "--autoquit",
+                "0",
+                "-u",
+                "4",
+                "-r",
+                "4",
+                "-t",
+                "12s",
+                "--web-host",
+                "127.0.0.1",
+                "--web-port",
+                str(web_port),
+                "--chat-hosts",
+                f"{tcp},{tls}",
+                "--ca",
+                str(certs.ca_file),
+                "--message-rate",
+                "5",
+                "--html",
+                str(html_report),
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            # The figures the page will show: wait until deliveries are counted.
+            def chat_stats() -> list[dict[str, Any]] | None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/stats/requests", timeout=2) as answer:
+                        extended = json.load(answer)["extendedStats"]
+                except OSError:
+                    return None
+                rows: list[dict[str, Any]] = extended[0]["data"]
+                return rows if rows and rows[0]["deliveries"] > 20 else None
+
+            rows = wait_for(chat_stats, timeout=15, message="deliveries in /stats/requests")
+            assert {row["scope"] for row in rows} >= {"all", "transport tcp://", "transport tls://", f"server {tls}"}
+            dom = subprocess.run(
+                [
+                    chromium,
+                    *CHROMIUM_FLAGS,
+                    f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                    "--window-size=1400,820",
+                    "--virtual-time-budget=4000",  # let the page fetch and draw the figures
+                    f"--screenshot={screenshot}",
+                    "--dump-dom",
+                    f"http://127.0.0.1:{web_port}/?tab=chat",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+            output, _ = locust.communicate(timeout=LOCUST_TIMEOUT)
+        finally:
+            if locust.poll() is None:
+                locust.kill()
+                locust.communicate()
+    assert locust.returncode == 0, output
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("CHATCORE_CHAT_TAB_SCREENSHOT"):  # to refresh loadtest/README.md's picture
+        shutil.copyfile(screenshot, os.environ["CHATCORE_CHAT_TAB_SCREENSHOT"])
+    shown = chat_table(dom)
+    assert set(shown) >= {"all", "transport tcp://", "transport tls://", f"server {tcp}", f"{tcp} > {tls}"}, dom
+    for scope in ("all", "transport tls://", f"{tls} > {tcp}"):
+        assert int(shown[scope]["Deliveries"]) > 0, shown[scope]
+        assert float(shown[scope]["Deliveries/s"]) > 0, shown[scope]
+        assert float(shown[scope]["Fan-out"]) > 0, shown[scope]
+        assert [shown[scope][kind] for kind in ("Lost", "Duplicated", "Reordered", "Corrupted")] == ["0"] * 4
+    # The HTML report carries the same table, with the run's final figures.
+    reported = chat_table(html_report.read_text(encoding="utf-8"))
+    assert int(reported["all"]["Deliveries"]) >= int(shown["all"]["Deliveries"])
+    assert int(reported[f"{tcp} > {tls}"]["Deliveries"]) > 0
+    assert reported["all"]["Lost"] == "0"
