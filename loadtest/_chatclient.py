@@ -114,12 +114,14 @@ class ChatConnection:
         recorder: Recorder,
         *,
         server_index: int = 0,
+        read_rate: float = 0.0,
         timeout: float = 10.0,
     ) -> None:
         self.endpoint = endpoint
         self.transport = transport
         self.recorder = recorder
         self.server_index = server_index
+        self.read_rate = read_rate
         self.timeout = timeout
         self.sock: Any = None
         self.sender = new_sender_id(server_index)
@@ -216,9 +218,15 @@ class ChatConnection:
         sock = self.sock
         pending = self._buffer
         self._buffer = b""
+        # A slow reader takes a tenth of a second's worth at a time, then
+        # waits out the rest of that tenth.
+        rate = self.read_rate
+        size = max(64, int(rate / 10)) if rate else RECV_SIZE
         while True:
+            if rate:
+                gevent.sleep(size / rate)
             try:
-                data = sock.recv(RECV_SIZE)
+                data = sock.recv(size)
             except OSError as exc:
                 if not self._stopping:
                     self.recorder.closed(f"receive failed: {exc}")

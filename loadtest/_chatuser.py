@@ -39,6 +39,10 @@ class BaseChatUser(User):
     """A chat client that sends at a steady rate and receives in the background."""
 
     abstract = True
+    #: How this user's measurements are recorded.
+    recorder_class: type[LocustRecorder] = LocustRecorder
+    #: Bytes per second this user reads at most (0: as fast as it can).
+    read_rate = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -76,8 +80,9 @@ class BaseChatUser(User):
         connection = ChatConnection(
             endpoint,
             transport_for(endpoint, self.environment.parsed_options),
-            LocustRecorder(self.environment, endpoints, index),
+            self.recorder_class(self.environment, endpoints, index),
             server_index=index,
+            read_rate=self.read_rate,
         )
         self.connection = connection
         self.send_name = send_name(endpoints, index)
@@ -118,7 +123,17 @@ class BaseChatUser(User):
             )
         connection.start_receiving()
         self._next_send = time.monotonic()
+        self.joined()
         return True
+
+    def joined(self) -> None:
+        """Called when the user is in its room and receiving (for scenarios)."""
+
+    def leave(self) -> None:
+        """Stop receiving and close the connection (``/quit``)."""
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
 
     def _log_once(self, step: str, exc: BaseException) -> None:
         message = f"{step} to {self.connection.endpoint.url if self.connection else self.host} failed: {exc}"
@@ -129,9 +144,7 @@ class BaseChatUser(User):
             log.error("chatcore load test: %s", message)
 
     def on_stop(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
+        self.leave()
 
     def wait_time(self) -> float:
         """Pace sends at ``rate`` per second without bursting to catch up."""
@@ -147,8 +160,13 @@ class BaseChatUser(User):
         if connection is None:
             raise StopUser()
         connection.sample = sampler.stride
-        if not self.sending:
-            return
+        if self.sending:
+            self.send()
+
+    def send(self) -> None:
+        """Send one message and record it."""
+        connection = self.connection
+        assert connection is not None
         started = time.perf_counter()
         try:
             length = connection.send_message(self.size)

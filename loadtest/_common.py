@@ -232,7 +232,16 @@ sampler = Sampler()
 
 class LocustRecorder:
     """A :class:`~_chatclient.Recorder` that writes Locust statistics for
-    one user connected to server ``server_index`` of ``endpoints``."""
+    one user connected to server ``server_index`` of ``endpoints``.
+
+    Scenarios that count some users' deliveries apart change
+    :attr:`delivery_type` (a row type the chat figures leave out) or
+    :attr:`delivery_kind` (a ``deliver`` row of its own, with a scope of
+    its own in the chat figures).
+    """
+
+    delivery_type = "deliver"
+    delivery_kind = "message"
 
     def __init__(self, environment: Environment, endpoints: list[Endpoint], server_index: int) -> None:
         self.environment = environment
@@ -245,8 +254,10 @@ class LocustRecorder:
         sampler.counted += count
         name = self._deliver_names.get(origin)
         if name is None:
-            name = self._deliver_names[origin] = pair_name("message", self.endpoints, origin, self.server_index)
-        record_weighted(self.environment, "deliver", name, latency_ms, length=0, weight=count)
+            name = self._deliver_names[origin] = pair_name(
+                self.delivery_kind, self.endpoints, origin, self.server_index
+            )
+        record_weighted(self.environment, self.delivery_type, name, latency_ms, length=0, weight=count)
 
     def problem(self, kind: str, count: int, detail: str, origin: int) -> None:
         name = pair_name(kind, self.endpoints, origin, self.server_index)
@@ -313,13 +324,13 @@ def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -
     seconds = max(1e-9, (stats.last_request_timestamp or time.time()) - stats.total.start_time)
     single = endpoints[0].url if len(endpoints) == 1 else ""
     schemes = {endpoint.url: endpoint.scheme for endpoint in endpoints}
-    delivers: list[tuple[str, str, Any]] = []
+    delivers: list[tuple[str, str, str, Any]] = []
     sends: dict[str, Any] = {}
     problems: list[tuple[str, str, str, int]] = []
     for (name, method), entry in list(stats.entries.items()):
         kind, origin, receiver = split_name(name)
         if method == "deliver":
-            delivers.append((origin or single, receiver or single, entry))
+            delivers.append((kind, origin or single, receiver or single, entry))
         elif method == "send":
             sends[origin or single] = entry
         elif method == "loss" and kind in PROBLEMS:
@@ -328,18 +339,22 @@ def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -
     def scheme_of(url: str) -> str:
         return schemes.get(url) or url.partition("://")[0]
 
-    scopes: list[tuple[str, Any]] = [("all", lambda _o, _r: True)]
+    scopes: list[tuple[str, Any]] = [("all", lambda _o, _r, _k: True)]
+    kinds = sorted({kind for kind, _, _, _ in delivers})
+    if len(kinds) > 1:  # a scenario counts some deliveries apart (rooms.py)
+        for kind in kinds:
+            scopes.append((f"deliveries {kind}", lambda _o, _r, k, kind=kind: k == kind))
     for scheme in sorted({scheme_of(url) for url in schemes}):
-        scopes.append((f"transport {scheme}://", lambda _o, r, scheme=scheme: scheme_of(r) == scheme))
+        scopes.append((f"transport {scheme}://", lambda _o, r, _k, scheme=scheme: scheme_of(r) == scheme))
     for url in schemes:
-        scopes.append((f"server {url}", lambda _o, r, url=url: r == url))
+        scopes.append((f"server {url}", lambda _o, r, _k, url=url: r == url))
     if len(endpoints) > 1:
         for origin_url in schemes:
             for receiver_url in schemes:
                 scopes.append(
                     (
                         f"{origin_url} > {receiver_url}",
-                        lambda o, r, pair=(origin_url, receiver_url): (o, r) == pair,
+                        lambda o, r, _k, pair=(origin_url, receiver_url): (o, r) == pair,
                     )
                 )
     rows = []
@@ -347,14 +362,14 @@ def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -
         merged = StatsEntry(stats, scope, "deliver")
         rate = 0.0
         origins = set()
-        for origin, receiver, entry in delivers:
-            if selects(origin, receiver):
+        for kind, origin, receiver, entry in delivers:
+            if selects(origin, receiver, kind):
                 merged.extend(entry)
                 rate += entry.current_rps
                 if entry.num_requests:
                     origins.add(origin)
         if scope.startswith(("transport ", "server ")):
-            scope_sends = [entry for url, entry in sends.items() if selects(url, url)]
+            scope_sends = [entry for url, entry in sends.items() if selects(url, url, "")]
         elif scope == "all":
             scope_sends = list(sends.values())
         else:
@@ -375,7 +390,10 @@ def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -
         for key, percent in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
             row[key] = merged.get_response_time_percentile(percent) if merged.num_requests else 0
         for kind in PROBLEMS:
-            row[kind] = sum(count for k, o, r, count in problems if k == kind and selects(o, r))
+            if scope.startswith("deliveries "):
+                row[kind] = "-"  # loss rows are not split by delivery kind: see the other rows
+            else:
+                row[kind] = sum(count for k, o, r, count in problems if k == kind and selects(o, r, ""))
         rows.append(row)
     return rows
 
