@@ -74,7 +74,10 @@ class BaseChatUser(User):
         each step is recorded. False (and the failure recorded) if a step
         failed."""
         endpoints = endpoints_of(self.environment, self.host)
-        index = self.number % len(endpoints)  # round robin over --chat-hosts
+        # Round robin over --chat-hosts, each worker process starting one
+        # server further on, so that several processes spread evenly too.
+        offset: int = getattr(self.environment.runner, "worker_index", 0) or 0
+        index = (self.number + offset) % len(endpoints)
         endpoint = endpoints[index]
         fire = self.environment.events.request.fire
         connection = ChatConnection(
