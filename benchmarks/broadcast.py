@@ -5,6 +5,8 @@ much memory -- for chatcore and, side by side, the naive original design.
     python benchmarks/broadcast.py --scenario room100 --duration 10
     python benchmarks/broadcast.py --scenario idle --idle-clients 10000
     python benchmarks/broadcast.py --servers chatcore --plugins welcome,logger
+    python benchmarks/broadcast.py --scenario room100 --servers chatcore,chatcore-tls   # TCP beside TLS
+    python benchmarks/broadcast.py --plot results.png   # deliveries/s and p99 per scenario, as a picture
 
 Locust records about 300k events/s per process, so it cannot measure a
 server that delivers millions of lines per second. This driver can: raw
@@ -43,6 +45,11 @@ Bulk receivers run in ``--procs`` worker processes (default 1; 0 keeps them
 in the main process with the senders and monitors); each worker connects
 its own clients at ``--connect-rate`` per second. All loops are bounded in
 count and time.
+
+**TLS**: the server ``chatcore-tls`` is chatcore with one ``tls://`` listener
+(a certificate made for the run with trustme); every client connects over
+TLS and verifies it. Flows only: ``connect`` and ``idle`` measure TCP
+accepts and memory, and are not run for it.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.metadata
+import importlib.util
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -60,6 +68,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -76,6 +85,19 @@ RECV_SIZE = 262144
 SAMPLE_LIMIT = 200_000
 SETUP_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 5.0
+SERVERS = ("chatcore", "chatcore-tls", "naive")
+
+
+class ClientTLS:
+    """The clients' TLS context while a ``chatcore-tls`` server runs, None
+    otherwise (worker processes are forked, and inherit it)."""
+
+    context: ssl.SSLContext | None = None
+
+
+def is_chatcore(server: str) -> bool:
+    """chatcore over TCP or TLS (they speak the same protocol)."""
+    return server.startswith("chatcore")
 
 
 def now_us() -> int:
@@ -186,6 +208,11 @@ def filter_args(plugins: str) -> list[str]:
 def server_command(
     name: str, scenario: Scenario, options: argparse.Namespace, max_clients: int, log_dir: str
 ) -> list[str]:
+    if name == "chatcore-tls":
+        cert, key = options.tls_files
+        listen = ["--listen", "tls://127.0.0.1:0", "--tls-cert", cert, "--tls-key", key]
+    else:
+        listen = ["--port", "0"]
     if name == "naive":
         # 'idle' measures memory, not the original's listen(10), which would
         # make thousands of paced connects wait for SYN retransmits.
@@ -196,8 +223,7 @@ def server_command(
         "-m",
         "chatcore",
         "serve",
-        "--port",
-        "0",
+        *listen,
         "--plugins",
         options.plugins,
         *(["--log-file", os.path.join(log_dir, "events.jsonl")] if "logger" in options.plugins.split(",") else []),
@@ -240,7 +266,56 @@ class Paced:
 def connect(port: int, timeout: float = 10.0) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if ClientTLS.context is not None:
+        return ClientTLS.context.wrap_socket(sock, server_hostname="127.0.0.1")
     return sock
+
+
+def make_certificates(directory: str) -> tuple[ssl.SSLContext, tuple[str, str]]:
+    """A throwaway CA and server certificate for 127.0.0.1: the clients'
+    context (verifying against that CA) and the server's (cert, key) files."""
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    leaf.cert_chain_pems[0].write_to_path(cert)
+    leaf.private_key_pem.write_to_path(key)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context, (cert, key)
+
+
+def receive(sock: socket.socket) -> bytes | None:
+    """What a readable non-blocking socket has: None if nothing after all,
+    b"" if it closed.
+
+    A TLS socket's ``recv()`` returns one record (16 KiB at most) at a time,
+    and bytes OpenSSL has already decrypted do not wake epoll again, so a
+    TLS socket is read until it would block (bounded) and then emptied of
+    what is pending."""
+    try:
+        data = sock.recv(RECV_SIZE)
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return None
+    except OSError:
+        return b""
+    if not data or not isinstance(sock, ssl.SSLSocket):
+        return data
+    chunks = [data]
+    try:
+        for _ in range(64):
+            more = sock.recv(RECV_SIZE)
+            if not more:
+                break
+            chunks.append(more)
+        while sock.pending():
+            chunks.append(sock.recv(sock.pending()))
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        pass
+    except OSError:
+        pass  # the close shows on the next read
+    return b"".join(chunks)
 
 
 def read_until(sock: socket.socket, marker: bytes, timeout: float = 10.0) -> bytes:
@@ -260,7 +335,7 @@ def read_until(sock: socket.socket, marker: bytes, timeout: float = 10.0) -> byt
 
 def sync(sock: socket.socket, server: str) -> None:
     """Read everything the server sent so far (chatcore: up to ``* pong``)."""
-    if server == "chatcore":
+    if is_chatcore(server):
         sock.sendall(b"/ping\n")
         read_until(sock, b"* pong\n")
     sock.setblocking(False)
@@ -416,7 +491,7 @@ class Sender:
             return
         try:
             sent = self.sock.send(self.out)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             return
         self.out = self.out[sent:]
 
@@ -448,12 +523,9 @@ def receive_loop(
         while not until():
             for fd, _events in poller.poll(timeout(), 256):
                 receiver = by_fd[fd]
-                try:
-                    data = receiver.sock.recv(RECV_SIZE)
-                except BlockingIOError:
+                data = receive(receiver.sock)
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
                 if not data:
                     poller.unregister(fd)
                     continue
@@ -599,7 +671,7 @@ def _run_flow_main(
     senders = []
     for index in range(scenario.senders):
         nick = b"s%05d" % index
-        if server.name == "chatcore":
+        if is_chatcore(server.name):
             socks[index].sendall(b"/nick " + nick + b"\n")
             read_until(socks[index], b"* you are now known as")
             prefix = b""
@@ -852,7 +924,7 @@ def format_row(server: str, result: dict[str, Any]) -> str:
             return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
         return f"{value:,}" if isinstance(value, int) else str(value)
 
-    return f"  {server:9s} " + "  ".join(f"{key}={show(value)}" for key, value in result.items())
+    return f"  {server:12s} " + "  ".join(f"{key}={show(value)}" for key, value in result.items())
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -874,7 +946,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--servers",
         default="chatcore,naive",
         metavar="NAMES",
-        help="comma-separated: chatcore, naive (default: %(default)s)",
+        help="comma-separated: chatcore, chatcore-tls (chatcore, every client over TLS), naive (default: %(default)s)",
     )
     parser.add_argument(
         "--duration",
@@ -930,6 +1002,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--naive-arg", dest="naive_args", action="append", default=[], metavar="ARG", help="extra naive_server.py arg"
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw deliveries/s and p99 latency per flow scenario and server into FILE (.png or .svg; "
+        "needs matplotlib: pip install 'chatcore[bench]')",
+    )
     options = parser.parse_args(argv)
     for name in ("duration", "connect_rate", "idle_clients", "idle_settle", "connect_timeout"):
         if getattr(options, name) <= 0:
@@ -940,8 +1018,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--line-size must be at least {9 + TAIL + 2}")
     options.servers = [s.strip() for s in options.servers.split(",") if s.strip()]
     for name in options.servers:
-        if name not in ("chatcore", "naive"):
-            parser.error(f"--servers: unknown server {name!r} (use chatcore and/or naive)")
+        if name not in SERVERS:
+            parser.error(f"--servers: unknown server {name!r} (use {', '.join(SERVERS)})")
+    if "chatcore-tls" in options.servers and importlib.util.find_spec("trustme") is None:
+        parser.error("--servers chatcore-tls makes its certificate with trustme: pip install 'chatcore[bench]'")
+    if options.plot:
+        if not options.plot.endswith((".png", ".svg")):
+            parser.error(f"--plot {options.plot!r}: the file name must end in .png or .svg")
+        if importlib.util.find_spec("matplotlib") is None:
+            parser.error("--plot needs matplotlib: pip install 'chatcore[bench]'")
     names = options.scenario or ["all"]
     options.scenarios = list(SCENARIOS) if "all" in names else list(dict.fromkeys(names))
     return options
@@ -966,11 +1051,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     failed = False
     with tempfile.TemporaryDirectory(prefix="chatcore-bench-") as log_dir:
+        tls_context = None
+        if "chatcore-tls" in options.servers:
+            tls_context, options.tls_files = make_certificates(log_dir)
         for name in options.scenarios:
             scenario = SCENARIOS[name]
             print(f"{scenario.name}: {scenario.title}", flush=True)
             max_clients = max(1000, scenario.clients + 100, options.idle_clients + 100 if name == "idle" else 0)
             for server_name in options.servers:
+                if server_name == "chatcore-tls" and scenario.kind != "flow":
+                    print(f"  {server_name:12s} (not measured: TLS runs the flow scenarios only)", flush=True)
+                    continue
+                ClientTLS.context = tls_context if server_name == "chatcore-tls" else None
                 command = server_command(server_name, scenario, options, max_clients, log_dir)
                 try:
                     with ServerProcess(server_name, command, Path(log_dir) / f"{server_name}.out") as server:
@@ -980,9 +1072,48 @@ def main(argv: Sequence[str] | None = None) -> int:
                     failed = True
                 print(format_row(server_name, result), flush=True)
                 results.append({"scenario": name, "server": server_name, **result})
+    ClientTLS.context = None
     if options.json:
         Path(options.json).write_text(json.dumps(results, indent=2) + "\n")
+    if options.plot:
+        plot(results, options.plot)
+        print(f"broadcast.py: plot written to {options.plot}", flush=True)
     return 1 if failed else 0
+
+
+def plot(results: list[dict[str, Any]], path: str) -> None:
+    """Deliveries/s and p99 latency of every flow scenario, one bar per
+    server, side by side, into ``path`` (PNG or SVG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    flows = [name for name in dict.fromkeys(row["scenario"] for row in results) if SCENARIOS[name].kind == "flow"]
+    servers = list(dict.fromkeys(row["server"] for row in results if row["scenario"] in flows))
+    found = {(row["scenario"], row["server"]): row for row in results}
+    figure, (rates, tails) = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / max(1, len(servers))
+    for number, server in enumerate(servers):
+        offsets = [index + (number - (len(servers) - 1) / 2) * width for index in range(len(flows))]
+        rows = [found.get((flow, server), {}) for flow in flows]
+        bars = rates.bar(offsets, [(row.get("deliveries_per_s") or 0) / 1e6 for row in rows], width, label=server)
+        rates.bar_label(bars, fmt="%.2f", fontsize=7)
+        bars = tails.bar(offsets, [row.get("p99_ms") or 0 for row in rows], width, label=server)
+        tails.bar_label(bars, fmt="%.0f", fontsize=7)
+    for axes, title, unit in (
+        (rates, "deliveries per second (higher is better)", "million deliveries/s"),
+        (tails, "delivery latency p99 (lower is better)", "ms"),
+    ):
+        axes.set_title(title)
+        axes.set_ylabel(unit)
+        axes.set_xticks(range(len(flows)), flows)
+        axes.grid(axis="y", alpha=0.3)
+    rates.legend()
+    figure.suptitle(f"benchmarks/broadcast.py, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,20 @@ def test_driver_runs_both_servers(tmp_path: Path) -> None:
     assert rows["chatcore"]["lost"] == rows["chatcore"]["corrupted"] == 0
 
 
+def test_driver_runs_tls_beside_tcp_and_plots(tmp_path: Path) -> None:
+    results, picture = tmp_path / "results.json", tmp_path / "plot.png"
+    argv = ["--scenario", "room10", "--scenario", "connect", "--duration", "0.5", "--procs", "1"]
+    argv += ["--servers", "chatcore,chatcore-tls", "--json", str(results), "--plot", str(picture)]
+    assert main(argv) == 0
+    rows = {(row["scenario"], row["server"]): row for row in json.loads(results.read_text())}
+    # TLS runs the flows only; its deliveries are counted and intact.
+    assert set(rows) == {("room10", "chatcore"), ("room10", "chatcore-tls"), ("connect", "chatcore")}
+    tls = rows[("room10", "chatcore-tls")]
+    assert tls["deliveries"] > 0
+    assert tls["lost"] == tls["corrupted"] == tls["gaps"] == 0
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_driver_receive_path(benchmark: BenchmarkFixture, report_figure: Callable[[str], None]) -> None:
     """How many lines per second one driver process can count: the bulk
     receive path on 256 KiB chunks (what a busy socket's recv() returns)."""
