@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,9 @@ class Hooks:
         self.pm = pm
         self._impls: dict[str, list[_Impl]] = {}
         self._failures: dict[tuple[str, str], int] = {}
+        # Failures are rare and each one is logged: a lock costs nothing next
+        # to that, and keeps concurrent failures from being miscounted.
+        self._failures_lock = threading.Lock()
 
     def refresh(self) -> None:
         """Forget the cached implementation lists (after (un)registering)."""
@@ -164,7 +168,8 @@ class Hooks:
 
     def _failed(self, plugin: str, hook: str, exc: Exception) -> None:
         key = (plugin, hook)
-        count = self._failures[key] = self._failures.get(key, 0) + 1
+        with self._failures_lock:
+            count = self._failures[key] = self._failures.get(key, 0) + 1
         if count <= _LOG_FIRST:
             log.error("plugin %r failed in %s (the event goes on without it)", plugin, hook, exc_info=exc)
         elif count % _LOG_EVERY == 0:
@@ -172,7 +177,15 @@ class Hooks:
 
     def failures(self, plugin: str) -> int:
         """How many times ``plugin`` has failed in per-event hooks."""
-        return sum(n for (name, _hook), n in self._failures.items() if name == plugin)
+        return self.failure_counts().get(plugin, 0)
+
+    def failure_counts(self) -> dict[str, int]:
+        """Failures in per-event hooks so far, by plugin name."""
+        totals: dict[str, int] = {}
+        with self._failures_lock:
+            for (name, _hook), count in self._failures.items():
+                totals[name] = totals.get(name, 0) + count
+        return totals
 
     # -- start-up and shutdown ----------------------------------------------
 

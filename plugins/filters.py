@@ -227,7 +227,7 @@ def flood_control(message: Message) -> None:
         # The others see "* nick left (flooding)"; the flooder sees
         # "! disconnected: flooding" (and not this message's "slow down":
         # nothing more is sent to a closing client).
-        client.disconnect("flooding")
+        client.disconnect("flooding", cause="flood")
 
 
 # ---------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore.engine.connection import Client
 from chatcore.engine.registry import Registry
+from chatcore.engine.stats import Stats
 from chatcore.engine.writer import Writer
 from chatcore.events import Action, Chat, Error, Joined, Left, NickChanged, RoomEvent, Welcome
 from chatcore.message import Message
@@ -106,6 +107,8 @@ class ChatServer:
     :ivar schemes: every URL scheme the plugins registered.
     :ivar hooks: the plugins (:class:`chatcore.hooks.Hooks`).
     :ivar sequencer: numbers room events (``chatcore_sequencer``).
+    :ivar stats: what the engine counts (:mod:`chatcore.engine.stats`),
+        for the metrics plugin.
     """
 
     def __init__(self, config: Config) -> None:
@@ -114,6 +117,7 @@ class ChatServer:
         self.hooks = config.pluginmanager.hooks
         self.registry = Registry()
         self.writer = Writer()
+        self.stats = Stats()
         self.max_line: int = options.max_line
         self.max_queue: int = options.max_queue
         self.max_clients: int = options.max_clients
@@ -122,6 +126,7 @@ class ChatServer:
         self.certificates: Certificates | None = config.certificates
         self._stopping = False
         self._stopped = False
+        self._accepting = False
         self._connections_lock = threading.Lock()
         #: Every connection being served, registered or not yet (TLS handshake,
         #: IRC registration): what stop() must disconnect.
@@ -161,6 +166,13 @@ class ChatServer:
         self.writer.start()
         for listener in self.listeners:
             listener.start()
+        self._accepting = True
+
+    @property
+    def accepting(self) -> bool:
+        """True from the end of :meth:`start` until :meth:`stop` begins:
+        while new connections are accepted (what ``/healthz`` reports)."""
+        return self._accepting and not self._stopping
 
     def stop(self, reason: str = "server shutting down", timeout: float = SHUTDOWN_LINGER) -> None:
         """Stop accepting, tell every client, flush what is queued, close.
@@ -226,6 +238,7 @@ class ChatServer:
                 # Not the server's problem, and not worth a traceback: a
                 # plain-text client on a TLS port, a scanner, a timeout.
                 log.info("TLS handshake with %s failed: %s", format_address(*address), _why(exc))
+                self.stats.refused("tls_handshake")
                 return
         else:
             transport = Transport(sock)
@@ -233,16 +246,19 @@ class ChatServer:
         client = Client(
             transport, address, self, client_id=self.registry.next_id(), max_queue=self.max_queue, wire=scheme.wire
         )
+        label = "shutdown"
         if self._stopping:
             refusal: str | None = "server shutting down"
         elif len(self.connections) >= self.max_clients:
-            refusal = "server full, try again later"
+            refusal, label = "server full, try again later", "full"
         else:
-            refusal = self.hooks.connection_arriving(address)
+            refusal, label = self.hooks.connection_arriving(address), "plugin"
         if refusal:
             log.warning("refused %s: %s", format_address(*address), refusal)
+            self.stats.refused(label)
             self._refuse(client, refusal)
             return
+        self.stats.accepted_connection()
 
         protocol = scheme.protocol(client)
         with self._connections_lock:
@@ -283,6 +299,7 @@ class ChatServer:
 
     def _read(self, client: Client, data_received: Any) -> None:
         recv = client.transport.recv
+        clock = time.perf_counter
         size = RECV_IDLE
         # No check of client.closed up here: a disconnect from any other
         # thread shuts the socket down, which ends recv() below.
@@ -296,6 +313,7 @@ class ChatServer:
             if not data:
                 return
             size = RECV_BUSY if len(data) >= size else RECV_IDLE
+            client.arrived = clock()
             data_received(data)
             if client.closed:  # disconnected (by what it sent, or another thread)
                 return
@@ -304,6 +322,7 @@ class ChatServer:
         if client.close_reason is None:
             client.disconnect("connection closed", tell=False)
         reason = client.close_reason or "connection closed"
+        self.stats.disconnected(client.close_cause or "closed")
         room = client.room
         if self.registry.remove(client):
             if not self._stopping:
@@ -337,6 +356,8 @@ class ChatServer:
     def broadcast_message(self, message: Message) -> None:
         """Run a message through the filters and publish it to its room."""
         sender = message.sender
+        counts = self.stats.mine()
+        counts.messages += 1
         self.hooks.message(message)
         if message.rejected is not None:
             sender.error(message.rejected)
@@ -348,6 +369,8 @@ class ChatServer:
             recipients = self.publish(Action(message.room, nick=sender.nick, text=message.text))
         else:
             recipients = self.publish(Chat(message.room, nick=sender.nick, text=message.text), exclude=sender)
+        if sender.arrived:  # 0.0 for a client no reader has read for (a plugin's)
+            counts.observe_latency(time.perf_counter() - sender.arrived)
         self.hooks.message_delivered(message, recipients)
 
     def change_room(self, client: Client, room: str, reason: str | None = None) -> None:
@@ -398,6 +421,7 @@ class ChatServer:
                 if member is not exclude and member.close_reason is None:
                     member.send_data(data)
                     count += 1
+        self.stats.mine().deliveries += count
         if relay and self.hooks.implemented("room_event"):
             self.hooks.room_event(self, event)
         return count
