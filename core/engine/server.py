@@ -263,6 +263,7 @@ class ChatServer:
         protocol = scheme.protocol(client)
         with self._connections_lock:
             self.connections.add(client)
+            listener.connected += 1
         try:
             if self._stopping:
                 client.disconnect("server shutting down", notice="server shutting down")
@@ -274,6 +275,7 @@ class ChatServer:
             self._leave(client)
             with self._connections_lock:
                 self.connections.discard(client)
+                listener.connected -= 1
 
     def _refuse(self, client: Client, reason: str) -> None:
         """Send the refusal and close without losing it.
