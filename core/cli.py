@@ -25,6 +25,8 @@ log = logging.getLogger("chatcore")
 # is far more than a reader needs, and 10,000 of them would reserve 80 GiB of
 # address space. The resident cost is what the thread touches either way.
 THREAD_STACK_SIZE = 256 * 1024
+#: How often the main thread looks for a signal that another thread received.
+SIGNAL_CHECK_INTERVAL = 0.1
 
 
 def _error(message: str, status: int) -> int:
@@ -129,7 +131,12 @@ def serve(args: Sequence[str]) -> int:
     names = [name for name, _ in config.pluginmanager.list_name_plugin()]
     print(f"chatcore {__version__} listening on {server.address_text} (plugins: {', '.join(names)})", flush=True)
     while True:
-        wake.wait()
+        # With a timeout: the kernel may deliver a signal to any thread, and
+        # then only sets Python's flag; a main thread blocked in an untimed
+        # wait never wakes to run the handler (SIGHUP was lost about one time
+        # in ten). A timed wait returns, and the handler runs.
+        while not wake.wait(SIGNAL_CHECK_INTERVAL):
+            pass
         wake.clear()
         signums, received[:] = received[:], []
         if any(signum != getattr(signal, "SIGHUP", None) for signum in signums):
