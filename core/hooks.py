@@ -201,6 +201,38 @@ class Hooks:
     def server_stop(self, server: ChatServer) -> None:
         self._call_each("chatcore_server_stop", {"server": server})
 
+    def reload(
+        self, server: ChatServer, old: argparse.Namespace, new: argparse.Namespace
+    ) -> list[tuple[str, Callable[[], object]]]:
+        """Every plugin's check of a reload; returns what applies it.
+
+        :raises UsageError: a plugin refused a value.
+        :raises PluginError: a plugin failed, or returned something that
+            cannot be called.
+        """
+        appliers: list[tuple[str, Callable[[], object]]] = []
+        for plugin, call in self._get("chatcore_reload"):
+            try:
+                result = call({"server": server, "old": old, "new": new})
+            except UsageError:
+                raise
+            except Exception as exc:
+                raise PluginError(plugin, "chatcore_reload", exc) from exc
+            if result is None:
+                continue
+            if not callable(result):
+                raise PluginError(plugin, "chatcore_reload", TypeError(f"returned {result!r}, not a function"))
+            appliers.append((plugin, result))
+        return appliers
+
+    def apply_reload(self, appliers: list[tuple[str, Callable[[], object]]]) -> None:
+        """Call what :meth:`reload` returned; a failure is logged, the rest apply."""
+        for plugin, apply in appliers:
+            try:
+                apply()
+            except Exception as exc:
+                self._failed(plugin, "chatcore_reload", exc)
+
     # -- connections and rooms ----------------------------------------------
 
     def connection_arriving(self, address: tuple[str, int]) -> str | None:

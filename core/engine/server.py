@@ -31,10 +31,12 @@ already has.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -203,11 +205,69 @@ class ChatServer:
             listener.server_close()
         self.writer.stop()
 
-    def reload(self) -> None:
-        """Re-read what can change while running (SIGHUP): the TLS
-        certificate and key, for new connections."""
-        if self.certificates is not None:
-            self.certificates.reload()
+    def reload(self) -> bool:
+        """Reload the configuration (SIGHUP): read the file again and apply
+        what can change while running.
+
+        All or nothing: the new options are checked first (the file, the
+        TLS certificate, every plugin's ``chatcore_reload``), and any
+        problem is logged and keeps the running configuration. Options
+        marked ``restart_only`` (listeners, plugins ...) are logged as
+        "needs a restart" and keep their running values. Of the engine's own
+        options, ``--max-clients`` applies at once, ``--max-line`` and
+        ``--max-queue`` to new connections, the TLS certificate to new
+        connections, ``--log-level`` at once.
+
+        :return: True if the new configuration is in use.
+        """
+        from chatcore import UsageError
+        from chatcore.config import reread_options
+        from chatcore.hooks import PluginError
+
+        old = self.config.options
+        try:
+            fresh, parser, plugins = reread_options(self.config)
+            new, changed, restart = _merge_options(old, fresh, parser)
+            if plugins != self.config.plugins:
+                restart.insert(0, "plugins")
+            context = self._check_certificate(new)
+            appliers = self.hooks.reload(self, old, new)
+        except (UsageError, PluginError) as exc:
+            log.error("reload failed: %s; the running configuration is kept", exc)
+            return False
+        for name in restart:
+            log.warning("reload: %s changed: needs a restart; left unchanged", name)
+        self.config.options = new
+        self.max_clients = new.max_clients
+        self.max_queue = new.max_queue
+        self.max_line = new.max_line
+        if new.log_level != old.log_level:
+            logging.getLogger("chatcore").setLevel(new.log_level)
+        if context is not None and self.certificates is not None:
+            self.certificates.use(new.tls_cert, new.tls_key, context)
+        self.hooks.apply_reload(appliers)
+        log.info("configuration reloaded: %s", ", ".join(changed) + " changed" if changed else "nothing changed")
+        return True
+
+    def _check_certificate(self, options: Any) -> Any:
+        """The TLS context of the reloaded files, or None without TLS listeners.
+
+        :raises UsageError: they cannot be loaded.
+        """
+        from chatcore import UsageError
+        from chatcore.transports.tls import server_context
+
+        if self.certificates is None:
+            return None
+        if not options.tls_cert or not options.tls_key:
+            raise UsageError("the TLS listeners need --tls-cert and --tls-key, and the new configuration has none")
+        try:
+            return server_context(options.tls_cert, options.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(
+                f"TLS certificate reload failed ({getattr(exc, 'strerror', None) or exc}); still using the previous "
+                f"certificate. Fix --tls-cert {options.tls_cert} / --tls-key {options.tls_key} and send SIGHUP again"
+            ) from None
 
     # -- connections ----------------------------------------------------------
 
@@ -427,6 +487,36 @@ class ChatServer:
         if relay and self.hooks.implemented("room_event"):
             self.hooks.room_event(self, event)
         return count
+
+
+def _merge_options(
+    old: argparse.Namespace, fresh: argparse.Namespace, parser: argparse.ArgumentParser
+) -> tuple[argparse.Namespace, list[str], list[str]]:
+    """The running options with what may change taken from ``fresh``.
+
+    :return: the merged options, the options changed, and those that
+        changed but need a restart (kept at their running values), by
+        their long option names.
+    """
+    from chatcore.configfile import is_restart_only
+
+    actions = {action.dest: action for action in parser._actions}
+    new = argparse.Namespace(**vars(old))
+    changed: list[str] = []
+    restart: list[str] = []
+    for dest, value in vars(fresh).items():
+        # An option only the new selection of plugins has is part of
+        # "plugins: needs a restart"; one only the old has stays.
+        if not hasattr(old, dest) or getattr(old, dest) == value:
+            continue
+        action = actions.get(dest)
+        name = next((o for o in action.option_strings if o.startswith("--")), dest) if action else dest
+        if action is not None and is_restart_only(action):
+            restart.append(name)
+        else:
+            setattr(new, dest, value)
+            changed.append(name)
+    return new, changed, restart
 
 
 def _why(exc: BaseException) -> str:
