@@ -8,8 +8,9 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from json.encoder import encode_basestring
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from chatcore import Client, Config, Message, UsageError, hookimpl
 from chatcore.engine.server import ChatServer
@@ -40,6 +41,24 @@ def chatcore_configure(config: Config) -> None:
 
 
 @hookimpl
+def chatcore_reload(server: ChatServer, new: argparse.Namespace) -> Callable[[], None]:
+    # Reopened on every reload, changed or not: after logrotate moved the
+    # file away, this starts a new one under the name. Opened when applying,
+    # so an abandoned reload leaves no file open.
+    event_log = _log(server)
+
+    def apply() -> None:
+        try:
+            stream, close = EventLog.open_stream(new.log_file)
+        except UsageError as exc:
+            log.error("reload: %s; still writing to the previous file", exc)
+            return
+        event_log.reopen(stream, close)
+
+    return apply
+
+
+@hookimpl
 def chatcore_server_start(server: ChatServer) -> None:
     _log(server).start()
 
@@ -66,6 +85,13 @@ def chatcore_message_delivered(message: Message, recipients: int) -> None:
     _log(message.sender.server).put((time.time(), message.kind, message.sender.nick, message.room, message.text, extra))
 
 
+class _Reopen(NamedTuple):
+    """On the log's queue: switch to this stream (a reload)."""
+
+    stream: IO[str]
+    close: bool
+
+
 def _log(server: ChatServer) -> EventLog:
     log: EventLog = server.config.data["logger"]
     return log
@@ -83,7 +109,7 @@ class EventLog:
     def __init__(self, stream: IO[str], close: bool) -> None:
         self._stream = stream
         self._close = close
-        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | _Reopen | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="chatcore-logger", daemon=True)
         self.put = self._queue.put
         #: Events dropped because the file could not be written.
@@ -93,13 +119,35 @@ class EventLog:
 
     @classmethod
     def open(cls, path: str) -> EventLog:
+        return cls(*cls.open_stream(path))
+
+    @staticmethod
+    def open_stream(path: str) -> tuple[IO[str], bool]:
+        """The file to append to, and whether it is ours to close."""
         if path == "-":
-            return cls(sys.stdout, close=False)
+            return sys.stdout, False
         try:
-            stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by stop())
+            stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by stop() or a reopen)
         except OSError as exc:
             raise UsageError(f"--log-file {path}: cannot open it for writing ({exc.strerror})") from None
-        return cls(stream, close=True)
+        return stream, True
+
+    def reopen(self, stream: IO[str], close: bool) -> None:
+        """Write to ``stream`` from now on; the old file is closed by the
+        writing thread once everything queued before is in it."""
+        if self._thread.is_alive():
+            self._queue.put(_Reopen(stream, close))
+        else:  # not started (or stopped): nobody else writes
+            self._switch(_Reopen(stream, close))
+
+    def _switch(self, reopen: _Reopen) -> None:
+        old, close_old = self._stream, self._close
+        self._stream, self._close = reopen.stream, reopen.close
+        if close_old:
+            try:
+                old.close()
+            except OSError as exc:
+                log.error("closing the old event log failed: %s", exc)
 
     def start(self) -> None:
         self._thread.start()
@@ -118,11 +166,19 @@ class EventLog:
             batch = [get()]
             while not self._queue.empty() and len(batch) < 10000:
                 batch.append(get())
-            lines = [self._format(event) for event in batch if event is not None]
+            lines: list[str] = []
+            for event in batch:
+                if type(event) is tuple:
+                    lines.append(self._format(event))
+                    continue
+                if lines:  # what came before goes to the old file
+                    self._write("".join(lines), len(lines))
+                    lines = []
+                if event is None:
+                    return
+                self._switch(event)
             if lines:
                 self._write("".join(lines), len(lines))
-            if None in batch:
-                return
 
     def _write(self, text: str, count: int) -> None:
         # A full disk or a closed pipe must not end the thread: the queue

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from chatcore import Config, UsageError, hookimpl
-from chatcore.config import whole_number
+from chatcore.config import restart_only, whole_number
 from chatcore.engine.connection import DISCONNECT_CAUSES
 from chatcore.engine.server import ChatServer
 from chatcore.engine.stats import LATENCY_BUCKETS
@@ -38,21 +38,26 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "metrics plugin", "Prometheus text format at http://HOST:PORT/metrics; /healthz answers 200 while serving."
     )
-    group.add_argument(
-        "--metrics-port",
-        type=whole_number(0, 65535),
-        default=DEFAULT_PORT,
-        metavar="PORT",
-        help="port of the metrics endpoint; 0 picks a free one, which is logged (default: %(default)s)",
+    # Restart only: a scraper would not find an endpoint that moved.
+    restart_only(
+        group.add_argument(
+            "--metrics-port",
+            type=whole_number(0, 65535),
+            default=DEFAULT_PORT,
+            metavar="PORT",
+            help="port of the metrics endpoint; 0 picks a free one, which is logged (default: %(default)s)",
+        )
     )
-    group.add_argument(
-        "--metrics-host",
-        default=DEFAULT_HOST,
-        metavar="HOST",
-        help=(
-            "address of the metrics endpoint (default: %(default)s, this machine only; the metrics "
-            "tell anyone who can reach them how busy the server is)"
-        ),
+    restart_only(
+        group.add_argument(
+            "--metrics-host",
+            default=DEFAULT_HOST,
+            metavar="HOST",
+            help=(
+                "address of the metrics endpoint (default: %(default)s, this machine only; the metrics "
+                "tell anyone who can reach them how busy the server is)"
+            ),
+        )
     )
 
 
