@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import queue
 import sys
 import threading
@@ -53,7 +54,7 @@ def chatcore_reload(server: ChatServer, new: argparse.Namespace) -> Callable[[],
         except UsageError as exc:
             log.error("reload: %s; still writing to the previous file", exc)
             return
-        event_log.reopen(stream, close)
+        event_log.reopen(stream, close, new.log_file)
 
     return apply
 
@@ -90,6 +91,7 @@ class _Reopen(NamedTuple):
 
     stream: IO[str]
     close: bool
+    path: str | None
 
 
 def _log(server: ChatServer) -> EventLog:
@@ -104,11 +106,19 @@ class EventLog:
     to the broadcast path (and never an open or close per line); the thread
     formats the JSON, writes whatever has piled up in one go and flushes
     when the queue runs dry.
+
+    Log rotation: the file is reopened on every reload (SIGHUP), and the
+    thread also notices, at most a second late, that the file under its
+    name is no longer the one it writes to (moved or deleted by logrotate,
+    as logging's WatchedFileHandler does), so a rotation is never missed
+    even if the reload that should follow it fails.
     """
 
-    def __init__(self, stream: IO[str], close: bool) -> None:
+    def __init__(self, stream: IO[str], close: bool, path: str | None = None) -> None:
         self._stream = stream
         self._close = close
+        self._path = path  # None: not a file we can reopen (standard output)
+        self._next_check = 0.0
         self._queue: queue.SimpleQueue[tuple[Any, ...] | _Reopen | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="chatcore-logger", daemon=True)
         self.put = self._queue.put
@@ -119,7 +129,8 @@ class EventLog:
 
     @classmethod
     def open(cls, path: str) -> EventLog:
-        return cls(*cls.open_stream(path))
+        stream, close = cls.open_stream(path)
+        return cls(stream, close, path if close else None)
 
     @staticmethod
     def open_stream(path: str) -> tuple[IO[str], bool]:
@@ -132,17 +143,19 @@ class EventLog:
             raise UsageError(f"--log-file {path}: cannot open it for writing ({exc.strerror})") from None
         return stream, True
 
-    def reopen(self, stream: IO[str], close: bool) -> None:
-        """Write to ``stream`` from now on; the old file is closed by the
-        writing thread once everything queued before is in it."""
+    def reopen(self, stream: IO[str], close: bool, path: str | None = None) -> None:
+        """Write to ``stream`` (opened from ``path``) from now on; the old
+        file is closed by the writing thread once everything queued before
+        is in it."""
         if self._thread.is_alive():
-            self._queue.put(_Reopen(stream, close))
+            self._queue.put(_Reopen(stream, close, path))
         else:  # not started (or stopped): nobody else writes
-            self._switch(_Reopen(stream, close))
+            self._switch(_Reopen(stream, close, path))
 
     def _switch(self, reopen: _Reopen) -> None:
         old, close_old = self._stream, self._close
         self._stream, self._close = reopen.stream, reopen.close
+        self._path = reopen.path if reopen.close else None
         if close_old:
             try:
                 old.close()
@@ -178,7 +191,31 @@ class EventLog:
                     return
                 self._switch(event)
             if lines:
+                self._follow_rotation()
                 self._write("".join(lines), len(lines))
+
+    def _follow_rotation(self) -> None:
+        """Reopen the file if another file now has its name, or none has."""
+        now = time.monotonic()
+        if self._path is None or now < self._next_check:
+            return
+        self._next_check = now + 1.0
+        try:
+            ours = os.fstat(self._stream.fileno())
+            named = os.stat(self._path)
+            if (ours.st_dev, ours.st_ino) == (named.st_dev, named.st_ino):
+                return
+        except FileNotFoundError:
+            pass  # moved away and not replaced yet: start it
+        except (OSError, ValueError):
+            return  # the write below reports what is wrong
+        try:
+            stream, close = self.open_stream(self._path)
+        except UsageError as exc:
+            log.error("the event log was moved away and cannot be reopened: %s", exc)
+            return
+        log.info("the event log %s was moved away (log rotation); writing to a new one", self._path)
+        self._switch(_Reopen(stream, close, self._path))
 
     def _write(self, text: str, count: int) -> None:
         # A full disk or a closed pipe must not end the thread: the queue
