@@ -187,6 +187,17 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="console log level (default: %(default)s)",
     )
+    restart_only(
+        parser.add_argument(
+            "--log-format",
+            default="text",
+            choices=["text", "json"],
+            help=(
+                "console log format: text, or json for log collectors (one object a line: "
+                "time, level, logger, message) (default: %(default)s)"
+            ),
+        )
+    )
     configfile.add_arguments(parser)
     if pm is not None:
         pm.hooks.addoption(parser)
