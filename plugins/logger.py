@@ -181,7 +181,7 @@ class EventLog:
                 batch.append(get())
             lines: list[str] = []
             for event in batch:
-                if type(event) is tuple:
+                if event is not None and not isinstance(event, _Reopen):
                     lines.append(self._format(event))
                     continue
                 if lines:  # what came before goes to the old file
