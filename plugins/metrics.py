@@ -214,8 +214,13 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
+    """GET only; the metrics say how busy the server is and nothing about
+    who is in it (no nicknames, rooms or addresses in any label), and the
+    endpoint listens on 127.0.0.1 unless told otherwise."""
+
     endpoint: MetricsEndpoint
-    # A scraper that connects and says nothing must not hold a thread for ever.
+    # Defends against a client that connects and says nothing (or trickles):
+    # it may not hold a thread for ever.
     timeout = 10
 
     def do_GET(self) -> None:

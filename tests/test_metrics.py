@@ -173,6 +173,21 @@ def test_unknown_path_is_404(chat_server_factory):
     assert "/metrics" in text
 
 
+def test_without_prometheus_client_the_plugin_says_what_to_install():
+    hide = "import sys; sys.modules['prometheus_client'] = None; from chatcore.cli import main; "
+    result = subprocess.run(
+        [sys.executable, "-c", hide + "sys.exit(main(['serve', '--port', '0', '--plugins', 'metrics']))"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "chatcore: error: the metrics plugin needs the prometheus_client library: pip install 'chatcore[metrics]'\n"
+    )
+
+
 def test_metrics_port_in_use_fails_the_start_clearly():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
