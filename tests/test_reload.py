@@ -223,3 +223,16 @@ def test_reload_hook_checks_then_applies(tmp_path, chat_server_factory, chat_cli
     assert "plugin 'Checks' failed in chatcore_reload: RuntimeError: the check itself is broken" in caplog.text
     assert checks.applied == ["two {nick}"]
     assert server.config.options.welcome_text == "two {nick}"
+
+
+def test_engine_limits_apply_at_once(tmp_path, chat_server_factory, chat_client):
+    config = tmp_path / "chatcore.toml"
+    write(config, "max-clients = 5\n")
+    server = chat_server_factory("--config", str(config))
+    chat_client(server)
+    write(config, "max-clients = 1\nmax-line = 100\n")
+    assert server.reload()
+    refused = LineClient(server.address)
+    assert refused.expect("! server full, try again later")
+    refused.close()
+    assert (server.max_clients, server.max_line) == (1, 100)
