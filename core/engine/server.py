@@ -226,10 +226,9 @@ class ChatServer:
 
         old = self.config.options
         try:
-            fresh, parser, plugins = reread_options(self.config)
+            # A new selection of plugins shows as --plugins, restart only.
+            fresh, parser, _plugins = reread_options(self.config)
             new, changed, restart = _merge_options(old, fresh, parser)
-            if plugins != self.config.plugins:
-                restart.insert(0, "plugins")
             context = self._check_certificate(new)
             appliers = self.hooks.reload(self, old, new)
         except (UsageError, PluginError) as exc:
@@ -249,7 +248,7 @@ class ChatServer:
         log.info("configuration reloaded: %s", ", ".join(changed) + " changed" if changed else "nothing changed")
         return True
 
-    def _check_certificate(self, options: Any) -> Any:
+    def _check_certificate(self, options: argparse.Namespace) -> ssl.SSLContext | None:
         """The TLS context of the reloaded files, or None without TLS listeners.
 
         :raises UsageError: they cannot be loaded.
@@ -262,12 +261,13 @@ class ChatServer:
         if not options.tls_cert or not options.tls_key:
             raise UsageError("the TLS listeners need --tls-cert and --tls-key, and the new configuration has none")
         try:
-            return server_context(options.tls_cert, options.tls_key)
+            context: ssl.SSLContext = server_context(options.tls_cert, options.tls_key)
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(
                 f"TLS certificate reload failed ({getattr(exc, 'strerror', None) or exc}); still using the previous "
                 f"certificate. Fix --tls-cert {options.tls_cert} / --tls-key {options.tls_key} and send SIGHUP again"
             ) from None
+        return context
 
     # -- connections ----------------------------------------------------------
 
