@@ -6,8 +6,9 @@ Two kinds of counts, by how often they change:
   own :class:`ThreadCounts`, plain ints that only that thread writes, so no
   lock and no lost increment. A reader sums every thread's counts
   (:meth:`Stats.totals`); the counts of threads that have ended are folded
-  into one retired total then, so a server that has served a million
-  connections keeps one object per *live* thread.
+  into one retired total then, and whenever the list of threads has doubled
+  since the last fold, so a server that has served a million connections
+  keeps about one object per *live* thread, scraped or not.
 - Per connection (accepted, refused, disconnected): a lock and a dict, once
   per connection, which is nothing next to a thread start.
 
@@ -90,6 +91,7 @@ class Stats:
         self._lock = threading.Lock()
         self._live: list[tuple[threading.Thread, ThreadCounts]] = []
         self._retired = ThreadCounts()
+        self._fold_at = 64
         self._disconnects: Counter[str] = Counter()
         self._refusals: Counter[str] = Counter()
         #: Connections accepted (past the refusals), since the start.
@@ -103,19 +105,28 @@ class Stats:
             counts = self._local.counts = ThreadCounts()
             with self._lock:
                 self._live.append((threading.current_thread(), counts))
+                if len(self._live) > self._fold_at:  # amortised: one walk per doubling
+                    self._fold_ended()
+                    self._fold_at = max(64, 2 * len(self._live))
         return counts
+
+    def _fold_ended(self) -> None:
+        """Add the counts of threads that have ended to the retired total
+        and forget them (they will not count again). Lock held."""
+        live = []
+        for thread, counts in self._live:
+            if thread.is_alive():
+                live.append((thread, counts))
+            else:
+                self._retired.add(counts)
+        self._live = live
 
     def totals(self) -> ThreadCounts:
         """Every thread's counts added up, those that ended included."""
         total = ThreadCounts()
         with self._lock:
-            live = []
-            for thread, counts in self._live:
-                if thread.is_alive():
-                    live.append((thread, counts))
-                else:  # it will not count again: fold it in for good
-                    self._retired.add(counts)
-            self._live = live
+            self._fold_ended()
+            live = self._live
             total.add(self._retired)
         for _thread, counts in live:
             total.add(counts)
