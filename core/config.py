@@ -96,7 +96,11 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
     """The ``chatcore serve`` parser, with the options of ``pm``'s plugins."""
     parser = argparse.ArgumentParser(
         prog="chatcore serve",
-        description="Run a chat server. Connect with 'chatcore client' or 'nc HOST PORT'.",
+        description=(
+            "Run a chat server. Connect with 'chatcore client' or 'nc HOST PORT'. SIGINT and SIGTERM "
+            "stop it gracefully; SIGHUP reloads the configuration file and reopens the logs "
+            "(docs/operations.md says what a reload can change)."
+        ),
         epilog=(
             "Plugins add their own options; they are listed above for the plugins "
             "selected with --plugins (try: chatcore serve --plugins welcome,logger --help). "
