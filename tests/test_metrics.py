@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 
+import trustme
 from prometheus_client.parser import text_string_to_metric_families
+from test_tls import issue
 
 from chatcore import hookimpl
 from chatcore.engine.server import ChatServer
@@ -204,3 +207,48 @@ def test_metrics_port_in_use_fails_the_start_clearly():
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port} for metrics" in result.stderr
     assert "pick another --metrics-port" in result.stderr
+
+
+def test_connected_clients_by_scheme_and_failed_tls_handshakes(chat_server_factory, tmp_path):
+    ca = trustme.CA()
+    cert, key = issue(ca, tmp_path, "127.0.0.1")
+    server = chat_server_factory(
+        "--plugins",
+        "metrics",
+        "--metrics-port",
+        "0",
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--listen",
+        "tls://127.0.0.1:0",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    plain = LineClient(server.listener("tcp").address)
+    secure = LineClient(server.listener("tls").address, tls=context)
+    for client in (plain, secure):
+        client.sync()
+    # A plain-text client on the TLS port fails the handshake.
+    with socket.create_connection(server.listener("tls").address, timeout=5) as wrong:
+        wrong.sendall(b"hello\n")
+        wrong.settimeout(5)
+        while wrong.recv(4096):
+            pass
+
+    def handshake_counted():
+        samples = scrape(server)
+        return samples if value(samples, "chatcore_refused_connections_total", reason="tls_handshake") else None
+
+    samples = wait_for(handshake_counted, message="the failed handshake counted")
+    assert value(samples, "chatcore_connected_clients", scheme="tcp") == 1
+    assert value(samples, "chatcore_connected_clients", scheme="tls") == 1
+    assert value(samples, "chatcore_refused_connections_total", reason="tls_handshake") == 1
+    # TLS records are bytes sent too: more than the plain text the client read.
+    secure_text = sum(len(line.encode()) + 1 for line in secure.received)
+    assert value(samples, "chatcore_sent_bytes_total") > received_bytes(plain) + secure_text
+    plain.close()
+    secure.close()
