@@ -7,6 +7,12 @@ much memory -- for chatcore and, side by side, the naive original design.
     python benchmarks/broadcast.py --servers chatcore --plugins welcome,logger
     python benchmarks/broadcast.py --scenario room100 --servers chatcore,chatcore-tls   # TCP beside TLS
     python benchmarks/broadcast.py --plot results.png   # deliveries/s and p99 per scenario, as a picture
+    python benchmarks/broadcast.py --servers chatcore --scenario room100 --scenario steady \
+        --plugins welcome,logger,filters --compare-plugins welcome,logger,filters,metrics --rounds 3
+
+``--compare-plugins`` runs chatcore again with other plugins, right after
+the first, for every scenario and round, and ends with the ratios: on a
+shared machine only figures measured back to back compare.
 
 Locust records about 300k events/s per process, so it cannot measure a
 server that delivers millions of lines per second. This driver can: raw
@@ -69,6 +75,7 @@ import select
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -201,12 +208,17 @@ BANNED_WORDS = "darn,heck,blast,drat,rats,bother,crikey,blimey,crumbs,egad,fiddl
 
 
 def filter_args(plugins: str) -> list[str]:
-    """The word list for the filters plugin, when it is among ``plugins``."""
-    return ["--banned-words", BANNED_WORDS] if "filters" in plugins.split(",") else []
+    """What the benchmarks give the plugins among ``plugins``: the word list
+    for filters, a free port for metrics (9464 may be taken)."""
+    names = plugins.split(",")
+    return [
+        *(["--banned-words", BANNED_WORDS] if "filters" in names else []),
+        *(["--metrics-port", "0"] if "metrics" in names else []),
+    ]
 
 
 def server_command(
-    name: str, scenario: Scenario, options: argparse.Namespace, max_clients: int, log_dir: str
+    name: str, scenario: Scenario, options: argparse.Namespace, max_clients: int, log_dir: str, *, plugins: str
 ) -> list[str]:
     if name == "chatcore-tls":
         cert, key = options.tls_files
@@ -225,9 +237,9 @@ def server_command(
         "serve",
         *listen,
         "--plugins",
-        options.plugins,
-        *(["--log-file", os.path.join(log_dir, "events.jsonl")] if "logger" in options.plugins.split(",") else []),
-        *filter_args(options.plugins),
+        plugins,
+        *(["--log-file", os.path.join(log_dir, "events.jsonl")] if "logger" in plugins.split(",") else []),
+        *filter_args(plugins),
         "--max-clients",
         str(max_clients),
         *options.server_args,
@@ -991,6 +1003,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="chatcore plugins (default: welcome,logger and filters when installed: %(default)s)",
     )
     parser.add_argument(
+        "--compare-plugins",
+        action="append",
+        default=[],
+        metavar="NAMES",
+        help=(
+            "also run chatcore with these plugins, right after the --plugins run of each scenario "
+            "(repeat for several sets); the rows are chatcore/A (--plugins), chatcore/B ..., and the "
+            "ratios to A are printed at the end"
+        ),
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every scenario N times, the servers back to back each time (default: %(default)s)",
+    )
+    parser.add_argument(
         "--server-arg",
         dest="server_args",
         action="append",
@@ -1012,6 +1042,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in ("duration", "connect_rate", "idle_clients", "idle_settle", "connect_timeout"):
         if getattr(options, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be more than 0")
+    if options.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if options.procs < 0:
         parser.error("--procs must be 0 or more")
     if options.line_size < 9 + TAIL + 2:
@@ -1029,7 +1061,41 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error("--plot needs matplotlib: pip install 'chatcore[bench]'")
     names = options.scenario or ["all"]
     options.scenarios = list(SCENARIOS) if "all" in names else list(dict.fromkeys(names))
+    # What runs, in order, per scenario and round: (label, server, plugins).
+    options.variants = []
+    for name in options.servers:
+        if name == "chatcore" and options.compare_plugins:
+            sets = [options.plugins, *options.compare_plugins]
+            options.variants += [(f"chatcore/{chr(65 + i)}", name, plugins) for i, plugins in enumerate(sets)]
+        else:
+            options.variants.append((name, name, options.plugins))
     return options
+
+
+def ratios(results: list[dict[str, Any]], variants: list[tuple[str, str, str]]) -> list[str]:
+    """Each chatcore/B, C ... against chatcore/A: the median of the
+    per-round ratios, and the ratios themselves."""
+    labels = [label for label, server, _ in variants if label.startswith("chatcore/")]
+    lines = []
+    for scenario in dict.fromkeys(row["scenario"] for row in results):
+        rows = [row for row in results if row["scenario"] == scenario and "error" not in row]
+        for label in labels[1:]:
+            for key in ("deliveries_per_s", "p50_ms", "p99_ms"):
+                pairs = [
+                    (b[key], a[key])
+                    for a in rows
+                    if a["server"] == labels[0]
+                    for b in rows
+                    if b["server"] == label and b["round"] == a["round"]
+                ]
+                each = sorted(x / y for x, y in pairs if x is not None and y)
+                if each:
+                    median = statistics.median(each)
+                    lines.append(
+                        f"  {scenario} {key}: {label} / {labels[0]} = {median:.3f} "
+                        f"(rounds: {', '.join(f'{r:.3f}' for r in each)})"
+                    )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1047,6 +1113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{options.duration:g} s per flow, chatcore plugins: {options.plugins or '(none)'}",
         flush=True,
     )
+    for label, server_name, plugins in options.variants:
+        if label != server_name:
+            print(f"  {label}: chatcore with plugins {plugins or '(none)'}", flush=True)
     runners = {"flow": run_flow, "connect": run_connect, "idle": run_idle}
     results: list[dict[str, Any]] = []
     failed = False
@@ -1056,23 +1125,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_context, options.tls_files = make_certificates(log_dir)
         for name in options.scenarios:
             scenario = SCENARIOS[name]
-            print(f"{scenario.name}: {scenario.title}", flush=True)
             max_clients = max(1000, scenario.clients + 100, options.idle_clients + 100 if name == "idle" else 0)
-            for server_name in options.servers:
-                if server_name == "chatcore-tls" and scenario.kind != "flow":
-                    print(f"  {server_name:12s} (not measured: TLS runs the flow scenarios only)", flush=True)
-                    continue
-                ClientTLS.context = tls_context if server_name == "chatcore-tls" else None
-                command = server_command(server_name, scenario, options, max_clients, log_dir)
-                try:
-                    with ServerProcess(server_name, command, Path(log_dir) / f"{server_name}.out") as server:
-                        result = runners[scenario.kind](server, scenario, options)
-                except (OSError, RuntimeError, TimeoutError, ConnectionError) as exc:
-                    result = {"error": str(exc).splitlines()[0]}
-                    failed = True
-                print(format_row(server_name, result), flush=True)
-                results.append({"scenario": name, "server": server_name, **result})
+            for round_ in range(1, options.rounds + 1):
+                rounds = f" (round {round_} of {options.rounds})" if options.rounds > 1 else ""
+                print(f"{scenario.name}: {scenario.title}{rounds}", flush=True)
+                for label, server_name, plugins in options.variants:
+                    if server_name == "chatcore-tls" and scenario.kind != "flow":
+                        print(f"  {label:12s} (not measured: TLS runs the flow scenarios only)", flush=True)
+                        continue
+                    ClientTLS.context = tls_context if server_name == "chatcore-tls" else None
+                    command = server_command(server_name, scenario, options, max_clients, log_dir, plugins=plugins)
+                    try:
+                        with ServerProcess(server_name, command, Path(log_dir) / f"{server_name}.out") as server:
+                            result = runners[scenario.kind](server, scenario, options)
+                    except (OSError, RuntimeError, TimeoutError, ConnectionError) as exc:
+                        result = {"error": str(exc).splitlines()[0]}
+                        failed = True
+                    print(format_row(label, result), flush=True)
+                    row = {"scenario": name, "server": label, "round": round_, **result}
+                    results.append({**row, "plugins": plugins} if server_name == "chatcore" else row)
     ClientTLS.context = None
+    if len([v for v in options.variants if v[0].startswith("chatcore/")]) > 1:
+        print("ratios, measured back to back (median of the rounds):", flush=True)
+        for line in ratios(results, options.variants):
+            print(line, flush=True)
     if options.json:
         Path(options.json).write_text(json.dumps(results, indent=2) + "\n")
     if options.plot:

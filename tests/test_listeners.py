@@ -155,6 +155,7 @@ def test_room_events_are_numbered_per_room_and_a_plugin_can_supply_the_numbers(c
     alice, bob = chat_client(server), chat_client(server)
     alice.send("one")
     bob.expect("<guest-1> one")
+    alice.sync()  # alice's thread has told the plugins too (after queueing to bob)
     bob.send("/join dev")
     bob.expect("* you are now in dev (1 here)")
     bob.send("two")
