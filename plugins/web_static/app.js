@@ -14,7 +14,8 @@ const $ = (id) => document.getElementById(id);
 const log = $("log");
 const stateView = $("state");
 
-const me = { nick: "", room: "", wantedNick: localStorage.getItem("chatcore.nick") || "" };
+const me = { nick: "", room: "", wantedNick: localStorage.getItem("chatcore.nick") || "", wantedRoom: "" };
+const myNicks = new Set(); // every nick this page has had: its own lines come back under them
 let socket = null;
 let attempts = 0;
 let reconnectTimer = null;
@@ -22,7 +23,7 @@ let quitting = false;
 let wasConnected = false;
 let members = new Set();
 // What this page has seen, for resuming without duplicates.
-const seen = new Set(); // "room epoch offset"
+const seen = new Set(); // "room epoch offset", and "room time type nick text"
 const positions = new Map(); // room -> {epoch, offset}: the highest offset seen
 const ownLines = []; // {room, text} said by this page, not echoed by the server
 const quietAnswers = { members: 0, rooms: 0 }; // answers to our own /who and /rooms, not shown in the log
@@ -72,11 +73,25 @@ function connect() {
     const countdown = setInterval(tick, 1000);
     reconnectTimer = setTimeout(() => {
       clearInterval(countdown);
-      connect();
+      // The room list changes as people come and go elsewhere: refresh it now and
+// then while the page is looked at (not on every join, which would make every
+// browser ask at once in a busy room).
+setInterval(() => {
+  if (!document.hidden && socket && socket.readyState === WebSocket.OPEN && sendLine("/rooms")) quietAnswers.rooms += 1;
+}, 30000);
+
+connect();
     }, delay);
     $("reconnect").onclick = () => {
       clearInterval(countdown);
-      connect();
+      // The room list changes as people come and go elsewhere: refresh it now and
+// then while the page is looked at (not on every join, which would make every
+// browser ask at once in a busy room).
+setInterval(() => {
+  if (!document.hidden && socket && socket.readyState === WebSocket.OPEN && sendLine("/rooms")) quietAnswers.rooms += 1;
+}, 30000);
+
+connect();
     };
   };
 }
@@ -164,7 +179,11 @@ function welcomed(event) {
 
 function updateYou(you) {
   if (you.nick !== me.nick) {
+    // The room is told of our new nick, but not we: update our own entry.
+    if (members.delete(me.nick)) members.add(you.nick);
     me.nick = you.nick;
+    myNicks.add(you.nick);
+    renderMembers();
     if (you.nick === me.wantedNick) closeNick();
   }
   if (you.room !== me.room) {
@@ -186,10 +205,13 @@ function refresh() {
 }
 
 function roomEvent(event, replayed) {
-  const key = `${event.room} ${event.epoch} ${event.offset}`;
+  // Seen before? By identity, and by content and time for events kept
+  // across a restart of the server (they come back without an identity).
+  const keys = [`${event.room} ${event.time} ${event.type} ${event.nick} ${event.text}`];
+  if (event.offset) keys.push(`${event.room} ${event.epoch} ${event.offset}`);
+  if (keys.some((key) => seen.has(key))) return;
+  for (const key of keys) seen.add(key);
   if (event.offset) {
-    if (seen.has(key)) return; // already shown: a replay after a reconnect
-    seen.add(key);
     const where = positions.get(event.room);
     if (!where || where.epoch !== event.epoch || where.offset < event.offset) {
       positions.set(event.room, { epoch: event.epoch, offset: event.offset });
@@ -235,7 +257,7 @@ function plainLeave(reason) {
 // show it twice: it is matched with what this page showed when it was said.
 function takeOwnLine(event) {
   const index = ownLines.findIndex((own) => own.room === event.room && own.text === event.text);
-  if (index < 0 || event.nick !== me.nick) return false;
+  if (index < 0 || !myNicks.has(event.nick)) return false;
   ownLines.splice(index, 1);
   return true;
 }
@@ -465,5 +487,12 @@ $("toggle-side").addEventListener("click", () => {
   const open = document.body.classList.toggle("side-open");
   $("toggle-side").setAttribute("aria-expanded", String(open));
 });
+
+// The room list changes as people come and go elsewhere: refresh it now and
+// then while the page is looked at (not on every join, which would make every
+// browser ask at once in a busy room).
+setInterval(() => {
+  if (!document.hidden && socket && socket.readyState === WebSocket.OPEN && sendLine("/rooms")) quietAnswers.rooms += 1;
+}, 30000);
 
 connect();

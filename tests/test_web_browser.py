@@ -1,0 +1,319 @@
+"""The web page in a real headless Chromium (Debian's chromium and
+chromium-driver, driven by Selenium; nothing is downloaded), against a real
+``chatcore serve`` process, beside a native client.
+
+Screenshots go to the test's temporary folder (``CHATCORE_SCREENSHOTS=DIR``
+keeps them somewhere else).
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from chatcore.testing import LineClient, ServerProcess
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+TIMEOUT = 15
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], WebDriver]]:
+    """``browser()``: a new headless Chromium with a fresh profile; quit at teardown."""
+    # Missing is a failure, never a skip: .ci/run installs them.
+    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), (
+        "the browser tests need Chromium: apt-get install chromium chromium-driver"
+    )
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never download a browser or driver
+    drivers: list[WebDriver] = []
+
+    def start() -> WebDriver:
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        profile = tmp_path / f"profile-{len(drivers)}"
+        for argument in (
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}", "--window-size=1000,700",
+        ):  # fmt: skip
+            options.add_argument(argument)
+        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        driver.set_page_load_timeout(TIMEOUT)
+        drivers.append(driver)
+        return driver
+
+    yield start
+    for driver in drivers:
+        driver.quit()
+
+
+def wait(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    except TimeoutException:
+        log = [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#log li")][-10:]
+        state = driver.find_element(By.ID, "state").text
+        raise AssertionError(f"timed out waiting for {what}; state {state!r}, log {log}") from None
+
+
+def log_texts(driver: WebDriver) -> list[str]:
+    return [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#log li .text")]
+
+
+def wait_for_text(driver: WebDriver, text: str) -> None:
+    wait(driver, lambda d: text in log_texts(d), f"{text!r} in the log")
+
+
+def open_page(driver: WebDriver, url: str, nick: str) -> None:
+    driver.get(url)
+    wait(driver, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is not None, "the nick dialog")
+    field = driver.find_element(By.ID, "nick-input")
+    field.clear()
+    field.send_keys(nick)
+    driver.find_element(By.ID, "nick-submit").click()
+    wait(driver, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is None, "the nick accepted")
+    wait(driver, lambda d: d.find_element(By.ID, "state").get_attribute("data-state") == "connected", "connected")
+
+
+def say(driver: WebDriver, text: str) -> None:
+    field = driver.find_element(By.ID, "input")
+    field.send_keys(text)
+    driver.find_element(By.CSS_SELECTOR, "#input-form button").click()
+    wait(driver, lambda d: d.find_element(By.ID, "input").get_attribute("value") == "", "the line sent")
+
+
+def members(driver: WebDriver) -> list[str]:
+    return [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#members li")]
+
+
+def screenshot(driver: WebDriver, tmp_path: Path, name: str) -> Path:
+    folder = Path(os.environ.get("CHATCORE_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 1000
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def serve(*args: str, web: str = "ws://127.0.0.1:0") -> ServerProcess:
+    return ServerProcess(
+        "--plugins", "welcome,web,history", "--listen", web, "--listen", "tcp://127.0.0.1:0", *args
+    )  # fmt: skip
+
+
+def test_two_browsers_and_a_native_client_chat_in_every_direction(browser, tmp_path):
+    with serve() as server:
+        url = "http://{}:{}/".format(*server.addresses["ws"])
+        alice, bob = browser(), browser()
+        open_page(alice, url, "alice")
+        native = LineClient(server.addresses["tcp"])
+        try:
+            native.send("/nick nat")
+            native.expect("* you are now known as nat")
+            native.send("before bob came")
+            open_page(bob, url, "bob")
+            # History on entering the room, and the member list.
+            wait_for_text(bob, "before bob came")
+            wait(bob, lambda d: members(d) == ["alice", "bob", "nat"], "three members")
+            wait(alice, lambda d: members(d) == ["alice", "bob", "nat"], "bob in alice's member list")
+
+            say(alice, "hello from alice")
+            native.expect("<alice> hello from alice")
+            wait_for_text(bob, "hello from alice")
+            say(bob, "hello from bob")
+            native.expect("<bob> hello from bob")
+            wait_for_text(alice, "hello from bob")
+            native.send("hello from nc, see https://example.com/page.")
+            for driver in (alice, bob):
+                wait_for_text(driver, "hello from nc, see https://example.com/page.")
+            link = alice.find_element(By.CSS_SELECTOR, "#log a")
+            assert link.get_attribute("href") == "https://example.com/page"
+            assert link.get_attribute("rel") == "noopener noreferrer"
+
+            say(alice, "/me waves")
+            native.expect("* alice waves")
+            wait(
+                bob,
+                lambda d: (
+                    "alice" in [e.text for e in d.find_elements(By.CSS_SELECTOR, "li.action .nick")]
+                    or "* alice" in [e.text for e in d.find_elements(By.CSS_SELECTOR, "li.action .nick")]
+                ),
+                "the action",
+            )
+            say(bob, "/msg nat psst from bob")
+            native.expect("*bob* psst from bob")
+            native.send("/msg alice psst from nat")
+            wait_for_text(alice, "psst from nat")
+            assert "psst from nat" not in log_texts(bob)
+
+            # Markup and script-like text stay text.
+            hostile = "<img src=x onerror=\"document.title='pwned'\"> <b>bold</b> javascript:alert(1)"
+            native.send(hostile)
+            for driver in (alice, bob):
+                wait_for_text(driver, hostile)
+                assert driver.find_elements(By.CSS_SELECTOR, "#log img, #log b") == []
+                assert all(
+                    (a.get_attribute("href") or "").startswith("https://")
+                    for a in driver.find_elements(By.CSS_SELECTOR, "#log a")
+                )
+                assert driver.title != "pwned"
+            # A nick with markup is refused by the server, and the refusal is shown as text.
+            say(bob, "/nick <script>x</script>")
+            wait(
+                bob,
+                lambda d: any("invalid nickname '<script>x</script>'" in t for t in log_texts(d)),
+                "the nick refused",
+            )
+            assert bob.find_elements(By.CSS_SELECTOR, "#log script") == []
+
+            # /join and the room list.
+            say(bob, "/join dev")
+            wait(bob, lambda d: d.find_element(By.ID, "room-name").text == "#dev", "bob in dev")
+            native.expect("* bob left (joined dev)")
+            wait(alice, lambda d: members(d) == ["alice", "nat"], "bob gone from alice's list")
+            wait(
+                bob,
+                lambda d: any(b.text == "dev (1)" for b in d.find_elements(By.CSS_SELECTOR, "#rooms button")),
+                "rooms",
+            )
+            say(alice, "/nick alicia")
+            wait(alice, lambda d: "alicia" in members(d), "the new nick")
+            native.expect("* alice is now known as alicia")
+            screenshot(alice, tmp_path, "web-chat")
+        finally:
+            native.close()
+
+
+def test_the_page_works_in_a_narrow_window(browser, tmp_path):
+    with serve() as server:
+        driver = browser()
+        driver.set_window_size(390, 800)
+        open_page(driver, "http://{}:{}/".format(*server.addresses["ws"]), "phone")
+        side = driver.find_element(By.ID, "side")
+        assert not side.is_displayed()
+        toggle = driver.find_element(By.ID, "toggle-side")
+        assert toggle.is_displayed()
+        toggle.click()
+        wait(driver, lambda d: d.find_element(By.ID, "side").is_displayed(), "the side panel")
+        assert members(driver) == ["phone"]
+        toggle.click()
+        say(driver, "small screen")
+        assert driver.find_element(By.ID, "input").size["width"] > 200
+        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        screenshot(driver, tmp_path, "web-narrow")
+
+
+def test_a_restart_shows_the_disconnect_reconnects_and_loses_nothing_kept(browser, tmp_path):
+    port = free_port()
+    db = tmp_path / "history.db"
+    args = ("--history-db", str(db))
+    driver = browser()
+    first = serve(*args, web=f"ws://127.0.0.1:{port}").start()
+    try:
+        open_page(driver, f"http://127.0.0.1:{port}/", "alice")
+        say(driver, "/join dev")
+        wait(driver, lambda d: d.find_element(By.ID, "room-name").text == "#dev", "alice in dev")
+        native = LineClient(first.addresses["tcp"])
+        native.send("/join dev")
+        native.send("said before the restart")
+        wait_for_text(driver, "said before the restart")
+        say(driver, "alice before the restart")
+        native.expect(
+            "<guest-2> alice before the restart" if False else lambda line: line.endswith("> alice before the restart")
+        )
+        native.close()
+    finally:
+        assert first.stop() == 0
+    wait(driver, lambda d: d.find_element(By.ID, "state").get_attribute("data-state") == "disconnected", "disconnected")
+    assert "reconnecting in" in driver.find_element(By.ID, "state").text
+    screenshot(driver, tmp_path, "web-disconnected")
+    with serve(*args, web=f"ws://127.0.0.1:{port}") as second:
+        wait(
+            driver,
+            lambda d: d.find_element(By.ID, "state").get_attribute("data-state") == "connected",
+            "reconnected",
+            40,
+        )
+        wait(driver, lambda d: d.find_element(By.ID, "room-name").text == "#dev", "back in dev")
+        wait(driver, lambda d: "alice" in members(d), "alice's nick again")
+        wait(
+            driver, lambda d: any("you may have missed messages" in t for t in log_texts(d)), "the missed-messages line"
+        )
+        native = LineClient(second.addresses["tcp"])
+        try:
+            native.send("/join dev")
+            native.send("said after the restart")
+            wait_for_text(driver, "said after the restart")
+            texts = log_texts(driver)
+            # What the history kept is there once: not lost, not doubled.
+            assert texts.count("said before the restart") == 1, texts
+            assert texts.count("alice before the restart") == 1, texts
+            say(driver, "alice after the restart")
+            native.expect("<alice> alice after the restart")
+        finally:
+            native.close()
+
+
+class _EvilPage(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<!doctype html><title>another site</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+OPEN_WEBSOCKET = """
+const [url, done] = arguments;
+const ws = new WebSocket(url);
+ws.onopen = () => { ws.close(); done("open"); };
+ws.onerror = () => done("refused");
+"""
+
+
+def test_a_cross_origin_websocket_is_refused_in_the_browser(browser):
+    evil = http.server.ThreadingHTTPServer(("127.0.0.2", 0), _EvilPage)
+    thread = threading.Thread(target=evil.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with serve() as server:
+            host, port = server.addresses["ws"]
+            driver = browser()
+            driver.set_script_timeout(TIMEOUT)
+            # From the chat's own page: it opens.
+            driver.get(f"http://{host}:{port}/")
+            assert driver.execute_async_script(OPEN_WEBSOCKET, f"ws://{host}:{port}/ws") == "open"
+            # From another site's page: refused by the server's Origin check.
+            driver.get("http://127.0.0.2:{}/".format(evil.server_address[1]))
+            assert driver.execute_async_script(OPEN_WEBSOCKET, f"ws://{host}:{port}/ws") == "refused"
+        assert f"Origin http://127.0.0.2:{evil.server_address[1]}" in server.stderr
+    finally:
+        evil.shutdown()
+        evil.server_close()
