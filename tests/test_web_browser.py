@@ -38,9 +38,8 @@ TIMEOUT = 15
 def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], WebDriver]]:
     """``browser()``: a new headless Chromium with a fresh profile; quit at teardown."""
     # Missing is a failure, never a skip: .ci/run installs them.
-    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), (
-        "the browser tests need Chromium: apt-get install chromium chromium-driver"
-    )
+    for program in (CHROMIUM, CHROMEDRIVER):
+        assert shutil.which(program), f"the browser tests need {program}: apt-get install chromium chromium-driver"
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never download a browser or driver
     drivers: list[WebDriver] = []
 
@@ -77,6 +76,14 @@ def log_texts(driver: WebDriver) -> list[str]:
     return [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#log li .text")]
 
 
+def log_has(driver: WebDriver, part: str) -> bool:
+    return any(part in text for text in log_texts(driver))
+
+
+def state(driver: WebDriver) -> str | None:
+    return driver.find_element(By.ID, "state").get_attribute("data-state")
+
+
 def wait_for_text(driver: WebDriver, text: str) -> None:
     wait(driver, lambda d: text in log_texts(d), f"{text!r} in the log")
 
@@ -89,7 +96,7 @@ def open_page(driver: WebDriver, url: str, nick: str) -> None:
     field.send_keys(nick)
     driver.find_element(By.ID, "nick-submit").click()
     wait(driver, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is None, "the nick accepted")
-    wait(driver, lambda d: d.find_element(By.ID, "state").get_attribute("data-state") == "connected", "connected")
+    wait(driver, lambda d: state(d) == "connected", "connected")
 
 
 def say(driver: WebDriver, text: str) -> None:
@@ -184,7 +191,7 @@ def test_two_browsers_and_a_native_client_chat_in_every_direction(browser, tmp_p
             say(bob, "/nick <script>x</script>")
             wait(
                 bob,
-                lambda d: any("invalid nickname '<script>x</script>'" in t for t in log_texts(d)),
+                lambda d: log_has(d, "invalid nickname '<script>x</script>'"),
                 "the nick refused",
             )
             assert bob.find_elements(By.CSS_SELECTOR, "#log script") == []
@@ -241,27 +248,23 @@ def test_a_restart_shows_the_disconnect_reconnects_and_loses_nothing_kept(browse
         native.send("said before the restart")
         wait_for_text(driver, "said before the restart")
         say(driver, "alice before the restart")
-        native.expect(
-            "<guest-2> alice before the restart" if False else lambda line: line.endswith("> alice before the restart")
-        )
+        native.expect(lambda line: line.endswith("> alice before the restart"))
         native.close()
     finally:
         assert first.stop() == 0
-    wait(driver, lambda d: d.find_element(By.ID, "state").get_attribute("data-state") == "disconnected", "disconnected")
+    wait(driver, lambda d: state(d) == "disconnected", "disconnected")
     assert "reconnecting in" in driver.find_element(By.ID, "state").text
     screenshot(driver, tmp_path, "web-disconnected")
     with serve(*args, web=f"ws://127.0.0.1:{port}") as second:
         wait(
             driver,
-            lambda d: d.find_element(By.ID, "state").get_attribute("data-state") == "connected",
+            lambda d: state(d) == "connected",
             "reconnected",
             40,
         )
         wait(driver, lambda d: d.find_element(By.ID, "room-name").text == "#dev", "back in dev")
         wait(driver, lambda d: "alice" in members(d), "alice's nick again")
-        wait(
-            driver, lambda d: any("you may have missed messages" in t for t in log_texts(d)), "the missed-messages line"
-        )
+        wait(driver, lambda d: log_has(d, "you may have missed messages"), "the missed-messages line")
         native = LineClient(second.addresses["tcp"])
         try:
             native.send("/join dev")
@@ -311,7 +314,7 @@ def test_a_cross_origin_websocket_is_refused_in_the_browser(browser):
             driver.get(f"http://{host}:{port}/")
             assert driver.execute_async_script(OPEN_WEBSOCKET, f"ws://{host}:{port}/ws") == "open"
             # From another site's page: refused by the server's Origin check.
-            driver.get("http://127.0.0.2:{}/".format(evil.server_address[1]))
+            driver.get(f"http://127.0.0.2:{evil.server_address[1]}/")
             assert driver.execute_async_script(OPEN_WEBSOCKET, f"ws://{host}:{port}/ws") == "refused"
         assert f"Origin http://127.0.0.2:{evil.server_address[1]}" in server.stderr
     finally:
