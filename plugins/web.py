@@ -260,7 +260,7 @@ class WebState:
 
 
 def _read_static(name: str) -> bytes:
-    return resources.files("chatcore.plugins").joinpath("web_static", name).read_bytes()
+    return resources.files("chatcore.plugins").joinpath("web_static").joinpath(name).read_bytes()
 
 
 # -- the wire format: events as JSON in WebSocket frames ----------------------
@@ -557,8 +557,8 @@ class WebProtocol(Protocol):
         ws = WSConnection(ConnectionType.SERVER)
         ws.initiate_upgrade_connection(list(request.headers), request.target)
         accepted = False
-        for event in ws.events():
-            if isinstance(event, WSRequest):
+        for handshake in ws.events():
+            if isinstance(handshake, WSRequest):
                 # No extensions: permessage-deflate would cost each connection
                 # its own compressor and make each frame different per client.
                 self.client.send_data(ws.send(AcceptConnection()))
