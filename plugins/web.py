@@ -96,6 +96,8 @@ MAX_HEADER_BYTES = 8192
 #: (and discarded as they arrive, never buffered); the connection goes on.
 DEFAULT_MAX_MESSAGE = 16384
 DEFAULT_PING_INTERVAL = 20
+#: Offsets before the one asked for that a resume answer also includes.
+RESUME_OVERLAP = 10
 #: Seconds an HTTP connection may stay open without a request.
 HTTP_IDLE_TIMEOUT = 30.0
 
@@ -500,6 +502,8 @@ class WebProtocol(Protocol):
     def _allowed_origins(self) -> set[str]:
         """The listener's own origin, as the browser names it, plus --web-origins."""
         host, port = self.client.sock.getsockname()[:2]
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]  # IPv4 on a dual-stack listener: the browser says http://127.0.0.1:...
         scheme = "https" if self.client.transport.encrypts else "http"
         hosts = {f"[{host}]" if ":" in host else host}
         if host in ("127.0.0.1", "::1"):
@@ -681,7 +685,10 @@ class WebProtocol(Protocol):
             # Complete if the numbering is the same and the kept history
             # reaches back to the offset (or nothing was ever dropped).
             reaches = len(kept) < history.lines or any(e.epoch == epoch and e.offset <= offset for e in kept)
-            newer = [event for event in kept if event.epoch == epoch and event.offset > offset]
+            # A few before the offset too: lines of two people can arrive in
+            # either order, so the browser may have missed one just below
+            # the highest it saw. It drops what it already has.
+            newer = [event for event in kept if event.epoch == epoch and event.offset > offset - RESUME_OVERLAP]
             answer.update(events=_objects(newer), complete=same_epoch and reaches)
             if not answer["complete"]:
                 answer["reason"] = "the server restarted" if not same_epoch else "more was said than the server keeps"

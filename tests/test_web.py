@@ -445,7 +445,9 @@ def test_history_is_replayed_and_resume_finds_what_was_missed(web, clients):
     browser.send({"type": "resume", "room": "lobby", "epoch": last["epoch"], "offset": last["offset"]})
     answer = browser.expect({"type": "resume"})
     assert answer["complete"] is True
-    assert [event["text"] for event in answer["events"]] == ["second", "third"]
+    # What came after the offset, and (for lines that crossed) what came just before it.
+    assert [event["text"] for event in answer["events"]] == ["first", "second", "third"]
+    assert [event["offset"] > last["offset"] for event in answer["events"]] == [False, True, True]
     # Too far back: the history keeps 5 lines.
     for n in range(6):
         native.send(f"more {n}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import shutil
 import socket
 import threading
@@ -278,6 +279,124 @@ def test_a_restart_shows_the_disconnect_reconnects_and_loses_nothing_kept(browse
             native.expect("<alice> alice after the restart")
         finally:
             native.close()
+
+
+class Proxy:
+    """A TCP forwarder on 127.0.0.1 to :attr:`upstream` (set it before the
+    first connection), whose link can be cut: the network between a browser
+    and the server going away and back, while the server keeps running."""
+
+    def __init__(self) -> None:
+        self.upstream: tuple[str, int] = ("", 0)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.up = True
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._all: list[socket.socket] = []  # closed at the end, once no pump uses them
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            if not self.up:
+                near.close()  # refused while the link is down
+                continue
+            far = socket.create_connection(self.upstream)
+            with self._lock:
+                self._pairs.append((near, far))
+                self._all += (near, far)
+            for source, sink in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones until :meth:`restore`."""
+        self.up = False
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for sock in pair:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+        for sock in self._all:
+            sock.close()
+
+
+def test_after_a_lost_connection_the_page_gets_what_it_missed_once(browser, tmp_path):
+    # The page is reached through the proxy, as through a reverse proxy:
+    # its origin is the proxy's, allowed with --web-origins.
+    proxy = Proxy()
+    with serve("--history-lines", "4", "--web-origins", f"http://127.0.0.1:{proxy.port}") as server:
+        proxy.upstream = server.addresses["ws"]
+        driver = browser()
+        native = LineClient(server.addresses["tcp"])
+        try:
+            open_page(driver, f"http://127.0.0.1:{proxy.port}/", "alice")
+            native.send("/nick nat")
+            native.expect("* you are now known as nat")
+            native.send("one")
+            wait_for_text(driver, "one")
+            say(driver, "alice says hi")
+            native.expect("<alice> alice says hi")
+
+            # The link goes; the server sees alice leave and the room goes on.
+            proxy.cut()
+            wait(driver, lambda d: state(d) == "disconnected", "disconnected")
+            native.expect(re.compile(r"^\* alice left"))
+            native.send("two")
+            native.send("three")
+            native.sync()
+            proxy.restore()
+            wait(driver, lambda d: state(d) == "connected", "reconnected", 40)
+            wait_for_text(driver, "three")
+            wait(driver, lambda d: "alice" in members(d), "alice's nick again")
+            native.sync()
+            texts = log_texts(driver)
+            for line in ("one", "two", "three", "alice says hi"):
+                assert texts.count(line) == 1, (line, texts)
+            assert not log_has(driver, "you may have missed messages")
+
+            # Again, with more said than the history keeps (4 lines): the page says so.
+            proxy.cut()
+            wait(driver, lambda d: state(d) == "disconnected", "disconnected again")
+            native.expect(re.compile(r"^\* alice left"))
+            for n in range(6):
+                native.send(f"missed {n}")
+            native.sync()
+            proxy.restore()
+            wait(driver, lambda d: log_has(d, "you may have missed messages"), "the missed-messages line", 40)
+            wait_for_text(driver, "missed 5")
+            texts = log_texts(driver)
+            assert [t for t in texts if t.startswith("missed ")] == ["missed 2", "missed 3", "missed 4", "missed 5"]
+            screenshot(driver, tmp_path, "web-resumed")
+        finally:
+            native.close()
+            proxy.close()
 
 
 class _EvilPage(http.server.BaseHTTPRequestHandler):

@@ -6,7 +6,6 @@
 // links are <a> elements built from a parsed http(s) URL only.
 
 const MAX_LOG = 1000; // entries kept on the page
-const RESUME_SLACK = 50; // ask again for a few events before the last seen: others may arrive out of order
 const BACKOFF_FIRST = 500; // ms
 const BACKOFF_MAX = 30000;
 
@@ -170,8 +169,9 @@ function welcomed(event) {
   if (resuming) {
     const where = positions.get(room || me.room);
     if (where) {
-      const offset = Math.max(0, where.offset - RESUME_SLACK);
-      socket.send(JSON.stringify({ type: "resume", room: room || me.room, epoch: where.epoch, offset }));
+      // The answer includes a few events before the offset too (two people's
+      // lines may have crossed); those already seen are dropped.
+      socket.send(JSON.stringify({ type: "resume", room: room || me.room, epoch: where.epoch, offset: where.offset }));
     }
   }
   refresh();
