@@ -594,3 +594,41 @@ def test_wss_serves_the_page_and_the_websocket(chat_server_factory, clients, tmp
         assert refused.value.status == 403
     finally:
         browser.close()
+
+
+# -- the wire format on its own -------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+def test_frames_of_every_length_form_parse_as_one_message(size):
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    from chatcore.plugins.web import frame
+
+    parser = FrameProtocol(client=True, extensions=[])
+    parser.receive_bytes(frame(b"a" * size))
+    (received,) = list(parser.received_frames())
+    assert received.opcode is Opcode.TEXT
+    assert (received.message_finished, len(received.payload)) == (True, size)
+
+
+def test_room_events_render_once_as_json_with_their_identity():
+    from chatcore.events import Chat, Left, numbered
+    from chatcore.plugins.web import WEB
+
+    chat = numbered(Chat("lobby", nick="al", text='<b>"hi"</b>'), "e1", 7, 1.5)
+    data = WEB.encode(chat)
+    assert data[0] == 0x81  # one final text frame
+    assert json.loads(data[2:]) == {
+        "type": "chat", "nick": "al", "text": '<b>"hi"</b>', "room": "lobby", "epoch": "e1", "offset": 7, "time": 1.5,
+    }  # fmt: skip
+    left = json.loads(WEB.encode(Left("dev", nick="al", reason="slow consumer"))[2:])
+    assert left == {**left, "type": "leave", "reason": "slow consumer", "disconnected": True, "offset": 0}
+
+
+def test_a_full_server_answers_a_browser_with_503(web, clients):
+    server = web("--max-clients", "1")
+    clients.native(server)
+    status, _, body = http_get(server.listener("ws").address, "/")
+    assert status == 503
+    assert body == b"server full, try again later\n"
