@@ -38,6 +38,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from http import HTTPStatus
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -537,7 +538,7 @@ class WebProtocol(Protocol):
             self.client.disconnect(f"HTTP {status}", tell=False)
 
     def _send_http(self, http: h11.Connection, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        out = http.send(h11.Response(status_code=status, headers=headers))
+        out = http.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase))
         if body:
             out += http.send(h11.Data(data=body)) or b""
         out += http.send(h11.EndOfMessage()) or b""
@@ -559,7 +560,14 @@ class WebProtocol(Protocol):
             return
         trailing, _closed = http.trailing_data
         ws = WSConnection(ConnectionType.SERVER)
-        ws.initiate_upgrade_connection(list(request.headers), request.target)
+        try:
+            ws.initiate_upgrade_connection(list(request.headers), request.target)
+        except (RemoteProtocolError, LocalProtocolError, h11.ProtocolError) as exc:
+            # A missing Sec-WebSocket-Key or Host, an unsupported version ...
+            hint = getattr(exc, "event_hint", None)
+            status, extra = (hint.status_code, list(hint.headers)) if isinstance(hint, RejectConnection) else (400, [])
+            self._reply(status, f"bad WebSocket request: {exc}", close=True, extra=extra)
+            return
         accepted = False
         for handshake in ws.events():
             if isinstance(handshake, WSRequest):

@@ -325,6 +325,35 @@ def test_garbage_gets_400(web):
     assert data.startswith(b"HTTP/1.1 400")
 
 
+UPGRADE = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (UPGRADE + b"\r\n", b"400 Bad Request"),  # no key, no version
+        (UPGRADE + b"Sec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 8\r\n\r\n", b"426 Upgrade Required"),
+        (b"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n", b"400 Bad Request"),  # no Host
+        (
+            UPGRADE + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Content-Length: 5\r\n\r\nhello",
+            b"400 Bad Request",
+        ),
+    ],
+)
+def test_a_broken_upgrade_gets_an_http_error_and_the_server_goes_on(web, clients, request_bytes, status, caplog):
+    server = web()
+    with socket.create_connection(server.listener("ws").address, timeout=TIMEOUT) as sock:
+        sock.sendall(request_bytes)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 " + status + b"\r\n"), data
+    assert b"bad WebSocket request" in data or b"has no body" in data
+    assert "unexpected error" not in caplog.text
+    clients(server).expect({"type": "welcome"})
+
+
 # -- the Origin check -----------------------------------------------------------
 
 
