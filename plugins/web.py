@@ -77,6 +77,7 @@ from chatcore.events import (
 )
 from chatcore.message import Message
 from chatcore.transports import Scheme
+from chatcore.transports.listener import format_address
 from chatcore.wire import Protocol, WireFormat
 from chatcore.wire.native import sanitize
 
@@ -204,7 +205,19 @@ def chatcore_schemes() -> list[Scheme]:
 
 @hookimpl
 def chatcore_server_start(server: ChatServer) -> None:
-    _state(server).start()
+    state = _state(server)
+    for listener in server.listeners:
+        if listener.scheme.wire is WEB:
+            scheme = "https" if listener.scheme.tls else "http"
+            host, port = listener.address
+            where = f"any address of this machine, port {port}" if host in ("0.0.0.0", "::") else None
+            page = where or f"{scheme}://{format_address(host, port)}/"
+            if state.origins:
+                also = f"also allowed: {', '.join(sorted(state.origins))}"
+            else:
+                also = "reached by a host name or through a proxy, it needs --web-origins"
+            log.info("web: the chat page is at %s (%s)", page, also)
+    state.start()
 
 
 @hookimpl
