@@ -8,11 +8,14 @@ keeps them somewhere else).
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import re
 import shutil
+import signal
 import socket
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +29,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from chatcore.testing import LineClient, ServerProcess
+from chatcore.testing import LineClient, ServerProcess, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -234,7 +237,13 @@ def test_the_page_works_in_a_narrow_window(browser, tmp_path):
         screenshot(driver, tmp_path, "web-narrow")
 
 
-def test_a_restart_shows_the_disconnect_reconnects_and_loses_nothing_kept(browser, tmp_path):
+def history_rows(db: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        return [text for (text,) in connection.execute("SELECT text FROM chatcore_history ORDER BY id")]
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_restart_shows_the_disconnect_reconnects_and_loses_nothing_kept(browser, tmp_path, how):
     port = free_port()
     db = tmp_path / "history.db"
     args = ("--history-db", str(db))
@@ -251,11 +260,14 @@ def test_a_restart_shows_the_disconnect_reconnects_and_loses_nothing_kept(browse
         say(driver, "alice before the restart")
         native.expect(lambda line: line.endswith("> alice before the restart"))
         native.close()
+        # Killed, the server keeps only what its history had written: wait for that.
+        wanted = ["said before the restart", "alice before the restart"]
+        wait_for(lambda: history_rows(db) == wanted, TIMEOUT, "the history written to the database")
     finally:
-        assert first.stop() == 0
+        assert first.stop(how) == (0 if how == signal.SIGTERM else -signal.SIGKILL)
     wait(driver, lambda d: state(d) == "disconnected", "disconnected")
     assert "reconnecting in" in driver.find_element(By.ID, "state").text
-    screenshot(driver, tmp_path, "web-disconnected")
+    screenshot(driver, tmp_path, f"web-disconnected-{how.name}")
     with serve(*args, web=f"ws://127.0.0.1:{port}") as second:
         wait(
             driver,
