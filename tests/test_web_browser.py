@@ -451,3 +451,29 @@ def test_a_cross_origin_websocket_is_refused_in_the_browser(browser):
     finally:
         evil.shutdown()
         evil.server_close()
+
+
+def test_lines_that_arrive_while_the_tab_is_hidden_are_marked_unread(browser):
+    with serve() as server:
+        driver = browser()
+        open_page(driver, "http://{}:{}/".format(*server.addresses["ws"]), "alice")
+        page = driver.current_window_handle
+        native = LineClient(server.addresses["tcp"])
+        try:
+            native.send("seen while looking")
+            wait_for_text(driver, "seen while looking")
+            driver.switch_to.new_window("tab")  # the chat's tab is in the background now
+            native.send("first unseen")
+            native.send("second unseen")
+            native.sync()
+            driver.switch_to.window(page)
+            wait_for_text(driver, "second unseen")
+            # The marker is put in only while the page is hidden.
+            items = driver.find_elements(By.CSS_SELECTOR, "#log li")
+            kinds = [("marker" if "unread-marker" in (i.get_attribute("class") or "") else i.text) for i in items]
+            marker = kinds.index("marker")
+            assert "seen while looking" in kinds[marker - 1]
+            assert "first unseen" in kinds[marker + 1]
+            wait(driver, lambda d: d.title == "chatcore", "the title without the count once looked at")
+        finally:
+            native.close()
