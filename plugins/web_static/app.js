@@ -19,6 +19,7 @@ let socket = null;
 let attempts = 0;
 let reconnectTimer = null;
 let quitting = false;
+let rejoining = false; // after a reconnect, on the way from the default room back to ours
 let wasConnected = false;
 let members = new Set();
 // What this page has seen, for resuming without duplicates.
@@ -151,6 +152,10 @@ function handle(event) {
       note(event.text, "notice");
       break;
     case "error":
+      if (rejoining) {
+        rejoining = false; // our room could not be entered again: stay where the server put us
+        me.wantedRoom = me.room;
+      }
       if (!$("nick-dialog").open || !showNickError(event.text)) note(event.text, "error");
       break;
     default:
@@ -165,7 +170,8 @@ function welcomed(event) {
   if (me.wantedNick && me.wantedNick !== me.nick) sendLine(`/nick ${me.wantedNick}`);
   else if (!me.wantedNick) askNick();
   const room = me.wantedRoom;
-  if (room && room !== me.room) sendLine(`/join ${room}`);
+  rejoining = Boolean(room && room !== me.room);
+  if (rejoining) sendLine(`/join ${room}`);
   if (resuming) {
     const where = positions.get(room || me.room);
     if (where) {
@@ -191,6 +197,7 @@ function updateYou(you) {
     // After a reconnect the server puts us in its default room first; the
     // room we were in stays the one we want until we are back in it.
     if (!me.wantedRoom || wasConnected) me.wantedRoom = you.room;
+    if (you.room === me.wantedRoom) rejoining = false;
     $("room-name").textContent = `#${you.room}`;
     $("members-room").textContent = you.room;
     members = new Set();
@@ -218,7 +225,9 @@ function roomEvent(event, replayed) {
     }
   }
   if (replayed && event.type === "chat" && takeOwnLine(event)) return;
-  if (event.room !== me.room) return;
+  // Only the room we are in, and not the server's default room we pass
+  // through after a reconnect on the way back to ours.
+  if (event.room !== me.room || (rejoining && event.room !== me.wantedRoom)) return;
   const time = event.time ? new Date(event.time * 1000) : new Date();
   switch (event.type) {
     case "chat":
@@ -403,10 +412,7 @@ function renderRooms(rooms) {
 }
 
 function joinRoom(room) {
-  if (room && room !== me.room) {
-    me.wantedRoom = room;
-    sendLine(`/join ${room}`);
-  }
+  if (room && room !== me.room) sendLine(`/join ${room}`);
 }
 
 // -- the nickname ----------------------------------------------------------------
@@ -454,8 +460,6 @@ $("input-form").addEventListener("submit", (submit) => {
     const wanted = text.split(/\s+/)[1] || "";
     me.wantedNick = wanted;
     localStorage.setItem("chatcore.nick", wanted);
-  } else if (command === "join") {
-    me.wantedRoom = (text.split(/\s+/)[1] || "").toLowerCase();
   } else if (command === "quit") {
     quitting = true;
   }
