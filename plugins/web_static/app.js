@@ -6,6 +6,7 @@
 // links are <a> elements built from a parsed http(s) URL only.
 
 const MAX_LOG = 1000; // entries kept on the page
+const MAX_SEEN = 20000; // identities remembered for dropping replayed duplicates
 const BACKOFF_FIRST = 500; // ms
 const BACKOFF_MAX = 30000;
 
@@ -73,25 +74,11 @@ function connect() {
     const countdown = setInterval(tick, 1000);
     reconnectTimer = setTimeout(() => {
       clearInterval(countdown);
-      // The room list changes as people come and go elsewhere: refresh it now and
-// then while the page is looked at (not on every join, which would make every
-// browser ask at once in a busy room).
-setInterval(() => {
-  if (!document.hidden && socket && socket.readyState === WebSocket.OPEN && sendLine("/rooms")) quietAnswers.rooms += 1;
-}, 30000);
-
-connect();
+      connect();
     }, delay);
     $("reconnect").onclick = () => {
       clearInterval(countdown);
-      // The room list changes as people come and go elsewhere: refresh it now and
-// then while the page is looked at (not on every join, which would make every
-// browser ask at once in a busy room).
-setInterval(() => {
-  if (!document.hidden && socket && socket.readyState === WebSocket.OPEN && sendLine("/rooms")) quietAnswers.rooms += 1;
-}, 30000);
-
-connect();
+      connect();
     };
   };
 }
@@ -138,8 +125,10 @@ function handle(event) {
       privateMessage(event);
       break;
     case "members":
-      members = new Set(event.nicks);
-      renderMembers();
+      if (event.room === me.room) {
+        members = new Set(event.nicks);
+        renderMembers();
+      }
       if (quietAnswers.members > 0) quietAnswers.members -= 1;
       else note(`in ${event.room} (${event.nicks.length}): ${event.nicks.join(", ")}`, "notice");
       break;
@@ -218,6 +207,10 @@ function roomEvent(event, replayed) {
   if (event.offset) keys.push(`${event.room} ${event.epoch} ${event.offset}`);
   if (keys.some((key) => seen.has(key))) return;
   for (const key of keys) seen.add(key);
+  if (seen.size > MAX_SEEN) {
+    // Forget the oldest: a replay reaches back a few dozen events, not thousands.
+    for (const key of [...seen].slice(0, seen.size - MAX_SEEN / 2)) seen.delete(key);
+  }
   if (event.offset) {
     const where = positions.get(event.room);
     if (!where || where.epoch !== event.epoch || where.offset < event.offset) {
