@@ -280,6 +280,16 @@ def test_the_page_has_no_inline_script_or_style(web):
     assert "style=" not in page
 
 
+def test_the_script_never_turns_text_into_markup():
+    """A guard beside the browser tests: none of the DOM calls that parse HTML."""
+    from importlib import resources
+
+    script = resources.files("chatcore.plugins").joinpath("web_static").joinpath("app.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in script, sink
+    assert 'rel = "noopener noreferrer"' in script
+
+
 @pytest.mark.parametrize(
     "path", ["/../pyproject.toml", "/web_static/app.js", "/%2e%2e/web.py", "/..%2fweb.py", "/app.js/..", "//etc/passwd"]
 )

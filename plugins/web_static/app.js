@@ -2,7 +2,8 @@
 //
 // The server's JSON events are documented in docs/protocol.md ("The
 // WebSocket protocol"). Everything people typed (chat, nicks, room names) is
-// put on the page as text nodes, never as HTML: no innerHTML anywhere, and
+// put on the page as text nodes, never parsed as HTML (tests/test_web.py
+// checks that no HTML-parsing DOM call is used), and
 // links are <a> elements built from a parsed http(s) URL only.
 
 const MAX_LOG = 1000; // entries kept on the page
