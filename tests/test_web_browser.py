@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -39,22 +40,23 @@ TIMEOUT = 15
 
 
 @pytest.fixture
-def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], WebDriver]]:
-    """``browser()``: a new headless Chromium with a fresh profile; quit at teardown."""
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., WebDriver]]:
+    """``browser(*arguments)``: a new headless Chromium with a fresh profile
+    (and extra command-line arguments); quit at teardown."""
     # Missing is a failure, never a skip: .ci/run installs them.
     for program in (CHROMIUM, CHROMEDRIVER):
         assert shutil.which(program), f"the browser tests need {program}: apt-get install chromium chromium-driver"
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never download a browser or driver
     drivers: list[WebDriver] = []
 
-    def start() -> WebDriver:
+    def start(*arguments: str) -> WebDriver:
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
         profile = tmp_path / f"profile-{len(drivers)}"
         for argument in (
             "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-            f"--user-data-dir={profile}", "--window-size=1000,700",
+            f"--user-data-dir={profile}", "--window-size=1000,700", *arguments,
         ):  # fmt: skip
             options.add_argument(argument)
         driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -475,5 +477,25 @@ def test_lines_that_arrive_while_the_tab_is_hidden_are_marked_unread(browser):
             assert "seen while looking" in kinds[marker - 1]
             assert "first unseen" in kinds[marker + 1]
             wait(driver, lambda d: d.title == "chatcore", "the title without the count once looked at")
+        finally:
+            native.close()
+
+
+def test_the_page_over_wss(browser, tmp_path):
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    with serve("--tls-cert", str(cert), "--tls-key", str(key), web="wss://127.0.0.1:0") as server:
+        # The test's own CA is not in Chromium's store: accept its certificate.
+        driver = browser("--ignore-certificate-errors")
+        open_page(driver, "https://{}:{}/".format(*server.addresses["wss"]), "secure")
+        native = LineClient(server.addresses["tcp"])
+        try:
+            say(driver, "over TLS")
+            native.expect("<secure> over TLS")
+            native.send("back over TLS")
+            wait_for_text(driver, "back over TLS")
         finally:
             native.close()
