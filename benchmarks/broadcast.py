@@ -5,6 +5,7 @@ much memory -- for chatcore and, side by side, the naive original design.
     python benchmarks/broadcast.py --scenario room100 --duration 10
     python benchmarks/broadcast.py --scenario idle --idle-clients 10000
     python benchmarks/broadcast.py --servers chatcore --plugins welcome,logger
+    python benchmarks/broadcast.py --servers chatcore --scenario room100 --web   # WebSocket receivers
     python benchmarks/broadcast.py --scenario room100 --servers chatcore,chatcore-tls   # TCP beside TLS
     python benchmarks/broadcast.py --plot results.png   # deliveries/s and p99 per scenario, as a picture
     python benchmarks/broadcast.py --servers chatcore --scenario room100 --scenario steady \
@@ -56,11 +57,19 @@ count and time.
 (a certificate made for the run with trustme); every client connects over
 TLS and verifies it. Flows only: ``connect`` and ``idle`` measure TCP
 accepts and memory, and are not run for it.
+
+**--web** (chatcore only, flow scenarios): the bulk receivers are WebSocket
+clients of the ``web`` plugin's ``/ws`` instead of native clients, in the
+same room (senders and monitors stay native). A WebSocket receiver counts
+chat frames with ``bytes.count(b'"type":"chat"')`` and samples latency from
+the timestamp at the end of a frame's ``text``; it cannot check framing the
+way a native receiver checks line lengths, so it reports no corruption.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import importlib.metadata
@@ -149,6 +158,7 @@ class ServerProcess:
         self.command = command
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.web_port = 0  # the ws:// listener's, with --web
         # A file, not a pipe: nobody reads a pipe during the run, and a
         # server that logs into a full pipe would stall.
         self.output = output
@@ -163,6 +173,8 @@ class ServerProcess:
             )
             if match:
                 self.port = int(match.group(1))
+                web = re.search(r"ws://[0-9.]+:(\d+)", self.output.read_text(errors="replace"))
+                self.web_port = int(web.group(1)) if web else 0
                 return self
             time.sleep(0.02)
         text = self.output.read_text(errors="replace")
@@ -220,16 +232,18 @@ def filter_args(plugins: str) -> list[str]:
 def server_command(
     name: str, scenario: Scenario, options: argparse.Namespace, max_clients: int, log_dir: str, *, plugins: str
 ) -> list[str]:
-    if name == "chatcore-tls":
-        cert, key = options.tls_files
-        listen = ["--listen", "tls://127.0.0.1:0", "--tls-cert", cert, "--tls-key", key]
-    else:
-        listen = ["--port", "0"]
     if name == "naive":
         # 'idle' measures memory, not the original's listen(10), which would
         # make thousands of paced connects wait for SYN retransmits.
         backlog = ["--backlog", "1024"] if scenario.kind == "idle" else []
         return [sys.executable, str(HERE / "naive_server.py"), "--port", "0", *backlog, *options.naive_args]
+    if name == "chatcore-tls":
+        cert, key = options.tls_files
+        listen = ["--listen", "tls://127.0.0.1:0", "--tls-cert", cert, "--tls-key", key]
+    elif options.web:
+        listen = ["--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0"]
+    else:
+        listen = ["--port", "0"]
     return [
         sys.executable,
         "-m",
@@ -237,7 +251,7 @@ def server_command(
         "serve",
         *listen,
         "--plugins",
-        plugins,
+        f"{plugins},web" if options.web else plugins,
         *(["--log-file", os.path.join(log_dir, "events.jsonl")] if "logger" in plugins.split(",") else []),
         *filter_args(plugins),
         "--max-clients",
@@ -345,9 +359,12 @@ def read_until(sock: socket.socket, marker: bytes, timeout: float = 10.0) -> byt
     return data
 
 
-def sync(sock: socket.socket, server: str) -> None:
+def sync(sock: socket.socket, server: str, *, web: bool = False) -> None:
     """Read everything the server sent so far (chatcore: up to ``* pong``)."""
-    if is_chatcore(server):
+    if web:
+        sock.sendall(web_line("/ping"))
+        read_until(sock, b'"text":"pong"')
+    elif is_chatcore(server):
         sock.sendall(b"/ping\n")
         read_until(sock, b"* pong\n")
     sock.setblocking(False)
@@ -424,6 +441,52 @@ class Receiver:
             # Realigned: go back to the fast path.
             self.phase = size - 1 - len(self.tail)
             self.tail = b""
+
+
+WEB_CHAT = b'"type":"chat"'
+WEB_TEXT_END = b'","room":'
+
+
+class WebReceiver(Receiver):
+    """A WebSocket receiver: counts chat frames (see the module docstring)."""
+
+    __slots__ = ()
+
+    def feed(self, data: bytes) -> None:
+        # The marker may straddle two chunks: keep its length less one byte.
+        chunk = self.tail + data
+        self.lines += chunk.count(WEB_CHAT)
+        self.tail = chunk[-(len(WEB_CHAT) - 1) :]
+        end = chunk.find(WEB_TEXT_END, random.randrange(len(chunk)))
+        if end >= 16:
+            try:
+                self.samples.add((now_us() - int(chunk[end - 16 : end])) / 1000.0)
+            except ValueError:
+                pass
+
+
+def web_connect(port: int, timeout: float = 10.0) -> socket.socket:
+    """A WebSocket client of ``/ws``, upgraded and welcomed."""
+    sock = connect(port, timeout)
+    key = base64.b64encode(os.urandom(16))
+    sock.sendall(
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (port, key)
+    )
+    reply = read_until(sock, b"\r\n\r\n", timeout)
+    if not reply.startswith(b"HTTP/1.1 101 "):
+        raise ConnectionError(f"WebSocket upgrade refused: {reply[:200]!r}")
+    if b'"type":"welcome"' not in reply:
+        read_until(sock, b'"type":"welcome"', timeout)
+    return sock
+
+
+def web_line(text: str) -> bytes:
+    """A masked text frame (clients must mask) carrying a line, as the page sends it."""
+    payload = json.dumps({"type": "line", "text": text}).encode()
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 class Monitor(Receiver):
@@ -508,11 +571,17 @@ class Sender:
         self.out = self.out[sent:]
 
 
-def connect_receivers(port: int, count: int, *, rate: float, size: int, samples: Samples) -> list[Receiver]:
+def connect_receivers(
+    port: int, count: int, *, rate: float, size: int, samples: Samples, web_port: int = 0
+) -> list[Receiver]:
+    """Bulk receivers: native, or WebSocket clients of ``web_port``."""
     paced = Paced(rate)
-    receivers = []
+    receivers: list[Receiver] = []
     for _ in range(count):
         paced.wait()
+        if web_port:
+            receivers.append(WebReceiver(web_connect(web_port), size, samples))
+            continue
         sock = connect(port)
         read_until(sock, b"\n")
         receivers.append(Receiver(sock, size, samples))
@@ -557,6 +626,8 @@ class WorkerTask:
     slot: int
     #: Seconds after which the worker gives up even if never told to stop.
     lifetime: float
+    #: The ws:// port with --web (the receivers are WebSocket clients), else 0.
+    web_port: int = 0
 
 
 def worker(task: WorkerTask, ready: Any, stop: Any, counts: Any, pipe: Any) -> None:
@@ -564,9 +635,11 @@ def worker(task: WorkerTask, ready: Any, stop: Any, counts: Any, pipe: Any) -> N
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     samples = Samples()
     try:
-        receivers = connect_receivers(task.port, task.count, rate=task.rate, size=task.size, samples=samples)
+        receivers = connect_receivers(
+            task.port, task.count, rate=task.rate, size=task.size, samples=samples, web_port=task.web_port
+        )
         for receiver in receivers:
-            sync(receiver.sock, task.server)
+            sync(receiver.sock, task.server, web=isinstance(receiver, WebReceiver))
     except (OSError, TimeoutError, ConnectionError) as exc:
         pipe.send({"error": f"worker could not connect: {exc}"})
         return
@@ -627,6 +700,7 @@ def run_flow(server: ServerProcess, scenario: Scenario, options: argparse.Namesp
                     size,
                     slot,
                     lifetime=2 * SETUP_TIMEOUT + options.duration + DRAIN_TIMEOUT + 30,
+                    web_port=server.web_port,
                 ),
                 ready,
                 stop,
@@ -692,7 +766,11 @@ def _run_flow_main(
         senders.append(Sender(index, socks[index], prefix, monitors[1 if index == 0 else 0]))
     receivers.extend(monitors)
     receivers.extend(Receiver(sock, size, samples) for sock in socks[2:])
-    receivers.extend(connect_receivers(server.port, local_bulk, rate=options.connect_rate, size=size, samples=samples))
+    receivers.extend(
+        connect_receivers(
+            server.port, local_bulk, rate=options.connect_rate, size=size, samples=samples, web_port=server.web_port
+        )
+    )
     deadline = time.monotonic() + SETUP_TIMEOUT
     for process, ready, pipe in workers:
         while not ready.wait(0.1):
@@ -700,7 +778,7 @@ def _run_flow_main(
                 message = pipe.recv() if pipe.poll() else {"error": "worker did not get ready"}
                 raise RuntimeError(message.get("error", "worker failed"))
     for receiver in receivers:
-        sync(receiver.sock, server.name)
+        sync(receiver.sock, server.name, web=isinstance(receiver, WebReceiver))
     for sender in senders:
         sender.sock.setblocking(False)
 
@@ -1031,6 +1109,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--naive-arg", dest="naive_args", action="append", default=[], metavar="ARG", help="extra naive_server.py arg"
     )
+    parser.add_argument(
+        "--web",
+        action="store_true",
+        help="the bulk receivers are WebSocket clients of the web plugin (chatcore, flow scenarios only)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument(
         "--plot",
@@ -1061,6 +1144,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error("--plot needs matplotlib: pip install 'chatcore[bench]'")
     names = options.scenario or ["all"]
     options.scenarios = list(SCENARIOS) if "all" in names else list(dict.fromkeys(names))
+    if options.web and (options.servers != ["chatcore"] or any(SCENARIOS[n].kind != "flow" for n in options.scenarios)):
+        parser.error("--web needs --servers chatcore and flow scenarios only (not connect or idle)")
     # What runs, in order, per scenario and round: (label, server, plugins).
     options.variants = []
     for name in options.servers:

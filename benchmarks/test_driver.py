@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from broadcast import LINE_SIZE, Monitor, Receiver, Samples, main, now_us
+from broadcast import LINE_SIZE, Monitor, Receiver, Samples, WebReceiver, main, now_us
 from conftest import min_seconds
 from pytest_benchmark.fixture import BenchmarkFixture
 
@@ -82,6 +82,29 @@ def test_driver_compares_plugin_sets_back_to_back(tmp_path: Path, capsys: pytest
     assert all(row["deliveries"] > 0 and row["lost"] == 0 for row in rows)
     out = capsys.readouterr().out
     assert "room10 deliveries_per_s: chatcore/B / chatcore/A = " in out
+
+
+def test_web_receiver_counts_chat_frames_split_anywhere() -> None:
+    frames = b"".join(
+        b'\x81\x7e{"type":"chat","nick":"s00001","text":"xx %05d %010d %016d","room":"lobby"}' % (1, seq, now_us())
+        for seq in range(1, 101)
+    )
+    notice = b'\x81\x20{"type":"join","nick":"guest-9"}'
+    receiver = WebReceiver(None, LINE_SIZE, Samples())  # type: ignore[arg-type]
+    stream = notice + frames + notice
+    for start in range(0, len(stream), 7):  # the marker straddles chunks again and again
+        receiver.feed(stream[start : start + 7])
+    assert receiver.lines == 100
+
+
+def test_driver_runs_with_websocket_receivers(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    # room100: 88 bulk receivers, here WebSocket clients (room10 has none: all ten send).
+    argv = ["--servers", "chatcore", "--scenario", "room100", "--duration", "0.5", "--procs", "0", "--web"]
+    assert main([*argv, "--json", str(results)]) == 0
+    (row,) = json.loads(results.read_text())
+    assert row["deliveries"] > 0
+    assert row["lost"] == 0
 
 
 def test_driver_receive_path(benchmark: BenchmarkFixture, report_figure: Callable[[str], None]) -> None:

@@ -120,7 +120,7 @@ def test_type_information_is_shipped() -> None:
 
 def test_bundled_plugins_are_registered_entry_points(installed: dict[str, Any]) -> None:
     entry_points = installed["entry_points"]
-    for name in ("commands", "welcome", "logger"):
+    for name in ("commands", "welcome", "logger", "web"):
         assert entry_points.get(name) == [f"chatcore.plugins.{name}", "chatcore"], name
 
 
@@ -144,3 +144,27 @@ def test_supported_pythons_agree(installed: dict[str, Any]) -> None:
     }
     matrix = labels["matrix"]
     assert matrix == [f"py{major}{minor}" for major, minor in classified]
+
+
+def test_the_wheel_ships_the_web_page(tmp_path: Path) -> None:
+    """The web plugin's page files are package data: in the wheel, not only in the source tree."""
+    import shutil
+    import zipfile
+
+    # Built from a copy: setuptools leaves build/ beside the sources.
+    source = tmp_path / "source"
+    junk = (".git", ".venv", ".tox", ".ci-venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*junk))
+    wheels = tmp_path / "wheels"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, source],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = wheels.glob("chatcore-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for page_file in ("index.html", "app.js", "style.css"):
+        assert f"chatcore/plugins/web_static/{page_file}" in names

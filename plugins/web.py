@@ -1,0 +1,717 @@
+"""The web front-end: a chat page and a WebSocket endpoint on one port.
+
+``chatcore serve --plugins web --listen ws://127.0.0.1:8080`` (``wss://`` over
+TLS with ``--tls-cert``/``--tls-key``). A browser opens ``http://HOST:PORT/``,
+gets the page (``index.html``, ``app.js``, ``style.css`` from
+``chatcore/plugins/web_static/``), and the page connects to ``/ws``. Over the
+WebSocket every event is one JSON object per text message (docs/protocol.md,
+"The WebSocket protocol"); the browser sends lines of text exactly as a
+native client does, so ``/join``, ``/msg`` and ``/me`` work the same.
+
+Why wsproto (sans-I/O) and not the ``websockets`` library: chatcore reads
+each client on its own thread and writes every client from one shared
+non-blocking writer. ``websockets``' threaded API runs threads of its own per
+connection, and its ``send()`` blocks while a client is not reading, which
+would stall the shared writer (everyone's output); its per-message
+compression also keeps tens of KB of zlib state per connection. wsproto only
+parses bytes we give it and returns bytes to send, so the reader thread
+feeds it and the writer sends what it produced like any other output.
+
+Server frames are not masked, so a room event's frame is the same bytes for
+every browser: :class:`WebFormat` renders it once per event (no compression
+is negotiated, which keeps it that way), and a slow browser fills its queue
+and is dropped as a slow consumer like any client.
+
+Per connection: HTTP/1.1 (h11, header size bounded) until a ``GET /ws``
+upgrade whose ``Origin`` is allowed, then WebSocket (wsproto). A thread per
+server sends pings and closes browsers that stopped answering, and closes
+HTTP connections that stay idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from http import HTTPStatus
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import h11
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    TextMessage,
+)
+from wsproto.events import Request as WSRequest
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from chatcore import Client, Config, UsageError, hookimpl
+from chatcore.config import whole_number
+from chatcore.events import (
+    Action,
+    Chat,
+    Error,
+    Event,
+    Joined,
+    Left,
+    Members,
+    NickChanged,
+    Notice,
+    PrivateMessage,
+    Replay,
+    RoomEvent,
+    RoomList,
+    RoomNotice,
+    Welcome,
+)
+from chatcore.message import Message
+from chatcore.transports import Scheme
+from chatcore.transports.listener import format_address
+from chatcore.wire import Protocol, WireFormat
+from chatcore.wire.native import sanitize
+
+if TYPE_CHECKING:
+    from chatcore.engine.server import ChatServer
+
+log = logging.getLogger("chatcore.web")
+
+NAME = "web"
+DEFAULT_PORT = 8080
+DEFAULT_TLS_PORT = 8443
+#: The WebSocket endpoint's path.
+WS_PATH = "/ws"
+#: Bytes of an HTTP request's line and headers, at most (h11 refuses more
+#: with 431), so a client cannot make the server buffer without end.
+MAX_HEADER_BYTES = 8192
+#: Bytes of one message from a browser, at most. Longer ones are refused
+#: (and discarded as they arrive, never buffered); the connection goes on.
+DEFAULT_MAX_MESSAGE = 16384
+DEFAULT_PING_INTERVAL = 20
+#: Offsets before the one asked for that a resume answer also includes.
+RESUME_OVERLAP = 10
+#: Seconds an HTTP connection may stay open without a request.
+HTTP_IDLE_TIMEOUT = 30.0
+
+# The page's files. Served from memory by name: the request's path is looked
+# up in this table and never joined to a file system path, so there is no
+# directory traversal to get wrong ("/../", "%2e%2e", "\\" all just 404).
+_STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+# No inline script or style and nothing from elsewhere: chat text that ever
+# became markup could still not run script (defence in depth against XSS).
+# connect-src 'self' allows the page's own ws:// and wss:// origin.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_SECURITY_HEADERS = [
+    (b"Content-Security-Policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"X-Content-Type-Options", b"nosniff"),  # a script is run only as a script
+    (b"Referrer-Policy", b"no-referrer"),
+    (b"X-Frame-Options", b"DENY"),  # no clickjacking in a frame (older browsers)
+    (b"Cache-Control", b"no-cache"),
+]
+
+
+# -- options and life cycle ---------------------------------------------------
+
+
+@hookimpl
+def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "web plugin",
+        "A chat page and a WebSocket endpoint (/ws) on ws:// and wss:// listeners, e.g. --listen ws://127.0.0.1:8080.",
+    )
+    group.add_argument(
+        "--web-origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help=(
+            "another origin whose pages may open the WebSocket, e.g. https://chat.example.com (repeat, or "
+            "separate with commas); the listener's own address is always allowed. Needed when people reach "
+            "the server by a name or through a proxy"
+        ),
+    )
+    group.add_argument(
+        "--web-ping-interval",
+        type=whole_number(1, 3600),
+        default=DEFAULT_PING_INTERVAL,
+        metavar="SECONDS",
+        help="ping each browser this often; one silent for two intervals is disconnected (default: %(default)s)",
+    )
+    group.add_argument(
+        "--web-max-message",
+        type=whole_number(256, 1 << 24),
+        default=DEFAULT_MAX_MESSAGE,
+        metavar="BYTES",
+        help="longest WebSocket message a browser may send (default: %(default)s)",
+    )
+
+
+@hookimpl
+def chatcore_configure(config: Config) -> None:
+    options = config.options
+    origins: set[str] = set()
+    for value in options.web_origins:
+        for origin in filter(None, (part.strip() for part in value.split(","))):
+            origins.add(_check_origin_option(origin))
+    config.data[NAME] = WebState(
+        origins=frozenset(origins),
+        ping_interval=float(options.web_ping_interval),
+        max_message=options.web_max_message,
+    )
+
+
+def _check_origin_option(origin: str) -> str:
+    scheme, sep, rest = origin.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+        raise UsageError(
+            f"--web-origins {origin!r}: give an origin, SCHEME://HOST[:PORT] with http or https and no path, "
+            "e.g. https://chat.example.com"
+        )
+    return origin.lower()
+
+
+@hookimpl
+def chatcore_schemes() -> list[Scheme]:
+    return [
+        Scheme("ws", WEB, WebProtocol, default_port=DEFAULT_PORT, description="the web page and its WebSocket"),
+        Scheme(
+            "wss",
+            WEB,
+            WebProtocol,
+            tls=True,
+            default_port=DEFAULT_TLS_PORT,
+            description="the web page and its WebSocket over TLS",
+        ),
+    ]
+
+
+@hookimpl
+def chatcore_server_start(server: ChatServer) -> None:
+    state = _state(server)
+    for listener in server.listeners:
+        if listener.scheme.wire is WEB:
+            scheme = "https" if listener.scheme.tls else "http"
+            host, port = listener.address
+            where = f"any address of this machine, port {port}" if host in ("0.0.0.0", "::") else None
+            page = where or f"{scheme}://{format_address(host, port)}/"
+            if state.origins:
+                also = f"also allowed: {', '.join(sorted(state.origins))}"
+            else:
+                also = "reached by a host name or through a proxy, it needs --web-origins"
+            log.info("web: the chat page is at %s (%s)", page, also)
+    state.start()
+
+
+@hookimpl
+def chatcore_server_stop(server: ChatServer) -> None:
+    _state(server).stop()
+
+
+def _state(server: ChatServer) -> WebState:
+    state: WebState = server.config.data[NAME]
+    return state
+
+
+class WebState:
+    """One server's web settings, its open connections and its pinger thread."""
+
+    def __init__(self, origins: frozenset[str], ping_interval: float, max_message: int) -> None:
+        self.origins = origins
+        self.ping_interval = ping_interval
+        self.max_message = max_message
+        self.static = {path: (_read_static(name), kind) for path, (name, kind) in _STATIC.items()}
+        self._connections: weakref.WeakSet[WebProtocol] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chatcore-web-pinger", daemon=True)
+
+    def add(self, protocol: WebProtocol) -> None:
+        with self._lock:
+            self._connections.add(protocol)
+
+    def discard(self, protocol: WebProtocol) -> None:
+        with self._lock:
+            self._connections.discard(protocol)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        # Wakes a few times per interval, so a dead browser is found within
+        # about two intervals and an idle HTTP connection soon after its
+        # timeout.
+        tick = min(self.ping_interval / 4, 1.0)
+        while not self._stopping.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                connections = list(self._connections)
+            for protocol in connections:
+                try:
+                    protocol.check(now, self.ping_interval)
+                except Exception:  # one broken connection must not stop the pings of all
+                    log.exception("web: checking %r failed", protocol.client)
+
+
+def _read_static(name: str) -> bytes:
+    return resources.files("chatcore.plugins").joinpath("web_static").joinpath(name).read_bytes()
+
+
+# -- the wire format: events as JSON in WebSocket frames ----------------------
+
+_OP_TEXT = 0x1
+_OP_CLOSE = 0x8
+_OP_PING = 0x9
+
+
+def frame(payload: bytes, opcode: int = _OP_TEXT) -> bytes:
+    """One final, unmasked WebSocket frame (RFC 6455 5.2), as a server sends it."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x80 | opcode, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, size)
+    return header + payload
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    return frame(struct.pack("!H", code) + reason.encode("utf-8")[:120], _OP_CLOSE)
+
+
+PING_FRAME = frame(b"chatcore", _OP_PING)
+
+
+def _identity(event: RoomEvent) -> dict[str, Any]:
+    return {"room": event.room, "epoch": event.epoch, "offset": event.offset, "time": event.time}
+
+
+_ROOM_FIELDS: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
+    Chat: lambda e: {"type": "chat", "nick": e.nick, "text": e.text},
+    Action: lambda e: {"type": "action", "nick": e.nick, "text": e.text},
+    Joined: lambda e: {"type": "join", "nick": e.nick},
+    Left: lambda e: {"type": "leave", "nick": e.nick, "reason": e.reason, "disconnected": e.disconnected},
+    NickChanged: lambda e: {"type": "nick", "nick": e.nick, "new_nick": e.new_nick},
+    RoomNotice: lambda e: {"type": "room_notice", "text": e.text},
+}
+
+
+def event_object(event: Event) -> dict[str, Any] | None:
+    """The JSON object for an event (docs/protocol.md), or None for an
+    event type this protocol does not know."""
+    render = _ROOM_FIELDS.get(type(event))
+    if render is not None:
+        assert isinstance(event, RoomEvent)
+        return {**render(event), **_identity(event)}
+    if isinstance(event, Notice):
+        return {"type": "notice", "text": event.text}
+    if isinstance(event, Error):
+        return {"type": "error", "text": event.text}
+    if isinstance(event, Welcome):
+        return {"type": "welcome", "lines": list(event.lines)}
+    if isinstance(event, PrivateMessage):
+        return {"type": "private", "from": event.sender, "to": event.recipient, "text": event.text, "echo": event.echo}
+    if isinstance(event, Members):
+        return {"type": "members", "room": event.room, "nicks": list(event.nicks)}
+    if isinstance(event, RoomList):
+        return {"type": "rooms", "rooms": [{"room": room, "members": count} for room, count in event.rooms]}
+    if isinstance(event, Replay):
+        return {"type": "history", "room": event.room, "events": _objects(event.events)}
+    return None
+
+
+def _objects(events: tuple[RoomEvent, ...] | list[RoomEvent]) -> list[dict[str, Any]]:
+    return [obj for obj in map(event_object, events) if obj is not None]
+
+
+def message_frame(obj: dict[str, Any]) -> bytes:
+    return frame(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+class WebFormat(WireFormat):
+    """Events as JSON text messages in WebSocket frames.
+
+    Before its WebSocket is open a connection is plain HTTP: then the only
+    thing it can be told is a refusal (``server full`` ...), as an HTTP 503.
+    """
+
+    name = "web"
+
+    def encode(self, event: RoomEvent) -> bytes:
+        obj = event_object(event)
+        return b"" if obj is None else message_frame(obj)
+
+    def encode_for(self, client: Client, event: Event) -> bytes:
+        protocol = client.data.get(NAME)
+        if not isinstance(protocol, WebProtocol) or protocol.ws is None:
+            return _http_refusal(event.text) if isinstance(event, Error) else b""
+        obj = event_object(event)
+        if obj is None:
+            return b""
+        # Who and where the browser is now: set after a /nick or /join has
+        # taken effect, so the page learns its nick and room from the answer.
+        obj["you"] = {"nick": client.nick, "room": client.room}
+        return message_frame(obj)
+
+
+def _http_refusal(text: str) -> bytes:
+    body = text.encode("utf-8") + b"\n"
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+#: The one instance every web connection shares.
+WEB = WebFormat()
+
+
+# -- one connection -------------------------------------------------------------
+
+
+class WebProtocol(Protocol):
+    """One browser: HTTP requests, then, after the upgrade, its WebSocket."""
+
+    __slots__ = ("__weakref__", "_http", "_last_heard", "_message", "_oversized", "_pinged", "_state", "ws")
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self._state = _state(client.server)
+        self._http: h11.Connection | None = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        #: The WebSocket, once the upgrade is done.
+        self.ws: WSConnection | None = None
+        self._message: list[str] = []
+        self._oversized = False
+        self._last_heard = time.monotonic()
+        self._pinged = False
+
+    def connection_made(self) -> None:
+        # Not admitted yet: a browser enters the chat when its WebSocket opens.
+        self.client.data[NAME] = self
+        self._state.add(self)
+
+    def connection_lost(self) -> None:
+        self._state.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_heard = time.monotonic()
+        self._pinged = False
+        if self.ws is None:
+            self._http_received(data)
+        else:
+            self._ws_received(data)
+
+    def check(self, now: float, interval: float) -> None:
+        """From the pinger thread: ping an open WebSocket that has been quiet
+        for an interval, drop it after two; close an idle HTTP connection."""
+        client = self.client
+        if client.closed:
+            return
+        quiet = now - self._last_heard
+        if self.ws is None:
+            if quiet > HTTP_IDLE_TIMEOUT:
+                client.disconnect("idle HTTP connection", tell=False)
+        elif quiet > 2 * interval:
+            client.disconnect("ping timeout", tell=False)
+        elif quiet > interval and not self._pinged:
+            self._pinged = True
+            client.send_data(PING_FRAME)
+
+    # -- HTTP -------------------------------------------------------------------
+
+    def _http_received(self, data: bytes) -> None:
+        http = self._http
+        assert http is not None
+        http.receive_data(data)
+        while not self.client.closed and self.ws is None:
+            try:
+                event = http.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._reply(exc.error_status_hint, f"bad request: {exc}", close=True)
+                return
+            if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
+                return
+            if isinstance(event, h11.Request):
+                # h11 bounds what it buffers for an unfinished request; this
+                # bounds a whole one that arrived in one large read.
+                if sum(len(name) + len(value) + 4 for name, value in event.headers) > MAX_HEADER_BYTES:
+                    self._reply(431, "request headers too large", close=True)
+                    return
+                self._request(http, event)
+            elif event is h11.PAUSED:
+                # A pipelined request behind one we answered, or an upgrade
+                # we refused: start the next cycle, or stop if we cannot.
+                if http.our_state is h11.DONE and http.their_state is h11.DONE:
+                    http.start_next_cycle()
+                else:
+                    return
+            elif isinstance(event, h11.EndOfMessage) and http.our_state is h11.DONE is http.their_state:
+                http.start_next_cycle()
+
+    def _request(self, http: h11.Connection, request: h11.Request) -> None:
+        path = request.target.decode("ascii", "replace").partition("?")[0]
+        method = request.method
+        headers = {name.lower(): value for name, value in request.headers}
+        if path == WS_PATH:
+            if method != b"GET" or b"websocket" not in headers.get(b"upgrade", b"").lower():
+                self._reply(426, "this is the WebSocket endpoint: connect with a WebSocket", close=False)
+                return
+            origin = headers.get(b"origin", b"").decode("ascii", "replace").lower()
+            if origin and origin not in self._allowed_origins():
+                # Cross-site WebSocket hijacking: a page on another site makes
+                # the visitor's browser open a WebSocket here (browsers allow
+                # that cross-origin and send the visitor's cookies), and chats
+                # as them or reads their private messages. The Origin header
+                # is set by the browser and cannot be forged by the page; a
+                # non-browser client sends none and could send anything, so
+                # only a browser's foreign Origin is refused.
+                log.warning(
+                    "web: refused a WebSocket from %s with Origin %s (allowed: %s; add it with --web-origins)",
+                    self.client.address[0],
+                    origin,
+                    ", ".join(sorted(self._allowed_origins())),
+                )
+                self._reply(403, f"origin {origin} may not open this WebSocket", close=True)
+                return
+            self._upgrade(http, request)
+            return
+        if method not in (b"GET", b"HEAD"):
+            self._reply(405, "only GET and HEAD", close=False, extra=[(b"Allow", b"GET, HEAD")])
+            return
+        found = self._state.static.get(path)
+        if found is None:
+            self._reply(404, f"not found: {path}", close=False)
+            return
+        body, kind = found
+        self._send_http(
+            http,
+            200,
+            [(b"Content-Type", kind.encode()), (b"Content-Length", b"%d" % len(body)), *_SECURITY_HEADERS],
+            b"" if method == b"HEAD" else body,
+        )
+
+    def _allowed_origins(self) -> set[str]:
+        """The listener's own origin, as the browser names it, plus --web-origins."""
+        host, port = self.client.sock.getsockname()[:2]
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]  # IPv4 on a dual-stack listener: the browser says http://127.0.0.1:...
+        scheme = "https" if self.client.transport.encrypts else "http"
+        hosts = {f"[{host}]" if ":" in host else host}
+        if host in ("127.0.0.1", "::1"):
+            hosts.add("localhost")
+        default = 443 if scheme == "https" else 80
+        own = {f"{scheme}://{name}" + ("" if port == default else f":{port}") for name in hosts}
+        return own | self._state.origins
+
+    def _reply(self, status: int, text: str, *, close: bool, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        """A short plain-text answer (an error), then close if asked or if
+        HTTP says the connection cannot go on."""
+        http = self._http
+        assert http is not None
+        body = text.encode("utf-8") + b"\n"
+        headers = [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Content-Length", b"%d" % len(body)),
+            *_SECURITY_HEADERS,
+            *(extra or []),
+        ]
+        if close:
+            headers.append((b"Connection", b"close"))
+        try:
+            self._send_http(http, status, headers, body)
+        except h11.LocalProtocolError:
+            # h11 cannot answer in this state (a request too broken to
+            # parse): answer by hand, and close.
+            self.client.send_data(b"HTTP/1.1 %d \r\nConnection: close\r\nContent-Length: 0\r\n\r\n" % status)
+            close = True
+        if close or http.our_state is h11.MUST_CLOSE:
+            self.client.disconnect(f"HTTP {status}", tell=False)
+
+    def _send_http(self, http: h11.Connection, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        out = http.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase))
+        if body:
+            out += http.send(h11.Data(data=body)) or b""
+        out += http.send(h11.EndOfMessage()) or b""
+        self.client.send_data(out or b"")
+        if http.our_state is h11.MUST_CLOSE:
+            self.client.disconnect("HTTP done", tell=False)
+
+    # -- the WebSocket ----------------------------------------------------------
+
+    def _upgrade(self, http: h11.Connection, request: h11.Request) -> None:
+        # h11 stops after an upgrade request (PAUSED); the bytes after it are
+        # already WebSocket frames, for wsproto. A GET has no body, so its
+        # end is in the same bytes as its headers.
+        event = http.next_event()
+        if isinstance(event, h11.EndOfMessage):
+            event = http.next_event()
+        if event is not h11.PAUSED:
+            self._reply(400, "a WebSocket upgrade request has no body", close=True)
+            return
+        trailing, _closed = http.trailing_data
+        ws = WSConnection(ConnectionType.SERVER)
+        try:
+            ws.initiate_upgrade_connection(list(request.headers), request.target)
+        except (RemoteProtocolError, LocalProtocolError, h11.ProtocolError) as exc:
+            # A missing Sec-WebSocket-Key or Host, an unsupported version ...
+            hint = getattr(exc, "event_hint", None)
+            status, extra = (hint.status_code, list(hint.headers)) if isinstance(hint, RejectConnection) else (400, [])
+            self._reply(status, f"bad WebSocket request: {exc}", close=True, extra=extra)
+            return
+        accepted = False
+        for handshake in ws.events():
+            if isinstance(handshake, WSRequest):
+                # No extensions: permessage-deflate would cost each connection
+                # its own compressor and make each frame different per client.
+                self.client.send_data(ws.send(AcceptConnection()))
+                accepted = True
+        if not accepted:
+            self._reply(400, "bad WebSocket handshake", close=True)
+            return
+        self.ws = ws
+        self._http = None
+        self.client.server.admit(self.client)
+        if trailing:
+            self._ws_received(trailing)
+
+    def _ws_received(self, data: bytes) -> None:
+        ws = self.ws
+        assert ws is not None
+        client = self.client
+        ws.receive_data(data)
+        try:
+            for event in ws.events():
+                if client.closed:
+                    return
+                if isinstance(event, TextMessage):
+                    self._text(event.data, event.message_finished)
+                elif isinstance(event, BytesMessage):
+                    if event.message_finished:
+                        client.error("binary messages are not accepted: send JSON text")
+                elif isinstance(event, Ping):
+                    client.send_data(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    if ws.state is ConnectionState.REMOTE_CLOSING:  # the browser closed: answer it
+                        client.send_data(ws.send(event.response()))
+                        client.disconnect("connection closed", tell=False)
+                    else:
+                        # Bad framing or invalid UTF-8 (wsproto reports it as
+                        # a close): the stream cannot be trusted any more, so
+                        # fail the connection (RFC 6455 7.1.7).
+                        log.info("web: protocol error from %r: %s", client, event.reason)
+                        client.send_data(close_frame(event.code, "protocol error"))
+                        client.disconnect("protocol error", tell=False)
+                    return
+                elif isinstance(event, RejectConnection):  # cannot happen on a server
+                    client.disconnect("protocol error", tell=False)
+                    return
+        except (RemoteProtocolError, LocalProtocolError) as exc:
+            log.info("web: protocol error from %r: %s", client, exc)
+            client.send_data(close_frame(1002, "protocol error"))
+            client.disconnect("protocol error", tell=False)
+
+    def _text(self, part: str, finished: bool) -> None:
+        """A piece of a text message; only whole messages within the limit are used."""
+        limit = self._state.max_message
+        if not self._oversized:
+            self._message.append(part)
+            # Characters, counted as they arrive: at most the limit is held.
+            if sum(map(len, self._message)) > limit:
+                self._oversized = True
+                self._message = []
+        if not finished:
+            return
+        if self._oversized:
+            self._oversized = False
+            self.client.error(f"message too long (the limit is {limit} bytes); it was not sent")
+            return
+        text, self._message = "".join(self._message), []
+        if len(text.encode("utf-8")) > limit:
+            self.client.error(f"message too long (the limit is {limit} bytes); it was not sent")
+            return
+        self._handle(text)
+
+    def _handle(self, text: str) -> None:
+        client = self.client
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            client.error('bad message: not JSON; send {"type": "line", "text": "..."}')
+            return
+        kind = obj.get("type") if isinstance(obj, dict) else None
+        if kind == "line" and isinstance(obj.get("text"), str):
+            self._line(obj["text"])
+        elif kind == "resume":
+            self._resume(obj)
+        else:
+            client.error('bad message: expected {"type": "line", "text": "..."} or {"type": "resume", ...}')
+
+    def _line(self, raw: str) -> None:
+        """A line of text: a command or chat, exactly as from a native client."""
+        client = self.client
+        max_line = client.server.max_line
+        if len(raw.encode("utf-8")) > max_line:
+            client.error(f"line too long (the limit is {max_line} bytes); it was not sent")
+            return
+        text = sanitize(raw)
+        if not text:
+            return
+        if text[0] == "/":
+            if text[:2] != "//":
+                name, _, args = text[1:].partition(" ")
+                client.server.run_command(client, name.lower(), args.strip())
+                return
+            text = text[1:]
+        client.server.broadcast_message(Message(client, client.room, text))
+
+    def _resume(self, request: dict[str, Any]) -> None:
+        """What the browser missed in a room since ``(epoch, offset)``,
+        from the history plugin; ``complete`` says whether that is all."""
+        client = self.client
+        room, epoch, offset = request.get("room"), request.get("epoch"), request.get("offset")
+        if not isinstance(room, str) or not isinstance(epoch, str) or type(offset) is not int:
+            client.error('bad resume: expected {"type": "resume", "room": ROOM, "epoch": EPOCH, "offset": N}')
+            return
+        answer: dict[str, Any] = {"type": "resume", "room": room, "epoch": epoch, "offset": offset}
+        history = client.server.config.data.get("history")
+        if history is None:
+            answer.update(events=[], complete=False, reason="this server keeps no history")
+        else:
+            kept: list[RoomEvent] = history.replay(room)
+            current = getattr(client.server.sequencer, "epoch", None)  # a cluster's may have none
+            same_epoch = epoch == current if current is not None else any(e.epoch == epoch for e in kept)
+            # Complete if the numbering is the same and the kept history
+            # reaches back to the offset (or nothing was ever dropped).
+            reaches = len(kept) < history.lines or any(e.epoch == epoch and e.offset <= offset for e in kept)
+            # A few before the offset too: lines of two people can arrive in
+            # either order, so the browser may have missed one just below
+            # the highest it saw. It drops what it already has.
+            newer = [event for event in kept if event.epoch == epoch and event.offset > offset - RESUME_OVERLAP]
+            answer.update(events=_objects(newer), complete=same_epoch and reaches)
+            if not answer["complete"]:
+                answer["reason"] = "the server restarted" if not same_epoch else "more was said than the server keeps"
+        answer["you"] = {"nick": client.nick, "room": client.room}
+        client.send_data(message_frame(answer))

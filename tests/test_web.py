@@ -1,0 +1,673 @@
+"""The web plugin over real sockets: static files, the Origin check, the
+WebSocket JSON protocol beside native clients, limits, pings and resume.
+
+The WebSocket client here is wsproto's client side over a plain socket.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import trustme
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+
+from chatcore.engine.server import ChatServer
+from chatcore.plugins.web import CONTENT_SECURITY_POLICY
+from chatcore.testing import LineClient, ServerFactory
+
+TIMEOUT = 5.0
+Obj = dict[str, Any]
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}: {body!r}")
+        self.status = status
+        self.body = body
+
+
+class WSClient:
+    """A WebSocket client for tests: JSON objects in and out, with timeouts.
+
+    Set ``auto_pong=False`` to play a browser that stopped answering.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        origin: str | None = "auto",
+        tls: ssl.SSLContext | None = None,
+        path: str = "/ws",
+        rcvbuf: int | None = None,
+    ) -> None:
+        sock = socket.socket()
+        if rcvbuf is not None:  # before connecting, so the window stays small
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(TIMEOUT)
+        sock.connect(address)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=address[0])
+        self.sock = sock
+        try:
+            self._handshake_with(address, origin, tls, path)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _handshake_with(
+        self, address: tuple[str, int], origin: str | None, tls: ssl.SSLContext | None, path: str
+    ) -> None:
+        sock = self.sock
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.received: list[Obj] = []
+        self._unread: list[Obj] = []
+        self._parts: list[str] = []
+        self.closed: CloseConnection | None = None
+        self.eof = False
+        self.auto_pong = True
+        self.pings = 0
+        self._handshake: list[object] = []
+        scheme = "https" if tls is not None else "http"
+        headers = (
+            []
+            if origin is None
+            else [(b"Origin", (f"{scheme}://{address[0]}:{address[1]}" if origin == "auto" else origin).encode())]
+        )
+        sock.sendall(self.ws.send(Request(host=f"{address[0]}:{address[1]}", target=path, extra_headers=headers)))
+        deadline = time.monotonic() + TIMEOUT
+        status, body = 0, b""
+        while True:
+            events, self._handshake = self._handshake, []
+            for event in events:
+                if isinstance(event, AcceptConnection):
+                    return
+                if isinstance(event, RejectConnection):
+                    status = event.status_code
+                    if not event.has_body:
+                        raise HTTPError(status, body)
+                elif isinstance(event, RejectData):
+                    body += event.data
+                    if event.body_finished:
+                        raise HTTPError(status, body)
+            if not self._fill(deadline):
+                raise AssertionError(f"no WebSocket handshake answer (status {status}, {body!r})")
+
+    def send(self, obj: Obj) -> None:
+        self.sock.sendall(self.ws.send(Message(data=json.dumps(obj))))
+
+    def say(self, text: str) -> None:
+        self.send({"type": "line", "text": text})
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self, deadline: float) -> bool:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or self.eof:
+            return False
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        except ConnectionError:
+            data = b""
+        if not data:
+            self.eof = True
+            self.ws.receive_data(None)
+        else:
+            self.ws.receive_data(data)
+        for event in self.ws.events():
+            if isinstance(event, TextMessage):
+                self._parts.append(event.data)
+                if event.message_finished:
+                    obj = json.loads("".join(self._parts))
+                    self._parts = []
+                    self.received.append(obj)
+                    self._unread.append(obj)
+            elif isinstance(event, BytesMessage):
+                raise AssertionError("the server sent a binary message")
+            elif isinstance(event, Ping):
+                self.pings += 1
+                if self.auto_pong:
+                    self.sock.sendall(self.ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                self.closed = self.closed or event  # the close frame, not the EOF after it
+            else:
+                self._handshake.append(event)
+        return True
+
+    def expect(self, match: Callable[[Obj], bool] | Obj, timeout: float = TIMEOUT) -> Obj:
+        """Read until an object matches (a predicate, or a dict whose items
+        it must contain); earlier objects are consumed."""
+        if isinstance(match, dict):
+            wanted = match
+            match = lambda obj: all(obj.get(key) == value for key, value in wanted.items())  # noqa: E731
+        skipped: list[Obj] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            while self._unread:
+                obj = self._unread.pop(0)
+                if match(obj):
+                    return obj
+                skipped.append(obj)
+            if not self._fill(deadline):
+                raise AssertionError(f"expected a match; got {skipped[-8:]} (eof={self.eof}, closed={self.closed})")
+
+    def sync(self) -> list[Obj]:
+        """Round trip: the objects before the answer to /ping."""
+        self.say("/ping")
+        before: list[Obj] = []
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            while self._unread:
+                obj = self._unread.pop(0)
+                if obj == {**obj, "type": "notice", "text": "pong"}:
+                    return before
+                before.append(obj)
+            if not self._fill(deadline):
+                raise AssertionError(f"no pong; got {before[-8:]}")
+
+    def wait_closed(self, timeout: float = TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.eof:
+            if not self._fill(deadline) and not self.eof:
+                raise AssertionError(f"still open; received {self.received[-8:]}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def http_get(
+    address: tuple[str, int], path: str, *, method: str = "GET", headers: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request, Connection: close; status, headers, body."""
+    with socket.create_connection(address, timeout=TIMEOUT) as sock:
+        host = f"{address[0]}:{address[1]}"
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    fields = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), fields, body
+
+
+@pytest.fixture
+def web(chat_server_factory: ServerFactory) -> Callable[..., ChatServer]:
+    """A server with a ws:// listener and a tcp:// one."""
+
+    def start(*args: str, plugins: str = "web") -> ChatServer:
+        return chat_server_factory(
+            "--plugins", plugins, "--listen", "ws://127.0.0.1:0", "--listen", "tcp://127.0.0.1:0", *args
+        )
+
+    return start
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., Any]]:
+    made: list[WSClient | LineClient] = []
+
+    def ws(server: ChatServer, **kwargs: Any) -> WSClient:
+        client = WSClient(server.listener("ws").address, **kwargs)
+        made.append(client)
+        return client
+
+    def native(server: ChatServer) -> LineClient:
+        client = LineClient(server.listener("tcp").address)
+        made.append(client)
+        client.sync()
+        return client
+
+    ws.native = native  # type: ignore[attr-defined]
+    yield ws
+    for client in made:
+        client.close()
+
+
+# -- HTTP -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "needle"),
+    [
+        ("/", "text/html; charset=utf-8", b'<script type="module" src="app.js">'),
+        ("/app.js", "text/javascript; charset=utf-8", b"WebSocket"),
+        ("/style.css", "text/css; charset=utf-8", b"@media"),
+    ],
+)
+def test_the_page_is_served_with_its_content_type_and_a_strict_policy(web, path, kind, needle):
+    server = web()
+    status, headers, body = http_get(server.listener("ws").address, path)
+    assert status == 200
+    assert headers["content-type"] == kind
+    assert needle in body
+    assert int(headers["content-length"]) == len(body)
+    assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert "script-src 'self'" in CONTENT_SECURITY_POLICY
+    assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_page_has_no_inline_script_or_style(web):
+    server = web()
+    _, _, body = http_get(server.listener("ws").address, "/")
+    page = body.decode()
+    assert "<script>" not in page
+    assert " on" + "click=" not in page
+    assert "style=" not in page
+
+
+def test_the_script_never_turns_text_into_markup():
+    """A guard beside the browser tests: none of the DOM calls that parse HTML."""
+    from importlib import resources
+
+    script = resources.files("chatcore.plugins").joinpath("web_static").joinpath("app.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in script, sink
+    assert 'rel = "noopener noreferrer"' in script
+
+
+@pytest.mark.parametrize(
+    "path", ["/../pyproject.toml", "/web_static/app.js", "/%2e%2e/web.py", "/..%2fweb.py", "/app.js/..", "//etc/passwd"]
+)
+def test_nothing_but_the_page_files_is_served(web, path):
+    server = web()
+    status, _, body = http_get(server.listener("ws").address, path)
+    assert status == 404, body
+
+
+def test_head_other_methods_and_keep_alive(web):
+    server = web()
+    address = server.listener("ws").address
+    status, headers, body = http_get(address, "/", method="HEAD")
+    assert (status, body) == (200, b"")
+    assert int(headers["content-length"]) > 40
+    assert http_get(address, "/", method="POST")[0] == 405
+    assert http_get(address, "/ws")[0] == 426
+    # Two requests on one connection, both answered.
+    with socket.create_connection(address, timeout=TIMEOUT) as sock:
+        sock.sendall(
+            b"GET /style.css HTTP/1.1\r\nHost: x\r\n\r\nGET /app.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 ") == 2
+
+
+def test_oversized_headers_are_refused_and_the_server_goes_on(web, clients):
+    server = web()
+    address = server.listener("ws").address
+    status, _, _ = http_get(address, "/", headers=f"X-Big: {'a' * 20000}\r\n")
+    assert status == 431
+    status, _, _ = http_get(address, "/")
+    assert status == 200
+
+
+def test_garbage_gets_400(web):
+    server = web()
+    with socket.create_connection(server.listener("ws").address, timeout=TIMEOUT) as sock:
+        sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+        data = sock.recv(4096)
+    assert data.startswith(b"HTTP/1.1 400")
+
+
+UPGRADE = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (UPGRADE + b"\r\n", b"400 Bad Request"),  # no key, no version
+        (UPGRADE + b"Sec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 8\r\n\r\n", b"426 Upgrade Required"),
+        (b"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n", b"400 Bad Request"),  # no Host
+        (
+            UPGRADE + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Content-Length: 5\r\n\r\nhello",
+            b"400 Bad Request",
+        ),
+    ],
+)
+def test_a_broken_upgrade_gets_an_http_error_and_the_server_goes_on(web, clients, request_bytes, status, caplog):
+    server = web()
+    with socket.create_connection(server.listener("ws").address, timeout=TIMEOUT) as sock:
+        sock.sendall(request_bytes)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 " + status + b"\r\n"), data
+    assert b"bad WebSocket request" in data or b"has no body" in data
+    assert "unexpected error" not in caplog.text
+    clients(server).expect({"type": "welcome"})
+
+
+# -- the Origin check -----------------------------------------------------------
+
+
+def test_a_cross_origin_websocket_is_refused_with_403(web, clients, caplog):
+    server = web()
+    with pytest.raises(HTTPError) as refused:
+        clients(server, origin="http://evil.example")
+    assert refused.value.status == 403
+    assert b"origin http://evil.example may not open this WebSocket" in refused.value.body
+    assert "Origin http://evil.example" in caplog.text
+    assert "--web-origins" in caplog.text
+    assert len(server.registry) == 0
+
+
+def test_the_own_origin_localhost_and_web_origins_are_allowed(web, clients):
+    server = web("--web-origins", "https://chat.example.com,http://other.example:8000")
+    port = server.listener("ws").address[1]
+    for origin in ("auto", f"http://localhost:{port}", "https://chat.example.com", "http://other.example:8000", None):
+        clients(server, origin=origin).expect({"type": "welcome"})
+    with pytest.raises(HTTPError):
+        clients(server, origin=f"http://localhost:{port + 1}")
+    with pytest.raises(HTTPError):
+        clients(server, origin="https://chat.example.com.evil.example")
+
+
+def test_a_bad_web_origins_value_is_a_usage_error():
+    result = subprocess.run(
+        [sys.executable, "-m", "chatcore", "serve", "--plugins", "web", "--web-origins", "chat.example.com"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--web-origins 'chat.example.com': give an origin" in result.stderr
+
+
+# -- chat ---------------------------------------------------------------------
+
+
+def test_web_and_native_clients_chat_both_ways(web, clients):
+    server = web()
+    browser = clients(server)
+    welcome = browser.expect({"type": "welcome"})
+    assert welcome["you"]["room"] == "lobby"
+    assert welcome["you"]["nick"].startswith("guest-")
+    native = clients.native(server)
+    browser.say("/nick webby")
+    assert browser.expect({"type": "notice"})["you"]["nick"] == "webby"
+    native.send("/nick nat")
+    native.sync()
+    browser.say("hello from the browser <b>")
+    native.expect("<webby> hello from the browser <b>")
+    native.send("hello from nc")
+    chat = browser.expect({"type": "chat"})
+    assert chat["nick"] == "nat"
+    assert chat["text"] == "hello from nc"
+    assert chat["room"] == "lobby"
+    assert chat["epoch"] == server.sequencer.epoch
+    assert chat["offset"] > 0
+    assert chat["time"] > 0
+    browser.say("/me waves")
+    native.expect("* webby waves")
+    assert browser.expect({"type": "action"})["text"] == "waves"
+    native.send("/msg webby psst")
+    private = browser.expect({"type": "private"})
+    assert private == {**private, "from": "nat", "to": "webby", "text": "psst", "echo": False}
+    browser.say("/msg nat back")
+    native.expect("*webby* back")
+    assert browser.expect({"type": "private"})["echo"] is True
+    browser.say("/who")
+    assert sorted(browser.expect({"type": "members"})["nicks"]) == ["nat", "webby"]
+    browser.say("/join dev")
+    assert browser.expect({"type": "notice"})["you"]["room"] == "dev"
+    native.expect("* webby left (joined dev)")
+    browser.say("/rooms")
+    rooms = browser.expect({"type": "rooms"})["rooms"]
+    assert {"room": "dev", "members": 1} in rooms
+    assert {"room": "lobby", "members": 1} in rooms
+    browser.say("/nosuch")
+    assert browser.expect({"type": "error"})["text"] == "unknown command /nosuch (try /help)"
+    browser.say("//slash")
+    native.send("/join dev")
+    native.sync()
+    browser.say("in dev")
+    native.expect("<webby> in dev")
+    browser.say("/quit")
+    native.expect("* webby left")
+
+
+def test_joins_leaves_and_nick_changes_reach_the_browser(web, clients):
+    server = web()
+    browser = clients(server)
+    browser.sync()
+    native = clients.native(server)
+    joined = browser.expect({"type": "join"})
+    native.send("/nick nat")
+    assert browser.expect({"type": "nick"}) == {**browser.received[-1], "nick": joined["nick"], "new_nick": "nat"}
+    native.send("/quit bye now")
+    left = browser.expect({"type": "leave"})
+    assert left["nick"] == "nat"
+    assert left["reason"] == "bye now"
+    assert left["disconnected"] is True
+
+
+def test_history_is_replayed_and_resume_finds_what_was_missed(web, clients):
+    server = web("--history-lines", "5", plugins="web,history")
+    native = clients.native(server)
+    native.send("first")
+    native.sync()
+    browser = clients(server)
+    history = browser.expect({"type": "history"})
+    assert [event["text"] for event in history["events"]] == ["first"]
+    last = history["events"][-1]
+    native.send("second")
+    native.send("third")
+    native.sync()
+    browser.send({"type": "resume", "room": "lobby", "epoch": last["epoch"], "offset": last["offset"]})
+    answer = browser.expect({"type": "resume"})
+    assert answer["complete"] is True
+    # What came after the offset, and (for lines that crossed) what came just before it.
+    assert [event["text"] for event in answer["events"]] == ["first", "second", "third"]
+    assert [event["offset"] > last["offset"] for event in answer["events"]] == [False, True, True]
+    # Too far back: the history keeps 5 lines.
+    for n in range(6):
+        native.send(f"more {n}")
+    native.sync()
+    browser.send({"type": "resume", "room": "lobby", "epoch": last["epoch"], "offset": last["offset"]})
+    answer = browser.expect({"type": "resume"})
+    assert answer["complete"] is False
+    assert answer["reason"] == "more was said than the server keeps"
+    assert len(answer["events"]) == 5
+    browser.send({"type": "resume", "room": "lobby", "epoch": "elsewhen", "offset": 1})
+    answer = browser.expect({"type": "resume"})
+    assert answer["complete"] is False
+    assert answer["reason"] == "the server restarted"
+
+
+def test_resume_without_the_history_plugin_says_so(web, clients):
+    server = web()
+    browser = clients(server)
+    browser.send({"type": "resume", "room": "lobby", "epoch": server.sequencer.epoch, "offset": 0})
+    answer = browser.expect({"type": "resume"})
+    assert answer["complete"] is False
+    assert answer["reason"] == "this server keeps no history"
+
+
+# -- bad input and limits -----------------------------------------------------
+
+
+def test_bad_messages_get_errors_and_the_connection_goes_on(web, clients):
+    server = web()
+    browser = clients(server)
+    browser.sync()
+    browser.sock.sendall(browser.ws.send(Message(data="not json")))
+    assert browser.expect({"type": "error"})["text"].startswith("bad message: not JSON")
+    browser.send({"type": "dance"})
+    assert browser.expect({"type": "error"})["text"].startswith("bad message: expected")
+    browser.sock.sendall(browser.ws.send(Message(data=b"\x00binary")))
+    assert "binary messages are not accepted" in browser.expect({"type": "error"})["text"]
+    browser.send({"type": "resume", "room": "lobby"})
+    assert browser.expect({"type": "error"})["text"].startswith("bad resume")
+    browser.sync()
+
+
+def test_an_oversized_message_is_refused_and_nothing_else_is_lost(web, clients):
+    server = web("--web-max-message", "1000")
+    browser = clients(server)
+    browser.sync()
+    native = clients.native(server)
+    browser.say("x" * 2000)
+    assert browser.expect({"type": "error"})["text"] == "message too long (the limit is 1000 bytes); it was not sent"
+    # Sent in many small frames of one message: refused the same way.
+    for n in range(30):
+        browser.sock.sendall(browser.ws.send(Message(data="y" * 100, message_finished=n == 29)))
+    assert browser.expect({"type": "error"})["text"].startswith("message too long")
+    browser.say("still here")
+    native.expect("<" + browser.received[0]["you"]["nick"] + "> still here")
+    # A line within the message limit but over --max-line (4096) is refused like a native one.
+    big = web("--web-max-message", "10000")
+    other = clients(big)
+    other.say("z" * 5000)
+    assert other.expect({"type": "error"})["text"] == "line too long (the limit is 4096 bytes); it was not sent"
+
+
+def test_a_protocol_error_closes_only_that_browser(web, clients):
+    server = web()
+    bad = clients(server)
+    bad.sync()
+    good = clients(server)
+    good.sync()
+    bad.send_raw(b"\x81\x05hello")  # unmasked client frame: forbidden (RFC 6455 5.1)
+    bad.wait_closed()
+    assert bad.closed is not None
+    assert bad.closed.code == 1002
+    good.sync()
+
+
+# -- pings, slow consumers ------------------------------------------------------
+
+
+def test_pings_find_a_dead_browser(web, clients):
+    server = web("--web-ping-interval", "1")
+    alive = clients(server)
+    alive.sync()
+    dead = clients(server)
+    dead.auto_pong = False
+    dead.sync()
+    dead_nick = dead.received[0]["you"]["nick"]
+    alive.expect({"type": "leave", "nick": dead_nick, "reason": "ping timeout"}, timeout=6)
+    dead.wait_closed()
+    assert dead.pings >= 1
+    assert alive.pings >= 1
+    alive.sync()
+
+
+def test_a_browser_that_stops_reading_is_dropped_as_a_slow_consumer(web, clients):
+    server = web("--max-queue", "64")
+    listener = clients.native(server)
+    stalled = clients(server, rcvbuf=4096)
+    stalled.sync()
+    nick = stalled.received[0]["you"]["nick"]
+    listener.expect(f"* {nick} joined")
+    talker = clients.native(server)
+    listener.expect(lambda line: line.endswith(" joined") and nick not in line)
+    # It reads nothing from here on; the others chat until the server gives
+    # up on it: far more than its socket buffers and queue can hold.
+    left = False
+    for number in range(3000):
+        talker.send(f"flood {number} " + "y" * 3000)
+        line = listener.readline()
+        if line == f"* {nick} left (slow consumer)":  # may come just before the line that caused it
+            left = True
+            line = listener.readline()
+        assert line.endswith(f"> flood {number} " + "y" * 3000)
+        if left:
+            break
+    assert left
+    talker.send("after it")
+    assert listener.readline().endswith("> after it")
+
+
+# -- wss:// -------------------------------------------------------------------
+
+
+def test_wss_serves_the_page_and_the_websocket(chat_server_factory, clients, tmp_path):
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    server = chat_server_factory(
+        "--plugins", "web", "--listen", "wss://127.0.0.1:0", "--listen", "tcp://127.0.0.1:0",
+        "--tls-cert", str(cert), "--tls-key", str(key),
+    )  # fmt: skip
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    address = server.listener("wss").address
+    browser = WSClient(address, tls=context)
+    try:
+        browser.expect({"type": "welcome"})
+        native = clients.native(server)
+        browser.say("secure hello")
+        native.expect(lambda line: line.endswith("> secure hello"))
+        with pytest.raises(HTTPError) as refused:
+            WSClient(address, tls=context, origin=f"http://127.0.0.1:{address[1]}")  # http, not https
+        assert refused.value.status == 403
+    finally:
+        browser.close()
+
+
+# -- the wire format on its own -------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+def test_frames_of_every_length_form_parse_as_one_message(size):
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    from chatcore.plugins.web import frame
+
+    parser = FrameProtocol(client=True, extensions=[])
+    parser.receive_bytes(frame(b"a" * size))
+    (received,) = list(parser.received_frames())
+    assert received.opcode is Opcode.TEXT
+    assert (received.message_finished, len(received.payload)) == (True, size)
+
+
+def test_room_events_render_once_as_json_with_their_identity():
+    from chatcore.events import Chat, Left
+    from chatcore.plugins.web import WEB
+
+    chat = Chat("lobby", nick="al", text='<b>"hi"</b>', epoch="e1", offset=7, time=1.5)
+    data = WEB.encode(chat)
+    assert data[0] == 0x81  # one final text frame
+    assert json.loads(data[2:]) == {
+        "type": "chat", "nick": "al", "text": '<b>"hi"</b>', "room": "lobby", "epoch": "e1", "offset": 7, "time": 1.5,
+    }  # fmt: skip
+    left = json.loads(WEB.encode(Left("dev", nick="al", reason="slow consumer"))[2:])
+    assert left == {**left, "type": "leave", "reason": "slow consumer", "disconnected": True, "offset": 0}
+
+
+def test_a_full_server_answers_a_browser_with_503(web, clients):
+    server = web("--max-clients", "1")
+    clients.native(server)
+    status, _, body = http_get(server.listener("ws").address, "/")
+    assert status == 503
+    assert body == b"server full, try again later\n"

@@ -1,0 +1,501 @@
+"""The web page in a real headless Chromium (Debian's chromium and
+chromium-driver, driven by Selenium; nothing is downloaded), against a real
+``chatcore serve`` process, beside a native client.
+
+Screenshots go to the test's temporary folder (``CHATCORE_SCREENSHOTS=DIR``
+keeps them somewhere else).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from chatcore.testing import LineClient, ServerProcess, wait_for
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+TIMEOUT = 15
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., WebDriver]]:
+    """``browser(*arguments)``: a new headless Chromium with a fresh profile
+    (and extra command-line arguments); quit at teardown."""
+    # Missing is a failure, never a skip: .ci/run installs them.
+    for program in (CHROMIUM, CHROMEDRIVER):
+        assert shutil.which(program), f"the browser tests need {program}: apt-get install chromium chromium-driver"
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never download a browser or driver
+    drivers: list[WebDriver] = []
+
+    def start(*arguments: str) -> WebDriver:
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        profile = tmp_path / f"profile-{len(drivers)}"
+        for argument in (
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}", "--window-size=1000,700", *arguments,
+        ):  # fmt: skip
+            options.add_argument(argument)
+        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        driver.set_page_load_timeout(TIMEOUT)
+        drivers.append(driver)
+        return driver
+
+    yield start
+    for driver in drivers:
+        driver.quit()
+
+
+def wait(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    except TimeoutException:
+        log = [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#log li")][-10:]
+        state = driver.find_element(By.ID, "state").text
+        raise AssertionError(f"timed out waiting for {what}; state {state!r}, log {log}") from None
+
+
+def log_texts(driver: WebDriver) -> list[str]:
+    return [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#log li .text")]
+
+
+def log_has(driver: WebDriver, part: str) -> bool:
+    return any(part in text for text in log_texts(driver))
+
+
+def state(driver: WebDriver) -> str | None:
+    return driver.find_element(By.ID, "state").get_attribute("data-state")
+
+
+def wait_for_text(driver: WebDriver, text: str) -> None:
+    wait(driver, lambda d: text in log_texts(d), f"{text!r} in the log")
+
+
+def open_page(driver: WebDriver, url: str, nick: str) -> None:
+    driver.get(url)
+    wait(driver, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is not None, "the nick dialog")
+    field = driver.find_element(By.ID, "nick-input")
+    field.clear()
+    field.send_keys(nick)
+    driver.find_element(By.ID, "nick-submit").click()
+    wait(driver, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is None, "the nick accepted")
+    wait(driver, lambda d: state(d) == "connected", "connected")
+
+
+def say(driver: WebDriver, text: str) -> None:
+    field = driver.find_element(By.ID, "input")
+    field.send_keys(text)
+    driver.find_element(By.CSS_SELECTOR, "#input-form button").click()
+    wait(driver, lambda d: d.find_element(By.ID, "input").get_attribute("value") == "", "the line sent")
+
+
+def members(driver: WebDriver) -> list[str]:
+    return [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#members li")]
+
+
+def screenshot(driver: WebDriver, tmp_path: Path, name: str) -> Path:
+    folder = Path(os.environ.get("CHATCORE_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 1000
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def serve(*args: str, web: str = "ws://127.0.0.1:0") -> ServerProcess:
+    return ServerProcess(
+        "--plugins", "welcome,web,history", "--listen", web, "--listen", "tcp://127.0.0.1:0", *args
+    )  # fmt: skip
+
+
+def test_two_browsers_and_a_native_client_chat_in_every_direction(browser, tmp_path):
+    with serve() as server:
+        url = "http://{}:{}/".format(*server.addresses["ws"])
+        alice, bob = browser(), browser()
+        open_page(alice, url, "alice")
+        native = LineClient(server.addresses["tcp"])
+        try:
+            native.send("/nick nat")
+            native.expect("* you are now known as nat")
+            native.send("before bob came")
+            open_page(bob, url, "bob")
+            # History on entering the room, and the member list.
+            wait_for_text(bob, "before bob came")
+            wait(bob, lambda d: members(d) == ["alice", "bob", "nat"], "three members")
+            wait(alice, lambda d: members(d) == ["alice", "bob", "nat"], "bob in alice's member list")
+
+            say(alice, "hello from alice")
+            native.expect("<alice> hello from alice")
+            wait_for_text(bob, "hello from alice")
+            say(bob, "hello from bob")
+            native.expect("<bob> hello from bob")
+            wait_for_text(alice, "hello from bob")
+            native.send("hello from nc, see https://example.com/page.")
+            for driver in (alice, bob):
+                wait_for_text(driver, "hello from nc, see https://example.com/page.")
+            link = alice.find_element(By.CSS_SELECTOR, "#log a")
+            assert link.get_attribute("href") == "https://example.com/page"
+            assert link.get_attribute("rel") == "noopener noreferrer"
+
+            say(alice, "/me waves")
+            native.expect("* alice waves")
+            wait(
+                bob,
+                lambda d: (
+                    "alice" in [e.text for e in d.find_elements(By.CSS_SELECTOR, "li.action .nick")]
+                    or "* alice" in [e.text for e in d.find_elements(By.CSS_SELECTOR, "li.action .nick")]
+                ),
+                "the action",
+            )
+            say(bob, "/msg nat psst from bob")
+            native.expect("*bob* psst from bob")
+            native.send("/msg alice psst from nat")
+            wait_for_text(alice, "psst from nat")
+            assert "psst from nat" not in log_texts(bob)
+
+            # Markup and script-like text stay text.
+            hostile = "<img src=x onerror=\"document.title='pwned'\"> <b>bold</b> javascript:alert(1)"
+            native.send(hostile)
+            for driver in (alice, bob):
+                wait_for_text(driver, hostile)
+                assert driver.find_elements(By.CSS_SELECTOR, "#log img, #log b") == []
+                assert all(
+                    (a.get_attribute("href") or "").startswith("https://")
+                    for a in driver.find_elements(By.CSS_SELECTOR, "#log a")
+                )
+                assert driver.title != "pwned"
+            # A nick with markup is refused by the server, and the refusal is shown as text.
+            say(bob, "/nick <script>x</script>")
+            wait(
+                bob,
+                lambda d: log_has(d, "invalid nickname '<script>x</script>'"),
+                "the nick refused",
+            )
+            assert bob.find_elements(By.CSS_SELECTOR, "#log script") == []
+
+            # /join and the room list.
+            say(bob, "/join dev")
+            wait(bob, lambda d: d.find_element(By.ID, "room-name").text == "#dev", "bob in dev")
+            native.expect("* bob left (joined dev)")
+            wait(alice, lambda d: members(d) == ["alice", "nat"], "bob gone from alice's list")
+            wait(
+                bob,
+                lambda d: any(b.text == "dev (1)" for b in d.find_elements(By.CSS_SELECTOR, "#rooms button")),
+                "rooms",
+            )
+            say(alice, "/nick alicia")
+            wait(alice, lambda d: "alicia" in members(d), "the new nick")
+            native.expect("* alice is now known as alicia")
+            screenshot(alice, tmp_path, "web-chat")
+        finally:
+            native.close()
+
+
+def test_the_page_works_in_a_narrow_window(browser, tmp_path):
+    with serve() as server:
+        driver = browser()
+        driver.set_window_size(390, 800)
+        open_page(driver, "http://{}:{}/".format(*server.addresses["ws"]), "phone")
+        side = driver.find_element(By.ID, "side")
+        assert not side.is_displayed()
+        toggle = driver.find_element(By.ID, "toggle-side")
+        assert toggle.is_displayed()
+        toggle.click()
+        wait(driver, lambda d: d.find_element(By.ID, "side").is_displayed(), "the side panel")
+        assert members(driver) == ["phone"]
+        toggle.click()
+        say(driver, "small screen")
+        assert driver.find_element(By.ID, "input").size["width"] > 200
+        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        screenshot(driver, tmp_path, "web-narrow")
+
+
+def history_rows(db: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        return [text for (text,) in connection.execute("SELECT text FROM chatcore_history ORDER BY id")]
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_restart_shows_the_disconnect_reconnects_and_loses_nothing_kept(browser, tmp_path, how):
+    port = free_port()
+    db = tmp_path / "history.db"
+    args = ("--history-db", str(db))
+    driver = browser()
+    first = serve(*args, web=f"ws://127.0.0.1:{port}").start()
+    try:
+        open_page(driver, f"http://127.0.0.1:{port}/", "alice")
+        say(driver, "/join dev")
+        wait(driver, lambda d: d.find_element(By.ID, "room-name").text == "#dev", "alice in dev")
+        native = LineClient(first.addresses["tcp"])
+        native.send("/join dev")
+        native.send("said before the restart")
+        wait_for_text(driver, "said before the restart")
+        say(driver, "alice before the restart")
+        native.expect(lambda line: line.endswith("> alice before the restart"))
+        native.close()
+        # Killed, the server keeps only what its history had written: wait for that.
+        wanted = ["said before the restart", "alice before the restart"]
+        wait_for(lambda: history_rows(db) == wanted, TIMEOUT, "the history written to the database")
+    finally:
+        assert first.stop(how) == (0 if how == signal.SIGTERM else -signal.SIGKILL)
+    wait(driver, lambda d: state(d) == "disconnected", "disconnected")
+    assert "reconnecting in" in driver.find_element(By.ID, "state").text
+    screenshot(driver, tmp_path, f"web-disconnected-{how.name}")
+    with serve(*args, web=f"ws://127.0.0.1:{port}") as second:
+        wait(
+            driver,
+            lambda d: state(d) == "connected",
+            "reconnected",
+            40,
+        )
+        wait(driver, lambda d: d.find_element(By.ID, "room-name").text == "#dev", "back in dev")
+        wait(driver, lambda d: "alice" in members(d), "alice's nick again")
+        wait(driver, lambda d: log_has(d, "you may have missed messages"), "the missed-messages line")
+        native = LineClient(second.addresses["tcp"])
+        try:
+            native.send("/join dev")
+            native.send("said after the restart")
+            wait_for_text(driver, "said after the restart")
+            texts = log_texts(driver)
+            # What the history kept is there once: not lost, not doubled.
+            assert texts.count("said before the restart") == 1, texts
+            assert texts.count("alice before the restart") == 1, texts
+            say(driver, "alice after the restart")
+            native.expect("<alice> alice after the restart")
+        finally:
+            native.close()
+
+
+class Proxy:
+    """A TCP forwarder on 127.0.0.1 to :attr:`upstream` (set it before the
+    first connection), whose link can be cut: the network between a browser
+    and the server going away and back, while the server keeps running."""
+
+    def __init__(self) -> None:
+        self.upstream: tuple[str, int] = ("", 0)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.up = True
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._all: list[socket.socket] = []  # closed at the end, once no pump uses them
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            if not self.up:
+                near.close()  # refused while the link is down
+                continue
+            far = socket.create_connection(self.upstream)
+            with self._lock:
+                self._pairs.append((near, far))
+                self._all += (near, far)
+            for source, sink in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones until :meth:`restore`."""
+        self.up = False
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for sock in pair:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+        for sock in self._all:
+            sock.close()
+
+
+def test_after_a_lost_connection_the_page_gets_what_it_missed_once(browser, tmp_path):
+    # The page is reached through the proxy, as through a reverse proxy:
+    # its origin is the proxy's, allowed with --web-origins.
+    proxy = Proxy()
+    with serve("--history-lines", "4", "--web-origins", f"http://127.0.0.1:{proxy.port}") as server:
+        proxy.upstream = server.addresses["ws"]
+        driver = browser()
+        native = LineClient(server.addresses["tcp"])
+        try:
+            open_page(driver, f"http://127.0.0.1:{proxy.port}/", "alice")
+            native.send("/nick nat")
+            native.expect("* you are now known as nat")
+            native.send("one")
+            wait_for_text(driver, "one")
+            say(driver, "alice says hi")
+            native.expect("<alice> alice says hi")
+
+            # The link goes; the server sees alice leave and the room goes on.
+            proxy.cut()
+            wait(driver, lambda d: state(d) == "disconnected", "disconnected")
+            native.expect(re.compile(r"^\* alice left"))
+            native.send("two")
+            native.send("three")
+            native.sync()
+            proxy.restore()
+            wait(driver, lambda d: state(d) == "connected", "reconnected", 40)
+            wait_for_text(driver, "three")
+            wait(driver, lambda d: "alice" in members(d), "alice's nick again")
+            native.sync()
+            texts = log_texts(driver)
+            for line in ("one", "two", "three", "alice says hi"):
+                assert texts.count(line) == 1, (line, texts)
+            assert not log_has(driver, "you may have missed messages")
+
+            # Again, with more said than the history keeps (4 lines): the page says so.
+            proxy.cut()
+            wait(driver, lambda d: state(d) == "disconnected", "disconnected again")
+            native.expect(re.compile(r"^\* alice left"))
+            for n in range(6):
+                native.send(f"missed {n}")
+            native.sync()
+            proxy.restore()
+            wait(driver, lambda d: log_has(d, "you may have missed messages"), "the missed-messages line", 40)
+            wait_for_text(driver, "missed 5")
+            texts = log_texts(driver)
+            assert [t for t in texts if t.startswith("missed ")] == ["missed 2", "missed 3", "missed 4", "missed 5"]
+            screenshot(driver, tmp_path, "web-resumed")
+        finally:
+            native.close()
+            proxy.close()
+
+
+class _EvilPage(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<!doctype html><title>another site</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+OPEN_WEBSOCKET = """
+const [url, done] = arguments;
+const ws = new WebSocket(url);
+ws.onopen = () => { ws.close(); done("open"); };
+ws.onerror = () => done("refused");
+"""
+
+
+def test_a_cross_origin_websocket_is_refused_in_the_browser(browser):
+    evil = http.server.ThreadingHTTPServer(("127.0.0.2", 0), _EvilPage)
+    thread = threading.Thread(target=evil.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with serve() as server:
+            host, port = server.addresses["ws"]
+            driver = browser()
+            driver.set_script_timeout(TIMEOUT)
+            # From the chat's own page: it opens.
+            driver.get(f"http://{host}:{port}/")
+            assert driver.execute_async_script(OPEN_WEBSOCKET, f"ws://{host}:{port}/ws") == "open"
+            # From another site's page: refused by the server's Origin check.
+            driver.get(f"http://127.0.0.2:{evil.server_address[1]}/")
+            assert driver.execute_async_script(OPEN_WEBSOCKET, f"ws://{host}:{port}/ws") == "refused"
+        assert f"Origin http://127.0.0.2:{evil.server_address[1]}" in server.stderr
+    finally:
+        evil.shutdown()
+        evil.server_close()
+
+
+def test_lines_that_arrive_while_the_tab_is_hidden_are_marked_unread(browser):
+    with serve() as server:
+        driver = browser()
+        open_page(driver, "http://{}:{}/".format(*server.addresses["ws"]), "alice")
+        page = driver.current_window_handle
+        native = LineClient(server.addresses["tcp"])
+        try:
+            native.send("seen while looking")
+            wait_for_text(driver, "seen while looking")
+            driver.switch_to.new_window("tab")  # the chat's tab is in the background now
+            native.send("first unseen")
+            native.send("second unseen")
+            native.sync()
+            driver.switch_to.window(page)
+            wait_for_text(driver, "second unseen")
+            # The marker is put in only while the page is hidden.
+            items = driver.find_elements(By.CSS_SELECTOR, "#log li")
+            kinds = [("marker" if "unread-marker" in (i.get_attribute("class") or "") else i.text) for i in items]
+            marker = kinds.index("marker")
+            assert "seen while looking" in kinds[marker - 1]
+            assert "first unseen" in kinds[marker + 1]
+            wait(driver, lambda d: d.title == "chatcore", "the title without the count once looked at")
+        finally:
+            native.close()
+
+
+def test_the_page_over_wss(browser, tmp_path):
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    with serve("--tls-cert", str(cert), "--tls-key", str(key), web="wss://127.0.0.1:0") as server:
+        # The test's own CA is not in Chromium's store: accept its certificate.
+        driver = browser("--ignore-certificate-errors")
+        open_page(driver, "https://{}:{}/".format(*server.addresses["wss"]), "secure")
+        native = LineClient(server.addresses["tcp"])
+        try:
+            say(driver, "over TLS")
+            native.expect("<secure> over TLS")
+            native.send("back over TLS")
+            wait_for_text(driver, "back over TLS")
+        finally:
+            native.close()
