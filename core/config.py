@@ -18,6 +18,13 @@ from chatcore import UsageError, __version__, configfile
 # Re-exported (the "as" form, for mypy) so plugins write: from chatcore.config import secret
 from chatcore.configfile import secret as secret  # noqa: PLC0414
 from chatcore.engine.connection import DEFAULT_MAX_QUEUE
+from chatcore.engine.limits import (
+    DEFAULT_EXEMPT,
+    DEFAULT_MAX_NEW_PER_ADDRESS,
+    DEFAULT_MAX_PER_ADDRESS,
+    DEFAULT_NEW_WINDOW,
+    parse_networks,
+)
 from chatcore.manager import DEFAULT_PLUGINS, PluginManager, load_plugins, parse_plugin_list
 from chatcore.transports.listener import ListenURL, format_address, parse_listen_url
 from chatcore.wire.native import DEFAULT_MAX_LINE
@@ -82,6 +89,64 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
 
     parse.__name__ = "number"  # argparse names the type in its messages
     return parse
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds above 0")
+    return value
+
+
+def _networks(text: str) -> str:
+    try:
+        parse_networks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (expected CIDR[,CIDR...], e.g. 127.0.0.0/8,::1/128)") from None
+    return text
+
+
+def _add_address_limits(limits: argparse._ArgumentGroup) -> None:
+    limits.add_argument(
+        "--max-per-address",
+        type=whole_number(0),
+        default=DEFAULT_MAX_PER_ADDRESS,
+        metavar="N",
+        help=(
+            "connections one address (IPv6: one /64) may hold at once; more are refused; "
+            "0 for no limit (default: %(default)s, as Ergo)"
+        ),
+    )
+    limits.add_argument(
+        "--max-new-per-address",
+        type=whole_number(0),
+        default=DEFAULT_MAX_NEW_PER_ADDRESS,
+        metavar="N",
+        help=(
+            "new connections one address may open within --new-window; more are refused; "
+            "0 for no limit (default: %(default)s, as Ergo)"
+        ),
+    )
+    limits.add_argument(
+        "--new-window",
+        type=_positive_seconds,
+        default=DEFAULT_NEW_WINDOW,
+        metavar="SECONDS",
+        help="the window of --max-new-per-address (default: %(default)g, ten minutes, as Ergo)",
+    )
+    limits.add_argument(
+        "--limit-exempt",
+        type=_networks,
+        default=DEFAULT_EXEMPT,
+        metavar="CIDR[,CIDR...]",
+        help=(
+            "networks the per-address limits do not apply to; '' exempts nobody "
+            "(default: %(default)s, loopback, so local load tests work)"
+        ),
+    )
 
 
 def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
@@ -162,6 +227,7 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
         metavar="N",
         help="clients connected at once; more are refused (default: %(default)s)",
     )
+    _add_address_limits(limits)
     parser.add_argument(
         "--log-level",
         default="INFO",

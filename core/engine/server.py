@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from chatcore.engine.connection import Client
+from chatcore.engine.limits import ConnectionLimits, parse_networks
 from chatcore.engine.registry import Registry
 from chatcore.engine.writer import Writer
 from chatcore.events import Action, Chat, Error, Joined, Left, NickChanged, RoomEvent, Welcome
@@ -118,6 +119,13 @@ class ChatServer:
         self.max_queue: int = options.max_queue
         self.max_clients: int = options.max_clients
         self.sequencer: Any = LocalSequencer()
+        #: Per-address connection limits (:mod:`chatcore.engine.limits`).
+        self.limits = ConnectionLimits(
+            options.max_per_address,
+            options.max_new_per_address,
+            options.new_window,
+            parse_networks(options.limit_exempt),
+        )
         self.schemes: dict[str, Scheme] = config.schemes
         self.certificates: Certificates | None = config.certificates
         self._stopping = False
@@ -205,17 +213,25 @@ class ChatServer:
         thread = threading.current_thread()
         with self._connections_lock:
             self._threads.add(thread)
+        address = (str(peer[0]), int(peer[1]))
+        # Counted from the first moment, so that a TLS handshake that stalls
+        # holds its address's slot too; released exactly once, here, however
+        # the connection ends (the limits refuse nothing they did not count).
+        over_limit = self.limits.acquire(address[0])
         try:
-            self._serve(listener, sock, (str(peer[0]), int(peer[1])))
+            self._serve(listener, sock, address, over_limit)
         finally:
+            if over_limit is None:
+                self.limits.release(address[0])
             with self._connections_lock:
                 self._threads.discard(thread)
 
-    def _serve(self, listener: Listener, sock: socket.socket, address: tuple[str, int]) -> None:
+    def _serve(self, listener: Listener, sock: socket.socket, address: tuple[str, int], over_limit: str | None) -> None:
         scheme = listener.scheme
         # Without this, Nagle's algorithm meets delayed ACKs and small rooms
         # see a steady ~40 ms delay per line.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _keepalive(sock)
         transport: Transport
         if scheme.tls:
             assert self.certificates is not None  # checked when the configuration was read
@@ -237,6 +253,8 @@ class ChatServer:
             refusal: str | None = "server shutting down"
         elif len(self.connections) >= self.max_clients:
             refusal = "server full, try again later"
+        elif over_limit is not None:
+            refusal = over_limit
         else:
             refusal = self.hooks.connection_arriving(address)
         if refusal:
@@ -401,6 +419,28 @@ class ChatServer:
         if relay and self.hooks.implemented("room_event"):
             self.hooks.room_event(self, event)
         return count
+
+
+#: TCP keepalive: a peer that vanished (power cut, NAT timeout) is found
+#: after about KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL seconds
+#: of silence (4 minutes; NATS pings every 2 minutes and gives up after 2
+#: unanswered), and its thread and slot are freed.
+KEEPALIVE_IDLE = 120
+KEEPALIVE_INTERVAL = 30
+KEEPALIVE_COUNT = 4
+
+
+def _keepalive(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    # Linux and most BSDs; elsewhere the system's defaults (often 2 hours).
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _why(exc: BaseException) -> str:

@@ -1,0 +1,125 @@
+"""Per-address connection limits, over real sockets from 127.0.0.2 and 127.0.0.3."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from chatcore.engine.limits import ConnectionLimits, TokenBucket, address_key, parse_networks
+from chatcore.testing import LineClient, ServerProcess, wait_for
+
+
+@pytest.fixture
+def connect():
+    clients: list[LineClient] = []
+
+    def make(server, source: str = "127.0.0.2") -> LineClient:
+        client = LineClient(server.address, source=source)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def test_one_address_may_hold_only_so_many_connections(chat_server_factory, connect):
+    server = chat_server_factory("--limit-exempt", "", "--max-per-address", "2")
+    first, second = connect(server), connect(server)
+    first.sync()
+    second.sync()
+    third = connect(server)
+    assert third.wait_closed() == ["! too many connections from your address (the limit is 2); close one and try again"]
+    # Another host is not affected.
+    other = connect(server, source="127.0.0.3")
+    other.sync()
+    # A slot freed is a slot again, as soon as the server has seen the close.
+    first.close()
+    wait_for(lambda: server.limits.open_count("127.0.0.2") == 1, message="the closed connection released")
+    connect(server).sync()
+
+
+def test_new_connections_per_window_are_limited(chat_server_factory, connect):
+    server = chat_server_factory("--limit-exempt", "", "--max-new-per-address", "3", "--new-window", "60")
+    for _ in range(3):
+        client = connect(server)
+        client.sync()
+        client.close()
+    refused = connect(server)
+    lines = refused.wait_closed()
+    assert len(lines) == 1
+    assert lines[0].startswith("! too many new connections from your address; try again in ")
+    connect(server, source="127.0.0.3").sync()
+
+
+def test_loopback_is_exempt_by_default(chat_server_factory, connect):
+    server = chat_server_factory("--max-per-address", "2")
+    clients = [connect(server) for _ in range(5)]
+    for client in clients:
+        client.sync()
+    assert server.limits.total_open == 0  # exempt connections are not counted
+
+
+def test_every_connection_is_released_exactly_once_however_it_ends(chat_server_factory, connect):
+    server = chat_server_factory("--limit-exempt", "", "--max-per-address", "4", "--max-new-per-address", "0")
+    for round_ in range(30):
+        client = connect(server)
+        if round_ % 3 == 0:
+            client.sync()
+            client.send("/quit")
+            client.wait_closed()
+        elif round_ % 3 == 1:
+            # A reset: SO_LINGER 0 makes close() send RST.
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.send("hello")
+        client.close()
+    wait_for(lambda: server.limits.total_open == 0, message="every connection released")
+    held = [connect(server) for _ in range(4)]
+    for client in held:
+        client.sync()
+    for _ in range(2):
+        assert connect(server).wait_closed()[0].startswith("! too many connections")
+    for client in held:
+        client.close()
+    wait_for(lambda: server.limits.total_open == 0, message="every connection released")
+    assert not server.connections
+    connect(server).sync()  # and the address can connect again
+
+
+def test_a_bad_exempt_network_is_a_usage_error():
+    proc = ServerProcess("--limit-exempt", "10.0.0.0/33")
+    with pytest.raises(AssertionError, match="did not start"):
+        proc.start()
+    assert proc.returncode == 2
+    assert "--limit-exempt" in proc.stderr
+
+
+def test_ipv6_is_counted_per_64_and_mapped_ipv4_as_ipv4():
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
+    limits = ConnectionLimits(max_per_address=1, exempt=parse_networks("::1/128"))
+    assert limits.acquire("2001:db8::1") is None
+    assert limits.acquire("2001:db8::2") is not None  # the same /64
+    assert limits.acquire("::1") is None
+    assert limits.acquire("::1") is None  # exempt
+    limits.release("2001:db8::1")
+    assert limits.acquire("2001:db8::2") is None
+
+
+def test_the_window_forgets_old_attempts():
+    limits = ConnectionLimits(max_per_address=0, max_new=2, window=10)
+    assert limits.acquire("192.0.2.1", now=0) is None
+    assert limits.acquire("192.0.2.1", now=1) is None
+    assert limits.acquire("192.0.2.1", now=2) is not None
+    assert limits.acquire("192.0.2.1", now=10.5) is None  # the first attempt is 10 s old
+
+
+def test_token_bucket_delays_only_past_the_burst():
+    bucket = TokenBucket(rate=2, burst=3, now=0)
+    assert [bucket.delay(0) for _ in range(3)] == [0, 0, 0]
+    assert bucket.delay(0) == pytest.approx(0.5)
+    assert bucket.delay(0) == pytest.approx(1.0)
+    assert bucket.delay(10) == 0
