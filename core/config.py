@@ -20,6 +20,9 @@ from chatcore.configfile import secret as secret  # noqa: PLC0414
 from chatcore.engine.connection import DEFAULT_MAX_QUEUE
 from chatcore.engine.limits import (
     DEFAULT_EXEMPT,
+    DEFAULT_LINE_BURST,
+    DEFAULT_LINE_RATE,
+    DEFAULT_LOGIN_TIMEOUT,
     DEFAULT_MAX_NEW_PER_ADDRESS,
     DEFAULT_MAX_PER_ADDRESS,
     DEFAULT_NEW_WINDOW,
@@ -109,6 +112,20 @@ def _networks(text: str) -> str:
     return text
 
 
+def _seconds_or_zero(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0.0") else _positive_seconds(text)
+
+
+def _positive_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be 0 (off) or a number above 0")
+    return value
+
+
 def _add_address_limits(limits: argparse._ArgumentGroup) -> None:
     limits.add_argument(
         "--max-per-address",
@@ -144,7 +161,44 @@ def _add_address_limits(limits: argparse._ArgumentGroup) -> None:
         metavar="CIDR[,CIDR...]",
         help=(
             "networks the per-address limits do not apply to; '' exempts nobody "
-            "(default: %(default)s, loopback, so local load tests work)"
+            "(default: %(default)s, loopback, so local load tests work); they are not paced by --line-rate either"
+        ),
+    )
+    limits.add_argument(
+        "--line-rate",
+        type=_positive_rate,
+        default=DEFAULT_LINE_RATE,
+        metavar="PER_SECOND",
+        help=(
+            "flood control for everyone: past --line-burst, each client's lines are delayed to this many "
+            "a second (nothing is dropped); 0 turns it off (default: %(default)g, Ergo's fakelag)"
+        ),
+    )
+    limits.add_argument(
+        "--line-burst",
+        type=whole_number(1),
+        default=DEFAULT_LINE_BURST,
+        metavar="N",
+        help="lines a client may send at once before --line-rate applies (default: %(default)s, as Ergo)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=_seconds_or_zero,
+        default=0.0,
+        metavar="SECONDS",
+        help=(
+            "disconnect a connection that sends nothing for this long; 0 never does (default: 0: people who "
+            "only read are welcome, and TCP keepalive finds dead peers)"
+        ),
+    )
+    limits.add_argument(
+        "--login-timeout",
+        type=_seconds_or_zero,
+        default=DEFAULT_LOGIN_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "disconnect a connection not let into the chat within this long (a --password-file password "
+            "not given); 0 for no limit (default: %(default)g)"
         ),
     )
 

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 import pytest
 
+from chatcore import hookimpl
 from chatcore.engine.limits import ConnectionLimits, TokenBucket, address_key, parse_networks
 from chatcore.testing import LineClient, ServerProcess, wait_for
+from chatcore.transports import Scheme
+from chatcore.wire import Protocol
+from chatcore.wire.native import NATIVE
+
+
+class Limbo(Protocol):
+    def connection_made(self) -> None:
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        pass
 
 
 @pytest.fixture
@@ -123,3 +136,71 @@ def test_token_bucket_delays_only_past_the_burst():
     assert bucket.delay(0) == pytest.approx(0.5)
     assert bucket.delay(0) == pytest.approx(1.0)
     assert bucket.delay(10) == 0
+
+
+# -- deadlines and flood control ------------------------------------------------
+
+
+def test_idle_timeout_disconnects_a_silent_connection_and_spares_a_talking_one(chat_server_factory, connect):
+    server = chat_server_factory("--idle-timeout", "0.6")
+    silent = connect(server)
+    silent.sync()
+    talking = connect(server, source="127.0.0.3")
+    talking.sync()
+    started = time.monotonic()
+    while not silent.eof and time.monotonic() - started < 5:
+        talking.sync()  # speaks every 0.1 s, so it stays
+        try:
+            silent.wait_closed(timeout=0.1)
+        except AssertionError:
+            pass
+    reason = "idle for 0.6 seconds (this server's --idle-timeout); send /ping now and then to stay"
+    assert silent.received[-1] == f"! disconnected: {reason}"
+    assert time.monotonic() - started > 0.5
+    # The others see the leave once silent's thread has noticed the close.
+    left = f"* guest-1 left ({reason})"
+    wait_for(lambda: talking.sync() is not None and left in talking.received, message="the leave")
+
+
+def test_idle_timeout_is_off_by_default(chat_server_factory):
+    server = chat_server_factory()
+    assert server.idle_timeout == 0
+
+
+def test_a_connection_never_admitted_is_closed_at_the_login_deadline(chat_server_factory, connect):
+    class NeverAdmit:
+        """A protocol that never lets the client in (as a password not given)."""
+
+        @hookimpl
+        def chatcore_schemes(self) -> list[Scheme]:
+            return [Scheme("limbo", NATIVE, Limbo, default_port=0, description="never admits")]
+
+    server = chat_server_factory("--listen", "limbo://127.0.0.1:0", "--login-timeout", "0.5", plugins=[NeverAdmit()])
+    client = connect(server)
+    assert client.wait_closed() == ["! disconnected: not logged in within 0.5 seconds; connect and log in again"]
+
+
+def test_flood_is_paced_not_dropped_and_others_are_not_slowed(chat_server_factory, connect):
+    server = chat_server_factory("--limit-exempt", "", "--line-rate", "20", "--line-burst", "5")
+    flooder, reader, bystander = connect(server), connect(server, source="127.0.0.3"), connect(server)
+    for client in (flooder, reader, bystander):
+        client.sync()
+    started = time.monotonic()
+    flooder.send_raw(b"".join(b"line %d\n" % n for n in range(25)))
+    bystander.send("still here")
+    reader.expect("<guest-3> still here", timeout=0.5)  # not stuck behind the flood
+    reader.expect("<guest-1> line 24")
+    flood = [line for line in reader.received if line.startswith("<guest-1>")]
+    assert flood == [f"<guest-1> line {n}" for n in range(25)]  # every line, in order
+    elapsed = time.monotonic() - started
+    assert 0.8 < elapsed < 3, elapsed  # 20 lines past the burst at 20 a second
+
+
+def test_a_paste_within_the_burst_is_not_delayed(chat_server_factory, connect):
+    server = chat_server_factory("--limit-exempt", "", "--line-rate", "0.5", "--line-burst", "5")
+    paster, reader = connect(server), connect(server, source="127.0.0.3")
+    paster.sync()
+    reader.sync()
+    paster.send_raw(b"one\ntwo\nthree\n")
+    for word in ("one", "two", "three"):
+        reader.expect(f"<guest-1> {word}", timeout=0.5)

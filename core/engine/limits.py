@@ -23,6 +23,12 @@ DEFAULT_MAX_PER_ADDRESS = 16
 DEFAULT_MAX_NEW_PER_ADDRESS = 32
 DEFAULT_NEW_WINDOW = 600.0
 DEFAULT_EXEMPT = "127.0.0.0/8,::1/128"
+#: Ergo's fakelag defaults: a burst of 5, then 2 lines a second.
+DEFAULT_LINE_RATE = 2.0
+DEFAULT_LINE_BURST = 5
+#: How long a connection may take to be admitted. Long enough for a person
+#: typing /pass into nc; the chatcore client sends it at once.
+DEFAULT_LOGIN_TIMEOUT = 60.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from chatcore.engine.connection import Client
-from chatcore.engine.limits import ConnectionLimits, parse_networks
+from chatcore.engine.limits import ConnectionLimits, TokenBucket, parse_networks
 from chatcore.engine.registry import Registry
 from chatcore.engine.writer import Writer
 from chatcore.events import Action, Chat, Error, Joined, Left, NickChanged, RoomEvent, Welcome
@@ -126,6 +126,16 @@ class ChatServer:
             options.new_window,
             parse_networks(options.limit_exempt),
         )
+        #: Input pacing (fakelag): lines per second and burst; rate 0 is off.
+        self.line_rate: float = options.line_rate
+        self.line_burst: int = options.line_burst
+        #: Seconds of silence before a connection is closed; 0 is never.
+        self.idle_timeout: float = options.idle_timeout
+        #: Seconds a connection may take to be admitted (a password, IRC
+        #: registration); 0 is no limit.
+        self.login_timeout: float = options.login_timeout
+        self._sweeper: threading.Thread | None = None
+        self._swept = threading.Event()
         self.schemes: dict[str, Scheme] = config.schemes
         self.certificates: Certificates | None = config.certificates
         self._stopping = False
@@ -167,6 +177,9 @@ class ChatServer:
         if sequencer is not None:
             self.sequencer = sequencer
         self.writer.start()
+        if self.idle_timeout or self.login_timeout:
+            self._sweeper = threading.Thread(target=self._sweep, name="chatcore-deadlines", daemon=True)
+            self._sweeper.start()
         for listener in self.listeners:
             listener.start()
 
@@ -181,6 +194,7 @@ class ChatServer:
         self._stopping = True
         for listener in self.listeners:
             listener.stop()
+        self._swept.set()
         deadline = time.monotonic() + timeout
         with self._connections_lock:
             clients = list(self.connections)
@@ -314,9 +328,61 @@ class ChatServer:
             if not data:
                 return
             size = RECV_BUSY if len(data) >= size else RECV_IDLE
+            client.last_input = time.monotonic()
             data_received(data)
             if client.closed:  # disconnected (by what it sent, or another thread)
                 return
+
+    def _sweep(self) -> None:
+        """Close connections past their deadlines, on a thread of its own:
+        the idle timeout, and the login deadline for connections not yet
+        admitted (a password not given, an IRC client that never registers).
+
+        Defends against connections that hold a thread and a slot doing
+        nothing; a reader's own thread cannot time itself out without a
+        socket timeout, which the writer's non-blocking sends share.
+        """
+        interval = min(t for t in (self.idle_timeout, self.login_timeout, 4.0) if t) / 4
+        while not self._swept.wait(interval):
+            now = time.monotonic()
+            with self._connections_lock:
+                clients = list(self.connections)
+            for client in clients:
+                if client.closed:
+                    continue
+                if self.login_timeout and not client.admitted and now - client.connected_at > self.login_timeout:
+                    where = format_address(*client.address)
+                    log.info("closing %s: not logged in within %gs", where, self.login_timeout)
+                    client.disconnect(f"not logged in within {self.login_timeout:g} seconds; connect and log in again")
+                elif self.idle_timeout and now - client.last_input > self.idle_timeout:
+                    client.disconnect(
+                        f"idle for {self.idle_timeout:g} seconds (this server's --idle-timeout); "
+                        "send /ping now and then to stay"
+                    )
+
+    def pace(self, client: Client) -> None:
+        """Flood control for everyone (Ergo's "fakelag"): call once per line
+        or command a client sends, on its own thread, before acting on it.
+
+        Within ``--line-burst`` it returns at once, so pasting a few lines
+        works; past it, it sleeps so the client is held to ``--line-rate``
+        lines a second. Nothing is dropped: the flooder's input waits in its
+        own socket buffer and TCP slows it down, and nobody else waits.
+        Clients from ``--limit-exempt`` networks are not paced.
+        """
+        if not self.line_rate:
+            return
+        bucket = client._pace
+        now = time.monotonic()
+        if bucket is None:
+            if self.limits.is_exempt(client.address[0]):
+                bucket = client._pace = False
+            else:
+                bucket = client._pace = TokenBucket(self.line_rate, self.line_burst, now)
+        if bucket:
+            delay = bucket.delay(now)
+            if delay > 0:
+                time.sleep(delay)
 
     def _leave(self, client: Client) -> None:
         if client.close_reason is None:
@@ -342,6 +408,7 @@ class ChatServer:
         protocol may rename it right after), ``room`` or the default room,
         the welcome text, and the join notice for the others."""
         self.registry.add(client, room)
+        client.admitted = True
         client.send(Welcome(tuple(self.hooks.welcome(client))))
         log.info("client joined: %s from %s", client.nick, format_address(*client.address))
         self.publish(Joined(client.room, nick=client.nick), exclude=client)

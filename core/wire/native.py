@@ -236,6 +236,9 @@ class NativeProtocol(Protocol):
         if not text:
             return
         client = self.client
+        client.server.pace(client)  # flood control: may wait, on this client's thread
+        if client.closed:
+            return
         if text[0] == "/":
             if text[:2] != "//":
                 name, _, args = text[1:].partition(" ")
