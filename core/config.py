@@ -9,6 +9,7 @@ option of the selected plugins.
 from __future__ import annotations
 
 import argparse
+import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,8 @@ DEFAULT_PORT = 12000
 # connects. The kernel caps this at net.core.somaxconn (4096 on Linux >= 5.4).
 DEFAULT_BACKLOG = 1024
 DEFAULT_MAX_CLIENTS = 1000
+#: The environment variable with the server password (or its hash).
+PASSWORD_VARIABLE = "CHATCORE_PASSWORD"
 
 
 class Config:
@@ -67,6 +70,9 @@ class Config:
         self.schemes: dict[str, Scheme] = {}
         self.listen: list[ListenURL] = []
         self.certificates: Certificates | None = None
+        #: The server password or its hash (``--password-file`` or
+        #: ``CHATCORE_PASSWORD``), or None for an open server.
+        self.password: str | None = None
 
     def getoption(self, name: str, default: Any = None) -> Any:
         """An option's value by its ``dest`` name, or ``default``."""
@@ -256,6 +262,15 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
     tls = parser.add_argument_group("TLS", "For tls:// and the other TLS listeners. SIGHUP re-reads both files.")
     tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain, the server's certificate first")
     tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of that certificate")
+    access = parser.add_argument_group("access")
+    access.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help=(
+            "require a server password: the first line of FILE, plain or a 'chatcore hash-password' hash; "
+            "clients send /pass PASSWORD first. Or set CHATCORE_PASSWORD (never a bare option: it would show in ps)"
+        ),
+    )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--max-line",
@@ -330,8 +345,28 @@ def parse_config(
     config = Config(options, pm, names)
     if not options.print_config:  # it prints the options and starts nothing: plugins open files here
         _configure_listeners(config)
+        _configure_password(config, os.environ if environ is None else environ)
         pm.hooks.configure(config)
     return config
+
+
+def _configure_password(config: Config, environ: Mapping[str, str]) -> None:
+    """The server password from ``--password-file`` or ``CHATCORE_PASSWORD``.
+
+    :raises UsageError: both given, an unreadable or empty file, a broken hash.
+    """
+    from chatcore.engine import auth
+
+    path = config.options.password_file
+    from_env = environ.get(PASSWORD_VARIABLE)
+    if path and from_env is not None:
+        raise UsageError(f"give the server password with --password-file or {PASSWORD_VARIABLE}, not both")
+    if path:
+        config.password = auth.read_password_file(path)
+    elif from_env is not None:
+        if not from_env:
+            raise UsageError(f"{PASSWORD_VARIABLE} is set but empty; unset it for a server without a password")
+        config.password = auth.checked(from_env, PASSWORD_VARIABLE)
 
 
 def _schemes(pm: PluginManager) -> dict[str, Scheme]:

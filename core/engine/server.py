@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from chatcore.engine.auth import verify_password
 from chatcore.engine.connection import Client
 from chatcore.engine.limits import ConnectionLimits, TokenBucket, parse_networks
 from chatcore.engine.registry import Registry
@@ -64,6 +65,11 @@ RECV_BUSY = 65536
 REFUSE_LINGER = 1.0
 #: How long a disconnecting client may take to read what is queued for it.
 SHUTDOWN_LINGER = 2.0
+#: Wrong passwords: each costs its connection this many seconds more than
+#: the last (at most PASSWORD_MAX_DELAY), and this many close it.
+PASSWORD_DELAY = 1.0
+PASSWORD_MAX_DELAY = 5.0
+PASSWORD_ATTEMPTS = 3
 
 
 class LocalSequencer:
@@ -134,6 +140,8 @@ class ChatServer:
         #: Seconds a connection may take to be admitted (a password, IRC
         #: registration); 0 is no limit.
         self.login_timeout: float = options.login_timeout
+        #: The server password (plain text or a hash), or None.
+        self.password: str | None = config.password
         self._sweeper: threading.Thread | None = None
         self._swept = threading.Event()
         self.schemes: dict[str, Scheme] = config.schemes
@@ -402,6 +410,36 @@ class ChatServer:
         log.exception("unexpected error with %s", format_address(str(peer[0]), int(peer[1])))
 
     # -- actions: what protocols and plugins make happen -----------------------
+
+    @property
+    def password_required(self) -> bool:
+        """Whether clients must give the server password before
+        :meth:`admit` (``--password-file`` or ``CHATCORE_PASSWORD``)."""
+        return self.password is not None
+
+    def check_password(self, client: Client, given: str) -> bool:
+        """Check a client's server password; every protocol's one way in
+        (native ``/pass``, IRC ``PASS``, a web login), on the client's own
+        thread, before it calls :meth:`admit`.
+
+        True if no password is set or ``given`` is right. A wrong one is
+        logged with the address (never the password), costs the connection
+        a delay that grows with each failure (it sleeps on this thread only:
+        guessing is slowed, nobody else waits), and the third closes it.
+        The comparison takes constant time.
+        """
+        if self.password is None:
+            return True
+        where = format_address(*client.address)
+        if verify_password(self.password, given):
+            log.info("server password accepted from %s", where)
+            return True
+        failures = client.data["chatcore.password_failures"] = client.data.get("chatcore.password_failures", 0) + 1
+        log.warning("wrong server password from %s (attempt %d on this connection)", where, failures)
+        time.sleep(min(PASSWORD_DELAY * failures, PASSWORD_MAX_DELAY))
+        if failures >= PASSWORD_ATTEMPTS:
+            client.disconnect(f"{failures} wrong passwords")
+        return False
 
     def admit(self, client: Client, room: str | None = None) -> None:
         """Let a connected client into the chat: a ``guest-N`` nickname (a

@@ -48,6 +48,11 @@ DEFAULT_MAX_LINE = 4096
 NOTICE = "* "
 ERROR = "! "
 
+#: What a client that has not given the server password is told.
+PASSWORD_REQUIRED = (
+    "password required: send /pass PASSWORD first (chatcore client: --password-file FILE or CHATCORE_PASSWORD)"
+)
+
 # Escape sequences (CSI, OSC, and two-byte ESC forms) go whole, so that no
 # leftover "[31m" is shown; then every other C0/C1 control character, DEL,
 # and the Unicode line and paragraph separators go one by one.
@@ -216,6 +221,13 @@ class NativeProtocol(Protocol):
         super().__init__(client)
         self._framer = LineFramer(client.server.max_line)
 
+    def connection_made(self) -> None:
+        server = self.client.server
+        if server.password_required:
+            self.client.error(PASSWORD_REQUIRED)
+        else:
+            server.admit(self.client)
+
     def data_received(self, data: bytes) -> None:
         client = self.client
         for line in self._framer.feed(data):
@@ -239,6 +251,9 @@ class NativeProtocol(Protocol):
         client.server.pace(client)  # flood control: may wait, on this client's thread
         if client.closed:
             return
+        if not client.admitted:
+            self._before_login(text)
+            return
         if text[0] == "/":
             if text[:2] != "//":
                 name, _, args = text[1:].partition(" ")
@@ -246,3 +261,19 @@ class NativeProtocol(Protocol):
                 return
             text = text[1:]  # "//text" sends "/text" as a message
         client.server.broadcast_message(Message(client, client.room, text))
+
+    def _before_login(self, text: str) -> None:
+        """Until the server password is given: only /pass and /quit. The
+        line is not passed to any plugin (it holds the password)."""
+        client = self.client
+        name, _, args = text[1:].partition(" ") if text[0] == "/" else ("", "", "")
+        name = name.lower()
+        if name == "pass":
+            if client.server.check_password(client, args.strip()):
+                client.server.admit(client)
+            elif not client.closed:
+                client.error("wrong password; try /pass PASSWORD again")
+        elif name == "quit":
+            client.disconnect(args.strip() or "quit", notice="goodbye")
+        else:
+            client.error(PASSWORD_REQUIRED)
