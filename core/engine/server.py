@@ -278,7 +278,7 @@ class ChatServer:
         elif over_limit is not None:
             refusal = over_limit
         else:
-            refusal = self.hooks.connection_arriving(address)
+            refusal = self.hooks.connection_arriving(address, self)
         if refusal:
             log.warning("refused %s: %s", format_address(*address), refusal)
             self._refuse(client, refusal)
