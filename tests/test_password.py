@@ -119,7 +119,8 @@ def test_a_hashed_password_from_the_environment_and_the_client_sends_it(tmp_path
         assert result.returncode == 0, result.stderr
         client.expect(re_line("hi again"))
         client.close()
-    assert SECRET not in proc.stderr and hashed not in proc.stderr
+    assert SECRET not in proc.stderr
+    assert hashed not in proc.stderr
 
 
 def re_line(text: str):

@@ -299,6 +299,11 @@ class ChatServer:
             with self._connections_lock:
                 self.connections.discard(client)
 
+    def all_connections(self) -> list[Client]:
+        """Every connection being served, admitted or not (a snapshot)."""
+        with self._connections_lock:
+            return list(self.connections)
+
     def _refuse(self, client: Client, reason: str) -> None:
         """Send the refusal and close without losing it.
 
