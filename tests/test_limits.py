@@ -204,3 +204,16 @@ def test_a_paste_within_the_burst_is_not_delayed(chat_server_factory, connect):
     paster.send_raw(b"one\ntwo\nthree\n")
     for word in ("one", "two", "three"):
         reader.expect(f"<guest-1> {word}", timeout=0.5)
+
+
+def test_a_flooder_that_leaves_stops_speaking_at_once(chat_server_factory, connect):
+    server = chat_server_factory("--limit-exempt", "", "--line-rate", "2", "--line-burst", "1")
+    flooder, reader = connect(server), connect(server, source="127.0.0.3")
+    flooder.sync()
+    reader.sync()
+    flooder.send_raw(b"".join(b"flood %d\n" % n for n in range(100)))  # 50 s of paced lines
+    reader.expect("<guest-1> flood 1")
+    flooder.close()
+    wait_for(lambda: server.limits.open_count("127.0.0.2") == 0, timeout=2, message="the flooder's slot released")
+    reader.expect("* guest-1 left")
+    assert sum(line.startswith("<guest-1> flood") for line in reader.received) < 10

@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+import select
 import socket
 import threading
 import time
@@ -395,7 +396,7 @@ class ChatServer:
         if bucket:
             delay = bucket.delay(now)
             if delay > 0:
-                time.sleep(delay)
+                _sleep_unless_closed(client, delay)
 
     def _leave(self, client: Client) -> None:
         if client.close_reason is None:
@@ -529,6 +530,31 @@ class ChatServer:
         if relay and self.hooks.implemented("room_event"):
             self.hooks.room_event(self, event)
         return count
+
+
+# Linux reports a peer's close while input is still unread; elsewhere only
+# a full hang-up is seen, and a flooder that left is found at its next read.
+_POLL_RDHUP = getattr(select, "POLLRDHUP", 0)
+
+
+def _sleep_unless_closed(client: Client, delay: float) -> None:
+    """Sleep ``delay`` seconds on the client's thread, but stop early if the
+    peer closes: a flooder that sent a thousand lines and left must not go
+    on speaking, paced, for minutes after it has gone."""
+    closed = _POLL_RDHUP | select.POLLHUP | select.POLLERR
+    poller = select.poll()
+    poller.register(client.sock, select.POLLIN | _POLL_RDHUP)
+    deadline = time.monotonic() + delay
+    while (left := deadline - time.monotonic()) > 0:
+        events = poller.poll(left * 1000)
+        if not events:
+            return
+        if any(mask & closed for _fd, mask in events):
+            client.disconnect("connection closed", tell=False)
+            return
+        # More input waiting (the flood itself): it is read after the delay.
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        return
 
 
 #: TCP keepalive: a peer that vanished (power cut, NAT timeout) is found
