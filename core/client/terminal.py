@@ -297,13 +297,9 @@ def main(args: Sequence[str]) -> int:
             return 1
     password = os.environ.get("CHATCORE_PASSWORD") or None
     if options.password_file:
-        try:
-            with open(options.password_file, encoding="utf-8") as file:
-                password = file.readline().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            return _error(f"--password-file {options.password_file}: cannot read it ({getattr(exc, 'strerror', exc)})")
-        if not password:
-            return _error(f"--password-file {options.password_file}: the first line is empty")
+        password = _read_password(options.password_file)
+        if password is None:
+            return 1
     interactive = _isatty(sys.stdin) and _isatty(sys.stdout)
     # Whatever arrives must print, even on an output that cannot encode it.
     for stream in (sys.stdout, sys.stderr):
@@ -322,6 +318,23 @@ def main(args: Sequence[str]) -> int:
         return asyncio.run(client.run())
     except KeyboardInterrupt:  # Ctrl-C while connecting: nothing to leave
         return 0
+
+
+def _read_password(path: str) -> str | None:
+    """The first line of ``path``; None (after saying why) if there is none."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            first = file.readline().rstrip("\r\n")
+    except OSError as exc:
+        _error(f"--password-file {path}: cannot read it ({exc.strerror})")
+        return None
+    except UnicodeDecodeError:
+        _error(f"--password-file {path}: not UTF-8 text")
+        return None
+    if not first:
+        _error(f"--password-file {path}: the first line is empty; write the password there")
+        return None
+    return first
 
 
 def _target(options: argparse.Namespace) -> tuple[str, int, bool]:
