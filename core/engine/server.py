@@ -318,7 +318,10 @@ class ChatServer:
         sock = transport.sock
         deadline = time.monotonic() + REFUSE_LINGER  # in all: a trickle cannot hold it
         try:
-            transport.sendall(client.wire.encode_for(client, Error(reason)) + transport.goodbye())
+            transport.sendall(client.wire.encode_for(client, Error(reason)))
+            # After the reply: goodbye() shuts TLS down (close_notify, already
+            # encrypted), and nothing can be written through it after that.
+            sock.sendall(transport.goodbye())
             sock.shutdown(socket.SHUT_WR)
             while (left := deadline - time.monotonic()) > 0:
                 sock.settimeout(left)
