@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 
 import pytest
+import trustme
 
 from chatcore import hookimpl
+from chatcore.engine import server as server_module
 from chatcore.engine.limits import ConnectionLimits, TokenBucket, address_key, parse_networks
 from chatcore.testing import LineClient, ServerProcess, wait_for
 from chatcore.transports import Scheme
@@ -217,3 +220,42 @@ def test_a_flooder_that_leaves_stops_speaking_at_once(chat_server_factory, conne
     wait_for(lambda: server.limits.open_count("127.0.0.2") == 0, timeout=2, message="the flooder's slot released")
     reader.expect("* guest-1 left")
     assert sum(line.startswith("<guest-1> flood") for line in reader.received) < 10
+
+
+def test_accepted_sockets_have_tcp_keepalive(chat_server_factory, connect):
+    server = chat_server_factory()
+    connect(server).sync()
+    (client,) = server.all_connections()
+    sock = client.sock
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == server_module.KEEPALIVE_IDLE
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == server_module.KEEPALIVE_INTERVAL
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == server_module.KEEPALIVE_COUNT
+
+
+def test_tls_connections_are_counted_and_refused_in_their_wire_format(chat_server_factory, tmp_path):
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    server = chat_server_factory(
+        "--listen", "tls://127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key),
+        "--limit-exempt", "", "--max-per-address", "1", "--max-new-per-address", "0",
+    )  # fmt: skip
+    for _ in range(5):  # plain text on a TLS port: the handshake fails, the slot is freed
+        plain = LineClient(server.address, source="127.0.0.2")
+        plain.send("hello?")
+        plain.wait_closed()
+        plain.close()
+    wait_for(lambda: server.limits.total_open == 0, message="failed handshakes released")
+    held = LineClient(server.address, tls=context, source="127.0.0.2")
+    held.sync()
+    refused = LineClient(server.address, tls=context, source="127.0.0.2")
+    limit = "! too many connections from your address (the limit is 1); close one and try again"
+    assert refused.wait_closed() == [limit]
+    refused.close()
+    held.close()
+    wait_for(lambda: server.limits.total_open == 0, message="every TLS connection released")
