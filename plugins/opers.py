@@ -193,7 +193,11 @@ def chatcore_configure(config: Config) -> None:
     options = config.options
     operators = _read_operators(options.opers_file) if options.opers_file else {}
     bans = _read_bans(options.bans_file) if options.bans_file else []
-    config.data[NAME] = State(operators, options.bans_file, bans)
+    state = config.data[NAME] = State(operators, options.bans_file, bans)
+    try:
+        state.save()  # now, so that a file that cannot be written is found at start, not at the first /ban
+    except OSError as exc:
+        raise UsageError(f"--bans-file {options.bans_file}: cannot write it ({exc.strerror})") from None
 
 
 def _state(server: ChatServer) -> State:
@@ -343,7 +347,7 @@ def _ban(client: Client, oper: str, args: str) -> None:
     with state.lock:
         state.bans = [ban for ban in state.bans if ban.network != network]
         state.bans.append(Ban(network, until, reason, client.nick))
-        state.save()
+        unsaved = _save(state)
     span = "forever" if duration is None else f"for {_for(duration)}"
     log.warning("operator %s (%s) banned %s (%s) %s: %s", oper, client.nick, network, shown, span, reason)
     # On the spot: everyone connected from there, admitted or not.
@@ -357,6 +361,19 @@ def _ban(client: Client, oper: str, args: str) -> None:
             other.disconnect(f"banned by {client.nick}: {reason}")
             gone.append(other.nick or format_address(*other.address))
     client.notice(f"banned {network} {span}" + (f"; disconnected {', '.join(gone)}" if gone else ""))
+    if unsaved:
+        client.error(unsaved)
+
+
+def _save(state: State) -> str | None:
+    """Save the bans (the caller holds the lock); what to tell the operator
+    if that failed (the change is in force all the same)."""
+    try:
+        state.save()
+    except OSError as exc:
+        log.error("cannot write the bans file %s: %s", state.bans_path, exc.strerror)
+        return f"in force, but not saved to the bans file ({exc.strerror}): it will not survive a restart"
+    return None
 
 
 def _unban(client: Client, oper: str, args: str) -> None:
@@ -371,12 +388,14 @@ def _unban(client: Client, oper: str, args: str) -> None:
         kept = [ban for ban in state.bans if ban.network != network]
         found = len(kept) != len(state.bans)
         state.bans = kept
-        state.save()
+        unsaved = _save(state) if found else None
     if not found:
         client.error(f"{network} is not banned (see /bans)")
         return
     log.warning("operator %s (%s) lifted the ban on %s", oper, client.nick, network)
     client.notice(f"unbanned {network}")
+    if unsaved:
+        client.error(unsaved)
 
 
 def _bans(client: Client, oper: str, args: str) -> None:

@@ -205,3 +205,27 @@ def test_a_bad_opers_file_is_a_usage_error(tmp_path, content, message):
         proc.start()
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def test_a_bans_file_that_cannot_be_written_is_found_at_start(tmp_path):
+    proc = ServerProcess("--bans-file", str(tmp_path / "no-such-dir" / "bans.json"))
+    with pytest.raises(AssertionError, match="did not start"):
+        proc.start()
+    assert proc.returncode == 2
+    assert "--bans-file" in proc.stderr
+    assert "cannot write it" in proc.stderr
+
+
+def test_a_ban_that_cannot_be_saved_is_in_force_and_says_so(chat_server_factory, connect, opers_file, tmp_path):
+    bans = tmp_path / "bans.json"
+    server = chat_server_factory("--opers-file", str(opers_file), "--bans-file", str(bans))
+    (tmp_path / "bans.json.tmp").mkdir()  # the atomic write's temporary file cannot be made, even by root
+    alice = connect(server, "alice")
+    alice.send(f"/oper root {PASSWORD}")
+    alice.expect("* you are now an operator (root)")
+    alice.send("/ban 192.0.2.0/24 1h testing")
+    alice.expect("* banned 192.0.2.0/24 for 1h")
+    assert alice.readline() == (
+        "! in force, but not saved to the bans file (Is a directory): it will not survive a restart"
+    )
+    assert opers._state(server).banned("192.0.2.9") is not None
