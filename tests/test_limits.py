@@ -12,7 +12,7 @@ import trustme
 
 from chatcore import hookimpl
 from chatcore.engine import server as server_module
-from chatcore.engine.limits import ConnectionLimits, TokenBucket, address_key, parse_networks
+from chatcore.engine.limits import ConnectionLimits, FailureCounter, TokenBucket, address_key, parse_networks
 from chatcore.testing import LineClient, ServerProcess, wait_for
 from chatcore.transports import Scheme
 from chatcore.wire import Protocol
@@ -259,3 +259,14 @@ def test_tls_connections_are_counted_and_refused_in_their_wire_format(chat_serve
     refused.close()
     held.close()
     wait_for(lambda: server.limits.total_open == 0, message="every TLS connection released")
+
+
+def test_failures_are_counted_per_address_within_the_window():
+    counter = FailureCounter(window=10, max_addresses=2)
+    assert counter.record("192.0.2.1", now=0) == 1
+    assert counter.record("192.0.2.1", now=1) == 2
+    assert counter.record("2001:db8::1", now=1) == 1
+    assert counter.record("2001:db8::2", now=2) == 2  # the same /64
+    assert counter.record("192.0.2.1", now=10.5) == 2  # the first is 10 s old
+    assert counter.record("198.51.100.1", now=11) == 1  # a third address: the oldest (the /64) goes
+    assert counter.record("2001:db8::3", now=12) == 1

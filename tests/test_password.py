@@ -179,3 +179,14 @@ def test_plain_passwords_compare_exactly():
     assert not verify_password("abc", "abd")
     assert not verify_password("abc", "ab")
     assert verify_password("pässwörd", "pässwörd")
+
+
+def test_reconnecting_does_not_reset_the_delay(chat_server_factory, password_file, fast_failures):
+    server = chat_server_factory("--password-file", str(password_file))
+    for _ in range(2):
+        client = LineClient(server.address)
+        client.readline()
+        client.send("/pass nope")
+        client.readline()
+        client.close()
+    assert server.password_failures.record("127.0.0.1") == 3

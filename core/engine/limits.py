@@ -166,6 +166,39 @@ class ConnectionLimits:
             return sum(self._open.values())
 
 
+class FailureCounter:
+    """Recent failures (wrong passwords) per address (IPv6: per /64), over a
+    sliding window; thread-safe. Memory is bounded: at most ``limit``
+    failures are kept per address, and at most ``max_addresses`` addresses
+    (the oldest is forgotten first)."""
+
+    def __init__(self, window: float, limit: int = 64, max_addresses: int = 10000) -> None:
+        self.window = window
+        self._limit = limit
+        self._max_addresses = max_addresses
+        self._lock = threading.Lock()
+        self._times: dict[str, collections.deque[float]] = {}
+
+    def record(self, host: str, now: float | None = None) -> int:
+        """Count a failure from ``host``; how many there were in the window."""
+        try:
+            key = address_key(host)
+        except ValueError:
+            key = host
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            times = self._times.pop(key, None)  # re-inserted last: the dict is oldest first
+            if times is None:
+                times = collections.deque(maxlen=self._limit)
+                if len(self._times) >= self._max_addresses:
+                    del self._times[next(iter(self._times))]
+            times.append(now)
+            while times[0] <= now - self.window:
+                times.popleft()
+            self._times[key] = times
+            return len(times)
+
+
 class TokenBucket:
     """A token bucket: holds up to ``burst`` tokens and gains ``rate`` per
     second; an action takes one.

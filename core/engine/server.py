@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore.engine.auth import verify_password
 from chatcore.engine.connection import Client
-from chatcore.engine.limits import ConnectionLimits, TokenBucket, parse_networks
+from chatcore.engine.limits import ConnectionLimits, FailureCounter, TokenBucket, parse_networks
 from chatcore.engine.registry import Registry
 from chatcore.engine.writer import Writer
 from chatcore.events import Action, Chat, Error, Joined, Left, NickChanged, RoomEvent, Welcome
@@ -143,6 +143,8 @@ class ChatServer:
         self.login_timeout: float = options.login_timeout
         #: The server password (plain text or a hash), or None.
         self.password: str | None = config.password
+        #: Wrong passwords per address, in the last ten minutes.
+        self.password_failures = FailureCounter(600.0)
         self._sweeper: threading.Thread | None = None
         self._swept = threading.Event()
         self.schemes: dict[str, Scheme] = config.schemes
@@ -444,8 +446,16 @@ class ChatServer:
             log.info("server password accepted from %s", where)
             return True
         failures = client.data["chatcore.password_failures"] = client.data.get("chatcore.password_failures", 0) + 1
-        log.warning("wrong server password from %s (attempt %d on this connection)", where, failures)
-        time.sleep(min(PASSWORD_DELAY * failures, PASSWORD_MAX_DELAY))
+        # Counted per address too, so reconnecting does not reset the delay.
+        recent = self.password_failures.record(client.address[0])
+        log.warning(
+            "wrong server password from %s (attempt %d on this connection, %d from this address in %g minutes)",
+            where,
+            failures,
+            recent,
+            self.password_failures.window / 60,
+        )
+        time.sleep(min(PASSWORD_DELAY * max(failures, recent), PASSWORD_MAX_DELAY))
         if failures >= PASSWORD_ATTEMPTS:
             client.disconnect(f"{failures} wrong passwords")
         return False
