@@ -1,4 +1,4 @@
-"""The ``chatcore`` command: ``serve``, ``client`` and ``plugins``."""
+"""The ``chatcore`` command: ``serve``, ``client``, ``plugins`` and ``hash-password``."""
 
 from __future__ import annotations
 
@@ -210,10 +210,42 @@ def client(args: Sequence[str]) -> int:
     return client_main(args)
 
 
+def hash_password(args: Sequence[str]) -> int:
+    """``chatcore hash-password``: read a password, print its scrypt hash."""
+    import getpass
+
+    from chatcore.engine.auth import hash_password as make_hash
+
+    parser = argparse.ArgumentParser(
+        prog="chatcore hash-password",
+        description=(
+            "Read a password from the terminal (not echoed, asked twice) or from the first line of stdin, "
+            "and print its scrypt hash, for --password-file, CHATCORE_PASSWORD or an --opers-file line."
+        ),
+        epilog="Example: chatcore hash-password > pw.txt, then chatcore serve --password-file pw.txt",
+    )
+    parser.parse_args(args)
+    if sys.stdin.isatty():
+        try:
+            password = getpass.getpass("password: ")
+            if getpass.getpass("again: ") != password:
+                return _error("the two passwords differ; nothing printed", 1)
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return _error("no password read; nothing printed", 1)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        return _error("the password is empty; nothing printed", 1)
+    print(make_hash(password))
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "serve": (serve, "run a chat server"),
     "client": (client, "chat from this terminal"),
     "plugins": (plugins, "list the installed plugins and the hooks they implement"),
+    "hash-password": (hash_password, "read a password and print its hash for the password and operator files"),
 }
 
 

@@ -9,6 +9,7 @@ option of the selected plugins.
 from __future__ import annotations
 
 import argparse
+import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -21,6 +22,16 @@ from chatcore import UsageError, __version__, configfile
 from chatcore.configfile import restart_only as restart_only  # noqa: PLC0414
 from chatcore.configfile import secret as secret  # noqa: PLC0414
 from chatcore.engine.connection import DEFAULT_MAX_QUEUE
+from chatcore.engine.limits import (
+    DEFAULT_EXEMPT,
+    DEFAULT_LINE_BURST,
+    DEFAULT_LINE_RATE,
+    DEFAULT_LOGIN_TIMEOUT,
+    DEFAULT_MAX_NEW_PER_ADDRESS,
+    DEFAULT_MAX_PER_ADDRESS,
+    DEFAULT_NEW_WINDOW,
+    parse_networks,
+)
 from chatcore.manager import DEFAULT_PLUGINS, PluginLoadError, PluginManager, load_plugins, parse_plugin_list
 from chatcore.transports.listener import ListenURL, format_address, parse_listen_url
 from chatcore.wire.native import DEFAULT_MAX_LINE
@@ -35,6 +46,8 @@ DEFAULT_PORT = 12000
 # connects. The kernel caps this at net.core.somaxconn (4096 on Linux >= 5.4).
 DEFAULT_BACKLOG = 1024
 DEFAULT_MAX_CLIENTS = 1000
+#: The environment variable with the server password (or its hash).
+PASSWORD_VARIABLE = "CHATCORE_PASSWORD"
 
 
 class Config:
@@ -65,6 +78,9 @@ class Config:
         self.certificates: Certificates | None = None
         self.args: list[str] = []
         self.environ: Mapping[str, str] | None = None
+        #: The server password or its hash (``--password-file`` or
+        #: ``CHATCORE_PASSWORD``), or None for an open server.
+        self.password: str | None = None
 
     def getoption(self, name: str, default: Any = None) -> Any:
         """An option's value by its ``dest`` name, or ``default``."""
@@ -90,6 +106,115 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
 
     parse.__name__ = "number"  # argparse names the type in its messages
     return parse
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds above 0")
+    return value
+
+
+def _networks(text: str) -> str:
+    try:
+        parse_networks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (expected CIDR[,CIDR...], e.g. 127.0.0.0/8,::1/128)") from None
+    return text
+
+
+def _seconds_or_zero(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0.0") else _positive_seconds(text)
+
+
+def _positive_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be 0 (off) or a number above 0")
+    return value
+
+
+def _add_address_limits(limits: argparse._ArgumentGroup) -> None:
+    limits.add_argument(
+        "--max-per-address",
+        type=whole_number(0),
+        default=DEFAULT_MAX_PER_ADDRESS,
+        metavar="N",
+        help=(
+            "connections one address (IPv6: one /64) may hold at once; more are refused; "
+            "0 for no limit (default: %(default)s, as Ergo)"
+        ),
+    )
+    limits.add_argument(
+        "--max-new-per-address",
+        type=whole_number(0),
+        default=DEFAULT_MAX_NEW_PER_ADDRESS,
+        metavar="N",
+        help=(
+            "new connections one address may open within --new-window; more are refused; "
+            "0 for no limit (default: %(default)s, as Ergo)"
+        ),
+    )
+    limits.add_argument(
+        "--new-window",
+        type=_positive_seconds,
+        default=DEFAULT_NEW_WINDOW,
+        metavar="SECONDS",
+        help="the window of --max-new-per-address (default: %(default)g, ten minutes, as Ergo)",
+    )
+    limits.add_argument(
+        "--limit-exempt",
+        type=_networks,
+        default=DEFAULT_EXEMPT,
+        metavar="CIDR[,CIDR...]",
+        help=(
+            "networks the per-address limits do not apply to; '' exempts nobody "
+            "(default: %(default)s, loopback, so local load tests work); they are not paced by --line-rate either"
+        ),
+    )
+    limits.add_argument(
+        "--line-rate",
+        type=_positive_rate,
+        default=DEFAULT_LINE_RATE,
+        metavar="PER_SECOND",
+        help=(
+            "flood control for everyone: past --line-burst, each client's lines are delayed to this many "
+            "a second (nothing is dropped); 0 turns it off (default: %(default)g, Ergo's fakelag)"
+        ),
+    )
+    limits.add_argument(
+        "--line-burst",
+        type=whole_number(1),
+        default=DEFAULT_LINE_BURST,
+        metavar="N",
+        help="lines a client may send at once before --line-rate applies (default: %(default)s, as Ergo)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=_seconds_or_zero,
+        default=0.0,
+        metavar="SECONDS",
+        help=(
+            "disconnect a connection that sends nothing for this long; 0 never does (default: 0: people who "
+            "only read are welcome, and TCP keepalive finds dead peers)"
+        ),
+    )
+    limits.add_argument(
+        "--login-timeout",
+        type=_seconds_or_zero,
+        default=DEFAULT_LOGIN_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "disconnect a connection not let into the chat within this long (a --password-file password "
+            "not given); 0 for no limit (default: %(default)g)"
+        ),
+    )
 
 
 def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
@@ -159,6 +284,15 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
     tls = parser.add_argument_group("TLS", "For tls:// and the other TLS listeners. SIGHUP re-reads both files.")
     tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain, the server's certificate first")
     tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of that certificate")
+    access = parser.add_argument_group("access")
+    access.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help=(
+            "require a server password: the first line of FILE, plain or a 'chatcore hash-password' hash; "
+            "clients send /pass PASSWORD first. Or set CHATCORE_PASSWORD (never a bare option: it would show in ps)"
+        ),
+    )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--max-line",
@@ -184,6 +318,7 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
         metavar="N",
         help="clients connected at once; more are refused (default: %(default)s)",
     )
+    _add_address_limits(limits)
     parser.add_argument(
         "--log-level",
         default="INFO",
@@ -245,6 +380,7 @@ def parse_config(
     config.environ = environ
     if not options.print_config:  # it prints the options and starts nothing: plugins open files here
         _configure_listeners(config)
+        _configure_password(config, os.environ if environ is None else environ)
         pm.hooks.configure(config)
     return config
 
@@ -283,6 +419,25 @@ def reread_options(config: Config) -> tuple[argparse.Namespace, argparse.Argumen
 
     parser.error = error  # type: ignore[method-assign]
     return sources.parse_args(parser, config.args), parser, names
+
+
+def _configure_password(config: Config, environ: Mapping[str, str]) -> None:
+    """The server password from ``--password-file`` or ``CHATCORE_PASSWORD``.
+
+    :raises UsageError: both given, an unreadable or empty file, a broken hash.
+    """
+    from chatcore.engine import auth
+
+    path = config.options.password_file
+    from_env = environ.get(PASSWORD_VARIABLE)
+    if path and from_env is not None:
+        raise UsageError(f"give the server password with --password-file or {PASSWORD_VARIABLE}, not both")
+    if path:
+        config.password = auth.read_password_file(path)
+    elif from_env is not None:
+        if not from_env:
+            raise UsageError(f"{PASSWORD_VARIABLE} is set but empty; unset it for a server without a password")
+        config.password = auth.checked(from_env, PASSWORD_VARIABLE)
 
 
 def _schemes(pm: PluginManager) -> dict[str, Scheme]:

@@ -48,8 +48,8 @@ ENV_PREFIX = "CHATCORE_"
 #: The variable that names the configuration file, as ``--config`` does.
 CONFIG_VARIABLE = "CHATCORE_CONFIG"
 #: ``CHATCORE_*`` names chatcore keeps for itself: never read as options and
-#: never warned about. CHATCORE_PASSWORD is for the server password (a later
-#: release); until then it is ignored.
+#: never warned about. CHATCORE_PASSWORD is the server password (read by
+#: chatcore.config, not an option: there is no --password to show in ps).
 RESERVED_VARIABLES = frozenset({CONFIG_VARIABLE, "CHATCORE_PASSWORD"})
 #: Options that only make sense on the command line.
 _COMMAND_LINE_ONLY = frozenset({"help", "version", "config", "print_config"})

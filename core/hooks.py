@@ -239,8 +239,8 @@ class Hooks:
 
     # -- connections and rooms ----------------------------------------------
 
-    def connection_arriving(self, address: tuple[str, int]) -> str | None:
-        reason = self._call_first("chatcore_connection_arriving", {"address": address})
+    def connection_arriving(self, address: tuple[str, int], server: ChatServer) -> str | None:
+        reason = self._call_first("chatcore_connection_arriving", {"address": address, "server": server})
         return None if reason is None else str(reason)
 
     def welcome(self, client: Client) -> list[str]:

@@ -145,10 +145,12 @@ def chatcore_reload(server: ChatServer, old: argparse.Namespace, new: argparse.N
 
 
 @hookspec(firstresult=True)
-def chatcore_connection_arriving(address: tuple[str, int]) -> str | None:
+def chatcore_connection_arriving(address: tuple[str, int], server: ChatServer) -> str | None:
     """A connection arrived; decide whether to accept it.
 
     :param address: the peer's ``(host, port)``.
+    :param server: the server it arrived at (for the plugin's per-server
+        state in ``server.config.data``; versionadded 0.2).
     :return: ``None`` to accept, or a reason (a short sentence) to refuse:
         the client is sent ``! <reason>`` and disconnected. The first plugin
         that returns a reason decides.

@@ -23,7 +23,7 @@ from chatcore.hooks import Hooks
 ENTRY_POINT_GROUP = "chatcore"
 #: Always registered, whatever ``--plugins`` says: the commands every chat
 #: needs. They are ordinary plugins all the same.
-BUILTIN_PLUGINS = ("commands", "native")
+BUILTIN_PLUGINS = ("commands", "native", "opers")
 #: What ``chatcore serve`` loads when ``--plugins`` is not given.
 DEFAULT_PLUGINS = ("welcome",)
 

@@ -81,9 +81,11 @@ class LineClient:
         *,
         tls: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        source: str | None = None,
     ) -> None:
         self.timeout = timeout
-        sock = socket.create_connection(address, timeout=timeout)
+        # source="127.0.0.2": connect from another loopback address, a second "host".
+        sock = socket.create_connection(address, timeout=timeout, source_address=(source, 0) if source else None)
         if tls is not None:
             sock = tls.wrap_socket(sock, server_hostname=server_hostname or address[0])
         self.sock = sock

@@ -146,7 +146,7 @@ def _msg(client: Client, args: str) -> None:
     recipient.send(PrivateMessage(client.nick, recipient.nick, message.text))
     client.send(PrivateMessage(client.nick, recipient.nick, message.text, echo=True))
     if client.arrived:
-        counts.observe_latency(time.perf_counter() - client.arrived)
+        counts.observe_latency(time.monotonic() - client.arrived)
     server.hooks.message_delivered(message, 1)
 
 

@@ -10,7 +10,8 @@ a filter chain. Three implementations, in this order for every message
    words are masked whatever another filter wrote.
 
 Each is off until its option is given, and then costs one attribute lookup
-per message. docs/commands.md states the exact rules.
+per message. The engine paces every client's input anyway (``--line-rate``,
+nothing dropped); ``--flood-rate`` here is the stricter, dropping kind. docs/commands.md states the exact rules.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 from chatcore import Config, Message, UsageError, hookimpl
 from chatcore.config import whole_number
+from chatcore.engine import limits
 from chatcore.engine.server import ChatServer
 
 NAME = "filters"
@@ -192,32 +194,16 @@ def _settings(message: Message) -> Settings:
 # ---------------------------------------------------------------------------
 
 
-class TokenBucket:
-    """One client's flood-control state: a token bucket.
+class TokenBucket(limits.TokenBucket):
+    """One client's flood-control state: the engine's token bucket
+    (:class:`chatcore.engine.limits.TokenBucket`, which also paces every
+    client's input), plus the times of its recent rejections."""
 
-    The bucket holds up to ``burst`` tokens and gains ``rate`` per second; a
-    message takes one. Only the client's own thread touches it (the message
-    hook runs on the sender's thread), so it needs no lock.
-    """
-
-    __slots__ = ("_last", "_rejections", "_tokens", "burst", "rate")
+    __slots__ = ("_rejections",)
 
     def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = float(burst)
-        self._last = now
+        super().__init__(rate, burst, now)
         self._rejections: collections.deque[float] = collections.deque()
-
-    def take(self, now: float) -> bool:
-        """Take a token for a message sent at ``now``; False if none is left."""
-        tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        if tokens >= 1.0:
-            self._tokens = tokens - 1.0
-            return True
-        self._tokens = tokens
-        return False
 
     def rejections_within(self, now: float, window: float) -> int:
         """Record a rejection at ``now``; how many there were in the last

@@ -12,6 +12,7 @@ import pytest
 
 from chatcore.engine.server import ChatServer
 from chatcore.plugins.commands import HELP, RESERVED_NICKS
+from chatcore.plugins.opers import HELP as OPERS_HELP
 from chatcore.testing import ClientFactory, LineClient, ServerFactory, wait_for
 
 
@@ -264,7 +265,7 @@ def test_help_lists_builtin_and_plugin_commands(chat_server_factory, chat_client
     alice.send("/help")
     lines = alice.sync()
     assert lines[0] == "* commands:"
-    usages = [usage for usage, _ in HELP] + ["/echo TEXT"]
+    usages = [usage for usage, _ in HELP + OPERS_HELP] + ["/echo TEXT"]
     assert len(lines) == 1 + len(usages)
     for usage in usages:
         assert any(re.fullmatch(rf"\*   {re.escape(usage)} +\S.*", line) for line in lines), usage

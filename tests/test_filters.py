@@ -255,7 +255,7 @@ def test_filter_order_with_welcome_and_logger(chat_server_factory, chat_client, 
     called = [impl.function.__name__ for impl in reversed(impls)]  # pluggy calls the last first
     assert called[0] == "flood_control"
     assert called[-1] == "banned_words"
-    assert set(called[1:-1]) == {"message_length", "chatcore_message"}
+    assert set(called[1:-1]) == {"muted", "message_length", "chatcore_message"}  # muted: the opers plugin, always on
 
     alice = named(chat_client, server, "alice")
     bob = named(chat_client, server, "bob")

@@ -22,7 +22,8 @@ feed it, each independent of the others:
 The main coroutine waits for whichever comes first: a line to send, the end
 of input, a request to leave, or the server closing the connection.
 
-Right after connecting the client sends ``/nick NAME`` (with ``--nick``) and
+Right after connecting the client sends ``/pass PASSWORD`` (with
+``--password-file`` or ``CHATCORE_PASSWORD``), ``/nick NAME`` (with ``--nick``) and
 ``/ping``. The server answers a client's lines in order, so everything before
 the ``* pong`` is the welcome or the answer to ``/nick``; input waits until
 then, and that ``* pong`` is not shown.
@@ -255,6 +256,14 @@ connection was lost, 2 for a usage error.""",
         help="TLS without checking the certificate or host name: for test certificates only (implies --tls)",
     )
     parser.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help=(
+            "send the server password on the first line of FILE (/pass) right after connecting; "
+            "or set CHATCORE_PASSWORD (never a bare option: it would show in ps)"
+        ),
+    )
+    parser.add_argument(
         "--nick",
         type=_nick,
         metavar="NAME",
@@ -286,6 +295,11 @@ def main(args: Sequence[str]) -> int:
         context = _tls_context(options.ca, options.insecure)
         if context is None:
             return 1
+    password = os.environ.get("CHATCORE_PASSWORD") or None
+    if options.password_file:
+        password = _read_password(options.password_file)
+        if password is None:
+            return 1
     interactive = _isatty(sys.stdin) and _isatty(sys.stdout)
     # Whatever arrives must print, even on an output that cannot encode it.
     for stream in (sys.stdout, sys.stderr):
@@ -296,6 +310,7 @@ def main(args: Sequence[str]) -> int:
         port,
         tls=context,
         nick=options.nick,
+        password=password,
         interactive=interactive,
         colour=wants_colour(sys.stdout, os.environ),
     )
@@ -303,6 +318,23 @@ def main(args: Sequence[str]) -> int:
         return asyncio.run(client.run())
     except KeyboardInterrupt:  # Ctrl-C while connecting: nothing to leave
         return 0
+
+
+def _read_password(path: str) -> str | None:
+    """The first line of ``path``; None (after saying why) if there is none."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            first = file.readline().rstrip("\r\n")
+    except OSError as exc:
+        _error(f"--password-file {path}: cannot read it ({exc.strerror})")
+        return None
+    except UnicodeDecodeError:
+        _error(f"--password-file {path}: not UTF-8 text")
+        return None
+    if not first:
+        _error(f"--password-file {path}: the first line is empty; write the password there")
+        return None
+    return first
 
 
 def _target(options: argparse.Namespace) -> tuple[str, int, bool]:
@@ -439,12 +471,14 @@ class TerminalClient:
         interactive: bool,
         colour: bool,
         tls: ssl.SSLContext | None = None,
+        password: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.tls = tls
         self.address = _address_text(host, port)
         self.nick = nick
+        self._password = password
         self.interactive = interactive
         self.colour = colour
         self._writer: asyncio.StreamWriter | None = None
@@ -581,6 +615,8 @@ class TerminalClient:
         leave_requested = self._leave_requested
         previous_sigint = _install_sigint(loop, leave_requested)
         try:
+            if self._password is not None:
+                await self._send(f"/pass {self._password}")
             if self.nick is not None:
                 await self._send(f"/nick {self.nick}")
             await self._send("/ping")  # the answer marks the end of the welcome

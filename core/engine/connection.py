@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -71,17 +72,21 @@ class Client:
         "_finish_deadline",
         "_finishing",
         "_max_queue",
+        "_pace",
         "_queue",
         "_scheduled",
         "_unsent",
         "_writer",
         "_writer_done",
         "address",
+        "admitted",
         "arrived",
         "close_cause",
         "close_reason",
+        "connected_at",
         "data",
         "id",
+        "last_input",
         "nick",
         "room",
         "server",
@@ -122,9 +127,15 @@ class Client:
         self.close_reason: str | None = None
         #: That reason as one of :data:`DISCONNECT_CAUSES` (``None`` while connected).
         self.close_cause: str | None = None
-        #: When the reader last received data (``time.perf_counter()``): where
+        #: When the reader last received data (``time.monotonic()``): where
         #: a message's latency starts.
         self.arrived = 0.0
+        #: When it connected and when it last sent anything (``time.monotonic()``):
+        #: what the idle and login deadlines are measured from.
+        self.connected_at = self.last_input = time.monotonic()
+        #: True once ``server.admit()`` let it into the chat.
+        self.admitted = False
+        self._pace: Any = None  # the input pacing's token bucket, made on first use
 
         # Output state, shared with the writer thread (see chatcore.engine.writer).
         self._writer = server.writer

@@ -35,6 +35,7 @@ import argparse
 import itertools
 import logging
 import secrets
+import select
 import socket
 import ssl
 import threading
@@ -42,7 +43,9 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from chatcore.engine.auth import verify_password
 from chatcore.engine.connection import Client
+from chatcore.engine.limits import ConnectionLimits, FailureCounter, TokenBucket, parse_networks
 from chatcore.engine.registry import Registry
 from chatcore.engine.stats import Stats
 from chatcore.engine.writer import Writer
@@ -66,6 +69,11 @@ RECV_BUSY = 65536
 REFUSE_LINGER = 1.0
 #: How long a disconnecting client may take to read what is queued for it.
 SHUTDOWN_LINGER = 2.0
+#: Wrong passwords: each costs its connection this many seconds more than
+#: the last (at most PASSWORD_MAX_DELAY), and this many close it.
+PASSWORD_DELAY = 1.0
+PASSWORD_MAX_DELAY = 5.0
+PASSWORD_ATTEMPTS = 3
 
 
 class Sequencer(Protocol):
@@ -129,6 +137,27 @@ class ChatServer:
         self.max_queue: int = options.max_queue
         self.max_clients: int = options.max_clients
         self.sequencer: Sequencer = LocalSequencer()
+        #: Per-address connection limits (:mod:`chatcore.engine.limits`).
+        self.limits = ConnectionLimits(
+            options.max_per_address,
+            options.max_new_per_address,
+            options.new_window,
+            parse_networks(options.limit_exempt),
+        )
+        #: Input pacing (fakelag): lines per second and burst; rate 0 is off.
+        self.line_rate: float = options.line_rate
+        self.line_burst: int = options.line_burst
+        #: Seconds of silence before a connection is closed; 0 is never.
+        self.idle_timeout: float = options.idle_timeout
+        #: Seconds a connection may take to be admitted (a password, IRC
+        #: registration); 0 is no limit.
+        self.login_timeout: float = options.login_timeout
+        #: The server password (plain text or a hash), or None.
+        self.password: str | None = config.password
+        #: Wrong passwords per address, in the last ten minutes.
+        self.password_failures = FailureCounter(600.0)
+        self._sweeper: threading.Thread | None = None
+        self._swept = threading.Event()
         self.schemes: dict[str, Scheme] = config.schemes
         self.certificates: Certificates | None = config.certificates
         self._stopping = False
@@ -171,6 +200,9 @@ class ChatServer:
         if sequencer is not None:
             self.sequencer = sequencer
         self.writer.start()
+        if self.idle_timeout or self.login_timeout:
+            self._sweeper = threading.Thread(target=self._sweep, name="chatcore-deadlines", daemon=True)
+            self._sweeper.start()
         for listener in self.listeners:
             listener.start()
         self._accepting = True
@@ -192,6 +224,7 @@ class ChatServer:
         self._stopping = True
         for listener in self.listeners:
             listener.stop()
+        self._swept.set()
         deadline = time.monotonic() + timeout
         with self._connections_lock:
             clients = list(self.connections)
@@ -282,17 +315,25 @@ class ChatServer:
         thread = threading.current_thread()
         with self._connections_lock:
             self._threads.add(thread)
+        address = (str(peer[0]), int(peer[1]))
+        # Counted from the first moment, so that a TLS handshake that stalls
+        # holds its address's slot too; released exactly once, here, however
+        # the connection ends (the limits refuse nothing they did not count).
+        over_limit = self.limits.acquire(address[0])
         try:
-            self._serve(listener, sock, (str(peer[0]), int(peer[1])))
+            self._serve(listener, sock, address, over_limit)
         finally:
+            if over_limit is None:
+                self.limits.release(address[0])
             with self._connections_lock:
                 self._threads.discard(thread)
 
-    def _serve(self, listener: Listener, sock: socket.socket, address: tuple[str, int]) -> None:
+    def _serve(self, listener: Listener, sock: socket.socket, address: tuple[str, int], over_limit: str | None) -> None:
         scheme = listener.scheme
         # Without this, Nagle's algorithm meets delayed ACKs and small rooms
         # see a steady ~40 ms delay per line.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _keepalive(sock)
         transport: Transport
         if scheme.tls:
             assert self.certificates is not None  # checked when the configuration was read
@@ -316,8 +357,10 @@ class ChatServer:
             refusal: str | None = "server shutting down"
         elif len(self.connections) >= self.max_clients:
             refusal, label = "server full, try again later", "full"
+        elif over_limit is not None:
+            refusal, label = over_limit, "address_limit"
         else:
-            refusal, label = self.hooks.connection_arriving(address), "plugin"
+            refusal, label = self.hooks.connection_arriving(address, self), "plugin"
         if refusal:
             log.warning("refused %s: %s", format_address(*address), refusal)
             self.stats.refused(label)
@@ -342,6 +385,11 @@ class ChatServer:
                 self.connections.discard(client)
                 listener.connected -= 1
 
+    def all_connections(self) -> list[Client]:
+        """Every connection being served, admitted or not (a snapshot)."""
+        with self._connections_lock:
+            return list(self.connections)
+
     def _refuse(self, client: Client, reason: str) -> None:
         """Send the refusal and close without losing it.
 
@@ -355,7 +403,10 @@ class ChatServer:
         sock = transport.sock
         deadline = time.monotonic() + REFUSE_LINGER  # in all: a trickle cannot hold it
         try:
-            transport.sendall(client.wire.encode_for(client, Error(reason)) + transport.goodbye())
+            transport.sendall(client.wire.encode_for(client, Error(reason)))
+            # After the reply: goodbye() shuts TLS down (close_notify, already
+            # encrypted), and nothing can be written through it after that.
+            sock.sendall(transport.goodbye())
             sock.shutdown(socket.SHUT_WR)
             while (left := deadline - time.monotonic()) > 0:
                 sock.settimeout(left)
@@ -366,7 +417,7 @@ class ChatServer:
 
     def _read(self, client: Client, data_received: Any) -> None:
         recv = client.transport.recv
-        clock = time.perf_counter
+        clock = time.monotonic
         size = RECV_IDLE
         # No check of client.closed up here: a disconnect from any other
         # thread shuts the socket down, which ends recv() below.
@@ -380,10 +431,63 @@ class ChatServer:
             if not data:
                 return
             size = RECV_BUSY if len(data) >= size else RECV_IDLE
-            client.arrived = clock()
+            # When this input arrived: message latency starts here, and idle
+            # connections are timed from it.
+            client.arrived = client.last_input = clock()
             data_received(data)
             if client.closed:  # disconnected (by what it sent, or another thread)
                 return
+
+    def _sweep(self) -> None:
+        """Close connections past their deadlines, on a thread of its own:
+        the idle timeout, and the login deadline for connections not yet
+        admitted (a password not given, an IRC client that never registers).
+
+        Defends against connections that hold a thread and a slot doing
+        nothing; a reader's own thread cannot time itself out without a
+        socket timeout, which the writer's non-blocking sends share.
+        """
+        interval = min(t for t in (self.idle_timeout, self.login_timeout, 4.0) if t) / 4
+        while not self._swept.wait(interval):
+            now = time.monotonic()
+            with self._connections_lock:
+                clients = list(self.connections)
+            for client in clients:
+                if client.closed:
+                    continue
+                if self.login_timeout and not client.admitted and now - client.connected_at > self.login_timeout:
+                    where = format_address(*client.address)
+                    log.info("closing %s: not logged in within %gs", where, self.login_timeout)
+                    client.disconnect(f"not logged in within {self.login_timeout:g} seconds; connect and log in again")
+                elif self.idle_timeout and now - client.last_input > self.idle_timeout:
+                    client.disconnect(
+                        f"idle for {self.idle_timeout:g} seconds (this server's --idle-timeout); "
+                        "send /ping now and then to stay"
+                    )
+
+    def pace(self, client: Client) -> None:
+        """Flood control for everyone (Ergo's "fakelag"): call once per line
+        or command a client sends, on its own thread, before acting on it.
+
+        Within ``--line-burst`` it returns at once, so pasting a few lines
+        works; past it, it sleeps so the client is held to ``--line-rate``
+        lines a second. Nothing is dropped: the flooder's input waits in its
+        own socket buffer and TCP slows it down, and nobody else waits.
+        Clients from ``--limit-exempt`` networks are not paced.
+        """
+        if not self.line_rate:
+            return
+        bucket = client._pace
+        now = time.monotonic()
+        if bucket is None:
+            if self.limits.is_exempt(client.address[0]):
+                bucket = client._pace = False
+            else:
+                bucket = client._pace = TokenBucket(self.line_rate, self.line_burst, now)
+        if bucket:
+            delay = bucket.delay(now)
+            if delay > 0:
+                _sleep_unless_closed(client, delay)
 
     def _leave(self, client: Client) -> None:
         if client.close_reason is None:
@@ -405,6 +509,44 @@ class ChatServer:
 
     # -- actions: what protocols and plugins make happen -----------------------
 
+    @property
+    def password_required(self) -> bool:
+        """Whether clients must give the server password before
+        :meth:`admit` (``--password-file`` or ``CHATCORE_PASSWORD``)."""
+        return self.password is not None
+
+    def check_password(self, client: Client, given: str) -> bool:
+        """Check a client's server password; every protocol's one way in
+        (native ``/pass``, IRC ``PASS``, a web login), on the client's own
+        thread, before it calls :meth:`admit`.
+
+        True if no password is set or ``given`` is right. A wrong one is
+        logged with the address (never the password), costs the connection
+        a delay that grows with each failure (it sleeps on this thread only:
+        guessing is slowed, nobody else waits), and the third closes it.
+        The comparison takes constant time.
+        """
+        if self.password is None:
+            return True
+        where = format_address(*client.address)
+        if verify_password(self.password, given):
+            log.info("server password accepted from %s", where)
+            return True
+        failures = client.data["chatcore.password_failures"] = client.data.get("chatcore.password_failures", 0) + 1
+        # Counted per address too, so reconnecting does not reset the delay.
+        recent = self.password_failures.record(client.address[0])
+        log.warning(
+            "wrong server password from %s (attempt %d on this connection, %d from this address in %g minutes)",
+            where,
+            failures,
+            recent,
+            self.password_failures.window / 60,
+        )
+        time.sleep(min(PASSWORD_DELAY * max(failures, recent), PASSWORD_MAX_DELAY))
+        if failures >= PASSWORD_ATTEMPTS:
+            client.disconnect(f"{failures} wrong passwords")
+        return False
+
     def admit(self, client: Client, room: str | None = None, nick: str | None = None) -> bool:
         """Let a connected client into the chat: ``nick`` or a fresh
         ``guest-N`` nickname, ``room`` or the default room, the welcome
@@ -418,6 +560,7 @@ class ChatServer:
         """
         if not self.registry.add(client, room, nick):
             return False
+        client.admitted = True
         client.send(Welcome(tuple(self.hooks.welcome(client))))
         log.info("client joined: %s from %s", client.nick, format_address(*client.address))
         self.publish(Joined(client.room, nick=client.nick), exclude=client)
@@ -454,7 +597,7 @@ class ChatServer:
             chat = Chat(room, sender.nick, message.text, epoch=epoch, offset=offset, time=now)
             recipients = self.publish(chat, exclude=sender)
         if sender.arrived:  # 0.0 for a client no reader has read for (a plugin's)
-            counts.observe_latency(time.perf_counter() - sender.arrived)
+            counts.observe_latency(time.monotonic() - sender.arrived)
         self.hooks.message_delivered(message, recipients)
 
     def change_room(self, client: Client, room: str, reason: str | None = None) -> None:
@@ -539,6 +682,53 @@ def _merge_options(
             setattr(new, dest, value)
             changed.append(name)
     return new, changed, restart
+
+
+# Linux reports a peer's close while input is still unread; elsewhere only
+# a full hang-up is seen, and a flooder that left is found at its next read.
+_POLL_RDHUP = getattr(select, "POLLRDHUP", 0)
+
+
+def _sleep_unless_closed(client: Client, delay: float) -> None:
+    """Sleep ``delay`` seconds on the client's thread, but stop early if the
+    peer closes: a flooder that sent a thousand lines and left must not go
+    on speaking, paced, for minutes after it has gone."""
+    closed = _POLL_RDHUP | select.POLLHUP | select.POLLERR
+    poller = select.poll()
+    poller.register(client.sock, select.POLLIN | _POLL_RDHUP)
+    deadline = time.monotonic() + delay
+    while (left := deadline - time.monotonic()) > 0:
+        events = poller.poll(left * 1000)
+        if not events:
+            return
+        if any(mask & closed for _fd, mask in events):
+            client.disconnect("connection closed", tell=False)
+            return
+        # More input waiting (the flood itself): it is read after the delay.
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        return
+
+
+#: TCP keepalive: a peer that vanished (power cut, NAT timeout) is found
+#: after about KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL seconds
+#: of silence (4 minutes; NATS pings every 2 minutes and gives up after 2
+#: unanswered), and its thread and slot are freed.
+KEEPALIVE_IDLE = 120
+KEEPALIVE_INTERVAL = 30
+KEEPALIVE_COUNT = 4
+
+
+def _keepalive(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    # Linux and most BSDs; elsewhere the system's defaults (often 2 hours).
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _why(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,11 @@ DEFAULT_MAX_LINE = 4096
 NOTICE = "* "
 ERROR = "! "
 
+#: What a client that has not given the server password is told.
+PASSWORD_REQUIRED = (
+    "password required: send /pass PASSWORD first (chatcore client: --password-file FILE or CHATCORE_PASSWORD)"
+)
+
 # Escape sequences (CSI, OSC, and two-byte ESC forms) go whole, so that no
 # leftover "[31m" is shown; then every other C0/C1 control character, DEL,
 # and the Unicode line and paragraph separators go one by one.
@@ -64,19 +70,76 @@ _ANSI_ESCAPE = re.compile(
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+# Invisible characters that are not format characters (category Cf), so the
+# Cf rule below misses them: Hangul fillers, used for "blank" names and text.
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+_PRINTABLE_INVISIBLE = re.compile("[\u115f\u1160\u3164\uffa0]")
+_ZWNJ, _ZWJ = "\u200c", "\u200d"
+_BLACK_FLAG = "\U0001f3f4"
+
+
+def _is_letter(char: str) -> bool:
+    return unicodedata.category(char)[0] in "LM"
+
+
+def _is_emoji(char: str) -> bool:
+    # Close enough for joiners: the pictographic blocks, the emoji
+    # presentation selector and the skin-tone modifiers (in U+1F3FB..).
+    code = ord(char)
+    return code >= 0x1F000 or 0x2300 <= code <= 0x2BFF or char == "\ufe0f"
+
+
+def _strip_invisible(text: str) -> str:
+    """Remove format characters (Unicode category Cf) and invisible fillers.
+
+    Defends against Trojan Source (CVE-2021-42574): the Bidi_Control
+    characters (U+061C, U+200E, U+200F, U+202A..U+202E, U+2066..U+2069)
+    make text display in another order than it is read, and zero-width
+    characters (U+200B, U+2060, U+FEFF, U+00AD ...) hide text or make two
+    names look alike. Stripped, not balanced: Arabic and Hebrew are shown
+    right-to-left by the bidi algorithm from their letters alone, so they
+    read right without the controls, and stripping is idempotent.
+
+    Kept, where they mean something: the zero-width joiner and non-joiner
+    between two letters not both ASCII (Persian, Indic scripts) and the joiner between two
+    emoji (family and profession sequences), and the tag characters of a
+    flag after U+1F3F4 (Scotland, Wales).
+    """
+    out: list[str] = []
+    last = len(text) - 1
+    for index, char in enumerate(text):
+        if char not in _INVISIBLE_LETTERS and unicodedata.category(char) != "Cf":
+            out.append(char)
+            continue
+        before = out[-1] if out else ""
+        after = text[index + 1] if index < last else ""
+        if char in (_ZWJ, _ZWNJ) and before and after:
+            # Letters: of a script that needs joiners, not "da<ZWJ>mn" in ASCII.
+            letters = _is_letter(before) and _is_letter(after) and not (before.isascii() and after.isascii())
+            if letters or (char == _ZWJ and _is_emoji(before) and _is_emoji(after)):
+                out.append(char)
+        elif 0xE0020 <= ord(char) <= 0xE007F and (before == _BLACK_FLAG or 0xE0020 <= ord(before or " ") <= 0xE007E):
+            out.append(char)
+    return "".join(out)
+
+
 def sanitize(text: str) -> str:
-    """Return ``text`` without anything that could paint on a terminal.
+    """Return ``text`` without anything that could paint on a terminal or
+    hide or reorder what others see.
 
     Removes ANSI escape sequences, C0 and C1 control characters (NUL,
-    backspace, bell, lone carriage returns ...), DEL and Unicode line
-    separators. A tab becomes a space. Surrounding white space is stripped.
+    backspace, bell, lone carriage returns ...), DEL, Unicode line
+    separators, and invisible and bidirectional format characters (see
+    :func:`_strip_invisible`). A tab becomes a space. Surrounding white
+    space is stripped.
     """
     # Fast path: printable text (nearly every chat line) needs no regex.
-    if text.isprintable():
+    # Format characters are not printable, so they take the slow path.
+    if text.isprintable() and (text.isascii() or not _PRINTABLE_INVISIBLE.search(text)):
         return text.strip()
     text = _ANSI_ESCAPE.sub("", text)
     text = _CONTROL.sub("", text.replace("\t", " "))
-    return text.strip()
+    return _strip_invisible(text).strip()
 
 
 def decode(line: bytes) -> str:
@@ -218,6 +281,13 @@ class NativeProtocol(Protocol):
         super().__init__(client)
         self._framer = LineFramer(client.server.max_line)
 
+    def connection_made(self) -> None:
+        server = self.client.server
+        if server.password_required:
+            self.client.error(PASSWORD_REQUIRED)
+        else:
+            server.admit(self.client)
+
     def data_received(self, data: bytes) -> None:
         client = self.client
         for line in self._framer.feed(data):
@@ -238,6 +308,12 @@ class NativeProtocol(Protocol):
         if not text:
             return
         client = self.client
+        client.server.pace(client)  # flood control: may wait, on this client's thread
+        if client.closed:
+            return
+        if not client.admitted:
+            self._before_login(text)
+            return
         if text[0] == "/":
             if text[:2] != "//":
                 name, _, args = text[1:].partition(" ")
@@ -245,3 +321,19 @@ class NativeProtocol(Protocol):
                 return
             text = text[1:]  # "//text" sends "/text" as a message
         client.server.broadcast_message(Message(client, client.room, text))
+
+    def _before_login(self, text: str) -> None:
+        """Until the server password is given: only /pass and /quit. The
+        line is not passed to any plugin (it holds the password)."""
+        client = self.client
+        name, _, args = text[1:].partition(" ") if text[0] == "/" else ("", "", "")
+        name = name.lower()
+        if name == "pass":
+            if client.server.check_password(client, args.strip()):
+                client.server.admit(client)
+            elif not client.closed:
+                client.error("wrong password; try /pass PASSWORD again")
+        elif name == "quit":
+            client.disconnect(args.strip() or "quit", notice="goodbye")
+        else:
+            client.error(PASSWORD_REQUIRED)

@@ -1,0 +1,454 @@
+"""Operators and bans: /oper, /kick, /ban, /unban, /bans, /mute and /unmute.
+
+Always on, and an ordinary plugin on the hooks: ``chatcore_command`` for the
+commands, ``chatcore_connection_arriving`` to refuse banned addresses at
+connect, ``chatcore_message`` to hold back muted users' messages. Without
+``--opers-file`` nobody can become an operator, and the commands answer so.
+
+Defends against: a disruptive user (kick, mute, ban by nick, address or
+network, enforced on the spot and at connect, surviving a restart with
+``--bans-file``); guessing operator passwords (each failure is logged with
+the address, never the password, and slows the guesser's own thread; three
+close the connection); a stolen operators file (it holds scrypt hashes).
+Everything an operator does is logged at WARNING with who did it.
+
+For plugin authors: :func:`operator_name` says whether a client is an
+operator (and which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from chatcore import Client, Config, Message, UsageError, hookimpl
+from chatcore.engine import auth
+from chatcore.engine.limits import Network, address_key, parse_address
+from chatcore.transports.listener import format_address
+
+if TYPE_CHECKING:
+    from chatcore.engine.server import ChatServer
+
+NAME = "opers"
+log = logging.getLogger("chatcore.opers")
+
+#: Wrong /oper passwords: each costs the connection this many seconds more
+#: than the last (at most 5), and three close it.
+OPER_DELAY = 1.0
+OPER_ATTEMPTS = 3
+
+HELP = [
+    ("/oper NAME PASSWORD", "log in as an operator (--opers-file)"),
+    ("/kick NICK [REASON]", "operators: disconnect NICK; the room sees the reason"),
+    ("/ban NICK|ADDRESS|CIDR [DURATION] [REASON]", "operators: disconnect and refuse an address (30m, 7d ...)"),
+    ("/unban ADDRESS|CIDR", "operators: lift a ban (as /bans lists it)"),
+    ("/bans", "operators: list the bans in force"),
+    ("/mute NICK [DURATION]", "operators: NICK's messages are not delivered (default: 10m)"),
+    ("/unmute NICK", "operators: lift a mute"),
+]
+
+DEFAULT_MUTE = 600.0
+_DURATION = re.compile(r"([0-9]+)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float | None:
+    """``"30m"`` -> 1800.0; None if ``text`` is not a duration."""
+    match = _DURATION.fullmatch(text.lower())
+    if match is None or int(match[1]) == 0:
+        return None
+    return float(int(match[1]) * _UNITS[match[2]])
+
+
+def _for(seconds: float) -> str:
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+# ---------------------------------------------------------------------------
+# Options and state
+# ---------------------------------------------------------------------------
+
+
+@hookimpl
+def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("operators and bans")
+    group.add_argument(
+        "--opers-file",
+        metavar="FILE",
+        help=(
+            "operators, one a line: NAME HASH (from 'chatcore hash-password'; plain text works too); "
+            "blank lines and # comments skipped. They log in with /oper NAME PASSWORD"
+        ),
+    )
+    group.add_argument(
+        "--bans-file",
+        metavar="FILE",
+        help="JSON file the bans are kept in, so they survive a restart (created if missing; default: in memory only)",
+    )
+
+
+@dataclass
+class Ban:
+    """One ban: a network (a single address is a /32 or /128)."""
+
+    network: Network
+    until: float | None  # time.time(); None: forever
+    reason: str
+    by: str
+
+    def active(self, now: float) -> bool:
+        return self.until is None or now < self.until
+
+    def describe(self, now: float) -> str:
+        left = "forever" if self.until is None else f"{_for(max(1.0, round(self.until - now)))} left"
+        return f"{self.network} ({left}, by {self.by}): {self.reason}"
+
+
+@dataclass
+class State:
+    """The plugin's per-server state (``config.data["opers"]``)."""
+
+    operators: dict[str, str]
+    bans_path: str | None
+    bans: list[Ban] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def banned(self, host: str) -> Ban | None:
+        try:
+            address = parse_address(host)
+        except ValueError:
+            return None
+        now = time.time()
+        with self.lock:
+            return next((ban for ban in self.bans if ban.active(now) and address in ban.network), None)
+
+    def save(self) -> None:
+        """Write the bans file (under the lock); atomic: a crash leaves the old one."""
+        if self.bans_path is None:
+            return
+        now = time.time()
+        records = [
+            {"network": str(ban.network), "until": ban.until, "reason": ban.reason, "by": ban.by}
+            for ban in self.bans
+            if ban.active(now)
+        ]
+        temporary = f"{self.bans_path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump(records, file, indent=1)
+        os.replace(temporary, self.bans_path)
+
+
+def _read_operators(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except OSError as exc:
+        raise UsageError(f"--opers-file {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--opers-file {path}: not UTF-8 text") from None
+    operators = {}
+    for number, text in enumerate(lines, 1):
+        line = text.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, password = line.partition(" ")
+        password = password.strip()
+        if not password or " " in password:
+            raise UsageError(f"--opers-file {path} line {number}: expected NAME HASH (one operator a line)")
+        operators[name] = auth.checked(password, f"--opers-file {path} line {number}")
+    return operators
+
+
+def _read_bans(path: str) -> list[Ban]:
+    try:
+        with open(path, encoding="utf-8") as file:
+            records = json.load(file)
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--bans-file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        return [
+            Ban(ipaddress.ip_network(r["network"]), r["until"], str(r["reason"]), str(r["by"]))
+            for r in records
+            if r["until"] is None or r["until"] > time.time()
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"--bans-file {path}: not a chatcore bans file ({exc})") from None
+
+
+@hookimpl
+def chatcore_configure(config: Config) -> None:
+    options = config.options
+    operators = _read_operators(options.opers_file) if options.opers_file else {}
+    bans = _read_bans(options.bans_file) if options.bans_file else []
+    state = config.data[NAME] = State(operators, options.bans_file, bans)
+    try:
+        state.save()  # now, so that a file that cannot be written is found at start, not at the first /ban
+    except OSError as exc:
+        raise UsageError(f"--bans-file {options.bans_file}: cannot write it ({exc.strerror})") from None
+
+
+def _state(server: ChatServer) -> State:
+    state: State = server.config.data[NAME]
+    return state
+
+
+def operator_name(client: Client) -> str | None:
+    """The operator name ``client`` logged in with (``/oper``), or None.
+
+    How a plugin checks for an operator::
+
+        from chatcore.plugins.opers import operator_name
+        if operator_name(client) is None:
+            client.error("operators only")
+    """
+    data: dict[str, Any] = client.data.get(NAME, {})
+    return data.get("oper")
+
+
+# ---------------------------------------------------------------------------
+# Enforcement
+# ---------------------------------------------------------------------------
+
+
+@hookimpl
+def chatcore_connection_arriving(address: tuple[str, int], server: ChatServer) -> str | None:
+    ban = _state(server).banned(address[0])
+    if ban is None:
+        return None
+    return f"you are banned from this server: {ban.reason}"
+
+
+@hookimpl(specname="chatcore_message", tryfirst=True)
+def muted(message: Message) -> None:
+    until = message.sender.data.get(NAME, {}).get("muted_until")
+    if until is None:
+        return
+    left = until - time.monotonic()
+    if left > 0:
+        message.reject(f"you are muted by an operator for {_for(max(1.0, round(left)))} more; nothing was sent")
+
+
+# ---------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------
+
+
+@hookimpl
+def chatcore_command_help() -> list[tuple[str, str]]:
+    return HELP
+
+
+@hookimpl
+def chatcore_command(client: Client, name: str, args: str) -> bool | None:
+    if name == "oper":
+        _oper(client, args)
+        return True
+    handler = _OPERATOR_COMMANDS.get(name)
+    if handler is None:
+        return None
+    oper = operator_name(client)
+    if oper is None:
+        client.error(f"/{name} is for operators; log in with /oper NAME PASSWORD")
+        return True
+    handler(client, oper, args)
+    return True
+
+
+def _oper(client: Client, args: str) -> None:
+    name, _, password = args.partition(" ")
+    password = password.strip()
+    if not name or not password:
+        client.error("usage: /oper NAME PASSWORD")
+        return
+    state = _state(client.server)
+    where = format_address(*client.address)
+    stored = state.operators.get(name)
+    # A made-up hash for unknown names, so they take as long as real ones.
+    if auth.verify_password(stored or _DUMMY_HASH, password) and stored is not None:
+        client.data.setdefault(NAME, {})["oper"] = name
+        log.warning("operator %s logged in: %s from %s", name, client.nick, where)
+        client.notice(f"you are now an operator ({name})")
+        return
+    data = client.data.setdefault(NAME, {})
+    failures = data["failures"] = data.get("failures", 0) + 1
+    log.warning("failed /oper as %r by %s from %s (attempt %d)", name, client.nick, where, failures)
+    time.sleep(min(OPER_DELAY * failures, 5.0))  # this client's thread only
+    if failures >= OPER_ATTEMPTS:
+        client.disconnect(f"{failures} failed operator logins")
+        return
+    client.error("wrong operator name or password")
+
+
+_DUMMY_HASH = auth.hash_password("not an operator", salt=b"chatcore-dummy!!")
+
+
+def _target(client: Client, nick: str) -> Client | None:
+    target = client.server.registry.find(nick)
+    if target is None or target.closed:
+        client.error(f"no such nick {nick!r}")
+        return None
+    return target
+
+
+def _kick(client: Client, oper: str, args: str) -> None:
+    nick, _, reason = args.partition(" ")
+    if not nick:
+        client.error("usage: /kick NICK [REASON]")
+        return
+    target = _target(client, nick)
+    if target is None:
+        return
+    reason = reason.strip() or "no reason given"
+    log.warning("operator %s (%s) kicked %s from %s: %s", oper, client.nick, target.nick, target.address[0], reason)
+    target.disconnect(f"kicked by {client.nick}: {reason}")
+    client.notice(f"kicked {target.nick}")
+
+
+def _network_of(client: Client, text: str) -> tuple[Network, str] | None:
+    """What ``/ban`` targets: a CIDR or address as given, or a nick's
+    address (IPv6: its /64, as the connection limits count it)."""
+    try:
+        return ipaddress.ip_network(text, strict=False), text
+    except ValueError:
+        pass
+    target = _target(client, text)
+    if target is None:
+        return None
+    return ipaddress.ip_network(address_key(target.address[0]), strict=False), target.nick
+
+
+def _ban(client: Client, oper: str, args: str) -> None:
+    words = args.split(" ", 2)
+    if not words[0]:
+        client.error("usage: /ban NICK|ADDRESS|CIDR [DURATION] [REASON]")
+        return
+    found = _network_of(client, words[0])
+    if found is None:
+        return
+    network, shown = found
+    duration = parse_duration(words[1]) if len(words) > 1 else None
+    rest = words[2:] if duration is not None else words[1:]
+    reason = " ".join(rest).strip() or "no reason given"
+    until = None if duration is None else time.time() + duration
+    state = _state(client.server)
+    with state.lock:
+        state.bans = [ban for ban in state.bans if ban.network != network]
+        state.bans.append(Ban(network, until, reason, client.nick))
+        unsaved = _save(state)
+    span = "forever" if duration is None else f"for {_for(duration)}"
+    log.warning("operator %s (%s) banned %s (%s) %s: %s", oper, client.nick, network, shown, span, reason)
+    # On the spot: everyone connected from there, admitted or not.
+    gone = []
+    for other in client.server.all_connections():
+        try:
+            inside = parse_address(other.address[0]) in network
+        except ValueError:
+            continue
+        if inside and other is not client:
+            other.disconnect(f"banned by {client.nick}: {reason}")
+            gone.append(other.nick or format_address(*other.address))
+    client.notice(f"banned {network} {span}" + (f"; disconnected {', '.join(gone)}" if gone else ""))
+    if unsaved:
+        client.error(unsaved)
+
+
+def _save(state: State) -> str | None:
+    """Save the bans (the caller holds the lock); what to tell the operator
+    if that failed (the change is in force all the same)."""
+    try:
+        state.save()
+    except OSError as exc:
+        log.error("cannot write the bans file %s: %s", state.bans_path, exc.strerror)
+        return f"in force, but not saved to the bans file ({exc.strerror}): it will not survive a restart"
+    return None
+
+
+def _unban(client: Client, oper: str, args: str) -> None:
+    text = args.strip()
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        client.error("usage: /unban ADDRESS|CIDR (as /bans lists it)")
+        return
+    state = _state(client.server)
+    with state.lock:
+        kept = [ban for ban in state.bans if ban.network != network]
+        found = len(kept) != len(state.bans)
+        state.bans = kept
+        unsaved = _save(state) if found else None
+    if not found:
+        client.error(f"{network} is not banned (see /bans)")
+        return
+    log.warning("operator %s (%s) lifted the ban on %s", oper, client.nick, network)
+    client.notice(f"unbanned {network}")
+    if unsaved:
+        client.error(unsaved)
+
+
+def _bans(client: Client, oper: str, args: str) -> None:
+    state = _state(client.server)
+    now = time.time()
+    with state.lock:
+        active = [ban for ban in state.bans if ban.active(now)]
+    if not active:
+        client.notice("no bans")
+        return
+    client.notice(f"{len(active)} {'ban' if len(active) == 1 else 'bans'}:")
+    for ban in active:
+        client.notice(f"  {ban.describe(now)}")
+
+
+def _mute(client: Client, oper: str, args: str) -> None:
+    nick, _, duration_text = args.partition(" ")
+    if not nick:
+        client.error("usage: /mute NICK [DURATION]")
+        return
+    duration = DEFAULT_MUTE
+    if duration_text.strip():
+        parsed = parse_duration(duration_text.strip())
+        if parsed is None:
+            client.error(f"invalid duration {duration_text.strip()!r}: use a number and s, m, h, d or w (30m)")
+            return
+        duration = parsed
+    target = _target(client, nick)
+    if target is None:
+        return
+    target.data.setdefault(NAME, {})["muted_until"] = time.monotonic() + duration
+    log.warning("operator %s (%s) muted %s for %s", oper, client.nick, target.nick, _for(duration))
+    target.notice(f"you are muted by an operator for {_for(duration)}")
+    client.notice(f"muted {target.nick} for {_for(duration)}")
+
+
+def _unmute(client: Client, oper: str, args: str) -> None:
+    target = _target(client, args.strip()) if args.strip() else None
+    if target is None:
+        if not args.strip():
+            client.error("usage: /unmute NICK")
+        return
+    target.data.setdefault(NAME, {}).pop("muted_until", None)
+    log.warning("operator %s (%s) unmuted %s", oper, client.nick, target.nick)
+    target.notice("you are no longer muted")
+    client.notice(f"unmuted {target.nick}")
+
+
+_OPERATOR_COMMANDS = {
+    "kick": _kick,
+    "ban": _ban,
+    "unban": _unban,
+    "bans": _bans,
+    "mute": _mute,
+    "unmute": _unmute,
+}

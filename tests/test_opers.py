@@ -1,0 +1,231 @@
+"""Operators and bans (the opers plugin, always on), over real sockets."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from chatcore.engine.auth import hash_password
+from chatcore.plugins import opers
+from chatcore.plugins.opers import operator_name, parse_duration
+from chatcore.testing import LineClient, ServerProcess, wait_for
+
+PASSWORD = "s3cret-oper"
+
+
+@pytest.fixture
+def opers_file(tmp_path):
+    path = tmp_path / "opers"
+    path.write_text(f"# the operators\n\nroot {hash_password(PASSWORD)}\nplain {PASSWORD}-plain\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def connect():
+    clients: list[LineClient] = []
+
+    def make(server, nick: str, source: str = "127.0.0.1") -> LineClient:
+        client = LineClient(server.address, source=source)
+        clients.append(client)
+        client.sync()
+        client.send(f"/nick {nick}")
+        client.expect(f"* you are now known as {nick}")
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def refusal(address, source: str) -> list[str]:
+    """What a new connection from ``source`` is told before it is closed."""
+    client = LineClient(address, source=source)
+    try:
+        return client.wait_closed()
+    finally:
+        client.close()
+
+
+def expect_all(client: LineClient, *wanted: str) -> None:
+    """Read until every line of ``wanted`` has arrived, in any order."""
+    client.expect(lambda _line: all(line in client.received for line in wanted))
+
+
+@pytest.fixture
+def fast_failures(monkeypatch):
+    monkeypatch.setattr(opers, "OPER_DELAY", 0.05)
+
+
+def test_oper_login_and_what_others_cannot_do(chat_server_factory, connect, opers_file, caplog, fast_failures):
+    caplog.set_level(logging.INFO, logger="chatcore")
+    server = chat_server_factory("--opers-file", str(opers_file))
+    alice, bob = connect(server, "alice"), connect(server, "bob")
+    bob.send("/kick alice")
+    assert bob.readline() == "! /kick is for operators; log in with /oper NAME PASSWORD"
+    bob.send("/oper root wrong")
+    assert bob.readline() == "! wrong operator name or password"
+    bob.send("/oper nobody wrong")
+    assert bob.readline() == "! wrong operator name or password"
+    alice.send(f"/oper root {PASSWORD}")
+    alice.expect("* you are now an operator (root)")
+    alice.send(f"/oper plain {PASSWORD}-plain")
+    assert alice.readline() == "* you are now an operator (plain)"
+    assert operator_name(server.registry.find("alice")) == "plain"
+    assert operator_name(server.registry.find("bob")) is None
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "failed /oper as 'root' by bob from 127.0.0.1:" in logged
+    assert "operator root logged in: alice from 127.0.0.1:" in logged
+    assert PASSWORD not in logged
+    assert "wrong" not in logged
+    bob.send("/oper root x")
+    assert bob.wait_closed() == ["! disconnected: 3 failed operator logins"]
+
+
+def test_kick_is_a_leave_with_its_reason_and_is_logged(chat_server_factory, connect, opers_file, caplog):
+    caplog.set_level(logging.WARNING, logger="chatcore.opers")
+    server = chat_server_factory("--opers-file", str(opers_file))
+    alice, bob, carol = connect(server, "alice"), connect(server, "bob"), connect(server, "carol")
+    alice.send(f"/oper root {PASSWORD}")
+    alice.expect("* you are now an operator (root)")
+    alice.send("/kick bob spamming links")
+    assert bob.wait_closed()[-1] == "! disconnected: kicked by alice: spamming links"
+    carol.expect("* bob left (kicked by alice: spamming links)")
+    alice.expect("* kicked bob")
+    assert any("operator root (alice) kicked bob" in r.getMessage() for r in caplog.records)
+
+
+def test_ban_by_nick_on_the_spot_at_connect_and_after_a_restart(tmp_path, opers_file):
+    bans = tmp_path / "bans.json"
+    args = ("--opers-file", str(opers_file), "--bans-file", str(bans), "--limit-exempt", "")
+    with ServerProcess(*args) as proc:
+        alice = LineClient(proc.address)
+        mallory = LineClient(proc.address, source="127.0.0.2")
+        try:
+            alice.sync()
+            mallory.sync()
+            mallory.send("/nick mallory")
+            alice.expect("* guest-2 is now known as mallory")
+            alice.send(f"/oper root {PASSWORD}")
+            alice.expect("* you are now an operator (root)")
+            alice.send("/ban mallory 1h flooding the lobby")
+            assert mallory.wait_closed()[-1] == "! disconnected: banned by guest-1: flooding the lobby"
+            expect_all(
+                alice,
+                "* mallory left (banned by guest-1: flooding the lobby)",
+                "* banned 127.0.0.2/32 for 1h; disconnected mallory",
+            )
+            assert refusal(proc.address, "127.0.0.2") == ["! you are banned from this server: flooding the lobby"]
+            alice.send("/bans")
+            alice.expect("* 1 ban:")
+            assert alice.readline().startswith("*   127.0.0.2/32 (1h left, by guest-1): flooding the lobby")
+        finally:
+            alice.close()
+            mallory.close()
+    assert "operator root (guest-1) banned 127.0.0.2/32 (mallory) for 1h: flooding the lobby" in proc.stderr
+    assert json.loads(bans.read_text())[0]["network"] == "127.0.0.2/32"
+
+    with ServerProcess(*args) as proc:
+        assert refusal(proc.address, "127.0.0.2") == ["! you are banned from this server: flooding the lobby"]
+        other = LineClient(proc.address, source="127.0.0.3")
+        other.sync()  # another address is welcome
+        other.send(f"/oper root {PASSWORD}")
+        other.expect("* you are now an operator (root)")
+        other.send("/unban 127.0.0.2")
+        other.expect("* unbanned 127.0.0.2/32")
+        welcome = LineClient(proc.address, source="127.0.0.2")
+        welcome.sync()
+        welcome.close()
+        other.close()
+    assert json.loads(bans.read_text()) == []
+
+
+def test_a_cidr_ban_expires(chat_server_factory, connect, opers_file):
+    server = chat_server_factory("--opers-file", str(opers_file), "--limit-exempt", "")
+    alice = connect(server, "alice", source="127.0.0.3")
+    alice.send(f"/oper root {PASSWORD}")
+    alice.expect("* you are now an operator (root)")
+    alice.send("/ban 127.0.0.0/30 1s testing expiry")
+    alice.expect("* banned 127.0.0.0/30 for 1s")
+    assert refusal(server.address, "127.0.0.2") == ["! you are banned from this server: testing expiry"]
+    wait_for(lambda: opers._state(server).banned("127.0.0.2") is None, timeout=3, message="the ban to expire")
+    connect(server, "back", source="127.0.0.2")
+
+
+def test_mute_and_unmute(chat_server_factory, connect, opers_file):
+    server = chat_server_factory("--opers-file", str(opers_file))
+    alice, bob = connect(server, "alice"), connect(server, "bob")
+    alice.send(f"/oper root {PASSWORD}")
+    alice.expect("* you are now an operator (root)")
+    alice.send("/mute bob 5m")
+    alice.expect("* muted bob for 5m")
+    bob.expect("* you are muted by an operator for 5m")
+    bob.send("can you hear me")
+    assert bob.readline() == "! you are muted by an operator for 5m more; nothing was sent"
+    bob.send("/msg alice psst")
+    assert bob.readline().startswith("! you are muted")
+    alice.send("/unmute bob")
+    alice.expect("* unmuted bob")
+    bob.expect("* you are no longer muted")
+    bob.send("back")
+    alice.expect("<bob> back")
+
+
+def test_operator_mistakes(chat_server_factory, connect, opers_file, tmp_path):
+    server = chat_server_factory("--opers-file", str(opers_file))
+    alice = connect(server, "alice")
+    alice.send(f"/oper root {PASSWORD}")
+    alice.expect("* you are now an operator (root)")
+    for line, answer in [
+        ("/kick nobody", "! no such nick 'nobody'"),
+        ("/ban", "! usage: /ban NICK|ADDRESS|CIDR [DURATION] [REASON]"),
+        ("/unban 10.0.0.1", "! 10.0.0.1/32 is not banned (see /bans)"),
+        ("/unban bob", "! usage: /unban ADDRESS|CIDR (as /bans lists it)"),
+        ("/mute alice forever", "! invalid duration 'forever': use a number and s, m, h, d or w (30m)"),
+        ("/bans", "* no bans"),
+        ("/oper root", "! usage: /oper NAME PASSWORD"),
+    ]:
+        alice.send(line)
+        assert alice.readline() == answer, line
+    assert parse_duration("90s") == 90
+    assert parse_duration("2w") == 1209600
+    assert parse_duration("0m") is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("root\n", "expected NAME HASH"), ("root scrypt$x\n", "a scrypt hash has 6 fields")],
+)
+def test_a_bad_opers_file_is_a_usage_error(tmp_path, content, message):
+    path = tmp_path / "opers"
+    path.write_text(content)
+    proc = ServerProcess("--opers-file", str(path))
+    with pytest.raises(AssertionError, match="did not start"):
+        proc.start()
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_a_bans_file_that_cannot_be_written_is_found_at_start(tmp_path):
+    proc = ServerProcess("--bans-file", str(tmp_path / "no-such-dir" / "bans.json"))
+    with pytest.raises(AssertionError, match="did not start"):
+        proc.start()
+    assert proc.returncode == 2
+    assert "--bans-file" in proc.stderr
+    assert "cannot write it" in proc.stderr
+
+
+def test_a_ban_that_cannot_be_saved_is_in_force_and_says_so(chat_server_factory, connect, opers_file, tmp_path):
+    bans = tmp_path / "bans.json"
+    server = chat_server_factory("--opers-file", str(opers_file), "--bans-file", str(bans))
+    (tmp_path / "bans.json.tmp").mkdir()  # the atomic write's temporary file cannot be made, even by root
+    alice = connect(server, "alice")
+    alice.send(f"/oper root {PASSWORD}")
+    alice.expect("* you are now an operator (root)")
+    alice.send("/ban 192.0.2.0/24 1h testing")
+    alice.expect("* banned 192.0.2.0/24 for 1h")
+    assert alice.readline() == (
+        "! in force, but not saved to the bans file (Is a directory): it will not survive a restart"
+    )
+    assert opers._state(server).banned("192.0.2.9") is not None
