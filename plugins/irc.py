@@ -473,10 +473,19 @@ class IRCProtocol(Protocol):
     def _password_problem(self) -> str | None:
         """Why the password given with PASS does not let the client in, or None.
 
-        chatcore has no server password yet: PASS is accepted and ignored
-        (bouncers and some clients always send one). A server-password
-        feature checks ``self._password`` here, in constant time.
+        Without a server password (``--password-file``), PASS is accepted and
+        ignored: bouncers and some clients always send one. With one, the
+        engine checks it (constant time, slowed and logged by address, never
+        with the password: ``ChatServer.check_password``), as for native
+        clients' ``/pass``.
         """
+        server = self.client.server
+        if not server.password_required:
+            return None
+        if self._password is None:
+            return "Password required: send PASS before NICK and USER"
+        if not server.check_password(self.client, self._password):
+            return "Password incorrect"
         return None
 
     def user(self, params: list[str]) -> None:

@@ -597,3 +597,28 @@ def test_bad_server_or_network_names_are_usage_errors(option, value):
     )
     assert result.returncode == 2
     assert f"{option} {value!r}: use " in result.stderr
+
+
+def test_the_server_password_is_checked_with_pass(chat_server_factory, connect, tmp_path, caplog):
+    secret = tmp_path / "password"
+    secret.write_text("open sesame\n")
+    server = start(chat_server_factory, "--password-file", str(secret))
+    right = connect(server)
+    right.send("PASS :open sesame")
+    right.send("NICK alice")
+    right.send("USER alice 0 * :Alice")
+    right.expect(":alice!alice@chatcore JOIN #lobby")
+
+    missing = connect(server)
+    missing.send("NICK bob")
+    missing.send("USER bob 0 * :Bob")
+    assert missing.expect(" 464 ") == ":chatcore 464 * :Password required: send PASS before NICK and USER"
+    missing.expect(re.compile("^ERROR :Closing Link"))
+
+    wrong = connect(server)
+    wrong.send("PASS guess")
+    wrong.send("NICK carol")
+    wrong.send("USER carol 0 * :Carol")
+    assert wrong.expect(" 464 ", timeout=10) == ":chatcore 464 * :Password incorrect"
+    assert not any("guess" in record.getMessage() for record in caplog.records)  # never logged
+    assert [member.nick for member in server.registry] == ["alice"]
