@@ -75,11 +75,10 @@ from chatcore.events import (
     RoomNotice,
     Welcome,
 )
-from chatcore.message import Message
 from chatcore.transports import Scheme
 from chatcore.transports.listener import format_address
 from chatcore.wire import Protocol, WireFormat
-from chatcore.wire.native import sanitize
+from chatcore.wire.native import PASSWORD_REQUIRED, handle_text, sanitize
 
 if TYPE_CHECKING:
     from chatcore.engine.server import ChatServer
@@ -593,7 +592,10 @@ class WebProtocol(Protocol):
             return
         self.ws = ws
         self._http = None
-        self.client.server.admit(self.client)
+        if self.client.server.password_required:
+            self.client.error(PASSWORD_REQUIRED)  # the page asks for it and sends /pass
+        else:
+            self.client.server.admit(self.client)
         if trailing:
             self._ws_received(trailing)
 
@@ -677,15 +679,8 @@ class WebProtocol(Protocol):
             client.error(f"line too long (the limit is {max_line} bytes); it was not sent")
             return
         text = sanitize(raw)
-        if not text:
-            return
-        if text[0] == "/":
-            if text[:2] != "//":
-                name, _, args = text[1:].partition(" ")
-                client.server.run_command(client, name.lower(), args.strip())
-                return
-            text = text[1:]
-        client.server.broadcast_message(Message(client, client.room, text))
+        if text:
+            handle_text(client, text)  # as a native client's line: pacing, the password, commands
 
     def _resume(self, request: dict[str, Any]) -> None:
         """What the browser missed in a room since ``(epoch, offset)``,

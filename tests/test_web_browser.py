@@ -499,3 +499,42 @@ def test_the_page_over_wss(browser, tmp_path):
             wait_for_text(driver, "back over TLS")
         finally:
             native.close()
+
+
+def test_the_server_password_works_from_the_page(browser, tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("letmein\n")
+
+    def asking(driver: WebDriver) -> bool:
+        return driver.find_element(By.ID, "password-dialog").get_attribute("open") is not None
+
+    with serve("--password-file", str(secret)) as server:
+        driver = browser()
+        driver.get("http://{}:{}/".format(*server.addresses["ws"]))
+        wait(driver, asking, "the password dialog")
+        field = driver.find_element(By.ID, "password-input")
+        assert field.get_attribute("type") == "password"
+        field.send_keys("guess")
+        driver.find_element(By.ID, "password-submit").click()
+        wait(driver, lambda d: "wrong password" in d.find_element(By.ID, "password-error").text, "the refusal")
+        field.send_keys("letmein")
+        driver.find_element(By.ID, "password-submit").click()
+        wait(driver, lambda d: not asking(d), "the password accepted")
+        wait(
+            driver, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is not None, "the nick dialog"
+        )
+        nick = driver.find_element(By.ID, "nick-input")
+        nick.clear()
+        nick.send_keys("keyholder")
+        driver.find_element(By.ID, "nick-submit").click()
+        wait(driver, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is None, "the nick accepted")
+        native = LineClient(server.addresses["tcp"])
+        try:
+            native.send("/pass letmein")
+            native.sync()
+            say(driver, "past the door")
+            assert native.expect("<keyholder> past the door")
+        finally:
+            native.close()
+    assert "guess" not in server.stderr  # the password is never logged
+    assert "letmein" not in server.stderr

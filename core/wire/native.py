@@ -53,6 +53,8 @@ ERROR = "! "
 PASSWORD_REQUIRED = (
     "password required: send /pass PASSWORD first (chatcore client: --password-file FILE or CHATCORE_PASSWORD)"
 )
+#: What a client that gave a wrong server password is told.
+WRONG_PASSWORD = "wrong password; try /pass PASSWORD again"
 
 # Escape sequences (CSI, OSC, and two-byte ESC forms) go whole, so that no
 # leftover "[31m" is shown; then every other C0/C1 control character, DEL,
@@ -305,35 +307,44 @@ class NativeProtocol(Protocol):
     def handle_line(self, raw: bytes) -> None:
         """One complete line from the client: a command or a message."""
         text = sanitize(decode(raw))
-        if not text:
-            return
-        client = self.client
-        client.server.pace(client)  # flood control: may wait, on this client's thread
-        if client.closed:
-            return
-        if not client.admitted:
-            self._before_login(text)
-            return
-        if text[0] == "/":
-            if text[:2] != "//":
-                name, _, args = text[1:].partition(" ")
-                client.server.run_command(client, name.lower(), args.strip())
-                return
-            text = text[1:]  # "//text" sends "/text" as a message
-        client.server.broadcast_message(Message(client, client.room, text))
+        if text:
+            handle_text(self.client, text)
 
-    def _before_login(self, text: str) -> None:
-        """Until the server password is given: only /pass and /quit. The
-        line is not passed to any plugin (it holds the password)."""
-        client = self.client
-        name, _, args = text[1:].partition(" ") if text[0] == "/" else ("", "", "")
-        name = name.lower()
-        if name == "pass":
-            if client.server.check_password(client, args.strip()):
-                client.server.admit(client)
-            elif not client.closed:
-                client.error("wrong password; try /pass PASSWORD again")
-        elif name == "quit":
-            client.disconnect(args.strip() or "quit", notice="goodbye")
-        else:
-            client.error(PASSWORD_REQUIRED)
+
+def handle_text(client: Client, text: str) -> None:
+    """A line of text typed by a user, already sanitised and not empty: a
+    command (``/name args``) or chat (``//text`` sends ``/text``).
+
+    The one path for every front-end whose users type lines (the native
+    protocol, the web page): flood control, the server password, commands
+    and messages behave the same whichever way the line came in.
+    """
+    client.server.pace(client)  # flood control: may wait, on this client's thread
+    if client.closed:
+        return
+    if not client.admitted:
+        _before_login(client, text)
+        return
+    if text[0] == "/":
+        if text[:2] != "//":
+            name, _, args = text[1:].partition(" ")
+            client.server.run_command(client, name.lower(), args.strip())
+            return
+        text = text[1:]  # "//text" sends "/text" as a message
+    client.server.broadcast_message(Message(client, client.room, text))
+
+
+def _before_login(client: Client, text: str) -> None:
+    """Until the server password is given: only /pass and /quit. The line is
+    not passed to any plugin (it holds the password)."""
+    name, _, args = text[1:].partition(" ") if text[0] == "/" else ("", "", "")
+    name = name.lower()
+    if name == "pass":
+        if client.server.check_password(client, args.strip()):
+            client.server.admit(client)
+        elif not client.closed:
+            client.error(WRONG_PASSWORD)
+    elif name == "quit":
+        client.disconnect(args.strip() or "quit", notice="goodbye")
+    else:
+        client.error(PASSWORD_REQUIRED)

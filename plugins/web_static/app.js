@@ -142,6 +142,10 @@ function handle(event) {
       note(event.text, "notice");
       break;
     case "error":
+      if (/^(password required|wrong password)/.test(event.text)) {
+        askPassword(event.text);
+        break;
+      }
       if (rejoining) {
         rejoining = false; // our room could not be entered again: stay where the server put us
         me.wantedRoom = me.room;
@@ -154,6 +158,7 @@ function handle(event) {
 }
 
 function welcomed(event) {
+  if ($("password-dialog").open) $("password-dialog").close();
   const resuming = wasConnected === false && positions.size > 0;
   wasConnected = true;
   for (const line of event.lines) note(line, "notice");
@@ -408,6 +413,34 @@ function renderRooms(rooms) {
 function joinRoom(room) {
   if (room && room !== me.room) sendLine(`/join ${room}`);
 }
+
+// -- the server password ---------------------------------------------------------
+
+// Kept in this page's memory only (never in storage), to enter again after a
+// reconnect without asking.
+let serverPassword = null;
+
+function askPassword(text) {
+  const wrong = text.startsWith("wrong password");
+  if (serverPassword !== null && !wrong) {
+    sendLine(`/pass ${serverPassword}`);
+    return;
+  }
+  serverPassword = null;
+  $("password-error").textContent = wrong ? "wrong password: try again" : "";
+  const dialog = $("password-dialog");
+  if (!dialog.open) dialog.showModal();
+  $("password-input").focus();
+}
+
+$("password-form").addEventListener("submit", (submit) => {
+  submit.preventDefault();
+  const password = $("password-input").value;
+  if (!password) return;
+  $("password-input").value = "";
+  serverPassword = password;
+  sendLine(`/pass ${password}`);
+});
 
 // -- the nickname ----------------------------------------------------------------
 
