@@ -398,6 +398,12 @@ class IRCProtocol(Protocol):
                 continue
             parsed = parse(decode(raw))
             if parsed is not None:
+                # Flood control for IRC users as for everyone (fakelag, as
+                # IRC servers do it); PONG answers the server and is free.
+                if parsed[0] != "PONG":
+                    client.server.pace(client)
+                    if client.closed:
+                        return
                 self.handle(*parsed)
 
     def connection_lost(self) -> None:

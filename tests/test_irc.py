@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -622,3 +623,15 @@ def test_the_server_password_is_checked_with_pass(chat_server_factory, connect, 
     assert wrong.expect(" 464 ", timeout=10) == ":chatcore 464 * :Password incorrect"
     assert not any("guess" in record.getMessage() for record in caplog.records)  # never logged
     assert [member.nick for member in server.registry] == ["alice"]
+
+
+def test_irc_users_are_paced_like_everyone(chat_server_factory, connect, natives):
+    server = start(chat_server_factory, "--limit-exempt", "", "--line-rate", "20", "--line-burst", "5")
+    watcher = native(server, natives)
+    irc = register(connect, server, "alice")
+    started = time.monotonic()
+    irc.sock.sendall(b"".join(b"PRIVMSG #lobby :line %d\r\n" % n for n in range(25)))
+    watcher.expect("<alice> line 24", timeout=10)
+    flood = [line for line in watcher.received if line.startswith("<alice>")]
+    assert flood == [f"<alice> line {n}" for n in range(25)]  # paced, not dropped
+    assert time.monotonic() - started > 0.8  # 20 lines past the burst at 20 a second
