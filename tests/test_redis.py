@@ -1,0 +1,214 @@
+"""The redis plugin: rooms shared by chatcore server processes through a real
+redis-server, with links cut, stalled and Redis restarted in the middle."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from redis_support import Proxy, RedisServer
+
+from chatcore.events import Action, Chat, Joined, Left, NickChanged, RoomNotice
+from chatcore.plugins.redis import decode_event, encode_event, redacted
+from chatcore.testing import LineClient, ServerProcess
+
+TIMEOUT = 10
+_clusters = itertools.count(1)
+LINK_DOWN = "* the cluster link is down: you reach only the people on this server until it is back"
+LINK_BACK = "* the cluster link is back"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster() -> Iterator[object]:
+    """``cluster(url, host, *args)``: a chatcore server process in this test's
+    cluster, listening on ``host``; stopped at teardown."""
+    name = f"test{next(_clusters)}"
+    processes: list[ServerProcess] = []
+
+    def start(url: str, host: str = "127.0.0.1", *args: str) -> ServerProcess:
+        process = ServerProcess(
+            "--plugins", "redis",
+            "--listen", f"tcp://{host}:0",
+            "--redis-url", url,
+            "--redis-cluster", name,
+            "--redis-timeout", "1",
+            *args,
+        )  # fmt: skip
+        processes.append(process.start())
+        return process
+
+    yield start
+    for process in processes:
+        if process.returncode is None:
+            process.stop()
+
+
+@pytest.fixture
+def connect() -> Iterator[object]:
+    """``connect(process, nick)``: a client with that nickname; closed at teardown."""
+    clients: list[LineClient] = []
+
+    def make(process: ServerProcess, nick: str) -> LineClient:
+        client = LineClient(process.address, timeout=TIMEOUT)
+        clients.append(client)
+        client.send(f"/nick {nick}")
+        client.expect(f"* you are now known as {nick}")
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def linked(sender: LineClient, nick: str, receivers: Sequence[LineClient]) -> None:
+    """Wait until what ``sender`` says reaches every receiver on the other
+    servers (their servers read the room), then drain the probes."""
+    for attempt in range(100):
+        sender.send(f"probe {attempt}")
+        try:
+            receivers[0].expect(lambda line: line.startswith(f"<{nick}> probe "), timeout=0.1)
+            break
+        except AssertionError:
+            continue
+    else:
+        raise AssertionError("the servers never linked up")
+    sender.send("probe done")
+    for receiver in receivers:
+        receiver.expect(f"<{nick}> probe done")
+
+
+def lines_until(client: LineClient, last: str) -> list[str]:
+    """Every line up to and including ``last``."""
+    lines: list[str] = []
+    while True:
+        line = client.readline()
+        lines.append(line)
+        if line == last:
+            return lines
+
+
+def test_events_travel_as_versioned_json() -> None:
+    for event in [
+        Chat("lobby", nick="alice", text="hi ünïcode"),
+        Action("dev", nick="bob", text="waves"),
+        Joined("lobby", nick="carol"),
+        Left("lobby", nick="carol", reason="joined dev", disconnected=False),
+        NickChanged("lobby", nick="carol", new_nick="caz"),
+        RoomNotice("lobby", text="hello"),
+    ]:
+        assert decode_event(encode_event(event)) == event
+    for bad, why in [
+        ('{"type": "Shout", "room": "x"}', "unknown event type"),
+        ('{"type": "Chat", "room": "x"}', "missing"),
+        ("[]", "not a JSON object"),
+        ('{"type": "Chat", "x": 1}', "unknown fields"),
+        ("{", "Expecting"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            decode_event(bad)
+
+
+def test_the_password_never_reaches_logs() -> None:
+    assert redacted("redis://user:hunter2@db:6380/1") == "redis://user:***@db:6380/1"
+    assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.slow
+def test_room_events_reach_every_server_once_in_order_never_echoed(redis_server, cluster, connect) -> None:
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2")
+    alice = connect(one, "alice")
+    bob, carol = connect(two, "bob"), connect(two, "carol")
+    linked(alice, "alice", [bob, carol])
+    linked(bob, "bob", [alice])
+    carol.sync()
+
+    for i in range(200):
+        alice.send(f"a {i}")
+        bob.send(f"b {i}")
+    alice.send("a end")
+    bob.send("b end")
+    alice_saw = lines_until(alice, "<bob> b end")
+    carol_saw = lines_until(carol, "<alice> a end")
+    bob_saw = lines_until(bob, "<alice> a end")
+    assert alice_saw == [f"<bob> b {i}" for i in range(200)] + ["<bob> b end"]
+    assert bob_saw == [f"<alice> a {i}" for i in range(200)] + ["<alice> a end"]
+    # carol (on bob's server) sees both, each sender's lines once and in order.
+    carol_saw += lines_until(carol, "<bob> b end") if "<bob> b end" not in carol_saw else []
+    assert [line for line in carol_saw if line.startswith("<alice>")] == bob_saw
+    assert [line for line in carol_saw if line.startswith("<bob>")] == alice_saw
+
+    alice.send("/me waves")
+    alice.expect("* alice waves")
+    bob.expect("* alice waves")
+    dave = connect(one, "dave")
+    guest = bob.expect(lambda line: line.startswith("* guest-") and line.endswith(" joined")).split()[1]
+    bob.expect(f"* {guest} is now known as dave")
+    dave.send("/join dev")
+    bob.expect("* dave left (joined dev)")
+    assert "* alice waves" not in alice.sync()  # once, not twice
+    assert carol.sync().count("* alice waves") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["cut", "stall"])
+def test_a_server_whose_link_broke_catches_up_in_order(redis_server, cluster, connect, fault) -> None:
+    proxy = Proxy(("127.0.0.1", redis_server.port))
+    try:
+        one = cluster(redis_server.url, "127.0.0.1")
+        two = cluster(proxy.url, "127.0.0.2")
+        alice = connect(one, "alice")
+        bob = connect(two, "bob")
+        linked(alice, "alice", [bob])
+
+        for i in range(50):
+            alice.send(f"before {i}")
+        if fault == "cut":
+            proxy.cut()
+        else:
+            proxy.stall()
+            bob.expect(LINK_DOWN)  # noticed within --redis-timeout, without an error
+        for i in range(100):
+            alice.send(f"during {i}")
+        alice.sync()
+        proxy.resume()
+        alice.send("end")
+        seen = [line for line in lines_until(bob, "<alice> end") if line not in (LINK_DOWN, LINK_BACK)]
+        expected = [f"<alice> before {i}" for i in range(50)] + [f"<alice> during {i}" for i in range(100)]
+        assert seen == [*expected, "<alice> end"]
+        # ... and bob can talk to alice again.
+        bob.send("back")
+        alice.expect("<bob> back")
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow
+def test_redis_restarted_empty_tells_members_of_the_gap(redis_server, cluster, connect) -> None:
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2")
+    alice, ann = connect(one, "alice"), connect(one, "ann")
+    bob = connect(two, "bob")
+    linked(alice, "alice", [bob])
+    ann.sync()
+
+    redis_server.stop()
+    bob.expect(LINK_DOWN)
+    alice.send("local chat goes on")
+    ann.expect("<alice> local chat goes on")
+    redis_server.start()
+    bob.expect("* messages from other servers may be missing here (the cluster's Redis lost them)")
+    linked(alice, "alice", [bob])
+    bob.send("hello again")
+    alice.expect("<bob> hello again")
+    assert bob.received.count(LINK_DOWN) == 1
+    assert bob.received.count("<alice> local chat goes on") <= 1
