@@ -176,6 +176,17 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         ),
     )
     group.add_argument(
+        "--redis-check-interval",
+        type=positive_seconds,
+        default=DEFAULT_CHECK_INTERVAL,
+        metavar="SECONDS",
+        help=(
+            "how often this server checks that Redis still has the history it is reading "
+            "(a flush or a failover to a copy that lacks it is told to members as a gap) "
+            "(default: %(default)s)"
+        ),
+    )
+    group.add_argument(
         "--redis-max-pending",
         type=whole_number(1),
         default=DEFAULT_MAX_PENDING,
@@ -218,6 +229,7 @@ def chatcore_configure(config: Config) -> None:
         stream_length=options.redis_stream_length,
         max_pending=options.redis_max_pending,
         timeout=options.redis_timeout,
+        check_interval=options.redis_check_interval,
     )
 
 
@@ -357,7 +369,14 @@ class Cluster:
     """
 
     def __init__(
-        self, url: str, name: str, *, stream_length: int, max_pending: int, timeout: float = DEFAULT_TIMEOUT
+        self,
+        url: str,
+        name: str,
+        *,
+        stream_length: int,
+        max_pending: int,
+        timeout: float = DEFAULT_TIMEOUT,
+        check_interval: float = DEFAULT_CHECK_INTERVAL,
     ) -> None:
         self.url = url
         self.timeout = timeout
@@ -368,7 +387,7 @@ class Cluster:
         self.server: ChatServer | None = None
         self.stopping = threading.Event()
         self.publisher = Publisher(self, max_pending)
-        self.reader = Reader(self)
+        self.reader = Reader(self, check_interval)
         self.gaps = 0
         self.lost = 0
         self._link_lock = threading.Lock()

@@ -18,6 +18,7 @@ TIMEOUT = 10
 _clusters = itertools.count(1)
 LINK_DOWN = "* the cluster link is down: you reach only the people on this server until it is back"
 LINK_BACK = "* the cluster link is back"
+TRIMMED = "Redis trimmed them before this server read them"
 
 
 @pytest.fixture
@@ -212,3 +213,65 @@ def test_redis_restarted_empty_tells_members_of_the_gap(redis_server, cluster, c
     alice.expect("<bob> hello again")
     assert bob.received.count(LINK_DOWN) == 1
     assert bob.received.count("<alice> local chat goes on") <= 1
+
+
+@pytest.mark.slow
+def test_publishes_cut_off_midway_are_retried_once_and_in_order(redis_server, cluster, connect) -> None:
+    proxy = Proxy(("127.0.0.1", redis_server.port))
+    try:
+        one = cluster(proxy.url, "127.0.0.1")
+        two = cluster(redis_server.url, "127.0.0.2")
+        alice = connect(one, "alice")
+        bob = connect(two, "bob")
+        linked(alice, "alice", [bob])
+        for i in range(600):
+            alice.send(f"line {i}")
+            if i in (150, 300, 450):
+                proxy.cut()  # in the middle of the publisher's pipelines
+        alice.send("end")
+        seen = [line for line in lines_until(bob, "<alice> end") if line.startswith("<alice>")]
+        assert seen == [f"<alice> line {i}" for i in range(600)] + ["<alice> end"]
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow
+def test_a_stream_trimmed_past_the_cursor_is_told_with_the_count(redis_server, cluster, connect) -> None:
+    proxy = Proxy(("127.0.0.1", redis_server.port))
+    try:
+        one = cluster(redis_server.url, "127.0.0.1", "--redis-stream-length", "100")
+        two = cluster(proxy.url, "127.0.0.2", "--redis-stream-length", "100")
+        alice = connect(one, "alice")
+        bob = connect(two, "bob")
+        linked(alice, "alice", [bob])
+        proxy.stall()
+        bob.expect(LINK_DOWN)
+        for i in range(1000):
+            alice.send(f"line {i}")
+        alice.sync()
+        proxy.resume()
+        alice.send("end")
+        seen = [line for line in lines_until(bob, "<alice> end") if line not in (LINK_DOWN, LINK_BACK)]
+        gap = seen.pop(0)
+        lost = int(gap.split()[1])
+        assert gap == f"* {lost} messages from other servers may be missing here ({TRIMMED})"
+        # What Redis still had arrived, in order, and with the lost ones it is everything.
+        assert seen == [f"<alice> line {i}" for i in range(lost, 1000)] + ["<alice> end"]
+        assert 100 <= len(seen) < 1000
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow
+def test_a_flushed_redis_is_noticed_without_a_link_drop(redis_server, cluster, connect) -> None:
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2", "--redis-check-interval", "0.2")
+    alice = connect(one, "alice")
+    bob = connect(two, "bob")
+    linked(alice, "alice", [bob])
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    bob.expect("* messages from other servers may be missing here (the cluster's Redis lost them)")
+    linked(alice, "alice", [bob])
+    assert LINK_DOWN not in bob.received
