@@ -171,7 +171,7 @@ def _msg_elsewhere(client: Client, nick: str, text: str) -> None:
     if result is None:
         client.error(f"no such nick {nick!r}")
         return
-    if result is not True:
+    if isinstance(result, str):
         client.error(result)
         return
     client.send(PrivateMessage(client.nick, nick, message.text, echo=True))

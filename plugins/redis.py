@@ -35,9 +35,9 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from chatcore import Config, UsageError, events, hookimpl
+from chatcore import Client, Config, UsageError, events, hookimpl
 from chatcore.config import secret, whole_number
-from chatcore.events import RoomEvent, RoomNotice
+from chatcore.events import Left, PrivateMessage, RoomEvent, RoomNotice
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -73,6 +73,19 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
 #: Seconds between checks that each cursor is still where the stream is.
 DEFAULT_CHECK_INTERVAL = 5.0
+
+#: Seconds after which a server that stopped renewing its presence counts
+#: as gone, and its users leave the rooms (--redis-node-timeout).
+DEFAULT_NODE_TIMEOUT = 10.0
+#: Private messages kept in a server's inbox stream.
+INBOX_LENGTH = 1000
+#: Connections for the client threads' own requests (nick claims, /who,
+#: /msg): a blocking pool waits for a free one (at most --redis-timeout)
+#: where redis-py's default pool would open one per thread, or raise once
+#: it has max_connections.
+SHARED_CONNECTIONS = 8
+#: Why the users of a server that stopped answering left.
+GONE_REASON = "server lost"
 
 #: The version of the stream entries' format (docs/scaling.md).
 FORMAT_VERSION = "1"
@@ -126,6 +139,24 @@ def decode_event(text: str) -> RoomEvent:
         raise ValueError(str(exc)) from None
 
 
+def encode_private(message: PrivateMessage) -> str:
+    """A private message as the JSON of an inbox entry's ``event`` field."""
+    record = {"type": "PrivateMessage", "sender": message.sender, "recipient": message.recipient}
+    return json.dumps({**record, "text": message.text}, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_private(text: str) -> PrivateMessage:
+    """The message :func:`encode_private` wrote; ValueError if it is not one."""
+    record = json.loads(text)
+    if not isinstance(record, dict) or record.get("type") != "PrivateMessage":
+        raise ValueError("not a private message")
+    values = [record.get(name) for name in ("sender", "recipient", "text")]
+    if not all(isinstance(value, str) for value in values):
+        raise ValueError("a private message needs sender, recipient and text")
+    sender, recipient, body = values
+    return PrivateMessage(str(sender), str(recipient), str(body))
+
+
 # ---------------------------------------------------------------------------
 # Options
 # ---------------------------------------------------------------------------
@@ -173,6 +204,17 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         help=(
             "how long Redis may take to answer before the link counts as down and is made again; "
             "bounds how long a silently broken link goes unnoticed (default: %(default)s)"
+        ),
+    )
+    group.add_argument(
+        "--redis-node-timeout",
+        type=positive_seconds,
+        default=DEFAULT_NODE_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "a server that stops answering (killed, cut off) has its users leave everyone else's rooms "
+            "after this long, and at most a third longer; servers renew their presence three times "
+            "as often (default: %(default)s)"
         ),
     )
     group.add_argument(
@@ -230,6 +272,7 @@ def chatcore_configure(config: Config) -> None:
         max_pending=options.redis_max_pending,
         timeout=options.redis_timeout,
         check_interval=options.redis_check_interval,
+        node_timeout=options.redis_node_timeout,
     )
 
 
@@ -247,6 +290,43 @@ def chatcore_server_stop(server: ChatServer) -> None:
 def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
     # Only events said here (remote ones are published with relay=False).
     _cluster(server).publisher.put(event)
+
+
+@hookimpl
+def chatcore_client_joined(client: Client, room: str) -> None:
+    _cluster(client.server).presence.changed()
+
+
+@hookimpl
+def chatcore_client_left(client: Client, room: str, reason: str) -> None:
+    cluster = _cluster(client.server)
+    if client.server.stopping:
+        # The server does not tell its own rooms about leaves while it stops
+        # (everyone is going); the other servers' members must still hear them.
+        cluster.publisher.put(Left(room, nick=client.nick, reason=reason))
+    cluster.presence.changed()
+
+
+@hookimpl
+def chatcore_claim_nick(client: Client, nick: str) -> str | None:
+    return _cluster(client.server).presence.claim(nick)
+
+
+@hookimpl
+def chatcore_release_nick(client: Client, nick: str) -> None:
+    holder = client.server.registry.find(nick)
+    if holder is None or holder is client:
+        _cluster(client.server).presence.release(nick)
+
+
+@hookimpl
+def chatcore_cluster_members(server: ChatServer) -> dict[str, list[str]] | None:
+    return _cluster(server).presence.members()
+
+
+@hookimpl
+def chatcore_private_message(sender: Client, recipient: str, text: str) -> bool | str | None:
+    return _cluster(sender.server).presence.send_private(PrivateMessage(sender.nick, recipient, text))
 
 
 def _cluster(server: ChatServer) -> Cluster:
@@ -278,6 +358,30 @@ class Keys:
     def stream(self, room: str) -> str:
         """The room's events: entries ``v``, ``node``, ``epoch``, ``offset``, ``event``."""
         return f"{self.prefix}room:{room}:stream"
+
+    def nodes(self) -> str:
+        """The set of the cluster's servers (node ids)."""
+        return f"{self.prefix}nodes"
+
+    def alive(self, node: str) -> str:
+        """Exists while the node renews it (expires after --redis-node-timeout)."""
+        return f"{self.prefix}node:{node}"
+
+    def members(self, node: str) -> str:
+        """The node's clients: a hash nick -> room."""
+        return f"{self.prefix}node:{node}:members"
+
+    def inbox(self, node: str) -> str:
+        """Private messages for the node's clients: a stream."""
+        return f"{self.prefix}node:{node}:inbox"
+
+    def nick(self, nick: str) -> str:
+        """Who holds a nickname (ignoring case): the node id."""
+        return f"{self.prefix}nick:{nick.casefold()}"
+
+    def reaping(self, node: str) -> str:
+        """Held by the one server that announces a gone node's leaves."""
+        return f"{self.prefix}reap:{node}"
 
     def meta(self, room: str) -> str:
         """The room's hash: ``epoch``, ``offset`` (the last one given) and,
@@ -316,6 +420,27 @@ return offset
 """
 
 
+# Claims a nickname for a node, atomically: free, already the node's, or
+# held by a node that stopped renewing its presence (it is being reaped).
+# KEYS: nick, ARGV: node, the prefix of presence keys. Returns 1 or 0.
+_CLAIM_LUA = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+# Gives a nickname up if the node holds it. KEYS: nick, ARGV: node.
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 def connect(url: str, *, timeout: float, name: str) -> redis_py.Redis:
     """A client with one connection of its own, for one thread.
 
@@ -338,6 +463,27 @@ def connect(url: str, *, timeout: float, name: str) -> redis_py.Redis:
         single_connection_client=True,
         client_name=name,
     )
+
+
+def shared_client(url: str, *, timeout: float, name: str) -> redis_py.Redis:
+    """A client for many threads: a blocking pool of a few connections."""
+    import redis as redis_py
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    pool = redis_py.BlockingConnectionPool.from_url(
+        url,
+        max_connections=SHARED_CONNECTIONS,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+        protocol=2,
+        client_name=name,
+    )
+    return redis_py.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
 class Backoff:
@@ -377,6 +523,7 @@ class Cluster:
         max_pending: int,
         timeout: float = DEFAULT_TIMEOUT,
         check_interval: float = DEFAULT_CHECK_INTERVAL,
+        node_timeout: float = DEFAULT_NODE_TIMEOUT,
     ) -> None:
         self.url = url
         self.timeout = timeout
@@ -388,6 +535,7 @@ class Cluster:
         self.stopping = threading.Event()
         self.publisher = Publisher(self, max_pending)
         self.reader = Reader(self, check_interval)
+        self.presence = Presence(self, node_timeout)
         self.gaps = 0
         self.lost = 0
         self._link_lock = threading.Lock()
@@ -396,15 +544,20 @@ class Cluster:
     def start(self, server: ChatServer) -> None:
         self.server = server
         log.info("cluster %r on %s as node %s", self.name, redacted(self.url), self.node)
+        self.presence.open()
         self.publisher.start()
         self.reader.start()
+        self.presence.start()
 
     def stop(self) -> None:
         self.publisher.flush(timeout=1.0)
         self.stopping.set()
         self.publisher.wake()
+        self.presence.changed()
         self.publisher.join(self.timeout + 1)
         self.reader.join(self.timeout + 1)
+        self.presence.join(self.timeout + 1)
+        self.presence.leave()
 
     # -- the link, as users see it -------------------------------------------
 
@@ -576,6 +729,8 @@ class Reader(threading.Thread):
         self.cursors: dict[str, _Cursor] = {}
         #: Entries that could not be read as events (a newer server's, damage).
         self.bad_entries = 0
+        #: Where the reader is in this node's inbox (new at every start).
+        self.inbox_id = "0-0"
 
     def run(self) -> None:
         import redis as redis_py
@@ -652,19 +807,40 @@ class Reader(threading.Thread):
             self.cursors[room] = _Cursor("0-0", None, 0)
 
     def _read(self, client: redis_py.Redis) -> None:
-        if not self.cursors:
-            self.cluster.stopping.wait(BLOCK_MS / 1000)
-            return
         keys = self.cluster.keys
+        inbox = keys.inbox(self.cluster.node)
         streams: dict[Any, Any] = {keys.stream(room): cursor.last_id for room, cursor in self.cursors.items()}
+        streams[inbox] = self.inbox_id
         replies = client.xread(streams, count=BATCH, block=BLOCK_MS)
         for stream, entries in _stream_replies(replies):
+            if stream == inbox:
+                for entry_id, entry in entries:
+                    self.inbox_id = entry_id
+                    self._deliver_private(entry_id, entry)
+                continue
             room = stream[len(keys.prefix) + len("room:") : -len(":stream")]
             cursor = self.cursors.get(room)
             if cursor is None:
                 continue
             for entry_id, entry in entries:
                 self._deliver(room, cursor, entry_id, entry)
+
+    def _deliver_private(self, entry_id: str, entry: dict[str, str]) -> None:
+        server = self.cluster.server
+        assert server is not None
+        try:
+            if entry.get("v") != FORMAT_VERSION:
+                raise ValueError(f"format version {entry.get('v')!r}")
+            message = decode_private(entry["event"])
+        except (KeyError, ValueError) as exc:
+            self.bad_entries += 1
+            log.error("inbox entry %s is not a private message this server can read (%s); skipped", entry_id, exc)
+            return
+        recipient = server.registry.find(message.recipient)
+        if recipient is None:
+            log.info("private message for %r, who left this server meanwhile, dropped", message.recipient)
+            return
+        recipient.send(PrivateMessage(message.sender, recipient.nick, message.text))
 
     def _deliver(self, room: str, cursor: _Cursor, entry_id: str, entry: dict[str, str]) -> None:
         cluster = self.cluster
@@ -691,6 +867,203 @@ class Reader(threading.Thread):
             log.error("room %s: entry %s is for room %r; skipped", room, entry_id, event.room)
             return
         server.publish(event, relay=False)
+
+
+class Presence(threading.Thread):
+    """Who is on which server, cluster-wide, and the leaves of servers gone.
+
+    The thread renews this server's presence every third of the node
+    timeout, and at once after a join, leave or rename: its ``alive`` key
+    (with the timeout as expiry), its members (rewritten whole, so a Redis
+    that restarted empty is resynced within one renewal) and its nick claims.
+    Then it looks for servers whose ``alive`` key expired: the first server
+    to take the reap lock announces their users' leaves in every room
+    (published here, so they travel like any leave) and clears their keys.
+
+    Nick claims, ``/who``, ``/rooms`` and ``/msg`` to another server run on
+    the asking client's thread, with the shared blocking pool.
+    """
+
+    def __init__(self, cluster: Cluster, node_timeout: float) -> None:
+        super().__init__(name="chatcore-redis-presence", daemon=True)
+        self.cluster = cluster
+        self.node_timeout = node_timeout
+        self.interval = node_timeout / 3
+        self._wake = threading.Event()
+        self.client: redis_py.Redis | None = None
+        #: This server's clients at the last renewal: nick -> room.
+        self.snapshot: dict[str, str] = {}
+        #: Users of gone servers whose leaves this server announced.
+        self.reaped = 0
+
+    def open(self) -> None:
+        cluster = self.cluster
+        self.client = shared_client(cluster.url, timeout=cluster.timeout, name=f"chatcore-{cluster.node}-shared")
+        self._claim = self.client.register_script(_CLAIM_LUA)
+        self._release = self.client.register_script(_RELEASE_LUA)
+
+    def changed(self) -> None:
+        """Renew now (a join, leave or rename; or stopping)."""
+        self._wake.set()
+
+    def run(self) -> None:
+        import redis as redis_py
+
+        cluster = self.cluster
+        while not cluster.stopping.is_set():
+            self._wake.clear()
+            try:
+                self._renew()
+                self._reap()
+            except redis_py.RedisError as exc:
+                log.debug("renewing presence failed: %s", exc)  # the reader tells the outage
+            self._wake.wait(self.interval)
+
+    def _renew(self) -> None:
+        server = self.cluster.server
+        assert server is not None
+        assert self.client is not None
+        keys, node = self.cluster.keys, self.cluster.node
+        snapshot: dict[Any, Any] = {client.nick: client.room for client in server.registry}
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(keys.alive(node), "1", px=int(self.node_timeout * 1000))
+        pipe.sadd(keys.nodes(), node)
+        pipe.delete(keys.members(node))
+        if snapshot:
+            pipe.hset(keys.members(node), mapping=snapshot)
+            for nick in snapshot:  # back after Redis lost them (a restart)
+                pipe.set(keys.nick(nick), node, nx=True)
+        pipe.execute()
+        self.snapshot = snapshot
+
+    def _reap(self) -> None:
+        assert self.client is not None
+        cluster = self.cluster
+        keys = cluster.keys
+        others = self._other_nodes()
+        if not others:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for node in others:
+            pipe.exists(keys.alive(node))
+        gone = [node for node, alive in zip(others, pipe.execute(), strict=True) if not alive]
+        for node in gone:
+            if self.client.set(keys.reaping(node), cluster.node, nx=True, px=int(self.node_timeout * 3000)):
+                self._announce_gone(node)
+
+    def _announce_gone(self, node: str) -> None:
+        assert self.client is not None
+        assert self.cluster.server is not None
+        keys = self.cluster.keys
+        members = {str(nick): str(room) for nick, room in self.client.hgetall(keys.members(node)).items()}
+        log.warning("node %s stopped answering; its %d users leave the rooms", node, len(members))
+        for nick, room in members.items():
+            self.cluster.server.publish(Left(room, nick=nick, reason=GONE_REASON))
+        self.reaped += len(members)
+        pipe = self.client.pipeline(transaction=False)
+        for nick in members:
+            self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
+        pipe.delete(keys.members(node), keys.inbox(node))
+        pipe.srem(keys.nodes(), node)
+        pipe.execute()
+
+    def _other_nodes(self) -> list[str]:
+        assert self.client is not None
+        members = self.client.smembers(self.cluster.keys.nodes())
+        return [str(node) for node in members if node != self.cluster.node]
+
+    def leave(self) -> None:
+        """Say goodbye (a clean stop): the leaves went out already; clear the keys."""
+        import redis as redis_py
+
+        if self.client is None:
+            return
+        keys, node = self.cluster.keys, self.cluster.node
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for nick in self.snapshot:
+                self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
+            pipe.delete(keys.alive(node), keys.members(node), keys.inbox(node))
+            pipe.srem(keys.nodes(), node)
+            pipe.execute()
+        except redis_py.RedisError as exc:
+            log.warning("could not leave the cluster cleanly (%s); the others will time this server out", exc)
+        self.client.close()
+
+    # -- on client threads ------------------------------------------------
+
+    def claim(self, nick: str) -> str | None:
+        """None if this server may use ``nick``, or why not."""
+        import redis as redis_py
+
+        assert self.client is not None
+        cluster = self.cluster
+        try:
+            claimed = self._claim(keys=[cluster.keys.nick(nick)], args=[cluster.node, cluster.keys.prefix + "node:"])
+        except redis_py.RedisError as exc:
+            # During an outage names are unique per server only; the renewal
+            # claims them when Redis is back (docs/scaling.md).
+            log.info("could not claim nick %r in the cluster (%s); allowed here", nick, exc)
+            return None
+        return None if claimed else "taken on another server"
+
+    def release(self, nick: str) -> None:
+        import redis as redis_py
+
+        assert self.client is not None
+        try:
+            self._release(keys=[self.cluster.keys.nick(nick)], args=[self.cluster.node])
+        except redis_py.RedisError as exc:
+            log.info("could not release nick %r in the cluster (%s)", nick, exc)
+        self.changed()
+
+    def members(self) -> dict[str, list[str]] | None:
+        """Members of the other live servers, by room (None if Redis cannot say)."""
+        import redis as redis_py
+
+        assert self.client is not None
+        keys = self.cluster.keys
+        try:
+            others = self._other_nodes()
+            pipe = self.client.pipeline(transaction=False)
+            for node in others:
+                pipe.exists(keys.alive(node))
+                pipe.hgetall(keys.members(node))
+            replies = pipe.execute()
+        except redis_py.RedisError as exc:
+            log.info("could not ask the cluster who is where (%s)", exc)
+            return None
+        rooms: dict[str, list[str]] = {}
+        for alive, members in zip(replies[::2], replies[1::2], strict=True):
+            if alive:
+                for nick, room in members.items():
+                    rooms.setdefault(room, []).append(nick)
+        return rooms
+
+    def send_private(self, message: PrivateMessage) -> bool | str | None:
+        """Deliver ``message`` to the server its recipient is on."""
+        import redis as redis_py
+
+        assert self.client is not None
+        keys, cluster = self.cluster.keys, self.cluster
+        try:
+            found = self.client.get(keys.nick(message.recipient))
+            owner = None if found is None else str(found)
+            if owner is None or owner == cluster.node:
+                return None
+            if not self.client.exists(keys.alive(owner)):
+                return f"{message.recipient}'s server is not answering; try again later"
+            # Not retried, so never sent twice; a failure is told to the sender.
+            self.client.xadd(
+                keys.inbox(owner),
+                {"v": FORMAT_VERSION, "node": cluster.node, "event": encode_private(message)},
+                maxlen=INBOX_LENGTH,
+                approximate=True,
+            )
+        except redis_py.RedisError as exc:
+            log.info("could not send a private message through the cluster (%s)", exc)
+            return f"the cluster link is down: your message to {message.recipient} was not sent; try again later"
+        return True
 
 
 def _stream_replies(replies: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
