@@ -262,6 +262,18 @@ class Hooks:
         result = self._call_first("chatcore_private_message", kwargs)
         return result if result is None or result is True else str(result)
 
+    def room_history(self, server: ChatServer, room: str, limit: int) -> list[RoomEvent] | None:
+        """A cluster's recent chat in ``room``, or None (also if a plugin fails)."""
+        for plugin, call in self._get("chatcore_room_history"):
+            try:
+                result = call({"server": server, "room": room, "limit": limit})
+            except Exception as exc:
+                self._failed(plugin, "chatcore_room_history", exc)
+                continue
+            if result is not None:
+                return list(result)[-limit:]
+        return None
+
     # -- listeners and clusters -----------------------------------------------
 
     def schemes(self) -> list[Scheme]:

@@ -408,3 +408,26 @@ def chatcore_private_message(sender: Client, recipient: str, text: str) -> bool 
 
     .. versionadded:: 0.2
     """
+
+
+@hookspec(firstresult=True)
+def chatcore_room_history(server: ChatServer, room: str, limit: int) -> list[RoomEvent] | None:
+    """The room's recent chat, as a cluster keeps it, for the history plugin.
+
+    Every server only sees the room events said in it or relayed to it since
+    it started; a cluster plugin that stores the room (the ``redis`` plugin's
+    streams) answers here, so every server replays the same history.
+
+    :param server: this server.
+    :param room: the room entered.
+    :param limit: how many events are wanted at most.
+    :return: the room's last ``limit`` :class:`~chatcore.events.Chat` and
+        :class:`~chatcore.events.Action` events, oldest first (an empty list
+        if it has none), or ``None`` to let the history plugin use what it
+        kept itself (no cluster, or it cannot be reached). The first list
+        decides.
+
+    Called on the thread of the client that entered the room. Calls overlap.
+
+    .. versionadded:: 0.2
+    """

@@ -7,7 +7,7 @@ import threading
 
 from chatcore import Client, hookimpl
 from chatcore.engine.server import ChatServer
-from chatcore.events import PrivateMessage
+from chatcore.events import Action, Chat, PrivateMessage, RoomEvent
 from chatcore.testing import LineClient
 
 
@@ -20,6 +20,7 @@ class Directory:
         self.servers: list[ChatServer] = []
         self.claims: list[tuple[str, str]] = []
         self.releases: list[str] = []
+        self.said: list[RoomEvent] = []
 
 
 class Node:
@@ -59,6 +60,17 @@ class Node:
         return members
 
     @hookimpl
+    def chatcore_room_event(self, server: ChatServer, event: RoomEvent) -> None:
+        if isinstance(event, (Chat, Action)):
+            with self.directory.lock:
+                self.directory.said.append(event)
+
+    @hookimpl
+    def chatcore_room_history(self, server: ChatServer, room: str, limit: int) -> list[RoomEvent] | None:
+        with self.directory.lock:
+            return [event for event in self.directory.said if event.room == room][-limit:]
+
+    @hookimpl
     def chatcore_private_message(self, sender: Client, recipient: str, text: str) -> bool | str | None:
         if recipient == "offline":
             return "offline is on a server that cannot be reached now"
@@ -70,10 +82,10 @@ class Node:
         return None
 
 
-def two_servers(chat_server_factory) -> tuple[ChatServer, ChatServer, Directory]:
+def two_servers(chat_server_factory, plugins: str = "") -> tuple[ChatServer, ChatServer, Directory]:
     directory = Directory()
-    one = chat_server_factory("--plugins", "", plugins=[Node(directory)])
-    two = chat_server_factory("--plugins", "", plugins=[Node(directory)])
+    one = chat_server_factory("--plugins", plugins, plugins=[Node(directory)])
+    two = chat_server_factory("--plugins", plugins, plugins=[Node(directory)])
     return one, two, directory
 
 
@@ -121,5 +133,20 @@ def test_who_rooms_and_msg_span_the_servers(chat_server_factory) -> None:
     alice.expect("! offline is on a server that cannot be reached now")
     alice.send("/msg nobody-here hello")
     alice.expect("! no such nick 'nobody-here'")
+    alice.close()
+    bob.close()
+
+
+def test_history_replays_the_cluster_s_history(chat_server_factory) -> None:
+    one, two, _ = two_servers(chat_server_factory, "history")
+    alice = named(one, "alice")
+    alice.send("said on one")
+    alice.send("/me waves")
+    alice.expect("* alice waves")
+    # bob's server never saw these (the directory does not relay): the
+    # replay is the cluster's.
+    bob = LineClient(two.address)
+    bob.expect("* last 2 messages in lobby:")
+    assert [bob.readline(), bob.readline()] == ["# <alice> said on one", "# * alice waves"]
     alice.close()
     bob.close()
