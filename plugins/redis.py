@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore import Client, Config, UsageError, events, hookimpl
 from chatcore.config import secret, whole_number
-from chatcore.events import Left, PrivateMessage, RoomEvent, RoomNotice
+from chatcore.events import Action, Chat, Left, PrivateMessage, RoomEvent, RoomNotice
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -84,6 +84,8 @@ INBOX_LENGTH = 1000
 #: where redis-py's default pool would open one per thread, or raise once
 #: it has max_connections.
 SHARED_CONNECTIONS = 8
+#: Stream entries read at a time for a history replay.
+HISTORY_PAGE = 200
 #: Why the users of a server that stopped answering left.
 GONE_REASON = "server lost"
 
@@ -129,12 +131,14 @@ def decode_event(text: str) -> RoomEvent:
     cls = _ROOM_EVENTS.get(record.pop("type", None))
     if cls is None:
         raise ValueError("unknown event type")
-    record.pop("time", None)
+    when = record.pop("time", 0.0)
+    if not isinstance(when, (int, float)):
+        raise ValueError("time is not a number")
     names = {item.name for item in dataclasses.fields(cls)} - _IDENTITY
     if set(record) - names:
         raise ValueError(f"unknown fields {sorted(set(record) - names)}")
     try:
-        return cls(**record)
+        return cls(**record, time=float(when))
     except TypeError as exc:
         raise ValueError(str(exc)) from None
 
@@ -327,6 +331,11 @@ def chatcore_cluster_members(server: ChatServer) -> dict[str, list[str]] | None:
 @hookimpl
 def chatcore_private_message(sender: Client, recipient: str, text: str) -> bool | str | None:
     return _cluster(sender.server).presence.send_private(PrivateMessage(sender.nick, recipient, text))
+
+
+@hookimpl
+def chatcore_room_history(server: ChatServer, room: str, limit: int) -> list[RoomEvent] | None:
+    return _cluster(server).presence.history(room, limit)
 
 
 def _cluster(server: ChatServer) -> Cluster:
@@ -1040,6 +1049,32 @@ class Presence(threading.Thread):
                     rooms.setdefault(room, []).append(nick)
         return rooms
 
+    def history(self, room: str, limit: int) -> list[RoomEvent] | None:
+        """The room's last ``limit`` chat and action events in its stream,
+        oldest first, with the cluster's identity; None if Redis cannot say."""
+        import redis as redis_py
+
+        assert self.client is not None
+        found: list[RoomEvent] = []
+        newest = "+"
+        try:
+            # Newest first, a page at a time, until enough or the start.
+            while len(found) < limit:
+                page: list[Any] = (
+                    self.client.xrevrange(self.cluster.keys.stream(room), max=newest, count=HISTORY_PAGE) or []
+                )
+                for _entry_id, entry in page:
+                    event = _history_event(entry)
+                    if event is not None:
+                        found.append(event)
+                if len(page) < HISTORY_PAGE:
+                    break
+                newest = "(" + str(page[-1][0])
+        except redis_py.RedisError as exc:
+            log.info("could not read room %s's history from the cluster (%s)", room, exc)
+            return None
+        return found[:limit][::-1]
+
     def send_private(self, message: PrivateMessage) -> bool | str | None:
         """Deliver ``message`` to the server its recipient is on."""
         import redis as redis_py
@@ -1064,6 +1099,19 @@ class Presence(threading.Thread):
             log.info("could not send a private message through the cluster (%s)", exc)
             return f"the cluster link is down: your message to {message.recipient} was not sent; try again later"
         return True
+
+
+def _history_event(entry: dict[str, str]) -> RoomEvent | None:
+    """A chat or action entry as its event, with the cluster's identity."""
+    try:
+        if entry.get("v") != FORMAT_VERSION:
+            return None
+        event = decode_event(entry["event"])
+        if not isinstance(event, (Chat, Action)):
+            return None
+        return events.numbered(event, entry["epoch"], int(entry["offset"]), event.time)
+    except (KeyError, ValueError):
+        return None
 
 
 def _stream_replies(replies: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
