@@ -579,6 +579,12 @@ class Cluster:
         log.warning("cluster link down (%s); local chat goes on, reconnecting", why)
         self._tell_everyone(LINK_DOWN_NOTICE)
 
+    @property
+    def linked(self) -> bool:
+        """False while an outage is known: requests on client threads then
+        answer at once instead of waiting for --redis-timeout."""
+        return self._link_up
+
     def link_up(self) -> None:
         """Redis is back and the reader has caught up."""
         with self._link_lock:
@@ -942,6 +948,8 @@ class Presence(threading.Thread):
             pipe.hset(keys.members(node), mapping=snapshot)
             for nick in snapshot:  # back after Redis lost them (a restart)
                 pipe.set(keys.nick(nick), node, nx=True)
+        for nick in set(self.snapshot) - set(snapshot):  # given up while the link was down
+            self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
         pipe.execute()
         self.snapshot = snapshot
 
@@ -1007,6 +1015,8 @@ class Presence(threading.Thread):
 
         assert self.client is not None
         cluster = self.cluster
+        if not cluster.linked:
+            return None  # unique per server during an outage (docs/scaling.md)
         try:
             claimed = self._claim(keys=[cluster.keys.nick(nick)], args=[cluster.node, cluster.keys.prefix + "node:"])
         except redis_py.RedisError as exc:
@@ -1020,6 +1030,9 @@ class Presence(threading.Thread):
         import redis as redis_py
 
         assert self.client is not None
+        if not self.cluster.linked:
+            self.changed()  # the renewal gives it up when the link is back
+            return
         try:
             self._release(keys=[self.cluster.keys.nick(nick)], args=[self.cluster.node])
         except redis_py.RedisError as exc:
@@ -1032,6 +1045,8 @@ class Presence(threading.Thread):
 
         assert self.client is not None
         keys = self.cluster.keys
+        if not self.cluster.linked:
+            return None
         try:
             others = self._other_nodes()
             pipe = self.client.pipeline(transaction=False)
@@ -1055,6 +1070,8 @@ class Presence(threading.Thread):
         import redis as redis_py
 
         assert self.client is not None
+        if not self.cluster.linked:
+            return None
         found: list[RoomEvent] = []
         newest = "+"
         try:
@@ -1081,6 +1098,8 @@ class Presence(threading.Thread):
 
         assert self.client is not None
         keys, cluster = self.cluster.keys, self.cluster
+        if not cluster.linked:
+            return f"the cluster link is down: your message to {message.recipient} was not sent; try again later"
         try:
             found = self.client.get(keys.nick(message.recipient))
             owner = None if found is None else str(found)

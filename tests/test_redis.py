@@ -7,6 +7,7 @@ import itertools
 import json
 import re
 import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -424,3 +425,54 @@ def test_history_is_the_cluster_s(redis_server, cluster, connect) -> None:
             assert [newcomer.readline() for _ in range(3)] == expected[1:]
         finally:
             newcomer.close()
+
+
+@pytest.mark.slow
+def test_local_chat_is_not_slowed_by_a_stalled_redis(redis_server, cluster, connect) -> None:
+    proxy = Proxy(("127.0.0.1", redis_server.port))
+    try:
+        one = cluster(proxy.url, "127.0.0.1")
+        two = cluster(redis_server.url, "127.0.0.2")
+        alice, ann = connect(one, "alice"), connect(one, "ann")
+        bob = connect(two, "bob")
+        linked(alice, "alice", [bob])
+        ann.sync()
+        proxy.stall()
+        started = time.monotonic()
+        for i in range(50):
+            alice.send(f"local {i}")
+            ann.expect(f"<alice> local {i}")
+        assert time.monotonic() - started < 0.9  # under --redis-timeout: nothing waited for Redis
+        ann.expect(LINK_DOWN)
+        proxy.resume()
+        ann.expect(LINK_BACK)
+        # ... and what was said meanwhile reached the other server, in order.
+        seen = [line for line in lines_until(bob, "<alice> local 49") if line.startswith("<alice>")]
+        assert seen == [f"<alice> local {i}" for i in range(50)]
+    finally:
+        proxy.close()
+
+
+def redis_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("chatcore-redis")]
+
+
+@pytest.mark.slow
+def test_link_drops_leak_no_threads_and_stop_ends_them(redis_server, chat_server_factory, chat_client) -> None:
+    proxy = Proxy(("127.0.0.1", redis_server.port))
+    try:
+        server = chat_server_factory(
+            "--plugins", "redis", "--redis-url", proxy.url, "--redis-cluster", "threads", "--redis-timeout", "1"
+        )  # fmt: skip
+        alice = chat_client(server)
+        names = sorted(thread.name for thread in redis_threads())
+        assert names == ["chatcore-redis-presence", "chatcore-redis-publisher", "chatcore-redis-reader"]
+        for i in range(5):
+            proxy.cut()
+            alice.send(f"line {i}")
+            alice.sync()
+        assert sorted(thread.name for thread in redis_threads()) == names
+        server.stop(timeout=1.0)
+        wait_for(lambda: not redis_threads(), timeout=TIMEOUT, message="the plugin's threads to end")
+    finally:
+        proxy.close()
