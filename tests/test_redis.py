@@ -476,3 +476,41 @@ def test_link_drops_leak_no_threads_and_stop_ends_them(redis_server, chat_server
         wait_for(lambda: not redis_threads(), timeout=TIMEOUT, message="the plugin's threads to end")
     finally:
         proxy.close()
+
+
+@pytest.mark.slow
+def test_a_quiet_link_is_not_taken_for_a_broken_one(redis_server, cluster, connect) -> None:
+    # The reader's blocking reads must not run into its socket timeout (as
+    # they would with redis-py 8's default of 5 s and longer blocks).
+    one = cluster(redis_server.url, "127.0.0.1")
+    bob = connect(one, "bob")
+    with pytest.raises(AssertionError, match="expected a line matching"):
+        bob.expect(LINK_DOWN, timeout=2.5)  # over twice --redis-timeout, in silence
+
+
+@pytest.mark.slow
+def test_many_clients_asking_the_cluster_at_once_all_get_answers(redis_server, cluster) -> None:
+    # Nick claims and /who run on the client threads: a blocking pool of a
+    # few connections serves them all, where the default pool would open one
+    # connection per thread (or raise once it has max_connections).
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2")
+    clients = [LineClient((one if i % 2 else two).address, timeout=TIMEOUT) for i in range(60)]
+    try:
+        for i, client in enumerate(clients):
+            client.send(f"/nick many{i}")
+        for i, client in enumerate(clients):
+            client.expect(f"* you are now known as many{i}")
+        for client in clients:
+            client.send("/who")
+        for client in clients:
+            client.expect(re.compile(r"^\* in lobby \(60\): "))
+        redis = redis_server.client()
+        try:
+            shared = [c for c in redis.client_list() if c.get("name", "").endswith("-shared")]
+        finally:
+            redis.close()
+        assert len(shared) <= 2 * 8
+    finally:
+        for client in clients:
+            client.close()
