@@ -5,6 +5,14 @@ much memory -- for chatcore and, side by side, the naive original design.
     python benchmarks/broadcast.py --scenario room100 --duration 10
     python benchmarks/broadcast.py --scenario idle --idle-clients 10000
     python benchmarks/broadcast.py --servers chatcore --plugins welcome,logger
+    python benchmarks/broadcast.py --scenario room100 --servers chatcore,chatcore-tls   # TCP beside TLS
+    python benchmarks/broadcast.py --plot results.png   # deliveries/s and p99 per scenario, as a picture
+    python benchmarks/broadcast.py --servers chatcore --scenario room100 --scenario steady \
+        --plugins welcome,logger,filters --compare-plugins welcome,logger,filters,metrics --rounds 3
+
+``--compare-plugins`` runs chatcore again with other plugins, right after
+the first, for every scenario and round, and ends with the ratios: on a
+shared machine only figures measured back to back compare.
 
 Locust records about 300k events/s per process, so it cannot measure a
 server that delivers millions of lines per second. This driver can: raw
@@ -43,6 +51,11 @@ Bulk receivers run in ``--procs`` worker processes (default 1; 0 keeps them
 in the main process with the senders and monitors); each worker connects
 its own clients at ``--connect-rate`` per second. All loops are bounded in
 count and time.
+
+**TLS**: the server ``chatcore-tls`` is chatcore with one ``tls://`` listener
+(a certificate made for the run with trustme); every client connects over
+TLS and verifies it. Flows only: ``connect`` and ``idle`` measure TCP
+accepts and memory, and are not run for it.
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.metadata
+import importlib.util
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -60,6 +74,8 @@ import re
 import select
 import signal
 import socket
+import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,6 +92,19 @@ RECV_SIZE = 262144
 SAMPLE_LIMIT = 200_000
 SETUP_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 5.0
+SERVERS = ("chatcore", "chatcore-tls", "naive")
+
+
+class ClientTLS:
+    """The clients' TLS context while a ``chatcore-tls`` server runs, None
+    otherwise (worker processes are forked, and inherit it)."""
+
+    context: ssl.SSLContext | None = None
+
+
+def is_chatcore(server: str) -> bool:
+    """chatcore over TCP or TLS (they speak the same protocol)."""
+    return server.startswith("chatcore")
 
 
 def now_us() -> int:
@@ -179,13 +208,23 @@ BANNED_WORDS = "darn,heck,blast,drat,rats,bother,crikey,blimey,crumbs,egad,fiddl
 
 
 def filter_args(plugins: str) -> list[str]:
-    """The word list for the filters plugin, when it is among ``plugins``."""
-    return ["--banned-words", BANNED_WORDS] if "filters" in plugins.split(",") else []
+    """What the benchmarks give the plugins among ``plugins``: the word list
+    for filters, a free port for metrics (9464 may be taken)."""
+    names = plugins.split(",")
+    return [
+        *(["--banned-words", BANNED_WORDS] if "filters" in names else []),
+        *(["--metrics-port", "0"] if "metrics" in names else []),
+    ]
 
 
 def server_command(
-    name: str, scenario: Scenario, options: argparse.Namespace, max_clients: int, log_dir: str
+    name: str, scenario: Scenario, options: argparse.Namespace, max_clients: int, log_dir: str, *, plugins: str
 ) -> list[str]:
+    if name == "chatcore-tls":
+        cert, key = options.tls_files
+        listen = ["--listen", "tls://127.0.0.1:0", "--tls-cert", cert, "--tls-key", key]
+    else:
+        listen = ["--port", "0"]
     if name == "naive":
         # 'idle' measures memory, not the original's listen(10), which would
         # make thousands of paced connects wait for SYN retransmits.
@@ -196,12 +235,11 @@ def server_command(
         "-m",
         "chatcore",
         "serve",
-        "--port",
-        "0",
+        *listen,
         "--plugins",
-        options.plugins,
-        *(["--log-file", os.path.join(log_dir, "events.jsonl")] if "logger" in options.plugins.split(",") else []),
-        *filter_args(options.plugins),
+        plugins,
+        *(["--log-file", os.path.join(log_dir, "events.jsonl")] if "logger" in plugins.split(",") else []),
+        *filter_args(plugins),
         "--max-clients",
         str(max_clients),
         *options.server_args,
@@ -240,7 +278,56 @@ class Paced:
 def connect(port: int, timeout: float = 10.0) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if ClientTLS.context is not None:
+        return ClientTLS.context.wrap_socket(sock, server_hostname="127.0.0.1")
     return sock
+
+
+def make_certificates(directory: str) -> tuple[ssl.SSLContext, tuple[str, str]]:
+    """A throwaway CA and server certificate for 127.0.0.1: the clients'
+    context (verifying against that CA) and the server's (cert, key) files."""
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    leaf.cert_chain_pems[0].write_to_path(cert)
+    leaf.private_key_pem.write_to_path(key)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context, (cert, key)
+
+
+def receive(sock: socket.socket) -> bytes | None:
+    """What a readable non-blocking socket has: None if nothing after all,
+    b"" if it closed.
+
+    A TLS socket's ``recv()`` returns one record (16 KiB at most) at a time,
+    and bytes OpenSSL has already decrypted do not wake epoll again, so a
+    TLS socket is read until it would block (bounded) and then emptied of
+    what is pending."""
+    try:
+        data = sock.recv(RECV_SIZE)
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return None
+    except OSError:
+        return b""
+    if not data or not isinstance(sock, ssl.SSLSocket):
+        return data
+    chunks = [data]
+    try:
+        for _ in range(64):
+            more = sock.recv(RECV_SIZE)
+            if not more:
+                break
+            chunks.append(more)
+        while sock.pending():
+            chunks.append(sock.recv(sock.pending()))
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        pass
+    except OSError:
+        pass  # the close shows on the next read
+    return b"".join(chunks)
 
 
 def read_until(sock: socket.socket, marker: bytes, timeout: float = 10.0) -> bytes:
@@ -260,7 +347,7 @@ def read_until(sock: socket.socket, marker: bytes, timeout: float = 10.0) -> byt
 
 def sync(sock: socket.socket, server: str) -> None:
     """Read everything the server sent so far (chatcore: up to ``* pong``)."""
-    if server == "chatcore":
+    if is_chatcore(server):
         sock.sendall(b"/ping\n")
         read_until(sock, b"* pong\n")
     sock.setblocking(False)
@@ -416,7 +503,7 @@ class Sender:
             return
         try:
             sent = self.sock.send(self.out)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             return
         self.out = self.out[sent:]
 
@@ -448,12 +535,9 @@ def receive_loop(
         while not until():
             for fd, _events in poller.poll(timeout(), 256):
                 receiver = by_fd[fd]
-                try:
-                    data = receiver.sock.recv(RECV_SIZE)
-                except BlockingIOError:
+                data = receive(receiver.sock)
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
                 if not data:
                     poller.unregister(fd)
                     continue
@@ -599,7 +683,7 @@ def _run_flow_main(
     senders = []
     for index in range(scenario.senders):
         nick = b"s%05d" % index
-        if server.name == "chatcore":
+        if is_chatcore(server.name):
             socks[index].sendall(b"/nick " + nick + b"\n")
             read_until(socks[index], b"* you are now known as")
             prefix = b""
@@ -852,7 +936,7 @@ def format_row(server: str, result: dict[str, Any]) -> str:
             return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
         return f"{value:,}" if isinstance(value, int) else str(value)
 
-    return f"  {server:9s} " + "  ".join(f"{key}={show(value)}" for key, value in result.items())
+    return f"  {server:12s} " + "  ".join(f"{key}={show(value)}" for key, value in result.items())
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -874,7 +958,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--servers",
         default="chatcore,naive",
         metavar="NAMES",
-        help="comma-separated: chatcore, naive (default: %(default)s)",
+        help="comma-separated: chatcore, chatcore-tls (chatcore, every client over TLS), naive (default: %(default)s)",
     )
     parser.add_argument(
         "--duration",
@@ -919,6 +1003,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="chatcore plugins (default: welcome,logger and filters when installed: %(default)s)",
     )
     parser.add_argument(
+        "--compare-plugins",
+        action="append",
+        default=[],
+        metavar="NAMES",
+        help=(
+            "also run chatcore with these plugins, right after the --plugins run of each scenario "
+            "(repeat for several sets); the rows are chatcore/A (--plugins), chatcore/B ..., and the "
+            "ratios to A are printed at the end"
+        ),
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every scenario N times, the servers back to back each time (default: %(default)s)",
+    )
+    parser.add_argument(
         "--server-arg",
         dest="server_args",
         action="append",
@@ -930,21 +1032,70 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--naive-arg", dest="naive_args", action="append", default=[], metavar="ARG", help="extra naive_server.py arg"
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw deliveries/s and p99 latency per flow scenario and server into FILE (.png or .svg; "
+        "needs matplotlib: pip install 'chatcore[bench]')",
+    )
     options = parser.parse_args(argv)
     for name in ("duration", "connect_rate", "idle_clients", "idle_settle", "connect_timeout"):
         if getattr(options, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be more than 0")
+    if options.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if options.procs < 0:
         parser.error("--procs must be 0 or more")
     if options.line_size < 9 + TAIL + 2:
         parser.error(f"--line-size must be at least {9 + TAIL + 2}")
     options.servers = [s.strip() for s in options.servers.split(",") if s.strip()]
     for name in options.servers:
-        if name not in ("chatcore", "naive"):
-            parser.error(f"--servers: unknown server {name!r} (use chatcore and/or naive)")
+        if name not in SERVERS:
+            parser.error(f"--servers: unknown server {name!r} (use {', '.join(SERVERS)})")
+    if "chatcore-tls" in options.servers and importlib.util.find_spec("trustme") is None:
+        parser.error("--servers chatcore-tls makes its certificate with trustme: pip install 'chatcore[bench]'")
+    if options.plot:
+        if not options.plot.endswith((".png", ".svg")):
+            parser.error(f"--plot {options.plot!r}: the file name must end in .png or .svg")
+        if importlib.util.find_spec("matplotlib") is None:
+            parser.error("--plot needs matplotlib: pip install 'chatcore[bench]'")
     names = options.scenario or ["all"]
     options.scenarios = list(SCENARIOS) if "all" in names else list(dict.fromkeys(names))
+    # What runs, in order, per scenario and round: (label, server, plugins).
+    options.variants = []
+    for name in options.servers:
+        if name == "chatcore" and options.compare_plugins:
+            sets = [options.plugins, *options.compare_plugins]
+            options.variants += [(f"chatcore/{chr(65 + i)}", name, plugins) for i, plugins in enumerate(sets)]
+        else:
+            options.variants.append((name, name, options.plugins))
     return options
+
+
+def ratios(results: list[dict[str, Any]], variants: list[tuple[str, str, str]]) -> list[str]:
+    """Each chatcore/B, C ... against chatcore/A: the median of the
+    per-round ratios, and the ratios themselves."""
+    labels = [label for label, server, _ in variants if label.startswith("chatcore/")]
+    lines = []
+    for scenario in dict.fromkeys(row["scenario"] for row in results):
+        rows = [row for row in results if row["scenario"] == scenario and "error" not in row]
+        for label in labels[1:]:
+            for key in ("deliveries_per_s", "p50_ms", "p99_ms"):
+                pairs = [
+                    (b[key], a[key])
+                    for a in rows
+                    if a["server"] == labels[0]
+                    for b in rows
+                    if b["server"] == label and b["round"] == a["round"]
+                ]
+                each = sorted(x / y for x, y in pairs if x is not None and y)
+                if each:
+                    median = statistics.median(each)
+                    lines.append(
+                        f"  {scenario} {key}: {label} / {labels[0]} = {median:.3f} "
+                        f"(rounds: {', '.join(f'{r:.3f}' for r in each)})"
+                    )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -962,27 +1113,83 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{options.duration:g} s per flow, chatcore plugins: {options.plugins or '(none)'}",
         flush=True,
     )
+    for label, server_name, plugins in options.variants:
+        if label != server_name:
+            print(f"  {label}: chatcore with plugins {plugins or '(none)'}", flush=True)
     runners = {"flow": run_flow, "connect": run_connect, "idle": run_idle}
     results: list[dict[str, Any]] = []
     failed = False
     with tempfile.TemporaryDirectory(prefix="chatcore-bench-") as log_dir:
+        tls_context = None
+        if "chatcore-tls" in options.servers:
+            tls_context, options.tls_files = make_certificates(log_dir)
         for name in options.scenarios:
             scenario = SCENARIOS[name]
-            print(f"{scenario.name}: {scenario.title}", flush=True)
             max_clients = max(1000, scenario.clients + 100, options.idle_clients + 100 if name == "idle" else 0)
-            for server_name in options.servers:
-                command = server_command(server_name, scenario, options, max_clients, log_dir)
-                try:
-                    with ServerProcess(server_name, command, Path(log_dir) / f"{server_name}.out") as server:
-                        result = runners[scenario.kind](server, scenario, options)
-                except (OSError, RuntimeError, TimeoutError, ConnectionError) as exc:
-                    result = {"error": str(exc).splitlines()[0]}
-                    failed = True
-                print(format_row(server_name, result), flush=True)
-                results.append({"scenario": name, "server": server_name, **result})
+            for round_ in range(1, options.rounds + 1):
+                rounds = f" (round {round_} of {options.rounds})" if options.rounds > 1 else ""
+                print(f"{scenario.name}: {scenario.title}{rounds}", flush=True)
+                for label, server_name, plugins in options.variants:
+                    if server_name == "chatcore-tls" and scenario.kind != "flow":
+                        print(f"  {label:12s} (not measured: TLS runs the flow scenarios only)", flush=True)
+                        continue
+                    ClientTLS.context = tls_context if server_name == "chatcore-tls" else None
+                    command = server_command(server_name, scenario, options, max_clients, log_dir, plugins=plugins)
+                    try:
+                        with ServerProcess(server_name, command, Path(log_dir) / f"{server_name}.out") as server:
+                            result = runners[scenario.kind](server, scenario, options)
+                    except (OSError, RuntimeError, TimeoutError, ConnectionError) as exc:
+                        result = {"error": str(exc).splitlines()[0]}
+                        failed = True
+                    print(format_row(label, result), flush=True)
+                    row = {"scenario": name, "server": label, "round": round_, **result}
+                    results.append({**row, "plugins": plugins} if server_name == "chatcore" else row)
+    ClientTLS.context = None
+    if len([v for v in options.variants if v[0].startswith("chatcore/")]) > 1:
+        print("ratios, measured back to back (median of the rounds):", flush=True)
+        for line in ratios(results, options.variants):
+            print(line, flush=True)
     if options.json:
         Path(options.json).write_text(json.dumps(results, indent=2) + "\n")
+    if options.plot:
+        plot(results, options.plot)
+        print(f"broadcast.py: plot written to {options.plot}", flush=True)
     return 1 if failed else 0
+
+
+def plot(results: list[dict[str, Any]], path: str) -> None:
+    """Deliveries/s and p99 latency of every flow scenario, one bar per
+    server, side by side, into ``path`` (PNG or SVG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    flows = [name for name in dict.fromkeys(row["scenario"] for row in results) if SCENARIOS[name].kind == "flow"]
+    servers = list(dict.fromkeys(row["server"] for row in results if row["scenario"] in flows))
+    found = {(row["scenario"], row["server"]): row for row in results}
+    figure, (rates, tails) = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / max(1, len(servers))
+    for number, server in enumerate(servers):
+        offsets = [index + (number - (len(servers) - 1) / 2) * width for index in range(len(flows))]
+        rows = [found.get((flow, server), {}) for flow in flows]
+        bars = rates.bar(offsets, [(row.get("deliveries_per_s") or 0) / 1e6 for row in rows], width, label=server)
+        rates.bar_label(bars, fmt="%.2f", fontsize=7)
+        bars = tails.bar(offsets, [row.get("p99_ms") or 0 for row in rows], width, label=server)
+        tails.bar_label(bars, fmt="%.0f", fontsize=7)
+    for axes, title, unit in (
+        (rates, "deliveries per second (higher is better)", "million deliveries/s"),
+        (tails, "delivery latency p99 (lower is better)", "ms"),
+    ):
+        axes.set_title(title)
+        axes.set_ylabel(unit)
+        axes.set_xticks(range(len(flows)), flows)
+        axes.grid(axis="y", alpha=0.3)
+    rates.legend()
+    figure.suptitle(f"benchmarks/broadcast.py, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from broadcast import LINE_SIZE, Monitor, Receiver, Samples, main, now_us
 from conftest import min_seconds
 from pytest_benchmark.fixture import BenchmarkFixture
@@ -50,6 +51,37 @@ def test_driver_runs_both_servers(tmp_path: Path) -> None:
     assert set(rows) == {"chatcore", "naive"}
     assert rows["chatcore"]["deliveries"] > 0
     assert rows["chatcore"]["lost"] == rows["chatcore"]["corrupted"] == 0
+
+
+def test_driver_runs_tls_beside_tcp_and_plots(tmp_path: Path) -> None:
+    results, picture = tmp_path / "results.json", tmp_path / "plot.png"
+    argv = ["--scenario", "room10", "--scenario", "connect", "--duration", "0.5", "--procs", "1"]
+    argv += ["--servers", "chatcore,chatcore-tls", "--json", str(results), "--plot", str(picture)]
+    assert main(argv) == 0
+    rows = {(row["scenario"], row["server"]): row for row in json.loads(results.read_text())}
+    # TLS runs the flows only; its deliveries are counted and intact.
+    assert set(rows) == {("room10", "chatcore"), ("room10", "chatcore-tls"), ("connect", "chatcore")}
+    tls = rows[("room10", "chatcore-tls")]
+    assert tls["deliveries"] > 0
+    assert tls["lost"] == tls["corrupted"] == tls["gaps"] == 0
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_driver_compares_plugin_sets_back_to_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results.json"
+    argv = ["--servers", "chatcore", "--scenario", "room10", "--duration", "0.3", "--procs", "0"]
+    argv += ["--plugins", "welcome", "--compare-plugins", "welcome,metrics", "--rounds", "2", "--json", str(results)]
+    assert main(argv) == 0
+    rows = json.loads(results.read_text())
+    assert [(row["server"], row["round"], row["plugins"]) for row in rows] == [
+        ("chatcore/A", 1, "welcome"),
+        ("chatcore/B", 1, "welcome,metrics"),
+        ("chatcore/A", 2, "welcome"),
+        ("chatcore/B", 2, "welcome,metrics"),
+    ]
+    assert all(row["deliveries"] > 0 and row["lost"] == 0 for row in rows)
+    out = capsys.readouterr().out
+    assert "room10 deliveries_per_s: chatcore/B / chatcore/A = " in out
 
 
 def test_driver_receive_path(benchmark: BenchmarkFixture, report_figure: Callable[[str], None]) -> None:

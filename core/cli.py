@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import datetime
 import errno
+import json
 import logging
 import logging.handlers
 import queue
@@ -25,6 +27,8 @@ log = logging.getLogger("chatcore")
 # is far more than a reader needs, and 10,000 of them would reserve 80 GiB of
 # address space. The resident cost is what the thread touches either way.
 THREAD_STACK_SIZE = 256 * 1024
+#: How often the main thread looks for a signal that another thread received.
+SIGNAL_CHECK_INTERVAL = 0.1
 
 
 def _error(message: str, status: int) -> int:
@@ -55,16 +59,42 @@ def _raise_open_file_limit(max_clients: int) -> None:
         )
 
 
-def _log_through_a_queue() -> None:
+class JSONFormatter(logging.Formatter):
+    """One JSON object a line, for log collectors (``--log-format json``):
+    ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``, and
+    ``traceback`` when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        entry = {
+            "time": when.isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["traceback"] = record.exc_text
+        # ensure_ascii (the default) keeps a line a line: no raw separators.
+        return json.dumps(entry)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def _log_through_a_queue() -> logging.Handler:
     """Console logging whose formatting and writing happen on one thread.
 
     Every client thread logs its join and leave. Writing to stderr from
     thousands of threads makes them queue on the handler's lock deep inside
     the I/O stack, and a thread keeps every stack page it ever touched:
     about 2 KB more per idle client. A queue keeps the client side shallow.
+
+    Returns the handler that writes, whose formatter ``--log-format`` sets.
     """
     stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    stream.setFormatter(logging.Formatter(TEXT_FORMAT))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, stream)
     listener.start()
@@ -73,6 +103,7 @@ def _log_through_a_queue() -> None:
     to_queue = logging.handlers.QueueHandler(records)
     to_queue.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(handlers=[to_queue], force=True)
+    return stream
 
 
 def serve(args: Sequence[str]) -> int:
@@ -80,7 +111,7 @@ def serve(args: Sequence[str]) -> int:
     from chatcore.config import parse_config
     from chatcore.engine.server import ChatServer
 
-    _log_through_a_queue()
+    console = _log_through_a_queue()
     try:
         config = parse_config(args)
     except UsageError as exc:
@@ -95,6 +126,8 @@ def serve(args: Sequence[str]) -> int:
         print(render(build_parser(config.pluginmanager), options, config.plugins), end="")
         return 0
     logging.getLogger("chatcore").setLevel(options.log_level)
+    if options.log_format == "json":
+        console.setFormatter(JSONFormatter())
     _raise_open_file_limit(options.max_clients)
     threading.stack_size(THREAD_STACK_SIZE)
 
@@ -129,7 +162,12 @@ def serve(args: Sequence[str]) -> int:
     names = [name for name, _ in config.pluginmanager.list_name_plugin()]
     print(f"chatcore {__version__} listening on {server.address_text} (plugins: {', '.join(names)})", flush=True)
     while True:
-        wake.wait()
+        # With a timeout: the kernel may deliver a signal to any thread, and
+        # then only sets Python's flag; a main thread blocked in an untimed
+        # wait never wakes to run the handler (SIGHUP was lost about one time
+        # in ten). A timed wait returns, and the handler runs.
+        while not wake.wait(SIGNAL_CHECK_INTERVAL):
+            pass
         wake.clear()
         signums, received[:] = received[:], []
         if any(signum != getattr(signal, "SIGHUP", None) for signum in signums):

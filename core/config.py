@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import pluggy
 
 from chatcore import UsageError, __version__, configfile
 
 # Re-exported (the "as" form, for mypy) so plugins write: from chatcore.config import secret
+from chatcore.configfile import restart_only as restart_only  # noqa: PLC0414
 from chatcore.configfile import secret as secret  # noqa: PLC0414
 from chatcore.engine.connection import DEFAULT_MAX_QUEUE
-from chatcore.manager import DEFAULT_PLUGINS, PluginManager, load_plugins, parse_plugin_list
+from chatcore.manager import DEFAULT_PLUGINS, PluginLoadError, PluginManager, load_plugins, parse_plugin_list
 from chatcore.transports.listener import ListenURL, format_address, parse_listen_url
 from chatcore.wire.native import DEFAULT_MAX_LINE
 
@@ -47,6 +50,9 @@ class Config:
     :ivar schemes: every listener scheme the plugins registered, by name.
     :ivar listen: the listener URLs (``--listen``, or ``--host``/``--port``).
     :ivar certificates: the TLS certificate and key, if a listener needs them.
+    :ivar args: the command line it was parsed from, and
+    :ivar environ: the environment (``None``: ``os.environ``): what a
+        reload parses again, with the file read anew.
     """
 
     def __init__(self, options: argparse.Namespace, pluginmanager: PluginManager, plugins: Sequence[str]) -> None:
@@ -57,6 +63,8 @@ class Config:
         self.schemes: dict[str, Scheme] = {}
         self.listen: list[ListenURL] = []
         self.certificates: Certificates | None = None
+        self.args: list[str] = []
+        self.environ: Mapping[str, str] | None = None
 
     def getoption(self, name: str, default: Any = None) -> Any:
         """An option's value by its ``dest`` name, or ``default``."""
@@ -88,7 +96,11 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
     """The ``chatcore serve`` parser, with the options of ``pm``'s plugins."""
     parser = argparse.ArgumentParser(
         prog="chatcore serve",
-        description="Run a chat server. Connect with 'chatcore client' or 'nc HOST PORT'.",
+        description=(
+            "Run a chat server. Connect with 'chatcore client' or 'nc HOST PORT'. SIGINT and SIGTERM "
+            "stop it gracefully; SIGHUP reloads the configuration file and reopens the logs "
+            "(docs/operations.md says what a reload can change)."
+        ),
         epilog=(
             "Plugins add their own options; they are listed above for the plugins "
             "selected with --plugins (try: chatcore serve --plugins welcome,logger --help). "
@@ -96,43 +108,53 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"chatcore {__version__}")
-    parser.add_argument(
-        "--plugins",
-        metavar="NAMES",
-        help=(
-            "comma-separated plugins to load, by entry-point name or dotted module "
-            f"name (default: {','.join(DEFAULT_PLUGINS)}; '' for none)"
-        ),
+    restart_only(
+        parser.add_argument(
+            "--plugins",
+            metavar="NAMES",
+            help=(
+                "comma-separated plugins to load, by entry-point name or dotted module "
+                f"name (default: {','.join(DEFAULT_PLUGINS)}; '' for none); a reload cannot change them"
+            ),
+        )
     )
     net = parser.add_argument_group("network")
     schemes = ", ".join(f"{s.name}:// ({s.description})" for s in _schemes(pm).values()) if pm else "tcp://, tls://"
-    net.add_argument(
-        "--listen",
-        action="append",
-        metavar="URL",
-        help=(
-            "listen on SCHEME://HOST:PORT; repeat for several, e.g. --listen tcp://127.0.0.1:12000 "
-            "--listen tls://[::1]:12001; port 0 picks a free port. Schemes of the selected plugins: "
-            f"{schemes}. Default: one tcp:// listener on --host and --port"
-        ),
+    restart_only(
+        net.add_argument(
+            "--listen",
+            action="append",
+            metavar="URL",
+            help=(
+                "listen on SCHEME://HOST:PORT; repeat for several, e.g. --listen tcp://127.0.0.1:12000 "
+                "--listen tls://[::1]:12001; port 0 picks a free port. Schemes of the selected plugins: "
+                f"{schemes}. Default: one tcp:// listener on --host and --port"
+            ),
+        )
     )
-    net.add_argument(
-        "--host",
-        help=f"address of the default tcp:// listener, without --listen (default: {DEFAULT_HOST}; :: for IPv6)",
+    restart_only(
+        net.add_argument(
+            "--host",
+            help=f"address of the default tcp:// listener, without --listen (default: {DEFAULT_HOST}; :: for IPv6)",
+        )
     )
-    net.add_argument(
-        "--port",
-        type=whole_number(0, 65535),
-        help=(
-            f"port of the default tcp:// listener (default: {DEFAULT_PORT}; 0 picks a free port, "
-            "and the bound address is printed)"
-        ),
+    restart_only(
+        net.add_argument(
+            "--port",
+            type=whole_number(0, 65535),
+            help=(
+                f"port of the default tcp:// listener (default: {DEFAULT_PORT}; 0 picks a free port, "
+                "and the bound address is printed)"
+            ),
+        )
     )
-    net.add_argument(
-        "--backlog",
-        type=whole_number(1),
-        default=DEFAULT_BACKLOG,
-        help="listen backlog: connections the kernel holds until accepted (default: %(default)s)",
+    restart_only(
+        net.add_argument(
+            "--backlog",
+            type=whole_number(1),
+            default=DEFAULT_BACKLOG,
+            help="listen backlog: connections the kernel holds until accepted (default: %(default)s)",
+        )
     )
     tls = parser.add_argument_group("TLS", "For tls:// and the other TLS listeners. SIGHUP re-reads both files.")
     tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain, the server's certificate first")
@@ -168,6 +190,17 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="console log level (default: %(default)s)",
+    )
+    restart_only(
+        parser.add_argument(
+            "--log-format",
+            default="text",
+            choices=["text", "json"],
+            help=(
+                "console log format: text, or json for log collectors (one object a line: "
+                "time, level, logger, message) (default: %(default)s)"
+            ),
+        )
     )
     configfile.add_arguments(parser)
     if pm is not None:
@@ -208,10 +241,48 @@ def parse_config(
     load_plugins(pm, names)
     options = sources.parse_args(build_parser(pm), args)
     config = Config(options, pm, names)
+    config.args = list(args)
+    config.environ = environ
     if not options.print_config:  # it prints the options and starts nothing: plugins open files here
         _configure_listeners(config)
         pm.hooks.configure(config)
     return config
+
+
+def reread_options(config: Config) -> tuple[argparse.Namespace, argparse.ArgumentParser, list[str]]:
+    """Parse ``config``'s command line again, with the configuration file as
+    it is now: what a reload (SIGHUP) applies.
+
+    :return: the new options, the parser that made them (whose actions say
+        which options are :func:`restart_only`), and the plugins the new
+        configuration selects. If those differ from the running ones, the
+        options are those of the new selection (checked with a scratch
+        plugin manager); the running plugins are not changed.
+    :raises UsageError: the file is unreadable or not valid TOML, a key is
+        unknown or a value bad, or a newly selected plugin does not exist.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(config.args)
+    sources = configfile.load(known.config, config.environ)
+    selected = known.plugins if known.plugins is not None else sources.plugins
+    names = list(DEFAULT_PLUGINS) if selected is None else parse_plugin_list(selected)
+    pm = config.pluginmanager
+    if names != config.plugins:
+        pm = PluginManager()
+        try:
+            load_plugins(pm, names)
+        except (PluginLoadError, pluggy.PluginValidationError) as exc:
+            raise UsageError(str(exc)) from None
+    parser = build_parser(pm)
+
+    def error(message: str) -> NoReturn:
+        # The command line was valid at start; this is for the file's sake.
+        raise UsageError(message)
+
+    parser.error = error  # type: ignore[method-assign]
+    return sources.parse_args(parser, config.args), parser, names
 
 
 def _schemes(pm: PluginManager) -> dict[str, Scheme]:

@@ -86,6 +86,31 @@ def is_secret(action: argparse.Action) -> bool:
     return action in _secret_actions
 
 
+# Actions marked with restart_only(), the same way.
+_restart_actions: weakref.WeakSet[argparse.Action] = weakref.WeakSet()
+
+
+def restart_only(action: _A) -> _A:
+    """Mark an option that a reload (SIGHUP) cannot change: a new value in
+    the file is logged as "needs a restart" and the running one kept.
+
+    For what is bound or opened once (listeners, a database file)::
+
+        from chatcore.config import restart_only
+
+        restart_only(group.add_argument("--history-db", help="..."))
+
+    Returns the action.
+    """
+    _restart_actions.add(action)
+    return action
+
+
+def is_restart_only(action: argparse.Action) -> bool:
+    """Whether ``action`` was marked with :func:`restart_only`."""
+    return action in _restart_actions
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config`` and ``--print-config``, and describe the environment in the epilog."""
     parser.add_argument(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -86,10 +87,17 @@ class Hooks:
         self.pm = pm
         self._impls: dict[str, list[_Impl]] = {}
         self._failures: dict[tuple[str, str], int] = {}
+        # Failures are rare and each one is logged: a lock costs nothing next
+        # to that, and keeps concurrent failures from being miscounted.
+        self._failures_lock = threading.Lock()
+        self.refresh()
 
     def refresh(self) -> None:
         """Forget the cached implementation lists (after (un)registering)."""
         self._impls.clear()
+        #: True if a plugin implements ``chatcore_room_event`` (checked on
+        #: every publish, so kept as a plain attribute).
+        self.room_events_observed = bool(self._get("chatcore_room_event"))
 
     def implemented(self, name: str) -> bool:
         """True if any plugin implements the hook ``chatcore_<name>``."""
@@ -164,7 +172,8 @@ class Hooks:
 
     def _failed(self, plugin: str, hook: str, exc: Exception) -> None:
         key = (plugin, hook)
-        count = self._failures[key] = self._failures.get(key, 0) + 1
+        with self._failures_lock:
+            count = self._failures[key] = self._failures.get(key, 0) + 1
         if count <= _LOG_FIRST:
             log.error("plugin %r failed in %s (the event goes on without it)", plugin, hook, exc_info=exc)
         elif count % _LOG_EVERY == 0:
@@ -172,7 +181,15 @@ class Hooks:
 
     def failures(self, plugin: str) -> int:
         """How many times ``plugin`` has failed in per-event hooks."""
-        return sum(n for (name, _hook), n in self._failures.items() if name == plugin)
+        return self.failure_counts().get(plugin, 0)
+
+    def failure_counts(self) -> dict[str, int]:
+        """Failures in per-event hooks so far, by plugin name."""
+        totals: dict[str, int] = {}
+        with self._failures_lock:
+            for (name, _hook), count in self._failures.items():
+                totals[name] = totals.get(name, 0) + count
+        return totals
 
     # -- start-up and shutdown ----------------------------------------------
 
@@ -187,6 +204,38 @@ class Hooks:
 
     def server_stop(self, server: ChatServer) -> None:
         self._call_each("chatcore_server_stop", {"server": server})
+
+    def reload(
+        self, server: ChatServer, old: argparse.Namespace, new: argparse.Namespace
+    ) -> list[tuple[str, Callable[[], object]]]:
+        """Every plugin's check of a reload; returns what applies it.
+
+        :raises UsageError: a plugin refused a value.
+        :raises PluginError: a plugin failed, or returned something that
+            cannot be called.
+        """
+        appliers: list[tuple[str, Callable[[], object]]] = []
+        for plugin, call in self._get("chatcore_reload"):
+            try:
+                result = call({"server": server, "old": old, "new": new})
+            except UsageError:
+                raise
+            except Exception as exc:
+                raise PluginError(plugin, "chatcore_reload", exc) from exc
+            if result is None:
+                continue
+            if not callable(result):
+                raise PluginError(plugin, "chatcore_reload", TypeError(f"returned {result!r}, not a function"))
+            appliers.append((plugin, result))
+        return appliers
+
+    def apply_reload(self, appliers: list[tuple[str, Callable[[], object]]]) -> None:
+        """Call what :meth:`reload` returned; a failure is logged, the rest apply."""
+        for plugin, apply in appliers:
+            try:
+                apply()
+            except Exception as exc:
+                self._failed(plugin, "chatcore_reload", exc)
 
     # -- connections and rooms ----------------------------------------------
 

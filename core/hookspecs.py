@@ -19,6 +19,7 @@ line. See docs/plugins.md for the full contract of every hook.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chatcore import hookspec
@@ -100,6 +101,41 @@ def chatcore_server_stop(server: ChatServer) -> None:
     Called once on the thread that stops the server.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def chatcore_reload(server: ChatServer, old: argparse.Namespace, new: argparse.Namespace) -> Callable[[], None] | None:
+    """The configuration is being reloaded (SIGHUP): check the new options
+    and say how to apply them.
+
+    In two steps, so that one bad value keeps the whole running
+    configuration: first every plugin checks ``new`` here and raises
+    :class:`chatcore.UsageError` for a bad value, having changed nothing
+    (read a file, build new settings, but do not use them yet). If all
+    accept, the server makes ``new`` its options (``server.config.options``)
+    and calls every function returned here, in the same order, to apply it.
+    An option a plugin reads from ``server.config.options`` when it needs it
+    changes without any work. Options marked
+    :func:`~chatcore.config.restart_only` keep their running values in
+    ``new``; the server logs them as "needs a restart". A reload is also the
+    moment to reopen files (log rotation), whatever changed.
+
+    :param server: the running server.
+    :param old: the running options.
+    :param new: the options as the configuration file (and the unchanged
+        command line and environment) now give them.
+    :return: ``None``, or a function without arguments that applies ``new``.
+        If it raises, the failure is logged with the plugin's name and the
+        other plugins' changes still apply.
+
+    Called on the main thread, which handled the signal; reloads never
+    overlap each other, but client threads keep running: apply a change as
+    one reference swap, or under the plugin's own lock. An exception other
+    than ``UsageError`` in the check abandons the reload too, logged with
+    the plugin's name.
+
+    .. versionadded:: 0.2
     """
 
 

@@ -211,6 +211,7 @@ class ServerProcess:
         self.stdout = ""
         self.stderr = ""
         self.proc: subprocess.Popen[str] | None = None
+        self._stderr_buffer = b""
 
     def start(self) -> ServerProcess:
         self.proc = subprocess.Popen(
@@ -237,6 +238,35 @@ class ServerProcess:
         self.address = (found[0][1], int(found[0][2]))
         return self
 
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` (``signal.SIGHUP`` for a reload) to the server."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def expect_log(self, match: Match, timeout: float | None = None) -> str:
+        """Read the server's log (its stderr) until a line matches (a string
+        equal to the line, a regex searched in it, or a predicate); returns
+        it. Every line read is kept in :attr:`stderr`."""
+        assert self.proc is not None
+        assert self.proc.stderr is not None
+        matches = _matcher(match)
+        fd = self.proc.stderr.fileno()  # read raw: the text wrapper would buffer lines select() cannot see
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            while b"\n" in self._stderr_buffer:
+                raw, self._stderr_buffer = self._stderr_buffer.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace")
+                self.stderr += line + "\n"
+                if matches(line):
+                    return line
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise AssertionError(f"no log line matching {match!r}; the log so far: {self.stderr[-3000:]}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"the server exited; no log line matched {match!r}: {self.stderr[-3000:]}")
+            self._stderr_buffer += chunk
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         """Send ``sig`` and wait; returns the exit status."""
         assert self.proc is not None
@@ -248,7 +278,8 @@ class ServerProcess:
             self.proc.kill()
             out, err = self.proc.communicate()
         self.stdout += out
-        self.stderr += err
+        self.stderr += self._stderr_buffer.decode("utf-8", "replace") + err
+        self._stderr_buffer = b""
         self.returncode = self.proc.returncode
         return self.returncode
 

@@ -11,7 +11,10 @@ Every load-test message is a chat line whose text is::
 
     ~lt SENDER SEQ SENT_US xxxx...
 
-``SENDER`` is unique per simulated user (across processes), ``SEQ`` counts
+``SENDER`` is unique per simulated user (across processes) and ends in
+``@N``, the index of the server the sender is connected to in the run's
+list of servers (``--chat-hosts``), so a receiver can split its deliveries
+by (sending server, receiving server); ``SEQ`` counts
 from 1 per sender, ``SENT_US`` is the send time in microseconds since the
 epoch (all load generators of one run share a clock: same host, or NTP) and
 the ``x`` padding brings the text to the configured size. Receivers check
@@ -37,7 +40,7 @@ import time
 from typing import Any, Protocol
 
 import gevent
-from gevent import socket
+from _transports import Endpoint, Transport
 
 MARK = b"> ~lt "
 #: Text of a load-test message without its padding: "~lt SENDER SEQ SENT_US ".
@@ -51,9 +54,19 @@ _process_token = secrets.token_hex(2)
 _sender_numbers = itertools.count(1)
 
 
-def new_sender_id() -> str:
-    """A sender id unique across the load generator's processes."""
-    return f"{_process_token}{os.getpid():x}.{next(_sender_numbers)}"
+def new_sender_id(origin: int = 0) -> str:
+    """A sender id unique across the load generator's processes, naming the
+    index of the server it sends through."""
+    return f"{_process_token}{os.getpid():x}.{next(_sender_numbers)}@{origin}"
+
+
+def origin_of(sender: bytes) -> int:
+    """The server index a sender id names (0 if it names none)."""
+    _, _, origin = sender.rpartition(b"@")
+    try:
+        return int(origin)
+    except ValueError:
+        return 0
 
 
 def now_us() -> int:
@@ -67,11 +80,14 @@ class ChatError(Exception):
 class Recorder(Protocol):
     """Where a :class:`ChatConnection` reports what it measured."""
 
-    def delivered(self, latency_ms: float, count: int) -> None:
-        """``count`` deliveries arrived; ``latency_ms`` is one sample of them."""
+    def delivered(self, latency_ms: float, count: int, origin: int) -> None:
+        """``count`` deliveries sent through server ``origin`` arrived;
+        ``latency_ms`` is one sample of them."""
 
-    def problem(self, kind: str, count: int, detail: str) -> None:
-        """``count`` messages lost, duplicated, reordered or corrupted (``kind``)."""
+    def problem(self, kind: str, count: int, detail: str, origin: int) -> None:
+        """``count`` messages sent through server ``origin`` were lost,
+        duplicated, reordered or corrupted (``kind``; corrupted lines name
+        the receiving server's own index, their sender being unknown)."""
 
     def closed(self, detail: str) -> None:
         """The server closed the connection while the user was running."""
@@ -91,30 +107,44 @@ class ChatConnection:
     totals stay exact while the number of recorded events stays bounded.
     """
 
-    def __init__(self, host: str, port: int, recorder: Recorder, *, timeout: float = 10.0) -> None:
-        self.host = host
-        self.port = port
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        transport: Transport,
+        recorder: Recorder,
+        *,
+        server_index: int = 0,
+        read_rate: float = 0.0,
+        timeout: float = 10.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.transport = transport
         self.recorder = recorder
+        self.server_index = server_index
+        self.read_rate = read_rate
         self.timeout = timeout
         self.sock: Any = None
-        self.sender = new_sender_id()
+        self.sender = new_sender_id(server_index)
         self.seq = 0
         self.sample = 1
         self.received_lines = 0
         self._buffer = b""
         self._reader: gevent.Greenlet | None = None
         self._stopping = False
-        # Per sender: [last sequence seen, set of missing sequence numbers].
+        # Per sender: [last sequence seen, set of missing sequence numbers,
+        # the server it sends through].
         self._senders: dict[bytes, list[Any]] = {}
-        self._unsampled = 0
-        self._last_latency = 0.0
+        # Per sending server: deliveries since the last sample, and that
+        # sample's latency (a sample stands only for its own server's count).
+        self._unsampled: dict[int, int] = {}
+        self._last_latency: dict[int, float] = {}
 
     # -- setup, in the calling greenlet --------------------------------------
 
     def connect(self) -> str:
-        """Connect and wait for the first line (the welcome); return it."""
-        self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Connect (and, over TLS, shake hands) and wait for the first line
+        (the welcome); return it."""
+        self.sock = self.transport.connect(self.endpoint, self.timeout)
         first = self.readline()
         if first.startswith("! "):
             raise ChatError(f"refused: {first[2:]}")
@@ -141,6 +171,10 @@ class ChatConnection:
                 return reply
             if reply.startswith("! "):
                 raise ChatError(f"{line.split(maxsplit=1)[0]}: {reply[2:]}")
+
+    def nickname(self) -> str:
+        """A nickname made of the sender id (valid: letters, digits, ``_``)."""
+        return "lt_" + self.sender.replace(".", "_").replace("@", "_")
 
     # -- running --------------------------------------------------------------
 
@@ -173,9 +207,10 @@ class ChatConnection:
 
     def flush(self) -> None:
         """Report deliveries counted since the last latency sample."""
-        if self._unsampled:
-            self.recorder.delivered(self._last_latency, self._unsampled)
-            self._unsampled = 0
+        for origin, count in self._unsampled.items():
+            if count:
+                self.recorder.delivered(self._last_latency.get(origin, 0.0), count, origin)
+        self._unsampled.clear()
 
     # -- the receive greenlet -------------------------------------------------
 
@@ -183,9 +218,15 @@ class ChatConnection:
         sock = self.sock
         pending = self._buffer
         self._buffer = b""
+        # A slow reader takes a tenth of a second's worth at a time, then
+        # waits out the rest of that tenth.
+        rate = self.read_rate
+        size = max(64, int(rate / 10)) if rate else RECV_SIZE
         while True:
+            if rate:
+                gevent.sleep(size / rate)
             try:
-                data = sock.recv(RECV_SIZE)
+                data = sock.recv(size)
             except OSError as exc:
                 if not self._stopping:
                     self.recorder.closed(f"receive failed: {exc}")
@@ -202,6 +243,8 @@ class ChatConnection:
         senders = self._senders
         recorder = self.recorder
         sample = self.sample
+        unsampled = self._unsampled
+        own = self.server_index
         arrived = now_us()
         self.received_lines += len(lines)
         for line in lines:
@@ -216,33 +259,35 @@ class ChatConnection:
                 seq = int(seq_text)
                 sent = int(sent_text)
             except ValueError:
-                recorder.problem("corrupted", 1, line[:80].decode("utf-8", "replace"))
+                recorder.problem("corrupted", 1, line[:80].decode("utf-8", "replace"), own)
                 continue
             if padding.strip(b"x"):
-                recorder.problem("corrupted", 1, line[:80].decode("utf-8", "replace"))
+                recorder.problem("corrupted", 1, line[:80].decode("utf-8", "replace"), own)
                 continue
             track = senders.get(sender)
             if track is None:
-                senders[sender] = [seq, set()]
+                track = senders[sender] = [seq, set(), origin_of(sender)]
             else:
                 last = track[0]
                 if seq == last + 1:
                     track[0] = seq
                 elif seq > last:
                     missing: set[int] = track[1]
-                    recorder.problem("lost", seq - last - 1, f"{sender.decode()}: {last + 1}..{seq - 1}")
+                    recorder.problem("lost", seq - last - 1, f"{sender.decode()}: {last + 1}..{seq - 1}", track[2])
                     if len(missing) < MISSING_LIMIT:
                         missing.update(range(last + 1, min(seq, last + 1 + MISSING_LIMIT)))
                     track[0] = seq
                 elif seq in track[1]:
                     track[1].discard(seq)
-                    recorder.problem("reordered", 1, f"{sender.decode()}: {seq} after {track[0]}")
+                    recorder.problem("reordered", 1, f"{sender.decode()}: {seq} after {track[0]}", track[2])
                     continue
                 else:
-                    recorder.problem("duplicated", 1, f"{sender.decode()}: {seq} after {track[0]}")
+                    recorder.problem("duplicated", 1, f"{sender.decode()}: {seq} after {track[0]}", track[2])
                     continue
-            self._unsampled += 1
-            if self._unsampled >= sample:
-                self._last_latency = (arrived - sent) / 1000.0
-                recorder.delivered(self._last_latency, self._unsampled)
-                self._unsampled = 0
+            origin = track[2]
+            count = unsampled.get(origin, 0) + 1
+            if count >= sample:
+                latency = self._last_latency[origin] = (arrived - sent) / 1000.0
+                recorder.delivered(latency, count, origin)
+                count = 0
+            unsampled[origin] = count

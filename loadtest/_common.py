@@ -13,6 +13,12 @@ loss       lost, duplicated, reordered, corrupted    failures, one per message
 receive    connection       the server closed a running user's connection
 =========  ===============  ===================================================
 
+With several servers (``--chat-hosts``) the ``deliver`` and ``loss`` rows are
+split by (sending server, receiving server): ``message SENDER_URL > RECEIVER_URL``,
+``lost SENDER_URL > RECEIVER_URL``, and ``send`` rows by sending server
+(``message URL``). :func:`chat_rows` sums them up again for the summary, the
+Chat tab and the HTML report.
+
 Why deliveries are sampled: one Locust process records roughly 300,000
 events per second on a whole core, and its timings go bad well before that
 (about 60 % of a core). A room of 100 users each sending one message per
@@ -35,11 +41,12 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
-import urllib.parse
 from typing import Any
 
 import gevent
+from _transports import Endpoint, parse_endpoints
 from locust import events
 from locust.env import Environment
 from locust.runners import WorkerRunner
@@ -47,7 +54,6 @@ from locust.stats import StatsEntry, bucket_response_time
 
 log = logging.getLogger("chatcore.loadtest")
 
-DEFAULT_PORT = 12000
 PROBLEMS = ("lost", "duplicated", "reordered", "corrupted")
 
 
@@ -106,15 +112,64 @@ def add_options(parser: Any) -> None:
         "(default: %(default)s)",
     )
 
+    group.add_argument(
+        "--chat-hosts",
+        default="",
+        env_var="CHATCORE_CHAT_HOSTS",
+        metavar="URL,URL,...",
+        help="spread users over these servers, round robin (instead of --host); deliveries and losses are "
+        "then counted per (sending server, receiving server)",
+    )
+    group.add_argument(
+        "--ca",
+        default="",
+        env_var="CHATCORE_CA",
+        metavar="FILE",
+        help="tls://: PEM file of the certificates to trust instead of the system's",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        default=False,
+        env_var="CHATCORE_INSECURE",
+        help="tls://: do not check the server's certificate or host name (test certificates only)",
+    )
 
-def parse_host(host: str | None) -> tuple[str, int]:
-    """``tcp://HOST:PORT`` (or ``HOST:PORT``, ``HOST``) as ``(host, port)``."""
-    if not host:
-        raise ValueError("no host: give --host tcp://HOST:PORT")
-    parts = urllib.parse.urlsplit(host if "//" in host else "tcp://" + host)
-    if parts.scheme != "tcp" or not parts.hostname:
-        raise ValueError(f"--host {host!r}: use tcp://HOST:PORT")
-    return parts.hostname, parts.port or DEFAULT_PORT
+
+def endpoints_of(environment: Environment, host: str | None) -> list[Endpoint]:
+    """The run's servers, from ``--chat-hosts`` or the host (``--host``, or the web UI's field)."""
+    options = environment.parsed_options
+    return parse_endpoints(host, options.chat_hosts if options else "")
+
+
+def send_name(endpoints: list[Endpoint], origin: int) -> str:
+    """The ``send`` row of messages sent through server ``origin``."""
+    return "message" if len(endpoints) == 1 else f"message {_label(endpoints, origin)}"
+
+
+def pair_name(kind: str, endpoints: list[Endpoint], origin: int, receiver: int) -> str:
+    """A ``deliver`` (kind ``message``) or ``loss`` row's name: split by
+    (sending server, receiving server) when there are several."""
+    if len(endpoints) == 1:
+        return kind
+    return f"{kind} {_label(endpoints, origin)} > {_label(endpoints, receiver)}"
+
+
+def _label(endpoints: list[Endpoint], index: int) -> str:
+    # A sender id naming no server of this run (another run's load on the
+    # same server) is still counted, under its own label.
+    return endpoints[index].url if 0 <= index < len(endpoints) else f"server-{index}"
+
+
+def split_name(name: str) -> tuple[str, str, str]:
+    """``(kind, sending server, receiving server)`` of a row name made by
+    :func:`pair_name` (servers empty for a single-server run)."""
+    parts = name.split(" ")
+    if len(parts) == 4 and parts[2] == ">":
+        return parts[0], parts[1], parts[3]
+    if len(parts) == 2:
+        return parts[0], parts[1], ""
+    return name, "", ""
 
 
 def record_weighted(
@@ -176,21 +231,40 @@ sampler = Sampler()
 
 
 class LocustRecorder:
-    """A :class:`~_chatclient.Recorder` that writes Locust statistics."""
+    """A :class:`~_chatclient.Recorder` that writes Locust statistics for
+    one user connected to server ``server_index`` of ``endpoints``.
 
-    def __init__(self, environment: Environment) -> None:
+    Scenarios that count some users' deliveries apart change
+    :attr:`delivery_type` (a row type the chat figures leave out) or
+    :attr:`delivery_kind` (a ``deliver`` row of its own, with a scope of
+    its own in the chat figures).
+    """
+
+    delivery_type = "deliver"
+    delivery_kind = "message"
+
+    def __init__(self, environment: Environment, endpoints: list[Endpoint], server_index: int) -> None:
         self.environment = environment
         self.fire = environment.events.request.fire
+        self.endpoints = endpoints
+        self.server_index = server_index
+        self._deliver_names: dict[int, str] = {}
 
-    def delivered(self, latency_ms: float, count: int) -> None:
+    def delivered(self, latency_ms: float, count: int, origin: int) -> None:
         sampler.counted += count
-        record_weighted(self.environment, "deliver", "message", latency_ms, length=0, weight=count)
+        name = self._deliver_names.get(origin)
+        if name is None:
+            name = self._deliver_names[origin] = pair_name(
+                self.delivery_kind, self.endpoints, origin, self.server_index
+            )
+        record_weighted(self.environment, self.delivery_type, name, latency_ms, length=0, weight=count)
 
-    def problem(self, kind: str, count: int, detail: str) -> None:
+    def problem(self, kind: str, count: int, detail: str, origin: int) -> None:
+        name = pair_name(kind, self.endpoints, origin, self.server_index)
         for _ in range(count):
             self.fire(
                 request_type="loss",
-                name=kind,
+                name=name,
                 response_time=0,
                 response_length=0,
                 exception=Exception(f"{kind}: {detail}"),
@@ -208,6 +282,20 @@ class LocustRecorder:
         )
 
 
+@events.init.add_listener
+def check_servers(environment: Environment, **_kwargs: Any) -> None:
+    """A bad --host or --chat-hosts is a usage error before anything starts
+    (in the web UI the host may still be typed in later)."""
+    options = environment.parsed_options
+    if options is None or not (options.chat_hosts or environment.host or options.headless):
+        return
+    try:
+        endpoints_of(environment, environment.host)
+    except ValueError as exc:
+        log.error("chatcore load test: %s", exc)
+        sys.exit(2)
+
+
 @events.test_start.add_listener
 def on_test_start(environment: Environment, **_kwargs: Any) -> None:
     options = environment.parsed_options
@@ -220,26 +308,124 @@ def on_test_stop(environment: Environment, **_kwargs: Any) -> None:
     sampler.stop()
 
 
+def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -> list[dict[str, Any]]:
+    """The chat figures, per scope: the whole run, each transport and each
+    server (by where the deliveries arrived), and with several servers each
+    (sending server, receiving server) pair.
+
+    Each row: ``scope``, ``deliveries``, ``rate`` (deliveries/s now),
+    ``messages`` and ``mrate`` (messages sent through the scope's servers,
+    total and per second now), ``fanout`` (deliveries per message their
+    senders sent: the receivers in this scope per message that could reach
+    them), ``p50``/``p95``/``p99`` delivery latency (ms) and the four
+    problem counts. With ``average`` the rates are over the whole run
+    (for reports) instead of the last seconds (for the live view).
+    """
+    seconds = max(1e-9, (stats.last_request_timestamp or time.time()) - stats.total.start_time)
+    single = endpoints[0].url if len(endpoints) == 1 else ""
+    schemes = {endpoint.url: endpoint.scheme for endpoint in endpoints}
+    delivers: list[tuple[str, str, str, Any]] = []
+    sends: dict[str, Any] = {}
+    problems: list[tuple[str, str, str, int]] = []
+    for (name, method), entry in list(stats.entries.items()):
+        kind, origin, receiver = split_name(name)
+        if method == "deliver":
+            delivers.append((kind, origin or single, receiver or single, entry))
+        elif method == "send":
+            sends[origin or single] = entry
+        elif method == "loss" and kind in PROBLEMS:
+            problems.append((kind, origin or single, receiver or single, entry.num_failures))
+
+    def scheme_of(url: str) -> str:
+        return schemes.get(url) or url.partition("://")[0]
+
+    scopes: list[tuple[str, Any]] = [("all", lambda _o, _r, _k: True)]
+    kinds = sorted({kind for kind, _, _, _ in delivers})
+    if len(kinds) > 1:  # a scenario counts some deliveries apart (rooms.py)
+        for kind in kinds:
+            scopes.append((f"deliveries {kind}", lambda _o, _r, k, kind=kind: k == kind))
+    for scheme in sorted({scheme_of(url) for url in schemes}):
+        scopes.append((f"transport {scheme}://", lambda _o, r, _k, scheme=scheme: scheme_of(r) == scheme))
+    for url in schemes:
+        scopes.append((f"server {url}", lambda _o, r, _k, url=url: r == url))
+    if len(endpoints) > 1:
+        for origin_url in schemes:
+            for receiver_url in schemes:
+                scopes.append(
+                    (
+                        f"{origin_url} > {receiver_url}",
+                        lambda o, r, _k, pair=(origin_url, receiver_url): (o, r) == pair,
+                    )
+                )
+    rows = []
+    for scope, selects in scopes:
+        merged = StatsEntry(stats, scope, "deliver")
+        rate = 0.0
+        origins = set()
+        for kind, origin, receiver, entry in delivers:
+            if selects(origin, receiver, kind):
+                merged.extend(entry)
+                rate += entry.current_rps
+                if entry.num_requests:
+                    origins.add(origin)
+        if scope.startswith(("transport ", "server ")):
+            scope_sends = [entry for url, entry in sends.items() if selects(url, url, "")]
+        elif scope == "all":
+            scope_sends = list(sends.values())
+        else:
+            scope_sends = [sends[origin] for origin in origins if origin in sends]
+        messages = sum(entry.num_requests for entry in scope_sends)
+        reached_by = sum(sends[origin].num_requests for origin in origins if origin in sends)
+        row: dict[str, Any] = {
+            "scope": scope,
+            "deliveries": merged.num_requests,
+            "rate": round(merged.num_requests / seconds if average else rate, 1),
+            "messages": messages,
+            "mrate": round(
+                messages / seconds if average else sum(entry.current_rps for entry in scope_sends),
+                1,
+            ),
+            "fanout": round(merged.num_requests / reached_by, 2) if reached_by else 0,
+        }
+        for key, percent in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+            row[key] = merged.get_response_time_percentile(percent) if merged.num_requests else 0
+        for kind in PROBLEMS:
+            if scope.startswith("deliveries "):
+                row[kind] = "-"  # loss rows are not split by delivery kind: see the other rows
+            else:
+                row[kind] = sum(count for k, o, r, count in problems if k == kind and selects(o, r, ""))
+        rows.append(row)
+    return rows
+
+
+def run_endpoints(environment: Environment) -> list[Endpoint]:
+    """The servers of the run as the master (or a local runner) sees them,
+    or none if the host is not set or not valid."""
+    try:
+        return endpoints_of(environment, environment.host)
+    except ValueError:
+        return []
+
+
 @events.quitting.add_listener
 def print_summary(environment: Environment, **_kwargs: Any) -> None:
     """The broadcast figures in one line, after Locust's own tables."""
     if isinstance(environment.runner, WorkerRunner):
         return
     stats = environment.stats
-    # entries.get(), not stats.get(): the latter creates empty rows.
-    empty = StatsEntry(stats, "", "")
-    sent = stats.entries.get(("message", "send"), empty)
-    delivered = stats.entries.get(("message", "deliver"), empty)
-    problems = [stats.entries.get((kind, "loss"), empty).num_failures for kind in PROBLEMS]
-    seconds = max(1e-9, (delivered.last_request_timestamp or time.time()) - stats.total.start_time)
+    endpoints = run_endpoints(environment)
+    if not endpoints:
+        return
+    total = chat_rows(stats, endpoints)[0]
+    seconds = max(1e-9, (stats.last_request_timestamp or time.time()) - stats.total.start_time)
     log.info(
         "chatcore: sent %d messages, %d deliveries (%.0f deliveries/s, %.1f per message), latency p50 %s ms "
         "p99 %s ms; lost %d, duplicated %d, reordered %d, corrupted %d",
-        sent.num_requests,
-        delivered.num_requests,
-        delivered.num_requests / seconds,
-        delivered.num_requests / max(1, sent.num_requests),
-        delivered.get_response_time_percentile(0.5) if delivered.num_requests else "-",
-        delivered.get_response_time_percentile(0.99) if delivered.num_requests else "-",
-        *problems,
+        total["messages"],
+        total["deliveries"],
+        total["deliveries"] / seconds,
+        total["deliveries"] / max(1, total["messages"]),
+        total["p50"] if total["deliveries"] else "-",
+        total["p99"] if total["deliveries"] else "-",
+        *(total[kind] for kind in PROBLEMS),
     )

@@ -10,6 +10,7 @@ client never waits in silence. docs/commands.md is the reference.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 
 from chatcore import Client, Message, hookimpl
@@ -140,6 +141,8 @@ def _msg(client: Client, args: str) -> None:
     # The same filter chain as room chat (flood control, banned words ...);
     # the room is where it was written, the recipient where it goes.
     message = Message(client, client.room, text, "private", recipient=recipient)
+    counts = server.stats.mine()
+    counts.messages += 1
     server.hooks.message(message)
     if message.rejected is not None:
         client.error(message.rejected)
@@ -149,6 +152,8 @@ def _msg(client: Client, args: str) -> None:
         return
     recipient.send(PrivateMessage(client.nick, recipient.nick, message.text))
     client.send(PrivateMessage(client.nick, recipient.nick, message.text, echo=True))
+    if client.arrived:
+        counts.observe_latency(time.perf_counter() - client.arrived)
     server.hooks.message_delivered(message, 1)
 
 
@@ -198,7 +203,7 @@ def _ping(client: Client, args: str) -> None:
 
 
 def _quit(client: Client, args: str) -> None:
-    client.disconnect(args or "quit", notice="goodbye")
+    client.disconnect(args or "quit", notice="goodbye", cause="quit")
 
 
 _COMMANDS: dict[str, Callable[[Client, str], None]] = {

@@ -21,11 +21,12 @@ import functools
 import re
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from chatcore import Config, Message, UsageError, hookimpl
 from chatcore.config import whole_number
+from chatcore.engine.server import ChatServer
 
 NAME = "filters"
 #: A client with ``--flood-disconnect`` messages rejected for flooding within
@@ -124,7 +125,26 @@ class Settings:
 
 @hookimpl
 def chatcore_configure(config: Config) -> None:
-    options = config.options
+    config.data[NAME] = settings_from(config.options)
+
+
+@hookimpl
+def chatcore_reload(server: ChatServer, new: argparse.Namespace) -> Callable[[], None]:
+    settings = settings_from(new)  # the words file is read again, and checked, now
+
+    def apply() -> None:
+        # One reference swap: every message reads the settings afresh.
+        server.config.data[NAME] = settings
+
+    return apply
+
+
+def settings_from(options: argparse.Namespace) -> Settings:
+    """The filters' settings from the options.
+
+    :raises UsageError: a bad banned word, an unreadable words file, or a
+        flood option without ``--flood-rate``.
+    """
     words: list[str] = []
     if options.banned_words:
         words.extend(options.banned_words.split(","))
@@ -141,7 +161,7 @@ def chatcore_configure(config: Config) -> None:
         for name, value in (("--flood-burst", options.flood_burst), ("--flood-disconnect", options.flood_disconnect)):
             if value is not None:
                 raise UsageError(f"{name} needs --flood-rate (flood control is off without it)")
-    config.data[NAME] = Settings(
+    return Settings(
         flood_rate=options.flood_rate,
         flood_burst=DEFAULT_FLOOD_BURST if options.flood_burst is None else options.flood_burst,
         flood_disconnect=DEFAULT_FLOOD_DISCONNECT if options.flood_disconnect is None else options.flood_disconnect,
@@ -219,6 +239,8 @@ def flood_control(message: Message) -> None:
     bucket: TokenBucket | None = client.data.get(NAME)
     if bucket is None:
         bucket = client.data[NAME] = TokenBucket(settings.flood_rate, settings.flood_burst, now)
+    elif bucket.rate != settings.flood_rate or bucket.burst != settings.flood_burst:  # reloaded
+        bucket.rate, bucket.burst = settings.flood_rate, settings.flood_burst
     if bucket.take(now):
         return
     message.reject("slow down")
@@ -227,7 +249,7 @@ def flood_control(message: Message) -> None:
         # The others see "* nick left (flooding)"; the flooder sees
         # "! disconnected: flooding" (and not this message's "slow down":
         # nothing more is sent to a closing client).
-        client.disconnect("flooding")
+        client.disconnect("flooding", cause="flood")
 
 
 # ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable
 
 from chatcore import Client, Config, UsageError, hookimpl
-from chatcore.config import whole_number
+from chatcore.config import restart_only, whole_number
 from chatcore.engine.server import ChatServer
 from chatcore.events import Action, Chat, Replay, RoomEvent
 
@@ -69,10 +69,12 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="lines kept and replayed per room (default: %(default)s)",
     )
-    group.add_argument(
-        "--history-db",
-        metavar="FILE",
-        help="SQLite file that keeps the history across restarts, created if missing (default: memory only)",
+    restart_only(
+        group.add_argument(
+            "--history-db",
+            metavar="FILE",
+            help="SQLite file that keeps the history across restarts, created if missing (default: memory only)",
+        )
     )
 
 
@@ -85,6 +87,14 @@ def chatcore_configure(config: Config) -> None:
         for room, when, kind, nick, text in store.load():
             history.remember(_KINDS[kind](room, nick=nick, text=text, time=when))
     config.data[NAME] = history
+
+
+@hookimpl
+def chatcore_reload(server: ChatServer, old: argparse.Namespace, new: argparse.Namespace) -> Callable[[], None] | None:
+    if new.history_lines == old.history_lines:
+        return None
+    history = _history(server)
+    return lambda: history.resize(new.history_lines)
 
 
 @hookimpl
@@ -150,6 +160,14 @@ class History:
         if self.store is not None:
             kind = "chat" if type(event) is Chat else "action"
             self.store.put((event.room, event.time, kind, event.nick, event.text))
+
+    def resize(self, lines: int) -> None:
+        """Keep ``lines`` per room from now on (the newest, if fewer)."""
+        with self._lock:
+            self.lines = lines
+            self._rooms = {room: collections.deque(events, maxlen=lines) for room, events in self._rooms.items()}
+        if self.store is not None:
+            self.store.lines = lines  # read by the store's thread before each trim
 
     def replay(self, room: str) -> list[RoomEvent]:
         """The room's kept events, oldest first."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from json.encoder import encode_basestring
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from chatcore import Client, Config, Message, UsageError, hookimpl
 from chatcore.engine.server import ChatServer
@@ -40,6 +42,24 @@ def chatcore_configure(config: Config) -> None:
 
 
 @hookimpl
+def chatcore_reload(server: ChatServer, new: argparse.Namespace) -> Callable[[], None]:
+    # Reopened on every reload, changed or not: after logrotate moved the
+    # file away, this starts a new one under the name. Opened when applying,
+    # so an abandoned reload leaves no file open.
+    event_log = _log(server)
+
+    def apply() -> None:
+        try:
+            stream, close = EventLog.open_stream(new.log_file)
+        except UsageError as exc:
+            log.error("reload: %s; still writing to the previous file", exc)
+            return
+        event_log.reopen(stream, close, new.log_file)
+
+    return apply
+
+
+@hookimpl
 def chatcore_server_start(server: ChatServer) -> None:
     _log(server).start()
 
@@ -66,6 +86,14 @@ def chatcore_message_delivered(message: Message, recipients: int) -> None:
     _log(message.sender.server).put((time.time(), message.kind, message.sender.nick, message.room, message.text, extra))
 
 
+class _Reopen(NamedTuple):
+    """On the log's queue: switch to this stream (a reload)."""
+
+    stream: IO[str]
+    close: bool
+    path: str | None
+
+
 def _log(server: ChatServer) -> EventLog:
     log: EventLog = server.config.data["logger"]
     return log
@@ -78,12 +106,20 @@ class EventLog:
     to the broadcast path (and never an open or close per line); the thread
     formats the JSON, writes whatever has piled up in one go and flushes
     when the queue runs dry.
+
+    Log rotation: the file is reopened on every reload (SIGHUP), and the
+    thread also notices, at most a second late, that the file under its
+    name is no longer the one it writes to (moved or deleted by logrotate,
+    as logging's WatchedFileHandler does), so a rotation is never missed
+    even if the reload that should follow it fails.
     """
 
-    def __init__(self, stream: IO[str], close: bool) -> None:
+    def __init__(self, stream: IO[str], close: bool, path: str | None = None) -> None:
         self._stream = stream
         self._close = close
-        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._path = path  # None: not a file we can reopen (standard output)
+        self._next_check = 0.0
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | _Reopen | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="chatcore-logger", daemon=True)
         self.put = self._queue.put
         #: Events dropped because the file could not be written.
@@ -93,13 +129,38 @@ class EventLog:
 
     @classmethod
     def open(cls, path: str) -> EventLog:
+        stream, close = cls.open_stream(path)
+        return cls(stream, close, path if close else None)
+
+    @staticmethod
+    def open_stream(path: str) -> tuple[IO[str], bool]:
+        """The file to append to, and whether it is ours to close."""
         if path == "-":
-            return cls(sys.stdout, close=False)
+            return sys.stdout, False
         try:
-            stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by stop())
+            stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by stop() or a reopen)
         except OSError as exc:
             raise UsageError(f"--log-file {path}: cannot open it for writing ({exc.strerror})") from None
-        return cls(stream, close=True)
+        return stream, True
+
+    def reopen(self, stream: IO[str], close: bool, path: str | None = None) -> None:
+        """Write to ``stream`` (opened from ``path``) from now on; the old
+        file is closed by the writing thread once everything queued before
+        is in it."""
+        if self._thread.is_alive():
+            self._queue.put(_Reopen(stream, close, path))
+        else:  # not started (or stopped): nobody else writes
+            self._switch(_Reopen(stream, close, path))
+
+    def _switch(self, reopen: _Reopen) -> None:
+        old, close_old = self._stream, self._close
+        self._stream, self._close = reopen.stream, reopen.close
+        self._path = reopen.path if reopen.close else None
+        if close_old:
+            try:
+                old.close()
+            except OSError as exc:
+                log.error("closing the old event log failed: %s", exc)
 
     def start(self) -> None:
         self._thread.start()
@@ -118,11 +179,43 @@ class EventLog:
             batch = [get()]
             while not self._queue.empty() and len(batch) < 10000:
                 batch.append(get())
-            lines = [self._format(event) for event in batch if event is not None]
+            lines: list[str] = []
+            for event in batch:
+                if event is not None and not isinstance(event, _Reopen):
+                    lines.append(self._format(event))
+                    continue
+                if lines:  # what came before goes to the old file
+                    self._write("".join(lines), len(lines))
+                    lines = []
+                if event is None:
+                    return
+                self._switch(event)
             if lines:
+                self._follow_rotation()
                 self._write("".join(lines), len(lines))
-            if None in batch:
+
+    def _follow_rotation(self) -> None:
+        """Reopen the file if another file now has its name, or none has."""
+        now = time.monotonic()
+        if self._path is None or now < self._next_check:
+            return
+        self._next_check = now + 1.0
+        try:
+            ours = os.fstat(self._stream.fileno())
+            named = os.stat(self._path)
+            if (ours.st_dev, ours.st_ino) == (named.st_dev, named.st_ino):
                 return
+        except FileNotFoundError:
+            pass  # moved away and not replaced yet: start it
+        except (OSError, ValueError):
+            return  # the write below reports what is wrong
+        try:
+            stream, close = self.open_stream(self._path)
+        except UsageError as exc:
+            log.error("the event log was moved away and cannot be reopened: %s", exc)
+            return
+        log.info("the event log %s was moved away (log rotation); writing to a new one", self._path)
+        self._switch(_Reopen(stream, close, self._path))
 
     def _write(self, text: str, count: int) -> None:
         # A full disk or a closed pipe must not end the thread: the queue

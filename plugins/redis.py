@@ -1128,7 +1128,7 @@ def _history_event(entry: dict[str, str]) -> RoomEvent | None:
         event = decode_event(entry["event"])
         if not isinstance(event, (Chat, Action)):
             return None
-        return events.numbered(event, entry["epoch"], int(entry["offset"]), event.time)
+        return dataclasses.replace(event, epoch=entry["epoch"], offset=int(entry["offset"]))
     except (KeyError, ValueError):
         return None
 

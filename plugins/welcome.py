@@ -28,9 +28,20 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
 
 @hookimpl
 def chatcore_configure(config: Config) -> None:
+    check_text(config.options.welcome_text)
+
+
+@hookimpl
+def chatcore_reload(new: argparse.Namespace) -> None:
+    # Nothing to apply: chatcore_welcome reads the running options each time.
+    check_text(new.welcome_text)
+
+
+def check_text(text: str) -> None:
+    """:raises UsageError: ``text`` has a placeholder other than ours."""
     usage = "use {nick}, {room} and {count} (double a brace to show it)"
     try:
-        parsed = string.Formatter().parse(config.options.welcome_text)
+        parsed = string.Formatter().parse(text)
         fields = [field for _, field, _, _ in parsed if field is not None]
     except ValueError as exc:
         raise UsageError(f"--welcome-text: {exc}; {usage}") from None

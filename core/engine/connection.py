@@ -16,6 +16,36 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_QUEUE = 8192
 
+#: Why clients are disconnected, as a short label for metrics
+#: (``chatcore_disconnects_total{reason=...}``): a fixed set, because the
+#: reasons themselves are free text (``/quit see you``).
+DISCONNECT_CAUSES = (
+    "quit",
+    "closed",
+    "connection_lost",
+    "slow_consumer",
+    "flood",
+    "kick",
+    "ban",
+    "idle",
+    "shutdown",
+    "other",
+)
+# The engine's own reasons, and the bundled plugins', by their text.
+_CAUSE_OF_REASON = {
+    "quit": "quit",
+    "connection closed": "closed",
+    "connection lost": "connection_lost",
+    "slow consumer": "slow_consumer",
+    "flooding": "flood",
+    "server shutting down": "shutdown",
+}
+
+
+def disconnect_cause(reason: str) -> str:
+    """The label of a disconnect reason the engine knows, else ``"other"``."""
+    return _CAUSE_OF_REASON.get(reason, "other")
+
 
 class Client:
     """One connected client.
@@ -47,6 +77,8 @@ class Client:
         "_writer",
         "_writer_done",
         "address",
+        "arrived",
+        "close_cause",
         "close_reason",
         "data",
         "id",
@@ -88,6 +120,11 @@ class Client:
         self.data: dict[str, Any] = {}
         #: Why the client is being disconnected (``None`` while connected).
         self.close_reason: str | None = None
+        #: That reason as one of :data:`DISCONNECT_CAUSES` (``None`` while connected).
+        self.close_cause: str | None = None
+        #: When the reader last received data (``time.perf_counter()``): where
+        #: a message's latency starts.
+        self.arrived = 0.0
 
         # Output state, shared with the writer thread (see chatcore.engine.writer).
         self._writer = server.writer
@@ -164,7 +201,15 @@ class Client:
 
     # -- disconnecting ------------------------------------------------------
 
-    def disconnect(self, reason: str, *, tell: bool = True, notice: str | None = None, linger: float = 0.0) -> None:
+    def disconnect(
+        self,
+        reason: str,
+        *,
+        tell: bool = True,
+        notice: str | None = None,
+        linger: float = 0.0,
+        cause: str | None = None,
+    ) -> None:
         """Disconnect this client, from any thread; idempotent.
 
         What is already queued is still written (up to ``linger`` seconds if
@@ -176,6 +221,9 @@ class Client:
         :param tell: send the client ``! disconnected: <reason>`` first.
         :param notice: a notice line to send instead of the error.
         :param linger: seconds to keep trying to write what is queued.
+        :param cause: one of :data:`DISCONNECT_CAUSES`, for metrics (default:
+            taken from a reason the engine knows, else ``"other"``); a
+            plugin that kicks or bans says ``cause="kick"`` or ``"ban"``.
         """
         if self.close_reason is not None:
             return
@@ -189,6 +237,7 @@ class Client:
         if self.closed:
             return
         self.close_reason = reason
+        self.close_cause = cause if cause in DISCONNECT_CAUSES else disconnect_cause(reason)
         self._writer.finish(self, linger)
 
     def wait_closed(self, timeout: float | None = None) -> bool:

@@ -31,17 +31,20 @@ already has.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chatcore.engine.connection import Client
 from chatcore.engine.registry import Registry
+from chatcore.engine.stats import Stats
 from chatcore.engine.writer import Writer
 from chatcore.events import Action, Chat, Error, Joined, Left, NickChanged, RoomEvent, Welcome
 from chatcore.message import Message
@@ -67,6 +70,15 @@ SHUTDOWN_LINGER = 2.0
 GUEST_NAME_TRIES = 100
 
 
+class Sequencer(Protocol):
+    """What numbers room events: the local one below, or a cluster plugin's
+    (``chatcore_sequencer``)."""
+
+    def next(self, room: str) -> tuple[str, int]:
+        """``(epoch, offset)`` for the room's next event; thread-safe."""
+        ...
+
+
 class LocalSequencer:
     """Numbers each room's events in this process: offsets 1, 2, 3 ... per
     room, under an epoch drawn at random when the server starts (so a client
@@ -90,13 +102,9 @@ class LocalSequencer:
 
 def _stamp(event: RoomEvent, epoch: str, offset: int, when: float) -> None:
     # An event is immutable once published; publish() gives it its identity
-    # first, while only the publishing thread holds it. A frozen dataclass's
-    # fields are set the way its own __init__ sets them, at a tenth of the
-    # cost of dataclasses.replace() on every message.
-    setattr_ = object.__setattr__
-    setattr_(event, "epoch", epoch)
-    setattr_(event, "offset", offset)
-    setattr_(event, "time", when)
+    # first, while only the publishing thread holds it (a copy with
+    # dataclasses.replace() would cost ten times as much).
+    event.__dict__.update(epoch=epoch, offset=offset, time=when)
 
 
 class ChatServer:
@@ -108,6 +116,8 @@ class ChatServer:
     :ivar schemes: every URL scheme the plugins registered.
     :ivar hooks: the plugins (:class:`chatcore.hooks.Hooks`).
     :ivar sequencer: numbers room events (``chatcore_sequencer``).
+    :ivar stats: what the engine counts (:mod:`chatcore.engine.stats`),
+        for the metrics plugin.
     """
 
     def __init__(self, config: Config) -> None:
@@ -116,14 +126,16 @@ class ChatServer:
         self.hooks = config.pluginmanager.hooks
         self.registry = Registry()
         self.writer = Writer()
+        self.stats = Stats()
         self.max_line: int = options.max_line
         self.max_queue: int = options.max_queue
         self.max_clients: int = options.max_clients
-        self.sequencer: Any = LocalSequencer()
+        self.sequencer: Sequencer = LocalSequencer()
         self.schemes: dict[str, Scheme] = config.schemes
         self.certificates: Certificates | None = config.certificates
         self._stopping = False
         self._stopped = False
+        self._accepting = False
         self._connections_lock = threading.Lock()
         #: Every connection being served, registered or not yet (TLS handshake,
         #: IRC registration): what stop() must disconnect.
@@ -169,6 +181,13 @@ class ChatServer:
         self.writer.start()
         for listener in self.listeners:
             listener.start()
+        self._accepting = True
+
+    @property
+    def accepting(self) -> bool:
+        """True from the end of :meth:`start` until :meth:`stop` begins:
+        while new connections are accepted (what ``/healthz`` reports)."""
+        return self._accepting and not self._stopping
 
     def stop(self, reason: str = "server shutting down", timeout: float = SHUTDOWN_LINGER) -> None:
         """Stop accepting, tell every client, flush what is queued, close.
@@ -199,11 +218,69 @@ class ChatServer:
             listener.server_close()
         self.writer.stop()
 
-    def reload(self) -> None:
-        """Re-read what can change while running (SIGHUP): the TLS
-        certificate and key, for new connections."""
-        if self.certificates is not None:
-            self.certificates.reload()
+    def reload(self) -> bool:
+        """Reload the configuration (SIGHUP): read the file again and apply
+        what can change while running.
+
+        All or nothing: the new options are checked first (the file, the
+        TLS certificate, every plugin's ``chatcore_reload``), and any
+        problem is logged and keeps the running configuration. Options
+        marked ``restart_only`` (listeners, plugins ...) are logged as
+        "needs a restart" and keep their running values. Of the engine's own
+        options, ``--max-clients`` applies at once, ``--max-line`` and
+        ``--max-queue`` to new connections, the TLS certificate to new
+        connections, ``--log-level`` at once.
+
+        :return: True if the new configuration is in use.
+        """
+        from chatcore import UsageError
+        from chatcore.config import reread_options
+        from chatcore.hooks import PluginError
+
+        old = self.config.options
+        try:
+            # A new selection of plugins shows as --plugins, restart only.
+            fresh, parser, _plugins = reread_options(self.config)
+            new, changed, restart = _merge_options(old, fresh, parser)
+            context = self._check_certificate(new)
+            appliers = self.hooks.reload(self, old, new)
+        except (UsageError, PluginError) as exc:
+            log.error("reload failed: %s; the running configuration is kept", exc)
+            return False
+        for name in restart:
+            log.warning("reload: %s changed: needs a restart; left unchanged", name)
+        self.config.options = new
+        self.max_clients = new.max_clients
+        self.max_queue = new.max_queue
+        self.max_line = new.max_line
+        if new.log_level != old.log_level:
+            logging.getLogger("chatcore").setLevel(new.log_level)
+        if context is not None and self.certificates is not None:
+            self.certificates.use(new.tls_cert, new.tls_key, context)
+        self.hooks.apply_reload(appliers)
+        log.info("configuration reloaded: %s", ", ".join(changed) + " changed" if changed else "nothing changed")
+        return True
+
+    def _check_certificate(self, options: argparse.Namespace) -> ssl.SSLContext | None:
+        """The TLS context of the reloaded files, or None without TLS listeners.
+
+        :raises UsageError: they cannot be loaded.
+        """
+        from chatcore import UsageError
+        from chatcore.transports.tls import server_context
+
+        if self.certificates is None:
+            return None
+        if not options.tls_cert or not options.tls_key:
+            raise UsageError("the TLS listeners need --tls-cert and --tls-key, and the new configuration has none")
+        try:
+            context: ssl.SSLContext = server_context(options.tls_cert, options.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(
+                f"TLS certificate reload failed ({getattr(exc, 'strerror', None) or exc}); still using the previous "
+                f"certificate. Fix --tls-cert {options.tls_cert} / --tls-key {options.tls_key} and send SIGHUP again"
+            ) from None
+        return context
 
     # -- connections ----------------------------------------------------------
 
@@ -234,6 +311,7 @@ class ChatServer:
                 # Not the server's problem, and not worth a traceback: a
                 # plain-text client on a TLS port, a scanner, a timeout.
                 log.info("TLS handshake with %s failed: %s", format_address(*address), _why(exc))
+                self.stats.refused("tls_handshake")
                 return
         else:
             transport = Transport(sock)
@@ -241,20 +319,24 @@ class ChatServer:
         client = Client(
             transport, address, self, client_id=self.registry.next_id(), max_queue=self.max_queue, wire=scheme.wire
         )
+        label = "shutdown"
         if self._stopping:
             refusal: str | None = "server shutting down"
         elif len(self.connections) >= self.max_clients:
-            refusal = "server full, try again later"
+            refusal, label = "server full, try again later", "full"
         else:
-            refusal = self.hooks.connection_arriving(address)
+            refusal, label = self.hooks.connection_arriving(address), "plugin"
         if refusal:
             log.warning("refused %s: %s", format_address(*address), refusal)
+            self.stats.refused(label)
             self._refuse(client, refusal)
             return
+        self.stats.accepted_connection()
 
         protocol = scheme.protocol(client)
         with self._connections_lock:
             self.connections.add(client)
+            listener.connected += 1
         try:
             if self._stopping:
                 client.disconnect("server shutting down", notice="server shutting down")
@@ -266,6 +348,7 @@ class ChatServer:
             self._leave(client)
             with self._connections_lock:
                 self.connections.discard(client)
+                listener.connected -= 1
 
     def _refuse(self, client: Client, reason: str) -> None:
         """Send the refusal and close without losing it.
@@ -291,6 +374,7 @@ class ChatServer:
 
     def _read(self, client: Client, data_received: Any) -> None:
         recv = client.transport.recv
+        clock = time.perf_counter
         size = RECV_IDLE
         # No check of client.closed up here: a disconnect from any other
         # thread shuts the socket down, which ends recv() below.
@@ -304,6 +388,7 @@ class ChatServer:
             if not data:
                 return
             size = RECV_BUSY if len(data) >= size else RECV_IDLE
+            client.arrived = clock()
             data_received(data)
             if client.closed:  # disconnected (by what it sent, or another thread)
                 return
@@ -312,6 +397,7 @@ class ChatServer:
         if client.close_reason is None:
             client.disconnect("connection closed", tell=False)
         reason = client.close_reason or "connection closed"
+        self.stats.disconnected(client.close_cause or "closed")
         room = client.room
         if self.registry.remove(client):
             if not self._stopping:
@@ -359,17 +445,28 @@ class ChatServer:
     def broadcast_message(self, message: Message) -> None:
         """Run a message through the filters and publish it to its room."""
         sender = message.sender
+        counts = self.stats.mine()
+        counts.messages += 1
         self.hooks.message(message)
         if message.rejected is not None:
             sender.error(message.rejected)
             return
         if not message.text:
             return
+        room = message.room
+        # Numbered as it is made, which costs less than publish() stamping it
+        # afterwards: this runs for every message.
+        epoch, offset = self.sequencer.next(room)
+        now = time.time()
         # Chat is not echoed to its sender; an action is, as the answer to /me.
         if message.kind == "action":
-            recipients = self.publish(Action(message.room, nick=sender.nick, text=message.text))
+            action = Action(room, sender.nick, message.text, epoch=epoch, offset=offset, time=now)
+            recipients = self.publish(action)
         else:
-            recipients = self.publish(Chat(message.room, nick=sender.nick, text=message.text), exclude=sender)
+            chat = Chat(room, sender.nick, message.text, epoch=epoch, offset=offset, time=now)
+            recipients = self.publish(chat, exclude=sender)
+        if sender.arrived:  # 0.0 for a client no reader has read for (a plugin's)
+            counts.observe_latency(time.perf_counter() - sender.arrived)
         self.hooks.message_delivered(message, recipients)
 
     def change_room(self, client: Client, room: str, reason: str | None = None) -> None:
@@ -418,7 +515,7 @@ class ChatServer:
             epoch, offset = self.sequencer.next(room)
             _stamp(event, epoch, offset, time.time())
         count = 0
-        for wire, members in self.registry.by_wire(room):
+        for wire, members in self.registry._groups.get(room, ()):  # by_wire(), inline: every message
             data = wire.encode(event)
             if not data:
                 continue
@@ -426,9 +523,40 @@ class ChatServer:
                 if member is not exclude and member.close_reason is None:
                     member.send_data(data)
                     count += 1
-        if relay and self.hooks.implemented("room_event"):
+        self.stats.mine().deliveries += count
+        if relay and self.hooks.room_events_observed:
             self.hooks.room_event(self, event)
         return count
+
+
+def _merge_options(
+    old: argparse.Namespace, fresh: argparse.Namespace, parser: argparse.ArgumentParser
+) -> tuple[argparse.Namespace, list[str], list[str]]:
+    """The running options with what may change taken from ``fresh``.
+
+    :return: the merged options, the options changed, and those that
+        changed but need a restart (kept at their running values), by
+        their long option names.
+    """
+    from chatcore.configfile import is_restart_only
+
+    actions = {action.dest: action for action in parser._actions}
+    new = argparse.Namespace(**vars(old))
+    changed: list[str] = []
+    restart: list[str] = []
+    for dest, value in vars(fresh).items():
+        # An option only the new selection of plugins has is part of
+        # "plugins: needs a restart"; one only the old has stays.
+        if not hasattr(old, dest) or getattr(old, dest) == value:
+            continue
+        action = actions.get(dest)
+        name = next((o for o in action.option_strings if o.startswith("--")), dest) if action else dest
+        if action is not None and is_restart_only(action):
+            restart.append(name)
+        else:
+            setattr(new, dest, value)
+            changed.append(name)
+    return new, changed, restart
 
 
 def _why(exc: BaseException) -> str:

@@ -72,6 +72,9 @@ class Writer:
         self._idle = False
         self._running = False
         self._stopped = False
+        #: Bytes handed to the kernel, TLS records included; written by the
+        #: writer thread only, so a plain int (read by metrics).
+        self.sent_bytes = 0
         self._thread = threading.Thread(target=self._run, name="chatcore-writer", daemon=True)
 
     # -- called from any thread ---------------------------------------------
@@ -192,6 +195,7 @@ class Writer:
             except OSError as exc:
                 self._lost(client, exc)
                 return
+            self.sent_bytes += sent
             if sent < len(out):
                 client._unsent = memoryview(out)[sent:]
                 client._blocked = True
@@ -214,6 +218,7 @@ class Writer:
     def _lost(self, client: Client, exc: OSError) -> None:
         if client.close_reason is None:
             client.close_reason = "connection lost"
+            client.close_cause = "connection_lost"
         log.debug("write to %r failed: %s", client, exc)
         self._complete(client, clean=False)
 
@@ -242,7 +247,7 @@ class Writer:
         client._done = True
         if clean and client._encrypt is not None and not client._unsent:
             try:  # TLS's close_notify, if the socket takes it now
-                client.sock.send(client.transport.goodbye(), _SEND_FLAGS)
+                self.sent_bytes += client.sock.send(client.transport.goodbye(), _SEND_FLAGS)
             except OSError:
                 pass
         self._lingering.discard(client)
@@ -253,6 +258,7 @@ class Writer:
         client._unsent = b""
         if client.close_reason is None:
             client.close_reason = "connection lost"
+            client.close_cause = "connection_lost"
         try:
             client.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -92,6 +92,9 @@ class Listener(socketserver.ThreadingMixIn, socketserver.TCPServer):
         host, port = self.server_address[:2]
         #: The URL with the port actually bound (port 0 picks one).
         self.url = ListenURL(url.scheme, str(host), int(port))
+        #: Connections being served from this listener (kept by the chat
+        #: server under its connections lock; read by metrics).
+        self.connected = 0
 
     @property
     def address(self) -> tuple[str, int]:

@@ -106,6 +106,13 @@ class Certificates:
         log.info("TLS certificate reloaded from %s", self.certfile)
         return True
 
+    def use(self, certfile: str, keyfile: str, context: ssl.SSLContext) -> None:
+        """Use ``context``, already loaded from these files (a reload that
+        checked it first), for new connections."""
+        self.certfile, self.keyfile = certfile, keyfile
+        self.context = context  # one reference swap: atomic for other threads
+        log.info("TLS certificate reloaded from %s", certfile)
+
 
 class TLSTransport(Transport):
     """The native or any other protocol over TLS (see the module docstring)."""

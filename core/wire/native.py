@@ -181,6 +181,8 @@ class NativeFormat(WireFormat):
     name = "native"
 
     def encode(self, event: Event) -> bytes:  # every event, room or not
+        if type(event) is Chat:  # nearly every event: skip the table
+            return f"<{event.nick}> {event.text}\n".encode()
         render = _LINES.get(type(event))
         if render is not None:
             return (render(event) + "\n").encode("utf-8")

@@ -1,0 +1,157 @@
+"""What the engine counts while it runs, for metrics read at scrape time.
+
+Two kinds of counts, by how often they change:
+
+- Per message and per delivery (the hot path): each thread counts into its
+  own :class:`ThreadCounts`, plain ints that only that thread writes, so no
+  lock and no lost increment. A reader sums every thread's counts
+  (:meth:`Stats.totals`); the counts of threads that have ended are folded
+  into one retired total then, and whenever the list of threads has doubled
+  since the last fold, so a server that has served a million connections
+  keeps about one object per *live* thread, scraped or not.
+- Per connection (accepted, refused, disconnected): a lock and a dict, once
+  per connection, which is nothing next to a thread start.
+
+The writer thread keeps its own count of bytes sent (``Writer.sent_bytes``).
+A total read while threads count may be a few events behind the others; each
+one only ever grows.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import Counter
+
+#: Upper bounds, in seconds, of the latency histogram's buckets: from a
+#: microsecond (a message queued to a small room) to a second (a stalled
+#: server); +Inf is implied. Prometheus' default buckets start at 5 ms,
+#: where chatcore's latencies end.
+LATENCY_BUCKETS = (
+    1e-6,
+    2.5e-6,
+    5e-6,
+    1e-5,
+    2.5e-5,
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    1e-2,
+    2.5e-2,
+    5e-2,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+
+class ThreadCounts:
+    """One thread's counts; written only by that thread."""
+
+    __slots__ = ("deliveries", "latency_buckets", "latency_sum", "messages")
+
+    def __init__(self) -> None:
+        #: Messages (chat, actions, private) that arrived, before any filter.
+        self.messages = 0
+        #: Room events queued to a recipient, one per recipient.
+        self.deliveries = 0
+        #: Per bucket of :data:`LATENCY_BUCKETS`, and one for +Inf: how many
+        #: messages took that long from arrival to queueing for every
+        #: recipient (not cumulative; the reader adds them up).
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def add(self, other: ThreadCounts) -> None:
+        self.messages += other.messages
+        self.deliveries += other.deliveries
+        self.latency_sum += other.latency_sum
+        for index, count in enumerate(other.latency_buckets):
+            self.latency_buckets[index] += count
+
+
+class Stats:
+    """The engine's counts for one server.
+
+    For the engine: :meth:`mine` on the hot path, :meth:`connection_event`
+    per connection. For metrics: :meth:`totals`, :meth:`disconnects`,
+    :meth:`refusals`.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._live: list[tuple[threading.Thread, ThreadCounts]] = []
+        self._retired = ThreadCounts()
+        self._fold_at = 64
+        self._disconnects: Counter[str] = Counter()
+        self._refusals: Counter[str] = Counter()
+        #: Connections accepted (past the refusals), since the start.
+        self.accepted = 0
+
+    def mine(self) -> ThreadCounts:
+        """The calling thread's counts (made on its first call)."""
+        try:
+            counts: ThreadCounts = self._local.counts
+        except AttributeError:
+            counts = self._local.counts = ThreadCounts()
+            with self._lock:
+                self._live.append((threading.current_thread(), counts))
+                if len(self._live) > self._fold_at:  # amortised: one walk per doubling
+                    self._fold_ended()
+                    self._fold_at = max(64, 2 * len(self._live))
+        return counts
+
+    def _fold_ended(self) -> None:
+        """Add the counts of threads that have ended to the retired total
+        and forget them (they will not count again). Lock held."""
+        live = []
+        for thread, counts in self._live:
+            if thread.is_alive():
+                live.append((thread, counts))
+            else:
+                self._retired.add(counts)
+        self._live = live
+
+    def totals(self) -> ThreadCounts:
+        """Every thread's counts added up, those that ended included."""
+        total = ThreadCounts()
+        with self._lock:
+            self._fold_ended()
+            live = self._live
+            total.add(self._retired)
+        for _thread, counts in live:
+            total.add(counts)
+        return total
+
+    # -- per connection ------------------------------------------------------
+
+    def accepted_connection(self) -> None:
+        with self._lock:
+            self.accepted += 1
+
+    def refused(self, reason: str) -> None:
+        """A connection was refused; ``reason`` is a short label."""
+        with self._lock:
+            self._refusals[reason] += 1
+
+    def disconnected(self, cause: str) -> None:
+        """A client was disconnected; ``cause`` is a short label."""
+        with self._lock:
+            self._disconnects[cause] += 1
+
+    def disconnects(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._disconnects)
+
+    def refusals(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._refusals)

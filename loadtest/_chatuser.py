@@ -1,0 +1,193 @@
+"""The chat user every scenario builds on (an abstract Locust user).
+
+Each user connects to one of the run's servers (``--host``, or round robin
+over ``--chat-hosts``), sets a nickname (unless ``--no-nick``), joins one of
+``--rooms`` rooms (round robin), then sends ``--message-rate`` messages per
+second of ``--message-size`` bytes, while a background greenlet receives
+everything broadcast to it and measures delivery latency and losses. A
+``--listeners`` share of the users only listen.
+
+Scenarios subclass :class:`BaseChatUser` in their own file and override
+:meth:`BaseChatUser.pick_room`, :meth:`BaseChatUser.chat` and the like.
+``abstract = True`` keeps Locust from running this class itself wherever a
+scenario imports it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import ssl
+import time
+from typing import Any
+
+import _chatview  # noqa: F401  (the Chat tab and HTML report: listeners registered on import)
+from _chatclient import ChatConnection, ChatError
+from _common import LocustRecorder, endpoints_of, sampler, send_name
+from _transports import transport_for
+from locust import User, task
+from locust.exception import StopUser
+
+log = logging.getLogger("chatcore.loadtest")
+#: Set-up errors already logged by this process (each is logged once).
+_logged_errors: set[str] = set()
+
+_user_numbers = itertools.count()
+
+
+class BaseChatUser(User):
+    """A chat client that sends at a steady rate and receives in the background."""
+
+    abstract = True
+    #: How this user's measurements are recorded.
+    recorder_class: type[LocustRecorder] = LocustRecorder
+    #: Bytes per second this user reads at most (0: as fast as it can).
+    read_rate = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        options = self.environment.parsed_options
+        self.number = next(_user_numbers)
+        self.rate: float = options.message_rate if options else 1.0
+        self.size: int = max(40, options.message_size if options else 64)
+        rooms: int = max(1, options.rooms if options else 1)
+        listeners: float = options.listeners if options else 0.0
+        self.rooms = rooms
+        self.room = self.pick_room()
+        # Spread listeners evenly: user n listens when the listener count so
+        # far falls behind the share.
+        self.sending = self.rate > 0 and int((self.number + 1) * listeners) == int(self.number * listeners)
+        self.set_nick = not (options and options.no_nick)
+        self.connection: ChatConnection | None = None
+        self.send_name = "message"
+        self._next_send = 0.0
+
+    def pick_room(self) -> str:
+        """The room this user joins (round robin over ``--rooms``)."""
+        return f"room-{self.number % self.rooms}"
+
+    def on_start(self) -> None:
+        self.connect()
+
+    def connect(self) -> bool:
+        """Connect, take a nickname, join the room and start receiving;
+        each step is recorded. False (and the failure recorded) if a step
+        failed."""
+        endpoints = endpoints_of(self.environment, self.host)
+        # Round robin over --chat-hosts, each worker process starting one
+        # server further on, so that several processes spread evenly too.
+        offset: int = getattr(self.environment.runner, "worker_index", 0) or 0
+        index = (self.number + offset) % len(endpoints)
+        endpoint = endpoints[index]
+        fire = self.environment.events.request.fire
+        connection = ChatConnection(
+            endpoint,
+            transport_for(endpoint, self.environment.parsed_options),
+            self.recorder_class(self.environment, endpoints, index),
+            server_index=index,
+            read_rate=self.read_rate,
+        )
+        self.connection = connection
+        self.send_name = send_name(endpoints, index)
+        for request_type, name, step in (
+            ("connect", "welcome", connection.connect),
+            (
+                "nick",
+                "/nick",
+                lambda: connection.command(f"/nick {connection.nickname()}", "* you are"),
+            ),
+            ("join", "/join", lambda: connection.command(f"/join {self.room}", f"* you are now in {self.room} ")),
+        ):
+            if request_type == "nick" and not self.set_nick:
+                continue
+            started = time.perf_counter()
+            try:
+                step()
+            except (OSError, ChatError) as exc:
+                fire(
+                    request_type=request_type,
+                    name=name,
+                    response_time=(time.perf_counter() - started) * 1000,
+                    response_length=0,
+                    exception=exc,
+                    context={},
+                )
+                self._log_once(request_type, exc)
+                connection.close()
+                self.connection = None  # the first task stops this user: StopUser here logs a traceback
+                return False
+            fire(
+                request_type=request_type,
+                name=name,
+                response_time=(time.perf_counter() - started) * 1000,
+                response_length=0,
+                exception=None,
+                context={},
+            )
+        connection.start_receiving()
+        self._next_send = time.monotonic()
+        self.joined()
+        return True
+
+    def joined(self) -> None:
+        """Called when the user is in its room and receiving (for scenarios)."""
+
+    def leave(self) -> None:
+        """Stop receiving and close the connection (``/quit``)."""
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+    def _log_once(self, step: str, exc: BaseException) -> None:
+        message = f"{step} to {self.connection.endpoint.url if self.connection else self.host} failed: {exc}"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            message += " (trust the server's CA with --ca FILE, or use --insecure for a test certificate)"
+        if message not in _logged_errors:
+            _logged_errors.add(message)
+            log.error("chatcore load test: %s", message)
+
+    def on_stop(self) -> None:
+        self.leave()
+
+    def wait_time(self) -> float:
+        """Pace sends at ``rate`` per second without bursting to catch up."""
+        if not self.sending:
+            return 1.0
+        now = time.monotonic()
+        self._next_send = max(self._next_send + 1.0 / self.rate, now - 1.0)
+        return max(0.0, self._next_send - now)
+
+    @task
+    def chat(self) -> None:
+        connection = self.connection
+        if connection is None:
+            raise StopUser()
+        connection.sample = sampler.stride
+        if self.sending:
+            self.send()
+
+    def send(self) -> None:
+        """Send one message and record it."""
+        connection = self.connection
+        assert connection is not None
+        started = time.perf_counter()
+        try:
+            length = connection.send_message(self.size)
+        except OSError as exc:
+            self.environment.events.request.fire(
+                request_type="send",
+                name=self.send_name,
+                response_time=(time.perf_counter() - started) * 1000,
+                response_length=0,
+                exception=exc,
+                context={},
+            )
+            raise StopUser() from None
+        self.environment.events.request.fire(
+            request_type="send",
+            name=self.send_name,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=length,
+            exception=None,
+            context={},
+        )

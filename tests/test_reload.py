@@ -1,0 +1,238 @@
+"""Reloads (SIGHUP) of a real server process: the configuration file read
+again, what may change applied, what may not logged, bad files refused."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from chatcore import hookimpl
+from chatcore.testing import LineClient, ServerProcess, wait_for
+
+pytestmark = pytest.mark.slow
+
+RELOADED = re.compile(r"configuration reloaded: ")
+FAILED = re.compile(r"reload failed: .*; the running configuration is kept")
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def connect(proc: ServerProcess, clients: list[LineClient]) -> LineClient:
+    client = LineClient(proc.address)
+    clients.append(client)
+    client.sync()
+    return client
+
+
+@pytest.fixture
+def clients():
+    made: list[LineClient] = []
+    yield made
+    for client in made:
+        client.close()
+
+
+BEFORE = """
+plugins = ["welcome", "filters", "history"]
+welcome-text = "Hello {nick}"
+banned-words = "darn"
+history-lines = 5
+max-clients = 10
+"""
+
+AFTER = """
+plugins = ["welcome", "filters", "history", "logger"]
+welcome-text = "Goodbye {nick}"
+banned-words = "heck"
+history-lines = 1
+max-clients = 10
+backlog = 7
+"""
+
+
+def test_sighup_applies_the_file_and_logs_what_needs_a_restart(tmp_path, clients):
+    config = tmp_path / "chatcore.toml"
+    write(config, BEFORE)
+    with ServerProcess("--config", str(config)) as proc:
+        alice, bob = connect(proc, clients), connect(proc, clients)
+        assert alice.received[0] == "* Hello guest-1"
+        alice.send("darn it")
+        bob.expect("<guest-1> **** it")
+        alice.send("second line")
+        bob.expect("<guest-1> second line")
+
+        write(config, AFTER)
+        proc.send_signal(signal.SIGHUP)
+        proc.expect_log(re.compile(r"reload: --plugins changed: needs a restart; left unchanged"))
+        proc.expect_log(re.compile(r"reload: --backlog changed: needs a restart; left unchanged"))
+        line = proc.expect_log(RELOADED)
+        assert "--welcome-text" in line
+        assert "--banned-words" in line
+        assert "--history-lines" in line
+
+        carol = connect(proc, clients)
+        assert carol.received[0] == "* Goodbye guest-3"
+        # History now keeps one line per room: the newest.
+        assert carol.received[1:3] == ["* last 1 message in lobby:", "# <guest-1> second line"]
+        alice.send("heck darn")
+        bob.expect("<guest-1> **** darn")
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("needs a restart") == 2
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ('welcome-text = "Hi {nick}\nbanned-words = ', "invalid TOML"),
+        ('welcome-text = "Hi {name}"\nbanned-words = "darn"\n', "--welcome-text: bad placeholder {name}"),
+        ('welcome-text = "Hi {nick}"\nbanned-words = "darn"\nmax-clients = 0\n', "max-clients"),
+        ('welcome-txt = "Hi {nick}"\n', "unknown key 'welcome-txt'"),
+    ],
+)
+def test_a_bad_file_on_reload_keeps_the_whole_running_configuration(tmp_path, clients, bad, problem):
+    config = tmp_path / "chatcore.toml"
+    write(config, 'plugins = ["welcome", "filters"]\nwelcome-text = "Hello {nick}"\n')
+    with ServerProcess("--config", str(config)) as proc:
+        alice, bob = connect(proc, clients), connect(proc, clients)
+        write(config, 'plugins = ["welcome", "filters"]\n' + bad)
+        proc.send_signal(signal.SIGHUP)
+        line = proc.expect_log(FAILED)
+        assert problem in line
+        carol = connect(proc, clients)
+        assert carol.received[0] == "* Hello guest-3"
+        alice.send("darn")  # the file's banned words were not applied either
+        bob.expect("<guest-1> darn")
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_logger_reopens_its_file_on_sighup_for_logrotate(tmp_path, clients):
+    log_file = tmp_path / "events.jsonl"
+    rotated = tmp_path / "events.jsonl.1"
+    with ServerProcess("--plugins", "logger", "--log-file", str(log_file)) as proc:
+        connect(proc, clients)
+        wait_for(lambda: log_file.exists() and len(read_events(log_file)) == 1, message="alice's join in the log")
+        log_file.rename(rotated)  # what logrotate does, before it sends SIGHUP
+        proc.send_signal(signal.SIGHUP)
+        proc.expect_log(RELOADED)
+        connect(proc, clients)
+        wait_for(lambda: log_file.exists() and len(read_events(log_file)) == 1, message="bob's join in a new file")
+    assert proc.returncode == 0
+    assert [(e["event"], e["nick"]) for e in read_events(rotated)] == [("join", "guest-1")]
+    events = [(e["event"], e["nick"]) for e in read_events(log_file)]
+    assert events[0] == ("join", "guest-2")
+    assert sorted(events[1:]) == [("leave", "guest-1"), ("leave", "guest-2")]
+
+
+def test_logger_follows_a_rotation_without_a_reload(tmp_path, clients):
+    log_file = tmp_path / "events.jsonl"
+    visits = 0
+
+    def visit_until_a_new_file() -> bool:
+        nonlocal visits
+        visitor = LineClient(proc.address)
+        visitor.sync()
+        visitor.close()
+        visits += 1
+        return log_file.exists()
+
+    with ServerProcess("--plugins", "logger", "--log-file", str(log_file)) as proc:
+        connect(proc, clients)
+        wait_for(lambda: log_file.exists() and len(read_events(log_file)) == 1, message="alice's join in the log")
+        log_file.rename(tmp_path / "events.jsonl.1")
+        # No SIGHUP (say the reload failed on a bad file): the logger sees
+        # the file moved at a write a second or so later; until then the
+        # events go to the moved file, where they are not lost either.
+        wait_for(visit_until_a_new_file, message="a new file under the old name")
+        proc.expect_log(re.compile(r"the event log .* was moved away \(log rotation\); writing to a new one"))
+    assert proc.returncode == 0
+    events = read_events(tmp_path / "events.jsonl.1") + read_events(log_file)
+    assert len(events) == 2 * (1 + visits)  # a join and a leave each: none lost
+    assert read_events(log_file)
+
+
+def test_flood_limits_change_for_clients_already_connected(tmp_path, clients):
+    config = tmp_path / "chatcore.toml"
+    write(config, 'plugins = ["filters"]\nflood-rate = 1000\nflood-burst = 100\n')
+    with ServerProcess("--config", str(config)) as proc:
+        alice, bob = connect(proc, clients), connect(proc, clients)
+        for n in range(3):
+            alice.send(f"fast {n}")
+            bob.expect(f"<guest-1> fast {n}")
+        write(config, 'plugins = ["filters"]\nflood-rate = 0.001\nflood-burst = 1\nflood-disconnect = 0\n')
+        proc.send_signal(signal.SIGHUP)
+        proc.expect_log(RELOADED)
+        # Alice's bucket still holds tokens from before, at most the new burst.
+        alice.send("one more")
+        bob.expect("<guest-1> one more")
+        alice.send("too fast")
+        alice.expect("! slow down")
+    assert proc.returncode == 0
+
+
+class Checks:
+    """Takes part in reloads: refuses a word, records what it applied."""
+
+    def __init__(self) -> None:
+        self.applied: list[str] = []
+
+    @hookimpl
+    def chatcore_reload(self, server, old, new):
+        if new.welcome_text == "crash":
+            raise RuntimeError("the check itself is broken")
+        text = new.welcome_text
+        return lambda: self.applied.append(text)
+
+
+class BrokenApply:
+    @hookimpl
+    def chatcore_reload(self):
+        def apply():
+            raise RuntimeError("cannot apply")
+
+        return apply
+
+
+def test_reload_hook_checks_then_applies(tmp_path, chat_server_factory, chat_client, caplog):
+    config = tmp_path / "chatcore.toml"
+    write(config, 'welcome-text = "one {nick}"\n')
+    checks = Checks()
+    server = chat_server_factory("--config", str(config), plugins=[BrokenApply(), checks])
+
+    write(config, 'welcome-text = "two {nick}"\n')
+    assert server.reload()
+    # The broken apply is logged with its plugin's name; the others applied.
+    assert checks.applied == ["two {nick}"]
+    assert "plugin 'BrokenApply' failed in chatcore_reload" in caplog.text
+    assert chat_client(server).received[0] == "* two guest-1"
+
+    # A check that raises abandons the reload, logged with the plugin's name.
+    write(config, 'welcome-text = "crash"\n')
+    assert not server.reload()
+    assert "plugin 'Checks' failed in chatcore_reload: RuntimeError: the check itself is broken" in caplog.text
+    assert checks.applied == ["two {nick}"]
+    assert server.config.options.welcome_text == "two {nick}"
+
+
+def test_engine_limits_apply_at_once(tmp_path, chat_server_factory, chat_client):
+    config = tmp_path / "chatcore.toml"
+    write(config, "max-clients = 5\n")
+    server = chat_server_factory("--config", str(config))
+    chat_client(server)
+    write(config, "max-clients = 1\nmax-line = 100\n")
+    assert server.reload()
+    refused = LineClient(server.address)
+    assert refused.expect("! server full, try again later")
+    refused.close()
+    assert (server.max_clients, server.max_line) == (1, 100)

@@ -1,0 +1,41 @@
+"""The engine's per-thread counts: nothing lost, and bounded however many
+threads come and go."""
+
+from __future__ import annotations
+
+import threading
+
+from chatcore.engine.stats import LATENCY_BUCKETS, Stats
+
+
+def test_counts_of_ended_threads_are_kept_and_their_entries_dropped():
+    stats = Stats()
+
+    def work(n: int) -> None:
+        counts = stats.mine()
+        counts.messages += 1
+        counts.deliveries += n
+        counts.observe_latency(3e-6)
+
+    for batch in range(10):  # 500 threads, 50 at a time, never scraped in between
+        threads = [threading.Thread(target=work, args=(batch,)) for _ in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+    assert len(stats._live) <= 128  # folded as it went, not one entry per thread ever seen
+    totals = stats.totals()
+    assert totals.messages == 500
+    assert totals.deliveries == 50 * sum(range(10))
+    assert totals.latency_buckets[LATENCY_BUCKETS.index(5e-6)] == 500
+    assert sum(totals.latency_buckets) == 500
+    assert abs(totals.latency_sum - 500 * 3e-6) < 1e-9
+    assert stats._live == []
+
+
+def test_a_latency_on_a_bound_goes_in_that_bucket_and_beyond_the_last_in_inf():
+    counts = Stats().mine()
+    counts.observe_latency(1e-6)
+    counts.observe_latency(5.0)
+    assert counts.latency_buckets[0] == 1
+    assert counts.latency_buckets[-1] == 1
