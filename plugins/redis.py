@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chatcore import Client, Config, UsageError, events, hookimpl
-from chatcore.config import secret, whole_number
+from chatcore.config import restart_only, secret, whole_number
 from chatcore.events import Action, Chat, Left, PrivateMessage, RoomEvent, RoomNotice
 
 if TYPE_CHECKING:
@@ -172,8 +172,13 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         "redis plugin",
         "Shares rooms with the other chatcore servers that use the same Redis and cluster name (see docs/scaling.md).",
     )
+
+    def add(*args: Any, **kwargs: Any) -> argparse.Action:
+        # Read once, when the server starts (the links, the threads, the node id).
+        return restart_only(group.add_argument(*args, **kwargs))
+
     secret(
-        group.add_argument(
+        add(
             "--redis-url",
             default=DEFAULT_URL,
             metavar="URL",
@@ -184,7 +189,7 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
             ),
         )
     )
-    group.add_argument(
+    add(
         "--redis-cluster",
         default=DEFAULT_CLUSTER,
         metavar="NAME",
@@ -193,14 +198,14 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
             "clusters with different names can share one Redis (default: %(default)s)"
         ),
     )
-    group.add_argument(
+    add(
         "--redis-stream-length",
         type=whole_number(100),
         default=DEFAULT_STREAM_LENGTH,
         metavar="N",
         help=("events kept per room in Redis, for servers catching up after a link drop (default: %(default)s)"),
     )
-    group.add_argument(
+    add(
         "--redis-timeout",
         type=positive_seconds,
         default=DEFAULT_TIMEOUT,
@@ -210,7 +215,7 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
             "bounds how long a silently broken link goes unnoticed (default: %(default)s)"
         ),
     )
-    group.add_argument(
+    add(
         "--redis-node-timeout",
         type=positive_seconds,
         default=DEFAULT_NODE_TIMEOUT,
@@ -221,7 +226,7 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
             "as often (default: %(default)s)"
         ),
     )
-    group.add_argument(
+    add(
         "--redis-check-interval",
         type=positive_seconds,
         default=DEFAULT_CHECK_INTERVAL,
@@ -232,7 +237,7 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
             "(default: %(default)s)"
         ),
     )
-    group.add_argument(
+    add(
         "--redis-max-pending",
         type=whole_number(1),
         default=DEFAULT_MAX_PENDING,
@@ -257,6 +262,10 @@ positive_seconds.__name__ = "seconds"  # argparse names the type in its messages
 
 @hookimpl
 def chatcore_configure(config: Config) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("redis") is None:
+        raise UsageError("the redis plugin needs the redis package (redis-py): pip install 'chatcore[redis]'")
     options = config.options
     url = urllib.parse.urlsplit(options.redis_url)
     if url.scheme not in ("redis", "rediss", "unix"):

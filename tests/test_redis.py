@@ -7,6 +7,8 @@ import itertools
 import json
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -514,3 +516,24 @@ def test_many_clients_asking_the_cluster_at_once_all_get_answers(redis_server, c
     finally:
         for client in clients:
             client.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--redis-url", "http://user:hunter2@host/"], "--redis-url: 'http://user:***@host/' is not a Redis URL"),
+        (["--redis-cluster", "a b"], "--redis-cluster: 'a b' is not a valid name"),
+        (["--redis-timeout", "0"], "argument --redis-timeout: 0.0 is out of range (must be from 0.1 to 60)"),
+    ],
+)
+def test_bad_options_are_usage_errors_without_the_password(args, error) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chatcore", "serve", "--port", "0", "--plugins", "redis", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert error in result.stderr
+    assert "hunter2" not in result.stderr
