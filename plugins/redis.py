@@ -696,6 +696,7 @@ class Publisher(threading.Thread):
         keys = cluster.keys
         client: redis_py.Redis | None = None
         script: Any = None
+        failing = False
         backoff = Backoff()
         while not cluster.stopping.is_set():
             batch = self._batch()
@@ -714,7 +715,11 @@ class Publisher(threading.Thread):
                     )
                 pipe.execute()
             except (redis_py.ConnectionError, redis_py.TimeoutError) as exc:
-                cluster.link_down(f"publishing: {exc}")
+                # Users hear of outages from the reader alone (one voice, no
+                # flapping notices); the batch waits and is sent again.
+                if not failing:
+                    log.warning("publishing to Redis failed (%s); %d events wait, retrying", exc, len(batch))
+                failing = True
                 _close(client)
                 client = None
                 backoff.wait(cluster.stopping)
@@ -725,6 +730,9 @@ class Publisher(threading.Thread):
                 # event behind this batch: give it up, loudly.
                 log.error("Redis refused %d events (%s); they are not shared with the cluster", len(batch), exc)
                 self.dropped += len(batch)
+            if failing:
+                log.warning("publishing to Redis works again")
+            failing = False
             backoff.reset()
             self._confirm(batch[-1].seq)
         _close(client)
