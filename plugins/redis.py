@@ -714,22 +714,31 @@ class Publisher(threading.Thread):
                         client=pipe,
                     )
                 pipe.execute()
-            except (redis_py.ConnectionError, redis_py.TimeoutError) as exc:
-                # Users hear of outages from the reader alone (one voice, no
-                # flapping notices); the batch waits and is sent again.
-                if not failing:
-                    log.warning("publishing to Redis failed (%s); %d events wait, retrying", exc, len(batch))
-                failing = True
-                _close(client)
-                client = None
-                backoff.wait(cluster.stopping)
-                continue
-            except redis_py.RedisError as exc:
+            except redis_py.ResponseError as exc:
                 # Not the link: Redis refused (out of memory, a wrong type at
                 # a key, a script error). Retrying would block every later
                 # event behind this batch: give it up, loudly.
                 log.error("Redis refused %d events (%s); they are not shared with the cluster", len(batch), exc)
                 self.dropped += len(batch)
+            except Exception as exc:
+                # The link (dropped, timed out, a reply cut in the middle) or
+                # anything unexpected: the batch waits and is sent again (the
+                # script drops what Redis already has); the thread never dies.
+                # Users hear of outages from the reader alone (one voice, no
+                # flapping notices).
+                if not failing:
+                    unexpected = not isinstance(exc, (redis_py.ConnectionError, redis_py.TimeoutError))
+                    log.warning(
+                        "publishing to Redis failed (%s); %d events wait, retrying",
+                        exc,
+                        len(batch),
+                        exc_info=unexpected,
+                    )
+                failing = True
+                _close(client)
+                client = None
+                backoff.wait(cluster.stopping)
+                continue
             if failing:
                 log.warning("publishing to Redis works again")
             failing = False
@@ -791,8 +800,12 @@ class Reader(threading.Thread):
                 _close(client)
                 client = None
                 backoff.wait(cluster.stopping)
-            except redis_py.RedisError as exc:
-                log.error("reading the cluster's streams failed: %s", exc)
+            except Exception:
+                # Never a dead reader: log, make the link again, read on from
+                # the cursors (what was read is not read twice).
+                log.exception("reading the cluster's streams failed; reconnecting")
+                _close(client)
+                client = None
                 backoff.wait(cluster.stopping)
         _close(client)
 
@@ -949,6 +962,8 @@ class Presence(threading.Thread):
                 self._reap()
             except redis_py.RedisError as exc:
                 log.debug("renewing presence failed: %s", exc)  # the reader tells the outage
+            except Exception:
+                log.exception("renewing presence failed")  # and again at the next renewal
             self._wake.wait(self.interval)
 
     def _renew(self) -> None:

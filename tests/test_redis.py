@@ -3,6 +3,7 @@ redis-server, with links cut, stalled and Redis restarted in the middle."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -93,6 +94,16 @@ def linked(sender: LineClient, nick: str, receivers: Sequence[LineClient]) -> No
     sender.send("probe done")
     for receiver in receivers:
         receiver.expect(f"<{nick}> probe done")
+
+
+@contextlib.contextmanager
+def server_log_on_failure(process: ServerProcess) -> Iterator[None]:
+    """A failed assertion inside also shows what the server logged."""
+    try:
+        yield
+    except AssertionError as exc:
+        process.stop()
+        raise AssertionError(f"{exc}\n--- the server's log:\n{process.stderr[-4000:]}") from None
 
 
 def last_text(redis_server: RedisServer) -> str | None:
@@ -208,7 +219,8 @@ def test_a_server_whose_link_broke_catches_up_in_order(redis_server, cluster, co
         assert seen == [*expected, "<alice> end"]
         # ... and bob can talk to alice again.
         bob.send("back")
-        alice.expect("<bob> back")
+        with server_log_on_failure(two):
+            alice.expect("<bob> back")
     finally:
         proxy.close()
 
