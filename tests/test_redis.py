@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -332,12 +332,12 @@ def test_presence_who_rooms_and_msg_span_the_cluster(redis_server, cluster, conn
         second.close()
     bob.send("/join dev")
     bob.expect("* you are now in dev (1 here)")
-    alice.send("/rooms")
-    alice.expect(lambda line: line.startswith("* 2 rooms: dev (1), lobby ("))
+    # Presence is renewed right after a change, by a thread of its own: /rooms
+    # shows bob's move within moments.
+    answered(alice, "/rooms", lambda line: line.startswith("* 2 rooms: dev (1), lobby ("))
     alice.send("/join dev")
     alice.expect("* you are now in dev (1 here)")
-    alice.send("/who")
-    alice.expect("* in dev (2): alice, bob")
+    answered(alice, "/who", "* in dev (2): alice, bob")
     alice.send("/msg BOB psst")
     alice.expect("-> *BOB* psst")
     bob.expect("*alice* psst")
@@ -352,6 +352,24 @@ def test_presence_who_rooms_and_msg_span_the_cluster(redis_server, cluster, conn
     bob.expect("* you are now known as robert")
     alice.send("/nick bob")
     alice.expect("* you are now known as bob")
+
+
+#: The answer to /who or /rooms.
+VIEW = re.compile(r"^\* (in \S+ \(\d+\):|\d+ rooms?:)")
+
+
+def answered(client: LineClient, command: str, match: str | Callable[[str], bool]) -> str:
+    """Ask ``command`` (/who, /rooms) until the answer matches: a view of
+    the cluster settles within moments of a change."""
+    wanted = match if callable(match) else match.__eq__
+
+    def ask() -> str | None:
+        client.send(command)
+        line = client.expect(VIEW)
+        return line if wanted(line) else None
+
+    found: str = wait_for(ask, timeout=TIMEOUT, message=f"{command} to answer {match!r}")
+    return found
 
 
 def guest_nick(client: LineClient) -> str:
