@@ -108,13 +108,20 @@ def _join(client: Client, args: str) -> None:
 
 
 def _rooms(client: Client, args: str) -> None:
-    client.send(RoomList(tuple(sorted(client.server.registry.rooms().items()))))
+    server = client.server
+    counts = server.registry.rooms()
+    # Members on the other servers of a cluster (chatcore_cluster_members).
+    for room, nicks in server.hooks.cluster_members(server).items():
+        counts[room] = counts.get(room, 0) + len(nicks)
+    client.send(RoomList(tuple(sorted(counts.items()))))
 
 
 def _who(client: Client, args: str) -> None:
     room = client.room
-    nicks = sorted((member.nick for member in client.server.registry.members(room)), key=str.casefold)
-    client.send(Members(room, tuple(nicks)))
+    server = client.server
+    nicks = [member.nick for member in server.registry.members(room)]
+    nicks += server.hooks.cluster_members(server).get(room, [])
+    client.send(Members(room, tuple(sorted(nicks, key=str.casefold))))
 
 
 def _msg(client: Client, args: str) -> None:
@@ -126,7 +133,7 @@ def _msg(client: Client, args: str) -> None:
     server = client.server
     recipient = server.registry.find(nick)
     if recipient is None or recipient.closed:
-        client.error(f"no such nick {nick!r}")
+        _msg_elsewhere(client, nick, text)
         return
     if recipient is client:
         client.error("you cannot send a private message to yourself")
@@ -147,6 +154,32 @@ def _msg(client: Client, args: str) -> None:
     client.send(PrivateMessage(client.nick, recipient.nick, message.text, echo=True))
     if client.arrived:
         counts.observe_latency(time.monotonic() - client.arrived)
+    server.hooks.message_delivered(message, 1)
+
+
+def _msg_elsewhere(client: Client, nick: str, text: str) -> None:
+    """A private message for a nick not on this server: a cluster plugin's
+    (``chatcore_private_message``), after the same filter chain."""
+    server = client.server
+    if not server.hooks.implemented("private_message"):
+        client.error(f"no such nick {nick!r}")
+        return
+    message = Message(client, client.room, text, "private")
+    server.hooks.message(message)
+    if message.rejected is not None:
+        client.error(message.rejected)
+        return
+    if not message.text:
+        client.error(f"your message to {nick} was empty after filtering; it was not sent")
+        return
+    result = server.hooks.private_message(client, nick, message.text)
+    if result is None:
+        client.error(f"no such nick {nick!r}")
+        return
+    if isinstance(result, str):
+        client.error(result)
+        return
+    client.send(PrivateMessage(client.nick, nick, message.text, echo=True))
     server.hooks.message_delivered(message, 1)
 
 

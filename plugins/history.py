@@ -9,6 +9,11 @@ ROOM:`` and then each line marked ``# `` (``# <alice> hi``, ``# * alice
 waves``), so a client can tell replay from live chat; other front-ends
 render it their own way, with each event's identity.
 
+With a cluster plugin that keeps rooms (``redis``), the replay is the
+cluster's (``chatcore_room_history``): the same on every server, whoever said
+it where; this server's own record is the fallback while the cluster cannot
+be reached.
+
 ``--history-db FILE`` also keeps them in SQLite, so they survive a restart.
 The hot path only appends the event to the room's in-memory deque and puts
 a tuple on a queue; a background thread writes to the database in batches. The file is
@@ -110,7 +115,12 @@ def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
 
 @hookimpl
 def chatcore_client_joined(client: Client, room: str) -> None:
-    events = _history(client.server).replay(room)
+    history = _history(client.server)
+    # A cluster's history of the room, where a cluster plugin keeps one
+    # (chatcore_room_history); else what this server saw.
+    events = client.server.hooks.room_history(client.server, room, history.lines)
+    if events is None:
+        events = history.replay(room)
     if events:
         client.send(Replay(room, tuple(events)))
 

@@ -64,6 +64,15 @@ class Registry:
             self._enter(client, room or self.default_room)
             return True
 
+    def guest_nick(self) -> str:
+        """A ``guest-N`` nickname no client here has (for a guest name a
+        cluster refused: the numbers go on from there)."""
+        with self._lock:
+            while True:
+                nick = f"guest-{next(self._guest_numbers)}"
+                if nick not in self._by_nick:
+                    return nick
+
     def remove(self, client: Client) -> bool:
         """Unregister a client; True only for the call that removed it."""
         with self._lock:

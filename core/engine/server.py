@@ -74,6 +74,8 @@ SHUTDOWN_LINGER = 2.0
 PASSWORD_DELAY = 1.0
 PASSWORD_MAX_DELAY = 5.0
 PASSWORD_ATTEMPTS = 3
+#: Guest names tried on entering the chat when a cluster says they are taken.
+GUEST_NAME_TRIES = 100
 
 
 class Sequencer(Protocol):
@@ -186,6 +188,12 @@ class ChatServer:
     def address_text(self) -> str:
         """Every bound listener, ``tcp://127.0.0.1:12000, tls://...``."""
         return ", ".join(str(listener.url) for listener in self.listeners)
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` has begun (leaves are then not published
+        to the rooms here: everyone is going)."""
+        return self._stopping
 
     def listener(self, scheme: str) -> Listener:
         """The first listener of ``scheme``."""
@@ -500,6 +508,7 @@ class ChatServer:
                 self.publish(Left(room, nick=client.nick, reason=reason))
             log.info("client left: %s from %s (%s)", client.nick, format_address(*client.address), reason)
             self.hooks.client_left(client, room, reason)
+            self.hooks.release_nick(client, client.nick)
         # The writer is done by the client's finish deadline (its linger).
         if not client.wait_closed(max(SHUTDOWN_LINGER, client._finish_deadline - time.monotonic()) + 5):
             log.warning("writer did not release %r in time; closing anyway", client)
@@ -558,14 +567,33 @@ class ChatServer:
         taken: the protocol tells its client and may try again. The caller
         checks that ``nick`` is a valid nickname.
         """
+        # A chosen nickname is claimed in the cluster first (chatcore_claim_nick).
+        if nick is not None and self.hooks.claim_nick(client, nick) is not None:
+            return False
         if not self.registry.add(client, room, nick):
+            if nick is not None:
+                self.hooks.release_nick(client, nick)
             return False
         client.admitted = True
+        if nick is None:
+            self._claim_guest_nick(client)
         client.send(Welcome(tuple(self.hooks.welcome(client))))
         log.info("client joined: %s from %s", client.nick, format_address(*client.address))
         self.publish(Joined(client.room, nick=client.nick), exclude=client)
         self.hooks.client_joined(client, client.room)
         return True
+
+    def _claim_guest_nick(self, client: Client) -> None:
+        """Make the guest name unique in the cluster too (``chatcore_claim_nick``):
+        a name another server has is replaced by the next guest number."""
+        if not self.hooks.implemented("claim_nick"):
+            return
+        for _ in range(GUEST_NAME_TRIES):
+            if self.hooks.claim_nick(client, client.nick) is None:
+                return
+            nick = self.registry.guest_nick()
+            self.registry.rename(client, nick)
+        log.warning("no free guest name for %r after %d tries; keeping %s", client, GUEST_NAME_TRIES, client.nick)
 
     def run_command(self, client: Client, name: str, args: str) -> None:
         """Run ``/name args`` for ``client`` through ``chatcore_command``."""
@@ -612,10 +640,16 @@ class ChatServer:
     def change_nick(self, client: Client, nick: str) -> bool:
         """Rename ``client`` and tell its room; False if the nickname is
         taken (checked and taken under the registry's lock, so of two
-        clients asking for the same name at once exactly one gets it)."""
+        clients asking for the same name at once exactly one gets it; a
+        cluster plugin claims it across servers first, with
+        ``chatcore_claim_nick``)."""
         old = client.nick
-        if not self.registry.rename(client, nick):
+        if self.hooks.claim_nick(client, nick) is not None:
             return False
+        if not self.registry.rename(client, nick):
+            self.hooks.release_nick(client, nick)
+            return False
+        self.hooks.release_nick(client, old)
         self.publish(NickChanged(client.room, nick=old, new_nick=nick), exclude=client)
         return True
 

@@ -1,0 +1,1178 @@
+"""Scale-out: several chatcore servers share their rooms through Redis.
+
+``chatcore serve --plugins redis --redis-url redis://127.0.0.1:6379/0``
+
+Each room is a Redis Stream. A server appends what its own clients say to
+the streams (one background thread, pipelined, deduplicated), and reads the
+streams of the rooms its clients are in (another thread, blocking
+``XREAD`` from a cursor it keeps), publishing what the other servers said to
+its local members. Because a reader resumes from its cursor, a server whose
+link to Redis dropped delivers, in order, what the others published
+meanwhile; where that cannot be done (Redis lost the room's history, or the
+stream was trimmed past the cursor) the room's members are told with a
+notice and the loss is counted and logged. docs/scaling.md explains the
+design and why.
+
+Threads: the hooks run on client threads and only put events on the
+publisher's queue, so a slow or absent Redis never slows local delivery.
+The publisher and the reader each own one Redis connection, used by that
+thread only (redis-py's connections, pipelines and PubSub objects are not
+to be shared between threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from chatcore import Client, Config, UsageError, events, hookimpl
+from chatcore.config import restart_only, secret, whole_number
+from chatcore.events import Action, Chat, Left, PrivateMessage, RoomEvent, RoomNotice
+
+if TYPE_CHECKING:
+    import redis as redis_py
+
+    from chatcore.engine.server import ChatServer
+
+log = logging.getLogger("chatcore.redis")
+
+NAME = "redis"
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_CLUSTER = "default"
+#: Entries kept per room stream (approximately: MAXLEN ~); a server whose
+#: link is down longer than it takes the others to say this much loses the
+#: rest, and its members are told.
+DEFAULT_STREAM_LENGTH = 10000
+#: Events waiting for Redis while it is unreachable, at most; beyond this
+#: the oldest are given up (counted, logged).
+DEFAULT_MAX_PENDING = 100000
+#: Events sent in one pipeline, at most.
+BATCH = 500
+#: How long one blocking XREAD waits, in milliseconds. It bounds how soon a
+#: room newly entered is read and how long stopping takes; arriving entries
+#: end the wait at once, so it does not add latency.
+BLOCK_MS = 250
+#: How long a Redis command may take before the link counts as down
+#: (--redis-timeout): what bounds how long a half-open link goes unnoticed.
+#: The reader's socket timeout is this plus its blocking wait, so blocking
+#: reads never hit it (redis-py 8's default socket timeout of 5 s would break
+#: blocking reads longer than that).
+DEFAULT_TIMEOUT = 3.0
+#: Reconnection backoff: from the first to the last value, doubling.
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 2.0
+#: Seconds between checks that each cursor is still where the stream is.
+DEFAULT_CHECK_INTERVAL = 5.0
+
+#: Seconds after which a server that stopped renewing its presence counts
+#: as gone, and its users leave the rooms (--redis-node-timeout).
+DEFAULT_NODE_TIMEOUT = 10.0
+#: Private messages kept in a server's inbox stream.
+INBOX_LENGTH = 1000
+#: Connections for the client threads' own requests (nick claims, /who,
+#: /msg): a blocking pool waits for a free one (at most --redis-timeout)
+#: where redis-py's default pool would open one per thread, or raise once
+#: it has max_connections.
+SHARED_CONNECTIONS = 8
+#: Stream entries read at a time for a history replay.
+HISTORY_PAGE = 200
+#: Why the users of a server that stopped answering left.
+GONE_REASON = "server lost"
+
+#: The version of the stream entries' format (docs/scaling.md).
+FORMAT_VERSION = "1"
+
+LINK_DOWN_NOTICE = "the cluster link is down: you reach only the people on this server until it is back"
+LINK_BACK_NOTICE = "the cluster link is back"
+
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+# ---------------------------------------------------------------------------
+# The entry format: one room event as JSON
+# ---------------------------------------------------------------------------
+
+#: Room event types by name: what may travel between servers.
+_ROOM_EVENTS: dict[str, type[RoomEvent]] = {
+    name: cls
+    for name in events.__all__
+    if isinstance(cls := getattr(events, name), type) and issubclass(cls, RoomEvent) and cls is not RoomEvent
+}
+#: Identity fields: the cluster gives its own (the stream's epoch and offset).
+_IDENTITY = frozenset({"offset", "epoch", "time"})
+
+
+def encode_event(event: RoomEvent) -> str:
+    """``event`` as the JSON of a stream entry's ``event`` field:
+    ``{"type": "Chat", "room": "lobby", "nick": "alice", "text": "hi", "time": 1.5}``."""
+    record: dict[str, Any] = {"type": type(event).__name__, "time": event.time}
+    for item in dataclasses.fields(event):
+        if item.name not in _IDENTITY:
+            record[item.name] = getattr(event, item.name)
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_event(text: str) -> RoomEvent:
+    """The event :func:`encode_event` wrote; ValueError if it is not one
+    (a newer server's event type, or damage)."""
+    record = json.loads(text)
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    cls = _ROOM_EVENTS.get(record.pop("type", None))
+    if cls is None:
+        raise ValueError("unknown event type")
+    when = record.pop("time", 0.0)
+    if not isinstance(when, (int, float)):
+        raise ValueError("time is not a number")
+    names = {item.name for item in dataclasses.fields(cls)} - _IDENTITY
+    if set(record) - names:
+        raise ValueError(f"unknown fields {sorted(set(record) - names)}")
+    try:
+        return cls(**record, time=float(when))
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def encode_private(message: PrivateMessage) -> str:
+    """A private message as the JSON of an inbox entry's ``event`` field."""
+    record = {"type": "PrivateMessage", "sender": message.sender, "recipient": message.recipient}
+    return json.dumps({**record, "text": message.text}, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_private(text: str) -> PrivateMessage:
+    """The message :func:`encode_private` wrote; ValueError if it is not one."""
+    record = json.loads(text)
+    if not isinstance(record, dict) or record.get("type") != "PrivateMessage":
+        raise ValueError("not a private message")
+    values = [record.get(name) for name in ("sender", "recipient", "text")]
+    if not all(isinstance(value, str) for value in values):
+        raise ValueError("a private message needs sender, recipient and text")
+    sender, recipient, body = values
+    return PrivateMessage(str(sender), str(recipient), str(body))
+
+
+# ---------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------
+
+
+@hookimpl
+def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "redis plugin",
+        "Shares rooms with the other chatcore servers that use the same Redis and cluster name (see docs/scaling.md).",
+    )
+
+    def add(*args: Any, **kwargs: Any) -> argparse.Action:
+        # Read once, when the server starts (the links, the threads, the node id).
+        return restart_only(group.add_argument(*args, **kwargs))
+
+    secret(
+        add(
+            "--redis-url",
+            default=DEFAULT_URL,
+            metavar="URL",
+            help=(
+                "the Redis to use, redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss:// for TLS; "
+                "give a password through CHATCORE_REDIS_URL or the config file, not the command line, "
+                "where ps shows it (default: %(default)s)"
+            ),
+        )
+    )
+    add(
+        "--redis-cluster",
+        default=DEFAULT_CLUSTER,
+        metavar="NAME",
+        help=(
+            "the cluster's name: servers with the same name share rooms; "
+            "clusters with different names can share one Redis (default: %(default)s)"
+        ),
+    )
+    add(
+        "--redis-stream-length",
+        type=whole_number(100),
+        default=DEFAULT_STREAM_LENGTH,
+        metavar="N",
+        help=("events kept per room in Redis, for servers catching up after a link drop (default: %(default)s)"),
+    )
+    add(
+        "--redis-timeout",
+        type=positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "how long Redis may take to answer before the link counts as down and is made again; "
+            "bounds how long a silently broken link goes unnoticed (default: %(default)s)"
+        ),
+    )
+    add(
+        "--redis-node-timeout",
+        type=positive_seconds,
+        default=DEFAULT_NODE_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "a server that stops answering (killed, cut off) has its users leave everyone else's rooms "
+            "after this long, and at most a third longer; servers renew their presence three times "
+            "as often (default: %(default)s)"
+        ),
+    )
+    add(
+        "--redis-check-interval",
+        type=positive_seconds,
+        default=DEFAULT_CHECK_INTERVAL,
+        metavar="SECONDS",
+        help=(
+            "how often this server checks that Redis still has the history it is reading "
+            "(a flush or a failover to a copy that lacks it is told to members as a gap) "
+            "(default: %(default)s)"
+        ),
+    )
+    add(
+        "--redis-max-pending",
+        type=whole_number(1),
+        default=DEFAULT_MAX_PENDING,
+        metavar="N",
+        help="events kept for Redis while it is unreachable; the oldest beyond are given up (default: %(default)s)",
+    )
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse ``type``: a number of seconds from 0.1 to 60."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"{value} is out of range (must be from 0.1 to 60)")
+    return value
+
+
+positive_seconds.__name__ = "seconds"  # argparse names the type in its messages
+
+
+@hookimpl
+def chatcore_configure(config: Config) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("redis") is None:
+        raise UsageError("the redis plugin needs the redis package (redis-py): pip install 'chatcore[redis]'")
+    options = config.options
+    url = urllib.parse.urlsplit(options.redis_url)
+    if url.scheme not in ("redis", "rediss", "unix"):
+        raise UsageError(
+            f"--redis-url: {redacted(options.redis_url)!r} is not a Redis URL; "
+            "use redis://HOST:PORT/DB (or rediss:// for TLS)"
+        )
+    if not _CLUSTER_NAME.fullmatch(options.redis_cluster):
+        raise UsageError(
+            f"--redis-cluster: {options.redis_cluster!r} is not a valid name; "
+            "use 1 to 64 letters, digits, '_', '-' or '.'"
+        )
+    config.data[NAME] = Cluster(
+        options.redis_url,
+        options.redis_cluster,
+        stream_length=options.redis_stream_length,
+        max_pending=options.redis_max_pending,
+        timeout=options.redis_timeout,
+        check_interval=options.redis_check_interval,
+        node_timeout=options.redis_node_timeout,
+    )
+
+
+@hookimpl
+def chatcore_server_start(server: ChatServer) -> None:
+    _cluster(server).start(server)
+
+
+@hookimpl
+def chatcore_server_stop(server: ChatServer) -> None:
+    _cluster(server).stop()
+
+
+@hookimpl
+def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
+    # Only events said here (remote ones are published with relay=False).
+    _cluster(server).publisher.put(event)
+
+
+@hookimpl
+def chatcore_client_joined(client: Client, room: str) -> None:
+    _cluster(client.server).presence.changed()
+
+
+@hookimpl
+def chatcore_client_left(client: Client, room: str, reason: str) -> None:
+    cluster = _cluster(client.server)
+    if client.server.stopping:
+        # The server does not tell its own rooms about leaves while it stops
+        # (everyone is going); the other servers' members must still hear them.
+        cluster.publisher.put(Left(room, nick=client.nick, reason=reason))
+    cluster.presence.changed()
+
+
+@hookimpl
+def chatcore_claim_nick(client: Client, nick: str) -> str | None:
+    return _cluster(client.server).presence.claim(nick)
+
+
+@hookimpl
+def chatcore_release_nick(client: Client, nick: str) -> None:
+    holder = client.server.registry.find(nick)
+    if holder is None or holder is client:
+        _cluster(client.server).presence.release(nick)
+
+
+@hookimpl
+def chatcore_cluster_members(server: ChatServer) -> dict[str, list[str]] | None:
+    return _cluster(server).presence.members()
+
+
+@hookimpl
+def chatcore_private_message(sender: Client, recipient: str, text: str) -> bool | str | None:
+    return _cluster(sender.server).presence.send_private(PrivateMessage(sender.nick, recipient, text))
+
+
+@hookimpl
+def chatcore_room_history(server: ChatServer, room: str, limit: int) -> list[RoomEvent] | None:
+    return _cluster(server).presence.history(room, limit)
+
+
+def _cluster(server: ChatServer) -> Cluster:
+    cluster: Cluster = server.config.data[NAME]
+    return cluster
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs and errors."""
+    # Defends against leaking the Redis password into logs or error output.
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+# ---------------------------------------------------------------------------
+# Keys and the publish script
+# ---------------------------------------------------------------------------
+
+
+class Keys:
+    """Key names, all under ``chatcore:CLUSTER:`` so clusters share a Redis."""
+
+    def __init__(self, cluster: str) -> None:
+        self.prefix = f"chatcore:{cluster}:"
+
+    def stream(self, room: str) -> str:
+        """The room's events: entries ``v``, ``node``, ``epoch``, ``offset``, ``event``."""
+        return f"{self.prefix}room:{room}:stream"
+
+    def nodes(self) -> str:
+        """The set of the cluster's servers (node ids)."""
+        return f"{self.prefix}nodes"
+
+    def alive(self, node: str) -> str:
+        """Exists while the node renews it (expires after --redis-node-timeout)."""
+        return f"{self.prefix}node:{node}"
+
+    def members(self, node: str) -> str:
+        """The node's clients: a hash nick -> room."""
+        return f"{self.prefix}node:{node}:members"
+
+    def inbox(self, node: str) -> str:
+        """Private messages for the node's clients: a stream."""
+        return f"{self.prefix}node:{node}:inbox"
+
+    def nick(self, nick: str) -> str:
+        """Who holds a nickname (ignoring case): the node id."""
+        return f"{self.prefix}nick:{nick.casefold()}"
+
+    def reaping(self, node: str) -> str:
+        """Held by the one server that announces a gone node's leaves."""
+        return f"{self.prefix}reap:{node}"
+
+    def meta(self, room: str) -> str:
+        """The room's hash: ``epoch``, ``offset`` (the last one given) and,
+        per publishing node, ``node:ID`` = the node's last sequence number."""
+        return f"{self.prefix}room:{room}:meta"
+
+
+# Appends one event to a room's stream, atomically: the epoch (created when
+# Redis has none: a new room, or Redis lost it), the next offset, and the
+# entry. The offset and the entry are made together, so the stream's order
+# is the offsets' order and a reader can tell a hole from a late entry.
+#
+# A retried publish (the link dropped after Redis ran it, before the reply)
+# must not add the event twice: each node numbers its events 1, 2, 3 ... and
+# sends them in that order from one thread, so an event whose number is not
+# above the last one Redis recorded for the node in this room is a repeat.
+#
+# KEYS: meta, stream. ARGV: node, sequence, event JSON, maxlen, new epoch.
+# Returns the offset given, or 0 for a repeat.
+_PUBLISH_LUA = """
+local field = 'node:' .. ARGV[1]
+local last = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+if tonumber(ARGV[2]) <= last then
+    return 0
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+    epoch = ARGV[5]
+    redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+redis.call('HSET', KEYS[1], field, ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
+    'v', '1', 'node', ARGV[1], 'epoch', epoch, 'offset', offset, 'event', ARGV[3])
+return offset
+"""
+
+
+# Claims a nickname for a node, atomically: free, already the node's, or
+# held by a node that stopped renewing its presence (it is being reaped).
+# KEYS: nick, ARGV: node, the prefix of presence keys. Returns 1 or 0.
+_CLAIM_LUA = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+# Gives a nickname up if the node holds it. KEYS: nick, ARGV: node.
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def connect(url: str, *, timeout: float, name: str) -> redis_py.Redis:
+    """A client with one connection of its own, for one thread.
+
+    No redis-py retries: the plugin retries itself, in order and without
+    duplicates, and a blind retry of a non-idempotent command could add an
+    event twice.
+    """
+    import redis as redis_py
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis_py.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+        protocol=2,  # the replies' shapes below are RESP2's
+        single_connection_client=True,
+        client_name=name,
+    )
+
+
+def shared_client(url: str, *, timeout: float, name: str) -> redis_py.Redis:
+    """A client for many threads: a blocking pool of a few connections."""
+    import redis as redis_py
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    pool = redis_py.BlockingConnectionPool.from_url(
+        url,
+        max_connections=SHARED_CONNECTIONS,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+        protocol=2,
+        client_name=name,
+    )
+    return redis_py.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+
+
+class Backoff:
+    """Waits between reconnection attempts: 0.1 s, doubling to 2 s."""
+
+    def __init__(self) -> None:
+        self.delay = BACKOFF_FIRST
+
+    def reset(self) -> None:
+        self.delay = BACKOFF_FIRST
+
+    def wait(self, stopping: threading.Event) -> None:
+        stopping.wait(self.delay)
+        self.delay = min(self.delay * 2, BACKOFF_MAX)
+
+
+# ---------------------------------------------------------------------------
+# The cluster: link state, publisher and reader
+# ---------------------------------------------------------------------------
+
+
+class Cluster:
+    """This server's membership in a cluster: its node id, the link state,
+    the publisher and the reader.
+
+    :ivar node: this server's id in the cluster, new at every start.
+    :ivar gaps: times members were told that events were lost.
+    :ivar lost: events known lost (0 counted when the number is unknown).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        *,
+        stream_length: int,
+        max_pending: int,
+        timeout: float = DEFAULT_TIMEOUT,
+        check_interval: float = DEFAULT_CHECK_INTERVAL,
+        node_timeout: float = DEFAULT_NODE_TIMEOUT,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.name = name
+        self.keys = Keys(name)
+        self.stream_length = stream_length
+        self.node = secrets.token_hex(6)
+        self.server: ChatServer | None = None
+        self.stopping = threading.Event()
+        self.publisher = Publisher(self, max_pending)
+        self.reader = Reader(self, check_interval)
+        self.presence = Presence(self, node_timeout)
+        self.gaps = 0
+        self.lost = 0
+        self._link_lock = threading.Lock()
+        self._link_up = True
+
+    def start(self, server: ChatServer) -> None:
+        self.server = server
+        log.info("cluster %r on %s as node %s", self.name, redacted(self.url), self.node)
+        self.presence.open()
+        self.publisher.start()
+        self.reader.start()
+        self.presence.start()
+
+    def stop(self) -> None:
+        self.publisher.flush(timeout=1.0)
+        self.stopping.set()
+        self.publisher.wake()
+        self.presence.changed()
+        self.publisher.join(self.timeout + 1)
+        self.reader.join(self.timeout + 1)
+        self.presence.join(self.timeout + 1)
+        self.presence.leave()
+
+    # -- the link, as users see it -------------------------------------------
+
+    def link_down(self, why: str) -> None:
+        """Redis is unreachable: log it and tell everyone, once per outage."""
+        with self._link_lock:
+            if not self._link_up:
+                return
+            self._link_up = False
+        log.warning("cluster link down (%s); local chat goes on, reconnecting", why)
+        self._tell_everyone(LINK_DOWN_NOTICE)
+
+    @property
+    def linked(self) -> bool:
+        """False while an outage is known: requests on client threads then
+        answer at once instead of waiting for --redis-timeout."""
+        return self._link_up
+
+    def link_up(self) -> None:
+        """Redis is back and the reader has caught up."""
+        with self._link_lock:
+            if self._link_up:
+                return
+            self._link_up = True
+        log.warning("cluster link back")
+        self._tell_everyone(LINK_BACK_NOTICE)
+
+    def _tell_everyone(self, text: str) -> None:
+        if self.server is None or self.stopping.is_set():
+            return
+        for client in self.server.registry:
+            client.notice(text)
+
+    def gap(self, room: str, lost: int | None, why: str) -> None:
+        """Tell ``room``'s members here that events from other servers were lost."""
+        self.gaps += 1
+        self.lost += lost or 0
+        count = f"{lost} messages" if lost else "messages"
+        log.warning("room %s: %s from other servers lost (%s)", room, count, why)
+        if self.server is not None:
+            text = f"{count} from other servers may be missing here ({why})"
+            self.server.publish(RoomNotice(room, text=text), relay=False)
+
+
+@dataclass(slots=True)
+class _Pending:
+    seq: int
+    room: str
+    event: str
+
+
+class Publisher(threading.Thread):
+    """Appends this server's room events to the streams, in order, from one thread.
+
+    Client threads only append to a queue (:meth:`put`); the thread sends
+    what is queued in pipelines of up to :data:`BATCH`. A batch that fails is
+    sent again after a reconnection; the publish script drops the ones
+    Redis already has, so nothing is added twice and each sender's order
+    holds.
+    """
+
+    def __init__(self, cluster: Cluster, max_pending: int) -> None:
+        super().__init__(name="chatcore-redis-publisher", daemon=True)
+        self.cluster = cluster
+        self.max_pending = max_pending
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._cond = threading.Condition()
+        self._seq = 0
+        #: Events given up while Redis was unreachable.
+        self.dropped = 0
+        #: The last sequence number Redis has confirmed.
+        self.confirmed = 0
+
+    def put(self, event: RoomEvent) -> None:
+        """Queue ``event`` for Redis (called on the publishing thread)."""
+        text = encode_event(event)
+        with self._cond:
+            self._seq += 1
+            self._queue.append(_Pending(self._seq, event.room, text))
+            if len(self._queue) > self.max_pending:
+                self._queue.popleft()
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.error("Redis unreachable: %d events not shared with the cluster so far", self.dropped)
+            self._cond.notify()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything queued so far is in Redis; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._seq
+        while self.confirmed < target:
+            if time.monotonic() > deadline or not self.is_alive():
+                return False
+            time.sleep(0.01)
+        return True
+
+    def _batch(self) -> list[_Pending]:
+        with self._cond:
+            while not self._queue and not self.cluster.stopping.is_set():
+                self._cond.wait()
+            return list(self._queue)[:BATCH] if len(self._queue) > BATCH else list(self._queue)
+
+    def _confirm(self, last: int) -> None:
+        with self._cond:
+            while self._queue and self._queue[0].seq <= last:
+                self._queue.popleft()
+            self.confirmed = max(self.confirmed, last)
+
+    def run(self) -> None:
+        import redis as redis_py
+
+        cluster = self.cluster
+        keys = cluster.keys
+        client: redis_py.Redis | None = None
+        script: Any = None
+        failing = False
+        backoff = Backoff()
+        while not cluster.stopping.is_set():
+            batch = self._batch()
+            if not batch:
+                continue
+            try:
+                if client is None:
+                    client = connect(cluster.url, timeout=cluster.timeout, name=f"chatcore-{cluster.node}-pub")
+                    script = client.register_script(_PUBLISH_LUA)
+                pipe = client.pipeline(transaction=False)
+                for item in batch:
+                    script(
+                        keys=[keys.meta(item.room), keys.stream(item.room)],
+                        args=[cluster.node, item.seq, item.event, cluster.stream_length, secrets.token_hex(4)],
+                        client=pipe,
+                    )
+                pipe.execute()
+            except redis_py.ResponseError as exc:
+                # Not the link: Redis refused (out of memory, a wrong type at
+                # a key, a script error). Retrying would block every later
+                # event behind this batch: give it up, loudly.
+                log.error("Redis refused %d events (%s); they are not shared with the cluster", len(batch), exc)
+                self.dropped += len(batch)
+            except Exception as exc:
+                # The link (dropped, timed out, a reply cut in the middle) or
+                # anything unexpected: the batch waits and is sent again (the
+                # script drops what Redis already has); the thread never dies.
+                # Users hear of outages from the reader alone (one voice, no
+                # flapping notices).
+                if not failing:
+                    unexpected = not isinstance(exc, (redis_py.ConnectionError, redis_py.TimeoutError))
+                    log.warning(
+                        "publishing to Redis failed (%s); %d events wait, retrying",
+                        exc,
+                        len(batch),
+                        exc_info=unexpected,
+                    )
+                failing = True
+                _close(client)
+                client = None
+                backoff.wait(cluster.stopping)
+                continue
+            if failing:
+                log.warning("publishing to Redis works again")
+            failing = False
+            backoff.reset()
+            self._confirm(batch[-1].seq)
+        _close(client)
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """Where the reader is in one room's stream."""
+
+    #: The last entry read (a stream id, never ``$``: re-reading from ``$``
+    #: after a drop would skip whatever was added meanwhile).
+    last_id: str
+    #: The epoch and offset of the last entry read (None, 0 before any).
+    epoch: str | None
+    offset: int
+
+
+class Reader(threading.Thread):
+    """Reads the streams of the rooms this server's clients are in and
+    publishes what the other servers said, in stream order."""
+
+    def __init__(self, cluster: Cluster, check_interval: float = DEFAULT_CHECK_INTERVAL) -> None:
+        super().__init__(name="chatcore-redis-reader", daemon=True)
+        self.cluster = cluster
+        self.check_interval = check_interval
+        self.cursors: dict[str, _Cursor] = {}
+        #: Entries that could not be read as events (a newer server's, damage).
+        self.bad_entries = 0
+        #: Where the reader is in this node's inbox (new at every start).
+        self.inbox_id = "0-0"
+
+    def run(self) -> None:
+        import redis as redis_py
+
+        cluster = self.cluster
+        client: redis_py.Redis | None = None
+        backoff = Backoff()
+        next_check = 0.0
+        while not cluster.stopping.is_set():
+            try:
+                if client is None:
+                    client = connect(
+                        cluster.url, timeout=cluster.timeout + BLOCK_MS / 1000, name=f"chatcore-{cluster.node}-read"
+                    )
+                    client.ping()
+                    self._check(client)
+                self._follow_rooms(client)
+                if time.monotonic() >= next_check:
+                    self._check(client)
+                    next_check = time.monotonic() + self.check_interval
+                self._read(client)
+                cluster.link_up()
+                backoff.reset()
+            except (redis_py.ConnectionError, redis_py.TimeoutError) as exc:
+                cluster.link_down(f"reading: {exc}")
+                _close(client)
+                client = None
+                backoff.wait(cluster.stopping)
+            except Exception:
+                # Never a dead reader: log, make the link again, read on from
+                # the cursors (what was read is not read twice).
+                log.exception("reading the cluster's streams failed; reconnecting")
+                _close(client)
+                client = None
+                backoff.wait(cluster.stopping)
+        _close(client)
+
+    def _follow_rooms(self, client: redis_py.Redis) -> None:
+        """Start reading rooms that got local members; stop reading empty ones."""
+        server = self.cluster.server
+        assert server is not None
+        rooms = server.registry.rooms()
+        for room in [room for room in self.cursors if room not in rooms]:
+            del self.cursors[room]
+        for room in rooms:
+            if room not in self.cursors:
+                self.cursors[room] = self._top(client, room)
+
+    def _top(self, client: redis_py.Redis, room: str) -> _Cursor:
+        """A cursor at the end of the room's stream: a room entered now
+        starts with what is said from now on."""
+        keys = self.cluster.keys
+        pipe = client.pipeline(transaction=True)  # one snapshot of both keys
+        pipe.hmget(keys.meta(room), ["epoch", "offset"])
+        pipe.xrevrange(keys.stream(room), count=1)
+        (epoch, offset), last = pipe.execute()
+        last_id = last[0][0] if last else "0-0"
+        return _Cursor(last_id, epoch, int(offset or 0))
+
+    def _check(self, client: redis_py.Redis) -> None:
+        """Compare every cursor with its room in Redis: a changed epoch (Redis
+        restarted empty, flushed, failed over to a copy that lacks it) or an
+        offset behind ours means entries we would never read: say so and
+        start again from the room's new history."""
+        keys = self.cluster.keys
+        rooms = list(self.cursors)
+        if not rooms:
+            return
+        pipe = client.pipeline(transaction=False)
+        for room in rooms:
+            pipe.hmget(keys.meta(room), ["epoch", "offset"])
+        for room, (epoch, offset) in zip(rooms, pipe.execute(), strict=True):
+            cursor = self.cursors[room]
+            if cursor.epoch is None or (epoch == cursor.epoch and int(offset or 0) >= cursor.offset):
+                continue
+            why = "the cluster's Redis lost them" if epoch != cursor.epoch else "Redis went back in time"
+            self.cluster.gap(room, None, why)
+            self.cursors[room] = _Cursor("0-0", None, 0)
+
+    def _read(self, client: redis_py.Redis) -> None:
+        keys = self.cluster.keys
+        inbox = keys.inbox(self.cluster.node)
+        streams: dict[Any, Any] = {keys.stream(room): cursor.last_id for room, cursor in self.cursors.items()}
+        streams[inbox] = self.inbox_id
+        replies = client.xread(streams, count=BATCH, block=BLOCK_MS)
+        for stream, entries in _stream_replies(replies):
+            if stream == inbox:
+                for entry_id, entry in entries:
+                    self.inbox_id = entry_id
+                    self._deliver_private(entry_id, entry)
+                continue
+            room = stream[len(keys.prefix) + len("room:") : -len(":stream")]
+            cursor = self.cursors.get(room)
+            if cursor is None:
+                continue
+            for entry_id, entry in entries:
+                self._deliver(room, cursor, entry_id, entry)
+
+    def _deliver_private(self, entry_id: str, entry: dict[str, str]) -> None:
+        server = self.cluster.server
+        assert server is not None
+        try:
+            if entry.get("v") != FORMAT_VERSION:
+                raise ValueError(f"format version {entry.get('v')!r}")
+            message = decode_private(entry["event"])
+        except (KeyError, ValueError) as exc:
+            self.bad_entries += 1
+            log.error("inbox entry %s is not a private message this server can read (%s); skipped", entry_id, exc)
+            return
+        recipient = server.registry.find(message.recipient)
+        if recipient is None:
+            log.info("private message for %r, who left this server meanwhile, dropped", message.recipient)
+            return
+        recipient.send(PrivateMessage(message.sender, recipient.nick, message.text))
+
+    def _deliver(self, room: str, cursor: _Cursor, entry_id: str, entry: dict[str, str]) -> None:
+        cluster = self.cluster
+        server = cluster.server
+        assert server is not None
+        cursor.last_id = entry_id
+        try:
+            if entry.get("v") != FORMAT_VERSION:
+                raise ValueError(f"format version {entry.get('v')!r}")
+            epoch, offset = entry["epoch"], int(entry["offset"])
+            event = decode_event(entry["event"])
+        except (KeyError, ValueError) as exc:
+            self.bad_entries += 1
+            log.error("room %s: entry %s is not an event this server can read (%s); skipped", room, entry_id, exc)
+            return
+        if cursor.epoch is not None and epoch != cursor.epoch:
+            cluster.gap(room, None, "the cluster's Redis lost them")
+        elif offset > cursor.offset + 1:
+            cluster.gap(room, offset - cursor.offset - 1, "Redis trimmed them before this server read them")
+        cursor.epoch, cursor.offset = epoch, offset
+        if entry.get("node") == cluster.node:
+            return  # said here, and delivered here already
+        if event.room != room:
+            log.error("room %s: entry %s is for room %r; skipped", room, entry_id, event.room)
+            return
+        server.publish(event, relay=False)
+
+
+class Presence(threading.Thread):
+    """Who is on which server, cluster-wide, and the leaves of servers gone.
+
+    The thread renews this server's presence every third of the node
+    timeout, and at once after a join, leave or rename: its ``alive`` key
+    (with the timeout as expiry), its members (rewritten whole, so a Redis
+    that restarted empty is resynced within one renewal) and its nick claims.
+    Then it looks for servers whose ``alive`` key expired: the first server
+    to take the reap lock announces their users' leaves in every room
+    (published here, so they travel like any leave) and clears their keys.
+
+    Nick claims, ``/who``, ``/rooms`` and ``/msg`` to another server run on
+    the asking client's thread, with the shared blocking pool.
+    """
+
+    def __init__(self, cluster: Cluster, node_timeout: float) -> None:
+        super().__init__(name="chatcore-redis-presence", daemon=True)
+        self.cluster = cluster
+        self.node_timeout = node_timeout
+        self.interval = node_timeout / 3
+        self._wake = threading.Event()
+        self.client: redis_py.Redis | None = None
+        #: This server's clients at the last renewal: nick -> room.
+        self.snapshot: dict[str, str] = {}
+        #: Users of gone servers whose leaves this server announced.
+        self.reaped = 0
+
+    def open(self) -> None:
+        cluster = self.cluster
+        self.client = shared_client(cluster.url, timeout=cluster.timeout, name=f"chatcore-{cluster.node}-shared")
+        self._claim = self.client.register_script(_CLAIM_LUA)
+        self._release = self.client.register_script(_RELEASE_LUA)
+
+    def changed(self) -> None:
+        """Renew now (a join, leave or rename; or stopping)."""
+        self._wake.set()
+
+    def run(self) -> None:
+        import redis as redis_py
+
+        cluster = self.cluster
+        while not cluster.stopping.is_set():
+            self._wake.clear()
+            try:
+                self._renew()
+                self._reap()
+            except redis_py.RedisError as exc:
+                log.debug("renewing presence failed: %s", exc)  # the reader tells the outage
+            except Exception:
+                log.exception("renewing presence failed")  # and again at the next renewal
+            self._wake.wait(self.interval)
+
+    def _renew(self) -> None:
+        server = self.cluster.server
+        assert server is not None
+        assert self.client is not None
+        keys, node = self.cluster.keys, self.cluster.node
+        snapshot: dict[Any, Any] = {client.nick: client.room for client in server.registry}
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(keys.alive(node), "1", px=int(self.node_timeout * 1000))
+        pipe.sadd(keys.nodes(), node)
+        pipe.delete(keys.members(node))
+        if snapshot:
+            pipe.hset(keys.members(node), mapping=snapshot)
+            for nick in snapshot:  # back after Redis lost them (a restart)
+                pipe.set(keys.nick(nick), node, nx=True)
+        for nick in set(self.snapshot) - set(snapshot):  # given up while the link was down
+            self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
+        pipe.execute()
+        self.snapshot = snapshot
+
+    def _reap(self) -> None:
+        assert self.client is not None
+        cluster = self.cluster
+        keys = cluster.keys
+        others = self._other_nodes()
+        if not others:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for node in others:
+            pipe.exists(keys.alive(node))
+        gone = [node for node, alive in zip(others, pipe.execute(), strict=True) if not alive]
+        for node in gone:
+            if self.client.set(keys.reaping(node), cluster.node, nx=True, px=int(self.node_timeout * 3000)):
+                self._announce_gone(node)
+
+    def _announce_gone(self, node: str) -> None:
+        assert self.client is not None
+        assert self.cluster.server is not None
+        keys = self.cluster.keys
+        members = {str(nick): str(room) for nick, room in self.client.hgetall(keys.members(node)).items()}
+        log.warning("node %s stopped answering; its %d users leave the rooms", node, len(members))
+        for nick, room in members.items():
+            self.cluster.server.publish(Left(room, nick=nick, reason=GONE_REASON))
+        self.reaped += len(members)
+        pipe = self.client.pipeline(transaction=False)
+        for nick in members:
+            self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
+        pipe.delete(keys.members(node), keys.inbox(node))
+        pipe.srem(keys.nodes(), node)
+        pipe.execute()
+
+    def _other_nodes(self) -> list[str]:
+        assert self.client is not None
+        members = self.client.smembers(self.cluster.keys.nodes())
+        return [str(node) for node in members if node != self.cluster.node]
+
+    def leave(self) -> None:
+        """Say goodbye (a clean stop): the leaves went out already; clear the keys."""
+        import redis as redis_py
+
+        if self.client is None:
+            return
+        keys, node = self.cluster.keys, self.cluster.node
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for nick in self.snapshot:
+                self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
+            pipe.delete(keys.alive(node), keys.members(node), keys.inbox(node))
+            pipe.srem(keys.nodes(), node)
+            pipe.execute()
+        except redis_py.RedisError as exc:
+            log.warning("could not leave the cluster cleanly (%s); the others will time this server out", exc)
+        self.client.close()
+
+    # -- on client threads ------------------------------------------------
+
+    def claim(self, nick: str) -> str | None:
+        """None if this server may use ``nick``, or why not."""
+        import redis as redis_py
+
+        assert self.client is not None
+        cluster = self.cluster
+        if not cluster.linked:
+            return None  # unique per server during an outage (docs/scaling.md)
+        try:
+            claimed = self._claim(keys=[cluster.keys.nick(nick)], args=[cluster.node, cluster.keys.prefix + "node:"])
+        except redis_py.RedisError as exc:
+            # During an outage names are unique per server only; the renewal
+            # claims them when Redis is back (docs/scaling.md).
+            log.info("could not claim nick %r in the cluster (%s); allowed here", nick, exc)
+            return None
+        return None if claimed else "taken on another server"
+
+    def release(self, nick: str) -> None:
+        import redis as redis_py
+
+        assert self.client is not None
+        if not self.cluster.linked:
+            self.changed()  # the renewal gives it up when the link is back
+            return
+        try:
+            self._release(keys=[self.cluster.keys.nick(nick)], args=[self.cluster.node])
+        except redis_py.RedisError as exc:
+            log.info("could not release nick %r in the cluster (%s)", nick, exc)
+        self.changed()
+
+    def members(self) -> dict[str, list[str]] | None:
+        """Members of the other live servers, by room (None if Redis cannot say)."""
+        import redis as redis_py
+
+        assert self.client is not None
+        keys = self.cluster.keys
+        if not self.cluster.linked:
+            return None
+        try:
+            others = self._other_nodes()
+            pipe = self.client.pipeline(transaction=False)
+            for node in others:
+                pipe.exists(keys.alive(node))
+                pipe.hgetall(keys.members(node))
+            replies = pipe.execute()
+        except redis_py.RedisError as exc:
+            log.info("could not ask the cluster who is where (%s)", exc)
+            return None
+        rooms: dict[str, list[str]] = {}
+        for alive, members in zip(replies[::2], replies[1::2], strict=True):
+            if alive:
+                for nick, room in members.items():
+                    rooms.setdefault(room, []).append(nick)
+        return rooms
+
+    def history(self, room: str, limit: int) -> list[RoomEvent] | None:
+        """The room's last ``limit`` chat and action events in its stream,
+        oldest first, with the cluster's identity; None if Redis cannot say."""
+        import redis as redis_py
+
+        assert self.client is not None
+        if not self.cluster.linked:
+            return None
+        found: list[RoomEvent] = []
+        newest = "+"
+        try:
+            # Newest first, a page at a time, until enough or the start.
+            while len(found) < limit:
+                page: list[Any] = (
+                    self.client.xrevrange(self.cluster.keys.stream(room), max=newest, count=HISTORY_PAGE) or []
+                )
+                for _entry_id, entry in page:
+                    event = _history_event(entry)
+                    if event is not None:
+                        found.append(event)
+                if len(page) < HISTORY_PAGE:
+                    break
+                newest = "(" + str(page[-1][0])
+        except redis_py.RedisError as exc:
+            log.info("could not read room %s's history from the cluster (%s)", room, exc)
+            return None
+        return found[:limit][::-1]
+
+    def send_private(self, message: PrivateMessage) -> bool | str | None:
+        """Deliver ``message`` to the server its recipient is on."""
+        import redis as redis_py
+
+        assert self.client is not None
+        keys, cluster = self.cluster.keys, self.cluster
+        if not cluster.linked:
+            return f"the cluster link is down: your message to {message.recipient} was not sent; try again later"
+        try:
+            found = self.client.get(keys.nick(message.recipient))
+            owner = None if found is None else str(found)
+            if owner is None or owner == cluster.node:
+                return None
+            if not self.client.exists(keys.alive(owner)):
+                return f"{message.recipient}'s server is not answering; try again later"
+            # Not retried, so never sent twice; a failure is told to the sender.
+            self.client.xadd(
+                keys.inbox(owner),
+                {"v": FORMAT_VERSION, "node": cluster.node, "event": encode_private(message)},
+                maxlen=INBOX_LENGTH,
+                approximate=True,
+            )
+        except redis_py.RedisError as exc:
+            log.info("could not send a private message through the cluster (%s)", exc)
+            return f"the cluster link is down: your message to {message.recipient} was not sent; try again later"
+        return True
+
+
+def _history_event(entry: dict[str, str]) -> RoomEvent | None:
+    """A chat or action entry as its event, with the cluster's identity."""
+    try:
+        if entry.get("v") != FORMAT_VERSION:
+            return None
+        event = decode_event(entry["event"])
+        if not isinstance(event, (Chat, Action)):
+            return None
+        return dataclasses.replace(event, epoch=entry["epoch"], offset=int(entry["offset"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _stream_replies(replies: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
+    """XREAD's (RESP2) answer as ``[(stream, [(id, fields), ...]), ...]``."""
+    return [(stream, entries) for stream, entries in replies or ()]
+
+
+def _close(client: redis_py.Redis | None) -> None:
+    if client is not None:
+        try:
+            client.close()
+        except Exception:
+            pass

@@ -1,0 +1,152 @@
+"""The presence hooks, with a cluster of two in-process servers joined by a
+tiny shared directory (the redis plugin does the same through Redis)."""
+
+from __future__ import annotations
+
+import threading
+
+from chatcore import Client, hookimpl
+from chatcore.engine.server import ChatServer
+from chatcore.events import Action, Chat, PrivateMessage, RoomEvent
+from chatcore.testing import LineClient
+
+
+class Directory:
+    """Nicknames and members shared by the servers of one test."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.owners: dict[str, ChatServer] = {}
+        self.servers: list[ChatServer] = []
+        self.claims: list[tuple[str, str]] = []
+        self.releases: list[str] = []
+        self.said: list[RoomEvent] = []
+
+
+class Node:
+    """The plugin one server loads: it knows the others through ``directory``."""
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+
+    @hookimpl
+    def chatcore_server_start(self, server: ChatServer) -> None:
+        self.directory.servers.append(server)
+
+    @hookimpl
+    def chatcore_claim_nick(self, client: Client, nick: str) -> str | None:
+        with self.directory.lock:
+            self.directory.claims.append((client.nick, nick))
+            owner = self.directory.owners.setdefault(nick.casefold(), client.server)
+        return None if owner is client.server else "taken on another server"
+
+    @hookimpl
+    def chatcore_release_nick(self, client: Client, nick: str) -> None:
+        with self.directory.lock:
+            self.directory.releases.append(nick)
+            if (
+                client.server.registry.find(nick) is None
+                and self.directory.owners.get(nick.casefold()) is client.server
+            ):
+                del self.directory.owners[nick.casefold()]
+
+    @hookimpl
+    def chatcore_cluster_members(self, server: ChatServer) -> dict[str, list[str]]:
+        members: dict[str, list[str]] = {}
+        for other in self.directory.servers:
+            if other is not server:
+                for room in other.registry.rooms():
+                    members.setdefault(room, []).extend(c.nick for c in other.registry.members(room))
+        return members
+
+    @hookimpl
+    def chatcore_room_event(self, server: ChatServer, event: RoomEvent) -> None:
+        if isinstance(event, (Chat, Action)):
+            with self.directory.lock:
+                self.directory.said.append(event)
+
+    @hookimpl
+    def chatcore_room_history(self, server: ChatServer, room: str, limit: int) -> list[RoomEvent] | None:
+        with self.directory.lock:
+            return [event for event in self.directory.said if event.room == room][-limit:]
+
+    @hookimpl
+    def chatcore_private_message(self, sender: Client, recipient: str, text: str) -> bool | str | None:
+        if recipient == "offline":
+            return "offline is on a server that cannot be reached now"
+        for other in self.directory.servers:
+            found = other.registry.find(recipient)
+            if other is not sender.server and found is not None:
+                found.send(PrivateMessage(sender.nick, found.nick, text))
+                return True
+        return None
+
+
+def two_servers(chat_server_factory, plugins: str = "") -> tuple[ChatServer, ChatServer, Directory]:
+    directory = Directory()
+    one = chat_server_factory("--plugins", plugins, plugins=[Node(directory)])
+    two = chat_server_factory("--plugins", plugins, plugins=[Node(directory)])
+    return one, two, directory
+
+
+def named(server: ChatServer, nick: str) -> LineClient:
+    client = LineClient(server.address)
+    client.send(f"/nick {nick}")
+    client.expect(f"* you are now known as {nick}")
+    return client
+
+
+def test_guest_names_and_nicks_are_unique_across_servers(chat_server_factory) -> None:
+    one, two, directory = two_servers(chat_server_factory)
+    first = LineClient(one.address)
+    first.sync()
+    second = LineClient(two.address)
+    second.sync()
+    # Both servers start counting at guest-1: the second got the next free one.
+    assert {c.nick for c in one.registry} == {"guest-1"}
+    assert {c.nick for c in two.registry} == {"guest-2"}
+    assert ("guest-1", "guest-1") in directory.claims
+    first.send("/nick alice")
+    first.expect("* you are now known as alice")
+    assert "guest-1" in directory.releases  # the old name is given back
+    second.send("/nick ALICE")
+    second.expect("! nickname 'ALICE' is taken")
+    second.send("/nick guest-1")  # free again, but reserved for guests
+    second.expect(lambda line: line.startswith("! "))
+    first.close()
+    second.close()
+
+
+def test_who_rooms_and_msg_span_the_servers(chat_server_factory) -> None:
+    one, two, _ = two_servers(chat_server_factory)
+    alice, bob = named(one, "alice"), named(two, "bob")
+    alice.send("/who")
+    alice.expect("* in lobby (2): alice, bob")
+    bob.send("/join dev")
+    bob.expect("* you are now in dev (1 here)")
+    alice.send("/rooms")
+    alice.expect("* 2 rooms: dev (1), lobby (1)")
+    alice.send("/msg bob hi there")
+    alice.expect("-> *bob* hi there")
+    bob.expect("*alice* hi there")
+    alice.send("/msg offline hello")
+    alice.expect("! offline is on a server that cannot be reached now")
+    alice.send("/msg nobody-here hello")
+    alice.expect("! no such nick 'nobody-here'")
+    alice.close()
+    bob.close()
+
+
+def test_history_replays_the_cluster_s_history(chat_server_factory) -> None:
+    one, two, _ = two_servers(chat_server_factory, "history")
+    alice = named(one, "alice")
+    alice.send("said on one")
+    alice.send("/me waves")
+    alice.expect("* alice waves")
+    # bob's server never saw these (the directory does not relay): the
+    # replay is the cluster's.
+    bob = LineClient(two.address)
+    bob.expect("* last 2 messages in lobby:")
+    assert [bob.readline(), bob.readline()] == ["# <alice> said on one", "# * alice waves"]
+    alice.close()
+    bob.close()

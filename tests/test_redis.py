@@ -1,0 +1,569 @@
+"""The redis plugin: rooms shared by chatcore server processes through a real
+redis-server, with links cut, stalled and Redis restarted in the middle."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from redis_support import Proxy, RedisServer
+
+from chatcore.events import Action, Chat, Joined, Left, NickChanged, RoomNotice
+from chatcore.plugins.redis import decode_event, encode_event, redacted
+from chatcore.testing import LineClient, ServerProcess, wait_for
+
+TIMEOUT = 10
+_clusters = itertools.count(1)
+LINK_DOWN = "* the cluster link is down: you reach only the people on this server until it is back"
+LINK_BACK = "* the cluster link is back"
+TRIMMED = "Redis trimmed them before this server read them"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster() -> Iterator[object]:
+    """``cluster(url, host, *args)``: a chatcore server process in this test's
+    cluster, listening on ``host``; stopped at teardown."""
+    name = f"test{next(_clusters)}"
+    processes: list[ServerProcess] = []
+
+    def start(url: str, host: str = "127.0.0.1", *args: str) -> ServerProcess:
+        plugins = [] if "--plugins" in args else ["--plugins", "redis"]
+        process = ServerProcess(
+            *plugins,
+            "--listen", f"tcp://{host}:0",
+            "--redis-url", url,
+            "--redis-cluster", name,
+            "--redis-timeout", "1",
+            *args,
+        )  # fmt: skip
+        processes.append(process.start())
+        return process
+
+    yield start
+    for process in processes:
+        if process.returncode is None:
+            process.stop()
+
+
+@pytest.fixture
+def connect() -> Iterator[object]:
+    """``connect(process, nick)``: a client with that nickname; closed at teardown."""
+    clients: list[LineClient] = []
+
+    def make(process: ServerProcess, nick: str) -> LineClient:
+        client = LineClient(process.address, timeout=TIMEOUT)
+        clients.append(client)
+        client.send(f"/nick {nick}")
+        client.expect(f"* you are now known as {nick}")
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def linked(sender: LineClient, nick: str, receivers: Sequence[LineClient]) -> None:
+    """Wait until what ``sender`` says reaches every receiver on the other
+    servers (their servers read the room), then drain the probes."""
+    for attempt in range(100):
+        sender.send(f"probe {attempt}")
+        try:
+            receivers[0].expect(lambda line: line.startswith(f"<{nick}> probe "), timeout=0.1)
+            break
+        except AssertionError:
+            continue
+    else:
+        raise AssertionError("the servers never linked up")
+    sender.send("probe done")
+    for receiver in receivers:
+        receiver.expect(f"<{nick}> probe done")
+
+
+@contextlib.contextmanager
+def server_log_on_failure(process: ServerProcess) -> Iterator[None]:
+    """A failed assertion inside also shows what the server logged."""
+    try:
+        yield
+    except AssertionError as exc:
+        process.stop()
+        raise AssertionError(f"{exc}\n--- the server's log:\n{process.stderr[-4000:]}") from None
+
+
+def last_text(redis_server: RedisServer) -> str | None:
+    """The text of the last chat entry in the lobby's stream."""
+    client = redis_server.client()
+    try:
+        for stream in client.keys("chatcore:*:room:lobby:stream"):
+            for _id, entry in client.xrevrange(stream, count=1):
+                return str(json.loads(entry["event"]).get("text"))
+        return None
+    finally:
+        client.close()
+
+
+def lines_until(client: LineClient, last: str) -> list[str]:
+    """Every line up to and including ``last``."""
+    lines: list[str] = []
+    while True:
+        line = client.readline()
+        lines.append(line)
+        if line == last:
+            return lines
+
+
+def test_events_travel_as_versioned_json() -> None:
+    for event in [
+        Chat("lobby", nick="alice", text="hi ünïcode"),
+        Action("dev", nick="bob", text="waves"),
+        Joined("lobby", nick="carol"),
+        Left("lobby", nick="carol", reason="joined dev", disconnected=False),
+        NickChanged("lobby", nick="carol", new_nick="caz"),
+        RoomNotice("lobby", text="hello"),
+    ]:
+        assert decode_event(encode_event(event)) == event
+    for bad, why in [
+        ('{"type": "Shout", "room": "x"}', "unknown event type"),
+        ('{"type": "Chat", "room": "x"}', "missing"),
+        ("[]", "not a JSON object"),
+        ('{"type": "Chat", "x": 1}', "unknown fields"),
+        ("{", "Expecting"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            decode_event(bad)
+
+
+def test_the_password_never_reaches_logs() -> None:
+    assert redacted("redis://user:hunter2@db:6380/1") == "redis://user:***@db:6380/1"
+    assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.slow
+def test_room_events_reach_every_server_once_in_order_never_echoed(redis_server, cluster, connect) -> None:
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2")
+    alice = connect(one, "alice")
+    bob, carol = connect(two, "bob"), connect(two, "carol")
+    linked(alice, "alice", [bob, carol])
+    linked(bob, "bob", [alice])
+    carol.sync()
+
+    for i in range(200):
+        alice.send(f"a {i}")
+        bob.send(f"b {i}")
+    alice.send("a end")
+    bob.send("b end")
+    alice_saw = lines_until(alice, "<bob> b end")
+    carol_saw = lines_until(carol, "<alice> a end")
+    bob_saw = lines_until(bob, "<alice> a end")
+    assert alice_saw == [f"<bob> b {i}" for i in range(200)] + ["<bob> b end"]
+    assert bob_saw == [f"<alice> a {i}" for i in range(200)] + ["<alice> a end"]
+    # carol (on bob's server) sees both, each sender's lines once and in order.
+    carol_saw += lines_until(carol, "<bob> b end") if "<bob> b end" not in carol_saw else []
+    assert [line for line in carol_saw if line.startswith("<alice>")] == bob_saw
+    assert [line for line in carol_saw if line.startswith("<bob>")] == alice_saw
+
+    alice.send("/me waves")
+    alice.expect("* alice waves")
+    bob.expect("* alice waves")
+    dave = connect(one, "dave")
+    guest = bob.expect(lambda line: line.startswith("* guest-") and line.endswith(" joined")).split()[1]
+    bob.expect(f"* {guest} is now known as dave")
+    dave.send("/join dev")
+    bob.expect("* dave left (joined dev)")
+    assert "* alice waves" not in alice.sync()  # once, not twice
+    assert carol.sync().count("* alice waves") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["cut", "stall"])
+def test_a_server_whose_link_broke_catches_up_in_order(redis_server, cluster, connect, fault) -> None:
+    proxy = Proxy(("127.0.0.1", redis_server.port))
+    try:
+        one = cluster(redis_server.url, "127.0.0.1")
+        two = cluster(proxy.url, "127.0.0.2")
+        alice = connect(one, "alice")
+        bob = connect(two, "bob")
+        linked(alice, "alice", [bob])
+
+        for i in range(50):
+            alice.send(f"before {i}")
+        if fault == "cut":
+            proxy.cut()
+        else:
+            proxy.stall()
+            bob.expect(LINK_DOWN)  # noticed within --redis-timeout, without an error
+        for i in range(100):
+            alice.send(f"during {i}")
+        alice.sync()
+        proxy.resume()
+        alice.send("end")
+        seen = [line for line in lines_until(bob, "<alice> end") if line not in (LINK_DOWN, LINK_BACK)]
+        expected = [f"<alice> before {i}" for i in range(50)] + [f"<alice> during {i}" for i in range(100)]
+        assert seen == [*expected, "<alice> end"]
+        # ... and bob can talk to alice again.
+        bob.send("back")
+        with server_log_on_failure(two):
+            alice.expect("<bob> back")
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow
+def test_redis_restarted_empty_tells_members_of_the_gap(redis_server, cluster, connect) -> None:
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2")
+    alice, ann = connect(one, "alice"), connect(one, "ann")
+    bob = connect(two, "bob")
+    linked(alice, "alice", [bob])
+    ann.sync()
+
+    redis_server.stop()
+    bob.expect(LINK_DOWN)
+    alice.send("local chat goes on")
+    ann.expect("<alice> local chat goes on")
+    redis_server.start()
+    bob.expect("* messages from other servers may be missing here (the cluster's Redis lost them)")
+    linked(alice, "alice", [bob])
+    bob.send("hello again")
+    alice.expect("<bob> hello again")
+    assert bob.received.count(LINK_DOWN) == 1
+    assert bob.received.count("<alice> local chat goes on") <= 1
+
+
+@pytest.mark.slow
+def test_publishes_cut_off_midway_are_retried_once_and_in_order(redis_server, cluster, connect) -> None:
+    proxy = Proxy(("127.0.0.1", redis_server.port))
+    try:
+        one = cluster(proxy.url, "127.0.0.1")
+        two = cluster(redis_server.url, "127.0.0.2")
+        alice = connect(one, "alice")
+        bob = connect(two, "bob")
+        linked(alice, "alice", [bob])
+        for i in range(600):
+            alice.send(f"line {i}")
+            if i in (150, 300, 450):
+                proxy.cut()  # in the middle of the publisher's pipelines
+        alice.send("end")
+        seen = [line for line in lines_until(bob, "<alice> end") if line.startswith("<alice>")]
+        assert seen == [f"<alice> line {i}" for i in range(600)] + ["<alice> end"]
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow
+def test_a_stream_trimmed_past_the_cursor_is_told_with_the_count(redis_server, cluster, connect) -> None:
+    proxy = Proxy(("127.0.0.1", redis_server.port))
+    try:
+        one = cluster(redis_server.url, "127.0.0.1", "--redis-stream-length", "100")
+        two = cluster(proxy.url, "127.0.0.2", "--redis-stream-length", "100")
+        alice = connect(one, "alice")
+        bob = connect(two, "bob")
+        linked(alice, "alice", [bob])
+        proxy.stall()
+        bob.expect(LINK_DOWN)
+        for i in range(1000):
+            alice.send(f"line {i}")
+        # Until alice's server has published them all, Redis trims on while
+        # bob's catches up, and bob is told of a second gap (rightly).
+        wait_for(lambda: last_text(redis_server) == "line 999", timeout=TIMEOUT, message="line 999 in Redis")
+        proxy.resume()
+        alice.send("end")
+        seen = [line for line in lines_until(bob, "<alice> end") if line not in (LINK_DOWN, LINK_BACK)]
+        gap = seen.pop(0)
+        lost = int(gap.split()[1])
+        assert gap == f"* {lost} messages from other servers may be missing here ({TRIMMED})"
+        # What Redis still had arrived, in order: the tail of what alice said.
+        first = int(seen[0].rsplit(" ", 1)[1])
+        assert seen == [f"<alice> line {i}" for i in range(first, 1000)] + ["<alice> end"]
+        assert 100 <= len(seen) < 1000
+        # The count covers every line that did not arrive. It counts the
+        # room's offsets, so it may exceed them by entries of bob's own server
+        # that were trimmed too (once, under the whole suite's load, by 2).
+        assert first <= lost <= first + 2
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow
+def test_a_flushed_redis_is_noticed_without_a_link_drop(redis_server, cluster, connect) -> None:
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2", "--redis-check-interval", "0.2")
+    alice = connect(one, "alice")
+    bob = connect(two, "bob")
+    linked(alice, "alice", [bob])
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    bob.expect("* messages from other servers may be missing here (the cluster's Redis lost them)")
+    linked(alice, "alice", [bob])
+    assert LINK_DOWN not in bob.received
+
+
+@pytest.mark.slow
+def test_presence_who_rooms_and_msg_span_the_cluster(redis_server, cluster, connect) -> None:
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2")
+    alice = connect(one, "alice")
+    bob = connect(two, "bob")
+    # Guest names are unique too: both servers count from guest-1, yet the
+    # second server's first guest is not guest-1 again.
+    first, second = LineClient(one.address, timeout=TIMEOUT), LineClient(two.address, timeout=TIMEOUT)
+    try:
+        assert guest_nick(first) != guest_nick(second)
+    finally:
+        first.close()
+        second.close()
+    bob.send("/join dev")
+    bob.expect("* you are now in dev (1 here)")
+    # Presence is renewed right after a change, by a thread of its own: /rooms
+    # shows bob's move within moments.
+    answered(alice, "/rooms", lambda line: line.startswith("* 2 rooms: dev (1), lobby ("))
+    alice.send("/join dev")
+    alice.expect("* you are now in dev (1 here)")
+    answered(alice, "/who", "* in dev (2): alice, bob")
+    alice.send("/msg BOB psst")
+    alice.expect("-> *BOB* psst")
+    bob.expect("*alice* psst")
+    bob.send("/msg alice hi back")
+    alice.expect("*bob* hi back")
+    alice.send("/msg nobody-at-all hello")
+    alice.expect("! no such nick 'nobody-at-all'")
+    # A nick held on the other server is refused, and free again once given up.
+    alice.send("/nick bob")
+    alice.expect("! nickname 'bob' is taken")
+    bob.send("/nick robert")
+    bob.expect("* you are now known as robert")
+    alice.send("/nick bob")
+    alice.expect("* you are now known as bob")
+
+
+#: The answer to /who or /rooms.
+VIEW = re.compile(r"^\* (in \S+ \(\d+\):|\d+ rooms?:)")
+
+
+def answered(client: LineClient, command: str, match: str | Callable[[str], bool]) -> str:
+    """Ask ``command`` (/who, /rooms) until the answer matches: a view of
+    the cluster settles within moments of a change."""
+    wanted = match if callable(match) else match.__eq__
+
+    def ask() -> str | None:
+        client.send(command)
+        line = client.expect(VIEW)
+        return line if wanted(line) else None
+
+    found: str = wait_for(ask, timeout=TIMEOUT, message=f"{command} to answer {match!r}")
+    return found
+
+
+def guest_nick(client: LineClient) -> str:
+    client.send("/me is here")
+    return client.expect(re.compile(r"^\* guest-\d+ is here$")).split()[1]
+
+
+@pytest.mark.slow
+def test_two_servers_asking_for_one_nick_at_once_exactly_one_gets_it(redis_server, cluster, connect) -> None:
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2")
+    left, right = connect(one, "left"), connect(two, "right")
+    # Rooms of their own, so neither sees the other's renames.
+    right.send("/join elsewhere")
+    right.expect("* you are now in elsewhere (1 here)")
+    left.send("/join another")
+    left.expect("* you are now in another (1 here)")
+    for round_ in range(20):
+        nick = f"race{round_}"
+        left.send(f"/nick {nick}")
+        right.send(f"/nick {nick}")
+        answers = [left.readline(), right.readline()]
+        won = [answer for answer in answers if answer == f"* you are now known as {nick}"]
+        assert len(won) == 1, answers
+        assert f"! nickname '{nick}' is taken" in answers
+
+
+@pytest.mark.slow
+def test_a_killed_server_s_users_leave_the_other_servers_rooms(redis_server, cluster, connect) -> None:
+    one = cluster(redis_server.url, "127.0.0.1", "--redis-node-timeout", "1")
+    two = cluster(redis_server.url, "127.0.0.2", "--redis-node-timeout", "1")
+    alice = connect(one, "alice")
+    bob = connect(two, "bob")
+    linked(alice, "alice", [bob])
+    one.stop(signal.SIGKILL)
+    started = time.monotonic()
+    bob.expect("* alice left (server lost)", timeout=5)
+    assert time.monotonic() - started < 1 + 1 / 3 + 1  # the timeout, a renewal, and slack
+    bob.send("/who")
+    bob.expect("* in lobby (1): bob")
+    # The name is free again.
+    carol = connect(two, "alice")
+    carol.send("/who")
+    carol.expect("* in lobby (2): alice, bob")
+    assert bob.received.count("* alice left (server lost)") == 1
+
+
+@pytest.mark.slow
+def test_a_clean_stop_says_goodbye_to_the_other_servers(redis_server, cluster, connect) -> None:
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2")
+    alice = connect(one, "alice")
+    bob = connect(two, "bob")
+    linked(alice, "alice", [bob])
+    assert one.stop() == 0
+    bob.expect("* alice left (server shutting down)")
+    redis = redis_server.client()
+    try:
+        assert redis.keys("chatcore:*:nick:alice") == []
+        [nodes] = redis.keys("chatcore:*:nodes")
+        assert redis.scard(nodes) == 1
+    finally:
+        redis.close()
+
+
+@pytest.mark.slow
+def test_history_is_the_cluster_s(redis_server, cluster, connect) -> None:
+    one = cluster(redis_server.url, "127.0.0.1", "--plugins", "redis,history", "--history-lines", "3")
+    two = cluster(redis_server.url, "127.0.0.2", "--plugins", "redis,history", "--history-lines", "3")
+    alice = connect(one, "alice")
+    bob = connect(two, "bob")
+    linked(alice, "alice", [bob])  # (older than the three lines kept)
+    for line in ["one", "two", "three"]:
+        alice.send(line)
+    bob.expect("<alice> three")
+    bob.send("/me answers")
+    bob.expect("* bob answers")
+    alice.expect("* bob answers")
+    # carol enters on alice's server, dave on bob's: the same last three, in the order said.
+    expected = ["* last 3 messages in lobby:", "# <alice> two", "# <alice> three", "# * bob answers"]
+    for process in (one, two):
+        newcomer = LineClient(process.address, timeout=TIMEOUT)
+        try:
+            newcomer.expect(expected[0])
+            assert [newcomer.readline() for _ in range(3)] == expected[1:]
+        finally:
+            newcomer.close()
+
+
+@pytest.mark.slow
+def test_local_chat_is_not_slowed_by_a_stalled_redis(redis_server, cluster, connect) -> None:
+    proxy = Proxy(("127.0.0.1", redis_server.port))
+    try:
+        one = cluster(proxy.url, "127.0.0.1")
+        two = cluster(redis_server.url, "127.0.0.2")
+        alice, ann = connect(one, "alice"), connect(one, "ann")
+        bob = connect(two, "bob")
+        linked(alice, "alice", [bob])
+        ann.sync()
+        proxy.stall()
+        started = time.monotonic()
+        for i in range(50):
+            alice.send(f"local {i}")
+            ann.expect(f"<alice> local {i}")
+        assert time.monotonic() - started < 0.9  # under --redis-timeout: nothing waited for Redis
+        ann.expect(LINK_DOWN)
+        proxy.resume()
+        ann.expect(LINK_BACK)
+        # ... and what was said meanwhile reached the other server, in order.
+        seen = [line for line in lines_until(bob, "<alice> local 49") if line.startswith("<alice>")]
+        assert seen == [f"<alice> local {i}" for i in range(50)]
+    finally:
+        proxy.close()
+
+
+def redis_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("chatcore-redis")]
+
+
+@pytest.mark.slow
+def test_link_drops_leak_no_threads_and_stop_ends_them(redis_server, chat_server_factory, chat_client) -> None:
+    proxy = Proxy(("127.0.0.1", redis_server.port))
+    try:
+        server = chat_server_factory(
+            "--plugins", "redis", "--redis-url", proxy.url, "--redis-cluster", "threads", "--redis-timeout", "1"
+        )  # fmt: skip
+        alice = chat_client(server)
+        names = sorted(thread.name for thread in redis_threads())
+        assert names == ["chatcore-redis-presence", "chatcore-redis-publisher", "chatcore-redis-reader"]
+        for i in range(5):
+            proxy.cut()
+            alice.send(f"line {i}")
+            alice.sync()
+        assert sorted(thread.name for thread in redis_threads()) == names
+        server.stop(timeout=1.0)
+        wait_for(lambda: not redis_threads(), timeout=TIMEOUT, message="the plugin's threads to end")
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow
+def test_a_quiet_link_is_not_taken_for_a_broken_one(redis_server, cluster, connect) -> None:
+    # The reader's blocking reads must not run into its socket timeout (as
+    # they would with redis-py 8's default of 5 s and longer blocks).
+    one = cluster(redis_server.url, "127.0.0.1")
+    bob = connect(one, "bob")
+    with pytest.raises(AssertionError, match="expected a line matching"):
+        bob.expect(LINK_DOWN, timeout=2.5)  # over twice --redis-timeout, in silence
+
+
+@pytest.mark.slow
+def test_many_clients_asking_the_cluster_at_once_all_get_answers(redis_server, cluster) -> None:
+    # Nick claims and /who run on the client threads: a blocking pool of a
+    # few connections serves them all, where the default pool would open one
+    # connection per thread (or raise once it has max_connections).
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2")
+    clients = [LineClient((one if i % 2 else two).address, timeout=TIMEOUT) for i in range(60)]
+    try:
+        for i, client in enumerate(clients):
+            client.send(f"/nick many{i}")
+        for i, client in enumerate(clients):
+            client.expect(f"* you are now known as many{i}")
+        for client in clients:
+            client.send("/who")
+        for client in clients:
+            client.expect(re.compile(r"^\* in lobby \(60\): "))
+        redis = redis_server.client()
+        try:
+            shared = [c for c in redis.client_list() if c.get("name", "").endswith("-shared")]
+        finally:
+            redis.close()
+        assert len(shared) <= 2 * 8
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--redis-url", "http://user:hunter2@host/"], "--redis-url: 'http://user:***@host/' is not a Redis URL"),
+        (["--redis-cluster", "a b"], "--redis-cluster: 'a b' is not a valid name"),
+        (["--redis-timeout", "0"], "argument --redis-timeout: 0.0 is out of range (must be from 0.1 to 60)"),
+    ],
+)
+def test_bad_options_are_usage_errors_without_the_password(args, error) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chatcore", "serve", "--port", "0", "--plugins", "redis", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert error in result.stderr
+    assert "hunter2" not in result.stderr
