@@ -306,6 +306,12 @@ class IRCFormat(WireFormat):
 # -- reading ----------------------------------------------------------------------
 
 
+def _paced(client: Client) -> bool:
+    """Wait as the engine's flood control says; False if the client went meanwhile."""
+    client.server.pace(client)
+    return not client.closed
+
+
 def parse(line: str) -> tuple[str, list[str]] | None:
     """``(COMMAND, params)`` of one line; tags and a prefix are ignored; None if empty."""
     if line.startswith("@"):
@@ -400,10 +406,8 @@ class IRCProtocol(Protocol):
             if parsed is not None:
                 # Flood control for IRC users as for everyone (fakelag, as
                 # IRC servers do it); PONG answers the server and is free.
-                if parsed[0] != "PONG":
-                    client.server.pace(client)
-                    if client.closed:
-                        return
+                if parsed[0] != "PONG" and not _paced(client):
+                    return
                 self.handle(*parsed)
 
     def connection_lost(self) -> None:
