@@ -168,15 +168,19 @@ def _add_address_limits(limits: argparse._ArgumentGroup) -> None:
         metavar="SECONDS",
         help="the window of --max-new-per-address (default: %(default)g, ten minutes, as Ergo)",
     )
-    limits.add_argument(
-        "--limit-exempt",
-        type=_networks,
-        default=DEFAULT_EXEMPT,
-        metavar="CIDR[,CIDR...]",
-        help=(
-            "networks the per-address limits do not apply to; '' exempts nobody "
-            "(default: %(default)s, loopback, so local load tests work); they are not paced by --line-rate either"
-        ),
+    # Restart only: a connection counted under one exemption must be released
+    # under the same one, or an address would stay counted for ever.
+    restart_only(
+        limits.add_argument(
+            "--limit-exempt",
+            type=_networks,
+            default=DEFAULT_EXEMPT,
+            metavar="CIDR[,CIDR...]",
+            help=(
+                "networks the per-address limits do not apply to; '' exempts nobody "
+                "(default: %(default)s, loopback, so local load tests work); they are not paced by --line-rate either"
+            ),
+        )
     )
     limits.add_argument(
         "--line-rate",
@@ -422,22 +426,29 @@ def reread_options(config: Config) -> tuple[argparse.Namespace, argparse.Argumen
 
 
 def _configure_password(config: Config, environ: Mapping[str, str]) -> None:
-    """The server password from ``--password-file`` or ``CHATCORE_PASSWORD``.
+    config.password = read_password(config.options, environ)
+
+
+def read_password(options: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str | None:
+    """The server password (or its hash) from ``--password-file`` or
+    ``CHATCORE_PASSWORD``, or None for an open server; at start and on reload.
 
     :raises UsageError: both given, an unreadable or empty file, a broken hash.
     """
     from chatcore.engine import auth
 
-    path = config.options.password_file
+    environ = os.environ if environ is None else environ
+    path = options.password_file
     from_env = environ.get(PASSWORD_VARIABLE)
     if path and from_env is not None:
         raise UsageError(f"give the server password with --password-file or {PASSWORD_VARIABLE}, not both")
     if path:
-        config.password = auth.read_password_file(path)
-    elif from_env is not None:
+        return auth.read_password_file(path)
+    if from_env is not None:
         if not from_env:
             raise UsageError(f"{PASSWORD_VARIABLE} is set but empty; unset it for a server without a password")
-        config.password = auth.checked(from_env, PASSWORD_VARIABLE)
+        return auth.checked(from_env, PASSWORD_VARIABLE)
+    return None
 
 
 def _schemes(pm: PluginManager) -> dict[str, Scheme]:

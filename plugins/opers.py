@@ -26,10 +26,12 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chatcore import Client, Config, Message, UsageError, hookimpl
+from chatcore.config import restart_only
 from chatcore.engine import auth
 from chatcore.engine.limits import Network, address_key, parse_address
 from chatcore.transports.listener import format_address
@@ -91,10 +93,12 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
             "blank lines and # comments skipped. They log in with /oper NAME PASSWORD"
         ),
     )
-    group.add_argument(
-        "--bans-file",
-        metavar="FILE",
-        help="JSON file the bans are kept in, so they survive a restart (created if missing; default: in memory only)",
+    restart_only(
+        group.add_argument(
+            "--bans-file",
+            metavar="FILE",
+            help="JSON file the bans are kept in, so they survive a restart (created if missing; default: memory only)",
+        )
     )
 
 
@@ -198,6 +202,19 @@ def chatcore_configure(config: Config) -> None:
         state.save()  # now, so that a file that cannot be written is found at start, not at the first /ban
     except OSError as exc:
         raise UsageError(f"--bans-file {options.bans_file}: cannot write it ({exc.strerror})") from None
+
+
+@hookimpl
+def chatcore_reload(server: ChatServer, new: argparse.Namespace) -> Callable[[], None]:
+    # The operators file is read again (a bad one keeps the running list);
+    # operators logged in stay logged in until they leave. The bans file is
+    # the plugin's own record, written as bans change: not reread.
+    operators = _read_operators(new.opers_file) if new.opers_file else {}
+
+    def apply() -> None:
+        _state(server).operators = operators
+
+    return apply
 
 
 def _state(server: ChatServer) -> State:

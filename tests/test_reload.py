@@ -236,3 +236,37 @@ def test_engine_limits_apply_at_once(tmp_path, chat_server_factory, chat_client)
     assert refused.expect("! server full, try again later")
     refused.close()
     assert (server.max_clients, server.max_line) == (1, 100)
+
+
+def test_sighup_rereads_the_password_and_operators_files_and_the_limits(tmp_path, clients):
+    password, opers, config = tmp_path / "password", tmp_path / "opers", tmp_path / "chatcore.toml"
+    write(password, "first-pw-1729\n")
+    write(opers, "root old-op-pw\n")
+    settings = f'plugins = ["welcome"]\npassword-file = "{password}"\nopers-file = "{opers}"\n'
+    write(config, settings)
+    with ServerProcess("--config", str(config)) as proc:
+        early = LineClient(proc.address)
+        clients.append(early)
+        early.send("/pass first-pw-1729")
+        early.sync()
+        write(password, "second-pw-4104\n")
+        write(opers, "root new-op-pw\n")
+        write(config, settings + "idle-timeout = 2\n")
+        proc.send_signal(signal.SIGHUP)
+        proc.expect_log(RELOADED)
+
+        late = LineClient(proc.address)
+        clients.append(late)
+        late.send("/pass first-pw-1729")
+        assert late.expect("! wrong password; try /pass PASSWORD again", timeout=10)
+        late.send("/pass second-pw-4104")
+        late.sync()
+        late.send("/oper root old-op-pw")
+        assert late.expect("! wrong operator name or password", timeout=10)
+        late.send("/oper root new-op-pw")
+        assert late.expect("* you are now an operator (root)")
+        # The new idle limit applies to connections already open too.
+        lines = early.wait_closed(timeout=10)
+        assert "! disconnected: idle for 2 seconds (this server's --idle-timeout); send /ping now and then to stay" in lines
+    assert "first-pw-1729" not in proc.stderr
+    assert "second-pw-4104" not in proc.stderr

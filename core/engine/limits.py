@@ -87,6 +87,13 @@ class ConnectionLimits:
         # by the addresses actually connecting.
         self._recent: dict[str, collections.deque[float]] = {}
 
+    def reconfigure(self, max_per_address: int, max_new: int, window: float) -> None:
+        """New limits (a reload), for the connections that come next; the
+        exempt networks stay (connections are released under the exemption
+        they were counted under)."""
+        with self._lock:
+            self.max_per_address, self.max_new, self.window = max_per_address, max_new, window
+
     def is_exempt(self, host: str) -> bool:
         try:
             address = parse_address(host)

@@ -208,9 +208,7 @@ class ChatServer:
         if sequencer is not None:
             self.sequencer = sequencer
         self.writer.start()
-        if self.idle_timeout or self.login_timeout:
-            self._sweeper = threading.Thread(target=self._sweep, name="chatcore-deadlines", daemon=True)
-            self._sweeper.start()
+        self._start_sweeper()
         for listener in self.listeners:
             listener.start()
         self._accepting = True
@@ -267,7 +265,7 @@ class ChatServer:
         :return: True if the new configuration is in use.
         """
         from chatcore import UsageError
-        from chatcore.config import reread_options
+        from chatcore.config import read_password, reread_options
         from chatcore.hooks import PluginError
 
         old = self.config.options
@@ -276,6 +274,7 @@ class ChatServer:
             fresh, parser, _plugins = reread_options(self.config)
             new, changed, restart = _merge_options(old, fresh, parser)
             context = self._check_certificate(new)
+            password = read_password(new, self.config.environ)
             appliers = self.hooks.reload(self, old, new)
         except (UsageError, PluginError) as exc:
             log.error("reload failed: %s; the running configuration is kept", exc)
@@ -286,6 +285,8 @@ class ChatServer:
         self.max_clients = new.max_clients
         self.max_queue = new.max_queue
         self.max_line = new.max_line
+        self._apply_limits(new)
+        self.password = password
         if new.log_level != old.log_level:
             logging.getLogger("chatcore").setLevel(new.log_level)
         if context is not None and self.certificates is not None:
@@ -293,6 +294,17 @@ class ChatServer:
         self.hooks.apply_reload(appliers)
         log.info("configuration reloaded: %s", ", ".join(changed) + " changed" if changed else "nothing changed")
         return True
+
+    def _apply_limits(self, options: argparse.Namespace) -> None:
+        """The abuse limits of a reload, for connections already open too."""
+        self.limits.reconfigure(options.max_per_address, options.max_new_per_address, options.new_window)
+        if (options.line_rate, options.line_burst) != (self.line_rate, self.line_burst):
+            self.line_rate, self.line_burst = options.line_rate, options.line_burst
+            for client in self.all_connections():
+                client._pace = None  # made again, with the new rate, at its next line
+        self.idle_timeout = options.idle_timeout
+        self.login_timeout = options.login_timeout
+        self._start_sweeper()
 
     def _check_certificate(self, options: argparse.Namespace) -> ssl.SSLContext | None:
         """The TLS context of the reloaded files, or None without TLS listeners.
@@ -446,6 +458,11 @@ class ChatServer:
             if client.closed:  # disconnected (by what it sent, or another thread)
                 return
 
+    def _start_sweeper(self) -> None:
+        if (self.idle_timeout or self.login_timeout) and self._sweeper is None:
+            self._sweeper = threading.Thread(target=self._sweep, name="chatcore-deadlines", daemon=True)
+            self._sweeper.start()
+
     def _sweep(self) -> None:
         """Close connections past their deadlines, on a thread of its own:
         the idle timeout, and the login deadline for connections not yet
@@ -455,8 +472,8 @@ class ChatServer:
         nothing; a reader's own thread cannot time itself out without a
         socket timeout, which the writer's non-blocking sends share.
         """
-        interval = min(t for t in (self.idle_timeout, self.login_timeout, 4.0) if t) / 4
-        while not self._swept.wait(interval):
+        # Timed afresh each round: a reload may change the deadlines.
+        while not self._swept.wait(min(t for t in (self.idle_timeout, self.login_timeout, 4.0) if t) / 4):
             now = time.monotonic()
             with self._connections_lock:
                 clients = list(self.connections)
