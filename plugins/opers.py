@@ -330,7 +330,7 @@ def _kick(client: Client, oper: str, args: str) -> None:
         return
     reason = reason.strip() or "no reason given"
     log.warning("operator %s (%s) kicked %s from %s: %s", oper, client.nick, target.nick, target.address[0], reason)
-    target.disconnect(f"kicked by {client.nick}: {reason}")
+    target.disconnect(f"kicked by {client.nick}: {reason}", cause="kick")
     client.notice(f"kicked {target.nick}")
 
 
@@ -375,7 +375,7 @@ def _ban(client: Client, oper: str, args: str) -> None:
         except ValueError:
             continue
         if inside and other is not client:
-            other.disconnect(f"banned by {client.nick}: {reason}")
+            other.disconnect(f"banned by {client.nick}: {reason}", cause="ban")
             gone.append(other.nick or format_address(*other.address))
     client.notice(f"banned {network} {span}" + (f"; disconnected {', '.join(gone)}" if gone else ""))
     if unsaved:

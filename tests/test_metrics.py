@@ -252,3 +252,29 @@ def test_connected_clients_by_scheme_and_failed_tls_handshakes(chat_server_facto
     assert value(samples, "chatcore_sent_bytes_total") > received_bytes(plain) + secure_text
     plain.close()
     secure.close()
+
+
+def test_kicks_bans_and_idle_connections_are_counted_by_cause(chat_server_factory, chat_client, tmp_path):
+    opers = tmp_path / "opers"
+    opers.write_text("boss hunter2\n")
+    server = chat_server_factory("--plugins", "metrics", "--metrics-port", "0", "--opers-file", str(opers))
+    boss, kicked, banned = (chat_client(server) for _ in range(3))
+    boss.send("/oper boss hunter2")
+    boss.expect("* you are now an operator (boss)")
+    boss.send("/kick guest-2 enough")
+    kicked.wait_closed()
+    boss.send("/ban guest-3 1m spam")  # its address: here every client's but the operator's
+    banned.wait_closed()
+    samples = scrape(server)
+    assert value(samples, "chatcore_disconnects_total", reason="kick") == 1
+    assert value(samples, "chatcore_disconnects_total", reason="ban") == 1
+
+    quiet = chat_server_factory("--plugins", "metrics", "--metrics-port", "0", "--idle-timeout", "1")
+    idler = chat_client(quiet)
+    assert idler.wait_closed(timeout=10)[-1].startswith("! disconnected: idle for 1 seconds")
+
+    def idle_counted():
+        samples = scrape(quiet)
+        return samples if value(samples, "chatcore_disconnects_total", reason="idle") == 1 else None
+
+    wait_for(idle_counted, message="the idle disconnect counted")

@@ -267,6 +267,9 @@ def test_sighup_rereads_the_password_and_operators_files_and_the_limits(tmp_path
         assert late.expect("* you are now an operator (root)")
         # The new idle limit applies to connections already open too.
         lines = early.wait_closed(timeout=10)
-        assert "! disconnected: idle for 2 seconds (this server's --idle-timeout); send /ping now and then to stay" in lines
+        assert (
+            "! disconnected: idle for 2 seconds (this server's --idle-timeout); send /ping now and then to stay"
+            in lines
+        )
     assert "first-pw-1729" not in proc.stderr
     assert "second-pw-4104" not in proc.stderr

@@ -483,11 +483,14 @@ class ChatServer:
                 if self.login_timeout and not client.admitted and now - client.connected_at > self.login_timeout:
                     where = format_address(*client.address)
                     log.info("closing %s: not logged in within %gs", where, self.login_timeout)
-                    client.disconnect(f"not logged in within {self.login_timeout:g} seconds; connect and log in again")
+                    client.disconnect(
+                        f"not logged in within {self.login_timeout:g} seconds; connect and log in again", cause="idle"
+                    )
                 elif self.idle_timeout and now - client.last_input > self.idle_timeout:
                     client.disconnect(
                         f"idle for {self.idle_timeout:g} seconds (this server's --idle-timeout); "
-                        "send /ping now and then to stay"
+                        "send /ping now and then to stay",
+                        cause="idle",
                     )
 
     def pace(self, client: Client) -> None:
