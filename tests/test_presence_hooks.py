@@ -140,13 +140,18 @@ def test_who_rooms_and_msg_span_the_servers(chat_server_factory) -> None:
 def test_history_replays_the_cluster_s_history(chat_server_factory) -> None:
     one, two, _ = two_servers(chat_server_factory, "history")
     alice = named(one, "alice")
-    alice.send("said on one")
-    alice.send("/me waves")
-    alice.expect("* alice waves")
-    # bob's server never saw these (the directory does not relay): the
-    # replay is the cluster's.
-    bob = LineClient(two.address)
-    bob.expect("* last 2 messages in lobby:")
-    assert [bob.readline(), bob.readline()] == ["# <alice> said on one", "# * alice waves"]
-    alice.close()
-    bob.close()
+    try:
+        alice.send("said on one")
+        alice.send("/me waves")
+        alice.expect("* alice waves")
+        alice.sync()  # the room-event hooks ran (they follow the delivery, on alice's thread)
+        # bob's server never saw these (the directory does not relay): the
+        # replay is the cluster's.
+        bob = LineClient(two.address)
+        try:
+            bob.expect("* last 2 messages in lobby:")
+            assert [bob.readline(), bob.readline()] == ["# <alice> said on one", "# * alice waves"]
+        finally:
+            bob.close()
+    finally:
+        alice.close()
