@@ -82,7 +82,14 @@ def test_metrics_count_what_the_clients_did(chat_server_factory, chat_client):
         alice.send(f"hello {n}")
         bob.expect(f"<guest-1> hello {n}")
         carol.expect(f"<guest-1> hello {n}")
-    samples = scrape(server)
+
+    def last_message_counted():
+        # Counted by alice's thread just after it queued the line, so a
+        # recipient can read it a moment before the count is there.
+        samples = scrape(server)
+        return samples if value(samples, "chatcore_message_latency_seconds_count") == 5 else None
+
+    samples = wait_for(last_message_counted, message="all five messages counted")
     assert value(samples, "chatcore_connected_clients", scheme="tcp") == 3
     assert value(samples, "chatcore_rooms") == 1
     assert value(samples, "chatcore_messages_received_total") == 5
