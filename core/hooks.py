@@ -80,12 +80,31 @@ def _bind(function: Callable[..., Any], argnames: tuple[str, ...]) -> Callable[[
     return lambda kwargs: function(*[kwargs[name] for name in argnames])
 
 
+class _Implementations(dict[str, list[_Impl]]):
+    """Each hook's implementations, ready to call, looked up on first use.
+
+    A dict whose misses fill it: ``impls[hook]`` is one C-level lookup for a
+    hook seen before, and hooks run on every message.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        super().__init__()
+        self.pm = pm
+
+    def __missing__(self, hook: str) -> list[_Impl]:
+        caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
+        # pluggy calls the last of get_hookimpls() first.
+        impls = [(impl.plugin_name, _bind(impl.function, tuple(impl.argnames))) for impl in reversed(caller.get_hookimpls())]
+        self[hook] = impls
+        return impls
+
+
 class Hooks:
     """Calls the plugins registered with a plugin manager."""
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
-        self._impls: dict[str, list[_Impl]] = {}
+        self._impls = _Implementations(pm)
         self._failures: dict[tuple[str, str], int] = {}
         # Failures are rare and each one is logged: a lock costs nothing next
         # to that, and keeps concurrent failures from being miscounted.
@@ -97,30 +116,18 @@ class Hooks:
         self._impls.clear()
         #: True if a plugin implements ``chatcore_room_event`` (checked on
         #: every publish, so kept as a plain attribute).
-        self.room_events_observed = bool(self._get("chatcore_room_event"))
+        self.room_events_observed = bool(self._impls["chatcore_room_event"])
 
     def implemented(self, name: str) -> bool:
         """True if any plugin implements the hook ``chatcore_<name>``."""
-        return bool(self._get("chatcore_" + name))
-
-    def _get(self, hook: str) -> list[_Impl]:
-        impls = self._impls.get(hook)
-        if impls is None:
-            caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
-            # pluggy calls the last of get_hookimpls() first.
-            impls = [
-                (impl.plugin_name, _bind(impl.function, tuple(impl.argnames)))
-                for impl in reversed(caller.get_hookimpls())
-            ]
-            self._impls[hook] = impls
-        return impls
+        return bool(self._impls["chatcore_" + name])
 
     # -- the three calling conventions --------------------------------------
 
     def _call_each(self, hook: str, kwargs: dict[str, Any]) -> list[Any]:
         """Call every implementation; log and skip the ones that raise."""
         results = []
-        for plugin, call in self._get(hook):
+        for plugin, call in self._impls[hook]:
             try:
                 result = call(kwargs)
             except Exception as exc:
@@ -136,7 +143,7 @@ class Hooks:
         ``False`` or ``""`` mean "not mine" as ``None`` does, so a plugin
         that answers a yes/no hook with False does not stop the chain.
         """
-        for plugin, call in self._get(hook):
+        for plugin, call in self._impls[hook]:
             try:
                 result = call(kwargs)
             except Exception as exc:
@@ -151,7 +158,7 @@ class Hooks:
         a plugin that raises, or returns something ``check`` rejects, is
         logged and skipped."""
         items: list[Any] = []
-        for plugin, call in self._get(hook):
+        for plugin, call in self._impls[hook]:
             try:
                 result = call(kwargs)
                 if result is not None:
@@ -162,7 +169,7 @@ class Hooks:
 
     def _call_strict(self, hook: str, kwargs: dict[str, Any]) -> None:
         """Call every implementation; the first failure stops the start."""
-        for plugin, call in self._get(hook):
+        for plugin, call in self._impls[hook]:
             try:
                 call(kwargs)
             except UsageError:
@@ -215,7 +222,7 @@ class Hooks:
             cannot be called.
         """
         appliers: list[tuple[str, Callable[[], object]]] = []
-        for plugin, call in self._get("chatcore_reload"):
+        for plugin, call in self._impls["chatcore_reload"]:
             try:
                 result = call({"server": server, "old": old, "new": new})
             except UsageError:
@@ -257,7 +264,7 @@ class Hooks:
     def message(self, message: Message) -> None:
         """Run the filter chain; it stops at the first rejection."""
         kwargs = {"message": message}
-        for plugin, call in self._get("chatcore_message"):
+        for plugin, call in self._impls["chatcore_message"]:
             try:
                 call(kwargs)
             except Exception as exc:
@@ -267,7 +274,8 @@ class Hooks:
                 return
 
     def message_delivered(self, message: Message, recipients: int) -> None:
-        self._call_each("chatcore_message_delivered", {"message": message, "recipients": recipients})
+        if self._impls["chatcore_message_delivered"]:  # after every message: skip the call when nobody listens
+            self._call_each("chatcore_message_delivered", {"message": message, "recipients": recipients})
 
     def command(self, client: Client, name: str, args: str) -> bool:
         return bool(self._call_first("chatcore_command", {"client": client, "name": name, "args": args}))
@@ -291,7 +299,7 @@ class Hooks:
     def cluster_members(self, server: ChatServer) -> dict[str, list[str]]:
         """Members elsewhere by room, merged from every plugin's answer."""
         merged: dict[str, list[str]] = {}
-        for plugin, call in self._get("chatcore_cluster_members"):
+        for plugin, call in self._impls["chatcore_cluster_members"]:
             try:
                 result = call({"server": server})
                 if result is None:
@@ -313,7 +321,7 @@ class Hooks:
 
     def room_history(self, server: ChatServer, room: str, limit: int) -> list[RoomEvent] | None:
         """A cluster's recent chat in ``room``, or None (also if a plugin fails)."""
-        for plugin, call in self._get("chatcore_room_history"):
+        for plugin, call in self._impls["chatcore_room_history"]:
             try:
                 result = call({"server": server, "room": room, "limit": limit})
             except Exception as exc:
@@ -328,7 +336,7 @@ class Hooks:
     def schemes(self) -> list[Scheme]:
         """Every plugin's schemes; a failure stops the start."""
         found: list[Scheme] = []
-        for plugin, call in self._get("chatcore_schemes"):
+        for plugin, call in self._impls["chatcore_schemes"]:
             try:
                 result = call({})
                 if result is not None:
@@ -339,7 +347,7 @@ class Hooks:
 
     def sequencer(self, server: ChatServer) -> Any:
         """A plugin's sequencer, or None; a failure stops the start."""
-        for plugin, call in self._get("chatcore_sequencer"):
+        for plugin, call in self._impls["chatcore_sequencer"]:
             try:
                 result = call({"server": server})
             except Exception as exc:
