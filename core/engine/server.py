@@ -694,14 +694,25 @@ class ChatServer:
             epoch, offset = self.sequencer.next(room)
             _stamp(event, epoch, offset, time.time())
         count = 0
+        schedule = self.writer.schedule
         for wire, members in self.registry._groups.get(room, ()):  # by_wire(), inline: every message
             data = wire.encode(event)
             if not data:
                 continue
             for member in members:
-                if member is not exclude and member.close_reason is None:
-                    member.send_data(data)
-                    count += 1
+                if member is exclude or member.close_reason is not None:
+                    continue
+                # Client.send_data(), inline: this loop runs once per
+                # delivery, and a call is most of a delivery's cost.
+                queue = member._queue
+                if len(queue) >= member._max_queue:
+                    member.disconnect("slow consumer", tell=False)
+                    continue
+                queue.append(data)
+                count += 1
+                if not member._scheduled:
+                    member._scheduled = True
+                    schedule(member)
         self.stats.mine().deliveries += count
         if relay and self.hooks.room_events_observed:
             self.hooks.room_event(self, event)
