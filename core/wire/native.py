@@ -182,8 +182,12 @@ class LineFramer:
             elif self._partial:
                 lines[0] = self._partial + lines[0]
             self._partial = b""
-            lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
-            out = [line if len(line) <= max_line else None for line in lines]
+            # A loop, not comprehensions: usually there is one line, and a
+            # comprehension is a call of its own before Python 3.12.
+            for line in lines:
+                if line[-1:] == b"\r":
+                    line = line[:-1]
+                out.append(line if len(line) <= max_line else None)
         if self._discarding:
             return out
         # A trailing "\r" may be the first half of "\r\n": not counted yet.
@@ -306,7 +310,7 @@ class NativeProtocol(Protocol):
 
     def handle_line(self, raw: bytes) -> None:
         """One complete line from the client: a command or a message."""
-        text = sanitize(decode(raw))
+        text = sanitize(raw.decode("utf-8", "replace"))  # decode(), inline: once per line
         if text:
             handle_text(self.client, text)
 
@@ -319,7 +323,8 @@ def handle_text(client: Client, text: str) -> None:
     protocol, the web page): flood control, the server password, commands
     and messages behave the same whichever way the line came in.
     """
-    client.server.pace(client)  # flood control: may wait, on this client's thread
+    if client._pace is not False:  # False: exempt from flood control, decided at its first line
+        client.server.pace(client)  # flood control: may wait, on this client's thread
     if client.closed:
         return
     if not client.admitted:
