@@ -250,7 +250,8 @@ def chatcore_connection_arriving(address: tuple[str, int], server: ChatServer) -
 
 @hookimpl(specname="chatcore_message", tryfirst=True)
 def muted(message: Message) -> None:
-    until = message.sender.data.get(NAME, {}).get("muted_until")
+    state = message.sender.data.get(NAME)  # None for nearly everyone: no dict made per message
+    until = None if state is None else state.get("muted_until")
     if until is None:
         return
     left = until - time.monotonic()
