@@ -255,6 +255,12 @@ def message_length(message: Message) -> None:
 # ---------------------------------------------------------------------------
 
 _WORD_CHAR = re.compile(r"\w")
+#: A bytes.translate() table: ASCII word characters (as ``\w`` with
+#: re.ASCII) lower-cased, every other byte a space.
+_ASCII_WORD_BYTES = bytes(
+    (byte | 0x20) if chr(byte).isascii() and chr(byte).isalpha() else byte if chr(byte) in "0123456789_" else 0x20
+    for byte in range(256)
+)
 
 
 def fold(text: str) -> str:
@@ -330,11 +336,19 @@ class BannedWords:
         # \b says the same there, faster.
         ascii_words = [word for word in folded if word.isascii()]
         self._ascii = re.compile(rf"\b(?:{alternatives(ascii_words)})\b", re.ASCII) if ascii_words else None
+        # The first ASCII word of each, as bytes: a line none of whose words
+        # is one of these cannot match, and most lines are like that.
+        self._ascii_starts = {word.encode().translate(_ASCII_WORD_BYTES).split()[0] for word in ascii_words}
 
     def find(self, text: str) -> list[tuple[int, int]]:
         """The ``(start, end)`` spans of ``text`` that are banned words."""
         if text.isascii():
             if self._ascii is None:
+                return []
+            # The words of the line, lower-cased, in one pass over its bytes:
+            # a third of the regex's cost, which then runs only on a line
+            # that has a word a banned one starts with.
+            if self._ascii_starts.isdisjoint(text.encode().translate(_ASCII_WORD_BYTES).split()):
                 return []
             return [match.span() for match in self._ascii.finditer(text.lower())]
         if self._unicode.search(fold(text)) is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import subprocess
 import sys
@@ -82,6 +83,21 @@ def test_token_bucket_counts_rejections_in_a_window():
 def test_banned_word_rules(words, text, masked):
     banned = BannedWords(words.split(","))
     assert banned.mask(text, banned.find(text)) == masked
+
+
+def test_the_quick_ascii_check_finds_what_the_pattern_finds():
+    # ASCII lines skip the pattern unless one of their words starts a banned
+    # word or phrase: over many lines made of words, near-words and
+    # punctuation, that check must never skip a match.
+    words = ["darn", "heck no", "rats", "x2", "under_score", "don't"]
+    banned = BannedWords(words)
+    pattern = re.compile(r"\b(?:don't|under_score|heck\s+no|darn|rats|x2)\b", re.ASCII)
+    pieces = ["darn", "DARN", "heck", "no", "rats", "pirats", "x2", "x22", "under_score", "under", "don't", "don", "t"]
+    pieces += ["a", "hello", "_", "-", "!", "'", " ", "  ", "\t", ",", "9"]
+    generator = random.Random(16)
+    for _ in range(3000):
+        text = "".join(generator.choice(pieces) for _ in range(generator.randint(1, 8)))
+        assert banned.find(text) == [match.span() for match in pattern.finditer(text.lower())], text
 
 
 def test_no_banned_word_leaves_the_text_alone():
