@@ -94,7 +94,9 @@ class _Implementations(dict[str, list[_Impl]]):
     def __missing__(self, hook: str) -> list[_Impl]:
         caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
         # pluggy calls the last of get_hookimpls() first.
-        impls = [(impl.plugin_name, _bind(impl.function, tuple(impl.argnames))) for impl in reversed(caller.get_hookimpls())]
+        impls = [
+            (impl.plugin_name, _bind(impl.function, tuple(impl.argnames))) for impl in reversed(caller.get_hookimpls())
+        ]
         self[hook] = impls
         return impls
 

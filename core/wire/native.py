@@ -185,9 +185,8 @@ class LineFramer:
             # A loop, not comprehensions: usually there is one line, and a
             # comprehension is a call of its own before Python 3.12.
             for line in lines:
-                if line[-1:] == b"\r":
-                    line = line[:-1]
-                out.append(line if len(line) <= max_line else None)
+                whole = line[:-1] if line[-1:] == b"\r" else line
+                out.append(whole if len(whole) <= max_line else None)
         if self._discarding:
             return out
         # A trailing "\r" may be the first half of "\r\n": not counted yet.
