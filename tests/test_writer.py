@@ -129,3 +129,27 @@ def test_finish_flushes_what_is_queued_then_shuts_down():
         writer.stop()
         sock.close()
         peer.close()
+
+
+def test_a_client_the_writer_fails_on_is_closed_and_the_others_still_get_their_lines():
+    writer = Writer()
+    writer.start()
+    broken, broken_sock, broken_peer = make_client(writer)
+    healthy, healthy_sock, healthy_peer = make_client(writer)
+
+    def fails(data: bytes) -> bytes:
+        raise RuntimeError("a bug in a transport")
+
+    broken._encrypt = fails  # as a TLS transport that raises would
+    try:
+        broken.send_data(b"never sent\n")
+        healthy.send_data(b"still flowing\n")
+        assert broken.wait_closed(5)
+        assert read_until_closed(broken_peer) == b""
+        assert read_exactly(healthy_peer, 14) == b"still flowing\n"
+        healthy.send_data(b"and after\n")
+        assert read_exactly(healthy_peer, 10) == b"and after\n"
+    finally:
+        writer.stop()
+        for sock in (broken_sock, broken_peer, healthy_sock, healthy_peer):
+            sock.close()

@@ -122,11 +122,16 @@ class Writer:
         ready = self._ready
         finishing = self._finishing
         select = self._selector.select
+        flush = self._flush
         while self._running:
             # One pass over the clients that were ready when it began, so
             # blocked sockets and closes get their turn under steady load.
             for _ in range(len(ready)):
-                self._guarded(self._flush, ready.popleft())
+                client = ready.popleft()
+                try:  # _guarded(), inline: once per client with output
+                    flush(client)
+                except Exception:
+                    self._drop(client)
             while finishing:
                 self._guarded(self._begin_finish, finishing.popleft())
             if ready or finishing:
@@ -164,11 +169,15 @@ class Writer:
         try:
             step(client)
         except Exception:
-            log.exception("writer failed on %r; disconnecting it", client)
-            try:
-                self._complete(client, clean=False)
-            except Exception:
-                log.exception("writer could not close %r", client)
+            self._drop(client)
+
+    def _drop(self, client: Client) -> None:
+        """Called from an ``except`` block: log the failure and close the client."""
+        log.exception("writer failed on %r; disconnecting it", client)
+        try:
+            self._complete(client, clean=False)
+        except Exception:
+            log.exception("writer could not close %r", client)
 
     def _flush(self, client: Client) -> None:
         if client._blocked or client._done:
