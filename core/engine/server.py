@@ -639,10 +639,10 @@ class ChatServer:
         # Chat is not echoed to its sender; an action is, as the answer to
         # /me, unless the sender's client shows its own actions (IRC).
         if message.kind == "action":
-            action = Action(room, sender.nick, message.text, epoch=epoch, offset=offset, time=now)
+            action = Action(room, sender.nick, message.text, offset, epoch, now)
             recipients = self.publish(action, exclude=None if sender.wire.echoes_actions else sender)
         else:
-            chat = Chat(room, sender.nick, message.text, epoch=epoch, offset=offset, time=now)
+            chat = Chat(room, sender.nick, message.text, offset, epoch, now)
             recipients = self.publish(chat, exclude=sender)
         if sender.arrived:  # 0.0 for a client no reader has read for (a plugin's)
             counts.observe_latency(time.monotonic() - sender.arrived)
