@@ -1,5 +1,8 @@
 """Broadcast benchmark driver: how many deliveries per second, how fast, how
-much memory -- for chatcore and, side by side, the naive original design.
+much memory -- for chatcore and, side by side, the naive original design and
+a C reference (``c-epoll``: a single-threaded epoll server with coalesced
+writes, benchmarks/c_epoll_server.c, compiled with ``cc`` for the run; the
+measure of what the machine can do, with ratios to it printed at the end).
 
     python benchmarks/broadcast.py                      # every scenario, both servers
     python benchmarks/broadcast.py --scenario room100 --duration 10
@@ -101,7 +104,7 @@ RECV_SIZE = 262144
 SAMPLE_LIMIT = 200_000
 SETUP_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 5.0
-SERVERS = ("chatcore", "chatcore-tls", "naive")
+SERVERS = ("chatcore", "chatcore-tls", "naive", "c-epoll")
 
 
 class ClientTLS:
@@ -111,9 +114,10 @@ class ClientTLS:
     context: ssl.SSLContext | None = None
 
 
-def is_chatcore(server: str) -> bool:
-    """chatcore over TCP or TLS (they speak the same protocol)."""
-    return server.startswith("chatcore")
+def speaks_native(server: str) -> bool:
+    """A server of chatcore's native protocol (``/nick``, ``/ping``, the
+    ``<nick> `` prefix): chatcore over TCP or TLS, and the C reference."""
+    return server.startswith("chatcore") or server == "c-epoll"
 
 
 def now_us() -> int:
@@ -229,9 +233,29 @@ def filter_args(plugins: str) -> list[str]:
     ]
 
 
+def build_c_reference(directory: str) -> str:
+    """Compile benchmarks/c_epoll_server.c with the system C compiler (once
+    per run) and return the program's path."""
+    program = os.path.join(directory, "c_epoll_server")
+    if not os.path.exists(program):
+        compiler = os.environ.get("CC", "cc")
+        command = [compiler, "-O2", "-o", program, str(HERE / "c_epoll_server.c")]
+        try:
+            subprocess.run(command, check=True, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise RuntimeError(
+                f"c-epoll needs a C compiler: {compiler} not found (apt-get install gcc, or set CC)"
+            ) from None
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"c-epoll did not compile: {exc.stderr.strip()[-300:]}") from None
+    return program
+
+
 def server_command(
     name: str, scenario: Scenario, options: argparse.Namespace, max_clients: int, log_dir: str, *, plugins: str
 ) -> list[str]:
+    if name == "c-epoll":
+        return [build_c_reference(log_dir), "--port", "0"]
     if name == "naive":
         # 'idle' measures memory, not the original's listen(10), which would
         # make thousands of paced connects wait for SYN retransmits.
@@ -364,7 +388,7 @@ def sync(sock: socket.socket, server: str, *, web: bool = False) -> None:
     if web:
         sock.sendall(web_line("/ping"))
         read_until(sock, b'"text":"pong"')
-    elif is_chatcore(server):
+    elif speaks_native(server):
         sock.sendall(b"/ping\n")
         read_until(sock, b"* pong\n")
     sock.setblocking(False)
@@ -757,7 +781,7 @@ def _run_flow_main(
     senders = []
     for index in range(scenario.senders):
         nick = b"s%05d" % index
-        if is_chatcore(server.name):
+        if speaks_native(server.name):
             socks[index].sendall(b"/nick " + nick + b"\n")
             read_until(socks[index], b"* you are now known as")
             prefix = b""
@@ -1019,7 +1043,7 @@ def format_row(server: str, result: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Broadcast benchmark: chatcore and the naive original design, side by side.",
+        description="Broadcast benchmark: chatcore, the naive original design and a C reference server, side by side.",
         epilog="Scenarios: "
         + "; ".join(f"{s.name}: {s.title}" for s in SCENARIOS.values())
         + ". Output per server: deliveries_per_s while sending, latency p50/p99 (sampled), lost "
@@ -1034,9 +1058,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--servers",
-        default="chatcore,naive",
+        default="chatcore,naive,c-epoll",
         metavar="NAMES",
-        help="comma-separated: chatcore, chatcore-tls (chatcore, every client over TLS), naive (default: %(default)s)",
+        help=(
+            "comma-separated: chatcore, chatcore-tls (chatcore, every client over TLS), naive (the original "
+            "design), c-epoll (the C reference: benchmarks/c_epoll_server.c, built with cc) (default: %(default)s)"
+        ),
     )
     parser.add_argument(
         "--duration",
@@ -1183,6 +1210,31 @@ def ratios(results: list[dict[str, Any]], variants: list[tuple[str, str, str]]) 
     return lines
 
 
+def ratios_to_reference(results: list[dict[str, Any]], reference: str) -> list[str]:
+    """Every other server's deliveries/s and p99 against ``reference``'s in
+    the same round of the same scenario: the median and each round's."""
+    lines = []
+    for scenario in dict.fromkeys(row["scenario"] for row in results):
+        rows = [row for row in results if row["scenario"] == scenario and "error" not in row]
+        base = {row["round"]: row for row in rows if row["server"] == reference}
+        for label in dict.fromkeys(row["server"] for row in rows if row["server"] != reference):
+            for key in ("deliveries_per_s", "p99_ms", "all_welcomed_s"):
+                each = sorted(
+                    row[key] / base[row["round"]][key]
+                    for row in rows
+                    if row["server"] == label
+                    and row["round"] in base
+                    and row.get(key) is not None
+                    and base[row["round"]].get(key)
+                )
+                if each:
+                    lines.append(
+                        f"  {scenario} {key}: {label} / {reference} = {statistics.median(each):.3f} "
+                        f"(rounds: {', '.join(f'{r:.3f}' for r in each)})"
+                    )
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     limit = raise_file_limit()
@@ -1219,8 +1271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(f"  {label:12s} (not measured: TLS runs the flow scenarios only)", flush=True)
                         continue
                     ClientTLS.context = tls_context if server_name == "chatcore-tls" else None
-                    command = server_command(server_name, scenario, options, max_clients, log_dir, plugins=plugins)
                     try:
+                        command = server_command(server_name, scenario, options, max_clients, log_dir, plugins=plugins)
                         with ServerProcess(server_name, command, Path(log_dir) / f"{server_name}.out") as server:
                             result = runners[scenario.kind](server, scenario, options)
                     except (OSError, RuntimeError, TimeoutError, ConnectionError) as exc:
@@ -1233,6 +1285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len([v for v in options.variants if v[0].startswith("chatcore/")]) > 1:
         print("ratios, measured back to back (median of the rounds):", flush=True)
         for line in ratios(results, options.variants):
+            print(line, flush=True)
+    if "c-epoll" in options.servers:
+        print("ratios to the C reference, c-epoll (median of the rounds):", flush=True)
+        for line in ratios_to_reference(results, "c-epoll"):
             print(line, flush=True)
     if options.json:
         Path(options.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -44,13 +44,27 @@ def test_monitor_checks_each_senders_sequence() -> None:
     assert monitor.acked[1:] == [5, 1]
 
 
-def test_driver_runs_both_servers(tmp_path: Path) -> None:
+def test_driver_runs_every_server_by_default(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
     assert main(["--scenario", "room10", "--duration", "0.5", "--procs", "0", "--json", str(results)]) == 0
     rows = {row["server"]: row for row in json.loads(results.read_text())}
-    assert set(rows) == {"chatcore", "naive"}
+    assert set(rows) == {"chatcore", "naive", "c-epoll"}
     assert rows["chatcore"]["deliveries"] > 0
     assert rows["chatcore"]["lost"] == rows["chatcore"]["corrupted"] == 0
+
+
+def test_driver_runs_the_c_reference_and_prints_ratios_to_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "results.json"
+    argv = ["--servers", "chatcore,c-epoll", "--scenario", "room10", "--scenario", "connect"]
+    assert main([*argv, "--duration", "0.5", "--procs", "0", "--json", str(results)]) == 0
+    rows = {(row["scenario"], row["server"]): row for row in json.loads(results.read_text())}
+    reference = rows[("room10", "c-epoll")]
+    assert reference["deliveries"] > 0
+    assert reference["lost"] == reference["corrupted"] == reference["gaps"] == reference["duplicated"] == 0
+    assert rows[("connect", "c-epoll")]["welcomed"] == 500
+    assert "room10 deliveries_per_s: chatcore / c-epoll = " in capsys.readouterr().out
 
 
 def test_driver_runs_tls_beside_tcp_and_plots(tmp_path: Path) -> None:
