@@ -694,7 +694,7 @@ class ChatServer:
             epoch, offset = self.sequencer.next(room)
             _stamp(event, epoch, offset, time.time())
         count = 0
-        schedule = self.writer.schedule
+        woken = []  # members whose queue was idle: handed to the writer together
         for wire, members in self.registry._groups.get(room, ()):  # by_wire(), inline: every message
             data = wire.encode(event)
             if not data:
@@ -712,7 +712,9 @@ class ChatServer:
                 count += 1
                 if not member._scheduled:
                     member._scheduled = True
-                    schedule(member)
+                    woken.append(member)
+        if woken:
+            self.writer.schedule_all(woken)
         self.stats.mine().deliveries += count
         if relay and self.hooks.room_events_observed:
             self.hooks.room_event(self, event)

@@ -103,6 +103,14 @@ class Writer:
             self._idle = False
             self._wake()
 
+    def schedule_all(self, clients: list[Client]) -> None:
+        """Put several clients with new output on the ready queue at once
+        (a broadcast to a quiet room wakes every member)."""
+        self._ready.extend(clients)
+        if self._idle:
+            self._idle = False
+            self._wake()
+
     def finish(self, client: Client, linger: float = 0.0) -> None:
         """Write what ``client`` has queued (for up to ``linger`` seconds if
         it is not reading), then shut its socket down."""
