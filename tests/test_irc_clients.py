@@ -149,6 +149,39 @@ def test_a_native_users_quit_reaches_the_bot(server, bob):
         bot.reactor.disconnect_all()
 
 
+def test_the_irc_library_as_an_operator_kicks_and_a_bot_sees_the_kick(tmp_path):
+    from chatcore.engine.auth import hash_password
+
+    opers_file = tmp_path / "opers"
+    opers_file.write_text(f"warden {hash_password('keys')}\n", encoding="utf-8")
+    listen = ["--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0"]
+    with ServerProcess("--plugins", "irc", "--opers-file", str(opers_file), *listen) as proc:
+        op, watcher = Bot(proc.addresses["irc"], "warden"), Bot(proc.addresses["irc"], "watcher")
+        spammer = LineClient(proc.addresses["tcp"])
+        try:
+            op.wait_type("endofnames")
+            watcher.wait_type("endofnames")
+            spammer.sync()
+            spammer.send("/nick spammer")
+            watcher.wait_type("nick", target="spammer")
+            op.connection.kick("#lobby", "spammer", "no spam")
+            assert op.wait_type("chanoprivsneeded").arguments[0] == "#lobby"
+            op.connection.oper("warden", "keys")
+            op.wait_type("youreoper")
+            op.events.clear()  # the NAMES of its JOIN are in there
+            op.connection.names(["#lobby"])
+            assert "@warden" in op.wait_type("namreply").arguments[2].split()
+            op.connection.kick("#lobby", "spammer", "no spam")
+            kick = watcher.wait_type("kick")
+            assert (kick.source.nick, kick.target, kick.arguments) == ("warden", "#lobby", ["spammer", "no spam"])
+            assert spammer.wait_closed()[-1] == "! disconnected: kicked by warden: no spam"
+        finally:
+            spammer.close()
+            op.reactor.disconnect_all()
+            watcher.reactor.disconnect_all()
+    assert proc.returncode == 0, proc.stderr
+
+
 # -- ii, Debian's file-based IRC client ----------------------------------------------------
 
 
