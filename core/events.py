@@ -50,6 +50,7 @@ __all__ = [
     "Members",
     "NickChanged",
     "Notice",
+    "OperatorChanged",
     "PrivateMessage",
     "Replay",
     "RoomEvent",
@@ -161,6 +162,17 @@ class NickChanged(RoomEvent):
 
     nick: str
     new_nick: str
+
+
+@dataclass(frozen=True)
+class OperatorChanged(RoomEvent):
+    """``nick`` became an operator (``/oper``, IRC's ``OPER``), or is one no
+    more (``operator=False``), told to its room so that IRC clients can mark
+    it ``@`` (``MODE #room +o nick``). No native form: native clients show no
+    operator status."""
+
+    nick: str
+    operator: bool = True
 
 
 @dataclass(frozen=True)

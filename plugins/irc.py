@@ -39,6 +39,7 @@ from chatcore.events import (
     Members,
     NickChanged,
     Notice,
+    OperatorChanged,
     PrivateMessage,
     Replay,
     RoomEvent,
@@ -249,6 +250,8 @@ class IRCFormat(WireFormat):
             return [irc_line(f"{event.nick}!{user}@{HOST}", "NICK", event.new_nick)]
         if isinstance(event, RoomNotice):
             return self.notice_lines(target, event.text)
+        if isinstance(event, OperatorChanged):  # operators are @ in every channel
+            return [irc_line(self.server, "MODE", target, "+o" if event.operator else "-o", event.nick)]
         return []
 
     def welcome_lines(self, nick: str, motd: Iterable[str]) -> list[str]:

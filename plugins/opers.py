@@ -34,6 +34,7 @@ from chatcore import Client, Config, Message, UsageError, hookimpl
 from chatcore.config import restart_only
 from chatcore.engine import auth
 from chatcore.engine.limits import Network, address_key, parse_address
+from chatcore.events import OperatorChanged
 from chatcore.transports.listener import format_address
 
 if TYPE_CHECKING:
@@ -311,8 +312,11 @@ def log_in(client: Client, name: str, password: str) -> bool:
     stored = state.operators.get(name)
     # A made-up hash for unknown names, so they take as long as real ones.
     if auth.verify_password(stored or _DUMMY_HASH, password) and stored is not None:
+        was = operator_name(client)
         client.data.setdefault(NAME, {})["oper"] = name
         log.warning("operator %s logged in: %s from %s", name, client.nick, where)
+        if was is None and client.room:
+            client.server.publish(OperatorChanged(client.room, nick=client.nick))
         return True
     data = client.data.setdefault(NAME, {})
     failures = data["failures"] = data.get("failures", 0) + 1
@@ -333,6 +337,8 @@ def log_out(client: Client) -> None:
     name = client.data.get(NAME, {}).pop("oper", None)
     if name is not None:
         log.warning("operator %s logged out: %s", name, client.nick)
+        if client.room:
+            client.server.publish(OperatorChanged(client.room, nick=client.nick, operator=False))
 
 
 _DUMMY_HASH = auth.hash_password("not an operator", salt=b"chatcore-dummy!!")

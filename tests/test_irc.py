@@ -680,13 +680,17 @@ def test_oper_makes_an_irc_operator_who_kicks_and_kills(chat_server_factory, con
     assert any("failed /oper as 'root' by alice" in record.getMessage() for record in caplog.records)
     assert OPER_PASSWORD not in caplog.text
 
+    dave.expect("* carol joined")
     alice.send(f"OPER root {OPER_PASSWORD}")
     alice.send("MODE alice")
     assert alice.sync() == [
+        ":chatcore MODE #lobby +o alice",  # to the whole channel, as below
         ":chatcore 381 alice :You are now an IRC operator",
         ":alice MODE alice +o",
         ":chatcore 221 alice +o",
     ]
+    assert carol.expect(" MODE ") == ":chatcore MODE #lobby +o alice"
+    assert dave.sync() == []  # native users are shown no operator status
     # Everyone sees the operator: @ in NAMES, * and @ in WHO, 313 in WHOIS.
     carol.send("NAMES #lobby")
     carol.send("WHO alice")
@@ -727,6 +731,7 @@ def test_oper_makes_an_irc_operator_who_kicks_and_kills(chat_server_factory, con
     alice.send("MODE alice -o")
     alice.send("KICK #lobby carol")
     assert alice.sync() == [
+        ":chatcore MODE #lobby -o alice",
         ":alice MODE alice -o",
         ":chatcore 482 alice #lobby :You're not channel operator: log in with OPER name password",
     ]
@@ -754,6 +759,7 @@ def test_oper_without_operators_gets_491_and_the_other_operator_commands_are_irc
     # A native operator is @ for IRC users too.
     root.send(f"/oper root {OPER_PASSWORD}")
     root.expect("* you are now an operator (root)")
+    assert bob.expect(" MODE ") == ":chatcore MODE #lobby +o root"
     bob.send("NAMES #lobby")
     assert bob.sync()[0] == ":chatcore 353 bob = #lobby :bob carol @root"
     bob.send(f"OPER root {OPER_PASSWORD}")
