@@ -325,7 +325,8 @@ def join(clients: list[Client]) -> None:
         if b" 366 " in line and CHANNEL in line:
             names.add(client.index)
         elif (line.startswith(last) and b" JOIN " in line) or (
-            b" 353 " in line and nick in line.partition(b" :")[2].split()
+            # The first to join is a channel operator on the IRC servers: "@b00009".
+            b" 353 " in line and nick in [name.lstrip(b"@+") for name in line.partition(b" :")[2].split()]
         ):
             seen.add(client.index)
         return client.index in names and client.index in seen
