@@ -167,9 +167,10 @@ class NickChanged(RoomEvent):
 @dataclass(frozen=True)
 class OperatorChanged(RoomEvent):
     """``nick`` became an operator (``/oper``, IRC's ``OPER``), or is one no
-    more (``operator=False``), told to its room so that IRC clients can mark
-    it ``@`` (``MODE #room +o nick``). No native form: native clients show no
-    operator status."""
+    more (``operator=False``), told to the others in its room so that IRC
+    clients can mark it ``@`` (``MODE #room +o nick``; the operator's own
+    client gets a user ``MODE nick +o``). No native form: native clients
+    show no operator status."""
 
     nick: str
     operator: bool = True

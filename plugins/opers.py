@@ -316,7 +316,8 @@ def log_in(client: Client, name: str, password: str) -> bool:
         client.data.setdefault(NAME, {})["oper"] = name
         log.warning("operator %s logged in: %s from %s", name, client.nick, where)
         if was is None and client.room:
-            client.server.publish(OperatorChanged(client.room, nick=client.nick))
+            # To the others: the operator's own client is told its way (IRC: a user MODE +o).
+            client.server.publish(OperatorChanged(client.room, nick=client.nick), exclude=client)
         return True
     data = client.data.setdefault(NAME, {})
     failures = data["failures"] = data.get("failures", 0) + 1
@@ -338,7 +339,7 @@ def log_out(client: Client) -> None:
     if name is not None:
         log.warning("operator %s logged out: %s", name, client.nick)
         if client.room:
-            client.server.publish(OperatorChanged(client.room, nick=client.nick, operator=False))
+            client.server.publish(OperatorChanged(client.room, nick=client.nick, operator=False), exclude=client)
 
 
 _DUMMY_HASH = auth.hash_password("not an operator", salt=b"chatcore-dummy!!")
