@@ -46,6 +46,7 @@ from chatcore.events import (
     RoomList,
     RoomNotice,
     Welcome,
+    kick_text,
 )
 from chatcore.message import Message
 from chatcore.plugins import opers
@@ -193,7 +194,12 @@ class IRCFormat(WireFormat):
             # Before registration an error is a refusal, and "disconnected:"
             # is the engine's last word: both close the link.
             if not client.nick or event.text.startswith("disconnected: "):
-                return _encode([irc_line(None, "ERROR", f"Closing Link: {event.text}")])
+                closing = irc_line(None, "ERROR", f"Closing Link: {event.text}")
+                if client.kicked_by:  # the kicked user's client shows the KICK as IRC clients do, then goes
+                    words = event.text.removeprefix("disconnected: " + kick_text(client.kicked_by, ""))
+                    kick = irc_line(self.mask(client.kicked_by), "KICK", channel(client.room), client.nick, words)
+                    return _encode([kick, closing])
+                return _encode([closing])
             return _encode(self.notice_lines(nick, f"error: {event.text}"))
         if isinstance(event, PrivateMessage):
             if event.echo:  # IRC clients show what they sent themselves

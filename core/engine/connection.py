@@ -248,6 +248,7 @@ class Client:
             return
         if kicked_by is not None:
             reason, cause = kick_text(kicked_by, reason), cause or "kick"
+            self.kicked_by = kicked_by  # before the last words: a wire format may show a kick its way
         if notice is not None:
             self.notice(notice)
         elif tell:
@@ -258,7 +259,6 @@ class Client:
         if self.closed:
             return
         self.close_reason = reason
-        self.kicked_by = kicked_by
         self.close_cause = cause if cause in DISCONNECT_CAUSES else disconnect_cause(reason)
         self._writer.finish(self, linger)
 
