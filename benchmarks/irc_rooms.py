@@ -1,12 +1,13 @@
 """IRC room benchmark: chatcore's IRC port beside the IRC servers people run.
 
-    python benchmarks/irc_rooms.py                               # chatcore, ngircd, inspircd
+    python benchmarks/irc_rooms.py                               # chatcore, ngircd, inspircd (and ergo if found)
+    python benchmarks/irc_rooms.py --ergo ~/src/ergo/ergo        # Ergo, built by you (not in Debian 12)
     python benchmarks/irc_rooms.py --servers chatcore --rooms 10,100 --duration 5
 
 Each server is started on a free loopback port with a throwaway
 configuration and its flood limits lifted (ngIRCd: ``MaxPenaltyTime = 0``;
-InspIRCd: ``fakelag="no"`` and a huge ``commandrate``), then, for every room
-size N:
+InspIRCd: ``fakelag="no"`` and a huge ``commandrate``; Ergo: ``fakelag``
+off, no per-address limits), then, for every room size N:
 
 - **connects**: N clients register at once (``NICK``/``USER`` sent on every
   socket, then wait for every 001); the time until the last 001;
@@ -19,7 +20,9 @@ size N:
 
 One process, non-blocking sockets on one selector: the driver itself costs
 CPU, so the figures compare servers under the same driver; they are not
-each server's ceiling. Ergo is not in Debian 12 and is not measured here.
+each server's ceiling. Ergo (the Go IRC server) is not in Debian 12 (its
+``ergo`` package is a chemistry program): give a binary you built with
+``--ergo PATH``, or have the IRC server's ``ergo`` first on ``PATH``.
 Every loop is bounded in count and time.
 """
 
@@ -117,7 +120,93 @@ def inspircd(port: int, directory: Path) -> list[str]:
     return ["inspircd", "--nofork", "--runasroot", f"--config={config}"]
 
 
-SERVERS: dict[str, Callable[[int, Path], list[str]]] = {"chatcore": chatcore, "ngircd": ngircd, "inspircd": inspircd}
+#: Binaries main() found for servers not on PATH by their own name:
+#: ``"ergo"``, from ``--ergo`` or the IRC server's ``ergo`` on PATH.
+BINARIES: dict[str, str] = {}
+
+
+def ergo_version(path: str) -> str | None:
+    """``ergo-2.11.1`` if ``path`` is Ergo the IRC server, else None (Debian's
+    ``ergo`` is a chemistry program of the same name)."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return None
+    text = out.stdout.strip()
+    return text if text.startswith("ergo-") else None
+
+
+def ergo(port: int, directory: Path) -> list[str]:
+    # Ergo's defaults (default.yaml) with what a benchmark must lift: fakelag
+    # (2 lines a second after a burst of 5), the per-address limits (16 at
+    # once, 32 per 10 minutes), hostname lookups; no accounts, history or
+    # cloaks, so that it does what the others do.
+    config = directory / "ircd.yaml"
+    config.write_text(
+        f"""network:
+    name: bench
+server:
+    name: bench.ergo
+    listeners:
+        "127.0.0.1:{port}": {{}}
+    casemapping: ascii
+    enforce-utf8: true
+    lookup-hostnames: false
+    check-ident: false
+    max-sendq: 96M
+    ip-cloaking:
+        enabled: false
+    ip-limits:
+        count: false
+        throttle: false
+accounts:
+    registration:
+        enabled: false
+    authentication-enabled: false
+    multiclient:
+        enabled: false
+    nick-reservation:
+        enabled: false
+channels:
+    default-modes: +nt
+    registration:
+        enabled: false
+logging:
+    - method: stderr
+      type: "* -userinput -useroutput"
+      level: warn
+datastore:
+    path: {directory}/ircd.db
+    autoupgrade: true
+limits:
+    nicklen: 32
+    identlen: 20
+    channellen: 64
+    awaylen: 390
+    kicklen: 390
+    topiclen: 390
+    monitor-entries: 100
+    whowas-entries: 100
+    chan-list-modes: 100
+    registration-messages: 1024
+    multiline:
+        max-bytes: 0
+        max-lines: 0
+fakelag:
+    enabled: false
+history:
+    enabled: false
+"""
+    )
+    return [BINARIES["ergo"], "run", "--conf", str(config)]
+
+
+SERVERS: dict[str, Callable[[int, Path], list[str]]] = {
+    "chatcore": chatcore,
+    "ngircd": ngircd,
+    "inspircd": inspircd,
+    "ergo": ergo,
+}
 
 
 def version(name: str) -> str:
@@ -125,6 +214,8 @@ def version(name: str) -> str:
         import chatcore
 
         return f"chatcore {chatcore.__version__} (Python {sys.version.split()[0]})"
+    if name == "ergo":
+        return f"{ergo_version(BINARIES['ergo'])} ({BINARIES['ergo']})"
     command = {"ngircd": ["ngircd", "--version"], "inspircd": ["inspircd", "--version"]}[name]
     out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
     return (out.stdout or out.stderr).strip().splitlines()[0]
@@ -135,7 +226,7 @@ def running(name: str) -> Iterator[int]:
     with tempfile.TemporaryDirectory(prefix=f"irc-bench-{name}-") as tmp:
         port = free_port()
         command = SERVERS[name](port, Path(tmp))
-        if shutil.which(command[0]) is None and name != "chatcore":
+        if shutil.which(command[0]) is None and name not in ("chatcore", "ergo"):
             raise RuntimeError(f"{command[0]} is not installed (apt-get install {name})")
         log = Path(tmp) / "server.log"
         with log.open("wb") as output:
@@ -234,7 +325,8 @@ def join(clients: list[Client]) -> None:
         if b" 366 " in line and CHANNEL in line:
             names.add(client.index)
         elif (line.startswith(last) and b" JOIN " in line) or (
-            b" 353 " in line and nick in line.partition(b" :")[2].split()
+            # The first to join is a channel operator on the IRC servers: "@b00009".
+            b" 353 " in line and nick in [name.lstrip(b"@+") for name in line.partition(b" :")[2].split()]
         ):
             seen.add(client.index)
         return client.index in names and client.index in seen
@@ -306,17 +398,36 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--servers", default="chatcore,ngircd,inspircd", help="comma-separated: %(default)s")
+    parser.add_argument(
+        "--servers",
+        help="comma-separated, of chatcore, ngircd, inspircd, ergo (default: the first three, and ergo if found)",
+    )
+    parser.add_argument(
+        "--ergo", metavar="PATH", help="the Ergo IRC server binary (default: ergo on PATH, if that is the IRC server)"
+    )
     parser.add_argument("--rooms", default="10,100,500", help="room sizes (default: %(default)s)")
     parser.add_argument("--senders", type=int, default=10, help="clients that send (default: %(default)s)")
     parser.add_argument("--window", type=int, default=20, help="lines in flight per sender (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per room (default: %(default)s)")
     parser.add_argument("--connects", type=int, default=500, help="clients registering at once (default: %(default)s)")
     options = parser.parse_args(argv)
-    names = options.servers.split(",")
+    found = options.ergo or shutil.which("ergo")
+    if found is not None and ergo_version(found) is None:
+        if options.ergo:
+            parser.error(
+                f"--ergo {options.ergo}: not the Ergo IRC server ('{options.ergo} --version' says no ergo-X.Y.Z)"
+            )
+        found = None  # Debian's chemistry program
+    names = (
+        options.servers.split(",") if options.servers else ["chatcore", "ngircd", "inspircd"] + ["ergo"] * bool(found)
+    )
     unknown = sorted(set(names) - set(SERVERS))
     if unknown:
         parser.error(f"unknown servers {unknown}; known: {sorted(SERVERS)}")
+    if "ergo" in names and found is None:
+        parser.error("ergo: no Ergo binary; build it (github.com/ergochat/ergo) and give --ergo PATH")
+    if found is not None:
+        BINARIES["ergo"] = found
     print("| server | test | deliveries/s | p50 ms | p99 ms |")
     print("|---|---|---|---|---|")
     for name in names:

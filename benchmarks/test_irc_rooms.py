@@ -4,6 +4,8 @@ joins, counts deliveries and reports a row per test."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from irc_rooms import main, percentile
 
@@ -24,3 +26,19 @@ def test_the_driver_measures_chatcore(capsys: pytest.CaptureFixture[str]) -> Non
     deliveries = int(rows[0].split("|")[3].replace(",", ""))
     assert deliveries > 0
     assert "20 connects at once" in rows[1]
+
+
+def test_ergo_is_told_from_debians_chemistry_program_of_the_same_name(tmp_path: Path) -> None:
+    from irc_rooms import ergo_version
+
+    irc_server, chemistry = tmp_path / "ergo-irc", tmp_path / "ergo-chem"
+    irc_server.write_text("#!/bin/sh\necho ergo-2.11.1\n")
+    chemistry.write_text("#!/bin/sh\necho 'ERGO: a quantum chemistry program'\n")
+    for script in (irc_server, chemistry):
+        script.chmod(0o755)
+    assert ergo_version(str(irc_server)) == "ergo-2.11.1"
+    assert ergo_version(str(chemistry)) is None
+    assert ergo_version(str(tmp_path / "missing")) is None
+    with pytest.raises(SystemExit) as exit_:
+        main(["--servers", "ergo", "--ergo", str(chemistry)])
+    assert exit_.value.code == 2

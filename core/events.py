@@ -50,12 +50,14 @@ __all__ = [
     "Members",
     "NickChanged",
     "Notice",
+    "OperatorChanged",
     "PrivateMessage",
     "Replay",
     "RoomEvent",
     "RoomList",
     "RoomNotice",
     "Welcome",
+    "kick_text",
 ]
 
 
@@ -121,20 +123,34 @@ class Joined(RoomEvent):
 PLAIN_LEAVE_REASONS = frozenset({"connection closed", "quit"})
 
 
+def kick_text(kicked_by: str, reason: str) -> str:
+    """The reason of a kick as everyone is told it: ``kicked by alice: spam``."""
+    return f"kicked by {kicked_by}: {reason}"
+
+
 @dataclass(frozen=True)
 class Left(RoomEvent):
     """``nick`` left the room (native: ``* nick left`` or ``* nick left (reason)``).
 
     :ivar reason: why: ``"quit"``, ``"connection closed"``, ``"connection
         lost"``, ``"slow consumer"``, ``"joined ROOM"``, the text given to
-        ``/quit`` or a reason a plugin gave.
+        ``/quit``, a reason a plugin gave, or a kick's :func:`kick_text`.
     :ivar disconnected: True if the client left the server, False if it moved
         to another room (IRC tells QUIT from PART).
+    :ivar kicked_by: the nickname of the operator who kicked the client out
+        (``client.disconnect(..., kicked_by=...)``), or ``""``: IRC shows a
+        kick as ``KICK``, not as a ``QUIT``.
     """
 
     nick: str
     reason: str = "connection closed"
     disconnected: bool = True
+    kicked_by: str = ""
+
+    @property
+    def kick_reason(self) -> str:
+        """A kick's reason in the operator's own words (``spam``), else the reason."""
+        return self.reason.removeprefix(kick_text(self.kicked_by, "")) if self.kicked_by else self.reason
 
     @property
     def shown_reason(self) -> str | None:
@@ -148,6 +164,18 @@ class NickChanged(RoomEvent):
 
     nick: str
     new_nick: str
+
+
+@dataclass(frozen=True)
+class OperatorChanged(RoomEvent):
+    """``nick`` became an operator (``/oper``, IRC's ``OPER``), or is one no
+    more (``operator=False``), told to the others in its room so that IRC
+    clients can mark it ``@`` (``MODE #room +o nick``; the operator's own
+    client gets a user ``MODE nick +o``). No native form: native clients
+    show no operator status."""
+
+    nick: str
+    operator: bool = True
 
 
 @dataclass(frozen=True)

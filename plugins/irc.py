@@ -39,15 +39,19 @@ from chatcore.events import (
     Members,
     NickChanged,
     Notice,
+    OperatorChanged,
     PrivateMessage,
     Replay,
     RoomEvent,
     RoomList,
     RoomNotice,
     Welcome,
+    kick_text,
 )
 from chatcore.message import Message
+from chatcore.plugins import opers
 from chatcore.plugins.commands import nick_problem, room_problem
+from chatcore.plugins.opers import operator_name
 from chatcore.transports import Scheme
 from chatcore.wire import Protocol, WireFormat
 from chatcore.wire.native import LineFramer, event_line, sanitize
@@ -95,7 +99,7 @@ def channel(room: str) -> str:
 
 
 #: Commands whose last parameter is text: always sent as a trailing one.
-_TEXT_COMMANDS = frozenset({"PRIVMSG", "NOTICE", "PART", "QUIT", "ERROR", "PONG"})
+_TEXT_COMMANDS = frozenset({"PRIVMSG", "NOTICE", "PART", "QUIT", "ERROR", "PONG", "KICK"})
 
 
 def irc_line(prefix: str | None, command: str, *params: str) -> str:
@@ -190,7 +194,12 @@ class IRCFormat(WireFormat):
             # Before registration an error is a refusal, and "disconnected:"
             # is the engine's last word: both close the link.
             if not client.nick or event.text.startswith("disconnected: "):
-                return _encode([irc_line(None, "ERROR", f"Closing Link: {event.text}")])
+                closing = irc_line(None, "ERROR", f"Closing Link: {event.text}")
+                if client.kicked_by:  # the kicked user's client shows the KICK as IRC clients do, then goes
+                    words = event.text.removeprefix("disconnected: " + kick_text(client.kicked_by, ""))
+                    kick = irc_line(self.mask(client.kicked_by), "KICK", channel(client.room), client.nick, words)
+                    return _encode([kick, closing])
+                return _encode([closing])
             return _encode(self.notice_lines(nick, f"error: {event.text}"))
         if isinstance(event, PrivateMessage):
             if event.echo:  # IRC clients show what they sent themselves
@@ -236,6 +245,8 @@ class IRCFormat(WireFormat):
         if isinstance(event, Joined):
             return [irc_line(self.mask(event.nick), "JOIN", target)]
         if isinstance(event, Left):
+            if event.kicked_by:  # an operator's kick: IRC clients show who and why
+                return [irc_line(self.mask(event.kicked_by), "KICK", target, event.nick, event.kick_reason)]
             if event.disconnected:
                 return [irc_line(self.mask(event.nick), "QUIT", _quit_text(event.reason))]
             return [irc_line(self.mask(event.nick), "PART", target, event.reason)]
@@ -245,6 +256,8 @@ class IRCFormat(WireFormat):
             return [irc_line(f"{event.nick}!{user}@{HOST}", "NICK", event.new_nick)]
         if isinstance(event, RoomNotice):
             return self.notice_lines(target, event.text)
+        if isinstance(event, OperatorChanged):  # operators are @ in every channel
+            return [irc_line(self.server, "MODE", target, "+o" if event.operator else "-o", event.nick)]
         return []
 
     def welcome_lines(self, nick: str, motd: Iterable[str]) -> list[str]:
@@ -255,7 +268,7 @@ class IRCFormat(WireFormat):
             numeric(nick, "001", f"Welcome to the {self.network} IRC network, {self.mask(nick)}"),
             numeric(nick, "002", f"Your host is {self.server}, running version {version}"),
             numeric(nick, "003", f"This server was created {STARTED}"),
-            numeric(nick, "004", self.server, version, "i", "nt"),
+            numeric(nick, "004", self.server, version, "io", "nt"),
             numeric(
                 nick,
                 "005",
@@ -283,9 +296,15 @@ class IRCFormat(WireFormat):
         lines.append(self.numeric(nick, "376", "End of /MOTD command."))
         return lines
 
+    def is_operator(self, nick: str) -> bool:
+        member = None if self.registry is None else self.registry.find(nick)
+        return member is not None and operator_name(member) is not None
+
     def names_lines(self, nick: str, room: str, nicks: Iterable[str]) -> list[str]:
-        """353 (as many as the nicknames need) and 366."""
-        lines = text_lines(f":{self.server} 353 {nick} = {channel(room)}", " ".join(nicks))
+        """353 (as many as the nicknames need) and 366; operators are ``@nick``
+        (they can kick in every channel: chatcore's only channel operators)."""
+        shown = " ".join("@" + name if self.is_operator(name) else name for name in nicks)
+        lines = text_lines(f":{self.server} 353 {nick} = {channel(room)}", shown)
         return [*lines, self.numeric(nick, "366", channel(room), "End of /NAMES list.")]
 
     def join_lines(self, client: Client) -> list[str]:
@@ -724,6 +743,8 @@ class IRCProtocol(Protocol):
             user, realname = self._userinfo(member)
             state = irc_state(member)
             here = "G" if state is not None and state.away is not None else "H"
+            if operator_name(member) is not None:  # an IRC operator, and @ as in NAMES
+                here += "*@"
             lines.append(
                 self.wire.numeric(
                     client.nick,
@@ -761,6 +782,8 @@ class IRCProtocol(Protocol):
             self.wire.numeric(client.nick, "319", nick, channel(member.room)),
             self.wire.numeric(client.nick, "312", nick, self.wire.server, f"chatcore {__version__}"),
         ]
+        if operator_name(member) is not None:
+            lines.append(self.wire.numeric(client.nick, "313", nick, "is an IRC operator"))
         state = irc_state(member)
         if state is not None and state.away is not None:
             lines.append(self.wire.numeric(client.nick, "301", nick, state.away))
@@ -807,8 +830,10 @@ class IRCProtocol(Protocol):
                 self.reply("403", target, "No such channel")
             elif len(params) == 1:
                 self.reply("324", target, "+nt")
-            elif params[1].lstrip("+") == "b":  # clients ask for the ban list on joining
+            elif params[1].lstrip("+") == "b" and len(params) == 2:  # clients ask for the ban list on joining
                 self.reply("368", target, "End of channel ban list")
+            elif operator_name(client) is not None:
+                self.reply("482", target, "Channel modes cannot be changed on chatcore; operators use KICK, BAN, MUTE")
             else:
                 self.reply("482", target, "Channel modes cannot be changed on chatcore")
             return
@@ -816,7 +841,7 @@ class IRCProtocol(Protocol):
             self.reply("502", "Can't change mode for other users")
             return
         if len(params) == 1:
-            self.reply("221", "+" + self.state.modes)
+            self.reply("221", "+" + self.state.modes + ("o" if operator_name(client) is not None else ""))
             return
         adding, changed, unknown = True, "", False
         for letter in params[1]:
@@ -826,12 +851,80 @@ class IRCProtocol(Protocol):
                 if adding != ("i" in self.state.modes):
                     self.state.modes = "i" if adding else ""
                     changed += ("+" if adding else "-") + "i"
+            elif letter == "o":
+                # +o is OPER's alone (RFC 2812 3.1.5: "should be ignored"); -o logs out.
+                if not adding and operator_name(client) is not None:
+                    opers.log_out(client)
+                    changed += "-o"
             else:
                 unknown = True
         if changed:
             self.send([irc_line(client.nick, "MODE", client.nick, changed)])
         if unknown:
             self.reply("501", "Unknown MODE flag")
+
+    # -- operators (the opers plugin's, docs/security.md) --
+
+    def oper(self, params: list[str]) -> None:
+        # The password is a secret: given to the opers plugin's check alone,
+        # never to a hook, a log or a reply.
+        if not self._need(params, 2, "OPER"):
+            return
+        client = self.client
+        if not opers.has_operators(client.server):
+            self.reply("491", "No operators are configured on this server (--opers-file)")
+        elif opers.log_in(client, params[0], params[1]):
+            self.reply("381", "You are now an IRC operator")
+            self.send([irc_line(client.nick, "MODE", client.nick, "+o")])
+        elif not client.closed:  # the third failure closes the connection
+            self.reply("464", "Password incorrect")
+
+    def kick(self, params: list[str]) -> None:
+        """``KICK #room nick[,nick] [:reason]``: an operator's ``/kick``,
+        which disconnects (chatcore has no channel of its own to leave)."""
+        if not self._need(params, 2, "KICK"):
+            return
+        client = self.client
+        registry = client.server.registry
+        name = params[0].split(",")[0]
+        room = name[1:].lower() if name.startswith("#") else ""
+        if not room or not registry.members(room):
+            self.reply("403", name, "No such channel")
+            return
+        if operator_name(client) is None:
+            self.reply("482", name, "You're not channel operator: log in with OPER name password")
+            return
+        reason = clean(params[2]) if len(params) > 2 else ""
+        for nick in params[1].split(",")[:MAX_TARGETS]:
+            target = registry.find(nick)
+            if target is None or target.closed:
+                self.reply("401", nick, "No such nick/channel")
+            elif target.room != room:
+                self.reply("441", target.nick, name, "They aren't on that channel")
+            else:
+                self._kick(target, reason)
+
+    def kill(self, params: list[str]) -> None:
+        """``KILL nick :reason``: the same as ``KICK`` from the target's channel
+        (a chatcore kick disconnects, which is what KILL means)."""
+        if not self._need(params, 1, "KILL"):
+            return
+        client = self.client
+        if operator_name(client) is None:
+            self.reply("481", "Permission Denied- You're not an IRC operator")
+            return
+        target = client.server.registry.find(params[0])
+        if target is None or target.closed:
+            self.reply("401", params[0], "No such nick/channel")
+            return
+        self._kick(target, clean(params[1]) if len(params) > 1 else "")
+
+    def _kick(self, target: Client, reason: str) -> None:
+        client = self.client
+        reason = reason.strip() or "no reason given"
+        if client.room != target.room:  # the operator sees the KICK its room sees
+            self.send([irc_line(self.wire.mask(client.nick), "KICK", channel(target.room), target.nick, reason)])
+        opers.kick(client, target, reason)
 
     # -- the connection --
 
@@ -878,6 +971,9 @@ _HANDLERS: dict[str, Handler] = {
     "AWAY": IRCProtocol.away,
     "MODE": IRCProtocol.mode,
     "MOTD": IRCProtocol.motd,
+    "OPER": IRCProtocol.oper,
+    "KICK": IRCProtocol.kick,
+    "KILL": IRCProtocol.kill,
 }
 _BEFORE_REGISTRATION = frozenset({"CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
 

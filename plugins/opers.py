@@ -34,6 +34,7 @@ from chatcore import Client, Config, Message, UsageError, hookimpl
 from chatcore.config import restart_only
 from chatcore.engine import auth
 from chatcore.engine.limits import Network, address_key, parse_address
+from chatcore.events import OperatorChanged
 from chatcore.transports.listener import format_address
 
 if TYPE_CHECKING:
@@ -291,23 +292,54 @@ def _oper(client: Client, args: str) -> None:
     if not name or not password:
         client.error("usage: /oper NAME PASSWORD")
         return
+    if log_in(client, name, password):
+        client.notice(f"you are now an operator ({name})")
+    elif not client.closed:
+        client.error("wrong operator name or password")
+
+
+def log_in(client: Client, name: str, password: str) -> bool:
+    """Make ``client`` the operator ``name`` if ``password`` is theirs; the
+    check behind ``/oper`` and IRC's ``OPER``, which tell the client each in
+    their own way. On the client's own thread: a failure sleeps there.
+
+    Defends against guessing: an unknown name costs the same scrypt time as
+    a known one, each failure is logged with the address (never the
+    password) and slows this connection more, and the third closes it.
+    """
     state = _state(client.server)
     where = format_address(*client.address)
     stored = state.operators.get(name)
     # A made-up hash for unknown names, so they take as long as real ones.
     if auth.verify_password(stored or _DUMMY_HASH, password) and stored is not None:
+        was = operator_name(client)
         client.data.setdefault(NAME, {})["oper"] = name
         log.warning("operator %s logged in: %s from %s", name, client.nick, where)
-        client.notice(f"you are now an operator ({name})")
-        return
+        if was is None and client.room:
+            # To the others: the operator's own client is told its way (IRC: a user MODE +o).
+            client.server.publish(OperatorChanged(client.room, nick=client.nick), exclude=client)
+        return True
     data = client.data.setdefault(NAME, {})
     failures = data["failures"] = data.get("failures", 0) + 1
     log.warning("failed /oper as %r by %s from %s (attempt %d)", name, client.nick, where, failures)
     time.sleep(min(OPER_DELAY * failures, 5.0))  # this client's thread only
     if failures >= OPER_ATTEMPTS:
         client.disconnect(f"{failures} failed operator logins")
-        return
-    client.error("wrong operator name or password")
+    return False
+
+
+def has_operators(server: ChatServer) -> bool:
+    """Whether anyone can become an operator here (``--opers-file`` lists some)."""
+    return bool(_state(server).operators)
+
+
+def log_out(client: Client) -> None:
+    """``client`` is an operator no more (IRC's ``MODE nick -o``)."""
+    name = client.data.get(NAME, {}).pop("oper", None)
+    if name is not None:
+        log.warning("operator %s logged out: %s", name, client.nick)
+        if client.room:
+            client.server.publish(OperatorChanged(client.room, nick=client.nick, operator=False), exclude=client)
 
 
 _DUMMY_HASH = auth.hash_password("not an operator", salt=b"chatcore-dummy!!")
@@ -329,10 +361,18 @@ def _kick(client: Client, oper: str, args: str) -> None:
     target = _target(client, nick)
     if target is None:
         return
-    reason = reason.strip() or "no reason given"
-    log.warning("operator %s (%s) kicked %s from %s: %s", oper, client.nick, target.nick, target.address[0], reason)
-    target.disconnect(f"kicked by {client.nick}: {reason}", cause="kick")
+    kick(client, target, reason)
     client.notice(f"kicked {target.nick}")
+
+
+def kick(operator: Client, target: Client, reason: str) -> None:
+    """``operator`` kicks ``target`` out of the server (``/kick``, IRC's
+    ``KICK`` and ``KILL``): logged, and the room sees a leave with the
+    reason (IRC users a ``KICK``). The caller checked that ``operator`` is one."""
+    reason = reason.strip() or "no reason given"
+    oper = operator_name(operator)
+    log.warning("operator %s (%s) kicked %s from %s: %s", oper, operator.nick, target.nick, target.address[0], reason)
+    target.disconnect(reason, kicked_by=operator.nick)
 
 
 def _network_of(client: Client, text: str) -> tuple[Network, str] | None:

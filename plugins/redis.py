@@ -114,11 +114,16 @@ _IDENTITY = frozenset({"offset", "epoch", "time"})
 
 def encode_event(event: RoomEvent) -> str:
     """``event`` as the JSON of a stream entry's ``event`` field:
-    ``{"type": "Chat", "room": "lobby", "nick": "alice", "text": "hi", "time": 1.5}``."""
+    ``{"type": "Chat", "room": "lobby", "nick": "alice", "text": "hi", "time": 1.5}``.
+
+    Fields at their default are left out: a field added later with a
+    default (``Left.kicked_by``) then changes nothing for the events that
+    do not use it, and servers that do not know it still read those."""
     record: dict[str, Any] = {"type": type(event).__name__, "time": event.time}
     for item in dataclasses.fields(event):
-        if item.name not in _IDENTITY:
-            record[item.name] = getattr(event, item.name)
+        value = getattr(event, item.name)
+        if item.name not in _IDENTITY and value != item.default:
+            record[item.name] = value
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
 

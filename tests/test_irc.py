@@ -635,3 +635,144 @@ def test_irc_users_are_paced_like_everyone(chat_server_factory, connect, natives
     flood = [line for line in watcher.received if line.startswith("<alice>")]
     assert flood == [f"<alice> line {n}" for n in range(25)]  # paced, not dropped
     assert time.monotonic() - started > 0.8  # 20 lines past the burst at 20 a second
+
+
+# -- operators (the opers plugin) ---------------------------------------------------------
+
+OPER_PASSWORD = "s3cret-oper"
+
+
+@pytest.fixture
+def opers_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from chatcore.engine.auth import hash_password
+    from chatcore.plugins import opers
+
+    monkeypatch.setattr(opers, "OPER_DELAY", 0.05)  # failures are slowed: not by a second here
+    path = tmp_path / "opers"
+    path.write_text(f"root {hash_password(OPER_PASSWORD)}\n", encoding="utf-8")
+    return path
+
+
+def test_oper_makes_an_irc_operator_who_kicks_and_kills(chat_server_factory, connect, natives, opers_file, caplog):
+    server = start(chat_server_factory, "--opers-file", str(opers_file))
+    dave = native(server, natives, "dave")
+    alice = register(connect, server, "alice")
+    bob = register(connect, server, "bob")
+    carol = register(connect, server, "carol")
+    alice.expect(":carol!carol@chatcore JOIN #lobby")
+    bob.expect(":carol!carol@chatcore JOIN #lobby")
+
+    # Not an operator yet: 482 for KICK, 481 for KILL, a wrong password 464.
+    alice.send("KICK #lobby bob :spam")
+    alice.send("KILL bob :spam")
+    alice.send("KICK #nowhere bob")
+    alice.send("KICK #lobby")
+    alice.send("OPER root wrong")
+    alice.send("OPER nobody " + OPER_PASSWORD)
+    assert alice.sync() == [
+        ":chatcore 482 alice #lobby :You're not channel operator: log in with OPER name password",
+        ":chatcore 481 alice :Permission Denied- You're not an IRC operator",
+        ":chatcore 403 alice #nowhere :No such channel",
+        ":chatcore 461 alice KICK :Not enough parameters",
+        ":chatcore 464 alice :Password incorrect",
+        ":chatcore 464 alice :Password incorrect",
+    ]
+    assert any("failed /oper as 'root' by alice" in record.getMessage() for record in caplog.records)
+    assert OPER_PASSWORD not in caplog.text
+
+    dave.expect("* carol joined")
+    alice.send(f"OPER root {OPER_PASSWORD}")
+    alice.send("MODE alice")
+    assert alice.sync() == [
+        ":chatcore 381 alice :You are now an IRC operator",
+        ":alice MODE alice +o",
+        ":chatcore 221 alice +o",
+    ]
+    assert carol.expect(" MODE ") == ":chatcore MODE #lobby +o alice"  # the others are told in the channel
+    assert dave.sync() == []  # native users are shown no operator status
+    # Everyone sees the operator: @ in NAMES, * and @ in WHO, 313 in WHOIS.
+    carol.send("NAMES #lobby")
+    carol.send("WHO alice")
+    carol.send("WHOIS alice")
+    assert carol.sync() == [
+        ":chatcore 353 carol = #lobby :@alice bob carol dave",
+        ":chatcore 366 carol #lobby :End of /NAMES list.",
+        ":chatcore 352 carol #lobby alice chatcore chatcore alice H*@ :0 The real alice",
+        ":chatcore 315 carol alice :End of /WHO list.",
+        ":chatcore 311 carol alice alice chatcore * :The real alice",
+        ":chatcore 319 carol alice #lobby",
+        ":chatcore 312 carol alice chatcore :chatcore 0.1.0",
+        ":chatcore 313 carol alice :is an IRC operator",
+        ":chatcore 318 carol alice :End of /WHOIS list.",
+    ]
+
+    # A KICK: IRC users see a KICK line, native users the native leave; the kicked one is closed.
+    alice.send("KICK #lobby nobody")
+    assert alice.sync() == [":chatcore 401 alice nobody :No such nick/channel"]
+    alice.send("KICK #lobby bob :spamming links")
+    assert alice.expect(" KICK ") == ":alice!alice@chatcore KICK #lobby bob :spamming links"
+    assert carol.expect(" KICK ") == ":alice!alice@chatcore KICK #lobby bob :spamming links"
+    assert dave.expect(re.compile("bob left")) == "* bob left (kicked by alice: spamming links)"
+    assert bob.wait_closed()[-2:] == [
+        ":alice!alice@chatcore KICK #lobby bob :spamming links",  # IRC clients show "kicked by alice"
+        "ERROR :Closing Link: disconnected: kicked by alice: spamming links",
+    ]
+    assert any("operator root (alice) kicked bob" in record.getMessage() for record in caplog.records)
+
+    # KILL is the same kick, from the target's channel: the operator elsewhere sees it too.
+    erin = native(server, natives, "erin")
+    erin.send("/join dev")
+    erin.expect(re.compile(r"^\* you are now in dev"))
+    alice.send("KICK #dev carol")
+    alice.send("KILL erin")
+    assert alice.expect(re.compile(" 441 ")) == ":chatcore 441 alice carol #dev :They aren't on that channel"
+    assert alice.expect(re.compile(" KICK #dev ")) == ":alice!alice@chatcore KICK #dev erin :no reason given"
+    assert erin.wait_closed()[-1] == "! disconnected: kicked by alice: no reason given"
+
+    # MODE -o: an operator no more.
+    alice.send("MODE alice -o")
+    alice.send("KICK #lobby carol")
+    assert alice.sync() == [
+        ":alice MODE alice -o",
+        ":chatcore 482 alice #lobby :You're not channel operator: log in with OPER name password",
+    ]
+
+
+def test_oper_without_operators_gets_491_and_the_other_operator_commands_are_irc_commands(
+    chat_server_factory, connect, natives, opers_file
+):
+    plain = start(chat_server_factory)
+    alice = register(connect, plain, "alice")
+    alice.send(f"OPER root {OPER_PASSWORD}")
+    alice.send("OPER root")
+    assert alice.sync() == [
+        ":chatcore 491 alice :No operators are configured on this server (--opers-file)",
+        ":chatcore 461 alice OPER :Not enough parameters",
+    ]
+
+    server = start(chat_server_factory, "--opers-file", str(opers_file))
+    root = native(server, natives, "root")
+    bob = register(connect, server, "bob")
+    carol = register(connect, server, "carol")
+    bob.expect(":carol!carol@chatcore JOIN #lobby")
+    bob.send("MUTE carol")
+    assert bob.sync() == [":chatcore NOTICE bob :error: /mute is for operators; log in with /oper NAME PASSWORD"]
+    # A native operator is @ for IRC users too.
+    root.send(f"/oper root {OPER_PASSWORD}")
+    root.expect("* you are now an operator (root)")
+    assert bob.expect(" MODE ") == ":chatcore MODE #lobby +o root"
+    bob.send("NAMES #lobby")
+    assert bob.sync()[0] == ":chatcore 353 bob = #lobby :bob carol @root"
+    bob.send(f"OPER root {OPER_PASSWORD}")
+    bob.expect(" 381 ")
+    # BAN, MUTE ... have no IRC command of their own: they are chatcore commands (/quote MUTE carol 5m).
+    bob.send("MUTE carol 5m")
+    assert bob.expect(" NOTICE ") == ":chatcore NOTICE bob :muted carol for 5m"
+    carol.send("PRIVMSG #lobby :can anyone hear me?")
+    assert carol.expect(" NOTICE carol :error") == (
+        ":chatcore NOTICE carol :error: you are muted by an operator for 5m more; nothing was sent"
+    )
+    bob.send("MODE #lobby +b carol!*@*")
+    assert bob.sync() == [
+        ":chatcore 482 bob #lobby :Channel modes cannot be changed on chatcore; operators use KICK, BAN, MUTE"
+    ]

@@ -1,9 +1,10 @@
 """IRC software nobody here wrote against a real ``chatcore serve``: the
-``irc`` library (jaraco/irc) as a bot, and Debian's ``ii`` client, each in a
-room with a native client.
+``irc`` library (jaraco/irc) as a bot, and Debian's ``ii`` client and
+WeeChat (``weechat-headless``), each in a room with a native client.
 
-``ii`` comes from Debian (``apt-get install ii``; .ci/run installs it): a
-missing ``ii`` is a failure, never a skip.
+``ii`` and ``weechat-headless`` come from Debian (``apt-get install ii
+weechat-headless``; .ci/run installs them): a missing one is a failure,
+never a skip.
 """
 
 from __future__ import annotations
@@ -149,6 +150,39 @@ def test_a_native_users_quit_reaches_the_bot(server, bob):
         bot.reactor.disconnect_all()
 
 
+def test_the_irc_library_as_an_operator_kicks_and_a_bot_sees_the_kick(tmp_path):
+    from chatcore.engine.auth import hash_password
+
+    opers_file = tmp_path / "opers"
+    opers_file.write_text(f"warden {hash_password('keys')}\n", encoding="utf-8")
+    listen = ["--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0"]
+    with ServerProcess("--plugins", "irc", "--opers-file", str(opers_file), *listen) as proc:
+        op, watcher = Bot(proc.addresses["irc"], "warden"), Bot(proc.addresses["irc"], "watcher")
+        spammer = LineClient(proc.addresses["tcp"])
+        try:
+            op.wait_type("endofnames")
+            watcher.wait_type("endofnames")
+            spammer.sync()
+            spammer.send("/nick spammer")
+            watcher.wait_type("nick", target="spammer")
+            op.connection.kick("#lobby", "spammer", "no spam")
+            assert op.wait_type("chanoprivsneeded").arguments[0] == "#lobby"
+            op.connection.oper("warden", "keys")
+            op.wait_type("youreoper")
+            op.events.clear()  # the NAMES of its JOIN are in there
+            op.connection.names(["#lobby"])
+            assert "@warden" in op.wait_type("namreply").arguments[2].split()
+            op.connection.kick("#lobby", "spammer", "no spam")
+            kick = watcher.wait_type("kick")
+            assert (kick.source.nick, kick.target, kick.arguments) == ("warden", "#lobby", ["spammer", "no spam"])
+            assert spammer.wait_closed()[-1] == "! disconnected: kicked by warden: no spam"
+        finally:
+            spammer.close()
+            op.reactor.disconnect_all()
+            watcher.reactor.disconnect_all()
+    assert proc.returncode == 0, proc.stderr
+
+
 # -- ii, Debian's file-based IRC client ----------------------------------------------------
 
 
@@ -240,3 +274,105 @@ def test_the_ii_client_end_to_end(server, bob, tmp_path):
         assert ii.proc.wait(TIMEOUT) is not None  # ii exits when the server closes the link
     finally:
         ii.stop()
+
+
+# -- WeeChat, a terminal IRC client, headless -----------------------------------------------
+
+
+class WeeChat:
+    """``weechat-headless`` in a child process with a home of its own:
+    commands go in through its FIFO plugin, what it shows comes out of its
+    logger plugin's files (one per buffer, flushed at once)."""
+
+    def __init__(self, address: tuple[str, int], nick: str, home: Path) -> None:
+        executable = shutil.which("weechat-headless")
+        assert executable, "weechat-headless is not installed: apt-get install weechat-headless (.ci/run installs it)"
+        self.home = home
+        self.fifo = home / "fifo"
+        self.logs = home / "logs"
+        setup = ";".join(
+            [
+                "/set logger.file.flush_delay 0",
+                f"/set logger.file.path {self.logs}",
+                f"/set fifo.file.path {self.fifo}",
+                f"/server add chatcore {address[0]}/{address[1]} -notls",
+                f"/set irc.server.chatcore.nicks {nick}",
+                f"/set irc.server.chatcore.username {nick}",
+                "/set irc.server.chatcore.autoreconnect off",
+                # WeeChat's own flood control waits 2 s between lines by default.
+                "/set irc.server.chatcore.anti_flood_prio_high 0",
+                "/set irc.server.chatcore.anti_flood_prio_low 0",
+                "/connect chatcore",
+            ]
+        )
+        self.proc = subprocess.Popen(
+            # Only the plugins it needs: no scripts, no spelling, no relay.
+            [executable, "--dir", str(home), "--plugins", "irc,logger,fifo", "--no-script", "--run-command", setup],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def command(self, buffer: str, line: str) -> None:
+        """``line`` typed into ``buffer`` (``irc.chatcore.#lobby``, ``irc.server.chatcore``)."""
+        wait_for(self.fifo.exists, TIMEOUT, f"{self.fifo} made by WeeChat")
+        fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(fd, f"{buffer} *{line}\n".encode())
+        finally:
+            os.close(fd)
+
+    def wait_log(self, buffer: str, pattern: str) -> str:
+        """The first line of ``buffer``'s log (``date time<TAB>prefix<TAB>text``) matching ``pattern``."""
+        where = self.logs / f"{buffer}.weechatlog"
+        regex = re.compile(pattern)
+
+        def found() -> str | None:
+            text = where.read_text(encoding="utf-8", errors="replace") if where.exists() else ""
+            return next((line.split("\t", 1)[1] for line in text.splitlines() if regex.search(line)), None)
+
+        line: str = wait_for(found, TIMEOUT, f"{pattern!r} in {where}")
+        return line
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def test_weechat_end_to_end(server, bob, tmp_path):
+    wee = WeeChat(server.addresses["irc"], "weeuser", tmp_path)
+    try:
+        server_buffer, lobby, dev = "irc.server.chatcore", "irc.chatcore.#lobby", "irc.chatcore.#dev"
+        wee.wait_log(server_buffer, r"Welcome to the chatcore IRC network, weeuser!weeuser@chatcore")
+        assert wee.wait_log(lobby, r"has joined #lobby") == "-->\tweeuser (weeuser@chatcore) has joined #lobby"
+        assert bob.expect(re.compile("joined")) == "* weeuser joined"
+
+        wee.command(lobby, "hello from WeeChat")
+        assert bob.readline() == "<weeuser> hello from WeeChat"
+        bob.send("hello WeeChat")
+        assert wee.wait_log(lobby, r"hello WeeChat$") == "bob\thello WeeChat"
+        wee.command(lobby, "/me waves")
+        assert bob.readline() == "* weeuser waves"
+        bob.send("/me waves back")
+        assert bob.readline() == "* bob waves back"
+        assert wee.wait_log(lobby, r"waves back$") == " *\tbob waves back"
+
+        # A JOIN moves it (one channel at a time); bob follows, and they talk in #dev.
+        wee.command(server_buffer, "/join #dev")
+        assert bob.expect(re.compile("weeuser left")) == "* weeuser left (joined dev)"
+        wee.wait_log(dev, r"weeuser \(weeuser@chatcore\) has joined #dev")
+        bob.send("/join dev")
+        wee.wait_log(dev, r"bob \(bob@chatcore\) has joined #dev")
+        wee.command(dev, "in dev now")
+        assert bob.expect(re.compile("<weeuser>")) == "<weeuser> in dev now"
+
+        wee.command(server_buffer, "/quit see you later")
+        assert bob.expect(re.compile("weeuser left")) == "* weeuser left (see you later)"
+        assert wee.proc.wait(TIMEOUT) == 0  # /quit ends WeeChat
+    finally:
+        wee.stop()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from redis_support import Proxy, RedisServer
 
-from chatcore.events import Action, Chat, Joined, Left, NickChanged, RoomNotice
+from chatcore.events import Action, Chat, Joined, Left, NickChanged, OperatorChanged, RoomNotice
 from chatcore.plugins.redis import decode_event, encode_event, redacted
 from chatcore.testing import LineClient, ServerProcess, wait_for
 
@@ -136,8 +136,15 @@ def test_events_travel_as_versioned_json() -> None:
         Left("lobby", nick="carol", reason="joined dev", disconnected=False),
         NickChanged("lobby", nick="carol", new_nick="caz"),
         RoomNotice("lobby", text="hello"),
+        Left("lobby", nick="bob", reason="kicked by alice: spam", kicked_by="alice"),
+        OperatorChanged("lobby", nick="alice", operator=False),
     ]:
         assert decode_event(encode_event(event)) == event
+    # Fields at their default are left out: a plain leave reads as it did before kicked_by.
+    assert (
+        encode_event(Left("lobby", nick="carol", time=1.5))
+        == '{"type":"Left","time":1.5,"room":"lobby","nick":"carol"}'
+    )
     for bad, why in [
         ('{"type": "Shout", "room": "x"}', "unknown event type"),
         ('{"type": "Chat", "room": "x"}', "missing"),

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from chatcore.events import Error, Event, Notice
+from chatcore.events import Error, Event, Notice, kick_text
 
 if TYPE_CHECKING:
     from chatcore.engine.server import ChatServer
@@ -86,6 +86,7 @@ class Client:
         "connected_at",
         "data",
         "id",
+        "kicked_by",
         "last_input",
         "nick",
         "room",
@@ -127,6 +128,8 @@ class Client:
         self.close_reason: str | None = None
         #: That reason as one of :data:`DISCONNECT_CAUSES` (``None`` while connected).
         self.close_cause: str | None = None
+        #: The operator who kicked the client out (``disconnect(kicked_by=...)``), or None.
+        self.kicked_by: str | None = None
         #: When the reader last received data (``time.monotonic()``): where
         #: a message's latency starts.
         self.arrived = 0.0
@@ -220,6 +223,7 @@ class Client:
         notice: str | None = None,
         linger: float = 0.0,
         cause: str | None = None,
+        kicked_by: str | None = None,
     ) -> None:
         """Disconnect this client, from any thread; idempotent.
 
@@ -235,9 +239,16 @@ class Client:
         :param cause: one of :data:`DISCONNECT_CAUSES`, for metrics (default:
             taken from a reason the engine knows, else ``"other"``); a
             plugin that kicks or bans says ``cause="kick"`` or ``"ban"``.
+        :param kicked_by: the nickname of the operator kicking the client
+            out; ``reason`` is then theirs, told to all as ``kicked by NICK:
+            reason`` (:func:`chatcore.events.kick_text`), the cause is
+            ``"kick"`` and the leave event says who (IRC shows a ``KICK``).
         """
         if self.close_reason is not None:
             return
+        if kicked_by is not None:
+            reason, cause = kick_text(kicked_by, reason), cause or "kick"
+            self.kicked_by = kicked_by  # before the last words: a wire format may show a kick its way
         if notice is not None:
             self.notice(notice)
         elif tell:

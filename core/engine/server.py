@@ -525,7 +525,7 @@ class ChatServer:
         room = client.room
         if self.registry.remove(client):
             if not self._stopping:
-                self.publish(Left(room, nick=client.nick, reason=reason))
+                self.publish(Left(room, nick=client.nick, reason=reason, kicked_by=client.kicked_by or ""))
             log.info("client left: %s from %s (%s)", client.nick, format_address(*client.address), reason)
             self.hooks.client_left(client, room, reason)
             self.hooks.release_nick(client, client.nick)
