@@ -91,14 +91,10 @@ class BaseChatUser(User):
         self.send_name = send_name(endpoints, index)
         for request_type, name, step in (
             ("connect", "welcome", connection.connect),
-            (
-                "nick",
-                "/nick",
-                lambda: connection.command(f"/nick {connection.nickname()}", "* you are"),
-            ),
-            ("join", "/join", lambda: connection.command(f"/join {self.room}", f"* you are now in {self.room} ")),
+            ("nick", "/nick", connection.set_nick),
+            ("join", "/join", lambda: connection.join(self.room)),
         ):
-            if request_type == "nick" and not self.set_nick:
+            if request_type == "nick" and not (self.set_nick and connection.sets_nick):
                 continue
             started = time.perf_counter()
             try:
