@@ -23,7 +23,7 @@ from typing import Any
 
 import _chatview  # noqa: F401  (the Chat tab and HTML report: listeners registered on import)
 from _chatclient import ChatConnection, ChatError
-from _common import LocustRecorder, endpoints_of, sampler, send_name
+from _common import LocustRecorder, sampler, send_name, setup_name, spread_of
 from _transports import transport_for
 from locust import User, task
 from locust.exception import StopUser
@@ -73,11 +73,13 @@ class BaseChatUser(User):
         """Connect, take a nickname, join the room and start receiving;
         each step is recorded. False (and the failure recorded) if a step
         failed."""
-        endpoints = endpoints_of(self.environment, self.host)
-        # Round robin over --chat-hosts, each worker process starting one
-        # server further on, so that several processes spread evenly too.
+        spread = spread_of(self.environment, self.host)
+        endpoints = spread.endpoints
+        # Round robin over --chat-hosts (or the --chat-mix cycle), each
+        # worker process starting one place further on, so that several
+        # processes spread evenly too.
         offset: int = getattr(self.environment.runner, "worker_index", 0) or 0
-        index = (self.number + offset) % len(endpoints)
+        index = spread.index(self.number + offset)
         endpoint = endpoints[index]
         fire = self.environment.events.request.fire
         connection = ChatConnection(
@@ -89,13 +91,14 @@ class BaseChatUser(User):
         )
         self.connection = connection
         self.send_name = send_name(endpoints, index)
-        for request_type, name, step in (
+        for request_type, step_name, step in (
             ("connect", "welcome", connection.connect),
             ("nick", "/nick", connection.set_nick),
             ("join", "/join", lambda: connection.join(self.room)),
         ):
             if request_type == "nick" and not (self.set_nick and connection.sets_nick):
                 continue
+            name = setup_name(endpoints, index, step_name)
             started = time.perf_counter()
             try:
                 step()

@@ -28,6 +28,7 @@ Adding a scheme is one small class registered in :data:`TRANSPORTS` (and a
 from __future__ import annotations
 
 import json
+import math
 import urllib.parse
 from collections import deque
 from collections.abc import Iterator
@@ -479,9 +480,8 @@ def parse_endpoint(url: str) -> Endpoint:
     """
     text = url.strip()
     parts = urllib.parse.urlsplit(text if "://" in text else "tcp://" + text)
-    schemes = ", ".join(f"{name}://" for name in TRANSPORTS)
     if parts.scheme not in TRANSPORTS:
-        raise ValueError(f"{url!r}: unknown scheme {parts.scheme}://; use one of {schemes}")
+        raise ValueError(f"{url!r}: unknown scheme {parts.scheme}://; use one of {_scheme_list()}")
     try:
         port = parts.port
     except ValueError:
@@ -501,6 +501,93 @@ def parse_endpoints(host: str | None, chat_hosts: str | None) -> list[Endpoint]:
     if not endpoints:
         raise ValueError(f"--chat-hosts {chat_hosts!r}: no server in it")
     return endpoints
+
+
+class Spread:
+    """Which of the run's servers each user connects to.
+
+    Without a mix: round robin over the servers, user 0 on the first, user 1
+    on the second ... With ``--chat-mix tcp=6,ws=3,irc=1``: users take the
+    schemes in a fixed cycle that interleaves them by weight (smooth weighted
+    round robin: of every 10 users, 6 are native, 3 web, 1 IRC, spread out
+    rather than in blocks), and round robin over that scheme's servers.
+    """
+
+    def __init__(self, endpoints: list[Endpoint], weights: dict[str, int] | None = None) -> None:
+        self.endpoints = endpoints
+        #: Scheme -> weight, as given (empty: plain round robin).
+        self.weights = weights or {}
+        self.order = _interleave(self.weights)
+
+    def index(self, number: int) -> int:
+        """The index in :attr:`endpoints` of user ``number``'s server."""
+        order = self.order
+        if not order:
+            return number % len(self.endpoints)
+        cycle, slot = divmod(number, len(order))
+        scheme = order[slot]
+        # How many users of this scheme came before: whole cycles, then this one.
+        before = cycle * order.count(scheme) + order[:slot].count(scheme)
+        servers = [i for i, endpoint in enumerate(self.endpoints) if endpoint.scheme == scheme]
+        return servers[before % len(servers)]
+
+
+def _interleave(weights: dict[str, int]) -> list[str]:
+    """One cycle of schemes, each as often as its weight (reduced by their
+    common divisor), spread out: nginx's smooth weighted round robin."""
+    divisor = math.gcd(*weights.values()) if weights else 1
+    weights = {scheme: weight // divisor for scheme, weight in weights.items() if weight}
+    total = sum(weights.values())
+    current = dict.fromkeys(weights, 0)
+    order = []
+    for _ in range(total):
+        for scheme, weight in weights.items():
+            current[scheme] += weight
+        pick = max(current, key=current.__getitem__)  # the first of equals: the order given
+        current[pick] -= total
+        order.append(pick)
+    return order
+
+
+def parse_spread(endpoints: list[Endpoint], mix: str | None) -> Spread:
+    """The users' spread over ``endpoints``; ``mix`` is ``--chat-mix``
+    (``SCHEME=WEIGHT,...``; empty: plain round robin).
+
+    :raises ValueError: with a message that says what to write instead.
+    """
+    if not mix or not mix.strip():
+        return Spread(endpoints)
+    example = "e.g. --chat-mix tcp=6,ws=3,irc=1"
+    weights: dict[str, int] = {}
+    for item in (part.strip() for part in mix.split(",")):
+        if not item:
+            continue
+        scheme, equals, weight = item.partition("=")
+        scheme = scheme.strip().removesuffix("://")
+        if not equals or not weight.strip().isdigit():
+            raise ValueError(f"--chat-mix {mix!r}: {item!r} is not SCHEME=WEIGHT ({example})")
+        if scheme not in TRANSPORTS:
+            raise ValueError(f"--chat-mix {mix!r}: unknown scheme {scheme}://; use one of {_scheme_list()}")
+        if scheme in weights:
+            raise ValueError(f"--chat-mix {mix!r}: {scheme} is given twice")
+        weights[scheme] = int(weight)
+    present = list(dict.fromkeys(endpoint.scheme for endpoint in endpoints))
+    for scheme, weight in weights.items():
+        if scheme not in present:
+            raise ValueError(
+                f"--chat-mix gives {scheme}:// users a share, but no server URL is {scheme}://: "
+                f"add one to --chat-hosts or remove {scheme}={weight}"
+            )
+    for scheme in present:
+        if scheme not in weights:
+            raise ValueError(f"--chat-mix gives the {scheme}:// servers no share: add {scheme}=N ({scheme}=0 for none)")
+    if not any(weights.values()):
+        raise ValueError(f"--chat-mix {mix!r}: every weight is 0; give at least one transport users")
+    return Spread(endpoints, weights)
+
+
+def _scheme_list() -> str:
+    return ", ".join(f"{name}://" for name in TRANSPORTS)
 
 
 _transports: dict[str, Transport] = {}
