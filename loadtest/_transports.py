@@ -215,7 +215,8 @@ class IrcDialect(Dialect):
 
     def _replies(self, what: str) -> Iterator[tuple[str, str]]:
         """(command, parameters) of each line from the server; a numeric
-        error (4xx, 5xx) or ``ERROR`` raises :class:`ChatError`."""
+        error (4xx, 5xx; but 422, no MOTD, is normal) or ``ERROR`` raises
+        :class:`ChatError`."""
         while True:
             line = self.readline()
             if line.startswith(":"):
@@ -223,7 +224,7 @@ class IrcDialect(Dialect):
             command, _, params = line.partition(" ")
             if command == "PING":
                 self.send(f"PONG {params}\r\n".encode())
-            elif command == "ERROR" or (command[:1] in ("4", "5") and command.isdigit()):
+            elif command == "ERROR" or (command[:1] in ("4", "5") and command.isdigit() and command != "422"):
                 raise ChatError(f"{what}: {line}")
             else:
                 yield command, params

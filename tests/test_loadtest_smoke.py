@@ -28,6 +28,7 @@ from typing import IO, Any
 
 import pytest
 import trustme
+from redis_support import RedisServer
 
 from chatcore.testing import ServerProcess, wait_for
 
@@ -274,10 +275,134 @@ def test_chat_hosts_spread_users_over_separate_servers(tmp_path: Path) -> None:
     assert ("deliver", f"message {second} > {first}") not in entries
 
 
+SUMMARY = re.compile(r"chatcore: sent \d+ messages, \d+ deliveries .* lost 0, duplicated 0, reordered 0, corrupted 0")
+
+
+def assert_pairs_delivered(
+    entries: dict[Any, Any], urls: list[str], log: str, *, per_server: int = 2, share: float = 0.8
+) -> None:
+    """``per_server`` users on each of ``urls``, all in one room: each message
+    sent through one reaches the others on its own and all on the others."""
+    sent = {origin: entries[("send", f"message {origin}")]["num_requests"] for origin in urls}
+    for origin in urls:
+        assert sent[origin] >= 5, (origin, log)
+        for receiver in urls:
+            delivered = entries[("deliver", f"message {origin} > {receiver}")]["num_requests"]
+            users = per_server - 1 if origin == receiver else per_server
+            expected = sent[origin] * users
+            assert expected * share <= delivered <= expected, (origin, receiver, delivered, expected, log)
+
+
+@pytest.mark.parametrize("scheme", ["irc", "ircs", "ws", "wss"])
+def test_transport_counts_across_protocols(certs: Certs, tmp_path: Path, scheme: str) -> None:
+    """Two users on the transport and two native ones in one room: each
+    side counts what the other sent, with no loss, and the setup rows say
+    which steps each protocol took."""
+    tls = scheme in ("ircs", "wss")
+    with ServerProcess(
+        "--plugins", "irc,web",
+        "--listen", "tcp://127.0.0.1:0",
+        "--listen", f"{scheme}://127.0.0.1:0",
+        *(certs.args() if tls else []),
+    ) as server:  # fmt: skip
+        tcp, other = url("tcp", server.addresses["tcp"]), url(scheme, server.addresses[scheme])
+        code, entries, log = run_locust(
+            tmp_path, "--chat-hosts", f"{tcp},{other}", "--ca", str(certs.ca_file), seconds=3
+        )
+    assert code == 0, log
+    assert not [key for key, e in entries.items() if e["num_failures"]], log
+    assert entries[("connect", f"welcome {scheme}://")]["num_requests"] == 2, log
+    assert entries[("join", f"/join {scheme}://")]["num_requests"] == 2, log
+    # IRC registers with its nickname: no /nick step of its own.
+    assert (("nick", f"/nick {scheme}://") in entries) == scheme.startswith("ws"), log
+    assert_pairs_delivered(entries, [tcp, other], log)
+    assert not [key for key in entries if key[0] == "loss"], log
+    assert SUMMARY.search(log), log
+
+
+def test_chat_mix_spreads_users_by_weight(tmp_path: Path) -> None:
+    """--chat-mix tcp=6,ws=3,irc=1 over one server's three listeners: of ten
+    users six are native, three web, one IRC, and each transport's figures
+    are reported apart."""
+    with ServerProcess(
+        "--plugins", "irc,web",
+        "--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0", "--listen", "irc://127.0.0.1:0",
+    ) as server:  # fmt: skip
+        urls = {scheme: url(scheme, server.addresses[scheme]) for scheme in ("tcp", "ws", "irc")}
+        code, entries, log = run_locust(
+            tmp_path,
+            "--chat-hosts", ",".join(urls.values()),
+            "--chat-mix", "tcp=6,ws=3,irc=1",
+            "--message-rate", "2",
+            users=10,
+            seconds=3,
+        )  # fmt: skip
+    assert code == 0, log
+    assert not [key for key, e in entries.items() if e["num_failures"]], log
+    users = {scheme: entries[("connect", f"welcome {scheme}://")]["num_requests"] for scheme in urls}
+    assert users == {"tcp": 6, "ws": 3, "irc": 1}, log
+    # Everyone is in one room: every transport's users hear every other's.
+    for origin in urls.values():
+        for receiver in urls.values():
+            if origin != urls["irc"] or receiver != urls["irc"]:  # one IRC user: nobody to hear it on IRC
+                assert entries[("deliver", f"message {origin} > {receiver}")]["num_requests"] > 0, (origin, receiver)
+    assert not [key for key in entries if key[0] == "loss"], log
+    for scheme in urls:
+        line = rf"chatcore: transport {scheme}:// users received [1-9]\d* deliveries .* lost 0, duplicated 0, reordered"
+        assert re.search(line, log), (scheme, log)
+
+
+def test_redis_cluster_of_two_servers_with_mixed_transports(tmp_path: Path) -> None:
+    """Two chatcore servers joined through a real redis-server, on 127.0.0.1
+    and 127.0.0.2, each with a native and another listener: users on either
+    server, over any of the four, count what everyone sent, with no loss."""
+    redis = RedisServer(tmp_path).start()
+    cluster = [
+        "--plugins",
+        "redis,irc,web",
+        "--redis-url",
+        redis.url,
+        "--redis-cluster",
+        "loadtest",
+        "--redis-timeout",
+        "1",
+    ]
+    try:
+        with (
+            ServerProcess(*cluster, "--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0") as one,
+            ServerProcess(*cluster, "--listen", "tcp://127.0.0.2:0", "--listen", "irc://127.0.0.2:0") as two,
+        ):
+            urls = [
+                url("tcp", one.addresses["tcp"]),
+                url("ws", one.addresses["ws"]),
+                url("tcp", two.addresses["tcp"]),
+                url("irc", two.addresses["irc"]),
+            ]
+            code, entries, log = run_locust(tmp_path, "--chat-hosts", ",".join(urls), users=8, seconds=4)
+    finally:
+        redis.stop()
+    assert code == 0, log
+    assert not [key for key, e in entries.items() if e["num_failures"]], log
+    # Another server's room is read from the moment its first member is
+    # there (within a quarter second): a little of the start may not cross.
+    assert_pairs_delivered(entries, urls, log, share=0.7)
+    assert not [key for key in entries if key[0] == "loss"], log
+    assert SUMMARY.search(log), log
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [
-        (["--host", "ftp://127.0.0.1:1"], "unknown scheme ftp://; use one of tcp://, tls://"),
+        (
+            ["--host", "ftp://127.0.0.1:1"],
+            "unknown scheme ftp://; use one of tcp://, tls://, irc://, ircs://, ws://, wss://",
+        ),
+        (
+            ["--host", "tcp://127.0.0.1:1", "--chat-mix", "tcp=6,ws=3"],
+            "no server URL is ws://: add one to --chat-hosts",
+        ),
+        (["--chat-hosts", "tcp://127.0.0.1:1,irc://127.0.0.1:2", "--chat-mix", "tcp=1"], "add irc=N (irc=0 for none)"),
+        (["--host", "tcp://127.0.0.1:1", "--chat-mix", "tcp"], "'tcp' is not SCHEME=WEIGHT"),
         (["--chat-hosts", "tcp://127.0.0.1:1,tcp://127.0.0.1:x"], "the port must be a number"),
         (["--host", "tls://:12001"], "no host"),
     ],
