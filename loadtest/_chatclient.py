@@ -5,7 +5,9 @@ folder, so this shared code is not mistaken for a scenario. Nothing here
 imports Locust: the client reports through a :class:`Recorder` (the
 scenarios pass one that writes Locust statistics), which keeps it usable and
 readable on its own. It does use gevent sockets, because Locust users are
-greenlets.
+greenlets. How it is said on the wire (native lines, IRC, WebSocket JSON)
+is the transport's :class:`~_transports.Dialect`; this module sees only the
+load-test text.
 
 Every load-test message is a chat line whose text is::
 
@@ -91,10 +93,10 @@ class Recorder(Protocol):
 
 
 class ChatConnection:
-    """One chat client: connect, run commands, send, and receive in a greenlet.
+    """One chat client: connect, take a nickname, join, send, and receive in a greenlet.
 
-    Setup (:meth:`connect`, :meth:`command`) reads replies in the calling
-    greenlet; :meth:`start_receiving` then hands the socket's input to a
+    Setup (:meth:`connect`, :meth:`set_nick`, :meth:`join`) reads replies in
+    the calling greenlet, through the transport's dialect; :meth:`start_receiving` then hands the socket's input to a
     background greenlet that tracks load-test messages. :meth:`close` stops
     that greenlet *before* closing the socket, so the close is not reported
     as a failure.

@@ -1,7 +1,8 @@
 """The chat user every scenario builds on (an abstract Locust user).
 
 Each user connects to one of the run's servers (``--host``, or round robin
-over ``--chat-hosts``), sets a nickname (unless ``--no-nick``), joins one of
+over ``--chat-hosts``, or by transport weights with ``--chat-mix``), in the
+dialect of the URL's scheme (native, IRC, WebSocket), sets a nickname (unless ``--no-nick``), joins one of
 ``--rooms`` rooms (round robin), then sends ``--message-rate`` messages per
 second of ``--message-size`` bytes, while a background greenlet receives
 everything broadcast to it and measures delivery latency and losses. A

@@ -3,7 +3,8 @@
 What the scenarios record in Locust's statistics (request type / name):
 
 =========  ===============  ===================================================
-connect    welcome          TCP connect until the welcome line arrived
+connect    welcome          connect until in the chat (the welcome line; IRC:
+                            registered; web: WebSocket open and welcomed)
 join       /join            ``/join ROOM`` until ``* you are now in ROOM``
 nick       /nick            ``/nick NAME`` until ``* you are now known as``
 send       message          one message written (time of ``sendall``)
@@ -16,7 +17,8 @@ receive    connection       the server closed a running user's connection
 With several servers (``--chat-hosts``) the ``deliver`` and ``loss`` rows are
 split by (sending server, receiving server): ``message SENDER_URL > RECEIVER_URL``,
 ``lost SENDER_URL > RECEIVER_URL``, and ``send`` rows by sending server
-(``message URL``). :func:`chat_rows` sums them up again for the summary, the
+(``message URL``); with several transports the set-up rows carry the scheme
+(``welcome ws://``). :func:`chat_rows` sums them up again for the summary, the
 Chat tab and the HTML report.
 
 Why deliveries are sampled: one Locust process records roughly 300,000
