@@ -293,29 +293,29 @@ def assert_pairs_delivered(
             assert expected * share <= delivered <= expected, (origin, receiver, delivered, expected, log)
 
 
-@pytest.mark.parametrize("scheme", ["irc", "ircs", "ws", "wss"])
-def test_transport_counts_across_protocols(certs: Certs, tmp_path: Path, scheme: str) -> None:
-    """Two users on the transport and two native ones in one room: each
-    side counts what the other sent, with no loss, and the setup rows say
-    which steps each protocol took."""
-    tls = scheme in ("ircs", "wss")
+@pytest.mark.parametrize("schemes", [("irc", "ircs"), ("ws", "wss")], ids=["irc+ircs", "ws+wss"])
+def test_transports_count_across_protocols(certs: Certs, tmp_path: Path, schemes: tuple[str, str]) -> None:
+    """Two users on a transport, two on its TLS variant and two native ones,
+    in one room: each counts what the others sent, with no loss, and the
+    set-up rows say which steps each protocol took."""
     with ServerProcess(
         "--plugins", "irc,web",
         "--listen", "tcp://127.0.0.1:0",
-        "--listen", f"{scheme}://127.0.0.1:0",
-        *(certs.args() if tls else []),
+        *(arg for scheme in schemes for arg in ("--listen", f"{scheme}://127.0.0.1:0")),
+        *certs.args(),
     ) as server:  # fmt: skip
-        tcp, other = url("tcp", server.addresses["tcp"]), url(scheme, server.addresses[scheme])
+        urls = [url(scheme, server.addresses[scheme]) for scheme in ("tcp", *schemes)]
         code, entries, log = run_locust(
-            tmp_path, "--chat-hosts", f"{tcp},{other}", "--ca", str(certs.ca_file), seconds=3
+            tmp_path, "--chat-hosts", ",".join(urls), "--ca", str(certs.ca_file), users=6, seconds=3
         )
     assert code == 0, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
-    assert entries[("connect", f"welcome {scheme}://")]["num_requests"] == 2, log
-    assert entries[("join", f"/join {scheme}://")]["num_requests"] == 2, log
-    # IRC registers with its nickname: no /nick step of its own.
-    assert (("nick", f"/nick {scheme}://") in entries) == scheme.startswith("ws"), log
-    assert_pairs_delivered(entries, [tcp, other], log)
+    for scheme in schemes:
+        assert entries[("connect", f"welcome {scheme}://")]["num_requests"] == 2, log
+        assert entries[("join", f"/join {scheme}://")]["num_requests"] == 2, log
+        # IRC registers with its nickname: no /nick step of its own.
+        assert (("nick", f"/nick {scheme}://") in entries) == scheme.startswith("ws"), log
+    assert_pairs_delivered(entries, urls, log)
     assert not [key for key in entries if key[0] == "loss"], log
     assert SUMMARY.search(log), log
 
