@@ -54,6 +54,10 @@ class BaseChatUser(User):
         rooms: int = max(1, options.rooms if options else 1)
         listeners: float = options.listeners if options else 0.0
         self.rooms = rooms
+        try:
+            self.servers_round = spread_of(self.environment, self.host).cycle
+        except ValueError:  # no server yet (the web UI's form): checked again at connect
+            self.servers_round = 1
         self.room = self.pick_room()
         # Spread listeners evenly: user n listens when the listener count so
         # far falls behind the share.
@@ -64,8 +68,12 @@ class BaseChatUser(User):
         self._next_send = 0.0
 
     def pick_room(self) -> str:
-        """The room this user joins (round robin over ``--rooms``)."""
-        return f"room-{self.number % self.rooms}"
+        """The room this user joins: round robin over ``--rooms``, one room
+        further on after each round of servers (or of the ``--chat-mix``
+        cycle). Without that shift, 2 servers and 2 rooms would put all of
+        room-0 on the first server and all of room-1 on the second, and no
+        message would ever cross."""
+        return f"room-{(self.number + self.number // self.servers_round) % self.rooms}"
 
     def on_start(self) -> None:
         self.connect()

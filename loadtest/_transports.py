@@ -520,6 +520,11 @@ class Spread:
         self.weights = weights or {}
         self.order = _interleave(self.weights)
 
+    @property
+    def cycle(self) -> int:
+        """Users per round: after this many, the spread starts again."""
+        return len(self.order) or len(self.endpoints)
+
     def index(self, number: int) -> int:
         """The index in :attr:`endpoints` of user ``number``'s server."""
         order = self.order

@@ -352,6 +352,22 @@ def test_chat_mix_spreads_users_by_weight(tmp_path: Path) -> None:
         assert re.search(line, log), (scheme, log)
 
 
+def test_rooms_are_shared_by_every_server(tmp_path: Path) -> None:
+    """--rooms 2 over two listeners: each round of servers shifts the rooms
+    by one, so each room has a user on each listener (plain round robin
+    would put room-0 on one and room-1 on the other, and nothing would cross)."""
+    with ServerProcess("--plugins", "web", "--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0") as server:
+        tcp, ws = url("tcp", server.addresses["tcp"]), url("ws", server.addresses["ws"])
+        code, entries, log = run_locust(tmp_path, "--chat-hosts", f"{tcp},{ws}", "--rooms", "2", seconds=3)
+    assert code == 0, log
+    assert not [key for key, e in entries.items() if e["num_failures"]], log
+    for origin, receiver in ((tcp, ws), (ws, tcp)):
+        assert entries[("deliver", f"message {origin} > {receiver}")]["num_requests"] >= 5, log
+    # Two users per room, one on each listener: no delivery stays on one.
+    assert ("deliver", f"message {tcp} > {tcp}") not in entries, log
+    assert ("deliver", f"message {ws} > {ws}") not in entries, log
+
+
 def heard(sender: LineClient, receiver: LineClient) -> bool:
     """Whether a probe ``sender`` says now reaches ``receiver`` (on another server)."""
     sender.send("probe")
