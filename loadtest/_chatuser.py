@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import ssl
 import time
 from typing import Any
@@ -55,13 +56,18 @@ class BaseChatUser(User):
         listeners: float = options.listeners if options else 0.0
         self.rooms = rooms
         try:
-            self.servers_round = spread_of(self.environment, self.host).cycle
+            servers_round = spread_of(self.environment, self.host).cycle
         except ValueError:  # no server yet (the web UI's form): checked again at connect
-            self.servers_round = 1
+            servers_round = 1
+        #: Which round of the servers (or of the --chat-mix cycle) this user
+        #: is in, and its place in it: rooms and shares of users are picked
+        #: by these, so that they fall on every server and transport (by
+        #: the plain number, 2 servers and 2 rooms would put all of room-0
+        #: on the first server, and a share of 0.5 would all be on the second).
+        self.spread_round, self.spread_place = divmod(self.number, servers_round)
+        self.spread_places = servers_round
         self.room = self.pick_room()
-        # Spread listeners evenly: user n listens when the listener count so
-        # far falls behind the share.
-        self.sending = self.rate > 0 and int((self.number + 1) * listeners) == int(self.number * listeners)
+        self.sending = self.rate > 0 and not self.in_share(listeners)
         self.set_nick = not (options and options.no_nick)
         self.connection: ChatConnection | None = None
         self.send_name = "message"
@@ -69,11 +75,17 @@ class BaseChatUser(User):
 
     def pick_room(self) -> str:
         """The room this user joins: round robin over ``--rooms``, one room
-        further on after each round of servers (or of the ``--chat-mix``
-        cycle). Without that shift, 2 servers and 2 rooms would put all of
-        room-0 on the first server and all of room-1 on the second, and no
-        message would ever cross."""
-        return f"room-{(self.number + self.number // self.servers_round) % self.rooms}"
+        further on after each round of servers (so each room gets users of
+        every server: one round's users are in consecutive rooms)."""
+        return f"room-{(self.spread_round + self.spread_place) % self.rooms}"
+
+    def in_share(self, share: float) -> bool:
+        """Whether this user is one of a ``share`` (0 to 1) of the users:
+        spread evenly over the users of each place in the round of servers
+        (it is when their count so far falls behind the share), the places
+        staggered so that the first ones chosen are on different servers."""
+        phase = self.spread_place / self.spread_places
+        return math.floor((self.spread_round + 1) * share + phase) != math.floor(self.spread_round * share + phase)
 
     def on_start(self) -> None:
         self.connect()

@@ -352,15 +352,20 @@ def test_chat_mix_spreads_users_by_weight(tmp_path: Path) -> None:
         assert re.search(line, log), (scheme, log)
 
 
-def test_rooms_are_shared_by_every_server(tmp_path: Path) -> None:
-    """--rooms 2 over two listeners: each round of servers shifts the rooms
-    by one, so each room has a user on each listener (plain round robin
-    would put room-0 on one and room-1 on the other, and nothing would cross)."""
+def test_rooms_and_listeners_are_spread_over_every_server(tmp_path: Path) -> None:
+    """--rooms 2 and --listeners 0.5 over two listeners: each room has a
+    user on each listener, and each listener has a sender (by plain user
+    number, room-0 would be on one listener and room-1 on the other, nothing
+    would cross, and every listening user would be on the second)."""
     with ServerProcess("--plugins", "web", "--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0") as server:
         tcp, ws = url("tcp", server.addresses["tcp"]), url("ws", server.addresses["ws"])
-        code, entries, log = run_locust(tmp_path, "--chat-hosts", f"{tcp},{ws}", "--rooms", "2", seconds=3)
+        code, entries, log = run_locust(
+            tmp_path, "--chat-hosts", f"{tcp},{ws}", "--rooms", "2", "--listeners", "0.5", seconds=3
+        )
     assert code == 0, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
+    assert entries[("send", f"message {tcp}")]["num_requests"] >= 5, log
+    assert entries[("send", f"message {ws}")]["num_requests"] >= 5, log
     for origin, receiver in ((tcp, ws), (ws, tcp)):
         assert entries[("deliver", f"message {origin} > {receiver}")]["num_requests"] >= 5, log
     # Two users per room, one on each listener: no delivery stays on one.
