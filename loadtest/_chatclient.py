@@ -222,6 +222,11 @@ class ChatConnection:
                 gevent.sleep(size / rate)
             try:
                 data = sock.recv(size)
+            except TimeoutError:
+                # A quiet room: the socket's timeout is for setup and sends;
+                # receiving waits for as long as the user runs.
+                data = b""
+                continue
             except OSError as exc:
                 if not self._stopping:
                     recorder.closed(f"receive failed: {exc}")
