@@ -5,7 +5,9 @@ folder, so this shared code is not mistaken for a scenario. Nothing here
 imports Locust: the client reports through a :class:`Recorder` (the
 scenarios pass one that writes Locust statistics), which keeps it usable and
 readable on its own. It does use gevent sockets, because Locust users are
-greenlets.
+greenlets. How it is said on the wire (native lines, IRC, WebSocket JSON)
+is the transport's :class:`~_transports.Dialect`; this module sees only the
+load-test text.
 
 Every load-test message is a chat line whose text is::
 
@@ -40,9 +42,10 @@ import time
 from typing import Any, Protocol
 
 import gevent
-from _transports import Endpoint, Transport
+from _transports import ChatError, Dialect, Endpoint, Transport
 
-MARK = b"> ~lt "
+__all__ = ["ChatConnection", "ChatError", "Recorder", "new_sender_id"]
+
 #: Text of a load-test message without its padding: "~lt SENDER SEQ SENT_US ".
 HEADER = "~lt {sender} {seq} {sent_us} "
 RECV_SIZE = 65536
@@ -73,10 +76,6 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-class ChatError(Exception):
-    """The server answered something unexpected, or the connection failed."""
-
-
 class Recorder(Protocol):
     """Where a :class:`ChatConnection` reports what it measured."""
 
@@ -94,10 +93,10 @@ class Recorder(Protocol):
 
 
 class ChatConnection:
-    """One chat client: connect, run commands, send, and receive in a greenlet.
+    """One chat client: connect, take a nickname, join, send, and receive in a greenlet.
 
-    Setup (:meth:`connect`, :meth:`command`) reads replies in the calling
-    greenlet; :meth:`start_receiving` then hands the socket's input to a
+    Setup (:meth:`connect`, :meth:`set_nick`, :meth:`join`) reads replies in
+    the calling greenlet, through the transport's dialect; :meth:`start_receiving` then hands the socket's input to a
     background greenlet that tracks load-test messages. :meth:`close` stops
     that greenlet *before* closing the socket, so the close is not reported
     as a failure.
@@ -124,11 +123,10 @@ class ChatConnection:
         self.read_rate = read_rate
         self.timeout = timeout
         self.sock: Any = None
+        self.dialect: Dialect | None = None
         self.sender = new_sender_id(server_index)
         self.seq = 0
         self.sample = 1
-        self.received_lines = 0
-        self._buffer = b""
         self._reader: gevent.Greenlet | None = None
         self._stopping = False
         # Per sender: [last sequence seen, set of missing sequence numbers,
@@ -142,35 +140,25 @@ class ChatConnection:
     # -- setup, in the calling greenlet --------------------------------------
 
     def connect(self) -> str:
-        """Connect (and, over TLS, shake hands) and wait for the first line
-        (the welcome); return it."""
+        """Connect (over TLS, shake hands), enter the chat in the transport's
+        dialect and return the server's welcome."""
         self.sock = self.transport.connect(self.endpoint, self.timeout)
-        first = self.readline()
-        if first.startswith("! "):
-            raise ChatError(f"refused: {first[2:]}")
-        return first
+        self.dialect = self.transport.dialect(self.sock, self.endpoint, self.timeout)
+        return self.dialect.enter(self.nickname())
 
-    def readline(self) -> str:
-        """The next line from the server (setup only, before receiving starts)."""
-        while b"\n" not in self._buffer:
-            data = self.sock.recv(RECV_SIZE)
-            if not data:
-                raise ChatError("connection closed by the server")
-            self._buffer += data
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode("utf-8", "replace").rstrip("\r")
+    @property
+    def sets_nick(self) -> bool:
+        """Whether a nickname is a step of its own (IRC registers with one)."""
+        return not self.transport.dialect.names_at_entry
 
-    def command(self, line: str, reply_prefix: str) -> str:
-        """Send a command; return the first reply that starts with
-        ``reply_prefix`` (lines in between are skipped). An error reply
-        (``! ...``) raises :class:`ChatError`."""
-        self.sock.sendall(line.encode("utf-8") + b"\n")
-        while True:
-            reply = self.readline()
-            if reply.startswith(reply_prefix):
-                return reply
-            if reply.startswith("! "):
-                raise ChatError(f"{line.split(maxsplit=1)[0]}: {reply[2:]}")
+    def set_nick(self) -> None:
+        """Take :meth:`nickname`."""
+        assert self.dialect is not None
+        self.dialect.set_nick(self.nickname())
+
+    def join(self, room: str) -> None:
+        assert self.dialect is not None
+        self.dialect.join(room)
 
     def nickname(self) -> str:
         """A nickname made of the sender id (valid: letters, digits, ``_``)."""
@@ -186,9 +174,8 @@ class ChatConnection:
         the bytes sent."""
         self.seq += 1
         text = HEADER.format(sender=self.sender, seq=self.seq, sent_us=now_us())
-        data = (text + "x" * max(1, size - len(text)) + "\n").encode("ascii")
-        self.sock.sendall(data)
-        return len(data)
+        assert self.dialect is not None
+        return self.dialect.chat(text + "x" * max(1, size - len(text)))
 
     def close(self) -> None:
         """Stop receiving, report what is still counted, say goodbye, close."""
@@ -197,11 +184,9 @@ class ChatConnection:
             self._reader.kill(block=True, timeout=self.timeout)
             self._reader = None
         self.flush()
+        if self.dialect is not None:
+            self.dialect.leave()
         if self.sock is not None:
-            try:
-                self.sock.sendall(b"/quit\n")
-            except OSError:
-                pass
             self.sock.close()
             self.sock = None
 
@@ -216,53 +201,60 @@ class ChatConnection:
 
     def _receive(self) -> None:
         sock = self.sock
-        pending = self._buffer
-        self._buffer = b""
+        dialect = self.dialect
+        assert dialect is not None
+        recorder = self.recorder
         # A slow reader takes a tenth of a second's worth at a time, then
         # waits out the rest of that tenth.
         rate = self.read_rate
         size = max(64, int(rate / 10)) if rate else RECV_SIZE
+        data = b""  # first what arrived during setup
         while True:
+            self._track(dialect.received(data))
+            if dialect.corrupt:
+                for detail in dialect.corrupt:
+                    recorder.problem("corrupted", 1, detail, self.server_index)
+                dialect.corrupt.clear()
+            if dialect.farewell is not None:
+                recorder.closed(dialect.farewell)
+                dialect.farewell = None
             if rate:
                 gevent.sleep(size / rate)
             try:
                 data = sock.recv(size)
+            except TimeoutError:
+                # A quiet room: the socket's timeout is for setup and sends;
+                # receiving waits for as long as the user runs.
+                data = b""
+                continue
             except OSError as exc:
                 if not self._stopping:
-                    self.recorder.closed(f"receive failed: {exc}")
+                    recorder.closed(f"receive failed: {exc}")
                 return
             if not data:
                 if not self._stopping:
-                    self.recorder.closed("connection closed by the server")
+                    recorder.closed("connection closed by the server")
                 return
-            lines = (pending + data).split(b"\n")
-            pending = lines.pop()
-            self._track(lines)
 
-    def _track(self, lines: list[bytes]) -> None:
+    def _track(self, payloads: list[bytes]) -> None:
+        """Check each load-test payload (``SENDER SEQ SENT_US xxx...``)."""
         senders = self._senders
         recorder = self.recorder
         sample = self.sample
         unsampled = self._unsampled
         own = self.server_index
         arrived = now_us()
-        self.received_lines += len(lines)
-        for line in lines:
-            start = line.find(MARK)
-            if start < 0:
-                if line.startswith(b"! disconnected"):
-                    recorder.closed(line.decode("utf-8", "replace"))
-                continue  # a notice, or chat that is not ours
-            fields = line[start + len(MARK) :].split(b" ")
+        for payload in payloads:
+            fields = payload.split(b" ")
             try:
                 sender, seq_text, sent_text, padding = fields
                 seq = int(seq_text)
                 sent = int(sent_text)
             except ValueError:
-                recorder.problem("corrupted", 1, line[:80].decode("utf-8", "replace"), own)
+                recorder.problem("corrupted", 1, payload[:80].decode("utf-8", "replace"), own)
                 continue
             if padding.strip(b"x"):
-                recorder.problem("corrupted", 1, line[:80].decode("utf-8", "replace"), own)
+                recorder.problem("corrupted", 1, payload[:80].decode("utf-8", "replace"), own)
                 continue
             track = senders.get(sender)
             if track is None:

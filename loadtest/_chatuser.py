@@ -1,7 +1,8 @@
 """The chat user every scenario builds on (an abstract Locust user).
 
 Each user connects to one of the run's servers (``--host``, or round robin
-over ``--chat-hosts``), sets a nickname (unless ``--no-nick``), joins one of
+over ``--chat-hosts``, or by transport weights with ``--chat-mix``), in the
+dialect of the URL's scheme (native, IRC, WebSocket), sets a nickname (unless ``--no-nick``), joins one of
 ``--rooms`` rooms (round robin), then sends ``--message-rate`` messages per
 second of ``--message-size`` bytes, while a background greenlet receives
 everything broadcast to it and measures delivery latency and losses. A
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import ssl
 import time
 from typing import Any
 
 import _chatview  # noqa: F401  (the Chat tab and HTML report: listeners registered on import)
 from _chatclient import ChatConnection, ChatError
-from _common import LocustRecorder, endpoints_of, sampler, send_name
+from _common import LocustRecorder, sampler, send_name, setup_name, spread_of
 from _transports import transport_for
 from locust import User, task
 from locust.exception import StopUser
@@ -53,18 +55,37 @@ class BaseChatUser(User):
         rooms: int = max(1, options.rooms if options else 1)
         listeners: float = options.listeners if options else 0.0
         self.rooms = rooms
+        try:
+            servers_round = spread_of(self.environment, self.host).cycle
+        except ValueError:  # no server yet (the web UI's form): checked again at connect
+            servers_round = 1
+        #: Which round of the servers (or of the --chat-mix cycle) this user
+        #: is in, and its place in it: rooms and shares of users are picked
+        #: by these, so that they fall on every server and transport (by
+        #: the plain number, 2 servers and 2 rooms would put all of room-0
+        #: on the first server, and a share of 0.5 would all be on the second).
+        self.spread_round, self.spread_place = divmod(self.number, servers_round)
+        self.spread_places = servers_round
         self.room = self.pick_room()
-        # Spread listeners evenly: user n listens when the listener count so
-        # far falls behind the share.
-        self.sending = self.rate > 0 and int((self.number + 1) * listeners) == int(self.number * listeners)
+        self.sending = self.rate > 0 and not self.in_share(listeners)
         self.set_nick = not (options and options.no_nick)
         self.connection: ChatConnection | None = None
         self.send_name = "message"
         self._next_send = 0.0
 
     def pick_room(self) -> str:
-        """The room this user joins (round robin over ``--rooms``)."""
-        return f"room-{self.number % self.rooms}"
+        """The room this user joins: round robin over ``--rooms``, one room
+        further on after each round of servers (so each room gets users of
+        every server: one round's users are in consecutive rooms)."""
+        return f"room-{(self.spread_round + self.spread_place) % self.rooms}"
+
+    def in_share(self, share: float) -> bool:
+        """Whether this user is one of a ``share`` (0 to 1) of the users:
+        spread evenly over the users of each place in the round of servers
+        (it is when their count so far falls behind the share), the places
+        staggered so that the first ones chosen are on different servers."""
+        phase = self.spread_place / self.spread_places
+        return math.floor((self.spread_round + 1) * share + phase) != math.floor(self.spread_round * share + phase)
 
     def on_start(self) -> None:
         self.connect()
@@ -73,11 +94,13 @@ class BaseChatUser(User):
         """Connect, take a nickname, join the room and start receiving;
         each step is recorded. False (and the failure recorded) if a step
         failed."""
-        endpoints = endpoints_of(self.environment, self.host)
-        # Round robin over --chat-hosts, each worker process starting one
-        # server further on, so that several processes spread evenly too.
+        spread = spread_of(self.environment, self.host)
+        endpoints = spread.endpoints
+        # Round robin over --chat-hosts (or the --chat-mix cycle), each
+        # worker process starting one place further on, so that several
+        # processes spread evenly too.
         offset: int = getattr(self.environment.runner, "worker_index", 0) or 0
-        index = (self.number + offset) % len(endpoints)
+        index = spread.index(self.number + offset)
         endpoint = endpoints[index]
         fire = self.environment.events.request.fire
         connection = ChatConnection(
@@ -89,17 +112,14 @@ class BaseChatUser(User):
         )
         self.connection = connection
         self.send_name = send_name(endpoints, index)
-        for request_type, name, step in (
+        for request_type, step_name, step in (
             ("connect", "welcome", connection.connect),
-            (
-                "nick",
-                "/nick",
-                lambda: connection.command(f"/nick {connection.nickname()}", "* you are"),
-            ),
-            ("join", "/join", lambda: connection.command(f"/join {self.room}", f"* you are now in {self.room} ")),
+            ("nick", "/nick", connection.set_nick),
+            ("join", "/join", lambda: connection.join(self.room)),
         ):
-            if request_type == "nick" and not self.set_nick:
+            if request_type == "nick" and not (self.set_nick and connection.sets_nick):
                 continue
+            name = setup_name(endpoints, index, step_name)
             started = time.perf_counter()
             try:
                 step()

@@ -3,7 +3,8 @@
 What the scenarios record in Locust's statistics (request type / name):
 
 =========  ===============  ===================================================
-connect    welcome          TCP connect until the welcome line arrived
+connect    welcome          connect until in the chat (the welcome line; IRC:
+                            registered; web: WebSocket open and welcomed)
 join       /join            ``/join ROOM`` until ``* you are now in ROOM``
 nick       /nick            ``/nick NAME`` until ``* you are now known as``
 send       message          one message written (time of ``sendall``)
@@ -16,7 +17,8 @@ receive    connection       the server closed a running user's connection
 With several servers (``--chat-hosts``) the ``deliver`` and ``loss`` rows are
 split by (sending server, receiving server): ``message SENDER_URL > RECEIVER_URL``,
 ``lost SENDER_URL > RECEIVER_URL``, and ``send`` rows by sending server
-(``message URL``). :func:`chat_rows` sums them up again for the summary, the
+(``message URL``); with several transports the set-up rows carry the scheme
+(``welcome ws://``). :func:`chat_rows` sums them up again for the summary, the
 Chat tab and the HTML report.
 
 Why deliveries are sampled: one Locust process records roughly 300,000
@@ -46,7 +48,7 @@ import time
 from typing import Any
 
 import gevent
-from _transports import Endpoint, parse_endpoints
+from _transports import Endpoint, Spread, parse_endpoints, parse_spread
 from locust import events
 from locust.env import Environment
 from locust.runners import WorkerRunner
@@ -121,18 +123,27 @@ def add_options(parser: Any) -> None:
         "then counted per (sending server, receiving server)",
     )
     group.add_argument(
+        "--chat-mix",
+        default="",
+        env_var="CHATCORE_CHAT_MIX",
+        metavar="SCHEME=WEIGHT,...",
+        help="mixed population: users per transport by weight, e.g. tcp=6,ws=3,irc=1 (60 %% native, 30 %% web, "
+        "10 %% IRC), each scheme spread over its servers in --chat-hosts; every scheme there needs a weight "
+        "(default: round robin over the servers)",
+    )
+    group.add_argument(
         "--ca",
         default="",
         env_var="CHATCORE_CA",
         metavar="FILE",
-        help="tls://: PEM file of the certificates to trust instead of the system's",
+        help="tls://, ircs://, wss://: PEM file of the certificates to trust instead of the system's",
     )
     group.add_argument(
         "--insecure",
         action="store_true",
         default=False,
         env_var="CHATCORE_INSECURE",
-        help="tls://: do not check the server's certificate or host name (test certificates only)",
+        help="tls://, ircs://, wss://: do not check the server's certificate or host name (test certificates only)",
     )
 
 
@@ -140,6 +151,20 @@ def endpoints_of(environment: Environment, host: str | None) -> list[Endpoint]:
     """The run's servers, from ``--chat-hosts`` or the host (``--host``, or the web UI's field)."""
     options = environment.parsed_options
     return parse_endpoints(host, options.chat_hosts if options else "")
+
+
+def spread_of(environment: Environment, host: str | None) -> Spread:
+    """How users are spread over the run's servers (``--chat-mix``)."""
+    options = environment.parsed_options
+    return parse_spread(endpoints_of(environment, host), options.chat_mix if options else "")
+
+
+def setup_name(endpoints: list[Endpoint], index: int, name: str) -> str:
+    """A ``connect``, ``nick`` or ``join`` row's name: split by transport
+    when the run has several (``welcome ws://``), as their steps differ."""
+    if len({endpoint.scheme for endpoint in endpoints}) == 1:
+        return name
+    return f"{name} {endpoints[index].scheme}://"
 
 
 def send_name(endpoints: list[Endpoint], origin: int) -> str:
@@ -283,14 +308,24 @@ class LocustRecorder:
 
 
 @events.init.add_listener
+def refresh_loop_time(**_kwargs: Any) -> None:
+    """Let ``-t`` count from now. gevent's loop (libev) caches its clock
+    and timers count from that cache; Locust sets its run-time timer right
+    after this event, before the loop has run once, so on a busy machine,
+    where importing everything takes seconds, the run ended that many
+    seconds early (a 4 s run stopped after 0.7 s)."""
+    gevent.get_hub().loop.update_now()
+
+
+@events.init.add_listener
 def check_servers(environment: Environment, **_kwargs: Any) -> None:
-    """A bad --host or --chat-hosts is a usage error before anything starts
+    """A bad --host, --chat-hosts or --chat-mix is a usage error before anything starts
     (in the web UI the host may still be typed in later)."""
     options = environment.parsed_options
     if options is None or not (options.chat_hosts or environment.host or options.headless):
         return
     try:
-        endpoints_of(environment, environment.host)
+        spread_of(environment, environment.host)
     except ValueError as exc:
         log.error("chatcore load test: %s", exc)
         sys.exit(2)
@@ -416,7 +451,8 @@ def print_summary(environment: Environment, **_kwargs: Any) -> None:
     endpoints = run_endpoints(environment)
     if not endpoints:
         return
-    total = chat_rows(stats, endpoints)[0]
+    rows = chat_rows(stats, endpoints)
+    total = rows[0]
     seconds = max(1e-9, (stats.last_request_timestamp or time.time()) - stats.total.start_time)
     log.info(
         "chatcore: sent %d messages, %d deliveries (%.0f deliveries/s, %.1f per message), latency p50 %s ms "
@@ -429,3 +465,17 @@ def print_summary(environment: Environment, **_kwargs: Any) -> None:
         total["p99"] if total["deliveries"] else "-",
         *(total[kind] for kind in PROBLEMS),
     )
+    # A mixed population: what each transport's users received and sent.
+    transports = [row for row in rows if row["scope"].startswith("transport ")]
+    for row in transports if len(transports) > 1 else []:
+        log.info(
+            "chatcore: %s users received %d deliveries (%.0f/s), latency p50 %s ms p99 %s ms, and sent %d messages; "
+            "lost %d, duplicated %d, reordered %d, corrupted %d",
+            row["scope"],
+            row["deliveries"],
+            row["deliveries"] / seconds,
+            row["p50"] if row["deliveries"] else "-",
+            row["p99"] if row["deliveries"] else "-",
+            row["messages"],
+            *(row[kind] for kind in PROBLEMS),
+        )

@@ -50,9 +50,8 @@ class ChurnUser(BaseChatUser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         options = self.environment.parsed_options
-        share: float = options.churn_share if options else 0.5
         self.stay: float = max(0.1, options.churn_stay if options else 2.0)
-        self.churning = int((self.number + 1) * share) != int(self.number * share)
+        self.churning = self.in_share(options.churn_share if options else 0.5)
         self.leave_at = float("inf")
 
     def joined(self) -> None:

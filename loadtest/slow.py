@@ -70,7 +70,6 @@ class SlowReaderUser(BaseChatUser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         options = self.environment.parsed_options
-        share: float = options.slow_share if options else 0.2
-        if int((self.number + 1) * share) != int(self.number * share):
+        if self.in_share(options.slow_share if options else 0.2):
             self.read_rate = max(100.0, options.slow_read_rate if options else 2000.0)
             self.recorder_class = _SlowRecorder

@@ -28,8 +28,9 @@ from typing import IO, Any
 
 import pytest
 import trustme
+from redis_support import RedisServer
 
-from chatcore.testing import ServerProcess, wait_for
+from chatcore.testing import LineClient, ServerProcess, wait_for
 
 LOADTEST_DIR = Path(__file__).resolve().parent.parent / "loadtest"
 STARTUP_TIMEOUT = 15.0
@@ -274,10 +275,176 @@ def test_chat_hosts_spread_users_over_separate_servers(tmp_path: Path) -> None:
     assert ("deliver", f"message {second} > {first}") not in entries
 
 
+SUMMARY = re.compile(r"chatcore: sent \d+ messages, \d+ deliveries .* lost 0, duplicated 0, reordered 0, corrupted 0")
+
+
+def assert_pairs_delivered(
+    entries: dict[Any, Any], urls: list[str], log: str, *, per_server: int = 2, share: float = 0.8
+) -> None:
+    """``per_server`` users on each of ``urls``, all in one room: each message
+    sent through one reaches the others on its own and all on the others."""
+    sent = {origin: entries[("send", f"message {origin}")]["num_requests"] for origin in urls}
+    for origin in urls:
+        assert sent[origin] >= 5, (origin, log)
+        for receiver in urls:
+            delivered = entries[("deliver", f"message {origin} > {receiver}")]["num_requests"]
+            users = per_server - 1 if origin == receiver else per_server
+            expected = sent[origin] * users
+            assert expected * share <= delivered <= expected, (origin, receiver, delivered, expected, log)
+
+
+@pytest.mark.parametrize("schemes", [("irc", "ircs"), ("ws", "wss")], ids=["irc+ircs", "ws+wss"])
+def test_transports_count_across_protocols(certs: Certs, tmp_path: Path, schemes: tuple[str, str]) -> None:
+    """Two users on a transport, two on its TLS variant and two native ones,
+    in one room: each counts what the others sent, with no loss, and the
+    set-up rows say which steps each protocol took."""
+    with ServerProcess(
+        "--plugins", "irc,web",
+        "--listen", "tcp://127.0.0.1:0",
+        *(arg for scheme in schemes for arg in ("--listen", f"{scheme}://127.0.0.1:0")),
+        *certs.args(),
+    ) as server:  # fmt: skip
+        urls = [url(scheme, server.addresses[scheme]) for scheme in ("tcp", *schemes)]
+        code, entries, log = run_locust(
+            tmp_path, "--chat-hosts", ",".join(urls), "--ca", str(certs.ca_file), users=6, seconds=3
+        )
+    assert code == 0, log
+    assert not [key for key, e in entries.items() if e["num_failures"]], log
+    for scheme in schemes:
+        assert entries[("connect", f"welcome {scheme}://")]["num_requests"] == 2, log
+        assert entries[("join", f"/join {scheme}://")]["num_requests"] == 2, log
+        # IRC registers with its nickname: no /nick step of its own.
+        assert (("nick", f"/nick {scheme}://") in entries) == scheme.startswith("ws"), log
+    assert_pairs_delivered(entries, urls, log)
+    assert not [key for key in entries if key[0] == "loss"], log
+    assert SUMMARY.search(log), log
+
+
+def test_chat_mix_spreads_users_by_weight(tmp_path: Path) -> None:
+    """--chat-mix tcp=6,ws=3,irc=1 over one server's three listeners: of ten
+    users six are native, three web, one IRC, and each transport's figures
+    are reported apart."""
+    with ServerProcess(
+        "--plugins", "irc,web",
+        "--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0", "--listen", "irc://127.0.0.1:0",
+    ) as server:  # fmt: skip
+        urls = {scheme: url(scheme, server.addresses[scheme]) for scheme in ("tcp", "ws", "irc")}
+        code, entries, log = run_locust(
+            tmp_path,
+            "--chat-hosts", ",".join(urls.values()),
+            "--chat-mix", "tcp=6,ws=3,irc=1",
+            "--message-rate", "2",
+            users=10,
+            seconds=3,
+        )  # fmt: skip
+    assert code == 0, log
+    assert not [key for key, e in entries.items() if e["num_failures"]], log
+    users = {scheme: entries[("connect", f"welcome {scheme}://")]["num_requests"] for scheme in urls}
+    assert users == {"tcp": 6, "ws": 3, "irc": 1}, log
+    # Everyone is in one room: every transport's users hear every other's.
+    for origin in urls.values():
+        for receiver in urls.values():
+            if origin != urls["irc"] or receiver != urls["irc"]:  # one IRC user: nobody to hear it on IRC
+                assert entries[("deliver", f"message {origin} > {receiver}")]["num_requests"] > 0, (origin, receiver)
+    assert not [key for key in entries if key[0] == "loss"], log
+    for scheme in urls:
+        line = rf"chatcore: transport {scheme}:// users received [1-9]\d* deliveries .* lost 0, duplicated 0, reordered"
+        assert re.search(line, log), (scheme, log)
+
+
+def test_rooms_and_listeners_are_spread_over_every_server(tmp_path: Path) -> None:
+    """--rooms 2 and --listeners 0.5 over two listeners: each room has a
+    user on each listener, and each listener has a sender (by plain user
+    number, room-0 would be on one listener and room-1 on the other, nothing
+    would cross, and every listening user would be on the second)."""
+    with ServerProcess("--plugins", "web", "--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0") as server:
+        tcp, ws = url("tcp", server.addresses["tcp"]), url("ws", server.addresses["ws"])
+        code, entries, log = run_locust(
+            tmp_path, "--chat-hosts", f"{tcp},{ws}", "--rooms", "2", "--listeners", "0.5", seconds=3
+        )
+    assert code == 0, log
+    assert not [key for key, e in entries.items() if e["num_failures"]], log
+    assert entries[("send", f"message {tcp}")]["num_requests"] >= 5, log
+    assert entries[("send", f"message {ws}")]["num_requests"] >= 5, log
+    for origin, receiver in ((tcp, ws), (ws, tcp)):
+        assert entries[("deliver", f"message {origin} > {receiver}")]["num_requests"] >= 5, log
+    # Two users per room, one on each listener: no delivery stays on one.
+    assert ("deliver", f"message {tcp} > {tcp}") not in entries, log
+    assert ("deliver", f"message {ws} > {ws}") not in entries, log
+
+
+def heard(sender: LineClient, receiver: LineClient) -> bool:
+    """Whether a probe ``sender`` says now reaches ``receiver`` (on another server)."""
+    sender.send("probe")
+    try:
+        receiver.expect(lambda line: line.endswith("> probe"), timeout=0.2)
+    except AssertionError:
+        return False
+    return True
+
+
+def test_redis_cluster_of_two_servers_with_mixed_transports(tmp_path: Path) -> None:
+    """Two chatcore servers joined through a real redis-server, on 127.0.0.1
+    and 127.0.0.2, each with a native and another listener: users on either
+    server, over any of the four, count what everyone sent, with no loss
+    (two users on each listener: assert_pairs_delivered checks that too)."""
+    redis = RedisServer(tmp_path).start()
+    cluster = ["--plugins", "redis,irc,web", "--redis-url", redis.url, "--redis-cluster", "loadtest"]
+    try:
+        with (
+            ServerProcess(*cluster, "--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0") as one,
+            ServerProcess(*cluster, "--listen", "tcp://127.0.0.2:0", "--listen", "irc://127.0.0.2:0") as two,
+        ):
+            urls = [
+                url("tcp", one.addresses["tcp"]),
+                url("ws", one.addresses["ws"]),
+                url("tcp", two.addresses["tcp"]),
+                url("irc", two.addresses["irc"]),
+            ]
+            # A server reads room-0 while someone is in it there: one silent
+            # watcher on each, in it until the end, and the two servers
+            # hearing each other before the users come.
+            watchers = [LineClient(server.addresses["tcp"]) for server in (one, two)]
+            try:
+                for watcher in watchers:
+                    watcher.send("/join room-0")
+                    watcher.expect(lambda line: line.startswith("* you are now in room-0 "))
+                for sender, receiver in (watchers, watchers[::-1]):
+                    wait_for(lambda sender=sender, receiver=receiver: heard(sender, receiver), timeout=10)
+                # Half the users native, spread over both servers; a quarter each web and IRC.
+                code, entries, log = run_locust(
+                    tmp_path, "--chat-hosts", ",".join(urls), "--chat-mix", "tcp=2,ws=1,irc=1", users=8, seconds=4
+                )
+            finally:
+                for watcher in watchers:
+                    watcher.close()
+    finally:
+        redis.stop()
+    assert code == 0, log
+    assert not [key for key, e in entries.items() if e["num_failures"]], log
+    users = {scheme: entries[("connect", f"welcome {scheme}://")]["num_requests"] for scheme in ("tcp", "ws", "irc")}
+    assert users == {"tcp": 4, "ws": 2, "irc": 2}, log
+    # Users who registered later (IRC takes longest) miss the first messages
+    # of the others, and the last ones sent may still be on their way at the
+    # end: hence the share. Losses are counted exactly, below.
+    assert_pairs_delivered(entries, urls, log, share=0.7)
+    assert not [key for key in entries if key[0] == "loss"], log
+    assert SUMMARY.search(log), log
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [
-        (["--host", "ftp://127.0.0.1:1"], "unknown scheme ftp://; use one of tcp://, tls://"),
+        (
+            ["--host", "ftp://127.0.0.1:1"],
+            "unknown scheme ftp://; use one of tcp://, tls://, irc://, ircs://, ws://, wss://",
+        ),
+        (
+            ["--host", "tcp://127.0.0.1:1", "--chat-mix", "tcp=6,ws=3"],
+            "no server URL is ws://: add one to --chat-hosts",
+        ),
+        (["--chat-hosts", "tcp://127.0.0.1:1,irc://127.0.0.1:2", "--chat-mix", "tcp=1"], "add irc=N (irc=0 for none)"),
+        (["--host", "tcp://127.0.0.1:1", "--chat-mix", "tcp"], "'tcp' is not SCHEME=WEIGHT"),
         (["--chat-hosts", "tcp://127.0.0.1:1,tcp://127.0.0.1:x"], "the port must be a number"),
         (["--host", "tls://:12001"], "no host"),
     ],
