@@ -144,6 +144,10 @@ SCENARIOS = {
         Scenario("room100", "100 clients, 10 senders, window 20", "flow", 100, 10, 20),
         Scenario("room10", "10 clients all sending, window 20", "flow", 10, 10, 20),
         Scenario("room500", "500 clients all sending, window 1", "flow", 500, 500, 1),
+        # Issue 16's other two rows: every member sending into a mid-size
+        # room, and a big room with few senders.
+        Scenario("room100w1", "100 clients all sending, window 1", "flow", 100, 100, 1),
+        Scenario("room500w20", "500 clients, 10 senders, window 20", "flow", 500, 10, 20),
         Scenario("steady", "steady 50,000 deliveries/s to 100 clients", "flow", 100, 10, 0, 50_000),
         Scenario("connect", "500 clients connecting at once", "connect", 500),
         Scenario("idle", "idle clients held, resident memory per client", "idle"),
