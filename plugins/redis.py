@@ -571,7 +571,10 @@ class Cluster:
         self.presence.start()
 
     def stop(self) -> None:
-        self.publisher.flush(timeout=1.0)
+        if not self.publisher.flush(timeout=1.0):
+            # The goodbyes (the leaves) among them: the others time this
+            # server's users out instead.
+            log.warning("stopping with %d events Redis did not take; not shared", self.publisher.waiting())
         self.stopping.set()
         self.publisher.wake()
         self.presence.changed()
@@ -699,6 +702,11 @@ class Publisher(threading.Thread):
                 return False
             time.sleep(0.01)
         return True
+
+    def waiting(self) -> int:
+        """Events queued and not yet confirmed by Redis."""
+        with self._cond:
+            return len(self._queue)
 
     def _batch(self) -> list[_Pending]:
         with self._cond:
@@ -1319,6 +1327,10 @@ class Presence(threading.Thread):
                 return None
             if not self.client.exists(keys.alive(owner)):
                 return f"{message.recipient}'s server is not answering; try again later"
+        except redis_py.RedisError as exc:
+            log.info("could not send a private message through the cluster (%s)", exc)
+            return f"the cluster link is down: your message to {message.recipient} was not sent; try again later"
+        try:
             # Not retried, so never sent twice; a failure is told to the sender.
             self.client.xadd(
                 keys.inbox(owner),
@@ -1326,9 +1338,13 @@ class Presence(threading.Thread):
                 maxlen=INBOX_LENGTH,
                 approximate=True,
             )
+        except (redis_py.ConnectionError, redis_py.TimeoutError) as exc:
+            # Sent, but the link dropped before the reply: Redis may have it.
+            log.info("the link dropped while sending a private message through the cluster (%s)", exc)
+            return f"the cluster link dropped: your message to {message.recipient} may not have arrived"
         except redis_py.RedisError as exc:
-            log.info("could not send a private message through the cluster (%s)", exc)
-            return f"the cluster link is down: your message to {message.recipient} was not sent; try again later"
+            log.info("Redis refused a private message (%s)", exc)
+            return f"the cluster refused your message to {message.recipient}; it was not sent"
         return True
 
 
