@@ -319,6 +319,51 @@ def test_publishes_cut_off_midway_are_retried_once_and_in_order(redis_server, cl
         proxy.close()
 
 
+def chat_texts(redis_server: RedisServer, room: str) -> list[str]:
+    """The texts of the chat entries in ``room``'s stream, in order."""
+    client = redis_server.client()
+    try:
+        texts = []
+        for stream in client.keys(f"chatcore:*:room:{room}:stream"):
+            for _id, entry in client.xrange(stream):
+                event = json.loads(entry["event"])
+                if event["type"] == "Chat":
+                    texts.append(event["text"])
+        return texts
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+def test_publishes_refused_by_a_demoted_primary_wait_and_go_out(
+    redis_server, chat_server_factory, chat_client, tmp_path
+) -> None:
+    # A failover can leave a server's link on the old primary, now a replica,
+    # which refuses writes (READONLY): a fresh link cures that (to the new
+    # primary; here the same Redis promoted back), so the events wait and
+    # are retried, where other refusals are given up.
+    (tmp_path / "primary").mkdir()
+    primary = RedisServer(tmp_path / "primary").start()
+    admin = redis_server.client()
+    try:
+        server = chat_server_factory(
+            "--plugins", "redis", "--redis-url", redis_server.url, "--redis-cluster", "demoted", "--redis-timeout", "1"
+        )  # fmt: skip
+        alice = chat_client(server)
+        admin.replicaof("127.0.0.1", str(primary.port))  # read-only from now on
+        for i in range(5):
+            alice.send(f"line {i}")
+        alice.sync()
+        wait_for(lambda: "errorstat_READONLY" in admin.info("errorstats"), timeout=TIMEOUT, message="a refusal")
+        admin.replicaof("NO", "ONE")
+        expected = [f"line {i}" for i in range(5)]
+        wait_for(lambda: chat_texts(redis_server, "lobby") == expected, timeout=TIMEOUT, message="the lines in Redis")
+        assert server.config.data["redis"].publisher.dropped == 0
+    finally:
+        admin.close()
+        primary.stop()
+
+
 @pytest.mark.slow
 def test_a_stream_trimmed_past_the_cursor_is_told_with_the_count(redis_server, cluster, connect) -> None:
     proxy = Proxy(("127.0.0.1", redis_server.port))
