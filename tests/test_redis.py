@@ -290,11 +290,19 @@ def test_redis_restarted_empty_tells_members_of_the_gap(redis_server, cluster, c
     bob.expect(LINK_DOWN)
     alice.send("local chat goes on")
     ann.expect("<alice> local chat goes on")
+    # Nicknames are unique per server only during an outage (docs/scaling.md):
+    # alice's is free on bob's server, and stays taken on alice's.
+    twin = connect(two, "alice")
+    ann.send("/nick alice")
+    ann.expect("! nickname 'alice' is taken")
     redis_server.start()
     bob.expect("* messages from other servers may be missing here (the cluster's Redis lost them)")
     linked(alice, "alice", [bob])
     bob.send("hello again")
     alice.expect("<bob> hello again")
+    twin.send("/me is still alice")  # both keep the name when the link is back
+    twin.expect("* alice is still alice")
+    alice.expect("* alice is still alice")
     assert bob.received.count(LINK_DOWN) == 1
     assert bob.received.count("<alice> local chat goes on") <= 1
 
