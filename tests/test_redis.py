@@ -19,7 +19,7 @@ import pytest
 from redis_support import Proxy, RedisServer
 
 from chatcore.events import Action, Chat, Joined, Left, NickChanged, RoomNotice
-from chatcore.plugins.redis import decode_event, encode_event, redacted
+from chatcore.plugins.redis import Arrivals, _Cursor, _Start, decode_event, encode_event, redacted
 from chatcore.testing import LineClient, ServerProcess, wait_for
 
 TIMEOUT = 10
@@ -147,6 +147,45 @@ def test_events_travel_as_versioned_json() -> None:
     ]:
         with pytest.raises(ValueError, match=why):
             decode_event(bad)
+
+
+def test_a_room_entered_is_read_from_its_first_join_s_place() -> None:
+    # The hand-over between the publisher and the reader (no Redis needed).
+    here: dict[str, int] = {}
+    arrivals = Arrivals(grace=60)
+    here["lobby"] = 1  # a client entered: its Joined is queued
+    assert arrivals.entered("lobby", 1)
+    assert arrivals.plan(lambda: here) == ({}, [])  # on its way: wait
+    assert not arrivals.entered("lobby", 2)  # a second member: the first's place counts
+    arrivals.placed("lobby", 2, _Cursor("9-0", "e", 5))  # not the one asked for: ignored
+    place = _Cursor("7-0", "e", 3)
+    arrivals.placed("lobby", 1, place)
+    start, stop = arrivals.plan(lambda: here)
+    assert start == {"lobby": _Start(place)}
+    assert stop == []
+    assert arrivals.begin("lobby", start["lobby"])
+    assert not arrivals.entered("lobby", 3)  # read already: no place needed
+    del here["lobby"]
+    assert arrivals.plan(lambda: here) == ({}, ["lobby"])
+    # A place that is not known starts at the top, and the members are told.
+    here["dev"] = 1
+    assert arrivals.entered("dev", 4)
+    arrivals.placed("dev", 4, None, "the cluster link dropped as the room was entered")
+    start, _ = arrivals.plan(lambda: here)
+    assert start == {"dev": _Start(None, "the cluster link dropped as the room was entered")}
+    # Whoever enters between the plan and the start makes the reader plan again.
+    here["lobby"] = 1
+    assert arrivals.entered("lobby", 5)
+    assert not arrivals.begin("lobby", _Start(None))
+    # Everyone left before the place was known: forgotten, and asked afresh.
+    del here["lobby"]
+    arrivals.plan(lambda: here)
+    arrivals.placed("lobby", 5, place)
+    here["lobby"] = 1
+    assert arrivals.entered("lobby", 6)
+    # Members with no Joined at all are read from the top after the grace.
+    arrivals = Arrivals(grace=0)
+    assert arrivals.plan(lambda: {"quiet": 1}) == ({"quiet": _Start(None)}, [])
 
 
 def test_the_password_never_reaches_logs() -> None:
