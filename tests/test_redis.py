@@ -302,6 +302,8 @@ def test_a_client_hears_what_is_said_right_after_it_entered(redis_server, cluste
     one = cluster(redis_server.url, "127.0.0.1")
     two = cluster(redis_server.url, "127.0.0.2")
     bob = connect(two, "bob")
+    # bob's own entries first, so the next join in the stream is the guest's.
+    wait_for(lambda: last_event(redis_server, "lobby").get("new_nick") == "bob", timeout=TIMEOUT)
     for i in range(10):
         guest = LineClient(one.address, timeout=TIMEOUT)
         try:
