@@ -553,7 +553,10 @@ class Cluster:
         self.node = secrets.token_hex(6)
         self.server: ChatServer | None = None
         self.stopping = threading.Event()
-        self.arrivals = Arrivals(grace=timeout)
+        # A client's Joined follows its entry into the room after a nick
+        # claim in Redis, which may wait for a pooled connection and then for
+        # the reply: up to twice the timeout.
+        self.arrivals = Arrivals(grace=3 * timeout)
         self.publisher = Publisher(self, max_pending)
         self.reader = Reader(self, check_interval)
         self.presence = Presence(self, node_timeout)
