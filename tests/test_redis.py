@@ -684,6 +684,10 @@ def test_many_clients_asking_the_cluster_at_once_all_get_answers(redis_server, c
             client.send(f"/nick many{i}")
         for i, client in enumerate(clients):
             client.expect(f"* you are now known as many{i}")
+        # The view settles moments after the last rename (each server renews
+        # its presence on a thread of its own); then everyone asks at once.
+        answered(clients[0], "/who", lambda line: line.startswith("* in lobby (60): "))
+        answered(clients[1], "/who", lambda line: line.startswith("* in lobby (60): "))
         for client in clients:
             client.send("/who")
         for client in clients:
