@@ -32,12 +32,13 @@ import secrets
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chatcore import Client, Config, UsageError, events, hookimpl
 from chatcore.config import restart_only, secret, whole_number
-from chatcore.events import Action, Chat, Left, PrivateMessage, RoomEvent, RoomNotice
+from chatcore.events import Action, Chat, Joined, Left, PrivateMessage, RoomEvent, RoomNotice
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -423,7 +424,8 @@ class Keys:
 # above the last one Redis recorded for the node in this room is a repeat.
 #
 # KEYS: meta, stream. ARGV: node, sequence, event JSON, maxlen, new epoch.
-# Returns the offset given, or 0 for a repeat.
+# Returns {offset, entry id, epoch} (where the entry went: the reader starts
+# a room its clients entered there), or 0 for a repeat.
 _PUBLISH_LUA = """
 local field = 'node:' .. ARGV[1]
 local last = tonumber(redis.call('HGET', KEYS[1], field) or '0')
@@ -437,9 +439,9 @@ if not epoch then
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 redis.call('HSET', KEYS[1], field, ARGV[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
     'v', '1', 'node', ARGV[1], 'epoch', epoch, 'offset', offset, 'event', ARGV[3])
-return offset
+return {offset, id, epoch}
 """
 
 
@@ -556,6 +558,10 @@ class Cluster:
         self.node = secrets.token_hex(6)
         self.server: ChatServer | None = None
         self.stopping = threading.Event()
+        # A client's Joined follows its entry into the room after a nick
+        # claim in Redis, which may wait for a pooled connection and then for
+        # the reply: up to twice the timeout.
+        self.arrivals = Arrivals(grace=3 * timeout)
         self.publisher = Publisher(self, max_pending)
         self.reader = Reader(self, check_interval)
         self.presence = Presence(self, node_timeout)
@@ -573,7 +579,10 @@ class Cluster:
         self.presence.start()
 
     def stop(self) -> None:
-        self.publisher.flush(timeout=1.0)
+        if not self.publisher.flush(timeout=1.0):
+            # The goodbyes (the leaves) among them: the others time this
+            # server's users out instead.
+            log.warning("stopping with %d events Redis did not take; not shared", self.publisher.waiting())
         self.stopping.set()
         self.publisher.wake()
         self.presence.changed()
@@ -630,6 +639,18 @@ class _Pending:
     seq: int
     room: str
     event: str
+    #: Whether the reader waits to learn where this entry goes: the Joined of
+    #: a room it does not read yet (see :class:`Arrivals`).
+    placing: bool = False
+
+
+def _cured_by_retry(reply: object) -> bool:
+    """A refusal that a retry on a fresh connection cures: the script cache
+    was flushed between SCRIPT EXISTS and EVALSHA, or a failover left this
+    link on a replica. Retrying is safe: the script drops what Redis has."""
+    from redis.exceptions import NoScriptError, ReadOnlyError
+
+    return isinstance(reply, (NoScriptError, ReadOnlyError))
 
 
 class Publisher(threading.Thread):
@@ -639,7 +660,9 @@ class Publisher(threading.Thread):
     what is queued in pipelines of up to :data:`BATCH`. A batch that fails is
     sent again after a reconnection; the publish script drops the ones
     Redis already has, so nothing is added twice and each sender's order
-    holds.
+    holds. An event is only ever given up loudly: refused by Redis (logged,
+    counted in :attr:`dropped`) or pushed out of a full queue during an outage
+    (logged, counted).
     """
 
     def __init__(self, cluster: Cluster, max_pending: int) -> None:
@@ -649,7 +672,7 @@ class Publisher(threading.Thread):
         self._queue: collections.deque[_Pending] = collections.deque()
         self._cond = threading.Condition()
         self._seq = 0
-        #: Events given up while Redis was unreachable.
+        #: Events given up: refused by Redis, or beyond --redis-max-pending.
         self.dropped = 0
         #: The last sequence number Redis has confirmed.
         self.confirmed = 0
@@ -657,11 +680,17 @@ class Publisher(threading.Thread):
     def put(self, event: RoomEvent) -> None:
         """Queue ``event`` for Redis (called on the publishing thread)."""
         text = encode_event(event)
+        arrivals = self.cluster.arrivals
         with self._cond:
             self._seq += 1
-            self._queue.append(_Pending(self._seq, event.room, text))
+            # Asked under this lock, so the entry the reader waits for is the
+            # first of the room in queue order.
+            placing = isinstance(event, Joined) and arrivals.entered(event.room, self._seq)
+            self._queue.append(_Pending(self._seq, event.room, text, placing))
             if len(self._queue) > self.max_pending:
-                self._queue.popleft()
+                lost = self._queue.popleft()
+                if lost.placing:
+                    arrivals.placed(lost.room, lost.seq, None, "Redis was unreachable for too long")
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
                     log.error("Redis unreachable: %d events not shared with the cluster so far", self.dropped)
@@ -682,6 +711,11 @@ class Publisher(threading.Thread):
             time.sleep(0.01)
         return True
 
+    def waiting(self) -> int:
+        """Events queued and not yet confirmed by Redis."""
+        with self._cond:
+            return len(self._queue)
+
     def _batch(self) -> list[_Pending]:
         with self._cond:
             while not self._queue and not self.cluster.stopping.is_set():
@@ -694,11 +728,62 @@ class Publisher(threading.Thread):
                 self._queue.popleft()
             self.confirmed = max(self.confirmed, last)
 
+    def _send(self, client: redis_py.Redis, script: Any, batch: list[_Pending]) -> list[Any]:
+        """One pipeline of ``batch``; the replies, one per event (a refusal
+        as its ResponseError). Raises what calls for a retry of the batch."""
+        cluster = self.cluster
+        keys = cluster.keys
+        pipe = client.pipeline(transaction=False)
+        for item in batch:
+            script(
+                keys=[keys.meta(item.room), keys.stream(item.room)],
+                args=[cluster.node, item.seq, item.event, cluster.stream_length, secrets.token_hex(4)],
+                client=pipe,
+            )
+        # Replies item by item: a pipeline is not atomic, so one refusal does
+        # not mean the others were not added.
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if _cured_by_retry(reply):
+                raise reply
+        return replies
+
+    def _settle(self, batch: list[_Pending], replies: list[Any]) -> None:
+        """Tell the reader where the entries it waits for went; give up
+        (loudly) the events Redis refused."""
+        import redis as redis_py
+
+        arrivals = self.cluster.arrivals
+        refused: list[Exception] = []
+        for item, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, redis_py.ResponseError):
+                refused.append(reply)
+                if item.placing:
+                    arrivals.placed(item.room, item.seq, None, "Redis refused this server's events")
+            elif item.placing:
+                if isinstance(reply, list):
+                    offset, entry_id, epoch = reply
+                    arrivals.placed(item.room, item.seq, _Cursor(str(entry_id), str(epoch), int(offset)))
+                else:
+                    # A repeat: Redis had it from a batch whose reply the link
+                    # lost, and where it went is not known any more.
+                    arrivals.placed(item.room, item.seq, None, "the cluster link dropped as the room was entered")
+        if refused:
+            # Not the link: out of memory, a wrong type at a key, a script
+            # error. Retrying would block every later event behind these.
+            with self._cond:
+                self.dropped += len(refused)
+            log.error(
+                "Redis refused %d of %d events (%s); they are not shared with the cluster",
+                len(refused),
+                len(batch),
+                refused[0],
+            )
+
     def run(self) -> None:
         import redis as redis_py
 
         cluster = self.cluster
-        keys = cluster.keys
         client: redis_py.Redis | None = None
         script: Any = None
         failing = False
@@ -711,33 +796,25 @@ class Publisher(threading.Thread):
                 if client is None:
                     client = connect(cluster.url, timeout=cluster.timeout, name=f"chatcore-{cluster.node}-pub")
                     script = client.register_script(_PUBLISH_LUA)
-                pipe = client.pipeline(transaction=False)
-                for item in batch:
-                    script(
-                        keys=[keys.meta(item.room), keys.stream(item.room)],
-                        args=[cluster.node, item.seq, item.event, cluster.stream_length, secrets.token_hex(4)],
-                        client=pipe,
-                    )
-                pipe.execute()
-            except redis_py.ResponseError as exc:
-                # Not the link: Redis refused (out of memory, a wrong type at
-                # a key, a script error). Retrying would block every later
-                # event behind this batch: give it up, loudly.
-                log.error("Redis refused %d events (%s); they are not shared with the cluster", len(batch), exc)
-                self.dropped += len(batch)
+                replies = self._send(client, script, batch)
             except Exception as exc:
-                # The link (dropped, timed out, a reply cut in the middle) or
-                # anything unexpected: the batch waits and is sent again (the
-                # script drops what Redis already has); the thread never dies.
-                # Users hear of outages from the reader alone (one voice, no
-                # flapping notices).
+                if isinstance(exc, redis_py.ResponseError) and not _cured_by_retry(exc):
+                    # The batch as a whole refused (loading the script): as above.
+                    self._settle(batch, [exc] * len(batch))
+                    self._confirm(batch[-1].seq)
+                    continue
+                # The link (dropped, timed out, a reply cut in the middle), a
+                # refusal a fresh link cures, or anything unexpected: the
+                # batch waits and is sent again (the script drops what Redis
+                # already has); the thread never dies. Users hear of outages
+                # from the reader alone (one voice, no flapping notices).
                 if not failing:
-                    unexpected = not isinstance(exc, (redis_py.ConnectionError, redis_py.TimeoutError))
+                    expected = (redis_py.ConnectionError, redis_py.TimeoutError, redis_py.ResponseError)
                     log.warning(
                         "publishing to Redis failed (%s); %d events wait, retrying",
                         exc,
                         len(batch),
-                        exc_info=unexpected,
+                        exc_info=not isinstance(exc, expected),
                     )
                 failing = True
                 _close(client)
@@ -748,6 +825,7 @@ class Publisher(threading.Thread):
                 log.warning("publishing to Redis works again")
             failing = False
             backoff.reset()
+            self._settle(batch, replies)
             self._confirm(batch[-1].seq)
         _close(client)
 
@@ -762,6 +840,113 @@ class _Cursor:
     #: The epoch and offset of the last entry read (None, 0 before any).
     epoch: str | None
     offset: int
+
+
+@dataclass(slots=True)
+class _Start:
+    """Where the reader is to start reading a room (see :class:`Arrivals`)."""
+
+    #: This server's Joined entry in the room; None: the stream's top, now.
+    cursor: _Cursor | None
+    #: Why starting at the top may have skipped something (told as a gap).
+    gap: str | None = None
+
+
+class Arrivals:
+    """Where the reader starts reading a room that this server's clients enter.
+
+    Members must hear what the other servers say in the room after they
+    entered it, that is after this server's Joined entry in the room's
+    stream. The reader cannot simply start at the stream's top when it
+    notices the room: it notices only when its blocking read returns, up to
+    :data:`BLOCK_MS` later, and whatever was said in between would be
+    skipped without a trace (issue 13's bug). So the publisher reports where
+    the Joined of a room's first member went (the publish script returns
+    it), and the reader starts there.
+
+    When that is not known, the reader starts at the top: if the Joined was
+    refused, given up or its reply lost (the members are told of a possible
+    gap), or if a room got members here without a Joined within
+    ``grace`` seconds (logged).
+
+    One lock; :meth:`entered` runs on client threads (with the publisher's
+    queue lock held), :meth:`placed` on the publisher's, and
+    :meth:`plan` and :meth:`begin` on the reader's thread.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._lock = threading.Lock()
+        #: Rooms the reader reads.
+        self._followed: set[str] = set()
+        #: Rooms whose first Joined is on its way to Redis: its sequence number.
+        self._asked: dict[str, int] = {}
+        #: Where those went.
+        self._placed: dict[str, _Start] = {}
+        #: Rooms with members here and no Joined seen yet: since when.
+        self._unannounced: dict[str, float] = {}
+
+    def entered(self, room: str, seq: int) -> bool:
+        """A Joined (number ``seq``) is queued for ``room``: True if the
+        reader is to learn where it goes (it does not read the room, nor
+        waits for an earlier Joined's place)."""
+        with self._lock:
+            if room in self._followed or room in self._asked or room in self._placed:
+                return False
+            self._asked[room] = seq
+            self._unannounced.pop(room, None)
+            return True
+
+    def placed(self, room: str, seq: int, cursor: _Cursor | None, gap: str | None = None) -> None:
+        """Where the Joined number ``seq`` went (None: not known, and why)."""
+        with self._lock:
+            if self._asked.get(room) == seq:
+                del self._asked[room]
+                self._placed[room] = _Start(cursor, None if cursor else gap)
+
+    def plan(self, rooms: Callable[[], Collection[str]]) -> tuple[dict[str, _Start], list[str]]:
+        """The rooms to start reading and where, and the rooms to stop
+        reading (done: they count as not read from now on).
+
+        ``rooms`` gives the rooms with members here; it is read under the
+        lock, so a client entering a room after this finds it not read and
+        has its Joined placed.
+        """
+        now = time.monotonic()
+        with self._lock:
+            here = set(rooms())
+            stop = [room for room in self._followed if room not in here]
+            self._followed.difference_update(stop)
+            for table in (self._asked, self._placed, self._unannounced):
+                for room in [room for room in table if room not in here]:
+                    del table[room]  # everyone left before the reader began
+            start: dict[str, _Start] = {}
+            for room in here - self._followed:
+                if room in self._placed:
+                    start[room] = self._placed[room]
+                elif room not in self._asked:
+                    since = self._unannounced.setdefault(room, now)
+                    if now - since >= self.grace:
+                        start[room] = _Start(None)
+            return start, stop
+
+    def begin(self, room: str, start: _Start) -> bool:
+        """The reader reads ``room`` from now on, as :meth:`plan` said; False
+        if things changed meanwhile (plan again)."""
+        with self._lock:
+            if room in self._followed or room in self._asked:
+                return False
+            if room in self._placed:
+                if self._placed[room] is not start:
+                    return False
+                del self._placed[room]
+            elif room not in self._unannounced:
+                return False
+            else:
+                del self._unannounced[room]
+                log.warning("room %s has members here but no join was published; reading it from now on", room)
+            self._followed.add(room)
+            return True
 
 
 class Reader(threading.Thread):
@@ -815,19 +1000,25 @@ class Reader(threading.Thread):
         _close(client)
 
     def _follow_rooms(self, client: redis_py.Redis) -> None:
-        """Start reading rooms that got local members; stop reading empty ones."""
-        server = self.cluster.server
-        assert server is not None
-        rooms = server.registry.rooms()
-        for room in [room for room in self.cursors if room not in rooms]:
-            del self.cursors[room]
-        for room in rooms:
-            if room not in self.cursors:
-                self.cursors[room] = self._top(client, room)
+        """Start reading rooms that got local members, from this server's
+        Joined entry (:class:`Arrivals`); stop reading empty ones."""
+        cluster = self.cluster
+        assert cluster.server is not None
+        start, stop = cluster.arrivals.plan(cluster.server.registry.rooms)
+        for room in stop:
+            self.cursors.pop(room, None)
+        for room, where in start.items():
+            # The top is read before the room counts as read, so a failure
+            # here leaves it to the next plan.
+            cursor = where.cursor or self._top(client, room)
+            if cluster.arrivals.begin(room, where):
+                self.cursors[room] = cursor
+                if where.gap:
+                    cluster.gap(room, None, where.gap)
 
     def _top(self, client: redis_py.Redis, room: str) -> _Cursor:
-        """A cursor at the end of the room's stream: a room entered now
-        starts with what is said from now on."""
+        """A cursor at the end of the room's stream (where this server's
+        Joined entry went is not known)."""
         keys = self.cluster.keys
         pipe = client.pipeline(transaction=True)  # one snapshot of both keys
         pipe.hmget(keys.meta(room), ["epoch", "offset"])
@@ -1144,6 +1335,10 @@ class Presence(threading.Thread):
                 return None
             if not self.client.exists(keys.alive(owner)):
                 return f"{message.recipient}'s server is not answering; try again later"
+        except redis_py.RedisError as exc:
+            log.info("could not send a private message through the cluster (%s)", exc)
+            return f"the cluster link is down: your message to {message.recipient} was not sent; try again later"
+        try:
             # Not retried, so never sent twice; a failure is told to the sender.
             self.client.xadd(
                 keys.inbox(owner),
@@ -1151,9 +1346,13 @@ class Presence(threading.Thread):
                 maxlen=INBOX_LENGTH,
                 approximate=True,
             )
+        except (redis_py.ConnectionError, redis_py.TimeoutError) as exc:
+            # Sent, but the link dropped before the reply: Redis may have it.
+            log.info("the link dropped while sending a private message through the cluster (%s)", exc)
+            return f"the cluster link dropped: your message to {message.recipient} may not have arrived"
         except redis_py.RedisError as exc:
-            log.info("could not send a private message through the cluster (%s)", exc)
-            return f"the cluster link is down: your message to {message.recipient} was not sent; try again later"
+            log.info("Redis refused a private message (%s)", exc)
+            return f"the cluster refused your message to {message.recipient}; it was not sent"
         return True
 
 
