@@ -306,7 +306,7 @@ def test_transports_count_across_protocols(certs: Certs, tmp_path: Path, schemes
     ) as server:  # fmt: skip
         urls = [url(scheme, server.addresses[scheme]) for scheme in ("tcp", *schemes)]
         code, entries, log = run_locust(
-            tmp_path, "--chat-hosts", ",".join(urls), "--ca", str(certs.ca_file), users=6, seconds=3
+            tmp_path, "--chat-hosts", ",".join(urls), "--ca", str(certs.ca_file), users=6, seconds=5
         )
     assert code == 0, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
@@ -335,11 +335,13 @@ def test_chat_mix_spreads_users_by_weight(tmp_path: Path) -> None:
             "--chat-mix", "tcp=6,ws=3,irc=1",
             "--message-rate", "2",
             users=10,
-            seconds=3,
+            seconds=6,
         )  # fmt: skip
     assert code == 0, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
-    users = {scheme: entries[("connect", f"welcome {scheme}://")]["num_requests"] for scheme in urls}
+    # Every user connected well before the end: 6 s leaves a loaded CI room
+    # for the slower web handshakes (3 s did not, once).
+    users = {scheme: entries.get(("connect", f"welcome {scheme}://"), {}).get("num_requests") for scheme in urls}
     assert users == {"tcp": 6, "ws": 3, "irc": 1}, log
     # Everyone is in one room: every transport's users hear every other's.
     for origin in urls.values():
@@ -413,7 +415,7 @@ def test_redis_cluster_of_two_servers_with_mixed_transports(tmp_path: Path) -> N
                     wait_for(lambda sender=sender, receiver=receiver: heard(sender, receiver), timeout=10)
                 # Half the users native, spread over both servers; a quarter each web and IRC.
                 code, entries, log = run_locust(
-                    tmp_path, "--chat-hosts", ",".join(urls), "--chat-mix", "tcp=2,ws=1,irc=1", users=8, seconds=4
+                    tmp_path, "--chat-hosts", ",".join(urls), "--chat-mix", "tcp=2,ws=1,irc=1", users=8, seconds=5
                 )
             finally:
                 for watcher in watchers:
