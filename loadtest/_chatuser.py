@@ -8,6 +8,12 @@ second of ``--message-size`` bytes, while a background greenlet receives
 everything broadcast to it and measures delivery latency and losses. A
 ``--listeners`` share of the users only listen.
 
+A run of a known size (``--messages N``): every user waits until all the
+users of its Locust process are in the chat, so each message has its whole
+audience and the delivery counts can be checked exactly; each sender then
+sends N messages and only listens; the run ends once every user is done and
+no delivery has arrived for a moment (:class:`MessagesRun`).
+
 Scenarios subclass :class:`BaseChatUser` in their own file and override
 :meth:`BaseChatUser.pick_room`, :meth:`BaseChatUser.chat` and the like.
 ``abstract = True`` keeps Locust from running this class itself wherever a
@@ -21,20 +27,161 @@ import logging
 import math
 import ssl
 import time
+import weakref
 from typing import Any
 
 import _chatview  # noqa: F401  (the Chat tab and HTML report: listeners registered on import)
+import gevent
+import gevent.event
 from _chatclient import ChatConnection, ChatError
-from _common import LocustRecorder, sampler, send_name, setup_name, spread_of
+from _common import QUIET_AFTER_MESSAGES, DeliveryCount, LocustRecorder, sampler, send_name, setup_name, spread_of
 from _transports import transport_for
-from locust import User, task
+from locust import User, events, task
+from locust.env import Environment
 from locust.exception import StopUser
+from locust.runners import MasterRunner, WorkerRunner
 
 log = logging.getLogger("chatcore.loadtest")
 #: Set-up errors already logged by this process (each is logged once).
 _logged_errors: set[str] = set()
 
 _user_numbers = itertools.count()
+
+
+class MessagesRun:
+    """This process's part of a ``--messages N`` run.
+
+    Users wait in :meth:`BaseChatUser.on_start` until every user of the run
+    has arrived (connected, or failed to); with workers, each tells the
+    master when all of its users have, and the master tells them all when
+    everyone has. Once Locust has spawned every user and each is done (sent
+    its N messages, only listens, or failed), the process waits until no
+    delivery has arrived for :data:`~_common.QUIET_AFTER_MESSAGES` seconds
+    and ends the run; a worker tells the master instead, which ends the run
+    once every worker has (stopping the workers first, so that their last
+    figures reach it).
+    """
+
+    ARRIVED = "chatcore_messages_arrived"
+    EVERYONE_IN = "chatcore_messages_everyone_in"
+    DONE = "chatcore_messages_done"
+
+    def __init__(self) -> None:
+        self.environment: Environment | None = None
+        self.users: weakref.WeakSet[BaseChatUser] = weakref.WeakSet()
+        self.arrived = 0
+        self.everyone_in = gevent.event.Event()
+        self.workers_in: set[str] = set()
+        self.workers_done: set[str] = set()
+        self._watch: gevent.Greenlet | None = None
+
+    def init(self, environment: Environment) -> None:
+        self.environment = environment
+        runner = environment.runner
+        if isinstance(runner, MasterRunner):
+            runner.register_message(self.ARRIVED, self._worker_in)
+            runner.register_message(self.DONE, self._worker_done)
+        elif isinstance(runner, WorkerRunner):
+            runner.register_message(self.EVERYONE_IN, lambda **_kwargs: self.everyone_in.set())
+
+    def reset(self) -> None:
+        self.users.clear()
+        self.arrived = 0
+        self.everyone_in.clear()
+        self.workers_in.clear()
+        self.workers_done.clear()
+        self.stop_watching()
+
+    def arrive(self) -> None:
+        self.arrived += 1
+        self._check_arrivals()
+
+    def _check_arrivals(self) -> None:
+        runner = self.environment.runner if self.environment else None
+        if runner is None or self.arrived < runner.target_user_count:
+            return
+        if isinstance(runner, WorkerRunner):
+            runner.send_message(self.ARRIVED)
+        else:
+            self.everyone_in.set()
+
+    def spawned(self) -> None:
+        """Locust has spawned every user: wait for the end."""
+        environment = self.environment
+        options = environment.parsed_options if environment else None
+        if environment is None or not options or options.messages <= 0:
+            return
+        if isinstance(environment.runner, MasterRunner):
+            return
+        self._check_arrivals()  # a worker with no users has had all its arrivals
+        if self._watch is None:
+            self._watch = gevent.spawn(self._wait_for_the_end, environment)
+
+    def stop_watching(self) -> None:
+        if self._watch is not None and self._watch is not gevent.getcurrent():
+            self._watch.kill(block=False)
+        self._watch = None
+
+    def _wait_for_the_end(self, environment: Environment) -> None:
+        while not all(user.done for user in list(self.users)):
+            gevent.sleep(0.1)
+        seen, since = DeliveryCount.awaited, time.monotonic()
+        while time.monotonic() - since < QUIET_AFTER_MESSAGES:
+            gevent.sleep(0.1)
+            if DeliveryCount.awaited != seen:
+                seen, since = DeliveryCount.awaited, time.monotonic()
+        runner = environment.runner
+        if isinstance(runner, WorkerRunner):
+            runner.send_message(self.DONE)
+        else:
+            self._end(environment)
+
+    def _worker_in(self, environment: Environment, msg: Any, **_kwargs: Any) -> None:
+        self.workers_in.add(msg.node_id)
+        runner = environment.runner
+        if isinstance(runner, MasterRunner) and len(self.workers_in) >= runner.worker_count:
+            runner.send_message(self.EVERYONE_IN)
+
+    def _worker_done(self, environment: Environment, msg: Any, **_kwargs: Any) -> None:
+        self.workers_done.add(msg.node_id)
+        runner = environment.runner
+        if runner is not None and len(self.workers_done) >= runner.worker_count:
+            # Not on the master's receiving greenlet: stopping waits for the workers' answers.
+            gevent.spawn(self._end, environment)
+
+    def _end(self, environment: Environment) -> None:
+        runner = environment.runner
+        options = environment.parsed_options
+        if runner is None or options is None:
+            return
+        log.info("chatcore: every user has sent its %d messages and they arrived: ending the run", options.messages)
+        runner.stop()
+        if options.headless:
+            runner.quit()
+        # With the web UI, the stopped run's figures stay up.
+
+
+messages_run = MessagesRun()
+
+
+@events.init.add_listener
+def _messages_init(environment: Environment, **_kwargs: Any) -> None:
+    messages_run.init(environment)
+
+
+@events.test_start.add_listener
+def _messages_start(**_kwargs: Any) -> None:
+    messages_run.reset()
+
+
+@events.spawning_complete.add_listener
+def _messages_spawned(**_kwargs: Any) -> None:
+    messages_run.spawned()
+
+
+@events.test_stop.add_listener
+def _messages_stop(**_kwargs: Any) -> None:
+    messages_run.stop_watching()
 
 
 class BaseChatUser(User):
@@ -72,6 +219,12 @@ class BaseChatUser(User):
         self.connection: ChatConnection | None = None
         self.send_name = "message"
         self._next_send = 0.0
+        #: ``--messages``: how many this user sends (0: until the run ends),
+        #: how many it has sent, and whether it has done its part.
+        self.messages_to_send: int = max(0, options.messages) if options else 0
+        self.sent = 0
+        self.done = False
+        messages_run.users.add(self)
 
     def pick_room(self) -> str:
         """The room this user joins: round robin over ``--rooms``, one room
@@ -89,6 +242,10 @@ class BaseChatUser(User):
 
     def on_start(self) -> None:
         self.connect()
+        if self.messages_to_send:
+            messages_run.arrive()
+            messages_run.everyone_in.wait()  # every message has its whole audience
+            self._next_send = time.monotonic()
 
     def connect(self) -> bool:
         """Connect, take a nickname, join the room and start receiving;
@@ -133,6 +290,7 @@ class BaseChatUser(User):
                     context={},
                 )
                 self._log_once(request_type, exc)
+                self.done = True
                 connection.close()
                 self.connection = None  # the first task stops this user: StopUser here logs a traceback
                 return False
@@ -146,6 +304,8 @@ class BaseChatUser(User):
             )
         connection.start_receiving()
         self._next_send = time.monotonic()
+        if not self.sending:
+            self.done = True
         self.joined()
         return True
 
@@ -202,6 +362,7 @@ class BaseChatUser(User):
                 exception=exc,
                 context={},
             )
+            self.done = True
             raise StopUser() from None
         self.environment.events.request.fire(
             request_type="send",
@@ -211,3 +372,7 @@ class BaseChatUser(User):
             exception=None,
             context={},
         )
+        self.sent += 1
+        if self.sent == self.messages_to_send:
+            self.sending = False  # only listens from now on
+            self.done = True

@@ -57,6 +57,9 @@ from locust.stats import StatsEntry, bucket_response_time
 log = logging.getLogger("chatcore.loadtest")
 
 PROBLEMS = ("lost", "duplicated", "reordered", "corrupted")
+#: Seconds without a delivery after which a ``--messages`` run counts every
+#: message as arrived (the last ones are still on their way before that).
+QUIET_AFTER_MESSAGES = 1.5
 
 
 @events.init_command_line_parser.add_listener
@@ -75,6 +78,16 @@ def add_options(parser: Any) -> None:
         default=64,
         env_var="CHATCORE_MESSAGE_SIZE",
         help="bytes of text per message, at least 40 (default: %(default)s)",
+    )
+    group.add_argument(
+        "--messages",
+        type=int,
+        default=0,
+        metavar="N",
+        env_var="CHATCORE_MESSAGES",
+        help="a run of a known size: each sending user sends N messages, starting once every user (of its Locust "
+        "process) is in the chat, and the run ends once all have been sent and no delivery has arrived for "
+        f"{QUIET_AFTER_MESSAGES:g} s; -t still caps the run (default: 0, send until -t)",
     )
     group.add_argument(
         "--rooms",
@@ -255,6 +268,13 @@ class Sampler:
 sampler = Sampler()
 
 
+class DeliveryCount:
+    """Per process: deliveries counted so far that a ``--messages`` run
+    waits for (a slow reader's are not: it may never catch up)."""
+
+    awaited = 0
+
+
 class LocustRecorder:
     """A :class:`~_chatclient.Recorder` that writes Locust statistics for
     one user connected to server ``server_index`` of ``endpoints``.
@@ -267,6 +287,8 @@ class LocustRecorder:
 
     delivery_type = "deliver"
     delivery_kind = "message"
+    #: Whether a ``--messages`` run waits for these deliveries to stop arriving.
+    awaited = True
 
     def __init__(self, environment: Environment, endpoints: list[Endpoint], server_index: int) -> None:
         self.environment = environment
@@ -277,6 +299,8 @@ class LocustRecorder:
 
     def delivered(self, latency_ms: float, count: int, origin: int) -> None:
         sampler.counted += count
+        if self.awaited:
+            DeliveryCount.awaited += count
         name = self._deliver_names.get(origin)
         if name is None:
             name = self._deliver_names[origin] = pair_name(

@@ -50,6 +50,7 @@ class _SlowRecorder(LocustRecorder):
     """Deliveries under ``slow``; being cut off as a slow consumer is expected."""
 
     delivery_type = "slow"
+    awaited = False  # a --messages run does not wait for a slow reader to catch up
 
     def closed(self, detail: str) -> None:
         # The server closes a slow consumer without a word (its queue is

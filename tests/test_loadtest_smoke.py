@@ -34,9 +34,12 @@ from chatcore.testing import LineClient, ServerProcess, wait_for
 
 LOADTEST_DIR = Path(__file__).resolve().parent.parent / "loadtest"
 STARTUP_TIMEOUT = 15.0
+# Runs are of a known size (--messages): they end when every message has
+# arrived, in a few seconds. The -t cap only ends a run that went wrong (its
+# counts are then short, and the test fails with the log).
+RUN_TIME_CAP = "60s"
 LOCUST_TIMEOUT = 90.0
 
-# Each test runs Locust for a few seconds.
 pytestmark = pytest.mark.slow
 
 
@@ -105,11 +108,13 @@ def test_locust_chat_scenario_delivers_everything(server_port: int, tmp_path: Pa
             "-r",
             "5",
             "-t",
-            "5s",
+            RUN_TIME_CAP,
             "--host",
             f"tcp://127.0.0.1:{server_port}",
             "--message-rate",
             "10",
+            "--messages",
+            "30",
             # Weighted recording (one latency sample per 3 deliveries) must
             # still count every delivery.
             "--deliver-sample",
@@ -130,11 +135,10 @@ def test_locust_chat_scenario_delivers_everything(server_port: int, tmp_path: Pa
     assert failures == {}, log
     assert entries[("connect", "welcome")]["num_requests"] == 5
     assert entries[("join", "/join")]["num_requests"] == 5
-    sent = entries[("send", "message")]["num_requests"]
-    delivered = entries[("deliver", "message")]["num_requests"]
-    # About 10 messages/s for ~4 s from each of 5 users, each to 4 others.
-    assert sent >= 50, log
-    assert delivered >= 2 * sent, log
+    # 30 messages from each of 5 users, each to the 4 others.
+    assert entries[("send", "message")]["num_requests"] == 150, log
+    assert entries[("deliver", "message")]["num_requests"] == 150 * 4, log
+    assert "every user has sent its 30 messages and they arrived: ending the run" in log
     assert not [key for key in entries if key[0] == "loss"], log
     assert re.search(
         r"chatcore: sent \d+ messages, \d+ deliveries .* lost 0, duplicated 0, reordered 0, corrupted 0", log
@@ -165,11 +169,16 @@ def certs(tmp_path: Path) -> Certs:
     return Certs(cert, key, ca_file)
 
 
+#: Messages each sending user sends in a run_locust run.
+MESSAGES = 10
+
+
 def run_locust(
-    tmp_path: Path, *args: str, users: int = 4, seconds: int = 4, scenario: str = "chat.py"
+    tmp_path: Path, *args: str, users: int = 4, messages: int = MESSAGES, scenario: str = "chat.py"
 ) -> tuple[int, dict[Any, Any], str]:
-    """Run the load test headless; return its exit status, the JSON
-    report's rows by (type, name) and its output."""
+    """Run the load test headless, each sending user sending ``messages``
+    messages at 5 a second once all ``users`` are in; return its exit
+    status, the JSON report's rows by (type, name) and its output."""
     assert importlib.util.find_spec("locust") is not None, "Locust is not installed: pip install 'chatcore[loadtest]'"
     report = tmp_path / "report"
     result = subprocess.run(
@@ -185,9 +194,11 @@ def run_locust(
             "-r",
             str(users),
             "-t",
-            f"{seconds}s",
+            RUN_TIME_CAP,
             "--message-rate",
             "5",
+            "--messages",
+            str(messages),
             "--json-file",
             str(report),
             *args,
@@ -214,21 +225,37 @@ def test_tls_host_verified_with_ca(certs: Certs, tmp_path: Path) -> None:
         )
     assert code == 0, log
     assert entries[("connect", "welcome")]["num_requests"] == 4, log
-    assert entries[("deliver", "message")]["num_requests"] >= 20, log
+    assert entries[("send", "message")]["num_requests"] == 4 * MESSAGES, log
+    assert entries[("deliver", "message")]["num_requests"] == 4 * MESSAGES * 3, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
 
 
 def test_tls_unverified_server_is_refused_unless_insecure(certs: Certs, tmp_path: Path) -> None:
     with ServerProcess("--listen", "tls://127.0.0.1:0", *certs.args()) as server:
         host = url("tls", server.addresses["tls"])
-        refused_code, refused, refused_log = run_locust(tmp_path, "--host", host, users=1, seconds=2)
-        code, entries, log = run_locust(tmp_path, "--host", host, "--insecure", users=2, seconds=2)
+        refused_code, refused, refused_log = run_locust(tmp_path, "--host", host, users=1)
+        code, entries, log = run_locust(tmp_path, "--host", host, "--insecure", users=2)
     # The test CA is in no system store: every connect fails on verification.
     assert refused_code == 1, refused_log
     assert refused[("connect", "welcome")]["num_failures"] == 1, refused_log
     assert "CERTIFICATE_VERIFY_FAILED" in refused_log
     assert code == 0, log
     assert entries[("connect", "welcome")]["num_failures"] == 0, log
+    assert entries[("deliver", "message")]["num_requests"] == 2 * MESSAGES, log
+
+
+def test_messages_run_ends_when_everything_arrived_with_worker_processes(tmp_path: Path) -> None:
+    """--messages over a master and two worker processes: the workers' users
+    wait for each other through the master, and the master ends the run
+    once both workers' messages have all arrived, with their last figures."""
+    with ServerProcess("--listen", "tcp://127.0.0.1:0") as server:
+        code, entries, log = run_locust(tmp_path, "--host", url("tcp", server.address), "--processes", "2", users=6)
+    assert code == 0, log
+    assert not [key for key, e in entries.items() if e["num_failures"]], log
+    assert entries[("connect", "welcome")]["num_requests"] == 6, log
+    assert entries[("send", "message")]["num_requests"] == 6 * MESSAGES, log
+    assert entries[("deliver", "message")]["num_requests"] == 6 * MESSAGES * 5, log
+    assert f"every user has sent its {MESSAGES} messages and they arrived: ending the run" in log
 
 
 def test_chat_hosts_split_deliveries_by_server_pair(certs: Certs, tmp_path: Path) -> None:
@@ -240,14 +267,9 @@ def test_chat_hosts_split_deliveries_by_server_pair(certs: Certs, tmp_path: Path
         code, entries, log = run_locust(tmp_path, "--chat-hosts", f"{tcp},{tls}", "--ca", str(certs.ca_file))
     assert code == 0, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
-    sent = {origin: entries[("send", f"message {origin}")]["num_requests"] for origin in (tcp, tls)}
     # Two users on each listener, all in one room: each message reaches the
     # other user on its own listener and both users on the other one.
-    for origin in (tcp, tls):
-        for receiver in (tcp, tls):
-            delivered = entries[("deliver", f"message {origin} > {receiver}")]["num_requests"]
-            expected = sent[origin] * (1 if origin == receiver else 2)
-            assert expected * 0.8 <= delivered <= expected, (origin, receiver, log)
+    assert_pairs_delivered(entries, {tcp: 2, tls: 2}, log)
     assert ("deliver", "message") not in entries
     assert re.search(
         r"chatcore: sent \d+ messages, \d+ deliveries .* lost 0, duplicated 0, reordered 0, corrupted 0", log
@@ -266,11 +288,9 @@ def test_chat_hosts_spread_users_over_separate_servers(tmp_path: Path) -> None:
         code, entries, log = run_locust(tmp_path, "--chat-hosts", f"{first}, {second}")
     assert code == 0, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
-    for server in (first, second):
-        sent = entries[("send", f"message {server}")]["num_requests"]
-        assert sent >= 10, log
-        delivered = entries[("deliver", f"message {server} > {server}")]["num_requests"]
-        assert sent * 0.8 <= delivered <= sent, log  # two users per server
+    for server in (first, second):  # two users on each server
+        assert entries[("send", f"message {server}")]["num_requests"] == 2 * MESSAGES, log
+        assert entries[("deliver", f"message {server} > {server}")]["num_requests"] == 2 * MESSAGES, log
     assert ("deliver", f"message {first} > {second}") not in entries
     assert ("deliver", f"message {second} > {first}") not in entries
 
@@ -278,19 +298,17 @@ def test_chat_hosts_spread_users_over_separate_servers(tmp_path: Path) -> None:
 SUMMARY = re.compile(r"chatcore: sent \d+ messages, \d+ deliveries .* lost 0, duplicated 0, reordered 0, corrupted 0")
 
 
-def assert_pairs_delivered(
-    entries: dict[Any, Any], urls: list[str], log: str, *, per_server: int = 2, share: float = 0.8
-) -> None:
-    """``per_server`` users on each of ``urls``, all in one room: each message
-    sent through one reaches the others on its own and all on the others."""
-    sent = {origin: entries[("send", f"message {origin}")]["num_requests"] for origin in urls}
-    for origin in urls:
-        assert sent[origin] >= 5, (origin, log)
-        for receiver in urls:
-            delivered = entries[("deliver", f"message {origin} > {receiver}")]["num_requests"]
-            users = per_server - 1 if origin == receiver else per_server
-            expected = sent[origin] * users
-            assert expected * share <= delivered <= expected, (origin, receiver, delivered, expected, log)
+def assert_pairs_delivered(entries: dict[Any, Any], users: dict[str, int], log: str) -> None:
+    """``users[url]`` sending users on each server URL, all in one room, each
+    sending MESSAGES messages: each message sent through one server reaches
+    every other user, on its own server and on the others, exactly once."""
+    for origin, senders in users.items():
+        sent = entries[("send", f"message {origin}")]["num_requests"]
+        assert sent == senders * MESSAGES, (origin, sent, log)
+        for receiver, receivers in users.items():
+            expected = sent * (receivers - 1 if origin == receiver else receivers)
+            delivered = entries.get(("deliver", f"message {origin} > {receiver}"), {}).get("num_requests", 0)
+            assert delivered == expected, (origin, receiver, delivered, expected, log)
 
 
 @pytest.mark.parametrize("schemes", [("irc", "ircs"), ("ws", "wss")], ids=["irc+ircs", "ws+wss"])
@@ -305,9 +323,7 @@ def test_transports_count_across_protocols(certs: Certs, tmp_path: Path, schemes
         *certs.args(),
     ) as server:  # fmt: skip
         urls = [url(scheme, server.addresses[scheme]) for scheme in ("tcp", *schemes)]
-        code, entries, log = run_locust(
-            tmp_path, "--chat-hosts", ",".join(urls), "--ca", str(certs.ca_file), users=6, seconds=5
-        )
+        code, entries, log = run_locust(tmp_path, "--chat-hosts", ",".join(urls), "--ca", str(certs.ca_file), users=6)
     assert code == 0, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
     for scheme in schemes:
@@ -315,7 +331,7 @@ def test_transports_count_across_protocols(certs: Certs, tmp_path: Path, schemes
         assert entries[("join", f"/join {scheme}://")]["num_requests"] == 2, log
         # IRC registers with its nickname: no /nick step of its own.
         assert (("nick", f"/nick {scheme}://") in entries) == scheme.startswith("ws"), log
-    assert_pairs_delivered(entries, urls, log)
+    assert_pairs_delivered(entries, dict.fromkeys(urls, 2), log)
     assert not [key for key in entries if key[0] == "loss"], log
     assert SUMMARY.search(log), log
 
@@ -333,21 +349,14 @@ def test_chat_mix_spreads_users_by_weight(tmp_path: Path) -> None:
             tmp_path,
             "--chat-hosts", ",".join(urls.values()),
             "--chat-mix", "tcp=6,ws=3,irc=1",
-            "--message-rate", "2",
             users=10,
-            seconds=6,
         )  # fmt: skip
     assert code == 0, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
-    # Every user connected well before the end: 6 s leaves a loaded CI room
-    # for the slower web handshakes (3 s did not, once).
     users = {scheme: entries.get(("connect", f"welcome {scheme}://"), {}).get("num_requests") for scheme in urls}
     assert users == {"tcp": 6, "ws": 3, "irc": 1}, log
     # Everyone is in one room: every transport's users hear every other's.
-    for origin in urls.values():
-        for receiver in urls.values():
-            if origin != urls["irc"] or receiver != urls["irc"]:  # one IRC user: nobody to hear it on IRC
-                assert entries[("deliver", f"message {origin} > {receiver}")]["num_requests"] > 0, (origin, receiver)
+    assert_pairs_delivered(entries, {urls[scheme]: count for scheme, count in users.items()}, log)
     assert not [key for key in entries if key[0] == "loss"], log
     for scheme in urls:
         line = rf"chatcore: transport {scheme}:// users received [1-9]\d* deliveries .* lost 0, duplicated 0, reordered"
@@ -361,15 +370,14 @@ def test_rooms_and_listeners_are_spread_over_every_server(tmp_path: Path) -> Non
     would cross, and every listening user would be on the second)."""
     with ServerProcess("--plugins", "web", "--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0") as server:
         tcp, ws = url("tcp", server.addresses["tcp"]), url("ws", server.addresses["ws"])
-        code, entries, log = run_locust(
-            tmp_path, "--chat-hosts", f"{tcp},{ws}", "--rooms", "2", "--listeners", "0.5", seconds=3
-        )
+        code, entries, log = run_locust(tmp_path, "--chat-hosts", f"{tcp},{ws}", "--rooms", "2", "--listeners", "0.5")
     assert code == 0, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
-    assert entries[("send", f"message {tcp}")]["num_requests"] >= 5, log
-    assert entries[("send", f"message {ws}")]["num_requests"] >= 5, log
+    # One sender on each listener, the two in one room, the listeners in the other.
+    assert entries[("send", f"message {tcp}")]["num_requests"] == MESSAGES, log
+    assert entries[("send", f"message {ws}")]["num_requests"] == MESSAGES, log
     for origin, receiver in ((tcp, ws), (ws, tcp)):
-        assert entries[("deliver", f"message {origin} > {receiver}")]["num_requests"] >= 5, log
+        assert entries[("deliver", f"message {origin} > {receiver}")]["num_requests"] == MESSAGES, log
     # Two users per room, one on each listener: no delivery stays on one.
     assert ("deliver", f"message {tcp} > {tcp}") not in entries, log
     assert ("deliver", f"message {ws} > {ws}") not in entries, log
@@ -415,7 +423,7 @@ def test_redis_cluster_of_two_servers_with_mixed_transports(tmp_path: Path) -> N
                     wait_for(lambda sender=sender, receiver=receiver: heard(sender, receiver), timeout=10)
                 # Half the users native, spread over both servers; a quarter each web and IRC.
                 code, entries, log = run_locust(
-                    tmp_path, "--chat-hosts", ",".join(urls), "--chat-mix", "tcp=2,ws=1,irc=1", users=8, seconds=5
+                    tmp_path, "--chat-hosts", ",".join(urls), "--chat-mix", "tcp=2,ws=1,irc=1", users=8
                 )
             finally:
                 for watcher in watchers:
@@ -426,10 +434,8 @@ def test_redis_cluster_of_two_servers_with_mixed_transports(tmp_path: Path) -> N
     assert not [key for key, e in entries.items() if e["num_failures"]], log
     users = {scheme: entries[("connect", f"welcome {scheme}://")]["num_requests"] for scheme in ("tcp", "ws", "irc")}
     assert users == {"tcp": 4, "ws": 2, "irc": 2}, log
-    # Users who registered later (IRC takes longest) miss the first messages
-    # of the others, and the last ones sent may still be on their way at the
-    # end: hence the share. Losses are counted exactly, below.
-    assert_pairs_delivered(entries, urls, log, share=0.7)
+    # Nobody sends before everyone is in: every message reaches all seven others.
+    assert_pairs_delivered(entries, dict.fromkeys(urls, 2), log)
     assert not [key for key in entries if key[0] == "loss"], log
     assert SUMMARY.search(log), log
 
@@ -452,7 +458,7 @@ def test_redis_cluster_of_two_servers_with_mixed_transports(tmp_path: Path) -> N
     ],
 )
 def test_bad_server_url_is_a_usage_error(tmp_path: Path, args: list[str], error: str) -> None:
-    code, _, log = run_locust(tmp_path, *args, users=1, seconds=1)
+    code, _, log = run_locust(tmp_path, *args, users=1)
     assert code == 2, log
     assert error in log
 
@@ -620,7 +626,7 @@ def test_chat_tab_shows_live_figures_in_chromium(certs: Certs, tmp_path: Path) -
 def test_scenario_runs_without_losses(tmp_path: Path, scenario: str, args: list[str], rows: list[Any]) -> None:
     with ServerProcess("--listen", "tcp://127.0.0.1:0") as server:
         code, entries, log = run_locust(
-            tmp_path, "--host", url("tcp", server.address), *args, scenario=scenario, users=8, seconds=4
+            tmp_path, "--host", url("tcp", server.address), *args, scenario=scenario, users=8, messages=20
         )
     assert code == 0, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
