@@ -306,6 +306,28 @@ def test_server_full(chat_server_factory, chat_client):
         third.close()
 
 
+def test_server_full_holds_for_connections_arriving_together(chat_server_factory):
+    """Six connections pass the first check at once (a plugin holds each
+    until all six are in it): still only --max-clients 3 get in."""
+    together = threading.Barrier(6, timeout=5)
+
+    class Together:
+        @hookimpl
+        def chatcore_connection_arriving(self) -> None:
+            together.wait()
+
+    server = chat_server_factory("--max-clients", "3", plugins=[Together()])
+    clients = [LineClient(server.address) for _ in range(6)]
+    try:
+        first_lines = [client.readline() for client in clients]
+        assert sorted(line.startswith("* Welcome") for line in first_lines) == [False] * 3 + [True] * 3, first_lines
+        assert first_lines.count("! server full, try again later") == 3, first_lines
+        wait_for(lambda: len(server.connections) == 3, timeout=5)
+    finally:
+        for client in clients:
+            client.close()
+
+
 def test_a_refused_client_that_talks_first_still_reads_why(chat_server_factory, chat_client):
     # Clients send right after connecting; closing with their bytes unread
     # would reset the connection and lose the reply.

@@ -386,12 +386,22 @@ class ChatServer:
             self.stats.refused(label)
             self._refuse(client, refusal)
             return
+        # Checked again where the connection is counted, under the lock:
+        # connections arriving together all passed the first check before
+        # any was counted, and --max-clients was exceeded by a few.
+        with self._connections_lock:
+            full = len(self.connections) >= self.max_clients
+            if not full:
+                self.connections.add(client)
+                listener.connected += 1
+        if full:
+            log.warning("refused %s: server full", format_address(*address))
+            self.stats.refused("full")
+            self._refuse(client, "server full, try again later")
+            return
         self.stats.accepted_connection()
 
         protocol = scheme.protocol(client)
-        with self._connections_lock:
-            self.connections.add(client)
-            listener.connected += 1
         try:
             if self._stopping:
                 client.disconnect("server shutting down", notice="server shutting down")
