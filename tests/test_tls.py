@@ -341,3 +341,22 @@ def test_the_client_connects_with_insecure_and_warns(chat_server_factory, certs,
     assert result.returncode == 0, result.stderr
     assert "warning: --insecure" in result.stderr
     assert watcher.expect("<reckless> unchecked")
+
+
+def test_stop_cuts_handshakes_short(chat_server_factory, certs):
+    """Connections that never finish their TLS handshake (a scanner, a
+    plain-text client that waits for the server to speak) do not hold up
+    stop(): it ends their handshakes instead of waiting out their timeouts."""
+    server = chat_server_factory("--listen", "tls://127.0.0.1:0", *certs.args())
+    silent = [socket.create_connection(server.listener("tls").address) for _ in range(3)]
+    try:
+        wait_for(lambda: len(server._threads) == 3, timeout=TIMEOUT, message="three connections served")
+        threads = list(server._threads)
+        server.stop(timeout=1.0)
+        assert [thread for thread in threads if thread.is_alive()] == []
+        for sock in silent:
+            sock.settimeout(TIMEOUT)
+            assert sock.recv(1) == b""  # closed, not left hanging
+    finally:
+        for sock in silent:
+            sock.close()

@@ -170,6 +170,9 @@ class ChatServer:
         #: IRC registration): what stop() must disconnect.
         self.connections: set[Client] = set()
         self._threads: set[threading.Thread] = set()
+        #: Sockets still in their TLS handshake (no Client yet): stop()
+        #: shuts them down, or it would wait out each one's handshake timeout.
+        self._handshaking: set[socket.socket] = set()
         self.listeners: list[Listener] = []
         for url in config.listen:
             try:
@@ -234,6 +237,12 @@ class ChatServer:
         deadline = time.monotonic() + timeout
         with self._connections_lock:
             clients = list(self.connections)
+            handshaking = list(self._handshaking)
+        for sock in handshaking:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # ends the handshake's recv()
+            except OSError:
+                pass  # gone already
         for client in clients:
             client.disconnect(reason, notice=reason, linger=timeout)
         with self._connections_lock:  # stop() may run on a client's own thread (a plugin's command)
@@ -358,14 +367,23 @@ class ChatServer:
         if scheme.tls:
             assert self.certificates is not None  # checked when the configuration was read
             transport = TLSTransport(sock, self.certificates.context)
+            with self._connections_lock:
+                if self._stopping:
+                    return
+                self._handshaking.add(sock)
             try:
                 transport.handshake(HANDSHAKE_TIMEOUT)
             except (OSError, ValueError) as exc:
+                if self._stopping:
+                    return  # cut short by stop()
                 # Not the server's problem, and not worth a traceback: a
                 # plain-text client on a TLS port, a scanner, a timeout.
                 log.info("TLS handshake with %s failed: %s", format_address(*address), _why(exc))
                 self.stats.refused("tls_handshake")
                 return
+            finally:
+                with self._connections_lock:
+                    self._handshaking.discard(sock)
         else:
             transport = Transport(sock)
 
