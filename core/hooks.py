@@ -282,8 +282,8 @@ class Hooks:
     def command(self, client: Client, name: str, args: str) -> bool:
         return bool(self._call_first("chatcore_command", {"client": client, "name": name, "args": args}))
 
-    def command_help(self) -> list[tuple[str, str]]:
-        return self._collect("chatcore_command_help", {}, _help_entries)
+    def command_help(self, client: Client) -> list[tuple[str, str]]:
+        return self._collect("chatcore_command_help", {"client": client}, _help_entries)
 
     def room_event(self, server: ChatServer, event: RoomEvent) -> None:
         self._call_each("chatcore_room_event", {"server": server, "event": event})

@@ -279,15 +279,19 @@ def chatcore_command(client: Client, name: str, args: str) -> bool | None:
 
 
 @hookspec
-def chatcore_command_help() -> list[tuple[str, str]] | None:
+def chatcore_command_help(client: Client) -> list[tuple[str, str]] | None:
     """The commands a plugin provides, for ``/help``.
 
+    :param client: who asked. A plugin may leave out what this client cannot
+        use (the opers plugin lists its operator commands to operators only).
     :return: a list of ``(usage, one-line help)`` pairs, for example
         ``[("/quit [REASON]", "leave the chat")]``.
 
     Called on the thread of the client that asked for help.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       The ``client`` argument (implementations without it still work).
     """
 
 

@@ -191,7 +191,7 @@ def _me(client: Client, args: str) -> None:
 
 
 def _help(client: Client, args: str) -> None:
-    entries = sorted(client.server.hooks.command_help())
+    entries = sorted(client.server.hooks.command_help(client))
     width = max(len(usage) for usage, _ in entries)
     client.notice("commands:")
     for usage, text in entries:

@@ -266,8 +266,9 @@ def muted(message: Message) -> None:
 
 
 @hookimpl
-def chatcore_command_help() -> list[tuple[str, str]]:
-    return HELP
+def chatcore_command_help(client: Client) -> list[tuple[str, str]]:
+    # Everyone can log in; the rest only to those who can use it.
+    return HELP if operator_name(client) is not None else HELP[:1]
 
 
 @hookimpl

@@ -229,3 +229,24 @@ def test_a_ban_that_cannot_be_saved_is_in_force_and_says_so(chat_server_factory,
         "! in force, but not saved to the bans file (Is a directory): it will not survive a restart"
     )
     assert opers._state(server).banned("192.0.2.9") is not None
+
+
+def test_help_lists_operator_commands_to_operators_only(chat_server_factory, connect, opers_file, fast_failures):
+    server = chat_server_factory("--opers-file", str(opers_file))
+    alice = connect(server, "alice")
+
+    def help_lines() -> list[str]:
+        del alice.received[:]
+        alice.send("/help")
+        alice.send("/ping")  # its answer comes after the whole list
+        alice.expect("* pong")
+        return alice.received[alice.received.index("* commands:") : -1]
+
+    shown = help_lines()
+    assert any("/oper NAME PASSWORD" in line for line in shown), shown
+    assert not any(command in line for line in shown for command in ("/kick", "/ban", "/mute")), shown
+    alice.send(f"/oper root {PASSWORD}")
+    alice.expect("* you are now an operator (root)")
+    shown = help_lines()
+    for command in ("/oper NAME PASSWORD", "/kick NICK", "/ban NICK", "/bans", "/mute NICK", "/unmute NICK"):
+        assert any(command in line for line in shown), (command, shown)
