@@ -48,6 +48,7 @@ import time
 from typing import Any
 
 import gevent
+import locust.argument_parser
 from _transports import Endpoint, Spread, parse_endpoints, parse_spread
 from locust import events
 from locust.env import Environment
@@ -339,6 +340,20 @@ def refresh_loop_time(**_kwargs: Any) -> None:
     where importing everything takes seconds, the run ended that many
     seconds early (a 4 s run stopped after 0.7 s)."""
     gevent.get_hub().loop.update_now()
+
+
+@events.init.add_listener
+def compute_default_options_once(**_kwargs: Any) -> None:
+    """Work around a cost in Locust's worker (2.47): for each spawn message
+    it rebuilds its whole argument parser once per option the master sent
+    (``k not in default_args_dict()`` inside a comprehension). With this
+    load test's options that is about 100 parsers, seconds of CPU per
+    message, in which the worker sends no heartbeat: when users ramp up over
+    several messages (``-r`` below ``-u``) the master gives its workers up
+    as missing and stops the run. The defaults cannot change once Locust
+    has started, so they are computed once."""
+    defaults = locust.argument_parser.default_args_dict()
+    locust.argument_parser.default_args_dict = lambda: defaults
 
 
 @events.init.add_listener

@@ -174,10 +174,16 @@ MESSAGES = 10
 
 
 def run_locust(
-    tmp_path: Path, *args: str, users: int = 4, messages: int = MESSAGES, scenario: str = "chat.py"
+    tmp_path: Path,
+    *args: str,
+    users: int = 4,
+    spawn_rate: int = 0,
+    messages: int = MESSAGES,
+    scenario: str = "chat.py",
 ) -> tuple[int, dict[Any, Any], str]:
     """Run the load test headless, each sending user sending ``messages``
-    messages at 5 a second once all ``users`` are in; return its exit
+    messages at 5 a second once all ``users`` are in (started
+    ``spawn_rate`` a second, all at once by default); return its exit
     status, the JSON report's rows by (type, name) and its output."""
     assert importlib.util.find_spec("locust") is not None, "Locust is not installed: pip install 'chatcore[loadtest]'"
     report = tmp_path / "report"
@@ -192,7 +198,7 @@ def run_locust(
             "-u",
             str(users),
             "-r",
-            str(users),
+            str(spawn_rate or users),
             "-t",
             RUN_TIME_CAP,
             "--message-rate",
@@ -245,17 +251,23 @@ def test_tls_unverified_server_is_refused_unless_insecure(certs: Certs, tmp_path
 
 
 def test_messages_run_ends_when_everything_arrived_with_worker_processes(tmp_path: Path) -> None:
-    """--messages over a master and two worker processes: the workers' users
-    wait for each other through the master, and the master ends the run
-    once both workers' messages have all arrived, with their last figures."""
+    """--messages over a master and two worker processes, users started
+    over two seconds (several spawn messages per worker): the workers'
+    users wait for each other through the master, and the master ends the
+    run once both workers' messages have all arrived, with their last
+    figures. (Started in steps, Locust 2.47's workers used to go missing:
+    _common.compute_default_options_once.)"""
     with ServerProcess("--listen", "tcp://127.0.0.1:0") as server:
-        code, entries, log = run_locust(tmp_path, "--host", url("tcp", server.address), "--processes", "2", users=6)
+        code, entries, log = run_locust(
+            tmp_path, "--host", url("tcp", server.address), "--processes", "2", users=6, spawn_rate=3
+        )
     assert code == 0, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
     assert entries[("connect", "welcome")]["num_requests"] == 6, log
     assert entries[("send", "message")]["num_requests"] == 6 * MESSAGES, log
     assert entries[("deliver", "message")]["num_requests"] == 6 * MESSAGES * 5, log
     assert f"every user has sent its {MESSAGES} messages and they arrived: ending the run" in log
+    assert "failed to send heartbeat" not in log
 
 
 def test_chat_hosts_split_deliveries_by_server_pair(certs: Certs, tmp_path: Path) -> None:
