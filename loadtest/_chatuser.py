@@ -27,7 +27,6 @@ import logging
 import math
 import ssl
 import time
-import weakref
 from typing import Any
 
 import _chatview  # noqa: F401  (the Chat tab and HTML report: listeners registered on import)
@@ -51,80 +50,86 @@ _user_numbers = itertools.count()
 class MessagesRun:
     """This process's part of a ``--messages N`` run.
 
-    Users wait in :meth:`BaseChatUser.on_start` until every user of the run
-    has arrived (connected, or failed to); with workers, each tells the
-    master when all of its users have, and the master tells them all when
-    everyone has. Once Locust has spawned every user and each is done (sent
-    its N messages, only listens, or failed), the process waits until no
+    Counted where the whole run is known: by the local runner, or by the
+    master from its workers' messages. Users wait in
+    :meth:`BaseChatUser.on_start` until every user of the run has arrived
+    (connected, or failed to). Once every user is done (sent its N
+    messages, only listens, or failed), each process waits until no
     delivery has arrived for :data:`~_common.QUIET_AFTER_MESSAGES` seconds
-    and ends the run; a worker tells the master instead, which ends the run
-    once every worker has (stopping the workers first, so that their last
-    figures reach it).
+    (a worker then sends its last figures and says so), and the run ends.
     """
 
-    ARRIVED = "chatcore_messages_arrived"
-    EVERYONE_IN = "chatcore_messages_everyone_in"
-    DONE = "chatcore_messages_done"
+    ARRIVED = "chatcore_messages_arrived"  # worker -> master: one user arrived
+    EVERYONE_IN = "chatcore_messages_everyone_in"  # master -> workers
+    DONE = "chatcore_messages_done"  # worker -> master: one user done
+    SETTLE = "chatcore_messages_settle"  # master -> workers: wait for the last deliveries
+    SETTLED = "chatcore_messages_settled"  # worker -> master: its last figures are sent
 
     def __init__(self) -> None:
         self.environment: Environment | None = None
-        self.users: weakref.WeakSet[BaseChatUser] = weakref.WeakSet()
-        self.arrived = 0
         self.everyone_in = gevent.event.Event()
-        self.workers_in: set[str] = set()
-        self.workers_done: set[str] = set()
-        self._watch: gevent.Greenlet | None = None
+        self.arrived = 0
+        self.users_done = 0
+        self.workers_settled: set[str] = set()
+        self._settling: gevent.Greenlet | None = None
 
     def init(self, environment: Environment) -> None:
         self.environment = environment
         runner = environment.runner
         if isinstance(runner, MasterRunner):
-            runner.register_message(self.ARRIVED, self._worker_in)
-            runner.register_message(self.DONE, self._worker_done)
+            runner.register_message(self.ARRIVED, lambda **_kwargs: self.arrive())
+            runner.register_message(self.DONE, lambda **_kwargs: self.user_done())
+            runner.register_message(self.SETTLED, self._worker_settled)
         elif isinstance(runner, WorkerRunner):
             runner.register_message(self.EVERYONE_IN, lambda **_kwargs: self.everyone_in.set())
+            runner.register_message(self.SETTLE, lambda **_kwargs: self._settle())
 
     def reset(self) -> None:
-        self.users.clear()
-        self.arrived = 0
         self.everyone_in.clear()
-        self.workers_in.clear()
-        self.workers_done.clear()
-        self.stop_watching()
+        self.arrived = self.users_done = 0
+        self.workers_settled.clear()
+        self.stop_settling()
+
+    def _whole_run(self) -> int:
+        """Users in the whole run (on the local runner or the master)."""
+        runner = self.environment.runner if self.environment else None
+        return runner.target_user_count if runner is not None else 0
 
     def arrive(self) -> None:
-        self.arrived += 1
-        self._check_arrivals()
-
-    def _check_arrivals(self) -> None:
+        """A user has arrived (on a worker: tell the master)."""
         runner = self.environment.runner if self.environment else None
-        if runner is None or self.arrived < runner.target_user_count:
-            return
         if isinstance(runner, WorkerRunner):
             runner.send_message(self.ARRIVED)
-        else:
+            return
+        self.arrived += 1
+        if self.arrived >= self._whole_run():
+            if isinstance(runner, MasterRunner):
+                runner.send_message(self.EVERYONE_IN)
             self.everyone_in.set()
 
-    def spawned(self) -> None:
-        """Locust has spawned every user: wait for the end."""
-        environment = self.environment
-        options = environment.parsed_options if environment else None
-        if environment is None or not options or options.messages <= 0:
+    def user_done(self) -> None:
+        """A user has done its part (on a worker: tell the master)."""
+        runner = self.environment.runner if self.environment else None
+        if isinstance(runner, WorkerRunner):
+            runner.send_message(self.DONE)
             return
-        if isinstance(environment.runner, MasterRunner):
-            return
-        self._check_arrivals()  # a worker with no users has had all its arrivals
-        if self._watch is None:
-            self._watch = gevent.spawn(self._wait_for_the_end, environment)
+        self.users_done += 1
+        if self.users_done >= self._whole_run():
+            if isinstance(runner, MasterRunner):
+                runner.send_message(self.SETTLE)
+            else:
+                self._settle()
 
-    def stop_watching(self) -> None:
-        if self._watch is not None and self._watch is not gevent.getcurrent():
-            self._watch.kill(block=False)
-        self._watch = None
+    def _settle(self) -> None:
+        if self._settling is None and self.environment is not None:
+            self._settling = gevent.spawn(self._wait_for_the_last, self.environment)
 
-    def _wait_for_the_end(self, environment: Environment) -> None:
-        while not all(user.done for user in list(self.users)):
-            gevent.sleep(0.1)
+    def stop_settling(self) -> None:
+        if self._settling is not None and self._settling is not gevent.getcurrent():
+            self._settling.kill(block=False)
+        self._settling = None
+
+    def _wait_for_the_last(self, environment: Environment) -> None:
         seen, since = DeliveryCount.awaited, time.monotonic()
         while time.monotonic() - since < QUIET_AFTER_MESSAGES:
             gevent.sleep(0.1)
@@ -132,20 +137,20 @@ class MessagesRun:
                 seen, since = DeliveryCount.awaited, time.monotonic()
         runner = environment.runner
         if isinstance(runner, WorkerRunner):
-            runner.send_message(self.DONE)
+            # This worker's last figures first, as Locust's own report does
+            # it (the master may quit before the next regular report, and
+            # waits only half a second for a final one).
+            figures: dict[str, Any] = {}
+            environment.events.report_to_master.fire(client_id=runner.client_id, data=figures)
+            runner.send_message("stats", figures)
+            runner.send_message(self.SETTLED)
         else:
             self._end(environment)
 
-    def _worker_in(self, environment: Environment, msg: Any, **_kwargs: Any) -> None:
-        self.workers_in.add(msg.node_id)
+    def _worker_settled(self, environment: Environment, msg: Any, **_kwargs: Any) -> None:
+        self.workers_settled.add(msg.node_id)
         runner = environment.runner
-        if isinstance(runner, MasterRunner) and len(self.workers_in) >= runner.worker_count:
-            runner.send_message(self.EVERYONE_IN)
-
-    def _worker_done(self, environment: Environment, msg: Any, **_kwargs: Any) -> None:
-        self.workers_done.add(msg.node_id)
-        runner = environment.runner
-        if runner is not None and len(self.workers_done) >= runner.worker_count:
+        if runner is not None and len(self.workers_settled) >= runner.worker_count:
             # Not on the master's receiving greenlet: stopping waits for the workers' answers.
             gevent.spawn(self._end, environment)
 
@@ -174,14 +179,9 @@ def _messages_start(**_kwargs: Any) -> None:
     messages_run.reset()
 
 
-@events.spawning_complete.add_listener
-def _messages_spawned(**_kwargs: Any) -> None:
-    messages_run.spawned()
-
-
 @events.test_stop.add_listener
 def _messages_stop(**_kwargs: Any) -> None:
-    messages_run.stop_watching()
+    messages_run.stop_settling()
 
 
 class BaseChatUser(User):
@@ -224,7 +224,12 @@ class BaseChatUser(User):
         self.messages_to_send: int = max(0, options.messages) if options else 0
         self.sent = 0
         self.done = False
-        messages_run.users.add(self)
+
+    def _done(self) -> None:
+        """This user has done its part of a ``--messages`` run (once)."""
+        if self.messages_to_send and not self.done:
+            self.done = True
+            messages_run.user_done()
 
     def pick_room(self) -> str:
         """The room this user joins: round robin over ``--rooms``, one room
@@ -290,7 +295,7 @@ class BaseChatUser(User):
                     context={},
                 )
                 self._log_once(request_type, exc)
-                self.done = True
+                self._done()
                 connection.close()
                 self.connection = None  # the first task stops this user: StopUser here logs a traceback
                 return False
@@ -305,7 +310,7 @@ class BaseChatUser(User):
         connection.start_receiving()
         self._next_send = time.monotonic()
         if not self.sending:
-            self.done = True
+            self._done()
         self.joined()
         return True
 
@@ -362,7 +367,7 @@ class BaseChatUser(User):
                 exception=exc,
                 context={},
             )
-            self.done = True
+            self._done()
             raise StopUser() from None
         self.environment.events.request.fire(
             request_type="send",
@@ -375,4 +380,4 @@ class BaseChatUser(User):
         self.sent += 1
         if self.sent == self.messages_to_send:
             self.sending = False  # only listens from now on
-            self.done = True
+            self._done()
