@@ -39,6 +39,7 @@ was most of what events added to the delivery path.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 __all__ = [
     "Action",
@@ -84,6 +85,12 @@ class RoomEvent(Event):
     epoch: str = field(default="", kw_only=True)
     time: float = field(default=0.0, kw_only=True)
 
+    #: True for presence notices, which may reach members up to
+    #: ``chatcore.engine.writer.BATCH_DELAY`` late so that a burst of them
+    #: (a connect storm) leaves in one send per member; never reordered
+    #: with the events around them. False: sent at once.
+    batched: ClassVar[bool] = False
+
 
 @dataclass(frozen=True, init=False)
 class Chat(RoomEvent):
@@ -116,6 +123,8 @@ class Action(RoomEvent):
 class Joined(RoomEvent):
     """``nick`` entered the room (native: ``* nick joined``)."""
 
+    batched: ClassVar[bool] = True
+
     nick: str
 
 
@@ -142,6 +151,8 @@ class Left(RoomEvent):
         kick as ``KICK``, not as a ``QUIT``.
     """
 
+    batched: ClassVar[bool] = True
+
     nick: str
     reason: str = "connection closed"
     disconnected: bool = True
@@ -161,6 +172,8 @@ class Left(RoomEvent):
 @dataclass(frozen=True)
 class NickChanged(RoomEvent):
     """``nick`` is now known as ``new_nick`` (native: ``* nick is now known as new_nick``)."""
+
+    batched: ClassVar[bool] = True
 
     nick: str
     new_nick: str

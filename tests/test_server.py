@@ -122,6 +122,37 @@ def test_default_backlog_lets_a_burst_of_500_connects_in(chat_server_factory):
             client.close()
 
 
+def test_a_connect_storm_reaches_every_member_exactly_once(chat_server, chat_client):
+    # Join notices of a burst are batched (chatcore.engine.writer): each
+    # still arrives, once, and nobody waits for their welcome behind them.
+    alice = chat_client(chat_server)
+    storm = [LineClient(chat_server.address) for _ in range(100)]  # all connected before any is read
+    try:
+        nicks = []
+        for client in storm:
+            welcome = client.expect(re.compile(r"^\* Welcome to chatcore, "))
+            nicks.append(re.search(r"guest-\d+", welcome).group())
+        joined = []
+        while len(joined) < len(storm):  # readline() fails if one is missing
+            line = alice.readline()
+            if line.endswith(" joined"):
+                joined.append(line.removeprefix("* ").removesuffix(" joined"))
+        assert sorted(joined) == sorted(nicks)
+        assert not [line for line in alice.sync() if line.endswith(" joined")]  # none twice
+    finally:
+        for client in storm:
+            client.close()
+
+
+def test_a_join_notice_arrives_before_what_the_newcomer_then_says(chat_server, chat_client):
+    # The join waits for its batch; the chat line behind it must not overtake it.
+    alice = chat_client(chat_server)
+    bob = chat_client(chat_server, sync=False)
+    bob.send("hello at once")
+    alice.expect("<guest-2> hello at once")
+    assert alice.received[-2:] == ["* guest-2 joined", "<guest-2> hello at once"]
+
+
 def test_every_line_arrives_whole_and_exactly_once(chat_server_factory, chat_client):
     server = chat_server_factory("--plugins", "")
     listener = chat_client(server)

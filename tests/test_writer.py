@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import socket
+import time
 from types import SimpleNamespace
 from typing import Any
 
 from chatcore.engine.connection import Client
-from chatcore.engine.writer import Writer
+from chatcore.engine.writer import BATCH_DELAY, Writer
 from chatcore.testing import wait_for
 from chatcore.transports import Transport
 from chatcore.wire.native import NATIVE
@@ -19,8 +20,10 @@ class RecordingSocket:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self.sends: list[bytes] = []
+        self.send_times: list[float] = []  # time.monotonic() of each
 
     def send(self, data: Any, flags: int = 0) -> int:
+        self.send_times.append(time.monotonic())
         sent = self._sock.send(data, flags)
         self.sends.append(bytes(data[:sent]))
         return sent
@@ -153,3 +156,57 @@ def test_a_client_the_writer_fails_on_is_closed_and_the_others_still_get_their_l
         writer.stop()
         for sock in (broken_sock, broken_peer, healthy_sock, healthy_peer):
             sock.close()
+
+
+def _schedule_batched(writer: Writer, client: Client, line: bytes) -> None:
+    """What publish() does for a presence notice to one idle member."""
+    client._queue.append(line)
+    if client._scheduled is False:
+        client._scheduled = None
+        writer.schedule_batched([client])
+
+
+def test_presence_notices_of_a_burst_wait_and_leave_in_one_send():
+    writer = Writer()
+    writer.start()
+    client, recording, peer = make_client(writer)
+    try:
+        lines = [f"* guest-{n} joined\n".encode() for n in range(20)]
+        began = time.monotonic()
+        for line in lines:
+            _schedule_batched(writer, client, line)
+        queued_in = time.monotonic() - began
+        expected = b"".join(lines)
+        assert read_exactly(peer, len(expected)) == expected
+        # Nothing left before the batch was due (without batching, the first
+        # notice would have gone at once) ...
+        assert recording.send_times[0] - began >= BATCH_DELAY
+        # ... and a burst queued within one batch leaves in one send.
+        if queued_in < BATCH_DELAY:  # not so if this thread was held up that long
+            assert recording.sends == [expected]
+    finally:
+        writer.stop()
+        recording.close()
+        peer.close()
+
+
+def test_urgent_output_behind_presence_notices_takes_them_along_at_once_in_order():
+    writer = Writer()
+    writer.start()
+    client, recording, peer = make_client(writer)
+    try:
+        _schedule_batched(writer, client, b"* alice joined\n")
+        client.send_data(b"<alice> hi\n")  # urgent: must not wait for the batch
+        expected = b"* alice joined\n<alice> hi\n"
+        assert read_exactly(peer, len(expected)) == expected
+        wait_for(lambda: b"".join(recording.sends) == expected, message="both in the record of sends")
+        # Made ready by the chat line, the client is idle again afterwards;
+        # the batch that comes due later sends nothing twice.
+        wait_for(lambda: client._scheduled is False and not writer._batched, message="the batch to be released")
+        _schedule_batched(writer, client, b"* bob joined\n")
+        assert read_exactly(peer, 13) == b"* bob joined\n"
+        wait_for(lambda: b"".join(recording.sends) == expected + b"* bob joined\n", message="no line sent twice")
+    finally:
+        writer.stop()
+        recording.close()
+        peer.close()

@@ -144,7 +144,9 @@ class Client:
         self._writer = server.writer
         self._max_queue = max_queue
         self._queue: collections.deque[bytes] = collections.deque()
-        self._scheduled = False  # in the writer's ready queue, or blocked
+        # True: in the writer's ready queue, or blocked; None: only on its
+        # batched list (presence notices, chatcore.engine.writer); False: idle.
+        self._scheduled: bool | None = False
         self._unsent: bytes | memoryview = b""
         self._blocked = False  # waiting for the socket to become writable
         self._finishing = False
@@ -196,7 +198,7 @@ class Client:
             self.disconnect("slow consumer", tell=False)
             return
         queue.append(data)
-        if not self._scheduled:
+        if self._scheduled is not True:  # idle, or waiting with presence notices only
             self._scheduled = True
             self._writer.schedule(self)
 

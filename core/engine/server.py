@@ -723,6 +723,9 @@ class ChatServer:
             _stamp(event, epoch, offset, time.time())
         count = 0
         woken = []  # members whose queue was idle: handed to the writer together
+        # Presence notices may wait a moment, to leave in one send() with the
+        # rest of a burst (chatcore.engine.writer); the rest goes out at once.
+        batched = event.batched
         for wire, members in self.registry._groups.get(room, ()):  # by_wire(), inline: every message
             data = wire.encode(event)
             if not data:
@@ -738,11 +741,18 @@ class ChatServer:
                     continue
                 queue.append(data)
                 count += 1
-                if not member._scheduled:
+                if batched:
+                    if member._scheduled is False:
+                        member._scheduled = None
+                        woken.append(member)
+                elif member._scheduled is not True:
                     member._scheduled = True
                     woken.append(member)
         if woken:
-            self.writer.schedule_all(woken)
+            if batched:
+                self.writer.schedule_batched(woken)
+            else:
+                self.writer.schedule_all(woken)
         self.stats.mine().deliveries += count
         if relay and self.hooks.room_events_observed:
             self.hooks.room_event(self, event)
