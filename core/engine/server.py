@@ -374,7 +374,7 @@ class ChatServer:
             try:
                 transport.handshake(HANDSHAKE_TIMEOUT)
             except (OSError, ValueError) as exc:
-                if self._stopping:
+                if self.stopping:  # the property: stop() may have begun since the check above
                     return  # cut short by stop()
                 # Not the server's problem, and not worth a traceback: a
                 # plain-text client on a TLS port, a scanner, a timeout.
