@@ -96,10 +96,17 @@ def test_metrics_count_what_the_clients_did(chat_server_factory, chat_client):
     assert value(samples, "chatcore_deliveries_total") == joins + 5 * 2
     assert value(samples, "chatcore_message_latency_seconds_count") == 5
     assert 0 < value(samples, "chatcore_message_latency_seconds_sum") < 5
-    # The buckets resolve microseconds: a message queued to two clients on
-    # loopback is well under 10 ms, so some bucket below 5 ms holds it.
-    assert value(samples, "chatcore_message_latency_seconds_bucket", le="0.005") == 5
-    assert value(samples, "chatcore_message_latency_seconds_bucket", le="1e-06") <= 5
+    # Cumulative buckets from a microsecond up. (Which bucket a message
+    # falls in is the machine's business: a loaded CI took over 5 ms.)
+    buckets = sorted(
+        (float(dict(labels)["le"]), count)
+        for (name, labels), count in samples.items()
+        if name == "chatcore_message_latency_seconds_bucket"
+    )
+    assert buckets[0][0] == 1e-06
+    assert buckets[-1] == (float("inf"), 5)
+    counts = [count for _le, count in buckets]
+    assert counts == sorted(counts)
 
     bob.send("/join other")
     bob.expect(re.compile(r"^\* you are now in other"))
