@@ -79,6 +79,17 @@ def joined_nick(other: LineClient) -> str:
     return match[1]
 
 
+def expect_prompt(child: pexpect.spawn) -> None:
+    """Wait until the prompt is drawn after the last line printed.
+
+    Keys must wait for it: between two prompts, and while a line is printed
+    above one, the terminal is in cooked mode, where the tty itself takes
+    Ctrl-D as end of file and the client never sees the key. prompt_toolkit
+    switches to raw mode before it draws the prompt.
+    """
+    child.expect(">")
+
+
 def wait_exit(child: pexpect.spawn) -> int:
     child.expect(pexpect.EOF)
     child.close()
@@ -99,7 +110,7 @@ def test_incoming_line_does_not_garble_the_line_being_typed(
     child = spawn(server, NO_COLOR="1")
     nick = joined_nick(other)
     child.expect("Welcome")
-    child.expect(">")  # the prompt
+    expect_prompt(child)
 
     child.send("hello wor")
     child.expect("hello wor")
@@ -110,6 +121,7 @@ def test_incoming_line_does_not_garble_the_line_being_typed(
 
     assert other.expect(re.compile("^<")) == f"<{nick}> hello world"
     child.expect("<You> hello world")
+    expect_prompt(child)  # the next one
 
     child.sendcontrol("d")
     assert wait_exit(child) == 0
