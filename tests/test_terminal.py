@@ -21,7 +21,10 @@ from chatcore.client.terminal import Kind, build_parser, classify, own_line, ren
 from chatcore.engine.server import ChatServer
 from chatcore.testing import ClientFactory, LineClient, ServerFactory
 
-TIMEOUT = 5
+# Each test starts a client process: about 0.3 s of CPU for Python and its
+# imports, but well over 5 s on a busy 2-core CI machine. A timeout costs
+# nothing when the test passes.
+TIMEOUT = 20
 JOINED = re.compile(r"^\* (guest-\d+) joined$")
 
 
@@ -74,7 +77,7 @@ def spawn() -> Iterator[Any]:
 
 def joined_nick(other: LineClient) -> str:
     """The guest name of the client whose arrival ``other`` sees next."""
-    match = JOINED.match(other.expect(JOINED))
+    match = JOINED.match(other.expect(JOINED, timeout=TIMEOUT))
     assert match is not None
     return match[1]
 
