@@ -197,8 +197,9 @@ def test_flood_is_paced_not_dropped_and_others_are_not_slowed(chat_server_factor
     started = time.monotonic()
     flooder.send_raw(b"".join(b"line %d\n" % n for n in range(25)))
     bystander.send("still here")
-    reader.expect("<guest-3> still here", timeout=0.5)  # not stuck behind the flood
     reader.expect("<guest-1> line 24")
+    # Not stuck behind the flood: it arrived while the flood was still paced.
+    assert reader.received.index("<guest-3> still here") < reader.received.index("<guest-1> line 24")
     flood = [line for line in reader.received if line.startswith("<guest-1>")]
     assert flood == [f"<guest-1> line {n}" for n in range(25)]  # every line, in order
     elapsed = time.monotonic() - started
@@ -206,13 +207,14 @@ def test_flood_is_paced_not_dropped_and_others_are_not_slowed(chat_server_factor
 
 
 def test_a_paste_within_the_burst_is_not_delayed(chat_server_factory, connect):
-    server = chat_server_factory("--limit-exempt", "", "--line-rate", "0.5", "--line-burst", "5")
+    # A line past the burst would wait 10 s, twice the timeout of expect().
+    server = chat_server_factory("--limit-exempt", "", "--line-rate", "0.1", "--line-burst", "5")
     paster, reader = connect(server), connect(server, source="127.0.0.3")
     paster.sync()
     reader.sync()
     paster.send_raw(b"one\ntwo\nthree\n")
     for word in ("one", "two", "three"):
-        reader.expect(f"<guest-1> {word}", timeout=0.5)
+        reader.expect(f"<guest-1> {word}")
 
 
 def test_a_flooder_that_leaves_stops_speaking_at_once(chat_server_factory, connect):
