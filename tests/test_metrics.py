@@ -151,9 +151,12 @@ def test_metrics_disconnects_refusals_failures_and_bytes(chat_server_factory, ch
         # Every byte the writer sent, each client read: alice is still
         # connected and has read up to the pong.
         sent = received_bytes(alice) + received_bytes(bob) + received_bytes(flooder)
-        return samples if value(samples, "chatcore_sent_bytes_total") == sent else None
+        # A connection is counted until its thread ends, a moment after the
+        # others were told of the leave.
+        connected = value(samples, "chatcore_connected_clients", scheme="tcp")
+        return samples if value(samples, "chatcore_sent_bytes_total") == sent and connected == 1 else None
 
-    samples = wait_for(settled, message="sent bytes to match what the clients read")
+    samples = wait_for(settled, message="sent bytes to match what the clients read, and one client left")
     assert value(samples, "chatcore_disconnects_total", reason="flood") == 1
     assert value(samples, "chatcore_disconnects_total", reason="quit") == 1
     assert value(samples, "chatcore_disconnects_total", reason="slow_consumer") == 0
