@@ -33,6 +33,10 @@ from chatcore.config import parse_config
 from chatcore.engine.server import ChatServer
 
 DEFAULT_TIMEOUT = 5.0
+#: For a server process: starting Python, the imports and the plugins takes
+#: 1-3 s on a quiet machine, and was seen to take over 10 s on a busy 2-core
+#: one. Only a failing test waits this long.
+START_TIMEOUT = 30.0
 
 Match = Union[str, "re.Pattern[str]", Callable[[str], bool]]
 
@@ -201,7 +205,7 @@ class ServerProcess:
         assert proc.returncode == 0
     """
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = START_TIMEOUT) -> None:
         self.args = _with_free_port(args)
         self.env = env
         self.timeout = timeout

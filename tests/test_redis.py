@@ -562,6 +562,9 @@ def test_a_killed_server_s_users_leave_the_other_servers_rooms(redis_server, clu
     alice = connect(one, "alice")
     bob = connect(two, "bob")
     linked(alice, "alice", [bob])
+    # (Under heavy load bob's server may already have taken alice's for lost
+    # once, when it missed renewing its presence for a second.)
+    before_kill = len(bob.received)
     one.stop(signal.SIGKILL)
     started = time.monotonic()
     bob.expect("* alice left (server lost)", timeout=5)
@@ -572,7 +575,7 @@ def test_a_killed_server_s_users_leave_the_other_servers_rooms(redis_server, clu
     carol = connect(two, "alice")
     carol.send("/who")
     carol.expect("* in lobby (2): alice, bob")
-    assert bob.received.count("* alice left (server lost)") == 1
+    assert bob.received[before_kill:].count("* alice left (server lost)") == 1
 
 
 @pytest.mark.slow

@@ -21,7 +21,10 @@ from chatcore.client.terminal import Kind, build_parser, classify, own_line, ren
 from chatcore.engine.server import ChatServer
 from chatcore.testing import ClientFactory, LineClient, ServerFactory
 
-TIMEOUT = 5
+# Each test starts a client process: about 0.3 s of CPU for Python and its
+# imports, but well over 5 s on a busy 2-core CI machine. A timeout costs
+# nothing when the test passes.
+TIMEOUT = 20
 JOINED = re.compile(r"^\* (guest-\d+) joined$")
 
 
@@ -74,9 +77,20 @@ def spawn() -> Iterator[Any]:
 
 def joined_nick(other: LineClient) -> str:
     """The guest name of the client whose arrival ``other`` sees next."""
-    match = JOINED.match(other.expect(JOINED))
+    match = JOINED.match(other.expect(JOINED, timeout=TIMEOUT))
     assert match is not None
     return match[1]
+
+
+def expect_prompt(child: pexpect.spawn) -> None:
+    """Wait until the prompt is drawn after the last line printed.
+
+    Keys must wait for it: between two prompts, and while a line is printed
+    above one, the terminal is in cooked mode, where the tty itself takes
+    Ctrl-D as end of file and the client never sees the key. prompt_toolkit
+    switches to raw mode before it draws the prompt.
+    """
+    child.expect(">")
 
 
 def wait_exit(child: pexpect.spawn) -> int:
@@ -99,7 +113,7 @@ def test_incoming_line_does_not_garble_the_line_being_typed(
     child = spawn(server, NO_COLOR="1")
     nick = joined_nick(other)
     child.expect("Welcome")
-    child.expect(">")  # the prompt
+    expect_prompt(child)
 
     child.send("hello wor")
     child.expect("hello wor")
@@ -110,6 +124,7 @@ def test_incoming_line_does_not_garble_the_line_being_typed(
 
     assert other.expect(re.compile("^<")) == f"<{nick}> hello world"
     child.expect("<You> hello world")
+    expect_prompt(child)  # the next one
 
     child.sendcontrol("d")
     assert wait_exit(child) == 0
