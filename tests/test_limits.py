@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import ssl
 import struct
@@ -12,7 +13,14 @@ import trustme
 
 from chatcore import hookimpl
 from chatcore.engine import server as server_module
-from chatcore.engine.limits import ConnectionLimits, FailureCounter, TokenBucket, address_key, parse_networks
+from chatcore.engine.limits import (
+    ConnectionLimits,
+    FailureCounter,
+    TokenBucket,
+    address_key,
+    parse_address,
+    parse_networks,
+)
 from chatcore.testing import LineClient, ServerProcess, wait_for
 from chatcore.transports import Scheme
 from chatcore.wire import Protocol
@@ -129,6 +137,28 @@ def test_ipv6_is_counted_per_64_and_mapped_ipv4_as_ipv4():
     assert limits.acquire("::1") is None  # exempt
     limits.release("2001:db8::1")
     assert limits.acquire("2001:db8::2") is None
+
+
+def test_addresses_parse_as_the_ipaddress_module_parses_them():
+    # The limits parse with socket.inet_pton (no Python called back from
+    # C on every connection's thread); the results must be ipaddress's.
+    for host in ("192.0.2.7", "::1", "2001:db8::1", "fe80::1:2", "2001:db8:0:0:1::1", "::", "64:ff9b::192.0.2.1"):
+        assert parse_address(host) == ipaddress.ip_address(host)
+    assert parse_address("::ffff:192.0.2.7") == ipaddress.IPv4Address("192.0.2.7")
+    assert parse_address("fe80::1%eth0") == ipaddress.IPv6Address("fe80::1")
+    assert address_key("2001:db8:0:1::") == "2001:db8:0:1::/64"
+    assert address_key("::2") == "::/64"
+    for host in ("", "localhost", "1.2.3", "1.2.3.256", "::g", "01.2.3.4"):
+        with pytest.raises(ValueError, match="is not an IP address"):
+            parse_address(host)
+    limits = ConnectionLimits(exempt=parse_networks("127.0.0.0/8, ::1, 10.1.0.0/16"))
+    assert limits.is_exempt("127.200.0.1")
+    assert limits.is_exempt("::ffff:127.0.0.1")  # loopback through a dual-stack listener
+    assert limits.is_exempt("::1")
+    assert limits.is_exempt("10.1.255.255")
+    assert not limits.is_exempt("10.2.0.1")
+    assert not limits.is_exempt("::2")
+    assert not limits.is_exempt("not-an-address")
 
 
 def test_the_window_forgets_old_attempts():

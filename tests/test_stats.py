@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 from chatcore.engine.stats import LATENCY_BUCKETS, Stats
+from chatcore.testing import wait_for
 
 
 def test_counts_of_ended_threads_are_kept_and_their_entries_dropped():
@@ -39,3 +40,22 @@ def test_a_latency_on_a_bound_goes_in_that_bucket_and_beyond_the_last_in_inf():
     counts.observe_latency(5.0)
     assert counts.latency_buckets[0] == 1
     assert counts.latency_buckets[-1] == 1
+
+
+def test_idle_clients_make_no_per_thread_counts_and_their_joins_are_counted(chat_server_factory, chat_client):
+    # Per-thread counts cost a reader thread about 600 bytes: only threads
+    # that count messages make them (docs/performance.md, memory per idle client).
+    server = chat_server_factory()
+    alice, bob, carol = chat_client(server), chat_client(server), chat_client(server)
+    carol.send("/nick carol")
+    alice.expect("* guest-3 is now known as carol")
+    bob.expect("* guest-3 is now known as carol")
+    assert server.stats._live == []
+    assert server.stats.totals().deliveries == 3 + 2  # joins: 1 + 2; the rename: 2
+    alice.send("hello")
+    bob.expect("<guest-1> hello")
+    carol.expect("<guest-1> hello")
+    # Its latency is counted last, after its deliveries.
+    wait_for(lambda: sum(server.stats.totals().latency_buckets) == 1, message="the message counted")
+    assert len(server.stats._live) == 1  # alice's thread, which counted it
+    assert server.stats.totals().deliveries == 5 + 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -42,21 +43,46 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(part, strict=False) for part in parts if part)
 
 
+# The prefix of an IPv4-mapped IPv6 address (::ffff:1.2.3.4).
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def _packed(host: str) -> bytes:
+    """The peer's address as 4 bytes (IPv4, also when IPv4-mapped) or 16.
+
+    Parsed by ``socket.inet_pton`` rather than ``ipaddress.ip_address``,
+    whose parser calls back into Python from C (``int.from_bytes(map(...))``)
+    inside a class call: on a connection's thread that went one C level
+    deeper than anything else it runs, and a reader thread keeps every stack
+    page it touches (4 KiB per connected client, docs/performance.md).
+
+    :raises ValueError: not an IP address.
+    """
+    host = host.partition("%")[0]  # no zone index
+    try:
+        return socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    return packed[12:] if packed[:12] == _V4_MAPPED else packed
+
+
 def parse_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The peer's address; an IPv4-mapped IPv6 address (``::ffff:1.2.3.4``,
     from a dual-stack listener) as the IPv4 address it is."""
-    address = ipaddress.ip_address(host.partition("%")[0])  # no zone index
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    packed = _packed(host)
+    return ipaddress.IPv4Address(packed) if len(packed) == 4 else ipaddress.IPv6Address(packed)
 
 
 def address_key(host: str) -> str:
     """What the limits count by: the IPv4 address, or the IPv6 /64."""
-    address = parse_address(host)
-    if isinstance(address, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+    packed = _packed(host)
+    if len(packed) == 4:
+        return socket.inet_ntop(socket.AF_INET, packed)
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
 
 
 class ConnectionLimits:
@@ -80,6 +106,11 @@ class ConnectionLimits:
         self.max_new = max_new  # 0: no limit
         self.window = window
         self.exempt = tuple(exempt)
+        # (address length, network, mask) as integers: the check made for
+        # every connection stays in C (see _packed()).
+        self._exempt_ranges = [
+            (network.max_prefixlen // 8, int(network.network_address), int(network.netmask)) for network in self.exempt
+        ]
         self._lock = threading.Lock()
         self._open: dict[str, int] = {}
         # Start times of the recent connections, per key; at most max_new
@@ -96,10 +127,16 @@ class ConnectionLimits:
 
     def is_exempt(self, host: str) -> bool:
         try:
-            address = parse_address(host)
+            packed = _packed(host)
         except ValueError:
             return False  # not an IP address (a Unix socket?): counted by name
-        return any(address in network for network in self.exempt)
+        address = int.from_bytes(packed, "big")
+        # A loop, not any() over a generator: resuming a generator from C
+        # is one C stack level more on every connection's thread.
+        for length, network, mask in self._exempt_ranges:  # noqa: SIM110
+            if length == len(packed) and address & mask == network:
+                return True
+        return False
 
     def _key(self, host: str) -> str | None:
         """The counting key, or None if ``host`` is exempt."""

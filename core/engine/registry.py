@@ -18,6 +18,14 @@ WireGroups = tuple[tuple["WireFormat", tuple[Client, ...]], ...]
 DEFAULT_ROOM = "lobby"
 
 
+def _key(nick: str) -> str:
+    """The registry's key for a nickname: casefolded, and the nickname's own
+    string when it is casefolded already (every guest name), so that a
+    client does not keep a second copy of it (memory per idle client)."""
+    folded = nick.casefold()
+    return nick if folded == nick else folded
+
+
 class Registry:
     """Who is connected, under which nickname, in which room.
 
@@ -60,7 +68,7 @@ class Registry:
             elif nick.casefold() in self._by_nick:
                 return False
             client.nick = nick
-            self._by_nick[nick.casefold()] = client
+            self._by_nick[_key(nick)] = client
             self._enter(client, room or self.default_room)
             return True
 
@@ -92,7 +100,7 @@ class Registry:
             if self._by_nick.get(client.nick.casefold()) is client:
                 del self._by_nick[client.nick.casefold()]
             client.nick = nick
-            self._by_nick[nick.casefold()] = client
+            self._by_nick[_key(nick)] = client
             return True
 
     def move(self, client: Client, room: str) -> str:

@@ -553,7 +553,8 @@ class ChatServer:
         room = client.room
         if self.registry.remove(client):
             if not self._stopping:
-                self.publish(Left(room, nick=client.nick, reason=reason, kicked_by=client.kicked_by or ""))
+                left = Left(room, nick=client.nick, reason=reason, kicked_by=client.kicked_by or "")
+                self.stats.delivered(self._publish(left))
             log.info("client left: %s from %s (%s)", client.nick, format_address(*client.address), reason)
             self.hooks.client_left(client, room, reason)
             self.hooks.release_nick(client, client.nick)
@@ -627,7 +628,7 @@ class ChatServer:
             self._claim_guest_nick(client)
         client.send(Welcome(tuple(self.hooks.welcome(client))))
         log.info("client joined: %s from %s", client.nick, format_address(*client.address))
-        self.publish(Joined(client.room, nick=client.nick), exclude=client)
+        self.stats.delivered(self._publish(Joined(client.room, nick=client.nick), exclude=client))
         self.hooks.client_joined(client, client.room)
         return True
 
@@ -668,10 +669,11 @@ class ChatServer:
         # /me, unless the sender's client shows its own actions (IRC).
         if message.kind == "action":
             action = Action(room, sender.nick, message.text, offset, epoch, now)
-            recipients = self.publish(action, exclude=None if sender.wire.echoes_actions else sender)
+            recipients = self._publish(action, exclude=None if sender.wire.echoes_actions else sender)
         else:
             chat = Chat(room, sender.nick, message.text, offset, epoch, now)
-            recipients = self.publish(chat, exclude=sender)
+            recipients = self._publish(chat, exclude=sender)
+        counts.deliveries += recipients
         if sender.arrived:  # 0.0 for a client no reader has read for (a plugin's)
             counts.observe_latency(time.monotonic() - sender.arrived)
         self.hooks.message_delivered(message, recipients)
@@ -680,9 +682,11 @@ class ChatServer:
         """Move a client to ``room``, with the leave and join notices and
         hooks (used by ``/join``)."""
         old = self.registry.move(client, room)
-        self.publish(Left(old, nick=client.nick, reason=reason or f"joined {room}", disconnected=False))
+        self.stats.delivered(
+            self._publish(Left(old, nick=client.nick, reason=reason or f"joined {room}", disconnected=False))
+        )
         self.hooks.client_left(client, old, reason or f"joined {room}")
-        self.publish(Joined(room, nick=client.nick), exclude=client)
+        self.stats.delivered(self._publish(Joined(room, nick=client.nick), exclude=client))
         self.hooks.client_joined(client, room)
 
     def change_nick(self, client: Client, nick: str) -> bool:
@@ -698,7 +702,7 @@ class ChatServer:
             self.hooks.release_nick(client, nick)
             return False
         self.hooks.release_nick(client, old)
-        self.publish(NickChanged(client.room, nick=old, new_nick=nick), exclude=client)
+        self.stats.delivered(self._publish(NickChanged(client.room, nick=old, new_nick=nick), exclude=client))
         return True
 
     # -- delivery -------------------------------------------------------------
@@ -717,6 +721,16 @@ class ChatServer:
 
         :return: how many clients it was queued to.
         """
+        count = self._publish(event, exclude, relay)
+        self.stats.mine().deliveries += count
+        return count
+
+    def _publish(self, event: RoomEvent, exclude: Client | None = None, relay: bool = True) -> int:
+        """:meth:`publish`, leaving the count of deliveries to the caller: a
+        message adds it to its thread's counts, which it has already; the
+        engine's join, leave and rename notices count theirs with
+        ``stats.delivered()``, so that a reader thread that never sends a
+        message has no per-thread counts (memory per idle client)."""
         room = event.room
         if not event.offset:
             epoch, offset = self.sequencer.next(room)
@@ -753,7 +767,6 @@ class ChatServer:
                 self.writer.schedule_batched(woken)
             else:
                 self.writer.schedule_all(woken)
-        self.stats.mine().deliveries += count
         if relay and self.hooks.room_events_observed:
             self.hooks.room_event(self, event)
         return count
