@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore import Client, Config, UsageError, events, hookimpl
 from chatcore.config import restart_only, secret, whole_number
-from chatcore.events import Action, Chat, Joined, Left, PrivateMessage, RoomEvent, RoomNotice
+from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, RoomEvent, RoomNotice
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -89,6 +89,12 @@ SHARED_CONNECTIONS = 8
 HISTORY_PAGE = 200
 #: Why the users of a server that stopped answering left.
 GONE_REASON = "server lost"
+#: Seconds the reap lock of a node is kept after its users were announced
+#: gone: if the node was only slow, it finds the mark when it comes back,
+#: and deletes it.
+REAPED_MARK = 3600.0
+#: Guest names tried for a returning user whose nickname was taken meanwhile.
+GUEST_TRIES = 20
 
 #: The version of the stream entries' format (docs/scaling.md).
 FORMAT_VERSION = "1"
@@ -308,7 +314,8 @@ def chatcore_server_stop(server: ChatServer) -> None:
 @hookimpl
 def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
     # Only events said here (remote ones are published with relay=False).
-    _cluster(server).publisher.put(event)
+    cluster = _cluster(server)
+    cluster.publisher.put(cluster.presence.relayed(event))
 
 
 @hookimpl
@@ -1107,6 +1114,8 @@ class Reader(threading.Thread):
         if event.room != room:
             log.error("room %s: entry %s is for room %r; skipped", room, entry_id, event.room)
             return
+        if isinstance(event, Left) and cluster.presence.returned(event):
+            return  # a ghost leave: another server timed this one out, and the user is here
         server.publish(event, relay=False)
 
 
@@ -1136,6 +1145,19 @@ class Presence(threading.Thread):
         self.snapshot: dict[str, str] = {}
         #: Users of gone servers whose leaves this server announced.
         self.reaped = 0
+        #: When the last renewal went through (time.monotonic()), or None.
+        self.renewed: float | None = None
+        #: Times this server came back after the cluster had timed it out.
+        self.timeouts = 0
+        #: This server's users announced gone by another server while they
+        #: were here (it was only slow), to be announced again: (client,
+        #: nick, room) as the leave named them.
+        self._returning: list[tuple[Client, str, str]] = []
+        self._returning_lock = threading.Lock()
+        #: Renames of returning users whose nickname was taken meanwhile:
+        #: (old, new). The other servers never knew the old one as this
+        #: server's user, so they are told of a join, not of a rename.
+        self._collided: set[tuple[str, str]] = set()
 
     def open(self) -> None:
         cluster = self.cluster
@@ -1155,6 +1177,8 @@ class Presence(threading.Thread):
             self._wake.clear()
             try:
                 self._renew()
+                if self._rejoin():
+                    self._renew()  # the reaper cleared this server's members
                 self._reap()
             except redis_py.RedisError as exc:
                 log.debug("renewing presence failed: %s", exc)  # the reader tells the outage
@@ -1169,7 +1193,10 @@ class Presence(threading.Thread):
         keys, node = self.cluster.keys, self.cluster.node
         snapshot: dict[Any, Any] = {client.nick: client.room for client in server.registry}
         pipe = self.client.pipeline(transaction=True)
-        pipe.set(keys.alive(node), "1", px=int(self.node_timeout * 1000))
+        # The old value (Redis >= 6.2) says whether the key expired meanwhile,
+        # and the reap lock whether another server announced this one gone.
+        pipe.set(keys.alive(node), "1", px=int(self.node_timeout * 1000), get=True)
+        pipe.getdel(keys.reaping(node))
         pipe.sadd(keys.nodes(), node)
         pipe.delete(keys.members(node))
         if snapshot:
@@ -1178,8 +1205,95 @@ class Presence(threading.Thread):
                 pipe.set(keys.nick(nick), node, nx=True)
         for nick in set(self.snapshot) - set(snapshot):  # given up while the link was down
             self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
-        pipe.execute()
+        was_alive, reaper = pipe.execute()[:2]
+        now = time.monotonic()
+        if was_alive is None and self.renewed is not None:
+            self._timed_out(now - self.renewed, reaper, len(snapshot))
+        self.renewed = now
         self.snapshot = snapshot
+
+    def _timed_out(self, silent: float, reaper: str | None, users: int) -> None:
+        """This server's ``alive`` key had expired: it was paused, starved
+        or cut off for ``silent`` seconds. If another server announced its
+        users gone (``reaper``), the reader rejoins them as it reads those
+        leaves (:meth:`returned`)."""
+        if reaper is None:
+            # Not announced gone (or Redis lost its keys): nothing to undo.
+            log.info("this server's presence in the cluster had expired (no renewal for %.1f s); renewed", silent)
+            return
+        log.warning(
+            "this server was timed out by the cluster for %.1f s (no presence renewal for %.1f s, "
+            "--redis-node-timeout is %g s; paused, starved or cut off?); its %d users rejoin",
+            max(silent - self.node_timeout, 0.0),
+            silent,
+            self.node_timeout,
+            users,
+        )
+        self.timeouts += 1
+
+    # -- coming back after a timeout ----------------------------------------
+
+    def returned(self, left: Left) -> bool:
+        """``left`` (read from the stream, said by another server) announces
+        gone a user who is here, in that room: this server was only slow and
+        another one timed it out. True if so; the user is then announced
+        again (on this thread: :meth:`_rejoin`), and their own room is not
+        told of a leave that did not happen. Called on the reader's thread."""
+        assert self.cluster.server is not None
+        client = self.cluster.server.registry.find(left.nick)
+        if left.reason != GONE_REASON or client is None or client.room != left.room:
+            return False
+        with self._returning_lock:
+            self._returning.append((client, left.nick, left.room))
+        self.changed()
+        return True
+
+    def _rejoin(self) -> bool:
+        """Announce again the users :meth:`returned` found, each joining their
+        room as after a healed netsplit; one whose nickname someone elsewhere
+        took meanwhile gets a guest name. True if there were any."""
+        with self._returning_lock:
+            returning, self._returning = self._returning, []
+        assert self.client is not None
+        keys, node = self.cluster.keys, self.cluster.node
+        for client, nick, room in returning:
+            if client.nick != nick or client.room != room or client.close_reason is not None:
+                continue  # renamed, moved or gone since: their own events told the others
+            if self._claim(keys=[keys.nick(nick)], args=[node, keys.prefix + "node:"]):
+                # To the others only: the members here never saw them leave.
+                self.cluster.publisher.put(Joined(room, nick=nick, time=time.time()))
+            else:
+                self._rename_collided(client, nick)
+        return bool(returning)
+
+    def _rename_collided(self, client: Client, nick: str) -> None:
+        """``nick`` was taken on another server while this one was timed out:
+        the name's holder in Redis keeps it (the cluster gave it to them
+        fairly, and the others know them by it), ours becomes a guest."""
+        server = self.cluster.server
+        assert server is not None
+        for _ in range(GUEST_TRIES):
+            guest = server.registry.guest_nick()
+            self._collided.add((nick, guest))
+            renamed = server.change_nick(client, guest)
+            self._collided.discard((nick, guest))
+            if renamed:
+                log.warning(
+                    "returning user %r: the nickname was taken on another server meanwhile; now %s", nick, guest
+                )
+                client.notice(
+                    f"while this server was cut off from the cluster, someone on another server took the "
+                    f"nickname {nick}: you are now known as {guest} (/nick to choose another)"
+                )
+                return
+        log.warning("returning user %r: the nickname was taken meanwhile and no guest name was free", nick)
+
+    def relayed(self, event: RoomEvent) -> RoomEvent:
+        """What the other servers are told of ``event``, said here: a
+        returning user's rename after a nick collision is a join to them."""
+        if isinstance(event, NickChanged) and (event.nick, event.new_nick) in self._collided:
+            return Joined(event.room, nick=event.new_nick, time=event.time)
+        return event
 
     def _reap(self) -> None:
         assert self.client is not None
@@ -1202,15 +1316,21 @@ class Presence(threading.Thread):
         keys = self.cluster.keys
         members = {str(nick): str(room) for nick, room in self.client.hgetall(keys.members(node)).items()}
         log.warning("node %s stopped answering; its %d users leave the rooms", node, len(members))
-        for nick, room in members.items():
-            self.cluster.server.publish(Left(room, nick=nick, reason=GONE_REASON))
-        self.reaped += len(members)
+        # Its keys are cleared before the leaves go out: a node that was only
+        # slow rejoins its users when it reads these leaves, and what it
+        # claims then must not be cleared after it.
         pipe = self.client.pipeline(transaction=False)
         for nick in members:
             self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
         pipe.delete(keys.members(node), keys.inbox(node))
         pipe.srem(keys.nodes(), node)
+        # The lock stays, for longer, as the mark that tells the node, should
+        # it come back, that it was timed out (it deletes it then).
+        pipe.pexpire(keys.reaping(node), int(REAPED_MARK * 1000))
         pipe.execute()
+        for nick, room in members.items():
+            self.cluster.server.publish(Left(room, nick=nick, reason=GONE_REASON))
+        self.reaped += len(members)
 
     def _other_nodes(self) -> list[str]:
         assert self.client is not None

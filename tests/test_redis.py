@@ -579,6 +579,54 @@ def test_a_killed_server_s_users_leave_the_other_servers_rooms(redis_server, clu
 
 
 @pytest.mark.slow
+def test_a_server_that_was_only_paused_rejoins_its_users_without_ghost_leaves(redis_server, cluster, connect) -> None:
+    one = cluster(redis_server.url, "127.0.0.1", "--redis-node-timeout", "1")
+    two = cluster(redis_server.url, "127.0.0.2", "--redis-node-timeout", "1")
+    alice, amy = connect(one, "alice"), connect(one, "amy")
+    bob = connect(two, "bob")
+    linked(alice, "alice", [bob])
+    linked(bob, "bob", [alice, amy])
+    with server_log_on_failure(one):
+        # Paused past the node timeout: the other server takes it for lost.
+        one.send_signal(signal.SIGSTOP)
+        try:
+            gone = {bob.expect(re.compile(r"^\* (alice|amy) left \(server lost\)$"), timeout=TIMEOUT) for _ in "12"}
+            assert gone == {"* alice left (server lost)", "* amy left (server lost)"}
+            # Meanwhile someone on the other server takes a returning user's name.
+            carol = connect(two, "carol")
+            carol.send("/nick amy")
+            carol.expect("* you are now known as amy")
+        finally:
+            one.send_signal(signal.SIGCONT)
+        one.expect_log(re.compile(r"this server was timed out by the cluster for [\d.]+ s .*its 2 users rejoin"))
+        # The other server hears them join again; amy lost her name to carol
+        # and comes back as a guest, told why.
+        bob.expect("* alice joined")
+        guest = amy.expect(
+            re.compile(r"someone on another server took the nickname amy: you are now known as guest-\d+")
+        )
+        guest_name = re.search(r"guest-\d+", guest)
+        assert guest_name is not None
+        renamed = guest_name.group()
+        bob.expect(f"* {renamed} joined")
+        alice.expect(f"* amy is now known as {renamed}")
+        # Chat flows both ways, and the other server's /who lists them again.
+        alice.send("still here")
+        bob.expect("<alice> still here")
+        carol.expect("<alice> still here")
+        bob.send("welcome back")
+        alice.expect("<bob> welcome back")
+        amy.expect("<bob> welcome back")
+        answered(bob, "/who", f"* in lobby (4): alice, amy, bob, {renamed}")
+        # Their own server never told them the other had left.
+        for client in (alice, amy):
+            assert not [line for line in client.received if "left (server lost)" in line], client.received
+        # The name stays with the one the cluster gave it to.
+        alice.send("/msg amy hello")
+        carol.expect("*alice* hello")
+
+
+@pytest.mark.slow
 def test_a_clean_stop_says_goodbye_to_the_other_servers(redis_server, cluster, connect) -> None:
     one = cluster(redis_server.url, "127.0.0.1")
     two = cluster(redis_server.url, "127.0.0.2")
