@@ -1281,6 +1281,9 @@ class Presence(threading.Thread):
                 log.warning(
                     "returning user %r: the nickname was taken on another server meanwhile; now %s", nick, guest
                 )
+                # change_nick() tells the others only; the client's own
+                # rename is what an IRC client needs to follow it (NICK).
+                client.send(NickChanged(client.room, nick=nick, new_nick=guest))
                 client.notice(
                     f"while this server was cut off from the cluster, someone on another server took the "
                     f"nickname {nick}: you are now known as {guest} (/nick to choose another)"

@@ -610,6 +610,7 @@ def test_a_server_that_was_only_paused_rejoins_its_users_without_ghost_leaves(re
         renamed = guest_name.group()
         bob.expect(f"* {renamed} joined")
         alice.expect(f"* amy is now known as {renamed}")
+        assert f"* amy is now known as {renamed}" in amy.received  # her own rename, before the notice
         # Chat flows both ways, and the other server's /who lists them again.
         alice.send("still here")
         bob.expect("<alice> still here")
