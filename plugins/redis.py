@@ -1256,10 +1256,16 @@ class Presence(threading.Thread):
             returning, self._returning = self._returning, []
         assert self.client is not None
         keys, node = self.cluster.keys, self.cluster.node
-        for client, nick, room in returning:
+        for index, (client, nick, room) in enumerate(returning):
             if client.nick != nick or client.room != room or client.close_reason is not None:
                 continue  # renamed, moved or gone since: their own events told the others
-            if self._claim(keys=[keys.nick(nick)], args=[node, keys.prefix + "node:"]):
+            try:
+                claimed = self._claim(keys=[keys.nick(nick)], args=[node, keys.prefix + "node:"])
+            except Exception:
+                with self._returning_lock:  # tried again at the next renewal
+                    self._returning[:0] = returning[index:]
+                raise
+            if claimed:
                 # To the others only: the members here never saw them leave.
                 self.cluster.publisher.put(Joined(room, nick=nick, time=time.time()))
             else:
