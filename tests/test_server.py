@@ -153,6 +153,51 @@ def test_a_join_notice_arrives_before_what_the_newcomer_then_says(chat_server, c
     assert alice.received[-2:] == ["* guest-2 joined", "<guest-2> hello at once"]
 
 
+def test_lines_read_together_keep_their_order_with_commands_filters_and_errors(chat_server_factory, chat_client):
+    """Lines that arrive in one read go to the room together, in runs of
+    chat (ChatServer.broadcast_messages): a command, a rejected line or one
+    too long in between is handled in its place, and each message is still
+    filtered, counted and reported once."""
+    delivered: list[tuple[str, int]] = []
+
+    class Filter:
+        @hookimpl
+        def chatcore_message(self, message) -> None:
+            if message.text == "rejected":
+                message.reject("not that one")
+
+        @hookimpl
+        def chatcore_message_delivered(self, message, recipients: int) -> None:
+            delivered.append((message.text, recipients))
+
+    server = chat_server_factory("--plugins", "", "--max-line", "100", plugins=[Filter()])
+    alice, bob, carol = chat_client(server), chat_client(server), chat_client(server)
+    alice.send("warm-up")  # the first line decides alice's pacing (exempt: loopback)
+    bob.expect("<guest-1> warm-up")
+    carol.expect("<guest-1> warm-up")
+    burst = ["one", "two", "/nick zed", "three", "rejected", "//slash", "x" * 200, "four", "five"]
+    alice.send_raw("".join(f"{line}\n" for line in burst).encode())
+    expected = [
+        "<guest-1> one",
+        "<guest-1> two",
+        "* guest-1 is now known as zed",
+        "<zed> three",
+        "<zed> /slash",
+        "<zed> four",
+        "<zed> five",
+    ]
+    for member in (bob, carol):
+        member.expect("<zed> five")
+        assert member.received[-len(expected) :] == expected
+    assert alice.expect(re.compile("^! not that one")) == "! not that one"
+    assert alice.readline() == "! line too long (the limit is 100 bytes); it was not sent"
+    wait_for(lambda: len(delivered) == 7, message="every message reported")
+    assert delivered == [(text, 2) for text in ("warm-up", "one", "two", "three", "/slash", "four", "five")]
+    totals = server.stats.totals()
+    assert totals.messages == 8  # the rejected one too: counted as it arrived
+    assert totals.deliveries >= 7 * 2
+
+
 def test_every_line_arrives_whole_and_exactly_once(chat_server_factory, chat_client):
     server = chat_server_factory("--plugins", "")
     listener = chat_client(server)

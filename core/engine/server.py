@@ -40,7 +40,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chatcore.engine.auth import verify_password
@@ -678,6 +678,53 @@ class ChatServer:
             counts.observe_latency(time.monotonic() - sender.arrived)
         self.hooks.message_delivered(message, recipients)
 
+    def broadcast_messages(self, messages: Sequence[Message]) -> None:
+        """Several chat messages from one sender, read together (the lines
+        of one ``recv()``): each runs through the filters as with
+        :meth:`broadcast_message`, and those to one room are published
+        together, so each member gets them in one piece of its queue (the
+        per-member work is paid once for the lot, not once per line).
+        Actions and private messages go through :meth:`broadcast_message`."""
+        counts = self.stats.mine()
+        passed: list[Message] = []
+        events: list[RoomEvent] = []
+        for message in messages:
+            if message.kind != "chat":
+                self._publish_together(passed, events, counts)
+                self.broadcast_message(message)
+                continue
+            counts.messages += 1
+            self.hooks.message(message)
+            if message.rejected is not None:
+                message.sender.error(message.rejected)
+                continue
+            if not message.text:
+                continue
+            if events and message.room != events[0].room:  # a filter may send it elsewhere
+                self._publish_together(passed, events, counts)
+            room = message.room
+            epoch, offset = self.sequencer.next(room)
+            events.append(Chat(room, message.sender.nick, message.text, offset, epoch, time.time()))
+            passed.append(message)
+        self._publish_together(passed, events, counts)
+
+    def _publish_together(self, messages: list[Message], events: list[RoomEvent], counts: Any) -> None:
+        """Publish the chat ``events`` made from ``messages`` (one sender, one
+        room) as one piece, then empty both lists."""
+        if not events:
+            return
+        sender = messages[0].sender
+        recipients = self._publish_all(events, exclude=sender)
+        counts.deliveries += recipients * len(events)
+        if sender.arrived:
+            latency = time.monotonic() - sender.arrived
+            for _ in events:
+                counts.observe_latency(latency)
+        for message in messages:
+            self.hooks.message_delivered(message, recipients)
+        messages.clear()
+        events.clear()
+
     def change_room(self, client: Client, room: str, reason: str | None = None) -> None:
         """Move a client to ``room``, with the leave and join notices and
         hooks (used by ``/join``)."""
@@ -731,17 +778,26 @@ class ChatServer:
         engine's join, leave and rename notices count theirs with
         ``stats.delivered()``, so that a reader thread that never sends a
         message has no per-thread counts (memory per idle client)."""
-        room = event.room
-        if not event.offset:
-            epoch, offset = self.sequencer.next(room)
-            _stamp(event, epoch, offset, time.time())
+        return self._publish_all((event,), exclude, relay)
+
+    def _publish_all(self, events: Sequence[RoomEvent], exclude: Client | None = None, relay: bool = True) -> int:
+        """:meth:`_publish` for events of one room and one kind, in order,
+        queued to each member as one piece. :return: how many clients each
+        was queued to."""
+        first = events[0]
+        room = first.room
+        for event in events:
+            if not event.offset:
+                epoch, offset = self.sequencer.next(room)
+                _stamp(event, epoch, offset, time.time())
         count = 0
         woken = []  # members whose queue was idle: handed to the writer together
         # Presence notices may wait a moment, to leave in one send() with the
         # rest of a burst (chatcore.engine.writer); the rest goes out at once.
-        batched = event.batched
+        batched = first.batched
+        single = len(events) == 1
         for wire, members in self.registry._groups.get(room, ()):  # by_wire(), inline: every message
-            data = wire.encode(event)
+            data = wire.encode(first) if single else b"".join([wire.encode(event) for event in events])
             if not data:
                 continue
             for member in members:
@@ -768,7 +824,8 @@ class ChatServer:
             else:
                 self.writer.schedule_all(woken)
         if relay and self.hooks.room_events_observed:
-            self.hooks.room_event(self, event)
+            for event in events:
+                self.hooks.room_event(self, event)
         return count
 
 

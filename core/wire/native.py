@@ -295,13 +295,52 @@ class NativeProtocol(Protocol):
 
     def data_received(self, data: bytes) -> None:
         client = self.client
-        for line in self._framer.feed(data):
+        lines = self._framer.feed(data)
+        if len(lines) > 1 and client._pace is False and client.admitted:
+            self._chat_together(lines)
+            return
+        for line in lines:
             if client.closed:  # disconnected (by this line, or another thread)
                 return
             if line is None:
                 client.error(f"line too long (the limit is {client.server.max_line} bytes); it was not sent")
             else:
                 self.handle_line(line)
+
+    def _chat_together(self, lines: list[bytes | None]) -> None:
+        """Several lines of one read from a client in the chat that is not
+        paced (``--limit-exempt``): each run of chat lines goes to the room
+        together (:meth:`~chatcore.engine.server.ChatServer.broadcast_messages`),
+        and a command or a line too long ends the run and is handled in its
+        place, so everything keeps its order. A busy sender's lines arrive
+        many to a read, and a room's members then cost once per read, not
+        once per line."""
+        client = self.client
+        server = client.server
+        run: list[Message] = []
+        for line in lines:
+            if client.closed:  # disconnected (by a line, or another thread)
+                break
+            if line is None:
+                if run:
+                    server.broadcast_messages(run)
+                    run = []
+                client.error(f"line too long (the limit is {server.max_line} bytes); it was not sent")
+                continue
+            text = sanitize(line.decode("utf-8", "replace"))
+            if not text:
+                continue
+            if text[0] == "/":
+                if text[:2] != "//":
+                    if run:
+                        server.broadcast_messages(run)
+                        run = []
+                    handle_text(client, text)
+                    continue
+                text = text[1:]  # "//text" sends "/text" as a message
+            run.append(Message(client, client.room, text))
+        if run:
+            server.broadcast_messages(run)
 
     def connection_lost(self) -> None:
         if self._framer.pending:
