@@ -183,10 +183,36 @@ def test_the_irc_library_as_an_operator_kicks_and_a_bot_sees_the_kick(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+class ClientProgram:
+    """An IRC client program in a child process, read through the files it writes."""
+
+    proc: subprocess.Popen[bytes]
+
+    def wait_in_file(self, where: Path, pattern: str, pick: Callable[[str], str] = str) -> str:
+        """``pick`` of the first line of ``where`` matching ``pattern``, once it is there."""
+        regex = re.compile(pattern)
+
+        def found() -> str | None:
+            text = where.read_text(encoding="utf-8", errors="replace") if where.exists() else ""
+            return next((pick(line) for line in text.splitlines() if regex.search(line)), None)
+
+        line: str = wait_for(found, TIMEOUT, f"{pattern!r} in {where}")
+        return line
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
 # -- ii, Debian's file-based IRC client ----------------------------------------------------
 
 
-class II:
+class II(ClientProgram):
     """``ii`` in a child process: write commands to its FIFOs, read its out files."""
 
     def __init__(self, address: tuple[str, int], nick: str, directory: Path) -> None:
@@ -216,23 +242,7 @@ class II:
         self.write(self.root / "in", line)
 
     def wait_out(self, where: Path, pattern: str) -> str:
-        regex = re.compile(pattern)
-
-        def found() -> str | None:
-            text = where.read_text(encoding="utf-8", errors="replace") if where.exists() else ""
-            return next((line for line in text.splitlines() if regex.search(line)), None)
-
-        line: str = wait_for(found, TIMEOUT, f"{pattern!r} in {where}")
-        return line
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return self.wait_in_file(where, pattern)
 
 
 def test_the_ii_client_end_to_end(server, bob, tmp_path):
@@ -279,7 +289,7 @@ def test_the_ii_client_end_to_end(server, bob, tmp_path):
 # -- WeeChat, a terminal IRC client, headless -----------------------------------------------
 
 
-class WeeChat:
+class WeeChat(ClientProgram):
     """``weechat-headless`` in a child process with a home of its own:
     commands go in through its FIFO plugin, what it shows comes out of its
     logger plugin's files (one per buffer, flushed at once)."""
@@ -324,24 +334,7 @@ class WeeChat:
 
     def wait_log(self, buffer: str, pattern: str) -> str:
         """The first line of ``buffer``'s log (``date time<TAB>prefix<TAB>text``) matching ``pattern``."""
-        where = self.logs / f"{buffer}.weechatlog"
-        regex = re.compile(pattern)
-
-        def found() -> str | None:
-            text = where.read_text(encoding="utf-8", errors="replace") if where.exists() else ""
-            return next((line.split("\t", 1)[1] for line in text.splitlines() if regex.search(line)), None)
-
-        line: str = wait_for(found, TIMEOUT, f"{pattern!r} in {where}")
-        return line
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return self.wait_in_file(self.logs / f"{buffer}.weechatlog", pattern, lambda line: line.split("\t", 1)[1])
 
 
 def test_weechat_end_to_end(server, bob, tmp_path):
