@@ -8,10 +8,12 @@ import struct
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from chatcore import Client, hookimpl
+from chatcore.engine.server import RECV_BUSY
 from chatcore.testing import LineClient, wait_for
 
 
@@ -339,8 +341,11 @@ def test_every_disconnect_gives_exactly_one_leave(chat_server_factory, chat_clie
     assert recorder.left[0][2].startswith(reason)
 
 
-def test_a_client_that_never_reads_is_dropped_and_holds_no_one_up(chat_server_factory, chat_client):
-    max_queue = 200
+def _a_stalled_reader_alice_and_bob(
+    chat_server_factory: Any, chat_client: Any, max_queue: int
+) -> tuple[LineClient, Client, LineClient, LineClient]:
+    """A server with ``--max-queue``, and in its lobby guest-1, which never
+    reads (its connection and the server's client), then alice and bob."""
     server = chat_server_factory("--max-queue", str(max_queue), "--plugins", "")
     stalled = LineClient(server.address)
     stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -348,6 +353,12 @@ def test_a_client_that_never_reads_is_dropped_and_holds_no_one_up(chat_server_fa
     alice, bob = chat_client(server), chat_client(server)
     wait_for(lambda: len(server.registry) == 3, message="three clients")
     (stalled_client,) = [c for c in server.registry if c.nick == "guest-1"]
+    return stalled, stalled_client, alice, bob
+
+
+def test_a_client_that_never_reads_is_dropped_and_holds_no_one_up(chat_server_factory, chat_client):
+    max_queue = 200
+    stalled, stalled_client, alice, bob = _a_stalled_reader_alice_and_bob(chat_server_factory, chat_client, max_queue)
     highest = 0
     left_seen = False
     payload = "y" * 1000
@@ -368,6 +379,36 @@ def test_a_client_that_never_reads_is_dropped_and_holds_no_one_up(chat_server_fa
     assert highest <= max_queue  # the server never held more than the bound
     alice.send("still here")
     assert bob.expect(re.compile("still here")) == "<guest-2> still here"
+    stalled.close()
+
+
+def _unsent_lines(client: Client) -> int:
+    """Lines the server holds for ``client``: its room's lines it has not
+    had, and the lines of what is queued to it alone."""
+    feed = client._feed
+    behind = feed.end - client._feed_pos if feed is not None else 0
+    return behind + sum(piece.count(b"\n") for piece in list(client._queue))
+
+
+def test_the_queue_bound_counts_lines_when_a_sender_writes_many_at_once(chat_server_factory, chat_client):
+    # A loopback sender is not paced, so each read of its lines goes through
+    # the pipeline together (NativeProtocol): the bound is still in lines,
+    # not in reads.
+    max_queue = 200
+    stalled, stalled_client, alice, bob = _a_stalled_reader_alice_and_bob(chat_server_factory, chat_client, max_queue)
+    payload = "y" * 1000
+    per_write = 20
+    highest = 0
+    for n in range(2000):  # bounded: 40 MB, far past the socket buffers
+        alice.sock.sendall("".join(f"{n} {k} {payload}\n" for k in range(per_write)).encode())
+        highest = max(highest, _unsent_lines(stalled_client))
+        for k in range(per_write):
+            assert bob.expect(lambda line: not line.startswith("* ")) == f"<guest-2> {n} {k} {payload}"
+        if stalled_client.closed:
+            break
+    assert stalled_client.close_reason == "slow consumer"
+    # At most one read of lines past the bound before the writer sees it.
+    assert highest <= max_queue + RECV_BUSY // len(payload)
     stalled.close()
 
 

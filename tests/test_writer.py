@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from chatcore.engine.connection import Client
+from chatcore.engine.feed import TRIM_AFTER, RoomFeed
 from chatcore.engine.writer import BATCH_DELAY, Writer
 from chatcore.testing import wait_for
 from chatcore.transports import Transport
@@ -158,23 +159,34 @@ def test_a_client_the_writer_fails_on_is_closed_and_the_others_still_get_their_l
             sock.close()
 
 
-def _schedule_batched(writer: Writer, client: Client, line: bytes) -> None:
-    """What publish() does for a presence notice to one idle member."""
-    client._queue.append(line)
-    if client._scheduled is False:
-        client._scheduled = None
-        writer.schedule_batched([client])
+def in_feed(*clients: Client) -> RoomFeed:
+    """A room's feed with ``clients`` attached, as the registry makes it."""
+    feed = RoomFeed(NATIVE)
+    with feed.lock:
+        for client in clients:
+            feed.attach(client)
+    return feed
+
+
+def say(writer: Writer, feed: RoomFeed, line: bytes, sender: Client | None = None, *, batched: bool = False) -> None:
+    """What publish() does with one encoded line of a room."""
+    with feed.lock:
+        feed.append(line, sender)
+        ready = feed.mark_ready(batched)
+    if ready:
+        (writer.schedule_batched if batched else writer.schedule_feeds)([feed])
 
 
 def test_presence_notices_of_a_burst_wait_and_leave_in_one_send():
     writer = Writer()
     writer.start()
     client, recording, peer = make_client(writer)
+    feed = in_feed(client)
     try:
         lines = [f"* guest-{n} joined\n".encode() for n in range(20)]
         began = time.monotonic()
         for line in lines:
-            _schedule_batched(writer, client, line)
+            say(writer, feed, line, batched=True)
         queued_in = time.monotonic() - began
         expected = b"".join(lines)
         assert read_exactly(peer, len(expected)) == expected
@@ -194,19 +206,109 @@ def test_urgent_output_behind_presence_notices_takes_them_along_at_once_in_order
     writer = Writer()
     writer.start()
     client, recording, peer = make_client(writer)
+    feed = in_feed(client)
     try:
-        _schedule_batched(writer, client, b"* alice joined\n")
-        client.send_data(b"<alice> hi\n")  # urgent: must not wait for the batch
+        say(writer, feed, b"* alice joined\n", batched=True)
+        say(writer, feed, b"<alice> hi\n")  # urgent: must not wait for the batch
         expected = b"* alice joined\n<alice> hi\n"
         assert read_exactly(peer, len(expected)) == expected
         wait_for(lambda: b"".join(recording.sends) == expected, message="both in the record of sends")
-        # Made ready by the chat line, the client is idle again afterwards;
+        # Made ready by the chat line, the feed is idle again afterwards;
         # the batch that comes due later sends nothing twice.
-        wait_for(lambda: client._scheduled is False and not writer._batched, message="the batch to be released")
-        _schedule_batched(writer, client, b"* bob joined\n")
+        wait_for(lambda: feed.scheduled is False and not writer._batched, message="the batch to be released")
+        say(writer, feed, b"* bob joined\n", batched=True)
         assert read_exactly(peer, 13) == b"* bob joined\n"
         wait_for(lambda: b"".join(recording.sends) == expected + b"* bob joined\n", message="no line sent twice")
     finally:
         writer.stop()
         recording.close()
+        peer.close()
+
+
+def test_what_is_said_to_one_member_comes_after_the_room_lines_before_it():
+    writer = Writer()
+    alice, alice_sock, alice_peer = make_client(writer)
+    bob, bob_sock, bob_peer = make_client(writer)
+    feed = in_feed(alice, bob)
+    try:
+        # All queued before the writer runs: the feed and bob's own queue
+        # both have output waiting when it starts.
+        say(writer, feed, b"<carol> one\n")
+        bob.send_data(b"* a notice to bob alone\n")
+        say(writer, feed, b"<carol> two\n")
+        writer.start()
+        expected = b"<carol> one\n* a notice to bob alone\n<carol> two\n"
+        assert read_exactly(bob_peer, len(expected)) == expected
+        assert read_exactly(alice_peer, 24) == b"<carol> one\n<carol> two\n"
+    finally:
+        writer.stop()
+        for sock in (alice_sock, alice_peer, bob_sock, bob_peer):
+            sock.close()
+
+
+def test_a_member_gets_every_line_of_the_room_but_its_own_in_order():
+    writer = Writer()
+    alice, alice_sock, alice_peer = make_client(writer)
+    bob, bob_sock, bob_peer = make_client(writer)
+    feed = in_feed(alice, bob)
+    try:
+        said = [(alice if n % 3 else bob, f"<{'alice' if n % 3 else 'bob'}> {n}\n".encode()) for n in range(300)]
+        for sender, line in said[:150]:  # half waiting when the writer starts, half while it runs
+            say(writer, feed, line, sender)
+        writer.start()
+        for sender, line in said[150:]:
+            say(writer, feed, line, sender)
+        for client, peer in ((alice, alice_peer), (bob, bob_peer)):
+            expected = b"".join(line for sender, line in said if sender is not client)
+            assert read_exactly(peer, len(expected)) == expected
+        # Every line was had by both: the writer's next visit trims the log.
+        say(writer, feed, b"* the end\n")
+        for peer in (alice_peer, bob_peer):
+            assert read_exactly(peer, 10) == b"* the end\n"
+        wait_for(lambda: len(feed.lines) <= TRIM_AFTER, message="the log to be trimmed")
+    finally:
+        writer.stop()
+        for sock in (alice_sock, alice_peer, bob_sock, bob_peer):
+            sock.close()
+
+
+def test_a_member_that_falls_behind_the_feed_is_a_slow_consumer_and_the_others_go_on():
+    writer = Writer()
+    writer.start()
+    stalled, stalled_sock, stalled_peer = make_client(writer, max_queue=100)
+    healthy, healthy_sock, healthy_peer = make_client(writer, max_queue=10_000)  # read only at the end
+    feed = in_feed(stalled, healthy)
+    try:
+        line = b"<carol> " + b"x" * 1000 + b"\n"
+        for _ in range(5000):  # 5 MB, far more than the peers' sockets take
+            say(writer, feed, line)
+        assert stalled.wait_closed(5)
+        assert stalled.close_reason == "slow consumer"
+        assert read_exactly(healthy_peer, 5000 * len(line)) == line * 5000
+        # The stalled member no longer holds the log back: the writer's next
+        # visit trims it.
+        say(writer, feed, b"<carol> and on\n")
+        assert read_exactly(healthy_peer, 15) == b"<carol> and on\n"
+        wait_for(lambda: len(feed.lines) <= TRIM_AFTER, message="the log to be trimmed")
+    finally:
+        writer.stop()
+        for sock in (stalled_sock, stalled_peer, healthy_sock, healthy_peer):
+            sock.close()
+
+
+def test_nothing_the_room_says_after_a_members_last_words_reaches_it():
+    writer = Writer()
+    client, sock, peer = make_client(writer)
+    feed = in_feed(client)
+    try:
+        say(writer, feed, b"<carol> before\n")
+        client.disconnect("kicked", notice="bye")
+        say(writer, feed, b"<carol> after\n")
+        writer.start()
+        assert client.wait_closed(5)
+        assert read_until_closed(peer) == b"<carol> before\n* bye\n"
+        assert feed.members == ()
+    finally:
+        writer.stop()
+        sock.close()
         peer.close()

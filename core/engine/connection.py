@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from chatcore.events import Error, Event, Notice, kick_text
 
 if TYPE_CHECKING:
+    from chatcore.engine.feed import RoomFeed
     from chatcore.engine.server import ChatServer
     from chatcore.transports import Transport
     from chatcore.wire import WireFormat
@@ -58,10 +59,12 @@ class Client:
     rendering of those events by its :attr:`wire` format. Nick and room
     change only through the registry.
 
-    Output is queued, never written by the calling thread: lines go to a
-    bounded queue that the server's writer drains (see
-    :mod:`chatcore.engine.writer`). A client whose queue is full is disconnected as a
-    slow consumer; it never holds up the thread that was sending to it.
+    Output is queued, never written by the calling thread: what its room
+    says is read from the room's shared feed (:mod:`chatcore.engine.feed`),
+    what is said to it alone goes to a bounded queue of its own, and the
+    server's writer drains both in order (:mod:`chatcore.engine.writer`).
+    A client that falls too far behind is disconnected as a slow consumer;
+    it never holds up the thread that was sending to it.
     """
 
     __slots__ = (
@@ -69,6 +72,9 @@ class Client:
         "_blocked",
         "_done",
         "_encrypt",
+        "_feed",
+        "_feed_own",
+        "_feed_pos",
         "_finish_deadline",
         "_finishing",
         "_max_queue",
@@ -144,9 +150,13 @@ class Client:
         self._writer = server.writer
         self._max_queue = max_queue
         self._queue: collections.deque[bytes] = collections.deque()
-        # True: in the writer's ready queue, or blocked; None: only on its
-        # batched list (presence notices, chatcore.engine.writer); False: idle.
-        self._scheduled: bool | None = False
+        # The room's feed it reads (set by the registry, under the feed's
+        # lock) and the number of the next line of it not yet queued or sent.
+        self._feed: RoomFeed | None = None
+        self._feed_pos = 0
+        self._feed_own = -1  # the number of the last line it said in it
+        # True: in the writer's ready queue, or blocked; False: idle.
+        self._scheduled = False
         self._unsent: bytes | memoryview = b""
         self._blocked = False  # waiting for the socket to become writable
         self._finishing = False
@@ -173,8 +183,10 @@ class Client:
 
     @property
     def queued(self) -> int:
-        """Lines waiting to be written to this client."""
-        return len(self._queue)
+        """Pieces waiting to be written to this client: its room's lines it
+        has not had yet, and what is queued to it alone."""
+        feed = self._feed
+        return len(self._queue) + (feed.end - self._feed_pos if feed is not None else 0)
 
     # -- output -------------------------------------------------------------
 
@@ -188,17 +200,25 @@ class Client:
         """Queue bytes already in this client's wire format (whole lines or
         messages of it: nothing is split or merged).
 
-        The hot path of every broadcast: no lock and at most one wake-up of
-        the writer, when this client's queue goes from idle to busy.
+        Room lines do not come this way (they are read from the room's
+        feed); what does is put behind the room's lines this client has not
+        had yet, so it sees both in the order they were said. At most one
+        wake-up of the writer, when this client goes from idle to busy.
         """
         if self.close_reason is not None:
             return
         queue = self._queue
+        feed = self._feed
+        if feed is not None and self._feed_pos < feed.end:
+            with feed.lock:
+                pending = feed.take(self, feed.end - self._feed_pos) if self._feed is feed else b""
+            if pending:
+                queue.append(pending)
         if len(queue) >= self._max_queue:
             self.disconnect("slow consumer", tell=False)
             return
         queue.append(data)
-        if self._scheduled is not True:  # idle, or waiting with presence notices only
+        if not self._scheduled:
             self._scheduled = True
             self._writer.schedule(self)
 
@@ -248,6 +268,12 @@ class Client:
         """
         if self.close_reason is not None:
             return
+        feed = self._feed
+        if feed is not None:  # nothing the room says after its last words
+            with feed.lock:
+                pending = feed.detach(self)
+            if pending:
+                self._queue.append(pending)
         if kicked_by is not None:
             reason, cause = kick_text(kicked_by, reason), cause or "kick"
             self.kicked_by = kicked_by  # before the last words: a wire format may show a kick its way

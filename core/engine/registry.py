@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from chatcore.engine.connection import Client
+from chatcore.engine.feed import RoomFeed
 
 if TYPE_CHECKING:
     from chatcore.wire import WireFormat
 
-#: A room's members grouped by wire format: what publish() renders once each.
+#: A room's members grouped by wire format.
 WireGroups = tuple[tuple["WireFormat", tuple[Client, ...]], ...]
 
 DEFAULT_ROOM = "lobby"
@@ -33,8 +34,10 @@ class Registry:
     room's members does not: each room holds an immutable tuple that is
     replaced on every change (copy-on-write), because members are read on
     every message and change only when someone joins or leaves. Each room
-    also keeps its members grouped by wire format (:meth:`by_wire`), so an
-    event is rendered once per format present, not once per member.
+    also has one :class:`~chatcore.engine.feed.RoomFeed` per wire format
+    present (:meth:`feeds`), that format's members attached to it: an
+    event is rendered once per format and appended once to its feed, not
+    once per member.
     """
 
     def __init__(self, default_room: str = DEFAULT_ROOM) -> None:
@@ -42,7 +45,7 @@ class Registry:
         self._lock = threading.Lock()
         self._by_nick: dict[str, Client] = {}  # keys are casefolded nicks
         self._rooms: dict[str, tuple[Client, ...]] = {}
-        self._groups: dict[str, WireGroups] = {}
+        self._feeds: dict[str, tuple[RoomFeed, ...]] = {}
         self._guest_numbers = itertools.count(1)
         self._ids = itertools.count(1)
 
@@ -123,7 +126,11 @@ class Registry:
     def by_wire(self, room: str) -> WireGroups:
         """The clients in ``room`` grouped by wire format: a snapshot of
         ``((format, members), ...)``, one entry per format present."""
-        return self._groups.get(room, ())
+        return tuple((feed.wire, feed.members) for feed in self._feeds.get(room, ()))
+
+    def feeds(self, room: str) -> tuple[RoomFeed, ...]:
+        """The feeds of ``room``, one per wire format present: a snapshot."""
+        return self._feeds.get(room, ())
 
     def rooms(self) -> dict[str, int]:
         """Every room that has members, with its member count."""
@@ -133,24 +140,31 @@ class Registry:
     def _enter(self, client: Client, room: str) -> None:
         client.room = room
         self._rooms[room] = (*self._rooms.get(room, ()), client)
-        groups = dict(self._groups.get(room, ()))
-        groups[client.wire] = (*groups.get(client.wire, ()), client)
-        # Readers may see the new members a moment before the new groups:
-        # each is a consistent snapshot on its own.
-        self._groups[room] = tuple(groups.items())
+        feeds = self._feeds.get(room, ())
+        feed = next((f for f in feeds if f.wire is client.wire), None)
+        if feed is None:
+            feed = RoomFeed(client.wire)
+            # Readers may see the new members a moment before the new
+            # feed: each is a consistent snapshot on its own.
+            self._feeds[room] = (*feeds, feed)
+        with feed.lock:
+            feed.attach(client)
 
     def _leave(self, client: Client) -> None:
         room = client.room
+        feeds = self._feeds.get(room, ())
+        for feed in feeds:
+            if feed.wire is client.wire:
+                with feed.lock:
+                    pending = feed.detach(client)
+                if pending and client.close_reason is None:  # moving rooms: what it had not had yet goes first
+                    client.send_data(pending)
+                if not feed.members:
+                    self._feeds[room] = tuple(f for f in feeds if f is not feed)
+                break
         members = tuple(c for c in self._rooms.get(room, ()) if c is not client)
-        if not members:
-            self._rooms.pop(room, None)
-            self._groups.pop(room, None)
-            return
-        self._rooms[room] = members
-        groups = dict(self._groups.get(room, ()))
-        group = tuple(c for c in groups.get(client.wire, ()) if c is not client)
-        if group:
-            groups[client.wire] = group
+        if members:
+            self._rooms[room] = members
         else:
-            groups.pop(client.wire, None)
-        self._groups[room] = tuple(groups.items())
+            self._rooms.pop(room, None)
+            self._feeds.pop(room, None)

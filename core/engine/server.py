@@ -17,14 +17,17 @@ actions: :meth:`~ChatServer.admit`, :meth:`~ChatServer.run_command`,
 Every event said to a room passes through :meth:`ChatServer.publish`: it
 gets its number in the room's stream (from the sequencer, which a cluster
 plugin may supply), is rendered once per wire format present in the room,
-and the same bytes are queued to each member but the excluded one. The
-writer thread (:mod:`chatcore.engine.writer`) sends them.
+and the bytes are appended once to the room's feed for that format
+(:mod:`chatcore.engine.feed`), from which the writer thread
+(:mod:`chatcore.engine.writer`) sends them to each member but the excluded
+one.
 
 Offsets are unique and gap-free per room, and each sender's events reach
 every member in the order sent. Two events published at the same instant by
-different threads may reach members in either order: publishing takes no
-lock (a per-room lock made concurrent senders convoy, at a third of the
-speed). A client that resumes therefore asks for everything after the
+different threads may reach members in either order: numbering and
+appending are two steps, and only the append takes the feed's lock, for a
+few list operations (a per-room lock held across the whole delivery made
+concurrent senders convoy, at a third of the speed). A client that resumes therefore asks for everything after the
 highest offset below which it has seen every event, and drops offsets it
 already has.
 """
@@ -682,8 +685,8 @@ class ChatServer:
         """Several chat messages from one sender, read together (the lines
         of one ``recv()``): each runs through the filters as with
         :meth:`broadcast_message`, and those to one room are published
-        together, so each member gets them in one piece of its queue (the
-        per-member work is paid once for the lot, not once per line).
+        together (encoded in one go and appended to the room's feeds with
+        one lock each).
         Actions and private messages go through :meth:`broadcast_message`."""
         counts = self.stats.mine()
         passed: list[Message] = []
@@ -760,8 +763,8 @@ class ChatServer:
         The one path for everything said to a room. An event that has no
         identity yet (``offset == 0``) gets the room's next one from the
         sequencer; one that has it (from another server) keeps it. The event
-        is rendered once per wire format in the room, and the same bytes are
-        queued to every member. Unless ``relay`` is false,
+        is rendered once per wire format in the room, and the bytes are
+        appended to that format's feed, for every member. Unless ``relay`` is false,
         ``chatcore_room_event`` then tells the plugins, so a cluster plugin
         can carry it to other servers (and publish theirs with
         ``relay=False``).
@@ -782,8 +785,8 @@ class ChatServer:
 
     def _publish_all(self, events: Sequence[RoomEvent], exclude: Client | None = None, relay: bool = True) -> int:
         """:meth:`_publish` for events of one room and one kind, in order,
-        queued to each member as one piece. :return: how many clients each
-        was queued to."""
+        appended to each feed of the room together. :return: how many
+        clients each was queued to."""
         first = events[0]
         room = first.room
         for event in events:
@@ -791,38 +794,38 @@ class ChatServer:
                 epoch, offset = self.sequencer.next(room)
                 _stamp(event, epoch, offset, time.time())
         count = 0
-        woken = []  # members whose queue was idle: handed to the writer together
+        woken = []  # feeds that were idle: handed to the writer together
         # Presence notices may wait a moment, to leave in one send() with the
         # rest of a burst (chatcore.engine.writer); the rest goes out at once.
         batched = first.batched
         single = len(events) == 1
-        for wire, members in self.registry._groups.get(room, ()):  # by_wire(), inline: every message
-            data = wire.encode(first) if single else b"".join([wire.encode(event) for event in events])
-            if not data:
-                continue
-            for member in members:
-                if member is exclude or member.close_reason is not None:
+        for feed in self.registry._feeds.get(room, ()):  # feeds(), inline: every message
+            # Encoded once per wire format and appended once, whatever the
+            # room's size: the writer sends each member what it has not had
+            # (chatcore.engine.feed).
+            wire = feed.wire
+            if single:
+                data = wire.encode(first)
+                if not data:
                     continue
-                # Client.send_data(), inline: this loop runs once per
-                # delivery, and a call is most of a delivery's cost.
-                queue = member._queue
-                if len(queue) >= member._max_queue:
-                    member.disconnect("slow consumer", tell=False)
+            else:
+                lines = [line for line in [wire.encode(event) for event in events] if line]
+                if not lines:
                     continue
-                queue.append(data)
-                count += 1
-                if batched:
-                    if member._scheduled is False:
-                        member._scheduled = None
-                        woken.append(member)
-                elif member._scheduled is not True:
-                    member._scheduled = True
-                    woken.append(member)
+            members = feed.members
+            count += len(members) - (exclude is not None and exclude._feed is feed)
+            with feed.lock:
+                if single:
+                    feed.append(data, exclude)
+                else:
+                    feed.extend(lines, exclude)
+                if feed.mark_ready(batched):
+                    woken.append(feed)
         if woken:
             if batched:
                 self.writer.schedule_batched(woken)
             else:
-                self.writer.schedule_all(woken)
+                self.writer.schedule_feeds(woken)
         if relay and self.hooks.room_events_observed:
             for event in events:
                 self.hooks.room_event(self, event)

@@ -9,39 +9,46 @@ visit goes out in a single ``send()``.
 
 How it works:
 
-- :meth:`Client.send_data` appends to the client's queue and, only when the
-  client was idle, puts it on the writer's ready queue (and wakes the writer
-  only if the writer was asleep). A busy room costs no lock and no wake-up
-  per delivery.
-- The writer takes clients off the ready queue in turn, joins up to
-  ``MAX_BATCH`` queued lines and sends them with ``MSG_DONTWAIT``, so a full
-  socket never blocks it. What the kernel does not take waits, and the
-  client is watched with a selector until its socket is writable again. A
-  client that stops reading fills its queue and is disconnected as a slow
-  consumer (see :meth:`Client.send_data`); nobody else waits for it.
+- What a room says is appended to the room's feed, one per wire format
+  (:mod:`chatcore.engine.feed`), which puts itself on the writer's ready
+  list when it goes from idle to busy (no lock and no wake-up per line in a
+  busy room). The writer visits a ready feed once for everything appended
+  since its last visit: every attached member with lines to catch up on is
+  flushed, unless it is already on the ready queue (its turn will come) or
+  blocked (then it is checked for falling too far behind).
+- What is said to one client alone goes to its own queue:
+  :meth:`Client.send_data` appends and, only when the client was idle, puts
+  it on the writer's ready queue (and wakes the writer only if the writer
+  was asleep).
+- Flushing a client takes its queue and then the feed lines it has not had
+  yet (up to ``MAX_BATCH`` pieces and :data:`~chatcore.engine.feed.MAX_TAKE`
+  lines), and sends them with ``MSG_DONTWAIT``, so a full socket never
+  blocks it. What the kernel does not take waits, and the client is
+  watched with a selector until its socket is writable again. A client
+  that stops reading falls behind and is disconnected as a slow consumer;
+  nobody else waits for it.
 - A client with more output goes to the back of the ready queue, so one busy
   client cannot starve the others.
 - Presence notices (joins, leaves, nick changes: the events whose class says
-  ``batched``) may wait: :meth:`schedule_batched` puts their members on a
-  second list that the writer moves to the ready queue ``BATCH_DELAY``
-  after the first of them. In a connect storm of N clients each member then
-  gets one ``send()`` per ``BATCH_DELAY`` instead of one per join (the
-  N * (N - 1) / 2 notices of 500 connects were 30,000 sends, most of the
-  storm's time). Nothing is reordered: a member's queue stays one FIFO, and
-  anything urgent queued behind a notice (chat, a welcome) puts the member
-  on the ready queue at once, taking the notices along.
+  ``batched``) may wait: a feed with only those puts itself on a second
+  list (:meth:`schedule_batched`) that the writer moves to the ready list
+  ``BATCH_DELAY`` after the first of them. In a connect storm of N clients
+  each member then gets one ``send()`` per ``BATCH_DELAY`` instead of one
+  per join (the N * (N - 1) / 2 notices of 500 connects were 30,000 sends,
+  most of the storm's time). Nothing is reordered: anything urgent said to
+  the room behind a notice makes the feed ready at once, and anything said
+  to a member alone takes the room's lines before it along.
 - Closing is the writer's business too: :meth:`finish` flushes what is
   queued, then shuts the socket down, which wakes the client's reader thread.
   The reader thread closes the socket after :meth:`Client.wait_closed`, so
   the writer never touches a file descriptor that may have been reused.
 
-A client's ``_scheduled`` is True while it is on the ready queue (or
-blocked), None while it waits on the batched list only, False when idle.
-The flags (``_scheduled``, ``_idle``) are checked and set without a lock:
-under the GIL each read or write is atomic, and every race is resolved by
-re-checking after the flag is cleared (at worst a client is flushed once
-more than needed). A free-threaded CPython would need those checks made
-atomic; chatcore is tested on GIL builds only.
+The flags (a client's ``_scheduled``, a feed's ``scheduled``, ``_idle``)
+are checked and set without a lock: under the GIL each read or write is
+atomic, and every race is resolved by re-checking after the flag is cleared
+(at worst a client is flushed once more than needed). A free-threaded
+CPython would need those checks made atomic; chatcore is tested on GIL
+builds only.
 
 ``MSG_DONTWAIT`` exists on Linux, the BSDs and macOS; the server is for
 POSIX systems (the terminal client is portable).
@@ -58,8 +65,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from chatcore.engine.feed import MAX_TAKE, TRIM_AFTER
+
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
+    from chatcore.engine.feed import RoomFeed
 
 log = logging.getLogger("chatcore.writer")
 
@@ -77,8 +87,9 @@ class Writer:
 
     def __init__(self) -> None:
         self._ready: collections.deque[Client] = collections.deque()
-        # Clients whose output may wait until _batch_due (schedule_batched).
-        self._batched: collections.deque[Client] = collections.deque()
+        self._ready_feeds: collections.deque[RoomFeed] = collections.deque()
+        # Feeds whose lines may wait until _batch_due (schedule_batched).
+        self._batched: collections.deque[RoomFeed] = collections.deque()
         self._batch_due = 0.0  # 0.0: no batch open; the writer thread's own
         self._finishing: collections.deque[Client] = collections.deque()
         self._lingering: set[Client] = set()
@@ -121,22 +132,21 @@ class Writer:
             self._idle = False
             self._wake()
 
-    def schedule_all(self, clients: list[Client]) -> None:
-        """Put several clients with new output on the ready queue at once
-        (a broadcast to a quiet room wakes every member)."""
-        self._ready.extend(clients)
+    def schedule_feeds(self, feeds: list[RoomFeed]) -> None:
+        """Put feeds with new lines (``scheduled`` set to True by the caller)
+        on the ready list."""
+        self._ready_feeds.extend(feeds)
         if self._idle:
             self._idle = False
             self._wake()
 
-    def schedule_batched(self, clients: list[Client]) -> None:
-        """Put idle clients whose new output may wait up to
-        :data:`BATCH_DELAY` on the batched list (their ``_scheduled`` set to
-        None by the caller); any urgent output for one of them moves it to
-        the ready queue before then."""
+    def schedule_batched(self, feeds: list[RoomFeed]) -> None:
+        """Put idle feeds whose new lines may wait up to :data:`BATCH_DELAY`
+        (``scheduled`` set to None by the caller) on the batched list; an
+        urgent line for one of them moves it to the ready list before then."""
         opens_batch = not self._batched
-        self._batched.extend(clients)
-        # The writer times its sleep by the first batched client: only that
+        self._batched.extend(feeds)
+        # The writer times its sleep by the first batched feed: only that
         # one needs to wake it.
         if opens_batch and self._idle:
             self._idle = False
@@ -159,14 +169,18 @@ class Writer:
 
     def _run(self) -> None:
         ready = self._ready
+        ready_feeds = self._ready_feeds
         finishing = self._finishing
         batched = self._batched
         select = self._selector.select
         flush = self._flush
+        visit = self._visit
         clock = time.monotonic
         while self._running:
-            # One pass over the clients that were ready when it began, so
-            # blocked sockets and closes get their turn under steady load.
+            # One pass over what was ready when it began, so blocked
+            # sockets and closes get their turn under steady load.
+            for _ in range(len(ready_feeds)):
+                visit(ready_feeds.popleft())
             for _ in range(len(ready)):
                 client = ready.popleft()
                 try:  # _guarded(), inline: once per client with output
@@ -177,14 +191,14 @@ class Writer:
                 self._guarded(self._begin_finish, finishing.popleft())
             if batched:
                 self._release_batch(clock())
-            if ready or finishing:
+            if ready or ready_feeds or finishing:
                 if len(self._selector.get_map()) > 1:
                     self._handle_events(select(0))
                 if self._lingering:
                     self._expire_lingering()
                 continue
             self._idle = True
-            if ready or finishing:  # raced with schedule() or finish()
+            if ready or ready_feeds or finishing:  # raced with schedule() or finish()
                 self._idle = False
                 continue
             timeout = 0.25 if self._lingering else None
@@ -196,8 +210,8 @@ class Writer:
                 self._expire_lingering()
 
     def _release_batch(self, now: float) -> None:
-        """Open a batch at its first client; when it is due, move the
-        clients still waiting on it (``_scheduled`` None) to the ready queue."""
+        """Open a batch at its first feed; when it is due, move the feeds
+        still waiting on it (``scheduled`` None) to the ready list."""
         if not self._batch_due:
             self._batch_due = now + BATCH_DELAY
             return
@@ -205,12 +219,33 @@ class Writer:
             return
         self._batch_due = 0.0
         batched = self._batched
-        ready = self._ready
+        ready = self._ready_feeds
         for _ in range(len(batched)):  # later arrivals open the next batch
-            client = batched.popleft()
-            if client._scheduled is None:  # not made ready by urgent output meanwhile
-                client._scheduled = True
-                ready.append(client)
+            feed = batched.popleft()
+            if feed.scheduled is None:  # not made ready by an urgent line meanwhile
+                feed.scheduled = True
+                ready.append(feed)
+
+    def _visit(self, feed: RoomFeed) -> None:
+        """Flush every member of ``feed`` that has lines of it to catch up on."""
+        feed.scheduled = False  # lines appended from here on schedule it again
+        end = feed.end
+        flush = self._flush
+        for member in feed.members:
+            if member._feed_pos >= end or member._feed is not feed:
+                continue
+            if member._scheduled:  # its turn on the ready queue will come, or it is blocked
+                if member._blocked and end - member._feed_pos >= member._max_queue:
+                    member.disconnect("slow consumer", tell=False)
+                continue
+            member._scheduled = True
+            try:  # _guarded(), inline: once per member with lines
+                flush(member)
+            except Exception:
+                self._drop(member)
+        if end - feed.start > TRIM_AFTER:
+            with feed.lock:
+                feed.trim()
 
     def _handle_events(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
         for key, _mask in events:
@@ -246,6 +281,7 @@ class Writer:
         if client._blocked or client._done:
             return
         queue = client._queue
+        feed = client._feed
         out = client._unsent
         try:
             if not out:
@@ -254,6 +290,12 @@ class Writer:
                     plain = queue.popleft()
                 else:
                     plain = b"".join([queue.popleft() for _ in range(min(n, MAX_BATCH))]) if n else b""
+                # The room's lines after what was said to it alone: send_data()
+                # moved the room's earlier lines to the queue before that.
+                if feed is not None and client._feed_pos < feed.end:
+                    with feed.lock:
+                        lines = feed.take(client, MAX_TAKE) if client._feed is feed else b""
+                    plain = plain + lines if plain else lines
                 # TLS: plaintext in, records out (chatcore.transports.tls).
                 out = plain if client._encrypt is None else client._encrypt(plain)
         except OSError as exc:
@@ -274,16 +316,21 @@ class Writer:
                 self._selector.register(client.sock, selectors.EVENT_WRITE, client)
                 if client._finishing:
                     self._lingering.add(client)
+                elif feed is not None and feed.end - client._feed_pos >= client._max_queue:
+                    client.disconnect("slow consumer", tell=False)
                 return
             client._unsent = b""
-        if queue:
+        feed = client._feed
+        if queue or (feed is not None and client._feed_pos < feed.end):
             self._ready.append(client)  # more to send: back of the line
             return
         if client._finishing:
             self._complete(client)
             return
         client._scheduled = False
-        if queue and not client._scheduled:  # raced with send_data()
+        # Raced with send_data(), or with a line appended to the feed after
+        # the check above whose visit saw this client still scheduled.
+        if (queue or (feed is not None and client._feed_pos < feed.end)) and not client._scheduled:
             client._scheduled = True
             self._ready.append(client)
 

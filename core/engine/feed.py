@@ -1,0 +1,150 @@
+"""A room's shared log of encoded lines, one per wire format present in it.
+
+Why a shared log and not a copy per member: saying a line to a room of N
+used to cost the sender's thread N queue appends, N checks and N flag
+updates, about a thousand CPU instructions a member, for every line. Here
+the line is encoded once per wire format and appended once to that
+format's :class:`RoomFeed`, whatever the room's size; each member keeps
+its position in the feed, and the writer (:mod:`chatcore.engine.writer`)
+sends each member everything past its position in one ``send()``, leaving
+out the member's own lines (no echo). The per-member work is then paid
+once per writer visit, for all the lines that arrived since the last one,
+which is the coalescing a single-threaded epoll server gets for free.
+
+The rules that keep every line whole, in order and exactly once:
+
+- Everything that changes a feed (appending, trimming, a member's
+  position, a member joining or leaving) happens under the feed's lock.
+  The lock is held for a few list operations at a time, never across a
+  ``send()`` or a call into other code.
+- A member's output is two streams: its feed (what its room says) and its
+  own queue (what is said to it alone: a welcome, an error, a private
+  message). Before anything goes on its queue, the lines of the feed it
+  has not had yet are moved to the queue first (:meth:`RoomFeed.take`), so
+  the member sees both in the order they were said.
+- A member leaving the room takes what it has not had yet along (moved to
+  its queue) and is detached; one that is disconnected is detached too, so
+  nothing said after its last words reaches it.
+- A member whose position falls more than its queue limit behind is a slow
+  consumer (the writer checks when it visits the feed) and is
+  disconnected; the log is trimmed up to the slowest attached member, so
+  it holds at most about that many lines.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatcore.engine.connection import Client
+    from chatcore.wire import WireFormat
+
+#: Most lines of a feed joined into one ``send()``: bounds the size of one write.
+MAX_TAKE = 1024
+#: The log is trimmed once this many lines are behind every attached member.
+TRIM_AFTER = 256
+
+
+class RoomFeed:
+    """One room's lines in one wire format, and where each member is in them.
+
+    ``lines[i]`` and ``senders[i]`` are line number ``start + i``; a member's
+    ``_feed_pos`` is the number of the next line it has not had. ``end`` is
+    one past the last line.
+    """
+
+    __slots__ = ("end", "lines", "lock", "members", "scheduled", "senders", "start", "wire")
+
+    def __init__(self, wire: WireFormat) -> None:
+        self.wire = wire
+        #: The attached members: an immutable tuple, replaced on every change
+        #: (read without the lock on every line).
+        self.members: tuple[Client, ...] = ()
+        self.lock = threading.Lock()
+        self.lines: list[bytes] = []
+        # Who said each line (not sent back to them), or None.
+        self.senders: list[Client | None] = []
+        self.start = 0
+        self.end = 0
+        # True: on the writer's ready list; None: on its batched list only
+        # (presence notices may wait, chatcore.engine.writer); False: idle.
+        self.scheduled: bool | None = False
+
+    def __repr__(self) -> str:
+        return f"<RoomFeed {self.wire.name}: lines {self.start}-{self.end}, {len(self.members)} members>"
+
+    # All of these are called with the lock held.
+
+    def append(self, line: bytes, sender: Client | None) -> None:
+        self.lines.append(line)
+        self.senders.append(sender)
+        if sender is not None and sender._feed is self:
+            sender._feed_own = self.end
+        self.end += 1
+
+    def extend(self, lines: list[bytes], sender: Client | None) -> None:
+        self.lines.extend(lines)
+        self.senders.extend([sender] * len(lines))
+        self.end += len(lines)
+        if sender is not None and sender._feed is self:
+            sender._feed_own = self.end - 1
+
+    def mark_ready(self, batched: bool) -> bool:
+        """After an append: True if the feed is to be handed to the writer
+        now (with :meth:`~chatcore.engine.writer.Writer.schedule_feeds`, or
+        ``schedule_batched`` when ``batched``): it was idle, or it waited
+        for a batch of presence notices and this line is urgent."""
+        state = self.scheduled
+        if state is False or (state is None and not batched):
+            self.scheduled = None if batched else True
+            return True
+        return False
+
+    def attach(self, member: Client) -> None:
+        """Make ``member`` a reader of everything appended from now on."""
+        member._feed = self
+        member._feed_pos = self.end
+        member._feed_own = -1
+        self.members = (*self.members, member)
+
+    def detach(self, member: Client) -> bytes:
+        """Remove ``member``; :return: what it had not had yet."""
+        pending = self.take(member, self.end - member._feed_pos) if member._feed is self else b""
+        if member._feed is self:
+            member._feed = None
+        self.members = tuple(m for m in self.members if m is not member)
+        return pending
+
+    def take(self, member: Client, most: int = MAX_TAKE) -> bytes:
+        """The next lines for ``member`` (up to ``most``, leaving out its own)
+        as one piece, and its position moved past them."""
+        start = self.start
+        pos = member._feed_pos  # never below start: trim() waits for attached members
+        stop = pos + most
+        if stop > self.end:  # noqa: PLR1730 (the writer's hot path: a compare, not a call)
+            stop = self.end
+        if pos >= stop:
+            return b""
+        member._feed_pos = stop
+        first = pos - start
+        last = stop - start
+        if member._feed_own >= pos:  # its own lines may be in the way: no echo
+            lines = self.lines
+            senders = self.senders
+            return b"".join([lines[n] for n in range(first, last) if senders[n] is not member])
+        if last - first == 1:
+            return self.lines[first]
+        return b"".join(self.lines[first:last])
+
+    def trim(self) -> None:
+        """Forget the lines every attached member has had."""
+        low = self.end
+        for member in self.members:
+            if member._feed is self and member._feed_pos < low:
+                low = member._feed_pos
+        done = low - self.start
+        if done > 0:
+            del self.lines[:done]
+            del self.senders[:done]
+            self.start = low
