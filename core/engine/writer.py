@@ -227,22 +227,66 @@ class Writer:
                 ready.append(feed)
 
     def _visit(self, feed: RoomFeed) -> None:
-        """Flush every member of ``feed`` that has lines of it to catch up on."""
+        """Send every member of ``feed`` the lines of it it has not had.
+
+        The common case, an idle member with nothing of its own queued, is
+        done here: every such member's lines are taken under one hold of the
+        feed's lock (members that were level share one joined piece), then
+        sent. The rest go through :meth:`_flush`, or wait for their turn.
+        """
         feed.scheduled = False  # lines appended from here on schedule it again
-        end = feed.end
-        flush = self._flush
-        for member in feed.members:
-            if member._feed_pos >= end or member._feed is not feed:
-                continue
-            if member._scheduled:  # its turn on the ready queue will come, or it is blocked
-                if member._blocked and end - member._feed_pos >= member._max_queue:
-                    member.disconnect("slow consumer", tell=False)
-                continue
-            member._scheduled = True
+        taken: list[tuple[Client, bytes]] = []
+        others: list[Client] = []
+        behind: list[Client] = []
+        with feed.lock:
+            end = feed.end
+            start = feed.start
+            lines = feed.lines
+            shared_pos = -1
+            shared = b""
+            for member in feed.members:
+                pos = member._feed_pos
+                if pos >= end or member._feed is not feed:
+                    continue
+                if member._scheduled:  # its turn on the ready queue will come, or it is blocked
+                    if member._blocked and end - pos >= member._max_queue:
+                        behind.append(member)
+                    continue
+                member._scheduled = True
+                if member._queue or member._done:
+                    others.append(member)
+                    continue
+                stop = pos + MAX_TAKE
+                if stop > end:  # noqa: PLR1730 (once per member: a compare, not a call)
+                    stop = end
+                member._feed_pos = stop
+                if member._feed_own >= pos:  # its own lines are in the way: no echo
+                    senders = feed.senders
+                    data = b"".join([lines[n] for n in range(pos - start, stop - start) if senders[n] is not member])
+                elif pos == shared_pos and stop == end:
+                    data = shared
+                else:
+                    data = lines[pos - start] if stop - pos == 1 else b"".join(lines[pos - start : stop - start])
+                    if stop == end:
+                        shared_pos, shared = pos, data
+                taken.append((member, data))
+        for member in behind:
+            member.disconnect("slow consumer", tell=False)
+        send = self._send
+        for member, data in taken:
             try:  # _guarded(), inline: once per member with lines
-                flush(member)
+                if not data:
+                    self._sent_all(member)
+                elif member._encrypt is None:
+                    send(member, data)
+                else:  # TLS: plaintext in, records out (chatcore.transports.tls)
+                    send(member, member._encrypt(data))
+            except OSError as exc:
+                self._lost(member, exc)
             except Exception:
                 self._drop(member)
+        for member in others:
+            self._guarded(self._flush, member)
         if end - feed.start > TRIM_AFTER:
             with feed.lock:
                 feed.trim()
@@ -280,46 +324,70 @@ class Writer:
     def _flush(self, client: Client) -> None:
         if client._blocked or client._done:
             return
-        queue = client._queue
-        feed = client._feed
         out = client._unsent
-        try:
-            if not out:
-                n = len(queue)
-                if n == 1:
-                    plain = queue.popleft()
-                else:
-                    plain = b"".join([queue.popleft() for _ in range(min(n, MAX_BATCH))]) if n else b""
-                # The room's lines after what was said to it alone: send_data()
-                # moved the room's earlier lines to the queue before that.
-                if feed is not None and client._feed_pos < feed.end:
-                    with feed.lock:
-                        lines = feed.take(client, MAX_TAKE) if client._feed is feed else b""
-                    plain = plain + lines if plain else lines
-                # TLS: plaintext in, records out (chatcore.transports.tls).
+        if not out:
+            queue = client._queue
+            n = len(queue)
+            if n == 1:
+                plain = queue.popleft()
+            else:
+                plain = b"".join([queue.popleft() for _ in range(min(n, MAX_BATCH))]) if n else b""
+            # The room's lines after what was said to it alone: send_data()
+            # moved the room's earlier lines to the queue before that.
+            feed = client._feed
+            if feed is not None and client._feed_pos < feed.end:
+                with feed.lock:
+                    lines = feed.take(client, MAX_TAKE) if client._feed is feed else b""
+                plain = plain + lines if plain else lines
+            if not plain:
+                self._sent_all(client)
+                return
+            try:  # TLS: plaintext in, records out (chatcore.transports.tls).
                 out = plain if client._encrypt is None else client._encrypt(plain)
-        except OSError as exc:
-            self._lost(client, exc)
-            return
-        if out:
-            try:
-                sent = client.sock.send(out, _SEND_FLAGS)
-            except BlockingIOError:
-                sent = 0
             except OSError as exc:
                 self._lost(client, exc)
                 return
-            self.sent_bytes += sent
-            if sent < len(out):
-                client._unsent = memoryview(out)[sent:]
-                client._blocked = True
-                self._selector.register(client.sock, selectors.EVENT_WRITE, client)
-                if client._finishing:
-                    self._lingering.add(client)
-                elif feed is not None and feed.end - client._feed_pos >= client._max_queue:
-                    client.disconnect("slow consumer", tell=False)
-                return
-            client._unsent = b""
+        self._send(client, out)
+
+    def _send(self, client: Client, out: bytes | memoryview) -> None:
+        """Send ``out`` to ``client`` without blocking; what the socket does
+        not take waits for it to become writable."""
+        try:
+            sent = client.sock.send(out, _SEND_FLAGS)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._lost(client, exc)
+            return
+        self.sent_bytes += sent
+        if sent < len(out):
+            client._unsent = memoryview(out)[sent:]
+            client._blocked = True
+            self._selector.register(client.sock, selectors.EVENT_WRITE, client)
+            feed = client._feed
+            if client._finishing:
+                self._lingering.add(client)
+            elif feed is not None and feed.end - client._feed_pos >= client._max_queue:
+                client.disconnect("slow consumer", tell=False)
+            return
+        client._unsent = b""
+        # _sent_all(), inline: once per send
+        queue = client._queue
+        feed = client._feed
+        if queue or (feed is not None and client._feed_pos < feed.end):
+            self._ready.append(client)  # more to send: back of the line
+            return
+        if client._finishing:
+            self._complete(client)
+            return
+        client._scheduled = False
+        if (queue or (feed is not None and client._feed_pos < feed.end)) and not client._scheduled:
+            client._scheduled = True
+            self._ready.append(client)
+
+    def _sent_all(self, client: Client) -> None:
+        """After a flush that sent everything it took: go again, close, or idle."""
+        queue = client._queue
         feed = client._feed
         if queue or (feed is not None and client._feed_pos < feed.end):
             self._ready.append(client)  # more to send: back of the line
