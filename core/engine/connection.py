@@ -82,7 +82,6 @@ class Client:
         "_queue",
         "_scheduled",
         "_unsent",
-        "_writer",
         "_writer_done",
         "address",
         "admitted",
@@ -93,7 +92,6 @@ class Client:
         "data",
         "id",
         "kicked_by",
-        "last_input",
         "nick",
         "room",
         "server",
@@ -136,18 +134,17 @@ class Client:
         self.close_cause: str | None = None
         #: The operator who kicked the client out (``disconnect(kicked_by=...)``), or None.
         self.kicked_by: str | None = None
-        #: When the reader last received data (``time.monotonic()``): where
-        #: a message's latency starts.
+        #: When the reader last received data (``time.monotonic()``; 0.0
+        #: before the first read): where a message's latency starts.
         self.arrived = 0.0
-        #: When it connected and when it last sent anything (``time.monotonic()``):
-        #: what the idle and login deadlines are measured from.
-        self.connected_at = self.last_input = time.monotonic()
+        #: When it connected (``time.monotonic()``): what the login deadline
+        #: is measured from.
+        self.connected_at = time.monotonic()
         #: True once ``server.admit()`` let it into the chat.
         self.admitted = False
         self._pace: Any = None  # the input pacing's token bucket, made on first use
 
         # Output state, shared with the writer thread (see chatcore.engine.writer).
-        self._writer = server.writer
         self._max_queue = max_queue
         self._queue: collections.deque[bytes] = collections.deque()
         # The room's feed it reads (set by the registry, under the feed's
@@ -175,6 +172,12 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.nick!r} in {self.room!r} from {self.address[0]}:{self.address[1]}>"
+
+    @property
+    def last_input(self) -> float:
+        """When it last sent anything, or connected (``time.monotonic()``):
+        what the idle deadline is measured from."""
+        return self.arrived or self.connected_at
 
     @property
     def closed(self) -> bool:
@@ -220,7 +223,7 @@ class Client:
         queue.append(data)
         if not self._scheduled:
             self._scheduled = True
-            self._writer.schedule(self)
+            self.server.writer.schedule(self)
 
     def notice(self, text: str) -> None:
         """Send a server notice to this client (native: ``* <text>``)."""
@@ -288,7 +291,7 @@ class Client:
             return
         self.close_reason = reason
         self.close_cause = cause if cause in DISCONNECT_CAUSES else disconnect_cause(reason)
-        self._writer.finish(self, linger)
+        self.server.writer.finish(self, linger)
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Wait until the writer is done with this client's socket."""

@@ -484,7 +484,7 @@ class ChatServer:
             size = RECV_BUSY if len(data) >= size else RECV_IDLE
             # When this input arrived: message latency starts here, and idle
             # connections are timed from it.
-            client.arrived = client.last_input = clock()
+            client.arrived = clock()
             data_received(data)
             if client.closed:  # disconnected (by what it sent, or another thread)
                 return
