@@ -25,10 +25,13 @@ The rules that keep every line whole, in order and exactly once:
 - A member leaving the room takes what it has not had yet along (moved to
   its queue) and is detached; one that is disconnected is detached too, so
   nothing said after its last words reaches it.
-- A member whose position falls more than its queue limit behind is a slow
-  consumer (the writer checks when it visits the feed) and is
-  disconnected; the log is trimmed up to the slowest attached member, so
-  it holds at most about that many lines.
+- A member whose position falls its queue limit behind while its socket is
+  full is a slow consumer (the writer checks when it visits the feed and
+  when a send leaves it blocked) and is disconnected. The writer forgets
+  the lines every member has had: all of them when it leaves every member
+  level, else up to the slowest once :data:`TRIM_AFTER` have piled up. So
+  the log holds about the queue limit at most, and nothing for a room
+  whose members keep up.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ if TYPE_CHECKING:
 
 #: Most lines of a feed joined into one ``send()``: bounds the size of one write.
 MAX_TAKE = 1024
-#: The log is trimmed once this many lines are behind every attached member.
+#: When members are not level after a visit of the writer (a member busy or
+#: blocked), the log is trimmed to the slowest once it holds this many lines.
 TRIM_AFTER = 256
 
 
@@ -143,8 +147,13 @@ class RoomFeed:
         for member in self.members:
             if member._feed is self and member._feed_pos < low:
                 low = member._feed_pos
-        done = low - self.start
+        self.forget(low)
+
+    def forget(self, upto: int) -> None:
+        """Forget the lines before line number ``upto``, which every
+        attached member has had."""
+        done = upto - self.start
         if done > 0:
             del self.lines[:done]
             del self.senders[:done]
-            self.start = low
+            self.start = upto

@@ -244,21 +244,26 @@ class Writer:
             lines = feed.lines
             shared_pos = -1
             shared = b""
+            level = True  # every attached member has had every line so far
             for member in feed.members:
                 pos = member._feed_pos
                 if pos >= end or member._feed is not feed:
                     continue
                 if member._scheduled:  # its turn on the ready queue will come, or it is blocked
+                    level = False
                     if member._blocked and end - pos >= member._max_queue:
                         behind.append(member)
                     continue
                 member._scheduled = True
                 if member._queue or member._done:
+                    level = False
                     others.append(member)
                     continue
                 stop = pos + MAX_TAKE
-                if stop > end:  # noqa: PLR1730 (once per member: a compare, not a call)
+                if stop > end:
                     stop = end
+                else:
+                    level = False
                 member._feed_pos = stop
                 if member._feed_own >= pos:  # its own lines are in the way: no echo
                     senders = feed.senders
@@ -270,6 +275,8 @@ class Writer:
                     if stop == end:
                         shared_pos, shared = pos, data
                 taken.append((member, data))
+            if level:  # a quiet room keeps no lines
+                feed.forget(end)
         for member in behind:
             member.disconnect("slow consumer", tell=False)
         send = self._send
@@ -287,7 +294,7 @@ class Writer:
                 self._drop(member)
         for member in others:
             self._guarded(self._flush, member)
-        if end - feed.start > TRIM_AFTER:
+        if end - feed.start > TRIM_AFTER:  # some were not level: forget what the slowest has had
             with feed.lock:
                 feed.trim()
 
