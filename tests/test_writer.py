@@ -272,6 +272,24 @@ def test_a_member_gets_every_line_of_the_room_but_its_own_in_order():
             sock.close()
 
 
+def test_a_room_whose_members_keep_up_holds_no_lines():
+    writer = Writer()
+    writer.start()
+    alice, alice_sock, alice_peer = make_client(writer)
+    bob, bob_sock, bob_peer = make_client(writer)
+    feed = in_feed(alice, bob)
+    try:
+        say(writer, feed, b"<alice> hi\n", alice)
+        say(writer, feed, b"<bob> hello\n", bob)
+        assert read_exactly(alice_peer, 12) == b"<bob> hello\n"
+        assert read_exactly(bob_peer, 11) == b"<alice> hi\n"
+        wait_for(lambda: not feed.lines and feed.start == feed.end == 2, message="the lines to be forgotten")
+    finally:
+        writer.stop()
+        for sock in (alice_sock, alice_peer, bob_sock, bob_peer):
+            sock.close()
+
+
 def test_a_member_that_falls_behind_the_feed_is_a_slow_consumer_and_the_others_go_on():
     writer = Writer()
     writer.start()
