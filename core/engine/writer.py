@@ -279,19 +279,34 @@ class Writer:
                 feed.forget(end)
         for member in behind:
             member.disconnect("slow consumer", tell=False)
-        send = self._send
+        sent_bytes = 0
+        ready = self._ready
         for member, data in taken:
-            try:  # _guarded(), inline: once per member with lines
+            try:  # _send() and _guarded(), inline: once per member with lines
                 if not data:
                     self._sent_all(member)
-                elif member._encrypt is None:
-                    send(member, data)
-                else:  # TLS: plaintext in, records out (chatcore.transports.tls)
-                    send(member, member._encrypt(data))
+                    continue
+                # TLS: plaintext in, records out (chatcore.transports.tls).
+                out = data if member._encrypt is None else member._encrypt(data)
+                try:
+                    sent = member.sock.send(out, _SEND_FLAGS)
+                except BlockingIOError:
+                    sent = 0
+                sent_bytes += sent
+                if sent < len(out):
+                    self._wait_writable(member, out, sent)
+                elif member._queue or member._finishing or member._feed is not feed or member._feed_pos < feed.end:
+                    self._sent_all(member)
+                else:
+                    member._scheduled = False
+                    if member._queue and not member._scheduled:  # raced with send_data()
+                        member._scheduled = True
+                        ready.append(member)
             except OSError as exc:
                 self._lost(member, exc)
             except Exception:
                 self._drop(member)
+        self.sent_bytes += sent_bytes
         for member in others:
             self._guarded(self._flush, member)
         if end - feed.start > TRIM_AFTER:  # some were not level: forget what the slowest has had
@@ -368,14 +383,7 @@ class Writer:
             return
         self.sent_bytes += sent
         if sent < len(out):
-            client._unsent = memoryview(out)[sent:]
-            client._blocked = True
-            self._selector.register(client.sock, selectors.EVENT_WRITE, client)
-            feed = client._feed
-            if client._finishing:
-                self._lingering.add(client)
-            elif feed is not None and feed.end - client._feed_pos >= client._max_queue:
-                client.disconnect("slow consumer", tell=False)
+            self._wait_writable(client, out, sent)
             return
         client._unsent = b""
         # _sent_all(), inline: once per send
@@ -391,6 +399,18 @@ class Writer:
         if (queue or (feed is not None and client._feed_pos < feed.end)) and not client._scheduled:
             client._scheduled = True
             self._ready.append(client)
+
+    def _wait_writable(self, client: Client, out: bytes | memoryview, sent: int) -> None:
+        """The socket took ``sent`` bytes of ``out``: keep the rest until it
+        is writable again, and drop a client that has fallen too far behind."""
+        client._unsent = memoryview(out)[sent:]
+        client._blocked = True
+        self._selector.register(client.sock, selectors.EVENT_WRITE, client)
+        feed = client._feed
+        if client._finishing:
+            self._lingering.add(client)
+        elif feed is not None and feed.end - client._feed_pos >= client._max_queue:
+            client.disconnect("slow consumer", tell=False)
 
     def _sent_all(self, client: Client) -> None:
         """After a flush that sent everything it took: go again, close, or idle."""
