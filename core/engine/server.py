@@ -32,6 +32,7 @@ already has.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import itertools
 import logging
@@ -211,6 +212,13 @@ class ChatServer:
 
     def start(self) -> None:
         """Start the plugins, the writer and the accept loops (in threads)."""
+        # A log record asks threading for its thread's name, and a thread
+        # that threading did not start (each connection's: start_serving())
+        # gets a _DummyThread made for it, kept for ever before Python
+        # 3.13: a leak per connection that logs, and a deeper stack on its
+        # reader. No format of chatcore's shows the thread; records have
+        # thread and threadName None (for every thread of the process).
+        logging.logThreads = False
         self.hooks.server_start(self)
         sequencer = self.hooks.sequencer(self)
         if sequencer is not None:
@@ -349,12 +357,19 @@ class ChatServer:
 
     def start_serving(self, listener: Listener, sock: socket.socket, peer: Any) -> None:
         """Serve a connection that ``listener`` accepted, on a new thread
-        (called by its accept loop)."""
-        thread = threading.Thread(target=self._serving_thread, args=(listener, sock, peer), daemon=True)
+        (called by its accept loop).
+
+        A bare thread, not a ``threading.Thread``, whose ``start()`` waits
+        until the new thread has run: it would hold the accept loop for
+        each connection's set-up and admission in turn, most of a connect
+        storm's time (docs/performance.md, "Connect storm"). So a connection's
+        thread has no ``threading.Thread``: no name, and nothing for
+        ``threading`` to list or join. stop() waits for ``_serving``
+        instead; log records carry no thread name (:meth:`start`); the
+        stack size is ``threading.stack_size()``'s, as for any thread.
+        """
         with self._connections_lock:  # counted before stop() can look, and before the thread can end
-            thread.start()
-            assert thread.ident is not None  # set once started
-            self._serving.add(thread.ident)
+            self._serving.add(_thread.start_new_thread(self._serving_thread, (listener, sock, peer)))
 
     def _serving_thread(self, listener: Listener, sock: socket.socket, peer: Any) -> None:
         try:
