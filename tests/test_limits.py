@@ -39,9 +39,11 @@ class Limbo(Protocol):
 def connect():
     clients: list[LineClient] = []
 
-    def make(server, source: str = "127.0.0.2") -> LineClient:
+    def make(server, source: str = "127.0.0.2", *, sync: bool = False) -> LineClient:
         client = LineClient(server.address, source=source)
         clients.append(client)
+        if sync:  # welcomed before the next connects: guest names in this order
+            client.sync()
         return client
 
     yield make
@@ -221,9 +223,9 @@ def test_a_connection_never_admitted_is_closed_at_the_login_deadline(chat_server
 
 def test_flood_is_paced_not_dropped_and_others_are_not_slowed(chat_server_factory, connect):
     server = chat_server_factory("--limit-exempt", "", "--line-rate", "20", "--line-burst", "5")
-    flooder, reader, bystander = connect(server), connect(server, source="127.0.0.3"), connect(server)
-    for client in (flooder, reader, bystander):
-        client.sync()
+    flooder = connect(server, sync=True)
+    reader = connect(server, source="127.0.0.3", sync=True)
+    bystander = connect(server, sync=True)
     started = time.monotonic()
     flooder.send_raw(b"".join(b"line %d\n" % n for n in range(25)))
     bystander.send("still here")
@@ -239,9 +241,7 @@ def test_flood_is_paced_not_dropped_and_others_are_not_slowed(chat_server_factor
 def test_a_paste_within_the_burst_is_not_delayed(chat_server_factory, connect):
     # A line past the burst would wait 10 s, twice the timeout of expect().
     server = chat_server_factory("--limit-exempt", "", "--line-rate", "0.1", "--line-burst", "5")
-    paster, reader = connect(server), connect(server, source="127.0.0.3")
-    paster.sync()
-    reader.sync()
+    paster, reader = connect(server, sync=True), connect(server, source="127.0.0.3", sync=True)
     paster.send_raw(b"one\ntwo\nthree\n")
     for word in ("one", "two", "three"):
         reader.expect(f"<guest-1> {word}")
@@ -249,9 +249,7 @@ def test_a_paste_within_the_burst_is_not_delayed(chat_server_factory, connect):
 
 def test_a_flooder_that_leaves_stops_speaking_at_once(chat_server_factory, connect):
     server = chat_server_factory("--limit-exempt", "", "--line-rate", "2", "--line-burst", "1")
-    flooder, reader = connect(server), connect(server, source="127.0.0.3")
-    flooder.sync()
-    reader.sync()
+    flooder, reader = connect(server, sync=True), connect(server, source="127.0.0.3", sync=True)
     flooder.send_raw(b"".join(b"flood %d\n" % n for n in range(100)))  # 50 s of paced lines
     reader.expect("<guest-1> flood 1")
     flooder.close()

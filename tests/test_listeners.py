@@ -183,8 +183,8 @@ def test_ipv6_listener(chat_server_factory, connect):
     server = chat_server_factory("--listen", "tcp://[::1]:0")
     assert str(server.listeners[0].url).startswith("tcp://[::1]:")
     alice = connect(server.address)
+    alice.sync()  # guest-1: welcomed before bob connects
     bob = connect(server.address)
-    alice.sync()
     bob.sync()
     alice.send("over six")
     assert bob.expect("<guest-1> over six")

@@ -101,9 +101,9 @@ def test_ban_by_nick_on_the_spot_at_connect_and_after_a_restart(tmp_path, opers_
     args = ("--opers-file", str(opers_file), "--bans-file", str(bans), "--limit-exempt", "")
     with ServerProcess(*args) as proc:
         alice = LineClient(proc.address)
+        alice.sync()  # guest-1: welcomed before mallory connects
         mallory = LineClient(proc.address, source="127.0.0.2")
         try:
-            alice.sync()
             mallory.sync()
             mallory.send("/nick mallory")
             alice.expect("* guest-2 is now known as mallory")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import struct
@@ -350,6 +351,7 @@ def _a_stalled_reader_alice_and_bob(
     stalled = LineClient(server.address)
     stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.send("/ping")  # it sends, but never reads again
+    wait_for(lambda: len(server.registry) == 1, message="the stalled client admitted first: guest-1")
     alice, bob = chat_client(server), chat_client(server)
     wait_for(lambda: len(server.registry) == 3, message="three clients")
     (stalled_client,) = [c for c in server.registry if c.nick == "guest-1"]
@@ -518,3 +520,54 @@ def test_stop_tells_clients_and_closes(chat_server_factory, chat_client):
     assert sorted(reason for _, _, reason in recorder.left) == ["server shutting down"] * 2
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(server.address, timeout=1)
+
+
+def test_connection_threads_leave_no_thread_objects_behind(chat_server_factory, chat_client, caplog):
+    # Connection threads are not threading.Thread's; a log record made on
+    # one must not make a threading._DummyThread that outlives it (Python
+    # before 3.13 keeps those for ever: one per connection ever served).
+    caplog.set_level(logging.INFO, logger="chatcore")  # the joins and leaves, logged on their own threads
+    server = chat_server_factory()
+    before = threading.active_count()
+    clients = [chat_client(server) for _ in range(10)]
+    assert threading.active_count() == before  # not a thread of threading's, while served either
+    for client in clients:
+        client.send("/quit")
+        client.wait_closed()
+    wait_for(lambda: not server._serving, message="every connection's thread to end")
+    assert threading.active_count() == before
+    assert sum("joined" in record.getMessage() for record in caplog.records) >= 10
+    assert {record.threadName for record in caplog.records if "joined" in record.getMessage()} == {None}
+
+
+class Stuck:
+    """A command that holds its client's thread until released."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    @hookimpl
+    def chatcore_command(self, client: Client, name: str) -> bool | None:
+        if name != "stuck":
+            return None
+        self.entered.set()
+        self.release.wait(30)
+        return True
+
+
+def test_stop_gives_up_on_a_thread_that_does_not_end_and_closes_the_rest(chat_server_factory, chat_client):
+    stuck = Stuck()
+    server = chat_server_factory(plugins=[stuck])
+    alice, bob = chat_client(server), chat_client(server)
+    alice.send("/stuck")
+    assert stuck.entered.wait(5)
+    try:
+        started = time.monotonic()
+        server.stop(timeout=0.3)
+        assert time.monotonic() - started < 2.0  # the timeout and its half second of grace, not 30 s
+        assert bob.wait_closed()[-1] == "* server shutting down"
+        assert len(server._serving) == 1  # alice's, given up
+    finally:
+        stuck.release.set()
+    wait_for(lambda: not server._serving, message="alice's thread to end once released")

@@ -17,6 +17,7 @@ def test_counts_of_ended_threads_are_kept_and_their_entries_dropped():
         counts.messages += 1
         counts.deliveries += n
         counts.observe_latency(3e-6)
+        stats.thread_ended()  # as a connection's thread does, last
 
     for batch in range(10):  # 500 threads, 50 at a time, never scraped in between
         threads = [threading.Thread(target=work, args=(batch,)) for _ in range(50)]
@@ -24,14 +25,34 @@ def test_counts_of_ended_threads_are_kept_and_their_entries_dropped():
             thread.start()
         for thread in threads:
             thread.join(5)
-    assert len(stats._live) <= 128  # folded as it went, not one entry per thread ever seen
+    assert stats._live == set()  # folded as they ended, not one entry per thread ever seen
     totals = stats.totals()
     assert totals.messages == 500
     assert totals.deliveries == 50 * sum(range(10))
     assert totals.latency_buckets[LATENCY_BUCKETS.index(5e-6)] == 500
     assert sum(totals.latency_buckets) == 500
     assert abs(totals.latency_sum - 500 * 3e-6) < 1e-9
-    assert stats._live == []
+    assert stats.totals().messages == 500  # retired once, not again at each reading
+
+
+def test_a_thread_that_never_says_it_ended_keeps_its_counts():
+    stats = Stats()
+    thread = threading.Thread(target=lambda: setattr(stats.mine(), "messages", 7))
+    thread.start()
+    thread.join(5)
+    stats.thread_ended()  # this thread never counted: nothing to retire
+    assert stats.totals().messages == 7
+    assert len(stats._live) == 1
+
+
+def test_a_thread_that_counts_again_after_it_ended_is_counted_once_more():
+    stats = Stats()
+    stats.mine().messages += 2
+    stats.thread_ended()
+    stats.thread_ended()  # twice: retired once
+    stats.mine().messages += 1
+    assert stats.totals().messages == 3
+    assert len(stats._live) == 1
 
 
 def test_a_latency_on_a_bound_goes_in_that_bucket_and_beyond_the_last_in_inf():
@@ -50,7 +71,7 @@ def test_idle_clients_make_no_per_thread_counts_and_their_joins_are_counted(chat
     carol.send("/nick carol")
     alice.expect("* guest-3 is now known as carol")
     bob.expect("* guest-3 is now known as carol")
-    assert server.stats._live == []
+    assert server.stats._live == set()
     assert server.stats.totals().deliveries == 3 + 2  # joins: 1 + 2; the rename: 2
     alice.send("hello")
     bob.expect("<guest-1> hello")
@@ -59,3 +80,18 @@ def test_idle_clients_make_no_per_thread_counts_and_their_joins_are_counted(chat
     wait_for(lambda: sum(server.stats.totals().latency_buckets) == 1, message="the message counted")
     assert len(server.stats._live) == 1  # alice's thread, which counted it
     assert server.stats.totals().deliveries == 5 + 2
+
+
+def test_a_connection_thread_retires_its_counts_when_it_ends(chat_server_factory, chat_client):
+    server = chat_server_factory()
+    alice, bob = chat_client(server), chat_client(server)
+    alice.send("hello")
+    bob.expect("<guest-1> hello")
+    wait_for(lambda: len(server.stats._live) == 1, message="alice's thread to count the message")
+    alice.send("/quit")
+    alice.wait_closed()
+    wait_for(lambda: not server.stats._live, message="alice's thread to retire its counts")
+    totals = server.stats.totals()
+    assert totals.messages == 1
+    assert totals.deliveries == 1 + 1 + 1  # bob's join to alice, the message and alice's leave to bob
+    assert sum(totals.latency_buckets) == 1

@@ -350,10 +350,9 @@ def test_stop_cuts_handshakes_short(chat_server_factory, certs):
     server = chat_server_factory("--listen", "tls://127.0.0.1:0", *certs.args())
     silent = [socket.create_connection(server.listener("tls").address) for _ in range(3)]
     try:
-        wait_for(lambda: len(server._threads) == 3, timeout=TIMEOUT, message="three connections served")
-        threads = list(server._threads)
+        wait_for(lambda: len(server._serving) == 3, timeout=TIMEOUT, message="three connections served")
         server.stop(timeout=1.0)
-        assert [thread for thread in threads if thread.is_alive()] == []
+        assert server._serving == set()  # each thread's last act: its sockets closed by then
         for sock in silent:
             sock.settimeout(TIMEOUT)
             assert sock.recv(1) == b""  # closed, not left hanging

@@ -2,8 +2,9 @@
 
 Shape::
 
-    Listener (socketserver's threading TCP server), one per --listen URL
-        accepts; each connection gets a thread of its own, which runs
+    Listener (socketserver's TCP server), one per --listen URL
+        accepts; ChatServer.start_serving() gives each connection a thread
+        of its own, which runs
     ChatServer.serve_connection()
         transport handshake (TLS), refusals, then the scheme's Protocol:
         connection_made(), data_received() for every chunk read, and the
@@ -34,6 +35,7 @@ already has.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import itertools
 import logging
@@ -172,7 +174,11 @@ class ChatServer:
         #: Every connection being served, registered or not yet (TLS handshake,
         #: IRC registration): what stop() must disconnect.
         self.connections: set[Client] = set()
-        self._threads: set[threading.Thread] = set()
+        #: The thread of every connection being served, by ident: added by
+        #: the accept loop as it starts one, removed by the thread itself as
+        #: its last act. stop() waits until it is empty.
+        self._serving: set[int] = set()
+        self._serving_changed = threading.Condition(self._connections_lock)
         #: Sockets still in their TLS handshake (no Client yet): stop()
         #: shuts them down, or it would wait out each one's handshake timeout.
         self._handshaking: set[socket.socket] = set()
@@ -209,6 +215,13 @@ class ChatServer:
 
     def start(self) -> None:
         """Start the plugins, the writer and the accept loops (in threads)."""
+        # A log record asks threading for its thread's name, and a thread
+        # that threading did not start (each connection's: start_serving())
+        # gets a _DummyThread made for it, kept for ever before Python
+        # 3.13: a leak per connection that logs, and a deeper stack on its
+        # reader. No format of chatcore's shows the thread; records have
+        # thread and threadName None (for every thread of the process).
+        logging.logThreads = False
         self.hooks.server_start(self)
         sequencer = self.hooks.sequencer(self)
         if sequencer is not None:
@@ -248,10 +261,14 @@ class ChatServer:
                 pass  # gone already
         for client in clients:
             client.disconnect(reason, notice=reason, linger=timeout)
-        with self._connections_lock:  # stop() may run on a client's own thread (a plugin's command)
-            threads = [thread for thread in self._threads if thread is not threading.current_thread()]
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        me = threading.get_ident()  # stop() may run on a client's own thread (a plugin's command)
+        with self._serving_changed:
+            # Then their threads have closed their sockets: none is left
+            # writing to a closed descriptor. One that does not end in time
+            # is given up (they are daemon threads).
+            self._serving_changed.wait_for(
+                lambda: len(self._serving) <= (me in self._serving), max(0.0, deadline - time.monotonic()) + 0.5
+            )
         self.hooks.server_stop(self)
         self.server_close()
 
@@ -341,12 +358,39 @@ class ChatServer:
 
     # -- connections ----------------------------------------------------------
 
+    def start_serving(self, listener: Listener, sock: socket.socket, peer: Any) -> None:
+        """Serve a connection that ``listener`` accepted, on a new thread
+        (called by its accept loop).
+
+        A bare thread, not a ``threading.Thread``, whose ``start()`` waits
+        until the new thread has run: it would hold the accept loop for
+        each connection's set-up and admission in turn, most of a connect
+        storm's time (docs/performance.md, "Connect storm"). So a connection's
+        thread has no ``threading.Thread``: no name, and nothing for
+        ``threading`` to list or join. stop() waits for ``_serving``
+        instead; log records carry no thread name (:meth:`start`); the
+        stack size is ``threading.stack_size()``'s, as for any thread.
+        """
+        with self._connections_lock:  # counted before stop() can look, and before the thread can end
+            self._serving.add(_thread.start_new_thread(self._serving_thread, (listener, sock, peer)))
+
+    def _serving_thread(self, listener: Listener, sock: socket.socket, peer: Any) -> None:
+        try:
+            self.serve_connection(listener, sock, peer)
+        except Exception:
+            self.connection_error(peer)
+        finally:
+            listener.shutdown_request(sock)
+            # The thread's last acts: its counts retired exactly once, then
+            # stop() told (it waits for the socket to be closed).
+            self.stats.thread_ended()
+            with self._serving_changed:
+                self._serving.discard(threading.get_ident())
+                self._serving_changed.notify_all()
+
     def serve_connection(self, listener: Listener, sock: socket.socket, peer: Any) -> None:
         """Serve one connection from ``listener`` on its own thread, from the
         handshake to the leave."""
-        thread = threading.current_thread()
-        with self._connections_lock:
-            self._threads.add(thread)
         address = (str(peer[0]), int(peer[1]))
         # Counted from the first moment, so that a TLS handshake that stalls
         # holds its address's slot too; released exactly once, here, however
@@ -357,8 +401,6 @@ class ChatServer:
         finally:
             if over_limit is None:
                 self.limits.release(address[0])
-            with self._connections_lock:
-                self._threads.discard(thread)
 
     def _serve(self, listener: Listener, sock: socket.socket, address: tuple[str, int], over_limit: str | None) -> None:
         scheme = listener.scheme

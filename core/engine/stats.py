@@ -5,10 +5,14 @@ Two kinds of counts, by how often they change:
 - Per message and per delivery (the hot path): each thread counts into its
   own :class:`ThreadCounts`, plain ints that only that thread writes, so no
   lock and no lost increment. A reader sums every thread's counts
-  (:meth:`Stats.totals`); the counts of threads that have ended are folded
-  into one retired total then, and whenever the list of threads has doubled
-  since the last fold, so a server that has served a million connections
-  keeps about one object per *live* thread, scraped or not.
+  (:meth:`Stats.totals`). A thread that ends folds its counts into one
+  retired total as its last act (:meth:`Stats.thread_ended`; the engine
+  does it for every connection's thread), so a server that has served a
+  million connections keeps one object per *live* counting thread, scraped
+  or not. The fold is the thread's own act rather than a check of
+  ``Thread.is_alive()``: connection threads have no ``threading.Thread``
+  (docs/performance.md, "Connect storm"). A thread that never calls it (a
+  plugin's long-lived thread) keeps its entry; its counts are never lost.
 - Per connection (accepted, refused, disconnected, and the deliveries of
   the engine's own join, leave and rename notices): a lock and a dict, once
   per connection, which is nothing next to a thread start. Those
@@ -93,9 +97,9 @@ class Stats:
     def __init__(self) -> None:
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._live: list[tuple[threading.Thread, ThreadCounts]] = []
+        #: The counts of threads that have not ended (or not said so).
+        self._live: set[ThreadCounts] = set()
         self._retired = ThreadCounts()
-        self._fold_at = 64
         self._disconnects: Counter[str] = Counter()
         self._refusals: Counter[str] = Counter()
         #: Connections accepted (past the refusals), since the start.
@@ -108,31 +112,30 @@ class Stats:
         except AttributeError:
             counts = self._local.counts = ThreadCounts()
             with self._lock:
-                self._live.append((threading.current_thread(), counts))
-                if len(self._live) > self._fold_at:  # amortised: one walk per doubling
-                    self._fold_ended()
-                    self._fold_at = max(64, 2 * len(self._live))
+                self._live.add(counts)
         return counts
 
-    def _fold_ended(self) -> None:
-        """Add the counts of threads that have ended to the retired total
-        and forget them (they will not count again). Lock held."""
-        live = []
-        for thread, counts in self._live:
-            if thread.is_alive():
-                live.append((thread, counts))
-            else:
-                self._retired.add(counts)
-        self._live = live
+    def thread_ended(self) -> None:
+        """The calling thread counts no more: its counts go to the retired
+        total, exactly once. Its last act; nothing if it never counted."""
+        try:
+            counts: ThreadCounts = self._local.counts
+        except AttributeError:
+            return  # it never counted
+        del self._local.counts
+        with self._lock:
+            self._live.discard(counts)
+            self._retired.add(counts)
 
     def totals(self) -> ThreadCounts:
         """Every thread's counts added up, those that ended included."""
         total = ThreadCounts()
         with self._lock:
-            self._fold_ended()
-            live = self._live
+            live = list(self._live)
             total.add(self._retired)
-        for _thread, counts in live:
+        # A thread that ends from here on is in ``live`` and not yet in the
+        # retired total read above: counted once either way.
+        for counts in live:
             total.add(counts)
         return total
 

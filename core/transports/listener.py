@@ -1,11 +1,13 @@
 """Listeners: ``--listen SCHEME://HOST:PORT``, each an accept loop of its own.
 
-A :class:`Listener` is the standard library's threading TCP server, one per
-URL, each running ``serve_forever()`` on its own thread. It does nothing but
-accept: every connection, whichever listener it came from, is served by
+A :class:`Listener` is the standard library's TCP server, one per URL, each
+running ``serve_forever()`` on its own thread. It does nothing but accept:
+every connection, whichever listener it came from, is served by
 :meth:`ChatServer.serve_connection
-<chatcore.engine.server.ChatServer.serve_connection>` on a thread of its own,
-with the listener's :class:`~chatcore.transports.Scheme`. So there is one
+<chatcore.engine.server.ChatServer.serve_connection>` on a thread of its own
+(started by :meth:`ChatServer.start_serving
+<chatcore.engine.server.ChatServer.start_serving>`), with the listener's
+:class:`~chatcore.transports.Scheme`. So there is one
 registry and one set of rooms for all of them.
 """
 
@@ -74,12 +76,12 @@ def parse_listen_url(text: str, schemes: dict[str, Scheme]) -> ListenURL:
     return ListenURL(scheme, host, schemes[scheme].default_port if port is None else port)
 
 
-class Listener(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    """Accepts connections for one URL and hands each to the chat server."""
+class Listener(socketserver.TCPServer):
+    """Accepts connections for one URL and hands each to the chat server,
+    which serves it on a thread of its own (and waits for those threads
+    itself, with a deadline, when it stops)."""
 
     allow_reuse_address = True  # SO_REUSEADDR, as the original chatroom
-    daemon_threads = True
-    block_on_close = False  # the chat server waits for its clients itself, with a deadline
 
     def __init__(self, chat: ChatServer, url: ListenURL, scheme: Scheme, backlog: int) -> None:
         self.chat = chat
@@ -119,16 +121,11 @@ class Listener(socketserver.ThreadingMixIn, socketserver.TCPServer):
             self._thread = None
         self.server_close()
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        # Called on the connection's new thread. Straight to the chat server:
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Straight to the chat server, which starts the connection's thread:
         # no handler class, whose construction would cost the thread a C
         # stack level (a client's thread keeps every stack page it touches).
-        try:
-            self.chat.serve_connection(self, request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
+        self.chat.start_serving(self, request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         self.chat.connection_error(client_address)
