@@ -386,19 +386,7 @@ class Writer:
             self._wait_writable(client, out, sent)
             return
         client._unsent = b""
-        # _sent_all(), inline: once per send
-        queue = client._queue
-        feed = client._feed
-        if queue or (feed is not None and client._feed_pos < feed.end):
-            self._ready.append(client)  # more to send: back of the line
-            return
-        if client._finishing:
-            self._complete(client)
-            return
-        client._scheduled = False
-        if (queue or (feed is not None and client._feed_pos < feed.end)) and not client._scheduled:
-            client._scheduled = True
-            self._ready.append(client)
+        self._sent_all(client)
 
     def _wait_writable(self, client: Client, out: bytes | memoryview, sent: int) -> None:
         """The socket took ``sent`` bytes of ``out``: keep the rest until it
