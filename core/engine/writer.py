@@ -295,9 +295,12 @@ class Writer:
                 sent_bytes += sent
                 if sent < len(out):
                     self._wait_writable(member, out, sent)
-                elif member._queue or member._finishing or member._feed is not feed or member._feed_pos < feed.end:
+                elif member._queue or member._finishing or member._feed is not feed or member._feed_pos < end:
                     self._sent_all(member)
                 else:
+                    # Lines appended since this visit began are not chased
+                    # member by member: they made the feed ready again, and
+                    # its next visit sends them to every member at once.
                     member._scheduled = False
                     if member._queue and not member._scheduled:  # raced with send_data()
                         member._scheduled = True
