@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import pluggy
 
 from chatcore import UsageError, __version__
+from chatcore.engine import affinity
 from chatcore.hooks import PluginError
 from chatcore.manager import PluginLoadError, describe_plugins
 
@@ -130,6 +131,10 @@ def serve(args: Sequence[str]) -> int:
         console.setFormatter(JSONFormatter())
     _raise_open_file_limit(options.max_clients)
     threading.stack_size(THREAD_STACK_SIZE)
+    try:  # before the server starts its threads: they inherit it
+        cpus = affinity.apply(options.cpu_affinity)
+    except affinity.AffinityError as exc:
+        return _error(str(exc), 2)
 
     try:
         server = ChatServer(config)
@@ -161,6 +166,8 @@ def serve(args: Sequence[str]) -> int:
         return _error(str(exc), 2 if isinstance(exc, UsageError) else 1)
     names = [name for name, _ in config.pluginmanager.list_name_plugin()]
     print(f"chatcore {__version__} listening on {server.address_text} (plugins: {', '.join(names)})", flush=True)
+    if cpus is not None:
+        log.info(affinity.describe(cpus))
     while True:
         # With a timeout: the kernel may deliver a signal to any thread, and
         # then only sets Python's flag; a main thread blocked in an untimed

@@ -21,6 +21,7 @@ from chatcore import UsageError, __version__, configfile
 # Re-exported (the "as" form, for mypy) so plugins write: from chatcore.config import secret
 from chatcore.configfile import restart_only as restart_only  # noqa: PLC0414
 from chatcore.configfile import secret as secret  # noqa: PLC0414
+from chatcore.engine import affinity
 from chatcore.engine.connection import DEFAULT_MAX_QUEUE
 from chatcore.engine.limits import (
     DEFAULT_EXEMPT,
@@ -323,6 +324,19 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
         help="clients connected at once; more are refused (default: %(default)s)",
     )
     _add_address_limits(limits)
+    restart_only(
+        parser.add_argument(
+            "--cpu-affinity",
+            type=affinity.cpu_choice,
+            default=affinity.AUTO,
+            metavar="CPUS",
+            help=(
+                "CPUs the server runs on: auto, one of those it may use (its threads hand the GIL to "
+                "each other, which is faster on one CPU; docs/performance.md); all, wherever the OS "
+                "puts them; or CPU numbers such as 2 or 0,2 or 0-3 (default: %(default)s)"
+            ),
+        )
+    )
     parser.add_argument(
         "--log-level",
         default="INFO",

@@ -232,3 +232,92 @@ def test_usage_error_at_start_exits_2_in_one_line():
     assert result.returncode == 2
     assert result.stderr.endswith("chatcore: error: the room list names no rooms\n")
     assert "Traceback" not in result.stderr
+
+
+# -- --cpu-affinity -------------------------------------------------------------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU affinity is read from /proc")
+
+
+def _thread_cpus(pid: int) -> list[str]:
+    """Each thread's allowed CPUs, as the kernel lists them ("0-1")."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = (task / "status").read_text()
+        found.append(re.search(r"^Cpus_allowed_list:\s*(\S+)$", status, re.M).group(1))  # type: ignore[union-attr]
+    return found
+
+
+def _threads_with_clients(*args: str) -> tuple[list[str], str]:
+    """Every thread's CPUs in a server with two clients connected, and its log."""
+    with ServerProcess("--plugins", "welcome", *args) as server:
+        clients = [LineClient(server.address) for _ in range(2)]
+        for client in clients:
+            client.sync()
+        assert server.proc is not None
+        cpus = _thread_cpus(server.proc.pid)
+        for client in clients:
+            client.close()
+    return cpus, server.stderr
+
+
+@linux_only
+def test_by_default_every_thread_of_the_server_runs_on_one_cpu():
+    cpus, log = _threads_with_clients()
+    assert len(cpus) >= 5  # main, console log, accept loop, writer, two clients
+    assert len(set(cpus)) == 1, cpus
+    (only,) = set(cpus)
+    assert only.isdigit()
+    assert int(only) in os.sched_getaffinity(0)
+    if len(os.sched_getaffinity(0)) > 1:
+        assert f"running on CPU {only} (--cpu-affinity" in log
+
+
+@linux_only
+def test_cpu_affinity_by_number_and_all():
+    cpus, log = _threads_with_clients("--cpu-affinity", "0")
+    assert set(cpus) == {"0"}
+    assert "running on CPU 0 (--cpu-affinity" in log
+    cpus, log = _threads_with_clients("--cpu-affinity", "all")
+    allowed = os.sched_getaffinity(0)
+    assert {len(list(_expand(cpu))) for cpu in cpus} == {len(allowed)}
+    assert "running on CPU" not in log
+
+
+def _expand(listed: str) -> list[int]:
+    out: list[int] = []
+    for part in listed.split(","):
+        low, _, high = part.partition("-")
+        out.extend(range(int(low), int(high or low) + 1))
+    return out
+
+
+@linux_only
+def test_cpu_affinity_outside_what_the_process_may_use_exits_2():
+    result = run("serve", "--port", "0", "--cpu-affinity", "0,4095")
+    assert result.returncode == 2
+    assert "--cpu-affinity 0,4095: CPU 4095 is not available to this process (it may use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("bad", ["x", "1-", "3-1", "-1", "1,,2"])
+def test_cpu_affinity_that_is_not_a_cpu_list_exits_2(bad):
+    result = run("serve", "--port", "0", f"--cpu-affinity={bad}")
+    assert result.returncode == 2
+    assert "--cpu-affinity" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cpu_lists_parse_and_print_as_the_kernel_writes_them():
+    from chatcore.engine.affinity import cpu_choice
+
+    assert cpu_choice("auto") == "auto"
+    assert cpu_choice(" ALL ") == "all"
+    assert cpu_choice("5,0-2") == "0-2,5"
+    assert cpu_choice("8,7,0,1,2,5") == "0-2,5,7-8"
+
+
+def test_cpu_affinity_shows_in_the_configuration_file_as_given():
+    result = run("serve", "--plugins", "", "--cpu-affinity", "1,0", "--print-config")
+    assert result.returncode == 0, result.stderr
+    assert 'cpu-affinity = "0-1"' in result.stdout
