@@ -6,8 +6,10 @@ hands the GIL from one thread to another; when the next thread sleeps on
 another CPU, each hand-off is a cross-CPU wake-up, and the waiting thread
 may find that CPU busy. On one CPU the next thread simply runs when the
 current one blocks. Measured with ``benchmarks/broadcast.py`` on 2 CPUs
-(docs/performance.md, "One CPU"): 20 to 80 % more deliveries in the flow
-scenarios, for a process that cannot use much more than one core anyway.
+(docs/performance.md, "One CPU"): 10 to 70 % more deliveries in the flow
+scenarios and a quarter off a connect storm, for a process that cannot
+use much more than one core anyway; the latency tail grows where the
+writer's visits are long (a room of 500) or the load is light.
 
 This is a setting of the process, so ``chatcore serve`` applies it; a
 program that embeds :class:`~chatcore.engine.server.ChatServer` keeps its
