@@ -17,6 +17,11 @@ from chatcore import Client, Config, Message, UsageError, hookimpl
 from chatcore.engine.server import ChatServer
 
 DEFAULT_LOG_FILE = "chatcore-events.jsonl"
+#: How long the writing thread lets events pile up after the first one
+#: before it writes them: under load it then wakes and writes a few times
+#: a second, not once per message (each wake-up is a hand-off of the GIL
+#: and each write a system call, on the CPU the chat threads share).
+GATHER_DELAY = 0.05
 
 log = logging.getLogger("chatcore.plugins.logger")
 
@@ -105,7 +110,8 @@ class EventLog:
     The hooks only put a tuple on a queue, so logging adds next to nothing
     to the broadcast path (and never an open or close per line); the thread
     formats the JSON, writes whatever has piled up in one go and flushes
-    when the queue runs dry.
+    when the queue runs dry, at most :data:`GATHER_DELAY` after an event
+    was recorded (and everything at once when the server stops).
 
     Log rotation: the file is reopened on every reload (SIGHUP), and the
     thread also notices, at most a second late, that the file under its
@@ -177,6 +183,8 @@ class EventLog:
         get = self._queue.get
         while True:
             batch = [get()]
+            if batch[0] is not None:  # not stopping: wait for company
+                time.sleep(GATHER_DELAY)
             while not self._queue.empty() and len(batch) < 10000:
                 batch.append(get())
             lines: list[str] = []
