@@ -123,11 +123,13 @@ def run_case(servers: int, with_redis: bool, url: str, cluster: str, options: ar
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     try:
         for index in range(servers):
-            args = ["--plugins", "redis", "--redis-url", url, "--redis-cluster", cluster] if with_redis else []
+            server_args = ["--plugins", "redis", "--redis-url", url, "--redis-cluster", cluster] if with_redis else []
             if cpus:
-                args += ["--cpu-affinity", str(cpus[index % len(cpus)])]
+                server_args += ["--cpu-affinity", str(cpus[index % len(cpus)])]
             host = f"127.0.0.{index + 1}"
-            processes.append(ServerProcess("--listen", f"tcp://{host}:0", "--log-level", "WARNING", *args).start())
+            processes.append(
+                ServerProcess("--listen", f"tcp://{host}:0", "--log-level", "WARNING", *server_args).start()
+            )
         clients = [connect(processes[i % servers].address) for i in range(options.clients)]
         for sock in clients:
             sock.sendall(b"/ping\n")

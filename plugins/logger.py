@@ -22,6 +22,8 @@ DEFAULT_LOG_FILE = "chatcore-events.jsonl"
 #: a second, not once per message (each wake-up is a hand-off of the GIL
 #: and each write a system call, on the CPU the chat threads share).
 GATHER_DELAY = 0.05
+#: Most events formatted and written in one go.
+MAX_BATCH = 10_000
 
 log = logging.getLogger("chatcore.plugins.logger")
 
@@ -110,8 +112,8 @@ class EventLog:
     The hooks only put a tuple on a queue, so logging adds next to nothing
     to the broadcast path (and never an open or close per line); the thread
     formats the JSON, writes whatever has piled up in one go and flushes
-    when the queue runs dry, at most :data:`GATHER_DELAY` after an event
-    was recorded (and everything at once when the server stops).
+    when the queue runs dry: about :data:`GATHER_DELAY` after an event was
+    recorded, or at once behind a backlog or when the server stops.
 
     Log rotation: the file is reopened on every reload (SIGHUP), and the
     thread also notices, at most a second late, that the file under its
@@ -182,10 +184,13 @@ class EventLog:
     def _run(self) -> None:
         get = self._queue.get
         while True:
+            # Woken from idle by one event: let others join it. Behind a
+            # backlog, or when stopping, write at once.
+            idle = self._queue.empty()
             batch = [get()]
-            if batch[0] is not None:  # not stopping: wait for company
+            if idle and batch[0] is not None:
                 time.sleep(GATHER_DELAY)
-            while not self._queue.empty() and len(batch) < 10000:
+            while not self._queue.empty() and len(batch) < MAX_BATCH:
                 batch.append(get())
             lines: list[str] = []
             for event in batch:

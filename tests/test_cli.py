@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -243,7 +244,10 @@ def _thread_cpus(pid: int) -> list[str]:
     """Each thread's allowed CPUs, as the kernel lists them ("0-1")."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        status = (task / "status").read_text()
+        try:
+            status = (task / "status").read_text()
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
         found.append(re.search(r"^Cpus_allowed_list:\s*(\S+)$", status, re.M).group(1))  # type: ignore[union-attr]
     return found
 
@@ -264,7 +268,7 @@ def _threads_with_clients(*args: str) -> tuple[list[str], str]:
 @linux_only
 def test_by_default_every_thread_of_the_server_runs_on_one_cpu():
     cpus, log = _threads_with_clients()
-    assert len(cpus) >= 5  # main, console log, accept loop, writer, two clients
+    assert len(cpus) >= 6  # main, console log, accept loop, writer, two clients
     assert len(set(cpus)) == 1, cpus
     (only,) = set(cpus)
     assert only.isdigit()
@@ -319,7 +323,66 @@ def test_cpu_lists_parse_and_print_as_the_kernel_writes_them():
     assert cpu_choice("8,7,0,1,2,5") == "0-2,5,7-8"
 
 
-def test_cpu_affinity_shows_in_the_configuration_file_as_given():
-    result = run("serve", "--plugins", "", "--cpu-affinity", "1,0", "--print-config")
+@pytest.mark.parametrize("where", ["option", "environment", "file"])
+def test_cpu_affinity_shows_in_the_configuration_file_as_given(where, tmp_path):
+    args, env = ["serve", "--plugins", "", "--print-config"], {}
+    if where == "option":
+        args += ["--cpu-affinity", "1,0"]
+    elif where == "environment":
+        env["CHATCORE_CPU_AFFINITY"] = "1,0"
+    else:
+        (tmp_path / "chatcore.toml").write_text('cpu-affinity = "1,0"\n', encoding="utf-8")
+        args += ["--config", str(tmp_path / "chatcore.toml")]
+    result = run(*args, env=env)
     assert result.returncode == 0, result.stderr
     assert 'cpu-affinity = "0-1"' in result.stdout
+
+
+class _FakeScheduler:
+    """os.sched_getaffinity and os.sched_setaffinity, as if the process may
+    use ``allowed``; records what was set, per thread."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, allowed: set[int], current: int | None) -> None:
+        from chatcore.engine import affinity
+
+        self.set: dict[int, frozenset[int]] = {}
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(allowed), raising=False)
+        monkeypatch.setattr(os, "sched_setaffinity", self._set, raising=False)
+        monkeypatch.setattr(affinity, "_current_cpu", lambda: current)
+
+    def _set(self, tid: int, cpus: frozenset[int]) -> None:
+        self.set[tid] = frozenset(cpus)
+
+
+@pytest.mark.parametrize(
+    ("allowed", "current", "choice", "expected"),
+    [
+        ({2, 3}, 3, "auto", {3}),  # where the kernel put it
+        ({2, 3}, 7, "auto", {2}),  # running outside its set (it just changed): the first allowed
+        ({2, 3}, None, "auto", {2}),  # no /proc/self/stat
+        ({5}, 5, "auto", None),  # one CPU: nothing to do
+        ({2, 3}, 3, "all", None),
+        ({2, 3}, 3, "2", {2}),
+        ({0, 1, 2, 3}, 0, "1-3", {1, 2, 3}),
+    ],
+)
+def test_apply_pins_every_thread_to_what_it_chose(monkeypatch, allowed, current, choice, expected):
+    from chatcore.engine import affinity
+
+    scheduler = _FakeScheduler(monkeypatch, allowed, current)
+    assert affinity.apply(affinity.cpu_choice(choice)) == (None if expected is None else frozenset(expected))
+    if expected is None:
+        assert scheduler.set == {}
+    else:
+        assert scheduler.set, "no thread was pinned"
+        assert set(scheduler.set.values()) == {frozenset(expected)}
+        assert threading.get_native_id() in scheduler.set  # this thread, and the others of the process
+
+
+def test_apply_refuses_cpus_the_process_may_not_use(monkeypatch):
+    from chatcore.engine import affinity
+
+    scheduler = _FakeScheduler(monkeypatch, {2, 3}, 2)
+    with pytest.raises(affinity.AffinityError, match=r"CPUs 0-1 are not available to this process \(it may use 2-3\)"):
+        affinity.apply(affinity.cpu_choice("0-2"))
+    assert scheduler.set == {}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import socket
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -270,6 +272,53 @@ def test_a_member_gets_every_line_of_the_room_but_its_own_in_order():
         writer.stop()
         for sock in (alice_sock, alice_peer, bob_sock, bob_peer):
             sock.close()
+
+
+class SpeakingSocket(RecordingSocket):
+    """A RecordingSocket that has the room say something after each send:
+    lines that arrive while the writer's visit is still sending."""
+
+    def __init__(self, sock: socket.socket, speak: Callable[[], None]) -> None:
+        super().__init__(sock)
+        self.speak = speak
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        sent = super().send(data, flags)
+        self.speak()
+        return sent
+
+
+def test_lines_said_while_a_visit_is_sending_reach_every_member_once_and_in_order():
+    writer = Writer()
+    lines = [f"* line {n}\n".encode() for n in range(150)]
+    unsaid = collections.deque(lines)
+    feeds: list[RoomFeed] = []
+
+    def speak() -> None:  # on the writer's thread, between two sends of a visit
+        if unsaid:
+            say(writer, feeds[0], unsaid.popleft())
+
+    members = []
+    for _ in range(3):
+        ours, peer = socket.socketpair()
+        sock = SpeakingSocket(ours, speak)
+        server = SimpleNamespace(writer=writer)
+        client = Client(Transport(sock), ("127.0.0.1", 1), server, wire=NATIVE, max_queue=10_000)  # type: ignore[arg-type]
+        members.append((client, sock, peer))
+    feeds.append(in_feed(*[client for client, _, _ in members]))
+    try:
+        writer.start()
+        speak()
+        expected = b"".join(lines)
+        for _client, sock, peer in members:
+            assert read_exactly(peer, len(expected)) == expected
+            assert len(sock.sends) > 10  # many visits, each with lines said during the one before
+        assert not unsaid
+    finally:
+        writer.stop()
+        for _client, sock, peer in members:
+            sock.close()
+            peer.close()
 
 
 def test_a_room_whose_members_keep_up_holds_no_lines():

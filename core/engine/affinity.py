@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 
 AUTO = "auto"
 ALL = "all"
+#: Far above any machine's CPU count (Linux builds for at most 8,192): a
+#: typo like 0-4000000000 is an error, not a set of four billion numbers.
+MAX_CPU = 65535
 
 
 def cpu_choice(text: str) -> str:
@@ -48,6 +52,8 @@ def _cpus(text: str) -> frozenset[int]:
             ) from None
         if low < 0 or high < low:
             raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a range of CPU numbers (from low to high)")
+        if high > MAX_CPU:
+            raise argparse.ArgumentTypeError(f"CPU {high} is not a CPU number (at most {MAX_CPU})")
         cpus.update(range(low, high + 1))
     return frozenset(cpus)
 
@@ -72,9 +78,10 @@ def apply(choice: str) -> frozenset[int] | None:
     CPUs of ``choice``. :return: those CPUs, or None if left to the OS.
 
     ``choice`` is what :func:`cpu_choice` returns. ``auto``: one of the
-    CPUs this process may use, picked by process id so that servers
-    started side by side spread out; nothing when there is only one, or no
-    way to set it on this platform.
+    CPUs this process may use, the one the kernel is running it on (it
+    puts a new process on a CPU that is not busy, so servers started side
+    by side tend to spread out); nothing when there is only one, or no way
+    to set it on this platform.
 
     :raises AffinityError: CPUs asked for by number that this process may
         not use, or a platform without ``sched_setaffinity``.
@@ -89,26 +96,40 @@ def apply(choice: str) -> frozenset[int] | None:
     if choice == AUTO:
         if len(allowed) < 2:
             return None
-        cpus = frozenset([sorted(allowed)[os.getpid() % len(allowed)]])
+        current = _current_cpu()
+        cpus = frozenset([current if current in allowed else min(allowed)])
     else:
         cpus = _cpus(choice)
         if not cpus <= allowed:
+            missing = cpus - allowed
+            which = f"CPU {_ranges(missing)} is" if len(missing) == 1 else f"CPUs {_ranges(missing)} are"
             raise AffinityError(
-                f"--cpu-affinity {_ranges(cpus)}: CPU {_ranges(cpus - allowed)} is not available "
-                f"to this process (it may use {_ranges(allowed)})"
+                f"--cpu-affinity {_ranges(cpus)}: {which} not available to this process (it may use {_ranges(allowed)})"
             )
     # Threads already running (the console log's) as well as this one; a
     # thread started from now on inherits the setting of the one starting it.
     try:
         threads = [int(tid) for tid in os.listdir("/proc/self/task")]
-    except OSError:
-        threads = [0]
+    except OSError:  # no /proc: the threads Python knows of
+        threads = [thread.native_id or 0 for thread in threading.enumerate()]
     for tid in threads:
         try:
             os.sched_setaffinity(tid, cpus)
         except ProcessLookupError:
             pass  # ended meanwhile
     return cpus
+
+
+def _current_cpu() -> int | None:
+    """The CPU this thread is running on (field 39 of ``/proc/self/stat``),
+    or None where that cannot be read."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            # After the command name in parentheses, which may hold spaces.
+            fields = stat.read().rpartition(")")[2].split()
+        return int(fields[36])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def describe(cpus: frozenset[int]) -> str:
