@@ -237,7 +237,11 @@ def test_usage_error_at_start_exits_2_in_one_line():
 
 # -- --cpu-affinity -------------------------------------------------------------
 
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU affinity is read from /proc")
+# CI runs on Linux, so these never skip there; macOS and the BSDs have no
+# sched_setaffinity, and --cpu-affinity auto does nothing on them.
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="Linux only: sched_setaffinity, read back from /proc (CI is Linux)"
+)
 
 
 def _thread_cpus(pid: int) -> list[str]:
