@@ -196,6 +196,9 @@ def test_presence_notices_of_a_burst_wait_and_leave_in_one_send():
         # notice would have gone at once) ...
         assert recording.send_times[0] - began >= BATCH_DELAY
         # ... and a burst queued within one batch leaves in one send.
+        # The peer can read the bytes before send() returns and they are
+        # recorded: wait for the record too.
+        wait_for(lambda: b"".join(recording.sends) == expected, message="the sends to be recorded")
         if queued_in < BATCH_DELAY:  # not so if this thread was held up that long
             assert recording.sends == [expected]
     finally:
@@ -312,6 +315,7 @@ def test_lines_said_while_a_visit_is_sending_reach_every_member_once_and_in_orde
         expected = b"".join(lines)
         for _client, sock, peer in members:
             assert read_exactly(peer, len(expected)) == expected
+            wait_for(lambda sock=sock: b"".join(sock.sends) == expected, message="the sends to be recorded")
             assert len(sock.sends) > 10  # many visits, each with lines said during the one before
         assert not unsaid
     finally:
