@@ -325,7 +325,11 @@ class WeeChat(ClientProgram):
 
     def command(self, buffer: str, line: str) -> None:
         """``line`` typed into ``buffer`` (``irc.chatcore.#lobby``, ``irc.server.chatcore``)."""
-        wait_for(self.fifo.exists, TIMEOUT, f"{self.fifo} made by WeeChat")
+        wait_for(
+            self.fifo.exists,
+            TIMEOUT,
+            f"{self.fifo} made by WeeChat's FIFO plugin (Debian's weechat-plugins: apt-get install weechat-plugins)",
+        )
         fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
         try:
             os.write(fd, f"{buffer} *{line}\n".encode())
