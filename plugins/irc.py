@@ -155,7 +155,13 @@ def _quit_text(reason: str) -> str:
 
 
 def sorted_nicks(client: Client, room: str) -> list[str]:
-    return sorted((member.nick for member in client.server.registry.members(room)), key=str.casefold)
+    """Everyone in ``room``, as NAMES lists them: this server's members and,
+    in a cluster, the other servers' (``chatcore_cluster_members``, as
+    ``/who`` counts them), so that a channel's nick list is whole."""
+    server = client.server
+    nicks = [member.nick for member in server.registry.members(room)]
+    nicks += server.hooks.cluster_members(server).get(room, [])
+    return sorted(nicks, key=str.casefold)
 
 
 class IRCFormat(WireFormat):
@@ -637,8 +643,9 @@ class IRCProtocol(Protocol):
         client = self.client
         name = params[0].split(",")[0] if params else channel(client.room)
         room = name[1:].lower() if name.startswith("#") else ""
-        if room and client.server.registry.members(room):
-            self.send(self.wire.names_lines(client.nick, room, sorted_nicks(client, room)))
+        nicks = sorted_nicks(client, room) if room else []
+        if nicks:
+            self.send(self.wire.names_lines(client.nick, room, nicks))
         else:
             self.reply("366", name, "End of /NAMES list.")
 
@@ -738,26 +745,25 @@ class IRCProtocol(Protocol):
         else:
             found = registry.find(target)
             members = [] if found is None else [found]
-        lines = []
-        for member in sorted(members, key=lambda m: m.nick.casefold()):
+        # (nick, room, user, flags, real name) of each: this server's members ...
+        rows = []
+        for member in members:
             user, realname = self._userinfo(member)
             state = irc_state(member)
             here = "G" if state is not None and state.away is not None else "H"
             if operator_name(member) is not None:  # an IRC operator, and @ as in NAMES
                 here += "*@"
-            lines.append(
-                self.wire.numeric(
-                    client.nick,
-                    "352",
-                    channel(member.room),
-                    user,
-                    HOST,
-                    self.wire.server,
-                    member.nick,
-                    here,
-                    f"0 {realname}",
-                )
+            rows.append((member.nick, member.room, user, here, realname))
+        if target.startswith("#"):  # ... and in a cluster the other servers' (as NAMES lists them)
+            room = target[1:].lower()
+            for nick in client.server.hooks.cluster_members(client.server).get(room, []):
+                rows.append((nick, room, nick, "H", "chatcore user on another server"))
+        lines = [
+            self.wire.numeric(
+                client.nick, "352", channel(room), user, HOST, self.wire.server, nick, here, f"0 {realname}"
             )
+            for nick, room, user, here, realname in sorted(rows, key=lambda row: row[0].casefold())
+        ]
         self.send([*lines, self.wire.numeric(client.nick, "315", target, "End of /WHO list.")])
 
     def whois(self, params: list[str]) -> None:

@@ -512,6 +512,29 @@ def test_presence_who_rooms_and_msg_span_the_cluster(redis_server, cluster, conn
     alice.expect("* you are now known as bob")
 
 
+def test_irc_names_and_who_list_the_other_servers_members(redis_server, cluster, connect) -> None:
+    # An IRC client's nick list is the channel's, not this server's part of it.
+    one = cluster(redis_server.url, "127.0.0.1", "--plugins", "redis,irc", "--listen", "irc://127.0.0.1:0")
+    two = cluster(redis_server.url, "127.0.0.2")
+    bob = connect(two, "bob")
+    amy = connect(one, "amy")
+    answered(amy, "/who", "* in lobby (2): amy, bob")  # bob's server has told the cluster
+    irc = LineClient(one.addresses["irc"], timeout=TIMEOUT)
+    try:
+        irc.sock.sendall(b"NICK wendy\r\nUSER wendy 0 * :Wendy\r\n")
+        # The names sent with the JOIN of registration, then NAMES and WHO asked.
+        assert irc.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r").endswith(":amy bob wendy")
+        irc.sock.sendall(b"NAMES #lobby\r\nWHO #lobby\r\n")
+        assert irc.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r").endswith(":amy bob wendy")
+        who = [irc.expect(re.compile(r" 352 wendy #lobby ")).split()[7] for _ in range(3)]
+        assert who == ["amy", "bob", "wendy"]
+        irc.expect(re.compile(r" 315 wendy #lobby "))
+    finally:
+        irc.close()
+    bob.send("/who")
+    bob.expect("* in lobby (3): amy, bob, wendy")
+
+
 #: The answer to /who or /rooms.
 VIEW = re.compile(r"^\* (in \S+ \(\d+\):|\d+ rooms?:)")
 
