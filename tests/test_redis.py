@@ -529,10 +529,10 @@ def test_irc_names_and_who_list_the_other_servers_members(redis_server, cluster,
         who = [irc.expect(re.compile(r" 352 wendy #lobby ")).split()[7] for _ in range(3)]
         assert who == ["amy", "bob", "wendy"]
         irc.expect(re.compile(r" 315 wendy #lobby "))
+        # And the other way: the IRC user is in the other server's /who.
+        answered(bob, "/who", "* in lobby (3): amy, bob, wendy")
     finally:
         irc.close()
-    bob.send("/who")
-    bob.expect("* in lobby (3): amy, bob, wendy")
 
 
 #: The answer to /who or /rooms.
