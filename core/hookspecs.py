@@ -414,8 +414,8 @@ def chatcore_release_nick(client: Client, nick: str) -> None:
 
 @hookspec
 def chatcore_cluster_members(server: ChatServer) -> dict[str, list[str]] | None:
-    """Who is in which room on the other servers of a cluster, for ``/who``
-    and ``/rooms``.
+    """Who is in which room on the other servers of a cluster, for ``/who``,
+    ``/rooms`` and IRC's NAMES and WHO (:meth:`ChatServer.nicks_in`).
 
     :param server: this server.
     :return: ``{room: [nick, ...]}`` for members elsewhere (this server's own

@@ -117,11 +117,7 @@ def _rooms(client: Client, args: str) -> None:
 
 
 def _who(client: Client, args: str) -> None:
-    room = client.room
-    server = client.server
-    nicks = [member.nick for member in server.registry.members(room)]
-    nicks += server.hooks.cluster_members(server).get(room, [])
-    client.send(Members(room, tuple(sorted(nicks, key=str.casefold))))
+    client.send(Members(client.room, tuple(client.server.nicks_in(client.room))))
 
 
 def _msg(client: Client, args: str) -> None:

@@ -154,16 +154,6 @@ def _quit_text(reason: str) -> str:
     return f"Quit: {reason}"
 
 
-def sorted_nicks(client: Client, room: str) -> list[str]:
-    """Everyone in ``room``, as NAMES lists them: this server's members and,
-    in a cluster, the other servers' (``chatcore_cluster_members``, as
-    ``/who`` counts them), so that a channel's nick list is whole."""
-    server = client.server
-    nicks = [member.nick for member in server.registry.members(room)]
-    nicks += server.hooks.cluster_members(server).get(room, [])
-    return sorted(nicks, key=str.casefold)
-
-
 class IRCFormat(WireFormat):
     """Events as IRC lines, CR LF ended, at most 512 bytes each.
 
@@ -319,7 +309,7 @@ class IRCFormat(WireFormat):
         return [
             irc_line(self.mask(client.nick), "JOIN", channel(room)),
             self.numeric(client.nick, "331", channel(room), "No topic is set"),
-            *self.names_lines(client.nick, room, sorted_nicks(client, room)),
+            *self.names_lines(client.nick, room, client.server.nicks_in(room)),
         ]
 
     def list_lines(self, nick: str, rooms: Iterable[tuple[str, int]]) -> list[str]:
@@ -643,7 +633,7 @@ class IRCProtocol(Protocol):
         client = self.client
         name = params[0].split(",")[0] if params else channel(client.room)
         room = name[1:].lower() if name.startswith("#") else ""
-        nicks = sorted_nicks(client, room) if room else []
+        nicks = client.server.nicks_in(room) if room else []
         if nicks:
             self.send(self.wire.names_lines(client.nick, room, nicks))
         else:

@@ -483,6 +483,14 @@ class ChatServer:
         with self._connections_lock:
             return list(self.connections)
 
+    def nicks_in(self, room: str) -> list[str]:
+        """Everyone in ``room``, sorted as people read names (ignoring
+        case): this server's members and, in a cluster, the other servers'
+        (``chatcore_cluster_members``). For ``/who`` and IRC's NAMES."""
+        nicks = [member.nick for member in self.registry.members(room)]
+        nicks += self.hooks.cluster_members(self).get(room, [])
+        return sorted(nicks, key=str.casefold)
+
     def _refuse(self, client: Client, reason: str) -> None:
         """Send the refusal and close without losing it.
 
