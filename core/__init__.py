@@ -29,29 +29,15 @@ The public API for plugin authors is small:
 
 from __future__ import annotations
 
-import pluggy
-
-__version__ = "0.1.0"
-
-#: Marker for hook implementations: ``@chatcore.hookimpl``.
-hookimpl = pluggy.HookimplMarker("chatcore")
-#: Marker for hook specifications (used by :mod:`chatcore.hookspecs`).
-hookspec = pluggy.HookspecMarker("chatcore")
-
-
-class UsageError(Exception):
-    """A mistake in how chatcore was invoked or configured.
-
-    Raise it from ``chatcore_configure`` to make ``chatcore serve`` print the
-    message as one line and exit with status 2, without a traceback.
-    """
-
-
-# Imported after the markers: these modules import them from here.
-from chatcore import events  # noqa: E402
-from chatcore.config import Config  # noqa: E402
-from chatcore.engine.connection import Client  # noqa: E402
-from chatcore.message import Message  # noqa: E402
+# The face of the package only: every name is defined in a module of its own,
+# none of which imports this one, so importing chatcore has no circle.
+from chatcore import events
+from chatcore.config import Config
+from chatcore.engine.connection import Client
+from chatcore.errors import UsageError
+from chatcore.markers import hookimpl, hookspec
+from chatcore.message import Message
+from chatcore.version import __version__
 
 __all__ = [
     "Client",

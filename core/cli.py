@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 
 import pluggy
 
-from chatcore import UsageError, __version__
 from chatcore.engine import affinity
+from chatcore.errors import UsageError
 from chatcore.hooks import PluginError
 from chatcore.manager import PluginLoadError, describe_plugins
+from chatcore.version import __version__
 
 log = logging.getLogger("chatcore")
 

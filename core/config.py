@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pluggy
 
-from chatcore import UsageError, __version__, configfile
+from chatcore import configfile
 
 # Re-exported (the "as" form, for mypy) so plugins write: from chatcore.config import secret
 from chatcore.configfile import restart_only as restart_only  # noqa: PLC0414
@@ -33,8 +33,10 @@ from chatcore.engine.limits import (
     DEFAULT_NEW_WINDOW,
     parse_networks,
 )
+from chatcore.errors import UsageError
 from chatcore.manager import DEFAULT_PLUGINS, PluginLoadError, PluginManager, load_plugins, parse_plugin_list
 from chatcore.transports.listener import ListenURL, format_address, parse_listen_url
+from chatcore.version import __version__
 from chatcore.wire.native import DEFAULT_MAX_LINE
 
 if TYPE_CHECKING:

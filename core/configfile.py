@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from chatcore import UsageError
+from chatcore.errors import UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from chatcore import UsageError
+from chatcore.errors import UsageError
 
 if TYPE_CHECKING:
     from chatcore.config import Config

@@ -22,7 +22,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from chatcore import hookspec
+from chatcore.markers import hookspec
 
 if TYPE_CHECKING:
     from chatcore.config import Config

@@ -17,7 +17,8 @@ from typing import Any
 
 import pluggy
 
-from chatcore import UsageError, hookspecs
+from chatcore import hookspecs
+from chatcore.errors import UsageError
 from chatcore.hooks import Hooks
 
 ENTRY_POINT_GROUP = "chatcore"

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import os
 
-from chatcore import UsageError
+from chatcore.errors import UsageError
 
 PREFIX = "scrypt"
 #: scrypt costs: 2**14 and r=8 is the interactive-login setting of the

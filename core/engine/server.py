@@ -293,8 +293,8 @@ class ChatServer:
 
         :return: True if the new configuration is in use.
         """
-        from chatcore import UsageError
         from chatcore.config import read_password, reread_options
+        from chatcore.errors import UsageError
         from chatcore.hooks import PluginError
 
         old = self.config.options
@@ -340,7 +340,7 @@ class ChatServer:
 
         :raises UsageError: they cannot be loaded.
         """
-        from chatcore import UsageError
+        from chatcore.errors import UsageError
         from chatcore.transports.tls import server_context
 
         if self.certificates is None:

@@ -20,7 +20,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from chatcore import UsageError
+from chatcore.errors import UsageError
 
 if TYPE_CHECKING:
     from chatcore.engine.server import ChatServer
