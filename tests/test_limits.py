@@ -12,7 +12,7 @@ import pytest
 import trustme
 
 from chatcore import hookimpl
-from chatcore.engine import server as server_module
+from chatcore.engine import serving
 from chatcore.engine.limits import (
     ConnectionLimits,
     FailureCounter,
@@ -264,9 +264,9 @@ def test_accepted_sockets_have_tcp_keepalive(chat_server_factory, connect):
     (client,) = server.all_connections()
     sock = client.sock
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == server_module.KEEPALIVE_IDLE
-    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == server_module.KEEPALIVE_INTERVAL
-    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == server_module.KEEPALIVE_COUNT
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == serving.KEEPALIVE_IDLE
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == serving.KEEPALIVE_INTERVAL
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == serving.KEEPALIVE_COUNT
 
 
 def test_tls_connections_are_counted_and_refused_in_their_wire_format(chat_server_factory, tmp_path):

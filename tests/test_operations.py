@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chatcore.engine.server import SHUTDOWN_LINGER
+from chatcore.engine.serving import SHUTDOWN_LINGER
 from chatcore.testing import LineClient, ServerProcess
 
 ROOT = Path(__file__).parent.parent

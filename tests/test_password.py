@@ -9,7 +9,7 @@ import sys
 import pexpect
 import pytest
 
-from chatcore.engine import server as server_module
+from chatcore.engine import gate
 from chatcore.engine.auth import hash_password, verify_password
 from chatcore.testing import LineClient, ServerProcess
 from chatcore.wire.native import PASSWORD_REQUIRED
@@ -27,7 +27,7 @@ def password_file(tmp_path):
 @pytest.fixture
 def fast_failures(monkeypatch):
     """Wrong passwords cost 50 ms more each, not a second: the tests stay fast."""
-    monkeypatch.setattr(server_module, "PASSWORD_DELAY", 0.05)
+    monkeypatch.setattr(gate, "SECRET_DELAY", 0.05)
 
 
 def test_nothing_but_pass_and_quit_before_the_password(

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from chatcore import Client, hookimpl
-from chatcore.engine.server import RECV_BUSY
+from chatcore.engine.serving import RECV_BUSY
 from chatcore.testing import LineClient, wait_for
 
 
@@ -534,7 +534,7 @@ def test_connection_threads_leave_no_thread_objects_behind(chat_server_factory, 
     for client in clients:
         client.send("/quit")
         client.wait_closed()
-    wait_for(lambda: not server._serving, message="every connection's thread to end")
+    wait_for(lambda: not server.serving._serving, message="every connection's thread to end")
     assert threading.active_count() == before
     assert sum("joined" in record.getMessage() for record in caplog.records) >= 10
     assert {record.threadName for record in caplog.records if "joined" in record.getMessage()} == {None}
@@ -567,7 +567,7 @@ def test_stop_gives_up_on_a_thread_that_does_not_end_and_closes_the_rest(chat_se
         server.stop(timeout=0.3)
         assert time.monotonic() - started < 2.0  # the timeout and its half second of grace, not 30 s
         assert bob.wait_closed()[-1] == "* server shutting down"
-        assert len(server._serving) == 1  # alice's, given up
+        assert len(server.serving._serving) == 1  # alice's, given up
     finally:
         stuck.release.set()
-    wait_for(lambda: not server._serving, message="alice's thread to end once released")
+    wait_for(lambda: not server.serving._serving, message="alice's thread to end once released")

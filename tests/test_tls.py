@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-import chatcore.engine.server
+import chatcore.engine.serving
 from chatcore.engine.server import ChatServer
 from chatcore.testing import LineClient, ServerFactory, ServerProcess, wait_for
 
@@ -147,7 +147,7 @@ def test_a_plain_client_on_the_tls_port_is_closed_and_logged_without_a_traceback
 
 
 def test_the_handshake_has_a_deadline(chat_server_factory, certs, clients, monkeypatch, caplog):
-    monkeypatch.setattr(chatcore.engine.server, "HANDSHAKE_TIMEOUT", 0.5)
+    monkeypatch.setattr(chatcore.engine.serving, "HANDSHAKE_TIMEOUT", 0.5)
     server = both_listeners(chat_server_factory, certs)
     caplog.set_level(logging.INFO, logger="chatcore")
     silent = socket.create_connection(server.listener("tls").address, timeout=TIMEOUT)
@@ -350,9 +350,9 @@ def test_stop_cuts_handshakes_short(chat_server_factory, certs):
     server = chat_server_factory("--listen", "tls://127.0.0.1:0", *certs.args())
     silent = [socket.create_connection(server.listener("tls").address) for _ in range(3)]
     try:
-        wait_for(lambda: len(server._serving) == 3, timeout=TIMEOUT, message="three connections served")
+        wait_for(lambda: len(server.serving._serving) == 3, timeout=TIMEOUT, message="three connections served")
         server.stop(timeout=1.0)
-        assert server._serving == set()  # each thread's last act: its sockets closed by then
+        assert server.serving._serving == set()  # each thread's last act: its sockets closed by then
         for sock in silent:
             sock.settimeout(TIMEOUT)
             assert sock.recv(1) == b""  # closed, not left hanging

@@ -3,10 +3,10 @@
 A :class:`Listener` is the standard library's TCP server, one per URL, each
 running ``serve_forever()`` on its own thread. It does nothing but accept:
 every connection, whichever listener it came from, is served by
-:meth:`ChatServer.serve_connection
-<chatcore.engine.server.ChatServer.serve_connection>` on a thread of its own
-(started by :meth:`ChatServer.start_serving
-<chatcore.engine.server.ChatServer.start_serving>`), with the listener's
+:meth:`Connections.serve_connection
+<chatcore.engine.serving.Connections.serve_connection>` on a thread of its
+own (started by :meth:`Connections.start_serving
+<chatcore.engine.serving.Connections.start_serving>`), with the listener's
 :class:`~chatcore.transports.Scheme`. So there is one
 registry and one set of rooms for all of them.
 """
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from chatcore.errors import UsageError
 
 if TYPE_CHECKING:
-    from chatcore.engine.server import ChatServer
+    from chatcore.engine.serving import Connections
     from chatcore.transports import Scheme
 
 #: How often an accept loop checks for shutdown(): stop() waits up to this.
@@ -77,14 +77,15 @@ def parse_listen_url(text: str, schemes: dict[str, Scheme]) -> ListenURL:
 
 
 class Listener(socketserver.TCPServer):
-    """Accepts connections for one URL and hands each to the chat server,
-    which serves it on a thread of its own (and waits for those threads
-    itself, with a deadline, when it stops)."""
+    """Accepts connections for one URL and hands each to the chat server's
+    :class:`~chatcore.engine.serving.Connections`, which serves it on a
+    thread of its own (and waits for those threads itself, with a deadline,
+    when the server stops)."""
 
     allow_reuse_address = True  # SO_REUSEADDR, as the original chatroom
 
-    def __init__(self, chat: ChatServer, url: ListenURL, scheme: Scheme, backlog: int) -> None:
-        self.chat = chat
+    def __init__(self, serving: Connections, url: ListenURL, scheme: Scheme, backlog: int) -> None:
+        self.serving = serving
         self.scheme = scheme
         self.request_queue_size = backlog
         if ":" in url.host:
@@ -122,10 +123,10 @@ class Listener(socketserver.TCPServer):
         self.server_close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        # Straight to the chat server, which starts the connection's thread:
+        # Straight to the serving side, which starts the connection's thread:
         # no handler class, whose construction would cost the thread a C
         # stack level (a client's thread keeps every stack page it touches).
-        self.chat.start_serving(self, request, client_address)
+        self.serving.start_serving(self, request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        self.chat.connection_error(client_address)
+        self.serving.connection_error(client_address)
