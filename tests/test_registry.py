@@ -34,13 +34,13 @@ def test_members_keep_their_order_as_others_leave_and_an_empty_room_goes():
         assert not registry.remove(clients[3])  # only once
         expected = (clients[1], clients[2], clients[4])
         assert registry.members("lobby") == expected
-        (feed,) = registry.feeds("lobby")
+        (feed,) = registry.feeds["lobby"]
         assert feed.members == expected
-        assert registry.by_wire("lobby") == ((NATIVE, expected),)
+        assert feed.wire is NATIVE
         for client in expected:
             registry.remove(client)
         assert registry.rooms() == {}
-        assert registry.feeds("lobby") == ()
+        assert "lobby" not in registry.feeds
     finally:
         writer.stop()
         for sock in sockets:
@@ -53,12 +53,12 @@ def test_moving_takes_the_lines_of_the_old_room_not_yet_had_along_first():
         registry = Registry()
         registry.add(alice, nick="alice")
         registry.add(bob, nick="bob")
-        (lobby,) = registry.feeds("lobby")
+        (lobby,) = registry.feeds.get("lobby", ())
         with lobby.lock:
             lobby.append(b"<bob> still in the lobby\n", bob)
         assert registry.move(alice, "kitchen") == "lobby"
         assert list(alice._queue) == [b"<bob> still in the lobby\n"]
-        (kitchen,) = registry.feeds("kitchen")
+        (kitchen,) = registry.feeds["kitchen"]
         assert alice._feed is kitchen
         assert kitchen.members == (alice,)
         assert lobby.members == (bob,)

@@ -116,7 +116,7 @@ class Client:
         #: How events become bytes for this client (:mod:`chatcore.wire`).
         self.wire = wire
         #: The server this client is connected to (its ``registry``,
-        #: ``hooks`` and ``deliver()`` are what commands need).
+        #: ``hooks`` and ``publish()`` are what commands need).
         self.server = server
         #: The peer's ``(host, port)``.
         self.address = address

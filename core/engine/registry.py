@@ -5,16 +5,9 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from chatcore.engine.connection import Client
 from chatcore.engine.feed import RoomFeed
-
-if TYPE_CHECKING:
-    from chatcore.wire import WireFormat
-
-#: A room's members grouped by wire format.
-WireGroups = tuple[tuple["WireFormat", tuple[Client, ...]], ...]
 
 DEFAULT_ROOM = "lobby"
 
@@ -35,7 +28,7 @@ class Registry:
     replaced on every change (copy-on-write), because members are read on
     every message and change only when someone joins or leaves. Each room
     also has one :class:`~chatcore.engine.feed.RoomFeed` per wire format
-    present (:meth:`feeds`), that format's members attached to it: an
+    present (:attr:`feeds`), that format's members attached to it: an
     event is rendered once per format and appended once to its feed, not
     once per member.
     """
@@ -49,7 +42,10 @@ class Registry:
         # O(1) before the tuple is copied from it in C (a Python loop over
         # the members made 10,000 leaves take seconds).
         self._in_room: dict[str, dict[Client, None]] = {}
-        self._feeds: dict[str, tuple[RoomFeed, ...]] = {}
+        #: Each room's feeds, one per wire format present: read without the
+        #: lock (each value is an immutable snapshot, replaced on change), on
+        #: every message, by ChatServer.publish().
+        self.feeds: dict[str, tuple[RoomFeed, ...]] = {}
         self._guest_numbers = itertools.count(1)
         self._ids = itertools.count(1)
 
@@ -127,15 +123,6 @@ class Registry:
         """The clients in ``room``: a snapshot, safe to iterate."""
         return self._rooms.get(room, ())
 
-    def by_wire(self, room: str) -> WireGroups:
-        """The clients in ``room`` grouped by wire format: a snapshot of
-        ``((format, members), ...)``, one entry per format present."""
-        return tuple((feed.wire, feed.members) for feed in self._feeds.get(room, ()))
-
-    def feeds(self, room: str) -> tuple[RoomFeed, ...]:
-        """The feeds of ``room``, one per wire format present: a snapshot."""
-        return self._feeds.get(room, ())
-
     def rooms(self) -> dict[str, int]:
         """Every room that has members, with its member count."""
         return {name: len(members) for name, members in list(self._rooms.items())}
@@ -146,19 +133,19 @@ class Registry:
         members = self._in_room.setdefault(room, {})
         members[client] = None
         self._rooms[room] = tuple(members)
-        feeds = self._feeds.get(room, ())
+        feeds = self.feeds.get(room, ())
         feed = next((f for f in feeds if f.wire is client.wire), None)
         if feed is None:
             feed = RoomFeed(client.wire)
             # Readers may see the new members a moment before the new
             # feed: each is a consistent snapshot on its own.
-            self._feeds[room] = (*feeds, feed)
+            self.feeds[room] = (*feeds, feed)
         with feed.lock:
             feed.attach(client)
 
     def _leave(self, client: Client) -> None:
         room = client.room
-        feeds = self._feeds.get(room, ())
+        feeds = self.feeds.get(room, ())
         for feed in feeds:
             if feed.wire is client.wire:
                 with feed.lock:
@@ -166,7 +153,7 @@ class Registry:
                 if pending and client.close_reason is None:  # moving rooms: what it had not had yet goes first
                     client.send_data(pending)
                 if not feed.members:
-                    self._feeds[room] = tuple(f for f in feeds if f is not feed)
+                    self.feeds[room] = tuple(f for f in feeds if f is not feed)
                 break
         in_room = self._in_room.get(room, {})
         in_room.pop(client, None)
@@ -176,4 +163,4 @@ class Registry:
         else:
             self._rooms.pop(room, None)
             self._in_room.pop(room, None)
-            self._feeds.pop(room, None)
+            self.feeds.pop(room, None)

@@ -521,7 +521,7 @@ class ChatServer:
         # rest of a burst (chatcore.engine.writer); the rest goes out at once.
         batched = first.batched
         single = len(events) == 1
-        for feed in self.registry._feeds.get(room, ()):  # feeds(), inline: every message
+        for feed in self.registry.feeds.get(room, ()):
             # Encoded once per wire format and appended once, whatever the
             # room's size: the writer sends each member what it has not had
             # (chatcore.engine.feed).

@@ -8,7 +8,7 @@ A transport is what the engine reads from and writes to for one connection:
 - before the client is registered, :meth:`Transport.handshake` runs (with a
   deadline) and :meth:`Transport.sendall` can answer a refusal.
 
-:class:`PlainTransport` is TCP as it is; :class:`~chatcore.transports.tls.TLSTransport`
+:class:`Transport` is TCP as it is; :class:`~chatcore.transports.tls.TLSTransport`
 runs TLS over memory buffers so that the raw socket I/O stays in chatcore's
 threads. A :class:`Scheme` binds a listener URL scheme (``tcp``, ``tls``,
 ``irc`` ...) to a transport and a wire format; plugins return them from
@@ -73,9 +73,6 @@ class Transport:
     def description(self) -> str:
         """What the logs say about the connection's security."""
         return "plain"
-
-
-PlainTransport = Transport
 
 
 @dataclass(frozen=True)
