@@ -14,6 +14,10 @@ Failures: a plugin that raises in a per-connection or per-message hook is
 logged with its name and skipped; the event goes on with the other plugins.
 A plugin that raises while the server starts stops the start with one clear
 line. See docs/plugins.md for the full contract of every hook.
+
+Answers: in a hook marked ``firstresult`` the first *true* answer decides.
+``None``, ``False`` and ``""`` all mean "not mine", and the next plugin is
+asked, so a plugin may answer a yes/no hook with ``False``.
 """
 
 from __future__ import annotations
@@ -443,8 +447,8 @@ def chatcore_private_message(sender: Client, recipient: str, text: str) -> bool 
     :return: ``True`` if it was delivered (the sender then gets its
         ``-> *NICK* text`` copy); a reason (a short sentence) if the
         recipient exists but could not be reached (the sender gets ``!
-        REASON``); ``None`` if the plugin knows no such nickname (``! no
-        such nick 'NICK'``). The first answer that is not ``None`` decides.
+        REASON``); ``None`` (or ``False``) if the plugin knows no such
+        nickname (``! no such nick 'NICK'``). The first true answer decides.
 
     Called on the sender's thread. Calls overlap.
 

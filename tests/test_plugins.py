@@ -116,6 +116,28 @@ def test_a_plugin_can_refuse_a_connection(chat_server_factory):
     assert len(server.registry) == 0
 
 
+@pytest.mark.parametrize("not_mine", [None, False, ""])
+def test_a_false_or_empty_answer_passes_the_question_on(chat_server_factory, not_mine):
+    """The first true answer decides (docs/plugins.md, "When several plugins answer")."""
+
+    class FirstSaysNotMine:
+        @hookimpl(tryfirst=True)
+        def chatcore_connection_arriving(self) -> object:
+            return not_mine
+
+    class ThenRefuse:
+        @hookimpl
+        def chatcore_connection_arriving(self) -> str:
+            return "refused by the second plugin"
+
+    server = chat_server_factory(plugins=[FirstSaysNotMine(), ThenRefuse()])
+    client = LineClient(server.address)
+    try:
+        assert client.wait_closed() == ["! refused by the second plugin"]
+    finally:
+        client.close()
+
+
 def test_filter_chain_rejection_goes_to_the_sender_only(chat_server_factory, chat_client):
     class NoShouting:
         @hookimpl(tryfirst=True)
