@@ -238,6 +238,22 @@ def test_engine_limits_apply_at_once(tmp_path, chat_server_factory, chat_client)
     assert (server.max_clients, server.max_line) == (1, 100)
 
 
+def test_a_connection_keeps_its_line_limit_and_names_it_after_a_reload(tmp_path, chat_server_factory, chat_client):
+    """--max-line applies to new connections; one already open keeps its
+    limit, and the error it gets names that limit, not the new one."""
+    config = tmp_path / "chatcore.toml"
+    write(config, "max-line = 100\n")
+    server = chat_server_factory("--config", str(config))
+    before = chat_client(server)
+    write(config, "max-line = 300\n")
+    assert server.reload()
+    after = chat_client(server)
+    before.send("x" * 200)
+    before.expect("! line too long (the limit is 100 bytes); it was not sent")
+    after.send("x" * 400)
+    after.expect("! line too long (the limit is 300 bytes); it was not sent")
+
+
 def test_sighup_rereads_the_password_and_operators_files_and_the_limits(tmp_path, clients):
     password, opers, config = tmp_path / "password", tmp_path / "opers", tmp_path / "chatcore.toml"
     write(password, "first-pw-1729\n")

@@ -158,10 +158,12 @@ class LineFramer:
     once, in its place, and the rest of it is discarded up to its newline.
     """
 
-    __slots__ = ("_discarding", "_max_line", "_partial")
+    __slots__ = ("_discarding", "_partial", "max_line")
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
-        self._max_line = max_line
+        #: The limit, fixed for the connection's life (a reload's new
+        #: ``--max-line`` applies to new connections).
+        self.max_line = max_line
         self._partial = b""
         self._discarding = False
 
@@ -171,7 +173,7 @@ class LineFramer:
         return len(self._partial)
 
     def feed(self, data: bytes) -> list[bytes | None]:
-        max_line = self._max_line
+        max_line = self.max_line
         lines = data.split(b"\n")
         tail = lines.pop()
         out: list[bytes | None] = []
@@ -303,7 +305,7 @@ class NativeProtocol(Protocol):
             if client.closed:  # disconnected (by this line, or another thread)
                 return
             if line is None:
-                client.error(f"line too long (the limit is {client.server.max_line} bytes); it was not sent")
+                client.error(self._too_long())
             else:
                 self.handle_line(line)
 
@@ -325,7 +327,7 @@ class NativeProtocol(Protocol):
                 if run:
                     server.broadcast_messages(run)
                     run = []
-                client.error(f"line too long (the limit is {server.max_line} bytes); it was not sent")
+                client.error(self._too_long())
                 continue
             text = sanitize(line.decode("utf-8", "replace"))
             if not text:
@@ -341,6 +343,11 @@ class NativeProtocol(Protocol):
             run.append(Message(client, client.room, text))
         if run:
             server.broadcast_messages(run)
+
+    def _too_long(self) -> str:
+        # The limit this connection's framer has: a reload may have changed
+        # the server's since it connected.
+        return f"line too long (the limit is {self._framer.max_line} bytes); it was not sent"
 
     def connection_lost(self) -> None:
         if self._framer.pending:
