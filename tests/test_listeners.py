@@ -15,7 +15,7 @@ from chatcore import hookimpl
 from chatcore.config import parse_config
 from chatcore.engine.server import ChatServer
 from chatcore.events import Event, RoomEvent
-from chatcore.testing import LineClient, ServerProcess
+from chatcore.testing import LineClient, ServerProcess, wait_for
 from chatcore.transports import Scheme
 from chatcore.wire import WireFormat
 from chatcore.wire.native import NativeProtocol
@@ -236,3 +236,39 @@ def test_an_unknown_scheme_exits_2_and_lists_the_known_ones():
     assert result.returncode == 2
     assert "unknown scheme 'irc://' (known: tcp://, tls://;" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+class BrokenJSONLines(JSONLines):
+    """A wire format with a bug: it raises on one text."""
+
+    def encode(self, event: Event) -> bytes:  # type: ignore[override]
+        if getattr(event, "text", None) == "boom":
+            raise ValueError("this format cannot render that")
+        return super().encode(event)
+
+
+def test_a_format_that_fails_on_an_event_wedges_no_feed(chat_server_factory, connect, caplog):
+    """One event a wire format cannot render costs that format's members that
+    event, and nothing else: the other formats' members get it, and the
+    room's feeds go on for everyone (issue 23, item 6: a feed marked ready
+    and never handed to the writer stopped the room for good)."""
+    plugin = JSONScheme()
+    plugin.wire = BrokenJSONLines()
+    server = chat_server_factory("--listen", "tcp://127.0.0.1:0", "--listen", "jsonl://127.0.0.1:0", plugins=[plugin])
+    alice, bob = connect(server.listeners[0].address), connect(server.listeners[0].address)
+    carol = connect(server.listeners[1].address)
+    alice.send("/nick alice")
+    alice.expect("* you are now known as alice")
+    bob.sync()
+    read_json(carol, "Welcome")
+    wait_for(lambda: len(server.registry) == 3, message="three in the lobby")
+    alice.send("boom")
+    bob.expect("<alice> boom")
+    alice.send("after")
+    bob.expect("<alice> after")
+    assert read_json(carol, "Chat")["text"] == "after"
+    dave = connect(server.listeners[0].address)
+    dave.sync()
+    alice.send("for the newcomer too")
+    dave.expect("<alice> for the newcomer too")
+    assert "wire format" in caplog.text and "failed to render" in caplog.text

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from chatcore.config import Config
     from chatcore.transports import Scheme
     from chatcore.transports.tls import Certificates
+    from chatcore.wire import WireFormat
 
 log = logging.getLogger("chatcore.server")
 
@@ -132,6 +133,9 @@ class ChatServer:
         self.max_line: int = options.max_line
         self.max_queue: int = options.max_queue
         self.sequencer: Sequencer = LocalSequencer()
+        #: Events a wire format failed to render (each logged; the rest of
+        #: the room's delivery goes on).
+        self.render_failures = 0
         self.gate = Gate(options, config.password)
         self.serving = Connections(self)
         self.schemes: dict[str, Scheme] = config.schemes
@@ -521,34 +525,66 @@ class ChatServer:
         # rest of a burst (chatcore.engine.writer); the rest goes out at once.
         batched = first.batched
         single = len(events) == 1
-        for feed in self.registry.feeds.get(room, ()):
-            # Encoded once per wire format and appended once, whatever the
-            # room's size: the writer sends each member what it has not had
-            # (chatcore.engine.feed).
-            wire = feed.wire
-            if single:
-                data = wire.encode(first)
-                if not data:
+        try:
+            for feed in self.registry.feeds.get(room, ()):
+                # Encoded once per wire format and appended once, whatever the
+                # room's size: the writer sends each member what it has not had
+                # (chatcore.engine.feed).
+                wire = feed.wire
+                data: bytes | None = None
+                lines: list[bytes] = []
+                try:
+                    if single:
+                        data = wire.encode(first)
+                    else:
+                        lines = [line for line in [wire.encode(event) for event in events] if line]
+                except Exception:
+                    # A format that cannot render an event (a bug, or input from
+                    # a cluster it did not expect) costs its members that event
+                    # only: raising here would leave the feeds already marked
+                    # ready unscheduled, and the room silent for good.
+                    data, lines = None, self._render_each(wire, events)
+                if not (data or lines):
                     continue
-            else:
-                lines = [line for line in [wire.encode(event) for event in events] if line]
-                if not lines:
-                    continue
-            members = feed.members
-            count += len(members) - (exclude is not None and exclude._feed is feed)
-            with feed.lock:
-                if single:
-                    feed.append(data, exclude)
+                members = feed.members
+                count += len(members) - (exclude is not None and exclude._feed is feed)
+                with feed.lock:
+                    if data:
+                        feed.append(data, exclude)
+                    else:
+                        feed.extend(lines, exclude)
+                    if feed.mark_ready(batched):
+                        woken.append(feed)
+        finally:
+            # Whatever happened, a feed marked ready is handed to the writer:
+            # one left out would never be sent again.
+            if woken:
+                if batched:
+                    self.writer.schedule_batched(woken)
                 else:
-                    feed.extend(lines, exclude)
-                if feed.mark_ready(batched):
-                    woken.append(feed)
-        if woken:
-            if batched:
-                self.writer.schedule_batched(woken)
-            else:
-                self.writer.schedule_feeds(woken)
+                    self.writer.schedule_feeds(woken)
         if relay and self.hooks.room_events_observed:
             for event in events:
                 self.hooks.room_event(self, event)
         return count
+
+    def _render_each(self, wire: WireFormat, events: Sequence[RoomEvent]) -> list[bytes]:
+        """The lines ``wire`` renders for ``events``, one at a time, leaving
+        out (and logging) each that it fails to render."""
+        lines = []
+        for event in events:
+            try:
+                line = wire.encode(event)
+            except Exception:
+                self.render_failures += 1
+                if self.render_failures <= 5 or self.render_failures % 1000 == 0:
+                    log.exception(
+                        "wire format %r failed to render %r (%d so far); its members do not get it",
+                        wire.name,
+                        event,
+                        self.render_failures,
+                    )
+                continue
+            if line:
+                lines.append(line)
+        return lines
