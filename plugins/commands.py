@@ -9,21 +9,12 @@ client never waits in silence. docs/commands.md is the reference.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 
 from chatcore import Client, Message, hookimpl
 from chatcore.events import Members, PrivateMessage, RoomList
-
-#: Nicknames and room names: 1 to 32 ASCII letters, digits, "_" or "-".
-#: ASCII only, so that no two names look alike on screen.
-NAME_RULES = "1 to 32 letters (a-z, A-Z), digits, '_' or '-'"
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
-#: Nicknames nobody may take, compared ignoring case; ``guest-<number>`` is
-#: kept for the names the server hands out.
-RESERVED_NICKS = frozenset({"server", "chatcore", "admin", "system", "you", "nobody"})
-_GUEST = re.compile(r"guest-[0-9]+", re.IGNORECASE)
+from chatcore.names import nick_problem, room_problem
 
 HELP = [
     ("/nick NAME", "change your nickname"),
@@ -36,22 +27,6 @@ HELP = [
     ("/ping", "the server answers * pong (to check the connection)"),
     ("/quit [REASON]", "leave the chat; the others see the reason"),
 ]
-
-
-def nick_problem(nick: str) -> str | None:
-    """Why ``nick`` cannot be a nickname, or None if it can."""
-    if not _NAME.fullmatch(nick):
-        return f"invalid nickname {nick!r}: use {NAME_RULES}"
-    if nick.casefold() in RESERVED_NICKS or _GUEST.fullmatch(nick):
-        return f"nickname {nick!r} is reserved"
-    return None
-
-
-def room_problem(room: str) -> str | None:
-    """Why ``room`` cannot be a room name, or None if it can."""
-    if not _NAME.fullmatch(room):
-        return f"invalid room name {room!r}: use {NAME_RULES}"
-    return None
 
 
 @hookimpl(trylast=True)

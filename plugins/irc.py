@@ -49,8 +49,8 @@ from chatcore.events import (
     kick_text,
 )
 from chatcore.message import Message
+from chatcore.names import nick_problem, room_problem
 from chatcore.plugins import opers
-from chatcore.plugins.commands import nick_problem, room_problem
 from chatcore.plugins.opers import operator_name
 from chatcore.transports import Scheme
 from chatcore.wire import Protocol, WireFormat

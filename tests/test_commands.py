@@ -11,7 +11,8 @@ from types import ModuleType
 import pytest
 
 from chatcore.engine.server import ChatServer
-from chatcore.plugins.commands import HELP, RESERVED_NICKS
+from chatcore.names import RESERVED_NICKS
+from chatcore.plugins.commands import HELP
 from chatcore.plugins.opers import HELP as OPERS_HELP
 from chatcore.testing import ClientFactory, LineClient, ServerFactory, wait_for
 
