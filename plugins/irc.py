@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -79,9 +78,6 @@ MAX_INPUT = 8191 + MAX_LINE
 NICKLEN = 32
 CHANNELLEN = 33  # "#" and a room name
 AWAYLEN = 200
-#: How long a connection may take to register: an unregistered connection
-#: holds a thread and a slot, so one that never registers is closed.
-REGISTRATION_TIMEOUT = 60.0
 #: Targets in one ISON or USERHOST.
 MAX_TARGETS = 20
 STARTED = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -382,7 +378,7 @@ Handler = Callable[["IRCProtocol", list[str]], None]
 class IRCProtocol(Protocol):
     """One IRC connection: registration, then commands (docs/irc.md)."""
 
-    __slots__ = ("_cap_negotiating", "_framer", "_nick", "_password", "_registered", "_timer", "state", "wire")
+    __slots__ = ("_cap_negotiating", "_framer", "_nick", "_password", "_registered", "state", "wire")
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
@@ -393,17 +389,16 @@ class IRCProtocol(Protocol):
         self._cap_negotiating = False
         self._nick = ""  # asked for before registration
         self._password: str | None = None
-        self._timer: threading.Timer | None = None
         self.state = IRCState()
         client.data["irc"] = self.state
 
     # -- the engine's calls --
 
     def connection_made(self) -> None:
-        # Not admitted yet: that waits for NICK, USER (and CAP END).
-        self._timer = threading.Timer(REGISTRATION_TIMEOUT, self._registration_expired)
-        self._timer.daemon = True
-        self._timer.start()
+        """Nothing yet: admission waits for NICK, USER (and CAP END). The
+        engine's sweeper closes a connection still unregistered after
+        ``--login-timeout``, with ``ERROR`` (no thread of our own per
+        waiting connection)."""
 
     def data_received(self, data: bytes) -> None:
         client = self.client
@@ -425,10 +420,6 @@ class IRCProtocol(Protocol):
                     return
                 self.handle(*parsed)
 
-    def connection_lost(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
     # -- output --
 
     @property
@@ -440,11 +431,6 @@ class IRCProtocol(Protocol):
 
     def reply(self, code: str, *params: str) -> None:
         self.send([self.wire.numeric(self.nick, code, *params)])
-
-    def _registration_expired(self) -> None:  # on the timer's thread
-        if not self._registered and not self.client.closed:
-            self.send([irc_line(None, "ERROR", "Closing Link: registration timed out")])
-            self.client.disconnect("registration timed out", tell=False)
 
     # -- input --
 
@@ -540,8 +526,6 @@ class IRCProtocol(Protocol):
             self._nick = ""
             return
         self._registered = True
-        if self._timer is not None:
-            self._timer.cancel()
 
     # -- nicknames --
 

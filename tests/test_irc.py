@@ -4,6 +4,7 @@ test_irc_clients.py."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import ssl
@@ -16,7 +17,6 @@ from pathlib import Path
 import pytest
 import trustme
 
-import chatcore.plugins.irc
 from chatcore.engine.server import ChatServer
 from chatcore.events import Chat
 from chatcore.plugins.irc import IRCFormat, parse, text_lines
@@ -189,14 +189,39 @@ def test_a_nickname_taken_or_invalid_gets_433_or_432_and_the_client_tries_again(
     assert server.registry.find("alice2") is not None
 
 
-def test_a_connection_that_never_registers_is_closed(chat_server_factory, connect, monkeypatch):
-    monkeypatch.setattr(chatcore.plugins.irc, "REGISTRATION_TIMEOUT", 0.3)
-    server = start(chat_server_factory)
+def test_a_connection_that_never_registers_is_closed_after_the_login_timeout(chat_server_factory, connect):
+    server = start(chat_server_factory, "--login-timeout", "0.3")
     irc = connect(server)
+    irc.send("CAP LS 302")
     irc.send("NICK lazy")
-    assert irc.wait_closed() == ["ERROR :Closing Link: registration timed out"]
+    irc.send("USER lazy 0 * :Lazy")  # but never CAP END
+    assert irc.wait_closed() == [
+        ":chatcore CAP * LS :",
+        "ERROR :Closing Link: disconnected: not logged in within 0.3 seconds; connect and log in again",
+    ]
     assert server.registry.find("lazy") is None
     wait_for(lambda: not server.connections, message="the connection forgotten")
+
+
+def os_threads() -> int:
+    """This process's threads, as the kernel counts them (connection threads
+    have no threading.Thread: threading.active_count() misses them)."""
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_connections_waiting_for_cap_end_hold_one_thread_each(chat_server_factory, connect):
+    # Each held a timer thread besides its reader: 40 waiting cost 80 threads.
+    server = start(chat_server_factory)
+    before = os_threads()
+    waiting = [connect(server) for _ in range(10)]
+    for number, irc in enumerate(waiting):
+        irc.send("CAP LS 302")
+        irc.send(f"NICK waiting{number}")
+        irc.send(f"USER waiting{number} 0 * :Waiting")
+        irc.sync()  # its thread has handled all three
+    assert os_threads() - before == len(waiting)
+    assert not server.registry.find("waiting0")
 
 
 def test_quit_before_registration_is_answered_with_error(chat_server_factory, connect):
