@@ -77,7 +77,14 @@ MAX_INPUT = 8191 + MAX_LINE
 #: The nickname and room rules are chatcore's (chatcore.plugins.commands).
 NICKLEN = 32
 CHANNELLEN = 33  # "#" and a room name
+#: Reasons and away texts, in UTF-8 bytes (InspIRCd's ``<limits>``
+#: defaults); KICKLEN and AWAYLEN are advertised in 005, QUIT and PART have
+#: no token. Whatever their source (an IRC client, a native user's 4 KB
+#: ``/quit``, the cluster), they are cut to these when shown to IRC clients.
 AWAYLEN = 200
+KICKLEN = 255
+QUITLEN = 255
+PARTLEN = 255
 #: Targets in one ISON or USERHOST.
 MAX_TARGETS = 20
 STARTED = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -110,21 +117,42 @@ def irc_line(prefix: str | None, command: str, *params: str) -> str:
     return " ".join(parts)
 
 
+def _boundary(data: bytes, limit: int) -> int:
+    """The longest prefix of UTF-8 ``data`` within ``limit`` bytes that ends
+    on a character boundary: its length."""
+    if len(data) <= limit:
+        return len(data)
+    cut = limit
+    while cut and (data[cut] & 0xC0) == 0x80:  # a UTF-8 continuation byte: not a boundary
+        cut -= 1
+    return cut
+
+
+def truncated(text: str, limit: int) -> str:
+    """``text`` within ``limit`` UTF-8 bytes, cut on a character boundary."""
+    data = text.encode("utf-8", "replace")
+    return data[: _boundary(data, limit)].decode("utf-8")
+
+
+#: Text room left on a line whose head is absurdly long (a hostile nickname
+#: from the cluster): enough to end the split below; _encode cuts the rest.
+_MIN_TEXT_BUDGET = 64
+
+
 def text_lines(head: str, text: str, before: str = "", after: str = "") -> list[str]:
     """``head`` + ``:`` + ``text`` as lines of at most 512 bytes with CR LF,
     ``text`` split on character boundaries (``before``/``after`` wrap each
     part: the CTCP ACTION markers)."""
     head = f"{head} :{before}"
-    budget = MAX_LINE - 2 - len(head.encode("utf-8")) - len(after.encode("utf-8"))
-    data = text.encode("utf-8")
+    budget = MAX_LINE - 2 - len(head.encode("utf-8", "replace")) - len(after.encode("utf-8"))
+    budget = max(budget, _MIN_TEXT_BUDGET)
+    data = text.encode("utf-8", "replace")
     parts: list[str] = []
     while True:
         if len(data) <= budget:
             parts.append(data.decode("utf-8"))
             break
-        cut = budget
-        while cut and (data[cut] & 0xC0) == 0x80:  # a UTF-8 continuation byte: not a boundary
-            cut -= 1
+        cut = _boundary(data, budget)
         # A space near the end is a kinder place to split.
         space = data.rfind(b" ", budget * 3 // 4, cut)
         if space > 0:
@@ -134,8 +162,27 @@ def text_lines(head: str, text: str, before: str = "", after: str = "") -> list[
     return [f"{head}{part}{after}" for part in parts]
 
 
+#: CR, LF and NUL end or cut an IRC line (RFC 1459 2.3.1): never inside one.
+_LINE_BREAKERS = re.compile("[\r\n\0]")
+
+
 def _encode(lines: Iterable[str]) -> bytes:
-    return "".join(line + "\r\n" for line in lines).encode("utf-8")
+    """Lines as the bytes sent: every line the front-end sends passes here.
+
+    Defends against line injection (a forged ``:admin!... PRIVMSG`` that a
+    client reads as a line of its own), whatever the text's source: a line
+    is at most 512 bytes with its CR LF, cut on a UTF-8 character boundary
+    (a client reading 512-byte lines would take the rest as a new line), it
+    holds no CR, LF or NUL, and it is valid UTF-8 (a lone surrogate from
+    the cluster becomes ``?``).
+    """
+    out = []
+    for line in lines:
+        # Three scans in C first: the usual line needs no regex.
+        safe = _LINE_BREAKERS.sub(" ", line) if "\r" in line or "\n" in line or "\0" in line else line
+        data = safe.encode("utf-8", "replace")
+        out.append(data[: _boundary(data, MAX_LINE - 2)] + b"\r\n")
+    return b"".join(out)
 
 
 # -- rendering ------------------------------------------------------------------
@@ -147,7 +194,7 @@ def _quit_text(reason: str) -> str:
         return "Quit"
     if reason in ("connection closed", "connection lost", "slow consumer", "server shutting down"):
         return reason.capitalize()
-    return f"Quit: {reason}"
+    return f"Quit: {truncated(reason, QUITLEN)}"
 
 
 class IRCFormat(WireFormat):
@@ -189,6 +236,7 @@ class IRCFormat(WireFormat):
                 closing = irc_line(None, "ERROR", f"Closing Link: {event.text}")
                 if client.kicked_by:  # the kicked user's client shows the KICK as IRC clients do, then goes
                     words = event.text.removeprefix("disconnected: " + kick_text(client.kicked_by, ""))
+                    words = truncated(words, KICKLEN)
                     kick = irc_line(self.mask(client.kicked_by), "KICK", channel(client.room), client.nick, words)
                     return _encode([kick, closing])
                 return _encode([closing])
@@ -238,10 +286,11 @@ class IRCFormat(WireFormat):
             return [irc_line(self.mask(event.nick), "JOIN", target)]
         if isinstance(event, Left):
             if event.kicked_by:  # an operator's kick: IRC clients show who and why
-                return [irc_line(self.mask(event.kicked_by), "KICK", target, event.nick, event.kick_reason)]
+                reason = truncated(event.kick_reason, KICKLEN)
+                return [irc_line(self.mask(event.kicked_by), "KICK", target, event.nick, reason)]
             if event.disconnected:
                 return [irc_line(self.mask(event.nick), "QUIT", _quit_text(event.reason))]
-            return [irc_line(self.mask(event.nick), "PART", target, event.reason)]
+            return [irc_line(self.mask(event.nick), "PART", target, truncated(event.reason, PARTLEN))]
         if isinstance(event, NickChanged):
             # Renamed already: the registry knows the new nickname.
             user = self.username_of(event.new_nick) or event.nick
@@ -270,6 +319,7 @@ class IRCFormat(WireFormat):
                 "CHANMODES=b,,,nt",
                 f"CHANNELLEN={CHANNELLEN}",
                 "CHANTYPES=#",
+                f"KICKLEN={KICKLEN}",
                 f"NETWORK={self.network}",
                 f"NICKLEN={NICKLEN}",
                 "PREFIX=(ov)@+",
@@ -611,7 +661,8 @@ class IRCProtocol(Protocol):
                     "JOIN another channel to leave it"
                 )
             else:
-                self._move(default, clean(params[1]) if len(params) > 1 and clean(params[1]) else f"joined {default}")
+                reason = truncated(clean(params[1]), PARTLEN) if len(params) > 1 else ""
+                self._move(default, reason or f"joined {default}")
 
     def names(self, params: list[str]) -> None:
         client = self.client
@@ -791,7 +842,7 @@ class IRCProtocol(Protocol):
         self.reply("302", " ".join(answers))
 
     def away(self, params: list[str]) -> None:
-        text = clean(params[0])[:AWAYLEN] if params else ""
+        text = truncated(clean(params[0]), AWAYLEN) if params else ""
         if text:
             self.state.away = text
             self.reply("306", "You have been marked as being away")
@@ -874,7 +925,7 @@ class IRCProtocol(Protocol):
         if operator_name(client) is None:
             self.reply("482", name, "You're not channel operator: log in with OPER name password")
             return
-        reason = clean(params[2]) if len(params) > 2 else ""
+        reason = truncated(clean(params[2]), KICKLEN) if len(params) > 2 else ""
         for nick in params[1].split(",")[:MAX_TARGETS]:
             target = registry.find(nick)
             if target is None or target.closed:
@@ -897,7 +948,7 @@ class IRCProtocol(Protocol):
         if target is None or target.closed:
             self.reply("401", params[0], "No such nick/channel")
             return
-        self._kick(target, clean(params[1]) if len(params) > 1 else "")
+        self._kick(target, truncated(clean(params[1]), KICKLEN) if len(params) > 1 else "")
 
     def _kick(self, target: Client, reason: str) -> None:
         client = self.client
@@ -921,7 +972,7 @@ class IRCProtocol(Protocol):
         self.send(self.wire.motd_lines(self.client.nick, self.client.server.hooks.welcome(self.client)))
 
     def quit(self, params: list[str]) -> None:
-        text = clean(params[0]) if params else ""
+        text = truncated(clean(params[0]), QUITLEN) if params else ""
         client = self.client
         self.send(
             [irc_line(None, "ERROR", f"Closing Link: {client.nick or '*'}[{HOST}] ({_quit_text(text or 'quit')})")]
