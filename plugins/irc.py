@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -78,10 +77,14 @@ MAX_INPUT = 8191 + MAX_LINE
 #: The nickname and room rules are chatcore's (chatcore.plugins.commands).
 NICKLEN = 32
 CHANNELLEN = 33  # "#" and a room name
+#: Reasons and away texts, in UTF-8 bytes (InspIRCd's ``<limits>``
+#: defaults); KICKLEN and AWAYLEN are advertised in 005, QUIT and PART have
+#: no token. Whatever their source (an IRC client, a native user's 4 KB
+#: ``/quit``, the cluster), they are cut to these when shown to IRC clients.
 AWAYLEN = 200
-#: How long a connection may take to register: an unregistered connection
-#: holds a thread and a slot, so one that never registers is closed.
-REGISTRATION_TIMEOUT = 60.0
+KICKLEN = 255
+QUITLEN = 255
+PARTLEN = 255
 #: Targets in one ISON or USERHOST.
 MAX_TARGETS = 20
 STARTED = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -114,21 +117,42 @@ def irc_line(prefix: str | None, command: str, *params: str) -> str:
     return " ".join(parts)
 
 
+def _boundary(data: bytes, limit: int) -> int:
+    """The longest prefix of UTF-8 ``data`` within ``limit`` bytes that ends
+    on a character boundary: its length."""
+    if len(data) <= limit:
+        return len(data)
+    cut = limit
+    while cut and (data[cut] & 0xC0) == 0x80:  # a UTF-8 continuation byte: not a boundary
+        cut -= 1
+    return cut
+
+
+def truncated(text: str, limit: int) -> str:
+    """``text`` within ``limit`` UTF-8 bytes, cut on a character boundary."""
+    data = text.encode("utf-8", "replace")
+    return data[: _boundary(data, limit)].decode("utf-8")
+
+
+#: Text room left on a line whose head is absurdly long (a hostile nickname
+#: from the cluster): enough to end the split below; _encode cuts the rest.
+_MIN_TEXT_BUDGET = 64
+
+
 def text_lines(head: str, text: str, before: str = "", after: str = "") -> list[str]:
     """``head`` + ``:`` + ``text`` as lines of at most 512 bytes with CR LF,
     ``text`` split on character boundaries (``before``/``after`` wrap each
     part: the CTCP ACTION markers)."""
     head = f"{head} :{before}"
-    budget = MAX_LINE - 2 - len(head.encode("utf-8")) - len(after.encode("utf-8"))
-    data = text.encode("utf-8")
+    budget = MAX_LINE - 2 - len(head.encode("utf-8", "replace")) - len(after.encode("utf-8"))
+    budget = max(budget, _MIN_TEXT_BUDGET)
+    data = text.encode("utf-8", "replace")
     parts: list[str] = []
     while True:
         if len(data) <= budget:
             parts.append(data.decode("utf-8"))
             break
-        cut = budget
-        while cut and (data[cut] & 0xC0) == 0x80:  # a UTF-8 continuation byte: not a boundary
-            cut -= 1
+        cut = _boundary(data, budget)
         # A space near the end is a kinder place to split.
         space = data.rfind(b" ", budget * 3 // 4, cut)
         if space > 0:
@@ -138,8 +162,27 @@ def text_lines(head: str, text: str, before: str = "", after: str = "") -> list[
     return [f"{head}{part}{after}" for part in parts]
 
 
+#: CR, LF and NUL end or cut an IRC line (RFC 1459 2.3.1): never inside one.
+_LINE_BREAKERS = re.compile("[\r\n\0]")
+
+
 def _encode(lines: Iterable[str]) -> bytes:
-    return "".join(line + "\r\n" for line in lines).encode("utf-8")
+    """Lines as the bytes sent: every line the front-end sends passes here.
+
+    Defends against line injection (a forged ``:admin!... PRIVMSG`` that a
+    client reads as a line of its own), whatever the text's source: a line
+    is at most 512 bytes with its CR LF, cut on a UTF-8 character boundary
+    (a client reading 512-byte lines would take the rest as a new line), it
+    holds no CR, LF or NUL, and it is valid UTF-8 (a lone surrogate from
+    the cluster becomes ``?``).
+    """
+    out = []
+    for line in lines:
+        # Three scans in C first: the usual line needs no regex.
+        safe = _LINE_BREAKERS.sub(" ", line) if "\r" in line or "\n" in line or "\0" in line else line
+        data = safe.encode("utf-8", "replace")
+        out.append(data[: _boundary(data, MAX_LINE - 2)] + b"\r\n")
+    return b"".join(out)
 
 
 # -- rendering ------------------------------------------------------------------
@@ -151,7 +194,7 @@ def _quit_text(reason: str) -> str:
         return "Quit"
     if reason in ("connection closed", "connection lost", "slow consumer", "server shutting down"):
         return reason.capitalize()
-    return f"Quit: {reason}"
+    return f"Quit: {truncated(reason, QUITLEN)}"
 
 
 class IRCFormat(WireFormat):
@@ -193,6 +236,7 @@ class IRCFormat(WireFormat):
                 closing = irc_line(None, "ERROR", f"Closing Link: {event.text}")
                 if client.kicked_by:  # the kicked user's client shows the KICK as IRC clients do, then goes
                     words = event.text.removeprefix("disconnected: " + kick_text(client.kicked_by, ""))
+                    words = truncated(words, KICKLEN)
                     kick = irc_line(self.mask(client.kicked_by), "KICK", channel(client.room), client.nick, words)
                     return _encode([kick, closing])
                 return _encode([closing])
@@ -242,10 +286,11 @@ class IRCFormat(WireFormat):
             return [irc_line(self.mask(event.nick), "JOIN", target)]
         if isinstance(event, Left):
             if event.kicked_by:  # an operator's kick: IRC clients show who and why
-                return [irc_line(self.mask(event.kicked_by), "KICK", target, event.nick, event.kick_reason)]
+                reason = truncated(event.kick_reason, KICKLEN)
+                return [irc_line(self.mask(event.kicked_by), "KICK", target, event.nick, reason)]
             if event.disconnected:
                 return [irc_line(self.mask(event.nick), "QUIT", _quit_text(event.reason))]
-            return [irc_line(self.mask(event.nick), "PART", target, event.reason)]
+            return [irc_line(self.mask(event.nick), "PART", target, truncated(event.reason, PARTLEN))]
         if isinstance(event, NickChanged):
             # Renamed already: the registry knows the new nickname.
             user = self.username_of(event.new_nick) or event.nick
@@ -274,6 +319,7 @@ class IRCFormat(WireFormat):
                 "CHANMODES=b,,,nt",
                 f"CHANNELLEN={CHANNELLEN}",
                 "CHANTYPES=#",
+                f"KICKLEN={KICKLEN}",
                 f"NETWORK={self.network}",
                 f"NICKLEN={NICKLEN}",
                 "PREFIX=(ov)@+",
@@ -382,7 +428,7 @@ Handler = Callable[["IRCProtocol", list[str]], None]
 class IRCProtocol(Protocol):
     """One IRC connection: registration, then commands (docs/irc.md)."""
 
-    __slots__ = ("_cap_negotiating", "_framer", "_nick", "_password", "_registered", "_timer", "state", "wire")
+    __slots__ = ("_cap_negotiating", "_framer", "_nick", "_password", "_registered", "state", "wire")
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
@@ -393,17 +439,16 @@ class IRCProtocol(Protocol):
         self._cap_negotiating = False
         self._nick = ""  # asked for before registration
         self._password: str | None = None
-        self._timer: threading.Timer | None = None
         self.state = IRCState()
         client.data["irc"] = self.state
 
     # -- the engine's calls --
 
     def connection_made(self) -> None:
-        # Not admitted yet: that waits for NICK, USER (and CAP END).
-        self._timer = threading.Timer(REGISTRATION_TIMEOUT, self._registration_expired)
-        self._timer.daemon = True
-        self._timer.start()
+        """Nothing yet: admission waits for NICK, USER (and CAP END). The
+        engine's sweeper closes a connection still unregistered after
+        ``--login-timeout``, with ``ERROR`` (no thread of our own per
+        waiting connection)."""
 
     def data_received(self, data: bytes) -> None:
         client = self.client
@@ -425,10 +470,6 @@ class IRCProtocol(Protocol):
                     return
                 self.handle(*parsed)
 
-    def connection_lost(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
     # -- output --
 
     @property
@@ -440,11 +481,6 @@ class IRCProtocol(Protocol):
 
     def reply(self, code: str, *params: str) -> None:
         self.send([self.wire.numeric(self.nick, code, *params)])
-
-    def _registration_expired(self) -> None:  # on the timer's thread
-        if not self._registered and not self.client.closed:
-            self.send([irc_line(None, "ERROR", "Closing Link: registration timed out")])
-            self.client.disconnect("registration timed out", tell=False)
 
     # -- input --
 
@@ -540,8 +576,6 @@ class IRCProtocol(Protocol):
             self._nick = ""
             return
         self._registered = True
-        if self._timer is not None:
-            self._timer.cancel()
 
     # -- nicknames --
 
@@ -627,7 +661,8 @@ class IRCProtocol(Protocol):
                     "JOIN another channel to leave it"
                 )
             else:
-                self._move(default, clean(params[1]) if len(params) > 1 and clean(params[1]) else f"joined {default}")
+                reason = truncated(clean(params[1]), PARTLEN) if len(params) > 1 else ""
+                self._move(default, reason or f"joined {default}")
 
     def names(self, params: list[str]) -> None:
         client = self.client
@@ -807,7 +842,7 @@ class IRCProtocol(Protocol):
         self.reply("302", " ".join(answers))
 
     def away(self, params: list[str]) -> None:
-        text = clean(params[0])[:AWAYLEN] if params else ""
+        text = truncated(clean(params[0]), AWAYLEN) if params else ""
         if text:
             self.state.away = text
             self.reply("306", "You have been marked as being away")
@@ -890,7 +925,7 @@ class IRCProtocol(Protocol):
         if operator_name(client) is None:
             self.reply("482", name, "You're not channel operator: log in with OPER name password")
             return
-        reason = clean(params[2]) if len(params) > 2 else ""
+        reason = truncated(clean(params[2]), KICKLEN) if len(params) > 2 else ""
         for nick in params[1].split(",")[:MAX_TARGETS]:
             target = registry.find(nick)
             if target is None or target.closed:
@@ -913,7 +948,7 @@ class IRCProtocol(Protocol):
         if target is None or target.closed:
             self.reply("401", params[0], "No such nick/channel")
             return
-        self._kick(target, clean(params[1]) if len(params) > 1 else "")
+        self._kick(target, truncated(clean(params[1]), KICKLEN) if len(params) > 1 else "")
 
     def _kick(self, target: Client, reason: str) -> None:
         client = self.client
@@ -937,7 +972,7 @@ class IRCProtocol(Protocol):
         self.send(self.wire.motd_lines(self.client.nick, self.client.server.hooks.welcome(self.client)))
 
     def quit(self, params: list[str]) -> None:
-        text = clean(params[0]) if params else ""
+        text = truncated(clean(params[0]), QUITLEN) if params else ""
         client = self.client
         self.send(
             [irc_line(None, "ERROR", f"Closing Link: {client.nick or '*'}[{HOST}] ({_quit_text(text or 'quit')})")]

@@ -304,15 +304,17 @@ def log_in(client: Client, name: str, password: str) -> bool:
     check behind ``/oper`` and IRC's ``OPER``, which tell the client each in
     their own way. On the client's own thread: a failure sleeps there.
 
-    Defends against guessing: an unknown name costs the same scrypt time as
-    a known one, each failure is logged with the address (never the
+    Defends against guessing: an unknown name takes as long as a known one
+    (:func:`~chatcore.engine.auth.dummy_for`), each failure is logged with the address (never the
     password) and slows this connection more, and the third closes it.
     """
     state = _state(client.server)
     where = format_address(*client.address)
     stored = state.operators.get(name)
-    # A made-up hash for unknown names, so they take as long as real ones.
-    if auth.verify_password(stored or _DUMMY_HASH, password) and stored is not None:
+    # An unknown name is checked against a made-up entry as costly as the
+    # file's real ones, so that timing does not tell which names exist.
+    expected = stored if stored is not None else auth.dummy_for(state.operators.values())
+    if auth.verify_password(expected, password) and stored is not None:
         was = operator_name(client)
         client.data.setdefault(NAME, {})["oper"] = name
         log.warning("operator %s logged in: %s from %s", name, client.nick, where)
@@ -341,9 +343,6 @@ def log_out(client: Client) -> None:
         log.warning("operator %s logged out: %s", name, client.nick)
         if client.room:
             client.server.publish(OperatorChanged(client.room, nick=client.nick, operator=False), exclude=client)
-
-
-_DUMMY_HASH = auth.hash_password("not an operator", salt=b"chatcore-dummy!!")
 
 
 def _target(client: Client, nick: str) -> Client | None:

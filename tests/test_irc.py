@@ -4,6 +4,7 @@ test_irc_clients.py."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import ssl
@@ -12,13 +13,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trustme
 
-import chatcore.plugins.irc
+from chatcore import events
 from chatcore.engine.server import ChatServer
-from chatcore.events import Chat
+from chatcore.events import Chat, Left, kick_text
 from chatcore.plugins.irc import IRCFormat, parse, text_lines
 from chatcore.testing import LineClient, ServerFactory, wait_for
 
@@ -189,14 +191,39 @@ def test_a_nickname_taken_or_invalid_gets_433_or_432_and_the_client_tries_again(
     assert server.registry.find("alice2") is not None
 
 
-def test_a_connection_that_never_registers_is_closed(chat_server_factory, connect, monkeypatch):
-    monkeypatch.setattr(chatcore.plugins.irc, "REGISTRATION_TIMEOUT", 0.3)
-    server = start(chat_server_factory)
+def test_a_connection_that_never_registers_is_closed_after_the_login_timeout(chat_server_factory, connect):
+    server = start(chat_server_factory, "--login-timeout", "0.3")
     irc = connect(server)
+    irc.send("CAP LS 302")
     irc.send("NICK lazy")
-    assert irc.wait_closed() == ["ERROR :Closing Link: registration timed out"]
+    irc.send("USER lazy 0 * :Lazy")  # but never CAP END
+    assert irc.wait_closed() == [
+        ":chatcore CAP * LS :",
+        "ERROR :Closing Link: disconnected: not logged in within 0.3 seconds; connect and log in again",
+    ]
     assert server.registry.find("lazy") is None
     wait_for(lambda: not server.connections, message="the connection forgotten")
+
+
+def os_threads() -> int:
+    """This process's threads, as the kernel counts them (connection threads
+    have no threading.Thread: threading.active_count() misses them)."""
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_connections_waiting_for_cap_end_hold_one_thread_each(chat_server_factory, connect):
+    # Each held a timer thread besides its reader: 40 waiting cost 80 threads.
+    server = start(chat_server_factory)
+    before = os_threads()
+    waiting = [connect(server) for _ in range(10)]
+    for number, irc in enumerate(waiting):
+        irc.send("CAP LS 302")
+        irc.send(f"NICK waiting{number}")
+        irc.send(f"USER waiting{number} 0 * :Waiting")
+        irc.sync()  # its thread has handled all three
+    assert os_threads() - before == len(waiting)
+    assert not server.registry.find("waiting0")
 
 
 def test_quit_before_registration_is_answered_with_error(chat_server_factory, connect):
@@ -451,6 +478,24 @@ def test_long_native_lines_are_split_into_512_byte_lines_on_character_boundaries
     assert "".join(action[8:-1] for action in actions) == ("ab " * 400).strip()
 
 
+def test_a_native_quit_padded_to_forge_a_line_reaches_irc_clients_as_one_short_line(
+    chat_server_factory, connect, natives
+):
+    # A client that reads 512-byte lines (ii) took byte 512 on as a line of its own.
+    server = start(chat_server_factory)
+    bob = native(server, natives, "bob")
+    carol = native(server, natives, "carol")
+    alice = register(connect, server, "alice")
+    head = ":bob!bob@chatcore QUIT :Quit: "
+    bob.send("/quit " + "x" * (512 - len(head)) + FORGED + " " + "y" * 3000)
+    carol.send("after the quit")
+    seen = []
+    while (line := alice.readline()) != ":carol!carol@chatcore PRIVMSG #lobby :after the quit":
+        seen.append(line)
+    assert seen == [head + "x" * 255]  # QUITLEN: the reason is cut to 255 bytes
+    assert len(seen[0].encode()) + 2 <= 512
+
+
 def test_lf_and_crlf_are_accepted_formatting_is_stripped_and_bad_input_loses_nothing(
     chat_server_factory, connect, natives
 ):
@@ -529,6 +574,75 @@ def test_text_lines_fit_512_bytes():
 def test_the_format_renders_room_events_once_as_irc_lines():
     event = Chat("lobby", nick="bob", text="hi")
     assert IRCFormat().encode(event) == b":bob!bob@chatcore PRIVMSG #lobby :hi\r\n"
+
+
+FORGED = ":admin!admin@chatcore PRIVMSG #lobby :forged"
+#: A field no sane source sends: long, line breaks, NUL, a forged line, every
+#: UTF-8 width at the cuts, and a lone surrogate (not encodable as UTF-8).
+HOSTILE = "é€𝄞x" * 700 + "\r\n" + FORGED + "\n" + FORGED + "\r" + FORGED + "\x00" + FORGED + "\ud800"
+
+
+def hostile_events() -> list[events.Event]:
+    room_events: list[events.RoomEvent] = [
+        Chat(HOSTILE, nick=HOSTILE, text=HOSTILE),
+        events.Action("lobby", nick=HOSTILE, text=HOSTILE),
+        events.Joined(HOSTILE, nick=HOSTILE),
+        Left("lobby", nick=HOSTILE, reason=HOSTILE),
+        Left("lobby", nick="bob", reason=HOSTILE, disconnected=False),
+        Left("lobby", nick="bob", reason=kick_text(HOSTILE, HOSTILE), kicked_by=HOSTILE),
+        events.NickChanged("lobby", nick=HOSTILE, new_nick=HOSTILE),
+        events.RoomNotice(HOSTILE, text=HOSTILE),
+        events.OperatorChanged(HOSTILE, nick=HOSTILE),
+    ]
+    return [
+        *room_events,
+        events.Notice(HOSTILE),
+        events.Welcome((HOSTILE, HOSTILE)),
+        events.Error(HOSTILE),
+        events.Error("disconnected: " + kick_text(HOSTILE, HOSTILE)),
+        events.PrivateMessage(HOSTILE, HOSTILE, HOSTILE),
+        events.Replay(HOSTILE, tuple(room_events)),
+        events.Members(HOSTILE, (HOSTILE, "bob", HOSTILE)),
+        events.RoomList(((HOSTILE, 3), ("lobby", 1))),
+    ]
+
+
+def assert_safe_irc_lines(data: bytes) -> list[bytes]:
+    """Every line at most 512 bytes with its CR LF, valid UTF-8, and no CR,
+    LF or NUL inside; the lines."""
+    assert data.endswith(b"\r\n")
+    lines = data[:-2].split(b"\r\n")
+    for line in lines:
+        assert len(line) + 2 <= 512, line
+        assert not re.search(rb"[\r\n\0]", line), line
+        line.decode("utf-8")  # raises if a cut split a character
+        assert not line.startswith(b":admin!"), line
+    return lines
+
+
+@pytest.mark.parametrize("named", [False, True])
+@pytest.mark.parametrize("kicked", [False, True])
+def test_every_event_renders_as_safe_irc_lines_whatever_its_fields(named, kicked):
+    wire = IRCFormat()
+    server = SimpleNamespace(nicks_in=lambda room: [HOSTILE, "bob"])
+    client = SimpleNamespace(
+        nick=HOSTILE if named else "", room=HOSTILE, kicked_by=HOSTILE if kicked else None, server=server
+    )
+    for event in hostile_events():
+        data = wire.encode_for(client, event)  # type: ignore[arg-type]
+        if data:
+            assert_safe_irc_lines(data)
+
+
+def test_reasons_are_cut_to_their_limits_whatever_their_source():
+    wire = IRCFormat()
+    reason = "é" * 1000
+    quit_ = wire.encode(Left("lobby", nick="bob", reason=reason))
+    assert quit_ == b":bob!bob@chatcore QUIT :Quit: " + ("é" * 127).encode() + b"\r\n"  # 254 of 255 bytes
+    part = wire.encode(Left("lobby", nick="bob", reason="p" * 1000, disconnected=False))
+    assert part == b":bob!bob@chatcore PART #lobby :" + b"p" * 255 + b"\r\n"
+    kick = wire.encode(Left("lobby", nick="bob", reason=kick_text("alice", "k" * 1000), kicked_by="alice"))
+    assert kick == b":alice!alice@chatcore KICK #lobby bob :" + b"k" * 255 + b"\r\n"
 
 
 def test_an_unregistered_connection_takes_no_nickname_and_no_room(chat_server_factory, connect):

@@ -286,6 +286,27 @@ def test_the_ii_client_end_to_end(server, bob, tmp_path):
         ii.stop()
 
 
+def test_ii_shows_no_line_forged_by_a_long_quit_reason(server, bob, tmp_path):
+    # ii reads lines of at most 512 bytes: what a longer line had from byte
+    # 512 on was a line of its own, here a message "from" admin.
+    ii = II(server.addresses["irc"], "iiuser", tmp_path)
+    carol = LineClient(server.addresses["tcp"])
+    try:
+        lobby = ii.root / "#lobby"
+        ii.wait_out(lobby / "out", r"iiuser\(iiuser@chatcore\) has joined #lobby")
+        carol.sync()
+        head = ":bob!bob@chatcore QUIT :Quit: "
+        bob.send("/quit " + "x" * (512 - len(head)) + ":admin!admin@chatcore PRIVMSG #lobby :forged by bob")
+        carol.send("after the quit")
+        ii.wait_out(lobby / "out", r"> after the quit$")
+        shown = (lobby / "out").read_text(encoding="utf-8")
+        assert "admin" not in shown
+        assert "forged" not in shown
+    finally:
+        carol.close()
+        ii.stop()
+
+
 # -- WeeChat, a terminal IRC client, headless -----------------------------------------------
 
 

@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from chatcore.engine.auth import hash_password
+from chatcore.engine import auth
+from chatcore.engine.auth import hash_password, is_hash
 from chatcore.plugins import opers
 from chatcore.plugins.opers import operator_name, parse_duration
 from chatcore.testing import LineClient, ServerProcess, wait_for
@@ -250,3 +251,47 @@ def test_help_lists_operator_commands_to_operators_only(chat_server_factory, con
     shown = help_lines()
     for command in ("/oper NAME PASSWORD", "/kick NICK", "/ban NICK", "/bans", "/mute NICK", "/unmute NICK"):
         assert any(command in line for line in shown), (command, shown)
+
+
+def scheme(stored: str) -> list[str]:
+    """A stored password's kind and cost: ``scrypt``, N, r and p, or plain text."""
+    return stored.split("$")[:4] if is_hash(stored) else ["plain text"]
+
+
+CHEAP_HASH = "scrypt$1024$8$1$c2FsdHNhbHRzYWx0c2FsdA$" + "a2V5" * 10  # a real hash with a lower N
+
+
+@pytest.mark.usefixtures("fast_failures")
+@pytest.mark.parametrize(
+    "case",
+    [
+        (f"root {PASSWORD}\n", PASSWORD),
+        (f"root {CHEAP_HASH}\n", CHEAP_HASH),
+        (f"root {PASSWORD}\nother {CHEAP_HASH}\n", CHEAP_HASH),  # the costliest of the file's kinds
+    ],
+    ids=["plain", "hash", "mixed"],
+)
+def test_an_unknown_operator_name_is_checked_like_a_known_one(
+    chat_server_factory, connect, tmp_path, monkeypatch, case
+):
+    # Timing told names apart: an unknown one cost an scrypt hash where the
+    # file's passwords were plain text (46 to 65 ms more). No timing here:
+    # which check runs, and against what, is what makes the time.
+    entries, like = case
+    path = tmp_path / "opers"
+    path.write_text(entries, encoding="utf-8")
+    server = chat_server_factory("--opers-file", str(path))
+    checked: list[str] = []
+    verify = auth.verify_password
+
+    def spy(stored: str, given: str) -> bool:
+        checked.append(stored)
+        return verify(stored, given)
+
+    monkeypatch.setattr(auth, "verify_password", spy)
+    bob = connect(server, "bob")
+    bob.send("/oper nobody wrong")
+    assert bob.readline() == "! wrong operator name or password"
+    assert len(checked) == 1
+    assert scheme(checked[0]) == scheme(like)
+    assert checked[0] not in entries  # made up, never a real operator's

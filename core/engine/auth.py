@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import os
+from collections.abc import Iterable
 
 from chatcore.errors import UsageError
 
@@ -89,6 +90,32 @@ def verify_password(stored: str, given: str) -> bool:
         maxmem=MAX_SCRYPT_MEMORY + 2**20,
     )
     return hmac.compare_digest(expected, actual)
+
+
+def _cost(stored: str) -> int:
+    """How much work checking a password against ``stored`` takes, roughly:
+    scrypt's N*r*p for a hash, 0 for plain text."""
+    if not is_hash(stored):
+        return 0
+    n, r, p = (int(part) for part in stored.split("$")[1:4])
+    return n * r * p
+
+
+def dummy_for(stored: Iterable[str]) -> str:
+    """A stored password nobody knows, of the same kind and cost as the
+    costliest of ``stored`` (plain text if all are): what a login under an
+    unknown name is checked against.
+
+    Defends against learning which names exist from how long a failed login
+    takes (an unknown name answered at once, or checked with scrypt where
+    the real entries are plain text, would stand out).
+    """
+    costliest = max(stored, key=_cost, default="")
+    if not is_hash(costliest):  # compare_digest's time follows the given password's length alone
+        return _b64(os.urandom(SALT_BYTES))
+    _, n, r, p, salt, key = costliest.split("$")
+    # A random key: no password hashes to it, and none need be computed here.
+    return f"{PREFIX}${n}${r}${p}${_b64(os.urandom(len(_unb64(salt))))}${_b64(os.urandom(len(_unb64(key))))}"
 
 
 def read_password_file(path: str, option: str = "--password-file") -> str:
