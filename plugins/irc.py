@@ -50,7 +50,7 @@ from chatcore.events import (
 )
 from chatcore.message import Message
 from chatcore.plugins import opers
-from chatcore.plugins.commands import nick_problem, room_problem
+from chatcore.plugins.commands import leave_reason, nick_problem, room_problem
 from chatcore.plugins.opers import operator_name
 from chatcore.transports import Scheme
 from chatcore.wire import Protocol, WireFormat
@@ -627,7 +627,8 @@ class IRCProtocol(Protocol):
                     "JOIN another channel to leave it"
                 )
             else:
-                self._move(default, clean(params[1]) if len(params) > 1 and clean(params[1]) else f"joined {default}")
+                given = clean(params[1]) if len(params) > 1 else ""
+                self._move(default, leave_reason(client, given, f"joined {default}"))
 
     def names(self, params: list[str]) -> None:
         client = self.client
@@ -942,7 +943,7 @@ class IRCProtocol(Protocol):
         self.send(
             [irc_line(None, "ERROR", f"Closing Link: {client.nick or '*'}[{HOST}] ({_quit_text(text or 'quit')})")]
         )
-        client.disconnect(text or "quit", tell=False)
+        client.disconnect(leave_reason(client, text, "quit"), tell=False)
 
 
 _HANDLERS: dict[str, Handler] = {
