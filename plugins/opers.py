@@ -8,9 +8,10 @@ reasons, which pass the same chain: ``commands.leave_reason``). Without
 
 Defends against: a disruptive user (kick; mute, holding the nick and its
 address; ban by nick, address or network, enforced on the spot and at
-connect; bans and mutes surviving a restart with ``--bans-file``); guessing operator passwords (each failure is logged with
-the address, never the password, and slows the guesser's own thread; three
-close the connection); a stolen operators file (it holds scrypt hashes).
+connect; bans and mutes surviving a restart with ``--bans-file``);
+guessing operator passwords (each failure is logged with the address, never
+the password, and slows the guesser's own thread; three close the
+connection); a stolen operators file (it holds scrypt hashes).
 Everything an operator does is logged at WARNING with who did it.
 
 For plugin authors: :func:`operator_name` says whether a client is an
