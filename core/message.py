@@ -8,8 +8,10 @@ if TYPE_CHECKING:
     from chatcore.engine.connection import Client
 
 #: ``"chat"`` and ``"action"`` go to a room; ``"private"`` (``/msg``) goes to
-#: one client, :attr:`Message.recipient`.
-MessageKind = Literal["chat", "action", "private"]
+#: one client, :attr:`Message.recipient`; ``"leave"`` is the reason a client
+#: gives for leaving (``/quit``, IRC ``QUIT`` and ``PART``), shown to the room
+#: it leaves: filtered like the rest of what it says, never delivered as a message.
+MessageKind = Literal["chat", "action", "private", "leave"]
 
 
 class Message:
@@ -25,7 +27,8 @@ class Message:
     :ivar text: the text, already decoded and stripped of control characters.
     :ivar kind: ``"chat"`` for ``<nick> text``, ``"action"`` for
         ``* nick text`` (``/me``), ``"private"`` for ``*nick* text``
-        (``/msg``), seen only by :attr:`recipient`.
+        (``/msg``), seen only by :attr:`recipient`; ``"leave"`` for a leave
+        reason (``/quit REASON``): rejected, it is dropped, not the leave.
     :ivar recipient: the client a private message goes to; ``None`` for chat
         and actions.
     :ivar rejected: ``None``, or the reason a filter gave for rejecting it.

@@ -218,7 +218,7 @@ class TokenBucket(limits.TokenBucket):
 @hookimpl(specname="chatcore_message", tryfirst=True)
 def flood_control(message: Message) -> None:
     settings = _settings(message)
-    if settings.flood_rate is None:
+    if settings.flood_rate is None or message.kind == "leave":  # a leave is the client's last word, not a flood
         return
     client = message.sender
     now = time.monotonic()

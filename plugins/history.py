@@ -14,6 +14,15 @@ cluster's (``chatcore_room_history``): the same on every server, whoever said
 it where; this server's own record is the fallback while the cluster cannot
 be reached.
 
+Retention (defends against memory and disk growing with every room ever
+used: issue 23 #7): at most ``--history-lines`` per room, and at most
+``--history-max-bytes`` (UTF-8 bytes of nick and text) over all rooms, in
+memory and in the database each; past that the least recently active
+room's oldest lines go first. A room's history leaves memory when its last
+member here leaves (Ergo drops a channel's history with the channel):
+without ``--history-db`` it is gone, with it the database keeps the room's
+bounded copy and the next client to enter reads it back.
+
 ``--history-db FILE`` also keeps them in SQLite, so they survive a restart.
 The hot path only appends the event to the room's in-memory deque and puts
 a tuple on a queue; a background thread writes to the database in batches. The file is
@@ -42,6 +51,11 @@ log = logging.getLogger("chatcore.history")
 NAME = "history"
 DEFAULT_LINES = 20
 MAX_LINES = 10000
+#: Bytes of history (nick and text, UTF-8) kept over all rooms, in memory and
+#: in the database each: 200 rooms of 20 lines of 1 KB.
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+#: How long a client entering a room waits for the database's copy of it.
+LOAD_TIMEOUT = 2.0
 #: How long the start waits for a database another process has locked.
 OPEN_TIMEOUT = 2.0
 #: Lines written to the database in one transaction, at most.
@@ -69,6 +83,16 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="lines kept and replayed per room (default: %(default)s)",
     )
+    group.add_argument(
+        "--history-max-bytes",
+        type=whole_number(1024, 2**40),
+        default=DEFAULT_MAX_BYTES,
+        metavar="BYTES",
+        help=(
+            "history kept over all rooms, in memory and in --history-db each, counted as the UTF-8 bytes "
+            "of nick and text; the least recently active room's oldest lines go first (default: %(default)s)"
+        ),
+    )
     restart_only(
         group.add_argument(
             "--history-db",
@@ -81,20 +105,19 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
 @hookimpl
 def chatcore_configure(config: Config) -> None:
     options = config.options
-    store = HistoryStore.open(options.history_db, options.history_lines) if options.history_db else None
-    history = History(options.history_lines, store)
-    if store is not None:
-        for room, when, kind, nick, text in store.load():
-            history.remember(_KINDS[kind](room, nick=nick, text=text, time=when))
-    config.data[NAME] = history
+    store = None
+    if options.history_db:
+        store = HistoryStore.open(options.history_db, options.history_lines, options.history_max_bytes)
+    # Nothing is loaded now: a room's lines are read when a client enters it.
+    config.data[NAME] = History(options.history_lines, store, options.history_max_bytes)
 
 
 @hookimpl
 def chatcore_reload(server: ChatServer, old: argparse.Namespace, new: argparse.Namespace) -> Callable[[], None] | None:
-    if new.history_lines == old.history_lines:
+    if (new.history_lines, new.history_max_bytes) == (old.history_lines, old.history_max_bytes):
         return None
     history = _history(server)
-    return lambda: history.resize(new.history_lines)
+    return lambda: history.resize(new.history_lines, new.history_max_bytes)
 
 
 @hookimpl
@@ -125,6 +148,12 @@ def chatcore_client_joined(client: Client, room: str) -> None:
         client.send(Replay(room, tuple(events)))
 
 
+@hookimpl
+def chatcore_client_left(client: Client, room: str) -> None:
+    if not client.server.registry.members(room):
+        _history(client.server).forget(room)
+
+
 def _history(server: ChatServer) -> History:
     history: History = server.config.data[NAME]
     return history
@@ -133,26 +162,57 @@ def _history(server: ChatServer) -> History:
 _KINDS: dict[str, type[Chat] | type[Action]] = {"chat": Chat, "action": Action}
 
 
+def _size(event: Chat | Action) -> int:
+    """What an event counts against ``--history-max-bytes``."""
+    return len(event.nick.encode()) + len(event.text.encode())
+
+
 class History:
-    """The last events of every room, in memory, ready to replay.
+    """The last events of the rooms in use, in memory, ready to replay.
 
     Client threads add and replay concurrently; a lock guards the deques
-    (held for an append or a copy, nothing more).
+    (held for an append or a copy, nothing more). The rooms are kept least
+    recently active first, so the total budget drops from the front.
     """
 
-    def __init__(self, lines: int, store: HistoryStore | None) -> None:
+    def __init__(self, lines: int, store: HistoryStore | None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.lines = lines
         self.store = store
-        self._rooms: dict[str, collections.deque[RoomEvent]] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0  # counted by _size(), over every room in memory
+        self._rooms: dict[str, collections.deque[Chat | Action]] = {}
         self._lock = threading.Lock()
 
     def remember(self, event: Chat | Action) -> None:
-        """Keep an event in memory only (what the store had at start)."""
+        """Keep an event in memory only."""
         with self._lock:
-            events = self._rooms.get(event.room)
+            events = self._rooms.pop(event.room, None)  # re-inserted last: the most recently active
             if events is None:
-                events = self._rooms[event.room] = collections.deque(maxlen=self.lines)
+                events = collections.deque(maxlen=self.lines)
+            self._rooms[event.room] = events
+            if len(events) == events.maxlen:
+                self.bytes -= _size(events[0])  # pushed out by the append
             events.append(event)
+            self.bytes += _size(event)
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest lines of the least recently active rooms until
+        the total is within budget (the caller holds the lock)."""
+        while self.bytes > self.max_bytes and self._rooms:
+            room, events = next(iter(self._rooms.items()))
+            if events:
+                self.bytes -= _size(events.popleft())
+            if not events:
+                del self._rooms[room]
+
+    def forget(self, room: str) -> None:
+        """The room has no member here any more: free its lines (the
+        database, if any, keeps its copy)."""
+        with self._lock:
+            events = self._rooms.pop(room, None)
+            if events:
+                self.bytes -= sum(_size(event) for event in events)
 
     def add(self, event: Chat | Action) -> None:
         """An event was published: keep it, and queue it for the database."""
@@ -161,19 +221,36 @@ class History:
             kind = "chat" if type(event) is Chat else "action"
             self.store.put((event.room, event.time, kind, event.nick, event.text))
 
-    def resize(self, lines: int) -> None:
-        """Keep ``lines`` per room from now on (the newest, if fewer)."""
+    def resize(self, lines: int, max_bytes: int | None = None) -> None:
+        """Keep ``lines`` per room from now on (the newest, if fewer), and
+        ``max_bytes`` in all."""
         with self._lock:
             self.lines = lines
+            self.max_bytes = self.max_bytes if max_bytes is None else max_bytes
             self._rooms = {room: collections.deque(events, maxlen=lines) for room, events in self._rooms.items()}
+            self.bytes = sum(_size(event) for events in self._rooms.values() for event in events)
+            self._trim()
         if self.store is not None:
-            self.store.lines = lines  # read by the store's thread before each trim
+            # Read by the store's thread before each trim.
+            self.store.lines, self.store.max_bytes = lines, self.max_bytes
 
     def replay(self, room: str) -> list[RoomEvent]:
-        """The room's kept events, oldest first."""
+        """The room's kept events, oldest first; read from the database if
+        the room is not in memory (nobody was in it here)."""
         with self._lock:
             events = self._rooms.get(room)
-            return list(events) if events else []
+            if events is not None or self.store is None:
+                return list(events) if events else []
+        loaded = [
+            _KINDS[kind](room, nick=nick, text=text, time=when) for _, when, kind, nick, text in self.store.read(room)
+        ]
+        with self._lock:
+            events = self._rooms.get(room)
+            if events is None:  # else lines were said meanwhile: those are newer
+                events = self._rooms[room] = collections.deque(loaded, maxlen=self.lines)
+                self.bytes += sum(_size(event) for event in events)
+                self._trim()
+            return list(events)
 
     def start(self) -> None:
         if self.store is not None:
@@ -185,27 +262,42 @@ class History:
 
 
 _Row = tuple[str, float, str, str, str]  # room, time, kind, nick, text
+# A row's size against --history-max-bytes, in SQL (as _size() counts it).
+_ROW_SIZE = "length(CAST(nick AS BLOB)) + length(CAST(text AS BLOB))"
+
+
+class _Read:
+    """A client's request for a room's lines, answered by the store's
+    thread in its turn: after every line queued before it."""
+
+    def __init__(self, room: str) -> None:
+        self.room = room
+        self.rows: list[_Row] = []
+        self.done = threading.Event()
 
 
 class HistoryStore:
     """The SQLite side: checked at start, written by one background thread.
 
     One table (``chatcore_history``) holds the lines; after each batch only
-    the last N lines of the rooms it touched are kept. The connection is
-    made on the main thread and then used only by the writer thread.
+    the last N lines of the rooms it touched are kept, and the oldest lines
+    of all past ``max_bytes``. The connection is made on the main thread and
+    then used only by the store's thread, which also answers :meth:`read`.
     """
 
-    def __init__(self, path: str, lines: int, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: str, lines: int, connection: sqlite3.Connection, max_bytes: int) -> None:
         self.path = path
         self.lines = lines
+        self.max_bytes = max_bytes
         self._db = connection
-        self._queue: queue.SimpleQueue[_Row | None] = queue.SimpleQueue()
+        self._bytes = 0  # what the table holds, counted as _ROW_SIZE; set by open()
+        self._queue: queue.SimpleQueue[_Row | _Read | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="chatcore-history", daemon=True)
         self.put = self._queue.put
         self._failures = 0
 
     @classmethod
-    def open(cls, path: str, lines: int) -> HistoryStore:
+    def open(cls, path: str, lines: int, max_bytes: int = DEFAULT_MAX_BYTES) -> HistoryStore:
         """Open and check the database, creating it if needed.
 
         :raises UsageError: the file cannot be opened, is not a SQLite
@@ -222,10 +314,16 @@ class HistoryStore:
             raise refuse(f"cannot open it ({exc}); check the path and its permissions") from None
         try:
             cls._check(db, refuse)
+            (total,) = db.execute(f"SELECT coalesce(sum({_ROW_SIZE}), 0) FROM {_TABLE}").fetchone()
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise refuse(f"cannot read the history ({exc}); move the file away to start a new one") from None
         except BaseException:
             db.close()
             raise
-        return cls(path, lines, db)
+        store = cls(path, lines, db, max_bytes)
+        store._bytes = int(total)
+        return store
 
     @staticmethod
     def _check(db: sqlite3.Connection, refuse: Callable[[str], UsageError]) -> None:
@@ -260,22 +358,33 @@ class HistoryStore:
                 raise refuse(f"cannot write it ({message}); check its permissions") from None
             raise refuse(f"not a usable SQLite database ({message}); move it away to start a new history") from None
 
-    def load(self) -> list[tuple[str, float, str, str, str]]:
-        """The last N lines of every room, oldest first: ``(room, time,
-        kind, nick, text)``."""
+    def read(self, room: str) -> list[_Row]:
+        """The room's last N lines, oldest first, those still queued
+        included; on a client's thread, which waits for the store's thread
+        at most LOAD_TIMEOUT seconds (then: none)."""
+        if not self._thread.is_alive():
+            return []
+        request = _Read(room)
+        self._queue.put(request)
+        if not request.done.wait(LOAD_TIMEOUT):
+            log.warning("history: reading %s from %s took over %gs; no replay", room, self.path, LOAD_TIMEOUT)
+        return request.rows
+
+    def _answer(self, request: _Read, pending: list[_Row]) -> None:
         try:
             rows = self._db.execute(
-                f"SELECT room, time, kind, nick, text FROM ("
-                f"  SELECT *, row_number() OVER (PARTITION BY room ORDER BY id DESC) AS age FROM {_TABLE}"
-                f") WHERE age <= ? AND kind IN ('chat', 'action') ORDER BY id",
-                (self.lines,),
+                f"SELECT room, time, kind, nick, text FROM {_TABLE} WHERE room = ? AND kind IN ('chat', 'action') "
+                "ORDER BY id DESC LIMIT ?",
+                (request.room, self.lines),
             ).fetchall()
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise UsageError(
-                f"--history-db {self.path}: cannot read the history ({exc}); move the file away to start a new one"
-            ) from None
-        return [(str(room), float(when), str(kind), str(nick), str(text)) for room, when, kind, nick, text in rows]
+        except sqlite3.Error as exc:
+            log.error("history: cannot read %s from %s (%s)", request.room, self.path, exc)
+            rows = []
+        # Lines not written yet (the write is failing) are newer than the table's.
+        unsaved = [row for row in pending if row[0] == request.room]
+        saved = [(str(room), float(when), str(kind), str(nick), str(text)) for room, when, kind, nick, text in rows]
+        request.rows = (saved[::-1] + unsaved)[-self.lines :]
+        request.done.set()
 
     def start(self) -> None:
         self._thread.start()
@@ -291,9 +400,11 @@ class HistoryStore:
     def _run(self) -> None:
         pending: list[_Row] = []
         while True:
-            stopping = self._collect(pending)
+            stopping, request = self._collect(pending)
             if pending:
                 self._write(pending)
+            if request is not None:
+                self._answer(request, pending)
             if len(pending) > MAX_PENDING:
                 log.error("history: gave up %d unsaved lines (the oldest)", len(pending) - MAX_PENDING)
                 del pending[: len(pending) - MAX_PENDING]
@@ -302,25 +413,28 @@ class HistoryStore:
                     log.error("history: %d lines could not be saved to %s", len(pending), self.path)
                 return
 
-    def _collect(self, pending: list[_Row]) -> bool:
-        """Wait for lines, then take what is queued (up to a batch) into
-        ``pending``; True once the store is stopping. While a write is
+    def _collect(self, pending: list[_Row]) -> tuple[bool, _Read | None]:
+        """Wait for lines, then take what is queued (up to a batch, or up
+        to a read request) into ``pending``: (whether the store is stopping,
+        the read request to answer once they are written). While a write is
         failing, returns every RETRY_DELAY seconds to retry it."""
         try:
             item = self._queue.get(timeout=RETRY_DELAY if pending else None)
         except queue.Empty:
-            return False
+            return False, None
         taken = 0
         while item is not None:
+            if isinstance(item, _Read):
+                return False, item
             pending.append(item)
             taken += 1
             if taken >= BATCH:
-                return False
+                return False, None
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return False
-        return True
+                return False, None
+        return True, None
 
     def _write(self, pending: list[_Row]) -> None:
         """Write ``pending`` in one transaction and trim the rooms it
@@ -330,13 +444,20 @@ class HistoryStore:
         try:
             db.execute("BEGIN IMMEDIATE")
             db.executemany(f"INSERT INTO {_TABLE} (room, time, kind, nick, text) VALUES (?, ?, ?, ?, ?)", pending)
+            total = self._bytes + sum(len(row[3].encode()) + len(row[4].encode()) for row in pending)
             for room in {row[0] for row in pending}:
-                db.execute(
+                total -= self._deleted(
                     f"DELETE FROM {_TABLE} WHERE room = ? AND id <= "
                     f"(SELECT id FROM {_TABLE} WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                     (room, room, self.lines),
                 )
+            while total > self.max_bytes:  # the oldest line of all, one at a time: a lookup by key each
+                freed = self._deleted(f"DELETE FROM {_TABLE} WHERE id = (SELECT min(id) FROM {_TABLE})", ())
+                if not freed:
+                    break
+                total -= freed
             db.execute("COMMIT")
+            self._bytes = total
         except sqlite3.Error as exc:
             try:
                 if db.in_transaction:
@@ -356,3 +477,7 @@ class HistoryStore:
             log.warning("history: writing %s works again", self.path)
             self._failures = 0
         pending.clear()
+
+    def _deleted(self, sql: str, parameters: tuple[object, ...]) -> int:
+        """Run a DELETE; the bytes (as _ROW_SIZE) it freed."""
+        return sum(size for (size,) in self._db.execute(f"{sql} RETURNING {_ROW_SIZE}", parameters))

@@ -2,14 +2,16 @@
 
 Always on, and an ordinary plugin on the hooks: ``chatcore_command`` for the
 commands, ``chatcore_connection_arriving`` to refuse banned addresses at
-connect, ``chatcore_message`` to hold back muted users' messages. Without
+connect, ``chatcore_message`` to hold back muted users' messages (and leave
+reasons, which pass the same chain: ``commands.leave_reason``). Without
 ``--opers-file`` nobody can become an operator, and the commands answer so.
 
-Defends against: a disruptive user (kick, mute, ban by nick, address or
-network, enforced on the spot and at connect, surviving a restart with
-``--bans-file``); guessing operator passwords (each failure is logged with
-the address, never the password, and slows the guesser's own thread; three
-close the connection); a stolen operators file (it holds scrypt hashes).
+Defends against: a disruptive user (kick; mute, holding the nick and its
+address; ban by nick, address or network, enforced on the spot and at
+connect; bans and mutes surviving a restart with ``--bans-file``);
+guessing operator passwords (each failure is logged with the address, never
+the password, and slows the guesser's own thread; three close the
+connection); a stolen operators file (it holds scrypt hashes).
 Everything an operator does is logged at WARNING with who did it.
 
 For plugin authors: :func:`operator_name` says whether a client is an
@@ -19,7 +21,6 @@ operator (and which).
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from chatcore import Client, Config, Message, UsageError, hookimpl
 from chatcore.config import restart_only
 from chatcore.engine import auth
-from chatcore.engine.limits import Network, address_key, parse_address
+from chatcore.engine.limits import Network, address_key, parse_address, parse_network
 from chatcore.events import OperatorChanged
 from chatcore.transports.listener import format_address
 
@@ -54,8 +55,9 @@ HELP = [
     ("/ban NICK|ADDRESS|CIDR [DURATION] [REASON]", "operators: disconnect and refuse an address (30m, 7d ...)"),
     ("/unban ADDRESS|CIDR", "operators: lift a ban (as /bans lists it)"),
     ("/bans", "operators: list the bans in force"),
-    ("/mute NICK [DURATION]", "operators: NICK's messages are not delivered (default: 10m)"),
-    ("/unmute NICK", "operators: lift a mute"),
+    ("/mute NICK [DURATION]", "operators: NICK's messages are not delivered, also from NICK's address (default: 10m)"),
+    ("/unmute NICK|ADDRESS", "operators: lift a mute"),
+    ("/mutes", "operators: list the mutes in force"),
 ]
 
 DEFAULT_MUTE = 600.0
@@ -98,7 +100,10 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         group.add_argument(
             "--bans-file",
             metavar="FILE",
-            help="JSON file the bans are kept in, so they survive a restart (created if missing; default: memory only)",
+            help=(
+                "JSON file the bans and mutes are kept in, so they survive a restart "
+                "(created if missing; default: memory only)"
+            ),
         )
     )
 
@@ -121,12 +126,45 @@ class Ban:
 
 
 @dataclass
+class Mute:
+    """One mute: it holds the nick and the address it was given to (the
+    IPv4 address or IPv6 /64, as bans by nick), so that neither
+    reconnecting nor changing nick lifts it."""
+
+    nick: str
+    address: str  # address_key(); "" if the client had no IP address
+    until: float  # time.time()
+    by: str
+
+    def holds(self, nick: str, address: str, now: float) -> bool:
+        return now < self.until and (nick.casefold() == self.nick.casefold() or address == self.address != "")
+
+    def describe(self, now: float) -> str:
+        where = f" and {self.address}" if self.address else ""
+        return f"{self.nick}{where} ({_for(max(1.0, round(self.until - now)))} left, by {self.by})"
+
+
+def _key_of(host: str) -> str:
+    try:
+        return address_key(host)
+    except ValueError:
+        return ""
+
+
+@dataclass
 class State:
-    """The plugin's per-server state (``config.data["opers"]``)."""
+    """The plugin's per-server state (``config.data["opers"]``).
+
+    Bans and mutes change only through the methods below, which a cluster
+    plugin may call too (to apply another server's /ban or /mute): each
+    takes the lock, saves the file and returns what to tell the operator
+    if saving failed (None if it worked).
+    """
 
     operators: dict[str, str]
     bans_path: str | None
     bans: list[Ban] = field(default_factory=list)
+    mutes: list[Mute] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def banned(self, host: str) -> Ban | None:
@@ -138,16 +176,62 @@ class State:
         with self.lock:
             return next((ban for ban in self.bans if ban.active(now) and address in ban.network), None)
 
+    def ban(self, network: Network, until: float | None, reason: str, by: str) -> str | None:
+        """Ban ``network`` (replacing a ban of the same network)."""
+        with self.lock:
+            self.bans = [ban for ban in self.bans if ban.network != network]
+            self.bans.append(Ban(network, until, reason, by))
+            return _save(self)
+
+    def unban(self, network: Network) -> tuple[bool, str | None]:
+        """Lift the ban of exactly ``network``: (whether there was one, unsaved)."""
+        with self.lock:
+            kept = [ban for ban in self.bans if ban.network != network]
+            found = len(kept) != len(self.bans)
+            self.bans = kept
+            return found, _save(self) if found else None
+
+    def muted(self, nick: str, host: str) -> Mute | None:
+        """The mute holding ``nick`` or the address ``host``, if any."""
+        if not self.mutes:  # nearly always: no lock taken, no address parsed
+            return None
+        address, now = _key_of(host), time.time()
+        with self.lock:
+            return next((mute for mute in self.mutes if mute.holds(nick, address, now)), None)
+
+    def mute(self, nick: str, host: str, until: float, by: str) -> str | None:
+        """Mute ``nick`` and ``host``'s address until ``until`` (time.time())."""
+        with self.lock:
+            self.mutes = [mute for mute in self.mutes if mute.nick.casefold() != nick.casefold()]
+            self.mutes.append(Mute(nick, _key_of(host), until, by))
+            return _save(self)
+
+    def unmute(self, nick: str, host: str = "") -> tuple[int, str | None]:
+        """Lift every mute of ``nick`` or of ``host``'s address: (how many, unsaved)."""
+        address = _key_of(host) if host else ""
+        with self.lock:
+            kept = [mute for mute in self.mutes if not mute.holds(nick, address, -1.0)]
+            lifted = len(self.mutes) - len(kept)
+            self.mutes = kept
+            return lifted, _save(self) if lifted else None
+
     def save(self) -> None:
         """Write the bans file (under the lock); atomic: a crash leaves the old one."""
         if self.bans_path is None:
             return
         now = time.time()
-        records = [
-            {"network": str(ban.network), "until": ban.until, "reason": ban.reason, "by": ban.by}
-            for ban in self.bans
-            if ban.active(now)
-        ]
+        records = {
+            "bans": [
+                {"network": str(ban.network), "until": ban.until, "reason": ban.reason, "by": ban.by}
+                for ban in self.bans
+                if ban.active(now)
+            ],
+            "mutes": [
+                {"nick": mute.nick, "address": mute.address, "until": mute.until, "by": mute.by}
+                for mute in self.mutes
+                if mute.until > now
+            ],
+        }
         temporary = f"{self.bans_path}.tmp"
         with open(temporary, "w", encoding="utf-8") as file:
             json.dump(records, file, indent=1)
@@ -175,30 +259,39 @@ def _read_operators(path: str) -> dict[str, str]:
     return operators
 
 
-def _read_bans(path: str) -> list[Ban]:
+def _read_bans(path: str) -> tuple[list[Ban], list[Mute]]:
     try:
         with open(path, encoding="utf-8") as file:
             records = json.load(file)
     except FileNotFoundError:
-        return []
+        return [], []
     except (OSError, ValueError) as exc:
         raise UsageError(f"--bans-file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    if isinstance(records, list):  # written before mutes were kept: bans only
+        records = {"bans": records, "mutes": []}
+    now = time.time()
     try:
-        return [
-            Ban(ipaddress.ip_network(r["network"]), r["until"], str(r["reason"]), str(r["by"]))
-            for r in records
-            if r["until"] is None or r["until"] > time.time()
+        bans = [
+            Ban(parse_network(r["network"]), r["until"], str(r["reason"]), str(r["by"]))
+            for r in records["bans"]
+            if r["until"] is None or r["until"] > now
+        ]
+        mutes = [
+            Mute(str(r["nick"]), str(r["address"]), float(r["until"]), str(r["by"]))
+            for r in records["mutes"]
+            if r["until"] > now
         ]
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"--bans-file {path}: not a chatcore bans file ({exc})") from None
+    return bans, mutes
 
 
 @hookimpl
 def chatcore_configure(config: Config) -> None:
     options = config.options
     operators = _read_operators(options.opers_file) if options.opers_file else {}
-    bans = _read_bans(options.bans_file) if options.bans_file else []
-    state = config.data[NAME] = State(operators, options.bans_file, bans)
+    bans, mutes = _read_bans(options.bans_file) if options.bans_file else ([], [])
+    state = config.data[NAME] = State(operators, options.bans_file, bans, mutes)
     try:
         state.save()  # now, so that a file that cannot be written is found at start, not at the first /ban
     except OSError as exc:
@@ -249,15 +342,24 @@ def chatcore_connection_arriving(address: tuple[str, int], server: ChatServer) -
     return f"you are banned from this server: {ban.reason}"
 
 
+def mute_of(client: Client) -> Mute | None:
+    """The mute holding ``client`` (by its nick or its address), or None;
+    operators are never held (a mute given from their own address would
+    otherwise silence them too)."""
+    mute = _state(client.server).muted(client.nick, client.address[0])
+    if mute is None or operator_name(client) is not None:
+        return None
+    return mute
+
+
 @hookimpl(specname="chatcore_message", tryfirst=True)
 def muted(message: Message) -> None:
-    state = message.sender.data.get(NAME)  # None for nearly everyone: no dict made per message
-    until = None if state is None else state.get("muted_until")
-    if until is None:
-        return
-    left = until - time.monotonic()
-    if left > 0:
-        message.reject(f"you are muted by an operator for {_for(max(1.0, round(left)))} more; nothing was sent")
+    # Leave reasons come this way too (kind "leave"): a muted user's /quit
+    # or PART reason is dropped like the rest of what it says.
+    mute = mute_of(message.sender)
+    if mute is not None:
+        left = _for(max(1.0, round(mute.until - time.time())))
+        message.reject(f"you are muted by an operator for {left} more; nothing was sent")
 
 
 # ---------------------------------------------------------------------------
@@ -376,16 +478,17 @@ def kick(operator: Client, target: Client, reason: str) -> None:
 
 
 def _network_of(client: Client, text: str) -> tuple[Network, str] | None:
-    """What ``/ban`` targets: a CIDR or address as given, or a nick's
-    address (IPv6: its /64, as the connection limits count it)."""
+    """What ``/ban`` targets: a CIDR or address as given (IPv4-mapped as
+    IPv4), or a nick's address (IPv6: its /64, as the connection limits
+    count it)."""
     try:
-        return ipaddress.ip_network(text, strict=False), text
+        return parse_network(text), text
     except ValueError:
         pass
     target = _target(client, text)
     if target is None:
         return None
-    return ipaddress.ip_network(address_key(target.address[0]), strict=False), target.nick
+    return parse_network(address_key(target.address[0])), target.nick
 
 
 def _ban(client: Client, oper: str, args: str) -> None:
@@ -401,11 +504,7 @@ def _ban(client: Client, oper: str, args: str) -> None:
     rest = words[2:] if duration is not None else words[1:]
     reason = " ".join(rest).strip() or "no reason given"
     until = None if duration is None else time.time() + duration
-    state = _state(client.server)
-    with state.lock:
-        state.bans = [ban for ban in state.bans if ban.network != network]
-        state.bans.append(Ban(network, until, reason, client.nick))
-        unsaved = _save(state)
+    unsaved = _state(client.server).ban(network, until, reason, client.nick)
     span = "forever" if duration is None else f"for {_for(duration)}"
     log.warning("operator %s (%s) banned %s (%s) %s: %s", oper, client.nick, network, shown, span, reason)
     # On the spot: everyone connected from there, admitted or not.
@@ -418,14 +517,19 @@ def _ban(client: Client, oper: str, args: str) -> None:
         if inside and other is not client:
             other.disconnect(f"banned by {client.nick}: {reason}", cause="ban")
             gone.append(other.nick or format_address(*other.address))
-    client.notice(f"banned {network} {span}" + (f"; disconnected {', '.join(gone)}" if gone else ""))
+    _done(client, f"banned {network} {span}" + (f"; disconnected {', '.join(gone)}" if gone else ""), unsaved)
+
+
+def _done(client: Client, text: str, unsaved: str | None) -> None:
+    """Tell the operator what was done, and if it could not be saved."""
+    client.notice(text)
     if unsaved:
         client.error(unsaved)
 
 
 def _save(state: State) -> str | None:
-    """Save the bans (the caller holds the lock); what to tell the operator
-    if that failed (the change is in force all the same)."""
+    """Save the bans and mutes (the caller holds the lock); what to tell
+    the operator if that failed (the change is in force all the same)."""
     try:
         state.save()
     except OSError as exc:
@@ -435,38 +539,33 @@ def _save(state: State) -> str | None:
 
 
 def _unban(client: Client, oper: str, args: str) -> None:
-    text = args.strip()
     try:
-        network = ipaddress.ip_network(text, strict=False)
+        network = parse_network(args)
     except ValueError:
         client.error("usage: /unban ADDRESS|CIDR (as /bans lists it)")
         return
-    state = _state(client.server)
-    with state.lock:
-        kept = [ban for ban in state.bans if ban.network != network]
-        found = len(kept) != len(state.bans)
-        state.bans = kept
-        unsaved = _save(state) if found else None
+    found, unsaved = _state(client.server).unban(network)
     if not found:
         client.error(f"{network} is not banned (see /bans)")
         return
     log.warning("operator %s (%s) lifted the ban on %s", oper, client.nick, network)
-    client.notice(f"unbanned {network}")
-    if unsaved:
-        client.error(unsaved)
+    _done(client, f"unbanned {network}", unsaved)
 
 
 def _bans(client: Client, oper: str, args: str) -> None:
-    state = _state(client.server)
-    now = time.time()
+    state, now = _state(client.server), time.time()
     with state.lock:
-        active = [ban for ban in state.bans if ban.active(now)]
+        active = [ban.describe(now) for ban in state.bans if ban.active(now)]
+    _list(client, "ban", active)
+
+
+def _list(client: Client, what: str, active: list[str]) -> None:
     if not active:
-        client.notice("no bans")
+        client.notice(f"no {what}s")
         return
-    client.notice(f"{len(active)} {'ban' if len(active) == 1 else 'bans'}:")
-    for ban in active:
-        client.notice(f"  {ban.describe(now)}")
+    client.notice(f"{len(active)} {what if len(active) == 1 else what + 's'}:")
+    for line in active:
+        client.notice(f"  {line}")
 
 
 def _mute(client: Client, oper: str, args: str) -> None:
@@ -484,22 +583,37 @@ def _mute(client: Client, oper: str, args: str) -> None:
     target = _target(client, nick)
     if target is None:
         return
-    target.data.setdefault(NAME, {})["muted_until"] = time.monotonic() + duration
-    log.warning("operator %s (%s) muted %s for %s", oper, client.nick, target.nick, _for(duration))
+    host = target.address[0]
+    unsaved = _state(client.server).mute(target.nick, host, time.time() + duration, client.nick)
+    log.warning("operator %s (%s) muted %s (%s) for %s", oper, client.nick, target.nick, host, _for(duration))
     target.notice(f"you are muted by an operator for {_for(duration)}")
-    client.notice(f"muted {target.nick} for {_for(duration)}")
+    _done(client, f"muted {target.nick} for {_for(duration)}", unsaved)
 
 
 def _unmute(client: Client, oper: str, args: str) -> None:
-    target = _target(client, args.strip()) if args.strip() else None
-    if target is None:
-        if not args.strip():
-            client.error("usage: /unmute NICK")
+    """``/unmute NICK`` lifts the mutes of that nick and, if it is here, of
+    its address; ``/unmute ADDRESS`` those of an address."""
+    text = args.strip()
+    if not text:
+        client.error("usage: /unmute NICK|ADDRESS")
         return
-    target.data.setdefault(NAME, {}).pop("muted_until", None)
-    log.warning("operator %s (%s) unmuted %s", oper, client.nick, target.nick)
-    target.notice("you are no longer muted")
-    client.notice(f"unmuted {target.nick}")
+    target = client.server.registry.find(text)
+    host = target.address[0] if target is not None else text
+    lifted, unsaved = _state(client.server).unmute(text, host)
+    if not lifted:
+        client.error(f"{text} is not muted (see /mutes)")
+        return
+    log.warning("operator %s (%s) unmuted %s", oper, client.nick, text)
+    if target is not None:
+        target.notice("you are no longer muted")
+    _done(client, f"unmuted {text}", unsaved)
+
+
+def _mutes(client: Client, oper: str, args: str) -> None:
+    state, now = _state(client.server), time.time()
+    with state.lock:
+        active = [mute.describe(now) for mute in state.mutes if mute.until > now]
+    _list(client, "mute", active)
 
 
 _OPERATOR_COMMANDS = {
@@ -509,4 +623,5 @@ _OPERATOR_COMMANDS = {
     "bans": _bans,
     "mute": _mute,
     "unmute": _unmute,
+    "mutes": _mutes,
 }

@@ -349,3 +349,21 @@ def test_bad_word_file_through_the_cli(tmp_path: Path):
     assert "--banned-words-file" in result.stderr
     assert "cannot read it" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_leave_reasons_go_through_the_filters_but_not_the_flood_control(chat_server_factory, chat_client):
+    # A /quit reason is said to the room like a message: banned words are
+    # masked in it, and a flooder may still leave with its reason.
+    server = chat_server_factory(
+        "--plugins", "filters", "--banned-words", "darn", "--flood-rate", "0.001", "--flood-burst", "1"
+    )  # fmt: skip
+    alice = named(chat_client, server, "alice")
+    bob = named(chat_client, server, "bob")
+    alice.send("/quit darn this place")
+    bob.expect("* alice left (**** this place)")
+    carol = named(chat_client, server, "carol")
+    carol.send("one")
+    carol.send("two")
+    carol.expect("! slow down")
+    carol.send("/quit see you")
+    bob.expect("* carol left (see you)")

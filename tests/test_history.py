@@ -77,6 +77,7 @@ def test_replay_on_join_is_per_room(chat_server_factory, chat_client):
     server = chat_server_factory("--plugins", "history")
     alice = named(chat_client, server, "alice")
     bob = named(chat_client, server, "bob")
+    named(chat_client, server, "carol")  # stays: a room nobody is in keeps no history in memory
     alice.send("/join dev")
     alice.expect("* you are now in dev (1 here)")
     alice.send("in dev")
@@ -87,7 +88,7 @@ def test_replay_on_join_is_per_room(chat_server_factory, chat_client):
     assert bob.sync() == ["* last 1 message in dev:", "# <alice> in dev", "* you are now in dev (2 here)"]
     alice.expect("* bob joined")
     alice.send("/join lobby")
-    assert alice.sync() == ["* last 1 message in lobby:", "# <bob> in the lobby", "* you are now in lobby (1 here)"]
+    assert alice.sync() == ["* last 1 message in lobby:", "# <bob> in the lobby", "* you are now in lobby (2 here)"]
 
 
 def test_history_keeps_what_the_filters_delivered(chat_server_factory, chat_client):
@@ -313,3 +314,56 @@ def test_bad_history_lines(value, capsys):
         parse_config(["--plugins", "history", "--history-lines", value])
     assert exit_info.value.code == 2
     assert "--history-lines" in capsys.readouterr().err
+
+
+def test_an_emptied_rooms_history_leaves_memory_and_the_database_keeps_its_copy(
+    chat_server_factory, chat_client, tmp_path
+):
+    memory_only = chat_server_factory("--plugins", "history")
+    alice = named(chat_client, memory_only, "alice")
+    alice.send("/join dev")
+    alice.send("said in dev")
+    alice.send("/join lobby")
+    alice.expect("* you are now in lobby (1 here)")
+    assert history._history(memory_only).bytes == 0  # dev is empty: its lines are gone
+    alice.send("/join dev")
+    assert alice.sync() == ["* you are now in dev (1 here)"]
+
+    db = tmp_path / "history.sqlite"
+    stored_too = chat_server_factory("--plugins", "history", "--history-db", str(db))
+    bob = named(chat_client, stored_too, "bob")
+    bob.send("/join dev")
+    bob.send("said in dev")
+    bob.send("/join lobby")
+    bob.expect("* you are now in lobby (1 here)")
+    assert "dev" not in history._history(stored_too)._rooms
+    bob.send("/join dev")  # read back from the database, in order after the write
+    assert bob.sync() == ["* last 1 message in dev:", "# <bob> said in dev", "* you are now in dev (1 here)"]
+
+
+def test_history_is_bounded_in_total_in_memory_and_in_the_database(chat_server_factory, chat_client, tmp_path):
+    db = tmp_path / "history.sqlite"
+    server = chat_server_factory("--plugins", "history", "--history-db", str(db), "--history-max-bytes", "10000")
+    alice = named(chat_client, server, "alice")
+    bob = named(chat_client, server, "bob")  # stays in the lobby: its history stays in memory
+    text = "x" * 995  # 1000 bytes with the nick "alice"
+    for room in ("one", "two", "three"):
+        alice.send(f"/join {room}")
+        for number in range(4):
+            alice.send(f"{number}{text}")
+        bob.send(f"{room}{text}")  # 1000 bytes with the nick "bob" and the room's name
+        alice.sync()
+        bob.sync()
+    kept = history._history(server)
+    assert kept.bytes <= 10000
+    assert kept.replay("three")[-1].text.startswith("3")  # the newest stay
+    server.stop()
+    with sqlite3.connect(db) as connection:
+        (total,) = connection.execute(
+            "SELECT sum(length(CAST(nick AS BLOB)) + length(CAST(text AS BLOB))) FROM chatcore_history"
+        ).fetchone()
+        rooms = {room for (room,) in connection.execute("SELECT DISTINCT room FROM chatcore_history")}
+    connection.close()
+    assert 9000 <= total <= 10000
+    assert "one" not in rooms  # the least recently active went first
+    assert "three" in rooms

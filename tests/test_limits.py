@@ -306,3 +306,17 @@ def test_failures_are_counted_per_address_within_the_window():
     assert counter.record("192.0.2.1", now=10.5) == 2  # the first is 10 s old
     assert counter.record("198.51.100.1", now=11) == 1  # a third address: the oldest (the /64) goes
     assert counter.record("2001:db8::3", now=12) == 1
+
+
+def test_ipv4_mapped_networks_are_the_ipv4_networks_they_are():
+    # Peers are compared as IPv4 (parse_address): an exemption written the
+    # IPv4-mapped way must mean the same hosts, or it exempts nobody.
+    assert parse_networks("::ffff:10.0.0.0/104, ::ffff:192.0.2.7") == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("192.0.2.7/32"),
+    )
+    assert parse_networks("::ffff:0:0/95") == (ipaddress.ip_network("::fffe:0:0/95"),)  # wider than the mapped range
+    limits = ConnectionLimits(exempt=parse_networks("::ffff:10.0.0.0/104"))
+    assert limits.is_exempt("10.1.2.3")
+    assert limits.is_exempt("::ffff:10.1.2.3")
+    assert not limits.is_exempt("11.0.0.1")

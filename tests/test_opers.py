@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -125,7 +126,7 @@ def test_ban_by_nick_on_the_spot_at_connect_and_after_a_restart(tmp_path, opers_
             alice.close()
             mallory.close()
     assert "operator root (guest-1) banned 127.0.0.2/32 (mallory) for 1h: flooding the lobby" in proc.stderr
-    assert json.loads(bans.read_text())[0]["network"] == "127.0.0.2/32"
+    assert json.loads(bans.read_text())["bans"][0]["network"] == "127.0.0.2/32"
 
     with ServerProcess(*args) as proc:
         assert refusal(proc.address, "127.0.0.2") == ["! you are banned from this server: flooding the lobby"]
@@ -139,7 +140,7 @@ def test_ban_by_nick_on_the_spot_at_connect_and_after_a_restart(tmp_path, opers_
         welcome.sync()
         welcome.close()
         other.close()
-    assert json.loads(bans.read_text()) == []
+    assert json.loads(bans.read_text()) == {"bans": [], "mutes": []}
 
 
 def test_a_cidr_ban_expires(chat_server_factory, connect, opers_file):
@@ -295,3 +296,125 @@ def test_an_unknown_operator_name_is_checked_like_a_known_one(
     assert len(checked) == 1
     assert scheme(checked[0]) == scheme(like)
     assert checked[0] not in entries  # made up, never a real operator's
+
+
+def test_a_ban_of_an_ipv4_mapped_address_bans_the_ipv4_address(chat_server_factory, connect, opers_file):
+    # A dual-stack listener sees 127.0.0.5 as ::ffff:127.0.0.5: either
+    # spelling, in the ban or in the peer, is the same host.
+    server = chat_server_factory("--opers-file", str(opers_file), "--limit-exempt", "")
+    alice = connect(server, "alice", source="127.0.0.3")
+    _oper(alice)
+    alice.send("/ban ::ffff:127.0.0.5 1h mapped")
+    alice.expect("* banned 127.0.0.5/32 for 1h")
+    assert refusal(server.address, "127.0.0.5") == ["! you are banned from this server: mapped"]
+    state = opers._state(server)
+    assert state.banned("::ffff:127.0.0.5") is not None
+    alice.send("/unban ::ffff:127.0.0.5")
+    alice.expect("* unbanned 127.0.0.5/32")
+    alice.send("/ban ::ffff:127.0.0.0/120")
+    alice.expect("* banned 127.0.0.0/24 forever")
+    assert state.banned("127.0.0.9") is not None
+
+
+def _oper(client: LineClient) -> None:
+    client.send(f"/oper root {PASSWORD}")
+    client.expect("* you are now an operator (root)")
+
+
+def _is_muted(client: LineClient) -> bool:
+    client.send("anyone there")
+    client.send("/ping")  # a chat line is not echoed: the pong comes first if it was sent
+    answer = client.readline()
+    if answer != "* pong":
+        client.expect("* pong")
+    return answer.startswith("! you are muted by an operator")
+
+
+def test_a_mute_holds_the_nick_and_the_address_across_reconnects_and_a_restart(
+    chat_server_factory, connect, opers_file, tmp_path
+):
+    bans = tmp_path / "bans.json"
+    args = ("--opers-file", str(opers_file), "--bans-file", str(bans), "--limit-exempt", "")
+    server = chat_server_factory(*args)
+    alice = connect(server, "alice", source="127.0.0.3")
+    _oper(alice)
+    bob = connect(server, "bob", source="127.0.0.2")
+    alice.send("/mute bob 1h")
+    alice.expect("* muted bob for 1h")
+    bob.close()
+    wait_for(lambda: server.registry.find("bob") is None, message="bob to leave")
+    again = connect(server, "bob", source="127.0.0.2")  # same address and nick
+    assert _is_muted(again)
+    again.send("/nick robert")  # another nick, same address
+    again.expect("* you are now known as robert")
+    assert _is_muted(again)
+    again.close()
+    wait_for(lambda: server.registry.find("robert") is None, message="robert to leave")
+    elsewhere = connect(server, "bob", source="127.0.0.4")  # the nick, from another address
+    assert _is_muted(elsewhere)
+    assert not _is_muted(connect(server, "carol", source="127.0.0.5"))
+    assert not _is_muted(alice)  # an operator, though muted addresses could include theirs
+    alice.send("/mutes")
+    alice.expect("* 1 mute:")
+    assert re.fullmatch(r"\*   bob and 127\.0\.0\.2 \([0-9]+[smh] left, by alice\)", alice.readline())
+    assert json.loads(bans.read_text())["mutes"][0]["nick"] == "bob"
+
+    restarted = chat_server_factory(*args)  # reads the same file, as after a restart
+    back = connect(restarted, "bob", source="127.0.0.2")
+    assert _is_muted(back)
+    operator = connect(restarted, "dave", source="127.0.0.3")
+    _oper(operator)
+    operator.send("/unmute bob")
+    expect_all(operator, "* unmuted bob")
+    back.expect("* you are no longer muted")
+    assert not _is_muted(connect(restarted, "robert", source="127.0.0.2"))
+    operator.send("/unmute bob")
+    operator.expect("! bob is not muted (see /mutes)")
+    assert json.loads(bans.read_text())["mutes"] == []
+
+
+def test_a_bans_file_from_before_mutes_is_read(tmp_path, opers_file, chat_server_factory, connect):
+    bans = tmp_path / "bans.json"
+    bans.write_text(json.dumps([{"network": "127.0.0.2/32", "until": None, "reason": "old", "by": "x"}]))
+    server = chat_server_factory("--opers-file", str(opers_file), "--bans-file", str(bans), "--limit-exempt", "")
+    assert refusal(server.address, "127.0.0.2") == ["! you are banned from this server: old"]
+    assert json.loads(bans.read_text())["bans"][0]["network"] == "127.0.0.2/32"
+
+
+def test_a_muted_users_leave_reasons_do_not_reach_the_room(chat_server_factory, connect, opers_file):
+    server = chat_server_factory(
+        "--opers-file", str(opers_file), "--plugins", "irc",
+        "--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0", "--limit-exempt", "",
+    )  # fmt: skip
+    alice = connect(server, "alice", source="127.0.0.3")
+    _oper(alice)
+    bob = connect(server, "bob", source="127.0.0.2")
+    alice.send("/mute bob 1h")
+    alice.expect("* muted bob for 1h")
+    bob.send("/quit buy cheap pills at spam.example")
+    alice.expect("* bob left")
+
+    irc = LineClient(server.listener("irc").address, source="127.0.0.2")  # the muted address
+    try:
+        irc.send("NICK mallory")
+        irc.send("USER mallory 0 * :M")
+        irc.expect(lambda line: " 366 mallory #lobby " in line)
+        alice.expect("* mallory joined")
+        irc.send("JOIN #other")
+        irc.expect(lambda line: " 366 mallory #other " in line)
+        irc.send("PART #other :spam.example is great")
+        irc.expect(lambda line: " 366 mallory #lobby " in line)
+        alice.expect("* mallory joined")  # back in the lobby, and nothing else in between
+        irc.send("JOIN #other")
+        irc.expect(lambda line: " 366 mallory #other " in line)
+        alice.expect("* mallory left (joined other)")
+        irc.send("QUIT :spam.example forever")
+        irc.wait_closed()
+    finally:
+        irc.close()
+    carol = connect(server, "carol", source="127.0.0.4")
+    carol.send("/join other")
+    carol.expect("* you are now in other (1 here)")
+    seen = "\n".join(alice.received + carol.received)
+    assert "spam.example" not in seen
+    assert "cheap pills" not in seen

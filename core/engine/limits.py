@@ -34,13 +34,28 @@ DEFAULT_LOGIN_TIMEOUT = 60.0
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def parse_network(text: str) -> Network:
+    """An address or CIDR network, as the checks compare it: an IPv4-mapped
+    IPv6 one (``::ffff:1.2.3.4``, ``::ffff:10.0.0.0/104``) as the IPv4
+    network it is. Peers are compared as IPv4 (:func:`parse_address`), so a
+    ban or exemption written the mapped way would otherwise match nobody.
+
+    :raises ValueError: not an address or CIDR network.
+    """
+    network = ipaddress.ip_network(text.strip(), strict=False)
+    mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+    if mapped is not None and network.prefixlen >= 96:
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
 def parse_networks(text: str) -> tuple[Network, ...]:
-    """``"127.0.0.0/8, ::1"`` -> networks; ``""`` -> none.
+    """``"127.0.0.0/8, ::1"`` -> networks (:func:`parse_network`); ``""`` -> none.
 
     :raises ValueError: a part that is not an address or CIDR network.
     """
     parts = [part.strip() for part in text.split(",")]
-    return tuple(ipaddress.ip_network(part, strict=False) for part in parts if part)
+    return tuple(parse_network(part) for part in parts if part)
 
 
 # The prefix of an IPv4-mapped IPv6 address (::ffff:1.2.3.4).
