@@ -174,24 +174,7 @@ def _ping(client: Client, args: str) -> None:
 
 
 def _quit(client: Client, args: str) -> None:
-    client.disconnect(leave_reason(client, args, "quit"), notice="goodbye", cause="quit")
-
-
-def leave_reason(client: Client, text: str, neutral: str) -> str:
-    """What the room is told of ``client``'s own leave reason ``text``
-    (``/quit REASON``, IRC ``QUIT`` and ``PART``): the text as the filter
-    chain leaves it, or ``neutral`` if a filter rejects it (a muted user,
-    a banned word) or there is none.
-
-    Defends against leave reasons as a way around moderation: a muted user
-    (UnrealIRCd drops a part reason of a user who may not speak) or words
-    the filters would not let through in a message.
-    """
-    if not text:
-        return neutral
-    message = Message(client, client.room, text, "leave")
-    client.server.hooks.message(message)
-    return message.text if message.rejected is None and message.text else neutral
+    client.disconnect(client.server.leave_reason(client, args, "quit"), notice="goodbye", cause="quit")
 
 
 _COMMANDS: dict[str, Callable[[Client, str], None]] = {

@@ -50,7 +50,6 @@ from chatcore.events import (
 from chatcore.message import Message
 from chatcore.names import nick_problem, room_problem
 from chatcore.plugins import opers
-from chatcore.plugins.commands import leave_reason
 from chatcore.plugins.opers import operator_name
 from chatcore.transports import Scheme
 from chatcore.wire import Protocol, WireFormat
@@ -663,7 +662,7 @@ class IRCProtocol(Protocol):
                 )
             else:
                 given = truncated(clean(params[1]), PARTLEN) if len(params) > 1 else ""
-                self._move(default, leave_reason(client, given, f"joined {default}"))
+                self._move(default, client.server.leave_reason(client, given, f"joined {default}"))
 
     def names(self, params: list[str]) -> None:
         client = self.client
@@ -978,7 +977,7 @@ class IRCProtocol(Protocol):
         self.send(
             [irc_line(None, "ERROR", f"Closing Link: {client.nick or '*'}[{HOST}] ({_quit_text(text or 'quit')})")]
         )
-        client.disconnect(leave_reason(client, text, "quit"), tell=False)
+        client.disconnect(client.server.leave_reason(client, text, "quit"), tell=False)
 
 
 _HANDLERS: dict[str, Handler] = {

@@ -3,7 +3,7 @@
 Always on, and an ordinary plugin on the hooks: ``chatcore_command`` for the
 commands, ``chatcore_connection_arriving`` to refuse banned addresses at
 connect, ``chatcore_message`` to hold back muted users' messages (and leave
-reasons, which pass the same chain: ``commands.leave_reason``). Without
+reasons, which pass the same chain: ``ChatServer.leave_reason``). Without
 ``--opers-file`` nobody can become an operator, and the commands answer so.
 
 Defends against: a disruptive user (kick; mute, holding the nick and its

@@ -373,6 +373,22 @@ class ChatServer:
             self.registry.rename(client, nick)
         log.warning("no free guest name for %r after %d tries; keeping %s", client, GUEST_NAME_TRIES, client.nick)
 
+    def leave_reason(self, client: Client, text: str, neutral: str) -> str:
+        """What the room is told of ``client``'s own leave reason ``text``
+        (``/quit REASON``, IRC ``QUIT`` and ``PART``): the text as the filter
+        chain leaves it (a message of kind ``"leave"``), or ``neutral`` if a
+        filter rejects it (a muted user, a banned word) or there is none.
+
+        Defends against leave reasons as a way around moderation: a muted
+        user (UnrealIRCd drops a part reason of a user who may not speak) or
+        words the filters would not let through in a message.
+        """
+        if not text:
+            return neutral
+        message = Message(client, client.room, text, "leave")
+        self.hooks.message(message)
+        return message.text if message.rejected is None and message.text else neutral
+
     def run_command(self, client: Client, name: str, args: str) -> None:
         """Run ``/name args`` for ``client`` through ``chatcore_command``."""
         if not self.hooks.command(client, name, args):
