@@ -9,11 +9,10 @@ client never waits in silence. docs/commands.md is the reference.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from chatcore import Client, Message, hookimpl
-from chatcore.events import Members, PrivateMessage, RoomList
+from chatcore.events import Members, RoomList
 from chatcore.names import nick_problem, room_problem
 
 HELP = [
@@ -101,57 +100,7 @@ def _msg(client: Client, args: str) -> None:
     if not nick or not text:
         client.error("usage: /msg NICK TEXT")
         return
-    server = client.server
-    recipient = server.registry.find(nick)
-    if recipient is None or recipient.closed:
-        _msg_elsewhere(client, nick, text)
-        return
-    if recipient is client:
-        client.error("you cannot send a private message to yourself")
-        return
-    # The same filter chain as room chat (flood control, banned words ...);
-    # the room is where it was written, the recipient where it goes.
-    message = Message(client, client.room, text, "private", recipient=recipient)
-    counts = server.stats.mine()
-    counts.messages += 1
-    server.hooks.message(message)
-    if message.rejected is not None:
-        client.error(message.rejected)
-        return
-    if not message.text:
-        client.error(f"your message to {recipient.nick} was empty after filtering; it was not sent")
-        return
-    recipient.send(PrivateMessage(client.nick, recipient.nick, message.text))
-    client.send(PrivateMessage(client.nick, recipient.nick, message.text, echo=True))
-    if client.arrived:
-        counts.observe_latency(time.monotonic() - client.arrived)
-    server.hooks.message_delivered(message, 1)
-
-
-def _msg_elsewhere(client: Client, nick: str, text: str) -> None:
-    """A private message for a nick not on this server: a cluster plugin's
-    (``chatcore_private_message``), after the same filter chain."""
-    server = client.server
-    if not server.hooks.implemented("private_message"):
-        client.error(f"no such nick {nick!r}")
-        return
-    message = Message(client, client.room, text, "private")
-    server.hooks.message(message)
-    if message.rejected is not None:
-        client.error(message.rejected)
-        return
-    if not message.text:
-        client.error(f"your message to {nick} was empty after filtering; it was not sent")
-        return
-    result = server.hooks.private_message(client, nick, message.text)
-    if result is None:
-        client.error(f"no such nick {nick!r}")
-        return
-    if isinstance(result, str):
-        client.error(result)
-        return
-    client.send(PrivateMessage(client.nick, nick, message.text, echo=True))
-    server.hooks.message_delivered(message, 1)
+    client.server.send_private(client, nick, text)
 
 
 def _me(client: Client, args: str) -> None:

@@ -3,7 +3,7 @@
 Registers ``irc://`` (default port 6667) and ``ircs://`` (TLS, 6697). A room
 is a channel (``lobby`` is ``#lobby``), nicknames are the one registry every
 protocol shares, and everything an IRC user says goes through the same
-actions as a native user's (``broadcast_message``, the ``/msg`` command), so
+actions as a native user's (``broadcast_message``, ``send_private``), so
 every plugin applies to both.
 
 Two parts, as for every front-end (:mod:`chatcore.wire`):
@@ -737,15 +737,17 @@ class IRCProtocol(Protocol):
                     self.reply("403", target, "No such channel")
             return
         recipient = server.registry.find(target)
-        if recipient is None or recipient.closed:
+        if recipient is not None and not recipient.closed:
+            away = irc_state(recipient)
+            if away is not None and away.away is not None and not quiet:
+                self.reply("301", recipient.nick, away.away)
+        elif not server.hooks.implemented("private_message"):  # nobody here, and no cluster to ask
             if not quiet:
                 self.reply("401", target, "No such nick/channel")
             return
-        away = irc_state(recipient)
-        if away is not None and away.away is not None and not quiet:
-            self.reply("301", recipient.nick, away.away)
-        # The /msg command's path: the filter chain, and any plugin that overrides /msg.
-        server.run_command(client, "msg", f"{recipient.nick} {text}")
+        # Every private message's one path: the filter chain, counted and
+        # timed, and across a cluster to a nick on another server.
+        server.send_private(client, target, text)
 
     def notice(self, params: list[str]) -> None:
         self.privmsg(params, command="NOTICE")

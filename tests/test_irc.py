@@ -488,6 +488,9 @@ def test_a_native_quit_padded_to_forge_a_line_reaches_irc_clients_as_one_short_l
     alice = register(connect, server, "alice")
     head = ":bob!bob@chatcore QUIT :Quit: "
     bob.send("/quit " + "x" * (512 - len(head)) + FORGED + " " + "y" * 3000)
+    # Bob's leave is published by his thread, carol's line by hers: the
+    # marker is sent once the leave is out.
+    carol.expect(lambda line: line.startswith("* bob left"))
     carol.send("after the quit")
     seen = []
     while (line := alice.readline()) != ":carol!carol@chatcore PRIVMSG #lobby :after the quit":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+from chatcore import hookimpl
 from chatcore.engine.stats import LATENCY_BUCKETS, Stats
 from chatcore.testing import wait_for
 
@@ -95,3 +96,38 @@ def test_a_connection_thread_retires_its_counts_when_it_ends(chat_server_factory
     assert totals.messages == 1
     assert totals.deliveries == 1 + 1 + 1  # bob's join to alice, the message and alice's leave to bob
     assert sum(totals.latency_buckets) == 1
+
+
+def test_a_private_message_is_counted_and_timed_on_this_server_and_across_a_cluster(chat_server_factory, chat_client):
+    """One path for every private message (ChatServer.send_private): one
+    sent to a nick on another server (a cluster plugin's) is counted and
+    timed as one here is (issue 22, bug 5: it was neither)."""
+
+    class Elsewhere:
+        """A cluster of one other person, 'faraway'."""
+
+        def __init__(self) -> None:
+            self.delivered: list[tuple[str, str]] = []
+
+        @hookimpl
+        def chatcore_private_message(self, recipient: str, text: str) -> bool | None:
+            if recipient != "faraway":
+                return None
+            self.delivered.append((recipient, text))
+            return True
+
+    cluster = Elsewhere()
+    server = chat_server_factory(plugins=[cluster])
+    alice, bob = chat_client(server), chat_client(server)
+    baseline = server.stats.totals().deliveries
+    alice.send("/msg guest-2 here")
+    bob.expect("*guest-1* here")
+    alice.expect("-> *guest-2* here")
+    alice.send("/msg faraway there")
+    alice.expect("-> *faraway* there")
+    assert cluster.delivered == [("faraway", "there")]
+    # Its latency is counted last, after the sender's copy is queued.
+    wait_for(lambda: sum(server.stats.totals().latency_buckets) == 2, message="both timed")
+    totals = server.stats.totals()
+    assert totals.messages == 2
+    assert totals.deliveries - baseline == 2

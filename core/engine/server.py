@@ -54,7 +54,7 @@ from chatcore.engine.registry import Registry
 from chatcore.engine.serving import SHUTDOWN_LINGER, Connections
 from chatcore.engine.stats import Stats
 from chatcore.engine.writer import Writer
-from chatcore.events import Action, Chat, Joined, Left, NickChanged, RoomEvent, Welcome
+from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, RoomEvent, Welcome
 from chatcore.message import Message
 from chatcore.transports.listener import Listener, format_address
 
@@ -469,6 +469,60 @@ class ChatServer:
             self.hooks.message_delivered(message, recipients)
         messages.clear()
         events.clear()
+
+    def send_private(self, sender: Client, nick: str, text: str) -> bool:
+        """Send ``text`` from ``sender`` to the person called ``nick`` alone,
+        whichever room they are in and, in a cluster, whichever server: the
+        one path of every private message (``/msg``, IRC ``PRIVMSG`` to a
+        nick, the web page).
+
+        As a room message: counted, through the filter chain (a message of
+        kind ``"private"`` whose ``recipient`` is the client here, or None
+        for one elsewhere), timed from its arrival, and told to
+        ``chatcore_message_delivered``. The sender gets its copy
+        (``echo=True``) once it is delivered, or an error saying why not.
+        On the sender's thread.
+
+        :return: True if it was delivered.
+        """
+        recipient = self.registry.find(nick)
+        if recipient is not None and recipient.closed:
+            recipient = None
+        if recipient is sender:
+            sender.error("you cannot send a private message to yourself")
+            return False
+        elsewhere = recipient is None
+        if elsewhere and not self.hooks.implemented("private_message"):
+            sender.error(f"no such nick {nick!r}")
+            return False
+        # The room is where it was written, the recipient where it goes.
+        message = Message(sender, sender.room, text, "private", recipient=recipient)
+        counts = self.stats.mine()
+        counts.messages += 1
+        self.hooks.message(message)
+        if message.rejected is not None:
+            sender.error(message.rejected)
+            return False
+        if not message.text:
+            sender.error(f"your message to {nick} was empty after filtering; it was not sent")
+            return False
+        if recipient is not None:
+            nick = recipient.nick
+            recipient.send(PrivateMessage(sender.nick, nick, message.text))
+        else:
+            result = self.hooks.private_message(sender, nick, message.text)
+            if result is None:
+                sender.error(f"no such nick {nick!r}")
+                return False
+            if isinstance(result, str):
+                sender.error(result)
+                return False
+        counts.deliveries += 1
+        sender.send(PrivateMessage(sender.nick, nick, message.text, echo=True))
+        if sender.arrived:
+            counts.observe_latency(time.monotonic() - sender.arrived)
+        self.hooks.message_delivered(message, 1)
+        return True
 
     def change_room(self, client: Client, room: str, reason: str | None = None) -> None:
         """Move a client to ``room``, with the leave and join notices and

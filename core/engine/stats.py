@@ -66,7 +66,8 @@ class ThreadCounts:
     def __init__(self) -> None:
         #: Messages (chat, actions, private) that arrived, before any filter.
         self.messages = 0
-        #: Room events queued to a recipient, one per recipient.
+        #: Events queued to a recipient: a room event, one per recipient;
+        #: a private message, one.
         self.deliveries = 0
         #: Per bucket of :data:`LATENCY_BUCKETS`, and one for +Inf: how many
         #: messages took that long from arrival to queueing for every
