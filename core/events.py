@@ -23,8 +23,9 @@ Two families:
 
 An event's identity is ``(room, epoch, offset)``: offsets count a room's
 events from 1 without gaps within one epoch, and the epoch changes whenever
-the numbering starts again (the local server picks a new one at every start;
-a cluster plugin supplies its own, see ``chatcore_sequencer``). A client that
+the numbering starts again (the server's backplane numbers rooms,
+:mod:`chatcore.engine.backplane`: the local one gives a room a new epoch at
+every start and when the room is made again). A client that
 reconnects asks for what came after the highest offset below which it saw
 every event (events of concurrent senders may arrive slightly out of offset
 order; each sender's arrive in order) and drops offsets it already has.

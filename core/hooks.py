@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from chatcore.engine.backplane import Backplane
 from chatcore.errors import UsageError
 
 if TYPE_CHECKING:
@@ -347,16 +348,20 @@ class Hooks:
                 raise PluginError(plugin, "chatcore_schemes", exc) from exc
         return found
 
-    def sequencer(self, server: ChatServer) -> Any:
-        """A plugin's sequencer, or None; a failure stops the start."""
-        for plugin, call in self._impls["chatcore_sequencer"]:
+    def backplane(self, server: ChatServer) -> Backplane | None:
+        """A plugin's backplane, or None; a failure stops the start."""
+        for plugin, call in self._impls["chatcore_backplane"]:
             try:
                 result = call({"server": server})
             except Exception as exc:
-                raise PluginError(plugin, "chatcore_sequencer", exc) from exc
+                raise PluginError(plugin, "chatcore_backplane", exc) from exc
             if result is not None:
-                if not callable(getattr(result, "next", None)):
-                    raise PluginError(plugin, "chatcore_sequencer", TypeError(f"{result!r} has no next(room)"))
+                if not isinstance(result, Backplane):
+                    raise PluginError(
+                        plugin,
+                        "chatcore_backplane",
+                        TypeError(f"{result!r} is not a chatcore.engine.backplane.Backplane"),
+                    )
                 return result
         return None
 

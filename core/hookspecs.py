@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from chatcore.markers import hookspec
 
 if TYPE_CHECKING:
     from chatcore.config import Config
+    from chatcore.engine.backplane import Backplane
     from chatcore.engine.connection import Client
     from chatcore.engine.server import ChatServer
     from chatcore.events import RoomEvent
@@ -347,24 +348,23 @@ def chatcore_schemes() -> list[Scheme] | None:
 
 
 @hookspec(firstresult=True)
-def chatcore_sequencer(server: ChatServer) -> Any:
-    """Supply the numbering of room events, instead of the local server's.
+def chatcore_backplane(server: ChatServer) -> Backplane | None:
+    """Supply the server's backplane: what joins its rooms to the other
+    servers of a cluster (:mod:`chatcore.engine.backplane`): the numbering of
+    room events, publishing the events said here to the other servers,
+    rooms' history across the cluster, nicknames and members elsewhere, and
+    private messages to other servers.
 
-    A cluster plugin numbers each room's events across servers, so that a
-    client resuming on any server finds the same identities.
+    :param server: the server being made (its ``config`` is ready; it has not
+        started: the engine calls the backplane's ``start(server)`` after
+        ``chatcore_server_start``, and ``stop()`` after ``chatcore_server_stop``).
+    :return: ``None``, or a :class:`~chatcore.engine.backplane.Backplane`
+        (a subclass overriding what it supplies). The first plugin that
+        returns one decides; without one, the server is on its own.
 
-    :param server: the started server.
-    :return: ``None``, or an object with a method ``next(room) ->
-        (epoch, offset)``: the identity of the room's next event, called on
-        the publishing thread, concurrently (also for one room: it must be
-        thread-safe, as an atomic counter is). Offsets must be unique and
-        grow by one within an epoch; a new epoch says the numbering started
-        again. The first plugin that returns one decides.
+    Called once, on the thread that makes the server.
 
-    Called once on the thread that starts the server, after
-    ``chatcore_server_start``.
-
-    .. versionadded:: 0.2
+    .. versionadded:: 0.3 (replaces ``chatcore_sequencer``)
     """
 
 

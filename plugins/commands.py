@@ -82,12 +82,7 @@ def _join(client: Client, args: str) -> None:
 
 
 def _rooms(client: Client, args: str) -> None:
-    server = client.server
-    counts = server.registry.rooms()
-    # Members on the other servers of a cluster (chatcore_cluster_members).
-    for room, nicks in server.hooks.cluster_members(server).items():
-        counts[room] = counts.get(room, 0) + len(nicks)
-    client.send(RoomList(tuple(sorted(counts.items()))))
+    client.send(RoomList(tuple(sorted(client.server.room_counts().items()))))
 
 
 def _who(client: Client, args: str) -> None:

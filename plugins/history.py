@@ -139,9 +139,9 @@ def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
 @hookimpl
 def chatcore_client_joined(client: Client, room: str) -> None:
     history = _history(client.server)
-    # A cluster's history of the room, where a cluster plugin keeps one
-    # (chatcore_room_history); else what this server saw.
-    events = client.server.hooks.room_history(client.server, room, history.lines)
+    # The cluster's history of the room, where the backplane keeps one;
+    # else what this server saw.
+    events = client.server.backplane.history(room, history.lines)
     if events is None:
         events = history.replay(room)
     if events:

@@ -675,7 +675,8 @@ class IRCProtocol(Protocol):
             self.reply("366", name, "End of /NAMES list.")
 
     def list_(self, params: list[str]) -> None:
-        self.send(self.wire.list_lines(self.client.nick, sorted(self.client.server.registry.rooms().items())))
+        # Here and on the other servers of a cluster, as /rooms counts them.
+        self.send(self.wire.list_lines(self.client.nick, sorted(self.client.server.room_counts().items())))
 
     def topic(self, params: list[str]) -> None:
         if not self._need(params, 1, "TOPIC"):
@@ -741,7 +742,7 @@ class IRCProtocol(Protocol):
             away = irc_state(recipient)
             if away is not None and away.away is not None and not quiet:
                 self.reply("301", recipient.nick, away.away)
-        elif not server.hooks.implemented("private_message"):  # nobody here, and no cluster to ask
+        elif not server.backplane.shared:  # nobody here, and no cluster to ask
             if not quiet:
                 self.reply("401", target, "No such nick/channel")
             return
@@ -783,7 +784,7 @@ class IRCProtocol(Protocol):
             rows.append((member.nick, member.room, user, here, realname))
         if target.startswith("#"):  # ... and in a cluster the other servers' (as NAMES lists them)
             room = target[1:].lower()
-            for nick in client.server.hooks.cluster_members(client.server).get(room, []):
+            for nick in client.server.backplane.members().get(room, []):
                 rows.append((nick, room, nick, "H", "chatcore user on another server"))
         lines = [
             self.wire.numeric(

@@ -696,7 +696,9 @@ class WebProtocol(Protocol):
             answer.update(events=[], complete=False, reason="this server keeps no history")
         else:
             kept: list[RoomEvent] = history.replay(room)
-            current = getattr(client.server.sequencer, "epoch", None)  # a cluster's may have none
+            # The room's numbering now: a new epoch means a restart, or the
+            # room was emptied and made again (the backplane's epochs).
+            current = client.server.backplane.epoch_of(room)
             same_epoch = epoch == current if current is not None else any(e.epoch == epoch for e in kept)
             # Complete if the numbering is the same and the kept history
             # reaches back to the offset (or nothing was ever dropped).
@@ -707,6 +709,10 @@ class WebProtocol(Protocol):
             newer = [event for event in kept if event.epoch == epoch and event.offset > offset - RESUME_OVERLAP]
             answer.update(events=_objects(newer), complete=same_epoch and reaches)
             if not answer["complete"]:
-                answer["reason"] = "the server restarted" if not same_epoch else "more was said than the server keeps"
+                answer["reason"] = (
+                    "the server restarted or the room was made again"
+                    if not same_epoch
+                    else "more was said than the server keeps"
+                )
         answer["you"] = {"nick": client.nick, "room": client.room}
         client.send_data(message_frame(answer))

@@ -18,7 +18,8 @@ from types import SimpleNamespace
 import pytest
 import trustme
 
-from chatcore import events
+from chatcore import events, hookimpl
+from chatcore.engine.backplane import Backplane
 from chatcore.engine.server import ChatServer
 from chatcore.events import Chat, Left, kick_text
 from chatcore.plugins.irc import IRCFormat, parse, text_lines
@@ -893,3 +894,32 @@ def test_oper_without_operators_gets_491_and_the_other_operator_commands_are_irc
     assert bob.sync() == [
         ":chatcore 482 bob #lobby :Channel modes cannot be changed on chatcore; operators use KICK, BAN, MUTE"
     ]
+
+
+def test_list_counts_the_other_servers_members_as_rooms_does(chat_server_factory, connect, natives):
+    """IRC's LIST and native /rooms give one answer, the cluster's members
+    included (issue 22, bug 4: LIST counted only this server's)."""
+
+    class TwoElsewhere(Backplane):
+        def members(self) -> dict[str, list[str]]:
+            return {"lobby": ["far1", "far2"], "yonder": ["far3"]}
+
+    class Cluster:
+        @hookimpl
+        def chatcore_backplane(self) -> Backplane:
+            return TwoElsewhere()
+
+    server = chat_server_factory(
+        "--plugins", "irc", "--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0", plugins=[Cluster()]
+    )  # fmt: skip
+    bob = native(server, natives, "bob")
+    alice = register(connect, server, "alice")
+    alice.send("LIST")
+    assert alice.sync() == [
+        ":chatcore 321 alice Channel :Users  Name",
+        ":chatcore 322 alice #lobby 4 :",
+        ":chatcore 322 alice #yonder 1 :",
+        ":chatcore 323 alice :End of /LIST",
+    ]
+    bob.send("/rooms")
+    bob.expect("* 2 rooms: lobby (4), yonder (1)")

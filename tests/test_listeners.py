@@ -13,8 +13,10 @@ import pytest
 
 from chatcore import hookimpl
 from chatcore.config import parse_config
+from chatcore.engine.backplane import Backplane, StreamPosition
 from chatcore.engine.server import ChatServer
 from chatcore.events import Event, RoomEvent
+from chatcore.hooks import PluginError
 from chatcore.testing import LineClient, ServerProcess, wait_for
 from chatcore.transports import Scheme
 from chatcore.wire import WireFormat
@@ -133,25 +135,28 @@ def test_a_room_event_is_encoded_once_per_format_whatever_the_members(chat_serve
 def test_room_events_are_numbered_per_room_and_a_plugin_can_supply_the_numbers(chat_server_factory, chat_client):
     seen: list[RoomEvent] = []
 
-    class Cluster:
+    class Cluster(Backplane):
         """Numbers events the way a cluster plugin would: its own epoch."""
 
         def __init__(self) -> None:
+            super().__init__()
             self.offsets: Counter[str] = Counter()
 
-        @hookimpl
-        def chatcore_sequencer(self, server: ChatServer) -> Cluster:
-            return self
-
-        def next(self, room: str) -> tuple[str, int]:
+        def next_position(self, room: str) -> StreamPosition:
             self.offsets[room] += 100
-            return "cluster-epoch", self.offsets[room]
+            return StreamPosition("cluster-epoch", self.offsets[room])
+
+    class Plugin:
+        @hookimpl
+        def chatcore_backplane(self) -> Backplane:
+            return Cluster()
 
         @hookimpl
         def chatcore_room_event(self, event: RoomEvent) -> None:
             seen.append(event)
 
-    server = chat_server_factory(plugins=[Cluster()])
+    server = chat_server_factory(plugins=[Plugin()])
+    assert isinstance(server.backplane, Cluster)
     alice, bob = chat_client(server), chat_client(server)
     alice.send("one")
     bob.expect("<guest-1> one")
@@ -167,6 +172,40 @@ def test_room_events_are_numbered_per_room_and_a_plugin_can_supply_the_numbers(c
     assert lobby == [(100, "Joined"), (200, "Joined"), (300, "Chat"), (400, "Left")]
     assert dev == [(100, "Joined"), (200, "Chat")]
     assert {e.epoch for e in seen} == {"cluster-epoch"}
+
+
+def test_a_backplane_that_is_not_one_stops_the_start_with_a_clear_error():
+    class Wrong:
+        @hookimpl
+        def chatcore_backplane(self) -> object:
+            return object()
+
+    with pytest.raises(PluginError, match=r"is not a chatcore\.engine\.backplane\.Backplane"):
+        ChatServer(parse_config(["--port", "0"], extra_plugins=[Wrong()]))
+
+
+def test_a_room_emptied_leaves_no_numbering_behind_and_a_new_one_has_a_new_epoch(chat_server_factory, chat_client):
+    """Per-room state must not outlive the room (issue 22, bug 10): a client
+    that visits many rooms leaves one room's numbering, its own; a room made
+    again is numbered under a new epoch, so no position is given twice."""
+    server = chat_server_factory()
+    alice, bob = chat_client(server), chat_client(server)
+    bob.send("/join first")
+    bob.expect("* you are now in first (1 here)")
+    bob.send("hello")
+    bob.sync()
+    first_epoch = server.backplane.epoch_of("first")
+    assert first_epoch is not None
+    for number in range(300):
+        bob.send(f"/join room-{number}")
+    bob.expect("* you are now in room-299 (1 here)")
+    assert set(server.backplane._counters) <= {"lobby", "room-299"}
+    bob.send("/join first")
+    bob.expect("* you are now in first (1 here)")
+    assert server.backplane.epoch_of("first") not in (None, first_epoch)
+    alice.send("still here")
+    alice.sync()
+    assert server.backplane.epoch_of("lobby") is not None
 
 
 def test_the_local_numbering_changes_epoch_at_every_start(chat_server_factory):

@@ -20,9 +20,10 @@ For the caller: ``start()``, then ``stop()``; ``reload()`` on SIGHUP
 gate's :meth:`~ChatServer.check_password` and :meth:`~ChatServer.pace`.
 
 Every event said to a room passes through :meth:`ChatServer.publish`: it
-gets its number in the room's stream (from the sequencer, which a cluster
-plugin may supply), is rendered once per wire format present in the room,
-and the bytes are appended once to the room's feed for that format
+gets its position in the room's stream from the backplane
+(:mod:`chatcore.engine.backplane`, which a cluster plugin may replace), is
+rendered once per wire format present in the room, and the bytes are
+appended once to the room's feed for that format
 (:mod:`chatcore.engine.feed`), from which the writer thread
 (:mod:`chatcore.engine.writer`) sends them to each member but the excluded
 one.
@@ -40,13 +41,12 @@ already has.
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
-import secrets
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+from chatcore.engine.backplane import Backplane
 from chatcore.engine.connection import Client
 from chatcore.engine.gate import Gate
 from chatcore.engine.limits import ConnectionLimits, FailureCounter
@@ -70,36 +70,6 @@ log = logging.getLogger("chatcore.server")
 GUEST_NAME_TRIES = 100
 
 
-class Sequencer(Protocol):
-    """What numbers room events: the local one below, or a cluster plugin's
-    (``chatcore_sequencer``)."""
-
-    def next(self, room: str) -> tuple[str, int]:
-        """``(epoch, offset)`` for the room's next event; thread-safe."""
-        ...
-
-
-class LocalSequencer:
-    """Numbers each room's events in this process: offsets 1, 2, 3 ... per
-    room, under an epoch drawn at random when the server starts (so a client
-    that resumes across a restart sees the numbering changed).
-
-    Thread-safe without a lock: ``next()`` of an ``itertools.count`` is one
-    atomic step under the GIL.
-    """
-
-    def __init__(self) -> None:
-        self.epoch = secrets.token_hex(4)
-        self._counters: dict[str, Iterator[int]] = {}
-
-    def next(self, room: str) -> tuple[str, int]:
-        """The identity of the room's next event: ``(epoch, offset)``."""
-        counter = self._counters.get(room)
-        if counter is None:
-            counter = self._counters.setdefault(room, itertools.count(1))
-        return self.epoch, next(counter)
-
-
 def _stamp(event: RoomEvent, epoch: str, offset: int, when: float) -> None:
     # An event is immutable once published; publish() gives it its identity
     # first, while only the publishing thread holds it (a copy with
@@ -117,7 +87,9 @@ class ChatServer:
         ``--listen`` URL, bound when the server is made.
     :ivar schemes: every URL scheme the plugins registered.
     :ivar hooks: the plugins (:class:`chatcore.hooks.Hooks`).
-    :ivar sequencer: numbers room events (``chatcore_sequencer``).
+    :ivar backplane: what joins the rooms here to the rest of a cluster, and
+        numbers room events (:mod:`chatcore.engine.backplane`; a plugin's
+        from ``chatcore_backplane``, else the local one).
     :ivar stats: what the engine counts (:mod:`chatcore.engine.stats`),
         for the metrics plugin.
     """
@@ -126,13 +98,14 @@ class ChatServer:
         options = config.options
         self.config = config
         self.hooks = config.pluginmanager.hooks
+        # First: a plugin's failure here stops the start before anything is open.
+        self.backplane: Backplane = self.hooks.backplane(self) or Backplane()
         self.registry = Registry()
         self.writer = Writer()
         self.stats = Stats()
         #: New connections' limits: a reload applies them to new connections only.
         self.max_line: int = options.max_line
         self.max_queue: int = options.max_queue
-        self.sequencer: Sequencer = LocalSequencer()
         #: Events a wire format failed to render (each logged; the rest of
         #: the room's delivery goes on).
         self.render_failures = 0
@@ -185,14 +158,17 @@ class ChatServer:
         # process).
         logging.logThreads = False
         self.hooks.server_start(self)
-        sequencer = self.hooks.sequencer(self)
-        if sequencer is not None:
-            self.sequencer = sequencer
+        self.backplane.start(self)
         self.writer.start()
         self.serving.start_sweeper()
         for listener in self.listeners:
             listener.start()
         self._accepting = True
+
+    @property
+    def sequencer(self) -> Backplane:
+        """The backplane, by its old name (its ``epoch`` is the server's)."""
+        return self.backplane
 
     @property
     def accepting(self) -> bool:
@@ -213,6 +189,7 @@ class ChatServer:
             listener.stop()
         self.serving.close_all(reason, timeout)
         self.hooks.server_stop(self)
+        self.backplane.stop()
         self.server_close()
 
     def server_close(self) -> None:
@@ -256,8 +233,17 @@ class ChatServer:
         case): this server's members and, in a cluster, the other servers'
         (``chatcore_cluster_members``). For ``/who`` and IRC's NAMES."""
         nicks = [member.nick for member in self.registry.members(room)]
-        nicks += self.hooks.cluster_members(self).get(room, [])
+        nicks += self.backplane.members().get(room, [])
         return sorted(nicks, key=str.casefold)
+
+    def room_counts(self) -> dict[str, int]:
+        """Every room that has members, with how many: here and, in a
+        cluster, on the other servers (the backplane's). For ``/rooms`` and
+        IRC's LIST."""
+        counts = self.registry.rooms()
+        for room, nicks in self.backplane.members().items():
+            counts[room] = counts.get(room, 0) + len(nicks)
+        return counts
 
     def remove_client(self, client: Client) -> None:
         """Take a client that has gone out of the chat: its leave notice to
@@ -272,7 +258,15 @@ class ChatServer:
                 self.stats.delivered(self._publish(left))
             log.info("client left: %s from %s (%s)", client.nick, format_address(*client.address), reason)
             self.hooks.client_left(client, room, reason)
-            self.hooks.release_nick(client, client.nick)
+            self.backplane.release_nick(client, client.nick)
+            self._maybe_emptied(room)
+
+    def _maybe_emptied(self, room: str) -> None:
+        """After a leave: if nobody here is left in ``room``, the backplane
+        lets go of what it keeps for it (per-room state must not outlive
+        the room: 100,000 rooms visited once leave nothing behind)."""
+        if not self.registry.members(room):
+            self.backplane.room_emptied(room)
 
     # -- the gate, for protocols and plugins ------------------------------------
 
@@ -346,11 +340,11 @@ class ChatServer:
         checks that ``nick`` is a valid nickname.
         """
         # A chosen nickname is claimed in the cluster first (chatcore_claim_nick).
-        if nick is not None and self.hooks.claim_nick(client, nick) is not None:
+        if nick is not None and self.backplane.claim_nick(client, nick) is not None:
             return False
         if not self.registry.add(client, room, nick):
             if nick is not None:
-                self.hooks.release_nick(client, nick)
+                self.backplane.release_nick(client, nick)
             return False
         client.admitted = True
         if nick is None:
@@ -364,10 +358,10 @@ class ChatServer:
     def _claim_guest_nick(self, client: Client) -> None:
         """Make the guest name unique in the cluster too (``chatcore_claim_nick``):
         a name another server has is replaced by the next guest number."""
-        if not self.hooks.implemented("claim_nick"):
+        if not self.backplane.shared:
             return
         for _ in range(GUEST_NAME_TRIES):
-            if self.hooks.claim_nick(client, client.nick) is None:
+            if self.backplane.claim_nick(client, client.nick) is None:
                 return
             nick = self.registry.guest_nick()
             self.registry.rename(client, nick)
@@ -408,7 +402,7 @@ class ChatServer:
         room = message.room
         # Numbered as it is made, which costs less than publish() stamping it
         # afterwards: this runs for every message.
-        epoch, offset = self.sequencer.next(room)
+        epoch, offset = self.backplane.next_position(room)
         now = time.time()
         # Chat is not echoed to its sender; an action is, as the answer to
         # /me, unless the sender's client shows its own actions (IRC).
@@ -448,7 +442,7 @@ class ChatServer:
             if events and message.room != events[0].room:  # a filter may send it elsewhere
                 self._publish_together(passed, events, counts)
             room = message.room
-            epoch, offset = self.sequencer.next(room)
+            epoch, offset = self.backplane.next_position(room)
             events.append(Chat(room, message.sender.nick, message.text, offset, epoch, time.time()))
             passed.append(message)
         self._publish_together(passed, events, counts)
@@ -492,7 +486,7 @@ class ChatServer:
             sender.error("you cannot send a private message to yourself")
             return False
         elsewhere = recipient is None
-        if elsewhere and not self.hooks.implemented("private_message"):
+        if elsewhere and not self.backplane.shared:
             sender.error(f"no such nick {nick!r}")
             return False
         # The room is where it was written, the recipient where it goes.
@@ -510,7 +504,7 @@ class ChatServer:
             nick = recipient.nick
             recipient.send(PrivateMessage(sender.nick, nick, message.text))
         else:
-            result = self.hooks.private_message(sender, nick, message.text)
+            result = self.backplane.send_private(sender, PrivateMessage(sender.nick, nick, message.text))
             if result is None:
                 sender.error(f"no such nick {nick!r}")
                 return False
@@ -532,6 +526,7 @@ class ChatServer:
             self._publish(Left(old, nick=client.nick, reason=reason or f"joined {room}", disconnected=False))
         )
         self.hooks.client_left(client, old, reason or f"joined {room}")
+        self._maybe_emptied(old)
         self.stats.delivered(self._publish(Joined(room, nick=client.nick), exclude=client))
         self.hooks.client_joined(client, room)
 
@@ -542,12 +537,12 @@ class ChatServer:
         cluster plugin claims it across servers first, with
         ``chatcore_claim_nick``)."""
         old = client.nick
-        if self.hooks.claim_nick(client, nick) is not None:
+        if self.backplane.claim_nick(client, nick) is not None:
             return False
         if not self.registry.rename(client, nick):
-            self.hooks.release_nick(client, nick)
+            self.backplane.release_nick(client, nick)
             return False
-        self.hooks.release_nick(client, old)
+        self.backplane.release_nick(client, old)
         self.stats.delivered(self._publish(NickChanged(client.room, nick=old, new_nick=nick), exclude=client))
         return True
 
@@ -558,7 +553,7 @@ class ChatServer:
 
         The one path for everything said to a room. An event that has no
         identity yet (``offset == 0``) gets the room's next one from the
-        sequencer; one that has it (from another server) keeps it. The event
+        backplane; one that has it (from another server) keeps it. The event
         is rendered once per wire format in the room, and the bytes are
         appended to that format's feed, for every member. Unless ``relay`` is false,
         ``chatcore_room_event`` then tells the plugins, so a cluster plugin
@@ -587,7 +582,7 @@ class ChatServer:
         room = first.room
         for event in events:
             if not event.offset:
-                epoch, offset = self.sequencer.next(room)
+                epoch, offset = self.backplane.next_position(room)
                 _stamp(event, epoch, offset, time.time())
         count = 0
         woken = []  # feeds that were idle: handed to the writer together

@@ -1,0 +1,174 @@
+"""The backplane: what joins this server's rooms to everything beyond it.
+
+Everything the engine needs to know or say beyond its own connections goes
+through one object, the server's :attr:`~chatcore.engine.server.ChatServer.backplane`:
+
+- **numbering**: every room event's identity, a :class:`StreamPosition`
+  (``epoch``, ``offset``) in its room's stream (:meth:`Backplane.next_position`);
+- **publishing**: the events said here, to be carried to the other servers
+  (:meth:`Backplane.published`);
+- **history**: a room's recent events as the whole cluster said them
+  (:meth:`Backplane.history`);
+- **presence**: nicknames claimed across servers, and who is in which room
+  elsewhere (:meth:`Backplane.claim_nick`, :meth:`Backplane.release_nick`,
+  :meth:`Backplane.members`);
+- **private messages** to a nickname on another server
+  (:meth:`Backplane.send_private`).
+
+:class:`Backplane` itself is the default for one server on its own: rooms
+numbered in this process and nothing beyond it. A cluster plugin replaces
+it as a whole by returning its own from ``chatcore_backplane`` (the
+model is Centrifuge's ``Broker``, with its memory broker as the default, and
+python-socketio's ``base_manager``/``pubsub_manager`` split).
+
+Until the bundled ``redis`` plugin is moved to this seam, the default also
+asks the cluster hooks it replaces (``chatcore_claim_nick``,
+``chatcore_release_nick``, ``chatcore_cluster_members``,
+``chatcore_private_message``, ``chatcore_room_history``), so a plugin that
+implements them keeps working.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from chatcore.engine.connection import Client
+    from chatcore.engine.server import ChatServer
+    from chatcore.events import PrivateMessage, RoomEvent
+
+
+class StreamPosition(NamedTuple):
+    """Where an event stands in its room's stream.
+
+    :ivar epoch: names one numbering of the room: offsets are comparable
+        only within an epoch, and a new epoch (a restart, a room dropped
+        and made again) means what came before is not known.
+    :ivar offset: 1, 2, 3 ... within the epoch, unique and gap-free.
+    """
+
+    epoch: str
+    offset: int
+
+
+class Backplane:
+    """One server on its own: rooms numbered in this process, nobody elsewhere.
+
+    Thread-safe: every method may be called from any client's thread, and
+    calls overlap. A subclass (a cluster plugin's) overrides what it
+    supplies; each method says what the engine expects of it.
+
+    Numbering: offsets 1, 2, 3 ... per room, under an epoch made of one
+    drawn when the server starts and a count of the rooms numbered since,
+    so a client that resumes across a restart, or after the room was
+    emptied and made again, sees the numbering changed. A room's counter
+    is dropped when the room empties (:meth:`room_emptied`): no two events
+    of a room ever share a position, and 100,000 rooms visited once leave
+    nothing behind.
+    """
+
+    #: A short name for logs and metrics.
+    name = "local"
+
+    def __init__(self) -> None:
+        self.server: ChatServer | None = None
+        #: Drawn at the start: the first part of every room's epoch.
+        self.epoch = secrets.token_hex(4)
+        self._counters: dict[str, tuple[str, Iterator[int]]] = {}
+        self._generations = itertools.count(1)
+        self._lock = threading.Lock()
+
+    # -- life cycle -----------------------------------------------------------
+
+    def start(self, server: ChatServer) -> None:
+        """The server is starting (after the plugins' ``chatcore_server_start``)."""
+        self.server = server
+
+    def stop(self) -> None:
+        """The server has stopped serving; let go of everything."""
+
+    # -- numbering and publishing --------------------------------------------------
+
+    def next_position(self, room: str) -> StreamPosition:
+        """The position of ``room``'s next event. Called for every event,
+        on the publishing thread: keep it fast."""
+        numbering = self._counters.get(room)
+        if numbering is None:
+            with self._lock:
+                numbering = self._counters.get(room)
+                if numbering is None:
+                    # Each numbering of a room has an epoch of its own: the
+                    # server's, and the how-manieth room numbering this is.
+                    epoch = f"{self.epoch}-{next(self._generations)}"
+                    numbering = self._counters[room] = (epoch, itertools.count(1))
+        # next() of an itertools.count is one atomic step under the GIL.
+        return StreamPosition(numbering[0], next(numbering[1]))
+
+    def epoch_of(self, room: str) -> str | None:
+        """The epoch ``room``'s events are numbered in now, or None for a
+        room not numbered (nobody has said anything in it since it was made)."""
+        numbering = self._counters.get(room)
+        return None if numbering is None else numbering[0]
+
+    def room_emptied(self, room: str) -> None:
+        """The last member here left ``room``: drop what numbering it keeps."""
+        with self._lock:
+            self._counters.pop(room, None)
+
+    def published(self, events: Sequence[RoomEvent]) -> None:
+        """``events`` (of one room, numbered) were said here: a cluster
+        carries them to the other servers, which publish them to their
+        members with ``server.publish(event, relay=False)``. On the
+        publishing thread, after the members here have them queued: keep
+        it fast (queue the work)."""
+
+    # -- history ----------------------------------------------------------------------
+
+    def history(self, room: str, limit: int) -> list[RoomEvent] | None:
+        """``room``'s last ``limit`` events as the whole cluster said them,
+        oldest first, or None if the backplane keeps none (then the history
+        plugin answers from what this server saw)."""
+        server = self._server()
+        return server.hooks.room_history(server, room, limit)
+
+    # -- presence ---------------------------------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        """True if there is anyone beyond this server: other servers' nicknames
+        and members to ask about, private messages to carry."""
+        hooks = self._server().hooks
+        return hooks.implemented("claim_nick") or hooks.implemented("private_message")
+
+    def claim_nick(self, client: Client, nick: str) -> str | None:
+        """Claim ``nick`` for ``client`` across the cluster, atomically: None
+        if it is free (it is then the client's), else why not. The engine
+        still checks this server's own clients afterwards, and calls
+        :meth:`release_nick` if it refuses."""
+        return self._server().hooks.claim_nick(client, nick)
+
+    def release_nick(self, client: Client, nick: str) -> None:
+        """``client`` no longer uses ``nick`` (renamed, left, or refused)."""
+        self._server().hooks.release_nick(client, nick)
+
+    def members(self) -> dict[str, list[str]]:
+        """Who is in which room on the other servers: ``{room: [nick, ...]}``."""
+        server = self._server()
+        return server.hooks.cluster_members(server)
+
+    # -- private messages --------------------------------------------------------------
+
+    def send_private(self, sender: Client, message: PrivateMessage) -> bool | str | None:
+        """Deliver a filtered private message to a nickname not on this
+        server: True if delivered, a reason if the person exists but could
+        not be reached, None if nobody has that nickname."""
+        return self._server().hooks.private_message(sender, message.recipient, message.text)
+
+    def _server(self) -> ChatServer:
+        server = self.server
+        assert server is not None, "the backplane is used before the server started"
+        return server
