@@ -8,6 +8,7 @@ import re
 import socket
 import threading
 from collections import Counter
+from collections.abc import Sequence
 
 import pytest
 
@@ -15,7 +16,7 @@ from chatcore import hookimpl
 from chatcore.config import parse_config
 from chatcore.engine.backplane import Backplane, StreamPosition
 from chatcore.engine.server import ChatServer
-from chatcore.events import Event, RoomEvent
+from chatcore.events import Chat, Event, RoomEvent
 from chatcore.hooks import PluginError
 from chatcore.testing import LineClient, ServerProcess, wait_for
 from chatcore.transports import Scheme
@@ -311,3 +312,26 @@ def test_a_format_that_fails_on_an_event_wedges_no_feed(chat_server_factory, con
     alice.send("for the newcomer too")
     dave.expect("<alice> for the newcomer too")
     assert "failed to render" in caplog.text
+
+
+def test_the_backplane_is_told_what_is_said_here_not_what_came_from_elsewhere(chat_server_factory, chat_client):
+    said: list[RoomEvent] = []
+
+    class Recording(Backplane):
+        def published(self, events: Sequence[RoomEvent]) -> None:
+            said.extend(events)
+
+    class Plugin:
+        @hookimpl
+        def chatcore_backplane(self) -> Backplane:
+            return Recording()
+
+    server = chat_server_factory(plugins=[Plugin()])
+    alice = chat_client(server)
+    alice.send("said here")
+    alice.sync()
+    server.publish(Chat("lobby", "remote", "said elsewhere", offset=7, epoch="theirs", time=1.0), relay=False)
+    alice.expect("<remote> said elsewhere")
+    assert [type(e).__name__ for e in said] == ["Joined", "Chat"]
+    assert said[1].text == "said here"
+    assert said[1].offset > 0

@@ -628,9 +628,11 @@ class ChatServer:
                     self.writer.schedule_batched(woken)
                 else:
                     self.writer.schedule_feeds(woken)
-        if relay and self.hooks.room_events_observed:
-            for event in events:
-                self.hooks.room_event(self, event)
+        if relay:
+            self.backplane.published(events)
+            if self.hooks.room_events_observed:
+                for event in events:
+                    self.hooks.room_event(self, event)
         return count
 
     def _render_each(self, wire: WireFormat, events: Sequence[RoomEvent]) -> list[bytes]:
