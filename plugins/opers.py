@@ -44,11 +44,6 @@ if TYPE_CHECKING:
 NAME = "opers"
 log = logging.getLogger("chatcore.opers")
 
-#: Wrong /oper passwords: each costs the connection this many seconds more
-#: than the last (at most 5), and three close it.
-OPER_DELAY = 1.0
-OPER_ATTEMPTS = 3
-
 HELP = [
     ("/oper NAME PASSWORD", "log in as an operator (--opers-file)"),
     ("/kick NICK [REASON]", "operators: disconnect NICK; the room sees the reason"),
@@ -408,7 +403,9 @@ def log_in(client: Client, name: str, password: str) -> bool:
 
     Defends against guessing: an unknown name takes as long as a known one
     (:func:`~chatcore.engine.auth.dummy_for`), each failure is logged with the address (never the
-    password) and slows this connection more, and the third closes it.
+    password) and slows this connection and address more, and the third on a
+    connection closes it (:meth:`Gate.failed_secret
+    <chatcore.engine.gate.Gate.failed_secret>`).
     """
     state = _state(client.server)
     where = format_address(*client.address)
@@ -424,12 +421,11 @@ def log_in(client: Client, name: str, password: str) -> bool:
             # To the others: the operator's own client is told its way (IRC: a user MODE +o).
             client.server.publish(OperatorChanged(client.room, nick=client.nick), exclude=client)
         return True
-    data = client.data.setdefault(NAME, {})
-    failures = data["failures"] = data.get("failures", 0) + 1
-    log.warning("failed /oper as %r by %s from %s (attempt %d)", name, client.nick, where, failures)
-    time.sleep(min(OPER_DELAY * failures, 5.0))  # this client's thread only
-    if failures >= OPER_ATTEMPTS:
-        client.disconnect(f"{failures} failed operator logins")
+    # The gate's throttle, as for the server password: counted per
+    # connection and per address, so reconnecting does not reset the delay.
+    client.server.gate.failed_secret(
+        client, "oper", f"failed /oper as {name!r} by {client.nick}", "failed operator logins"
+    )
     return False
 
 

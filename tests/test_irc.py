@@ -19,6 +19,7 @@ import pytest
 import trustme
 
 from chatcore import events, hookimpl
+from chatcore.engine import gate
 from chatcore.engine.backplane import Backplane
 from chatcore.engine.server import ChatServer
 from chatcore.events import Chat, Left, kick_text
@@ -763,9 +764,8 @@ OPER_PASSWORD = "s3cret-oper"
 @pytest.fixture
 def opers_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     from chatcore.engine.auth import hash_password
-    from chatcore.plugins import opers
 
-    monkeypatch.setattr(opers, "OPER_DELAY", 0.05)  # failures are slowed: not by a second here
+    monkeypatch.setattr(gate, "SECRET_DELAY", 0.05)  # failures are slowed: not by a second here
     path = tmp_path / "opers"
     path.write_text(f"root {hash_password(OPER_PASSWORD)}\n", encoding="utf-8")
     return path

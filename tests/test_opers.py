@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from chatcore.engine import auth
+from chatcore.engine import auth, gate
 from chatcore.engine.auth import hash_password, is_hash
 from chatcore.plugins import opers
 from chatcore.plugins.opers import operator_name, parse_duration
@@ -57,7 +57,7 @@ def expect_all(client: LineClient, *wanted: str) -> None:
 
 @pytest.fixture
 def fast_failures(monkeypatch):
-    monkeypatch.setattr(opers, "OPER_DELAY", 0.05)
+    monkeypatch.setattr(gate, "SECRET_DELAY", 0.05)
 
 
 def test_oper_login_and_what_others_cannot_do(chat_server_factory, connect, opers_file, caplog, fast_failures):
@@ -418,3 +418,15 @@ def test_a_muted_users_leave_reasons_do_not_reach_the_room(chat_server_factory, 
     seen = "\n".join(alice.received + carol.received)
     assert "spam.example" not in seen
     assert "cheap pills" not in seen
+
+
+def test_reconnecting_does_not_reset_the_operator_login_delay(chat_server_factory, connect, opers_file, fast_failures):
+    """Wrong /oper passwords are throttled per address, as the server
+    password is (issue 22, bug 6: a new connection started from nothing)."""
+    server = chat_server_factory("--opers-file", str(opers_file))
+    for nick in ("bob", "carol"):
+        guesser = connect(server, nick)
+        guesser.send("/oper root wrong")
+        assert guesser.readline() == "! wrong operator name or password"
+        guesser.close()
+    assert server.gate.failures["oper"].record("127.0.0.1") == 3
