@@ -335,3 +335,18 @@ def test_the_backplane_is_told_what_is_said_here_not_what_came_from_elsewhere(ch
     assert [type(e).__name__ for e in said] == ["Joined", "Chat"]
     assert said[1].text == "said here"
     assert said[1].offset > 0
+
+
+def test_an_event_from_elsewhere_keeps_the_time_it_was_said(chat_server_factory, connect):
+    """Numbered here, but not re-timed (issue 22, bug 3: a cluster's event
+    took the local arrival time, so lines delayed by an outage looked new)."""
+    plugin = JSONScheme()
+    server = chat_server_factory("--listen", "jsonl://127.0.0.1:0", plugins=[plugin])
+    watcher = connect(server.address)
+    read_json(watcher, "Welcome")
+    server.publish(Chat("lobby", "remote", "said an hour ago", time=1_000_000.0), relay=False)
+    chat = read_json(watcher, "Chat")
+    assert chat["time"] == 1_000_000.0
+    assert chat["offset"] > 0
+    server.publish(Chat("lobby", "remote", "said now"), relay=False)
+    assert read_json(watcher, "Chat")["time"] > 1_000_000.0

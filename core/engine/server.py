@@ -583,7 +583,8 @@ class ChatServer:
         for event in events:
             if not event.offset:
                 epoch, offset = self.backplane.next_position(room)
-                _stamp(event, epoch, offset, time.time())
+                # An event from elsewhere keeps the time it was said at.
+                _stamp(event, epoch, offset, event.time or time.time())
         count = 0
         woken = []  # feeds that were idle: handed to the writer together
         # Presence notices may wait a moment, to leave in one send() with the
