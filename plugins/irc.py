@@ -424,6 +424,9 @@ def irc_state(client: Client) -> IRCState | None:
 
 Handler = Callable[["IRCProtocol", list[str]], None]
 
+_PASSWORD_FIRST = "Password required: send PASS before NICK and USER"
+_NICK_REFUSED = {"nick_taken": "Nickname is already in use", "nick_invalid": "Erroneous nickname"}
+
 
 class IRCProtocol(Protocol):
     """One IRC connection: registration, then commands (docs/irc.md)."""
@@ -531,24 +534,6 @@ class IRCProtocol(Protocol):
         elif self._need(params, 1, "PASS"):
             self._password = params[0]  # a secret: kept for the check below, never logged or echoed
 
-    def _password_problem(self) -> str | None:
-        """Why the password given with PASS does not let the client in, or None.
-
-        Without a server password (``--password-file``), PASS is accepted and
-        ignored: bouncers and some clients always send one. With one, the
-        engine checks it (constant time, slowed and logged by address, never
-        with the password: ``ChatServer.check_password``), as for native
-        clients' ``/pass``.
-        """
-        server = self.client.server
-        if not server.password_required:
-            return None
-        if self._password is None:
-            return "Password required: send PASS before NICK and USER"
-        if not server.check_password(self.client, self._password):
-            return "Password incorrect"
-        return None
-
     def user(self, params: list[str]) -> None:
         if self._registered:
             self.reply("462", "You may not reregister")
@@ -561,21 +546,24 @@ class IRCProtocol(Protocol):
         self._try_register()
 
     def _try_register(self) -> None:
+        """Log in once NICK and USER are in (and CAP END, if CAP began): the
+        engine checks the password and the nickname (``ChatServer.log_in``),
+        and this says why not in IRC's terms. Without a server password
+        (``--password-file``), PASS is accepted and ignored: bouncers and
+        some clients always send one."""
         if self._registered or self._cap_negotiating or not self._nick or not self.state.username:
             return
-        problem = self._password_problem()
-        if problem is not None:
-            self.reply("464", problem)
-            self.send([irc_line(None, "ERROR", f"Closing Link: {problem}")])
+        refusal = self.client.server.log_in(self.client, password=self._password, nick=self._nick)
+        if refusal is None:
+            self._registered = True
+        elif refusal.reason in ("password_missing", "password_wrong"):
+            why = "Password incorrect" if refusal.reason == "password_wrong" else _PASSWORD_FIRST
+            self.reply("464", why)
+            self.send([irc_line(None, "ERROR", f"Closing Link: {why}")])
             self.client.disconnect("bad password", tell=False)
-            return
-        # admit() takes the nickname under the registry's lock: it may have
-        # gone since NICK was checked.
-        if not self.client.server.admit(self.client, nick=self._nick):
-            self.reply("433", self._nick, "Nickname is already in use")
+        else:  # the nickname: taken since NICK was checked (log_in takes it under the registry's lock)
+            self.reply("433" if refusal.reason == "nick_taken" else "432", self._nick, _NICK_REFUSED[refusal.reason])
             self._nick = ""
-            return
-        self._registered = True
 
     # -- nicknames --
 

@@ -25,6 +25,7 @@ import argparse
 import logging
 import select
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chatcore.engine.auth import verify_password
@@ -47,6 +48,24 @@ SECRET_ATTEMPTS = 3
 #: How long an address's failures are remembered: reconnecting does not
 #: reset the delay within this window.
 FAILURE_WINDOW = 600.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why :meth:`ChatServer.log_in <chatcore.engine.server.ChatServer.log_in>`
+    did not let a connection in: each protocol tells its client in its own
+    words (native ``! ...``, IRC 464, 432 or 433, a web error).
+
+    :ivar reason: one of :data:`REFUSALS`.
+    :ivar text: the engine's sentence for it, for protocols that show one.
+    """
+
+    reason: str
+    text: str
+
+
+#: Why a login may be refused.
+REFUSALS = ("password_missing", "password_wrong", "nick_invalid", "nick_taken", "room_invalid", "admitted")
 
 
 class Gate:

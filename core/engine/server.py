@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore.engine.backplane import Backplane
 from chatcore.engine.connection import Client
-from chatcore.engine.gate import Gate
+from chatcore.engine.gate import Gate, Refusal
 from chatcore.engine.limits import ConnectionLimits, FailureCounter
 from chatcore.engine.registry import Registry
 from chatcore.engine.serving import SHUTDOWN_LINGER, Connections
@@ -56,6 +56,7 @@ from chatcore.engine.stats import Stats
 from chatcore.engine.writer import Writer
 from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, RoomEvent, Welcome
 from chatcore.message import Message
+from chatcore.names import nick_problem, room_problem
 from chatcore.transports.listener import Listener, format_address
 
 if TYPE_CHECKING:
@@ -327,6 +328,38 @@ class ChatServer:
         return self.gate.login_timeout
 
     # -- actions: what protocols and plugins make happen -----------------------
+
+    def log_in(
+        self, client: Client, *, password: str | None = None, nick: str | None = None, room: str | None = None
+    ) -> Refusal | None:
+        """Let a connection into the chat with what it offered before
+        entering: the phase before login, the same for every protocol.
+
+        A protocol gathers ``password``, ``nick`` and ``room`` its own way
+        (native ``/pass``, IRC ``PASS`` and ``NICK``, a web login) and calls
+        this; the engine checks the server password (the gate: a wrong one
+        slows the guesser, and the third closes the connection), the
+        nickname and room rules (:mod:`chatcore.names`), and admits the
+        client (:meth:`admit`): the welcome, and the join notice for the
+        others. The login deadline is the engine's too (``--login-timeout``).
+
+        :return: None once the client is in, else a :class:`~chatcore.engine.gate.Refusal`
+            for the protocol to tell its client; it may call again.
+        """
+        if client.admitted:
+            return Refusal("admitted", "you are in the chat already")
+        if self.gate.password_required:
+            if password is None:
+                return Refusal("password_missing", "password required")
+            if not self.gate.check_password(client, password):
+                return Refusal("password_wrong", "wrong password")
+        if nick is not None and (problem := nick_problem(nick)) is not None:
+            return Refusal("nick_invalid", problem)
+        if room is not None and (problem := room_problem(room)) is not None:
+            return Refusal("room_invalid", problem)
+        if not self.admit(client, room, nick):
+            return Refusal("nick_taken", f"nickname {nick!r} is taken")
+        return None
 
     def admit(self, client: Client, room: str | None = None, nick: str | None = None) -> bool:
         """Let a connected client into the chat: ``nick`` or a fresh

@@ -289,11 +289,9 @@ class NativeProtocol(Protocol):
         self._framer = LineFramer(client.server.max_line)
 
     def connection_made(self) -> None:
-        server = self.client.server
-        if server.password_required:
+        # In at once, unless the server wants its password first (/pass).
+        if self.client.server.log_in(self.client) is not None:
             self.client.error(PASSWORD_REQUIRED)
-        else:
-            server.admit(self.client)
 
     def data_received(self, data: bytes) -> None:
         client = self.client
@@ -390,9 +388,7 @@ def _before_login(client: Client, text: str) -> None:
     name, _, args = text[1:].partition(" ") if text[0] == "/" else ("", "", "")
     name = name.lower()
     if name == "pass":
-        if client.server.check_password(client, args.strip()):
-            client.server.admit(client)
-        elif not client.closed:
+        if client.server.log_in(client, password=args.strip()) is not None and not client.closed:
             client.error(WRONG_PASSWORD)
     elif name == "quit":
         client.disconnect(args.strip() or "quit", notice="goodbye")
