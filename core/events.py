@@ -30,6 +30,12 @@ reconnects asks for what came after the highest offset below which it saw
 every event (events of concurrent senders may arrive slightly out of offset
 order; each sender's arrive in order) and drops offsets it already has.
 
+The events a person causes (:class:`Chat`, :class:`Action`, :class:`Joined`,
+:class:`Left`, :class:`NickChanged`) carry their ``nick`` and ``user``: the
+user name they gave on connecting (IRC's ``USER``; ``""`` for those who gave
+none), which IRC shows in prefixes (``nick!user@host``), so that a wire
+format needs nothing but the event to render it.
+
 Events are frozen dataclasses: safe to share between threads and to keep
 in history. :class:`Chat` and :class:`Action`, made for every message, have
 an ``__init__`` that fills the instance in one step: a frozen dataclass's own
@@ -45,6 +51,7 @@ from typing import ClassVar
 __all__ = [
     "Action",
     "Chat",
+    "Disconnected",
     "Error",
     "Event",
     "Joined",
@@ -99,12 +106,15 @@ class Chat(RoomEvent):
 
     nick: str
     text: str
+    user: str = field(default="", kw_only=True)
 
     # The identity may be given by position too: the engine makes one of
     # these per message, and keywords cost a fifth of the call.
-    def __init__(self, room: str, nick: str, text: str, offset: int = 0, epoch: str = "", time: float = 0.0) -> None:  # noqa: PLR0917
+    def __init__(  # noqa: PLR0917
+        self, room: str, nick: str, text: str, offset: int = 0, epoch: str = "", time: float = 0.0, user: str = ""
+    ) -> None:
         # The fields the dataclass declares, in one step (see the module docstring).
-        self.__dict__.update(room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text)
+        self.__dict__.update(room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user)
 
 
 @dataclass(frozen=True, init=False)
@@ -115,9 +125,12 @@ class Action(RoomEvent):
 
     nick: str
     text: str
+    user: str = field(default="", kw_only=True)
 
-    def __init__(self, room: str, nick: str, text: str, offset: int = 0, epoch: str = "", time: float = 0.0) -> None:  # noqa: PLR0917
-        self.__dict__.update(room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text)
+    def __init__(  # noqa: PLR0917
+        self, room: str, nick: str, text: str, offset: int = 0, epoch: str = "", time: float = 0.0, user: str = ""
+    ) -> None:
+        self.__dict__.update(room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user)
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,7 @@ class Joined(RoomEvent):
     batched: ClassVar[bool] = True
 
     nick: str
+    user: str = field(default="", kw_only=True)
 
 
 #: Reasons a leave notice does not repeat: an ordinary goodbye.
@@ -158,6 +172,7 @@ class Left(RoomEvent):
     reason: str = "connection closed"
     disconnected: bool = True
     kicked_by: str = ""
+    user: str = field(default="", kw_only=True)
 
     @property
     def kick_reason(self) -> str:
@@ -178,6 +193,7 @@ class NickChanged(RoomEvent):
 
     nick: str
     new_nick: str
+    user: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -219,6 +235,23 @@ class Error(Event):
     """An error for one client (native: ``! text``)."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class Disconnected(Event):
+    """The server's last word to a client it is disconnecting (native: ``!
+    disconnected: reason``; IRC: ``ERROR :Closing Link``, after a ``KICK``
+    if an operator kicked it).
+
+    :ivar reason: why, as the client is told it (a kick's reads ``kicked
+        by NICK: words``).
+    :ivar kicked_by: the operator who kicked the client out, or ``""``.
+    :ivar kick_reason: that operator's own words, or ``""``.
+    """
+
+    reason: str
+    kicked_by: str = ""
+    kick_reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from chatcore import Config, UsageError, __version__, hookimpl
 from chatcore.events import (
     Action,
     Chat,
+    Disconnected,
     Error,
     Event,
     Joined,
@@ -45,7 +46,6 @@ from chatcore.events import (
     RoomList,
     RoomNotice,
     Welcome,
-    kick_text,
 )
 from chatcore.message import Message
 from chatcore.names import nick_problem, room_problem
@@ -57,8 +57,6 @@ from chatcore.wire.native import LineFramer, event_line, sanitize
 
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
-    from chatcore.engine.registry import Registry
-    from chatcore.engine.server import ChatServer
 
 DEFAULT_PORT = 6667
 DEFAULT_TLS_PORT = 6697
@@ -198,12 +196,15 @@ def _quit_text(reason: str) -> str:
 
 
 class IRCFormat(WireFormat):
-    """Events as IRC lines, CR LF ended, at most 512 bytes each.
+    """Room events as IRC lines, CR LF ended, at most 512 bytes each.
+
+    Renders from the event alone (the user name of a prefix is the event's
+    ``user``): it asks nothing of the server. What a client is told alone
+    (the registration burst, NAMES, errors, the closing link) is its
+    protocol's to render (:meth:`IRCProtocol.render`).
 
     :ivar server: the server's name in prefixes and numerics (``--irc-server-name``).
     :ivar network: the network's name (005 ``NETWORK``, ``--irc-network``).
-    :ivar registry: the server's registry, to find the user name of a prefix;
-        set when the server starts.
     """
 
     name = "irc"
@@ -212,63 +213,17 @@ class IRCFormat(WireFormat):
     def __init__(self, server: str = DEFAULT_SERVER_NAME, network: str = DEFAULT_NETWORK) -> None:
         self.server = server
         self.network = network
-        self.registry: Registry | None = None
-
-    # -- the WireFormat's two calls --
 
     def encode(self, event: RoomEvent) -> bytes:
         return _encode(self.room_lines(event))
 
-    def encode_for(self, client: Client, event: Event) -> bytes:
-        nick = client.nick or "*"
-        if isinstance(event, RoomEvent):
-            return self.encode(event)
-        if isinstance(event, Welcome):
-            # Sent by admit(), right after the client entered its room: the
-            # registration burst and the client's own JOIN.
-            return _encode(self.welcome_lines(nick, event.lines) + self.join_lines(client))
-        if isinstance(event, Notice):
-            return _encode(self.notice_lines(nick, event.text))
-        if isinstance(event, Error):
-            # Before registration an error is a refusal, and "disconnected:"
-            # is the engine's last word: both close the link.
-            if not client.nick or event.text.startswith("disconnected: "):
-                closing = irc_line(None, "ERROR", f"Closing Link: {event.text}")
-                if client.kicked_by:  # the kicked user's client shows the KICK as IRC clients do, then goes
-                    words = event.text.removeprefix("disconnected: " + kick_text(client.kicked_by, ""))
-                    words = truncated(words, KICKLEN)
-                    kick = irc_line(self.mask(client.kicked_by), "KICK", channel(client.room), client.nick, words)
-                    return _encode([kick, closing])
-                return _encode([closing])
-            return _encode(self.notice_lines(nick, f"error: {event.text}"))
-        if isinstance(event, PrivateMessage):
-            if event.echo:  # IRC clients show what they sent themselves
-                return b""
-            return _encode(text_lines(f":{self.mask(event.sender)} PRIVMSG {event.recipient}", event.text))
-        if isinstance(event, Members):
-            return _encode(self.names_lines(nick, event.room, event.nicks))
-        if isinstance(event, RoomList):
-            return _encode(self.list_lines(nick, event.rooms))
-        if isinstance(event, Replay):
-            lines: list[str] = []
-            for line in map(event_line, event.events):
-                if line is not None:
-                    lines.extend(self.notice_lines(channel(event.room), f"[history] {line}"))
-            return _encode(lines)
-        return b""
-
     # -- lines --
 
-    def username_of(self, nick: str) -> str | None:
-        """The user name an IRC user gave with USER; None for a native user
-        (whose prefix has its nickname there)."""
-        member = None if self.registry is None else self.registry.find(nick)
-        state = None if member is None else irc_state(member)
-        return state.username if state is not None and state.username else None
-
-    def mask(self, nick: str) -> str:
-        """``nick!user@host``; the host is the cloak."""
-        return f"{nick}!{self.username_of(nick) or nick}@{HOST}"
+    @staticmethod
+    def mask(nick: str, user: str = "") -> str:
+        """``nick!user@host``: the user name the person gave (IRC's USER),
+        else the nickname; the host is the cloak."""
+        return f"{nick}!{user or nick}@{HOST}"
 
     def numeric(self, nick: str, code: str, *params: str) -> str:
         return irc_line(self.server, code, nick or "*", *params)
@@ -279,34 +234,33 @@ class IRCFormat(WireFormat):
     def room_lines(self, event: RoomEvent) -> list[str]:
         target = channel(event.room)
         if isinstance(event, Chat):
-            return text_lines(f":{self.mask(event.nick)} PRIVMSG {target}", event.text)
+            return text_lines(f":{self.mask(event.nick, event.user)} PRIVMSG {target}", event.text)
         if isinstance(event, Action):
-            return text_lines(f":{self.mask(event.nick)} PRIVMSG {target}", event.text, "\x01ACTION ", "\x01")
+            prefix = f":{self.mask(event.nick, event.user)} PRIVMSG {target}"
+            return text_lines(prefix, event.text, "\x01ACTION ", "\x01")
         if isinstance(event, Joined):
-            return [irc_line(self.mask(event.nick), "JOIN", target)]
+            return [irc_line(self.mask(event.nick, event.user), "JOIN", target)]
         if isinstance(event, Left):
             if event.kicked_by:  # an operator's kick: IRC clients show who and why
                 reason = truncated(event.kick_reason, KICKLEN)
                 return [irc_line(self.mask(event.kicked_by), "KICK", target, event.nick, reason)]
             if event.disconnected:
-                return [irc_line(self.mask(event.nick), "QUIT", _quit_text(event.reason))]
-            return [irc_line(self.mask(event.nick), "PART", target, truncated(event.reason, PARTLEN))]
+                return [irc_line(self.mask(event.nick, event.user), "QUIT", _quit_text(event.reason))]
+            return [irc_line(self.mask(event.nick, event.user), "PART", target, truncated(event.reason, PARTLEN))]
         if isinstance(event, NickChanged):
-            # Renamed already: the registry knows the new nickname.
-            user = self.username_of(event.new_nick) or event.nick
-            return [irc_line(f"{event.nick}!{user}@{HOST}", "NICK", event.new_nick)]
+            return [irc_line(self.mask(event.nick, event.user), "NICK", event.new_nick)]
         if isinstance(event, RoomNotice):
             return self.notice_lines(target, event.text)
         if isinstance(event, OperatorChanged):  # operators are @ in every channel
             return [irc_line(self.server, "MODE", target, "+o" if event.operator else "-o", event.nick)]
         return []
 
-    def welcome_lines(self, nick: str, motd: Iterable[str]) -> list[str]:
+    def welcome_lines(self, nick: str, motd: Iterable[str], user: str = "") -> list[str]:
         """001 to 005 and the MOTD (422 if there is none)."""
         version = f"chatcore-{__version__}"
         numeric = self.numeric
         lines = [
-            numeric(nick, "001", f"Welcome to the {self.network} IRC network, {self.mask(nick)}"),
+            numeric(nick, "001", f"Welcome to the {self.network} IRC network, {self.mask(nick, user)}"),
             numeric(nick, "002", f"Your host is {self.server}, running version {version}"),
             numeric(nick, "003", f"This server was created {STARTED}"),
             numeric(nick, "004", self.server, version, "io", "nt"),
@@ -338,25 +292,13 @@ class IRCFormat(WireFormat):
         lines.append(self.numeric(nick, "376", "End of /MOTD command."))
         return lines
 
-    def is_operator(self, nick: str) -> bool:
-        member = None if self.registry is None else self.registry.find(nick)
-        return member is not None and operator_name(member) is not None
-
-    def names_lines(self, nick: str, room: str, nicks: Iterable[str]) -> list[str]:
-        """353 (as many as the nicknames need) and 366; operators are ``@nick``
-        (they can kick in every channel: chatcore's only channel operators)."""
-        shown = " ".join("@" + name if self.is_operator(name) else name for name in nicks)
+    def names_lines(self, nick: str, room: str, nicks: Iterable[str], operators: Collection[str] = ()) -> list[str]:
+        """353 (as many as the nicknames need) and 366; ``operators`` are
+        ``@nick`` (they can kick in every channel: chatcore's only channel
+        operators)."""
+        shown = " ".join("@" + name if name in operators else name for name in nicks)
         lines = text_lines(f":{self.server} 353 {nick} = {channel(room)}", shown)
         return [*lines, self.numeric(nick, "366", channel(room), "End of /NAMES list.")]
-
-    def join_lines(self, client: Client) -> list[str]:
-        """What a client sees when it enters its room: its JOIN, the topic (none) and the names."""
-        room = client.room
-        return [
-            irc_line(self.mask(client.nick), "JOIN", channel(room)),
-            self.numeric(client.nick, "331", channel(room), "No topic is set"),
-            *self.names_lines(client.nick, room, client.server.nicks_in(room)),
-        ]
 
     def list_lines(self, nick: str, rooms: Iterable[tuple[str, int]]) -> list[str]:
         lines = [self.numeric(nick, "321", "Channel", "Users  Name")]
@@ -485,6 +427,69 @@ class IRCProtocol(Protocol):
     def reply(self, code: str, *params: str) -> None:
         self.send([self.wire.numeric(self.nick, code, *params)])
 
+    def render(self, event: Event) -> bytes:
+        """What this client is told alone, as IRC lines."""
+        client = self.client
+        wire = self.wire
+        nick = client.nick or "*"
+        if isinstance(event, RoomEvent):
+            return wire.encode(event)
+        if isinstance(event, Welcome):
+            # Sent by admit(), right after the client entered its room: the
+            # registration burst and the client's own JOIN.
+            return _encode(wire.welcome_lines(nick, event.lines, client.user) + self.join_lines())
+        if isinstance(event, Notice):
+            return _encode(wire.notice_lines(nick, event.text))
+        if isinstance(event, Disconnected):  # the engine's last word: the link closes
+            closing = irc_line(None, "ERROR", f"Closing Link: disconnected: {event.reason}")
+            if event.kicked_by:  # the kicked user's client shows the KICK as IRC clients do, then goes
+                by = self._mask_of(event.kicked_by)
+                kick = irc_line(by, "KICK", channel(client.room), client.nick, truncated(event.kick_reason, KICKLEN))
+                return _encode([kick, closing])
+            return _encode([closing])
+        if isinstance(event, Error):
+            if not client.nick:  # before registration an error is a refusal: the link closes
+                return _encode([irc_line(None, "ERROR", f"Closing Link: {event.text}")])
+            return _encode(wire.notice_lines(nick, f"error: {event.text}"))
+        if isinstance(event, PrivateMessage):
+            if event.echo:  # IRC clients show what they sent themselves
+                return b""
+            return _encode(text_lines(f":{self._mask_of(event.sender)} PRIVMSG {event.recipient}", event.text))
+        if isinstance(event, Members):
+            return _encode(self.names_lines(event.room, event.nicks))
+        if isinstance(event, RoomList):
+            return _encode(wire.list_lines(nick, event.rooms))
+        if isinstance(event, Replay):
+            lines: list[str] = []
+            for line in map(event_line, event.events):
+                if line is not None:
+                    lines.extend(wire.notice_lines(channel(event.room), f"[history] {line}"))
+            return _encode(lines)
+        return b""
+
+    def _mask_of(self, nick: str) -> str:
+        """The prefix of someone on this server, by nickname (their user name from the registry)."""
+        member = self.client.server.registry.find(nick)
+        return self.wire.mask(nick, member.user if member is not None else "")
+
+    def names_lines(self, room: str, nicks: Iterable[str]) -> list[str]:
+        """353 and 366 for ``room``, the operators here marked ``@``."""
+        registry = self.client.server.registry
+        operators = {
+            name for name in nicks if (member := registry.find(name)) is not None and operator_name(member) is not None
+        }
+        return self.wire.names_lines(self.client.nick, room, nicks, operators)
+
+    def join_lines(self) -> list[str]:
+        """What this client sees when it enters its room: its JOIN, the topic (none) and the names."""
+        client = self.client
+        room = client.room
+        return [
+            irc_line(self.wire.mask(client.nick, client.user), "JOIN", channel(room)),
+            self.wire.numeric(client.nick, "331", channel(room), "No topic is set"),
+            *self.names_lines(room, client.server.nicks_in(room)),
+        ]
+
     # -- input --
 
     def handle(self, command: str, params: list[str]) -> None:
@@ -542,6 +547,7 @@ class IRCProtocol(Protocol):
             self.reply("461", "USER", "Not enough parameters")
             return
         self.state.username = re.sub(r"[^A-Za-z0-9_.-]", "", params[0])[:NICKLEN] or "user"
+        self.client.user = self.state.username  # carried by the events it causes: its prefix everywhere
         self.state.realname = clean(params[3])[:100]
         self._try_register()
 
@@ -591,7 +597,7 @@ class IRCProtocol(Protocol):
         if not client.server.change_nick(client, nick):
             self.reply("433", nick, "Nickname is already in use")
             return
-        self.send([irc_line(self.wire.mask(old), "NICK", nick)])  # the others got it from change_nick
+        self.send([irc_line(self.wire.mask(old, client.user), "NICK", nick)])  # the others got it from change_nick
 
     # -- rooms --
 
@@ -630,10 +636,10 @@ class IRCProtocol(Protocol):
         # client has left it, and the history plugin replays the new room's
         # lines while change_room runs; a client shows them in the channel
         # only after its JOIN. The names come after, with the client in them.
-        me = self.wire.mask(client.nick)
+        me = self.wire.mask(client.nick, client.user)
         self.send([irc_line(me, "PART", channel(client.room), reason), irc_line(me, "JOIN", channel(room))])
         client.server.change_room(client, room, reason=reason)
-        self.send(self.wire.join_lines(client)[1:])
+        self.send(self.join_lines()[1:])
 
     def part(self, params: list[str]) -> None:
         if not self._need(params, 1, "PART"):
@@ -658,7 +664,7 @@ class IRCProtocol(Protocol):
         room = name[1:].lower() if name.startswith("#") else ""
         nicks = client.server.nicks_in(room) if room else []
         if nicks:
-            self.send(self.wire.names_lines(client.nick, room, nicks))
+            self.send(self.names_lines(room, nicks))
         else:
             self.reply("366", name, "End of /NAMES list.")
 
@@ -945,7 +951,8 @@ class IRCProtocol(Protocol):
         client = self.client
         reason = reason.strip() or "no reason given"
         if client.room != target.room:  # the operator sees the KICK its room sees
-            self.send([irc_line(self.wire.mask(client.nick), "KICK", channel(target.room), target.nick, reason)])
+            me = self.wire.mask(client.nick, client.user)
+            self.send([irc_line(me, "KICK", channel(target.room), target.nick, reason)])
         opers.kick(client, target, reason)
 
     # -- the connection --
@@ -1037,13 +1044,6 @@ def chatcore_configure(config: Config) -> None:
         if isinstance(scheme.wire, IRCFormat):
             scheme.wire.server = options.irc_server_name
             scheme.wire.network = options.irc_network
-
-
-@hookimpl
-def chatcore_server_start(server: ChatServer) -> None:
-    for scheme in server.schemes.values():
-        if isinstance(scheme.wire, IRCFormat):
-            scheme.wire.registry = server.registry
 
 
 @hookimpl

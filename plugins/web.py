@@ -61,6 +61,7 @@ from chatcore.config import whole_number
 from chatcore.events import (
     Action,
     Chat,
+    Disconnected,
     Error,
     Event,
     Joined,
@@ -329,6 +330,8 @@ def event_object(event: Event) -> dict[str, Any] | None:
         return {"type": "notice", "text": event.text}
     if isinstance(event, Error):
         return {"type": "error", "text": event.text}
+    if isinstance(event, Disconnected):
+        return {"type": "error", "text": f"disconnected: {event.reason}"}
     if isinstance(event, Welcome):
         return {"type": "welcome", "lines": list(event.lines)}
     if isinstance(event, PrivateMessage):

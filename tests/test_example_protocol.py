@@ -97,5 +97,5 @@ def test_the_engine_closes_a_connection_that_never_says_hello(chat_server_factor
     silent = clients(hello_address)
     assert silent.readline() == "# say HELLO NICK [PASSWORD]"
     lines = silent.wait_closed(timeout=10)
-    assert any(line.startswith("! disconnected: not logged in within 0.5 seconds") for line in lines)
+    assert any(line.startswith("! bye: not logged in within 0.5 seconds") for line in lines)
     wait_for(lambda: not server.connections, message="the connection forgotten")

@@ -23,7 +23,7 @@ from chatcore.engine import gate
 from chatcore.engine.backplane import Backplane
 from chatcore.engine.server import ChatServer
 from chatcore.events import Chat, Left, kick_text
-from chatcore.plugins.irc import IRCFormat, parse, text_lines
+from chatcore.plugins.irc import IRCFormat, IRCProtocol, parse, text_lines
 from chatcore.testing import LineClient, ServerFactory, wait_for
 
 
@@ -587,15 +587,15 @@ FORGED = ":admin!admin@chatcore PRIVMSG #lobby :forged"
 HOSTILE = "é€𝄞x" * 700 + "\r\n" + FORGED + "\n" + FORGED + "\r" + FORGED + "\x00" + FORGED + "\ud800"
 
 
-def hostile_events() -> list[events.Event]:
+def hostile_events(user: str = "") -> list[events.Event]:
     room_events: list[events.RoomEvent] = [
-        Chat(HOSTILE, nick=HOSTILE, text=HOSTILE),
-        events.Action("lobby", nick=HOSTILE, text=HOSTILE),
-        events.Joined(HOSTILE, nick=HOSTILE),
-        Left("lobby", nick=HOSTILE, reason=HOSTILE),
-        Left("lobby", nick="bob", reason=HOSTILE, disconnected=False),
-        Left("lobby", nick="bob", reason=kick_text(HOSTILE, HOSTILE), kicked_by=HOSTILE),
-        events.NickChanged("lobby", nick=HOSTILE, new_nick=HOSTILE),
+        Chat(HOSTILE, nick=HOSTILE, text=HOSTILE, user=user),
+        events.Action("lobby", nick=HOSTILE, text=HOSTILE, user=user),
+        events.Joined(HOSTILE, nick=HOSTILE, user=user),
+        Left("lobby", nick=HOSTILE, reason=HOSTILE, user=user),
+        Left("lobby", nick="bob", reason=HOSTILE, disconnected=False, user=user),
+        Left("lobby", nick="bob", reason=kick_text(HOSTILE, HOSTILE), kicked_by=HOSTILE, user=user),
+        events.NickChanged("lobby", nick=HOSTILE, new_nick=HOSTILE, user=user),
         events.RoomNotice(HOSTILE, text=HOSTILE),
         events.OperatorChanged(HOSTILE, nick=HOSTILE),
     ]
@@ -604,7 +604,8 @@ def hostile_events() -> list[events.Event]:
         events.Notice(HOSTILE),
         events.Welcome((HOSTILE, HOSTILE)),
         events.Error(HOSTILE),
-        events.Error("disconnected: " + kick_text(HOSTILE, HOSTILE)),
+        events.Disconnected(kick_text(HOSTILE, HOSTILE), kicked_by=HOSTILE, kick_reason=HOSTILE),
+        events.Disconnected(HOSTILE),
         events.PrivateMessage(HOSTILE, HOSTILE, HOSTILE),
         events.Replay(HOSTILE, tuple(room_events)),
         events.Members(HOSTILE, (HOSTILE, "bob", HOSTILE)),
@@ -626,15 +627,17 @@ def assert_safe_irc_lines(data: bytes) -> list[bytes]:
 
 
 @pytest.mark.parametrize("named", [False, True])
-@pytest.mark.parametrize("kicked", [False, True])
-def test_every_event_renders_as_safe_irc_lines_whatever_its_fields(named, kicked):
+@pytest.mark.parametrize("user", [False, True])
+def test_every_event_renders_as_safe_irc_lines_whatever_its_fields(named, user):
     wire = IRCFormat()
-    server = SimpleNamespace(nicks_in=lambda room: [HOSTILE, "bob"])
+    registry = SimpleNamespace(find=lambda nick: None)
+    server = SimpleNamespace(nicks_in=lambda room: [HOSTILE, "bob"], registry=registry)
     client = SimpleNamespace(
-        nick=HOSTILE if named else "", room=HOSTILE, kicked_by=HOSTILE if kicked else None, server=server
+        nick=HOSTILE if named else "", user=HOSTILE if user else "", room=HOSTILE, server=server, wire=wire, data={}
     )
-    for event in hostile_events():
-        data = wire.encode_for(client, event)  # type: ignore[arg-type]
+    protocol = IRCProtocol(client)  # type: ignore[arg-type]
+    for event in hostile_events(user=client.user):
+        data = protocol.render(event)
         if data:
             assert_safe_irc_lines(data)
 

@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from chatcore.events import Error, Event, Notice, kick_text
+from chatcore.events import Disconnected, Error, Event, Notice, kick_text
 
 if TYPE_CHECKING:
     from chatcore.engine.feed import RoomFeed
     from chatcore.engine.server import ChatServer
     from chatcore.transports import Transport
-    from chatcore.wire import WireFormat
+    from chatcore.wire import Protocol, WireFormat
 
 DEFAULT_MAX_QUEUE = 8192
 
@@ -93,10 +93,12 @@ class Client:
         "id",
         "kicked_by",
         "nick",
+        "protocol",
         "room",
         "server",
         "sock",
         "transport",
+        "user",
         "wire",
     )
 
@@ -113,8 +115,12 @@ class Client:
         #: How bytes travel (:mod:`chatcore.transports`): plain TCP, TLS ...
         self.transport = transport
         self.sock = transport.sock
-        #: How events become bytes for this client (:mod:`chatcore.wire`).
+        #: How room events become bytes for this client (:mod:`chatcore.wire`).
         self.wire = wire
+        #: Its side of the wire protocol, which renders what is said to it
+        #: alone; set once the connection is served (None for a client a
+        #: plugin or a test made: the wire format renders for it).
+        self.protocol: Protocol | None = None
         #: The server this client is connected to (its ``registry``,
         #: ``hooks`` and ``publish()`` are what commands need).
         self.server = server
@@ -124,6 +130,9 @@ class Client:
         self.id = client_id
         #: The nickname; set by the registry.
         self.nick = ""
+        #: The user name it gave on connecting (IRC's ``USER``), carried by
+        #: the events it causes; ``""`` if it gave none.
+        self.user = ""
         #: The current room; set by the registry.
         self.room = ""
         #: Free-form per-client state for plugins, keyed by plugin name.
@@ -194,8 +203,10 @@ class Client:
     # -- output -------------------------------------------------------------
 
     def send(self, event: Event) -> None:
-        """Send an event to this client alone, rendered by its wire format."""
-        data = self.wire.encode_for(self, event)
+        """Send an event to this client alone, rendered by its protocol
+        (:meth:`chatcore.wire.Protocol.render`)."""
+        protocol = self.protocol
+        data = protocol.render(event) if protocol is not None else self.wire.encode_for(self, event)
         if data:
             self.send_data(data)
 
@@ -258,7 +269,8 @@ class Client:
         registry and reports the departure with ``reason``.
 
         :param reason: why; shown to the others in the leave notice.
-        :param tell: send the client ``! disconnected: <reason>`` first.
+        :param tell: send the client a :class:`~chatcore.events.Disconnected`
+            first (native: ``! disconnected: <reason>``).
         :param notice: a notice line to send instead of the error.
         :param linger: seconds to keep trying to write what is queued.
         :param cause: one of :data:`DISCONNECT_CAUSES`, for metrics (default:
@@ -277,13 +289,15 @@ class Client:
                 pending = feed.detach(self)
             if pending:
                 self._queue.append(pending)
+        kick_words = reason
         if kicked_by is not None:
             reason, cause = kick_text(kicked_by, reason), cause or "kick"
             self.kicked_by = kicked_by  # before the last words: a wire format may show a kick its way
         if notice is not None:
             self.notice(notice)
         elif tell:
-            self.error(f"disconnected: {reason}")
+            words = "" if kicked_by is None else kick_words
+            self.send(Disconnected(reason, kicked_by or "", words))
         # That last line may have overflowed the queue, closing the client as
         # a slow consumer. Checked through the property: mypy assumes the
         # calls above left close_reason None.

@@ -255,7 +255,7 @@ class ChatServer:
         room = client.room
         if self.registry.remove(client):
             if not self._stopping:
-                left = Left(room, nick=client.nick, reason=reason, kicked_by=client.kicked_by or "")
+                left = Left(room, nick=client.nick, reason=reason, kicked_by=client.kicked_by or "", user=client.user)
                 self.stats.delivered(self._publish(left))
             log.info("client left: %s from %s (%s)", client.nick, format_address(*client.address), reason)
             self.hooks.client_left(client, room, reason)
@@ -384,7 +384,7 @@ class ChatServer:
             self._claim_guest_nick(client)
         client.send(Welcome(tuple(self.hooks.welcome(client))))
         log.info("client joined: %s from %s", client.nick, format_address(*client.address))
-        self.stats.delivered(self._publish(Joined(client.room, nick=client.nick), exclude=client))
+        self.stats.delivered(self._publish(Joined(client.room, nick=client.nick, user=client.user), exclude=client))
         self.hooks.client_joined(client, client.room)
         return True
 
@@ -440,10 +440,10 @@ class ChatServer:
         # Chat is not echoed to its sender; an action is, as the answer to
         # /me, unless the sender's client shows its own actions (IRC).
         if message.kind == "action":
-            action = Action(room, sender.nick, message.text, offset, epoch, now)
+            action = Action(room, sender.nick, message.text, offset, epoch, now, sender.user)
             recipients = self._publish(action, exclude=None if sender.wire.echoes_actions else sender)
         else:
-            chat = Chat(room, sender.nick, message.text, offset, epoch, now)
+            chat = Chat(room, sender.nick, message.text, offset, epoch, now, sender.user)
             recipients = self._publish(chat, exclude=sender)
         counts.deliveries += recipients
         if sender.arrived:  # 0.0 for a client no reader has read for (a plugin's)
@@ -476,7 +476,8 @@ class ChatServer:
                 self._publish_together(passed, events, counts)
             room = message.room
             epoch, offset = self.backplane.next_position(room)
-            events.append(Chat(room, message.sender.nick, message.text, offset, epoch, time.time()))
+            sender = message.sender
+            events.append(Chat(room, sender.nick, message.text, offset, epoch, time.time(), sender.user))
             passed.append(message)
         self._publish_together(passed, events, counts)
 
@@ -556,11 +557,13 @@ class ChatServer:
         hooks (used by ``/join``)."""
         old = self.registry.move(client, room)
         self.stats.delivered(
-            self._publish(Left(old, nick=client.nick, reason=reason or f"joined {room}", disconnected=False))
+            self._publish(
+                Left(old, nick=client.nick, reason=reason or f"joined {room}", disconnected=False, user=client.user)
+            )
         )
         self.hooks.client_left(client, old, reason or f"joined {room}")
         self._maybe_emptied(old)
-        self.stats.delivered(self._publish(Joined(room, nick=client.nick), exclude=client))
+        self.stats.delivered(self._publish(Joined(room, nick=client.nick, user=client.user), exclude=client))
         self.hooks.client_joined(client, room)
 
     def change_nick(self, client: Client, nick: str) -> bool:
@@ -576,7 +579,8 @@ class ChatServer:
             self.backplane.release_nick(client, nick)
             return False
         self.backplane.release_nick(client, old)
-        self.stats.delivered(self._publish(NickChanged(client.room, nick=old, new_nick=nick), exclude=client))
+        changed = NickChanged(client.room, nick=old, new_nick=nick, user=client.user)
+        self.stats.delivered(self._publish(changed, exclude=client))
         return True
 
     # -- delivery -------------------------------------------------------------

@@ -151,6 +151,8 @@ class Connections:
             max_queue=server.max_queue,
             wire=scheme.wire,
         )
+        # Made first: it renders the refusal too, in its client's words.
+        protocol = client.protocol = scheme.protocol(client)
         if self.server.stopping:
             refused: tuple[str, str] | None = ("server shutting down", "shutdown")
         else:
@@ -175,7 +177,6 @@ class Connections:
             return
         self.stats.accepted_connection()
 
-        protocol = scheme.protocol(client)
         try:
             if self.server.stopping:
                 client.disconnect("server shutting down", notice="server shutting down")
@@ -232,7 +233,7 @@ class Connections:
         sock = transport.sock
         deadline = time.monotonic() + REFUSE_LINGER  # in all: a trickle cannot hold it
         try:
-            transport.sendall(client.wire.encode_for(client, Error(reason)))
+            transport.sendall(client.protocol.render(Error(reason)) if client.protocol else b"")
             # After the reply: goodbye() shuts TLS down (close_notify, already
             # encrypted), and nothing can be written through it after that.
             sock.sendall(transport.goodbye())

@@ -3,14 +3,15 @@
 A front-end (the native line protocol, IRC, WebSocket JSON) is two parts:
 
 - a :class:`WireFormat`, shared by every connection that speaks it, renders
-  :mod:`chatcore.events` to bytes. It does no I/O and keeps no state per
-  connection, so a room event is rendered once per wire format present in
-  the room, whatever the number of members, and it is tested without a
-  socket;
+  room events to bytes. It does no I/O, asks nothing of the server and
+  keeps no state per connection, so a room event is rendered once per wire
+  format present in the room, whatever the number of members, and it is
+  tested without a socket;
 - a :class:`Protocol`, one per connection, is fed the bytes the client sent
   (already decrypted by its transport) and turns them into the server's
-  actions: ``server.admit()``, ``server.run_command()``,
-  ``server.broadcast_message()`` and so on.
+  actions: ``server.log_in()``, ``server.run_command()``,
+  ``server.broadcast_message()`` and so on; and it renders what is said to
+  its client alone (:meth:`Protocol.render`), where it may use its own state.
 
 A plugin adds a front-end by returning a :class:`~chatcore.transports.Scheme`
 from ``chatcore_schemes``: the URL scheme, its wire format, its protocol and
@@ -81,6 +82,16 @@ class Protocol:
     def data_received(self, data: bytes) -> None:
         """Bytes from the client (never empty)."""
         raise NotImplementedError
+
+    def render(self, event: Event) -> bytes:
+        """The bytes this client gets for an event said to it alone (a
+        notice, an error, its welcome, a private message, a replay, the
+        :class:`~chatcore.events.Disconnected` that ends it); ``b""`` for
+        nothing. Called on whichever thread sends it; the protocol may read
+        its own state and ask the server (the names of a room ...).
+
+        The default is the wire format's ``encode_for(client, event)``."""
+        return self.client.wire.encode_for(self.client, event)
 
     def connection_lost(self) -> None:
         """The client closed the connection, or it was closed."""

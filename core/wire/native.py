@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from chatcore.events import (
     Action,
     Chat,
+    Disconnected,
     Error,
     Event,
     Joined,
@@ -232,6 +233,7 @@ _LINES: dict[type[Event], Callable[[Any], str]] = {
     RoomNotice: lambda e: NOTICE + e.text,
     Notice: lambda e: NOTICE + e.text,
     Error: lambda e: ERROR + e.text,
+    Disconnected: lambda e: f"{ERROR}disconnected: {e.reason}",
     PrivateMessage: _private,
     Members: lambda e: f"{NOTICE}in {e.room} ({len(e.nicks)}): {', '.join(e.nicks)}",
     RoomList: _rooms,
@@ -261,9 +263,6 @@ class NativeFormat(WireFormat):
         if isinstance(event, Replay):
             return self._replay(event)
         return b""  # an event type this protocol does not show
-
-    def encode_for(self, client: Client, event: Event) -> bytes:
-        return self.encode(event)
 
     @staticmethod
     def _replay(event: Replay) -> bytes:

@@ -2,7 +2,7 @@
 then every line is said to the room, shown as ``nick: text``."""
 
 from chatcore import hookimpl
-from chatcore.events import Chat, Error, Event, Joined, Left, Notice
+from chatcore.events import Chat, Disconnected, Error, Event, Joined, Left, Notice
 from chatcore.message import Message
 from chatcore.transports import Scheme
 from chatcore.wire import Protocol, WireFormat
@@ -17,6 +17,8 @@ class HelloFormat(WireFormat):
             return f"{event.nick}: {event.text}\n".encode()
         if isinstance(event, (Joined, Left)):
             return f"{'+' if isinstance(event, Joined) else '-'} {event.nick}\n".encode()
+        if isinstance(event, Disconnected):  # the server's last word, before it closes
+            return f"! bye: {event.reason}\n".encode()
         if isinstance(event, (Error, Notice)):
             return f"{'!' if isinstance(event, Error) else '#'} {event.text}\n".encode()
         return b""  # whatever this toy does not show
