@@ -926,3 +926,22 @@ def test_list_counts_the_other_servers_members_as_rooms_does(chat_server_factory
     ]
     bob.send("/rooms")
     bob.expect("* 2 rooms: lobby (4), yonder (1)")
+
+
+def test_a_users_prefix_is_the_same_in_its_join_messages_and_quit(chat_server_factory, connect):
+    """The USER name travels with the events a person causes, so their QUIT,
+    rendered after they left the registry, has the prefix of their JOIN
+    (issue 25, item 5: it fell back to the nickname)."""
+    server = start(chat_server_factory)
+    alice = register(connect, server, "alice")
+    watcher = connect(server)
+    watcher.send("NICK watcher")
+    watcher.send("USER wuser 0 * :The Watcher")
+    watcher.expect(" 366 watcher #lobby ")
+    assert alice.expect(" JOIN ") == ":watcher!wuser@chatcore JOIN #lobby"
+    watcher.send("PRIVMSG #lobby :hello")
+    assert alice.expect(" PRIVMSG ") == ":watcher!wuser@chatcore PRIVMSG #lobby :hello"
+    watcher.send("NICK watcher2")
+    assert alice.expect(" NICK ") == ":watcher!wuser@chatcore NICK watcher2"
+    watcher.send("QUIT :bye")
+    assert alice.expect(" QUIT ") == ":watcher2!wuser@chatcore QUIT :Quit: bye"
