@@ -27,18 +27,22 @@ import collections
 import dataclasses
 import json
 import logging
+import math
 import re
 import secrets
 import threading
 import time
+import typing
 import urllib.parse
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chatcore import Client, Config, UsageError, events, hookimpl
 from chatcore.config import restart_only, secret, whole_number
 from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, RoomEvent, RoomNotice
+from chatcore.plugins.commands import room_problem
+from chatcore.wire.native import DEFAULT_MAX_LINE, sanitize
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -96,6 +100,14 @@ REAPED_MARK = 3600.0
 #: Guest names tried for a returning user whose nickname was taken meanwhile.
 GUEST_TRIES = 20
 
+#: How replies that are not UTF-8 are decoded: bytes written by anyone but a
+#: chatcore server must not make every later read fail (redis-py's default,
+#: "strict", raises on the whole reply, and the reader would read it again
+#: and again); they become U+FFFD, and the entry's check drops it if needed.
+ENCODING_ERRORS = "replace"
+#: Seconds between two log lines about invalid entries from the cluster.
+INVALID_LOG_INTERVAL = 60.0
+
 #: The version of the stream entries' format (docs/scaling.md).
 FORMAT_VERSION = "1"
 
@@ -103,6 +115,8 @@ LINK_DOWN_NOTICE = "the cluster link is down: you reach only the people on this 
 LINK_BACK_NOTICE = "the cluster link is back"
 
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: A node id, as :class:`Cluster` makes them (``secrets.token_hex(6)``).
+_NODE_ID = re.compile(r"[0-9a-f]{12}")
 
 
 # ---------------------------------------------------------------------------
@@ -134,23 +148,19 @@ def encode_event(event: RoomEvent) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode_event(text: str) -> RoomEvent:
+def decode_event(text: str, max_line: int = DEFAULT_MAX_LINE) -> RoomEvent:
     """The event :func:`encode_event` wrote; ValueError if it is not one
-    (a newer server's event type, or damage)."""
-    record = json.loads(text)
-    if not isinstance(record, dict):
-        raise ValueError("not a JSON object")
+    (a newer server's event type, or damage). Its fields are checked by
+    :func:`checked` (``max_line``: the longest text allowed, in bytes)."""
+    record = _json_object(text, max_line)
     cls = _ROOM_EVENTS.get(record.pop("type", None))
     if cls is None:
         raise ValueError("unknown event type")
     when = record.pop("time", 0.0)
-    if not isinstance(when, (int, float)):
+    if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
         raise ValueError("time is not a number")
-    names = {item.name for item in dataclasses.fields(cls)} - _IDENTITY
-    if set(record) - names:
-        raise ValueError(f"unknown fields {sorted(set(record) - names)}")
     try:
-        return cls(**record, time=float(when))
+        return cls(**checked(_ROOM_EVENT_FIELDS[cls], record, max_line), time=float(when))
     except TypeError as exc:
         raise ValueError(str(exc)) from None
 
@@ -161,16 +171,87 @@ def encode_private(message: PrivateMessage) -> str:
     return json.dumps({**record, "text": message.text}, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode_private(text: str) -> PrivateMessage:
+def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE) -> PrivateMessage:
     """The message :func:`encode_private` wrote; ValueError if it is not one."""
-    record = json.loads(text)
-    if not isinstance(record, dict) or record.get("type") != "PrivateMessage":
+    record = _json_object(text, max_line)
+    if record.pop("type", None) != "PrivateMessage":
         raise ValueError("not a private message")
-    values = [record.get(name) for name in ("sender", "recipient", "text")]
-    if not all(isinstance(value, str) for value in values):
+    fields = checked(_PRIVATE_FIELDS, record, max_line)
+    if len(fields) != len(_PRIVATE_FIELDS):
         raise ValueError("a private message needs sender, recipient and text")
-    sender, recipient, body = values
-    return PrivateMessage(str(sender), str(recipient), str(body))
+    return PrivateMessage(**fields)
+
+
+# What comes from the cluster is input like a client's line: Redis is
+# trusted by design, but another server's bug, an older or newer version,
+# or anyone who can write to Redis must not be able to crash or wedge the
+# delivery path, forge IRC lines or flood members. So every entry is
+# checked field by field before it becomes an event (issue 23, item 6).
+
+#: Fields that hold a nickname or a room name. They must follow the name
+#: rule as they are (letters, digits, '_', '-': no control characters can
+#: pass): sanitising one instead could turn it into someone else's name.
+_NAME_FIELDS = frozenset({"room", "nick", "new_nick", "kicked_by", "sender", "recipient"})
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {item.name: hints[item.name] for item in dataclasses.fields(cls) if item.name not in _IDENTITY}
+
+
+#: The fields an entry may carry, and their types, by event class.
+_ROOM_EVENT_FIELDS = {cls: _field_types(cls) for cls in _ROOM_EVENTS.values()}
+_PRIVATE_FIELDS: dict[str, Any] = {"sender": str, "recipient": str, "text": str}
+
+
+def _json_object(text: str, max_line: int) -> dict[str, Any]:
+    """``text`` parsed as a JSON object; ValueError if it is not one.
+
+    A legitimate entry is at most about twice ``max_line`` characters (JSON
+    doubles a quote or a backslash): a longer one is refused unparsed, and
+    deep nesting (a RecursionError in the parser) is refused too."""
+    if len(text) > 2 * max_line + 1024:
+        raise ValueError(f"{len(text)} characters long")
+    try:
+        record = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    return record
+
+
+def checked(kinds: dict[str, Any], record: dict[str, Any], max_line: int) -> dict[str, Any]:
+    """``record``'s fields if each is one of ``kinds`` and of its type, every
+    name follows the name rule, and every text, sanitised as a client's line
+    is (:func:`chatcore.wire.native.sanitize`), is at most ``max_line`` bytes;
+    else ValueError. A ``text`` must not be empty (no chat line is).
+
+    Defends against a number where a nickname goes (it made the IRC encoder
+    raise in the publish path, and the room stopped on that server: issue
+    23, item 6), CR/LF in a nickname or text (forged IRC lines), terminal
+    escapes, and a huge text sent to every member."""
+    unknown = set(record) - set(kinds)
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)!r:.200}")
+    clean: dict[str, Any] = {}
+    for name, given in record.items():
+        kind, value = kinds[name], given
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"{name} is not a {kind.__name__}")
+        if kind is str and name in _NAME_FIELDS:
+            # Nicknames and room names follow one rule (commands.NAME_RULES);
+            # kicked_by is empty for a leave that is not a kick.
+            if (value or name != "kicked_by") and room_problem(value) is not None:
+                raise ValueError(f"{name} is not a valid name")
+        elif kind is str:
+            value = sanitize(value)
+            if len(value.encode("utf-8")) > max_line:
+                raise ValueError(f"{name} is longer than {max_line} bytes")
+            if name == "text" and not value:
+                raise ValueError("text is empty")
+        clean[name] = value
+    return clean
 
 
 # ---------------------------------------------------------------------------
@@ -301,9 +382,32 @@ def chatcore_configure(config: Config) -> None:
     )
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def chatcore_server_start(server: ChatServer) -> None:
-    _cluster(server).start(server)
+    cluster = _cluster(server)
+    cluster.start(server)
+    # The metrics plugin's endpoint, started before this one (trylast), also
+    # gives the cluster's counts.
+    metrics = server.config.data.get("metrics")
+    if metrics is not None:
+        metrics.registry.register(ClusterCollector(cluster))
+
+
+class ClusterCollector:
+    """The cluster's counts for the metrics plugin (a ``prometheus_client``
+    custom collector, read at scrape time)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily(
+            "chatcore_redis_invalid_entries_total",
+            "Entries from the cluster (room streams, inboxes, presence) dropped as invalid.",
+            value=self.cluster.invalid.count,
+        )
 
 
 @hookimpl
@@ -491,6 +595,7 @@ def connect(url: str, *, timeout: float, name: str) -> redis_py.Redis:
         socket_keepalive=True,
         retry=Retry(NoBackoff(), 0),
         decode_responses=True,
+        encoding_errors=ENCODING_ERRORS,
         protocol=2,  # the replies' shapes below are RESP2's
         single_connection_client=True,
         client_name=name,
@@ -512,6 +617,7 @@ def shared_client(url: str, *, timeout: float, name: str) -> redis_py.Redis:
         socket_keepalive=True,
         retry=Retry(NoBackoff(), 0),
         decode_responses=True,
+        encoding_errors=ENCODING_ERRORS,
         protocol=2,
         client_name=name,
     )
@@ -537,6 +643,33 @@ class Backoff:
 # ---------------------------------------------------------------------------
 
 
+class Invalid:
+    """What came from the cluster and was dropped as invalid (a room entry,
+    an inbox entry, another server's member list): counted in :attr:`count`
+    (``chatcore_redis_invalid_entries_total`` with the metrics plugin) and
+    logged, at most once per :data:`INVALID_LOG_INTERVAL`, so that a flood
+    of bad entries does not flood the log too. Called on any thread."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        self._unlogged = 0
+        self._next_log = 0.0
+
+    def drop(self, what: str, why: object) -> None:
+        """Count ``what`` (``room lobby entry 1-0``), dropped because ``why``."""
+        with self._lock:
+            self.count += 1
+            self._unlogged += 1
+            now = time.monotonic()
+            if now < self._next_log:
+                return
+            self._next_log = now + INVALID_LOG_INTERVAL
+            count, self._unlogged = self._unlogged, 0
+        more = f" ({count - 1} more since the last report)" if count > 1 else ""
+        log.error("dropped %s from the cluster: %s%s", what, why, more)
+
+
 class Cluster:
     """This server's membership in a cluster: its node id, the link state,
     the publisher and the reader.
@@ -544,6 +677,7 @@ class Cluster:
     :ivar node: this server's id in the cluster, new at every start.
     :ivar gaps: times members were told that events were lost.
     :ivar lost: events known lost (0 counted when the number is unknown).
+    :ivar invalid: what came from the cluster and was dropped as invalid.
     """
 
     def __init__(
@@ -574,6 +708,7 @@ class Cluster:
         self.presence = Presence(self, node_timeout)
         self.gaps = 0
         self.lost = 0
+        self.invalid = Invalid()
         self._link_lock = threading.Lock()
         self._link_up = True
 
@@ -965,8 +1100,6 @@ class Reader(threading.Thread):
         self.cluster = cluster
         self.check_interval = check_interval
         self.cursors: dict[str, _Cursor] = {}
-        #: Entries that could not be read as events (a newer server's, damage).
-        self.bad_entries = 0
         #: Where the reader is in this node's inbox (new at every start).
         self.inbox_id = "0-0"
 
@@ -1078,11 +1211,10 @@ class Reader(threading.Thread):
         assert server is not None
         try:
             if entry.get("v") != FORMAT_VERSION:
-                raise ValueError(f"format version {entry.get('v')!r}")
-            message = decode_private(entry["event"])
+                raise ValueError(f"format version {entry.get('v')!r:.20}")
+            message = decode_private(entry["event"], server.max_line)
         except (KeyError, ValueError) as exc:
-            self.bad_entries += 1
-            log.error("inbox entry %s is not a private message this server can read (%s); skipped", entry_id, exc)
+            self.cluster.invalid.drop(f"inbox entry {entry_id}", exc)
             return
         recipient = server.registry.find(message.recipient)
         if recipient is None:
@@ -1095,15 +1227,14 @@ class Reader(threading.Thread):
         server = cluster.server
         assert server is not None
         cursor.last_id = entry_id
+        what = f"room {room} entry {entry_id}"
         try:
-            if entry.get("v") != FORMAT_VERSION:
-                raise ValueError(f"format version {entry.get('v')!r}")
-            epoch, offset = entry["epoch"], int(entry["offset"])
-            event = decode_event(entry["event"])
+            epoch, offset = _entry_place(entry)
         except (KeyError, ValueError) as exc:
-            self.bad_entries += 1
-            log.error("room %s: entry %s is not an event this server can read (%s); skipped", room, entry_id, exc)
+            cluster.invalid.drop(what, exc)
             return
+        # The place counts even if the event is dropped below: a dropped
+        # entry is not a gap to tell the members of.
         if cursor.epoch is not None and epoch != cursor.epoch:
             cluster.gap(room, None, "the cluster's Redis lost them")
         elif offset > cursor.offset + 1:
@@ -1111,8 +1242,12 @@ class Reader(threading.Thread):
         cursor.epoch, cursor.offset = epoch, offset
         if entry.get("node") == cluster.node:
             return  # said here, and delivered here already
-        if event.room != room:
-            log.error("room %s: entry %s is for room %r; skipped", room, entry_id, event.room)
+        try:
+            event = decode_event(entry["event"], server.max_line)
+            if event.room != room:
+                raise ValueError(f"it is for room {event.room}")
+        except (KeyError, ValueError) as exc:
+            cluster.invalid.drop(what, exc)
             return
         if isinstance(event, Left) and cluster.presence.returned(event):
             return  # a ghost leave: another server timed this one out, and the user is here
@@ -1323,7 +1458,7 @@ class Presence(threading.Thread):
         assert self.client is not None
         assert self.cluster.server is not None
         keys = self.cluster.keys
-        members = {str(nick): str(room) for nick, room in self.client.hgetall(keys.members(node)).items()}
+        members = self._valid_members(node, self.client.hgetall(keys.members(node)))
         log.warning("node %s stopped answering; its %d users leave the rooms", node, len(members))
         # Its keys are cleared before the leaves go out: a node that was only
         # slow rejoins its users when it reads these leaves, and what it
@@ -1343,8 +1478,25 @@ class Presence(threading.Thread):
 
     def _other_nodes(self) -> list[str]:
         assert self.client is not None
-        members = self.client.smembers(self.cluster.keys.nodes())
-        return [str(node) for node in members if node != self.cluster.node]
+        nodes = []
+        for node in self.client.smembers(self.cluster.keys.nodes()):
+            if not _NODE_ID.fullmatch(node):
+                # Node ids go into key names and the log: only ours are read.
+                self.cluster.invalid.drop("a node id", "not one a server makes")
+            elif node != self.cluster.node:
+                nodes.append(node)
+        return nodes
+
+    def _valid_members(self, node: str, members: dict[str, str]) -> dict[str, str]:
+        """``node``'s members (nick -> room), but those whose nick or room is
+        not a valid name (they would reach /who and IRC's NAMES), counted."""
+        valid = {}
+        for nick, room in members.items():
+            if room_problem(nick) is None and room_problem(room) is None:
+                valid[nick] = room
+            else:
+                self.cluster.invalid.drop(f"a member of node {node}", "a nick or room that is not a valid name")
+        return valid
 
     def leave(self) -> None:
         """Say goodbye (a clean stop): the leaves went out already; clear the keys."""
@@ -1415,9 +1567,9 @@ class Presence(threading.Thread):
             log.info("could not ask the cluster who is where (%s)", exc)
             return None
         rooms: dict[str, list[str]] = {}
-        for alive, members in zip(replies[::2], replies[1::2], strict=True):
+        for node, alive, members in zip(others, replies[::2], replies[1::2], strict=True):
             if alive:
-                for nick, room in members.items():
+                for nick, room in self._valid_members(node, members).items():
                     rooms.setdefault(room, []).append(nick)
         return rooms
 
@@ -1427,8 +1579,10 @@ class Presence(threading.Thread):
         import redis as redis_py
 
         assert self.client is not None
+        assert self.cluster.server is not None
         if not self.cluster.linked:
             return None
+        max_line = self.cluster.server.max_line
         found: list[RoomEvent] = []
         newest = "+"
         try:
@@ -1437,10 +1591,14 @@ class Presence(threading.Thread):
                 page: list[Any] = (
                     self.client.xrevrange(self.cluster.keys.stream(room), max=newest, count=HISTORY_PAGE) or []
                 )
-                for _entry_id, entry in page:
-                    event = _history_event(entry)
-                    if event is not None:
-                        found.append(event)
+                for entry_id, entry in page:
+                    try:
+                        epoch, offset, event = _entry_event(entry, max_line)
+                    except (KeyError, ValueError) as exc:
+                        self.cluster.invalid.drop(f"room {room} entry {entry_id}", exc)
+                        continue
+                    if isinstance(event, (Chat, Action)) and event.room == room:
+                        found.append(dataclasses.replace(event, epoch=epoch, offset=offset))
                 if len(page) < HISTORY_PAGE:
                     break
                 newest = "(" + str(page[-1][0])
@@ -1485,17 +1643,21 @@ class Presence(threading.Thread):
         return True
 
 
-def _history_event(entry: dict[str, str]) -> RoomEvent | None:
-    """A chat or action entry as its event, with the cluster's identity."""
-    try:
-        if entry.get("v") != FORMAT_VERSION:
-            return None
-        event = decode_event(entry["event"])
-        if not isinstance(event, (Chat, Action)):
-            return None
-        return dataclasses.replace(event, epoch=entry["epoch"], offset=int(entry["offset"]))
-    except (KeyError, ValueError):
-        return None
+def _entry_place(entry: dict[str, str]) -> tuple[str, int]:
+    """A room stream entry's epoch and offset; KeyError or ValueError if it
+    is not an entry this server can read."""
+    if entry.get("v") != FORMAT_VERSION:
+        raise ValueError(f"format version {entry.get('v')!r:.20}")
+    epoch, offset = entry["epoch"], int(entry["offset"])
+    if not 0 < len(epoch) <= 64 or offset < 1:
+        raise ValueError("not an epoch and offset")
+    return epoch, offset
+
+
+def _entry_event(entry: dict[str, str], max_line: int) -> tuple[str, int, RoomEvent]:
+    """A room stream entry's epoch, offset and event (checked: :func:`checked`)."""
+    epoch, offset = _entry_place(entry)
+    return epoch, offset, decode_event(entry["event"], max_line)
 
 
 def _stream_replies(replies: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:

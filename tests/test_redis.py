@@ -12,11 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from redis_support import Proxy, RedisServer
+from redis_support import Proxy, RedisServer, free_port
 
 from chatcore.events import Action, Chat, Joined, Left, NickChanged, OperatorChanged, RoomNotice
 from chatcore.plugins.redis import Arrivals, _Cursor, _Start, decode_event, encode_event, redacted
@@ -151,9 +152,26 @@ def test_events_travel_as_versioned_json() -> None:
         ("[]", "not a JSON object"),
         ('{"type": "Chat", "x": 1}', "unknown fields"),
         ("{", "Expecting"),
+        # What another server's bug, or anyone who can write to Redis, might put there.
+        ('{"type": "Chat", "room": "lobby", "nick": 42, "text": "hi"}', "nick is not a str"),
+        ('{"type": "Chat", "room": "lobby", "nick": "a\\r\\nb", "text": "hi"}', "nick is not a valid name"),
+        ('{"type": "Chat", "room": "lobby", "nick": "", "text": "hi"}', "nick is not a valid name"),
+        ('{"type": "Chat", "room": "lobby", "nick": "amy", "text": "\\r\\n"}', "text is empty"),
+        ('{"type": "Chat", "room": "lobby", "nick": "amy", "text": ["hi"]}', "text is not a str"),
+        ('{"type": "Left", "room": "lobby", "nick": "amy", "disconnected": 1}', "disconnected is not a bool"),
+        ('{"type": "NickChanged", "room": "lobby", "nick": "amy", "new_nick": true}', "new_nick is not a str"),
+        ('{"type": "Chat", "room": "lobby", "nick": "amy", "text": "hi", "time": NaN}', "time is not a number"),
+        (json.dumps({"type": "Chat", "room": "lobby", "nick": "amy", "text": "x" * 4097}), "longer than 4096"),
+        ("[" * 100000 + "]" * 100000, "characters long"),
+        ("[" * 4000 + "]" * 4000, "nested too deeply"),
     ]:
         with pytest.raises(ValueError, match=why):
             decode_event(bad)
+    # Text is sanitised as a client's line is: control characters and escapes go.
+    event = decode_event(
+        '{"type": "Chat", "room": "lobby", "nick": "amy", "text": "one\\r\\ntwo\\u0000 \\u001b[31mred"}'
+    )
+    assert event == Chat("lobby", nick="amy", text="onetwo red")
 
 
 def test_a_room_entered_is_read_from_its_first_join_s_place() -> None:
@@ -804,3 +822,100 @@ def test_bad_options_are_usage_errors_without_the_password(args, error) -> None:
     assert result.returncode == 2
     assert error in result.stderr
     assert "hunter2" not in result.stderr
+
+
+#: A node id no server has: what a forged or foreign entry claims to come from.
+FOREIGN_NODE = "0badc0ffee00"
+
+
+def forge(redis_server: RedisServer, room: str, fields: dict[str, object], *, place: bool = True) -> None:
+    """Append to ``room``'s stream what a broken or hostile writer might:
+    ``fields`` over a version 1 entry from :data:`FOREIGN_NODE`, with the
+    room's epoch and next offset (so no gap is told) unless ``place`` is false."""
+    client = redis_server.client()
+    try:
+        [stream] = client.keys(f"chatcore:*:room:{room}:stream")
+        meta = stream.removesuffix(":stream") + ":meta"
+        entry: dict[str, object] = {"v": "1", "node": FOREIGN_NODE}
+        if place:
+            entry.update(epoch=client.hget(meta, "epoch"), offset=client.hincrby(meta, "offset", 1))
+        entry.update(fields)
+        client.xadd(stream, entry)
+    finally:
+        client.close()
+
+
+def chat_json(**fields: object) -> str:
+    return json.dumps({"type": "Chat", "room": "lobby", **fields})
+
+
+def scrape(port: int, name: str) -> float:
+    """The value of the metric ``name`` (without labels) at the metrics endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
+
+
+def irc_user(process: ServerProcess, nick: str) -> LineClient:
+    """An IRC client registered as ``nick``, in #lobby."""
+    irc = LineClient(process.addresses["irc"], timeout=TIMEOUT)
+    irc.sock.sendall(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n".encode())
+    irc.expect(re.compile(rf" 366 {nick} #lobby "))
+    return irc
+
+
+@pytest.mark.slow
+def test_malformed_stream_entries_are_dropped_and_counted_and_the_room_flows_on(redis_server, cluster, connect):
+    # Issue 23, item 6: an entry whose nick was a number made the IRC encoder
+    # raise in the publish path, and the room's native feed on that server
+    # was never written again.
+    metrics = free_port()
+    one = cluster(
+        redis_server.url, "127.0.0.1", "--plugins", "redis,irc,metrics",
+        "--listen", "irc://127.0.0.1:0", "--metrics-port", str(metrics),
+    )  # fmt: skip
+    alice = connect(one, "alice")
+    wendy = irc_user(one, "wendy")
+    try:
+        alice.expect("* wendy joined")
+        # This server reads the room from alice's join on: what follows it is read.
+        wait_for(
+            lambda: last_event(redis_server, "lobby").get("nick") == "wendy", timeout=TIMEOUT, message="wendy's join"
+        )
+        with server_log_on_failure(one):
+            forge(redis_server, "lobby", {"event": chat_json(nick=42, text="a number for a nick")})
+            forge(redis_server, "lobby", {})  # no event at all
+            forge(redis_server, "lobby", {"event": chat_json(nick="mallory")})  # no text
+            forge(
+                redis_server,
+                "lobby",
+                {"event": chat_json(nick="mal\r\n:admin!admin@chatcore PRIVMSG #lobby :x", text="hi")},
+            )
+            forge(redis_server, "lobby", {"event": chat_json(nick="mallory", text="x" * 100_000)})
+            forge(redis_server, "lobby", {"event": b'{"type":"Chat","room":"lobby","nick":"mal\xfflory","text":"hi"}'})
+            forge(redis_server, "lobby", {"event": chat_json(nick="mallory", text="no place")}, place=False)
+            forge(redis_server, "lobby", {"event": chat_json(nick="mallory", text="one\r\ntwo\x00three\x1b[2J")})
+            # Sanitised like a client's own line: no control characters, no forged IRC line.
+            alice.expect("<mallory> onetwothree")
+            said = wendy.expect(re.compile("PRIVMSG #lobby :")).rstrip("\r")
+            assert said.endswith(" PRIVMSG #lobby :onetwothree")
+            # Chat goes on, both ways, on both front-ends, and for a newcomer.
+            alice.send("still here")
+            wendy.expect(re.compile(r"^:alice!\S+ PRIVMSG #lobby :still here"))
+            wendy.sock.sendall(b"PRIVMSG #lobby :me too\r\n")
+            alice.expect("<wendy> me too")
+            carol = connect(one, "carol")
+            alice.send("welcome carol")
+            carol.expect("<alice> welcome carol")
+            wendy.expect(re.compile(r"PRIVMSG #lobby :welcome carol"))
+            forge(redis_server, "lobby", {"event": chat_json(nick="mallory", text="the end")})
+            for native in (alice, carol):
+                native.expect("<mallory> the end")
+            wendy.expect(re.compile(r"^:mallory!\S+ PRIVMSG #lobby :the end"))
+            # Each dropped entry counted; the log says so once, not once per entry.
+            assert scrape(metrics, "chatcore_redis_invalid_entries_total") == 7
+            one.expect_log(re.compile(r"dropped room lobby entry \S+ from the cluster: nick is not a str"))
+            assert "dropped room lobby entry" not in one.stderr.split("nick is not a str", 1)[1]
+    finally:
+        wendy.close()
