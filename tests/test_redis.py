@@ -857,6 +857,16 @@ def scrape(port: int, name: str) -> float:
     return float(value)
 
 
+def watched_server(redis_server: RedisServer, cluster: Callable[..., ServerProcess]) -> tuple[ServerProcess, int]:
+    """A server of the cluster with an IRC listener and metrics; the metrics port."""
+    metrics = free_port()
+    process = cluster(
+        redis_server.url, "127.0.0.1", "--plugins", "redis,irc,metrics",
+        "--listen", "irc://127.0.0.1:0", "--metrics-port", str(metrics),
+    )  # fmt: skip
+    return process, metrics
+
+
 def irc_user(process: ServerProcess, nick: str) -> LineClient:
     """An IRC client registered as ``nick``, in #lobby."""
     irc = LineClient(process.addresses["irc"], timeout=TIMEOUT)
@@ -870,11 +880,7 @@ def test_malformed_stream_entries_are_dropped_and_counted_and_the_room_flows_on(
     # Issue 23, item 6: an entry whose nick was a number made the IRC encoder
     # raise in the publish path, and the room's native feed on that server
     # was never written again.
-    metrics = free_port()
-    one = cluster(
-        redis_server.url, "127.0.0.1", "--plugins", "redis,irc,metrics",
-        "--listen", "irc://127.0.0.1:0", "--metrics-port", str(metrics),
-    )  # fmt: skip
+    one, metrics = watched_server(redis_server, cluster)
     alice = connect(one, "alice")
     wendy = irc_user(one, "wendy")
     try:
@@ -919,3 +925,41 @@ def test_malformed_stream_entries_are_dropped_and_counted_and_the_room_flows_on(
             assert "dropped room lobby entry" not in one.stderr.split("nick is not a str", 1)[1]
     finally:
         wendy.close()
+
+
+@pytest.mark.slow
+def test_malformed_presence_and_private_messages_are_dropped_and_counted(redis_server, cluster, connect):
+    one, metrics = watched_server(redis_server, cluster)
+    alice = connect(one, "alice")
+    redis = redis_server.client()
+    try:
+        [node] = redis.smembers(next(iter(redis.keys("chatcore:*:nodes"))))
+        prefix = f"chatcore:{one.args[one.args.index('--redis-cluster') + 1]}:"
+        # A server that says its members are a CR/LF nick and a nick in a CR/LF room.
+        redis.set(f"{prefix}node:{FOREIGN_NODE}", "1")
+        redis.sadd(f"{prefix}nodes", FOREIGN_NODE, "not\r\na node")
+        redis.hset(
+            f"{prefix}node:{FOREIGN_NODE}:members",
+            mapping={"carl": "lobby", "evil\r\nnick": "lobby", "bob": "lobby\r\nx"},
+        )
+        answered(alice, "/who", "* in lobby (2): alice, carl")
+        wendy = irc_user(one, "wendy")
+        try:
+            wendy.sock.sendall(b"NAMES #lobby\r\n")
+            names = wendy.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r")
+            assert names.endswith(":alice carl wendy")
+        finally:
+            wendy.close()
+        inbox = f"{prefix}node:{node}:inbox"
+        for message in [
+            {"type": "PrivateMessage", "sender": "x\r\ny", "recipient": "alice", "text": "forged"},
+            {"type": "PrivateMessage", "sender": 7, "recipient": "alice", "text": "a number"},
+            {"type": "PrivateMessage", "sender": "mallory", "recipient": "alice"},
+            {"type": "PrivateMessage", "sender": "mallory", "recipient": "alice", "text": "psst\r\n\x1b[2J!"},
+        ]:
+            redis.xadd(inbox, {"v": "1", "node": FOREIGN_NODE, "event": json.dumps(message)})
+        alice.expect("*mallory* psst!")
+        # Three private messages; the member lists once per look (/who, NAMES ...).
+        wait_for(lambda: scrape(metrics, "chatcore_redis_invalid_entries_total") >= 3 + 3, timeout=TIMEOUT)
+    finally:
+        redis.close()
