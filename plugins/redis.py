@@ -40,8 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore import Client, Config, UsageError, events, hookimpl
 from chatcore.config import restart_only, secret, whole_number
+from chatcore.engine.limits import parse_network
 from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, RoomEvent, RoomNotice
-from chatcore.plugins.commands import room_problem
+from chatcore.names import room_problem
 from chatcore.wire.native import DEFAULT_MAX_LINE, sanitize
 
 if TYPE_CHECKING:
@@ -84,6 +85,9 @@ DEFAULT_CHECK_INTERVAL = 5.0
 DEFAULT_NODE_TIMEOUT = 10.0
 #: Private messages kept in a server's inbox stream.
 INBOX_LENGTH = 1000
+#: Operators' actions kept in the cluster's moderation stream: a server that
+#: starts applies the bans and unbans among them.
+MODERATION_LENGTH = 1000
 #: Connections for the client threads' own requests (nick claims, /who,
 #: /msg): a blocking pool waits for a free one (at most --redis-timeout)
 #: where redis-py's default pool would open one per thread, or raise once
@@ -182,6 +186,38 @@ def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE) -> PrivateMessag
     return PrivateMessage(**fields)
 
 
+#: An operator's action for the other servers (see :func:`moderate`): the
+#: fields an entry may have, and those each action needs.
+_MODERATION_FIELDS: dict[str, Any] = {
+    "action": str, "by": str, "oper": str, "nick": str, "host": str, "target": str, "reason": str,
+    "network": str, "until": float,
+}  # fmt: skip
+_MODERATION_NEEDS = {
+    "kick": {"nick"}, "mute": {"nick", "until"}, "unmute": {"target"}, "ban": {"network"}, "unban": {"network"},
+}  # fmt: skip
+
+
+def encode_moderation(action: str, details: dict[str, Any]) -> str:
+    """An operator's action as the JSON of a moderation entry's ``event`` field."""
+    record = {"type": "Moderation", "action": action, **{k: v for k, v in details.items() if v is not None}}
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_moderation(text: str, max_line: int = DEFAULT_MAX_LINE) -> dict[str, Any]:
+    """The action :func:`encode_moderation` wrote, its ``network`` parsed;
+    ValueError if it is not one."""
+    record = _json_object(text, max_line)
+    if record.pop("type", None) != "Moderation":
+        raise ValueError("not an operator's action")
+    fields = checked(_MODERATION_FIELDS, record, max_line)
+    needs = _MODERATION_NEEDS.get(fields.get("action", ""))
+    if needs is None or not needs | {"by"} <= set(fields):
+        raise ValueError("not an action with what it needs")
+    if "network" in fields:
+        fields["network"] = parse_network(fields["network"])
+    return fields
+
+
 # What comes from the cluster is input like a client's line: Redis is
 # trusted by design, but another server's bug, an older or newer version,
 # or anyone who can write to Redis must not be able to crash or wedge the
@@ -191,7 +227,7 @@ def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE) -> PrivateMessag
 #: Fields that hold a nickname or a room name. They must follow the name
 #: rule as they are (letters, digits, '_', '-': no control characters can
 #: pass): sanitising one instead could turn it into someone else's name.
-_NAME_FIELDS = frozenset({"room", "nick", "new_nick", "kicked_by", "sender", "recipient"})
+_NAME_FIELDS = frozenset({"room", "nick", "new_nick", "kicked_by", "sender", "recipient", "by"})
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -237,10 +273,14 @@ def checked(kinds: dict[str, Any], record: dict[str, Any], max_line: int) -> dic
     clean: dict[str, Any] = {}
     for name, given in record.items():
         kind, value = kinds[name], given
+        if kind is float and isinstance(value, int):
+            value = float(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             raise ValueError(f"{name} is not a {kind.__name__}")
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"{name} is not a finite number")
         if kind is str and name in _NAME_FIELDS:
-            # Nicknames and room names follow one rule (commands.NAME_RULES);
+            # Nicknames and room names follow one rule (chatcore.names);
             # kicked_by is empty for a leave that is not a kick.
             if (value or name != "kicked_by") and room_problem(value) is not None:
                 raise ValueError(f"{name} is not a valid name")
@@ -464,6 +504,20 @@ def chatcore_room_history(server: ChatServer, room: str, limit: int) -> list[Roo
     return _cluster(server).presence.history(room, limit)
 
 
+def moderate(server: ChatServer, action: str, **details: Any) -> bool | str | None:
+    """Send an operator's ``action`` to the other servers, which apply it as
+    plugins/opers.py would: ``kick`` (``nick``, ``reason``), ``mute``
+    (``nick``, ``until``, ``host`` if known), ``unmute`` (``target``, a nick
+    or an address), ``ban`` (``network``, ``until``, ``reason``), ``unban``
+    (``network``); each with ``by`` and ``oper``, the operator's nick and
+    name. True if sent, why not, or None if a ``nick`` given without
+    ``host`` (the user is not here) is on no other server either.
+
+    TEMPORARY: plugins/opers.py calls this through the plugin manager, until
+    the engine has a hook for it (``chatcore_moderate``)."""
+    return _cluster(server).presence.moderate(action, details)
+
+
 def _cluster(server: ChatServer) -> Cluster:
     cluster: Cluster = server.config.data[NAME]
     return cluster
@@ -513,6 +567,10 @@ class Keys:
     def nick(self, nick: str) -> str:
         """Who holds a nickname (ignoring case): the node id."""
         return f"{self.prefix}nick:{nick.casefold()}"
+
+    def moderation(self) -> str:
+        """Operators' actions for every server (kick, mute, ban ...): a stream."""
+        return f"{self.prefix}moderation"
 
     def reaping(self, node: str) -> str:
         """Held by the one server that announces a gone node's leaves."""
@@ -1102,6 +1160,11 @@ class Reader(threading.Thread):
         self.cursors: dict[str, _Cursor] = {}
         #: Where the reader is in this node's inbox (new at every start).
         self.inbox_id = "0-0"
+        #: Where the reader is in the moderation stream (None: not started),
+        #: and the last entry there at the start: those before it are only
+        #: replayed for their bans and unbans.
+        self.moderation_id: str | None = None
+        self.replayed_until = (0, 0)
 
     def run(self) -> None:
         import redis as redis_py
@@ -1117,6 +1180,8 @@ class Reader(threading.Thread):
                         cluster.url, timeout=cluster.timeout + BLOCK_MS / 1000, name=f"chatcore-{cluster.node}-read"
                     )
                     client.ping()
+                    if self.moderation_id is None:
+                        self._start_moderation(client)
                     self._check(client)
                 self._follow_rooms(client)
                 if time.monotonic() >= next_check:
@@ -1192,6 +1257,8 @@ class Reader(threading.Thread):
         inbox = keys.inbox(self.cluster.node)
         streams: dict[Any, Any] = {keys.stream(room): cursor.last_id for room, cursor in self.cursors.items()}
         streams[inbox] = self.inbox_id
+        moderation = keys.moderation()
+        streams[moderation] = self.moderation_id
         replies = client.xread(streams, count=BATCH, block=BLOCK_MS)
         for stream, entries in _stream_replies(replies):
             if stream == inbox:
@@ -1199,12 +1266,68 @@ class Reader(threading.Thread):
                     self.inbox_id = entry_id
                     self._deliver_private(entry_id, entry)
                 continue
+            if stream == moderation:
+                for entry_id, entry in entries:
+                    self.moderation_id = entry_id
+                    self._moderate(entry_id, entry)
+                continue
             room = stream[len(keys.prefix) + len("room:") : -len(":stream")]
             cursor = self.cursors.get(room)
             if cursor is None:
                 continue
             for entry_id, entry in entries:
                 self._deliver(room, cursor, entry_id, entry)
+
+    def _start_moderation(self, client: redis_py.Redis) -> None:
+        """Read the moderation stream from its start: the bans and unbans
+        there are in force on the cluster, this server included."""
+        last = client.xrevrange(self.cluster.keys.moderation(), count=1)
+        self.replayed_until = _stream_id(str(last[0][0])) if last else (0, 0)
+        self.moderation_id = "0-0"
+
+    def _moderate(self, entry_id: str, entry: dict[str, str]) -> None:
+        """Apply an operator's action sent by another server as plugins/opers.py
+        applies its own. Entries from before this server started are
+        replayed but for kicks (bans and mutes are kept: they are in force)."""
+        from chatcore.plugins import opers
+
+        cluster = self.cluster
+        server = cluster.server
+        assert server is not None
+        if entry.get("node") == cluster.node:
+            return  # applied here already
+        try:
+            if entry.get("v") != FORMAT_VERSION:
+                raise ValueError(f"format version {entry.get('v')!r:.20}")
+            record = decode_moderation(entry["event"], server.max_line)
+        except (KeyError, ValueError) as exc:
+            cluster.invalid.drop(f"moderation entry {entry_id}", exc)
+            return
+        action, by, oper, until = record["action"], record["by"], record.get("oper"), record.get("until")
+        reason = record.get("reason") or "no reason given"
+        state: opers.State = server.config.data[opers.NAME]  # its methods are for cluster plugins too
+        if until is not None and until <= time.time():
+            return  # a ban or mute that is over
+        if action == "ban":
+            log.warning("operator %s (%s) on another server banned %s: %s", oper, by, record["network"], reason)
+            state.ban(record["network"], until, reason, by)
+            opers.enforce_ban(server, record["network"], by, reason)
+        elif action == "unban":
+            if state.unban(record["network"])[0]:
+                log.warning("operator %s (%s) on another server lifted the ban on %s", oper, by, record["network"])
+        elif action == "mute":
+            # The address is known where the user is; the others mute the nick.
+            here = server.registry.find(record["nick"])
+            host = record.get("host") or (here.address[0] if here is not None else "")
+            opers.apply_mute(server, record["nick"], host, record["until"], by=by, oper=oper)
+        elif action == "unmute":
+            opers.apply_unmute(server, record["target"], by=by, oper=oper)
+        elif _stream_id(entry_id) > self.replayed_until:  # a kick: of a user here now, never replayed
+            target = server.registry.find(record["nick"])
+            if target is None or target.closed:
+                log.info("kick of %s by %s from another server: not here (any more)", record["nick"], by)
+            else:
+                opers.kick_as(by, oper, target, reason)
 
     def _deliver_private(self, entry_id: str, entry: dict[str, str]) -> None:
         server = self.cluster.server
@@ -1252,6 +1375,10 @@ class Reader(threading.Thread):
         if isinstance(event, Left) and cluster.presence.returned(event):
             return  # a ghost leave: another server timed this one out, and the user is here
         server.publish(event, relay=False)
+
+
+class NotAnswering(Exception):
+    """The server that holds a nickname stopped renewing its presence."""
 
 
 class Presence(threading.Thread):
@@ -1479,7 +1606,7 @@ class Presence(threading.Thread):
     def _other_nodes(self) -> list[str]:
         assert self.client is not None
         nodes = []
-        for node in self.client.smembers(self.cluster.keys.nodes()):
+        for node in map(str, self.client.smembers(self.cluster.keys.nodes())):
             if not _NODE_ID.fullmatch(node):
                 # Node ids go into key names and the log: only ours are read.
                 self.cluster.invalid.drop("a node id", "not one a server makes")
@@ -1487,12 +1614,12 @@ class Presence(threading.Thread):
                 nodes.append(node)
         return nodes
 
-    def _valid_members(self, node: str, members: dict[str, str]) -> dict[str, str]:
+    def _valid_members(self, node: str, members: dict[Any, Any]) -> dict[str, str]:
         """``node``'s members (nick -> room), but those whose nick or room is
         not a valid name (they would reach /who and IRC's NAMES), counted."""
-        valid = {}
+        valid: dict[str, str] = {}
         for nick, room in members.items():
-            if room_problem(nick) is None and room_problem(room) is None:
+            if isinstance(nick, str) and isinstance(room, str) and not room_problem(nick) and not room_problem(room):
                 valid[nick] = room
             else:
                 self.cluster.invalid.drop(f"a member of node {node}", "a nick or room that is not a valid name")
@@ -1607,6 +1734,47 @@ class Presence(threading.Thread):
             return None
         return found[:limit][::-1]
 
+    def _holder(self, nick: str) -> str | None:
+        """The other server that holds ``nick`` (its node id), or None if none
+        does (or this one does). ``NotAnswering`` if it stopped renewing."""
+        assert self.client is not None
+        keys = self.cluster.keys
+        found = self.client.get(keys.nick(nick))
+        owner = None if found is None else str(found)
+        if owner is None or owner == self.cluster.node:
+            return None
+        if not self.client.exists(keys.alive(owner)):
+            raise NotAnswering(f"{nick}'s server is not answering; try again later")
+        return owner
+
+    def moderate(self, action: str, details: dict[str, Any]) -> bool | str | None:
+        """Send an operator's action to every server (see :func:`moderate`);
+        a kick or mute of a nick not here only if another server holds it."""
+        import redis as redis_py
+
+        assert self.client is not None
+        cluster = self.cluster
+        nick = details.get("nick")
+        down = "the cluster link is down: not sent to the other servers; try again later"
+        if not cluster.linked:
+            return down
+        try:
+            # A user not here (no address known): sent only if another server has them.
+            if nick is not None and "host" not in details and self._holder(nick) is None:
+                return None
+            self.client.xadd(
+                cluster.keys.moderation(),
+                {"v": FORMAT_VERSION, "node": cluster.node, "event": encode_moderation(action, details)},
+                maxlen=MODERATION_LENGTH,
+                approximate=True,
+            )
+        except NotAnswering as exc:
+            return str(exc)
+        except redis_py.RedisError as exc:
+            log.info("could not send an operator's %s through the cluster (%s)", action, exc)
+            return down
+        return True
+
     def send_private(self, message: PrivateMessage) -> bool | str | None:
         """Deliver ``message`` to the server its recipient is on."""
         import redis as redis_py
@@ -1616,12 +1784,11 @@ class Presence(threading.Thread):
         if not cluster.linked:
             return f"the cluster link is down: your message to {message.recipient} was not sent; try again later"
         try:
-            found = self.client.get(keys.nick(message.recipient))
-            owner = None if found is None else str(found)
-            if owner is None or owner == cluster.node:
+            owner = self._holder(message.recipient)
+            if owner is None:
                 return None
-            if not self.client.exists(keys.alive(owner)):
-                return f"{message.recipient}'s server is not answering; try again later"
+        except NotAnswering as exc:
+            return str(exc)
         except redis_py.RedisError as exc:
             log.info("could not send a private message through the cluster (%s)", exc)
             return f"the cluster link is down: your message to {message.recipient} was not sent; try again later"
@@ -1658,6 +1825,12 @@ def _entry_event(entry: dict[str, str], max_line: int) -> tuple[str, int, RoomEv
     """A room stream entry's epoch, offset and event (checked: :func:`checked`)."""
     epoch, offset = _entry_place(entry)
     return epoch, offset, decode_event(entry["event"], max_line)
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (``1700000000000-3``) as numbers, to compare two."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _stream_replies(replies: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:

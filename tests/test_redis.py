@@ -65,11 +65,12 @@ def cluster() -> Iterator[object]:
 
 @pytest.fixture
 def connect() -> Iterator[object]:
-    """``connect(process, nick)``: a client with that nickname; closed at teardown."""
+    """``connect(process, nick, source=None)``: a client with that nickname,
+    from the address ``source`` if given; closed at teardown."""
     clients: list[LineClient] = []
 
-    def make(process: ServerProcess, nick: str) -> LineClient:
-        client = LineClient(process.address, timeout=TIMEOUT)
+    def make(process: ServerProcess, nick: str, source: str | None = None) -> LineClient:
+        client = LineClient(process.address, timeout=TIMEOUT, source=source)
         clients.append(client)
         client.send(f"/nick {nick}")
         client.expect(f"* you are now known as {nick}")
@@ -951,6 +952,13 @@ def test_malformed_presence_and_private_messages_are_dropped_and_counted(redis_s
         finally:
             wendy.close()
         inbox = f"{prefix}node:{node}:inbox"
+        # Operators' actions that are not what they claim: never applied.
+        for action in [
+            {"type": "Moderation", "action": "ban", "network": "0.0.0.0/0", "by": 42},
+            {"type": "Moderation", "action": "ban", "network": "everyone", "by": "mallory"},
+            {"type": "Moderation", "action": "kick", "by": "mallory"},
+        ]:
+            redis.xadd(f"{prefix}moderation", {"v": "1", "node": FOREIGN_NODE, "event": json.dumps(action)})
         for message in [
             {"type": "PrivateMessage", "sender": "x\r\ny", "recipient": "alice", "text": "forged"},
             {"type": "PrivateMessage", "sender": 7, "recipient": "alice", "text": "a number"},
@@ -959,7 +967,79 @@ def test_malformed_presence_and_private_messages_are_dropped_and_counted(redis_s
         ]:
             redis.xadd(inbox, {"v": "1", "node": FOREIGN_NODE, "event": json.dumps(message)})
         alice.expect("*mallory* psst!")
-        # Three private messages; the member lists once per look (/who, NAMES ...).
-        wait_for(lambda: scrape(metrics, "chatcore_redis_invalid_entries_total") >= 3 + 3, timeout=TIMEOUT)
+        alice.sync()  # not banned, not kicked
+        # Three actions, three private messages; the member lists once per look (/who, NAMES ...).
+        wait_for(lambda: scrape(metrics, "chatcore_redis_invalid_entries_total") >= 3 + 3 + 3, timeout=TIMEOUT)
     finally:
         redis.close()
+
+
+@pytest.mark.slow
+def test_an_operator_kicks_mutes_and_bans_users_on_another_server(redis_server, cluster, connect, tmp_path):
+    # Issue 23, item 5: an operator on one server could not touch a user on
+    # another ("no such nick", though /who listed them), and a ban left the
+    # address connected to and connecting to the other servers.
+    opers_file = tmp_path / "opers"
+    opers_file.write_text("root hunter2\n")
+    one = cluster(redis_server.url, "127.0.0.1", "--opers-file", str(opers_file))
+    two = cluster(redis_server.url, "127.0.0.1")
+    op = connect(one, "op")
+    # bob from an address of his own: a mute holds the address too.
+    bob, carol = connect(two, "bob", source="127.0.0.3"), connect(two, "carol")
+    with server_log_on_failure(two):
+        linked(bob, "bob", [op])
+        linked(op, "op", [bob, carol])
+        op.send("/oper root hunter2")
+        op.expect("* you are now an operator (root)")
+
+        op.send("/mute bob 5m")
+        op.expect("* muted bob for 5m")
+        bob.expect(re.compile(r"^\* you are muted by an operator for (5m|29\ds)$"))
+        bob.send("muted words")
+        bob.expect(re.compile(r"^! you are muted by an operator for "))
+        carol.send("after the mute")
+        assert "<bob> muted words" not in lines_until(op, "<carol> after the mute")
+        op.send("to carol")
+        assert "<bob> muted words" not in lines_until(carol, "<op> to carol")
+
+        op.send("/kick bob spamming")
+        op.expect("* bob is on another server: kick sent there")
+        assert bob.wait_closed()[-1] == "! disconnected: kicked by op: spamming"
+        carol.expect("* bob left (kicked by op: spamming)")
+        op.expect("* bob left (kicked by op: spamming)")
+        two.expect_log(re.compile(r"operator root \(op\) kicked bob from 127\.0\.0\.3: spamming"))
+
+        dave = connect(two, "dave", source="127.0.0.2")
+        op.expect(lambda line: line.endswith(" is now known as dave"))
+        op.send("/ban 127.0.0.2 flooding")
+        op.expect("* banned 127.0.0.2/32 forever")
+        assert dave.wait_closed()[-1] == "! disconnected: banned by op: flooding"
+        carol.expect("* dave left (banned by op: flooding)")
+        refused = LineClient(two.address, timeout=TIMEOUT, source="127.0.0.2")
+        try:
+            assert refused.wait_closed() == ["! you are banned from this server: flooding"]
+        finally:
+            refused.close()
+        # A server that starts later applies the bans and mutes in force, and replays no kick.
+        three = cluster(redis_server.url, "127.0.0.1")
+        bob = connect(three, "bob", source="127.0.0.3")
+        linked(op, "op", [bob])
+        bob.send("back again")
+        bob.expect(re.compile(r"^! you are muted by an operator for "))
+        op.send("/unmute bob")
+        op.expect("* unmuted bob")
+        bob.expect("* you are no longer muted")
+        linked(bob, "bob", [op])
+        refused = LineClient(three.address, timeout=TIMEOUT, source="127.0.0.2")
+        try:
+            assert refused.wait_closed() == ["! you are banned from this server: flooding"]
+        finally:
+            refused.close()
+        # Lifted everywhere too.
+        op.send("/unban 127.0.0.2")
+        op.expect("* unbanned 127.0.0.2/32")
+        two.expect_log(re.compile(r"operator root \(op\) on another server lifted the ban on 127\.0\.0\.2/32"))
+        connect(two, "dave", source="127.0.0.2")
+        # A nick on no server is still no such nick.
+        op.send("/kick nobody-at-all")
+        op.expect("! no such nick 'nobody-at-all'")
