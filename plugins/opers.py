@@ -443,12 +443,43 @@ def log_out(client: Client) -> None:
             client.server.publish(OperatorChanged(client.room, nick=client.nick, operator=False), exclude=client)
 
 
-def _target(client: Client, nick: str) -> Client | None:
+def _target(client: Client, nick: str, action: str | None = None, **details: Any) -> Client | None:
+    """The client ``nick`` here. Else None, and in a cluster ``action`` (with
+    ``details``) goes to the server ``nick`` is on (see :func:`_to_cluster`)."""
     target = client.server.registry.find(nick)
-    if target is None or target.closed:
-        client.error(f"no such nick {nick!r}")
+    if target is not None and not target.closed:
+        return target
+    sent = None if action is None else _to_cluster(client, action, nick=nick, **details)
+    if sent is True:
+        client.notice(f"{nick} is on another server: {action} sent there")
+    else:
+        client.error(sent or f"no such nick {nick!r}")
+    return None
+
+
+def _to_cluster(client: Client, action: str, **details: Any) -> bool | str | None:
+    """Send the operator ``client``'s ``action`` to the other servers of a
+    cluster, which apply it as this plugin would (:func:`kick_as`,
+    :func:`enforce_ban`, :func:`apply_mute`, :func:`apply_unmute` and the
+    :class:`State` methods): True if sent, why not, or None (no cluster;
+    for a ``nick``: on no other server).
+
+    TEMPORARY: asks the redis plugin directly, until the engine has a hook
+    for it (``chatcore_moderate``)."""
+    cluster = client.server.config.pluginmanager.get_plugin("redis")
+    if cluster is None:
         return None
-    return target
+    oper = operator_name(client) or ""
+    sent: bool | str | None = cluster.moderate(client.server, action, by=client.nick, oper=oper, **details)
+    return sent
+
+
+def _tell_cluster(client: Client, action: str, **details: Any) -> bool | str | None:
+    """:func:`_to_cluster` for an action in force here already."""
+    sent = _to_cluster(client, action, **details)
+    if isinstance(sent, str):
+        client.error(f"in force here, but {sent}")
+    return sent
 
 
 def _kick(client: Client, oper: str, args: str) -> None:
@@ -456,7 +487,7 @@ def _kick(client: Client, oper: str, args: str) -> None:
     if not nick:
         client.error("usage: /kick NICK [REASON]")
         return
-    target = _target(client, nick)
+    target = _target(client, nick, "kick", reason=reason)
     if target is None:
         return
     kick(client, target, reason)
@@ -467,10 +498,14 @@ def kick(operator: Client, target: Client, reason: str) -> None:
     """``operator`` kicks ``target`` out of the server (``/kick``, IRC's
     ``KICK`` and ``KILL``): logged, and the room sees a leave with the
     reason (IRC users a ``KICK``). The caller checked that ``operator`` is one."""
+    kick_as(operator.nick, operator_name(operator), target, reason)
+
+
+def kick_as(by: str, oper: str | None, target: Client, reason: str) -> None:
+    """:func:`kick` by the operator ``oper`` whose nick is ``by`` (here or on another server)."""
     reason = reason.strip() or "no reason given"
-    oper = operator_name(operator)
-    log.warning("operator %s (%s) kicked %s from %s: %s", oper, operator.nick, target.nick, target.address[0], reason)
-    target.disconnect(reason, kicked_by=operator.nick)
+    log.warning("operator %s (%s) kicked %s from %s: %s", oper, by, target.nick, target.address[0], reason)
+    target.disconnect(reason, kicked_by=by)
 
 
 def _network_of(client: Client, text: str) -> tuple[Network, str] | None:
@@ -503,17 +538,24 @@ def _ban(client: Client, oper: str, args: str) -> None:
     unsaved = _state(client.server).ban(network, until, reason, client.nick)
     span = "forever" if duration is None else f"for {_for(duration)}"
     log.warning("operator %s (%s) banned %s (%s) %s: %s", oper, client.nick, network, shown, span, reason)
-    # On the spot: everyone connected from there, admitted or not.
+    gone = enforce_ban(client.server, network, client.nick, reason, spare=client)
+    _done(client, f"banned {network} {span}" + (f"; disconnected {', '.join(gone)}" if gone else ""), unsaved)
+    _tell_cluster(client, "ban", network=str(network), until=until, reason=reason)
+
+
+def enforce_ban(server: ChatServer, network: Network, by: str, reason: str, spare: Client | None = None) -> list[str]:
+    """Disconnect everyone connected from ``network``, admitted or not, but
+    ``spare`` (a ban on the spot); who it was."""
     gone = []
-    for other in client.server.all_connections():
+    for other in server.all_connections():
         try:
             inside = parse_address(other.address[0]) in network
         except ValueError:
             continue
-        if inside and other is not client:
-            other.disconnect(f"banned by {client.nick}: {reason}", cause="ban")
+        if inside and other is not spare:
+            other.disconnect(f"banned by {by}: {reason}", cause="ban")
             gone.append(other.nick or format_address(*other.address))
-    _done(client, f"banned {network} {span}" + (f"; disconnected {', '.join(gone)}" if gone else ""), unsaved)
+    return gone
 
 
 def _done(client: Client, text: str, unsaved: str | None) -> None:
@@ -541,11 +583,12 @@ def _unban(client: Client, oper: str, args: str) -> None:
         client.error("usage: /unban ADDRESS|CIDR (as /bans lists it)")
         return
     found, unsaved = _state(client.server).unban(network)
-    if not found:
+    sent = _tell_cluster(client, "unban", network=str(network))  # even if not banned here
+    if not found and sent is not True:
         client.error(f"{network} is not banned (see /bans)")
         return
     log.warning("operator %s (%s) lifted the ban on %s", oper, client.nick, network)
-    _done(client, f"unbanned {network}", unsaved)
+    _done(client, f"unbanned {network}" if found else f"unban of {network} sent to the other servers", unsaved)
 
 
 def _bans(client: Client, oper: str, args: str) -> None:
@@ -576,14 +619,33 @@ def _mute(client: Client, oper: str, args: str) -> None:
             client.error(f"invalid duration {duration_text.strip()!r}: use a number and s, m, h, d or w (30m)")
             return
         duration = parsed
-    target = _target(client, nick)
-    if target is None:
-        return
-    host = target.address[0]
-    unsaved = _state(client.server).mute(target.nick, host, time.time() + duration, client.nick)
-    log.warning("operator %s (%s) muted %s (%s) for %s", oper, client.nick, target.nick, host, _for(duration))
-    target.notice(f"you are muted by an operator for {_for(duration)}")
-    _done(client, f"muted {target.nick} for {_for(duration)}", unsaved)
+    until = time.time() + duration
+    target = client.server.registry.find(nick)
+    if target is not None and not target.closed:
+        nick, host = target.nick, target.address[0]
+        _tell_cluster(client, "mute", nick=nick, host=host, until=until)
+    else:
+        # On another server: muted there, and here by nick (should they come here).
+        host = ""
+        sent = _to_cluster(client, "mute", nick=nick, until=until)
+        if sent is not True:
+            client.error(sent or f"no such nick {nick!r}")
+            return
+    unsaved = apply_mute(client.server, nick, host, until, by=client.nick, oper=oper)
+    _done(client, f"muted {nick} for {_for(duration)}", unsaved)
+
+
+def apply_mute(server: ChatServer, nick: str, host: str, until: float, *, by: str, oper: str | None) -> str | None:
+    """Mute ``nick`` and ``host``'s address (if known) until ``until``, by
+    the operator ``oper`` whose nick is ``by`` (here or on another server);
+    what to tell the operator if it could not be saved."""
+    unsaved = _state(server).mute(nick, host, until, by)
+    left = _for(max(1.0, round(until - time.time())))
+    log.warning("operator %s (%s) muted %s (%s) for %s", oper, by, nick, host, left)
+    target = server.registry.find(nick)
+    if target is not None:
+        target.notice(f"you are muted by an operator for {left}")
+    return unsaved
 
 
 def _unmute(client: Client, oper: str, args: str) -> None:
@@ -593,16 +655,25 @@ def _unmute(client: Client, oper: str, args: str) -> None:
     if not text:
         client.error("usage: /unmute NICK|ADDRESS")
         return
-    target = client.server.registry.find(text)
-    host = target.address[0] if target is not None else text
-    lifted, unsaved = _state(client.server).unmute(text, host)
-    if not lifted:
+    lifted, unsaved = apply_unmute(client.server, text, by=client.nick, oper=oper)
+    sent = _tell_cluster(client, "unmute", target=text)  # even if not muted here
+    if not lifted and sent is not True:
         client.error(f"{text} is not muted (see /mutes)")
         return
-    log.warning("operator %s (%s) unmuted %s", oper, client.nick, text)
-    if target is not None:
-        target.notice("you are no longer muted")
-    _done(client, f"unmuted {text}", unsaved)
+    _done(client, f"unmuted {text}" if lifted else f"unmute of {text} sent to the other servers", unsaved)
+
+
+def apply_unmute(server: ChatServer, text: str, *, by: str, oper: str | None) -> tuple[int, str | None]:
+    """Lift the mutes of the nick or address ``text`` (a nick here: its
+    address's too), by ``oper`` whose nick is ``by``: (how many, unsaved)."""
+    target = server.registry.find(text)
+    host = target.address[0] if target is not None else text
+    lifted, unsaved = _state(server).unmute(text, host)
+    if lifted:
+        log.warning("operator %s (%s) unmuted %s", oper, by, text)
+        if target is not None:
+            target.notice("you are no longer muted")
+    return lifted, unsaved
 
 
 def _mutes(client: Client, oper: str, args: str) -> None:

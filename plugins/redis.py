@@ -27,18 +27,23 @@ import collections
 import dataclasses
 import json
 import logging
+import math
 import re
 import secrets
 import threading
 import time
+import typing
 import urllib.parse
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chatcore import Client, Config, UsageError, events, hookimpl
 from chatcore.config import restart_only, secret, whole_number
+from chatcore.engine.limits import parse_network
 from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, RoomEvent, RoomNotice
+from chatcore.names import room_problem
+from chatcore.wire.native import DEFAULT_MAX_LINE, sanitize
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -80,6 +85,9 @@ DEFAULT_CHECK_INTERVAL = 5.0
 DEFAULT_NODE_TIMEOUT = 10.0
 #: Private messages kept in a server's inbox stream.
 INBOX_LENGTH = 1000
+#: Operators' actions kept in the cluster's moderation stream: a server that
+#: starts applies the bans and unbans among them.
+MODERATION_LENGTH = 1000
 #: Connections for the client threads' own requests (nick claims, /who,
 #: /msg): a blocking pool waits for a free one (at most --redis-timeout)
 #: where redis-py's default pool would open one per thread, or raise once
@@ -96,6 +104,14 @@ REAPED_MARK = 3600.0
 #: Guest names tried for a returning user whose nickname was taken meanwhile.
 GUEST_TRIES = 20
 
+#: How replies that are not UTF-8 are decoded: bytes written by anyone but a
+#: chatcore server must not make every later read fail (redis-py's default,
+#: "strict", raises on the whole reply, and the reader would read it again
+#: and again); they become U+FFFD, and the entry's check drops it if needed.
+ENCODING_ERRORS = "replace"
+#: Seconds between two log lines about invalid entries from the cluster.
+INVALID_LOG_INTERVAL = 60.0
+
 #: The version of the stream entries' format (docs/scaling.md).
 FORMAT_VERSION = "1"
 
@@ -103,6 +119,8 @@ LINK_DOWN_NOTICE = "the cluster link is down: you reach only the people on this 
 LINK_BACK_NOTICE = "the cluster link is back"
 
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: A node id, as :class:`Cluster` makes them (``secrets.token_hex(6)``).
+_NODE_ID = re.compile(r"[0-9a-f]{12}")
 
 
 # ---------------------------------------------------------------------------
@@ -134,23 +152,19 @@ def encode_event(event: RoomEvent) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode_event(text: str) -> RoomEvent:
+def decode_event(text: str, max_line: int = DEFAULT_MAX_LINE) -> RoomEvent:
     """The event :func:`encode_event` wrote; ValueError if it is not one
-    (a newer server's event type, or damage)."""
-    record = json.loads(text)
-    if not isinstance(record, dict):
-        raise ValueError("not a JSON object")
+    (a newer server's event type, or damage). Its fields are checked by
+    :func:`checked` (``max_line``: the longest text allowed, in bytes)."""
+    record = _json_object(text, max_line)
     cls = _ROOM_EVENTS.get(record.pop("type", None))
     if cls is None:
         raise ValueError("unknown event type")
     when = record.pop("time", 0.0)
-    if not isinstance(when, (int, float)):
+    if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
         raise ValueError("time is not a number")
-    names = {item.name for item in dataclasses.fields(cls)} - _IDENTITY
-    if set(record) - names:
-        raise ValueError(f"unknown fields {sorted(set(record) - names)}")
     try:
-        return cls(**record, time=float(when))
+        return cls(**checked(_ROOM_EVENT_FIELDS[cls], record, max_line), time=float(when))
     except TypeError as exc:
         raise ValueError(str(exc)) from None
 
@@ -161,16 +175,123 @@ def encode_private(message: PrivateMessage) -> str:
     return json.dumps({**record, "text": message.text}, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode_private(text: str) -> PrivateMessage:
+def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE) -> PrivateMessage:
     """The message :func:`encode_private` wrote; ValueError if it is not one."""
-    record = json.loads(text)
-    if not isinstance(record, dict) or record.get("type") != "PrivateMessage":
+    record = _json_object(text, max_line)
+    if record.pop("type", None) != "PrivateMessage":
         raise ValueError("not a private message")
-    values = [record.get(name) for name in ("sender", "recipient", "text")]
-    if not all(isinstance(value, str) for value in values):
+    fields = checked(_PRIVATE_FIELDS, record, max_line)
+    if len(fields) != len(_PRIVATE_FIELDS):
         raise ValueError("a private message needs sender, recipient and text")
-    sender, recipient, body = values
-    return PrivateMessage(str(sender), str(recipient), str(body))
+    return PrivateMessage(**fields)
+
+
+#: An operator's action for the other servers (see :func:`moderate`): the
+#: fields an entry may have, and those each action needs.
+_MODERATION_FIELDS: dict[str, Any] = {
+    "action": str, "by": str, "oper": str, "nick": str, "host": str, "target": str, "reason": str,
+    "network": str, "until": float,
+}  # fmt: skip
+_MODERATION_NEEDS = {
+    "kick": {"nick"}, "mute": {"nick", "until"}, "unmute": {"target"}, "ban": {"network"}, "unban": {"network"},
+}  # fmt: skip
+
+
+def encode_moderation(action: str, details: dict[str, Any]) -> str:
+    """An operator's action as the JSON of a moderation entry's ``event`` field."""
+    record = {"type": "Moderation", "action": action, **{k: v for k, v in details.items() if v is not None}}
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_moderation(text: str, max_line: int = DEFAULT_MAX_LINE) -> dict[str, Any]:
+    """The action :func:`encode_moderation` wrote, its ``network`` parsed;
+    ValueError if it is not one."""
+    record = _json_object(text, max_line)
+    if record.pop("type", None) != "Moderation":
+        raise ValueError("not an operator's action")
+    fields = checked(_MODERATION_FIELDS, record, max_line)
+    needs = _MODERATION_NEEDS.get(fields.get("action", ""))
+    if needs is None or not needs | {"by"} <= set(fields):
+        raise ValueError("not an action with what it needs")
+    if "network" in fields:
+        fields["network"] = parse_network(fields["network"])
+    return fields
+
+
+# What comes from the cluster is input like a client's line: Redis is
+# trusted by design, but another server's bug, an older or newer version,
+# or anyone who can write to Redis must not be able to crash or wedge the
+# delivery path, forge IRC lines or flood members. So every entry is
+# checked field by field before it becomes an event (issue 23, item 6).
+
+#: Fields that hold a nickname or a room name. They must follow the name
+#: rule as they are (letters, digits, '_', '-': no control characters can
+#: pass): sanitising one instead could turn it into someone else's name.
+_NAME_FIELDS = frozenset({"room", "nick", "new_nick", "kicked_by", "sender", "recipient", "by"})
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {item.name: hints[item.name] for item in dataclasses.fields(cls) if item.name not in _IDENTITY}
+
+
+#: The fields an entry may carry, and their types, by event class.
+_ROOM_EVENT_FIELDS = {cls: _field_types(cls) for cls in _ROOM_EVENTS.values()}
+_PRIVATE_FIELDS: dict[str, Any] = {"sender": str, "recipient": str, "text": str}
+
+
+def _json_object(text: str, max_line: int) -> dict[str, Any]:
+    """``text`` parsed as a JSON object; ValueError if it is not one.
+
+    A legitimate entry is at most about twice ``max_line`` characters (JSON
+    doubles a quote or a backslash): a longer one is refused unparsed, and
+    deep nesting (a RecursionError in the parser) is refused too."""
+    if len(text) > 2 * max_line + 1024:
+        raise ValueError(f"{len(text)} characters long")
+    try:
+        record = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    return record
+
+
+def checked(kinds: dict[str, Any], record: dict[str, Any], max_line: int) -> dict[str, Any]:
+    """``record``'s fields if each is one of ``kinds`` and of its type, every
+    name follows the name rule, and every text, sanitised as a client's line
+    is (:func:`chatcore.wire.native.sanitize`), is at most ``max_line`` bytes;
+    else ValueError. A ``text`` must not be empty (no chat line is).
+
+    Defends against a number where a nickname goes (it made the IRC encoder
+    raise in the publish path, and the room stopped on that server: issue
+    23, item 6), CR/LF in a nickname or text (forged IRC lines), terminal
+    escapes, and a huge text sent to every member."""
+    unknown = set(record) - set(kinds)
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)!r:.200}")
+    clean: dict[str, Any] = {}
+    for name, given in record.items():
+        kind, value = kinds[name], given
+        if kind is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"{name} is not a {kind.__name__}")
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"{name} is not a finite number")
+        if kind is str and name in _NAME_FIELDS:
+            # Nicknames and room names follow one rule (chatcore.names);
+            # kicked_by is empty for a leave that is not a kick.
+            if (value or name != "kicked_by") and room_problem(value) is not None:
+                raise ValueError(f"{name} is not a valid name")
+        elif kind is str:
+            value = sanitize(value)
+            if len(value.encode("utf-8")) > max_line:
+                raise ValueError(f"{name} is longer than {max_line} bytes")
+            if name == "text" and not value:
+                raise ValueError("text is empty")
+        clean[name] = value
+    return clean
 
 
 # ---------------------------------------------------------------------------
@@ -301,9 +422,32 @@ def chatcore_configure(config: Config) -> None:
     )
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def chatcore_server_start(server: ChatServer) -> None:
-    _cluster(server).start(server)
+    cluster = _cluster(server)
+    cluster.start(server)
+    # The metrics plugin's endpoint, started before this one (trylast), also
+    # gives the cluster's counts.
+    metrics = server.config.data.get("metrics")
+    if metrics is not None:
+        metrics.registry.register(ClusterCollector(cluster))
+
+
+class ClusterCollector:
+    """The cluster's counts for the metrics plugin (a ``prometheus_client``
+    custom collector, read at scrape time)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily(
+            "chatcore_redis_invalid_entries_total",
+            "Entries from the cluster (room streams, inboxes, presence) dropped as invalid.",
+            value=self.cluster.invalid.count,
+        )
 
 
 @hookimpl
@@ -360,6 +504,20 @@ def chatcore_room_history(server: ChatServer, room: str, limit: int) -> list[Roo
     return _cluster(server).presence.history(room, limit)
 
 
+def moderate(server: ChatServer, action: str, **details: Any) -> bool | str | None:
+    """Send an operator's ``action`` to the other servers, which apply it as
+    plugins/opers.py would: ``kick`` (``nick``, ``reason``), ``mute``
+    (``nick``, ``until``, ``host`` if known), ``unmute`` (``target``, a nick
+    or an address), ``ban`` (``network``, ``until``, ``reason``), ``unban``
+    (``network``); each with ``by`` and ``oper``, the operator's nick and
+    name. True if sent, why not, or None if a ``nick`` given without
+    ``host`` (the user is not here) is on no other server either.
+
+    TEMPORARY: plugins/opers.py calls this through the plugin manager, until
+    the engine has a hook for it (``chatcore_moderate``)."""
+    return _cluster(server).presence.moderate(action, details)
+
+
 def _cluster(server: ChatServer) -> Cluster:
     cluster: Cluster = server.config.data[NAME]
     return cluster
@@ -409,6 +567,10 @@ class Keys:
     def nick(self, nick: str) -> str:
         """Who holds a nickname (ignoring case): the node id."""
         return f"{self.prefix}nick:{nick.casefold()}"
+
+    def moderation(self) -> str:
+        """Operators' actions for every server (kick, mute, ban ...): a stream."""
+        return f"{self.prefix}moderation"
 
     def reaping(self, node: str) -> str:
         """Held by the one server that announces a gone node's leaves."""
@@ -491,6 +653,7 @@ def connect(url: str, *, timeout: float, name: str) -> redis_py.Redis:
         socket_keepalive=True,
         retry=Retry(NoBackoff(), 0),
         decode_responses=True,
+        encoding_errors=ENCODING_ERRORS,
         protocol=2,  # the replies' shapes below are RESP2's
         single_connection_client=True,
         client_name=name,
@@ -512,6 +675,7 @@ def shared_client(url: str, *, timeout: float, name: str) -> redis_py.Redis:
         socket_keepalive=True,
         retry=Retry(NoBackoff(), 0),
         decode_responses=True,
+        encoding_errors=ENCODING_ERRORS,
         protocol=2,
         client_name=name,
     )
@@ -537,6 +701,33 @@ class Backoff:
 # ---------------------------------------------------------------------------
 
 
+class Invalid:
+    """What came from the cluster and was dropped as invalid (a room entry,
+    an inbox entry, another server's member list): counted in :attr:`count`
+    (``chatcore_redis_invalid_entries_total`` with the metrics plugin) and
+    logged, at most once per :data:`INVALID_LOG_INTERVAL`, so that a flood
+    of bad entries does not flood the log too. Called on any thread."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        self._unlogged = 0
+        self._next_log = 0.0
+
+    def drop(self, what: str, why: object) -> None:
+        """Count ``what`` (``room lobby entry 1-0``), dropped because ``why``."""
+        with self._lock:
+            self.count += 1
+            self._unlogged += 1
+            now = time.monotonic()
+            if now < self._next_log:
+                return
+            self._next_log = now + INVALID_LOG_INTERVAL
+            count, self._unlogged = self._unlogged, 0
+        more = f" ({count - 1} more since the last report)" if count > 1 else ""
+        log.error("dropped %s from the cluster: %s%s", what, why, more)
+
+
 class Cluster:
     """This server's membership in a cluster: its node id, the link state,
     the publisher and the reader.
@@ -544,6 +735,7 @@ class Cluster:
     :ivar node: this server's id in the cluster, new at every start.
     :ivar gaps: times members were told that events were lost.
     :ivar lost: events known lost (0 counted when the number is unknown).
+    :ivar invalid: what came from the cluster and was dropped as invalid.
     """
 
     def __init__(
@@ -574,6 +766,7 @@ class Cluster:
         self.presence = Presence(self, node_timeout)
         self.gaps = 0
         self.lost = 0
+        self.invalid = Invalid()
         self._link_lock = threading.Lock()
         self._link_up = True
 
@@ -965,10 +1158,13 @@ class Reader(threading.Thread):
         self.cluster = cluster
         self.check_interval = check_interval
         self.cursors: dict[str, _Cursor] = {}
-        #: Entries that could not be read as events (a newer server's, damage).
-        self.bad_entries = 0
         #: Where the reader is in this node's inbox (new at every start).
         self.inbox_id = "0-0"
+        #: Where the reader is in the moderation stream (None: not started),
+        #: and the last entry there at the start: those before it are only
+        #: replayed for their bans and unbans.
+        self.moderation_id: str | None = None
+        self.replayed_until = (0, 0)
 
     def run(self) -> None:
         import redis as redis_py
@@ -984,6 +1180,8 @@ class Reader(threading.Thread):
                         cluster.url, timeout=cluster.timeout + BLOCK_MS / 1000, name=f"chatcore-{cluster.node}-read"
                     )
                     client.ping()
+                    if self.moderation_id is None:
+                        self._start_moderation(client)
                     self._check(client)
                 self._follow_rooms(client)
                 if time.monotonic() >= next_check:
@@ -1059,12 +1257,19 @@ class Reader(threading.Thread):
         inbox = keys.inbox(self.cluster.node)
         streams: dict[Any, Any] = {keys.stream(room): cursor.last_id for room, cursor in self.cursors.items()}
         streams[inbox] = self.inbox_id
+        moderation = keys.moderation()
+        streams[moderation] = self.moderation_id
         replies = client.xread(streams, count=BATCH, block=BLOCK_MS)
         for stream, entries in _stream_replies(replies):
             if stream == inbox:
                 for entry_id, entry in entries:
                     self.inbox_id = entry_id
                     self._deliver_private(entry_id, entry)
+                continue
+            if stream == moderation:
+                for entry_id, entry in entries:
+                    self.moderation_id = entry_id
+                    self._moderate(entry_id, entry)
                 continue
             room = stream[len(keys.prefix) + len("room:") : -len(":stream")]
             cursor = self.cursors.get(room)
@@ -1073,16 +1278,66 @@ class Reader(threading.Thread):
             for entry_id, entry in entries:
                 self._deliver(room, cursor, entry_id, entry)
 
+    def _start_moderation(self, client: redis_py.Redis) -> None:
+        """Read the moderation stream from its start: the bans and unbans
+        there are in force on the cluster, this server included."""
+        last = client.xrevrange(self.cluster.keys.moderation(), count=1)
+        self.replayed_until = _stream_id(str(last[0][0])) if last else (0, 0)
+        self.moderation_id = "0-0"
+
+    def _moderate(self, entry_id: str, entry: dict[str, str]) -> None:
+        """Apply an operator's action sent by another server as plugins/opers.py
+        applies its own. Entries from before this server started are
+        replayed but for kicks (bans and mutes are kept: they are in force)."""
+        from chatcore.plugins import opers
+
+        cluster = self.cluster
+        server = cluster.server
+        assert server is not None
+        if entry.get("node") == cluster.node:
+            return  # applied here already
+        try:
+            if entry.get("v") != FORMAT_VERSION:
+                raise ValueError(f"format version {entry.get('v')!r:.20}")
+            record = decode_moderation(entry["event"], server.max_line)
+        except (KeyError, ValueError) as exc:
+            cluster.invalid.drop(f"moderation entry {entry_id}", exc)
+            return
+        action, by, oper, until = record["action"], record["by"], record.get("oper"), record.get("until")
+        reason = record.get("reason") or "no reason given"
+        state: opers.State = server.config.data[opers.NAME]  # its methods are for cluster plugins too
+        if until is not None and until <= time.time():
+            return  # a ban or mute that is over
+        if action == "ban":
+            log.warning("operator %s (%s) on another server banned %s: %s", oper, by, record["network"], reason)
+            state.ban(record["network"], until, reason, by)
+            opers.enforce_ban(server, record["network"], by, reason)
+        elif action == "unban":
+            if state.unban(record["network"])[0]:
+                log.warning("operator %s (%s) on another server lifted the ban on %s", oper, by, record["network"])
+        elif action == "mute":
+            # The address is known where the user is; the others mute the nick.
+            here = server.registry.find(record["nick"])
+            host = record.get("host") or (here.address[0] if here is not None else "")
+            opers.apply_mute(server, record["nick"], host, record["until"], by=by, oper=oper)
+        elif action == "unmute":
+            opers.apply_unmute(server, record["target"], by=by, oper=oper)
+        elif _stream_id(entry_id) > self.replayed_until:  # a kick: of a user here now, never replayed
+            target = server.registry.find(record["nick"])
+            if target is None or target.closed:
+                log.info("kick of %s by %s from another server: not here (any more)", record["nick"], by)
+            else:
+                opers.kick_as(by, oper, target, reason)
+
     def _deliver_private(self, entry_id: str, entry: dict[str, str]) -> None:
         server = self.cluster.server
         assert server is not None
         try:
             if entry.get("v") != FORMAT_VERSION:
-                raise ValueError(f"format version {entry.get('v')!r}")
-            message = decode_private(entry["event"])
+                raise ValueError(f"format version {entry.get('v')!r:.20}")
+            message = decode_private(entry["event"], server.max_line)
         except (KeyError, ValueError) as exc:
-            self.bad_entries += 1
-            log.error("inbox entry %s is not a private message this server can read (%s); skipped", entry_id, exc)
+            self.cluster.invalid.drop(f"inbox entry {entry_id}", exc)
             return
         recipient = server.registry.find(message.recipient)
         if recipient is None:
@@ -1095,15 +1350,14 @@ class Reader(threading.Thread):
         server = cluster.server
         assert server is not None
         cursor.last_id = entry_id
+        what = f"room {room} entry {entry_id}"
         try:
-            if entry.get("v") != FORMAT_VERSION:
-                raise ValueError(f"format version {entry.get('v')!r}")
-            epoch, offset = entry["epoch"], int(entry["offset"])
-            event = decode_event(entry["event"])
+            epoch, offset = _entry_place(entry)
         except (KeyError, ValueError) as exc:
-            self.bad_entries += 1
-            log.error("room %s: entry %s is not an event this server can read (%s); skipped", room, entry_id, exc)
+            cluster.invalid.drop(what, exc)
             return
+        # The place counts even if the event is dropped below: a dropped
+        # entry is not a gap to tell the members of.
         if cursor.epoch is not None and epoch != cursor.epoch:
             cluster.gap(room, None, "the cluster's Redis lost them")
         elif offset > cursor.offset + 1:
@@ -1111,12 +1365,20 @@ class Reader(threading.Thread):
         cursor.epoch, cursor.offset = epoch, offset
         if entry.get("node") == cluster.node:
             return  # said here, and delivered here already
-        if event.room != room:
-            log.error("room %s: entry %s is for room %r; skipped", room, entry_id, event.room)
+        try:
+            event = decode_event(entry["event"], server.max_line)
+            if event.room != room:
+                raise ValueError(f"it is for room {event.room}")
+        except (KeyError, ValueError) as exc:
+            cluster.invalid.drop(what, exc)
             return
         if isinstance(event, Left) and cluster.presence.returned(event):
             return  # a ghost leave: another server timed this one out, and the user is here
         server.publish(event, relay=False)
+
+
+class NotAnswering(Exception):
+    """The server that holds a nickname stopped renewing its presence."""
 
 
 class Presence(threading.Thread):
@@ -1323,7 +1585,7 @@ class Presence(threading.Thread):
         assert self.client is not None
         assert self.cluster.server is not None
         keys = self.cluster.keys
-        members = {str(nick): str(room) for nick, room in self.client.hgetall(keys.members(node)).items()}
+        members = self._valid_members(node, self.client.hgetall(keys.members(node)))
         log.warning("node %s stopped answering; its %d users leave the rooms", node, len(members))
         # Its keys are cleared before the leaves go out: a node that was only
         # slow rejoins its users when it reads these leaves, and what it
@@ -1343,8 +1605,25 @@ class Presence(threading.Thread):
 
     def _other_nodes(self) -> list[str]:
         assert self.client is not None
-        members = self.client.smembers(self.cluster.keys.nodes())
-        return [str(node) for node in members if node != self.cluster.node]
+        nodes = []
+        for node in map(str, self.client.smembers(self.cluster.keys.nodes())):
+            if not _NODE_ID.fullmatch(node):
+                # Node ids go into key names and the log: only ours are read.
+                self.cluster.invalid.drop("a node id", "not one a server makes")
+            elif node != self.cluster.node:
+                nodes.append(node)
+        return nodes
+
+    def _valid_members(self, node: str, members: dict[Any, Any]) -> dict[str, str]:
+        """``node``'s members (nick -> room), but those whose nick or room is
+        not a valid name (they would reach /who and IRC's NAMES), counted."""
+        valid: dict[str, str] = {}
+        for nick, room in members.items():
+            if isinstance(nick, str) and isinstance(room, str) and not room_problem(nick) and not room_problem(room):
+                valid[nick] = room
+            else:
+                self.cluster.invalid.drop(f"a member of node {node}", "a nick or room that is not a valid name")
+        return valid
 
     def leave(self) -> None:
         """Say goodbye (a clean stop): the leaves went out already; clear the keys."""
@@ -1415,9 +1694,9 @@ class Presence(threading.Thread):
             log.info("could not ask the cluster who is where (%s)", exc)
             return None
         rooms: dict[str, list[str]] = {}
-        for alive, members in zip(replies[::2], replies[1::2], strict=True):
+        for node, alive, members in zip(others, replies[::2], replies[1::2], strict=True):
             if alive:
-                for nick, room in members.items():
+                for nick, room in self._valid_members(node, members).items():
                     rooms.setdefault(room, []).append(nick)
         return rooms
 
@@ -1427,8 +1706,10 @@ class Presence(threading.Thread):
         import redis as redis_py
 
         assert self.client is not None
+        assert self.cluster.server is not None
         if not self.cluster.linked:
             return None
+        max_line = self.cluster.server.max_line
         found: list[RoomEvent] = []
         newest = "+"
         try:
@@ -1437,10 +1718,14 @@ class Presence(threading.Thread):
                 page: list[Any] = (
                     self.client.xrevrange(self.cluster.keys.stream(room), max=newest, count=HISTORY_PAGE) or []
                 )
-                for _entry_id, entry in page:
-                    event = _history_event(entry)
-                    if event is not None:
-                        found.append(event)
+                for entry_id, entry in page:
+                    try:
+                        epoch, offset, event = _entry_event(entry, max_line)
+                    except (KeyError, ValueError) as exc:
+                        self.cluster.invalid.drop(f"room {room} entry {entry_id}", exc)
+                        continue
+                    if isinstance(event, (Chat, Action)) and event.room == room:
+                        found.append(dataclasses.replace(event, epoch=epoch, offset=offset))
                 if len(page) < HISTORY_PAGE:
                     break
                 newest = "(" + str(page[-1][0])
@@ -1448,6 +1733,47 @@ class Presence(threading.Thread):
             log.info("could not read room %s's history from the cluster (%s)", room, exc)
             return None
         return found[:limit][::-1]
+
+    def _holder(self, nick: str) -> str | None:
+        """The other server that holds ``nick`` (its node id), or None if none
+        does (or this one does). ``NotAnswering`` if it stopped renewing."""
+        assert self.client is not None
+        keys = self.cluster.keys
+        found = self.client.get(keys.nick(nick))
+        owner = None if found is None else str(found)
+        if owner is None or owner == self.cluster.node:
+            return None
+        if not self.client.exists(keys.alive(owner)):
+            raise NotAnswering(f"{nick}'s server is not answering; try again later")
+        return owner
+
+    def moderate(self, action: str, details: dict[str, Any]) -> bool | str | None:
+        """Send an operator's action to every server (see :func:`moderate`);
+        a kick or mute of a nick not here only if another server holds it."""
+        import redis as redis_py
+
+        assert self.client is not None
+        cluster = self.cluster
+        nick = details.get("nick")
+        down = "the cluster link is down: not sent to the other servers; try again later"
+        if not cluster.linked:
+            return down
+        try:
+            # A user not here (no address known): sent only if another server has them.
+            if nick is not None and "host" not in details and self._holder(nick) is None:
+                return None
+            self.client.xadd(
+                cluster.keys.moderation(),
+                {"v": FORMAT_VERSION, "node": cluster.node, "event": encode_moderation(action, details)},
+                maxlen=MODERATION_LENGTH,
+                approximate=True,
+            )
+        except NotAnswering as exc:
+            return str(exc)
+        except redis_py.RedisError as exc:
+            log.info("could not send an operator's %s through the cluster (%s)", action, exc)
+            return down
+        return True
 
     def send_private(self, message: PrivateMessage) -> bool | str | None:
         """Deliver ``message`` to the server its recipient is on."""
@@ -1458,12 +1784,11 @@ class Presence(threading.Thread):
         if not cluster.linked:
             return f"the cluster link is down: your message to {message.recipient} was not sent; try again later"
         try:
-            found = self.client.get(keys.nick(message.recipient))
-            owner = None if found is None else str(found)
-            if owner is None or owner == cluster.node:
+            owner = self._holder(message.recipient)
+            if owner is None:
                 return None
-            if not self.client.exists(keys.alive(owner)):
-                return f"{message.recipient}'s server is not answering; try again later"
+        except NotAnswering as exc:
+            return str(exc)
         except redis_py.RedisError as exc:
             log.info("could not send a private message through the cluster (%s)", exc)
             return f"the cluster link is down: your message to {message.recipient} was not sent; try again later"
@@ -1485,17 +1810,27 @@ class Presence(threading.Thread):
         return True
 
 
-def _history_event(entry: dict[str, str]) -> RoomEvent | None:
-    """A chat or action entry as its event, with the cluster's identity."""
-    try:
-        if entry.get("v") != FORMAT_VERSION:
-            return None
-        event = decode_event(entry["event"])
-        if not isinstance(event, (Chat, Action)):
-            return None
-        return dataclasses.replace(event, epoch=entry["epoch"], offset=int(entry["offset"]))
-    except (KeyError, ValueError):
-        return None
+def _entry_place(entry: dict[str, str]) -> tuple[str, int]:
+    """A room stream entry's epoch and offset; KeyError or ValueError if it
+    is not an entry this server can read."""
+    if entry.get("v") != FORMAT_VERSION:
+        raise ValueError(f"format version {entry.get('v')!r:.20}")
+    epoch, offset = entry["epoch"], int(entry["offset"])
+    if not 0 < len(epoch) <= 64 or offset < 1:
+        raise ValueError("not an epoch and offset")
+    return epoch, offset
+
+
+def _entry_event(entry: dict[str, str], max_line: int) -> tuple[str, int, RoomEvent]:
+    """A room stream entry's epoch, offset and event (checked: :func:`checked`)."""
+    epoch, offset = _entry_place(entry)
+    return epoch, offset, decode_event(entry["event"], max_line)
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (``1700000000000-3``) as numbers, to compare two."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _stream_replies(replies: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:

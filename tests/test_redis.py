@@ -12,11 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from redis_support import Proxy, RedisServer
+from redis_support import Proxy, RedisServer, free_port
 
 from chatcore.events import Action, Chat, Joined, Left, NickChanged, OperatorChanged, RoomNotice
 from chatcore.plugins.redis import Arrivals, _Cursor, _Start, decode_event, encode_event, redacted
@@ -64,11 +65,12 @@ def cluster() -> Iterator[object]:
 
 @pytest.fixture
 def connect() -> Iterator[object]:
-    """``connect(process, nick)``: a client with that nickname; closed at teardown."""
+    """``connect(process, nick, source=None)``: a client with that nickname,
+    from the address ``source`` if given; closed at teardown."""
     clients: list[LineClient] = []
 
-    def make(process: ServerProcess, nick: str) -> LineClient:
-        client = LineClient(process.address, timeout=TIMEOUT)
+    def make(process: ServerProcess, nick: str, source: str | None = None) -> LineClient:
+        client = LineClient(process.address, timeout=TIMEOUT, source=source)
         clients.append(client)
         client.send(f"/nick {nick}")
         client.expect(f"* you are now known as {nick}")
@@ -151,9 +153,26 @@ def test_events_travel_as_versioned_json() -> None:
         ("[]", "not a JSON object"),
         ('{"type": "Chat", "x": 1}', "unknown fields"),
         ("{", "Expecting"),
+        # What another server's bug, or anyone who can write to Redis, might put there.
+        ('{"type": "Chat", "room": "lobby", "nick": 42, "text": "hi"}', "nick is not a str"),
+        ('{"type": "Chat", "room": "lobby", "nick": "a\\r\\nb", "text": "hi"}', "nick is not a valid name"),
+        ('{"type": "Chat", "room": "lobby", "nick": "", "text": "hi"}', "nick is not a valid name"),
+        ('{"type": "Chat", "room": "lobby", "nick": "amy", "text": "\\r\\n"}', "text is empty"),
+        ('{"type": "Chat", "room": "lobby", "nick": "amy", "text": ["hi"]}', "text is not a str"),
+        ('{"type": "Left", "room": "lobby", "nick": "amy", "disconnected": 1}', "disconnected is not a bool"),
+        ('{"type": "NickChanged", "room": "lobby", "nick": "amy", "new_nick": true}', "new_nick is not a str"),
+        ('{"type": "Chat", "room": "lobby", "nick": "amy", "text": "hi", "time": NaN}', "time is not a number"),
+        (json.dumps({"type": "Chat", "room": "lobby", "nick": "amy", "text": "x" * 4097}), "longer than 4096"),
+        ("[" * 100000 + "]" * 100000, "characters long"),
+        ("[" * 4000 + "]" * 4000, "nested too deeply"),
     ]:
         with pytest.raises(ValueError, match=why):
             decode_event(bad)
+    # Text is sanitised as a client's line is: control characters and escapes go.
+    event = decode_event(
+        '{"type": "Chat", "room": "lobby", "nick": "amy", "text": "one\\r\\ntwo\\u0000 \\u001b[31mred"}'
+    )
+    assert event == Chat("lobby", nick="amy", text="onetwo red")
 
 
 def test_a_room_entered_is_read_from_its_first_join_s_place() -> None:
@@ -804,3 +823,223 @@ def test_bad_options_are_usage_errors_without_the_password(args, error) -> None:
     assert result.returncode == 2
     assert error in result.stderr
     assert "hunter2" not in result.stderr
+
+
+#: A node id no server has: what a forged or foreign entry claims to come from.
+FOREIGN_NODE = "0badc0ffee00"
+
+
+def forge(redis_server: RedisServer, room: str, fields: dict[str, object], *, place: bool = True) -> None:
+    """Append to ``room``'s stream what a broken or hostile writer might:
+    ``fields`` over a version 1 entry from :data:`FOREIGN_NODE`, with the
+    room's epoch and next offset (so no gap is told) unless ``place`` is false."""
+    client = redis_server.client()
+    try:
+        [stream] = client.keys(f"chatcore:*:room:{room}:stream")
+        meta = stream.removesuffix(":stream") + ":meta"
+        entry: dict[str, object] = {"v": "1", "node": FOREIGN_NODE}
+        if place:
+            entry.update(epoch=client.hget(meta, "epoch"), offset=client.hincrby(meta, "offset", 1))
+        entry.update(fields)
+        client.xadd(stream, entry)
+    finally:
+        client.close()
+
+
+def chat_json(**fields: object) -> str:
+    return json.dumps({"type": "Chat", "room": "lobby", **fields})
+
+
+def scrape(port: int, name: str) -> float:
+    """The value of the metric ``name`` (without labels) at the metrics endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
+
+
+def watched_server(redis_server: RedisServer, cluster: Callable[..., ServerProcess]) -> tuple[ServerProcess, int]:
+    """A server of the cluster with an IRC listener and metrics; the metrics port."""
+    metrics = free_port()
+    process = cluster(
+        redis_server.url, "127.0.0.1", "--plugins", "redis,irc,metrics",
+        "--listen", "irc://127.0.0.1:0", "--metrics-port", str(metrics),
+    )  # fmt: skip
+    return process, metrics
+
+
+def irc_user(process: ServerProcess, nick: str) -> LineClient:
+    """An IRC client registered as ``nick``, in #lobby."""
+    irc = LineClient(process.addresses["irc"], timeout=TIMEOUT)
+    irc.sock.sendall(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n".encode())
+    irc.expect(re.compile(rf" 366 {nick} #lobby "))
+    return irc
+
+
+@pytest.mark.slow
+def test_malformed_stream_entries_are_dropped_and_counted_and_the_room_flows_on(redis_server, cluster, connect):
+    # Issue 23, item 6: an entry whose nick was a number made the IRC encoder
+    # raise in the publish path, and the room's native feed on that server
+    # was never written again.
+    one, metrics = watched_server(redis_server, cluster)
+    alice = connect(one, "alice")
+    wendy = irc_user(one, "wendy")
+    try:
+        alice.expect("* wendy joined")
+        # This server reads the room from alice's join on: what follows it is read.
+        wait_for(
+            lambda: last_event(redis_server, "lobby").get("nick") == "wendy", timeout=TIMEOUT, message="wendy's join"
+        )
+        with server_log_on_failure(one):
+            forge(redis_server, "lobby", {"event": chat_json(nick=42, text="a number for a nick")})
+            forge(redis_server, "lobby", {})  # no event at all
+            forge(redis_server, "lobby", {"event": chat_json(nick="mallory")})  # no text
+            forge(
+                redis_server,
+                "lobby",
+                {"event": chat_json(nick="mal\r\n:admin!admin@chatcore PRIVMSG #lobby :x", text="hi")},
+            )
+            forge(redis_server, "lobby", {"event": chat_json(nick="mallory", text="x" * 100_000)})
+            forge(redis_server, "lobby", {"event": b'{"type":"Chat","room":"lobby","nick":"mal\xfflory","text":"hi"}'})
+            forge(redis_server, "lobby", {"event": chat_json(nick="mallory", text="no place")}, place=False)
+            forge(redis_server, "lobby", {"event": chat_json(nick="mallory", text="one\r\ntwo\x00three\x1b[2J")})
+            # Sanitised like a client's own line: no control characters, no forged IRC line.
+            alice.expect("<mallory> onetwothree")
+            said = wendy.expect(re.compile("PRIVMSG #lobby :")).rstrip("\r")
+            assert said.endswith(" PRIVMSG #lobby :onetwothree")
+            # Chat goes on, both ways, on both front-ends, and for a newcomer.
+            alice.send("still here")
+            wendy.expect(re.compile(r"^:alice!\S+ PRIVMSG #lobby :still here"))
+            wendy.sock.sendall(b"PRIVMSG #lobby :me too\r\n")
+            alice.expect("<wendy> me too")
+            carol = connect(one, "carol")
+            alice.send("welcome carol")
+            carol.expect("<alice> welcome carol")
+            wendy.expect(re.compile(r"PRIVMSG #lobby :welcome carol"))
+            forge(redis_server, "lobby", {"event": chat_json(nick="mallory", text="the end")})
+            for native in (alice, carol):
+                native.expect("<mallory> the end")
+            wendy.expect(re.compile(r"^:mallory!\S+ PRIVMSG #lobby :the end"))
+            # Each dropped entry counted; the log says so once, not once per entry.
+            assert scrape(metrics, "chatcore_redis_invalid_entries_total") == 7
+            one.expect_log(re.compile(r"dropped room lobby entry \S+ from the cluster: nick is not a str"))
+            assert "dropped room lobby entry" not in one.stderr.split("nick is not a str", 1)[1]
+    finally:
+        wendy.close()
+
+
+@pytest.mark.slow
+def test_malformed_presence_and_private_messages_are_dropped_and_counted(redis_server, cluster, connect):
+    one, metrics = watched_server(redis_server, cluster)
+    alice = connect(one, "alice")
+    redis = redis_server.client()
+    try:
+        [node] = redis.smembers(next(iter(redis.keys("chatcore:*:nodes"))))
+        prefix = f"chatcore:{one.args[one.args.index('--redis-cluster') + 1]}:"
+        # A server that says its members are a CR/LF nick and a nick in a CR/LF room.
+        redis.set(f"{prefix}node:{FOREIGN_NODE}", "1")
+        redis.sadd(f"{prefix}nodes", FOREIGN_NODE, "not\r\na node")
+        redis.hset(
+            f"{prefix}node:{FOREIGN_NODE}:members",
+            mapping={"carl": "lobby", "evil\r\nnick": "lobby", "bob": "lobby\r\nx"},
+        )
+        answered(alice, "/who", "* in lobby (2): alice, carl")
+        wendy = irc_user(one, "wendy")
+        try:
+            wendy.sock.sendall(b"NAMES #lobby\r\n")
+            names = wendy.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r")
+            assert names.endswith(":alice carl wendy")
+        finally:
+            wendy.close()
+        inbox = f"{prefix}node:{node}:inbox"
+        # Operators' actions that are not what they claim: never applied.
+        for action in [
+            {"type": "Moderation", "action": "ban", "network": "0.0.0.0/0", "by": 42},
+            {"type": "Moderation", "action": "ban", "network": "everyone", "by": "mallory"},
+            {"type": "Moderation", "action": "kick", "by": "mallory"},
+        ]:
+            redis.xadd(f"{prefix}moderation", {"v": "1", "node": FOREIGN_NODE, "event": json.dumps(action)})
+        for message in [
+            {"type": "PrivateMessage", "sender": "x\r\ny", "recipient": "alice", "text": "forged"},
+            {"type": "PrivateMessage", "sender": 7, "recipient": "alice", "text": "a number"},
+            {"type": "PrivateMessage", "sender": "mallory", "recipient": "alice"},
+            {"type": "PrivateMessage", "sender": "mallory", "recipient": "alice", "text": "psst\r\n\x1b[2J!"},
+        ]:
+            redis.xadd(inbox, {"v": "1", "node": FOREIGN_NODE, "event": json.dumps(message)})
+        alice.expect("*mallory* psst!")
+        alice.sync()  # not banned, not kicked
+        # Three actions, three private messages; the member lists once per look (/who, NAMES ...).
+        wait_for(lambda: scrape(metrics, "chatcore_redis_invalid_entries_total") >= 3 + 3 + 3, timeout=TIMEOUT)
+    finally:
+        redis.close()
+
+
+@pytest.mark.slow
+def test_an_operator_kicks_mutes_and_bans_users_on_another_server(redis_server, cluster, connect, tmp_path):
+    # Issue 23, item 5: an operator on one server could not touch a user on
+    # another ("no such nick", though /who listed them), and a ban left the
+    # address connected to and connecting to the other servers.
+    opers_file = tmp_path / "opers"
+    opers_file.write_text("root hunter2\n")
+    one = cluster(redis_server.url, "127.0.0.1", "--opers-file", str(opers_file))
+    two = cluster(redis_server.url, "127.0.0.1")
+    op = connect(one, "op")
+    # bob from an address of his own: a mute holds the address too.
+    bob, carol = connect(two, "bob", source="127.0.0.3"), connect(two, "carol")
+    with server_log_on_failure(two):
+        linked(bob, "bob", [op])
+        linked(op, "op", [bob, carol])
+        op.send("/oper root hunter2")
+        op.expect("* you are now an operator (root)")
+
+        op.send("/mute bob 5m")
+        op.expect("* muted bob for 5m")
+        bob.expect(re.compile(r"^\* you are muted by an operator for (5m|29\ds)$"))
+        bob.send("muted words")
+        bob.expect(re.compile(r"^! you are muted by an operator for "))
+        carol.send("after the mute")
+        assert "<bob> muted words" not in lines_until(op, "<carol> after the mute")
+        op.send("to carol")
+        assert "<bob> muted words" not in lines_until(carol, "<op> to carol")
+
+        op.send("/kick bob spamming")
+        op.expect("* bob is on another server: kick sent there")
+        assert bob.wait_closed()[-1] == "! disconnected: kicked by op: spamming"
+        carol.expect("* bob left (kicked by op: spamming)")
+        op.expect("* bob left (kicked by op: spamming)")
+        two.expect_log(re.compile(r"operator root \(op\) kicked bob from 127\.0\.0\.3: spamming"))
+
+        dave = connect(two, "dave", source="127.0.0.2")
+        op.expect(lambda line: line.endswith(" is now known as dave"))
+        op.send("/ban 127.0.0.2 flooding")
+        op.expect("* banned 127.0.0.2/32 forever")
+        assert dave.wait_closed()[-1] == "! disconnected: banned by op: flooding"
+        carol.expect("* dave left (banned by op: flooding)")
+        refused = LineClient(two.address, timeout=TIMEOUT, source="127.0.0.2")
+        try:
+            assert refused.wait_closed() == ["! you are banned from this server: flooding"]
+        finally:
+            refused.close()
+        # A server that starts later applies the bans and mutes in force, and replays no kick.
+        three = cluster(redis_server.url, "127.0.0.1")
+        bob = connect(three, "bob", source="127.0.0.3")
+        linked(op, "op", [bob])
+        bob.send("back again")
+        bob.expect(re.compile(r"^! you are muted by an operator for "))
+        op.send("/unmute bob")
+        op.expect("* unmuted bob")
+        bob.expect("* you are no longer muted")
+        linked(bob, "bob", [op])
+        refused = LineClient(three.address, timeout=TIMEOUT, source="127.0.0.2")
+        try:
+            assert refused.wait_closed() == ["! you are banned from this server: flooding"]
+        finally:
+            refused.close()
+        # Lifted everywhere too.
+        op.send("/unban 127.0.0.2")
+        op.expect("* unbanned 127.0.0.2/32")
+        two.expect_log(re.compile(r"operator root \(op\) on another server lifted the ban on 127\.0\.0\.2/32"))
+        connect(two, "dave", source="127.0.0.2")
+        # A nick on no server is still no such nick.
+        op.send("/kick nobody-at-all")
+        op.expect("! no such nick 'nobody-at-all'")
