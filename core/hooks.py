@@ -289,51 +289,6 @@ class Hooks:
     def room_event(self, server: ChatServer, event: RoomEvent) -> None:
         self._call_each("chatcore_room_event", {"server": server, "event": event})
 
-    # -- presence across a cluster ---------------------------------------------
-
-    def claim_nick(self, client: Client, nick: str) -> str | None:
-        """A reason ``nick`` is taken elsewhere, or None (also if a plugin fails)."""
-        reason = self._call_first("chatcore_claim_nick", {"client": client, "nick": nick})
-        return None if reason is None else str(reason)
-
-    def release_nick(self, client: Client, nick: str) -> None:
-        self._call_each("chatcore_release_nick", {"client": client, "nick": nick})
-
-    def cluster_members(self, server: ChatServer) -> dict[str, list[str]]:
-        """Members elsewhere by room, merged from every plugin's answer."""
-        merged: dict[str, list[str]] = {}
-        for plugin, call in self._impls["chatcore_cluster_members"]:
-            try:
-                result = call({"server": server})
-                if result is None:
-                    continue
-                if not isinstance(result, dict):
-                    raise TypeError(f"chatcore_cluster_members must return a dict, not {result!r}")
-                for room, nicks in result.items():
-                    merged.setdefault(str(room), []).extend(str(nick) for nick in nicks)
-            except Exception as exc:
-                self._failed(plugin, "chatcore_cluster_members", exc)
-        return merged
-
-    def private_message(self, sender: Client, recipient: str, text: str) -> bool | str | None:
-        """True if a plugin delivered a private message for a nick not here,
-        a reason if it could not, None if no plugin knows the nick."""
-        kwargs = {"sender": sender, "recipient": recipient, "text": text}
-        result = self._call_first("chatcore_private_message", kwargs)
-        return result if result is None or result is True else str(result)
-
-    def room_history(self, server: ChatServer, room: str, limit: int) -> list[RoomEvent] | None:
-        """A cluster's recent chat in ``room``, or None (also if a plugin fails)."""
-        for plugin, call in self._impls["chatcore_room_history"]:
-            try:
-                result = call({"server": server, "room": room, "limit": limit})
-            except Exception as exc:
-                self._failed(plugin, "chatcore_room_history", exc)
-                continue
-            if result is not None:
-                return list(result)[-limit:]
-        return None
-
     # -- listeners and clusters -----------------------------------------------
 
     def schemes(self) -> list[Scheme]:

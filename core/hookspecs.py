@@ -307,11 +307,11 @@ def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
     Everything said to a room (chat, actions, joins, leaves, nick changes,
     room notices) passes through :meth:`ChatServer.publish
     <chatcore.engine.server.ChatServer.publish>`, and that is where this hook
-    is called, after the event was queued to every member: the one place a
-    plugin can record rooms (history) or carry them to other servers. The
-    event has its identity (``event.epoch``, ``event.offset``). An event a
-    plugin receives from elsewhere goes back in with
-    ``server.publish(event, relay=False)``, so it is not relayed again.
+    is called, after the event was queued to every member here: the one
+    place a plugin can record what rooms here heard (history, logs), those
+    events a cluster brought from other servers included. The event has its
+    identity (``event.epoch``, ``event.offset``). Carrying events to other
+    servers is the backplane's (``chatcore_backplane``), not this hook's.
 
     :param server: the server it was published in.
     :param event: the :class:`~chatcore.events.RoomEvent`, immutable.
@@ -320,6 +320,7 @@ def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
     one room; keep this fast.
 
     .. versionadded:: 0.2 (replaces ``chatcore_room_line``)
+    .. versionchanged:: 0.3 also for events from other servers of a cluster
     """
 
 
@@ -365,115 +366,4 @@ def chatcore_backplane(server: ChatServer) -> Backplane | None:
     Called once, on the thread that makes the server.
 
     .. versionadded:: 0.3 (replaces ``chatcore_sequencer``)
-    """
-
-
-# ---------------------------------------------------------------------------
-# Presence across a cluster
-# ---------------------------------------------------------------------------
-
-
-@hookspec(firstresult=True)
-def chatcore_claim_nick(client: Client, nick: str) -> str | None:
-    """A client is about to be known as ``nick``: the guest name it gets on
-    entering the chat, or the one it asked for with ``/nick``.
-
-    A cluster plugin claims the name across servers here, atomically (of two
-    servers asking for one name at once, exactly one gets it), so nicknames
-    are unique in the whole cluster. The local registry still checks this
-    server's own clients after a successful claim; if it refuses, or the
-    client later renames or leaves, ``chatcore_release_nick`` follows.
-
-    :param client: the client (``client.nick`` is still its old name).
-    :param nick: the name it asks for.
-    :return: ``None`` if the name is free as far as the plugin knows, or a
-        reason (a short sentence) why it is taken: a refused guest name is
-        replaced by the next one, a refused ``/nick`` answered with
-        ``! nickname 'NAME' is taken``. The first reason decides.
-
-    Called on the client's own thread, before the registry's lock is taken;
-    calls for different clients overlap (also for the same name).
-
-    .. versionadded:: 0.2
-    """
-
-
-@hookspec
-def chatcore_release_nick(client: Client, nick: str) -> None:
-    """``client`` no longer uses ``nick``: it renamed, left the server, or
-    the registry refused the name after ``chatcore_claim_nick`` accepted it.
-
-    Another local client may hold the same name (a refused rename): check
-    ``client.server.registry.find(nick)`` before giving it up.
-
-    :param client: the client.
-    :param nick: the name it gave up.
-
-    Called on the client's own thread (or the thread that stopped the
-    server). Calls for different clients overlap.
-
-    .. versionadded:: 0.2
-    """
-
-
-@hookspec
-def chatcore_cluster_members(server: ChatServer) -> dict[str, list[str]] | None:
-    """Who is in which room on the other servers of a cluster, for ``/who``,
-    ``/rooms`` and IRC's NAMES and WHO (:meth:`ChatServer.nicks_in`).
-
-    :param server: this server.
-    :return: ``{room: [nick, ...]}`` for members elsewhere (this server's own
-        clients are added by the caller), or ``None``. Results of several
-        plugins are merged.
-
-    Called on the thread of the client that asked. Calls overlap.
-
-    .. versionadded:: 0.2
-    """
-
-
-@hookspec(firstresult=True)
-def chatcore_private_message(sender: Client, recipient: str, text: str) -> bool | str | None:
-    """Deliver a private message (``/msg``) to a nickname that is not on
-    this server.
-
-    The message has been through the filter chain (with ``recipient=None``).
-    A cluster plugin finds the server the recipient is on and delivers it
-    there as a :class:`~chatcore.events.PrivateMessage`.
-
-    :param sender: the client that sent it.
-    :param recipient: the nickname it is for, as the sender wrote it.
-    :param text: the filtered text.
-    :return: ``True`` if it was delivered (the sender then gets its
-        ``-> *NICK* text`` copy); a reason (a short sentence) if the
-        recipient exists but could not be reached (the sender gets ``!
-        REASON``); ``None`` (or ``False``) if the plugin knows no such
-        nickname (``! no such nick 'NICK'``). The first true answer decides.
-
-    Called on the sender's thread. Calls overlap.
-
-    .. versionadded:: 0.2
-    """
-
-
-@hookspec(firstresult=True)
-def chatcore_room_history(server: ChatServer, room: str, limit: int) -> list[RoomEvent] | None:
-    """The room's recent chat, as a cluster keeps it, for the history plugin.
-
-    Every server only sees the room events said in it or relayed to it since
-    it started; a cluster plugin that stores the room (the ``redis`` plugin's
-    streams) answers here, so every server replays the same history.
-
-    :param server: this server.
-    :param room: the room entered.
-    :param limit: how many events are wanted at most.
-    :return: the room's last ``limit`` :class:`~chatcore.events.Chat` and
-        :class:`~chatcore.events.Action` events, oldest first (an empty list
-        if it has none), or ``None`` to let the history plugin use what it
-        kept itself (no cluster, or it cannot be reached). The first list
-        decides.
-
-    Called on the thread of the client that entered the room. Calls overlap.
-
-    .. versionadded:: 0.2
     """

@@ -10,7 +10,7 @@ waves``), so a client can tell replay from live chat; other front-ends
 render it their own way, with each event's identity.
 
 With a cluster plugin that keeps rooms (``redis``), the replay is the
-cluster's (``chatcore_room_history``): the same on every server, whoever said
+cluster's (the backplane's ``history``): the same on every server, whoever said
 it where; this server's own record is the fallback while the cluster cannot
 be reached.
 

@@ -462,16 +462,10 @@ def _to_cluster(client: Client, action: str, **details: Any) -> bool | str | Non
     cluster, which apply it as this plugin would (:func:`kick_as`,
     :func:`enforce_ban`, :func:`apply_mute`, :func:`apply_unmute` and the
     :class:`State` methods): True if sent, why not, or None (no cluster;
-    for a ``nick``: on no other server).
-
-    TEMPORARY: asks the redis plugin directly, until the engine has a hook
-    for it (``chatcore_moderate``)."""
-    cluster = client.server.config.pluginmanager.get_plugin("redis")
-    if cluster is None:
-        return None
+    for a ``nick``: on no other server). The backplane carries it
+    (:meth:`Backplane.moderate <chatcore.engine.backplane.Backplane.moderate>`)."""
     oper = operator_name(client) or ""
-    sent: bool | str | None = cluster.moderate(client.server, action, by=client.nick, oper=oper, **details)
-    return sent
+    return client.server.backplane.moderate(action, {"by": client.nick, "oper": oper, **details})
 
 
 def _tell_cluster(client: Client, action: str, **details: Any) -> bool | str | None:

@@ -34,12 +34,13 @@ import threading
 import time
 import typing
 import urllib.parse
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chatcore import Client, Config, UsageError, events, hookimpl
 from chatcore.config import restart_only, secret, whole_number
+from chatcore.engine.backplane import Backplane
 from chatcore.engine.limits import parse_network
 from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, RoomEvent, RoomNotice
 from chatcore.names import room_problem
@@ -422,10 +423,14 @@ def chatcore_configure(config: Config) -> None:
     )
 
 
+@hookimpl
+def chatcore_backplane(server: ChatServer) -> Backplane:
+    return RedisBackplane(_cluster(server))
+
+
 @hookimpl(trylast=True)
 def chatcore_server_start(server: ChatServer) -> None:
     cluster = _cluster(server)
-    cluster.start(server)
     # The metrics plugin's endpoint, started before this one (trylast), also
     # gives the cluster's counts.
     metrics = server.config.data.get("metrics")
@@ -451,18 +456,6 @@ class ClusterCollector:
 
 
 @hookimpl
-def chatcore_server_stop(server: ChatServer) -> None:
-    _cluster(server).stop()
-
-
-@hookimpl
-def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
-    # Only events said here (remote ones are published with relay=False).
-    cluster = _cluster(server)
-    cluster.publisher.put(cluster.presence.relayed(event))
-
-
-@hookimpl
 def chatcore_client_joined(client: Client, room: str) -> None:
     _cluster(client.server).presence.changed()
 
@@ -477,45 +470,53 @@ def chatcore_client_left(client: Client, room: str, reason: str) -> None:
     cluster.presence.changed()
 
 
-@hookimpl
-def chatcore_claim_nick(client: Client, nick: str) -> str | None:
-    return _cluster(client.server).presence.claim(nick)
+class RedisBackplane(Backplane):
+    """The cluster as the engine sees it (:mod:`chatcore.engine.backplane`):
+    events said here go to the room's stream, history and presence come
+    from Redis. Rooms keep the local numbering (docs/scaling.md, "The
+    numbering users see")."""
 
+    name = "redis"
 
-@hookimpl
-def chatcore_release_nick(client: Client, nick: str) -> None:
-    holder = client.server.registry.find(nick)
-    if holder is None or holder is client:
-        _cluster(client.server).presence.release(nick)
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__()
+        self.cluster = cluster
 
+    def start(self, server: ChatServer) -> None:
+        super().start(server)
+        self.cluster.start(server)
 
-@hookimpl
-def chatcore_cluster_members(server: ChatServer) -> dict[str, list[str]] | None:
-    return _cluster(server).presence.members()
+    def stop(self) -> None:
+        self.cluster.stop()
 
+    def published(self, events: Sequence[RoomEvent]) -> None:
+        cluster = self.cluster
+        for event in events:
+            cluster.publisher.put(cluster.presence.relayed(event))
 
-@hookimpl
-def chatcore_private_message(sender: Client, recipient: str, text: str) -> bool | str | None:
-    return _cluster(sender.server).presence.send_private(PrivateMessage(sender.nick, recipient, text))
+    def history(self, room: str, limit: int) -> list[RoomEvent] | None:
+        return self.cluster.presence.history(room, limit)
 
+    @property
+    def shared(self) -> bool:
+        return True
 
-@hookimpl
-def chatcore_room_history(server: ChatServer, room: str, limit: int) -> list[RoomEvent] | None:
-    return _cluster(server).presence.history(room, limit)
+    def claim_nick(self, client: Client, nick: str) -> str | None:
+        return self.cluster.presence.claim(nick)
 
+    def release_nick(self, client: Client, nick: str) -> None:
+        holder = client.server.registry.find(nick)
+        if holder is None or holder is client:
+            self.cluster.presence.release(nick)
 
-def moderate(server: ChatServer, action: str, **details: Any) -> bool | str | None:
-    """Send an operator's ``action`` to the other servers, which apply it as
-    plugins/opers.py would: ``kick`` (``nick``, ``reason``), ``mute``
-    (``nick``, ``until``, ``host`` if known), ``unmute`` (``target``, a nick
-    or an address), ``ban`` (``network``, ``until``, ``reason``), ``unban``
-    (``network``); each with ``by`` and ``oper``, the operator's nick and
-    name. True if sent, why not, or None if a ``nick`` given without
-    ``host`` (the user is not here) is on no other server either.
+    def members(self) -> dict[str, list[str]]:
+        return self.cluster.presence.members() or {}
 
-    TEMPORARY: plugins/opers.py calls this through the plugin manager, until
-    the engine has a hook for it (``chatcore_moderate``)."""
-    return _cluster(server).presence.moderate(action, details)
+    def send_private(self, sender: Client, message: PrivateMessage) -> bool | str | None:
+        return self.cluster.presence.send_private(message)
+
+    def moderate(self, action: str, details: dict[str, Any]) -> bool | str | None:
+        return self.cluster.presence.moderate(action, details)
 
 
 def _cluster(server: ChatServer) -> Cluster:

@@ -193,37 +193,42 @@ def test_first_command_plugin_wins_and_shows_in_help(chat_server_factory, chat_c
     alice.expect(re.compile(r"^\*   /roll \[WHAT\] +roll a die$"))
 
 
-def test_room_event_sees_every_room_event_and_relay_false_skips_it(chat_server_factory, chat_client):
-    relayed: list[RoomEvent] = []
+def test_room_event_sees_every_room_event_here_those_from_elsewhere_too(chat_server_factory, chat_client):
+    """chatcore_room_event records what the rooms here heard, whatever its
+    origin (issue 22, bug 1: events from other servers skipped it, so the
+    history plugin never stored them and a resume could answer "complete"
+    with lines missing)."""
+    heard: list[RoomEvent] = []
 
-    class Bridge:
+    class Recorder:
         @hookimpl
         def chatcore_room_event(self, event: RoomEvent) -> None:
-            relayed.append(event)
+            heard.append(event)
 
-    server = chat_server_factory(plugins=[Bridge()])
+    server = chat_server_factory(plugins=[Recorder()])
     alice, bob = chat_client(server), chat_client(server)
-    alice.send("over the bridge")
-    bob.expect("<guest-1> over the bridge")
+    alice.send("said here")
+    bob.expect("<guest-1> said here")
     alice.sync()  # the hook runs on alice's thread after the line is queued
     remote = Chat("lobby", nick="remote", text="from afar", epoch="elsewhere", offset=99)
     server.publish(remote, relay=False)
     alice.expect("<remote> from afar")
     bob.expect("<remote> from afar")
     assert remote.offset == 99  # an event from elsewhere keeps its identity
-    assert [(type(e), e.room, getattr(e, "nick", "")) for e in relayed] == [
+    assert [(type(e), e.room, getattr(e, "nick", "")) for e in heard] == [
         (Joined, "lobby", "guest-1"),
         (Joined, "lobby", "guest-2"),
         (Chat, "lobby", "guest-1"),
+        (Chat, "lobby", "remote"),
     ]
-    assert relayed[2] == Chat(
-        "lobby", nick="guest-1", text="over the bridge", epoch=relayed[0].epoch, offset=3, time=relayed[2].time
+    assert heard[2] == Chat(
+        "lobby", nick="guest-1", text="said here", epoch=heard[0].epoch, offset=3, time=heard[2].time
     )
     # One numbering per room, without gaps, in one epoch.
-    assert [e.offset for e in relayed] == [1, 2, 3]
-    assert len({e.epoch for e in relayed}) == 1
-    assert relayed[0].epoch
-    assert all(e.time > 0 for e in relayed)
+    assert [e.offset for e in heard[:3]] == [1, 2, 3]
+    assert len({e.epoch for e in heard[:3]}) == 1
+    assert heard[0].epoch
+    assert all(e.time > 0 for e in heard[:3])
 
 
 def test_hook_wrappers_are_refused_with_a_clear_message():

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import threading
 
-from chatcore import hookimpl
+from chatcore import Client, hookimpl
+from chatcore.engine.backplane import Backplane
 from chatcore.engine.stats import LATENCY_BUCKETS, Stats
+from chatcore.events import PrivateMessage
 from chatcore.testing import wait_for
 
 
@@ -103,21 +105,31 @@ def test_a_private_message_is_counted_and_timed_on_this_server_and_across_a_clus
     sent to a nick on another server (a cluster plugin's) is counted and
     timed as one here is (issue 22, bug 5: it was neither)."""
 
-    class Elsewhere:
+    class Elsewhere(Backplane):
         """A cluster of one other person, 'faraway'."""
 
         def __init__(self) -> None:
+            super().__init__()
             self.delivered: list[tuple[str, str]] = []
 
-        @hookimpl
-        def chatcore_private_message(self, recipient: str, text: str) -> bool | None:
-            if recipient != "faraway":
+        @property
+        def shared(self) -> bool:
+            return True
+
+        def send_private(self, sender: Client, message: PrivateMessage) -> bool | None:
+            if message.recipient != "faraway":
                 return None
-            self.delivered.append((recipient, text))
+            self.delivered.append((message.recipient, message.text))
             return True
 
     cluster = Elsewhere()
-    server = chat_server_factory(plugins=[cluster])
+
+    class Plugin:
+        @hookimpl
+        def chatcore_backplane(self) -> Backplane:
+            return cluster
+
+    server = chat_server_factory(plugins=[Plugin()])
     alice, bob = chat_client(server), chat_client(server)
     baseline = server.stats.totals().deliveries
     alice.send("/msg guest-2 here")

@@ -13,19 +13,16 @@ through one object, the server's :attr:`~chatcore.engine.server.ChatServer.backp
   elsewhere (:meth:`Backplane.claim_nick`, :meth:`Backplane.release_nick`,
   :meth:`Backplane.members`);
 - **private messages** to a nickname on another server
-  (:meth:`Backplane.send_private`).
+  (:meth:`Backplane.send_private`);
+- **moderation**: an operator's kick, mute or ban, carried to every server
+  (:meth:`Backplane.moderate`).
 
 :class:`Backplane` itself is the default for one server on its own: rooms
 numbered in this process and nothing beyond it. A cluster plugin replaces
 it as a whole by returning its own from ``chatcore_backplane`` (the
 model is Centrifuge's ``Broker``, with its memory broker as the default, and
-python-socketio's ``base_manager``/``pubsub_manager`` split).
-
-Until the bundled ``redis`` plugin is moved to this seam, the default also
-asks the cluster hooks it replaces (``chatcore_claim_nick``,
-``chatcore_release_nick``, ``chatcore_cluster_members``,
-``chatcore_private_message``, ``chatcore_room_history``), so a plugin that
-implements them keeps working.
+python-socketio's ``base_manager``/``pubsub_manager`` split); the bundled
+``redis`` plugin's is :class:`chatcore.plugins.redis.RedisBackplane`.
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ import itertools
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
@@ -132,8 +129,7 @@ class Backplane:
         """``room``'s last ``limit`` events as the whole cluster said them,
         oldest first, or None if the backplane keeps none (then the history
         plugin answers from what this server saw)."""
-        server = self._server()
-        return server.hooks.room_history(server, room, limit)
+        return None
 
     # -- presence ---------------------------------------------------------------------
 
@@ -141,34 +137,41 @@ class Backplane:
     def shared(self) -> bool:
         """True if there is anyone beyond this server: other servers' nicknames
         and members to ask about, private messages to carry."""
-        hooks = self._server().hooks
-        return hooks.implemented("claim_nick") or hooks.implemented("private_message")
+        return False
 
     def claim_nick(self, client: Client, nick: str) -> str | None:
         """Claim ``nick`` for ``client`` across the cluster, atomically: None
         if it is free (it is then the client's), else why not. The engine
         still checks this server's own clients afterwards, and calls
-        :meth:`release_nick` if it refuses."""
-        return self._server().hooks.claim_nick(client, nick)
+        :meth:`release_nick` if it refuses. On the client's thread; calls
+        overlap, also for one name."""
+        return None
 
     def release_nick(self, client: Client, nick: str) -> None:
-        """``client`` no longer uses ``nick`` (renamed, left, or refused)."""
-        self._server().hooks.release_nick(client, nick)
+        """``client`` no longer uses ``nick``: it renamed, left, or the
+        engine refused a name the claim accepted. Another client here may
+        hold the same name (a refused rename): check
+        ``server.registry.find(nick)`` before giving it up."""
 
     def members(self) -> dict[str, list[str]]:
-        """Who is in which room on the other servers: ``{room: [nick, ...]}``."""
-        server = self._server()
-        return server.hooks.cluster_members(server)
+        """Who is in which room on the other servers: ``{room: [nick, ...]}``
+        (this server's own are the registry's). On the asking client's thread."""
+        return {}
 
-    # -- private messages --------------------------------------------------------------
+    # -- private messages and moderation ----------------------------------------------
 
     def send_private(self, sender: Client, message: PrivateMessage) -> bool | str | None:
         """Deliver a filtered private message to a nickname not on this
         server: True if delivered, a reason if the person exists but could
-        not be reached, None if nobody has that nickname."""
-        return self._server().hooks.private_message(sender, message.recipient, message.text)
+        not be reached, None if nobody has that nickname. On the sender's thread."""
+        return None
 
-    def _server(self) -> ChatServer:
-        server = self.server
-        assert server is not None, "the backplane is used before the server started"
-        return server
+    def moderate(self, action: str, details: dict[str, Any]) -> bool | str | None:
+        """Carry an operator's ``action`` to the other servers, which apply it
+        as the ``opers`` plugin does here: ``kick`` (``nick``, ``reason``),
+        ``mute`` (``nick``, ``until``, ``host`` if known), ``unmute``
+        (``target``), ``ban`` (``network``, ``until``, ``reason``), ``unban``
+        (``network``); each with ``by`` and ``oper``. True if sent, why not,
+        or None if there is nobody to send it to (no cluster, or a ``nick``
+        given without ``host`` is on no other server)."""
+        return None

@@ -232,7 +232,7 @@ class ChatServer:
     def nicks_in(self, room: str) -> list[str]:
         """Everyone in ``room``, sorted as people read names (ignoring
         case): this server's members and, in a cluster, the other servers'
-        (``chatcore_cluster_members``). For ``/who`` and IRC's NAMES."""
+        (the backplane's). For ``/who`` and IRC's NAMES."""
         nicks = [member.nick for member in self.registry.members(room)]
         nicks += self.backplane.members().get(room, [])
         return sorted(nicks, key=str.casefold)
@@ -372,7 +372,7 @@ class ChatServer:
         taken: the protocol tells its client and may try again. The caller
         checks that ``nick`` is a valid nickname.
         """
-        # A chosen nickname is claimed in the cluster first (chatcore_claim_nick).
+        # A chosen nickname is claimed in the cluster first (the backplane's).
         if nick is not None and self.backplane.claim_nick(client, nick) is not None:
             return False
         if not self.registry.add(client, room, nick):
@@ -389,7 +389,7 @@ class ChatServer:
         return True
 
     def _claim_guest_nick(self, client: Client) -> None:
-        """Make the guest name unique in the cluster too (``chatcore_claim_nick``):
+        """Make the guest name unique in the cluster too (the backplane's claim):
         a name another server has is replaced by the next guest number."""
         if not self.backplane.shared:
             return
@@ -571,7 +571,7 @@ class ChatServer:
         taken (checked and taken under the registry's lock, so of two
         clients asking for the same name at once exactly one gets it; a
         cluster plugin claims it across servers first, with
-        ``chatcore_claim_nick``)."""
+        the backplane's ``claim_nick``)."""
         old = client.nick
         if self.backplane.claim_nick(client, nick) is not None:
             return False
@@ -592,10 +592,10 @@ class ChatServer:
         identity yet (``offset == 0``) gets the room's next one from the
         backplane; one that has it (from another server) keeps it. The event
         is rendered once per wire format in the room, and the bytes are
-        appended to that format's feed, for every member. Unless ``relay`` is false,
-        ``chatcore_room_event`` then tells the plugins, so a cluster plugin
-        can carry it to other servers (and publish theirs with
-        ``relay=False``).
+        appended to that format's feed, for every member. Then, unless
+        ``relay`` is false (an event from another server), the backplane
+        carries it to the other servers; and ``chatcore_room_event`` tells
+        the plugins, whatever its origin.
 
         :return: how many clients it was queued to.
         """
@@ -666,11 +666,11 @@ class ChatServer:
                     self.writer.schedule_batched(woken)
                 else:
                     self.writer.schedule_feeds(woken)
-        if relay:
+        if relay:  # said here: the backplane carries it to the other servers
             self.backplane.published(events)
-            if self.hooks.room_events_observed:
-                for event in events:
-                    self.hooks.room_event(self, event)
+        if self.hooks.room_events_observed:  # what the rooms here heard, from wherever
+            for event in events:
+                self.hooks.room_event(self, event)
         return count
 
     def _render_each(self, wire: WireFormat, events: Sequence[RoomEvent]) -> list[bytes]:

@@ -1,18 +1,21 @@
-"""The presence hooks, with a cluster of two in-process servers joined by a
-tiny shared directory (the redis plugin does the same through Redis)."""
+"""The backplane seam, with a cluster of two in-process servers joined by a
+tiny shared directory: a toy backplane of forty lines (the redis plugin's
+does the same through Redis)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 from chatcore import Client, hookimpl
+from chatcore.engine.backplane import Backplane
 from chatcore.engine.server import ChatServer
 from chatcore.events import Action, Chat, PrivateMessage, RoomEvent
 from chatcore.testing import LineClient
 
 
 class Directory:
-    """Nicknames and members shared by the servers of one test."""
+    """Nicknames, members and what was said, shared by the servers of one test."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -23,25 +26,36 @@ class Directory:
         self.said: list[RoomEvent] = []
 
 
-class Node:
-    """The plugin one server loads: it knows the others through ``directory``."""
+class DirectoryBackplane(Backplane):
+    """One server's backplane: it knows the others through ``directory``."""
 
     def __init__(self, directory: Directory) -> None:
+        super().__init__()
         self.directory = directory
 
-    @hookimpl
-    def chatcore_server_start(self, server: ChatServer) -> None:
+    def start(self, server: ChatServer) -> None:
+        super().start(server)
         self.directory.servers.append(server)
 
-    @hookimpl
-    def chatcore_claim_nick(self, client: Client, nick: str) -> str | None:
+    @property
+    def shared(self) -> bool:
+        return True
+
+    def published(self, events: Sequence[RoomEvent]) -> None:
+        with self.directory.lock:  # kept, not relayed: the history is the cluster's
+            self.directory.said.extend(e for e in events if isinstance(e, (Chat, Action)))
+
+    def history(self, room: str, limit: int) -> list[RoomEvent] | None:
+        with self.directory.lock:
+            return [event for event in self.directory.said if event.room == room][-limit:]
+
+    def claim_nick(self, client: Client, nick: str) -> str | None:
         with self.directory.lock:
             self.directory.claims.append((client.nick, nick))
             owner = self.directory.owners.setdefault(nick.casefold(), client.server)
         return None if owner is client.server else "taken on another server"
 
-    @hookimpl
-    def chatcore_release_nick(self, client: Client, nick: str) -> None:
+    def release_nick(self, client: Client, nick: str) -> None:
         with self.directory.lock:
             self.directory.releases.append(nick)
             if (
@@ -50,36 +64,34 @@ class Node:
             ):
                 del self.directory.owners[nick.casefold()]
 
-    @hookimpl
-    def chatcore_cluster_members(self, server: ChatServer) -> dict[str, list[str]]:
+    def members(self) -> dict[str, list[str]]:
         members: dict[str, list[str]] = {}
         for other in self.directory.servers:
-            if other is not server:
+            if other is not self.server:
                 for room in other.registry.rooms():
                     members.setdefault(room, []).extend(c.nick for c in other.registry.members(room))
         return members
 
-    @hookimpl
-    def chatcore_room_event(self, server: ChatServer, event: RoomEvent) -> None:
-        if isinstance(event, (Chat, Action)):
-            with self.directory.lock:
-                self.directory.said.append(event)
-
-    @hookimpl
-    def chatcore_room_history(self, server: ChatServer, room: str, limit: int) -> list[RoomEvent] | None:
-        with self.directory.lock:
-            return [event for event in self.directory.said if event.room == room][-limit:]
-
-    @hookimpl
-    def chatcore_private_message(self, sender: Client, recipient: str, text: str) -> bool | str | None:
-        if recipient == "offline":
+    def send_private(self, sender: Client, message: PrivateMessage) -> bool | str | None:
+        if message.recipient == "offline":
             return "offline is on a server that cannot be reached now"
         for other in self.directory.servers:
-            found = other.registry.find(recipient)
+            found = other.registry.find(message.recipient)
             if other is not sender.server and found is not None:
-                found.send(PrivateMessage(sender.nick, found.nick, text))
+                found.send(PrivateMessage(sender.nick, found.nick, message.text))
                 return True
         return None
+
+
+class Node:
+    """The plugin one server loads: its backplane."""
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+
+    @hookimpl
+    def chatcore_backplane(self) -> Backplane:
+        return DirectoryBackplane(self.directory)
 
 
 def two_servers(chat_server_factory, plugins: str = "") -> tuple[ChatServer, ChatServer, Directory]:
@@ -144,7 +156,7 @@ def test_history_replays_the_cluster_s_history(chat_server_factory) -> None:
         alice.send("said on one")
         alice.send("/me waves")
         alice.expect("* alice waves")
-        alice.sync()  # the room-event hooks ran (they follow the delivery, on alice's thread)
+        alice.sync()  # the backplane has them (it is told after the delivery, on alice's thread)
         # bob's server never saw these (the directory does not relay): the
         # replay is the cluster's.
         bob = LineClient(two.address)
