@@ -686,9 +686,19 @@ class WebProtocol(Protocol):
         """What the browser missed in a room since ``(epoch, offset)``,
         from the history plugin; ``complete`` says whether that is all."""
         client = self.client
+        # A room's past is for the people in it: nothing before the server
+        # password (a stranger could read any room by guessing its name),
+        # and nothing of a room the connection is not in (as Ergo's
+        # CHATHISTORY requires membership). The page joins, then resumes.
+        if not client.admitted:
+            client.error(PASSWORD_REQUIRED)
+            return
         room, epoch, offset = request.get("room"), request.get("epoch"), request.get("offset")
         if not isinstance(room, str) or not isinstance(epoch, str) or type(offset) is not int:
             client.error('bad resume: expected {"type": "resume", "room": ROOM, "epoch": EPOCH, "offset": N}')
+            return
+        if room != client.room:
+            client.error(f"cannot resume {room}: you are not in it (/join it first)")
             return
         answer: dict[str, Any] = {"type": "resume", "room": room, "epoch": epoch, "offset": offset}
         history = client.server.config.data.get("history")

@@ -33,6 +33,7 @@ from wsproto.events import (
 from chatcore.engine.server import ChatServer
 from chatcore.plugins.web import CONTENT_SECURITY_POLICY
 from chatcore.testing import LineClient, ServerFactory
+from chatcore.wire.native import PASSWORD_REQUIRED
 
 TIMEOUT = 5.0
 Obj = dict[str, Any]
@@ -242,6 +243,7 @@ def clients() -> Iterator[Callable[..., Any]]:
         return client
 
     ws.native = native  # type: ignore[attr-defined]
+    ws.made = made  # type: ignore[attr-defined]
     yield ws
     for client in made:
         client.close()
@@ -509,6 +511,55 @@ def test_resume_without_the_history_plugin_says_so(web, clients):
     answer = browser.expect({"type": "resume"})
     assert answer["complete"] is False
     assert answer["reason"] == "this server keeps no history"
+
+
+def test_resume_reads_nothing_before_the_password_or_of_a_room_one_is_not_in(web, clients, tmp_path):
+    secret = "open sesame"
+    password = tmp_path / "password"
+    password.write_text(secret + "\n", encoding="utf-8")
+    server = web("--password-file", str(password), "--history-lines", "50", plugins="web,history")
+    talker = LineClient(server.listener("tcp").address)
+    clients.made.append(talker)
+    talker.send(f"/pass {secret}")
+    talker.sync()
+    talker.send("lobby secret")
+    talker.send("/join board")
+    talker.send("board secret")
+    talker.sync()
+    epoch = server.sequencer.epoch
+
+    def said(browser: WSClient) -> str:
+        return json.dumps(browser.received)
+
+    # Not logged in: no room's past, whatever the room.
+    stranger = clients(server)
+    stranger.expect({"type": "error", "text": PASSWORD_REQUIRED})
+    for room in ("lobby", "board"):
+        stranger.send({"type": "resume", "room": room, "epoch": epoch, "offset": 0})
+        assert stranger.expect({"type": "error"})["text"] == PASSWORD_REQUIRED
+    stranger.say("/ping")  # before the password, answered with an error: all the above has come
+    stranger.expect({"type": "error", "text": PASSWORD_REQUIRED})
+    assert not [obj for obj in stranger.received if obj["type"] in ("resume", "history")]
+    assert "secret" not in said(stranger)
+
+    # Logged in, in lobby: board's past stays closed, lobby's is open.
+    stranger.say(f"/pass {secret}")
+    stranger.expect({"type": "welcome"})
+    stranger.sync()
+    stranger.send({"type": "resume", "room": "board", "epoch": epoch, "offset": 0})
+    assert stranger.expect({"type": "error"})["text"] == "cannot resume board: you are not in it (/join it first)"
+    stranger.sync()
+    assert "board secret" not in said(stranger)
+    stranger.send({"type": "resume", "room": "lobby", "epoch": epoch, "offset": 0})
+    answer = stranger.expect({"type": "resume"})
+    assert [event["text"] for event in answer["events"]] == ["lobby secret"]
+
+    # Once in board (as the page does after a reconnect: join, then resume).
+    stranger.say("/join board")
+    stranger.send({"type": "resume", "room": "board", "epoch": epoch, "offset": 0})
+    answer = stranger.expect({"type": "resume"})
+    assert answer["complete"] is True
+    assert [event["text"] for event in answer["events"]] == ["board secret"]
 
 
 # -- bad input and limits -----------------------------------------------------
