@@ -346,6 +346,19 @@ def _objects(events: tuple[RoomEvent, ...] | list[RoomEvent]) -> list[dict[str, 
     return [obj for obj in map(event_object, events) if obj is not None]
 
 
+_NOT_UNICODE = "bad message: a string holds a lone surrogate (such as \\ud800), which is not a character"
+
+
+def _valid_text(text: str) -> bool:
+    """False for a string with a lone surrogate: JSON's ``"\\ud800"`` parses
+    to one, and it has no UTF-8 form, so it could be neither shown nor sent on."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def message_frame(obj: dict[str, Any]) -> bytes:
     return frame(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
@@ -660,8 +673,11 @@ class WebProtocol(Protocol):
         client = self.client
         try:
             obj = json.loads(text)
-        except ValueError:
+        except ValueError:  # a number too long to convert is one too
             client.error('bad message: not JSON; send {"type": "line", "text": "..."}')
+            return
+        except RecursionError:  # "[[[[...": 16 KB of brackets is deeper than Python's stack
+            client.error("bad message: nested too deeply")
             return
         kind = obj.get("type") if isinstance(obj, dict) else None
         if kind == "line" and isinstance(obj.get("text"), str):
@@ -675,7 +691,12 @@ class WebProtocol(Protocol):
         """A line of text: a command or chat, exactly as from a native client."""
         client = self.client
         max_line = client.server.max_line
-        if len(raw.encode("utf-8")) > max_line:
+        try:
+            size = len(raw.encode("utf-8"))
+        except UnicodeEncodeError:
+            client.error(_NOT_UNICODE)
+            return
+        if size > max_line:
             client.error(f"line too long (the limit is {max_line} bytes); it was not sent")
             return
         text = sanitize(raw)
@@ -696,6 +717,9 @@ class WebProtocol(Protocol):
         room, epoch, offset = request.get("room"), request.get("epoch"), request.get("offset")
         if not isinstance(room, str) or not isinstance(epoch, str) or type(offset) is not int:
             client.error('bad resume: expected {"type": "resume", "room": ROOM, "epoch": EPOCH, "offset": N}')
+            return
+        if not (_valid_text(room) and _valid_text(epoch)):
+            client.error(_NOT_UNICODE)
             return
         if room != client.room:
             client.error(f"cannot resume {room}: you are not in it (/join it first)")

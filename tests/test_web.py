@@ -580,6 +580,25 @@ def test_bad_messages_get_errors_and_the_connection_goes_on(web, clients):
     browser.sync()
 
 
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("[" * 16000 + "]" * 16000, "bad message: nested too deeply"),
+        ('{"type": "line", "text": "\\ud800"}', "bad message: a string holds a lone surrogate"),
+        ('{"type": "resume", "room": "lobby\\udfff", "epoch": "x", "offset": 1}', "bad message: a string holds"),
+        ('{"type": "resume", "room": "lobby", "epoch": "\\ud800", "offset": 1}', "bad message: a string holds"),
+    ],
+)
+def test_json_python_cannot_use_gets_an_error_and_the_connection_goes_on(web, clients, caplog, message, error):
+    server = web("--web-max-message", "40000")
+    browser = clients(server)
+    browser.sync()
+    browser.sock.sendall(browser.ws.send(Message(data=message)))
+    assert browser.expect({"type": "error"})["text"].startswith(error)
+    browser.sync()
+    assert "Traceback" not in caplog.text
+
+
 def test_an_oversized_message_is_refused_and_nothing_else_is_lost(web, clients):
     server = web("--web-max-message", "1000")
     browser = clients(server)
