@@ -96,6 +96,10 @@ MAX_HEADER_BYTES = 8192
 #: Bytes of one message from a browser, at most. Longer ones are refused
 #: (and discarded as they arrive, never buffered); the connection goes on.
 DEFAULT_MAX_MESSAGE = 16384
+#: Frames of one message from a browser, at most (more are refused like a
+#: message too long). Browsers send each message in one frame; the bound
+#: is for empty continuation frames, which never reach the size limit.
+MAX_FRAGMENTS = 128
 DEFAULT_PING_INTERVAL = 20
 #: Offsets before the one asked for that a resume answer also includes.
 RESUME_OVERLAP = 10
@@ -407,7 +411,17 @@ WEB = WebFormat()
 class WebProtocol(Protocol):
     """One browser: HTTP requests, then, after the upgrade, its WebSocket."""
 
-    __slots__ = ("__weakref__", "_http", "_last_heard", "_message", "_oversized", "_pinged", "_state", "ws")
+    __slots__ = (
+        "__weakref__",
+        "_http",
+        "_last_heard",
+        "_message",
+        "_message_size",
+        "_pinged",
+        "_refused",
+        "_state",
+        "ws",
+    )
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
@@ -415,8 +429,11 @@ class WebProtocol(Protocol):
         self._http: h11.Connection | None = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         #: The WebSocket, once the upgrade is done.
         self.ws: WSConnection | None = None
+        # The message arriving in pieces, their length in characters, and
+        # why it will be refused when its last piece comes (None: it won't).
         self._message: list[str] = []
-        self._oversized = False
+        self._message_size = 0
+        self._refused: str | None = None
         self._last_heard = time.monotonic()
         self._pinged = False
 
@@ -649,21 +666,27 @@ class WebProtocol(Protocol):
             client.disconnect("protocol error", tell=False)
 
     def _text(self, part: str, finished: bool) -> None:
-        """A piece of a text message; only whole messages within the limit are used."""
+        """A piece of a text message; only whole messages within the limits are used."""
         limit = self._state.max_message
-        if not self._oversized:
+        if self._refused is None:
             self._message.append(part)
-            # Characters, counted as they arrive: at most the limit is held.
-            if sum(map(len, self._message)) > limit:
-                self._oversized = True
+            # Characters, counted as they arrive (a running count: summing
+            # the held pieces on each new one made thousands of empty
+            # fragments cost quadratic CPU): at most the limit is held.
+            self._message_size += len(part)
+            if self._message_size > limit:
+                self._refused = f"message too long (the limit is {limit} bytes); it was not sent"
+            elif len(self._message) > MAX_FRAGMENTS:  # empty pieces count too
+                self._refused = f"message in too many frames (the limit is {MAX_FRAGMENTS}); it was not sent"
+            if self._refused is not None:
                 self._message = []
         if not finished:
             return
-        if self._oversized:
-            self._oversized = False
-            self.client.error(f"message too long (the limit is {limit} bytes); it was not sent")
+        refused, self._refused = self._refused, None
+        text, self._message, self._message_size = "".join(self._message), [], 0
+        if refused is not None:
+            self.client.error(refused)
             return
-        text, self._message = "".join(self._message), []
         if len(text.encode("utf-8")) > limit:
             self.client.error(f"message too long (the limit is {limit} bytes); it was not sent")
             return

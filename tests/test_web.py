@@ -31,7 +31,7 @@ from wsproto.events import (
 )
 
 from chatcore.engine.server import ChatServer
-from chatcore.plugins.web import CONTENT_SECURITY_POLICY
+from chatcore.plugins.web import CONTENT_SECURITY_POLICY, MAX_FRAGMENTS
 from chatcore.testing import LineClient, ServerFactory
 from chatcore.wire.native import PASSWORD_REQUIRED
 
@@ -617,6 +617,28 @@ def test_an_oversized_message_is_refused_and_nothing_else_is_lost(web, clients):
     other = clients(big)
     other.say("z" * 5000)
     assert other.expect({"type": "error"})["text"] == "line too long (the limit is 4096 bytes); it was not sent"
+
+
+def test_a_message_in_too_many_frames_is_refused_in_linear_time(web, clients):
+    server = web()
+    browser = clients(server)
+    browser.sync()
+    # Empty continuation frames never reach --web-max-message; they were
+    # held and re-summed on each new one (24,000 took 4.7 s of CPU).
+    pieces = [browser.ws.send(Message(data="", message_finished=False)) for _ in range(20000)]
+    started = time.process_time()
+    browser.send_raw(b"".join(pieces) + browser.ws.send(Message(data="", message_finished=True)))
+    assert browser.expect({"type": "error"})["text"] == (
+        f"message in too many frames (the limit is {MAX_FRAGMENTS}); it was not sent"
+    )
+    browser.sync()
+    assert time.process_time() - started < 1.0  # the test and the server share this process
+    # A message in a few frames is still fine.
+    for n in range(3):
+        browser.send_raw(
+            browser.ws.send(Message(data=['{"type": "line", ', '"text": ', '"/ping"}'][n], message_finished=n == 2))
+        )
+    browser.expect({"type": "notice", "text": "pong"})
 
 
 def test_a_protocol_error_closes_only_that_browser(web, clients):
