@@ -105,6 +105,10 @@ DEFAULT_PING_INTERVAL = 20
 RESUME_OVERLAP = 10
 #: Seconds an HTTP connection may stay open without a request.
 HTTP_IDLE_TIMEOUT = 30.0
+#: Seconds a request's line and headers may take to arrive, in all (nginx's
+#: ``client_header_timeout``); then it is answered 408 and closed.
+HTTP_HEADER_TIMEOUT = 10.0
+_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 # The page's files. Served from memory by name: the request's path is looked
 # up in this table and never joined to a file system path, so there is no
@@ -413,6 +417,7 @@ class WebProtocol(Protocol):
 
     __slots__ = (
         "__weakref__",
+        "_head_started",
         "_http",
         "_last_heard",
         "_message",
@@ -436,6 +441,9 @@ class WebProtocol(Protocol):
         self._refused: str | None = None
         self._last_heard = time.monotonic()
         self._pinged = False
+        # When the first byte of the request head now arriving came (0.0:
+        # none under way): the head is timed as a whole.
+        self._head_started = 0.0
 
     def connection_made(self) -> None:
         # Not admitted yet: a browser enters the chat when its WebSocket opens.
@@ -446,9 +454,11 @@ class WebProtocol(Protocol):
         self._state.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        self._last_heard = time.monotonic()
+        self._last_heard = now = time.monotonic()
         self._pinged = False
         if self.ws is None:
+            if not self._head_started:
+                self._head_started = now
             self._http_received(data)
         else:
             self._ws_received(data)
@@ -461,7 +471,14 @@ class WebProtocol(Protocol):
             return
         quiet = now - self._last_heard
         if self.ws is None:
-            if quiet > HTTP_IDLE_TIMEOUT:
+            started = self._head_started
+            # Timed as a whole, not per byte: a client sending one header
+            # byte every few seconds would otherwise hold its connection
+            # (and its thread) for ever (slowloris).
+            if started and now - started > HTTP_HEADER_TIMEOUT:
+                client.send_data(_REQUEST_TIMEOUT)
+                client.disconnect("request head too slow", tell=False)
+            elif quiet > HTTP_IDLE_TIMEOUT:
                 client.disconnect("idle HTTP connection", tell=False)
         elif quiet > 2 * interval:
             client.disconnect("ping timeout", tell=False)
@@ -484,6 +501,7 @@ class WebProtocol(Protocol):
             if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
                 return
             if isinstance(event, h11.Request):
+                self._head_started = 0.0  # the head is in; the next one's is timed from its first byte
                 # h11 bounds what it buffers for an unfinished request; this
                 # bounds a whole one that arrived in one large read.
                 if sum(len(name) + len(value) + 4 for name, value in event.headers) > MAX_HEADER_BYTES:

@@ -7,6 +7,7 @@ The WebSocket client here is wsproto's client side over a plain socket.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import ssl
 import subprocess
@@ -31,6 +32,7 @@ from wsproto.events import (
 )
 
 from chatcore.engine.server import ChatServer
+from chatcore.plugins import web as web_module
 from chatcore.plugins.web import CONTENT_SECURITY_POLICY, MAX_FRAGMENTS
 from chatcore.testing import LineClient, ServerFactory
 from chatcore.wire.native import PASSWORD_REQUIRED
@@ -215,6 +217,26 @@ def http_get(
     return int(status_line.split()[1]), fields, body
 
 
+def trickle_headers(address: tuple[str, int], timeout: float = 5.0) -> bytes:
+    """A request line, then one header byte at a time, 0.1 s apart, until
+    the server answers or closes (or ``timeout``): what it said."""
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([sock], [], [], 0.1)
+            if readable:
+                answer = b""
+                while chunk := sock.recv(4096):
+                    answer += chunk
+                return answer
+            try:
+                sock.sendall(b"X")
+            except ConnectionError:
+                return b""
+    raise AssertionError(f"still open after {timeout} s of a header trickling in")
+
+
 @pytest.fixture
 def web(chat_server_factory: ServerFactory) -> Callable[..., ChatServer]:
     """A server with a ws:// listener and a tcp:// one."""
@@ -327,6 +349,17 @@ def test_oversized_headers_are_refused_and_the_server_goes_on(web, clients):
     assert status == 431
     status, _, _ = http_get(address, "/")
     assert status == 200
+
+
+def test_a_request_head_that_trickles_in_gets_408(web, clients, monkeypatch):
+    monkeypatch.setattr(web_module, "HTTP_HEADER_TIMEOUT", 0.5, raising=False)
+    server = web("--web-ping-interval", "1")  # the checks run four times a second
+    started = time.monotonic()
+    # Each byte keeps the connection from being idle; only the head as a whole is timed.
+    assert trickle_headers(server.listener("ws").address).startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 3
+    browser = clients(server)
+    browser.sync()
 
 
 def test_garbage_gets_400(web):
