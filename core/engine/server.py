@@ -142,6 +142,7 @@ class ChatServer:
         self.stats = Stats()
         self.max_line: int = options.max_line
         self.max_queue: int = options.max_queue
+        self.max_sendq: int = options.max_sendq
         self.max_clients: int = options.max_clients
         self.sequencer: Sequencer = LocalSequencer()
         #: Per-address connection limits (:mod:`chatcore.engine.limits`).
@@ -313,6 +314,7 @@ class ChatServer:
         self.config.options = new
         self.max_clients = new.max_clients
         self.max_queue = new.max_queue
+        self.max_sendq = new.max_sendq
         self.max_line = new.max_line
         self._apply_limits(new)
         self.password = password
@@ -433,7 +435,13 @@ class ChatServer:
             transport = Transport(sock)
 
         client = Client(
-            transport, address, self, client_id=self.registry.next_id(), max_queue=self.max_queue, wire=scheme.wire
+            transport,
+            address,
+            self,
+            client_id=self.registry.next_id(),
+            max_queue=self.max_queue,
+            max_sendq=self.max_sendq,
+            wire=scheme.wire,
         )
         label = "shutdown"
         if self._stopping:
