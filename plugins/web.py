@@ -502,6 +502,8 @@ class WebProtocol(Protocol):
                 return
             if isinstance(event, h11.Request):
                 self._head_started = 0.0  # the head is in; the next one's is timed from its first byte
+                if not self._previous_answers_sent():
+                    return
                 # h11 bounds what it buffers for an unfinished request; this
                 # bounds a whole one that arrived in one large read.
                 if sum(len(name) + len(value) + 4 for name, value in event.headers) > MAX_HEADER_BYTES:
@@ -517,6 +519,21 @@ class WebProtocol(Protocol):
                     return
             elif isinstance(event, h11.EndOfMessage) and http.our_state is h11.DONE is http.their_state:
                 http.start_next_cycle()
+
+    def _previous_answers_sent(self) -> bool:
+        """Wait until what this connection was answered has gone out; False
+        if it was closed meanwhile, or dropped for not reading.
+
+        Called on the reader thread before each request: one that is
+        pipelined behind others (2,000 ``GET /app.js`` in one write) is read
+        only as the answers before it drain, as nginx does, so a client that
+        never reads holds one answer here, not 2,000 (32 MB). Its other
+        requests wait in its socket, and TCP holds it back.
+        """
+        client = self.client
+        if not client.wait_sent(HTTP_IDLE_TIMEOUT):
+            client.disconnect("slow consumer", tell=False)
+        return not client.closed
 
     def _request(self, http: h11.Connection, request: h11.Request) -> None:
         path = request.target.decode("ascii", "replace").partition("?")[0]
@@ -748,6 +765,13 @@ class WebProtocol(Protocol):
         """What the browser missed in a room since ``(epoch, offset)``,
         from the history plugin; ``complete`` says whether that is all."""
         client = self.client
+        # An answer can be 150 KB for a request of 70 bytes: resumes are paced
+        # like lines, and one is answered only once the previous answers have
+        # gone out, so a client that asks and never reads cannot make the
+        # server hold its answers (1,000 resumes grew it by 150 MB).
+        client.server.pace(client)
+        if not self._previous_answers_sent():
+            return
         # A room's past is for the people in it: nothing before the server
         # password (a stranger could read any room by guessing its name),
         # and nothing of a room the connection is not in (as Ergo's

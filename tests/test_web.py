@@ -31,10 +31,11 @@ from wsproto.events import (
     TextMessage,
 )
 
+from chatcore import Client
 from chatcore.engine.server import ChatServer
 from chatcore.plugins import web as web_module
 from chatcore.plugins.web import CONTENT_SECURITY_POLICY, MAX_FRAGMENTS
-from chatcore.testing import LineClient, ServerFactory
+from chatcore.testing import LineClient, ServerFactory, wait_for
 from chatcore.wire.native import PASSWORD_REQUIRED
 
 TIMEOUT = 5.0
@@ -729,6 +730,52 @@ def test_a_browser_that_stops_reading_is_dropped_as_a_slow_consumer(web, clients
     assert left
     talker.send("after it")
     assert listener.readline().endswith("> after it")
+
+
+def _server_side(server: ChatServer, match: Callable[[Client], bool]) -> Client:
+    return wait_for(lambda: next((c for c in list(server.connections) if match(c)), None), message="the connection")
+
+
+def _waits_for_its_answers_to_drain(client: Client) -> bool:
+    return getattr(client, "_drained", None) is not None  # its reader thread is in wait_sent()
+
+
+def test_resumes_from_a_browser_that_never_reads_are_answered_one_at_a_time(web, clients):
+    server = web("--history-lines", "20", plugins="web,history")
+    native = clients.native(server)
+    for n in range(20):  # each line is twice as long in JSON: an answer is about 160 KB
+        native.send(f"{n} " + '"' * 4000)
+    native.sync()
+    stalled = clients(server, rcvbuf=4096)
+    history = stalled.expect({"type": "history"})
+    nick = stalled.received[0]["you"]["nick"]
+    ask = {"type": "resume", "room": "lobby", "epoch": history["events"][0]["epoch"], "offset": 0}
+    # 300 resumes (24 KB) that it never reads the answers of: 48 MB of answers.
+    stalled.send_raw(b"".join(stalled.ws.send(Message(data=json.dumps(ask))) for _ in range(300)))
+    client = _server_side(server, lambda c: c.nick == nick)
+    wait_for(lambda: _waits_for_its_answers_to_drain(client), message="the reader to wait for the answers to go out")
+    assert client.queued_bytes < 200_000  # one answer at most, not all of them
+    assert not client.closed
+    native.send("/ping")  # the others are not held up
+    native.expect("* pong")
+    stalled.close()  # and the waiting reader lets go when it leaves
+    native.expect(lambda line: line.startswith(f"* {nick} left (connection "))
+
+
+def test_pipelined_requests_are_read_only_as_their_answers_drain(web, clients):
+    server = web()
+    page = http_get(server.listener("ws").address, "/app.js")[2]
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(server.listener("ws").address)
+        port = sock.getsockname()[1]
+        sock.sendall(b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)  # 35 MB of answers, never read
+        client = _server_side(server, lambda c: c.address[1] == port)
+        wait_for(lambda: _waits_for_its_answers_to_drain(client), message="the reader to wait for the answers")
+        assert client.queued_bytes < 2 * len(page)
+        assert not client.closed
+        assert http_get(server.listener("ws").address, "/")[0] == 200  # the others are served
+    wait_for(lambda: client.closed, message="the connection to close")
 
 
 # -- wss:// -------------------------------------------------------------------
