@@ -22,7 +22,7 @@ from chatcore import configfile
 from chatcore.configfile import restart_only as restart_only  # noqa: PLC0414
 from chatcore.configfile import secret as secret  # noqa: PLC0414
 from chatcore.engine import affinity
-from chatcore.engine.connection import DEFAULT_MAX_QUEUE
+from chatcore.engine.connection import DEFAULT_MAX_QUEUE, DEFAULT_MAX_SENDQ
 from chatcore.engine.limits import (
     DEFAULT_EXEMPT,
     DEFAULT_LINE_BURST,
@@ -316,6 +316,16 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
         help=(
             "lines queued for a client that is not reading before it is "
             "disconnected as a slow consumer (default: %(default)s)"
+        ),
+    )
+    limits.add_argument(
+        "--max-sendq",
+        type=whole_number(4096),
+        default=DEFAULT_MAX_SENDQ,
+        metavar="BYTES",
+        help=(
+            "bytes queued for one client alone (replies, private messages, history) that is not reading "
+            "before it is disconnected as a slow consumer (default: %(default)s)"
         ),
     )
     limits.add_argument(

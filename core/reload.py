@@ -5,7 +5,7 @@ certificate, every plugin's ``chatcore_reload``), and any problem is logged
 and keeps the running configuration. Options marked ``restart_only``
 (listeners, plugins ...) are logged as "needs a restart" and keep their
 running values. Of the engine's own options, ``--max-clients`` and the
-abuse limits apply at once, ``--max-line`` and ``--max-queue`` to new
+abuse limits apply at once, ``--max-line``, ``--max-queue`` and ``--max-sendq`` to new
 connections, the TLS certificate to new connections, ``--log-level`` at once.
 """
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import io
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -213,15 +215,71 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         super().__init__(address, handler)
 
 
+#: Seconds a request's line and headers may take to arrive, in all (nginx's
+#: ``client_header_timeout``); then it is answered 408 and closed.
+HEADER_TIMEOUT = 10.0
+
+
+class _SlowRequest(Exception):
+    """The request head did not arrive within :data:`HEADER_TIMEOUT`."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's input that ends at a deadline, however the bytes trickle in.
+
+    A per-read socket timeout alone is renewed by every byte: one header
+    byte every few seconds would hold a thread for ever (slowloris), and 30
+    such connections held 30 threads.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float, timeout: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+        self._timeout = timeout  # for the writes that follow
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise _SlowRequest
+        self._sock.settimeout(remaining)
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            raise _SlowRequest from None
+        finally:
+            self._sock.settimeout(self._timeout)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     """GET only; the metrics say how busy the server is and nothing about
     who is in it (no nicknames, rooms or addresses in any label), and the
     endpoint listens on 127.0.0.1 unless told otherwise."""
 
     endpoint: MetricsEndpoint
-    # Defends against a client that connects and says nothing (or trickles):
-    # it may not hold a thread for ever.
+    # Defends against a client that stops reading the answer: a write may
+    # not hold a thread for ever (the request's head has its own deadline).
     timeout = 10
+
+    def setup(self) -> None:
+        super().setup()
+        # One request per connection (HTTP/1.0), so the deadline is the head's.
+        deadline = time.monotonic() + HEADER_TIMEOUT
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline, self.timeout))
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except _SlowRequest:
+            self.close_connection = True
+            try:
+                self.wfile.write(b"HTTP/1.0 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass  # gone already
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]

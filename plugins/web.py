@@ -97,11 +97,19 @@ MAX_HEADER_BYTES = 8192
 #: Bytes of one message from a browser, at most. Longer ones are refused
 #: (and discarded as they arrive, never buffered); the connection goes on.
 DEFAULT_MAX_MESSAGE = 16384
+#: Frames of one message from a browser, at most (more are refused like a
+#: message too long). Browsers send each message in one frame; the bound
+#: is for empty continuation frames, which never reach the size limit.
+MAX_FRAGMENTS = 128
 DEFAULT_PING_INTERVAL = 20
 #: Offsets before the one asked for that a resume answer also includes.
 RESUME_OVERLAP = 10
 #: Seconds an HTTP connection may stay open without a request.
 HTTP_IDLE_TIMEOUT = 30.0
+#: Seconds a request's line and headers may take to arrive, in all (nginx's
+#: ``client_header_timeout``); then it is answered 408 and closed.
+HTTP_HEADER_TIMEOUT = 10.0
+_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 # The page's files. Served from memory by name: the request's path is looked
 # up in this table and never joined to a file system path, so there is no
@@ -349,6 +357,19 @@ def _objects(events: tuple[RoomEvent, ...] | list[RoomEvent]) -> list[dict[str, 
     return [obj for obj in map(event_object, events) if obj is not None]
 
 
+_NOT_UNICODE = "bad message: a string holds a lone surrogate (such as \\ud800), which is not a character"
+
+
+def _valid_text(text: str) -> bool:
+    """False for a string with a lone surrogate: JSON's ``"\\ud800"`` parses
+    to one, and it has no UTF-8 form, so it could be neither shown nor sent on."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def message_frame(obj: dict[str, Any]) -> bytes:
     return frame(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
@@ -397,7 +418,18 @@ WEB = WebFormat()
 class WebProtocol(Protocol):
     """One browser: HTTP requests, then, after the upgrade, its WebSocket."""
 
-    __slots__ = ("__weakref__", "_http", "_last_heard", "_message", "_oversized", "_pinged", "_state", "ws")
+    __slots__ = (
+        "__weakref__",
+        "_head_started",
+        "_http",
+        "_last_heard",
+        "_message",
+        "_message_size",
+        "_pinged",
+        "_refused",
+        "_state",
+        "ws",
+    )
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
@@ -405,10 +437,16 @@ class WebProtocol(Protocol):
         self._http: h11.Connection | None = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         #: The WebSocket, once the upgrade is done.
         self.ws: WSConnection | None = None
+        # The message arriving in pieces, their length in characters, and
+        # why it will be refused when its last piece comes (None: it won't).
         self._message: list[str] = []
-        self._oversized = False
+        self._message_size = 0
+        self._refused: str | None = None
         self._last_heard = time.monotonic()
         self._pinged = False
+        # When the first byte of the request head now arriving came (0.0:
+        # none under way): the head is timed as a whole.
+        self._head_started = 0.0
 
     def connection_made(self) -> None:
         # Not admitted yet: a browser enters the chat when its WebSocket opens.
@@ -419,9 +457,11 @@ class WebProtocol(Protocol):
         self._state.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        self._last_heard = time.monotonic()
+        self._last_heard = now = time.monotonic()
         self._pinged = False
         if self.ws is None:
+            if not self._head_started:
+                self._head_started = now
             self._http_received(data)
         else:
             self._ws_received(data)
@@ -434,7 +474,14 @@ class WebProtocol(Protocol):
             return
         quiet = now - self._last_heard
         if self.ws is None:
-            if quiet > HTTP_IDLE_TIMEOUT:
+            started = self._head_started
+            # Timed as a whole, not per byte: a client sending one header
+            # byte every few seconds would otherwise hold its connection
+            # (and its thread) for ever (slowloris).
+            if started and now - started > HTTP_HEADER_TIMEOUT:
+                client.send_data(_REQUEST_TIMEOUT)
+                client.disconnect("request head too slow", tell=False)
+            elif quiet > HTTP_IDLE_TIMEOUT:
                 client.disconnect("idle HTTP connection", tell=False)
         elif quiet > 2 * interval:
             client.disconnect("ping timeout", tell=False)
@@ -457,6 +504,9 @@ class WebProtocol(Protocol):
             if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
                 return
             if isinstance(event, h11.Request):
+                self._head_started = 0.0  # the head is in; the next one's is timed from its first byte
+                if not self._previous_answers_sent():
+                    return
                 # h11 bounds what it buffers for an unfinished request; this
                 # bounds a whole one that arrived in one large read.
                 if sum(len(name) + len(value) + 4 for name, value in event.headers) > MAX_HEADER_BYTES:
@@ -472,6 +522,21 @@ class WebProtocol(Protocol):
                     return
             elif isinstance(event, h11.EndOfMessage) and http.our_state is h11.DONE is http.their_state:
                 http.start_next_cycle()
+
+    def _previous_answers_sent(self) -> bool:
+        """Wait until what this connection was answered has gone out; False
+        if it was closed meanwhile, or dropped for not reading.
+
+        Called on the reader thread before each request: one that is
+        pipelined behind others (2,000 ``GET /app.js`` in one write) is read
+        only as the answers before it drain, as nginx does, so a client that
+        never reads holds one answer here, not 2,000 (32 MB). Its other
+        requests wait in its socket, and TCP holds it back.
+        """
+        client = self.client
+        if not client.wait_sent(HTTP_IDLE_TIMEOUT):
+            client.disconnect("slow consumer", tell=False)
+        return not client.closed
 
     def _request(self, http: h11.Connection, request: h11.Request) -> None:
         path = request.target.decode("ascii", "replace").partition("?")[0]
@@ -639,21 +704,27 @@ class WebProtocol(Protocol):
             client.disconnect("protocol error", tell=False)
 
     def _text(self, part: str, finished: bool) -> None:
-        """A piece of a text message; only whole messages within the limit are used."""
+        """A piece of a text message; only whole messages within the limits are used."""
         limit = self._state.max_message
-        if not self._oversized:
+        if self._refused is None:
             self._message.append(part)
-            # Characters, counted as they arrive: at most the limit is held.
-            if sum(map(len, self._message)) > limit:
-                self._oversized = True
+            # Characters, counted as they arrive (a running count: summing
+            # the held pieces on each new one made thousands of empty
+            # fragments cost quadratic CPU): at most the limit is held.
+            self._message_size += len(part)
+            if self._message_size > limit:
+                self._refused = f"message too long (the limit is {limit} bytes); it was not sent"
+            elif len(self._message) > MAX_FRAGMENTS:  # empty pieces count too
+                self._refused = f"message in too many frames (the limit is {MAX_FRAGMENTS}); it was not sent"
+            if self._refused is not None:
                 self._message = []
         if not finished:
             return
-        if self._oversized:
-            self._oversized = False
-            self.client.error(f"message too long (the limit is {limit} bytes); it was not sent")
+        refused, self._refused = self._refused, None
+        text, self._message, self._message_size = "".join(self._message), [], 0
+        if refused is not None:
+            self.client.error(refused)
             return
-        text, self._message = "".join(self._message), []
         if len(text.encode("utf-8")) > limit:
             self.client.error(f"message too long (the limit is {limit} bytes); it was not sent")
             return
@@ -663,8 +734,11 @@ class WebProtocol(Protocol):
         client = self.client
         try:
             obj = json.loads(text)
-        except ValueError:
+        except ValueError:  # a number too long to convert is one too
             client.error('bad message: not JSON; send {"type": "line", "text": "..."}')
+            return
+        except RecursionError:  # "[[[[...": 16 KB of brackets is deeper than Python's stack
+            client.error("bad message: nested too deeply")
             return
         kind = obj.get("type") if isinstance(obj, dict) else None
         if kind == "line" and isinstance(obj.get("text"), str):
@@ -678,7 +752,12 @@ class WebProtocol(Protocol):
         """A line of text: a command or chat, exactly as from a native client."""
         client = self.client
         max_line = client.server.max_line
-        if len(raw.encode("utf-8")) > max_line:
+        try:
+            size = len(raw.encode("utf-8"))
+        except UnicodeEncodeError:
+            client.error(_NOT_UNICODE)
+            return
+        if size > max_line:
             client.error(f"line too long (the limit is {max_line} bytes); it was not sent")
             return
         text = sanitize(raw)
@@ -689,9 +768,29 @@ class WebProtocol(Protocol):
         """What the browser missed in a room since ``(epoch, offset)``,
         from the history plugin; ``complete`` says whether that is all."""
         client = self.client
+        # An answer can be 150 KB for a request of 70 bytes: resumes are paced
+        # like lines, and one is answered only once the previous answers have
+        # gone out, so a client that asks and never reads cannot make the
+        # server hold its answers (1,000 resumes grew it by 150 MB).
+        client.server.pace(client)
+        if not self._previous_answers_sent():
+            return
+        # A room's past is for the people in it: nothing before the server
+        # password (a stranger could read any room by guessing its name),
+        # and nothing of a room the connection is not in (as Ergo's
+        # CHATHISTORY requires membership). The page joins, then resumes.
+        if not client.admitted:
+            client.error(PASSWORD_REQUIRED)
+            return
         room, epoch, offset = request.get("room"), request.get("epoch"), request.get("offset")
         if not isinstance(room, str) or not isinstance(epoch, str) or type(offset) is not int:
             client.error('bad resume: expected {"type": "resume", "room": ROOM, "epoch": EPOCH, "offset": N}')
+            return
+        if not (_valid_text(room) and _valid_text(epoch)):
+            client.error(_NOT_UNICODE)
+            return
+        if room != client.room:
+            client.error(f"cannot resume {room}: you are not in it (/join it first)")
             return
         answer: dict[str, Any] = {"type": "resume", "room": room, "epoch": epoch, "offset": offset}
         history = client.server.config.data.get("history")

@@ -9,16 +9,20 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 from test_tls import issue
+from test_web import trickle_headers
 
 from chatcore import hookimpl
 from chatcore.engine.server import ChatServer
 from chatcore.engine.stats import LATENCY_BUCKETS
+from chatcore.plugins import metrics as metrics_module
 from chatcore.testing import LineClient, wait_for
 
 
@@ -304,3 +308,14 @@ def test_kicks_bans_and_idle_connections_are_counted_by_cause(chat_server_factor
         return samples if value(samples, "chatcore_disconnects_total", reason="idle") == 1 else None
 
     wait_for(idle_counted, message="the idle disconnect counted")
+
+
+def test_a_request_head_that_trickles_in_gets_408_and_frees_its_thread(chat_server_factory, monkeypatch):
+    monkeypatch.setattr(metrics_module, "HEADER_TIMEOUT", 0.5, raising=False)
+    server = chat_server_factory("--plugins", "metrics", "--metrics-port", "0")
+    address = server.config.data["metrics"].address
+    started = time.monotonic()
+    assert trickle_headers(address).startswith(b"HTTP/1.0 408 ")
+    assert time.monotonic() - started < 3
+    wait_for(lambda: not [t for t in threading.enumerate() if "process_request_thread" in t.name])
+    assert fetch(server, "/healthz") == (200, "ok\n")

@@ -7,6 +7,7 @@ The WebSocket client here is wsproto's client side over a plain socket.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import ssl
 import subprocess
@@ -30,9 +31,12 @@ from wsproto.events import (
     TextMessage,
 )
 
+from chatcore import Client
 from chatcore.engine.server import ChatServer
-from chatcore.plugins.web import CONTENT_SECURITY_POLICY
-from chatcore.testing import LineClient, ServerFactory
+from chatcore.plugins import web as web_module
+from chatcore.plugins.web import CONTENT_SECURITY_POLICY, MAX_FRAGMENTS
+from chatcore.testing import LineClient, ServerFactory, wait_for
+from chatcore.wire.native import PASSWORD_REQUIRED
 
 TIMEOUT = 5.0
 Obj = dict[str, Any]
@@ -214,6 +218,26 @@ def http_get(
     return int(status_line.split()[1]), fields, body
 
 
+def trickle_headers(address: tuple[str, int], timeout: float = 5.0) -> bytes:
+    """A request line, then one header byte at a time, 0.1 s apart, until
+    the server answers or closes (or ``timeout``): what it said."""
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([sock], [], [], 0.1)
+            if readable:
+                answer = b""
+                while chunk := sock.recv(4096):
+                    answer += chunk
+                return answer
+            try:
+                sock.sendall(b"X")
+            except ConnectionError:
+                return b""
+    raise AssertionError(f"still open after {timeout} s of a header trickling in")
+
+
 @pytest.fixture
 def web(chat_server_factory: ServerFactory) -> Callable[..., ChatServer]:
     """A server with a ws:// listener and a tcp:// one."""
@@ -242,6 +266,7 @@ def clients() -> Iterator[Callable[..., Any]]:
         return client
 
     ws.native = native  # type: ignore[attr-defined]
+    ws.made = made  # type: ignore[attr-defined]
     yield ws
     for client in made:
         client.close()
@@ -325,6 +350,17 @@ def test_oversized_headers_are_refused_and_the_server_goes_on(web, clients):
     assert status == 431
     status, _, _ = http_get(address, "/")
     assert status == 200
+
+
+def test_a_request_head_that_trickles_in_gets_408(web, clients, monkeypatch):
+    monkeypatch.setattr(web_module, "HTTP_HEADER_TIMEOUT", 0.5, raising=False)
+    server = web("--web-ping-interval", "1")  # the checks run four times a second
+    started = time.monotonic()
+    # Each byte keeps the connection from being idle; only the head as a whole is timed.
+    assert trickle_headers(server.listener("ws").address).startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 3
+    browser = clients(server)
+    browser.sync()
 
 
 def test_garbage_gets_400(web):
@@ -511,6 +547,56 @@ def test_resume_without_the_history_plugin_says_so(web, clients):
     assert answer["reason"] == "this server keeps no history"
 
 
+def test_resume_reads_nothing_before_the_password_or_of_a_room_one_is_not_in(web, clients, tmp_path):
+    secret = "open sesame"
+    password = tmp_path / "password"
+    password.write_text(secret + "\n", encoding="utf-8")
+    server = web("--password-file", str(password), "--history-lines", "50", plugins="web,history")
+    talker, stayer = LineClient(server.listener("tcp").address), LineClient(server.listener("tcp").address)
+    clients.made += [talker, stayer]
+    for native in (talker, stayer):  # stayer keeps lobby, and so its history (an emptied room's is dropped)
+        native.send(f"/pass {secret}")
+        native.sync()
+    talker.send("lobby secret")
+    talker.send("/join board")
+    talker.send("board secret")
+    talker.sync()
+    epochs = {room: server.backplane.epoch_of(room) for room in ("lobby", "board")}
+
+    def said(browser: WSClient) -> str:
+        return json.dumps(browser.received)
+
+    # Not logged in: no room's past, whatever the room.
+    stranger = clients(server)
+    stranger.expect({"type": "error", "text": PASSWORD_REQUIRED})
+    for room in ("lobby", "board"):
+        stranger.send({"type": "resume", "room": room, "epoch": epochs[room], "offset": 0})
+        assert stranger.expect({"type": "error"})["text"] == PASSWORD_REQUIRED
+    stranger.say("/ping")  # before the password, answered with an error: all the above has come
+    stranger.expect({"type": "error", "text": PASSWORD_REQUIRED})
+    assert not [obj for obj in stranger.received if obj["type"] in ("resume", "history")]
+    assert "secret" not in said(stranger)
+
+    # Logged in, in lobby: board's past stays closed, lobby's is open.
+    stranger.say(f"/pass {secret}")
+    stranger.expect({"type": "welcome"})
+    stranger.sync()
+    stranger.send({"type": "resume", "room": "board", "epoch": epochs["board"], "offset": 0})
+    assert stranger.expect({"type": "error"})["text"] == "cannot resume board: you are not in it (/join it first)"
+    stranger.sync()
+    assert "board secret" not in said(stranger)
+    stranger.send({"type": "resume", "room": "lobby", "epoch": epochs["lobby"], "offset": 0})
+    answer = stranger.expect({"type": "resume"})
+    assert [event["text"] for event in answer["events"]] == ["lobby secret"]
+
+    # Once in board (as the page does after a reconnect: join, then resume).
+    stranger.say("/join board")
+    stranger.send({"type": "resume", "room": "board", "epoch": epochs["board"], "offset": 0})
+    answer = stranger.expect({"type": "resume"})
+    assert answer["complete"] is True
+    assert [event["text"] for event in answer["events"]] == ["board secret"]
+
+
 # -- bad input and limits -----------------------------------------------------
 
 
@@ -527,6 +613,25 @@ def test_bad_messages_get_errors_and_the_connection_goes_on(web, clients):
     browser.send({"type": "resume", "room": "lobby"})
     assert browser.expect({"type": "error"})["text"].startswith("bad resume")
     browser.sync()
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("[" * 16000 + "]" * 16000, "bad message: nested too deeply"),
+        ('{"type": "line", "text": "\\ud800"}', "bad message: a string holds a lone surrogate"),
+        ('{"type": "resume", "room": "lobby\\udfff", "epoch": "x", "offset": 1}', "bad message: a string holds"),
+        ('{"type": "resume", "room": "lobby", "epoch": "\\ud800", "offset": 1}', "bad message: a string holds"),
+    ],
+)
+def test_json_python_cannot_use_gets_an_error_and_the_connection_goes_on(web, clients, caplog, message, error):
+    server = web("--web-max-message", "40000")
+    browser = clients(server)
+    browser.sync()
+    browser.sock.sendall(browser.ws.send(Message(data=message)))
+    assert browser.expect({"type": "error"})["text"].startswith(error)
+    browser.sync()
+    assert "Traceback" not in caplog.text
 
 
 def test_an_oversized_message_is_refused_and_nothing_else_is_lost(web, clients):
@@ -547,6 +652,28 @@ def test_an_oversized_message_is_refused_and_nothing_else_is_lost(web, clients):
     other = clients(big)
     other.say("z" * 5000)
     assert other.expect({"type": "error"})["text"] == "line too long (the limit is 4096 bytes); it was not sent"
+
+
+def test_a_message_in_too_many_frames_is_refused_in_linear_time(web, clients):
+    server = web()
+    browser = clients(server)
+    browser.sync()
+    # Empty continuation frames never reach --web-max-message; they were
+    # held and re-summed on each new one (24,000 took 4.7 s of CPU).
+    pieces = [browser.ws.send(Message(data="", message_finished=False)) for _ in range(20000)]
+    started = time.process_time()
+    browser.send_raw(b"".join(pieces) + browser.ws.send(Message(data="", message_finished=True)))
+    assert browser.expect({"type": "error"})["text"] == (
+        f"message in too many frames (the limit is {MAX_FRAGMENTS}); it was not sent"
+    )
+    browser.sync()
+    assert time.process_time() - started < 1.0  # the test and the server share this process
+    # A message in a few frames is still fine.
+    for n in range(3):
+        browser.send_raw(
+            browser.ws.send(Message(data=['{"type": "line", ', '"text": ', '"/ping"}'][n], message_finished=n == 2))
+        )
+    browser.expect({"type": "notice", "text": "pong"})
 
 
 def test_a_protocol_error_closes_only_that_browser(web, clients):
@@ -604,6 +731,52 @@ def test_a_browser_that_stops_reading_is_dropped_as_a_slow_consumer(web, clients
     assert left
     talker.send("after it")
     assert listener.readline().endswith("> after it")
+
+
+def _server_side(server: ChatServer, match: Callable[[Client], bool]) -> Client:
+    return wait_for(lambda: next((c for c in list(server.connections) if match(c)), None), message="the connection")
+
+
+def _waits_for_its_answers_to_drain(client: Client) -> bool:
+    return getattr(client, "_drained", None) is not None  # its reader thread is in wait_sent()
+
+
+def test_resumes_from_a_browser_that_never_reads_are_answered_one_at_a_time(web, clients):
+    server = web("--history-lines", "20", plugins="web,history")
+    native = clients.native(server)
+    for n in range(20):  # each line is twice as long in JSON: an answer is about 160 KB
+        native.send(f"{n} " + '"' * 4000)
+    native.sync()
+    stalled = clients(server, rcvbuf=4096)
+    history = stalled.expect({"type": "history"})
+    nick = stalled.received[0]["you"]["nick"]
+    ask = {"type": "resume", "room": "lobby", "epoch": history["events"][0]["epoch"], "offset": 0}
+    # 300 resumes (24 KB) that it never reads the answers of: 48 MB of answers.
+    stalled.send_raw(b"".join(stalled.ws.send(Message(data=json.dumps(ask))) for _ in range(300)))
+    client = _server_side(server, lambda c: c.nick == nick)
+    wait_for(lambda: _waits_for_its_answers_to_drain(client), message="the reader to wait for the answers to go out")
+    assert client.queued_bytes < 200_000  # one answer at most, not all of them
+    assert not client.closed
+    native.send("/ping")  # the others are not held up
+    native.expect("* pong")
+    stalled.close()  # and the waiting reader lets go when it leaves
+    native.expect(lambda line: line.startswith(f"* {nick} left (connection "))
+
+
+def test_pipelined_requests_are_read_only_as_their_answers_drain(web, clients):
+    server = web()
+    page = http_get(server.listener("ws").address, "/app.js")[2]
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(server.listener("ws").address)
+        port = sock.getsockname()[1]
+        sock.sendall(b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)  # 35 MB of answers, never read
+        client = _server_side(server, lambda c: c.address[1] == port)
+        wait_for(lambda: _waits_for_its_answers_to_drain(client), message="the reader to wait for the answers")
+        assert client.queued_bytes < 2 * len(page)
+        assert not client.closed
+        assert http_get(server.listener("ws").address, "/")[0] == 200  # the others are served
+    wait_for(lambda: client.closed, message="the connection to close")
 
 
 # -- wss:// -------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from chatcore.engine.connection import Client
+from chatcore.engine.connection import DEFAULT_MAX_SENDQ, Client
 from chatcore.engine.feed import TRIM_AFTER, RoomFeed
 from chatcore.engine.writer import BATCH_DELAY, Writer
 from chatcore.testing import wait_for
@@ -41,11 +41,20 @@ class RecordingSocket:
         self._sock.close()
 
 
-def make_client(writer: Writer, max_queue: int = 100) -> tuple[Client, RecordingSocket, socket.socket]:
+def make_client(
+    writer: Writer, max_queue: int = 100, max_sendq: int = DEFAULT_MAX_SENDQ
+) -> tuple[Client, RecordingSocket, socket.socket]:
     ours, peer = socket.socketpair()
     recording = RecordingSocket(ours)
     server = SimpleNamespace(writer=writer)
-    client = Client(Transport(recording), ("127.0.0.1", 1), server, wire=NATIVE, max_queue=max_queue)  # type: ignore[arg-type]
+    client = Client(
+        Transport(recording),  # type: ignore[arg-type]
+        ("127.0.0.1", 1),
+        server,  # type: ignore[arg-type]
+        wire=NATIVE,
+        max_queue=max_queue,
+        max_sendq=max_sendq,
+    )
     return client, recording, peer
 
 
@@ -86,7 +95,7 @@ def test_lines_queued_together_go_out_in_one_send():
 def test_a_stalled_client_does_not_hold_up_the_others():
     writer = Writer()
     writer.start()
-    stalled, stalled_sock, stalled_peer = make_client(writer, max_queue=10_000)
+    stalled, stalled_sock, stalled_peer = make_client(writer, max_queue=10_000, max_sendq=10 << 20)
     healthy, healthy_sock, healthy_peer = make_client(writer)
     try:
         chunk = b"x" * 1000 + b"\n"
@@ -115,6 +124,71 @@ def test_overflow_disconnects_as_slow_consumer_and_shuts_the_socket():
         # What was queued before the overflow still goes out (the socket has
         # room), then the close.
         assert received == b"0\n1\n2\n3\n4\n"
+    finally:
+        writer.stop()
+        sock.close()
+        peer.close()
+
+
+def test_the_queue_is_bounded_in_bytes_too():
+    writer = Writer()
+    writer.start()
+    client, sock, peer = make_client(writer, max_queue=10_000, max_sendq=100_000)
+    try:
+        client._scheduled = True  # as if the writer were busy elsewhere: the queue only fills
+        answer = b"a" * 30_000 + b"\n"  # a few entries, each large (a web resume answer)
+        for _ in range(4):
+            client.send_data(answer)
+        assert client.closed is False
+        assert client.queued_bytes == 4 * len(answer)  # over the bound, by the last entry only
+        client.send_data(answer)
+        assert client.close_reason == "slow consumer"
+        assert client.wait_closed(5)
+        assert client.queued_bytes == 0
+        assert read_until_closed(peer) == answer * 4
+    finally:
+        writer.stop()
+        sock.close()
+        peer.close()
+
+
+def test_the_byte_count_follows_the_writer_and_is_level_when_the_queue_is():
+    writer = Writer()
+    writer.start()
+    client, sock, peer = make_client(writer, max_sendq=4096)
+    try:
+        for _ in range(200):  # 200 KB through a 4 KB bound, read as it goes
+            client.send_data(b"b" * 1023 + b"\n")
+            assert read_exactly(peer, 1024)[-1:] == b"\n"
+            assert client.wait_sent(5)
+        assert client.closed is False
+        assert client.queued_bytes == 0
+        client._sendq = 3000  # a count that drifted (racing += and -=) ...
+        client.send_data(b"last\n")
+        assert read_exactly(peer, 5) == b"last\n"
+        wait_for(lambda: client.queued_bytes == 0, message="the count to be put right")  # ... is level again
+    finally:
+        writer.stop()
+        sock.close()
+        peer.close()
+
+
+def test_wait_sent_returns_when_the_client_reads_or_is_closed():
+    writer = Writer()
+    writer.start()
+    client, sock, peer = make_client(writer, max_sendq=10 << 20)
+    try:
+        assert client.wait_sent(0)  # nothing queued
+        big = b"c" * (4 << 20)  # more than the socket pair buffers
+        client.send_data(big)
+        wait_for(lambda: client._blocked, message="the socket to fill up")
+        assert client.wait_sent(0.05) is False  # not reading: still queued
+        assert read_exactly(peer, len(big)) == big
+        assert client.wait_sent(5)
+        client.send_data(big)
+        wait_for(lambda: client._blocked, message="the socket to fill up again")
+        client.disconnect("gone", tell=False)
+        assert client.wait_sent(5)  # closed: nothing to wait for
     finally:
         writer.stop()
         sock.close()

@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from chatcore.wire import Protocol, WireFormat
 
 DEFAULT_MAX_QUEUE = 8192
+#: Bytes queued for one client alone (replies, private messages, a web
+#: resume answer) before it is dropped as a slow consumer: InspIRCd's hard
+#: sendq for users. Counted beside --max-queue's entries because one entry
+#: can be 150 KB. Ergo's 96k is for 512-byte IRC lines; ours reach 4 KB.
+DEFAULT_MAX_SENDQ = 1 << 20
 
 #: Why clients are disconnected, as a short label for metrics
 #: (``chatcore_disconnects_total{reason=...}``): a fixed set, because the
@@ -71,6 +76,7 @@ class Client:
         "__weakref__",
         "_blocked",
         "_done",
+        "_drained",
         "_encrypt",
         "_feed",
         "_feed_own",
@@ -78,9 +84,11 @@ class Client:
         "_finish_deadline",
         "_finishing",
         "_max_queue",
+        "_max_sendq",
         "_pace",
         "_queue",
         "_scheduled",
+        "_sendq",
         "_unsent",
         "_writer_done",
         "address",
@@ -111,6 +119,7 @@ class Client:
         wire: WireFormat,
         client_id: int = 0,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        max_sendq: int = DEFAULT_MAX_SENDQ,
     ) -> None:
         #: How bytes travel (:mod:`chatcore.transports`): plain TCP, TLS ...
         self.transport = transport
@@ -156,6 +165,14 @@ class Client:
         # Output state, shared with the writer thread (see chatcore.engine.writer).
         self._max_queue = max_queue
         self._queue: collections.deque[bytes] = collections.deque()
+        # Bytes in _queue: a running count, added to by send_data() and taken
+        # from by the writer. Those can race (two threads' += and -=), so the
+        # writer sets it to 0 whenever it empties the queue: a count that
+        # drifted is put right at the next moment the client is level.
+        self._max_sendq = max_sendq
+        self._sendq = 0
+        # Released by the writer when the queue is empty again (wait_sent()).
+        self._drained: threading.Lock | None = None
         # The room's feed it reads (set by the registry, under the feed's
         # lock) and the number of the next line of it not yet queued or sent.
         self._feed: RoomFeed | None = None
@@ -228,13 +245,47 @@ class Client:
                 pending = feed.take(self, feed.end - self._feed_pos) if self._feed is feed else b""
             if pending:
                 queue.append(pending)
-        if len(queue) >= self._max_queue:
+                self._sendq += len(pending)
+        # Bounded in entries and in bytes: a client that sends requests with
+        # large answers (a web resume) and never reads them would otherwise
+        # make the server hold hundreds of MB. Over the bytes once, not on
+        # the way: one large answer to a client that reads always goes out.
+        if len(queue) >= self._max_queue or self._sendq > self._max_sendq:
             self.disconnect("slow consumer", tell=False)
             return
         queue.append(data)
+        self._sendq += len(data)
         if not self._scheduled:
             self._scheduled = True
             self.server.writer.schedule(self)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes queued for this client alone and not yet taken by the writer."""
+        return self._sendq
+
+    def wait_sent(self, timeout: float) -> bool:
+        """Wait until what is queued for this client alone has gone to the
+        kernel, or the client is closed; False if ``timeout`` passed first.
+
+        For the client's own thread, before it reads the next request whose
+        answer would join the queue (a pipelined HTTP request, a web
+        resume): its input then waits in the socket and TCP holds the client
+        back, rather than its answers piling up here (as nginx reads the
+        next pipelined request only once the previous answer is written).
+        """
+        if self._done or not (self._queue or self._unsent):
+            return True
+        latch = threading.Lock()
+        latch.acquire()
+        self._drained = latch
+        if self._done or not (self._queue or self._unsent):  # drained meanwhile: the writer may not look again
+            self._drained = None
+            return True
+        if latch.acquire(timeout=timeout):
+            return True
+        self._drained = None
+        return False
 
     def notice(self, text: str) -> None:
         """Send a server notice to this client (native: ``* <text>``)."""

@@ -107,6 +107,7 @@ class ChatServer:
         #: New connections' limits: a reload applies them to new connections only.
         self.max_line: int = options.max_line
         self.max_queue: int = options.max_queue
+        self.max_sendq: int = options.max_sendq
         #: Events a wire format failed to render (each logged; the rest of
         #: the room's delivery goes on).
         self.render_failures = 0
@@ -211,8 +212,9 @@ class ChatServer:
 
     def apply_options(self, options: argparse.Namespace, password: str | None) -> None:
         """Use reloaded options: the gate's at once, for every connection;
-        ``--max-line`` and ``--max-queue`` for new connections."""
+        ``--max-line``, ``--max-queue`` and ``--max-sendq`` for new connections."""
         self.max_queue = options.max_queue
+        self.max_sendq = options.max_sendq
         self.max_line = options.max_line
         self.gate.reconfigure(options, password, self.all_connections())
         self.serving.start_sweeper()

@@ -149,6 +149,7 @@ class Connections:
             server,
             client_id=server.registry.next_id(),
             max_queue=server.max_queue,
+            max_sendq=server.max_sendq,
             wire=scheme.wire,
         )
         # Made first: it renders the refusal too, in its client's words.

@@ -357,6 +357,8 @@ class Writer:
                 plain = queue.popleft()
             else:
                 plain = b"".join([queue.popleft() for _ in range(min(n, MAX_BATCH))]) if n else b""
+            # Level again: 0, which also rights a count a race made drift.
+            client._sendq = client._sendq - len(plain) if queue else 0
             # The room's lines after what was said to it alone: send_data()
             # moved the room's earlier lines to the queue before that.
             feed = client._feed
@@ -407,6 +409,8 @@ class Writer:
         """After a flush that sent everything it took: go again, close, or idle."""
         queue = client._queue
         feed = client._feed
+        if client._drained is not None and not queue:
+            self._release_waiter(client)
         if queue or (feed is not None and client._feed_pos < feed.end):
             self._ready.append(client)  # more to send: back of the line
             return
@@ -419,6 +423,13 @@ class Writer:
         if (queue or (feed is not None and client._feed_pos < feed.end)) and not client._scheduled:
             client._scheduled = True
             self._ready.append(client)
+
+    @staticmethod
+    def _release_waiter(client: Client) -> None:
+        """Wake the client's thread in :meth:`Client.wait_sent`."""
+        latch, client._drained = client._drained, None
+        if latch is not None:
+            latch.release()
 
     def _lost(self, client: Client, exc: OSError) -> None:
         if client.close_reason is None:
@@ -460,7 +471,10 @@ class Writer:
             self._selector.unregister(client.sock)
             client._blocked = False
         client._queue.clear()
+        client._sendq = 0
         client._unsent = b""
+        if client._drained is not None:
+            self._release_waiter(client)
         if client.close_reason is None:
             client.close_reason = "connection lost"
             client.close_cause = "connection_lost"
