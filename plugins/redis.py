@@ -1703,7 +1703,9 @@ class Presence(threading.Thread):
 
     def history(self, room: str, limit: int) -> list[RoomEvent] | None:
         """The room's last ``limit`` chat and action events in its stream,
-        oldest first, with the cluster's identity; None if Redis cannot say."""
+        oldest first, with the time they were said and no identity (epoch
+        ``""``, offset 0: the stream's numbering is the cluster's, not what
+        users see); None if Redis cannot say."""
         import redis as redis_py
 
         assert self.client is not None
@@ -1721,12 +1723,16 @@ class Presence(threading.Thread):
                 )
                 for entry_id, entry in page:
                     try:
-                        epoch, offset, event = _entry_event(entry, max_line)
+                        _, _, event = _entry_event(entry, max_line)
                     except (KeyError, ValueError) as exc:
                         self.cluster.invalid.drop(f"room {room} entry {entry_id}", exc)
                         continue
                     if isinstance(event, (Chat, Action)) and event.room == room:
-                        found.append(dataclasses.replace(event, epoch=epoch, offset=offset))
+                        # With its time, but not the stream's identity: users
+                        # see each server's own numbering (docs/scaling.md),
+                        # and a page that saw a stream's epoch beside its
+                        # server's thought the server had restarted.
+                        found.append(event)
                 if len(page) < HISTORY_PAGE:
                     break
                 newest = "(" + str(page[-1][0])

@@ -1043,3 +1043,22 @@ def test_an_operator_kicks_mutes_and_bans_users_on_another_server(redis_server, 
         # A nick on no server is still no such nick.
         op.send("/kick nobody-at-all")
         op.expect("! no such nick 'nobody-at-all'")
+
+
+@pytest.mark.slow
+def test_the_cluster_s_history_shows_no_stream_numbering(redis_server, chat_server_factory, chat_client) -> None:
+    """Replayed lines keep their time but carry no identity from the Redis
+    stream (issue 22, bug 2: a web page saw the stream's epoch in the
+    replay and its server's in live lines, and told its user the server had
+    restarted)."""
+    args = ("--plugins", "redis,history", "--redis-url", redis_server.url, "--redis-cluster", "bug2")
+    server = chat_server_factory(*args)
+    alice = chat_client(server)
+    alice.send("/nick alice")
+    alice.expect("* you are now known as alice")
+    alice.send("kept by the cluster")
+    alice.sync()
+    wait_for(lambda: server.backplane.history("lobby", 5), message="the line in the room's stream")
+    [kept] = server.backplane.history("lobby", 5)
+    assert (kept.text, kept.epoch, kept.offset) == ("kept by the cluster", "", 0)
+    assert kept.time > 0
