@@ -375,29 +375,14 @@ def message_frame(obj: dict[str, Any]) -> bytes:
 
 
 class WebFormat(WireFormat):
-    """Events as JSON text messages in WebSocket frames.
-
-    Before its WebSocket is open a connection is plain HTTP: then the only
-    thing it can be told is a refusal (``server full`` ...), as an HTTP 503.
-    """
+    """Room events as JSON text messages in WebSocket frames. What one
+    browser is told alone is its protocol's (:meth:`WebProtocol.render`)."""
 
     name = "web"
 
     def encode(self, event: RoomEvent) -> bytes:
         obj = event_object(event)
         return b"" if obj is None else message_frame(obj)
-
-    def encode_for(self, client: Client, event: Event) -> bytes:
-        protocol = client.data.get(NAME)
-        if not isinstance(protocol, WebProtocol) or protocol.ws is None:
-            return _http_refusal(event.text) if isinstance(event, Error) else b""
-        obj = event_object(event)
-        if obj is None:
-            return b""
-        # Who and where the browser is now: set after a /nick or /join has
-        # taken effect, so the page learns its nick and room from the answer.
-        obj["you"] = {"nick": client.nick, "room": client.room}
-        return message_frame(obj)
 
 
 def _http_refusal(text: str) -> bytes:
@@ -450,8 +435,22 @@ class WebProtocol(Protocol):
 
     def connection_made(self) -> None:
         # Not admitted yet: a browser enters the chat when its WebSocket opens.
-        self.client.data[NAME] = self
         self._state.add(self)
+
+    def render(self, event: Event) -> bytes:
+        """What this browser is told alone: a JSON message with where it is
+        now, or, before its WebSocket is open (plain HTTP), only a refusal
+        (``server full`` ...) as an HTTP 503."""
+        if self.ws is None:
+            return _http_refusal(event.text) if isinstance(event, Error) else b""
+        obj = event_object(event)
+        if obj is None:
+            return b""
+        # Who and where the browser is now: set after a /nick or /join has
+        # taken effect, so the page learns its nick and room from the answer.
+        client = self.client
+        obj["you"] = {"nick": client.nick, "room": client.room}
+        return message_frame(obj)
 
     def connection_lost(self) -> None:
         self._state.discard(self)

@@ -48,9 +48,10 @@ class WireFormat:
         raise NotImplementedError
 
     def encode_for(self, client: Client, event: Event) -> bytes:
-        """The bytes ``client`` gets for an event sent to it alone (a notice,
-        an error, a private message, a replay); ``b""`` for nothing. The
-        default renders it like a room event."""
+        """The bytes ``client`` gets for an event sent to it alone, for a
+        protocol that does not render those itself (:meth:`Protocol.render`,
+        where per-connection output belongs: the bundled protocols do);
+        ``b""`` for nothing. The default renders it like a room event."""
         return self.encode(event)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
