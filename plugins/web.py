@@ -659,10 +659,10 @@ class WebProtocol(Protocol):
             return
         self.ws = ws
         self._http = None
-        if self.client.server.password_required:
-            self.client.error(PASSWORD_REQUIRED)  # the page asks for it and sends /pass
-        else:
-            self.client.server.admit(self.client)
+        # In once the WebSocket is open, unless the server wants its
+        # password first: the page asks for it and sends /pass.
+        if self.client.server.log_in(self.client) is not None:
+            self.client.error(PASSWORD_REQUIRED)
         if trailing:
             self._ws_received(trailing)
 
