@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from chatcore.wire.native import LineFramer, decode, sanitize
+from chatcore.wire.framing import LineFraming
+from chatcore.wire.native import DEFAULT_MAX_LINE, decode, sanitize
 
 LINE = b"a chat line of about sixty-four bytes, as the other benchmarks use\n"[:63] + b"\n"
 
 
 @pytest.mark.parametrize("lines_per_chunk", [1, 64, 1024])
 def test_framing(benchmark: BenchmarkFixture, lines_per_chunk: int) -> None:
-    """LineFramer.feed on recv() chunks of 64-byte lines (one line per chunk
+    """LineFraming.feed on recv() chunks of 64-byte lines (one line per chunk
     is a quiet client; 1024 a client sending as fast as it can)."""
-    framer = LineFramer()
+    framer = LineFraming(DEFAULT_MAX_LINE)
     chunk = LINE * lines_per_chunk
     benchmark.extra_info["lines_per_call"] = lines_per_chunk
     lines = benchmark(framer.feed, chunk)

@@ -53,7 +53,8 @@ from chatcore.plugins import opers
 from chatcore.plugins.opers import operator_name
 from chatcore.transports import Scheme
 from chatcore.wire import Protocol, WireFormat
-from chatcore.wire.native import LineFramer, event_line, sanitize
+from chatcore.wire.framing import CRLFLineFraming
+from chatcore.wire.native import event_line, sanitize
 
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
@@ -164,8 +165,9 @@ def text_lines(head: str, text: str, before: str = "", after: str = "") -> list[
 _LINE_BREAKERS = re.compile("[\r\n\0]")
 
 
-def _encode(lines: Iterable[str]) -> bytes:
-    """Lines as the bytes sent: every line the front-end sends passes here.
+def safe_lines(lines: Iterable[str]) -> list[bytes]:
+    """Lines as the bytes of the IRC messages sent, without their endings:
+    every line the front-end sends passes here.
 
     Defends against line injection (a forged ``:admin!... PRIVMSG`` that a
     client reads as a line of its own), whatever the text's source: a line
@@ -179,8 +181,8 @@ def _encode(lines: Iterable[str]) -> bytes:
         # Three scans in C first: the usual line needs no regex.
         safe = _LINE_BREAKERS.sub(" ", line) if "\r" in line or "\n" in line or "\0" in line else line
         data = safe.encode("utf-8", "replace")
-        out.append(data[: _boundary(data, MAX_LINE - 2)] + b"\r\n")
-    return b"".join(out)
+        out.append(data[: _boundary(data, MAX_LINE - 2)])
+    return out
 
 
 # -- rendering ------------------------------------------------------------------
@@ -210,12 +212,22 @@ class IRCFormat(WireFormat):
     name = "irc"
     echoes_actions = False  # IRC clients show their own /me
 
-    def __init__(self, server: str = DEFAULT_SERVER_NAME, network: str = DEFAULT_NETWORK) -> None:
+    def __init__(
+        self, server: str = DEFAULT_SERVER_NAME, network: str = DEFAULT_NETWORK, framing: Any = CRLFLineFraming
+    ) -> None:
         self.server = server
         self.network = network
+        #: How the lines travel, below this codec (chatcore.wire.framing):
+        #: CR LF ended over TCP; a WebSocket's text messages would do too.
+        self.framing = framing
 
     def encode(self, event: RoomEvent) -> bytes:
-        return _encode(self.room_lines(event))
+        return self.frame(self.room_lines(event))
+
+    def frame(self, lines: Iterable[str]) -> bytes:
+        """Lines as the bytes sent, made safe (:func:`safe_lines`) and framed."""
+        framed: bytes = self.framing.frame(safe_lines(lines))
+        return framed
 
     # -- lines --
 
@@ -379,7 +391,7 @@ class IRCProtocol(Protocol):
         super().__init__(client)
         assert isinstance(client.wire, IRCFormat)  # the schemes of this plugin pair the two
         self.wire: IRCFormat = client.wire
-        self._framer = LineFramer(MAX_INPUT)
+        self._framer = CRLFLineFraming(MAX_INPUT)
         self._registered = False
         self._cap_negotiating = False
         self._nick = ""  # asked for before registration
@@ -422,7 +434,7 @@ class IRCProtocol(Protocol):
         return self.client.nick if self._registered else "*"
 
     def send(self, lines: Iterable[str]) -> None:
-        self.client.send_data(_encode(lines))
+        self.client.send_data(self.wire.frame(lines))
 
     def reply(self, code: str, *params: str) -> None:
         self.send([self.wire.numeric(self.nick, code, *params)])
@@ -437,34 +449,34 @@ class IRCProtocol(Protocol):
         if isinstance(event, Welcome):
             # Sent by admit(), right after the client entered its room: the
             # registration burst and the client's own JOIN.
-            return _encode(wire.welcome_lines(nick, event.lines, client.user) + self.join_lines())
+            return wire.frame(wire.welcome_lines(nick, event.lines, client.user) + self.join_lines())
         if isinstance(event, Notice):
-            return _encode(wire.notice_lines(nick, event.text))
+            return wire.frame(wire.notice_lines(nick, event.text))
         if isinstance(event, Disconnected):  # the engine's last word: the link closes
             closing = irc_line(None, "ERROR", f"Closing Link: disconnected: {event.reason}")
             if event.kicked_by:  # the kicked user's client shows the KICK as IRC clients do, then goes
                 by = self._mask_of(event.kicked_by)
                 kick = irc_line(by, "KICK", channel(client.room), client.nick, truncated(event.kick_reason, KICKLEN))
-                return _encode([kick, closing])
-            return _encode([closing])
+                return wire.frame([kick, closing])
+            return wire.frame([closing])
         if isinstance(event, Error):
             if not client.nick:  # before registration an error is a refusal: the link closes
-                return _encode([irc_line(None, "ERROR", f"Closing Link: {event.text}")])
-            return _encode(wire.notice_lines(nick, f"error: {event.text}"))
+                return wire.frame([irc_line(None, "ERROR", f"Closing Link: {event.text}")])
+            return wire.frame(wire.notice_lines(nick, f"error: {event.text}"))
         if isinstance(event, PrivateMessage):
             if event.echo:  # IRC clients show what they sent themselves
                 return b""
-            return _encode(text_lines(f":{self._mask_of(event.sender)} PRIVMSG {event.recipient}", event.text))
+            return wire.frame(text_lines(f":{self._mask_of(event.sender)} PRIVMSG {event.recipient}", event.text))
         if isinstance(event, Members):
-            return _encode(self.names_lines(event.room, event.nicks))
+            return wire.frame(self.names_lines(event.room, event.nicks))
         if isinstance(event, RoomList):
-            return _encode(wire.list_lines(nick, event.rooms))
+            return wire.frame(wire.list_lines(nick, event.rooms))
         if isinstance(event, Replay):
             lines: list[str] = []
             for line in map(event_line, event.events):
                 if line is not None:
                     lines.extend(wire.notice_lines(channel(event.room), f"[history] {line}"))
-            return _encode(lines)
+            return wire.frame(lines)
         return b""
 
     def _mask_of(self, nick: str) -> str:

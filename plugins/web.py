@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import struct
 import threading
 import time
 import weakref
@@ -44,15 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    RejectConnection,
-    TextMessage,
-)
+from wsproto.events import AcceptConnection, RejectConnection
 from wsproto.events import Request as WSRequest
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
@@ -79,6 +70,7 @@ from chatcore.events import (
 from chatcore.transports import Scheme
 from chatcore.transports.listener import format_address
 from chatcore.wire import Protocol, WireFormat
+from chatcore.wire.framing import PING_FRAME, WebSocketFraming, websocket_frame
 from chatcore.wire.native import PASSWORD_REQUIRED, handle_text, sanitize
 
 if TYPE_CHECKING:
@@ -289,29 +281,6 @@ def _read_static(name: str) -> bytes:
 
 # -- the wire format: events as JSON in WebSocket frames ----------------------
 
-_OP_TEXT = 0x1
-_OP_CLOSE = 0x8
-_OP_PING = 0x9
-
-
-def frame(payload: bytes, opcode: int = _OP_TEXT) -> bytes:
-    """One final, unmasked WebSocket frame (RFC 6455 5.2), as a server sends it."""
-    size = len(payload)
-    if size < 126:
-        header = struct.pack("!BB", 0x80 | opcode, size)
-    elif size < 1 << 16:
-        header = struct.pack("!BBH", 0x80 | opcode, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 127, size)
-    return header + payload
-
-
-def close_frame(code: int, reason: str = "") -> bytes:
-    return frame(struct.pack("!H", code) + reason.encode("utf-8")[:120], _OP_CLOSE)
-
-
-PING_FRAME = frame(b"chatcore", _OP_PING)
-
 
 def _identity(event: RoomEvent) -> dict[str, Any]:
     return {"room": event.room, "epoch": event.epoch, "offset": event.offset, "time": event.time}
@@ -371,7 +340,7 @@ def _valid_text(text: str) -> bool:
 
 
 def message_frame(obj: dict[str, Any]) -> bytes:
-    return frame(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    return websocket_frame(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
 class WebFormat(WireFormat):
@@ -408,25 +377,17 @@ class WebProtocol(Protocol):
         "_head_started",
         "_http",
         "_last_heard",
-        "_message",
-        "_message_size",
         "_pinged",
-        "_refused",
         "_state",
-        "ws",
+        "framing",
     )
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
         self._state = _state(client.server)
         self._http: h11.Connection | None = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        #: The WebSocket, once the upgrade is done.
-        self.ws: WSConnection | None = None
-        # The message arriving in pieces, their length in characters, and
-        # why it will be refused when its last piece comes (None: it won't).
-        self._message: list[str] = []
-        self._message_size = 0
-        self._refused: str | None = None
+        #: The WebSocket's framing, once the upgrade is done.
+        self.framing: WebSocketFraming | None = None
         self._last_heard = time.monotonic()
         self._pinged = False
         # When the first byte of the request head now arriving came (0.0:
@@ -441,7 +402,7 @@ class WebProtocol(Protocol):
         """What this browser is told alone: a JSON message with where it is
         now, or, before its WebSocket is open (plain HTTP), only a refusal
         (``server full`` ...) as an HTTP 503."""
-        if self.ws is None:
+        if self.framing is None:
             return _http_refusal(event.text) if isinstance(event, Error) else b""
         obj = event_object(event)
         if obj is None:
@@ -458,7 +419,7 @@ class WebProtocol(Protocol):
     def data_received(self, data: bytes) -> None:
         self._last_heard = now = time.monotonic()
         self._pinged = False
-        if self.ws is None:
+        if self.framing is None:
             if not self._head_started:
                 self._head_started = now
             self._http_received(data)
@@ -472,7 +433,7 @@ class WebProtocol(Protocol):
         if client.closed:
             return
         quiet = now - self._last_heard
-        if self.ws is None:
+        if self.framing is None:
             started = self._head_started
             # Timed as a whole, not per byte: a client sending one header
             # byte every few seconds would otherwise hold its connection
@@ -494,7 +455,7 @@ class WebProtocol(Protocol):
         http = self._http
         assert http is not None
         http.receive_data(data)
-        while not self.client.closed and self.ws is None:
+        while not self.client.closed and self.framing is None:
             try:
                 event = http.next_event()
             except h11.RemoteProtocolError as exc:
@@ -657,7 +618,7 @@ class WebProtocol(Protocol):
         if not accepted:
             self._reply(400, "bad WebSocket handshake", close=True)
             return
-        self.ws = ws
+        self.framing = WebSocketFraming(ws, self._state.max_message, MAX_FRAGMENTS)
         self._http = None
         # In once the WebSocket is open, unless the server wants its
         # password first: the page asks for it and sends /pass.
@@ -667,67 +628,27 @@ class WebProtocol(Protocol):
             self._ws_received(trailing)
 
     def _ws_received(self, data: bytes) -> None:
-        ws = self.ws
-        assert ws is not None
+        framing = self.framing
+        assert framing is not None
         client = self.client
-        ws.receive_data(data)
-        try:
-            for event in ws.events():
-                if client.closed:
-                    return
-                if isinstance(event, TextMessage):
-                    self._text(event.data, event.message_finished)
-                elif isinstance(event, BytesMessage):
-                    if event.message_finished:
-                        client.error("binary messages are not accepted: send JSON text")
-                elif isinstance(event, Ping):
-                    client.send_data(ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    if ws.state is ConnectionState.REMOTE_CLOSING:  # the browser closed: answer it
-                        client.send_data(ws.send(event.response()))
-                        client.disconnect("connection closed", tell=False)
-                    else:
-                        # Bad framing or invalid UTF-8 (wsproto reports it as
-                        # a close): the stream cannot be trusted any more, so
-                        # fail the connection (RFC 6455 7.1.7).
-                        log.info("web: protocol error from %r: %s", client, event.reason)
-                        client.send_data(close_frame(event.code, "protocol error"))
-                        client.disconnect("protocol error", tell=False)
-                    return
-                elif isinstance(event, RejectConnection):  # cannot happen on a server
-                    client.disconnect("protocol error", tell=False)
-                    return
-        except (RemoteProtocolError, LocalProtocolError) as exc:
-            log.info("web: protocol error from %r: %s", client, exc)
-            client.send_data(close_frame(1002, "protocol error"))
+        messages = framing.feed(data)
+        for text in messages:
+            if client.closed:
+                return
+            if text is not None:
+                self._handle(text)
+            elif framing.why_dropped.startswith("binary"):
+                client.error("binary messages are not accepted: send JSON text")
+            else:
+                client.error(f"{framing.why_dropped}; it was not sent")
+        if framing.reply:  # a pong, or the closing handshake
+            client.send_data(framing.reply)
+            framing.reply = b""
+        if framing.closed == "connection closed":  # the browser closed, and was answered
+            client.disconnect("connection closed", tell=False)
+        elif framing.closed is not None:  # broken framing: the stream cannot be trusted
+            log.info("web: %s from %r", framing.closed, client)
             client.disconnect("protocol error", tell=False)
-
-    def _text(self, part: str, finished: bool) -> None:
-        """A piece of a text message; only whole messages within the limits are used."""
-        limit = self._state.max_message
-        if self._refused is None:
-            self._message.append(part)
-            # Characters, counted as they arrive (a running count: summing
-            # the held pieces on each new one made thousands of empty
-            # fragments cost quadratic CPU): at most the limit is held.
-            self._message_size += len(part)
-            if self._message_size > limit:
-                self._refused = f"message too long (the limit is {limit} bytes); it was not sent"
-            elif len(self._message) > MAX_FRAGMENTS:  # empty pieces count too
-                self._refused = f"message in too many frames (the limit is {MAX_FRAGMENTS}); it was not sent"
-            if self._refused is not None:
-                self._message = []
-        if not finished:
-            return
-        refused, self._refused = self._refused, None
-        text, self._message, self._message_size = "".join(self._message), [], 0
-        if refused is not None:
-            self.client.error(refused)
-            return
-        if len(text.encode("utf-8")) > limit:
-            self.client.error(f"message too long (the limit is {limit} bytes); it was not sent")
-            return
-        self._handle(text)
 
     def _handle(self, text: str) -> None:
         client = self.client

@@ -25,6 +25,7 @@ from chatcore.engine.server import ChatServer
 from chatcore.events import Chat, Left, kick_text
 from chatcore.plugins.irc import IRCFormat, IRCProtocol, parse, text_lines
 from chatcore.testing import LineClient, ServerFactory, wait_for
+from chatcore.wire.framing import WebSocketFraming, websocket_frame
 
 
 @pytest.fixture
@@ -945,3 +946,18 @@ def test_a_users_prefix_is_the_same_in_its_join_messages_and_quit(chat_server_fa
     assert alice.expect(" NICK ") == ":watcher!wuser@chatcore NICK watcher2"
     watcher.send("QUIT :bye")
     assert alice.expect(" QUIT ") == ":watcher2!wuser@chatcore QUIT :Quit: bye"
+
+
+def test_the_irc_codec_runs_over_websocket_framing_too():
+    """Framing is a layer below the codec (chatcore.wire.framing): the IRC
+    codec over WebSocket text messages, one line a message and no CR LF, is
+    a composition of the two (what IRC over WebSocket, IRCv3's
+    text.ircv3.net, will be), with every line still made safe."""
+    over_tcp, over_websocket = IRCFormat(), IRCFormat(framing=WebSocketFraming)
+    chat = Chat("lobby", "alice", "hi\r\n:admin!admin@chatcore PRIVMSG #lobby :forged", user="al")
+    line = b":alice!al@chatcore PRIVMSG #lobby :hi  :admin!admin@chatcore PRIVMSG #lobby :forged"
+    assert over_tcp.encode(chat) == line + b"\r\n"
+    framed = over_websocket.encode(chat)
+    assert framed == websocket_frame(line)
+    assert framed[:2] == bytes([0x81, len(line)])  # one final text frame, the line alone inside
+    assert framed[2:] == line

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from chatcore.wire.native import LineFramer, decode, sanitize
+from chatcore.wire.framing import LineFraming
+from chatcore.wire.native import decode, sanitize
 
 
 def test_framer_joins_partial_lines_and_strips_cr():
-    framer = LineFramer(100)
+    framer = LineFraming(100)
     assert framer.feed(b"hel") == []
     assert framer.feed(b"lo\r\nwor") == [b"hello"]
     assert framer.feed(b"ld\n\n") == [b"world", b""]
@@ -16,7 +17,7 @@ def test_framer_joins_partial_lines_and_strips_cr():
 
 
 def test_framer_reports_an_overlong_line_once_and_recovers():
-    framer = LineFramer(10)
+    framer = LineFraming(10)
     assert framer.feed(b"0123456789") == []  # exactly the limit, unfinished
     assert framer.feed(b"X") == [None]  # one byte over: reported now
     assert framer.pending == 0
@@ -25,13 +26,13 @@ def test_framer_reports_an_overlong_line_once_and_recovers():
 
 
 def test_framer_complete_overlong_line_in_one_chunk():
-    framer = LineFramer(5)
+    framer = LineFraming(5)
     assert framer.feed(b"short\ntoo long\nfine\n") == [b"short", None, b"fine"]
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 4096])
 def test_framer_never_holds_more_than_the_limit(chunk):
-    framer = LineFramer(1000)
+    framer = LineFraming(1000)
     data = b"y" * 100_000
     results = []
     for i in range(0, len(data), chunk):
@@ -56,7 +57,7 @@ def test_decode_replaces_invalid_utf8():
 
 
 def test_framer_crlf_line_at_the_limit_split_before_the_cr():
-    framer = LineFramer(16)
+    framer = LineFraming(16)
     assert framer.feed(b"x" * 16) == []
     assert framer.feed(b"\r") == []  # may be the first half of \r\n: not counted yet
     assert framer.feed(b"\n") == [b"x" * 16]

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatcore.wire.native import LineFramer, sanitize
+from chatcore.wire.framing import LineFraming
+from chatcore.wire.native import sanitize
 
 BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 INVISIBLE = "\u200b\u2060\ufeff\u00ad\u180e\u2061\u2062\u2063\u2064\u3164\u115f\u1160\uffa0"
@@ -95,9 +96,9 @@ _LINE = st.binary(max_size=40).map(lambda data: data.replace(b"\n", b""))
 def test_any_split_of_the_same_bytes_gives_the_same_lines(lines, data):
     stream = b"".join(line + b"\n" for line in lines)
     max_line = 16
-    whole = LineFramer(max_line).feed(stream)
+    whole = LineFraming(max_line).feed(stream)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
-    framer = LineFramer(max_line)
+    framer = LineFraming(max_line)
     pieces: list[bytes | None] = []
     for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         pieces.extend(framer.feed(stream[start:end]))

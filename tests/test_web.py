@@ -815,7 +815,7 @@ def test_wss_serves_the_page_and_the_websocket(chat_server_factory, clients, tmp
 def test_frames_of_every_length_form_parse_as_one_message(size):
     from wsproto.frame_protocol import FrameProtocol, Opcode
 
-    from chatcore.plugins.web import frame
+    from chatcore.wire.framing import websocket_frame as frame
 
     parser = FrameProtocol(client=True, extensions=[])
     parser.receive_bytes(frame(b"a" * size))

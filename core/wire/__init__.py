@@ -13,6 +13,10 @@ A front-end (the native line protocol, IRC, WebSocket JSON) is two parts:
   ``server.broadcast_message()`` and so on; and it renders what is said to
   its client alone (:meth:`Protocol.render`), where it may use its own state.
 
+Below both, :mod:`chatcore.wire.framing` turns the byte stream into whole
+messages and back (lines, or WebSocket messages), so one codec runs over
+either.
+
 A plugin adds a front-end by returning a :class:`~chatcore.transports.Scheme`
 from ``chatcore_schemes``: the URL scheme, its wire format, its protocol and
 whether it runs over TLS. :mod:`chatcore.wire.native` is the model.

@@ -39,6 +39,7 @@ from chatcore.events import (
 )
 from chatcore.message import Message
 from chatcore.wire import Protocol, WireFormat
+from chatcore.wire.framing import LineFraming
 
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
@@ -150,58 +151,6 @@ def decode(line: bytes) -> str:
     return line.decode("utf-8", "replace")
 
 
-class LineFramer:
-    """Splits a byte stream into lines of at most ``max_line`` bytes.
-
-    Feed it what ``recv()`` returned; it returns the complete lines (without
-    ``\\n`` or a trailing ``\\r``) and keeps at most ``max_line`` bytes of an
-    unfinished line. A line longer than the limit is returned as ``None``
-    once, in its place, and the rest of it is discarded up to its newline.
-    """
-
-    __slots__ = ("_discarding", "_partial", "max_line")
-
-    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
-        #: The limit, fixed for the connection's life (a reload's new
-        #: ``--max-line`` applies to new connections).
-        self.max_line = max_line
-        self._partial = b""
-        self._discarding = False
-
-    @property
-    def pending(self) -> int:
-        """Bytes held while waiting for a newline (never above max_line)."""
-        return len(self._partial)
-
-    def feed(self, data: bytes) -> list[bytes | None]:
-        max_line = self.max_line
-        lines = data.split(b"\n")
-        tail = lines.pop()
-        out: list[bytes | None] = []
-        if lines:
-            if self._discarding:
-                del lines[0]  # the end of a line already reported as too long
-                self._discarding = False
-            elif self._partial:
-                lines[0] = self._partial + lines[0]
-            self._partial = b""
-            # A loop, not comprehensions: usually there is one line, and a
-            # comprehension is a call of its own before Python 3.12.
-            for line in lines:
-                whole = line[:-1] if line[-1:] == b"\r" else line
-                out.append(whole if len(whole) <= max_line else None)
-        if self._discarding:
-            return out
-        # A trailing "\r" may be the first half of "\r\n": not counted yet.
-        if len(self._partial) + len(tail) > max_line + tail.endswith(b"\r"):
-            out.append(None)
-            self._partial = b""
-            self._discarding = True
-        elif tail:
-            self._partial += tail
-        return out
-
-
 #: The mark of a replayed (history) line.
 REPLAY = "# "
 
@@ -285,7 +234,7 @@ class NativeProtocol(Protocol):
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
-        self._framer = LineFramer(client.server.max_line)
+        self._framer = LineFraming(client.server.max_line)
 
     def connection_made(self) -> None:
         # In at once, unless the server wants its password first (/pass).

@@ -1,12 +1,12 @@
-"""hello://, a toy front-end in one file: ``HELLO NICK [PASSWORD]`` enters,
-then every line is said to the room, shown as ``nick: text``."""
+"""hello://, a toy front-end: ``HELLO NICK [PASSWORD]`` enters, then each line goes to the room."""
 
 from chatcore import hookimpl
 from chatcore.events import Chat, Disconnected, Error, Event, Joined, Left, Notice
 from chatcore.message import Message
 from chatcore.transports import Scheme
 from chatcore.wire import Protocol, WireFormat
-from chatcore.wire.native import LineFramer, sanitize
+from chatcore.wire.framing import LineFraming
+from chatcore.wire.native import sanitize
 
 
 class HelloFormat(WireFormat):
@@ -29,7 +29,7 @@ class HelloProtocol(Protocol):
 
     def __init__(self, client):
         super().__init__(client)
-        self.framer = LineFramer(client.server.max_line)
+        self.framer = LineFraming(client.server.max_line)
 
     def connection_made(self) -> None:
         self.client.notice("say HELLO NICK [PASSWORD]")  # nobody enters before HELLO
