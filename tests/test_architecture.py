@@ -105,3 +105,30 @@ def test_the_package_face_only_re_exports() -> None:
         if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["__all__"]:
             continue
         pytest.fail(f"chatcore/__init__.py defines something at line {node.lineno}: {ast.unparse(node)[:60]}")
+
+
+def test_the_picture_of_the_tree_in_docs_architecture_matches_the_tree() -> None:
+    """docs/architecture.md lists every module of core/ and plugins/, and
+    nothing that is not there."""
+    root = CORE.parent
+    text = (root / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("<!-- tree -->", 1)[1].split("```", 2)[1]
+    pictured: set[str] = set()
+    folders: list[str] = []
+    for line in block.splitlines():
+        name = line.strip().split(" ", 1)[0]
+        if not name:
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        del folders[depth:]
+        if name.endswith("/"):
+            folders.append(name.rstrip("/"))
+        else:
+            pictured.add("/".join([*folders, name]))
+    actual = {
+        str(path.relative_to(root))
+        for top in ("core", "plugins")
+        for path in (root / top).rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    assert pictured == actual, f"missing from the picture: {actual - pictured}; not in the tree: {pictured - actual}"
