@@ -14,13 +14,15 @@ from pathlib import Path
 import pytest
 
 CORE = Path(__file__).resolve().parent.parent / "core"
+#: The redis plugin, a package of its own (chatcore.plugins.redis).
+REDIS_PLUGIN = CORE.parent / "plugins" / "redis"
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(CORE).with_suffix("").parts)
+def _module_name(path: Path, root: Path = CORE, package: str = "chatcore") -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
-    return ".".join(["chatcore", *parts])
+    return ".".join([package, *parts])
 
 
 def _imports(tree: ast.AST, modules: set[str]) -> set[str]:
@@ -39,8 +41,10 @@ def _imports(tree: ast.AST, modules: set[str]) -> set[str]:
     return found
 
 
-def _import_graph() -> dict[str, set[str]]:
-    paths = {_module_name(path): path for path in CORE.rglob("*.py")}
+def _import_graph(root: Path = CORE, package: str = "chatcore") -> dict[str, set[str]]:
+    """Who imports whom among the modules of the package ``package``, whose
+    source is ``root``."""
+    paths = {_module_name(path, root, package): path for path in root.rglob("*.py")}
     modules = set(paths)
     graph = {}
     for name, path in paths.items():
@@ -132,3 +136,21 @@ def test_the_picture_of_the_tree_in_docs_architecture_matches_the_tree() -> None
         if "__pycache__" not in path.parts
     }
     assert pictured == actual, f"missing from the picture: {actual - pictured}; not in the tree: {pictured - actual}"
+
+
+def test_the_redis_plugin_s_modules_import_no_circle() -> None:
+    """Each module of the plugin imports only those below it; the package
+    face (``__init__``) imports them, and none imports the face."""
+    graph = _import_graph(REDIS_PLUGIN, "chatcore.plugins.redis")
+    assert "chatcore.plugins.redis.codec" in graph["chatcore.plugins.redis.reader"]
+    cycle = _find_cycle(graph)
+    assert cycle is None, "import circle: " + " -> ".join(cycle or ())
+
+
+def test_the_redis_plugin_s_modules_share_no_private_names() -> None:
+    """A module that needs another's private name marks a seam in the wrong place."""
+    for path in REDIS_PLUGIN.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("chatcore.plugins.redis"):
+                private = [alias.name for alias in node.names if alias.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"

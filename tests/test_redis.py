@@ -20,7 +20,7 @@ import pytest
 from redis_support import Proxy, RedisServer, free_port
 
 from chatcore.events import Action, Chat, Joined, Left, NickChanged, OperatorChanged, RoomNotice
-from chatcore.plugins.redis import Arrivals, _Cursor, _Start, decode_event, encode_event, redacted
+from chatcore.plugins.redis import Arrivals, Cursor, Start, decode_event, encode_event, redacted
 from chatcore.testing import LineClient, ServerProcess, wait_for
 
 TIMEOUT = 10
@@ -183,11 +183,11 @@ def test_a_room_entered_is_read_from_its_first_join_s_place() -> None:
     assert arrivals.entered("lobby", 1)
     assert arrivals.plan(lambda: here) == ({}, [])  # on its way: wait
     assert not arrivals.entered("lobby", 2)  # a second member: the first's place counts
-    arrivals.placed("lobby", 2, _Cursor("9-0", "e", 5))  # not the one asked for: ignored
-    place = _Cursor("7-0", "e", 3)
+    arrivals.placed("lobby", 2, Cursor("9-0", "e", 5))  # not the one asked for: ignored
+    place = Cursor("7-0", "e", 3)
     arrivals.placed("lobby", 1, place)
     start, stop = arrivals.plan(lambda: here)
-    assert start == {"lobby": _Start(place)}
+    assert start == {"lobby": Start(place)}
     assert stop == []
     assert arrivals.begin("lobby", start["lobby"])
     assert not arrivals.entered("lobby", 3)  # read already: no place needed
@@ -198,11 +198,11 @@ def test_a_room_entered_is_read_from_its_first_join_s_place() -> None:
     assert arrivals.entered("dev", 4)
     arrivals.placed("dev", 4, None, "the cluster link dropped as the room was entered")
     start, _ = arrivals.plan(lambda: here)
-    assert start == {"dev": _Start(None, "the cluster link dropped as the room was entered")}
+    assert start == {"dev": Start(None, "the cluster link dropped as the room was entered")}
     # Whoever enters between the plan and the start makes the reader plan again.
     here["lobby"] = 1
     assert arrivals.entered("lobby", 5)
-    assert not arrivals.begin("lobby", _Start(None))
+    assert not arrivals.begin("lobby", Start(None))
     # Everyone left before the place was known: forgotten, and asked afresh.
     del here["lobby"]
     arrivals.plan(lambda: here)
@@ -211,7 +211,7 @@ def test_a_room_entered_is_read_from_its_first_join_s_place() -> None:
     assert arrivals.entered("lobby", 6)
     # Members with no Joined at all are read from the top after the grace.
     arrivals = Arrivals(grace=0)
-    assert arrivals.plan(lambda: {"quiet": 1}) == ({"quiet": _Start(None)}, [])
+    assert arrivals.plan(lambda: {"quiet": 1}) == ({"quiet": Start(None)}, [])
 
 
 def test_the_password_never_reaches_logs() -> None:

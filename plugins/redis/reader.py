@@ -1,0 +1,268 @@
+"""The redis plugin's reader: the other servers' room events, private
+messages and operators' actions, from the streams to the members here."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from chatcore.events import Left, PrivateMessage
+from chatcore.plugins.redis.arrivals import Cursor
+from chatcore.plugins.redis.codec import FORMAT_VERSION, decode_event, decode_moderation, decode_private, entry_place
+from chatcore.plugins.redis.connection import Backoff, close, connect
+from chatcore.plugins.redis.publisher import BATCH
+
+if TYPE_CHECKING:
+    import redis as redis_py
+
+    from chatcore.plugins.redis.backplane import Cluster
+
+log = logging.getLogger("chatcore.redis")
+
+#: How long one blocking XREAD waits, in milliseconds. It bounds how soon a
+#: room newly entered is read and how long stopping takes; arriving entries
+#: end the wait at once, so it does not add latency.
+BLOCK_MS = 250
+#: Seconds between checks that each cursor is still where the stream is.
+DEFAULT_CHECK_INTERVAL = 5.0
+
+
+class Reader(threading.Thread):
+    """Reads the streams of the rooms this server's clients are in and
+    publishes what the other servers said, in stream order."""
+
+    def __init__(self, cluster: Cluster, check_interval: float = DEFAULT_CHECK_INTERVAL) -> None:
+        super().__init__(name="chatcore-redis-reader", daemon=True)
+        self.cluster = cluster
+        self.check_interval = check_interval
+        self.cursors: dict[str, Cursor] = {}
+        #: Where the reader is in this node's inbox (new at every start).
+        self.inbox_id = "0-0"
+        #: Where the reader is in the moderation stream (None: not started),
+        #: and the last entry there at the start: those before it are only
+        #: replayed for their bans and unbans.
+        self.moderation_id: str | None = None
+        self.replayed_until = (0, 0)
+
+    def run(self) -> None:
+        import redis as redis_py
+
+        cluster = self.cluster
+        client: redis_py.Redis | None = None
+        backoff = Backoff()
+        next_check = 0.0
+        while not cluster.stopping.is_set():
+            try:
+                if client is None:
+                    client = connect(
+                        cluster.url, timeout=cluster.timeout + BLOCK_MS / 1000, name=f"chatcore-{cluster.node}-read"
+                    )
+                    client.ping()
+                    if self.moderation_id is None:
+                        self._start_moderation(client)
+                    self._check(client)
+                self._follow_rooms(client)
+                if time.monotonic() >= next_check:
+                    self._check(client)
+                    next_check = time.monotonic() + self.check_interval
+                self._read(client)
+                cluster.link_up()
+                backoff.reset()
+            except (redis_py.ConnectionError, redis_py.TimeoutError) as exc:
+                cluster.link_down(f"reading: {exc}")
+                close(client)
+                client = None
+                backoff.wait(cluster.stopping)
+            except Exception:
+                # Never a dead reader: log, make the link again, read on from
+                # the cursors (what was read is not read twice).
+                log.exception("reading the cluster's streams failed; reconnecting")
+                close(client)
+                client = None
+                backoff.wait(cluster.stopping)
+        close(client)
+
+    def _follow_rooms(self, client: redis_py.Redis) -> None:
+        """Start reading rooms that got local members, from this server's
+        Joined entry (:class:`Arrivals`); stop reading empty ones."""
+        cluster = self.cluster
+        assert cluster.server is not None
+        start, stop = cluster.arrivals.plan(cluster.server.registry.rooms)
+        for room in stop:
+            self.cursors.pop(room, None)
+        for room, where in start.items():
+            # The top is read before the room counts as read, so a failure
+            # here leaves it to the next plan.
+            cursor = where.cursor or self._top(client, room)
+            if cluster.arrivals.begin(room, where):
+                self.cursors[room] = cursor
+                if where.gap:
+                    cluster.gap(room, None, where.gap)
+
+    def _top(self, client: redis_py.Redis, room: str) -> Cursor:
+        """A cursor at the end of the room's stream (where this server's
+        Joined entry went is not known)."""
+        keys = self.cluster.keys
+        pipe = client.pipeline(transaction=True)  # one snapshot of both keys
+        pipe.hmget(keys.meta(room), ["epoch", "offset"])
+        pipe.xrevrange(keys.stream(room), count=1)
+        (epoch, offset), last = pipe.execute()
+        last_id = last[0][0] if last else "0-0"
+        return Cursor(last_id, epoch, int(offset or 0))
+
+    def _check(self, client: redis_py.Redis) -> None:
+        """Compare every cursor with its room in Redis: a changed epoch (Redis
+        restarted empty, flushed, failed over to a copy that lacks it) or an
+        offset behind ours means entries we would never read: say so and
+        start again from the room's new history."""
+        keys = self.cluster.keys
+        rooms = list(self.cursors)
+        if not rooms:
+            return
+        pipe = client.pipeline(transaction=False)
+        for room in rooms:
+            pipe.hmget(keys.meta(room), ["epoch", "offset"])
+        for room, (epoch, offset) in zip(rooms, pipe.execute(), strict=True):
+            cursor = self.cursors[room]
+            if cursor.epoch is None or (epoch == cursor.epoch and int(offset or 0) >= cursor.offset):
+                continue
+            why = "the cluster's Redis lost them" if epoch != cursor.epoch else "Redis went back in time"
+            self.cluster.gap(room, None, why)
+            self.cursors[room] = Cursor("0-0", None, 0)
+
+    def _read(self, client: redis_py.Redis) -> None:
+        keys = self.cluster.keys
+        inbox = keys.inbox(self.cluster.node)
+        streams: dict[Any, Any] = {keys.stream(room): cursor.last_id for room, cursor in self.cursors.items()}
+        streams[inbox] = self.inbox_id
+        moderation = keys.moderation()
+        streams[moderation] = self.moderation_id
+        replies = client.xread(streams, count=BATCH, block=BLOCK_MS)
+        for stream, entries in _stream_replies(replies):
+            if stream == inbox:
+                for entry_id, entry in entries:
+                    self.inbox_id = entry_id
+                    self._deliver_private(entry_id, entry)
+                continue
+            if stream == moderation:
+                for entry_id, entry in entries:
+                    self.moderation_id = entry_id
+                    self._moderate(entry_id, entry)
+                continue
+            room = stream[len(keys.prefix) + len("room:") : -len(":stream")]
+            cursor = self.cursors.get(room)
+            if cursor is None:
+                continue
+            for entry_id, entry in entries:
+                self._deliver(room, cursor, entry_id, entry)
+
+    def _start_moderation(self, client: redis_py.Redis) -> None:
+        """Read the moderation stream from its start: the bans and unbans
+        there are in force on the cluster, this server included."""
+        last = client.xrevrange(self.cluster.keys.moderation(), count=1)
+        self.replayed_until = _stream_id(str(last[0][0])) if last else (0, 0)
+        self.moderation_id = "0-0"
+
+    def _moderate(self, entry_id: str, entry: dict[str, str]) -> None:
+        """Apply an operator's action sent by another server as plugins/opers.py
+        applies its own. Entries from before this server started are
+        replayed but for kicks (bans and mutes are kept: they are in force)."""
+        from chatcore.plugins import opers
+
+        cluster = self.cluster
+        server = cluster.server
+        assert server is not None
+        if entry.get("node") == cluster.node:
+            return  # applied here already
+        try:
+            if entry.get("v") != FORMAT_VERSION:
+                raise ValueError(f"format version {entry.get('v')!r:.20}")
+            record = decode_moderation(entry["event"], server.max_line)
+        except (KeyError, ValueError) as exc:
+            cluster.invalid.drop(f"moderation entry {entry_id}", exc)
+            return
+        action, by, oper, until = record["action"], record["by"], record.get("oper"), record.get("until")
+        reason = record.get("reason") or "no reason given"
+        state: opers.State = server.config.data[opers.NAME]  # its methods are for cluster plugins too
+        if until is not None and until <= time.time():
+            return  # a ban or mute that is over
+        if action == "ban":
+            log.warning("operator %s (%s) on another server banned %s: %s", oper, by, record["network"], reason)
+            state.ban(record["network"], until, reason, by)
+            opers.enforce_ban(server, record["network"], by, reason)
+        elif action == "unban":
+            if state.unban(record["network"])[0]:
+                log.warning("operator %s (%s) on another server lifted the ban on %s", oper, by, record["network"])
+        elif action == "mute":
+            # The address is known where the user is; the others mute the nick.
+            here = server.registry.find(record["nick"])
+            host = record.get("host") or (here.address[0] if here is not None else "")
+            opers.apply_mute(server, record["nick"], host, record["until"], by=by, oper=oper)
+        elif action == "unmute":
+            opers.apply_unmute(server, record["target"], by=by, oper=oper)
+        elif _stream_id(entry_id) > self.replayed_until:  # a kick: of a user here now, never replayed
+            target = server.registry.find(record["nick"])
+            if target is None or target.closed:
+                log.info("kick of %s by %s from another server: not here (any more)", record["nick"], by)
+            else:
+                opers.kick_as(by, oper, target, reason)
+
+    def _deliver_private(self, entry_id: str, entry: dict[str, str]) -> None:
+        server = self.cluster.server
+        assert server is not None
+        try:
+            if entry.get("v") != FORMAT_VERSION:
+                raise ValueError(f"format version {entry.get('v')!r:.20}")
+            message = decode_private(entry["event"], server.max_line)
+        except (KeyError, ValueError) as exc:
+            self.cluster.invalid.drop(f"inbox entry {entry_id}", exc)
+            return
+        recipient = server.registry.find(message.recipient)
+        if recipient is None:
+            log.info("private message for %r, who left this server meanwhile, dropped", message.recipient)
+            return
+        recipient.send(PrivateMessage(message.sender, recipient.nick, message.text))
+
+    def _deliver(self, room: str, cursor: Cursor, entry_id: str, entry: dict[str, str]) -> None:
+        cluster = self.cluster
+        server = cluster.server
+        assert server is not None
+        cursor.last_id = entry_id
+        what = f"room {room} entry {entry_id}"
+        try:
+            epoch, offset = entry_place(entry)
+        except (KeyError, ValueError) as exc:
+            cluster.invalid.drop(what, exc)
+            return
+        # The place counts even if the event is dropped below: a dropped
+        # entry is not a gap to tell the members of.
+        if cursor.epoch is not None and epoch != cursor.epoch:
+            cluster.gap(room, None, "the cluster's Redis lost them")
+        elif offset > cursor.offset + 1:
+            cluster.gap(room, offset - cursor.offset - 1, "Redis trimmed them before this server read them")
+        cursor.epoch, cursor.offset = epoch, offset
+        if entry.get("node") == cluster.node:
+            return  # said here, and delivered here already
+        try:
+            event = decode_event(entry["event"], server.max_line)
+            if event.room != room:
+                raise ValueError(f"it is for room {event.room}")
+        except (KeyError, ValueError) as exc:
+            cluster.invalid.drop(what, exc)
+            return
+        if isinstance(event, Left) and cluster.presence.returned(event):
+            return  # a ghost leave: another server timed this one out, and the user is here
+        server.publish(event, relay=False)
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (``1700000000000-3``) as numbers, to compare two."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def _stream_replies(replies: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
+    """XREAD's (RESP2) answer as ``[(stream, [(id, fields), ...]), ...]``."""
+    return [(stream, entries) for stream, entries in replies or ()]

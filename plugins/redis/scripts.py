@@ -1,0 +1,101 @@
+"""The redis plugin's key names and the Lua scripts that change several
+keys at once (publishing an event, claiming and releasing a nickname)."""
+
+from __future__ import annotations
+
+
+class Keys:
+    """Key names, all under ``chatcore:CLUSTER:`` so clusters share a Redis."""
+
+    def __init__(self, cluster: str) -> None:
+        self.prefix = f"chatcore:{cluster}:"
+
+    def stream(self, room: str) -> str:
+        """The room's events: entries ``v``, ``node``, ``epoch``, ``offset``, ``event``."""
+        return f"{self.prefix}room:{room}:stream"
+
+    def nodes(self) -> str:
+        """The set of the cluster's servers (node ids)."""
+        return f"{self.prefix}nodes"
+
+    def alive(self, node: str) -> str:
+        """Exists while the node renews it (expires after --redis-node-timeout)."""
+        return f"{self.prefix}node:{node}"
+
+    def members(self, node: str) -> str:
+        """The node's clients: a hash nick -> room."""
+        return f"{self.prefix}node:{node}:members"
+
+    def inbox(self, node: str) -> str:
+        """Private messages for the node's clients: a stream."""
+        return f"{self.prefix}node:{node}:inbox"
+
+    def nick(self, nick: str) -> str:
+        """Who holds a nickname (ignoring case): the node id."""
+        return f"{self.prefix}nick:{nick.casefold()}"
+
+    def moderation(self) -> str:
+        """Operators' actions for every server (kick, mute, ban ...): a stream."""
+        return f"{self.prefix}moderation"
+
+    def reaping(self, node: str) -> str:
+        """Held by the one server that announces a gone node's leaves."""
+        return f"{self.prefix}reap:{node}"
+
+    def meta(self, room: str) -> str:
+        """The room's hash: ``epoch``, ``offset`` (the last one given) and,
+        per publishing node, ``node:ID`` = the node's last sequence number."""
+        return f"{self.prefix}room:{room}:meta"
+
+
+# Appends one event to a room's stream, atomically: the epoch (created when
+# Redis has none: a new room, or Redis lost it), the next offset, and the
+# entry. The offset and the entry are made together, so the stream's order
+# is the offsets' order and a reader can tell a hole from a late entry.
+#
+# A retried publish (the link dropped after Redis ran it, before the reply)
+# must not add the event twice: each node numbers its events 1, 2, 3 ... and
+# sends them in that order from one thread, so an event whose number is not
+# above the last one Redis recorded for the node in this room is a repeat.
+#
+# KEYS: meta, stream. ARGV: node, sequence, event JSON, maxlen, new epoch.
+# Returns {offset, entry id, epoch} (where the entry went: the reader starts
+# a room its clients entered there), or 0 for a repeat.
+PUBLISH_LUA = """
+local field = 'node:' .. ARGV[1]
+local last = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+if tonumber(ARGV[2]) <= last then
+    return 0
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+    epoch = ARGV[5]
+    redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+redis.call('HSET', KEYS[1], field, ARGV[2])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
+    'v', '1', 'node', ARGV[1], 'epoch', epoch, 'offset', offset, 'event', ARGV[3])
+return {offset, id, epoch}
+"""
+
+
+# Claims a nickname for a node, atomically: free, already the node's, or
+# held by a node that stopped renewing its presence (it is being reaped).
+# KEYS: nick, ARGV: node, the prefix of presence keys. Returns 1 or 0.
+CLAIM_LUA = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+# Gives a nickname up if the node holds it. KEYS: nick, ARGV: node.
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
