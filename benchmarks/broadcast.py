@@ -17,6 +17,9 @@ measure of what the machine can do, with ratios to it printed at the end).
 ``--compare-plugins`` runs chatcore again with other plugins, right after
 the first, for every scenario and round, and ends with the ratios: on a
 shared machine only figures measured back to back compare.
+``--baseline-python PATH`` does the same for two versions of chatcore: it
+runs the chatcore that PATH (another checkout's virtualenv's python) has
+installed first, as ``chatcore/A``, then this one, as ``chatcore/B``.
 
 Locust records about 300k events/s per process, so it cannot measure a
 server that delivers millions of lines per second. This driver can: raw
@@ -256,7 +259,14 @@ def build_c_reference(directory: str) -> str:
 
 
 def server_command(
-    name: str, scenario: Scenario, options: argparse.Namespace, max_clients: int, log_dir: str, *, plugins: str
+    name: str,
+    scenario: Scenario,
+    options: argparse.Namespace,
+    max_clients: int,
+    log_dir: str,
+    *,
+    plugins: str,
+    python: str = sys.executable,
 ) -> list[str]:
     if name == "c-epoll":
         return [build_c_reference(log_dir), "--port", "0"]
@@ -273,7 +283,7 @@ def server_command(
     else:
         listen = ["--port", "0"]
     return [
-        sys.executable,
+        python,
         "-m",
         "chatcore",
         "serve",
@@ -1112,6 +1122,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="chatcore plugins (default: welcome,logger and filters when installed: %(default)s)",
     )
     parser.add_argument(
+        "--baseline-python",
+        metavar="PATH",
+        help=(
+            "also run the chatcore installed for this Python (another version's virtualenv), right "
+            "before this one in each scenario and round: the rows are chatcore/A (the baseline) and "
+            "chatcore/B (this one), and the ratios B / A are printed at the end"
+        ),
+    )
+    parser.add_argument(
         "--compare-plugins",
         action="append",
         default=[],
@@ -1179,8 +1198,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--web needs --servers chatcore and flow scenarios only (not connect or idle)")
     # What runs, in order, per scenario and round: (label, server, plugins).
     options.variants = []
+    #: The Python that runs each chatcore variant (this one's unless named).
+    options.python_of = {}
+    if options.baseline_python and options.compare_plugins:
+        parser.error("--baseline-python and --compare-plugins compare against one chatcore/A each: use one")
     for name in options.servers:
-        if name == "chatcore" and options.compare_plugins:
+        if name == "chatcore" and options.baseline_python:
+            options.variants += [("chatcore/A", name, options.plugins), ("chatcore/B", name, options.plugins)]
+            options.python_of["chatcore/A"] = options.baseline_python
+        elif name == "chatcore" and options.compare_plugins:
             sets = [options.plugins, *options.compare_plugins]
             options.variants += [(f"chatcore/{chr(65 + i)}", name, plugins) for i, plugins in enumerate(sets)]
         else:
@@ -1256,7 +1282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for label, server_name, plugins in options.variants:
         if label != server_name:
-            print(f"  {label}: chatcore with plugins {plugins or '(none)'}", flush=True)
+            python = options.python_of.get(label, sys.executable)
+            print(f"  {label}: chatcore with plugins {plugins or '(none)'}, run by {python}", flush=True)
     runners = {"flow": run_flow, "connect": run_connect, "idle": run_idle}
     results: list[dict[str, Any]] = []
     failed = False
@@ -1276,7 +1303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         continue
                     ClientTLS.context = tls_context if server_name == "chatcore-tls" else None
                     try:
-                        command = server_command(server_name, scenario, options, max_clients, log_dir, plugins=plugins)
+                        python = options.python_of.get(label, sys.executable)
+                        command = server_command(
+                            server_name, scenario, options, max_clients, log_dir, plugins=plugins, python=python
+                        )
                         with ServerProcess(server_name, command, Path(log_dir) / f"{server_name}.out") as server:
                             result = runners[scenario.kind](server, scenario, options)
                     except (OSError, RuntimeError, TimeoutError, ConnectionError) as exc:

@@ -143,9 +143,9 @@ def test_room_events_are_numbered_per_room_and_a_plugin_can_supply_the_numbers(c
             super().__init__()
             self.offsets: Counter[str] = Counter()
 
-        def next_position(self, room: str) -> StreamPosition:
+        def next_position(self, room: str) -> tuple[str, int]:
             self.offsets[room] += 100
-            return StreamPosition("cluster-epoch", self.offsets[room])
+            return StreamPosition("cluster-epoch", self.offsets[room])  # a named one works too
 
     class Plugin:
         @hookimpl
