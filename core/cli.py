@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import pluggy
 
-from chatcore.engine import affinity
+from chatcore.engine import affinity, allocator
 from chatcore.errors import UsageError
 from chatcore.hooks import PluginError
 from chatcore.manager import PluginLoadError, describe_plugins
@@ -132,6 +132,7 @@ def serve(args: Sequence[str]) -> int:
         console.setFormatter(JSONFormatter())
     _raise_open_file_limit(options.max_clients)
     threading.stack_size(THREAD_STACK_SIZE)
+    allocator.keep_freed_memory()
     try:  # before the server starts its threads: they inherit it
         cpus = affinity.apply(options.cpu_affinity)
     except affinity.AffinityError as exc:
@@ -139,6 +140,8 @@ def serve(args: Sequence[str]) -> int:
 
     try:
         server = ChatServer(config)
+    except PluginError as exc:  # a plugin's backplane that failed, or is not one
+        return _error(str(exc), 1)
     except OSError as exc:
         hint = ""
         if exc.errno == errno.EADDRINUSE:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import chatcore
+from chatcore.engine import allocator
 from chatcore.testing import LineClient, ServerProcess
 
 ROOT = Path(__file__).parent.parent
@@ -83,6 +84,16 @@ def test_plugin_failing_at_start_exits_1_in_one_line():
     assert result.stderr == (
         "chatcore: error: plugin 'chatcore_testplugins.failing_start' failed in chatcore_server_start: "
         "RuntimeError: the database is on fire\n"
+    )
+
+
+def test_a_backplane_that_cannot_be_made_exits_1_in_one_line():
+    env = {"PYTHONPATH": str(TEST_PLUGINS)}
+    result = run("serve", "--port", "0", "--plugins", "chatcore_testplugins.failing_backplane", env=env)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "chatcore: error: plugin 'chatcore_testplugins.failing_backplane' failed in chatcore_backplane: "
+        "RuntimeError: the cluster is unreachable\n"
     )
 
 
@@ -242,6 +253,13 @@ def test_usage_error_at_start_exits_2_in_one_line():
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="Linux only: sched_setaffinity, read back from /proc (CI is Linux)"
 )
+
+
+@linux_only  # glibc
+def test_the_allocator_keeps_freed_memory_unless_the_operator_said_otherwise():
+    assert allocator.keep_freed_memory({}) is True  # glibc: Linux, as CI
+    assert allocator.keep_freed_memory({"MALLOC_TRIM_THRESHOLD_": "131072"}) is False
+    assert allocator.keep_freed_memory({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}) is False
 
 
 def _thread_cpus(pid: int) -> list[str]:
