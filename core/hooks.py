@@ -289,6 +289,9 @@ class Hooks:
     def room_event(self, server: ChatServer, event: RoomEvent) -> None:
         self._call_each("chatcore_room_event", {"server": server, "event": event})
 
+    def moderation(self, server: ChatServer, action: str, details: dict[str, Any]) -> None:
+        self._call_each("chatcore_moderation", {"server": server, "action": action, "details": details})
+
     # -- listeners and clusters -----------------------------------------------
 
     def schemes(self) -> list[Scheme]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chatcore.markers import hookspec
 
@@ -345,6 +345,29 @@ def chatcore_schemes() -> list[Scheme] | None:
     concurrently (see :mod:`chatcore.wire`).
 
     .. versionadded:: 0.2
+    """
+
+
+@hookspec
+def chatcore_moderation(server: ChatServer, action: str, details: dict[str, Any]) -> None:
+    """An operator on another server of the cluster did ``action``: apply it
+    here as if it were done here. The backplane calls this for what it
+    carried (``Backplane.moderate`` on the server where it was done).
+
+    :param server: this server.
+    :param action: ``"kick"`` (``nick``, ``reason``), ``"mute"`` (``nick``,
+        ``until``, and ``host`` where known), ``"unmute"`` (``target``: a
+        nick or an address), ``"ban"`` (``network``, or ``nick`` for the
+        server that user is on to ban their address everywhere; ``until``,
+        ``reason``), ``"unban"`` (``network``).
+    :param details: those fields, plus ``by`` and ``oper`` (the operator's
+        nick and operator name), checked by the backplane; ``network`` is an
+        ``ipaddress`` network; a kick is never given for one said before
+        this server started.
+
+    Called on the backplane's thread. Calls do not overlap.
+
+    .. versionadded:: 0.3
     """
 
 

@@ -935,14 +935,18 @@ class IRCProtocol(Protocol):
             self.reply("482", name, "You're not channel operator: log in with OPER name password")
             return
         reason = truncated(clean(params[2]), KICKLEN) if len(params) > 2 else ""
+        elsewhere = client.server.backplane.members().get(room, [])
         for nick in params[1].split(",")[:MAX_TARGETS]:
             target = registry.find(nick)
-            if target is None or target.closed:
-                self.reply("401", nick, "No such nick/channel")
-            elif target.room != room:
-                self.reply("441", target.nick, name, "They aren't on that channel")
+            if target is not None and not target.closed:
+                if target.room != room:
+                    self.reply("441", target.nick, name, "They aren't on that channel")
+                else:
+                    self._kick(target, reason)
+            elif any(nick.casefold() == other.casefold() for other in elsewhere):
+                self._kick_elsewhere(nick, reason)  # on another server of the cluster, in this channel
             else:
-                self._kick(target, reason)
+                self.reply("401", nick, "No such nick/channel")
 
     def kill(self, params: list[str]) -> None:
         """``KILL nick :reason``: the same as ``KICK`` from the target's channel
@@ -954,10 +958,11 @@ class IRCProtocol(Protocol):
             self.reply("481", "Permission Denied- You're not an IRC operator")
             return
         target = client.server.registry.find(params[0])
-        if target is None or target.closed:
-            self.reply("401", params[0], "No such nick/channel")
-            return
-        self._kick(target, truncated(clean(params[1]), KICKLEN) if len(params) > 1 else "")
+        reason = truncated(clean(params[1]), KICKLEN) if len(params) > 1 else ""
+        if target is not None and not target.closed:
+            self._kick(target, reason)
+        else:
+            self._kick_elsewhere(params[0], reason)  # a nick of another server of the cluster, if any
 
     def _kick(self, target: Client, reason: str) -> None:
         client = self.client
@@ -966,6 +971,15 @@ class IRCProtocol(Protocol):
             me = self.wire.mask(client.nick, client.user)
             self.send([irc_line(me, "KICK", channel(target.room), target.nick, reason)])
         opers.kick(client, target, reason)
+
+    def _kick_elsewhere(self, nick: str, reason: str) -> None:
+        """Kick ``nick`` on the server of the cluster it is on: that server
+        disconnects it, and its channel here sees the leave."""
+        sent = opers.kick_elsewhere(self.client, nick, reason)
+        if sent is None:
+            self.reply("401", nick, "No such nick/channel")
+        elif sent is not True:
+            self._notice(f"{nick} is on another server, and the kick could not be sent there: {sent}")
 
     # -- the connection --
 

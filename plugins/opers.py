@@ -429,6 +429,47 @@ def log_in(client: Client, name: str, password: str) -> bool:
     return False
 
 
+@hookimpl
+def chatcore_moderation(server: ChatServer, action: str, details: dict[str, Any]) -> None:
+    """An operator on another server did ``action``: apply it here as our
+    own is applied (the backplane carried it, ``chatcore_moderation``)."""
+    by, oper = details["by"], details.get("oper")
+    reason = details.get("reason") or "no reason given"
+    until = details.get("until")
+    if action == "ban" and "network" in details:
+        log.warning("operator %s (%s) on another server banned %s: %s", oper, by, details["network"], reason)
+        _state(server).ban(details["network"], until, reason, by)
+        enforce_ban(server, details["network"], by, reason)
+    elif action == "ban":  # of a nick: who is here, so its address is known here
+        target = server.registry.find(details["nick"])
+        if target is None or target.closed:
+            log.info("ban of %s by %s from another server: not here (any more)", details["nick"], by)
+            return
+        network = network_of(target)
+        log.warning("operator %s (%s) on another server banned %s (%s): %s", oper, by, network, target.nick, reason)
+        _state(server).ban(network, until, reason, by)
+        enforce_ban(server, network, by, reason)
+        # And everywhere, now that its address is known.
+        ban = {"by": by, "oper": oper, "network": str(network), "until": until, "reason": reason}
+        server.backplane.moderate("ban", ban)
+    elif action == "unban":
+        if _state(server).unban(details["network"])[0]:
+            log.warning("operator %s (%s) on another server lifted the ban on %s", oper, by, details["network"])
+    elif action == "mute":
+        # The address is known where the user is; the others mute the nick.
+        here = server.registry.find(details["nick"])
+        host = details.get("host") or (here.address[0] if here is not None else "")
+        apply_mute(server, details["nick"], host, details["until"], by=by, oper=oper)
+    elif action == "unmute":
+        apply_unmute(server, details["target"], by=by, oper=oper)
+    elif action == "kick":
+        target = server.registry.find(details["nick"])
+        if target is None or target.closed:
+            log.info("kick of %s by %s from another server: not here (any more)", details["nick"], by)
+        else:
+            kick_as(by, oper, target, reason)
+
+
 def has_operators(server: ChatServer) -> bool:
     """Whether anyone can become an operator here (``--opers-file`` lists some)."""
     return bool(_state(server).operators)
@@ -488,6 +529,13 @@ def _kick(client: Client, oper: str, args: str) -> None:
     client.notice(f"kicked {target.nick}")
 
 
+def kick_elsewhere(operator: Client, nick: str, reason: str) -> bool | str | None:
+    """``operator`` kicks ``nick``, who is on another server of the cluster
+    (IRC's ``KICK`` and ``KILL``; ``/kick`` finds them itself): True if the
+    kick went there, why not, or None if no server has that nick."""
+    return _to_cluster(operator, "kick", nick=nick, reason=reason.strip() or "no reason given")
+
+
 def kick(operator: Client, target: Client, reason: str) -> None:
     """``operator`` kicks ``target`` out of the server (``/kick``, IRC's
     ``KICK`` and ``KILL``): logged, and the room sees a leave with the
@@ -502,18 +550,26 @@ def kick_as(by: str, oper: str | None, target: Client, reason: str) -> None:
     target.disconnect(reason, kicked_by=by)
 
 
-def _network_of(client: Client, text: str) -> tuple[Network, str] | None:
+def _network_of(client: Client, text: str, ban: dict[str, Any]) -> tuple[Network, str] | None:
     """What ``/ban`` targets: a CIDR or address as given (IPv4-mapped as
     IPv4), or a nick's address (IPv6: its /64, as the connection limits
-    count it)."""
+    count it). A nick on another server of a cluster: ``ban`` (its
+    ``until`` and ``reason``) goes to that server, which bans the address
+    everywhere, and None."""
     try:
         return parse_network(text), text
     except ValueError:
         pass
-    target = _target(client, text)
+    target = _target(client, text, "ban", **ban)
     if target is None:
         return None
-    return parse_network(address_key(target.address[0])), target.nick
+    return network_of(target), target.nick
+
+
+def network_of(client: Client) -> Network:
+    """The network a ban of ``client`` by nick bans: its address, or its
+    IPv6 /64 (as the connection limits count)."""
+    return parse_network(address_key(client.address[0]))
 
 
 def _ban(client: Client, oper: str, args: str) -> None:
@@ -521,14 +577,14 @@ def _ban(client: Client, oper: str, args: str) -> None:
     if not words[0]:
         client.error("usage: /ban NICK|ADDRESS|CIDR [DURATION] [REASON]")
         return
-    found = _network_of(client, words[0])
-    if found is None:
-        return
-    network, shown = found
     duration = parse_duration(words[1]) if len(words) > 1 else None
     rest = words[2:] if duration is not None else words[1:]
     reason = " ".join(rest).strip() or "no reason given"
     until = None if duration is None else time.time() + duration
+    found = _network_of(client, words[0], {"until": until, "reason": reason})
+    if found is None:
+        return
+    network, shown = found
     unsaved = _state(client.server).ban(network, until, reason, client.nick)
     span = "forever" if duration is None else f"for {_for(duration)}"
     log.warning("operator %s (%s) banned %s (%s) %s: %s", oper, client.nick, network, shown, span, reason)

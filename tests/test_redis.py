@@ -1062,3 +1062,52 @@ def test_the_cluster_s_history_shows_no_stream_numbering(redis_server, chat_serv
     [kept] = server.backplane.history("lobby", 5)
     assert (kept.text, kept.epoch, kept.offset) == ("kept by the cluster", "", 0)
     assert kept.time > 0
+
+
+@pytest.mark.slow
+def test_irc_operators_kick_and_kill_and_a_ban_by_nick_reach_another_server(redis_server, cluster, connect, tmp_path):
+    """Moderation across a cluster in every front-end (issue 23, item 5):
+    IRC's KICK and KILL of a user on another server, and /ban NICK of one,
+    which bans that user's address on every server."""
+    opers_file = tmp_path / "opers"
+    opers_file.write_text("root hunter2\n")
+    one = cluster(redis_server.url, "127.0.0.1", "--plugins", "redis,irc", "--listen", "irc://127.0.0.1:0",
+                  "--opers-file", str(opers_file))  # fmt: skip
+    two = cluster(redis_server.url, "127.0.0.1")
+    carol = connect(two, "carol")
+    bob = connect(two, "bob", source="127.0.0.3")
+    eve = connect(two, "eve", source="127.0.0.4")
+    with server_log_on_failure(two):
+        irc_address = one.addresses["irc"]
+        op = LineClient(irc_address, timeout=TIMEOUT)
+        try:
+            op.send("NICK op")
+            op.send("USER op 0 * :Operator")
+            op.expect(re.compile(r"^:\S+ 366 op #lobby "))
+            op.send("OPER root hunter2")
+            op.expect(re.compile(r"^:\S+ 381 op "))
+            op.send("KICK #lobby bob :spamming")
+            assert bob.wait_closed()[-1] == "! disconnected: kicked by op: spamming"
+            carol.expect("* bob left (kicked by op: spamming)")
+            op.send("KILL eve :gone")
+            assert eve.wait_closed()[-1] == "! disconnected: kicked by op: gone"
+            op.send("KICK #lobby nobody-at-all")
+            op.expect(re.compile(r"^:\S+ 401 op nobody-at-all "))
+        finally:
+            op.close()
+        # /ban NICK of a user on another server: that server knows the address, and bans it everywhere.
+        native_op = connect(one, "nop")
+        native_op.send("/oper root hunter2")
+        native_op.expect("* you are now an operator (root)")
+        dave = connect(two, "dave", source="127.0.0.5")
+        linked(native_op, "nop", [dave])
+        native_op.send("/ban dave 1h flooding")
+        native_op.expect("* dave is on another server: ban sent there")
+        assert dave.wait_closed()[-1] == "! disconnected: banned by nop: flooding"
+        for server in (one, two):
+            refused = LineClient(server.address, timeout=TIMEOUT, source="127.0.0.5")
+            try:
+                refused.wait_closed()
+                assert refused.received == ["! you are banned from this server: flooding"]
+            finally:
+                refused.close()

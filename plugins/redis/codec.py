@@ -87,7 +87,7 @@ _MODERATION_FIELDS: dict[str, Any] = {
     "network": str, "until": float,
 }  # fmt: skip
 _MODERATION_NEEDS = {
-    "kick": {"nick"}, "mute": {"nick", "until"}, "unmute": {"target"}, "ban": {"network"}, "unban": {"network"},
+    "kick": {"nick"}, "mute": {"nick", "until"}, "unmute": {"target"}, "ban": set(), "unban": {"network"},
 }  # fmt: skip
 
 
@@ -107,6 +107,8 @@ def decode_moderation(text: str, max_line: int = DEFAULT_MAX_LINE) -> dict[str, 
     needs = _MODERATION_NEEDS.get(fields.get("action", ""))
     if needs is None or not needs | {"by"} <= set(fields):
         raise ValueError("not an action with what it needs")
+    if fields["action"] == "ban" and not {"network", "nick"} & set(fields):  # an address, or whose
+        raise ValueError("a ban of neither a network nor a nick")
     if "network" in fields:
         fields["network"] = parse_network(fields["network"])
     return fields

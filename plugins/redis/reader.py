@@ -166,11 +166,10 @@ class Reader(threading.Thread):
         self.moderation_id = "0-0"
 
     def _moderate(self, entry_id: str, entry: dict[str, str]) -> None:
-        """Apply an operator's action sent by another server as plugins/opers.py
-        applies its own. Entries from before this server started are
-        replayed but for kicks (bans and mutes are kept: they are in force)."""
-        from chatcore.plugins import opers
-
+        """An operator's action sent by another server, checked, for the
+        plugins to apply (``chatcore_moderation``: the opers plugin applies
+        it as its own). Entries from before this server started are replayed
+        but for kicks (bans and mutes are kept: they are in force)."""
         cluster = self.cluster
         server = cluster.server
         assert server is not None
@@ -183,31 +182,13 @@ class Reader(threading.Thread):
         except (KeyError, ValueError) as exc:
             cluster.invalid.drop(f"moderation entry {entry_id}", exc)
             return
-        action, by, oper, until = record["action"], record["by"], record.get("oper"), record.get("until")
-        reason = record.get("reason") or "no reason given"
-        state: opers.State = server.config.data[opers.NAME]  # its methods are for cluster plugins too
+        action = record.pop("action")
+        until = record.get("until")
         if until is not None and until <= time.time():
             return  # a ban or mute that is over
-        if action == "ban":
-            log.warning("operator %s (%s) on another server banned %s: %s", oper, by, record["network"], reason)
-            state.ban(record["network"], until, reason, by)
-            opers.enforce_ban(server, record["network"], by, reason)
-        elif action == "unban":
-            if state.unban(record["network"])[0]:
-                log.warning("operator %s (%s) on another server lifted the ban on %s", oper, by, record["network"])
-        elif action == "mute":
-            # The address is known where the user is; the others mute the nick.
-            here = server.registry.find(record["nick"])
-            host = record.get("host") or (here.address[0] if here is not None else "")
-            opers.apply_mute(server, record["nick"], host, record["until"], by=by, oper=oper)
-        elif action == "unmute":
-            opers.apply_unmute(server, record["target"], by=by, oper=oper)
-        elif _stream_id(entry_id) > self.replayed_until:  # a kick: of a user here now, never replayed
-            target = server.registry.find(record["nick"])
-            if target is None or target.closed:
-                log.info("kick of %s by %s from another server: not here (any more)", record["nick"], by)
-            else:
-                opers.kick_as(by, oper, target, reason)
+        if action == "kick" and _stream_id(entry_id) <= self.replayed_until:
+            return  # a kick is of a user here then, never replayed
+        server.hooks.moderation(server, action, record)
 
     def _deliver_private(self, entry_id: str, entry: dict[str, str]) -> None:
         server = self.cluster.server
