@@ -1,4 +1,4 @@
-"""Nicknames and room names: the one place their rules live.
+"""Nicknames, user names and room names: the one place their rules live.
 
 Every front-end checks names here (``/nick``, IRC ``NICK`` and ``JOIN``, the
 web page's login), so a name valid on one protocol is valid on all of them.
@@ -24,6 +24,26 @@ def nick_problem(nick: str) -> str | None:
         return f"invalid nickname {nick!r}: use {NAME_RULES}"
     if nick.casefold() in RESERVED_NICKS or _GUEST.fullmatch(nick):
         return f"nickname {nick!r} is reserved"
+    return None
+
+
+#: User names (IRC's ``USER``, shown in prefixes ``nick!user@host``): what
+#: a client gives is cut down to these characters (:func:`user_name`).
+USER_RULES = "up to 32 letters, digits, '_', '.' or '-'"
+_USER = re.compile(r"[A-Za-z0-9_.-]{0,32}")
+_NOT_USER = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def user_name(given: str) -> str:
+    """The user name a client's ``given`` one makes: only the characters a
+    prefix may hold, at most 32 (``""`` if none are left)."""
+    return _NOT_USER.sub("", given)[:32]
+
+
+def user_problem(user: str) -> str | None:
+    """Why ``user`` cannot be a user name (it would break a prefix), or None."""
+    if not _USER.fullmatch(user):
+        return f"invalid user name {user!r}: use {USER_RULES}"
     return None
 
 

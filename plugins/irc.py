@@ -48,7 +48,7 @@ from chatcore.events import (
     Welcome,
 )
 from chatcore.message import Message
-from chatcore.names import nick_problem, room_problem
+from chatcore.names import nick_problem, room_problem, user_name, user_problem
 from chatcore.plugins import opers
 from chatcore.plugins.opers import operator_name
 from chatcore.transports import Scheme
@@ -234,7 +234,14 @@ class IRCFormat(WireFormat):
     @staticmethod
     def mask(nick: str, user: str = "") -> str:
         """``nick!user@host``: the user name the person gave (IRC's USER),
-        else the nickname; the host is the cloak."""
+        else the nickname; the host is the cloak.
+
+        Defends against a ``user`` that would break the prefix (a space, a
+        ``:`` or ``!``: from another server's bug, or anyone who can write
+        to a cluster's Redis), which could forge a command: it is checked
+        here too, whatever its source, and the nickname stands in."""
+        if user and user_problem(user) is not None:
+            user = ""
         return f"{nick}!{user or nick}@{HOST}"
 
     def numeric(self, nick: str, code: str, *params: str) -> str:
@@ -558,7 +565,7 @@ class IRCProtocol(Protocol):
         if len(params) < 4 or not params[0] or not params[3]:
             self.reply("461", "USER", "Not enough parameters")
             return
-        self.state.username = re.sub(r"[^A-Za-z0-9_.-]", "", params[0])[:NICKLEN] or "user"
+        self.state.username = user_name(params[0]) or "user"
         self.client.user = self.state.username  # carried by the events it causes: its prefix everywhere
         self.state.realname = clean(params[3])[:100]
         self._try_register()

@@ -961,3 +961,12 @@ def test_the_irc_codec_runs_over_websocket_framing_too():
     assert framed == websocket_frame(line)
     assert framed[:2] == bytes([0x81, len(line)])  # one final text frame, the line alone inside
     assert framed[2:] == line
+
+
+@pytest.mark.parametrize("user", ["x PRIVMSG #board :forged by", "a:b", "a!b", "u" * 4000, "caf\u00e9"])
+def test_a_user_name_that_would_break_a_prefix_is_not_used(user):
+    """An event's user name reaches IRC prefixes: one that would break
+    the prefix (from another server's bug, or anyone who can write to a
+    cluster's Redis) gives way to the nickname (review of issue 22)."""
+    line = IRCFormat().encode(Chat("lobby", "alice", "hi", user=user))
+    assert line == b":alice!alice@chatcore PRIVMSG #lobby :hi\r\n"

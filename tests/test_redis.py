@@ -133,6 +133,7 @@ def lines_until(client: LineClient, last: str) -> list[str]:
 def test_events_travel_as_versioned_json() -> None:
     for event in [
         Chat("lobby", nick="alice", text="hi ünïcode"),
+        Chat("lobby", nick="alice", text="with a user name", user="al.ice"),
         Action("dev", nick="bob", text="waves"),
         Joined("lobby", nick="carol"),
         Left("lobby", nick="carol", reason="joined dev", disconnected=False),
@@ -165,6 +166,9 @@ def test_events_travel_as_versioned_json() -> None:
         (json.dumps({"type": "Chat", "room": "lobby", "nick": "amy", "text": "x" * 4097}), "longer than 4096"),
         ("[" * 100000 + "]" * 100000, "characters long"),
         ("[" * 4000 + "]" * 4000, "nested too deeply"),
+        # A user name goes in IRC prefixes: one that would break them is refused.
+        ('{"type": "Chat", "room": "lobby", "nick": "amy", "text": "hi", "user": "x PRIVMSG #b :y"}', "user"),
+        ('{"type": "Joined", "room": "lobby", "nick": "amy", "user": "a:b"}', "user is not a valid user name"),
     ]:
         with pytest.raises(ValueError, match=why):
             decode_event(bad)

@@ -14,7 +14,7 @@ from typing import Any
 from chatcore import events
 from chatcore.engine.limits import parse_network
 from chatcore.events import PrivateMessage, RoomEvent
-from chatcore.names import room_problem
+from chatcore.names import room_problem, user_problem
 from chatcore.wire.native import DEFAULT_MAX_LINE, sanitize
 
 #: The version of the stream entries' format (docs/scaling.md).
@@ -175,7 +175,10 @@ def checked(kinds: dict[str, Any], record: dict[str, Any], max_line: int) -> dic
             raise ValueError(f"{name} is not a {kind.__name__}")
         if kind is float and not math.isfinite(value):
             raise ValueError(f"{name} is not a finite number")
-        if kind is str and name in _NAME_FIELDS:
+        if kind is str and name == "user":  # a user name goes in IRC prefixes: its own rule
+            if user_problem(value) is not None:
+                raise ValueError("user is not a valid user name")
+        elif kind is str and name in _NAME_FIELDS:
             # Nicknames and room names follow one rule (chatcore.names);
             # kicked_by is empty for a leave that is not a kick.
             if (value or name != "kicked_by") and room_problem(value) is not None:
