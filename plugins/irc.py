@@ -755,13 +755,16 @@ class IRCProtocol(Protocol):
             away = irc_state(recipient)
             if away is not None and away.away is not None and not quiet:
                 self.reply("301", recipient.nick, away.away)
-        elif not server.backplane.shared:  # nobody here, and no cluster to ask
-            if not quiet:
-                self.reply("401", target, "No such nick/channel")
-            return
         # Every private message's one path: the filter chain, counted and
-        # timed, and across a cluster to a nick on another server.
-        server.send_private(client, target, text)
+        # timed, and across a cluster to a nick on another server. Why not
+        # is said IRC's way, and never to a NOTICE (RFC 2812 3.3.2).
+        refusal = server.send_private(client, target, text, tell=False)
+        if refusal is None or quiet:
+            return
+        if refusal.reason == "no_such_nick":
+            self.reply("401", target, "No such nick/channel")
+        else:
+            client.error(refusal.text)
 
     def notice(self, params: list[str]) -> None:
         self.privmsg(params, command="NOTICE")

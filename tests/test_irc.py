@@ -23,6 +23,7 @@ from chatcore.engine import gate
 from chatcore.engine.backplane import Backplane
 from chatcore.engine.server import ChatServer
 from chatcore.events import Chat, Left, kick_text
+from chatcore.message import Message
 from chatcore.plugins.irc import IRCFormat, IRCProtocol, parse, text_lines
 from chatcore.testing import LineClient, ServerFactory, wait_for
 from chatcore.wire.framing import WebSocketFraming, websocket_frame
@@ -970,3 +971,36 @@ def test_a_user_name_that_would_break_a_prefix_is_not_used(user):
     cluster's Redis) gives way to the nickname (review of issue 22)."""
     line = IRCFormat().encode(Chat("lobby", "alice", "hi", user=user))
     assert line == b":alice!alice@chatcore PRIVMSG #lobby :hi\r\n"
+
+
+def test_a_private_message_refused_is_said_irc_s_way_and_never_to_a_notice(chat_server_factory, connect):
+    """send_private's refusal comes back to IRC as 401 or an error notice,
+    and a NOTICE gets no answer at all (RFC 2812 3.3.2: no automatic
+    replies to a NOTICE, or two bots answer each other for ever)."""
+
+    class Elsewhere(Backplane):  # a cluster: nicks not here are asked about
+        @property
+        def shared(self) -> bool:
+            return True
+
+    class Cluster:
+        @hookimpl
+        def chatcore_backplane(self) -> Backplane:
+            return Elsewhere()
+
+        @hookimpl
+        def chatcore_message(self, message: Message) -> None:
+            if "darn" in message.text:
+                message.reject("no darn here")
+
+    server = chat_server_factory("--plugins", "irc", "--listen", "irc://127.0.0.1:0", plugins=[Cluster()])
+    alice, bob = register(connect, server, "alice"), register(connect, server, "bob")
+    alice.send("PRIVMSG ghost :are you there?")
+    alice.expect(":chatcore 401 alice ghost :No such nick/channel")
+    alice.send("NOTICE ghost :are you there?")
+    alice.send("PRIVMSG bob :darn it")
+    alice.expect(":chatcore NOTICE alice :error: no darn here")
+    alice.send("NOTICE bob :darn it")
+    assert not [line for line in alice.sync() if " 401 " in line or "error:" in line]
+    bob.send("PING :x")
+    assert not [line for line in bob.sync() if "darn" in line]

@@ -500,7 +500,7 @@ class ChatServer:
         messages.clear()
         events.clear()
 
-    def send_private(self, sender: Client, nick: str, text: str) -> bool:
+    def send_private(self, sender: Client, nick: str, text: str, *, tell: bool = True) -> Refusal | None:
         """Send ``text`` from ``sender`` to the person called ``nick`` alone,
         whichever room they are in and, in a cluster, whichever server: the
         one path of every private message (``/msg``, IRC ``PRIVMSG`` to a
@@ -510,49 +510,54 @@ class ChatServer:
         kind ``"private"`` whose ``recipient`` is the client here, or None
         for one elsewhere), timed from its arrival, and told to
         ``chatcore_message_delivered``. The sender gets its copy
-        (``echo=True``) once it is delivered, or an error saying why not.
-        On the sender's thread.
+        (``echo=True``) once it is delivered. On the sender's thread.
 
-        :return: True if it was delivered.
+        :param tell: tell the sender why not, as an error; False leaves that
+            to the caller (IRC answers with its numerics, and a NOTICE with
+            nothing at all).
+        :return: None once delivered, else a :class:`~chatcore.engine.gate.Refusal`:
+            ``"self"``, ``"no_such_nick"``, ``"rejected"`` (by a filter),
+            ``"empty"`` (after filtering) or ``"unreachable"`` (on a server
+            that cannot be reached now).
         """
+        refusal = self._send_private(sender, nick, text)
+        if refusal is not None and tell:
+            sender.error(refusal.text)
+        return refusal
+
+    def _send_private(self, sender: Client, nick: str, text: str) -> Refusal | None:
         recipient = self.registry.find(nick)
         if recipient is not None and recipient.closed:
             recipient = None
         if recipient is sender:
-            sender.error("you cannot send a private message to yourself")
-            return False
+            return Refusal("self", "you cannot send a private message to yourself")
         elsewhere = recipient is None
         if elsewhere and not self.backplane.shared:
-            sender.error(f"no such nick {nick!r}")
-            return False
+            return Refusal("no_such_nick", f"no such nick {nick!r}")
         # The room is where it was written, the recipient where it goes.
         message = Message(sender, sender.room, text, "private", recipient=recipient)
         counts = self.stats.mine()
         counts.messages += 1
         self.hooks.message(message)
         if message.rejected is not None:
-            sender.error(message.rejected)
-            return False
+            return Refusal("rejected", message.rejected)
         if not message.text:
-            sender.error(f"your message to {nick} was empty after filtering; it was not sent")
-            return False
+            return Refusal("empty", f"your message to {nick} was empty after filtering; it was not sent")
         if recipient is not None:
             nick = recipient.nick
             recipient.send(PrivateMessage(sender.nick, nick, message.text))
         else:
             result = self.backplane.send_private(sender, PrivateMessage(sender.nick, nick, message.text))
             if result is None:
-                sender.error(f"no such nick {nick!r}")
-                return False
+                return Refusal("no_such_nick", f"no such nick {nick!r}")
             if isinstance(result, str):
-                sender.error(result)
-                return False
+                return Refusal("unreachable", result)
         counts.deliveries += 1
         sender.send(PrivateMessage(sender.nick, nick, message.text, echo=True))
         if sender.arrived:
             counts.observe_latency(time.monotonic() - sender.arrived)
         self.hooks.message_delivered(message, 1)
-        return True
+        return None
 
     def change_room(self, client: Client, room: str, reason: str | None = None) -> None:
         """Move a client to ``room``, with the leave and join notices and
