@@ -112,6 +112,7 @@ def serve(args: Sequence[str]) -> int:
     """``chatcore serve``: run the server until SIGINT or SIGTERM."""
     from chatcore.config import parse_config
     from chatcore.engine.server import ChatServer
+    from chatcore.reload import reload_configuration
 
     console = _log_through_a_queue()
     try:
@@ -185,7 +186,7 @@ def serve(args: Sequence[str]) -> int:
             log.info("received %s, shutting down", signal.Signals(signums[-1]).name)
             break
         log.info("received SIGHUP, reloading")
-        server.reload()
+        reload_configuration(server)
     # A second Ctrl-C while shutting down interrupts at once.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

@@ -313,7 +313,7 @@ class Hooks:
                 result = call({"server": server})
             except Exception as exc:
                 raise PluginError(plugin, "chatcore_backplane", exc) from exc
-            if result is not None:
+            if result:  # None, False: not mine (docs/plugins.md, "When several plugins answer")
                 if not isinstance(result, Backplane):
                     raise PluginError(
                         plugin,

@@ -1,4 +1,5 @@
-"""Reloading a running server's configuration (SIGHUP, ``ChatServer.reload()``).
+"""Reloading a running server's configuration (SIGHUP: ``chatcore serve`` calls
+:func:`reload_configuration`).
 
 All or nothing: the new options are checked first (the file, the TLS
 certificate, every plugin's ``chatcore_reload``), and any problem is logged

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from chatcore import Client, hookimpl
 from chatcore.engine.backplane import Backplane
@@ -82,22 +83,37 @@ class DirectoryBackplane(Backplane):
                 return True
         return None
 
+    def moderate(self, action: str, details: dict[str, Any]) -> bool | str | None:
+        nick = details.get("nick")
+        others = [other for other in self.directory.servers if other is not self.server]
+        if nick is not None and "host" not in details and not any(o.registry.find(nick) for o in others):
+            return None  # nobody of that name elsewhere
+        for other in others:
+            other.hooks.moderation(other, action, dict(details))
+        return True
+
 
 class Node:
-    """The plugin one server loads: its backplane."""
+    """The plugin one server loads: its backplane, and a record of the
+    moderation it was handed."""
 
     def __init__(self, directory: Directory) -> None:
         self.directory = directory
+        self.handed: list[tuple[str, dict[str, Any]]] = []
 
     @hookimpl
     def chatcore_backplane(self) -> Backplane:
         return DirectoryBackplane(self.directory)
 
+    @hookimpl
+    def chatcore_moderation(self, action: str, details: dict[str, Any]) -> None:
+        self.handed.append((action, details))
 
-def two_servers(chat_server_factory, plugins: str = "") -> tuple[ChatServer, ChatServer, Directory]:
+
+def two_servers(chat_server_factory, plugins: str = "", *args: str) -> tuple[ChatServer, ChatServer, Directory]:
     directory = Directory()
-    one = chat_server_factory("--plugins", plugins, plugins=[Node(directory)])
-    two = chat_server_factory("--plugins", plugins, plugins=[Node(directory)])
+    one = chat_server_factory("--plugins", plugins, *args, plugins=[Node(directory)])
+    two = chat_server_factory("--plugins", plugins, *args, plugins=[Node(directory)])
     return one, two, directory
 
 
@@ -167,3 +183,26 @@ def test_history_replays_the_cluster_s_history(chat_server_factory) -> None:
             bob.close()
     finally:
         alice.close()
+
+
+def test_an_operator_s_kick_reaches_the_server_the_nick_is_on(chat_server_factory, tmp_path) -> None:
+    """Moderation travels through the backplane (Backplane.moderate) and is
+    applied by the plugins of the server it reaches (chatcore_moderation):
+    the opers plugin there kicks its own user."""
+    opers_file = tmp_path / "opers"
+    opers_file.write_text("root hunter2\n")
+    one, two, _ = two_servers(chat_server_factory, "", "--opers-file", str(opers_file))
+    op, bob = named(one, "op"), named(two, "bob")
+    try:
+        op.send("/oper root hunter2")
+        op.expect("* you are now an operator (root)")
+        op.send("/kick bob spamming")
+        op.expect("* bob is on another server: kick sent there")
+        assert bob.wait_closed()[-1] == "! disconnected: kicked by op: spamming"
+        [node] = [p for p in two.config.pluginmanager.get_plugins() if isinstance(p, Node)]
+        assert node.handed == [("kick", {"by": "op", "oper": "root", "nick": "bob", "reason": "spamming"})]
+        op.send("/kick nobody-at-all")
+        op.expect("! no such nick 'nobody-at-all'")
+    finally:
+        op.close()
+        bob.close()

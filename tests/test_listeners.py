@@ -210,7 +210,7 @@ def test_a_room_emptied_leaves_no_numbering_behind_and_a_new_one_has_a_new_epoch
 
 
 def test_the_local_numbering_changes_epoch_at_every_start(chat_server_factory):
-    epochs = {chat_server_factory().sequencer.epoch for _ in range(3)}
+    epochs = {chat_server_factory().backplane.epoch for _ in range(3)}
     assert len(epochs) == 3
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from chatcore import hookimpl
+from chatcore.reload import reload_configuration
 from chatcore.testing import LineClient, ServerProcess, wait_for
 
 pytestmark = pytest.mark.slow
@@ -211,7 +212,7 @@ def test_reload_hook_checks_then_applies(tmp_path, chat_server_factory, chat_cli
     server = chat_server_factory("--config", str(config), plugins=[BrokenApply(), checks])
 
     write(config, 'welcome-text = "two {nick}"\n')
-    assert server.reload()
+    assert reload_configuration(server)
     # The broken apply is logged with its plugin's name; the others applied.
     assert checks.applied == ["two {nick}"]
     assert "plugin 'BrokenApply' failed in chatcore_reload" in caplog.text
@@ -219,7 +220,7 @@ def test_reload_hook_checks_then_applies(tmp_path, chat_server_factory, chat_cli
 
     # A check that raises abandons the reload, logged with the plugin's name.
     write(config, 'welcome-text = "crash"\n')
-    assert not server.reload()
+    assert not reload_configuration(server)
     assert "plugin 'Checks' failed in chatcore_reload: RuntimeError: the check itself is broken" in caplog.text
     assert checks.applied == ["two {nick}"]
     assert server.config.options.welcome_text == "two {nick}"
@@ -231,7 +232,7 @@ def test_engine_limits_apply_at_once(tmp_path, chat_server_factory, chat_client)
     server = chat_server_factory("--config", str(config))
     chat_client(server)
     write(config, "max-clients = 1\nmax-line = 100\n")
-    assert server.reload()
+    assert reload_configuration(server)
     refused = LineClient(server.address)
     assert refused.expect("! server full, try again later")
     refused.close()
@@ -246,7 +247,7 @@ def test_a_connection_keeps_its_line_limit_and_names_it_after_a_reload(tmp_path,
     server = chat_server_factory("--config", str(config))
     before = chat_client(server)
     write(config, "max-line = 300\n")
-    assert server.reload()
+    assert reload_configuration(server)
     after = chat_client(server)
     before.send("x" * 200)
     before.expect("! line too long (the limit is 100 bytes); it was not sent")

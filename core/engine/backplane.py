@@ -3,8 +3,10 @@
 Everything the engine needs to know or say beyond its own connections goes
 through one object, the server's :attr:`~chatcore.engine.server.ChatServer.backplane`:
 
-- **numbering**: every room event's identity, a :class:`StreamPosition`
-  (``epoch``, ``offset``) in its room's stream (:meth:`Backplane.next_position`);
+- **numbering**: every room event's identity, its position (``epoch``,
+  ``offset``: a :class:`StreamPosition`'s fields) in its room's stream
+  (:meth:`Backplane.next_position`, and :meth:`Backplane.epoch_of` the
+  room's current epoch);
 - **publishing**: the events said here, to be carried to the other servers
   (:meth:`Backplane.published`);
 - **history**: a room's recent events as the whole cluster said them
@@ -109,7 +111,9 @@ class Backplane:
 
     def epoch_of(self, room: str) -> str | None:
         """The epoch ``room``'s events are numbered in now, or None for a
-        room not numbered (nobody has said anything in it since it was made)."""
+        room not numbered (nobody has said anything in it since it was made).
+        A web page's resume compares it with the epoch it saw: a backplane
+        that numbers rooms itself (:meth:`next_position`) answers this too."""
         numbering = self._counters.get(room)
         return None if numbering is None else numbering[0]
 

@@ -12,8 +12,9 @@ Shape::
                     connection, and the deadline sweeper (chatcore.engine.serving)
         .listeners  one accept loop per --listen URL (chatcore.transports.listener)
 
-For the caller: ``start()``, then ``stop()``; ``reload()`` on SIGHUP
-(:mod:`chatcore.reload`). For protocols and plugins, the actions:
+For the caller: ``start()``, then ``stop()``; on SIGHUP,
+:func:`chatcore.reload.reload_configuration` (the configuration layer above
+the engine) reads the configuration again and applies it here. For protocols and plugins, the actions:
 :meth:`~ChatServer.admit`, :meth:`~ChatServer.run_command`,
 :meth:`~ChatServer.broadcast_message`, :meth:`~ChatServer.change_room`,
 :meth:`~ChatServer.change_nick` and :meth:`~ChatServer.publish`; and the
@@ -168,11 +169,6 @@ class ChatServer:
         self._accepting = True
 
     @property
-    def sequencer(self) -> Backplane:
-        """The backplane, by its old name (its ``epoch`` is the server's)."""
-        return self.backplane
-
-    @property
     def accepting(self) -> bool:
         """True from the end of :meth:`start` until :meth:`stop` begins:
         while new connections are accepted (what ``/healthz`` reports)."""
@@ -200,18 +196,9 @@ class ChatServer:
             listener.server_close()
         self.writer.stop()
 
-    def reload(self) -> bool:
-        """Reload the configuration (SIGHUP): read the file again and apply
-        what can change while running (:mod:`chatcore.reload`).
-
-        :return: True if the new configuration is in use.
-        """
-        from chatcore.reload import reload_configuration  # the configuration layer, above the engine
-
-        return reload_configuration(self)
-
     def apply_options(self, options: argparse.Namespace, password: str | None) -> None:
-        """Use reloaded options: the gate's at once, for every connection;
+        """Use reloaded options (:func:`chatcore.reload.reload_configuration`,
+        the configuration layer's, calls this): the gate's at once, for every connection;
         ``--max-line``, ``--max-queue`` and ``--max-sendq`` for new connections."""
         self.max_queue = options.max_queue
         self.max_sendq = options.max_sendq
