@@ -1222,9 +1222,9 @@ def ratios(results: list[dict[str, Any]], variants: list[tuple[str, str, str]]) 
     for scenario in dict.fromkeys(row["scenario"] for row in results):
         rows = [row for row in results if row["scenario"] == scenario and "error" not in row]
         for label in labels[1:]:
-            for key in ("deliveries_per_s", "p50_ms", "p99_ms"):
+            for key in ("deliveries_per_s", "p50_ms", "p99_ms", "all_welcomed_s"):
                 pairs = [
-                    (b[key], a[key])
+                    (b.get(key), a.get(key))  # a connect storm has no deliveries, a flow no welcome time
                     for a in rows
                     if a["server"] == labels[0]
                     for b in rows

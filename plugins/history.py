@@ -181,7 +181,17 @@ class History:
         self.max_bytes = max_bytes
         self.bytes = 0  # counted by _size(), over every room in memory
         self._rooms: dict[str, collections.deque[Chat | Action]] = {}
+        # Per room, the newest (epoch, offset) it no longer keeps: what says
+        # whether a resume from an offset can be complete.
+        self._dropped: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
+
+    def _dropped_one(self, event: Chat | Action) -> None:
+        """``event`` leaves memory (the caller holds the lock)."""
+        if event.offset:
+            newest = self._dropped.get(event.room)
+            if newest is None or newest[0] != event.epoch or newest[1] < event.offset:
+                self._dropped[event.room] = (event.epoch, event.offset)
 
     def remember(self, event: Chat | Action) -> None:
         """Keep an event in memory only."""
@@ -192,6 +202,7 @@ class History:
             self._rooms[event.room] = events
             if len(events) == events.maxlen:
                 self.bytes -= _size(events[0])  # pushed out by the append
+                self._dropped_one(events[0])
             events.append(event)
             self.bytes += _size(event)
             self._trim()
@@ -202,7 +213,9 @@ class History:
         while self.bytes > self.max_bytes and self._rooms:
             room, events = next(iter(self._rooms.items()))
             if events:
-                self.bytes -= _size(events.popleft())
+                gone = events.popleft()
+                self.bytes -= _size(gone)
+                self._dropped_one(gone)
             if not events:
                 del self._rooms[room]
 
@@ -211,6 +224,7 @@ class History:
         database, if any, keeps its copy)."""
         with self._lock:
             events = self._rooms.pop(room, None)
+            self._dropped.pop(room, None)  # a room made again is numbered anew
             if events:
                 self.bytes -= sum(_size(event) for event in events)
 
@@ -227,6 +241,9 @@ class History:
         with self._lock:
             self.lines = lines
             self.max_bytes = self.max_bytes if max_bytes is None else max_bytes
+            for events in self._rooms.values():
+                for gone in list(events)[: max(0, len(events) - lines)]:
+                    self._dropped_one(gone)
             self._rooms = {room: collections.deque(events, maxlen=lines) for room, events in self._rooms.items()}
             self.bytes = sum(_size(event) for events in self._rooms.values() for event in events)
             self._trim()
@@ -251,6 +268,18 @@ class History:
                 self.bytes += sum(_size(event) for event in events)
                 self._trim()
             return list(events)
+
+    def since(self, room: str, epoch: str, offset: int, overlap: int = 0) -> tuple[list[RoomEvent], bool]:
+        """The room's kept events of ``epoch`` after ``offset`` (and the
+        ``overlap`` before it, as lines of two people can arrive in either
+        order), and whether they are all there were: False if one after
+        ``offset`` left memory (a room's or the total budget)."""
+        kept = self.replay(room)
+        with self._lock:
+            dropped = self._dropped.get(room)
+        newer = [event for event in kept if event.epoch == epoch and event.offset > offset - overlap]
+        complete = dropped is None or dropped[0] != epoch or dropped[1] <= offset
+        return newer, complete
 
     def start(self) -> None:
         if self.store is not None:

@@ -717,18 +717,15 @@ class WebProtocol(Protocol):
         if history is None:
             answer.update(events=[], complete=False, reason="this server keeps no history")
         else:
-            kept: list[RoomEvent] = history.replay(room)
-            # The room's numbering now: a new epoch means a restart, or the
-            # room was emptied and made again (the backplane's epochs).
-            current = client.server.backplane.epoch_of(room)
-            same_epoch = epoch == current if current is not None else any(e.epoch == epoch for e in kept)
-            # Complete if the numbering is the same and the kept history
-            # reaches back to the offset (or nothing was ever dropped).
-            reaches = len(kept) < history.lines or any(e.epoch == epoch and e.offset <= offset for e in kept)
             # A few before the offset too: lines of two people can arrive in
             # either order, so the browser may have missed one just below
-            # the highest it saw. It drops what it already has.
-            newer = [event for event in kept if event.epoch == epoch and event.offset > offset - RESUME_OVERLAP]
+            # the highest it saw. It drops what it already has. Complete if
+            # nothing after the offset left the history's memory ...
+            newer, reaches = history.since(room, epoch, offset, RESUME_OVERLAP)
+            # ... and the numbering is the same: a new epoch means a restart,
+            # or the room was emptied and made again (the backplane's epochs).
+            current = client.server.backplane.epoch_of(room)
+            same_epoch = epoch == current if current is not None else bool(newer)
             answer.update(events=_objects(newer), complete=same_epoch and reaches)
             if not answer["complete"]:
                 answer["reason"] = (

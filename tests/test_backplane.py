@@ -12,7 +12,7 @@ from chatcore import Client, hookimpl
 from chatcore.engine.backplane import Backplane
 from chatcore.engine.server import ChatServer
 from chatcore.events import Action, Chat, PrivateMessage, RoomEvent
-from chatcore.testing import LineClient
+from chatcore.testing import LineClient, wait_for
 
 
 class Directory:
@@ -206,3 +206,47 @@ def test_an_operator_s_kick_reaches_the_server_the_nick_is_on(chat_server_factor
     finally:
         op.close()
         bob.close()
+
+
+def test_a_failing_backplane_costs_no_connection_slot_and_no_delivery(chat_server_factory, caplog) -> None:
+    """A backplane's bug is logged and the server goes on: the sender's line
+    is delivered here, and a client that leaves gives its slot back (the
+    review of issue 22 found a leave whose backplane call raised kept its
+    slot under --max-clients for good)."""
+
+    class Broken(Backplane):
+        def published(self, events: Sequence[RoomEvent]) -> None:
+            raise RuntimeError("the cluster is on fire")
+
+        def release_nick(self, client: Client, nick: str) -> None:
+            raise RuntimeError("the cluster is on fire")
+
+    class Plugin:
+        @hookimpl
+        def chatcore_backplane(self) -> Backplane:
+            return Broken()
+
+    server = chat_server_factory("--max-clients", "2", plugins=[Plugin()])
+    alice, bob = named(server, "alice"), LineClient(server.address)
+    try:
+        bob.sync()
+        alice.send("still delivered")
+        bob.expect("<alice> still delivered")
+        alice.close()
+        wait_for(lambda: len(server.connections) == 1, message="alice's slot given back")
+        carol = LineClient(server.address)
+        try:
+            carol.sync()  # not refused: the server is not full
+            assert not [line for line in carol.received if "full" in line]
+        finally:
+            carol.close()
+    finally:
+        bob.close()
+    assert server.backplane_failures >= 2
+    assert "backplane 'local' failed in" in caplog.text
+
+
+def test_an_event_from_elsewhere_for_a_room_nobody_here_is_in_leaves_nothing(chat_server_factory) -> None:
+    server = chat_server_factory()
+    assert server.publish(Chat("nowhere", "remote", "hello?"), relay=False) == 0
+    assert server.backplane.epoch_of("nowhere") is None  # no numbering made for it

@@ -16,6 +16,7 @@ import pytest
 from chatcore import UsageError
 from chatcore.config import parse_config
 from chatcore.engine.server import ChatServer
+from chatcore.events import Chat
 from chatcore.plugins import history
 from chatcore.testing import ClientFactory, LineClient, wait_for
 
@@ -367,3 +368,24 @@ def test_history_is_bounded_in_total_in_memory_and_in_the_database(chat_server_f
     assert 9000 <= total <= 10000
     assert "one" not in rooms  # the least recently active went first
     assert "three" in rooms
+
+
+def test_since_says_incomplete_once_a_line_after_the_offset_left_memory():
+    """A resume is complete only if nothing after its offset was dropped,
+    by a room's limit or by the total budget (the review of issue 22: with
+    the byte budget, a room trimmed to one line answered complete)."""
+    kept_history = history.History(20, None, max_bytes=1000)
+    for offset in range(1, 21):
+        kept_history.add(Chat("board", "amy", f"board line {offset:02} " + "x" * 30, offset, "e1", 1.0))
+    for offset in range(1, 21):  # the newer room's lines push the older room's out of the budget
+        kept_history.add(Chat("lobby", "bob", f"lobby line {offset:02} " + "x" * 30, offset, "e2", 1.0))
+    newer, complete = kept_history.since("board", "e1", 2)
+    assert complete is False
+    assert newer, "what is left is still given"
+    assert all(event.offset > 2 for event in newer)
+    kept = [event.offset for event in kept_history.replay("board")]
+    assert kept_history.since("board", "e1", kept[0] - 1) == (kept_history.replay("board"), True)
+    _, complete = kept_history.since("lobby", "e2", 0)
+    assert complete is True  # nothing of lobby's left memory
+    kept_history.forget("board")
+    assert kept_history.since("board", "e1", 0) == ([], True)  # an emptied room is numbered anew

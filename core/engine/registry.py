@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from chatcore.engine.connection import Client
 from chatcore.engine.feed import RoomFeed
@@ -122,6 +122,16 @@ class Registry:
     def members(self, room: str) -> tuple[Client, ...]:
         """The clients in ``room``: a snapshot, safe to iterate."""
         return self._rooms.get(room, ())
+
+    def if_empty(self, room: str, action: Callable[[str], object]) -> bool:
+        """Call ``action(room)`` if nobody is in ``room``, under the lock (so
+        that nobody enters it meanwhile); True if it was called. ``action``
+        must be quick and must not call the registry."""
+        with self._lock:
+            if room in self._rooms:
+                return False
+            action(room)
+            return True
 
     def rooms(self) -> dict[str, int]:
         """Every room that has members, with its member count."""

@@ -110,8 +110,12 @@ class ChatServer:
         self.max_queue: int = options.max_queue
         self.max_sendq: int = options.max_sendq
         #: Events a wire format failed to render (each logged; the rest of
-        #: the room's delivery goes on).
+        #: the room's delivery goes on), and calls of the backplane that failed.
         self.render_failures = 0
+        self.backplane_failures = 0
+        # Whether the backplane carries events anywhere: the local one does
+        # not, and publish() then skips the call (it runs for every message).
+        self._backplane_publishes = type(self.backplane).published is not Backplane.published
         self.gate = Gate(options, config.password)
         self.serving = Connections(self)
         self.schemes: dict[str, Scheme] = config.schemes
@@ -248,15 +252,26 @@ class ChatServer:
                 self.stats.delivered(self._publish(left))
             log.info("client left: %s from %s (%s)", client.nick, format_address(*client.address), reason)
             self.hooks.client_left(client, room, reason)
-            self.backplane.release_nick(client, client.nick)
+            self._release_nick(client, client.nick)
             self._maybe_emptied(room)
+
+    def _release_nick(self, client: Client, nick: str) -> None:
+        """The backplane's release of a nickname, whose failure is its own
+        (a claim left behind in the cluster), not the leaving client's."""
+        try:
+            self.backplane.release_nick(client, nick)
+        except Exception:
+            self._backplane_failed("release_nick")
 
     def _maybe_emptied(self, room: str) -> None:
         """After a leave: if nobody here is left in ``room``, the backplane
         lets go of what it keeps for it (per-room state must not outlive
-        the room: 100,000 rooms visited once leave nothing behind)."""
-        if not self.registry.members(room):
-            self.backplane.room_emptied(room)
+        the room: 100,000 rooms visited once leave nothing behind). Under
+        the registry's lock, so that nobody enters the room in between."""
+        try:
+            self.registry.if_empty(room, self.backplane.room_emptied)
+        except Exception:
+            self._backplane_failed("room_emptied")
 
     # -- the gate, for protocols and plugins ------------------------------------
 
@@ -366,7 +381,7 @@ class ChatServer:
             return False
         if not self.registry.add(client, room, nick):
             if nick is not None:
-                self.backplane.release_nick(client, nick)
+                self._release_nick(client, nick)
             return False
         client.admitted = True
         if nick is None:
@@ -570,9 +585,9 @@ class ChatServer:
         if self.backplane.claim_nick(client, nick) is not None:
             return False
         if not self.registry.rename(client, nick):
-            self.backplane.release_nick(client, nick)
+            self._release_nick(client, nick)
             return False
-        self.backplane.release_nick(client, old)
+        self._release_nick(client, old)
         changed = NickChanged(client.room, nick=old, new_nick=nick, user=client.user)
         self.stats.delivered(self._publish(changed, exclude=client))
         return True
@@ -611,6 +626,12 @@ class ChatServer:
         clients each was queued to."""
         first = events[0]
         room = first.room
+        feeds = self.registry.feeds.get(room, ())
+        if not feeds and not relay:
+            # From elsewhere, for a room nobody here is in: numbering it (or
+            # recording it) would make per-room state for a room that has
+            # none here, and bring an emptied room's back.
+            return 0
         for event in events:
             if not event.offset:
                 epoch, offset = self.backplane.next_position(room)
@@ -623,32 +644,31 @@ class ChatServer:
         batched = first.batched
         single = len(events) == 1
         try:
-            for feed in self.registry.feeds.get(room, ()):
+            for feed in feeds:
                 # Encoded once per wire format and appended once, whatever the
                 # room's size: the writer sends each member what it has not had
                 # (chatcore.engine.feed).
                 wire = feed.wire
-                data: bytes | None = None
-                lines: list[bytes] = []
+                lines: list[bytes] | None = None
                 try:
                     if single:
                         data = wire.encode(first)
                     else:
-                        lines = [line for line in [wire.encode(event) for event in events] if line]
+                        data, lines = None, [line for line in [wire.encode(event) for event in events] if line]
                 except Exception:
                     # A format that cannot render an event (a bug, or input from
                     # a cluster it did not expect) costs its members that event
                     # only: raising here would leave the feeds already marked
                     # ready unscheduled, and the room silent for good.
                     data, lines = None, self._render_each(wire, events)
-                if not (data or lines):
+                if not data and not lines:
                     continue
                 members = feed.members
                 count += len(members) - (exclude is not None and exclude._feed is feed)
                 with feed.lock:
                     if data:
                         feed.append(data, exclude)
-                    else:
+                    elif lines:
                         feed.extend(lines, exclude)
                     if feed.mark_ready(batched):
                         woken.append(feed)
@@ -660,12 +680,27 @@ class ChatServer:
                     self.writer.schedule_batched(woken)
                 else:
                     self.writer.schedule_feeds(woken)
-        if relay:  # said here: the backplane carries it to the other servers
-            self.backplane.published(events)
+        if relay and self._backplane_publishes:  # said here: the backplane carries it to the other servers
+            try:
+                self.backplane.published(events)
+            except Exception:  # its delivery here is done: a backplane's bug must not cost the sender
+                self._backplane_failed("published")
         if self.hooks.room_events_observed:  # what the rooms here heard, from wherever
             for event in events:
                 self.hooks.room_event(self, event)
         return count
+
+    def _backplane_failed(self, method: str) -> None:
+        """Log a failure of the backplane's ``method`` (the first five, then
+        every thousandth): what it costs is the cluster's, not this server's."""
+        self.backplane_failures += 1
+        if self.backplane_failures <= 5 or self.backplane_failures % 1000 == 0:
+            log.exception(
+                "backplane %r failed in %s (%d so far); this server goes on",
+                self.backplane.name,
+                method,
+                self.backplane_failures,
+            )
 
     def _render_each(self, wire: WireFormat, events: Sequence[RoomEvent]) -> list[bytes]:
         """The lines ``wire`` renders for ``events``, one at a time, leaving

@@ -186,10 +186,12 @@ class Connections:
             self._read(client, protocol.data_received)
             protocol.connection_lost()
         finally:
-            self._leave(client)
-            with self._lock:
-                self.clients.discard(client)
-                listener.connected -= 1
+            try:
+                self._leave(client)
+            finally:  # whatever happened: the slot is given back
+                with self._lock:
+                    self.clients.discard(client)
+                    listener.connected -= 1
 
     def _handshake(self, sock: socket.socket, address: tuple[str, int]) -> Transport | None:
         """The TLS transport of ``sock`` once its handshake is done, or None
