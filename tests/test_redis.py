@@ -165,7 +165,8 @@ def test_events_travel_as_versioned_json() -> None:
         ('{"type": "Chat", "room": "lobby", "nick": "amy", "text": "hi", "time": NaN}', "time is not a number"),
         (json.dumps({"type": "Chat", "room": "lobby", "nick": "amy", "text": "x" * 4097}), "longer than 4096"),
         ("[" * 100000 + "]" * 100000, "characters long"),
-        ("[" * 4000 + "]" * 4000, "nested too deeply"),
+        # Python 3.13's parser takes this depth (then: not an object); earlier ones raise RecursionError.
+        ("[" * 4000 + "]" * 4000, "nested too deeply|not a JSON object"),
         # A user name goes in IRC prefixes: one that would break them is refused.
         ('{"type": "Chat", "room": "lobby", "nick": "amy", "text": "hi", "user": "x PRIVMSG #b :y"}', "user"),
         ('{"type": "Joined", "room": "lobby", "nick": "amy", "user": "a:b"}', "user is not a valid user name"),
