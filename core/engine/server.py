@@ -279,7 +279,7 @@ class ChatServer:
     def password_required(self) -> bool:
         """Whether clients must give the server password before
         :meth:`admit` (``--password-file`` or ``CHATCORE_PASSWORD``)."""
-        return self.gate.password is not None
+        return self.gate.password_required
 
     def check_password(self, client: Client, given: str) -> bool:
         """Check a client's server password; every protocol's one way in
