@@ -1109,6 +1109,8 @@ def test_irc_operators_kick_and_kill_and_a_ban_by_nick_reach_another_server(redi
         native_op.send("/ban dave 1h flooding")
         native_op.expect("* dave is on another server: ban sent there")
         assert dave.wait_closed()[-1] == "! disconnected: banned by nop: flooding"
+        # The operator's own server has the ban once the other server sent it the address.
+        one.expect_log(re.compile(r"on another server banned 127\.0\.0\.5/32: flooding"))
         for server in (one, two):
             refused = LineClient(server.address, timeout=TIMEOUT, source="127.0.0.5")
             try:
