@@ -785,7 +785,10 @@ def test_oper_makes_an_irc_operator_who_kicks_and_kills(chat_server_factory, con
     alice = register(connect, server, "alice")
     bob = register(connect, server, "bob")
     carol = register(connect, server, "carol")
-    alice.expect(":carol!carol@chatcore JOIN #lobby")
+    # Joins are told in the order the joining threads publish them: bob's may
+    # reach alice after carol's, so wait for both.
+    joins = {alice.expect(" JOIN #lobby"), alice.expect(" JOIN #lobby")}
+    assert joins == {":bob!bob@chatcore JOIN #lobby", ":carol!carol@chatcore JOIN #lobby"}
     bob.expect(":carol!carol@chatcore JOIN #lobby")
 
     # Not an operator yet: 482 for KICK, 481 for KILL, a wrong password 464.
