@@ -33,6 +33,7 @@ from chatcore.engine.limits import (
     DEFAULT_NEW_WINDOW,
     parse_networks,
 )
+from chatcore.engine.registry import DEFAULT_MAX_ROOMS_PER_CLIENT
 from chatcore.errors import UsageError
 from chatcore.manager import DEFAULT_PLUGINS, PluginLoadError, PluginManager, load_plugins, parse_plugin_list
 from chatcore.transports.listener import ListenURL, format_address, parse_listen_url
@@ -327,6 +328,13 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
             "bytes queued for one client alone (replies, private messages, history) that is not reading "
             "before it is disconnected as a slow consumer (default: %(default)s)"
         ),
+    )
+    limits.add_argument(
+        "--max-rooms-per-client",
+        type=whole_number(1),
+        default=DEFAULT_MAX_ROOMS_PER_CLIENT,
+        metavar="N",
+        help="rooms one connection may be in at once (default: %(default)s, as Ergo's max-channels-per-client)",
     )
     limits.add_argument(
         "--max-clients",

@@ -54,9 +54,11 @@ __all__ = [
     "Disconnected",
     "Error",
     "Event",
+    "Invited",
     "Joined",
     "Left",
     "Members",
+    "ModeChanged",
     "NickChanged",
     "Notice",
     "OperatorChanged",
@@ -65,6 +67,7 @@ __all__ = [
     "RoomEvent",
     "RoomList",
     "RoomNotice",
+    "TopicChanged",
     "Welcome",
     "kick_text",
 ]
@@ -86,18 +89,27 @@ class RoomEvent(Event):
         docstring); ``""`` until published.
     :ivar time: when it was published, in seconds since the epoch (0.0 until
         then).
+    :ivar told_in: rooms whose members were told this already: one person's
+        leave or rename is said to each of their rooms, and someone in two
+        of them hears it once, through the first (IRC's ``QUIT`` and
+        ``NICK``). Their members are left out here, on every server.
     """
 
     room: str
     offset: int = field(default=0, kw_only=True)
     epoch: str = field(default="", kw_only=True)
     time: float = field(default=0.0, kw_only=True)
+    told_in: tuple[str, ...] = field(default=(), kw_only=True)
 
     #: True for presence notices, which may reach members up to
     #: ``chatcore.engine.writer.BATCH_DELAY`` late so that a burst of them
     #: (a connect storm) leaves in one send per member; never reordered
     #: with the events around them. False: sent at once.
     batched: ClassVar[bool] = False
+    #: True for events that change the room's state
+    #: (:meth:`chatcore.engine.rooms.Rooms.apply`): joins, leaves, renames,
+    #: topic and mode changes.
+    changes_state: ClassVar[bool] = False
 
 
 @dataclass(frozen=True, init=False)
@@ -138,6 +150,7 @@ class Joined(RoomEvent):
     """``nick`` entered the room (native: ``* nick joined``)."""
 
     batched: ClassVar[bool] = True
+    changes_state: ClassVar[bool] = True
 
     nick: str
     user: str = field(default="", kw_only=True)
@@ -167,6 +180,7 @@ class Left(RoomEvent):
     """
 
     batched: ClassVar[bool] = True
+    changes_state: ClassVar[bool] = True
 
     nick: str
     reason: str = "connection closed"
@@ -190,6 +204,7 @@ class NickChanged(RoomEvent):
     """``nick`` is now known as ``new_nick`` (native: ``* nick is now known as new_nick``)."""
 
     batched: ClassVar[bool] = True
+    changes_state: ClassVar[bool] = True
 
     nick: str
     new_nick: str
@@ -206,6 +221,33 @@ class OperatorChanged(RoomEvent):
 
     nick: str
     operator: bool = True
+
+
+@dataclass(frozen=True)
+class TopicChanged(RoomEvent):
+    """``nick`` set the room's topic to ``topic`` (``""``: cleared) (native:
+    ``* alice set the topic: text``; IRC: ``TOPIC``)."""
+
+    changes_state: ClassVar[bool] = True
+
+    nick: str
+    topic: str
+    user: str = field(default="", kw_only=True)
+
+
+@dataclass(frozen=True)
+class ModeChanged(RoomEvent):
+    """``nick`` changed the room's modes (:mod:`chatcore.engine.rooms`):
+    ``modes`` as IRC writes them (``+o-v``) and one argument for each
+    letter that has one (``("bob", "carol")``). Native: ``* alice set mode
+    +o-v bob carol``; IRC: ``MODE``."""
+
+    changes_state: ClassVar[bool] = True
+
+    nick: str
+    modes: str
+    arguments: tuple[str, ...] = ()
+    user: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -269,6 +311,16 @@ class PrivateMessage(Event):
 
 
 @dataclass(frozen=True)
+class Invited(Event):
+    """``by`` invites this client to ``room`` (native: ``* alice invites you
+    to dev: /join dev``; IRC: ``INVITE``)."""
+
+    by: str
+    room: str
+    user: str = ""
+
+
+@dataclass(frozen=True)
 class Replay(Event):
     """A room's earlier events, replayed to a client entering it (history).
 
@@ -290,6 +342,13 @@ class Members(Event):
 
 @dataclass(frozen=True)
 class RoomList(Event):
-    """Every room with members, and how many (native: ``* 2 rooms: dev (1), lobby (3)``)."""
+    """Every room with members, and how many (native: ``* 2 rooms: dev (1),
+    lobby (3, current)``), with the rooms the client is in marked.
+
+    :ivar joined: the rooms of the list the client is in.
+    :ivar current: its current room, or ``""``.
+    """
 
     rooms: tuple[tuple[str, int], ...]
+    joined: tuple[str, ...] = ()
+    current: str = ""

@@ -286,6 +286,10 @@ class Hooks:
     def command_help(self, client: Client) -> list[tuple[str, str]]:
         return self._collect("chatcore_command_help", {"client": client}, _help_entries)
 
+    def server_operator(self, client: Client) -> str | None:
+        name = self._call_first("chatcore_server_operator", {"client": client})
+        return name if isinstance(name, str) else None
+
     def room_event(self, server: ChatServer, event: RoomEvent) -> None:
         self._call_each("chatcore_room_event", {"server": server, "event": event})
 

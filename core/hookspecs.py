@@ -185,7 +185,7 @@ def chatcore_welcome(client: Client) -> list[str] | None:
 
 @hookspec
 def chatcore_client_joined(client: Client, room: str) -> None:
-    """A client entered a room: on connecting, or by changing room.
+    """A client entered a room: on connecting, or by /join or JOIN.
 
     The other members have been sent ``* <nick> joined``.
 
@@ -200,7 +200,7 @@ def chatcore_client_joined(client: Client, room: str) -> None:
 
 @hookspec
 def chatcore_client_left(client: Client, room: str, reason: str) -> None:
-    """A client left a room: by disconnecting, or by changing room.
+    """A client left a room: by disconnecting, or by /part, PART or a kick.
 
     Called exactly once per departure, whatever ended it.
 
@@ -368,6 +368,19 @@ def chatcore_moderation(server: ChatServer, action: str, details: dict[str, Any]
     Called on the backplane's thread. Calls do not overlap.
 
     .. versionadded:: 0.3
+    """
+
+
+@hookspec(firstresult=True)
+def chatcore_server_operator(client: Client) -> str | None:
+    """The name ``client`` is a server operator under, or None if it is
+    not one: server operators may do everything in every room (change its
+    topic and modes, kick, invite) and pass its key, limit, bans and
+    invitation rule. The bundled ``opers`` plugin answers for ``/oper``.
+
+    Called on any client's thread, for each room action.
+
+    .. versionadded:: 0.4
     """
 
 

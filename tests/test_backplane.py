@@ -153,7 +153,7 @@ def test_who_rooms_and_msg_span_the_servers(chat_server_factory) -> None:
     bob.send("/join dev")
     bob.expect("* you are now in dev (1 here)")
     alice.send("/rooms")
-    alice.expect("* 2 rooms: dev (1), lobby (1)")
+    alice.expect("* 2 rooms: dev (1), lobby (2, current)")
     alice.send("/msg bob hi there")
     alice.expect("-> *bob* hi there")
     bob.expect("*alice* hi there")
@@ -196,12 +196,12 @@ def test_an_operator_s_kick_reaches_the_server_the_nick_is_on(chat_server_factor
     try:
         op.send("/oper root hunter2")
         op.expect("* you are now an operator (root)")
-        op.send("/kick bob spamming")
+        op.send("/kill bob spamming")
         op.expect("* bob is on another server: kick sent there")
         assert bob.wait_closed()[-1] == "! disconnected: kicked by op: spamming"
         [node] = [p for p in two.config.pluginmanager.get_plugins() if isinstance(p, Node)]
         assert node.handed == [("kick", {"by": "op", "oper": "root", "nick": "bob", "reason": "spamming"})]
-        op.send("/kick nobody-at-all")
+        op.send("/kill nobody-at-all")
         op.expect("! no such nick 'nobody-at-all'")
     finally:
         op.close()

@@ -81,15 +81,17 @@ def test_replay_on_join_is_per_room(chat_server_factory, chat_client):
     named(chat_client, server, "carol")  # stays: a room nobody is in keeps no history in memory
     alice.send("/join dev")
     alice.expect("* you are now in dev (1 here)")
+    alice.send("/part lobby")
+    alice.expect("* you left lobby; you now talk in dev")
     alice.send("in dev")
     bob.send("in the lobby")
     alice.sync()
     bob.sync()
     bob.send("/join dev")
-    assert bob.sync() == ["* last 1 message in dev:", "# <alice> in dev", "* you are now in dev (2 here)"]
+    assert bob.sync() == ["* you are now in dev (2 here)", "* last 1 message in dev:", "# <alice> in dev"]
     alice.expect("* bob joined")
     alice.send("/join lobby")
-    assert alice.sync() == ["* last 1 message in lobby:", "# <bob> in the lobby", "* you are now in lobby (2 here)"]
+    assert alice.sync() == ["* you are now in lobby (3 here)", "* last 1 message in lobby:", "# <bob> in the lobby"]
 
 
 def test_history_keeps_what_the_filters_delivered(chat_server_factory, chat_client):
@@ -136,7 +138,7 @@ def test_sqlite_history_survives_a_restart(chat_server_factory, chat_client, tmp
         "# <alice> lobby 3",
     ]
     carol.send("/join dev")
-    assert carol.sync() == ["* last 1 message in dev:", "# * bob codes", "* you are now in dev (1 here)"]
+    assert carol.sync() == ["* you are now in dev (1 here)", "* last 1 message in dev:", "# * bob codes"]
     # New lines go on top of the loaded ones, and the trim still holds.
     carol.send("still here")
     carol.sync()
@@ -324,8 +326,8 @@ def test_an_emptied_rooms_history_leaves_memory_and_the_database_keeps_its_copy(
     alice = named(chat_client, memory_only, "alice")
     alice.send("/join dev")
     alice.send("said in dev")
-    alice.send("/join lobby")
-    alice.expect("* you are now in lobby (1 here)")
+    alice.send("/part dev")
+    alice.expect("* you left dev; you now talk in lobby")
     assert history._history(memory_only).bytes == 0  # dev is empty: its lines are gone
     alice.send("/join dev")
     assert alice.sync() == ["* you are now in dev (1 here)"]
@@ -335,11 +337,11 @@ def test_an_emptied_rooms_history_leaves_memory_and_the_database_keeps_its_copy(
     bob = named(chat_client, stored_too, "bob")
     bob.send("/join dev")
     bob.send("said in dev")
-    bob.send("/join lobby")
-    bob.expect("* you are now in lobby (1 here)")
+    bob.send("/part dev")
+    bob.expect("* you left dev; you now talk in lobby")
     assert "dev" not in history._history(stored_too)._rooms
     bob.send("/join dev")  # read back from the database, in order after the write
-    assert bob.sync() == ["* last 1 message in dev:", "# <bob> said in dev", "* you are now in dev (1 here)"]
+    assert bob.sync() == ["* you are now in dev (1 here)", "* last 1 message in dev:", "# <bob> said in dev"]
 
 
 def test_history_is_bounded_in_total_in_memory_and_in_the_database(chat_server_factory, chat_client, tmp_path):

@@ -164,6 +164,7 @@ def test_room_events_are_numbered_per_room_and_a_plugin_can_supply_the_numbers(c
     alice.sync()  # alice's thread has told the plugins too (after queueing to bob)
     bob.send("/join dev")
     bob.expect("* you are now in dev (1 here)")
+    bob.send("/part lobby")
     bob.send("two")
     bob.sync()
     # Sorted: chatcore_room_event runs after the event is queued, so bob may
@@ -197,9 +198,11 @@ def test_a_room_emptied_leaves_no_numbering_behind_and_a_new_one_has_a_new_epoch
     bob.sync()
     first_epoch = server.backplane.epoch_of("first")
     assert first_epoch is not None
+    bob.send("/part")
     for number in range(300):
         bob.send(f"/join room-{number}")
-    bob.expect("* you are now in room-299 (1 here)")
+        bob.send("/part")
+    bob.expect("* you left room-299; you now talk in lobby")
     assert set(server.backplane._counters) <= {"lobby", "room-299"}
     bob.send("/join first")
     bob.expect("* you are now in first (1 here)")

@@ -286,7 +286,7 @@ def test_kicks_bans_and_idle_connections_are_counted_by_cause(chat_server_factor
     boss, kicked, banned = (chat_client(server) for _ in range(3))
     boss.send("/oper boss hunter2")
     boss.expect("* you are now an operator (boss)")
-    boss.send("/kick guest-2 enough")
+    boss.send("/kill guest-2 enough")
     kicked.wait_closed()
     boss.send("/ban guest-3 1m spam")  # its address: here every client's but the operator's
     banned.wait_closed()

@@ -35,7 +35,7 @@ def test_members_keep_their_order_as_others_leave_and_an_empty_room_goes():
         expected = (clients[1], clients[2], clients[4])
         assert registry.members("lobby") == expected
         (feed,) = registry.feeds["lobby"]
-        assert feed.members == expected
+        assert tuple(membership.client for membership in feed.members) == expected
         assert feed.wire is NATIVE
         for client in expected:
             registry.remove(client)
@@ -47,7 +47,7 @@ def test_members_keep_their_order_as_others_leave_and_an_empty_room_goes():
             sock.close()
 
 
-def test_moving_takes_the_lines_of_the_old_room_not_yet_had_along_first():
+def test_parting_takes_the_lines_of_the_room_not_yet_had_along_first():
     (alice, bob), sockets, writer = make_clients(2)
     try:
         registry = Registry()
@@ -56,13 +56,19 @@ def test_moving_takes_the_lines_of_the_old_room_not_yet_had_along_first():
         (lobby,) = registry.feeds.get("lobby", ())
         with lobby.lock:
             lobby.append(b"<bob> still in the lobby\n", bob)
-        assert registry.move(alice, "kitchen") == "lobby"
+        assert registry.join(alice, "kitchen")
+        assert not registry.join(alice, "kitchen")
+        assert alice.rooms == ("lobby", "kitchen")
+        assert registry.part(alice, "lobby")
+        assert not registry.part(alice, "lobby")
         assert list(alice._queue) == [b"<bob> still in the lobby\n"]
         (kitchen,) = registry.feeds["kitchen"]
-        assert alice._feed is kitchen
-        assert kitchen.members == (alice,)
-        assert lobby.members == (bob,)
+        assert [membership.feed for membership in alice._memberships] == [kitchen]
+        assert [membership.client for membership in kitchen.members] == [alice]
+        assert [membership.client for membership in lobby.members] == [bob]
         assert registry.members("kitchen") == (alice,)
+        assert alice.room == "kitchen"
+        assert alice.rooms == ("kitchen",)
     finally:
         writer.stop()
         for sock in sockets:

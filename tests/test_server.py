@@ -387,8 +387,7 @@ def test_a_client_that_never_reads_is_dropped_and_holds_no_one_up(chat_server_fa
 def _unsent_lines(client: Client) -> int:
     """Lines the server holds for ``client``: its room's lines it has not
     had, and the lines of what is queued to it alone."""
-    feed = client._feed
-    behind = feed.end - client._feed_pos if feed is not None else 0
+    behind = sum(m.feed.end - m.pos for m in client._memberships if m.feed is not None)
     return behind + sum(piece.count(b"\n") for piece in list(client._queue))
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from chatcore.events import Disconnected, Error, Event, Notice, kick_text
 
 if TYPE_CHECKING:
-    from chatcore.engine.feed import RoomFeed
+    from chatcore.engine.feed import Membership
     from chatcore.engine.server import ChatServer
     from chatcore.transports import Transport
     from chatcore.wire import Protocol, WireFormat
@@ -57,15 +57,16 @@ def disconnect_cause(reason: str) -> str:
 class Client:
     """One connected client.
 
-    Plugins read :attr:`nick`, :attr:`room`, :attr:`address` and :attr:`id`,
+    Plugins read :attr:`nick`, :attr:`rooms`, :attr:`room` (the current
+    one), :attr:`address` and :attr:`id`,
     keep their own per-client state in :attr:`data`, and talk to the client
     with :meth:`send` (any event of :mod:`chatcore.events`), :meth:`notice`,
     :meth:`error` and :meth:`disconnect`. What the client receives is the
-    rendering of those events by its :attr:`wire` format. Nick and room
+    rendering of those events by its :attr:`wire` format. Nick and rooms
     change only through the registry.
 
-    Output is queued, never written by the calling thread: what its room
-    says is read from the room's shared feed (:mod:`chatcore.engine.feed`),
+    Output is queued, never written by the calling thread: what its rooms
+    say is read from each room's shared feed (:mod:`chatcore.engine.feed`),
     what is said to it alone goes to a bounded queue of its own, and the
     server's writer drains both in order (:mod:`chatcore.engine.writer`).
     A client that falls too far behind is disconnected as a slow consumer;
@@ -78,13 +79,11 @@ class Client:
         "_done",
         "_drained",
         "_encrypt",
-        "_feed",
-        "_feed_own",
-        "_feed_pos",
         "_finish_deadline",
         "_finishing",
         "_max_queue",
         "_max_sendq",
+        "_memberships",
         "_pace",
         "_queue",
         "_scheduled",
@@ -103,6 +102,7 @@ class Client:
         "nick",
         "protocol",
         "room",
+        "rooms",
         "server",
         "sock",
         "transport",
@@ -142,7 +142,10 @@ class Client:
         #: The user name it gave on connecting (IRC's ``USER``), carried by
         #: the events it causes; ``""`` if it gave none.
         self.user = ""
-        #: The current room; set by the registry.
+        #: The rooms it is in, in the order it joined them; set by the registry.
+        self.rooms: tuple[str, ...] = ()
+        #: Its current room, one of :attr:`rooms` (where the native
+        #: protocol's plain lines go), or ``""`` in none; set by the registry.
         self.room = ""
         #: Free-form per-client state for plugins, keyed by plugin name.
         self.data: dict[str, Any] = {}
@@ -173,11 +176,9 @@ class Client:
         self._sendq = 0
         # Released by the writer when the queue is empty again (wait_sent()).
         self._drained: threading.Lock | None = None
-        # The room's feed it reads (set by the registry, under the feed's
-        # lock) and the number of the next line of it not yet queued or sent.
-        self._feed: RoomFeed | None = None
-        self._feed_pos = 0
-        self._feed_own = -1  # the number of the last line it said in it
+        # Where it is in each feed it reads, one per room (set by the
+        # registry, under the feed's lock; an immutable tuple, replaced).
+        self._memberships: tuple[Membership, ...] = ()
         # True: in the writer's ready queue, or blocked; False: idle.
         self._scheduled = False
         self._unsent: bytes | memoryview = b""
@@ -212,10 +213,14 @@ class Client:
 
     @property
     def queued(self) -> int:
-        """Pieces waiting to be written to this client: its room's lines it
+        """Pieces waiting to be written to this client: its rooms' lines it
         has not had yet, and what is queued to it alone."""
-        feed = self._feed
-        return len(self._queue) + (feed.end - self._feed_pos if feed is not None else 0)
+        behind = 0
+        for membership in self._memberships:
+            feed = membership.feed
+            if feed is not None:
+                behind += feed.end - membership.pos
+        return len(self._queue) + behind
 
     # -- output -------------------------------------------------------------
 
@@ -231,21 +236,22 @@ class Client:
         """Queue bytes already in this client's wire format (whole lines or
         messages of it: nothing is split or merged).
 
-        Room lines do not come this way (they are read from the room's
-        feed); what does is put behind the room's lines this client has not
+        Room lines do not come this way (they are read from the rooms'
+        feeds); what does is put behind the room lines this client has not
         had yet, so it sees both in the order they were said. At most one
         wake-up of the writer, when this client goes from idle to busy.
         """
         if self.close_reason is not None:
             return
         queue = self._queue
-        feed = self._feed
-        if feed is not None and self._feed_pos < feed.end:
-            with feed.lock:
-                pending = feed.take(self, feed.end - self._feed_pos) if self._feed is feed else b""
-            if pending:
-                queue.append(pending)
-                self._sendq += len(pending)
+        for membership in self._memberships:
+            feed = membership.feed
+            if feed is not None and membership.pos < feed.end:
+                with feed.lock:
+                    pending = feed.take(membership, feed.end - membership.pos) if membership.feed is feed else b""
+                if pending:
+                    queue.append(pending)
+                    self._sendq += len(pending)
         # Bounded in entries and in bytes: a client that sends requests with
         # large answers (a web resume) and never reads them would otherwise
         # make the server hold hundreds of MB. Over the bytes once, not on
@@ -334,8 +340,10 @@ class Client:
         """
         if self.close_reason is not None:
             return
-        feed = self._feed
-        if feed is not None:  # nothing the room says after its last words
+        for membership in self._memberships:  # nothing its rooms say after its last words
+            feed = membership.feed
+            if feed is None:
+                continue
             with feed.lock:
                 pending = feed.detach(self)
             if pending:

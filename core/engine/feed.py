@@ -17,14 +17,20 @@ The rules that keep every line whole, in order and exactly once:
   position, a member joining or leaving) happens under the feed's lock.
   The lock is held for a few list operations at a time, never across a
   ``send()`` or a call into other code.
-- A member's output is two streams: its feed (what its room says) and its
-  own queue (what is said to it alone: a welcome, an error, a private
-  message). Before anything goes on its queue, the lines of the feed it
-  has not had yet are moved to the queue first (:meth:`RoomFeed.take`), so
-  the member sees both in the order they were said.
-- A member leaving the room takes what it has not had yet along (moved to
-  its queue) and is detached; one that is disconnected is detached too, so
-  nothing said after its last words reaches it.
+- A member's output is its feeds (what each of its rooms says: one
+  :class:`Membership` per room) and its own queue (what is said to it
+  alone: a welcome, an error, a private message). Before anything goes on
+  its queue, the lines of its feeds it has not had yet are moved to the
+  queue first (:meth:`RoomFeed.take`), so the member sees both in the order
+  they were said. Lines of two rooms have no order between them but the
+  order they reach the member in.
+- A member leaving a room takes what it has not had yet along (moved to
+  its queue) and is detached; one that is disconnected is detached from
+  every feed, so nothing said after its last words reaches it.
+- A line may leave out more than its sender: a leave or a rename said to
+  each of several rooms is told to a member of two of them once, through
+  the first, and the others' lines leave out those members (a
+  ``frozenset`` of clients in place of the sender).
 - A member whose position falls its queue limit behind while its socket is
   full is a slow consumer (the writer checks when it visits the feed and
   when a send leaves it blocked) and is disconnected. The writer forgets
@@ -50,28 +56,58 @@ MAX_TAKE = 1024
 TRIM_AFTER = 256
 
 
+class Membership:
+    """One client's place in one feed: which line of it it has not had yet.
+
+    A client in several rooms has one per room (``client._memberships``);
+    the writer walks a feed's memberships. Every field is changed under the
+    feed's lock, except ``pos``, which the writer also reads without it.
+    """
+
+    __slots__ = ("client", "feed", "own", "pos")
+
+    def __init__(self, client: Client, feed: RoomFeed) -> None:
+        self.client = client
+        #: The feed, or None once detached.
+        self.feed: RoomFeed | None = feed
+        #: The number of the next line not yet queued or sent to the client.
+        self.pos = feed.end
+        #: The number of the last line the client is left out of (its own
+        #: words: no echo), or -1.
+        self.own = -1
+
+    def __repr__(self) -> str:
+        return f"<Membership {self.client!r} at {self.pos} of {self.feed!r}>"
+
+
+def left_out(skip: object, client: Client) -> bool:
+    """Whether a line whose ``senders`` entry is ``skip`` is not for ``client``."""
+    return skip is client or (skip.__class__ is frozenset and client in skip)
+
+
 class RoomFeed:
     """One room's lines in one wire format, and where each member is in them.
 
-    ``lines[i]`` and ``senders[i]`` are line number ``start + i``; a member's
-    ``_feed_pos`` is the number of the next line it has not had. ``end`` is
-    one past the last line.
+    ``lines[i]`` and ``senders[i]`` are line number ``start + i``; a
+    membership's ``pos`` is the number of the next line it has not had.
+    ``end`` is one past the last line.
     """
 
     __slots__ = ("_attached", "end", "lines", "lock", "members", "scheduled", "senders", "start", "wire")
 
     def __init__(self, wire: WireFormat) -> None:
         self.wire = wire
-        #: The attached members: an immutable tuple, replaced on every change
-        #: (read without the lock on every line).
-        self.members: tuple[Client, ...] = ()
-        # The same, as a dict: removing one of 10,000 members is then a
+        #: The attached memberships: an immutable tuple, replaced on every
+        #: change (read without the lock on every line).
+        self.members: tuple[Membership, ...] = ()
+        # The same, by client: removing one of 10,000 members is then a
         # C-level copy, not a Python loop (a disconnect storm is N leaves).
-        self._attached: dict[Client, None] = {}
+        self._attached: dict[Client, Membership] = {}
         self.lock = threading.Lock()
         self.lines: list[bytes] = []
-        # Who said each line (not sent back to them), or None.
-        self.senders: list[Client | None] = []
+        # Who each line is not for (its sender: no echo; a frozenset of
+        # clients told already), or None.
+        self.senders: list[Client | frozenset[Client] | None] = []
         self.start = 0
         self.end = 0
         # True: on the writer's ready list; None: on its batched list only
@@ -81,21 +117,37 @@ class RoomFeed:
     def __repr__(self) -> str:
         return f"<RoomFeed {self.wire.name}: lines {self.start}-{self.end}, {len(self.members)} members>"
 
+    def membership(self, client: Client) -> Membership | None:
+        """``client``'s membership of this feed, or None."""
+        return self._attached.get(client)
+
     # All of these are called with the lock held.
 
-    def append(self, line: bytes, sender: Client | None) -> None:
+    def _mark_own(self, skip: Client | frozenset[Client], line: int) -> None:
+        if skip.__class__ is frozenset:
+            attached = self._attached
+            for client in skip:
+                membership = attached.get(client)
+                if membership is not None:
+                    membership.own = line
+        else:
+            membership = self._attached.get(skip)  # type: ignore[arg-type]
+            if membership is not None:
+                membership.own = line
+
+    def append(self, line: bytes, sender: Client | frozenset[Client] | None) -> None:
         self.lines.append(line)
         self.senders.append(sender)
-        if sender is not None and sender._feed is self:
-            sender._feed_own = self.end
+        if sender is not None:
+            self._mark_own(sender, self.end)
         self.end += 1
 
-    def extend(self, lines: list[bytes], sender: Client | None) -> None:
+    def extend(self, lines: list[bytes], sender: Client | frozenset[Client] | None) -> None:
         self.lines.extend(lines)
         self.senders.extend([sender] * len(lines))
         self.end += len(lines)
-        if sender is not None and sender._feed is self:
-            sender._feed_own = self.end - 1
+        if sender is not None:
+            self._mark_own(sender, self.end - 1)
 
     def mark_ready(self, batched: bool) -> bool:
         """After an append: True if the feed is to be handed to the writer
@@ -108,40 +160,43 @@ class RoomFeed:
             return True
         return False
 
-    def attach(self, member: Client) -> None:
-        """Make ``member`` a reader of everything appended from now on."""
-        member._feed = self
-        member._feed_pos = self.end
-        member._feed_own = -1
-        self._attached[member] = None
-        self.members = tuple(self._attached)
+    def attach(self, client: Client) -> Membership:
+        """Make ``client`` a reader of everything appended from now on."""
+        membership = Membership(client, self)
+        self._attached[client] = membership
+        self.members = tuple(self._attached.values())
+        client._memberships = (*client._memberships, membership)
+        return membership
 
-    def detach(self, member: Client) -> bytes:
-        """Remove ``member``; :return: what it had not had yet."""
-        pending = self.take(member, self.end - member._feed_pos) if member._feed is self else b""
-        if member._feed is self:
-            member._feed = None
-        if self._attached.pop(member, 0) is None:
-            self.members = tuple(self._attached)
+    def detach(self, client: Client) -> bytes:
+        """Remove ``client``; :return: what it had not had yet."""
+        membership = self._attached.pop(client, None)
+        if membership is None:
+            return b""
+        pending = self.take(membership, self.end - membership.pos)
+        membership.feed = None
+        self.members = tuple(self._attached.values())
+        client._memberships = tuple(m for m in client._memberships if m is not membership)
         return pending
 
-    def take(self, member: Client, most: int = MAX_TAKE) -> bytes:
-        """The next lines for ``member`` (up to ``most``, leaving out its own)
-        as one piece, and its position moved past them."""
+    def take(self, membership: Membership, most: int = MAX_TAKE) -> bytes:
+        """The next lines for ``membership`` (up to ``most``, leaving out
+        those not for it) as one piece, and its position moved past them."""
         start = self.start
-        pos = member._feed_pos  # never below start: trim() waits for attached members
+        pos = membership.pos  # never below start: trim() waits for attached members
         stop = pos + most
         if stop > self.end:  # noqa: PLR1730 (the writer's hot path: a compare, not a call)
             stop = self.end
         if pos >= stop:
             return b""
-        member._feed_pos = stop
+        membership.pos = stop
         first = pos - start
         last = stop - start
-        if member._feed_own >= pos:  # its own lines may be in the way: no echo
+        if membership.own >= pos:  # lines not for it may be in the way: its own (no echo)
             lines = self.lines
             senders = self.senders
-            return b"".join([lines[n] for n in range(first, last) if senders[n] is not member])
+            client = membership.client
+            return b"".join([lines[n] for n in range(first, last) if not left_out(senders[n], client)])
         if last - first == 1:
             return self.lines[first]
         return b"".join(self.lines[first:last])
@@ -149,9 +204,8 @@ class RoomFeed:
     def trim(self) -> None:
         """Forget the lines every attached member has had."""
         low = self.end
-        for member in self.members:
-            if member._feed is self and member._feed_pos < low:
-                low = member._feed_pos
+        for membership in self.members:
+            low = min(low, membership.pos)
         self.forget(low)
 
     def forget(self, upto: int) -> None:

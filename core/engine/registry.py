@@ -1,15 +1,24 @@
-"""The registry of connected clients, their nicknames and their rooms."""
+"""The registry of connected clients, their nicknames and the rooms each is in."""
 
 from __future__ import annotations
 
 import itertools
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from chatcore.engine.connection import Client
 from chatcore.engine.feed import RoomFeed
 
+if TYPE_CHECKING:
+    from chatcore.wire import WireFormat
+
 DEFAULT_ROOM = "lobby"
+#: Rooms one connection may be in at once (``--max-rooms-per-client``):
+#: Ergo's default ``max-channels-per-client``. InspIRCd's 20 is tighter than
+#: the autojoin lists of people who idle in many channels, and a membership
+#: costs a few hundred bytes here.
+DEFAULT_MAX_ROOMS_PER_CLIENT = 100
 
 
 def _key(nick: str) -> str:
@@ -21,16 +30,23 @@ def _key(nick: str) -> str:
 
 
 class Registry:
-    """Who is connected, under which nickname, in which room.
+    """Who is connected, under which nickname, in which rooms.
 
-    Thread-safe. Changes (add, remove, rename, move) take a lock; reading a
-    room's members does not: each room holds an immutable tuple that is
-    replaced on every change (copy-on-write), because members are read on
-    every message and change only when someone joins or leaves. Each room
-    also has one :class:`~chatcore.engine.feed.RoomFeed` per wire format
-    present (:attr:`feeds`), that format's members attached to it: an
-    event is rendered once per format and appended once to its feed, not
+    Thread-safe. Changes (add, remove, rename, join, part) take a lock;
+    reading a room's members does not: each room holds an immutable tuple
+    that is replaced on every change (copy-on-write), because members are
+    read on every message and change only when someone joins or leaves.
+    Each room also has one :class:`~chatcore.engine.feed.RoomFeed` per wire
+    format present (:attr:`feeds`), that format's members attached to it:
+    an event is rendered once per format and appended once to its feed, not
     once per member.
+
+    A client may be in any number of rooms (the limit is the caller's:
+    ``--max-rooms-per-client``), and in none. A wire format may render
+    differently for members of several rooms (the native protocol names
+    the room of each line then): a client is attached to the feeds of
+    ``client.wire.variant(len(client.rooms))``, and moved between variants
+    when that changes.
     """
 
     def __init__(self, default_room: str = DEFAULT_ROOM) -> None:
@@ -60,8 +76,9 @@ class Registry:
 
     def add(self, client: Client, room: str | None = None, nick: str | None = None) -> bool:
         """Register a new client under ``nick``, or a fresh ``guest-N``
-        nickname if none is given; False (and nothing changed) if ``nick``
-        is taken, ignoring case."""
+        nickname if none is given, in ``room`` (the default room if None;
+        in no room if ``""``); False (and nothing changed) if ``nick`` is
+        taken, ignoring case."""
         with self._lock:
             if nick is None:
                 while True:
@@ -72,7 +89,9 @@ class Registry:
                 return False
             client.nick = nick
             self._by_nick[_key(nick)] = client
-            self._enter(client, room or self.default_room)
+            room = self.default_room if room is None else room
+            if room:
+                self._enter(client, room)
             return True
 
     def guest_nick(self) -> str:
@@ -85,12 +104,16 @@ class Registry:
                     return nick
 
     def remove(self, client: Client) -> bool:
-        """Unregister a client; True only for the call that removed it."""
+        """Unregister a client, out of every room; True only for the call
+        that removed it. ``client.rooms`` still names the rooms it was in."""
         with self._lock:
             if self._by_nick.get(client.nick.casefold()) is not client:
                 return False
             del self._by_nick[client.nick.casefold()]
-            self._leave(client)
+            wire = client.wire.variant(len(client.rooms))
+            for room in client.rooms:
+                self._detach(client, room, wire)
+                self._drop_member(client, room)
             return True
 
     def rename(self, client: Client, nick: str) -> bool:
@@ -106,14 +129,26 @@ class Registry:
             self._by_nick[_key(nick)] = client
             return True
 
-    def move(self, client: Client, room: str) -> str:
-        """Move ``client`` to ``room`` (created on first use); returns the
-        room it left."""
+    def join(self, client: Client, room: str) -> bool:
+        """Put ``client`` in ``room`` too (made on first use) and make it the
+        client's current room; False if it was in it already (then it only
+        becomes current)."""
         with self._lock:
-            old = client.room
-            self._leave(client)
+            client.room = room
+            if room in client.rooms:
+                return False
             self._enter(client, room)
-            return old
+            return True
+
+    def part(self, client: Client, room: str) -> bool:
+        """Take ``client`` out of ``room``; False if it was not in it. If it
+        was the current room, the room joined last of those left becomes
+        current (``""`` if none)."""
+        with self._lock:
+            if room not in client.rooms:
+                return False
+            self._leave(client, room)
+            return True
 
     def find(self, nick: str) -> Client | None:
         """The client with this nickname (ignoring case), or None."""
@@ -137,34 +172,32 @@ class Registry:
         """Every room that has members, with its member count."""
         return {name: len(members) for name, members in list(self._rooms.items())}
 
-    # Both called with the lock held.
+    # All called with the lock held.
+
     def _enter(self, client: Client, room: str) -> None:
+        before = client.wire.variant(len(client.rooms))
+        client.rooms = (*client.rooms, room)
         client.room = room
         members = self._in_room.setdefault(room, {})
         members[client] = None
         self._rooms[room] = tuple(members)
-        feeds = self.feeds.get(room, ())
-        feed = next((f for f in feeds if f.wire is client.wire), None)
-        if feed is None:
-            feed = RoomFeed(client.wire)
-            # Readers may see the new members a moment before the new
-            # feed: each is a consistent snapshot on its own.
-            self.feeds[room] = (*feeds, feed)
-        with feed.lock:
-            feed.attach(client)
+        wire = client.wire.variant(len(client.rooms))
+        if wire is not before:
+            self._rewire(client, before, wire, client.rooms[:-1])
+        self._attach(client, room, wire)
 
-    def _leave(self, client: Client) -> None:
-        room = client.room
-        feeds = self.feeds.get(room, ())
-        for feed in feeds:
-            if feed.wire is client.wire:
-                with feed.lock:
-                    pending = feed.detach(client)
-                if pending and client.close_reason is None:  # moving rooms: what it had not had yet goes first
-                    client.send_data(pending)
-                if not feed.members:
-                    self.feeds[room] = tuple(f for f in feeds if f is not feed)
-                break
+    def _leave(self, client: Client, room: str) -> None:
+        before = client.wire.variant(len(client.rooms))
+        self._detach(client, room, before)
+        client.rooms = tuple(name for name in client.rooms if name != room)
+        if client.room == room:
+            client.room = client.rooms[-1] if client.rooms else ""
+        wire = client.wire.variant(len(client.rooms))
+        if wire is not before:
+            self._rewire(client, before, wire, client.rooms)
+        self._drop_member(client, room)
+
+    def _drop_member(self, client: Client, room: str) -> None:
         in_room = self._in_room.get(room, {})
         in_room.pop(client, None)
         members = tuple(in_room)
@@ -174,3 +207,32 @@ class Registry:
             self._rooms.pop(room, None)
             self._in_room.pop(room, None)
             self.feeds.pop(room, None)
+
+    def _rewire(self, client: Client, old: WireFormat, new: WireFormat, rooms: tuple[str, ...]) -> None:
+        """Move ``client`` from ``old``'s feeds of ``rooms`` to ``new``'s."""
+        for room in rooms:
+            self._detach(client, room, old)
+            self._attach(client, room, new)
+
+    def _attach(self, client: Client, room: str, wire: WireFormat) -> None:
+        feeds = self.feeds.get(room, ())
+        feed = next((f for f in feeds if f.wire is wire), None)
+        if feed is None:
+            feed = RoomFeed(wire)
+            # Readers may see the new members a moment before the new
+            # feed: each is a consistent snapshot on its own.
+            self.feeds[room] = (*feeds, feed)
+        with feed.lock:
+            feed.attach(client)
+
+    def _detach(self, client: Client, room: str, wire: WireFormat) -> None:
+        feeds = self.feeds.get(room, ())
+        for feed in feeds:
+            if feed.wire is wire:
+                with feed.lock:
+                    pending = feed.detach(client)
+                if pending and client.close_reason is None:  # what it had not had yet goes first
+                    client.send_data(pending)
+                if not feed.members:
+                    self.feeds[room] = tuple(f for f in feeds if f is not feed)
+                break

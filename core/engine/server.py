@@ -16,8 +16,9 @@ For the caller: ``start()``, then ``stop()``; on SIGHUP,
 :func:`chatcore.reload.reload_configuration` (the configuration layer above
 the engine) reads the configuration again and applies it here. For protocols and plugins, the actions:
 :meth:`~ChatServer.admit`, :meth:`~ChatServer.run_command`,
-:meth:`~ChatServer.broadcast_message`, :meth:`~ChatServer.change_room`,
-:meth:`~ChatServer.change_nick` and :meth:`~ChatServer.publish`; and the
+:meth:`~ChatServer.broadcast_message`, :meth:`~ChatServer.join_room`,
+:meth:`~ChatServer.part_room`, :meth:`~ChatServer.change_nick` and
+:meth:`~ChatServer.publish`; and the
 gate's :meth:`~ChatServer.check_password` and :meth:`~ChatServer.pace`.
 
 Every event said to a room passes through :meth:`ChatServer.publish`: it
@@ -49,13 +50,38 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore.engine.backplane import Backplane
 from chatcore.engine.connection import Client
+from chatcore.engine.feed import left_out
 from chatcore.engine.gate import Gate, Refusal
 from chatcore.engine.limits import ConnectionLimits, FailureCounter
 from chatcore.engine.registry import Registry
+from chatcore.engine.rooms import (
+    LIST_MODES,
+    MAX_LIST,
+    MEMBER_MODES,
+    TOPIC_LENGTH,
+    ModeError,
+    ModeRequest,
+    Rooms,
+    RoomState,
+    mask_matches,
+    parse_modes,
+)
 from chatcore.engine.serving import SHUTDOWN_LINGER, Connections
 from chatcore.engine.stats import Stats
 from chatcore.engine.writer import Writer
-from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, RoomEvent, Welcome
+from chatcore.events import (
+    Action,
+    Chat,
+    Invited,
+    Joined,
+    Left,
+    ModeChanged,
+    NickChanged,
+    PrivateMessage,
+    RoomEvent,
+    TopicChanged,
+    Welcome,
+)
 from chatcore.message import Message
 from chatcore.names import nick_problem, room_problem
 from chatcore.transports.listener import Listener, format_address
@@ -103,12 +129,16 @@ class ChatServer:
         # First: a plugin's failure here stops the start before anything is open.
         self.backplane: Backplane = self.hooks.backplane(self) or Backplane()
         self.registry = Registry()
+        #: Each room's topic, modes, lists and roles (:mod:`chatcore.engine.rooms`).
+        self.rooms = Rooms()
         self.writer = Writer()
         self.stats = Stats()
         #: New connections' limits: a reload applies them to new connections only.
         self.max_line: int = options.max_line
         self.max_queue: int = options.max_queue
         self.max_sendq: int = options.max_sendq
+        #: Rooms one client may be in at once.
+        self.max_rooms_per_client: int = options.max_rooms_per_client
         #: Events a wire format failed to render (each logged; the rest of
         #: the room's delivery goes on), and calls of the backplane that failed.
         self.render_failures = 0
@@ -207,6 +237,7 @@ class ChatServer:
         self.max_queue = options.max_queue
         self.max_sendq = options.max_sendq
         self.max_line = options.max_line
+        self.max_rooms_per_client = options.max_rooms_per_client
         self.gate.reconfigure(options, password, self.all_connections())
         self.serving.start_sweeper()
 
@@ -245,15 +276,26 @@ class ChatServer:
         once its connection has ended (:mod:`chatcore.engine.serving`);
         nothing happens for a client never admitted."""
         reason = client.close_reason or "connection closed"
-        room = client.room
+        rooms = client.rooms
         if self.registry.remove(client):
             if not self._stopping:
-                left = Left(room, nick=client.nick, reason=reason, kicked_by=client.kicked_by or "", user=client.user)
-                self.stats.delivered(self._publish(left))
+                kicked_by = client.kicked_by or ""
+                for index, room in enumerate(rooms):
+                    left = Left(
+                        room,
+                        nick=client.nick,
+                        reason=reason,
+                        kicked_by=kicked_by,
+                        user=client.user,
+                        told_in=rooms[:index],
+                    )
+                    self.stats.delivered(self._publish(left))
             log.info("client left: %s from %s (%s)", client.nick, format_address(*client.address), reason)
-            self.hooks.client_left(client, room, reason)
+            for room in rooms:
+                self.hooks.client_left(client, room, reason)
             self._release_nick(client, client.nick)
-            self._maybe_emptied(room)
+            for room in rooms:
+                self._maybe_emptied(room)
 
     def _release_nick(self, client: Client, nick: str) -> None:
         """The backplane's release of a nickname, whose failure is its own
@@ -268,8 +310,12 @@ class ChatServer:
         lets go of what it keeps for it (per-room state must not outlive
         the room: 100,000 rooms visited once leave nothing behind). Under
         the registry's lock, so that nobody enters the room in between."""
+        self.registry.if_empty(room, self._room_emptied)
+
+    def _room_emptied(self, room: str) -> None:
+        self.rooms.drop(room)
         try:
-            self.registry.if_empty(room, self.backplane.room_emptied)
+            self.backplane.room_emptied(room)
         except Exception:
             self._backplane_failed("room_emptied")
 
@@ -359,7 +405,7 @@ class ChatServer:
                 return Refusal("password_wrong", "wrong password")
         if nick is not None and (problem := nick_problem(nick)) is not None:
             return Refusal("nick_invalid", problem)
-        if room is not None and (problem := room_problem(room)) is not None:
+        if room and (problem := room_problem(room)) is not None:  # "": in no room (IRC joins its own)
             return Refusal("room_invalid", problem)
         if not self.admit(client, room, nick):
             return Refusal("nick_taken", f"nickname {nick!r} is taken")
@@ -367,8 +413,8 @@ class ChatServer:
 
     def admit(self, client: Client, room: str | None = None, nick: str | None = None) -> bool:
         """Let a connected client into the chat: ``nick`` or a fresh
-        ``guest-N`` nickname, ``room`` or the default room, the welcome
-        text, and the join notice for the others.
+        ``guest-N`` nickname, ``room`` or the default room (``""``: no room
+        yet), the welcome text, and the join notice for the others.
 
         A protocol whose clients choose their nickname before they enter
         (IRC's registration) passes it here, so that the others never see a
@@ -388,8 +434,9 @@ class ChatServer:
             self._claim_guest_nick(client)
         client.send(Welcome(tuple(self.hooks.welcome(client))))
         log.info("client joined: %s from %s", client.nick, format_address(*client.address))
-        self.stats.delivered(self._publish(Joined(client.room, nick=client.nick, user=client.user), exclude=client))
-        self.hooks.client_joined(client, client.room)
+        if client.room:
+            self.stats.delivered(self._publish(Joined(client.room, nick=client.nick, user=client.user), exclude=client))
+            self.hooks.client_joined(client, client.room)
         return True
 
     def _claim_guest_nick(self, client: Client) -> None:
@@ -430,6 +477,9 @@ class ChatServer:
         sender = message.sender
         counts = self.stats.mine()
         counts.messages += 1
+        if (refused := self.speech_refusal(sender, message.room)) is not None:
+            sender.error(refused)
+            return
         self.hooks.message(message)
         if message.rejected is not None:
             sender.error(message.rejected)
@@ -470,6 +520,9 @@ class ChatServer:
                 self.broadcast_message(message)
                 continue
             counts.messages += 1
+            if (refused := self.speech_refusal(message.sender, message.room)) is not None:
+                message.sender.error(refused)
+                continue
             self.hooks.message(message)
             if message.rejected is not None:
                 message.sender.error(message.rejected)
@@ -561,19 +614,237 @@ class ChatServer:
         self.hooks.message_delivered(message, 1)
         return None
 
-    def change_room(self, client: Client, room: str, reason: str | None = None) -> None:
-        """Move a client to ``room``, with the leave and join notices and
-        hooks (used by ``/join``)."""
-        old = self.registry.move(client, room)
-        self.stats.delivered(
-            self._publish(
-                Left(old, nick=client.nick, reason=reason or f"joined {room}", disconnected=False, user=client.user)
+    def join_room(self, client: Client, room: str, key: str = "") -> Refusal | None:
+        """Put ``client`` in ``room`` too (made on first use) and make it its
+        current room, with the join notice to the others and the hook
+        (``/join``, IRC's ``JOIN``): the one way into a room after
+        admission. A room it is in already only becomes current.
+
+        ``room`` must be lower case (names ignore case; lower case is the
+        one spelling). The client gets the :class:`~chatcore.events.Joined`
+        too, alone, which its protocol renders as its own join.
+
+        :return: None once it is in, else a :class:`~chatcore.engine.gate.Refusal`:
+            ``"room_invalid"``, ``"too_many_rooms"`` (``--max-rooms-per-client``),
+            ``"banned"``, ``"invite_only"``, ``"bad_key"`` or ``"full"`` (the
+            room's modes, which an invitation or a server operator passes).
+        """
+        if (problem := room_problem(room)) is not None:
+            return Refusal("room_invalid", problem)
+        if room in client.rooms:
+            self.registry.join(client, room)
+            return None
+        if len(client.rooms) >= self.max_rooms_per_client:
+            return Refusal(
+                "too_many_rooms",
+                f"you are in {len(client.rooms)} rooms, the most allowed: leave one before joining {room}",
             )
-        )
-        self.hooks.client_left(client, old, reason or f"joined {room}")
-        self._maybe_emptied(old)
-        self.stats.delivered(self._publish(Joined(room, nick=client.nick, user=client.user), exclude=client))
-        self.hooks.client_joined(client, room)
+        state = self.rooms.get(room)
+        if state is not None and (refusal := self._entry_refusal(client, state, key)) is not None:
+            return refusal
+        if self.registry.join(client, room):
+            joined = Joined(room, nick=client.nick, user=client.user)
+            # The room's state first (publishing applies it again, which a
+            # join allows): the client's own join shows who runs the room.
+            self.rooms.apply(joined)
+            # The client is told first, alone, with the same event: its
+            # protocol shows its own join its way (IRC: JOIN, the topic and
+            # the names), before anything the room or a plugin says next.
+            client.send(joined)
+            self.stats.delivered(self._publish(joined, exclude=client))
+            self.hooks.client_joined(client, room)
+        return None
+
+    def _entry_refusal(self, client: Client, state: RoomState, key: str) -> Refusal | None:
+        """Why ``state``'s modes keep ``client`` out, or None."""
+        if self.hooks.server_operator(client) is not None:
+            return None
+        room = state.name
+        invited = client.nick.casefold() in state.invited
+        if state.banned(client) and not invited:
+            return Refusal("banned", f"you are banned from {room}")
+        if "i" in state.flags and not invited and not any(mask_matches(m, client) for m in state.excepts):
+            return Refusal("invite_only", f"{room} is invite only: an operator of it must /invite you")
+        if state.key and key != state.key and not invited:
+            return Refusal("bad_key", f"{room} needs a key: /join {room} KEY")
+        if state.limit and len(self.nicks_in(room)) >= state.limit and not invited:
+            return Refusal("full", f"{room} is full ({state.limit} members)")
+        return None
+
+    def may_run(self, client: Client, room: str) -> RoomState | Refusal:
+        """The state of ``room`` if ``client`` is an operator of it (or a
+        server operator), else a Refusal (``"no_such_room"`` or ``"not_operator"``)."""
+        state = self.rooms.get(room)
+        if state is None:
+            return Refusal("no_such_room", f"no such room {room!r}")
+        if not state.is_operator(client.nick) and self.hooks.server_operator(client) is None:
+            return Refusal("not_operator", f"you are not an operator of {room}")
+        return state
+
+    def set_topic(self, client: Client, room: str, topic: str) -> Refusal | None:
+        """Set ``room``'s topic (``""`` clears it): its members, or with
+        ``+t`` (the default) its operators. Told to the room as a
+        :class:`~chatcore.events.TopicChanged`, the setter included."""
+        state = self.rooms.get(room)
+        if state is None:
+            return Refusal("no_such_room", f"no such room {room!r}")
+        if room not in client.rooms and self.hooks.server_operator(client) is None:
+            return Refusal("not_in_room", f"you are not in {room}")
+        if "t" in state.flags:
+            checked = self.may_run(client, room)
+            if isinstance(checked, Refusal):
+                return Refusal("not_operator", f"only operators of {room} set its topic (it is +t)")
+        topic = topic[:TOPIC_LENGTH]
+        self.stats.delivered(self._publish(TopicChanged(room, nick=client.nick, topic=topic, user=client.user)))
+        return None
+
+    def change_modes(self, client: Client, room: str, modes: str, arguments: list[str]) -> Refusal | None:
+        """Apply a mode string (``+kl-m secret 10``, :mod:`chatcore.engine.rooms`)
+        to ``room`` as ``client``, an operator of it: the changes that
+        change something are told to the room as one
+        :class:`~chatcore.events.ModeChanged`, the setter included.
+        Requests for a list (``+b`` alone) are the caller's to answer.
+        Nothing is applied if any part is invalid."""
+        checked = self.may_run(client, room)
+        if isinstance(checked, Refusal):
+            return checked
+        state = checked
+        try:
+            requests = parse_modes(modes, arguments)
+        except ModeError as exc:
+            return Refusal(exc.code, str(exc))
+        letters, args = self._effective(state, requests)
+        if isinstance(letters, Refusal):
+            return letters
+        if letters:
+            event = ModeChanged(room, nick=client.nick, modes=letters, arguments=tuple(args), user=client.user)
+            self.stats.delivered(self._publish(event))
+        return None
+
+    def _effective(self, state: RoomState, requests: list[ModeRequest]) -> tuple[str | Refusal, list[str]]:
+        """The mode string and arguments of the requests that change
+        something (``+m`` on a ``+m`` room does not), or a Refusal."""
+        letters: list[str] = []
+        args: list[str] = []
+        sign = ""
+        flags, key, limit = set(state.flags), state.key, state.limit
+        lists = {"b": dict(state.bans), "e": dict(state.excepts)}
+        roles = {"o": set(state.operators), "v": set(state.voiced)}
+        for request in requests:
+            letter, adding, argument = request.mode, request.adding, request.argument
+            if letter in LIST_MODES:
+                if not argument:
+                    continue  # a request for the list: the caller's
+                masks = lists[letter]
+                if adding == (argument in masks):
+                    continue
+                if adding and len(masks) >= MAX_LIST:
+                    return Refusal("list_full", f"the +{letter} list of {state.name} is full ({MAX_LIST} masks)"), []
+                masks[argument] = ("", 0.0) if adding else masks.pop(argument)
+            elif letter in MEMBER_MODES:
+                target = self.registry.find(argument)
+                nick = target.nick if target is not None and state.name in target.rooms else None
+                if nick is None and argument.casefold() not in {n.casefold() for n in self.nicks_in(state.name)}:
+                    return Refusal("not_in_room", f"{argument} is not in {state.name}"), []
+                nick = nick or argument
+                if adding == (nick.casefold() in roles[letter]):
+                    continue
+                (roles[letter].add if adding else roles[letter].discard)(nick.casefold())
+                argument = nick
+            elif letter == "k":
+                if (adding and key == argument) or (not adding and not key):
+                    continue
+                key = argument if adding else ""
+                argument = argument if adding else "*"
+            elif letter == "l":
+                if (adding and str(limit) == argument) or (not adding and not limit):
+                    continue
+                limit = int(argument) if adding else 0
+            else:
+                if adding == (letter in flags):
+                    continue
+                (flags.add if adding else flags.discard)(letter)
+            want = "+" if adding else "-"
+            if want != sign:
+                letters.append(want)
+                sign = want
+            letters.append(letter)
+            if argument:
+                args.append(argument)
+        return "".join(letters), args
+
+    def kick_from_room(self, client: Client, room: str, nick: str, reason: str = "") -> Refusal | None:
+        """``client``, an operator of ``room``, puts ``nick`` out of it: a
+        leave with ``kicked_by`` told to the room and to the kicked, who
+        stays connected (``/kick``, IRC's ``KICK``)."""
+        checked = self.may_run(client, room)
+        if isinstance(checked, Refusal):
+            return checked
+        target = self.registry.find(nick)
+        if target is None or room not in target.rooms:
+            return Refusal("not_in_room", f"{nick} is not in {room}")
+        reason = reason or client.nick
+        left = Left(room, nick=target.nick, reason=reason, disconnected=False, kicked_by=client.nick, user=target.user)
+        if not self.registry.part(target, room):
+            return Refusal("not_in_room", f"{nick} is not in {room}")
+        target.send(left)  # out of the room already: its own copy
+        self.stats.delivered(self._publish(left))
+        self.hooks.client_left(target, room, f"kicked by {client.nick}: {reason}")
+        self._maybe_emptied(room)
+        return None
+
+    def invite(self, client: Client, room: str, nick: str) -> Refusal | None:
+        """``client`` invites ``nick`` to ``room``: past ``+i``, ``+k`` and
+        ``+l`` once. A member may invite to a room that is not ``+i``;
+        to one that is, its operators."""
+        state = self.rooms.get(room)
+        if state is None:
+            return Refusal("no_such_room", f"no such room {room!r}")
+        if room not in client.rooms and self.hooks.server_operator(client) is None:
+            return Refusal("not_in_room", f"you are not in {room}")
+        if "i" in state.flags and isinstance(self.may_run(client, room), Refusal):
+            return Refusal("not_operator", f"only operators of {room} invite to it (it is +i)")
+        target = self.registry.find(nick)
+        if target is None or target.closed:
+            return Refusal("no_such_nick", f"no such nick {nick!r}")
+        if room in target.rooms:
+            return Refusal("already_in_room", f"{target.nick} is in {room} already")
+        self.rooms.invite(room, target.nick)
+        target.send(Invited(client.nick, room, client.user))
+        return None
+
+    def speech_refusal(self, client: Client, room: str) -> str | None:
+        """Why ``client`` may not speak in ``room`` (``+n`` and not in it,
+        ``+m`` and not voiced, banned), or None."""
+        state = self.rooms.get(room)
+        if state is None:
+            return None
+        outside = room not in client.rooms
+        if not (outside or state.bans or "m" in state.flags):  # nearly every message: no rule to check
+            return None
+        if outside and "n" in state.flags:
+            return f"you are not in {room}: /join {room} to speak there"
+        folded = client.nick.casefold()
+        if folded in state.operators or self.hooks.server_operator(client) is not None:
+            return None
+        if "m" in state.flags and folded not in state.voiced:
+            return f"{room} is moderated: only its operators and voiced members speak"
+        if state.bans and folded not in state.voiced and state.banned(client):
+            return f"you are banned from speaking in {room}"
+        return None
+
+    def part_room(self, client: Client, room: str, reason: str = "") -> bool:
+        """Take ``client`` out of ``room``, with the leave notice to the
+        others and the hook (``/part``, IRC's ``PART``); False if it was not
+        in it. The client is told with the same event, alone, as with a join."""
+        if not self.registry.part(client, room):
+            return False
+        left = Left(room, nick=client.nick, reason=reason, disconnected=False, user=client.user)
+        client.send(left)
+        self.stats.delivered(self._publish(left))
+        self.hooks.client_left(client, room, reason or "part")
+        self._maybe_emptied(room)
+        return True
 
     def change_nick(self, client: Client, nick: str) -> bool:
         """Rename ``client`` and tell its room; False if the nickname is
@@ -588,8 +859,10 @@ class ChatServer:
             self._release_nick(client, nick)
             return False
         self._release_nick(client, old)
-        changed = NickChanged(client.room, nick=old, new_nick=nick, user=client.user)
-        self.stats.delivered(self._publish(changed, exclude=client))
+        rooms = client.rooms
+        for index, room in enumerate(rooms):
+            changed = NickChanged(room, nick=old, new_nick=nick, user=client.user, told_in=rooms[:index])
+            self.stats.delivered(self._publish(changed, exclude=client))
         return True
 
     # -- delivery -------------------------------------------------------------
@@ -637,6 +910,14 @@ class ChatServer:
                 epoch, offset = self.backplane.next_position(room)
                 # An event from elsewhere keeps the time it was said at.
                 _stamp(event, epoch, offset, event.time or time.time())
+            if event.changes_state:  # wherever it was said: one path for the room's state
+                self.rooms.apply(event)
+        skip: Client | frozenset[Client] | None = exclude
+        if first.told_in:  # members told in another room already are left out
+            told = {member for name in first.told_in for member in self.registry.members(name)}
+            if exclude is not None:
+                told.add(exclude)
+            skip = frozenset(told)
         count = 0
         woken = []  # feeds that were idle: handed to the writer together
         # Presence notices may wait a moment, to leave in one send() with the
@@ -663,13 +944,15 @@ class ChatServer:
                     data, lines = None, self._render_each(wire, events)
                 if not data and not lines:
                     continue
-                members = feed.members
-                count += len(members) - (exclude is not None and exclude._feed is feed)
+                if skip is exclude:
+                    count += len(feed.members) - (exclude is not None and feed.membership(exclude) is not None)
+                else:
+                    count += sum(1 for membership in feed.members if not left_out(skip, membership.client))
                 with feed.lock:
                     if data:
-                        feed.append(data, exclude)
+                        feed.append(data, skip)
                     elif lines:
-                        feed.extend(lines, exclude)
+                        feed.extend(lines, skip)
                     if feed.mark_ready(batched):
                         woken.append(feed)
         finally:

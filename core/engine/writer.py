@@ -65,11 +65,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from chatcore.engine.feed import MAX_TAKE, TRIM_AFTER
+from chatcore.engine.feed import MAX_TAKE, TRIM_AFTER, left_out
 
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
-    from chatcore.engine.feed import RoomFeed
+    from chatcore.engine.feed import Membership, RoomFeed
 
 log = logging.getLogger("chatcore.writer")
 
@@ -80,6 +80,16 @@ MAX_BATCH = 1024
 #: that 500 joins in a row cost each member a handful of sends.
 BATCH_DELAY = 0.02
 _SEND_FLAGS = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+def _behind(client: Client) -> int:
+    """The most lines of one of its rooms ``client`` has not had yet."""
+    most = 0
+    for membership in client._memberships:
+        feed = membership.feed
+        if feed is not None and feed.end - membership.pos > most:
+            most = feed.end - membership.pos
+    return most
 
 
 class Writer:
@@ -235,7 +245,7 @@ class Writer:
         sent. The rest go through :meth:`_flush`, or wait for their turn.
         """
         feed.scheduled = False  # lines appended from here on schedule it again
-        taken: list[tuple[Client, bytes]] = []
+        taken: list[tuple[Client, bytes, Membership]] = []
         others: list[Client] = []
         behind: list[Client] = []
         with feed.lock:
@@ -245,10 +255,11 @@ class Writer:
             shared_pos = -1
             shared = b""
             level = True  # every attached member has had every line so far
-            for member in feed.members:
-                pos = member._feed_pos
-                if pos >= end or member._feed is not feed:
+            for membership in feed.members:
+                pos = membership.pos
+                if pos >= end:
                     continue
+                member = membership.client
                 if member._scheduled:  # its turn on the ready queue will come, or it is blocked
                     level = False
                     if member._blocked and end - pos >= member._max_queue:
@@ -264,24 +275,26 @@ class Writer:
                     stop = end
                 else:
                     level = False
-                member._feed_pos = stop
-                if member._feed_own >= pos:  # its own lines are in the way: no echo
+                membership.pos = stop
+                if membership.own >= pos:  # lines not for it are in the way: its own (no echo)
                     senders = feed.senders
-                    data = b"".join([lines[n] for n in range(pos - start, stop - start) if senders[n] is not member])
+                    data = b"".join(
+                        [lines[n] for n in range(pos - start, stop - start) if not left_out(senders[n], member)]
+                    )
                 elif pos == shared_pos and stop == end:
                     data = shared
                 else:
                     data = lines[pos - start] if stop - pos == 1 else b"".join(lines[pos - start : stop - start])
                     if stop == end:
                         shared_pos, shared = pos, data
-                taken.append((member, data))
+                taken.append((member, data, membership))
             if level:  # a quiet room keeps no lines
                 feed.forget(end)
         for member in behind:
             member.disconnect("slow consumer", tell=False)
         sent_bytes = 0
         ready = self._ready
-        for member, data in taken:
+        for member, data, membership in taken:
             try:  # _send() and _guarded(), inline: once per member with lines
                 if not data:
                     self._sent_all(member)
@@ -295,7 +308,7 @@ class Writer:
                 sent_bytes += sent
                 if sent < len(out):
                     self._wait_writable(member, out, sent)
-                elif member._queue or member._finishing or member._feed is not feed or member._feed_pos < end:
+                elif member._queue or member._finishing or membership.feed is not feed or membership.pos < end:
                     self._sent_all(member)
                 else:
                     # Lines appended since this visit began are not chased
@@ -359,13 +372,14 @@ class Writer:
                 plain = b"".join([queue.popleft() for _ in range(min(n, MAX_BATCH))]) if n else b""
             # Level again: 0, which also rights a count a race made drift.
             client._sendq = client._sendq - len(plain) if queue else 0
-            # The room's lines after what was said to it alone: send_data()
-            # moved the room's earlier lines to the queue before that.
-            feed = client._feed
-            if feed is not None and client._feed_pos < feed.end:
-                with feed.lock:
-                    lines = feed.take(client, MAX_TAKE) if client._feed is feed else b""
-                plain = plain + lines if plain else lines
+            # The rooms' lines after what was said to it alone: send_data()
+            # moved the rooms' earlier lines to the queue before that.
+            for membership in client._memberships:
+                feed = membership.feed
+                if feed is not None and membership.pos < feed.end:
+                    with feed.lock:
+                        lines = feed.take(membership, MAX_TAKE) if membership.feed is feed else b""
+                    plain = plain + lines if plain else lines
             if not plain:
                 self._sent_all(client)
                 return
@@ -399,19 +413,17 @@ class Writer:
         client._unsent = memoryview(out)[sent:]
         client._blocked = True
         self._selector.register(client.sock, selectors.EVENT_WRITE, client)
-        feed = client._feed
         if client._finishing:
             self._lingering.add(client)
-        elif feed is not None and feed.end - client._feed_pos >= client._max_queue:
+        elif _behind(client) >= client._max_queue:
             client.disconnect("slow consumer", tell=False)
 
     def _sent_all(self, client: Client) -> None:
         """After a flush that sent everything it took: go again, close, or idle."""
         queue = client._queue
-        feed = client._feed
         if client._drained is not None and not queue:
             self._release_waiter(client)
-        if queue or (feed is not None and client._feed_pos < feed.end):
+        if queue or _behind(client):
             self._ready.append(client)  # more to send: back of the line
             return
         if client._finishing:
@@ -420,7 +432,7 @@ class Writer:
         client._scheduled = False
         # Raced with send_data(), or with a line appended to the feed after
         # the check above whose visit saw this client still scheduled.
-        if (queue or (feed is not None and client._feed_pos < feed.end)) and not client._scheduled:
+        if (queue or _behind(client)) and not client._scheduled:
             client._scheduled = True
             self._ready.append(client)
 

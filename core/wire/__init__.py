@@ -51,6 +51,13 @@ class WireFormat:
         this format shows nothing for it. Called once per event per format."""
         raise NotImplementedError
 
+    def variant(self, rooms: int) -> WireFormat:
+        """The format that renders room events for a member of ``rooms``
+        rooms: itself, unless lines must look different to a member of
+        several (the native protocol names each line's room then). The
+        registry attaches each client to its variant's feeds."""
+        return self
+
     def encode_for(self, client: Client, event: Event) -> bytes:
         """The bytes ``client`` gets for an event sent to it alone, for a
         protocol that does not render those itself (:meth:`Protocol.render`,

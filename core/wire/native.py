@@ -26,15 +26,19 @@ from chatcore.events import (
     Disconnected,
     Error,
     Event,
+    Invited,
     Joined,
     Left,
     Members,
+    ModeChanged,
     NickChanged,
     Notice,
     PrivateMessage,
     Replay,
+    RoomEvent,
     RoomList,
     RoomNotice,
+    TopicChanged,
     Welcome,
 )
 from chatcore.message import Message
@@ -55,6 +59,8 @@ ERROR = "! "
 PASSWORD_REQUIRED = (
     "password required: send /pass PASSWORD first (chatcore client: --password-file FILE or CHATCORE_PASSWORD)"
 )
+#: What a client in no room is told when it says something.
+NO_ROOM = "you are in no room, so nobody hears you: /join ROOM first (/rooms lists them)"
 #: What a client that gave a wrong server password is told.
 WRONG_PASSWORD = "wrong password; try /pass PASSWORD again"
 
@@ -160,6 +166,45 @@ def _left(event: Left) -> str:
     return f"{NOTICE}{event.nick} left" + (f" ({reason})" if reason else "")
 
 
+def _left_room(event: Left) -> str:
+    if event.kicked_by and not event.disconnected:  # out of this room only
+        return f"{NOTICE}{event.nick} was kicked out by {event.kicked_by}" + (
+            f" ({event.reason})" if event.reason and event.reason != event.kicked_by else ""
+        )
+    return _left(event)
+
+
+def _modes(event: ModeChanged) -> str:
+    return f"{NOTICE}{event.nick} set mode {' '.join((event.modes, *event.arguments))}"
+
+
+def _topic(event: TopicChanged) -> str:
+    if not event.topic:
+        return f"{NOTICE}{event.nick} cleared the topic"
+    return f"{NOTICE}{event.nick} set the topic: {event.topic}"
+
+
+def own_room_notice(client: Client, event: Event) -> list[str] | None:
+    """The notices for a client's own join, part or kick out of a room
+    (the engine sends it the event alone), or None for any other event:
+    ``you are now in dev (3 here)`` and the topic, ``you left dev; you now
+    talk in lobby``, ``you were kicked out of dev by alice (spam)``."""
+    if isinstance(event, Joined) and event.nick == client.nick:
+        room = event.room
+        lines = [f"you are now in {room} ({len(client.server.nicks_in(room))} here)"]
+        state = client.server.rooms.get(room)
+        if state is not None and state.topic:
+            lines.append(f"topic: {state.topic} (set by {state.topic_by})")
+        return lines
+    if isinstance(event, Left) and event.nick == client.nick and not event.disconnected:
+        if event.kicked_by:
+            why = f" ({event.reason})" if event.reason and event.reason != event.kicked_by else ""
+            return [f"you were kicked out of {event.room} by {event.kicked_by}{why}"]
+        where = f"you now talk in {client.room}" if client.room else "/join ROOM to enter another"
+        return [f"you left {event.room}; {where}"]
+    return None
+
+
 def _private(event: PrivateMessage) -> str:
     if event.echo:
         return f"-> *{event.recipient}* {event.text}"
@@ -168,7 +213,12 @@ def _private(event: PrivateMessage) -> str:
 
 def _rooms(event: RoomList) -> str:
     count = len(event.rooms)
-    listing = ", ".join(f"{name} ({members})" for name, members in event.rooms)
+
+    def entry(name: str, members: int) -> str:
+        mark = ", current" if name == event.current else ", joined" if name in event.joined else ""
+        return f"{name} ({members}{mark})"
+
+    listing = ", ".join(entry(name, members) for name, members in event.rooms)
     return f"{NOTICE}{count} {'room' if count == 1 else 'rooms'}: {listing}"
 
 
@@ -177,7 +227,10 @@ _LINES: dict[type[Event], Callable[[Any], str]] = {
     Chat: lambda e: f"<{e.nick}> {e.text}",
     Action: lambda e: f"{NOTICE}{e.nick} {e.text}",
     Joined: lambda e: f"{NOTICE}{e.nick} joined",
-    Left: _left,
+    Left: _left_room,
+    TopicChanged: _topic,
+    ModeChanged: _modes,
+    Invited: lambda e: f"{NOTICE}{e.by} invites you to {e.room}: /join {e.room}",
     NickChanged: lambda e: f"{NOTICE}{e.nick} is now known as {e.new_nick}",
     RoomNotice: lambda e: NOTICE + e.text,
     Notice: lambda e: NOTICE + e.text,
@@ -197,11 +250,26 @@ def event_line(event: Event) -> str | None:
 
 
 class NativeFormat(WireFormat):
-    """Events as the native protocol's text lines (docs/protocol.md)."""
+    """Events as the native protocol's text lines (docs/protocol.md).
+
+    A client in one room sees the lines as they are; a client in several
+    sees each room line after its room's name in brackets (``[dev] <bob>
+    hi``): that is the ``labelled`` variant, whose feeds the registry
+    attaches such a client to (:meth:`variant`).
+    """
 
     name = "native"
 
+    def __init__(self, *, labelled: bool = False) -> None:
+        self.labelled = labelled
+
+    def variant(self, rooms: int) -> NativeFormat:
+        return NATIVE_IN_ROOMS if rooms > 1 else NATIVE
+
     def encode(self, event: Event) -> bytes:  # every event, room or not
+        if self.labelled and isinstance(event, RoomEvent):
+            line = event_line(event)
+            return b"" if line is None else f"[{event.room}] {line}\n".encode()
         if type(event) is Chat:  # nearly every event: skip the table
             return f"<{event.nick}> {event.text}\n".encode()
         render = _LINES.get(type(event))
@@ -212,6 +280,12 @@ class NativeFormat(WireFormat):
         if isinstance(event, Replay):
             return self._replay(event)
         return b""  # an event type this protocol does not show
+
+    def encode_for(self, client: Client, event: Event) -> bytes:
+        own = own_room_notice(client, event)
+        if own is not None:
+            return "".join(f"{NOTICE}{line}\n" for line in own).encode()
+        return self.encode(event)
 
     @staticmethod
     def _replay(event: Replay) -> bytes:
@@ -224,6 +298,8 @@ class NativeFormat(WireFormat):
 
 #: The one instance every native connection shares.
 NATIVE = NativeFormat()
+#: Its variant for clients in several rooms (:meth:`NativeFormat.variant`).
+NATIVE_IN_ROOMS = NativeFormat(labelled=True)
 
 
 class NativeProtocol(Protocol):
@@ -286,6 +362,9 @@ class NativeProtocol(Protocol):
                     handle_text(client, text)
                     continue
                 text = text[1:]  # "//text" sends "/text" as a message
+            if not client.room:
+                client.error(NO_ROOM)
+                continue
             run.append(Message(client, client.room, text))
         if run:
             server.broadcast_messages(run)
@@ -327,6 +406,9 @@ def handle_text(client: Client, text: str) -> None:
             client.server.run_command(client, name.lower(), args.strip())
             return
         text = text[1:]  # "//text" sends "/text" as a message
+    if not client.room:
+        client.error(NO_ROOM)
+        return
     client.server.broadcast_message(Message(client, client.room, text))
 
 
