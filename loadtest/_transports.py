@@ -116,6 +116,7 @@ class Dialect:
         first = self.readline()
         if first.startswith("! "):
             raise ChatError(f"refused: {first[2:]}")
+        self.room = "lobby"  # where the server puts a native client
         return first
 
     def command(self, line: str, reply_prefix: str) -> str:
@@ -134,7 +135,13 @@ class Dialect:
         self.command(f"/nick {nick}", "* you are")
 
     def join(self, room: str) -> None:
+        """Enter ``room`` and leave the one it was in: a user of the load
+        tester talks in one room (its lines are counted per room)."""
+        if room == self.room:
+            return
         self.command(f"/join {room}", f"* you are now in {room} ")
+        if self.room:
+            self.command(f"/part {self.room}", f"* you left {self.room}")
         self.room = room
 
     # -- running ----------------------------------------------------------------
@@ -168,8 +175,8 @@ class Dialect:
 
 class IrcDialect(Dialect):
     """IRC as the ``irc`` plugin speaks it (docs/irc.md): register with
-    NICK and USER (the server puts the client in ``#lobby``), ``JOIN
-    #room`` (a switch: one channel at a time), ``PRIVMSG #room :text``;
+    NICK and USER and join ``#lobby``, ``JOIN #room`` then ``PART`` of the
+    channel it was in (a load-test user talks in one room), ``PRIVMSG #room :text``;
     a ``PING`` is answered with ``PONG``, ``ERROR`` is the server's last word.
 
     Chat longer than fits a 512-byte IRC line reaches IRC users split over
@@ -181,9 +188,9 @@ class IrcDialect(Dialect):
     MARK = b" :~lt "
 
     def enter(self, nick: str) -> str:
-        self.send(f"NICK {nick}\r\nUSER {nick} 0 * :chatcore load test\r\n".encode())
+        self.send(f"NICK {nick}\r\nUSER {nick} 0 * :chatcore load test\r\nJOIN #lobby\r\n".encode())
         welcome = ""
-        # Registered once the names of the forced JOIN #lobby have come (366).
+        # Registered and in #lobby once the names of its JOIN have come (366).
         for command, params in self._replies("NICK/USER"):
             if command == "001":
                 welcome = params
@@ -201,8 +208,12 @@ class IrcDialect(Dialect):
         self.send(f"JOIN #{room}\r\n".encode())
         for command, params in self._replies(f"JOIN #{room}"):
             if command == "366" and f" #{room} " in f" {params} ":
-                self.room = room
-                return
+                break
+        self.send(f"PART #{self.room}\r\n".encode())
+        for command, params in self._replies(f"PART #{self.room}"):
+            if command == "PART" and params.split()[0] == f"#{self.room}":
+                break
+        self.room = room
 
     def _replies(self, what: str) -> Iterator[tuple[str, str]]:
         """(command, parameters) of each line from the server; a numeric
@@ -393,7 +404,11 @@ class WebSocketDialect(Dialect):
         self._command(f"/nick {nick}", "you are")
 
     def join(self, room: str) -> None:
+        if room == self.room:
+            return
         self._command(f"/join {room}", f"you are now in {room} ")
+        if self.room:
+            self._command(f"/part {self.room}", f"you left {self.room}")
         self.room = room
 
     # -- running --------------------------------------------------------------------

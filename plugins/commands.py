@@ -1,4 +1,5 @@
-"""The built-in commands: /nick, /join, /rooms, /who, /msg, /me, /help, /ping and /quit.
+"""The built-in commands: /nick, /join, /part, /rooms, /who, /topic, /mode,
+/kick, /invite, /msg, /me, /help, /ping and /quit.
 
 Always on, and an ordinary plugin all the same: every command goes through
 ``chatcore_command`` exactly as a third-party plugin's would, and the
@@ -12,14 +13,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from chatcore import Client, Message, hookimpl
+from chatcore.engine.rooms import LIST_MODES, ModeError, parse_modes
 from chatcore.events import Members, RoomList
 from chatcore.names import nick_problem, room_problem
+from chatcore.wire.native import NO_ROOM
 
 HELP = [
     ("/nick NAME", "change your nickname"),
-    ("/join ROOM", "leave this room and enter ROOM (created if new)"),
-    ("/rooms", "list the rooms and how many people are in each"),
-    ("/who", "list the people in your room"),
+    ("/join ROOM [KEY]", "enter ROOM too (made if new; KEY if it has one) and talk there; in it already: talk there"),
+    ("/part [ROOM] [REASON]", "leave ROOM (your current room if none is given)"),
+    ("/rooms", "list the rooms, how many people are in each, and which you are in"),
+    ("/who [ROOM]", "list the people in ROOM (your current room if none is given)"),
+    ("/topic [TEXT|--clear]", "show or set your current room's topic (+t: its operators)"),
+    ("/mode [MODES [ARGS]]", "show or change your current room's modes: +imnst, +k KEY, +l N, +o/+v NICK, +b/+e MASK"),
+    ("/kick NICK [REASON]", "room operators: put NICK out of your current room"),
+    ("/invite NICK [ROOM]", "invite NICK to ROOM (your current room if none is given), past +i, +k and +l"),
     ("/msg NICK TEXT", "send TEXT to NICK only, in whatever room they are"),
     ("/me TEXT", "say TEXT as an action: * you TEXT"),
     ("/help", "list the commands"),
@@ -62,13 +70,9 @@ def _nick(client: Client, args: str) -> None:
 
 
 def _join(client: Client, args: str) -> None:
-    room = args.strip()
+    room, _, key = args.strip().partition(" ")
     if not room:
-        client.error("usage: /join ROOM")
-        return
-    problem = room_problem(room)
-    if problem:
-        client.error(problem)
+        client.error("usage: /join ROOM [KEY]")
         return
     # Room names ignore case, as nicknames do; lower case is the one
     # spelling, so "/join Dev" and "/join dev" meet in the same room.
@@ -76,17 +80,129 @@ def _join(client: Client, args: str) -> None:
     if room == client.room:
         client.notice(f"you are already in {room}")
         return
-    client.server.change_room(client, room, reason=f"joined {room}")
-    count = len(client.server.registry.members(room))
-    client.notice(f"you are now in {room} ({count} here)")
+    if room in client.rooms:  # switching: plain lines go there from now on
+        client.server.registry.join(client, room)
+        client.notice(f"you now talk in {room}")
+        return
+    refusal = client.server.join_room(client, room, key.strip())
+    if refusal is not None:  # else the client is told by its protocol (the engine sends it its Joined)
+        client.error(refusal.text)
+
+
+def _part(client: Client, args: str) -> None:
+    first, _, rest = args.strip().partition(" ")
+    # "/part" leaves the current room; "/part dev bye" names the room, and
+    # "/part bye" (not a room of yours) is a reason for leaving the current one.
+    if first and first.lower() in client.rooms:
+        room, reason = first.lower(), rest.strip()
+    else:
+        room, reason = client.room, args.strip()
+    if not room:
+        client.error("you are in no room; /join ROOM to enter one")
+        return
+    client.server.part_room(client, room, client.server.leave_reason(client, reason, ""))
+
+
+def _current(client: Client) -> str | None:
+    """The client's current room, or None after telling it it has none."""
+    if not client.room:
+        client.error("you are in no room; /join ROOM first")
+        return None
+    return client.room
+
+
+def _topic(client: Client, args: str) -> None:
+    room = _current(client)
+    if room is None:
+        return
+    text = args.strip()
+    if not text:
+        state = client.server.rooms.get(room)
+        if state is None or not state.topic:
+            client.notice(f"{room} has no topic")
+        else:
+            client.notice(f"topic of {room}: {state.topic} (set by {state.topic_by})")
+        return
+    refusal = client.server.set_topic(client, room, "" if text == "--clear" else text)
+    if refusal is not None:
+        client.error(refusal.text)
+
+
+def _mode(client: Client, args: str) -> None:
+    room = _current(client)
+    if room is None:
+        return
+    words = args.split()
+    state = client.server.rooms.get(room)
+    if state is None:
+        client.error(f"no such room {room!r}")
+        return
+    if not words:
+        shown, shown_arguments = state.modes()
+        client.notice(f"modes of {room}: {' '.join((shown, *shown_arguments))}")
+        return
+    modes, arguments = words[0], words[1:]
+    if modes[0] not in "+-":
+        client.error("usage: /mode +MODES [ARGS] or -MODES [ARGS], for example /mode +m or /mode +o bob")
+        return
+    try:
+        requests = parse_modes(modes, arguments)
+    except ModeError as exc:
+        client.error(str(exc))
+        return
+    # A list letter without a mask asks for the list (/mode +b).
+    for letter in dict.fromkeys(r.mode for r in requests if r.mode in LIST_MODES and not r.argument):
+        masks = state.bans if letter == "b" else state.excepts
+        what = "bans" if letter == "b" else "ban exceptions"
+        listing = ", ".join(f"{mask} (by {by})" for mask, (by, _) in masks.items())
+        client.notice(f"{what} of {room}: {listing}" if masks else f"{room} has no {what}")
+    if all(r.mode in LIST_MODES and not r.argument for r in requests):
+        return
+    refusal = client.server.change_modes(client, room, modes, arguments)
+    if refusal is not None:
+        client.error(refusal.text)
+
+
+def _kick(client: Client, args: str) -> None:
+    room = _current(client)
+    if room is None:
+        return
+    nick, _, reason = args.strip().partition(" ")
+    if not nick:
+        client.error("usage: /kick NICK [REASON]")
+        return
+    refusal = client.server.kick_from_room(client, room, nick, reason.strip())
+    if refusal is not None:
+        client.error(refusal.text)
+
+
+def _invite(client: Client, args: str) -> None:
+    nick, _, room = args.strip().partition(" ")
+    room = room.strip().lower() or client.room
+    if not nick or not room:
+        client.error("usage: /invite NICK [ROOM]")
+        return
+    refusal = client.server.invite(client, room, nick)
+    if refusal is not None:
+        client.error(refusal.text)
+        return
+    client.notice(f"invited {nick} to {room}")
 
 
 def _rooms(client: Client, args: str) -> None:
-    client.send(RoomList(tuple(sorted(client.server.room_counts().items()))))
+    client.send(RoomList(tuple(sorted(client.server.room_counts().items())), client.rooms, client.room))
 
 
 def _who(client: Client, args: str) -> None:
-    client.send(Members(client.room, tuple(client.server.nicks_in(client.room))))
+    room = args.strip().lower() or client.room
+    if not room:
+        client.error("usage: /who ROOM (you are in no room)")
+        return
+    problem = room_problem(room)
+    if problem:
+        client.error(problem)
+        return
+    client.send(Members(room, tuple(client.server.nicks_in(room))))
 
 
 def _msg(client: Client, args: str) -> None:
@@ -101,6 +217,9 @@ def _msg(client: Client, args: str) -> None:
 def _me(client: Client, args: str) -> None:
     if not args:
         client.error("usage: /me TEXT")
+        return
+    if not client.room:
+        client.error(NO_ROOM)
         return
     client.server.broadcast_message(Message(client, client.room, args, kind="action"))
 
@@ -124,6 +243,11 @@ def _quit(client: Client, args: str) -> None:
 _COMMANDS: dict[str, Callable[[Client, str], None]] = {
     "nick": _nick,
     "join": _join,
+    "part": _part,
+    "topic": _topic,
+    "mode": _mode,
+    "kick": _kick,
+    "invite": _invite,
     "rooms": _rooms,
     "who": _who,
     "msg": _msg,

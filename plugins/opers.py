@@ -1,4 +1,4 @@
-"""Operators and bans: /oper, /kick, /ban, /unban, /bans, /mute and /unmute.
+"""Operators and bans: /oper, /kill, /ban, /unban, /bans, /mute and /unmute.
 
 Always on, and an ordinary plugin on the hooks: ``chatcore_command`` for the
 commands, ``chatcore_connection_arriving`` to refuse banned addresses at
@@ -46,7 +46,7 @@ log = logging.getLogger("chatcore.opers")
 
 HELP = [
     ("/oper NAME PASSWORD", "log in as an operator (--opers-file)"),
-    ("/kick NICK [REASON]", "operators: disconnect NICK; the room sees the reason"),
+    ("/kill NICK [REASON]", "operators: disconnect NICK; their rooms see the reason"),
     ("/ban NICK|ADDRESS|CIDR [DURATION] [REASON]", "operators: disconnect and refuse an address (30m, 7d ...)"),
     ("/unban ADDRESS|CIDR", "operators: lift a ban (as /bans lists it)"),
     ("/bans", "operators: list the bans in force"),
@@ -330,6 +330,11 @@ def operator_name(client: Client) -> str | None:
 
 
 @hookimpl
+def chatcore_server_operator(client: Client) -> str | None:
+    return operator_name(client)
+
+
+@hookimpl
 def chatcore_connection_arriving(address: tuple[str, int], server: ChatServer) -> str | None:
     ban = _state(server).banned(address[0])
     if ban is None:
@@ -517,10 +522,10 @@ def _tell_cluster(client: Client, action: str, **details: Any) -> bool | str | N
     return sent
 
 
-def _kick(client: Client, oper: str, args: str) -> None:
+def _kill(client: Client, oper: str, args: str) -> None:
     nick, _, reason = args.partition(" ")
     if not nick:
-        client.error("usage: /kick NICK [REASON]")
+        client.error("usage: /kill NICK [REASON]")
         return
     target = _target(client, nick, "kick", reason=reason)
     if target is None:
@@ -531,14 +536,14 @@ def _kick(client: Client, oper: str, args: str) -> None:
 
 def kick_elsewhere(operator: Client, nick: str, reason: str) -> bool | str | None:
     """``operator`` kicks ``nick``, who is on another server of the cluster
-    (IRC's ``KICK`` and ``KILL``; ``/kick`` finds them itself): True if the
+    (IRC's ``KILL``; ``/kill`` finds them itself): True if the
     kick went there, why not, or None if no server has that nick."""
     return _to_cluster(operator, "kick", nick=nick, reason=reason.strip() or "no reason given")
 
 
 def kick(operator: Client, target: Client, reason: str) -> None:
-    """``operator`` kicks ``target`` out of the server (``/kick``, IRC's
-    ``KICK`` and ``KILL``): logged, and the room sees a leave with the
+    """``operator`` kicks ``target`` out of the server (``/kill``, IRC's
+    ``KILL``): logged, and the room sees a leave with the
     reason (IRC users a ``KICK``). The caller checked that ``operator`` is one."""
     kick_as(operator.nick, operator_name(operator), target, reason)
 
@@ -734,7 +739,7 @@ def _mutes(client: Client, oper: str, args: str) -> None:
 
 
 _OPERATOR_COMMANDS = {
-    "kick": _kick,
+    "kill": _kill,
     "ban": _ban,
     "unban": _unban,
     "bans": _bans,

@@ -71,7 +71,7 @@ from chatcore.transports import Scheme
 from chatcore.transports.listener import format_address
 from chatcore.wire import Protocol, WireFormat
 from chatcore.wire.framing import PING_FRAME, WebSocketFraming, websocket_frame
-from chatcore.wire.native import PASSWORD_REQUIRED, handle_text, sanitize
+from chatcore.wire.native import PASSWORD_REQUIRED, handle_text, own_room_notice, sanitize
 
 if TYPE_CHECKING:
     from chatcore.engine.server import ChatServer
@@ -404,13 +404,17 @@ class WebProtocol(Protocol):
         (``server full`` ...) as an HTTP 503."""
         if self.framing is None:
             return _http_refusal(event.text) if isinstance(event, Error) else b""
+        client = self.client
+        # Who and where the browser is now: set after a /nick or /join has
+        # taken effect, so the page learns its nick and room from the answer.
+        you = {"nick": client.nick, "room": client.room, "rooms": list(client.rooms)}
+        own = own_room_notice(client, event)  # its own join, part or kick: notices, as for native users
+        if own is not None:
+            return b"".join(message_frame({"type": "notice", "text": line, "you": you}) for line in own)
         obj = event_object(event)
         if obj is None:
             return b""
-        # Who and where the browser is now: set after a /nick or /join has
-        # taken effect, so the page learns its nick and room from the answer.
-        client = self.client
-        obj["you"] = {"nick": client.nick, "room": client.room}
+        obj["you"] = you
         return message_frame(obj)
 
     def connection_lost(self) -> None:
@@ -733,5 +737,5 @@ class WebProtocol(Protocol):
                     if not same_epoch
                     else "more was said than the server keeps"
                 )
-        answer["you"] = {"nick": client.nick, "room": client.room}
+        answer["you"] = {"nick": client.nick, "room": client.room, "rooms": list(client.rooms)}
         client.send_data(message_frame(answer))

@@ -9,6 +9,8 @@ from chatcore import Client, Config, UsageError, hookimpl
 
 PLACEHOLDERS = ("nick", "room", "count")
 DEFAULT_TEXT = "Welcome to chatcore, {nick}! You are in {room} ({count} here). Type /help for the commands."
+#: The default for a client that arrives in no room (IRC clients join their own).
+DEFAULT_TEXT_NO_ROOM = "Welcome to chatcore, {nick}! Type /help for the commands."
 
 
 @hookimpl
@@ -55,5 +57,8 @@ def check_text(text: str) -> None:
 def chatcore_welcome(client: Client) -> list[str]:
     server = client.server
     text: str = server.config.options.welcome_text
-    count = len(server.registry.members(client.room))
-    return text.replace("\\n", "\n").format(nick=client.nick, room=client.room, count=count).split("\n")
+    room = client.room
+    if not room and text == DEFAULT_TEXT:
+        text = DEFAULT_TEXT_NO_ROOM
+    count = len(server.registry.members(room)) if room else 0
+    return text.replace("\\n", "\n").format(nick=client.nick, room=room or "no room", count=count).split("\n")

@@ -1,7 +1,32 @@
 import sys
 
+import pytest
+
 pytest_plugins = ["chatcore.testing"]
 
 # Locust needs Python 3.11+. On 3.10 the smoke test is not collected at all
 # (rather than skipped); everywhere else a missing Locust fails it.
 collect_ignore = ["test_loadtest_smoke.py"] if sys.version_info < (3, 11) else []
+
+
+@pytest.fixture
+def connect():
+    """``connect(server, nick, source="127.0.0.1")``: a native client, named
+    ``nick``, from the loopback address ``source``; all closed at the end."""
+    # Imported here: chatcore.testing is a pytest plugin (above), which
+    # pytest must import first to rewrite its assertions.
+    from chatcore.testing import LineClient
+
+    clients: list[LineClient] = []
+
+    def make(server, nick: str, source: str = "127.0.0.1") -> LineClient:
+        client = LineClient(server.address, source=source)
+        clients.append(client)
+        client.sync()
+        client.send(f"/nick {nick}")
+        client.expect(f"* you are now known as {nick}")
+        return client
+
+    yield make
+    for client in clients:
+        client.close()

@@ -38,7 +38,7 @@ def named(chat_client: ClientFactory, server: ChatServer, nick: str) -> LineClie
 
 
 #: Notices caused by other clients, which may arrive at any time.
-_NOISE = re.compile(r"^\* \S+ (joined$|left\b|is now known as )")
+_NOISE = re.compile(r"^(\[\S+\] )?\* (?!you )\S+ (joined$|left\b|is now known as )")
 
 
 def reply(client: LineClient, line: str) -> list[str]:
@@ -56,13 +56,20 @@ def server(chat_server_factory: ServerFactory) -> ChatServer:
 # -- /nick -------------------------------------------------------------------
 
 
-def test_nick_is_announced_to_the_room_only(server, chat_client):
-    alice, bob, carol = chat_client(server), chat_client(server), chat_client(server)
+def test_nick_is_announced_to_the_rooms_of_the_renamed_only_and_once(server, chat_client):
+    alice, bob, carol, dave = (chat_client(server) for _ in range(4))
     carol.send("/join elsewhere")
     carol.expect("* you are now in elsewhere (1 here)")
+    carol.send("/part lobby")
+    carol.expect("* you left lobby; you now talk in elsewhere")
+    for client in (alice, dave):  # both in lobby and dev
+        client.send("/join dev")
+        client.expect(re.compile(r"^\* you are now in dev"))
     assert reply(alice, "/nick alice") == ["* you are now known as alice"]
     bob.expect("* guest-1 is now known as alice")
     assert not any("known as" in line for line in carol.sync())
+    # dave shares two rooms with alice and is told once, in the first.
+    assert [line for line in dave.sync() if "known as" in line] == ["[lobby] * guest-1 is now known as alice"]
     assert server.registry.find("ALICE") is not None
 
 
@@ -139,20 +146,71 @@ def test_nick_collision_raced_from_two_threads_exactly_one_wins(server, chat_cli
 # -- /join, rooms and /who ---------------------------------------------------
 
 
-def test_join_moves_between_rooms_with_notices(server, chat_client):
+def test_join_enters_a_second_room_and_lines_name_their_room(server, chat_client):
     alice = named(chat_client, server, "alice")
     bob = named(chat_client, server, "bob")
     carol = named(chat_client, server, "carol")
     carol.send("/join dev")
     carol.expect("* you are now in dev (1 here)")
+    # carol is in lobby and dev: every room line names its room.
+    alice.send("in the lobby")
+    carol.expect("[lobby] <alice> in the lobby")
     alice.send("/join dev")
     alice.expect("* you are now in dev (2 here)")
-    bob.expect("* alice left (joined dev)")
-    carol.expect("* alice joined")
+    carol.expect("[dev] * alice joined")
+    # A plain line goes to the current room: the one joined last.
+    alice.send("in dev")
+    carol.expect("[dev] <alice> in dev")
+    assert not any("in dev" in line for line in bob.sync())
+    # Bob, in one room, sees today's lines, unlabelled; alice did not leave it.
+    carol.send("/join lobby")
+    carol.expect("* you now talk in lobby")
+    carol.send("back in the lobby")
+    bob.expect("<carol> back in the lobby")
+    alice.expect("[lobby] <carol> back in the lobby")
+
+
+def test_part_leaves_one_room_and_lines_lose_their_label(server, chat_client):
+    alice = named(chat_client, server, "alice")
+    bob = named(chat_client, server, "bob")
+    alice.send("/join dev")
+    alice.expect("* you are now in dev (1 here)")
+    assert reply(alice, "/part lobby see you") == ["* you left lobby; you now talk in dev"]
+    bob.expect("* alice left (see you)")
+    bob.send("/join dev")
+    bob.expect("* you are now in dev (2 here)")
+    bob.send("hi dev")
+    alice.expect("<bob> hi dev")  # one room again: no label
+    assert reply(alice, "/part") == ["* you left dev; /join ROOM to enter another"]
+    bob.expect("[dev] * alice left")
+    in_no_room = server.registry.find("alice")
+    assert in_no_room is not None
+    assert (in_no_room.room, in_no_room.rooms) == ("", ())
+
+
+def test_a_client_in_no_room_is_told_that_nobody_hears_it(server, chat_client):
+    alice = chat_client(server)
+    assert reply(alice, "/part") == ["* you left lobby; /join ROOM to enter another"]
+    assert reply(alice, "hello?") == ["! you are in no room, so nobody hears you: /join ROOM first (/rooms lists them)"]
+    assert reply(alice, "/me waves") == [
+        "! you are in no room, so nobody hears you: /join ROOM first (/rooms lists them)"
+    ]
+    assert reply(alice, "/part") == ["! you are in no room; /join ROOM to enter one"]
+    assert reply(alice, "/who") == ["! usage: /who ROOM (you are in no room)"]
+    assert reply(alice, "/join lobby") == ["* you are now in lobby (1 here)"]
+
+
+def test_too_many_rooms_is_refused_and_changes_nothing(chat_server_factory, chat_client):
+    server = chat_server_factory("--max-rooms-per-client", "2")
+    alice = chat_client(server)
+    assert reply(alice, "/join dev") == ["* you are now in dev (1 here)"]
+    assert reply(alice, "/join ops") == ["! you are in 2 rooms, the most allowed: leave one before joining ops"]
+    assert server.registry.rooms() == {"lobby": 1, "dev": 1}
+    assert reply(alice, "/join lobby") == ["* you now talk in lobby"]  # switching is not joining
 
 
 JOIN_ERRORS = [
-    ("/join", "! usage: /join ROOM"),
+    ("/join", "! usage: /join ROOM [KEY]"),
     ("/join #dev", "! invalid room name '#dev': use 1 to 32 letters (a-z, A-Z), digits, '_' or '-'"),
     ("/join " + "r" * 33, f"! invalid room name '{'r' * 33}': use 1 to 32 letters (a-z, A-Z), digits, '_' or '-'"),
     ("/join lobby", "* you are already in lobby"),
@@ -183,6 +241,7 @@ def test_rooms_isolate_traffic(server, chat_client):
     for client in (carol, dave):
         client.send("/join dev")
         client.expect(re.compile(r"^\* you are now in dev"))
+        assert reply(client, "/part lobby") == ["* you left lobby; you now talk in dev"]
     alice.send("hello lobby")
     carol.send("hello dev")
     carol.send("/me waves")
@@ -200,10 +259,11 @@ def test_rooms_lists_every_room_with_counts(server, chat_client):
     carol = named(chat_client, server, "carol")
     carol.send("/join dev")
     carol.expect(re.compile(r"^\* you are now in dev"))
-    assert reply(alice, "/rooms") == ["* 2 rooms: dev (1), lobby (2)"]
-    carol.send("/join lobby")
-    carol.expect(re.compile(r"^\* you are now in lobby"))
-    assert reply(alice, "/rooms") == ["* 1 room: lobby (3)"]
+    assert reply(alice, "/rooms") == ["* 2 rooms: dev (1), lobby (3, current)"]
+    assert reply(carol, "/rooms") == ["* 2 rooms: dev (1, current), lobby (3, joined)"]
+    carol.send("/part dev")
+    carol.expect(re.compile(r"^\* you left dev"))
+    assert reply(alice, "/rooms") == ["* 1 room: lobby (3, current)"]
 
 
 def test_who_lists_your_room_only(server, chat_client):
@@ -212,8 +272,12 @@ def test_who_lists_your_room_only(server, chat_client):
     carol = named(chat_client, server, "carol")
     carol.send("/join dev")
     carol.expect(re.compile(r"^\* you are now in dev"))
-    assert reply(alice, "/who") == ["* in lobby (2): alice, Bob"]
+    assert reply(alice, "/who") == ["* in lobby (3): alice, Bob, carol"]
     assert reply(carol, "/who") == ["* in dev (1): carol"]
+    assert reply(alice, "/who DEV") == ["* in dev (1): carol"]
+    assert reply(alice, "/who #dev") == [
+        "! invalid room name '#dev': use 1 to 32 letters (a-z, A-Z), digits, '_' or '-'"
+    ]
 
 
 # -- /msg ----------------------------------------------------------------------
@@ -225,6 +289,8 @@ def test_private_message_reaches_another_room_and_nobody_else(server, chat_clien
     carol = named(chat_client, server, "carol")
     bob.send("/join dev")
     bob.expect(re.compile(r"^\* you are now in dev"))
+    bob.send("/part lobby")
+    bob.expect(re.compile(r"^\* you left lobby"))
     assert reply(alice, "/msg BOB  meet me at   noon ") == ["-> *bob* meet me at   noon"]
     bob.expect("*alice* meet me at   noon")
     assert not any("noon" in line for line in carol.sync())

@@ -255,8 +255,8 @@ def test_room_events_reach_every_server_once_in_order_never_echoed(redis_server,
     dave = connect(one, "dave")
     guest = bob.expect(lambda line: line.startswith("* guest-") and line.endswith(" joined")).split()[1]
     bob.expect(f"* {guest} is now known as dave")
-    dave.send("/join dev")
-    bob.expect("* dave left (joined dev)")
+    dave.send("/part lobby")
+    bob.expect("* dave left")
     assert "* alice waves" not in alice.sync()  # once, not twice
     assert carol.sync().count("* alice waves") == 1
 
@@ -514,11 +514,15 @@ def test_presence_who_rooms_and_msg_span_the_cluster(redis_server, cluster, conn
         second.close()
     bob.send("/join dev")
     bob.expect("* you are now in dev (1 here)")
+    bob.send("/part lobby")
+    bob.expect("* you left lobby; you now talk in dev")
     # Presence is renewed right after a change, by a thread of its own: /rooms
     # shows bob's move within moments.
     answered(alice, "/rooms", lambda line: line.startswith("* 2 rooms: dev (1), lobby ("))
     alice.send("/join dev")
-    alice.expect("* you are now in dev (1 here)")
+    alice.expect("* you are now in dev (2 here)")  # the room's members on every server
+    alice.send("/part lobby")
+    alice.expect("* you left lobby; you now talk in dev")
     answered(alice, "/who", "* in dev (2): alice, bob")
     alice.send("/msg BOB psst")
     alice.expect("-> *BOB* psst")
@@ -545,11 +549,11 @@ def test_irc_names_and_who_list_the_other_servers_members(redis_server, cluster,
     answered(amy, "/who", "* in lobby (2): amy, bob")  # bob's server has told the cluster
     irc = LineClient(one.addresses["irc"], timeout=TIMEOUT)
     try:
-        irc.sock.sendall(b"NICK wendy\r\nUSER wendy 0 * :Wendy\r\n")
-        # The names sent with the JOIN of registration, then NAMES and WHO asked.
-        assert irc.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r").endswith(":amy bob wendy")
+        irc.sock.sendall(b"NICK wendy\r\nUSER wendy 0 * :Wendy\r\nJOIN #lobby\r\n")
+        # The names sent with the JOIN, then NAMES and WHO asked.
+        assert irc.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r").endswith(":@amy bob wendy")
         irc.sock.sendall(b"NAMES #lobby\r\nWHO #lobby\r\n")
-        assert irc.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r").endswith(":amy bob wendy")
+        assert irc.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r").endswith(":@amy bob wendy")
         who = [irc.expect(re.compile(r" 352 wendy #lobby ")).split()[7] for _ in range(3)]
         assert who == ["amy", "bob", "wendy"]
         irc.expect(re.compile(r" 315 wendy #lobby "))
@@ -876,7 +880,7 @@ def watched_server(redis_server: RedisServer, cluster: Callable[..., ServerProce
 def irc_user(process: ServerProcess, nick: str) -> LineClient:
     """An IRC client registered as ``nick``, in #lobby."""
     irc = LineClient(process.addresses["irc"], timeout=TIMEOUT)
-    irc.sock.sendall(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n".encode())
+    irc.sock.sendall(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\nJOIN #lobby\r\n".encode())
     irc.expect(re.compile(rf" 366 {nick} #lobby "))
     return irc
 
@@ -953,7 +957,7 @@ def test_malformed_presence_and_private_messages_are_dropped_and_counted(redis_s
         try:
             wendy.sock.sendall(b"NAMES #lobby\r\n")
             names = wendy.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r")
-            assert names.endswith(":alice carl wendy")
+            assert names.endswith(":@alice carl wendy")
         finally:
             wendy.close()
         inbox = f"{prefix}node:{node}:inbox"
@@ -1007,7 +1011,7 @@ def test_an_operator_kicks_mutes_and_bans_users_on_another_server(redis_server, 
         op.send("to carol")
         assert "<bob> muted words" not in lines_until(carol, "<op> to carol")
 
-        op.send("/kick bob spamming")
+        op.send("/kill bob spamming")
         op.expect("* bob is on another server: kick sent there")
         assert bob.wait_closed()[-1] == "! disconnected: kicked by op: spamming"
         carol.expect("* bob left (kicked by op: spamming)")
@@ -1046,7 +1050,7 @@ def test_an_operator_kicks_mutes_and_bans_users_on_another_server(redis_server, 
         two.expect_log(re.compile(r"operator root \(op\) on another server lifted the ban on 127\.0\.0\.2/32"))
         connect(two, "dave", source="127.0.0.2")
         # A nick on no server is still no such nick.
-        op.send("/kick nobody-at-all")
+        op.send("/kill nobody-at-all")
         op.expect("! no such nick 'nobody-at-all'")
 
 
@@ -1088,12 +1092,16 @@ def test_irc_operators_kick_and_kill_and_a_ban_by_nick_reach_another_server(redi
         try:
             op.send("NICK op")
             op.send("USER op 0 * :Operator")
+            op.send("JOIN #lobby")
             op.expect(re.compile(r"^:\S+ 366 op #lobby "))
             op.send("OPER root hunter2")
             op.expect(re.compile(r"^:\S+ 381 op "))
+            # A channel KICK across servers is not done yet: said so, and nothing happens.
             op.send("KICK #lobby bob :spamming")
+            op.expect(re.compile("kicking out of a channel across servers is not supported yet"))
+            op.send("KILL bob :spamming")
             assert bob.wait_closed()[-1] == "! disconnected: kicked by op: spamming"
-            carol.expect("* bob left (kicked by op: spamming)")
+            carol.expect(re.compile(r"^\* bob left"))
             op.send("KILL eve :gone")
             assert eve.wait_closed()[-1] == "! disconnected: kicked by op: gone"
             op.send("KICK #lobby nobody-at-all")

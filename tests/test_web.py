@@ -473,8 +473,12 @@ def test_web_and_native_clients_chat_both_ways(web, clients):
     browser.say("/who")
     assert sorted(browser.expect({"type": "members"})["nicks"]) == ["nat", "webby"]
     browser.say("/join dev")
-    assert browser.expect({"type": "notice"})["you"]["room"] == "dev"
-    native.expect("* webby left (joined dev)")
+    joined = browser.expect({"type": "notice"})
+    assert joined["text"] == "you are now in dev (1 here)"
+    assert joined["you"] == {"nick": "webby", "room": "dev", "rooms": ["lobby", "dev"]}
+    browser.say("/part lobby")
+    assert browser.expect({"type": "notice"})["text"] == "you left lobby; you now talk in dev"
+    native.expect("* webby left")
     browser.say("/rooms")
     rooms = browser.expect({"type": "rooms"})["rooms"]
     assert {"room": "dev", "members": 1} in rooms
@@ -485,9 +489,9 @@ def test_web_and_native_clients_chat_both_ways(web, clients):
     native.send("/join dev")
     native.sync()
     browser.say("in dev")
-    native.expect("<webby> in dev")
+    native.expect("[dev] <webby> in dev")
     browser.say("/quit")
-    native.expect("* webby left")
+    native.expect("[dev] * webby left")
 
 
 def test_joins_leaves_and_nick_changes_reach_the_browser(web, clients):

@@ -199,6 +199,20 @@ function updateYou(you) {
     renderMembers();
     refresh();
   }
+  leaveOtherRooms(you.rooms || []);
+}
+
+// This page shows one room at a time (a buffer per room is still to come),
+// while the server keeps a connection in every room it joined: the room the
+// page moved away from (or the default room it was put in on a reconnect) is
+// left, once.
+const leaving = new Set();
+
+function leaveOtherRooms(rooms) {
+  for (const room of leaving) if (!rooms.includes(room)) leaving.delete(room);
+  for (const room of rooms) {
+    if (room !== me.room && !leaving.has(room) && sendLine(`/part ${room}`)) leaving.add(room);
+  }
 }
 
 function refresh() {
