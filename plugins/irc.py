@@ -13,30 +13,35 @@ Two parts, as for every front-end (:mod:`chatcore.wire`):
 - :class:`IRCProtocol` reads one client's lines: registration (``CAP``,
   ``PASS``, ``NICK``, ``USER``), then the commands.
 
-chatcore keeps a client in exactly one room: an IRC client is put in the
-default room when it registers, a second ``JOIN`` moves it (the client gets
-``PART`` for the old channel and ``JOIN`` for the new one), and ``PART``
-goes back to the default room.
+An IRC client joins and parts channels as on any IRC server, up to
+``--max-rooms-per-client``; it is put in none when it registers unless
+``--irc-autojoin`` names some. Channel state (topic, modes, bans,
+invitations, operators and voice) is the engine's
+(:mod:`chatcore.engine.rooms`), shared with every other protocol.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import re
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from chatcore import Config, UsageError, __version__, hookimpl
+from chatcore.engine.rooms import CHANMODES, LIST_MODES, MAX_LIST, MAX_MODES, TOPIC_LENGTH, ModeError, parse_modes
 from chatcore.events import (
     Action,
     Chat,
     Disconnected,
     Error,
     Event,
+    Invited,
     Joined,
     Left,
     Members,
+    ModeChanged,
     NickChanged,
     Notice,
     OperatorChanged,
@@ -45,6 +50,7 @@ from chatcore.events import (
     RoomEvent,
     RoomList,
     RoomNotice,
+    TopicChanged,
     Welcome,
 )
 from chatcore.message import Message
@@ -86,6 +92,8 @@ QUITLEN = 255
 PARTLEN = 255
 #: Targets in one ISON or USERHOST.
 MAX_TARGETS = 20
+#: People listed by one WHO with a mask.
+MAX_WHO = 200
 STARTED = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 # mIRC formatting: bold, colour (with its digits), hex colour, reset,
@@ -101,7 +109,7 @@ def channel(room: str) -> str:
 
 
 #: Commands whose last parameter is text: always sent as a trailing one.
-_TEXT_COMMANDS = frozenset({"PRIVMSG", "NOTICE", "PART", "QUIT", "ERROR", "PONG", "KICK"})
+_TEXT_COMMANDS = frozenset({"PRIVMSG", "NOTICE", "PART", "QUIT", "ERROR", "PONG", "KICK", "TOPIC"})
 
 
 def irc_line(prefix: str | None, command: str, *params: str) -> str:
@@ -265,16 +273,24 @@ class IRCFormat(WireFormat):
                 return [irc_line(self.mask(event.kicked_by), "KICK", target, event.nick, reason)]
             if event.disconnected:
                 return [irc_line(self.mask(event.nick, event.user), "QUIT", _quit_text(event.reason))]
-            return [irc_line(self.mask(event.nick, event.user), "PART", target, truncated(event.reason, PARTLEN))]
+            mask = self.mask(event.nick, event.user)
+            if not event.reason:  # no reason: no empty trailing parameter
+                return [f":{mask} PART {target}"]
+            return [irc_line(mask, "PART", target, truncated(event.reason, PARTLEN))]
         if isinstance(event, NickChanged):
             return [irc_line(self.mask(event.nick, event.user), "NICK", event.new_nick)]
+        if isinstance(event, TopicChanged):
+            return [irc_line(self.mask(event.nick, event.user), "TOPIC", target, event.topic)]
+        if isinstance(event, ModeChanged):
+            # Arguments never as a trailing parameter: a ":" would start one.
+            return [" ".join([f":{self.mask(event.nick, event.user)}", "MODE", target, event.modes, *event.arguments])]
         if isinstance(event, RoomNotice):
             return self.notice_lines(target, event.text)
         if isinstance(event, OperatorChanged):  # operators are @ in every channel
             return [irc_line(self.server, "MODE", target, "+o" if event.operator else "-o", event.nick)]
         return []
 
-    def welcome_lines(self, nick: str, motd: Iterable[str], user: str = "") -> list[str]:
+    def welcome_lines(self, nick: str, motd: Iterable[str], user: str = "", max_rooms: int = 100) -> list[str]:
         """001 to 005 and the MOTD (422 if there is none)."""
         version = f"chatcore-{__version__}"
         numeric = self.numeric
@@ -282,20 +298,24 @@ class IRCFormat(WireFormat):
             numeric(nick, "001", f"Welcome to the {self.network} IRC network, {self.mask(nick, user)}"),
             numeric(nick, "002", f"Your host is {self.server}, running version {version}"),
             numeric(nick, "003", f"This server was created {STARTED}"),
-            numeric(nick, "004", self.server, version, "io", "nt"),
+            numeric(nick, "004", self.server, version, "io", "beiklmnostv", "beklov"),
             numeric(
                 nick,
                 "005",
                 f"AWAYLEN={AWAYLEN}",
                 "CASEMAPPING=ascii",
-                "CHANLIMIT=#:1",
-                "CHANMODES=b,,,nt",
+                f"CHANLIMIT=#:{max_rooms}",
+                f"CHANMODES={CHANMODES}",
                 f"CHANNELLEN={CHANNELLEN}",
                 "CHANTYPES=#",
+                "EXCEPTS=e",
                 f"KICKLEN={KICKLEN}",
+                f"MAXLIST={LIST_MODES}:{MAX_LIST}",
+                f"MODES={MAX_MODES}",
                 f"NETWORK={self.network}",
                 f"NICKLEN={NICKLEN}",
                 "PREFIX=(ov)@+",
+                f"TOPICLEN={TOPIC_LENGTH}",
                 "are supported by this server",
             ),
         ]
@@ -311,17 +331,17 @@ class IRCFormat(WireFormat):
         lines.append(self.numeric(nick, "376", "End of /MOTD command."))
         return lines
 
-    def names_lines(self, nick: str, room: str, nicks: Iterable[str], operators: Collection[str] = ()) -> list[str]:
-        """353 (as many as the nicknames need) and 366; ``operators`` are
-        ``@nick`` (they can kick in every channel: chatcore's only channel
-        operators)."""
-        shown = " ".join("@" + name if name in operators else name for name in nicks)
-        lines = text_lines(f":{self.server} 353 {nick} = {channel(room)}", shown)
+    def names_lines(self, nick: str, room: str, shown: Iterable[str], secret: bool = False) -> list[str]:
+        """353 (as many as the nicknames need) and 366; ``shown`` are the
+        nicknames with their prefixes (``@alice``); ``secret``: a ``+s`` room."""
+        kind = "@" if secret else "="
+        lines = text_lines(f":{self.server} 353 {nick} {kind} {channel(room)}", " ".join(shown))
         return [*lines, self.numeric(nick, "366", channel(room), "End of /NAMES list.")]
 
-    def list_lines(self, nick: str, rooms: Iterable[tuple[str, int]]) -> list[str]:
+    def list_lines(self, nick: str, rooms: Iterable[tuple[str, int, str]]) -> list[str]:
+        """321, a 322 for each ``(room, members, topic)``, 323."""
         lines = [self.numeric(nick, "321", "Channel", "Users  Name")]
-        lines += [self.numeric(nick, "322", channel(room), str(count), "") for room, count in rooms]
+        lines += [self.numeric(nick, "322", channel(room), str(count), topic) for room, count, topic in rooms]
         return [*lines, self.numeric(nick, "323", "End of /LIST")]
 
 
@@ -387,6 +407,14 @@ Handler = Callable[["IRCProtocol", list[str]], None]
 
 _PASSWORD_FIRST = "Password required: send PASS before NICK and USER"
 _NICK_REFUSED = {"nick_taken": "Nickname is already in use", "nick_invalid": "Erroneous nickname"}
+#: The numeric and text for each reason the engine refuses a join.
+_JOIN_REFUSED = {
+    "too_many_rooms": ("405", "You have joined too many channels"),
+    "banned": ("474", "Cannot join channel (+b)"),
+    "invite_only": ("473", "Cannot join channel (+i)"),
+    "bad_key": ("475", "Cannot join channel (+k)"),
+    "full": ("471", "Cannot join channel (+l)"),
+}
 
 
 class IRCProtocol(Protocol):
@@ -451,17 +479,19 @@ class IRCProtocol(Protocol):
         client = self.client
         wire = self.wire
         nick = client.nick or "*"
-        if isinstance(event, RoomEvent):
+        if isinstance(event, Joined) and event.nick == client.nick:  # its own join (the engine's join_room)
+            return wire.frame(self.join_lines(event.room))
+        if isinstance(event, RoomEvent):  # its own PART or KICK, and what a room says
             return wire.encode(event)
-        if isinstance(event, Welcome):
-            # Sent by admit(), right after the client entered its room: the
-            # registration burst and the client's own JOIN.
-            return wire.frame(wire.welcome_lines(nick, event.lines, client.user) + self.join_lines())
+        if isinstance(event, Welcome):  # sent by admit(): the registration burst
+            return wire.frame(wire.welcome_lines(nick, event.lines, client.user, client.server.max_rooms_per_client))
+        if isinstance(event, Invited):
+            return wire.frame([irc_line(self._mask_of(event.by), "INVITE", client.nick, channel(event.room))])
         if isinstance(event, Notice):
             return wire.frame(wire.notice_lines(nick, event.text))
         if isinstance(event, Disconnected):  # the engine's last word: the link closes
             closing = irc_line(None, "ERROR", f"Closing Link: disconnected: {event.reason}")
-            if event.kicked_by:  # the kicked user's client shows the KICK as IRC clients do, then goes
+            if event.kicked_by and client.room:  # the kicked user's client shows the KICK as IRC clients do, then goes
                 by = self._mask_of(event.kicked_by)
                 kick = irc_line(by, "KICK", channel(client.room), client.nick, truncated(event.kick_reason, KICKLEN))
                 return wire.frame([kick, closing])
@@ -477,7 +507,7 @@ class IRCProtocol(Protocol):
         if isinstance(event, Members):
             return wire.frame(self.names_lines(event.room, event.nicks))
         if isinstance(event, RoomList):
-            return wire.frame(wire.list_lines(nick, event.rooms))
+            return wire.frame(wire.list_lines(nick, [(room, count, "") for room, count in event.rooms]))
         if isinstance(event, Replay):
             lines: list[str] = []
             for line in map(event_line, event.events):
@@ -491,21 +521,41 @@ class IRCProtocol(Protocol):
         member = self.client.server.registry.find(nick)
         return self.wire.mask(nick, member.user if member is not None else "")
 
-    def names_lines(self, room: str, nicks: Iterable[str]) -> list[str]:
-        """353 and 366 for ``room``, the operators here marked ``@``."""
-        registry = self.client.server.registry
-        operators = {
-            name for name in nicks if (member := registry.find(name)) is not None and operator_name(member) is not None
-        }
-        return self.wire.names_lines(self.client.nick, room, nicks, operators)
+    def prefix_of(self, room: str, nick: str) -> str:
+        """``@`` for an operator of ``room`` (or a server operator here),
+        ``+`` for a voiced member, else ``""``."""
+        server = self.client.server
+        state = server.rooms.get(room)
+        prefix = state.prefix(nick) if state is not None else ""
+        if not prefix:
+            member = server.registry.find(nick)
+            if member is not None and operator_name(member) is not None:
+                prefix = "@"
+        return prefix
 
-    def join_lines(self) -> list[str]:
-        """What this client sees when it enters its room: its JOIN, the topic (none) and the names."""
+    def names_lines(self, room: str, nicks: Iterable[str]) -> list[str]:
+        """353 and 366 for ``room``, operators marked ``@`` and voiced members ``+``."""
+        state = self.client.server.rooms.get(room)
+        shown = [self.prefix_of(room, nick) + nick for nick in nicks]
+        return self.wire.names_lines(self.client.nick, room, shown, secret=state is not None and "s" in state.flags)
+
+    def topic_lines(self, room: str) -> list[str]:
+        """332 and 333 for a room with a topic; nothing for one without."""
+        state = self.client.server.rooms.get(room)
+        if state is None or not state.topic:
+            return []
+        nick = self.client.nick
+        return [
+            self.wire.numeric(nick, "332", channel(room), state.topic),
+            self.wire.numeric(nick, "333", channel(room), state.topic_by, str(int(state.topic_at))),
+        ]
+
+    def join_lines(self, room: str) -> list[str]:
+        """What this client sees when it enters ``room``: its JOIN, the topic and the names."""
         client = self.client
-        room = client.room
         return [
             irc_line(self.wire.mask(client.nick, client.user), "JOIN", channel(room)),
-            self.wire.numeric(client.nick, "331", channel(room), "No topic is set"),
+            *self.topic_lines(room),
             *self.names_lines(room, client.server.nicks_in(room)),
         ]
 
@@ -578,9 +628,12 @@ class IRCProtocol(Protocol):
         some clients always send one."""
         if self._registered or self._cap_negotiating or not self._nick or not self.state.username:
             return
-        refusal = self.client.server.log_in(self.client, password=self._password, nick=self._nick)
+        refusal = self.client.server.log_in(self.client, password=self._password, nick=self._nick, room="")
         if refusal is None:
             self._registered = True
+            autojoin = self.client.server.config.options.irc_autojoin
+            if autojoin:
+                self.join([autojoin])
         elif refusal.reason in ("password_missing", "password_wrong"):
             why = "Password incorrect" if refusal.reason == "password_wrong" else _PASSWORD_FIRST
             self.reply("464", why)
@@ -632,76 +685,122 @@ class IRCProtocol(Protocol):
         return room.lower()
 
     def join(self, params: list[str]) -> None:
+        """``JOIN #a,#b [key1,key2]``; ``JOIN 0`` parts every channel."""
         if not self._need(params, 1, "JOIN"):
             return
-        names = params[0].split(",")
         client = self.client
-        if names == ["0"]:  # "leave every channel": back to the default room
-            default = client.server.registry.default_room
-            self._move(default, f"joined {default}")
+        if params[0] == "0":
+            for joined in client.rooms:
+                client.server.part_room(client, joined, "left all channels")
             return
-        room = self._room_of(names[0])
-        for extra in names[1:]:
-            self.reply("405", extra, "You can be in one channel at a time: a JOIN moves you")
-        if room is None or room == client.room:
-            return
-        self._move(room, f"joined {room}")
-
-    def _move(self, room: str, reason: str) -> None:
-        client = self.client
-        if room == client.room:
-            return
-        # PART and JOIN first: the PART is published to the old room once the
-        # client has left it, and the history plugin replays the new room's
-        # lines while change_room runs; a client shows them in the channel
-        # only after its JOIN. The names come after, with the client in them.
-        me = self.wire.mask(client.nick, client.user)
-        self.send([irc_line(me, "PART", channel(client.room), reason), irc_line(me, "JOIN", channel(room))])
-        client.server.change_room(client, room, reason=reason)
-        self.send(self.join_lines()[1:])
+        keys = params[1].split(",") if len(params) > 1 else []
+        for index, name in enumerate(params[0].split(",")):
+            room = self._room_of(name)
+            if room is None:
+                continue
+            if room in client.rooms:
+                continue  # already there: answered with nothing, as IRC servers do
+            key = keys[index] if index < len(keys) else ""
+            refusal = client.server.join_room(client, room, key)
+            if refusal is not None:  # else its JOIN, topic and names came as the engine told it
+                code, text = _JOIN_REFUSED.get(refusal.reason, ("479", refusal.text))
+                self.reply(code, name, text)
 
     def part(self, params: list[str]) -> None:
         if not self._need(params, 1, "PART"):
             return
         client = self.client
-        default = client.server.registry.default_room
+        given = truncated(clean(params[1]), PARTLEN) if len(params) > 1 else ""
+        reason = client.server.leave_reason(client, given, "")
         for name in params[0].split(","):
-            if name.lower() != channel(client.room):
+            room = name[1:].lower() if name.startswith("#") else ""
+            if room in client.rooms:
+                client.server.part_room(client, room, reason)
+            elif room and client.server.rooms.get(room) is not None:
                 self.reply("442", name, "You're not on that channel")
-            elif client.room == default:
-                self._notice(
-                    f"you are always in one channel, and {channel(default)} is the default one: "
-                    "JOIN another channel to leave it"
-                )
             else:
-                given = truncated(clean(params[1]), PARTLEN) if len(params) > 1 else ""
-                self._move(default, client.server.leave_reason(client, given, f"joined {default}"))
+                self.reply("403", name, "No such channel")
 
     def names(self, params: list[str]) -> None:
         client = self.client
-        name = params[0].split(",")[0] if params else channel(client.room)
-        room = name[1:].lower() if name.startswith("#") else ""
-        nicks = client.server.nicks_in(room) if room else []
-        if nicks:
-            self.send(self.names_lines(room, nicks))
-        else:
-            self.reply("366", name, "End of /NAMES list.")
+        if not params:
+            self.reply("366", "*", "End of /NAMES list.")
+            return
+        for name in params[0].split(",")[:MAX_TARGETS]:
+            room = name[1:].lower() if name.startswith("#") else ""
+            state = client.server.rooms.get(room) if room else None
+            nicks = client.server.nicks_in(room) if room else []
+            hidden = state is not None and "s" in state.flags and room not in client.rooms
+            if nicks and not hidden:
+                self.send(self.names_lines(room, nicks))
+            else:
+                self.reply("366", name, "End of /NAMES list.")
 
     def list_(self, params: list[str]) -> None:
-        # Here and on the other servers of a cluster, as /rooms counts them.
-        self.send(self.wire.list_lines(self.client.nick, sorted(self.client.server.room_counts().items())))
+        """Every room here and, in a cluster, on the other servers (as /rooms
+        counts them), with its topic; ``+s`` rooms only to their members."""
+        client = self.client
+        server = client.server
+        wanted = {name[1:].lower() for name in params[0].split(",") if name.startswith("#")} if params else None
+        rows = []
+        for room, count in sorted(server.room_counts().items()):
+            if wanted is not None and room not in wanted:
+                continue
+            state = server.rooms.get(room)
+            if state is not None and "s" in state.flags and room not in client.rooms:
+                continue
+            modes = f"[{state.modes(with_key=False)[0]}] " if state is not None else ""
+            rows.append((room, count, modes + (state.topic if state is not None else "")))
+        self.send(self.wire.list_lines(client.nick, rows))
 
     def topic(self, params: list[str]) -> None:
         if not self._need(params, 1, "TOPIC"):
             return
+        client = self.client
         name = params[0]
         room = name[1:].lower() if name.startswith("#") else ""
-        if not room or not self.client.server.registry.members(room):
+        state = client.server.rooms.get(room) if room else None
+        if state is None:
             self.reply("403", name, "No such channel")
-        elif len(params) > 1:
-            self.reply("482", name, "Topics are not supported by chatcore")
+            return
+        if len(params) == 1:
+            if "s" in state.flags and room not in client.rooms:
+                self.reply("442", name, "You're not on that channel")
+            elif state.topic:
+                self.send(self.topic_lines(room))
+            else:
+                self.reply("331", name, "No topic is set")
+            return
+        refusal = client.server.set_topic(client, room, clean(params[1]))
+        if refusal is not None:
+            if refusal.reason == "not_in_room":
+                self.reply("442", name, "You're not on that channel")
+            else:
+                self.reply("482", name, "You're not channel operator")
+
+    def invite(self, params: list[str]) -> None:
+        if not self._need(params, 2, "INVITE"):
+            return
+        client = self.client
+        nick, name = params[0], params[1]
+        room = name[1:].lower() if name.startswith("#") else ""
+        target = client.server.registry.find(nick)
+        if target is None:
+            self.reply("401", nick, "No such nick/channel")
+            return
+        refusal = client.server.invite(client, room, nick) if room else None
+        if not room or (refusal is not None and refusal.reason == "no_such_room"):
+            self.reply("403", name, "No such channel")
+        elif refusal is None:
+            self.reply("341", target.nick, name)
+        elif refusal.reason == "not_in_room":
+            self.reply("442", name, "You're not on that channel")
+        elif refusal.reason == "already_in_room":
+            self.reply("443", target.nick, name, "is already on channel")
+        elif refusal.reason == "not_operator":
+            self.reply("482", name, "You're not channel operator")
         else:
-            self.reply("331", name, "No topic is set")
+            self.reply("401", nick, "No such nick/channel")
 
     # -- messages --
 
@@ -742,13 +841,14 @@ class IRCProtocol(Protocol):
         server = client.server
         if target.startswith("#"):
             room = target[1:].lower()
-            if room == client.room:
-                server.broadcast_message(Message(client, room, text, kind))
-            elif not quiet:
-                if server.registry.members(room):
-                    self.reply("404", target, f"Cannot send to channel: you are in {channel(client.room)}")
-                else:
+            if room not in client.rooms and server.rooms.get(room) is None:
+                if not quiet:
                     self.reply("403", target, "No such channel")
+            elif (refused := server.speech_refusal(client, room)) is not None:
+                if not quiet:
+                    self.reply("404", target, f"Cannot send to channel: {refused}")
+            else:
+                server.broadcast_message(Message(client, room, text, kind))
             return
         recipient = server.registry.find(target)
         if recipient is not None and not recipient.closed:
@@ -784,27 +884,42 @@ class IRCProtocol(Protocol):
         client = self.client
         registry = client.server.registry
         target = params[0] if params else "*"
-        if target.startswith("#"):
-            members = list(registry.members(target[1:].lower()))
+        in_room = target[1:].lower() if target.startswith("#") else ""
+        if in_room:
+            room_state = client.server.rooms.get(in_room)
+            hidden = room_state is not None and "s" in room_state.flags and in_room not in client.rooms
+            members = [] if hidden else list(registry.members(in_room))
         else:
-            found = registry.find(target)
-            members = [] if found is None else [found]
+            # A nickname or a mask (* and ?) matched against nicknames: the
+            # people who share a room with the asker, and those in none.
+            pattern = re.compile(fnmatch.translate(target.casefold()))
+            members = [m for m in registry if m.admitted and pattern.match(m.nick.casefold())][:MAX_WHO]
         # (nick, room, user, flags, real name) of each: this server's members ...
         rows = []
         for member in members:
             user, realname = self._userinfo(member)
             state = irc_state(member)
             here = "G" if state is not None and state.away is not None else "H"
-            if operator_name(member) is not None:  # an IRC operator, and @ as in NAMES
-                here += "*@"
-            rows.append((member.nick, member.room, user, here, realname))
-        if target.startswith("#"):  # ... and in a cluster the other servers' (as NAMES lists them)
-            room = target[1:].lower()
-            for nick in client.server.backplane.members().get(room, []):
-                rows.append((nick, room, nick, "H", "chatcore user on another server"))
+            if operator_name(member) is not None:  # an IRC operator
+                here += "*"
+            room = in_room or (member.rooms[0] if member.rooms else "")
+            if room:
+                here += self.prefix_of(room, member.nick)
+            rows.append((member.nick, room, user, here, realname))
+        if in_room and members:  # ... and in a cluster the other servers' (as NAMES lists them)
+            for nick in client.server.backplane.members().get(in_room, []):
+                rows.append((nick, in_room, nick, "H", "chatcore user on another server"))
         lines = [
             self.wire.numeric(
-                client.nick, "352", channel(room), user, HOST, self.wire.server, nick, here, f"0 {realname}"
+                client.nick,
+                "352",
+                channel(room) if room else "*",
+                user,
+                HOST,
+                self.wire.server,
+                nick,
+                here,
+                f"0 {realname}",
             )
             for nick, room, user, here, realname in sorted(rows, key=lambda row: row[0].casefold())
         ]
@@ -829,7 +944,15 @@ class IRCProtocol(Protocol):
         nick = member.nick
         lines = [
             self.wire.numeric(client.nick, "311", nick, user, HOST, "*", realname),
-            self.wire.numeric(client.nick, "319", nick, channel(member.room)),
+            *(
+                [
+                    self.wire.numeric(
+                        client.nick, "319", nick, " ".join(self.prefix_of(r, nick) + channel(r) for r in rooms)
+                    )
+                ]
+                if (rooms := self._visible_rooms(member))
+                else []
+            ),
             self.wire.numeric(client.nick, "312", nick, self.wire.server, f"chatcore {__version__}"),
         ]
         if operator_name(member) is not None:
@@ -838,6 +961,16 @@ class IRCProtocol(Protocol):
         if state is not None and state.away is not None:
             lines.append(self.wire.numeric(client.nick, "301", nick, state.away))
         self.send([*lines, self.wire.numeric(client.nick, "318", nick, "End of /WHOIS list.")])
+
+    def _visible_rooms(self, member: Client) -> list[str]:
+        """``member``'s rooms that this client may see (``+s`` ones only if it is in them too)."""
+        rooms = self.client.server.rooms
+        mine = self.client.rooms
+        return [
+            room
+            for room in member.rooms
+            if room in mine or (state := rooms.get(room)) is None or "s" not in state.flags
+        ]
 
     def ison(self, params: list[str]) -> None:
         if not self._need(params, 1, "ISON"):
@@ -875,17 +1008,7 @@ class IRCProtocol(Protocol):
         client = self.client
         target = params[0]
         if target.startswith("#"):
-            room = target[1:].lower()
-            if not client.server.registry.members(room):
-                self.reply("403", target, "No such channel")
-            elif len(params) == 1:
-                self.reply("324", target, "+nt")
-            elif params[1].lstrip("+") == "b" and len(params) == 2:  # clients ask for the ban list on joining
-                self.reply("368", target, "End of channel ban list")
-            elif operator_name(client) is not None:
-                self.reply("482", target, "Channel modes cannot be changed on chatcore; operators use KICK, BAN, MUTE")
-            else:
-                self.reply("482", target, "Channel modes cannot be changed on chatcore")
+            self._channel_mode(target, params[1:])
             return
         if target.casefold() != client.nick.casefold():
             self.reply("502", "Can't change mode for other users")
@@ -913,6 +1036,58 @@ class IRCProtocol(Protocol):
         if unknown:
             self.reply("501", "Unknown MODE flag")
 
+    def _channel_mode(self, name: str, params: list[str]) -> None:
+        """``MODE #room``: 324 and 329; ``MODE #room +b`` (or ``+e``): the
+        list; ``MODE #room +kl-m key 10``: the engine's change_modes."""
+        client = self.client
+        server = client.server
+        room = name[1:].lower()
+        state = server.rooms.get(room)
+        if state is None:
+            self.reply("403", name, "No such channel")
+            return
+        if not params:
+            modes, arguments = state.modes(with_key=room in client.rooms)
+            self.send(
+                [
+                    " ".join([f":{self.wire.server}", "324", client.nick, name, modes, *arguments]),
+                    self.wire.numeric(client.nick, "329", name, str(int(state.created))),
+                ]
+            )
+            return
+        try:
+            requests = parse_modes(params[0], params[1:])
+        except ModeError as exc:
+            if exc.code == "unknown_mode":
+                self.reply("472", exc.mode, "is unknown mode char to me")
+            elif exc.code == "missing_argument":
+                self.reply("461", "MODE", "Not enough parameters")
+            else:
+                self.reply("696", name, exc.mode, "*", str(exc))
+            return
+        for letter in dict.fromkeys(r.mode for r in requests if r.mode in LIST_MODES and not r.argument):
+            masks, (item, end) = (state.bans, ("367", "368")) if letter == "b" else (state.excepts, ("348", "349"))
+            lines = [
+                self.wire.numeric(client.nick, item, name, mask, by or self.wire.server, str(int(when)))
+                for mask, (by, when) in masks.items()
+            ]
+            what = "ban" if letter == "b" else "exception"
+            self.send([*lines, self.wire.numeric(client.nick, end, name, f"End of channel {what} list")])
+        if all(r.mode in LIST_MODES and not r.argument for r in requests):
+            return
+        refusal = server.change_modes(client, room, params[0], params[1:])
+        if refusal is None:
+            return
+        if refusal.reason == "not_operator":
+            self.reply("482", name, "You're not channel operator")
+        elif refusal.reason == "not_in_room":
+            nick = next((r.argument for r in requests if r.mode in "ov"), "*")
+            self.reply("441", nick, name, "They aren't on that channel")
+        elif refusal.reason == "list_full":
+            self.reply("478", name, "*", refusal.text)
+        else:
+            self.reply("696", name, "*", "*", refusal.text)
+
     # -- operators (the opers plugin's, docs/security.md) --
 
     def oper(self, params: list[str]) -> None:
@@ -930,37 +1105,40 @@ class IRCProtocol(Protocol):
             self.reply("464", "Password incorrect")
 
     def kick(self, params: list[str]) -> None:
-        """``KICK #room nick[,nick] [:reason]``: an operator's ``/kick``,
-        which disconnects (chatcore has no channel of its own to leave)."""
+        """``KICK #room nick[,nick] [:reason]``: a channel operator puts
+        people out of the channel; they stay connected."""
         if not self._need(params, 2, "KICK"):
             return
         client = self.client
-        registry = client.server.registry
+        server = client.server
         name = params[0].split(",")[0]
         room = name[1:].lower() if name.startswith("#") else ""
-        if not room or not registry.members(room):
+        if not room or server.rooms.get(room) is None:
             self.reply("403", name, "No such channel")
             return
-        if operator_name(client) is None:
-            self.reply("482", name, "You're not channel operator: log in with OPER name password")
+        if room not in client.rooms and operator_name(client) is None:
+            self.reply("442", name, "You're not on that channel")
             return
         reason = truncated(clean(params[2]), KICKLEN) if len(params) > 2 else ""
-        elsewhere = client.server.backplane.members().get(room, [])
         for nick in params[1].split(",")[:MAX_TARGETS]:
-            target = registry.find(nick)
-            if target is not None and not target.closed:
-                if target.room != room:
-                    self.reply("441", target.nick, name, "They aren't on that channel")
-                else:
-                    self._kick(target, reason)
-            elif any(nick.casefold() == other.casefold() for other in elsewhere):
-                self._kick_elsewhere(nick, reason)  # on another server of the cluster, in this channel
-            else:
+            refusal = server.kick_from_room(client, room, nick, reason)
+            if refusal is None:
+                continue
+            if refusal.reason == "not_operator":
+                self.reply("482", name, "You're not channel operator")
+                return
+            if server.registry.find(nick) is None and nick.casefold() not in map(str.casefold, server.nicks_in(room)):
                 self.reply("401", nick, "No such nick/channel")
+            elif server.registry.find(nick) is None:  # in this channel on another server of a cluster
+                self._notice(
+                    f"{nick} is on another server: kicking out of a channel across servers is not supported yet"
+                )
+            else:
+                self.reply("441", nick, name, "They aren't on that channel")
 
     def kill(self, params: list[str]) -> None:
-        """``KILL nick :reason``: the same as ``KICK`` from the target's channel
-        (a chatcore kick disconnects, which is what KILL means)."""
+        """``KILL nick :reason``: an IRC operator disconnects ``nick`` (the
+        opers plugin's ``/kill``), here or on another server of a cluster."""
         if not self._need(params, 1, "KILL"):
             return
         client = self.client
@@ -977,9 +1155,8 @@ class IRCProtocol(Protocol):
     def _kick(self, target: Client, reason: str) -> None:
         client = self.client
         reason = reason.strip() or "no reason given"
-        if client.room != target.room:  # the operator sees the KICK its room sees
-            me = self.wire.mask(client.nick, client.user)
-            self.send([irc_line(me, "KICK", channel(target.room), target.nick, reason)])
+        if not set(client.rooms) & set(target.rooms):  # the operator hears of the kill as its rooms would
+            self._notice(f"{target.nick} was disconnected: {reason}")
         opers.kick(client, target, reason)
 
     def _kick_elsewhere(self, nick: str, reason: str) -> None:
@@ -1038,6 +1215,7 @@ _HANDLERS: dict[str, Handler] = {
     "MOTD": IRCProtocol.motd,
     "OPER": IRCProtocol.oper,
     "KICK": IRCProtocol.kick,
+    "INVITE": IRCProtocol.invite,
     "KILL": IRCProtocol.kill,
 }
 _BEFORE_REGISTRATION = frozenset({"CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
@@ -1057,6 +1235,12 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_SERVER_NAME,
         metavar="NAME",
         help="the server's name in IRC prefixes and numerics, a host name (default: %(default)s)",
+    )
+    group.add_argument(
+        "--irc-autojoin",
+        default="",
+        metavar="#ROOM[,#ROOM]",
+        help="channels every IRC client joins on registering (default: none; clients join their own)",
     )
     group.add_argument(
         "--irc-network",

@@ -82,6 +82,7 @@ def test_the_irc_library_as_a_bot_in_a_room_with_a_native_user(server, bob):
         assert bot.connection.features.network == "chatcore"
         assert bot.connection.features.chantypes == "#"
         bot.wait_type("endofmotd")
+        bot.connection.join("#lobby")  # registering joins no channel: a bot joins its own
         joined = bot.wait_type("join", target="#lobby")
         assert joined.source.nick == "ircbot"
         assert bob.expect(re.compile("joined")) == "* ircbot joined"
@@ -108,7 +109,7 @@ def test_the_irc_library_as_a_bot_in_a_room_with_a_native_user(server, bob):
 
         bot.connection.names(["#lobby"])
         names = bot.wait_type("namreply")
-        assert sorted(names.arguments[2].split()) == ["bob", "ircbot"]
+        assert sorted(names.arguments[2].split()) == ["@bob", "ircbot"]  # bob made the room
         bot.connection.who("#lobby")
         bot.wait_type("endofwho")
         bot.connection.whois(["bob"])
@@ -121,20 +122,22 @@ def test_the_irc_library_as_a_bot_in_a_room_with_a_native_user(server, bob):
         renamed = bot.wait_type("nick", target="robert")
         assert renamed.source.nick == "bob"
 
+        # One bot, two channels; bob in both sees which room each line is from.
         bot.connection.join("#dev")
         bot.wait_type("join", target="#dev")
-        assert bob.expect(re.compile("robot")) == "* robot left (joined dev)"
         bob.send("/join dev")
         assert bot.wait_type("join", target="#dev", source="robert!robert@chatcore")
+        bot.connection.privmsg("#dev", "in two channels")
+        assert bob.expect(re.compile("two channels")) == "[dev] <robot> in two channels"
         bot.connection.part("#dev")
-        bot.wait_type("join", target="#lobby")
-        assert bob.expect(re.compile("robot left")) == "* robot left (joined lobby)"
-        bob.send("/join lobby")
-        bot.wait_type("join", target="#lobby", source="robert!robert@chatcore")
+        bot.wait_type("part", target="#dev")
+        assert bob.expect(re.compile("robot left")) == "[dev] * robot left"
+        bot.connection.privmsg("#lobby", "still here")
+        assert bob.expect(re.compile("still here")) == "[lobby] <robot> still here"
 
         bot.connection.quit("shutting down the bot")
         bot.wait_type("error")
-        assert bob.expect(re.compile("robot left [(]shutting")) == "* robot left (shutting down the bot)"
+        assert bob.expect(re.compile("robot left [(]shutting")) == "[lobby] * robot left (shutting down the bot)"
     finally:
         bot.reactor.disconnect_all()
 
@@ -142,6 +145,8 @@ def test_the_irc_library_as_a_bot_in_a_room_with_a_native_user(server, bob):
 def test_a_native_users_quit_reaches_the_bot(server, bob):
     bot = Bot(server.addresses["irc"], "watcher")
     try:
+        bot.wait("registered", lambda event: event.type in ("endofmotd", "nomotd"))
+        bot.connection.join("#lobby")
         bot.wait_type("endofnames")
         bob.send("/quit see you")
         quit_ = bot.wait_type("quit")
@@ -157,14 +162,16 @@ def test_the_irc_library_as_an_operator_kicks_and_a_bot_sees_the_kick(tmp_path):
     opers_file.write_text(f"warden {hash_password('keys')}\n", encoding="utf-8")
     listen = ["--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0"]
     with ServerProcess("--plugins", "irc", "--opers-file", str(opers_file), *listen) as proc:
+        spammer = LineClient(proc.addresses["tcp"])  # first in the lobby: its operator
+        spammer.sync()
+        spammer.send("/nick spammer")
+        spammer.expect("* you are now known as spammer")
         op, watcher = Bot(proc.addresses["irc"], "warden"), Bot(proc.addresses["irc"], "watcher")
-        spammer = LineClient(proc.addresses["tcp"])
         try:
-            op.wait_type("endofnames")
-            watcher.wait_type("endofnames")
-            spammer.sync()
-            spammer.send("/nick spammer")
-            watcher.wait_type("nick", target="spammer")
+            for bot in (op, watcher):
+                bot.wait("registered", lambda event: event.type in ("endofmotd", "nomotd"))
+                bot.connection.join("#lobby")
+                bot.wait_type("endofnames")
             op.connection.kick("#lobby", "spammer", "no spam")
             assert op.wait_type("chanoprivsneeded").arguments[0] == "#lobby"
             op.connection.oper("warden", "keys")
@@ -175,7 +182,10 @@ def test_the_irc_library_as_an_operator_kicks_and_a_bot_sees_the_kick(tmp_path):
             op.connection.kick("#lobby", "spammer", "no spam")
             kick = watcher.wait_type("kick")
             assert (kick.source.nick, kick.target, kick.arguments) == ("warden", "#lobby", ["spammer", "no spam"])
-            assert spammer.wait_closed()[-1] == "! disconnected: kicked by warden: no spam"
+            # A KICK takes the spammer out of the channel, not off the server.
+            assert spammer.expect(re.compile("kicked")) == "* you were kicked out of lobby by warden (no spam)"
+            spammer.send("/ping")
+            assert spammer.expect("* pong") == "* pong"
         finally:
             spammer.close()
             op.reactor.disconnect_all()
@@ -250,6 +260,7 @@ def test_the_ii_client_end_to_end(server, bob, tmp_path):
     try:
         lobby = ii.root / "#lobby"
         ii.wait_out(ii.root / "out", r"Welcome to the chatcore IRC network, iiuser!iiuser@chatcore")
+        ii.command("/j #lobby")  # registering joins no channel
         ii.wait_out(lobby / "out", r"iiuser\(iiuser@chatcore\) has joined #lobby")
         assert bob.expect(re.compile("joined")) == "* iiuser joined"
 
@@ -293,6 +304,8 @@ def test_ii_shows_no_line_forged_by_a_long_quit_reason(server, bob, tmp_path):
     carol = LineClient(server.addresses["tcp"])
     try:
         lobby = ii.root / "#lobby"
+        ii.wait_out(ii.root / "out", r"Welcome to the chatcore IRC network")
+        ii.command("/j #lobby")
         ii.wait_out(lobby / "out", r"iiuser\(iiuser@chatcore\) has joined #lobby")
         carol.sync()
         head = ":bob!bob@chatcore QUIT :Quit: "
@@ -330,6 +343,8 @@ class WeeChat(ClientProgram):
                 f"/set irc.server.chatcore.nicks {nick}",
                 f"/set irc.server.chatcore.username {nick}",
                 "/set irc.server.chatcore.autoreconnect off",
+                # Registering joins no channel: WeeChat joins its own, two of them.
+                '/set irc.server.chatcore.autojoin "#lobby,#dev"',
                 # WeeChat's own flood control waits 2 s between lines by default.
                 "/set irc.server.chatcore.anti_flood_prio_high 0",
                 "/set irc.server.chatcore.anti_flood_prio_low 0",
@@ -373,24 +388,27 @@ def test_weechat_end_to_end(server, bob, tmp_path):
         wee.command(lobby, "hello from WeeChat")
         assert bob.readline() == "<weeuser> hello from WeeChat"
         bob.send("hello WeeChat")
-        assert wee.wait_log(lobby, r"hello WeeChat$") == "bob\thello WeeChat"
+        assert wee.wait_log(lobby, r"hello WeeChat$") == "@bob\thello WeeChat"  # bob made the room
         wee.command(lobby, "/me waves")
         assert bob.readline() == "* weeuser waves"
         bob.send("/me waves back")
         assert bob.readline() == "* bob waves back"
         assert wee.wait_log(lobby, r"waves back$") == " *\tbob waves back"
 
-        # A JOIN moves it (one channel at a time); bob follows, and they talk in #dev.
-        wee.command(server_buffer, "/join #dev")
-        assert bob.expect(re.compile("weeuser left")) == "* weeuser left (joined dev)"
+        # WeeChat is in #dev too (its autojoin); bob joins it, and they talk in
+        # both channels, each line in its own buffer.
         wee.wait_log(dev, r"weeuser \(weeuser@chatcore\) has joined #dev")
         bob.send("/join dev")
         wee.wait_log(dev, r"bob \(bob@chatcore\) has joined #dev")
         wee.command(dev, "in dev now")
-        assert bob.expect(re.compile("<weeuser>")) == "<weeuser> in dev now"
+        assert bob.expect(re.compile("<weeuser>")) == "[dev] <weeuser> in dev now"
+        wee.command(lobby, "and in the lobby")
+        assert bob.expect(re.compile("<weeuser>")) == "[lobby] <weeuser> and in the lobby"
+        wee.command(dev, "/part done here")
+        assert bob.expect(re.compile("weeuser left")) == "[dev] * weeuser left (done here)"
 
         wee.command(server_buffer, "/quit see you later")
-        assert bob.expect(re.compile("weeuser left")) == "* weeuser left (see you later)"
+        assert bob.expect(re.compile("weeuser left")) == "[lobby] * weeuser left (see you later)"
         assert wee.proc.wait(TIMEOUT) == 0  # /quit ends WeeChat
     finally:
         wee.stop()
