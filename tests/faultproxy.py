@@ -60,9 +60,16 @@ def _reset(sock: socket.socket) -> None:
 
 
 class FaultProxy:
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], *, buffer: int | None = None) -> None:
+        """``buffer``: the kernel's receive buffer for both ends of each link, in
+        bytes (small, a stall backs up into the sender quickly)."""
         self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.buffer = buffer
+        self.listener = socket.socket()
+        if buffer is not None:  # accepted sockets inherit it
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
         self.port: int = self.listener.getsockname()[1]
         self.stats = Stats()
         self.mode = FLOW
@@ -173,7 +180,11 @@ class FaultProxy:
         upstream: socket.socket | None = None
         if mode != BLACKHOLE:
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
+                upstream = socket.socket()
+                if self.buffer is not None:
+                    upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.buffer)
+                upstream.settimeout(5)
+                upstream.connect(self.target)
                 upstream.settimeout(None)
             except OSError:
                 _reset(downstream)
