@@ -64,6 +64,15 @@ def test_unknown_plugin_exits_2_and_lists_the_available_ones():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("name", [".", "..", "./myplugin", "a..b", "pkg.", "my-plugin.x"])
+def test_a_plugin_that_is_no_module_name_exits_2_in_one_line(name):
+    # "--plugins ." was a TypeError traceback from importlib.
+    result = run("serve", "--plugins", name)
+    assert result.returncode == 2
+    assert f"plugin {name!r} is neither an installed plugin nor a module name" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_bad_option_value_exits_2():
     result = run("serve", "--port", "70000")
     assert result.returncode == 2
