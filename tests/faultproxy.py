@@ -15,6 +15,8 @@ test can change what the link does:
 - :meth:`blackhole`: read and drop everything, both ways, answering
   nothing (a firewall that drops: the bytes are lost, not late);
 - :meth:`slow`: delay every chunk by ``delay`` seconds, both ways;
+- ``stall("down")``, ``blackhole("up")``: the same on one direction only,
+  an asymmetric partition (requests arrive, answers do not);
 - :meth:`heal`: forward normally again (held bytes go on, in order).
 
 Tests wait on what the proxy has seen, never for a fixed time:
@@ -73,6 +75,8 @@ class FaultProxy:
         self.port: int = self.listener.getsockname()[1]
         self.stats = Stats()
         self.mode = FLOW
+        #: A fault on one direction only (``"up"``: towards the target), over :attr:`mode`.
+        self.one_way: dict[str, str] = {}
         self.delay = 0.0
         self._changed = threading.Condition()
         self._links: list[tuple[socket.socket, socket.socket | None]] = []
@@ -113,11 +117,14 @@ class FaultProxy:
         self._set(PARTITION)
         self.cut()
 
-    def stall(self) -> None:
-        self._set(STALL)
+    def stall(self, direction: str | None = None) -> None:
+        """Hold the bytes; ``direction`` ``"up"`` (towards the target) or
+        ``"down"`` stalls one way only (an asymmetric partition)."""
+        self._set(STALL, direction)
 
-    def blackhole(self) -> None:
-        self._set(BLACKHOLE)
+    def blackhole(self, direction: str | None = None) -> None:
+        """Drop the bytes; ``direction`` as for :meth:`stall`."""
+        self._set(BLACKHOLE, direction)
 
     def slow(self, delay: float) -> None:
         self.delay = delay
@@ -145,9 +152,14 @@ class FaultProxy:
 
     # -- the machinery -----------------------------------------------------
 
-    def _set(self, mode: str) -> None:
+    def _set(self, mode: str, direction: str | None = None) -> None:
         with self._changed:
-            self.mode = mode
+            if direction is None:
+                self.mode = mode
+                self.one_way.clear()
+            else:
+                assert direction in ("up", "down"), direction
+                self.one_way[direction] = mode
             self._changed.notify_all()
 
     def _count(self, **deltas: int) -> None:
@@ -216,13 +228,13 @@ class FaultProxy:
             if not data:
                 break
             with self._changed:
-                if self.mode == STALL:
+                if self.one_way.get(direction, self.mode) == STALL:
                     self.stats.held += 1
                     self._changed.notify_all()
-                    while self.mode == STALL and not self._closed:
+                    while self.one_way.get(direction, self.mode) == STALL and not self._closed:
                         self._changed.wait()
                     self.stats.held -= 1
-                mode, delay = self.mode, self.delay
+                mode, delay = self.one_way.get(direction, self.mode), self.delay
             if mode == BLACKHOLE or sink is None:
                 self._count(dropped=len(data))
                 continue

@@ -78,6 +78,19 @@ def test_a_stall_holds_bytes_in_order_until_healed(proxy: FaultProxy) -> None:
         assert read(sock, 7) == b"one two"
 
 
+def test_one_way_faults_leave_the_other_way_flowing(proxy: FaultProxy) -> None:
+    with connect(proxy) as sock:
+        proxy.stall("down")  # the echo server gets it; its answer is held
+        sock.sendall(b"ping")
+        stats = proxy.wait(lambda s: s.up == 4 and s.held == 1, what="forwarded up, held down")
+        assert stats.down == 0
+        proxy.heal()
+        assert read(sock, 4) == b"ping"
+        proxy.blackhole("down")
+        sock.sendall(b"lost")
+        proxy.wait(lambda s: s.up == 8 and s.dropped == 4, what="forwarded up, dropped down")
+
+
 def test_a_black_hole_drops_what_it_reads(proxy: FaultProxy) -> None:
     with connect(proxy) as sock:
         proxy.blackhole()

@@ -110,3 +110,41 @@ def test_redis_restarted_empty_under_load_announces_what_it_lost(redis_server, c
     # Everything said before the restart had been read; what came after is read from the new streams.
     assert all(f"<alice> before {i}" in bob.received for i in range(sum(s.startswith("before") for s in sent)))
     assert row.recovery < RECOVERY_BOUND
+
+
+@pytest.mark.parametrize("fault", ["stall", "blackhole"])
+def test_an_asymmetric_partition_neither_loses_nor_doubles_what_went_through(
+    redis_server, cluster, connect, record, fault
+) -> None:
+    # Server two's commands reach Redis and are carried out (its users'
+    # lines are appended), but Redis's answers never come back: the server
+    # takes the link for down and publishes again after the heal.
+    with FaultProxy(("127.0.0.1", redis_server.port)) as proxy:
+        one = cluster(redis_server.url, "127.0.0.1")
+        two = cluster(proxy.url, "127.0.0.2")
+        alice = connect(one.address, "alice")
+        bob = connect(two.address, "bob")
+        linked(alice, "alice", [bob])
+        linked(bob, "bob", [alice])
+        marks = len(alice.received), len(bob.received)
+
+        getattr(proxy, fault)("down")
+        sent_by_bob = talk(bob, "bob says", DURATION)
+        sent_by_alice = talk(alice, "alice says", DURATION / 2)
+        bob.expect(LINK_DOWN, timeout=TIMEOUT)
+        proxy.heal()
+        healed = time.monotonic()
+        read_until(alice, f"<bob> {sent_by_bob[-1]}")
+        read_until(bob, f"<alice> {sent_by_alice[-1]}")
+        recovery = time.monotonic() - healed
+        bob.send("end")
+        alice.expect("<bob> end")
+
+        name = f"server-Redis one-way {fault} (answers lost) {DURATION:g} s"
+        for row in (
+            record(tally(name, sent_by_bob, alice.received[marks[0] :], "bob", recovery)),
+            record(tally(name, sent_by_alice, bob.received[marks[1] :], "alice", recovery)),
+        ):
+            row.holds_the_promise()
+            assert row.lost == 0
+            assert row.recovery < RECOVERY_BOUND
