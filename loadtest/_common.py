@@ -63,9 +63,31 @@ PROBLEMS = ("lost", "duplicated", "reordered", "corrupted")
 QUIET_AFTER_MESSAGES = 1.5
 
 
+class OptionGroup:
+    """An argument group whose options Locust's web UI offers too, under
+    "Advanced options".
+
+    Locust's own parser marks each option it adds with
+    ``include_in_web_ui``, and the UI offers only marked options; an
+    argparse group's ``add_argument`` is argparse's, which marks nothing. So
+    a group's options were in ``--help`` but missing from the UI. This adds
+    the marks Locust's ``add_argument`` would (``is_secret`` and the rest,
+    all off): the group keeps ``--help`` tidy and the UI shows them all.
+    """
+
+    def __init__(self, parser: Any, title: str) -> None:
+        self._group = parser.add_argument_group(title)
+
+    def add_argument(self, *args: Any, include_in_web_ui: bool = True, **kwargs: Any) -> Any:
+        action = self._group.add_argument(*args, **kwargs)
+        action.include_in_web_ui = include_in_web_ui
+        action.is_secret = action.is_required = action.is_multiple = False
+        return action
+
+
 @events.init_command_line_parser.add_listener
 def add_options(parser: Any) -> None:
-    group = parser.add_argument_group("chatcore load test")
+    group = OptionGroup(parser, "chatcore load test")
     group.add_argument(
         "--message-rate",
         type=float,

@@ -651,3 +651,48 @@ def test_scenario_runs_without_losses(tmp_path: Path, scenario: str, args: list[
         assert entries[("connect", "welcome")]["num_requests"] >= 8 + 4 * 2, log
     if scenario == "storm.py":
         assert entries[("storm", "all in")]["num_requests"] == 1, log
+
+
+def test_chatcore_options_are_in_the_web_ui_advanced_options(tmp_path: Path) -> None:
+    """Locust's web UI offers chatcore's options under "Advanced options"
+    (issue 25): an option added through an argument group is offered only
+    when marked ``include_in_web_ui`` (Locust's parser marks only its own)."""
+    web_port = free_port()
+    locust = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOADTEST_DIR / "chat.py"),
+            "--web-host",
+            "127.0.0.1",
+            "--web-port",
+            str(web_port),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def page() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=2) as answer:
+                    return str(answer.read().decode("utf-8"))
+            except OSError:
+                return None
+
+        html = wait_for(page, timeout=STARTUP_TIMEOUT, message="Locust's web UI")
+    finally:
+        locust.terminate()
+        output, _ = locust.communicate(timeout=LOCUST_TIMEOUT)
+    assert locust.returncode is not None
+    start = html.index("templateArgs = ") + len("templateArgs = ")
+    template, _ = json.JSONDecoder().raw_decode(html, start)
+    offered = template["extra_options"]
+    for option in ("message_rate", "message_size", "messages", "rooms", "listeners", "chat_hosts", "chat_mix"):
+        assert option in offered, (option, sorted(offered), output)
+    assert offered["message_rate"]["default_value"] == 1.0
+    assert "messages per second" in offered["message_rate"]["help_text"]
