@@ -405,9 +405,11 @@ def on_test_stop(environment: Environment, **_kwargs: Any) -> None:
 
 
 def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -> list[dict[str, Any]]:
-    """The chat figures, per scope: the whole run, each transport and each
-    server (by where the deliveries arrived), and with several servers each
-    (sending server, receiving server) pair.
+    """The chat figures, per scope: the whole run, each transport (when
+    there are several) and each server (when there are several; by where the
+    deliveries arrived), and with several servers each (sending server,
+    receiving server) pair. A row that could only repeat the whole run's is
+    left out.
 
     Each row: ``scope``, ``deliveries``, ``rate`` (deliveries/s now),
     ``messages`` and ``mrate`` (messages sent through the scope's servers,
@@ -440,10 +442,15 @@ def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -
     if len(kinds) > 1:  # a scenario counts some deliveries apart (rooms.py)
         for kind in kinds:
             scopes.append((f"deliveries {kind}", lambda _o, _r, k, kind=kind: k == kind))
-    for scheme in sorted({scheme_of(url) for url in schemes}):
-        scopes.append((f"transport {scheme}://", lambda _o, r, _k, scheme=scheme: scheme_of(r) == scheme))
-    for url in schemes:
-        scopes.append((f"server {url}", lambda _o, r, _k, url=url: r == url))
+    # Only rows that say something: one transport's row, or one server's,
+    # would repeat the "all" row figure for figure.
+    transports = sorted({scheme_of(url) for url in schemes})
+    if len(transports) > 1:
+        for scheme in transports:
+            scopes.append((f"transport {scheme}://", lambda _o, r, _k, scheme=scheme: scheme_of(r) == scheme))
+    if len(schemes) > 1:
+        for url in schemes:
+            scopes.append((f"server {url}", lambda _o, r, _k, url=url: r == url))
     if len(endpoints) > 1:
         for origin_url in schemes:
             for receiver_url in schemes:

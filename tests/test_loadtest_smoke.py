@@ -696,3 +696,39 @@ def test_chatcore_options_are_in_the_web_ui_advanced_options(tmp_path: Path) -> 
         assert option in offered, (option, sorted(offered), output)
     assert offered["message_rate"]["default_value"] == 1.0
     assert "messages per second" in offered["message_rate"]["help_text"]
+
+
+def test_chat_tab_leaves_out_rows_that_repeat_the_whole_run(tmp_path: Path) -> None:
+    """One server on one transport: the "transport" and "server" rows would
+    repeat the "all" row figure for figure (issue 25), so the Chat tab's
+    /stats/requests data has the "all" row only."""
+    web_port = free_port()
+    with ServerProcess("--listen", "tcp://127.0.0.1:0") as server:
+        locust = subprocess.Popen(
+            [
+                sys.executable, "-m", "locust", "-f", str(LOADTEST_DIR / "chat.py"),
+                "--autostart", "-u", "3", "-r", "3", "-t", "30s", "--message-rate", "5",
+                "--web-host", "127.0.0.1", "--web-port", str(web_port),
+                "--host", url("tcp", server.address),
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        try:
+
+            def chat_stats() -> list[dict[str, Any]] | None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/stats/requests", timeout=2) as answer:
+                        extended = json.load(answer)["extendedStats"]
+                except OSError:
+                    return None
+                rows: list[dict[str, Any]] = extended[0]["data"]
+                return rows if rows and rows[0]["deliveries"] > 10 else None
+
+            rows = wait_for(chat_stats, timeout=20, message="deliveries in /stats/requests")
+        finally:
+            locust.terminate()
+            output, _ = locust.communicate(timeout=LOCUST_TIMEOUT)
+    assert [row["scope"] for row in rows] == ["all"], (rows, output)
