@@ -12,7 +12,7 @@ import argparse
 import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pluggy
 
@@ -469,7 +469,8 @@ def unused_front_ends(config: Config) -> list[str]:
     used = {url.scheme for url in config.listen}
     warnings = []
     for impl in config.pluginmanager.hook.chatcore_schemes.get_hookimpls():
-        schemes: list[Scheme] = impl.function() or []
+        offered = cast("list[Scheme] | None", impl.function())
+        schemes = offered or []
         if not schemes or used & {scheme.name for scheme in schemes}:
             continue
         first = schemes[0]
