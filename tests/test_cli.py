@@ -23,7 +23,9 @@ ROOT = Path(__file__).parent.parent
 TEST_PLUGINS = Path(__file__).parent / "plugins"
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "chatcore", *args],
         check=False,
@@ -32,6 +34,7 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> s
         stdin=subprocess.DEVNULL,
         timeout=timeout,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
 
 
@@ -418,15 +421,7 @@ def test_apply_refuses_cpus_the_process_may_not_use(monkeypatch):
     ],
 )
 def test_an_option_of_a_plugin_not_loaded_names_the_plugin(args, plugin, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "chatcore", "serve", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=30,
-        cwd=tmp_path,
-    )
+    result = run("serve", *args, cwd=tmp_path)
     assert result.returncode == 2
     option = args[-2] if "=" not in args[-1] else args[-1].split("=")[0]
     assert f"{option} is an option of the {plugin} plugin: add it with --plugins welcome,{plugin}" in result.stderr
