@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, cast
@@ -421,7 +422,14 @@ def parse_config(
         usage_error(message + _plugin_hints(message, names))
 
     parser.error = error  # type: ignore[method-assign]
-    options = sources.parse_args(parser, args)
+    try:
+        options = sources.parse_args(parser, args)
+    except UsageError as exc:  # the file's unknown key may be a plugin's option too
+        key = re.search(r": unknown key '([a-z0-9-]+)'", str(exc))
+        hint = _plugin_hints(f"unrecognized arguments: --{key[1]}", names) if key else ""
+        if not hint:
+            raise
+        raise UsageError(f"{exc}{hint}") from None
     config = Config(options, pm, names)
     config.args = list(args)
     config.environ = environ
