@@ -110,7 +110,7 @@ def _log_through_a_queue() -> logging.Handler:
 
 def serve(args: Sequence[str]) -> int:
     """``chatcore serve``: run the server until SIGINT or SIGTERM."""
-    from chatcore.config import parse_config
+    from chatcore.config import parse_config, unused_front_ends
     from chatcore.engine.server import ChatServer
     from chatcore.reload import reload_configuration
 
@@ -131,6 +131,8 @@ def serve(args: Sequence[str]) -> int:
     logging.getLogger("chatcore").setLevel(options.log_level)
     if options.log_format == "json":
         console.setFormatter(JSONFormatter())
+    for warning in unused_front_ends(config):
+        log.warning(warning)
     _raise_open_file_limit(options.max_clients)
     threading.stack_size(THREAD_STACK_SIZE)
     allocator.keep_freed_memory()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pluggy
 
@@ -35,7 +36,15 @@ from chatcore.engine.limits import (
 )
 from chatcore.engine.registry import DEFAULT_MAX_ROOMS_PER_CLIENT
 from chatcore.errors import UsageError
-from chatcore.manager import DEFAULT_PLUGINS, PluginLoadError, PluginManager, load_plugins, parse_plugin_list
+from chatcore.manager import (
+    BUILTIN_PLUGINS,
+    DEFAULT_PLUGINS,
+    PluginLoadError,
+    PluginManager,
+    entry_points,
+    load_plugins,
+    parse_plugin_list,
+)
 from chatcore.transports.listener import ListenURL, format_address, parse_listen_url
 from chatcore.version import __version__
 from chatcore.wire.native import DEFAULT_MAX_LINE
@@ -237,7 +246,9 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
         epilog=(
             "Plugins add their own options; they are listed above for the plugins "
             "selected with --plugins (try: chatcore serve --plugins welcome,logger --help). "
-            "'chatcore plugins' lists the installed plugins."
+            "'chatcore plugins' lists the installed plugins. An option of a plugin not selected "
+            "is an error (exit status 2) that names the plugin to add; a plugin that serves a "
+            "listener scheme (web, irc) with no --listen of that scheme is a warning at start."
         ),
     )
     parser.add_argument("--version", action="version", version=f"chatcore {__version__}")
@@ -412,7 +423,21 @@ def parse_config(
         name = type(plugin).__name__ if not isinstance(plugin, type(argparse)) else plugin.__name__
         pm.register(plugin, name=name if not pm.has_plugin(name) else f"{name}-{id(plugin)}")
     load_plugins(pm, names)
-    options = sources.parse_args(build_parser(pm), args)
+    parser = build_parser(pm)
+    usage_error = parser.error
+
+    def error(message: str) -> NoReturn:
+        usage_error(message + _plugin_hints(message, names))
+
+    parser.error = error  # type: ignore[method-assign]
+    try:
+        options = sources.parse_args(parser, args)
+    except UsageError as exc:  # the file's unknown key may be a plugin's option too
+        key = re.search(r": unknown key '([a-z0-9-]+)'", str(exc))
+        hint = _plugin_hints(f"unrecognized arguments: --{key[1]}", names) if key else ""
+        if not hint:
+            raise
+        raise UsageError(f"{exc}{hint}") from None
     config = Config(options, pm, names)
     config.args = list(args)
     config.environ = environ
@@ -421,6 +446,57 @@ def parse_config(
         _configure_password(config, os.environ if environ is None else environ)
         pm.hooks.configure(config)
     return config
+
+
+def _plugin_hints(message: str, selected: Sequence[str]) -> str:
+    """For argparse's "unrecognized arguments" error: which installed
+    plugin, not selected, offers each unknown option (``--log-file`` is the
+    logger's), so the fix is one ``--plugins`` away. Empty if none does."""
+    prefix = "unrecognized arguments: "
+    if not message.startswith(prefix):
+        return ""
+    unknown = [word.split("=", 1)[0] for word in message[len(prefix) :].split() if word.startswith("--")]
+    if not unknown:
+        return ""
+    offered: dict[str, str] = {}
+    for name in sorted(entry_points()):
+        if name in selected or name in BUILTIN_PLUGINS:
+            continue
+        scratch = PluginManager()
+        try:
+            load_plugins(scratch, [name])
+            options = build_parser(scratch)._option_string_actions
+        except Exception:  # a broken plugin must not hide the usage error
+            continue
+        for option in unknown:
+            if option in options:
+                offered.setdefault(option, name)
+    plugins = ",".join(dict.fromkeys([*selected, *offered.values()]))
+    return "".join(
+        f"\n{option} is an option of the {name} plugin: add it with --plugins {plugins}"
+        for option, name in offered.items()
+    )
+
+
+def unused_front_ends(config: Config) -> list[str]:
+    """Warnings for plugins that serve listener schemes none of
+    ``--listen`` uses (``--plugins web`` without a ``ws://`` listener): the
+    plugin is loaded but nobody can reach it."""
+    used = {url.scheme for url in config.listen}
+    warnings = []
+    for impl in config.pluginmanager.hook.chatcore_schemes.get_hookimpls():
+        offered = cast("list[Scheme] | None", impl.function())
+        schemes = offered or []
+        if not schemes or used & {scheme.name for scheme in schemes}:
+            continue
+        first = schemes[0]
+        names = " or ".join(f"{scheme.name}://" for scheme in schemes)
+        warnings.append(
+            f"the {impl.plugin_name} plugin is loaded but no listener uses its schemes ({names}): "
+            f"add --listen {first.name}://127.0.0.1:{first.default_port}"
+            + ("" if config.options.listen else " (and --listen tcp://127.0.0.1:12000 to keep the native one)")
+        )
+    return warnings
 
 
 def reread_options(config: Config) -> tuple[argparse.Namespace, argparse.ArgumentParser, list[str]]:

@@ -95,6 +95,9 @@ def load_plugins(pm: PluginManager, names: Iterable[str]) -> None:
             except Exception as exc:
                 raise PluginLoadError(f"plugin {name!r} could not be loaded: {type(exc).__name__}: {exc}") from exc
         elif "." in name:
+            # "." or "./x" is a relative import to importlib (a TypeError), "a..b" no name at all.
+            if not all(part.isidentifier() for part in name.split(".")):
+                raise UsageError(f"plugin {name!r} is neither an installed plugin nor a module name (like pkg.module)")
             try:
                 module = importlib.import_module(name)
             except ImportError as exc:

@@ -63,9 +63,31 @@ PROBLEMS = ("lost", "duplicated", "reordered", "corrupted")
 QUIET_AFTER_MESSAGES = 1.5
 
 
+class OptionGroup:
+    """An argument group whose options Locust's web UI offers too, under
+    "Advanced options".
+
+    Locust's own parser marks each option it adds with
+    ``include_in_web_ui``, and the UI offers only marked options; an
+    argparse group's ``add_argument`` is argparse's, which marks nothing. So
+    a group's options were in ``--help`` but missing from the UI. This adds
+    the marks Locust's ``add_argument`` would (``is_secret`` and the rest,
+    all off): the group keeps ``--help`` tidy and the UI shows them all.
+    """
+
+    def __init__(self, parser: Any, title: str) -> None:
+        self._group = parser.add_argument_group(title)
+
+    def add_argument(self, *args: Any, include_in_web_ui: bool = True, **kwargs: Any) -> Any:
+        action = self._group.add_argument(*args, **kwargs)
+        action.include_in_web_ui = include_in_web_ui
+        action.is_secret = action.is_required = action.is_multiple = False
+        return action
+
+
 @events.init_command_line_parser.add_listener
 def add_options(parser: Any) -> None:
-    group = parser.add_argument_group("chatcore load test")
+    group = OptionGroup(parser, "chatcore load test")
     group.add_argument(
         "--message-rate",
         type=float,
@@ -211,6 +233,11 @@ def split_name(name: str) -> tuple[str, str, str]:
     return name, "", ""
 
 
+#: The one request type Locust's total counts (its header "RPS" and its
+#: "Aggregated" row): deliveries. See :func:`total_counts_deliveries_only`.
+TOTAL_TYPE = "deliver"
+
+
 def record_weighted(
     environment: Environment, request_type: str, name: str, response_time: float, *, length: int, weight: int
 ) -> None:
@@ -229,7 +256,10 @@ def record_weighted(
     stats = environment.stats
     second = int(time.time())
     bucket = bucket_response_time(response_time)
-    for entry in (stats.get(name, request_type), stats.total):
+    entries = [stats.get(name, request_type)]
+    if request_type == TOTAL_TYPE:
+        entries.append(stats.total)
+    for entry in entries:
         entry.num_requests += extra
         entry.num_reqs_per_sec[second] += extra
         entry.total_response_time += response_time * extra
@@ -267,6 +297,84 @@ class Sampler:
 
 
 sampler = Sampler()
+
+
+class Latencies:
+    """Delivery latencies per ``deliver`` row, to two significant digits of
+    a microsecond (Locust keeps whole milliseconds below 100 ms, so on a
+    LAN, where most deliveries take well under 1 ms, its percentiles read
+    0 or 1). Workers send theirs to the master with each stats report
+    (``report_to_master``) and start again; the master adds them up
+    (``worker_report``)."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, dict[int, int]] = {}
+
+    @staticmethod
+    def bucket(latency_ms: float) -> int:
+        """Microseconds, kept to two significant digits."""
+        micros = max(0, round(latency_ms * 1000))
+        if micros < 100:
+            return micros
+        scale = 10 ** (len(str(micros)) - 2)
+        return round(micros / scale) * scale
+
+    def add(self, name: str, latency_ms: float, count: int) -> None:
+        counts = self.by_name.setdefault(name, {})
+        bucket = self.bucket(latency_ms)
+        counts[bucket] = counts.get(bucket, 0) + count
+
+    def take(self) -> dict[str, dict[str, int]]:
+        """What to send to the master (JSON-friendly keys); forgotten here."""
+        taken = {name: {str(k): v for k, v in counts.items()} for name, counts in self.by_name.items()}
+        self.by_name = {}
+        return taken
+
+    def merge(self, report: dict[str, dict[str, int]]) -> None:
+        for name, counts in report.items():
+            mine = self.by_name.setdefault(name, {})
+            for key, count in counts.items():
+                mine[int(key)] = mine.get(int(key), 0) + int(count)
+
+    def percentiles(self, names: list[str], percents: tuple[float, ...]) -> list[float]:
+        """The latency percentiles, in ms, of the deliveries of ``names``."""
+        merged: dict[int, int] = {}
+        for name in names:
+            for bucket, count in self.by_name.get(name, {}).items():
+                merged[bucket] = merged.get(bucket, 0) + count
+        total = sum(merged.values())
+        if not total:
+            return [0] * len(percents)
+        answers = []
+        ordered = sorted(merged.items())
+        for percent in percents:
+            wanted = max(1, math.ceil(total * percent))
+            seen = 0
+            for bucket, count in ordered:
+                seen += count
+                if seen >= wanted:
+                    answers.append(bucket / 1000)
+                    break
+        return answers
+
+
+#: This process's delivery latencies (on a master: its workers').
+latencies = Latencies()
+
+
+@events.report_to_master.add_listener
+def send_latencies(client_id: str, data: dict[str, Any]) -> None:
+    data["chatcore_latencies"] = latencies.take()
+
+
+@events.worker_report.add_listener
+def add_latencies(client_id: str, data: dict[str, Any]) -> None:
+    latencies.merge(data.get("chatcore_latencies") or {})
+
+
+@events.reset_stats.add_listener
+def reset_latencies() -> None:
+    latencies.by_name = {}
 
 
 class DeliveryCount:
@@ -308,6 +416,8 @@ class LocustRecorder:
                 self.delivery_kind, self.endpoints, origin, self.server_index
             )
         record_weighted(self.environment, self.delivery_type, name, latency_ms, length=0, weight=count)
+        if self.delivery_type == TOTAL_TYPE:
+            latencies.add(name, latency_ms, count)
 
     def problem(self, kind: str, count: int, detail: str, origin: int) -> None:
         name = pair_name(kind, self.endpoints, origin, self.server_index)
@@ -340,6 +450,28 @@ def refresh_loop_time(**_kwargs: Any) -> None:
     where importing everything takes seconds, the run ended that many
     seconds early (a 4 s run stopped after 0.7 s)."""
     gevent.get_hub().loop.update_now()
+
+
+@events.init.add_listener
+def total_counts_deliveries_only(environment: Environment, **_kwargs: Any) -> None:
+    """Make Locust's total (the header's "RPS", the "Aggregated" row and
+    its percentiles) count one thing: deliveries. Locust adds every
+    recorded request to it, so its RPS added messages sent, deliveries and
+    the set-up steps (connect, /nick, /join) together, and its percentiles
+    mixed send times with delivery latencies. The other types keep their
+    own rows; failures (losses, failed set-ups) still count in the total's
+    failures. Each process's total is its own, and a master adds up its
+    workers' totals, so the rule holds in distributed runs too."""
+    stats = environment.stats
+    log_request = stats.log_request
+
+    def log_deliveries_in_the_total(method: str, name: str, response_time: int, content_length: int) -> None:
+        if method == TOTAL_TYPE:
+            log_request(method, name, response_time, content_length)
+        else:
+            stats.get(name, method).log(response_time, content_length)
+
+    stats.log_request = log_deliveries_in_the_total  # type: ignore[method-assign]
 
 
 @events.init.add_listener
@@ -383,28 +515,31 @@ def on_test_stop(environment: Environment, **_kwargs: Any) -> None:
 
 
 def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -> list[dict[str, Any]]:
-    """The chat figures, per scope: the whole run, each transport and each
-    server (by where the deliveries arrived), and with several servers each
-    (sending server, receiving server) pair.
+    """The chat figures, per scope: the whole run, each transport (when
+    there are several) and each server (when there are several; by where the
+    deliveries arrived), and with several servers each (sending server,
+    receiving server) pair. A row that could only repeat the whole run's is
+    left out.
 
     Each row: ``scope``, ``deliveries``, ``rate`` (deliveries/s now),
     ``messages`` and ``mrate`` (messages sent through the scope's servers,
     total and per second now), ``fanout`` (deliveries per message their
     senders sent: the receivers in this scope per message that could reach
-    them), ``p50``/``p95``/``p99`` delivery latency (ms) and the four
+    them), ``p50``/``p95``/``p99`` delivery latency (ms, to two significant
+    digits of a microsecond: :class:`Latencies`) and the four
     problem counts. With ``average`` the rates are over the whole run
     (for reports) instead of the last seconds (for the live view).
     """
     seconds = max(1e-9, (stats.last_request_timestamp or time.time()) - stats.total.start_time)
     single = endpoints[0].url if len(endpoints) == 1 else ""
     schemes = {endpoint.url: endpoint.scheme for endpoint in endpoints}
-    delivers: list[tuple[str, str, str, Any]] = []
+    delivers: list[tuple[str, str, str, Any, str]] = []
     sends: dict[str, Any] = {}
     problems: list[tuple[str, str, str, int]] = []
     for (name, method), entry in list(stats.entries.items()):
         kind, origin, receiver = split_name(name)
         if method == "deliver":
-            delivers.append((kind, origin or single, receiver or single, entry))
+            delivers.append((kind, origin or single, receiver or single, entry, name))
         elif method == "send":
             sends[origin or single] = entry
         elif method == "loss" and kind in PROBLEMS:
@@ -414,14 +549,19 @@ def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -
         return schemes.get(url) or url.partition("://")[0]
 
     scopes: list[tuple[str, Any]] = [("all", lambda _o, _r, _k: True)]
-    kinds = sorted({kind for kind, _, _, _ in delivers})
+    kinds = sorted({kind for kind, _, _, _, _ in delivers})
     if len(kinds) > 1:  # a scenario counts some deliveries apart (rooms.py)
         for kind in kinds:
             scopes.append((f"deliveries {kind}", lambda _o, _r, k, kind=kind: k == kind))
-    for scheme in sorted({scheme_of(url) for url in schemes}):
-        scopes.append((f"transport {scheme}://", lambda _o, r, _k, scheme=scheme: scheme_of(r) == scheme))
-    for url in schemes:
-        scopes.append((f"server {url}", lambda _o, r, _k, url=url: r == url))
+    # Only rows that say something: one transport's row, or one server's,
+    # would repeat the "all" row figure for figure.
+    transports = sorted({scheme_of(url) for url in schemes})
+    if len(transports) > 1:
+        for scheme in transports:
+            scopes.append((f"transport {scheme}://", lambda _o, r, _k, scheme=scheme: scheme_of(r) == scheme))
+    if len(schemes) > 1:
+        for url in schemes:
+            scopes.append((f"server {url}", lambda _o, r, _k, url=url: r == url))
     if len(endpoints) > 1:
         for origin_url in schemes:
             for receiver_url in schemes:
@@ -436,9 +576,11 @@ def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -
         merged = StatsEntry(stats, scope, "deliver")
         rate = 0.0
         origins = set()
-        for kind, origin, receiver, entry in delivers:
+        names = []
+        for kind, origin, receiver, entry, name in delivers:
             if selects(origin, receiver, kind):
                 merged.extend(entry)
+                names.append(name)
                 rate += entry.current_rps
                 if entry.num_requests:
                     origins.add(origin)
@@ -461,8 +603,8 @@ def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -
             ),
             "fanout": round(merged.num_requests / reached_by, 2) if reached_by else 0,
         }
-        for key, percent in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
-            row[key] = merged.get_response_time_percentile(percent) if merged.num_requests else 0
+        p50, p95, p99 = latencies.percentiles(names, (0.5, 0.95, 0.99))
+        row.update(p50=p50, p95=p95, p99=p99)
         for kind in PROBLEMS:
             if scope.startswith("deliveries "):
                 row[kind] = "-"  # loss rows are not split by delivery kind: see the other rows

@@ -22,12 +22,13 @@ import time
 from typing import Any
 
 from _chatuser import BaseChatUser
+from _common import OptionGroup
 from locust import events
 
 
 @events.init_command_line_parser.add_listener
 def add_options(parser: Any) -> None:
-    group = parser.add_argument_group("chatcore churn")
+    group = OptionGroup(parser, "chatcore churn")
     group.add_argument(
         "--churn-share",
         type=float,

@@ -21,13 +21,13 @@ from __future__ import annotations
 from typing import Any
 
 from _chatuser import BaseChatUser
-from _common import LocustRecorder
+from _common import LocustRecorder, OptionGroup
 from locust import events
 
 
 @events.init_command_line_parser.add_listener
 def add_options(parser: Any) -> None:
-    group = parser.add_argument_group("chatcore large and small rooms")
+    group = OptionGroup(parser, "chatcore large and small rooms")
     group.add_argument(
         "--big-rooms",
         type=int,

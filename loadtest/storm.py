@@ -22,12 +22,13 @@ from typing import Any
 
 import gevent.event
 from _chatuser import BaseChatUser
+from _common import OptionGroup
 from locust import events
 
 
 @events.init_command_line_parser.add_listener
 def add_options(parser: Any) -> None:
-    parser.add_argument_group("chatcore connect storm").add_argument(
+    OptionGroup(parser, "chatcore connect storm").add_argument(
         "--storm-wait",
         type=float,
         default=10.0,

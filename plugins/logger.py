@@ -1,4 +1,6 @@
-"""Writes joins, leaves and delivered messages as JSON lines to a file."""
+"""Writes joins (with the client's address), nick changes, leaves and
+delivered messages as JSON lines to a file: an audit trail of who came from
+where, under which names, and said what."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from typing import IO, Any, NamedTuple
 
 from chatcore import Client, Config, Message, UsageError, hookimpl
 from chatcore.engine.server import ChatServer
+from chatcore.events import NickChanged, RoomEvent
+from chatcore.transports.listener import format_address
 
 DEFAULT_LOG_FILE = "chatcore-events.jsonl"
 #: How long the writing thread lets events pile up after the first one
@@ -38,7 +42,10 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         "--log-file",
         default=DEFAULT_LOG_FILE,
         metavar="PATH",
-        help="JSON-lines event log, appended to; '-' for standard output (default: ./%(default)s)",
+        help=(
+            "JSON-lines event log (joins with the address, nick changes, leaves, messages), "
+            "appended to; '-' for standard output (default: ./%(default)s)"
+        ),
     )
 
 
@@ -78,7 +85,23 @@ def chatcore_server_stop(server: ChatServer) -> None:
 
 @hookimpl
 def chatcore_client_joined(client: Client, room: str) -> None:
-    _log(client.server).put((time.time(), "join", client.nick, room, None, None))
+    # The address with every join (a room move too): the later events of the
+    # connection are tied to it by nick, and each nick change has it again.
+    _log(client.server).put((time.time(), "join", client.nick, room, None, format_address(*client.address)))
+
+
+@hookimpl
+def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
+    if type(event) is not NickChanged:
+        return
+    # Renames of this server's own clients only: in a cluster each server's
+    # log records its own connections (whose address it knows).
+    client = server.registry.find(event.new_nick)
+    if client is None:
+        return
+    _log(server).put(
+        (time.time(), "nick", event.nick, event.room, None, (event.new_nick, format_address(*client.address)))
+    )
 
 
 @hookimpl
@@ -263,7 +286,12 @@ class EventLog:
         )
         if text is not None:
             record += f', "text": {_json_string(text)}'
-        if kind == "leave":
+        if kind == "join":
+            record += f', "address": {_json_string(extra)}'
+        elif kind == "nick":
+            new_nick, address = extra
+            record += f', "new_nick": {_json_string(new_nick)}, "address": {_json_string(address)}'
+        elif kind == "leave":
             record += f', "reason": {_json_string(extra)}'
         elif extra is not None:
             if isinstance(extra, tuple):  # a private message: (recipients, to)

@@ -606,8 +606,10 @@ class WebProtocol(Protocol):
         ws = WSConnection(ConnectionType.SERVER)
         try:
             ws.initiate_upgrade_connection(list(request.headers), request.target)
-        except (RemoteProtocolError, LocalProtocolError, h11.ProtocolError) as exc:
+        except (RemoteProtocolError, LocalProtocolError, h11.ProtocolError, UnicodeError) as exc:
             # A missing Sec-WebSocket-Key or Host, an unsupported version ...
+            # UnicodeError: wsproto decodes Connection and Upgrade as ASCII, and
+            # h11 lets any byte above 0x7f through in a header's value.
             hint = getattr(exc, "event_hint", None)
             status, extra = (hint.status_code, list(hint.headers)) if isinstance(hint, RejectConnection) else (400, [])
             self._reply(status, f"bad WebSocket request: {exc}", close=True, extra=extra)

@@ -22,7 +22,8 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         help=(
             "text sent to each new client, with placeholders {nick}, {room} and {count} "
-            "(people in the room, the newcomer included); '\\n' starts a new line "
+            "(people in the room on this server, the newcomer included: in a cluster, /who lists everyone); "
+            "'\\n' starts a new line "
             f"(default: {DEFAULT_TEXT!r})"
         ),
     )

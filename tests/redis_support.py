@@ -1,4 +1,4 @@
-"""A real redis-server for the tests, and a TCP proxy that can cut or stall a link.
+"""A real redis-server for the tests, and the TCP proxy that can cut or stall a link.
 
 Each test starts its own ``redis-server`` on a free loopback port with a
 temporary directory (no persistence, so a restart comes back empty) and
@@ -12,10 +12,10 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
+from faultproxy import FaultProxy
 
 from chatcore.testing import wait_for
 
@@ -95,90 +95,10 @@ class RedisServer:
         return str(info["redis_version"])
 
 
-class Proxy:
-    """A TCP proxy from a free port on 127.0.0.1 to ``target``.
-
-    :meth:`cut` closes every link through it (what a CLIENT KILL or a reset
-    does); :meth:`stall` stops forwarding without closing anything (a
-    half-open link: nothing arrives and nothing errors) until :meth:`resume`.
-    """
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._links: list[tuple[socket.socket, socket.socket]] = []
-        self._flowing = threading.Event()
-        self._flowing.set()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                downstream, _ = self.listener.accept()
-            except OSError:
-                return
-            self._flowing.wait()
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                downstream.close()
-                continue
-            if self._closed:
-                downstream.close()
-                upstream.close()
-                return
-            with self._lock:
-                self._links.append((downstream, upstream))
-            threading.Thread(target=self._pump, args=(downstream, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, downstream), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            self._flowing.wait()
-            try:
-                sink.sendall(data)
-            except OSError:
-                break
-        for sock in (source, sink):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        source.close()  # the other pump closes the other socket
-
-    def cut(self) -> None:
-        """Close every link now (new ones are accepted)."""
-        with self._lock:
-            links, self._links = self._links, []
-        for pair in links:
-            for sock in pair:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-
-    def stall(self) -> None:
-        self._flowing.clear()
+class Proxy(FaultProxy):
+    """The fault proxy (tests/faultproxy.py) under the names these tests use:
+    :meth:`cut` resets every link, :meth:`stall` holds them open and silent
+    until :meth:`resume`."""
 
     def resume(self) -> None:
-        self._flowing.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._flowing.set()
-        self.listener.close()
-        self.cut()
+        self.heal()

@@ -23,7 +23,9 @@ ROOT = Path(__file__).parent.parent
 TEST_PLUGINS = Path(__file__).parent / "plugins"
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "chatcore", *args],
         check=False,
@@ -32,6 +34,7 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> s
         stdin=subprocess.DEVNULL,
         timeout=timeout,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
 
 
@@ -61,6 +64,15 @@ def test_unknown_plugin_exits_2_and_lists_the_available_ones():
     assert result.returncode == 2
     assert "unknown plugin 'nosuch'" in result.stderr
     assert "welcome" in result.stderr.split("available:")[1]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", [".", "..", "./myplugin", "a..b", "pkg.", "my-plugin.x"])
+def test_a_plugin_that_is_no_module_name_exits_2_in_one_line(name):
+    # "--plugins ." was a TypeError traceback from importlib.
+    result = run("serve", "--plugins", name)
+    assert result.returncode == 2
+    assert f"plugin {name!r} is neither an installed plugin nor a module name" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -408,3 +420,43 @@ def test_apply_refuses_cpus_the_process_may_not_use(monkeypatch):
     with pytest.raises(affinity.AffinityError, match=r"CPUs 0-1 are not available to this process \(it may use 2-3\)"):
         affinity.apply(affinity.cpu_choice("0-2"))
     assert scheduler.set == {}
+
+
+@pytest.mark.parametrize(
+    ("args", "plugin"),
+    [
+        (["--log-file", "x.jsonl"], "logger"),
+        (["--plugins", "welcome", "--history-lines=5"], "history"),
+    ],
+)
+def test_an_option_of_a_plugin_not_loaded_names_the_plugin(args, plugin, tmp_path):
+    result = run("serve", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    option = args[-2] if "=" not in args[-1] else args[-1].split("=")[0]
+    assert f"{option} is an option of the {plugin} plugin: add it with --plugins welcome,{plugin}" in result.stderr
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_an_unknown_option_no_plugin_offers_has_no_plugin_hint():
+    result = run("serve", "--no-such-option")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "chatcore serve: error: unrecognized arguments: --no-such-option"
+
+
+@pytest.mark.parametrize(
+    ("plugin", "listen"),
+    [("web", "--listen ws://127.0.0.1:8080"), ("irc", "--listen irc://127.0.0.1:6667")],
+)
+def test_a_front_end_plugin_without_its_listener_warns(plugin, listen):
+    with ServerProcess("--plugins", f"welcome,{plugin}") as server:
+        pass
+    assert f"the {plugin} plugin is loaded but no listener uses its schemes" in server.stderr
+    assert f"add {listen}" in server.stderr
+
+
+def test_a_front_end_plugin_with_its_listener_does_not_warn():
+    with ServerProcess(
+        "--plugins", "welcome,web", "--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0"
+    ) as server:
+        pass
+    assert "no listener uses" not in server.stderr

@@ -261,6 +261,13 @@ def test_a_bad_file_is_a_usage_error_naming_file_and_key(tmp_path, content, mess
     assert usage_error("--config", str(path)) == f"{path}: {message}"
 
 
+def test_a_key_of_a_plugin_not_selected_names_the_plugin(tmp_path):
+    path = write(tmp_path, 'plugins = ["welcome"]\nlog-file = "events.jsonl"\n')
+    assert usage_error("--config", str(path)).endswith(
+        "\n--log-file is an option of the logger plugin: add it with --plugins welcome,logger"
+    )
+
+
 @pytest.mark.usefixtures("test_plugins")
 @pytest.mark.parametrize(
     ("variable", "value", "message"),

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from chatcore import hookspecs
+from chatcore.config import build_parser
 from chatcore.hooks import hook_names
+from chatcore.manager import PluginManager, entry_points, load_plugins
 
 ROOT = Path(__file__).parent.parent
 PLUGINS_DOC = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
@@ -51,3 +53,28 @@ def test_every_hook_is_exercised_by_a_test(name):
         path.read_text(encoding="utf-8") for path in (ROOT / "tests").rglob("*.py") if path.name != Path(__file__).name
     ]
     assert any(f"def {name}(" in source for source in sources), f"no test plugin implements {name}"
+
+
+def test_the_readme_plugin_table_lists_every_bundled_plugin():
+    """What `chatcore plugins` lists, the README's table shows (issue 25:
+    `opers` was missing)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Plugins", 1)[1].split("\n\n", 3)[2]
+    rows = {line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")}
+    bundled = {name for name, ep in entry_points().items() if ep.value.startswith("chatcore.")}
+    assert bundled - rows == set()
+
+
+def test_the_welcome_count_says_it_counts_this_server_only():
+    """In a cluster {count} is this server's members of the room (a Redis
+    round trip per connection would cost every arrival): say so."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `welcome`"))
+    assert "on this server" in row
+    pm = PluginManager()
+    load_plugins(pm, ["welcome"])
+    parser = build_parser(pm)
+    help_text = next(a.help for a in parser._actions if "--welcome-text" in a.option_strings)
+    assert "on this server" in help_text
+    scaling = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
+    assert "{count}" in scaling

@@ -522,6 +522,30 @@ def chat_table(page: str) -> dict[str, dict[str, str]]:
     }
 
 
+def fetch(web_port: int, path: str) -> bytes | None:
+    """``path`` from Locust's web UI, or None while it does not answer yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}{path}", timeout=2) as answer:
+            body: bytes = answer.read()
+            return body
+    except OSError:
+        return None
+
+
+def locust_with_web_ui(tmp_path: Path, web_port: int, *args: str) -> subprocess.Popen[str]:
+    """Locust on chat.py with its web UI on 127.0.0.1:``web_port``."""
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "locust", "-f", str(LOADTEST_DIR / "chat.py"),
+            "--web-host", "127.0.0.1", "--web-port", str(web_port), *args,
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -536,49 +560,19 @@ def test_chat_tab_shows_live_figures_in_chromium(certs: Certs, tmp_path: Path) -
     screenshot = tmp_path / "chat-tab.png"
     with ServerProcess("--listen", "tcp://127.0.0.1:0", "--listen", "tls://127.0.0.1:0", *certs.args()) as server:
         tcp, tls = url("tcp", server.addresses["tcp"]), url("tls", server.addresses["tls"])
-        locust = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "locust",
-                "-f",
-                str(LOADTEST_DIR / "chat.py"),
-                "--autostart",
-                "--autoquit",
-                "0",
-                "-u",
-                "4",
-                "-r",
-                "4",
-                "-t",
-                "12s",
-                "--web-host",
-                "127.0.0.1",
-                "--web-port",
-                str(web_port),
-                "--chat-hosts",
-                f"{tcp},{tls}",
-                "--ca",
-                str(certs.ca_file),
-                "--message-rate",
-                "5",
-                "--html",
-                str(html_report),
-            ],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        locust = locust_with_web_ui(
+            tmp_path, web_port,
+            "--autostart", "--autoquit", "0", "-u", "4", "-r", "4", "-t", "12s",
+            "--chat-hosts", f"{tcp},{tls}", "--ca", str(certs.ca_file),
+            "--message-rate", "5", "--html", str(html_report),
+        )  # fmt: skip
         try:
             # The figures the page will show: wait until deliveries are counted.
             def chat_stats() -> list[dict[str, Any]] | None:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/stats/requests", timeout=2) as answer:
-                        extended = json.load(answer)["extendedStats"]
-                except OSError:
+                body = fetch(web_port, "/stats/requests")
+                if body is None:
                     return None
-                rows: list[dict[str, Any]] = extended[0]["data"]
+                rows: list[dict[str, Any]] = json.loads(body)["extendedStats"][0]["data"]
                 # Locust's current rates leave out the last two seconds.
                 return rows if rows and rows[0]["deliveries"] > 20 and rows[0]["rate"] > 0 else None
 
@@ -651,3 +645,67 @@ def test_scenario_runs_without_losses(tmp_path: Path, scenario: str, args: list[
         assert entries[("connect", "welcome")]["num_requests"] >= 8 + 4 * 2, log
     if scenario == "storm.py":
         assert entries[("storm", "all in")]["num_requests"] == 1, log
+
+
+def test_chatcore_options_are_in_the_web_ui_advanced_options(tmp_path: Path) -> None:
+    """Locust's web UI offers chatcore's options under "Advanced options"
+    (issue 25): an option added through an argument group is offered only
+    when marked ``include_in_web_ui`` (Locust's parser marks only its own)."""
+    web_port = free_port()
+    locust = locust_with_web_ui(tmp_path, web_port)
+    try:
+        html = wait_for(lambda: fetch(web_port, "/"), timeout=STARTUP_TIMEOUT, message="Locust's web UI").decode()
+    finally:
+        locust.terminate()
+        output, _ = locust.communicate(timeout=LOCUST_TIMEOUT)
+    assert locust.returncode is not None
+    start = html.index("templateArgs = ") + len("templateArgs = ")
+    template, _ = json.JSONDecoder().raw_decode(html, start)
+    offered = template["extra_options"]
+    for option in ("message_rate", "message_size", "messages", "rooms", "listeners", "chat_hosts", "chat_mix"):
+        assert option in offered, (option, sorted(offered), output)
+    assert offered["message_rate"]["default_value"] == 1.0
+    assert "messages per second" in offered["message_rate"]["help_text"]
+
+
+def test_chat_tab_leaves_out_rows_that_repeat_the_whole_run(tmp_path: Path) -> None:
+    """One server on one transport: the "transport" and "server" rows would
+    repeat the "all" row figure for figure (issue 25), so the Chat tab's
+    /stats/requests data has the "all" row only. And Locust's header RPS
+    (its "Aggregated" row) counts one thing, deliveries, not deliveries,
+    sends and set-up steps together."""
+    web_port = free_port()
+    with ServerProcess("--listen", "tcp://127.0.0.1:0") as server:
+        locust = locust_with_web_ui(
+            tmp_path, web_port,
+            "--autostart", "-u", "3", "-r", "3", "-t", "30s", "--message-rate", "5",
+            "--host", url("tcp", server.address),
+        )  # fmt: skip
+        try:
+
+            def chat_stats() -> dict[str, Any] | None:
+                body = fetch(web_port, "/stats/requests")
+                if body is None:
+                    return None
+                stats: dict[str, Any] = json.loads(body)
+                rows = stats["extendedStats"][0]["data"]
+                # Locust's own list may be a moment older than the chat rows.
+                listed = sum(entry["num_requests"] for entry in stats["stats"] if entry["method"] == "deliver")
+                return stats if rows and rows[0]["deliveries"] > 10 and listed > 10 else None
+
+            stats = wait_for(chat_stats, timeout=20, message="deliveries in /stats/requests")
+        finally:
+            locust.terminate()
+            output, _ = locust.communicate(timeout=LOCUST_TIMEOUT)
+    rows = stats["extendedStats"][0]["data"]
+    assert [row["scope"] for row in rows] == ["all"], (rows, output)
+    # Latency to the microsecond (two significant digits), not Locust's whole
+    # milliseconds: on loopback most deliveries take well under 1 ms, which
+    # Locust's own percentiles round to 0.
+    p50, p99 = rows[0]["p50"], rows[0]["p99"]
+    assert 0 < p50 <= p99, rows[0]
+    entries = {(entry["method"], entry["name"]): entry for entry in stats["stats"]}
+    aggregated = entries.pop(("", "Aggregated"))
+    assert {method for method, _ in entries} >= {"send", "deliver"}
+    delivered = sum(entry["num_requests"] for (method, _), entry in entries.items() if method == "deliver")
+    assert aggregated["num_requests"] == delivered, [(key, entry["num_requests"]) for key, entry in entries.items()]

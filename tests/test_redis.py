@@ -150,6 +150,7 @@ def test_events_travel_as_versioned_json() -> None:
     )
     for bad, why in [
         ('{"type": "Shout", "room": "x"}', "unknown event type"),
+        ('{"type": ["Chat"], "room": "x"}', "unknown event type"),  # was a TypeError (found by fuzzing)
         ('{"type": "Chat", "room": "x"}', "missing"),
         ("[]", "not a JSON object"),
         ('{"type": "Chat", "x": 1}', "unknown fields"),

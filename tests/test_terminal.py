@@ -269,6 +269,7 @@ def test_escape_sequences_from_the_server_are_not_printed() -> None:
     result = fake_server_session(b"\x1b]0;pwned\x07<eve> \x1b[2Jhi\x1b[31m there\n")
     assert result.stdout == b"<eve> hi there\n"
     assert result.returncode == 1
+    assert result.stderr.count(b"\n") == 1
     assert b"lost the connection" in result.stderr
 
 
@@ -285,7 +286,7 @@ def test_connection_refused_is_one_line_and_exit_1() -> None:
     assert f"chatcore serve --port {port}" in err
 
 
-def test_nick_refused_because_taken_stays_connected_as_guest(
+def test_piped_nick_refused_ends_the_run_before_anything_is_sent(
     chat_server_factory: ServerFactory, chat_client: ClientFactory
 ) -> None:
     server = chat_server_factory()
@@ -294,10 +295,14 @@ def test_nick_refused_because_taken_stays_connected_as_guest(
     other.expect("* you are now known as bob")
     result = run_client(client_command(server, "--nick", "bob"), b"hi\n")
     nick = joined_nick(other)
-    assert other.readline() == f"<{nick}> hi"
-    assert result.returncode == 0
-    assert "! nickname 'bob' is taken" in result.stdout.decode().splitlines()
-    assert "the nickname 'bob' was refused; you are connected under your guest name" in result.stderr.decode()
+    assert other.readline() == f"* {nick} left"  # "hi" never went out under the guest name
+    assert result.returncode == 1
+    assert "<You> hi" not in result.stdout.decode()
+    assert "taken" not in result.stdout.decode()  # the refusal is said once, on stderr
+    assert result.stderr.decode() == (
+        "chatcore client: error: the nickname 'bob' was refused (nickname 'bob' is taken); "
+        "nothing was sent. Choose another with --nick.\n"
+    )
 
 
 def test_server_full_is_not_mistaken_for_a_refused_nick() -> None:
@@ -305,9 +310,14 @@ def test_server_full_is_not_mistaken_for_a_refused_nick() -> None:
     # its "! server full" line is read, which makes the outcome a race.
     result = fake_server_session(b"! server full, try again later\n", "--nick", "bob")
     assert result.returncode == 1
-    assert result.stdout == b"! server full, try again later\n"
-    assert b"refused" not in result.stderr
-    assert b"lost the connection" in result.stderr
+    assert result.stdout == b""
+    port = re.search(rb"127.0.0.1:(\d+)", result.stderr)
+    assert port is not None
+    # One message, with the server's reason in it.
+    assert result.stderr.decode() == (
+        f"chatcore client: error: lost the connection to 127.0.0.1:{port[1].decode()}: "
+        "the server closed it (server full, try again later).\n"
+    )
 
 
 def test_nick_is_taken_before_the_input_is_sent(chat_server_factory: ServerFactory, chat_client: ClientFactory) -> None:
@@ -320,6 +330,123 @@ def test_nick_is_taken_before_the_input_is_sent(chat_server_factory: ServerFacto
     assert result.returncode == 0
     assert result.stderr == b""
     assert "* you are now known as carol" in result.stdout.decode().splitlines()
+
+
+# -- honest scripting: refusals end a piped run ----------------------------
+
+
+@pytest.fixture
+def password_server(chat_server_factory: ServerFactory, tmp_path: Any) -> ChatServer:
+    path = tmp_path / "server-password"
+    path.write_text("s3cret\n")
+    return chat_server_factory("--password-file", str(path))
+
+
+def test_piped_without_the_password_sends_nothing_and_exits_1(
+    password_server: ChatServer, chat_client: ClientFactory
+) -> None:
+    result = run_client(client_command(password_server), b"hi\n")
+    assert result.returncode == 1
+    out = result.stdout.decode()
+    assert "<You> hi" not in out
+    assert "password required" not in out
+    assert result.stderr.decode() == (
+        "chatcore client: error: the server requires a password: "
+        "give it with --password-file FILE or CHATCORE_PASSWORD.\n"
+    )
+
+
+def test_piped_with_a_wrong_password_exits_1_with_one_message(password_server: ChatServer) -> None:
+    command = client_command(password_server)
+    result = subprocess.run(
+        command,
+        input=b"hi\n",
+        capture_output=True,
+        timeout=TIMEOUT,
+        env=client_env(CHATCORE_PASSWORD="wrong"),
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "<You> hi" not in result.stdout.decode()
+    assert "password" not in result.stdout.decode()
+    assert result.stderr.decode() == (
+        "chatcore client: error: the server refused the password (wrong password); "
+        "check --password-file or CHATCORE_PASSWORD.\n"
+    )
+
+
+def test_piped_with_the_right_password_shows_no_password_required(
+    password_server: ChatServer, chat_client: ClientFactory
+) -> None:
+    result = subprocess.run(
+        client_command(password_server),
+        input=b"hi\n",
+        capture_output=True,
+        timeout=TIMEOUT,
+        env=client_env(CHATCORE_PASSWORD="s3cret"),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[0].startswith("* Welcome"), lines
+    assert "<You> hi" in lines
+    assert not any("password" in line for line in lines)
+    assert result.stderr == b""
+
+
+def test_piped_refused_line_is_not_shown_as_sent_and_ends_the_run(
+    chat_server_factory: ServerFactory, chat_client: ClientFactory
+) -> None:
+    server = chat_server_factory("--plugins", "welcome,filters", "--banned-words", "darn", "--banned-action", "reject")
+    other = chat_client(server)
+    result = run_client(client_command(server), b"fine\n\noh darn\nnever sent\n")
+    nick = joined_nick(other)
+    assert other.readline() == f"<{nick}> fine"
+    assert other.readline() == f"* {nick} left"  # "never sent" was not
+    assert result.returncode == 1
+    lines = result.stdout.decode().splitlines()
+    assert "<You> fine" in lines
+    assert not any("darn" in line or "never sent" in line for line in lines), lines
+    assert result.stderr.decode() == (
+        "chatcore client: error: line 3 was refused: message not sent: it contains the banned word 'darn'. "
+        "The rest of the input was not sent.\n"
+    )
+
+
+def test_piped_refused_command_ends_the_run(chat_server_factory: ServerFactory, chat_client: ClientFactory) -> None:
+    server = chat_server_factory()
+    other = chat_client(server)
+    other.send("/nick bob")
+    other.expect("* you are now known as bob")
+    result = run_client(client_command(server), b"/ping\n/nick bob\nhi\n")
+    nick = joined_nick(other)
+    assert other.readline() == f"* {nick} left"
+    assert result.returncode == 1
+    lines = result.stdout.decode().splitlines()
+    assert lines.count("* pong") == 1  # the user's own /ping is answered; the client's are not shown
+    assert result.stderr.decode() == (
+        "chatcore client: error: line 2 was refused: nickname 'bob' is taken. The rest of the input was not sent.\n"
+    )
+
+
+def test_refused_line_is_not_shown_as_sent_in_a_terminal(
+    chat_server_factory: ServerFactory, chat_client: ClientFactory, spawn: Any
+) -> None:
+    server = chat_server_factory("--plugins", "welcome,filters", "--banned-words", "darn", "--banned-action", "reject")
+    other = chat_client(server)
+    child = spawn(server, NO_COLOR="1")
+    nick = joined_nick(other)
+    child.expect("Welcome")
+    expect_prompt(child)
+    child.sendline("oh darn")
+    child.expect("banned word")
+    expect_prompt(child)
+    child.sendline("all good")
+    child.expect("<You> all good")
+    assert other.readline() == f"<{nick}> all good"
+    assert "<You> oh darn" not in child.before
+    child.sendcontrol("d")
+    assert wait_exit(child) == 0
 
 
 # -- the pieces -------------------------------------------------------------

@@ -385,6 +385,12 @@ UPGRADE = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upg
             b"Content-Length: 5\r\n\r\nhello",
             b"400 Bad Request",
         ),
+        # wsproto decodes Connection as ASCII: a byte above 0x7f raised from it (found by fuzzing).
+        (
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\xc3\xa9\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            b"400 Bad Request",
+        ),
     ],
 )
 def test_a_broken_upgrade_gets_an_http_error_and_the_server_goes_on(web, clients, request_bytes, status, caplog):

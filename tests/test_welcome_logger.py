@@ -133,3 +133,26 @@ def test_logger_survives_a_file_it_cannot_write(chat_server_factory, chat_client
     wait_for(lambda: event_log.lost >= 5, message="the events to be counted as lost")
     assert event_log._thread.is_alive()
     assert caplog.text.count("cannot write the event log") == 1
+
+
+def test_logger_records_nick_changes_and_the_address(chat_server_factory, chat_client, tmp_path):
+    """An audit trail: who came from where, under which names (issue 25)."""
+    log_file = tmp_path / "events.jsonl"
+    server = chat_server_factory("--plugins", "logger", "--log-file", str(log_file))
+    alice = chat_client(server)
+    bob = chat_client(server)
+    alice.send("/nick deploybot")
+    alice.expect("* you are now known as deploybot")
+    bob.expect("* guest-1 is now known as deploybot")
+    alice.send("done")
+    bob.expect("<deploybot> done")
+    alice.sync()
+    wait_for(lambda: len(read_events(log_file)) == 4, message="four events in the log")
+    events = read_events(log_file)
+    address = alice.sock.getsockname()
+    assert [e["event"] for e in events] == ["join", "join", "nick", "chat"]
+    assert events[0]["nick"] == "guest-1"
+    assert events[0]["address"] == f"{address[0]}:{address[1]}"
+    assert events[2] == {**events[2], "nick": "guest-1", "new_nick": "deploybot", "room": "lobby"}
+    assert events[2]["address"] == events[0]["address"]
+    assert events[3]["nick"] == "deploybot"

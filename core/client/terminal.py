@@ -25,8 +25,19 @@ of input, a request to leave, or the server closing the connection.
 Right after connecting the client sends ``/pass PASSWORD`` (with
 ``--password-file`` or ``CHATCORE_PASSWORD``), ``/nick NAME`` (with ``--nick``) and
 ``/ping``. The server answers a client's lines in order, so everything before
-the ``* pong`` is the welcome or the answer to ``/nick``; input waits until
-then, and that ``* pong`` is not shown.
+the ``* pong`` is the welcome or the answer to ``/pass`` and ``/nick``; input
+waits until then, and that ``* pong`` is not shown. A server with a password
+says ``! password required`` on connecting, before it reads ``/pass``: that
+greeting is not shown when a password was sent.
+
+**Honest echo.** After every line it sends (but ``/quit``) the client sends
+``/ping`` too (:class:`_Sent`). An error (``! ...``) before that ``* pong``
+is the server's answer to the line: the line was refused, and is not shown
+as ``<You> text``; the ``<You>`` line is shown only when the pong comes
+without one. In scripts the client waits for each pong before it sends the
+next line, and the first refusal (of the password, ``--nick``, a line or a
+command) ends the run with one error message on stderr and status 1; the
+server's ``!`` lines go into that message rather than into the transcript.
 
 Leaving (Ctrl-D, Ctrl-C, end of piped input, ``/quit``) always sends
 ``/quit``, then reads until the server closes the connection (at most
@@ -35,7 +46,8 @@ left in the socket, so the close is a normal one, never a reset, and the
 others see ``* NICK left``.
 
 When the server closes the connection without having been asked to, the
-client says the connection was lost and exits with status 1.
+client says the connection was lost (with the server's last error, if it
+sent one) and exits with status 1.
 
 The colours come from :func:`classify`, a pure function from a server line
 to its :class:`Kind`, and :func:`render`. They are used only when stdout is a
@@ -56,11 +68,12 @@ import ssl
 import sys
 import threading
 import urllib.parse
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import FrameType
 from typing import Any, TextIO, TypeAlias
 
-from chatcore.wire.native import ERROR, NOTICE, sanitize
+from chatcore.wire.native import ERROR, NOTICE, PASSWORD_REQUIRED, WRONG_PASSWORD, sanitize
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12000
@@ -222,17 +235,27 @@ input ends (or at a /quit line), after the server has answered everything:
   printf 'hello\\n/me waves\\n' | chatcore client --nick robot
 With stdout not a terminal, lines are printed plain, one per line.
 
+Your own message is shown as <You> text once the server has taken it (the
+client sends /ping after each line to know): a line the server refuses is
+not shown as sent, only the server's "! reason".
+With stdin a pipe or file, the first refusal (of the password, of --nick,
+of a line or a command) ends the run: the rest of the input is not sent,
+stderr says what was refused and why, and the exit status is 1. The server's
+"! ..." errors go to stderr, in that one message, not to stdout.
+
 Colours are used when stdout is a terminal, unless NO_COLOR is set.
-If --nick is refused (taken or invalid), the client stays connected under
-the guest name the server gave it; use /nick NAME to try another.
+In a terminal, if --nick is refused (taken or invalid), the client stays
+connected under the guest name the server gave it; use /nick NAME to try
+another. If the server wants a password you did not give, type /pass PASSWORD.
 
 TLS: give a URL (chatcore client tls://chat.example:12001) or --tls. The
 server's certificate chain and host name are checked against the system's
 trusted certificates, or --ca FILE; an unverified server is refused unless
 --insecure (which says so on every start).
 
-Exit status: 0 after leaving, 1 if the server could not be reached or the
-connection was lost, 2 for a usage error.""",
+Exit status: 0 after leaving, 1 if the server could not be reached, the
+connection was lost, or (with piped input) the server refused the password,
+--nick, a line or a command; 2 for a usage error.""",
     )
     parser.add_argument(
         "url",
@@ -459,6 +482,22 @@ class ConnectionLost(Exception):
     """Sending failed: the connection is gone."""
 
 
+class _Sent:
+    """A line sent after the welcome, until the ``/ping`` sent after it is
+    answered: an error before that pong is the server's refusal of it."""
+
+    __slots__ = ("done", "number", "own", "pongs", "refusal", "text")
+
+    def __init__(self, text: str, number: int) -> None:
+        self.text = text
+        self.number = number  # the input line's number, for the error message
+        self.own = own_line(text)  # "<You> text", shown once the server took it
+        # The user's own /ping is answered by a pong that is shown.
+        self.pongs = 1 if text.split(maxsplit=1)[0].lower() == "/ping" else 0
+        self.refusal: str | None = None
+        self.done = asyncio.Event()
+
+
 class TerminalClient:
     """One session of ``chatcore client``: connect, chat, leave."""
 
@@ -488,7 +527,23 @@ class TerminalClient:
         #: the welcome and the answer to --nick.
         self._welcome = True
         self._nick_pending = nick is not None
+        #: The server's answer to --nick when it refused it.
+        self._nick_refusal: str | None = None
+        #: Whether the "! password required" said on connecting, before the
+        #: server read our /pass, is still to come.
+        self._greeting_expected = password is not None
+        #: After a refused password: how many "! password required" answers
+        #: to our /nick and /ping are still to come (not shown).
+        self._swallow = 0
+        #: Why the server did not let us in (password), or None.
+        self.login_refusal: str | None = None
         self._welcomed = asyncio.Event()
+        #: Lines sent after the welcome, waiting for their pong (oldest first).
+        self._sent: deque[_Sent] = deque()
+        #: The server's last error, for the "lost the connection" message.
+        self._last_error: str | None = None
+        #: Errors nothing we sent explains (piped: reported at the end).
+        self._unexplained: list[str] = []
         #: Set by Ctrl-C (as a signal) or when our output is closed.
         self._leave_requested = asyncio.Event()
         self._lost_reason = "the server closed it"
@@ -511,29 +566,108 @@ class TerminalClient:
         """A message from the client itself (not from the server)."""
         print(f"{PROG}: {text}", file=sys.stderr, flush=True)
 
+    def _show_error(self, line: str) -> None:
+        """A ``! ...`` line: shown in a terminal; in scripts it goes into
+        the one error message instead (see the module docstring)."""
+        self._last_error = line[len(ERROR) :]
+        if self.interactive:
+            self.show(line, Kind.ERROR)
+
     def show_server_line(self, line: str) -> None:
         line = sanitize(line)  # a rogue server must not paint on the terminal
         if self._welcome:
-            if line == "* pong":  # ours, sent after connecting; not shown
-                self._welcome = False
-                self._welcomed.set()
-                if self._nick_pending:
-                    # No "you are now known as": the error shown was the
-                    # answer. (Said only now, when we know we are still
-                    # connected: "! server full" is an error too.)
-                    self.note(
-                        f"the nickname {self.nick!r} was refused; you are connected under your guest name. "
-                        "Type /nick NAME to choose another."
-                    )
+            self._welcome_line(line)
+            return
+        if line == "* pong" and self._sent:
+            sent = self._sent[0]
+            if sent.pongs:  # the answer to the user's own /ping
+                sent.pongs -= 1
+                self.show(line, Kind.NOTICE)
                 return
-            if line.startswith(("* you are now known as ", "* you are already known as ")):
-                self._nick_pending = False
-            # Before the first /ping answer, "* " lines are the welcome notices.
-            kind = Kind.NOTICE if line.startswith(NOTICE) else classify(line)
-        else:
-            kind = classify(line)
+            self._sent.popleft()  # ours: the server has answered the line
+            if sent.refusal is None and sent.own is not None:
+                self.show(sent.own, Kind.OWN)
+            sent.done.set()
+            return
+        if line.startswith(ERROR):
+            if self._sent and self._sent[0].refusal is None:
+                self._sent[0].refusal = line[len(ERROR) :]
+            else:
+                self._unexplained.append(line[len(ERROR) :])
+            self._show_error(line)
+            return
         if line:
-            self.show(line, kind)
+            self.show(line, classify(line))
+
+    def _welcome_line(self, line: str) -> None:
+        """A line before the answer to our first /ping: the welcome, and the
+        answers to /pass and /nick."""
+        if line.startswith(ERROR):
+            text = line[len(ERROR) :]
+            if text == PASSWORD_REQUIRED:
+                if self._swallow:  # the answer to our /nick or /ping, refused too
+                    self._swallow -= 1
+                    if not self._swallow:
+                        self._end_welcome()
+                    return
+                if self._greeting_expected:  # said before the server read our /pass
+                    self._greeting_expected = False
+                    return
+                self._refuse_login(
+                    "the server requires a password: give it with --password-file FILE or CHATCORE_PASSWORD"
+                )
+                return
+            if text == WRONG_PASSWORD:
+                self._greeting_expected = False
+                self._refuse_login(
+                    "the server refused the password (wrong password); check --password-file or CHATCORE_PASSWORD"
+                )
+                return
+            if self._password is not None and text.startswith("unknown command /pass"):
+                return  # the server has no password: ours was not needed
+            if self._nick_pending and self._nick_refusal is None:
+                self._nick_refusal = text
+            else:
+                self._unexplained.append(text)
+            self._show_error(line)
+            return
+        if line == "* pong":  # ours, sent after connecting; not shown
+            self._end_welcome()
+            if self._nick_pending and self.interactive:
+                # No "you are now known as": the error shown was the
+                # answer. (Said only now, when we know we are still
+                # connected: "! server full" is an error too.)
+                self.note(
+                    f"the nickname {self.nick!r} was refused; you are connected under your guest name. "
+                    "Type /nick NAME to choose another."
+                )
+            return
+        if line.startswith(("* you are now known as ", "* you are already known as ")):
+            self._nick_pending = False
+        # Before the first /ping answer, "* " lines are the welcome notices.
+        if line:
+            self.show(line, Kind.NOTICE if line.startswith(NOTICE) else classify(line))
+
+    def _refuse_login(self, why: str) -> None:
+        self.login_refusal = why
+        # Our /nick and /ping are still to be answered, each with
+        # "! password required": not shown.
+        self._swallow = (self.nick is not None) + 1
+        self._nick_pending = False
+        if self.interactive:
+            self.note(f"{why}, or type /pass PASSWORD.")
+
+    def _end_welcome(self) -> None:
+        self._welcome = False
+        self._welcomed.set()
+
+    @property
+    def nick_refused(self) -> str | None:
+        """The message for a refused ``--nick`` (known once welcomed)."""
+        if not self._nick_pending or self._welcome:
+            return None
+        reason = f" ({self._nick_refusal})" if self._nick_refusal else ""
+        return f"the nickname {self.nick!r} was refused{reason}; nothing was sent. Choose another with --nick."
 
     # -- the connection --
 
@@ -614,6 +748,7 @@ class TerminalClient:
         loop = asyncio.get_running_loop()
         leave_requested = self._leave_requested
         previous_sigint = _install_sigint(loop, leave_requested)
+        failure: str | None
         try:
             if self._password is not None:
                 await self._send(f"/pass {self._password}")
@@ -624,31 +759,38 @@ class TerminalClient:
                 from prompt_toolkit.patch_stdout import patch_stdout
 
                 with patch_stdout(raw=True):
-                    lost = await self._chat(reader, _PromptLines().next, leave_requested)
+                    failure = await self._chat(reader, _PromptLines().next, leave_requested)
             else:
-                lost = await self._chat(reader, _StdinLines(loop).next, leave_requested)
+                failure = await self._chat(reader, _StdinLines(loop).next, leave_requested)
         except ConnectionLost:
-            lost = True
+            failure = self._lost()
         finally:
             if previous_sigint is not None:
                 signal.signal(signal.SIGINT, previous_sigint)
             self._writer.close()
             with contextlib.suppress(OSError):
                 await self._writer.wait_closed()
-        if lost:
-            return _error(f"lost the connection to {self.address}: {self._lost_reason}.")
+        if failure is None and self._unexplained and not self.interactive:
+            failure = f"the server said: {'; '.join(self._unexplained)}."
+        if failure is not None:
+            return _error(failure)
         return 0
+
+    def _lost(self) -> str:
+        said = f" ({self._last_error})" if self._last_error else ""
+        return f"lost the connection to {self.address}: {self._lost_reason}{said}."
 
     async def _chat(
         self,
         reader: asyncio.StreamReader,
         next_line: Callable[[], Coroutine[object, object, str | None]],
         leave_requested: asyncio.Event,
-    ) -> bool:
-        """Send lines until the user leaves; return True if the connection
-        was lost instead."""
+    ) -> str | None:
+        """Send lines until the user leaves; return None, or why the session
+        failed: the connection was lost, or (piped) something was refused."""
         server_closed = asyncio.create_task(self._read_server(reader))
         leave = asyncio.create_task(leave_requested.wait())
+        failure: str | None = None
         try:
             # Input waits for the welcome and the answer to --nick, so that
             # what is shown is in order and lines go out under the new name.
@@ -659,8 +801,11 @@ class TerminalClient:
             welcomed.cancel()
             if server_closed.done():
                 server_closed.result()
-                return True
-            while not leave.done():
+                return self._lost()
+            if not self.interactive:
+                failure = f"{self.login_refusal}." if self.login_refusal else self.nick_refused
+            number = 0
+            while failure is None and not leave.done():
                 typed = asyncio.create_task(next_line())
                 await asyncio.wait({typed, server_closed, leave}, return_when=asyncio.FIRST_COMPLETED)
                 if server_closed.done() or leave.done():
@@ -669,23 +814,35 @@ class TerminalClient:
                         await typed
                     if server_closed.done():
                         server_closed.result()  # a failure in the reader is a bug: let it show
-                        return True
+                        return self._lost()
                     break
                 text = typed.result()
                 if text is None:
                     break
+                number += 1
                 text = text.strip()  # as the server does, so "/quit " is seen as /quit here too
                 if not text:
                     continue
-                await self._send(text)
-                shown = own_line(text)
-                if shown is not None:
-                    self.show(shown, Kind.OWN)
                 if is_quit(text):
+                    await self._send(text)
                     self._leaving = True
                     break
+                sent = _Sent(text, number)
+                self._sent.append(sent)
+                await self._send(f"{text}\n/ping")
+                if self.interactive:
+                    continue
+                # Scripts wait for the answer: a refusal ends the run here.
+                answered = asyncio.create_task(sent.done.wait())
+                await asyncio.wait({answered, server_closed, leave}, return_when=asyncio.FIRST_COMPLETED)
+                answered.cancel()
+                if server_closed.done():
+                    server_closed.result()
+                    return self._lost()
+                if sent.refusal is not None:
+                    failure = f"line {number} was refused: {sent.refusal}. The rest of the input was not sent."
             await self._leave(server_closed)
-            return False
+            return failure
         finally:
             leave.cancel()
             server_closed.cancel()

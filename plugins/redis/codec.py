@@ -51,7 +51,9 @@ def decode_event(text: str, max_line: int = DEFAULT_MAX_LINE) -> RoomEvent:
     (a newer server's event type, or damage). Its fields are checked by
     :func:`checked` (``max_line``: the longest text allowed, in bytes)."""
     record = _json_object(text, max_line)
-    cls = _ROOM_EVENTS.get(record.pop("type", None))
+    kind = record.pop("type", None)
+    # Any JSON value may be there: one that cannot be a key (a list) is no type either.
+    cls = _ROOM_EVENTS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError("unknown event type")
     when = record.pop("time", 0.0)
