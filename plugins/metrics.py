@@ -111,7 +111,13 @@ class ChatCollector:
         for scheme, count in sorted(by_scheme.items()):
             connected.add_metric([scheme], count)
         yield connected
-        yield GaugeMetricFamily("chatcore_rooms", "Rooms with at least one member.", value=len(server.registry.rooms()))
+        rooms = server.registry.rooms()
+        yield GaugeMetricFamily("chatcore_rooms", "Rooms with at least one member.", value=len(rooms))
+        yield GaugeMetricFamily(
+            "chatcore_room_memberships",
+            "Memberships of rooms: each connection counted once per room it is in.",
+            value=sum(rooms.values()),
+        )
         yield CounterMetricFamily(
             "chatcore_accepted_connections_total", "Connections accepted (not refused).", value=stats.accepted
         )

@@ -116,9 +116,12 @@ def test_metrics_count_what_the_clients_did(chat_server_factory, chat_client):
     assert counts == sorted(counts)
     assert value(samples, "chatcore_message_latency_seconds_bucket", le="1.0") == 5
 
-    bob.send("/join other")
+    assert value(samples, "chatcore_room_memberships") == 3
+    bob.send("/join other")  # bob is in both rooms
     bob.expect(re.compile(r"^\* you are now in other"))
-    assert value(scrape(server), "chatcore_rooms") == 2
+    samples = scrape(server)
+    assert value(samples, "chatcore_rooms") == 2
+    assert value(samples, "chatcore_room_memberships") == 4
 
 
 def test_metrics_disconnects_refusals_failures_and_bytes(chat_server_factory, chat_client):
