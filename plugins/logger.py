@@ -1,6 +1,7 @@
-"""Writes joins (with the client's address), nick changes, leaves and
-delivered messages as JSON lines to a file: an audit trail of who came from
-where, under which names, and said what."""
+"""Writes joins (with the client's address), nick changes, leaves, room
+operators' acts (topics, modes, kicks) and delivered messages as JSON lines
+to a file: an audit trail of who came from where, under which names, did
+what to which room, and said what."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import IO, Any, NamedTuple
 
 from chatcore import Client, Config, Message, UsageError, hookimpl
 from chatcore.engine.server import ChatServer
-from chatcore.events import NickChanged, RoomEvent
+from chatcore.events import Left, ModeChanged, NickChanged, RoomEvent, TopicChanged
 from chatcore.transports.listener import format_address
 
 DEFAULT_LOG_FILE = "chatcore-events.jsonl"
@@ -92,7 +93,11 @@ def chatcore_client_joined(client: Client, room: str) -> None:
 
 @hookimpl
 def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
-    if type(event) is not NickChanged:
+    kind = type(event)  # every chat line comes here: one set lookup for the rest
+    if kind in _ROOM_ACTS:
+        _log_room_act(server, event)
+        return
+    if kind is not NickChanged:
         return
     # Renames of this server's own clients only: in a cluster each server's
     # log records its own connections (whose address it knows).
@@ -102,6 +107,27 @@ def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
     _log(server).put(
         (time.time(), "nick", event.nick, event.room, None, (event.new_nick, format_address(*client.address)))
     )
+
+
+#: Room events that may be an operator's act (a Left is one when it is a kick).
+_ROOM_ACTS = frozenset({TopicChanged, ModeChanged, Left})
+
+
+def _log_room_act(server: ChatServer, event: RoomEvent) -> None:
+    """A topic, a mode change or a kick, by one of this server's clients (in
+    a cluster each server records its own people's acts, once)."""
+    if isinstance(event, TopicChanged):
+        by, record = event.nick, ("topic", event.topic)
+    elif isinstance(event, ModeChanged):
+        by, record = event.nick, ("mode", " ".join((event.modes, *event.arguments)))
+    elif isinstance(event, Left) and event.kicked_by:
+        by, record = event.kicked_by, ("kick", f"{event.nick}: {event.kick_reason}")
+    else:
+        return
+    if server.registry.find(by) is None:
+        return
+    kind, text = record
+    _log(server).put((time.time(), kind, by, event.room, text, None))
 
 
 @hookimpl

@@ -156,3 +156,28 @@ def test_logger_records_nick_changes_and_the_address(chat_server_factory, chat_c
     assert events[2] == {**events[2], "nick": "guest-1", "new_nick": "deploybot", "room": "lobby"}
     assert events[2]["address"] == events[0]["address"]
     assert events[3]["nick"] == "deploybot"
+
+
+def test_logger_records_room_operators_topics_modes_and_kicks(chat_server_factory, chat_client, tmp_path):
+    """Who changed a room, and how: the audit trail of room operators (issue 24)."""
+    log_file = tmp_path / "events.jsonl"
+    server = chat_server_factory("--plugins", "logger", "--log-file", str(log_file))
+    alice, bob = chat_client(server), chat_client(server)  # alice made the lobby: she runs it
+    for line, answer in (
+        ("/topic release on Friday", "* guest-1 set the topic: release on Friday"),
+        ("/mode +m", "* guest-1 set mode +m"),
+        ("/kick guest-2 off topic", "* guest-2 was kicked out by guest-1 (off topic)"),
+    ):
+        alice.send(line)
+        alice.expect(answer)
+    # Two joins, three acts, and the kicked one's leave.
+    wait_for(lambda: len(read_events(log_file)) == 6, message="six events in the log")
+    events = read_events(log_file)
+    assert events[-1] == {**events[-1], "event": "leave", "nick": "guest-2", "room": "lobby"}
+    acts = [(e["event"], e["nick"], e["room"], e["text"]) for e in events if e["event"] in ("topic", "mode", "kick")]
+    assert acts == [
+        ("topic", "guest-1", "lobby", "release on Friday"),
+        ("mode", "guest-1", "lobby", "+m"),
+        ("kick", "guest-1", "lobby", "guest-2: off topic"),
+    ]
+    bob.expect("* you were kicked out of lobby by guest-1 (off topic)")
