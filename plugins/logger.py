@@ -97,7 +97,7 @@ def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
     if kind in _ROOM_ACTS:
         _log_room_act(server, event)
         return
-    if kind is not NickChanged:
+    if type(event) is not NickChanged:  # (type(), not kind: what mypy narrows on)
         return
     # Renames of this server's own clients only: in a cluster each server's
     # log records its own connections (whose address it knows).
