@@ -19,7 +19,17 @@ from pathlib import Path
 import pytest
 from redis_support import Proxy, RedisServer, free_port
 
-from chatcore.events import Action, Chat, Joined, Left, NickChanged, OperatorChanged, RoomNotice
+from chatcore.events import (
+    Action,
+    Chat,
+    Joined,
+    Left,
+    ModeChanged,
+    NickChanged,
+    OperatorChanged,
+    RoomNotice,
+    TopicChanged,
+)
 from chatcore.plugins.redis import Arrivals, Cursor, Start, decode_event, encode_event, redacted
 from chatcore.testing import LineClient, ServerProcess, wait_for
 
@@ -141,6 +151,10 @@ def test_events_travel_as_versioned_json() -> None:
         RoomNotice("lobby", text="hello"),
         Left("lobby", nick="bob", reason="kicked by alice: spam", kicked_by="alice"),
         OperatorChanged("lobby", nick="alice", operator=False),
+        # Lists (issue 24): a quit told in several rooms, a mode change with its arguments.
+        Left("dev", nick="carol", reason="bye", told_in=("lobby", "ops")),
+        ModeChanged("dev", nick="alice", modes="+ob", arguments=("bob", "*!*@10.0.0.1")),
+        TopicChanged("dev", nick="alice", topic="release on Friday"),
     ]:
         assert decode_event(encode_event(event)) == event
     # Fields at their default are left out: a plain leave reads as it did before kicked_by.
@@ -157,6 +171,13 @@ def test_events_travel_as_versioned_json() -> None:
         ("{", "Expecting"),
         # What another server's bug, or anyone who can write to Redis, might put there.
         ('{"type": "Chat", "room": "lobby", "nick": 42, "text": "hi"}', "nick is not a str"),
+        ('{"type": "Left", "room": "dev", "nick": "b", "told_in": "lobby"}', "told_in is not a list"),
+        ('{"type": "Left", "room": "dev", "nick": "b", "told_in": ["a\\r\\nb"]}', "told_in holds a name"),
+        (json.dumps({"type": "Left", "room": "dev", "nick": "b", "told_in": ["x"] * 101}), "at most 100"),
+        (
+            '{"type": "ModeChanged", "room": "dev", "nick": "b", "modes": "+o", "arguments": [1]}',
+            "arguments is not a list",
+        ),
         ('{"type": "Chat", "room": "lobby", "nick": "a\\r\\nb", "text": "hi"}', "nick is not a valid name"),
         ('{"type": "Chat", "room": "lobby", "nick": "", "text": "hi"}', "nick is not a valid name"),
         ('{"type": "Chat", "room": "lobby", "nick": "amy", "text": "\\r\\n"}', "text is empty"),
@@ -1127,3 +1148,28 @@ def test_irc_operators_kick_and_kill_and_a_ban_by_nick_reach_another_server(redi
                 assert refused.received == ["! you are banned from this server: flooding"]
             finally:
                 refused.close()
+
+
+def test_memberships_modes_and_quits_of_many_rooms_span_the_cluster(redis_server, cluster, connect) -> None:
+    # Issue 24: a person in several rooms is listed in each on every server,
+    # a room's mode change holds on the other servers, and a quit is told to
+    # someone who shares two rooms with them once.
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2")
+    alice = connect(one, "alice")
+    bob = connect(two, "bob")
+    linked(alice, "alice", [bob])
+    alice.send("/join dev")
+    alice.expect(re.compile(r"^\* you are now in dev "))
+    bob.send("/join dev")
+    bob.expect(re.compile(r"^\* you are now in dev "))
+    answered(bob, "/who lobby", "* in lobby (2): alice, bob")
+    answered(bob, "/who dev", "* in dev (2): alice, bob")
+    alice.send("/mode +m")  # alice made dev on her server: she runs it there
+    alice.expect("[dev] * alice set mode +m")
+    bob.expect("[dev] * alice set mode +m")
+    bob.send("/mode")  # the change is applied on bob's server before it is shown there
+    bob.expect("* modes of dev: +mnt")
+    alice.send("/quit")
+    bob.expect(re.compile(r"\* alice left"))
+    assert not [line for line in bob.sync() if "alice left" in line]  # once, not once per room

@@ -171,6 +171,9 @@ def checked(kinds: dict[str, Any], record: dict[str, Any], max_line: int) -> dic
     clean: dict[str, Any] = {}
     for name, given in record.items():
         kind, value = kinds[name], given
+        if typing.get_origin(kind) is tuple:  # tuple[str, ...]: a JSON list of strings
+            clean[name] = _checked_strings(name, value, max_line)
+            continue
         if kind is float and isinstance(value, int):
             value = float(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
@@ -193,6 +196,29 @@ def checked(kinds: dict[str, Any], record: dict[str, Any], max_line: int) -> dic
                 raise ValueError("text is empty")
         clean[name] = value
     return clean
+
+
+#: The most items a list field may have (``told_in``: the rooms of one
+#: person, ``arguments``: those of one mode change).
+MAX_LIST_ITEMS = 100
+
+#: List fields that hold room names (the others hold mode arguments: masks, nicks, keys, numbers).
+_NAME_LISTS = frozenset({"told_in"})
+
+
+def _checked_strings(name: str, value: Any, max_line: int) -> tuple[str, ...]:
+    """A list field of :func:`checked`: at most :data:`MAX_LIST_ITEMS`
+    strings, names by the name rule, the others sanitised and within ``max_line``."""
+    if not isinstance(value, list) or len(value) > MAX_LIST_ITEMS or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} is not a list of at most {MAX_LIST_ITEMS} strings")
+    if name in _NAME_LISTS:
+        if any(room_problem(v) is not None for v in value):
+            raise ValueError(f"{name} holds a name that is not valid")
+        return tuple(value)
+    items = tuple(sanitize(v) for v in value)
+    if sum(len(v.encode("utf-8")) for v in items) > max_line:
+        raise ValueError(f"{name} is longer than {max_line} bytes")
+    return items
 
 
 def entry_place(entry: dict[str, str]) -> tuple[str, int]:

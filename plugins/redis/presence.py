@@ -122,7 +122,8 @@ class Presence(threading.Thread):
         assert server is not None
         assert self.client is not None
         keys, node = self.cluster.keys, self.cluster.node
-        snapshot: dict[Any, Any] = {client.nick: client.room for client in server.registry}
+        # Each nick's rooms, comma-separated (room names have no comma); "" for none.
+        snapshot: dict[Any, Any] = {client.nick: ",".join(client.rooms) for client in server.registry}
         pipe = self.client.pipeline(transaction=True)
         # The old value (Redis >= 6.2) says whether the key expired meanwhile,
         # and the reap lock whether another server announced this one gone.
@@ -172,7 +173,7 @@ class Presence(threading.Thread):
         told of a leave that did not happen. Called on the reader's thread."""
         assert self.cluster.server is not None
         client = self.cluster.server.registry.find(left.nick)
-        if left.reason != GONE_REASON or client is None or client.room != left.room:
+        if left.reason != GONE_REASON or client is None or left.room not in client.rooms:
             return False
         with self._returning_lock:
             self._returning.append((client, left.nick, left.room))
@@ -188,8 +189,8 @@ class Presence(threading.Thread):
         assert self.client is not None
         keys, node = self.cluster.keys, self.cluster.node
         for index, (client, nick, room) in enumerate(returning):
-            if client.nick != nick or client.room != room or client.close_reason is not None:
-                continue  # renamed, moved or gone since: their own events told the others
+            if client.nick != nick or room not in client.rooms or client.close_reason is not None:
+                continue  # renamed, parted or gone since: their own events told the others
             try:
                 claimed = self._claim(keys=[keys.nick(nick)], args=[node, keys.prefix + "node:"])
             except Exception:
@@ -268,8 +269,9 @@ class Presence(threading.Thread):
         # it come back, that it was timed out (it deletes it then).
         pipe.pexpire(keys.reaping(node), int(REAPED_MARK * 1000))
         pipe.execute()
-        for nick, room in members.items():
-            self.cluster.server.publish(Left(room, nick=nick, reason=GONE_REASON))
+        for nick, rooms in members.items():
+            for index, room in enumerate(rooms):  # a member of several of them hears it once
+                self.cluster.server.publish(Left(room, nick=nick, reason=GONE_REASON, told_in=rooms[:index]))
         self.reaped += len(members)
 
     def _other_nodes(self) -> list[str]:
@@ -283,13 +285,19 @@ class Presence(threading.Thread):
                 nodes.append(node)
         return nodes
 
-    def _valid_members(self, node: str, members: dict[Any, Any]) -> dict[str, str]:
-        """``node``'s members (nick -> room), but those whose nick or room is
-        not a valid name (they would reach /who and IRC's NAMES), counted."""
-        valid: dict[str, str] = {}
-        for nick, room in members.items():
-            if isinstance(nick, str) and isinstance(room, str) and not room_problem(nick) and not room_problem(room):
-                valid[nick] = room
+    def _valid_members(self, node: str, members: dict[Any, Any]) -> dict[str, tuple[str, ...]]:
+        """``node``'s members (nick -> their rooms), but those whose nick or a
+        room is not a valid name (they would reach /who and IRC's NAMES), counted."""
+        valid: dict[str, tuple[str, ...]] = {}
+        for nick, joined in members.items():
+            rooms = tuple(joined.split(",")) if isinstance(joined, str) and joined else ()
+            if (
+                isinstance(nick, str)
+                and isinstance(joined, str)
+                and not room_problem(nick)
+                and not any(map(room_problem, rooms))
+            ):
+                valid[nick] = rooms
             else:
                 self.cluster.invalid.drop(f"a member of node {node}", "a nick or room that is not a valid name")
         return valid
@@ -365,8 +373,9 @@ class Presence(threading.Thread):
         rooms: dict[str, list[str]] = {}
         for node, alive, members in zip(others, replies[::2], replies[1::2], strict=True):
             if alive:
-                for nick, room in self._valid_members(node, members).items():
-                    rooms.setdefault(room, []).append(nick)
+                for nick, joined in self._valid_members(node, members).items():
+                    for room in joined:
+                        rooms.setdefault(room, []).append(nick)
         return rooms
 
     def history(self, room: str, limit: int) -> list[RoomEvent] | None:
