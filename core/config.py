@@ -34,7 +34,7 @@ from chatcore.engine.limits import (
     DEFAULT_NEW_WINDOW,
     parse_networks,
 )
-from chatcore.engine.registry import DEFAULT_MAX_ROOMS_PER_CLIENT
+from chatcore.engine.registry import DEFAULT_MAX_ROOMS_PER_CLIENT, MAX_ROOMS_PER_CLIENT
 from chatcore.errors import UsageError
 from chatcore.manager import (
     BUILTIN_PLUGINS,
@@ -342,7 +342,7 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
     )
     limits.add_argument(
         "--max-rooms-per-client",
-        type=whole_number(1),
+        type=whole_number(1, MAX_ROOMS_PER_CLIENT),
         default=DEFAULT_MAX_ROOMS_PER_CLIENT,
         metavar="N",
         help="rooms one connection may be in at once (default: %(default)s, as Ergo's max-channels-per-client)",

@@ -190,7 +190,9 @@ def _invite(client: Client, args: str) -> None:
 
 
 def _rooms(client: Client, args: str) -> None:
-    client.send(RoomList(tuple(sorted(client.server.room_counts().items())), client.rooms, client.room))
+    server = client.server
+    shown = [(room, count) for room, count in sorted(server.room_counts().items()) if server.room_visible(client, room)]
+    client.send(RoomList(tuple(shown), client.rooms, client.room))
 
 
 def _who(client: Client, args: str) -> None:
@@ -202,7 +204,9 @@ def _who(client: Client, args: str) -> None:
     if problem:
         client.error(problem)
         return
-    client.send(Members(room, tuple(client.server.nicks_in(room))))
+    server = client.server
+    # A secret room's members are not shown outside it: as if it were empty.
+    client.send(Members(room, tuple(server.nicks_in(room)) if server.room_visible(client, room) else ()))
 
 
 def _msg(client: Client, args: str) -> None:

@@ -230,3 +230,32 @@ def test_a_plugin_names_the_server_operators_who_run_every_room(chat_server_fact
     assert reply(carol, "/topic set by the trusted") == ["[dev] * carol set the topic: set by the trusted"]
     bob = connect(server, "bob")
     assert reply(bob, "/join dev") == ["! dev is invite only: an operator of it must /invite you"]
+
+
+def test_what_the_review_found_a_member_cannot_open_the_room_and_secrets_stay_secret(chat_server_factory, connect):
+    server = chat_server_factory()
+    alice, bob, mallory = connect(server, "alice"), connect(server, "bob"), connect(server, "mallory")
+    in_room(alice, "ops")
+    in_room(bob, "ops")
+    assert reply(alice, "/mode +kb hunter2 mallory") == ["[ops] * alice set mode +kb hunter2 mallory!*@*"]
+    bob.expect("[ops] * alice set mode +kb hunter2 mallory!*@*")
+    # A member's invitation tells the invited, and lets them past nothing.
+    assert reply(bob, "/invite mallory ops") == ["* invited mallory to ops"]
+    mallory.expect("* bob invites you to ops: /join ops")
+    assert reply(mallory, "/join ops") == ["! you are banned from ops"]
+    # A limit in digits that are not ASCII is an error, not a crash.
+    assert reply(alice, "/mode +l ²") == ["! invalid limit '²': a whole number from 1"]
+    # An operator's invitation goes with the name: whoever takes it next has none.
+    assert reply(alice, "/mode -b+i mallory") == ["[ops] * alice set mode -b+i mallory!*@*"]
+    carol = connect(server, "carol")
+    assert reply(alice, "/invite carol ops") == ["* invited carol to ops"]
+    carol.send("/nick carol2")
+    carol.expect("* you are now known as carol2")
+    assert reply(mallory, "/nick carol") == ["* you are now known as carol"]
+    assert reply(mallory, "/join ops") == ["! ops is invite only: an operator of it must /invite you"]
+    # A secret room is not listed, nor its members shown, outside it.
+    assert reply(alice, "/mode +s") == ["[ops] * alice set mode +s"]
+    bob.expect("[ops] * alice set mode +s")
+    assert "ops" not in reply(mallory, "/rooms")[0]
+    assert reply(mallory, "/who ops") == ["* nobody is in ops"]
+    assert reply(bob, "/who ops") == ["* in ops (2): alice, bob"]

@@ -19,6 +19,9 @@ DEFAULT_ROOM = "lobby"
 #: the autojoin lists of people who idle in many channels, and a membership
 #: costs a few hundred bytes here.
 DEFAULT_MAX_ROOMS_PER_CLIENT = 100
+#: The most ``--max-rooms-per-client`` may be: a quit names the rooms told
+#: already (``told_in``), and a cluster carries lists up to this long.
+MAX_ROOMS_PER_CLIENT = 1000
 
 
 def _key(nick: str) -> str:

@@ -231,7 +231,8 @@ def parse_modes(modes: str, arguments: list[str]) -> list[ModeRequest]:
             if not args:
                 raise ModeError("missing_argument", letter, "+l needs a number of members")
             value = args.pop(0)
-            if not value.isdigit() or not 0 < int(value) <= 1_000_000:
+            # isascii: "²".isdigit() is true, yet int() refuses it.
+            if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= 1_000_000:
                 raise ModeError("invalid_argument", letter, f"invalid limit {value!r}: a whole number from 1")
             requests.append(ModeRequest(True, "l", str(int(value))))
         else:
@@ -297,6 +298,14 @@ class Rooms:
             elif isinstance(event, ModeChanged):
                 _apply_modes(state, event)
 
+    def forget_invitations(self, nick: str) -> None:
+        """``nick`` was given up (a quit, a rename): its invitations go with
+        it, or whoever takes the name next would inherit them."""
+        folded = nick.casefold()
+        with self._lock:
+            for state in self._states.values():
+                state.invited.discard(folded)
+
     def invite(self, room: str, nick: str) -> None:
         """Let ``nick`` into ``room`` past ``+i`` (and ``+k`` and ``+l``), once."""
         with self._lock:
@@ -328,4 +337,6 @@ def _apply_modes(state: RoomState, event: ModeChanged) -> None:
             key = args.pop(0) if args else ""
             state.key = key if adding else ""
         elif letter == "l":
-            state.limit = int(args.pop(0)) if adding and args else 0
+            # From another server too (Redis is input): a limit that is no number is none.
+            value = args.pop(0) if adding and args else ""
+            state.limit = int(value) if value.isascii() and value.isdigit() else 0

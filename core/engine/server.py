@@ -294,6 +294,7 @@ class ChatServer:
             for room in rooms:
                 self.hooks.client_left(client, room, reason)
             self._release_nick(client, client.nick)
+            self.rooms.forget_invitations(client.nick)
             for room in rooms:
                 self._maybe_emptied(room)
 
@@ -794,9 +795,11 @@ class ChatServer:
         return None
 
     def invite(self, client: Client, room: str, nick: str) -> Refusal | None:
-        """``client`` invites ``nick`` to ``room``: past ``+i``, ``+k`` and
-        ``+l`` once. A member may invite to a room that is not ``+i``;
-        to one that is, its operators."""
+        """``client`` invites ``nick`` to ``room``. A member may invite to a
+        room that is not ``+i``: the invited is told, nothing more. An
+        operator's invitation (needed for a ``+i`` room) also lets ``nick`` in
+        once past ``+i``, a ban, ``+k`` and ``+l`` (a member's would let them
+        pass what the operators set: the review of issue 24 found that)."""
         state = self.rooms.get(room)
         if state is None:
             return Refusal("no_such_room", f"no such room {room!r}")
@@ -809,9 +812,18 @@ class ChatServer:
             return Refusal("no_such_nick", f"no such nick {nick!r}")
         if room in target.rooms:
             return Refusal("already_in_room", f"{target.nick} is in {room} already")
-        self.rooms.invite(room, target.nick)
+        if not isinstance(self.may_run(client, room), Refusal):
+            self.rooms.invite(room, target.nick)
         target.send(Invited(client.nick, room, client.user))
         return None
+
+    def room_visible(self, client: Client, room: str) -> bool:
+        """Whether ``client`` may learn that ``room`` exists and who is in
+        it: a secret (``+s``) room shows only to its members and server operators."""
+        state = self.rooms.get(room)
+        if state is None or "s" not in state.flags or room in client.rooms:
+            return True
+        return self.hooks.server_operator(client) is not None
 
     def speech_refusal(self, client: Client, room: str) -> str | None:
         """Why ``client`` may not speak in ``room`` (``+n`` and not in it,
@@ -859,6 +871,7 @@ class ChatServer:
             self._release_nick(client, nick)
             return False
         self._release_nick(client, old)
+        self.rooms.forget_invitations(old)
         rooms = client.rooms
         for index, room in enumerate(rooms):
             changed = NickChanged(room, nick=old, new_nick=nick, user=client.user, told_in=rooms[:index])

@@ -237,7 +237,9 @@ _LINES: dict[type[Event], Callable[[Any], str]] = {
     Error: lambda e: ERROR + e.text,
     Disconnected: lambda e: f"{ERROR}disconnected: {e.reason}",
     PrivateMessage: _private,
-    Members: lambda e: f"{NOTICE}in {e.room} ({len(e.nicks)}): {', '.join(e.nicks)}",
+    Members: lambda e: (
+        f"{NOTICE}in {e.room} ({len(e.nicks)}): {', '.join(e.nicks)}" if e.nicks else f"{NOTICE}nobody is in {e.room}"
+    ),
     RoomList: _rooms,
 }
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from chatcore import events
 from chatcore.engine.limits import parse_network
+from chatcore.engine.registry import MAX_ROOMS_PER_CLIENT
 from chatcore.events import PrivateMessage, RoomEvent
 from chatcore.names import room_problem, user_problem
 from chatcore.wire.native import DEFAULT_MAX_LINE, sanitize
@@ -199,8 +200,9 @@ def checked(kinds: dict[str, Any], record: dict[str, Any], max_line: int) -> dic
 
 
 #: The most items a list field may have (``told_in``: the rooms of one
-#: person, ``arguments``: those of one mode change).
-MAX_LIST_ITEMS = 100
+#: person, up to the most --max-rooms-per-client allows; ``arguments``:
+#: those of one mode change, far fewer).
+MAX_LIST_ITEMS = MAX_ROOMS_PER_CLIENT
 
 #: List fields that hold room names (the others hold mode arguments: masks, nicks, keys, numbers).
 _NAME_LISTS = frozenset({"told_in"})
