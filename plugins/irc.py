@@ -90,6 +90,8 @@ AWAYLEN = 200
 KICKLEN = 255
 QUITLEN = 255
 PARTLEN = 255
+#: RPL_ISUPPORT tokens in one 005 line.
+ISUPPORT_PER_LINE = 10
 #: Targets in one ISON or USERHOST.
 MAX_TARGETS = 20
 #: People listed by one WHO with a mask.
@@ -299,26 +301,29 @@ class IRCFormat(WireFormat):
             numeric(nick, "002", f"Your host is {self.server}, running version {version}"),
             numeric(nick, "003", f"This server was created {STARTED}"),
             numeric(nick, "004", self.server, version, "io", "beiklmnostv", "beklov"),
-            numeric(
-                nick,
-                "005",
-                f"AWAYLEN={AWAYLEN}",
-                "CASEMAPPING=ascii",
-                f"CHANLIMIT=#:{max_rooms}",
-                f"CHANMODES={CHANMODES}",
-                f"CHANNELLEN={CHANNELLEN}",
-                "CHANTYPES=#",
-                "EXCEPTS=e",
-                f"KICKLEN={KICKLEN}",
-                f"MAXLIST={LIST_MODES}:{MAX_LIST}",
-                f"MODES={MAX_MODES}",
-                f"NETWORK={self.network}",
-                f"NICKLEN={NICKLEN}",
-                "PREFIX=(ov)@+",
-                f"TOPICLEN={TOPIC_LENGTH}",
-                "are supported by this server",
-            ),
         ]
+        tokens = [
+            f"AWAYLEN={AWAYLEN}",
+            "CASEMAPPING=ascii",
+            f"CHANLIMIT=#:{max_rooms}",
+            f"CHANMODES={CHANMODES}",
+            f"CHANNELLEN={CHANNELLEN}",
+            "CHANTYPES=#",
+            "EXCEPTS=e",
+            f"KICKLEN={KICKLEN}",
+            f"MAXLIST={LIST_MODES}:{MAX_LIST}",
+            f"MODES={MAX_MODES}",
+            f"NETWORK={self.network}",
+            f"NICKLEN={NICKLEN}",
+            "PREFIX=(ov)@+",
+            f"TOPICLEN={TOPIC_LENGTH}",
+        ]
+        # At most 13 tokens a line: with the nick and the trailing text, the
+        # 15 parameters a message may have (RFC 2812 2.3; irctest checks it).
+        for start in range(0, len(tokens), ISUPPORT_PER_LINE):
+            lines.append(
+                numeric(nick, "005", *tokens[start : start + ISUPPORT_PER_LINE], "are supported by this server")
+            )
         return lines + self.motd_lines(nick, motd)
 
     def motd_lines(self, nick: str, motd: Iterable[str]) -> list[str]:
@@ -880,6 +885,13 @@ class IRCProtocol(Protocol):
             return member.nick, "chatcore native user"
         return state.username or member.nick, state.realname or member.nick
 
+    @staticmethod
+    def _visible(member: Client, rooms: set[str]) -> bool:
+        """Whether a WHO by mask lists ``member``: one with user mode +i only
+        to those who share a room with it (RFC 2812 3.6.1)."""
+        state = irc_state(member)
+        return state is None or "i" not in state.modes or bool(rooms & set(member.rooms))
+
     def who(self, params: list[str]) -> None:
         client = self.client
         registry = client.server.registry
@@ -893,7 +905,12 @@ class IRCProtocol(Protocol):
             # A nickname or a mask (* and ?) matched against nicknames: the
             # people who share a room with the asker, and those in none.
             pattern = re.compile(fnmatch.translate(target.casefold()))
-            members = [m for m in registry if m.admitted and pattern.match(m.nick.casefold())][:MAX_WHO]
+            mine = set(client.rooms)
+            members = [
+                m
+                for m in registry
+                if m.admitted and pattern.match(m.nick.casefold()) and (m is client or self._visible(m, mine))
+            ][:MAX_WHO]
         # (nick, room, user, flags, real name) of each: this server's members ...
         rows = []
         for member in members:
@@ -902,7 +919,9 @@ class IRCProtocol(Protocol):
             here = "G" if state is not None and state.away is not None else "H"
             if operator_name(member) is not None:  # an IRC operator
                 here += "*"
-            room = in_room or (member.rooms[0] if member.rooms else "")
+            # A secret room of the member's is not named to those outside it.
+            shared = [r for r in member.rooms if client.server.room_visible(client, r)]
+            room = in_room or (shared[0] if shared else "")
             if room:
                 here += self.prefix_of(room, member.nick)
             rows.append((member.nick, room, user, here, realname))
@@ -1081,8 +1100,13 @@ class IRCProtocol(Protocol):
         if refusal.reason == "not_operator":
             self.reply("482", name, "You're not channel operator")
         elif refusal.reason == "not_in_room":
-            nick = next((r.argument for r in requests if r.mode in "ov"), "*")
-            self.reply("441", nick, name, "They aren't on that channel")
+            here = {member.casefold() for member in server.nicks_in(room)}
+            nick = next((r.argument for r in requests if r.mode in "ov" and r.argument.casefold() not in here), "*")
+            elsewhere = {n.casefold() for nicks in server.backplane.members().values() for n in nicks}
+            if server.registry.find(nick) is None and nick.casefold() not in elsewhere:
+                self.reply("401", nick, "No such nick/channel")  # nobody by that name at all
+            else:
+                self.reply("441", nick, name, "They aren't on that channel")
         elif refusal.reason == "list_full":
             self.reply("478", name, "*", refusal.text)
         else:
@@ -1182,6 +1206,38 @@ class IRCProtocol(Protocol):
     def motd(self, params: list[str]) -> None:
         self.send(self.wire.motd_lines(self.client.nick, self.client.server.hooks.welcome(self.client)))
 
+    def _this_server(self, params: list[str]) -> bool:
+        """True if ``params`` name no server or this one; else 402 (one
+        server answers for itself: the others of a cluster are not IRC servers)."""
+        if params and params[0].casefold() != self.wire.server.casefold():
+            self.reply("402", params[0], "No such server")
+            return False
+        return True
+
+    def time(self, params: list[str]) -> None:
+        """``TIME``: 391 with the server's local time, as ircu does: seconds, offset, text."""
+        if self._this_server(params):
+            now = time.time()
+            shown = time.strftime("%A %B %d %Y -- %H:%M:%S UTC", time.gmtime(now))
+            self.reply("391", self.wire.server, str(int(now)), "0", shown)
+
+    def info(self, params: list[str]) -> None:
+        """``INFO``: what this server is (371 lines, then 374)."""
+        if not self._this_server(params):
+            return
+        nick = self.client.nick
+        lines = [
+            f"chatcore {__version__}: a plugin-extensible chat server in Python",
+            "IRC clients, line-based TCP clients and browsers share its rooms",
+            f"This server was created {STARTED}",
+        ]
+        self.send(
+            [
+                *(self.wire.numeric(nick, "371", text) for text in lines),
+                self.wire.numeric(nick, "374", "End of INFO list"),
+            ]
+        )
+
     def quit(self, params: list[str]) -> None:
         text = truncated(clean(params[0]), QUITLEN) if params else ""
         client = self.client
@@ -1213,6 +1269,8 @@ _HANDLERS: dict[str, Handler] = {
     "AWAY": IRCProtocol.away,
     "MODE": IRCProtocol.mode,
     "MOTD": IRCProtocol.motd,
+    "TIME": IRCProtocol.time,
+    "INFO": IRCProtocol.info,
     "OPER": IRCProtocol.oper,
     "KICK": IRCProtocol.kick,
     "INVITE": IRCProtocol.invite,

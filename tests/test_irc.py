@@ -150,9 +150,10 @@ def test_registration_with_cap_negotiation_as_modern_clients_do_it(chat_server_f
     irc.send("CAP END")
     lines = irc.sync()
     codes = [line.split()[1] for line in lines]
-    assert codes[:5] == ["001", "002", "003", "004", "005"]
+    assert codes[:6] == ["001", "002", "003", "004", "005", "005"]  # at most 13 tokens a 005 line
+    assert all(len(line.split(" :")[0].split()) <= 2 + 14 for line in lines if " 005 " in line)
     assert lines[0] == ":chatcore 001 alice :Welcome to the chatcore IRC network, alice!alice@chatcore"
-    isupport = lines[4].split()
+    isupport = " ".join(line for line in lines if " 005 " in line).split()
     for token in (
         "CHANTYPES=#",
         "PREFIX=(ov)@+",
@@ -750,7 +751,7 @@ def test_the_server_and_network_names_are_options_and_user_names_are_in_prefixes
     alice.send("USER al1ce!* 0 * :Alice")  # the user name loses what a prefix cannot hold
     lines = alice.sync()
     assert lines[0] == ":irc.example.org 001 alice :Welcome to the ExampleNet IRC network, alice!al1ce@chatcore"
-    assert "NETWORK=ExampleNet" in lines[4].split()
+    assert "NETWORK=ExampleNet" in " ".join(line for line in lines if " 005 " in line).split()
     alice.send("PING :x")
     assert alice.readline() == ":irc.example.org PONG irc.example.org :x"
     alice.send("JOIN #lobby")
@@ -1068,3 +1069,36 @@ def test_a_private_message_refused_is_said_irc_s_way_and_never_to_a_notice(chat_
     assert not [line for line in alice.sync() if " 401 " in line or "error:" in line]
     bob.send("PING :x")
     assert not [line for line in bob.sync() if "darn" in line]
+
+
+def test_time_info_and_what_irctest_found_in_who_and_mode(chat_server_factory, connect):
+    server = start(chat_server_factory)
+    alice = register(connect, server, "alice")
+    before = int(time.time())
+    alice.send("TIME")
+    reply = alice.readline().split(" ", 5)
+    assert reply[:4] == [":chatcore", "391", "alice", "chatcore"]
+    assert before <= int(reply[4]) <= time.time()
+    alice.send("INFO")
+    lines = alice.sync()
+    assert lines[-1] == ":chatcore 374 alice :End of INFO list"
+    assert len(lines) > 1
+    assert all(" 371 alice :" in line for line in lines[:-1])
+    for command in ("TIME other.server", "INFO other.server"):
+        alice.send(command)
+        assert alice.readline() == ":chatcore 402 alice other.server :No such server"
+    # MODE +o of a nick nobody has: 401, not 441 (irctest).
+    alice.send("MODE #lobby +o nobody")
+    assert alice.readline() == ":chatcore 401 alice nobody :No such nick/channel"
+    # WHO by mask lists a +i user only to those who share a room with it.
+    eva = connect(server)
+    eva.send("NICK eva")
+    eva.send("USER eva 0 * :Eva")
+    eva.send("MODE eva +i")
+    eva.expect(":eva MODE eva +i")
+    alice.send("WHO eva*")
+    assert alice.sync() == [":chatcore 315 alice eva* :End of /WHO list."]
+    eva.send("JOIN #lobby")
+    eva.expect(" 366 eva #lobby ")
+    alice.send("WHO eva*")
+    assert alice.expect(" 352 ").startswith(":chatcore 352 alice #lobby eva ")
