@@ -906,10 +906,11 @@ class IRCProtocol(Protocol):
             # people who share a room with the asker, and those in none.
             pattern = re.compile(fnmatch.translate(target.casefold()))
             mine = set(client.rooms)
+            exact = not any(c in target for c in "*?")  # a nick asked by name is shown, +i or not
             members = [
                 m
                 for m in registry
-                if m.admitted and pattern.match(m.nick.casefold()) and (m is client or self._visible(m, mine))
+                if m.admitted and pattern.match(m.nick.casefold()) and (exact or m is client or self._visible(m, mine))
             ][:MAX_WHO]
         # (nick, room, user, flags, real name) of each: this server's members ...
         rows = []

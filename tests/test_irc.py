@@ -1098,6 +1098,8 @@ def test_time_info_and_what_irctest_found_in_who_and_mode(chat_server_factory, c
     eva.expect(":eva MODE eva +i")
     alice.send("WHO eva*")
     assert alice.sync() == [":chatcore 315 alice eva* :End of /WHO list."]
+    alice.send("WHO eva")  # asked by name: shown
+    assert alice.expect(" 352 ").startswith(":chatcore 352 alice * eva ")
     eva.send("JOIN #lobby")
     eva.expect(" 366 eva #lobby ")
     alice.send("WHO eva*")
