@@ -715,7 +715,7 @@ class WebProtocol(Protocol):
         if not (_valid_text(room) and _valid_text(epoch)):
             client.error(_NOT_UNICODE)
             return
-        if room != client.room:
+        if room not in client.rooms:
             client.error(f"cannot resume {room}: you are not in it (/join it first)")
             return
         answer: dict[str, Any] = {"type": "resume", "room": room, "epoch": epoch, "offset": offset}

@@ -605,6 +605,11 @@ def test_resume_reads_nothing_before_the_password_or_of_a_room_one_is_not_in(web
     answer = stranger.expect({"type": "resume"})
     assert answer["complete"] is True
     assert [event["text"] for event in answer["events"]] == ["board secret"]
+    # The lobby is not the current room now, but the connection is in it: it resumes too.
+    stranger.send({"type": "resume", "room": "lobby", "epoch": epochs["lobby"], "offset": 0})
+    answer = stranger.expect({"type": "resume"})
+    assert [event["text"] for event in answer["events"]] == ["lobby secret"]
+    assert answer["you"]["rooms"] == ["lobby", "board"]
 
 
 # -- bad input and limits -----------------------------------------------------

@@ -112,6 +112,34 @@ def say(driver: WebDriver, text: str) -> None:
     wait(driver, lambda d: d.find_element(By.ID, "input").get_attribute("value") == "", "the line sent")
 
 
+def room_button(driver: WebDriver, room: str):  # type: ignore[no-untyped-def]
+    for item in driver.find_elements(By.CSS_SELECTOR, "#rooms li"):
+        button = item.find_element(By.CSS_SELECTOR, "button.room")
+        if button.text.split(" (")[0] == room:
+            return button
+    raise AssertionError(f"no room {room} in the list")
+
+
+def leave_button(driver: WebDriver, room: str):  # type: ignore[no-untyped-def]
+    return room_button(driver, room).find_element(By.XPATH, "..").find_element(By.CSS_SELECTOR, "button.leave")
+
+
+def joined_rooms(driver: WebDriver) -> list[str]:
+    return [
+        item.find_element(By.CSS_SELECTOR, "button.room").text.split(" (")[0]
+        for item in driver.find_elements(By.CSS_SELECTOR, "#rooms li.joined")
+    ]
+
+
+def badges(driver: WebDriver) -> dict[str, str]:
+    """The unread badge of each joined room that has one."""
+    found = {}
+    for item in driver.find_elements(By.CSS_SELECTOR, "#rooms li.joined"):
+        for badge in item.find_elements(By.CSS_SELECTOR, ".badge"):
+            found[item.find_element(By.CSS_SELECTOR, "button.room").text.split(" (")[0]] = badge.text
+    return found
+
+
 def members(driver: WebDriver) -> list[str]:
     return [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#members li")]
 
@@ -202,16 +230,28 @@ def test_two_browsers_and_a_native_client_chat_in_every_direction(browser, tmp_p
             )
             assert bob.find_elements(By.CSS_SELECTOR, "#log script") == []
 
-            # /join and the room list.
+            # /join: a second room with a buffer of its own; the lobby stays
+            # joined, and what is said there meanwhile waits under a badge.
             say(bob, "/join dev")
             wait(bob, lambda d: d.find_element(By.ID, "room-name").text == "#dev", "bob in dev")
-            native.expect("* bob left")  # the page left the room it moved away from
-            wait(alice, lambda d: members(d) == ["alice", "nat"], "bob gone from alice's list")
+            wait(bob, lambda d: members(d) == ["bob"], "dev's member list")
+            assert "hello from alice" not in log_texts(bob)  # the lobby's lines are in its own buffer
             wait(
                 bob,
-                lambda d: any(b.text == "dev (1)" for b in d.find_elements(By.CSS_SELECTOR, "#rooms button")),
-                "rooms",
+                lambda d: any(b.text == "dev (1)" for b in d.find_elements(By.CSS_SELECTOR, "#rooms button.room")),
+                "dev in the room list, live",
             )
+            native.send("said while bob looks at dev")
+            wait(bob, lambda d: badges(d) == {"lobby": "1"}, "a badge on the lobby")
+            assert "said while bob looks at dev" not in log_texts(bob)
+            room_button(bob, "lobby").click()  # back to the lobby: a switch, not a new join
+            wait(bob, lambda d: d.find_element(By.ID, "room-name").text == "#lobby", "bob back in the lobby")
+            wait_for_text(bob, "said while bob looks at dev")
+            assert "hello from alice" in log_texts(bob)
+            assert badges(bob) == {}
+            assert not [seen for seen in native.sync() if "bob" in seen]  # nat saw bob neither leave nor join
+            leave_button(bob, "dev").click()
+            wait(bob, lambda d: joined_rooms(d) == ["lobby"], "dev left")
             say(alice, "/nick alicia")
             wait(alice, lambda d: "alicia" in members(d), "the new nick")
             native.expect("* alice is now known as alicia")

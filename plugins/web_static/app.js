@@ -15,7 +15,13 @@ const $ = (id) => document.getElementById(id);
 const log = $("log");
 const stateView = $("state");
 
-const me = { nick: "", room: "", wantedNick: localStorage.getItem("chatcore.nick") || "", wantedRoom: "" };
+const me = { nick: "", room: "", rooms: [], wantedNick: localStorage.getItem("chatcore.nick") || "", wantedRoom: "" };
+// One buffer of lines per room this page is in: #log shows the current
+// room's; the others count what arrived unseen (a badge in the room list).
+const buffers = new Map(); // room -> [li, ...]
+const unseen = new Map(); // room -> lines that arrived while another room was shown
+let lastRooms = []; // the last /rooms answer, drawn again when a badge changes
+let roomsBefore = []; // the rooms this page was in before a reconnect
 const myNicks = new Set(); // every nick this page has had: its own lines come back under them
 let socket = null;
 let attempts = 0;
@@ -61,6 +67,7 @@ function connect() {
       return;
     }
     if (wasConnected) note("disconnected from the server", "system");
+    if (wasConnected) roomsBefore = [...me.rooms];
     wasConnected = false;
     // Exponential backoff with jitter, so a restarted server is not hit by
     // every browser at the same instant.
@@ -148,6 +155,7 @@ function handle(event) {
       }
       if (rejoining) {
         rejoining = false; // our room could not be entered again: stay where the server put us
+        roomsBefore = [];
         me.wantedRoom = me.room;
       }
       if (!$("nick-dialog").open || !showNickError(event.text)) note(event.text, "error");
@@ -166,15 +174,17 @@ function welcomed(event) {
   else if (!me.wantedNick) askNick();
   const room = me.wantedRoom;
   rejoining = Boolean(room && room !== me.room);
-  if (rejoining) sendLine(`/join ${room}`);
-  if (resuming) {
-    const where = positions.get(room || me.room);
-    if (where) {
-      // The answer includes a few events before the offset too (two people's
-      // lines may have crossed); those already seen are dropped.
-      socket.send(JSON.stringify({ type: "resume", room: room || me.room, epoch: where.epoch, offset: where.offset }));
-    }
-  }
+  // Back into every room the page was in, the current one last (it becomes
+  // current again), and out of the server's default room if it was not one.
+  const before = roomsBefore.length ? roomsBefore : [room || me.room];
+  const others = before.filter((r) => r !== room && r !== me.room);
+  for (const r of others) sendLine(`/join ${r}`);
+  if (room && (room !== me.room || others.length)) sendLine(`/join ${room}`);
+  // Each room is resumed once the page is in it again (a resume of a room
+  // it is not in yet is refused): now, or as the joins are answered.
+  if (resuming) for (const r of before) toResume.add(r);
+  resumeJoined();
+  if (me.room && !before.includes(me.room)) sendLine(`/part ${me.room}`);
   refresh();
 }
 
@@ -193,26 +203,58 @@ function updateYou(you) {
     // room we were in stays the one we want until we are back in it.
     if (!me.wantedRoom || wasConnected) me.wantedRoom = you.room;
     if (you.room === me.wantedRoom) rejoining = false;
-    $("room-name").textContent = `#${you.room}`;
+    $("room-name").textContent = you.room ? `#${you.room}` : "";
     $("members-room").textContent = you.room;
     members = new Set();
     renderMembers();
+    showBuffer(you.room);
     refresh();
   }
-  leaveOtherRooms(you.rooms || []);
+  if (you.rooms && you.rooms.join() !== me.rooms.join()) {
+    me.rooms = you.rooms;
+    // A room left goes with its lines; not on the way back after a
+    // reconnect, when the server has put the page in its default room only.
+    if (wasConnected && !roomsBefore.length) {
+      for (const room of [...buffers.keys()]) {
+        if (!me.rooms.includes(room)) {
+          buffers.delete(room);
+          unseen.delete(room);
+        }
+      }
+    }
+    renderRooms(lastRooms);
+    resumeJoined();
+    if (roomsBefore.length && roomsBefore.every((room) => me.rooms.includes(room))) roomsBefore = []; // back in all
+  }
 }
 
-// This page shows one room at a time (a buffer per room is still to come),
-// while the server keeps a connection in every room it joined: the room the
-// page moved away from (or the default room it was put in on a reconnect) is
-// left, once.
-const leaving = new Set();
+const toResume = new Set(); // rooms to ask for what was missed, once the page is in them
 
-function leaveOtherRooms(rooms) {
-  for (const room of leaving) if (!rooms.includes(room)) leaving.delete(room);
-  for (const room of rooms) {
-    if (room !== me.room && !leaving.has(room) && sendLine(`/part ${room}`)) leaving.add(room);
+function resumeJoined() {
+  for (const room of [...toResume]) {
+    if (!me.rooms.includes(room) || !socket) continue;
+    toResume.delete(room);
+    const where = positions.get(room);
+    if (where) {
+      // The answer includes a few events before the offset too (two people's
+      // lines may have crossed); those already seen are dropped.
+      socket.send(JSON.stringify({ type: "resume", room, epoch: where.epoch, offset: where.offset }));
+    }
   }
+}
+
+function bufferOf(room) {
+  if (!buffers.has(room)) buffers.set(room, []);
+  return buffers.get(room);
+}
+
+function showBuffer(room) {
+  unreadMarker?.remove();
+  unreadMarker = null;
+  log.replaceChildren(...bufferOf(room));
+  log.scrollTop = log.scrollHeight;
+  unseen.delete(room);
+  renderRooms(lastRooms);
 }
 
 function refresh() {
@@ -238,37 +280,58 @@ function roomEvent(event, replayed) {
     }
   }
   if (replayed && event.type === "chat" && takeOwnLine(event)) return;
-  // Only the room we are in, and not the server's default room we pass
-  // through after a reconnect on the way back to ours.
-  if (event.room !== me.room || (rejoining && event.room !== me.wantedRoom)) return;
+  // Into the buffer of its room, if this page is in it.
+  const room = event.room;
+  if (!me.rooms.includes(room) && room !== me.room) return;
+  const shown = room === me.room; // the member list is the current room's
   const time = event.time ? new Date(event.time * 1000) : new Date();
   switch (event.type) {
     case "chat":
-      line({ time, nick: event.nick, text: event.text, kind: "chat", replayed });
+      line({ time, nick: event.nick, text: event.text, kind: "chat", replayed, room });
       break;
     case "action":
-      line({ time, nick: event.nick, text: event.text, kind: "action", replayed });
+      line({ time, nick: event.nick, text: event.text, kind: "action", replayed, room });
       break;
     case "join":
-      members.add(event.nick);
-      renderMembers();
-      note(`${event.nick} joined`, "event", time);
+      if (shown) {
+        members.add(event.nick);
+        renderMembers();
+      }
+      note(`${event.nick} joined`, "event", time, room);
+      roomsChanged();
       break;
     case "leave":
-      members.delete(event.nick);
-      renderMembers();
-      note(`${event.nick} left${plainLeave(event.reason) ? "" : ` (${event.reason})`}`, "event", time);
+      if (shown) {
+        members.delete(event.nick);
+        renderMembers();
+      }
+      note(`${event.nick} left${plainLeave(event.reason) ? "" : ` (${event.reason})`}`, "event", time, room);
+      roomsChanged();
       break;
     case "nick":
-      members.delete(event.nick);
-      members.add(event.new_nick);
-      renderMembers();
-      note(`${event.nick} is now known as ${event.new_nick}`, "event", time);
+      if (shown) {
+        members.delete(event.nick);
+        members.add(event.new_nick);
+        renderMembers();
+      }
+      note(`${event.nick} is now known as ${event.new_nick}`, "event", time, room);
       break;
     case "room_notice":
-      note(event.text, "notice", time);
+      note(event.text, "notice", time, room);
       break;
   }
+}
+
+// The room list follows people coming and going: asked again a moment
+// after a join or leave (once for a burst of them), never on a timer alone.
+let roomsTimer = null;
+
+function roomsChanged() {
+  if (roomsTimer) return;
+  roomsTimer = setTimeout(() => {
+    roomsTimer = null;
+    if (sendLine("/rooms")) quietAnswers.rooms += 1;
+  }, 500);
 }
 
 function plainLeave(reason) {
@@ -310,7 +373,7 @@ function entry(kind, time) {
   return item;
 }
 
-function line({ time, nick, text, kind, replayed = false }) {
+function line({ time, nick, text, kind, replayed = false, room = me.room }) {
   const item = entry(kind, time);
   if (replayed) item.classList.add("replayed");
   if (nick === me.nick) item.classList.add("own");
@@ -321,16 +384,16 @@ function line({ time, nick, text, kind, replayed = false }) {
   body.className = "text";
   appendLinkified(body, text);
   item.append(who, " ", body);
-  add(item, !replayed && nick !== me.nick);
+  add(item, !replayed && nick !== me.nick, room);
 }
 
-function note(text, kind, time = new Date()) {
+function note(text, kind, time = new Date(), room = me.room) {
   const item = entry(kind, time);
   const body = document.createElement("span");
   body.className = "text";
   body.textContent = text;
   item.append(body);
-  add(item, false);
+  add(item, false, room);
 }
 
 // Only http and https URLs become links; everything else, "javascript:"
@@ -363,7 +426,17 @@ function appendLinkified(parent, text) {
   parent.append(text.slice(last));
 }
 
-function add(item, countsAsUnread) {
+function add(item, countsAsUnread, room = me.room) {
+  const buffer = bufferOf(room);
+  buffer.push(item);
+  while (buffer.length > MAX_LOG) buffer.shift().remove();
+  if (room !== me.room) {
+    if (countsAsUnread) {
+      unseen.set(room, (unseen.get(room) || 0) + 1);
+      renderRooms(lastRooms);
+    }
+    return;
+  }
   const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
   if (countsAsUnread && document.hidden) {
     if (unread === 0) {
@@ -410,21 +483,47 @@ function renderMembers() {
 }
 
 function renderRooms(rooms) {
+  lastRooms = rooms;
+  // The rooms this page is in come first (even before /rooms has answered).
+  const counts = new Map(rooms.map(({ room, members: count }) => [room, count]));
+  const names = [...me.rooms, ...rooms.map(({ room }) => room).filter((room) => !me.rooms.includes(room))];
   $("rooms").replaceChildren(
-    ...rooms.map(({ room, members: count }) => {
+    ...names.map((room) => {
       const item = document.createElement("li");
       const button = document.createElement("button");
       button.type = "button";
-      button.textContent = `${room} (${count})`;
-      if (room === me.room) item.classList.add("current");
+      button.className = "room";
+      button.textContent = counts.has(room) ? `${room} (${counts.get(room)})` : room;
+      button.title = me.rooms.includes(room) ? `show ${room}` : `join ${room}`;
       button.onclick = () => joinRoom(room);
       item.append(button);
+      if (room === me.room) item.classList.add("current");
+      if (me.rooms.includes(room)) {
+        item.classList.add("joined");
+        const count = unseen.get(room) || 0;
+        if (count) {
+          const badge = document.createElement("span");
+          badge.className = "badge";
+          badge.textContent = String(count);
+          badge.title = `${count} new in ${room}`;
+          item.append(" ", badge);
+        }
+        const leave = document.createElement("button");
+        leave.type = "button";
+        leave.className = "leave";
+        leave.textContent = "×";
+        leave.title = `leave ${room}`;
+        leave.setAttribute("aria-label", `leave ${room}`);
+        leave.onclick = () => sendLine(`/part ${room}`);
+        item.append(" ", leave);
+      }
       return item;
     }),
   );
 }
 
 function joinRoom(room) {
+  // /join of a room the page is in already only makes it current: a switch.
   if (room && room !== me.room) sendLine(`/join ${room}`);
 }
 
@@ -524,18 +623,13 @@ $("join-form").addEventListener("submit", (submit) => {
   $("join-input").value = "";
 });
 
-$("refresh-rooms").addEventListener("click", () => {
-  if (sendLine("/rooms")) quietAnswers.rooms += 1;
-});
-
 $("toggle-side").addEventListener("click", () => {
   const open = document.body.classList.toggle("side-open");
   $("toggle-side").setAttribute("aria-expanded", String(open));
 });
 
-// The room list changes as people come and go elsewhere: refresh it now and
-// then while the page is looked at (not on every join, which would make every
-// browser ask at once in a busy room).
+// Rooms this page is not in change unseen (no events reach it from them):
+// the list is asked for again now and then while the page is looked at.
 setInterval(() => {
   if (!document.hidden && socket && socket.readyState === WebSocket.OPEN && sendLine("/rooms")) quietAnswers.rooms += 1;
 }, 30000);
