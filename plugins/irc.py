@@ -311,7 +311,8 @@ class IRCFormat(WireFormat):
             "CHANTYPES=#",
             "EXCEPTS=e",
             f"KICKLEN={KICKLEN}",
-            f"MAXLIST={LIST_MODES}:{MAX_LIST}",
+            # Each list its own limit ("be:100" would say they share one).
+            "MAXLIST=" + ",".join(f"{letter}:{MAX_LIST}" for letter in LIST_MODES),
             f"MODES={MAX_MODES}",
             f"NETWORK={self.network}",
             f"NICKLEN={NICKLEN}",

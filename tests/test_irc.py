@@ -169,7 +169,7 @@ def test_registration_with_cap_negotiation_as_modern_clients_do_it(chat_server_f
         "EXCEPTS=e",
         "MODES=20",
         "TOPICLEN=390",
-        "MAXLIST=be:100",
+        "MAXLIST=b:100,e:100",
     ):
         assert token in isupport
     assert ":chatcore 372 alice :- Hello alice" in lines
