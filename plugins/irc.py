@@ -993,6 +993,57 @@ class IRCProtocol(Protocol):
             if room in mine or (state := rooms.get(room)) is None or "s" not in state.flags
         ]
 
+    def help_(self, params: list[str]) -> None:
+        """``HELP [subject]``: 704, 705 lines, 706 (modern.ircdocs.horse),
+        524 for an unknown subject. ``HELP CHATCORE`` is chatcore's own
+        ``/help`` (its commands and plugins', as NOTICE lines)."""
+        subject = params[0].upper() if params else ""
+        if subject == "CHATCORE":
+            self.client.server.hooks.command(self.client, "help", "")
+            return
+        if subject and subject not in IRC_HELP:
+            self.reply("524", subject, "Help not found")
+            return
+        topic = subject or "index"
+        if subject:
+            text = [IRC_HELP[subject]]
+        else:
+            text = [
+                "IRC commands (HELP <command> for one):",
+                *(" ".join(names) for names in _chunks(sorted(IRC_HELP), 8)),
+                "chatcore's own commands (MUTE, BAN ... sent as they are): HELP CHATCORE",
+            ]
+        numeric, nick = self.wire.numeric, self.client.nick
+        lines = [numeric(nick, "704", topic, text[0])]
+        lines += [numeric(nick, "705", topic, line) for line in text[1:]]
+        lines.append(numeric(nick, "706", topic, "End of /HELP"))
+        self.send(lines)
+
+    def lusers(self, params: list[str]) -> None:
+        """``LUSERS``: 251 to 255, 265 and 266 (RFC 2812 3.4.2). Counts of
+        this server's connections, plus the other servers' members in a
+        cluster; no peak counts (265/266 carry text only, as the modern
+        spec allows)."""
+        server = self.client.server
+        registered = [c for c in server.all_connections() if c.admitted]
+        invisible = sum(1 for c in registered if (state := irc_state(c)) is not None and "i" in state.modes)
+        elsewhere = {nick for nicks in server.backplane.members().values() for nick in nicks}
+        total = len(registered) + len(elsewhere)
+        operators = sum(1 for c in registered if operator_name(c) is not None)
+        unknown = len(server.all_connections()) - len(registered)
+        numeric, nick = self.wire.numeric, self.client.nick
+        self.send(
+            [
+                numeric(nick, "251", f"There are {total - invisible} users and {invisible} invisible on 1 servers"),
+                numeric(nick, "252", str(operators), "operator(s) online"),
+                numeric(nick, "253", str(unknown), "unknown connection(s)"),
+                numeric(nick, "254", str(len(server.room_counts())), "channels formed"),
+                numeric(nick, "255", f"I have {len(registered)} clients and 0 servers"),
+                numeric(nick, "265", f"Current local users: {len(registered)}"),
+                numeric(nick, "266", f"Current global users: {total}"),
+            ]
+        )
+
     def ison(self, params: list[str]) -> None:
         if not self._need(params, 1, "ISON"):
             return
@@ -1272,12 +1323,48 @@ _HANDLERS: dict[str, Handler] = {
     "MODE": IRCProtocol.mode,
     "MOTD": IRCProtocol.motd,
     "TIME": IRCProtocol.time,
+    "LUSERS": IRCProtocol.lusers,
+    "HELP": IRCProtocol.help_,
     "INFO": IRCProtocol.info,
     "OPER": IRCProtocol.oper,
     "KICK": IRCProtocol.kick,
     "INVITE": IRCProtocol.invite,
     "KILL": IRCProtocol.kill,
 }
+#: What ``HELP <command>`` says of each IRC command chatcore answers.
+IRC_HELP = {
+    "AWAY": "AWAY [:<text>]: mark yourself away (no text: back)",
+    "HELP": "HELP [<command>]: this help; HELP CHATCORE for chatcore's own commands",
+    "INFO": "INFO: what this server is",
+    "INVITE": "INVITE <nick> <#channel>: invite someone (an operator's invitation lets them past +i, +k, +l, bans)",
+    "ISON": "ISON <nick> ...: which of these nicks are online",
+    "JOIN": "JOIN <#channel>[,<#channel>] [<key>[,<key>]]: join channels; JOIN 0 parts them all",
+    "KICK": "KICK <#channel> <nick>[,<nick>] [:<reason>]: put people out of a channel you run",
+    "KILL": "KILL <nick> [:<reason>]: disconnect someone (IRC operators)",
+    "LIST": "LIST [<#channel>,...]: channels with their member counts, modes and topics",
+    "LUSERS": "LUSERS: how many users, operators, connections and channels",
+    "MODE": "MODE <#channel> [<modes> [<args>]]: channel modes b e i k l m n o s t v; MODE <nick> [+i|-o]",
+    "MOTD": "MOTD: the message of the day",
+    "NAMES": "NAMES [<#channel>]: who is in a channel (@ operators, + voiced)",
+    "NICK": "NICK <nick>: change your nickname",
+    "NOTICE": "NOTICE <target> :<text>: a message that gets no automatic reply",
+    "OPER": "OPER <name> <password>: become an IRC operator",
+    "PART": "PART <#channel>[,<#channel>] [:<reason>]: leave channels",
+    "PING": "PING <token>: the server answers PONG <token>",
+    "PRIVMSG": "PRIVMSG <target> :<text>: send text to a channel or a user",
+    "QUIT": "QUIT [:<reason>]: leave the server",
+    "TIME": "TIME: the server's time",
+    "TOPIC": "TOPIC <#channel> [:<topic>]: see or set a channel's topic (empty: clear it)",
+    "USERHOST": "USERHOST <nick> ...: user and host of these nicks",
+    "WHO": "WHO <#channel>|<mask>: who is in a channel, or whose nick matches",
+    "WHOIS": "WHOIS <nick>: who someone is and where",
+}
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    return (items[start : start + size] for start in range(0, len(items), size))
+
+
 _BEFORE_REGISTRATION = frozenset({"CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
 
 

@@ -25,7 +25,7 @@ from chatcore.engine.rooms import Rooms
 from chatcore.engine.server import ChatServer
 from chatcore.events import Chat, Left, kick_text
 from chatcore.message import Message
-from chatcore.plugins.irc import IRCFormat, IRCProtocol, parse, text_lines
+from chatcore.plugins.irc import _HANDLERS, IRC_HELP, IRCFormat, IRCProtocol, parse, text_lines
 from chatcore.testing import LineClient, ServerFactory, wait_for
 from chatcore.wire.framing import WebSocketFraming, websocket_frame
 
@@ -477,7 +477,7 @@ def test_who_whois_names_list_topic_mode_away_ison_userhost(chat_server_factory,
 def test_chatcore_commands_of_plugins_work_as_irc_commands(chat_server_factory, connect):
     server = start(chat_server_factory)
     alice = register(connect, server, "alice")
-    alice.send("HELP")  # what irssi sends for "/quote help"; "/rooms" and plugins' commands alike
+    alice.send("HELP CHATCORE")  # chatcore's own /help; "/rooms" and plugins' commands alike
     lines = alice.sync()
     assert ":chatcore NOTICE alice :commands:" in lines
     alice.send("ROOMS")
@@ -1104,3 +1104,45 @@ def test_time_info_and_what_irctest_found_in_who_and_mode(chat_server_factory, c
     eva.expect(" 366 eva #lobby ")
     alice.send("WHO eva*")
     assert alice.expect(" 352 ").startswith(":chatcore 352 alice #lobby eva ")
+
+
+def test_lusers_counts_users_invisible_operators_unknown_connections_and_channels(chat_server_factory, connect):
+    server = start(chat_server_factory)
+    alice = register(connect, server, "alice")
+    eva = connect(server)
+    eva.send("NICK eva")
+    eva.send("USER eva 0 * :Eva")
+    eva.send("MODE eva +i")
+    eva.expect(":eva MODE eva +i")
+    lurker = connect(server)
+    lurker.send("NICK lurker")  # not registered: an unknown connection
+    lurker.sync()
+    alice.send("LUSERS")
+    assert alice.sync() == [
+        ":chatcore 251 alice :There are 1 users and 1 invisible on 1 servers",
+        ":chatcore 252 alice 0 :operator(s) online",
+        ":chatcore 253 alice 1 :unknown connection(s)",
+        ":chatcore 254 alice 1 :channels formed",
+        ":chatcore 255 alice :I have 2 clients and 0 servers",
+        ":chatcore 265 alice :Current local users: 2",
+        ":chatcore 266 alice :Current global users: 2",
+    ]
+
+
+def test_help_answers_with_the_help_numerics(chat_server_factory, connect):
+    server = start(chat_server_factory)
+    alice = register(connect, server, "alice")
+    alice.send("HELP")
+    lines = alice.sync()
+    assert lines[0] == ":chatcore 704 alice index :IRC commands (HELP <command> for one):"
+    assert all(line.startswith(":chatcore 705 alice index ") for line in lines[1:-1])
+    assert lines[-1] == ":chatcore 706 alice index :End of /HELP"
+    alice.send("HELP privmsg")
+    assert alice.sync() == [
+        ":chatcore 704 alice PRIVMSG :PRIVMSG <target> :<text>: send text to a channel or a user",
+        ":chatcore 706 alice PRIVMSG :End of /HELP",
+    ]
+    alice.send("HELP NOSUCHTHING")
+    assert alice.sync() == [":chatcore 524 alice NOSUCHTHING :Help not found"]
+    # Every command HELP knows is one the server answers.
+    assert set(IRC_HELP) <= set(_HANDLERS)
