@@ -328,6 +328,7 @@ def test_an_emptied_rooms_history_leaves_memory_and_the_database_keeps_its_copy(
     alice.send("said in dev")
     alice.send("/part dev")
     alice.expect("* you left dev; you now talk in lobby")
+    alice.sync()  # the room's history goes after alice is told: wait until the /part is done
     assert history._history(memory_only).bytes == 0  # dev is empty: its lines are gone
     alice.send("/join dev")
     assert alice.sync() == ["* you are now in dev (1 here)"]
@@ -339,6 +340,7 @@ def test_an_emptied_rooms_history_leaves_memory_and_the_database_keeps_its_copy(
     bob.send("said in dev")
     bob.send("/part dev")
     bob.expect("* you left dev; you now talk in lobby")
+    bob.sync()
     assert "dev" not in history._history(stored_too)._rooms
     bob.send("/join dev")  # read back from the database, in order after the write
     assert bob.sync() == ["* you are now in dev (1 here)", "* last 1 message in dev:", "# <bob> said in dev"]

@@ -74,6 +74,7 @@ def test_idle_clients_make_no_per_thread_counts_and_their_joins_are_counted(chat
     carol.send("/nick carol")
     alice.expect("* guest-3 is now known as carol")
     bob.expect("* guest-3 is now known as carol")
+    carol.sync()  # the count follows the delivery: wait until carol's rename is done
     assert server.stats._live == set()
     assert server.stats.totals().deliveries == 3 + 2  # joins: 1 + 2; the rename: 2
     alice.send("hello")
