@@ -791,20 +791,23 @@ class IRCProtocol(Protocol):
         nick, name = params[0], params[1]
         room = name[1:].lower() if name.startswith("#") else ""
         target = client.server.registry.find(nick)
-        if target is None:
+        if target is None and not client.server.backplane.shared:
             self.reply("401", nick, "No such nick/channel")
             return
+        nick = nick if target is None else target.nick  # on another server of a cluster: as given
         refusal = client.server.invite(client, room, nick) if room else None
         if not room or (refusal is not None and refusal.reason == "no_such_room"):
             self.reply("403", name, "No such channel")
         elif refusal is None:
-            self.reply("341", target.nick, name)
+            self.reply("341", nick, name)
         elif refusal.reason == "not_in_room":
             self.reply("442", name, "You're not on that channel")
         elif refusal.reason == "already_in_room":
-            self.reply("443", target.nick, name, "is already on channel")
+            self.reply("443", nick, name, "is already on channel")
         elif refusal.reason == "not_operator":
             self.reply("482", name, "You're not channel operator")
+        elif refusal.reason == "unreachable":
+            self._notice(f"{nick} is on another server, and the invitation could not be sent there: {refusal.text}")
         else:
             self.reply("401", nick, "No such nick/channel")
 
@@ -1204,12 +1207,10 @@ class IRCProtocol(Protocol):
             if refusal.reason == "not_operator":
                 self.reply("482", name, "You're not channel operator")
                 return
-            if server.registry.find(nick) is None and nick.casefold() not in map(str.casefold, server.nicks_in(room)):
+            if refusal.reason == "unreachable":  # in this channel on another server, out of reach
+                self._notice(f"{nick} is on another server, and the kick could not be sent there: {refusal.text}")
+            elif server.registry.find(nick) is None and nick.casefold() not in map(str.casefold, server.nicks_in(room)):
                 self.reply("401", nick, "No such nick/channel")
-            elif server.registry.find(nick) is None:  # in this channel on another server of a cluster
-                self._notice(
-                    f"{nick} is on another server: kicking out of a channel across servers is not supported yet"
-                )
             else:
                 self.reply("441", nick, name, "They aren't on that channel")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from redis_support import Proxy, RedisServer, free_port
 
+from chatcore.engine.rooms import Rooms, RoomState
 from chatcore.events import (
     Action,
     Chat,
@@ -27,10 +28,12 @@ from chatcore.events import (
     ModeChanged,
     NickChanged,
     OperatorChanged,
+    RoomEvent,
     RoomNotice,
     TopicChanged,
 )
 from chatcore.plugins.redis import Arrivals, Cursor, Start, decode_event, encode_event, redacted
+from chatcore.plugins.redis.roomstate import state_changes, state_fields, state_from_fields
 from chatcore.testing import LineClient, ServerProcess, wait_for
 
 TIMEOUT = 10
@@ -573,9 +576,9 @@ def test_irc_names_and_who_list_the_other_servers_members(redis_server, cluster,
     try:
         irc.sock.sendall(b"NICK wendy\r\nUSER wendy 0 * :Wendy\r\nJOIN #lobby\r\n")
         # The names sent with the JOIN, then NAMES and WHO asked.
-        assert irc.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r").endswith(":@amy bob wendy")
+        assert irc.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r").endswith(":amy @bob wendy")
         irc.sock.sendall(b"NAMES #lobby\r\nWHO #lobby\r\n")
-        assert irc.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r").endswith(":@amy bob wendy")
+        assert irc.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r").endswith(":amy @bob wendy")
         who = [irc.expect(re.compile(r" 352 wendy #lobby ")).split()[7] for _ in range(3)]
         assert who == ["amy", "bob", "wendy"]
         irc.expect(re.compile(r" 315 wendy #lobby "))
@@ -583,6 +586,177 @@ def test_irc_names_and_who_list_the_other_servers_members(redis_server, cluster,
         answered(bob, "/who", "* in lobby (3): amy, bob, wendy")
     finally:
         irc.close()
+
+
+def test_room_state_as_redis_fields_changes_as_the_engine_does() -> None:
+    """The state hash (roomstate) must follow the same events to the same
+    state as :class:`Rooms` here: each event's changes, applied as the
+    publish script applies them, then read back."""
+    rooms = Rooms()
+    rooms.install(RoomState.founded("dev", "Alice"))
+    fields = state_fields(rooms.get("dev"))  # type: ignore[arg-type]
+
+    def change(event: RoomEvent) -> None:
+        rooms.apply(event)
+        triples = state_changes(event)
+        for op, a, b in zip(triples[::3], triples[1::3], triples[2::3], strict=True):
+            if op == "set":
+                fields[a] = b
+            elif op == "del":
+                fields.pop(a, None)
+            else:
+                for role in "ovi":
+                    if fields.pop(f"{role}:{a}", None) is not None:
+                        fields[f"{role}:{b}"] = "1"
+
+    change(TopicChanged("dev", nick="alice", topic="Release on Friday", time=5.0))
+    arguments = ("k3y", "9", "*!*@10.*", "bob!*@*", "carol")
+    change(ModeChanged("dev", nick="alice", modes="+imkl-t+bev", arguments=arguments, time=6.0))
+    rooms.invite("dev", "Dan")
+    fields["i:dan"] = "1"  # an invitation is written on its own (Presence.moderate)
+    change(Joined("dev", nick="Bob"))
+    change(NickChanged("dev", nick="carol", new_nick="Caroline"))
+    change(ModeChanged("dev", nick="alice", modes="+o-l", arguments=("caroline",), time=7.0))
+    change(Left("dev", nick="alice", reason="quit"))
+    dropped: list[str] = []
+    assert state_from_fields("dev", fields, dropped.append) == rooms.get("dev")
+    assert dropped == []
+    state = rooms.get("dev")
+    assert state is not None
+    assert (state.operators, state.voiced, state.invited) == ({"caroline"}, {"caroline"}, {"dan"})
+    assert (state.key, state.limit, state.flags) == ("k3y", 0, {"i", "m", "n"})
+
+
+def test_room_state_from_redis_drops_what_is_not_valid() -> None:
+    good = state_fields(RoomState.founded("dev", "alice"))
+    bad = {"limit": "²", "key": "has space", "mode:z": "1", "o:Not Folded": "1", "b:not a mask": "x 1", "nope": "1"}
+    dropped: list[str] = []
+    state = state_from_fields("dev", {**good, **bad, b"bytes": "1"}, dropped.append)
+    assert state == RoomState("dev", created=state.created, operators={"alice"}, flags={"n", "t"})
+    assert sorted(dropped) == sorted([*bad, "b'bytes'"])
+
+
+def state_key(redis_server: RedisServer, room: str) -> bool:
+    """Whether the cluster keeps ``room``'s state."""
+    client = redis_server.client()
+    try:
+        return bool(client.keys(f"chatcore:*:room:{room}:state"))
+    finally:
+        client.close()
+
+
+def state_settled(redis_server: RedisServer, room: str, field: str, present: bool = True) -> None:
+    """Wait until the cluster's state of ``room`` has (or lacks) ``field``:
+    a change said on one server holds on the others once Redis has it."""
+
+    def settled() -> bool:
+        client = redis_server.client()
+        try:
+            return any(
+                bool(client.hexists(key, field)) == present for key in client.keys(f"chatcore:*:room:{room}:state")
+            )
+        finally:
+            client.close()
+
+    wait_for(settled, timeout=TIMEOUT, message=f"{room}'s state to {'have' if present else 'lose'} {field}")
+
+
+@pytest.mark.slow
+def test_a_rooms_state_is_the_clusters(redis_server, cluster, connect) -> None:
+    """Topic, modes, lists and operators hold on every server: the room's
+    first member anywhere runs it, a ban or +i set on one server keeps
+    people out on the other, and the state goes with the last member."""
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2")
+    alice, bob, carol = connect(one, "alice"), connect(two, "bob"), connect(two, "carol")
+    linked(alice, "alice", [bob, carol])
+    alice.send("/join dev")
+    alice.expect("* you are now in dev (1 here)")
+    alice.send("/mode +i")
+    alice.expect("[dev] * alice set mode +i")
+    state_settled(redis_server, "dev", "mode:i")
+    bob.send("/join dev")
+    bob.expect("! dev is invite only: an operator of it must /invite you")
+    alice.send("/mode -i+b carol")
+    alice.expect("[dev] * alice set mode -i+b carol!*@*")
+    alice.send("/topic Release on Friday")
+    alice.expect("[dev] * alice set the topic: Release on Friday")
+    state_settled(redis_server, "dev", "b:carol!*@*")
+    state_settled(redis_server, "dev", "mode:i", present=False)
+    carol.send("/join dev")
+    carol.expect("! you are banned from dev")
+    bob.send("/join dev")
+    bob.expect("* you are now in dev (2 here)")
+    bob.expect("* topic: Release on Friday (set by alice)")
+    bob.send("/topic mine")  # alice made the room, on the other server: bob does not run it
+    bob.expect("! only operators of dev set its topic (it is +t)")
+    alice.send("/mode +o bob")
+    bob.expect("[dev] * alice set mode +o bob")
+    bob.send("/mode -b carol")
+    alice.expect("[dev] * bob set mode -b carol!*@*")
+    state_settled(redis_server, "dev", "b:carol!*@*", present=False)
+    carol.send("/join dev")
+    carol.expect("* you are now in dev (3 here)")
+    carol.expect("* topic: Release on Friday (set by alice)")
+    carol.send("/mode")
+    carol.expect("* modes of dev: +nt")
+    # An operator's kick and invitation reach a member on the other server.
+    alice.send("/kick carol spam")
+    carol.expect("* you were kicked out of dev by alice (spam)")
+    bob.expect("[dev] * carol was kicked out by alice (spam)")
+    alice.expect("[dev] * carol was kicked out by alice (spam)")
+    alice.send("/mode +i")
+    bob.expect("[dev] * alice set mode +i")
+    state_settled(redis_server, "dev", "mode:i")
+    alice.send("/invite carol dev")
+    alice.expect("* invited carol to dev")
+    carol.expect("* alice invites you to dev: /join dev")
+    carol.send("/join dev")
+    carol.expect("* you are now in dev (3 here)")
+    # Also to a server where nobody is in the room yet: it reads the invitation.
+    dan = connect(two, "dan")
+    alice.send("/join private")
+    alice.expect("* you are now in private (1 here)")
+    alice.send("/mode +i")
+    alice.expect("[private] * alice set mode +i")
+    state_settled(redis_server, "private", "mode:i")
+    dan.send("/join private")
+    dan.expect("! private is invite only: an operator of it must /invite you")
+    alice.send("/invite dan private")
+    dan.expect("* alice invites you to private: /join private")
+    dan.send("/join private")
+    dan.expect("* you are now in private (2 here)")
+    alice.send("/invite nobody-here private")
+    alice.expect("! no such nick 'nobody-here'")
+    alice.send("/part private")
+    alice.expect(re.compile(r"^\* you left private"))
+    alice.send("/join dev")
+    alice.expect(re.compile(r"^\* you are (now|already) in dev"))
+    # Everyone leaves: the state goes, and the next to come makes the room anew.
+    for client in (alice, bob, carol):
+        client.send("/part dev")
+        client.expect("* you left dev; you now talk in lobby")
+    wait_for(lambda: not state_key(redis_server, "dev"), timeout=TIMEOUT, message="dev's state to go")
+    carol.send("/join dev")
+    carol.expect("* you are now in dev (1 here)")
+    carol.send("/topic a new dev")
+    carol.expect("[dev] * carol set the topic: a new dev")
+
+
+@pytest.mark.slow
+def test_a_killed_servers_rooms_state_goes_with_it(redis_server, cluster, connect) -> None:
+    one = cluster(redis_server.url, "127.0.0.1", "--redis-node-timeout", "1")
+    two = cluster(redis_server.url, "127.0.0.2", "--redis-node-timeout", "1")
+    alice, bob = connect(one, "alice"), connect(two, "bob")
+    linked(alice, "alice", [bob])
+    alice.send("/join solo")
+    alice.expect("* you are now in solo (1 here)")
+    wait_for(lambda: state_key(redis_server, "solo"), timeout=TIMEOUT, message="solo's state")
+    assert state_key(redis_server, "lobby")
+    one.stop(signal.SIGKILL)
+    bob.expect("* alice left (server lost)", timeout=5)
+    wait_for(lambda: not state_key(redis_server, "solo"), timeout=TIMEOUT, message="solo's state to go")
+    assert state_key(redis_server, "lobby")  # bob's server still holds it
 
 
 #: The answer to /who or /rooms.
@@ -707,6 +881,9 @@ def test_a_clean_stop_says_goodbye_to_the_other_servers(redis_server, cluster, c
     alice = connect(one, "alice")
     bob = connect(two, "bob")
     linked(alice, "alice", [bob])
+    alice.send("/join alone")
+    alice.expect("* you are now in alone (1 here)")
+    wait_for(lambda: state_key(redis_server, "alone"), timeout=TIMEOUT, message="alone's state")
     assert one.stop() == 0
     bob.expect("* alice left (server shutting down)")
     redis = redis_server.client()
@@ -714,6 +891,10 @@ def test_a_clean_stop_says_goodbye_to_the_other_servers(redis_server, cluster, c
         assert redis.keys("chatcore:*:nick:alice") == []
         [nodes] = redis.keys("chatcore:*:nodes")
         assert redis.scard(nodes) == 1
+        # A room only that server held goes with it; one that bob's holds stays.
+        assert not state_key(redis_server, "alone")
+        assert state_key(redis_server, "lobby")
+        assert len(redis.keys("chatcore:*:node:*:rooms")) == 1
     finally:
         redis.close()
 
@@ -1118,9 +1299,15 @@ def test_irc_operators_kick_and_kill_and_a_ban_by_nick_reach_another_server(redi
             op.expect(re.compile(r"^:\S+ 366 op #lobby "))
             op.send("OPER root hunter2")
             op.expect(re.compile(r"^:\S+ 381 op "))
-            # A channel KICK across servers is not done yet: said so, and nothing happens.
+            # A channel KICK across servers: bob's server carries it out, and
+            # bob stays connected; the operator's channel sees the KICK.
             op.send("KICK #lobby bob :spamming")
-            op.expect(re.compile("kicking out of a channel across servers is not supported yet"))
+            bob.expect("* you were kicked out of lobby by op (spamming)")
+            op.expect(re.compile(r"^:op!op@chatcore KICK #lobby bob :spamming"))
+            carol.expect("* bob was kicked out by op (spamming)")
+            bob.send("/join lobby")
+            bob.expect(re.compile(r"^\* you are now in lobby "))
+            carol.expect("* bob joined")
             op.send("KILL bob :spamming")
             assert bob.wait_closed()[-1] == "! disconnected: kicked by op: spamming"
             carol.expect(re.compile(r"^\* bob left"))

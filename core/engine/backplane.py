@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
+    from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
     from chatcore.events import PrivateMessage, RoomEvent
 
@@ -121,6 +122,16 @@ class Backplane:
         """The last member here left ``room``: drop what numbering it keeps."""
         with self._lock:
             self._counters.pop(room, None)
+
+    def enter_room(self, room: str, founded: RoomState) -> RoomState:
+        """The first member here is entering ``room``: its state as the
+        cluster has it (topic, modes, lists, roles), or ``founded`` (the
+        entering member its operator) if the room is new everywhere, which
+        a cluster then keeps for the other servers. The engine checks the
+        entry against the answer (a ban or ``+i`` set on another server
+        holds here). On the entering client's thread; for a room it then
+        does not enter (refused), :meth:`room_emptied` follows."""
+        return founded
 
     def published(self, events: Sequence[RoomEvent]) -> None:
         """``events`` (of one room, numbered) were said here: a cluster

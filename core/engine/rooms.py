@@ -130,6 +130,11 @@ class RoomState:
     operators: set[str] = field(default_factory=set)
     voiced: set[str] = field(default_factory=set)
 
+    @classmethod
+    def founded(cls, room: str, nick: str) -> RoomState:
+        """A new room's state: default modes, and ``nick``, who made it, its operator."""
+        return cls(room, operators={nick.casefold()})
+
     def modes(self, *, with_key: bool = True) -> tuple[str, tuple[str, ...]]:
         """The set modes as IRC writes them: ``("+klnt", ("secret", "10"))``
         (the key as ``*`` unless ``with_key``)."""
@@ -265,6 +270,13 @@ class Rooms:
     def get(self, room: str) -> RoomState | None:
         """``room``'s state, or None if nobody is in it here."""
         return self._states.get(room)
+
+    def install(self, state: RoomState) -> RoomState:
+        """Take ``state`` as its room's (the backplane's answer when the
+        first member here enters: the cluster's state, or the founded one);
+        the state already here if another member entered meanwhile."""
+        with self._lock:
+            return self._states.setdefault(state.name, state)
 
     def drop(self, room: str) -> None:
         """Forget an emptied room (the registry's ``if_empty`` calls this, under its lock)."""

@@ -436,6 +436,8 @@ class ChatServer:
         client.send(Welcome(tuple(self.hooks.welcome(client))))
         log.info("client joined: %s from %s", client.nick, format_address(*client.address))
         if client.room:
+            if self.rooms.get(client.room) is None:  # its state, maybe the cluster's, before the join applies
+                self._enter_room(client, client.room)
             self.stats.delivered(self._publish(Joined(client.room, nick=client.nick, user=client.user), exclude=client))
             self.hooks.client_joined(client, client.room)
         return True
@@ -640,8 +642,9 @@ class ChatServer:
                 "too_many_rooms",
                 f"you are in {len(client.rooms)} rooms, the most allowed: leave one before joining {room}",
             )
-        state = self.rooms.get(room)
-        if state is not None and (refusal := self._entry_refusal(client, state, key)) is not None:
+        state = self.rooms.get(room) or self._enter_room(client, room)
+        if (refusal := self._entry_refusal(client, state, key)) is not None:
+            self._maybe_emptied(room)  # entered for this client alone: let go of the state
             return refusal
         if self.registry.join(client, room):
             joined = Joined(room, nick=client.nick, user=client.user)
@@ -655,6 +658,17 @@ class ChatServer:
             self.stats.delivered(self._publish(joined, exclude=client))
             self.hooks.client_joined(client, room)
         return None
+
+    def _enter_room(self, client: Client, room: str) -> RoomState:
+        """The state of ``room``, which has nobody here: the backplane's (a
+        cluster's, made on another server), or a new one that ``client`` runs."""
+        founded = RoomState.founded(room, client.nick)
+        try:
+            state = self.backplane.enter_room(room, founded)
+        except Exception:  # the cluster's loss: this server goes on with the room as new
+            self._backplane_failed("enter_room")
+            state = founded
+        return self.rooms.install(state)
 
     def _entry_refusal(self, client: Client, state: RoomState, key: str) -> Refusal | None:
         """Why ``state``'s modes keep ``client`` out, or None."""
@@ -781,18 +795,57 @@ class ChatServer:
         checked = self.may_run(client, room)
         if isinstance(checked, Refusal):
             return checked
-        target = self.registry.find(nick)
-        if target is None or room not in target.rooms:
-            return Refusal("not_in_room", f"{nick} is not in {room}")
         reason = reason or client.nick
-        left = Left(room, nick=target.nick, reason=reason, disconnected=False, kicked_by=client.nick, user=target.user)
-        if not self.registry.part(target, room):
+        target = self.registry.find(nick)
+        if target is None and self.backplane.shared:
+            # On another server: the kick goes there, and its leave comes back.
+            if nick.casefold() not in {member.casefold() for member in self.backplane.members().get(room, [])}:
+                return Refusal("not_in_room", f"{nick} is not in {room}")
+            return self._carried("room_kick", {"room": room, "nick": nick, "by": client.nick, "reason": reason}, nick)
+        if target is None or not self._kick_out(target, room, client.nick, reason):
             return Refusal("not_in_room", f"{nick} is not in {room}")
+        return None
+
+    def _kick_out(self, target: Client, room: str, by: str, reason: str) -> bool:
+        """Put ``target`` out of ``room`` by ``by``'s kick; False if it is not in it."""
+        left = Left(room, nick=target.nick, reason=reason, disconnected=False, kicked_by=by, user=target.user)
+        if not self.registry.part(target, room):
+            return False
         target.send(left)  # out of the room already: its own copy
         self.stats.delivered(self._publish(left))
-        self.hooks.client_left(target, room, f"kicked by {client.nick}: {reason}")
+        self.hooks.client_left(target, room, f"kicked by {by}: {reason}")
         self._maybe_emptied(room)
+        return True
+
+    def _carried(self, action: str, details: dict[str, Any], nick: str) -> Refusal | None:
+        """Send a room operator's ``action`` to the server ``nick`` is on (the backplane's ``moderate``)."""
+        try:
+            sent = self.backplane.moderate(action, details)
+        except Exception:
+            self._backplane_failed("moderate")
+            sent = "the cluster failed to carry it; try again later"
+        if sent is None:
+            return Refusal("no_such_nick", f"no such nick {nick!r}")
+        if isinstance(sent, str):
+            return Refusal("unreachable", sent)
         return None
+
+    def carry_out(self, action: str, details: dict[str, Any]) -> None:
+        """A room operator's action done on another server, for a client
+        here: ``room_kick`` (``room``, ``nick``, ``by``, ``reason``) or
+        ``invite`` (``room``, ``nick``, ``by``, ``user``, and ``passes``
+        if it was an operator's, which lets them in past the room's modes).
+        The backplane calls this for what it carried; checked there."""
+        room, nick, by = details["room"], details["nick"], details["by"]
+        target = self.registry.find(nick)
+        if action == "invite" and details.get("passes"):
+            self.rooms.invite(room, nick)  # if the room has members here: its state is kept here too
+        if target is None or target.closed:
+            log.info("%s of %s to %s by %s from another server: not here (any more)", action, nick, room, by)
+        elif action == "room_kick":
+            self._kick_out(target, room, by, details.get("reason") or by)
+        elif action == "invite" and room not in target.rooms:
+            target.send(Invited(by, room, details.get("user", "")))
 
     def invite(self, client: Client, room: str, nick: str) -> Refusal | None:
         """``client`` invites ``nick`` to ``room``. A member may invite to a
@@ -807,12 +860,18 @@ class ChatServer:
             return Refusal("not_in_room", f"you are not in {room}")
         if "i" in state.flags and isinstance(self.may_run(client, room), Refusal):
             return Refusal("not_operator", f"only operators of {room} invite to it (it is +i)")
+        passes = not isinstance(self.may_run(client, room), Refusal)
         target = self.registry.find(nick)
+        if target is None and self.backplane.shared:  # on another server, or nobody
+            if nick.casefold() in {member.casefold() for member in self.backplane.members().get(room, [])}:
+                return Refusal("already_in_room", f"{nick} is in {room} already")
+            details = {"room": room, "nick": nick, "by": client.nick, "user": client.user, "passes": passes}
+            return self._carried("invite", details, nick)
         if target is None or target.closed:
             return Refusal("no_such_nick", f"no such nick {nick!r}")
         if room in target.rooms:
             return Refusal("already_in_room", f"{target.nick} is in {room} already")
-        if not isinstance(self.may_run(client, room), Refusal):
+        if passes:
             self.rooms.invite(room, target.nick)
         target.send(Invited(client.nick, room, client.user))
         return None

@@ -21,6 +21,7 @@ from chatcore.plugins.redis.reader import DEFAULT_CHECK_INTERVAL, Reader
 from chatcore.plugins.redis.scripts import Keys
 
 if TYPE_CHECKING:
+    from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
 
 log = logging.getLogger("chatcore.redis")
@@ -50,6 +51,13 @@ class RedisBackplane(Backplane):
 
     def stop(self) -> None:
         self.cluster.stop()
+
+    def enter_room(self, room: str, founded: RoomState) -> RoomState:
+        return self.cluster.presence.enter(founded)
+
+    def room_emptied(self, room: str) -> None:
+        super().room_emptied(room)
+        self.cluster.presence.exit(room)
 
     def published(self, events: Sequence[RoomEvent]) -> None:
         cluster = self.cluster
@@ -195,6 +203,8 @@ class Cluster:
                 return
             self._link_up = True
         log.warning("cluster link back")
+        self.presence.reenter.set()
+        self.presence.changed()
         self._tell_everyone(LINK_BACK_NOTICE)
 
     def _tell_everyone(self, text: str) -> None:

@@ -87,11 +87,15 @@ def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE) -> PrivateMessag
 #: fields an entry may have, and those each action needs.
 _MODERATION_FIELDS: dict[str, Any] = {
     "action": str, "by": str, "oper": str, "nick": str, "host": str, "target": str, "reason": str,
-    "network": str, "until": float,
+    "network": str, "until": float, "room": str, "user": str, "passes": bool,
 }  # fmt: skip
 _MODERATION_NEEDS = {
     "kick": {"nick"}, "mute": {"nick", "until"}, "unmute": {"target"}, "ban": set(), "unban": {"network"},
+    "room_kick": {"room", "nick"}, "invite": {"room", "nick"},
 }  # fmt: skip
+#: A room operator's actions, carried to the server of the user they are
+#: for and applied by the engine (``ChatServer.carry_out``), never replayed.
+ROOM_ACTIONS = frozenset({"room_kick", "invite"})
 
 
 def encode_moderation(action: str, details: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@ servers gone, and the client threads' requests to the cluster."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
@@ -13,12 +14,14 @@ from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMess
 from chatcore.names import room_problem
 from chatcore.plugins.redis.codec import FORMAT_VERSION, encode_moderation, encode_private, entry_event
 from chatcore.plugins.redis.connection import shared_client
-from chatcore.plugins.redis.scripts import CLAIM_LUA, RELEASE_LUA
+from chatcore.plugins.redis.roomstate import state_fields, state_from_fields
+from chatcore.plugins.redis.scripts import CLAIM_LUA, ENTER_LUA, EXIT_LUA, RELEASE_LUA
 
 if TYPE_CHECKING:
     import redis as redis_py
 
     from chatcore import Client
+    from chatcore.engine.rooms import RoomState
     from chatcore.plugins.redis.backplane import Cluster
 
 log = logging.getLogger("chatcore.redis")
@@ -89,12 +92,22 @@ class Presence(threading.Thread):
         #: (old, new). The other servers never knew the old one as this
         #: server's user, so they are told of a join, not of a rename.
         self._collided: set[tuple[str, str]] = set()
+        #: The rooms this server holds in the cluster: room -> the
+        #: generation of its entry (see ENTER_LUA).
+        self.held: dict[str, str] = {}
+        self._generations = itertools.count(1)
+        self._held_lock = threading.Lock()
+        #: Set when the link comes back: the renewal enters every room here
+        #: again (what was entered during the outage, or lost by Redis).
+        self.reenter = threading.Event()
 
     def open(self) -> None:
         cluster = self.cluster
         self.client = shared_client(cluster.url, timeout=cluster.timeout, name=f"chatcore-{cluster.node}-shared")
         self._claim = self.client.register_script(CLAIM_LUA)
         self._release = self.client.register_script(RELEASE_LUA)
+        self._enter = self.client.register_script(ENTER_LUA)
+        self._exit = self.client.register_script(EXIT_LUA)
 
     def changed(self) -> None:
         """Renew now (a join, leave or rename; or stopping)."""
@@ -110,6 +123,9 @@ class Presence(threading.Thread):
                 self._renew()
                 if self._rejoin():
                     self._renew()  # the reaper cleared this server's members
+                if self.reenter.is_set():
+                    self.reenter.clear()
+                    self._enter_all()
                 self._reap()
             except redis_py.RedisError as exc:
                 log.debug("renewing presence failed: %s", exc)  # the reader tells the outage
@@ -265,6 +281,7 @@ class Presence(threading.Thread):
             self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
         pipe.delete(keys.members(node), keys.inbox(node))
         pipe.srem(keys.nodes(), node)
+        self._let_go_of_rooms(node, pipe)  # their state goes with the last server holding them
         # The lock stays, for longer, as the mark that tells the node, should
         # it come back, that it was timed out (it deletes it then).
         pipe.pexpire(keys.reaping(node), int(REAPED_MARK * 1000))
@@ -302,6 +319,83 @@ class Presence(threading.Thread):
                 self.cluster.invalid.drop(f"a member of node {node}", "a nick or room that is not a valid name")
         return valid
 
+    # -- room state ---------------------------------------------------------
+
+    def enter(self, founded: RoomState) -> RoomState:
+        """The first member here enters ``founded.name``: the room's state
+        in the cluster, or ``founded`` (then the cluster's) if it is new.
+        During an outage the room is this server's alone until the link is
+        back (:meth:`_enter_all`). On the entering client's thread."""
+        import redis as redis_py
+
+        assert self.client is not None
+        cluster = self.cluster
+        room = founded.name
+        if not cluster.linked:
+            return founded
+        with self._held_lock:
+            generation = str(next(self._generations))
+            self.held[room] = generation
+        keys = cluster.keys
+        fields = [item for pair in state_fields(founded).items() for item in pair]
+        try:
+            found = self._enter(
+                keys=[keys.room_state(room), keys.room_holders(room), keys.node_rooms(cluster.node)],
+                args=[cluster.node, generation, room, *fields],
+            )
+        except redis_py.RedisError as exc:
+            log.info("could not read room %s's state from the cluster (%s); entered as new here", room, exc)
+            self.reenter.set()
+            return founded
+        if not found:
+            return founded
+        pairs = dict(zip(found[::2], found[1::2], strict=True))
+        return state_from_fields(room, pairs, lambda field: cluster.invalid.drop(f"room {room} state", field))
+
+    def exit(self, room: str) -> None:
+        """Nobody here is in ``room`` any more: let go of it in the cluster,
+        in order after the events said in it (on the publisher's thread)."""
+        with self._held_lock:
+            generation = self.held.pop(room, None)
+        if generation is not None:
+            self.cluster.publisher.put_exit(room, generation)
+
+    def _let_go_of_rooms(self, node: str, pipe: Any) -> None:
+        """Queue on ``pipe`` ``node``'s exit from every room it holds (it stops, or is gone)."""
+        assert self.client is not None
+        keys = self.cluster.keys
+        for room in map(str, self.client.smembers(keys.node_rooms(node))):
+            if not room_problem(room):
+                self._exit(
+                    keys=[keys.room_state(room), keys.room_holders(room), keys.node_rooms(node)],
+                    args=[node, "*", room],
+                    client=pipe,
+                )
+        pipe.delete(keys.node_rooms(node))
+
+    def _enter_all(self) -> None:
+        """Enter every room that has members here again, with the state here
+        for a room Redis does not have (it restarted empty, or the room was
+        entered during an outage); a room it has keeps the cluster's."""
+        server = self.cluster.server
+        assert server is not None
+        assert self.client is not None
+        keys, node = self.cluster.keys, self.cluster.node
+        pipe = self.client.pipeline(transaction=False)
+        for room in server.registry.rooms():
+            state = server.rooms.get(room)
+            if state is None:
+                continue
+            with self._held_lock:
+                generation = self.held[room] = str(next(self._generations))
+            fields = [item for pair in state_fields(state).items() for item in pair]
+            self._enter(
+                keys=[keys.room_state(room), keys.room_holders(room), keys.node_rooms(node)],
+                args=[node, generation, room, *fields],
+                client=pipe,
+            )
+        pipe.execute()
+
     def leave(self) -> None:
         """Say goodbye (a clean stop): the leaves went out already; clear the keys."""
         import redis as redis_py
@@ -313,6 +407,7 @@ class Presence(threading.Thread):
             pipe = self.client.pipeline(transaction=False)
             for nick in self.snapshot:
                 self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
+            self._let_go_of_rooms(node, pipe)  # done with the last leaves, unless the flush timed out
             pipe.delete(keys.alive(node), keys.members(node), keys.inbox(node))
             pipe.srem(keys.nodes(), node)
             pipe.execute()
@@ -446,6 +541,11 @@ class Presence(threading.Thread):
             # A user not here (no address known): sent only if another server has them.
             if nick is not None and "host" not in details and self._holder(nick) is None:
                 return None
+            if action == "invite" and details.get("passes"):
+                # For the invited's server, should it enter the room later.
+                room = details["room"]
+                if self.client.exists(cluster.keys.room_holders(room)):
+                    self.client.hset(cluster.keys.room_state(room), f"i:{details['nick'].casefold()}", "1")
             self.client.xadd(
                 cluster.keys.moderation(),
                 {"v": FORMAT_VERSION, "node": cluster.node, "event": encode_moderation(action, details)},

@@ -14,7 +14,8 @@ from chatcore.events import Joined, RoomEvent
 from chatcore.plugins.redis.arrivals import Cursor
 from chatcore.plugins.redis.codec import encode_event
 from chatcore.plugins.redis.connection import Backoff, close, connect
-from chatcore.plugins.redis.scripts import PUBLISH_LUA
+from chatcore.plugins.redis.roomstate import state_changes
+from chatcore.plugins.redis.scripts import EXIT_LUA, PUBLISH_LUA
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -35,6 +36,11 @@ class _Pending:
     #: Whether the reader waits to learn where this entry goes: the Joined of
     #: a room it does not read yet (see :class:`Arrivals`).
     placing: bool = False
+    #: What the event changes in the room's state (roomstate.state_changes).
+    changes: list[str] | None = None
+    #: Not an event: this server lets go of the room it entered with this
+    #: generation (``EXIT_LUA``), in order after its last events there.
+    exit_generation: str | None = None
 
 
 def _cured_by_retry(reply: object) -> bool:
@@ -73,21 +79,37 @@ class Publisher(threading.Thread):
     def put(self, event: RoomEvent) -> None:
         """Queue ``event`` for Redis (called on the publishing thread)."""
         text = encode_event(event)
+        changes = state_changes(event) if event.changes_state else None
         arrivals = self.cluster.arrivals
         with self._cond:
             self._seq += 1
             # Asked under this lock, so the entry the reader waits for is the
             # first of the room in queue order.
             placing = isinstance(event, Joined) and arrivals.entered(event.room, self._seq)
-            self._queue.append(_Pending(self._seq, event.room, text, placing))
-            if len(self._queue) > self.max_pending:
-                lost = self._queue.popleft()
-                if lost.placing:
-                    arrivals.placed(lost.room, lost.seq, None, "Redis was unreachable for too long")
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 1000 == 0:
-                    log.error("Redis unreachable: %d events not shared with the cluster so far", self.dropped)
+            self._queue.append(_Pending(self._seq, event.room, text, placing, changes))
+            self._trim()
             self._cond.notify()
+
+    def put_exit(self, room: str, generation: str) -> None:
+        """Queue this server's letting go of ``room`` (its last member here
+        left), after the events queued before: the room's last leave here
+        still changes its state."""
+        with self._cond:
+            self._seq += 1
+            self._queue.append(_Pending(self._seq, room, "", exit_generation=generation))
+            self._trim()
+            self._cond.notify()
+
+    def _trim(self) -> None:
+        """Under the lock: give up the oldest beyond --redis-max-pending."""
+        if len(self._queue) <= self.max_pending:
+            return
+        lost = self._queue.popleft()
+        if lost.placing:
+            self.cluster.arrivals.placed(lost.room, lost.seq, None, "Redis was unreachable for too long")
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.error("Redis unreachable: %d events not shared with the cluster so far", self.dropped)
 
     def wake(self) -> None:
         with self._cond:
@@ -121,18 +143,27 @@ class Publisher(threading.Thread):
                 self._queue.popleft()
             self.confirmed = max(self.confirmed, last)
 
-    def _send(self, client: redis_py.Redis, script: Any, batch: list[_Pending]) -> list[Any]:
+    def _send(self, client: redis_py.Redis, script: Any, exit_script: Any, batch: list[_Pending]) -> list[Any]:
         """One pipeline of ``batch``; the replies, one per event (a refusal
         as its ResponseError). Raises what calls for a retry of the batch."""
         cluster = self.cluster
         keys = cluster.keys
         pipe = client.pipeline(transaction=False)
         for item in batch:
-            script(
-                keys=[keys.meta(item.room), keys.stream(item.room)],
-                args=[cluster.node, item.seq, item.event, cluster.stream_length, secrets.token_hex(4)],
-                client=pipe,
-            )
+            room = item.room
+            if item.exit_generation is not None:
+                exit_script(
+                    keys=[keys.room_state(room), keys.room_holders(room), keys.node_rooms(cluster.node)],
+                    args=[cluster.node, item.exit_generation, room],
+                    client=pipe,
+                )
+                continue
+            script_keys = [keys.meta(room), keys.stream(room)]
+            args: list[Any] = [cluster.node, item.seq, item.event, cluster.stream_length, secrets.token_hex(4)]
+            if item.changes:
+                script_keys += [keys.room_state(room), keys.room_holders(room)]
+                args += item.changes
+            script(keys=script_keys, args=args, client=pipe)
         # Replies item by item: a pipeline is not atomic, so one refusal does
         # not mean the others were not added.
         replies: list[Any] = pipe.execute(raise_on_error=False)
@@ -179,6 +210,7 @@ class Publisher(threading.Thread):
         cluster = self.cluster
         client: redis_py.Redis | None = None
         script: Any = None
+        exit_script: Any = None
         failing = False
         backoff = Backoff()
         while not cluster.stopping.is_set():
@@ -189,7 +221,8 @@ class Publisher(threading.Thread):
                 if client is None:
                     client = connect(cluster.url, timeout=cluster.timeout, name=f"chatcore-{cluster.node}-pub")
                     script = client.register_script(PUBLISH_LUA)
-                replies = self._send(client, script, batch)
+                    exit_script = client.register_script(EXIT_LUA)
+                replies = self._send(client, script, exit_script, batch)
             except Exception as exc:
                 if isinstance(exc, redis_py.ResponseError) and not _cured_by_retry(exc):
                     # The batch as a whole refused (loading the script): as above.

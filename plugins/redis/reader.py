@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore.events import Left, PrivateMessage
 from chatcore.plugins.redis.arrivals import Cursor
-from chatcore.plugins.redis.codec import FORMAT_VERSION, decode_event, decode_moderation, decode_private, entry_place
+from chatcore.plugins.redis.codec import (
+    FORMAT_VERSION,
+    ROOM_ACTIONS,
+    decode_event,
+    decode_moderation,
+    decode_private,
+    entry_place,
+)
 from chatcore.plugins.redis.connection import Backoff, close, connect
 from chatcore.plugins.redis.publisher import BATCH
 
@@ -186,9 +193,12 @@ class Reader(threading.Thread):
         until = record.get("until")
         if until is not None and until <= time.time():
             return  # a ban or mute that is over
-        if action == "kick" and _stream_id(entry_id) <= self.replayed_until:
-            return  # a kick is of a user here then, never replayed
-        server.hooks.moderation(server, action, record)
+        if (action in ROOM_ACTIONS or action == "kick") and _stream_id(entry_id) <= self.replayed_until:
+            return  # a kick or an invitation is for a user here then, never replayed
+        if action in ROOM_ACTIONS:
+            server.carry_out(action, record)
+        else:
+            server.hooks.moderation(server, action, record)
 
     def _deliver_private(self, entry_id: str, entry: dict[str, str]) -> None:
         server = self.cluster.server

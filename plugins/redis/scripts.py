@@ -42,6 +42,19 @@ class Keys:
         """Held by the one server that announces a gone node's leaves."""
         return f"{self.prefix}reap:{node}"
 
+    def room_state(self, room: str) -> str:
+        """The room's topic, modes, lists and roles, while some server holds it
+        (a hash: :mod:`chatcore.plugins.redis.roomstate`)."""
+        return f"{self.prefix}room:{room}:state"
+
+    def room_holders(self, room: str) -> str:
+        """The servers with members in the room: a hash node -> generation."""
+        return f"{self.prefix}room:{room}:holders"
+
+    def node_rooms(self, node: str) -> str:
+        """The rooms the node holds: a set (the reaper lets go of them for a node gone)."""
+        return f"{self.prefix}node:{node}:rooms"
+
     def meta(self, room: str) -> str:
         """The room's hash: ``epoch``, ``offset`` (the last one given) and,
         per publishing node, ``node:ID`` = the node's last sequence number."""
@@ -58,9 +71,15 @@ class Keys:
 # sends them in that order from one thread, so an event whose number is not
 # above the last one Redis recorded for the node in this room is a repeat.
 #
-# KEYS: meta, stream. ARGV: node, sequence, event JSON, maxlen, new epoch.
-# Returns {offset, entry id, epoch} (where the entry went: the reader starts
-# a room its clients entered there), or 0 for a repeat.
+# An event that changes the room's state (a topic, a mode, a role moved by
+# a join, leave or rename) changes its state hash in the same step, if some
+# server holds the room: made once, in the stream's order.
+#
+# KEYS: meta, stream, and for a change of state the room's state and holders.
+# ARGV: node, sequence, event JSON, maxlen, new epoch, then the changes as
+# triples (roomstate.state_changes). Returns {offset, entry id, epoch}
+# (where the entry went: the reader starts a room its clients entered
+# there), or 0 for a repeat.
 PUBLISH_LUA = """
 local field = 'node:' .. ARGV[1]
 local last = tonumber(redis.call('HGET', KEYS[1], field) or '0')
@@ -76,7 +95,61 @@ local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 redis.call('HSET', KEYS[1], field, ARGV[2])
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
     'v', '1', 'node', ARGV[1], 'epoch', epoch, 'offset', offset, 'event', ARGV[3])
+if #ARGV > 5 and redis.call('EXISTS', KEYS[4]) == 1 then
+    for i = 6, #ARGV, 3 do
+        local op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+        if op == 'set' then
+            redis.call('HSET', KEYS[3], a, b)
+        elseif op == 'del' then
+            redis.call('HDEL', KEYS[3], a)
+        elseif op == 'move' then
+            for _, role in ipairs({'o:', 'v:', 'i:'}) do
+                if redis.call('HDEL', KEYS[3], role .. a) == 1 then
+                    redis.call('HSET', KEYS[3], role .. b, '1')
+                end
+            end
+        end
+    end
+end
 return {offset, id, epoch}
+"""
+
+# A server's first member enters a room: the server becomes one of its
+# holders, and gets the room's state, or makes it (the room is new in the
+# cluster: its entering member runs it). The generation orders a server's
+# entries, so that a late EXIT of an earlier entry lets go of nothing.
+# KEYS: state, holders, the node's rooms. ARGV: node, generation, room,
+# then the new state's fields and values. Returns the state's fields and
+# values (HGETALL), or 0 if the given state was made.
+ENTER_LUA = """
+local held = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if held < tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+redis.call('SADD', KEYS[3], ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return redis.call('HGETALL', KEYS[1])
+end
+for i = 4, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 0
+"""
+
+# A server lets go of a room it entered with that generation (its last
+# member there left; '*': any, for a server gone); the last holder to let
+# go takes the state with it. KEYS: state, holders, the node's rooms.
+# ARGV: node, generation, room. Returns 1 if the state went.
+EXIT_LUA = """
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held and (ARGV[2] == '*' or held == ARGV[2]) then
+    redis.call('HDEL', KEYS[2], ARGV[1])
+    redis.call('SREM', KEYS[3], ARGV[3])
+end
+if redis.call('HLEN', KEYS[2]) == 0 then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 
