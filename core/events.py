@@ -175,8 +175,9 @@ class Left(RoomEvent):
     :ivar disconnected: True if the client left the server, False if it moved
         to another room (IRC tells QUIT from PART).
     :ivar kicked_by: the nickname of the operator who kicked the client out
-        (``client.disconnect(..., kicked_by=...)``), or ``""``: IRC shows a
-        kick as ``KICK``, not as a ``QUIT``.
+        (``client.disconnect(..., kicked_by=...)``, or a room operator's
+        ``/kick`` with ``disconnected`` False), or ``""``: IRC shows a room
+        kick as ``KICK`` and a server operator's as ``QUIT :Killed (...)``.
     """
 
     batched: ClassVar[bool] = True
@@ -282,8 +283,7 @@ class Error(Event):
 @dataclass(frozen=True)
 class Disconnected(Event):
     """The server's last word to a client it is disconnecting (native: ``!
-    disconnected: reason``; IRC: ``ERROR :Closing Link``, after a ``KICK``
-    if an operator kicked it).
+    disconnected: reason``; IRC: ``ERROR :Closing Link``).
 
     :ivar reason: why, as the client is told it (a kick's reads ``kicked
         by NICK: words``).

@@ -270,7 +270,14 @@ class IRCFormat(WireFormat):
         if isinstance(event, Joined):
             return [irc_line(self.mask(event.nick, event.user), "JOIN", target)]
         if isinstance(event, Left):
-            if event.kicked_by:  # an operator's kick: IRC clients show who and why
+            if event.kicked_by and event.disconnected:
+                # A server operator's KILL: the victim's QUIT, as IRC servers
+                # tell it (modern.ircdocs.horse, KILL). One line per client
+                # (told_in), which takes the victim out of every channel it
+                # shares; a KICK would name one channel and leave it in the others.
+                words = truncated(event.kick_reason, KICKLEN)
+                return [irc_line(self.mask(event.nick, event.user), "QUIT", f"Killed ({event.kicked_by} ({words}))")]
+            if event.kicked_by:  # a channel operator's kick: IRC clients show who and why
                 reason = truncated(event.kick_reason, KICKLEN)
                 return [irc_line(self.mask(event.kicked_by), "KICK", target, event.nick, reason)]
             if event.disconnected:
@@ -496,12 +503,9 @@ class IRCProtocol(Protocol):
         if isinstance(event, Notice):
             return wire.frame(wire.notice_lines(nick, event.text))
         if isinstance(event, Disconnected):  # the engine's last word: the link closes
-            closing = irc_line(None, "ERROR", f"Closing Link: disconnected: {event.reason}")
-            if event.kicked_by and client.room:  # the kicked user's client shows the KICK as IRC clients do, then goes
-                by = self._mask_of(event.kicked_by)
-                kick = irc_line(by, "KICK", channel(client.room), client.nick, truncated(event.kick_reason, KICKLEN))
-                return wire.frame([kick, closing])
-            return wire.frame([closing])
+            # A KILL too: ERROR alone, as IRC servers send it (a KICK of one
+            # channel would say the victim stays in its others).
+            return wire.frame([irc_line(None, "ERROR", f"Closing Link: disconnected: {event.reason}")])
         if isinstance(event, Error):
             if not client.nick:  # before registration an error is a refusal: the link closes
                 return wire.frame([irc_line(None, "ERROR", f"Closing Link: {event.text}")])

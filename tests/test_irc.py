@@ -710,8 +710,11 @@ def test_reasons_are_cut_to_their_limits_whatever_their_source():
     assert quit_ == b":bob!bob@chatcore QUIT :Quit: " + ("é" * 127).encode() + b"\r\n"  # 254 of 255 bytes
     part = wire.encode(Left("lobby", nick="bob", reason="p" * 1000, disconnected=False))
     assert part == b":bob!bob@chatcore PART #lobby :" + b"p" * 255 + b"\r\n"
-    kick = wire.encode(Left("lobby", nick="bob", reason=kick_text("alice", "k" * 1000), kicked_by="alice"))
+    kicked = kick_text("alice", "k" * 1000)
+    kick = wire.encode(Left("lobby", nick="bob", reason=kicked, kicked_by="alice", disconnected=False))
     assert kick == b":alice!alice@chatcore KICK #lobby bob :" + b"k" * 255 + b"\r\n"
+    kill = wire.encode(Left("lobby", nick="bob", reason=kicked, kicked_by="alice"))  # a KILL: the victim's QUIT
+    assert kill == b":bob!bob@chatcore QUIT :Killed (alice (" + b"k" * 255 + b"))\r\n"
 
 
 def test_an_unregistered_connection_takes_no_nickname_and_no_room(chat_server_factory, connect):
@@ -924,6 +927,46 @@ def test_oper_makes_an_irc_operator_who_kicks_and_kills(chat_server_factory, con
         ":alice MODE alice -o",
         ":chatcore 482 alice #lobby :You're not channel operator",
     ]
+
+
+def test_kill_of_a_user_in_several_channels_is_seen_once_by_each_and_in_every_channel(
+    chat_server_factory, connect, natives, opers_file
+):
+    """IRC servers tell a KILL as the victim's QUIT (modern.ircdocs.horse,
+    KILL: ``Killed (<killer> (<reason>))``): one line, which takes it out
+    of every channel an IRC client shares with it. A KICK would name one
+    channel only, and the client would keep the victim in the others."""
+    server = start(chat_server_factory, "--opers-file", str(opers_file))
+    alice = register(connect, server, "alice")
+    carol = register(connect, server, "carol")  # shares #lobby and #dev with erin
+    frank = register(connect, server, "frank")  # shares #lobby only
+    erin = register(connect, server, "erin")
+    dave = native(server, natives, "dave")  # native, in lobby and dev
+    for client in (carol, erin):
+        client.send("JOIN #dev")
+        client.expect(" 366 ")
+    dave.send("/join dev")
+    dave.expect("* you are now in dev (3 here)")
+    alice.send(f"OPER root {OPER_PASSWORD}")
+    alice.expect(" 381 ")
+    for client in (alice, carol, frank, erin):
+        client.sync()
+    dave.sync()
+
+    alice.send("KILL erin :flooding")
+    quit_line = ":erin!erin@chatcore QUIT :Killed (alice (flooding))"
+    assert alice.expect(" QUIT ") == quit_line  # in #lobby with erin: no notice of its own
+    assert erin.wait_closed()[-1] == "ERROR :Closing Link: disconnected: kicked by alice: flooding"
+    for client in (carol, frank):
+        assert client.expect(" QUIT ") == quit_line
+        assert [line for line in client.sync() if "erin" in line] == []  # once, not once per channel
+    # Native users see the leave once, in the first room they share.
+    assert dave.sync() == ["[lobby] * erin left (kicked by alice: flooding)"]
+    assert server.registry.find("erin") is None
+    # Every channel lost it: NAMES lists it nowhere.
+    carol.send("NAMES #lobby,#dev")
+    assert not any("erin" in line for line in carol.sync())
+    assert alice.sync() == []
 
 
 def test_oper_without_operators_gets_491_and_the_other_operator_commands_are_irc_commands(
