@@ -694,6 +694,13 @@ class IRCProtocol(Protocol):
             return None
         return room.lower()
 
+    def _room_shown(self, room: str) -> bool:
+        """Whether ``room`` exists and this client may know it: a secret
+        (``+s``) channel is answered to those outside it as one that does
+        not exist (403), never with 442, 482, 404 or its modes and topic."""
+        server = self.client.server
+        return server.rooms.get(room) is not None and server.room_visible(self.client, room)
+
     def join(self, params: list[str]) -> None:
         """``JOIN #a,#b [key1,key2]``; ``JOIN 0`` parts every channel."""
         if not self._need(params, 1, "JOIN"):
@@ -726,7 +733,7 @@ class IRCProtocol(Protocol):
             room = name[1:].lower() if name.startswith("#") else ""
             if room in client.rooms:
                 client.server.part_room(client, room, reason)
-            elif room and client.server.rooms.get(room) is not None:
+            elif room and self._room_shown(room):
                 self.reply("442", name, "You're not on that channel")
             else:
                 self.reply("403", name, "No such channel")
@@ -770,13 +777,11 @@ class IRCProtocol(Protocol):
         name = params[0]
         room = name[1:].lower() if name.startswith("#") else ""
         state = client.server.rooms.get(room) if room else None
-        if state is None:
+        if state is None or not self._room_shown(room):  # a secret channel is none to outsiders
             self.reply("403", name, "No such channel")
             return
         if len(params) == 1:
-            if "s" in state.flags and room not in client.rooms:
-                self.reply("442", name, "You're not on that channel")
-            elif state.topic:
+            if state.topic:
                 self.send(self.topic_lines(room))
             else:
                 self.reply("331", name, "No topic is set")
@@ -785,6 +790,8 @@ class IRCProtocol(Protocol):
         if refusal is not None:
             if refusal.reason == "not_in_room":
                 self.reply("442", name, "You're not on that channel")
+            elif refusal.reason == "no_such_room":
+                self.reply("403", name, "No such channel")
             else:
                 self.reply("482", name, "You're not channel operator")
 
@@ -855,7 +862,9 @@ class IRCProtocol(Protocol):
                 if not quiet:
                     self.reply("403", target, "No such channel")
             elif (refused := server.speech_refusal(client, room)) is not None:
-                if not quiet:
+                if not quiet and not self._room_shown(room):  # a secret channel is none to outsiders
+                    self.reply("403", target, "No such channel")
+                elif not quiet:
                     self.reply("404", target, f"Cannot send to channel: {refused}")
             else:
                 server.broadcast_message(Message(client, room, text, kind))
@@ -1119,7 +1128,7 @@ class IRCProtocol(Protocol):
         server = client.server
         room = name[1:].lower()
         state = server.rooms.get(room)
-        if state is None:
+        if state is None or not self._room_shown(room):  # a secret channel is none to outsiders
             self.reply("403", name, "No such channel")
             return
         if not params:
@@ -1156,6 +1165,8 @@ class IRCProtocol(Protocol):
             return
         if refusal.reason == "not_operator":
             self.reply("482", name, "You're not channel operator")
+        elif refusal.reason == "no_such_room":  # emptied meanwhile
+            self.reply("403", name, "No such channel")
         elif refusal.reason == "not_in_room":
             here = {member.casefold() for member in server.nicks_in(room)}
             nick = next((r.argument for r in requests if r.mode in "ov" and r.argument.casefold() not in here), "*")
@@ -1194,7 +1205,7 @@ class IRCProtocol(Protocol):
         server = client.server
         name = params[0].split(",")[0]
         room = name[1:].lower() if name.startswith("#") else ""
-        if not room or server.rooms.get(room) is None:
+        if not room or server.rooms.get(room) is None or not self._room_shown(room):
             self.reply("403", name, "No such channel")
             return
         if room not in client.rooms and operator_name(client) is None:

@@ -366,6 +366,63 @@ def test_join_many_channels_at_once_and_part_them_one_by_one(chat_server_factory
     assert alice.readline() == ":alice!alice@chatcore JOIN #lobby"
 
 
+def test_a_secret_channel_is_no_such_channel_to_those_outside_it(chat_server_factory, connect, natives):
+    """MODE, TOPIC and every other command about a ``+s`` channel answer a
+    non-member as for a channel that does not exist: 403, never 442, 482
+    or 404, its modes, lists or topic (RFC 2812 4.2.3.1's secrecy; the
+    answers LIST, NAMES, WHO and WHOIS give already)."""
+    server = start(chat_server_factory)
+    alice = register(connect, server, "alice")
+    bob = register(connect, server, "bob")  # in #lobby with alice, not in #hidden
+    alice.send("JOIN #hidden")
+    alice.expect(" 366 alice #hidden ")
+    alice.send("MODE #hidden +sk hunter2")
+    alice.send("TOPIC #hidden :the plans")
+    alice.send("MODE #hidden +b mallory")
+    alice.sync()
+    commands = [
+        "MODE {channel}",
+        "MODE {channel} +b",
+        "MODE {channel} +e",
+        "MODE {channel} +m",
+        "MODE {channel} +o bob",
+        "TOPIC {channel}",
+        "TOPIC {channel} :mine now",
+        "PART {channel}",
+        "KICK {channel} alice",
+        "INVITE alice {channel}",
+        "PRIVMSG {channel} :hello?",
+        "NAMES {channel}",
+    ]
+    for command in commands:
+        bob.send(command.format(channel="#hidden"))
+        secret = bob.sync()
+        bob.send(command.format(channel="#nowhere"))
+        absent = [line.replace("#nowhere", "#hidden") for line in bob.sync()]
+        assert secret == absent, command
+        assert all("hunter2" not in line and "plans" not in line for line in secret), command
+    assert bob.sync() == []
+    state = server.rooms.get("hidden")
+    assert (state.topic, state.flags, list(state.bans)) == ("the plans", {"n", "s", "t"}, ["mallory!*@*"])
+    # Its members see it as ever; so does a channel that is not secret to outsiders.
+    alice.send("TOPIC #hidden")
+    alice.send("MODE #hidden")
+    assert alice.sync()[:3] == [
+        ":chatcore 332 alice #hidden :the plans",
+        f":chatcore 333 alice #hidden alice {int(state.topic_at)}",
+        ":chatcore 324 alice #hidden +knst hunter2",
+    ]
+    alice.send("MODE #hidden -s")
+    alice.sync()
+    bob.send("TOPIC #hidden")
+    bob.send("MODE #hidden")
+    assert bob.sync()[:3] == [
+        ":chatcore 332 bob #hidden :the plans",
+        f":chatcore 333 bob #hidden alice {int(state.topic_at)}",
+        ":chatcore 324 bob #hidden +knt *",
+    ]
+
+
 def test_error_numerics_where_a_native_user_gets_an_error(chat_server_factory, connect, natives):
     server = start(chat_server_factory)
     other = native(server, natives, "other")

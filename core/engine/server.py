@@ -674,9 +674,10 @@ class ChatServer:
 
     def may_run(self, client: Client, room: str) -> RoomState | Refusal:
         """The state of ``room`` if ``client`` is an operator of it (or a
-        server operator), else a Refusal (``"no_such_room"`` or ``"not_operator"``)."""
+        server operator), else a Refusal (``"no_such_room"`` or ``"not_operator"``).
+        A secret room is no such room to those outside it (:meth:`room_visible`)."""
         state = self.rooms.get(room)
-        if state is None:
+        if state is None or not self.room_visible(client, room):
             return Refusal("no_such_room", f"no such room {room!r}")
         if not state.is_operator(client.nick) and self.hooks.server_operator(client) is None:
             return Refusal("not_operator", f"you are not an operator of {room}")
@@ -685,9 +686,10 @@ class ChatServer:
     def set_topic(self, client: Client, room: str, topic: str) -> Refusal | None:
         """Set ``room``'s topic (``""`` clears it): its members, or with
         ``+t`` (the default) its operators. Told to the room as a
-        :class:`~chatcore.events.TopicChanged`, the setter included."""
+        :class:`~chatcore.events.TopicChanged`, the setter included. A
+        secret room is no such room to those outside it."""
         state = self.rooms.get(room)
-        if state is None:
+        if state is None or not self.room_visible(client, room):
             return Refusal("no_such_room", f"no such room {room!r}")
         if room not in client.rooms and self.hooks.server_operator(client) is None:
             return Refusal("not_in_room", f"you are not in {room}")
@@ -799,9 +801,10 @@ class ChatServer:
         room that is not ``+i``: the invited is told, nothing more. An
         operator's invitation (needed for a ``+i`` room) also lets ``nick`` in
         once past ``+i``, a ban, ``+k`` and ``+l`` (a member's would let them
-        pass what the operators set: the review of issue 24 found that)."""
+        pass what the operators set: the review of issue 24 found that). A
+        secret room is no such room to those outside it."""
         state = self.rooms.get(room)
-        if state is None:
+        if state is None or not self.room_visible(client, room):
             return Refusal("no_such_room", f"no such room {room!r}")
         if room not in client.rooms and self.hooks.server_operator(client) is None:
             return Refusal("not_in_room", f"you are not in {room}")
@@ -819,7 +822,10 @@ class ChatServer:
 
     def room_visible(self, client: Client, room: str) -> bool:
         """Whether ``client`` may learn that ``room`` exists and who is in
-        it: a secret (``+s``) room shows only to its members and server operators."""
+        it: a secret (``+s``) room shows only to its members and server
+        operators. To anyone else it is answered as a room that does not
+        exist (``/rooms``, ``/who``, ``/mode``, ``/invite``; IRC's LIST,
+        NAMES, WHO, WHOIS, MODE, TOPIC, PART, KICK, INVITE, PRIVMSG)."""
         state = self.rooms.get(room)
         if state is None or "s" not in state.flags or room in client.rooms:
             return True
