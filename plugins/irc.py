@@ -263,7 +263,8 @@ class IRCFormat(WireFormat):
     def room_lines(self, event: RoomEvent) -> list[str]:
         target = channel(event.room)
         if isinstance(event, Chat):
-            return text_lines(f":{self.mask(event.nick, event.user)} PRIVMSG {target}", event.text)
+            command = "NOTICE" if event.notice else "PRIVMSG"
+            return text_lines(f":{self.mask(event.nick, event.user)} {command} {target}", event.text)
         if isinstance(event, Action):
             prefix = f":{self.mask(event.nick, event.user)} PRIVMSG {target}"
             return text_lines(prefix, event.text, "\x01ACTION ", "\x01")
@@ -513,7 +514,8 @@ class IRCProtocol(Protocol):
         if isinstance(event, PrivateMessage):
             if event.echo:  # IRC clients show what they sent themselves
                 return b""
-            return wire.frame(text_lines(f":{self._mask_of(event.sender)} PRIVMSG {event.recipient}", event.text))
+            command = "NOTICE" if event.notice else "PRIVMSG"
+            return wire.frame(text_lines(f":{self._mask_of(event.sender)} {command} {event.recipient}", event.text))
         if isinstance(event, Members):
             return wire.frame(self.names_lines(event.room, event.nicks))
         if isinstance(event, RoomList):
@@ -836,7 +838,8 @@ class IRCProtocol(Protocol):
         text = params[1]
         if extra and not quiet:
             self.reply("407", ",".join(extra), "Too many recipients: one target per message; the others were skipped")
-        kind: Any = "chat"
+        # A channel NOTICE travels as a notice (IRC clients get NOTICE; the others chat).
+        kind: Any = "notice" if quiet else "chat"
         if text.startswith("\x01"):  # CTCP: only ACTION (/me) to a channel means something here
             ctcp, _, rest = text.strip("\x01").partition(" ")
             ctcp = ctcp.upper()
@@ -877,7 +880,7 @@ class IRCProtocol(Protocol):
         # Every private message's one path: the filter chain, counted and
         # timed, and across a cluster to a nick on another server. Why not
         # is said IRC's way, and never to a NOTICE (RFC 2812 3.3.2).
-        refusal = server.send_private(client, target, text, tell=False)
+        refusal = server.send_private(client, target, text, tell=False, notice=quiet)
         if refusal is None or quiet:
             return
         if refusal.reason == "no_such_nick":

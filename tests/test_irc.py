@@ -293,6 +293,8 @@ def test_irc_and_native_users_talk_both_ways(chat_server_factory, connect, nativ
     assert bob.readline() == "-> *alice* psst back"
     alice.send("NOTICE bob :a notice")
     assert bob.readline() == "*alice* a notice"
+    alice.send("NOTICE #lobby :a channel notice")  # chat to native users
+    assert bob.readline() == "<alice> a channel notice"
 
     alice.send("NICK alicia")
     assert alice.readline() == ":alice!alice@chatcore NICK alicia"
@@ -321,6 +323,26 @@ def test_two_irc_clients_see_each_other_as_irc_users_do(chat_server_factory, con
     assert alice.readline() == ":bob!bob@chatcore PRIVMSG #lobby :\x01ACTION smiles\x01"
     bob.send("QUIT")
     assert alice.readline() == ":bob!bob@chatcore QUIT :Quit"
+
+
+def test_a_notice_travels_as_a_notice_to_a_channel_and_to_a_nick(chat_server_factory, connect, natives):
+    """irctest's testNotice (RFC 2812 3.3.2): a NOTICE reaches IRC clients as
+    NOTICE, so that their bots never answer it; native users see chat."""
+    server = start(chat_server_factory)
+    dave = native(server, natives, "dave")
+    alice = register(connect, server, "alice")
+    bob = register(connect, server, "bob")
+    alice.expect(":bob!bob@chatcore JOIN #lobby")
+    dave.sync()
+    alice.send("NOTICE #lobby :build passed")
+    assert bob.readline() == ":alice!alice@chatcore NOTICE #lobby :build passed"
+    assert dave.readline() == "<alice> build passed"
+    alice.send("NOTICE bob :psst")
+    assert bob.readline() == ":alice!alice@chatcore NOTICE bob :psst"
+    alice.send("PRIVMSG #lobby :and chat")
+    assert bob.readline() == ":alice!alice@chatcore PRIVMSG #lobby :and chat"
+    assert alice.sync() == []  # no echo, no automatic reply
+    assert dave.sync() == ["<alice> and chat"]
 
 
 def test_join_many_channels_at_once_and_part_them_one_by_one(chat_server_factory, connect, natives):

@@ -498,7 +498,8 @@ class ChatServer:
             action = Action(room, sender.nick, message.text, offset, epoch, now, sender.user)
             recipients = self._publish(action, exclude=None if sender.wire.echoes_actions else sender)
         else:
-            chat = Chat(room, sender.nick, message.text, offset, epoch, now, sender.user)
+            notice = message.kind == "notice"
+            chat = Chat(room, sender.nick, message.text, offset, epoch, now, sender.user, notice)
             recipients = self._publish(chat, exclude=sender)
         counts.deliveries += recipients
         if sender.arrived:  # 0.0 for a client no reader has read for (a plugin's)
@@ -556,7 +557,9 @@ class ChatServer:
         messages.clear()
         events.clear()
 
-    def send_private(self, sender: Client, nick: str, text: str, *, tell: bool = True) -> Refusal | None:
+    def send_private(
+        self, sender: Client, nick: str, text: str, *, tell: bool = True, notice: bool = False
+    ) -> Refusal | None:
         """Send ``text`` from ``sender`` to the person called ``nick`` alone,
         whichever room they are in and, in a cluster, whichever server: the
         one path of every private message (``/msg``, IRC ``PRIVMSG`` to a
@@ -571,17 +574,19 @@ class ChatServer:
         :param tell: tell the sender why not, as an error; False leaves that
             to the caller (IRC answers with its numerics, and a NOTICE with
             nothing at all).
+        :param notice: said as a notice (IRC's ``NOTICE nick``): the
+            :class:`~chatcore.events.PrivateMessage` has ``notice`` set.
         :return: None once delivered, else a :class:`~chatcore.engine.gate.Refusal`:
             ``"self"``, ``"no_such_nick"``, ``"rejected"`` (by a filter),
             ``"empty"`` (after filtering) or ``"unreachable"`` (on a server
             that cannot be reached now).
         """
-        refusal = self._send_private(sender, nick, text)
+        refusal = self._send_private(sender, nick, text, notice)
         if refusal is not None and tell:
             sender.error(refusal.text)
         return refusal
 
-    def _send_private(self, sender: Client, nick: str, text: str) -> Refusal | None:
+    def _send_private(self, sender: Client, nick: str, text: str, notice: bool = False) -> Refusal | None:
         recipient = self.registry.find(nick)
         if recipient is not None and recipient.closed:
             recipient = None
@@ -601,15 +606,15 @@ class ChatServer:
             return Refusal("empty", f"your message to {nick} was empty after filtering; it was not sent")
         if recipient is not None:
             nick = recipient.nick
-            recipient.send(PrivateMessage(sender.nick, nick, message.text))
+            recipient.send(PrivateMessage(sender.nick, nick, message.text, notice=notice))
         else:
-            result = self.backplane.send_private(sender, PrivateMessage(sender.nick, nick, message.text))
+            result = self.backplane.send_private(sender, PrivateMessage(sender.nick, nick, message.text, notice=notice))
             if result is None:
                 return Refusal("no_such_nick", f"no such nick {nick!r}")
             if isinstance(result, str):
                 return Refusal("unreachable", result)
         counts.deliveries += 1
-        sender.send(PrivateMessage(sender.nick, nick, message.text, echo=True))
+        sender.send(PrivateMessage(sender.nick, nick, message.text, echo=True, notice=notice))
         if sender.arrived:
             counts.observe_latency(time.monotonic() - sender.arrived)
         self.hooks.message_delivered(message, 1)
