@@ -96,6 +96,8 @@ ISUPPORT_PER_LINE = 10
 MAX_TARGETS = 20
 #: People listed by one WHO with a mask.
 MAX_WHO = 200
+#: Entries one WHOWAS lists, whatever its count.
+MAX_WHOWAS = 100
 STARTED = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 # mIRC formatting: bold, colour (with its digits), hex colour, reset,
@@ -403,11 +405,10 @@ class IRCState:
     """What an IRC client told the server about itself, in ``client.data["irc"]``
     (WHOIS and PRIVMSG read another client's)."""
 
-    __slots__ = ("away", "modes", "realname", "username")
+    __slots__ = ("away", "modes", "username")
 
     def __init__(self) -> None:
         self.username = ""
-        self.realname = ""
         self.away: str | None = None
         self.modes = ""
 
@@ -629,7 +630,7 @@ class IRCProtocol(Protocol):
             return
         self.state.username = user_name(params[0]) or "user"
         self.client.user = self.state.username  # carried by the events it causes: its prefix everywhere
-        self.state.realname = clean(params[3])[:100]
+        self.client.realname = clean(params[3])[:100]  # the engine's: WHOWAS shows it after the client left
         self._try_register()
 
     def _try_register(self) -> None:
@@ -900,7 +901,7 @@ class IRCProtocol(Protocol):
         state = irc_state(member)
         if state is None:
             return member.nick, "chatcore native user"
-        return state.username or member.nick, state.realname or member.nick
+        return state.username or member.nick, member.realname or member.nick
 
     @staticmethod
     def _visible(member: Client, rooms: set[str]) -> bool:
@@ -998,6 +999,37 @@ class IRCProtocol(Protocol):
         if state is not None and state.away is not None:
             lines.append(self.wire.numeric(client.nick, "301", nick, state.away))
         self.send([*lines, self.wire.numeric(client.nick, "318", nick, "End of /WHOIS list.")])
+
+    def whowas(self, params: list[str]) -> None:
+        """``WHOWAS nick [count]``: who had ``nick`` lately (the engine's
+        record of departures, :mod:`chatcore.engine.departed`), newest
+        first: 314 and 312 (the server, and when it was given up) for each,
+        up to ``count`` of them (all for none or one not above 0, as RFC 2812
+        3.6.3 says; at most :data:`MAX_WHOWAS`), 406 if there are none, then 369."""
+        if not params or not params[0]:
+            self.reply("431", "No nickname given")
+            return
+        nick = params[0].split(",")[0]
+        count = 0
+        if len(params) > 1:
+            given = params[1]
+            if not re.fullmatch(r"-?[0-9]{1,9}", given):
+                self.reply("400", "WHOWAS", f"Invalid count {given!r}: a whole number (none or 0: every entry)")
+                return
+            count = int(given)
+        found = self.client.server.departed.find(nick, count if count > 0 else MAX_WHOWAS)[:MAX_WHOWAS]
+        numeric, me = self.wire.numeric, self.client.nick
+        lines = []
+        for entry in found:
+            realname = entry.realname or (entry.nick if entry.user else "chatcore native user")
+            when = time.strftime("%a %b %d %H:%M:%S %Y UTC", time.gmtime(entry.when))
+            lines += [
+                numeric(me, "314", entry.nick, entry.user or entry.nick, HOST, "*", realname),
+                numeric(me, "312", entry.nick, self.wire.server, when),
+            ]
+        if not found:
+            lines.append(numeric(me, "406", nick, "There was no such nickname"))
+        self.send([*lines, numeric(me, "369", nick, "End of WHOWAS")])
 
     def _visible_rooms(self, member: Client) -> list[str]:
         """``member``'s rooms that this client may see (``+s`` ones only if it is in them too)."""
@@ -1335,6 +1367,7 @@ _HANDLERS: dict[str, Handler] = {
     "TOPIC": IRCProtocol.topic,
     "WHO": IRCProtocol.who,
     "WHOIS": IRCProtocol.whois,
+    "WHOWAS": IRCProtocol.whowas,
     "ISON": IRCProtocol.ison,
     "USERHOST": IRCProtocol.userhost,
     "AWAY": IRCProtocol.away,
@@ -1376,6 +1409,7 @@ IRC_HELP = {
     "USERHOST": "USERHOST <nick> ...: user and host of these nicks",
     "WHO": "WHO <#channel>|<mask>: who is in a channel, or whose nick matches",
     "WHOIS": "WHOIS <nick>: who someone is and where",
+    "WHOWAS": "WHOWAS <nick> [<count>]: who had a nickname lately (the newest first; * and ? match)",
 }
 
 

@@ -21,6 +21,7 @@ import trustme
 from chatcore import events, hookimpl
 from chatcore.engine import gate
 from chatcore.engine.backplane import Backplane
+from chatcore.engine.departed import Departed
 from chatcore.engine.rooms import Rooms
 from chatcore.engine.server import ChatServer
 from chatcore.events import Chat, Left, kick_text
@@ -1268,3 +1269,62 @@ def test_help_answers_with_the_help_numerics(chat_server_factory, connect):
     assert alice.sync() == [":chatcore 524 alice NOSUCHTHING :Help not found"]
     # Every command HELP knows is one the server answers.
     assert set(IRC_HELP) <= set(_HANDLERS)
+
+
+def test_whowas_answers_from_the_record_of_departed_nicknames(chat_server_factory, connect, natives):
+    """RFC 2812 3.6.3: 314 and 312 per entry, the newest first, up to the
+    count (all for none, 0 or a negative one), 406 for none, always 369."""
+    server = start(chat_server_factory)
+    alice = register(connect, server, "alice")
+    for ident in ("first", "second"):
+        bob = connect(server)
+        bob.send("NICK bob")
+        bob.send(f"USER {ident} 0 * :Bob the {ident}")
+        bob.expect(" 001 ")
+        bob.send("QUIT :bye")
+        bob.wait_closed()
+        wait_for(lambda: server.registry.find("bob") is None)
+    carol = native(server, natives, "carol")
+    carol.send("/nick caroline")  # a rename gives the old nickname up too
+    carol.expect("* you are now known as caroline")
+    alice.expect(":carol!carol@chatcore NICK caroline")
+
+    def whowas(line: str) -> list[str]:
+        alice.send(line)
+        return [re.sub(r"(:chatcore 312 alice \S+ chatcore) :.*", r"\1 :WHEN", reply) for reply in alice.sync()]
+
+    newest = [
+        ":chatcore 314 alice bob second chatcore * :Bob the second",
+        ":chatcore 312 alice bob chatcore :WHEN",
+    ]
+    oldest = [":chatcore 314 alice bob first chatcore * :Bob the first", ":chatcore 312 alice bob chatcore :WHEN"]
+    end = ":chatcore 369 alice bob :End of WHOWAS"
+    for line in ["WHOWAS bob", "WHOWAS BOB 0", "WHOWAS bob -1", "WHOWAS bob 2", "WHOWAS b?b 5"]:
+        assert whowas(line) == [*newest, *oldest, end.replace(" bob ", f" {line.split()[1]} ")], line
+    assert whowas("WHOWAS bob 1") == [*newest, end]
+    assert whowas("WHOWAS carol") == [
+        ":chatcore 314 alice carol carol chatcore * :chatcore native user",
+        ":chatcore 312 alice carol chatcore :WHEN",
+        ":chatcore 369 alice carol :End of WHOWAS",
+    ]
+    assert whowas("WHOWAS nobody") == [
+        ":chatcore 406 alice nobody :There was no such nickname",
+        ":chatcore 369 alice nobody :End of WHOWAS",
+    ]
+    assert whowas("WHOWAS") == [":chatcore 431 alice :No nickname given"]
+    assert whowas("WHOWAS bob many") == [
+        ":chatcore 400 alice WHOWAS :Invalid count 'many': a whole number (none or 0: every entry)"
+    ]
+    alice.send("WHOWAS bob")
+    assert re.fullmatch(r":chatcore 312 alice bob chatcore :\w{3} \w{3} \d\d \d\d:\d\d:\d\d \d{4} UTC", alice.sync()[1])
+
+
+def test_the_record_of_departures_is_bounded_and_searched_newest_first():
+    departed = Departed(limit=3)
+    for number, nick in enumerate(["bob", "Bob", "carol", "bob"]):
+        departed.add(nick, f"u{number}", when=float(number))
+    assert len(departed) == 3  # the oldest went
+    assert [(entry.nick, entry.user) for entry in departed.find("BOB")] == [("bob", "u3"), ("Bob", "u1")]
+    assert [entry.user for entry in departed.find("bob", 1)] == ["u3"]
+    assert [entry.nick for entry in departed.find("*")] == ["bob", "carol", "Bob"]
+    assert departed.find("dave") == []

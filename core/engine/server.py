@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore.engine.backplane import Backplane
 from chatcore.engine.connection import Client
+from chatcore.engine.departed import Departed
 from chatcore.engine.feed import left_out
 from chatcore.engine.gate import Gate, Refusal
 from chatcore.engine.limits import ConnectionLimits, FailureCounter
@@ -131,6 +132,8 @@ class ChatServer:
         self.registry = Registry()
         #: Each room's topic, modes, lists and roles (:mod:`chatcore.engine.rooms`).
         self.rooms = Rooms()
+        #: Nicknames given up lately, for IRC's WHOWAS (:mod:`chatcore.engine.departed`).
+        self.departed = Departed()
         self.writer = Writer()
         self.stats = Stats()
         #: New connections' limits: a reload applies them to new connections only.
@@ -291,6 +294,7 @@ class ChatServer:
                     )
                     self.stats.delivered(self._publish(left))
             log.info("client left: %s from %s (%s)", client.nick, format_address(*client.address), reason)
+            self.departed.add(client.nick, client.user, client.realname)
             for room in rooms:
                 self.hooks.client_left(client, room, reason)
             self._release_nick(client, client.nick)
@@ -883,6 +887,7 @@ class ChatServer:
             return False
         self._release_nick(client, old)
         self.rooms.forget_invitations(old)
+        self.departed.add(old, client.user, client.realname)
         rooms = client.rooms
         for index, room in enumerate(rooms):
             changed = NickChanged(room, nick=old, new_nick=nick, user=client.user, told_in=rooms[:index])
