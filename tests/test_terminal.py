@@ -632,7 +632,8 @@ IN_A_AND_B = ["* you are now in a (1 here)", "* you are now in b (1 here)"]
     [
         ([], [], None, "> "),
         (["* 1 room: lobby (3, current)"], ["lobby"], "lobby", "[lobby] > "),
-        (["* 2 rooms: dev (1), lobby (3)"], [], "", "[no room] > "),
+        (["* 2 rooms: dev (1), lobby (3)"], [], None, "> "),  # nothing marked: not known
+        (["* you are now in a (1 here)", "* 1 room: b (1)"], [], "", "[no room] > "),
         (["* 1 room: lobby (3, current)", "* you are now in dev (1 here)"], ["lobby", "dev"], "dev", "[dev 2/2] > "),
         (["* you are now in dev (1 here)", "* you now talk in dev"], ["dev"], "dev", "[dev] > "),
         (["* you are now in a (1 here)", "* you are now in b (1 here)", "* you now talk in a"], ["a", "b"], "a", None),

@@ -265,6 +265,11 @@ class Rooms:
         elif match := _ROOM_LIST.fullmatch(line):  # the answer to /rooms
             listed = {m["room"]: m["mark"] for m in _LISTED.finditer(match["listing"])}
             mine = [room for room, mark in listed.items() if mark]
+            if not mine and self.current is None:
+                # Nothing marked, and nothing known yet: a server (or a
+                # plugin's /rooms) that does not mark rooms; "no room"
+                # would be a guess.
+                return False
             self.joined = [room for room in self.joined if room in mine]
             for room in mine:
                 self._add(room)
@@ -569,7 +574,7 @@ class _StdinLines:
 
 class _PromptLines:
     """Lines typed at a prompt_toolkit prompt that shows the current room,
-    with the keys that switch rooms (:data:`ROOM_KEYS`)."""
+    with the keys that switch rooms (:func:`_room_keys`)."""
 
     def __init__(self, client: TerminalClient) -> None:
         from prompt_toolkit import PromptSession
@@ -596,10 +601,6 @@ class _PromptLines:
             return await self._session.prompt_async(handle_sigint=False)
         except (EOFError, KeyboardInterrupt):
             return None
-
-
-#: The keys that switch rooms, as irssi and WeeChat have them (for --help and docs/client.md).
-ROOM_KEYS = "Ctrl-N and Ctrl-P: the next and the previous room; Alt-1 to Alt-9: the first to the ninth room joined"
 
 
 def _room_keys(client: TerminalClient) -> Any:
@@ -824,6 +825,7 @@ class TerminalClient:
 
     def _end_welcome(self) -> None:
         self._welcome = False
+        self._rooms_asked = False  # a /rooms answered otherwise is not waited for any more
         self._welcomed.set()
 
     @property
