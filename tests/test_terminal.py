@@ -566,6 +566,7 @@ def expect_room_prompt(child: pexpect.spawn, prompt: str) -> None:
     child.expect(re.escape(prompt))
 
 
+@pytest.mark.slow  # about 3 s: a client process and some twenty key presses, each paced by pexpect
 def test_prompt_shows_the_current_room_and_keys_switch_rooms(
     chat_server_factory: ServerFactory, chat_client: ClientFactory, spawn: Any
 ) -> None:
@@ -602,6 +603,15 @@ def test_prompt_shows_the_current_room_and_keys_switch_rooms(
     expect_room_prompt(child, "[dev 2/2] >")
     child.sendline("to dev")
     assert in_dev.expect(re.compile("^<")) == f"<{nick}> to dev"
+    # Ctrl-N twice, faster than the server answers: two rooms on (ops, lobby, dev).
+    child.sendline("/join ops")
+    expect_room_prompt(child, "[ops 3/3] >")
+    child.send("\x0e\x0e")
+    child.expect(re.escape("* you now talk in lobby"))
+    child.expect(re.escape("* you now talk in dev"))
+    expect_room_prompt(child, "[dev 2/3] >")
+    child.sendline("/part ops")
+    child.expect(re.escape("* you left ops; you now talk in dev"))
     child.sendcontrol("n")
     expect_room_prompt(child, "[lobby 1/2] >")
     child.send("\x1b9")  # no ninth room: nothing is sent
@@ -679,3 +689,6 @@ def test_room_keys_pick_rooms_in_the_order_joined() -> None:
         rooms.update(line)
     assert (rooms.step(1), rooms.step(-1)) == ("lobby", "dev")  # ops is current: round to the first
     assert [rooms.number(n) for n in (0, 1, 3, 4)] == [None, "lobby", "ops", None]
+    # A key pressed again before the server answered goes on from the room asked for.
+    rooms.switching = "lobby"
+    assert rooms.step(1) == "dev"

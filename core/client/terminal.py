@@ -236,11 +236,14 @@ class Rooms:
     :ivar joined: the rooms in the order they were joined (the order the
         room keys number them in).
     :ivar current: the current room, ``""`` in none, or None until known.
+    :ivar switching: the room a room key asked for, until the server
+        answers (so that Ctrl-N twice goes two rooms on), or None.
     """
 
     def __init__(self) -> None:
         self.joined: list[str] = []
         self.current: str | None = None
+        self.switching: str | None = None
 
     def update(self, line: str) -> bool:
         """Follow one (sanitised) line from the server; True if it changed
@@ -285,11 +288,13 @@ class Rooms:
             self.joined.remove(room)
 
     def step(self, by: int) -> str | None:
-        """The room ``by`` places after the current one (before, if negative),
-        round the joined rooms; None if there is no other."""
+        """The room ``by`` places after the current one, or after the one
+        a key has asked for (before, if negative), round the joined rooms;
+        None if there is no other."""
         if len(self.joined) < 2:
             return None
-        index = self.joined.index(self.current) if self.current in self.joined else -1
+        base = self.switching if self.switching in self.joined else self.current
+        index = self.joined.index(base) if base in self.joined else -1
         return self.joined[(index + by) % len(self.joined)]
 
     def number(self, number: int) -> str | None:
@@ -640,9 +645,9 @@ class _Sent:
     """A line sent after the welcome, until the ``/ping`` sent after it is
     answered: an error before that pong is the server's refusal of it."""
 
-    __slots__ = ("done", "number", "own", "pongs", "refusal", "text")
+    __slots__ = ("done", "number", "own", "pongs", "refusal", "switching", "text")
 
-    def __init__(self, text: str, number: int) -> None:
+    def __init__(self, text: str, number: int, switching: str | None = None) -> None:
         self.text = text
         self.number = number  # the input line's number, for the error message
         self.own = own_line(text)  # "<You> text", shown once the server took it
@@ -650,6 +655,8 @@ class _Sent:
         self.pongs = 1 if text.split(maxsplit=1)[0].lower() == "/ping" else 0
         self.refusal: str | None = None
         self.done = asyncio.Event()
+        #: The room a room key switches to with this line (see Rooms.switching).
+        self.switching = switching
 
 
 class TerminalClient:
@@ -747,6 +754,8 @@ class TerminalClient:
                 self.show(line, Kind.NOTICE)
                 return
             self._sent.popleft()  # ours: the server has answered the line
+            if sent.switching is not None and self.rooms.switching == sent.switching:
+                self.rooms.switching = None  # the last key's switch is answered: done, or refused
             if sent.refusal is None and sent.own is not None:
                 self.show(sent.own, Kind.OWN)
             sent.done.set()
@@ -845,7 +854,8 @@ class TerminalClient:
         if room is None or room == self.rooms.current or self._writer is None or self._leaving:
             return
         text = f"/join {room}"
-        self._sent.append(_Sent(text, 0))
+        self.rooms.switching = room
+        self._sent.append(_Sent(text, 0, switching=room))
         # Written without waiting for the socket to take it (a key press
         # cannot wait); if the connection is gone, the reader says so.
         self._writer.write(f"{text}\n/ping\n".encode())
