@@ -42,6 +42,7 @@ from chatcore.events import (
     Welcome,
 )
 from chatcore.message import Message
+from chatcore.names import nick_problem
 from chatcore.wire import Protocol, WireFormat
 from chatcore.wire.framing import LineFraming
 
@@ -415,13 +416,27 @@ def handle_text(client: Client, text: str) -> None:
 
 
 def _before_login(client: Client, text: str) -> None:
-    """Until the server password is given: only /pass and /quit. The line is
-    not passed to any plugin (it holds the password)."""
+    """Until the server password is given: only /pass, /nick (the name to
+    enter under, so that the room never sees a guest name first) and /quit.
+    The line is not passed to any plugin (it holds the password)."""
     name, _, args = text[1:].partition(" ") if text[0] == "/" else ("", "", "")
     name = name.lower()
+    server = client.server
     if name == "pass":
-        if client.server.log_in(client, password=args.strip()) is not None and not client.closed:
+        password, nick = args.strip(), client.offered_nick or None
+        refusal = server.log_in(client, password=password, nick=nick)
+        if refusal is not None and refusal.reason == "nick_taken" and not client.closed:
+            client.error(f"nickname {nick!r} is taken: you enter under a guest name (/nick NAME to choose another)")
+            refusal = server.log_in(client, password=password)
+        if refusal is not None and not client.closed:
             client.error(WRONG_PASSWORD)
+    elif name == "nick":
+        nick = args.strip()
+        if (problem := nick_problem(nick)) is not None:
+            client.error(problem)
+        else:
+            client.offered_nick = nick
+            client.notice(f"you will enter as {nick} once the password is given")
     elif name == "quit":
         client.disconnect(args.strip() or "quit", notice="goodbye")
     else:
