@@ -316,6 +316,41 @@ def test_the_script_never_turns_text_into_markup():
     assert 'rel = "noopener noreferrer"' in script
 
 
+def _luminance(colour: str) -> float:
+    """WCAG 2's relative luminance of ``#rrggbb``."""
+    channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def _contrast(one: str, other: str) -> float:
+    light, dark = sorted((_luminance(one), _luminance(other)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_every_nick_colour_is_readable_on_the_page_in_both_schemes():
+    """WCAG AA (4.5:1) for every nick colour on the background and on one's
+    own lines, in the light scheme and the dark one; as many colours as the
+    script hashes nicks into."""
+    from importlib import resources
+
+    static = resources.files("chatcore.plugins").joinpath("web_static")
+    css = static.joinpath("style.css").read_text()
+    script = static.joinpath("app.js").read_text()
+    light, dark = css.split("@media (prefers-color-scheme: dark)", 1)
+    dark = dark.split("}", 1)[0]
+    count = int(re.search(r"const NICK_COLORS = (\d+);", script)[1])  # type: ignore[index]
+    for scheme in (light, dark):
+        variables = dict(re.findall(r"--([a-z0-9-]+): (#[0-9a-f]{6});", scheme))
+        colours = [variables[f"nick-{n}"] for n in range(count)]
+        assert len(set(colours)) == count
+        for colour in colours:
+            for background in (variables["bg"], variables["own"]):
+                assert _contrast(colour, background) >= 4.5, (colour, background)
+    for n in range(count):
+        assert f".nick-color-{n} {{ color: var(--nick-{n}); }}" in css
+
+
 @pytest.mark.parametrize(
     "path", ["/../pyproject.toml", "/web_static/app.js", "/%2e%2e/web.py", "/..%2fweb.py", "/app.js/..", "//etc/passwd"]
 )

@@ -27,6 +27,7 @@ from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -140,6 +141,41 @@ def badges(driver: WebDriver) -> dict[str, str]:
     return found
 
 
+def private_list(driver: WebDriver) -> dict[str, str]:
+    """Each private conversation in the list, with its unread badge ("" for none)."""
+    # Read in one step: the list is drawn anew as messages come.
+    found: dict[str, str] = driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#privates li')].map((item) =>"
+        " [item.querySelector('button.peer').textContent, item.querySelector('.badge')?.textContent || '']))"
+    )
+    return found
+
+
+def peer_button(driver: WebDriver, nick: str):  # type: ignore[no-untyped-def]
+    for button in driver.find_elements(By.CSS_SELECTOR, "#privates button.peer"):
+        if button.text == nick:
+            return button
+    raise AssertionError(f"no private conversation with {nick} in the list")
+
+
+def shown(driver: WebDriver) -> str:
+    return str(driver.find_element(By.ID, "room-name").text)
+
+
+def topic(driver: WebDriver) -> tuple[str, str | None]:
+    """The topic bar's text, and whether the visitor may edit it ("true"/"false")."""
+    bar = driver.find_element(By.ID, "topic")
+    return bar.find_element(By.ID, "topic-text").text, bar.get_attribute("data-editable")
+
+
+def nick_color(nick: str) -> str:
+    """app.js's nickColor: djb2 (xor) of the lower-case nick, modulo 16."""
+    value = 5381
+    for char in nick.lower():
+        value = ((value * 33) ^ ord(char)) & 0xFFFFFFFF
+    return f"nick-color-{value % 16}"
+
+
 def members(driver: WebDriver) -> list[str]:
     return [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#members li")]
 
@@ -207,7 +243,13 @@ def test_two_browsers_and_a_native_client_chat_in_every_direction(browser, tmp_p
             say(bob, "/msg nat psst from bob")
             native.expect("*bob* psst from bob")
             native.send("/msg alice psst from nat")
+            # In a conversation of its own, not the room's timeline.
+            wait(alice, lambda d: private_list(d) == {"nat": "1"}, "a private conversation with nat, unread")
+            assert "psst from nat" not in log_texts(alice)
+            peer_button(alice, "nat").click()
             wait_for_text(alice, "psst from nat")
+            room_button(alice, "lobby").click()
+            wait(alice, lambda d: d.find_element(By.ID, "room-name").text == "#lobby", "alice back in the lobby")
             assert "psst from nat" not in log_texts(bob)
 
             # Markup and script-like text stay text.
@@ -256,6 +298,133 @@ def test_two_browsers_and_a_native_client_chat_in_every_direction(browser, tmp_p
             wait(alice, lambda d: "alicia" in members(d), "the new nick")
             native.expect("* alice is now known as alicia")
             screenshot(alice, tmp_path, "web-chat")
+        finally:
+            native.close()
+
+
+def test_two_rooms_a_private_conversation_with_a_native_user_and_the_topic(browser, tmp_path):
+    with serve() as server:
+        url = "http://{}:{}/".format(*server.addresses["ws"])
+        native = LineClient(server.addresses["tcp"])
+        try:
+            native.send("/nick nat")
+            native.expect("* you are now known as nat")
+            native.send("/topic Welcome, all")  # nat came first: the lobby's operator
+            native.expect("* nat set the topic: Welcome, all")
+
+            # Connected and welcomed, asking for a name: in no room meanwhile.
+            alice = browser()
+            alice.get(url)
+            wait(alice, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is not None, "the dialog")
+            wait(alice, lambda d: state(d) == "connected", "connected")
+            wait(alice, lambda d: log_has(d, "Welcome to chatcore"), "the welcome")  # in the chat, as a guest
+            assert not [line for line in native.sync() if "joined" in line or "guest-" in line]
+            heard = len(native.received)
+            field = alice.find_element(By.ID, "nick-input")
+            field.clear()
+            field.send_keys("alice")
+            alice.find_element(By.ID, "nick-submit").click()
+            native.expect("* alice joined")  # the first the room hears of her: her own name
+            assert not [line for line in native.received[heard:] if "guest-" in line]
+            wait(alice, lambda d: shown(d) == "#lobby", "alice in the lobby")
+            assert log_has(alice, "Welcome to chatcore")  # the welcome stays on top of the first room
+
+            # The lobby's topic, read-only for alice; it changes live.
+            wait(alice, lambda d: topic(d) == ("Welcome, all", "false"), "the lobby's topic, read-only")
+            alice.find_element(By.ID, "topic-text").click()
+            assert not alice.find_element(By.ID, "topic-input").is_displayed()
+            native.send("/topic Quiet please")
+            wait(alice, lambda d: topic(d)[0] == "Quiet please", "the new topic")
+            wait_for_text(alice, "nat set the topic: Quiet please")
+
+            # A second room, which alice runs: she sets its topic in the page.
+            alice.find_element(By.ID, "join-input").send_keys("dev")
+            alice.find_element(By.CSS_SELECTOR, "#join-form button").click()
+            wait(alice, lambda d: shown(d) == "#dev", "alice in dev")
+            wait(alice, lambda d: topic(d) == ("no topic: click to set one", "true"), "dev's topic, editable")
+            native.send("/join dev")
+            native.expect("* you are now in dev (2 here)")
+            wait(alice, lambda d: members(d) == ["alice", "nat"], "dev's members")
+            alice.find_element(By.ID, "topic-text").click()
+            editor = alice.find_element(By.ID, "topic-input")
+            wait(alice, lambda d: editor.is_displayed(), "the topic editor")
+            editor.send_keys("Release on Friday\n")
+            native.expect("[dev] * alice set the topic: Release on Friday")
+            wait(alice, lambda d: topic(d) == ("Release on Friday", "true"), "dev's topic set")
+            assert not editor.is_displayed()
+            # Escape leaves it as it was.
+            alice.find_element(By.ID, "topic-text").click()
+            editor.send_keys("never mind")
+            editor.send_keys(Keys.ESCAPE)
+            wait(alice, lambda d: not editor.is_displayed(), "the editor closed")
+            assert topic(alice) == ("Release on Friday", "true")
+            # Her topic is the lobby's no more when she looks there, and nat's lines wait under badges.
+            native.send("/join lobby")  # nat's current room: the lobby
+            native.expect("* you now talk in lobby")
+            native.send("said in the lobby")
+            wait(alice, lambda d: badges(d) == {"lobby": "1"}, "a badge on the lobby")
+            assert "said in the lobby" not in log_texts(alice)
+
+            # A private conversation, opened from the member list.
+            alice.find_elements(By.CSS_SELECTOR, "#members li")[1].click()  # nat
+            wait(alice, lambda d: shown(d) == "private: nat", "the conversation with nat")
+            assert topic(alice) == ("private conversation with nat: only you two see it", "false")
+            say(alice, "hi nat, just us")
+            native.expect("*alice* hi nat, just us")
+            wait_for_text(alice, "hi nat, just us")
+            native.send("/msg alice hi alice")
+            wait_for_text(alice, "hi alice")
+            assert private_list(alice) == {"nat": ""}
+            # Back in dev: the conversation is not in the room's timeline; a
+            # message that comes meanwhile waits under its badge.
+            room_button(alice, "dev").click()
+            wait(alice, lambda d: shown(d) == "#dev", "dev shown again")
+            assert not {"hi nat, just us", "hi alice"} & set(log_texts(alice))
+            native.send("/msg alice are you there?")
+            wait(alice, lambda d: private_list(d) == {"nat": "1"}, "an unread private message")
+            assert "are you there?" not in log_texts(alice)
+            # /msg typed in a room: sent, into the conversation, and the view stays.
+            say(alice, "/msg nat yes, in dev")
+            native.expect("*alice* yes, in dev")
+            assert shown(alice) == "#dev"
+            peer_button(alice, "nat").click()
+            wait_for_text(alice, "yes, in dev")
+            assert log_texts(alice) == [
+                "hi nat, just us", "hi alice", "are you there?", "yes, in dev",
+            ]  # fmt: skip
+            assert private_list(alice) == {"nat": ""}
+            # A rename follows the conversation.
+            native.send("/nick natalie")
+            wait(alice, lambda d: private_list(d) == {"natalie": ""}, "the conversation renamed")
+            wait(alice, lambda d: shown(d) == "private: natalie", "the view renamed")
+            say(alice, "still there?")
+            native.expect("*alice* still there?")
+
+            # Each nick's colour comes from its name, the same in the log and the member list.
+            nick_classes = {
+                e.text: e.get_attribute("class") for e in alice.find_elements(By.CSS_SELECTOR, "#log .nick")
+            }
+            assert nick_color("alice") in nick_classes["alice"]
+            assert nick_color("nat") in nick_classes["nat"]
+            room_button(alice, "lobby").click()
+            wait(alice, lambda d: shown(d) == "#lobby", "the lobby")
+            wait_for_text(alice, "said in the lobby")
+            wait(alice, lambda d: members(d) == ["alice", "natalie"], "the lobby's members")
+            for item in alice.find_elements(By.CSS_SELECTOR, "#members li"):
+                assert nick_color(item.text) in item.get_attribute("class")
+            assert "op" in alice.find_elements(By.CSS_SELECTOR, "#members li")[1].get_attribute("class")
+            colours = {
+                item.text: alice.execute_script("return getComputedStyle(arguments[0]).color", item)
+                for item in alice.find_elements(By.CSS_SELECTOR, "#members li")
+            }
+            text_colour = alice.execute_script("return getComputedStyle(document.body).color")
+            assert len({*colours.values(), text_colour}) == 3  # two nicks (two colours), neither the text's
+            screenshot(alice, tmp_path, "web-private")
+            # Closing the conversation.
+            peer_button(alice, "natalie").find_element(By.XPATH, "..").find_element(
+                By.CSS_SELECTOR, "button.leave"
+            ).click()
+            wait(alice, lambda d: private_list(d) == {}, "the conversation closed")
         finally:
             native.close()
 
