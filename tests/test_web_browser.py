@@ -425,6 +425,19 @@ def test_two_rooms_a_private_conversation_with_a_native_user_and_the_topic(brows
                 By.CSS_SELECTOR, "button.leave"
             ).click()
             wait(alice, lambda d: private_list(d) == {}, "the conversation closed")
+            wait(alice, lambda d: shown(d) == "#lobby", "the room shown again")
+            # /query, the page's own command, opens one again (and says a line in it).
+            alice.find_element(By.ID, "input").send_keys("/query no/such")
+            alice.find_element(By.CSS_SELECTOR, "#input-form button").click()
+            wait_for_text(alice, "usage: /query NICK [TEXT] (a nick: 1 to 32 letters, digits, _ or -)")
+            assert alice.find_element(By.ID, "input").get_attribute("value") == "/query no/such"  # kept, to mend
+            alice.find_element(By.ID, "input").clear()
+            say(alice, "/query natalie back again")
+            native.expect("*alice* back again")
+            wait(alice, lambda d: shown(d) == "private: natalie", "the conversation opened by /query")
+            wait_for_text(alice, "back again")
+            alice.find_element(By.ID, "input").send_keys("/me waves\n")
+            wait_for_text(alice, "/me is for rooms: a private conversation has no actions")
         finally:
             native.close()
 

@@ -438,7 +438,7 @@ function modesChanged(event) {
     const argument = "ovbek".includes(letter) || (letter === "l" && adding) ? args.shift() || "" : "";
     const roles = letter === "o" ? state.operators : letter === "v" ? state.voiced : null;
     if (roles) roles[adding ? "add" : "delete"](argument.toLowerCase());
-    else if (/^[a-z]$/.test(letter) && !"be".includes(letter)) state.flags[adding ? "add" : "delete"](letter);
+    else if ("imnst".includes(letter)) state.flags[adding ? "add" : "delete"](letter);
   }
   if (event.room === view) renderTopic();
   if (event.room === me.room) renderMembers();
@@ -926,14 +926,14 @@ $("input-form").addEventListener("submit", (submit) => {
   const peer = view.startsWith("@") ? privates.get(view.slice(1)) : "";
   if (command === "query") {
     // The page's own command (WeeChat's): open a private conversation.
-    const [, nick = "", ...rest] = words;
+    const [, nick = "", said = ""] = text.match(/^\/\S+\s*(\S*)\s*(.*)$/);
     if (!NICK_PATTERN.test(nick)) {
       note("usage: /query NICK [TEXT] (a nick: 1 to 32 letters, digits, _ or -)", "error");
       return;
     }
     talkTo(nick);
     input.value = "";
-    if (rest.length) sendLine(`/msg ${nick} ${text.slice(text.indexOf(nick) + nick.length).trim()}`);
+    if (said) sendLine(`/msg ${nick} ${said}`);
     return;
   }
   if (peer && (command === "me" || !command)) {
