@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import trustme
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -74,13 +74,50 @@ def wait(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str, ti
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
     except TimeoutException:
-        log = [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#log li")][-10:]
+        log = texts(driver, "#log li")[-10:]
         state = driver.find_element(By.ID, "state").text
         raise AssertionError(f"timed out waiting for {what}; state {state!r}, log {log}") from None
 
 
+# The page draws its log and lists anew as events come (a view switched,
+# a badge counted): what the tests read of them is read in one script, as
+# the page has it at one moment, never element by element (an element found
+# may be gone from the page by the time its text is asked for).
+
+
+def texts(driver: WebDriver, selector: str) -> list[str]:
+    """The text of each element ``selector`` finds (without CSS-generated text)."""
+    found: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map((e) => e.textContent)", selector
+    )
+    return found
+
+
+def click(driver: WebDriver, find: Callable[[WebDriver], Any], what: str) -> None:
+    """Click what ``find`` finds, again if the page drew it anew meanwhile."""
+
+    def clicked(d: WebDriver) -> bool:
+        try:
+            find(d).click()
+        except (StaleElementReferenceException, NoSuchElementException, LookupError):
+            return False
+        return True
+
+    wait(driver, clicked, what)
+
+
+def styled(driver: WebDriver, selector: str) -> list[tuple[str, str, str]]:
+    """Each element's text, classes and computed colour."""
+    found: list[tuple[str, str, str]] = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])]"
+        ".map((e) => [e.textContent, e.className, getComputedStyle(e).color])",
+        selector,
+    )
+    return found
+
+
 def log_texts(driver: WebDriver) -> list[str]:
-    return [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#log li .text")]
+    return texts(driver, "#log li .text")
 
 
 def log_has(driver: WebDriver, part: str) -> bool:
@@ -113,12 +150,22 @@ def say(driver: WebDriver, text: str) -> None:
     wait(driver, lambda d: d.find_element(By.ID, "input").get_attribute("value") == "", "the line sent")
 
 
+def _button(driver: WebDriver, selector: str, name: str):  # type: ignore[no-untyped-def]
+    """The button ``selector`` finds whose text (less a count) is ``name``,
+    found in one script; LookupError if there is none (yet)."""
+    button = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])]"
+        ".find((b) => b.textContent.split(' (')[0] === arguments[1]) || null",
+        selector,
+        name,
+    )
+    if button is None:
+        raise LookupError(f"no {name} in the list ({selector})")
+    return button
+
+
 def room_button(driver: WebDriver, room: str):  # type: ignore[no-untyped-def]
-    for item in driver.find_elements(By.CSS_SELECTOR, "#rooms li"):
-        button = item.find_element(By.CSS_SELECTOR, "button.room")
-        if button.text.split(" (")[0] == room:
-            return button
-    raise AssertionError(f"no room {room} in the list")
+    return _button(driver, "#rooms button.room", room)
 
 
 def leave_button(driver: WebDriver, room: str):  # type: ignore[no-untyped-def]
@@ -126,18 +173,17 @@ def leave_button(driver: WebDriver, room: str):  # type: ignore[no-untyped-def]
 
 
 def joined_rooms(driver: WebDriver) -> list[str]:
-    return [
-        item.find_element(By.CSS_SELECTOR, "button.room").text.split(" (")[0]
-        for item in driver.find_elements(By.CSS_SELECTOR, "#rooms li.joined")
-    ]
+    return [text.split(" (")[0] for text in texts(driver, "#rooms li.joined button.room")]
 
 
 def badges(driver: WebDriver) -> dict[str, str]:
     """The unread badge of each joined room that has one."""
-    found = {}
-    for item in driver.find_elements(By.CSS_SELECTOR, "#rooms li.joined"):
-        for badge in item.find_elements(By.CSS_SELECTOR, ".badge"):
-            found[item.find_element(By.CSS_SELECTOR, "button.room").text.split(" (")[0]] = badge.text
+    found: dict[str, str] = driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#rooms li.joined')]"
+        ".filter((item) => item.querySelector('.badge'))"
+        ".map((item) => [item.querySelector('button.room').textContent.split(' (')[0],"
+        " item.querySelector('.badge').textContent]))"
+    )
     return found
 
 
@@ -152,10 +198,7 @@ def private_list(driver: WebDriver) -> dict[str, str]:
 
 
 def peer_button(driver: WebDriver, nick: str):  # type: ignore[no-untyped-def]
-    for button in driver.find_elements(By.CSS_SELECTOR, "#privates button.peer"):
-        if button.text == nick:
-            return button
-    raise AssertionError(f"no private conversation with {nick} in the list")
+    return _button(driver, "#privates button.peer", nick)
 
 
 def shown(driver: WebDriver) -> str:
@@ -177,7 +220,7 @@ def nick_color(nick: str) -> str:
 
 
 def members(driver: WebDriver) -> list[str]:
-    return [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#members li")]
+    return texts(driver, "#members li")
 
 
 def screenshot(driver: WebDriver, tmp_path: Path, name: str) -> Path:
@@ -234,10 +277,7 @@ def test_two_browsers_and_a_native_client_chat_in_every_direction(browser, tmp_p
             native.expect("* alice waves")
             wait(
                 bob,
-                lambda d: (
-                    "alice" in [e.text for e in d.find_elements(By.CSS_SELECTOR, "li.action .nick")]
-                    or "* alice" in [e.text for e in d.find_elements(By.CSS_SELECTOR, "li.action .nick")]
-                ),
+                lambda d: "* alice" in texts(d, "li.action .nick"),
                 "the action",
             )
             say(bob, "/msg nat psst from bob")
@@ -246,9 +286,9 @@ def test_two_browsers_and_a_native_client_chat_in_every_direction(browser, tmp_p
             # In a conversation of its own, not the room's timeline.
             wait(alice, lambda d: private_list(d) == {"nat": "1"}, "a private conversation with nat, unread")
             assert "psst from nat" not in log_texts(alice)
-            peer_button(alice, "nat").click()
+            click(alice, lambda d: peer_button(d, "nat"), "the button nat")
             wait_for_text(alice, "psst from nat")
-            room_button(alice, "lobby").click()
+            click(alice, lambda d: room_button(d, "lobby"), "the button lobby")
             wait(alice, lambda d: d.find_element(By.ID, "room-name").text == "#lobby", "alice back in the lobby")
             assert "psst from nat" not in log_texts(bob)
 
@@ -280,19 +320,21 @@ def test_two_browsers_and_a_native_client_chat_in_every_direction(browser, tmp_p
             assert "hello from alice" not in log_texts(bob)  # the lobby's lines are in its own buffer
             wait(
                 bob,
-                lambda d: any(b.text == "dev (1)" for b in d.find_elements(By.CSS_SELECTOR, "#rooms button.room")),
+                lambda d: "dev (1)" in texts(d, "#rooms button.room"),
                 "dev in the room list, live",
             )
             native.send("said while bob looks at dev")
             wait(bob, lambda d: badges(d) == {"lobby": "1"}, "a badge on the lobby")
             assert "said while bob looks at dev" not in log_texts(bob)
-            room_button(bob, "lobby").click()  # back to the lobby: a switch, not a new join
+            click(
+                bob, lambda d: room_button(d, "lobby"), "the button lobby"
+            )  # back to the lobby: a switch, not a new join
             wait(bob, lambda d: d.find_element(By.ID, "room-name").text == "#lobby", "bob back in the lobby")
             wait_for_text(bob, "said while bob looks at dev")
             assert "hello from alice" in log_texts(bob)
             assert badges(bob) == {}
             assert not [seen for seen in native.sync() if "bob" in seen]  # nat saw bob neither leave nor join
-            leave_button(bob, "dev").click()
+            click(bob, lambda d: leave_button(d, "dev"), "the button dev")
             wait(bob, lambda d: joined_rooms(d) == ["lobby"], "dev left")
             say(alice, "/nick alicia")
             wait(alice, lambda d: "alicia" in members(d), "the new nick")
@@ -358,6 +400,16 @@ def test_two_rooms_a_private_conversation_with_a_native_user_and_the_topic(brows
             editor.send_keys(Keys.ESCAPE)
             wait(alice, lambda d: not editor.is_displayed(), "the editor closed")
             assert topic(alice) == ("Release on Friday", "true")
+            # Changed by someone else while she edits: left alone until she is done.
+            say(alice, "/mode +o nat")
+            native.expect("[dev] * alice set mode +o nat")
+            alice.find_element(By.ID, "topic-text").click()
+            wait(alice, lambda d: editor.is_displayed(), "the editor again")
+            native.send("/topic Release on Monday")
+            wait_for_text(alice, "nat set the topic: Release on Monday")
+            assert editor.is_displayed()
+            editor.send_keys(Keys.ESCAPE)
+            wait(alice, lambda d: topic(d) == ("Release on Monday", "true"), "the topic set meanwhile")
             # Her topic is the lobby's no more when she looks there, and nat's lines wait under badges.
             native.send("/join lobby")  # nat's current room: the lobby
             native.expect("* you now talk in lobby")
@@ -366,7 +418,7 @@ def test_two_rooms_a_private_conversation_with_a_native_user_and_the_topic(brows
             assert "said in the lobby" not in log_texts(alice)
 
             # A private conversation, opened from the member list.
-            alice.find_elements(By.CSS_SELECTOR, "#members li")[1].click()  # nat
+            click(alice, lambda d: d.find_elements(By.CSS_SELECTOR, "#members li")[1], "nat in the member list")
             wait(alice, lambda d: shown(d) == "private: nat", "the conversation with nat")
             assert topic(alice) == ("private conversation with nat: only you two see it", "false")
             say(alice, "hi nat, just us")
@@ -377,7 +429,7 @@ def test_two_rooms_a_private_conversation_with_a_native_user_and_the_topic(brows
             assert private_list(alice) == {"nat": ""}
             # Back in dev: the conversation is not in the room's timeline; a
             # message that comes meanwhile waits under its badge.
-            room_button(alice, "dev").click()
+            click(alice, lambda d: room_button(d, "dev"), "the button dev")
             wait(alice, lambda d: shown(d) == "#dev", "dev shown again")
             assert not {"hi nat, just us", "hi alice"} & set(log_texts(alice))
             native.send("/msg alice are you there?")
@@ -387,7 +439,7 @@ def test_two_rooms_a_private_conversation_with_a_native_user_and_the_topic(brows
             say(alice, "/msg nat yes, in dev")
             native.expect("*alice* yes, in dev")
             assert shown(alice) == "#dev"
-            peer_button(alice, "nat").click()
+            click(alice, lambda d: peer_button(d, "nat"), "the button nat")
             wait_for_text(alice, "yes, in dev")
             assert log_texts(alice) == [
                 "hi nat, just us", "hi alice", "are you there?", "yes, in dev",
@@ -401,29 +453,30 @@ def test_two_rooms_a_private_conversation_with_a_native_user_and_the_topic(brows
             native.expect("*alice* still there?")
 
             # Each nick's colour comes from its name, the same in the log and the member list.
-            nick_classes = {
-                e.text: e.get_attribute("class") for e in alice.find_elements(By.CSS_SELECTOR, "#log .nick")
-            }
-            assert nick_color("alice") in nick_classes["alice"]
-            assert nick_color("nat") in nick_classes["nat"]
-            room_button(alice, "lobby").click()
+            in_log = {text: classes for text, classes, _ in styled(alice, "#log .nick")}
+            assert nick_color("alice") in in_log["alice"]
+            assert nick_color("nat") in in_log["nat"]
+            click(alice, lambda d: room_button(d, "lobby"), "the button lobby")
             wait(alice, lambda d: shown(d) == "#lobby", "the lobby")
             wait_for_text(alice, "said in the lobby")
             wait(alice, lambda d: members(d) == ["alice", "natalie"], "the lobby's members")
-            for item in alice.find_elements(By.CSS_SELECTOR, "#members li"):
-                assert nick_color(item.text) in item.get_attribute("class")
-            assert "op" in alice.find_elements(By.CSS_SELECTOR, "#members li")[1].get_attribute("class")
-            colours = {
-                item.text: alice.execute_script("return getComputedStyle(arguments[0]).color", item)
-                for item in alice.find_elements(By.CSS_SELECTOR, "#members li")
-            }
+            listed = styled(alice, "#members li")
+            for text, classes, _ in listed:
+                assert nick_color(text) in classes
+            assert ["op" in classes.split() for _, classes, _ in listed] == [False, True]  # natalie runs the lobby
             text_colour = alice.execute_script("return getComputedStyle(document.body).color")
-            assert len({*colours.values(), text_colour}) == 3  # two nicks (two colours), neither the text's
+            assert (
+                len({*(colour for _, _, colour in listed), text_colour}) == 3
+            )  # two nicks, two colours, not the text's
             screenshot(alice, tmp_path, "web-private")
             # Closing the conversation.
-            peer_button(alice, "natalie").find_element(By.XPATH, "..").find_element(
-                By.CSS_SELECTOR, "button.leave"
-            ).click()
+            click(
+                alice,
+                lambda d: (
+                    peer_button(d, "natalie").find_element(By.XPATH, "..").find_element(By.CSS_SELECTOR, ".leave")
+                ),
+                "the conversation's close button",
+            )
             wait(alice, lambda d: private_list(d) == {}, "the conversation closed")
             wait(alice, lambda d: shown(d) == "#lobby", "the room shown again")
             # /query, the page's own command, opens one again (and says a line in it).

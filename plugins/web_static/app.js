@@ -522,6 +522,12 @@ function closeTopicEditor() {
   $("topic-text").hidden = false;
 }
 
+// Done editing: shown as the server has it now (it may have changed meanwhile).
+function stopEditingTopic() {
+  closeTopicEditor();
+  renderTopic();
+}
+
 $("topic-text").addEventListener("click", openTopicEditor);
 $("topic-text").addEventListener("keydown", (key) => {
   if (key.key === "Enter" || key.key === " ") {
@@ -531,18 +537,20 @@ $("topic-text").addEventListener("keydown", (key) => {
 });
 $("topic-input").addEventListener("keydown", (key) => {
   if (key.key === "Escape") {
-    closeTopicEditor();
+    stopEditingTopic();
   } else if (key.key === "Enter") {
     key.preventDefault();
     const room = $("topic").dataset.room;
     const topic = $("topic-input").value.trim();
-    closeTopicEditor();
+    stopEditingTopic();
     if (room !== me.room || topic === (roomStates.get(room)?.topic || "")) return;
     // The topic shown changes when the server says it did (to everyone).
     sendLine(topic ? `/topic ${topic}` : "/topic --clear");
   }
 });
-$("topic-input").addEventListener("blur", closeTopicEditor);
+$("topic-input").addEventListener("blur", () => {
+  if (!$("topic-input").hidden) stopEditingTopic();
+});
 
 function invited(event) {
   const item = entry("notice", new Date());
