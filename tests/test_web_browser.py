@@ -338,6 +338,8 @@ def test_two_browsers_and_a_native_client_chat_in_every_direction(browser, tmp_p
             wait(bob, lambda d: joined_rooms(d) == ["lobby"], "dev left")
             say(alice, "/nick alicia")
             wait(alice, lambda d: "alicia" in members(d), "the new nick")
+            # She came first, so runs the lobby, under her new name too.
+            wait(alice, lambda d: topic(d) == ("no topic: click to set one", "true"), "the topic hers to set")
             native.expect("* alice is now known as alicia")
             screenshot(alice, tmp_path, "web-chat")
         finally:

@@ -226,8 +226,10 @@ function updateYou(you) {
     renderTopic();
   }
   if (you.nick !== me.nick) {
-    // The room is told of our new nick, but not we: update our own entry.
+    // The room is told of our new nick, but not we: update our own entry
+    // and roles.
     if (members.delete(me.nick)) members.add(you.nick);
+    if (me.nick) renameRoles(me.nick, you.nick);
     me.nick = you.nick;
     myNicks.add(you.nick);
     renderMembers();
@@ -447,11 +449,7 @@ function modesChanged(event) {
 // Someone in one of our rooms is now known as someone else: their roles,
 // and a private conversation with them, follow.
 function renamed(old, now) {
-  for (const state of roomStates.values()) {
-    for (const roles of [state.operators, state.voiced]) {
-      if (roles.delete(old.toLowerCase())) roles.add(now.toLowerCase());
-    }
-  }
+  renameRoles(old, now);
   const from = privateKey(old);
   const to = privateKey(now);
   if (!privates.has(old.toLowerCase())) return;
@@ -467,6 +465,14 @@ function renamed(old, now) {
   note(`${old} is now known as ${now}`, "event", new Date(), to);
   if (view === from) show(to);
   else renderPrivates();
+}
+
+function renameRoles(old, now) {
+  for (const state of roomStates.values()) {
+    for (const roles of [state.operators, state.voiced]) {
+      if (roles.delete(old.toLowerCase())) roles.add(now.toLowerCase());
+    }
+  }
 }
 
 function canSetTopic(room) {
