@@ -120,6 +120,15 @@ def add_options(parser: Any) -> None:
         help="users are spread over this many rooms, room-0 .. room-N-1 (default: %(default)s)",
     )
     group.add_argument(
+        "--rooms-per-user",
+        type=int,
+        default=1,
+        metavar="N",
+        env_var="CHATCORE_ROOMS_PER_USER",
+        help="each user joins N of the --rooms rooms (its own and the next N-1) and sends --message-rate "
+        "messages per second (and --messages N) to each of them; losses are counted per room (default: %(default)s)",
+    )
+    group.add_argument(
         "--listeners",
         type=float,
         default=0.0,
@@ -490,10 +499,19 @@ def compute_default_options_once(**_kwargs: Any) -> None:
 
 @events.init.add_listener
 def check_servers(environment: Environment, **_kwargs: Any) -> None:
-    """A bad --host, --chat-hosts or --chat-mix is a usage error before anything starts
-    (in the web UI the host may still be typed in later)."""
+    """A bad --host, --chat-hosts, --chat-mix or --rooms-per-user is a usage error before
+    anything starts (in the web UI the host may still be typed in later)."""
     options = environment.parsed_options
-    if options is None or not (options.chat_hosts or environment.host or options.headless):
+    if options is None:
+        return
+    if not 1 <= options.rooms_per_user <= max(1, options.rooms):
+        log.error(
+            "chatcore load test: --rooms-per-user %d: give 1 to --rooms (%d), or more --rooms",
+            options.rooms_per_user,
+            max(1, options.rooms),
+        )
+        sys.exit(2)
+    if not (options.chat_hosts or environment.host or options.headless):
         return
     try:
         spread_of(environment, environment.host)
