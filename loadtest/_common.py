@@ -93,7 +93,7 @@ def add_options(parser: Any) -> None:
         type=float,
         default=1.0,
         env_var="CHATCORE_MESSAGE_RATE",
-        help="messages per second sent by each sending user (default: %(default)s)",
+        help="messages per second sent by each sending user, to each of its rooms (default: %(default)s)",
     )
     group.add_argument(
         "--message-size",
@@ -108,8 +108,9 @@ def add_options(parser: Any) -> None:
         default=0,
         metavar="N",
         env_var="CHATCORE_MESSAGES",
-        help="a run of a known size: each sending user sends N messages, starting once every user (of its Locust "
-        "process) is in the chat, and the run ends once all have been sent and no delivery has arrived for "
+        help="a run of a known size: each sending user sends N messages (to each of its rooms), starting once "
+        "every user (of its Locust process) is in the chat, and the run ends once all have been sent and no "
+        "delivery has arrived for "
         f"{QUIET_AFTER_MESSAGES:g} s; -t still caps the run (default: 0, send until -t)",
     )
     group.add_argument(

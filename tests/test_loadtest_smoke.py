@@ -725,7 +725,17 @@ def test_chatcore_options_are_in_the_web_ui_advanced_options(tmp_path: Path) -> 
     start = html.index("templateArgs = ") + len("templateArgs = ")
     template, _ = json.JSONDecoder().raw_decode(html, start)
     offered = template["extra_options"]
-    for option in ("message_rate", "message_size", "messages", "rooms", "listeners", "chat_hosts", "chat_mix"):
+    options = (
+        "message_rate",
+        "message_size",
+        "messages",
+        "rooms",
+        "rooms_per_user",
+        "listeners",
+        "chat_hosts",
+        "chat_mix",
+    )
+    for option in options:
         assert option in offered, (option, sorted(offered), output)
     assert offered["message_rate"]["default_value"] == 1.0
     assert "messages per second" in offered["message_rate"]["help_text"]
