@@ -1059,6 +1059,9 @@ class ChatServer:
         if self.hooks.room_events_observed:  # what the rooms here heard, from wherever
             for event in events:
                 self.hooks.room_event(self, event)
+        if first.changes_state and self.hooks.room_changes_observed:  # one kind: the first says for all
+            for event in events:
+                self.hooks.room_changed(self, event)
         return count
 
     def _backplane_failed(self, method: str) -> None:
