@@ -12,6 +12,7 @@ import argparse
 import os
 import re
 import ssl
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -94,6 +95,13 @@ class Config:
         #: The server password or its hash (``--password-file`` or
         #: ``CHATCORE_PASSWORD``), or None for an open server.
         self.password: str | None = None
+        #: Whether the last load of the configuration was applied: the one
+        #: at the start, then each reload (SIGHUP; a reload that failed keeps
+        #: the running configuration and sets this False until one succeeds).
+        self.last_reload_successful = True
+        #: When the configuration was last loaded and applied
+        #: (``time.time()``): the start, then each successful reload.
+        self.last_reload_success_time = time.time()
 
     def getoption(self, name: str, default: Any = None) -> Any:
         """An option's value by its ``dest`` name, or ``default``."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import ssl
+import time
 from typing import TYPE_CHECKING
 
 from chatcore.config import read_password, reread_options
@@ -45,6 +46,7 @@ def reload_configuration(server: ChatServer) -> bool:
         password = read_password(new, config.environ)
         appliers = server.hooks.reload(server, old, new)
     except (UsageError, PluginError) as exc:
+        config.last_reload_successful = False
         log.error("reload failed: %s; the running configuration is kept", exc)
         return False
     for name in restart:
@@ -56,6 +58,8 @@ def reload_configuration(server: ChatServer) -> bool:
     if context is not None and server.certificates is not None:
         server.certificates.use(new.tls_cert, new.tls_key, context)
     server.hooks.apply_reload(appliers)
+    config.last_reload_successful = True
+    config.last_reload_success_time = time.time()
     log.info("configuration reloaded: %s", ", ".join(changed) + " changed" if changed else "nothing changed")
     return True
 

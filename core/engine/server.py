@@ -208,6 +208,18 @@ class ChatServer:
         while new connections are accepted (what ``/healthz`` reports)."""
         return self._accepting and not self._stopping
 
+    def readiness_problems(self) -> list[str]:
+        """Why the server is not ready to serve, one sentence each, or an
+        empty list when it is: it is not accepting connections (starting,
+        or shutting down), or its backplane reports problems
+        (:meth:`Backplane.problems <chatcore.engine.backplane.Backplane.problems>`:
+        a cluster link that is down). What ``/readyz`` reports; any thread."""
+        if self._stopping:
+            return ["shutting down: not accepting connections"]
+        if not self._accepting:
+            return ["starting: not accepting connections yet"]
+        return list(self.backplane.problems())
+
     def stop(self, reason: str = "server shutting down", timeout: float = SHUTDOWN_LINGER) -> None:
         """Stop accepting, tell every client, flush what is queued, close.
 

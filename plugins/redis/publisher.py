@@ -247,6 +247,7 @@ class Publisher(threading.Thread):
                 client = None
                 backoff.wait(cluster.stopping)
                 continue
+            cluster.exchanged()
             if failing:
                 log.warning("publishing to Redis works again")
             failing = False

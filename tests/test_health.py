@@ -1,0 +1,261 @@
+"""Health that tells the truth (issue 26): the metrics plugin's /healthz
+and /readyz, the process, build, reload and Redis link series; over real
+HTTP, against real server processes where the thing under test is the
+process."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from redis_support import RedisServer
+
+from chatcore import hookimpl
+from chatcore.testing import LineClient, ServerProcess, wait_for
+
+ROOT = Path(__file__).parent.parent
+METRICS_AT = re.compile(r"metrics at http://127\.0\.0\.1:(\d+)/metrics")
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample at ``url``/metrics, as ``{(name, sorted labels): value}``."""
+    status, text = get(url + "/metrics")
+    assert status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    return samples(url)[(name, tuple(sorted(labels.items())))]
+
+
+def metrics_url(proc: ServerProcess) -> str:
+    """The metrics endpoint of a server process started with --metrics-port 0."""
+    line = proc.expect_log(METRICS_AT)
+    match = METRICS_AT.search(line)
+    assert match is not None
+    return f"http://127.0.0.1:{match.group(1)}"
+
+
+class ReadyDuringShutdown:
+    """Asks /readyz and /healthz while the server is disconnecting everyone."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, str]] = []
+
+    @hookimpl
+    def chatcore_client_left(self, client, reason):
+        if reason == "server shutting down":
+            url = client.server.config.data["metrics"].url
+            self.answers += [get(url + "/readyz"), get(url + "/healthz")]
+
+
+# -- /healthz and /readyz ------------------------------------------------------
+
+
+def test_a_server_on_its_own_is_ready_while_it_serves(chat_server_factory, chat_client):
+    watcher = ReadyDuringShutdown()
+    server = chat_server_factory("--plugins", "metrics", "--metrics-port", "0", plugins=[watcher])
+    url = server.config.data["metrics"].url
+    assert get(url + "/healthz") == (200, "ok\n")
+    assert get(url + "/readyz") == (200, "ready\n")
+    chat_client(server)
+    server.stop(timeout=1.0)
+    assert watcher.answers == [
+        (503, "not ready: shutting down: not accepting connections\n"),
+        (503, "not accepting connections\n"),
+    ]
+
+
+def test_unknown_paths_name_the_three_known_ones(chat_server_factory):
+    server = chat_server_factory("--plugins", "metrics", "--metrics-port", "0")
+    assert get(server.config.data["metrics"].url + "/ready") == (404, "not found: try /metrics, /healthz or /readyz\n")
+
+
+def ready_answer(url: str, status: int) -> tuple[int, str] | None:
+    answer = get(url + "/readyz")
+    return answer if answer[0] == status else None
+
+
+@pytest.mark.slow
+def test_readyz_follows_the_link_to_a_real_redis(tmp_path):
+    redis = RedisServer(tmp_path)  # not started: the server comes up before its Redis
+    args = ["--plugins", "redis,metrics", "--metrics-port", "0", "--redis-url", redis.url]
+    with ServerProcess(*args, "--redis-cluster", "health", "--redis-timeout", "1") as proc:
+        try:
+            url = metrics_url(proc)
+            _, why = wait_for(lambda: ready_answer(url, 503), message="/readyz to say not ready")
+            assert re.fullmatch(
+                r"not ready: (the cluster link to Redis is down \(.*Connection refused.*\) for \d+ s; reconnecting"
+                r"|not linked to the cluster yet: Redis at redis://127\.0\.0\.1:\d+/0 has not answered"
+                r" since the start)\n",
+                why,
+            ), why
+            assert get(url + "/healthz") == (200, "ok\n")  # alive all the same
+            assert metric(url, "chatcore_redis_link_up") == 0
+            assert metric(url, "chatcore_redis_last_exchange_timestamp_seconds") == 0
+
+            redis.start()
+            wait_for(lambda: ready_answer(url, 200), timeout=10, message="/readyz ready once Redis answers")
+            assert get(url + "/readyz") == (200, "ready\n")
+            assert metric(url, "chatcore_redis_link_up") == 1
+            # Redis is asked at least every quarter second.
+            assert time.time() - metric(url, "chatcore_redis_last_exchange_timestamp_seconds") < 2
+
+            # Redis stops: it closes the link, which is known down at once.
+            redis.stop()
+            stopped = time.monotonic()
+            _, why = wait_for(lambda: ready_answer(url, 503), timeout=10, message="/readyz 503 after Redis stopped")
+            assert time.monotonic() - stopped < 5
+            assert re.fullmatch(r"not ready: the cluster link to Redis is down \(.+\) for \d+ s; reconnecting\n", why)
+            assert metric(url, "chatcore_redis_link_up") == 0
+            assert get(url + "/healthz") == (200, "ok\n")
+            last = metric(url, "chatcore_redis_last_exchange_timestamp_seconds")
+            assert 0 < last < time.time()
+
+            redis.start()  # on the same port, empty
+            back = time.monotonic()
+            wait_for(lambda: ready_answer(url, 200), timeout=10, message="/readyz ready after Redis came back")
+            assert time.monotonic() - back < 5
+            assert metric(url, "chatcore_redis_link_up") == 1
+            assert metric(url, "chatcore_redis_last_exchange_timestamp_seconds") > last
+
+            # Redis goes silent (stopped, not closed): known within --redis-timeout.
+            assert redis.proc is not None
+            redis.proc.send_signal(signal.SIGSTOP)
+            try:
+                silent = time.monotonic()
+                wait_for(lambda: ready_answer(url, 503), timeout=10, message="/readyz 503 while Redis is silent")
+                assert time.monotonic() - silent < 5
+            finally:
+                redis.proc.send_signal(signal.SIGCONT)
+            wait_for(lambda: ready_answer(url, 200), timeout=10, message="/readyz ready when Redis answers again")
+        finally:
+            redis.stop()
+    assert proc.returncode == 0
+    down = [line for line in proc.stderr.splitlines() if "cluster link down" in line]
+    assert len(down) >= 2  # the first outage, the stop and the silence: once per outage, not per retry
+
+
+# -- the process, build and reload series ----------------------------------------
+
+
+def _proc_status(pid: int, field: str) -> int:
+    """A ``kB`` or count field of /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _max_open_files(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])  # the soft limit
+    raise AssertionError(f"no open-file limit in /proc/{pid}/limits")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the process series are read from /proc (Linux)")
+def test_the_process_and_build_series_describe_the_server_process():
+    launched = time.time()
+    with ServerProcess("--plugins", "metrics", "--metrics-port", "0") as proc:
+        assert proc.proc is not None
+        pid = proc.proc.pid
+        url = metrics_url(proc)
+        clients = [LineClient(proc.address) for _ in range(3)]
+        for client in clients:
+            client.sync()
+        found = samples(url)
+        open_fds = len(os.listdir(f"/proc/{pid}/fd"))
+        resident = _proc_status(pid, "VmRSS") * 1024
+        virtual = _proc_status(pid, "VmSize") * 1024
+        max_fds = _max_open_files(pid)
+        for client in clients:
+            client.close()
+
+    def value(name: str, **labels: str) -> float:
+        return found[(name, tuple(sorted(labels.items())))]
+
+    # Started after we launched it, and before it answered (clock ticks of 10 ms).
+    assert launched - 1 <= value("process_start_time_seconds") <= time.time()
+    assert 0 < value("process_cpu_seconds_total") < 60
+    # Read a moment apart: the same within a little.
+    assert abs(value("process_resident_memory_bytes") - resident) < 0.2 * resident
+    assert abs(value("process_virtual_memory_bytes") - virtual) < 0.2 * virtual
+    assert abs(value("process_open_fds") - open_fds) <= 3
+    assert value("process_open_fds") >= 3 + 3  # the three clients, the listeners, stdio
+    assert value("process_max_fds") == max_fds
+    python = sys.version_info
+    assert (
+        value(
+            "python_info",
+            implementation=platform.python_implementation(),
+            major=str(python.major),
+            minor=str(python.minor),
+            patchlevel=str(python.micro),
+            version=f"{python.major}.{python.minor}.{python.micro}",
+        )
+        == 1
+    )
+    from chatcore.version import __version__
+
+    assert (
+        value(
+            "chatcore_build_info", version=__version__, python_version=f"{python.major}.{python.minor}.{python.micro}"
+        )
+        == 1
+    )
+    assert [key for key in found if key[0] == "chatcore_build_info"] == [
+        (
+            "chatcore_build_info",
+            (("python_version", f"{python.major}.{python.minor}.{python.micro}"), ("version", __version__)),
+        )
+    ]
+    # Loaded at the start: a success, at about the start.
+    assert value("chatcore_config_last_reload_successful") == 1
+    assert launched - 1 <= value("chatcore_config_last_reload_success_timestamp_seconds") <= time.time()
+
+
+@pytest.mark.slow
+def test_a_reload_s_success_and_failure_flip_the_gauges(tmp_path):
+    config = tmp_path / "chatcore.toml"
+    config.write_text('plugins = ["welcome", "metrics"]\nmetrics-port = 0\nwelcome-text = "Hello {nick}"\n')
+    with ServerProcess("--config", str(config)) as proc:
+        url = metrics_url(proc)
+        started = metric(url, "chatcore_config_last_reload_success_timestamp_seconds")
+        assert metric(url, "chatcore_config_last_reload_successful") == 1
+
+        config.write_text('plugins = ["welcome", "metrics"]\nmetrics-port = 0\nwelcome-text = "Hello {name}"\n')
+        proc.send_signal(signal.SIGHUP)
+        proc.expect_log(re.compile(r"reload failed: .*--welcome-text: bad placeholder"))
+        assert metric(url, "chatcore_config_last_reload_successful") == 0
+        assert metric(url, "chatcore_config_last_reload_success_timestamp_seconds") == started
+
+        before_fix = time.time()
+        config.write_text('plugins = ["welcome", "metrics"]\nmetrics-port = 0\nwelcome-text = "Hi {nick}"\n')
+        proc.send_signal(signal.SIGHUP)
+        proc.expect_log(re.compile(r"configuration reloaded: --welcome-text changed"))
+        assert metric(url, "chatcore_config_last_reload_successful") == 1
+        assert before_fix <= metric(url, "chatcore_config_last_reload_success_timestamp_seconds") <= time.time()
+    assert proc.returncode == 0
