@@ -389,8 +389,9 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
             default="text",
             choices=["text", "json"],
             help=(
-                "console log format: text, or json for log collectors (one object a line: "
-                "time, level, logger, message) (default: %(default)s)"
+                "console log format: text, or json for log collectors: every line one object, the start-up "
+                "line on standard output too, with time, level, logger, message and the event's fields "
+                "(event, nick, address, room, listener ...) (default: %(default)s)"
             ),
         )
     )

@@ -47,10 +47,18 @@ def reload_configuration(server: ChatServer) -> bool:
         appliers = server.hooks.reload(server, old, new)
     except (UsageError, PluginError) as exc:
         config.last_reload_successful = False
-        log.error("reload failed: %s; the running configuration is kept", exc)
+        log.error(
+            "reload failed: %s; the running configuration is kept",
+            exc,
+            extra={"event": "reload_failed", "error": str(exc)},
+        )
         return False
     for name in restart:
-        log.warning("reload: %s changed: needs a restart; left unchanged", name)
+        log.warning(
+            "reload: %s changed: needs a restart; left unchanged",
+            name,
+            extra={"event": "reload_needs_restart", "option": name},
+        )
     config.options = new
     server.apply_options(new, password)
     if new.log_level != old.log_level:
@@ -60,7 +68,11 @@ def reload_configuration(server: ChatServer) -> bool:
     server.hooks.apply_reload(appliers)
     config.last_reload_successful = True
     config.last_reload_success_time = time.time()
-    log.info("configuration reloaded: %s", ", ".join(changed) + " changed" if changed else "nothing changed")
+    log.info(
+        "configuration reloaded: %s",
+        ", ".join(changed) + " changed" if changed else "nothing changed",
+        extra={"event": "reloaded", "changed": changed},
+    )
     return True
 
 

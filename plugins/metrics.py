@@ -248,7 +248,13 @@ class MetricsEndpoint:
 
     def start(self) -> None:
         self._thread.start()
-        log.info("metrics at %s/metrics, health at %s/healthz and %s/readyz", self.url, self.url, self.url)
+        log.info(
+            "metrics at %s/metrics, health at %s/healthz and %s/readyz",
+            self.url,
+            self.url,
+            self.url,
+            extra={"event": "metrics_started", "url": self.url},
+        )
 
     def stop(self) -> None:
         if self._thread.is_alive():

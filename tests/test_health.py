@@ -1,10 +1,12 @@
-"""Health that tells the truth (issue 26): the metrics plugin's /healthz
-and /readyz, the process, build, reload and Redis link series; over real
-HTTP, against real server processes where the thing under test is the
-process."""
+"""Health that tells the truth and logs a machine can read (issue 26): the
+metrics plugin's /healthz and /readyz, the process, build, reload and Redis
+link series, and JSON console logs with fields; over real HTTP, against
+real server processes where the thing under test is the process."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import platform
 import re
@@ -259,3 +261,108 @@ def test_a_reload_s_success_and_failure_flip_the_gauges(tmp_path):
         assert metric(url, "chatcore_config_last_reload_successful") == 1
         assert before_fix <= metric(url, "chatcore_config_last_reload_success_timestamp_seconds") <= time.time()
     assert proc.returncode == 0
+
+
+# -- JSON logs -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_json_logs_are_one_object_a_line_with_the_event_s_fields(tmp_path):
+    config = tmp_path / "chatcore.toml"
+    config.write_text('welcome-text = "Hello {nick}"\n')
+    with ServerProcess("--log-format", "json", "--max-clients", "1", "--config", str(config)) as proc:
+        banner = json.loads(proc.banner)
+        alice = LineClient(proc.address)
+        alice_port = alice.sock.getsockname()[1]
+        alice.sync()
+        refused = LineClient(proc.address)
+        refused.expect("! server full, try again later")
+        refused.close()
+        alice.send("/nick alice")
+        alice.expect("* you are now known as alice")
+        alice.send("/quit bye")
+        alice.wait_closed()
+        alice.close()
+        proc.expect_log(lambda line: '"client_left"' in line)
+        config.write_text('welcome-text = "Hi {nick}"\n')
+        proc.send_signal(signal.SIGHUP)
+        proc.expect_log(lambda line: '"reloaded"' in line)
+    assert proc.returncode == 0
+
+    assert banner["event"] == "server_started"
+    assert banner["message"].startswith("chatcore ")
+    assert banner["listeners"] == [f"tcp://127.0.0.1:{proc.address[1]}"]
+    assert banner["pid"] == proc.proc.pid
+    assert "commands" in banner["plugins"]
+    assert proc.stdout == ""  # nothing else on standard output
+
+    entries = [json.loads(line) for line in proc.stderr.splitlines()]  # every line is one object
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= set(entry)
+    by_event = {}
+    for entry in entries:
+        by_event.setdefault(entry.get("event"), []).append(entry)
+
+    [listener] = by_event["listener_started"]
+    assert listener["listener"] == banner["listeners"][0]
+    assert (listener["scheme"], listener["address"], listener["port"]) == ("tcp", *proc.address)
+
+    [joined] = by_event["client_joined"]
+    assert joined["message"] == f"client joined: guest-1 from 127.0.0.1:{joined['port']}"
+    assert (joined["nick"], joined["address"], joined["room"], joined["protocol"]) == (
+        "guest-1",
+        "127.0.0.1",
+        "lobby",
+        "native",
+    )
+    assert joined["port"] == alice_port
+
+    [refusal] = by_event["connection_refused"]
+    assert refusal["level"] == "WARNING"
+    assert (refusal["address"], refusal["cause"], refusal["reason"]) == (
+        "127.0.0.1",
+        "full",
+        "server full, try again later",
+    )
+    assert refusal["listener"] == banner["listeners"][0]
+
+    [left] = by_event["client_left"]
+    assert (left["nick"], left["address"], left["port"], left["rooms"]) == (
+        "alice",
+        "127.0.0.1",
+        joined["port"],
+        ["lobby"],
+    )
+    assert (left["reason"], left["cause"], left["client"]) == ("bye", "quit", joined["client"])
+
+    assert by_event["reloading"][0]["signal"] == "SIGHUP"
+    assert by_event["reloaded"][0]["changed"] == ["--welcome-text"]
+    assert by_event["shutting_down"][0]["signal"] == "SIGTERM"
+    assert entries[-1]["event"] == "server_stopped"
+
+
+def test_the_json_formatter_adds_the_call_site_s_fields_after_its_own():
+    from chatcore.cli import JSONFormatter
+
+    record = logging.makeLogRecord(
+        {"name": "chatcore.server", "levelname": "ERROR", "msg": "reload failed: %s", "args": ("x: bad",)}
+    )
+    record.__dict__.update(event="reload_failed", error="x: bad", time="a field may not replace the time")
+    entry = json.loads(JSONFormatter().format(record))
+    assert list(entry)[:4] == ["time", "level", "logger", "message"]
+    assert entry["message"] == "reload failed: x: bad"
+    assert (entry["event"], entry["error"]) == ("reload_failed", "x: bad")
+    assert entry["time"] != "a field may not replace the time"
+    record.__dict__.update(path=Path("/tmp/x"))  # no JSON type: written as its text
+    assert json.loads(JSONFormatter().format(record))["path"] == "/tmp/x"
+
+
+def test_the_text_format_stays_as_it_was():
+    with ServerProcess() as proc:
+        assert re.fullmatch(r"chatcore \S+ listening on tcp://127\.0\.0\.1:\d+ \(plugins: [^)]*\)\n", proc.banner)
+        client = LineClient(proc.address)
+        client.sync()
+        line = proc.expect_log(re.compile(r"client joined"))
+        client.close()
+    assert re.fullmatch(r"\S+ \S+ INFO    chatcore\.server: client joined: guest-1 from 127\.0\.0\.1:\d+", line)
+    assert "{" not in proc.stderr

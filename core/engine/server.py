@@ -200,6 +200,18 @@ class ChatServer:
         self.serving.start_sweeper()
         for listener in self.listeners:
             listener.start()
+            host, port = listener.address
+            log.info(
+                "listening on %s",
+                listener.url,
+                extra={
+                    "event": "listener_started",
+                    "listener": str(listener.url),
+                    "scheme": listener.url.scheme,
+                    "address": host,
+                    "port": port,
+                },
+            )
         self._accepting = True
 
     @property
@@ -302,7 +314,23 @@ class ChatServer:
                         told_in=rooms[:index],
                     )
                     self.stats.delivered(self._publish(left))
-            log.info("client left: %s from %s (%s)", client.nick, format_address(*client.address), reason)
+            log.info(
+                "client left: %s from %s (%s)",
+                client.nick,
+                format_address(*client.address),
+                reason,
+                extra={
+                    "event": "client_left",
+                    "nick": client.nick,
+                    "address": client.address[0],
+                    "port": client.address[1],
+                    "rooms": list(rooms),
+                    "reason": reason,
+                    "cause": client.close_cause or "closed",
+                    "client": client.id,
+                    "protocol": client.wire.name,
+                },
+            )
             for room in rooms:
                 self.hooks.client_left(client, room, reason)
             self._release_nick(client, client.nick)
@@ -446,7 +474,20 @@ class ChatServer:
         if nick is None:
             self._claim_guest_nick(client)
         client.send(Welcome(tuple(self.hooks.welcome(client))))
-        log.info("client joined: %s from %s", client.nick, format_address(*client.address))
+        log.info(
+            "client joined: %s from %s",
+            client.nick,
+            format_address(*client.address),
+            extra={
+                "event": "client_joined",
+                "nick": client.nick,
+                "address": client.address[0],
+                "port": client.address[1],
+                "room": client.room,
+                "client": client.id,
+                "protocol": client.wire.name,
+            },
+        )
         if client.room:
             if self.rooms.get(client.room) is None:  # its state, maybe the cluster's, before the join applies
                 self._enter_room(client, client.room)

@@ -204,7 +204,11 @@ class Cluster:
             self._link_up = False
             self._down_reason = why
             self._down_since = time.time()
-        log.warning("cluster link down (%s); local chat goes on, reconnecting", why)
+        log.warning(
+            "cluster link down (%s); local chat goes on, reconnecting",
+            why,
+            extra={"event": "cluster_link_down", "reason": why, "cluster": self.name},
+        )
         self._tell_everyone(LINK_DOWN_NOTICE)
 
     @property
@@ -219,7 +223,7 @@ class Cluster:
             if self._link_up:
                 return
             self._link_up = True
-        log.warning("cluster link back")
+        log.warning("cluster link back", extra={"event": "cluster_link_up", "cluster": self.name})
         self.presence.reenter.set()
         self.presence.changed()
         self._tell_everyone(LINK_BACK_NOTICE)
