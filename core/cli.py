@@ -23,6 +23,7 @@ from chatcore.engine import affinity, allocator
 from chatcore.errors import UsageError
 from chatcore.hooks import PluginError
 from chatcore.manager import PluginLoadError, describe_plugins
+from chatcore.pidfile import PidFile, PidFileError
 from chatcore.version import __version__
 
 if TYPE_CHECKING:
@@ -148,6 +149,17 @@ def _announce(server: ChatServer, plugins: list[str], *, json_lines: bool) -> No
     print(text, flush=True)
 
 
+def _set_process_title(server: ChatServer) -> None:
+    """Show ``chatcore serve URL ...`` in ps and top instead of ``python``,
+    if the optional setproctitle package is installed (no dependency of
+    chatcore: the pid file is the dependable way to find the process)."""
+    try:
+        import setproctitle  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return
+    setproctitle.setproctitle(f"chatcore serve {server.address_text}")
+
+
 def serve(args: Sequence[str]) -> int:
     """``chatcore serve``: run the server until SIGINT or SIGTERM."""
     from chatcore.config import parse_config, unused_front_ends
@@ -180,6 +192,13 @@ def serve(args: Sequence[str]) -> int:
     except affinity.AffinityError as exc:
         return _error(str(exc), 2)
 
+    pid_file = PidFile(options.pid_file) if options.pid_file else None
+    if pid_file is not None:
+        try:  # before anything is bound: a second server must not take the ports
+            pid_file.check()
+        except PidFileError as exc:
+            return _error(str(exc), 1)
+
     try:
         server = ChatServer(config)
     except PluginError as exc:  # a plugin's backplane that failed, or is not one
@@ -210,7 +229,24 @@ def serve(args: Sequence[str]) -> int:
         server.hooks.server_stop(server)  # plugins that did start may need flushing
         server.server_close()
         return _error(str(exc), 2 if isinstance(exc, UsageError) else 1)
-    return _serve_until_signalled(server, config, wake, received, cpus)
+    if pid_file is not None:
+        try:
+            pid_file.write()
+        except PidFileError as exc:
+            server.stop(timeout=0.5)
+            return _error(str(exc), 1)
+        if pid_file.stale is not None:
+            log.info(
+                "replaced the stale pid file %s (%s)",
+                pid_file.path,
+                pid_file.stale,
+                extra={"event": "pid_file_replaced", "path": str(pid_file.path), "why": pid_file.stale},
+            )
+    try:
+        return _serve_until_signalled(server, config, wake, received, cpus)
+    finally:
+        if pid_file is not None:
+            pid_file.remove()
 
 
 def _serve_until_signalled(
@@ -222,6 +258,7 @@ def _serve_until_signalled(
 
     names = [name for name, _ in config.pluginmanager.list_name_plugin()]
     _announce(server, names, json_lines=config.options.log_format == "json")
+    _set_process_title(server)
     if cpus is not None:
         log.info(affinity.describe(cpus), extra={"event": "cpu_affinity", "cpus": sorted(cpus)})
     while True:

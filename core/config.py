@@ -395,6 +395,17 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
             ),
         )
     )
+    restart_only(
+        parser.add_argument(
+            "--pid-file",
+            metavar="PATH",
+            help=(
+                "write the server's process id to PATH once it listens, and remove it at a clean stop, "
+                'for kill -HUP "$(cat PATH)"; a PATH naming a chatcore that is still running stops the '
+                "start (exit status 1), one left by a server that was killed is replaced (default: none)"
+            ),
+        )
+    )
     configfile.add_arguments(parser)
     if pm is not None:
         pm.hooks.addoption(parser)

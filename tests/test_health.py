@@ -1,7 +1,7 @@
 """Health that tells the truth and logs a machine can read (issue 26): the
-metrics plugin's /healthz and /readyz, the process, build, reload and Redis
-link series, and JSON console logs with fields; over real HTTP, against
-real server processes where the thing under test is the process."""
+metrics plugin's /healthz and /readyz, the process, build and reload series,
+JSON console logs with fields, and --pid-file; over real HTTP, against real
+server processes where the thing under test is the process."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import signal
+import subprocess
 import sys
 import time
 import urllib.error
@@ -366,3 +367,108 @@ def test_the_text_format_stays_as_it_was():
         client.close()
     assert re.fullmatch(r"\S+ \S+ INFO    chatcore\.server: client joined: guest-1 from 127\.0\.0\.1:\d+", line)
     assert "{" not in proc.stderr
+
+
+# -- --pid-file -----------------------------------------------------------------------
+
+
+def serve(*args: str) -> subprocess.CompletedProcess[str]:
+    """``chatcore serve --port 0 ARGS`` expected to exit at once."""
+    return subprocess.run(
+        [sys.executable, "-m", "chatcore", "serve", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def documented_reload_command() -> str:
+    """docs/operations.md's reload command."""
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    match = re.search(r"^    (kill -HUP \"\$\(cat (\S+)\)\")", text, re.M)
+    assert match is not None, "docs/operations.md gives no kill -HUP command with the pid file"
+    assert "$(pidof" not in text  # the process is python: pidof chatcore finds nothing
+    return match.group(1).replace(match.group(2), "{pid_file}")
+
+
+@pytest.mark.slow
+def test_the_pid_file_is_written_once_listening_refuses_a_second_server_and_goes_at_the_stop(tmp_path):
+    pid_file = tmp_path / "chatcore.pid"
+    with ServerProcess("--pid-file", str(pid_file)) as proc:
+        assert proc.proc is not None
+        # Written before the start-up line: whoever waits for it finds the file.
+        assert pid_file.read_text() == f"{proc.proc.pid}\n"
+
+        # The documented command, as written, reaches this server.
+        command = documented_reload_command().format(pid_file=pid_file)
+        subprocess.run(["sh", "-c", command], check=True, timeout=10)
+        proc.expect_log(re.compile(r"configuration reloaded"))
+
+        second = serve("--pid-file", str(pid_file))
+        assert second.returncode == 1
+        assert second.stderr == (
+            f"chatcore: error: --pid-file {pid_file}: chatcore is already running as process {proc.proc.pid}; "
+            f"stop it first (kill {proc.proc.pid}), or give this server another --pid-file\n"
+        )
+        assert second.stdout == ""  # it never listened
+        assert pid_file.read_text() == f"{proc.proc.pid}\n"  # and left the file alone
+        client = LineClient(proc.address)
+        client.sync()  # the first still serves
+        client.close()
+    assert proc.returncode == 0
+    assert not pid_file.exists()
+    assert not list(tmp_path.iterdir())  # nor a temporary file
+
+
+@pytest.mark.slow
+def test_a_stale_pid_file_is_replaced(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    other = subprocess.Popen(["sleep", "60"])  # alive, but no chatcore: a process id handed out again
+    stale = [
+        (str(gone.pid), f"process {gone.pid} is gone"),
+        (str(other.pid), f"process {other.pid} is not a chatcore"),
+        ("rubbish", "it held no process id"),
+    ]
+    pid_file = tmp_path / "chatcore.pid"
+    try:
+        for content, why in stale:
+            pid_file.write_text(f"{content}\n")
+            with ServerProcess("--pid-file", str(pid_file)) as proc:
+                assert proc.proc is not None
+                assert pid_file.read_text() == f"{proc.proc.pid}\n"
+                proc.expect_log(re.compile(re.escape(f"replaced the stale pid file {pid_file} ({why})")))
+            assert proc.returncode == 0
+            assert not pid_file.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_pid_file_that_cannot_be_written_stops_the_start(tmp_path):
+    pid_file = tmp_path / "missing" / "chatcore.pid"
+    result = serve("--pid-file", str(pid_file))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"chatcore: error: --pid-file {pid_file}: cannot write it: No such file or directory; give a path in a "
+        "directory this user may write (under systemd, RuntimeDirectory=chatcore gives /run/chatcore/)\n"
+    )
+    assert not pid_file.parent.exists()
+
+
+def test_the_pid_file_is_an_option_of_the_file_and_the_environment_and_needs_a_restart(tmp_path):
+    from chatcore.config import build_parser
+    from chatcore.configfile import is_restart_only
+
+    [action] = [action for action in build_parser()._actions if "--pid-file" in action.option_strings]
+    assert is_restart_only(action)
+    result = subprocess.run(
+        [sys.executable, "-m", "chatcore", "serve", "--print-config"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={**os.environ, "CHATCORE_PID_FILE": str(tmp_path / "x.pid")},
+    )
+    assert f'pid-file = "{tmp_path / "x.pid"}"' in result.stdout
