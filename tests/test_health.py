@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis_support import RedisServer
 
 from chatcore import hookimpl
+from chatcore.engine.backplane import Backplane
 from chatcore.testing import LineClient, ServerProcess, wait_for
 
 ROOT = Path(__file__).parent.parent
@@ -88,6 +89,39 @@ def test_a_server_on_its_own_is_ready_while_it_serves(chat_server_factory, chat_
         (503, "not ready: shutting down: not accepting connections\n"),
         (503, "not accepting connections\n"),
     ]
+
+
+class FlakyLink(Backplane):
+    """A cluster plugin's backplane whose link a test turns off and on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken: list[str] = []
+
+    def problems(self) -> list[str]:
+        return list(self.broken)
+
+
+class FlakyCluster:
+    def __init__(self) -> None:
+        self.backplane = FlakyLink()
+
+    @hookimpl
+    def chatcore_backplane(self, server):
+        return self.backplane
+
+
+def test_readyz_reports_whatever_a_backplane_says_without_knowing_the_plugin(chat_server_factory, chat_client):
+    cluster = FlakyCluster()
+    server = chat_server_factory("--plugins", "metrics", "--metrics-port", "0", plugins=[cluster])
+    url = server.config.data["metrics"].url
+    assert get(url + "/readyz") == (200, "ready\n")
+    cluster.backplane.broken = ["the link to the toy cluster is down", "and so is its twin"]
+    assert get(url + "/readyz") == (503, "not ready: the link to the toy cluster is down; and so is its twin\n")
+    assert get(url + "/healthz") == (200, "ok\n")
+    chat_client(server).sync()  # and the server serves its own clients meanwhile
+    cluster.backplane.broken = []
+    assert get(url + "/readyz") == (200, "ready\n")
 
 
 def test_unknown_paths_name_the_three_known_ones(chat_server_factory):
