@@ -194,6 +194,36 @@ def test_readyz_follows_the_link_to_a_real_redis(tmp_path):
     assert len(down) >= 2  # the first outage, the stop and the silence: once per outage, not per retry
 
 
+@pytest.mark.slow
+def test_readyz_says_when_redis_takes_no_writes(tmp_path, chat_server_factory, chat_client):
+    # A failover that leaves the link on the old primary, now a replica: the
+    # reader reads on, but nothing said here reaches the other servers.
+    (tmp_path / "redis").mkdir()
+    (tmp_path / "primary").mkdir()
+    redis, primary = RedisServer(tmp_path / "redis").start(), RedisServer(tmp_path / "primary").start()
+    admin = redis.client()
+    try:
+        server = chat_server_factory(
+            "--plugins", "redis,metrics", "--metrics-port", "0", "--redis-url", redis.url,
+            "--redis-cluster", "readonly", "--redis-timeout", "1",
+        )  # fmt: skip
+        url = server.config.data["metrics"].url
+        wait_for(lambda: ready_answer(url, 200), timeout=10, message="/readyz ready")
+        alice = chat_client(server)
+        admin.replicaof("127.0.0.1", str(primary.port))  # read-only from now on
+        alice.send("is anyone there?")
+        _, why = wait_for(lambda: ready_answer(url, 503), timeout=10, message="/readyz 503 while writes fail")
+        refused = r"not ready: publishing to Redis fails \(.*read only replica.*\) for \d+ s; \d+ events wait\n"
+        assert re.fullmatch(refused, why), why
+        assert get(url + "/healthz") == (200, "ok\n")
+        admin.replicaof("NO", "ONE")
+        wait_for(lambda: ready_answer(url, 200), timeout=10, message="/readyz ready when writes go through")
+    finally:
+        admin.close()
+        primary.stop()
+        redis.stop()
+
+
 # -- the process, build and reload series ----------------------------------------
 
 

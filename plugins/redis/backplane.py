@@ -242,6 +242,15 @@ class Cluster:
             return [f"the cluster link to Redis is down ({why}) for {max(time.time() - since, 0):.0f} s; reconnecting"]
         if self.last_exchange is None:
             return [f"not linked to the cluster yet: Redis at {redacted(self.url)} has not answered since the start"]
+        # Reading works, writing does not (a failover left the link on a
+        # replica, a full memory ...): this server's users are not heard.
+        publisher = self.publisher
+        since = publisher.failing_since
+        if since is not None:
+            return [
+                f"publishing to Redis fails ({publisher.failure}) for {max(time.time() - since, 0):.0f} s; "
+                f"{publisher.waiting()} events wait"
+            ]
         return []
 
     def _tell_everyone(self, text: str) -> None:
