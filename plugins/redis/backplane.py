@@ -245,10 +245,10 @@ class Cluster:
         # Reading works, writing does not (a failover left the link on a
         # replica, a full memory ...): this server's users are not heard.
         publisher = self.publisher
-        since = publisher.failing_since
-        if since is not None:
+        failing_since = publisher.failing_since
+        if failing_since is not None:
             return [
-                f"publishing to Redis fails ({publisher.failure}) for {max(time.time() - since, 0):.0f} s; "
+                f"publishing to Redis fails ({publisher.failure}) for {max(time.time() - failing_since, 0):.0f} s; "
                 f"{publisher.waiting()} events wait"
             ]
         return []
