@@ -32,7 +32,7 @@ from chatcore.events import (
     RoomNotice,
     TopicChanged,
 )
-from chatcore.plugins.redis import Arrivals, Cursor, Start, decode_event, encode_event, redacted
+from chatcore.plugins.redis import Arrivals, Cursor, Start, Target, decode_event, encode_event, redacted
 from chatcore.plugins.redis.roomstate import state_changes, state_fields, state_from_fields
 from chatcore.testing import LineClient, ServerProcess, wait_for
 
@@ -247,6 +247,11 @@ def test_a_room_entered_is_read_from_its_first_join_s_place() -> None:
 def test_the_password_never_reaches_logs() -> None:
     assert redacted("redis://user:hunter2@db:6380/1") == "redis://user:***@db:6380/1"
     assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    # Nor does it, nor the Sentinels' own, where a Sentinel-managed primary is named.
+    target = Target("rediss://:hunter2@db/1", (("10.0.0.1", 26379), ("::1", 26380)), "main", "hunter3")
+    assert str(target) == (
+        "the primary 'main' of the Sentinels 10.0.0.1:26379,[::1]:26380 (rediss://:***@db/1, host and port unused)"
+    )
 
 
 @pytest.mark.slow
@@ -1022,6 +1027,26 @@ def test_many_clients_asking_the_cluster_at_once_all_get_answers(redis_server, c
         (["--redis-url", "http://user:hunter2@host/"], "--redis-url: 'http://user:***@host/' is not a Redis URL"),
         (["--redis-cluster", "a b"], "--redis-cluster: 'a b' is not a valid name"),
         (["--redis-timeout", "0"], "argument --redis-timeout: 0.0 is out of range (must be from 0.1 to 60)"),
+        (["--redis-sentinel", "127.0.0.1:26379"], "--redis-sentinel needs --redis-sentinel-master NAME"),
+        (["--redis-sentinel-master", "main"], "--redis-sentinel-master is for a Sentinel-managed primary"),
+        (["--redis-sentinel-password", "hunter2"], "--redis-sentinel-password is for a Sentinel-managed primary"),
+        (
+            ["--redis-sentinel", "127.0.0.1:26379,db:x", "--redis-sentinel-master", "main"],
+            "--redis-sentinel: 'db:x' is not HOST:PORT",
+        ),
+        (["--redis-sentinel", "::1:26379", "--redis-sentinel-master", "m"], "--redis-sentinel: '::1:26379' is not"),
+        (
+            ["--redis-sentinel", "user:hunter2@db:26379", "--redis-sentinel-master", "main"],
+            "--redis-sentinel takes HOST:PORT[,HOST:PORT...] only",
+        ),
+        (
+            ["--redis-sentinel", "db:26379", "--redis-sentinel-master", "a b"],
+            "--redis-sentinel-master: 'a b' is not a valid name",
+        ),
+        (
+            ["--redis-sentinel", "db:26379", "--redis-sentinel-master", "m", "--redis-url", "unix:///tmp/r.sock"],
+            "a unix:// socket cannot be used with --redis-sentinel",
+        ),
     ],
 )
 def test_bad_options_are_usage_errors_without_the_password(args, error) -> None:

@@ -64,7 +64,7 @@ class Reader(threading.Thread):
             try:
                 if client is None:
                     client = connect(
-                        cluster.url, timeout=cluster.timeout + BLOCK_MS / 1000, name=f"chatcore-{cluster.node}-read"
+                        cluster.target, timeout=cluster.timeout + BLOCK_MS / 1000, name=f"chatcore-{cluster.node}-read"
                     )
                     client.ping()
                     if self.moderation_id is None:
