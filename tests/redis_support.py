@@ -41,15 +41,16 @@ def require_redis_server() -> str:
 class RedisServer:
     """``redis-server`` on ``host`` (127.0.0.1) and a free port, in
     ``directory``; ``args`` are more of its options (``--replicaof HOST
-    PORT`` for a replica)."""
+    PORT`` for a replica); it listens on the addresses ``also`` too."""
 
-    def __init__(self, directory: Path, *args: str, host: str = "127.0.0.1") -> None:
+    def __init__(self, directory: Path, *args: str, host: str = "127.0.0.1", also: tuple[str, ...] = ()) -> None:
         self.binary = require_redis_server()
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.port = free_port(host)
         self.args = args
+        self.also = also
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,9 +58,13 @@ class RedisServer:
         return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> RedisServer:
-        where = ["--port", str(self.port), "--bind", self.host, "--dir", str(self.directory)]
+        where = ["--port", str(self.port), "--bind", self.host, *self.also, "--dir", str(self.directory)]
         # No persistence: a restarted Redis comes back empty, as after a crash.
         volatile = ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        if self.also:
+            # Bound to a namespace's link as well (tests/netns.py), never to
+            # an outside address: let its clients in without a password.
+            where += ["--protected-mode", "no"]
         self.proc = subprocess.Popen(
             [self.binary, *where, *volatile, *self.args],
             stdin=subprocess.DEVNULL,

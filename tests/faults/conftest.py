@@ -11,7 +11,7 @@ more lines); the default run stays within a minute or two.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -53,11 +53,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def cluster() -> Iterator[Callable[..., ServerProcess]]:
-    """``cluster(url, host, *args)``: a chatcore server in this test's cluster."""
+    """``cluster(url, host, *args, wrapper=())``: a chatcore server in this
+    test's cluster (run under ``wrapper``: ``ip netns exec NAME``)."""
     name = f"faults{next(_clusters)}"
     processes: list[ServerProcess] = []
 
-    def start(url: str, host: str = "127.0.0.1", *args: str) -> ServerProcess:
+    def start(url: str, host: str = "127.0.0.1", *args: str, wrapper: Sequence[str] = ()) -> ServerProcess:
         process = ServerProcess(
             "--plugins", "redis",
             "--listen", f"tcp://{host}:0",
@@ -65,6 +66,7 @@ def cluster() -> Iterator[Callable[..., ServerProcess]]:
             "--redis-cluster", name,
             "--redis-timeout", "1",
             *args,
+            wrapper=wrapper,
         )  # fmt: skip
         processes.append(process.start())
         return process
