@@ -529,6 +529,38 @@ def test_a_flushed_redis_is_noticed_without_a_link_drop(redis_server, cluster, c
 
 
 @pytest.mark.slow
+def test_a_failover_to_a_replica_that_lacks_the_last_entries_is_told_not_replayed(
+    redis_server, cluster, connect
+) -> None:
+    # What a Sentinel failover to a replica that had not received the last
+    # entries leaves: the room's offset and its stream's end are back where
+    # they were two entries ago. The reader says so, and reads on from
+    # there, without delivering again what it has delivered already.
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2", "--redis-check-interval", "0.2")
+    alice = connect(one, "alice")
+    bob = connect(two, "bob")
+    linked(alice, "alice", [bob])
+    for i in range(3):
+        alice.send(f"line {i}")
+    bob.expect("<alice> line 2")
+    mark = len(bob.received)
+    client = redis_server.client()
+    try:
+        [stream] = client.keys("chatcore:*:room:lobby:stream")
+        for entry_id, _ in client.xrevrange(stream, count=2):
+            client.xdel(stream, entry_id)
+        client.hincrby(stream.removesuffix(":stream") + ":meta", "offset", -2)
+    finally:
+        client.close()
+    bob.expect("* messages from other servers may be missing here (Redis went back in time)")
+    alice.send("after")
+    bob.expect("<alice> after")
+    said = [line for line in bob.received[mark:] if line.startswith("<alice> ")]
+    assert said == ["<alice> after"]
+
+
+@pytest.mark.slow
 def test_presence_who_rooms_and_msg_span_the_cluster(redis_server, cluster, connect) -> None:
     one = cluster(redis_server.url, "127.0.0.1")
     two = cluster(redis_server.url, "127.0.0.2")
