@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import re
 import signal
 import subprocess
@@ -1092,6 +1093,26 @@ def test_bad_options_are_usage_errors_without_the_password(args, error) -> None:
     assert result.returncode == 2
     assert error in result.stderr
     assert "hunter2" not in result.stderr
+
+
+def test_the_sentinel_password_is_a_secret() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chatcore", "serve", "--plugins", "redis", "--print-config"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        env={
+            **os.environ,
+            "CHATCORE_REDIS_SENTINEL": "127.0.0.1:26379,[::1]:26380",
+            "CHATCORE_REDIS_SENTINEL_MASTER": "main",
+            "CHATCORE_REDIS_SENTINEL_PASSWORD": "hunter2",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert 'redis-sentinel = "127.0.0.1:26379,[::1]:26380"' in result.stdout
+    assert "# redis-sentinel-password: secret, set; not shown" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr
 
 
 #: A node id no server has: what a forged or foreign entry claims to come from.
