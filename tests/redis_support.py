@@ -91,6 +91,16 @@ class RedisServer:
 
         return redis.Redis(host=self.host, port=self.port, decode_responses=True, socket_timeout=5)
 
+    def replicating(self) -> bool:
+        """Whether this replica's link to its primary is up (its first sync done)."""
+        client = self.client()
+        try:
+            return client.info("replication").get("master_link_status") == "up"
+        except Exception:
+            return False
+        finally:
+            client.close()
+
     def kill(self) -> None:
         """SIGKILL: no goodbye, nothing saved, its sockets closed by the kernel."""
         if self.proc is not None and self.proc.poll() is None:

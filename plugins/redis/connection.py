@@ -99,9 +99,10 @@ class Target:
 
     def _sentinel_pool(self, pool_class: type[Any], ask_timeout: float, /, **options: Any) -> Any:
         """A pool whose connections find the primary through the Sentinels."""
-        from redis.connection import parse_url
+        from redis import connection as redis_connection
 
-        primary = parse_url(self.url)
+        parse_url: Any = redis_connection.parse_url  # untyped in redis-py
+        primary: dict[str, Any] = parse_url(self.url)
         for unused in ("host", "port", "path", "connection_class"):
             primary.pop(unused, None)
         if urllib.parse.urlsplit(self.url).scheme == "rediss":
@@ -123,10 +124,7 @@ def _blocking_sentinel_pool() -> type[Any]:
     from redis import BlockingConnectionPool
     from redis.sentinel import SentinelConnectionPool
 
-    class SentinelBlockingConnectionPool(SentinelConnectionPool, BlockingConnectionPool):  # type: ignore[misc]
-        pass
-
-    return SentinelBlockingConnectionPool
+    return type("SentinelBlockingConnectionPool", (SentinelConnectionPool, BlockingConnectionPool), {})
 
 
 def connect(target: str | Target, *, timeout: float, name: str) -> redis_py.Redis:

@@ -56,7 +56,7 @@ def test_a_sentinel_failover_loses_nothing_silently(tmp_path, cluster, connect, 
     replica = RedisServer(tmp_path / "replica", *now, "--replicaof", "127.0.0.1", str(primary.port)).start()
     sentinel = None
     try:
-        wait_for(lambda: replica.client().info("replication").get("master_link_status") == "up", timeout=TIMEOUT)
+        wait_for(replica.replicating, timeout=TIMEOUT, message="the replica in sync")
         sentinel = SentinelServer(tmp_path / "sentinel", MASTER, primary).start()
         wait_for(lambda: sentinel.knows_replica(replica), timeout=TIMEOUT, message="Sentinel found the replica")
 
