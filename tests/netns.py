@@ -28,14 +28,12 @@ namespace and the veths are removed on exit, whatever happened.
 
 from __future__ import annotations
 
-import itertools
 import os
+import random
 import shutil
 import subprocess
 
 import pytest
-
-_numbers = itertools.count((os.getpid() % 200) + 20)
 
 
 def require_root() -> str:
@@ -57,7 +55,9 @@ def require_root() -> str:
 class Namespace:
     def __init__(self) -> None:
         self.ip = require_root()
-        number = next(_numbers) % 250 + 1
+        self._made = False
+
+    def _name(self, number: int) -> None:
         #: Unique per use: interface names are at most 15 characters.
         tag = f"cc{os.getpid() % 100000}{number:03d}"
         self.name = f"chatcore-{tag}"
@@ -67,17 +67,24 @@ class Namespace:
         #: The addresses: this side and inside, of each link.
         self.service_here, self.service_inside = f"{self.subnet}.1", f"{self.subnet}.2"
         self.client_here, self.client_inside = f"{self.subnet}.5", f"{self.subnet}.6"
-        self._made = False
 
-    def _run(self, *args: str, check: bool = True) -> None:
-        subprocess.run([self.ip, *args], check=check, capture_output=True, timeout=10)
+    def _run(self, *args: str, check: bool = True) -> bool:
+        done = subprocess.run([self.ip, *args], check=check, capture_output=True, timeout=10)
+        return done.returncode == 0
 
     def __enter__(self) -> Namespace:
+        # A /24 nobody here uses (another namespace's blackhole route says it
+        # is taken); never 169.254.169.0/24, where clouds keep their metadata service.
+        for number in random.sample([n for n in range(1, 255) if n != 169], 20):
+            self._name(number)
+            if self._run("route", "add", "blackhole", f"{self.subnet}.0/24", "metric", "4000", check=False):
+                break
+        else:
+            raise AssertionError("no free 169.254.N.0/24 for a test namespace")
         self._made = True
         try:
             self._run("netns", "add", self.name)
             self._run("-n", self.name, "link", "set", "lo", "up")
-            self._run("route", "add", "blackhole", f"{self.subnet}.0/24", "metric", "4000")
             for (here, inside), (address_here, address_inside) in (
                 (self.service, (self.service_here, self.service_inside)),
                 (self.client, (self.client_here, self.client_inside)),

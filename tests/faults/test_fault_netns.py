@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 #: How long the link is down: 10 s in the normal suite; 30 s and 5 minutes
 #: in the long run (CHATCORE_FAULTS=all).
 DURATIONS = [30.0, 300.0] if LONG else [10.0]
-ONE_WAY = 30.0 if LONG else 5.0
+ONE_WAY = 30.0 if LONG else 3.0
 #: After the heal: a connection attempt times out after --redis-timeout (1 s),
 #: and the reconnection backs off to 2 s.
 RECOVERY_BOUND = 8.0
@@ -59,7 +59,7 @@ assert sock.recv(64).startswith(b"+PONG")
 print("ready", flush=True)
 sys.stdin.readline()
 sock.sendall(b"SET chatcore:probe one-way\\r\\n")
-sock.settimeout(2)
+sock.settimeout(1)
 try:
     print("answered" if sock.recv(64) else "closed", flush=True)
 except TimeoutError:
