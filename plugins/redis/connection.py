@@ -53,6 +53,8 @@ class Target:
     made again after a failover (the old primary dead, or demoted: redis-py
     turns its ``READONLY`` refusals and the replica's unblocking of a
     blocking read into a ``ConnectionError``) goes to the promoted replica.
+    A link made before the failover stays on a live old primary until it is
+    demoted (docs/scaling.md, "Following a failover": not yet safe).
     The URL's scheme (TLS), user, password and database still apply to the
     primary. Thread-safe: the three threads and the client threads share one.
     """
