@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, RoomEvent
 from chatcore.names import room_problem
 from chatcore.plugins.redis.codec import FORMAT_VERSION, encode_moderation, encode_private, entry_event
-from chatcore.plugins.redis.connection import shared_client
+from chatcore.plugins.redis.connection import close, shared_client
 from chatcore.plugins.redis.roomstate import state_fields, state_from_fields
 from chatcore.plugins.redis.scripts import CLAIM_LUA, ENTER_LUA, EXIT_LUA, RELEASE_LUA
 
@@ -103,7 +103,7 @@ class Presence(threading.Thread):
 
     def open(self) -> None:
         cluster = self.cluster
-        self.client = shared_client(cluster.url, timeout=cluster.timeout, name=f"chatcore-{cluster.node}-shared")
+        self.client = shared_client(cluster.target, timeout=cluster.timeout, name=f"chatcore-{cluster.node}-shared")
         self._claim = self.client.register_script(CLAIM_LUA)
         self._release = self.client.register_script(RELEASE_LUA)
         self._enter = self.client.register_script(ENTER_LUA)
@@ -414,7 +414,7 @@ class Presence(threading.Thread):
             pipe.execute()
         except redis_py.RedisError as exc:
             log.warning("could not leave the cluster cleanly (%s); the others will time this server out", exc)
-        self.client.close()
+        close(self.client)
 
     # -- on client threads ------------------------------------------------
 

@@ -64,7 +64,7 @@ class Reader(threading.Thread):
             try:
                 if client is None:
                     client = connect(
-                        cluster.url, timeout=cluster.timeout + BLOCK_MS / 1000, name=f"chatcore-{cluster.node}-read"
+                        cluster.target, timeout=cluster.timeout + BLOCK_MS / 1000, name=f"chatcore-{cluster.node}-read"
                     )
                     client.ping()
                     if self.moderation_id is None:
@@ -124,7 +124,10 @@ class Reader(threading.Thread):
         """Compare every cursor with its room in Redis: a changed epoch (Redis
         restarted empty, flushed, failed over to a copy that lacks it) or an
         offset behind ours means entries we would never read: say so and
-        start again from the room's new history."""
+        start again from the room's new history: all of it after a changed
+        epoch; after an offset that went back (a failover to a replica that
+        had not received the last entries), from the room's top, since what
+        the replica has is what was read here already."""
         keys = self.cluster.keys
         rooms = list(self.cursors)
         if not rooms:
@@ -136,9 +139,13 @@ class Reader(threading.Thread):
             cursor = self.cursors[room]
             if cursor.epoch is None or (epoch == cursor.epoch and int(offset or 0) >= cursor.offset):
                 continue
-            why = "the cluster's Redis lost them" if epoch != cursor.epoch else "Redis went back in time"
-            self.cluster.gap(room, None, why)
-            self.cursors[room] = Cursor("0-0", None, 0)
+            if epoch != cursor.epoch:
+                self.cluster.gap(room, None, "the cluster's Redis lost them")
+                self.cursors[room] = Cursor("0-0", None, 0)
+            else:
+                # Not from the start: that would deliver again all it has.
+                self.cluster.gap(room, None, "Redis went back in time")
+                self.cursors[room] = self._top(client, room)
 
     def _read(self, client: redis_py.Redis) -> None:
         keys = self.cluster.keys
