@@ -801,6 +801,32 @@ def test_a_rooms_state_is_the_clusters(redis_server, cluster, connect) -> None:
 
 
 @pytest.mark.slow
+def test_a_change_said_as_another_server_enters_the_room_is_not_lost(redis_server, cluster, connect) -> None:
+    """A server reads a room's state as its first member enters, and reads
+    the room's stream from its member's Joined: a mode set on another server
+    in between (a few milliseconds) must still reach its state (the reader
+    catches the state up). Raced many times; every round must end +m."""
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2")
+    carol, amy = connect(two, "carol"), connect(one, "amy")
+    linked(carol, "carol", [amy])
+    for round_ in range(15):
+        room = f"race{round_}"
+        carol.send(f"/join {room}")
+        carol.expect(f"* you are now in {room} (1 here)")
+        carol.send("/mode +m")
+        amy.send(f"/join {room}")
+        carol.expect(f"[{room}] * carol set mode +m")
+        amy.expect(re.compile(rf"^\* you are now in {room} "))
+
+        def moderated(room: str = room) -> bool:
+            amy.send(f"/mode {room}")
+            return amy.expect(re.compile(r"^\* modes of ")) == f"* modes of {room}: +mnt"
+
+        wait_for(moderated, timeout=TIMEOUT, message=f"{room}'s +m on amy's server")
+
+
+@pytest.mark.slow
 def test_a_killed_servers_rooms_state_goes_with_it(redis_server, cluster, connect) -> None:
     one = cluster(redis_server.url, "127.0.0.1", "--redis-node-timeout", "1")
     two = cluster(redis_server.url, "127.0.0.2", "--redis-node-timeout", "1")
