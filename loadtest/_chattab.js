@@ -19,7 +19,7 @@
   // Locust's own chart colours, so the charts read like its Charts tab.
   const CHARTS = [
     {
-      title: "Deliveries per second",
+      title: "Deliveries per second (last 10 s)",
       unit: "/s",
       lines: [
         { key: "rate", name: "deliveries/s", color: "#00ca5a" },

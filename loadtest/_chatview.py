@@ -63,10 +63,13 @@ class History:
     """The whole run's chat figures over time, for the Chat tab's charts
     and the HTML report: a point every :attr:`interval` seconds on the
     master (or the only process): ``t`` (Unix time), ``users``, ``rate``
-    and ``mrate`` (deliveries and messages per second now, as the table),
-    ``p50`` and ``p99`` (ms, of the deliveries of the last
-    :data:`WINDOW` seconds, as Locust's own current percentiles; ``None``
-    when there were none) and the four loss counts so far. At most
+    and ``mrate`` (deliveries and messages per second), ``p50`` and ``p99``
+    (ms; ``None`` when there were no deliveries), all four of the last
+    :data:`WINDOW` seconds (Locust's window for its own current
+    percentiles), and the four loss counts so far. The rates come from the
+    counts, not from Locust's current rate, which leaves out the last two
+    seconds (a short run's would read 0) and which a master only updates as
+    its workers report (every 3 s: over 10 s that evens out). At most
     :attr:`LIMIT` points: when full, every other one is dropped and the
     interval doubles, so a long run keeps its beginning."""
 
@@ -78,13 +81,14 @@ class History:
     def __init__(self) -> None:
         self.points: list[dict[str, Any]] = []
         self.interval = self.INTERVAL
-        self._counts: deque[tuple[float, dict[int, int]]] = deque([(time.time(), {})])
+        #: (time, latency counts, deliveries, messages) since the start.
+        self._counts: deque[tuple[float, dict[int, int], int, int]] = deque([(time.time(), {}, 0, 0)])
         self._greenlet: gevent.Greenlet | None = None
 
     def reset(self) -> None:
         self.points = []
         self.interval = self.INTERVAL
-        self._counts = deque([(time.time(), {})])
+        self._counts = deque([(time.time(), {}, 0, 0)])
 
     def start(self, environment: Environment) -> None:
         self.stop()
@@ -109,19 +113,20 @@ class History:
         now = time.time()
         counts = latencies.counts()
         # The oldest kept count is the last one at least WINDOW seconds old.
-        self._counts.append((now, counts))
+        self._counts.append((now, counts, whole["deliveries"], whole["messages"]))
         while len(self._counts) > 2 and self._counts[1][0] <= now - self.WINDOW:
             self._counts.popleft()
-        before = self._counts[0][1]
+        since, before, deliveries, messages = self._counts[0]
         recent = {bucket: count - before.get(bucket, 0) for bucket, count in counts.items()}
         recent = {bucket: count for bucket, count in recent.items() if count > 0}
         p50, p99 = percentiles_of(recent, (0.5, 0.99)) if recent else (None, None)
+        seconds = max(1e-3, now - since)
         runner = environment.runner
         point = {
             "t": round(now, 3),
             "users": runner.user_count if runner is not None else 0,
-            "rate": whole["rate"],
-            "mrate": whole["mrate"],
+            "rate": round((whole["deliveries"] - deliveries) / seconds, 1),
+            "mrate": round((whole["messages"] - messages) / seconds, 1),
             "p50": p50,
             "p99": p99,
             **{kind: whole[kind] for kind in PROBLEMS},

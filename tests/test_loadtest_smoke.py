@@ -264,8 +264,9 @@ def test_messages_run_ends_when_everything_arrived_with_worker_processes(tmp_pat
     _common.compute_default_options_once.)"""
     with ServerProcess("--listen", "tcp://127.0.0.1:0") as server:
         code, entries, log = run_locust(
-            tmp_path, "--host", url("tcp", server.address), "--processes", "2", users=6, spawn_rate=3
-        )
+            tmp_path, "--host", url("tcp", server.address), "--processes", "2", "--html", "report.html",
+            users=6, spawn_rate=3,
+        )  # fmt: skip
     assert code == 0, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
     assert entries[("connect", "welcome")]["num_requests"] == 6, log
@@ -273,6 +274,14 @@ def test_messages_run_ends_when_everything_arrived_with_worker_processes(tmp_pat
     assert entries[("deliver", "message")]["num_requests"] == 6 * MESSAGES * 5, log
     assert f"every user has sent its {MESSAGES} messages and they arrived: ending the run" in log
     assert "failed to send heartbeat" not in log
+    # The master keeps the charts' history, from its workers' figures.
+    report = (tmp_path / "report.html").read_text(encoding="utf-8")
+    start = report.index("window.chatcoreHistory = ") + len("window.chatcoreHistory = ")
+    points = json.JSONDecoder().raw_decode(report, start)[0]["points"]
+    assert points, report[start : start + 500]
+    assert any(point["rate"] > 0 for point in points), points
+    assert any(point["p50"] for point in points), points
+    assert all(point["lost"] == point["duplicated"] == point["reordered"] == 0 for point in points), points
 
 
 def test_chat_hosts_split_deliveries_by_server_pair(certs: Certs, tmp_path: Path) -> None:
@@ -696,6 +705,8 @@ def test_chat_tab_charts_fit_1280_pixels_in_chromium(certs: Certs, tmp_path: Pat
             points = wait_for(history, timeout=20, message="two points with deliveries in /chatcore/history")
             assert all(point[kind] == 0 for point in points for kind in ("lost", "duplicated", "reordered")), points
             assert all(point["p50"] is None or 0 < point["p50"] <= point["p99"] for point in points), points
+            # For the README's picture, lines long enough to read as trends.
+            want = 7 if os.environ.get("CHATCORE_CHAT_TAB_SCREENSHOT") else 2
             with chromium(tmp_path, 1280, 900) as driver:
                 driver.get(f"http://127.0.0.1:{web_port}/?tab=chat")
 
@@ -703,7 +714,7 @@ def test_chat_tab_charts_fit_1280_pixels_in_chromium(certs: Certs, tmp_path: Pat
                     state: dict[str, Any] = driver.execute_script(CHAT_TAB_STATE)
                     lines = {key: n for _, series in state["charts"] for key, n in series.items()}
                     rows = chat_table(state["table"]) if "<td" in state["table"] else {}
-                    ready = lines.get("rate", 0) >= 2 and lines.get("p50", 0) >= 2 and f"{tcp} > {tls}" in rows
+                    ready = lines.get("rate", 0) >= want and lines.get("p50", 0) >= 2 and f"{tcp} > {tls}" in rows
                     return state | {"rows": rows} if ready else None
 
                 state = WebDriverWait(driver, 20, poll_frequency=0.2).until(drawn, "charts and table drawn")
@@ -720,7 +731,7 @@ def test_chat_tab_charts_fit_1280_pixels_in_chromium(certs: Certs, tmp_path: Pat
     assert table_scroll <= table_box, state["overflow"]  # no horizontal scroll bar under the table
     assert page_scroll <= page_box, state["overflow"]  # nor under the page
     assert [title for title, _ in state["charts"]] == [
-        "Deliveries per second",
+        "Deliveries per second (last 10 s)",
         "Delivery latency (last 10 s)",
         "Losses so far",
     ]
