@@ -211,11 +211,11 @@ def add_chat_tab(environment: Environment, **_kwargs: Any) -> None:
             if index >= 0:
                 tag = '<script src="./chatcore/chat-tab.js"></script>'
                 response.set_data(page[:index] + tag + page[index:])
-        elif request.path == "/stats/requests":
+        elif request.endpoint == "locust.request_stats":  # by endpoint: also under --web-base-path
             answer = response.get_json()
             answer["extendedStats"] = [{"key": TAB, "data": current_rows(environment)}]
             response.set_data(json.dumps(answer))
-        elif request.path == "/stats/report":
+        elif request.endpoint == "locust.stats_report":
             response.direct_passthrough = False
             page = response.get_data(as_text=True)
             response.set_data(add_summary(page, current_rows(environment, average=True)))

@@ -825,6 +825,26 @@ def test_chatcore_options_are_in_the_web_ui_advanced_options(tmp_path: Path) -> 
     assert "messages per second" in offered["message_rate"]["help_text"]
 
 
+def test_chat_tab_works_under_a_web_base_path(tmp_path: Path) -> None:
+    """Behind ``--web-base-path`` (Locust's UI under a proxy's path) the
+    page still loads the charts' script and gets the chat figures: they
+    follow Locust's routes, not fixed paths."""
+    web_port = free_port()
+    locust = locust_with_web_ui(tmp_path, web_port, "--web-base-path", "/load", "--host", "tcp://127.0.0.1:1")
+    try:
+        page = wait_for(lambda: fetch(web_port, "/load/"), timeout=STARTUP_TIMEOUT, message="Locust's web UI")
+        stats = json.loads(fetch(web_port, "/load/stats/requests") or b"{}")
+        history = json.loads(fetch(web_port, "/load/chatcore/history") or b"{}")
+        script = fetch(web_port, "/load/chatcore/chat-tab.js") or b""
+    finally:
+        locust.terminate()
+        output, _ = locust.communicate(timeout=LOCUST_TIMEOUT)
+    assert b'<script src="./chatcore/chat-tab.js"></script>' in page, output
+    assert [row["scope"] for row in stats["extendedStats"][0]["data"]] == ["all"], stats
+    assert history == {"interval": 2.0, "window": 10, "points": []}
+    assert b"function chart(" in script
+
+
 def test_help_says_where_the_options_and_figures_are_in_the_web_ui(tmp_path: Path) -> None:
     """``locust -f FILE --help`` prints before it imports FILE (Locust 2.47),
     so the load test's options have their own ``--help``: loadtest/_help.py."""
