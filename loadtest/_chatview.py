@@ -75,7 +75,7 @@ class History:
 
     INTERVAL = 2.0
     LIMIT = 600
-    #: Seconds of deliveries the latency points are taken over.
+    #: Seconds of deliveries and messages each point's rates and latencies are taken over.
     WINDOW = CURRENT_RESPONSE_TIME_PERCENTILE_WINDOW
 
     def __init__(self) -> None:
@@ -94,6 +94,10 @@ class History:
         self.stop()
         self.reset()
         self._greenlet = gevent.spawn(self._run, environment)
+
+    @property
+    def running(self) -> bool:
+        return self._greenlet is not None
 
     def stop(self) -> None:
         if self._greenlet is not None:
@@ -230,7 +234,7 @@ def start_history(environment: Environment, **_kwargs: Any) -> None:
 
 @events.test_stop.add_listener
 def stop_history(environment: Environment, **_kwargs: Any) -> None:
-    if not isinstance(environment.runner, WorkerRunner) and history._greenlet is not None:
+    if not isinstance(environment.runner, WorkerRunner) and history.running:
         history.stop()
         history.sample(environment)  # where the run ended
 
