@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         "--churn", type=float, default=2.0, help="seconds between churn clients; 0: none (default: %(default)s)"
     )
     parser.add_argument("--cluster", action="store_true", help="two servers and a real redis-server")
-    parser.add_argument("--out", type=Path, default=None, help="folder for soak.csv, plots and logs (default: temp)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder for soak.csv, plots and logs (default: a new temp folder, kept)"
+    )
     parser.add_argument(
         "--plot-prefix", type=Path, default=None, help="also write the plots as PREFIX.png, PREFIX-latency.png"
     )
@@ -129,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cluster needs redis-server (apt-get install redis-server)")
 
     with ExitStack() as stack:
-        if options.out is None:
-            options.out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chatcore-soak-")))
+        if options.out is None:  # kept: the CSV and the plots are what a soak is for
+            options.out = Path(tempfile.mkdtemp(prefix="chatcore-soak-"))
         options.out.mkdir(parents=True, exist_ok=True)
         return run(options, stack)
 
