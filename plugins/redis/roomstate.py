@@ -41,7 +41,7 @@ from chatcore.engine.rooms import (
     normal_mask,
 )
 from chatcore.events import Joined, Left, ModeChanged, NickChanged, RoomEvent, TopicChanged
-from chatcore.names import nick_problem
+from chatcore.names import room_problem
 
 #: The prefix of each field that holds a role or an invitation.
 _ROLES = {"o": "operators", "v": "voiced", "i": "invited"}
@@ -89,7 +89,7 @@ def _take(state: RoomState, name: str, value: str) -> bool:
             return False
         state.topic = value
     elif name == "topic_by":
-        if value and nick_problem(value):
+        if value and room_problem(value):
             return False
         state.topic_by = value
     elif name == "key":
@@ -116,7 +116,10 @@ def _take(state: RoomState, name: str, value: str) -> bool:
                 return False
             masks[rest] = (by[:64], moment)
         elif letter in _ROLES:
-            if nick_problem(rest) or rest != rest.casefold():
+            # The name rule, not nick_problem(): a guest name (guest-1), which
+            # nobody may choose, holds roles too (a room's founder, until it
+            # renames); dropping it lost the role's rename that followed.
+            if room_problem(rest) or rest != rest.casefold():
                 return False
             getattr(state, _ROLES[letter]).add(rest)
         else:
