@@ -702,6 +702,9 @@ class ApiProtocol(Protocol):
             status, answer = self._route(request, bytes(self._body))
         except _Answer as error:
             self._send_error(error)
+        except Exception:  # a bug here: say so, and keep serving the others
+            log.exception("api: %s %r failed", request.method.decode("ascii", "replace"), request.target)
+            self._send_error(_Answer(500, "the server failed to answer this; its log says why"), close=True)
         else:
             self._send(status, json.dumps(answer).encode("utf-8"))
 
@@ -791,6 +794,9 @@ class ApiProtocol(Protocol):
             raise _Answer(401, "no token: send 'Authorization: Bearer TOKEN'", challenge)
         token = find_token(state.tokens, presented.strip())
         if token is None:
+            # Paced like a typed line (--line-rate): guessing is futile
+            # against 256 random bits, but each failure is also a log line.
+            self.client.server.pace(self.client)
             # Logged without the token, so that a leaked log holds none.
             log.info("api: a request from %s with an unknown token", self.client.address[0])
             raise _Answer(401, "unknown token: check it, or ask for one ('chatcore hash-token')", challenge)

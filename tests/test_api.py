@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
+from test_tls import issue
 from test_web import trickle_headers
 
 from chatcore import UsageError, hookimpl
@@ -342,7 +345,7 @@ def test_the_token_is_never_logged(api, caplog):
     assert POST not in caplog.text
 
 
-def test_schemathesis_finds_no_failure_against_the_served_document(api, native):
+def test_schemathesis_finds_no_failure_against_the_served_document(api, native, tmp_path):
     """schemathesis generates requests from /api/openapi.json (valid and not)
     and checks every answer against the document: no 5xx, documented
     status codes and content types, bodies that match their schemas."""
@@ -368,6 +371,40 @@ def test_schemathesis_finds_no_failure_against_the_served_document(api, native):
         text=True,
         timeout=120,
         check=False,
+        cwd=tmp_path,  # its .schemathesis/ folder goes there
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def test_the_api_over_tls(chat_server_factory, tmp_path):
+    ca = trustme.CA()
+    cert, key = issue(ca, tmp_path, "127.0.0.1")
+    server = chat_server_factory(
+        "--plugins", "api", "--listen", "https://127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key),
+        "--api-token", TOKENS[0],
+    )  # fmt: skip
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    host, port = server.listener("https").address
+    conn = http.client.HTTPSConnection(host, port, timeout=5, context=context)
+    try:
+        conn.request("GET", "/api/rooms", headers={"Authorization": f"Bearer {READ}"})
+        response = conn.getresponse()
+        assert response.status == 200
+        assert json.loads(response.read()) == {"rooms": []}
+    finally:
+        conn.close()
+
+
+def test_a_failing_endpoint_answers_500_and_the_server_goes_on(api, monkeypatch):
+    server = api()
+
+    def broken(self: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(api_module.ApiProtocol, "_stats", broken)
+    status, error, _ = call(server, "GET", "/api/stats", READ)
+    assert status == 500
+    assert "log says why" in error["error"]
+    assert call(server, "GET", "/api/rooms", READ)[0] == 200
