@@ -1,4 +1,4 @@
-"""The ``chatcore`` command: ``serve``, ``client``, ``plugins`` and ``hash-password``."""
+"""The ``chatcore`` command: ``serve``, ``client``, ``plugins``, ``hash-password`` and ``hash-token``."""
 
 from __future__ import annotations
 
@@ -342,11 +342,41 @@ def hash_password(args: Sequence[str]) -> int:
     return 0
 
 
+def hash_token(args: Sequence[str]) -> int:
+    """``chatcore hash-token``: make an API token, or read one, and print its hash."""
+    from chatcore.plugins.api import hash_token as make_hash
+    from chatcore.plugins.api import new_token
+
+    parser = argparse.ArgumentParser(
+        prog="chatcore hash-token",
+        description=(
+            "Make a new random token for the api plugin and print it and its hash; with --stdin, read a "
+            "token from the first line of stdin and print only its hash. The hash goes in --api-token "
+            "NAME:SCOPES:HASH (configuration file or CHATCORE_API_TOKEN); the token goes to the program "
+            "that uses the API, and is stored nowhere."
+        ),
+        epilog="Example: chatcore hash-token, then api-token = ['mybot:read+post:sha256$...'] in chatcore.toml",
+    )
+    parser.add_argument("--stdin", action="store_true", help="hash the token on stdin's first line instead")
+    options = parser.parse_args(args)
+    if options.stdin:
+        token = sys.stdin.readline().rstrip("\r\n")
+        if len(token) < 20:
+            return _error("the token must be at least 20 characters (a random one: chatcore hash-token)", 1)
+        print(make_hash(token))
+        return 0
+    token = new_token()
+    print(f"token: {token}")
+    print(f"hash:  {make_hash(token)}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "serve": (serve, "run a chat server"),
     "client": (client, "chat from this terminal"),
     "plugins": (plugins, "list the installed plugins and the hooks they implement"),
     "hash-password": (hash_password, "read a password and print its hash for the password and operator files"),
+    "hash-token": (hash_token, "make a token for the api plugin and print it and its hash"),
 }
 
 
