@@ -35,6 +35,7 @@ from chatcore.engine.limits import (
     parse_networks,
 )
 from chatcore.engine.registry import DEFAULT_MAX_ROOMS_PER_CLIENT, MAX_ROOMS_PER_CLIENT
+from chatcore.engine.store import DEFAULT_PATH as DEFAULT_STATE_DB
 from chatcore.errors import UsageError
 from chatcore.manager import (
     BUILTIN_PLUGINS,
@@ -311,6 +312,18 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
             "require a server password: the first line of FILE, plain or a 'chatcore hash-password' hash; "
             "clients send /pass PASSWORD first. Or set CHATCORE_PASSWORD (never a bare option: it would show in ps)"
         ),
+    )
+    restart_only(
+        parser.add_argument(
+            "--state-db",
+            default=DEFAULT_STATE_DB,
+            metavar="FILE",
+            help=(
+                "the SQLite database of accounts, registered rooms and whatever plugins keep for good; "
+                "made on first use, by a plugin that needs it (the redis plugin shares the cluster's "
+                "instead) (default: %(default)s)"
+            ),
+        )
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument(

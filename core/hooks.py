@@ -29,6 +29,7 @@ from chatcore.errors import UsageError
 
 if TYPE_CHECKING:
     from chatcore.config import Config
+    from chatcore.engine.accounts import AccountService
     from chatcore.engine.connection import Client
     from chatcore.engine.server import ChatServer
     from chatcore.events import RoomEvent
@@ -309,6 +310,16 @@ class Hooks:
             except Exception as exc:
                 raise PluginError(plugin, "chatcore_schemes", exc) from exc
         return found
+
+    def account_service(self, server: ChatServer) -> AccountService | None:
+        """A plugin's account service, or None (a failing plugin is logged and skipped)."""
+        from chatcore.engine.accounts import AccountService
+
+        service = self._call_first("chatcore_account_service", {"server": server})
+        if service is not None and not isinstance(service, AccountService):
+            log.error("chatcore_account_service returned %r, not an AccountService; ignored", service)
+            return None
+        return service
 
     def backplane(self, server: ChatServer) -> Backplane | None:
         """A plugin's backplane, or None; a failure stops the start."""

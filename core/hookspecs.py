@@ -30,6 +30,7 @@ from chatcore.markers import hookspec
 
 if TYPE_CHECKING:
     from chatcore.config import Config
+    from chatcore.engine.accounts import AccountService
     from chatcore.engine.backplane import Backplane
     from chatcore.engine.connection import Client
     from chatcore.engine.server import ChatServer
@@ -402,4 +403,24 @@ def chatcore_backplane(server: ChatServer) -> Backplane | None:
     Called once, on the thread that makes the server.
 
     .. versionadded:: 0.3 (replaces ``chatcore_sequencer``)
+    """
+
+
+@hookspec(firstresult=True)
+def chatcore_account_service(server: ChatServer) -> AccountService | None:
+    """Supply the server's account service
+    (:class:`~chatcore.engine.accounts.AccountService`): how the protocols
+    log a connection in to an account (IRC's SASL and ``PASS
+    account:password``, a web login) without importing the plugin that
+    keeps the accounts. They reach it as ``server.accounts``, which is None
+    when no plugin answers (IRC then does not offer SASL). The bundled
+    ``accounts`` plugin answers.
+
+    :param server: the server (started or starting).
+    :return: ``None``, or the service; the first plugin that returns one decides.
+
+    Called once, on the thread that first asks for ``server.accounts``
+    (a client's, or the main thread at start).
+
+    .. versionadded:: 0.5
     """
