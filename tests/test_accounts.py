@@ -248,3 +248,38 @@ def test_accounts_survive_a_restart_and_a_damaged_database_stops_the_start(tmp_p
     assert "upgrade chatcore, or give another --state-db" in run.stderr
     assert "Traceback" not in run.stderr
     assert db.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_an_account_registered_on_one_server_logs_in_on_another(tmp_path: Path):
+    from redis_support import RedisServer
+
+    redis_server = RedisServer(tmp_path).start()
+    args = ("--plugins", "accounts,redis", "--redis-url", redis_server.url, "--redis-cluster", "accounts-test")
+    try:
+        with (
+            ServerProcess(*args, "--listen", "tcp://127.0.0.1:0") as one,
+            ServerProcess(*args, "--listen", "tcp://127.0.0.2:0") as two,
+        ):
+            alice = LineClient(one.address)
+            alice.sync()
+            alice.send("/nick alice")
+            alice.expect("* you are now known as alice")
+            register(alice, "alice")
+            bob = LineClient(two.address)
+            bob.sync()
+            bob.send("/nick bob")
+            bob.expect("* you are now known as bob")
+            bob.send(f"/register {PASSWORD}")
+            bob.expect("* registered the account bob; you are logged in to it (later: /login bob PASSWORD)")
+            carol = LineClient(two.address, source="127.0.0.3")
+            carol.sync()
+            carol.send(f"/login alice {PASSWORD}")
+            carol.expect("* you are logged in to alice")
+            alice.close()
+            bob.close()
+            carol.close()
+        # The cluster's store, not a file of either server's.
+        assert "(the cluster's)" in one.stderr
+    finally:
+        redis_server.stop()
