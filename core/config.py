@@ -304,6 +304,16 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
     tls = parser.add_argument_group("TLS", "For tls:// and the other TLS listeners. SIGHUP re-reads both files.")
     tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain, the server's certificate first")
     tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of that certificate")
+    restart_only(
+        tls.add_argument(
+            "--tls-client-ca",
+            metavar="FILE",
+            help=(
+                "ask TLS clients for a certificate signed by this CA (PEM); an account that registered "
+                "its fingerprint logs in with it (IRC's SASL EXTERNAL); default: no client certificates"
+            ),
+        )
+    )
     access = parser.add_argument_group("access")
     access.add_argument(
         "--password-file",
@@ -608,9 +618,11 @@ def _configure_listeners(config: Config) -> None:
     from chatcore.transports.tls import Certificates
 
     try:
-        config.certificates = Certificates(options.tls_cert, options.tls_key)
+        config.certificates = Certificates(options.tls_cert, options.tls_key, options.tls_client_ca)
     except (OSError, ssl.SSLError) as exc:
+        client_ca = options.tls_client_ca
         raise UsageError(
             f"--tls-cert {options.tls_cert} / --tls-key {options.tls_key}: cannot load them "
             f"({getattr(exc, 'strerror', None) or exc}); they must be PEM files of a certificate and its key"
+            + (f", and --tls-client-ca {client_ca} a PEM file of CA certificates" if client_ca else "")
         ) from None
