@@ -114,19 +114,36 @@ class RoomEvent(Event):
 
 @dataclass(frozen=True, init=False)
 class Chat(RoomEvent):
-    """``nick`` said ``text`` (native: ``<nick> text``). Not sent back to its sender."""
+    """``nick`` said ``text`` (native: ``<nick> text``). Not sent back to its sender.
+
+    :ivar notice: said as a notice (IRC's ``NOTICE #room``: chat that must
+        never get an automatic reply, what bots and services say). IRC
+        clients get it as ``NOTICE``; native and web clients see chat (the
+        web's ``chat`` has ``"notice": true``).
+    """
 
     nick: str
     text: str
     user: str = field(default="", kw_only=True)
+    notice: bool = field(default=False, kw_only=True)
 
     # The identity may be given by position too: the engine makes one of
     # these per message, and keywords cost a fifth of the call.
     def __init__(  # noqa: PLR0917
-        self, room: str, nick: str, text: str, offset: int = 0, epoch: str = "", time: float = 0.0, user: str = ""
+        self,
+        room: str,
+        nick: str,
+        text: str,
+        offset: int = 0,
+        epoch: str = "",
+        time: float = 0.0,
+        user: str = "",
+        notice: bool = False,
     ) -> None:
         # The fields the dataclass declares, in one step (see the module docstring).
-        self.__dict__.update(room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user)
+        self.__dict__.update(
+            room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user, notice=notice
+        )
 
 
 @dataclass(frozen=True, init=False)
@@ -175,8 +192,9 @@ class Left(RoomEvent):
     :ivar disconnected: True if the client left the server, False if it moved
         to another room (IRC tells QUIT from PART).
     :ivar kicked_by: the nickname of the operator who kicked the client out
-        (``client.disconnect(..., kicked_by=...)``), or ``""``: IRC shows a
-        kick as ``KICK``, not as a ``QUIT``.
+        (``client.disconnect(..., kicked_by=...)``, or a room operator's
+        ``/kick`` with ``disconnected`` False), or ``""``: IRC shows a room
+        kick as ``KICK`` and a server operator's as ``QUIT :Killed (...)``.
     """
 
     batched: ClassVar[bool] = True
@@ -282,8 +300,7 @@ class Error(Event):
 @dataclass(frozen=True)
 class Disconnected(Event):
     """The server's last word to a client it is disconnecting (native: ``!
-    disconnected: reason``; IRC: ``ERROR :Closing Link``, after a ``KICK``
-    if an operator kicked it).
+    disconnected: reason``; IRC: ``ERROR :Closing Link``).
 
     :ivar reason: why, as the client is told it (a kick's reads ``kicked
         by NICK: words``).
@@ -302,12 +319,15 @@ class PrivateMessage(Event):
 
     The recipient gets it with ``echo=False`` (native: ``*sender* text``), the
     sender a copy with ``echo=True`` (native: ``-> *recipient* text``).
+    ``notice``: said as a notice (IRC's ``NOTICE nick``), which IRC clients
+    get as ``NOTICE``.
     """
 
     sender: str
     recipient: str
     text: str
     echo: bool = False
+    notice: bool = False
 
 
 @dataclass(frozen=True)

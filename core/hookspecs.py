@@ -232,7 +232,8 @@ def chatcore_message(message: Message) -> None:
     ``! <reason>``) and the message is not delivered. The chain stops at the
     first rejection. Order the chain with ``tryfirst``/``trylast``.
     Private messages (``message.kind == "private"``, ``message.recipient``
-    set) pass through the same chain, so the same rules apply to them.
+    set) and an IRC user's NOTICE to a channel (``"notice"``) pass through
+    the same chain, so the same rules apply to them.
 
     If an implementation raises, the error is logged with the plugin's name
     and the message goes on through the rest of the chain (see

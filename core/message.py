@@ -11,7 +11,9 @@ if TYPE_CHECKING:
 #: one client, :attr:`Message.recipient`; ``"leave"`` is the reason a client
 #: gives for leaving (``/quit``, IRC ``QUIT`` and ``PART``), shown to the room
 #: it leaves: filtered like the rest of what it says, never delivered as a message.
-MessageKind = Literal["chat", "action", "private", "leave"]
+#: ``"notice"`` is chat said as a notice (IRC's ``NOTICE #room``), delivered
+#: as a :class:`~chatcore.events.Chat` with ``notice`` set.
+MessageKind = Literal["chat", "action", "private", "leave", "notice"]
 
 
 class Message:
@@ -26,7 +28,8 @@ class Message:
         room (where it was written), not where it is delivered.
     :ivar text: the text, already decoded and stripped of control characters.
     :ivar kind: ``"chat"`` for ``<nick> text``, ``"action"`` for
-        ``* nick text`` (``/me``), ``"private"`` for ``*nick* text``
+        ``* nick text`` (``/me``), ``"notice"`` for chat said as a notice
+        (IRC's ``NOTICE #room``; shown as chat but to IRC clients), ``"private"`` for ``*nick* text``
         (``/msg``), seen only by :attr:`recipient`; ``"leave"`` for a leave
         reason (``/quit REASON``): rejected, it is dropped, not the leave.
     :ivar recipient: the client a private message goes to; ``None`` for chat

@@ -25,7 +25,10 @@ HELP = [
     ("/rooms", "list the rooms, how many people are in each, and which you are in"),
     ("/who [ROOM]", "list the people in ROOM (your current room if none is given)"),
     ("/topic [TEXT|--clear]", "show or set your current room's topic (+t: its operators)"),
-    ("/mode [MODES [ARGS]]", "show or change your current room's modes: +imnst, +k KEY, +l N, +o/+v NICK, +b/+e MASK"),
+    (
+        "/mode [ROOM] [MODES [ARGS]]",
+        "show or change the modes of ROOM (your current room if none): +imnst, +k KEY, +l N, +o/+v NICK, +b/+e MASK",
+    ),
     ("/kick NICK [REASON]", "room operators: put NICK out of your current room"),
     ("/invite NICK [ROOM]", "invite NICK to ROOM (your current room if none is given), past +i, +k and +l"),
     ("/msg NICK TEXT", "send TEXT to NICK only, in whatever room they are"),
@@ -129,21 +132,29 @@ def _topic(client: Client, args: str) -> None:
 
 
 def _mode(client: Client, args: str) -> None:
-    room = _current(client)
-    if room is None:
-        return
     words = args.split()
-    state = client.server.rooms.get(room)
-    if state is None:
+    if words and words[0][0] not in "+-":  # "/mode dev +m": another room than the current one
+        room = words.pop(0).lower()
+        if (problem := room_problem(room)) is not None:
+            client.error(f"{problem} (usage: /mode [ROOM] [+MODES|-MODES [ARGS]])")
+            return
+    elif (current := _current(client)) is not None:
+        room = current
+    else:
+        return
+    server = client.server
+    state = server.rooms.get(room)
+    # A secret room is no such room to those outside it: not its modes, nor its lists.
+    if state is None or not server.room_visible(client, room):
         client.error(f"no such room {room!r}")
         return
     if not words:
-        shown, shown_arguments = state.modes()
+        shown, shown_arguments = state.modes(with_key=room in client.rooms)
         client.notice(f"modes of {room}: {' '.join((shown, *shown_arguments))}")
         return
     modes, arguments = words[0], words[1:]
     if modes[0] not in "+-":
-        client.error("usage: /mode +MODES [ARGS] or -MODES [ARGS], for example /mode +m or /mode +o bob")
+        client.error("usage: /mode [ROOM] +MODES [ARGS] or -MODES [ARGS], for example /mode +m or /mode +o bob")
         return
     try:
         requests = parse_modes(modes, arguments)

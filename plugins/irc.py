@@ -98,6 +98,8 @@ ISUPPORT_PER_LINE = 10
 MAX_TARGETS = 20
 #: People listed by one WHO with a mask.
 MAX_WHO = 200
+#: Entries one WHOWAS lists, whatever its count.
+MAX_WHOWAS = 100
 STARTED = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 # mIRC formatting: bold, colour (with its digits), hex colour, reset,
@@ -265,14 +267,22 @@ class IRCFormat(WireFormat):
     def room_lines(self, event: RoomEvent) -> list[str]:
         target = channel(event.room)
         if isinstance(event, Chat):
-            return text_lines(f":{self.mask(event.nick, event.user)} PRIVMSG {target}", event.text)
+            command = "NOTICE" if event.notice else "PRIVMSG"
+            return text_lines(f":{self.mask(event.nick, event.user)} {command} {target}", event.text)
         if isinstance(event, Action):
             prefix = f":{self.mask(event.nick, event.user)} PRIVMSG {target}"
             return text_lines(prefix, event.text, "\x01ACTION ", "\x01")
         if isinstance(event, Joined):
             return [irc_line(self.mask(event.nick, event.user), "JOIN", target)]
         if isinstance(event, Left):
-            if event.kicked_by:  # an operator's kick: IRC clients show who and why
+            if event.kicked_by and event.disconnected:
+                # A server operator's KILL: the victim's QUIT, as IRC servers
+                # tell it (modern.ircdocs.horse, KILL). One line per client
+                # (told_in), which takes the victim out of every channel it
+                # shares; a KICK would name one channel and leave it in the others.
+                words = truncated(event.kick_reason, KICKLEN)
+                return [irc_line(self.mask(event.nick, event.user), "QUIT", f"Killed ({event.kicked_by} ({words}))")]
+            if event.kicked_by:  # a channel operator's kick: IRC clients show who and why
                 reason = truncated(event.kick_reason, KICKLEN)
                 return [irc_line(self.mask(event.kicked_by), "KICK", target, event.nick, reason)]
             if event.disconnected:
@@ -397,11 +407,10 @@ class IRCState:
     """What an IRC client told the server about itself, in ``client.data["irc"]``
     (WHOIS and PRIVMSG read another client's)."""
 
-    __slots__ = ("away", "modes", "realname", "username")
+    __slots__ = ("away", "modes", "username")
 
     def __init__(self) -> None:
         self.username = ""
-        self.realname = ""
         self.away: str | None = None
         self.modes = ""
 
@@ -549,12 +558,9 @@ class IRCProtocol(Protocol):
         if isinstance(event, Notice):
             return wire.frame(wire.notice_lines(nick, event.text))
         if isinstance(event, Disconnected):  # the engine's last word: the link closes
-            closing = irc_line(None, "ERROR", f"Closing Link: disconnected: {event.reason}")
-            if event.kicked_by and client.room:  # the kicked user's client shows the KICK as IRC clients do, then goes
-                by = self._mask_of(event.kicked_by)
-                kick = irc_line(by, "KICK", channel(client.room), client.nick, truncated(event.kick_reason, KICKLEN))
-                return wire.frame([kick, closing])
-            return wire.frame([closing])
+            # A KILL too: ERROR alone, as IRC servers send it (a KICK of one
+            # channel would say the victim stays in its others).
+            return wire.frame([irc_line(None, "ERROR", f"Closing Link: disconnected: {event.reason}")])
         if isinstance(event, Error):
             if not client.nick:  # before registration an error is a refusal: the link closes
                 return wire.frame([irc_line(None, "ERROR", f"Closing Link: {event.text}")])
@@ -562,7 +568,8 @@ class IRCProtocol(Protocol):
         if isinstance(event, PrivateMessage):
             if event.echo:  # IRC clients show what they sent themselves
                 return b""
-            return wire.frame(text_lines(f":{self._mask_of(event.sender)} PRIVMSG {event.recipient}", event.text))
+            command = "NOTICE" if event.notice else "PRIVMSG"
+            return wire.frame(text_lines(f":{self._mask_of(event.sender)} {command} {event.recipient}", event.text))
         if isinstance(event, Members):
             return wire.frame(self.names_lines(event.room, event.nicks))
         if isinstance(event, RoomList):
@@ -787,7 +794,7 @@ class IRCProtocol(Protocol):
             return
         self.state.username = user_name(params[0]) or "user"
         self.client.user = self.state.username  # carried by the events it causes: its prefix everywhere
-        self.state.realname = clean(params[3])[:100]
+        self.client.realname = clean(params[3])[:100]  # the engine's: WHOWAS shows it after the client left
         self._try_register()
 
     def _try_register(self) -> None:
@@ -872,6 +879,13 @@ class IRCProtocol(Protocol):
             return None
         return room.lower()
 
+    def _room_shown(self, room: str) -> bool:
+        """Whether ``room`` exists and this client may know it: a secret
+        (``+s``) channel is answered to those outside it as one that does
+        not exist (403), never with 442, 482, 404 or its modes and topic."""
+        server = self.client.server
+        return server.rooms.get(room) is not None and server.room_visible(self.client, room)
+
     def join(self, params: list[str]) -> None:
         """``JOIN #a,#b [key1,key2]``; ``JOIN 0`` parts every channel."""
         if not self._need(params, 1, "JOIN"):
@@ -904,7 +918,7 @@ class IRCProtocol(Protocol):
             room = name[1:].lower() if name.startswith("#") else ""
             if room in client.rooms:
                 client.server.part_room(client, room, reason)
-            elif room and client.server.rooms.get(room) is not None:
+            elif room and self._room_shown(room):
                 self.reply("442", name, "You're not on that channel")
             else:
                 self.reply("403", name, "No such channel")
@@ -948,13 +962,11 @@ class IRCProtocol(Protocol):
         name = params[0]
         room = name[1:].lower() if name.startswith("#") else ""
         state = client.server.rooms.get(room) if room else None
-        if state is None:
+        if state is None or not self._room_shown(room):  # a secret channel is none to outsiders
             self.reply("403", name, "No such channel")
             return
         if len(params) == 1:
-            if "s" in state.flags and room not in client.rooms:
-                self.reply("442", name, "You're not on that channel")
-            elif state.topic:
+            if state.topic:
                 self.send(self.topic_lines(room))
             else:
                 self.reply("331", name, "No topic is set")
@@ -963,6 +975,8 @@ class IRCProtocol(Protocol):
         if refusal is not None:
             if refusal.reason == "not_in_room":
                 self.reply("442", name, "You're not on that channel")
+            elif refusal.reason == "no_such_room":
+                self.reply("403", name, "No such channel")
             else:
                 self.reply("482", name, "You're not channel operator")
 
@@ -1010,7 +1024,8 @@ class IRCProtocol(Protocol):
         text = params[1]
         if extra and not quiet:
             self.reply("407", ",".join(extra), "Too many recipients: one target per message; the others were skipped")
-        kind: Any = "chat"
+        # A channel NOTICE travels as a notice (IRC clients get NOTICE; the others chat).
+        kind: Any = "notice" if quiet else "chat"
         if text.startswith("\x01"):  # CTCP: only ACTION (/me) to a channel means something here
             ctcp, _, rest = text.strip("\x01").partition(" ")
             ctcp = ctcp.upper()
@@ -1036,7 +1051,9 @@ class IRCProtocol(Protocol):
                 if not quiet:
                     self.reply("403", target, "No such channel")
             elif (refused := server.speech_refusal(client, room)) is not None:
-                if not quiet:
+                if not quiet and not self._room_shown(room):  # a secret channel is none to outsiders
+                    self.reply("403", target, "No such channel")
+                elif not quiet:
                     self.reply("404", target, f"Cannot send to channel: {refused}")
             else:
                 server.broadcast_message(Message(client, room, text, kind))
@@ -1049,7 +1066,7 @@ class IRCProtocol(Protocol):
         # Every private message's one path: the filter chain, counted and
         # timed, and across a cluster to a nick on another server. Why not
         # is said IRC's way, and never to a NOTICE (RFC 2812 3.3.2).
-        refusal = server.send_private(client, target, text, tell=False)
+        refusal = server.send_private(client, target, text, tell=False, notice=quiet)
         if refusal is None or quiet:
             return
         if refusal.reason == "no_such_nick":
@@ -1069,7 +1086,7 @@ class IRCProtocol(Protocol):
         state = irc_state(member)
         if state is None:
             return member.nick, "chatcore native user"
-        return state.username or member.nick, state.realname or member.nick
+        return state.username or member.nick, member.realname or member.nick
 
     @staticmethod
     def _visible(member: Client, rooms: set[str]) -> bool:
@@ -1167,6 +1184,37 @@ class IRCProtocol(Protocol):
         if state is not None and state.away is not None:
             lines.append(self.wire.numeric(client.nick, "301", nick, state.away))
         self.send([*lines, self.wire.numeric(client.nick, "318", nick, "End of /WHOIS list.")])
+
+    def whowas(self, params: list[str]) -> None:
+        """``WHOWAS nick [count]``: who had ``nick`` lately (the engine's
+        record of departures, :mod:`chatcore.engine.departed`), newest
+        first: 314 and 312 (the server, and when it was given up) for each,
+        up to ``count`` of them (all for none or one not above 0, as RFC 2812
+        3.6.3 says; at most :data:`MAX_WHOWAS`), 406 if there are none, then 369."""
+        if not params or not params[0]:
+            self.reply("431", "No nickname given")
+            return
+        nick = params[0].split(",")[0]
+        count = 0
+        if len(params) > 1:
+            given = params[1]
+            if not re.fullmatch(r"-?[0-9]{1,9}", given):
+                self.reply("400", "WHOWAS", f"Invalid count {given!r}: a whole number (none or 0: every entry)")
+                return
+            count = int(given)
+        found = self.client.server.departed.find(nick, count if count > 0 else MAX_WHOWAS)[:MAX_WHOWAS]
+        numeric, me = self.wire.numeric, self.client.nick
+        lines = []
+        for entry in found:
+            realname = entry.realname or (entry.nick if entry.user else "chatcore native user")
+            when = time.strftime("%a %b %d %H:%M:%S %Y UTC", time.gmtime(entry.when))
+            lines += [
+                numeric(me, "314", entry.nick, entry.user or entry.nick, HOST, "*", realname),
+                numeric(me, "312", entry.nick, self.wire.server, when),
+            ]
+        if not found:
+            lines.append(numeric(me, "406", nick, "There was no such nickname"))
+        self.send([*lines, numeric(me, "369", nick, "End of WHOWAS")])
 
     def _visible_rooms(self, member: Client) -> list[str]:
         """``member``'s rooms that this client may see (``+s`` ones only if it is in them too)."""
@@ -1300,7 +1348,7 @@ class IRCProtocol(Protocol):
         server = client.server
         room = name[1:].lower()
         state = server.rooms.get(room)
-        if state is None:
+        if state is None or not self._room_shown(room):  # a secret channel is none to outsiders
             self.reply("403", name, "No such channel")
             return
         if not params:
@@ -1337,6 +1385,8 @@ class IRCProtocol(Protocol):
             return
         if refusal.reason == "not_operator":
             self.reply("482", name, "You're not channel operator")
+        elif refusal.reason == "no_such_room":  # emptied meanwhile
+            self.reply("403", name, "No such channel")
         elif refusal.reason == "not_in_room":
             here = {member.casefold() for member in server.nicks_in(room)}
             nick = next((r.argument for r in requests if r.mode in "ov" and r.argument.casefold() not in here), "*")
@@ -1375,7 +1425,7 @@ class IRCProtocol(Protocol):
         server = client.server
         name = params[0].split(",")[0]
         room = name[1:].lower() if name.startswith("#") else ""
-        if not room or server.rooms.get(room) is None:
+        if not room or server.rooms.get(room) is None or not self._room_shown(room):
             self.reply("403", name, "No such channel")
             return
         if room not in client.rooms and operator_name(client) is None:
@@ -1501,6 +1551,7 @@ _HANDLERS: dict[str, Handler] = {
     "TOPIC": IRCProtocol.topic,
     "WHO": IRCProtocol.who,
     "WHOIS": IRCProtocol.whois,
+    "WHOWAS": IRCProtocol.whowas,
     "ISON": IRCProtocol.ison,
     "USERHOST": IRCProtocol.userhost,
     "AWAY": IRCProtocol.away,
@@ -1542,6 +1593,7 @@ IRC_HELP = {
     "USERHOST": "USERHOST <nick> ...: user and host of these nicks",
     "WHO": "WHO <#channel>|<mask>: who is in a channel, or whose nick matches",
     "WHOIS": "WHOIS <nick>: who someone is and where",
+    "WHOWAS": "WHOWAS <nick> [<count>]: who had a nickname lately (the newest first; * and ? match)",
 }
 
 

@@ -543,8 +543,8 @@ def kick_elsewhere(operator: Client, nick: str, reason: str) -> bool | str | Non
 
 def kick(operator: Client, target: Client, reason: str) -> None:
     """``operator`` kicks ``target`` out of the server (``/kill``, IRC's
-    ``KILL``): logged, and the room sees a leave with the
-    reason (IRC users a ``KICK``). The caller checked that ``operator`` is one."""
+    ``KILL``): logged, and its rooms see a leave with the
+    reason (IRC users a ``QUIT :Killed (...)``). The caller checked that ``operator`` is one."""
     kick_as(operator.nick, operator_name(operator), target, reason)
 
 

@@ -287,7 +287,11 @@ def _identity(event: RoomEvent) -> dict[str, Any]:
 
 
 _ROOM_FIELDS: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
-    Chat: lambda e: {"type": "chat", "nick": e.nick, "text": e.text},
+    Chat: lambda e: (
+        {"type": "chat", "nick": e.nick, "text": e.text, "notice": True}
+        if e.notice
+        else {"type": "chat", "nick": e.nick, "text": e.text}
+    ),
     Action: lambda e: {"type": "action", "nick": e.nick, "text": e.text},
     Joined: lambda e: {"type": "join", "nick": e.nick},
     Left: lambda e: {"type": "leave", "nick": e.nick, "reason": e.reason, "disconnected": e.disconnected},
@@ -312,7 +316,8 @@ def event_object(event: Event) -> dict[str, Any] | None:
     if isinstance(event, Welcome):
         return {"type": "welcome", "lines": list(event.lines)}
     if isinstance(event, PrivateMessage):
-        return {"type": "private", "from": event.sender, "to": event.recipient, "text": event.text, "echo": event.echo}
+        private = {"type": "private", "from": event.sender, "to": event.recipient, "text": event.text}
+        return {**private, "echo": event.echo, **({"notice": True} if event.notice else {})}
     if isinstance(event, Members):
         return {"type": "members", "room": event.room, "nicks": list(event.nicks)}
     if isinstance(event, RoomList):

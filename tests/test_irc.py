@@ -21,6 +21,7 @@ import trustme
 from chatcore import events, hookimpl
 from chatcore.engine import gate
 from chatcore.engine.backplane import Backplane
+from chatcore.engine.departed import Departed
 from chatcore.engine.rooms import Rooms
 from chatcore.engine.server import ChatServer
 from chatcore.events import Chat, Left, kick_text
@@ -293,6 +294,8 @@ def test_irc_and_native_users_talk_both_ways(chat_server_factory, connect, nativ
     assert bob.readline() == "-> *alice* psst back"
     alice.send("NOTICE bob :a notice")
     assert bob.readline() == "*alice* a notice"
+    alice.send("NOTICE #lobby :a channel notice")  # chat to native users
+    assert bob.readline() == "<alice> a channel notice"
 
     alice.send("NICK alicia")
     assert alice.readline() == ":alice!alice@chatcore NICK alicia"
@@ -321,6 +324,26 @@ def test_two_irc_clients_see_each_other_as_irc_users_do(chat_server_factory, con
     assert alice.readline() == ":bob!bob@chatcore PRIVMSG #lobby :\x01ACTION smiles\x01"
     bob.send("QUIT")
     assert alice.readline() == ":bob!bob@chatcore QUIT :Quit"
+
+
+def test_a_notice_travels_as_a_notice_to_a_channel_and_to_a_nick(chat_server_factory, connect, natives):
+    """irctest's testNotice (RFC 2812 3.3.2): a NOTICE reaches IRC clients as
+    NOTICE, so that their bots never answer it; native users see chat."""
+    server = start(chat_server_factory)
+    dave = native(server, natives, "dave")
+    alice = register(connect, server, "alice")
+    bob = register(connect, server, "bob")
+    alice.expect(":bob!bob@chatcore JOIN #lobby")
+    dave.sync()
+    alice.send("NOTICE #lobby :build passed")
+    assert bob.readline() == ":alice!alice@chatcore NOTICE #lobby :build passed"
+    assert dave.readline() == "<alice> build passed"
+    alice.send("NOTICE bob :psst")
+    assert bob.readline() == ":alice!alice@chatcore NOTICE bob :psst"
+    alice.send("PRIVMSG #lobby :and chat")
+    assert bob.readline() == ":alice!alice@chatcore PRIVMSG #lobby :and chat"
+    assert alice.sync() == []  # no echo, no automatic reply
+    assert dave.sync() == ["<alice> and chat"]
 
 
 def test_join_many_channels_at_once_and_part_them_one_by_one(chat_server_factory, connect, natives):
@@ -364,6 +387,63 @@ def test_join_many_channels_at_once_and_part_them_one_by_one(chat_server_factory
     # In no channel at all, the user is still connected and can join again.
     alice.send("JOIN #lobby")
     assert alice.readline() == ":alice!alice@chatcore JOIN #lobby"
+
+
+def test_a_secret_channel_is_no_such_channel_to_those_outside_it(chat_server_factory, connect, natives):
+    """MODE, TOPIC and every other command about a ``+s`` channel answer a
+    non-member as for a channel that does not exist: 403, never 442, 482
+    or 404, its modes, lists or topic (RFC 2812 4.2.3.1's secrecy; the
+    answers LIST, NAMES, WHO and WHOIS give already)."""
+    server = start(chat_server_factory)
+    alice = register(connect, server, "alice")
+    bob = register(connect, server, "bob")  # in #lobby with alice, not in #hidden
+    alice.send("JOIN #hidden")
+    alice.expect(" 366 alice #hidden ")
+    alice.send("MODE #hidden +sk hunter2")
+    alice.send("TOPIC #hidden :the plans")
+    alice.send("MODE #hidden +b mallory")
+    alice.sync()
+    commands = [
+        "MODE {channel}",
+        "MODE {channel} +b",
+        "MODE {channel} +e",
+        "MODE {channel} +m",
+        "MODE {channel} +o bob",
+        "TOPIC {channel}",
+        "TOPIC {channel} :mine now",
+        "PART {channel}",
+        "KICK {channel} alice",
+        "INVITE alice {channel}",
+        "PRIVMSG {channel} :hello?",
+        "NAMES {channel}",
+    ]
+    for command in commands:
+        bob.send(command.format(channel="#hidden"))
+        secret = bob.sync()
+        bob.send(command.format(channel="#nowhere"))
+        absent = [line.replace("#nowhere", "#hidden") for line in bob.sync()]
+        assert secret == absent, command
+        assert all("hunter2" not in line and "plans" not in line for line in secret), command
+    assert bob.sync() == []
+    state = server.rooms.get("hidden")
+    assert (state.topic, state.flags, list(state.bans)) == ("the plans", {"n", "s", "t"}, ["mallory!*@*"])
+    # Its members see it as ever; so does a channel that is not secret to outsiders.
+    alice.send("TOPIC #hidden")
+    alice.send("MODE #hidden")
+    assert alice.sync()[:3] == [
+        ":chatcore 332 alice #hidden :the plans",
+        f":chatcore 333 alice #hidden alice {int(state.topic_at)}",
+        ":chatcore 324 alice #hidden +knst hunter2",
+    ]
+    alice.send("MODE #hidden -s")
+    alice.sync()
+    bob.send("TOPIC #hidden")
+    bob.send("MODE #hidden")
+    assert bob.sync()[:3] == [
+        ":chatcore 332 bob #hidden :the plans",
+        f":chatcore 333 bob #hidden alice {int(state.topic_at)}",
+        ":chatcore 324 bob #hidden +knt *",
+    ]
 
 
 def test_error_numerics_where_a_native_user_gets_an_error(chat_server_factory, connect, natives):
@@ -710,8 +790,11 @@ def test_reasons_are_cut_to_their_limits_whatever_their_source():
     assert quit_ == b":bob!bob@chatcore QUIT :Quit: " + ("é" * 127).encode() + b"\r\n"  # 254 of 255 bytes
     part = wire.encode(Left("lobby", nick="bob", reason="p" * 1000, disconnected=False))
     assert part == b":bob!bob@chatcore PART #lobby :" + b"p" * 255 + b"\r\n"
-    kick = wire.encode(Left("lobby", nick="bob", reason=kick_text("alice", "k" * 1000), kicked_by="alice"))
+    kicked = kick_text("alice", "k" * 1000)
+    kick = wire.encode(Left("lobby", nick="bob", reason=kicked, kicked_by="alice", disconnected=False))
     assert kick == b":alice!alice@chatcore KICK #lobby bob :" + b"k" * 255 + b"\r\n"
+    kill = wire.encode(Left("lobby", nick="bob", reason=kicked, kicked_by="alice"))  # a KILL: the victim's QUIT
+    assert kill == b":bob!bob@chatcore QUIT :Killed (alice (" + b"k" * 255 + b"))\r\n"
 
 
 def test_an_unregistered_connection_takes_no_nickname_and_no_room(chat_server_factory, connect):
@@ -924,6 +1007,46 @@ def test_oper_makes_an_irc_operator_who_kicks_and_kills(chat_server_factory, con
         ":alice MODE alice -o",
         ":chatcore 482 alice #lobby :You're not channel operator",
     ]
+
+
+def test_kill_of_a_user_in_several_channels_is_seen_once_by_each_and_in_every_channel(
+    chat_server_factory, connect, natives, opers_file
+):
+    """IRC servers tell a KILL as the victim's QUIT (modern.ircdocs.horse,
+    KILL: ``Killed (<killer> (<reason>))``): one line, which takes it out
+    of every channel an IRC client shares with it. A KICK would name one
+    channel only, and the client would keep the victim in the others."""
+    server = start(chat_server_factory, "--opers-file", str(opers_file))
+    alice = register(connect, server, "alice")
+    carol = register(connect, server, "carol")  # shares #lobby and #dev with erin
+    frank = register(connect, server, "frank")  # shares #lobby only
+    erin = register(connect, server, "erin")
+    dave = native(server, natives, "dave")  # native, in lobby and dev
+    for client in (carol, erin):
+        client.send("JOIN #dev")
+        client.expect(" 366 ")
+    dave.send("/join dev")
+    dave.expect("* you are now in dev (3 here)")
+    alice.send(f"OPER root {OPER_PASSWORD}")
+    alice.expect(" 381 ")
+    for client in (alice, carol, frank, erin):
+        client.sync()
+    dave.sync()
+
+    alice.send("KILL erin :flooding")
+    quit_line = ":erin!erin@chatcore QUIT :Killed (alice (flooding))"
+    assert alice.expect(" QUIT ") == quit_line  # in #lobby with erin: no notice of its own
+    assert erin.wait_closed()[-1] == "ERROR :Closing Link: disconnected: kicked by alice: flooding"
+    for client in (carol, frank):
+        assert client.expect(" QUIT ") == quit_line
+        assert [line for line in client.sync() if "erin" in line] == []  # once, not once per channel
+    # Native users see the leave once, in the first room they share.
+    assert dave.sync() == ["[lobby] * erin left (kicked by alice: flooding)"]
+    assert server.registry.find("erin") is None
+    # Every channel lost it: NAMES lists it nowhere.
+    carol.send("NAMES #lobby,#dev")
+    assert not any("erin" in line for line in carol.sync())
+    assert alice.sync() == []
 
 
 def test_oper_without_operators_gets_491_and_the_other_operator_commands_are_irc_commands(
@@ -1146,3 +1269,62 @@ def test_help_answers_with_the_help_numerics(chat_server_factory, connect):
     assert alice.sync() == [":chatcore 524 alice NOSUCHTHING :Help not found"]
     # Every command HELP knows is one the server answers.
     assert set(IRC_HELP) <= set(_HANDLERS)
+
+
+def test_whowas_answers_from_the_record_of_departed_nicknames(chat_server_factory, connect, natives):
+    """RFC 2812 3.6.3: 314 and 312 per entry, the newest first, up to the
+    count (all for none, 0 or a negative one), 406 for none, always 369."""
+    server = start(chat_server_factory)
+    alice = register(connect, server, "alice")
+    for ident in ("first", "second"):
+        bob = connect(server)
+        bob.send("NICK bob")
+        bob.send(f"USER {ident} 0 * :Bob the {ident}")
+        bob.expect(" 001 ")
+        bob.send("QUIT :bye")
+        bob.wait_closed()
+        wait_for(lambda: server.registry.find("bob") is None)
+    carol = native(server, natives, "carol")
+    carol.send("/nick caroline")  # a rename gives the old nickname up too
+    carol.expect("* you are now known as caroline")
+    alice.expect(":carol!carol@chatcore NICK caroline")
+
+    def whowas(line: str) -> list[str]:
+        alice.send(line)
+        return [re.sub(r"(:chatcore 312 alice \S+ chatcore) :.*", r"\1 :WHEN", reply) for reply in alice.sync()]
+
+    newest = [
+        ":chatcore 314 alice bob second chatcore * :Bob the second",
+        ":chatcore 312 alice bob chatcore :WHEN",
+    ]
+    oldest = [":chatcore 314 alice bob first chatcore * :Bob the first", ":chatcore 312 alice bob chatcore :WHEN"]
+    end = ":chatcore 369 alice bob :End of WHOWAS"
+    for line in ["WHOWAS bob", "WHOWAS BOB 0", "WHOWAS bob -1", "WHOWAS bob 2", "WHOWAS b?b 5"]:
+        assert whowas(line) == [*newest, *oldest, end.replace(" bob ", f" {line.split()[1]} ")], line
+    assert whowas("WHOWAS bob 1") == [*newest, end]
+    assert whowas("WHOWAS carol") == [
+        ":chatcore 314 alice carol carol chatcore * :chatcore native user",
+        ":chatcore 312 alice carol chatcore :WHEN",
+        ":chatcore 369 alice carol :End of WHOWAS",
+    ]
+    assert whowas("WHOWAS nobody") == [
+        ":chatcore 406 alice nobody :There was no such nickname",
+        ":chatcore 369 alice nobody :End of WHOWAS",
+    ]
+    assert whowas("WHOWAS") == [":chatcore 431 alice :No nickname given"]
+    assert whowas("WHOWAS bob many") == [
+        ":chatcore 400 alice WHOWAS :Invalid count 'many': a whole number (none or 0: every entry)"
+    ]
+    alice.send("WHOWAS bob")
+    assert re.fullmatch(r":chatcore 312 alice bob chatcore :\w{3} \w{3} \d\d \d\d:\d\d:\d\d \d{4} UTC", alice.sync()[1])
+
+
+def test_the_record_of_departures_is_bounded_and_searched_newest_first():
+    departed = Departed(limit=3)
+    for number, nick in enumerate(["bob", "Bob", "carol", "bob"]):
+        departed.add(nick, f"u{number}", when=float(number))
+    assert len(departed) == 3  # the oldest went
+    assert [(entry.nick, entry.user) for entry in departed.find("BOB")] == [("bob", "u3"), ("Bob", "u1")]
+    assert [entry.user for entry in departed.find("bob", 1)] == ["u3"]
+    assert [entry.nick for entry in departed.find("*")] == ["bob", "carol", "Bob"]
+    assert departed.find("dave") == []

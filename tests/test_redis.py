@@ -28,11 +28,21 @@ from chatcore.events import (
     ModeChanged,
     NickChanged,
     OperatorChanged,
+    PrivateMessage,
     RoomEvent,
     RoomNotice,
     TopicChanged,
 )
-from chatcore.plugins.redis import Arrivals, Cursor, Start, decode_event, encode_event, redacted
+from chatcore.plugins.redis import (
+    Arrivals,
+    Cursor,
+    Start,
+    decode_event,
+    decode_private,
+    encode_event,
+    encode_private,
+    redacted,
+)
 from chatcore.plugins.redis.roomstate import state_changes, state_fields, state_from_fields
 from chatcore.testing import LineClient, ServerProcess, wait_for
 
@@ -158,9 +168,17 @@ def test_events_travel_as_versioned_json() -> None:
         Left("dev", nick="carol", reason="bye", told_in=("lobby", "ops")),
         ModeChanged("dev", nick="alice", modes="+ob", arguments=("bob", "*!*@10.0.0.1")),
         TopicChanged("dev", nick="alice", topic="release on Friday"),
+        Chat("lobby", nick="bot", text="build passed", notice=True),  # an IRC NOTICE #lobby
     ]:
         assert decode_event(encode_event(event)) == event
-    # Fields at their default are left out: a plain leave reads as it did before kicked_by.
+    # Fields at their default are left out: a plain leave reads as it did before kicked_by,
+    # plain chat as before notice, and a private message's notice travels only when set.
+    assert encode_event(Chat("lobby", "alice", "hi", time=1.5)) == (
+        '{"type":"Chat","time":1.5,"room":"lobby","nick":"alice","text":"hi"}'
+    )
+    for private in [PrivateMessage("bot", "bob", "psst"), PrivateMessage("bot", "bob", "done", notice=True)]:
+        assert decode_private(encode_private(private)) == private
+    assert "notice" not in encode_private(PrivateMessage("bot", "bob", "psst"))
     assert (
         encode_event(Left("lobby", nick="carol", time=1.5))
         == '{"type":"Left","time":1.5,"room":"lobby","nick":"carol"}'

@@ -171,7 +171,12 @@ def test_errors_change_nothing(chat_server_factory, connect):
         ("/mode +o", "! +o needs a nickname"),
         ("/mode +o nobody", "! nobody is not in dev"),
         ("/mode +b a!b!c", "! invalid mask for +b: use nick!user@host with * and ?"),
-        ("/mode m", "! usage: /mode +MODES [ARGS] or -MODES [ARGS], for example /mode +m or /mode +o bob"),
+        ("/mode dev m", "! usage: /mode [ROOM] +MODES [ARGS] or -MODES [ARGS], for example /mode +m or /mode +o bob"),
+        (
+            "/mode a.b +m",
+            "! invalid room name 'a.b': use 1 to 32 letters (a-z, A-Z), digits, '_' or '-' "
+            "(usage: /mode [ROOM] [+MODES|-MODES [ARGS]])",
+        ),
         ("/invite nobody", "! no such nick 'nobody'"),
         ("/kick", "! usage: /kick NICK [REASON]"),
     ]:
@@ -259,3 +264,22 @@ def test_what_the_review_found_a_member_cannot_open_the_room_and_secrets_stay_se
     assert "ops" not in reply(mallory, "/rooms")[0]
     assert reply(mallory, "/who ops") == ["* nobody is in ops"]
     assert reply(bob, "/who ops") == ["* in ops (2): alice, bob"]
+
+
+def test_a_secret_room_is_no_such_room_to_those_outside_it(chat_server_factory, connect):
+    server = chat_server_factory()
+    alice, mallory = connect(server, "alice"), connect(server, "mallory")
+    in_room(alice, "ops")
+    assert reply(alice, "/mode +sk hunter2") == ["[ops] * alice set mode +sk hunter2"]
+    reply(alice, "/topic plans")
+    # Asked about by name from outside, the secret room answers as one that
+    # does not exist: no modes, no lists, no topic, no invitation.
+    for line in ["/mode {room}", "/mode {room} +b", "/mode {room} +m", "/invite alice {room}"]:
+        secret, absent = reply(mallory, line.format(room="ops")), reply(mallory, line.format(room="nowhere"))
+        assert secret == [text.replace("nowhere", "ops") for text in absent] == ["! no such room 'ops'"], line
+    assert server.rooms.get("ops").flags == {"n", "s", "t"}  # nothing changed
+    # A room that is not secret shows its modes to anyone, its key to members only.
+    assert reply(alice, "/mode -s") == ["[ops] * alice set mode -s"]
+    assert reply(mallory, "/mode ops") == ["* modes of ops: +knt *"]
+    assert reply(alice, "/mode ops") == ["* modes of ops: +knt hunter2"]
+    assert reply(mallory, "/mode ops +m") == ["! you are not an operator of ops"]

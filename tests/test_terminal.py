@@ -17,7 +17,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from chatcore.client.terminal import Kind, build_parser, classify, own_line, render, wants_colour
+from chatcore.client.terminal import Kind, Rooms, build_parser, classify, own_line, render, wants_colour
 from chatcore.engine.server import ChatServer
 from chatcore.testing import ClientFactory, LineClient, ServerFactory
 
@@ -477,6 +477,16 @@ def test_refused_line_is_not_shown_as_sent_in_a_terminal(
         ("# * alice waves", Kind.HISTORY),
         ("hello", Kind.OTHER),
         ("", Kind.OTHER),
+        # A room's label does not change the kind; its operators' acts are notices.
+        ("[dev] <alice> hello", Kind.CHAT),
+        ("[dev] * alice waves", Kind.ACTION),
+        ("[dev] * alice joined", Kind.NOTICE),
+        ("[dev] * alice set the topic: Release on Friday", Kind.NOTICE),
+        ("* alice cleared the topic", Kind.NOTICE),
+        ("[dev] * alice set mode +o bob", Kind.NOTICE),
+        ("* bob was kicked out by alice (spam)", Kind.NOTICE),
+        ("* alice invites you to dev: /join dev", Kind.NOTICE),
+        ("[not a room!] * alice waves", Kind.OTHER),
     ],
 )
 def test_classify(line: str, kind: Kind) -> None:
@@ -492,6 +502,8 @@ def test_render_colours_the_nick_of_chat_and_whole_other_lines() -> None:
     assert render("<alice> hi", Kind.CHAT, colour=True) == "\x1b[1;36m<alice>\x1b[0m hi"
     assert render("! no", Kind.ERROR, colour=True) == "\x1b[1;31m! no\x1b[0m"
     assert render("hello", Kind.OTHER, colour=True) == "hello"
+    assert render("[dev] <alice> hi", Kind.CHAT, colour=True) == "[dev] \x1b[1;36m<alice>\x1b[0m hi"
+    assert render("[dev] ! no", Kind.ERROR, colour=True) == "[dev] \x1b[1;31m! no\x1b[0m"
 
 
 class FakeStream:
@@ -528,7 +540,7 @@ def test_help_describes_every_option(capsys: pytest.CaptureFixture[str]) -> None
         build_parser().parse_args(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for needle in ("--host", "--port", "--nick", "127.0.0.1", "12000", "NO_COLOR", "Ctrl-D", "Exit status"):
+    for needle in ("--host", "--port", "--nick", "127.0.0.1", "12000", "NO_COLOR", "Ctrl-D", "Exit status", "Ctrl-N"):
         assert needle in text
 
 
@@ -544,3 +556,139 @@ def test_usage_errors(args: list[str], message: str) -> None:
     result = run_client([sys.executable, "-m", "chatcore", "client", *args])
     assert result.returncode == 2
     assert message in result.stderr.decode()
+
+
+# -- rooms ------------------------------------------------------------------
+
+
+def expect_room_prompt(child: pexpect.spawn, prompt: str) -> None:
+    """Wait for the prompt ``prompt`` (its trailing space is drawn as a cursor move)."""
+    child.expect(re.escape(prompt))
+
+
+@pytest.mark.slow  # about 3 s: a client process and some twenty key presses, each paced by pexpect
+def test_prompt_shows_the_current_room_and_keys_switch_rooms(
+    chat_server_factory: ServerFactory, chat_client: ClientFactory, spawn: Any
+) -> None:
+    server = chat_server_factory()
+    in_lobby = chat_client(server)
+    in_dev = chat_client(server)
+    in_dev.send("/join dev")
+    in_dev.expect("* you are now in dev (1 here)")
+    in_dev.send("/part lobby")
+    in_dev.expect("* you left lobby; you now talk in dev")
+    in_lobby.sync()  # in_dev's join and leave
+    child = spawn(server, NO_COLOR="1")
+    nick = joined_nick(in_lobby)
+    expect_room_prompt(child, "[lobby] >")  # known from the /rooms the client sends on connecting
+
+    child.sendline("/join dev")
+    child.expect(re.escape("* you are now in dev (2 here)"))
+    expect_room_prompt(child, "[dev 2/2] >")
+    assert in_dev.expect(JOINED) == f"* {nick} joined"
+
+    # Ctrl-P: the previous room, while a line is half typed; the line stays
+    # and goes to the room switched to.
+    child.send("to the lob")
+    child.expect("to the lob")
+    child.sendcontrol("p")
+    child.expect(re.escape("* you now talk in lobby"))
+    expect_room_prompt(child, "[lobby 1/2] >")
+    child.send("by\r")
+    assert in_lobby.expect(re.compile("^<")) == f"<{nick}> to the lobby"
+
+    # Alt-2: the second room joined; Ctrl-N from there wraps round to the first.
+    child.send("\x1b2")
+    child.expect(re.escape("* you now talk in dev"))
+    expect_room_prompt(child, "[dev 2/2] >")
+    child.sendline("to dev")
+    assert in_dev.expect(re.compile("^<")) == f"<{nick}> to dev"
+    # Ctrl-N twice, faster than the server answers: two rooms on (ops, lobby, dev).
+    child.sendline("/join ops")
+    expect_room_prompt(child, "[ops 3/3] >")
+    child.send("\x0e\x0e")
+    child.expect(re.escape("* you now talk in lobby"))
+    child.expect(re.escape("* you now talk in dev"))
+    expect_room_prompt(child, "[dev 2/3] >")
+    child.sendline("/part ops")
+    child.expect(re.escape("* you left ops; you now talk in dev"))
+    child.sendcontrol("n")
+    expect_room_prompt(child, "[lobby 1/2] >")
+    child.send("\x1b9")  # no ninth room: nothing is sent
+    child.sendline("/part lobby")
+    child.expect(re.escape("* you left lobby; you now talk in dev"))
+    expect_room_prompt(child, "[dev] >")
+    child.sendline("/part")
+    expect_room_prompt(child, "[no room] >")
+    assert in_dev.sync() == [f"* {nick} left"]
+    child.sendcontrol("d")
+    assert wait_exit(child) == 0
+
+
+def test_piped_client_is_unchanged_by_the_rooms_query(chat_server_factory: ServerFactory) -> None:
+    server = chat_server_factory()
+    result = run_client(client_command(server), b"/join dev\n/rooms\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    # The client's own /rooms on connecting is not shown; the user's is.
+    assert [line for line in lines if "rooms:" in line] == ["* 2 rooms: dev (1, current), lobby (1, joined)"]
+
+
+IN_A_AND_B = ["* you are now in a (1 here)", "* you are now in b (1 here)"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "joined", "current", "prompt"),
+    [
+        ([], [], None, "> "),
+        (["* 1 room: lobby (3, current)"], ["lobby"], "lobby", "[lobby] > "),
+        (["* 2 rooms: dev (1), lobby (3)"], [], None, "> "),  # nothing marked: not known
+        (["* you are now in a (1 here)", "* 1 room: b (1)"], [], "", "[no room] > "),
+        (["* 1 room: lobby (3, current)", "* you are now in dev (1 here)"], ["lobby", "dev"], "dev", "[dev 2/2] > "),
+        (["* you are now in dev (1 here)", "* you now talk in dev"], ["dev"], "dev", "[dev] > "),
+        (["* you are now in a (1 here)", "* you are now in b (1 here)", "* you now talk in a"], ["a", "b"], "a", None),
+        (["* you are now in a (1 here)", "* you left a; /join ROOM to enter another"], [], "", "[no room] > "),
+        (
+            ["* you are now in a (1 here)", "* you are now in b (1 here)", "* you left b; you now talk in a"],
+            ["a"],
+            "a",
+            "[a] > ",
+        ),
+        (
+            [*IN_A_AND_B, "* you were kicked out of b by eve (spam)"],
+            ["a"],
+            "a",
+            None,
+        ),
+        (
+            [*IN_A_AND_B, "* you now talk in a", "* you were kicked out of b by eve"],
+            ["a"],
+            "a",
+            None,
+        ),
+        # Lines of others, and room lines, change nothing.
+        (["<bob> * you are now in dev (1 here)", "[dev] * bob joined", "* bob left"], [], None, "> "),
+    ],
+)
+def test_rooms_follow_the_server_notices(
+    lines: list[str], joined: list[str], current: str | None, prompt: str | None
+) -> None:
+    rooms = Rooms()
+    for line in lines:
+        rooms.update(line)
+    assert rooms.joined == joined
+    assert rooms.current == current
+    if prompt is not None:
+        assert rooms.prompt() == prompt
+
+
+def test_room_keys_pick_rooms_in_the_order_joined() -> None:
+    rooms = Rooms()
+    assert rooms.step(1) is None
+    for line in ["* you are now in lobby (1 here)", "* you are now in dev (1 here)", "* you are now in ops (1 here)"]:
+        rooms.update(line)
+    assert (rooms.step(1), rooms.step(-1)) == ("lobby", "dev")  # ops is current: round to the first
+    assert [rooms.number(n) for n in (0, 1, 3, 4)] == [None, "lobby", "ops", None]
+    # A key pressed again before the server answered goes on from the room asked for.
+    rooms.switching = "lobby"
+    assert rooms.step(1) == "dev"

@@ -31,7 +31,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from chatcore import Client
+from chatcore import Client, events
 from chatcore.engine.server import ChatServer
 from chatcore.plugins import web as web_module
 from chatcore.plugins.web import CONTENT_SECURITY_POLICY, MAX_FRAGMENTS
@@ -859,3 +859,16 @@ def test_a_full_server_answers_a_browser_with_503(web, clients):
     status, _, body = http_get(server.listener("ws").address, "/")
     assert status == 503
     assert body == b"server full, try again later\n"
+
+
+def test_a_notice_is_chat_marked_notice_for_the_page() -> None:
+    """An IRC user's NOTICE (to a channel, or to a nick) reaches the page as
+    chat or a private message with ``"notice": true``; plain ones have no such field."""
+    chat = web_module.event_object(events.Chat("lobby", "bot", "build passed", notice=True))
+    assert chat is not None
+    assert (chat["type"], chat["text"], chat["notice"]) == ("chat", "build passed", True)
+    plain = web_module.event_object(events.Chat("lobby", "bob", "hi"))
+    assert plain is not None
+    assert "notice" not in plain
+    private = web_module.event_object(events.PrivateMessage("bot", "bob", "done", notice=True))
+    assert private == {"type": "private", "from": "bot", "to": "bob", "text": "done", "echo": False, "notice": True}

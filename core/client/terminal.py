@@ -19,6 +19,12 @@ feed it, each independent of the others:
 
 - Ctrl-C outside the prompt (a signal) sets a "leave" event.
 
+The prompt shows the current room. :class:`Rooms` follows it from the
+server's notices to the user alone (``* you are now in dev``, ``* you left
+dev; you now talk in lobby``, the answer to a ``/rooms`` sent on
+connecting), so it never disagrees with the server; the room keys (Ctrl-N,
+Ctrl-P, Alt-1..9) send ``/join ROOM``, which only switches to a joined room.
+
 The main coroutine waits for whichever comes first: a line to send, the end
 of input, a request to leave, or the server closing the connection.
 
@@ -110,12 +116,19 @@ class Kind(enum.Enum):
 # elsewhere by a plugin are recognised too.
 _NAME = r"[^\s<>*]{1,64}"
 _CHAT = re.compile(rf"<{_NAME}> ")
+_ROOM = r"[A-Za-z0-9_-]{1,32}"
+#: A room line of a client in several rooms: ``[dev] <alice> hi``.
+_LABEL = re.compile(rf"\[(?P<room>{_ROOM})\] ")
 _PRIVATE = re.compile(rf"\*{_NAME}\* ")
 _PRIVATE_SENT = re.compile(rf"-> \*{_NAME}\* ")
 # "* NICK TEXT" is an action, unless it is one of the server's own notices
 # about a person; the protocol writes both with "* " in front.
 _ACTION = re.compile(rf"\* (?P<nick>{_NAME}) (?P<text>.+)")
-_PERSON_NOTICE = re.compile(r"joined|left|left \(.*\)|is now known as \S+")
+_PERSON_NOTICE = re.compile(
+    r"joined|left|left \(.*\)|is now known as \S+"
+    # A room's notices about its operators' acts (docs/protocol.md, "Notices").
+    r"|set the topic: .*|cleared the topic|set mode .*|was kicked out by .*|invites you to \S+: /join \S+"
+)
 #: Reserved nicknames that begin the server's notices ("* you are now ...").
 _NOTICE_SUBJECTS = frozenset({"you", "server"})
 
@@ -125,8 +138,11 @@ def classify(line: str) -> Kind:
 
     Actions and notices both start with ``* ``: a line is an action when it
     reads ``* NICK TEXT`` and is not one of the notices about a person
-    (joined, left, renamed) or about the user (``* you ...``).
+    (joined, left, renamed, a room operator's act) or about the user
+    (``* you ...``). A room line's ``[room] `` label does not count.
     """
+    if label := _LABEL.match(line):
+        line = line[label.end() :]
     if line.startswith("# "):
         return Kind.HISTORY
     if line.startswith(ERROR):
@@ -168,6 +184,8 @@ def render(line: str, kind: Kind, colour: bool) -> str:
     style = STYLES.get(kind)
     if not colour or style is None:
         return line
+    if label := _LABEL.match(line):  # the room's name plain, the line in its colours
+        return line[: label.end()] + render(line[label.end() :], kind, colour)
     if kind in (Kind.CHAT, Kind.OWN):
         nick, sep, text = line.partition("> ")
         return f"\x1b[{style}m{nick}{sep.rstrip()}{_RESET} {text}"
@@ -194,6 +212,105 @@ def own_line(text: str) -> str | None:
 
 def is_quit(text: str) -> bool:
     return text.split(maxsplit=1)[0].lower() == "/quit"
+
+
+# -- rooms ------------------------------------------------------------------
+
+#: Entering a room, or switching to one: it is current.
+_NOW_IN = re.compile(
+    rf"\* you (?:are now in (?P<room>{_ROOM}) \(\d+ here\)|(?:now talk|are already) in (?P<to>{_ROOM}))"
+)
+_LEFT = re.compile(
+    rf"\* you left (?P<room>{_ROOM}); (?:you now talk in (?P<current>{_ROOM})|/join ROOM to enter another)"
+)
+_KICKED = re.compile(rf"\* you were kicked out of (?P<room>{_ROOM}) by .*")
+_ROOM_LIST = re.compile(r"\* \d+ rooms?: (?P<listing>.*)")
+_LISTED = re.compile(rf"(?P<room>{_ROOM}) \(\d+(?P<mark>, current|, joined)?\)")
+
+
+class Rooms:
+    """The rooms the user is in and the current one, as the server's notices
+    to the user alone tell them (docs/protocol.md, "What you see of your own
+    moves"); the client keeps no state of its own that could disagree.
+
+    :ivar joined: the rooms in the order they were joined (the order the
+        room keys number them in).
+    :ivar current: the current room, ``""`` in none, or None until known.
+    :ivar switching: the room a room key asked for, until the server
+        answers (so that Ctrl-N twice goes two rooms on), or None.
+    """
+
+    def __init__(self) -> None:
+        self.joined: list[str] = []
+        self.current: str | None = None
+        self.switching: str | None = None
+
+    def update(self, line: str) -> bool:
+        """Follow one (sanitised) line from the server; True if it changed
+        the rooms or the current room."""
+        if not line.startswith(NOTICE):
+            return False
+        before = (list(self.joined), self.current)
+        if match := _NOW_IN.fullmatch(line):
+            room = match["room"] or match["to"]
+            self._add(room)
+            self.current = room
+        elif match := _LEFT.fullmatch(line):
+            self._remove(match["room"])
+            self.current = match["current"] or ""
+            if self.current:
+                self._add(self.current)
+        elif match := _KICKED.fullmatch(line):
+            self._remove(match["room"])
+            if self.current == match["room"]:
+                # The server's rule: the room joined last of those left.
+                self.current = self.joined[-1] if self.joined else ""
+        elif match := _ROOM_LIST.fullmatch(line):  # the answer to /rooms
+            listed = {m["room"]: m["mark"] for m in _LISTED.finditer(match["listing"])}
+            mine = [room for room, mark in listed.items() if mark]
+            if not mine and self.current is None:
+                # Nothing marked, and nothing known yet: a server (or a
+                # plugin's /rooms) that does not mark rooms; "no room"
+                # would be a guess.
+                return False
+            self.joined = [room for room in self.joined if room in mine]
+            for room in mine:
+                self._add(room)
+            self.current = next((room for room, mark in listed.items() if mark == ", current"), "")
+        return (self.joined, self.current) != before
+
+    def _add(self, room: str) -> None:
+        if room not in self.joined:
+            self.joined.append(room)
+
+    def _remove(self, room: str) -> None:
+        if room in self.joined:
+            self.joined.remove(room)
+
+    def step(self, by: int) -> str | None:
+        """The room ``by`` places after the current one, or after the one
+        a key has asked for (before, if negative), round the joined rooms;
+        None if there is no other."""
+        if len(self.joined) < 2:
+            return None
+        base = self.switching if self.switching in self.joined else self.current
+        index = self.joined.index(base) if base in self.joined else -1
+        return self.joined[(index + by) % len(self.joined)]
+
+    def number(self, number: int) -> str | None:
+        """The ``number``th room joined (from 1), or None."""
+        return self.joined[number - 1] if 0 < number <= len(self.joined) else None
+
+    def prompt(self) -> str:
+        """The prompt: ``[dev] > ``; ``[dev 2/3] > `` in several rooms
+        (its number for Alt-2); ``[no room] > ``; ``> `` until known."""
+        if self.current is None:
+            return PROMPT
+        if not self.current:
+            return f"[no room] {PROMPT}"
+        if len(self.joined) > 1 and self.current in self.joined:
+            return f"[{self.current} {self.joined.index(self.current) + 1}/{len(self.joined)}] {PROMPT}"
+        return f"[{self.current}] {PROMPT}"
 
 
 # -- command line -----------------------------------------------------------
@@ -229,6 +346,12 @@ recall earlier lines; the usual editing keys work. Lines starting with / are
 commands for the server (/help lists them; //text sends "/text"). Your own
 messages are shown as <You> text. Ctrl-D on an empty line, Ctrl-C or /quit
 leave the chat.
+
+Rooms: the prompt shows the room your lines go to, "[dev] > ", and in
+several rooms its number too, "[dev 2/3] > " (/join ROOM enters another).
+Ctrl-N and Ctrl-P switch to the next and the previous room you are in,
+Alt-1 to Alt-9 to the first to the ninth room you joined; /join ROOM of a
+room you are in switches to it too. The line being typed stays as it is.
 
 With stdin a pipe or file, each line is sent and the client leaves when the
 input ends (or at a /quit line), after the server has answered everything:
@@ -455,14 +578,24 @@ class _StdinLines:
 
 
 class _PromptLines:
-    """Lines typed at a prompt_toolkit prompt."""
+    """Lines typed at a prompt_toolkit prompt that shows the current room,
+    with the keys that switch rooms (:func:`_room_keys`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, client: TerminalClient) -> None:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.history import InMemoryHistory
 
         # erase_when_done: the typed line is replaced by "<You> text".
-        self._session: PromptSession[str] = PromptSession(PROMPT, history=InMemoryHistory(), erase_when_done=True)
+        self._session: PromptSession[str] = PromptSession(
+            client.rooms.prompt,
+            history=InMemoryHistory(),
+            erase_when_done=True,
+            key_bindings=_room_keys(client),
+        )
+
+    def redraw(self) -> None:
+        """Draw the prompt again (the current room changed)."""
+        self._session.app.invalidate()
 
     async def next(self) -> str | None:
         """The next line typed, or ``None`` for Ctrl-D (on an empty line) or
@@ -473,6 +606,32 @@ class _PromptLines:
             return await self._session.prompt_async(handle_sigint=False)
         except (EOFError, KeyboardInterrupt):
             return None
+
+
+def _room_keys(client: TerminalClient) -> Any:
+    """Key bindings for switching rooms: each sends ``/join ROOM`` (which
+    only makes a joined room current) and leaves the line being typed as it
+    is. They replace prompt_toolkit's Ctrl-N and Ctrl-P (history, which Down
+    and Up still do)."""
+    from prompt_toolkit.key_binding import KeyBindings
+
+    bindings = KeyBindings()
+
+    @bindings.add("c-n")
+    def _next(_event: Any) -> None:
+        client.switch_to(client.rooms.step(1))
+
+    @bindings.add("c-p")
+    def _previous(_event: Any) -> None:
+        client.switch_to(client.rooms.step(-1))
+
+    for digit in "123456789":
+
+        @bindings.add("escape", digit)
+        def _number(_event: Any, number: int = int(digit)) -> None:
+            client.switch_to(client.rooms.number(number))
+
+    return bindings
 
 
 # -- the client -------------------------------------------------------------
@@ -486,9 +645,9 @@ class _Sent:
     """A line sent after the welcome, until the ``/ping`` sent after it is
     answered: an error before that pong is the server's refusal of it."""
 
-    __slots__ = ("done", "number", "own", "pongs", "refusal", "text")
+    __slots__ = ("done", "number", "own", "pongs", "refusal", "switching", "text")
 
-    def __init__(self, text: str, number: int) -> None:
+    def __init__(self, text: str, number: int, switching: str | None = None) -> None:
         self.text = text
         self.number = number  # the input line's number, for the error message
         self.own = own_line(text)  # "<You> text", shown once the server took it
@@ -496,6 +655,8 @@ class _Sent:
         self.pongs = 1 if text.split(maxsplit=1)[0].lower() == "/ping" else 0
         self.refusal: str | None = None
         self.done = asyncio.Event()
+        #: The room a room key switches to with this line (see Rooms.switching).
+        self.switching = switching
 
 
 class TerminalClient:
@@ -547,6 +708,12 @@ class TerminalClient:
         #: Set by Ctrl-C (as a signal) or when our output is closed.
         self._leave_requested = asyncio.Event()
         self._lost_reason = "the server closed it"
+        #: The rooms and the current one, from the server's notices.
+        self.rooms = Rooms()
+        #: Whether the answer to the /rooms sent on connecting is still to come (not shown).
+        self._rooms_asked = True
+        #: Draws the prompt again (interactive only).
+        self._redraw: Callable[[], None] | None = None
 
     # -- output --
 
@@ -575,6 +742,8 @@ class TerminalClient:
 
     def show_server_line(self, line: str) -> None:
         line = sanitize(line)  # a rogue server must not paint on the terminal
+        if self.rooms.update(line) and self._redraw is not None:
+            self._redraw()
         if self._welcome:
             self._welcome_line(line)
             return
@@ -585,6 +754,8 @@ class TerminalClient:
                 self.show(line, Kind.NOTICE)
                 return
             self._sent.popleft()  # ours: the server has answered the line
+            if sent.switching is not None and self.rooms.switching == sent.switching:
+                self.rooms.switching = None  # the last key's switch is answered: done, or refused
             if sent.refusal is None and sent.own is not None:
                 self.show(sent.own, Kind.OWN)
             sent.done.set()
@@ -631,6 +802,9 @@ class TerminalClient:
                 self._unexplained.append(text)
             self._show_error(line)
             return
+        if self._rooms_asked and _ROOM_LIST.fullmatch(line):  # ours, sent after connecting; not shown
+            self._rooms_asked = False
+            return
         if line == "* pong":  # ours, sent after connecting; not shown
             self._end_welcome()
             if self._nick_pending and self.interactive:
@@ -650,15 +824,17 @@ class TerminalClient:
 
     def _refuse_login(self, why: str) -> None:
         self.login_refusal = why
-        # Our /nick and /ping are still to be answered, each with
+        # Our /nick, /rooms and /ping are still to be answered, each with
         # "! password required": not shown.
-        self._swallow = (self.nick is not None) + 1
+        self._swallow = (self.nick is not None) + 2
+        self._rooms_asked = False
         self._nick_pending = False
         if self.interactive:
             self.note(f"{why}, or type /pass PASSWORD.")
 
     def _end_welcome(self) -> None:
         self._welcome = False
+        self._rooms_asked = False  # a /rooms answered otherwise is not waited for any more
         self._welcomed.set()
 
     @property
@@ -670,6 +846,19 @@ class TerminalClient:
         return f"the nickname {self.nick!r} was refused{reason}; nothing was sent. Choose another with --nick."
 
     # -- the connection --
+
+    def switch_to(self, room: str | None) -> None:
+        """Make ``room``, one the user is in, current (a room key): sends
+        ``/join ROOM``, whose answer (``* you now talk in ROOM``) moves the
+        prompt; nothing for None or the current room."""
+        if room is None or room == self.rooms.current or self._writer is None or self._leaving:
+            return
+        text = f"/join {room}"
+        self.rooms.switching = room
+        self._sent.append(_Sent(text, 0, switching=room))
+        # Written without waiting for the socket to take it (a key press
+        # cannot wait); if the connection is gone, the reader says so.
+        self._writer.write(f"{text}\n/ping\n".encode())
 
     async def _send(self, text: str) -> None:
         assert self._writer is not None
@@ -754,12 +943,15 @@ class TerminalClient:
                 await self._send(f"/pass {self._password}")
             if self.nick is not None:
                 await self._send(f"/nick {self.nick}")
+            await self._send("/rooms")  # where we are: the prompt shows the current room
             await self._send("/ping")  # the answer marks the end of the welcome
             if self.interactive:
                 from prompt_toolkit.patch_stdout import patch_stdout
 
                 with patch_stdout(raw=True):
-                    failure = await self._chat(reader, _PromptLines().next, leave_requested)
+                    prompt = _PromptLines(self)
+                    self._redraw = prompt.redraw
+                    failure = await self._chat(reader, prompt.next, leave_requested)
             else:
                 failure = await self._chat(reader, _StdinLines(loop).next, leave_requested)
         except ConnectionLost:

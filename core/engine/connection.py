@@ -102,6 +102,7 @@ class Client:
         "kicked_by",
         "nick",
         "protocol",
+        "realname",
         "room",
         "rooms",
         "server",
@@ -143,6 +144,8 @@ class Client:
         #: The user name it gave on connecting (IRC's ``USER``), carried by
         #: the events it causes; ``""`` if it gave none.
         self.user = ""
+        #: The real name it gave on connecting (IRC's ``USER``), or ``""``.
+        self.realname = ""
         #: The rooms it is in, in the order it joined them; set by the registry.
         self.rooms: tuple[str, ...] = ()
         #: Its current room, one of :attr:`rooms` (where the native

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore.engine.backplane import Backplane
 from chatcore.engine.connection import Client
+from chatcore.engine.departed import Departed
 from chatcore.engine.feed import left_out
 from chatcore.engine.gate import Gate, Refusal
 from chatcore.engine.limits import ConnectionLimits, FailureCounter
@@ -134,6 +135,8 @@ class ChatServer:
         self.registry = Registry()
         #: Each room's topic, modes, lists and roles (:mod:`chatcore.engine.rooms`).
         self.rooms = Rooms()
+        #: Nicknames given up lately, for IRC's WHOWAS (:mod:`chatcore.engine.departed`).
+        self.departed = Departed()
         self.writer = Writer()
         self.stats = Stats()
         #: New connections' limits: a reload applies them to new connections only.
@@ -336,6 +339,7 @@ class ChatServer:
                     )
                     self.stats.delivered(self._publish(left))
             log.info("client left: %s from %s (%s)", client.nick, format_address(*client.address), reason)
+            self.departed.add(client.nick, client.user, client.realname)
             for room in rooms:
                 self.hooks.client_left(client, room, reason)
             self._release_nick(client, client.nick)
@@ -545,7 +549,8 @@ class ChatServer:
             action = Action(room, sender.nick, message.text, offset, epoch, now, sender.user)
             recipients = self._publish(action, exclude=None if sender.wire.echoes_actions else sender)
         else:
-            chat = Chat(room, sender.nick, message.text, offset, epoch, now, sender.user)
+            notice = message.kind == "notice"
+            chat = Chat(room, sender.nick, message.text, offset, epoch, now, sender.user, notice)
             recipients = self._publish(chat, exclude=sender)
         counts.deliveries += recipients
         if sender.arrived:  # 0.0 for a client no reader has read for (a plugin's)
@@ -603,7 +608,9 @@ class ChatServer:
         messages.clear()
         events.clear()
 
-    def send_private(self, sender: Client, nick: str, text: str, *, tell: bool = True) -> Refusal | None:
+    def send_private(
+        self, sender: Client, nick: str, text: str, *, tell: bool = True, notice: bool = False
+    ) -> Refusal | None:
         """Send ``text`` from ``sender`` to the person called ``nick`` alone,
         whichever room they are in and, in a cluster, whichever server: the
         one path of every private message (``/msg``, IRC ``PRIVMSG`` to a
@@ -618,17 +625,19 @@ class ChatServer:
         :param tell: tell the sender why not, as an error; False leaves that
             to the caller (IRC answers with its numerics, and a NOTICE with
             nothing at all).
+        :param notice: said as a notice (IRC's ``NOTICE nick``): the
+            :class:`~chatcore.events.PrivateMessage` has ``notice`` set.
         :return: None once delivered, else a :class:`~chatcore.engine.gate.Refusal`:
             ``"self"``, ``"no_such_nick"``, ``"rejected"`` (by a filter),
             ``"empty"`` (after filtering) or ``"unreachable"`` (on a server
             that cannot be reached now).
         """
-        refusal = self._send_private(sender, nick, text)
+        refusal = self._send_private(sender, nick, text, notice)
         if refusal is not None and tell:
             sender.error(refusal.text)
         return refusal
 
-    def _send_private(self, sender: Client, nick: str, text: str) -> Refusal | None:
+    def _send_private(self, sender: Client, nick: str, text: str, notice: bool = False) -> Refusal | None:
         recipient = self.registry.find(nick)
         if recipient is not None and recipient.closed:
             recipient = None
@@ -648,15 +657,15 @@ class ChatServer:
             return Refusal("empty", f"your message to {nick} was empty after filtering; it was not sent")
         if recipient is not None:
             nick = recipient.nick
-            recipient.send(PrivateMessage(sender.nick, nick, message.text))
+            recipient.send(PrivateMessage(sender.nick, nick, message.text, notice=notice))
         else:
-            result = self.backplane.send_private(sender, PrivateMessage(sender.nick, nick, message.text))
+            result = self.backplane.send_private(sender, PrivateMessage(sender.nick, nick, message.text, notice=notice))
             if result is None:
                 return Refusal("no_such_nick", f"no such nick {nick!r}")
             if isinstance(result, str):
                 return Refusal("unreachable", result)
         counts.deliveries += 1
-        sender.send(PrivateMessage(sender.nick, nick, message.text, echo=True))
+        sender.send(PrivateMessage(sender.nick, nick, message.text, echo=True, notice=notice))
         if sender.arrived:
             counts.observe_latency(time.monotonic() - sender.arrived)
         self.hooks.message_delivered(message, 1)
@@ -733,9 +742,10 @@ class ChatServer:
 
     def may_run(self, client: Client, room: str) -> RoomState | Refusal:
         """The state of ``room`` if ``client`` is an operator of it (or a
-        server operator), else a Refusal (``"no_such_room"`` or ``"not_operator"``)."""
+        server operator), else a Refusal (``"no_such_room"`` or ``"not_operator"``).
+        A secret room is no such room to those outside it (:meth:`room_visible`)."""
         state = self.rooms.get(room)
-        if state is None:
+        if state is None or not self.room_visible(client, room):
             return Refusal("no_such_room", f"no such room {room!r}")
         if not state.is_operator(client.nick) and self.hooks.server_operator(client) is None:
             return Refusal("not_operator", f"you are not an operator of {room}")
@@ -744,9 +754,10 @@ class ChatServer:
     def set_topic(self, client: Client, room: str, topic: str) -> Refusal | None:
         """Set ``room``'s topic (``""`` clears it): its members, or with
         ``+t`` (the default) its operators. Told to the room as a
-        :class:`~chatcore.events.TopicChanged`, the setter included."""
+        :class:`~chatcore.events.TopicChanged`, the setter included. A
+        secret room is no such room to those outside it."""
         state = self.rooms.get(room)
-        if state is None:
+        if state is None or not self.room_visible(client, room):
             return Refusal("no_such_room", f"no such room {room!r}")
         if room not in client.rooms and self.hooks.server_operator(client) is None:
             return Refusal("not_in_room", f"you are not in {room}")
@@ -897,9 +908,10 @@ class ChatServer:
         room that is not ``+i``: the invited is told, nothing more. An
         operator's invitation (needed for a ``+i`` room) also lets ``nick`` in
         once past ``+i``, a ban, ``+k`` and ``+l`` (a member's would let them
-        pass what the operators set: the review of issue 24 found that)."""
+        pass what the operators set: the review of issue 24 found that). A
+        secret room is no such room to those outside it."""
         state = self.rooms.get(room)
-        if state is None:
+        if state is None or not self.room_visible(client, room):
             return Refusal("no_such_room", f"no such room {room!r}")
         if room not in client.rooms and self.hooks.server_operator(client) is None:
             return Refusal("not_in_room", f"you are not in {room}")
@@ -923,7 +935,10 @@ class ChatServer:
 
     def room_visible(self, client: Client, room: str) -> bool:
         """Whether ``client`` may learn that ``room`` exists and who is in
-        it: a secret (``+s``) room shows only to its members and server operators."""
+        it: a secret (``+s``) room shows only to its members and server
+        operators. To anyone else it is answered as a room that does not
+        exist (``/rooms``, ``/who``, ``/mode``, ``/invite``; IRC's LIST,
+        NAMES, WHO, WHOIS, MODE, TOPIC, PART, KICK, INVITE, PRIVMSG)."""
         state = self.rooms.get(room)
         if state is None or "s" not in state.flags or room in client.rooms:
             return True
@@ -976,6 +991,7 @@ class ChatServer:
             return False
         self._release_nick(client, old)
         self.rooms.forget_invitations(old)
+        self.departed.add(old, client.user, client.realname)
         rooms = client.rooms
         for index, room in enumerate(rooms):
             changed = NickChanged(room, nick=old, new_nick=nick, user=client.user, told_in=rooms[:index])

@@ -68,7 +68,9 @@ def decode_event(text: str, max_line: int = DEFAULT_MAX_LINE) -> RoomEvent:
 
 def encode_private(message: PrivateMessage) -> str:
     """A private message as the JSON of an inbox entry's ``event`` field."""
-    record = {"type": "PrivateMessage", "sender": message.sender, "recipient": message.recipient}
+    record: dict[str, Any] = {"type": "PrivateMessage", "sender": message.sender, "recipient": message.recipient}
+    if message.notice:  # only when set: servers that do not know it still read the rest
+        record["notice"] = True
     return json.dumps({**record, "text": message.text}, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -78,7 +80,7 @@ def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE) -> PrivateMessag
     if record.pop("type", None) != "PrivateMessage":
         raise ValueError("not a private message")
     fields = checked(_PRIVATE_FIELDS, record, max_line)
-    if len(fields) != len(_PRIVATE_FIELDS):
+    if not {"sender", "recipient", "text"} <= set(fields):
         raise ValueError("a private message needs sender, recipient and text")
     return PrivateMessage(**fields)
 
@@ -140,7 +142,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 #: The fields an entry may carry, and their types, by event class.
 _ROOM_EVENT_FIELDS = {cls: _field_types(cls) for cls in _ROOM_EVENTS.values()}
-_PRIVATE_FIELDS: dict[str, Any] = {"sender": str, "recipient": str, "text": str}
+_PRIVATE_FIELDS: dict[str, Any] = {"sender": str, "recipient": str, "text": str, "notice": bool}
 
 
 def _json_object(text: str, max_line: int) -> dict[str, Any]:

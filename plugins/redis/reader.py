@@ -214,7 +214,7 @@ class Reader(threading.Thread):
         if recipient is None:
             log.info("private message for %r, who left this server meanwhile, dropped", message.recipient)
             return
-        recipient.send(PrivateMessage(message.sender, recipient.nick, message.text))
+        recipient.send(PrivateMessage(message.sender, recipient.nick, message.text, notice=message.notice))
 
     def _deliver(self, room: str, cursor: Cursor, entry_id: str, entry: dict[str, str]) -> None:
         cluster = self.cluster
