@@ -147,10 +147,15 @@ function handle(event) {
       break;
     case "notice":
       note(event.text, "notice");
+      if (event.text.startsWith("you are logged in to ")) loggedIn();
       break;
     case "error":
       if (/^(password required|wrong password)/.test(event.text)) {
         askPassword(event.text);
+        break;
+      }
+      if (accountPassword !== null && LOGIN_REFUSED.test(event.text)) {
+        loginRefused(event.text);
         break;
       }
       if (rejoining) {
@@ -170,7 +175,10 @@ function welcomed(event) {
   const resuming = wasConnected === false && positions.size > 0;
   wasConnected = true;
   for (const line of event.lines) note(line, "notice");
-  if (me.wantedNick && me.wantedNick !== me.nick) sendLine(`/nick ${me.wantedNick}`);
+  // Logged in first (the nick follows the answer), so that the account's
+  // nick is ours when we take it.
+  if (me.wantedNick && accountPassword !== null) sendLine(`/login ${me.wantedNick} ${accountPassword}`);
+  else if (me.wantedNick && me.wantedNick !== me.nick) sendLine(`/nick ${me.wantedNick}`);
   else if (!me.wantedNick) askNick();
   const room = me.wantedRoom;
   rejoining = Boolean(room && room !== me.room);
@@ -555,6 +563,24 @@ $("password-form").addEventListener("submit", (submit) => {
   sendLine(`/pass ${password}`);
 });
 
+// -- the account -----------------------------------------------------------------
+
+// The account's password, kept in this page's memory only (never in
+// storage), to log in again after a reconnect without asking.
+let accountPassword = null;
+const LOGIN_REFUSED = /^(wrong account name or password|too many failed logins|the account \S+ is suspended)/;
+
+function loggedIn() {
+  if (me.wantedNick && me.wantedNick !== me.nick) sendLine(`/nick ${me.wantedNick}`);
+  else closeNick();
+}
+
+function loginRefused(text) {
+  accountPassword = null;
+  askNick();
+  $("nick-error").textContent = text;
+}
+
 // -- the nickname ----------------------------------------------------------------
 
 function askNick() {
@@ -584,7 +610,12 @@ $("nick-form").addEventListener("submit", (submit) => {
   me.wantedNick = nick;
   localStorage.setItem("chatcore.nick", nick);
   $("nick-error").textContent = "";
-  if (nick === me.nick) closeNick();
+  const password = $("account-password").value;
+  $("account-password").value = "";
+  if (password) {
+    accountPassword = password;
+    sendLine(`/login ${nick} ${password}`); // the nick follows the answer (loggedIn)
+  } else if (nick === me.nick) closeNick();
   else sendLine(`/nick ${nick}`);
 });
 
