@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from chatcore.config import Config
     from chatcore.engine.accounts import AccountService
     from chatcore.engine.connection import Client
+    from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
     from chatcore.events import RoomEvent
     from chatcore.message import Message
@@ -290,6 +291,15 @@ class Hooks:
     def server_operator(self, client: Client) -> str | None:
         name = self._call_first("chatcore_server_operator", {"client": client})
         return name if isinstance(name, str) else None
+
+    def room_state(self, server: ChatServer, room: str) -> RoomState | None:
+        from chatcore.engine.rooms import RoomState
+
+        state = self._call_first("chatcore_room_state", {"server": server, "room": room})
+        if state is not None and not (isinstance(state, RoomState) and state.name == room):
+            log.error("chatcore_room_state returned %r, not the RoomState of %r; ignored", state, room)
+            return None
+        return state
 
     def room_event(self, server: ChatServer, event: RoomEvent) -> None:
         self._call_each("chatcore_room_event", {"server": server, "event": event})

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from chatcore.engine.accounts import AccountService
     from chatcore.engine.backplane import Backplane
     from chatcore.engine.connection import Client
+    from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
     from chatcore.events import RoomEvent
     from chatcore.message import Message
@@ -422,6 +423,29 @@ def chatcore_account_service(server: ChatServer) -> AccountService | None:
 
     Called once, on the thread that first asks for ``server.accounts``
     (a client's, or the main thread at start).
+
+    .. versionadded:: 0.5
+    """
+
+
+@hookspec(firstresult=True)
+def chatcore_room_state(server: ChatServer, room: str) -> RoomState | None:
+    """The state a plugin keeps for ``room``, which its first member here
+    is entering: a registered room's topic, modes and lists, which outlive
+    its members and restarts (the bundled ``accounts`` plugin keeps them).
+
+    :param server: the server.
+    :param room: the room's name (lower case).
+    :return: ``None`` for a room the plugin does not keep (it is then made
+        new, the entering member its operator), or a
+        :class:`~chatcore.engine.rooms.RoomState` of that name, whose
+        operators and voiced members are usually empty (nobody is in the
+        room yet; give roles as people join, ``chatcore_client_joined``). In
+        a cluster the backplane's live state wins over it (another server
+        has members in the room), and it becomes the cluster's otherwise.
+
+    Called on the entering client's thread, while no other member is here;
+    calls for different rooms overlap. Keep it quick: a store read.
 
     .. versionadded:: 0.5
     """

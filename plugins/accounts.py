@@ -58,9 +58,10 @@ from chatcore.engine import auth
 from chatcore.engine.accounts import AccountService
 from chatcore.engine.gate import Refusal
 from chatcore.engine.limits import FailureCounter
+from chatcore.engine.rooms import FLAG_MODES, RoomState
 from chatcore.engine.store import StoreError
-from chatcore.events import NickChanged
-from chatcore.names import nick_problem
+from chatcore.events import ModeChanged, NickChanged, RoomEvent, TopicChanged
+from chatcore.names import nick_problem, room_problem
 from chatcore.transports.listener import format_address
 
 if TYPE_CHECKING:
@@ -69,6 +70,11 @@ if TYPE_CHECKING:
 
 NAME = "accounts"
 KIND = "account"
+#: Registered rooms' records in the store.
+ROOM_KIND = "room"
+#: Who gives a registered room's operators their ``+o`` as they join (the
+#: setter of that mode change, as IRC services' ChanServ is).
+SERVICE_NICK = "ChanServ"
 log = logging.getLogger("chatcore.accounts")
 
 #: Seconds a connection may hold a registered nick before it is renamed.
@@ -86,6 +92,8 @@ HELP = [
     ("/logout", "log out of your account (this connection only)"),
     ("/password OLD NEW", "change your account's password"),
     ("/drop PASSWORD", "delete your account; its nick is free for anyone"),
+    ("/registerroom [ROOM]", "keep ROOM (your current room) for good: its topic, modes and lists; you its founder"),
+    ("/droproom ROOM", "the founder: stop keeping ROOM"),
 ]
 OPERATOR_HELP = [
     ("/accounts", "operators: list the accounts, who is logged in to each, and failed logins"),
@@ -696,7 +704,176 @@ def certificate_fingerprint(client: Client) -> str | None:
     return finder() if callable(finder) else None
 
 
+# ---------------------------------------------------------------------------
+# Registered rooms
+# ---------------------------------------------------------------------------
+#
+# A record of kind "room", keyed by the room's name:
+#
+#     {"name": "dev", "founder": "alice", "operators": ["alice", "bob"],
+#      "registered": 1765000000.0, "state": {"topic": ..., "flags": "mnt", ...}}
+#
+# "operators" are accounts (folded): who gets +o on joining. It follows what
+# the room's operators do: +o given to a member logged in to an account adds
+# that account, -o removes it (never the founder's). "state" is the room's
+# topic, modes and lists, saved at every change of them; nicknames' roles are
+# not kept (nicks come and go; accounts are what is kept).
+
+
+def _room_state_record(state: RoomState) -> dict[str, Any]:
+    return {
+        "created": state.created,
+        "topic": state.topic,
+        "topic_by": state.topic_by,
+        "topic_at": state.topic_at,
+        "flags": "".join(sorted(state.flags)),
+        "key": state.key,
+        "limit": state.limit,
+        "bans": {mask: [by, when] for mask, (by, when) in state.bans.items()},
+        "excepts": {mask: [by, when] for mask, (by, when) in state.excepts.items()},
+    }
+
+
+def _room_state_from(room: str, record: dict[str, Any]) -> RoomState:
+    """A registered room's kept state (roles empty: given as people join)."""
+    kept = record.get("state", {})
+    state = RoomState(room, created=float(kept.get("created", record.get("registered", time.time()))))
+    state.topic = str(kept.get("topic", ""))
+    state.topic_by = str(kept.get("topic_by", ""))
+    state.topic_at = float(kept.get("topic_at", 0.0))
+    state.flags = {flag for flag in str(kept.get("flags", "nt")) if flag in FLAG_MODES}
+    state.key = str(kept.get("key", ""))
+    state.limit = int(kept.get("limit", 0))
+    state.bans = {str(mask): (str(by), float(when)) for mask, (by, when) in kept.get("bans", {}).items()}
+    state.excepts = {str(mask): (str(by), float(when)) for mask, (by, when) in kept.get("excepts", {}).items()}
+    return state
+
+
+@hookimpl
+def chatcore_room_state(server: ChatServer, room: str) -> RoomState | None:
+    try:
+        record = server.store.get(ROOM_KIND, room)
+    except StoreError as exc:
+        log.error("registered room %s: %s; it is made as a new room", room, exc)
+        return None
+    return None if record is None else _room_state_from(room, record)
+
+
+@hookimpl
+def chatcore_client_joined(client: Client, room: str) -> None:
+    """The founder and the operator accounts of a registered room get +o on joining."""
+    if not client.account:
+        return
+    server = client.server
+    try:
+        record = server.store.get(ROOM_KIND, room)
+    except StoreError:
+        return
+    if record is None or client.account.casefold() not in record.get("operators", []):
+        return
+    state = server.rooms.get(room)
+    if state is None or state.is_operator(client.nick):
+        return
+    server.publish(ModeChanged(room, nick=SERVICE_NICK, modes="+o", arguments=(client.nick,)))
+
+
+@hookimpl
+def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
+    """Save a registered room's topic and modes as they change, and follow
+    who its operators are (by account)."""
+    if not isinstance(event, (TopicChanged, ModeChanged)) or event.nick == SERVICE_NICK:
+        return
+    room = event.room
+    try:
+        record = server.store.get(ROOM_KIND, room)
+        if record is None:
+            return
+        state = server.rooms.get(room)
+        if state is not None:
+            record["state"] = _room_state_record(state)
+        if isinstance(event, ModeChanged):
+            _follow_operators(server, record, event)
+        server.store.put(ROOM_KIND, room, record)
+    except StoreError as exc:
+        log.error("registered room %s: its change was not saved (%s)", room, exc)
+
+
+def _follow_operators(server: ChatServer, record: dict[str, Any], event: ModeChanged) -> None:
+    """+o and -o of members here logged in to accounts: the room's operator accounts."""
+    arguments = list(event.arguments)
+    adding = True
+    operators: list[str] = record.setdefault("operators", [])
+    for letter in event.modes:
+        if letter in "+-":
+            adding = letter == "+"
+            continue
+        if letter in "bekov" or (letter == "l" and adding):
+            argument = arguments.pop(0) if arguments else ""
+        else:
+            continue
+        if letter != "o":
+            continue
+        member = server.registry.find(argument)
+        account = member.account.casefold() if member is not None else ""
+        if not account:
+            continue
+        if adding and account not in operators:
+            operators.append(account)
+        elif not adding and account in operators and account != record.get("founder"):
+            operators.remove(account)
+
+
+def _registerroom(client: Client, args: str) -> None:
+    room = args.lower() or client.room
+    if not room:
+        client.error("usage: /registerroom [ROOM] (you are in no room)")
+        return
+    if (problem := room_problem(room)) is not None:
+        client.error(problem)
+        return
+    if not client.account:
+        client.error(f"log in to your account first (/login, or /register PASSWORD) to register {room}")
+        return
+    state = client.server.rooms.get(room)
+    if state is None or room not in client.rooms or not state.is_operator(client.nick):
+        client.error(f"only an operator of {room}, in it, registers it")
+        return
+    account = client.account.casefold()
+    record = {
+        "name": room,
+        "founder": account,
+        "operators": [account],
+        "registered": time.time(),
+        "state": _room_state_record(state),
+    }
+    if not client.server.store.create(ROOM_KIND, room, record):
+        client.error(f"{room} is registered already")
+        return
+    log.warning("room %s registered by account %r (%s)", room, client.account, client.nick)
+    client.notice(f"registered {room}: its topic, modes and lists are kept; you get +o in it when logged in")
+
+
+def _droproom(client: Client, args: str) -> None:
+    room = args.lower()
+    if not room:
+        client.error("usage: /droproom ROOM")
+        return
+    server = client.server
+    record = server.store.get(ROOM_KIND, room)
+    if record is None:
+        client.error(f"{room} is not registered")
+        return
+    if client.account.casefold() != record.get("founder") and not _is_operator(client):
+        client.error(f"only the founder of {room} ({record.get('founder')}) or a server operator drops it")
+        return
+    server.store.delete(ROOM_KIND, room)
+    log.warning("room %s dropped by %s (account %r)", room, client.nick, client.account)
+    client.notice(f"{room} is no longer registered")
+
+
 _COMMANDS = {
+    "registerroom": _registerroom,
+    "droproom": _droproom,
     "register": _register,
     "login": _login,
     "logout": _logout,

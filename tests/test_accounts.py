@@ -276,10 +276,127 @@ def test_an_account_registered_on_one_server_logs_in_on_another(tmp_path: Path):
             carol.sync()
             carol.send(f"/login alice {PASSWORD}")
             carol.expect("* you are logged in to alice")
-            alice.close()
-            bob.close()
-            carol.close()
+
+            # A room registered on one server: its state is the same on the other,
+            # while it has members and after it had none.
+            enter(alice, "dev")
+            alice.send("/registerroom")
+            alice.expect(lambda line: line.startswith("* registered dev"))
+            alice.send("/topic one topic for the cluster")
+            alice.expect(said("alice set the topic: one topic for the cluster"))
+            alice.send("/mode +m")
+            alice.expect(said("alice set mode +m"))
+            enter(bob, "dev")
+            bob.send("/topic")
+            bob.expect("* topic of dev: one topic for the cluster (set by alice)")
+            for client in (alice, bob):
+                client.send("/part dev")
+                client.expect(lambda line: line.startswith("* you left dev"))
+            dave = LineClient(two.address, source="127.0.0.4")
+            dave.sync()
+            enter(dave, "dev")
+            dave.send("/mode")
+            dave.expect("* modes of dev: +mnt")
+            dave.send("/topic")
+            dave.expect("* topic of dev: one topic for the cluster (set by alice)")
+            for client in (alice, bob, carol, dave):
+                client.close()
         # The cluster's store, not a file of either server's.
         assert "(the cluster's)" in one.stderr
     finally:
         redis_server.stop()
+
+
+def said(text: str):  # type: ignore[no-untyped-def]
+    """A room's notice, labelled with its room or not (in several rooms it is)."""
+    return lambda line: line.endswith(f"* {text}")
+
+
+def enter(client: LineClient, room: str) -> None:
+    client.send(f"/join {room}")
+    client.expect(lambda line: line.startswith(f"* you are now in {room}"))
+
+
+def test_a_registered_room_keeps_its_state_when_empty_and_its_founder_gets_operator(accounts, connect):
+    server = accounts()
+    alice = connect(server, "alice")
+    alice.send("/registerroom")  # lobby, not logged in
+    alice.expect("! log in to your account first (/login, or /register PASSWORD) to register lobby")
+    register(alice, "alice")
+    enter(alice, "dev")
+    alice.send("/topic kept across emptiness")
+    alice.expect(said("alice set the topic: kept across emptiness"))
+    alice.send("/registerroom")
+    alice.expect("* registered dev: its topic, modes and lists are kept; you get +o in it when logged in")
+    alice.send("/mode +m")
+    alice.expect(said("alice set mode +m"))
+    alice.send("/mode +b mallory!*@*")
+    alice.expect(said("alice set mode +b mallory!*@*"))
+    bob = connect(server, "bob")
+    bob.send("/registerroom dev")
+    bob.expect("! log in to your account first (/login, or /register PASSWORD) to register dev")
+    register(bob, "bob")
+    bob.send("/registerroom dev")
+    bob.expect("! only an operator of dev, in it, registers it")
+    alice.send("/part dev")
+    alice.expect(lambda line: line.startswith("* you left dev"))
+    wait_for(lambda: server.rooms.get("dev") is None)  # empty: the engine let go of its state
+
+    enter(bob, "dev")
+    state = server.rooms.get("dev")
+    assert state.topic == "kept across emptiness"
+    assert state.flags == {"m", "n", "t"}
+    assert "mallory!*@*" in state.bans
+    assert not state.is_operator("bob")  # a registered room's first member is not its operator
+    enter(alice, "dev")
+    bob.expect(said("ChanServ set mode +o alice"))
+    wait_for(lambda: server.rooms.get("dev").is_operator("alice"))
+    # Operator accounts follow the room's operators.
+    alice.send("/mode +o bob")
+    bob.expect(said("alice set mode +o bob"))
+    wait_for(lambda: "bob" in server.store.get("room", "dev")["operators"])
+    bob.send("/droproom dev")
+    bob.expect("! only the founder of dev (alice) or a server operator drops it")
+    alice.send("/droproom dev")
+    alice.expect("* dev is no longer registered")
+
+
+@pytest.mark.slow
+def test_a_registered_room_s_topic_and_modes_survive_a_restart(tmp_path: Path):
+    args = ("--plugins", "accounts", "--state-db", str(tmp_path / "state.db"))
+    with ServerProcess(*args) as proc:
+        alice = LineClient(proc.address)
+        alice.sync()
+        alice.send("/nick alice")
+        alice.expect("* you are now known as alice")
+        register(alice, "alice")
+        enter(alice, "dev")
+        alice.send("/registerroom")
+        alice.expect(lambda line: line.startswith("* registered dev"))
+        alice.send("/topic survives restarts")
+        alice.expect(said("alice set the topic: survives restarts"))
+        alice.send("/mode +mk secret")
+        alice.expect(said("alice set mode +mk secret"))
+        alice.close()
+    with ServerProcess(*args) as proc:
+        bob = LineClient(proc.address)
+        bob.sync()
+        bob.send("/join dev")
+        bob.expect("! dev needs a key: /join dev KEY")
+        bob.send("/join dev secret")
+        bob.expect(lambda line: line.startswith("* you are now in dev"))
+        bob.send("/topic")
+        bob.expect("* topic of dev: survives restarts (set by alice)")
+        bob.send("/mode")
+        bob.expect("* modes of dev: +kmnt secret")
+        bob.send("hello")
+        bob.expect("! dev is moderated: only its operators and voiced members speak")
+        alice = LineClient(proc.address)
+        alice.sync()
+        alice.send(f"/login alice {PASSWORD}")
+        alice.expect("* you are logged in to alice")
+        alice.send("/join dev secret")
+        bob.expect(lambda line: line.startswith("[dev] * guest-") and line.endswith(" joined"))
+        bob.expect(lambda line: line.startswith("[dev] * ChanServ set mode +o guest-"))
+        alice.close()
+        bob.close()

@@ -169,3 +169,26 @@ def test_the_redis_store_is_one_for_every_server(tmp_path: Path) -> None:
         two.close()
     finally:
         redis_server.stop()
+
+
+def test_a_plugin_keeps_a_room_s_state_for_its_first_member(chat_server_factory, chat_client) -> None:
+    from chatcore.engine.rooms import RoomState
+
+    class Plugin:
+        @hookimpl
+        def chatcore_room_state(self, server, room):  # type: ignore[no-untyped-def]
+            if room != "kept":
+                return None
+            return RoomState("kept", topic="from the plugin", flags={"n", "t", "m"})
+
+    server = chat_server_factory(plugins=[Plugin()])
+    client = chat_client(server)
+    client.send("/join kept")
+    client.expect(lambda line: line.startswith("* you are now in kept"))
+    state = server.rooms.get("kept")
+    assert state.topic == "from the plugin"
+    assert state.flags == {"n", "t", "m"}
+    assert not state.is_operator("guest-1")  # a kept room's first member is not made its operator
+    client.send("/join fresh")
+    client.expect(lambda line: line.startswith("* you are now in fresh"))
+    assert server.rooms.get("fresh").is_operator("guest-1")

@@ -715,8 +715,11 @@ class ChatServer:
 
     def _enter_room(self, client: Client, room: str) -> RoomState:
         """The state of ``room``, which has nobody here: the backplane's (a
-        cluster's, made on another server), or a new one that ``client`` runs."""
-        founded = RoomState.founded(room, client.nick)
+        cluster's, made on another server), else the state a plugin keeps
+        for it (a registered room's, ``chatcore_room_state``), else a new one
+        that ``client`` runs."""
+        kept = self.hooks.room_state(self, room)
+        founded = kept if kept is not None else RoomState.founded(room, client.nick)
         try:
             state = self.backplane.enter_room(room, founded)
         except Exception:  # the cluster's loss: this server goes on with the room as new
