@@ -1180,6 +1180,8 @@ class IRCProtocol(Protocol):
         ]
         if operator_name(member) is not None:
             lines.append(self.wire.numeric(client.nick, "313", nick, "is an IRC operator"))
+        if member.account:  # RPL_WHOISACCOUNT, as Ergo and the services send it
+            lines.append(self.wire.numeric(client.nick, "330", nick, member.account, "is logged in as"))
         state = irc_state(member)
         if state is not None and state.away is not None:
             lines.append(self.wire.numeric(client.nick, "301", nick, state.away))

@@ -174,6 +174,8 @@ def test_pass_account_password_as_ergo_allows(chat_server_factory, tmp_path, mad
     client.expect(":chatcore 900 * ally!ally@chatcore alice :You are now logged in as alice")
     client.expect(" 001 ally ")
     assert server.registry.find("ally").account == "alice"
+    client.send("WHOIS ally")
+    client.expect(":chatcore 330 ally ally alice :is logged in as")
     wrong = irc_client(server, made)
     wrong.send("PASS alice:wrong-password")
     wrong.send("NICK wrong")
