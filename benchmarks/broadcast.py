@@ -7,6 +7,7 @@ measure of what the machine can do, with ratios to it printed at the end).
     python benchmarks/broadcast.py                      # every scenario, both servers
     python benchmarks/broadcast.py --scenario room100 --duration 10
     python benchmarks/broadcast.py --scenario idle --idle-clients 10000
+    python benchmarks/broadcast.py --servers chatcore --scenario rooms400 --duration 10   # many rooms per client
     python benchmarks/broadcast.py --servers chatcore --plugins welcome,logger
     python benchmarks/broadcast.py --servers chatcore --scenario room100 --web   # WebSocket receivers
     python benchmarks/broadcast.py --scenario room100 --servers chatcore,chatcore-tls   # TCP beside TLS
@@ -63,6 +64,15 @@ count and time.
 (a certificate made for the run with trustme); every client connects over
 TLS and verifies it. Flows only: ``connect`` and ``idle`` measure TCP
 accepts and memory, and are not run for it.
+
+**rooms400** (issue 24, chatcore only): 2,000 clients, each in 5 of 400
+rooms (25 members a room; :func:`rooms_of`), paced at 50,000 deliveries/s
+offered; 400 of them talk, one in each room (the room each joined last, its
+current one). Every client is in several rooms, so every chat line arrives
+after its room's label (``[r042] <s00001> ...``): the senders pad by that
+much less, and every line is still ``--line-size`` bytes. The senders are
+the monitors, checking each sender's sequence per room. The C reference and
+the naive server have one room and no ``/join``: they are not run.
 
 **--web** (chatcore only, flow scenarios): the bulk receivers are WebSocket
 clients of the ``web`` plugin's ``/ws`` instead of native clients, in the
@@ -134,11 +144,13 @@ def now_us() -> int:
 class Scenario:
     name: str
     title: str
-    kind: str  # "flow", "connect" or "idle"
+    kind: str  # "flow", "rooms", "connect" or "idle"
     clients: int = 0
     senders: int = 0
     window: int = 0  # 0: paced by rate instead
     rate: float = 0.0  # offered deliveries/s (paced flows)
+    rooms: int = 0  # "rooms": how many rooms there are
+    rooms_per_client: int = 0  # "rooms": how many of them each client is in
 
 
 SCENARIOS = {
@@ -152,6 +164,19 @@ SCENARIOS = {
         Scenario("room100w1", "100 clients all sending, window 1", "flow", 100, 100, 1),
         Scenario("room500w20", "500 clients, 10 senders, window 20", "flow", 500, 10, 20),
         Scenario("steady", "steady 50,000 deliveries/s to 100 clients", "flow", 100, 10, 0, 50_000),
+        # Issue 24: many rooms per connection. Every client is in 5 of 400
+        # rooms (25 members each); one member of each room talks in it.
+        Scenario(
+            "rooms400",
+            "2,000 clients each in 5 of 400 rooms, steady 50,000 deliveries/s",
+            "rooms",
+            2000,
+            400,
+            0,
+            50_000,
+            rooms=400,
+            rooms_per_client=5,
+        ),
         Scenario("connect", "500 clients connecting at once", "connect", 500),
         Scenario("idle", "idle clients held, resident memory per client", "idle"),
     )
@@ -468,7 +493,9 @@ class Receiver:
         lines = (self.tail + data).split(b"\n")
         self.tail = lines.pop()
         for line in lines:
-            if line[:2] in (b"* ", b"! "):
+            # A client in several rooms gets each room's lines after "[room] ".
+            body = line[line.find(b"] ") + 2 :] if line[:1] == b"[" else line
+            if body[:2] in (b"* ", b"! "):
                 self.notices += 1
             elif len(line) == size - 1:
                 self.lines += 1
@@ -575,13 +602,52 @@ class Monitor(Receiver):
                     self.dirty.add(sender)
 
 
-class Sender:
-    __slots__ = ("index", "monitor", "out", "prefix", "progress_at", "sent", "sock", "stalls")
+class RoomMonitor(Monitor):
+    """A monitor of a client in several rooms: each line comes after its
+    room's label (``[r042] <s00001> ...``), and each sender's sequence is
+    checked per room. Nothing is acknowledged: the rooms scenario is paced."""
 
-    def __init__(self, index: int, sock: socket.socket, prefix: bytes, monitor: Monitor) -> None:
+    __slots__ = ("streams",)
+
+    def __init__(self, sock: socket.socket, size: int, samples: Samples) -> None:
+        super().__init__(sock, size, samples, 0)
+        self.streams: dict[bytes, int] = {}  # label + sender -> last sequence seen
+
+    def feed(self, data: bytes) -> None:
+        Receiver.feed(self, data)
+        lines = (self.buffer + data).split(b"\n")
+        self.buffer = lines.pop()
+        streams = self.streams
+        for line in lines:
+            if len(line) != self.size - 1 or line[:1] != b"[":
+                continue
+            key = line[: line.find(b"]")] + line[-33:-28]
+            try:
+                seq = int(line[-27:-17])
+            except ValueError:
+                continue
+            previous = streams.get(key, 0)
+            if seq == previous + 1:
+                pass
+            elif seq > previous:
+                if previous:
+                    self.gaps += seq - previous - 1
+            elif seq == previous:
+                self.duplicated += 1
+            else:
+                self.reordered += 1
+            if seq > previous:
+                streams[key] = seq
+
+
+class Sender:
+    __slots__ = ("extra", "index", "monitor", "out", "prefix", "progress_at", "sent", "sock", "stalls")
+
+    def __init__(self, index: int, sock: socket.socket, prefix: bytes, monitor: Monitor, extra: int = 0) -> None:
         self.index = index
         self.sock = sock
         self.prefix = prefix  # what the client itself writes before the padding
+        self.extra = extra  # bytes the server adds besides "<s00001> " (a room label)
         self.monitor = monitor
         self.out = b""
         self.sent = 0
@@ -591,7 +657,7 @@ class Sender:
     def make(self, count: int, size: int) -> bytes:
         """``count`` lines, each ``size`` bytes as the receivers will see them."""
         index = self.index
-        pad = b"x" * (size - 9 - TAIL - 1)  # "<s00001> " prefix, tail, newline
+        pad = b"x" * (size - 9 - self.extra - TAIL - 1)  # "<s00001> " prefix (and label), tail, newline
         stamp = now_us()
         first = self.sent + 1
         self.sent += count
@@ -622,6 +688,27 @@ def connect_receivers(
             continue
         sock = connect(port)
         read_until(sock, b"\n")
+        receivers.append(Receiver(sock, size, samples))
+    return receivers
+
+
+def join_rooms(sock: socket.socket, rooms: list[bytes]) -> None:
+    """Enter ``rooms`` (the last one becomes current) and leave lobby,
+    without waiting for the answers (a sync later reads them)."""
+    sock.sendall(b"".join(b"/join %s\n" % room for room in rooms) + b"/part lobby\n")
+
+
+def connect_room_receivers(
+    port: int, rooms: list[list[bytes]], *, rate: float, size: int, samples: Samples
+) -> list[Receiver]:
+    """Native receivers, each in its own rooms (``rooms[i]`` for the i-th)."""
+    paced = Paced(rate)
+    receivers: list[Receiver] = []
+    for its_rooms in rooms:
+        paced.wait()
+        sock = connect(port)
+        read_until(sock, b"\n")
+        join_rooms(sock, its_rooms)
         receivers.append(Receiver(sock, size, samples))
     return receivers
 
@@ -666,6 +753,8 @@ class WorkerTask:
     lifetime: float
     #: The ws:// port with --web (the receivers are WebSocket clients), else 0.
     web_port: int = 0
+    #: The rooms scenario: the rooms each receiver joins (it leaves lobby).
+    rooms: list[list[bytes]] = dataclasses.field(default_factory=list)
 
 
 def worker(task: WorkerTask, ready: Any, stop: Any, counts: Any, pipe: Any) -> None:
@@ -673,9 +762,12 @@ def worker(task: WorkerTask, ready: Any, stop: Any, counts: Any, pipe: Any) -> N
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     samples = Samples()
     try:
-        receivers = connect_receivers(
-            task.port, task.count, rate=task.rate, size=task.size, samples=samples, web_port=task.web_port
-        )
+        if task.rooms:
+            receivers = connect_room_receivers(task.port, task.rooms, rate=task.rate, size=task.size, samples=samples)
+        else:
+            receivers = connect_receivers(
+                task.port, task.count, rate=task.rate, size=task.size, samples=samples, web_port=task.web_port
+            )
         for receiver in receivers:
             sync(receiver.sock, task.server, web=isinstance(receiver, WebReceiver))
     except (OSError, TimeoutError, ConnectionError) as exc:
@@ -923,6 +1015,193 @@ def _run_flow_main(
         "server_cores": round(server_cpu / seconds, 2) if seconds > 0 else None,
         "driver_cores": round((driver_cpu + sum(r.get("cpu", 0.0) for r in results)) / (time.monotonic() - started), 2),
     }
+
+
+def room_name(number: int) -> bytes:
+    """Room names of one width (``r007``), so that every labelled line,
+    ``[r007] <s00001> ...``, is the same size."""
+    return b"r%03d" % number
+
+
+def rooms_of(scenario: Scenario) -> list[list[bytes]]:
+    """The rooms of each client: client i is in rooms i, i + 97, i + 2 * 97 ...
+    (modulo the number of rooms). 97 is prime to 400, so each client's rooms
+    are distinct, every room has clients x rooms-per-client / rooms members
+    (25), and two clients share some of their rooms but not all (a stride
+    that divides the rooms would make cliques of 25 sharing the same five)."""
+    count, each = scenario.rooms, scenario.rooms_per_client
+    return [[room_name((client + 97 * step) % count) for step in range(each)] for client in range(scenario.clients)]
+
+
+def run_rooms(server: ServerProcess, scenario: Scenario, options: argparse.Namespace) -> dict[str, Any]:
+    """``clients`` native clients, each in ``rooms_per_client`` of ``rooms``
+    rooms; ``senders`` of them talk, each in its current room (the one it
+    joined last: clients 0 .. 399 have 400 different ones, so every room has
+    one talker), paced so that ``rate`` deliveries per second are offered.
+
+    Every client is in several rooms, so every chat line it gets carries its
+    room's label, ``[r042] ``, and the senders pad their lines by that much
+    less: every line is still ``--line-size`` bytes, and the receivers count
+    them as in the flows. The senders are the monitors (each checks the
+    sequence of every sender in each of its rooms). Lost = what each sender
+    sent times the other members of its room, less what arrived."""
+    size = options.line_size
+    assignment = rooms_of(scenario)
+    senders_count = min(scenario.senders, scenario.clients)
+    members: dict[bytes, int] = {}
+    for its_rooms in assignment:
+        for room in its_rooms:
+            members[room] = members.get(room, 0) + 1
+    bulk_rooms = assignment[senders_count:]
+    procs = min(options.procs, len(bulk_rooms))
+    bulk = len(bulk_rooms)
+    share = [bulk // procs + (1 if i < bulk % procs else 0) for i in range(procs)] if procs else []
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    counts = ctx.Array("q", max(1, procs), lock=False)
+    workers = []
+    start = 0
+    for slot, count in enumerate(share):
+        ready = ctx.Event()
+        parent, child = ctx.Pipe(duplex=False)
+        task = WorkerTask(
+            server.port,
+            server.name,
+            count,
+            options.connect_rate,
+            size,
+            slot,
+            lifetime=3 * SETUP_TIMEOUT + options.duration + DRAIN_TIMEOUT + 30,
+            rooms=bulk_rooms[start : start + count],
+        )
+        start += count
+        process = ctx.Process(target=worker, args=(task, ready, stop, counts, child), daemon=True)
+        process.start()
+        workers.append((process, ready, parent))
+    samples = Samples()
+    try:
+        paced = Paced(options.connect_rate)
+        label = len(b"[] ") + len(room_name(0))
+        senders: list[Sender] = []
+        monitors: list[RoomMonitor] = []
+        for index in range(senders_count):
+            paced.wait()
+            sock = connect(server.port)
+            read_until(sock, b"\n")
+            sock.sendall(b"/nick s%05d\n" % index)
+            read_until(sock, b"* you are now known as")
+            join_rooms(sock, assignment[index])
+            monitor = RoomMonitor(sock, size, samples)
+            monitors.append(monitor)
+            senders.append(Sender(index, sock, b"", monitor, extra=label))
+        receivers: list[Receiver] = [
+            *monitors,
+            *connect_room_receivers(
+                server.port,
+                bulk_rooms[sum(share) :],
+                rate=options.connect_rate,
+                size=size,
+                samples=samples,
+            ),
+        ]
+        deadline = time.monotonic() + 2 * SETUP_TIMEOUT
+        for process, ready, pipe in workers:
+            while not ready.wait(0.1):
+                if pipe.poll() or not process.is_alive() or time.monotonic() > deadline:
+                    message = pipe.recv() if pipe.poll() else {"error": "worker did not get ready"}
+                    raise RuntimeError(message.get("error", "worker failed"))
+        # Twice: the first pass makes sure every client's joins are done, so
+        # that the second leaves no join notice on its way.
+        for _ in range(2):
+            for receiver in receivers:
+                receiver.sock.setblocking(True)
+                sync(receiver.sock, server.name)
+        # Each sender talks in the room it joined last.
+        audience = [members[assignment[index][-1]] - 1 for index in range(senders_count)]
+        per_sender_rate = scenario.rate / max(1, sum(audience))
+
+        def total_lines() -> int:
+            return sum(r.lines for r in receivers) + int(sum(counts))
+
+        started = time.monotonic()
+        cpu_start = time.process_time()
+        server_cpu_start = server.cpu_seconds()
+        send_until = started + options.duration
+        lines_at_start = total_lines()
+        lines_at_stop: int | None = None
+        stopped_at = send_until
+        server_cpu = 0.0
+        expected = 0
+        last_total, quiet_since = -1, 0.0
+
+        def until_next_send() -> float:
+            if time.monotonic() >= send_until:
+                return 0.0005
+            due = min(started + (s.sent + 1 - s.index / len(senders)) / per_sender_rate for s in senders)
+            return min(0.005, max(0.0, due - time.monotonic()))
+
+        for _ in receive_loop(receivers, lambda: time.monotonic() > send_until + DRAIN_TIMEOUT, until_next_send):
+            now = time.monotonic()
+            if now < send_until:
+                for sender in senders:
+                    due = int((now - started) * per_sender_rate + sender.index / len(senders))
+                    if due > sender.sent and not sender.out:
+                        sender.out = sender.make(min(due - sender.sent, 100), size)
+                    sender.push()
+                continue
+            if lines_at_stop is None:
+                for sender in senders:
+                    sender.push()
+                if any(sender.out for sender in senders):
+                    continue
+                lines_at_stop = total_lines()
+                stopped_at = now
+                server_cpu = server.cpu_seconds() - server_cpu_start
+                expected = sum(s.sent * audience[s.index] for s in senders)
+            total = total_lines()
+            if total >= expected:
+                break
+            if total != last_total:
+                last_total, quiet_since = total, now
+            elif now - quiet_since > 1.0:
+                break  # nothing arrived for a second: the rest is lost
+        driver_cpu = time.process_time() - cpu_start
+        stop.set()
+        results = [pipe.recv() for _process, _ready, pipe in workers if pipe.poll(5)]
+        received = sum(r.lines for r in receivers) + sum(r.get("lines", 0) for r in results)
+        corrupted = sum(r.corrupted for r in receivers) + sum(r.get("corrupted", 0) for r in results)
+        for result in results:
+            samples.extend(result.get("samples", []))
+        for receiver in receivers:
+            receiver.sock.close()
+        if lines_at_stop is None:
+            lines_at_stop = total_lines()
+            server_cpu = server.cpu_seconds() - server_cpu_start
+        seconds = stopped_at - started
+        sent = sum(s.sent for s in senders)
+        return {
+            "sent": sent,
+            "deliveries": received,
+            "deliveries_per_s": (lines_at_stop - lines_at_start) / seconds if seconds > 0 else 0.0,
+            "p50_ms": percentile(samples, 0.5),
+            "p99_ms": percentile(samples, 0.99),
+            "lost": max(0, sum(s.sent * audience[s.index] for s in senders) - received),
+            "corrupted": corrupted,
+            "gaps": sum(m.gaps for m in monitors),
+            "duplicated": sum(m.duplicated for m in monitors),
+            "reordered": sum(m.reordered for m in monitors),
+            "seconds": round(seconds, 2),
+            "server_cores": round(server_cpu / seconds, 2) if seconds > 0 else None,
+            "driver_cores": round(
+                (driver_cpu + sum(r.get("cpu", 0.0) for r in results)) / (time.monotonic() - started), 2
+            ),
+        }
+    finally:
+        stop.set()
+        for process, _ready, _pipe in workers:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
 
 
 def run_connect(server: ServerProcess, scenario: Scenario, options: argparse.Namespace) -> dict[str, Any]:
@@ -1284,7 +1563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if label != server_name:
             python = options.python_of.get(label, sys.executable)
             print(f"  {label}: chatcore with plugins {plugins or '(none)'}, run by {python}", flush=True)
-    runners = {"flow": run_flow, "connect": run_connect, "idle": run_idle}
+    runners = {"flow": run_flow, "rooms": run_rooms, "connect": run_connect, "idle": run_idle}
     results: list[dict[str, Any]] = []
     failed = False
     with tempfile.TemporaryDirectory(prefix="chatcore-bench-") as log_dir:
@@ -1298,8 +1577,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rounds = f" (round {round_} of {options.rounds})" if options.rounds > 1 else ""
                 print(f"{scenario.name}: {scenario.title}{rounds}", flush=True)
                 for label, server_name, plugins in options.variants:
-                    if server_name == "chatcore-tls" and scenario.kind != "flow":
+                    if server_name == "chatcore-tls" and scenario.kind not in ("flow", "rooms"):
                         print(f"  {label:12s} (not measured: TLS runs the flow scenarios only)", flush=True)
+                        continue
+                    if scenario.kind == "rooms" and server_name in ("naive", "c-epoll"):
+                        # c_epoll_server.c and naive_server.py have one room and no /join.
+                        print(f"  {label:12s} (not measured: one room only, no /join)", flush=True)
                         continue
                     ClientTLS.context = tls_context if server_name == "chatcore-tls" else None
                     try:
@@ -1340,7 +1623,9 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    flows = [name for name in dict.fromkeys(row["scenario"] for row in results) if SCENARIOS[name].kind == "flow"]
+    flows = [
+        name for name in dict.fromkeys(row["scenario"] for row in results) if SCENARIOS[name].kind in ("flow", "rooms")
+    ]
     servers = list(dict.fromkeys(row["server"] for row in results if row["scenario"] in flows))
     found = {(row["scenario"], row["server"]): row for row in results}
     figure, (rates, tails) = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -3,12 +3,13 @@ would make every figure wrong), and the speed of its receive path."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from broadcast import LINE_SIZE, Monitor, Receiver, Samples, WebReceiver, main, now_us
+from broadcast import LINE_SIZE, SCENARIOS, Monitor, Receiver, RoomMonitor, Samples, WebReceiver, main, now_us, rooms_of
 from conftest import min_seconds
 from pytest_benchmark.fixture import BenchmarkFixture
 
@@ -42,6 +43,60 @@ def test_monitor_checks_each_senders_sequence() -> None:
     monitor.feed(line(1, 1) + line(1, 2) + line(1, 5) + line(1, 4) + line(1, 5) + line(2, 1))
     assert (monitor.gaps, monitor.reordered, monitor.duplicated) == (2, 1, 1)
     assert monitor.acked[1:] == [5, 1]
+
+
+def labelled(room: int, sender: int, seq: int) -> bytes:
+    """A line as a client in several rooms gets it: after its room's label,
+    the sender's padding 7 bytes shorter."""
+    data = b"[r%03d] <s%05d> %s %05d %010d %016d\n" % (room, sender, b"x" * 13, sender, seq, now_us())
+    assert len(data) == LINE_SIZE
+    return data
+
+
+def test_room_monitor_checks_each_senders_sequence_per_room() -> None:
+    monitor = RoomMonitor(None, LINE_SIZE, Samples())  # type: ignore[arg-type]
+    # Sender 1 talks in rooms 7 and 8, each its own sequence; room 8 loses 2 and 3, room 7 repeats 2.
+    stream = [labelled(7, 1, 1), labelled(8, 1, 1), labelled(7, 1, 2), labelled(8, 1, 4), labelled(7, 1, 2)]
+    notice = b"[r007] * guest-9 joined\n"
+    monitor.feed(b"".join(stream[:3]) + notice + b"".join(stream[3:]))
+    assert (monitor.gaps, monitor.duplicated, monitor.reordered) == (2, 1, 0)
+    assert (monitor.lines, monitor.notices, monitor.corrupted) == (5, 1, 0)
+
+
+def test_rooms_spread_every_client_over_distinct_rooms_of_one_size() -> None:
+    scenario = SCENARIOS["rooms400"]
+    assignment = rooms_of(scenario)
+    assert len(assignment) == 2000
+    assert all(len(set(rooms)) == 5 for rooms in assignment)
+    members: dict[bytes, int] = {}
+    for rooms in assignment:
+        for room in rooms:
+            members[room] = members.get(room, 0) + 1
+    assert len(members) == 400
+    assert set(members.values()) == {25}
+    # The senders' current rooms (the last joined): one talker in each room.
+    assert len({rooms[-1] for rooms in assignment[: scenario.senders]}) == 400
+    # Not cliques: client 0 shares rooms with more than the 24 others of one room.
+    mine = set(assignment[0])
+    assert len([rooms for rooms in assignment[1:] if mine & set(rooms)]) > 24
+
+
+def test_driver_runs_the_rooms_scenario_on_chatcore_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rooms400, made small: 60 clients each in 3 of 20 rooms, one talker per
+    room. The C reference has one room and no /join: it is not run."""
+    small = dataclasses.replace(SCENARIOS["rooms400"], clients=60, senders=20, rooms=20, rooms_per_client=3, rate=5000)
+    monkeypatch.setitem(SCENARIOS, "rooms400", small)
+    results = tmp_path / "results.json"
+    argv = ["--servers", "chatcore,c-epoll", "--scenario", "rooms400", "--duration", "0.5", "--procs", "1"]
+    assert main([*argv, "--json", str(results)]) == 0
+    (row,) = json.loads(results.read_text())
+    assert row["server"] == "chatcore"
+    assert row["sent"] > 0
+    assert row["deliveries"] == row["sent"] * 8  # 9 members a room
+    assert row["lost"] == row["corrupted"] == row["gaps"] == row["duplicated"] == row["reordered"] == 0
+    assert "c-epoll      (not measured: one room only, no /join)" in capsys.readouterr().out
 
 
 def test_driver_runs_every_server_by_default(tmp_path: Path) -> None:

@@ -18,6 +18,12 @@ RESERVED_NICKS = frozenset({"server", "chatcore", "admin", "system", "you", "nob
 _GUEST = re.compile(r"guest-[0-9]+", re.IGNORECASE)
 
 
+def is_guest_nick(nick: str) -> bool:
+    """Whether ``nick`` is a name the server handed out (``guest-<number>``),
+    not one its holder chose: nobody may choose one."""
+    return _GUEST.fullmatch(nick) is not None
+
+
 def nick_problem(nick: str) -> str | None:
     """Why ``nick`` cannot be a nickname, or None if it can."""
     if not _NAME.fullmatch(nick):

@@ -11,16 +11,23 @@ load-test text.
 
 Every load-test message is a chat line whose text is::
 
-    ~lt SENDER SEQ SENT_US xxxx...
+    ~lt SENDER@N#ROOM SEQ SENT_US xxxx...
 
-``SENDER`` is unique per simulated user (across processes) and ends in
-``@N``, the index of the server the sender is connected to in the run's
-list of servers (``--chat-hosts``), so a receiver can split its deliveries
-by (sending server, receiving server); ``SEQ`` counts
-from 1 per sender, ``SENT_US`` is the send time in microseconds since the
-epoch (all load generators of one run share a clock: same host, or NTP) and
-the ``x`` padding brings the text to the configured size. Receivers check
-each sender's sequence:
+``SENDER`` is unique per simulated user (across processes), ``@N`` names
+the index of the server the sender is connected to in the run's list of
+servers (``--chat-hosts``), so a receiver can split its deliveries by
+(sending server, receiving server), and ``#ROOM`` is the room the message
+was sent to; ``SEQ`` counts from 1 per sender and room, ``SENT_US`` is the
+send time in microseconds since the epoch (all load generators of one run
+share a clock: same host, or NTP) and the ``x`` padding brings the text to
+the configured size.
+
+So a user in several rooms (``--rooms-per-user``) is one stream per room,
+and every check below holds per room: each member of a room expects each
+line said there once, in order, in that room's stream. The dialect checks
+that a line arrived in the room its ``#ROOM`` names (the native ``[room] ``
+label, the IRC channel, the WebSocket message's ``room``); one that did not
+is corrupted. Receivers check each stream's sequence:
 
 - Tracking of a sender starts at the first of its messages a receiver sees,
   so a receiver never reports what was sent before it joined the room, and
@@ -64,8 +71,8 @@ def new_sender_id(origin: int = 0) -> str:
 
 
 def origin_of(sender: bytes) -> int:
-    """The server index a sender id names (0 if it names none)."""
-    _, _, origin = sender.rpartition(b"@")
+    """The server index a sender field (``SENDER@N#ROOM``) names (0 if it names none)."""
+    _, _, origin = sender.partition(b"#")[0].rpartition(b"@")
     try:
         return int(origin)
     except ValueError:
@@ -125,12 +132,13 @@ class ChatConnection:
         self.sock: Any = None
         self.dialect: Dialect | None = None
         self.sender = new_sender_id(server_index)
-        self.seq = 0
+        #: Messages sent so far, per room.
+        self.seq: dict[str, int] = {}
         self.sample = 1
         self._reader: gevent.Greenlet | None = None
         self._stopping = False
-        # Per sender: [last sequence seen, set of missing sequence numbers,
-        # the server it sends through].
+        # Per sender and room (the payload's first field): [last sequence
+        # seen, set of missing sequence numbers, the server it sends through].
         self._senders: dict[bytes, list[Any]] = {}
         # Per sending server: deliveries since the last sample, and that
         # sample's latency (a sample stands only for its own server's count).
@@ -157,8 +165,15 @@ class ChatConnection:
         self.dialect.set_nick(self.nickname())
 
     def join(self, room: str) -> None:
+        """Enter ``room``, staying in the rooms the connection is in."""
         assert self.dialect is not None
         self.dialect.join(room)
+
+    def keep_only(self, rooms: list[str]) -> None:
+        """Leave every room but ``rooms`` (the one it was put in on entering)."""
+        assert self.dialect is not None
+        for room in [room for room in self.dialect.rooms if room not in rooms]:
+            self.dialect.part(room)
 
     def nickname(self) -> str:
         """A nickname made of the sender id (valid: letters, digits, ``_``)."""
@@ -169,13 +184,13 @@ class ChatConnection:
     def start_receiving(self) -> None:
         self._reader = gevent.spawn(self._receive)
 
-    def send_message(self, size: int) -> int:
-        """Send the next load-test message of ``size`` bytes of text; return
-        the bytes sent."""
-        self.seq += 1
-        text = HEADER.format(sender=self.sender, seq=self.seq, sent_us=now_us())
+    def send_message(self, size: int, room: str) -> int:
+        """Send the next load-test message of ``size`` bytes of text to
+        ``room`` (one the connection is in); return the bytes sent."""
+        seq = self.seq[room] = self.seq.get(room, 0) + 1
+        text = HEADER.format(sender=f"{self.sender}#{room}", seq=seq, sent_us=now_us())
         assert self.dialect is not None
-        return self.dialect.chat(text + "x" * max(1, size - len(text)))
+        return self.dialect.chat(text + "x" * max(1, size - len(text)), room)
 
     def close(self) -> None:
         """Stop receiving, report what is still counted, say goodbye, close."""
@@ -237,7 +252,7 @@ class ChatConnection:
                 return
 
     def _track(self, payloads: list[bytes]) -> None:
-        """Check each load-test payload (``SENDER SEQ SENT_US xxx...``)."""
+        """Check each load-test payload (``SENDER@N#ROOM SEQ SENT_US xxx...``)."""
         senders = self._senders
         recorder = self.recorder
         sample = self.sample

@@ -3,15 +3,16 @@
 Each user connects to one of the run's servers (``--host``, or round robin
 over ``--chat-hosts``, or by transport weights with ``--chat-mix``), in the
 dialect of the URL's scheme (native, IRC, WebSocket), sets a nickname (unless ``--no-nick``), joins one of
-``--rooms`` rooms (round robin), then sends ``--message-rate`` messages per
-second of ``--message-size`` bytes, while a background greenlet receives
-everything broadcast to it and measures delivery latency and losses. A
-``--listeners`` share of the users only listen.
+``--rooms`` rooms (round robin; with ``--rooms-per-user N``, that room and
+the N-1 after it), then sends ``--message-rate`` messages per second of
+``--message-size`` bytes to each of its rooms, while a background greenlet
+receives everything broadcast to it and measures delivery latency and
+losses. A ``--listeners`` share of the users only listen.
 
 A run of a known size (``--messages N``): every user waits until all the
 users of its Locust process are in the chat, so each message has its whole
 audience and the delivery counts can be checked exactly; each sender then
-sends N messages and only listens; the run ends once every user is done and
+sends N messages to each of its rooms and only listens; the run ends once every user is done and
 no delivery has arrived for a moment (:class:`MessagesRun`).
 
 Scenarios subclass :class:`BaseChatUser` in their own file and override
@@ -202,6 +203,7 @@ class BaseChatUser(User):
         rooms: int = max(1, options.rooms if options else 1)
         listeners: float = options.listeners if options else 0.0
         self.rooms = rooms
+        self.rooms_per_user: int = min(rooms, max(1, options.rooms_per_user if options else 1))
         try:
             servers_round = spread_of(self.environment, self.host).cycle
         except ValueError:  # no server yet (the web UI's form): checked again at connect
@@ -214,14 +216,17 @@ class BaseChatUser(User):
         self.spread_round, self.spread_place = divmod(self.number, servers_round)
         self.spread_places = servers_round
         self.room = self.pick_room()
+        #: Every room this user is in and sends to (in turn), ``room`` first.
+        self.user_rooms = self.pick_rooms()
         self.sending = self.rate > 0 and not self.in_share(listeners)
         self.set_nick = not (options and options.no_nick)
         self.connection: ChatConnection | None = None
         self.send_name = "message"
         self._next_send = 0.0
-        #: ``--messages``: how many this user sends (0: until the run ends),
-        #: how many it has sent, and whether it has done its part.
-        self.messages_to_send: int = max(0, options.messages) if options else 0
+        #: ``--messages``: how many this user sends, N to each of its rooms
+        #: (0: until the run ends), how many it has sent, and whether it has
+        #: done its part.
+        self.messages_to_send: int = max(0, options.messages) * len(self.user_rooms) if options else 0
         self.sent = 0
         self.done = False
 
@@ -236,6 +241,16 @@ class BaseChatUser(User):
         further on after each round of servers (so each room gets users of
         every server: one round's users are in consecutive rooms)."""
         return f"room-{(self.spread_round + self.spread_place) % self.rooms}"
+
+    def pick_rooms(self) -> list[str]:
+        """Every room this user joins: :meth:`pick_room`'s, and with
+        ``--rooms-per-user N`` the N-1 rooms after it (``room-5``,
+        ``room-6`` ...; round the end of ``--rooms``), so that each room has
+        as many members as the others, and neighbours share some of their rooms."""
+        if self.rooms_per_user <= 1:
+            return [self.room]
+        first = (self.spread_round + self.spread_place) % self.rooms
+        return [f"room-{(first + step) % self.rooms}" for step in range(self.rooms_per_user)]
 
     def in_share(self, share: float) -> bool:
         """Whether this user is one of a ``share`` (0 to 1) of the users:
@@ -274,11 +289,15 @@ class BaseChatUser(User):
         )
         self.connection = connection
         self.send_name = send_name(endpoints, index)
-        for request_type, step_name, step in (
+        steps: list[tuple[str, str, Any]] = [
             ("connect", "welcome", connection.connect),
             ("nick", "/nick", connection.set_nick),
-            ("join", "/join", lambda: connection.join(self.room)),
-        ):
+        ]
+        # One join row per room; the last one also leaves the room the
+        # server put the user in (lobby), unless that is one of its own.
+        steps += [("join", "/join", lambda room=room: connection.join(room)) for room in self.user_rooms[:-1]]
+        steps.append(("join", "/join", lambda: self._join_last(connection)))
+        for request_type, step_name, step in steps:
             if request_type == "nick" and not (self.set_nick and connection.sets_nick):
                 continue
             name = setup_name(endpoints, index, step_name)
@@ -314,6 +333,10 @@ class BaseChatUser(User):
         self.joined()
         return True
 
+    def _join_last(self, connection: ChatConnection) -> None:
+        connection.join(self.user_rooms[-1])
+        connection.keep_only(self.user_rooms)
+
     def joined(self) -> None:
         """Called when the user is in its room and receiving (for scenarios)."""
 
@@ -335,11 +358,12 @@ class BaseChatUser(User):
         self.leave()
 
     def wait_time(self) -> float:
-        """Pace sends at ``rate`` per second without bursting to catch up."""
+        """Pace sends at ``rate`` per second to each room (in turn) without
+        bursting to catch up."""
         if not self.sending:
             return 1.0
         now = time.monotonic()
-        self._next_send = max(self._next_send + 1.0 / self.rate, now - 1.0)
+        self._next_send = max(self._next_send + 1.0 / (self.rate * len(self.user_rooms)), now - 1.0)
         return max(0.0, self._next_send - now)
 
     @task
@@ -357,7 +381,7 @@ class BaseChatUser(User):
         assert connection is not None
         started = time.perf_counter()
         try:
-            length = connection.send_message(self.size)
+            length = connection.send_message(self.size, self.user_rooms[self.sent % len(self.user_rooms)])
         except OSError as exc:
             self.environment.events.request.fire(
                 request_type="send",

@@ -93,7 +93,7 @@ def add_options(parser: Any) -> None:
         type=float,
         default=1.0,
         env_var="CHATCORE_MESSAGE_RATE",
-        help="messages per second sent by each sending user (default: %(default)s)",
+        help="messages per second sent by each sending user, to each of its rooms (default: %(default)s)",
     )
     group.add_argument(
         "--message-size",
@@ -108,8 +108,9 @@ def add_options(parser: Any) -> None:
         default=0,
         metavar="N",
         env_var="CHATCORE_MESSAGES",
-        help="a run of a known size: each sending user sends N messages, starting once every user (of its Locust "
-        "process) is in the chat, and the run ends once all have been sent and no delivery has arrived for "
+        help="a run of a known size: each sending user sends N messages (to each of its rooms), starting once "
+        "every user (of its Locust process) is in the chat, and the run ends once all have been sent and no "
+        "delivery has arrived for "
         f"{QUIET_AFTER_MESSAGES:g} s; -t still caps the run (default: 0, send until -t)",
     )
     group.add_argument(
@@ -118,6 +119,15 @@ def add_options(parser: Any) -> None:
         default=1,
         env_var="CHATCORE_ROOMS",
         help="users are spread over this many rooms, room-0 .. room-N-1 (default: %(default)s)",
+    )
+    group.add_argument(
+        "--rooms-per-user",
+        type=int,
+        default=1,
+        metavar="N",
+        env_var="CHATCORE_ROOMS_PER_USER",
+        help="each user joins N of the --rooms rooms (its own and the next N-1) and sends --message-rate "
+        "messages per second (and --messages N) to each of them; losses are counted per room (default: %(default)s)",
     )
     group.add_argument(
         "--listeners",
@@ -490,10 +500,19 @@ def compute_default_options_once(**_kwargs: Any) -> None:
 
 @events.init.add_listener
 def check_servers(environment: Environment, **_kwargs: Any) -> None:
-    """A bad --host, --chat-hosts or --chat-mix is a usage error before anything starts
-    (in the web UI the host may still be typed in later)."""
+    """A bad --host, --chat-hosts, --chat-mix or --rooms-per-user is a usage error before
+    anything starts (in the web UI the host may still be typed in later)."""
     options = environment.parsed_options
-    if options is None or not (options.chat_hosts or environment.host or options.headless):
+    if options is None:
+        return
+    if not 1 <= options.rooms_per_user <= max(1, options.rooms):
+        log.error(
+            "chatcore load test: --rooms-per-user %d: give 1 to --rooms (%d), or more --rooms",
+            options.rooms_per_user,
+            max(1, options.rooms),
+        )
+        sys.exit(2)
+    if not (options.chat_hosts or environment.host or options.headless):
         return
     try:
         spread_of(environment, environment.host)

@@ -70,8 +70,16 @@ class Dialect:
     what the receive greenlet reads and returns the load-test payloads in it
     (the text after ``~lt``), noting on the way :attr:`farewell` (the server
     said it cut the connection off) and :attr:`corrupt` (frames that cannot
-    be read at all). Whatever arrived during setup and was not a reply is
-    kept and handed over by the first ``received(b"")``.
+    be read at all, and load-test lines that arrived in another room than
+    the one they were sent to). Whatever arrived during setup and was not a
+    reply is kept and handed over by the first ``received(b"")``.
+
+    A connection may be in several rooms (``--rooms-per-user``):
+    :meth:`join` enters one more, :meth:`part` leaves one, :meth:`chat`
+    says a line in a given room. Each payload's sender field ends in
+    ``#ROOM``, the room it was sent to; :meth:`routed` checks it against the
+    room the line arrived in, as the server said it (the native ``[room] ``
+    label, the IRC channel, the WebSocket message's ``room``).
     """
 
     #: True when :meth:`enter` already gave the connection its nickname
@@ -84,7 +92,10 @@ class Dialect:
         self.sock = sock
         self.endpoint = endpoint
         self.timeout = timeout
-        self.room = ""
+        #: The rooms the connection is in, in the order joined, and the one
+        #: its plain lines go to (native and web).
+        self.rooms: list[str] = []
+        self.current = ""
         #: Set when the server said it is closing the connection.
         self.farewell: str | None = None
         #: What could not be read (a frame that is not JSON ...), to report as corrupted.
@@ -116,7 +127,7 @@ class Dialect:
         first = self.readline()
         if first.startswith("! "):
             raise ChatError(f"refused: {first[2:]}")
-        self.room = "lobby"  # where the server puts a native client
+        self.rooms, self.current = ["lobby"], "lobby"  # where the server puts a native client
         return first
 
     def command(self, line: str, reply_prefix: str) -> str:
@@ -135,20 +146,45 @@ class Dialect:
         self.command(f"/nick {nick}", "* you are")
 
     def join(self, room: str) -> None:
-        """Enter ``room`` and leave the one it was in: a user of the load
-        tester talks in one room (its lines are counted per room)."""
-        if room == self.room:
+        """Enter ``room`` (staying in the others) and make it current."""
+        if room in self.rooms:
             return
         self.command(f"/join {room}", f"* you are now in {room} ")
-        if self.room:
-            self.command(f"/part {self.room}", f"* you left {self.room}")
-        self.room = room
+        self.rooms.append(room)
+        self.current = room
+
+    def part(self, room: str) -> None:
+        """Leave ``room``; the server makes the room joined last current."""
+        if room not in self.rooms:
+            return
+        self.command(f"/part {room}", f"* you left {room}")
+        self.rooms.remove(room)
+        self.current = self.rooms[-1] if self.rooms else ""
+
+    def routed(self, room: bytes, payload: bytes) -> bool:
+        """Whether ``payload`` arrived in the room it was sent to (its
+        sender field ends in ``#ROOM``); if not, it is noted as corrupted.
+        A sender field without a room (another version's load) is not checked."""
+        sender = payload[: payload.find(b" ")]
+        at = sender.rfind(b"#")
+        if at < 0 or sender[at + 1 :] == room:
+            return True
+        self.corrupt.append(
+            f"{sender[:at].decode('utf-8', 'replace')}: sent to {sender[at + 1 :].decode('utf-8', 'replace')}, "
+            f"arrived in {room.decode('utf-8', 'replace')}"
+        )
+        return False
 
     # -- running ----------------------------------------------------------------
 
-    def chat(self, text: str) -> int:
-        """Say ``text`` in the room; return the bytes sent."""
+    def chat(self, text: str, room: str) -> int:
+        """Say ``text`` in ``room`` (one the connection is in); return the
+        bytes sent. Plain lines go to the current room: another room is
+        made current first (``/join`` of a room one is in), in the same write."""
         data = text.encode("utf-8") + b"\n"
+        if room != self.current:
+            data = f"/join {room}\n".encode() + data
+            self.current = room
         self.send(data)
         return len(data)
 
@@ -156,11 +192,22 @@ class Dialect:
         lines = (self._buffer + data).split(b"\n")
         self._buffer = lines.pop()
         mark = self.MARK
+        # In one room, its lines come unlabelled; in several, after "[room] ".
+        only = self.rooms[0].encode() if len(self.rooms) == 1 else b""
         payloads = []
         for line in lines:
             start = line.find(mark)
             if start >= 0:
-                payloads.append(line[start + len(mark) :])
+                payload = line[start + len(mark) :]
+                if line[:1] == b"[":
+                    room = line[1 : line.find(b"] ")]
+                elif only:
+                    room = only
+                else:  # unlabelled in several rooms: not a room's line (a private message?)
+                    payloads.append(payload)
+                    continue
+                if self.routed(room, payload):
+                    payloads.append(payload)
             elif line.startswith(b"! disconnected"):
                 self.farewell = line.decode("utf-8", "replace")
         return payloads
@@ -175,8 +222,8 @@ class Dialect:
 
 class IrcDialect(Dialect):
     """IRC as the ``irc`` plugin speaks it (docs/irc.md): register with
-    NICK and USER and join ``#lobby``, ``JOIN #room`` then ``PART`` of the
-    channel it was in (a load-test user talks in one room), ``PRIVMSG #room :text``;
+    NICK and USER and join ``#lobby``, ``JOIN #room`` and ``PART #room``
+    (a connection may be in several channels), ``PRIVMSG #room :text``;
     a ``PING`` is answered with ``PONG``, ``ERROR`` is the server's last word.
 
     Chat longer than fits a 512-byte IRC line reaches IRC users split over
@@ -196,24 +243,31 @@ class IrcDialect(Dialect):
                 welcome = params
             elif command == "366":
                 break
-        self.room = "lobby"
+        self.rooms, self.current = ["lobby"], "lobby"
         return welcome
 
     def set_nick(self, nick: str) -> None:
         raise NotImplementedError("IRC registers with its nickname (names_at_entry)")
 
     def join(self, room: str) -> None:
-        if room == self.room:
-            return  # JOIN of the channel you are in is answered with nothing
+        if room in self.rooms:
+            return  # JOIN of a channel you are in is answered with nothing
         self.send(f"JOIN #{room}\r\n".encode())
         for command, params in self._replies(f"JOIN #{room}"):
             if command == "366" and f" #{room} " in f" {params} ":
                 break
-        self.send(f"PART #{self.room}\r\n".encode())
-        for command, params in self._replies(f"PART #{self.room}"):
-            if command == "PART" and params.split()[0] == f"#{self.room}":
+        self.rooms.append(room)
+        self.current = room
+
+    def part(self, room: str) -> None:
+        if room not in self.rooms:
+            return
+        self.send(f"PART #{room}\r\n".encode())
+        for command, params in self._replies(f"PART #{room}"):
+            if command == "PART" and params.split()[0] == f"#{room}":
                 break
-        self.room = room
+        self.rooms.remove(room)
+        self.current = self.rooms[-1] if self.rooms else ""
 
     def _replies(self, what: str) -> Iterator[tuple[str, str]]:
         """(command, parameters) of each line from the server; a numeric
@@ -231,8 +285,8 @@ class IrcDialect(Dialect):
             else:
                 yield command, params
 
-    def chat(self, text: str) -> int:
-        data = f"PRIVMSG #{self.room} :{text}\r\n".encode()
+    def chat(self, text: str, room: str) -> int:
+        data = f"PRIVMSG #{room} :{text}\r\n".encode()
         self.send(data)
         return len(data)
 
@@ -244,7 +298,11 @@ class IrcDialect(Dialect):
         for line in lines:
             start = line.find(mark)
             if start >= 0:
-                payloads.append(line[start + len(mark) :].rstrip(b"\r"))
+                payload = line[start + len(mark) :].rstrip(b"\r")
+                # ":nick!user@host PRIVMSG #room :~lt ...": the channel is the room.
+                channel = line.find(b" #", 0, start)
+                if channel < 0 or self.routed(line[channel + 2 : start], payload):
+                    payloads.append(payload)
             elif line.startswith(b"PING "):
                 self.send(b"PONG " + line[5:].rstrip(b"\r") + b"\r\n")
             elif line.startswith(b"ERROR "):
@@ -258,6 +316,8 @@ class IrcDialect(Dialect):
             pass
 
 
+#: What precedes a chat message's room in the server's JSON.
+ROOM_FIELD = b'"room":"'
 #: WebSocket opcodes (RFC 6455 5.2) of the frames a server sends.
 _CONTINUATION, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -382,7 +442,7 @@ class WebSocketDialect(Dialect):
         message = self._next_message()
         if message.get("type") == "error":
             raise ChatError(f"refused: {message.get('text')}")
-        self.room = "lobby"
+        self.rooms, self.current = ["lobby"], "lobby"
         return " ".join(message.get("lines", [])) or str(message.get("type"))
 
     def _line(self, line: str) -> int:
@@ -404,17 +464,27 @@ class WebSocketDialect(Dialect):
         self._command(f"/nick {nick}", "you are")
 
     def join(self, room: str) -> None:
-        if room == self.room:
+        if room in self.rooms:
             return
         self._command(f"/join {room}", f"you are now in {room} ")
-        if self.room:
-            self._command(f"/part {self.room}", f"you left {self.room}")
-        self.room = room
+        self.rooms.append(room)
+        self.current = room
+
+    def part(self, room: str) -> None:
+        if room not in self.rooms:
+            return
+        self._command(f"/part {room}", f"you left {room}")
+        self.rooms.remove(room)
+        self.current = self.rooms[-1] if self.rooms else ""
 
     # -- running --------------------------------------------------------------------
 
-    def chat(self, text: str) -> int:
-        return self._line(text)
+    def chat(self, text: str, room: str) -> int:
+        sent = 0
+        if room != self.current:
+            sent = self._line(f"/join {room}")  # a room one is in: it becomes current
+            self.current = room
+        return sent + self._line(text)
 
     def received(self, data: bytes) -> list[bytes]:
         messages = [*self._messages, *self._messages_in(data)]  # first what came during setup
@@ -429,7 +499,12 @@ class WebSocketDialect(Dialect):
                 start = text.find(mark)
                 end = text.find(b'"', start + len(mark))
                 if start >= 0 and end >= 0 and b"\\" not in text[start:end]:
-                    payloads.append(text[start + len(mark) : end])
+                    payload = text[start + len(mark) : end]
+                    # The room follows the text in the server's rendering: ..."text":"~lt ...","room":"dev",...
+                    room_at = text.find(ROOM_FIELD, end)
+                    room_end = text.find(b'"', room_at + len(ROOM_FIELD))
+                    if room_at < 0 or room_end < 0 or self.routed(text[room_at + len(ROOM_FIELD) : room_end], payload):
+                        payloads.append(payload)
                     continue
             if b'"~lt ' not in text:
                 if text.startswith(b'{"type":"error"') and b"disconnected" in text:
@@ -442,7 +517,9 @@ class WebSocketDialect(Dialect):
                 self.corrupt.append(text[:80].decode("utf-8", "replace"))
                 continue
             if isinstance(chat, str) and chat.startswith("~lt "):
-                payloads.append(chat[4:].encode("utf-8"))
+                payload = chat[4:].encode("utf-8")
+                if self.routed(str(message.get("room", "")).encode("utf-8"), payload):
+                    payloads.append(payload)
         return payloads
 
     def leave(self) -> None:

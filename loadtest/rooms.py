@@ -58,6 +58,11 @@ class _SmallRoomRecorder(LocustRecorder):
 class RoomsUser(BaseChatUser):
     """In one of a few large rooms, or one of many small ones."""
 
+    def pick_rooms(self) -> list[str]:
+        # One room each: the scenario is about the sizes of rooms, and its
+        # rooms are its own (--rooms and --rooms-per-user do not apply).
+        return [self.room]
+
     def pick_room(self) -> str:
         options = self.environment.parsed_options
         share: float = options.big_share if options else 0.5

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from importlib import resources
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import h11
 from wsproto import ConnectionType, WSConnection
@@ -55,9 +56,11 @@ from chatcore.events import (
     Disconnected,
     Error,
     Event,
+    Invited,
     Joined,
     Left,
     Members,
+    ModeChanged,
     NickChanged,
     Notice,
     PrivateMessage,
@@ -65,8 +68,10 @@ from chatcore.events import (
     RoomEvent,
     RoomList,
     RoomNotice,
+    TopicChanged,
     Welcome,
 )
+from chatcore.names import is_guest_nick
 from chatcore.transports import Scheme
 from chatcore.transports.listener import format_address
 from chatcore.wire import Protocol, WireFormat
@@ -83,6 +88,15 @@ DEFAULT_PORT = 8080
 DEFAULT_TLS_PORT = 8443
 #: The WebSocket endpoint's path.
 WS_PATH = "/ws"
+#: The query of ``/ws`` (``/ws?rooms=after-nick``) that the page opens it
+#: with: the connection enters the chat in no room, and may join one only
+#: once it has chosen a nickname, so that nobody sees a visitor as
+#: ``guest-N`` while the page asks for a name. Without it a WebSocket enters
+#: the default room at once, as a native client does (bots, load tests).
+AFTER_NICK = "after-nick"
+#: What a connection opened with ``rooms=after-nick`` is told when it tries
+#: to join a room before it has a nickname of its own.
+NICK_FIRST = "choose a nickname first (/nick NAME): this page enters rooms only once you have one"
 #: Bytes of an HTTP request's line and headers, at most (h11 refuses more
 #: with 431), so a client cannot make the server buffer without end.
 MAX_HEADER_BYTES = 8192
@@ -297,6 +311,8 @@ _ROOM_FIELDS: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
     Left: lambda e: {"type": "leave", "nick": e.nick, "reason": e.reason, "disconnected": e.disconnected},
     NickChanged: lambda e: {"type": "nick", "nick": e.nick, "new_nick": e.new_nick},
     RoomNotice: lambda e: {"type": "room_notice", "text": e.text},
+    TopicChanged: lambda e: {"type": "topic", "nick": e.nick, "topic": e.topic},
+    ModeChanged: lambda e: {"type": "mode", "nick": e.nick, "modes": e.modes, "arguments": list(e.arguments)},
 }
 
 
@@ -318,6 +334,8 @@ def event_object(event: Event) -> dict[str, Any] | None:
     if isinstance(event, PrivateMessage):
         private = {"type": "private", "from": event.sender, "to": event.recipient, "text": event.text}
         return {**private, "echo": event.echo, **({"notice": True} if event.notice else {})}
+    if isinstance(event, Invited):
+        return {"type": "invite", "by": event.by, "room": event.room}
     if isinstance(event, Members):
         return {"type": "members", "room": event.room, "nicks": list(event.nicks)}
     if isinstance(event, RoomList):
@@ -325,6 +343,39 @@ def event_object(event: Event) -> dict[str, Any] | None:
     if isinstance(event, Replay):
         return {"type": "history", "room": event.room, "events": _objects(event.events)}
     return None
+
+
+def _you(client: Client) -> dict[str, Any]:
+    """Who and where ``client`` is now, in every message for it alone: its
+    nickname, current room, rooms, and whether it is a server operator
+    (who may set the topic of every room)."""
+    return {
+        "nick": client.nick,
+        "room": client.room,
+        "rooms": list(client.rooms),
+        "server_operator": client.server.hooks.server_operator(client) is not None,
+    }
+
+
+def room_state(client: Client, room: str) -> dict[str, Any] | None:
+    """The ``room_state`` message for ``room`` (docs/protocol.md): its topic,
+    who set it and when, its modes (letters only: no key), and who of its
+    members are operators and voiced; None for a room that is gone."""
+    server = client.server
+    state = server.rooms.get(room)
+    if state is None:
+        return None
+    nicks = server.nicks_in(room)
+    return {
+        "type": "room_state",
+        "room": room,
+        "topic": state.topic,
+        "topic_by": state.topic_by,
+        "topic_at": state.topic_at,
+        "modes": state.modes(with_key=False)[0],
+        "operators": [nick for nick in nicks if state.is_operator(nick)],
+        "voiced": [nick for nick in nicks if state.is_voiced(nick)],
+    }
 
 
 def _objects(events: tuple[RoomEvent, ...] | list[RoomEvent]) -> list[dict[str, Any]]:
@@ -342,6 +393,11 @@ def _valid_text(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _is_join(text: str) -> bool:
+    """Whether a typed line is the command ``/join`` (any case)."""
+    return text[:5].lower() == "/join" and text[5:6] in ("", " ")
 
 
 def message_frame(obj: dict[str, Any]) -> bytes:
@@ -379,6 +435,7 @@ class WebProtocol(Protocol):
 
     __slots__ = (
         "__weakref__",
+        "_after_nick",
         "_head_started",
         "_http",
         "_last_heard",
@@ -398,6 +455,8 @@ class WebProtocol(Protocol):
         # When the first byte of the request head now arriving came (0.0:
         # none under way): the head is timed as a whole.
         self._head_started = 0.0
+        #: Opened with ``rooms=after-nick``: in no room until it has a nickname.
+        self._after_nick = False
 
     def connection_made(self) -> None:
         # Not admitted yet: a browser enters the chat when its WebSocket opens.
@@ -412,13 +471,24 @@ class WebProtocol(Protocol):
         client = self.client
         # Who and where the browser is now: set after a /nick or /join has
         # taken effect, so the page learns its nick and room from the answer.
-        you = {"nick": client.nick, "room": client.room, "rooms": list(client.rooms)}
+        you = _you(client)
         own = own_room_notice(client, event)  # its own join, part or kick: notices, as for native users
         if own is not None:
-            return b"".join(message_frame({"type": "notice", "text": line, "you": you}) for line in own)
+            frames = b"".join(message_frame({"type": "notice", "text": line, "you": you}) for line in own)
+            if isinstance(event, Joined):
+                # Then the room's topic, modes and roles, which the page shows
+                # and keeps up to date from the room's topic, mode, nick and
+                # leave events (an IRC client's 332, 324 and 353 on JOIN).
+                state = room_state(client, event.room)
+                if state is not None:
+                    frames += message_frame({**state, "you": you})
+            return frames
         obj = event_object(event)
         if obj is None:
             return b""
+        if isinstance(event, Welcome):
+            # The room a page enters first: it joins it itself (WS_AFTER_NICK).
+            obj["default_room"] = client.server.registry.default_room
         obj["you"] = you
         return message_frame(obj)
 
@@ -508,7 +578,7 @@ class WebProtocol(Protocol):
         return not client.closed
 
     def _request(self, http: h11.Connection, request: h11.Request) -> None:
-        path = request.target.decode("ascii", "replace").partition("?")[0]
+        path, _, query = request.target.decode("ascii", "replace").partition("?")
         method = request.method
         headers = {name.lower(): value for name, value in request.headers}
         if path == WS_PATH:
@@ -532,6 +602,14 @@ class WebProtocol(Protocol):
                 )
                 self._reply(403, f"origin {origin} may not open this WebSocket", close=True)
                 return
+            rooms = parse_qs(query, keep_blank_values=True).get("rooms", [])
+            if set(rooms) - {AFTER_NICK}:
+                problem = (
+                    f"bad WebSocket request: rooms={min(set(rooms) - {AFTER_NICK})!r}: the only value is {AFTER_NICK}"
+                )
+                self._reply(400, problem, close=True)
+                return
+            self._after_nick = bool(rooms)
             self._upgrade(http, request)
             return
         if method not in (b"GET", b"HEAD"):
@@ -633,7 +711,7 @@ class WebProtocol(Protocol):
         self._http = None
         # In once the WebSocket is open, unless the server wants its
         # password first: the page asks for it and sends /pass.
-        if self.client.server.log_in(self.client) is not None:
+        if self.client.server.log_in(self.client, room=self._login_room) is not None:
             self.client.error(PASSWORD_REQUIRED)
         if trailing:
             self._ws_received(trailing)
@@ -692,8 +770,19 @@ class WebProtocol(Protocol):
             client.error(f"line too long (the limit is {max_line} bytes); it was not sent")
             return
         text = sanitize(raw)
-        if text:
-            handle_text(client, text)  # as a native client's line: pacing, the password, commands
+        if not text:
+            return
+        if self._after_nick and client.admitted and _is_join(text) and is_guest_nick(client.nick):
+            client.server.pace(client)  # refused, but paced like any line
+            client.error(NICK_FIRST)
+            return
+        # As a native client's line: pacing, the password, commands.
+        handle_text(client, text, login_room=self._login_room)
+
+    @property
+    def _login_room(self) -> str | None:
+        """Where the connection enters the chat: no room with ``rooms=after-nick``, else the default one."""
+        return "" if self._after_nick else None
 
     def _resume(self, request: dict[str, Any]) -> None:
         """What the browser missed in a room since ``(epoch, offset)``,
@@ -744,5 +833,5 @@ class WebProtocol(Protocol):
                     if not same_epoch
                     else "more was said than the server keeps"
                 )
-        answer["you"] = {"nick": client.nick, "room": client.room, "rooms": list(client.rooms)}
+        answer["you"] = _you(client)
         client.send_data(message_frame(answer))

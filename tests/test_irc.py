@@ -994,7 +994,7 @@ def test_oper_makes_an_irc_operator_who_kicks_and_kills(chat_server_factory, con
     # operator hears of it even when it shares no channel with them.
     erin = native(server, natives, "erin")
     move(erin, "dev")
-    alice.sync()
+    alice.expect(":erin!erin@chatcore PART #lobby")  # told after erin is: wait for it
     alice.send("KILL erin :flooding")
     assert alice.expect(re.compile("erin was")) == ":chatcore NOTICE alice :erin was disconnected: flooding"
     assert erin.wait_closed()[-1] == "! disconnected: kicked by alice: flooding"

@@ -395,6 +395,69 @@ def test_rooms_and_listeners_are_spread_over_every_server(tmp_path: Path) -> Non
     assert ("deliver", f"message {ws} > {ws}") not in entries, log
 
 
+def rooms_of_users(users: int, servers: int, rooms: int, per_user: int) -> list[tuple[int, list[int]]]:
+    """(server index, room numbers) of each user, as loadtest/_chatuser.py
+    picks them over ``servers`` URLs without --chat-mix: user n on server
+    n % servers, in room (n // servers + n % servers) % rooms and the
+    ``per_user - 1`` after it."""
+    picked = []
+    for number in range(users):
+        first = (number // servers + number % servers) % rooms
+        picked.append((number % servers, [(first + step) % rooms for step in range(per_user)]))
+    return picked
+
+
+def test_rooms_per_user_counts_every_room_apart_on_every_transport(tmp_path: Path) -> None:
+    """--rooms-per-user 2 of --rooms 3, two users on each of a native, an
+    IRC and a web listener: every user joins two rooms and sends MESSAGES
+    to each; every line is expected once by every other member of its room,
+    in that room's stream (native users are in several rooms, so their
+    lines come labelled "[room-1] "). The counts per (sending server,
+    receiving server) are those of the rooms' memberships, not of one room
+    of six nor of three rooms of two."""
+    with ServerProcess(
+        "--plugins", "irc,web",
+        "--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0", "--listen", "ws://127.0.0.1:0",
+    ) as server:  # fmt: skip
+        urls = [url(scheme, server.addresses[scheme]) for scheme in ("tcp", "irc", "ws")]
+        code, entries, log = run_locust(
+            tmp_path, "--chat-hosts", ",".join(urls), "--rooms", "3", "--rooms-per-user", "2", users=6
+        )
+    assert code == 0, log
+    assert not [key for key, e in entries.items() if e["num_failures"]], log
+    assert not [key for key in entries if key[0] == "loss"], log
+    for scheme in ("tcp", "irc", "ws"):  # two users each, two rooms each
+        assert entries[("join", f"/join {scheme}://")]["num_requests"] == 4, log
+    users = rooms_of_users(6, 3, 3, 2)
+    members: dict[int, list[int]] = {}
+    for server_index, rooms in users:
+        for room in rooms:
+            members.setdefault(room, []).append(server_index)
+    assert sorted(len(servers) for servers in members.values()) == [4, 4, 4]
+    sent = dict.fromkeys(urls, 0)
+    expected = {(origin, receiver): 0 for origin in urls for receiver in urls}
+    for servers in members.values():
+        for place, origin in enumerate(servers):
+            sent[urls[origin]] += MESSAGES
+            for other, receiver in enumerate(servers):
+                if other != place:
+                    expected[(urls[origin], urls[receiver])] += MESSAGES
+    for origin in urls:
+        assert entries[("send", f"message {origin}")]["num_requests"] == sent[origin], (origin, log)
+    delivered = {
+        pair: entries.get(("deliver", f"message {pair[0]} > {pair[1]}"), {}).get("num_requests", 0) for pair in expected
+    }
+    assert delivered == expected, log
+    assert SUMMARY.search(log), log
+
+
+@pytest.mark.parametrize(("rooms", "per_user"), [("2", "3"), ("2", "0")])
+def test_rooms_per_user_beyond_the_rooms_is_a_usage_error(tmp_path: Path, rooms: str, per_user: str) -> None:
+    code, _, log = run_locust(tmp_path, "--host", "tcp://127.0.0.1:1", "--rooms", rooms, "--rooms-per-user", per_user)
+    assert code == 2, log
+    assert f"--rooms-per-user {per_user}: give 1 to --rooms (2)" in log
+
+
 def heard(sender: LineClient, receiver: LineClient) -> bool:
     """Whether a probe ``sender`` says now reaches ``receiver`` (on another server)."""
     sender.send("probe")
@@ -662,7 +725,17 @@ def test_chatcore_options_are_in_the_web_ui_advanced_options(tmp_path: Path) -> 
     start = html.index("templateArgs = ") + len("templateArgs = ")
     template, _ = json.JSONDecoder().raw_decode(html, start)
     offered = template["extra_options"]
-    for option in ("message_rate", "message_size", "messages", "rooms", "listeners", "chat_hosts", "chat_mix"):
+    options = (
+        "message_rate",
+        "message_size",
+        "messages",
+        "rooms",
+        "rooms_per_user",
+        "listeners",
+        "chat_hosts",
+        "chat_mix",
+    )
+    for option in options:
         assert option in offered, (option, sorted(offered), output)
     assert offered["message_rate"]["default_value"] == 1.0
     assert "messages per second" in offered["message_rate"]["help_text"]

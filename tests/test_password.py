@@ -30,7 +30,7 @@ def fast_failures(monkeypatch):
     monkeypatch.setattr(gate, "SECRET_DELAY", 0.05)
 
 
-def test_nothing_but_pass_and_quit_before_the_password(
+def test_nothing_but_pass_nick_and_quit_before_the_password(
     chat_server_factory, chat_client, password_file, caplog, fast_failures
 ):
     caplog.set_level(logging.INFO, logger="chatcore")
@@ -38,14 +38,19 @@ def test_nothing_but_pass_and_quit_before_the_password(
     stranger = LineClient(server.address)
     try:
         assert stranger.readline() == f"! {PASSWORD_REQUIRED}"
-        for line in ("hello everyone", "/nick mallory", "/who", "//pass"):
+        for line in ("hello everyone", "/who", "//pass"):
             stranger.send(line)
             assert stranger.readline() == f"! {PASSWORD_REQUIRED}"
+        # The name to enter under (issue 25: no guest name seen first).
+        stranger.send("/nick guest-7")
+        assert stranger.readline().startswith("! ")  # a name the server hands out: refused
+        stranger.send("/nick mallory")
+        assert stranger.readline() == "* you will enter as mallory once the password is given"
         stranger.send("/pass guess")
         assert stranger.readline() == "! wrong password; try /pass PASSWORD again"
         assert not server.registry.find("guest-1")
         stranger.send(f"/PASS {SECRET}")
-        assert stranger.expect(lambda line: line.startswith("* Welcome")).startswith("* Welcome to chatcore, guest-")
+        assert stranger.expect(lambda line: line.startswith("* Welcome")).startswith("* Welcome to chatcore, mallory!")
         stranger.send("hello now")
         stranger.sync()
     finally:

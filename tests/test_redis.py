@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import re
 import signal
 import subprocess
@@ -64,7 +65,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 def cluster() -> Iterator[object]:
     """``cluster(url, host, *args)``: a chatcore server process in this test's
     cluster, listening on ``host``; stopped at teardown."""
-    name = f"test{next(_clusters)}"
+    name = f"test{next(_clusters)}-{os.getpid()}"  # two test runs may share a Redis port by chance
     processes: list[ServerProcess] = []
 
     def start(url: str, host: str = "127.0.0.1", *args: str) -> ServerProcess:

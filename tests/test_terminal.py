@@ -394,6 +394,47 @@ def test_piped_with_the_right_password_shows_no_password_required(
     assert result.stderr == b""
 
 
+def test_with_a_password_the_client_arrives_under_its_nick_once(password_server: ChatServer) -> None:
+    """Issue 25, item 1: --nick is sent before /pass, so the server lets the
+    client in under it: no guest name, no rename, one join."""
+    other = LineClient(password_server.address, timeout=TIMEOUT)
+    try:
+        other.send("/pass s3cret")
+        other.expect(re.compile(r"^\* Welcome to chatcore, guest-1! "))
+        other.sync()
+        result = subprocess.run(
+            client_command(password_server, "--nick", "alice"),
+            input=b"hi\n",
+            capture_output=True,
+            timeout=TIMEOUT,
+            env=client_env(CHATCORE_PASSWORD="s3cret"),
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.decode().splitlines()
+        assert lines[0].startswith("* Welcome to chatcore, alice! "), lines
+        assert "<You> hi" in lines
+        assert not any("guest" in line or "known as" in line or "will enter" in line for line in lines)
+        assert other.readline() == "* alice joined"
+        assert other.readline() == "<alice> hi"
+        # A name taken: in under a guest name, and the run ends as refused.
+        other.send("/nick bob")
+        other.expect("* you are now known as bob")
+        taken = subprocess.run(
+            client_command(password_server, "--nick", "bob"),
+            input=b"hi\n",
+            capture_output=True,
+            timeout=TIMEOUT,
+            env=client_env(CHATCORE_PASSWORD="s3cret"),
+            check=False,
+        )
+        assert taken.returncode == 1
+        assert "<You> hi" not in taken.stdout.decode()
+        assert "the nickname 'bob' was refused (nickname 'bob' is taken" in taken.stderr.decode()
+    finally:
+        other.close()
+
+
 def test_piped_refused_line_is_not_shown_as_sent_and_ends_the_run(
     chat_server_factory: ServerFactory, chat_client: ClientFactory
 ) -> None:

@@ -7,6 +7,7 @@ The WebSocket client here is wsproto's client side over a plain socket.
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
 import ssl
@@ -315,6 +316,41 @@ def test_the_script_never_turns_text_into_markup():
     assert 'rel = "noopener noreferrer"' in script
 
 
+def _luminance(colour: str) -> float:
+    """WCAG 2's relative luminance of ``#rrggbb``."""
+    channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def _contrast(one: str, other: str) -> float:
+    light, dark = sorted((_luminance(one), _luminance(other)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_every_nick_colour_is_readable_on_the_page_in_both_schemes():
+    """WCAG AA (4.5:1) for every nick colour on the background and on one's
+    own lines, in the light scheme and the dark one; as many colours as the
+    script hashes nicks into."""
+    from importlib import resources
+
+    static = resources.files("chatcore.plugins").joinpath("web_static")
+    css = static.joinpath("style.css").read_text()
+    script = static.joinpath("app.js").read_text()
+    light, dark = css.split("@media (prefers-color-scheme: dark)", 1)
+    dark = dark.split("}", 1)[0]
+    count = int(re.search(r"const NICK_COLORS = (\d+);", script)[1])  # type: ignore[index]
+    for scheme in (light, dark):
+        variables = dict(re.findall(r"--([a-z0-9-]+): (#[0-9a-f]{6});", scheme))
+        colours = [variables[f"nick-{n}"] for n in range(count)]
+        assert len(set(colours)) == count
+        for colour in colours:
+            for background in (variables["bg"], variables["own"]):
+                assert _contrast(colour, background) >= 4.5, (colour, background)
+    for n in range(count):
+        assert f".nick-color-{n} {{ color: var(--nick-{n}); }}" in css
+
+
 @pytest.mark.parametrize(
     "path", ["/../pyproject.toml", "/web_static/app.js", "/%2e%2e/web.py", "/..%2fweb.py", "/app.js/..", "//etc/passwd"]
 )
@@ -481,7 +517,7 @@ def test_web_and_native_clients_chat_both_ways(web, clients):
     browser.say("/join dev")
     joined = browser.expect({"type": "notice"})
     assert joined["text"] == "you are now in dev (1 here)"
-    assert joined["you"] == {"nick": "webby", "room": "dev", "rooms": ["lobby", "dev"]}
+    assert joined["you"] == {"nick": "webby", "room": "dev", "rooms": ["lobby", "dev"], "server_operator": False}
     browser.say("/part lobby")
     assert browser.expect({"type": "notice"})["text"] == "you left lobby; you now talk in dev"
     native.expect("* webby left")
@@ -513,6 +549,151 @@ def test_joins_leaves_and_nick_changes_reach_the_browser(web, clients):
     assert left["nick"] == "nat"
     assert left["reason"] == "bye now"
     assert left["disconnected"] is True
+
+
+def test_topics_modes_and_invitations_reach_the_browser_as_they_change(web, clients, tmp_path):
+    from chatcore.engine.auth import hash_password
+
+    opers = tmp_path / "opers"
+    opers.write_text(f"root {hash_password('oper-secret')}\n", encoding="utf-8")
+    server = web("--opers-file", str(opers), "--listen", "irc://127.0.0.1:0", plugins="web,irc")
+    server_address = server.listener("irc").address
+    browser = clients(server)
+    browser.say("/nick webby")
+    browser.expect({"type": "notice", "text": "you are now known as webby"})
+    native = clients.native(server)
+    native.send("/nick nat")
+    native.sync()
+
+    # Its own join: the notices, then the room's state (a new room: no
+    # topic, +nt, and the first member runs it).
+    browser.say("/join dev")
+    browser.expect({"type": "notice", "text": "you are now in dev (1 here)"})
+    state = browser.expect({"type": "room_state"})
+    assert state == {
+        "type": "room_state", "room": "dev", "topic": "", "topic_by": "", "topic_at": 0.0, "modes": "+nt",
+        "operators": ["webby"], "voiced": [], "you": {**state["you"], "room": "dev"},
+    }  # fmt: skip
+    assert state["you"]["server_operator"] is False
+    native.send("/join dev")
+    native.sync()
+
+    # Set from the page: the room hears it, the setter too, with its identity.
+    browser.say("/topic Release on Friday")
+    topic = browser.expect({"type": "topic"})
+    assert topic == {
+        **topic, "nick": "webby", "topic": "Release on Friday", "room": "dev",
+        "epoch": server.backplane.epoch_of("dev"),
+    }  # fmt: skip
+    assert topic["offset"] > 0
+    assert topic["time"] > 0
+    native.expect("[dev] * webby set the topic: Release on Friday")
+    # Not an operator of a +t room: refused, and nothing changes.
+    native.send("/topic mine now")
+    native.expect("! only operators of dev set its topic (it is +t)")
+    # Modes, with their arguments; an operator made by the page sets the topic from nc.
+    browser.say("/mode +o-t nat")
+    mode = browser.expect({"type": "mode"})
+    assert mode == {**mode, "nick": "webby", "modes": "+o-t", "arguments": ["nat"], "room": "dev"}
+    assert mode["offset"] > topic["offset"]
+    native.send("/topic from nc")
+    assert browser.expect({"type": "topic"})["nick"] == "nat"
+    native.send("/topic --clear")
+    cleared = browser.expect({"type": "topic"})
+    assert (cleared["nick"], cleared["topic"]) == ("nat", "")
+    # From IRC, the same event.
+    irc = LineClient(server_address)
+    clients.made.append(irc)
+    irc.send("NICK ircy")
+    irc.send("USER ircy 0 * :IRC user")
+    irc.send("JOIN #dev")
+    irc.expect(re.compile(" 366 ircy #dev "))
+    irc.send("TOPIC #dev :set over IRC")
+    irc.expect(re.compile("TOPIC #dev :set over IRC"))
+    topic = browser.expect({"type": "topic"})
+    assert (topic["nick"], topic["topic"]) == ("ircy", "set over IRC")
+    browser.say("/mode +kv sesame ircy")
+    assert browser.expect({"type": "mode"})["arguments"] == ["sesame", "ircy"]
+
+    # A browser joining later gets the state as it is now.
+    second = clients(server)
+    second.say("/nick second")
+    second.sync()
+    second.say("/join dev sesame")
+    state = second.expect({"type": "room_state"})
+    assert state == {
+        **state, "room": "dev", "topic": "set over IRC", "topic_by": "ircy", "modes": "+kn",
+        "operators": ["nat", "webby"], "voiced": ["ircy"],
+    }  # fmt: skip
+    assert state["topic_at"] > 0
+
+    # An invitation, to a browser in another room.
+    third = clients(server)
+    third.say("/nick third")
+    third.sync()
+    native.send("/invite third dev")
+    native.expect("* invited third to dev")
+    invite = third.expect({"type": "invite"})
+    assert invite == {"type": "invite", "by": "nat", "room": "dev", "you": {**invite["you"], "nick": "third"}}
+
+    # A server operator runs every room: the page is told with "you".
+    third.say("/oper root oper-secret")
+    assert third.expect({"type": "notice"})["you"]["server_operator"] is True
+
+
+def test_a_page_that_waits_for_its_nickname_is_in_no_room_until_then(web, clients):
+    server = web()
+    native = clients.native(server)
+    native.send("/nick nat")
+    native.sync()
+    page = clients(server, path="/ws?rooms=after-nick")
+    welcome = page.expect({"type": "welcome"})
+    assert welcome["default_room"] == "lobby"
+    assert welcome["you"] == {**welcome["you"], "room": "", "rooms": []}
+    assert welcome["you"]["nick"].startswith("guest-")
+    # Under a guest name: no room, neither by chat nor by /join.
+    page.say("/join lobby")
+    assert page.expect({"type": "error"})["text"] == web_module.NICK_FIRST
+    page.say("/JOIN dev")
+    assert page.expect({"type": "error"})["text"] == web_module.NICK_FIRST
+    page.say("hello?")
+    assert page.expect({"type": "error"})["text"].startswith("you are in no room")
+    page.say("/nick webby")
+    assert page.expect({"type": "notice", "text": "you are now known as webby"})["you"]["rooms"] == []
+    page.sync()
+    assert server.nicks_in("lobby") == ["nat"]
+    # The others never saw the guest: the first they hear is the chosen name.
+    page.say("/join lobby")
+    assert page.expect({"type": "room_state"})["you"]["rooms"] == ["lobby"]
+    native.expect("* webby joined")
+    assert not [line for line in native.received if "guest-" in line]
+    # /joiner is not /join: an unknown command, as ever.
+    page.say("/joiner")
+    assert page.expect({"type": "error"})["text"] == "unknown command /joiner (try /help)"
+    # Without the query a WebSocket enters the default room at once (bots, load tests).
+    bot = clients(server)
+    assert bot.expect({"type": "welcome"})["you"]["room"] == "lobby"
+
+
+def test_after_the_password_a_page_that_waits_for_its_nickname_is_in_no_room(web, clients, tmp_path):
+    password = tmp_path / "password"
+    password.write_text("door\n", encoding="utf-8")
+    server = web("--password-file", str(password))
+    page = clients(server, path="/ws?rooms=after-nick")
+    page.expect({"type": "error", "text": PASSWORD_REQUIRED})
+    page.say("/pass door")
+    assert page.expect({"type": "welcome"})["you"]["rooms"] == []
+    page.say("/join lobby")
+    assert page.expect({"type": "error"})["text"] == web_module.NICK_FIRST
+
+
+@pytest.mark.parametrize("query", ["rooms=now", "rooms=", "rooms=after-nick&rooms=later"])
+def test_a_bad_rooms_query_gets_400(web, clients, query):
+    server = web()
+    with pytest.raises(HTTPError) as refused:
+        clients(server, path=f"/ws?{query}")
+    assert refused.value.status == 400
+    assert b"the only value is after-nick" in refused.value.body
 
 
 def test_history_is_replayed_and_resume_finds_what_was_missed(web, clients):

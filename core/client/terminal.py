@@ -31,9 +31,12 @@ of input, a request to leave, or the server closing the connection.
 Right after connecting the client sends ``/pass PASSWORD`` (with
 ``--password-file`` or ``CHATCORE_PASSWORD``), ``/login ACCOUNT PASSWORD`` (with
 ``--account``; the password from a file, the environment or a prompt, never
-the command line), ``/nick NAME`` (with ``--nick``, or the account's name) and
-``/ping``. The server answers a client's lines in order, so everything before
-the ``* pong`` is the welcome or the answer to ``/pass`` and ``/nick``; input
+the command line), ``/nick NAME`` (with ``--nick``, or the account's name;
+before ``/pass`` when there is one, so that the server lets it in under that
+name and the room never sees a guest name; else after ``/login``, so that
+the account's nick is ours when we take it) and ``/ping``. The server
+answers a client's lines in order, so everything before the ``* pong`` is
+the welcome or the answer to ``/pass``, ``/login`` and ``/nick``; input
 waits until then, and that ``* pong`` is not shown. A server with a password
 says ``! password required`` on connecting, before it reads ``/pass``: that
 greeting is not shown when a password was sent.
@@ -750,6 +753,9 @@ class TerminalClient:
         #: Whether the "! password required" said on connecting, before the
         #: server read our /pass, is still to come.
         self._greeting_expected = password is not None
+        #: Whether the server took our --nick as the name to enter under
+        #: (sent before /pass): no rename is then told if it is not taken.
+        self._nick_offered = False
         #: After a refused password: how many "! password required" answers
         #: to our /nick and /ping are still to come (not shown).
         self._swallow = 0
@@ -873,7 +879,12 @@ class TerminalClient:
         if self._rooms_asked and _ROOM_LIST.fullmatch(line):  # ours, sent after connecting; not shown
             self._rooms_asked = False
             return
+        if line == f"* you will enter as {self.nick} once the password is given":  # our /nick, before /pass
+            self._nick_offered = True
+            return
         if line == "* pong":  # ours, sent after connecting; not shown
+            if self._nick_offered and self._nick_refusal is None and self.login_refusal is None:
+                self._nick_pending = False  # in under it: no rename to tell
             self._end_welcome()
             if self._nick_pending and self.interactive:
                 # No "you are now known as": the error shown was the
@@ -894,9 +905,9 @@ class TerminalClient:
 
     def _refuse_login(self, why: str) -> None:
         self.login_refusal = why
-        # Our /nick, /rooms and /ping are still to be answered, each with
-        # "! password required": not shown.
-        self._swallow = (self.nick is not None) + (self._account is not None) + 2
+        # Our /rooms and /ping (and /nick, if sent after /pass, and /login)
+        # are still to be answered, each with "! password required": not shown.
+        self._swallow = (self.nick is not None and not self._nick_offered) + (self._account is not None) + 2
         self._rooms_asked = False
         self._nick_pending = False
         self._login_pending = False
@@ -1010,11 +1021,15 @@ class TerminalClient:
         previous_sigint = _install_sigint(loop, leave_requested)
         failure: str | None
         try:
+            # With a password, /nick goes first: the server lets us in under
+            # it when /pass is right, so the room never sees a guest name.
+            if self.nick is not None and self._password is not None:
+                await self._send(f"/nick {self.nick}")
             if self._password is not None:
                 await self._send(f"/pass {self._password}")
-            if self._account is not None:  # first: the account's nick is then ours when we take it
+            if self._account is not None:  # before /nick: the account's nick is then ours when we take it
                 await self._send(f"/login {self._account[0]} {self._account[1]}")
-            if self.nick is not None:
+            if self.nick is not None and self._password is None:
                 await self._send(f"/nick {self.nick}")
             await self._send("/rooms")  # where we are: the prompt shows the current room
             await self._send("/ping")  # the answer marks the end of the welcome

@@ -101,6 +101,7 @@ class Client:
         "id",
         "kicked_by",
         "nick",
+        "offered_nick",
         "protocol",
         "realname",
         "room",
@@ -141,6 +142,9 @@ class Client:
         self.id = client_id
         #: The nickname; set by the registry.
         self.nick = ""
+        #: The nickname it asked for before it was let in (native ``/nick``
+        #: before ``/pass``), to enter under; ``""`` for none.
+        self.offered_nick = ""
         #: The user name it gave on connecting (IRC's ``USER``), carried by
         #: the events it causes; ``""`` if it gave none.
         self.user = ""

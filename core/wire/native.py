@@ -42,6 +42,7 @@ from chatcore.events import (
     Welcome,
 )
 from chatcore.message import Message
+from chatcore.names import nick_problem
 from chatcore.wire import Protocol, WireFormat
 from chatcore.wire.framing import LineFraming
 
@@ -387,20 +388,24 @@ class NativeProtocol(Protocol):
             handle_text(self.client, text)
 
 
-def handle_text(client: Client, text: str) -> None:
+def handle_text(client: Client, text: str, *, login_room: str | None = None) -> None:
     """A line of text typed by a user, already sanitised and not empty: a
     command (``/name args``) or chat (``//text`` sends ``/text``).
 
     The one path for every front-end whose users type lines (the native
     protocol, the web page): flood control, the server password, commands
     and messages behave the same whichever way the line came in.
+
+    :param login_room: where the client enters once ``/pass`` lets it in:
+        the default room (None) or no room (``""``, the web page's
+        connections that enter rooms only once they have a nickname).
     """
     if client._pace is not False:  # False: exempt from flood control, decided at its first line
         client.server.pace(client)  # flood control: may wait, on this client's thread
     if client.closed:
         return
     if not client.admitted:
-        _before_login(client, text)
+        _before_login(client, text, login_room)
         return
     if text[0] == "/":
         if text[:2] != "//":
@@ -414,14 +419,28 @@ def handle_text(client: Client, text: str) -> None:
     client.server.broadcast_message(Message(client, client.room, text))
 
 
-def _before_login(client: Client, text: str) -> None:
-    """Until the server password is given: only /pass and /quit. The line is
-    not passed to any plugin (it holds the password)."""
+def _before_login(client: Client, text: str, room: str | None = None) -> None:
+    """Until the server password is given: only /pass, /nick (the name to
+    enter under, so that the room never sees a guest name first) and /quit.
+    The line is not passed to any plugin (it holds the password)."""
     name, _, args = text[1:].partition(" ") if text[0] == "/" else ("", "", "")
     name = name.lower()
+    server = client.server
     if name == "pass":
-        if client.server.log_in(client, password=args.strip()) is not None and not client.closed:
+        password, nick = args.strip(), client.offered_nick or None
+        refusal = server.log_in(client, password=password, nick=nick, room=room)
+        if refusal is not None and refusal.reason == "nick_taken" and not client.closed:
+            client.error(f"nickname {nick!r} is taken: you enter under a guest name (/nick NAME to choose another)")
+            refusal = server.log_in(client, password=password, room=room)
+        if refusal is not None and not client.closed:
             client.error(WRONG_PASSWORD)
+    elif name == "nick":
+        nick = args.strip()
+        if (problem := nick_problem(nick)) is not None:
+            client.error(problem)
+        else:
+            client.offered_nick = nick
+            client.notice(f"you will enter as {nick} once the password is given")
     elif name == "quit":
         client.disconnect(args.strip() or "quit", notice="goodbye")
     else:

@@ -15,11 +15,28 @@ const $ = (id) => document.getElementById(id);
 const log = $("log");
 const stateView = $("state");
 
-const me = { nick: "", room: "", rooms: [], wantedNick: localStorage.getItem("chatcore.nick") || "", wantedRoom: "" };
-// One buffer of lines per room this page is in: #log shows the current
-// room's; the others count what arrived unseen (a badge in the room list).
-const buffers = new Map(); // room -> [li, ...]
-const unseen = new Map(); // room -> lines that arrived while another room was shown
+const me = {
+  nick: "",
+  room: "",
+  rooms: [],
+  oper: false, // a server operator: sets the topic of every room
+  wantedNick: localStorage.getItem("chatcore.nick") || "",
+  wantedRoom: "",
+};
+// One buffer of lines per room this page is in, and one per private
+// conversation: #log shows one of them (the view); the others count what
+// arrived unseen (a badge in the room list or the private list). A buffer's
+// key is the room's name, "@" and the nick (lower case) for a private
+// conversation, or "" for what the server says while the page is in no room.
+const buffers = new Map(); // key -> [li, ...]
+const unseen = new Map(); // key -> lines that arrived while another buffer was shown
+let view = "";
+const privates = new Map(); // nick in lower case -> the nick as last seen, in the order opened
+const roomStates = new Map(); // room -> {topic, topicBy, topicAt, flags, operators, voiced} (roles in lower case)
+let defaultRoom = "lobby"; // where the page goes first: the server's welcome says
+let entering = false; // welcomed: the rooms are joined once the nick is ours
+let resuming = false; // entering after a reconnect: ask for what was missed
+let pendingView = ""; // a room the visitor asked to see: shown once the server has made it current
 let lastRooms = []; // the last /rooms answer, drawn again when a badge changes
 let roomsBefore = []; // the rooms this page was in before a reconnect
 const myNicks = new Set(); // every nick this page has had: its own lines come back under them
@@ -27,7 +44,6 @@ let socket = null;
 let attempts = 0;
 let reconnectTimer = null;
 let quitting = false;
-let rejoining = false; // after a reconnect, on the way from the default room back to ours
 let wasConnected = false;
 let members = new Set();
 // What this page has seen, for resuming without duplicates.
@@ -43,7 +59,9 @@ let unreadMarker = null;
 function connect() {
   clearTimeout(reconnectTimer);
   setState("connecting", "connecting…");
-  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+  // rooms=after-nick: in no room until the visitor has a nickname, so that
+  // nobody sees them as guest-N meanwhile (docs/protocol.md).
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws?rooms=after-nick`;
   const ws = new WebSocket(url);
   socket = ws;
   ws.onopen = () => {
@@ -121,7 +139,15 @@ function handle(event) {
     case "leave":
     case "nick":
     case "room_notice":
+    case "topic":
+    case "mode":
       roomEvent(event, false);
+      break;
+    case "room_state":
+      roomState(event);
+      break;
+    case "invite":
+      invited(event);
       break;
     case "history":
       for (const old of event.events) roomEvent(old, true);
@@ -158,11 +184,7 @@ function handle(event) {
         loginRefused(event.text);
         break;
       }
-      if (rejoining) {
-        rejoining = false; // our room could not be entered again: stay where the server put us
-        roomsBefore = [];
-        me.wantedRoom = me.room;
-      }
+      if (entering && /nickname/i.test(event.text)) askNick(); // our nick is not ours now: ask for another
       if (!$("nick-dialog").open || !showNickError(event.text)) note(event.text, "error");
       break;
     default:
@@ -172,67 +194,89 @@ function handle(event) {
 
 function welcomed(event) {
   if ($("password-dialog").open) $("password-dialog").close();
-  const resuming = wasConnected === false && positions.size > 0;
+  resuming = wasConnected === false && positions.size > 0;
   wasConnected = true;
+  if (event.default_room) defaultRoom = event.default_room;
   for (const line of event.lines) note(line, "notice");
-  // Logged in first (the nick follows the answer), so that the account's
-  // nick is ours when we take it.
+  // In no room until the nick is ours (a guest name is never seen in a
+  // room): then every room is joined (enterRooms). With an account password
+  // the page logs in first, and takes the nick once that is answered
+  // (loggedIn), so that the account's nick is ours when we take it.
+  entering = true;
   if (me.wantedNick && accountPassword !== null) sendLine(`/login ${me.wantedNick} ${accountPassword}`);
-  else if (me.wantedNick && me.wantedNick !== me.nick) sendLine(`/nick ${me.wantedNick}`);
-  else if (!me.wantedNick) askNick();
-  const room = me.wantedRoom;
-  rejoining = Boolean(room && room !== me.room);
-  // Back into every room the page was in, the current one last (it becomes
-  // current again), and out of the server's default room if it was not one.
-  const before = roomsBefore.length ? roomsBefore : [room || me.room];
-  const others = before.filter((r) => r !== room && r !== me.room);
-  for (const r of others) sendLine(`/join ${r}`);
-  if (room && (room !== me.room || others.length)) sendLine(`/join ${room}`);
-  // Each room is resumed once the page is in it again (a resume of a room
-  // it is not in yet is refused): now, or as the joins are answered.
-  if (resuming) for (const r of before) toResume.add(r);
-  resumeJoined();
-  if (me.room && !before.includes(me.room)) sendLine(`/part ${me.room}`);
+  else if (me.wantedNick) sendLine(`/nick ${me.wantedNick}`);
+  else askNick();
   refresh();
 }
 
+const isGuest = (nick) => /^guest-[0-9]+$/i.test(nick);
+
+function enterRooms() {
+  entering = false;
+  closeNick();
+  // Back into every room the page was in, the current one last (it becomes
+  // current again); on a first visit, into the server's default room.
+  const room = me.wantedRoom || defaultRoom;
+  const before = roomsBefore.length ? roomsBefore : [room];
+  roomsBefore = [];
+  for (const r of before) if (r !== room) sendLine(`/join ${r}`);
+  sendLine(`/join ${room}`);
+  // Each room is resumed once the page is in it again (a resume of a room
+  // it is not in yet is refused), as the joins are answered.
+  if (resuming) for (const r of before) toResume.add(r);
+  resuming = false;
+}
+
 function updateYou(you) {
+  const oper = Boolean(you.server_operator);
+  if (oper !== me.oper) {
+    me.oper = oper;
+    renderTopic();
+  }
   if (you.nick !== me.nick) {
-    // The room is told of our new nick, but not we: update our own entry.
+    // The room is told of our new nick, but not we: update our own entry
+    // and roles.
     if (members.delete(me.nick)) members.add(you.nick);
+    if (me.nick) renameRoles(me.nick, you.nick);
     me.nick = you.nick;
     myNicks.add(you.nick);
     renderMembers();
+    renderTopic();
     if (you.nick === me.wantedNick) closeNick();
-  }
-  if (you.room !== me.room) {
-    me.room = you.room;
-    // After a reconnect the server puts us in its default room first; the
-    // room we were in stays the one we want until we are back in it.
-    if (!me.wantedRoom || wasConnected) me.wantedRoom = you.room;
-    if (you.room === me.wantedRoom) rejoining = false;
-    $("room-name").textContent = you.room ? `#${you.room}` : "";
-    $("members-room").textContent = you.room;
-    members = new Set();
-    renderMembers();
-    showBuffer(you.room);
-    refresh();
+    if (entering && you.nick && !isGuest(you.nick)) enterRooms();
   }
   if (you.rooms && you.rooms.join() !== me.rooms.join()) {
-    me.rooms = you.rooms;
-    // A room left goes with its lines; not on the way back after a
-    // reconnect, when the server has put the page in its default room only.
-    if (wasConnected && !roomsBefore.length) {
-      for (const room of [...buffers.keys()]) {
-        if (!me.rooms.includes(room)) {
+    // A room left goes with its lines and state; not on the way back after
+    // a reconnect, when the page is in no room until it joins them again.
+    if (wasConnected) {
+      for (const room of me.rooms) {
+        if (!you.rooms.includes(room)) {
           buffers.delete(room);
           unseen.delete(room);
+          roomStates.delete(room);
         }
       }
     }
+    me.rooms = you.rooms;
     renderRooms(lastRooms);
     resumeJoined();
-    if (roomsBefore.length && roomsBefore.every((room) => me.rooms.includes(room))) roomsBefore = []; // back in all
+  }
+  if (you.room !== me.room) {
+    me.room = you.room;
+    // After a reconnect the page is in no room at first; the room we were
+    // in stays the one we want until we are back in it.
+    if (!me.wantedRoom || wasConnected) me.wantedRoom = you.room;
+    $("members-room").textContent = you.room;
+    members = new Set();
+    renderMembers();
+    // The view follows the current room, unless a private conversation is
+    // shown (and the visitor did not ask for this room).
+    if (!view.startsWith("@") || pendingView === you.room) show(you.room);
+    refresh();
+  }
+  if (pendingView && pendingView === me.room) {
+    pendingView = "";
+    if (view !== me.room) show(me.room);
   }
 }
 
@@ -251,22 +295,37 @@ function resumeJoined() {
   }
 }
 
-function bufferOf(room) {
-  if (!buffers.has(room)) buffers.set(room, []);
-  return buffers.get(room);
+function bufferOf(key) {
+  if (!buffers.has(key)) buffers.set(key, []);
+  return buffers.get(key);
 }
 
-function showBuffer(room) {
+const privateKey = (nick) => `@${nick.toLowerCase()}`;
+
+// Show a buffer: a room's, a private conversation's ("@nick"), or "".
+function show(key) {
+  // What the server said while the page was in no room (the welcome) goes
+  // on top of the first room it shows.
+  if (key && !key.startsWith("@") && buffers.get("")?.length) {
+    buffers.set(key, [...buffers.get(""), ...bufferOf(key)]);
+    buffers.delete("");
+  }
+  view = key;
   unreadMarker?.remove();
   unreadMarker = null;
-  log.replaceChildren(...bufferOf(room));
+  log.replaceChildren(...bufferOf(key));
   log.scrollTop = log.scrollHeight;
-  unseen.delete(room);
+  unseen.delete(key);
+  const peer = key.startsWith("@") ? privates.get(key.slice(1)) : "";
+  $("room-name").textContent = peer ? `private: ${peer}` : key ? `#${key}` : "";
+  $("input").placeholder = peer ? `private message to ${peer}` : "message, or /help";
+  renderTopic();
   renderRooms(lastRooms);
+  renderPrivates();
 }
 
 function refresh() {
-  if (sendLine("/who")) quietAnswers.members += 1;
+  if (me.room && sendLine("/who")) quietAnswers.members += 1;
   if (sendLine("/rooms")) quietAnswers.rooms += 1;
 }
 
@@ -295,10 +354,10 @@ function roomEvent(event, replayed) {
   const time = event.time ? new Date(event.time * 1000) : new Date();
   switch (event.type) {
     case "chat":
-      line({ time, nick: event.nick, text: event.text, kind: "chat", replayed, room });
+      line({ time, nick: event.nick, text: event.text, kind: "chat", replayed, key: room });
       break;
     case "action":
-      line({ time, nick: event.nick, text: event.text, kind: "action", replayed, room });
+      line({ time, nick: event.nick, text: event.text, kind: "action", replayed, key: room });
       break;
     case "join":
       if (shown) {
@@ -308,15 +367,24 @@ function roomEvent(event, replayed) {
       note(`${event.nick} joined`, "event", time, room);
       roomsChanged();
       break;
-    case "leave":
+    case "leave": {
+      const state = roomStates.get(room);
+      state?.operators.delete(event.nick.toLowerCase());
+      state?.voiced.delete(event.nick.toLowerCase());
       if (shown) {
         members.delete(event.nick);
         renderMembers();
       }
-      note(`${event.nick} left${plainLeave(event.reason) ? "" : ` (${event.reason})`}`, "event", time, room);
+      const why = plainLeave(event.reason) ? "" : ` (${event.reason})`;
+      note(`${event.nick} left${why}`, "event", time, room);
+      if (event.disconnected && privates.has(event.nick.toLowerCase()) && !replayed) {
+        note(`${event.nick} left the chat${why}`, "event", time, privateKey(event.nick));
+      }
       roomsChanged();
       break;
+    }
     case "nick":
+      renamed(event.nick, event.new_nick);
       if (shown) {
         members.delete(event.nick);
         members.add(event.new_nick);
@@ -327,7 +395,190 @@ function roomEvent(event, replayed) {
     case "room_notice":
       note(event.text, "notice", time, room);
       break;
+    case "topic":
+      topicChanged(event);
+      note(
+        event.topic ? `${event.nick} set the topic: ${event.topic}` : `${event.nick} cleared the topic`,
+        "event",
+        time,
+        room,
+      );
+      break;
+    case "mode":
+      modesChanged(event);
+      note(`${event.nick} set mode ${[event.modes, ...event.arguments].join(" ")}`, "event", time, room);
+      break;
   }
+}
+
+// -- a room's topic, modes and operators -----------------------------------------
+
+function roomState(event) {
+  roomStates.set(event.room, {
+    topic: event.topic,
+    topicBy: event.topic_by,
+    topicAt: event.topic_at,
+    flags: new Set(event.modes.replace(/[^a-z]/g, "")),
+    operators: new Set(event.operators.map((nick) => nick.toLowerCase())),
+    voiced: new Set(event.voiced.map((nick) => nick.toLowerCase())),
+  });
+  if (event.room === view) renderTopic();
+  if (event.room === me.room) renderMembers();
+}
+
+function topicChanged(event) {
+  const state = roomStates.get(event.room);
+  if (!state) return;
+  Object.assign(state, { topic: event.topic, topicBy: event.nick, topicAt: event.time });
+  if (event.room === view) renderTopic();
+}
+
+// Modes as the server applies them: o, v, b, e and k have an argument,
+// l only when set (docs/protocol.md).
+function modesChanged(event) {
+  const state = roomStates.get(event.room);
+  if (!state) return;
+  const args = [...event.arguments];
+  let adding = true;
+  for (const letter of event.modes) {
+    if (letter === "+" || letter === "-") {
+      adding = letter === "+";
+      continue;
+    }
+    const argument = "ovbek".includes(letter) || (letter === "l" && adding) ? args.shift() || "" : "";
+    const roles = letter === "o" ? state.operators : letter === "v" ? state.voiced : null;
+    if (roles) roles[adding ? "add" : "delete"](argument.toLowerCase());
+    else if ("imnst".includes(letter)) state.flags[adding ? "add" : "delete"](letter);
+  }
+  if (event.room === view) renderTopic();
+  if (event.room === me.room) renderMembers();
+}
+
+// Someone in one of our rooms is now known as someone else: their roles,
+// and a private conversation with them, follow.
+function renamed(old, now) {
+  renameRoles(old, now);
+  const from = privateKey(old);
+  const to = privateKey(now);
+  if (!privates.has(old.toLowerCase())) return;
+  if (from !== to) {
+    bufferOf(to).push(...bufferOf(from));
+    buffers.delete(from);
+    const count = (unseen.get(to) || 0) + (unseen.get(from) || 0);
+    unseen.delete(from);
+    if (count) unseen.set(to, count);
+    privates.delete(old.toLowerCase());
+  }
+  privates.set(now.toLowerCase(), now);
+  note(`${old} is now known as ${now}`, "event", new Date(), to);
+  if (view === from) show(to);
+  else renderPrivates();
+}
+
+function renameRoles(old, now) {
+  for (const state of roomStates.values()) {
+    for (const roles of [state.operators, state.voiced]) {
+      if (roles.delete(old.toLowerCase())) roles.add(now.toLowerCase());
+    }
+  }
+}
+
+function canSetTopic(room) {
+  const state = roomStates.get(room);
+  if (!state) return false;
+  return !state.flags.has("t") || state.operators.has(me.nick.toLowerCase()) || me.oper;
+}
+
+function renderTopic() {
+  const bar = $("topic");
+  const text = $("topic-text");
+  const peer = view.startsWith("@") ? privates.get(view.slice(1)) : "";
+  bar.hidden = !view;
+  if (!view) return;
+  if (!$("topic-input").hidden && bar.dataset.room === view) return; // being edited: left alone
+  closeTopicEditor();
+  bar.dataset.room = view;
+  if (peer) {
+    text.textContent = `private conversation with ${peer}: only you two see it`;
+    bar.dataset.editable = "false";
+    text.setAttribute("aria-disabled", "true");
+    bar.classList.remove("empty");
+    text.title = "";
+    return;
+  }
+  const state = roomStates.get(view);
+  const editable = canSetTopic(view);
+  bar.dataset.editable = String(editable);
+  text.setAttribute("aria-disabled", String(!editable));
+  bar.classList.toggle("empty", !state?.topic);
+  if (state?.topic) {
+    text.textContent = state.topic;
+    const when = state.topicAt ? ` at ${new Date(state.topicAt * 1000).toLocaleString()}` : "";
+    text.title = `set by ${state.topicBy}${when}` + (editable ? "; click to change it" : "");
+  } else {
+    text.textContent = editable ? "no topic: click to set one" : "no topic";
+    text.title = "";
+  }
+  if (!editable && state?.flags.has("t")) text.title += `${text.title ? "; " : ""}only operators of ${view} set its topic`;
+}
+
+function openTopicEditor() {
+  if ($("topic").dataset.editable !== "true" || !roomStates.has(view)) return;
+  const input = $("topic-input");
+  input.value = roomStates.get(view).topic;
+  $("topic-text").hidden = true;
+  input.hidden = false;
+  input.focus();
+}
+
+function closeTopicEditor() {
+  $("topic-input").hidden = true;
+  $("topic-text").hidden = false;
+}
+
+// Done editing: shown as the server has it now (it may have changed meanwhile).
+function stopEditingTopic() {
+  closeTopicEditor();
+  renderTopic();
+}
+
+$("topic-text").addEventListener("click", openTopicEditor);
+$("topic-text").addEventListener("keydown", (key) => {
+  if (key.key === "Enter" || key.key === " ") {
+    key.preventDefault();
+    openTopicEditor();
+  }
+});
+$("topic-input").addEventListener("keydown", (key) => {
+  if (key.key === "Escape") {
+    stopEditingTopic();
+  } else if (key.key === "Enter") {
+    key.preventDefault();
+    const room = $("topic").dataset.room;
+    const topic = $("topic-input").value.trim();
+    stopEditingTopic();
+    if (room !== me.room || topic === (roomStates.get(room)?.topic || "")) return;
+    // The topic shown changes when the server says it did (to everyone).
+    sendLine(topic ? `/topic ${topic}` : "/topic --clear");
+  }
+});
+$("topic-input").addEventListener("blur", () => {
+  if (!$("topic-input").hidden) stopEditingTopic();
+});
+
+function invited(event) {
+  const item = entry("notice", new Date());
+  const body = document.createElement("span");
+  body.className = "text";
+  body.textContent = `${event.by} invites you to ${event.room} `;
+  const join = document.createElement("button");
+  join.type = "button";
+  join.className = "inline";
+  join.textContent = `join ${event.room}`;
+  join.onclick = () => joinRoom(event.room);
+  body.append(join);
+  item.append(body);
+  add(item, true);
 }
 
 // The room list follows people coming and going: asked again a moment
@@ -362,9 +613,33 @@ function resumed(event) {
   }
 }
 
+// A private message, to or from someone: into the buffer of the
+// conversation with them (opened if it was not), never a room's.
 function privateMessage(event) {
-  const text = event.echo ? `→ ${event.to}: ${event.text}` : event.text;
-  line({ time: new Date(), nick: event.echo ? me.nick : event.from, text, kind: "private" });
+  const peer = event.echo ? event.to : event.from;
+  line({ time: new Date(), nick: event.from, text: event.text, kind: "private", key: openPrivate(peer) });
+}
+
+function openPrivate(nick) {
+  const key = privateKey(nick);
+  privates.set(nick.toLowerCase(), nick);
+  bufferOf(key);
+  renderPrivates();
+  return key;
+}
+
+function closePrivate(key) {
+  privates.delete(key.slice(1));
+  buffers.delete(key);
+  unseen.delete(key);
+  if (view === key) show(me.room);
+  else renderPrivates();
+}
+
+// Shown at once, with the input ready (a click on a nick, /query).
+function talkTo(nick) {
+  show(openPrivate(nick));
+  $("input").focus();
 }
 
 // -- the log ---------------------------------------------------------------------
@@ -381,27 +656,39 @@ function entry(kind, time) {
   return item;
 }
 
-function line({ time, nick, text, kind, replayed = false, room = me.room }) {
+function line({ time, nick, text, kind, replayed = false, key = view }) {
   const item = entry(kind, time);
   if (replayed) item.classList.add("replayed");
   if (nick === me.nick) item.classList.add("own");
   const who = document.createElement("span");
-  who.className = "nick";
+  who.className = `nick ${nickColor(nick)}`;
   who.textContent = kind === "action" ? `* ${nick}` : nick;
   const body = document.createElement("span");
   body.className = "text";
   appendLinkified(body, text);
   item.append(who, " ", body);
-  add(item, !replayed && nick !== me.nick, room);
+  add(item, !replayed && nick !== me.nick, key);
 }
 
-function note(text, kind, time = new Date(), room = me.room) {
+function note(text, kind, time = new Date(), key = view) {
   const item = entry(kind, time);
   const body = document.createElement("span");
   body.className = "text";
   body.textContent = text;
   item.append(body);
-  add(item, false, room);
+  add(item, false, key);
+}
+
+// A stable colour per nick, as The Lounge and WeeChat give: a hash of the
+// nick (djb2, of its lower-case form, as nicks ignore case) picks one of
+// NICK_COLORS classes, each readable on the page's background in the light
+// and the dark scheme (style.css; tests/test_web.py checks the contrast).
+const NICK_COLORS = 16;
+
+function nickColor(nick) {
+  let hash = 5381;
+  for (const char of nick.toLowerCase()) hash = ((hash * 33) ^ char.codePointAt(0)) >>> 0;
+  return `nick-color-${hash % NICK_COLORS}`;
 }
 
 // Only http and https URLs become links; everything else, "javascript:"
@@ -434,14 +721,19 @@ function appendLinkified(parent, text) {
   parent.append(text.slice(last));
 }
 
-function add(item, countsAsUnread, room = me.room) {
-  const buffer = bufferOf(room);
+function add(item, countsAsUnread, key = view) {
+  const buffer = bufferOf(key);
   buffer.push(item);
   while (buffer.length > MAX_LOG) buffer.shift().remove();
-  if (room !== me.room) {
+  if (key !== view) {
     if (countsAsUnread) {
-      unseen.set(room, (unseen.get(room) || 0) + 1);
-      renderRooms(lastRooms);
+      unseen.set(key, (unseen.get(key) || 0) + 1);
+      if (key.startsWith("@")) renderPrivates();
+      else renderRooms(lastRooms);
+      if (key.startsWith("@") && document.hidden) {
+        unread += 1; // a private message counts in the tab's title wherever it is
+        document.title = `(${unread}) chatcore`;
+      }
     }
     return;
   }
@@ -477,13 +769,16 @@ function renderMembers() {
     ...[...members].sort((a, b) => a.localeCompare(b)).map((nick) => {
       const item = document.createElement("li");
       item.textContent = nick;
-      if (nick === me.nick) item.classList.add("own");
-      item.title = `/msg ${nick}`;
-      item.onclick = () => {
-        const input = $("input");
-        input.value = `/msg ${nick} `;
-        input.focus();
-      };
+      item.classList.add(nickColor(nick));
+      const state = roomStates.get(me.room);
+      if (state?.operators.has(nick.toLowerCase())) item.classList.add("op");
+      else if (state?.voiced.has(nick.toLowerCase())) item.classList.add("voiced");
+      if (nick === me.nick) {
+        item.classList.add("own");
+      } else {
+        item.title = `talk to ${nick} privately`;
+        item.onclick = () => talkTo(nick);
+      }
       return item;
     }),
   );
@@ -503,6 +798,7 @@ function renderRooms(rooms) {
       button.className = "room";
       button.textContent = counts.has(room) ? `${room} (${counts.get(room)})` : room;
       button.title = me.rooms.includes(room) ? `show ${room}` : `join ${room}`;
+      if (room === view) item.classList.add("shown");
       button.onclick = () => joinRoom(room);
       item.append(button);
       if (room === me.room) item.classList.add("current");
@@ -531,8 +827,50 @@ function renderRooms(rooms) {
 }
 
 function joinRoom(room) {
+  if (!room) return;
+  if (room === me.room) {
+    show(room); // from a private conversation back to the current room
+    return;
+  }
   // /join of a room the page is in already only makes it current: a switch.
-  if (room && room !== me.room) sendLine(`/join ${room}`);
+  pendingView = room;
+  sendLine(`/join ${room}`);
+}
+
+function renderPrivates() {
+  const keys = [...privates.keys()].map((lower) => `@${lower}`);
+  $("privates-section").hidden = keys.length === 0;
+  $("privates").replaceChildren(
+    ...keys.map((key) => {
+      const nick = privates.get(key.slice(1));
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = `peer ${nickColor(nick)}`;
+      button.textContent = nick;
+      button.title = `private conversation with ${nick}`;
+      button.onclick = () => show(key);
+      item.append(button);
+      if (key === view) item.classList.add("current", "shown");
+      const count = unseen.get(key) || 0;
+      if (count) {
+        const badge = document.createElement("span");
+        badge.className = "badge";
+        badge.textContent = String(count);
+        badge.title = `${count} new from ${nick}`;
+        item.append(" ", badge);
+      }
+      const close = document.createElement("button");
+      close.type = "button";
+      close.className = "leave";
+      close.textContent = "×";
+      close.title = `close the conversation with ${nick}`;
+      close.setAttribute("aria-label", `close the conversation with ${nick}`);
+      close.onclick = () => closePrivate(key);
+      item.append(" ", close);
+      return item;
+    }),
+  );
 }
 
 // -- the server password ---------------------------------------------------------
@@ -621,18 +959,47 @@ $("nick-form").addEventListener("submit", (submit) => {
 
 // -- typing ----------------------------------------------------------------------
 
+const NICK_PATTERN = /^[A-Za-z0-9_-]{1,32}$/;
+
 $("input-form").addEventListener("submit", (submit) => {
   submit.preventDefault();
   const input = $("input");
   const text = input.value.trim();
   if (!text) return;
   const command = text.startsWith("/") && !text.startsWith("//") ? text.slice(1).split(/\s+/)[0].toLowerCase() : "";
+  const words = text.split(/\s+/);
+  const peer = view.startsWith("@") ? privates.get(view.slice(1)) : "";
+  if (command === "query") {
+    // The page's own command (WeeChat's): open a private conversation.
+    const [, nick = "", said = ""] = text.match(/^\/\S+\s*(\S*)\s*(.*)$/);
+    if (!NICK_PATTERN.test(nick)) {
+      note("usage: /query NICK [TEXT] (a nick: 1 to 32 letters, digits, _ or -)", "error");
+      return;
+    }
+    talkTo(nick);
+    input.value = "";
+    if (said) sendLine(`/msg ${nick} ${said}`);
+    return;
+  }
+  if (peer && (command === "me" || !command)) {
+    if (command === "me") {
+      note("/me is for rooms: a private conversation has no actions", "error");
+      return;
+    }
+    // Typed in a private conversation: a private message to that nick,
+    // shown when the server echoes it.
+    if (!sendLine(`/msg ${peer} ${text.startsWith("//") ? text.slice(1) : text}`)) return;
+    input.value = "";
+    return;
+  }
   if (command === "nick") {
-    const wanted = text.split(/\s+/)[1] || "";
+    const wanted = words[1] || "";
     me.wantedNick = wanted;
     localStorage.setItem("chatcore.nick", wanted);
   } else if (command === "quit") {
     quitting = true;
+  } else if (command === "join" && words[1]) {
+    pendingView = words[1].toLowerCase(); // shown once the server has made it current
   }
   if (!sendLine(text)) return;
   input.value = "";

@@ -11,6 +11,7 @@ more lines); the default run stays within a minute or two.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -54,7 +55,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def cluster() -> Iterator[Callable[..., ServerProcess]]:
     """``cluster(url, host, *args)``: a chatcore server in this test's cluster."""
-    name = f"faults{next(_clusters)}"
+    name = f"faults{next(_clusters)}-{os.getpid()}"  # two test runs may share a Redis port by chance
     processes: list[ServerProcess] = []
 
     def start(url: str, host: str = "127.0.0.1", *args: str) -> ServerProcess:
