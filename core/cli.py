@@ -9,11 +9,13 @@ import errno
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -21,7 +23,12 @@ from chatcore.engine import affinity, allocator
 from chatcore.errors import UsageError
 from chatcore.hooks import PluginError
 from chatcore.manager import PluginLoadError, describe_plugins
+from chatcore.pidfile import PidFile, PidFileError
 from chatcore.version import __version__
+
+if TYPE_CHECKING:
+    from chatcore.config import Config
+    from chatcore.engine.server import ChatServer
 
 log = logging.getLogger("chatcore")
 
@@ -61,14 +68,24 @@ def _raise_open_file_limit(max_clients: int) -> None:
         )
 
 
+#: What every log record has; anything else on a record came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
 class JSONFormatter(logging.Formatter):
     """One JSON object a line, for log collectors (``--log-format json``):
     ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``, and
-    ``traceback`` when there is one."""
+    ``traceback`` when there is one; then the fields the call site gave
+    with ``extra=`` (``event``, ``nick``, ``address`` ...: docs/operations.md
+    lists them). A field never replaces one of the first five."""
 
     def format(self, record: logging.LogRecord) -> str:
         when = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
-        entry = {
+        entry: dict[str, object] = {
             "time": when.isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
@@ -78,8 +95,13 @@ class JSONFormatter(logging.Formatter):
             entry["traceback"] = self.formatException(record.exc_info)
         elif record.exc_text:
             entry["traceback"] = record.exc_text
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES:
+                entry.setdefault(key, value)
         # ensure_ascii (the default) keeps a line a line: no raw separators.
-        return json.dumps(entry)
+        # default=str: a field that is no JSON type (a path, an address
+        # object) is written as its text rather than losing the line.
+        return json.dumps(entry, default=str)
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -108,11 +130,40 @@ def _log_through_a_queue() -> logging.Handler:
     return stream
 
 
+def _announce(server: ChatServer, plugins: list[str], *, json_lines: bool) -> None:
+    """Print the start-up line on standard output: what scripts (and
+    :class:`chatcore.testing.ServerProcess`) wait for to learn the bound
+    ports. With ``--log-format json`` it is a JSON object like every log
+    line, with the listeners and plugins as fields."""
+    text = f"chatcore {__version__} listening on {server.address_text} (plugins: {', '.join(plugins)})"
+    if json_lines:
+        fields = {
+            "event": "server_started",
+            "version": __version__,
+            "listeners": [str(listener.url) for listener in server.listeners],
+            "plugins": plugins,
+            "pid": os.getpid(),
+        }
+        record = log.makeRecord(log.name, logging.INFO, __file__, 0, text, (), None, extra=fields)
+        text = JSONFormatter().format(record)
+    print(text, flush=True)
+
+
+def _set_process_title(server: ChatServer) -> None:
+    """Show ``chatcore serve URL ...`` in ps and top instead of ``python``,
+    if the optional setproctitle package is installed (no dependency of
+    chatcore: the pid file is the dependable way to find the process)."""
+    try:
+        import setproctitle  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return
+    setproctitle.setproctitle(f"chatcore serve {server.address_text}")
+
+
 def serve(args: Sequence[str]) -> int:
     """``chatcore serve``: run the server until SIGINT or SIGTERM."""
     from chatcore.config import parse_config, unused_front_ends
     from chatcore.engine.server import ChatServer
-    from chatcore.reload import reload_configuration
 
     console = _log_through_a_queue()
     try:
@@ -132,7 +183,7 @@ def serve(args: Sequence[str]) -> int:
     if options.log_format == "json":
         console.setFormatter(JSONFormatter())
     for warning in unused_front_ends(config):
-        log.warning(warning)
+        log.warning(warning, extra={"event": "configuration_warning"})
     _raise_open_file_limit(options.max_clients)
     threading.stack_size(THREAD_STACK_SIZE)
     allocator.keep_freed_memory()
@@ -140,6 +191,13 @@ def serve(args: Sequence[str]) -> int:
         cpus = affinity.apply(options.cpu_affinity)
     except affinity.AffinityError as exc:
         return _error(str(exc), 2)
+
+    pid_file = PidFile(options.pid_file) if options.pid_file else None
+    if pid_file is not None:
+        try:  # before anything is bound: a second server must not take the ports
+            pid_file.check()
+        except PidFileError as exc:
+            return _error(str(exc), 1)
 
     try:
         server = ChatServer(config)
@@ -171,10 +229,38 @@ def serve(args: Sequence[str]) -> int:
         server.hooks.server_stop(server)  # plugins that did start may need flushing
         server.server_close()
         return _error(str(exc), 2 if isinstance(exc, UsageError) else 1)
+    if pid_file is not None:
+        try:
+            pid_file.write()
+        except PidFileError as exc:
+            server.stop(timeout=0.5)
+            return _error(str(exc), 1)
+        if pid_file.stale is not None:
+            log.info(
+                "replaced the stale pid file %s (%s)",
+                pid_file.path,
+                pid_file.stale,
+                extra={"event": "pid_file_replaced", "path": str(pid_file.path), "why": pid_file.stale},
+            )
+    try:
+        return _serve_until_signalled(server, config, wake, received, cpus)
+    finally:
+        if pid_file is not None:
+            pid_file.remove()
+
+
+def _serve_until_signalled(
+    server: ChatServer, config: Config, wake: threading.Event, received: list[int], cpus: frozenset[int] | None
+) -> int:
+    """Announce the server, reload on SIGHUP, stop it on SIGINT or SIGTERM;
+    the exit status."""
+    from chatcore.reload import reload_configuration
+
     names = [name for name, _ in config.pluginmanager.list_name_plugin()]
-    print(f"chatcore {__version__} listening on {server.address_text} (plugins: {', '.join(names)})", flush=True)
+    _announce(server, names, json_lines=config.options.log_format == "json")
+    _set_process_title(server)
     if cpus is not None:
-        log.info(affinity.describe(cpus))
+        log.info(affinity.describe(cpus), extra={"event": "cpu_affinity", "cpus": sorted(cpus)})
     while True:
         # With a timeout: the kernel may deliver a signal to any thread, and
         # then only sets Python's flag; a main thread blocked in an untimed
@@ -185,9 +271,10 @@ def serve(args: Sequence[str]) -> int:
         wake.clear()
         signums, received[:] = received[:], []
         if any(signum != getattr(signal, "SIGHUP", None) for signum in signums):
-            log.info("received %s, shutting down", signal.Signals(signums[-1]).name)
+            name = signal.Signals(signums[-1]).name
+            log.info("received %s, shutting down", name, extra={"event": "shutting_down", "signal": name})
             break
-        log.info("received SIGHUP, reloading")
+        log.info("received SIGHUP, reloading", extra={"event": "reloading", "signal": "SIGHUP"})
         reload_configuration(server)
     # A second Ctrl-C while shutting down interrupts at once.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -196,7 +283,7 @@ def serve(args: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print("chatcore: interrupted while shutting down", file=sys.stderr)
         return 130
-    log.info("server stopped")
+    log.info("server stopped", extra={"event": "server_stopped"})
     return 0
 
 

@@ -12,6 +12,7 @@ import argparse
 import os
 import re
 import ssl
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -95,6 +96,13 @@ class Config:
         #: The server password or its hash (``--password-file`` or
         #: ``CHATCORE_PASSWORD``), or None for an open server.
         self.password: str | None = None
+        #: Whether the last load of the configuration was applied: the one
+        #: at the start, then each reload (SIGHUP; a reload that failed keeps
+        #: the running configuration and sets this False until one succeeds).
+        self.last_reload_successful = True
+        #: When the configuration was last loaded and applied
+        #: (``time.time()``): the start, then each successful reload.
+        self.last_reload_success_time = time.time()
 
     def getoption(self, name: str, default: Any = None) -> Any:
         """An option's value by its ``dest`` name, or ``default``."""
@@ -404,8 +412,20 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
             default="text",
             choices=["text", "json"],
             help=(
-                "console log format: text, or json for log collectors (one object a line: "
-                "time, level, logger, message) (default: %(default)s)"
+                "console log format: text, or json for log collectors: every line one object, the start-up "
+                "line on standard output too, with time, level, logger, message and the event's fields "
+                "(event, nick, address, room, listener ...) (default: %(default)s)"
+            ),
+        )
+    )
+    restart_only(
+        parser.add_argument(
+            "--pid-file",
+            metavar="PATH",
+            help=(
+                "write the server's process id to PATH once it listens, and remove it at a clean stop, "
+                'for kill -HUP "$(cat PATH)"; a PATH naming a chatcore that is still running stops the '
+                "start (exit status 1), one left by a server that was killed is replaced (default: none)"
             ),
         )
     )

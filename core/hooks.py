@@ -122,6 +122,8 @@ class Hooks:
         #: True if a plugin implements ``chatcore_room_event`` (checked on
         #: every publish, so kept as a plain attribute).
         self.room_events_observed = bool(self._impls["chatcore_room_event"])
+        #: The same for ``chatcore_room_changed``.
+        self.room_changes_observed = bool(self._impls["chatcore_room_changed"])
 
     def implemented(self, name: str) -> bool:
         """True if any plugin implements the hook ``chatcore_<name>``."""
@@ -303,6 +305,9 @@ class Hooks:
 
     def room_event(self, server: ChatServer, event: RoomEvent) -> None:
         self._call_each("chatcore_room_event", {"server": server, "event": event})
+
+    def room_changed(self, server: ChatServer, event: RoomEvent) -> None:
+        self._call_each("chatcore_room_changed", {"server": server, "event": event})
 
     def moderation(self, server: ChatServer, action: str, details: dict[str, Any]) -> None:
         self._call_each("chatcore_moderation", {"server": server, "action": action, "details": details})

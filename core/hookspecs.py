@@ -327,6 +327,26 @@ def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
     """
 
 
+@hookspec
+def chatcore_room_changed(server: ChatServer, event: RoomEvent) -> None:
+    """A room's state or membership changed here: a join, a leave (a kick
+    is one with ``kicked_by``), a rename, a topic or a mode change (the
+    events whose ``changes_state`` is true), after the room's state took it
+    and its members here were told; from other servers of a cluster too.
+
+    What :func:`chatcore_room_event` sees, without the chat: a plugin that
+    records what people did to rooms (the ``logger``'s audit trail) costs
+    nothing per chat line.
+
+    :param server: the server it was published in.
+    :param event: the :class:`~chatcore.events.RoomEvent`, immutable.
+
+    Called on the thread that published the event. Calls overlap.
+
+    .. versionadded:: 0.4
+    """
+
+
 # ---------------------------------------------------------------------------
 # Listeners and clusters
 # ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import ssl
+import time
 from typing import TYPE_CHECKING
 
 from chatcore.config import read_password, reread_options
@@ -45,10 +46,19 @@ def reload_configuration(server: ChatServer) -> bool:
         password = read_password(new, config.environ)
         appliers = server.hooks.reload(server, old, new)
     except (UsageError, PluginError) as exc:
-        log.error("reload failed: %s; the running configuration is kept", exc)
+        config.last_reload_successful = False
+        log.error(
+            "reload failed: %s; the running configuration is kept",
+            exc,
+            extra={"event": "reload_failed", "error": str(exc)},
+        )
         return False
     for name in restart:
-        log.warning("reload: %s changed: needs a restart; left unchanged", name)
+        log.warning(
+            "reload: %s changed: needs a restart; left unchanged",
+            name,
+            extra={"event": "reload_needs_restart", "option": name},
+        )
     config.options = new
     server.apply_options(new, password)
     if new.log_level != old.log_level:
@@ -56,7 +66,13 @@ def reload_configuration(server: ChatServer) -> bool:
     if context is not None and server.certificates is not None:
         server.certificates.use(new.tls_cert, new.tls_key, context)
     server.hooks.apply_reload(appliers)
-    log.info("configuration reloaded: %s", ", ".join(changed) + " changed" if changed else "nothing changed")
+    config.last_reload_successful = True
+    config.last_reload_success_time = time.time()
+    log.info(
+        "configuration reloaded: %s",
+        ", ".join(changed) + " changed" if changed else "nothing changed",
+        extra={"event": "reloaded", "changed": changed},
+    )
     return True
 
 

@@ -15,6 +15,7 @@ threads of the test process, and are always stopped at teardown.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -233,9 +234,16 @@ class ServerProcess:
         # the test, not hang the run.
         ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
         line = self.proc.stdout.readline() if ready else ""
-        #: The start-up line: ``chatcore X listening on URL, URL (plugins: ...)``.
+        #: The start-up line: ``chatcore X listening on URL, URL (plugins: ...)``,
+        #: or with ``--log-format json`` a JSON object with that ``message``.
         self.banner = line
-        found = _LISTENER.findall(line.partition(" listening on ")[2])
+        text = line
+        if line.startswith("{"):
+            try:
+                text = str(json.loads(line)["message"])
+            except (ValueError, KeyError, TypeError):
+                pass
+        found = _LISTENER.findall(text.partition(" listening on ")[2])
         if not found:
             self.stop()
             raise AssertionError(f"server did not start: {line!r} {self.stderr}")

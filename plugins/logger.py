@@ -92,8 +92,8 @@ def chatcore_client_joined(client: Client, room: str) -> None:
 
 
 @hookimpl
-def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
-    kind = type(event)  # every chat line comes here: one set lookup for the rest
+def chatcore_room_changed(server: ChatServer, event: RoomEvent) -> None:
+    kind = type(event)
     if kind in _ROOM_ACTS:
         _log_room_act(server, event)
         return

@@ -1,10 +1,15 @@
-"""Prometheus metrics at /metrics and a health check at /healthz.
+"""Prometheus metrics at /metrics, and health checks at /healthz (alive) and
+/readyz (ready to serve).
 
 Nothing here runs per message: the engine counts as it goes anyway
 (:mod:`chatcore.engine.stats`, per-thread plain ints), and a custom
 collector reads those counts when Prometheus scrapes. The numbers are made
 with the official ``prometheus_client`` library (``pip install
-'chatcore[metrics]'``); docs/operations.md lists every metric.
+'chatcore[metrics]'``), whose own collectors give the ``process_*`` series
+(read from /proc/self) and ``python_info``; docs/operations.md lists every
+metric. Readiness is the server's (:meth:`ChatServer.readiness_problems`):
+accepting connections, and no problem its backplane reports (a cluster link
+that is down), so this plugin knows nothing of any cluster plugin.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import http.server
 import io
 import logging
+import platform
 import socket
 import threading
 import time
@@ -24,6 +30,7 @@ from chatcore.config import restart_only, whole_number
 from chatcore.engine.connection import DISCONNECT_CAUSES
 from chatcore.engine.server import ChatServer
 from chatcore.engine.stats import LATENCY_BUCKETS
+from chatcore.version import __version__
 
 NAME = "metrics"
 #: The port Prometheus exporters of OpenTelemetry use by default.
@@ -38,7 +45,9 @@ log = logging.getLogger("chatcore.plugins.metrics")
 @hookimpl
 def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "metrics plugin", "Prometheus text format at http://HOST:PORT/metrics; /healthz answers 200 while serving."
+        "metrics plugin",
+        "Prometheus text format at http://HOST:PORT/metrics; /healthz answers 200 while serving, "
+        "/readyz 200 while ready (serving, and the cluster link up with a cluster plugin), else 503 and why.",
     )
     # Restart only: a scraper would not find an endpoint that moved.
     restart_only(
@@ -111,6 +120,7 @@ class ChatCollector:
         for scheme, count in sorted(by_scheme.items()):
             connected.add_metric([scheme], count)
         yield connected
+        yield from _build_and_reload(server)
         rooms = server.registry.rooms()
         yield GaugeMetricFamily("chatcore_rooms", "Rooms with at least one member.", value=len(rooms))
         yield GaugeMetricFamily(
@@ -176,16 +186,48 @@ class ChatCollector:
         )
 
 
+def _build_and_reload(server: ChatServer) -> Iterator[Any]:
+    """``chatcore_build_info`` and the last reload's outcome, named as
+    Prometheus names its own (``prometheus_config_last_reload_successful``)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    build = GaugeMetricFamily(
+        "chatcore_build_info",
+        "The chatcore version and the Python it runs on; always 1.",
+        labels=["version", "python_version"],
+    )
+    build.add_metric([__version__, platform.python_version()], 1)
+    yield build
+    config = server.config
+    yield GaugeMetricFamily(
+        "chatcore_config_last_reload_successful",
+        "1 if the last load of the configuration (the start, then each SIGHUP) was applied, 0 if it failed.",
+        value=1 if config.last_reload_successful else 0,
+    )
+    yield GaugeMetricFamily(
+        "chatcore_config_last_reload_success_timestamp_seconds",
+        "When the configuration was last loaded and applied (Unix time).",
+        value=config.last_reload_success_time,
+    )
+
+
 class MetricsEndpoint:
-    """The HTTP endpoint: ``/metrics`` and ``/healthz``, on a thread of its
-    own (``http.server``'s threading server, one short thread per scrape)."""
+    """The HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz``, on a
+    thread of its own (``http.server``'s threading server, one short thread
+    per scrape)."""
 
     def __init__(self, server: ChatServer, host: str, port: int) -> None:
-        from prometheus_client import CollectorRegistry
+        from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-        # A registry of its own: the library's global one holds the process's
-        # metrics, and two servers in one process (tests) must not mix.
+        # A registry of its own: two servers in one process (tests) must not
+        # mix. It has the collectors the library's global registry has: the
+        # process (CPU, memory, file descriptors, start time; from
+        # /proc/self, nothing off Linux), python_info and the garbage
+        # collector's counts, each read at scrape time.
         self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.registry.register(ChatCollector(server))
         self.chat = server
         handler = type("Handler", (_Handler,), {"endpoint": self})
@@ -206,7 +248,13 @@ class MetricsEndpoint:
 
     def start(self) -> None:
         self._thread.start()
-        log.info("metrics at %s/metrics, health at %s/healthz", self.url, self.url)
+        log.info(
+            "metrics at %s/metrics, health at %s/healthz and %s/readyz",
+            self.url,
+            self.url,
+            self.url,
+            extra={"event": "metrics_started", "url": self.url},
+        )
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -294,12 +342,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
             self._reply(200, generate_latest(self.endpoint.registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
+            # Alive: serving, whatever its cluster link does (restarting a
+            # server whose Redis is down would not bring Redis back).
             if self.endpoint.chat.accepting:
                 self._reply(200, b"ok\n")
             else:
                 self._reply(503, b"not accepting connections\n")
+        elif path == "/readyz":
+            problems = self.endpoint.chat.readiness_problems()
+            if problems:
+                self._reply(503, f"not ready: {'; '.join(problems)}\n".encode())
+            else:
+                self._reply(200, b"ready\n")
         else:
-            self._reply(404, b"not found: try /metrics or /healthz\n")
+            self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
 
     def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
         self.send_response(status)

@@ -13,7 +13,7 @@ import pytest
 from chatcore import Client, Message, hookimpl
 from chatcore.config import parse_config
 from chatcore.engine.server import ChatServer
-from chatcore.events import Chat, Joined, RoomEvent
+from chatcore.events import Chat, Joined, Left, RoomEvent
 from chatcore.hooks import PluginError
 from chatcore.testing import LineClient, wait_for
 
@@ -229,6 +229,33 @@ def test_room_event_sees_every_room_event_here_those_from_elsewhere_too(chat_ser
     assert len({e.epoch for e in heard[:3]}) == 1
     assert heard[0].epoch
     assert all(e.time > 0 for e in heard[:3])
+
+
+def test_room_changed_sees_joins_leaves_renames_topics_and_modes_but_no_chat(chat_server_factory, chat_client):
+    """chatcore_room_changed: what chatcore_room_event sees but the chat, so
+    that an audit trail costs nothing per chat line."""
+    changed: list[RoomEvent] = []
+
+    class Recorder:
+        @hookimpl
+        def chatcore_room_changed(self, server: ChatServer, event: RoomEvent) -> None:
+            assert server.rooms.get(event.room) is not None or isinstance(event, Left)  # after the state took it
+            changed.append(event)
+
+    server = chat_server_factory(plugins=[Recorder()])
+    alice, bob = chat_client(server), chat_client(server)
+    alice.send("said here")
+    alice.send("/me waves")
+    alice.send("/topic hello")
+    alice.send("/mode +m")
+    alice.send("/nick alice")
+    alice.sync()
+    bob.send("/quit")
+    bob.wait_closed()
+    alice.expect("* guest-2 left")
+    kinds = [type(event).__name__ for event in changed]
+    assert kinds == ["Joined", "Joined", "TopicChanged", "ModeChanged", "NickChanged", "Left"]
+    assert server.hooks.room_changes_observed
 
 
 def test_hook_wrappers_are_refused_with_a_clear_message():

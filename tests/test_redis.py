@@ -806,11 +806,16 @@ def test_two_servers_asking_for_one_nick_at_once_exactly_one_gets_it(redis_serve
     one = cluster(redis_server.url, "127.0.0.1")
     two = cluster(redis_server.url, "127.0.0.2")
     left, right = connect(one, "left"), connect(two, "right")
-    # Rooms of their own, so neither sees the other's renames.
+    # Rooms of their own, so neither sees the other's renames (nor, out of
+    # the lobby, a late lobby notice where the /nick answer is read).
     right.send("/join elsewhere")
     right.expect("* you are now in elsewhere (1 here)")
     left.send("/join another")
     left.expect("* you are now in another (1 here)")
+    for client in (left, right):
+        client.send("/part lobby")
+        client.expect(re.compile(r"^\* you left lobby"))
+        client.sync()
     for round_ in range(20):
         nick = f"race{round_}"
         left.send(f"/nick {nick}")

@@ -20,7 +20,9 @@ through one object, the server's :attr:`~chatcore.engine.server.ChatServer.backp
   (:meth:`Backplane.moderate`);
 - **the state store**: accounts, registered rooms and whatever else must
   outlive a restart, shared by every server of a cluster
-  (:meth:`Backplane.state_store`).
+  (:meth:`Backplane.state_store`);
+- **health**: what keeps the server from serving as it should, such as a
+  cluster link that is down (:meth:`Backplane.problems`).
 
 :class:`Backplane` itself is the default for one server on its own: rooms
 numbered in this process and nothing beyond it. A cluster plugin replaces
@@ -94,6 +96,19 @@ class Backplane:
 
     def stop(self) -> None:
         """The server has stopped serving; let go of everything."""
+
+    # -- health -------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """What keeps this server from serving as it should, beyond its own
+        connections: one short sentence each (``"the cluster link to Redis
+        is down (...)"``), or none. The server is not ready while there are
+        any (:meth:`ChatServer.readiness_problems
+        <chatcore.engine.server.ChatServer.readiness_problems>`: the
+        metrics plugin's ``/readyz`` answers 503 with them). Called on any
+        thread, by health checks every few seconds: answer from the state
+        at hand, without waiting on the network."""
+        return []
 
     # -- numbering and publishing --------------------------------------------------
 

@@ -169,6 +169,13 @@ class Gate:
             failures,
             recent,
             counter.window / 60,
+            extra={
+                "event": f"{kind}_refused",
+                "address": client.address[0],
+                "port": client.address[1],
+                "attempt": failures,
+                "attempts_from_address": recent,
+            },
         )
         time.sleep(min(SECRET_DELAY * max(failures, recent), SECRET_MAX_DELAY))
         if failures >= SECRET_ATTEMPTS:
@@ -219,7 +226,12 @@ class Gate:
         nothing (a password never given, an IRC client that never registers).
         """
         if self.login_timeout and not client.admitted and now - client.connected_at > self.login_timeout:
-            log.info("closing %s: not logged in within %gs", format_address(*client.address), self.login_timeout)
+            log.info(
+                "closing %s: not logged in within %gs",
+                format_address(*client.address),
+                self.login_timeout,
+                extra={"event": "login_timeout", "address": client.address[0], "port": client.address[1]},
+            )
             return f"not logged in within {self.login_timeout:g} seconds; connect and log in again"
         if self.idle_timeout and now - client.last_input > self.idle_timeout:
             limit = f"{self.idle_timeout:g} seconds (this server's --idle-timeout)"

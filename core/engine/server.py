@@ -212,6 +212,18 @@ class ChatServer:
         self.serving.start_sweeper()
         for listener in self.listeners:
             listener.start()
+            host, port = listener.address
+            log.info(
+                "listening on %s",
+                listener.url,
+                extra={
+                    "event": "listener_started",
+                    "listener": str(listener.url),
+                    "scheme": listener.url.scheme,
+                    "address": host,
+                    "port": port,
+                },
+            )
         self._accepting = True
 
     @property
@@ -219,6 +231,18 @@ class ChatServer:
         """True from the end of :meth:`start` until :meth:`stop` begins:
         while new connections are accepted (what ``/healthz`` reports)."""
         return self._accepting and not self._stopping
+
+    def readiness_problems(self) -> list[str]:
+        """Why the server is not ready to serve, one sentence each, or an
+        empty list when it is: it is not accepting connections (starting,
+        or shutting down), or its backplane reports problems
+        (:meth:`Backplane.problems <chatcore.engine.backplane.Backplane.problems>`:
+        a cluster link that is down). What ``/readyz`` reports; any thread."""
+        if self._stopping:
+            return ["shutting down: not accepting connections"]
+        if not self._accepting:
+            return ["starting: not accepting connections yet"]
+        return list(self.backplane.problems())
 
     def stop(self, reason: str = "server shutting down", timeout: float = SHUTDOWN_LINGER) -> None:
         """Stop accepting, tell every client, flush what is queued, close.
@@ -338,7 +362,23 @@ class ChatServer:
                         told_in=rooms[:index],
                     )
                     self.stats.delivered(self._publish(left))
-            log.info("client left: %s from %s (%s)", client.nick, format_address(*client.address), reason)
+            log.info(
+                "client left: %s from %s (%s)",
+                client.nick,
+                format_address(*client.address),
+                reason,
+                extra={
+                    "event": "client_left",
+                    "nick": client.nick,
+                    "address": client.address[0],
+                    "port": client.address[1],
+                    "rooms": list(rooms),
+                    "reason": reason,
+                    "cause": client.close_cause or "closed",
+                    "client": client.id,
+                    "protocol": client.wire.name,
+                },
+            )
             self.departed.add(client.nick, client.user, client.realname)
             for room in rooms:
                 self.hooks.client_left(client, room, reason)
@@ -483,7 +523,20 @@ class ChatServer:
         if nick is None:
             self._claim_guest_nick(client)
         client.send(Welcome(tuple(self.hooks.welcome(client))))
-        log.info("client joined: %s from %s", client.nick, format_address(*client.address))
+        log.info(
+            "client joined: %s from %s",
+            client.nick,
+            format_address(*client.address),
+            extra={
+                "event": "client_joined",
+                "nick": client.nick,
+                "address": client.address[0],
+                "port": client.address[1],
+                "room": client.room,
+                "client": client.id,
+                "protocol": client.wire.name,
+            },
+        )
         if client.room:
             if self.rooms.get(client.room) is None:  # its state, maybe the cluster's, before the join applies
                 self._enter_room(client, client.room)
@@ -1107,6 +1160,9 @@ class ChatServer:
         if self.hooks.room_events_observed:  # what the rooms here heard, from wherever
             for event in events:
                 self.hooks.room_event(self, event)
+        if first.changes_state and self.hooks.room_changes_observed:  # one kind: the first says for all
+            for event in events:
+                self.hooks.room_changed(self, event)
         return count
 
     def _backplane_failed(self, method: str) -> None:

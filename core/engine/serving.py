@@ -140,7 +140,7 @@ class Connections:
         # see a steady ~40 ms delay per line.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _keepalive(sock)
-        transport = self._handshake(sock, address) if scheme.tls else Transport(sock)
+        transport = self._handshake(sock, address, listener) if scheme.tls else Transport(sock)
         if transport is None:
             return
         client = Client(
@@ -172,7 +172,19 @@ class Connections:
                     listener.connected += 1
         if refused is not None:
             reason, label = refused
-            log.warning("refused %s: %s", format_address(*address), reason)
+            log.warning(
+                "refused %s: %s",
+                format_address(*address),
+                reason,
+                extra={
+                    "event": "connection_refused",
+                    "address": address[0],
+                    "port": address[1],
+                    "reason": reason,
+                    "cause": label,
+                    "listener": str(listener.url),
+                },
+            )
             self.stats.refused(label)
             self._refuse(client, reason)
             return
@@ -193,7 +205,7 @@ class Connections:
                     self.clients.discard(client)
                     listener.connected -= 1
 
-    def _handshake(self, sock: socket.socket, address: tuple[str, int]) -> Transport | None:
+    def _handshake(self, sock: socket.socket, address: tuple[str, int], listener: Listener) -> Transport | None:
         """The TLS transport of ``sock`` once its handshake is done, or None
         (it failed, or the server is stopping)."""
         certificates = self.server.certificates
@@ -210,7 +222,20 @@ class Connections:
                 return None  # cut short by close_all()
             # Not the server's problem, and not worth a traceback: a
             # plain-text client on a TLS port, a scanner, a timeout.
-            log.info("TLS handshake with %s failed: %s", format_address(*address), _why(exc))
+            why = _why(exc)
+            log.info(
+                "TLS handshake with %s failed: %s",
+                format_address(*address),
+                why,
+                extra={
+                    "event": "connection_refused",
+                    "address": address[0],
+                    "port": address[1],
+                    "reason": why,
+                    "cause": "tls_handshake",
+                    "listener": str(listener.url),
+                },
+            )
             self.stats.refused("tls_handshake")
             return None
         finally:

@@ -263,12 +263,25 @@ class ClusterCollector:
         self.cluster = cluster
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        cluster = self.cluster
         yield CounterMetricFamily(
             "chatcore_redis_invalid_entries_total",
             "Entries from the cluster (room streams, inboxes, presence) dropped as invalid.",
-            value=self.cluster.invalid.count,
+            value=cluster.invalid.count,
+        )
+        yield GaugeMetricFamily(
+            "chatcore_redis_link_up",
+            "1 while the link to the cluster's Redis works, 0 while it is down or not made yet.",
+            value=1 if cluster.up else 0,
+        )
+        # A timestamp, not the time since: Prometheus' advice
+        # (time() - chatcore_redis_last_exchange_timestamp_seconds is the age).
+        yield GaugeMetricFamily(
+            "chatcore_redis_last_exchange_timestamp_seconds",
+            "When Redis last answered this server (Unix time; 0 if it never has).",
+            value=cluster.last_exchange or 0.0,
         )
 
 

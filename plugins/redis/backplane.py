@@ -95,6 +95,9 @@ class RedisBackplane(Backplane):
     def moderate(self, action: str, details: dict[str, Any]) -> bool | str | None:
         return self.cluster.presence.moderate(action, details)
 
+    def problems(self) -> list[str]:
+        return self.cluster.problems()
+
 
 class Invalid:
     """What came from the cluster and was dropped as invalid (a room entry,
@@ -164,6 +167,14 @@ class Cluster:
         self.invalid = Invalid()
         self._link_lock = threading.Lock()
         self._link_up = True
+        #: Why the link is down, and since when (``time.time()``), while it is.
+        self._down_reason = ""
+        self._down_since = 0.0
+        #: When Redis last answered this server's reader, publisher or
+        #: presence thread (``time.time()``), or None before its first answer.
+        #: The reader asks at least every quarter second, so on a working
+        #: link this is never older than that (and --redis-timeout).
+        self.last_exchange: float | None = None
 
     def start(self, server: ChatServer) -> None:
         self.server = server
@@ -188,13 +199,23 @@ class Cluster:
 
     # -- the link, as users see it -------------------------------------------
 
+    def exchanged(self) -> None:
+        """Redis answered one of this server's threads."""
+        self.last_exchange = time.time()
+
     def link_down(self, why: str) -> None:
         """Redis is unreachable: log it and tell everyone, once per outage."""
         with self._link_lock:
             if not self._link_up:
                 return
             self._link_up = False
-        log.warning("cluster link down (%s); local chat goes on, reconnecting", why)
+            self._down_reason = why
+            self._down_since = time.time()
+        log.warning(
+            "cluster link down (%s); local chat goes on, reconnecting",
+            why,
+            extra={"event": "cluster_link_down", "reason": why, "cluster": self.name},
+        )
         self._tell_everyone(LINK_DOWN_NOTICE)
 
     @property
@@ -209,10 +230,35 @@ class Cluster:
             if self._link_up:
                 return
             self._link_up = True
-        log.warning("cluster link back")
+        log.warning("cluster link back", extra={"event": "cluster_link_up", "cluster": self.name})
         self.presence.reenter.set()
         self.presence.changed()
         self._tell_everyone(LINK_BACK_NOTICE)
+
+    @property
+    def up(self) -> bool:
+        """True while the link works: Redis has answered since the start,
+        and no outage is known (``chatcore_redis_link_up``)."""
+        return self._link_up and self.last_exchange is not None
+
+    def problems(self) -> list[str]:
+        """Why the cluster does not work now, for ``/readyz``; none if it does."""
+        with self._link_lock:
+            up, why, since = self._link_up, self._down_reason, self._down_since
+        if not up:
+            return [f"the cluster link to Redis is down ({why}) for {max(time.time() - since, 0):.0f} s; reconnecting"]
+        if self.last_exchange is None:
+            return [f"not linked to the cluster yet: Redis at {redacted(self.url)} has not answered since the start"]
+        # Reading works, writing does not (a failover left the link on a
+        # replica, a full memory ...): this server's users are not heard.
+        publisher = self.publisher
+        failing_since = publisher.failing_since
+        if failing_since is not None:
+            return [
+                f"publishing to Redis fails ({publisher.failure}) for {max(time.time() - failing_since, 0):.0f} s; "
+                f"{publisher.waiting()} events wait"
+            ]
+        return []
 
     def _tell_everyone(self, text: str) -> None:
         if self.server is None or self.stopping.is_set():

@@ -154,6 +154,7 @@ class Presence(threading.Thread):
         for nick in set(self.snapshot) - set(snapshot):  # given up while the link was down
             self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
         was_alive, reaper = pipe.execute()[:2]
+        self.cluster.exchanged()
         now = time.monotonic()
         if was_alive is None and self.renewed is not None:
             self._timed_out(now - self.renewed, reaper, len(snapshot))

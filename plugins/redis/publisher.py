@@ -75,6 +75,10 @@ class Publisher(threading.Thread):
         self.dropped = 0
         #: The last sequence number Redis has confirmed.
         self.confirmed = 0
+        #: Since when (``time.time()``) sending to Redis has failed, and the
+        #: last failure, while it fails; None while it works (``/readyz``).
+        self.failing_since: float | None = None
+        self.failure = ""
 
     def put(self, event: RoomEvent) -> None:
         """Queue ``event`` for Redis (called on the publishing thread)."""
@@ -234,7 +238,9 @@ class Publisher(threading.Thread):
                 # batch waits and is sent again (the script drops what Redis
                 # already has); the thread never dies. Users hear of outages
                 # from the reader alone (one voice, no flapping notices).
+                self.failure = str(exc)
                 if not failing:
+                    self.failing_since = time.time()
                     expected = (redis_py.ConnectionError, redis_py.TimeoutError, redis_py.ResponseError)
                     log.warning(
                         "publishing to Redis failed (%s); %d events wait, retrying",
@@ -247,9 +253,11 @@ class Publisher(threading.Thread):
                 client = None
                 backoff.wait(cluster.stopping)
                 continue
+            cluster.exchanged()
             if failing:
                 log.warning("publishing to Redis works again")
             failing = False
+            self.failing_since = None
             backoff.reset()
             self._settle(batch, replies)
             self._confirm(batch[-1].seq)

@@ -75,6 +75,7 @@ class Reader(threading.Thread):
                     self._check(client)
                     next_check = time.monotonic() + self.check_interval
                 self._read(client)
+                cluster.exchanged()
                 cluster.link_up()
                 backoff.reset()
             except (redis_py.ConnectionError, redis_py.TimeoutError) as exc:
