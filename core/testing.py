@@ -206,9 +206,18 @@ class ServerProcess:
         assert proc.returncode == 0
     """
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = START_TIMEOUT) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = START_TIMEOUT,
+        wrapper: Sequence[str] = (),
+    ) -> None:
+        """``wrapper``: a command that runs the server, such as ``ip netns exec
+        NAME`` (it must exec the server, so that signals reach it)."""
         self.args = _with_free_port(args)
         self.env = env
+        self.wrapper = list(wrapper)
         self.timeout = timeout
         #: The first listener's ``(host, port)``.
         self.address: tuple[str, int] = ("", 0)
@@ -222,7 +231,7 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatcore", "serve", *self.args],
+            [*self.wrapper, sys.executable, "-m", "chatcore", "serve", *self.args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

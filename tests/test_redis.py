@@ -38,6 +38,7 @@ from chatcore.plugins.redis import (
     Arrivals,
     Cursor,
     Start,
+    Target,
     decode_event,
     decode_private,
     encode_event,
@@ -266,6 +267,11 @@ def test_a_room_entered_is_read_from_its_first_join_s_place() -> None:
 def test_the_password_never_reaches_logs() -> None:
     assert redacted("redis://user:hunter2@db:6380/1") == "redis://user:***@db:6380/1"
     assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    # Nor does it, nor the Sentinels' own, where a Sentinel-managed primary is named.
+    target = Target("rediss://:hunter2@db/1", (("10.0.0.1", 26379), ("::1", 26380)), "main", "hunter3")
+    assert str(target) == (
+        "the primary 'main' of the Sentinels 10.0.0.1:26379,[::1]:26380 (rediss://:***@db/1, host and port unused)"
+    )
 
 
 @pytest.mark.slow
@@ -543,6 +549,38 @@ def test_a_flushed_redis_is_noticed_without_a_link_drop(redis_server, cluster, c
 
 
 @pytest.mark.slow
+def test_a_failover_to_a_replica_that_lacks_the_last_entries_is_told_not_replayed(
+    redis_server, cluster, connect
+) -> None:
+    # What a Sentinel failover to a replica that had not received the last
+    # entries leaves: the room's offset and its stream's end are back where
+    # they were two entries ago. The reader says so, and reads on from
+    # there, without delivering again what it has delivered already.
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2", "--redis-check-interval", "0.2")
+    alice = connect(one, "alice")
+    bob = connect(two, "bob")
+    linked(alice, "alice", [bob])
+    for i in range(3):
+        alice.send(f"line {i}")
+    bob.expect("<alice> line 2")
+    mark = len(bob.received)
+    client = redis_server.client()
+    try:
+        [stream] = client.keys("chatcore:*:room:lobby:stream")
+        for entry_id, _ in client.xrevrange(stream, count=2):
+            client.xdel(stream, entry_id)
+        client.hincrby(stream.removesuffix(":stream") + ":meta", "offset", -2)
+    finally:
+        client.close()
+    bob.expect("* messages from other servers may be missing here (Redis went back in time)")
+    alice.send("after")
+    bob.expect("<alice> after")
+    said = [line for line in bob.received[mark:] if line.startswith("<alice> ")]
+    assert said == ["<alice> after"]
+
+
+@pytest.mark.slow
 def test_presence_who_rooms_and_msg_span_the_cluster(redis_server, cluster, connect) -> None:
     one = cluster(redis_server.url, "127.0.0.1")
     two = cluster(redis_server.url, "127.0.0.2")
@@ -760,6 +798,32 @@ def test_a_rooms_state_is_the_clusters(redis_server, cluster, connect) -> None:
     carol.expect("* you are now in dev (1 here)")
     carol.send("/topic a new dev")
     carol.expect("[dev] * carol set the topic: a new dev")
+
+
+@pytest.mark.slow
+def test_a_change_said_as_another_server_enters_the_room_is_not_lost(redis_server, cluster, connect) -> None:
+    """A server reads a room's state as its first member enters, and reads
+    the room's stream from its member's Joined: a mode set on another server
+    in between (a few milliseconds) must still reach its state (the reader
+    catches the state up). Raced many times; every round must end +m."""
+    one = cluster(redis_server.url, "127.0.0.1")
+    two = cluster(redis_server.url, "127.0.0.2")
+    carol, amy = connect(two, "carol"), connect(one, "amy")
+    linked(carol, "carol", [amy])
+    for round_ in range(15):
+        room = f"race{round_}"
+        carol.send(f"/join {room}")
+        carol.expect(f"* you are now in {room} (1 here)")
+        carol.send("/mode +m")
+        amy.send(f"/join {room}")
+        carol.expect(f"[{room}] * carol set mode +m")
+        amy.expect(re.compile(rf"^\* you are now in {room} "))
+
+        def moderated(room: str = room) -> bool:
+            amy.send(f"/mode {room}")
+            return amy.expect(re.compile(r"^\* modes of ")) == f"* modes of {room}: +mnt"
+
+        wait_for(moderated, timeout=TIMEOUT, message=f"{room}'s +m on amy's server")
 
 
 @pytest.mark.slow
@@ -1046,6 +1110,26 @@ def test_many_clients_asking_the_cluster_at_once_all_get_answers(redis_server, c
         (["--redis-url", "http://user:hunter2@host/"], "--redis-url: 'http://user:***@host/' is not a Redis URL"),
         (["--redis-cluster", "a b"], "--redis-cluster: 'a b' is not a valid name"),
         (["--redis-timeout", "0"], "argument --redis-timeout: 0.0 is out of range (must be from 0.1 to 60)"),
+        (["--redis-sentinel", "127.0.0.1:26379"], "--redis-sentinel needs --redis-sentinel-master NAME"),
+        (["--redis-sentinel-master", "main"], "--redis-sentinel-master is for a Sentinel-managed primary"),
+        (["--redis-sentinel-password", "hunter2"], "--redis-sentinel-password is for a Sentinel-managed primary"),
+        (
+            ["--redis-sentinel", "127.0.0.1:26379,db:x", "--redis-sentinel-master", "main"],
+            "--redis-sentinel: 'db:x' is not HOST:PORT",
+        ),
+        (["--redis-sentinel", "::1:26379", "--redis-sentinel-master", "m"], "--redis-sentinel: '::1:26379' is not"),
+        (
+            ["--redis-sentinel", "user:hunter2@db:26379", "--redis-sentinel-master", "main"],
+            "--redis-sentinel takes HOST:PORT[,HOST:PORT...] only",
+        ),
+        (
+            ["--redis-sentinel", "db:26379", "--redis-sentinel-master", "a b"],
+            "--redis-sentinel-master: 'a b' is not a valid name",
+        ),
+        (
+            ["--redis-sentinel", "db:26379", "--redis-sentinel-master", "m", "--redis-url", "unix:///tmp/r.sock"],
+            "a unix:// socket cannot be used with --redis-sentinel",
+        ),
     ],
 )
 def test_bad_options_are_usage_errors_without_the_password(args, error) -> None:
@@ -1059,6 +1143,26 @@ def test_bad_options_are_usage_errors_without_the_password(args, error) -> None:
     assert result.returncode == 2
     assert error in result.stderr
     assert "hunter2" not in result.stderr
+
+
+def test_the_sentinel_password_is_a_secret() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chatcore", "serve", "--plugins", "redis", "--print-config"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        env={
+            **os.environ,
+            "CHATCORE_REDIS_SENTINEL": "127.0.0.1:26379,[::1]:26380",
+            "CHATCORE_REDIS_SENTINEL_MASTER": "main",
+            "CHATCORE_REDIS_SENTINEL_PASSWORD": "hunter2",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert 'redis-sentinel = "127.0.0.1:26379,[::1]:26380"' in result.stdout
+    assert "# redis-sentinel-password: secret, set; not shown" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr
 
 
 #: A node id no server has: what a forged or foreign entry claims to come from.

@@ -60,7 +60,7 @@ from chatcore.plugins.redis.codec import (
     encode_moderation,
     encode_private,
 )
-from chatcore.plugins.redis.connection import DEFAULT_TIMEOUT, connect, redacted, shared_client
+from chatcore.plugins.redis.connection import DEFAULT_TIMEOUT, Target, connect, redacted, shared_client
 from chatcore.plugins.redis.presence import DEFAULT_NODE_TIMEOUT, GONE_REASON, Presence
 from chatcore.plugins.redis.publisher import Publisher
 from chatcore.plugins.redis.reader import DEFAULT_CHECK_INTERVAL, Reader
@@ -86,6 +86,7 @@ __all__ = [
     "Reader",
     "RedisBackplane",
     "Start",
+    "Target",
     "checked",
     "connect",
     "decode_event",
@@ -110,6 +111,10 @@ DEFAULT_STREAM_LENGTH = 10000
 DEFAULT_MAX_PENDING = 100000
 
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: A primary's name as the Sentinels know it (``sentinel monitor NAME ...``).
+_MASTER_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+#: One Sentinel: HOST:PORT, an IPv6 host in brackets.
+_SENTINEL = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})")
 
 
 # ---------------------------------------------------------------------------
@@ -137,6 +142,30 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
                 "the Redis to use, redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss:// for TLS; "
                 "give a password through CHATCORE_REDIS_URL or the config file, not the command line, "
                 "where ps shows it (default: %(default)s)"
+            ),
+        )
+    )
+    add(
+        "--redis-sentinel",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help=(
+            "follow a Sentinel-managed primary: ask these Sentinels where it is, at every (re)connection, "
+            "so the links follow a failover; --redis-url's host and port are then unused, its scheme, "
+            "password and database still apply to the primary (default: not used)"
+        ),
+    )
+    add(
+        "--redis-sentinel-master",
+        metavar="NAME",
+        help="the primary's name as the Sentinels know it (sentinel monitor NAME ...); needed with --redis-sentinel",
+    )
+    secret(
+        add(
+            "--redis-sentinel-password",
+            metavar="PASSWORD",
+            help=(
+                "the Sentinels' own password (their requirepass), if they have one; give it through "
+                "CHATCORE_REDIS_SENTINEL_PASSWORD or the config file, not the command line"
             ),
         )
     )
@@ -224,13 +253,14 @@ def chatcore_configure(config: Config) -> None:
             f"--redis-url: {redacted(options.redis_url)!r} is not a Redis URL; "
             "use redis://HOST:PORT/DB (or rediss:// for TLS)"
         )
+    target = _target(options)
     if not _CLUSTER_NAME.fullmatch(options.redis_cluster):
         raise UsageError(
             f"--redis-cluster: {options.redis_cluster!r} is not a valid name; "
             "use 1 to 64 letters, digits, '_', '-' or '.'"
         )
     config.data[NAME] = Cluster(
-        options.redis_url,
+        target,
         options.redis_cluster,
         stream_length=options.redis_stream_length,
         max_pending=options.redis_max_pending,
@@ -238,6 +268,46 @@ def chatcore_configure(config: Config) -> None:
         check_interval=options.redis_check_interval,
         node_timeout=options.redis_node_timeout,
     )
+
+
+def _target(options: argparse.Namespace) -> Target:
+    """Where the primary is, from --redis-url and the --redis-sentinel options."""
+    if options.redis_sentinel is None:
+        for name in ("redis_sentinel_master", "redis_sentinel_password"):
+            if getattr(options, name) is not None:
+                option = "--" + name.replace("_", "-")
+                raise UsageError(f"{option} is for a Sentinel-managed primary: give --redis-sentinel too")
+        return Target(options.redis_url)
+    text = options.redis_sentinel
+    if "@" in text:
+        # Not echoed: it may hold a password.
+        raise UsageError(
+            "--redis-sentinel takes HOST:PORT[,HOST:PORT...] only; "
+            "give the Sentinels' password with --redis-sentinel-password"
+        )
+    sentinels = []
+    for item in text.split(","):
+        match = _SENTINEL.fullmatch(item.strip())
+        if match is None or not 1 <= int(match["port"]) <= 65535:
+            raise UsageError(
+                f"--redis-sentinel: {item.strip()!r} is not HOST:PORT (an IPv6 host in brackets: [::1]:26379)"
+            )
+        sentinels.append((match["v6"] or match["host"], int(match["port"])))
+    master = options.redis_sentinel_master
+    if master is None:
+        raise UsageError(
+            "--redis-sentinel needs --redis-sentinel-master NAME, the primary's name as the Sentinels know it"
+        )
+    if not _MASTER_NAME.fullmatch(master):
+        raise UsageError(
+            f"--redis-sentinel-master: {master!r:.80} is not a valid name; "
+            "use 1 to 128 letters, digits, '_', '-', '.' or ':'"
+        )
+    if urllib.parse.urlsplit(options.redis_url).scheme == "unix":
+        raise UsageError(
+            "--redis-url: a unix:// socket cannot be used with --redis-sentinel (Sentinels give TCP addresses)"
+        )
+    return Target(options.redis_url, tuple(sentinels), master, options.redis_sentinel_password)
 
 
 @hookimpl

@@ -14,7 +14,7 @@ from chatcore import Client
 from chatcore.engine.backplane import Backplane
 from chatcore.events import PrivateMessage, RoomEvent, RoomNotice
 from chatcore.plugins.redis.arrivals import Arrivals
-from chatcore.plugins.redis.connection import DEFAULT_TIMEOUT, redacted
+from chatcore.plugins.redis.connection import DEFAULT_TIMEOUT, Target
 from chatcore.plugins.redis.presence import DEFAULT_NODE_TIMEOUT, Presence
 from chatcore.plugins.redis.publisher import Publisher
 from chatcore.plugins.redis.reader import DEFAULT_CHECK_INTERVAL, Reader
@@ -138,7 +138,7 @@ class Cluster:
 
     def __init__(
         self,
-        url: str,
+        target: str | Target,
         name: str,
         *,
         stream_length: int,
@@ -147,7 +147,9 @@ class Cluster:
         check_interval: float = DEFAULT_CHECK_INTERVAL,
         node_timeout: float = DEFAULT_NODE_TIMEOUT,
     ) -> None:
-        self.url = url
+        #: Where the primary is (the URL, or the Sentinels that know it).
+        self.target = target if isinstance(target, Target) else Target(target)
+        self.url = self.target.url
         self.timeout = timeout
         self.name = name
         self.keys = Keys(name)
@@ -178,7 +180,7 @@ class Cluster:
 
     def start(self, server: ChatServer) -> None:
         self.server = server
-        log.info("cluster %r on %s as node %s", self.name, redacted(self.url), self.node)
+        log.info("cluster %r on %s as node %s", self.name, self.target, self.node)
         self.presence.open()
         self.publisher.start()
         self.reader.start()
@@ -196,6 +198,7 @@ class Cluster:
         self.reader.join(self.timeout + 1)
         self.presence.join(self.timeout + 1)
         self.presence.leave()
+        self.target.close()
 
     # -- the link, as users see it -------------------------------------------
 
@@ -248,7 +251,7 @@ class Cluster:
         if not up:
             return [f"the cluster link to Redis is down ({why}) for {max(time.time() - since, 0):.0f} s; reconnecting"]
         if self.last_exchange is None:
-            return [f"not linked to the cluster yet: Redis at {redacted(self.url)} has not answered since the start"]
+            return [f"not linked to the cluster yet: Redis at {self.target} has not answered since the start"]
         # Reading works, writing does not (a failover left the link on a
         # replica, a full memory ...): this server's users are not heard.
         publisher = self.publisher

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, RoomEvent
 from chatcore.names import room_problem
 from chatcore.plugins.redis.codec import FORMAT_VERSION, encode_moderation, encode_private, entry_event
-from chatcore.plugins.redis.connection import shared_client
+from chatcore.plugins.redis.connection import close, shared_client
 from chatcore.plugins.redis.roomstate import state_fields, state_from_fields
 from chatcore.plugins.redis.scripts import CLAIM_LUA, ENTER_LUA, EXIT_LUA, RELEASE_LUA
 
@@ -100,10 +100,13 @@ class Presence(threading.Thread):
         #: Set when the link comes back: the renewal enters every room here
         #: again (what was entered during the outage, or lost by Redis).
         self.reenter = threading.Event()
+        #: Where each room's stream stood when this server read its state
+        #: (ENTER_LUA): room -> entry id, for the reader's catch-up.
+        self.entered_at: dict[str, str] = {}
 
     def open(self) -> None:
         cluster = self.cluster
-        self.client = shared_client(cluster.url, timeout=cluster.timeout, name=f"chatcore-{cluster.node}-shared")
+        self.client = shared_client(cluster.target, timeout=cluster.timeout, name=f"chatcore-{cluster.node}-shared")
         self._claim = self.client.register_script(CLAIM_LUA)
         self._release = self.client.register_script(RELEASE_LUA)
         self._enter = self.client.register_script(ENTER_LUA)
@@ -340,18 +343,26 @@ class Presence(threading.Thread):
         keys = cluster.keys
         fields = [item for pair in state_fields(founded).items() for item in pair]
         try:
-            found = self._enter(
-                keys=[keys.room_state(room), keys.room_holders(room), keys.node_rooms(cluster.node)],
+            found, top_id = self._enter(
+                keys=[keys.room_state(room), keys.room_holders(room), keys.node_rooms(cluster.node), keys.stream(room)],
                 args=[cluster.node, generation, room, *fields],
             )
         except redis_py.RedisError as exc:
             log.info("could not read room %s's state from the cluster (%s); entered as new here", room, exc)
             self.reenter.set()
             return founded
+        with self._held_lock:
+            self.entered_at[room] = str(top_id)
         if not found:
             return founded
         pairs = dict(zip(found[::2], found[1::2], strict=True))
         return state_from_fields(room, pairs, lambda field: cluster.invalid.drop(f"room {room} state", field))
+
+    def entered_where(self, room: str) -> str | None:
+        """Where ``room``'s stream stood when its state was read here (once:
+        the reader's catch-up takes it), or None."""
+        with self._held_lock:
+            return self.entered_at.pop(room, None)
 
     def exit(self, room: str) -> None:
         """Nobody here is in ``room`` any more: let go of it in the cluster,
@@ -391,7 +402,7 @@ class Presence(threading.Thread):
                 generation = self.held[room] = str(next(self._generations))
             fields = [item for pair in state_fields(state).items() for item in pair]
             self._enter(
-                keys=[keys.room_state(room), keys.room_holders(room), keys.node_rooms(node)],
+                keys=[keys.room_state(room), keys.room_holders(room), keys.node_rooms(node), keys.stream(room)],
                 args=[node, generation, room, *fields],
                 client=pipe,
             )
@@ -414,7 +425,7 @@ class Presence(threading.Thread):
             pipe.execute()
         except redis_py.RedisError as exc:
             log.warning("could not leave the cluster cleanly (%s); the others will time this server out", exc)
-        self.client.close()
+        close(self.client)
 
     # -- on client threads ------------------------------------------------
 

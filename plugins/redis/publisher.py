@@ -223,7 +223,7 @@ class Publisher(threading.Thread):
                 continue
             try:
                 if client is None:
-                    client = connect(cluster.url, timeout=cluster.timeout, name=f"chatcore-{cluster.node}-pub")
+                    client = connect(cluster.target, timeout=cluster.timeout, name=f"chatcore-{cluster.node}-pub")
                     script = client.register_script(PUBLISH_LUA)
                     exit_script = client.register_script(EXIT_LUA)
                 replies = self._send(client, script, exit_script, batch)

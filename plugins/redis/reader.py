@@ -16,6 +16,7 @@ from chatcore.plugins.redis.codec import (
     decode_event,
     decode_moderation,
     decode_private,
+    entry_event,
     entry_place,
 )
 from chatcore.plugins.redis.connection import Backoff, close, connect
@@ -34,6 +35,9 @@ log = logging.getLogger("chatcore.redis")
 BLOCK_MS = 250
 #: Seconds between checks that each cursor is still where the stream is.
 DEFAULT_CHECK_INTERVAL = 5.0
+#: Entries read, at most, to catch a room's state up (a few milliseconds'
+#: worth: between a server reading the state and its Joined entry).
+CATCH_UP = 1000
 
 
 class Reader(threading.Thread):
@@ -64,7 +68,7 @@ class Reader(threading.Thread):
             try:
                 if client is None:
                     client = connect(
-                        cluster.url, timeout=cluster.timeout + BLOCK_MS / 1000, name=f"chatcore-{cluster.node}-read"
+                        cluster.target, timeout=cluster.timeout + BLOCK_MS / 1000, name=f"chatcore-{cluster.node}-read"
                     )
                     client.ping()
                     if self.moderation_id is None:
@@ -104,10 +108,35 @@ class Reader(threading.Thread):
             # The top is read before the room counts as read, so a failure
             # here leaves it to the next plan.
             cursor = where.cursor or self._top(client, room)
+            self._catch_up_state(client, room, cursor)
             if cluster.arrivals.begin(room, where):
                 self.cursors[room] = cursor
                 if where.gap:
                     cluster.gap(room, None, where.gap)
+
+    def _catch_up_state(self, client: redis_py.Redis, room: str, cursor: Cursor) -> None:
+        """Apply to the room's state here the other servers' changes said
+        between the moment this server read the state (entering the room)
+        and where it starts reading: its members are not told them (they
+        come before their Joined), but the state must have them (a rename
+        that moved an operator role, a mode set a moment before)."""
+        cluster = self.cluster
+        server = cluster.server
+        assert server is not None
+        since = cluster.presence.entered_where(room)
+        if since is None or _stream_id(cursor.last_id) <= _stream_id(since):
+            return
+        entries = client.xrange(cluster.keys.stream(room), min="(" + since, max=cursor.last_id, count=CATCH_UP)
+        for entry_id, entry in entries:
+            if entry_id == cursor.last_id or entry.get("node") == cluster.node:
+                continue  # this server's own: applied as it said them
+            try:
+                _, _, event = entry_event(entry, server.max_line)
+            except (KeyError, ValueError) as exc:
+                cluster.invalid.drop(f"room {room} entry {entry_id}", exc)
+                continue
+            if event.changes_state and event.room == room:
+                server.rooms.apply(event)
 
     def _top(self, client: redis_py.Redis, room: str) -> Cursor:
         """A cursor at the end of the room's stream (where this server's
@@ -124,7 +153,10 @@ class Reader(threading.Thread):
         """Compare every cursor with its room in Redis: a changed epoch (Redis
         restarted empty, flushed, failed over to a copy that lacks it) or an
         offset behind ours means entries we would never read: say so and
-        start again from the room's new history."""
+        start again from the room's new history: all of it after a changed
+        epoch; after an offset that went back (a failover to a replica that
+        had not received the last entries), from the room's top, since what
+        the replica has is what was read here already."""
         keys = self.cluster.keys
         rooms = list(self.cursors)
         if not rooms:
@@ -136,9 +168,13 @@ class Reader(threading.Thread):
             cursor = self.cursors[room]
             if cursor.epoch is None or (epoch == cursor.epoch and int(offset or 0) >= cursor.offset):
                 continue
-            why = "the cluster's Redis lost them" if epoch != cursor.epoch else "Redis went back in time"
-            self.cluster.gap(room, None, why)
-            self.cursors[room] = Cursor("0-0", None, 0)
+            if epoch != cursor.epoch:
+                self.cluster.gap(room, None, "the cluster's Redis lost them")
+                self.cursors[room] = Cursor("0-0", None, 0)
+            else:
+                # Not from the start: that would deliver again all it has.
+                self.cluster.gap(room, None, "Redis went back in time")
+                self.cursors[room] = self._top(client, room)
 
     def _read(self, client: redis_py.Redis) -> None:
         keys = self.cluster.keys

@@ -123,22 +123,30 @@ return {offset, id, epoch}
 # holders, and gets the room's state, or makes it (the room is new in the
 # cluster: its entering member runs it). The generation orders a server's
 # entries, so that a late EXIT of an earlier entry lets go of nothing.
-# KEYS: state, holders, the node's rooms. ARGV: node, generation, room,
-# then the new state's fields and values. Returns the state's fields and
-# values (HGETALL), or 0 if the given state was made.
+# KEYS: state, holders, the node's rooms, the room's stream. ARGV: node,
+# generation, room, then the new state's fields and values. Returns {the
+# state's fields and values (HGETALL), or 0 if the given state was made;
+# the id of the stream's last entry, or '0-0'}: the state is the room's as
+# of that entry (the reader applies the changes after it that come before
+# this server's Joined, which it does not deliver).
 ENTER_LUA = """
+local top = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
+local top_id = '0-0'
+if top[1] then
+    top_id = top[1][1]
+end
 local held = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if held < tonumber(ARGV[2]) then
     redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 end
 redis.call('SADD', KEYS[3], ARGV[3])
 if redis.call('EXISTS', KEYS[1]) == 1 then
-    return redis.call('HGETALL', KEYS[1])
+    return {redis.call('HGETALL', KEYS[1]), top_id}
 end
 for i = 4, #ARGV, 2 do
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
-return 0
+return {0, top_id}
 """
 
 # A server lets go of a room it entered with that generation (its last

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -54,11 +54,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def cluster() -> Iterator[Callable[..., ServerProcess]]:
-    """``cluster(url, host, *args)``: a chatcore server in this test's cluster."""
+    """``cluster(url, host, *args, wrapper=())``: a chatcore server in this
+    test's cluster (run under ``wrapper``: ``ip netns exec NAME``)."""
     name = f"faults{next(_clusters)}-{os.getpid()}"  # two test runs may share a Redis port by chance
     processes: list[ServerProcess] = []
 
-    def start(url: str, host: str = "127.0.0.1", *args: str) -> ServerProcess:
+    def start(url: str, host: str = "127.0.0.1", *args: str, wrapper: Sequence[str] = ()) -> ServerProcess:
         process = ServerProcess(
             "--plugins", "redis",
             "--listen", f"tcp://{host}:0",
@@ -66,6 +67,7 @@ def cluster() -> Iterator[Callable[..., ServerProcess]]:
             "--redis-cluster", name,
             "--redis-timeout", "1",
             *args,
+            wrapper=wrapper,
         )  # fmt: skip
         processes.append(process.start())
         return process

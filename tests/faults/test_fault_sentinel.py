@@ -1,0 +1,104 @@
+"""A Sentinel failover under chat: the cluster's Redis primary is SIGKILLed
+and Sentinel promotes its replica, while alice (server one) talks to bob
+(server two); both servers find the primary through the Sentinel
+(``--redis-sentinel``). Every line is delivered in order, once, or its loss
+is announced, and delivery is whole again within a bound.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from fault_support import LINK_BACK, LINK_DOWN, LONG, TIMEOUT, linked, read_until, tally
+from redis_support import RedisServer, SentinelServer
+
+from chatcore.testing import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
+
+MASTER = "chatcore"
+PACE = 0.02
+#: Sentinel takes the primary for down after 1 s, starts the failover
+#: within 1 s more (its random desynchronisation), and sees the replica
+#: promoted within a second or two; the servers reconnect with a backoff of
+#: at most 2 s. Well within this:
+RECOVERY_BOUND = 15.0
+
+
+class Talker(threading.Thread):
+    """Says a numbered line every PACE seconds until stopped, at most ``limit`` lines."""
+
+    def __init__(self, client, prefix: str, limit: int) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(daemon=True)
+        self.client, self.prefix, self.limit = client, prefix, limit
+        self.sent: list[str] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set() and len(self.sent) < self.limit:
+            text = f"{self.prefix} {len(self.sent)}"
+            self.client.send(text)
+            self.sent.append(text)
+            self.stopping.wait(PACE)
+
+    def stop(self) -> list[str]:
+        self.stopping.set()
+        self.join(TIMEOUT)
+        return self.sent
+
+
+def test_a_sentinel_failover_loses_nothing_silently(tmp_path, cluster, connect, record) -> None:
+    # A replica's first sync starts at once (Redis waits 5 s by default for more replicas to share it).
+    now = ("--repl-diskless-sync-delay", "0")
+    primary = RedisServer(tmp_path / "primary", *now).start()
+    replica = RedisServer(tmp_path / "replica", *now, "--replicaof", "127.0.0.1", str(primary.port)).start()
+    sentinel = None
+    try:
+        wait_for(replica.replicating, timeout=TIMEOUT, message="the replica in sync")
+        sentinel = SentinelServer(tmp_path / "sentinel", MASTER, primary).start()
+        wait_for(lambda: sentinel.knows_replica(replica), timeout=TIMEOUT, message="Sentinel found the replica")
+
+        follow = ("--redis-sentinel", sentinel.address, "--redis-sentinel-master", MASTER)
+        # The URL's host and port are the primary's: after the kill, only the Sentinel knows where to go.
+        one = cluster(primary.url, "127.0.0.1", *follow)
+        two = cluster(primary.url, "127.0.0.2", *follow)
+        alice = connect(one.address, "alice")
+        bob = connect(two.address, "bob")
+        linked(alice, "alice", [bob])
+        mark = len(bob.received)
+
+        talker = Talker(alice, "line", limit=int((60 if LONG else 30) / PACE))
+        talker.start()
+        wait_for(lambda: len(talker.sent) >= 25, timeout=TIMEOUT)  # half a second of chat before the kill
+        primary.kill()
+        killed = time.monotonic()
+        wait_for(
+            lambda: sentinel.primary_address() == ("127.0.0.1", replica.port),
+            timeout=TIMEOUT,
+            message="Sentinel promoted the replica",
+        )
+        promoted = time.monotonic() - killed
+        # Recovery: from the kill until every line said before the promotion has arrived.
+        said = len(talker.sent)
+        bob.expect(f"<alice> line {said - 1}", timeout=TIMEOUT)
+        recovered = time.monotonic() - killed
+        # The chat goes on a while on the new primary (longer in the long run).
+        more = said + (1000 if LONG else 50)
+        wait_for(lambda: len(talker.sent) >= more, timeout=TIMEOUT + 2 * more * PACE)
+        sent = talker.stop()
+        read_until(bob, f"<alice> {sent[-1]}")
+
+        fault = f"Sentinel failover, primary SIGKILLed (replica promoted in {promoted:.1f} s)"
+        row = record(tally(fault, sent, bob.received[mark:], "alice", recovered))
+        row.holds_the_promise()
+        # The outage was told once, and its end.
+        assert bob.received[mark:].count(LINK_DOWN) == 1
+        assert LINK_BACK in bob.received[mark:]
+        assert row.recovery < RECOVERY_BOUND
+    finally:
+        if sentinel is not None:
+            sentinel.stop()
+        replica.stop()
+        primary.stop()
