@@ -75,8 +75,8 @@ class OptionGroup:
     all off): the group keeps ``--help`` tidy and the UI shows them all.
     """
 
-    def __init__(self, parser: Any, title: str) -> None:
-        self._group = parser.add_argument_group(title)
+    def __init__(self, parser: Any, title: str, description: str | None = None) -> None:
+        self._group = parser.add_argument_group(title, description)
 
     def add_argument(self, *args: Any, include_in_web_ui: bool = True, **kwargs: Any) -> Any:
         action = self._group.add_argument(*args, **kwargs)
@@ -87,7 +87,14 @@ class OptionGroup:
 
 @events.init_command_line_parser.add_listener
 def add_options(parser: Any) -> None:
-    group = OptionGroup(parser, "chatcore load test")
+    group = OptionGroup(
+        parser,
+        "chatcore load test",
+        "Also offered in the web UI's start form, under 'Advanced options'. The web UI's Chat tab shows "
+        "deliveries, messages, fan-out, latency (to the microsecond, with its unit) and losses per transport "
+        "and server, with charts of deliveries/s, latency p50/p99 and losses over time; the header's "
+        "'Deliveries/s' (Locust's RPS) counts deliveries only.",
+    )
     group.add_argument(
         "--message-rate",
         type=float,
@@ -346,26 +353,50 @@ class Latencies:
             for key, count in counts.items():
                 mine[int(key)] = mine.get(int(key), 0) + int(count)
 
-    def percentiles(self, names: list[str], percents: tuple[float, ...]) -> list[float]:
-        """The latency percentiles, in ms, of the deliveries of ``names``."""
+    def counts(self, names: list[str] | None = None) -> dict[int, int]:
+        """Deliveries per latency bucket (µs), of ``names`` (default: all)."""
         merged: dict[int, int] = {}
-        for name in names:
+        for name in self.by_name if names is None else names:
             for bucket, count in self.by_name.get(name, {}).items():
                 merged[bucket] = merged.get(bucket, 0) + count
-        total = sum(merged.values())
-        if not total:
-            return [0] * len(percents)
-        answers = []
-        ordered = sorted(merged.items())
-        for percent in percents:
-            wanted = max(1, math.ceil(total * percent))
-            seen = 0
-            for bucket, count in ordered:
-                seen += count
-                if seen >= wanted:
-                    answers.append(bucket / 1000)
-                    break
-        return answers
+        return merged
+
+    def percentiles(self, names: list[str], percents: tuple[float, ...]) -> list[float]:
+        """The latency percentiles, in ms, of the deliveries of ``names``."""
+        return percentiles_of(self.counts(names), percents)
+
+
+def percentiles_of(counts: dict[int, int], percents: tuple[float, ...]) -> list[float]:
+    """The percentiles, in ms, of deliveries counted per bucket (µs); 0 for none."""
+    total = sum(counts.values())
+    if not total:
+        return [0] * len(percents)
+    answers = []
+    ordered = sorted(counts.items())
+    for percent in percents:
+        wanted = max(1, math.ceil(total * percent))
+        seen = 0
+        for bucket, count in ordered:
+            seen += count
+            if seen >= wanted:
+                answers.append(bucket / 1000)
+                break
+    return answers
+
+
+def format_latency(ms: float) -> str:
+    """A latency with its unit: ``340 µs`` below a millisecond (what a LAN
+    mostly shows), ``1.2 ms`` and ``35 ms`` above."""
+    if ms < 1:
+        return f"{round(ms * 1000)} µs"
+    return f"{ms:.3g} ms" if ms < 1000 else f"{ms:.0f} ms"
+
+
+def format_losses(row: dict[str, Any]) -> str:
+    """The four loss counts in one cell: ``0``, or only those that are not
+    (``2 lost, 1 reordered``)."""
+    found = [f"{row[kind]} {kind}" for kind in PROBLEMS if row[kind]]
+    return ", ".join(found) if found else "0"
 
 
 #: This process's delivery latencies (on a master: its workers').
@@ -545,8 +576,10 @@ def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -
     total and per second now), ``fanout`` (deliveries per message their
     senders sent: the receivers in this scope per message that could reach
     them), ``p50``/``p95``/``p99`` delivery latency (ms, to two significant
-    digits of a microsecond: :class:`Latencies`) and the four
-    problem counts. With ``average`` the rates are over the whole run
+    digits of a microsecond: :class:`Latencies`), the same as text with
+    their unit (``p50text``: ``340 µs``, ``1.2 ms``, with a no-break space; ``-`` without
+    deliveries), the four problem counts and ``losses``, those of them that
+    are not 0 in one text (``0`` if none). With ``average`` the rates are over the whole run
     (for reports) instead of the last seconds (for the live view).
     """
     seconds = max(1e-9, (stats.last_request_timestamp or time.time()) - stats.total.start_time)
@@ -624,11 +657,15 @@ def chat_rows(stats: Any, endpoints: list[Endpoint], *, average: bool = False) -
         }
         p50, p95, p99 = latencies.percentiles(names, (0.5, 0.95, 0.99))
         row.update(p50=p50, p95=p95, p99=p99)
+        for key, value in (("p50text", p50), ("p95text", p95), ("p99text", p99)):
+            # A no-break space: the table never wraps "28" apart from its "ms".
+            row[key] = format_latency(value).replace(" ", "\u00a0") if merged.num_requests else "-"
         for kind in PROBLEMS:
             if scope.startswith("deliveries "):
                 row[kind] = "-"  # loss rows are not split by delivery kind: see the other rows
             else:
                 row[kind] = sum(count for k, o, r, count in problems if k == kind and selects(o, r, ""))
+        row["losses"] = "-" if scope.startswith("deliveries ") else format_losses(row)
         rows.append(row)
     return rows
 
@@ -655,27 +692,27 @@ def print_summary(environment: Environment, **_kwargs: Any) -> None:
     total = rows[0]
     seconds = max(1e-9, (stats.last_request_timestamp or time.time()) - stats.total.start_time)
     log.info(
-        "chatcore: sent %d messages, %d deliveries (%.0f deliveries/s, %.1f per message), latency p50 %s ms "
-        "p99 %s ms; lost %d, duplicated %d, reordered %d, corrupted %d",
+        "chatcore: sent %d messages, %d deliveries (%.0f deliveries/s, %.1f per message), latency p50 %s "
+        "p99 %s; lost %d, duplicated %d, reordered %d, corrupted %d",
         total["messages"],
         total["deliveries"],
         total["deliveries"] / seconds,
         total["deliveries"] / max(1, total["messages"]),
-        total["p50"] if total["deliveries"] else "-",
-        total["p99"] if total["deliveries"] else "-",
+        total["p50text"],
+        total["p99text"],
         *(total[kind] for kind in PROBLEMS),
     )
     # A mixed population: what each transport's users received and sent.
     transports = [row for row in rows if row["scope"].startswith("transport ")]
     for row in transports if len(transports) > 1 else []:
         log.info(
-            "chatcore: %s users received %d deliveries (%.0f/s), latency p50 %s ms p99 %s ms, and sent %d messages; "
+            "chatcore: %s users received %d deliveries (%.0f/s), latency p50 %s p99 %s, and sent %d messages; "
             "lost %d, duplicated %d, reordered %d, corrupted %d",
             row["scope"],
             row["deliveries"],
             row["deliveries"] / seconds,
-            row["p50"] if row["deliveries"] else "-",
-            row["p99"] if row["deliveries"] else "-",
+            row["p50text"],
+            row["p99text"],
             row["messages"],
             *(row[kind] for kind in PROBLEMS),
         )

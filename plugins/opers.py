@@ -466,7 +466,10 @@ def mute_of(client: Client) -> Mute | None:
 def muted(message: Message) -> None:
     # Leave reasons come this way too (kind "leave"): a muted user's /quit
     # or PART reason is dropped like the rest of what it says.
-    mute = mute_of(message.sender)
+    sender = message.sender
+    if not sender.server.config.data[NAME].mutes:  # nearly always: every chat line comes here
+        return
+    mute = mute_of(sender)
     if mute is not None:
         left = _for(max(1.0, round(mute.until - time.time())))
         message.reject(f"you are muted by an operator for {left} more; nothing was sent")

@@ -255,6 +255,10 @@ def test_start_up_line_lists_every_listener_with_its_real_port():
         (["--listen", "127.0.0.1:12000"], "expected SCHEME://HOST:PORT"),
         (["--listen", "tcp://127.0.0.1:99999"], "the port must be a number from 0 to 65535"),
         (["--listen", "tcp://:12000"], "give a host"),
+        # Found by fuzz/fuzz_config.py: urlsplit's ValueError went out as a traceback.
+        (["--listen", "tcp://127.0.0.1[:0"], "not a URL (Invalid IPv6 URL); IPv6 hosts go in brackets"),
+        (["--listen", 'tcp://127.0.0.1>12000plugins = ["irc"'], "not a URL (Invalid IPv6 URL)"),
+        (["--listen", "tcp://::1]:0"], "not a URL (Invalid IPv6 URL)"),
         (["--listen", "tcp://127.0.0.1:0", "--port", "0"], "--listen replaces --host and --port"),
         (["--listen", "tls://127.0.0.1:0"], "needs a certificate and its key: give --tls-cert FILE and --tls-key FILE"),
     ],
@@ -265,6 +269,22 @@ def test_bad_listen_values_are_usage_errors(args, message):
     with pytest.raises(UsageError) as caught:
         parse_config(args)
     assert message in str(caught.value)
+
+
+def test_a_bracket_without_its_pair_exits_2_in_one_line():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "chatcore", "serve", "--listen", "tcp://127.0.0.1[:0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "not a URL (Invalid IPv6 URL)" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_an_unknown_scheme_exits_2_and_lists_the_known_ones():

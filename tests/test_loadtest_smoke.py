@@ -9,6 +9,7 @@ failure (install ``chatcore[loadtest]``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -29,6 +30,10 @@ from typing import IO, Any
 import pytest
 import trustme
 from redis_support import RedisServer
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
 from chatcore.testing import LineClient, ServerProcess, wait_for
 
@@ -259,8 +264,9 @@ def test_messages_run_ends_when_everything_arrived_with_worker_processes(tmp_pat
     _common.compute_default_options_once.)"""
     with ServerProcess("--listen", "tcp://127.0.0.1:0") as server:
         code, entries, log = run_locust(
-            tmp_path, "--host", url("tcp", server.address), "--processes", "2", users=6, spawn_rate=3
-        )
+            tmp_path, "--host", url("tcp", server.address), "--processes", "2", "--html", "report.html",
+            users=6, spawn_rate=3,
+        )  # fmt: skip
     assert code == 0, log
     assert not [key for key, e in entries.items() if e["num_failures"]], log
     assert entries[("connect", "welcome")]["num_requests"] == 6, log
@@ -268,6 +274,14 @@ def test_messages_run_ends_when_everything_arrived_with_worker_processes(tmp_pat
     assert entries[("deliver", "message")]["num_requests"] == 6 * MESSAGES * 5, log
     assert f"every user has sent its {MESSAGES} messages and they arrived: ending the run" in log
     assert "failed to send heartbeat" not in log
+    # The master keeps the charts' history, from its workers' figures.
+    report = (tmp_path / "report.html").read_text(encoding="utf-8")
+    start = report.index("window.chatcoreHistory = ") + len("window.chatcoreHistory = ")
+    points = json.JSONDecoder().raw_decode(report, start)[0]["points"]
+    assert points, report[start : start + 500]
+    assert any(point["rate"] > 0 for point in points), points
+    assert any(point["p50"] for point in points), points
+    assert all(point["lost"] == point["duplicated"] == point["reordered"] == 0 for point in points), points
 
 
 def test_chat_hosts_split_deliveries_by_server_pair(certs: Certs, tmp_path: Path) -> None:
@@ -540,6 +554,8 @@ def test_bad_server_url_is_a_usage_error(tmp_path: Path, args: list[str], error:
 
 # -- the Chat tab and the HTML report ------------------------------------------
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = [
     "--headless=new",
     "--no-sandbox",  # CI runs as root, where Chromium's sandbox cannot start
@@ -615,9 +631,54 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_chat_tab_shows_live_figures_in_chromium(certs: Certs, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium")
-    assert chromium, "Chromium is not installed: apt-get install chromium (.ci/run installs it in CI)"
+@contextlib.contextmanager
+def chromium(tmp_path: Path, width: int, height: int) -> Iterator[WebDriver]:
+    """Debian's headless Chromium through its chromedriver (as in
+    tests/test_web_browser.py: nothing is downloaded), quit at the end."""
+    for program in (CHROMIUM, CHROMEDRIVER):
+        assert shutil.which(program), f"this test needs {program}: apt-get install chromium chromium-driver"
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download a browser or driver
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (*CHROMIUM_FLAGS, "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(argument)
+    options.add_argument(f"--window-size={width},{height}")
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        driver.set_page_load_timeout(STARTUP_TIMEOUT)
+        yield driver
+    finally:
+        driver.quit()
+
+
+#: What the Chat tab shows, read in one script at one moment (React draws
+#: the page anew every two seconds): the table's text, whether anything is
+#: wider than its box, the header's labels and the charts' lines.
+CHAT_TAB_STATE = """
+const head = document.querySelector('th[data-sortkey="scope"]');
+const table = head && head.closest('.MuiTableContainer-root');
+const page = document.scrollingElement;
+return {
+  table: table ? table.outerHTML : '',
+  overflow: table ? [table.scrollWidth, table.clientWidth, page.scrollWidth, page.clientWidth] : null,
+  labels: [...document.querySelectorAll('.MuiTypography-root')].map((e) => e.textContent),
+  charts: [...document.querySelectorAll('#chatcore-charts figure')].map((f) => [
+    f.querySelector('figcaption').textContent,
+    Object.fromEntries([...f.querySelectorAll('path[data-series]')].map((p) => [p.dataset.series, +p.dataset.points])),
+  ]),
+};
+"""
+
+
+def test_chat_tab_charts_fit_1280_pixels_in_chromium(certs: Certs, tmp_path: Path) -> None:
+    """The Chat tab (issue 25, item 7) in headless Chromium at 1280 x 900,
+    during a run over a server's tcp:// and tls:// listeners (the longest
+    scopes: listener pairs): the table fits without horizontal scrolling
+    (the fourteen columns of before scrolled by 66 px), latencies carry their
+    unit, the four loss counts share one cell, SVG charts of deliveries/s,
+    latency p50/p99 and losses over time are drawn above it from
+    /chatcore/history, and the header says "Deliveries/s" where Locust
+    says "RPS". The HTML report has the table and draws the same charts."""
     web_port = free_port()
     html_report = tmp_path / "report.html"
     screenshot = tmp_path / "chat-tab.png"
@@ -625,59 +686,82 @@ def test_chat_tab_shows_live_figures_in_chromium(certs: Certs, tmp_path: Path) -
         tcp, tls = url("tcp", server.addresses["tcp"]), url("tls", server.addresses["tls"])
         locust = locust_with_web_ui(
             tmp_path, web_port,
-            "--autostart", "--autoquit", "0", "-u", "4", "-r", "4", "-t", "12s",
+            "--autostart", "--autoquit", "0", "-u", "4", "-r", "4", "-t", "20s",
             "--chat-hosts", f"{tcp},{tls}", "--ca", str(certs.ca_file),
             "--message-rate", "5", "--html", str(html_report),
         )  # fmt: skip
         try:
-            # The figures the page will show: wait until deliveries are counted.
-            def chat_stats() -> list[dict[str, Any]] | None:
-                body = fetch(web_port, "/stats/requests")
-                if body is None:
-                    return None
-                rows: list[dict[str, Any]] = json.loads(body)["extendedStats"][0]["data"]
-                # Locust's current rates leave out the last two seconds.
-                return rows if rows and rows[0]["deliveries"] > 20 and rows[0]["rate"] > 0 else None
+            # The page loads the charts' script; its history fills every 2 s.
+            page = wait_for(lambda: fetch(web_port, "/"), timeout=STARTUP_TIMEOUT, message="Locust's web UI").decode()
+            assert '<script src="./chatcore/chat-tab.js"></script>' in page
+            assert b"function chart(" in (fetch(web_port, "/chatcore/chat-tab.js") or b"")
 
-            rows = wait_for(chat_stats, timeout=15, message="deliveries in /stats/requests")
-            assert {row["scope"] for row in rows} >= {"all", "transport tcp://", "transport tls://", f"server {tls}"}
-            dom = subprocess.run(
-                [
-                    chromium,
-                    *CHROMIUM_FLAGS,
-                    f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                    "--window-size=1400,820",
-                    "--virtual-time-budget=4000",  # let the page fetch and draw the figures
-                    f"--screenshot={screenshot}",
-                    "--dump-dom",
-                    f"http://127.0.0.1:{web_port}/?tab=chat",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            ).stdout
+            def history() -> list[dict[str, Any]] | None:
+                body = fetch(web_port, "/chatcore/history")
+                points: list[dict[str, Any]] = json.loads(body)["points"] if body else []
+                drawn = [point for point in points if point["rate"] > 0 and point["p50"]]
+                return points if len(drawn) >= 2 else None
+
+            points = wait_for(history, timeout=20, message="two points with deliveries in /chatcore/history")
+            assert all(point[kind] == 0 for point in points for kind in ("lost", "duplicated", "reordered")), points
+            assert all(point["p50"] is None or 0 < point["p50"] <= point["p99"] for point in points), points
+            # For the README's picture, lines long enough to read as trends.
+            want = 7 if os.environ.get("CHATCORE_CHAT_TAB_SCREENSHOT") else 2
+            with chromium(tmp_path, 1280, 900) as driver:
+                driver.get(f"http://127.0.0.1:{web_port}/?tab=chat")
+
+                def drawn(driver: WebDriver) -> dict[str, Any] | None:
+                    state: dict[str, Any] = driver.execute_script(CHAT_TAB_STATE)
+                    lines = {key: n for _, series in state["charts"] for key, n in series.items()}
+                    rows = chat_table(state["table"]) if "<td" in state["table"] else {}
+                    ready = lines.get("rate", 0) >= want and lines.get("p50", 0) >= 2 and f"{tcp} > {tls}" in rows
+                    return state | {"rows": rows} if ready else None
+
+                state = WebDriverWait(driver, 20, poll_frequency=0.2).until(drawn, "charts and table drawn")
+                driver.save_screenshot(str(screenshot))
             output, _ = locust.communicate(timeout=LOCUST_TIMEOUT)
         finally:
             if locust.poll() is None:
                 locust.kill()
                 locust.communicate()
     assert locust.returncode == 0, output
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("CHATCORE_CHAT_TAB_SCREENSHOT"):  # to refresh loadtest/README.md's picture
         shutil.copyfile(screenshot, os.environ["CHATCORE_CHAT_TAB_SCREENSHOT"])
-    shown = chat_table(dom)
-    assert set(shown) >= {"all", "transport tcp://", "transport tls://", f"server {tcp}", f"{tcp} > {tls}"}, dom
+    table_scroll, table_box, page_scroll, page_box = state["overflow"]
+    assert table_scroll <= table_box, state["overflow"]  # no horizontal scroll bar under the table
+    assert page_scroll <= page_box, state["overflow"]  # nor under the page
+    assert [title for title, _ in state["charts"]] == [
+        "Deliveries per second (last 10 s)",
+        "Delivery latency (last 10 s)",
+        "Losses so far",
+    ]
+    assert {key for _, series in state["charts"] for key in series} >= {"rate", "mrate", "p50", "p99", "lost"}
+    assert "Deliveries/s" in state["labels"], state["labels"]
+    assert "RPS" not in state["labels"], state["labels"]
+    shown = state["rows"]
+    assert set(shown) >= {"all", "transport tcp://", "transport tls://", f"server {tcp}", f"{tcp} > {tls}"}, shown
+    latency = re.compile(r"^\d+(\.\d+)?\u00a0(µs|ms)$")  # a no-break space: the unit stays beside its number
     for scope in ("all", "transport tls://", f"{tls} > {tcp}"):
         assert int(shown[scope]["Deliveries"]) > 0, shown[scope]
         assert float(shown[scope]["Deliveries/s"]) > 0, shown[scope]
         assert float(shown[scope]["Fan-out"]) > 0, shown[scope]
-        assert [shown[scope][kind] for kind in ("Lost", "Duplicated", "Reordered", "Corrupted")] == ["0"] * 4
-    # The HTML report carries the same table, with the run's final figures.
-    reported = chat_table(html_report.read_text(encoding="utf-8"))
+        assert all(latency.match(shown[scope][column]) for column in ("Latency p50", "p95", "p99")), shown[scope]
+        assert shown[scope]["Losses"] == "0", shown[scope]
+    # The HTML report carries the same table, with the run's final figures,
+    # and the history its charts are drawn from.
+    report = html_report.read_text(encoding="utf-8")
+    reported = chat_table(report)
     assert int(reported["all"]["Deliveries"]) >= int(shown["all"]["Deliveries"])
     assert int(reported[f"{tcp} > {tls}"]["Deliveries"]) > 0
-    assert reported["all"]["Lost"] == "0"
+    assert reported["all"]["Losses"] == "0"
+    start = report.index("window.chatcoreHistory = ") + len("window.chatcoreHistory = ")
+    reported_history, _ = json.JSONDecoder().raw_decode(report, start)
+    assert len(reported_history["points"]) >= len(points), reported_history
+    with chromium(tmp_path, 1280, 900) as driver:
+        driver.get(html_report.as_uri())
+        state = driver.execute_script(CHAT_TAB_STATE)
+    lines = {key: n for _, series in state["charts"] for key, n in series.items()}
+    assert lines["rate"] == lines["lost"] == len(reported_history["points"]), state["charts"]
 
 
 # -- the scenarios ---------------------------------------------------------------
@@ -741,6 +825,45 @@ def test_chatcore_options_are_in_the_web_ui_advanced_options(tmp_path: Path) -> 
     assert "messages per second" in offered["message_rate"]["help_text"]
 
 
+def test_chat_tab_works_under_a_web_base_path(tmp_path: Path) -> None:
+    """Behind ``--web-base-path`` (Locust's UI under a proxy's path) the
+    page still loads the charts' script and gets the chat figures: they
+    follow Locust's routes, not fixed paths."""
+    web_port = free_port()
+    locust = locust_with_web_ui(tmp_path, web_port, "--web-base-path", "/load", "--host", "tcp://127.0.0.1:1")
+    try:
+        page = wait_for(lambda: fetch(web_port, "/load/"), timeout=STARTUP_TIMEOUT, message="Locust's web UI")
+        stats = json.loads(fetch(web_port, "/load/stats/requests") or b"{}")
+        history = json.loads(fetch(web_port, "/load/chatcore/history") or b"{}")
+        script = fetch(web_port, "/load/chatcore/chat-tab.js") or b""
+    finally:
+        locust.terminate()
+        output, _ = locust.communicate(timeout=LOCUST_TIMEOUT)
+    assert b'<script src="./chatcore/chat-tab.js"></script>' in page, output
+    assert [row["scope"] for row in stats["extendedStats"][0]["data"]] == ["all"], stats
+    assert history == {"interval": 2.0, "window": 10, "points": []}
+    assert b"function chart(" in script
+
+
+def test_help_says_where_the_options_and_figures_are_in_the_web_ui(tmp_path: Path) -> None:
+    """``locust -f FILE --help`` prints before it imports FILE (Locust 2.47),
+    so the load test's options have their own ``--help``: loadtest/_help.py."""
+    result = subprocess.run(
+        [sys.executable, str(LOADTEST_DIR / "_help.py"), str(LOADTEST_DIR / "storm.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=LOCUST_TIMEOUT,
+        check=True,
+    )
+    text = " ".join(result.stdout.split())
+    assert "--message-rate MESSAGE_RATE messages per second" in text, text
+    assert "chatcore connect storm: --storm-wait" in text, text
+    assert "under 'Advanced options'" in text, text
+    assert "charts of deliveries/s, latency p50/p99 and losses over time" in text, text
+    assert "'Deliveries/s' (Locust's RPS) counts deliveries only" in text, text
+
+
 def test_chat_tab_leaves_out_rows_that_repeat_the_whole_run(tmp_path: Path) -> None:
     """One server on one transport: the "transport" and "server" rows would
     repeat the "all" row figure for figure (issue 25), so the Chat tab's
@@ -777,6 +900,10 @@ def test_chat_tab_leaves_out_rows_that_repeat_the_whole_run(tmp_path: Path) -> N
     # Locust's own percentiles round to 0.
     p50, p99 = rows[0]["p50"], rows[0]["p99"]
     assert 0 < p50 <= p99, rows[0]
+    # The table shows them with their unit: "340 µs" below a millisecond.
+    for key, value in (("p50text", p50), ("p99text", p99)):
+        assert rows[0][key] == (f"{round(value * 1000)}\u00a0µs" if value < 1 else f"{value:.3g}\u00a0ms"), rows[0]
+    assert rows[0]["losses"] == "0", rows[0]
     entries = {(entry["method"], entry["name"]): entry for entry in stats["stats"]}
     aggregated = entries.pop(("", "Aggregated"))
     assert {method for method, _ in entries} >= {"send", "deliver"}

@@ -30,6 +30,17 @@ def test_framer_complete_overlong_line_in_one_chunk():
     assert framer.feed(b"short\ntoo long\nfine\n") == [b"short", None, b"fine"]
 
 
+def test_framer_holds_a_final_cr_past_the_limit_until_its_newline():
+    # Found by fuzz/fuzz_native.py: the documented bound said max_line; a
+    # line of exactly max_line bytes may wait with its "\r" for the "\n".
+    framer = LineFraming(3)
+    assert framer.feed(b"abc\r") == []
+    assert framer.pending == 4
+    assert framer.feed(b"\n") == [b"abc"]
+    assert framer.feed(b"abc\rd") == [None]  # the "\r" was not an ending: too long
+    assert framer.pending == 0
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 4096])
 def test_framer_never_holds_more_than_the_limit(chunk):
     framer = LineFraming(1000)

@@ -620,13 +620,21 @@ class ChatServer:
         counts = self.stats.mine()
         passed: list[Message] = []
         events: list[RoomEvent] = []
+        # The room's speaking rules, looked up once per room of the run (one
+        # sender, one recv()): a mode changed meanwhile holds from the next read.
+        checked: str | None = None
+        refused: str | None = None
         for message in messages:
             if message.kind != "chat":
                 self._publish_together(passed, events, counts)
                 self.broadcast_message(message)
+                checked = None  # a command may have changed the rules
                 continue
             counts.messages += 1
-            if (refused := self.speech_refusal(message.sender, message.room)) is not None:
+            if message.room != checked:
+                checked = message.room
+                refused = self.speech_refusal(message.sender, checked)
+            if refused is not None:
                 message.sender.error(refused)
                 continue
             self.hooks.message(message)

@@ -58,7 +58,12 @@ def parse_listen_url(text: str, schemes: dict[str, Scheme]) -> ListenURL:
         raise UsageError(
             f"--listen {text!r}: expected SCHEME://HOST:PORT, e.g. tcp://127.0.0.1:12000 (schemes: {known})"
         )
-    parts = urllib.parse.urlsplit(text)
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError as exc:  # a bracket without its pair ("Invalid IPv6 URL"), or an odd character in the host
+        raise UsageError(
+            f"--listen {text!r}: not a URL ({exc}); IPv6 hosts go in brackets, e.g. tcp://[::1]:12000"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme not in schemes:
         raise UsageError(

@@ -42,7 +42,8 @@ class LineFraming:
     ``max_line`` bytes each.
 
     Feed it what ``recv()`` returned; it returns the complete lines and
-    keeps at most ``max_line`` bytes of an unfinished one. A line longer
+    keeps at most ``max_line`` bytes of an unfinished one (and a ``\\r``
+    after them, which may be the first half of its ending). A line longer
     than the limit is returned as :data:`DROPPED` once, in its place, and
     the rest of it is discarded up to its newline.
     """
@@ -67,7 +68,8 @@ class LineFraming:
 
     @property
     def pending(self) -> int:
-        """Bytes held while waiting for a newline (never above max_line)."""
+        """Bytes held while waiting for a newline (never above max_line, and
+        max_line + 1 only when the last is a ``\\r``)."""
         return len(self._partial)
 
     def feed(self, data: bytes) -> list[bytes | None]:
