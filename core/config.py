@@ -36,6 +36,7 @@ from chatcore.engine.limits import (
     parse_networks,
 )
 from chatcore.engine.registry import DEFAULT_MAX_ROOMS_PER_CLIENT, MAX_ROOMS_PER_CLIENT
+from chatcore.engine.store import DEFAULT_PATH as DEFAULT_STATE_DB
 from chatcore.errors import UsageError
 from chatcore.manager import (
     BUILTIN_PLUGINS,
@@ -311,6 +312,16 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
     tls = parser.add_argument_group("TLS", "For tls:// and the other TLS listeners. SIGHUP re-reads both files.")
     tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain, the server's certificate first")
     tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of that certificate")
+    restart_only(
+        tls.add_argument(
+            "--tls-client-ca",
+            metavar="FILE",
+            help=(
+                "ask TLS clients for a certificate signed by this CA (PEM); an account that registered "
+                "its fingerprint logs in with it (IRC's SASL EXTERNAL); default: no client certificates"
+            ),
+        )
+    )
     access = parser.add_argument_group("access")
     access.add_argument(
         "--password-file",
@@ -319,6 +330,18 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
             "require a server password: the first line of FILE, plain or a 'chatcore hash-password' hash; "
             "clients send /pass PASSWORD first. Or set CHATCORE_PASSWORD (never a bare option: it would show in ps)"
         ),
+    )
+    restart_only(
+        parser.add_argument(
+            "--state-db",
+            default=DEFAULT_STATE_DB,
+            metavar="FILE",
+            help=(
+                "the SQLite database of accounts, registered rooms and whatever plugins keep for good; "
+                "made on first use, by a plugin that needs it (the redis plugin shares the cluster's "
+                "instead) (default: %(default)s)"
+            ),
+        )
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
@@ -615,9 +638,11 @@ def _configure_listeners(config: Config) -> None:
     from chatcore.transports.tls import Certificates
 
     try:
-        config.certificates = Certificates(options.tls_cert, options.tls_key)
+        config.certificates = Certificates(options.tls_cert, options.tls_key, options.tls_client_ca)
     except (OSError, ssl.SSLError) as exc:
+        client_ca = options.tls_client_ca
         raise UsageError(
             f"--tls-cert {options.tls_cert} / --tls-key {options.tls_key}: cannot load them "
             f"({getattr(exc, 'strerror', None) or exc}); they must be PEM files of a certificate and its key"
+            + (f", and --tls-client-ca {client_ca} a PEM file of CA certificates" if client_ca else "")
         ) from None

@@ -29,7 +29,9 @@ from chatcore.errors import UsageError
 
 if TYPE_CHECKING:
     from chatcore.config import Config
+    from chatcore.engine.accounts import AccountService
     from chatcore.engine.connection import Client
+    from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
     from chatcore.events import RoomEvent
     from chatcore.message import Message
@@ -292,6 +294,15 @@ class Hooks:
         name = self._call_first("chatcore_server_operator", {"client": client})
         return name if isinstance(name, str) else None
 
+    def room_state(self, server: ChatServer, room: str) -> RoomState | None:
+        from chatcore.engine.rooms import RoomState
+
+        state = self._call_first("chatcore_room_state", {"server": server, "room": room})
+        if state is not None and not (isinstance(state, RoomState) and state.name == room):
+            log.error("chatcore_room_state returned %r, not the RoomState of %r; ignored", state, room)
+            return None
+        return state
+
     def room_event(self, server: ChatServer, event: RoomEvent) -> None:
         self._call_each("chatcore_room_event", {"server": server, "event": event})
 
@@ -314,6 +325,16 @@ class Hooks:
             except Exception as exc:
                 raise PluginError(plugin, "chatcore_schemes", exc) from exc
         return found
+
+    def account_service(self, server: ChatServer) -> AccountService | None:
+        """A plugin's account service, or None (a failing plugin is logged and skipped)."""
+        from chatcore.engine.accounts import AccountService
+
+        service = self._call_first("chatcore_account_service", {"server": server})
+        if service is not None and not isinstance(service, AccountService):
+            log.error("chatcore_account_service returned %r, not an AccountService; ignored", service)
+            return None
+        return service
 
     def backplane(self, server: ChatServer) -> Backplane | None:
         """A plugin's backplane, or None; a failure stops the start."""

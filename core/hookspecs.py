@@ -30,8 +30,10 @@ from chatcore.markers import hookspec
 
 if TYPE_CHECKING:
     from chatcore.config import Config
+    from chatcore.engine.accounts import AccountService
     from chatcore.engine.backplane import Backplane
     from chatcore.engine.connection import Client
+    from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
     from chatcore.events import RoomEvent
     from chatcore.message import Message
@@ -423,4 +425,47 @@ def chatcore_backplane(server: ChatServer) -> Backplane | None:
     Called once, on the thread that makes the server.
 
     .. versionadded:: 0.3 (replaces ``chatcore_sequencer``)
+    """
+
+
+@hookspec(firstresult=True)
+def chatcore_account_service(server: ChatServer) -> AccountService | None:
+    """Supply the server's account service
+    (:class:`~chatcore.engine.accounts.AccountService`): how the protocols
+    log a connection in to an account (IRC's SASL and ``PASS
+    account:password``, a web login) without importing the plugin that
+    keeps the accounts. They reach it as ``server.accounts``, which is None
+    when no plugin answers (IRC then does not offer SASL). The bundled
+    ``accounts`` plugin answers.
+
+    :param server: the server (started or starting).
+    :return: ``None``, or the service; the first plugin that returns one decides.
+
+    Called once, on the thread that first asks for ``server.accounts``
+    (a client's, or the main thread at start).
+
+    .. versionadded:: 0.5
+    """
+
+
+@hookspec(firstresult=True)
+def chatcore_room_state(server: ChatServer, room: str) -> RoomState | None:
+    """The state a plugin keeps for ``room``, which its first member here
+    is entering: a registered room's topic, modes and lists, which outlive
+    its members and restarts (the bundled ``accounts`` plugin keeps them).
+
+    :param server: the server.
+    :param room: the room's name (lower case).
+    :return: ``None`` for a room the plugin does not keep (it is then made
+        new, the entering member its operator), or a
+        :class:`~chatcore.engine.rooms.RoomState` of that name, whose
+        operators and voiced members are usually empty (nobody is in the
+        room yet; give roles as people join, ``chatcore_client_joined``). In
+        a cluster the backplane's live state wins over it (another server
+        has members in the room), and it becomes the cluster's otherwise.
+
+    Called on the entering client's thread, while no other member is here;
+    calls for different rooms overlap. Keep it quick: a store read.
+
+    .. versionadded:: 0.5
     """

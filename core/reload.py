@@ -86,7 +86,7 @@ def _check_certificate(server: ChatServer, options: argparse.Namespace) -> ssl.S
     if not options.tls_cert or not options.tls_key:
         raise UsageError("the TLS listeners need --tls-cert and --tls-key, and the new configuration has none")
     try:
-        context: ssl.SSLContext = server_context(options.tls_cert, options.tls_key)
+        context: ssl.SSLContext = server_context(options.tls_cert, options.tls_key, options.tls_client_ca)
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(
             f"TLS certificate reload failed ({getattr(exc, 'strerror', None) or exc}); still using the previous "

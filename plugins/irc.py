@@ -23,11 +23,13 @@ invitations, operators and voice) is the engine's
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import fnmatch
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from chatcore import Config, UsageError, __version__, hookimpl
 from chatcore.engine.rooms import CHANMODES, LIST_MODES, MAX_LIST, MAX_MODES, TOPIC_LENGTH, ModeError, parse_modes
@@ -420,6 +422,42 @@ def irc_state(client: Client) -> IRCState | None:
 
 Handler = Callable[["IRCProtocol", list[str]], None]
 
+
+# ---------------------------------------------------------------------------
+# IRCv3 capabilities (CAP) and SASL
+# ---------------------------------------------------------------------------
+
+
+class Capability(NamedTuple):
+    """An IRCv3 capability this server may offer.
+
+    :ivar name: as in ``CAP LS`` (``sasl``).
+    :ivar offer: its value for ``CAP LS 302`` (``""`` for none) if it is
+        offered to this connection, or None if it is not (SASL without an
+        account service).
+    """
+
+    name: str
+    offer: Callable[[IRCProtocol], str | None]
+
+
+#: SASL mechanisms, in the order ``CAP LS 302`` and 908 list them.
+SASL_MECHANISMS = ("PLAIN", "EXTERNAL")
+#: A SASL message (the base64 of all its chunks) longer than this is
+#: refused with 905: PLAIN credentials are short, and the buffer is ours.
+MAX_SASL = 4096
+#: AUTHENTICATE sends base64 in chunks of this size; a shorter one ends it.
+SASL_CHUNK = 400
+
+
+def _sasl_offer(protocol: IRCProtocol) -> str | None:
+    return None if protocol.client.server.accounts is None else ",".join(SASL_MECHANISMS)
+
+
+#: Every capability chatcore knows, by name: later IRCv3 work adds its own
+#: entry here, and negotiation (LS, REQ, ACK, NAK, LIST, END) is the same for all.
+CAPABILITIES: dict[str, Capability] = {"sasl": Capability("sasl", _sasl_offer)}
+
 _PASSWORD_FIRST = "Password required: send PASS before NICK and USER"
 _NICK_REFUSED = {"nick_taken": "Nickname is already in use", "nick_invalid": "Erroneous nickname"}
 #: The numeric and text for each reason the engine refuses a join.
@@ -435,7 +473,18 @@ _JOIN_REFUSED = {
 class IRCProtocol(Protocol):
     """One IRC connection: registration, then commands (docs/irc.md)."""
 
-    __slots__ = ("_cap_negotiating", "_framer", "_nick", "_password", "_registered", "state", "wire")
+    __slots__ = (
+        "_cap_negotiating",
+        "_framer",
+        "_nick",
+        "_password",
+        "_registered",
+        "_sasl",
+        "_sasl_data",
+        "caps",
+        "state",
+        "wire",
+    )
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
@@ -446,6 +495,10 @@ class IRCProtocol(Protocol):
         self._cap_negotiating = False
         self._nick = ""  # asked for before registration
         self._password: str | None = None
+        #: The capabilities this client enabled (``CAP REQ``).
+        self.caps: set[str] = set()
+        self._sasl = ""  # the mechanism of a SASL exchange under way
+        self._sasl_data = ""
         self.state = IRCState()
         client.data["irc"] = self.state
 
@@ -594,26 +647,137 @@ class IRCProtocol(Protocol):
 
     # -- registration --
 
+    def _offered(self) -> dict[str, str]:
+        """The capabilities offered to this client, with their values."""
+        offered = {}
+        for capability in CAPABILITIES.values():
+            value = capability.offer(self)
+            if value is not None:
+                offered[capability.name] = value
+        return offered
+
+    def _cap_reply(self, sub: str, text: str) -> None:
+        # The list always as the trailing parameter, as IRCv3 writes it
+        # (clients that split on spaces find it there, even with one name).
+        self.send([f":{self.wire.server} CAP {self.nick} {sub} :{text}"])
+
     def cap(self, params: list[str]) -> None:
+        """IRCv3 capability negotiation: LS [302], LIST, REQ (answered ACK
+        or NAK, all or nothing), END. A client that starts it is registered
+        only at CAP END, so SASL can happen first."""
         if not self._need(params, 1, "CAP"):
             return
         sub = params[0].upper()
         if sub == "LS":
             if not self._registered:
                 self._cap_negotiating = True  # registration waits for CAP END
-            self.send([irc_line(self.wire.server, "CAP", self.nick, "LS", "")])  # no capabilities (yet)
+            values = len(params) > 1 and params[1].isdigit() and int(params[1]) >= 302
+            offered = self._offered()
+            self._cap_reply(
+                "LS", " ".join(f"{name}={value}" if values and value else name for name, value in offered.items())
+            )
         elif sub == "LIST":
-            self.send([irc_line(self.wire.server, "CAP", self.nick, "LIST", "")])
+            self._cap_reply("LIST", " ".join(sorted(self.caps)))
         elif sub == "REQ":
             if not self._registered:
                 self._cap_negotiating = True
-            self.send([irc_line(self.wire.server, "CAP", self.nick, "NAK", params[1] if len(params) > 1 else "")])
+            asked = params[1] if len(params) > 1 else ""
+            offered = self._offered()
+            names = asked.split()
+            if not names or any(name.removeprefix("-") not in offered for name in names):
+                self._cap_reply("NAK", asked)
+                return
+            for name in names:
+                if name.startswith("-"):
+                    self.caps.discard(name[1:])
+                else:
+                    self.caps.add(name)
+            self._cap_reply("ACK", asked)
         elif sub == "END":
             if self._cap_negotiating:
                 self._cap_negotiating = False
+                self._sasl = self._sasl_data = ""  # an exchange left unfinished is over
                 self._try_register()
         else:
             self.reply("410", sub, "Invalid CAP command")
+
+    def authenticate(self, params: list[str]) -> None:
+        """SASL (IRCv3 ``sasl`` 3.1): ``AUTHENTICATE PLAIN`` or ``EXTERNAL``,
+        then the base64 message in chunks of 400, ``*`` to abort."""
+        if not self._need(params, 1, "AUTHENTICATE"):
+            return
+        service = self.client.server.accounts
+        if "sasl" not in self.caps or service is None:
+            self.reply("904", "SASL authentication failed: request the sasl capability first (CAP REQ :sasl)")
+            return
+        if self.client.account:
+            self.reply("907", "You have already authenticated using SASL")
+            return
+        argument = params[0]
+        if argument == "*":
+            if self._sasl:
+                self._sasl = self._sasl_data = ""
+                self.reply("906", "SASL authentication aborted")
+            else:
+                self.reply("904", "SASL authentication failed: no exchange to abort")
+            return
+        if not self._sasl:
+            mechanism = argument.upper()
+            if mechanism not in SASL_MECHANISMS:
+                self.reply("908", ",".join(SASL_MECHANISMS), "are available SASL mechanisms")
+                self.reply("904", f"SASL authentication failed: unknown mechanism {argument[:20]}")
+                return
+            self._sasl = mechanism
+            self.send([irc_line(None, "AUTHENTICATE", "+")])
+            return
+        if argument != "+":
+            self._sasl_data += argument
+        if len(self._sasl_data) > MAX_SASL:
+            self._sasl = self._sasl_data = ""
+            self.reply("905", "SASL message too long")
+            return
+        if len(argument) == SASL_CHUNK:
+            return  # more to come
+        mechanism, data = self._sasl, self._sasl_data
+        self._sasl = self._sasl_data = ""
+        try:
+            message = base64.b64decode(data, validate=True) if data else b""
+        except (binascii.Error, ValueError):
+            self.reply("904", "SASL authentication failed: the message is not base64")
+            return
+        if mechanism == "PLAIN":
+            parts = message.split(b"\0")
+            if len(parts) != 3:
+                self.reply("904", "SASL authentication failed: PLAIN wants authzid NUL authcid NUL password")
+                return
+            try:
+                authzid, account, password = (part.decode("utf-8") for part in parts)
+            except UnicodeDecodeError:
+                self.reply("904", "SASL authentication failed: not UTF-8")
+                return
+            if authzid and authzid.casefold() != account.casefold():
+                self.reply("904", "SASL authentication failed: logging in as another account is not supported")
+                return
+            refusal = service.log_in(self.client, account, password)
+        else:  # EXTERNAL: the certificate of the TLS handshake, for the account named or the one that has it
+            finder: Any = getattr(self.client.transport, "peer_fingerprint", None)
+            fingerprint = finder() if callable(finder) else None
+            if not fingerprint:
+                self.reply("904", "SASL authentication failed: no TLS client certificate was presented")
+                return
+            refusal = service.log_in_certificate(self.client, fingerprint, message.decode("utf-8", "replace"))
+        if refusal is None:
+            self._logged_in()
+        elif not self.client.closed:
+            self.reply("904", f"SASL authentication failed: {refusal.text}")
+
+    def _logged_in(self) -> None:
+        """900 and 903: the client is logged in to ``client.account``."""
+        client = self.client
+        nick = self._nick or client.nick or "*"
+        mask = self.wire.mask(nick, self.state.username or "*")
+        self.reply("900", mask, client.account, f"You are now logged in as {client.account}")
+        self.reply("903", "SASL authentication successful")
 
     def pass_(self, params: list[str]) -> None:
         if self._registered:
@@ -641,7 +805,25 @@ class IRCProtocol(Protocol):
         some clients always send one."""
         if self._registered or self._cap_negotiating or not self._nick or not self.state.username:
             return
-        refusal = self.client.server.log_in(self.client, password=self._password, nick=self._nick, room="")
+        server = self.client.server
+        if (
+            self._password
+            and ":" in self._password
+            and not server.password_required
+            and server.accounts is not None
+            and not self.client.account
+        ):
+            # PASS account:password, as Ergo allows, for clients without SASL.
+            account, _, secret = self._password.partition(":")
+            self._password = None
+            refusal = server.accounts.log_in(self.client, account, secret)
+            if self.client.closed:
+                return
+            if refusal is None:
+                self._logged_in()
+            else:
+                self.reply("904", f"SASL authentication failed: {refusal.text}")
+        refusal = server.log_in(self.client, password=self._password, nick=self._nick, room="")
         if refusal is None:
             self._registered = True
             autojoin = self.client.server.config.options.irc_autojoin
@@ -998,6 +1180,8 @@ class IRCProtocol(Protocol):
         ]
         if operator_name(member) is not None:
             lines.append(self.wire.numeric(client.nick, "313", nick, "is an IRC operator"))
+        if member.account:  # RPL_WHOISACCOUNT, as Ergo and the services send it
+            lines.append(self.wire.numeric(client.nick, "330", nick, member.account, "is logged in as"))
         state = irc_state(member)
         if state is not None and state.away is not None:
             lines.append(self.wire.numeric(client.nick, "301", nick, state.away))
@@ -1353,6 +1537,7 @@ class IRCProtocol(Protocol):
 
 _HANDLERS: dict[str, Handler] = {
     "CAP": IRCProtocol.cap,
+    "AUTHENTICATE": IRCProtocol.authenticate,
     "PASS": IRCProtocol.pass_,
     "NICK": IRCProtocol.nick_,
     "USER": IRCProtocol.user,
@@ -1418,7 +1603,7 @@ def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
     return (items[start : start + size] for start in range(0, len(items), size))
 
 
-_BEFORE_REGISTRATION = frozenset({"CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
+_BEFORE_REGISTRATION = frozenset({"CAP", "AUTHENTICATE", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
 
 
 #: A server name is a host name (RFC 2812 2.3.1); a network name one word.

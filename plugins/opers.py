@@ -8,7 +8,8 @@ reasons, which pass the same chain: ``ChatServer.leave_reason``). Without
 
 Defends against: a disruptive user (kick; mute, holding the nick and its
 address; ban by nick, address or network, enforced on the spot and at
-connect; bans and mutes surviving a restart with ``--bans-file``);
+connect; bans and mutes surviving a restart with ``--bans-file``, or in the
+state store with ``--bans-in-store``, shared by a cluster's servers);
 guessing operator passwords (each failure is logged with the address, never
 the password, and slows the guesser's own thread; three close the
 connection); a stolen operators file (it holds scrypt hashes).
@@ -35,11 +36,13 @@ from chatcore import Client, Config, Message, UsageError, hookimpl
 from chatcore.config import restart_only
 from chatcore.engine import auth
 from chatcore.engine.limits import Network, address_key, parse_address, parse_network
+from chatcore.engine.store import StoreError
 from chatcore.events import OperatorChanged
 from chatcore.transports.listener import format_address
 
 if TYPE_CHECKING:
     from chatcore.engine.server import ChatServer
+    from chatcore.engine.store import Store
 
 NAME = "opers"
 log = logging.getLogger("chatcore.opers")
@@ -98,6 +101,16 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
             help=(
                 "JSON file the bans and mutes are kept in, so they survive a restart "
                 "(created if missing; default: memory only)"
+            ),
+        )
+    )
+    restart_only(
+        group.add_argument(
+            "--bans-in-store",
+            action="store_true",
+            help=(
+                "keep the bans and mutes in the state store (--state-db, or the cluster's with the redis "
+                "plugin) instead; a --bans-file given too is copied into it once, and no longer written"
             ),
         )
     )
@@ -161,6 +174,9 @@ class State:
     bans: list[Ban] = field(default_factory=list)
     mutes: list[Mute] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The state store the bans and mutes are kept in (``--bans-in-store``),
+    #: record by record, or None (the file, or memory only).
+    store: Store | None = None
 
     def banned(self, host: str) -> Ban | None:
         try:
@@ -176,6 +192,8 @@ class State:
         with self.lock:
             self.bans = [ban for ban in self.bans if ban.network != network]
             self.bans.append(Ban(network, until, reason, by))
+            if self.store is not None:
+                return _in_store(self.store.put, BAN_KIND, str(network), _ban_record(self.bans[-1]))
             return _save(self)
 
     def unban(self, network: Network) -> tuple[bool, str | None]:
@@ -184,6 +202,9 @@ class State:
             kept = [ban for ban in self.bans if ban.network != network]
             found = len(kept) != len(self.bans)
             self.bans = kept
+            if self.store is not None:
+                # Deleted whether known here or not: another server may have kept it.
+                return found, _in_store(self.store.delete, BAN_KIND, str(network))
             return found, _save(self) if found else None
 
     def muted(self, nick: str, host: str) -> Mute | None:
@@ -199,20 +220,27 @@ class State:
         with self.lock:
             self.mutes = [mute for mute in self.mutes if mute.nick.casefold() != nick.casefold()]
             self.mutes.append(Mute(nick, _key_of(host), until, by))
+            if self.store is not None:
+                return _in_store(self.store.put, MUTE_KIND, nick.casefold(), _mute_record(self.mutes[-1]))
             return _save(self)
 
     def unmute(self, nick: str, host: str = "") -> tuple[int, str | None]:
         """Lift every mute of ``nick`` or of ``host``'s address: (how many, unsaved)."""
         address = _key_of(host) if host else ""
         with self.lock:
-            kept = [mute for mute in self.mutes if not mute.holds(nick, address, -1.0)]
-            lifted = len(self.mutes) - len(kept)
-            self.mutes = kept
+            gone = [mute for mute in self.mutes if mute.holds(nick, address, -1.0)]
+            self.mutes = [mute for mute in self.mutes if not mute.holds(nick, address, -1.0)]
+            lifted = len(gone)
+            if self.store is not None:
+                unsaved = None
+                for mute in gone:
+                    unsaved = _in_store(self.store.delete, MUTE_KIND, mute.nick.casefold()) or unsaved
+                return lifted, unsaved
             return lifted, _save(self) if lifted else None
 
     def save(self) -> None:
         """Write the bans file (under the lock); atomic: a crash leaves the old one."""
-        if self.bans_path is None:
+        if self.bans_path is None or self.store is not None:
             return
         now = time.time()
         records = {
@@ -231,6 +259,57 @@ class State:
         with open(temporary, "w", encoding="utf-8") as file:
             json.dump(records, file, indent=1)
         os.replace(temporary, self.bans_path)
+
+
+#: The state store's kinds (``--bans-in-store``): a ban by its network, a
+#: mute by its nick (folded).
+BAN_KIND = "ban"
+MUTE_KIND = "mute"
+
+
+def _ban_record(ban: Ban) -> dict[str, Any]:
+    return {"network": str(ban.network), "until": ban.until, "reason": ban.reason, "by": ban.by}
+
+
+def _mute_record(mute: Mute) -> dict[str, Any]:
+    return {"nick": mute.nick, "address": mute.address, "until": mute.until, "by": mute.by}
+
+
+def _in_store(change: Callable[..., object], *args: Any) -> str | None:
+    """Make one change in the store; what to tell the operator if it failed."""
+    try:
+        change(*args)
+    except StoreError as exc:
+        log.error("cannot keep the bans and mutes in the state store: %s", exc)
+        return f"in force, but not saved to the state store ({exc}): it may not survive a restart"
+    return None
+
+
+def _from_store(store: Store) -> tuple[list[Ban], list[Mute]]:
+    """The bans and mutes in force in the store (expired ones are removed)."""
+    now = time.time()
+    bans, mutes = [], []
+    for key, r in store.records(BAN_KIND).items():
+        try:
+            ban = Ban(parse_network(r["network"]), r["until"], str(r["reason"]), str(r["by"]))
+        except (KeyError, TypeError, ValueError):
+            log.error("a ban in the state store is not chatcore's (%s); left out", key[:60])
+            continue
+        if ban.active(now):
+            bans.append(ban)
+        else:
+            store.delete(BAN_KIND, key)
+    for key, r in store.records(MUTE_KIND).items():
+        try:
+            mute = Mute(str(r["nick"]), str(r["address"]), float(r["until"]), str(r["by"]))
+        except (KeyError, TypeError, ValueError):
+            log.error("a mute in the state store is not chatcore's (%s); left out", key[:60])
+            continue
+        if mute.until > now:
+            mutes.append(mute)
+        else:
+            store.delete(MUTE_KIND, key)
+    return bans, mutes
 
 
 def _read_operators(path: str) -> dict[str, str]:
@@ -287,10 +366,41 @@ def chatcore_configure(config: Config) -> None:
     operators = _read_operators(options.opers_file) if options.opers_file else {}
     bans, mutes = _read_bans(options.bans_file) if options.bans_file else ([], [])
     state = config.data[NAME] = State(operators, options.bans_file, bans, mutes)
+    if options.bans_in_store:
+        return  # the store is the server's: opened at start (chatcore_server_start)
     try:
         state.save()  # now, so that a file that cannot be written is found at start, not at the first /ban
     except OSError as exc:
         raise UsageError(f"--bans-file {options.bans_file}: cannot write it ({exc.strerror})") from None
+
+
+@hookimpl
+def chatcore_server_start(server: ChatServer) -> None:
+    """With ``--bans-in-store``: the bans and mutes are the store's; a
+    ``--bans-file`` is copied into it (the file is left as it was)."""
+    options = server.config.options
+    if not options.bans_in_store:
+        return
+    state = _state(server)
+    store = server.store  # a refused database stops the start here, with its message
+    try:
+        for ban in state.bans:
+            store.put(BAN_KIND, str(ban.network), _ban_record(ban))
+        for mute in state.mutes:
+            store.put(MUTE_KIND, mute.nick.casefold(), _mute_record(mute))
+        bans, mutes = _from_store(store)
+    except StoreError as exc:
+        raise UsageError(f"--bans-in-store: the state store cannot be read ({exc}); try again later") from None
+    if options.bans_file:
+        log.warning(
+            "--bans-file %s: its %d bans and %d mutes are now kept in the state store (--bans-in-store); "
+            "the file is left as it was and no longer written: remove --bans-file from the configuration",
+            options.bans_file,
+            len(state.bans),
+            len(state.mutes),
+        )
+    with state.lock:
+        state.bans, state.mutes, state.store = bans, mutes, store
 
 
 @hookimpl

@@ -126,6 +126,53 @@ def test_ban_by_nick_on_the_spot_at_connect_and_after_a_restart(tmp_path, opers_
     assert json.loads(bans.read_text()) == {"bans": [], "mutes": []}
 
 
+@pytest.mark.slow
+def test_bans_and_mutes_in_the_state_store_and_a_bans_file_moved_there(tmp_path, opers_file):
+    """--bans-in-store (issue 28): the bans and mutes live in the state
+    store; a --bans-file is copied in once, with a message, and left as it was."""
+    bans = tmp_path / "bans.json"
+    bans.write_text(
+        json.dumps({"bans": [{"network": "127.0.0.2/32", "until": None, "reason": "from the file", "by": "x"}],
+                    "mutes": []})
+    )  # fmt: skip
+    before = bans.read_text()
+    db = tmp_path / "state.db"
+    common = ("--opers-file", str(opers_file), "--state-db", str(db), "--bans-in-store", "--limit-exempt", "")
+    with ServerProcess(*common, "--bans-file", str(bans)) as proc:
+        proc.expect_log(re.compile(r"--bans-file .*: its 1 bans and 0 mutes are now kept in the state store"))
+        assert refusal(proc.address, "127.0.0.2") == ["! you are banned from this server: from the file"]
+        alice = LineClient(proc.address)
+        alice.sync()
+        alice.send(f"/oper root {PASSWORD}")
+        alice.expect("* you are now an operator (root)")
+        bob = LineClient(proc.address, source="127.0.0.4")
+        bob.sync()
+        alice.send("/mute guest-2 1h")
+        alice.expect("* muted guest-2 for 1h")
+        alice.send("/ban 127.0.0.3 1h from the store")
+        alice.expect("* banned 127.0.0.3/32 for 1h")
+        alice.close()
+        bob.close()
+    assert bans.read_text() == before  # no longer written
+    with ServerProcess(*common) as proc:  # without the file: all from the store
+        assert refusal(proc.address, "127.0.0.2") == ["! you are banned from this server: from the file"]
+        assert refusal(proc.address, "127.0.0.3") == ["! you are banned from this server: from the store"]
+        alice = LineClient(proc.address)
+        alice.sync()
+        alice.send(f"/oper root {PASSWORD}")
+        alice.expect("* you are now an operator (root)")
+        alice.send("/mutes")
+        alice.expect("* 1 mute:")
+        assert alice.readline().startswith("*   guest-2 and 127.0.0.4 (")
+        alice.send("/unban 127.0.0.2")
+        alice.expect("* unbanned 127.0.0.2/32")
+        alice.close()
+    with ServerProcess(*common) as proc:
+        welcome = LineClient(proc.address, source="127.0.0.2")
+        welcome.sync()
+        welcome.close()
+
+
 def test_a_cidr_ban_expires(chat_server_factory, connect, opers_file):
     server = chat_server_factory("--opers-file", str(opers_file), "--limit-exempt", "")
     alice = connect(server, "alice", source="127.0.0.3")

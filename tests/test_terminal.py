@@ -733,3 +733,81 @@ def test_room_keys_pick_rooms_in_the_order_joined() -> None:
     # A key pressed again before the server answered goes on from the room asked for.
     rooms.switching = "lobby"
     assert rooms.step(1) == "dev"
+
+
+# -- accounts (issue 28) -------------------------------------------------------
+
+ACCOUNT_PASSWORD = "horse-battery-9"
+
+
+@pytest.fixture
+def account_server(chat_server_factory: ServerFactory, tmp_path: Any) -> ChatServer:
+    """A server with the accounts plugin and the account alice."""
+    from chatcore.engine import auth
+
+    server = chat_server_factory("--plugins", "welcome,accounts", "--state-db", str(tmp_path / "state.db"))
+    record = {"name": "alice", "password": auth.hash_password(ACCOUNT_PASSWORD), "certfp": [], "suspended": ""}
+    assert server.store.create("account", "alice", record)
+    return server
+
+
+def test_piped_account_login_with_the_password_from_a_file(account_server: ChatServer, tmp_path: Any) -> None:
+    secret = tmp_path / "account-password"
+    secret.write_text(ACCOUNT_PASSWORD + "\n")
+    result = run_client(
+        client_command(account_server, "--account", "alice", "--account-password-file", str(secret)), b"hi\n"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert "* you are logged in to alice" in lines
+    assert "* you are now known as alice" in lines  # --account is the nick too
+    assert "<You> hi" in lines
+    assert ACCOUNT_PASSWORD not in result.stdout.decode() + result.stderr.decode()
+
+
+def test_piped_account_login_from_the_environment_and_a_wrong_one_ends_the_run(account_server: ChatServer) -> None:
+    command = client_command(account_server, "--account", "alice", "--nick", "ally")
+    good = subprocess.run(
+        command,
+        input=b"hi\n",
+        capture_output=True,
+        timeout=TIMEOUT,
+        env=client_env(CHATCORE_ACCOUNT_PASSWORD=ACCOUNT_PASSWORD),
+        check=False,
+    )
+    assert good.returncode == 0, good.stderr
+    assert "* you are logged in to alice" in good.stdout.decode().splitlines()
+    bad = subprocess.run(
+        command,
+        input=b"hi\n",
+        capture_output=True,
+        timeout=TIMEOUT,
+        env=client_env(CHATCORE_ACCOUNT_PASSWORD="wrong-password"),
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert "<You> hi" not in bad.stdout.decode()
+    assert bad.stderr.decode() == (
+        "chatcore client: error: the server refused the login to the account alice (wrong account name or "
+        "password); check --account-password-file or CHATCORE_ACCOUNT_PASSWORD.\n"
+    )
+
+
+def test_account_without_a_password_source_is_a_usage_error(account_server: ChatServer) -> None:
+    result = run_client(client_command(account_server, "--account", "alice"), b"hi\n")
+    assert result.returncode == 2
+    assert "--account alice needs its password: --account-password-file FILE or CHATCORE_ACCOUNT_PASSWORD" in (
+        result.stderr.decode()
+    )
+
+
+def test_the_account_password_is_asked_for_in_a_terminal(account_server: ChatServer, spawn: Any) -> None:
+    child = spawn(account_server, "--account", "alice")
+    child.expect("password of the account alice: ")
+    child.sendline(ACCOUNT_PASSWORD)
+    child.expect("you are logged in to alice")
+    expect_prompt(child)
+    assert account_server.registry.find("alice").account == "alice"
+    child.sendcontrol("d")
+    assert wait_exit(child) == 0
+    assert ACCOUNT_PASSWORD not in (child.before or "")

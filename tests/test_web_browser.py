@@ -821,3 +821,58 @@ def test_the_server_password_works_from_the_page(browser, tmp_path):
             native.close()
     assert "guess" not in server.stderr  # the password is never logged
     assert "letmein" not in server.stderr
+
+
+def test_the_login_form_logs_in_to_an_account_and_a_wrong_password_says_so(browser, tmp_path):
+    """Registered on native, logged in from the page's form (issue 28): a
+    wrong password is shown in the form and changes nothing; the right one
+    logs in, and the account's nick is the page's without being renamed."""
+    password = "horse-battery-9"
+    with serve(
+        "--plugins", "welcome,web,accounts", "--state-db", str(tmp_path / "state.db"), "--nick-grace", "0"
+    ) as server:
+        url = "http://{}:{}/".format(*server.addresses["ws"])
+        native = LineClient(server.addresses["tcp"])
+        try:
+            for nick in ("alice", "bob"):
+                native.send(f"/nick {nick}")
+                native.expect(f"* you are now known as {nick}")
+                native.send(f"/register {password}")
+                native.expect(lambda line, nick=nick: line.startswith(f"* registered the account {nick}"))
+                native.send("/logout")
+                native.expect(f"* you are logged out of {nick}")
+            native.send("/nick nat")
+            native.expect("* you are now known as nat")
+
+            page = browser()
+            page.get(url)
+            wait(page, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is not None, "the form")
+            page.find_element(By.ID, "nick-input").send_keys("alice")
+            page.find_element(By.ID, "account-password").send_keys("wrong-password")
+            page.find_element(By.ID, "nick-submit").click()
+            wait(
+                page,
+                lambda d: d.find_element(By.ID, "nick-error").text == "wrong account name or password",
+                "the refusal in the form",
+            )
+            assert page.find_element(By.ID, "nick-dialog").get_attribute("open") is not None
+            assert page.find_element(By.ID, "account-password").get_attribute("value") == ""
+
+            field = page.find_element(By.ID, "nick-input")
+            field.clear()
+            field.send_keys("alice")
+            page.find_element(By.ID, "account-password").send_keys(password)
+            page.find_element(By.ID, "nick-submit").click()
+            wait(page, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is None, "the form closed")
+            wait_for_text(page, "you are logged in to alice")
+            native.expect("* alice joined")  # in no room until the nick was its own (rooms=after-nick)
+            # A witness without the password is renamed at once (--nick-grace 0):
+            # the check has run since, and the page kept its account's nick.
+            native.send("/nick bob")
+            native.expect(lambda line: line.startswith("* you were renamed to guest-"))
+            say(page, "still alice")
+            native.expect("<alice> still alice")
+            assert not log_has(page, "you were renamed")
+        finally:
+            native.close()
+    assert password not in server.stderr

@@ -29,11 +29,14 @@ The main coroutine waits for whichever comes first: a line to send, the end
 of input, a request to leave, or the server closing the connection.
 
 Right after connecting the client sends ``/pass PASSWORD`` (with
-``--password-file`` or ``CHATCORE_PASSWORD``), ``/nick NAME`` (with
-``--nick``; before ``/pass`` when there is one, so that the server lets it
-in under that name and the room never sees a guest name) and ``/ping``. The
-server answers a client's lines in order, so everything before the
-``* pong`` is the welcome or the answer to ``/pass`` and ``/nick``; input
+``--password-file`` or ``CHATCORE_PASSWORD``), ``/login ACCOUNT PASSWORD`` (with
+``--account``; the password from a file, the environment or a prompt, never
+the command line), ``/nick NAME`` (with ``--nick``, or the account's name;
+before ``/pass`` when there is one, so that the server lets it in under that
+name and the room never sees a guest name; else after ``/login``, so that
+the account's nick is ours when we take it) and ``/ping``. The server
+answers a client's lines in order, so everything before the ``* pong`` is
+the welcome or the answer to ``/pass``, ``/login`` and ``/nick``; input
 waits until then, and that ``* pong`` is not shown. A server with a password
 says ``! password required`` on connecting, before it reads ``/pass``: that
 greeting is not shown when a password was sent.
@@ -415,7 +418,22 @@ connection was lost, or (with piped input) the server refused the password,
         "--nick",
         type=_nick,
         metavar="NAME",
-        help="the nickname to take right after connecting (default: the server's guest name)",
+        help="the nickname to take right after connecting (default: the server's guest name, or --account)",
+    )
+    parser.add_argument(
+        "--account",
+        type=_nick,
+        metavar="NAME",
+        help=(
+            "log in to this account (/login) right after connecting, before taking --nick (default: NAME); "
+            "its password from --account-password-file, CHATCORE_ACCOUNT_PASSWORD or, in a terminal, "
+            "a prompt (never a bare option: it would show in ps)"
+        ),
+    )
+    parser.add_argument(
+        "--account-password-file",
+        metavar="FILE",
+        help="the --account password on the first line of FILE",
     )
     return parser
 
@@ -449,6 +467,14 @@ def main(args: Sequence[str]) -> int:
         if password is None:
             return 1
     interactive = _isatty(sys.stdin) and _isatty(sys.stdout)
+    account = None
+    if options.account_password_file and not options.account:
+        parser.error("--account-password-file is the password of --account NAME: give --account too")
+    if options.account:
+        secret = _account_password(options, parser)
+        if secret is None:
+            return 1
+        account = (options.account, secret)
     # Whatever arrives must print, even on an output that cannot encode it.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
@@ -457,8 +483,9 @@ def main(args: Sequence[str]) -> int:
         host,
         port,
         tls=context,
-        nick=options.nick,
+        nick=options.nick or options.account,
         password=password,
+        account=account,
         interactive=interactive,
         colour=wants_colour(sys.stdout, os.environ),
     )
@@ -468,21 +495,48 @@ def main(args: Sequence[str]) -> int:
         return 0
 
 
-def _read_password(path: str) -> str | None:
+def _read_password(path: str, option: str = "--password-file") -> str | None:
     """The first line of ``path``; None (after saying why) if there is none."""
     try:
         with open(path, encoding="utf-8") as file:
             first = file.readline().rstrip("\r\n")
     except OSError as exc:
-        _error(f"--password-file {path}: cannot read it ({exc.strerror})")
+        _error(f"{option} {path}: cannot read it ({exc.strerror})")
         return None
     except UnicodeDecodeError:
-        _error(f"--password-file {path}: not UTF-8 text")
+        _error(f"{option} {path}: not UTF-8 text")
         return None
     if not first:
-        _error(f"--password-file {path}: the first line is empty; write the password there")
+        _error(f"{option} {path}: the first line is empty; write the password there")
         return None
     return first
+
+
+def _account_password(options: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
+    """The ``--account`` password: from its file, the environment, or asked
+    for in the terminal (not echoed). Never from the command line, where
+    ``ps`` would show it to every user of the machine."""
+    if options.account_password_file:
+        return _read_password(options.account_password_file, "--account-password-file")
+    from_environment = os.environ.get("CHATCORE_ACCOUNT_PASSWORD")
+    if from_environment:
+        return from_environment
+    if not _isatty(sys.stdin):
+        parser.error(
+            f"--account {options.account} needs its password: --account-password-file FILE or "
+            "CHATCORE_ACCOUNT_PASSWORD (input is not a terminal to ask in)"
+        )
+    import getpass
+
+    try:
+        typed = getpass.getpass(f"password of the account {options.account}: ")
+    except (EOFError, KeyboardInterrupt):
+        print(file=sys.stderr)
+        return None
+    if not typed:
+        _error("no password typed; nothing was sent")
+        return None
+    return typed
 
 
 def _target(options: argparse.Namespace) -> tuple[str, int, bool]:
@@ -674,6 +728,7 @@ class TerminalClient:
         colour: bool,
         tls: ssl.SSLContext | None = None,
         password: str | None = None,
+        account: tuple[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -681,6 +736,9 @@ class TerminalClient:
         self.address = _address_text(host, port)
         self.nick = nick
         self._password = password
+        #: ``(name, password)`` to log in with (/login) before taking the nick.
+        self._account = account
+        self._login_pending = account is not None
         self.interactive = interactive
         self.colour = colour
         self._writer: asyncio.StreamWriter | None = None
@@ -801,6 +859,17 @@ class TerminalClient:
                 return
             if self._password is not None and text.startswith("unknown command /pass"):
                 return  # the server has no password: ours was not needed
+            if self._login_pending:  # the answer to our /login, which comes before the one to /nick
+                self._login_pending = False
+                assert self._account is not None
+                self.login_refusal = (
+                    f"the server refused the login to the account {self._account[0]} ({text}); "
+                    "check --account-password-file or CHATCORE_ACCOUNT_PASSWORD"
+                )
+                if self.interactive:
+                    self.note(f"{self.login_refusal}, or type /login ACCOUNT PASSWORD.")
+                self._show_error(line)
+                return
             if self._nick_pending and self._nick_refusal is None:
                 self._nick_refusal = text
             else:
@@ -828,17 +897,20 @@ class TerminalClient:
             return
         if line.startswith(("* you are now known as ", "* you are already known as ")):
             self._nick_pending = False
+        if line.startswith("* you are logged in to "):
+            self._login_pending = False
         # Before the first /ping answer, "* " lines are the welcome notices.
         if line:
             self.show(line, Kind.NOTICE if line.startswith(NOTICE) else classify(line))
 
     def _refuse_login(self, why: str) -> None:
         self.login_refusal = why
-        # Our /rooms and /ping (and /nick, if sent after /pass) are still to
-        # be answered, each with "! password required": not shown.
-        self._swallow = (self.nick is not None and not self._nick_offered) + 2
+        # Our /rooms and /ping (and /nick, if sent after /pass, and /login)
+        # are still to be answered, each with "! password required": not shown.
+        self._swallow = (self.nick is not None and not self._nick_offered) + (self._account is not None) + 2
         self._rooms_asked = False
         self._nick_pending = False
+        self._login_pending = False
         if self.interactive:
             self.note(f"{why}, or type /pass PASSWORD.")
 
@@ -955,6 +1027,8 @@ class TerminalClient:
                 await self._send(f"/nick {self.nick}")
             if self._password is not None:
                 await self._send(f"/pass {self._password}")
+            if self._account is not None:  # before /nick: the account's nick is then ours when we take it
+                await self._send(f"/login {self._account[0]} {self._account[1]}")
             if self.nick is not None and self._password is None:
                 await self._send(f"/nick {self.nick}")
             await self._send("/rooms")  # where we are: the prompt shows the current room

@@ -17,7 +17,10 @@ through one object, the server's :attr:`~chatcore.engine.server.ChatServer.backp
 - **private messages** to a nickname on another server
   (:meth:`Backplane.send_private`);
 - **moderation**: an operator's kick, mute or ban, carried to every server
-  (:meth:`Backplane.moderate`).
+  (:meth:`Backplane.moderate`);
+- **the state store**: accounts, registered rooms and whatever else must
+  outlive a restart, shared by every server of a cluster
+  (:meth:`Backplane.state_store`);
 - **health**: what keeps the server from serving as it should, such as a
   cluster link that is down (:meth:`Backplane.problems`).
 
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
     from chatcore.engine.connection import Client
     from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
+    from chatcore.engine.store import Store
     from chatcore.events import PrivateMessage, RoomEvent
 
 
@@ -206,4 +210,14 @@ class Backplane:
         (``network``); each with ``by`` and ``oper``. True if sent, why not,
         or None if there is nobody to send it to (no cluster, or a ``nick``
         given without ``host`` is on no other server)."""
+        return None
+
+    # -- the state store ----------------------------------------------------------------
+
+    def state_store(self) -> Store | None:
+        """The store every server of the cluster shares
+        (:mod:`chatcore.engine.store`), or None: the server then opens its
+        own, ``--state-db``. Called once, when a plugin first needs the
+        store (``server.store``), on that plugin's thread; the server closes
+        it when it stops."""
         return None

@@ -90,6 +90,7 @@ class Client:
         "_sendq",
         "_unsent",
         "_writer_done",
+        "account",
         "address",
         "admitted",
         "arrived",
@@ -154,6 +155,9 @@ class Client:
         #: Its current room, one of :attr:`rooms` (where the native
         #: protocol's plain lines go), or ``""`` in none; set by the registry.
         self.room = ""
+        #: The account it is logged in to, or ``""``: set by an accounts
+        #: plugin (the bundled ``accounts``), read by anyone (IRC's WHOIS).
+        self.account = ""
         #: Free-form per-client state for plugins, keyed by plugin name.
         self.data: dict[str, Any] = {}
         #: Why the client is being disconnected (``None`` while connected).

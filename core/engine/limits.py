@@ -257,6 +257,16 @@ class FailureCounter:
             self._times[key] = times
             return len(times)
 
+    def count(self, host: str, now: float | None = None) -> int:
+        """How many failures ``host`` had in the window, counting none."""
+        try:
+            key = address_key(host)
+        except ValueError:
+            key = host
+        horizon = (time.monotonic() if now is None else now) - self.window
+        with self._lock:
+            return sum(1 for when in self._times.get(key, ()) if when > horizon)
+
 
 class TokenBucket:
     """A token bucket: holds up to ``burst`` tokens and gains ``rate`` per

@@ -2,8 +2,9 @@
 
 A room exists while it has members (the registry's); its state lives here
 beside it, made when the first member enters and dropped when the last one
-leaves, memory and all (registered rooms that outlive their members are the
-accounts issue's). The modes are IRC's, because IRC's are what every chat
+leaves, memory and all. A room a plugin keeps (a registered room, the
+``accounts`` plugin's) gets its state from ``chatcore_room_state`` when its
+first member enters, and so outlives its members. The modes are IRC's, because IRC's are what every chat
 server's rooms grew from, and so the native protocol and IRC share one set:
 
 =====  ==========================================================  ===========

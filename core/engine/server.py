@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,7 @@ from chatcore.engine.rooms import (
 )
 from chatcore.engine.serving import SHUTDOWN_LINGER, Connections
 from chatcore.engine.stats import Stats
+from chatcore.engine.store import SQLiteStore, Store
 from chatcore.engine.writer import Writer
 from chatcore.events import (
     Action,
@@ -89,6 +91,7 @@ from chatcore.transports.listener import Listener, format_address
 
 if TYPE_CHECKING:
     from chatcore.config import Config
+    from chatcore.engine.accounts import AccountService
     from chatcore.transports import Scheme
     from chatcore.transports.tls import Certificates
     from chatcore.wire import WireFormat
@@ -156,6 +159,12 @@ class ChatServer:
         self._stopping = False
         self._stopped = False
         self._accepting = False
+        # Opened when a plugin first needs it (a server without accounts
+        # never makes a state database in its working directory).
+        self._store: Store | None = None
+        self._accounts: AccountService | None = None
+        self._accounts_asked = False
+        self._state_lock = threading.Lock()
         self.listeners: list[Listener] = []
         for url in config.listen:
             try:
@@ -249,6 +258,8 @@ class ChatServer:
         self.serving.close_all(reason, timeout)
         self.hooks.server_stop(self)
         self.backplane.stop()
+        if self._store is not None:
+            self._store.close()
         self.server_close()
 
     def server_close(self) -> None:
@@ -267,6 +278,40 @@ class ChatServer:
         self.max_rooms_per_client = options.max_rooms_per_client
         self.gate.reconfigure(options, password, self.all_connections())
         self.serving.start_sweeper()
+
+    # -- what outlives connections -------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        """The state store (:mod:`chatcore.engine.store`): the cluster's
+        (the backplane's :meth:`~chatcore.engine.backplane.Backplane.state_store`),
+        else this server's SQLite file (``--state-db``), opened on first use.
+
+        :raises UsageError: the database is refused (damaged, a newer
+            chatcore's): a plugin that needs it asks at start
+            (``chatcore_server_start``), so the server does not start.
+        """
+        store = self._store
+        if store is None:
+            with self._state_lock:
+                if self._store is None:
+                    shared = self.backplane.state_store()
+                    self._store = shared if shared is not None else SQLiteStore.open(self.config.options.state_db)
+                    log.info("state store: %s", getattr(self._store, "path", self._store.name))
+                store = self._store
+        return store
+
+    @property
+    def accounts(self) -> AccountService | None:
+        """The account service a plugin supplies (``chatcore_account_service``),
+        or None on a server without accounts: how a protocol logs a
+        connection in to an account (:mod:`chatcore.engine.accounts`)."""
+        if not self._accounts_asked:
+            with self._state_lock:
+                if not self._accounts_asked:
+                    self._accounts = self.hooks.account_service(self)
+                    self._accounts_asked = True
+        return self._accounts
 
     # -- connections ----------------------------------------------------------
 
@@ -731,8 +776,11 @@ class ChatServer:
 
     def _enter_room(self, client: Client, room: str) -> RoomState:
         """The state of ``room``, which has nobody here: the backplane's (a
-        cluster's, made on another server), or a new one that ``client`` runs."""
-        founded = RoomState.founded(room, client.nick)
+        cluster's, made on another server), else the state a plugin keeps
+        for it (a registered room's, ``chatcore_room_state``), else a new one
+        that ``client`` runs."""
+        kept = self.hooks.room_state(self, room)
+        founded = kept if kept is not None else RoomState.founded(room, client.nick)
         try:
             state = self.backplane.enter_room(room, founded)
         except Exception:  # the cluster's loss: this server goes on with the room as new

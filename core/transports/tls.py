@@ -36,6 +36,7 @@ close sends close_notify.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import ssl
@@ -54,7 +55,7 @@ HANDSHAKE_TIMEOUT = 10.0
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
-def server_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+def server_context(certfile: str, keyfile: str, client_ca: str | None = None) -> ssl.SSLContext:
     """A server context: TLS 1.2 or newer, modern ciphers, no renegotiation.
 
     Defends against protocol downgrade (no SSLv3, TLS 1.0 or 1.1), weak or
@@ -69,6 +70,14 @@ def server_context(certfile: str, keyfile: str) -> ssl.SSLContext:
     context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.set_ciphers(_TLS12_CIPHERS)
     context.load_cert_chain(certfile, keyfile)
+    if client_ca:
+        # Client certificates (IRC's SASL EXTERNAL): asked for, not required,
+        # and checked against this CA. Python's ssl cannot accept a
+        # certificate it does not verify, so a self-signed one cannot be
+        # asked for; what logs in is the fingerprint registered with an
+        # account, never the CA's signature alone.
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.load_verify_locations(client_ca)
     return context
 
 
@@ -81,10 +90,11 @@ class Certificates:
     already open keep theirs.
     """
 
-    def __init__(self, certfile: str, keyfile: str) -> None:
+    def __init__(self, certfile: str, keyfile: str, client_ca: str | None = None) -> None:
         self.certfile = certfile
         self.keyfile = keyfile
-        self.context = server_context(certfile, keyfile)
+        self.client_ca = client_ca
+        self.context = server_context(certfile, keyfile, client_ca)
 
     def reload(self) -> bool:
         """Read the files again; on any error keep the current context.
@@ -92,7 +102,7 @@ class Certificates:
         :return: True if the new certificate is in use.
         """
         try:
-            context = server_context(self.certfile, self.keyfile)
+            context = server_context(self.certfile, self.keyfile, self.client_ca)
         except (OSError, ssl.SSLError) as exc:
             log.error(
                 "TLS certificate reload failed (%s); still using the previous certificate. "
@@ -175,6 +185,14 @@ class TLSTransport(Transport):
         self._ssl.write(data)
         self.sock.settimeout(5.0)
         self.sock.sendall(self._outgoing.read())
+
+    def peer_fingerprint(self) -> str | None:
+        """The SHA-256 of the client certificate the peer presented (DER,
+        lower-case hex), or None: what an account registers to log in with
+        it. Only with ``--tls-client-ca`` are certificates asked for."""
+        with self._lock:
+            der = self._ssl.getpeercert(binary_form=True)
+        return hashlib.sha256(der).hexdigest() if der else None
 
     # -- the reader thread ----------------------------------------------------
 

@@ -23,6 +23,7 @@ from chatcore.plugins.redis.scripts import Keys
 if TYPE_CHECKING:
     from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
+    from chatcore.engine.store import Store
 
 log = logging.getLogger("chatcore.redis")
 
@@ -58,6 +59,12 @@ class RedisBackplane(Backplane):
     def room_emptied(self, room: str) -> None:
         super().room_emptied(room)
         self.cluster.presence.exit(room)
+
+    def state_store(self) -> Store:
+        from chatcore.plugins.redis.store import RedisStore
+
+        cluster = self.cluster
+        return RedisStore(cluster.url, cluster.keys, timeout=cluster.timeout, node=cluster.node)
 
     def published(self, events: Sequence[RoomEvent]) -> None:
         cluster = self.cluster

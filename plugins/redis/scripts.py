@@ -47,6 +47,11 @@ class Keys:
         (a hash: :mod:`chatcore.plugins.redis.roomstate`)."""
         return f"{self.prefix}room:{room}:state"
 
+    def store(self, kind: str) -> str:
+        """The state store's records of one kind: a hash key -> JSON
+        (:mod:`chatcore.plugins.redis.store`). Never expires."""
+        return f"{self.prefix}store:{kind}"
+
     def room_holders(self, room: str) -> str:
         """The servers with members in the room: a hash node -> generation."""
         return f"{self.prefix}room:{room}:holders"

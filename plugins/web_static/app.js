@@ -173,10 +173,15 @@ function handle(event) {
       break;
     case "notice":
       note(event.text, "notice");
+      if (event.text.startsWith("you are logged in to ")) loggedIn();
       break;
     case "error":
       if (/^(password required|wrong password)/.test(event.text)) {
         askPassword(event.text);
+        break;
+      }
+      if (accountPassword !== null && LOGIN_REFUSED.test(event.text)) {
+        loginRefused(event.text);
         break;
       }
       if (entering && /nickname/i.test(event.text)) askNick(); // our nick is not ours now: ask for another
@@ -194,9 +199,12 @@ function welcomed(event) {
   if (event.default_room) defaultRoom = event.default_room;
   for (const line of event.lines) note(line, "notice");
   // In no room until the nick is ours (a guest name is never seen in a
-  // room): then every room is joined (enterRooms).
+  // room): then every room is joined (enterRooms). With an account password
+  // the page logs in first, and takes the nick once that is answered
+  // (loggedIn), so that the account's nick is ours when we take it.
   entering = true;
-  if (me.wantedNick) sendLine(`/nick ${me.wantedNick}`);
+  if (me.wantedNick && accountPassword !== null) sendLine(`/login ${me.wantedNick} ${accountPassword}`);
+  else if (me.wantedNick) sendLine(`/nick ${me.wantedNick}`);
   else askNick();
   refresh();
 }
@@ -893,6 +901,24 @@ $("password-form").addEventListener("submit", (submit) => {
   sendLine(`/pass ${password}`);
 });
 
+// -- the account -----------------------------------------------------------------
+
+// The account's password, kept in this page's memory only (never in
+// storage), to log in again after a reconnect without asking.
+let accountPassword = null;
+const LOGIN_REFUSED = /^(wrong account name or password|too many failed logins|the account \S+ is suspended)/;
+
+function loggedIn() {
+  if (me.wantedNick && me.wantedNick !== me.nick) sendLine(`/nick ${me.wantedNick}`);
+  else closeNick();
+}
+
+function loginRefused(text) {
+  accountPassword = null;
+  askNick();
+  $("nick-error").textContent = text;
+}
+
 // -- the nickname ----------------------------------------------------------------
 
 function askNick() {
@@ -922,7 +948,12 @@ $("nick-form").addEventListener("submit", (submit) => {
   me.wantedNick = nick;
   localStorage.setItem("chatcore.nick", nick);
   $("nick-error").textContent = "";
-  if (nick === me.nick) closeNick();
+  const password = $("account-password").value;
+  $("account-password").value = "";
+  if (password) {
+    accountPassword = password;
+    sendLine(`/login ${nick} ${password}`); // the nick follows the answer (loggedIn)
+  } else if (nick === me.nick) closeNick();
   else sendLine(`/nick ${nick}`);
 });
 
