@@ -126,7 +126,9 @@ class Reader(threading.Thread):
         since = cluster.presence.entered_where(room)
         if since is None or _stream_id(cursor.last_id) <= _stream_id(since):
             return
-        entries = client.xrange(cluster.keys.stream(room), min="(" + since, max=cursor.last_id, count=CATCH_UP)
+        entries: list[Any] = (
+            client.xrange(cluster.keys.stream(room), min="(" + since, max=cursor.last_id, count=CATCH_UP) or []
+        )
         for entry_id, entry in entries:
             if entry_id == cursor.last_id or entry.get("node") == cluster.node:
                 continue  # this server's own: applied as it said them

@@ -39,7 +39,9 @@ class RedisStore(Store):
         import redis as redis_py
 
         try:
-            return self._client.execute_command(what, *args)
+            # redis-py's execute_command is untyped: called through Any.
+            client: Any = self._client
+            return client.execute_command(what, *args)
         except redis_py.RedisError as exc:
             raise StoreError(f"the cluster's store is unreachable ({exc}); nothing was changed") from exc
 
