@@ -29,6 +29,8 @@ every start and when the room is made again). A client that
 reconnects asks for what came after the highest offset below which it saw
 every event (events of concurrent senders may arrive slightly out of offset
 order; each sender's arrive in order) and drops offsets it already has.
+The same identity, written ``EPOCH:OFFSET``, is the event's message ID
+(:attr:`RoomEvent.msgid`): IRC's ``msgid`` tag, history queries by ID.
 
 The events a person causes (:class:`Chat`, :class:`Action`, :class:`Joined`,
 :class:`Left`, :class:`NickChanged`) carry their ``nick`` and ``user``: the
@@ -70,6 +72,7 @@ __all__ = [
     "TopicChanged",
     "Welcome",
     "kick_text",
+    "parse_msgid",
 ]
 
 
@@ -100,6 +103,13 @@ class RoomEvent(Event):
     epoch: str = field(default="", kw_only=True)
     time: float = field(default=0.0, kw_only=True)
     told_in: tuple[str, ...] = field(default=(), kw_only=True)
+
+    @property
+    def msgid(self) -> str:
+        """The event's message ID, the same on every protocol and every server
+        of a cluster: its epoch and offset, ``EPOCH:OFFSET`` (``""`` until
+        published). :func:`parse_msgid` reads one back."""
+        return f"{self.epoch}:{self.offset}" if self.offset else ""
 
     #: True for presence notices, which may reach members up to
     #: ``chatcore.engine.writer.BATCH_DELAY`` late so that a burst of them
@@ -171,6 +181,16 @@ class Joined(RoomEvent):
 
     nick: str
     user: str = field(default="", kw_only=True)
+
+
+def parse_msgid(msgid: str) -> tuple[str, int] | None:
+    """The epoch and offset a :attr:`RoomEvent.msgid` names, or None if
+    ``msgid`` is not one (a client may send anything)."""
+    epoch, sep, offset = msgid.rpartition(":")
+    if not sep or not epoch or not offset.isdigit() or len(offset) > 18 or len(epoch) > 64:
+        return None
+    number = int(offset)
+    return (epoch, number) if number > 0 else None
 
 
 #: Reasons a leave notice does not repeat: an ordinary goodbye.
