@@ -455,7 +455,7 @@ def chatcore_server_start(server: ChatServer) -> None:
     for route in state.routes:
         log.info("api: %s... also served: %s", route.prefix, route.description or "a plugin's paths")
     if not state.tokens:
-        log.warning("api: no --api-token is configured, so every request but /api/openapi.json is refused")
+        log.warning("api: no --api-token is configured, so every request under /api/ but openapi.json is refused")
     state.start()
 
 
