@@ -55,6 +55,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -391,10 +392,14 @@ def chatcore_reload(server: ChatServer, new: argparse.Namespace) -> Any:
     return lambda: webhooks.apply(settings)
 
 
-@hookimpl
+# trylast: after the metrics plugin's, whose endpoint then takes our counts.
+@hookimpl(trylast=True)
 def chatcore_server_start(server: ChatServer) -> None:
     webhooks = _webhooks(server)
     webhooks.start()
+    metrics = server.config.data.get("metrics")
+    if metrics is not None:  # the metrics plugin's registry (prometheus_client), as the redis plugin does
+        metrics.registry.register(WebhooksCollector(webhooks))
     settings = webhooks.settings
     if settings.incoming and not any(listener.url.scheme in ("http", "https") for listener in server.listeners):
         log.warning("webhooks: incoming webhooks need an http:// or https:// listener (--listen http://HOST:PORT)")
@@ -481,6 +486,7 @@ def _receive(server: ChatServer, request: HttpRequest) -> tuple[int, Any]:
         if errors:  # a filter's refusal, a ban, +m: what a typing user would be told
             before = f" (the {number} line(s) before it were)" if number else ""
             raise HttpError(422, f"not posted: {errors[0]}{before}")
+    webhooks.posted(hook.name)
     log.info("webhooks: %s posted in %s", hook.name, hook.room, extra={"event": "webhook_in", "room": hook.room})
     return 200, {"ok": True, "room": hook.room, "nick": nick, "lines": len(lines)}
 
@@ -720,7 +726,8 @@ class Outbox:
         self._give_up(delivery, f"{delivery.last_error}; the server stopped or the webhook went before a retry")
 
     def _give_up(self, delivery: Delivery, reason: str) -> None:
-        self.counts.dead_lettered += 1
+        with self._cond:  # put() counts overflows under it too
+            self.counts.dead_lettered += 1
         log.warning(
             "webhooks: %s: gave up on %s: %s",
             self.hook.name,
@@ -900,8 +907,14 @@ class Webhooks:
         self.dead_letters = DeadLetters(settings.dead_letter)
         #: Read on the chat path without a lock: replaced whole, never changed.
         self.outboxes: tuple[Outbox, ...] = ()
+        #: Requests each incoming webhook posted, by name (kept across reloads).
+        self.incoming_posts: dict[str, int] = {}
         self._started = False
         self._lock = threading.Lock()
+
+    def posted(self, name: str) -> None:
+        with self._lock:
+            self.incoming_posts[name] = self.incoming_posts.get(name, 0) + 1
 
     def start(self) -> None:
         with self._lock:
@@ -942,3 +955,57 @@ class Webhooks:
             outbox.stop()
         if self._started:
             self.dead_letters.stop()
+
+
+class WebhooksCollector:
+    """The webhooks' counts for the metrics plugin (a ``prometheus_client``
+    custom collector, read at scrape time)."""
+
+    def __init__(self, webhooks: Webhooks) -> None:
+        self.webhooks = webhooks
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        outboxes = self.webhooks.outboxes
+        deliveries = CounterMetricFamily(
+            "chatcore_webhook_deliveries_total",
+            "Events an outgoing webhook delivered (a 2xx answer) or gave up on (to the dead-letter log).",
+            labels=["webhook", "result"],
+        )
+        failed = CounterMetricFamily(
+            "chatcore_webhook_failed_attempts_total",
+            "Attempts that failed: no answer in time, no connection, or a status other than 2xx.",
+            labels=["webhook"],
+        )
+        retried = CounterMetricFamily(
+            "chatcore_webhook_retries_total", "Failed attempts that were retried later.", labels=["webhook"]
+        )
+        overflowed = CounterMetricFamily(
+            "chatcore_webhook_queue_overflows_total",
+            "Events dead-lettered at once because the webhook's queue was full.",
+            labels=["webhook"],
+        )
+        depth = GaugeMetricFamily(
+            "chatcore_webhook_queue_depth", "Events waiting, waiting for a retry, or in flight.", labels=["webhook"]
+        )
+        for outbox in outboxes:
+            name, counts = outbox.hook.name, outbox.counts
+            deliveries.add_metric([name, "delivered"], counts.delivered)
+            deliveries.add_metric([name, "dead_lettered"], counts.dead_lettered)
+            failed.add_metric([name], counts.failed)
+            retried.add_metric([name], counts.retried)
+            overflowed.add_metric([name], counts.overflowed)
+            depth.add_metric([name], outbox.depth)
+        yield from (deliveries, failed, retried, overflowed, depth)
+        yield CounterMetricFamily(
+            "chatcore_webhook_dead_letters_lost_total",
+            "Dead letters that could not be written (the file failed, or too many waited).",
+            value=self.webhooks.dead_letters.lost,
+        )
+        posts = CounterMetricFamily(
+            "chatcore_webhook_incoming_posts_total", "Requests an incoming webhook posted.", labels=["webhook"]
+        )
+        for name, count in sorted(self.webhooks.incoming_posts.items()):
+            posts.add_metric([name], count)
+        yield posts

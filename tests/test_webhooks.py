@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_metrics import scrape, value
 
 from chatcore import UsageError
 from chatcore.engine.server import ChatServer
@@ -131,9 +132,9 @@ def serve(chat_server_factory: ServerFactory, tmp_path: Path) -> Callable[..., C
     """A server with the api and webhooks plugins, tcp:// and http://
     listeners, and timings in milliseconds."""
 
-    def start(*args: str) -> ChatServer:
+    def start(*args: str, plugins: str = "api,webhooks") -> ChatServer:
         return chat_server_factory(
-            "--plugins", "api,webhooks",
+            "--plugins", plugins, *(["--metrics-port", "0"] if "metrics" in plugins else []),
             "--listen", "tcp://127.0.0.1:0", "--listen", "http://127.0.0.1:0",
             "--webhook-timeout", "0.5", "--webhook-backoff", "0.01", "--webhook-max-backoff", "0.05",
             "--webhook-dead-letter", str(tmp_path / "dead.jsonl"),
@@ -341,7 +342,7 @@ def test_room_events_are_posted_signed_and_filtered(serve, native, receiver):
 def test_failures_and_timeouts_are_retried_under_one_key_and_nothing_is_lost(serve, native, receiver):
     receiver.script.extend([500, "hang", 503, 429, 500])
     server = serve("--webhook-out", outgoing(receiver.url, "events=message"), "--webhook-timeout", "0.3",
-                   "--webhook-retries", "20")  # fmt: skip
+                   "--webhook-retries", "20", plugins="api,webhooks,metrics")  # fmt: skip
     alice = native(server, "alice")
     bob = native(server, "bob")
     texts = [f"line {n}" for n in range(12)]
@@ -363,6 +364,12 @@ def test_failures_and_timeouts_are_retried_under_one_key_and_nothing_is_lost(ser
     counts = server.config.data["webhooks"].outboxes[0].counts
     wait_for(lambda: counts.delivered == 12, message="the last answer read")  # it counts after the receiver
     assert (counts.delivered, counts.failed, counts.retried, counts.dead_lettered) == (12, 5, 5, 0)
+    samples = scrape(server)
+    assert value(samples, "chatcore_webhook_deliveries_total", webhook="out", result="delivered") == 12
+    assert value(samples, "chatcore_webhook_deliveries_total", webhook="out", result="dead_lettered") == 0
+    assert value(samples, "chatcore_webhook_failed_attempts_total", webhook="out") == 5
+    assert value(samples, "chatcore_webhook_retries_total", webhook="out") == 5
+    assert value(samples, "chatcore_webhook_queue_depth", webhook="out") == 0
     assert dead_letters(server) == []
 
 
