@@ -468,3 +468,18 @@ def test_an_unchanged_namespace_reload_keeps_the_queue(serve, receiver):
     options = argparse.Namespace(**vars(server.config.options))
     webhooks.chatcore_reload(server, options)()
     assert state.outboxes[0] is before
+
+
+def test_the_verification_example_in_the_docs_verifies_a_real_delivery(serve, native, receiver):
+    doc = (Path(__file__).parent.parent / "docs" / "webhooks.md").read_text(encoding="utf-8")
+    example = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(example.replace('b"Zm9v...long"', repr(SIGNING.encode())), namespace)
+    server = serve("--webhook-out", outgoing(receiver.url, "events=message"))
+    native(server, "alice").send("check me")
+    wait_for(receiver.delivered, message="a delivery")
+    ((headers, body, _answer),) = receiver.attempts()
+    sent = {name.title(): text for name, text in headers.items()}  # as a receiver's framework gives them
+    assert namespace["verify"](sent, body)
+    assert not namespace["verify"](sent, body + b" ")
+    assert not namespace["verify"]({**sent, "X-Chatcore-Timestamp": str(int(time.time()) - 3600)}, body)
