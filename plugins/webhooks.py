@@ -651,12 +651,17 @@ class Outbox:
             self.counts.dead_lettered += 1
         self.dead_letters.add(self.hook, delivery, f"the queue was full ({self.settings.queue} events)")
 
-    def stop(self) -> None:
-        """Stop the thread (a delivery in progress gets :data:`STOP_WAIT`);
-        what is left undelivered goes to the dead-letter log."""
+    def stopping(self) -> None:
+        """Tell the thread to stop after its delivery in progress (then
+        :meth:`stopped`; several webhooks stop together, so a hung
+        receiver's wait is paid once)."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
+
+    def stopped(self) -> None:
+        """After :meth:`stopping`: wait for the thread (a delivery in progress
+        gets :data:`STOP_WAIT`), and dead-letter what is left undelivered."""
         self._thread.join(STOP_WAIT)
         with self._cond:
             left = [*self._fresh, *(delivery for _due, _n, delivery in sorted(self._retries))]
@@ -932,6 +937,10 @@ class Webhooks:
         new settings; a new one starts; one taken out stops, and what it
         held goes to the dead-letter log."""
         with self._lock:
+            # A reload is no way around a webhook's rate: its bucket carries over.
+            buckets = {old.name.casefold(): old.bucket for old in self.settings.incoming}
+            for new in settings.incoming:
+                new.bucket = buckets.get(new.name.casefold(), new.bucket)
             self.settings = settings
             self.dead_letters.path = settings.dead_letter
             running = {outbox.hook.name.casefold(): outbox for outbox in self.outboxes}
@@ -944,17 +953,22 @@ class Webhooks:
                     outbox.hook, outbox.settings = hook, settings
                     kept.append(outbox)
             self.outboxes = tuple(kept)
-        for outbox in running.values():
-            outbox.stop()
+        self._stop_all(list(running.values()))
         log.info("webhooks: %d incoming, %d outgoing", len(settings.incoming), len(settings.outgoing))
 
     def stop(self) -> None:
         with self._lock:
             outboxes, self.outboxes = self.outboxes, ()
-        for outbox in outboxes:
-            outbox.stop()
+        self._stop_all(list(outboxes))
         if self._started:
             self.dead_letters.stop()
+
+    @staticmethod
+    def _stop_all(outboxes: list[Outbox]) -> None:
+        for outbox in outboxes:
+            outbox.stopping()
+        for outbox in outboxes:
+            outbox.stopped()
 
 
 class WebhooksCollector:

@@ -483,3 +483,25 @@ def test_the_verification_example_in_the_docs_verifies_a_real_delivery(serve, na
     assert namespace["verify"](sent, body)
     assert not namespace["verify"](sent, body + b" ")
     assert not namespace["verify"]({**sent, "X-Chatcore-Timestamp": str(int(time.time()) - 3600)}, body)
+
+
+def test_what_is_undelivered_when_the_server_stops_goes_to_the_dead_letter_log(serve, native, receiver):
+    receiver.default = "hang"
+    server = serve("--webhook-out", outgoing(receiver.url, "events=message"), "--webhook-timeout", "0.3")
+    alice = native(server, "alice")
+    for n in range(3):
+        alice.send(f"pending {n}")
+    alice.sync()
+    wait_for(receiver.attempts, message="the first delivery stuck")
+    state = server.config.data["webhooks"]
+    server.stop(timeout=1.0)
+    letters = [json.loads(line) for line in Path(state.dead_letters.path).read_text().splitlines()]
+    assert sorted(letter["payload"]["event"]["text"] for letter in letters) == ["pending 0", "pending 1", "pending 2"]
+    assert all("stopped" in letter["reason"] for letter in letters)
+
+
+def test_a_reload_does_not_refill_an_incoming_webhook_s_bucket(serve):
+    server = serve("--webhook-in", INCOMING, "--webhook-burst", "1", "--webhook-rate", "0.01")
+    assert post(server, f"/hooks/{SECRET}", b'{"text": "x"}')[0] == 404  # nobody in lobby; the token is spent
+    webhooks.chatcore_reload(server, server.config.options)()
+    assert post(server, f"/hooks/{SECRET}", b'{"text": "x"}')[0] == 429
