@@ -647,9 +647,12 @@ class Outbox:
                 self._fresh.append(delivery)
                 self._cond.notify()
                 return
-            self.counts.overflowed += 1
+            stopping = self._stopping  # a reload took the webhook out as this event came
+            if not stopping:
+                self.counts.overflowed += 1
             self.counts.dead_lettered += 1
-        self.dead_letters.add(self.hook, delivery, f"the queue was full ({self.settings.queue} events)")
+        why = "the webhook was stopping" if stopping else f"the queue was full ({self.settings.queue} events)"
+        self.dead_letters.add(self.hook, delivery, why)
 
     def stopping(self) -> None:
         """Tell the thread to stop after its delivery in progress (then
