@@ -629,7 +629,7 @@ class Outbox:
         self._connection: http.client.HTTPConnection | None = None
         # Whether the connection was used before (kept alive), and where it goes.
         self._reused = False
-        self._target: tuple[bool, str, int] | None = None
+        self._target: tuple[bool, str, int, float] | None = None
         self._thread = threading.Thread(target=self._run, name=f"chatcore-webhook-{hook.name}", daemon=True)
 
     @property
@@ -783,17 +783,18 @@ class Outbox:
                 return status, 0.0, None
             retry_after = response.getheader("Retry-After", "")
             wait = float(retry_after) if retry_after.isdigit() else 0.0
-            excerpt = answer[:200].decode("utf-8", "replace")
+            # The receiver's words go to the log: no line breaks or escapes of theirs.
+            excerpt = "".join(c if c.isprintable() else " " for c in answer[:200].decode("utf-8", "replace")).strip()
             return status, wait, f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _connect(self, tls: bool, host: str, port: int, fresh: bool) -> http.client.HTTPConnection:
-        if fresh or self._target != (tls, host, port):  # a reload may have moved the webhook
+        timeout = self.settings.timeout
+        if fresh or self._target != (tls, host, port, timeout):  # a reload may have moved the webhook
             self._close()
         if self._connection is not None:
             self._reused = True
             return self._connection
-        timeout = self.settings.timeout
         if tls:
             self._connection = http.client.HTTPSConnection(
                 host, port, timeout=timeout, context=ssl.create_default_context()
@@ -801,7 +802,7 @@ class Outbox:
         else:
             self._connection = http.client.HTTPConnection(host, port, timeout=timeout)
         self._reused = False
-        self._target = (tls, host, port)
+        self._target = (tls, host, port, timeout)
         return self._connection
 
     def _close(self) -> None:
