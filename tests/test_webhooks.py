@@ -11,6 +11,8 @@ import hmac
 import http.client
 import http.server
 import json
+import re
+import signal
 import threading
 import time
 import urllib.parse
@@ -28,7 +30,7 @@ from chatcore.events import Chat, Joined, Left, ModeChanged, RoomNotice, TopicCh
 from chatcore.plugins import webhooks
 from chatcore.plugins.api import hash_token
 from chatcore.reload import reload_configuration
-from chatcore.testing import LineClient, ServerFactory, wait_for
+from chatcore.testing import LineClient, ServerFactory, ServerProcess, wait_for
 
 SECRET = "incoming-secret-0123456789abcdef"
 SIGNING = "signing-secret-0123456789abcdef"
@@ -505,3 +507,33 @@ def test_a_reload_does_not_refill_an_incoming_webhook_s_bucket(serve):
     assert post(server, f"/hooks/{SECRET}", b'{"text": "x"}')[0] == 404  # nobody in lobby; the token is spent
     webhooks.chatcore_reload(server, server.config.options)()
     assert post(server, f"/hooks/{SECRET}", b'{"text": "x"}')[0] == 429
+
+
+@pytest.mark.slow
+def test_sighup_moves_a_webhook_in_a_running_server(tmp_path, receiver):
+    moved = Receiver()
+    config = tmp_path / "chatcore.toml"
+
+    def write(url: str) -> None:
+        config.write_text(f"webhook-out = [{json.dumps(outgoing(url, 'events=message'))}]\n", encoding="utf-8")
+
+    write(receiver.url)
+    try:
+        with ServerProcess(
+            "--config", str(config), "--plugins", "webhooks", "--webhook-dead-letter", str(tmp_path / "dead.jsonl")
+        ) as proc:
+            alice = LineClient(proc.address)
+            alice.sync()
+            alice.send("before")
+            wait_for(lambda: len(receiver.delivered()) == 1, message="the first delivery")
+            write(moved.url)
+            proc.send_signal(signal.SIGHUP)
+            assert "--webhook-out" in proc.expect_log(re.compile("configuration reloaded"))
+            alice.send("after")
+            wait_for(lambda: len(moved.delivered()) == 1, message="a delivery to the new URL")
+            assert [body["event"]["text"] for body in receiver.delivered() + moved.delivered()] == ["before", "after"]
+            alice.close()
+        assert proc.returncode == 0
+        assert SIGNING not in proc.stderr
+    finally:
+        moved.close()
