@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import copy
 import fnmatch
 import re
 import time
@@ -232,11 +233,29 @@ class IRCFormat(WireFormat):
         self.server = server
         self.network = network
         #: How the lines travel, below this codec (chatcore.wire.framing):
-        #: CR LF ended over TCP; a WebSocket's text messages would do too.
+        #: CR LF ended over TCP, one a WebSocket message for IRC over WebSocket.
         self.framing = framing
+        self._twins: dict[Any, IRCFormat] = {framing: self}
 
     def encode(self, event: RoomEvent) -> bytes:
         return self.frame(self.room_lines(event))
+
+    def framed_by(self, framing: Any) -> IRCFormat:
+        """This format with its lines carried by ``framing`` (the same
+        names): made once per framing and kept, so that every connection of
+        one framing shares one format, and a room's events are rendered once
+        for all of them (the engine groups a room's members by format)."""
+        twin = self._twins.get(framing)
+        if twin is None:
+            twin = copy.copy(self)  # shares the family's table of twins
+            twin.framing = framing
+            # setdefault: of two connections asking at once, both get the first.
+            twin = self._twins.setdefault(framing, twin)
+        return twin
+
+    def twins(self) -> list[IRCFormat]:
+        """This format and its twins of other framings."""
+        return list(self._twins.values())
 
     def frame(self, lines: Iterable[str]) -> bytes:
         """Lines as the bytes sent, made safe (:func:`safe_lines`) and framed."""
@@ -511,8 +530,13 @@ class IRCProtocol(Protocol):
         waiting connection)."""
 
     def data_received(self, data: bytes) -> None:
+        self.lines_received(self._framer.feed(data))
+
+    def lines_received(self, lines: Iterable[bytes | None]) -> None:
+        """IRC lines (without their endings) from whatever carries them; None
+        in place of one that was too long for its framing."""
         client = self.client
-        for raw in self._framer.feed(data):
+        for raw in lines:
             if client.closed:
                 return
             if raw is None:
@@ -1647,8 +1671,9 @@ def chatcore_configure(config: Config) -> None:
         raise UsageError(f"--irc-network {options.irc_network!r}: use 1 to 32 letters, digits, '_', '-' or '.'")
     for scheme in config.schemes.values():
         if isinstance(scheme.wire, IRCFormat):
-            scheme.wire.server = options.irc_server_name
-            scheme.wire.network = options.irc_network
+            for wire in scheme.wire.twins():
+                wire.server = options.irc_server_name
+                wire.network = options.irc_network
 
 
 @hookimpl
