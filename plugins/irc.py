@@ -69,6 +69,7 @@ from chatcore.wire.framing import (
     CRLFLineFraming,
     WebSocketBinaryLines,
     WebSocketTextLines,
+    close_frame,
 )
 from chatcore.wire.native import event_line, sanitize
 from chatcore.wire.websocket import (
@@ -1716,7 +1717,17 @@ class IRCWebSocketProtocol(IRCProtocol):
     def render(self, event: Event) -> bytes:
         if self._websocket is None:  # no WebSocket yet: only a refusal (server full ...), in HTTP
             return http_error(503, event.text) if isinstance(event, Error) else b""
-        return super().render(event)
+        data = super().render(event)
+        if isinstance(event, Disconnected) or (isinstance(event, Error) and not self.client.nick):
+            data += _CLOSE  # the ERROR that closes the link: the WebSocket closes too
+        return data
+
+    def send(self, lines: Iterable[str]) -> None:
+        lines = list(lines)
+        data = self.wire.frame(lines)
+        if lines and lines[-1].startswith("ERROR "):  # QUIT's answer, the last word
+            data += _CLOSE
+        self.client.send_data(data)
 
     def data_received(self, data: bytes) -> None:
         self._last_heard = time.monotonic()
@@ -1741,7 +1752,8 @@ class IRCWebSocketProtocol(IRCProtocol):
             # in IRC before the close frame, for the client's log.
             log.info("irc: %s from %r", websocket.closed, client)
             hint = _UTF8_HINT if "utf-8" in websocket.closed.lower() else ""
-            self.send([irc_line(None, "ERROR", f"Closing Link: WebSocket {websocket.closed}{hint}")])
+            error = irc_line(None, "ERROR", f"Closing Link: WebSocket {websocket.closed}{hint}")
+            client.send_data(self.wire.frame([error]))  # its close frame is the framing's, below
         if websocket.reply:  # a pong, or the closing handshake
             client.send_data(websocket.reply)
             websocket.reply = b""
@@ -1810,6 +1822,9 @@ _BINARY_ON_TEXT = (
     f"a binary WebSocket message was dropped: this connection speaks {TEXT_SUBPROTOCOL} (send text "
     f"messages, or ask for {BINARY_SUBPROTOCOL})"
 )
+#: The close frame after the last ERROR: a normal closure (RFC 6455 7.4.1),
+#: so that a web client does not take it for a lost connection to reconnect.
+_CLOSE = close_frame(1000)
 _UTF8_HINT = f" (text messages must be UTF-8: other encodings need {BINARY_SUBPROTOCOL})"
 
 

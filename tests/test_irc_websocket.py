@@ -187,6 +187,10 @@ def test_both_subprotocols_chat_in_a_mixed_room_with_native_irc_and_web_users(ir
     formats = {feed.wire for feed in server.registry.feeds["lobby"]}
     assert len([wire for wire in formats if isinstance(wire, IRCFormat)]) == 3
     bina.send("QUIT :bye now")
+    bina.wait_closed()
+    assert bina.received[-1].startswith("ERROR :")
+    assert bina.closed is not None
+    assert bina.closed.code == 1000  # a normal closure: not a lost connection to reconnect
     nat.expect("* bina left (bye now)")
     tess.expect(r"^:bina!bina@chatcore QUIT :Quit: bye now$")
 
@@ -304,6 +308,7 @@ def test_pings_find_a_dead_irc_websocket(ircws, clients):
     dead.auto_pong = False
     alive.expect(r"^:dead!dead@chatcore QUIT :Quit: ping timeout$", timeout=6)
     dead.wait_closed()
+    assert dead.closed is not None  # ERROR and a close frame, for a client that is alive after all
     assert dead.pings >= 1
     assert alive.pings >= 1
     alive.sync()
