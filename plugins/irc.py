@@ -1743,7 +1743,7 @@ class IRCWebSocketProtocol(IRCProtocol):
         reasons = iter(websocket.dropped)
         for line in lines:
             if line is None and next(reasons, "").startswith("binary"):
-                self.client.send_data(self.wire.frame(self.wire.notice_lines(self.nick, _BINARY_ON_TEXT)))
+                client.send_data(self.wire.frame(self.wire.notice_lines(self.nick, _BINARY_ON_TEXT)))
             else:
                 self.lines_received([line])
         if websocket.closed is not None and websocket.closed != "connection closed":
