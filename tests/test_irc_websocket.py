@@ -4,11 +4,15 @@ speaking IRC over real sockets, beside native, IRC and web users."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import socket
 import ssl
 import struct
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +32,7 @@ from chatcore.plugins.irc import (
     IRCFormat,
     IRCWebSocketProtocol,
 )
-from chatcore.testing import LineClient, ServerFactory
+from chatcore.testing import LineClient, ServerFactory, ServerProcess
 from chatcore.wire.framing import (
     OP_BINARY,
     OP_TEXT,
@@ -351,3 +355,73 @@ def test_formats_of_one_framing_are_one_object_with_the_servers_names(ircws):
 def test_no_pinger_thread_without_an_irc_websocket_listener(chat_server_factory):
     server = chat_server_factory("--plugins", "irc", "--listen", "irc://127.0.0.1:0")
     assert not server.config.data[WS_DATA].pinger._thread.is_alive()
+
+
+# -- a real client: irc-framework, Kiwi IRC's IRC library -------------------------
+
+#: The client's files: package.json with its lockfile (npm ci installs
+#: exactly those versions), and the script.
+JS_CLIENT = Path(__file__).parent / "js" / "ircws"
+
+
+@pytest.fixture(scope="module")
+def irc_framework(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """irc-framework installed from the lockfile in a folder of its own (nothing
+    in the repository's tree): the command that runs tests/js/ircws/client.js."""
+    for program in ("node", "npm"):
+        # Missing is a failure, never a skip: .ci/run installs them.
+        assert shutil.which(program), f"this test needs {program}: apt-get install nodejs npm"
+    folder = tmp_path_factory.mktemp("ircws-js")
+    for name in ("package.json", "package-lock.json", "client.js"):
+        shutil.copy(JS_CLIENT / name, folder)
+    installed = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
+    # Node 22 has the browsers' WebSocket (which irc-framework uses); Node 20 behind a flag.
+    native = subprocess.run(["node", "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"], check=False)
+    return ["node", *([] if native.returncode == 0 else ["--experimental-websocket"]), str(folder / "client.js")]
+
+
+@pytest.mark.slow
+def test_irc_framework_the_library_of_kiwi_irc_chats_with_native_and_web_users(irc_framework):
+    """Kiwi IRC's own IRC library over ircws:// as Kiwi IRC uses it (no
+    subprotocol offered: text), against the real program, in a room with a
+    native user and a web page's WebSocket."""
+    listen = [f"--listen={scheme}://127.0.0.1:0" for scheme in ("tcp", "ircws", "ws")]
+    with ServerProcess("--plugins", "welcome,irc,web", *listen) as server:
+        nat = LineClient(server.addresses["tcp"], timeout=TIMEOUT)
+        webby = WSClient(server.addresses["ws"])
+        node = subprocess.Popen(
+            [*irc_framework, str(server.addresses["ircws"][1]), "kiwi"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            nat.send("/nick nat")
+            nat.expect("* you are now known as nat")
+            webby.expect({"type": "welcome"})
+            nat.expect("* kiwi joined", timeout=15)  # node's start
+            nat.expect("<kiwi> hello from irc-framework")
+            assert webby.expect({"type": "chat", "nick": "kiwi"})["text"] == "hello from irc-framework"
+            webby.say("hi kiwi")
+            nat.send("bye")
+            nat.expect("* kiwi left (done)")
+            out, err = node.communicate(timeout=TIMEOUT)
+        finally:
+            node.kill()
+            nat.close()
+            webby.close()
+        events = [json.loads(line) for line in out.splitlines()]
+        assert events[:2] == [{"event": "registered", "nick": "kiwi"}, {"event": "joined", "channel": "#lobby"}], err
+        said = [(event["nick"], event["message"]) for event in events if event["event"] == "privmsg"]
+        assert [message for _, message in said] == ["hi kiwi", "bye"]
+        assert said[0][0].startswith("guest-")  # the web page's visitor
+        assert said[1][0] == "nat"
+        assert events[-1] == {"event": "close"}
