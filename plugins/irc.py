@@ -25,13 +25,16 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import copy
 import fnmatch
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from chatcore import Config, UsageError, __version__, hookimpl
+from chatcore.config import whole_number
 from chatcore.engine.rooms import CHANMODES, LIST_MODES, MAX_LIST, MAX_MODES, TOPIC_LENGTH, ModeError, parse_modes
 from chatcore.events import (
     Action,
@@ -61,11 +64,32 @@ from chatcore.plugins import opers
 from chatcore.plugins.opers import operator_name
 from chatcore.transports import Scheme
 from chatcore.wire import Protocol, WireFormat
-from chatcore.wire.framing import CRLFLineFraming
+from chatcore.wire.framing import (
+    PING_FRAME,
+    CRLFLineFraming,
+    WebSocketBinaryLines,
+    WebSocketTextLines,
+    close_frame,
+)
 from chatcore.wire.native import event_line, sanitize
+from chatcore.wire.websocket import (
+    HEADER_TIMEOUT,
+    MAX_FRAGMENTS,
+    Pinger,
+    Refused,
+    WebSocketOpening,
+    accept,
+    foreign_origin,
+    http_error,
+    own_origins,
+    parse_origins,
+)
 
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
+    from chatcore.engine.server import ChatServer
+
+log = logging.getLogger("chatcore.irc")
 
 DEFAULT_PORT = 6667
 DEFAULT_TLS_PORT = 6697
@@ -232,11 +256,29 @@ class IRCFormat(WireFormat):
         self.server = server
         self.network = network
         #: How the lines travel, below this codec (chatcore.wire.framing):
-        #: CR LF ended over TCP; a WebSocket's text messages would do too.
+        #: CR LF ended over TCP, one a WebSocket message for IRC over WebSocket.
         self.framing = framing
+        self._twins: dict[Any, IRCFormat] = {framing: self}
 
     def encode(self, event: RoomEvent) -> bytes:
         return self.frame(self.room_lines(event))
+
+    def framed_by(self, framing: Any) -> IRCFormat:
+        """This format with its lines carried by ``framing`` (the same
+        names): made once per framing and kept, so that every connection of
+        one framing shares one format, and a room's events are rendered once
+        for all of them (the engine groups a room's members by format)."""
+        twin = self._twins.get(framing)
+        if twin is None:
+            twin = copy.copy(self)  # shares the family's table of twins
+            twin.framing = framing
+            # setdefault: of two connections asking at once, both get the first.
+            twin = self._twins.setdefault(framing, twin)
+        return twin
+
+    def twins(self) -> list[IRCFormat]:
+        """This format and its twins of other framings."""
+        return list(self._twins.values())
 
     def frame(self, lines: Iterable[str]) -> bytes:
         """Lines as the bytes sent, made safe (:func:`safe_lines`) and framed."""
@@ -511,8 +553,13 @@ class IRCProtocol(Protocol):
         waiting connection)."""
 
     def data_received(self, data: bytes) -> None:
+        self.lines_received(self._framer.feed(data))
+
+    def lines_received(self, lines: Iterable[bytes | None]) -> None:
+        """IRC lines (without their endings) from whatever carries them; None
+        in place of one that was too long for its framing."""
         client = self.client
-        for raw in self._framer.feed(data):
+        for raw in lines:
             if client.closed:
                 return
             if raw is None:
@@ -1606,6 +1653,181 @@ def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
 _BEFORE_REGISTRATION = frozenset({"CAP", "AUTHENTICATE", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
 
 
+# ---------------------------------------------------------------------------
+# IRC over WebSocket (https://ircv3.net/specs/extensions/websocket)
+# ---------------------------------------------------------------------------
+
+#: IRC over WebSocket's subprotocols, and how each carries the lines: one a
+#: message, binary (the bytes as they are) or text (UTF-8, which the codec's
+#: ``safe_lines`` guarantees). A client that offers neither gets text, as
+#: Ergo and UnrealIRCd do (browsers' clients read text most easily).
+BINARY_SUBPROTOCOL = "binary.ircv3.net"
+TEXT_SUBPROTOCOL = "text.ircv3.net"
+_WS_FRAMINGS: dict[str | None, type[WebSocketTextLines]] = {
+    BINARY_SUBPROTOCOL: WebSocketBinaryLines,
+    TEXT_SUBPROTOCOL: WebSocketTextLines,
+    None: WebSocketTextLines,
+}
+DEFAULT_WS_PORT = 8097
+DEFAULT_WSS_PORT = 8098
+DEFAULT_WS_PING_INTERVAL = 20
+#: Where the irc plugin keeps its WebSocket settings in ``config.data``.
+WS_DATA = "irc.websocket"
+
+
+class IRCWebSocketSettings:
+    """One server's IRC-over-WebSocket settings, and the pinger of its connections."""
+
+    def __init__(self, origins: frozenset[str], ping_interval: float) -> None:
+        self.origins = origins
+        self.pinger = Pinger("ircws", ping_interval)
+
+
+class IRCWebSocketProtocol(IRCProtocol):
+    """IRC over WebSocket (``ircws://``, ``ircwss://``): the HTTP request that
+    opens the WebSocket, then IRC lines, one a message, which
+    :class:`IRCProtocol` reads and answers as it does over TCP.
+
+    Only the carrying is this class's: the subprotocol chosen at the opening
+    picks the framing, and with it the format this client's room events are
+    rendered in (:meth:`IRCFormat.framed_by`), shared by every connection of
+    that subprotocol. The server's pinger pings a quiet client with a
+    WebSocket ping and closes one silent for two intervals.
+    """
+
+    __slots__ = ("__weakref__", "_last_heard", "_opening", "_pinged", "_settings", "_websocket")
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self._settings: IRCWebSocketSettings = client.server.config.data[WS_DATA]
+        self._opening: WebSocketOpening | None = WebSocketOpening("an IRC WebSocket endpoint")
+        #: The WebSocket's framing, once it is open.
+        self._websocket: WebSocketTextLines | None = None
+        self._last_heard = time.monotonic()
+        self._pinged = False
+
+    def connection_made(self) -> None:
+        super().connection_made()
+        self._settings.pinger.add(self)
+
+    def connection_lost(self) -> None:
+        self._settings.pinger.discard(self)
+        super().connection_lost()
+
+    def render(self, event: Event) -> bytes:
+        if self._websocket is None:  # no WebSocket yet: only a refusal (server full ...), in HTTP
+            return http_error(503, event.text) if isinstance(event, Error) else b""
+        data = super().render(event)
+        if isinstance(event, Disconnected) or (isinstance(event, Error) and not self.client.nick):
+            data += _CLOSE  # the ERROR that closes the link: the WebSocket closes too
+        return data
+
+    def send(self, lines: Iterable[str]) -> None:
+        lines = list(lines)
+        data = self.wire.frame(lines)
+        if lines and lines[-1].startswith("ERROR "):  # QUIT's answer, the last word
+            data += _CLOSE
+        self.client.send_data(data)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_heard = time.monotonic()
+        self._pinged = False
+        if self._websocket is None:
+            data = self._open(data)
+            if not data:
+                return
+        websocket = self._websocket
+        assert websocket is not None
+        client = self.client
+        lines = websocket.feed(data)
+        reasons = iter(websocket.dropped)
+        for line in lines:
+            if line is None and next(reasons, "").startswith("binary"):
+                client.send_data(self.wire.frame(self.wire.notice_lines(self.nick, _BINARY_ON_TEXT)))
+            else:
+                self.lines_received([line])
+        if websocket.closed is not None and websocket.closed != "connection closed":
+            # Broken framing, or a text message that is not UTF-8: the
+            # stream cannot be trusted any more (RFC 6455 7.1.7). Said once
+            # in IRC before the close frame, for the client's log.
+            log.info("irc: %s from %r", websocket.closed, client)
+            hint = _UTF8_HINT if "utf-8" in websocket.closed.lower() else ""
+            error = irc_line(None, "ERROR", f"Closing Link: WebSocket {websocket.closed}{hint}")
+            client.send_data(self.wire.frame([error]))  # its close frame is the framing's, below
+        if websocket.reply:  # a pong, or the closing handshake
+            client.send_data(websocket.reply)
+            websocket.reply = b""
+        if websocket.closed == "connection closed":  # the client closed, and was answered
+            client.disconnect("connection closed", tell=False)
+        elif websocket.closed is not None:  # the detail is in the log, and was said to the client
+            client.disconnect("protocol error", tell=False)
+
+    def _open(self, data: bytes) -> bytes:
+        """Read the opening request; once it is in and accepted, answer it,
+        pick the framing and return the bytes after it (WebSocket frames)."""
+        opening = self._opening
+        assert opening is not None
+        client = self.client
+        try:
+            opened = opening.feed(data)
+            if opened is None:
+                return b""
+            request, trailing = opened
+            # Cross-site WebSocket hijacking (chatcore.wire.websocket says
+            # how): a page elsewhere must not make its visitors' browsers
+            # chat here, from their addresses, as them.
+            allowed = own_origins(client.sock, client.transport.encrypts) | self._settings.origins
+            origin = foreign_origin(request, allowed)
+            if origin is not None:
+                log.warning(
+                    "irc: refused a WebSocket from %s with Origin %s (allowed: %s; add it with --irc-ws-origins)",
+                    client.address[0],
+                    origin,
+                    ", ".join(sorted(allowed)),
+                )
+                raise Refused(403, f"origin {origin} may not open this WebSocket")
+            ws, answer, subprotocol = accept(request, (BINARY_SUBPROTOCOL, TEXT_SUBPROTOCOL))
+        except Refused as refused:
+            client.send_data(refused.response())
+            client.disconnect(f"HTTP {refused.status}", tell=False)
+            return b""
+        framing = _WS_FRAMINGS[subprotocol]
+        self.wire = client.wire = self.wire.framed_by(framing)  # before the client is in any room
+        self._websocket = framing(ws, MAX_INPUT, MAX_FRAGMENTS)
+        self._opening = None
+        client.send_data(answer)
+        return trailing
+
+    def check(self, now: float, interval: float) -> None:
+        """From the pinger thread: close an opening that takes too long; ping
+        an open WebSocket quiet for an interval, close it after two."""
+        client = self.client
+        if client.closed:
+            return
+        opening = self._opening
+        if opening is not None:
+            # The opening request as a whole, not per byte (slowloris); a
+            # connection that sends nothing is the login deadline's.
+            if opening.started and now - opening.started > HEADER_TIMEOUT:
+                client.send_data(http_error(408, "request head too slow"))
+                client.disconnect("request head too slow", tell=False)
+        elif now - self._last_heard > 2 * interval:
+            client.disconnect("ping timeout")
+        elif now - self._last_heard > interval and not self._pinged:
+            self._pinged = True
+            client.send_data(PING_FRAME)
+
+
+_BINARY_ON_TEXT = (
+    f"a binary WebSocket message was dropped: this connection speaks {TEXT_SUBPROTOCOL} (send text "
+    f"messages, or ask for {BINARY_SUBPROTOCOL})"
+)
+#: The close frame after the last ERROR: a normal closure (RFC 6455 7.4.1),
+#: so that a web client does not take it for a lost connection to reconnect.
+_CLOSE = close_frame(1000)
+_UTF8_HINT = f" (text messages must be UTF-8: other encodings need {BINARY_SUBPROTOCOL})"
+
+
 #: A server name is a host name (RFC 2812 2.3.1); a network name one word.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _SERVER_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
@@ -1614,7 +1836,10 @@ _NETWORK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 @hookimpl
 def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("irc plugin", "IRC clients on irc:// and ircs:// listeners (docs/irc.md).")
+    group = parser.add_argument_group(
+        "irc plugin",
+        "IRC clients on irc:// and ircs:// listeners, and over WebSocket on ircws:// and ircwss:// (docs/irc.md).",
+    )
     group.add_argument(
         "--irc-server-name",
         default=DEFAULT_SERVER_NAME,
@@ -1633,6 +1858,24 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the network name IRC clients show (005 NETWORK; default: %(default)s)",
     )
+    group.add_argument(
+        "--irc-ws-origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help=(
+            "an origin whose pages may open IRC WebSockets (ircws://, ircwss://), e.g. https://chat.example.com "
+            "where a web IRC client such as gamja is served (repeat, or separate with commas); browsers from "
+            "other origins are refused"
+        ),
+    )
+    group.add_argument(
+        "--irc-ws-ping-interval",
+        type=whole_number(1, 3600),
+        default=DEFAULT_WS_PING_INTERVAL,
+        metavar="SECONDS",
+        help="ping each IRC WebSocket this often; one silent for two intervals is disconnected (default: %(default)s)",
+    )
 
 
 @hookimpl
@@ -1645,16 +1888,22 @@ def chatcore_configure(config: Config) -> None:
         )
     if not _NETWORK_NAME.fullmatch(options.irc_network):
         raise UsageError(f"--irc-network {options.irc_network!r}: use 1 to 32 letters, digits, '_', '-' or '.'")
+    config.data[WS_DATA] = IRCWebSocketSettings(
+        parse_origins(options.irc_ws_origins, "--irc-ws-origins"), float(options.irc_ws_ping_interval)
+    )
     for scheme in config.schemes.values():
         if isinstance(scheme.wire, IRCFormat):
-            scheme.wire.server = options.irc_server_name
-            scheme.wire.network = options.irc_network
+            for wire in scheme.wire.twins():
+                wire.server = options.irc_server_name
+                wire.network = options.irc_network
 
 
 @hookimpl
 def chatcore_schemes() -> list[Scheme]:
-    # One format per server: the engine groups a room's members by format.
+    # One format per server and framing: the engine groups a room's members
+    # by format, and renders a room's event once per format.
     wire = IRCFormat()
+    websocket = wire.framed_by(WebSocketTextLines)  # binary.ircv3.net's is its twin
     return [
         Scheme("irc", wire, IRCProtocol, default_port=DEFAULT_PORT, description="IRC (RFC 1459/2812) clients and bots"),
         Scheme(
@@ -1665,4 +1914,31 @@ def chatcore_schemes() -> list[Scheme]:
             default_port=DEFAULT_TLS_PORT,
             description="IRC over TLS",
         ),
+        Scheme(
+            "ircws",
+            websocket,
+            IRCWebSocketProtocol,
+            default_port=DEFAULT_WS_PORT,
+            description="IRC over WebSocket (web IRC clients: gamja, Kiwi IRC)",
+        ),
+        Scheme(
+            "ircwss",
+            websocket,
+            IRCWebSocketProtocol,
+            tls=True,
+            default_port=DEFAULT_WSS_PORT,
+            description="IRC over WebSocket over TLS",
+        ),
     ]
+
+
+@hookimpl
+def chatcore_server_start(server: ChatServer) -> None:
+    # A thread only for a server with IRC WebSockets to keep alive.
+    if any(listener.scheme.protocol is IRCWebSocketProtocol for listener in server.listeners):
+        server.config.data[WS_DATA].pinger.start()
+
+
+@hookimpl
+def chatcore_server_stop(server: ChatServer) -> None:
+    server.config.data[WS_DATA].pinger.stop()

@@ -33,9 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from http import HTTPStatus
 from importlib import resources
@@ -43,12 +41,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import h11
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, RejectConnection
-from wsproto.events import Request as WSRequest
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from chatcore import Client, Config, UsageError, hookimpl
+from chatcore import Client, Config, hookimpl
 from chatcore.config import whole_number
 from chatcore.events import (
     Action,
@@ -77,6 +71,17 @@ from chatcore.transports.listener import format_address
 from chatcore.wire import Protocol, WireFormat
 from chatcore.wire.framing import PING_FRAME, WebSocketFraming, websocket_frame
 from chatcore.wire.native import PASSWORD_REQUIRED, handle_text, own_room_notice, sanitize
+from chatcore.wire.websocket import (
+    HEADER_TIMEOUT,
+    MAX_FRAGMENTS,
+    MAX_HEADER_BYTES,
+    Pinger,
+    Refused,
+    accept,
+    foreign_origin,
+    own_origins,
+    parse_origins,
+)
 
 if TYPE_CHECKING:
     from chatcore.engine.server import ChatServer
@@ -97,24 +102,17 @@ AFTER_NICK = "after-nick"
 #: What a connection opened with ``rooms=after-nick`` is told when it tries
 #: to join a room before it has a nickname of its own.
 NICK_FIRST = "choose a nickname first (/nick NAME): this page enters rooms only once you have one"
-#: Bytes of an HTTP request's line and headers, at most (h11 refuses more
-#: with 431), so a client cannot make the server buffer without end.
-MAX_HEADER_BYTES = 8192
 #: Bytes of one message from a browser, at most. Longer ones are refused
 #: (and discarded as they arrive, never buffered); the connection goes on.
 DEFAULT_MAX_MESSAGE = 16384
-#: Frames of one message from a browser, at most (more are refused like a
-#: message too long). Browsers send each message in one frame; the bound
-#: is for empty continuation frames, which never reach the size limit.
-MAX_FRAGMENTS = 128
 DEFAULT_PING_INTERVAL = 20
 #: Offsets before the one asked for that a resume answer also includes.
 RESUME_OVERLAP = 10
 #: Seconds an HTTP connection may stay open without a request.
 HTTP_IDLE_TIMEOUT = 30.0
-#: Seconds a request's line and headers may take to arrive, in all (nginx's
-#: ``client_header_timeout``); then it is answered 408 and closed.
-HTTP_HEADER_TIMEOUT = 10.0
+#: Seconds a request's line and headers may take to arrive, in all; then it
+#: is answered 408 and closed.
+HTTP_HEADER_TIMEOUT = HEADER_TIMEOUT
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 # The page's files. Served from memory by name: the request's path is looked
@@ -181,25 +179,11 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
 @hookimpl
 def chatcore_configure(config: Config) -> None:
     options = config.options
-    origins: set[str] = set()
-    for value in options.web_origins:
-        for origin in filter(None, (part.strip() for part in value.split(","))):
-            origins.add(_check_origin_option(origin))
     config.data[NAME] = WebState(
-        origins=frozenset(origins),
+        origins=parse_origins(options.web_origins, "--web-origins"),
         ping_interval=float(options.web_ping_interval),
         max_message=options.web_max_message,
     )
-
-
-def _check_origin_option(origin: str) -> str:
-    scheme, sep, rest = origin.partition("://")
-    if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
-        raise UsageError(
-            f"--web-origins {origin!r}: give an origin, SCHEME://HOST[:PORT] with http or https and no path, "
-            "e.g. https://chat.example.com"
-        )
-    return origin.lower()
 
 
 @hookimpl
@@ -245,48 +229,21 @@ def _state(server: ChatServer) -> WebState:
 
 
 class WebState:
-    """One server's web settings, its open connections and its pinger thread."""
+    """One server's web settings, and the pinger of its open connections
+    (which also closes idle HTTP connections soon after their timeout)."""
 
     def __init__(self, origins: frozenset[str], ping_interval: float, max_message: int) -> None:
         self.origins = origins
         self.ping_interval = ping_interval
         self.max_message = max_message
         self.static = {path: (_read_static(name), kind) for path, (name, kind) in _STATIC.items()}
-        self._connections: weakref.WeakSet[WebProtocol] = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chatcore-web-pinger", daemon=True)
-
-    def add(self, protocol: WebProtocol) -> None:
-        with self._lock:
-            self._connections.add(protocol)
-
-    def discard(self, protocol: WebProtocol) -> None:
-        with self._lock:
-            self._connections.discard(protocol)
+        self.pinger = Pinger(NAME, ping_interval)
 
     def start(self) -> None:
-        self._thread.start()
+        self.pinger.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-
-    def _run(self) -> None:
-        # Wakes a few times per interval, so a dead browser is found within
-        # about two intervals and an idle HTTP connection soon after its
-        # timeout.
-        tick = min(self.ping_interval / 4, 1.0)
-        while not self._stopping.wait(tick):
-            now = time.monotonic()
-            with self._lock:
-                connections = list(self._connections)
-            for protocol in connections:
-                try:
-                    protocol.check(now, self.ping_interval)
-                except Exception:  # one broken connection must not stop the pings of all
-                    log.exception("web: checking %r failed", protocol.client)
+        self.pinger.stop()
 
 
 def _read_static(name: str) -> bytes:
@@ -460,7 +417,7 @@ class WebProtocol(Protocol):
 
     def connection_made(self) -> None:
         # Not admitted yet: a browser enters the chat when its WebSocket opens.
-        self._state.add(self)
+        self._state.pinger.add(self)
 
     def render(self, event: Event) -> bytes:
         """What this browser is told alone: a JSON message with where it is
@@ -493,7 +450,7 @@ class WebProtocol(Protocol):
         return message_frame(obj)
 
     def connection_lost(self) -> None:
-        self._state.discard(self)
+        self._state.pinger.discard(self)
 
     def data_received(self, data: bytes) -> None:
         self._last_heard = now = time.monotonic()
@@ -585,15 +542,10 @@ class WebProtocol(Protocol):
             if method != b"GET" or b"websocket" not in headers.get(b"upgrade", b"").lower():
                 self._reply(426, "this is the WebSocket endpoint: connect with a WebSocket", close=False)
                 return
-            origin = headers.get(b"origin", b"").decode("ascii", "replace").lower()
-            if origin and origin not in self._allowed_origins():
-                # Cross-site WebSocket hijacking: a page on another site makes
-                # the visitor's browser open a WebSocket here (browsers allow
-                # that cross-origin and send the visitor's cookies), and chats
-                # as them or reads their private messages. The Origin header
-                # is set by the browser and cannot be forged by the page; a
-                # non-browser client sends none and could send anything, so
-                # only a browser's foreign Origin is refused.
+            # Cross-site WebSocket hijacking (chatcore.wire.websocket says how):
+            # a page elsewhere must not chat as its visitor here.
+            origin = foreign_origin(request, self._allowed_origins())
+            if origin is not None:
                 log.warning(
                     "web: refused a WebSocket from %s with Origin %s (allowed: %s; add it with --web-origins)",
                     self.client.address[0],
@@ -629,16 +581,7 @@ class WebProtocol(Protocol):
 
     def _allowed_origins(self) -> set[str]:
         """The listener's own origin, as the browser names it, plus --web-origins."""
-        host, port = self.client.sock.getsockname()[:2]
-        if host.startswith("::ffff:") and "." in host:
-            host = host[7:]  # IPv4 on a dual-stack listener: the browser says http://127.0.0.1:...
-        scheme = "https" if self.client.transport.encrypts else "http"
-        hosts = {f"[{host}]" if ":" in host else host}
-        if host in ("127.0.0.1", "::1"):
-            hosts.add("localhost")
-        default = 443 if scheme == "https" else 80
-        own = {f"{scheme}://{name}" + ("" if port == default else f":{port}") for name in hosts}
-        return own | self._state.origins
+        return own_origins(self.client.sock, self.client.transport.encrypts) | self._state.origins
 
     def _reply(self, status: int, text: str, *, close: bool, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         """A short plain-text answer (an error), then close if asked or if
@@ -686,27 +629,12 @@ class WebProtocol(Protocol):
             self._reply(400, "a WebSocket upgrade request has no body", close=True)
             return
         trailing, _closed = http.trailing_data
-        ws = WSConnection(ConnectionType.SERVER)
         try:
-            ws.initiate_upgrade_connection(list(request.headers), request.target)
-        except (RemoteProtocolError, LocalProtocolError, h11.ProtocolError, UnicodeError) as exc:
-            # A missing Sec-WebSocket-Key or Host, an unsupported version ...
-            # UnicodeError: wsproto decodes Connection and Upgrade as ASCII, and
-            # h11 lets any byte above 0x7f through in a header's value.
-            hint = getattr(exc, "event_hint", None)
-            status, extra = (hint.status_code, list(hint.headers)) if isinstance(hint, RejectConnection) else (400, [])
-            self._reply(status, f"bad WebSocket request: {exc}", close=True, extra=extra)
+            ws, answer, _subprotocol = accept(request)
+        except Refused as refused:  # a missing Sec-WebSocket-Key or Host, an unsupported version ...
+            self._reply(refused.status, refused.text, close=True, extra=refused.headers)
             return
-        accepted = False
-        for handshake in ws.events():
-            if isinstance(handshake, WSRequest):
-                # No extensions: permessage-deflate would cost each connection
-                # its own compressor and make each frame different per client.
-                self.client.send_data(ws.send(AcceptConnection()))
-                accepted = True
-        if not accepted:
-            self._reply(400, "bad WebSocket handshake", close=True)
-            return
+        self.client.send_data(answer)
         self.framing = WebSocketFraming(ws, self._state.max_message, MAX_FRAGMENTS)
         self._http = None
         # In once the WebSocket is open, unless the server wants its

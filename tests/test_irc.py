@@ -1140,8 +1140,8 @@ def test_a_users_prefix_is_the_same_in_its_join_messages_and_quit(chat_server_fa
 def test_the_irc_codec_runs_over_websocket_framing_too():
     """Framing is a layer below the codec (chatcore.wire.framing): the IRC
     codec over WebSocket text messages, one line a message and no CR LF, is
-    a composition of the two (what IRC over WebSocket, IRCv3's
-    text.ircv3.net, will be), with every line still made safe."""
+    a composition of the two (IRC over WebSocket, IRCv3's text.ircv3.net:
+    tests/test_irc_websocket.py), with every line still made safe."""
     over_tcp, over_websocket = IRCFormat(), IRCFormat(framing=WebSocketFraming)
     chat = Chat("lobby", "alice", "hi\r\n:admin!admin@chatcore PRIVMSG #lobby :forged", user="al")
     line = b":alice!al@chatcore PRIVMSG #lobby :hi  :admin!admin@chatcore PRIVMSG #lobby :forged"

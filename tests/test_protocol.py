@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Message, Request
 
-from chatcore.wire.framing import LineFraming
+from chatcore.wire.framing import LineFraming, WebSocketBinaryLines, WebSocketTextLines
 from chatcore.wire.native import decode, sanitize
 
 
@@ -74,3 +76,25 @@ def test_framer_crlf_line_at_the_limit_split_before_the_cr():
     assert framer.feed(b"\n") == [b"x" * 16]
     assert framer.feed(b"y" * 16 + b"\r") == []
     assert framer.feed(b"z") == [None]  # a lone \r inside the line does count
+
+
+def test_line_framings_over_websocket_read_lines_and_say_why_they_drop():
+    def opened(framing: type[WebSocketTextLines]) -> tuple[WebSocketTextLines, WSConnection]:
+        client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+        server.receive_data(client.send(Request(host="x", target="/")))
+        next(server.events())
+        client.receive_data(server.send(AcceptConnection()))
+        next(client.events())
+        return framing(server, 100, 4), client
+
+    text, client = opened(WebSocketTextLines)
+    data = client.send(Message(data="NICK caf\u00e9")) + client.send(Message(data=b"\xff raw"))
+    data += client.send(Message(data="x" * 101)) + client.send(Message(data="PING a"))
+    assert text.feed(data) == [b"NICK caf\xc3\xa9", None, None, b"PING a"]
+    assert text.dropped == ["binary messages are not accepted", "message too long (the limit is 100 bytes)"]
+    binary, client = opened(WebSocketBinaryLines)
+    data = (
+        client.send(Message(data=b"\xff raw")) + client.send(Message(data=b"y" * 101)) + client.send(Message(data="t"))
+    )
+    assert binary.feed(data) == [b"\xff raw", None, b"t"]
+    assert binary.dropped == ["message too long (the limit is 100 bytes)"]

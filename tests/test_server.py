@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -51,6 +52,100 @@ def test_three_clients_welcome_join_broadcast_leave(chat_server, chat_client):
     carol.close()
     alice.expect("* guest-3 left")
     bob.expect("* guest-3 left")
+
+
+# -- arriving under a name (issue 25, item 1) ------------------------------------
+
+
+def test_a_first_line_nick_enters_under_it_once(chat_server, chat_client):
+    """A client that sends ``/nick NAME`` as its first line is welcomed
+    under it, and the room sees one join under it: never a guest name."""
+    watcher = chat_client(chat_server)
+    alice = LineClient(chat_server.address)
+    try:
+        alice.send("/nick alice")
+        alice.send("hi all")
+        assert alice.readline().startswith("* Welcome to chatcore, alice! ")
+        alice.expect("* you are now known as alice")  # the answer to the /nick, as always
+        assert watcher.readline() == "* alice joined"
+        assert watcher.readline() == "<alice> hi all"
+        assert "guest" not in " ".join(alice.sync() + watcher.sync())
+        assert [client.nick for client in chat_server.registry] == ["guest-1", "alice"]
+    finally:
+        alice.close()
+
+
+def test_a_client_that_says_nothing_is_welcomed_as_a_guest_at_once(chat_server, chat_client):
+    watcher = chat_client(chat_server)
+    started = time.monotonic()
+    quiet = chat_client(chat_server, sync=False)  # nc: waits for the welcome
+    assert quiet.readline().startswith("* Welcome to chatcore, guest-2! ")
+    assert time.monotonic() - started < 1.0  # the wait for a first line is short (ARRIVAL_WAIT)
+    watcher.expect("* guest-2 joined")
+
+
+@pytest.mark.parametrize(
+    ("first", "answer"),
+    [
+        ("/nick watcher", "! nickname 'watcher' is taken"),
+        ("/nick bad name!", "! invalid nickname 'bad name!'"),
+        ("/nick", "! usage: /nick NAME"),
+        ("/NICK watcher", "! nickname 'watcher' is taken"),
+    ],
+)
+def test_a_first_line_nick_that_cannot_be_had_enters_as_a_guest_with_the_usual_error(
+    chat_server, chat_client, first, answer
+):
+    watcher = chat_client(chat_server)
+    watcher.send("/nick watcher")
+    watcher.expect("* you are now known as watcher")
+    arriving = LineClient(chat_server.address)
+    try:
+        arriving.send(first)
+        assert arriving.readline().startswith("* Welcome to chatcore, guest-2! ")
+        assert arriving.readline().startswith(answer)
+        assert watcher.readline() == "* guest-2 joined"
+    finally:
+        arriving.close()
+
+
+def test_a_first_line_that_is_not_nick_is_handled_after_entering_as_a_guest(chat_server, chat_client):
+    watcher = chat_client(chat_server)
+    arriving = LineClient(chat_server.address)
+    try:
+        arriving.send("hello\n/nick later")
+        assert arriving.readline().startswith("* Welcome to chatcore, guest-2! ")
+        arriving.expect("* you are now known as later")
+        assert watcher.readline() == "* guest-2 joined"
+        assert watcher.readline() == "<guest-2> hello"
+        assert watcher.readline() == "* guest-2 is now known as later"
+    finally:
+        arriving.close()
+
+
+def test_a_first_line_nick_over_tls_enters_under_it(chat_server_factory, chat_client, tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    server = chat_server_factory(
+        "--listen", "tcp://127.0.0.1:0", "--listen", "tls://127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)
+    )
+    watcher = LineClient(server.listener("tcp").address)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    alice = LineClient(server.listener("tls").address, tls=context)
+    try:
+        watcher.sync()
+        alice.send("/nick alice")
+        assert alice.readline().startswith("* Welcome to chatcore, alice! ")
+        assert watcher.readline() == "* alice joined"
+    finally:
+        alice.close()
+        watcher.close()
 
 
 def test_server_listens_with_reuseaddr_and_sets_nodelay(chat_server, chat_client):

@@ -320,16 +320,23 @@ def test_server_full_is_not_mistaken_for_a_refused_nick() -> None:
     )
 
 
-def test_nick_is_taken_before_the_input_is_sent(chat_server_factory: ServerFactory, chat_client: ClientFactory) -> None:
+def test_without_a_password_the_client_arrives_under_its_nick_once(
+    chat_server_factory: ServerFactory, chat_client: ClientFactory
+) -> None:
+    """Issue 25, item 1: --nick is the first line, so a server without a
+    password lets the client in under it: the welcome says carol, the room
+    sees one join and no guest name, and the input goes out under it."""
     server = chat_server_factory()
     other = chat_client(server)
     result = run_client(client_command(server, "--nick", "carol"), b"hi\n")
-    nick = joined_nick(other)
-    assert other.readline() == f"* {nick} is now known as carol"
+    assert other.readline() == "* carol joined"
     assert other.readline() == "<carol> hi"
     assert result.returncode == 0
     assert result.stderr == b""
-    assert "* you are now known as carol" in result.stdout.decode().splitlines()
+    lines = result.stdout.decode().splitlines()
+    assert lines[0].startswith("* Welcome to chatcore, carol! "), lines
+    assert "<You> hi" in lines
+    assert not any("guest" in line for line in lines)
 
 
 # -- honest scripting: refusals end a piped run ----------------------------

@@ -14,7 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -64,6 +64,7 @@ class WSClient:
         tls: ssl.SSLContext | None = None,
         path: str = "/ws",
         rcvbuf: int | None = None,
+        subprotocols: Sequence[str] = (),
     ) -> None:
         sock = socket.socket()
         if rcvbuf is not None:  # before connecting, so the window stays small
@@ -74,19 +75,24 @@ class WSClient:
             sock = tls.wrap_socket(sock, server_hostname=address[0])
         self.sock = sock
         try:
-            self._handshake_with(address, origin, tls, path)
+            self._handshake_with(address, origin, tls, path, subprotocols)
         except BaseException:
             sock.close()
             raise
 
     def _handshake_with(
-        self, address: tuple[str, int], origin: str | None, tls: ssl.SSLContext | None, path: str
+        self,
+        address: tuple[str, int],
+        origin: str | None,
+        tls: ssl.SSLContext | None,
+        path: str,
+        subprotocols: Sequence[str],
     ) -> None:
         sock = self.sock
         self.ws = WSConnection(ConnectionType.CLIENT)
-        self.received: list[Obj] = []
-        self._unread: list[Obj] = []
-        self._parts: list[str] = []
+        self.received: list[Any] = []
+        self._unread: list[Any] = []
+        self._parts: list[str | bytes] = []
         self.closed: CloseConnection | None = None
         self.eof = False
         self.auto_pong = True
@@ -98,13 +104,17 @@ class WSClient:
             if origin is None
             else [(b"Origin", (f"{scheme}://{address[0]}:{address[1]}" if origin == "auto" else origin).encode())]
         )
-        sock.sendall(self.ws.send(Request(host=f"{address[0]}:{address[1]}", target=path, extra_headers=headers)))
+        host = f"{address[0]}:{address[1]}"
+        request = Request(host=host, target=path, extra_headers=headers, subprotocols=list(subprotocols))
+        sock.sendall(self.ws.send(request))
         deadline = time.monotonic() + TIMEOUT
         status, body = 0, b""
         while True:
             events, self._handshake = self._handshake, []
             for event in events:
                 if isinstance(event, AcceptConnection):
+                    #: The subprotocol the server chose (None: none).
+                    self.subprotocol = event.subprotocol
                     return
                 if isinstance(event, RejectConnection):
                     status = event.status_code
@@ -143,15 +153,11 @@ class WSClient:
         else:
             self.ws.receive_data(data)
         for event in self.ws.events():
-            if isinstance(event, TextMessage):
+            if isinstance(event, (TextMessage, BytesMessage)):
                 self._parts.append(event.data)
                 if event.message_finished:
-                    obj = json.loads("".join(self._parts))
-                    self._parts = []
-                    self.received.append(obj)
-                    self._unread.append(obj)
-            elif isinstance(event, BytesMessage):
-                raise AssertionError("the server sent a binary message")
+                    parts, self._parts = self._parts, []
+                    self._message(parts[0][:0].join(parts))  # type: ignore[arg-type]
             elif isinstance(event, Ping):
                 self.pings += 1
                 if self.auto_pong:
@@ -161,6 +167,14 @@ class WSClient:
             else:
                 self._handshake.append(event)
         return True
+
+    def _message(self, message: str | bytes) -> None:
+        """A whole message from the server: JSON text."""
+        if isinstance(message, bytes):
+            raise AssertionError("the server sent a binary message")
+        obj = json.loads(message)
+        self.received.append(obj)
+        self._unread.append(obj)
 
     def expect(self, match: Callable[[Obj], bool] | Obj, timeout: float = TIMEOUT) -> Obj:
         """Read until an object matches (a predicate, or a dict whose items

@@ -33,8 +33,11 @@ Right after connecting the client sends ``/pass PASSWORD`` (with
 ``--account``; the password from a file, the environment or a prompt, never
 the command line), ``/nick NAME`` (with ``--nick``, or the account's name;
 before ``/pass`` when there is one, so that the server lets it in under that
-name and the room never sees a guest name; else after ``/login``, so that
-the account's nick is ours when we take it) and ``/ping``. The server
+name and the room never sees a guest name; without a password and an
+account it is the first line, and the server lets the client in under it
+in the same way, answering it with the welcome alone; else after
+``/login``, so that the account's nick is ours when we take it) and
+``/ping``. The server
 answers a client's lines in order, so everything before the ``* pong`` is
 the welcome or the answer to ``/pass``, ``/login`` and ``/nick``; input
 waits until then, and that ``* pong`` is not shown. A server with a password
@@ -754,7 +757,7 @@ class TerminalClient:
         #: server read our /pass, is still to come.
         self._greeting_expected = password is not None
         #: Whether the server took our --nick as the name to enter under
-        #: (sent before /pass): no rename is then told if it is not taken.
+        #: (sent before /pass): it is then answered before the password is.
         self._nick_offered = False
         #: After a refused password: how many "! password required" answers
         #: to our /nick and /ping are still to come (not shown).
@@ -883,8 +886,10 @@ class TerminalClient:
             self._nick_offered = True
             return
         if line == "* pong":  # ours, sent after connecting; not shown
-            if self._nick_offered and self._nick_refusal is None and self.login_refusal is None:
-                self._nick_pending = False  # in under it: no rename to tell
+            if self._nick_refusal is None and self.login_refusal is None:
+                # Our /nick was not refused: we came in under it (with a
+                # password, or as our first line), or were renamed to it.
+                self._nick_pending = False
             self._end_welcome()
             if self._nick_pending and self.interactive:
                 # No "you are now known as": the error shown was the

@@ -17,6 +17,7 @@ threads. A :class:`Scheme` binds a listener URL scheme (``tcp``, ``tls``,
 
 from __future__ import annotations
 
+import select
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,15 @@ class Transport:
     def sendall(self, data: bytes) -> None:
         """Send before the client is registered (a refusal), blocking."""
         self.sock.sendall(data)
+
+    def wait_readable(self, timeout: float) -> bool:
+        """Whether the client sends something within ``timeout`` seconds (or
+        closes): its first bytes, before the reader thread's first
+        ``recv()``; the reader thread only. A poll, so that the socket stays
+        blocking for the reader and non-blocking for the writer."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
 
     def encrypt(self, data: bytes) -> bytes:
         """The bytes to put on the wire for ``data``; the writer thread only.

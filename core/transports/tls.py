@@ -196,6 +196,13 @@ class TLSTransport(Transport):
 
     # -- the reader thread ----------------------------------------------------
 
+    def wait_readable(self, timeout: float) -> bool:
+        # What came with the handshake's last flight is in memory already.
+        with self._lock:
+            if self._incoming.pending or self._ssl.pending():
+                return True
+        return super().wait_readable(timeout)
+
     def recv(self, size: int) -> bytes:
         incoming = self._incoming
         lock = self._lock

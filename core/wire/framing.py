@@ -8,9 +8,10 @@ runs over either kind of stream.
 - :class:`LineFraming`: lines ended by LF (CR LF accepted), for the native
   protocol; :class:`CRLFLineFraming` sends CR LF, for IRC.
 - :class:`WebSocketFraming`: text messages in WebSocket frames (RFC 6455),
-  once the HTTP upgrade is done: the web page's JSON, and IRC over
-  WebSocket (IRCv3's ``text.ircv3.net``: one IRC line a message) would be
-  IRC's codec over it.
+  once the HTTP upgrade is done: the web page's JSON;
+  :class:`WebSocketTextLines` and :class:`WebSocketBinaryLines`: one line a
+  message, without its ending, for IRC over WebSocket (IRCv3's
+  ``text.ircv3.net`` and ``binary.ircv3.net``).
 
 Both sides of a framing:
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from typing import Any
 
 from wsproto import WSConnection
 from wsproto.connection import ConnectionState
@@ -112,6 +114,7 @@ class CRLFLineFraming(LineFraming):
 # -- WebSocket ----------------------------------------------------------------------
 
 OP_TEXT = 0x1
+OP_BINARY = 0x2
 OP_CLOSE = 0x8
 OP_PING = 0x9
 
@@ -144,19 +147,26 @@ class WebSocketFraming:
     ``feed()`` returns each whole text message, decoded; :data:`DROPPED` in
     place of one over ``max_message`` characters or in more than
     ``max_fragments`` frames (counted as they arrive, in linear time, empty
-    frames too), and :attr:`why_dropped` says which. What the framing
+    frames too), and :attr:`why_dropped` says which (:attr:`dropped`: for
+    each message dropped by the last ``feed()``). What the framing
     itself must answer (a pong, the closing handshake) collects in
     :attr:`reply`, for the protocol to send; :attr:`closed` says why the
     stream has ended (the client closed it, or broke the framing), after
     which nothing more is read. Binary messages are dropped (``why_dropped``
-    says so): every message here is text.
+    says so) unless :attr:`accepts_binary`: every message here is text.
     """
+
+    #: The frames sent: text.
+    opcode = OP_TEXT
+    #: Whether binary messages are read (as ``bytes``), or dropped.
+    accepts_binary = False
 
     __slots__ = (
         "_held",
         "_held_size",
         "_refused",
         "closed",
+        "dropped",
         "max_fragments",
         "max_message",
         "reply",
@@ -171,19 +181,25 @@ class WebSocketFraming:
         self.reply = b""
         self.closed: str | None = None
         self.why_dropped = ""
-        # The message arriving in pieces, their length in characters, and
-        # why it will be dropped when its last piece comes (None: it won't).
-        self._held: list[str] = []
+        #: Why each message :meth:`feed` last dropped was, in order.
+        self.dropped: list[str] = []
+        # The message arriving in pieces, their length in characters (bytes
+        # for a binary one), and why it will be dropped when its last piece
+        # comes (None: it won't).
+        self._held: list[Any] = []
         self._held_size = 0
         self._refused: str | None = None
 
-    @staticmethod
-    def frame(messages: Iterable[bytes]) -> bytes:
-        """Each message (UTF-8 text) in a text frame of its own."""
-        return b"".join(websocket_frame(message) for message in messages)
+    @classmethod
+    def frame(cls, messages: Iterable[bytes]) -> bytes:
+        """Each message (UTF-8 text) in a frame of its own."""
+        opcode = cls.opcode
+        return b"".join(websocket_frame(message, opcode) for message in messages)
 
-    def feed(self, data: bytes) -> list[str | None]:
-        out: list[str | None] = []
+    def feed(self, data: bytes) -> list[Any]:
+        """Text messages as ``str`` (binary ones as ``bytes``, where accepted)."""
+        out: list[Any] = []
+        self.dropped = []
         if self.closed is not None:
             return out
         ws = self.ws
@@ -191,13 +207,14 @@ class WebSocketFraming:
         try:
             for event in ws.events():
                 if isinstance(event, TextMessage):
-                    message = self._piece(event.data, event.message_finished)
-                    if message is not None or self.why_dropped:
-                        out.append(message)
+                    self._put(out, self._piece(event.data, event.message_finished))
                 elif isinstance(event, BytesMessage):
-                    if event.message_finished:
-                        self.why_dropped = "binary messages are not accepted"
-                        out.append(DROPPED)
+                    if not self.accepts_binary:
+                        if event.message_finished:
+                            self.why_dropped = "binary messages are not accepted"
+                            self._put(out, DROPPED)
+                    else:
+                        self._put(out, self._piece(event.data, event.message_finished))
                 elif isinstance(event, Ping):
                     self.reply += ws.send(event.response())
                 elif isinstance(event, Pong):
@@ -221,10 +238,18 @@ class WebSocketFraming:
             self.closed = f"protocol error: {exc}"
         return out
 
-    def _piece(self, part: str, finished: bool) -> str | None:
-        """A piece of a text message: the whole message once its last piece
-        has come and it is within the limits; else None (``why_dropped``
-        set if it was dropped)."""
+    def _put(self, out: list[Any], message: Any) -> None:
+        """A message completed (None: dropped, or not complete yet)."""
+        if message is not None:
+            out.append(message)
+        elif self.why_dropped:
+            out.append(DROPPED)
+            self.dropped.append(self.why_dropped)
+
+    def _piece(self, part: Any, finished: bool) -> Any:
+        """A piece of a message (``str`` for text, ``bytes`` for binary):
+        the whole message once its last piece has come and it is within the
+        limits; else None (``why_dropped`` set if it was dropped)."""
         self.why_dropped = ""
         limit = self.max_message
         if self._refused is None:
@@ -242,10 +267,37 @@ class WebSocketFraming:
         if not finished:
             return None
         refused, self._refused = self._refused, None
-        text, self._held, self._held_size = "".join(self._held), [], 0
-        if refused is None and len(text.encode("utf-8", "surrogatepass")) > limit:
+        text, self._held, self._held_size = part[:0].join(self._held), [], 0
+        size = len(text.encode("utf-8", "surrogatepass")) if isinstance(text, str) else len(text)
+        if refused is None and size > limit:
             refused = f"message too long (the limit is {limit} bytes)"
         if refused is not None:
             self.why_dropped = refused
             return None
         return text
+
+
+class WebSocketTextLines(WebSocketFraming):
+    """Lines, one a WebSocket text message, without their endings: IRC over
+    WebSocket's ``text.ircv3.net``.
+
+    ``feed()`` gives each line as UTF-8 bytes, as a line framing does, and
+    drops binary messages (``why_dropped`` says so). What is framed must be
+    UTF-8: text frames may hold nothing else (the IRC codec's
+    ``safe_lines`` replaces what is not).
+    """
+
+    __slots__ = ()
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        return [message.encode("utf-8") if isinstance(message, str) else message for message in super().feed(data)]
+
+
+class WebSocketBinaryLines(WebSocketTextLines):
+    """Lines, one a WebSocket binary message: ``binary.ircv3.net``, where a
+    line's bytes are sent as they are. Text messages are read too."""
+
+    __slots__ = ()
+
+    opcode = OP_BINARY
+    accepts_binary = True

@@ -64,6 +64,14 @@ PASSWORD_REQUIRED = (
 NO_ROOM = "you are in no room, so nobody hears you: /join ROOM first (/rooms lists them)"
 #: What a client that gave a wrong server password is told.
 WRONG_PASSWORD = "wrong password; try /pass PASSWORD again"
+#: Seconds a connection to a server without a password waits for its first
+#: line before it enters the chat under a guest name. A client that knows
+#: its name sends ``/nick NAME`` as soon as it is connected (the terminal
+#: client does), and its bytes follow its side of the TCP handshake at
+#: once, so they are usually here before the server looks; the wait ends
+#: as they come. Someone on ``nc`` who says nothing is welcomed this much
+#: later, and a connect storm is as much longer (docs/protocol.md).
+ARRIVAL_WAIT = 0.05
 
 # Escape sequences (CSI, OSC, and two-byte ESC forms) go whole, so that no
 # leftover "[31m" is shown; then every other C0/C1 control character, DEL,
@@ -306,23 +314,36 @@ NATIVE_IN_ROOMS = NativeFormat(labelled=True)
 
 
 class NativeProtocol(Protocol):
-    """A native client: enters the chat at once, then each line is a command
-    (``/name args``) or a message to its room (``//text`` sends ``/text``)."""
+    """A native client: enters the chat at once (under the name its first
+    line gives, if it is ``/nick NAME`` and comes within
+    :data:`ARRIVAL_WAIT`), then each line is a command (``/name args``) or a
+    message to its room (``//text`` sends ``/text``)."""
 
-    __slots__ = ("_framer",)
+    __slots__ = ("_arriving", "_framer")
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
         self._framer = LineFraming(client.server.max_line)
+        #: Whether the first bytes came before the client entered: they
+        #: decide its name (data_received).
+        self._arriving = False
 
     def connection_made(self) -> None:
-        # In at once, unless the server wants its password first (/pass).
-        if self.client.server.log_in(self.client) is not None:
-            self.client.error(PASSWORD_REQUIRED)
+        # With a password, the client enters once it gives it (/pass), under
+        # the name a /nick before it offered. Without one it enters at once:
+        # after its first line, if that comes within ARRIVAL_WAIT, so that
+        # a client that knows its name is never seen under a guest name.
+        client = self.client
+        if not client.server.gate.password_required and client.transport.wait_readable(ARRIVAL_WAIT):
+            self._arriving = True
+        elif client.server.log_in(client) is not None:
+            client.error(PASSWORD_REQUIRED)
 
     def data_received(self, data: bytes) -> None:
         client = self.client
         lines = self._framer.feed(data)
+        if self._arriving:
+            lines = self._arrive(lines)
         if len(lines) > 1 and client._pace is False and client.admitted:
             self._chat_together(lines)
             return
@@ -371,6 +392,34 @@ class NativeProtocol(Protocol):
             run.append(Message(client, client.room, text))
         if run:
             server.broadcast_messages(run)
+
+    def _arrive(self, lines: list[bytes | None]) -> list[bytes | None]:
+        """Enter the chat with the first bytes the client sent: under the
+        name a first line ``/nick NAME`` gives, else under a guest name;
+        returns the lines still to handle.
+
+        That ``/nick`` is answered as always, after the welcome (``you are
+        now known as NAME``, or the error, the client then being in under a
+        guest name): a script that waits for the answer works the same
+        whether its line came in time or not. Only the room sees the
+        difference: one join under the name, and no rename."""
+        self._arriving = False
+        client = self.client
+        server = client.server
+        first = sanitize(lines[0].decode("utf-8", "replace")) if lines and lines[0] is not None else ""
+        name, _, args = first.partition(" ")
+        nick = args.strip() if name.lower() == "/nick" else ""
+        problem = nick_problem(nick) if nick else None
+        if nick and problem is None and server.log_in(client, nick=nick) is None:
+            client.notice(f"you are now known as {nick}")
+            return lines[1:]
+        if server.log_in(client) is not None:  # a password is wanted since (a reload): the lines wait for it
+            client.error(PASSWORD_REQUIRED)
+            return lines
+        if nick:
+            client.error(problem or f"nickname {nick!r} is taken")
+            return lines[1:]
+        return lines
 
     def _too_long(self) -> str:
         # The limit this connection's framer has: a reload may have changed
