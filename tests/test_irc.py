@@ -397,6 +397,7 @@ def test_a_secret_channel_is_no_such_channel_to_those_outside_it(chat_server_fac
     server = start(chat_server_factory)
     alice = register(connect, server, "alice")
     bob = register(connect, server, "bob")  # in #lobby with alice, not in #hidden
+    alice.expect(":bob!bob@chatcore JOIN #lobby")  # a join notice may come a moment late (batched)
     alice.send("JOIN #hidden")
     alice.expect(" 366 alice #hidden ")
     alice.send("MODE #hidden +sk hunter2")
