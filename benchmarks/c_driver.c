@@ -127,6 +127,7 @@ static enum protocol proto = NATIVE;
 static enum mode run_mode = FLOW;
 static double duration = 3.0, rate, connect_rate, setup_timeout = 60.0, drain_timeout = 5.0;
 static double settle = 0.5;
+static int show_notices; /* --show-notices N: the first N notices after the set-up, to stderr */
 
 /* -- state ---------------------------------------------------------------- */
 
@@ -492,6 +493,15 @@ static void welcome(conn *c) {
     welcomed_count++;
 }
 
+/* A server line that is not chat: counted, and shown while debugging. */
+static void notice(conn *c, const char *line, size_t len) {
+    notices++;
+    if (show_notices > 0 && synced_round >= 2) {
+        show_notices--;
+        fprintf(stderr, "client %d: %.*s\n", c->index, (int)(len < 300 ? len : 300), line);
+    }
+}
+
 static void pong(conn *c) {
     c->pongs++;
     if (c->pongs == synced_round + 1) synced_count++;
@@ -515,7 +525,7 @@ static void native_line(conn *c, const char *line, size_t len) {
         }
         chat(c, line + 2, line + NICK_PREFIX, len - NICK_PREFIX);
     } else if (len >= 2 && (line[0] == '*' || line[0] == '!' || line[0] == '#' || line[0] == '-')) {
-        notices++;
+        notice(c, line, len);
         if (len == 6 && memcmp(line, "* pong", 6) == 0) pong(c);
     } else {
         corrupted(line, len);
@@ -540,7 +550,7 @@ static void irc_line(conn *c, const char *line, size_t len) {
         chat(c, line + 2, colon + 2, (size_t)(line + len - colon - 2));
         return;
     }
-    notices++;
+    notice(c, line, len);
     if (space && (size_t)(line + len - space) >= 5 && memcmp(space, " 001 ", 5) == 0) welcome(c);
     if (space && len > sizeof SYNC_TOKEN && memcmp(space, " PONG ", 6) == 0 &&
         memcmp(line + len - (sizeof SYNC_TOKEN - 1), SYNC_TOKEN, sizeof SYNC_TOKEN - 1) == 0)
@@ -563,7 +573,7 @@ static void ws_message(conn *c, const char *json, size_t len) {
         chat(c, nick + 9, text + 8, (size_t)(end - text - 8));
         return;
     }
-    notices++;
+    notice(c, json, len);
     if (find(json, len, "\"text\":\"pong\"")) pong(c);
 }
 
@@ -942,8 +952,8 @@ static int run_flow(void) {
         if (deliveries != last_total) {
             last_total = deliveries;
             quiet_since = now;
-        } else if (now - quiet_since > 1000000) {
-            break; /* nothing for a second: the rest is lost */
+        } else if (now - quiet_since > 2000000) {
+            break; /* nothing for two seconds: the rest is lost */
         }
         turn(5);
     }
@@ -1060,7 +1070,7 @@ static void usage(const char *name) {
             "usage: %s --port PORT [--protocol native|irc|ws] [--mode flow|connect|idle] [--clients N]\n"
             "       [--senders N] [--window W | --rate LINES_PER_S] [--duration S] [--rooms R]\n"
             "       [--rooms-per-client K] [--line-size BYTES] [--connect-rate PER_S] [--inflight N]\n"
-            "       [--server-pid PID] [--setup-timeout S] [--drain-timeout S] [--settle S]\n",
+            "       [--server-pid PID] [--setup-timeout S] [--drain-timeout S] [--settle S] [--show-notices N]\n",
             name);
     exit(2);
 }
@@ -1100,6 +1110,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(option, "--setup-timeout")) setup_timeout = atof(value);
         else if (!strcmp(option, "--drain-timeout")) drain_timeout = atof(value);
         else if (!strcmp(option, "--settle")) settle = atof(value);
+        else if (!strcmp(option, "--show-notices")) show_notices = atoi(value);
         else usage(argv[0]);
     }
     if ((int)proto < 0 || (int)run_mode < 0 || port <= 0 || port > 65535 || clients < 1 || clients > 99999 ||
