@@ -28,7 +28,7 @@ listener) and WebSocket (``--protocol ws`` or ``--web``), and runs issue 27's
 scenarios (``rooms1000``, ``rooms5000x5``, ``idle20k``, ``storm2000``),
 which the Python driver cannot. ``--driver python`` is the driver described
 below, kept for machines without a compiler, for TLS (``chatcore-tls``) and
-for the naive server (which neither driver's C side speaks: no ``/ping``);
+for the naive server (which the C driver does not speak: it has no ``/ping``);
 ``--driver c,python`` runs both back to back, each server once per driver,
 with ratios to c-epoll per driver. In small rooms the Python driver
 measures itself as much as the server (docs/performance.md, "The driver

@@ -309,9 +309,12 @@ static void sync_ping(conn *c) {
     flush(c);
 }
 
-/* What a client says once connected: its name, its rooms, the first sync. */
+static void enter(conn *c);
+
+/* What a client says once connected: the WebSocket upgrade, IRC's
+ * registration; then (IRC: once registered) its name, rooms and first sync. */
 static void introduce(conn *c) {
-    char text[128], name[32];
+    char text[128];
     if (proto == WS) {
         char request[256];
         int n = snprintf(request, sizeof request,
@@ -325,10 +328,16 @@ static void introduce(conn *c) {
                          c->index, c->index);
         out_add(c, text, (size_t)n);
     }
-    if (run_mode == CONNECT) {
+    if (run_mode == CONNECT || proto == IRC) { /* IRC servers refuse JOIN before 001 (InspIRCd says 451) */
         flush(c);
         return;
     }
+    enter(c);
+}
+
+/* A client's name, rooms and first sync ping. */
+static void enter(conn *c) {
+    char text[128], name[32];
     if (proto != IRC && c->index < senders_count) {
         snprintf(text, sizeof text, "/nick s%05d", c->index);
         command(c, text);
@@ -447,6 +456,10 @@ static void chat(conn *c, const char *nick, const char *text, size_t len) {
         corrupted(text, len);
         return;
     }
+    if (!c->pairs) { /* from a sender it shares no room with */
+        corrupted(text, len);
+        return;
+    }
     deliveries++;
     uint64_t latency = now > (int64_t)stamp ? (uint64_t)(now - (int64_t)stamp) : 0;
     hist[bucket(latency)]++;
@@ -454,11 +467,6 @@ static void chat(conn *c, const char *nick, const char *text, size_t len) {
     if (latency > latency_max) latency_max = latency;
     sender *from = &senders[s];
     if (c->index == from->monitor && seq > from->acked) from->acked = seq;
-    if (!c->pairs) {
-        corrupted(text, len); /* from a sender it shares no room with */
-        deliveries--;
-        return;
-    }
     uint32_t key = (uint32_t)s + 1, slot = (key * 2654435761u) & c->pair_mask;
     while (c->pairs[slot].sender_plus1 && c->pairs[slot].sender_plus1 != key) slot = (slot + 1) & c->pair_mask;
     pair *p = &c->pairs[slot];
@@ -552,7 +560,12 @@ static void irc_line(conn *c, const char *line, size_t len) {
         return;
     }
     notice(c, line, len);
-    if (space && (size_t)(line + len - space) >= 5 && memcmp(space, " 001 ", 5) == 0) welcome(c);
+    if (space && (size_t)(line + len - space) >= 5 && memcmp(space, " 433 ", 5) == 0 && !c->welcomed)
+        fail("client %d: the server says its IRC nick is in use: %.100s", c->index, line);
+    if (space && (size_t)(line + len - space) >= 5 && memcmp(space, " 001 ", 5) == 0 && !c->welcomed) {
+        welcome(c);
+        if (run_mode != CONNECT) enter(c);
+    }
     if (space && len > sizeof SYNC_TOKEN && memcmp(space, " PONG ", 6) == 0 &&
         memcmp(line + len - (sizeof SYNC_TOKEN - 1), SYNC_TOKEN, sizeof SYNC_TOKEN - 1) == 0)
         pong(c);

@@ -52,8 +52,10 @@ def run(driver: str, *args: str, timeout: float = 60) -> dict[str, object]:
     return result
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def chatcore() -> Iterator[ServerProcess]:
+    """A server per test: the clients of one test are still leaving (and
+    their nicks taken) when the next test's register."""
     listen = ["--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0", "--listen", "ws://127.0.0.1:0"]
     with ServerProcess(*listen, "--plugins", "welcome,irc,web", "--log-level", "WARNING") as server:
         yield server
