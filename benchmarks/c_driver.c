@@ -919,6 +919,23 @@ static double startup_ms(double fraction) {
 
 /* -- the scenarios ---------------------------------------------------------- */
 
+/* Where the sending stopped: its time, the deliveries and CPU so far,
+ * and the deliveries every sender's lines should make. */
+typedef struct {
+    int64_t at;
+    uint64_t deliveries, expected;
+    double cpu, server_cpu;
+} stop_point;
+
+static void stop_here(stop_point *stop) {
+    stop->at = now;
+    stop->deliveries = deliveries;
+    stop->cpu = own_cpu();
+    stop->server_cpu = server_cpu();
+    stop->expected = 0;
+    for (int s = 0; s < senders_count; s++) stop->expected += senders[s].sent * (uint64_t)senders[s].audience;
+}
+
 static int run_flow(void) {
     int64_t begin = clock_us();
     set_up(begin + (int64_t)(setup_timeout * 1e6));
@@ -933,11 +950,11 @@ static int run_flow(void) {
     int64_t started = clock_us();
     for (int s = 0; s < senders_count; s++) senders[s].progress_us = started;
     double cpu_start = own_cpu(), server_start = server_cpu();
-    uint64_t at_start = deliveries, at_stop = 0;
-    int64_t send_until = started + (int64_t)(duration * 1e6), stopped = 0;
+    uint64_t at_start = deliveries;
+    int64_t send_until = started + (int64_t)(duration * 1e6);
+    stop_point stop = {0};
     int64_t drain_until = send_until + (int64_t)(drain_timeout * 1e6);
-    double cpu_stop = 0, server_stop = 0;
-    uint64_t expected = 0, last_total = 0;
+    uint64_t last_total = 0;
     int64_t quiet_since = 0;
     double quiet_cpu = 0;
     sending = 1;
@@ -948,7 +965,7 @@ static int run_flow(void) {
             turn(window_size ? 1 : 5);
             continue;
         }
-        if (!stopped) { /* finish what was started: the senders' pending bytes */
+        if (!stop.at) { /* finish what was started: the senders' pending bytes */
             int pending = 0;
             for (int s = 0; s < senders_count; s++) {
                 flush(&conns[s]);
@@ -958,18 +975,14 @@ static int run_flow(void) {
                 turn(1);
                 continue;
             }
-            stopped = now;
-            at_stop = deliveries;
-            cpu_stop = own_cpu();
-            server_stop = server_cpu();
+            stop_here(&stop);
             sending = 0;
-            for (int s = 0; s < senders_count; s++) expected += senders[s].sent * (uint64_t)senders[s].audience;
             quiet_since = now;
-            quiet_cpu = server_stop;
+            quiet_cpu = stop.server_cpu;
         }
         uint64_t unique = 0;
         for (int s = 0; s < senders_count; s++) unique += senders[s].unique;
-        if (unique >= expected) break;
+        if (unique >= stop.expected) break;
         if (deliveries != last_total) {
             last_total = deliveries;
             quiet_since = now;
@@ -985,14 +998,8 @@ static int run_flow(void) {
         }
         turn(5);
     }
-    if (!stopped) {
-        stopped = now;
-        at_stop = deliveries;
-        cpu_stop = own_cpu();
-        server_stop = server_cpu();
-        for (int s = 0; s < senders_count; s++) expected += senders[s].sent * (uint64_t)senders[s].audience;
-    }
-    double seconds = (double)(stopped - started) / 1e6;
+    if (!stop.at) stop_here(&stop);
+    double seconds = (double)(stop.at - started) / 1e6;
     uint64_t sent = 0, unique = 0, duplicated = 0, reordered = 0, corrupt = corrupted_unattributed, stalls = 0;
     for (int s = 0; s < senders_count; s++) {
         sent += senders[s].sent;
@@ -1002,8 +1009,8 @@ static int run_flow(void) {
         corrupt += senders[s].corrupted;
         stalls += senders[s].stalls;
     }
-    uint64_t timed = at_stop - at_start;
-    double driver_cpu = cpu_stop - cpu_start, server_used = server_stop - server_start;
+    uint64_t timed = stop.deliveries - at_start;
+    double driver_cpu = stop.cpu - cpu_start, server_used = stop.server_cpu - server_start;
     printf("{\"sent\": %" PRIu64 ", \"deliveries\": %" PRIu64 ", \"deliveries_per_s\": %.1f, ", sent, deliveries,
            seconds > 0 ? (double)timed / seconds : 0.0);
     print_ms("p50_ms", percentile_ms(0.5));
@@ -1012,7 +1019,7 @@ static int run_flow(void) {
     print_ms("max_ms", latency_count ? (double)latency_max / 1000.0 : -1);
     printf("\"lost\": %" PRIu64 ", \"corrupted\": %" PRIu64 ", \"gaps\": %" PRIu64 ", \"duplicated\": %" PRIu64
            ", \"reordered\": %" PRIu64 ", \"window_stalls\": %" PRIu64 ", \"notices\": %" PRIu64 ", ",
-           expected > unique ? expected - unique : 0, corrupt, gaps, duplicated, reordered, stalls, notices);
+           stop.expected > unique ? stop.expected - unique : 0, corrupt, gaps, duplicated, reordered, stalls, notices);
     printf("\"seconds\": %.2f, ", seconds);
     if (server_pid) printf("\"server_cores\": %.2f, ", seconds > 0 ? server_used / seconds : 0.0);
     printf("\"driver_cores\": %.2f, ", seconds > 0 ? driver_cpu / seconds : 0.0);
