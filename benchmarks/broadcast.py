@@ -15,6 +15,31 @@ measure of what the machine can do, with ratios to it printed at the end).
     python benchmarks/broadcast.py --servers chatcore --scenario room100 --scenario steady \
         --plugins welcome,logger,filters --compare-plugins welcome,logger,filters,metrics --rounds 3
 
+**The driver** (``--driver``, issue 27): by default the load comes from
+``benchmarks/c_driver.c``, a one-thread epoll program in C built with the
+system compiler for the run (as the C reference server is; a clear error if
+there is no ``cc``). It parses every delivery: latency of each in a
+histogram (p50, p99, p99.9, max), losses, duplicates, reordering and
+corrupted lines per sender, the server's CPU and memory from ``/proc``, its
+own CPU per delivery beside the server's (``driver_us_per_delivery``,
+``server_us_per_delivery``: how far the driver is from being the limit). It
+speaks the native protocol, IRC (``--protocol irc``: chatcore's ``irc://``
+listener) and WebSocket (``--protocol ws`` or ``--web``), and runs issue 27's
+scenarios (``rooms1000``, ``rooms5000x5``, ``idle20k``, ``storm2000``),
+which the Python driver cannot. ``--driver python`` is the driver described
+below, kept for machines without a compiler, for TLS (``chatcore-tls``) and
+for the naive server (which the C driver does not speak: it has no ``/ping``);
+``--driver c,python`` runs both back to back, each server once per driver,
+with ratios to c-epoll per driver. In small rooms the Python driver
+measures itself as much as the server (docs/performance.md, "The driver
+measures the server").
+
+    python benchmarks/broadcast.py --servers chatcore,c-epoll,asyncio --scenario room10 --driver c,python
+    python benchmarks/broadcast.py --servers chatcore,c-epoll,asyncio --scenario rooms1000 --scenario idle20k
+
+``asyncio`` (benchmarks/asyncio_server.py) is a small asyncio server of the
+native protocol with rooms, one Python event loop, for comparison.
+
 ``--compare-plugins`` runs chatcore again with other plugins, right after
 the first, for every scenario and round, and ends with the ratios: on a
 shared machine only figures measured back to back compare.
@@ -23,9 +48,9 @@ runs the chatcore that PATH (another checkout's virtualenv's python) has
 installed first, as ``chatcore/A``, then this one, as ``chatcore/B``.
 
 Locust records about 300k events/s per process, so it cannot measure a
-server that delivers millions of lines per second. This driver can: raw
-non-blocking sockets on epoll, and nothing per line in Python on the bulk
-path.
+server that delivers millions of lines per second. The Python driver tries:
+raw non-blocking sockets on epoll, and nothing per line in Python on the
+bulk path; in rooms of 10 it is still the limit (the C driver is not).
 
 Every chat line a receiver gets is exactly ``--line-size`` bytes (64):
 ``<s00001> xxx... SENDER SEQ SENT_US`` (the sender pads its text to make up
@@ -117,7 +142,9 @@ RECV_SIZE = 262144
 SAMPLE_LIMIT = 200_000
 SETUP_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 5.0
-SERVERS = ("chatcore", "chatcore-tls", "naive", "c-epoll")
+SERVERS = ("chatcore", "chatcore-tls", "naive", "c-epoll", "asyncio")
+DRIVERS = ("c", "python")
+PROTOCOLS = ("native", "irc", "ws")
 
 
 class ClientTLS:
@@ -129,8 +156,9 @@ class ClientTLS:
 
 def speaks_native(server: str) -> bool:
     """A server of chatcore's native protocol (``/nick``, ``/ping``, the
-    ``<nick> `` prefix): chatcore over TCP or TLS, and the C reference."""
-    return server.startswith("chatcore") or server == "c-epoll"
+    ``<nick> `` prefix): chatcore over TCP or TLS, and the C and asyncio
+    references."""
+    return server.startswith("chatcore") or server in ("c-epoll", "asyncio")
 
 
 def now_us() -> int:
@@ -151,6 +179,8 @@ class Scenario:
     rate: float = 0.0  # offered deliveries/s (paced flows)
     rooms: int = 0  # "rooms": how many rooms there are
     rooms_per_client: int = 0  # "rooms": how many of them each client is in
+    #: Issue 27's scenarios, too big for the Python driver: the C driver only.
+    c_only: bool = False
 
 
 SCENARIOS = {
@@ -179,6 +209,50 @@ SCENARIOS = {
         ),
         Scenario("connect", "500 clients connecting at once", "connect", 500),
         Scenario("idle", "idle clients held, resident memory per client", "idle"),
+        # Issue 27: many rooms, many clients (the C driver only). Every
+        # client talks, two lines a second: 20,000 lines/s offered to rooms
+        # of 10, so 180,000 deliveries/s.
+        Scenario(
+            "rooms1000",
+            "10,000 clients in 1,000 rooms of 10, 20,000 lines/s offered",
+            "rooms",
+            10_000,
+            10_000,
+            0,
+            180_000,
+            rooms=1000,
+            rooms_per_client=1,
+            c_only=True,
+        ),
+        # The same clients each in 5 rooms; the rooms stay rooms of 10 (5,000
+        # of them), so a line has as many receivers as in rooms1000 and what
+        # differs is the cost of being in several rooms (labels, five
+        # memberships a connection).
+        Scenario(
+            "rooms5000x5",
+            "10,000 clients each in 5 of 5,000 rooms of 10, 20,000 lines/s offered",
+            "rooms",
+            10_000,
+            10_000,
+            0,
+            180_000,
+            rooms=5000,
+            rooms_per_client=5,
+            c_only=True,
+        ),
+        # Idle clients in rooms of 10 (a server with one room, c-epoll, has
+        # them all in it): 20,000 in one lobby would make the test one of
+        # 200 million join notices, not of idle connections.
+        Scenario(
+            "idle20k",
+            "20,000 idle clients in rooms of 10: memory and start-up per connection",
+            "idle",
+            20_000,
+            rooms=2000,
+            rooms_per_client=1,
+            c_only=True,
+        ),
+        Scenario("storm2000", "2,000 clients connecting at once", "connect", 2000, c_only=True),
     )
 }
 
@@ -195,6 +269,7 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.web_port = 0  # the ws:// listener's, with --web
+        self.irc_port = 0  # the irc:// listener's, with --protocol irc
         # A file, not a pipe: nobody reads a pipe during the run, and a
         # server that logs into a full pipe would stall.
         self.output = output
@@ -211,6 +286,8 @@ class ServerProcess:
                 self.port = int(match.group(1))
                 web = re.search(r"ws://[0-9.]+:(\d+)", self.output.read_text(errors="replace"))
                 self.web_port = int(web.group(1)) if web else 0
+                irc = re.search(r"irc://[0-9.]+:(\d+)", self.output.read_text(errors="replace"))
+                self.irc_port = int(irc.group(1)) if irc else 0
                 return self
             time.sleep(0.02)
         text = self.output.read_text(errors="replace")
@@ -265,22 +342,33 @@ def filter_args(plugins: str) -> list[str]:
     ]
 
 
-def build_c_reference(directory: str) -> str:
-    """Compile benchmarks/c_epoll_server.c with the system C compiler (once
-    per run) and return the program's path."""
-    program = os.path.join(directory, "c_epoll_server")
+def build_c(source: str, directory: str) -> str:
+    """Compile benchmarks/SOURCE.c with the system C compiler (once per run,
+    into ``directory``) and return the program's path."""
+    program = os.path.join(directory, source)
     if not os.path.exists(program):
         compiler = os.environ.get("CC", "cc")
-        command = [compiler, "-O2", "-o", program, str(HERE / "c_epoll_server.c")]
+        command = [compiler, "-O2", "-Wall", "-Wextra", "-o", program, str(HERE / f"{source}.c")]
         try:
             subprocess.run(command, check=True, capture_output=True, text=True)
         except FileNotFoundError:
             raise RuntimeError(
-                f"c-epoll needs a C compiler: {compiler} not found (apt-get install gcc, or set CC)"
+                f"{source}.c needs a C compiler: {compiler} not found (apt-get install gcc, or set CC; "
+                "--driver python runs without one)"
             ) from None
         except subprocess.CalledProcessError as exc:
-            raise RuntimeError(f"c-epoll did not compile: {exc.stderr.strip()[-300:]}") from None
+            raise RuntimeError(f"{source}.c did not compile: {exc.stderr.strip()[-300:]}") from None
     return program
+
+
+def build_c_reference(directory: str) -> str:
+    """The C reference server, benchmarks/c_epoll_server.c, built for the run."""
+    return build_c("c_epoll_server", directory)
+
+
+def build_c_driver(directory: str) -> str:
+    """The C load driver, benchmarks/c_driver.c, built for the run."""
+    return build_c("c_driver", directory)
 
 
 def server_command(
@@ -295,6 +383,8 @@ def server_command(
 ) -> list[str]:
     if name == "c-epoll":
         return [build_c_reference(log_dir), "--port", "0"]
+    if name == "asyncio":
+        return [sys.executable, str(HERE / "asyncio_server.py"), "--port", "0"]
     if name == "naive":
         # 'idle' measures memory, not the original's listen(10), which would
         # make thousands of paced connects wait for SYN retransmits.
@@ -305,6 +395,8 @@ def server_command(
         listen = ["--listen", "tls://127.0.0.1:0", "--tls-cert", cert, "--tls-key", key]
     elif options.web:
         listen = ["--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0"]
+    elif options.protocol == "irc":
+        listen = ["--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0"]
     else:
         listen = ["--port", "0"]
     return [
@@ -314,7 +406,7 @@ def server_command(
         "serve",
         *listen,
         "--plugins",
-        f"{plugins},web" if options.web else plugins,
+        f"{plugins},web" if options.web else f"{plugins},irc" if options.protocol == "irc" else plugins,
         *(["--log-file", os.path.join(log_dir, "events.jsonl")] if "logger" in plugins.split(",") else []),
         *filter_args(plugins),
         "--max-clients",
@@ -326,10 +418,19 @@ def server_command(
 # -- clients ------------------------------------------------------------------
 
 
-def raise_file_limit() -> int:
+def raise_file_limit(wanted: int = 0) -> int:
+    """Raise the open-file limit to its hard limit, or to ``wanted`` when
+    that is more and the process may (root may): the servers and the
+    drivers started from here inherit it."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError):
+            pass
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -1311,6 +1412,66 @@ def run_idle(server: ServerProcess, scenario: Scenario, options: argparse.Namesp
     }
 
 
+def audience(scenario: Scenario) -> int:
+    """The other members of a sender's room: how many deliveries a line makes."""
+    if scenario.kind == "rooms":
+        return scenario.clients * scenario.rooms_per_client // scenario.rooms - 1
+    return scenario.clients - 1
+
+
+def c_driver_command(server: ServerProcess, scenario: Scenario, options: argparse.Namespace) -> list[str]:
+    """The C driver's command line for ``scenario`` against ``server``."""
+    assert server.process is not None
+    port = {"native": server.port, "irc": server.irc_port, "ws": server.web_port}[options.protocol]
+    command = [
+        *(["taskset", "-c", options.driver_cpu] if options.driver_cpu else []),
+        options.c_driver,
+        *("--port", str(port), "--protocol", options.protocol, "--server-pid", str(server.process.pid)),
+        *("--line-size", str(options.line_size), "--connect-rate", str(options.connect_rate)),
+    ]
+    clients = scenario.clients or options.idle_clients
+    # Thousands of clients connect at --connect-rate; a busy server takes longer.
+    setup = options.setup_timeout or SETUP_TIMEOUT + 10 * clients / options.connect_rate
+    if scenario.kind in ("flow", "rooms"):
+        command += ["--clients", str(clients), "--senders", str(scenario.senders), "--duration", str(options.duration)]
+        if scenario.window:
+            command += ["--window", str(scenario.window)]
+        else:  # the scenario offers deliveries/s; the driver paces lines/s
+            command += ["--rate", f"{scenario.rate / audience(scenario):.3f}"]
+        if scenario.kind == "rooms":
+            command += ["--rooms", str(scenario.rooms), "--rooms-per-client", str(scenario.rooms_per_client)]
+    elif scenario.kind == "connect":
+        command += ["--mode", "connect", "--clients", str(clients)]
+        setup = options.connect_timeout
+    else:
+        command += ["--mode", "idle", "--clients", str(clients)]
+        if scenario.rooms and server.name != "c-epoll":  # c_epoll_server.c has one room
+            command += ["--rooms", str(scenario.rooms), "--rooms-per-client", str(scenario.rooms_per_client)]
+    # Thousands of clients: a server behind by seconds still delivers (the
+    # driver stops draining early when the server has stopped working).
+    drain = 6 * DRAIN_TIMEOUT if scenario.c_only else DRAIN_TIMEOUT
+    return [*command, "--setup-timeout", f"{setup:g}", "--drain-timeout", f"{drain:g}"]
+
+
+def run_c_driver(server: ServerProcess, scenario: Scenario, options: argparse.Namespace) -> dict[str, Any]:
+    """Run the C driver (benchmarks/c_driver.c) and return its JSON result;
+    it reads the server's CPU time and memory from /proc itself."""
+    command = c_driver_command(server, scenario, options)
+    setup, drain = (float(command[command.index(option) + 1]) for option in ("--setup-timeout", "--drain-timeout"))
+    limit = setup + options.duration + drain + 30
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"the C driver did not finish within {limit:.0f} s") from None
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"the C driver said nothing (exit {done.returncode}): {done.stderr.strip()[-300:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    if "error" in result:
+        raise RuntimeError(f"the C driver: {result['error']}")
+    return result
+
+
 def _drain(receivers: list[Receiver]) -> None:
     for receiver in receivers:
         try:
@@ -1441,7 +1602,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--web",
         action="store_true",
-        help="the bulk receivers are WebSocket clients of the web plugin (chatcore, flow scenarios only)",
+        help=(
+            "WebSocket clients of the web plugin (chatcore only): with --driver python the bulk receivers, "
+            "flow scenarios only; with --driver c every client (the same as --protocol ws)"
+        ),
+    )
+    parser.add_argument(
+        "--driver",
+        default="c",
+        metavar="NAMES",
+        help=(
+            "the load driver, comma-separated for several back to back: c (benchmarks/c_driver.c, built with cc; "
+            "naive and chatcore-tls always run under the Python driver) or python (default: %(default)s)"
+        ),
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="native",
+        help="the C driver's clients: native, irc (chatcore's irc:// listener) or ws (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--setup-timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="the C driver's limit for connecting and syncing every client (default: 30 s and 10 s per "
+        "--connect-rate's worth of clients)",
+    )
+    parser.add_argument(
+        "--driver-cpu",
+        metavar="CPU",
+        help="pin the C driver to this CPU with taskset (chatcore pins itself: --cpu-affinity auto)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument(
@@ -1471,10 +1663,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--plot {options.plot!r}: the file name must end in .png or .svg")
         if importlib.util.find_spec("matplotlib") is None:
             parser.error("--plot needs matplotlib: pip install 'chatcore[bench]'")
+    options.drivers = [d.strip() for d in options.driver.split(",") if d.strip()]
+    for driver in options.drivers:
+        if driver not in DRIVERS:
+            parser.error(f"--driver: unknown driver {driver!r} (use {', '.join(DRIVERS)})")
+    if options.web:
+        options.protocol = "ws"
+    if options.protocol != "native" and options.drivers != ["c"]:
+        parser.error("--protocol irc and ws need --driver c (the Python driver's --web has its own meaning)")
+    options.web = options.web or options.protocol == "ws"
     names = options.scenario or ["all"]
     options.scenarios = list(SCENARIOS) if "all" in names else list(dict.fromkeys(names))
-    if options.web and (options.servers != ["chatcore"] or any(SCENARIOS[n].kind != "flow" for n in options.scenarios)):
-        parser.error("--web needs --servers chatcore and flow scenarios only (not connect or idle)")
+    if options.web and options.servers != ["chatcore"]:
+        parser.error("--web and --protocol ws need --servers chatcore")
+    if options.web and "python" in options.drivers and any(SCENARIOS[n].kind != "flow" for n in options.scenarios):
+        parser.error("--web with the Python driver runs the flow scenarios only (not connect or idle)")
+    if options.protocol == "irc" and options.servers != ["chatcore"]:
+        parser.error("--protocol irc needs --servers chatcore (benchmarks/irc_rooms.py runs the IRC servers)")
     # What runs, in order, per scenario and round: (label, server, plugins).
     options.variants = []
     #: The Python that runs each chatcore variant (this one's unless named).
@@ -1544,9 +1749,34 @@ def ratios_to_reference(results: list[dict[str, Any]], reference: str) -> list[s
     return lines
 
 
+def not_measured(scenario: Scenario, server: str, driver: str, options: argparse.Namespace) -> str | None:
+    """Why ``server`` does not run ``scenario`` under ``driver``, or None."""
+    if server == "chatcore-tls" and scenario.kind not in ("flow", "rooms"):
+        return "TLS runs the flow scenarios only"
+    if scenario.kind == "rooms" and server in ("naive", "c-epoll"):
+        return "one room only, no /join"  # c_epoll_server.c and naive_server.py
+    if scenario.kind == "idle" and scenario.rooms and server in ("naive", "c-epoll"):
+        return f"one room only: {scenario.clients:,} clients in it would be a storm of join notices, not idle"
+    if scenario.c_only and driver != "c":
+        return "a scenario of the C driver only"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
-    limit = raise_file_limit()
+    most = max(SCENARIOS[name].clients or options.idle_clients for name in options.scenarios)
+    limit = raise_file_limit(most + 1000)
+    for name in options.scenarios:
+        # The server and the driver each hold a socket per client; under a
+        # hard limit (20,000 on some machines) idle20k holds what fits.
+        scenario = SCENARIOS[name]
+        if scenario.c_only and scenario.clients + 500 > limit:
+            print(
+                f"broadcast: open-file limit {limit} is too low for {scenario.clients:,} clients in {name}; "
+                f"using {limit - 500:,}",
+                file=sys.stderr,
+            )
+            SCENARIOS[name] = dataclasses.replace(scenario, clients=limit - 500)
     if "idle" in options.scenarios and options.idle_clients + 100 > limit:
         print(
             f"broadcast: open-file limit {limit} is too low for {options.idle_clients} idle clients; "
@@ -1566,7 +1796,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     runners = {"flow": run_flow, "rooms": run_rooms, "connect": run_connect, "idle": run_idle}
     results: list[dict[str, Any]] = []
     failed = False
+    several = len(options.drivers) > 1
     with tempfile.TemporaryDirectory(prefix="chatcore-bench-") as log_dir:
+        if "c" in options.drivers:
+            try:
+                options.c_driver = build_c_driver(log_dir)
+            except RuntimeError as exc:
+                print(f"broadcast.py: {exc}", file=sys.stderr)
+                return 2
         tls_context = None
         if "chatcore-tls" in options.servers:
             tls_context, options.tls_files = make_certificates(log_dir)
@@ -1576,13 +1813,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             for round_ in range(1, options.rounds + 1):
                 rounds = f" (round {round_} of {options.rounds})" if options.rounds > 1 else ""
                 print(f"{scenario.name}: {scenario.title}{rounds}", flush=True)
-                for label, server_name, plugins in options.variants:
-                    if server_name == "chatcore-tls" and scenario.kind not in ("flow", "rooms"):
-                        print(f"  {label:12s} (not measured: TLS runs the flow scenarios only)", flush=True)
-                        continue
-                    if scenario.kind == "rooms" and server_name in ("naive", "c-epoll"):
-                        # c_epoll_server.c and naive_server.py have one room and no /join.
-                        print(f"  {label:12s} (not measured: one room only, no /join)", flush=True)
+                for (label, server_name, plugins), asked in (
+                    (variant, driver) for variant in options.variants for driver in options.drivers
+                ):
+                    # The C driver speaks neither TLS nor the naive server's
+                    # command-less protocol: those run under the Python driver.
+                    driver = "python" if server_name in ("naive", "chatcore-tls") else asked
+                    shown = f"{label} [{asked}]" if several else label
+                    reason = not_measured(scenario, server_name, driver, options)
+                    if driver != asked and "python" in options.drivers:
+                        reason = "the Python driver's row measures it"
+                    if reason:
+                        print(f"  {shown:12s} (not measured: {reason})", flush=True)
                         continue
                     ClientTLS.context = tls_context if server_name == "chatcore-tls" else None
                     try:
@@ -1591,22 +1833,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                             server_name, scenario, options, max_clients, log_dir, plugins=plugins, python=python
                         )
                         with ServerProcess(server_name, command, Path(log_dir) / f"{server_name}.out") as server:
-                            result = runners[scenario.kind](server, scenario, options)
+                            if driver == "c":
+                                result = run_c_driver(server, scenario, options)
+                            else:
+                                result = runners[scenario.kind](server, scenario, options)
                     except (OSError, RuntimeError, TimeoutError, ConnectionError) as exc:
                         result = {"error": str(exc).splitlines()[0]}
                         failed = True
-                    print(format_row(label, result), flush=True)
-                    row = {"scenario": name, "server": label, "round": round_, **result}
+                    print(format_row(shown, result), flush=True)
+                    row = {"scenario": name, "server": label, "driver": asked, "round": round_, **result}
                     results.append({**row, "plugins": plugins} if server_name == "chatcore" else row)
     ClientTLS.context = None
-    if len([v for v in options.variants if v[0].startswith("chatcore/")]) > 1:
-        print("ratios, measured back to back (median of the rounds):", flush=True)
-        for line in ratios(results, options.variants):
-            print(line, flush=True)
-    if "c-epoll" in options.servers:
-        print("ratios to the C reference, c-epoll (median of the rounds):", flush=True)
-        for line in ratios_to_reference(results, "c-epoll"):
-            print(line, flush=True)
+    for driver in options.drivers:
+        under = f" under the {driver} driver" if several else ""
+        rows = [row for row in results if row["driver"] == driver]
+        if len([v for v in options.variants if v[0].startswith("chatcore/")]) > 1:
+            print(f"ratios, measured back to back (median of the rounds){under}:", flush=True)
+            for line in ratios(rows, options.variants):
+                print(line, flush=True)
+        if "c-epoll" in options.servers:
+            print(f"ratios to the C reference, c-epoll (median of the rounds){under}:", flush=True)
+            for line in ratios_to_reference(rows, "c-epoll"):
+                print(line, flush=True)
     if options.json:
         Path(options.json).write_text(json.dumps(results, indent=2) + "\n")
     if options.plot:

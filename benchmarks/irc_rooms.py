@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import selectors
 import shutil
@@ -41,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 CHANNEL = b"#bench"
 SETUP_TIMEOUT = 120.0
@@ -222,7 +224,8 @@ def version(name: str) -> str:
 
 
 @contextlib.contextmanager
-def running(name: str) -> Iterator[int]:
+def running(name: str) -> Iterator[tuple[int, int]]:
+    """The server ``name`` on a free port: yields (port, process id)."""
     with tempfile.TemporaryDirectory(prefix=f"irc-bench-{name}-") as tmp:
         port = free_port()
         command = SERVERS[name](port, Path(tmp))
@@ -233,7 +236,7 @@ def running(name: str) -> Iterator[int]:
             proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=tmp)
         try:
             wait_for_port(port, proc)
-            yield port
+            yield port, proc.pid
         except Exception:
             print(f"{name} said:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]), file=sys.stderr)
             raise
@@ -410,6 +413,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=20, help="lines in flight per sender (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per room (default: %(default)s)")
     parser.add_argument("--connects", type=int, default=500, help="clients registering at once (default: %(default)s)")
+    parser.add_argument(
+        "--driver",
+        choices=("python", "c"),
+        default="python",
+        help=(
+            "python: this script's own clients; c: benchmarks/c_driver.c in its IRC mode (built with cc), which "
+            "checks every line's order and counts the servers' CPU (default: %(default)s)"
+        ),
+    )
     options = parser.parse_args(argv)
     found = options.ergo or shutil.which("ergo")
     if found is not None and ergo_version(found) is None:
@@ -428,12 +440,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("ergo: no Ergo binary; build it (github.com/ergochat/ergo) and give --ergo PATH")
     if found is not None:
         BINARIES["ergo"] = found
+    if options.driver == "c":
+        return run_c(names, options)
     print("| server | test | deliveries/s | p50 ms | p99 ms |")
     print("|---|---|---|---|---|")
     for name in names:
         print(f"<!-- {version(name)} -->", file=sys.stderr)
         for size in [int(text) for text in options.rooms.split(",")]:
-            with running(name) as port:
+            with running(name) as (port, _pid):
                 clients, _ = connect(port, size)
                 try:
                     join(clients)
@@ -443,12 +457,58 @@ def main(argv: list[str] | None = None) -> int:
                         client.sock.close()
             p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
             print(f"| {name} | room of {size} | {rate:,.0f} | {p50:.1f} | {p99:.1f} |", flush=True)
-        with running(name) as port:
+        with running(name) as (port, _pid):
             clients, seconds = connect(port, options.connects)
             for client in clients:
                 client.sock.close()
         print(f"| {name} | {options.connects} connects at once | {seconds:.2f} s until the last 001 | | |", flush=True)
     return 0
+
+
+def run_c(names: list[str], options: argparse.Namespace) -> int:
+    """The same rooms and connects through the C driver's IRC mode: every
+    client registers, joins #bench, and the senders' PRIVMSG lines are
+    checked for order, loss and corruption at every receiver."""
+    from broadcast import build_c_driver
+
+    print("| server | test | deliveries/s | p50 ms | p99 ms | p99.9 ms | lost, dup, reord, corrupt | server cores |")
+    print("|---|---|---:|---:|---:|---:|---|---:|")
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="irc-bench-driver-") as tmp:
+        driver = build_c_driver(tmp)
+        for name in names:
+            print(f"<!-- {version(name)} -->", file=sys.stderr)
+            for size in [int(text) for text in options.rooms.split(",")]:
+                with running(name) as (port, pid):
+                    flow = ["--clients", str(size), "--senders", str(min(options.senders, size))]
+                    flow += ["--window", str(options.window), "--duration", str(options.duration)]
+                    result = c_driver(driver, port, pid, flow)
+                if "error" in result:
+                    failed = True
+                    print(f"| {name} | room of {size} | {result['error']} | | | | | |", flush=True)
+                    continue
+                faults = ", ".join(str(result[key]) for key in ("lost", "duplicated", "reordered", "corrupted"))
+                print(
+                    f"| {name} | room of {size} | {result['deliveries_per_s']:,.0f} | {result['p50_ms']:.2f} | "
+                    f"{result['p99_ms']:.2f} | {result['p999_ms']:.2f} | {faults} | {result['server_cores']:.2f} |",
+                    flush=True,
+                )
+            with running(name) as (port, pid):
+                result = c_driver(driver, port, pid, ["--mode", "connect", "--clients", str(options.connects)])
+            seconds = result.get("all_welcomed_s")
+            failed = failed or seconds is None
+            shown = f"{seconds:.3f} s until the last 001" if seconds is not None else f"not all welcomed: {result}"
+            print(f"| {name} | {options.connects} connects at once | {shown} | | | | | |", flush=True)
+    return 1 if failed else 0
+
+
+def c_driver(driver: str, port: int, pid: int, args: list[str]) -> dict[str, Any]:
+    command = [driver, "--protocol", "irc", "--port", str(port), "--server-pid", str(pid), "--connect-rate", "0"]
+    command += ["--setup-timeout", str(SETUP_TIMEOUT), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=2 * SETUP_TIMEOUT + 60, check=False)
+    lines = done.stdout.strip().splitlines()
+    result: dict[str, Any] = json.loads(lines[-1]) if lines else {"error": done.stderr.strip()[-200:]}
+    return result
 
 
 if __name__ == "__main__":

@@ -42,3 +42,15 @@ def test_ergo_is_told_from_debians_chemistry_program_of_the_same_name(tmp_path: 
     with pytest.raises(SystemExit) as exit_:
         main(["--servers", "ergo", "--ergo", str(chemistry)])
     assert exit_.value.code == 2
+
+
+def test_the_c_driver_measures_chatcore(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--servers", "chatcore", "--rooms", "5", "--senders", "2", "--duration", "0.5", "--connects", "20"]
+    assert main([*argv, "--driver", "c"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| chatcore |")]
+    assert len(rows) == 2
+    cells = [cell.strip() for cell in rows[0].split("|")]
+    assert int(cells[3].replace(",", "")) > 0
+    assert cells[7] == "0, 0, 0, 0"  # lost, duplicated, reordered, corrupted
+    assert "20 connects at once" in rows[1]
+    assert "until the last 001" in rows[1]
