@@ -35,6 +35,12 @@ that no reader serves and that is in no room, named after the token, and
 the message goes through ``server.broadcast_message`` or
 ``server.send_private`` like any other: counted, filtered, delivered to
 native, IRC and web users alike, kept by the history plugin.
+
+Moderation (kicks, bans, mutes) and administration (connections) are done
+as a server operator named after the token (:func:`operator_of`), through
+the ``opers`` plugin's functions and the engine's room actions, the same
+code as the operators' commands: what users see, the log, the kept bans
+and the cluster's forwarding are the same whichever way an action came.
 """
 
 from __future__ import annotations
@@ -80,8 +86,9 @@ log = logging.getLogger("chatcore.api")
 NAME = "api"
 DEFAULT_PORT = 8081
 DEFAULT_TLS_PORT = 8444
-#: Every scope a token may have. ``moderate`` and ``admin`` are accepted
-#: for the endpoints still to come (kick, ban, mute; connections).
+#: Every scope a token may have: ``read`` (rooms, members, history, stats),
+#: ``post`` (messages), ``moderate`` (a room's kicks and bans, mutes),
+#: ``admin`` (everything, and the server's kicks and bans, connections).
 SCOPES = ("read", "post", "moderate", "admin")
 #: Bytes of a request's line and headers, at most (431 beyond).
 MAX_HEADER_BYTES = 8192

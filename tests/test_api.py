@@ -8,6 +8,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -19,6 +20,8 @@ from typing import Any
 
 import pytest
 import trustme
+from redis_support import RedisServer
+from test_redis import linked
 from test_tls import issue
 from test_web import trickle_headers
 
@@ -551,3 +554,50 @@ def test_an_admin_lists_and_ends_connections(api, native):
     assert call(server, "DELETE", "/api/connections/x", ADMIN)[0] == 404
     status, error, _ = call(server, "DELETE", "/api/connections/1?reason=%0a", ADMIN)
     assert (status, error["error"]) == (422, "bad reason: control characters are not allowed")
+
+
+@pytest.mark.slow
+def test_moderation_reaches_users_on_another_server_of_a_cluster(tmp_path):
+    """The API on one server of a Redis cluster kicks a user on another out
+    of a room and out of the server, as the operators' commands do."""
+    redis = RedisServer(tmp_path).start()
+    common = ("--redis-url", redis.url, "--redis-cluster", f"api-{os.getpid()}", "--redis-timeout", "1")
+    tokens = [arg for token in TOKENS for arg in ("--api-token", token)]
+    one = ServerProcess(
+        "--plugins", "redis,api", "--listen", "tcp://127.0.0.1:0", "--listen", "http://127.0.0.1:0", *common, *tokens
+    )  # fmt: skip
+    two = ServerProcess("--plugins", "redis", "--listen", "tcp://127.0.0.1:0", *common)
+    clients: list[LineClient] = []
+    try:
+        one.start()
+        two.start()
+        for process, nick in ((one, "alice"), (two, "bob")):
+            client = LineClient(process.addresses["tcp"], timeout=10)
+            clients.append(client)
+            client.send(f"/nick {nick}")
+            client.expect(f"* you are now known as {nick}")
+        alice, bob = clients
+        linked(bob, "bob", [alice])
+        linked(alice, "alice", [bob])
+
+        body = {"nick": "bob", "reason": "off topic"}
+        status, done, _ = call(one, "POST", "/api/rooms/lobby/kicks", MODERATE, body=body)
+        assert status == 200, done
+        bob.expect("* you were kicked out of lobby by mod (off topic)")
+        alice.expect("* bob was kicked out by mod (off topic)")
+
+        bob.send("/join lobby")
+        alice.expect("* bob joined")
+        status, done, _ = call(one, "POST", "/api/kicks", ADMIN, body={"nick": "bob", "reason": "enough"})
+        assert (status, done["done"]) == (200, "bob is on another server: the kick went there")
+        assert bob.wait_closed()[-1] == "! disconnected: kicked by boss: enough"
+        alice.expect("* bob left (kicked by boss: enough)")
+        two.expect_log(re.compile(r"operator api:boss \(boss\) kicked bob from 127\.0\.0\.1: enough"))
+        assert call(one, "POST", "/api/kicks", ADMIN, body={"nick": "bob"})[0] == 404
+    finally:
+        for client in clients:
+            client.close()
+        for process in (one, two):
+            if process.proc is not None:
+                process.stop()
+        redis.stop()
