@@ -54,10 +54,8 @@ import math
 import secrets
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, unquote
 
@@ -74,6 +72,7 @@ from chatcore.plugins import opers
 from chatcore.transports import Scheme, Transport
 from chatcore.version import __version__
 from chatcore.wire import Protocol, WireFormat
+from chatcore.wire.http import Deadlines, HttpConnection, raw_answer
 
 if TYPE_CHECKING:
     from chatcore.engine.gate import Refusal
@@ -681,12 +680,12 @@ def chatcore_server_start(server: ChatServer) -> None:
             )
     if not state.tokens:
         log.warning("api: no --api-token is configured, so every request but /api/openapi.json is refused")
-    state.start()
+    state.connections.start()
 
 
 @hookimpl
 def chatcore_server_stop(server: ChatServer) -> None:
-    _state(server).stop()
+    _state(server).connections.stop()
 
 
 def _state(server: ChatServer) -> ApiState:
@@ -696,7 +695,7 @@ def _state(server: ChatServer) -> ApiState:
 
 class ApiState:
     """One server's tokens, their buckets, its open connections and the
-    thread that enforces the request and idle deadlines."""
+    thread that enforces their request and idle deadlines."""
 
     def __init__(self, tokens: list[Token], rate: float, burst: int) -> None:
         self.tokens = tokens
@@ -705,26 +704,9 @@ class ApiState:
         self.message_in = _validator("MessageIn")
         #: The request bodies' validators, by schema name.
         self.validators = {route.body: _validator(route.body) for route in _ROUTES if route.body is not None}
-        self._connections: weakref.WeakSet[ApiProtocol] = weakref.WeakSet()
+        #: The open connections, and the thread that enforces their deadlines.
+        self.connections: Deadlines[ApiProtocol] = Deadlines("chatcore-api-deadlines", 0.5, ApiProtocol.check)
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chatcore-api-deadlines", daemon=True)
-
-    def add(self, protocol: ApiProtocol) -> None:
-        with self._lock:
-            self._connections.add(protocol)
-
-    def discard(self, protocol: ApiProtocol) -> None:
-        with self._lock:
-            self._connections.discard(protocol)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
 
     def wait_before(self, token: Token) -> float:
         """0.0 and one request taken from ``token``'s bucket, or the
@@ -740,17 +722,6 @@ class ApiState:
                 token.allowance -= 1.0
                 return 0.0
             return (1.0 - token.allowance) / self.rate
-
-    def _run(self) -> None:
-        while not self._stopping.wait(0.5):
-            now = time.monotonic()
-            with self._lock:
-                connections = list(self._connections)
-            for protocol in connections:
-                try:
-                    protocol.check(now)
-                except Exception:  # one broken connection must not stop the others' deadlines
-                    log.exception("api: checking %r failed", protocol.client)
 
 
 # -- the wire format and the bot -------------------------------------------------
@@ -813,11 +784,11 @@ _SECURITY_HEADERS = [
     (b"Cache-Control", b"no-store"),
     (b"X-Content-Type-Options", b"nosniff"),
 ]
-_SLOW_BODY = json.dumps({"error": f"the request did not arrive within {REQUEST_TIMEOUT:g} seconds"}).encode()
-_REQUEST_TOO_SLOW = (
-    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
-    b"Content-Length: %d\r\n\r\n%s" % (len(_SLOW_BODY), _SLOW_BODY)
-)
+
+
+def _json_error(text: str) -> tuple[bytes, bytes]:
+    """An error as the API words it: ``{"error": text}``."""
+    return b"application/json", json.dumps({"error": text}).encode("utf-8")
 
 
 class _Answer(Exception):
@@ -832,149 +803,59 @@ class _Answer(Exception):
 
 class ApiProtocol(Protocol):
     """One HTTP client of the API: requests read with h11 on the reader
-    thread, answers queued to the shared writer."""
+    thread (:class:`~chatcore.wire.http.HttpConnection`, which bounds them),
+    answers queued to the shared writer."""
 
-    __slots__ = ("__weakref__", "_body", "_http", "_last_heard", "_request", "_served", "_started", "_state")
+    __slots__ = ("__weakref__", "_state", "http")
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
         self._state = _state(client.server)
-        self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        self._request: h11.Request | None = None
-        self._body = bytearray()
-        self._last_heard = time.monotonic()
-        # When the first byte of the request now arriving came (0.0: none).
-        self._started = 0.0
-        self._served = 0
+        self.http = HttpConnection(
+            client,
+            self._handle,
+            error_body=_json_error,
+            headers=_SECURITY_HEADERS,
+            max_body=MAX_BODY_BYTES,
+            max_requests=MAX_REQUESTS,
+            max_header_bytes=MAX_HEADER_BYTES,
+            request_timeout=REQUEST_TIMEOUT,
+            idle_timeout=IDLE_TIMEOUT,
+        )
 
     def connection_made(self) -> None:
         # Never admitted: an API connection is in no room and has no nick.
-        self._state.add(self)
+        self._state.connections.add(self)
 
     def connection_lost(self) -> None:
-        self._state.discard(self)
+        self._state.connections.discard(self)
 
     def render(self, event: Event) -> bytes:
         """Only a refusal (server full, shutting down) is rendered: as a 503."""
         if not isinstance(event, Error):
             return b""
-        body = json.dumps({"error": event.text}).encode("utf-8")
-        return (
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        return raw_answer(503, *_json_error(event.text))
 
     def check(self, now: float) -> None:
-        """From the deadline thread: a request that takes too long to
-        arrive is answered 408 and closed; an idle connection is closed."""
-        client = self.client
-        if client.closed:
-            return
-        if self._started and now - self._started > REQUEST_TIMEOUT:
-            client.send_data(_REQUEST_TOO_SLOW)
-            client.disconnect("request too slow", tell=False)
-        elif not self._started and now - self._last_heard > IDLE_TIMEOUT:
-            client.disconnect("idle HTTP connection", tell=False)
+        """From the deadline thread: the request and idle deadlines."""
+        self.http.check(now)
 
     def data_received(self, data: bytes) -> None:
-        self._last_heard = now = time.monotonic()
-        if not self._started:
-            self._started = now
-        http = self._http
-        http.receive_data(data)
-        client = self.client
-        while not client.closed:
-            try:
-                event = http.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._send_error(_Answer(exc.error_status_hint, f"bad request: {exc}"), close=True)
-                return
-            if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
-                return
-            if event is h11.PAUSED:
-                return  # an upgrade or CONNECT: answered, and closed
-            if isinstance(event, h11.Request):
-                if not self._begin(event):
-                    return
-            elif isinstance(event, h11.Data):
-                if len(self._body) + len(event.data) > MAX_BODY_BYTES:
-                    self._send_error(_Answer(413, f"the body is larger than {MAX_BODY_BYTES} bytes"), close=True)
-                    return
-                self._body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                self._finish()
-                if self.client.closed:  # the answer closed it
-                    return
-                if http.our_state is h11.DONE and http.their_state is h11.DONE:
-                    http.start_next_cycle()
-                    self._started = time.monotonic() if http.trailing_data[0] else 0.0
+        self.http.receive(data)
 
-    def _begin(self, request: h11.Request) -> bool:
-        """A request's head: False if it was answered (and the connection closed)."""
-        # One pipelined request at a time: the next is read once this
-        # one's answer went out (a client that never reads holds one answer).
-        if not self.client.wait_sent(IDLE_TIMEOUT):
-            self.client.disconnect("slow consumer", tell=False)
-            return False
-        if sum(len(name) + len(value) + 4 for name, value in request.headers) > MAX_HEADER_BYTES:
-            self._send_error(_Answer(431, "the request's headers are too large"), close=True)
-            return False
-        for name, value in request.headers:
-            if name == b"content-length" and int(value) > MAX_BODY_BYTES:
-                self._send_error(_Answer(413, f"the body is larger than {MAX_BODY_BYTES} bytes"), close=True)
-                return False
-        self._request = request
-        self._body = bytearray()
-        if self._http.they_are_waiting_for_100_continue:
-            self.client.send_data(self._http.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
-        return True
-
-    def _finish(self) -> None:
-        request = self._request
-        assert request is not None
-        self._request = None
-        self._started = 0.0
-        self._served += 1
+    def _handle(self, request: h11.Request, body: bytes) -> None:
         try:
-            status, answer = self._route(request, bytes(self._body))
+            status, answer = self._route(request, body)
         except _Answer as error:
             self._send_error(error)
         except Exception:  # a bug here: say so, and keep serving the others
             log.exception("api: %s %r failed", request.method.decode("ascii", "replace"), request.target)
             self._send_error(_Answer(500, "the server failed to answer this; its log says why"), close=True)
         else:
-            self._send(status, json.dumps(answer).encode("utf-8"))
-
-    # -- answers -----------------------------------------------------------------
+            self.http.respond(status, [(b"Content-Type", b"application/json")], json.dumps(answer).encode("utf-8"))
 
     def _send_error(self, error: _Answer, *, close: bool = False) -> None:
-        body = json.dumps({"error": error.text}).encode("utf-8")
-        self._send(error.status, body, error.headers, close=close)
-
-    def _send(
-        self, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None, *, close: bool = False
-    ) -> None:
-        http = self._http
-        close = close or self._served >= MAX_REQUESTS
-        headers = [
-            (b"Content-Type", b"application/json"),
-            (b"Content-Length", b"%d" % len(body)),
-            *_SECURITY_HEADERS,
-            *(extra or []),
-        ]
-        if close:
-            headers.append((b"Connection", b"close"))
-        try:
-            out = http.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)) or b""
-            out += http.send(h11.Data(data=body)) or b""
-            out += http.send(h11.EndOfMessage()) or b""
-        except h11.LocalProtocolError:
-            # A request too broken for h11 to answer: answer by hand.
-            out = b"HTTP/1.1 %d \r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body)
-            close = True
-        self.client.send_data(out)
-        if close or http.our_state is h11.MUST_CLOSE:
-            self.client.disconnect(f"HTTP {status}", tell=False)
+        self.http.error(error.status, error.text, close=close, extra=error.headers)
 
     # -- the endpoints ---------------------------------------------------------
 
