@@ -56,6 +56,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, unquote
 
@@ -69,6 +70,7 @@ from chatcore.events import Error, Event
 from chatcore.message import Message
 from chatcore.names import nick_problem, room_problem
 from chatcore.plugins import opers
+from chatcore.plugins.web import CONTENT_SECURITY_POLICY
 from chatcore.transports import Scheme, Transport
 from chatcore.version import __version__
 from chatcore.wire import Protocol, WireFormat
@@ -333,7 +335,17 @@ OPENAPI: dict[str, Any] = {
             },
             "Stats": {
                 "type": "object",
-                "required": ["version", "connections", "rooms", "memberships", "accepted", "messages", "deliveries"],
+                "required": [
+                    "version",
+                    "connections",
+                    "rooms",
+                    "memberships",
+                    "accepted",
+                    "messages",
+                    "deliveries",
+                    "disconnects",
+                    "refusals",
+                ],
                 "properties": {
                     "version": {"type": "string"},
                     "connections": {"type": "integer"},
@@ -342,6 +354,16 @@ OPENAPI: dict[str, Any] = {
                     "accepted": {"type": "integer"},
                     "messages": {"type": "integer"},
                     "deliveries": {"type": "integer"},
+                    "disconnects": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                        "description": "by cause (slow_consumer, kick, ban, quit ...)",
+                    },
+                    "refusals": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                        "description": "connections refused, by cause (full, limit, plugin ...)",
+                    },
                 },
             },
         },
@@ -672,7 +694,7 @@ def chatcore_server_start(server: ChatServer) -> None:
             host, port = listener.address
             scheme = "https" if listener.scheme.tls else "http"
             log.info(
-                "api: %s://%s:%d/api/ (OpenAPI at /api/openapi.json), %d token(s)",
+                "api: %s://%s:%d/api/ (OpenAPI at /api/openapi.json, the admin page at /admin/), %d token(s)",
                 scheme,
                 f"[{host}]" if ":" in host else host,
                 port,
@@ -704,6 +726,8 @@ class ApiState:
         self.message_in = _validator("MessageIn")
         #: The request bodies' validators, by schema name.
         self.validators = {route.body: _validator(route.body) for route in _ROUTES if route.body is not None}
+        #: The admin page's files, by path: (content, type).
+        self.admin_page = {path: (_read_admin_file(name), kind) for path, (name, kind) in ADMIN_PAGE.items()}
         #: The open connections, and the thread that enforces their deadlines.
         self.connections: Deadlines[ApiProtocol] = Deadlines("chatcore-api-deadlines", 0.5, ApiProtocol.check)
         self._lock = threading.Lock()
@@ -844,6 +868,8 @@ class ApiProtocol(Protocol):
         self.http.receive(data)
 
     def _handle(self, request: h11.Request, body: bytes) -> None:
+        if serve_admin_page(self, request):
+            return
         try:
             status, answer = self._route(request, body)
         except _Answer as error:
@@ -997,6 +1023,8 @@ class ApiProtocol(Protocol):
             "accepted": server.stats.accepted,
             "messages": totals.messages,
             "deliveries": totals.deliveries,
+            "disconnects": server.stats.disconnects(),
+            "refusals": server.stats.refusals(),
         }
 
     def _bot(self, token: Token, room: str = "") -> tuple[Client, list[str]]:
@@ -1335,6 +1363,45 @@ _ROUTES = [
 
 def _matches(pattern: tuple[str, ...], path: list[str]) -> bool:
     return len(pattern) == len(path) and all(want in ("*", part) for want, part in zip(pattern, path, strict=True))
+
+
+# -- the admin page ------------------------------------------------------------------
+
+#: The admin page's files, served from the package by path: looked up in
+#: this table, never joined to a file system path (no directory traversal).
+ADMIN_PAGE = {
+    "/admin": ("index.html", b"text/html; charset=utf-8"),
+    "/admin/": ("index.html", b"text/html; charset=utf-8"),
+    "/admin/admin.js": ("admin.js", b"text/javascript; charset=utf-8"),
+    "/admin/admin.css": ("admin.css", b"text/css; charset=utf-8"),
+}
+# The web page's policy: no inline script or style, nothing from elsewhere
+# (no CDN), requests to this server alone, no frames (clickjacking).
+_PAGE_HEADERS = [
+    (b"Content-Security-Policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"Referrer-Policy", b"no-referrer"),
+    (b"X-Frame-Options", b"DENY"),
+]
+
+
+def _read_admin_file(name: str) -> bytes:
+    return resources.files("chatcore.plugins").joinpath("admin_static").joinpath(name).read_bytes()
+
+
+def serve_admin_page(api: ApiProtocol, request: h11.Request) -> bool:
+    """Answer a request for a file of the admin page; False if it is for none.
+    The files are public: what the page shows comes from the API, with the
+    token the person gives it."""
+    found = api._state.admin_page.get(request.target.decode("ascii", "replace").partition("?")[0])
+    if found is None:
+        return False
+    if request.method not in (b"GET", b"HEAD"):
+        api.http.error(405, "only GET and HEAD", extra=[(b"Allow", b"GET, HEAD")])
+        return True
+    page, kind = found
+    headers = [(b"Content-Type", kind), (b"Content-Length", b"%d" % len(page)), *_PAGE_HEADERS]
+    api.http.respond(200, headers, b"" if request.method == b"HEAD" else page)
+    return True
 
 
 def _network(text: str) -> Network | None:

@@ -601,3 +601,40 @@ def test_moderation_reaches_users_on_another_server_of_a_cluster(tmp_path):
             if process.proc is not None:
                 process.stop()
         redis.stop()
+
+
+def test_the_admin_page_is_served_with_its_policy_and_stats_have_its_counts(api):
+    """The page itself is tested in Chromium (tests/test_admin_page.py)."""
+    server = api()
+    host, port = server.listener("http").address
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        for path, kind in (
+            ("/admin/", "text/html"),
+            ("/admin", "text/html"),
+            ("/admin/admin.js", "text/javascript"),
+            ("/admin/admin.css", "text/css"),
+        ):
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+            assert response.status == 200, path
+            assert response.getheader("Content-Type", "").startswith(kind)
+            assert "script-src 'self'" in response.getheader("Content-Security-Policy", "")
+            assert response.getheader("Referrer-Policy") == "no-referrer"
+            assert b"http://" not in body
+            assert b"https://" not in body  # nothing from elsewhere
+        conn.request("POST", "/admin/", body=b"{}")
+        response = conn.getresponse()
+        response.read()
+        assert (response.status, response.getheader("Allow")) == (405, "GET, HEAD")
+        conn.request("GET", "/admin/../api/stats")
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 404
+    finally:
+        conn.close()
+    status, stats, _ = call(server, "GET", "/api/stats", READ)
+    assert status == 200
+    assert isinstance(stats["disconnects"], dict)
+    assert isinstance(stats["refusals"], dict)
