@@ -118,8 +118,11 @@ class Hooks:
         self.refresh()
 
     def refresh(self) -> None:
-        """Forget the cached implementation lists (after (un)registering)."""
-        self._impls.clear()
+        """Forget the cached implementation lists (after (un)registering).
+        A new cache, swapped in: a plugin loaded or unloaded while clients
+        call hooks (a reload) never leaves a list made before the change in
+        the cache a thread filled meanwhile."""
+        self._impls = _Implementations(self.pm)
         #: True if a plugin implements ``chatcore_room_event`` (checked on
         #: every publish, so kept as a plain attribute).
         self.room_events_observed = bool(self._impls["chatcore_room_event"])
@@ -219,6 +222,25 @@ class Hooks:
 
     def server_stop(self, server: ChatServer) -> None:
         self._call_each("chatcore_server_stop", {"server": server})
+
+    def call_plugin(self, plugin: str, hook: str, kwargs: dict[str, Any]) -> Any:
+        """Call the implementation of ``hook`` of the plugin named ``plugin``
+        alone, if it has one: starting or stopping one plugin while the
+        server runs (a reload that loads or unloads it).
+
+        :raises UsageError: the plugin refused its configuration.
+        :raises PluginError: it failed.
+        """
+        for name, call in self._impls[hook]:
+            if name != plugin:
+                continue
+            try:
+                return call(kwargs)
+            except UsageError:
+                raise
+            except Exception as exc:
+                raise PluginError(name, hook, exc) from exc
+        return None
 
     def reload(
         self, server: ChatServer, old: argparse.Namespace, new: argparse.Namespace

@@ -29,6 +29,38 @@ BUILTIN_PLUGINS = ("commands", "native", "opers")
 DEFAULT_PLUGINS = ("welcome",)
 
 
+#: The attribute a plugin sets true when it may be loaded and unloaded
+#: while the server runs (a reload, SIGHUP, with a changed ``plugins``
+#: list): its ``chatcore_configure`` and ``chatcore_server_start`` may then
+#: be called on a running server, and its ``chatcore_server_stop`` undoes
+#: all they did. A plugin that adds listener schemes, a backplane or an
+#: account service never can: those are set up once, at the start.
+UNLOADABLE = "UNLOADABLE"
+
+
+def unloadable(plugin: object) -> bool:
+    """Whether ``plugin`` says it may be loaded and unloaded while running."""
+    return getattr(plugin, UNLOADABLE, False) is True
+
+
+def find_plugin(name: str) -> object:
+    """The plugin object ``name`` selects (a module, usually), as
+    :func:`load_plugins` would register it, without registering it.
+
+    :raises UsageError: no such plugin.
+    :raises PluginLoadError: it fails to import.
+    """
+    available = entry_points()
+    try:
+        if name in available:
+            return available[name].load()
+        if "." in name and all(part.isidentifier() for part in name.split(".")):
+            return importlib.import_module(name)
+    except Exception as exc:
+        raise PluginLoadError(f"plugin {name!r} could not be loaded: {type(exc).__name__}: {exc}") from exc
+    raise UsageError(f"unknown plugin {name!r}")
+
+
 class PluginLoadError(Exception):
     """A selected plugin was found but could not be imported."""
 

@@ -36,6 +36,12 @@ the message goes through ``server.broadcast_message`` or
 ``server.send_private`` like any other: counted, filtered, delivered to
 native, IRC and web users alike, kept by the history plugin.
 
+Moderation (kicks, bans, mutes) and administration (connections) are done
+as a server operator named after the token (:func:`operator_of`), through
+the ``opers`` plugin's functions and the engine's room actions, the same
+code as the operators' commands: what users see, the log, the kept bans
+and the cluster's forwarding are the same whichever way an action came.
+
 Other plugins' paths: a plugin's ``chatcore_api_routes`` gives path
 prefixes outside ``/api/`` (:class:`chatcore.routes.Route`) and their
 handlers; their requests are read here with the same limits, and the
@@ -53,25 +59,32 @@ import math
 import secrets
 import threading
 import time
-import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from importlib import resources
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import parse_qsl, unquote
 
 import h11
 
 from chatcore import Client, Config, UsageError, hookimpl
 from chatcore.config import secret
+from chatcore.engine.limits import Network, parse_address, parse_network
+from chatcore.engine.rooms import mask_matches, normal_mask
 from chatcore.events import Error, Event
 from chatcore.message import Message
 from chatcore.names import nick_problem, room_problem
+from chatcore.plugins import opers
+from chatcore.plugins.web import CONTENT_SECURITY_POLICY
 from chatcore.routes import HttpError, HttpRequest, Route
 from chatcore.transports import Scheme, Transport
 from chatcore.version import __version__
 from chatcore.wire import Protocol, WireFormat
+from chatcore.wire.http import Deadlines, HttpConnection, raw_answer
 
 if TYPE_CHECKING:
+    from chatcore.engine.gate import Refusal
+    from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
     from chatcore.events import RoomEvent
 
@@ -80,8 +93,9 @@ log = logging.getLogger("chatcore.api")
 NAME = "api"
 DEFAULT_PORT = 8081
 DEFAULT_TLS_PORT = 8444
-#: Every scope a token may have. ``moderate`` and ``admin`` are accepted
-#: for the endpoints still to come (kick, ban, mute; connections).
+#: Every scope a token may have: ``read`` (rooms, members, history, stats),
+#: ``post`` (messages), ``moderate`` (a room's kicks and bans, mutes),
+#: ``admin`` (everything, and the server's kicks and bans, connections).
 SCOPES = ("read", "post", "moderate", "admin")
 #: Bytes of a request's line and headers, at most (431 beyond).
 MAX_HEADER_BYTES = 8192
@@ -327,7 +341,17 @@ OPENAPI: dict[str, Any] = {
             },
             "Stats": {
                 "type": "object",
-                "required": ["version", "connections", "rooms", "memberships", "accepted", "messages", "deliveries"],
+                "required": [
+                    "version",
+                    "connections",
+                    "rooms",
+                    "memberships",
+                    "accepted",
+                    "messages",
+                    "deliveries",
+                    "disconnects",
+                    "refusals",
+                ],
                 "properties": {
                     "version": {"type": "string"},
                     "connections": {"type": "integer"},
@@ -336,11 +360,243 @@ OPENAPI: dict[str, Any] = {
                     "accepted": {"type": "integer"},
                     "messages": {"type": "integer"},
                     "deliveries": {"type": "integer"},
+                    "disconnects": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                        "description": "by cause (slow_consumer, kick, ban, quit ...)",
+                    },
+                    "refusals": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                        "description": "connections refused, by cause (full, limit, plugin ...)",
+                    },
                 },
             },
         },
     },
 }
+
+# -- moderation and administration: their paths and schemas ----------------------
+
+_KICK_BODY = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/KickIn"}}}}
+_MASK = {**_ROOM, "name": "mask", "schema": {"type": "string", "minLength": 1, "maxLength": 200}}
+_NETWORK = {
+    **_ROOM,
+    "name": "network",
+    "description": "as GET /api/bans lists it, the slash as %2F (10.0.0.0%2F8)",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+}
+_CONNECTION = {**_ROOM, "name": "id", "schema": {"type": "integer", "minimum": 0}}
+#: Characters of a kick's, ban's or mute's reason, at most.
+MAX_REASON = 300
+_REASON = {
+    "type": "string",
+    "maxLength": MAX_REASON,
+    "description": "why, shown to the people concerned; control characters are not allowed",
+    "pattern": "^[^\\u0000-\\u001f\\u007f]*$",
+}
+_DURATION = {"type": "integer", "minimum": 1, "maximum": 31536000, "description": "seconds"}
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def _action(
+    summary: str, parameters: list[Any], *codes: int, body: str | None = None, ok: str = "200"
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {**_SECURED, "summary": summary, "parameters": parameters}
+    if body is not None:
+        operation["requestBody"] = _body(body)
+        codes = (*codes, 400, 413, 415, 422)
+    operation["responses"] = {ok: _json("Done", "done"), **_errors(*codes)}
+    return operation
+
+
+#: Every moderation and administration path: scope ``moderate`` for a
+#: room's kicks and bans and for mutes, ``admin`` for the server's kicks
+#: and bans and the connections.
+MODERATION_PATHS: dict[str, Any] = {
+    "/api/rooms/{room}/kicks": {
+        "post": _action("Put a member out of a room (scope moderate)", [_ROOM], 404, 503, body="KickIn"),
+    },
+    "/api/rooms/{room}/bans": {
+        "get": {
+            **_SECURED,
+            "summary": "A room's ban masks (scope moderate)",
+            "parameters": [_ROOM],
+            "responses": {"200": _json("RoomBans", "the masks"), **_errors(404)},
+        },
+        "post": _action(
+            "Ban a mask from a room, and put the members it matches out (scope moderate)",
+            [_ROOM],
+            404,
+            409,
+            body="RoomBanIn",
+            ok="201",
+        ),
+    },
+    "/api/rooms/{room}/bans/{mask}": {
+        "delete": _action("Lift a room's ban mask (scope moderate)", [_ROOM, _MASK], 404),
+    },
+    "/api/mutes": {
+        "get": {
+            **_SECURED,
+            "summary": "The mutes in force (scope moderate)",
+            "responses": {"200": _json("Mutes", "the mutes"), **_errors()},
+        },
+        "post": _action(
+            "Mute a nick on every room, its address too (scope moderate)", [], 404, 503, body="MuteIn", ok="201"
+        ),
+    },
+    "/api/mutes/{nick}": {
+        "delete": _action("Lift the mutes of a nick (scope moderate)", [_NICK], 404),
+    },
+    "/api/kicks": {
+        "post": _action("Disconnect a nick from the server (scope admin)", [], 404, 503, body="KickIn"),
+    },
+    "/api/bans": {
+        "get": {
+            **_SECURED,
+            "summary": "The server bans in force (scope admin)",
+            "responses": {"200": _json("Bans", "the bans"), **_errors()},
+        },
+        "post": _action(
+            "Ban an address, a network or a nick's address from the server (scope admin)",
+            [],
+            404,
+            409,
+            503,
+            body="BanIn",
+            ok="201",
+        ),
+    },
+    "/api/bans/{network}": {
+        "delete": _action("Lift a server ban (scope admin)", [_NETWORK], 404),
+    },
+    "/api/connections": {
+        "get": {
+            **_SECURED,
+            "summary": "Every connection (scope admin)",
+            "responses": {"200": _json("Connections", "the connections"), **_errors()},
+        },
+    },
+    "/api/connections/{id}": {
+        "delete": {
+            **_action("End a connection; the user sees the reason (scope admin)", [_CONNECTION], 404, 422),
+            "parameters": [
+                _CONNECTION,
+                {"name": "reason", "in": "query", "required": False, "schema": _REASON},
+            ],
+        },
+    },
+}
+# Control characters and every character Python's str.isspace() takes
+# (normal_mask refuses those), listed: \s differs between JSON Schema's
+# ECMA regexes and Python's.
+_UNWANTED = "\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+_PART = f"[^!@{_UNWANTED}]*"
+#: nick!user@host, user@host or nick (chatcore.engine.rooms.normal_mask).
+_MASK_PATTERN = f"^[^!@+:\\-{_UNWANTED}]{_PART}(!{_PART})?(@{_PART})?$"
+
+
+def _listing(key: str, item: dict[str, Any], *, room: bool = False) -> dict[str, Any]:
+    """The schema of an answer that lists things: ``{key: [item ...]}``
+    (and the ``room`` they are of); every field of an item is always there."""
+    properties: dict[str, Any] = {
+        key: {"type": "array", "items": {"type": "object", "required": list(item), "properties": item}}
+    }
+    if room:
+        properties["room"] = {"type": "string"}
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+_NICK_VALUE = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"}
+MODERATION_SCHEMAS: dict[str, Any] = {
+    "KickIn": {
+        "type": "object",
+        "required": ["nick"],
+        "additionalProperties": False,
+        "properties": {"nick": _NICK_VALUE, "reason": _REASON},
+    },
+    "RoomBanIn": {
+        "type": "object",
+        "required": ["mask"],
+        "additionalProperties": False,
+        "properties": {
+            "mask": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 190,
+                "pattern": _MASK_PATTERN,
+                "description": "nick!user@host with * and ?, or a nick (bob is bob!*@*)",
+            },
+            "reason": _REASON,
+        },
+    },
+    "MuteIn": {
+        "type": "object",
+        "required": ["nick"],
+        "additionalProperties": False,
+        "properties": {"nick": _NICK_VALUE, "duration": {**_DURATION, "default": 600}, "reason": _REASON},
+    },
+    "BanIn": {
+        "type": "object",
+        "required": ["target"],
+        "additionalProperties": False,
+        "properties": {
+            "target": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 64,
+                "description": "a nick (its address is banned), an address or a network (10.0.0.0/8)",
+            },
+            "duration": {**_DURATION, "description": "seconds; forever if not given"},
+            "reason": _REASON,
+        },
+    },
+    "Done": {
+        "type": "object",
+        "required": ["done"],
+        "properties": {
+            "done": {"type": "string", "description": "what was done, in a sentence"},
+            "warning": {"type": "string", "description": "done, but something went wrong (not saved, not sent)"},
+        },
+    },
+    "RoomBans": _listing(
+        "bans", {"mask": {"type": "string"}, "by": {"type": "string"}, "at": {"type": "number"}}, room=True
+    ),
+    "Mutes": _listing("mutes", {"nick": {"type": "string"}, "until": {"type": "number"}, "by": {"type": "string"}}),
+    "Bans": _listing(
+        "bans",
+        {
+            "network": {"type": "string"},
+            "until": {"type": ["number", "null"]},
+            "reason": {"type": "string"},
+            "by": {"type": "string"},
+        },
+    ),
+    "Connections": _listing(
+        "connections",
+        {
+            "id": {"type": "integer"},
+            "nick": {"type": "string", "description": "empty before it is let in"},
+            "address": {"type": "string"},
+            "port": {"type": "integer"},
+            "protocol": {"type": "string", "description": "native, irc, web or api"},
+            "tls": {"type": "boolean"},
+            "rooms": {"type": "array", "items": {"type": "string"}},
+            "connected": {"type": "number", "description": "when (Unix time)"},
+            "idle": {"type": "number", "description": "seconds since it last sent anything"},
+            "bytes_in": {"type": "integer"},
+            "bytes_out": {"type": "integer"},
+            "queued": {"type": "integer", "description": "pieces waiting to be written to it"},
+            "queued_bytes": {"type": "integer", "description": "bytes queued to it alone"},
+        },
+    ),
+}
+OPENAPI["paths"].update(MODERATION_PATHS)
+OPENAPI["components"]["schemas"].update(MODERATION_SCHEMAS)
 _OPENAPI_BYTES = json.dumps(OPENAPI, indent=1).encode("utf-8")
 
 
@@ -444,7 +700,7 @@ def chatcore_server_start(server: ChatServer) -> None:
             host, port = listener.address
             scheme = "https" if listener.scheme.tls else "http"
             log.info(
-                "api: %s://%s:%d/api/ (OpenAPI at /api/openapi.json), %d token(s)",
+                "api: %s://%s:%d/api/ (OpenAPI at /api/openapi.json, the admin page at /admin/), %d token(s)",
                 scheme,
                 f"[{host}]" if ":" in host else host,
                 port,
@@ -456,12 +712,12 @@ def chatcore_server_start(server: ChatServer) -> None:
         log.info("api: %s... also served: %s", route.prefix, route.description or "a plugin's paths")
     if not state.tokens:
         log.warning("api: no --api-token is configured, so every request under /api/ but openapi.json is refused")
-    state.start()
+    state.connections.start()
 
 
 @hookimpl
 def chatcore_server_stop(server: ChatServer) -> None:
-    _state(server).stop()
+    _state(server).connections.stop()
 
 
 def _state(server: ChatServer) -> ApiState:
@@ -471,35 +727,22 @@ def _state(server: ChatServer) -> ApiState:
 
 class ApiState:
     """One server's tokens, their buckets, its open connections and the
-    thread that enforces the request and idle deadlines."""
+    thread that enforces their request and idle deadlines."""
 
     def __init__(self, tokens: list[Token], rate: float, burst: int) -> None:
         self.tokens = tokens
         self.rate = rate
         self.burst = burst
         self.message_in = _validator("MessageIn")
+        #: The request bodies' validators, by schema name.
+        self.validators = {route.body: _validator(route.body) for route in _ROUTES if route.body is not None}
+        #: The admin page's files, by path: (content, type).
+        self.admin_page = {path: (_read_admin_file(name), kind) for path, (name, kind) in ADMIN_PAGE.items()}
+        #: The open connections, and the thread that enforces their deadlines.
+        self.connections: Deadlines[ApiProtocol] = Deadlines("chatcore-api-deadlines", 0.5, ApiProtocol.check)
         #: Other plugins' routes (chatcore_api_routes), set at start.
         self.routes: list[Route] = []
-        self._connections: weakref.WeakSet[ApiProtocol] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chatcore-api-deadlines", daemon=True)
-
-    def add(self, protocol: ApiProtocol) -> None:
-        with self._lock:
-            self._connections.add(protocol)
-
-    def discard(self, protocol: ApiProtocol) -> None:
-        with self._lock:
-            self._connections.discard(protocol)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
 
     def wait_before(self, token: Token) -> float:
         """0.0 and one request taken from ``token``'s bucket, or the
@@ -515,17 +758,6 @@ class ApiState:
                 token.allowance -= 1.0
                 return 0.0
             return (1.0 - token.allowance) / self.rate
-
-    def _run(self) -> None:
-        while not self._stopping.wait(0.5):
-            now = time.monotonic()
-            with self._lock:
-                connections = list(self._connections)
-            for protocol in connections:
-                try:
-                    protocol.check(now)
-                except Exception:  # one broken connection must not stop the others' deadlines
-                    log.exception("api: checking %r failed", protocol.client)
 
 
 # -- the wire format and the bot -------------------------------------------------
@@ -588,11 +820,11 @@ _SECURITY_HEADERS = [
     (b"Cache-Control", b"no-store"),
     (b"X-Content-Type-Options", b"nosniff"),
 ]
-_SLOW_BODY = json.dumps({"error": f"the request did not arrive within {REQUEST_TIMEOUT:g} seconds"}).encode()
-_REQUEST_TOO_SLOW = (
-    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
-    b"Content-Length: %d\r\n\r\n%s" % (len(_SLOW_BODY), _SLOW_BODY)
-)
+
+
+def _json_error(text: str) -> tuple[bytes, bytes]:
+    """An error as the API words it: ``{"error": text}``."""
+    return b"application/json", json.dumps({"error": text}).encode("utf-8")
 
 
 class _Answer(Exception):
@@ -607,149 +839,61 @@ class _Answer(Exception):
 
 class ApiProtocol(Protocol):
     """One HTTP client of the API: requests read with h11 on the reader
-    thread, answers queued to the shared writer."""
+    thread (:class:`~chatcore.wire.http.HttpConnection`, which bounds them),
+    answers queued to the shared writer."""
 
-    __slots__ = ("__weakref__", "_body", "_http", "_last_heard", "_request", "_served", "_started", "_state")
+    __slots__ = ("__weakref__", "_state", "http")
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
         self._state = _state(client.server)
-        self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        self._request: h11.Request | None = None
-        self._body = bytearray()
-        self._last_heard = time.monotonic()
-        # When the first byte of the request now arriving came (0.0: none).
-        self._started = 0.0
-        self._served = 0
+        self.http = HttpConnection(
+            client,
+            self._handle,
+            error_body=_json_error,
+            headers=_SECURITY_HEADERS,
+            max_body=MAX_BODY_BYTES,
+            max_requests=MAX_REQUESTS,
+            max_header_bytes=MAX_HEADER_BYTES,
+            request_timeout=REQUEST_TIMEOUT,
+            idle_timeout=IDLE_TIMEOUT,
+        )
 
     def connection_made(self) -> None:
         # Never admitted: an API connection is in no room and has no nick.
-        self._state.add(self)
+        self._state.connections.add(self)
 
     def connection_lost(self) -> None:
-        self._state.discard(self)
+        self._state.connections.discard(self)
 
     def render(self, event: Event) -> bytes:
         """Only a refusal (server full, shutting down) is rendered: as a 503."""
         if not isinstance(event, Error):
             return b""
-        body = json.dumps({"error": event.text}).encode("utf-8")
-        return (
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        return raw_answer(503, *_json_error(event.text))
 
     def check(self, now: float) -> None:
-        """From the deadline thread: a request that takes too long to
-        arrive is answered 408 and closed; an idle connection is closed."""
-        client = self.client
-        if client.closed:
-            return
-        if self._started and now - self._started > REQUEST_TIMEOUT:
-            client.send_data(_REQUEST_TOO_SLOW)
-            client.disconnect("request too slow", tell=False)
-        elif not self._started and now - self._last_heard > IDLE_TIMEOUT:
-            client.disconnect("idle HTTP connection", tell=False)
+        """From the deadline thread: the request and idle deadlines."""
+        self.http.check(now)
 
     def data_received(self, data: bytes) -> None:
-        self._last_heard = now = time.monotonic()
-        if not self._started:
-            self._started = now
-        http = self._http
-        http.receive_data(data)
-        client = self.client
-        while not client.closed:
-            try:
-                event = http.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._send_error(_Answer(exc.error_status_hint, f"bad request: {exc}"), close=True)
-                return
-            if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
-                return
-            if event is h11.PAUSED:
-                return  # an upgrade or CONNECT: answered, and closed
-            if isinstance(event, h11.Request):
-                if not self._begin(event):
-                    return
-            elif isinstance(event, h11.Data):
-                if len(self._body) + len(event.data) > MAX_BODY_BYTES:
-                    self._send_error(_Answer(413, f"the body is larger than {MAX_BODY_BYTES} bytes"), close=True)
-                    return
-                self._body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                self._finish()
-                if self.client.closed:  # the answer closed it
-                    return
-                if http.our_state is h11.DONE and http.their_state is h11.DONE:
-                    http.start_next_cycle()
-                    self._started = time.monotonic() if http.trailing_data[0] else 0.0
+        self.http.receive(data)
 
-    def _begin(self, request: h11.Request) -> bool:
-        """A request's head: False if it was answered (and the connection closed)."""
-        # One pipelined request at a time: the next is read once this
-        # one's answer went out (a client that never reads holds one answer).
-        if not self.client.wait_sent(IDLE_TIMEOUT):
-            self.client.disconnect("slow consumer", tell=False)
-            return False
-        if sum(len(name) + len(value) + 4 for name, value in request.headers) > MAX_HEADER_BYTES:
-            self._send_error(_Answer(431, "the request's headers are too large"), close=True)
-            return False
-        for name, value in request.headers:
-            if name == b"content-length" and int(value) > MAX_BODY_BYTES:
-                self._send_error(_Answer(413, f"the body is larger than {MAX_BODY_BYTES} bytes"), close=True)
-                return False
-        self._request = request
-        self._body = bytearray()
-        if self._http.they_are_waiting_for_100_continue:
-            self.client.send_data(self._http.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
-        return True
-
-    def _finish(self) -> None:
-        request = self._request
-        assert request is not None
-        self._request = None
-        self._started = 0.0
-        self._served += 1
+    def _handle(self, request: h11.Request, body: bytes) -> None:
+        if serve_admin_page(self, request):
+            return
         try:
-            status, answer = self._route(request, bytes(self._body))
+            status, answer = self._route(request, body)
         except _Answer as error:
             self._send_error(error)
         except Exception:  # a bug here: say so, and keep serving the others
             log.exception("api: %s %r failed", request.method.decode("ascii", "replace"), self._loggable(request))
             self._send_error(_Answer(500, "the server failed to answer this; its log says why"), close=True)
         else:
-            self._send(status, json.dumps(answer).encode("utf-8"))
-
-    # -- answers -----------------------------------------------------------------
+            self.http.respond(status, [(b"Content-Type", b"application/json")], json.dumps(answer).encode("utf-8"))
 
     def _send_error(self, error: _Answer, *, close: bool = False) -> None:
-        body = json.dumps({"error": error.text}).encode("utf-8")
-        self._send(error.status, body, error.headers, close=close)
-
-    def _send(
-        self, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None, *, close: bool = False
-    ) -> None:
-        http = self._http
-        close = close or self._served >= MAX_REQUESTS
-        headers = [
-            (b"Content-Type", b"application/json"),
-            (b"Content-Length", b"%d" % len(body)),
-            *_SECURITY_HEADERS,
-            *(extra or []),
-        ]
-        if close:
-            headers.append((b"Connection", b"close"))
-        try:
-            out = http.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)) or b""
-            out += http.send(h11.Data(data=body)) or b""
-            out += http.send(h11.EndOfMessage()) or b""
-        except h11.LocalProtocolError:
-            # A request too broken for h11 to answer: answer by hand.
-            out = b"HTTP/1.1 %d \r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body)
-            close = True
-        self.client.send_data(out)
-        if close or http.our_state is h11.MUST_CLOSE:
-            self.client.disconnect(f"HTTP {status}", tell=False)
+        self.http.error(error.status, error.text, close=close, extra=error.headers)
 
     # -- the endpoints ---------------------------------------------------------
 
@@ -790,6 +934,9 @@ class ApiProtocol(Protocol):
             self._allow(method, "POST")
             token = self._authorize(request, "post")
             return 201, self._tell(token, path[1], self._message(request, body))
+        routed = route_moderation(self, request, method, path, body)
+        if routed is not None:
+            return routed
         raise _Answer(404, f"no such endpoint {target}: the paths are in /api/openapi.json")
 
     def _plugin_route(self, path: str) -> Route | None:
@@ -814,9 +961,11 @@ class ApiProtocol(Protocol):
             raise _Answer(error.status, error.text, error.headers) from None
 
     @staticmethod
-    def _allow(method: str, allowed: str) -> None:
-        if method != allowed:
-            raise _Answer(405, f"use {allowed} here, not {method}", [(b"Allow", allowed.encode())])
+    def _allow(method: str, *allowed: str) -> None:
+        if method not in allowed:
+            raise _Answer(
+                405, f"use {' or '.join(allowed)} here, not {method}", [(b"Allow", ", ".join(allowed).encode())]
+            )
 
     def _authorize(self, request: h11.Request, scope: str) -> Token:
         state = self._state
@@ -847,7 +996,11 @@ class ApiProtocol(Protocol):
             raise _Answer(403, f"token {token.name} lacks the scope {scope!r} this needs")
         return token
 
-    def _message(self, request: h11.Request, body: bytes) -> dict[str, Any]:
+    def _json_body(
+        self, request: h11.Request, body: bytes, validator: Any, example: str, bad: str = "bad request body"
+    ) -> dict[str, Any]:
+        """The request's JSON body, checked by ``validator``; 415, 400 or
+        422 (``bad``: the problem) if it is not right."""
         kind = b""
         for name, value in request.headers:
             if name == b"content-type":
@@ -857,11 +1010,15 @@ class ApiProtocol(Protocol):
         try:
             obj = json.loads(body)
         except (ValueError, RecursionError):
-            raise _Answer(400, 'the body is not JSON; send {"text": "..."}') from None
-        problem = validation_problem(self._state.message_in, obj)
+            raise _Answer(400, f"the body is not JSON; send {example}") from None
+        problem = validation_problem(validator, obj)
         if problem is not None:
-            raise _Answer(422, f"bad message: {problem}")
+            raise _Answer(422, f"{bad}: {problem}")
         assert isinstance(obj, dict)
+        return obj
+
+    def _message(self, request: h11.Request, body: bytes) -> dict[str, Any]:
+        obj = self._json_body(request, body, self._state.message_in, '{"text": "..."}', "bad message")
         try:
             size = len(obj["text"].encode("utf-8"))
         except UnicodeEncodeError:
@@ -902,6 +1059,8 @@ class ApiProtocol(Protocol):
             "accepted": server.stats.accepted,
             "messages": totals.messages,
             "deliveries": totals.deliveries,
+            "disconnects": server.stats.disconnects(),
+            "refusals": server.stats.refusals(),
         }
 
     def _bot(self, token: Token, room: str = "") -> tuple[Client, list[str]]:
@@ -931,3 +1090,364 @@ class ApiProtocol(Protocol):
         if refusal is not None:
             raise _Answer(404 if refusal.reason == "no_such_nick" else 422, f"not sent: {refusal.text}")
         return {"nick": token.name, "text": message["text"]}
+
+
+# -- moderation and administration ------------------------------------------------
+#
+# Done as a server operator named after the token (``api:NAME``), through
+# the same functions as the operators' commands (the ``opers`` plugin's and
+# the engine's room actions), so that logs, cluster forwarding, the bans
+# file and what users see are the same whichever way an action came.
+
+
+def _moderator(server: ChatServer, token: Token, via: Client) -> Client:
+    """The client a token's moderation is done as: a bot (see
+    :func:`bot_sender`) that is a server operator, named after the token."""
+    moderator, _errors = bot_sender(server, token.name, via)
+    moderator.data[NAME] = {"operator": operator_of(token)}
+    return moderator
+
+
+def operator_of(token: Token) -> str:
+    """The operator name a token's moderation is logged under."""
+    return f"api:{token.name}"
+
+
+@hookimpl
+def chatcore_server_operator(client: Client) -> str | None:
+    data: dict[str, Any] = client.data.get(NAME, {})
+    return data.get("operator")
+
+
+def _refused(refusal: Refusal, room: str) -> _Answer:
+    """The answer for a room action the engine refused."""
+    if refusal.reason == "unreachable":
+        return _Answer(503, refusal.text)
+    if refusal.reason == "no_such_room":
+        return _Answer(404, f"no room {room} here: a room exists while someone is in it (GET /api/rooms)")
+    if refusal.reason in ("not_in_room", "no_such_nick"):
+        return _Answer(404, f"{refusal.text}: see GET /api/rooms/{room}/members")
+    return _Answer(422, refusal.text)
+
+
+def _done(text: str, warning: str | None = None, **fields: Any) -> dict[str, Any]:
+    answer = {"done": text, **fields}
+    if warning:
+        answer["warning"] = warning
+    return answer
+
+
+def route_moderation(
+    api: ApiProtocol, request: h11.Request, method: str, path: list[str], body: bytes
+) -> tuple[int, Any] | None:
+    """Answer a path of :data:`MODERATION_PATHS` (from :data:`_ROUTES`), or
+    None if it is none of them."""
+    matching = [route for route in _ROUTES if _matches(route.path, path)]
+    if not matching:
+        return None
+    api._allow(method, *(route.method for route in matching))
+    route = next(route for route in matching if route.method == method)
+    token = api._authorize(request, route.scope)
+    args = [part for want, part in zip(route.path, path, strict=True) if want == "*"]
+    if route.body is not None:
+        given = api._json_body(request, body, api._state.validators[route.body], route.example)
+        if "reason" in given:
+            given["reason"] = _reason(given["reason"])
+    else:  # a DELETE's reason is in its query
+        given = {"reason": _query(request).get("reason", "")}
+    return route.status, route.handler(api, token, args, given)
+
+
+def _reason(text: str) -> str:
+    """A reason as given, stripped; 422 if it holds control characters
+    (the schema's pattern lets a trailing newline through: Python's ``$``)."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+        raise _Answer(422, "bad reason: control characters are not allowed")
+    return text.strip()
+
+
+# -- rooms (scope moderate) ------------------------------------------------------
+
+
+def _room_kick(api: ApiProtocol, token: Token, args: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    room = args[0]
+    server, nick = api.client.server, given["nick"]
+    refusal = server.kick_from_room(_moderator(server, token, api.client), room, nick, given.get("reason", ""))
+    if refusal is not None:
+        raise _refused(refusal, room)
+    return _done(f"{nick} was put out of {room}", room=room, nick=nick)
+
+
+def _room_state(api: ApiProtocol, room: str) -> RoomState:
+    state = api.client.server.rooms.get(room) if room_problem(room) is None else None
+    if state is None:
+        raise _Answer(404, f"no room {room} here: a room exists while someone is in it (GET /api/rooms)")
+    return state
+
+
+def _room_bans(api: ApiProtocol, token: Token, args: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    room = args[0]
+    bans = _room_state(api, room).bans
+    return {"room": room, "bans": [{"mask": mask, "by": by, "at": at} for mask, (by, at) in sorted(bans.items())]}
+
+
+def _room_ban(api: ApiProtocol, token: Token, args: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    """``+b`` the mask, and put out the members here it matches (those on
+    other servers stay, but cannot speak there, nor come back)."""
+    room = args[0]
+    _room_state(api, room)
+    mask = normal_mask(given["mask"])
+    if mask is None:
+        raise _Answer(422, "bad mask: give nick!user@host with * and ?, or a nick")
+    server = api.client.server
+    moderator = _moderator(server, token, api.client)
+    refusal = server.change_modes(moderator, room, "+b", [mask])
+    if refusal is not None:
+        raise _Answer(409, refusal.text) if refusal.reason == "list_full" else _refused(refusal, room)
+    reason = given.get("reason") or "banned"
+    kicked = []
+    for member in server.registry.members(room):
+        if mask_matches(mask, member) and server.kick_from_room(moderator, room, member.nick, reason) is None:
+            kicked.append(member.nick)
+    log.warning("api: %s banned %s from %s: %s", token.name, mask, room, reason)
+    return _done(f"{mask} is banned from {room}", room=room, mask=mask, kicked=kicked)
+
+
+def _room_unban(api: ApiProtocol, token: Token, args: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    room, mask_text = args
+    state = _room_state(api, room)
+    mask = normal_mask(mask_text)
+    if mask is None or mask not in state.bans:
+        raise _Answer(404, f"{mask_text!r} is not banned from {room}: see GET /api/rooms/{room}/bans")
+    server = api.client.server
+    refusal = server.change_modes(_moderator(server, token, api.client), room, "-b", [mask])
+    if refusal is not None:
+        raise _refused(refusal, room)
+    return _done(f"{mask} is no longer banned from {room}", room=room, mask=mask)
+
+
+# -- mutes (scope moderate) ----------------------------------------------------
+
+
+def _mutes(api: ApiProtocol, token: Token, args: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    mutes = opers.mutes_in_force(api.client.server)
+    return {"mutes": [{"nick": mute.nick, "until": mute.until, "by": mute.by} for mute in mutes]}
+
+
+def _mute(api: ApiProtocol, token: Token, args: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    nick, duration = given["nick"], given.get("duration", opers.DEFAULT_MUTE)
+    until = time.time() + duration
+    muted, sent, unsaved = opers.mute_nick(
+        api.client.server, nick, until, by=token.name, oper=operator_of(token), reason=given.get("reason", "")
+    )
+    if muted is None:
+        if isinstance(sent, str):
+            raise _Answer(503, sent)
+        raise _Answer(404, f"no such nick {nick!r}: see GET /api/rooms/ROOM/members")
+    warning = unsaved or (f"muted here, but {sent}" if isinstance(sent, str) else None)
+    return _done(f"{muted} is muted for {duration} s", warning, nick=muted, until=until)
+
+
+def _unmute(api: ApiProtocol, token: Token, args: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    nick = args[0]
+    server = api.client.server
+    lifted, unsaved = opers.apply_unmute(server, nick, by=token.name, oper=operator_of(token))
+    sent = server.backplane.moderate("unmute", {"by": token.name, "oper": operator_of(token), "target": nick})
+    if not lifted and sent is not True:
+        raise _Answer(404, f"{nick} is not muted: see GET /api/mutes")
+    return _done(f"{nick} is no longer muted" if lifted else f"the unmute of {nick} went to the other servers", unsaved)
+
+
+# -- the server (scope admin) ------------------------------------------------------
+
+
+def _kick(api: ApiProtocol, token: Token, args: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    server, nick = api.client.server, given["nick"]
+    reason = given.get("reason") or "no reason given"
+    target = server.registry.find(nick)
+    if target is not None and not target.closed:
+        opers.kick_as(token.name, operator_of(token), target, reason)
+        return _done(f"{target.nick} was disconnected", nick=target.nick)
+    details = {"by": token.name, "oper": operator_of(token), "nick": nick, "reason": reason}
+    sent = server.backplane.moderate("kick", details)
+    if sent is None:
+        raise _Answer(404, f"no such nick {nick!r}: see GET /api/connections")
+    if isinstance(sent, str):
+        raise _Answer(503, sent)
+    return _done(f"{nick} is on another server: the kick went there", nick=nick)
+
+
+def _bans(api: ApiProtocol, token: Token, args: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    bans = opers.bans_in_force(api.client.server)
+    return {
+        "bans": [{"network": str(ban.network), "until": ban.until, "reason": ban.reason, "by": ban.by} for ban in bans]
+    }
+
+
+def _ban(api: ApiProtocol, token: Token, args: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    server, text = api.client.server, given["target"].strip()
+    duration = given.get("duration")
+    until = None if duration is None else time.time() + duration
+    reason = given.get("reason") or "no reason given"
+    network, shown = _network(text), text
+    if network is None:
+        target = server.registry.find(text)
+        if target is None or target.closed:
+            # On another server, which bans the address it knows everywhere.
+            details = {"by": token.name, "oper": operator_of(token), "nick": text, "until": until, "reason": reason}
+            sent = server.backplane.moderate("ban", details) if nick_problem(text) is None else None
+            if sent is None:
+                raise _Answer(404, f"{text!r} is no address, network or nick here: see GET /api/connections")
+            if isinstance(sent, str):
+                raise _Answer(503, sent)
+            return _done(f"{text} is on another server: the ban went there", target=text)
+        network, shown = opers.network_of(target), target.nick
+    # Defends against an admin locking themselves (or the admin page)
+    # out: the address this request comes from is never banned here.
+    try:
+        own = parse_address(api.client.address[0]) in network
+    except ValueError:
+        own = False
+    if own:
+        raise _Answer(409, f"{network} holds your own address: ban it from somewhere else")
+    gone, unsaved, unsent = opers.ban_network(
+        server, network, until, reason, by=token.name, oper=operator_of(token), shown=shown, spare=api.client
+    )
+    warning = unsaved or (f"banned here, but {unsent}" if unsent else None)
+    return _done(f"{network} is banned", warning, network=str(network), until=until, disconnected=gone)
+
+
+def _unban(api: ApiProtocol, token: Token, args: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    text = args[0]
+    network = _network(text)
+    if network is None:
+        raise _Answer(404, f"{text!r} is no address or network: see GET /api/bans")
+    found, sent, unsaved = opers.unban_network(api.client.server, network, by=token.name, oper=operator_of(token))
+    if not found and sent is not True:
+        raise _Answer(404, f"{network} is not banned: see GET /api/bans")
+    warning = unsaved or (f"lifted here, but {sent}" if isinstance(sent, str) else None)
+    return _done(f"{network} is no longer banned", warning, network=str(network))
+
+
+def _connections(api: ApiProtocol, token: Token, args: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    now, wall = time.monotonic(), time.time()
+    return {
+        "connections": [
+            {
+                "id": client.id,
+                "nick": client.nick,
+                "address": client.address[0],
+                "port": client.address[1],
+                "protocol": client.wire.name,
+                "tls": client.transport.encrypts,
+                "rooms": list(client.rooms),
+                "connected": round(wall - (now - client.connected_at), 3),
+                "idle": round(now - client.last_input, 3),
+                "bytes_in": client.bytes_in,
+                "bytes_out": client.bytes_out,
+                "queued": client.queued,
+                "queued_bytes": client.queued_bytes,
+            }
+            for client in sorted(api.client.server.all_connections(), key=lambda client: client.id)
+        ]
+    }
+
+
+def _end_connection(api: ApiProtocol, token: Token, args: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    text, reason = args[0], given["reason"]
+    if len(reason) > MAX_REASON:
+        raise _Answer(422, f"bad reason: longer than {MAX_REASON} characters")
+    reason = _reason(reason)
+    number = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else -1
+    target = next((c for c in api.client.server.all_connections() if c.id == number and not c.closed), None)
+    if target is None:
+        raise _Answer(404, f"no connection {text}: see GET /api/connections")
+    opers.kick_as(token.name, operator_of(token), target, reason or "no reason given")
+    return _done(f"connection {number} was ended", id=number, nick=target.nick)
+
+
+class _Route(NamedTuple):
+    """One moderation or administration endpoint: its path (``*`` for a
+    part that is an argument), method, scope, success status, the schema
+    of its body (None: no body) and what answers it."""
+
+    path: tuple[str, ...]
+    method: str
+    scope: str
+    status: int
+    body: str | None
+    handler: Callable[[ApiProtocol, Token, list[str], dict[str, Any]], dict[str, Any]]
+    example: str = ""
+
+
+_ROUTES = [
+    _Route(("rooms", "*", "kicks"), "POST", "moderate", 200, "KickIn", _room_kick, '{"nick": "..."}'),
+    _Route(("rooms", "*", "bans"), "GET", "moderate", 200, None, _room_bans),
+    _Route(("rooms", "*", "bans"), "POST", "moderate", 201, "RoomBanIn", _room_ban, '{"mask": "..."}'),
+    _Route(("rooms", "*", "bans", "*"), "DELETE", "moderate", 200, None, _room_unban),
+    _Route(("mutes",), "GET", "moderate", 200, None, _mutes),
+    _Route(("mutes",), "POST", "moderate", 201, "MuteIn", _mute, '{"nick": "..."}'),
+    _Route(("mutes", "*"), "DELETE", "moderate", 200, None, _unmute),
+    _Route(("kicks",), "POST", "admin", 200, "KickIn", _kick, '{"nick": "..."}'),
+    _Route(("bans",), "GET", "admin", 200, None, _bans),
+    _Route(("bans",), "POST", "admin", 201, "BanIn", _ban, '{"target": "..."}'),
+    _Route(("bans", "*"), "DELETE", "admin", 200, None, _unban),
+    _Route(("connections",), "GET", "admin", 200, None, _connections),
+    _Route(("connections", "*"), "DELETE", "admin", 200, None, _end_connection),
+]
+
+
+def _matches(pattern: tuple[str, ...], path: list[str]) -> bool:
+    return len(pattern) == len(path) and all(want in ("*", part) for want, part in zip(pattern, path, strict=True))
+
+
+# -- the admin page ------------------------------------------------------------------
+
+#: The admin page's files, served from the package by path: looked up in
+#: this table, never joined to a file system path (no directory traversal).
+ADMIN_PAGE = {
+    "/admin": ("index.html", b"text/html; charset=utf-8"),
+    "/admin/": ("index.html", b"text/html; charset=utf-8"),
+    "/admin/admin.js": ("admin.js", b"text/javascript; charset=utf-8"),
+    "/admin/admin.css": ("admin.css", b"text/css; charset=utf-8"),
+}
+# The web page's policy: no inline script or style, nothing from elsewhere
+# (no CDN), requests to this server alone, no frames (clickjacking).
+_PAGE_HEADERS = [
+    (b"Content-Security-Policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"Referrer-Policy", b"no-referrer"),
+    (b"X-Frame-Options", b"DENY"),
+]
+
+
+def _read_admin_file(name: str) -> bytes:
+    return resources.files("chatcore.plugins").joinpath("admin_static").joinpath(name).read_bytes()
+
+
+def serve_admin_page(api: ApiProtocol, request: h11.Request) -> bool:
+    """Answer a request for a file of the admin page; False if it is for none.
+    The files are public: what the page shows comes from the API, with the
+    token the person gives it."""
+    found = api._state.admin_page.get(request.target.decode("ascii", "replace").partition("?")[0])
+    if found is None:
+        return False
+    if request.method not in (b"GET", b"HEAD"):
+        api.http.error(405, "only GET and HEAD", extra=[(b"Allow", b"GET, HEAD")])
+        return True
+    page, kind = found
+    headers = [(b"Content-Type", kind), (b"Content-Length", b"%d" % len(page)), *_PAGE_HEADERS]
+    api.http.respond(200, headers, b"" if request.method == b"HEAD" else page)
+    return True
+
+
+def _network(text: str) -> Network | None:
+    try:
+        return parse_network(text)
+    except ValueError:
+        return None
+
+
+def _query(request: h11.Request) -> dict[str, str]:
+    """The request's query parameters (the last of each name)."""
+    query = request.target.decode("ascii", "replace").partition("?")[2]
+    return dict(parse_qsl(query, errors="replace"))

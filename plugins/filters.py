@@ -30,6 +30,10 @@ from chatcore.config import whole_number
 from chatcore.engine import limits
 from chatcore.engine.server import ChatServer
 
+#: Loaded and unloaded by a reload (SIGHUP) while the server runs:
+#: chatcore_server_stop undoes all that configuring and starting did.
+UNLOADABLE = True
+
 NAME = "filters"
 #: A client with ``--flood-disconnect`` messages rejected for flooding within
 #: this many seconds is disconnected.

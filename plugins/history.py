@@ -46,6 +46,10 @@ from chatcore.config import restart_only, whole_number
 from chatcore.engine.server import ChatServer
 from chatcore.events import Action, Chat, Replay, RoomEvent
 
+#: Loaded and unloaded by a reload (SIGHUP) while the server runs:
+#: chatcore_server_stop undoes all that configuring and starting did.
+UNLOADABLE = True
+
 log = logging.getLogger("chatcore.history")
 
 NAME = "history"

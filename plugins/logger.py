@@ -21,6 +21,10 @@ from chatcore.engine.server import ChatServer
 from chatcore.events import Left, ModeChanged, NickChanged, RoomEvent, TopicChanged
 from chatcore.transports.listener import format_address
 
+#: Loaded and unloaded by a reload (SIGHUP) while the server runs:
+#: chatcore_server_stop undoes all that configuring and starting did.
+UNLOADABLE = True
+
 DEFAULT_LOG_FILE = "chatcore-events.jsonl"
 #: How long the writing thread lets events pile up after the first one
 #: before it writes them: under load it then wakes and writes a few times

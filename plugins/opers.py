@@ -579,7 +579,7 @@ def chatcore_moderation(server: ChatServer, action: str, details: dict[str, Any]
         # The address is known where the user is; the others mute the nick.
         here = server.registry.find(details["nick"])
         host = details.get("host") or (here.address[0] if here is not None else "")
-        apply_mute(server, details["nick"], host, details["until"], by=by, oper=oper)
+        apply_mute(server, details["nick"], host, details["until"], by=by, oper=oper, reason=details.get("reason", ""))
     elif action == "unmute":
         apply_unmute(server, details["target"], by=by, oper=oper)
     elif action == "kick":
@@ -705,12 +705,68 @@ def _ban(client: Client, oper: str, args: str) -> None:
     if found is None:
         return
     network, shown = found
-    unsaved = _state(client.server).ban(network, until, reason, client.nick)
+    gone, unsaved, unsent = ban_network(
+        client.server, network, until, reason, by=client.nick, oper=oper, shown=shown, spare=client
+    )
     span = "forever" if duration is None else f"for {_for(duration)}"
-    log.warning("operator %s (%s) banned %s (%s) %s: %s", oper, client.nick, network, shown, span, reason)
-    gone = enforce_ban(client.server, network, client.nick, reason, spare=client)
     _done(client, f"banned {network} {span}" + (f"; disconnected {', '.join(gone)}" if gone else ""), unsaved)
-    _tell_cluster(client, "ban", network=str(network), until=until, reason=reason)
+    if unsent:
+        client.error(f"in force here, but {unsent}")
+
+
+def ban_network(
+    server: ChatServer,
+    network: Network,
+    until: float | None,
+    reason: str,
+    *,
+    by: str,
+    oper: str | None,
+    shown: str = "",
+    spare: Client | None = None,
+) -> tuple[list[str], str | None, str | None]:
+    """Ban ``network`` until ``until`` (None: forever), by the operator
+    ``oper`` whose nick is ``by``: kept, enforced here (everyone connected
+    from it but ``spare`` is disconnected) and sent to a cluster's other
+    servers. ``shown`` is what was asked for (a nick), for the log.
+    Returns who was disconnected here, what to say if it was not saved,
+    and why it did not reach the other servers (or None)."""
+    unsaved = _state(server).ban(network, until, reason, by)
+    span = "forever" if until is None else f"for {_for(max(1.0, round(until - time.time())))}"
+    log.warning("operator %s (%s) banned %s (%s) %s: %s", oper, by, network, shown or network, span, reason)
+    gone = enforce_ban(server, network, by, reason, spare=spare)
+    details = {"by": by, "oper": oper or "", "network": str(network), "until": until, "reason": reason}
+    sent = server.backplane.moderate("ban", details)
+    return gone, unsaved, sent if isinstance(sent, str) else None
+
+
+def unban_network(
+    server: ChatServer, network: Network, *, by: str, oper: str | None
+) -> tuple[bool, bool | str | None, str | None]:
+    """Lift the ban of exactly ``network`` here and on a cluster's other
+    servers (sent even if not banned here: another server may have it):
+    whether it was banned here, whether it was sent (as
+    :meth:`Backplane.moderate <chatcore.engine.backplane.Backplane.moderate>`
+    says), and what to say if it was not saved."""
+    found, unsaved = _state(server).unban(network)
+    sent = server.backplane.moderate("unban", {"by": by, "oper": oper or "", "network": str(network)})
+    if found or sent is True:
+        log.warning("operator %s (%s) lifted the ban on %s", oper, by, network)
+    return found, sent, unsaved
+
+
+def bans_in_force(server: ChatServer) -> list[Ban]:
+    """The server bans in force now (a snapshot)."""
+    state, now = _state(server), time.time()
+    with state.lock:
+        return [ban for ban in state.bans if ban.active(now)]
+
+
+def mutes_in_force(server: ChatServer) -> list[Mute]:
+    """The mutes in force now (a snapshot)."""
+    state, now = _state(server), time.time()
+    with state.lock:
+        return [mute for mute in state.mutes if mute.until > now]
 
 
 def enforce_ban(server: ChatServer, network: Network, by: str, reason: str, spare: Client | None = None) -> list[str]:
@@ -741,20 +797,18 @@ def _unban(client: Client, oper: str, args: str) -> None:
     except ValueError:
         client.error("usage: /unban ADDRESS|CIDR (as /bans lists it)")
         return
-    found, unsaved = _state(client.server).unban(network)
-    sent = _tell_cluster(client, "unban", network=str(network))  # even if not banned here
+    found, sent, unsaved = unban_network(client.server, network, by=client.nick, oper=oper)
+    if isinstance(sent, str):
+        client.error(f"in force here, but {sent}")
     if not found and sent is not True:
         client.error(f"{network} is not banned (see /bans)")
         return
-    log.warning("operator %s (%s) lifted the ban on %s", oper, client.nick, network)
     _done(client, f"unbanned {network}" if found else f"unban of {network} sent to the other servers", unsaved)
 
 
 def _bans(client: Client, oper: str, args: str) -> None:
-    state, now = _state(client.server), time.time()
-    with state.lock:
-        active = [ban.describe(now) for ban in state.bans if ban.active(now)]
-    _list(client, "ban", active)
+    now = time.time()
+    _list(client, "ban", [ban.describe(now) for ban in bans_in_force(client.server)])
 
 
 def _list(client: Client, what: str, active: list[str]) -> None:
@@ -778,33 +832,52 @@ def _mute(client: Client, oper: str, args: str) -> None:
             client.error(f"invalid duration {duration_text.strip()!r}: use a number and s, m, h, d or w (30m)")
             return
         duration = parsed
-    until = time.time() + duration
-    target = client.server.registry.find(nick)
-    if target is not None and not target.closed:
-        nick, host = target.nick, target.address[0]
-        _tell_cluster(client, "mute", nick=nick, host=host, until=until)
-    else:
-        # On another server: muted there, and here by nick (should they come here).
-        host = ""
-        sent = _to_cluster(client, "mute", nick=nick, until=until)
-        if sent is not True:
-            client.error(sent or f"no such nick {nick!r}")
-            return
-    unsaved = apply_mute(client.server, nick, host, until, by=client.nick, oper=oper)
-    _done(client, f"muted {nick} for {_for(duration)}", unsaved)
+    # On another server: muted there, and here by nick (should they come here).
+    muted, sent, unsaved = mute_nick(client.server, nick, time.time() + duration, by=client.nick, oper=oper)
+    if muted is None:
+        client.error(sent if isinstance(sent, str) else f"no such nick {nick!r}")
+        return
+    if isinstance(sent, str):
+        client.error(f"in force here, but {sent}")
+    _done(client, f"muted {muted} for {_for(duration)}", unsaved)
 
 
-def apply_mute(server: ChatServer, nick: str, host: str, until: float, *, by: str, oper: str | None) -> str | None:
+def apply_mute(
+    server: ChatServer, nick: str, host: str, until: float, *, by: str, oper: str | None, reason: str = ""
+) -> str | None:
     """Mute ``nick`` and ``host``'s address (if known) until ``until``, by
-    the operator ``oper`` whose nick is ``by`` (here or on another server);
-    what to tell the operator if it could not be saved."""
+    the operator ``oper`` whose nick is ``by`` (here or on another server),
+    telling ``nick`` the ``reason`` if one is given; what to tell the
+    operator if it could not be saved."""
     unsaved = _state(server).mute(nick, host, until, by)
     left = _for(max(1.0, round(until - time.time())))
-    log.warning("operator %s (%s) muted %s (%s) for %s", oper, by, nick, host, left)
+    log.warning("operator %s (%s) muted %s (%s) for %s: %s", oper, by, nick, host, left, reason or "no reason given")
     target = server.registry.find(nick)
     if target is not None:
-        target.notice(f"you are muted by an operator for {left}")
+        target.notice(f"you are muted by an operator for {left}" + (f": {reason}" if reason else ""))
     return unsaved
+
+
+def mute_nick(
+    server: ChatServer, nick: str, until: float, *, by: str, oper: str | None, reason: str = ""
+) -> tuple[str | None, bool | str | None, str | None]:
+    """Mute ``nick`` until ``until`` wherever it is: here (its address
+    too) and on a cluster's other servers. Returns the nick as muted (None
+    if no server has it), whether it was sent to the other servers (as
+    :meth:`Backplane.moderate <chatcore.engine.backplane.Backplane.moderate>`
+    says), and what to say if it was not saved."""
+    target = server.registry.find(nick)
+    details: dict[str, Any] = {"by": by, "oper": oper or "", "nick": nick, "until": until}
+    if reason:
+        details["reason"] = reason
+    host = ""
+    if target is not None and not target.closed:
+        nick = details["nick"] = target.nick
+        host = details["host"] = target.address[0]
+    sent = server.backplane.moderate("mute", details)
+    if not host and sent is not True:  # on no server, or the one it is on cannot be told
+        return None, sent, None
+    return nick, sent, apply_mute(server, nick, host, until, by=by, oper=oper, reason=reason)
 
 
 def _unmute(client: Client, oper: str, args: str) -> None:
@@ -836,10 +909,8 @@ def apply_unmute(server: ChatServer, text: str, *, by: str, oper: str | None) ->
 
 
 def _mutes(client: Client, oper: str, args: str) -> None:
-    state, now = _state(client.server), time.time()
-    with state.lock:
-        active = [mute.describe(now) for mute in state.mutes if mute.until > now]
-    _list(client, "mute", active)
+    now = time.time()
+    _list(client, "mute", [mute.describe(now) for mute in mutes_in_force(client.server)])
 
 
 _OPERATOR_COMMANDS = {

@@ -35,7 +35,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -70,12 +69,11 @@ from chatcore.transports import Scheme
 from chatcore.transports.listener import format_address
 from chatcore.wire import Protocol, WireFormat
 from chatcore.wire.framing import PING_FRAME, WebSocketFraming, websocket_frame
+from chatcore.wire.http import Deadlines, HttpConnection, plain_error, raw_answer
 from chatcore.wire.native import PASSWORD_REQUIRED, handle_text, own_room_notice, sanitize
 from chatcore.wire.websocket import (
-    HEADER_TIMEOUT,
     MAX_FRAGMENTS,
     MAX_HEADER_BYTES,
-    Pinger,
     Refused,
     accept,
     foreign_origin,
@@ -110,10 +108,12 @@ DEFAULT_PING_INTERVAL = 20
 RESUME_OVERLAP = 10
 #: Seconds an HTTP connection may stay open without a request.
 HTTP_IDLE_TIMEOUT = 30.0
-#: Seconds a request's line and headers may take to arrive, in all; then it
-#: is answered 408 and closed.
-HTTP_HEADER_TIMEOUT = HEADER_TIMEOUT
-_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+#: Seconds a request may take to arrive, in all (nginx's
+#: ``client_header_timeout``); then it is answered 408 and closed.
+HTTP_HEADER_TIMEOUT = 10.0
+#: Bytes of a request's body, at most: the page's requests have none, and
+#: a small one is read and refused rather than left in the stream.
+MAX_BODY_BYTES = 1024
 
 # The page's files. Served from memory by name: the request's path is looked
 # up in this table and never joined to a file system path, so there is no
@@ -215,12 +215,12 @@ def chatcore_server_start(server: ChatServer) -> None:
             else:
                 also = "reached by a host name or through a proxy, it needs --web-origins"
             log.info("web: the chat page is at %s (%s)", page, also)
-    state.start()
+    state.connections.start()
 
 
 @hookimpl
 def chatcore_server_stop(server: ChatServer) -> None:
-    _state(server).stop()
+    _state(server).connections.stop()
 
 
 def _state(server: ChatServer) -> WebState:
@@ -237,13 +237,16 @@ class WebState:
         self.ping_interval = ping_interval
         self.max_message = max_message
         self.static = {path: (_read_static(name), kind) for path, (name, kind) in _STATIC.items()}
-        self.pinger = Pinger(NAME, ping_interval)
+        #: The open connections, and the thread that pings them and enforces
+        #: their deadlines. It wakes a few times per interval, so a dead
+        #: browser is found within about two intervals and an idle HTTP
+        #: connection soon after its timeout.
+        self.connections: Deadlines[WebProtocol] = Deadlines(
+            "chatcore-web-pinger", min(ping_interval / 4, 1.0), self._check
+        )
 
-    def start(self) -> None:
-        self.pinger.start()
-
-    def stop(self) -> None:
-        self.pinger.stop()
+    def _check(self, protocol: WebProtocol, now: float) -> None:
+        protocol.check(now, self.ping_interval)
 
 
 def _read_static(name: str) -> bytes:
@@ -372,14 +375,6 @@ class WebFormat(WireFormat):
         return b"" if obj is None else message_frame(obj)
 
 
-def _http_refusal(text: str) -> bytes:
-    body = text.encode("utf-8") + b"\n"
-    return (
-        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    )
-
-
 #: The one instance every web connection shares.
 WEB = WebFormat()
 
@@ -393,38 +388,43 @@ class WebProtocol(Protocol):
     __slots__ = (
         "__weakref__",
         "_after_nick",
-        "_head_started",
-        "_http",
         "_last_heard",
         "_pinged",
         "_state",
         "framing",
+        "http",
     )
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
         self._state = _state(client.server)
-        self._http: h11.Connection | None = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        #: Its HTTP, until the upgrade to a WebSocket.
+        self.http: HttpConnection | None = HttpConnection(
+            client,
+            self._request,
+            headers=_SECURITY_HEADERS,
+            max_body=MAX_BODY_BYTES,
+            max_header_bytes=MAX_HEADER_BYTES,
+            request_timeout=HTTP_HEADER_TIMEOUT,
+            idle_timeout=HTTP_IDLE_TIMEOUT,
+        )
         #: The WebSocket's framing, once the upgrade is done.
         self.framing: WebSocketFraming | None = None
         self._last_heard = time.monotonic()
         self._pinged = False
-        # When the first byte of the request head now arriving came (0.0:
-        # none under way): the head is timed as a whole.
-        self._head_started = 0.0
         #: Opened with ``rooms=after-nick``: in no room until it has a nickname.
         self._after_nick = False
 
     def connection_made(self) -> None:
         # Not admitted yet: a browser enters the chat when its WebSocket opens.
-        self._state.pinger.add(self)
+        self._state.connections.add(self)
 
     def render(self, event: Event) -> bytes:
         """What this browser is told alone: a JSON message with where it is
         now, or, before its WebSocket is open (plain HTTP), only a refusal
         (``server full`` ...) as an HTTP 503."""
         if self.framing is None:
-            return _http_refusal(event.text) if isinstance(event, Error) else b""
+            return raw_answer(503, *plain_error(event.text)) if isinstance(event, Error) else b""
         client = self.client
         # Who and where the browser is now: set after a /nick or /join has
         # taken effect, so the page learns its nick and room from the answer.
@@ -450,15 +450,13 @@ class WebProtocol(Protocol):
         return message_frame(obj)
 
     def connection_lost(self) -> None:
-        self._state.pinger.discard(self)
+        self._state.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        self._last_heard = now = time.monotonic()
+        self._last_heard = time.monotonic()
         self._pinged = False
-        if self.framing is None:
-            if not self._head_started:
-                self._head_started = now
-            self._http_received(data)
+        if self.http is not None:
+            self.http.receive(data)
         else:
             self._ws_received(data)
 
@@ -469,16 +467,12 @@ class WebProtocol(Protocol):
         if client.closed:
             return
         quiet = now - self._last_heard
-        if self.framing is None:
-            started = self._head_started
-            # Timed as a whole, not per byte: a client sending one header
-            # byte every few seconds would otherwise hold its connection
-            # (and its thread) for ever (slowloris).
-            if started and now - started > HTTP_HEADER_TIMEOUT:
-                client.send_data(_REQUEST_TIMEOUT)
-                client.disconnect("request head too slow", tell=False)
-            elif quiet > HTTP_IDLE_TIMEOUT:
-                client.disconnect("idle HTTP connection", tell=False)
+        http = self.http
+        if http is not None:
+            # A request is timed as a whole, not per byte: a client sending
+            # one header byte every few seconds would otherwise hold its
+            # connection (and its thread) for ever (slowloris).
+            http.check(now)
         elif quiet > 2 * interval:
             client.disconnect("ping timeout", tell=False)
         elif quiet > interval and not self._pinged:
@@ -486,38 +480,6 @@ class WebProtocol(Protocol):
             client.send_data(PING_FRAME)
 
     # -- HTTP -------------------------------------------------------------------
-
-    def _http_received(self, data: bytes) -> None:
-        http = self._http
-        assert http is not None
-        http.receive_data(data)
-        while not self.client.closed and self.framing is None:
-            try:
-                event = http.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._reply(exc.error_status_hint, f"bad request: {exc}", close=True)
-                return
-            if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
-                return
-            if isinstance(event, h11.Request):
-                self._head_started = 0.0  # the head is in; the next one's is timed from its first byte
-                if not self._previous_answers_sent():
-                    return
-                # h11 bounds what it buffers for an unfinished request; this
-                # bounds a whole one that arrived in one large read.
-                if sum(len(name) + len(value) + 4 for name, value in event.headers) > MAX_HEADER_BYTES:
-                    self._reply(431, "request headers too large", close=True)
-                    return
-                self._request(http, event)
-            elif event is h11.PAUSED:
-                # A pipelined request behind one we answered, or an upgrade
-                # we refused: start the next cycle, or stop if we cannot.
-                if http.our_state is h11.DONE and http.their_state is h11.DONE:
-                    http.start_next_cycle()
-                else:
-                    return
-            elif isinstance(event, h11.EndOfMessage) and http.our_state is h11.DONE is http.their_state:
-                http.start_next_cycle()
 
     def _previous_answers_sent(self) -> bool:
         """Wait until what this connection was answered has gone out; False
@@ -534,13 +496,16 @@ class WebProtocol(Protocol):
             client.disconnect("slow consumer", tell=False)
         return not client.closed
 
-    def _request(self, http: h11.Connection, request: h11.Request) -> None:
+    def _request(self, request: h11.Request, body: bytes) -> None:
+        """Answer one HTTP request (its :class:`HttpConnection` calls this)."""
+        http = self.http
+        assert http is not None
         path, _, query = request.target.decode("ascii", "replace").partition("?")
         method = request.method
         headers = {name.lower(): value for name, value in request.headers}
         if path == WS_PATH:
             if method != b"GET" or b"websocket" not in headers.get(b"upgrade", b"").lower():
-                self._reply(426, "this is the WebSocket endpoint: connect with a WebSocket", close=False)
+                http.error(426, "this is the WebSocket endpoint: connect with a WebSocket")
                 return
             # Cross-site WebSocket hijacking (chatcore.wire.websocket says how):
             # a page elsewhere must not chat as its visitor here.
@@ -552,91 +517,53 @@ class WebProtocol(Protocol):
                     origin,
                     ", ".join(sorted(self._allowed_origins())),
                 )
-                self._reply(403, f"origin {origin} may not open this WebSocket", close=True)
+                http.error(403, f"origin {origin} may not open this WebSocket", close=True)
                 return
             rooms = parse_qs(query, keep_blank_values=True).get("rooms", [])
             if set(rooms) - {AFTER_NICK}:
                 problem = (
                     f"bad WebSocket request: rooms={min(set(rooms) - {AFTER_NICK})!r}: the only value is {AFTER_NICK}"
                 )
-                self._reply(400, problem, close=True)
+                http.error(400, problem, close=True)
                 return
             self._after_nick = bool(rooms)
-            self._upgrade(http, request)
+            self._upgrade(http, request, body)
             return
         if method not in (b"GET", b"HEAD"):
-            self._reply(405, "only GET and HEAD", close=False, extra=[(b"Allow", b"GET, HEAD")])
+            http.error(405, "only GET and HEAD", extra=[(b"Allow", b"GET, HEAD")])
             return
         found = self._state.static.get(path)
         if found is None:
-            self._reply(404, f"not found: {path}", close=False)
+            http.error(404, f"not found: {path}")
             return
-        body, kind = found
-        self._send_http(
-            http,
+        page, kind = found
+        http.respond(
             200,
-            [(b"Content-Type", kind.encode()), (b"Content-Length", b"%d" % len(body)), *_SECURITY_HEADERS],
-            b"" if method == b"HEAD" else body,
+            [(b"Content-Type", kind.encode()), (b"Content-Length", b"%d" % len(page))],
+            b"" if method == b"HEAD" else page,
         )
 
     def _allowed_origins(self) -> set[str]:
         """The listener's own origin, as the browser names it, plus --web-origins."""
         return own_origins(self.client.sock, self.client.transport.encrypts) | self._state.origins
 
-    def _reply(self, status: int, text: str, *, close: bool, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        """A short plain-text answer (an error), then close if asked or if
-        HTTP says the connection cannot go on."""
-        http = self._http
-        assert http is not None
-        body = text.encode("utf-8") + b"\n"
-        headers = [
-            (b"Content-Type", b"text/plain; charset=utf-8"),
-            (b"Content-Length", b"%d" % len(body)),
-            *_SECURITY_HEADERS,
-            *(extra or []),
-        ]
-        if close:
-            headers.append((b"Connection", b"close"))
-        try:
-            self._send_http(http, status, headers, body)
-        except h11.LocalProtocolError:
-            # h11 cannot answer in this state (a request too broken to
-            # parse): answer by hand, and close.
-            self.client.send_data(b"HTTP/1.1 %d \r\nConnection: close\r\nContent-Length: 0\r\n\r\n" % status)
-            close = True
-        if close or http.our_state is h11.MUST_CLOSE:
-            self.client.disconnect(f"HTTP {status}", tell=False)
-
-    def _send_http(self, http: h11.Connection, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        out = http.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase))
-        if body:
-            out += http.send(h11.Data(data=body)) or b""
-        out += http.send(h11.EndOfMessage()) or b""
-        self.client.send_data(out or b"")
-        if http.our_state is h11.MUST_CLOSE:
-            self.client.disconnect("HTTP done", tell=False)
-
     # -- the WebSocket ----------------------------------------------------------
 
-    def _upgrade(self, http: h11.Connection, request: h11.Request) -> None:
-        # h11 stops after an upgrade request (PAUSED); the bytes after it are
-        # already WebSocket frames, for wsproto. A GET has no body, so its
-        # end is in the same bytes as its headers.
-        event = http.next_event()
-        if isinstance(event, h11.EndOfMessage):
-            event = http.next_event()
-        if event is not h11.PAUSED:
-            self._reply(400, "a WebSocket upgrade request has no body", close=True)
+    def _upgrade(self, http: HttpConnection, request: h11.Request, body: bytes) -> None:
+        if body:
+            http.error(400, "a WebSocket upgrade request has no body", close=True)
             return
-        trailing, _closed = http.trailing_data
+        # h11 stops after an upgrade request; the bytes after it are
+        # already WebSocket frames, for wsproto.
+        trailing = http.detach()
         try:
             ws, answer, _subprotocol = accept(request)
         except Refused as refused:  # a missing Sec-WebSocket-Key or Host, an unsupported version ...
-            self._reply(refused.status, refused.text, close=True, extra=refused.headers)
+            http.error(refused.status, refused.text, close=True, extra=refused.headers)
             return
         self.client.send_data(answer)
         self.framing = WebSocketFraming(ws, self._state.max_message, MAX_FRAGMENTS)
-        self._http = None
+        self.http = None
         # In once the WebSocket is open, unless the server wants its
         # password first: the page asks for it and sends /pass.
         if self.client.server.log_in(self.client, room=self._login_room) is not None:

@@ -7,6 +7,10 @@ import string
 
 from chatcore import Client, Config, UsageError, hookimpl
 
+#: Loaded and unloaded by a reload (SIGHUP) while the server runs:
+#: chatcore_server_stop undoes all that configuring and starting did.
+UNLOADABLE = True
+
 PLACEHOLDERS = ("nick", "room", "count")
 DEFAULT_TEXT = "Welcome to chatcore, {nick}! You are in {room} ({count} here). Type /help for the commands."
 #: The default for a client that arrives in no room (IRC clients join their own).

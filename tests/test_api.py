@@ -8,6 +8,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -19,6 +20,8 @@ from typing import Any
 
 import pytest
 import trustme
+from redis_support import RedisServer
+from test_redis import linked
 from test_tls import issue
 from test_web import trickle_headers
 
@@ -28,15 +31,17 @@ from chatcore.engine.server import ChatServer
 from chatcore.hooks import PluginError
 from chatcore.plugins import api as api_module
 from chatcore.routes import HttpError, HttpRequest, Route
-from chatcore.testing import LineClient, ServerFactory, wait_for
+from chatcore.testing import LineClient, ServerFactory, ServerProcess, wait_for
 
 READ = "read-token-0123456789abcdefghij"
 POST = "post-token-0123456789abcdefghij"
 ADMIN = "admin-token-0123456789abcdefghi"
+MODERATE = "mod-token-0123456789abcdefghijk"
 TOKENS = [
     f"reader:read:{api_module.hash_token(READ)}",
     f"poster:post:{api_module.hash_token(POST)}",
     f"boss:admin:{api_module.hash_token(ADMIN)}",
+    f"mod:moderate:{api_module.hash_token(MODERATE)}",
 ]
 
 
@@ -69,7 +74,7 @@ def api(chat_server_factory: ServerFactory) -> Callable[..., ChatServer]:
 
 
 def call(
-    server: ChatServer,
+    server: ChatServer | ServerProcess,
     method: str,
     path: str,
     token: str | None = None,
@@ -77,7 +82,7 @@ def call(
     body: Any = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, Any], http.client.HTTPResponse]:
-    host, port = server.listener("http").address
+    host, port = server.addresses["http"] if isinstance(server, ServerProcess) else server.listener("http").address
     conn = http.client.HTTPConnection(host, port, timeout=5)
     sent = dict(headers or {})
     if token is not None:
@@ -101,9 +106,12 @@ def native() -> Iterator[Callable[[ChatServer], LineClient]]:
     """Native clients of a server's tcp:// listener, closed at teardown."""
     made: list[LineClient] = []
 
-    def connect(server: ChatServer) -> LineClient:
-        client = LineClient(server.listener("tcp").address)
+    def connect(server: ChatServer, nick: str = "", source: str | None = None) -> LineClient:
+        client = LineClient(server.listener("tcp").address, source=source)
         made.append(client)
+        if nick:
+            client.send(f"/nick {nick}")
+            client.expect(f"* you are now known as {nick}")
         client.sync()
         return client
 
@@ -124,6 +132,19 @@ def test_the_openapi_document_is_served_and_describes_every_endpoint(api):
         "/api/rooms/{room}/messages",
         "/api/users/{nick}/messages",
         "/api/stats",
+        *api_module.MODERATION_PATHS,
+    }
+    assert set(api_module.MODERATION_PATHS) == {
+        "/api/rooms/{room}/kicks",
+        "/api/rooms/{room}/bans",
+        "/api/rooms/{room}/bans/{mask}",
+        "/api/mutes",
+        "/api/mutes/{nick}",
+        "/api/kicks",
+        "/api/bans",
+        "/api/bans/{network}",
+        "/api/connections",
+        "/api/connections/{id}",
     }
 
 
@@ -410,6 +431,215 @@ def test_a_failing_endpoint_answers_500_and_the_server_goes_on(api, monkeypatch)
     assert status == 500
     assert "log says why" in error["error"]
     assert call(server, "GET", "/api/rooms", READ)[0] == 200
+
+
+# -- moderation and administration ------------------------------------------------
+
+
+def alice_and_bob(server: ChatServer, native: Callable[..., LineClient]) -> tuple[LineClient, LineClient]:
+    """alice, and bob from an address of his own (127.0.0.2: the API's
+    callers come from 127.0.0.1), both in lobby."""
+    alice = native(server, "alice")
+    bob = native(server, "bob", source="127.0.0.2")
+    alice.expect(lambda line: line.endswith(" is now known as bob"))
+    return alice, bob
+
+
+def test_a_room_kick_ban_and_mute_reach_native_users(api, native):
+    server = api()
+    alice, bob = alice_and_bob(server, native)
+    assert call(server, "POST", "/api/rooms/lobby/kicks", READ, body={"nick": "bob"})[0] == 403
+    status, done, _ = call(server, "POST", "/api/rooms/lobby/kicks", MODERATE, body={"nick": "bob", "reason": "spam"})
+    assert (status, done["nick"]) == (200, "bob")
+    bob.expect("* you were kicked out of lobby by mod (spam)")
+    alice.expect("* bob was kicked out by mod (spam)")
+    # Unknown nick or room: 404, and what to do.
+    status, error, _ = call(server, "POST", "/api/rooms/lobby/kicks", MODERATE, body={"nick": "nobody"})
+    assert status == 404
+    assert "GET /api/rooms/lobby/members" in error["error"]
+    status, error, _ = call(server, "POST", "/api/rooms/nowhere/kicks", MODERATE, body={"nick": "bob"})
+    assert status == 404
+    assert "no room nowhere" in error["error"]
+    status, error, _ = call(server, "POST", "/api/rooms/lobby/kicks", MODERATE, body={"nick": "a b", "x": 1})
+    assert status == 422
+    assert "bad request body" in error["error"]
+
+    # A room ban puts out the members it matches; they cannot come back until it is lifted.
+    bob.send("/join lobby")
+    alice.expect("* bob joined")
+    body = {"mask": "bob", "reason": "go away"}
+    status, done, _ = call(server, "POST", "/api/rooms/lobby/bans", MODERATE, body=body)
+    assert (status, done["mask"], done["kicked"]) == (201, "bob!*@*", ["bob"])
+    bob.expect("* you were kicked out of lobby by mod (go away)")
+    alice.expect(lambda line: "+b bob!*@*" in line)
+    bob.send("/join lobby")
+    bob.expect(lambda line: line.startswith("! ") and "banned" in line)
+    status, bans, _ = call(server, "GET", "/api/rooms/lobby/bans", MODERATE)
+    assert status == 200
+    assert [ban["mask"] for ban in bans["bans"]] == ["bob!*@*"]
+    assert call(server, "POST", "/api/rooms/lobby/bans", MODERATE, body={"mask": "a b"})[0] == 422
+    assert call(server, "DELETE", "/api/rooms/lobby/bans/carol", MODERATE)[0] == 404
+    assert call(server, "DELETE", "/api/rooms/lobby/bans/bob!*@*", MODERATE)[0] == 200
+    bob.send("/join lobby")
+    alice.expect("* bob joined")
+
+    # A mute, with its reason, until it is lifted.
+    body = {"nick": "bob", "duration": 60, "reason": "calm down"}
+    status, done, _ = call(server, "POST", "/api/mutes", MODERATE, body=body)
+    assert (status, done["nick"]) == (201, "bob")
+    bob.expect("* you are muted by an operator for 1m: calm down")
+    bob.send("still here")
+    bob.expect(lambda line: line.startswith("! you are muted by an operator"))
+    assert [mute["nick"] for mute in call(server, "GET", "/api/mutes", MODERATE)[1]["mutes"]] == ["bob"]
+    assert call(server, "POST", "/api/mutes", MODERATE, body={"nick": "nobody"})[0] == 404
+    assert call(server, "DELETE", "/api/mutes/bob", MODERATE)[0] == 200
+    bob.expect("* you are no longer muted")
+    bob.send("free again")
+    alice.expect("<bob> free again")
+    assert call(server, "DELETE", "/api/mutes/bob", MODERATE)[0] == 404
+
+
+def test_an_admin_kicks_and_bans_from_the_server(api, native):
+    server = api()
+    alice, bob = alice_and_bob(server, native)
+    assert call(server, "POST", "/api/kicks", MODERATE, body={"nick": "bob"})[0] == 403
+    status, done, _ = call(server, "POST", "/api/kicks", ADMIN, body={"nick": "bob", "reason": "enough"})
+    assert (status, done["nick"]) == (200, "bob")
+    assert bob.wait_closed()[-1] == "! disconnected: kicked by boss: enough"
+    alice.expect("* bob left (kicked by boss: enough)")
+    assert call(server, "POST", "/api/kicks", ADMIN, body={"nick": "bob"})[0] == 404
+
+    bob = native(server, "bob", source="127.0.0.2")
+    alice.expect(lambda line: line.endswith(" is now known as bob"))
+    # Never the caller's own address (the admin page would lock itself out).
+    status, error, _ = call(server, "POST", "/api/bans", ADMIN, body={"target": "alice"})
+    assert status == 409
+    assert "your own address" in error["error"]
+    body = {"target": "bob", "duration": 600, "reason": "flooding"}
+    status, done, _ = call(server, "POST", "/api/bans", ADMIN, body=body)
+    assert (status, done["network"], done["disconnected"]) == (201, "127.0.0.2/32", ["bob"])
+    assert bob.wait_closed()[-1] == "! disconnected: banned by boss: flooding"
+    refused = LineClient(server.listener("tcp").address, source="127.0.0.2")
+    try:
+        assert refused.wait_closed() == ["! you are banned from this server: flooding"]
+    finally:
+        refused.close()
+    status, bans, _ = call(server, "GET", "/api/bans", ADMIN)
+    assert [(ban["network"], ban["reason"], ban["by"]) for ban in bans["bans"]] == [
+        ("127.0.0.2/32", "flooding", "boss")
+    ]
+    assert call(server, "POST", "/api/bans", ADMIN, body={"target": "nobody"})[0] == 404
+    assert call(server, "DELETE", "/api/bans/10.0.0.0%2F8", ADMIN)[0] == 404
+    assert call(server, "DELETE", "/api/bans/127.0.0.2%2F32", ADMIN)[0] == 200
+    native(server, "bob", source="127.0.0.2")
+    alice.expect(lambda line: line.endswith(" is now known as bob"))
+
+
+def test_an_admin_lists_and_ends_connections(api, native):
+    server = api()
+    alice = native(server, "alice")
+    alice.send("hello")
+    alice.sync()
+    assert call(server, "GET", "/api/connections", MODERATE)[0] == 403
+    status, listed, _ = call(server, "GET", "/api/connections", ADMIN)
+    assert status == 200
+    [mine] = [c for c in listed["connections"] if c["nick"] == "alice"]
+    assert (mine["protocol"], mine["rooms"], mine["address"], mine["tls"]) == ("native", ["lobby"], "127.0.0.1", False)
+    assert mine["bytes_in"] > len("hello")
+    assert mine["bytes_out"] > 0
+    assert mine["queued"] == 0
+    assert any(c["protocol"] == "api" for c in listed["connections"])  # the caller's own
+    status, done, _ = call(server, "DELETE", f"/api/connections/{mine['id']}?reason=maintenance", ADMIN)
+    assert (status, done["nick"]) == (200, "alice")
+    assert alice.wait_closed()[-1] == "! disconnected: kicked by boss: maintenance"
+    assert call(server, "DELETE", f"/api/connections/{mine['id']}", ADMIN)[0] == 404
+    assert call(server, "DELETE", "/api/connections/x", ADMIN)[0] == 404
+    status, error, _ = call(server, "DELETE", "/api/connections/1?reason=%0a", ADMIN)
+    assert (status, error["error"]) == (422, "bad reason: control characters are not allowed")
+
+
+@pytest.mark.slow
+def test_moderation_reaches_users_on_another_server_of_a_cluster(tmp_path):
+    """The API on one server of a Redis cluster kicks a user on another out
+    of a room and out of the server, as the operators' commands do."""
+    redis = RedisServer(tmp_path).start()
+    common = ("--redis-url", redis.url, "--redis-cluster", f"api-{os.getpid()}", "--redis-timeout", "1")
+    tokens = [arg for token in TOKENS for arg in ("--api-token", token)]
+    one = ServerProcess(
+        "--plugins", "redis,api", "--listen", "tcp://127.0.0.1:0", "--listen", "http://127.0.0.1:0", *common, *tokens
+    )  # fmt: skip
+    two = ServerProcess("--plugins", "redis", "--listen", "tcp://127.0.0.1:0", *common)
+    clients: list[LineClient] = []
+    try:
+        one.start()
+        two.start()
+        for process, nick in ((one, "alice"), (two, "bob")):
+            client = LineClient(process.addresses["tcp"], timeout=10)
+            clients.append(client)
+            client.send(f"/nick {nick}")
+            client.expect(f"* you are now known as {nick}")
+        alice, bob = clients
+        linked(bob, "bob", [alice])
+        linked(alice, "alice", [bob])
+
+        body = {"nick": "bob", "reason": "off topic"}
+        status, done, _ = call(one, "POST", "/api/rooms/lobby/kicks", MODERATE, body=body)
+        assert status == 200, done
+        bob.expect("* you were kicked out of lobby by mod (off topic)")
+        alice.expect("* bob was kicked out by mod (off topic)")
+
+        bob.send("/join lobby")
+        alice.expect("* bob joined")
+        status, done, _ = call(one, "POST", "/api/kicks", ADMIN, body={"nick": "bob", "reason": "enough"})
+        assert (status, done["done"]) == (200, "bob is on another server: the kick went there")
+        assert bob.wait_closed()[-1] == "! disconnected: kicked by boss: enough"
+        alice.expect("* bob left (kicked by boss: enough)")
+        two.expect_log(re.compile(r"operator api:boss \(boss\) kicked bob from 127\.0\.0\.1: enough"))
+        assert call(one, "POST", "/api/kicks", ADMIN, body={"nick": "bob"})[0] == 404
+    finally:
+        for client in clients:
+            client.close()
+        for process in (one, two):
+            if process.proc is not None:
+                process.stop()
+        redis.stop()
+
+
+def test_the_admin_page_is_served_with_its_policy_and_stats_have_its_counts(api):
+    """The page itself is tested in Chromium (tests/test_admin_page.py)."""
+    server = api()
+    host, port = server.listener("http").address
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        for path, kind in (
+            ("/admin/", "text/html"),
+            ("/admin", "text/html"),
+            ("/admin/admin.js", "text/javascript"),
+            ("/admin/admin.css", "text/css"),
+        ):
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+            assert response.status == 200, path
+            assert response.getheader("Content-Type", "").startswith(kind)
+            assert "script-src 'self'" in response.getheader("Content-Security-Policy", "")
+            assert response.getheader("Referrer-Policy") == "no-referrer"
+            assert b"http://" not in body
+            assert b"https://" not in body  # nothing from elsewhere
+        conn.request("POST", "/admin/", body=b"{}")
+        response = conn.getresponse()
+        response.read()
+        assert (response.status, response.getheader("Allow")) == (405, "GET, HEAD")
+        conn.request("GET", "/admin/../api/stats")
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 404
+    finally:
+        conn.close()
+    status, stats, _ = call(server, "GET", "/api/stats", READ)
+    assert status == 200
+    assert isinstance(stats["disconnects"], dict)
+    assert isinstance(stats["refusals"], dict)
 
 
 class EchoRoutes:

@@ -170,10 +170,13 @@ def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     return set(zipfile.ZipFile(wheel).namelist())
 
 
-def test_the_wheel_ships_the_web_page(wheel_names: set[str]) -> None:
-    """The web plugin's page files are package data: in the wheel, not only in the source tree."""
+def test_the_wheel_ships_the_web_page_and_the_admin_page(wheel_names: set[str]) -> None:
+    """The web plugin's and the api plugin's page files are package data:
+    in the wheel, not only in the source tree."""
     for page_file in ("index.html", "app.js", "style.css"):
         assert f"chatcore/plugins/web_static/{page_file}" in wheel_names
+    for page_file in ("index.html", "admin.js", "admin.css"):
+        assert f"chatcore/plugins/admin_static/{page_file}" in wheel_names
 
 
 @pytest.mark.parametrize(("folder", "package"), [("core", "chatcore"), ("plugins", "chatcore/plugins")])

@@ -48,7 +48,7 @@ max-clients = 10
 """
 
 AFTER = """
-plugins = ["welcome", "filters", "history", "logger"]
+plugins = ["welcome", "filters", "history", "api"]
 welcome-text = "Goodbye {nick}"
 banned-words = "heck"
 history-lines = 1
@@ -70,6 +70,7 @@ def test_sighup_applies_the_file_and_logs_what_needs_a_restart(tmp_path, clients
 
         write(config, AFTER)
         proc.send_signal(signal.SIGHUP)
+        proc.expect_log(re.compile(r"reload: plugin api cannot be loaded or unloaded while running: "))
         proc.expect_log(re.compile(r"reload: --plugins changed: needs a restart; left unchanged"))
         proc.expect_log(re.compile(r"reload: --backlog changed: needs a restart; left unchanged"))
         line = proc.expect_log(RELOADED)
@@ -85,7 +86,58 @@ def test_sighup_applies_the_file_and_logs_what_needs_a_restart(tmp_path, clients
         bob.expect("<guest-1> **** darn")
     assert proc.returncode == 0
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.count("needs a restart") == 2
+    assert proc.stderr.count("needs a restart") == 3
+
+
+def test_sighup_loads_and_unloads_plugins_that_can_be(tmp_path, clients):
+    """A changed plugins list: filters unloaded and logger loaded while the
+    server runs, with the logger's options from the file; then a plugin
+    that cannot be (it adds a listener scheme) is named as needing a restart."""
+    config = tmp_path / "chatcore.toml"
+    events = tmp_path / "events.jsonl"
+    write(config, 'plugins = ["welcome", "filters"]\nbanned-words = "darn"\n')
+    with ServerProcess("--config", str(config)) as proc:
+        alice, bob = connect(proc, clients), connect(proc, clients)
+        alice.send("darn it")
+        bob.expect("<guest-1> **** it")
+
+        # A plugin to load that refuses its options: nothing changes.
+        write(config, f'plugins = ["welcome", "logger"]\nlog-file = "{tmp_path}/no/such/dir/x.jsonl"\n')
+        proc.send_signal(signal.SIGHUP)
+        proc.expect_log(FAILED)
+        alice.send("darn again")
+        bob.expect("<guest-1> **** again")
+
+        write(config, f'plugins = ["welcome", "logger"]\nlog-file = "{events}"\n')
+        proc.send_signal(signal.SIGHUP)
+        proc.expect_log(re.compile(r"reload: plugins loaded logger; unloaded filters"))
+        line = proc.expect_log(RELOADED)
+        assert "--plugins" in line
+        alice.send("darn it")
+        bob.expect("<guest-1> darn it")  # no filter any more
+        carol = connect(proc, clients)
+        assert carol.received[0].startswith("* Welcome to chatcore")
+        wait_for(lambda: events.exists() and '"nick": "guest-3"' in events.read_text(), message="the logger's line")
+
+        write(config, f'plugins = ["welcome", "logger", "irc"]\nlog-file = "{events}"\n')
+        proc.send_signal(signal.SIGHUP)
+        proc.expect_log(re.compile(r"reload: plugin irc cannot be loaded or unloaded while running: "))
+        proc.expect_log(re.compile(r"reload: --plugins changed: needs a restart; left unchanged"))
+        proc.expect_log(RELOADED)
+
+        # Taken away again: the file gets no more lines.
+        write(config, 'plugins = ["welcome"]\n')
+        proc.send_signal(signal.SIGHUP)
+        proc.expect_log(re.compile(r"reload: plugins unloaded logger"))
+        proc.expect_log(RELOADED)
+        size = events.stat().st_size
+        connect(proc, clients)
+        alice.send("/ping")
+        alice.expect(lambda text: "pong" in text)
+        assert events.stat().st_size == size
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("failed") == 1
 
 
 @pytest.mark.parametrize(

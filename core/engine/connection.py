@@ -94,6 +94,8 @@ class Client:
         "address",
         "admitted",
         "arrived",
+        "bytes_in",
+        "bytes_out",
         "close_cause",
         "close_reason",
         "connected_at",
@@ -169,6 +171,10 @@ class Client:
         #: When the reader last received data (``time.monotonic()``; 0.0
         #: before the first read): where a message's latency starts.
         self.arrived = 0.0
+        #: Bytes read from it (by its reader thread; after TLS) and written
+        #: to it (by the writer; TLS records as sent): for the admin's view.
+        self.bytes_in = 0
+        self.bytes_out = 0
         #: When it connected (``time.monotonic()``): what the login deadline
         #: is measured from.
         self.connected_at = time.monotonic()

@@ -292,6 +292,7 @@ class Connections:
             # When this input arrived: message latency starts here, and idle
             # connections are timed from it.
             client.arrived = clock()
+            client.bytes_in += len(data)
             data_received(data)
             if client.closed:  # disconnected (by what it sent, or another thread)
                 return

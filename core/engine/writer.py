@@ -306,6 +306,7 @@ class Writer:
                 except BlockingIOError:
                     sent = 0
                 sent_bytes += sent
+                member.bytes_out += sent
                 if sent < len(out):
                     self._wait_writable(member, out, sent)
                 elif member._queue or member._finishing or membership.feed is not feed or membership.pos < end:
@@ -401,6 +402,7 @@ class Writer:
             self._lost(client, exc)
             return
         self.sent_bytes += sent
+        client.bytes_out += sent
         if sent < len(out):
             self._wait_writable(client, out, sent)
             return

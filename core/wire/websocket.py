@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
-import weakref
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
-from typing import Protocol
+from typing import Any, Protocol
 
 import h11
 from wsproto import ConnectionType, WSConnection
@@ -33,6 +31,7 @@ from wsproto.events import Request as WSRequest
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from chatcore.errors import UsageError
+from chatcore.wire.http import Deadlines
 
 log = logging.getLogger("chatcore.websocket")
 
@@ -223,42 +222,16 @@ class Pinged(Protocol):
         close it after two, close it if its opening is overdue."""
 
 
-class Pinger:
+class Pinger(Deadlines[Any]):
     """One thread that checks a front-end's open connections a few times per
     ping interval (:meth:`Pinged.check`), so that a dead client is found
-    within about two intervals, with no thread per connection."""
+    within about two intervals, with no thread per connection: the
+    :class:`~chatcore.wire.http.Deadlines` the HTTP front-ends use, at the
+    pace of the pings."""
 
     def __init__(self, name: str, interval: float) -> None:
         self.interval = interval
-        self._connections: weakref.WeakSet[Pinged] = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"chatcore-{name}-pinger", daemon=True)
+        super().__init__(f"chatcore-{name}-pinger", min(interval / 4, 1.0), self._ping)
 
-    def add(self, connection: Pinged) -> None:
-        with self._lock:
-            self._connections.add(connection)
-
-    def discard(self, connection: Pinged) -> None:
-        with self._lock:
-            self._connections.discard(connection)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-
-    def _run(self) -> None:
-        tick = min(self.interval / 4, 1.0)
-        while not self._stopping.wait(tick):
-            now = time.monotonic()
-            with self._lock:
-                connections = list(self._connections)
-            for connection in connections:
-                try:
-                    connection.check(now, self.interval)
-                except Exception:  # one broken connection must not stop the pings of all
-                    log.exception("checking %r failed", connection)
+    def _ping(self, connection: Pinged, now: float) -> None:
+        connection.check(now, self.interval)
