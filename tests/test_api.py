@@ -436,12 +436,18 @@ def test_a_failing_endpoint_answers_500_and_the_server_goes_on(api, monkeypatch)
 # -- moderation and administration ------------------------------------------------
 
 
+def arrived_as(nick: str) -> Callable[[str], bool]:
+    """The room's notice of a client that arrived under ``nick`` (its first
+    line was ``/nick NICK``), or of a guest renamed to it (a later /nick)."""
+    return lambda line: line == f"* {nick} joined" or line.endswith(f" is now known as {nick}")
+
+
 def alice_and_bob(server: ChatServer, native: Callable[..., LineClient]) -> tuple[LineClient, LineClient]:
     """alice, and bob from an address of his own (127.0.0.2: the API's
     callers come from 127.0.0.1), both in lobby."""
     alice = native(server, "alice")
     bob = native(server, "bob", source="127.0.0.2")
-    alice.expect(lambda line: line.endswith(" is now known as bob"))
+    alice.expect(arrived_as("bob"))
     return alice, bob
 
 
@@ -510,7 +516,7 @@ def test_an_admin_kicks_and_bans_from_the_server(api, native):
     assert call(server, "POST", "/api/kicks", ADMIN, body={"nick": "bob"})[0] == 404
 
     bob = native(server, "bob", source="127.0.0.2")
-    alice.expect(lambda line: line.endswith(" is now known as bob"))
+    alice.expect(arrived_as("bob"))
     # Never the caller's own address (the admin page would lock itself out).
     status, error, _ = call(server, "POST", "/api/bans", ADMIN, body={"target": "alice"})
     assert status == 409
@@ -532,7 +538,7 @@ def test_an_admin_kicks_and_bans_from_the_server(api, native):
     assert call(server, "DELETE", "/api/bans/10.0.0.0%2F8", ADMIN)[0] == 404
     assert call(server, "DELETE", "/api/bans/127.0.0.2%2F32", ADMIN)[0] == 200
     native(server, "bob", source="127.0.0.2")
-    alice.expect(lambda line: line.endswith(" is now known as bob"))
+    alice.expect(arrived_as("bob"))
 
 
 def test_an_admin_lists_and_ends_connections(api, native):
