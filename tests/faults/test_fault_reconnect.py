@@ -63,6 +63,8 @@ class User:
         self.live: list[str] = []
         self.live_after_rejoin: list[str] = []
         self.replayed: list[str] = []
+        #: Live lines that came after the rejoin but before the replay.
+        self.early: list[str] = []
         #: Whether the replay reached back to a line this user had seen.
         self.replay_overlapped: bool | None = None
         self.client: LineClient | None = None
@@ -113,11 +115,17 @@ class User:
                 return early, [client.readline()[2:] for _ in range(count)]
 
     def _merge(self, early: list[str], replay: list[str]) -> None:
-        self.replayed = replay
+        """Show the replay's new lines, then the live ones that came before
+        it: the replay is the room's history up to the join, so what came
+        live meanwhile is newer (the server does not hold a joining client's
+        live lines back until its replay is sent)."""
+        self.replayed, self.early = replay, early
         seen = set(self.shown)
         self.replay_overlapped = not self.shown or any(line in seen for line in replay)
+        self.shown += [
+            line for line in replay if line not in seen and line not in early and not line.startswith(f"<{self.nick}> ")
+        ]
         self.shown += early
-        self.shown += [line for line in replay if line not in seen and not line.startswith(f"<{self.nick}> ")]
         self.live += early
         self.live_after_rejoin += early
 
@@ -255,7 +263,7 @@ def test_a_killed_servers_users_reconnect_elsewhere_and_miss_nothing(redis_serve
             if sender.room != receiver.room or sender is receiver:
                 continue
             kept = [line.removeprefix(f"<{sender.nick}> ") for line in accepted[sender.nick]]
-            rows.append(tally(fault, kept, receiver.shown, sender.nick, back))
+            rows.append(tally(f"{sender.nick}'s lines at {receiver.nick}", kept, receiver.shown, sender.nick, back))
     lost_with_a = sum(len(user.said) - len(accepted[user.nick]) for user in movers)
     # Lines A delivered to its own users and died with it before reaching
     # Redis: shown to some (on A), never to the others (the cost of local
@@ -268,7 +276,9 @@ def test_a_killed_servers_users_reconnect_elsewhere_and_miss_nothing(redis_serve
     }
     total = Tally(
         fault=f"{fault} ({len(movers)} moved, {len(stayers)} stayed; {lost_with_a} lines died with A, "
-        f"{len(only_on_a)} of them shown on A first, drop noticed in {noticed:.2f} s)",
+        f"{len(only_on_a)} of them shown on A first; "
+        f"{sum(len(user.early) for user in movers)} live lines came before the replay; "
+        f"drop noticed in {noticed:.2f} s)",
         sent=sum(row.sent for row in rows),
         delivered=sum(row.delivered for row in rows),
         lost=sum(row.lost for row in rows),
