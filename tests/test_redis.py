@@ -1354,9 +1354,7 @@ def _refused(address: tuple[str, int], source: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_server_started_while_redis_is_down_takes_the_clusters_bans_when_it_answers(
-    redis_server, cluster, tmp_path
-):
+def test_a_server_started_while_redis_is_down_takes_the_clusters_bans_when_it_answers(redis_server, cluster, tmp_path):
     """The bans and mutes live in the cluster's state store (issue 28): a
     server that starts while Redis cannot be reached starts all the same,
     and puts the stored bans in force once Redis answers (not through the
