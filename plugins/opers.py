@@ -106,6 +106,16 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _ends(until: float) -> float:
+    """When a ban or mute given as lasting ``until`` ends, on this process's
+    monotonic clock. ``until`` is wall-clock time (``time.time()``), what the
+    state store keeps and the other servers are told; the end is measured
+    from now on a clock that never jumps, so that the wall clock stepped
+    later (NTP, ``date -s``: an hour forward or back) neither lifts a mute
+    early nor makes it last an hour longer here (issue 30)."""
+    return time.monotonic() + (until - time.time())
+
+
 @dataclass
 class Ban:
     """One ban: a network (a single address is a /32 or /128)."""
@@ -114,12 +124,18 @@ class Ban:
     until: float | None  # time.time(); None: forever
     reason: str
     by: str
+    #: When it ends (time.monotonic()), or None: forever.
+    ends: float | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.ends = None if self.until is None else _ends(self.until)
 
     def active(self, now: float) -> bool:
-        return self.until is None or now < self.until
+        """``now``: time.monotonic()."""
+        return self.ends is None or now < self.ends
 
     def describe(self, now: float) -> str:
-        left = "forever" if self.until is None else f"{_for(max(1.0, round(self.until - now)))} left"
+        left = "forever" if self.ends is None else f"{_for(max(1.0, round(self.ends - now)))} left"
         return f"{self.network} ({left}, by {self.by}): {self.reason}"
 
 
@@ -133,13 +149,22 @@ class Mute:
     address: str  # address_key(); "" if the client had no IP address
     until: float  # time.time()
     by: str
+    #: When it ends (time.monotonic()).
+    ends: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.ends = _ends(self.until)
+
+    def active(self, now: float) -> bool:
+        """``now``: time.monotonic()."""
+        return now < self.ends
 
     def holds(self, nick: str, address: str, now: float) -> bool:
-        return now < self.until and (nick.casefold() == self.nick.casefold() or address == self.address != "")
+        return self.active(now) and (nick.casefold() == self.nick.casefold() or address == self.address != "")
 
     def describe(self, now: float) -> str:
         where = f" and {self.address}" if self.address else ""
-        return f"{self.nick}{where} ({_for(max(1.0, round(self.until - now)))} left, by {self.by})"
+        return f"{self.nick}{where} ({_for(max(1.0, round(self.ends - now)))} left, by {self.by})"
 
 
 def _key_of(host: str) -> str:
@@ -174,7 +199,7 @@ class State:
             address = parse_address(host)
         except ValueError:
             return None
-        now = time.time()
+        now = time.monotonic()
         with self.lock:
             return next((ban for ban in self.bans if ban.active(now) and address in ban.network), None)
 
@@ -198,7 +223,7 @@ class State:
         """The mute holding ``nick`` or the address ``host``, if any."""
         if not self.mutes:  # nearly always: no lock taken, no address parsed
             return None
-        address, now = _key_of(host), time.time()
+        address, now = _key_of(host), time.monotonic()
         with self.lock:
             return next((mute for mute in self.mutes if mute.holds(nick, address, now)), None)
 
@@ -249,7 +274,7 @@ def _in_store(store: Store | None, change: str, *args: Any) -> str | None:
 
 def _from_store(store: Store) -> tuple[list[Ban], list[Mute]]:
     """The bans and mutes in force in the store (expired ones are removed)."""
-    now = time.time()
+    now = time.monotonic()
     bans, mutes = [], []
     for key, r in store.records(BAN_KIND).items():
         try:
@@ -267,7 +292,7 @@ def _from_store(store: Store) -> tuple[list[Ban], list[Mute]]:
         except (KeyError, TypeError, ValueError):
             log.error("a mute in the state store is not chatcore's (%s); left out", key[:60])
             continue
-        if mute.until > now:
+        if mute.active(now):
             mutes.append(mute)
         else:
             store.delete(MUTE_KIND, key)
@@ -473,7 +498,7 @@ def muted(message: Message) -> None:
         return
     mute = mute_of(sender)
     if mute is not None:
-        left = _for(max(1.0, round(mute.until - time.time())))
+        left = _for(max(1.0, round(mute.ends - time.monotonic())))
         message.reject(f"you are muted by an operator for {left} more; nothing was sent")
 
 
@@ -757,16 +782,16 @@ def unban_network(
 
 def bans_in_force(server: ChatServer) -> list[Ban]:
     """The server bans in force now (a snapshot)."""
-    state, now = _state(server), time.time()
+    state, now = _state(server), time.monotonic()
     with state.lock:
         return [ban for ban in state.bans if ban.active(now)]
 
 
 def mutes_in_force(server: ChatServer) -> list[Mute]:
     """The mutes in force now (a snapshot)."""
-    state, now = _state(server), time.time()
+    state, now = _state(server), time.monotonic()
     with state.lock:
-        return [mute for mute in state.mutes if mute.until > now]
+        return [mute for mute in state.mutes if mute.active(now)]
 
 
 def enforce_ban(server: ChatServer, network: Network, by: str, reason: str, spare: Client | None = None) -> list[str]:
@@ -807,8 +832,7 @@ def _unban(client: Client, oper: str, args: str) -> None:
 
 
 def _bans(client: Client, oper: str, args: str) -> None:
-    now = time.time()
-    _list(client, "ban", [ban.describe(now) for ban in bans_in_force(client.server)])
+    _list(client, "ban", [ban.describe(time.monotonic()) for ban in bans_in_force(client.server)])
 
 
 def _list(client: Client, what: str, active: list[str]) -> None:
@@ -909,8 +933,7 @@ def apply_unmute(server: ChatServer, text: str, *, by: str, oper: str | None) ->
 
 
 def _mutes(client: Client, oper: str, args: str) -> None:
-    now = time.time()
-    _list(client, "mute", [mute.describe(now) for mute in mutes_in_force(client.server)])
+    _list(client, "mute", [mute.describe(time.monotonic()) for mute in mutes_in_force(client.server)])
 
 
 _OPERATOR_COMMANDS = {

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import sqlite3
+import time
 
 import pytest
 
@@ -204,6 +205,37 @@ def test_mute_and_unmute(chat_server_factory, connect, opers_file):
     bob.expect("* you are no longer muted")
     bob.send("back")
     alice.expect("<bob> back")
+
+
+def test_mutes_and_bans_last_what_they_were_given_for_whatever_the_wall_clock_does(
+    chat_server_factory, connect, opers_file, monkeypatch
+):
+    # Issue 30: they ended on the wall clock, so a clock stepped an hour
+    # forward lifted a 10-minute mute at once, and one stepped back made a
+    # 1-second mute last an hour (tests/faults/test_fault_clock.py jumps a
+    # real server's clock; this is the same in-process, by time.time()).
+    server = chat_server_factory("--opers-file", str(opers_file))
+    alice, bob = connect(server, "alice"), connect(server, "bob", source="127.0.0.4")
+    alice.send(f"/oper root {PASSWORD}")
+    alice.expect("* you are now an operator (root)")
+    alice.send("/mute bob 10m")
+    alice.expect("* muted bob for 10m")
+    alice.send("/ban 127.0.0.3 10m not now")
+    alice.expect("* banned 127.0.0.3/32 for 10m")
+
+    def muted() -> bool:
+        bob.send("am I muted?")
+        return any(line.startswith("! you are muted") for line in bob.sync())
+
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # an hour forward
+    assert muted()
+    assert refusal(server.address, "127.0.0.3") == ["! you are banned from this server: not now"]
+    alice.send("/mute bob 1s")
+    alice.expect("* muted bob for 1s")
+    monkeypatch.setattr(time, "time", real)  # and back
+    assert muted()
+    wait_for(lambda: not muted(), timeout=5, message="the 1 s mute over")
 
 
 def test_operator_mistakes(chat_server_factory, connect, opers_file, tmp_path):

@@ -1226,6 +1226,27 @@ def irc_user(process: ServerProcess, nick: str) -> LineClient:
 
 
 @pytest.mark.slow
+def test_an_event_a_node_published_twice_is_delivered_once(redis_server, cluster, connect) -> None:
+    # A Sentinel switchover: a publisher's batch that failed on the old
+    # primary is sent again to the new one, where it is added again with
+    # the same node number ('seq'). The reader delivers each (room, node)
+    # number once, in order, whatever the stream holds.
+    one = cluster(redis_server.url, "127.0.0.1")
+    alice = connect(one, "alice")
+    # This server reads the room from alice's arrival on (her join, then her rename).
+    wait_for(lambda: last_event(redis_server, "lobby").get("new_nick") == "alice", timeout=TIMEOUT)
+    for seq, text in [(5, "one"), (5, "one again"), (4, "an older one"), (6, "two"), (6, "two again")]:
+        forge(redis_server, "lobby", {"seq": str(seq), "event": chat_json(nick="mallory", text=text)})
+    forge(redis_server, "lobby", {"event": chat_json(nick="mallory", text="three, without a number")})
+    alice.expect("<mallory> three, without a number")
+    assert [line for line in alice.received if line.startswith("<mallory> ")] == [
+        "<mallory> one",
+        "<mallory> two",
+        "<mallory> three, without a number",
+    ]
+
+
+@pytest.mark.slow
 def test_malformed_stream_entries_are_dropped_and_counted_and_the_room_flows_on(redis_server, cluster, connect):
     # Issue 23, item 6: an entry whose nick was a number made the IRC encoder
     # raise in the publish path, and the room's native feed on that server

@@ -49,6 +49,10 @@ class Reader(threading.Thread):
         self.cluster = cluster
         self.check_interval = check_interval
         self.cursors: dict[str, Cursor] = {}
+        #: The last sequence number delivered here of each (room, node): an
+        #: event one node published twice (its retry went to another copy of
+        #: the stream, in a Sentinel switchover) is delivered once.
+        self.heard: dict[tuple[str, str], int] = {}
         #: Where the reader is in this node's inbox (new at every start).
         self.inbox_id = "0-0"
         #: Where the reader is in the moderation stream (None: not started),
@@ -104,6 +108,8 @@ class Reader(threading.Thread):
         start, stop = cluster.arrivals.plan(cluster.server.registry.rooms)
         for room in stop:
             self.cursors.pop(room, None)
+        if stop:
+            self.heard = {key: seq for key, seq in self.heard.items() if key[0] not in stop}
         for room, where in start.items():
             # The top is read before the room counts as read, so a failure
             # here leaves it to the next plan.
@@ -273,8 +279,14 @@ class Reader(threading.Thread):
         elif offset > cursor.offset + 1:
             cluster.gap(room, offset - cursor.offset - 1, "Redis trimmed them before this server read them")
         cursor.epoch, cursor.offset = epoch, offset
-        if entry.get("node") == cluster.node:
+        node = entry.get("node", "")
+        if node == cluster.node:
             return  # said here, and delivered here already
+        seq = entry.get("seq", "")
+        if seq.isascii() and seq.isdigit():  # entries written before 'seq' have none
+            if int(seq) <= self.heard.get((room, node), 0):
+                return  # this node's event again: its publisher's retry reached another copy of the stream
+            self.heard[(room, node)] = int(seq)
         try:
             event = decode_event(entry["event"], server.max_line)
             if event.room != room:

@@ -75,6 +75,9 @@ class Keys:
 # must not add the event twice: each node numbers its events 1, 2, 3 ... and
 # sends them in that order from one thread, so an event whose number is not
 # above the last one Redis recorded for the node in this room is a repeat.
+# The entry carries the number too ('seq'): a retry that reached another
+# copy of the room (a switchover: the old primary took it, the new one did
+# not have it yet) is added there again, and readers drop it by that number.
 #
 # An event that changes the room's state (a topic, a mode, a role moved by
 # a join, leave or rename) changes its state hash in the same step, if some
@@ -99,7 +102,7 @@ end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 redis.call('HSET', KEYS[1], field, ARGV[2])
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
-    'v', '1', 'node', ARGV[1], 'epoch', epoch, 'offset', offset, 'event', ARGV[3])
+    'v', '1', 'node', ARGV[1], 'seq', ARGV[2], 'epoch', epoch, 'offset', offset, 'event', ARGV[3])
 if #ARGV > 5 and redis.call('EXISTS', KEYS[4]) == 1 then
     for i = 6, #ARGV, 3 do
         local op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2]

@@ -80,11 +80,12 @@ def cluster() -> Iterator[Callable[..., ServerProcess]]:
 
 @pytest.fixture
 def connect() -> Iterator[Callable[..., LineClient]]:
-    """``connect(address, nick)``: a named client, closed at teardown."""
+    """``connect(address, nick, source=None)``: a named client (from the
+    loopback address ``source``), closed at teardown."""
     clients: list[LineClient] = []
 
-    def make(address: tuple[str, int], nick: str) -> LineClient:
-        client = LineClient(address, timeout=TIMEOUT)
+    def make(address: tuple[str, int], nick: str, source: str | None = None) -> LineClient:
+        client = LineClient(address, timeout=TIMEOUT, source=source)
         clients.append(client)
         client.send(f"/nick {nick}")
         client.expect(f"* you are now known as {nick}")
