@@ -1233,8 +1233,8 @@ def test_an_event_a_node_published_twice_is_delivered_once(redis_server, cluster
     # number once, in order, whatever the stream holds.
     one = cluster(redis_server.url, "127.0.0.1")
     alice = connect(one, "alice")
-    # This server reads the room from alice's arrival on (her join, then her rename).
-    wait_for(lambda: last_event(redis_server, "lobby").get("new_nick") == "alice", timeout=TIMEOUT)
+    # This server reads the room from alice's arrival on (she arrives under her nick: her first line named her).
+    wait_for(lambda: last_event(redis_server, "lobby").get("nick") == "alice", timeout=TIMEOUT)
     for seq, text in [(5, "one"), (5, "one again"), (4, "an older one"), (6, "two"), (6, "two again")]:
         forge(redis_server, "lobby", {"seq": str(seq), "event": chat_json(nick="mallory", text=text)})
     forge(redis_server, "lobby", {"event": chat_json(nick="mallory", text="three, without a number")})

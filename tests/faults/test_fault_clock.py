@@ -57,8 +57,10 @@ class Clock:
         wait_for(lambda: self._shows(server), timeout=TIMEOUT, message=f"the server's clock at {offset:+d} s")
 
     def _shows(self, server: ServerProcess) -> bool:
-        # A connection makes a log line; its time is the server's clock.
-        LineClient(server.address, timeout=TIMEOUT).close()
+        # A connection makes a log line once it is in; its time is the server's clock.
+        probe = LineClient(server.address, timeout=TIMEOUT)
+        probe.sync()  # in: a client that closes before its first line never enters (ARRIVAL_WAIT)
+        probe.close()
         logged = server.expect_log(re.compile(r"^\S+ \S+ INFO +chatcore.server: client (joined|left)"))
         shown = time.mktime(time.strptime(logged[:19], "%Y-%m-%d %H:%M:%S"))  # the log's times are local
         return abs(shown - (time.time() + self.offset)) < 60
