@@ -199,6 +199,85 @@ def safe_lines(lines: Iterable[str]) -> list[bytes]:
     return out
 
 
+# -- IRCv3 message tags ------------------------------------------------------------
+
+#: How a tag value is written (IRCv3 message-tags, "Escaping values").
+_TAG_ESCAPES = str.maketrans({"\\": "\\\\", ";": "\\:", " ": "\\s", "\r": "\\r", "\n": "\\n", "\0": ""})
+_TAG_UNESCAPES = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
+#: What the tags of one line may take, client-only tags (``+typing``) in
+#: all (IRCv3 message-tags: 4094 bytes of them from a client).
+MAX_CLIENT_TAGS = 4094
+
+
+def escape_tag_value(value: str) -> str:
+    """``value`` as a tag value: no space, ``;``, CR, LF or NUL inside, so a
+    value (a client's ``+draft/reply``, an epoch from the cluster) cannot
+    end the tags or the line."""
+    return value.translate(_TAG_ESCAPES)
+
+
+def unescape_tag_value(value: str) -> str:
+    """A tag value as its sender meant it (an unknown escape is the
+    character itself; a lone ``\\`` at the end is dropped, as the spec says)."""
+    if "\\" not in value:
+        return value
+    out, chars = [], iter(value)
+    for char in chars:
+        if char == "\\":
+            escaped = next(chars, "")
+            out.append(_TAG_UNESCAPES.get(escaped, escaped))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def parse_tags(text: str) -> dict[str, str]:
+    """The tags of a line's ``@...`` part (without the ``@``), values unescaped;
+    a tag without a value has ``""``; the last of a repeated key wins."""
+    tags = {}
+    for item in text.split(";"):
+        key, _, value = item.partition("=")
+        if key:
+            tags[key] = unescape_tag_value(value)
+    return tags
+
+
+def tag_text(tags: Iterable[tuple[str, str]]) -> str:
+    """``key=value;key2`` (values escaped; an empty one: the key alone)."""
+    return ";".join(f"{key}={escape_tag_value(value)}" if value else key for key, value in tags)
+
+
+def server_time(seconds: float) -> str:
+    """The ``time`` tag's form (IRCv3 server-time): ``2026-12-06T23:59:01.123Z``, UTC."""
+    millis = int(seconds * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
+
+
+def with_tags(lines: Iterable[bytes], tags: str) -> list[bytes]:
+    """``lines`` (as :func:`safe_lines` makes them) with ``tags`` (as
+    :func:`tag_text` writes them) put before the tags they have."""
+    if not tags:
+        return list(lines)
+    data = tags.encode("utf-8", "replace")
+    return [b"@" + data + b";" + line[1:] if line[:1] == b"@" else b"@" + data + b" " + line for line in lines]
+
+
+def batch_lines(
+    server: str, ref: str, kind: str, params: Iterable[str], lines: Iterable[bytes], *, tags: str = ""
+) -> list[bytes]:
+    """``lines`` in one IRCv3 batch: ``BATCH +ref kind params``, each line
+    tagged ``batch=ref``, then ``BATCH -ref``. ``tags`` go on the opening
+    line (a ``label``, labeled-response). Lines as :func:`safe_lines` makes
+    them; :meth:`IRCProtocol.send_batch` picks the reference and sends
+    them plainly to a client without the ``batch`` capability."""
+    opening = safe_lines([" ".join([f":{server}", "BATCH", f"+{ref}", kind, *params])])
+    return [
+        *with_tags(opening, tags),
+        *with_tags(lines, f"batch={ref}"),
+        *safe_lines([f":{server} BATCH -{ref}"]),
+    ]
+
+
 # -- rendering ------------------------------------------------------------------
 
 
@@ -225,6 +304,8 @@ class IRCFormat(WireFormat):
 
     name = "irc"
     echoes_actions = False  # IRC clients show their own /me
+    #: The capabilities this format renders for (:meth:`with_caps`): none.
+    caps: frozenset[str] = frozenset()
 
     def __init__(
         self, server: str = DEFAULT_SERVER_NAME, network: str = DEFAULT_NETWORK, framing: Any = CRLFLineFraming
@@ -234,9 +315,41 @@ class IRCFormat(WireFormat):
         #: How the lines travel, below this codec (chatcore.wire.framing):
         #: CR LF ended over TCP; a WebSocket's text messages would do too.
         self.framing = framing
+        #: The format without capabilities, which the scheme has.
+        self.plain: IRCFormat = self
+        self._variants: dict[frozenset[str], IRCFormat] = {}
+
+    def with_caps(self, caps: Iterable[str]) -> IRCFormat:
+        """The format for a client that enabled ``caps``: this plain one if
+        none of them changes how room events look (:data:`RENDERING_CAPS`),
+        else one :class:`TaggedIRCFormat` per set of those, shared by every
+        client that has the same set. A room's event is then rendered once
+        per set, not once per client, and the plain path is untouched."""
+        plain = self.plain
+        key = frozenset(caps) & RENDERING_CAPS
+        if not key:
+            return plain
+        variant = plain._variants.get(key)
+        if variant is None:  # made at most once per set (setdefault keeps the first of two racing)
+            variant = plain._variants.setdefault(key, TaggedIRCFormat(plain, key))
+        return variant
+
+    def variants(self) -> list[IRCFormat]:
+        """The formats made for sets of capabilities so far."""
+        return list(self.plain._variants.values())
 
     def encode(self, event: RoomEvent) -> bytes:
         return self.frame(self.room_lines(event))
+
+    def event_lines(self, event: RoomEvent) -> list[bytes]:
+        """:meth:`encode`'s lines, unframed (as :func:`safe_lines` makes them):
+        for a batch of events (CHATHISTORY) or a labeled answer."""
+        return safe_lines(self.room_lines(event))
+
+    def line_tags(self, when: float | None = None) -> str:
+        """The tags of a line for one client that is not a room event's (a
+        private message, a JOIN of its own): none here."""
+        return ""
 
     def frame(self, lines: Iterable[str]) -> bytes:
         """Lines as the bytes sent, made safe (:func:`safe_lines`) and framed."""
@@ -363,6 +476,56 @@ class IRCFormat(WireFormat):
         return [*lines, self.numeric(nick, "323", "End of /LIST")]
 
 
+#: The capabilities that change how a room's events look to a client, or
+#: whether it gets its own back: a client with any of them gets the
+#: :class:`TaggedIRCFormat` for its set.
+RENDERING_CAPS = frozenset({"message-tags", "server-time", "echo-message"})
+
+
+class TaggedIRCFormat(IRCFormat):
+    """:class:`IRCFormat` for clients that enabled some of
+    :data:`RENDERING_CAPS`: room lines carry the IRCv3 tags they asked for
+    (``time`` with ``server-time``, ``msgid`` with ``message-tags``), and
+    with ``echo-message`` the client gets its own messages back. One per
+    set of capabilities (:meth:`IRCFormat.with_caps`), so the engine keeps
+    one feed per set in a room, and renders each event once per set.
+
+    :ivar plain: the format without capabilities it was made from.
+    """
+
+    def __init__(self, plain: IRCFormat, caps: frozenset[str]) -> None:
+        super().__init__(plain.server, plain.network, plain.framing)
+        self.plain = plain
+        self.caps = caps
+        self.echoes_messages = "echo-message" in caps
+        self._time = "server-time" in caps
+        self._msgid = "message-tags" in caps
+
+    def event_tags(self, event: RoomEvent) -> str:
+        """The tags of ``event``'s lines: its time and its ID, the same on
+        every server of a cluster (an event delayed by an outage keeps the
+        time it was said at)."""
+        tags = []
+        if self._time:
+            tags.append(("time", server_time(event.time or time.time())))
+        if self._msgid and event.offset:
+            tags.append(("msgid", event.msgid))
+        return tag_text(tags)
+
+    def event_lines(self, event: RoomEvent) -> list[bytes]:
+        return with_tags(safe_lines(self.room_lines(event)), self.event_tags(event))
+
+    def encode(self, event: RoomEvent) -> bytes:
+        framed: bytes = self.framing.frame(self.event_lines(event))
+        return framed
+
+    def line_tags(self, when: float | None = None) -> str:
+        return tag_text([("time", server_time(time.time() if when is None else when))]) if self._time else ""
+
+    def __repr__(self) -> str:
+        return f"<TaggedIRCFormat {self.name!r} {','.join(sorted(self.caps))}>"
+
+
 # -- reading ----------------------------------------------------------------------
 
 
@@ -454,9 +617,23 @@ def _sasl_offer(protocol: IRCProtocol) -> str | None:
     return None if protocol.client.server.accounts is None else ",".join(SASL_MECHANISMS)
 
 
+def _always(protocol: IRCProtocol) -> str:
+    return ""
+
+
 #: Every capability chatcore knows, by name: later IRCv3 work adds its own
 #: entry here, and negotiation (LS, REQ, ACK, NAK, LIST, END) is the same for all.
-CAPABILITIES: dict[str, Capability] = {"sasl": Capability("sasl", _sasl_offer)}
+#: Those that change how room events look are also in :data:`RENDERING_CAPS`.
+CAPABILITIES: dict[str, Capability] = {
+    capability.name: capability
+    for capability in (
+        Capability("batch", _always),
+        Capability("echo-message", _always),
+        Capability("message-tags", _always),
+        Capability("sasl", _sasl_offer),
+        Capability("server-time", _always),
+    )
+}
 
 _PASSWORD_FIRST = "Password required: send PASS before NICK and USER"
 _NICK_REFUSED = {"nick_taken": "Nickname is already in use", "nick_invalid": "Erroneous nickname"}
@@ -474,6 +651,7 @@ class IRCProtocol(Protocol):
     """One IRC connection: registration, then commands (docs/irc.md)."""
 
     __slots__ = (
+        "_batches",
         "_cap_negotiating",
         "_framer",
         "_nick",
@@ -497,6 +675,7 @@ class IRCProtocol(Protocol):
         self._password: str | None = None
         #: The capabilities this client enabled (``CAP REQ``).
         self.caps: set[str] = set()
+        self._batches = 0  # batch references given on this connection
         self._sasl = ""  # the mechanism of a SASL exchange under way
         self._sasl_data = ""
         self.state = IRCState()
@@ -539,48 +718,79 @@ class IRCProtocol(Protocol):
     def send(self, lines: Iterable[str]) -> None:
         self.client.send_data(self.wire.frame(lines))
 
+    def send_batch(self, kind: str, params: Iterable[str], lines: list[bytes]) -> None:
+        """Send ``lines`` (as :func:`safe_lines` or :meth:`IRCFormat.event_lines`
+        make them) as one IRCv3 batch of type ``kind`` (``chathistory``,
+        with ``params`` such as the channel), under a reference unique on
+        this connection; to a client without the ``batch`` capability, the
+        lines alone. For example, history::
+
+            lines = [line for event in events for line in self.wire.event_lines(event)]
+            self.send_batch("chathistory", [channel(room)], lines)
+        """
+        if "batch" in self.caps:
+            self._batches += 1
+            lines = batch_lines(self.wire.server, f"b{self._batches}", kind, params, lines)
+        if lines:
+            self.client.send_data(self.wire.framing.frame(lines))
+
     def reply(self, code: str, *params: str) -> None:
         self.send([self.wire.numeric(self.nick, code, *params)])
 
     def render(self, event: Event) -> bytes:
-        """What this client is told alone, as IRC lines."""
+        """What this client is told alone, as IRC lines (:meth:`render_lines`)."""
+        lines = self.render_lines(event)
+        if not lines:
+            return b""
+        framed: bytes = self.wire.framing.frame(lines)
+        return framed
+
+    def render_lines(self, event: Event) -> list[bytes]:
+        """:meth:`render`'s lines, unframed (as :func:`safe_lines` makes them)."""
         client = self.client
         wire = self.wire
         nick = client.nick or "*"
         if isinstance(event, Joined) and event.nick == client.nick:  # its own join (the engine's join_room)
-            return wire.frame(self.join_lines(event.room))
-        if isinstance(event, RoomEvent):  # its own PART or KICK, and what a room says
-            return wire.encode(event)
+            join, *rest = self.join_lines(event.room)
+            return [*with_tags(safe_lines([join]), wire.line_tags()), *safe_lines(rest)]
+        if isinstance(event, RoomEvent):  # its own PART, KICK or echoed message, and what a room says
+            return wire.event_lines(event)
+        lines: list[str]
         if isinstance(event, Welcome):  # sent by admit(): the registration burst
-            return wire.frame(wire.welcome_lines(nick, event.lines, client.user, client.server.max_rooms_per_client))
-        if isinstance(event, Invited):
-            return wire.frame([irc_line(self._mask_of(event.by), "INVITE", client.nick, channel(event.room))])
-        if isinstance(event, Notice):
-            return wire.frame(wire.notice_lines(nick, event.text))
-        if isinstance(event, Disconnected):  # the engine's last word: the link closes
+            lines = wire.welcome_lines(nick, event.lines, client.user, client.server.max_rooms_per_client)
+        elif isinstance(event, Invited):
+            lines = [irc_line(self._mask_of(event.by), "INVITE", client.nick, channel(event.room))]
+        elif isinstance(event, Notice):
+            lines = wire.notice_lines(nick, event.text)
+        elif isinstance(event, Disconnected):  # the engine's last word: the link closes
             # A KILL too: ERROR alone, as IRC servers send it (a KICK of one
             # channel would say the victim stays in its others).
-            return wire.frame([irc_line(None, "ERROR", f"Closing Link: disconnected: {event.reason}")])
-        if isinstance(event, Error):
+            lines = [irc_line(None, "ERROR", f"Closing Link: disconnected: {event.reason}")]
+        elif isinstance(event, Error):
             if not client.nick:  # before registration an error is a refusal: the link closes
-                return wire.frame([irc_line(None, "ERROR", f"Closing Link: {event.text}")])
-            return wire.frame(wire.notice_lines(nick, f"error: {event.text}"))
-        if isinstance(event, PrivateMessage):
-            if event.echo:  # IRC clients show what they sent themselves
-                return b""
+                lines = [irc_line(None, "ERROR", f"Closing Link: {event.text}")]
+            else:
+                lines = wire.notice_lines(nick, f"error: {event.text}")
+        elif isinstance(event, PrivateMessage):
+            # IRC clients show what they sent themselves, unless they asked
+            # for it back (echo-message).
+            if event.echo and not wire.echoes_messages:
+                return []
             command = "NOTICE" if event.notice else "PRIVMSG"
-            return wire.frame(text_lines(f":{self._mask_of(event.sender)} {command} {event.recipient}", event.text))
-        if isinstance(event, Members):
-            return wire.frame(self.names_lines(event.room, event.nicks))
-        if isinstance(event, RoomList):
-            return wire.frame(wire.list_lines(nick, [(room, count, "") for room, count in event.rooms]))
-        if isinstance(event, Replay):
-            lines: list[str] = []
+            lines = text_lines(f":{self._mask_of(event.sender)} {command} {event.recipient}", event.text)
+            return with_tags(safe_lines(lines), wire.line_tags())
+        elif isinstance(event, Members):
+            lines = self.names_lines(event.room, event.nicks)
+        elif isinstance(event, RoomList):
+            lines = wire.list_lines(nick, [(room, count, "") for room, count in event.rooms])
+        elif isinstance(event, Replay):
+            lines = []
             for line in map(event_line, event.events):
                 if line is not None:
                     lines.extend(wire.notice_lines(channel(event.room), f"[history] {line}"))
-            return wire.frame(lines)
-        return b""
+        else:
+            return []
+        return safe_lines(lines)
 
     def _mask_of(self, nick: str) -> str:
         """The prefix of someone on this server, by nickname (their user name from the registry)."""
@@ -693,6 +903,7 @@ class IRCProtocol(Protocol):
                 else:
                     self.caps.add(name)
             self._cap_reply("ACK", asked)
+            self._rewire()
         elif sub == "END":
             if self._cap_negotiating:
                 self._cap_negotiating = False
@@ -700,6 +911,15 @@ class IRCProtocol(Protocol):
                 self._try_register()
         else:
             self.reply("410", sub, "Invalid CAP command")
+
+    def _rewire(self) -> None:
+        """Render room events for this client in the format of its
+        capabilities (:meth:`IRCFormat.with_caps`) from the next line on,
+        in every channel it is in."""
+        wire = self.wire.with_caps(self.caps)
+        if wire is not self.wire:
+            self.client.server.registry.change_wire(self.client, wire)
+            self.wire = wire
 
     def authenticate(self, params: list[str]) -> None:
         """SASL (IRCv3 ``sasl`` 3.1): ``AUTHENTICATE PLAIN`` or ``EXTERNAL``,
@@ -1647,8 +1867,9 @@ def chatcore_configure(config: Config) -> None:
         raise UsageError(f"--irc-network {options.irc_network!r}: use 1 to 32 letters, digits, '_', '-' or '.'")
     for scheme in config.schemes.values():
         if isinstance(scheme.wire, IRCFormat):
-            scheme.wire.server = options.irc_server_name
-            scheme.wire.network = options.irc_network
+            for wire in (scheme.wire, *scheme.wire.variants()):
+                wire.server = options.irc_server_name
+                wire.network = options.irc_network
 
 
 @hookimpl

@@ -598,13 +598,16 @@ class ChatServer:
         now = time.time()
         # Chat is not echoed to its sender; an action is, as the answer to
         # /me, unless the sender's client shows its own actions (IRC).
+        event: RoomEvent
         if message.kind == "action":
-            action = Action(room, sender.nick, message.text, offset, epoch, now, sender.user)
-            recipients = self._publish(action, exclude=None if sender.wire.echoes_actions else sender)
+            event = Action(room, sender.nick, message.text, offset, epoch, now, sender.user)
+            recipients = self._publish(event, exclude=None if sender.wire.echoes_actions else sender)
         else:
             notice = message.kind == "notice"
-            chat = Chat(room, sender.nick, message.text, offset, epoch, now, sender.user, notice)
-            recipients = self._publish(chat, exclude=sender)
+            event = Chat(room, sender.nick, message.text, offset, epoch, now, sender.user, notice)
+            recipients = self._publish(event, exclude=sender)
+        if sender.wire.echoes_messages:  # its own line back, numbered and timed (IRC's echo-message)
+            sender.send(event)
         counts.deliveries += recipients
         if sender.arrived:  # 0.0 for a client no reader has read for (a plugin's)
             counts.observe_latency(time.monotonic() - sender.arrived)
@@ -659,6 +662,9 @@ class ChatServer:
             return
         sender = messages[0].sender
         recipients = self._publish_all(events, exclude=sender)
+        if sender.wire.echoes_messages:
+            for event in events:
+                sender.send(event)
         counts.deliveries += recipients * len(events)
         if sender.arrived:
             latency = time.monotonic() - sender.arrived

@@ -1,0 +1,228 @@
+"""IRCv3 capabilities and message tags of the irc plugin (docs/irc.md,
+"IRCv3"): the tag codec and the formats per set of capabilities as units,
+then each capability over real sockets."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+from test_irc import IRCClient
+
+from chatcore.engine.server import ChatServer
+from chatcore.events import Chat, parse_msgid
+from chatcore.plugins.irc import (
+    IRCFormat,
+    IRCProtocol,
+    TaggedIRCFormat,
+    batch_lines,
+    escape_tag_value,
+    parse_tags,
+    server_time,
+    tag_text,
+    unescape_tag_value,
+    with_tags,
+)
+from chatcore.testing import LineClient
+
+#: A time tag: milliseconds, UTC.
+TIME = r"time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+@pytest.fixture
+def irc() -> Iterator:
+    """``irc(server, nick, caps="")``: a registered IRC client that enabled
+    ``caps`` before registering; all closed at the end."""
+    made: list[LineClient] = []
+
+    def make(server: ChatServer, nick: str, caps: str = "", join: str = "#lobby") -> IRCClient:
+        client = IRCClient(server.listener("irc").address)
+        made.append(client)
+        if caps:
+            client.send("CAP LS 302")
+            client.send(f"CAP REQ :{caps}")
+            client.expect(f":chatcore CAP * ACK :{caps}")
+        client.send(f"NICK {nick}")
+        client.send(f"USER {nick} 0 * :The real {nick}")
+        if caps:
+            client.send("CAP END")
+        client.expect(re.compile(f" 001 {nick} "))
+        if join:
+            client.send(f"JOIN {join}")
+            client.expect(re.compile(f" 366 {nick} {join} "))
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def start(factory, *args: str, plugins: str = "") -> ChatServer:  # type: ignore[no-untyped-def]
+    listen = ["--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0"]
+    return factory("--plugins", ",".join(["irc", *filter(None, [plugins])]), *listen, *args)
+
+
+def tags_of(line: str) -> dict[str, str]:
+    assert line.startswith("@"), line
+    return parse_tags(line[1:].partition(" ")[0])
+
+
+# -- units -----------------------------------------------------------------------------
+
+
+def test_tag_values_are_escaped_and_read_back():
+    nasty = "a;b c\\d\re\nf"
+    assert escape_tag_value(nasty) == "a\\:b\\sc\\\\d\\re\\nf"
+    assert unescape_tag_value(escape_tag_value(nasty)) == nasty
+    assert escape_tag_value("no\0nul") == "nonul"  # a NUL would cut the line
+    assert unescape_tag_value("unknown\\xescape\\") == "unknownxescape"  # as the spec says
+    assert parse_tags("+typing=active;msgid=e:1;flag;+draft/reply=e\\:2") == {
+        "+typing": "active",
+        "msgid": "e:1",
+        "flag": "",
+        "+draft/reply": "e;2",
+    }
+    assert tag_text([("a", "x y"), ("flag", "")]) == "a=x\\sy;flag"
+
+
+def test_server_time_is_utc_with_milliseconds():
+    assert server_time(0.0) == "1970-01-01T00:00:00.000Z"
+    assert server_time(1796601541.1239) == "2026-12-06T23:59:01.123Z"
+
+
+def test_tags_go_before_the_tags_a_line_has():
+    assert with_tags([b":a PRIVMSG #x :hi", b"@time=t :a NICK b"], "msgid=e:1") == [
+        b"@msgid=e:1 :a PRIVMSG #x :hi",
+        b"@msgid=e:1;time=t :a NICK b",
+    ]
+    assert with_tags([b"PING"], "") == [b"PING"]
+
+
+def test_a_batch_wraps_lines_with_its_reference():
+    lines = batch_lines(
+        "srv", "b1", "chathistory", ["#lobby"], [b":a PRIVMSG #lobby :1", b"@time=t :a PRIVMSG #lobby :2"]
+    )
+    assert lines == [
+        b":srv BATCH +b1 chathistory #lobby",
+        b"@batch=b1 :a PRIVMSG #lobby :1",
+        b"@batch=b1;time=t :a PRIVMSG #lobby :2",
+        b":srv BATCH -b1",
+    ]
+    assert (
+        batch_lines("srv", "7", "labeled-response", [], [], tags="label=x")[0]
+        == b"@label=x :srv BATCH +7 labeled-response"
+    )
+
+
+def test_one_format_per_set_of_rendering_capabilities():
+    plain = IRCFormat()
+    assert plain.with_caps(["sasl", "batch"]) is plain  # these change no room line
+    tagged = plain.with_caps(["server-time", "message-tags", "sasl"])
+    assert isinstance(tagged, TaggedIRCFormat)
+    assert tagged.with_caps(["message-tags", "server-time"]) is tagged  # shared by every client with that set
+    assert plain.with_caps(["server-time"]) is not tagged
+    assert tagged.with_caps([]) is plain
+    assert plain.variants() == [tagged, plain.with_caps(["server-time"])]
+    assert not tagged.echoes_messages
+    assert plain.with_caps(["echo-message"]).echoes_messages
+
+
+def test_the_plain_format_renders_todays_bytes_and_the_tagged_one_adds_time_and_id():
+    event = Chat("lobby", "bob", "hi", 7, "e1", 1796601541.5)
+    assert IRCFormat().encode(event) == b":bob!bob@chatcore PRIVMSG #lobby :hi\r\n"
+    both = IRCFormat().with_caps(["server-time", "message-tags"])
+    assert both.encode(event) == b"@time=2026-12-06T23:59:01.500Z;msgid=e1:7 :bob!bob@chatcore PRIVMSG #lobby :hi\r\n"
+    assert (
+        IRCFormat().with_caps(["message-tags"]).encode(event) == b"@msgid=e1:7 :bob!bob@chatcore PRIVMSG #lobby :hi\r\n"
+    )
+    # A long line split in two: both parts tagged, each within 512 bytes after its tags.
+    long = both.encode(Chat("lobby", "bob", "x" * 600, 8, "e1", 1.0)).split(b"\r\n")[:-1]
+    assert len(long) == 2
+    assert all(line.startswith(b"@time=1970-01-01T00:00:01.000Z;msgid=e1:8 :bob") for line in long)
+    assert all(len(line.partition(b" ")[2]) <= 510 for line in long)
+
+
+def test_send_batch_wraps_only_for_clients_with_the_batch_capability():
+    sent: list[bytes] = []
+    client = SimpleNamespace(wire=IRCFormat(), data={}, send_data=sent.append)
+    protocol = IRCProtocol(client)  # type: ignore[arg-type]
+    lines = IRCFormat().event_lines(Chat("lobby", "bob", "hi", 1, "e", 1.0))
+    protocol.send_batch("chathistory", ["#lobby"], lines)
+    protocol.caps.add("batch")
+    protocol.send_batch("chathistory", ["#lobby"], lines)
+    protocol.send_batch("chathistory", ["#lobby"], lines)
+    assert sent == [
+        b":bob!bob@chatcore PRIVMSG #lobby :hi\r\n",
+        b":chatcore BATCH +b1 chathistory #lobby\r\n@batch=b1 :bob!bob@chatcore PRIVMSG #lobby :hi\r\n"
+        b":chatcore BATCH -b1\r\n",
+        b":chatcore BATCH +b2 chathistory #lobby\r\n@batch=b2 :bob!bob@chatcore PRIVMSG #lobby :hi\r\n"
+        b":chatcore BATCH -b2\r\n",
+    ]
+
+
+# -- over sockets ----------------------------------------------------------------------
+
+
+def test_tags_reach_the_clients_that_asked_and_the_others_get_plain_lines(chat_server_factory, irc, connect):
+    server = start(chat_server_factory)
+    tagged = irc(server, "tagged", "message-tags server-time")
+    timed = irc(server, "timed", "server-time")
+    plain = irc(server, "plain")
+    alice = connect(server, "alice")
+    alice.send("hello")
+    line = tagged.expect(re.compile("PRIVMSG #lobby :hello"))
+    assert re.fullmatch(rf"@{TIME};msgid=\S+ :alice!alice@chatcore PRIVMSG #lobby :hello", line)
+    assert re.fullmatch(rf"@{TIME} :alice!alice@chatcore PRIVMSG #lobby :hello", timed.expect(re.compile(":hello")))
+    assert plain.expect(re.compile(":hello")) == ":alice!alice@chatcore PRIVMSG #lobby :hello"
+    assert parse_msgid(tags_of(line)["msgid"]) is not None
+    # Joins, nick changes and leaves carry them too.
+    alice.send("/nick alicia")
+    assert re.fullmatch(rf"@{TIME};msgid=\S+ :alice!alice@chatcore NICK alicia", tagged.expect(re.compile(" NICK ")))
+    assert plain.expect(re.compile(" NICK ")) == ":alice!alice@chatcore NICK alicia"
+    # One rendering per set: three formats in the room (two tagged, one plain), the native one.
+    assert len(server.registry.feeds["lobby"]) == 4
+
+
+def test_a_client_that_enables_tags_in_a_channel_gets_them_from_then_on(chat_server_factory, irc, connect):
+    server = start(chat_server_factory)
+    late = irc(server, "late")
+    alice = connect(server, "alice")
+    alice.send("before")
+    assert late.expect(re.compile(":before$")).startswith(":alice")
+    late.send("CAP REQ server-time")
+    late.expect(":chatcore CAP late ACK :server-time")
+    alice.send("after")
+    assert re.match(rf"@{TIME} :alice", late.expect(re.compile(":after$")))
+    late.send("CAP REQ -server-time")
+    late.expect(":chatcore CAP late ACK :-server-time")
+    alice.send("plain again")
+    assert late.expect(re.compile(":plain again$")) == ":alice!alice@chatcore PRIVMSG #lobby :plain again"
+
+
+def test_echo_message_returns_the_senders_lines_with_the_rooms_id(chat_server_factory, irc):
+    server = start(chat_server_factory)
+    echo = irc(server, "echo", "echo-message message-tags")
+    other = irc(server, "other", "message-tags")
+    echo.send("PRIVMSG #lobby :hi all")
+    mine = echo.expect(re.compile("PRIVMSG #lobby :hi all"))
+    theirs = other.expect(re.compile("PRIVMSG #lobby :hi all"))
+    assert mine == theirs  # the same line, the same msgid
+    assert mine.startswith("@msgid=")
+    echo.send("PRIVMSG #lobby :\x01ACTION waves\x01")
+    assert echo.expect(re.compile("ACTION waves")).endswith(":echo!echo@chatcore PRIVMSG #lobby :\x01ACTION waves\x01")
+    echo.send("PRIVMSG other :psst")
+    assert echo.expect(re.compile(" :psst")) == ":echo!echo@chatcore PRIVMSG other :psst"
+    other.expect(":echo!echo@chatcore PRIVMSG other :psst")
+    # Without echo-message: nothing back, as before.
+    other.send("PRIVMSG #lobby :no echo")
+    echo.expect(re.compile(":no echo$"))
+    assert not [line for line in other.sync() if "no echo" in line]
+
+
+def test_own_join_carries_a_time_for_server_time_clients(chat_server_factory, irc):
+    server = start(chat_server_factory)
+    timed = irc(server, "timed", "server-time", join="")
+    timed.send("JOIN #dev")
+    assert re.fullmatch(rf"@{TIME} :timed!timed@chatcore JOIN #dev", timed.expect(re.compile(" JOIN #dev")))
