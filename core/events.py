@@ -65,10 +65,12 @@ __all__ = [
     "Notice",
     "OperatorChanged",
     "PrivateMessage",
+    "PrivateTags",
     "Replay",
     "RoomEvent",
     "RoomList",
     "RoomNotice",
+    "Tagged",
     "TopicChanged",
     "Welcome",
     "kick_text",
@@ -130,12 +132,16 @@ class Chat(RoomEvent):
         never get an automatic reply, what bots and services say). IRC
         clients get it as ``NOTICE``; native and web clients see chat (the
         web's ``chat`` has ``"notice": true``).
+    :ivar tags: client-only tags the sender attached, as IRCv3 writes them
+        (``+draft/reply=e1:7``; :mod:`chatcore.wire.tags`), or ``""``:
+        relayed to IRC clients with ``message-tags``.
     """
 
     nick: str
     text: str
     user: str = field(default="", kw_only=True)
     notice: bool = field(default=False, kw_only=True)
+    tags: str = field(default="", kw_only=True)
 
     # The identity may be given by position too: the engine makes one of
     # these per message, and keywords cost a fifth of the call.
@@ -149,10 +155,11 @@ class Chat(RoomEvent):
         time: float = 0.0,
         user: str = "",
         notice: bool = False,
+        tags: str = "",
     ) -> None:
         # The fields the dataclass declares, in one step (see the module docstring).
         self.__dict__.update(
-            room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user, notice=notice
+            room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user, notice=notice, tags=tags
         )
 
 
@@ -170,6 +177,19 @@ class Action(RoomEvent):
         self, room: str, nick: str, text: str, offset: int = 0, epoch: str = "", time: float = 0.0, user: str = ""
     ) -> None:
         self.__dict__.update(room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user)
+
+
+@dataclass(frozen=True)
+class Tagged(RoomEvent):
+    """``nick`` sent the room client-only ``tags`` without text (IRC's
+    ``TAGMSG``: ``+typing=active`` while typing, ``+draft/react`` reactions),
+    as IRCv3 writes them (:mod:`chatcore.wire.tags`). Not sent back to its
+    sender. IRC clients with ``message-tags`` get the ``TAGMSG``; the web
+    page shows ``+typing`` as who is typing; native clients see nothing."""
+
+    nick: str
+    tags: str
+    user: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -348,6 +368,16 @@ class PrivateMessage(Event):
     text: str
     echo: bool = False
     notice: bool = False
+
+
+@dataclass(frozen=True)
+class PrivateTags(Event):
+    """``sender`` sent ``recipient`` client-only ``tags`` without text (IRC's
+    ``TAGMSG nick``); only IRC clients with ``message-tags`` show anything."""
+
+    sender: str
+    recipient: str
+    tags: str
 
 
 @dataclass(frozen=True)

@@ -48,10 +48,12 @@ from chatcore.events import (
     Notice,
     OperatorChanged,
     PrivateMessage,
+    PrivateTags,
     Replay,
     RoomEvent,
     RoomList,
     RoomNotice,
+    Tagged,
     TopicChanged,
     Welcome,
 )
@@ -63,6 +65,7 @@ from chatcore.transports import Scheme
 from chatcore.wire import Protocol, WireFormat
 from chatcore.wire.framing import CRLFLineFraming
 from chatcore.wire.native import event_line, sanitize
+from chatcore.wire.tags import MAX_CLIENT_TAGS, client_tags, parse_tags, tag_text
 
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
@@ -200,51 +203,6 @@ def safe_lines(lines: Iterable[str]) -> list[bytes]:
 
 
 # -- IRCv3 message tags ------------------------------------------------------------
-
-#: How a tag value is written (IRCv3 message-tags, "Escaping values").
-_TAG_ESCAPES = str.maketrans({"\\": "\\\\", ";": "\\:", " ": "\\s", "\r": "\\r", "\n": "\\n", "\0": ""})
-_TAG_UNESCAPES = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
-#: What the tags of one line may take, client-only tags (``+typing``) in
-#: all (IRCv3 message-tags: 4094 bytes of them from a client).
-MAX_CLIENT_TAGS = 4094
-
-
-def escape_tag_value(value: str) -> str:
-    """``value`` as a tag value: no space, ``;``, CR, LF or NUL inside, so a
-    value (a client's ``+draft/reply``, an epoch from the cluster) cannot
-    end the tags or the line."""
-    return value.translate(_TAG_ESCAPES)
-
-
-def unescape_tag_value(value: str) -> str:
-    """A tag value as its sender meant it (an unknown escape is the
-    character itself; a lone ``\\`` at the end is dropped, as the spec says)."""
-    if "\\" not in value:
-        return value
-    out, chars = [], iter(value)
-    for char in chars:
-        if char == "\\":
-            escaped = next(chars, "")
-            out.append(_TAG_UNESCAPES.get(escaped, escaped))
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-def parse_tags(text: str) -> dict[str, str]:
-    """The tags of a line's ``@...`` part (without the ``@``), values unescaped;
-    a tag without a value has ``""``; the last of a repeated key wins."""
-    tags = {}
-    for item in text.split(";"):
-        key, _, value = item.partition("=")
-        if key:
-            tags[key] = unescape_tag_value(value)
-    return tags
-
-
-def tag_text(tags: Iterable[tuple[str, str]]) -> str:
-    """``key=value;key2`` (values escaped; an empty one: the key alone)."""
-    return ";".join(f"{key}={escape_tag_value(value)}" if value else key for key, value in tags)
 
 
 def server_time(seconds: float) -> str:
@@ -508,11 +466,19 @@ class TaggedIRCFormat(IRCFormat):
         tags = []
         if self._time:
             tags.append(("time", server_time(event.time or time.time())))
-        if self._msgid and event.offset:
-            tags.append(("msgid", event.msgid))
+        if self._msgid:
+            if event.offset:
+                tags.append(("msgid", event.msgid))
+            if isinstance(event, (Chat, Tagged)) and event.tags:  # a client's own, checked again
+                tags.extend(client_tags(event.tags).items())
         return tag_text(tags)
 
     def event_lines(self, event: RoomEvent) -> list[bytes]:
+        if isinstance(event, Tagged):  # tags alone: for clients that take tags (message-tags)
+            if not self._msgid:
+                return []
+            tagmsg = [irc_line(self.mask(event.nick, event.user), "TAGMSG", channel(event.room))]
+            return with_tags(safe_lines(tagmsg), self.event_tags(event))
         return with_tags(safe_lines(self.room_lines(event)), self.event_tags(event))
 
     def encode(self, event: RoomEvent) -> bytes:
@@ -659,6 +625,7 @@ class IRCProtocol(Protocol):
         "_registered",
         "_sasl",
         "_sasl_data",
+        "_tags",
         "caps",
         "state",
         "wire",
@@ -676,6 +643,7 @@ class IRCProtocol(Protocol):
         #: The capabilities this client enabled (``CAP REQ``).
         self.caps: set[str] = set()
         self._batches = 0  # batch references given on this connection
+        self._tags: dict[str, str] = {}  # the tags of the line being handled
         self._sasl = ""  # the mechanism of a SASL exchange under way
         self._sasl_data = ""
         self.state = IRCState()
@@ -691,14 +659,21 @@ class IRCProtocol(Protocol):
 
     def data_received(self, data: bytes) -> None:
         client = self.client
-        for raw in self._framer.feed(data):
+        for received in self._framer.feed(data):
             if client.closed:
                 return
-            if raw is None:
+            if received is None:
                 self.reply("417", f"Input line was too long (the limit is {MAX_LINE} bytes)")
                 continue
-            # 512 bytes with CR LF, as RFC 1459 says, after IRCv3 tags (up to 8191 bytes).
-            if len(raw.partition(b" ")[2] if raw.startswith(b"@") else raw) > MAX_LINE - 2:
+            tags, raw = b"", received
+            if received.startswith(b"@"):
+                tags, _, raw = received.partition(b" ")
+                raw = raw.lstrip(b" ")
+                if len(tags) + 1 > MAX_CLIENT_TAGS:  # "@", the tags and a space (IRCv3 message-tags)
+                    self.reply("417", f"Input line was too long (the limit for tags is {MAX_CLIENT_TAGS} bytes)")
+                    continue
+            # 512 bytes with CR LF, as RFC 1459 says, after the tags.
+            if len(raw) > MAX_LINE - 2:
                 self.reply("417", f"Input line was too long (the limit is {MAX_LINE} bytes)")
                 continue
             parsed = parse(decode(raw))
@@ -707,7 +682,11 @@ class IRCProtocol(Protocol):
                 # IRC servers do it); PONG answers the server and is free.
                 if parsed[0] != "PONG" and not _paced(client):
                     return
-                self.handle(*parsed)
+                self._tags = parse_tags(decode(tags[1:])) if tags else {}
+                try:
+                    self.handle(*parsed)
+                finally:
+                    self._tags = {}
 
     # -- output --
 
@@ -779,6 +758,11 @@ class IRCProtocol(Protocol):
             command = "NOTICE" if event.notice else "PRIVMSG"
             lines = text_lines(f":{self._mask_of(event.sender)} {command} {event.recipient}", event.text)
             return with_tags(safe_lines(lines), wire.line_tags())
+        elif isinstance(event, PrivateTags):
+            if "message-tags" not in self.caps:
+                return []
+            tags = tag_text([*parse_tags(wire.line_tags()).items(), *client_tags(event.tags).items()])
+            return with_tags(safe_lines([irc_line(self._mask_of(event.sender), "TAGMSG", event.recipient)]), tags)
         elif isinstance(event, Members):
             lines = self.names_lines(event.room, event.nicks)
         elif isinstance(event, RoomList):
@@ -911,6 +895,14 @@ class IRCProtocol(Protocol):
                 self._try_register()
         else:
             self.reply("410", sub, "Invalid CAP command")
+
+    def client_tags(self) -> str:
+        """The client-only tags of the line being handled, as events carry
+        them (``+typing=active``), if this client enabled ``message-tags``:
+        without it, a client's tags are not relayed (IRCv3 message-tags)."""
+        if not self._tags or "message-tags" not in self.caps:
+            return ""
+        return tag_text(client_tags(self._tags).items())
 
     def _rewire(self) -> None:
         """Render room events for this client in the format of its
@@ -1276,7 +1268,8 @@ class IRCProtocol(Protocol):
                 elif not quiet:
                     self.reply("404", target, f"Cannot send to channel: {refused}")
             else:
-                server.broadcast_message(Message(client, room, text, kind))
+                tags = self.client_tags() if kind != "action" else ""
+                server.broadcast_message(Message(client, room, text, kind, tags=tags))
             return
         recipient = server.registry.find(target)
         if recipient is not None and not recipient.closed:
@@ -1296,6 +1289,30 @@ class IRCProtocol(Protocol):
 
     def notice(self, params: list[str]) -> None:
         self.privmsg(params, command="NOTICE")
+
+    def tagmsg(self, params: list[str]) -> None:
+        """``@+typing=active TAGMSG <target>`` (IRCv3 message-tags): client-only
+        tags without text, to a channel's members or to a nick (on this
+        server), who get them if they have ``message-tags``. A client
+        without the capability gets 421, as the command is part of it."""
+        if "message-tags" not in self.caps:
+            self.reply("421", "TAGMSG", "Unknown command (CAP REQ :message-tags first)")
+            return
+        if not self._need(params, 1, "TAGMSG"):
+            return
+        target = params[0].split(",")[0]
+        tags = self.client_tags()
+        server = self.client.server
+        if target.startswith("#"):
+            room = target[1:].lower()
+            if room not in self.client.rooms and (server.rooms.get(room) is None or not self._room_shown(room)):
+                self.reply("403", target, "No such channel")
+            elif tags and (refusal := server.send_tags(self.client, room, tags)) is not None:
+                self.reply("404", target, f"Cannot send to channel: {refusal.text}")
+        elif server.registry.find(target) is None:
+            self.reply("401", target, "No such nick/channel")
+        elif tags:
+            server.send_private_tags(self.client, target, tags)
 
     def _notice(self, text: str) -> None:
         self.send(self.wire.notice_lines(self.nick, text))
@@ -1768,6 +1785,7 @@ _HANDLERS: dict[str, Handler] = {
     "PART": IRCProtocol.part,
     "PRIVMSG": IRCProtocol.privmsg,
     "NOTICE": IRCProtocol.notice,
+    "TAGMSG": IRCProtocol.tagmsg,
     "NAMES": IRCProtocol.names,
     "LIST": IRCProtocol.list_,
     "TOPIC": IRCProtocol.topic,
@@ -1810,6 +1828,7 @@ IRC_HELP = {
     "PING": "PING <token>: the server answers PONG <token>",
     "PRIVMSG": "PRIVMSG <target> :<text>: send text to a channel or a user",
     "QUIT": "QUIT [:<reason>]: leave the server",
+    "TAGMSG": "TAGMSG <target>: send only tags (+typing, +draft/react ...) to a channel or a user (message-tags)",
     "TIME": "TIME: the server's time",
     "TOPIC": "TOPIC <#channel> [:<topic>]: see or set a channel's topic (empty: clear it)",
     "USERHOST": "USERHOST <nick> ...: user and host of these nicks",

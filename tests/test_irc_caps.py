@@ -18,14 +18,11 @@ from chatcore.plugins.irc import (
     IRCProtocol,
     TaggedIRCFormat,
     batch_lines,
-    escape_tag_value,
-    parse_tags,
     server_time,
-    tag_text,
-    unescape_tag_value,
     with_tags,
 )
 from chatcore.testing import LineClient
+from chatcore.wire.tags import escape_tag_value, parse_tags, tag_text, unescape_tag_value
 
 #: A time tag: milliseconds, UTC.
 TIME = r"time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
@@ -226,3 +223,68 @@ def test_own_join_carries_a_time_for_server_time_clients(chat_server_factory, ir
     timed = irc(server, "timed", "server-time", join="")
     timed.send("JOIN #dev")
     assert re.fullmatch(rf"@{TIME} :timed!timed@chatcore JOIN #dev", timed.expect(re.compile(" JOIN #dev")))
+
+
+# -- client tags and TAGMSG --------------------------------------------------------------
+
+
+def test_tagmsg_reaches_members_with_message_tags_and_the_web_shows_typing(chat_server_factory, irc, connect):
+    from test_web import WSClient
+
+    server = start(chat_server_factory, "--listen", "ws://127.0.0.1:0", plugins="web")
+    typist = irc(server, "typist", "message-tags")
+    reader = irc(server, "reader", "message-tags server-time")
+    plain = irc(server, "plain")
+    alice = connect(server, "alice")
+    browser = WSClient(server.listener("ws").address)
+    try:
+        browser.expect({"type": "welcome"})
+        typist.send("@+typing=active;+draft/x=a\\sb;msgid=forged;label=no TAGMSG #lobby")
+        line = reader.expect(re.compile(" TAGMSG #lobby$"))
+        assert line.endswith(" :typist!typist@chatcore TAGMSG #lobby")
+        tags = tags_of(line)
+        # The client's own tags are relayed, escaped again; a server tag it sent is not.
+        assert tags["+typing"] == "active"
+        assert tags["+draft/x"] == "a b"
+        assert tags["msgid"] != "forged"
+        assert parse_msgid(tags["msgid"]) is not None
+        assert "label" not in tags
+        typing = browser.expect({"type": "typing"})
+        assert typing == {**typing, "nick": "typist", "state": "active", "room": "lobby"}
+        # Client tags ride on PRIVMSG too; a client without message-tags and
+        # a native user get the line alone.
+        typist.send("@+draft/reply=e:1 PRIVMSG #lobby :yes")
+        assert tags_of(reader.expect(re.compile(" :yes$")))["+draft/reply"] == "e:1"
+        assert plain.expect(re.compile(" :yes$")) == ":typist!typist@chatcore PRIVMSG #lobby :yes"
+        alice.expect("<typist> yes")
+        assert not [line for line in plain.sync() if "TAGMSG" in line]
+        assert not [line for line in alice.sync() if "typing" in line]
+        # A reaction alone is not shown on the web page.
+        typist.send("@+draft/react=👍 TAGMSG #lobby")
+        reader.expect(re.compile("TAGMSG"))
+        typist.send("@+typing=done TAGMSG #lobby")
+        assert browser.expect({"type": "typing"})["state"] == "done"
+    finally:
+        browser.close()
+
+
+def test_tagmsg_to_a_nick_and_its_errors(chat_server_factory, irc):
+    server = start(chat_server_factory)
+    typist = irc(server, "typist", "message-tags echo-message")
+    reader = irc(server, "reader", "message-tags")
+    plain = irc(server, "plain")
+    typist.send("@+typing=active TAGMSG reader")
+    assert reader.expect(re.compile("TAGMSG reader$")) == "@+typing=active :typist!typist@chatcore TAGMSG reader"
+    assert typist.expect(re.compile("TAGMSG reader$")).startswith("@+typing=active :typist")  # echo-message
+    typist.send("@+typing=active TAGMSG nobody")
+    typist.expect(":chatcore 401 typist nobody :No such nick/channel")
+    typist.send("@+typing=active TAGMSG #nowhere")
+    typist.expect(":chatcore 403 typist #nowhere :No such channel")
+    plain.send("@+typing=active TAGMSG #lobby")  # TAGMSG belongs to message-tags
+    plain.expect(":chatcore 421 plain TAGMSG :Unknown command (CAP REQ :message-tags first)")
+    # Tags over 4094 bytes ("@" and the space included): 417, and nothing is relayed.
+    typist.send(f"@+draft/x={'y' * 4090} PRIVMSG #lobby :too many tags")
+    typist.expect(":chatcore 417 typist :Input line was too long (the limit for tags is 4094 bytes)")
+    typist.send(f"@+draft/x={'y' * 4000} PRIVMSG #lobby :enough")
+    assert tags_of(reader.expect(re.compile(":enough$")))["+draft/x"] == "y" * 4000
+    assert not [line for line in reader.sync() if "too many tags" in line]

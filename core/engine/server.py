@@ -81,7 +81,9 @@ from chatcore.events import (
     ModeChanged,
     NickChanged,
     PrivateMessage,
+    PrivateTags,
     RoomEvent,
+    Tagged,
     TopicChanged,
     Welcome,
 )
@@ -604,7 +606,7 @@ class ChatServer:
             recipients = self._publish(event, exclude=None if sender.wire.echoes_actions else sender)
         else:
             notice = message.kind == "notice"
-            event = Chat(room, sender.nick, message.text, offset, epoch, now, sender.user, notice)
+            event = Chat(room, sender.nick, message.text, offset, epoch, now, sender.user, notice, message.tags)
             recipients = self._publish(event, exclude=sender)
         if sender.wire.echoes_messages:  # its own line back, numbered and timed (IRC's echo-message)
             sender.send(event)
@@ -736,6 +738,41 @@ class ChatServer:
         if sender.arrived:
             counts.observe_latency(time.monotonic() - sender.arrived)
         self.hooks.message_delivered(message, 1)
+        return None
+
+    def send_tags(self, sender: Client, room: str, tags: str) -> Refusal | None:
+        """Say client-only ``tags`` without text to ``room`` (IRC's ``TAGMSG
+        #room``: typing notices, reactions), as a
+        :class:`~chatcore.events.Tagged` to its members but the sender (and
+        to the sender too if its format echoes messages). No filter chain,
+        as there is no text; the room's speaking rules hold, so a muted or
+        banned user's typing is not shown. On the sender's thread.
+
+        :return: None once published, else a :class:`~chatcore.engine.gate.Refusal`
+            (``"refused"``, with the room's reason).
+        """
+        refused = self.speech_refusal(sender, room)
+        if refused is not None:
+            return Refusal("refused", refused)
+        event = Tagged(room, nick=sender.nick, tags=tags, user=sender.user)
+        self._publish(event, exclude=sender)
+        if sender.wire.echoes_messages:
+            sender.send(event)
+        return None
+
+    def send_private_tags(self, sender: Client, nick: str, tags: str) -> Refusal | None:
+        """Send client-only ``tags`` without text to the person called
+        ``nick`` on this server (IRC's ``TAGMSG nick``), as a
+        :class:`~chatcore.events.PrivateTags`; not carried across a cluster
+        (a typing notice is worth no round trip). :return: None once sent,
+        else ``"no_such_nick"``."""
+        recipient = self.registry.find(nick)
+        if recipient is None or recipient.closed or recipient is sender:
+            return Refusal("no_such_nick", f"no such nick {nick!r}")
+        event = PrivateTags(sender.nick, recipient.nick, tags)
+        recipient.send(event)
+        if sender.wire.echoes_messages:
+            sender.send(event)
         return None
 
     def join_room(self, client: Client, room: str, key: str = "") -> Refusal | None:
