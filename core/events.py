@@ -135,6 +135,8 @@ class Chat(RoomEvent):
     :ivar tags: client-only tags the sender attached, as IRCv3 writes them
         (``+draft/reply=e1:7``; :mod:`chatcore.wire.tags`), or ``""``:
         relayed to IRC clients with ``message-tags``.
+    :ivar account: the account the sender was logged in to, or ``""`` (IRC's
+        ``account-tag``).
     """
 
     nick: str
@@ -142,6 +144,7 @@ class Chat(RoomEvent):
     user: str = field(default="", kw_only=True)
     notice: bool = field(default=False, kw_only=True)
     tags: str = field(default="", kw_only=True)
+    account: str = field(default="", kw_only=True)
 
     # The identity may be given by position too: the engine makes one of
     # these per message, and keywords cost a fifth of the call.
@@ -156,10 +159,20 @@ class Chat(RoomEvent):
         user: str = "",
         notice: bool = False,
         tags: str = "",
+        account: str = "",
     ) -> None:
         # The fields the dataclass declares, in one step (see the module docstring).
         self.__dict__.update(
-            room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user, notice=notice, tags=tags
+            room=room,
+            offset=offset,
+            epoch=epoch,
+            time=time,
+            nick=nick,
+            text=text,
+            user=user,
+            notice=notice,
+            tags=tags,
+            account=account,
         )
 
 
@@ -167,16 +180,27 @@ class Chat(RoomEvent):
 class Action(RoomEvent):
     """``nick`` did ``text`` with ``/me`` (native: ``* nick text``). Sent to
     its sender too, unless the sender's wire format does not echo actions
-    (IRC clients show their own)."""
+    (IRC clients show their own). ``account``: as :attr:`Chat.account`."""
 
     nick: str
     text: str
     user: str = field(default="", kw_only=True)
+    account: str = field(default="", kw_only=True)
 
     def __init__(  # noqa: PLR0917
-        self, room: str, nick: str, text: str, offset: int = 0, epoch: str = "", time: float = 0.0, user: str = ""
+        self,
+        room: str,
+        nick: str,
+        text: str,
+        offset: int = 0,
+        epoch: str = "",
+        time: float = 0.0,
+        user: str = "",
+        account: str = "",
     ) -> None:
-        self.__dict__.update(room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user)
+        self.__dict__.update(
+            room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user, account=account
+        )
 
 
 @dataclass(frozen=True)
@@ -190,17 +214,22 @@ class Tagged(RoomEvent):
     nick: str
     tags: str
     user: str = field(default="", kw_only=True)
+    account: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True)
 class Joined(RoomEvent):
-    """``nick`` entered the room (native: ``* nick joined``)."""
+    """``nick`` entered the room (native: ``* nick joined``), logged in to
+    ``account`` (or ``""``), with the real name it gave (``realname``, IRC's
+    ``USER``; ``""`` for none): IRC's ``extended-join`` shows both."""
 
     batched: ClassVar[bool] = True
     changes_state: ClassVar[bool] = True
 
     nick: str
     user: str = field(default="", kw_only=True)
+    account: str = field(default="", kw_only=True)
+    realname: str = field(default="", kw_only=True)
 
 
 def parse_msgid(msgid: str) -> tuple[str, int] | None:

@@ -27,6 +27,7 @@ import base64
 import binascii
 import fnmatch
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -69,6 +70,7 @@ from chatcore.wire.tags import MAX_CLIENT_TAGS, client_tags, parse_tags, tag_tex
 
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
+    from chatcore.engine.server import ChatServer
 
 DEFAULT_PORT = 6667
 DEFAULT_TLS_PORT = 6697
@@ -95,6 +97,10 @@ AWAYLEN = 200
 KICKLEN = 255
 QUITLEN = 255
 PARTLEN = 255
+#: A real name's length (USER, SETNAME), in characters.
+REALNAMELEN = 100
+#: The longest label kept (IRCv3 labeled-response: clients send short ones).
+MAX_LABEL = 64
 #: RPL_ISUPPORT tokens in one 005 line.
 ISUPPORT_PER_LINE = 10
 #: Targets in one ISON or USERHOST.
@@ -118,7 +124,7 @@ def channel(room: str) -> str:
 
 
 #: Commands whose last parameter is text: always sent as a trailing one.
-_TEXT_COMMANDS = frozenset({"PRIVMSG", "NOTICE", "PART", "QUIT", "ERROR", "PONG", "KICK", "TOPIC"})
+_TEXT_COMMANDS = frozenset({"PRIVMSG", "NOTICE", "PART", "QUIT", "ERROR", "PONG", "KICK", "TOPIC", "AWAY", "SETNAME"})
 
 
 def irc_line(prefix: str | None, command: str, *params: str) -> str:
@@ -437,7 +443,13 @@ class IRCFormat(WireFormat):
 #: The capabilities that change how a room's events look to a client, or
 #: whether it gets its own back: a client with any of them gets the
 #: :class:`TaggedIRCFormat` for its set.
-RENDERING_CAPS = frozenset({"message-tags", "server-time", "echo-message"})
+RENDERING_CAPS = frozenset({"account-tag", "echo-message", "extended-join", "message-tags", "server-time"})
+
+
+def account_name(account: str) -> str:
+    """An account as IRC shows it in a parameter (extended-join, ACCOUNT):
+    ``*`` for none, and for one that could break the line (from the cluster)."""
+    return account if account and user_problem(account) is None else "*"
 
 
 class TaggedIRCFormat(IRCFormat):
@@ -458,6 +470,18 @@ class TaggedIRCFormat(IRCFormat):
         self.echoes_messages = "echo-message" in caps
         self._time = "server-time" in caps
         self._msgid = "message-tags" in caps
+        self._account = "account-tag" in caps
+        self._extended_join = "extended-join" in caps
+
+    def room_lines(self, event: RoomEvent) -> list[str]:
+        if self._extended_join and isinstance(event, Joined):
+            return [self.extended_join(event.nick, event.user, event.room, event.account, event.realname)]
+        return super().room_lines(event)
+
+    def extended_join(self, nick: str, user: str, room: str, account: str, realname: str) -> str:
+        """A JOIN with the account (``*`` for none) and the real name
+        (IRCv3 extended-join)."""
+        return irc_line(self.mask(nick, user), "JOIN", channel(room), account_name(account), realname or nick)
 
     def event_tags(self, event: RoomEvent) -> str:
         """The tags of ``event``'s lines: its time and its ID, the same on
@@ -471,6 +495,8 @@ class TaggedIRCFormat(IRCFormat):
                 tags.append(("msgid", event.msgid))
             if isinstance(event, (Chat, Tagged)) and event.tags:  # a client's own, checked again
                 tags.extend(client_tags(event.tags).items())
+        if self._account and isinstance(event, (Chat, Action, Tagged)) and event.account:
+            tags.append(("account", event.account))
         return tag_text(tags)
 
     def event_lines(self, event: RoomEvent) -> list[bytes]:
@@ -593,11 +619,20 @@ def _always(protocol: IRCProtocol) -> str:
 CAPABILITIES: dict[str, Capability] = {
     capability.name: capability
     for capability in (
+        Capability("account-tag", _always),
+        Capability("away-notify", _always),
         Capability("batch", _always),
+        Capability("cap-notify", _always),
         Capability("echo-message", _always),
+        Capability("extended-join", _always),
+        Capability("invite-notify", _always),
+        Capability("labeled-response", _always),
         Capability("message-tags", _always),
+        Capability("multi-prefix", _always),
         Capability("sasl", _sasl_offer),
         Capability("server-time", _always),
+        Capability("setname", _always),
+        Capability("userhost-in-names", _always),
     )
 }
 
@@ -617,6 +652,9 @@ class IRCProtocol(Protocol):
     """One IRC connection: registration, then commands (docs/irc.md)."""
 
     __slots__ = (
+        "_advertised",
+        "_answer",
+        "_answering",
         "_batches",
         "_cap_negotiating",
         "_framer",
@@ -644,6 +682,10 @@ class IRCProtocol(Protocol):
         self.caps: set[str] = set()
         self._batches = 0  # batch references given on this connection
         self._tags: dict[str, str] = {}  # the tags of the line being handled
+        self._answer: list[bytes] | None = None  # a labeled answer being made ...
+        self._answering = 0  # ... on this thread
+        #: What the client was offered last (CAP LS, NEW, DEL), with cap-notify.
+        self._advertised: frozenset[str] = frozenset(name for name in CAPABILITIES)
         self._sasl = ""  # the mechanism of a SASL exchange under way
         self._sasl_data = ""
         self.state = IRCState()
@@ -684,9 +726,37 @@ class IRCProtocol(Protocol):
                     return
                 self._tags = parse_tags(decode(tags[1:])) if tags else {}
                 try:
-                    self.handle(*parsed)
+                    label = self._tags.get("label") if "labeled-response" in self.caps else None
+                    if label and parsed[0] != "QUIT":  # a QUIT's answer is the closing link
+                        self._labeled(label, *parsed)
+                    else:
+                        self.handle(*parsed)
                 finally:
                     self._tags = {}
+
+    def _labeled(self, label: str, command: str, params: list[str]) -> None:
+        """Handle a line that has a ``label`` (IRCv3 labeled-response): what
+        this thread sends the client meanwhile is kept, then sent with the
+        label: one line tagged, several in a ``labeled-response`` batch,
+        none as ``ACK``. Lines other threads send (what others say) go out
+        as usual, unlabeled."""
+        if len(label) > MAX_LABEL:
+            label = label[:MAX_LABEL]
+        self._answer, self._answering = [], threading.get_ident()
+        try:
+            self.handle(command, params)
+        finally:
+            answer, self._answer = self._answer, None
+        tag = tag_text([("label", label)])
+        if not answer:
+            lines = with_tags(safe_lines([irc_line(self.wire.server, "ACK")]), tag)
+        elif len(answer) == 1:
+            lines = with_tags(answer, tag)
+        elif "batch" in self.caps:
+            lines = batch_lines(self.wire.server, self._batch_ref(), "labeled-response", [], answer, tags=tag)
+        else:  # labeled-response asks for batch; without it, the answer plainly
+            lines = answer
+        self.send_lines(lines)
 
     # -- output --
 
@@ -695,7 +765,16 @@ class IRCProtocol(Protocol):
         return self.client.nick if self._registered else "*"
 
     def send(self, lines: Iterable[str]) -> None:
-        self.client.send_data(self.wire.frame(lines))
+        self.send_lines(safe_lines(lines))
+
+    def send_lines(self, lines: list[bytes]) -> None:
+        """Send lines as :func:`safe_lines` makes them: framed, or kept for
+        the labeled answer being made (:meth:`_labeled`) when this is the
+        client's own thread answering a line with a ``label``."""
+        if self._answer is not None and threading.get_ident() == self._answering:
+            self._answer.extend(lines)
+        elif lines:
+            self.client.send_data(self.wire.framing.frame(lines))
 
     def send_batch(self, kind: str, params: Iterable[str], lines: list[bytes]) -> None:
         """Send ``lines`` (as :func:`safe_lines` or :meth:`IRCFormat.event_lines`
@@ -708,17 +787,27 @@ class IRCProtocol(Protocol):
             self.send_batch("chathistory", [channel(room)], lines)
         """
         if "batch" in self.caps:
-            self._batches += 1
-            lines = batch_lines(self.wire.server, f"b{self._batches}", kind, params, lines)
-        if lines:
-            self.client.send_data(self.wire.framing.frame(lines))
+            lines = batch_lines(self.wire.server, self._batch_ref(), kind, params, lines)
+        self.send_lines(lines)
+
+    def _batch_ref(self) -> str:
+        self._batches += 1
+        return f"b{self._batches}"
 
     def reply(self, code: str, *params: str) -> None:
         self.send([self.wire.numeric(self.nick, code, *params)])
 
     def render(self, event: Event) -> bytes:
-        """What this client is told alone, as IRC lines (:meth:`render_lines`)."""
+        """What this client is told alone, as IRC lines (:meth:`render_lines`);
+        kept for the labeled answer being made, as :meth:`send_lines` does."""
         lines = self.render_lines(event)
+        if (
+            self._answer is not None
+            and threading.get_ident() == self._answering
+            and not isinstance(event, Disconnected)
+        ):
+            self._answer.extend(lines)
+            return b""
         if not lines:
             return b""
         framed: bytes = self.wire.framing.frame(lines)
@@ -757,11 +846,11 @@ class IRCProtocol(Protocol):
                 return []
             command = "NOTICE" if event.notice else "PRIVMSG"
             lines = text_lines(f":{self._mask_of(event.sender)} {command} {event.recipient}", event.text)
-            return with_tags(safe_lines(lines), wire.line_tags())
+            return with_tags(safe_lines(lines), self._sender_tags(event.sender))
         elif isinstance(event, PrivateTags):
             if "message-tags" not in self.caps:
                 return []
-            tags = tag_text([*parse_tags(wire.line_tags()).items(), *client_tags(event.tags).items()])
+            tags = ";".join(filter(None, [self._sender_tags(event.sender), tag_text(client_tags(event.tags).items())]))
             return with_tags(safe_lines([irc_line(self._mask_of(event.sender), "TAGMSG", event.recipient)]), tags)
         elif isinstance(event, Members):
             lines = self.names_lines(event.room, event.nicks)
@@ -776,6 +865,31 @@ class IRCProtocol(Protocol):
             return []
         return safe_lines(lines)
 
+    def tell_peers(self, capability: str, line: str, rooms: Iterable[str] | None = None) -> None:
+        """Send ``line`` (about this client: AWAY, SETNAME) to every IRC
+        client on this server that shares a channel with it (of ``rooms``,
+        or all of its own) and enabled ``capability``. Told to each alone:
+        these are IRC's own states, which no other protocol shows."""
+        client = self.client
+        registry = client.server.registry
+        peers = {member for room in (client.rooms if rooms is None else rooms) for member in registry.members(room)}
+        peers.discard(client)
+        for peer in peers:
+            protocol = peer.protocol
+            if isinstance(protocol, IRCProtocol) and capability in protocol.caps:
+                protocol.send_lines(with_tags(safe_lines([line]), protocol.wire.line_tags()))
+
+    def _sender_tags(self, nick: str) -> str:
+        """The server's tags of a line from ``nick`` for this client alone
+        (a private message): its time, and the sender's account with
+        ``account-tag``."""
+        tags = self.wire.line_tags()
+        if "account-tag" in self.caps:
+            member = self.client.server.registry.find(nick)
+            if member is not None and member.account:
+                tags = ";".join(filter(None, [tags, tag_text([("account", member.account)])]))
+        return tags
+
     def _mask_of(self, nick: str) -> str:
         """The prefix of someone on this server, by nickname (their user name from the registry)."""
         member = self.client.server.registry.find(nick)
@@ -786,17 +900,24 @@ class IRCProtocol(Protocol):
         ``+`` for a voiced member, else ``""``."""
         server = self.client.server
         state = server.rooms.get(room)
-        prefix = state.prefix(nick) if state is not None else ""
-        if not prefix:
+        if state is not None and "multi-prefix" in self.caps:  # every prefix, highest first
+            folded = nick.casefold()
+            prefix = ("@" if folded in state.operators else "") + ("+" if folded in state.voiced else "")
+        else:
+            prefix = state.prefix(nick) if state is not None else ""
+        if not prefix.startswith("@"):
             member = server.registry.find(nick)
-            if member is not None and operator_name(member) is not None:
-                prefix = "@"
+            if member is not None and operator_name(member) is not None and (not prefix or "multi-prefix" in self.caps):
+                prefix = "@" + prefix
         return prefix
 
     def names_lines(self, room: str, nicks: Iterable[str]) -> list[str]:
-        """353 and 366 for ``room``, operators marked ``@`` and voiced members ``+``."""
+        """353 and 366 for ``room``, operators marked ``@`` and voiced members
+        ``+`` (both, with ``multi-prefix``), as ``nick!user@host`` with
+        ``userhost-in-names``."""
         state = self.client.server.rooms.get(room)
-        shown = [self.prefix_of(room, nick) + nick for nick in nicks]
+        name = self._mask_of if "userhost-in-names" in self.caps else str
+        shown = [self.prefix_of(room, nick) + name(nick) for nick in nicks]
         return self.wire.names_lines(self.client.nick, room, shown, secret=state is not None and "s" in state.flags)
 
     def topic_lines(self, room: str) -> list[str]:
@@ -813,8 +934,13 @@ class IRCProtocol(Protocol):
     def join_lines(self, room: str) -> list[str]:
         """What this client sees when it enters ``room``: its JOIN, the topic and the names."""
         client = self.client
+        wire = self.wire
+        if isinstance(wire, TaggedIRCFormat) and "extended-join" in wire.caps:
+            join = wire.extended_join(client.nick, client.user, room, client.account, client.realname)
+        else:
+            join = irc_line(wire.mask(client.nick, client.user), "JOIN", channel(room))
         return [
-            irc_line(self.wire.mask(client.nick, client.user), "JOIN", channel(room)),
+            join,
             *self.topic_lines(room),
             *self.names_lines(room, client.server.nicks_in(room)),
         ]
@@ -867,6 +993,9 @@ class IRCProtocol(Protocol):
                 self._cap_negotiating = True  # registration waits for CAP END
             values = len(params) > 1 and params[1].isdigit() and int(params[1]) >= 302
             offered = self._offered()
+            if values:  # 302 implies cap-notify (IRCv3 capability negotiation)
+                self.caps.add("cap-notify")
+            self._advertised = frozenset(offered)
             self._cap_reply(
                 "LS", " ".join(f"{name}={value}" if values and value else name for name, value in offered.items())
             )
@@ -895,6 +1024,25 @@ class IRCProtocol(Protocol):
                 self._try_register()
         else:
             self.reply("410", sub, "Invalid CAP command")
+
+    def offer_changed(self) -> None:
+        """Tell a client with ``cap-notify`` what is offered now that was
+        not (``CAP NEW``) and what is not any more (``CAP DEL``, which also
+        disables it), after the server's configuration changed
+        (:func:`capabilities_changed`)."""
+        if "cap-notify" not in self.caps:
+            return
+        offered = self._offered()
+        gone = sorted(name for name in self._advertised if name not in offered)
+        new = [name for name in offered if name not in self._advertised]
+        self._advertised = frozenset(offered)
+        if gone:
+            self.caps.difference_update(gone)
+            self._cap_reply("DEL", " ".join(gone))
+            self._rewire()
+        if new:
+            values = {name: value for name, value in offered.items() if name in new}
+            self._cap_reply("NEW", " ".join(f"{name}={value}" if value else name for name, value in values.items()))
 
     def client_tags(self) -> str:
         """The client-only tags of the line being handled, as events carry
@@ -1006,7 +1154,7 @@ class IRCProtocol(Protocol):
             return
         self.state.username = user_name(params[0]) or "user"
         self.client.user = self.state.username  # carried by the events it causes: its prefix everywhere
-        self.client.realname = clean(params[3])[:100]  # the engine's: WHOWAS shows it after the client left
+        self.client.realname = clean(params[3])[:REALNAMELEN]  # the engine's: WHOWAS shows it after the client left
         self._try_register()
 
     def _try_register(self) -> None:
@@ -1208,6 +1356,7 @@ class IRCProtocol(Protocol):
             self.reply("403", name, "No such channel")
         elif refusal is None:
             self.reply("341", nick, name)
+            self._invite_notify(room, nick)
         elif refusal.reason == "not_in_room":
             self.reply("442", name, "You're not on that channel")
         elif refusal.reason == "already_in_room":
@@ -1218,6 +1367,20 @@ class IRCProtocol(Protocol):
             self._notice(f"{nick} is on another server, and the invitation could not be sent there: {refusal.text}")
         else:
             self.reply("401", nick, "No such nick/channel")
+
+    def _invite_notify(self, room: str, nick: str) -> None:
+        """Tell the channel's operators here with ``invite-notify`` (but the
+        inviter) who was invited (IRCv3 invite-notify)."""
+        client = self.client
+        state = client.server.rooms.get(room)
+        if state is None:
+            return
+        line = irc_line(self.wire.mask(client.nick, client.user), "INVITE", nick, channel(room))
+        operators = [member for member in client.server.registry.members(room) if state.prefix(member.nick) == "@"]
+        for member in operators:
+            protocol = member.protocol
+            if member is not client and isinstance(protocol, IRCProtocol) and "invite-notify" in protocol.caps:
+                protocol.send_lines(with_tags(safe_lines([line]), protocol.wire.line_tags()))
 
     # -- messages --
 
@@ -1539,12 +1702,31 @@ class IRCProtocol(Protocol):
 
     def away(self, params: list[str]) -> None:
         text = truncated(clean(params[0]), AWAYLEN) if params else ""
+        client = self.client
+        mask = self.wire.mask(client.nick, client.user)
         if text:
             self.state.away = text
             self.reply("306", "You have been marked as being away")
+            self.tell_peers("away-notify", irc_line(mask, "AWAY", text))
         else:
             self.state.away = None
             self.reply("305", "You are no longer marked as being away")
+            self.tell_peers("away-notify", f":{mask} AWAY")
+
+    def setname(self, params: list[str]) -> None:
+        """``SETNAME :real name`` (IRCv3 setname): the real name WHOIS and
+        WHO show changes; the client (with the capability) and the IRC
+        clients in its channels with ``setname`` are told."""
+        realname = clean(params[0]).strip() if params else ""
+        if not realname or len(realname) > REALNAMELEN:
+            self.send([irc_line(self.wire.server, "FAIL", "SETNAME", "INVALID_REALNAME", "Realname is not valid")])
+            return
+        client = self.client
+        client.realname = realname
+        line = irc_line(self.wire.mask(client.nick, client.user), "SETNAME", realname)
+        if "setname" in self.caps:
+            self.send_lines(with_tags(safe_lines([line]), self.wire.line_tags()))
+        self.tell_peers("setname", line)
 
     def mode(self, params: list[str]) -> None:
         if not self._need(params, 1, "MODE"):
@@ -1784,6 +1966,7 @@ _HANDLERS: dict[str, Handler] = {
     "JOIN": IRCProtocol.join,
     "PART": IRCProtocol.part,
     "PRIVMSG": IRCProtocol.privmsg,
+    "SETNAME": IRCProtocol.setname,
     "NOTICE": IRCProtocol.notice,
     "TAGMSG": IRCProtocol.tagmsg,
     "NAMES": IRCProtocol.names,
@@ -1828,6 +2011,7 @@ IRC_HELP = {
     "PING": "PING <token>: the server answers PONG <token>",
     "PRIVMSG": "PRIVMSG <target> :<text>: send text to a channel or a user",
     "QUIT": "QUIT [:<reason>]: leave the server",
+    "SETNAME": "SETNAME :<real name>: change your real name (WHOIS shows it)",
     "TAGMSG": "TAGMSG <target>: send only tags (+typing, +draft/react ...) to a channel or a user (message-tags)",
     "TIME": "TIME: the server's time",
     "TOPIC": "TOPIC <#channel> [:<topic>]: see or set a channel's topic (empty: clear it)",
@@ -1889,6 +2073,32 @@ def chatcore_configure(config: Config) -> None:
             for wire in (scheme.wire, *scheme.wire.variants()):
                 wire.server = options.irc_server_name
                 wire.network = options.irc_network
+
+
+def capabilities_changed(server: ChatServer) -> None:
+    """Tell the IRC clients of ``server`` with ``cap-notify`` which
+    capabilities came and went (:meth:`IRCProtocol.offer_changed`): after
+    a reload, or a plugin that changed what a capability's ``offer``
+    says (accounts that came or went change ``sasl``)."""
+    for client in server.all_connections():
+        protocol = client.protocol
+        if isinstance(protocol, IRCProtocol) and not client.closed:
+            protocol.offer_changed()
+
+
+@hookimpl
+def chatcore_reload(server: ChatServer) -> Callable[[], None]:
+    return lambda: capabilities_changed(server)
+
+
+@hookimpl
+def chatcore_client_joined(client: Client, room: str) -> None:
+    """An IRC client that is away enters a channel: the IRC clients there
+    with away-notify hear it after its JOIN (IRCv3 away-notify)."""
+    protocol = client.protocol
+    if isinstance(protocol, IRCProtocol) and protocol.state.away is not None:
+        mask = protocol.wire.mask(client.nick, client.user)
+        protocol.tell_peers("away-notify", irc_line(mask, "AWAY", protocol.state.away), [room])
 
 
 @hookimpl

@@ -86,11 +86,11 @@ def test_cap_ls_offers_sasl_only_with_accounts(chat_server_factory, tmp_path, ma
     client.send("CAP REQ :sasl unknown-cap")  # all or nothing
     client.expect(":chatcore CAP * NAK :sasl unknown-cap")
     client.send("CAP LIST")
-    client.expect(":chatcore CAP * LIST :")
+    client.expect(":chatcore CAP * LIST :cap-notify")  # CAP LS 302 enables it
     client.send("CAP REQ :sasl")
     client.expect(":chatcore CAP * ACK :sasl")
     client.send("CAP LIST")
-    client.expect(":chatcore CAP * LIST :sasl")
+    client.expect(":chatcore CAP * LIST :cap-notify sasl")
     # Registration waits for CAP END.
     client.send("NICK carol")
     client.send("USER carol 0 * :Carol")

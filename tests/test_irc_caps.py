@@ -12,12 +12,15 @@ import pytest
 from test_irc import IRCClient
 
 from chatcore.engine.server import ChatServer
-from chatcore.events import Chat, parse_msgid
+from chatcore.events import Chat, Joined, parse_msgid
 from chatcore.plugins.irc import (
+    CAPABILITIES,
+    Capability,
     IRCFormat,
     IRCProtocol,
     TaggedIRCFormat,
     batch_lines,
+    capabilities_changed,
     server_time,
     with_tags,
 )
@@ -288,3 +291,161 @@ def test_tagmsg_to_a_nick_and_its_errors(chat_server_factory, irc):
     typist.send(f"@+draft/x={'y' * 4000} PRIVMSG #lobby :enough")
     assert tags_of(reader.expect(re.compile(":enough$")))["+draft/x"] == "y" * 4000
     assert not [line for line in reader.sync() if "too many tags" in line]
+
+
+# -- the other capabilities ---------------------------------------------------------------
+
+
+def test_cap_ls_302_lists_every_capability_with_its_values(chat_server_factory, tmp_path):
+    server = start(chat_server_factory, "--state-db", str(tmp_path / "state.db"), plugins="accounts")
+    client = IRCClient(server.listener("irc").address)
+    try:
+        client.send("CAP LS 302")
+        assert client.readline() == (
+            ":chatcore CAP * LS :account-tag away-notify batch cap-notify echo-message extended-join "
+            "invite-notify labeled-response message-tags multi-prefix sasl=PLAIN,EXTERNAL server-time "
+            "setname userhost-in-names"
+        )
+        client.send("CAP LIST")  # 302 enables cap-notify by itself
+        assert client.readline() == ":chatcore CAP * LIST :cap-notify"
+    finally:
+        client.close()
+
+
+def test_labeled_response_labels_one_line_batches_several_and_acks_none(chat_server_factory, irc):
+    server = start(chat_server_factory)
+    me = irc(server, "me", "labeled-response batch echo-message message-tags")
+    me.send("@label=one PING :x")
+    assert me.readline() == "@label=one :chatcore PONG chatcore :x"
+    me.send("@label=two JOIN #dev")
+    lines = me.sync()
+    ref = lines[0].split()[3][1:]
+    assert lines[0] == f"@label=two :chatcore BATCH +{ref} labeled-response"
+    assert lines[1].startswith(f"@batch={ref};time=") or lines[1].startswith(f"@batch={ref} :me!me@chatcore JOIN #dev")
+    assert [line.split(" ", 2)[2].split()[0] for line in lines[2:-1]] == ["353", "366"]
+    assert all(line.startswith(f"@batch={ref} ") for line in lines[1:-1])
+    assert lines[-1] == f":chatcore BATCH -{ref}"
+    # Its own message back (echo-message) carries the label.
+    me.send("@label=three PRIVMSG #dev :hi")
+    echo = me.readline()
+    assert tags_of(echo)["label"] == "three"
+    assert "msgid" in tags_of(echo)
+    assert echo.endswith(":me!me@chatcore PRIVMSG #dev :hi")
+    me.send("@label=four AWAY")  # one numeric
+    assert me.readline() == "@label=four :chatcore 305 me :You are no longer marked as being away"
+    me.send("@label=five MODE #dev +n")  # a change that comes back through the room: nothing of its own
+    assert me.sync()[0] == "@label=five :chatcore ACK"
+    # Without the capability, a label is ignored.
+    plain = irc(server, "plain", "batch")
+    plain.send("@label=six PING :y")
+    assert plain.readline() == ":chatcore PONG chatcore :y"
+
+
+def test_multi_prefix_and_userhost_in_names(chat_server_factory, irc):
+    server = start(chat_server_factory)
+    op = irc(server, "op", join="#dev")  # the first in a channel runs it
+    op.send("MODE #dev +v op")
+    op.expect(re.compile(r"MODE #dev \+v op"))
+    both = irc(server, "both", "multi-prefix userhost-in-names", join="")
+    both.send("JOIN #dev")
+    names = both.expect(re.compile(" 353 "))
+    assert sorted(names.partition(" :")[2].split()) == ["@+op!op@chatcore", "both!both@chatcore"]
+    both.send("WHO #dev")
+    assert both.expect(re.compile(" 352 both #dev op ")).split()[8] == "H@+"
+    op.send("NAMES #dev")
+    assert sorted(op.expect(re.compile(" 353 ")).partition(" :")[2].split()) == ["@op", "both"]
+
+
+def test_extended_join_and_account_tag_render_the_account_and_real_name():
+    wire = IRCFormat().with_caps(["extended-join", "account-tag"])
+    joined = Joined("lobby", nick="bob", user="b", account="bobacct", realname="Bob B", offset=1, epoch="e")
+    assert wire.encode(joined) == b":bob!b@chatcore JOIN #lobby bobacct :Bob B\r\n"
+    anonymous = Joined("lobby", nick="amy", offset=2, epoch="e")
+    assert wire.encode(anonymous) == b":amy!amy@chatcore JOIN #lobby * amy\r\n"
+    assert IRCFormat().encode(joined) == b":bob!b@chatcore JOIN #lobby\r\n"
+    chat = Chat("lobby", "bob", "hi", 3, "e", 1.0, "b", account="bobacct")
+    assert wire.encode(chat) == b"@account=bobacct :bob!b@chatcore PRIVMSG #lobby :hi\r\n"
+    assert wire.encode(Chat("lobby", "amy", "hi", 4, "e", 1.0)) == b":amy!amy@chatcore PRIVMSG #lobby :hi\r\n"
+    hostile = Joined("lobby", nick="eve", account="a b", realname="x", offset=5, epoch="e")
+    assert wire.encode(hostile) == b":eve!eve@chatcore JOIN #lobby * x\r\n"
+
+
+def test_extended_join_over_a_socket(chat_server_factory, irc):
+    server = start(chat_server_factory)
+    watcher = irc(server, "watcher", "extended-join")
+    irc(server, "bob")
+    assert watcher.expect(re.compile(" JOIN #lobby")) == ":bob!bob@chatcore JOIN #lobby * :The real bob"
+
+
+def test_away_notify_tells_channel_peers_and_on_join(chat_server_factory, irc):
+    server = start(chat_server_factory)
+    watcher = irc(server, "watcher", "away-notify")
+    plain = irc(server, "plain")
+    other = irc(server, "other")
+    other.send("AWAY :gone fishing")
+    other.expect(re.compile(" 306 "))
+    assert watcher.expect(re.compile(" AWAY")) == ":other!other@chatcore AWAY :gone fishing"
+    other.send("AWAY")
+    other.expect(re.compile(" 305 "))
+    assert watcher.expect(re.compile(" AWAY")) == ":other!other@chatcore AWAY"
+    other.send("AWAY :again")
+    other.expect(re.compile(" 306 "))
+    watcher.expect(re.compile(" AWAY :again"))
+    watcher.send("JOIN #dev")
+    watcher.expect(re.compile(" 366 watcher #dev "))
+    other.send("JOIN #dev")
+    assert watcher.expect(re.compile("JOIN #dev|AWAY")) == ":other!other@chatcore JOIN #dev"
+    assert watcher.expect(re.compile(" AWAY")) == ":other!other@chatcore AWAY :again"
+    assert not [line for line in plain.sync() if " AWAY" in line]
+
+
+def test_setname_changes_the_real_name_and_tells_those_who_asked(chat_server_factory, irc):
+    server = start(chat_server_factory)
+    me = irc(server, "me", "setname")
+    watcher = irc(server, "watcher", "setname")
+    plain = irc(server, "plain")
+    me.send("SETNAME :Mister Me")
+    assert me.expect(re.compile(" SETNAME ")) == ":me!me@chatcore SETNAME :Mister Me"
+    assert watcher.expect(re.compile(" SETNAME ")) == ":me!me@chatcore SETNAME :Mister Me"
+    plain.send("WHOIS me")
+    assert plain.expect(re.compile(" 311 ")) == ":chatcore 311 plain me me chatcore * :Mister Me"
+    assert not [line for line in plain.sync() if "SETNAME" in line]
+    me.send("SETNAME :")
+    assert me.expect(re.compile("FAIL")) == ":chatcore FAIL SETNAME INVALID_REALNAME :Realname is not valid"
+    me.send(f"SETNAME :{'x' * 101}")
+    assert me.expect(re.compile("FAIL")) == ":chatcore FAIL SETNAME INVALID_REALNAME :Realname is not valid"
+
+
+def test_invite_notify_tells_the_channels_other_operators(chat_server_factory, irc):
+    server = start(chat_server_factory)
+    first = irc(server, "first", join="#dev")
+    second = irc(server, "second", "invite-notify", join="#dev")
+    first.send("MODE #dev +o second")
+    second.expect(re.compile(r"MODE #dev \+o second"))
+    irc(server, "carol", join="")
+    first.send("INVITE carol #dev")
+    first.expect(re.compile(" 341 "))
+    assert second.expect(re.compile(" INVITE ")) == ":first!first@chatcore INVITE carol #dev"
+
+
+def test_cap_notify_says_what_came_and_went(chat_server_factory, irc, monkeypatch):
+    server = start(chat_server_factory)
+    offered = {"draft/example": "v1"}
+    capability = Capability("draft/example", lambda protocol: offered.get("draft/example"))
+    monkeypatch.setitem(CAPABILITIES, "draft/example", capability)
+    notified = irc(server, "notified", "cap-notify draft/example")
+    old = IRCClient(server.listener("irc").address)  # CAP LS without 302 and no cap-notify: told nothing
+    try:
+        old.send("CAP LS")
+        old.readline()
+        del offered["draft/example"]
+        capabilities_changed(server)
+        assert notified.readline() == ":chatcore CAP notified DEL :draft/example"
+        notified.send("CAP LIST")
+        assert notified.readline() == ":chatcore CAP notified LIST :cap-notify"
+        offered["draft/example"] = "v2"
+        capabilities_changed(server)
+        assert notified.readline() == ":chatcore CAP notified NEW :draft/example=v2"
+        assert old.sync() == []
+    finally:
+        old.close()

@@ -542,7 +542,10 @@ class ChatServer:
         if client.room:
             if self.rooms.get(client.room) is None:  # its state, maybe the cluster's, before the join applies
                 self._enter_room(client, client.room)
-            self.stats.delivered(self._publish(Joined(client.room, nick=client.nick, user=client.user), exclude=client))
+            joined = Joined(
+                client.room, nick=client.nick, user=client.user, account=client.account, realname=client.realname
+            )
+            self.stats.delivered(self._publish(joined, exclude=client))
             self.hooks.client_joined(client, client.room)
         return True
 
@@ -602,11 +605,13 @@ class ChatServer:
         # /me, unless the sender's client shows its own actions (IRC).
         event: RoomEvent
         if message.kind == "action":
-            event = Action(room, sender.nick, message.text, offset, epoch, now, sender.user)
+            event = Action(room, sender.nick, message.text, offset, epoch, now, sender.user, sender.account)
             recipients = self._publish(event, exclude=None if sender.wire.echoes_actions else sender)
         else:
             notice = message.kind == "notice"
-            event = Chat(room, sender.nick, message.text, offset, epoch, now, sender.user, notice, message.tags)
+            event = Chat(
+                room, sender.nick, message.text, offset, epoch, now, sender.user, notice, message.tags, sender.account
+            )
             recipients = self._publish(event, exclude=sender)
         if sender.wire.echoes_messages:  # its own line back, numbered and timed (IRC's echo-message)
             sender.send(event)
@@ -653,7 +658,11 @@ class ChatServer:
             room = message.room
             epoch, offset = self.backplane.next_position(room)
             sender = message.sender
-            events.append(Chat(room, sender.nick, message.text, offset, epoch, time.time(), sender.user))
+            events.append(
+                Chat(
+                    room, sender.nick, message.text, offset, epoch, time.time(), sender.user, False, "", sender.account
+                )
+            )
             passed.append(message)
         self._publish_together(passed, events, counts)
 
@@ -754,7 +763,7 @@ class ChatServer:
         refused = self.speech_refusal(sender, room)
         if refused is not None:
             return Refusal("refused", refused)
-        event = Tagged(room, nick=sender.nick, tags=tags, user=sender.user)
+        event = Tagged(room, nick=sender.nick, tags=tags, user=sender.user, account=sender.account)
         self._publish(event, exclude=sender)
         if sender.wire.echoes_messages:
             sender.send(event)
@@ -805,7 +814,7 @@ class ChatServer:
             self._maybe_emptied(room)  # entered for this client alone: let go of the state
             return refusal
         if self.registry.join(client, room):
-            joined = Joined(room, nick=client.nick, user=client.user)
+            joined = Joined(room, nick=client.nick, user=client.user, account=client.account, realname=client.realname)
             # The room's state first (publishing applies it again, which a
             # join allows): the client's own join shows who runs the room.
             self.rooms.apply(joined)
