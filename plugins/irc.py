@@ -619,6 +619,7 @@ def _always(protocol: IRCProtocol) -> str:
 CAPABILITIES: dict[str, Capability] = {
     capability.name: capability
     for capability in (
+        Capability("account-notify", _always),
         Capability("account-tag", _always),
         Capability("away-notify", _always),
         Capability("batch", _always),
@@ -865,20 +866,6 @@ class IRCProtocol(Protocol):
             return []
         return safe_lines(lines)
 
-    def tell_peers(self, capability: str, line: str, rooms: Iterable[str] | None = None) -> None:
-        """Send ``line`` (about this client: AWAY, SETNAME) to every IRC
-        client on this server that shares a channel with it (of ``rooms``,
-        or all of its own) and enabled ``capability``. Told to each alone:
-        these are IRC's own states, which no other protocol shows."""
-        client = self.client
-        registry = client.server.registry
-        peers = {member for room in (client.rooms if rooms is None else rooms) for member in registry.members(room)}
-        peers.discard(client)
-        for peer in peers:
-            protocol = peer.protocol
-            if isinstance(protocol, IRCProtocol) and capability in protocol.caps:
-                protocol.send_lines(with_tags(safe_lines([line]), protocol.wire.line_tags()))
-
     def _sender_tags(self, nick: str) -> str:
         """The server's tags of a line from ``nick`` for this client alone
         (a private message): its time, and the sender's account with
@@ -1015,8 +1002,8 @@ class IRCProtocol(Protocol):
                     self.caps.discard(name[1:])
                 else:
                     self.caps.add(name)
+            self._rewire()  # before the ACK: the lines after it are in the new format
             self._cap_reply("ACK", asked)
-            self._rewire()
         elif sub == "END":
             if self._cap_negotiating:
                 self._cap_negotiating = False
@@ -1707,11 +1694,11 @@ class IRCProtocol(Protocol):
         if text:
             self.state.away = text
             self.reply("306", "You have been marked as being away")
-            self.tell_peers("away-notify", irc_line(mask, "AWAY", text))
+            tell_irc_peers(self.client, "away-notify", irc_line(mask, "AWAY", text))
         else:
             self.state.away = None
             self.reply("305", "You are no longer marked as being away")
-            self.tell_peers("away-notify", f":{mask} AWAY")
+            tell_irc_peers(self.client, "away-notify", f":{mask} AWAY")
 
     def setname(self, params: list[str]) -> None:
         """``SETNAME :real name`` (IRCv3 setname): the real name WHOIS and
@@ -1726,7 +1713,7 @@ class IRCProtocol(Protocol):
         line = irc_line(self.wire.mask(client.nick, client.user), "SETNAME", realname)
         if "setname" in self.caps:
             self.send_lines(with_tags(safe_lines([line]), self.wire.line_tags()))
-        self.tell_peers("setname", line)
+        tell_irc_peers(client, "setname", line)
 
     def mode(self, params: list[str]) -> None:
         if not self._need(params, 1, "MODE"):
@@ -1954,6 +1941,20 @@ class IRCProtocol(Protocol):
         client.disconnect(client.server.leave_reason(client, text, "quit"), tell=False)
 
 
+def tell_irc_peers(client: Client, capability: str, line: str, rooms: Iterable[str] | None = None) -> None:
+    """Send ``line`` (about ``client``: AWAY, SETNAME, ACCOUNT) to every IRC
+    client on this server that shares a channel with it (of ``rooms``, or
+    all of its own) and enabled ``capability``. Told to each alone: these
+    are IRC's own notices, which no other protocol shows."""
+    registry = client.server.registry
+    peers = {member for room in (client.rooms if rooms is None else rooms) for member in registry.members(room)}
+    peers.discard(client)
+    for peer in peers:
+        protocol = peer.protocol
+        if isinstance(protocol, IRCProtocol) and capability in protocol.caps:
+            protocol.send_lines(with_tags(safe_lines([line]), protocol.wire.line_tags()))
+
+
 _HANDLERS: dict[str, Handler] = {
     "CAP": IRCProtocol.cap,
     "AUTHENTICATE": IRCProtocol.authenticate,
@@ -2092,13 +2093,22 @@ def chatcore_reload(server: ChatServer) -> Callable[[], None]:
 
 
 @hookimpl
+def chatcore_account_changed(client: Client) -> None:
+    """Someone logged in or out (on any protocol): the IRC clients in its
+    channels with account-notify hear ``ACCOUNT name`` (``*``: logged out)."""
+    if client.rooms:
+        mask = IRCFormat.mask(client.nick, client.user)
+        tell_irc_peers(client, "account-notify", irc_line(mask, "ACCOUNT", account_name(client.account)))
+
+
+@hookimpl
 def chatcore_client_joined(client: Client, room: str) -> None:
     """An IRC client that is away enters a channel: the IRC clients there
     with away-notify hear it after its JOIN (IRCv3 away-notify)."""
     protocol = client.protocol
     if isinstance(protocol, IRCProtocol) and protocol.state.away is not None:
         mask = protocol.wire.mask(client.nick, client.user)
-        protocol.tell_peers("away-notify", irc_line(mask, "AWAY", protocol.state.away), [room])
+        tell_irc_peers(client, "away-notify", irc_line(mask, "AWAY", protocol.state.away), [room])
 
 
 @hookimpl

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from test_irc import IRCClient
 
+from chatcore import hookimpl
 from chatcore.engine.server import ChatServer
 from chatcore.events import Chat, Joined, parse_msgid
 from chatcore.plugins.irc import (
@@ -302,7 +303,7 @@ def test_cap_ls_302_lists_every_capability_with_its_values(chat_server_factory, 
     try:
         client.send("CAP LS 302")
         assert client.readline() == (
-            ":chatcore CAP * LS :account-tag away-notify batch cap-notify echo-message extended-join "
+            ":chatcore CAP * LS :account-notify account-tag away-notify batch cap-notify echo-message extended-join "
             "invite-notify labeled-response message-tags multi-prefix sasl=PLAIN,EXTERNAL server-time "
             "setname userhost-in-names"
         )
@@ -449,3 +450,44 @@ def test_cap_notify_says_what_came_and_went(chat_server_factory, irc, monkeypatc
         assert old.sync() == []
     finally:
         old.close()
+
+
+def test_account_notify_tells_channel_peers_of_logins_and_logouts(chat_server_factory, irc, connect, tmp_path):
+    server = start(chat_server_factory, "--state-db", str(tmp_path / "state.db"), plugins="accounts")
+    watcher = irc(server, "watcher", "account-notify extended-join")
+    plain = irc(server, "plain")
+    dana = connect(server, "dana")  # a native user in the lobby
+    dana.send("/register horse-battery-9")
+    dana.expect(lambda line: line.startswith("* registered the account dana"))
+    assert watcher.expect(re.compile(" ACCOUNT ")) == ":dana!dana@chatcore ACCOUNT dana"
+    dana.send("/logout")
+    dana.sync()
+    assert watcher.expect(re.compile(" ACCOUNT ")) == ":dana!dana@chatcore ACCOUNT *"
+    assert not [line for line in plain.sync() if " ACCOUNT " in line]
+
+
+class AccountWatcher:
+    """A plugin that records every account change."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, str, str]] = []
+
+    @hookimpl
+    def chatcore_account_changed(self, client, old: str) -> None:  # type: ignore[no-untyped-def]
+        self.changes.append((client.nick, old, client.account))
+
+
+def test_account_changes_reach_the_hook_once_each(chat_server_factory, connect, tmp_path):
+    watcher = AccountWatcher()
+    listen = ["--listen", "tcp://127.0.0.1:0"]
+    server = chat_server_factory(
+        "--plugins", "accounts", "--state-db", str(tmp_path / "state.db"), *listen, plugins=[watcher]
+    )
+    dana = connect(server, "dana")
+    dana.send("/register horse-battery-9")
+    dana.expect(lambda line: line.startswith("* registered the account dana"))
+    dana.send("/logout")
+    dana.sync()
+    dana.send("/login dana horse-battery-9")
+    dana.sync()
+    assert watcher.changes == [("dana", "", "dana"), ("dana", "dana", ""), ("dana", "", "dana")]
