@@ -299,7 +299,7 @@ def _read_static(name: str) -> bytes:
 
 
 def _identity(event: RoomEvent) -> dict[str, Any]:
-    return {"room": event.room, "epoch": event.epoch, "offset": event.offset, "time": event.time}
+    return {"room": event.room, "epoch": event.epoch, "offset": event.offset, "msgid": event.msgid, "time": event.time}
 
 
 def _typing(event: Tagged) -> dict[str, Any]:
