@@ -389,7 +389,9 @@ class PrivateMessage(Event):
     The recipient gets it with ``echo=False`` (native: ``*sender* text``), the
     sender a copy with ``echo=True`` (native: ``-> *recipient* text``).
     ``notice``: said as a notice (IRC's ``NOTICE nick``), which IRC clients
-    get as ``NOTICE``.
+    get as ``NOTICE``. ``tags``: client-only tags the sender attached, as
+    :attr:`Chat.tags`. ``msgid``: the message's ID, the same on both copies
+    (IRC's ``msgid`` tag); ``""`` for one from another server.
     """
 
     sender: str
@@ -397,6 +399,8 @@ class PrivateMessage(Event):
     text: str
     echo: bool = False
     notice: bool = False
+    tags: str = ""
+    msgid: str = ""
 
 
 @dataclass(frozen=True)
@@ -407,6 +411,7 @@ class PrivateTags(Event):
     sender: str
     recipient: str
     tags: str
+    msgid: str = ""
 
 
 @dataclass(frozen=True)

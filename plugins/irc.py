@@ -25,10 +25,12 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import dataclasses
 import fnmatch
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -446,6 +448,11 @@ class IRCFormat(WireFormat):
 RENDERING_CAPS = frozenset({"account-tag", "echo-message", "extended-join", "message-tags", "server-time"})
 
 
+def _private_id() -> str:
+    """The ID of a private message to oneself (as the engine gives others)."""
+    return f"pm-{uuid.uuid4().hex}"
+
+
 def account_name(account: str) -> str:
     """An account as IRC shows it in a parameter (extended-join, ACCOUNT):
     ``*`` for none, and for one that could break the line (from the cluster)."""
@@ -712,7 +719,7 @@ class IRCProtocol(Protocol):
             if received.startswith(b"@"):
                 tags, _, raw = received.partition(b" ")
                 raw = raw.lstrip(b" ")
-                if len(tags) + 1 > MAX_CLIENT_TAGS:  # "@", the tags and a space (IRCv3 message-tags)
+                if len(tags) - 1 > MAX_CLIENT_TAGS:  # the tags without their "@" (IRCv3 message-tags)
                     self.reply("417", f"Input line was too long (the limit for tags is {MAX_CLIENT_TAGS} bytes)")
                     continue
             # 512 bytes with CR LF, as RFC 1459 says, after the tags.
@@ -847,12 +854,12 @@ class IRCProtocol(Protocol):
                 return []
             command = "NOTICE" if event.notice else "PRIVMSG"
             lines = text_lines(f":{self._mask_of(event.sender)} {command} {event.recipient}", event.text)
-            return with_tags(safe_lines(lines), self._sender_tags(event.sender))
+            return with_tags(safe_lines(lines), self._private_tags(event))
         elif isinstance(event, PrivateTags):
             if "message-tags" not in self.caps:
                 return []
-            tags = ";".join(filter(None, [self._sender_tags(event.sender), tag_text(client_tags(event.tags).items())]))
-            return with_tags(safe_lines([irc_line(self._mask_of(event.sender), "TAGMSG", event.recipient)]), tags)
+            tagmsg = safe_lines([irc_line(self._mask_of(event.sender), "TAGMSG", event.recipient)])
+            return with_tags(tagmsg, self._private_tags(event))
         elif isinstance(event, Members):
             lines = self.names_lines(event.room, event.nicks)
         elif isinstance(event, RoomList):
@@ -866,16 +873,20 @@ class IRCProtocol(Protocol):
             return []
         return safe_lines(lines)
 
-    def _sender_tags(self, nick: str) -> str:
-        """The server's tags of a line from ``nick`` for this client alone
-        (a private message): its time, and the sender's account with
-        ``account-tag``."""
-        tags = self.wire.line_tags()
+    def _private_tags(self, event: PrivateMessage | PrivateTags) -> str:
+        """The tags of a private message or TAGMSG for this client: its time
+        (``server-time``), with ``message-tags`` its ID and the sender's
+        client-only tags, and the sender's account (``account-tag``)."""
+        tags = [self.wire.line_tags()]
+        if "message-tags" in self.caps:
+            if event.msgid:
+                tags.append(tag_text([("msgid", event.msgid)]))
+            tags.append(tag_text(client_tags(event.tags).items()))
         if "account-tag" in self.caps:
-            member = self.client.server.registry.find(nick)
+            member = self.client.server.registry.find(event.sender)
             if member is not None and member.account:
-                tags = ";".join(filter(None, [tags, tag_text([("account", member.account)])]))
-        return tags
+                tags.append(tag_text([("account", member.account)]))
+        return ";".join(filter(None, tags))
 
     def _mask_of(self, nick: str) -> str:
         """The prefix of someone on this server, by nickname (their user name from the registry)."""
@@ -1422,6 +1433,10 @@ class IRCProtocol(Protocol):
                 server.broadcast_message(Message(client, room, text, kind, tags=tags))
             return
         recipient = server.registry.find(target)
+        tags = self.client_tags()
+        if recipient is client:  # to oneself, as IRC allows: here and back, seen by nobody else
+            self._to_self(PrivateMessage(client.nick, client.nick, text, notice=quiet, tags=tags, msgid=_private_id()))
+            return
         if recipient is not None and not recipient.closed:
             away = irc_state(recipient)
             if away is not None and away.away is not None and not quiet:
@@ -1429,13 +1444,22 @@ class IRCProtocol(Protocol):
         # Every private message's one path: the filter chain, counted and
         # timed, and across a cluster to a nick on another server. Why not
         # is said IRC's way, and never to a NOTICE (RFC 2812 3.3.2).
-        refusal = server.send_private(client, target, text, tell=False, notice=quiet)
+        refusal = server.send_private(client, target, text, tell=False, notice=quiet, tags=tags)
         if refusal is None or quiet:
             return
         if refusal.reason == "no_such_nick":
             self.reply("401", target, "No such nick/channel")
         else:
             client.error(refusal.text)
+
+    def _to_self(self, event: PrivateMessage | PrivateTags) -> None:
+        """A private message or TAGMSG to its own nick: received, and with
+        echo-message its copy back too (IRCv3 echo-message), which alone is
+        the answer to a labeled line (IRCv3 labeled-response): the copy
+        received is sent past it."""
+        self.client.send_data(self.wire.framing.frame(self.render_lines(event)))
+        if self.wire.echoes_messages:
+            self.client.send(dataclasses.replace(event, echo=True) if isinstance(event, PrivateMessage) else event)
 
     def notice(self, params: list[str]) -> None:
         self.privmsg(params, command="NOTICE")
@@ -1459,8 +1483,10 @@ class IRCProtocol(Protocol):
                 self.reply("403", target, "No such channel")
             elif tags and (refusal := server.send_tags(self.client, room, tags)) is not None:
                 self.reply("404", target, f"Cannot send to channel: {refusal.text}")
-        elif server.registry.find(target) is None:
+        elif (recipient := server.registry.find(target)) is None:
             self.reply("401", target, "No such nick/channel")
+        elif recipient is self.client:
+            self._to_self(PrivateTags(target, target, tags, _private_id()))
         elif tags:
             server.send_private_tags(self.client, target, tags)
 

@@ -214,8 +214,9 @@ def test_echo_message_returns_the_senders_lines_with_the_rooms_id(chat_server_fa
     echo.send("PRIVMSG #lobby :\x01ACTION waves\x01")
     assert echo.expect(re.compile("ACTION waves")).endswith(":echo!echo@chatcore PRIVMSG #lobby :\x01ACTION waves\x01")
     echo.send("PRIVMSG other :psst")
-    assert echo.expect(re.compile(" :psst")) == ":echo!echo@chatcore PRIVMSG other :psst"
-    other.expect(":echo!echo@chatcore PRIVMSG other :psst")
+    mine = echo.expect(re.compile(" :psst"))
+    assert mine.endswith(" :echo!echo@chatcore PRIVMSG other :psst")
+    assert other.expect(re.compile(" :psst")) == mine  # one ID for both copies
     # Without echo-message: nothing back, as before.
     other.send("PRIVMSG #lobby :no echo")
     echo.expect(re.compile(":no echo$"))
@@ -278,19 +279,29 @@ def test_tagmsg_to_a_nick_and_its_errors(chat_server_factory, irc):
     reader = irc(server, "reader", "message-tags")
     plain = irc(server, "plain")
     typist.send("@+typing=active TAGMSG reader")
-    assert reader.expect(re.compile("TAGMSG reader$")) == "@+typing=active :typist!typist@chatcore TAGMSG reader"
-    assert typist.expect(re.compile("TAGMSG reader$")).startswith("@+typing=active :typist")  # echo-message
+    received = reader.expect(re.compile("TAGMSG reader$"))
+    assert received.endswith(" :typist!typist@chatcore TAGMSG reader")
+    assert tags_of(received)["+typing"] == "active"
+    echoed = typist.expect(re.compile("TAGMSG reader$"))  # echo-message: the same message, the same ID
+    assert tags_of(echoed)["msgid"] == tags_of(received)["msgid"]
+    # Private messages have an ID and carry client tags too; one to oneself arrives (and comes back).
+    typist.send("@+draft/reply=x PRIVMSG reader :hi")
+    received = tags_of(reader.expect(re.compile(":hi$")))
+    assert received["+draft/reply"] == "x"
+    assert received["msgid"] == tags_of(typist.expect(re.compile(":hi$")))["msgid"]
+    typist.send("PRIVMSG typist :note to self")
+    assert len([line for line in typist.sync() if line.endswith("PRIVMSG typist :note to self")]) == 2
     typist.send("@+typing=active TAGMSG nobody")
     typist.expect(":chatcore 401 typist nobody :No such nick/channel")
     typist.send("@+typing=active TAGMSG #nowhere")
     typist.expect(":chatcore 403 typist #nowhere :No such channel")
     plain.send("@+typing=active TAGMSG #lobby")  # TAGMSG belongs to message-tags
     plain.expect(":chatcore 421 plain TAGMSG :Unknown command (CAP REQ :message-tags first)")
-    # Tags over 4094 bytes ("@" and the space included): 417, and nothing is relayed.
-    typist.send(f"@+draft/x={'y' * 4090} PRIVMSG #lobby :too many tags")
+    # Tags over 4094 bytes (without the "@" and the space): 417, and nothing is relayed.
+    typist.send(f"@+draft/x={'y' * 4086} PRIVMSG #lobby :too many tags")
     typist.expect(":chatcore 417 typist :Input line was too long (the limit for tags is 4094 bytes)")
-    typist.send(f"@+draft/x={'y' * 4000} PRIVMSG #lobby :enough")
-    assert tags_of(reader.expect(re.compile(":enough$")))["+draft/x"] == "y" * 4000
+    typist.send(f"@+draft/x={'y' * 4085} PRIVMSG #lobby :enough")
+    assert tags_of(reader.expect(re.compile(":enough$")))["+draft/x"] == "y" * 4085
     assert not [line for line in reader.sync() if "too many tags" in line]
 
 
@@ -491,3 +502,11 @@ def test_account_changes_reach_the_hook_once_each(chat_server_factory, connect, 
     dana.send("/login dana horse-battery-9")
     dana.sync()
     assert watcher.changes == [("dana", "", "dana"), ("dana", "dana", ""), ("dana", "", "dana")]
+
+
+def test_a_labeled_message_to_oneself_labels_the_echo_only(chat_server_factory, irc):
+    server = start(chat_server_factory)
+    me = irc(server, "me", "labeled-response batch echo-message")
+    me.send("@label=x PRIVMSG me :hi me")
+    lines = [line for line in me.sync() if line.endswith("PRIVMSG me :hi me")]
+    assert sorted(lines) == [":me!me@chatcore PRIVMSG me :hi me", "@label=x :me!me@chatcore PRIVMSG me :hi me"]

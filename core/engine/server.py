@@ -46,6 +46,7 @@ import argparse
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -687,7 +688,7 @@ class ChatServer:
         events.clear()
 
     def send_private(
-        self, sender: Client, nick: str, text: str, *, tell: bool = True, notice: bool = False
+        self, sender: Client, nick: str, text: str, *, tell: bool = True, notice: bool = False, tags: str = ""
     ) -> Refusal | None:
         """Send ``text`` from ``sender`` to the person called ``nick`` alone,
         whichever room they are in and, in a cluster, whichever server: the
@@ -705,17 +706,21 @@ class ChatServer:
             nothing at all).
         :param notice: said as a notice (IRC's ``NOTICE nick``): the
             :class:`~chatcore.events.PrivateMessage` has ``notice`` set.
+        :param tags: client-only tags the sender attached (IRC's
+            message-tags), carried to a recipient on this server.
         :return: None once delivered, else a :class:`~chatcore.engine.gate.Refusal`:
             ``"self"``, ``"no_such_nick"``, ``"rejected"`` (by a filter),
             ``"empty"`` (after filtering) or ``"unreachable"`` (on a server
             that cannot be reached now).
         """
-        refusal = self._send_private(sender, nick, text, notice)
+        refusal = self._send_private(sender, nick, text, notice, tags)
         if refusal is not None and tell:
             sender.error(refusal.text)
         return refusal
 
-    def _send_private(self, sender: Client, nick: str, text: str, notice: bool = False) -> Refusal | None:
+    def _send_private(
+        self, sender: Client, nick: str, text: str, notice: bool = False, tags: str = ""
+    ) -> Refusal | None:
         recipient = self.registry.find(nick)
         if recipient is not None and recipient.closed:
             recipient = None
@@ -733,9 +738,11 @@ class ChatServer:
             return Refusal("rejected", message.rejected)
         if not message.text:
             return Refusal("empty", f"your message to {nick} was empty after filtering; it was not sent")
+        # Its ID, on both copies: unique, and never taken for a room's EPOCH:OFFSET.
+        msgid = f"pm-{uuid.uuid4().hex}"
         if recipient is not None:
             nick = recipient.nick
-            recipient.send(PrivateMessage(sender.nick, nick, message.text, notice=notice))
+            recipient.send(PrivateMessage(sender.nick, nick, message.text, notice=notice, tags=tags, msgid=msgid))
         else:
             result = self.backplane.send_private(sender, PrivateMessage(sender.nick, nick, message.text, notice=notice))
             if result is None:
@@ -743,7 +750,7 @@ class ChatServer:
             if isinstance(result, str):
                 return Refusal("unreachable", result)
         counts.deliveries += 1
-        sender.send(PrivateMessage(sender.nick, nick, message.text, echo=True, notice=notice))
+        sender.send(PrivateMessage(sender.nick, nick, message.text, echo=True, notice=notice, tags=tags, msgid=msgid))
         if sender.arrived:
             counts.observe_latency(time.monotonic() - sender.arrived)
         self.hooks.message_delivered(message, 1)
@@ -778,7 +785,7 @@ class ChatServer:
         recipient = self.registry.find(nick)
         if recipient is None or recipient.closed or recipient is sender:
             return Refusal("no_such_nick", f"no such nick {nick!r}")
-        event = PrivateTags(sender.nick, recipient.nick, tags)
+        event = PrivateTags(sender.nick, recipient.nick, tags, f"pm-{uuid.uuid4().hex}")
         recipient.send(event)
         if sender.wire.echoes_messages:
             sender.send(event)

@@ -17,8 +17,8 @@ __all__ = [
     "unescape_tag_value",
 ]
 
-#: What the tags of one line from a client may take, ``@`` and the space
-#: after them included (IRCv3 message-tags: 4094 bytes).
+#: What the tags of one line from a client may take, without the ``@``
+#: before them and the space after them (IRCv3 message-tags: 4094 bytes).
 MAX_CLIENT_TAGS = 4094
 
 #: How a tag value is written (IRCv3 message-tags, "Escaping values").
