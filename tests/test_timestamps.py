@@ -45,3 +45,15 @@ def test_timestamps_on_and_off_for_one_connection(chat_server, connect):
     timed.expect("[lobby] <bob> plain again")
     timed.send("/timestamps sometimes")
     timed.expect("! usage: /timestamps [on|off]")
+
+
+def test_a_line_from_another_server_keeps_the_time_it_was_said(chat_server, connect):
+    """What the cluster's reader hands the engine after an outage: an event
+    that has its identity and time already (plugins/redis/codec.py keeps
+    the time in the entry). It is shown at that time, not when it arrived."""
+    timed = connect(chat_server, "timed")
+    timed.send("/timestamps on")
+    timed.expect("* timestamps are on")
+    epoch = chat_server.backplane.epoch_of("lobby")
+    chat_server.publish(Chat("lobby", "far", "said long ago", 99, epoch, 981173106.5), relay=False)
+    timed.expect("[2001-02-03T04:05:06Z] <far> said long ago")
