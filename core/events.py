@@ -161,19 +161,14 @@ class Chat(RoomEvent):
         tags: str = "",
         account: str = "",
     ) -> None:
-        # The fields the dataclass declares, in one step (see the module docstring).
+        # The fields the dataclass declares, in one step (see the module
+        # docstring). Tags and an account are rare: left out, they read as
+        # the class's defaults ("").
         self.__dict__.update(
-            room=room,
-            offset=offset,
-            epoch=epoch,
-            time=time,
-            nick=nick,
-            text=text,
-            user=user,
-            notice=notice,
-            tags=tags,
-            account=account,
+            room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user, notice=notice
         )
+        if tags or account:
+            self.__dict__.update(tags=tags, account=account)
 
 
 @dataclass(frozen=True, init=False)

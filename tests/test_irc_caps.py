@@ -465,12 +465,17 @@ def test_cap_notify_says_what_came_and_went(chat_server_factory, irc, monkeypatc
 
 def test_account_notify_tells_channel_peers_of_logins_and_logouts(chat_server_factory, irc, connect, tmp_path):
     server = start(chat_server_factory, "--state-db", str(tmp_path / "state.db"), plugins="accounts")
-    watcher = irc(server, "watcher", "account-notify extended-join")
+    watcher = irc(server, "watcher", "account-notify account-tag")
     plain = irc(server, "plain")
     dana = connect(server, "dana")  # a native user in the lobby
     dana.send("/register horse-battery-9")
     dana.expect(lambda line: line.startswith("* registered the account dana"))
     assert watcher.expect(re.compile(" ACCOUNT ")) == ":dana!dana@chatcore ACCOUNT dana"
+    dana.send("logged in now")
+    assert (
+        watcher.expect(re.compile(":logged in now$"))
+        == "@account=dana :dana!dana@chatcore PRIVMSG #lobby :logged in now"
+    )
     dana.send("/logout")
     dana.sync()
     assert watcher.expect(re.compile(" ACCOUNT ")) == ":dana!dana@chatcore ACCOUNT *"
