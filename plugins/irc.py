@@ -732,7 +732,10 @@ class IRCProtocol(Protocol):
                 # IRC servers do it); PONG answers the server and is free.
                 if parsed[0] != "PONG" and not _paced(client):
                     return
-                self._tags = parse_tags(decode(tags[1:])) if tags else {}
+                if not tags:  # nearly every line
+                    self.handle(*parsed)
+                    continue
+                self._tags = parse_tags(decode(tags[1:]))
                 try:
                     label = self._tags.get("label") if "labeled-response" in self.caps else None
                     if label and parsed[0] != "QUIT":  # a QUIT's answer is the closing link
