@@ -17,7 +17,16 @@ from typing import Any
 import pexpect
 import pytest
 
-from chatcore.client.terminal import Kind, Rooms, build_parser, classify, own_line, render, wants_colour
+from chatcore.client.terminal import (
+    Kind,
+    Rooms,
+    build_parser,
+    classify,
+    own_line,
+    render,
+    split_stamp,
+    wants_colour,
+)
 from chatcore.engine.server import ChatServer
 from chatcore.testing import ClientFactory, LineClient, ServerFactory
 
@@ -191,6 +200,36 @@ def test_piped_input_is_sent_and_the_client_leaves(
     assert "<You> hi" in lines
     assert lines[-1] == "* goodbye"
     assert result.stderr == b""
+
+
+def test_timestamps_show_when_each_line_was_said(
+    chat_server_factory: ServerFactory, chat_client: ClientFactory
+) -> None:
+    server = chat_server_factory()
+    other = chat_client(server)
+    env = client_env(TZ="UTC")
+    command = [*client_command(server, "--timestamps"), "--nick", "timed"]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        other.expect("* guest-2 is now known as timed")
+        other.send("hello there")  # before the client's input: it shows this line before it leaves
+        other.sync()
+        out, err = proc.communicate(b"hi\n", timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert any(re.fullmatch(r"\d\d:\d\d <guest-1> hello there", line) for line in lines), lines
+    assert any(re.fullmatch(r"\d\d:\d\d <You> hi", line) for line in lines), lines
+    assert not any("timestamps are on" in line for line in lines)  # the answer to its own /timestamps
+
+
+def test_split_stamp_reads_the_servers_time() -> None:
+    assert split_stamp("[2001-02-03T04:05:06Z] <bob> hi") == (981173106.0, "<bob> hi")
+    assert split_stamp("<bob> [2001-02-03T04:05:06Z] hi") == (None, "<bob> [2001-02-03T04:05:06Z] hi")
+    assert split_stamp("[2001-02-30T04:05:06Z] x") == (None, "[2001-02-30T04:05:06Z] x")
 
 
 def test_piped_quit_ends_the_session_and_later_lines_are_not_sent(
@@ -588,7 +627,18 @@ def test_help_describes_every_option(capsys: pytest.CaptureFixture[str]) -> None
         build_parser().parse_args(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for needle in ("--host", "--port", "--nick", "127.0.0.1", "12000", "NO_COLOR", "Ctrl-D", "Exit status", "Ctrl-N"):
+    for needle in (
+        "--host",
+        "--port",
+        "--nick",
+        "--timestamps",
+        "127.0.0.1",
+        "12000",
+        "NO_COLOR",
+        "Ctrl-D",
+        "Exit status",
+        "Ctrl-N",
+    ):
         assert needle in text
 
 

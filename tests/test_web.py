@@ -516,6 +516,7 @@ def test_web_and_native_clients_chat_both_ways(web, clients):
     assert chat["room"] == "lobby"
     assert chat["epoch"] == server.backplane.epoch_of("lobby")
     assert chat["offset"] > 0
+    assert chat["msgid"] == f"{chat['epoch']}:{chat['offset']}"
     assert chat["time"] > 0
     browser.say("/me waves")
     native.expect("* webby waves")
@@ -1042,9 +1043,11 @@ def test_room_events_render_once_as_json_with_their_identity():
     data = WEB.encode(chat)
     assert data[0] == 0x81  # one final text frame
     assert json.loads(data[2:]) == {
-        "type": "chat", "nick": "al", "text": '<b>"hi"</b>', "room": "lobby", "epoch": "e1", "offset": 7, "time": 1.5,
+        "type": "chat", "nick": "al", "text": '<b>"hi"</b>', "room": "lobby", "epoch": "e1", "offset": 7,
+        "msgid": "e1:7", "time": 1.5,
     }  # fmt: skip
-    left = json.loads(WEB.encode(Left("dev", nick="al", reason="slow consumer"))[2:])
+    frame = WEB.encode(Left("dev", nick="al", reason="slow consumer"))
+    left = json.loads(frame[4:] if frame[1] == 126 else frame[2:])  # over 125 bytes: a 16-bit length first
     assert left == {**left, "type": "leave", "reason": "slow consumer", "disconnected": True, "offset": 0}
 
 

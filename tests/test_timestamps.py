@@ -1,0 +1,59 @@
+"""Every line has a time and an ID on every protocol: native ``/timestamps``
+(and the web JSON's ``msgid``, in test_web.py)."""
+
+from __future__ import annotations
+
+import re
+
+from chatcore.events import Chat, PrivateMessage, Replay
+from chatcore.wire.native import NATIVE, NATIVE_TIMED, NATIVE_TIMED_IN_ROOMS, line_stamp
+
+STAMP = r"\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\] "
+
+
+def test_timed_native_lines_carry_the_time_they_were_said():
+    said = Chat("lobby", "bob", "hi", 1, "e", 1796601541.9)
+    assert line_stamp(1796601541.9) == "[2026-12-06T23:59:01Z] "
+    assert NATIVE_TIMED.encode(said) == b"[2026-12-06T23:59:01Z] <bob> hi\n"
+    assert NATIVE_TIMED_IN_ROOMS.encode(said) == b"[2026-12-06T23:59:01Z] [lobby] <bob> hi\n"
+    assert NATIVE.encode(said) == b"<bob> hi\n"  # the plain format is untouched
+    replay = Replay("lobby", (said, Chat("lobby", "amy", "yo", 2, "e", 1796601542.0)))
+    assert NATIVE_TIMED.encode(replay) == (
+        b"* last 2 messages in lobby:\n[2026-12-06T23:59:01Z] # <bob> hi\n[2026-12-06T23:59:02Z] # <amy> yo\n"
+    )
+    assert re.fullmatch(rf"{STAMP}\*bob\* psst\n", NATIVE_TIMED.encode(PrivateMessage("bob", "me", "psst")).decode())
+
+
+def test_timestamps_on_and_off_for_one_connection(chat_server, connect):
+    timed = connect(chat_server, "timed")
+    bob = connect(chat_server, "bob")
+    timed.send("/timestamps")
+    timed.expect("* timestamps are off")
+    timed.send("/timestamps on")
+    timed.expect("* timestamps are on")
+    bob.send("hello")
+    assert re.fullmatch(rf"{STAMP}<bob> hello", timed.expect(re.compile("<bob> hello")))
+    timed.send("/join dev")
+    timed.expect(re.compile("you are now in dev"))
+    bob.send("in two rooms")
+    assert re.fullmatch(rf"{STAMP}\[lobby\] <bob> in two rooms", timed.expect(re.compile("in two rooms")))
+    bob.send("/msg timed psst")
+    assert re.fullmatch(rf"{STAMP}\*bob\* psst", timed.expect(re.compile("psst")))
+    timed.send("/timestamps off")
+    timed.expect("* timestamps are off")
+    bob.send("plain again")
+    timed.expect("[lobby] <bob> plain again")
+    timed.send("/timestamps sometimes")
+    timed.expect("! usage: /timestamps [on|off]")
+
+
+def test_a_line_from_another_server_keeps_the_time_it_was_said(chat_server, connect):
+    """What the cluster's reader hands the engine after an outage: an event
+    that has its identity and time already (plugins/redis/codec.py keeps
+    the time in the entry). It is shown at that time, not when it arrived."""
+    timed = connect(chat_server, "timed")
+    timed.send("/timestamps on")
+    timed.expect("* timestamps are on")
+    epoch = chat_server.backplane.epoch_of("lobby")
+    chat_server.publish(Chat("lobby", "far", "said long ago", 99, epoch, 981173106.5), relay=False)
+    timed.expect("[2001-02-03T04:05:06Z] <far> said long ago")
