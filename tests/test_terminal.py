@@ -211,7 +211,7 @@ def test_timestamps_show_when_each_line_was_said(
     command = [*client_command(server, "--timestamps"), "--nick", "timed"]
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
-        other.expect("* guest-2 is now known as timed")
+        other.expect("* timed joined")  # its first line named it (docs/protocol.md)
         other.send("hello there")  # before the client's input: it shows this line before it leaves
         other.sync()
         out, err = proc.communicate(b"hi\n", timeout=TIMEOUT)
