@@ -1,13 +1,21 @@
-"""Room history: replays a room's last messages to whoever enters it.
+"""Room history: replays a room's last messages to whoever enters it, and
+answers questions about the past.
 
 Keeps the last ``--history-lines`` chat and action events of each room (not
-joins, leaves or private messages), as they were published
-(``chatcore_room_event``), and replays them to a client entering the room,
-on connecting and on ``/join``, as one :class:`~chatcore.events.Replay`
-event. The native protocol shows it as a notice ``* last N messages in
-ROOM:`` and then each line marked ``# `` (``# <alice> hi``, ``# * alice
-waves``), so a client can tell replay from live chat; other front-ends
-render it their own way, with each event's identity.
+joins or leaves; ``--history-room-lines`` for a room that keeps more), as
+they were published (``chatcore_room_event``), and replays them to a client
+entering the room, on connecting and on ``/join``, as one
+:class:`~chatcore.events.Replay` event. The native protocol shows it as a
+notice ``* last N messages in ROOM:`` and then each line marked ``# ``
+(``# <alice> hi``, ``# * alice waves``), so a client can tell replay from
+live chat; other front-ends render it their own way, with each event's
+identity.
+
+It also supplies the server's history service
+(:mod:`chatcore.engine.history`): the protocols' questions by message ID and
+time (IRC's ``CHATHISTORY``, the web page's scroll-back, ``/history``), and
+keeps the private lines between two logged-in accounts, for either of them
+(``/history @NICK``), as Ergo does for registered users.
 
 With a cluster plugin that keeps rooms (``redis``), the replay is the
 cluster's (the backplane's ``history``): the same on every server, whoever said
@@ -35,19 +43,23 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import logging
 import queue
+import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from chatcore import Client, Config, UsageError, hookimpl
 from chatcore.config import restart_only, whole_number
-from chatcore.engine.history import HistoryService, Query, select
+from chatcore.engine.history import CONVERSATION, HistoryService, Query, conversation, select
 from chatcore.engine.server import ChatServer
 from chatcore.events import Action, Chat, Replay, RoomEvent
-from chatcore.names import room_problem
+from chatcore.message import Message
+from chatcore.names import nick_problem, room_problem
 
 log = logging.getLogger("chatcore.history")
 
@@ -176,6 +188,16 @@ def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
 
 
 @hookimpl
+def chatcore_message_delivered(message: Message) -> None:
+    # Private lines are kept between two logged-in accounts only, as Ergo
+    # keeps them for registered users: a guest's name is anyone's next.
+    # A recipient on another server (None here) is not known to be logged in.
+    sender, recipient = message.sender, message.recipient
+    if message.kind == "private" and recipient is not None and sender.account and recipient.account:
+        _history(sender.server).add_private(conversation(sender.account, recipient.account), sender, message.text)
+
+
+@hookimpl
 def chatcore_client_joined(client: Client, room: str) -> None:
     history = _history(client.server)
     # The cluster's history of the room, where the backplane keeps one;
@@ -187,7 +209,10 @@ def chatcore_client_joined(client: Client, room: str) -> None:
 
 @hookimpl
 def chatcore_command_help() -> list[tuple[str, str]]:
-    return [("/history [ROOM] [N]", "show the last N lines said in ROOM (your current room if none is given)")]
+    return [
+        ("/history [ROOM] [N]", "show the last N lines said in ROOM (your current room if none is given)"),
+        ("/history @NICK [N]", "show the last N private lines between you and NICK (logged-in accounts)"),
+    ]
 
 
 @hookimpl
@@ -199,7 +224,7 @@ def chatcore_command(client: Client, name: str, args: str) -> bool | None:
     if words and words[-1].isdigit():
         count = int(words.pop())
     if len(words) > 1 or count < 1:
-        client.error("usage: /history [ROOM] [N]")
+        client.error("usage: /history [ROOM|@NICK] [N]")
         return True
     room = words[0].lower() if words else client.room
     if not room:
@@ -242,7 +267,7 @@ class Retention:
     @property
     def most(self) -> int:
         """The most lines any room keeps."""
-        return max(self.default, *self.rooms.values())
+        return max([self.default, *self.rooms.values()])
 
 
 def _history(server: ChatServer) -> History:
@@ -276,6 +301,10 @@ class History:
         # whether a resume from an offset can be complete.
         self._dropped: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
+        # Private lines' message IDs: a numbering of this process's own
+        # (next() of a count is atomic under the GIL).
+        self._private_epoch = f"{secrets.token_hex(4)}-private"
+        self._private_offsets = itertools.count(1)
 
     def _dropped_one(self, event: Chat | Action) -> None:
         """``event`` leaves memory (the caller holds the lock)."""
@@ -318,6 +347,12 @@ class History:
             self._dropped.pop(room, None)  # a room made again is numbered anew
             if events:
                 self.bytes -= sum(_size(event) for event in events)
+
+    def add_private(self, key: str, sender: Client, text: str) -> None:
+        """``sender`` said ``text`` in the private conversation ``key``
+        (:func:`~chatcore.engine.history.conversation`): keep it as chat,
+        numbered in this server's own numbering of private lines."""
+        self.add(Chat(key, sender.nick, text, next(self._private_offsets), self._private_epoch, time.time()))
 
     def add(self, event: Chat | Action) -> None:
         """An event was published: keep it, and queue it for the database."""
@@ -363,9 +398,27 @@ class History:
 
     def events(self, server: ChatServer, room: str) -> list[RoomEvent]:
         """The room's kept events, oldest first: the cluster's, where the
-        backplane keeps them (the same on every server), else this server's."""
+        backplane keeps them (the same on every server), else this server's.
+        A private conversation's are this server's."""
+        if room.startswith(CONVERSATION):
+            return self.replay(room)
         events = server.backplane.history(room, self.lines(room))
         return self.replay(room) if events is None else events
+
+    def conversations(self, start: float, end: float) -> list[tuple[str, float]]:
+        """The private conversations with lines between the times ``start``
+        and ``end``, and the time of the latest there: those in memory and
+        those in the database."""
+        newest: dict[str, float] = {}
+        if self.store is not None:
+            newest.update(self.store.latest(CONVERSATION, start, end, MAX_QUERY))
+        with self._lock:
+            for key, events in self._rooms.items():
+                if key.startswith(CONVERSATION):
+                    times = [event.time for event in events if start <= event.time <= end]
+                    if times:
+                        newest[key] = max(*times, newest.get(key, 0.0))
+        return list(newest.items())
 
     def since(self, room: str, epoch: str, offset: int, overlap: int = 0) -> tuple[list[RoomEvent], bool]:
         """The room's kept events of ``epoch`` after ``offset`` (and the
@@ -662,11 +715,30 @@ class _Service(HistoryService):
         return min(MAX_QUERY, self.history.lines.most)
 
     def query(self, client: Client, target: str, query: Query) -> list[RoomEvent] | str:
-        room = target.lower()
-        if room not in client.rooms:
+        key, refusal = self._readable(client, target)
+        if refusal:
+            return refusal
+        return select(self.history.events(self.server, key), query)
+
+    def _readable(self, client: Client, target: str) -> tuple[str, str]:
+        """What ``target`` names for ``client`` (a room it is in, or, for
+        ``@NICK``, its private conversation with that nick's account), and
+        ``""``; else ``""`` and why it may not read it."""
+        if not target.startswith(CONVERSATION):
+            room = target.lower()
+            if room in client.rooms:
+                return room, ""
             # Only a member may read a room's past: +s and +i rooms keep theirs to themselves.
-            return f"you are not in {target}; join it to read its history"
-        return select(self.history.events(self.server, room), query)
+            return "", f"you are not in {target}; join it to read its history"
+        nick = target[len(CONVERSATION) :]
+        if nick_problem(nick) is not None:
+            return "", f"no such nick {nick!r}"
+        if not client.account:
+            return "", "private history is kept for logged-in accounts only; log in to read it"
+        # An account owns the nick of its name (the accounts plugin): a nick
+        # not here, or not logged in, is taken for the account's name.
+        other = self.server.registry.find(nick)
+        return conversation(client.account, other.account if other is not None and other.account else nick), ""
 
     def targets(self, client: Client, start: float, end: float, limit: int) -> list[tuple[str, float]]:
         start, end = min(start, end), max(start, end)
@@ -675,4 +747,10 @@ class _Service(HistoryService):
             times = [event.time for event in self.history.events(self.server, room) if start <= event.time <= end]
             if times:
                 found.append((room, max(times)))
+        if client.account:
+            mine = client.account.casefold()
+            for key, newest in self.history.conversations(start, end):
+                one, other = key[len(CONVERSATION) :].split(",", 1)
+                if mine in (one, other):
+                    found.append((CONVERSATION + (other if one == mine else one), newest))
         return sorted(found, key=lambda item: -item[1])[:limit]

@@ -459,6 +459,8 @@ def test_a_schema_1_database_is_migrated_and_keeps_its_lines(tmp_path):
             ("lobby", 5.0, "chat", "a", "old", "", 0),  # from before message IDs: none
             ("lobby", 6.0, "chat", "b", "new", "e9", 4),
         ]
+        assert store.latest("lob", 5.5, 10.0, 5) == [("lobby", 6.0)]  # the targets with lines between two times
+        assert store.latest("@", 0.0, 10.0, 5) == []
     finally:
         store.stop()
     with sqlite3.connect(path) as db:
@@ -518,7 +520,7 @@ def test_the_history_command_shows_a_rooms_last_lines(chat_server_factory, chat_
     carol.send("/history lobby 2")  # not a member: refused
     assert carol.sync()[-1] == "! you are not in lobby; join it to read its history"
     carol.send("/history lobby dev 2")
-    assert carol.sync() == ["! usage: /history [ROOM] [N]"]
+    assert carol.sync() == ["! usage: /history [ROOM|@NICK] [N]"]
 
 
 def test_a_plugin_supplies_the_history_service(chat_server_factory, chat_client):
@@ -537,3 +539,33 @@ def test_a_plugin_supplies_the_history_service(chat_server_factory, chat_client)
     alice.send("/history 5")  # the history plugin's command asks the service, whoever supplies it
     assert alice.sync() == ["* last 1 message in lobby:", "# <oracle> latest 5"]
     assert chat_server_factory().history is None  # no history plugin: no service
+
+
+def test_private_lines_between_two_accounts_are_kept_for_both(chat_server_factory, chat_client, tmp_path):
+    server = chat_server_factory("--plugins", "accounts,history", "--state-db", str(tmp_path / "state.db"))
+    alice, bob, carol = (named(chat_client, server, nick) for nick in ("alice", "bob", "carol"))
+    for client, nick in ((alice, "alice"), (bob, "bob")):
+        client.send("/register correct-horse")
+        client.expect(f"* registered the account {nick}; you are logged in to it (later: /login {nick} PASSWORD)")
+    alice.send("/msg bob are you there?")
+    bob.expect("*alice* are you there?")
+    bob.send("/msg alice yes")
+    alice.expect("*bob* yes")
+    bob.send("in the lobby")
+    alice.expect("<bob> in the lobby")
+    carol.send("/msg bob a guest's line")  # carol has no account: not kept
+    bob.expect("*carol* a guest's line")
+    bob.send("/history @alice")
+    assert bob.sync()[-3:] == ["* last 2 messages in @alice:", "# <alice> are you there?", "# <bob> yes"]
+    alice.send("/history @BOB 1")
+    assert alice.sync() == ["* last 1 message in @bob:", "# <bob> yes"]
+    carol.send("/history @bob")
+    assert carol.sync()[-1] == "! private history is kept for logged-in accounts only; log in to read it"
+    service = server.history
+    bob_here = server.registry.find("bob")
+    assert [target for target, _ in service.targets(bob_here, 0, 2e9, 10)] == ["lobby", "@alice"]  # the latest first
+    assert service.targets(bob_here, 0, 1, 10) == []  # nothing said then
+    first, second = service.query(bob_here, "@alice", Query("latest", 5))
+    assert first.msgid
+    assert first.msgid != second.msgid
+    assert [event.text for event in service.query(bob_here, "@alice", Query("after", 5, Mark(first.msgid)))] == ["yes"]

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 #: The kinds of :class:`Query`, as CHATHISTORY names them (lower case).
 QUERY_KINDS = ("latest", "before", "after", "around", "between")
-#: The prefix of a private conversation's target (:func:`conversation`);
-#: no room name starts with it.
+#: The prefix of a private conversation: of its target in a query (``@bob``)
+#: and of the name it is kept under (:func:`conversation`); no room name
+#: or nick starts with it.
 CONVERSATION = "@"
 
 
@@ -139,14 +140,16 @@ class HistoryService:
         return 100
 
     def query(self, client: Client, target: str, query: Query) -> list[RoomEvent] | str:
-        """The events of ``target`` (a room, or a nickname for the private
-        conversation with that person's account) that answer ``query``,
-        oldest first, or why ``client`` may not read it (one short
-        sentence)."""
+        """The events of ``target`` that answer ``query``, oldest first, or
+        why ``client`` may not read it (one short sentence). ``target`` is a
+        room, or ``@NICK`` for the private conversation with that person's
+        account, whose events are :class:`~chatcore.events.Chat` with the
+        conversation's name (:func:`conversation`) as their room and the
+        sender's nick."""
         raise NotImplementedError
 
     def targets(self, client: Client, start: float, end: float, limit: int) -> list[tuple[str, float]]:
         """The targets ``client`` may read with events between the times
-        ``start`` and ``end`` (either order): ``(room or nickname, time of
-        its latest event)``, at most ``limit``, the latest first."""
+        ``start`` and ``end`` (either order): ``(room or @NICK, time of its
+        latest event)``, at most ``limit``, the latest first."""
         raise NotImplementedError
