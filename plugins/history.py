@@ -57,7 +57,7 @@ from chatcore import Client, Config, UsageError, hookimpl
 from chatcore.config import restart_only, whole_number
 from chatcore.engine.history import CONVERSATION, HistoryService, Query, conversation, select
 from chatcore.engine.server import ChatServer
-from chatcore.events import Action, Chat, Replay, RoomEvent
+from chatcore.events import Action, Chat, Replay, RoomEvent, parse_msgid
 from chatcore.message import Message
 from chatcore.names import nick_problem, room_problem
 
@@ -359,7 +359,10 @@ class History:
         self.remember(event)
         if self.store is not None:
             kind = "chat" if type(event) is Chat else "action"
-            self.store.put((event.room, event.time, kind, event.nick, event.text, event.epoch, event.offset))
+            # The message ID's parts: an event from another server of a
+            # cluster keeps the ID its server gave it.
+            epoch, offset = parse_msgid(event.msgid) or ("", 0)
+            self.store.put((event.room, event.time, kind, event.nick, event.text, epoch, offset))
 
     def resize(self, lines: Retention | int, max_bytes: int | None = None) -> None:
         """Keep ``lines`` per room from now on (the newest, if fewer), and
@@ -741,6 +744,7 @@ class _Service(HistoryService):
         return conversation(client.account, other.account if other is not None and other.account else nick), ""
 
     def targets(self, client: Client, start: float, end: float, limit: int) -> list[tuple[str, float]]:
+        backwards = start > end
         start, end = min(start, end), max(start, end)
         found = []
         for room in client.rooms:
@@ -753,4 +757,5 @@ class _Service(HistoryService):
                 one, other = key[len(CONVERSATION) :].split(",", 1)
                 if mine in (one, other):
                     found.append((CONVERSATION + (other if one == mine else one), newest))
-        return sorted(found, key=lambda item: -item[1])[:limit]
+        found.sort(key=lambda item: item[1])
+        return found[-limit:] if backwards else found[:limit]

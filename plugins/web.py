@@ -301,7 +301,7 @@ def _read_static(name: str) -> bytes:
 
 
 def _identity(event: RoomEvent) -> dict[str, Any]:
-    return {"room": event.room, "epoch": event.epoch, "offset": event.offset, "time": event.time}
+    return {"room": event.room, "epoch": event.epoch, "offset": event.offset, "time": event.time, "msgid": event.msgid}
 
 
 _ROOM_FIELDS: dict[type[Event], Callable[[Any], dict[str, Any]]] = {

@@ -563,7 +563,8 @@ def test_private_lines_between_two_accounts_are_kept_for_both(chat_server_factor
     assert carol.sync()[-1] == "! private history is kept for logged-in accounts only; log in to read it"
     service = server.history
     bob_here = server.registry.find("bob")
-    assert [target for target, _ in service.targets(bob_here, 0, 2e9, 10)] == ["lobby", "@alice"]  # the latest first
+    assert [target for target, _ in service.targets(bob_here, 0, 2e9, 10)] == ["@alice", "lobby"]
+    assert [target for target, _ in service.targets(bob_here, 2e9, 0, 1)] == ["lobby"]  # counted from the start
     assert service.targets(bob_here, 0, 1, 10) == []  # nothing said then
     first, second = service.query(bob_here, "@alice", Query("latest", 5))
     assert first.msgid

@@ -150,6 +150,7 @@ class HistoryService:
 
     def targets(self, client: Client, start: float, end: float, limit: int) -> list[tuple[str, float]]:
         """The targets ``client`` may read with events between the times
-        ``start`` and ``end`` (either order): ``(room or @NICK, time of its
-        latest event)``, at most ``limit``, the latest first."""
+        ``start`` and ``end``: ``(room or @NICK, time of its latest event
+        there)``, oldest first; at most ``limit``, counted from ``start``
+        (so the latest ones when ``start`` is after ``end``)."""
         raise NotImplementedError

@@ -357,8 +357,8 @@ function roomEvent(event, replayed) {
   if (!firstSight(event)) return;
   // The first line of a room with an ID is the oldest on the page: the
   // scroll-back asks for what came before it.
-  if (event.offset && !oldest.has(event.room) && (event.type === "chat" || event.type === "action")) {
-    oldest.set(event.room, `${event.epoch}:${event.offset}`);
+  if (event.msgid && !oldest.has(event.room) && (event.type === "chat" || event.type === "action")) {
+    oldest.set(event.room, event.msgid);
   }
   if (event.offset) {
     const where = positions.get(event.room);
@@ -651,8 +651,8 @@ function olderLines(event) {
     const time = new Date(old.time * 1000);
     items.push(lineItem({ time, nick: old.nick, text: old.text, kind: old.type, replayed: true }));
   }
-  const first = event.events.find((old) => old.offset);
-  if (first) oldest.set(room, `${first.epoch}:${first.offset}`);
+  const first = event.events.find((old) => old.msgid);
+  if (first) oldest.set(room, first.msgid);
   if (event.complete || !first) {
     oldest.set(room, "");
     const time = event.events.length ? new Date(event.events[0].time * 1000) : new Date();
