@@ -337,9 +337,9 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
             default=DEFAULT_STATE_DB,
             metavar="FILE",
             help=(
-                "the SQLite database of accounts, registered rooms and whatever plugins keep for good; "
-                "made on first use, by a plugin that needs it (the redis plugin shares the cluster's "
-                "instead) (default: %(default)s)"
+                "the SQLite database of bans, mutes, accounts, registered rooms and whatever plugins keep "
+                "for good; made on first start (the redis plugin shares the cluster's instead) "
+                "(default: %(default)s)"
             ),
         )
     )

@@ -8,8 +8,8 @@ reasons, which pass the same chain: ``ChatServer.leave_reason``). Without
 
 Defends against: a disruptive user (kick; mute, holding the nick and its
 address; ban by nick, address or network, enforced on the spot and at
-connect; bans and mutes surviving a restart with ``--bans-file``, or in the
-state store with ``--bans-in-store``, shared by a cluster's servers);
+connect; bans and mutes kept in the state store, so that they survive a
+restart and are shared by a cluster's servers);
 guessing operator passwords (each failure is logged with the address, never
 the password, and slows the guesser's own thread; three close the
 connection); a stolen operators file (it holds scrypt hashes).
@@ -99,18 +99,8 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
             "--bans-file",
             metavar="FILE",
             help=(
-                "JSON file the bans and mutes are kept in, so they survive a restart "
-                "(created if missing; default: memory only)"
-            ),
-        )
-    )
-    restart_only(
-        group.add_argument(
-            "--bans-in-store",
-            action="store_true",
-            help=(
-                "keep the bans and mutes in the state store (--state-db, or the cluster's with the redis "
-                "plugin) instead; a --bans-file given too is copied into it once, and no longer written"
+                "a bans file of an older chatcore: its bans and mutes are copied into the state store "
+                "(--state-db, or the cluster's), where they are kept now; the file is left as it was"
             ),
         )
     )
@@ -165,18 +155,19 @@ class State:
 
     Bans and mutes change only through the methods below, which a cluster
     plugin may call too (to apply another server's /ban or /mute): each
-    takes the lock, saves the file and returns what to tell the operator
-    if saving failed (None if it worked).
+    takes the lock, saves the change in the state store and returns what to
+    tell the operator if saving failed (None if it worked).
     """
 
     operators: dict[str, str]
-    bans_path: str | None
     bans: list[Ban] = field(default_factory=list)
     mutes: list[Mute] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    #: The state store the bans and mutes are kept in (``--bans-in-store``),
-    #: record by record, or None (the file, or memory only).
+    #: The state store the bans and mutes are kept in, record by record:
+    #: the server's (``--state-db``, or the cluster's), from the start on.
     store: Store | None = None
+    #: The next attempt to read them from a store that did not answer.
+    retry: threading.Timer | None = None
 
     def banned(self, host: str) -> Ban | None:
         try:
@@ -192,9 +183,7 @@ class State:
         with self.lock:
             self.bans = [ban for ban in self.bans if ban.network != network]
             self.bans.append(Ban(network, until, reason, by))
-            if self.store is not None:
-                return _in_store(self.store.put, BAN_KIND, str(network), _ban_record(self.bans[-1]))
-            return _save(self)
+            return _in_store(self.store, "put", BAN_KIND, str(network), _ban_record(self.bans[-1]))
 
     def unban(self, network: Network) -> tuple[bool, str | None]:
         """Lift the ban of exactly ``network``: (whether there was one, unsaved)."""
@@ -202,10 +191,8 @@ class State:
             kept = [ban for ban in self.bans if ban.network != network]
             found = len(kept) != len(self.bans)
             self.bans = kept
-            if self.store is not None:
-                # Deleted whether known here or not: another server may have kept it.
-                return found, _in_store(self.store.delete, BAN_KIND, str(network))
-            return found, _save(self) if found else None
+            # Deleted whether known here or not: another server may have kept it.
+            return found, _in_store(self.store, "delete", BAN_KIND, str(network))
 
     def muted(self, nick: str, host: str) -> Mute | None:
         """The mute holding ``nick`` or the address ``host``, if any."""
@@ -220,9 +207,7 @@ class State:
         with self.lock:
             self.mutes = [mute for mute in self.mutes if mute.nick.casefold() != nick.casefold()]
             self.mutes.append(Mute(nick, _key_of(host), until, by))
-            if self.store is not None:
-                return _in_store(self.store.put, MUTE_KIND, nick.casefold(), _mute_record(self.mutes[-1]))
-            return _save(self)
+            return _in_store(self.store, "put", MUTE_KIND, nick.casefold(), _mute_record(self.mutes[-1]))
 
     def unmute(self, nick: str, host: str = "") -> tuple[int, str | None]:
         """Lift every mute of ``nick`` or of ``host``'s address: (how many, unsaved)."""
@@ -230,39 +215,13 @@ class State:
         with self.lock:
             gone = [mute for mute in self.mutes if mute.holds(nick, address, -1.0)]
             self.mutes = [mute for mute in self.mutes if not mute.holds(nick, address, -1.0)]
-            lifted = len(gone)
-            if self.store is not None:
-                unsaved = None
-                for mute in gone:
-                    unsaved = _in_store(self.store.delete, MUTE_KIND, mute.nick.casefold()) or unsaved
-                return lifted, unsaved
-            return lifted, _save(self) if lifted else None
-
-    def save(self) -> None:
-        """Write the bans file (under the lock); atomic: a crash leaves the old one."""
-        if self.bans_path is None or self.store is not None:
-            return
-        now = time.time()
-        records = {
-            "bans": [
-                {"network": str(ban.network), "until": ban.until, "reason": ban.reason, "by": ban.by}
-                for ban in self.bans
-                if ban.active(now)
-            ],
-            "mutes": [
-                {"nick": mute.nick, "address": mute.address, "until": mute.until, "by": mute.by}
-                for mute in self.mutes
-                if mute.until > now
-            ],
-        }
-        temporary = f"{self.bans_path}.tmp"
-        with open(temporary, "w", encoding="utf-8") as file:
-            json.dump(records, file, indent=1)
-        os.replace(temporary, self.bans_path)
+            unsaved = None
+            for mute in gone:
+                unsaved = _in_store(self.store, "delete", MUTE_KIND, mute.nick.casefold()) or unsaved
+            return len(gone), unsaved
 
 
-#: The state store's kinds (``--bans-in-store``): a ban by its network, a
-#: mute by its nick (folded).
+#: The state store's kinds: a ban by its network, a mute by its nick (folded).
 BAN_KIND = "ban"
 MUTE_KIND = "mute"
 
@@ -275,10 +234,13 @@ def _mute_record(mute: Mute) -> dict[str, Any]:
     return {"nick": mute.nick, "address": mute.address, "until": mute.until, "by": mute.by}
 
 
-def _in_store(change: Callable[..., object], *args: Any) -> str | None:
-    """Make one change in the store; what to tell the operator if it failed."""
+def _in_store(store: Store | None, change: str, *args: Any) -> str | None:
+    """Make one change (``"put"``, ``"delete"``) in the store; what to tell
+    the operator if it failed (the change is in force all the same)."""
+    if store is None:  # before the start: nothing is said or done yet
+        return None
     try:
-        change(*args)
+        getattr(store, change)(*args)
     except StoreError as exc:
         log.error("cannot keep the bans and mutes in the state store: %s", exc)
         return f"in force, but not saved to the state store ({exc}): it may not survive a restart"
@@ -365,49 +327,89 @@ def chatcore_configure(config: Config) -> None:
     options = config.options
     operators = _read_operators(options.opers_file) if options.opers_file else {}
     bans, mutes = _read_bans(options.bans_file) if options.bans_file else ([], [])
-    state = config.data[NAME] = State(operators, options.bans_file, bans, mutes)
-    if options.bans_in_store:
-        return  # the store is the server's: opened at start (chatcore_server_start)
-    try:
-        state.save()  # now, so that a file that cannot be written is found at start, not at the first /ban
-    except OSError as exc:
-        raise UsageError(f"--bans-file {options.bans_file}: cannot write it ({exc.strerror})") from None
+    # The store is the server's: opened at start (chatcore_server_start).
+    config.data[NAME] = State(operators, bans, mutes)
+
+
+#: Seconds between attempts to read the bans and mutes from a state store
+#: that did not answer at start (the cluster's Redis, down), at most.
+STORE_RETRY_MAX = 30.0
 
 
 @hookimpl
 def chatcore_server_start(server: ChatServer) -> None:
-    """With ``--bans-in-store``: the bans and mutes are the store's; a
-    ``--bans-file`` is copied into it (the file is left as it was)."""
+    """The bans and mutes are the state store's; a ``--bans-file`` (where an
+    older chatcore kept them) is copied into it, and left as it was."""
     options = server.config.options
-    if not options.bans_in_store:
-        return
     state = _state(server)
-    store = server.store  # a refused database stops the start here, with its message
-    try:
-        for ban in state.bans:
-            store.put(BAN_KIND, str(ban.network), _ban_record(ban))
-        for mute in state.mutes:
-            store.put(MUTE_KIND, mute.nick.casefold(), _mute_record(mute))
-        bans, mutes = _from_store(store)
-    except StoreError as exc:
-        raise UsageError(f"--bans-in-store: the state store cannot be read ({exc}); try again later") from None
-    if options.bans_file:
+    if options.bans_file and os.path.exists(options.bans_file):
         log.warning(
-            "--bans-file %s: its %d bans and %d mutes are now kept in the state store (--bans-in-store); "
+            "--bans-file %s: its %d bans and %d mutes are now kept in the state store; "
             "the file is left as it was and no longer written: remove --bans-file from the configuration",
             options.bans_file,
             len(state.bans),
             len(state.mutes),
         )
+    elif options.bans_file:
+        log.warning(
+            "--bans-file %s: no such file, nothing to copy; bans and mutes are kept in the state store: "
+            "remove --bans-file from the configuration",
+            options.bans_file,
+        )
+    store = server.store  # a refused database stops the start here, with its message
     with state.lock:
-        state.bans, state.mutes, state.store = bans, mutes, store
+        state.store = store
+    _read_store(state, store, 1.0)
+
+
+@hookimpl
+def chatcore_server_stop(server: ChatServer) -> None:
+    retry = _state(server).retry
+    if retry is not None:
+        retry.cancel()
+
+
+def _read_store(state: State, store: Store, delay: float) -> None:
+    """Take the bans and mutes in force from the store, after saving there
+    those known here only (a --bans-file's, or given while it did not
+    answer). A store that does not answer (the cluster's Redis is down)
+    does not stop the server: it starts with what it has, and tries again
+    after ``delay`` seconds, doubled each time."""
+    with state.lock:
+        bans, mutes = list(state.bans), list(state.mutes)
+    try:
+        for ban in bans:
+            store.put(BAN_KIND, str(ban.network), _ban_record(ban))
+        for mute in mutes:
+            store.put(MUTE_KIND, mute.nick.casefold(), _mute_record(mute))
+        kept_bans, kept_mutes = _from_store(store)
+    except StoreError as exc:
+        log.error(
+            "the bans and mutes in the state store cannot be read (%s): in force here are only those given "
+            "from now on; trying again in %.0fs",
+            exc,
+            delay,
+        )
+        state.retry = threading.Timer(delay, _read_store, (state, store, min(2 * delay, STORE_RETRY_MAX)))
+        state.retry.daemon = True
+        state.retry.start()
+        return
+    with state.lock:
+        # Given while this read was under way: kept too.
+        networks = {ban.network for ban in kept_bans}
+        nicks = {mute.nick.casefold() for mute in kept_mutes}
+        state.bans = kept_bans + [ban for ban in state.bans if ban.network not in networks]
+        state.mutes = kept_mutes + [mute for mute in state.mutes if mute.nick.casefold() not in nicks]
+        state.retry = None
+    if delay > 1.0:
+        log.warning("the bans and mutes in the state store are read, and in force")
 
 
 @hookimpl
 def chatcore_reload(server: ChatServer, new: argparse.Namespace) -> Callable[[], None]:
     # The operators file is read again (a bad one keeps the running list);
-    # operators logged in stay logged in until they leave. The bans file is
-    # the plugin's own record, written as bans change: not reread.
+    # operators logged in stay logged in until they leave. The bans and
+    # mutes are the state store's: not reread.
     operators = _read_operators(new.opers_file) if new.opers_file else {}
 
     def apply() -> None:
@@ -731,17 +733,6 @@ def _done(client: Client, text: str, unsaved: str | None) -> None:
     client.notice(text)
     if unsaved:
         client.error(unsaved)
-
-
-def _save(state: State) -> str | None:
-    """Save the bans and mutes (the caller holds the lock); what to tell
-    the operator if that failed (the change is in force all the same)."""
-    try:
-        state.save()
-    except OSError as exc:
-        log.error("cannot write the bans file %s: %s", state.bans_path, exc.strerror)
-        return f"in force, but not saved to the bans file ({exc.strerror}): it will not survive a restart"
-    return None
 
 
 def _unban(client: Client, oper: str, args: str) -> None:

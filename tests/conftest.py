@@ -1,3 +1,4 @@
+import os
 import sys
 
 import pytest
@@ -7,6 +8,27 @@ pytest_plugins = ["chatcore.testing"]
 # Locust needs Python 3.11+. On 3.10 the smoke test is not collected at all
 # (rather than skipped); everywhere else a missing Locust fails it.
 collect_ignore = ["test_loadtest_smoke.py"] if sys.version_info < (3, 11) else []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_db_of_the_session(tmp_path_factory):
+    """Servers that live longer than a test (module fixtures) keep their
+    state in the session's folder, not in the working directory."""
+    before = os.environ.get("CHATCORE_STATE_DB")
+    os.environ["CHATCORE_STATE_DB"] = str(tmp_path_factory.mktemp("state") / "chatcore-state.db")
+    yield
+    if before is None:
+        del os.environ["CHATCORE_STATE_DB"]
+    else:
+        os.environ["CHATCORE_STATE_DB"] = before
+
+
+@pytest.fixture(autouse=True)
+def _state_db_of_its_own(tmp_path, monkeypatch):
+    """Every test's servers keep their state (bans, mutes, accounts) in a
+    database of the test's own, not in ./chatcore-state.db where one test's
+    ban would refuse the next test's clients. ``--state-db`` still wins."""
+    monkeypatch.setenv("CHATCORE_STATE_DB", str(tmp_path / "chatcore-state.db"))
 
 
 @pytest.fixture

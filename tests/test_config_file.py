@@ -26,11 +26,12 @@ else:
 
 
 @pytest.fixture(autouse=True)
-def _no_chatcore_variables(monkeypatch):
+def _no_chatcore_variables(monkeypatch, tmp_path):
     """The tests' own environment must not leak into the servers they start."""
     for name in list(os.environ):
         if name.startswith("CHATCORE_"):
             monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # where the default --state-db goes
 
 
 @pytest.fixture
