@@ -202,7 +202,8 @@ def chatcore_client_joined(client: Client, room: str) -> None:
     history = _history(client.server)
     # The cluster's history of the room, where the backplane keeps one;
     # else what this server saw.
-    events = history.events(client.server, room)[-history.lines.replayed(room) :]
+    count = history.lines.replayed(room)
+    events = history.events(client.server, room, count)[-count:]
     if events:
         client.send(Replay(room, tuple(events)))
 
@@ -399,13 +400,14 @@ class History:
                 self._trim()
             return list(events)
 
-    def events(self, server: ChatServer, room: str) -> list[RoomEvent]:
-        """The room's kept events, oldest first: the cluster's, where the
-        backplane keeps them (the same on every server), else this server's.
-        A private conversation's are this server's."""
+    def events(self, server: ChatServer, room: str, limit: int = 0) -> list[RoomEvent]:
+        """The room's kept events, oldest first (the last ``limit`` at
+        least, if given: a cluster reads no more): the cluster's, where the
+        backplane keeps them (the same on every server), else this
+        server's. A private conversation's are this server's."""
         if room.startswith(CONVERSATION):
             return self.replay(room)
-        events = server.backplane.history(room, self.lines(room))
+        events = server.backplane.history(room, limit or self.lines(room))
         return self.replay(room) if events is None else events
 
     def conversations(self, start: float, end: float) -> list[tuple[str, float]]:
