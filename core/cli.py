@@ -353,7 +353,8 @@ def hash_token(args: Sequence[str]) -> int:
             "Make a new random token for the api plugin and print it and its hash; with --stdin, read a "
             "token from the first line of stdin and print only its hash. The hash goes in --api-token "
             "NAME:SCOPES:HASH (configuration file or CHATCORE_API_TOKEN); the token goes to the program "
-            "that uses the API, and is stored nowhere."
+            "that uses the API, and is stored nowhere. An incoming webhook's secret is made the same way: "
+            "its hash goes in --webhook-in hash=..., and the token ends its URL, /hooks/TOKEN (docs/webhooks.md)."
         ),
         epilog="Example: chatcore hash-token, then api-token = ['mybot:read+post:sha256$...'] in chatcore.toml",
     )
@@ -376,7 +377,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "client": (client, "chat from this terminal"),
     "plugins": (plugins, "list the installed plugins and the hooks they implement"),
     "hash-password": (hash_password, "read a password and print its hash for the password and operator files"),
-    "hash-token": (hash_token, "make a token for the api plugin and print it and its hash"),
+    "hash-token": (hash_token, "make a token for the api plugin or a webhook's secret, and print it and its hash"),
 }
 
 

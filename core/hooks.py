@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from chatcore.engine.server import ChatServer
     from chatcore.events import RoomEvent
     from chatcore.message import Message
+    from chatcore.routes import Route
     from chatcore.transports import Scheme
 
 log = logging.getLogger("chatcore.plugins")
@@ -329,6 +330,21 @@ class Hooks:
                 raise PluginError(plugin, "chatcore_schemes", exc) from exc
         return found
 
+    def api_routes(self, server: ChatServer) -> list[Route]:
+        """Every plugin's HTTP routes (``chatcore_api_routes``); a failure,
+        or two routes with one prefix, stops the start."""
+        found: dict[str, Route] = {}
+        for plugin, call in self._impls["chatcore_api_routes"]:
+            try:
+                result = call({"server": server})
+                for route in _routes(result) if result is not None else ():
+                    if route.prefix in found:
+                        raise ValueError(f"two plugins serve the HTTP paths under {route.prefix}")
+                    found[route.prefix] = route
+            except Exception as exc:
+                raise PluginError(plugin, "chatcore_api_routes", exc) from exc
+        return list(found.values())
+
     def account_service(self, server: ChatServer) -> AccountService | None:
         """A plugin's account service, or None (a failing plugin is logged and skipped)."""
         from chatcore.engine.accounts import AccountService
@@ -382,6 +398,15 @@ def _schemes(result: Any) -> list[Scheme]:
     if not all(isinstance(scheme, Scheme) for scheme in schemes):
         raise TypeError(f"chatcore_schemes must return a list of chatcore.transports.Scheme, not {result!r}")
     return schemes
+
+
+def _routes(result: Any) -> list[Route]:
+    from chatcore.routes import Route
+
+    routes = list(result)
+    if not all(isinstance(route, Route) for route in routes):
+        raise TypeError(f"chatcore_api_routes must return a list of chatcore.routes.Route, not {result!r}")
+    return routes
 
 
 def _help_entries(result: Any) -> list[tuple[str, str]]:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from chatcore.engine.server import ChatServer
     from chatcore.events import RoomEvent
     from chatcore.message import Message
+    from chatcore.routes import Route
     from chatcore.transports import Scheme
 
 # ---------------------------------------------------------------------------
@@ -369,6 +370,27 @@ def chatcore_schemes() -> list[Scheme] | None:
     concurrently (see :mod:`chatcore.wire`).
 
     .. versionadded:: 0.2
+    """
+
+
+@hookspec
+def chatcore_api_routes(server: ChatServer) -> list[Route] | None:
+    """HTTP paths a plugin serves on the ``api`` plugin's listeners
+    (``http://``, ``https://``), beside the API's own under ``/api/``.
+
+    :param server: the server being started.
+    :return: :class:`~chatcore.routes.Route` objects: a path prefix outside
+        ``/api/`` (``"/hooks/"``) and the function that answers the
+        requests under it. Two routes with the same prefix are a start-up
+        error. The api plugin reads each request (its size limit and
+        deadline apply), calls the route's handler and answers its result
+        as JSON; without the api plugin nobody asks.
+
+    Called once, on the thread that starts the server, by the api plugin's
+    ``chatcore_server_start``. The handlers are called on the HTTP
+    connections' reader threads, concurrently.
+
+    .. versionadded:: 0.5
     """
 
 

@@ -35,6 +35,11 @@ that no reader serves and that is in no room, named after the token, and
 the message goes through ``server.broadcast_message`` or
 ``server.send_private`` like any other: counted, filtered, delivered to
 native, IRC and web users alike, kept by the history plugin.
+
+Other plugins' paths: a plugin's ``chatcore_api_routes`` gives path
+prefixes outside ``/api/`` (:class:`chatcore.routes.Route`) and their
+handlers; their requests are read here with the same limits, and the
+handler's answer is sent as JSON (the webhooks plugin's ``/hooks/``).
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from chatcore.config import secret
 from chatcore.events import Error, Event
 from chatcore.message import Message
 from chatcore.names import nick_problem, room_problem
+from chatcore.routes import HttpError, HttpRequest, Route
 from chatcore.transports import Scheme, Transport
 from chatcore.version import __version__
 from chatcore.wire import Protocol, WireFormat
@@ -444,8 +450,12 @@ def chatcore_server_start(server: ChatServer) -> None:
                 port,
                 len(state.tokens),
             )
+    # Other plugins' paths beside /api/ (chatcore_api_routes): the webhooks' /hooks/.
+    state.routes = server.hooks.api_routes(server)
+    for route in state.routes:
+        log.info("api: %s... also served: %s", route.prefix, route.description or "a plugin's paths")
     if not state.tokens:
-        log.warning("api: no --api-token is configured, so every request but /api/openapi.json is refused")
+        log.warning("api: no --api-token is configured, so every request under /api/ but openapi.json is refused")
     state.start()
 
 
@@ -468,6 +478,8 @@ class ApiState:
         self.rate = rate
         self.burst = burst
         self.message_in = _validator("MessageIn")
+        #: Other plugins' routes (chatcore_api_routes), set at start.
+        self.routes: list[Route] = []
         self._connections: weakref.WeakSet[ApiProtocol] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -703,7 +715,7 @@ class ApiProtocol(Protocol):
         except _Answer as error:
             self._send_error(error)
         except Exception:  # a bug here: say so, and keep serving the others
-            log.exception("api: %s %r failed", request.method.decode("ascii", "replace"), request.target)
+            log.exception("api: %s %r failed", request.method.decode("ascii", "replace"), self._loggable(request))
             self._send_error(_Answer(500, "the server failed to answer this; its log says why"), close=True)
         else:
             self._send(status, json.dumps(answer).encode("utf-8"))
@@ -745,6 +757,9 @@ class ApiProtocol(Protocol):
         target = request.target.decode("ascii", "replace").partition("?")[0]
         method = request.method.decode("ascii", "replace")
         parts = [unquote(part, errors="replace") if "%" in part else part for part in target.split("/")]
+        route = self._plugin_route(target)
+        if route is not None:
+            return self._call_route(route, request, target, body)
         if target == "/api/openapi.json":
             self._allow(method, "GET")
             return 200, OPENAPI
@@ -776,6 +791,27 @@ class ApiProtocol(Protocol):
             token = self._authorize(request, "post")
             return 201, self._tell(token, path[1], self._message(request, body))
         raise _Answer(404, f"no such endpoint {target}: the paths are in /api/openapi.json")
+
+    def _plugin_route(self, path: str) -> Route | None:
+        for route in self._state.routes:
+            if path.startswith(route.prefix):
+                return route
+        return None
+
+    def _loggable(self, request: h11.Request) -> str:
+        """The request's target as the log may show it: a secret path
+        (a webhook's URL is its credential) as its route's prefix only."""
+        target = request.target.decode("ascii", "replace")
+        route = self._plugin_route(target.partition("?")[0])
+        return f"{route.prefix}..." if route is not None and route.secret_path else target
+
+    def _call_route(self, route: Route, request: h11.Request, path: str, body: bytes) -> tuple[int, Any]:
+        query = request.target.decode("ascii", "replace").partition("?")[2]
+        method = request.method.decode("ascii", "replace")
+        try:
+            return route.handler(HttpRequest(method, path, query, tuple(request.headers), body, self.client))
+        except HttpError as error:
+            raise _Answer(error.status, error.text, error.headers) from None
 
     @staticmethod
     def _allow(method: str, allowed: str) -> None:

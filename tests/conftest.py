@@ -24,11 +24,12 @@ def _state_db_of_the_session(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _state_db_of_its_own(tmp_path, monkeypatch):
+def _state_db_of_its_own(tmp_path_factory, monkeypatch):
     """Every test's servers keep their state (bans, mutes, accounts) in a
     database of the test's own, not in ./chatcore-state.db where one test's
     ban would refuse the next test's clients. ``--state-db`` still wins."""
-    monkeypatch.setenv("CHATCORE_STATE_DB", str(tmp_path / "chatcore-state.db"))
+    # Not in tmp_path: tests check what their servers leave there.
+    monkeypatch.setenv("CHATCORE_STATE_DB", str(tmp_path_factory.mktemp("state") / "chatcore-state.db"))
 
 
 @pytest.fixture

@@ -25,7 +25,9 @@ from test_web import trickle_headers
 from chatcore import UsageError, hookimpl
 from chatcore.cli import main
 from chatcore.engine.server import ChatServer
+from chatcore.hooks import PluginError
 from chatcore.plugins import api as api_module
+from chatcore.routes import HttpError, HttpRequest, Route
 from chatcore.testing import LineClient, ServerFactory, wait_for
 
 READ = "read-token-0123456789abcdefghij"
@@ -408,3 +410,64 @@ def test_a_failing_endpoint_answers_500_and_the_server_goes_on(api, monkeypatch)
     assert status == 500
     assert "log says why" in error["error"]
     assert call(server, "GET", "/api/rooms", READ)[0] == 200
+
+
+class EchoRoutes:
+    """Two routes of a plugin beside /api/: one echoes the request, one
+    (a secret path) fails."""
+
+    @hookimpl
+    def chatcore_api_routes(self, server: ChatServer) -> list[Route]:
+        def echo(request: HttpRequest) -> tuple[int, Any]:
+            if request.method != "POST":
+                raise HttpError(405, "POST only", [(b"Allow", b"POST")])
+            return 202, {
+                "path": request.path,
+                "query": request.query,
+                "type": request.content_type,
+                "body": request.body.decode(),
+                "from": request.client.address[0],
+            }
+
+        def broken(request: HttpRequest) -> tuple[int, Any]:
+            raise RuntimeError("a bug")
+
+        return [Route("/echo/", echo, "echoes"), Route("/private/", broken, secret_path=True)]
+
+
+def test_a_plugin_serves_paths_beside_the_api(chat_server_factory, caplog):
+    server = chat_server_factory(
+        "--plugins", "api", "--listen", "http://127.0.0.1:0", "--api-token", TOKENS[0], plugins=[EchoRoutes()]
+    )
+    body = {"a": 1}
+    status, answer, _ = call(server, "POST", "/echo/x%20y?k=v", body=body)
+    assert status == 202
+    assert answer == {
+        "path": "/echo/x%20y",
+        "query": "k=v",
+        "type": "application/json",
+        "body": json.dumps(body),
+        "from": "127.0.0.1",
+    }
+    status, error, response = call(server, "GET", "/echo/x")
+    assert (status, error, response.getheader("Allow")) == (405, {"error": "POST only"}, "POST")
+    # The API's own paths are unchanged, and its limits hold for the plugin's too.
+    assert call(server, "GET", "/api/rooms", READ)[0] == 200
+    assert call(server, "POST", "/echo/x", body=b"x" * (api_module.MAX_BODY_BYTES + 1))[0] == 413
+    with caplog.at_level("DEBUG"):
+        status, error, _ = call(server, "POST", "/private/the-secret-part", body={})
+    assert status == 500
+    assert "/private/..." in caplog.text
+    assert "the-secret-part" not in caplog.text
+
+
+def test_routes_are_checked():
+    with pytest.raises(ValueError, match="api plugin's own"):
+        Route("/api/mine/", lambda request: (200, {}))
+    with pytest.raises(ValueError, match="starts and ends"):
+        Route("/hooks", lambda request: (200, {}))
+
+
+def test_two_plugins_serving_one_prefix_stop_the_start(chat_server_factory):
+    with pytest.raises(PluginError, match="two plugins serve the HTTP paths under /echo/"):
+        chat_server_factory("--plugins", "api", "--listen", "http://127.0.0.1:0", plugins=[EchoRoutes(), EchoRoutes()])

@@ -302,7 +302,10 @@ def test_kicks_bans_and_idle_connections_are_counted_by_cause(chat_server_factor
 
     wait_for(kick_and_ban_counted, message="the kick and the ban counted, once each")
 
-    quiet = chat_server_factory("--plugins", "metrics", "--metrics-port", "0", "--idle-timeout", "1")
+    # A state database of its own: the first server's ban of 127.0.0.1 is kept in its database.
+    quiet = chat_server_factory(
+        "--plugins", "metrics", "--metrics-port", "0", "--idle-timeout", "1", "--state-db", str(tmp_path / "quiet.db")
+    )  # fmt: skip
     idler = chat_client(quiet)
     assert idler.wait_closed(timeout=10)[-1].startswith("! disconnected: idle for 1 seconds")
 

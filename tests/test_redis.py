@@ -1365,26 +1365,29 @@ def _refused(address: tuple[str, int], source: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_server_started_while_redis_is_down_takes_the_clusters_bans_when_it_answers(cluster, tmp_path):
+def test_a_server_started_while_redis_is_down_takes_the_clusters_bans_when_it_answers(
+    redis_server, cluster, tmp_path
+):
     """The bans and mutes live in the cluster's state store (issue 28): a
-    server that starts while Redis is down starts all the same, and puts
-    the stored bans in force once Redis answers (not through the
+    server that starts while Redis cannot be reached starts all the same,
+    and puts the stored bans in force once Redis answers (not through the
     moderation stream: this ban was never said there)."""
-    redis = RedisServer(tmp_path / "redis")  # not started yet
-    one = cluster(redis.url, "127.0.0.1")
-    one.expect_log(re.compile(r"the bans and mutes in the state store cannot be read .*trying again in 1s"))
-    assert _refused(one.address, "127.0.0.3") == []  # no ban known yet
-    redis.start()
+    bans = tmp_path / "bans.json"
+    ban = {"network": "127.0.0.3/32", "until": None, "reason": "from the store", "by": "x"}
+    bans.write_text(json.dumps({"bans": [ban], "mutes": []}))
+    two = cluster(redis_server.url, "127.0.0.1", "--bans-file", str(bans))  # copies it into the store
+    assert _refused(two.address, "127.0.0.3") == ["! you are banned from this server: from the store"]
+    proxy = Proxy(("127.0.0.1", redis_server.port))
     try:
-        bans = tmp_path / "bans.json"
-        ban = {"network": "127.0.0.3/32", "until": None, "reason": "from the store", "by": "x"}
-        bans.write_text(json.dumps({"bans": [ban], "mutes": []}))
-        two = cluster(redis.url, "127.0.0.1", "--bans-file", str(bans))  # copies it into the store
-        assert _refused(two.address, "127.0.0.3") == ["! you are banned from this server: from the store"]
+        proxy.partition()  # Redis refuses this server's connections
+        one = cluster(proxy.url, "127.0.0.1")
+        one.expect_log(re.compile(r"the bans and mutes in the state store cannot be read .*trying again in 1s"))
+        assert _refused(one.address, "127.0.0.3") == []  # not known here yet
+        proxy.heal()
         one.expect_log(re.compile("the bans and mutes in the state store are read, and in force"), timeout=30)
         assert _refused(one.address, "127.0.0.3") == ["! you are banned from this server: from the store"]
     finally:
-        redis.stop()
+        proxy.close()
 
 
 @pytest.mark.slow
