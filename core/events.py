@@ -69,10 +69,12 @@ __all__ = [
     "Notice",
     "OperatorChanged",
     "PrivateMessage",
+    "PrivateTags",
     "Replay",
     "RoomEvent",
     "RoomList",
     "RoomNotice",
+    "Tagged",
     "TopicChanged",
     "Welcome",
     "kick_text",
@@ -139,12 +141,19 @@ class Chat(RoomEvent):
         never get an automatic reply, what bots and services say). IRC
         clients get it as ``NOTICE``; native and web clients see chat (the
         web's ``chat`` has ``"notice": true``).
+    :ivar tags: client-only tags the sender attached, as IRCv3 writes them
+        (``+draft/reply=e1:7``; :mod:`chatcore.wire.tags`), or ``""``:
+        relayed to IRC clients with ``message-tags``.
+    :ivar account: the account the sender was logged in to, or ``""`` (IRC's
+        ``account-tag``).
     """
 
     nick: str
     text: str
     user: str = field(default="", kw_only=True)
     notice: bool = field(default=False, kw_only=True)
+    tags: str = field(default="", kw_only=True)
+    account: str = field(default="", kw_only=True)
 
     # The identity may be given by position too: the engine makes one of
     # these per message, and keywords cost a fifth of the call.
@@ -158,11 +167,22 @@ class Chat(RoomEvent):
         time: float = 0.0,
         user: str = "",
         notice: bool = False,
+        tags: str = "",
+        account: str = "",
         origin: str = "",
     ) -> None:
         # The fields the dataclass declares, in one step (see the module docstring).
         self.__dict__.update(
-            room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user, notice=notice
+            room=room,
+            offset=offset,
+            epoch=epoch,
+            time=time,
+            nick=nick,
+            text=text,
+            user=user,
+            notice=notice,
+            tags=tags,
+            account=account,
         )
         if origin:  # else the class's default: one entry fewer to set per message
             self.__dict__["origin"] = origin
@@ -172,11 +192,12 @@ class Chat(RoomEvent):
 class Action(RoomEvent):
     """``nick`` did ``text`` with ``/me`` (native: ``* nick text``). Sent to
     its sender too, unless the sender's wire format does not echo actions
-    (IRC clients show their own)."""
+    (IRC clients show their own). ``account``: as :attr:`Chat.account`."""
 
     nick: str
     text: str
     user: str = field(default="", kw_only=True)
+    account: str = field(default="", kw_only=True)
 
     def __init__(  # noqa: PLR0917
         self,
@@ -187,22 +208,43 @@ class Action(RoomEvent):
         epoch: str = "",
         time: float = 0.0,
         user: str = "",
+        account: str = "",
         origin: str = "",
     ) -> None:
-        self.__dict__.update(room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user)
+        self.__dict__.update(
+            room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user, account=account
+        )
         if origin:
             self.__dict__["origin"] = origin
 
 
 @dataclass(frozen=True)
+class Tagged(RoomEvent):
+    """``nick`` sent the room client-only ``tags`` without text (IRC's
+    ``TAGMSG``: ``+typing=active`` while typing, ``+draft/react`` reactions),
+    as IRCv3 writes them (:mod:`chatcore.wire.tags`). Not sent back to its
+    sender. IRC clients with ``message-tags`` get the ``TAGMSG``; the web
+    page shows ``+typing`` as who is typing; native clients see nothing."""
+
+    nick: str
+    tags: str
+    user: str = field(default="", kw_only=True)
+    account: str = field(default="", kw_only=True)
+
+
+@dataclass(frozen=True)
 class Joined(RoomEvent):
-    """``nick`` entered the room (native: ``* nick joined``)."""
+    """``nick`` entered the room (native: ``* nick joined``), logged in to
+    ``account`` (or ``""``), with the real name it gave (``realname``, IRC's
+    ``USER``; ``""`` for none): IRC's ``extended-join`` shows both."""
 
     batched: ClassVar[bool] = True
     changes_state: ClassVar[bool] = True
 
     nick: str
     user: str = field(default="", kw_only=True)
+    account: str = field(default="", kw_only=True)
+    realname: str = field(default="", kw_only=True)
 
 
 def parse_msgid(msgid: str) -> tuple[str, int] | None:
@@ -362,7 +404,9 @@ class PrivateMessage(Event):
     The recipient gets it with ``echo=False`` (native: ``*sender* text``), the
     sender a copy with ``echo=True`` (native: ``-> *recipient* text``).
     ``notice``: said as a notice (IRC's ``NOTICE nick``), which IRC clients
-    get as ``NOTICE``.
+    get as ``NOTICE``. ``tags``: client-only tags the sender attached, as
+    :attr:`Chat.tags`. ``msgid``: the message's ID, the same on both copies
+    (IRC's ``msgid`` tag); ``""`` for one from another server.
     """
 
     sender: str
@@ -370,6 +414,19 @@ class PrivateMessage(Event):
     text: str
     echo: bool = False
     notice: bool = False
+    tags: str = ""
+    msgid: str = ""
+
+
+@dataclass(frozen=True)
+class PrivateTags(Event):
+    """``sender`` sent ``recipient`` client-only ``tags`` without text (IRC's
+    ``TAGMSG nick``); only IRC clients with ``message-tags`` show anything."""
+
+    sender: str
+    recipient: str
+    tags: str
+    msgid: str = ""
 
 
 @dataclass(frozen=True)

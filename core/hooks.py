@@ -270,6 +270,10 @@ class Hooks:
     def client_left(self, client: Client, room: str, reason: str) -> None:
         self._call_each("chatcore_client_left", {"client": client, "room": room, "reason": reason})
 
+    def account_changed(self, client: Client, old: str) -> None:
+        if self._impls["chatcore_account_changed"]:
+            self._call_each("chatcore_account_changed", {"client": client, "old": old})
+
     # -- messages and commands ----------------------------------------------
 
     def message(self, message: Message) -> None:

@@ -203,6 +203,23 @@ def chatcore_client_joined(client: Client, room: str) -> None:
 
 
 @hookspec
+def chatcore_account_changed(client: Client, old: str) -> None:
+    """A client logged in to an account, out of one, or was logged out (its
+    account dropped): ``client.account`` is the account now (``""``: none).
+
+    :param client: the client, registered or not yet (IRC's SASL logs in
+        during registration).
+    :param old: the account it was logged in to before, or ``""``.
+
+    Called on whichever thread changed it (the client's own for a login;
+    an operator's for a drop), after the change. Calls for different
+    clients overlap. The IRC plugin tells channel peers (account-notify).
+
+    .. versionadded:: 0.3
+    """
+
+
+@hookspec
 def chatcore_client_left(client: Client, room: str, reason: str) -> None:
     """A client left a room: by disconnecting, or by /part, PART or a kick.
 

@@ -35,12 +35,21 @@ class Message:
     :ivar recipient: the client a private message goes to; ``None`` for chat
         and actions.
     :ivar rejected: ``None``, or the reason a filter gave for rejecting it.
+    :ivar tags: client-only tags the sender attached to chat, as IRCv3 writes
+        them (:attr:`chatcore.events.Chat.tags`), or ``""``.
     """
 
-    __slots__ = ("kind", "recipient", "rejected", "room", "sender", "text")
+    __slots__ = ("kind", "recipient", "rejected", "room", "sender", "tags", "text")
 
     def __init__(
-        self, sender: Client, room: str, text: str, kind: MessageKind = "chat", *, recipient: Client | None = None
+        self,
+        sender: Client,
+        room: str,
+        text: str,
+        kind: MessageKind = "chat",
+        *,
+        recipient: Client | None = None,
+        tags: str = "",
     ) -> None:
         self.sender = sender
         self.room = room
@@ -48,6 +57,7 @@ class Message:
         self.kind: MessageKind = kind
         self.recipient = recipient
         self.rejected: str | None = None
+        self.tags = tags
 
     def reject(self, reason: str) -> None:
         """Stop this message: it is not delivered, and only the sender sees

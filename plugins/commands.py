@@ -1,5 +1,5 @@
 """The built-in commands: /nick, /join, /part, /rooms, /who, /topic, /mode,
-/kick, /invite, /msg, /me, /help, /ping and /quit.
+/kick, /invite, /msg, /me, /help, /ping, /timestamps and /quit.
 
 Always on, and an ordinary plugin all the same: every command goes through
 ``chatcore_command`` exactly as a third-party plugin's would, and the
@@ -16,7 +16,7 @@ from chatcore import Client, Message, hookimpl
 from chatcore.engine.rooms import LIST_MODES, ModeError, parse_modes
 from chatcore.events import Members, RoomList
 from chatcore.names import nick_problem, room_problem
-from chatcore.wire.native import NO_ROOM
+from chatcore.wire.native import NO_ROOM, NativeFormat, TimedNativeFormat
 
 HELP = [
     ("/nick NAME", "change your nickname"),
@@ -35,6 +35,7 @@ HELP = [
     ("/me TEXT", "say TEXT as an action: * you TEXT"),
     ("/help", "list the commands"),
     ("/ping", "the server answers * pong (to check the connection)"),
+    ("/timestamps [on|off]", "put the time each line was said before it: [2026-12-06T23:59:01Z] <bob> hi (UTC)"),
     ("/quit [REASON]", "leave the chat; the others see the reason"),
 ]
 
@@ -251,6 +252,23 @@ def _ping(client: Client, args: str) -> None:
     client.notice("pong")
 
 
+def _timestamps(client: Client, args: str) -> None:
+    """``/timestamps on|off``: this connection's room lines and private
+    messages with the time they were said before them (a format of their
+    own, :class:`~chatcore.wire.native.TimedNativeFormat`)."""
+    wanted = args.strip().lower()
+    if not isinstance(client.wire, NativeFormat):
+        client.error("/timestamps is for native connections (IRC clients: CAP REQ server-time)")
+        return
+    if wanted not in ("on", "off", ""):
+        client.error("usage: /timestamps [on|off]")
+        return
+    if wanted:
+        client.server.registry.change_wire(client, client.wire.with_timestamps(wanted == "on"))
+    state = "on" if isinstance(client.wire, TimedNativeFormat) else "off"
+    client.notice(f"timestamps are {state}")
+
+
 def _quit(client: Client, args: str) -> None:
     client.disconnect(client.server.leave_reason(client, args, "quit"), notice="goodbye", cause="quit")
 
@@ -269,5 +287,6 @@ _COMMANDS: dict[str, Callable[[Client, str], None]] = {
     "me": _me,
     "help": _help,
     "ping": _ping,
+    "timestamps": _timestamps,
     "quit": _quit,
 }

@@ -25,9 +25,12 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import dataclasses
 import fnmatch
 import re
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -48,10 +51,12 @@ from chatcore.events import (
     Notice,
     OperatorChanged,
     PrivateMessage,
+    PrivateTags,
     Replay,
     RoomEvent,
     RoomList,
     RoomNotice,
+    Tagged,
     TopicChanged,
     Welcome,
 )
@@ -63,9 +68,11 @@ from chatcore.transports import Scheme
 from chatcore.wire import Protocol, WireFormat
 from chatcore.wire.framing import CRLFLineFraming
 from chatcore.wire.native import event_line, sanitize
+from chatcore.wire.tags import MAX_CLIENT_TAGS, client_tags, parse_tags, tag_text
 
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
+    from chatcore.engine.server import ChatServer
 
 DEFAULT_PORT = 6667
 DEFAULT_TLS_PORT = 6697
@@ -92,6 +99,10 @@ AWAYLEN = 200
 KICKLEN = 255
 QUITLEN = 255
 PARTLEN = 255
+#: A real name's length (USER, SETNAME), in characters.
+REALNAMELEN = 100
+#: The longest label kept (IRCv3 labeled-response: clients send short ones).
+MAX_LABEL = 64
 #: RPL_ISUPPORT tokens in one 005 line.
 ISUPPORT_PER_LINE = 10
 #: Targets in one ISON or USERHOST.
@@ -115,7 +126,7 @@ def channel(room: str) -> str:
 
 
 #: Commands whose last parameter is text: always sent as a trailing one.
-_TEXT_COMMANDS = frozenset({"PRIVMSG", "NOTICE", "PART", "QUIT", "ERROR", "PONG", "KICK", "TOPIC"})
+_TEXT_COMMANDS = frozenset({"PRIVMSG", "NOTICE", "PART", "QUIT", "ERROR", "PONG", "KICK", "TOPIC", "AWAY", "SETNAME"})
 
 
 def irc_line(prefix: str | None, command: str, *params: str) -> str:
@@ -199,6 +210,40 @@ def safe_lines(lines: Iterable[str]) -> list[bytes]:
     return out
 
 
+# -- IRCv3 message tags ------------------------------------------------------------
+
+
+def server_time(seconds: float) -> str:
+    """The ``time`` tag's form (IRCv3 server-time): ``2026-12-06T23:59:01.123Z``, UTC."""
+    millis = int(seconds * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
+
+
+def with_tags(lines: Iterable[bytes], tags: str) -> list[bytes]:
+    """``lines`` (as :func:`safe_lines` makes them) with ``tags`` (as
+    :func:`tag_text` writes them) put before the tags they have."""
+    if not tags:
+        return list(lines)
+    data = tags.encode("utf-8", "replace")
+    return [b"@" + data + b";" + line[1:] if line[:1] == b"@" else b"@" + data + b" " + line for line in lines]
+
+
+def batch_lines(
+    server: str, ref: str, kind: str, params: Iterable[str], lines: Iterable[bytes], *, tags: str = ""
+) -> list[bytes]:
+    """``lines`` in one IRCv3 batch: ``BATCH +ref kind params``, each line
+    tagged ``batch=ref``, then ``BATCH -ref``. ``tags`` go on the opening
+    line (a ``label``, labeled-response). Lines as :func:`safe_lines` makes
+    them; :meth:`IRCProtocol.send_batch` picks the reference and sends
+    them plainly to a client without the ``batch`` capability."""
+    opening = safe_lines([" ".join([f":{server}", "BATCH", f"+{ref}", kind, *params])])
+    return [
+        *with_tags(opening, tags),
+        *with_tags(lines, f"batch={ref}"),
+        *safe_lines([f":{server} BATCH -{ref}"]),
+    ]
+
+
 # -- rendering ------------------------------------------------------------------
 
 
@@ -225,6 +270,8 @@ class IRCFormat(WireFormat):
 
     name = "irc"
     echoes_actions = False  # IRC clients show their own /me
+    #: The capabilities this format renders for (:meth:`with_caps`): none.
+    caps: frozenset[str] = frozenset()
 
     def __init__(
         self, server: str = DEFAULT_SERVER_NAME, network: str = DEFAULT_NETWORK, framing: Any = CRLFLineFraming
@@ -234,9 +281,41 @@ class IRCFormat(WireFormat):
         #: How the lines travel, below this codec (chatcore.wire.framing):
         #: CR LF ended over TCP; a WebSocket's text messages would do too.
         self.framing = framing
+        #: The format without capabilities, which the scheme has.
+        self.plain: IRCFormat = self
+        self._variants: dict[frozenset[str], IRCFormat] = {}
+
+    def with_caps(self, caps: Iterable[str]) -> IRCFormat:
+        """The format for a client that enabled ``caps``: this plain one if
+        none of them changes how room events look (:data:`RENDERING_CAPS`),
+        else one :class:`TaggedIRCFormat` per set of those, shared by every
+        client that has the same set. A room's event is then rendered once
+        per set, not once per client, and the plain path is untouched."""
+        plain = self.plain
+        key = frozenset(caps) & RENDERING_CAPS
+        if not key:
+            return plain
+        variant = plain._variants.get(key)
+        if variant is None:  # made at most once per set (setdefault keeps the first of two racing)
+            variant = plain._variants.setdefault(key, TaggedIRCFormat(plain, key))
+        return variant
+
+    def variants(self) -> list[IRCFormat]:
+        """The formats made for sets of capabilities so far."""
+        return list(self.plain._variants.values())
 
     def encode(self, event: RoomEvent) -> bytes:
         return self.frame(self.room_lines(event))
+
+    def event_lines(self, event: RoomEvent) -> list[bytes]:
+        """:meth:`encode`'s lines, unframed (as :func:`safe_lines` makes them):
+        for a batch of events (CHATHISTORY) or a labeled answer."""
+        return safe_lines(self.room_lines(event))
+
+    def line_tags(self, when: float | None = None) -> str:
+        """The tags of a line for one client that is not a room event's (a
+        private message, a JOIN of its own): none here."""
+        return ""
 
     def frame(self, lines: Iterable[str]) -> bytes:
         """Lines as the bytes sent, made safe (:func:`safe_lines`) and framed."""
@@ -363,6 +442,89 @@ class IRCFormat(WireFormat):
         return [*lines, self.numeric(nick, "323", "End of /LIST")]
 
 
+#: The capabilities that change how a room's events look to a client, or
+#: whether it gets its own back: a client with any of them gets the
+#: :class:`TaggedIRCFormat` for its set.
+RENDERING_CAPS = frozenset({"account-tag", "echo-message", "extended-join", "message-tags", "server-time"})
+
+
+def _private_id() -> str:
+    """The ID of a private message to oneself (as the engine gives others)."""
+    return f"pm-{uuid.uuid4().hex}"
+
+
+def account_name(account: str) -> str:
+    """An account as IRC shows it in a parameter (extended-join, ACCOUNT):
+    ``*`` for none, and for one that could break the line (from the cluster)."""
+    return account if account and user_problem(account) is None else "*"
+
+
+class TaggedIRCFormat(IRCFormat):
+    """:class:`IRCFormat` for clients that enabled some of
+    :data:`RENDERING_CAPS`: room lines carry the IRCv3 tags they asked for
+    (``time`` with ``server-time``, ``msgid`` with ``message-tags``), and
+    with ``echo-message`` the client gets its own messages back. One per
+    set of capabilities (:meth:`IRCFormat.with_caps`), so the engine keeps
+    one feed per set in a room, and renders each event once per set.
+
+    :ivar plain: the format without capabilities it was made from.
+    """
+
+    def __init__(self, plain: IRCFormat, caps: frozenset[str]) -> None:
+        super().__init__(plain.server, plain.network, plain.framing)
+        self.plain = plain
+        self.caps = caps
+        self.echoes_messages = "echo-message" in caps
+        self._time = "server-time" in caps
+        self._msgid = "message-tags" in caps
+        self._account = "account-tag" in caps
+        self._extended_join = "extended-join" in caps
+
+    def room_lines(self, event: RoomEvent) -> list[str]:
+        if self._extended_join and isinstance(event, Joined):
+            return [self.extended_join(event.nick, event.user, event.room, event.account, event.realname)]
+        return super().room_lines(event)
+
+    def extended_join(self, nick: str, user: str, room: str, account: str, realname: str) -> str:
+        """A JOIN with the account (``*`` for none) and the real name
+        (IRCv3 extended-join)."""
+        return irc_line(self.mask(nick, user), "JOIN", channel(room), account_name(account), realname or nick)
+
+    def event_tags(self, event: RoomEvent) -> str:
+        """The tags of ``event``'s lines: its time and its ID, the same on
+        every server of a cluster (an event delayed by an outage keeps the
+        time it was said at)."""
+        tags = []
+        if self._time:
+            tags.append(("time", server_time(event.time or time.time())))
+        if self._msgid:
+            if event.offset:
+                tags.append(("msgid", event.msgid))
+            if isinstance(event, (Chat, Tagged)) and event.tags:  # a client's own, checked again
+                tags.extend(client_tags(event.tags).items())
+        if self._account and isinstance(event, (Chat, Action, Tagged)) and event.account:
+            tags.append(("account", event.account))
+        return tag_text(tags)
+
+    def event_lines(self, event: RoomEvent) -> list[bytes]:
+        if isinstance(event, Tagged):  # tags alone: for clients that take tags (message-tags)
+            if not self._msgid:
+                return []
+            tagmsg = [irc_line(self.mask(event.nick, event.user), "TAGMSG", channel(event.room))]
+            return with_tags(safe_lines(tagmsg), self.event_tags(event))
+        return with_tags(safe_lines(self.room_lines(event)), self.event_tags(event))
+
+    def encode(self, event: RoomEvent) -> bytes:
+        framed: bytes = self.framing.frame(self.event_lines(event))
+        return framed
+
+    def line_tags(self, when: float | None = None) -> str:
+        return tag_text([("time", server_time(time.time() if when is None else when))]) if self._time else ""
+
+    def __repr__(self) -> str:
+        return f"<TaggedIRCFormat {self.name!r} {','.join(sorted(self.caps))}>"
+
+
 # -- reading ----------------------------------------------------------------------
 
 
@@ -454,9 +616,33 @@ def _sasl_offer(protocol: IRCProtocol) -> str | None:
     return None if protocol.client.server.accounts is None else ",".join(SASL_MECHANISMS)
 
 
+def _always(protocol: IRCProtocol) -> str:
+    return ""
+
+
 #: Every capability chatcore knows, by name: later IRCv3 work adds its own
 #: entry here, and negotiation (LS, REQ, ACK, NAK, LIST, END) is the same for all.
-CAPABILITIES: dict[str, Capability] = {"sasl": Capability("sasl", _sasl_offer)}
+#: Those that change how room events look are also in :data:`RENDERING_CAPS`.
+CAPABILITIES: dict[str, Capability] = {
+    capability.name: capability
+    for capability in (
+        Capability("account-notify", _always),
+        Capability("account-tag", _always),
+        Capability("away-notify", _always),
+        Capability("batch", _always),
+        Capability("cap-notify", _always),
+        Capability("echo-message", _always),
+        Capability("extended-join", _always),
+        Capability("invite-notify", _always),
+        Capability("labeled-response", _always),
+        Capability("message-tags", _always),
+        Capability("multi-prefix", _always),
+        Capability("sasl", _sasl_offer),
+        Capability("server-time", _always),
+        Capability("setname", _always),
+        Capability("userhost-in-names", _always),
+    )
+}
 
 _PASSWORD_FIRST = "Password required: send PASS before NICK and USER"
 _NICK_REFUSED = {"nick_taken": "Nickname is already in use", "nick_invalid": "Erroneous nickname"}
@@ -474,6 +660,10 @@ class IRCProtocol(Protocol):
     """One IRC connection: registration, then commands (docs/irc.md)."""
 
     __slots__ = (
+        "_advertised",
+        "_answer",
+        "_answering",
+        "_batches",
         "_cap_negotiating",
         "_framer",
         "_nick",
@@ -481,6 +671,7 @@ class IRCProtocol(Protocol):
         "_registered",
         "_sasl",
         "_sasl_data",
+        "_tags",
         "caps",
         "state",
         "wire",
@@ -497,6 +688,12 @@ class IRCProtocol(Protocol):
         self._password: str | None = None
         #: The capabilities this client enabled (``CAP REQ``).
         self.caps: set[str] = set()
+        self._batches = 0  # batch references given on this connection
+        self._tags: dict[str, str] = {}  # the tags of the line being handled
+        self._answer: list[bytes] | None = None  # a labeled answer being made ...
+        self._answering = 0  # ... on this thread
+        #: What the client was offered last (CAP LS, NEW, DEL), with cap-notify.
+        self._advertised: frozenset[str] = frozenset(name for name in CAPABILITIES)
         self._sasl = ""  # the mechanism of a SASL exchange under way
         self._sasl_data = ""
         self.state = IRCState()
@@ -512,14 +709,21 @@ class IRCProtocol(Protocol):
 
     def data_received(self, data: bytes) -> None:
         client = self.client
-        for raw in self._framer.feed(data):
+        for received in self._framer.feed(data):
             if client.closed:
                 return
-            if raw is None:
+            if received is None:
                 self.reply("417", f"Input line was too long (the limit is {MAX_LINE} bytes)")
                 continue
-            # 512 bytes with CR LF, as RFC 1459 says, after IRCv3 tags (up to 8191 bytes).
-            if len(raw.partition(b" ")[2] if raw.startswith(b"@") else raw) > MAX_LINE - 2:
+            tags, raw = b"", received
+            if received.startswith(b"@"):
+                tags, _, raw = received.partition(b" ")
+                raw = raw.lstrip(b" ")
+                if len(tags) - 1 > MAX_CLIENT_TAGS:  # the tags without their "@" (IRCv3 message-tags)
+                    self.reply("417", f"Input line was too long (the limit for tags is {MAX_CLIENT_TAGS} bytes)")
+                    continue
+            # 512 bytes with CR LF, as RFC 1459 says, after the tags.
+            if len(raw) > MAX_LINE - 2:
                 self.reply("417", f"Input line was too long (the limit is {MAX_LINE} bytes)")
                 continue
             parsed = parse(decode(raw))
@@ -528,7 +732,39 @@ class IRCProtocol(Protocol):
                 # IRC servers do it); PONG answers the server and is free.
                 if parsed[0] != "PONG" and not _paced(client):
                     return
-                self.handle(*parsed)
+                self._tags = parse_tags(decode(tags[1:])) if tags else {}
+                try:
+                    label = self._tags.get("label") if "labeled-response" in self.caps else None
+                    if label and parsed[0] != "QUIT":  # a QUIT's answer is the closing link
+                        self._labeled(label, *parsed)
+                    else:
+                        self.handle(*parsed)
+                finally:
+                    self._tags = {}
+
+    def _labeled(self, label: str, command: str, params: list[str]) -> None:
+        """Handle a line that has a ``label`` (IRCv3 labeled-response): what
+        this thread sends the client meanwhile is kept, then sent with the
+        label: one line tagged, several in a ``labeled-response`` batch,
+        none as ``ACK``. Lines other threads send (what others say) go out
+        as usual, unlabeled."""
+        if len(label) > MAX_LABEL:
+            label = label[:MAX_LABEL]
+        self._answer, self._answering = [], threading.get_ident()
+        try:
+            self.handle(command, params)
+        finally:
+            answer, self._answer = self._answer, None
+        tag = tag_text([("label", label)])
+        if not answer:
+            lines = with_tags(safe_lines([irc_line(self.wire.server, "ACK")]), tag)
+        elif len(answer) == 1:
+            lines = with_tags(answer, tag)
+        elif "batch" in self.caps:
+            lines = batch_lines(self.wire.server, self._batch_ref(), "labeled-response", [], answer, tags=tag)
+        else:  # labeled-response asks for batch; without it, the answer plainly
+            lines = answer
+        self.send_lines(lines)
 
     # -- output --
 
@@ -537,50 +773,120 @@ class IRCProtocol(Protocol):
         return self.client.nick if self._registered else "*"
 
     def send(self, lines: Iterable[str]) -> None:
-        self.client.send_data(self.wire.frame(lines))
+        self.send_lines(safe_lines(lines))
+
+    def send_lines(self, lines: list[bytes]) -> None:
+        """Send lines as :func:`safe_lines` makes them: framed, or kept for
+        the labeled answer being made (:meth:`_labeled`) when this is the
+        client's own thread answering a line with a ``label``."""
+        if self._answer is not None and threading.get_ident() == self._answering:
+            self._answer.extend(lines)
+        elif lines:
+            self.client.send_data(self.wire.framing.frame(lines))
+
+    def send_batch(self, kind: str, params: Iterable[str], lines: list[bytes]) -> None:
+        """Send ``lines`` (as :func:`safe_lines` or :meth:`IRCFormat.event_lines`
+        make them) as one IRCv3 batch of type ``kind`` (``chathistory``,
+        with ``params`` such as the channel), under a reference unique on
+        this connection; to a client without the ``batch`` capability, the
+        lines alone. For example, history::
+
+            lines = [line for event in events for line in self.wire.event_lines(event)]
+            self.send_batch("chathistory", [channel(room)], lines)
+        """
+        if "batch" in self.caps:
+            lines = batch_lines(self.wire.server, self._batch_ref(), kind, params, lines)
+        self.send_lines(lines)
+
+    def _batch_ref(self) -> str:
+        self._batches += 1
+        return f"b{self._batches}"
 
     def reply(self, code: str, *params: str) -> None:
         self.send([self.wire.numeric(self.nick, code, *params)])
 
     def render(self, event: Event) -> bytes:
-        """What this client is told alone, as IRC lines."""
+        """What this client is told alone, as IRC lines (:meth:`render_lines`);
+        kept for the labeled answer being made, as :meth:`send_lines` does."""
+        lines = self.render_lines(event)
+        if (
+            self._answer is not None
+            and threading.get_ident() == self._answering
+            and not isinstance(event, Disconnected)
+        ):
+            self._answer.extend(lines)
+            return b""
+        if not lines:
+            return b""
+        framed: bytes = self.wire.framing.frame(lines)
+        return framed
+
+    def render_lines(self, event: Event) -> list[bytes]:
+        """:meth:`render`'s lines, unframed (as :func:`safe_lines` makes them)."""
         client = self.client
         wire = self.wire
         nick = client.nick or "*"
         if isinstance(event, Joined) and event.nick == client.nick:  # its own join (the engine's join_room)
-            return wire.frame(self.join_lines(event.room))
-        if isinstance(event, RoomEvent):  # its own PART or KICK, and what a room says
-            return wire.encode(event)
+            join, *rest = self.join_lines(event.room)
+            return [*with_tags(safe_lines([join]), wire.line_tags()), *safe_lines(rest)]
+        if isinstance(event, RoomEvent):  # its own PART, KICK or echoed message, and what a room says
+            return wire.event_lines(event)
+        lines: list[str]
         if isinstance(event, Welcome):  # sent by admit(): the registration burst
-            return wire.frame(wire.welcome_lines(nick, event.lines, client.user, client.server.max_rooms_per_client))
-        if isinstance(event, Invited):
-            return wire.frame([irc_line(self._mask_of(event.by), "INVITE", client.nick, channel(event.room))])
-        if isinstance(event, Notice):
-            return wire.frame(wire.notice_lines(nick, event.text))
-        if isinstance(event, Disconnected):  # the engine's last word: the link closes
+            lines = wire.welcome_lines(nick, event.lines, client.user, client.server.max_rooms_per_client)
+        elif isinstance(event, Invited):
+            lines = [irc_line(self._mask_of(event.by), "INVITE", client.nick, channel(event.room))]
+        elif isinstance(event, Notice):
+            lines = wire.notice_lines(nick, event.text)
+        elif isinstance(event, Disconnected):  # the engine's last word: the link closes
             # A KILL too: ERROR alone, as IRC servers send it (a KICK of one
             # channel would say the victim stays in its others).
-            return wire.frame([irc_line(None, "ERROR", f"Closing Link: disconnected: {event.reason}")])
-        if isinstance(event, Error):
+            lines = [irc_line(None, "ERROR", f"Closing Link: disconnected: {event.reason}")]
+        elif isinstance(event, Error):
             if not client.nick:  # before registration an error is a refusal: the link closes
-                return wire.frame([irc_line(None, "ERROR", f"Closing Link: {event.text}")])
-            return wire.frame(wire.notice_lines(nick, f"error: {event.text}"))
-        if isinstance(event, PrivateMessage):
-            if event.echo:  # IRC clients show what they sent themselves
-                return b""
+                lines = [irc_line(None, "ERROR", f"Closing Link: {event.text}")]
+            else:
+                lines = wire.notice_lines(nick, f"error: {event.text}")
+        elif isinstance(event, PrivateMessage):
+            # IRC clients show what they sent themselves, unless they asked
+            # for it back (echo-message).
+            if event.echo and not wire.echoes_messages:
+                return []
             command = "NOTICE" if event.notice else "PRIVMSG"
-            return wire.frame(text_lines(f":{self._mask_of(event.sender)} {command} {event.recipient}", event.text))
-        if isinstance(event, Members):
-            return wire.frame(self.names_lines(event.room, event.nicks))
-        if isinstance(event, RoomList):
-            return wire.frame(wire.list_lines(nick, [(room, count, "") for room, count in event.rooms]))
-        if isinstance(event, Replay):
-            lines: list[str] = []
+            lines = text_lines(f":{self._mask_of(event.sender)} {command} {event.recipient}", event.text)
+            return with_tags(safe_lines(lines), self._private_tags(event))
+        elif isinstance(event, PrivateTags):
+            if "message-tags" not in self.caps:
+                return []
+            tagmsg = safe_lines([irc_line(self._mask_of(event.sender), "TAGMSG", event.recipient)])
+            return with_tags(tagmsg, self._private_tags(event))
+        elif isinstance(event, Members):
+            lines = self.names_lines(event.room, event.nicks)
+        elif isinstance(event, RoomList):
+            lines = wire.list_lines(nick, [(room, count, "") for room, count in event.rooms])
+        elif isinstance(event, Replay):
+            lines = []
             for line in map(event_line, event.events):
                 if line is not None:
                     lines.extend(wire.notice_lines(channel(event.room), f"[history] {line}"))
-            return wire.frame(lines)
-        return b""
+        else:
+            return []
+        return safe_lines(lines)
+
+    def _private_tags(self, event: PrivateMessage | PrivateTags) -> str:
+        """The tags of a private message or TAGMSG for this client: its time
+        (``server-time``), with ``message-tags`` its ID and the sender's
+        client-only tags, and the sender's account (``account-tag``)."""
+        tags = [self.wire.line_tags()]
+        if "message-tags" in self.caps:
+            if event.msgid:
+                tags.append(tag_text([("msgid", event.msgid)]))
+            tags.append(tag_text(client_tags(event.tags).items()))
+        if "account-tag" in self.caps:
+            member = self.client.server.registry.find(event.sender)
+            if member is not None and member.account:
+                tags.append(tag_text([("account", member.account)]))
+        return ";".join(filter(None, tags))
 
     def _mask_of(self, nick: str) -> str:
         """The prefix of someone on this server, by nickname (their user name from the registry)."""
@@ -592,17 +898,24 @@ class IRCProtocol(Protocol):
         ``+`` for a voiced member, else ``""``."""
         server = self.client.server
         state = server.rooms.get(room)
-        prefix = state.prefix(nick) if state is not None else ""
-        if not prefix:
+        if state is not None and "multi-prefix" in self.caps:  # every prefix, highest first
+            folded = nick.casefold()
+            prefix = ("@" if folded in state.operators else "") + ("+" if folded in state.voiced else "")
+        else:
+            prefix = state.prefix(nick) if state is not None else ""
+        if not prefix.startswith("@"):
             member = server.registry.find(nick)
-            if member is not None and operator_name(member) is not None:
-                prefix = "@"
+            if member is not None and operator_name(member) is not None and (not prefix or "multi-prefix" in self.caps):
+                prefix = "@" + prefix
         return prefix
 
     def names_lines(self, room: str, nicks: Iterable[str]) -> list[str]:
-        """353 and 366 for ``room``, operators marked ``@`` and voiced members ``+``."""
+        """353 and 366 for ``room``, operators marked ``@`` and voiced members
+        ``+`` (both, with ``multi-prefix``), as ``nick!user@host`` with
+        ``userhost-in-names``."""
         state = self.client.server.rooms.get(room)
-        shown = [self.prefix_of(room, nick) + nick for nick in nicks]
+        name = self._mask_of if "userhost-in-names" in self.caps else str
+        shown = [self.prefix_of(room, nick) + name(nick) for nick in nicks]
         return self.wire.names_lines(self.client.nick, room, shown, secret=state is not None and "s" in state.flags)
 
     def topic_lines(self, room: str) -> list[str]:
@@ -619,8 +932,13 @@ class IRCProtocol(Protocol):
     def join_lines(self, room: str) -> list[str]:
         """What this client sees when it enters ``room``: its JOIN, the topic and the names."""
         client = self.client
+        wire = self.wire
+        if isinstance(wire, TaggedIRCFormat) and "extended-join" in wire.caps:
+            join = wire.extended_join(client.nick, client.user, room, client.account, client.realname)
+        else:
+            join = irc_line(wire.mask(client.nick, client.user), "JOIN", channel(room))
         return [
-            irc_line(self.wire.mask(client.nick, client.user), "JOIN", channel(room)),
+            join,
             *self.topic_lines(room),
             *self.names_lines(room, client.server.nicks_in(room)),
         ]
@@ -673,6 +991,9 @@ class IRCProtocol(Protocol):
                 self._cap_negotiating = True  # registration waits for CAP END
             values = len(params) > 1 and params[1].isdigit() and int(params[1]) >= 302
             offered = self._offered()
+            if values:  # 302 implies cap-notify (IRCv3 capability negotiation)
+                self.caps.add("cap-notify")
+            self._advertised = frozenset(offered)
             self._cap_reply(
                 "LS", " ".join(f"{name}={value}" if values and value else name for name, value in offered.items())
             )
@@ -692,6 +1013,7 @@ class IRCProtocol(Protocol):
                     self.caps.discard(name[1:])
                 else:
                     self.caps.add(name)
+            self._rewire()  # before the ACK: the lines after it are in the new format
             self._cap_reply("ACK", asked)
         elif sub == "END":
             if self._cap_negotiating:
@@ -700,6 +1022,42 @@ class IRCProtocol(Protocol):
                 self._try_register()
         else:
             self.reply("410", sub, "Invalid CAP command")
+
+    def offer_changed(self) -> None:
+        """Tell a client with ``cap-notify`` what is offered now that was
+        not (``CAP NEW``) and what is not any more (``CAP DEL``, which also
+        disables it), after the server's configuration changed
+        (:func:`capabilities_changed`)."""
+        if "cap-notify" not in self.caps:
+            return
+        offered = self._offered()
+        gone = sorted(name for name in self._advertised if name not in offered)
+        new = [name for name in offered if name not in self._advertised]
+        self._advertised = frozenset(offered)
+        if gone:
+            self.caps.difference_update(gone)
+            self._cap_reply("DEL", " ".join(gone))
+            self._rewire()
+        if new:
+            values = {name: value for name, value in offered.items() if name in new}
+            self._cap_reply("NEW", " ".join(f"{name}={value}" if value else name for name, value in values.items()))
+
+    def client_tags(self) -> str:
+        """The client-only tags of the line being handled, as events carry
+        them (``+typing=active``), if this client enabled ``message-tags``:
+        without it, a client's tags are not relayed (IRCv3 message-tags)."""
+        if not self._tags or "message-tags" not in self.caps:
+            return ""
+        return tag_text(client_tags(self._tags).items())
+
+    def _rewire(self) -> None:
+        """Render room events for this client in the format of its
+        capabilities (:meth:`IRCFormat.with_caps`) from the next line on,
+        in every channel it is in."""
+        wire = self.wire.with_caps(self.caps)
+        if wire is not self.wire:
+            self.client.server.registry.change_wire(self.client, wire)
+            self.wire = wire
 
     def authenticate(self, params: list[str]) -> None:
         """SASL (IRCv3 ``sasl`` 3.1): ``AUTHENTICATE PLAIN`` or ``EXTERNAL``,
@@ -794,7 +1152,7 @@ class IRCProtocol(Protocol):
             return
         self.state.username = user_name(params[0]) or "user"
         self.client.user = self.state.username  # carried by the events it causes: its prefix everywhere
-        self.client.realname = clean(params[3])[:100]  # the engine's: WHOWAS shows it after the client left
+        self.client.realname = clean(params[3])[:REALNAMELEN]  # the engine's: WHOWAS shows it after the client left
         self._try_register()
 
     def _try_register(self) -> None:
@@ -996,6 +1354,7 @@ class IRCProtocol(Protocol):
             self.reply("403", name, "No such channel")
         elif refusal is None:
             self.reply("341", nick, name)
+            self._invite_notify(room, nick)
         elif refusal.reason == "not_in_room":
             self.reply("442", name, "You're not on that channel")
         elif refusal.reason == "already_in_room":
@@ -1006,6 +1365,20 @@ class IRCProtocol(Protocol):
             self._notice(f"{nick} is on another server, and the invitation could not be sent there: {refusal.text}")
         else:
             self.reply("401", nick, "No such nick/channel")
+
+    def _invite_notify(self, room: str, nick: str) -> None:
+        """Tell the channel's operators here with ``invite-notify`` (but the
+        inviter) who was invited (IRCv3 invite-notify)."""
+        client = self.client
+        state = client.server.rooms.get(room)
+        if state is None:
+            return
+        line = irc_line(self.wire.mask(client.nick, client.user), "INVITE", nick, channel(room))
+        operators = [member for member in client.server.registry.members(room) if state.prefix(member.nick) == "@"]
+        for member in operators:
+            protocol = member.protocol
+            if member is not client and isinstance(protocol, IRCProtocol) and "invite-notify" in protocol.caps:
+                protocol.send_lines(with_tags(safe_lines([line]), protocol.wire.line_tags()))
 
     # -- messages --
 
@@ -1056,9 +1429,14 @@ class IRCProtocol(Protocol):
                 elif not quiet:
                     self.reply("404", target, f"Cannot send to channel: {refused}")
             else:
-                server.broadcast_message(Message(client, room, text, kind))
+                tags = self.client_tags() if kind != "action" else ""
+                server.broadcast_message(Message(client, room, text, kind, tags=tags))
             return
         recipient = server.registry.find(target)
+        tags = self.client_tags()
+        if recipient is client:  # to oneself, as IRC allows: here and back, seen by nobody else
+            self._to_self(PrivateMessage(client.nick, client.nick, text, notice=quiet, tags=tags, msgid=_private_id()))
+            return
         if recipient is not None and not recipient.closed:
             away = irc_state(recipient)
             if away is not None and away.away is not None and not quiet:
@@ -1066,7 +1444,7 @@ class IRCProtocol(Protocol):
         # Every private message's one path: the filter chain, counted and
         # timed, and across a cluster to a nick on another server. Why not
         # is said IRC's way, and never to a NOTICE (RFC 2812 3.3.2).
-        refusal = server.send_private(client, target, text, tell=False, notice=quiet)
+        refusal = server.send_private(client, target, text, tell=False, notice=quiet, tags=tags)
         if refusal is None or quiet:
             return
         if refusal.reason == "no_such_nick":
@@ -1074,8 +1452,43 @@ class IRCProtocol(Protocol):
         else:
             client.error(refusal.text)
 
+    def _to_self(self, event: PrivateMessage | PrivateTags) -> None:
+        """A private message or TAGMSG to its own nick: received, and with
+        echo-message its copy back too (IRCv3 echo-message), which alone is
+        the answer to a labeled line (IRCv3 labeled-response): the copy
+        received is sent past it."""
+        self.client.send_data(self.wire.framing.frame(self.render_lines(event)))
+        if self.wire.echoes_messages:
+            self.client.send(dataclasses.replace(event, echo=True) if isinstance(event, PrivateMessage) else event)
+
     def notice(self, params: list[str]) -> None:
         self.privmsg(params, command="NOTICE")
+
+    def tagmsg(self, params: list[str]) -> None:
+        """``@+typing=active TAGMSG <target>`` (IRCv3 message-tags): client-only
+        tags without text, to a channel's members or to a nick (on this
+        server), who get them if they have ``message-tags``. A client
+        without the capability gets 421, as the command is part of it."""
+        if "message-tags" not in self.caps:
+            self.reply("421", "TAGMSG", "Unknown command (CAP REQ :message-tags first)")
+            return
+        if not self._need(params, 1, "TAGMSG"):
+            return
+        target = params[0].split(",")[0]
+        tags = self.client_tags()
+        server = self.client.server
+        if target.startswith("#"):
+            room = target[1:].lower()
+            if room not in self.client.rooms and (server.rooms.get(room) is None or not self._room_shown(room)):
+                self.reply("403", target, "No such channel")
+            elif tags and (refusal := server.send_tags(self.client, room, tags)) is not None:
+                self.reply("404", target, f"Cannot send to channel: {refusal.text}")
+        elif (recipient := server.registry.find(target)) is None:
+            self.reply("401", target, "No such nick/channel")
+        elif recipient is self.client:
+            self._to_self(PrivateTags(target, target, tags, _private_id()))
+        elif tags:
+            server.send_private_tags(self.client, target, tags)
 
     def _notice(self, text: str) -> None:
         self.send(self.wire.notice_lines(self.nick, text))
@@ -1302,12 +1715,31 @@ class IRCProtocol(Protocol):
 
     def away(self, params: list[str]) -> None:
         text = truncated(clean(params[0]), AWAYLEN) if params else ""
+        client = self.client
+        mask = self.wire.mask(client.nick, client.user)
         if text:
             self.state.away = text
             self.reply("306", "You have been marked as being away")
+            tell_irc_peers(self.client, "away-notify", irc_line(mask, "AWAY", text))
         else:
             self.state.away = None
             self.reply("305", "You are no longer marked as being away")
+            tell_irc_peers(self.client, "away-notify", f":{mask} AWAY")
+
+    def setname(self, params: list[str]) -> None:
+        """``SETNAME :real name`` (IRCv3 setname): the real name WHOIS and
+        WHO show changes; the client (with the capability) and the IRC
+        clients in its channels with ``setname`` are told."""
+        realname = clean(params[0]).strip() if params else ""
+        if not realname or len(realname) > REALNAMELEN:
+            self.send([irc_line(self.wire.server, "FAIL", "SETNAME", "INVALID_REALNAME", "Realname is not valid")])
+            return
+        client = self.client
+        client.realname = realname
+        line = irc_line(self.wire.mask(client.nick, client.user), "SETNAME", realname)
+        if "setname" in self.caps:
+            self.send_lines(with_tags(safe_lines([line]), self.wire.line_tags()))
+        tell_irc_peers(client, "setname", line)
 
     def mode(self, params: list[str]) -> None:
         if not self._need(params, 1, "MODE"):
@@ -1535,6 +1967,20 @@ class IRCProtocol(Protocol):
         client.disconnect(client.server.leave_reason(client, text, "quit"), tell=False)
 
 
+def tell_irc_peers(client: Client, capability: str, line: str, rooms: Iterable[str] | None = None) -> None:
+    """Send ``line`` (about ``client``: AWAY, SETNAME, ACCOUNT) to every IRC
+    client on this server that shares a channel with it (of ``rooms``, or
+    all of its own) and enabled ``capability``. Told to each alone: these
+    are IRC's own notices, which no other protocol shows."""
+    registry = client.server.registry
+    peers = {member for room in (client.rooms if rooms is None else rooms) for member in registry.members(room)}
+    peers.discard(client)
+    for peer in peers:
+        protocol = peer.protocol
+        if isinstance(protocol, IRCProtocol) and capability in protocol.caps:
+            protocol.send_lines(with_tags(safe_lines([line]), protocol.wire.line_tags()))
+
+
 _HANDLERS: dict[str, Handler] = {
     "CAP": IRCProtocol.cap,
     "AUTHENTICATE": IRCProtocol.authenticate,
@@ -1547,7 +1993,9 @@ _HANDLERS: dict[str, Handler] = {
     "JOIN": IRCProtocol.join,
     "PART": IRCProtocol.part,
     "PRIVMSG": IRCProtocol.privmsg,
+    "SETNAME": IRCProtocol.setname,
     "NOTICE": IRCProtocol.notice,
+    "TAGMSG": IRCProtocol.tagmsg,
     "NAMES": IRCProtocol.names,
     "LIST": IRCProtocol.list_,
     "TOPIC": IRCProtocol.topic,
@@ -1590,6 +2038,8 @@ IRC_HELP = {
     "PING": "PING <token>: the server answers PONG <token>",
     "PRIVMSG": "PRIVMSG <target> :<text>: send text to a channel or a user",
     "QUIT": "QUIT [:<reason>]: leave the server",
+    "SETNAME": "SETNAME :<real name>: change your real name (WHOIS shows it)",
+    "TAGMSG": "TAGMSG <target>: send only tags (+typing, +draft/react ...) to a channel or a user (message-tags)",
     "TIME": "TIME: the server's time",
     "TOPIC": "TOPIC <#channel> [:<topic>]: see or set a channel's topic (empty: clear it)",
     "USERHOST": "USERHOST <nick> ...: user and host of these nicks",
@@ -1647,8 +2097,44 @@ def chatcore_configure(config: Config) -> None:
         raise UsageError(f"--irc-network {options.irc_network!r}: use 1 to 32 letters, digits, '_', '-' or '.'")
     for scheme in config.schemes.values():
         if isinstance(scheme.wire, IRCFormat):
-            scheme.wire.server = options.irc_server_name
-            scheme.wire.network = options.irc_network
+            for wire in (scheme.wire, *scheme.wire.variants()):
+                wire.server = options.irc_server_name
+                wire.network = options.irc_network
+
+
+def capabilities_changed(server: ChatServer) -> None:
+    """Tell the IRC clients of ``server`` with ``cap-notify`` which
+    capabilities came and went (:meth:`IRCProtocol.offer_changed`): after
+    a reload, or a plugin that changed what a capability's ``offer``
+    says (accounts that came or went change ``sasl``)."""
+    for client in server.all_connections():
+        protocol = client.protocol
+        if isinstance(protocol, IRCProtocol) and not client.closed:
+            protocol.offer_changed()
+
+
+@hookimpl
+def chatcore_reload(server: ChatServer) -> Callable[[], None]:
+    return lambda: capabilities_changed(server)
+
+
+@hookimpl
+def chatcore_account_changed(client: Client) -> None:
+    """Someone logged in or out (on any protocol): the IRC clients in its
+    channels with account-notify hear ``ACCOUNT name`` (``*``: logged out)."""
+    if client.rooms:
+        mask = IRCFormat.mask(client.nick, client.user)
+        tell_irc_peers(client, "account-notify", irc_line(mask, "ACCOUNT", account_name(client.account)))
+
+
+@hookimpl
+def chatcore_client_joined(client: Client, room: str) -> None:
+    """An IRC client that is away enters a channel: the IRC clients there
+    with away-notify hear it after its JOIN (IRCv3 away-notify)."""
+    protocol = client.protocol
+    if isinstance(protocol, IRCProtocol) and protocol.state.away is not None:
+        mask = protocol.wire.mask(client.nick, client.user)
+        tell_irc_peers(client, "away-notify", irc_line(mask, "AWAY", protocol.state.away), [room])
 
 
 @hookimpl

@@ -70,6 +70,7 @@ from chatcore.events import (
     RoomEvent,
     RoomList,
     RoomNotice,
+    Tagged,
     TopicChanged,
     Welcome,
 )
@@ -79,6 +80,7 @@ from chatcore.transports.listener import format_address
 from chatcore.wire import Protocol, WireFormat
 from chatcore.wire.framing import PING_FRAME, WebSocketFraming, websocket_frame
 from chatcore.wire.native import PASSWORD_REQUIRED, handle_text, own_room_notice, sanitize
+from chatcore.wire.tags import client_tags
 
 if TYPE_CHECKING:
     from chatcore.engine.server import ChatServer
@@ -301,7 +303,17 @@ def _read_static(name: str) -> bytes:
 
 
 def _identity(event: RoomEvent) -> dict[str, Any]:
-    return {"room": event.room, "epoch": event.epoch, "offset": event.offset, "time": event.time, "msgid": event.msgid}
+    return {"room": event.room, "epoch": event.epoch, "offset": event.offset, "msgid": event.msgid, "time": event.time}
+
+
+def _typing(event: Tagged) -> dict[str, Any]:
+    """A typing notice (IRCv3 ``+typing``: ``active``, ``paused`` or ``done``)
+    as ``{"type": "typing", "nick": ..., "state": ...}``; other tags alone
+    (reactions) are not shown: ``{}``, which :func:`event_object` drops."""
+    state = client_tags(event.tags).get("+typing")
+    if state not in ("active", "paused", "done"):
+        return {}
+    return {"type": "typing", "nick": event.nick, "state": state}
 
 
 _ROOM_FIELDS: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
@@ -317,6 +329,7 @@ _ROOM_FIELDS: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
     RoomNotice: lambda e: {"type": "room_notice", "text": e.text},
     TopicChanged: lambda e: {"type": "topic", "nick": e.nick, "topic": e.topic},
     ModeChanged: lambda e: {"type": "mode", "nick": e.nick, "modes": e.modes, "arguments": list(e.arguments)},
+    Tagged: _typing,
 }
 
 
@@ -326,7 +339,8 @@ def event_object(event: Event) -> dict[str, Any] | None:
     render = _ROOM_FIELDS.get(type(event))
     if render is not None:
         assert isinstance(event, RoomEvent)
-        return {**render(event), **_identity(event)}
+        fields = render(event)
+        return {**fields, **_identity(event)} if fields else None
     if isinstance(event, Notice):
         return {"type": "notice", "text": event.text}
     if isinstance(event, Error):

@@ -382,7 +382,10 @@ def test_weechat_end_to_end(server, bob, tmp_path):
     try:
         server_buffer, lobby, dev = "irc.server.chatcore", "irc.chatcore.#lobby", "irc.chatcore.#dev"
         wee.wait_log(server_buffer, r"Welcome to the chatcore IRC network, weeuser!weeuser@chatcore")
-        assert wee.wait_log(lobby, r"has joined #lobby") == "-->\tweeuser (weeuser@chatcore) has joined #lobby"
+        # WeeChat enables extended-join: a JOIN shows the real name too.
+        assert (
+            wee.wait_log(lobby, r"has joined #lobby") == "-->\tweeuser (weeuser) (weeuser@chatcore) has joined #lobby"
+        )
         assert bob.expect(re.compile("joined")) == "* weeuser joined"
 
         wee.command(lobby, "hello from WeeChat")
@@ -397,9 +400,9 @@ def test_weechat_end_to_end(server, bob, tmp_path):
 
         # WeeChat is in #dev too (its autojoin); bob joins it, and they talk in
         # both channels, each line in its own buffer.
-        wee.wait_log(dev, r"weeuser \(weeuser@chatcore\) has joined #dev")
+        wee.wait_log(dev, r"weeuser \(weeuser\) \(weeuser@chatcore\) has joined #dev")
         bob.send("/join dev")
-        wee.wait_log(dev, r"bob \(bob@chatcore\) has joined #dev")
+        wee.wait_log(dev, r"bob \(bob\) \(bob@chatcore\) has joined #dev")
         wee.command(dev, "in dev now")
         assert bob.expect(re.compile("<weeuser>")) == "[dev] <weeuser> in dev now"
         wee.command(lobby, "and in the lobby")
@@ -412,3 +415,43 @@ def test_weechat_end_to_end(server, bob, tmp_path):
         assert wee.proc.wait(TIMEOUT) == 0  # /quit ends WeeChat
     finally:
         wee.stop()
+
+
+def test_weechat_shows_the_servers_time_of_a_line_and_its_own_lines_once(tmp_path, monkeypatch):
+    """WeeChat 3.8 (Debian's) enables server-time and message-tags itself
+    ("*": what both sides support). It does not know echo-message (WeeChat
+    4.0 added it), so it does not ask for it, and shows its own lines once."""
+    monkeypatch.setenv("TZ", "UTC")  # WeeChat's log shows times in its local zone
+    plugins = str(Path(__file__).parent / "plugins")
+    with ServerProcess(
+        "--plugins", "irc,chatcore_testplugins.backdated",
+        "--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0",
+        env={**os.environ, "PYTHONPATH": plugins},
+    ) as proc:  # fmt: skip
+        bob = LineClient(proc.addresses["tcp"])
+        wee = WeeChat(proc.addresses["irc"], "weeuser", tmp_path)
+        try:
+            server_buffer, lobby = "irc.server.chatcore", "irc.chatcore.#lobby"
+            acked = wee.wait_log(server_buffer, r"client capability, enabled: ")
+            assert {"server-time", "message-tags"} <= set(acked.split(": ")[-1].split())
+            assert "echo-message" not in acked
+            wee.wait_log(lobby, r"has joined #lobby")
+            bob.sync()
+            bob.send("/nick bob")
+            bob.expect("* you are now known as bob")
+            # A line said at 2001-02-03 04:05:06 UTC (as one delayed by an outage would be).
+            bob.send("/backdate 981173106.5 from the past")
+            logged = wee.wait_in_file(wee.logs / f"{lobby}.weechatlog", r"from the past$")
+            assert logged == "2001-02-03 04:05:06\t@bob\tfrom the past"  # bob made the room: @
+            wee.command(lobby, "said once")
+            bob.expect("<weeuser> said once")
+            bob.send("after")
+            wee.wait_log(lobby, r"after$")  # everything before it has been shown
+            log = (wee.logs / f"{lobby}.weechatlog").read_text(encoding="utf-8")
+            assert [line.split("\t", 1)[1] for line in log.splitlines() if line.endswith("said once")] == [
+                "weeuser\tsaid once"
+            ]
+        finally:
+            wee.stop()
+            bob.close()
+    assert proc.returncode == 0, proc.stderr

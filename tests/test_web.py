@@ -502,6 +502,7 @@ def test_web_and_native_clients_chat_both_ways(web, clients):
     assert chat["room"] == "lobby"
     assert chat["epoch"] == server.backplane.epoch_of("lobby")
     assert chat["offset"] > 0
+    assert chat["msgid"] == f"{chat['epoch']}:{chat['offset']}"
     assert chat["time"] > 0
     browser.say("/me waves")
     native.expect("* webby waves")
@@ -1073,11 +1074,11 @@ def test_room_events_render_once_as_json_with_their_identity():
     data = WEB.encode(chat)
     assert data[0] == 0x81  # one final text frame
     assert json.loads(data[2:]) == {
-        "type": "chat", "nick": "al", "text": '<b>"hi"</b>', "room": "lobby", "epoch": "e1", "offset": 7, "time": 1.5,
-        "msgid": "e1:7",
+        "type": "chat", "nick": "al", "text": '<b>"hi"</b>', "room": "lobby", "epoch": "e1", "offset": 7,
+        "msgid": "e1:7", "time": 1.5,
     }  # fmt: skip
-    left_frame = WEB.encode(Left("dev", nick="al", reason="slow consumer"))
-    left = json.loads(left_frame[4:] if left_frame[1] == 126 else left_frame[2:])  # a 2-byte length past 125
+    frame = WEB.encode(Left("dev", nick="al", reason="slow consumer"))
+    left = json.loads(frame[4:] if frame[1] == 126 else frame[2:])  # over 125 bytes: a 16-bit length first
     assert left == {**left, "type": "leave", "reason": "slow consumer", "disconnected": True, "offset": 0}
 
 

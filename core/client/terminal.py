@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import calendar
 import contextlib
 import enum
 import os
@@ -78,6 +79,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -98,6 +100,22 @@ PROMPT = "> "
 RECV_SIZE = 65536
 
 PROG = "chatcore client"
+#: The time a line was said, before it, after ``/timestamps on`` (UTC).
+_STAMP = re.compile(r"\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)\] ")
+
+
+def split_stamp(line: str) -> tuple[float | None, str]:
+    """``(when, rest)`` of a line the server timestamped (``[2026-12-06T23:59:01Z]
+    <bob> hi``: seconds since 1970), or ``(None, line)`` for one without."""
+    match = _STAMP.match(line)
+    if match is None:
+        return None, line
+    try:
+        when = float(calendar.timegm(time.strptime(match.group(1), "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:  # a date that does not exist: shown as it came
+        return None, line
+    return when, line[match.end() :]
+
 
 # What signal.signal() returns: the previous handler.
 _SignalHandler: TypeAlias = "Callable[[int, FrameType | None], Any] | int | signal.Handlers | None"
@@ -435,6 +453,11 @@ connection was lost, or (with piped input) the server refused the password,
         metavar="FILE",
         help="the --account password on the first line of FILE",
     )
+    parser.add_argument(
+        "--timestamps",
+        action="store_true",
+        help="show the time each line was said (the server's, in local time: HH:MM) before it (/timestamps on)",
+    )
     return parser
 
 
@@ -488,6 +511,7 @@ def main(args: Sequence[str]) -> int:
         account=account,
         interactive=interactive,
         colour=wants_colour(sys.stdout, os.environ),
+        timestamps=options.timestamps,
     )
     try:
         return asyncio.run(client.run())
@@ -729,6 +753,7 @@ class TerminalClient:
         tls: ssl.SSLContext | None = None,
         password: str | None = None,
         account: tuple[str, str] | None = None,
+        timestamps: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -777,12 +802,21 @@ class TerminalClient:
         self._rooms_asked = True
         #: Draws the prompt again (interactive only).
         self._redraw: Callable[[], None] | None = None
+        #: Whether lines are shown with their time (--timestamps), and the
+        #: answer to the /timestamps sent on connecting is still to come.
+        self.timestamps = timestamps
+        self._timestamps_asked = timestamps
+        #: When the line being shown was said (the server's stamp), or None.
+        self._said_at: float | None = None
 
     # -- output --
 
     def show(self, line: str, kind: Kind) -> None:
+        shown = render(line, kind, self.colour)
+        if self.timestamps:  # the server's time of the line; our own lines: now
+            shown = time.strftime("%H:%M ", time.localtime(self._said_at or time.time())) + shown
         try:
-            print(render(line, kind, self.colour), flush=True)
+            print(shown, flush=True)
         except BrokenPipeError:
             # Whoever read our output is gone (``chatcore client | head``):
             # leave cleanly, and send further output nowhere so that
@@ -805,6 +839,7 @@ class TerminalClient:
 
     def show_server_line(self, line: str) -> None:
         line = sanitize(line)  # a rogue server must not paint on the terminal
+        self._said_at, line = split_stamp(line) if self.timestamps else (None, line)
         if self.rooms.update(line) and self._redraw is not None:
             self._redraw()
         if self._welcome:
@@ -838,6 +873,10 @@ class TerminalClient:
         answers to /pass and /nick."""
         if line.startswith(ERROR):
             text = line[len(ERROR) :]
+            if self._timestamps_asked and text.startswith("unknown command /timestamps"):  # an older server
+                self._timestamps_asked = False
+                self.note("this server does not send the times lines were said: showing when they arrive")
+                return
             if text == PASSWORD_REQUIRED:
                 if self._swallow:  # the answer to our /nick or /ping, refused too
                     self._swallow -= 1
@@ -878,6 +917,9 @@ class TerminalClient:
             return
         if self._rooms_asked and _ROOM_LIST.fullmatch(line):  # ours, sent after connecting; not shown
             self._rooms_asked = False
+            return
+        if self._timestamps_asked and line == "* timestamps are on":  # ours, sent after connecting
+            self._timestamps_asked = False
             return
         if line == f"* you will enter as {self.nick} once the password is given":  # our /nick, before /pass
             self._nick_offered = True
@@ -1031,6 +1073,8 @@ class TerminalClient:
                 await self._send(f"/login {self._account[0]} {self._account[1]}")
             if self.nick is not None and self._password is None:
                 await self._send(f"/nick {self.nick}")
+            if self.timestamps:
+                await self._send("/timestamps on")
             await self._send("/rooms")  # where we are: the prompt shows the current room
             await self._send("/ping")  # the answer marks the end of the welcome
             if self.interactive:

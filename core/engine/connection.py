@@ -75,6 +75,7 @@ class Client:
 
     __slots__ = (
         "__weakref__",
+        "_account",
         "_blocked",
         "_done",
         "_drained",
@@ -90,7 +91,6 @@ class Client:
         "_sendq",
         "_unsent",
         "_writer_done",
-        "account",
         "address",
         "admitted",
         "arrived",
@@ -155,9 +155,7 @@ class Client:
         #: Its current room, one of :attr:`rooms` (where the native
         #: protocol's plain lines go), or ``""`` in none; set by the registry.
         self.room = ""
-        #: The account it is logged in to, or ``""``: set by an accounts
-        #: plugin (the bundled ``accounts``), read by anyone (IRC's WHOIS).
-        self.account = ""
+        self._account = ""  # see the account property
         #: Free-form per-client state for plugins, keyed by plugin name.
         self.data: dict[str, Any] = {}
         #: Why the client is being disconnected (``None`` while connected).
@@ -234,6 +232,20 @@ class Client:
         return len(self._queue) + behind
 
     # -- output -------------------------------------------------------------
+
+    @property
+    def account(self) -> str:
+        """The account it is logged in to, or ``""``: set by an accounts
+        plugin (the bundled ``accounts``), read by anyone (IRC's WHOIS).
+        Setting it to another tells the plugins (``chatcore_account_changed``)."""
+        return self._account
+
+    @account.setter
+    def account(self, name: str) -> None:
+        old, self._account = self._account, name
+        hooks = getattr(self.server, "hooks", None)  # a test's stand-in server may have none
+        if name != old and hooks is not None:
+            hooks.account_changed(self, old)
 
     def send(self, event: Event) -> None:
         """Send an event to this client alone, rendered by its protocol

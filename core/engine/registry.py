@@ -153,6 +153,19 @@ class Registry:
             self._leave(client, room)
             return True
 
+    def change_wire(self, client: Client, wire: WireFormat) -> None:
+        """Render room events for ``client`` with ``wire`` from now on: a
+        protocol whose client asked for other output (IRC capabilities such
+        as ``server-time``: a tagged IRC client is another format). It is
+        moved to ``wire``'s feeds in every room it is in; what it had not
+        had yet of the old ones goes first."""
+        with self._lock:
+            before = client.wire.variant(len(client.rooms))
+            client.wire = wire
+            after = wire.variant(len(client.rooms))
+            if after is not before:
+                self._rewire(client, before, after, client.rooms)
+
     def find(self, nick: str) -> Client | None:
         """The client with this nickname (ignoring case), or None."""
         return self._by_nick.get(nick.casefold())

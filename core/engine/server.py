@@ -46,6 +46,7 @@ import argparse
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,9 @@ from chatcore.events import (
     ModeChanged,
     NickChanged,
     PrivateMessage,
+    PrivateTags,
     RoomEvent,
+    Tagged,
     TopicChanged,
     Welcome,
 )
@@ -554,7 +557,10 @@ class ChatServer:
         if client.room:
             if self.rooms.get(client.room) is None:  # its state, maybe the cluster's, before the join applies
                 self._enter_room(client, client.room)
-            self.stats.delivered(self._publish(Joined(client.room, nick=client.nick, user=client.user), exclude=client))
+            joined = Joined(
+                client.room, nick=client.nick, user=client.user, account=client.account, realname=client.realname
+            )
+            self.stats.delivered(self._publish(joined, exclude=client))
             self.hooks.client_joined(client, client.room)
         return True
 
@@ -612,13 +618,18 @@ class ChatServer:
         now = time.time()
         # Chat is not echoed to its sender; an action is, as the answer to
         # /me, unless the sender's client shows its own actions (IRC).
+        event: RoomEvent
         if message.kind == "action":
-            action = Action(room, sender.nick, message.text, offset, epoch, now, sender.user)
-            recipients = self._publish(action, exclude=None if sender.wire.echoes_actions else sender)
+            event = Action(room, sender.nick, message.text, offset, epoch, now, sender.user, sender.account)
+            recipients = self._publish(event, exclude=None if sender.wire.echoes_actions else sender)
         else:
             notice = message.kind == "notice"
-            chat = Chat(room, sender.nick, message.text, offset, epoch, now, sender.user, notice)
-            recipients = self._publish(chat, exclude=sender)
+            event = Chat(
+                room, sender.nick, message.text, offset, epoch, now, sender.user, notice, message.tags, sender.account
+            )
+            recipients = self._publish(event, exclude=sender)
+        if sender.wire.echoes_messages:  # its own line back, numbered and timed (IRC's echo-message)
+            sender.send(event)
         counts.deliveries += recipients
         if sender.arrived:  # 0.0 for a client no reader has read for (a plugin's)
             counts.observe_latency(time.monotonic() - sender.arrived)
@@ -662,7 +673,11 @@ class ChatServer:
             room = message.room
             epoch, offset = self.backplane.next_position(room)
             sender = message.sender
-            events.append(Chat(room, sender.nick, message.text, offset, epoch, time.time(), sender.user))
+            events.append(
+                Chat(
+                    room, sender.nick, message.text, offset, epoch, time.time(), sender.user, False, "", sender.account
+                )
+            )
             passed.append(message)
         self._publish_together(passed, events, counts)
 
@@ -673,6 +688,9 @@ class ChatServer:
             return
         sender = messages[0].sender
         recipients = self._publish_all(events, exclude=sender)
+        if sender.wire.echoes_messages:
+            for event in events:
+                sender.send(event)
         counts.deliveries += recipients * len(events)
         if sender.arrived:
             latency = time.monotonic() - sender.arrived
@@ -684,7 +702,7 @@ class ChatServer:
         events.clear()
 
     def send_private(
-        self, sender: Client, nick: str, text: str, *, tell: bool = True, notice: bool = False
+        self, sender: Client, nick: str, text: str, *, tell: bool = True, notice: bool = False, tags: str = ""
     ) -> Refusal | None:
         """Send ``text`` from ``sender`` to the person called ``nick`` alone,
         whichever room they are in and, in a cluster, whichever server: the
@@ -702,17 +720,21 @@ class ChatServer:
             nothing at all).
         :param notice: said as a notice (IRC's ``NOTICE nick``): the
             :class:`~chatcore.events.PrivateMessage` has ``notice`` set.
+        :param tags: client-only tags the sender attached (IRC's
+            message-tags), carried to a recipient on this server.
         :return: None once delivered, else a :class:`~chatcore.engine.gate.Refusal`:
             ``"self"``, ``"no_such_nick"``, ``"rejected"`` (by a filter),
             ``"empty"`` (after filtering) or ``"unreachable"`` (on a server
             that cannot be reached now).
         """
-        refusal = self._send_private(sender, nick, text, notice)
+        refusal = self._send_private(sender, nick, text, notice, tags)
         if refusal is not None and tell:
             sender.error(refusal.text)
         return refusal
 
-    def _send_private(self, sender: Client, nick: str, text: str, notice: bool = False) -> Refusal | None:
+    def _send_private(
+        self, sender: Client, nick: str, text: str, notice: bool = False, tags: str = ""
+    ) -> Refusal | None:
         recipient = self.registry.find(nick)
         if recipient is not None and recipient.closed:
             recipient = None
@@ -730,9 +752,11 @@ class ChatServer:
             return Refusal("rejected", message.rejected)
         if not message.text:
             return Refusal("empty", f"your message to {nick} was empty after filtering; it was not sent")
+        # Its ID, on both copies: unique, and never taken for a room's EPOCH:OFFSET.
+        msgid = f"pm-{uuid.uuid4().hex}"
         if recipient is not None:
             nick = recipient.nick
-            recipient.send(PrivateMessage(sender.nick, nick, message.text, notice=notice))
+            recipient.send(PrivateMessage(sender.nick, nick, message.text, notice=notice, tags=tags, msgid=msgid))
         else:
             result = self.backplane.send_private(sender, PrivateMessage(sender.nick, nick, message.text, notice=notice))
             if result is None:
@@ -740,10 +764,45 @@ class ChatServer:
             if isinstance(result, str):
                 return Refusal("unreachable", result)
         counts.deliveries += 1
-        sender.send(PrivateMessage(sender.nick, nick, message.text, echo=True, notice=notice))
+        sender.send(PrivateMessage(sender.nick, nick, message.text, echo=True, notice=notice, tags=tags, msgid=msgid))
         if sender.arrived:
             counts.observe_latency(time.monotonic() - sender.arrived)
         self.hooks.message_delivered(message, 1)
+        return None
+
+    def send_tags(self, sender: Client, room: str, tags: str) -> Refusal | None:
+        """Say client-only ``tags`` without text to ``room`` (IRC's ``TAGMSG
+        #room``: typing notices, reactions), as a
+        :class:`~chatcore.events.Tagged` to its members but the sender (and
+        to the sender too if its format echoes messages). No filter chain,
+        as there is no text; the room's speaking rules hold, so a muted or
+        banned user's typing is not shown. On the sender's thread.
+
+        :return: None once published, else a :class:`~chatcore.engine.gate.Refusal`
+            (``"refused"``, with the room's reason).
+        """
+        refused = self.speech_refusal(sender, room)
+        if refused is not None:
+            return Refusal("refused", refused)
+        event = Tagged(room, nick=sender.nick, tags=tags, user=sender.user, account=sender.account)
+        self._publish(event, exclude=sender)
+        if sender.wire.echoes_messages:
+            sender.send(event)
+        return None
+
+    def send_private_tags(self, sender: Client, nick: str, tags: str) -> Refusal | None:
+        """Send client-only ``tags`` without text to the person called
+        ``nick`` on this server (IRC's ``TAGMSG nick``), as a
+        :class:`~chatcore.events.PrivateTags`; not carried across a cluster
+        (a typing notice is worth no round trip). :return: None once sent,
+        else ``"no_such_nick"``."""
+        recipient = self.registry.find(nick)
+        if recipient is None or recipient.closed or recipient is sender:
+            return Refusal("no_such_nick", f"no such nick {nick!r}")
+        event = PrivateTags(sender.nick, recipient.nick, tags, f"pm-{uuid.uuid4().hex}")
+        recipient.send(event)
+        if sender.wire.echoes_messages:
+            sender.send(event)
         return None
 
     def join_room(self, client: Client, room: str, key: str = "") -> Refusal | None:
@@ -776,7 +835,7 @@ class ChatServer:
             self._maybe_emptied(room)  # entered for this client alone: let go of the state
             return refusal
         if self.registry.join(client, room):
-            joined = Joined(room, nick=client.nick, user=client.user)
+            joined = Joined(room, nick=client.nick, user=client.user, account=client.account, realname=client.realname)
             # The room's state first (publishing applies it again, which a
             # join allows): the client's own join shows who runs the room.
             self.rooms.apply(joined)

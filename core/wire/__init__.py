@@ -41,10 +41,15 @@ class WireFormat:
     :cvar echoes_actions: True if a client of this format gets its own
         actions (``/me``) back, as the native protocol's answer to ``/me``;
         False where the client shows them itself (IRC clients do).
+    :cvar echoes_messages: True if a client of this format gets its own chat
+        and actions back once they are published, as sent to it alone
+        (:meth:`Protocol.render`), with the identity and time the room got
+        (IRCv3 ``echo-message``). Its protocol renders them.
     """
 
     name = "wire"
     echoes_actions = True
+    echoes_messages = False
 
     def encode(self, event: RoomEvent) -> bytes:
         """The bytes every member of the room gets for ``event``; ``b""`` if

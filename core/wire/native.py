@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -290,19 +291,60 @@ class NativeFormat(WireFormat):
             return "".join(f"{NOTICE}{line}\n" for line in own).encode()
         return self.encode(event)
 
-    @staticmethod
-    def _replay(event: Replay) -> bytes:
-        lines = [REPLAY + line for line in map(event_line, event.events) if line is not None]
+    def _replay(self, event: Replay) -> bytes:
+        lines = [self._replayed(old, line) for old in event.events if (line := event_line(old)) is not None]
         if not lines:
             return b""
         header = f"{NOTICE}last {len(lines)} {'message' if len(lines) == 1 else 'messages'} in {event.room}:"
         return "".join(f"{line}\n" for line in (header, *lines)).encode("utf-8")
+
+    @staticmethod
+    def _replayed(event: RoomEvent, line: str) -> str:
+        """A replayed event's line (``# <alice> hi``)."""
+        return REPLAY + line
+
+    def with_timestamps(self, on: bool) -> NativeFormat:
+        """The format for a client that asked for timestamps (``/timestamps
+        on``), or not: :data:`NATIVE_TIMED` or :data:`NATIVE`."""
+        return NATIVE_TIMED if on else NATIVE
+
+
+def line_stamp(seconds: float) -> str:
+    """A timestamped native line's prefix: ``[2026-12-06T23:59:01Z] ``, UTC."""
+    return time.strftime("[%Y-%m-%dT%H:%M:%SZ] ", time.gmtime(seconds))
+
+
+class TimedNativeFormat(NativeFormat):
+    """The native lines with the time each was said before it
+    (``[2026-12-06T23:59:01Z] <bob> hi``): room events at their own time
+    (the same on every server of a cluster, and for replayed or delayed
+    lines), a private message at the time it arrives. What a client asked
+    for with ``/timestamps on`` (the ``commands`` plugin): a format of its
+    own, so a room's event is rendered once for all who want times, and
+    the plain format is untouched."""
+
+    def variant(self, rooms: int) -> NativeFormat:
+        return NATIVE_TIMED_IN_ROOMS if rooms > 1 else NATIVE_TIMED
+
+    def encode(self, event: Event) -> bytes:
+        data = super().encode(event)
+        if not data or not isinstance(event, (RoomEvent, PrivateMessage)):
+            return data
+        stamp = line_stamp(event.time if isinstance(event, RoomEvent) and event.time else time.time()).encode()
+        return b"".join(stamp + line for line in data.splitlines(keepends=True))
+
+    @staticmethod
+    def _replayed(event: RoomEvent, line: str) -> str:
+        return line_stamp(event.time) + REPLAY + line if event.time else REPLAY + line
 
 
 #: The one instance every native connection shares.
 NATIVE = NativeFormat()
 #: Its variant for clients in several rooms (:meth:`NativeFormat.variant`).
 NATIVE_IN_ROOMS = NativeFormat(labelled=True)
+#: The formats for clients that asked for timestamps (:class:`TimedNativeFormat`).
+NATIVE_TIMED = TimedNativeFormat()
+NATIVE_TIMED_IN_ROOMS = TimedNativeFormat(labelled=True)
 
 
 class NativeProtocol(Protocol):

@@ -167,6 +167,9 @@ function handle(event) {
     case "private":
       privateMessage(event);
       break;
+    case "typing":
+      typingNotice(event);
+      break;
     case "members":
       if (event.room === me.room) {
         members = new Set(event.nicks);
@@ -320,6 +323,7 @@ function show(key) {
     buffers.delete("");
   }
   view = key;
+  renderTyping();
   unreadMarker?.remove();
   unreadMarker = null;
   log.replaceChildren(...bufferOf(key));
@@ -374,6 +378,7 @@ function roomEvent(event, replayed) {
   const time = event.time ? new Date(event.time * 1000) : new Date();
   switch (event.type) {
     case "chat":
+      if (!replayed) stopTyping(room, event.nick);
       line({ time, nick: event.nick, text: event.text, kind: "chat", replayed, key: room });
       break;
     case "action":
@@ -429,6 +434,42 @@ function roomEvent(event, replayed) {
       note(`${event.nick} set mode ${[event.modes, ...event.arguments].join(" ")}`, "event", time, room);
       break;
   }
+}
+
+// -- who is typing (IRCv3 +typing, from IRC clients) ------------------------------
+
+// An "active" notice holds for 6 s unless renewed (IRCv3 typing: clients
+// repeat it every 3 s); "paused" and "done" end it, and so does a line.
+const TYPING_SHOWN = 6000; // ms
+const typists = new Map(); // "room nick" -> timer
+
+function typingNotice(event) {
+  if (event.state === "active") {
+    clearTimeout(typists.get(`${event.room} ${event.nick}`));
+    typists.set(
+      `${event.room} ${event.nick}`,
+      setTimeout(() => stopTyping(event.room, event.nick), TYPING_SHOWN),
+    );
+    renderTyping();
+  } else {
+    stopTyping(event.room, event.nick);
+  }
+}
+
+function stopTyping(room, nick) {
+  const key = `${room} ${nick}`;
+  if (!typists.has(key)) return;
+  clearTimeout(typists.get(key));
+  typists.delete(key);
+  renderTyping();
+}
+
+function renderTyping() {
+  const nicks = [...typists.keys()].filter((key) => key.startsWith(`${view} `)).map((key) => key.slice(view.length + 1));
+  const shown = $("typing");
+  shown.hidden = nicks.length === 0;
+  shown.textContent =
+    nicks.length === 0 ? "" : nicks.length === 1 ? `${nicks[0]} is typing…` : `${nicks.join(", ")} are typing…`;
 }
 
 // -- a room's topic, modes and operators -----------------------------------------
