@@ -549,6 +549,7 @@ def test_private_lines_between_two_accounts_are_kept_for_both(chat_server_factor
         client.expect(f"* registered the account {nick}; you are logged in to it (later: /login {nick} PASSWORD)")
     alice.send("/msg bob are you there?")
     bob.expect("*alice* are you there?")
+    alice.sync()  # kept once alice's thread is done with it (after bob has it)
     bob.send("/msg alice yes")
     alice.expect("*bob* yes")
     bob.send("in the lobby")
