@@ -644,6 +644,7 @@ CAPABILITIES: dict[str, Capability] = {
         Capability("away-notify", _always),
         Capability("batch", _always),
         Capability("cap-notify", _always),
+        Capability("draft/chathistory", _chathistory_offer),
         Capability("echo-message", _always),
         Capability("extended-join", _always),
         Capability("invite-notify", _always),
@@ -654,7 +655,6 @@ CAPABILITIES: dict[str, Capability] = {
         Capability("server-time", _always),
         Capability("setname", _always),
         Capability("userhost-in-names", _always),
-        Capability("draft/chathistory", _chathistory_offer),
     )
 }
 

@@ -160,8 +160,6 @@ def test_the_irc_library_pages_back_with_chathistory():
             bot.wait("the capabilities", lambda event: event.type == "cap" and event.arguments[0] == "ACK")
             bot.wait_type("nomotd")  # registered (no welcome plugin: no MOTD)
             assert bot.connection.features.chathistory == 50
-            bot.connection.join("#lobby")
-            bot.wait_type("join", target="#lobby")
 
             def page(request: str) -> list[irc.client.Event]:
                 """The PRIVMSGs of the chathistory batch that answers ``request``."""
@@ -178,6 +176,9 @@ def test_the_irc_library_pages_back_with_chathistory():
             def tag(event: irc.client.Event, key: str) -> str:
                 return str(next(item["value"] for item in event.tags if item["key"] == key))
 
+            # Joining, a client with batch and server-time gets the replay as a batch too.
+            replayed = page("JOIN #lobby")
+            assert [event.arguments[0] for event in replayed] == [f"line {number}" for number in range(8)]
             latest = page("CHATHISTORY LATEST #lobby * 3")
             assert [event.arguments[0] for event in latest] == ["line 5", "line 6", "line 7"]
             assert all(tag(event, "time").endswith("Z") for event in latest)  # when each was said
