@@ -30,7 +30,11 @@ reconnects asks for what came after the highest offset below which it saw
 every event (events of concurrent senders may arrive slightly out of offset
 order; each sender's arrive in order) and drops offsets it already has.
 The same identity, written ``EPOCH:OFFSET``, is the event's message ID
-(:attr:`RoomEvent.msgid`): IRC's ``msgid`` tag, history queries by ID.
+(:attr:`RoomEvent.msgid`): IRC's ``msgid`` tag, history queries by ID. An
+event from another server of a cluster keeps the message ID its own server
+gave it (:attr:`RoomEvent.origin`), so that a line has one ID everywhere,
+while its epoch and offset are this server's numbering, which resumes rely
+on.
 
 The events a person causes (:class:`Chat`, :class:`Action`, :class:`Joined`,
 :class:`Left`, :class:`NickChanged`) carry their ``nick`` and ``user``: the
@@ -98,6 +102,9 @@ class RoomEvent(Event):
         leave or rename is said to each of their rooms, and someone in two
         of them hears it once, through the first (IRC's ``QUIT`` and
         ``NICK``). Their members are left out here, on every server.
+    :ivar origin: the message ID the server where it was said gave it, for
+        an event from another server of a cluster; ``""`` for one said here
+        (its epoch and offset are its ID).
     """
 
     room: str
@@ -105,13 +112,15 @@ class RoomEvent(Event):
     epoch: str = field(default="", kw_only=True)
     time: float = field(default=0.0, kw_only=True)
     told_in: tuple[str, ...] = field(default=(), kw_only=True)
+    origin: str = field(default="", kw_only=True)
 
     @property
     def msgid(self) -> str:
         """The event's message ID, the same on every protocol and every server
-        of a cluster: its epoch and offset, ``EPOCH:OFFSET`` (``""`` until
-        published). :func:`parse_msgid` reads one back."""
-        return f"{self.epoch}:{self.offset}" if self.offset else ""
+        of a cluster: the :attr:`origin` of one said elsewhere, else its
+        epoch and offset, ``EPOCH:OFFSET`` (``""`` until published).
+        :func:`parse_msgid` reads one back."""
+        return self.origin or (f"{self.epoch}:{self.offset}" if self.offset else "")
 
     #: True for presence notices, which may reach members up to
     #: ``chatcore.engine.writer.BATCH_DELAY`` late so that a burst of them
@@ -160,6 +169,7 @@ class Chat(RoomEvent):
         notice: bool = False,
         tags: str = "",
         account: str = "",
+        origin: str = "",
     ) -> None:
         # The fields the dataclass declares, in one step (see the module
         # docstring). Tags and an account are rare: left out, they read as
@@ -169,6 +179,8 @@ class Chat(RoomEvent):
         )
         if tags or account:
             self.__dict__.update(tags=tags, account=account)
+        if origin:  # else the class's default: one entry fewer to set per message
+            self.__dict__["origin"] = origin
 
 
 @dataclass(frozen=True, init=False)
@@ -192,10 +204,13 @@ class Action(RoomEvent):
         time: float = 0.0,
         user: str = "",
         account: str = "",
+        origin: str = "",
     ) -> None:
         self.__dict__.update(
             room=room, offset=offset, epoch=epoch, time=time, nick=nick, text=text, user=user, account=account
         )
+        if origin:
+            self.__dict__["origin"] = origin
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import argparse
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from chatcore.config import Config
     from chatcore.engine.accounts import AccountService
     from chatcore.engine.connection import Client
+    from chatcore.engine.history import HistoryService
     from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
     from chatcore.events import RoomEvent
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from chatcore.transports import Scheme
 
 log = logging.getLogger("chatcore.plugins")
+
+_S = TypeVar("_S")
 
 # After this many failures of one plugin in one hook, only every
 # _LOG_EVERY-th further failure is logged, so a plugin that fails on every
@@ -372,9 +375,19 @@ class Hooks:
         """A plugin's account service, or None (a failing plugin is logged and skipped)."""
         from chatcore.engine.accounts import AccountService
 
-        service = self._call_first("chatcore_account_service", {"server": server})
-        if service is not None and not isinstance(service, AccountService):
-            log.error("chatcore_account_service returned %r, not an AccountService; ignored", service)
+        return self._service("chatcore_account_service", server, AccountService)
+
+    def history_service(self, server: ChatServer) -> HistoryService | None:
+        """A plugin's history service, or None (a failing plugin is logged and skipped)."""
+        from chatcore.engine.history import HistoryService
+
+        return self._service("chatcore_history_service", server, HistoryService)
+
+    def _service(self, hook: str, server: ChatServer, kind: type[_S]) -> _S | None:
+        """The first ``kind`` a plugin answers ``hook`` with, or None."""
+        service = self._call_first(hook, {"server": server})
+        if service is not None and not isinstance(service, kind):
+            log.error("%s returned %r, which is no %s; ignored", hook, service, kind.__name__)
             return None
         return service
 

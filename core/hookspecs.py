@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from chatcore.engine.accounts import AccountService
     from chatcore.engine.backplane import Backplane
     from chatcore.engine.connection import Client
+    from chatcore.engine.history import HistoryService
     from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
     from chatcore.events import RoomEvent
@@ -484,6 +485,25 @@ def chatcore_account_service(server: ChatServer) -> AccountService | None:
     (a client's, or the main thread at start).
 
     .. versionadded:: 0.5
+    """
+
+
+@hookspec(firstresult=True)
+def chatcore_history_service(server: ChatServer) -> HistoryService | None:
+    """Supply the server's history service
+    (:class:`~chatcore.engine.history.HistoryService`): how the protocols
+    answer a client's questions about a room's or a private conversation's
+    past (IRC's ``CHATHISTORY``, the web page's scroll-back, ``/history``)
+    without importing the plugin that keeps it. They reach it as
+    ``server.history``, which is None when no plugin answers (IRC then does
+    not offer ``draft/chathistory``). The bundled ``history`` plugin answers.
+
+    :param server: the server (started or starting).
+    :return: ``None``, or the service; the first plugin that returns one decides.
+
+    Called once, on the thread that first asks for ``server.history``.
+
+    .. versionadded:: 0.6
     """
 
 

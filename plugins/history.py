@@ -1,13 +1,21 @@
-"""Room history: replays a room's last messages to whoever enters it.
+"""Room history: replays a room's last messages to whoever enters it, and
+answers questions about the past.
 
 Keeps the last ``--history-lines`` chat and action events of each room (not
-joins, leaves or private messages), as they were published
-(``chatcore_room_event``), and replays them to a client entering the room,
-on connecting and on ``/join``, as one :class:`~chatcore.events.Replay`
-event. The native protocol shows it as a notice ``* last N messages in
-ROOM:`` and then each line marked ``# `` (``# <alice> hi``, ``# * alice
-waves``), so a client can tell replay from live chat; other front-ends
-render it their own way, with each event's identity.
+joins or leaves; ``--history-room-lines`` for a room that keeps more), as
+they were published (``chatcore_room_event``), and replays them to a client
+entering the room, on connecting and on ``/join``, as one
+:class:`~chatcore.events.Replay` event. The native protocol shows it as a
+notice ``* last N messages in ROOM:`` and then each line marked ``# ``
+(``# <alice> hi``, ``# * alice waves``), so a client can tell replay from
+live chat; other front-ends render it their own way, with each event's
+identity.
+
+It also supplies the server's history service
+(:mod:`chatcore.engine.history`): the protocols' questions by message ID and
+time (IRC's ``CHATHISTORY``, the web page's scroll-back, ``/history``), and
+keeps the private lines between two logged-in accounts, for either of them
+(``/history @NICK``), as Ergo does for registered users.
 
 With a cluster plugin that keeps rooms (``redis``), the replay is the
 cluster's (the backplane's ``history``): the same on every server, whoever said
@@ -35,16 +43,23 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import logging
 import queue
+import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 from chatcore import Client, Config, UsageError, hookimpl
 from chatcore.config import restart_only, whole_number
+from chatcore.engine.history import CONVERSATION, HistoryService, Query, conversation, select
 from chatcore.engine.server import ChatServer
-from chatcore.events import Action, Chat, Replay, RoomEvent
+from chatcore.events import Action, Chat, Replay, RoomEvent, parse_msgid
+from chatcore.message import Message
+from chatcore.names import nick_problem, room_problem
 
 #: Loaded and unloaded by a reload (SIGHUP) while the server runs:
 #: chatcore_server_stop undoes all that configuring and starting did.
@@ -58,6 +73,10 @@ MAX_LINES = 10000
 #: Bytes of history (nick and text, UTF-8) kept over all rooms, in memory and
 #: in the database each: 200 rooms of 20 lines of 1 KB.
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+#: Lines /history shows when not told how many.
+DEFAULT_SHOWN = 20
+#: The most events one question answers (IRC's ``CHATHISTORY`` limit).
+MAX_QUERY = 1000
 #: How long a client entering a room waits for the database's copy of it.
 LOAD_TIMEOUT = 2.0
 #: How long the start waits for a database another process has locked.
@@ -70,7 +89,8 @@ MAX_PENDING = 100000
 #: Seconds between retries while the database cannot be written.
 RETRY_DELAY = 1.0
 
-_SCHEMA_VERSION = 1
+#: 1: room, time, kind, nick, text; 2: and each line's message ID (epoch, offset).
+_SCHEMA_VERSION = 2
 _TABLE = "chatcore_history"
 
 
@@ -97,6 +117,17 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
             "of nick and text; the least recently active room's oldest lines go first (default: %(default)s)"
         ),
     )
+    group.add_argument(
+        "--history-room-lines",
+        action="append",
+        type=_room_lines,
+        default=[],
+        metavar="ROOM=N",
+        help=(
+            f"lines kept for ROOM instead of --history-lines (1 to {MAX_LINES}), for the history clients ask "
+            "for; the replay on entering stays at most --history-lines; repeat for each room"
+        ),
+    )
     restart_only(
         group.add_argument(
             "--history-db",
@@ -106,22 +137,42 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _room_lines(text: str) -> tuple[str, int]:
+    """``--history-room-lines ROOM=N`` as ``(room, N)``."""
+    room, sep, count = text.partition("=")
+    room = room.strip().lower()
+    problem = room_problem(room) if room else "no room given"
+    if not sep or problem:
+        raise argparse.ArgumentTypeError(f"expected ROOM=N, not {text!r}" + (f" ({problem})" if sep else ""))
+    return room, whole_number(1, MAX_LINES)(count.strip())
+
+
 @hookimpl
 def chatcore_configure(config: Config) -> None:
     options = config.options
+    lines = Retention(options.history_lines, dict(options.history_room_lines))
     store = None
     if options.history_db:
-        store = HistoryStore.open(options.history_db, options.history_lines, options.history_max_bytes)
+        store = HistoryStore.open(options.history_db, lines, options.history_max_bytes)
     # Nothing is loaded now: a room's lines are read when a client enters it.
-    config.data[NAME] = History(options.history_lines, store, options.history_max_bytes)
+    config.data[NAME] = History(lines, store, options.history_max_bytes)
 
 
 @hookimpl
 def chatcore_reload(server: ChatServer, old: argparse.Namespace, new: argparse.Namespace) -> Callable[[], None] | None:
-    if (new.history_lines, new.history_max_bytes) == (old.history_lines, old.history_max_bytes):
+    def settings(options: argparse.Namespace) -> tuple[object, ...]:
+        return options.history_lines, options.history_max_bytes, dict(options.history_room_lines)
+
+    if settings(new) == settings(old):
         return None
     history = _history(server)
-    return lambda: history.resize(new.history_lines, new.history_max_bytes)
+    retention = Retention(new.history_lines, dict(new.history_room_lines))
+    return lambda: history.resize(retention, new.history_max_bytes)
+
+
+@hookimpl
+def chatcore_history_service(server: ChatServer) -> HistoryService:
+    return _Service(server, _history(server))
 
 
 @hookimpl
@@ -141,21 +192,87 @@ def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
 
 
 @hookimpl
+def chatcore_message_delivered(message: Message) -> None:
+    # Private lines are kept between two logged-in accounts only, as Ergo
+    # keeps them for registered users: a guest's name is anyone's next.
+    # A recipient on another server (None here) is not known to be logged in.
+    sender, recipient = message.sender, message.recipient
+    if message.kind == "private" and recipient is not None and sender.account and recipient.account:
+        _history(sender.server).add_private(conversation(sender.account, recipient.account), sender, message.text)
+
+
+@hookimpl
 def chatcore_client_joined(client: Client, room: str) -> None:
     history = _history(client.server)
     # The cluster's history of the room, where the backplane keeps one;
     # else what this server saw.
-    events = client.server.backplane.history(room, history.lines)
-    if events is None:
-        events = history.replay(room)
+    count = history.lines.replayed(room)
+    events = history.events(client.server, room, count)[-count:]
     if events:
         client.send(Replay(room, tuple(events)))
+
+
+@hookimpl
+def chatcore_command_help() -> list[tuple[str, str]]:
+    return [
+        ("/history [ROOM] [N]", "show the last N lines said in ROOM (your current room if none is given)"),
+        ("/history @NICK [N]", "show the last N private lines between you and NICK (logged-in accounts)"),
+    ]
+
+
+@hookimpl
+def chatcore_command(client: Client, name: str, args: str) -> bool | None:
+    if name != "history":
+        return None
+    words = args.split()
+    count = DEFAULT_SHOWN
+    if words and words[-1].isdigit():
+        count = int(words.pop())
+    if len(words) > 1 or count < 1:
+        client.error("usage: /history [ROOM|@NICK] [N]")
+        return True
+    room = words[0].lower() if words else client.room
+    if not room:
+        client.error("you are in no room; /history ROOM")
+        return True
+    service = client.server.history
+    assert service is not None  # this plugin supplies it
+    answer = service.query(client, room, Query("latest", min(count, service.max_limit)))
+    if isinstance(answer, str):
+        client.error(answer)
+    elif answer:
+        client.send(Replay(room, tuple(answer)))
+    else:
+        client.notice(f"no history kept for {room}")
+    return True
 
 
 @hookimpl
 def chatcore_client_left(client: Client, room: str) -> None:
     if not client.server.registry.members(room):
         _history(client.server).forget(room)
+
+
+class Retention:
+    """How many lines each room keeps: ``default`` (``--history-lines``),
+    or the room's own (``--history-room-lines``)."""
+
+    def __init__(self, default: int, rooms: dict[str, int] | None = None) -> None:
+        self.default = default
+        self.rooms = rooms or {}
+
+    def __call__(self, room: str) -> int:
+        """The lines ``room`` keeps."""
+        return self.rooms.get(room, self.default)
+
+    def replayed(self, room: str) -> int:
+        """The lines replayed to a client entering ``room``: at most the default."""
+        return min(self.default, self(room))
+
+    @property
+    def most(self) -> int:
+        """The most lines any room keeps."""
+        return max([self.default, *self.rooms.values()])
 
 
 def _history(server: ChatServer) -> History:
@@ -179,8 +296,8 @@ class History:
     recently active first, so the total budget drops from the front.
     """
 
-    def __init__(self, lines: int, store: HistoryStore | None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.lines = lines
+    def __init__(self, lines: Retention | int, store: HistoryStore | None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.lines = lines if isinstance(lines, Retention) else Retention(lines)
         self.store = store
         self.max_bytes = max_bytes
         self.bytes = 0  # counted by _size(), over every room in memory
@@ -189,6 +306,10 @@ class History:
         # whether a resume from an offset can be complete.
         self._dropped: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
+        # Private lines' message IDs: a numbering of this process's own
+        # (next() of a count is atomic under the GIL).
+        self._private_epoch = f"{secrets.token_hex(4)}-private"
+        self._private_offsets = itertools.count(1)
 
     def _dropped_one(self, event: Chat | Action) -> None:
         """``event`` leaves memory (the caller holds the lock)."""
@@ -202,7 +323,7 @@ class History:
         with self._lock:
             events = self._rooms.pop(event.room, None)  # re-inserted last: the most recently active
             if events is None:
-                events = collections.deque(maxlen=self.lines)
+                events = collections.deque(maxlen=self.lines(event.room))
             self._rooms[event.room] = events
             if len(events) == events.maxlen:
                 self.bytes -= _size(events[0])  # pushed out by the append
@@ -232,28 +353,37 @@ class History:
             if events:
                 self.bytes -= sum(_size(event) for event in events)
 
+    def add_private(self, key: str, sender: Client, text: str) -> None:
+        """``sender`` said ``text`` in the private conversation ``key``
+        (:func:`~chatcore.engine.history.conversation`): keep it as chat,
+        numbered in this server's own numbering of private lines."""
+        self.add(Chat(key, sender.nick, text, next(self._private_offsets), self._private_epoch, time.time()))
+
     def add(self, event: Chat | Action) -> None:
         """An event was published: keep it, and queue it for the database."""
         self.remember(event)
         if self.store is not None:
             kind = "chat" if type(event) is Chat else "action"
-            self.store.put((event.room, event.time, kind, event.nick, event.text))
+            # The message ID's parts: an event from another server of a
+            # cluster keeps the ID its server gave it.
+            epoch, offset = parse_msgid(event.msgid) or ("", 0)
+            self.store.put((event.room, event.time, kind, event.nick, event.text, epoch, offset))
 
-    def resize(self, lines: int, max_bytes: int | None = None) -> None:
+    def resize(self, lines: Retention | int, max_bytes: int | None = None) -> None:
         """Keep ``lines`` per room from now on (the newest, if fewer), and
         ``max_bytes`` in all."""
         with self._lock:
-            self.lines = lines
+            self.lines = lines = lines if isinstance(lines, Retention) else Retention(lines)
             self.max_bytes = self.max_bytes if max_bytes is None else max_bytes
-            for events in self._rooms.values():
-                for gone in list(events)[: max(0, len(events) - lines)]:
+            for room, events in self._rooms.items():
+                for gone in list(events)[: max(0, len(events) - lines(room))]:
                     self._dropped_one(gone)
-            self._rooms = {room: collections.deque(events, maxlen=lines) for room, events in self._rooms.items()}
+            self._rooms = {room: collections.deque(events, maxlen=lines(room)) for room, events in self._rooms.items()}
             self.bytes = sum(_size(event) for events in self._rooms.values() for event in events)
             self._trim()
         if self.store is not None:
             # Read by the store's thread before each trim.
-            self.store.lines, self.store.max_bytes = lines, self.max_bytes
+            self.store.lines, self.store.max_bytes = self.lines, self.max_bytes
 
     def replay(self, room: str) -> list[RoomEvent]:
         """The room's kept events, oldest first; read from the database if
@@ -263,15 +393,41 @@ class History:
             if events is not None or self.store is None:
                 return list(events) if events else []
         loaded = [
-            _KINDS[kind](room, nick=nick, text=text, time=when) for _, when, kind, nick, text in self.store.read(room)
+            _KINDS[kind](room, nick, text, offset, epoch, when)
+            for _, when, kind, nick, text, epoch, offset in self.store.read(room)
         ]
         with self._lock:
             events = self._rooms.get(room)
             if events is None:  # else lines were said meanwhile: those are newer
-                events = self._rooms[room] = collections.deque(loaded, maxlen=self.lines)
+                events = self._rooms[room] = collections.deque(loaded, maxlen=self.lines(room))
                 self.bytes += sum(_size(event) for event in events)
                 self._trim()
             return list(events)
+
+    def events(self, server: ChatServer, room: str, limit: int = 0) -> list[RoomEvent]:
+        """The room's kept events, oldest first (the last ``limit`` at
+        least, if given: a cluster reads no more): the cluster's, where the
+        backplane keeps them (the same on every server), else this
+        server's. A private conversation's are this server's."""
+        if room.startswith(CONVERSATION):
+            return self.replay(room)
+        events = server.backplane.history(room, limit or self.lines(room))
+        return self.replay(room) if events is None else events
+
+    def conversations(self, start: float, end: float) -> list[tuple[str, float]]:
+        """The private conversations with lines between the times ``start``
+        and ``end``, and the time of the latest there: those in memory and
+        those in the database."""
+        newest: dict[str, float] = {}
+        if self.store is not None:
+            newest.update(self.store.latest(CONVERSATION, start, end, MAX_QUERY))
+        with self._lock:
+            for key, events in self._rooms.items():
+                if key.startswith(CONVERSATION):
+                    times = [event.time for event in events if start <= event.time <= end]
+                    if times:
+                        newest[key] = max(*times, newest.get(key, 0.0))
+        return list(newest.items())
 
     def since(self, room: str, epoch: str, offset: int, overlap: int = 0) -> tuple[list[RoomEvent], bool]:
         """The room's kept events of ``epoch`` after ``offset`` (and the
@@ -294,18 +450,20 @@ class History:
             self.store.stop()
 
 
-_Row = tuple[str, float, str, str, str]  # room, time, kind, nick, text
+_Row = tuple[str, float, str, str, str, str, int]  # room, time, kind, nick, text, epoch, offset
+_COLUMNS = "room, time, kind, nick, text, epoch, offset"
 # A row's size against --history-max-bytes, in SQL (as _size() counts it).
 _ROW_SIZE = "length(CAST(nick AS BLOB)) + length(CAST(text AS BLOB))"
 
 
 class _Read:
-    """A client's request for a room's lines, answered by the store's
-    thread in its turn: after every line queued before it."""
+    """A client's question to the database, answered by the store's thread
+    in its turn (after every line queued before it): ``ask(db, pending)``,
+    with the lines not written yet (the write is failing)."""
 
-    def __init__(self, room: str) -> None:
-        self.room = room
-        self.rows: list[_Row] = []
+    def __init__(self, ask: Callable[[sqlite3.Connection, list[_Row]], list[Any]]) -> None:
+        self.ask = ask
+        self.rows: list[Any] = []
         self.done = threading.Event()
 
 
@@ -318,7 +476,7 @@ class HistoryStore:
     then used only by the store's thread, which also answers :meth:`read`.
     """
 
-    def __init__(self, path: str, lines: int, connection: sqlite3.Connection, max_bytes: int) -> None:
+    def __init__(self, path: str, lines: Retention, connection: sqlite3.Connection, max_bytes: int) -> None:
         self.path = path
         self.lines = lines
         self.max_bytes = max_bytes
@@ -330,7 +488,7 @@ class HistoryStore:
         self._failures = 0
 
     @classmethod
-    def open(cls, path: str, lines: int, max_bytes: int = DEFAULT_MAX_BYTES) -> HistoryStore:
+    def open(cls, path: str, lines: Retention | int, max_bytes: int = DEFAULT_MAX_BYTES) -> HistoryStore:
         """Open and check the database, creating it if needed.
 
         :raises UsageError: the file cannot be opened, is not a SQLite
@@ -354,7 +512,7 @@ class HistoryStore:
         except BaseException:
             db.close()
             raise
-        store = cls(path, lines, db, max_bytes)
+        store = cls(path, lines if isinstance(lines, Retention) else Retention(lines), db, max_bytes)
         store._bytes = int(total)
         return store
 
@@ -368,13 +526,18 @@ class HistoryStore:
             # or read-only, rather than in the middle of the chat.
             db.execute("BEGIN IMMEDIATE")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
+            if version not in (0, 1, _SCHEMA_VERSION):
                 raise refuse(f"written by another version of chatcore (schema {version}); use another file")
             db.execute(
                 f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
                 "id INTEGER PRIMARY KEY, room TEXT NOT NULL, time REAL NOT NULL, "
-                "kind TEXT NOT NULL, nick TEXT NOT NULL, text TEXT NOT NULL)"
+                "kind TEXT NOT NULL, nick TEXT NOT NULL, text TEXT NOT NULL, "
+                "epoch TEXT NOT NULL DEFAULT '', offset INTEGER NOT NULL DEFAULT 0)"
             )
+            if version == 1:
+                # Lines kept before message IDs have none (epoch '', offset 0).
+                db.execute(f"ALTER TABLE {_TABLE} ADD COLUMN epoch TEXT NOT NULL DEFAULT ''")
+                db.execute(f"ALTER TABLE {_TABLE} ADD COLUMN offset INTEGER NOT NULL DEFAULT 0")
             db.execute(f"CREATE INDEX IF NOT EXISTS {_TABLE}_room ON {_TABLE} (room, id)")
             db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             db.execute("COMMIT")
@@ -395,28 +558,59 @@ class HistoryStore:
         """The room's last N lines, oldest first, those still queued
         included; on a client's thread, which waits for the store's thread
         at most LOAD_TIMEOUT seconds (then: none)."""
+        lines = self.lines(room)
+
+        def ask(db: sqlite3.Connection, pending: list[_Row]) -> list[_Row]:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM {_TABLE} WHERE room = ? AND kind IN ('chat', 'action') "
+                "ORDER BY id DESC LIMIT ?",
+                (room, lines),
+            ).fetchall()
+            saved: list[_Row] = [
+                (str(room), float(when), str(kind), str(nick), str(text), str(epoch), int(offset))
+                for room, when, kind, nick, text, epoch, offset in rows
+            ]
+            # Lines not written yet (the write is failing) are newer than the table's.
+            return (saved[::-1] + [row for row in pending if row[0] == room])[-lines:]
+
+        return self.ask(ask, f"reading {room}")
+
+    def latest(self, prefix: str, start: float, end: float, limit: int) -> list[tuple[str, float]]:
+        """The rooms whose name starts with ``prefix`` that have lines between
+        the times ``start`` and ``end``, and the time of their latest line
+        there, the latest first (at most ``limit``)."""
+
+        def ask(db: sqlite3.Connection, pending: list[_Row]) -> list[tuple[str, float]]:
+            newest: dict[str, float] = {}
+            for room, when in db.execute(
+                f"SELECT room, max(time) FROM {_TABLE} WHERE substr(room, 1, ?) = ? AND time BETWEEN ? AND ? "
+                "GROUP BY room",
+                (len(prefix), prefix, start, end),
+            ):
+                newest[str(room)] = float(when)
+            for row in pending:
+                if row[0].startswith(prefix) and start <= row[1] <= end:
+                    newest[row[0]] = max(row[1], newest.get(row[0], row[1]))
+            return sorted(newest.items(), key=lambda item: -item[1])[:limit]
+
+        return self.ask(ask, "listing the conversations")
+
+    def ask(self, question: Callable[[sqlite3.Connection, list[_Row]], list[Any]], what: str) -> list[Any]:
+        """The store's thread's answer to ``question``; on a client's
+        thread, which waits at most LOAD_TIMEOUT seconds (then: none)."""
         if not self._thread.is_alive():
             return []
-        request = _Read(room)
+        request = _Read(question)
         self._queue.put(request)
         if not request.done.wait(LOAD_TIMEOUT):
-            log.warning("history: reading %s from %s took over %gs; no replay", room, self.path, LOAD_TIMEOUT)
+            log.warning("history: %s from %s took over %gs; no answer", what, self.path, LOAD_TIMEOUT)
         return request.rows
 
     def _answer(self, request: _Read, pending: list[_Row]) -> None:
         try:
-            rows = self._db.execute(
-                f"SELECT room, time, kind, nick, text FROM {_TABLE} WHERE room = ? AND kind IN ('chat', 'action') "
-                "ORDER BY id DESC LIMIT ?",
-                (request.room, self.lines),
-            ).fetchall()
+            request.rows = request.ask(self._db, pending)
         except sqlite3.Error as exc:
-            log.error("history: cannot read %s from %s (%s)", request.room, self.path, exc)
-            rows = []
-        # Lines not written yet (the write is failing) are newer than the table's.
-        unsaved = [row for row in pending if row[0] == request.room]
-        saved = [(str(room), float(when), str(kind), str(nick), str(text)) for room, when, kind, nick, text in rows]
-        request.rows = (saved[::-1] + unsaved)[-self.lines :]
+            log.error("history: cannot read %s (%s)", self.path, exc)
         request.done.set()
 
     def start(self) -> None:
@@ -476,13 +670,13 @@ class HistoryStore:
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(f"INSERT INTO {_TABLE} (room, time, kind, nick, text) VALUES (?, ?, ?, ?, ?)", pending)
+            db.executemany(f"INSERT INTO {_TABLE} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", pending)
             total = self._bytes + sum(len(row[3].encode()) + len(row[4].encode()) for row in pending)
             for room in {row[0] for row in pending}:
                 total -= self._deleted(
                     f"DELETE FROM {_TABLE} WHERE room = ? AND id <= "
                     f"(SELECT id FROM {_TABLE} WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                    (room, room, self.lines),
+                    (room, room, self.lines(room)),
                 )
             while total > self.max_bytes:  # the oldest line of all, one at a time: a lookup by key each
                 freed = self._deleted(f"DELETE FROM {_TABLE} WHERE id = (SELECT min(id) FROM {_TABLE})", ())
@@ -514,3 +708,60 @@ class HistoryStore:
     def _deleted(self, sql: str, parameters: tuple[object, ...]) -> int:
         """Run a DELETE; the bytes (as _ROW_SIZE) it freed."""
         return sum(size for (size,) in self._db.execute(f"{sql} RETURNING {_ROW_SIZE}", parameters))
+
+
+class _Service(HistoryService):
+    """The history plugin's answers to the protocols
+    (:class:`~chatcore.engine.history.HistoryService`)."""
+
+    def __init__(self, server: ChatServer, history: History) -> None:
+        self.server = server
+        self.history = history
+
+    @property
+    def max_limit(self) -> int:
+        """As many as any room keeps, up to MAX_QUERY."""
+        return min(MAX_QUERY, self.history.lines.most)
+
+    def query(self, client: Client, target: str, query: Query) -> list[RoomEvent] | str:
+        key, refusal = self._readable(client, target)
+        if refusal:
+            return refusal
+        return select(self.history.events(self.server, key), query)
+
+    def _readable(self, client: Client, target: str) -> tuple[str, str]:
+        """What ``target`` names for ``client`` (a room it is in, or, for
+        ``@NICK``, its private conversation with that nick's account), and
+        ``""``; else ``""`` and why it may not read it."""
+        if not target.startswith(CONVERSATION):
+            room = target.lower()
+            if room in client.rooms:
+                return room, ""
+            # Only a member may read a room's past: +s and +i rooms keep theirs to themselves.
+            return "", f"you are not in {target}; join it to read its history"
+        nick = target[len(CONVERSATION) :]
+        if nick_problem(nick) is not None:
+            return "", f"no such nick {nick!r}"
+        if not client.account:
+            return "", "private history is kept for logged-in accounts only; log in to read it"
+        # An account owns the nick of its name (the accounts plugin): a nick
+        # not here, or not logged in, is taken for the account's name.
+        other = self.server.registry.find(nick)
+        return conversation(client.account, other.account if other is not None and other.account else nick), ""
+
+    def targets(self, client: Client, start: float, end: float, limit: int) -> list[tuple[str, float]]:
+        backwards = start > end
+        start, end = min(start, end), max(start, end)
+        found = []
+        for room in client.rooms:
+            times = [event.time for event in self.history.events(self.server, room) if start <= event.time <= end]
+            if times:
+                found.append((room, max(times)))
+        if client.account:
+            mine = client.account.casefold()
+            for key, newest in self.history.conversations(start, end):
+                one, other = key[len(CONVERSATION) :].split(",", 1)
+                if mine in (one, other):
+                    found.append((CONVERSATION + (other if one == mine else one), newest))
+        found.sort(key=lambda item: item[1])
+        return found[-limit:] if backwards else found[:limit]

@@ -27,8 +27,10 @@ import base64
 import binascii
 import copy
 import dataclasses
+import datetime
 import fnmatch
 import logging
+import math
 import re
 import threading
 import time
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from chatcore import Config, UsageError, __version__, hookimpl
 from chatcore.config import whole_number
+from chatcore.engine.history import CONVERSATION, QUERY_KINDS, HistoryService, Mark, Query
 from chatcore.engine.rooms import CHANMODES, LIST_MODES, MAX_LIST, MAX_MODES, TOPIC_LENGTH, ModeError, parse_modes
 from chatcore.events import (
     Action,
@@ -426,8 +429,11 @@ class IRCFormat(WireFormat):
             return [irc_line(self.server, "MODE", target, "+o" if event.operator else "-o", event.nick)]
         return []
 
-    def welcome_lines(self, nick: str, motd: Iterable[str], user: str = "", max_rooms: int = 100) -> list[str]:
-        """001 to 005 and the MOTD (422 if there is none)."""
+    def welcome_lines(
+        self, nick: str, motd: Iterable[str], user: str = "", max_rooms: int = 100, history_limit: int = 0
+    ) -> list[str]:
+        """001 to 005 and the MOTD (422 if there is none); ``history_limit``:
+        the most lines one CHATHISTORY answers (0: no CHATHISTORY)."""
         version = f"chatcore-{__version__}"
         numeric = self.numeric
         lines = [
@@ -453,6 +459,9 @@ class IRCFormat(WireFormat):
             "PREFIX=(ov)@+",
             f"TOPICLEN={TOPIC_LENGTH}",
         ]
+        if history_limit:
+            tokens += [f"CHATHISTORY={history_limit}", f"MSGREFTYPES={MSGREFTYPES}"]
+            tokens.sort()
         # At most 13 tokens a line: with the nick and the trailing text, the
         # 15 parameters a message may have (RFC 2812 2.3; irctest checks it).
         for start in range(0, len(tokens), ISUPPORT_PER_LINE):
@@ -659,6 +668,10 @@ def _sasl_offer(protocol: IRCProtocol) -> str | None:
     return None if protocol.client.server.accounts is None else ",".join(SASL_MECHANISMS)
 
 
+def _chathistory_offer(protocol: IRCProtocol) -> str | None:
+    return None if protocol.client.server.history is None else ""
+
+
 def _always(protocol: IRCProtocol) -> str:
     return ""
 
@@ -674,6 +687,7 @@ CAPABILITIES: dict[str, Capability] = {
         Capability("away-notify", _always),
         Capability("batch", _always),
         Capability("cap-notify", _always),
+        Capability("draft/chathistory", _chathistory_offer),
         Capability("echo-message", _always),
         Capability("extended-join", _always),
         Capability("invite-notify", _always),
@@ -884,7 +898,9 @@ class IRCProtocol(Protocol):
             return wire.event_lines(event)
         lines: list[str]
         if isinstance(event, Welcome):  # sent by admit(): the registration burst
-            lines = wire.welcome_lines(nick, event.lines, client.user, client.server.max_rooms_per_client)
+            history = client.server.history
+            limit = history.max_limit if history is not None else 0
+            lines = wire.welcome_lines(nick, event.lines, client.user, client.server.max_rooms_per_client, limit)
         elif isinstance(event, Invited):
             lines = [irc_line(self._mask_of(event.by), "INVITE", client.nick, channel(event.room))]
         elif isinstance(event, Notice):
@@ -916,6 +932,10 @@ class IRCProtocol(Protocol):
         elif isinstance(event, RoomList):
             lines = wire.list_lines(nick, [(room, count, "") for room, count in event.rooms])
         elif isinstance(event, Replay):
+            if {"batch", "server-time"} <= self.caps:
+                # As CHATHISTORY answers: the lines as they were said, at their time.
+                said = [line for old in event.events for line in wire.event_lines(old)]
+                return batch_lines(wire.server, self._batch_ref(), "chathistory", [channel(event.room)], said)
             lines = []
             for line in map(event_line, event.events):
                 if line is not None:
@@ -2032,6 +2052,180 @@ def tell_irc_peers(client: Client, capability: str, line: str, rooms: Iterable[s
             protocol.send_lines(with_tags(safe_lines([line]), protocol.wire.line_tags()))
 
 
+# ---------------------------------------------------------------------------
+# CHATHISTORY (draft/chathistory): the past by message ID and time
+# ---------------------------------------------------------------------------
+#
+# https://ircv3.net/specs/extensions/chathistory, answered from the server's
+# history service (chatcore.engine.history: the history plugin's, the
+# cluster's Redis streams in a cluster). Ergo's handler was the reference
+# for what the spec leaves open: a missing, zero or too large limit is the
+# server's most; a timestamp that bounds the start of a range is rounded up
+# to the next millisecond, since times are sent to the millisecond and the
+# line at that time is excluded; BEFORE * is LATEST * (Kiwi IRC sends it).
+
+#: The subcommands that query one target, and the kind of query each is.
+CHATHISTORY_QUERIES = {name.upper(): name for name in QUERY_KINDS}
+#: What ISUPPORT's MSGREFTYPES lists: the references CHATHISTORY takes, the preferred first.
+MSGREFTYPES = "msgid,timestamp"
+#: A client's msgid reference longer than this is no message ID of ours.
+MAX_MSGID = 100
+
+
+class ChathistoryError(Exception):
+    """A CHATHISTORY command that cannot be answered: ``FAIL CHATHISTORY
+    code *params :text``."""
+
+    def __init__(self, code: str, *params: str, text: str) -> None:
+        super().__init__(text)
+        self.code, self.params, self.text = code, params, text
+
+
+def parse_timestamp(text: str) -> float | None:
+    """A server-time timestamp (``2019-01-04T14:33:26.123Z``, the fraction
+    optional) as seconds since the epoch, or None if it is not one."""
+    for form in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            moment = datetime.datetime.strptime(text, form)
+        except ValueError:
+            continue
+        return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
+    return None
+
+
+def parse_reference(text: str, *, exclusive_start: bool = False) -> Mark | None:
+    """A CHATHISTORY message reference, ``msgid=ID`` or ``timestamp=TIME``,
+    or None if it is neither. ``exclusive_start``: a time that starts a
+    range forwards, rounded up past its millisecond (see above)."""
+    kind, sep, value = text.partition("=")
+    kind = kind.lower()
+    if not sep or not value:
+        return None
+    if kind == "msgid":
+        return Mark(value) if len(value) <= MAX_MSGID else None
+    if kind == "timestamp":
+        when = parse_timestamp(value)
+        if when is None:
+            return None
+        return Mark(time=math.floor(when * 1000 + 1) / 1000 if exclusive_start else when)
+    return None
+
+
+def chathistory_query(subcommand: str, params: list[str], max_limit: int) -> tuple[str, Query]:
+    """The target and the query of ``CHATHISTORY subcommand *params``
+    (``params`` after the subcommand), for one of
+    :data:`CHATHISTORY_QUERIES`. Raises ChathistoryError."""
+    kind = CHATHISTORY_QUERIES[subcommand]
+    references = 2 if kind == "between" else 1
+    if len(params) < 1 + references:
+        raise ChathistoryError("INVALID_PARAMS", subcommand, text="Insufficient parameters")
+    target, *given = params[: 1 + references]
+    limit = chathistory_limit(params[1 + references] if len(params) > 1 + references else "", max_limit)
+    if given[0] == "*" and kind in ("latest", "before"):
+        return target, Query("latest", limit)
+    forwards = kind in ("after", "latest")
+    if kind == "between":
+        first, second = (parse_reference(reference) for reference in given)
+        if first is not None and second is not None and not first.msgid and not second.msgid:
+            # Both times: the earlier one is the start of the range, excluded.
+            earlier = min(first.time, second.time)
+            first, second = (
+                Mark(time=math.floor(mark.time * 1000 + 1) / 1000) if mark.time == earlier else mark
+                for mark in (first, second)
+            )
+        marks = [first, second]
+    else:
+        marks = [parse_reference(given[0], exclusive_start=forwards)]
+    for reference, mark in zip(given, marks, strict=True):
+        if mark is None:
+            raise ChathistoryError("INVALID_PARAMS", subcommand, reference, text="Invalid message reference")
+    return target, Query(kind, limit, *marks)
+
+
+def chathistory_limit(text: str, max_limit: int) -> int:
+    """A CHATHISTORY limit: the server's most when missing, zero, not a
+    number or above it (as Ergo)."""
+    limit = int(text) if text.isdigit() and len(text) < 10 else 0
+    return limit if 0 < limit <= max_limit else max_limit
+
+
+def chathistory(protocol: IRCProtocol, params: list[str]) -> None:
+    """``CHATHISTORY subcommand ...``: a chathistory batch of the lines asked
+    for, or ``FAIL CHATHISTORY``."""
+    wire = protocol.wire
+    client = protocol.client
+    subcommand = params[0].upper() if params else "*"
+    service = client.server.history
+    try:
+        if service is None:
+            raise ChathistoryError("MESSAGE_ERROR", subcommand, text="This server keeps no history")
+        if subcommand == "TARGETS":
+            _chathistory_targets(protocol, service, params[1:])
+            return
+        if subcommand not in CHATHISTORY_QUERIES:
+            raise ChathistoryError("INVALID_PARAMS", subcommand, text="Unknown subcommand")
+        target, query = chathistory_query(subcommand, params[1:], service.max_limit)
+        # A channel is the room of that name; a nick, the private
+        # conversation with that person's account (chatcore.engine.history).
+        name = target[1:] if target.startswith("#") else CONVERSATION + target
+        found = service.query(client, name, query)
+        if isinstance(found, str):
+            raise ChathistoryError("INVALID_TARGET", subcommand, target, text="Messages could not be retrieved")
+    except ChathistoryError as failure:
+        protocol.send([irc_line(wire.server, "FAIL", "CHATHISTORY", failure.code, *failure.params, failure.text)])
+        return
+    if target.startswith("#"):
+        lines = [line for event in found for line in wire.event_lines(event)]
+    else:
+        lines = _private_history_lines(protocol, target, found)
+    protocol.send_batch("chathistory", [target], lines)
+
+
+def _private_history_lines(protocol: IRCProtocol, peer: str, events: list[RoomEvent]) -> list[bytes]:
+    """A private conversation's kept lines as PRIVMSGs between this client
+    and ``peer``, with their time and msgid tags as the client takes tags."""
+    client = protocol.client
+    wire = protocol.wire
+    own = {client.nick.casefold(), client.account.casefold()}
+    lines: list[bytes] = []
+    for event in events:
+        assert isinstance(event, Chat)  # what the history keeps of private lines
+        to = peer if event.nick.casefold() in own else client.nick
+        tags = [("time", server_time(event.time))] if "server-time" in protocol.caps else []
+        if "message-tags" in protocol.caps and event.msgid:
+            tags.append(("msgid", event.msgid))
+        lines.extend(
+            with_tags(safe_lines([irc_line(wire.mask(event.nick), "PRIVMSG", to, event.text)]), tag_text(tags))
+        )
+    return lines
+
+
+def _target_name(name: str) -> str:
+    """A history target as IRC names it: ``#room``, or the nick of ``@nick``."""
+    return name.removeprefix(CONVERSATION) if name.startswith(CONVERSATION) else channel(name)
+
+
+def _chathistory_targets(protocol: IRCProtocol, service: HistoryService, params: list[str]) -> None:
+    """``CHATHISTORY TARGETS timestamp=A timestamp=B [limit]``: the channels
+    and nicks with lines between the two times, in a
+    ``draft/chathistory-targets`` batch of ``CHATHISTORY TARGETS NAME TIME``."""
+    if len(params) < 2:
+        raise ChathistoryError("INVALID_PARAMS", "TARGETS", text="Insufficient parameters")
+    start, end = (parse_reference(reference) for reference in params[:2])
+    for reference, mark in zip(params[:2], (start, end), strict=True):
+        if mark is None or mark.msgid:
+            raise ChathistoryError("INVALID_PARAMS", "TARGETS", reference, text="Invalid timestamp")
+    assert start is not None
+    assert end is not None
+    limit = chathistory_limit(params[2] if len(params) > 2 else "", service.max_limit)
+    server = protocol.wire.server
+    lines = safe_lines(
+        irc_line(server, "CHATHISTORY", "TARGETS", _target_name(name), server_time(when))
+        for name, when in service.targets(protocol.client, start.time, end.time, limit)
+    )
+    protocol.send_batch("draft/chathistory-targets", [], lines)
+
+
 _HANDLERS: dict[str, Handler] = {
     "CAP": IRCProtocol.cap,
     "AUTHENTICATE": IRCProtocol.authenticate,
@@ -2066,10 +2260,15 @@ _HANDLERS: dict[str, Handler] = {
     "KICK": IRCProtocol.kick,
     "INVITE": IRCProtocol.invite,
     "KILL": IRCProtocol.kill,
+    "CHATHISTORY": chathistory,
 }
 #: What ``HELP <command>`` says of each IRC command chatcore answers.
 IRC_HELP = {
     "AWAY": "AWAY [:<text>]: mark yourself away (no text: back)",
+    "CHATHISTORY": (
+        "CHATHISTORY LATEST|BEFORE|AFTER|AROUND|BETWEEN <target> <msgid=ID|timestamp=T|*> [...] <limit>, "
+        "CHATHISTORY TARGETS <timestamp=T> <timestamp=T> <limit>: earlier lines (draft/chathistory)"
+    ),
     "HELP": "HELP [<command>]: this help; HELP CHATCORE for chatcore's own commands",
     "INFO": "INFO: what this server is",
     "INVITE": "INVITE <nick> <#channel>: invite someone (an operator's invitation lets them past +i, +k, +l, bans)",

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -43,6 +44,7 @@ import h11
 
 from chatcore import Client, Config, hookimpl
 from chatcore.config import whole_number
+from chatcore.engine.history import Mark, Query
 from chatcore.events import (
     Action,
     Chat,
@@ -108,6 +110,8 @@ DEFAULT_MAX_MESSAGE = 16384
 DEFAULT_PING_INTERVAL = 20
 #: Offsets before the one asked for that a resume answer also includes.
 RESUME_OVERLAP = 10
+#: Lines a page of scroll-back holds when the page does not say.
+HISTORY_PAGE = 50
 #: Seconds an HTTP connection may stay open without a request.
 HTTP_IDLE_TIMEOUT = 30.0
 #: Seconds a request may take to arrive, in all (nginx's
@@ -623,8 +627,13 @@ class WebProtocol(Protocol):
             self._line(obj["text"])
         elif kind == "resume":
             self._resume(obj)
+        elif kind == "history":
+            self._history(obj)
         else:
-            client.error('bad message: expected {"type": "line", "text": "..."} or {"type": "resume", ...}')
+            client.error(
+                'bad message: expected {"type": "line", "text": "..."}, '
+                '{"type": "resume", ...} or {"type": "history", ...}'
+            )
 
     def _line(self, raw: str) -> None:
         """A line of text: a command or chat, exactly as from a native client."""
@@ -653,23 +662,68 @@ class WebProtocol(Protocol):
         """Where the connection enters the chat: no room with ``rooms=after-nick``, else the default one."""
         return "" if self._after_nick else None
 
+    def _may_answer(self) -> bool:
+        """Whether to answer a question about the past (a resume, a page of
+        history) now; paces it either way."""
+        client = self.client
+        # An answer can be 150 KB for a request of 70 bytes: such requests are
+        # paced like lines, and one is answered only once the previous answers
+        # have gone out, so a client that asks and never reads cannot make the
+        # server hold its answers (1,000 resumes grew it by 150 MB).
+        client.server.pace(client)
+        if not self._previous_answers_sent():
+            return False
+        # A room's past is for the people in it: nothing before the server
+        # password (a stranger could read any room by guessing its name),
+        # and nothing of a room the connection is not in (as Ergo's
+        # CHATHISTORY requires membership). The page joins, then asks.
+        if not client.admitted:
+            client.error(PASSWORD_REQUIRED)
+            return False
+        return True
+
+    def _history(self, request: dict[str, Any]) -> None:
+        """A page of a room's past for the scroll-back: up to ``limit``
+        chat lines before ``before`` (a message ID, or a time in seconds),
+        or the latest without it; ``complete`` once nothing older is kept."""
+        client = self.client
+        if not self._may_answer():
+            return
+        room, before, limit = request.get("room"), request.get("before"), request.get("limit", HISTORY_PAGE)
+        valid_before = before is None or (
+            isinstance(before, (int, float)) and not isinstance(before, bool) and math.isfinite(before)
+        )
+        if isinstance(before, str):
+            valid_before = _valid_text(before)
+        if not isinstance(room, str) or not valid_before or type(limit) is not int or limit < 1:
+            client.error('bad history request: expected {"type": "history", "room": ROOM, "before": MSGID, "limit": N}')
+            return
+        if not _valid_text(room):
+            client.error(_NOT_UNICODE)
+            return
+        service = client.server.history
+        answer: dict[str, Any] = {"type": "history", "room": room, "before": before}
+        if service is None:
+            answer.update(events=[], complete=True, reason="this server keeps no history")
+        else:
+            limit = min(limit, service.max_limit)
+            if before is None:
+                query = Query("latest", limit)
+            else:
+                query = Query("before", limit, Mark(before) if isinstance(before, str) else Mark(time=float(before)))
+            found = service.query(client, room, query)
+            if isinstance(found, str):
+                client.error(f"cannot read the history of {room}: {found}")
+                return
+            answer.update(events=_objects(found), complete=len(found) < limit)
+        answer["you"] = _you(client)
+        client.send_data(message_frame(answer))
+
     def _resume(self, request: dict[str, Any]) -> None:
         """What the browser missed in a room since ``(epoch, offset)``,
         from the history plugin; ``complete`` says whether that is all."""
         client = self.client
-        # An answer can be 150 KB for a request of 70 bytes: resumes are paced
-        # like lines, and one is answered only once the previous answers have
-        # gone out, so a client that asks and never reads cannot make the
-        # server hold its answers (1,000 resumes grew it by 150 MB).
-        client.server.pace(client)
-        if not self._previous_answers_sent():
-            return
-        # A room's past is for the people in it: nothing before the server
-        # password (a stranger could read any room by guessing its name),
-        # and nothing of a room the connection is not in (as Ergo's
-        # CHATHISTORY requires membership). The page joins, then resumes.
-        if not client.admitted:
-            client.error(PASSWORD_REQUIRED)
+        if not self._may_answer():
             return
         room, epoch, offset = request.get("room"), request.get("epoch"), request.get("offset")
         if not isinstance(room, str) or not isinstance(epoch, str) or type(offset) is not int:

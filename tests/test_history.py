@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from chatcore import UsageError
+from chatcore import UsageError, hookimpl
 from chatcore.config import parse_config
+from chatcore.engine.history import HistoryService, Mark, Query, conversation
+from chatcore.engine.history import select as select_events
 from chatcore.engine.server import ChatServer
 from chatcore.events import Chat
+from chatcore.names import room_problem
 from chatcore.plugins import history
 from chatcore.testing import ClientFactory, LineClient, wait_for
 
@@ -393,3 +396,178 @@ def test_since_says_incomplete_once_a_line_after_the_offset_left_memory():
     assert complete is True  # nothing of lobby's left memory
     kept_history.forget("board")
     assert kept_history.since("board", "e1", 0) == ([], True)  # an emptied room is numbered anew
+
+
+def _said(count: int) -> list[Chat]:
+    """``count`` lines of one room, one a second from time 100."""
+    return [Chat("lobby", "amy", f"line {number}", number, "e1", 100.0 + number) for number in range(1, count + 1)]
+
+
+def _texts(events) -> list[str]:
+    return [event.text for event in events]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (Query("latest", 3), [8, 9, 10]),
+        (Query("latest", 50, Mark("e1:7")), [8, 9, 10]),
+        (Query("latest", 2, Mark(time=104.5)), [9, 10]),
+        (Query("before", 3, Mark("e1:5")), [2, 3, 4]),
+        (Query("before", 3, Mark("e1:2")), [1]),
+        (Query("before", 2, Mark(time=105.0)), [3, 4]),  # a time's own line is not before it
+        (Query("after", 3, Mark("e1:5")), [6, 7, 8]),
+        (Query("after", 3, Mark(time=108.0)), [9, 10]),
+        (Query("around", 3, Mark("e1:5")), [4, 5, 6]),
+        (Query("around", 4, Mark("e1:1")), [1, 2, 3, 4]),
+        (Query("around", 2, Mark(time=105.5)), [5, 6]),
+        (Query("between", 10, Mark("e1:2"), Mark("e1:6")), [3, 4, 5]),
+        (Query("between", 2, Mark("e1:2"), Mark("e1:6")), [3, 4]),  # the nearest the start
+        (Query("between", 2, Mark("e1:6"), Mark("e1:2")), [4, 5]),  # backwards: still the nearest the start
+        (Query("between", 10, Mark(time=103.0), Mark(time=106.0)), [4, 5]),
+        (Query("before", 3, Mark("e1:99")), []),  # not kept: nothing
+        (Query("before", 3, Mark("other:5")), []),
+        (Query("latest", 0), []),
+    ],
+)
+def test_select_answers_each_kind_of_query(query, expected):
+    assert _texts(select_events(_said(10), query)) == [f"line {number}" for number in expected]
+
+
+def test_conversations_are_named_the_same_whoever_asks():
+    assert conversation("Bob", "alice") == conversation("alice", "bob") == "@alice,bob"
+    assert room_problem(conversation("alice", "bob")) is not None  # never a room's name
+
+
+def test_a_schema_1_database_is_migrated_and_keeps_its_lines(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE chatcore_history (id INTEGER PRIMARY KEY, room TEXT NOT NULL, time REAL NOT NULL, "
+            "kind TEXT NOT NULL, nick TEXT NOT NULL, text TEXT NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO chatcore_history (room, time, kind, nick, text) VALUES ('lobby', 5.0, 'chat', 'a', 'old')"
+        )
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+    store = history.HistoryStore.open(str(path), 10)
+    store.start()
+    try:
+        store.put(("lobby", 6.0, "chat", "b", "new", "e9", 4))
+        assert store.read("lobby") == [
+            ("lobby", 5.0, "chat", "a", "old", "", 0),  # from before message IDs: none
+            ("lobby", 6.0, "chat", "b", "new", "e9", 4),
+        ]
+        assert store.latest("lob", 5.5, 10.0, 5) == [("lobby", 6.0)]  # the targets with lines between two times
+        assert store.latest("@", 0.0, 10.0, 5) == []
+    finally:
+        store.stop()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    db.close()
+
+
+def test_per_room_retention_and_the_replay_stays_short(chat_server_factory, chat_client, tmp_path):
+    db = tmp_path / "history.sqlite"
+    server = chat_server_factory(
+        "--plugins", "history", "--history-lines", "2", "--history-room-lines", "news=6", "--history-db", str(db)
+    )
+    alice = named(chat_client, server, "alice")
+    alice.send("/join news")
+    for number in range(8):
+        alice.send(f"news {number}")
+    alice.send("/join lobby")
+    for number in range(4):
+        alice.send(f"lobby {number}")
+    alice.sync()
+    kept = history._history(server)
+    assert _texts(kept.replay("news")) == [f"news {number}" for number in range(2, 8)]
+    assert _texts(kept.replay("lobby")) == ["lobby 2", "lobby 3"]
+    bob = named(chat_client, server, "bob")
+    bob.send("/join news")
+    assert bob.sync()[1:] == ["* last 2 messages in news:", "# <alice> news 6", "# <alice> news 7"]
+    server.stop()
+    assert [row[3] for row in stored(db) if row[0] == "news"] == [f"news {number}" for number in range(2, 8)]
+
+
+@pytest.mark.parametrize("value", ["news", "news=0", "=5", "bad room=3"])
+def test_bad_history_room_lines(value, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--plugins", "history", "--history-room-lines", value])
+    assert "--history-room-lines" in capsys.readouterr().err
+
+
+def test_the_history_command_shows_a_rooms_last_lines(chat_server_factory, chat_client):
+    server = chat_server_factory("--plugins", "history", "--history-lines", "5", "--history-room-lines", "lobby=50")
+    alice = named(chat_client, server, "alice")
+    bob = named(chat_client, server, "bob")
+    for number in range(30):
+        alice.send(f"line {number}")
+    alice.sync()  # alice's thread has recorded each of her lines before it answers her ping
+    bob.expect("<alice> line 29")
+    bob.send("/history 3")
+    assert bob.sync() == ["* last 3 messages in lobby:", "# <alice> line 27", "# <alice> line 28", "# <alice> line 29"]
+    bob.send("/history lobby")  # 20 unless told
+    assert bob.sync()[:2] == ["* last 20 messages in lobby:", "# <alice> line 10"]
+    bob.send("/history LOBBY 40")
+    assert bob.sync()[0] == "* last 30 messages in lobby:"
+    bob.send("/join dev")
+    bob.send("/history")
+    assert bob.sync() == ["* you are now in dev (1 here)", "* no history kept for dev"]
+    carol = named(chat_client, server, "carol")
+    carol.send("/part lobby")
+    carol.send("/history lobby 2")  # not a member: refused
+    assert carol.sync()[-1] == "! you are not in lobby; join it to read its history"
+    carol.send("/history lobby dev 2")
+    assert carol.sync() == ["! usage: /history [ROOM|@NICK] [N]"]
+
+
+def test_a_plugin_supplies_the_history_service(chat_server_factory, chat_client):
+    class Answers(HistoryService):
+        def query(self, client, target, query):  # type: ignore[no-untyped-def]
+            return [Chat(target, "oracle", f"{query.kind} {query.limit}", 1, "e", 1.0)]
+
+    class Plugin:
+        @hookimpl(tryfirst=True)
+        def chatcore_history_service(self, server):  # type: ignore[no-untyped-def]
+            return Answers()
+
+    server = chat_server_factory("--plugins", "history", plugins=[Plugin()])
+    assert isinstance(server.history, Answers)
+    alice = chat_client(server)
+    alice.send("/history 5")  # the history plugin's command asks the service, whoever supplies it
+    assert alice.sync() == ["* last 1 message in lobby:", "# <oracle> latest 5"]
+    assert chat_server_factory().history is None  # no history plugin: no service
+
+
+def test_private_lines_between_two_accounts_are_kept_for_both(chat_server_factory, chat_client, tmp_path):
+    server = chat_server_factory("--plugins", "accounts,history", "--state-db", str(tmp_path / "state.db"))
+    alice, bob, carol = (named(chat_client, server, nick) for nick in ("alice", "bob", "carol"))
+    for client, nick in ((alice, "alice"), (bob, "bob")):
+        client.send("/register correct-horse")
+        client.expect(f"* registered the account {nick}; you are logged in to it (later: /login {nick} PASSWORD)")
+    alice.send("/msg bob are you there?")
+    bob.expect("*alice* are you there?")
+    alice.sync()  # kept once alice's thread is done with it (after bob has it)
+    bob.send("/msg alice yes")
+    alice.expect("*bob* yes")
+    bob.send("in the lobby")
+    alice.expect("<bob> in the lobby")
+    carol.send("/msg bob a guest's line")  # carol has no account: not kept
+    bob.expect("*carol* a guest's line")
+    bob.send("/history @alice")
+    assert bob.sync()[-3:] == ["* last 2 messages in @alice:", "# <alice> are you there?", "# <bob> yes"]
+    alice.send("/history @BOB 1")
+    assert alice.sync() == ["* last 1 message in @bob:", "# <bob> yes"]
+    carol.send("/history @bob")
+    assert carol.sync()[-1] == "! private history is kept for logged-in accounts only; log in to read it"
+    service = server.history
+    bob_here = server.registry.find("bob")
+    assert [target for target, _ in service.targets(bob_here, 0, 2e9, 10)] == ["@alice", "lobby"]
+    assert [target for target, _ in service.targets(bob_here, 2e9, 0, 1)] == ["lobby"]  # counted from the start
+    assert service.targets(bob_here, 0, 1, 10) == []  # nothing said then
+    first, second = service.query(bob_here, "@alice", Query("latest", 5))
+    assert first.msgid
+    assert first.msgid != second.msgid
+    assert [event.text for event in service.query(bob_here, "@alice", Query("after", 5, Mark(first.msgid)))] == ["yes"]

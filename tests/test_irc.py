@@ -134,7 +134,10 @@ def register(connect, server: ChatServer, nick: str) -> IRCClient:  # type: igno
 # -- registration -------------------------------------------------------------------
 
 #: What CAP LS offers on a server without the accounts plugin (test_irc_caps.py checks each).
-CAP_LS_WITHOUT_ACCOUNTS = ":chatcore CAP * LS :" + " ".join(name for name in CAPABILITIES if name != "sasl")
+# sasl and draft/chathistory come with the accounts and history plugins.
+CAP_LS_WITHOUT_ACCOUNTS = ":chatcore CAP * LS :" + " ".join(
+    name for name in CAPABILITIES if name not in ("sasl", "draft/chathistory")
+)
 
 
 def test_registration_with_cap_negotiation_as_modern_clients_do_it(chat_server_factory, connect, natives):
@@ -769,7 +772,7 @@ def test_every_event_renders_as_safe_irc_lines_whatever_its_fields(named, user):
     wire = IRCFormat()
     registry = SimpleNamespace(find=lambda nick: None)
     server = SimpleNamespace(
-        nicks_in=lambda room: [HOSTILE, "bob"], registry=registry, rooms=Rooms(), max_rooms_per_client=100
+        nicks_in=lambda room: [HOSTILE, "bob"], registry=registry, rooms=Rooms(), max_rooms_per_client=100, history=None
     )
     client = SimpleNamespace(
         nick=HOSTILE if named else "",

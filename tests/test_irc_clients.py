@@ -142,6 +142,54 @@ def test_the_irc_library_as_a_bot_in_a_room_with_a_native_user(server, bob):
         bot.reactor.disconnect_all()
 
 
+def test_the_irc_library_pages_back_with_chathistory():
+    """A CHATHISTORY exchange (docs/irc.md): the library as a client that
+    asks for the channel's past in chathistory batches, with time and msgid
+    tags, and pages back by msgid."""
+    with ServerProcess(
+        "--plugins", "irc,history", "--history-room-lines", "lobby=50",
+        "--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0",
+    ) as proc:  # fmt: skip
+        native = LineClient(proc.addresses["tcp"])
+        bot = Bot(proc.addresses["irc"], "historian")
+        try:
+            for number in range(8):
+                native.send(f"line {number}")
+            native.sync()
+            bot.connection.cap("REQ", "batch", "draft/chathistory", "message-tags", "server-time")
+            bot.wait("the capabilities", lambda event: event.type == "cap" and event.arguments[0] == "ACK")
+            bot.wait_type("nomotd")  # registered (no welcome plugin: no MOTD)
+            assert bot.connection.features.chathistory == 50
+
+            def page(request: str) -> list[irc.client.Event]:
+                """The PRIVMSGs of the chathistory batch that answers ``request``."""
+                bot.events.clear()
+                bot.connection.send_raw(request)
+                closing = bot.wait("the batch's end", lambda event: event.type == "batch" and event.target[0] == "-")
+                opening = next(event for event in bot.events if event.type == "batch" and event.target[0] == "+")
+                assert opening.arguments == ["chathistory", "#lobby"]
+                assert closing.target == "-" + opening.target[1:]
+                inner = [event for event in bot.events if event.type == "pubmsg"]
+                assert all({"key": "batch", "value": opening.target[1:]} in event.tags for event in inner)
+                return inner
+
+            def tag(event: irc.client.Event, key: str) -> str:
+                return str(next(item["value"] for item in event.tags if item["key"] == key))
+
+            # Joining, a client with batch and server-time gets the replay as a batch too.
+            replayed = page("JOIN #lobby")
+            assert [event.arguments[0] for event in replayed] == [f"line {number}" for number in range(8)]
+            latest = page("CHATHISTORY LATEST #lobby * 3")
+            assert [event.arguments[0] for event in latest] == ["line 5", "line 6", "line 7"]
+            assert all(tag(event, "time").endswith("Z") for event in latest)  # when each was said
+            older = page(f"CHATHISTORY BEFORE #lobby msgid={tag(latest[0], 'msgid')} 10")
+            assert [event.arguments[0] for event in older] == [f"line {number}" for number in range(5)]
+            assert {tag(event, "msgid") for event in older}.isdisjoint(tag(event, "msgid") for event in latest)
+        finally:
+            bot.reactor.disconnect_all()
+            native.close()
+
+
 def test_a_native_users_quit_reaches_the_bot(server, bob):
     bot = Bot(server.addresses["irc"], "watcher")
     try:

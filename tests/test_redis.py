@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from redis_support import Proxy, RedisServer, free_port
+from test_web import WSClient
 
 from chatcore.engine.rooms import Rooms, RoomState
 from chatcore.events import (
@@ -1018,6 +1019,37 @@ def test_history_is_the_cluster_s(redis_server, cluster, connect) -> None:
             assert [newcomer.readline() for _ in range(3)] == expected[1:]
         finally:
             newcomer.close()
+
+
+@pytest.mark.slow
+def test_a_line_has_one_message_id_on_every_server_live_and_in_history(redis_server, cluster, connect) -> None:
+    """Issue 29: the history on server 2 answers by the message IDs and
+    with the times of the lines said on server 1, and the lines reach
+    server 2's clients with those IDs too."""
+    args = ("--plugins", "redis,history,web", "--listen", "ws://127.0.0.1:0", "--history-room-lines", "lobby=50")
+    one = cluster(redis_server.url, "127.0.0.1", *args)
+    two = cluster(redis_server.url, "127.0.0.2", *args)
+    alice = connect(one, "alice")
+    bob = connect(two, "bob")
+    linked(alice, "alice", [bob])
+    pages = [WSClient(one.addresses["ws"]), WSClient(two.addresses["ws"])]
+    try:
+        for page in pages:
+            page.expect({"type": "welcome"})
+        for number in range(5):
+            alice.send(f"said on one {number}")
+        live = [[page.expect({"type": "chat", "text": f"said on one {n}"}) for n in range(5)] for page in pages]
+        said = [(event["text"], event["msgid"], event["time"]) for event in live[0]]
+        assert [(event["text"], event["msgid"], event["time"]) for event in live[1]] == said
+        assert live[0][0]["epoch"] != live[1][0]["epoch"]  # each server numbers its own (resumes rely on it)
+        # Server 2 answers from the room's stream, by server 1's IDs.
+        for page in pages:
+            page.send({"type": "history", "room": "lobby", "before": said[4][1], "limit": 3})
+            answer = page.expect({"type": "history", "before": said[4][1]})
+            assert [(event["text"], event["msgid"], event["time"]) for event in answer["events"]] == said[1:4]
+    finally:
+        for page in pages:
+            page.close()
 
 
 @pytest.mark.slow

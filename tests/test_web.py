@@ -744,6 +744,51 @@ def test_history_is_replayed_and_resume_finds_what_was_missed(web, clients):
     assert answer["reason"] == "the server restarted or the room was made again"
 
 
+def test_a_history_request_pages_back_by_message_id(web, clients):
+    server = web("--history-lines", "5", "--history-room-lines", "lobby=100", plugins="web,history")
+    native = clients.native(server)
+    for number in range(30):
+        native.send(f"line {number}")
+    native.sync()
+    browser = clients(server)
+    replay = browser.expect({"type": "history"})
+    assert "before" not in replay  # the replay on entering: the last 5
+    assert [event["text"] for event in replay["events"]] == [f"line {number}" for number in range(25, 30)]
+    first = replay["events"][0]
+    browser.send({"type": "history", "room": "lobby", "before": f"{first['epoch']}:{first['offset']}", "limit": 20})
+    page = browser.expect({"type": "history", "before": f"{first['epoch']}:{first['offset']}"})
+    assert [event["text"] for event in page["events"]] == [f"line {number}" for number in range(5, 25)]
+    assert page["complete"] is False
+    oldest = page["events"][0]
+    browser.send({"type": "history", "room": "lobby", "before": f"{oldest['epoch']}:{oldest['offset']}"})
+    page = browser.expect({"type": "history", "before": f"{oldest['epoch']}:{oldest['offset']}"})
+    assert [event["text"] for event in page["events"]] == [f"line {number}" for number in range(5)]
+    assert page["complete"] is True  # nothing older is kept
+    # By time too, and the latest without "before".
+    browser.send({"type": "history", "room": "lobby", "before": first["time"], "limit": 2})
+    assert [event["text"] for event in browser.expect({"type": "history", "before": first["time"]})["events"]] == [
+        "line 23",
+        "line 24",
+    ]
+    browser.send({"type": "history", "room": "lobby", "limit": 1})
+    assert [event["text"] for event in browser.expect({"type": "history", "before": None})["events"]] == ["line 29"]
+    # Bad requests and rooms one is not in get an error, and lose nothing.
+    for bad in (
+        {"room": "lobby", "limit": 0},
+        {"room": 5},
+        {"room": "lobby", "before": True},
+        {"room": "lobby", "before": []},
+    ):
+        browser.send({"type": "history", **bad})
+        assert browser.expect({"type": "error"})["text"].startswith("bad history request")
+    browser.send({"type": "history", "room": "board"})
+    assert browser.expect({"type": "error"})["text"] == (
+        "cannot read the history of board: you are not in board; join it to read its history"
+    )
+    browser.say("still here")
+    native.expect("<guest-2> still here")
+
+
 def test_resume_without_the_history_plugin_says_so(web, clients):
     server = web()
     browser = clients(server)

@@ -764,6 +764,45 @@ def test_lines_that_arrive_while_the_tab_is_hidden_are_marked_unread(browser):
             native.close()
 
 
+def test_scrolling_to_the_top_loads_older_lines_back_through_500(browser, tmp_path):
+    with serve("--history-room-lines", "lobby=600") as server:
+        native = LineClient(server.addresses["tcp"])
+        try:
+            native.send("/nick nat")
+            native.expect("* you are now known as nat")
+            for number in range(500):
+                native.send(f"line {number:03}")
+            native.sync()  # each kept before the pong
+            driver = browser()
+            open_page(driver, "http://{}:{}/".format(*server.addresses["ws"]), "alice")
+            wait_for_text(driver, "line 499")
+            said = [f"line {number:03}" for number in range(500)]
+
+            def lines(d: WebDriver) -> list[str]:
+                return [text for text in log_texts(d) if text.startswith("line ")]
+
+            assert lines(driver) == said[-20:]  # the replay on entering: --history-lines
+            pages = 0
+            while "nothing older is kept" not in log_texts(driver):
+                before = len(lines(driver))
+                # As a person scrolling up: the log to its top, and the page keeps what was shown in view.
+                driver.execute_script("const log = document.getElementById('log'); log.scrollTop = 0;")
+                wait(driver, lambda d, n=before: len(lines(d)) > n or "nothing older is kept" in log_texts(d), "older")
+                pages += 1
+                assert pages < 20
+                # Older lines go above without moving the view to the top.
+                if "nothing older is kept" not in log_texts(driver):
+                    assert driver.execute_script("return document.getElementById('log').scrollTop") > 0
+            assert lines(driver) == said  # all 500, in order, none twice
+            assert log_texts(driver).index("nothing older is kept") < log_texts(driver).index("line 000")
+            native.send("and a new one")
+            wait_for_text(driver, "and a new one")
+            assert lines(driver)[-1] == "line 499"
+            screenshot(driver, tmp_path, "scroll-back")
+        finally:
+            native.close()
+
+
 def test_the_page_over_wss(browser, tmp_path):
     ca = trustme.CA()
     leaf = ca.issue_cert("127.0.0.1")

@@ -47,7 +47,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from chatcore.engine.backplane import Backplane
@@ -95,6 +95,7 @@ from chatcore.transports.listener import Listener, format_address
 if TYPE_CHECKING:
     from chatcore.config import Config
     from chatcore.engine.accounts import AccountService
+    from chatcore.engine.history import HistoryService
     from chatcore.transports import Scheme
     from chatcore.transports.tls import Certificates
     from chatcore.wire import WireFormat
@@ -165,8 +166,8 @@ class ChatServer:
         # Opened when a plugin first needs it (a server without accounts
         # never makes a state database in its working directory).
         self._store: Store | None = None
-        self._accounts: AccountService | None = None
-        self._accounts_asked = False
+        # Supplied by plugins (chatcore_account_service ...), asked once: _service().
+        self._services: dict[str, object] = {}
         self._state_lock = threading.Lock()
         self.listeners: list[Listener] = []
         for url in config.listen:
@@ -305,16 +306,29 @@ class ChatServer:
         return store
 
     @property
+    def history(self) -> HistoryService | None:
+        """The history service a plugin supplies (``chatcore_history_service``),
+        or None on a server that keeps no history: how a protocol answers a
+        client's questions about the past (:mod:`chatcore.engine.history`)."""
+        service: HistoryService | None = self._service("history", self.hooks.history_service)
+        return service
+
+    @property
     def accounts(self) -> AccountService | None:
         """The account service a plugin supplies (``chatcore_account_service``),
         or None on a server without accounts: how a protocol logs a
         connection in to an account (:mod:`chatcore.engine.accounts`)."""
-        if not self._accounts_asked:
+        service: AccountService | None = self._service("accounts", self.hooks.account_service)
+        return service
+
+    def _service(self, name: str, ask: Callable[[ChatServer], object]) -> Any:
+        """What ``ask`` (a hook of the facade) answers for this server: asked
+        once, on the first thread that needs it."""
+        if name not in self._services:
             with self._state_lock:
-                if not self._accounts_asked:
-                    self._accounts = self.hooks.account_service(self)
-                    self._accounts_asked = True
-        return self._accounts
+                if name not in self._services:
+                    self._services[name] = ask(self)
+        return self._services[name]
 
     # -- connections ----------------------------------------------------------
 

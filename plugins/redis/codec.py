@@ -14,7 +14,7 @@ from typing import Any
 from chatcore import events
 from chatcore.engine.limits import parse_network
 from chatcore.engine.registry import MAX_ROOMS_PER_CLIENT
-from chatcore.events import PrivateMessage, RoomEvent
+from chatcore.events import PrivateMessage, RoomEvent, parse_msgid
 from chatcore.names import room_problem, user_problem
 from chatcore.wire.native import DEFAULT_MAX_LINE, sanitize
 
@@ -28,8 +28,9 @@ _ROOM_EVENTS: dict[str, type[RoomEvent]] = {
     for name in events.__all__
     if isinstance(cls := getattr(events, name), type) and issubclass(cls, RoomEvent) and cls is not RoomEvent
 }
-#: Identity fields: the cluster gives its own (the stream's epoch and offset).
-_IDENTITY = frozenset({"offset", "epoch", "time"})
+#: Identity fields: the cluster gives its own (the stream's epoch and offset);
+#: the message ID travels beside the event (the entry's ``id``).
+_IDENTITY = frozenset({"offset", "epoch", "time", "origin"})
 
 
 def encode_event(event: RoomEvent) -> str:
@@ -47,10 +48,11 @@ def encode_event(event: RoomEvent) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode_event(text: str, max_line: int = DEFAULT_MAX_LINE) -> RoomEvent:
+def decode_event(text: str, max_line: int = DEFAULT_MAX_LINE, origin: str = "") -> RoomEvent:
     """The event :func:`encode_event` wrote; ValueError if it is not one
     (a newer server's event type, or damage). Its fields are checked by
-    :func:`checked` (``max_line``: the longest text allowed, in bytes)."""
+    :func:`checked` (``max_line``: the longest text allowed, in bytes);
+    ``origin`` is its message ID (:attr:`RoomEvent.origin`), if known."""
     record = _json_object(text, max_line)
     kind = record.pop("type", None)
     # Any JSON value may be there: one that cannot be a key (a list) is no type either.
@@ -61,7 +63,7 @@ def decode_event(text: str, max_line: int = DEFAULT_MAX_LINE) -> RoomEvent:
     if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
         raise ValueError("time is not a number")
     try:
-        return cls(**checked(_ROOM_EVENT_FIELDS[cls], record, max_line), time=float(when))
+        return cls(**checked(_ROOM_EVENT_FIELDS[cls], record, max_line), time=float(when), origin=origin)
     except TypeError as exc:
         raise ValueError(str(exc)) from None
 
@@ -240,7 +242,16 @@ def entry_place(entry: dict[str, str]) -> tuple[str, int]:
     return epoch, offset
 
 
+def entry_msgid(entry: dict[str, str]) -> str:
+    """The message ID the server that said a room stream entry's event gave
+    it (its ``id``), or ``""`` if the entry has none (written by an older
+    server) or not a valid one."""
+    msgid = entry.get("id", "")
+    return msgid if parse_msgid(msgid) is not None else ""
+
+
 def entry_event(entry: dict[str, str], max_line: int) -> tuple[str, int, RoomEvent]:
-    """A room stream entry's epoch, offset and event (checked: :func:`checked`)."""
+    """A room stream entry's epoch, offset and event (checked: :func:`checked`),
+    the event with its message ID (:func:`entry_msgid`)."""
     epoch, offset = entry_place(entry)
-    return epoch, offset, decode_event(entry["event"], max_line)
+    return epoch, offset, decode_event(entry["event"], max_line, entry_msgid(entry))

@@ -487,9 +487,10 @@ class Presence(threading.Thread):
 
     def history(self, room: str, limit: int) -> list[RoomEvent] | None:
         """The room's last ``limit`` chat and action events in its stream,
-        oldest first, with the time they were said and no identity (epoch
-        ``""``, offset 0: the stream's numbering is the cluster's, not what
-        users see); None if Redis cannot say."""
+        oldest first, with the time they were said and the message ID their
+        server gave them (:attr:`RoomEvent.origin`), but no epoch and offset
+        (``""``, 0: the stream's numbering is the cluster's, not what users
+        see); None if Redis cannot say."""
         import redis as redis_py
 
         assert self.client is not None
@@ -512,10 +513,11 @@ class Presence(threading.Thread):
                         self.cluster.invalid.drop(f"room {room} entry {entry_id}", exc)
                         continue
                     if isinstance(event, (Chat, Action)) and event.room == room:
-                        # With its time, but not the stream's identity: users
-                        # see each server's own numbering (docs/scaling.md),
-                        # and a page that saw a stream's epoch beside its
-                        # server's thought the server had restarted.
+                        # With its time and message ID, but not the stream's
+                        # epoch and offset: users see each server's own
+                        # numbering (docs/scaling.md), and a page that saw a
+                        # stream's epoch beside its server's thought the
+                        # server had restarted.
                         found.append(event)
                 if len(page) < HISTORY_PAGE:
                     break

@@ -33,6 +33,8 @@ class _Pending:
     seq: int
     room: str
     event: str
+    #: The event's message ID (RoomEvent.msgid), the same on every server.
+    msgid: str = ""
     #: Whether the reader waits to learn where this entry goes: the Joined of
     #: a room it does not read yet (see :class:`Arrivals`).
     placing: bool = False
@@ -90,7 +92,7 @@ class Publisher(threading.Thread):
             # Asked under this lock, so the entry the reader waits for is the
             # first of the room in queue order.
             placing = isinstance(event, Joined) and arrivals.entered(event.room, self._seq)
-            self._queue.append(_Pending(self._seq, event.room, text, placing, changes))
+            self._queue.append(_Pending(self._seq, event.room, text, event.msgid, placing, changes))
             self._trim()
             self._cond.notify()
 
@@ -163,7 +165,14 @@ class Publisher(threading.Thread):
                 )
                 continue
             script_keys = [keys.meta(room), keys.stream(room)]
-            args: list[Any] = [cluster.node, item.seq, item.event, cluster.stream_length, secrets.token_hex(4)]
+            args: list[Any] = [
+                cluster.node,
+                item.seq,
+                item.event,
+                cluster.stream_length,
+                secrets.token_hex(4),
+                item.msgid,
+            ]
             if item.changes:
                 script_keys += [keys.room_state(room), keys.room_holders(room)]
                 args += item.changes

@@ -17,6 +17,7 @@ from chatcore.plugins.redis.codec import (
     decode_moderation,
     decode_private,
     entry_event,
+    entry_msgid,
     entry_place,
 )
 from chatcore.plugins.redis.connection import Backoff, close, connect
@@ -288,7 +289,8 @@ class Reader(threading.Thread):
                 return  # this node's event again: its publisher's retry reached another copy of the stream
             self.heard[(room, node)] = int(seq)
         try:
-            event = decode_event(entry["event"], server.max_line)
+            # With the message ID its server gave it: one ID on every server.
+            event = decode_event(entry["event"], server.max_line, entry_msgid(entry))
             if event.room != room:
                 raise ValueError(f"it is for room {event.room}")
         except (KeyError, ValueError) as exc:

@@ -84,8 +84,8 @@ class Keys:
 # server holds the room: made once, in the stream's order.
 #
 # KEYS: meta, stream, and for a change of state the room's state and holders.
-# ARGV: node, sequence, event JSON, maxlen, new epoch, then the changes as
-# triples (roomstate.state_changes). Returns {offset, entry id, epoch}
+# ARGV: node, sequence, event JSON, maxlen, new epoch, the event's message ID
+# (RoomEvent.msgid), then the changes as triples (roomstate.state_changes). Returns {offset, entry id, epoch}
 # (where the entry went: the reader starts a room its clients entered
 # there), or 0 for a repeat.
 PUBLISH_LUA = """
@@ -102,9 +102,9 @@ end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 redis.call('HSET', KEYS[1], field, ARGV[2])
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
-    'v', '1', 'node', ARGV[1], 'seq', ARGV[2], 'epoch', epoch, 'offset', offset, 'event', ARGV[3])
-if #ARGV > 5 and redis.call('EXISTS', KEYS[4]) == 1 then
-    for i = 6, #ARGV, 3 do
+    'v', '1', 'node', ARGV[1], 'seq', ARGV[2], 'epoch', epoch, 'offset', offset, 'event', ARGV[3], 'id', ARGV[6])
+if #ARGV > 6 and redis.call('EXISTS', KEYS[4]) == 1 then
+    for i = 7, #ARGV, 3 do
         local op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2]
         if op == 'set' then
             redis.call('HSET', KEYS[3], a, b)

@@ -8,6 +8,8 @@
 
 const MAX_LOG = 1000; // entries kept on the page
 const MAX_SEEN = 20000; // identities remembered for dropping replayed duplicates
+const HISTORY_PAGE = 100; // lines asked for at a time when scrolling back
+const NEAR_TOP = 80; // px from the top of the log where older lines are asked for
 const BACKOFF_FIRST = 500; // ms
 const BACKOFF_MAX = 30000;
 
@@ -50,6 +52,11 @@ let members = new Set();
 const seen = new Set(); // "room epoch offset", and "room time type nick text"
 const positions = new Map(); // room -> {epoch, offset}: the highest offset seen
 const ownLines = []; // {room, text} said by this page, not echoed by the server
+// Scroll-back: the message ID of each room's oldest line on the page, to ask
+// for the lines before it ("" once the server has no older ones), and the
+// rooms with a page of older lines asked for and not yet answered.
+const oldest = new Map();
+const askedOlder = new Set();
 const quietAnswers = { members: 0, rooms: 0 }; // answers to our own /who and /rooms, not shown in the log
 let unread = 0;
 let unreadMarker = null;
@@ -150,7 +157,9 @@ function handle(event) {
       invited(event);
       break;
     case "history":
-      for (const old of event.events) roomEvent(old, true);
+      // An answer to the scroll-back has "before"; else a replay on entering.
+      if ("before" in event) olderLines(event);
+      else for (const old of event.events) roomEvent(old, true);
       break;
     case "resume":
       resumed(event);
@@ -333,16 +342,27 @@ function refresh() {
   if (sendLine("/rooms")) quietAnswers.rooms += 1;
 }
 
-function roomEvent(event, replayed) {
-  // Seen before? By identity, and by content and time for events kept
-  // across a restart of the server (they come back without an identity).
+// Whether an event is new to this page; remembers it if so. Seen before? By
+// identity, and by content and time for events kept across a restart of the
+// server (they come back without an identity).
+function firstSight(event) {
   const keys = [`${event.room} ${event.time} ${event.type} ${event.nick} ${event.text}`];
   if (event.offset) keys.push(`${event.room} ${event.epoch} ${event.offset}`);
-  if (keys.some((key) => seen.has(key))) return;
+  if (keys.some((key) => seen.has(key))) return false;
   for (const key of keys) seen.add(key);
   if (seen.size > MAX_SEEN) {
     // Forget the oldest: a replay reaches back a few dozen events, not thousands.
     for (const key of [...seen].slice(0, seen.size - MAX_SEEN / 2)) seen.delete(key);
+  }
+  return true;
+}
+
+function roomEvent(event, replayed) {
+  if (!firstSight(event)) return;
+  // The first line of a room with an ID is the oldest on the page: the
+  // scroll-back asks for what came before it.
+  if (event.msgid && !oldest.has(event.room) && (event.type === "chat" || event.type === "action")) {
+    oldest.set(event.room, event.msgid);
   }
   if (event.offset) {
     const where = positions.get(event.room);
@@ -647,6 +667,47 @@ function takeOwnLine(event) {
   return true;
 }
 
+// -- scroll-back -------------------------------------------------------------------
+
+// Near the top of a room's log: ask for the lines before its oldest one.
+function askOlder() {
+  const room = view;
+  const before = oldest.get(room);
+  if (!room || room.startsWith("@") || !before || askedOlder.has(room) || !socket) return;
+  askedOlder.add(room);
+  socket.send(JSON.stringify({ type: "history", room, before, limit: HISTORY_PAGE }));
+}
+
+log.addEventListener("scroll", () => {
+  if (log.scrollTop < NEAR_TOP) askOlder();
+});
+
+// Older lines, put above the room's others without moving what is shown.
+function olderLines(event) {
+  const room = event.room;
+  askedOlder.delete(room);
+  const items = [];
+  for (const old of event.events) {
+    if ((old.type !== "chat" && old.type !== "action") || !firstSight(old)) continue;
+    const time = new Date(old.time * 1000);
+    items.push(lineItem({ time, nick: old.nick, text: old.text, kind: old.type, replayed: true }));
+  }
+  const first = event.events.find((old) => old.msgid);
+  if (first) oldest.set(room, first.msgid);
+  if (event.complete || !first) {
+    oldest.set(room, "");
+    const time = event.events.length ? new Date(event.events[0].time * 1000) : new Date();
+    items.unshift(noteItem("nothing older is kept", "notice", time));
+  }
+  bufferOf(room).unshift(...items);
+  if (view !== room) return;
+  const fromBottom = log.scrollHeight - log.scrollTop;
+  log.prepend(...items);
+  log.scrollTop = log.scrollHeight - fromBottom;
+  // Still at the top (a short log, or a quick scroll): the next page.
+  if (log.scrollTop < NEAR_TOP) askOlder();
+}
+
 function resumed(event) {
   for (const old of event.events) roomEvent(old, true);
   if (!event.complete) {
@@ -698,6 +759,10 @@ function entry(kind, time) {
 }
 
 function line({ time, nick, text, kind, replayed = false, key = view }) {
+  add(lineItem({ time, nick, text, kind, replayed }), !replayed && nick !== me.nick, key);
+}
+
+function lineItem({ time, nick, text, kind, replayed }) {
   const item = entry(kind, time);
   if (replayed) item.classList.add("replayed");
   if (nick === me.nick) item.classList.add("own");
@@ -708,16 +773,20 @@ function line({ time, nick, text, kind, replayed = false, key = view }) {
   body.className = "text";
   appendLinkified(body, text);
   item.append(who, " ", body);
-  add(item, !replayed && nick !== me.nick, key);
+  return item;
 }
 
 function note(text, kind, time = new Date(), key = view) {
+  add(noteItem(text, kind, time), false, key);
+}
+
+function noteItem(text, kind, time) {
   const item = entry(kind, time);
   const body = document.createElement("span");
   body.className = "text";
   body.textContent = text;
   item.append(body);
-  add(item, false, key);
+  return item;
 }
 
 // A stable colour per nick, as The Lounge and WeeChat give: a hash of the
