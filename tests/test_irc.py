@@ -410,6 +410,7 @@ def test_a_secret_channel_is_no_such_channel_to_those_outside_it(chat_server_fac
     alice.send("TOPIC #hidden :the plans")
     alice.send("MODE #hidden +b mallory")
     alice.sync()
+    bob.sync()  # alice's batched JOIN may reach bob a moment after his own: not an answer below
     commands = [
         "MODE {channel}",
         "MODE {channel} +b",

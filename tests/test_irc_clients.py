@@ -477,6 +477,7 @@ def test_weechat_shows_the_servers_time_of_a_line_and_its_own_lines_once(tmp_pat
         env={**os.environ, "PYTHONPATH": plugins},
     ) as proc:  # fmt: skip
         bob = LineClient(proc.addresses["tcp"])
+        bob.sync()  # in the lobby first: the room is bob's (a client that says nothing waits ARRIVAL_WAIT)
         wee = WeeChat(proc.addresses["irc"], "weeuser", tmp_path)
         try:
             server_buffer, lobby = "irc.server.chatcore", "irc.chatcore.#lobby"
@@ -484,7 +485,6 @@ def test_weechat_shows_the_servers_time_of_a_line_and_its_own_lines_once(tmp_pat
             assert {"server-time", "message-tags"} <= set(acked.split(": ")[-1].split())
             assert "echo-message" not in acked
             wee.wait_log(lobby, r"has joined #lobby")
-            bob.sync()
             bob.send("/nick bob")
             bob.expect("* you are now known as bob")
             # A line said at 2001-02-03 04:05:06 UTC (as one delayed by an outage would be).

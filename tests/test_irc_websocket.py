@@ -411,6 +411,7 @@ def test_irc_framework_the_library_of_kiwi_irc_chats_with_native_and_web_users(i
             nat.expect("<kiwi> hello from irc-framework")
             assert webby.expect({"type": "chat", "nick": "kiwi"})["text"] == "hello from irc-framework"
             webby.say("hi kiwi")
+            nat.expect(lambda line: line.endswith("> hi kiwi"))  # two senders: their order is the server's to pick
             nat.send("bye")
             nat.expect("* kiwi left (done)")
             out, err = node.communicate(timeout=TIMEOUT)
