@@ -56,6 +56,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import secrets
 import threading
 import time
@@ -69,9 +70,10 @@ import h11
 
 from chatcore import Client, Config, UsageError, hookimpl
 from chatcore.config import secret
+from chatcore.engine.history import Mark, Query, select
 from chatcore.engine.limits import Network, parse_address, parse_network
 from chatcore.engine.rooms import mask_matches, normal_mask
-from chatcore.events import Error, Event
+from chatcore.events import Error, Event, parse_msgid
 from chatcore.message import Message
 from chatcore.names import nick_problem, room_problem
 from chatcore.plugins import opers
@@ -202,6 +204,16 @@ _MESSAGE_BODY = {
     "required": True,
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageIn"}}},
 }
+#: Where a page of history starts: a message ID (``EPOCH:OFFSET``) or a time.
+#: The same pattern checks a request here and in the OpenAPI document.
+HISTORY_MARK_PATTERN = r"^([A-Za-z0-9._-]{1,64}:[1-9][0-9]{0,17}|[0-9]{1,12}(\.[0-9]{1,6})?)$"
+_HISTORY_MARK = {
+    "type": "string",
+    "pattern": HISTORY_MARK_PATTERN,
+    "description": "a message ID (an event's msgid) or a time in seconds since the epoch",
+}
+#: Events in one page of a room's history, at most.
+MAX_HISTORY_PAGE = 500
 _ROOM = {
     "name": "room",
     "in": "path",
@@ -250,8 +262,23 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 **_SECURED,
                 "summary": "What the history plugin keeps of a room, oldest first (scope read)",
-                "parameters": [_ROOM],
-                "responses": {"200": _json("History", "the room's kept events"), **_errors(404)},
+                "description": (
+                    "The newest events, or a page of them before or after a message ID (an event's msgid) or "
+                    "a time in seconds since the epoch, or between the two when both are given: to page back, "
+                    "ask again with before= the oldest msgid."
+                ),
+                "parameters": [
+                    _ROOM,
+                    {"name": "before", "in": "query", "required": False, "schema": _HISTORY_MARK},
+                    {"name": "after", "in": "query", "required": False, "schema": _HISTORY_MARK},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_HISTORY_PAGE},
+                    },
+                ],
+                "responses": {"200": _json("History", "the room's kept events"), **_errors(400, 404)},
             }
         },
         "/api/rooms/{room}/messages": {
@@ -928,7 +955,7 @@ class ApiProtocol(Protocol):
             if what == "members":
                 return 200, self._members(room)
             if what == "history":
-                return 200, self._history(room)
+                return 200, self._history(room, _query(request))
             return 201, self._say(token, room, self._message(request, body))
         if len(path) == 3 and path[0] == "users" and path[2] == "messages":
             self._allow(method, "POST")
@@ -1038,13 +1065,36 @@ class ApiProtocol(Protocol):
             raise _Answer(404, f"no room {room}: a room exists while someone is in it")
         return {"room": room, "members": nicks}
 
-    def _history(self, room: str) -> dict[str, Any]:
+    def _history(self, room: str, given: dict[str, str]) -> dict[str, Any]:
+        """A page of the room's history: the newest events, or those before
+        or after a message ID or a time (the history service's selection,
+        which IRC's CHATHISTORY and the web page's scroll-back use too)."""
         from chatcore.plugins.web import event_object
 
         history = self.client.server.config.data.get("history")
         if history is None:
             raise _Answer(404, "this server keeps no history: add the history plugin")
-        events = [obj for obj in map(event_object, history.replay(room)) if obj is not None]
+        try:
+            limit = int(given.get("limit", MAX_HISTORY_PAGE))
+        except ValueError:
+            raise _Answer(400, f"limit= must be a whole number from 1 to {MAX_HISTORY_PAGE}") from None
+        if not 1 <= limit <= MAX_HISTORY_PAGE:
+            raise _Answer(400, f"limit= must be a whole number from 1 to {MAX_HISTORY_PAGE}")
+        marks = {}
+        for name in ("before", "after"):
+            if name in given:
+                marks[name] = _history_mark(given[name])
+                if marks[name] is None:
+                    raise _Answer(400, f"{name}= must be a message ID (an event's msgid) or a time in seconds")
+        if len(marks) == 2:  # the events between the two, the oldest first
+            query = Query("between", limit, marks["after"], marks["before"])
+        elif marks:
+            ((kind, start),) = marks.items()
+            query = Query(kind, limit, start)
+        else:
+            query = Query("latest", limit)
+        selected = select(history.events(self.client.server, room.lower()), query)
+        events = [obj for obj in map(event_object, selected) if obj is not None]
         return {"room": room, "events": events}
 
     def _stats(self) -> dict[str, Any]:
@@ -1447,7 +1497,14 @@ def _network(text: str) -> Network | None:
         return None
 
 
+def _history_mark(text: str) -> Mark | None:
+    """A message ID or a time (seconds since the epoch), or None for neither."""
+    if re.fullmatch(HISTORY_MARK_PATTERN, text) is None:
+        return None
+    return Mark(text) if parse_msgid(text) is not None else Mark(time=float(text))
+
+
 def _query(request: h11.Request) -> dict[str, str]:
     """The request's query parameters (the last of each name)."""
     query = request.target.decode("ascii", "replace").partition("?")[2]
-    return dict(parse_qsl(query, errors="replace"))
+    return dict(parse_qsl(query, keep_blank_values=True, errors="replace"))

@@ -188,6 +188,35 @@ def test_a_bot_speaks_in_a_room_through_the_filters_and_into_history(api, native
     assert "secret" not in line
 
 
+def test_a_rooms_history_pages_back_by_message_id(api, native):
+    server = api()
+    alice = native(server)
+    for number in range(7):
+        alice.send(f"line {number}")
+    alice.sync()
+    wait_for(lambda: len(call(server, "GET", "/api/rooms/lobby/history", READ)[1]["events"]) == 7)
+    status, page, _ = call(server, "GET", "/api/rooms/lobby/history?limit=3", READ)
+    assert status == 200
+    assert [e["text"] for e in page["events"]] == ["line 4", "line 5", "line 6"]
+    oldest = page["events"][0]["msgid"]
+    status, page, _ = call(server, "GET", f"/api/rooms/lobby/history?before={oldest}&limit=3", READ)
+    assert [e["text"] for e in page["events"]] == ["line 1", "line 2", "line 3"]
+    status, page, _ = call(server, "GET", f"/api/rooms/lobby/history?after={oldest}", READ)
+    assert [e["text"] for e in page["events"]] == ["line 5", "line 6"]
+    status, page, _ = call(server, "GET", "/api/rooms/lobby/history?after=0&limit=2", READ)  # a time: the oldest
+    assert [e["text"] for e in page["events"]] == ["line 0", "line 1"]
+    newest = page["events"][-1]["msgid"]
+    status, page, _ = call(server, "GET", f"/api/rooms/lobby/history?after={newest}&before={oldest}", READ)
+    assert [e["text"] for e in page["events"]] == ["line 2", "line 3"]
+    for query, problem in [
+        ("before=nonsense", "before= must be a message ID"),
+        ("limit=0", "limit= must be a whole number"),
+    ]:
+        status, error, _ = call(server, "GET", f"/api/rooms/lobby/history?{query}", READ)
+        assert status == 400, query
+        assert problem in error["error"]
+
+
 def test_a_bot_sends_a_private_message_and_never_under_a_connected_persons_nick(api, native):
     server = api()
     alice = native(server)
