@@ -275,6 +275,21 @@ class Retention:
         return max([self.default, *self.rooms.values()])
 
 
+def with_local_tail(shared: list[RoomEvent], local: list[RoomEvent]) -> list[RoomEvent]:
+    """The cluster's events of a room, then this server's own that are not
+    among them yet: lines said here a moment ago, still on their way to the
+    cluster (its publisher sends in batches), which this server's users
+    have seen already. Without them a client entering the room in that
+    moment would get them neither live (said before it entered) nor in the
+    replay (read from the cluster): a silent loss the fault suite found."""
+    if not local:
+        return shared
+    known = {event.msgid for event in shared}
+    since = shared[-1].time if shared else 0.0
+    tail = [event for event in local if event.time >= since and event.msgid not in known]
+    return shared + tail if tail else shared
+
+
 def _history(server: ChatServer) -> History:
     history: History = server.config.data[NAME]
     return history
@@ -412,7 +427,7 @@ class History:
         if room.startswith(CONVERSATION):
             return self.replay(room)
         events = server.backplane.history(room, limit or self.lines(room))
-        return self.replay(room) if events is None else events
+        return self.replay(room) if events is None else with_local_tail(events, self.replay(room))
 
     def conversations(self, start: float, end: float) -> list[tuple[str, float]]:
         """The private conversations with lines between the times ``start``

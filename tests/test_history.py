@@ -571,3 +571,18 @@ def test_private_lines_between_two_accounts_are_kept_for_both(chat_server_factor
     assert first.msgid
     assert first.msgid != second.msgid
     assert [event.text for event in service.query(bob_here, "@alice", Query("after", 5, Mark(first.msgid)))] == ["yes"]
+
+
+def test_a_replay_from_the_cluster_adds_the_lines_said_here_on_their_way_to_it():
+    """A line said on this server a moment ago may not be in the cluster's
+    history yet: the replay adds it, once (found by
+    tests/faults/test_fault_reconnect.py: a client entering in that moment
+    got it neither live nor replayed)."""
+    shared = [Chat("dev", "alice", "one", 1, "r", 10.0), Chat("dev", "bob", "two", 2, "r", 11.0)]
+    said_here = Chat("dev", "carol", "three", 7, "l", 12.0)
+    relayed = Chat("dev", "bob", "two", 5, "l", 11.0, origin="r:2")  # the cluster's "two", kept here too
+    old = Chat("dev", "dave", "long ago", 1, "l", 1.0)  # older than what the cluster gives: not added
+    merged = history.with_local_tail(shared, [old, relayed, said_here])
+    assert [event.text for event in merged] == ["one", "two", "three"]
+    assert history.with_local_tail(shared, []) == shared
+    assert [event.text for event in history.with_local_tail([], [said_here])] == ["three"]
