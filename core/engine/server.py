@@ -262,15 +262,16 @@ class ChatServer:
         self.serving.close_all(reason, timeout)
         self.hooks.server_stop(self)
         self.backplane.stop()
-        if self._store is not None:
-            self._store.close()
         self.server_close()
 
     def server_close(self) -> None:
-        """Close the listening sockets and stop the writer."""
+        """Close the listening sockets, stop the writer and let go of the
+        state store (also after a start that failed: a plugin opened it)."""
         for listener in self.listeners:
             listener.server_close()
         self.writer.stop()
+        if self._store is not None:
+            self._store.close()
 
     def apply_options(self, options: argparse.Namespace, password: str | None) -> None:
         """Use reloaded options (:func:`chatcore.reload.reload_configuration`,
