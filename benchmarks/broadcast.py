@@ -670,6 +670,16 @@ class Monitor(Receiver):
         self.duplicated = 0
         self.reordered = 0
 
+    def check_order(self, previous: int, seq: int) -> None:
+        """Count a sequence number against the last one seen of its stream
+        (0: none yet): a gap, a duplicate or a line out of order."""
+        if seq > previous + 1 and previous:
+            self.gaps += seq - previous - 1
+        elif seq == previous:
+            self.duplicated += 1
+        elif seq < previous:
+            self.reordered += 1
+
     def feed(self, data: bytes) -> None:
         super().feed(data)
         lines = (self.buffer + data).split(b"\n")
@@ -687,15 +697,7 @@ class Monitor(Receiver):
             if sender >= len(last):
                 continue
             previous = last[sender]
-            if seq == previous + 1:
-                pass
-            elif seq > previous:
-                if previous:
-                    self.gaps += seq - previous - 1
-            elif seq == previous:
-                self.duplicated += 1
-            else:
-                self.reordered += 1
+            self.check_order(previous, seq)
             if seq > previous:
                 last[sender] = seq
                 if seq > acked[sender]:
@@ -728,15 +730,7 @@ class RoomMonitor(Monitor):
             except ValueError:
                 continue
             previous = streams.get(key, 0)
-            if seq == previous + 1:
-                pass
-            elif seq > previous:
-                if previous:
-                    self.gaps += seq - previous - 1
-            elif seq == previous:
-                self.duplicated += 1
-            else:
-                self.reordered += 1
+            self.check_order(previous, seq)
             if seq > previous:
                 streams[key] = seq
 

@@ -915,25 +915,33 @@ function renderRooms(rooms) {
       if (me.rooms.includes(room)) {
         item.classList.add("joined");
         const count = unseen.get(room) || 0;
-        if (count) {
-          const badge = document.createElement("span");
-          badge.className = "badge";
-          badge.textContent = String(count);
-          badge.title = `${count} new in ${room}`;
-          item.append(" ", badge);
-        }
-        const leave = document.createElement("button");
-        leave.type = "button";
-        leave.className = "leave";
-        leave.textContent = "×";
-        leave.title = `leave ${room}`;
-        leave.setAttribute("aria-label", `leave ${room}`);
-        leave.onclick = () => sendLine(`/part ${room}`);
-        item.append(" ", leave);
+        if (count) item.append(" ", unseenBadge(count, `${count} new in ${room}`));
+        item.append(" ", leaveButton(`leave ${room}`, () => sendLine(`/part ${room}`)));
       }
       return item;
     }),
   );
+}
+
+// The count of lines not seen yet in a room or conversation of the side list.
+function unseenBadge(count, title) {
+  const badge = document.createElement("span");
+  badge.className = "badge";
+  badge.textContent = String(count);
+  badge.title = title;
+  return badge;
+}
+
+// The "×" that leaves a room or closes a conversation.
+function leaveButton(label, onclick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "leave";
+  button.textContent = "×";
+  button.title = label;
+  button.setAttribute("aria-label", label);
+  button.onclick = onclick;
+  return button;
 }
 
 function joinRoom(room) {
@@ -963,21 +971,8 @@ function renderPrivates() {
       item.append(button);
       if (key === view) item.classList.add("current", "shown");
       const count = unseen.get(key) || 0;
-      if (count) {
-        const badge = document.createElement("span");
-        badge.className = "badge";
-        badge.textContent = String(count);
-        badge.title = `${count} new from ${nick}`;
-        item.append(" ", badge);
-      }
-      const close = document.createElement("button");
-      close.type = "button";
-      close.className = "leave";
-      close.textContent = "×";
-      close.title = `close the conversation with ${nick}`;
-      close.setAttribute("aria-label", `close the conversation with ${nick}`);
-      close.onclick = () => closePrivate(key);
-      item.append(" ", close);
+      if (count) item.append(" ", unseenBadge(count, `${count} new from ${nick}`));
+      item.append(" ", leaveButton(`close the conversation with ${nick}`, () => closePrivate(key)));
       return item;
     }),
   );
