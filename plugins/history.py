@@ -226,7 +226,7 @@ def chatcore_command(client: Client, name: str, args: str) -> bool | None:
         return None
     words = args.split()
     count = DEFAULT_SHOWN
-    if words and words[-1].isdigit():
+    if words and words[-1].isascii() and words[-1].isdigit():
         count = int(words.pop())
     if len(words) > 1 or count < 1:
         client.error("usage: /history [ROOM|@NICK] [N]")
