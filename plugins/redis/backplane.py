@@ -146,6 +146,7 @@ class Cluster:
         timeout: float = DEFAULT_TIMEOUT,
         check_interval: float = DEFAULT_CHECK_INTERVAL,
         node_timeout: float = DEFAULT_NODE_TIMEOUT,
+        min_replicas: int = 0,
     ) -> None:
         #: Where the primary is (the URL, or the Sentinels that know it).
         self.target = target if isinstance(target, Target) else Target(target)
@@ -154,6 +155,8 @@ class Cluster:
         self.name = name
         self.keys = Keys(name)
         self.stream_length = stream_length
+        #: Replicas that must have an event before it counts as shared (--redis-min-replicas).
+        self.min_replicas = min_replicas
         self.node = secrets.token_hex(6)
         self.server: ChatServer | None = None
         self.stopping = threading.Event()

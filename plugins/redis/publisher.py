@@ -54,6 +54,10 @@ def _cured_by_retry(reply: object) -> bool:
     return isinstance(reply, (NoScriptError, ReadOnlyError))
 
 
+class NotReplicated(Exception):
+    """Fewer replicas than --redis-min-replicas confirmed a batch."""
+
+
 class Publisher(threading.Thread):
     """Appends this server's room events to the streams, in order, from one thread.
 
@@ -177,12 +181,24 @@ class Publisher(threading.Thread):
                 script_keys += [keys.room_state(room), keys.room_holders(room)]
                 args += item.changes
             script(keys=script_keys, args=args, client=pipe)
+        if cluster.min_replicas:
+            # Defends against a loss in a switchover: an old primary that
+            # lives on takes writes its promoted replica never gets, and drops
+            # them when it is demoted. WAIT answers how many replicas have
+            # everything this link wrote; too few and the batch is sent again
+            # on a new link (to the primary the Sentinels name now), where the
+            # script and the readers drop what is there already.
+            pipe.wait(cluster.min_replicas, max(1, int(cluster.timeout * 1000 / 2)))
         # Replies item by item: a pipeline is not atomic, so one refusal does
         # not mean the others were not added.
         replies: list[Any] = pipe.execute(raise_on_error=False)
         for reply in replies:
             if _cured_by_retry(reply):
                 raise reply
+        if cluster.min_replicas:
+            replicas = replies.pop()
+            if not isinstance(replicas, int) or replicas < cluster.min_replicas:
+                raise NotReplicated(f"{replicas} of the {cluster.min_replicas} replicas needed have the events")
         return replies
 
     def _settle(self, batch: list[_Pending], replies: list[Any]) -> None:
@@ -250,7 +266,7 @@ class Publisher(threading.Thread):
                 self.failure = str(exc)
                 if not failing:
                     self.failing_since = time.time()
-                    expected = (redis_py.ConnectionError, redis_py.TimeoutError, redis_py.ResponseError)
+                    expected = (redis_py.ConnectionError, redis_py.TimeoutError, redis_py.ResponseError, NotReplicated)
                     log.warning(
                         "publishing to Redis failed (%s); %d events wait, retrying",
                         exc,

@@ -39,6 +39,11 @@ DEFAULT_CHECK_INTERVAL = 5.0
 #: Entries read, at most, to catch a room's state up (a few milliseconds'
 #: worth: between a server reading the state and its Joined entry).
 CATCH_UP = 1000
+#: How far back a reader reads again after Redis went back in time (a
+#: failover to a replica that lacked entries read here): the writes on the
+#: new primary since it was promoted, which a reader left on the old
+#: primary until its demotion (some 10 s) has not seen.
+REWIND_MS = 60_000
 
 
 class Reader(threading.Thread):
@@ -158,6 +163,33 @@ class Reader(threading.Thread):
         last_id = last[0][0] if last else "0-0"
         return Cursor(last_id, epoch, int(offset or 0))
 
+    def _rewound(self, client: redis_py.Redis, room: str) -> Cursor:
+        """A cursor :data:`REWIND_MS` back in the room's stream, by Redis's
+        clock (entry IDs are its milliseconds).
+
+        After a failover to a replica that lacked the newest entries read
+        here, what the publishers that moved first wrote there since is
+        behind this server's place: it is read again, from before the
+        failover, and what was delivered already is dropped by its node's
+        number (``heard``), so nothing comes twice and nothing written on
+        the new primary is skipped."""
+        keys = self.cluster.keys
+        seconds, micros = client.time()
+        since = int(seconds) * 1000 + int(micros) // 1000 - REWIND_MS
+        pipe = client.pipeline(transaction=True)  # one snapshot of both keys
+        pipe.hmget(keys.meta(room), ["epoch"])
+        pipe.xrevrange(keys.stream(room), max=f"({since}-0", count=1)
+        (epoch,), before = pipe.execute()
+        try:
+            if before:
+                entry_id, entry = before[0]
+                return Cursor(str(entry_id), epoch, entry_place(entry)[1])
+            # The whole stream is younger: all of it, from before its first entry.
+            first: list[Any] = client.xrange(keys.stream(room), count=1) or []
+            return Cursor("0-0", epoch, entry_place(first[0][1])[1] - 1 if first else 0)
+        except (KeyError, ValueError):  # an entry this server cannot read
+            return self._top(client, room)
+
     def _check(self, client: redis_py.Redis) -> None:
         """Compare every cursor with its room in Redis: a changed epoch (Redis
         restarted empty, flushed, failed over to a copy that lacks it) or an
@@ -183,7 +215,7 @@ class Reader(threading.Thread):
             else:
                 # Not from the start: that would deliver again all it has.
                 self.cluster.gap(room, None, "Redis went back in time")
-                self.cursors[room] = self._top(client, room)
+                self.cursors[room] = self._rewound(client, room)
 
     def _read(self, client: redis_py.Redis) -> None:
         keys = self.cluster.keys
