@@ -62,8 +62,8 @@ from chatcore.engine.rooms import FLAG_MODES, RoomState
 from chatcore.engine.store import StoreError
 from chatcore.events import ModeChanged, NickChanged, RoomEvent, TopicChanged
 from chatcore.names import nick_problem, room_problem
-from chatcore.wire.native import logged_in_text
 from chatcore.transports.listener import format_address
+from chatcore.wire.native import logged_in_text
 
 if TYPE_CHECKING:
     from chatcore.engine.server import ChatServer

@@ -446,7 +446,8 @@ connection was lost, or (with piped input) the server refused the password,
         type=_nick,
         metavar="NAME",
         help=(
-            "log in to this account (/login) right after connecting, before taking --nick (default: NAME); "
+            "log in to this account (/login) right after connecting, and enter under its name (default "
+            "--nick: NAME); "
             "its password from --account-password-file, CHATCORE_ACCOUNT_PASSWORD or, in a terminal, "
             "a prompt (never a bare option: it would show in ps)"
         ),
