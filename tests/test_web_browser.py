@@ -360,7 +360,7 @@ def test_two_rooms_a_private_conversation_with_a_native_user_and_the_topic(brows
             alice = browser()
             alice.get(url)
             wait(alice, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is not None, "the dialog")
-            assert state(alice) == "closed"
+            assert state(alice) == "idle"
             assert not [line for line in native.sync() if "joined" in line or "guest-" in line]
             heard = len(native.received)
             field = alice.find_element(By.ID, "nick-input")

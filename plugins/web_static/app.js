@@ -1195,6 +1195,6 @@ setInterval(() => {
 // The nick first: the page connects once it knows the name to enter under.
 if (me.wantedNick) connect();
 else {
-  setState("closed", "not connected: pick a nickname");
+  setState("idle", "pick a nickname to connect");
   askNick();
 }
