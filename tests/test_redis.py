@@ -1610,9 +1610,8 @@ def test_a_join_whose_reply_was_lost_is_found_in_the_stream_and_no_gap_is_told(
     from chatcore.plugins.redis.scripts import PUBLISH_LUA
 
     two = cluster(redis_server.url, "127.0.0.2")
-    one = chat_server_factory(
-        "--plugins", "redis", "--redis-url", redis_server.url, "--redis-cluster", two.args[two.args.index("--redis-cluster") + 1]
-    )  # fmt: skip
+    name = two.args[two.args.index("--redis-cluster") + 1]  # in-process: its publisher is at hand
+    one = chat_server_factory("--plugins", "redis", "--redis-url", redis_server.url, "--redis-cluster", name)
     alice = connect(two, "alice")
     carol = LineClient(one.address, timeout=TIMEOUT)
     try:

@@ -160,7 +160,8 @@ class Reader(threading.Thread):
         the top instead told the members of a gap, although nearly always
         nothing had been said between the Joined and the top (issue 25)."""
         cluster = self.cluster
-        for entry_id, entry in client.xrevrange(cluster.keys.stream(room), count=FIND_OWN) or []:
+        entries: list[Any] = client.xrevrange(cluster.keys.stream(room), count=FIND_OWN) or []
+        for entry_id, entry in entries:
             if entry.get("node") == cluster.node and entry.get("seq") == str(seq):
                 try:
                     epoch, offset = entry_place(entry)
