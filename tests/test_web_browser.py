@@ -944,6 +944,19 @@ def test_the_login_form_logs_in_to_an_account_and_a_wrong_password_says_so(brows
             say(page, "still alice")
             native.expect("<alice> still alice")
             assert not log_has(page, "you were renamed")
+
+            # The account's password given at once: the login is the page's
+            # first message, and it enters under the account's name (issue 25).
+            other = browser()
+            other.get(url)
+            wait(other, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is not None, "the form")
+            other.find_element(By.ID, "nick-input").send_keys("bob")
+            other.find_element(By.ID, "account-password").send_keys(password)
+            other.find_element(By.ID, "nick-submit").click()
+            wait(other, lambda d: log_has(d, "Welcome to chatcore, bob!"), "the welcome greeting bob")
+            wait_for_text(other, "you are logged in to bob")
+            native.expect("* bob joined")
+            assert not any("guest-" in text or "known as" in text for text in log_texts(other)), log_texts(other)
         finally:
             native.close()
     assert password not in server.stderr
