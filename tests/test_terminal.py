@@ -6,6 +6,7 @@ stdin and stdout as pipes. Every wait has a timeout; none sleeps.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -809,12 +810,13 @@ def account_server(chat_server_factory: ServerFactory, tmp_path: Any) -> ChatSer
 
 
 def test_piped_account_login_arrives_under_the_account_once(
-    account_server: ChatServer, chat_client: ClientFactory, tmp_path: Any
+    account_server: ChatServer, chat_client: ClientFactory, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Issue 25, item 1: ``--account alice`` (the password from a file) is
     the first line, ``/login alice ...``, and the server lets the client in
     under the account's name: the welcome says alice, the room sees one
     join and no guest name or rename."""
+    caplog.set_level(logging.DEBUG, logger="chatcore")
     other = chat_client(account_server)
     secret = tmp_path / "account-password"
     secret.write_text(ACCOUNT_PASSWORD + "\n")
@@ -834,6 +836,8 @@ def test_piped_account_login_arrives_under_the_account_once(
     # Never in the output, the command line or the server's log (the password came from a file).
     assert ACCOUNT_PASSWORD not in result.stdout.decode() + result.stderr.decode()
     assert ACCOUNT_PASSWORD not in " ".join(command)
+    assert "logged in to account 'alice'" in caplog.text
+    assert ACCOUNT_PASSWORD not in caplog.text
 
 
 def test_piped_account_login_that_fails_arrives_as_a_guest_and_ends_the_run(
