@@ -219,8 +219,12 @@ class Publisher(threading.Thread):
                     arrivals.placed(item.room, item.seq, Cursor(str(entry_id), str(epoch), int(offset)))
                 else:
                     # A repeat: Redis had it from a batch whose reply the link
-                    # lost, and where it went is not known any more.
-                    arrivals.placed(item.room, item.seq, None, "the cluster link dropped as the room was entered")
+                    # lost. Where it went is in the stream (the reader finds
+                    # it by this server's number); only if it is not found
+                    # there any more may something have been skipped.
+                    arrivals.placed(
+                        item.room, item.seq, None, "the cluster link dropped as the room was entered", in_stream=True
+                    )
         if refused:
             # Not the link: out of memory, a wrong type at a key, a script
             # error. Retrying would block every later event behind these.

@@ -36,6 +36,10 @@ log = logging.getLogger("chatcore.redis")
 BLOCK_MS = 250
 #: Seconds between checks that each cursor is still where the stream is.
 DEFAULT_CHECK_INTERVAL = 5.0
+#: Entries looked through, at most, for this server's own Joined whose
+#: place the publisher did not learn (newest first: it was added a moment
+#: ago, as the room was entered).
+FIND_OWN = 1000
 #: Entries read, at most, to catch a room's state up (a few milliseconds'
 #: worth: between a server reading the state and its Joined entry).
 CATCH_UP = 1000
@@ -119,11 +123,12 @@ class Reader(threading.Thread):
         for room, where in start.items():
             # The top is read before the room counts as read, so a failure
             # here leaves it to the next plan.
-            cursor = where.cursor or self._top(client, room)
+            found = self._own_entry(client, room, where.seq) if where.seq is not None else None
+            cursor = where.cursor or found or self._top(client, room)
             self._catch_up_state(client, room, cursor)
             if cluster.arrivals.begin(room, where):
                 self.cursors[room] = cursor
-                if where.gap:
+                if where.gap and found is None:
                     cluster.gap(room, None, where.gap)
 
     def _catch_up_state(self, client: redis_py.Redis, room: str, cursor: Cursor) -> None:
@@ -151,6 +156,24 @@ class Reader(threading.Thread):
                 continue
             if event.changes_state and event.room == room:
                 server.rooms.apply(event)
+
+    def _own_entry(self, client: redis_py.Redis, room: str, seq: int) -> Cursor | None:
+        """A cursor at this server's entry number ``seq`` in the room's
+        stream, looked for among the last :data:`FIND_OWN` entries; None if
+        it is not there (trimmed, or on a copy of the stream a failover
+        left behind). For a Joined whose publish reply was lost: starting at
+        the top instead told the members of a gap, although nearly always
+        nothing had been said between the Joined and the top (issue 25)."""
+        cluster = self.cluster
+        entries: list[Any] = client.xrevrange(cluster.keys.stream(room), count=FIND_OWN) or []
+        for entry_id, entry in entries:
+            if entry.get("node") == cluster.node and entry.get("seq") == str(seq):
+                try:
+                    epoch, offset = entry_place(entry)
+                except (KeyError, ValueError):
+                    return None
+                return Cursor(str(entry_id), epoch, offset)
+        return None
 
     def _top(self, client: redis_py.Redis, room: str) -> Cursor:
         """A cursor at the end of the room's stream (where this server's
