@@ -627,6 +627,28 @@ def test_presence_who_rooms_and_msg_span_the_cluster(redis_server, cluster, conn
     alice.expect("* you are now known as bob")
 
 
+def test_the_welcome_counts_the_rooms_members_on_every_server(redis_server, cluster, connect) -> None:
+    # Each server writes how many of its clients are in each room when it
+    # renews its presence; the others read the counts then, not on every
+    # arrival (a connect storm would pay a round trip each).
+    one = cluster(redis_server.url, "127.0.0.1", "--plugins", "redis,welcome", "--redis-node-timeout", "1")
+    two = cluster(redis_server.url, "127.0.0.2", "--plugins", "redis,welcome", "--redis-node-timeout", "1")
+    connect(one, "alice")
+    connect(one, "amy")
+    welcomes = []
+
+    def welcomed_with_everyone() -> bool:
+        newcomer = LineClient(two.address, timeout=TIMEOUT)
+        try:
+            welcomes.append(newcomer.expect(lambda line: line.startswith("* Welcome to chatcore, ")))
+        finally:
+            newcomer.close()
+        return "(3 here)" in welcomes[-1]  # alice and amy on server one, and the newcomer
+
+    wait_for(welcomed_with_everyone, timeout=TIMEOUT, message="a welcome that counts server one's members")
+    assert all("(1 here)" in text or "(3 here)" in text for text in welcomes), welcomes
+
+
 def test_irc_names_and_who_list_the_other_servers_members(redis_server, cluster, connect) -> None:
     # An IRC client's nick list is the channel's, not this server's part of it.
     one = cluster(redis_server.url, "127.0.0.1", "--plugins", "redis,irc", "--listen", "irc://127.0.0.1:0")

@@ -89,6 +89,9 @@ class RedisBackplane(Backplane):
     def members(self) -> dict[str, list[str]]:
         return self.cluster.presence.members() or {}
 
+    def count_elsewhere(self, room: str) -> int:
+        return self.cluster.presence.elsewhere.get(room, 0)
+
     def send_private(self, sender: Client, message: PrivateMessage) -> bool | str | None:
         return self.cluster.presence.send_private(message)
 
