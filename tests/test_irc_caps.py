@@ -483,16 +483,28 @@ def test_setname_changes_the_real_name_and_tells_those_who_asked(chat_server_fac
     assert me.expect(re.compile("FAIL")) == ":chatcore FAIL SETNAME INVALID_REALNAME :Realname is not valid"
 
 
-def test_invite_notify_tells_the_channels_other_operators(chat_server_factory, irc):
+def test_invite_notify_tells_the_channels_other_operators(chat_server_factory, irc, connect):
     server = start(chat_server_factory)
     first = irc(server, "first", join="#dev")
     second = irc(server, "second", "invite-notify", join="#dev")
+    member = irc(server, "member", "invite-notify", join="#dev")  # no operator: not told
     first.send("MODE #dev +o second")
     second.expect(re.compile(r"MODE #dev \+o second"))
     irc(server, "carol", join="")
     first.send("INVITE carol #dev")
     first.expect(re.compile(" 341 "))
     assert second.expect(re.compile(" INVITE ")) == ":first!first@chatcore INVITE carol #dev"
+    # Any protocol's invitation: a native operator's /invite too.
+    native = connect(server, "nat")
+    native.send("/join dev")
+    native.expect(re.compile(r"^\* you are now in dev"))
+    first.send("MODE #dev +o nat")
+    native.expect(re.compile(r"set mode \+o nat"))
+    irc(server, "dora", join="")
+    native.send("/invite dora")
+    assert second.expect(re.compile(" INVITE ")) == ":nat!nat@chatcore INVITE dora #dev"
+    assert not [line for line in member.sync() if " INVITE " in line]
+    assert not [line for line in first.sync() if " INVITE " in line]  # first asked for no invite-notify
 
 
 def test_cap_notify_says_what_came_and_went(chat_server_factory, irc, monkeypatch):

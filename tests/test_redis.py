@@ -1615,7 +1615,7 @@ def test_memberships_modes_and_quits_of_many_rooms_span_the_cluster(redis_server
 
 # -- IRCv3 notifications across servers ---------------------------------------------
 
-NOTIFY_CAPS = "message-tags server-time away-notify setname invite-notify"
+NOTIFY_CAPS = "message-tags server-time away-notify setname invite-notify account-notify"
 
 
 def ircv3_user(process: ServerProcess, nick: str, caps: str, channels: str) -> IRCClient:
@@ -1656,12 +1656,12 @@ def told(client: IRCClient, pattern: str) -> list[str]:
 
 @pytest.mark.slow
 def test_ircv3_notifications_reach_the_other_servers_once(redis_server, cluster) -> None:
-    """TAGMSG to a nick, AWAY (away-notify, also after a JOIN), SETNAME and
-    INVITE (invite-notify, to the channel's operators) cross the cluster
+    """TAGMSG to a nick, AWAY (away-notify, also after a JOIN), SETNAME,
+    ACCOUNT and INVITE (invite-notify, to the channel's operators) cross the cluster
     (issue 29): as room events and private messages do, each once to someone
     who shares two channels with the person."""
-    one = cluster(redis_server.url, "127.0.0.1", "--plugins", "redis,irc", "--listen", "irc://127.0.0.1:0")
-    two = cluster(redis_server.url, "127.0.0.2", "--plugins", "redis,irc", "--listen", "irc://127.0.0.1:0")
+    one = cluster(redis_server.url, "127.0.0.1", "--plugins", "redis,irc,accounts", "--listen", "irc://127.0.0.1:0")
+    two = cluster(redis_server.url, "127.0.0.2", "--plugins", "redis,irc,accounts", "--listen", "irc://127.0.0.1:0")
     clients: list[IRCClient] = []
     try:
         alice = ircv3_user(one, "alice", NOTIFY_CAPS, "#lobby,#dev")  # she makes both: their operator
@@ -1699,6 +1699,15 @@ def test_ircv3_notifications_reach_the_other_servers_once(redis_server, cluster)
             alice.expect(re.compile(r" 341 alice carol #dev"))
             carol.expect(re.compile(r":alice!alice@chatcore INVITE carol #dev$"))
             bob.expect(re.compile(r":alice!alice@chatcore INVITE carol #dev$"))
+            # A native user on alice's server logs in to an account: ACCOUNT (account-notify).
+            dana = LineClient(one.address, timeout=TIMEOUT)
+            dana.send("/nick dana")
+            dana.expect("* you are now known as dana")
+            bob.expect(re.compile(r":dana!dana@chatcore JOIN #lobby$"))
+            dana.send("/register correct-horse")
+            dana.expect(re.compile(r"^\* .*registered"))
+            bob.expect(re.compile(r":dana!dana@chatcore ACCOUNT dana$"))
+            dana.close()
             # An away user entering a channel: JOIN, then AWAY.
             bob.send("JOIN #third")
             bob.expect(re.compile(r" 366 bob #third "))
@@ -1720,7 +1729,8 @@ def test_ircv3_notifications_reach_the_other_servers_once(redis_server, cluster)
             # The AWAY (through #lobby), and again after the JOIN of #third.
             assert joined[-2:] == [":alice!alice@chatcore JOIN #third", ":alice!alice@chatcore AWAY :back soon"]
             assert len(told(bob, r"AWAY :back soon$")) == 2
-            assert not told(plain, r" (AWAY|SETNAME|INVITE)\b")
+            assert len(told(bob, r"ACCOUNT dana$")) == 1
+            assert not told(plain, r" (AWAY|SETNAME|INVITE|ACCOUNT)\b")
     finally:
         for client in clients:
             client.close()
