@@ -199,9 +199,9 @@ class Backplane:
     def send_private(self, sender: Client, message: PrivateMessage | PrivateTags) -> bool | str | None:
         """Deliver a filtered private message, or client-only tags without
         text (IRC's ``TAGMSG nick``), to a nickname not on this server, with
-        its ``tags`` and ``msgid``: True if delivered, a reason if the
-        person exists but could not be reached, None if nobody has that
-        nickname. On the sender's thread."""
+        its ``tags`` and ``msgid`` (what the backplane can carry of them):
+        True if delivered, a reason if the person exists but could not be
+        reached, None if nobody has that nickname. On the sender's thread."""
         return None
 
     def moderate(self, action: str, details: dict[str, Any]) -> bool | str | None:

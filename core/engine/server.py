@@ -769,7 +769,7 @@ class ChatServer:
             nick = recipient.nick
             recipient.send(PrivateMessage(sender.nick, nick, message.text, notice=notice, tags=tags, msgid=msgid))
         else:
-            # With its tags and ID: the recipient's copy is the same as one here.
+            # With its tags and ID, for the backplane to carry what it can.
             carried = PrivateMessage(sender.nick, nick, message.text, notice=notice, tags=tags, msgid=msgid)
             result = self.backplane.send_private(sender, carried)
             if result is None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import typing
 from typing import Any
 
@@ -71,35 +70,29 @@ def decode_event(text: str, max_line: int = DEFAULT_MAX_LINE, origin: str = "") 
 
 def encode_private(message: PrivateMessage | PrivateTags) -> str:
     """A private message, or client-only tags without text (IRC's ``TAGMSG
-    nick``), as the JSON of an inbox entry's ``event`` field, with its tags
-    and message ID."""
+    nick``), as the JSON of an inbox entry's ``event`` field, with its tags.
+
+    Not its message ID: every private message has one, and a server of an
+    older version drops an entry with a field it does not know, so it would
+    lose every message; the recipient's copy has none, as before."""
     record: dict[str, Any] = {"type": type(message).__name__, "sender": message.sender, "recipient": message.recipient}
     # Each only when set: servers that do not know it still read the rest.
     if isinstance(message, PrivateMessage) and message.notice:
         record["notice"] = True
     if message.tags:
         record["tags"] = message.tags
-    if message.msgid:
-        record["msgid"] = message.msgid
     if isinstance(message, PrivateMessage):
         record["text"] = message.text
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
 
-#: A private message's ID, as the engine makes them (``pm-`` and a UUID's hex).
-_PRIVATE_ID = re.compile(r"pm-[0-9a-f]{32}")
-
-
 def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE) -> PrivateMessage | PrivateTags:
-    """The message or tags :func:`encode_private` wrote; ValueError if it is
-    not one. A message ID not of the engine's form is left out."""
+    """The message or tags :func:`encode_private` wrote; ValueError if it is not one."""
     record = _json_object(text, max_line)
     kind = record.pop("type", None)
     if kind not in ("PrivateMessage", "PrivateTags"):
         raise ValueError("not a private message")
     fields = checked(_PRIVATE_FIELDS if kind == "PrivateMessage" else _PRIVATE_TAGS_FIELDS, record, max_line)
-    if fields.get("msgid") and not _PRIVATE_ID.fullmatch(fields["msgid"]):
-        del fields["msgid"]
     if kind == "PrivateTags":
         if not {"sender", "recipient", "tags"} <= set(fields):
             raise ValueError("private tags need sender, recipient and tags")
@@ -166,10 +159,8 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 #: The fields an entry may carry, and their types, by event class.
 _ROOM_EVENT_FIELDS = {cls: _field_types(cls) for cls in _ROOM_EVENTS.values()}
-_PRIVATE_FIELDS: dict[str, Any] = {
-    "sender": str, "recipient": str, "text": str, "notice": bool, "tags": str, "msgid": str,
-}  # fmt: skip
-_PRIVATE_TAGS_FIELDS: dict[str, Any] = {"sender": str, "recipient": str, "tags": str, "msgid": str}
+_PRIVATE_FIELDS: dict[str, Any] = {"sender": str, "recipient": str, "text": str, "notice": bool, "tags": str}
+_PRIVATE_TAGS_FIELDS: dict[str, Any] = {"sender": str, "recipient": str, "tags": str}
 
 
 def _json_object(text: str, max_line: int) -> dict[str, Any]:
