@@ -55,11 +55,14 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 __all__ = [
+    "AccountChanged",
     "Action",
+    "AwayChanged",
     "Chat",
     "Disconnected",
     "Error",
     "Event",
+    "Invitation",
     "Invited",
     "Joined",
     "Left",
@@ -70,6 +73,7 @@ __all__ = [
     "OperatorChanged",
     "PrivateMessage",
     "PrivateTags",
+    "RealnameChanged",
     "Replay",
     "RoomEvent",
     "RoomList",
@@ -131,6 +135,10 @@ class RoomEvent(Event):
     #: (:meth:`chatcore.engine.rooms.Rooms.apply`): joins, leaves, renames,
     #: topic and mode changes.
     changes_state: ClassVar[bool] = False
+    #: True for events told to the room's operators alone (an
+    #: :class:`Invitation`), on every server: the other members are left
+    #: out as the ``told_in`` ones are.
+    operators_only: ClassVar[bool] = False
 
 
 @dataclass(frozen=True, init=False)
@@ -305,6 +313,55 @@ class NickChanged(RoomEvent):
 
     nick: str
     new_nick: str
+    user: str = field(default="", kw_only=True)
+
+
+@dataclass(frozen=True)
+class AwayChanged(RoomEvent):
+    """``nick`` is away, saying ``away`` (``""``: back again). IRC's ``AWAY``,
+    which IRC clients with ``away-notify`` get; said to each of the person's
+    rooms as a rename is (``told_in``), and to a room it enters while away.
+    No native or web form."""
+
+    nick: str
+    away: str = ""
+    user: str = field(default="", kw_only=True)
+
+
+@dataclass(frozen=True)
+class RealnameChanged(RoomEvent):
+    """``nick`` changed its real name to ``realname`` (IRC's ``SETNAME``,
+    which IRC clients with ``setname`` get); said to each of the person's
+    rooms as a rename is (``told_in``). No native or web form."""
+
+    nick: str
+    realname: str
+    user: str = field(default="", kw_only=True)
+
+
+@dataclass(frozen=True)
+class AccountChanged(RoomEvent):
+    """``nick`` logged in to ``account`` (``""``: logged out), on any
+    protocol. IRC's ``ACCOUNT``, which IRC clients with ``account-notify``
+    get; said to each of the person's rooms as a rename is (``told_in``).
+    No native or web form."""
+
+    nick: str
+    account: str = ""
+    user: str = field(default="", kw_only=True)
+
+
+@dataclass(frozen=True)
+class Invitation(RoomEvent):
+    """``nick`` invited ``invited`` to the room: told to the room's
+    operators alone (:attr:`~RoomEvent.operators_only`), the inviter left
+    out. IRC's ``INVITE``, which IRC clients with ``invite-notify`` get; the
+    invited person's own is :class:`Invited`. No native or web form."""
+
+    operators_only: ClassVar[bool] = True
+
+    nick: str
+    invited: str
     user: str = field(default="", kw_only=True)
 
 

@@ -43,11 +43,14 @@ from chatcore.config import whole_number
 from chatcore.engine.history import CONVERSATION, QUERY_KINDS, HistoryService, Mark, Query
 from chatcore.engine.rooms import CHANMODES, LIST_MODES, MAX_LIST, MAX_MODES, TOPIC_LENGTH, ModeError, parse_modes
 from chatcore.events import (
+    AccountChanged,
     Action,
+    AwayChanged,
     Chat,
     Disconnected,
     Error,
     Event,
+    Invitation,
     Invited,
     Joined,
     Left,
@@ -58,6 +61,7 @@ from chatcore.events import (
     OperatorChanged,
     PrivateMessage,
     PrivateTags,
+    RealnameChanged,
     Replay,
     RoomEvent,
     RoomList,
@@ -497,7 +501,10 @@ class IRCFormat(WireFormat):
 #: The capabilities that change how a room's events look to a client, or
 #: whether it gets its own back: a client with any of them gets the
 #: :class:`TaggedIRCFormat` for its set.
-RENDERING_CAPS = frozenset({"account-tag", "echo-message", "extended-join", "message-tags", "server-time"})
+RENDERING_CAPS = frozenset({
+    "account-notify", "account-tag", "away-notify", "echo-message", "extended-join", "invite-notify",
+    "message-tags", "server-time", "setname",
+})  # fmt: skip
 
 
 def _private_id() -> str:
@@ -509,6 +516,18 @@ def account_name(account: str) -> str:
     """An account as IRC shows it in a parameter (extended-join, ACCOUNT):
     ``*`` for none, and for one that could break the line (from the cluster)."""
     return account if account and user_problem(account) is None else "*"
+
+
+#: Room events that IRC clients hear of only with a capability (IRCv3's
+#: away-notify, setname, account-notify, invite-notify): the capability and
+#: the line, from the person's mask and the event. Whoever they are about,
+#: on whichever server of a cluster: they travel as room events.
+_NOTIFY: dict[type[RoomEvent], tuple[str, Callable[[str, Any], str]]] = {
+    AwayChanged: ("away-notify", lambda mask, e: irc_line(mask, "AWAY", e.away) if e.away else f":{mask} AWAY"),
+    RealnameChanged: ("setname", lambda mask, e: irc_line(mask, "SETNAME", e.realname)),
+    AccountChanged: ("account-notify", lambda mask, e: irc_line(mask, "ACCOUNT", account_name(e.account))),
+    Invitation: ("invite-notify", lambda mask, e: irc_line(mask, "INVITE", e.invited, channel(e.room))),
+}
 
 
 class TaggedIRCFormat(IRCFormat):
@@ -535,6 +554,11 @@ class TaggedIRCFormat(IRCFormat):
     def room_lines(self, event: RoomEvent) -> list[str]:
         if self._extended_join and isinstance(event, Joined):
             return [self.extended_join(event.nick, event.user, event.room, event.account, event.realname)]
+        notice = _NOTIFY.get(type(event))
+        if notice is not None:  # what a capability asks to be told (away-notify ...): else nothing
+            capability, line = notice
+            about: Any = event  # one of _NOTIFY's events: each has a nick and a user
+            return [line(self.mask(about.nick, about.user), about)] if capability in self.caps else []
         return super().room_lines(event)
 
     def extended_join(self, nick: str, user: str, room: str, account: str, realname: str) -> str:
@@ -1423,9 +1447,8 @@ class IRCProtocol(Protocol):
         refusal = client.server.invite(client, room, nick) if room else None
         if not room or (refusal is not None and refusal.reason == "no_such_room"):
             self.reply("403", name, "No such channel")
-        elif refusal is None:
+        elif refusal is None:  # the channel's operators with invite-notify hear of it from the engine
             self.reply("341", nick, name)
-            self._invite_notify(room, nick)
         elif refusal.reason == "not_in_room":
             self.reply("442", name, "You're not on that channel")
         elif refusal.reason == "already_in_room":
@@ -1436,20 +1459,6 @@ class IRCProtocol(Protocol):
             self._notice(f"{nick} is on another server, and the invitation could not be sent there: {refusal.text}")
         else:
             self.reply("401", nick, "No such nick/channel")
-
-    def _invite_notify(self, room: str, nick: str) -> None:
-        """Tell the channel's operators here with ``invite-notify`` (but the
-        inviter) who was invited (IRCv3 invite-notify)."""
-        client = self.client
-        state = client.server.rooms.get(room)
-        if state is None:
-            return
-        line = irc_line(self.wire.mask(client.nick, client.user), "INVITE", nick, channel(room))
-        operators = [member for member in client.server.registry.members(room) if state.prefix(member.nick) == "@"]
-        for member in operators:
-            protocol = member.protocol
-            if member is not client and isinstance(protocol, IRCProtocol) and "invite-notify" in protocol.caps:
-                protocol.send_lines(with_tags(safe_lines([line]), protocol.wire.line_tags()))
 
     # -- messages --
 
@@ -1537,8 +1546,8 @@ class IRCProtocol(Protocol):
 
     def tagmsg(self, params: list[str]) -> None:
         """``@+typing=active TAGMSG <target>`` (IRCv3 message-tags): client-only
-        tags without text, to a channel's members or to a nick (on this
-        server), who get them if they have ``message-tags``. A client
+        tags without text, to a channel's members or to a nick (on any
+        server of a cluster), who get them if they have ``message-tags``. A client
         without the capability gets 421, as the command is part of it."""
         if "message-tags" not in self.caps:
             self.reply("421", "TAGMSG", "Unknown command (CAP REQ :message-tags first)")
@@ -1554,12 +1563,14 @@ class IRCProtocol(Protocol):
                 self.reply("403", target, "No such channel")
             elif tags and (refusal := server.send_tags(self.client, room, tags)) is not None:
                 self.reply("404", target, f"Cannot send to channel: {refusal.text}")
-        elif (recipient := server.registry.find(target)) is None:
-            self.reply("401", target, "No such nick/channel")
-        elif recipient is self.client:
+        elif server.registry.find(target) is self.client:
             self._to_self(PrivateTags(target, target, tags, _private_id()))
-        elif tags:
-            server.send_private_tags(self.client, target, tags)
+        elif (refusal := server.send_private_tags(self.client, target, tags)) is None:
+            pass
+        elif refusal.reason == "no_such_nick":
+            self.reply("401", target, "No such nick/channel")
+        else:
+            self._notice(f"{target} is on another server, and the tags could not be sent there: {refusal.text}")
 
     def _notice(self, text: str) -> None:
         self.send(self.wire.notice_lines(self.nick, text))
@@ -1785,32 +1796,31 @@ class IRCProtocol(Protocol):
         self.reply("302", " ".join(answers))
 
     def away(self, params: list[str]) -> None:
+        """``AWAY :text`` (none: back): 306 or 305, and the clients in its
+        channels with away-notify, on every server, are told (IRCv3 away-notify)."""
         text = truncated(clean(params[0]), AWAYLEN) if params else ""
         client = self.client
-        mask = self.wire.mask(client.nick, client.user)
+        self.state.away = text or None
         if text:
-            self.state.away = text
             self.reply("306", "You have been marked as being away")
-            tell_irc_peers(self.client, "away-notify", irc_line(mask, "AWAY", text))
         else:
-            self.state.away = None
             self.reply("305", "You are no longer marked as being away")
-            tell_irc_peers(self.client, "away-notify", f":{mask} AWAY")
+        client.server.publish_about(client, AwayChanged("", nick=client.nick, away=text, user=client.user))
 
     def setname(self, params: list[str]) -> None:
         """``SETNAME :real name`` (IRCv3 setname): the real name WHOIS and
         WHO show changes; the client (with the capability) and the IRC
-        clients in its channels with ``setname`` are told."""
+        clients in its channels with ``setname``, on every server, are told."""
         realname = clean(params[0]).strip() if params else ""
         if not realname or len(realname) > REALNAMELEN:
             self.send([irc_line(self.wire.server, "FAIL", "SETNAME", "INVALID_REALNAME", "Realname is not valid")])
             return
         client = self.client
         client.realname = realname
-        line = irc_line(self.wire.mask(client.nick, client.user), "SETNAME", realname)
         if "setname" in self.caps:
+            line = irc_line(self.wire.mask(client.nick, client.user), "SETNAME", realname)
             self.send_lines(with_tags(safe_lines([line]), self.wire.line_tags()))
-        tell_irc_peers(client, "setname", line)
+        client.server.publish_about(client, RealnameChanged("", nick=client.nick, realname=realname, user=client.user))
 
     def mode(self, params: list[str]) -> None:
         if not self._need(params, 1, "MODE"):
@@ -2036,20 +2046,6 @@ class IRCProtocol(Protocol):
             [irc_line(None, "ERROR", f"Closing Link: {client.nick or '*'}[{HOST}] ({_quit_text(text or 'quit')})")]
         )
         client.disconnect(client.server.leave_reason(client, text, "quit"), tell=False)
-
-
-def tell_irc_peers(client: Client, capability: str, line: str, rooms: Iterable[str] | None = None) -> None:
-    """Send ``line`` (about ``client``: AWAY, SETNAME, ACCOUNT) to every IRC
-    client on this server that shares a channel with it (of ``rooms``, or
-    all of its own) and enabled ``capability``. Told to each alone: these
-    are IRC's own notices, which no other protocol shows."""
-    registry = client.server.registry
-    peers = {member for room in (client.rooms if rooms is None else rooms) for member in registry.members(room)}
-    peers.discard(client)
-    for peer in peers:
-        protocol = peer.protocol
-        if isinstance(protocol, IRCProtocol) and capability in protocol.caps:
-            protocol.send_lines(with_tags(safe_lines([line]), protocol.wire.line_tags()))
 
 
 # ---------------------------------------------------------------------------
@@ -2572,9 +2568,7 @@ def chatcore_reload(server: ChatServer) -> Callable[[], None]:
 def chatcore_account_changed(client: Client) -> None:
     """Someone logged in or out (on any protocol): the IRC clients in its
     channels with account-notify hear ``ACCOUNT name`` (``*``: logged out)."""
-    if client.rooms:
-        mask = IRCFormat.mask(client.nick, client.user)
-        tell_irc_peers(client, "account-notify", irc_line(mask, "ACCOUNT", account_name(client.account)))
+    client.server.publish_about(client, AccountChanged("", nick=client.nick, account=client.account, user=client.user))
 
 
 @hookimpl
@@ -2583,8 +2577,8 @@ def chatcore_client_joined(client: Client, room: str) -> None:
     with away-notify hear it after its JOIN (IRCv3 away-notify)."""
     protocol = client.protocol
     if isinstance(protocol, IRCProtocol) and protocol.state.away is not None:
-        mask = protocol.wire.mask(client.nick, client.user)
-        tell_irc_peers(client, "away-notify", irc_line(mask, "AWAY", protocol.state.away), [room])
+        away = AwayChanged(room, nick=client.nick, away=protocol.state.away, user=client.user)
+        client.server.publish(away, exclude=client)
 
 
 @hookimpl

@@ -59,6 +59,7 @@ from chatcore.events import (
     NickChanged,
     Notice,
     PrivateMessage,
+    PrivateTags,
     Replay,
     RoomEvent,
     RoomList,
@@ -119,6 +120,8 @@ DEFAULT_PING_INTERVAL = 20
 RESUME_OVERLAP = 10
 #: Lines a page of scroll-back holds when the page does not say.
 HISTORY_PAGE = 50
+#: The states of a typing notice (IRCv3's ``+typing`` client tag).
+TYPING_STATES = ("active", "paused", "done")
 #: Seconds an HTTP connection may stay open without a request.
 HTTP_IDLE_TIMEOUT = 30.0
 #: Seconds a request may take to arrive, in all (nginx's
@@ -278,7 +281,7 @@ def _typing(event: Tagged) -> dict[str, Any]:
     as ``{"type": "typing", "nick": ..., "state": ...}``; other tags alone
     (reactions) are not shown: ``{}``, which :func:`event_object` drops."""
     state = client_tags(event.tags).get("+typing")
-    if state not in ("active", "paused", "done"):
+    if state not in TYPING_STATES:
         return {}
     return {"type": "typing", "nick": event.nick, "state": state}
 
@@ -321,6 +324,11 @@ def event_object(event: Event) -> dict[str, Any] | None:
         return {**private, "echo": event.echo, **({"notice": True} if event.notice else {})}
     if isinstance(event, Invited):
         return {"type": "invite", "by": event.by, "room": event.room}
+    if isinstance(event, PrivateTags):  # typing in a private conversation with this page's user
+        state = client_tags(event.tags).get("+typing")
+        if state not in TYPING_STATES:
+            return None
+        return {"type": "typing", "nick": event.sender, "private": True, "state": state}
     if isinstance(event, Members):
         return {"type": "members", "room": event.room, "nicks": list(event.nicks)}
     if isinstance(event, RoomList):
@@ -667,11 +675,40 @@ class WebProtocol(Protocol):
             self._resume(obj)
         elif kind == "history":
             self._history(obj)
+        elif kind == "typing":
+            self._typing(obj)
         else:
             client.error(
                 'bad message: expected {"type": "line", "text": "..."}, '
-                '{"type": "resume", ...} or {"type": "history", ...}'
+                '{"type": "resume", ...}, {"type": "history", ...} or {"type": "typing", ...}'
             )
+
+    def _typing(self, request: dict[str, Any]) -> None:
+        """The page's user is typing in a room, or to a nick (``to``):
+        ``active``, ``paused`` or ``done``. Said as IRCv3's ``+typing``
+        client tag: a ``TAGMSG`` to IRC clients with message-tags, a
+        ``typing`` message to other pages, across a cluster too. Paced like
+        a line. Where it cannot go (a room the page is not in, a person who
+        left, a room where the user may not speak) it is dropped without a
+        word: a hint that someone types is not worth an error line."""
+        client = self.client
+        state, room, to = request.get("state"), request.get("room"), request.get("to")
+        target = room if to is None else to
+        if state not in TYPING_STATES or (room is None) == (to is None) or not isinstance(target, str):
+            client.error(
+                'bad typing: expected {"type": "typing", "room": ROOM, "state": "active", "paused" or "done"}, '
+                'or "to": NICK instead of "room"'
+            )
+            return
+        client.server.pace(client)
+        if not client.admitted or client.closed:
+            return
+        tags = f"+typing={state}"
+        if to is None:
+            if target in client.rooms:
+                client.server.send_tags(client, target, tags)
+        elif client.server.registry.find(target) is not client:
+            client.server.send_private_tags(client, target, tags)
 
     def _line(self, raw: str) -> None:
         """A line of text: a command or chat, exactly as from a native client."""

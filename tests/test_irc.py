@@ -26,7 +26,16 @@ from chatcore.engine.rooms import Rooms
 from chatcore.engine.server import ChatServer
 from chatcore.events import Chat, Left, kick_text
 from chatcore.message import Message
-from chatcore.plugins.irc import _HANDLERS, CAPABILITIES, IRC_HELP, IRCFormat, IRCProtocol, parse, text_lines
+from chatcore.plugins.irc import (
+    _HANDLERS,
+    CAPABILITIES,
+    IRC_HELP,
+    RENDERING_CAPS,
+    IRCFormat,
+    IRCProtocol,
+    parse,
+    text_lines,
+)
 from chatcore.testing import LineClient, ServerFactory, wait_for
 from chatcore.wire.framing import WebSocketFraming, websocket_frame
 
@@ -789,6 +798,28 @@ def test_every_event_renders_as_safe_irc_lines_whatever_its_fields(named, user):
         data = protocol.render(event)
         if data:
             assert_safe_irc_lines(data)
+
+
+def test_the_notifications_of_capabilities_render_as_safe_irc_lines_whatever_their_fields():
+    """AWAY, SETNAME, ACCOUNT and INVITE (away-notify, setname, account-notify,
+    invite-notify) come as room events, from other servers too: hostile
+    fields make safe lines, and a client without the capability gets none."""
+    every = IRCFormat().with_caps(RENDERING_CAPS)
+    notifications = [
+        events.AwayChanged(HOSTILE, nick=HOSTILE, away=HOSTILE, user=HOSTILE),
+        events.AwayChanged("lobby", nick=HOSTILE),
+        events.RealnameChanged(HOSTILE, nick=HOSTILE, realname=HOSTILE, user=HOSTILE),
+        events.AccountChanged(HOSTILE, nick=HOSTILE, account=HOSTILE),
+        events.Invitation(HOSTILE, nick=HOSTILE, invited=HOSTILE, user=HOSTILE),
+    ]
+    for event in notifications:
+        data = every.encode(event)
+        # The 512 bytes are the line's without its tags (IRCv3 message-tags).
+        assert_safe_irc_lines(b"".join(line.partition(b" ")[2] for line in data.splitlines(keepends=True)))
+        assert IRCFormat().encode(event) == b""
+        assert IRCFormat().with_caps({"server-time", "message-tags"}).encode(event) == b""
+    assert every.encode(events.AwayChanged("lobby", nick="bob")).endswith(b" :bob!bob@chatcore AWAY\r\n")
+    assert every.encode(events.AccountChanged("lobby", nick="bob", account="a b")).endswith(b" ACCOUNT *\r\n")
 
 
 def test_reasons_are_cut_to_their_limits_whatever_their_source():

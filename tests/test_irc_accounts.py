@@ -19,7 +19,7 @@ from test_irc import IRCClient
 
 from chatcore.engine import gate
 from chatcore.engine.server import ChatServer
-from chatcore.testing import LineClient
+from chatcore.testing import LineClient, wait_for
 
 PASSWORD = "horse-battery-9"
 
@@ -106,6 +106,8 @@ def test_sasl_plain_logs_in_an_account_registered_on_native(chat_server_factory,
     native = registered_on_native(server, made, "alice")
     native.send("/quit")
     native.wait_closed()
+    # The connection closes before the server lets go of the nick.
+    wait_for(lambda: server.registry.find("alice") is None, message="alice's nick given up")
 
     client = irc_client(server, made)
     client.send("CAP LS 302")

@@ -273,6 +273,61 @@ def test_tagmsg_reaches_members_with_message_tags_and_the_web_shows_typing(chat_
         browser.close()
 
 
+def test_a_web_page_typing_reaches_irc_clients_as_tagmsg_and_other_pages(chat_server_factory, irc):
+    """The page's own typing notices (issue 29): a ``typing`` message in the
+    JSON dialect is IRCv3's +typing, a TAGMSG to IRC clients with
+    message-tags and a ``typing`` message to the other pages, in a room or
+    to one person; malformed ones are refused with the form expected."""
+    from test_web import WSClient
+
+    server = start(chat_server_factory, "--listen", "ws://127.0.0.1:0", plugins="web")
+    reader = irc(server, "reader", "message-tags")
+    plain = irc(server, "plain")
+    pages = []
+    try:
+        for nick in ("wanda", "walt"):
+            page = WSClient(server.listener("ws").address)
+            pages.append(page)
+            page.expect({"type": "welcome"})
+            page.say(f"/nick {nick}")
+            page.expect({"type": "notice", "text": f"you are now known as {nick}"})
+        wanda, walt = pages
+        for state in ("active", "paused", "done"):
+            wanda.send({"type": "typing", "room": "lobby", "state": state})
+            line = reader.expect(re.compile(" TAGMSG #lobby$"))
+            assert line.endswith(" :wanda!wanda@chatcore TAGMSG #lobby")
+            assert tags_of(line)["+typing"] == state
+            shown = walt.expect({"type": "typing"})
+            assert shown == {**shown, "nick": "wanda", "room": "lobby", "state": state}
+        # To one person: an IRC user gets TAGMSG to its nick, and a page sees
+        # it marked private; from IRC to the page too.
+        wanda.send({"type": "typing", "to": "reader", "state": "active"})
+        line = reader.expect(re.compile(" TAGMSG reader$"))
+        assert line.endswith(" :wanda!wanda@chatcore TAGMSG reader")
+        assert tags_of(line)["+typing"] == "active"
+        reader.send("@+typing=active TAGMSG walt")
+        shown = walt.expect({"type": "typing", "private": True})
+        assert (shown["nick"], shown["state"]) == ("reader", "active")
+        # Refused, with the form expected; a room the page is not in, or
+        # nobody of that name, is dropped without a word.
+        for bad in [
+            {"type": "typing", "room": "lobby", "state": "typing"},
+            {"type": "typing", "state": "active"},
+            {"type": "typing", "room": "lobby", "to": "walt", "state": "active"},
+            {"type": "typing", "room": 7, "state": "active"},
+        ]:
+            wanda.send(bad)
+            assert wanda.expect({"type": "error"})["text"].startswith("bad typing: expected")
+        wanda.send({"type": "typing", "room": "elsewhere", "state": "active"})
+        wanda.send({"type": "typing", "to": "nobody", "state": "active"})
+        assert not [obj for obj in wanda.sync() if obj.get("type") == "error"]
+        assert not [line for line in plain.sync() if "TAGMSG" in line]  # without message-tags: nothing
+        assert not [line for line in reader.sync() if "TAGMSG" in line]
+    finally:
+        for page in pages:
+            page.close()
+
+
 def test_tagmsg_to_a_nick_and_its_errors(chat_server_factory, irc):
     server = start(chat_server_factory)
     typist = irc(server, "typist", "message-tags echo-message")
@@ -442,16 +497,28 @@ def test_setname_changes_the_real_name_and_tells_those_who_asked(chat_server_fac
     assert me.expect(re.compile("FAIL")) == ":chatcore FAIL SETNAME INVALID_REALNAME :Realname is not valid"
 
 
-def test_invite_notify_tells_the_channels_other_operators(chat_server_factory, irc):
+def test_invite_notify_tells_the_channels_other_operators(chat_server_factory, irc, connect):
     server = start(chat_server_factory)
     first = irc(server, "first", join="#dev")
     second = irc(server, "second", "invite-notify", join="#dev")
+    member = irc(server, "member", "invite-notify", join="#dev")  # no operator: not told
     first.send("MODE #dev +o second")
     second.expect(re.compile(r"MODE #dev \+o second"))
     irc(server, "carol", join="")
     first.send("INVITE carol #dev")
     first.expect(re.compile(" 341 "))
     assert second.expect(re.compile(" INVITE ")) == ":first!first@chatcore INVITE carol #dev"
+    # Any protocol's invitation: a native operator's /invite too.
+    native = connect(server, "nat")
+    native.send("/join dev")
+    native.expect(re.compile(r"^\* you are now in dev"))
+    first.send("MODE #dev +o nat")
+    native.expect(re.compile(r"set mode \+o nat"))
+    irc(server, "dora", join="")
+    native.send("/invite dora")
+    assert second.expect(re.compile(" INVITE ")) == ":nat!nat@chatcore INVITE dora #dev"
+    assert not [line for line in member.sync() if " INVITE " in line]
+    assert not [line for line in first.sync() if " INVITE " in line]  # first asked for no invite-notify
 
 
 def test_cap_notify_says_what_came_and_went(chat_server_factory, irc, monkeypatch):

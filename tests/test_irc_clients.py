@@ -376,7 +376,7 @@ class WeeChat(ClientProgram):
     commands go in through its FIFO plugin, what it shows comes out of its
     logger plugin's files (one per buffer, flushed at once)."""
 
-    def __init__(self, address: tuple[str, int], nick: str, home: Path) -> None:
+    def __init__(self, address: tuple[str, int], nick: str, home: Path, capabilities: str = "") -> None:
         executable = shutil.which("weechat-headless")
         assert executable, "weechat-headless is not installed: apt-get install weechat-headless (.ci/run installs it)"
         self.home = home
@@ -396,6 +396,8 @@ class WeeChat(ClientProgram):
                 # WeeChat's own flood control waits 2 s between lines by default.
                 "/set irc.server.chatcore.anti_flood_prio_high 0",
                 "/set irc.server.chatcore.anti_flood_prio_low 0",
+                # What it asks for beyond its own choice ("*": what both sides support).
+                *([f'/set irc.server.chatcore.capabilities "{capabilities}"'] if capabilities else []),
                 "/connect chatcore",
             ]
         )
@@ -503,3 +505,37 @@ def test_weechat_shows_the_servers_time_of_a_line_and_its_own_lines_once(tmp_pat
             wee.stop()
             bob.close()
     assert proc.returncode == 0, proc.stderr
+
+
+def weechat_version() -> tuple[int, ...]:
+    executable = shutil.which("weechat-headless")
+    assert executable, "weechat-headless is not installed: apt-get install weechat-headless (.ci/run installs it)"
+    found = subprocess.run(
+        [executable, "--version"], capture_output=True, text=True, timeout=TIMEOUT, check=True
+    ).stdout
+    return tuple(int(part) for part in re.findall(r"\d+", found)[:2])
+
+
+def test_weechat_asked_for_echo_message_shows_its_lines_as_its_version_handles_them(server, bob, tmp_path):
+    """echo-message asked for by name (``capabilities "*,echo-message"``):
+    the server echoes each line once, with its msgid. WeeChat handles echoed
+    lines from 4.0 on (it then shows its own line once); 3.8, Debian 12's,
+    requests the capability when told to but still shows what it sent at
+    once, so the echo shows the line a second time (docs/irc.md)."""
+    version = weechat_version()
+    wee = WeeChat(server.addresses["irc"], "weeuser", tmp_path, capabilities="*,echo-message")
+    try:
+        server_buffer, lobby = "irc.server.chatcore", "irc.chatcore.#lobby"
+        acked = wee.wait_log(server_buffer, r"client capability, enabled: ")
+        assert "echo-message" in acked.split(": ")[-1].split()
+        wee.wait_log(lobby, r"has joined #lobby")
+        bob.expect(re.compile("weeuser joined"))
+        wee.command(lobby, "said with an echo")
+        assert bob.expect(re.compile("<weeuser>")) == "<weeuser> said with an echo"
+        bob.send("after")
+        wee.wait_log(lobby, r"after$")  # the echo came before bob's line
+        log = (wee.logs / f"{lobby}.weechatlog").read_text(encoding="utf-8")
+        shown = [line.split("\t", 1)[1] for line in log.splitlines() if line.endswith("said with an echo")]
+        assert shown == ["weeuser\tsaid with an echo"] * (1 if version >= (4, 0) else 2), (version, shown)
+    finally:
+        wee.stop()

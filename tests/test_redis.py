@@ -19,18 +19,25 @@ from pathlib import Path
 
 import pytest
 from redis_support import Proxy, RedisServer, free_port
+from test_irc import IRCClient
+from test_irc_caps import tags_of
 from test_web import WSClient
 
 from chatcore.engine.rooms import Rooms, RoomState
 from chatcore.events import (
+    AccountChanged,
     Action,
+    AwayChanged,
     Chat,
+    Invitation,
     Joined,
     Left,
     ModeChanged,
     NickChanged,
     OperatorChanged,
     PrivateMessage,
+    PrivateTags,
+    RealnameChanged,
     RoomEvent,
     RoomNotice,
     TopicChanged,
@@ -172,15 +179,31 @@ def test_events_travel_as_versioned_json() -> None:
         ModeChanged("dev", nick="alice", modes="+ob", arguments=("bob", "*!*@10.0.0.1")),
         TopicChanged("dev", nick="alice", topic="release on Friday"),
         Chat("lobby", nick="bot", text="build passed", notice=True),  # an IRC NOTICE #lobby
+        # IRCv3 notifications (issue 29): room events, so they travel as the others do.
+        AwayChanged("dev", nick="alice", away="at lunch", told_in=("lobby",)),
+        RealnameChanged("dev", nick="alice", realname="Alice Liddell", user="al"),
+        AccountChanged("dev", nick="alice", account="alice"),
+        Invitation("dev", nick="alice", invited="carol"),
     ]:
         assert decode_event(encode_event(event)) == event
+    with pytest.raises(ValueError, match="invited is not a valid name"):
+        decode_event('{"type":"Invitation","room":"dev","nick":"alice","invited":"x y"}')
     # Fields at their default are left out: a plain leave reads as it did before kicked_by,
     # plain chat as before notice, and a private message's notice travels only when set.
     assert encode_event(Chat("lobby", "alice", "hi", time=1.5)) == (
         '{"type":"Chat","time":1.5,"room":"lobby","nick":"alice","text":"hi"}'
     )
-    for private in [PrivateMessage("bot", "bob", "psst"), PrivateMessage("bot", "bob", "done", notice=True)]:
+    for private in [
+        PrivateMessage("bot", "bob", "psst"),
+        PrivateMessage("bot", "bob", "done", notice=True),
+        PrivateMessage("bot", "bob", "re", tags="+draft/reply=e:1"),
+        PrivateTags("bot", "bob", "+typing=active"),  # IRC's TAGMSG bob
+    ]:
         assert decode_private(encode_private(private)) == private
+    # Never the message ID (an older server would drop the entry); tags alone need tags.
+    assert "msgid" not in encode_private(PrivateMessage("bot", "bob", "psst", msgid="pm-" + "0" * 32))
+    with pytest.raises(ValueError, match="need sender, recipient and tags"):
+        decode_private('{"type":"PrivateTags","sender":"a","recipient":"b"}')
     assert "notice" not in encode_private(PrivateMessage("bot", "bob", "psst"))
     assert (
         encode_event(Left("lobby", nick="carol", time=1.5))
@@ -1668,3 +1691,125 @@ def test_a_join_whose_reply_was_lost_is_found_in_the_stream_and_no_gap_is_told(
         assert not [line for line in carol.received if "may be missing" in line], carol.received
     finally:
         carol.close()
+
+
+# -- IRCv3 notifications across servers ---------------------------------------------
+
+NOTIFY_CAPS = "message-tags server-time away-notify setname invite-notify account-notify"
+
+
+def ircv3_user(process: ServerProcess, nick: str, caps: str, channels: str) -> IRCClient:
+    """An IRC client on ``process`` that enabled ``caps`` and joined ``channels``."""
+    client = IRCClient(process.addresses["irc"], timeout=TIMEOUT)
+    client.send("CAP LS 302")
+    client.send(f"CAP REQ :{caps}")
+    client.expect(f":chatcore CAP * ACK :{caps}")
+    client.send(f"NICK {nick}")
+    client.send(f"USER {nick} 0 * :The real {nick}")
+    client.send("CAP END")
+    client.expect(re.compile(f" 001 {nick} "))
+    for name in channels.split(","):
+        client.send(f"JOIN {name}")
+        client.expect(re.compile(f" 366 {nick} {name} "))
+    return client
+
+
+def irc_linked(sender: IRCClient, nick: str, channel: str, receivers: Sequence[IRCClient]) -> None:
+    """Wait until what ``sender`` says in ``channel`` reaches each receiver on the other server."""
+    for receiver in receivers:
+        for attempt in range(100):
+            sender.send(f"PRIVMSG {channel} :probe {attempt}")
+            try:
+                receiver.expect(re.compile(rf":{nick}!\S+ PRIVMSG {channel} :probe "), timeout=0.1)
+                break
+            except AssertionError:
+                continue
+        else:
+            raise AssertionError(f"{channel} never linked up")
+
+
+def told(client: IRCClient, pattern: str) -> list[str]:
+    """The lines ``client`` received so far that match ``pattern``, without their tags."""
+    lines = [line.partition(" ")[2] if line[:1] == "@" else line for line in client.received]
+    return [line for line in lines if re.search(pattern, line)]
+
+
+@pytest.mark.slow
+def test_ircv3_notifications_reach_the_other_servers_once(redis_server, cluster) -> None:
+    """TAGMSG to a nick, AWAY (away-notify, also after a JOIN), SETNAME,
+    ACCOUNT and INVITE (invite-notify, to the channel's operators) cross the cluster
+    (issue 29): as room events and private messages do, each once to someone
+    who shares two channels with the person."""
+    one = cluster(redis_server.url, "127.0.0.1", "--plugins", "redis,irc,accounts", "--listen", "irc://127.0.0.1:0")
+    two = cluster(redis_server.url, "127.0.0.2", "--plugins", "redis,irc,accounts", "--listen", "irc://127.0.0.1:0")
+    clients: list[IRCClient] = []
+    try:
+        alice = ircv3_user(one, "alice", NOTIFY_CAPS, "#lobby,#dev")  # she makes both: their operator
+        clients.append(alice)
+        bob = ircv3_user(two, "bob", NOTIFY_CAPS, "#lobby,#dev")
+        clients.append(bob)
+        plain = ircv3_user(two, "plain", "message-tags", "#lobby,#dev")  # asked for none of the notifications
+        clients.append(plain)
+        for channel in ("#lobby", "#dev"):
+            irc_linked(alice, "alice", channel, [bob, plain])
+        with server_log_on_failure(two):
+            # TAGMSG to a nick on another server, and a PRIVMSG's tags.
+            alice.send("@+typing=active TAGMSG bob")
+            typing = bob.expect(re.compile(r":alice!alice@chatcore TAGMSG bob$"))
+            assert tags_of(typing)["+typing"] == "active"
+            alice.send("@+draft/reply=x PRIVMSG bob :hello")
+            hello = bob.expect(re.compile(r":alice!alice@chatcore PRIVMSG bob :hello$"))
+            assert tags_of(hello)["+draft/reply"] == "x"
+            # AWAY and back, SETNAME: bob shares two channels with alice.
+            alice.send("AWAY :at lunch")
+            alice.expect(re.compile(r" 306 alice "))
+            bob.expect(re.compile(r":alice!alice@chatcore AWAY :at lunch$"))
+            alice.send("SETNAME :Alice Liddell")
+            bob.expect(re.compile(r":alice!alice@chatcore SETNAME :Alice Liddell$"))
+            alice.send("AWAY")
+            bob.expect(re.compile(r":alice!alice@chatcore AWAY$"))
+            # INVITE: alice makes bob an operator of #dev; the invitation is
+            # told to him, not to the member who is none.
+            alice.send("MODE #dev +o bob")
+            bob.expect(re.compile(r":alice!alice@chatcore MODE #dev \+o bob$"))
+            carol = ircv3_user(two, "carol", "message-tags", "#elsewhere")
+            clients.append(carol)
+            alice.send("INVITE carol #dev")
+            alice.expect(re.compile(r" 341 alice carol #dev"))
+            carol.expect(re.compile(r":alice!alice@chatcore INVITE carol #dev$"))
+            bob.expect(re.compile(r":alice!alice@chatcore INVITE carol #dev$"))
+            # A native user on alice's server logs in to an account: ACCOUNT (account-notify).
+            dana = LineClient(one.address, timeout=TIMEOUT)
+            dana.send("/nick dana")
+            dana.expect("* you are now known as dana")
+            bob.expect(re.compile(r":dana!dana@chatcore JOIN #lobby$"))
+            dana.send("/register correct-horse")
+            dana.expect(re.compile(r"^\* .*registered"))
+            bob.expect(re.compile(r":dana!dana@chatcore ACCOUNT dana$"))
+            dana.close()
+            # An away user entering a channel: JOIN, then AWAY.
+            bob.send("JOIN #third")
+            bob.expect(re.compile(r" 366 bob #third "))
+            alice.send("AWAY :back soon")
+            alice.send("JOIN #third")
+            alice.expect(re.compile(r" 366 alice #third "))
+            irc_linked(alice, "alice", "#third", [bob])
+            joined = told(bob, r"^:alice!alice@chatcore (JOIN #third|AWAY :back soon)$")
+            # Once each: what alice says in each channel now comes after any second copy.
+            for channel in ("#lobby", "#dev", "#third"):
+                alice.send(f"PRIVMSG {channel} :last")
+                bob.expect(re.compile(rf":alice!\S+ PRIVMSG {channel} :last$"))
+            plain.expect(re.compile(r":alice!\S+ PRIVMSG #dev :last$"))
+            assert len(told(bob, r"TAGMSG bob$")) == 1
+            assert len(told(bob, r"AWAY :at lunch$")) == 1
+            assert len(told(bob, r"SETNAME :Alice Liddell$")) == 1
+            assert len(told(bob, r"AWAY$")) == 1
+            assert len(told(bob, r"INVITE carol #dev$")) == 1
+            # The AWAY (through #lobby), and again after the JOIN of #third.
+            assert joined[-2:] == [":alice!alice@chatcore JOIN #third", ":alice!alice@chatcore AWAY :back soon"]
+            assert len(told(bob, r"AWAY :back soon$")) == 2
+            assert len(told(bob, r"ACCOUNT dana$")) == 1
+            assert not told(plain, r" (AWAY|SETNAME|INVITE|ACCOUNT)\b")
+    finally:
+        for client in clients:
+            client.close()

@@ -9,7 +9,9 @@ keeps them somewhere else).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.server
+import itertools
 import os
 import re
 import shutil
@@ -32,6 +34,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from chatcore.testing import LineClient, ServerProcess, wait_for
+from chatcore.wire.tags import parse_tags
 
 pytestmark = pytest.mark.slow
 
@@ -960,3 +963,98 @@ def test_the_login_form_logs_in_to_an_account_and_a_wrong_password_says_so(brows
         finally:
             native.close()
     assert password not in server.stderr
+
+
+def typing_shown(driver: WebDriver) -> str:
+    return str(driver.execute_script("return document.getElementById('typing').textContent"))
+
+
+def typing_notices(irc: LineClient, target: str) -> list[tuple[str, float]]:
+    """The +typing states an IRC client got for ``target`` so far, in order,
+    each with the time the server relayed it (server-time)."""
+    found = []
+    for line in irc.received:
+        tags, _, rest = line.partition(" ")
+        if line.startswith("@") and rest.rstrip("\r").endswith(f" TAGMSG {target}"):
+            parsed = parse_tags(tags[1:])
+            when = datetime.datetime.fromisoformat(parsed["time"].replace("Z", "+00:00")).timestamp()
+            found.append((parsed.get("+typing", ""), when))
+    return found
+
+
+def typing_states(irc: LineClient, target: str) -> list[str]:
+    """:func:`typing_notices`' states, a repeated one once: an "active"
+    is told again every 3 s for as long as typing goes on, which a slow
+    machine may stretch."""
+    states = [state for state, _ in typing_notices(irc, target)]
+    return [state for index, state in enumerate(states) if index == 0 or states[index - 1] != state]
+
+
+def irc_synced(irc: LineClient) -> LineClient:
+    """``irc`` once the server has answered a PING: what came before is in ``irc.received``."""
+    irc.send_raw(b"PING :sync\r\n")
+    irc.expect(lambda line: " PONG " in line and line.rstrip("\r").endswith(":sync"))
+    return irc
+
+
+def test_typing_in_one_page_shows_in_another_and_reaches_irc(browser, tmp_path):
+    """The page tells who types (issue 29): while alice types, bob's page
+    says so and an IRC client gets TAGMSG +typing=active (once per 3 s
+    however fast she types), then paused; sending the line clears bob's
+    indicator; an IRC user's typing shows on alice's page, and ends on its own."""
+    args = ["--plugins", "welcome,web,irc", "--listen", "ws://127.0.0.1:0", "--listen", "irc://127.0.0.1:0"]
+    with ServerProcess(*args) as server:
+        url = "http://{}:{}/".format(*server.addresses["ws"])
+        alice, bob = browser(), browser()
+        open_page(alice, url, "alice")
+        open_page(bob, url, "bob")
+        irc = LineClient(server.addresses["irc"], timeout=TIMEOUT)
+        try:
+            irc.send_raw(b"CAP REQ :message-tags server-time\r\nNICK carol\r\nUSER carol 0 * :Carol\r\n")
+            irc.send_raw(b"CAP END\r\nJOIN #lobby\r\n")
+            irc.expect(re.compile(r" 366 carol #lobby "))
+            wait(bob, lambda d: "alice" in members(d) and "carol" in members(d), "everyone in bob's list")
+            field = alice.find_element(By.ID, "input")
+            field.send_keys("hello the")
+            wait(bob, lambda d: typing_shown(d) == "alice is typing…", "alice typing on bob's page")
+            field.send_keys("re, bob")  # more keystrokes within 3 s: no second notice
+            irc.expect(re.compile(r"TAGMSG #lobby\r?$"))
+            assert typing_states(irc, "#lobby") == ["active"]
+            assert typing_shown(alice) == ""  # nobody else types
+            # 3 s without a keystroke: paused, once; bob's page stops showing it.
+            wait(alice, lambda d: typing_states(irc_synced(irc), "#lobby")[-1:] == ["paused"], "paused", 8)
+            wait(bob, lambda d: typing_shown(d) == "", "the indicator gone after paused")
+            field.send_keys("!")  # told once 3 s have passed since the paused
+            wait(bob, lambda d: typing_shown(d) == "alice is typing…", "alice typing again")
+            # The indicator shows while an IRC user types too: a screenshot of each width.
+            irc.send_raw(b"@+typing=active TAGMSG #lobby\r\n")
+            wait(bob, lambda d: typing_shown(d) == "alice and carol are typing…", "both typing on bob's page")
+            for width in (1280, 375):
+                bob.set_window_size(width, 800)
+                wait(bob, lambda d, w=width: d.execute_script("return window.innerWidth") <= w, f"{width} px wide")
+                typing_box = bob.find_element(By.ID, "typing")
+                assert typing_box.is_displayed()
+                assert typing_box.get_attribute("aria-live") == "polite"
+                assert bob.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+                screenshot(bob, tmp_path, f"web-typing-{width}")
+            # Sending the line ends alice's typing on bob's page at once.
+            alice.find_element(By.CSS_SELECTOR, "#input-form button").click()
+            wait_for_text(bob, "hello there, bob!")
+            assert "alice" not in typing_shown(bob)
+            wait(alice, lambda d: typing_shown(d) == "carol is typing…", "carol typing on alice's page")
+            # carol's "active" holds 6 s without another.
+            wait(alice, lambda d: typing_shown(d) == "", "carol's typing expired", 9)
+            # No "done" after the line: the line itself ends it.
+            assert typing_states(irc_synced(irc), "#lobby") == ["active", "paused", "active"]
+            # Text typed and then erased without sending: "done".
+            field.send_keys("oops")
+            wait(bob, lambda d: typing_shown(d) == "alice is typing…", "alice typing once more")
+            field.send_keys(Keys.CONTROL, "a")
+            field.send_keys(Keys.BACKSPACE)
+            wait(bob, lambda d: typing_shown(d) == "", "the indicator gone after the box was emptied", 8)
+            assert typing_states(irc_synced(irc), "#lobby") == ["active", "paused", "active", "done"]
+            # Never two notices within 3 s (a little less at the server: the network's jitter).
+            times = [when for _, when in typing_notices(irc, "#lobby")]
+            assert all(later - earlier > 2.5 for earlier, later in itertools.pairwise(times)), times
+        finally:
+            irc.close()

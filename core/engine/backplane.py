@@ -14,8 +14,8 @@ through one object, the server's :attr:`~chatcore.engine.server.ChatServer.backp
 - **presence**: nicknames claimed across servers, and who is in which room
   elsewhere (:meth:`Backplane.claim_nick`, :meth:`Backplane.release_nick`,
   :meth:`Backplane.members`, :meth:`Backplane.count_elsewhere`);
-- **private messages** to a nickname on another server
-  (:meth:`Backplane.send_private`);
+- **private messages** (and IRC's ``TAGMSG`` to a nick) to a nickname on
+  another server (:meth:`Backplane.send_private`);
 - **moderation**: an operator's kick, mute or ban, carried to every server
   (:meth:`Backplane.moderate`);
 - **the state store**: accounts, registered rooms and whatever else must
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
     from chatcore.engine.store import Store
-    from chatcore.events import PrivateMessage, RoomEvent
+    from chatcore.events import PrivateMessage, PrivateTags, RoomEvent
 
 
 class StreamPosition(NamedTuple):
@@ -203,10 +203,12 @@ class Backplane:
 
     # -- private messages and moderation ----------------------------------------------
 
-    def send_private(self, sender: Client, message: PrivateMessage) -> bool | str | None:
-        """Deliver a filtered private message to a nickname not on this
-        server: True if delivered, a reason if the person exists but could
-        not be reached, None if nobody has that nickname. On the sender's thread."""
+    def send_private(self, sender: Client, message: PrivateMessage | PrivateTags) -> bool | str | None:
+        """Deliver a filtered private message, or client-only tags without
+        text (IRC's ``TAGMSG nick``), to a nickname not on this server, with
+        its ``tags`` and ``msgid`` (what the backplane can carry of them):
+        True if delivered, a reason if the person exists but could not be
+        reached, None if nobody has that nickname. On the sender's thread."""
         return None
 
     def moderate(self, action: str, details: dict[str, Any]) -> bool | str | None:

@@ -43,6 +43,7 @@ already has.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import threading
 import time
@@ -76,6 +77,7 @@ from chatcore.engine.writer import Writer
 from chatcore.events import (
     Action,
     Chat,
+    Invitation,
     Invited,
     Joined,
     Left,
@@ -767,7 +769,9 @@ class ChatServer:
             nick = recipient.nick
             recipient.send(PrivateMessage(sender.nick, nick, message.text, notice=notice, tags=tags, msgid=msgid))
         else:
-            result = self.backplane.send_private(sender, PrivateMessage(sender.nick, nick, message.text, notice=notice))
+            # With its tags and ID, for the backplane to carry what it can.
+            carried = PrivateMessage(sender.nick, nick, message.text, notice=notice, tags=tags, msgid=msgid)
+            result = self.backplane.send_private(sender, carried)
             if result is None:
                 return Refusal("no_such_nick", f"no such nick {nick!r}")
             if isinstance(result, str):
@@ -801,15 +805,28 @@ class ChatServer:
 
     def send_private_tags(self, sender: Client, nick: str, tags: str) -> Refusal | None:
         """Send client-only ``tags`` without text to the person called
-        ``nick`` on this server (IRC's ``TAGMSG nick``), as a
-        :class:`~chatcore.events.PrivateTags`; not carried across a cluster
-        (a typing notice is worth no round trip). :return: None once sent,
-        else ``"no_such_nick"``."""
+        ``nick`` (IRC's ``TAGMSG nick``), as a
+        :class:`~chatcore.events.PrivateTags`, here or, in a cluster, on
+        another server (the private messages' way: the backplane's
+        ``send_private``). No filter chain, as there is no text.
+
+        :return: None once sent, else a :class:`~chatcore.engine.gate.Refusal`:
+            ``"no_such_nick"`` or ``"unreachable"``.
+        """
         recipient = self.registry.find(nick)
-        if recipient is None or recipient.closed or recipient is sender:
+        if recipient is not None and recipient.closed:
+            recipient = None
+        if recipient is sender or (recipient is None and not self.backplane.shared):
             return Refusal("no_such_nick", f"no such nick {nick!r}")
-        event = PrivateTags(sender.nick, recipient.nick, tags, f"pm-{uuid.uuid4().hex}")
-        recipient.send(event)
+        event = PrivateTags(sender.nick, nick if recipient is None else recipient.nick, tags, f"pm-{uuid.uuid4().hex}")
+        if recipient is not None:
+            recipient.send(event)
+        else:
+            result = self.backplane.send_private(sender, event)
+            if result is None:
+                return Refusal("no_such_nick", f"no such nick {nick!r}")
+            if isinstance(result, str):
+                return Refusal("unreachable", result)
         if sender.wire.echoes_messages:
             sender.send(event)
         return None
@@ -1069,15 +1086,20 @@ class ChatServer:
             if nick.casefold() in {member.casefold() for member in self.backplane.members().get(room, [])}:
                 return Refusal("already_in_room", f"{nick} is in {room} already")
             details = {"room": room, "nick": nick, "by": client.nick, "user": client.user, "passes": passes}
-            return self._carried("invite", details, nick)
-        if target is None or target.closed:
+            refusal = self._carried("invite", details, nick)
+        elif target is None or target.closed:
             return Refusal("no_such_nick", f"no such nick {nick!r}")
-        if room in target.rooms:
+        elif room in target.rooms:
             return Refusal("already_in_room", f"{target.nick} is in {room} already")
-        if passes:
-            self.rooms.invite(room, target.nick)
-        target.send(Invited(client.nick, room, client.user))
-        return None
+        else:
+            nick, refusal = target.nick, None
+            if passes:
+                self.rooms.invite(room, nick)
+            target.send(Invited(client.nick, room, client.user))
+        if refusal is None:  # the room's operators hear of it, wherever they are (IRC's invite-notify)
+            invitation = Invitation(room, nick=client.nick, invited=nick, user=client.user)
+            self.stats.delivered(self._publish(invitation, exclude=client))
+        return refusal
 
     def room_visible(self, client: Client, room: str) -> bool:
         """Whether ``client`` may learn that ``room`` exists and who is in
@@ -1138,11 +1160,19 @@ class ChatServer:
         self._release_nick(client, old)
         self.rooms.forget_invitations(old)
         self.departed.add(old, client.user, client.realname)
+        self.publish_about(client, NickChanged("", nick=old, new_nick=nick, user=client.user))
+        return True
+
+    def publish_about(self, client: Client, event: RoomEvent) -> None:
+        """Say ``event``, about ``client`` (a rename, IRC's ``AWAY`` or
+        ``SETNAME`` ...), to everyone who shares a room with it, once each,
+        on every server of a cluster: a copy for each of its rooms (the
+        ``room`` given is replaced), each leaving out the members of the
+        rooms before it (``told_in``), and the client itself."""
         rooms = client.rooms
         for index, room in enumerate(rooms):
-            changed = NickChanged(room, nick=old, new_nick=nick, user=client.user, told_in=rooms[:index])
-            self.stats.delivered(self._publish(changed, exclude=client))
-        return True
+            copy = dataclasses.replace(event, room=room, told_in=rooms[:index])
+            self.stats.delivered(self._publish(copy, exclude=client))
 
     # -- delivery -------------------------------------------------------------
 
@@ -1192,8 +1222,13 @@ class ChatServer:
             if event.changes_state:  # wherever it was said: one path for the room's state
                 self.rooms.apply(event)
         skip: Client | frozenset[Client] | None = exclude
-        if first.told_in:  # members told in another room already are left out
+        if first.told_in or first.operators_only:
+            # Members told in another room already are left out, and so are
+            # those who are not the room's operators, for an event for them.
             told = {member for name in first.told_in for member in self.registry.members(name)}
+            if first.operators_only:
+                state = self.rooms.get(room)
+                told.update(m for m in self.registry.members(room) if state is None or not state.is_operator(m.nick))
             if exclude is not None:
                 told.add(exclude)
             skip = frozenset(told)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore import Client
 from chatcore.engine.backplane import Backplane
-from chatcore.events import PrivateMessage, RoomEvent, RoomNotice
+from chatcore.events import PrivateMessage, PrivateTags, RoomEvent, RoomNotice
 from chatcore.plugins.redis.arrivals import Arrivals
 from chatcore.plugins.redis.connection import DEFAULT_TIMEOUT, Target
 from chatcore.plugins.redis.presence import DEFAULT_NODE_TIMEOUT, Presence
@@ -92,7 +92,7 @@ class RedisBackplane(Backplane):
     def count_elsewhere(self, room: str) -> int:
         return self.cluster.presence.elsewhere.get(room, 0)
 
-    def send_private(self, sender: Client, message: PrivateMessage) -> bool | str | None:
+    def send_private(self, sender: Client, message: PrivateMessage | PrivateTags) -> bool | str | None:
         return self.cluster.presence.send_private(message)
 
     def moderate(self, action: str, details: dict[str, Any]) -> bool | str | None:

@@ -1,5 +1,5 @@
-"""The redis plugin's entries: room events, private messages and operators'
-actions as the JSON of a stream entry, and the checks every entry from the
+"""The redis plugin's entries: room events, private messages (and tags
+sent to a nick) and operators' actions as the JSON of a stream entry, and the checks every entry from the
 cluster passes before it becomes an event. No I/O: the reader, the presence
 thread and the client threads call it."""
 
@@ -14,7 +14,7 @@ from typing import Any
 from chatcore import events
 from chatcore.engine.limits import parse_network
 from chatcore.engine.registry import MAX_ROOMS_PER_CLIENT
-from chatcore.events import PrivateMessage, RoomEvent, parse_msgid
+from chatcore.events import PrivateMessage, PrivateTags, RoomEvent, parse_msgid
 from chatcore.names import room_problem, user_problem
 from chatcore.wire.native import DEFAULT_MAX_LINE, sanitize
 
@@ -68,20 +68,35 @@ def decode_event(text: str, max_line: int = DEFAULT_MAX_LINE, origin: str = "") 
         raise ValueError(str(exc)) from None
 
 
-def encode_private(message: PrivateMessage) -> str:
-    """A private message as the JSON of an inbox entry's ``event`` field."""
-    record: dict[str, Any] = {"type": "PrivateMessage", "sender": message.sender, "recipient": message.recipient}
-    if message.notice:  # only when set: servers that do not know it still read the rest
+def encode_private(message: PrivateMessage | PrivateTags) -> str:
+    """A private message, or client-only tags without text (IRC's ``TAGMSG
+    nick``), as the JSON of an inbox entry's ``event`` field, with its tags.
+
+    Not its message ID: every private message has one, and a server of an
+    older version drops an entry with a field it does not know, so it would
+    lose every message; the recipient's copy has none, as before."""
+    record: dict[str, Any] = {"type": type(message).__name__, "sender": message.sender, "recipient": message.recipient}
+    # Each only when set: servers that do not know it still read the rest.
+    if isinstance(message, PrivateMessage) and message.notice:
         record["notice"] = True
-    return json.dumps({**record, "text": message.text}, separators=(",", ":"), ensure_ascii=False)
+    if message.tags:
+        record["tags"] = message.tags
+    if isinstance(message, PrivateMessage):
+        record["text"] = message.text
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE) -> PrivateMessage:
-    """The message :func:`encode_private` wrote; ValueError if it is not one."""
+def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE) -> PrivateMessage | PrivateTags:
+    """The message or tags :func:`encode_private` wrote; ValueError if it is not one."""
     record = _json_object(text, max_line)
-    if record.pop("type", None) != "PrivateMessage":
+    kind = record.pop("type", None)
+    if kind not in ("PrivateMessage", "PrivateTags"):
         raise ValueError("not a private message")
-    fields = checked(_PRIVATE_FIELDS, record, max_line)
+    fields = checked(_PRIVATE_FIELDS if kind == "PrivateMessage" else _PRIVATE_TAGS_FIELDS, record, max_line)
+    if kind == "PrivateTags":
+        if not {"sender", "recipient", "tags"} <= set(fields):
+            raise ValueError("private tags need sender, recipient and tags")
+        return PrivateTags(**fields)
     if not {"sender", "recipient", "text"} <= set(fields):
         raise ValueError("a private message needs sender, recipient and text")
     return PrivateMessage(**fields)
@@ -134,7 +149,7 @@ def decode_moderation(text: str, max_line: int = DEFAULT_MAX_LINE) -> dict[str, 
 #: Fields that hold a nickname or a room name. They must follow the name
 #: rule as they are (letters, digits, '_', '-': no control characters can
 #: pass): sanitising one instead could turn it into someone else's name.
-_NAME_FIELDS = frozenset({"room", "nick", "new_nick", "kicked_by", "sender", "recipient", "by"})
+_NAME_FIELDS = frozenset({"room", "nick", "new_nick", "kicked_by", "sender", "recipient", "by", "invited"})
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -144,7 +159,8 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 #: The fields an entry may carry, and their types, by event class.
 _ROOM_EVENT_FIELDS = {cls: _field_types(cls) for cls in _ROOM_EVENTS.values()}
-_PRIVATE_FIELDS: dict[str, Any] = {"sender": str, "recipient": str, "text": str, "notice": bool}
+_PRIVATE_FIELDS: dict[str, Any] = {"sender": str, "recipient": str, "text": str, "notice": bool, "tags": str}
+_PRIVATE_TAGS_FIELDS: dict[str, Any] = {"sender": str, "recipient": str, "tags": str}
 
 
 def _json_object(text: str, max_line: int) -> dict[str, Any]:

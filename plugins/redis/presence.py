@@ -11,7 +11,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, RoomEvent
+from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, PrivateTags, RoomEvent
 from chatcore.names import room_problem
 from chatcore.plugins.redis.codec import FORMAT_VERSION, encode_moderation, encode_private, entry_event
 from chatcore.plugins.redis.connection import close, shared_client
@@ -595,8 +595,8 @@ class Presence(threading.Thread):
             return down
         return True
 
-    def send_private(self, message: PrivateMessage) -> bool | str | None:
-        """Deliver ``message`` to the server its recipient is on."""
+    def send_private(self, message: PrivateMessage | PrivateTags) -> bool | str | None:
+        """Deliver ``message`` (or tags without text) to the server its recipient is on."""
         import redis as redis_py
 
         assert self.client is not None

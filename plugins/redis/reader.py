@@ -3,12 +3,13 @@ messages and operators' actions, from the streams to the members here."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from chatcore.events import Left, PrivateMessage
+from chatcore.events import Left
 from chatcore.plugins.redis.arrivals import Cursor
 from chatcore.plugins.redis.codec import (
     FORMAT_VERSION,
@@ -315,7 +316,7 @@ class Reader(threading.Thread):
         if recipient is None:
             log.info("private message for %r, who left this server meanwhile, dropped", message.recipient)
             return
-        recipient.send(PrivateMessage(message.sender, recipient.nick, message.text, notice=message.notice))
+        recipient.send(dataclasses.replace(message, recipient=recipient.nick))
 
     def _deliver(self, room: str, cursor: Cursor, entry_id: str, entry: dict[str, str]) -> None:
         cluster = self.cluster

@@ -420,6 +420,7 @@ function roomEvent(event, replayed) {
       line({ time, nick: event.nick, text: event.text, kind: "chat", replayed, key: room });
       break;
     case "action":
+      if (!replayed) stopTyping(room, event.nick);
       line({ time, nick: event.nick, text: event.text, kind: "action", replayed, key: room });
       break;
     case "join":
@@ -438,6 +439,7 @@ function roomEvent(event, replayed) {
         members.delete(event.nick);
         renderMembers();
       }
+      stopTyping(room, event.nick);
       const why = plainLeave(event.reason) ? "" : ` (${event.reason})`;
       note(`${event.nick} left${why}`, "event", time, room);
       if (event.disconnected && privates.has(event.nick.toLowerCase()) && !replayed) {
@@ -474,41 +476,128 @@ function roomEvent(event, replayed) {
   }
 }
 
-// -- who is typing (IRCv3 +typing, from IRC clients) ------------------------------
+// -- who is typing (IRCv3 +typing, from IRC clients and other pages) --------------
 
 // An "active" notice holds for 6 s unless renewed (IRCv3 typing: clients
 // repeat it every 3 s); "paused" and "done" end it, and so does a line.
 const TYPING_SHOWN = 6000; // ms
-const typists = new Map(); // "room nick" -> timer
+const typists = new Map(); // "BUFFER nick" -> timer; BUFFER: a room, or "@nick" for a private conversation
 
 function typingNotice(event) {
+  const key = event.private ? privateKey(event.nick) : event.room;
   if (event.state === "active") {
-    clearTimeout(typists.get(`${event.room} ${event.nick}`));
+    clearTimeout(typists.get(`${key} ${event.nick}`));
     typists.set(
-      `${event.room} ${event.nick}`,
-      setTimeout(() => stopTyping(event.room, event.nick), TYPING_SHOWN),
+      `${key} ${event.nick}`,
+      setTimeout(() => stopTyping(key, event.nick), TYPING_SHOWN),
     );
     renderTyping();
   } else {
-    stopTyping(event.room, event.nick);
+    stopTyping(key, event.nick);
   }
 }
 
-function stopTyping(room, nick) {
-  const key = `${room} ${nick}`;
-  if (!typists.has(key)) return;
-  clearTimeout(typists.get(key));
-  typists.delete(key);
+function stopTyping(key, nick) {
+  const typist = `${key} ${nick}`;
+  if (!typists.has(typist)) return;
+  clearTimeout(typists.get(typist));
+  typists.delete(typist);
   renderTyping();
 }
 
+// The line under the log: always there (an empty live region), so that it
+// never moves the input, and a screen reader hears it change.
 function renderTyping() {
   const nicks = [...typists.keys()].filter((key) => key.startsWith(`${view} `)).map((key) => key.slice(view.length + 1));
   const shown = $("typing");
-  shown.hidden = nicks.length === 0;
   shown.textContent =
-    nicks.length === 0 ? "" : nicks.length === 1 ? `${nicks[0]} is typing…` : `${nicks.join(", ")} are typing…`;
+    nicks.length === 0
+      ? ""
+      : nicks.length === 1
+        ? `${nicks[0]} is typing…`
+        : nicks.length <= 3
+          ? `${nicks.slice(0, -1).join(", ")} and ${nicks.at(-1)} are typing…`
+          : "several people are typing…";
 }
+
+// -- telling the others that you type (IRCv3 +typing) -----------------------------
+
+// As the IRCv3 typing spec asks: "active" while the text changes (but not
+// for a /command), "paused" once after 3 s without a keystroke, "done" once
+// when the box is emptied without sending; never two notices to one room
+// or person within 3 s (a change waits its turn). A line sent ends it by
+// itself: everyone stops showing someone who said something.
+const TYPING_EVERY = 3000; // ms between two notices to one target, at least
+const TYPING_PAUSE = 3000; // ms without a keystroke before "paused"
+const typing = new Map(); // buffer key -> {target, told, wanted, sent, timer}
+let pauseTimer = null;
+
+// Where what is typed goes: the room shown, or the person of a private conversation.
+function typingTarget() {
+  if (view.startsWith("@")) {
+    const peer = privates.get(view.slice(1));
+    return peer ? { to: peer } : null;
+  }
+  return view && me.rooms.includes(view) ? { room: view } : null;
+}
+
+function wantTyping(key, target, state) {
+  let entry = typing.get(key);
+  if (!entry) {
+    if (state !== "active") return; // nothing was told: nothing to end
+    entry = { target, told: "done", wanted: "done", sent: 0, timer: null };
+    typing.set(key, entry);
+  }
+  entry.wanted = state;
+  tellTyping(entry);
+}
+
+function tellTyping(entry) {
+  clearTimeout(entry.timer);
+  entry.timer = null;
+  const { wanted, told } = entry;
+  if (wanted === told && wanted !== "active") return;
+  const wait = entry.sent + TYPING_EVERY - Date.now();
+  if (wait > 0) {
+    // An "active" told lately stands for 3 s; a change is told once it may be.
+    if (wanted !== told) entry.timer = setTimeout(() => tellTyping(entry), wait);
+    return;
+  }
+  if (!socket || socket.readyState !== WebSocket.OPEN) return;
+  socket.send(JSON.stringify({ type: "typing", ...entry.target, state: wanted }));
+  entry.sent = Date.now();
+  entry.told = wanted;
+}
+
+// The box changed: typing to the buffer shown, and to no other.
+function typed() {
+  const key = view;
+  for (const other of typing.keys()) if (other !== key) wantTyping(other, null, "done");
+  clearTimeout(pauseTimer);
+  const target = typingTarget();
+  if (!target) return;
+  const text = $("input").value;
+  if (!text.trim() || (text.startsWith("/") && !text.startsWith("//"))) {
+    wantTyping(key, target, "done");
+    return;
+  }
+  wantTyping(key, target, "active");
+  pauseTimer = setTimeout(() => wantTyping(key, target, "paused"), TYPING_PAUSE);
+}
+
+// The box was sent: a message (chat, an action, a private message) ends
+// the typing where it is said; after a command, "done" is told.
+function typingSent(message) {
+  clearTimeout(pauseTimer);
+  const entry = typing.get(view);
+  if (!entry) return;
+  if (message) {
+    clearTimeout(entry.timer);
+    entry.wanted = entry.told = "done";
+  } else wantTyping(view, null, "done");
+}
+
+$("input").addEventListener("input", typed);
 
 // -- a room's topic, modes and operators -----------------------------------------
 
@@ -757,6 +846,7 @@ function resumed(event) {
 // conversation with them (opened if it was not), never a room's.
 function privateMessage(event) {
   const peer = event.echo ? event.to : event.from;
+  if (!event.echo) stopTyping(privateKey(peer), peer);
   line({ time: new Date(), nick: event.from, text: event.text, kind: "private", key: openPrivate(peer) });
 }
 
@@ -1138,6 +1228,7 @@ $("input-form").addEventListener("submit", (submit) => {
     }
     talkTo(nick);
     input.value = "";
+    typingSent(false);
     if (said) sendLine(`/msg ${nick} ${said}`);
     return;
   }
@@ -1150,6 +1241,7 @@ $("input-form").addEventListener("submit", (submit) => {
     // shown when the server echoes it.
     if (!sendLine(`/msg ${peer} ${text.startsWith("//") ? text.slice(1) : text}`)) return;
     input.value = "";
+    typingSent(true);
     return;
   }
   if (command === "nick") {
@@ -1163,6 +1255,7 @@ $("input-form").addEventListener("submit", (submit) => {
   }
   if (!sendLine(text)) return;
   input.value = "";
+  typingSent(!command || command === "me");
   if (!command) {
     const said = text.startsWith("//") ? text.slice(1) : text;
     ownLines.push({ room: me.room, text: said });
