@@ -43,22 +43,18 @@ from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import logging
 import queue
-import secrets
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from chatcore import Client, Config, UsageError, hookimpl
 from chatcore.config import restart_only, whole_number
-from chatcore.engine.history import CONVERSATION, HistoryService, Query, conversation, select
+from chatcore.engine.history import CONVERSATION, HistoryService, Query, conversation, private_line, select
 from chatcore.engine.server import ChatServer
-from chatcore.events import Action, Chat, Replay, RoomEvent, parse_msgid
-from chatcore.message import Message
+from chatcore.events import Action, Chat, PrivateMessage, Replay, RoomEvent, parse_msgid
 from chatcore.names import nick_problem, room_problem
 
 #: Loaded and unloaded by a reload (SIGHUP) while the server runs:
@@ -192,13 +188,13 @@ def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
 
 
 @hookimpl
-def chatcore_message_delivered(message: Message) -> None:
+def chatcore_private_received(client: Client, event: PrivateMessage) -> None:
     # Private lines are kept between two logged-in accounts only, as Ergo
     # keeps them for registered users: a guest's name is anyone's next.
-    # A recipient on another server (None here) is not known to be logged in.
-    sender, recipient = message.sender, message.recipient
-    if message.kind == "private" and recipient is not None and sender.account and recipient.account:
-        _history(sender.server).add_private(conversation(sender.account, recipient.account), sender, message.text)
+    # Kept where the recipient is: its server alone knows both accounts
+    # (the sender's travels with the line).
+    if event.account and client.account:
+        _history(client.server).add_private(client.server, conversation(event.account, client.account), event)
 
 
 @hookimpl
@@ -290,6 +286,12 @@ def with_local_tail(shared: list[RoomEvent], local: list[RoomEvent]) -> list[Roo
     return shared + tail if tail else shared
 
 
+def _accounts(key: str) -> tuple[str, str]:
+    """The two accounts (case-folded) of a private conversation's name."""
+    one, _, other = key[len(CONVERSATION) :].partition(",")
+    return one, other
+
+
 def _history(server: ChatServer) -> History:
     history: History = server.config.data[NAME]
     return history
@@ -321,10 +323,6 @@ class History:
         # whether a resume from an offset can be complete.
         self._dropped: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
-        # Private lines' message IDs: a numbering of this process's own
-        # (next() of a count is atomic under the GIL).
-        self._private_epoch = f"{secrets.token_hex(4)}-private"
-        self._private_offsets = itertools.count(1)
 
     def _dropped_one(self, event: Chat | Action) -> None:
         """``event`` leaves memory (the caller holds the lock)."""
@@ -368,11 +366,12 @@ class History:
             if events:
                 self.bytes -= sum(_size(event) for event in events)
 
-    def add_private(self, key: str, sender: Client, text: str) -> None:
-        """``sender`` said ``text`` in the private conversation ``key``
-        (:func:`~chatcore.engine.history.conversation`): keep it as chat,
-        numbered in this server's own numbering of private lines."""
-        self.add(Chat(key, sender.nick, text, next(self._private_offsets), self._private_epoch, time.time()))
+    def add_private(self, server: ChatServer, key: str, event: PrivateMessage) -> None:
+        """Keep ``event`` in the private conversation ``key``
+        (:func:`~chatcore.engine.history.conversation`) as chat with its
+        message ID and time, and in a cluster's shared history."""
+        self.add(private_line(key, event))
+        server.backplane.keep_private(key, event, self.lines(key))
 
     def add(self, event: Chat | Action) -> None:
         """An event was published: keep it, and queue it for the database."""
@@ -423,16 +422,30 @@ class History:
         """The room's kept events, oldest first (the last ``limit`` at
         least, if given: a cluster reads no more): the cluster's, where the
         backplane keeps them (the same on every server), else this
-        server's. A private conversation's are this server's."""
-        if room.startswith(CONVERSATION):
-            return self.replay(room)
+        server's; a private conversation's likewise."""
         events = server.backplane.history(room, limit or self.lines(room))
         return self.replay(room) if events is None else with_local_tail(events, self.replay(room))
 
-    def conversations(self, start: float, end: float) -> list[tuple[str, float]]:
-        """The private conversations with lines between the times ``start``
-        and ``end``, and the time of the latest there: those in memory and
+    def conversations(self, server: ChatServer, account: str, start: float, end: float) -> list[tuple[str, float]]:
+        """The private conversations of ``account`` with lines between the
+        times ``start`` and ``end``, and the time of the latest there: the
+        cluster's, where the backplane keeps them, else those in memory and
         those in the database."""
+        shared = server.backplane.conversations(account, start)
+        if shared is not None:
+            found = []
+            for key in shared:
+                times = [event.time for event in self.events(server, key) if start <= event.time <= end]
+                if times:
+                    found.append((key, max(times)))
+            return found
+        mine = account.casefold()
+        return [(key, newest) for key, newest in self._conversations(start, end) if mine in _accounts(key)]
+
+    def _conversations(self, start: float, end: float) -> list[tuple[str, float]]:
+        """Every private conversation here with lines between the times
+        ``start`` and ``end``, and the time of the latest there: those in
+        memory and those in the database."""
         newest: dict[str, float] = {}
         if self.store is not None:
             newest.update(self.store.latest(CONVERSATION, start, end, MAX_QUERY))
@@ -774,9 +787,8 @@ class _Service(HistoryService):
                 found.append((room, max(times)))
         if client.account:
             mine = client.account.casefold()
-            for key, newest in self.history.conversations(start, end):
-                one, other = key[len(CONVERSATION) :].split(",", 1)
-                if mine in (one, other):
-                    found.append((CONVERSATION + (other if one == mine else one), newest))
+            for key, newest in self.history.conversations(self.server, client.account, start, end):
+                one, other = _accounts(key)
+                found.append((CONVERSATION + (other if one == mine else one), newest))
         found.sort(key=lambda item: item[1])
         return found[-limit:] if backwards else found[:limit]

@@ -34,7 +34,6 @@ import math
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -500,11 +499,6 @@ class IRCFormat(WireFormat):
 RENDERING_CAPS = frozenset({"account-tag", "echo-message", "extended-join", "message-tags", "server-time"})
 
 
-def _private_id() -> str:
-    """The ID of a private message to oneself (as the engine gives others)."""
-    return f"pm-{uuid.uuid4().hex}"
-
-
 def account_name(account: str) -> str:
     """An account as IRC shows it in a parameter (extended-join, ACCOUNT):
     ``*`` for none, and for one that could break the line (from the cluster)."""
@@ -948,15 +942,20 @@ class IRCProtocol(Protocol):
         """The tags of a private message or TAGMSG for this client: its time
         (``server-time``), with ``message-tags`` its ID and the sender's
         client-only tags, and the sender's account (``account-tag``)."""
-        tags = [self.wire.line_tags()]
+        said = event if isinstance(event, PrivateMessage) else None
+        # The time it was said, as its history has it.
+        tags = [self.wire.line_tags(said.time if said is not None and said.time else None)]
         if "message-tags" in self.caps:
             if event.msgid:
                 tags.append(tag_text([("msgid", event.msgid)]))
             tags.append(tag_text(client_tags(event.tags).items()))
         if "account-tag" in self.caps:
-            member = self.client.server.registry.find(event.sender)
-            if member is not None and member.account:
-                tags.append(tag_text([("account", member.account)]))
+            account = said.account if said is not None else ""
+            if not account:
+                member = self.client.server.registry.find(event.sender)
+                account = member.account if member is not None else ""
+            if account and user_problem(account) is None:  # one from the cluster could break the line
+                tags.append(tag_text([("account", account)]))
         return ";".join(filter(None, tags))
 
     def _mask_of(self, nick: str) -> str:
@@ -1506,7 +1505,19 @@ class IRCProtocol(Protocol):
         recipient = server.registry.find(target)
         tags = self.client_tags()
         if recipient is client:  # to oneself, as IRC allows: here and back, seen by nobody else
-            self._to_self(PrivateMessage(client.nick, client.nick, text, notice=quiet, tags=tags, msgid=_private_id()))
+            said = PrivateMessage(
+                client.nick,
+                client.nick,
+                text,
+                notice=quiet,
+                tags=tags,
+                msgid=server.private_msgid(),
+                time=time.time(),
+                account=client.account,
+            )
+            self._to_self(said)
+            # Received, as any private line (the history keeps an account's notes to itself).
+            server.hooks.private_received(client, said)
             return
         if recipient is not None and not recipient.closed:
             away = irc_state(recipient)
@@ -1557,7 +1568,7 @@ class IRCProtocol(Protocol):
         elif (recipient := server.registry.find(target)) is None:
             self.reply("401", target, "No such nick/channel")
         elif recipient is self.client:
-            self._to_self(PrivateTags(target, target, tags, _private_id()))
+            self._to_self(PrivateTags(target, target, tags, server.private_msgid()))
         elif tags:
             server.send_private_tags(self.client, target, tags)
 

@@ -199,3 +199,34 @@ def test_without_the_history_plugin_chathistory_is_not_offered(chat_server_facto
     assert not [line for line in alice.received if "CHATHISTORY=" in line]
     alice.send("CHATHISTORY LATEST #lobby * 5")
     assert alice.sync() == [":chatcore FAIL CHATHISTORY MESSAGE_ERROR LATEST :This server keeps no history"]
+
+
+def test_a_private_line_has_one_id_and_time_live_echoed_and_in_history(chat_server_factory, irc_client, tmp_path):
+    """Issue 29: what irctest's testMessagesToSelf compares: the recipient's
+    copy, the sender's echo and the history's line carry one msgid and one
+    time, to another account and to oneself."""
+    server = start(chat_server_factory, "--state-db", str(tmp_path / "state.db"), plugins="irc,history,accounts")
+    alice = irc_client(server, "alice", CAPS + " echo-message")
+    bob = irc_client(server, "bob", CAPS)
+    for client, nick in ((alice, "alice"), (bob, "bob")):
+        client.send("REGISTER correct-horse")
+        client.expect(re.compile(f"NOTICE {nick} :registered the account {nick};"))
+
+    def said(line: str) -> tuple[str, str]:
+        tags = tags_of(line)
+        return tags["msgid"], tags["time"]
+
+    alice.send("PRIVMSG bob :one id")
+    received = said(bob.expect(re.compile(r"PRIVMSG bob :one id$")))
+    echoed = said(alice.expect(re.compile(r"PRIVMSG bob :one id$")))
+    assert received == echoed
+    alice.send("PRIVMSG alice :a note to myself")
+    to_self = [said(alice.expect(re.compile(r"PRIVMSG alice :a note to myself$"))) for _ in range(2)]
+    assert to_self[0] == to_self[1]  # the copy received and the echo
+    alice.sync()
+    alice.send("CHATHISTORY LATEST bob * 10")
+    assert [said(line) for line in alice.sync()[1:-1]] == [received]
+    alice.send("CHATHISTORY LATEST alice * 10")
+    assert [said(line) for line in alice.sync()[1:-1]] == [to_self[0]]
+    bob.send(f"CHATHISTORY AROUND alice msgid={received[0]} 1")  # found by its live ID
+    assert [said(line) for line in bob.sync()[1:-1]] == [received]

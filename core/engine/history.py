@@ -24,9 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from chatcore.events import Chat, parse_msgid
+
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
-    from chatcore.events import RoomEvent
+    from chatcore.events import PrivateMessage, RoomEvent
 
 #: The kinds of :class:`Query`, as CHATHISTORY names them (lower case).
 QUERY_KINDS = ("latest", "before", "after", "around", "between")
@@ -42,6 +44,15 @@ def conversation(first: str, second: str) -> str:
     (``@alice,bob``: the two names case-folded, in order)."""
     one, other = sorted((first.casefold(), second.casefold()))
     return f"{CONVERSATION}{one},{other}"
+
+
+def private_line(key: str, event: PrivateMessage) -> Chat:
+    """A private message as its conversation ``key`` keeps it: chat with the
+    sender's nick, its time, its account, and its message ID (the epoch and
+    offset of the sender's server's numbering of private lines), so that a
+    replayed line matches the live one."""
+    epoch, offset = parse_msgid(event.msgid) or ("", 0)
+    return Chat(key, event.sender, event.text, offset, epoch, event.time, notice=event.notice, account=event.account)
 
 
 @dataclass(frozen=True)
