@@ -544,7 +544,9 @@ class TaggedIRCFormat(IRCFormat):
         if self._time:
             tags.append(("time", server_time(event.time or time.time())))
         if self._msgid:
-            if event.offset:
+            # Not the offset: a line from the cluster's history has none, but
+            # the ID its server gave it.
+            if event.msgid:
                 tags.append(("msgid", event.msgid))
             if isinstance(event, (Chat, Tagged)) and event.tags:  # a client's own, checked again
                 tags.extend(client_tags(event.tags).items())
