@@ -69,22 +69,31 @@ def decode_event(text: str, max_line: int = DEFAULT_MAX_LINE, origin: str = "") 
 
 
 def encode_private(message: PrivateMessage) -> str:
-    """A private message as the JSON of an inbox entry's ``event`` field."""
+    """A private message as the JSON of an inbox entry's ``event`` field
+    (and a kept private line's): its message ID travels beside it, in the
+    entry's ``id``."""
     record: dict[str, Any] = {"type": "PrivateMessage", "sender": message.sender, "recipient": message.recipient}
-    if message.notice:  # only when set: servers that do not know it still read the rest
+    # Only when set: servers that do not know a field still read the rest.
+    if message.notice:
         record["notice"] = True
+    if message.time:
+        record["time"] = message.time
+    if message.account:
+        record["account"] = message.account
     return json.dumps({**record, "text": message.text}, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE) -> PrivateMessage:
-    """The message :func:`encode_private` wrote; ValueError if it is not one."""
+def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE, msgid: str = "") -> PrivateMessage:
+    """The message :func:`encode_private` wrote, with the message ID
+    ``msgid`` (an entry's ``id``, checked: :func:`entry_msgid`); ValueError
+    if it is not one."""
     record = _json_object(text, max_line)
     if record.pop("type", None) != "PrivateMessage":
         raise ValueError("not a private message")
     fields = checked(_PRIVATE_FIELDS, record, max_line)
     if not {"sender", "recipient", "text"} <= set(fields):
         raise ValueError("a private message needs sender, recipient and text")
-    return PrivateMessage(**fields)
+    return PrivateMessage(**fields, msgid=msgid)
 
 
 #: An operator's action for the other servers (see :func:`moderate`): the
@@ -144,7 +153,9 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 #: The fields an entry may carry, and their types, by event class.
 _ROOM_EVENT_FIELDS = {cls: _field_types(cls) for cls in _ROOM_EVENTS.values()}
-_PRIVATE_FIELDS: dict[str, Any] = {"sender": str, "recipient": str, "text": str, "notice": bool}
+_PRIVATE_FIELDS: dict[str, Any] = {
+    "sender": str, "recipient": str, "text": str, "notice": bool, "time": float, "account": str,
+}  # fmt: skip
 
 
 def _json_object(text: str, max_line: int) -> dict[str, Any]:
@@ -243,9 +254,10 @@ def entry_place(entry: dict[str, str]) -> tuple[str, int]:
 
 
 def entry_msgid(entry: dict[str, str]) -> str:
-    """The message ID the server that said a room stream entry's event gave
-    it (its ``id``), or ``""`` if the entry has none (written by an older
-    server) or not a valid one."""
+    """The message ID the server that said a stream entry's event gave it
+    (its ``id``: a room entry's, an inbox entry's, a kept private line's),
+    or ``""`` if the entry has none (written by an older server) or not a
+    valid one."""
     msgid = entry.get("id", "")
     return msgid if parse_msgid(msgid) is not None else ""
 

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from chatcore.events import Left, PrivateMessage
+from chatcore.events import Left
 from chatcore.plugins.redis.arrivals import Cursor
 from chatcore.plugins.redis.codec import (
     FORMAT_VERSION,
@@ -252,15 +252,13 @@ class Reader(threading.Thread):
         try:
             if entry.get("v") != FORMAT_VERSION:
                 raise ValueError(f"format version {entry.get('v')!r:.20}")
-            message = decode_private(entry["event"], server.max_line)
+            # With the ID and time its server gave it: one of each everywhere.
+            message = decode_private(entry["event"], server.max_line, entry_msgid(entry))
         except (KeyError, ValueError) as exc:
             self.cluster.invalid.drop(f"inbox entry {entry_id}", exc)
             return
-        recipient = server.registry.find(message.recipient)
-        if recipient is None:
+        if not server.deliver_private(message):
             log.info("private message for %r, who left this server meanwhile, dropped", message.recipient)
-            return
-        recipient.send(PrivateMessage(message.sender, recipient.nick, message.text, notice=message.notice))
 
     def _deliver(self, room: str, cursor: Cursor, entry_id: str, entry: dict[str, str]) -> None:
         cluster = self.cluster
