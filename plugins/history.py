@@ -427,34 +427,28 @@ class History:
         return self.replay(room) if events is None else with_local_tail(events, self.replay(room))
 
     def conversations(self, server: ChatServer, account: str, start: float, end: float) -> list[tuple[str, float]]:
-        """The private conversations of ``account`` with lines between the
-        times ``start`` and ``end``, and the time of the latest there: the
-        cluster's, where the backplane keeps them, else those in memory and
-        those in the database."""
-        shared = server.backplane.conversations(account, start)
-        if shared is not None:
-            found = []
-            for key in shared:
-                times = [event.time for event in self.events(server, key) if start <= event.time <= end]
-                if times:
-                    found.append((key, max(times)))
-            return found
-        mine = account.casefold()
-        return [(key, newest) for key, newest in self._conversations(start, end) if mine in _accounts(key)]
-
-    def _conversations(self, start: float, end: float) -> list[tuple[str, float]]:
-        """Every private conversation here with lines between the times
-        ``start`` and ``end``, and the time of the latest there: those in
+        """The private conversations of ``account`` whose latest line was
+        said at or after the time ``start`` and before ``end``, with that
+        time: the cluster's, where the backplane keeps them, else those in
         memory and those in the database."""
+        shared = server.backplane.conversations(account, start, end)
+        if shared is not None:
+            return shared
+        mine = account.casefold()
+        return [
+            (key, newest) for key, newest in self._conversations() if mine in _accounts(key) and start <= newest < end
+        ]
+
+    def _conversations(self) -> list[tuple[str, float]]:
+        """Every private conversation here, and the time of its latest line:
+        those in memory and those in the database."""
         newest: dict[str, float] = {}
         if self.store is not None:
-            newest.update(self.store.latest(CONVERSATION, start, end, MAX_QUERY))
+            newest.update(self.store.latest(CONVERSATION, MAX_QUERY))
         with self._lock:
             for key, events in self._rooms.items():
-                if key.startswith(CONVERSATION):
-                    times = [event.time for event in events if start <= event.time <= end]
-                    if times:
-                        newest[key] = max(*times, newest.get(key, 0.0))
+                if key.startswith(CONVERSATION) and events:
+                    newest[key] = max(events[-1].time, newest.get(key, 0.0))
         return list(newest.items())
 
     def since(self, room: str, epoch: str, offset: int, overlap: int = 0) -> tuple[list[RoomEvent], bool]:
@@ -603,21 +597,19 @@ class HistoryStore:
 
         return self.ask(ask, f"reading {room}")
 
-    def latest(self, prefix: str, start: float, end: float, limit: int) -> list[tuple[str, float]]:
-        """The rooms whose name starts with ``prefix`` that have lines between
-        the times ``start`` and ``end``, and the time of their latest line
-        there, the latest first (at most ``limit``)."""
+    def latest(self, prefix: str, limit: int) -> list[tuple[str, float]]:
+        """The rooms whose name starts with ``prefix``, and the time of
+        their latest line, the latest first (at most ``limit``)."""
 
         def ask(db: sqlite3.Connection, pending: list[_Row]) -> list[tuple[str, float]]:
             newest: dict[str, float] = {}
             for room, when in db.execute(
-                f"SELECT room, max(time) FROM {_TABLE} WHERE substr(room, 1, ?) = ? AND time BETWEEN ? AND ? "
-                "GROUP BY room",
-                (len(prefix), prefix, start, end),
+                f"SELECT room, max(time) FROM {_TABLE} WHERE substr(room, 1, ?) = ? GROUP BY room",
+                (len(prefix), prefix),
             ):
                 newest[str(room)] = float(when)
             for row in pending:
-                if row[0].startswith(prefix) and start <= row[1] <= end:
+                if row[0].startswith(prefix):
                     newest[row[0]] = max(row[1], newest.get(row[0], row[1]))
             return sorted(newest.items(), key=lambda item: -item[1])[:limit]
 
@@ -782,8 +774,11 @@ class _Service(HistoryService):
         start, end = min(start, end), max(start, end)
         found = []
         for room in client.rooms:
-            times = [event.time for event in self.history.events(self.server, room) if start <= event.time <= end]
-            if times:
+            # A target counts by its latest line alone (as the spec and Ergo
+            # have it): one with older lines in the window but a newer one
+            # after it has been listed for that newer one.
+            times = [event.time for event in self.history.events(self.server, room)]
+            if times and start <= max(times) < end:
                 found.append((room, max(times)))
         if client.account:
             mine = client.account.casefold()

@@ -2230,6 +2230,12 @@ def _chathistory_targets(protocol: IRCProtocol, service: HistoryService, params:
             raise ChathistoryError("INVALID_PARAMS", "TARGETS", reference, text="Invalid timestamp")
     assert start is not None
     assert end is not None
+    # Both ends excluded, to the millisecond a time tag shows (as irctest
+    # and Ergo have it): the earlier one rounded up past its millisecond.
+    if start.time <= end.time:
+        start = parse_reference(params[0], exclusive_start=True) or start
+    else:
+        end = parse_reference(params[1], exclusive_start=True) or end
     limit = chathistory_limit(params[2] if len(params) > 2 else "", service.max_limit)
     server = protocol.wire.server
     lines = safe_lines(

@@ -459,8 +459,8 @@ def test_a_schema_1_database_is_migrated_and_keeps_its_lines(tmp_path):
             ("lobby", 5.0, "chat", "a", "old", "", 0),  # from before message IDs: none
             ("lobby", 6.0, "chat", "b", "new", "e9", 4),
         ]
-        assert store.latest("lob", 5.5, 10.0, 5) == [("lobby", 6.0)]  # the targets with lines between two times
-        assert store.latest("@", 0.0, 10.0, 5) == []
+        assert store.latest("lob", 5) == [("lobby", 6.0)]  # the targets and the time of their latest line
+        assert store.latest("@", 5) == []
     finally:
         store.stop()
     with sqlite3.connect(path) as db:

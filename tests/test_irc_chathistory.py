@@ -230,3 +230,26 @@ def test_a_private_line_has_one_id_and_time_live_echoed_and_in_history(chat_serv
     assert [said(line) for line in alice.sync()[1:-1]] == [to_self[0]]
     bob.send(f"CHATHISTORY AROUND alice msgid={received[0]} 1")  # found by its live ID
     assert [said(line) for line in bob.sync()[1:-1]] == [received]
+
+
+def test_targets_counts_a_target_by_its_latest_line_with_both_ends_excluded(chat_server_factory, irc_client):
+    """As irctest's testChathistoryTargets* and Ergo have it: a channel is
+    listed when its latest line falls strictly between the two times (to
+    the millisecond its time tag shows), not for an older line in between."""
+    server = start(chat_server_factory)
+    alice = irc_client(server, "alice", CAPS + " echo-message")
+    times = []
+    for text in ("first", "second"):
+        alice.send(f"PRIVMSG #lobby :{text}")
+        times.append(tags_of(alice.expect(re.compile(f"PRIVMSG #lobby :{text}$")))["time"])
+    alice.sync()
+
+    def targets(start: str, end: str) -> list[str]:
+        alice.send(f"CHATHISTORY TARGETS timestamp={start} timestamp={end} 10")
+        return [line.split(" ", 4)[4] for line in alice.sync()[1:-1]]
+
+    everything = ("2000-01-01T00:00:00.000Z", "2100-01-01T00:00:00.000Z")
+    assert targets(*everything) == [f"#lobby {times[1]}"]
+    assert targets(everything[1], everything[0]) == [f"#lobby {times[1]}"]  # backwards
+    assert targets(times[1], everything[1]) == []  # the start excluded
+    assert targets(everything[0], times[1]) == []  # the end excluded, and "first" does not count

@@ -181,11 +181,12 @@ class Backplane:
         of the recipient (the one that knows both accounts), on the thread
         that delivered it: keep it fast (queue the work)."""
 
-    def conversations(self, account: str, since: float) -> list[str] | None:
+    def conversations(self, account: str, start: float, end: float) -> list[tuple[str, float]] | None:
         """The private conversations of ``account`` kept by
-        :meth:`keep_private` with a line at or after the time ``since``,
-        or None if the backplane keeps none (then the history plugin answers
-        from what this server saw). On the asking client's thread."""
+        :meth:`keep_private` whose latest line was said at or after the time
+        ``start`` and before ``end``, with that time; or None if the
+        backplane keeps none (then the history plugin answers from what
+        this server saw). On the asking client's thread."""
         return None
 
     # -- presence ---------------------------------------------------------------------

@@ -160,8 +160,9 @@ class HistoryService:
         raise NotImplementedError
 
     def targets(self, client: Client, start: float, end: float, limit: int) -> list[tuple[str, float]]:
-        """The targets ``client`` may read with events between the times
-        ``start`` and ``end``: ``(room or @NICK, time of its latest event
-        there)``, oldest first; at most ``limit``, counted from ``start``
+        """The targets ``client`` may read whose latest event was said
+        between the times ``start`` and ``end`` (the earlier of the two
+        included, the later not): ``(room or @NICK, time of its latest
+        event)``, oldest first; at most ``limit``, counted from ``start``
         (so the latest ones when ``start`` is after ``end``)."""
         raise NotImplementedError

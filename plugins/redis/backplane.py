@@ -83,8 +83,8 @@ class RedisBackplane(Backplane):
             one, _, other = key.removeprefix(CONVERSATION).partition(",")
             self.cluster.publisher.put_private(key, event, (one, other), lines)
 
-    def conversations(self, account: str, since: float) -> list[str] | None:
-        return self.cluster.presence.conversations(account, since)
+    def conversations(self, account: str, start: float, end: float) -> list[tuple[str, float]] | None:
+        return self.cluster.presence.conversations(account, start, end)
 
     @property
     def shared(self) -> bool:

@@ -575,20 +575,23 @@ class Presence(threading.Thread):
             return None
         return found[:limit][::-1]
 
-    def conversations(self, account: str, since: float) -> list[str] | None:
-        """The conversations of ``account`` with a line kept at or after the
-        time ``since``; None if Redis cannot say."""
+    def conversations(self, account: str, start: float, end: float) -> list[tuple[str, float]] | None:
+        """The conversations of ``account`` whose latest kept line was said
+        at or after ``start`` and before ``end``, with that time; None if
+        Redis cannot say."""
         import redis as redis_py
 
         assert self.client is not None
         if not self.cluster.linked:
             return None
         try:
-            names = self.client.zrangebyscore(self.cluster.keys.conversations(account), since, "+inf")
+            found: list[Any] = self.client.zrangebyscore(
+                self.cluster.keys.conversations(account), start, f"({end!r}", withscores=True
+            )
         except redis_py.RedisError as exc:
             log.info("could not list %s's private conversations in the cluster (%s)", account, exc)
             return None
-        return [str(name) for name in names]
+        return [(str(name), float(score)) for name, score in found]
 
     def _holder(self, nick: str) -> str | None:
         """The other server that holds ``nick`` (its node id), or None if none
