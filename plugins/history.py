@@ -52,7 +52,16 @@ from typing import Any
 
 from chatcore import Client, Config, UsageError, hookimpl
 from chatcore.config import restart_only, whole_number
-from chatcore.engine.history import CONVERSATION, HistoryService, Query, conversation, private_line, select
+from chatcore.engine.history import (
+    CONVERSATION,
+    GUEST,
+    HistoryService,
+    Query,
+    conversation,
+    guest_conversation,
+    private_line,
+    select,
+)
 from chatcore.engine.server import ChatServer
 from chatcore.events import Action, Chat, PrivateMessage, Replay, RoomEvent, parse_msgid
 from chatcore.names import nick_problem, room_problem
@@ -189,12 +198,20 @@ def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
 
 @hookimpl
 def chatcore_private_received(client: Client, event: PrivateMessage) -> None:
-    # Private lines are kept between two logged-in accounts only, as Ergo
-    # keeps them for registered users: a guest's name is anyone's next.
+    # Private lines are kept for logged-in accounts only, as Ergo keeps them
+    # for registered users: a guest's name is anyone's next, so a line with
+    # a guest is kept for the account's side alone.
     # Kept where the recipient is: its server alone knows both accounts
     # (the sender's travels with the line).
     if event.account and client.account:
-        _history(client.server).add_private(client.server, conversation(event.account, client.account), event)
+        key = conversation(event.account, client.account)
+    elif event.account:  # to a guest: kept for the sender's account alone
+        key = guest_conversation(event.account, client.nick)
+    elif client.account:  # from a guest: kept for the recipient's account alone
+        key = guest_conversation(client.account, event.sender)
+    else:
+        return
+    _history(client.server).add_private(client.server, key, event)
 
 
 @hookimpl
@@ -284,6 +301,10 @@ def with_local_tail(shared: list[RoomEvent], local: list[RoomEvent]) -> list[Roo
     since = shared[-1].time if shared else 0.0
     tail = [event for event in local if event.time >= since and event.msgid not in known]
     return shared + tail if tail else shared
+
+
+def _said_at(event: RoomEvent) -> float:
+    return event.time
 
 
 def _accounts(key: str) -> tuple[str, str]:
@@ -744,30 +765,36 @@ class _Service(HistoryService):
         return min(MAX_QUERY, self.history.lines.most)
 
     def query(self, client: Client, target: str, query: Query) -> list[RoomEvent] | str:
-        key, refusal = self._readable(client, target)
+        keys, refusal = self._readable(client, target)
         if refusal:
             return refusal
-        return select(self.history.events(self.server, key), query)
+        if len(keys) == 1:
+            return select(self.history.events(self.server, keys[0]), query)
+        # Two conversations read as one, in the order said.
+        merged = sorted((event for key in keys for event in self.history.events(self.server, key)), key=_said_at)
+        return select(merged, query)
 
-    def _readable(self, client: Client, target: str) -> tuple[str, str]:
+    def _readable(self, client: Client, target: str) -> tuple[list[str], str]:
         """What ``target`` names for ``client`` (a room it is in, or, for
-        ``@NICK``, its private conversation with that nick's account), and
-        ``""``; else ``""`` and why it may not read it."""
+        ``@NICK``, its private conversations with that nick), and ``""``;
+        else nothing and why it may not read it."""
         if not target.startswith(CONVERSATION):
             room = target.lower()
             if room in client.rooms:
-                return room, ""
+                return [room], ""
             # Only a member may read a room's past: +s and +i rooms keep theirs to themselves.
-            return "", f"you are not in {target}; join it to read its history"
+            return [], f"you are not in {target}; join it to read its history"
         nick = target[len(CONVERSATION) :]
         if nick_problem(nick) is not None:
-            return "", f"no such nick {nick!r}"
+            return [], f"no such nick {nick!r}"
         if not client.account:
-            return "", "private history is kept for logged-in accounts only; log in to read it"
+            return [], "private history is kept for logged-in accounts only; log in to read it"
         # An account owns the nick of its name (the accounts plugin): a nick
-        # not here, or not logged in, is taken for the account's name.
+        # not here, or not logged in, is taken for the account's name; and
+        # what this account said with whoever used the nick as a guest.
         other = self.server.registry.find(nick)
-        return conversation(client.account, other.account if other is not None and other.account else nick), ""
+        account = other.account if other is not None and other.account else nick
+        return [conversation(client.account, account), guest_conversation(client.account, nick)], ""
 
     def targets(self, client: Client, start: float, end: float, limit: int) -> list[tuple[str, float]]:
         backwards = start > end
@@ -782,8 +809,12 @@ class _Service(HistoryService):
                 found.append((room, max(times)))
         if client.account:
             mine = client.account.casefold()
+            peers: dict[str, float] = {}
             for key, newest in self.history.conversations(self.server, client.account, start, end):
                 one, other = _accounts(key)
-                found.append((CONVERSATION + (other if one == mine else one), newest))
+                # A guest conversation is listed under the guest's nick (merged with that account's).
+                peer = (other if one == mine else one).removeprefix(GUEST)
+                peers[peer] = max(newest, peers.get(peer, newest))
+            found.extend((CONVERSATION + peer, newest) for peer, newest in peers.items())
         found.sort(key=lambda item: item[1])
         return found[-limit:] if backwards else found[:limit]

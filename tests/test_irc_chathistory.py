@@ -253,3 +253,29 @@ def test_targets_counts_a_target_by_its_latest_line_with_both_ends_excluded(chat
     assert targets(everything[1], everything[0]) == [f"#lobby {times[1]}"]  # backwards
     assert targets(times[1], everything[1]) == []  # the start excluded
     assert targets(everything[0], times[1]) == []  # the end excluded, and "first" does not count
+
+
+def test_a_line_with_a_guest_is_kept_for_the_account_alone(chat_server_factory, irc_client, tmp_path):
+    """As Ergo (irctest's testChathistoryDMs): the lines between an account
+    and a guest are kept for the account; the guest reads nothing, nor does
+    whoever registers the guest's nick later."""
+    server = start(chat_server_factory, "--state-db", str(tmp_path / "state.db"), plugins="irc,history,accounts")
+    alice = irc_client(server, "alice", CAPS + " echo-message")
+    guest = irc_client(server, "visitor", CAPS)
+    alice.send("REGISTER correct-horse")
+    alice.expect(re.compile("NOTICE alice :registered the account alice;"))
+    alice.send("PRIVMSG visitor :hello stranger")
+    guest.expect(re.compile(r"PRIVMSG visitor :hello stranger$"))
+    guest.send("PRIVMSG alice :hello alice")
+    alice.expect(re.compile(r"PRIVMSG alice :hello alice$"))
+    alice.sync()
+    alice.send("CHATHISTORY LATEST visitor * 10")
+    assert [line.rpartition(" :")[2] for line in batch(alice.sync())[1]] == ["hello stranger", "hello alice"]
+    alice.send("CHATHISTORY TARGETS timestamp=2000-01-01T00:00:00.000Z timestamp=2100-01-01T00:00:00.000Z 10")
+    assert [line.split()[-2] for line in alice.sync()[1:-1]] == ["visitor"]
+    guest.send("CHATHISTORY LATEST alice * 10")  # a guest has no private history
+    assert guest.sync() == [":chatcore FAIL CHATHISTORY INVALID_TARGET LATEST alice :Messages could not be retrieved"]
+    guest.send("REGISTER correct-horse")  # the nick an account now: still not its past
+    guest.expect(re.compile("NOTICE visitor :registered the account visitor;"))
+    guest.send("CHATHISTORY LATEST alice * 10")
+    assert batch(guest.sync())[1] == []

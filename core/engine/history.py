@@ -38,12 +38,25 @@ QUERY_KINDS = ("latest", "before", "after", "around", "between")
 CONVERSATION = "@"
 
 
+#: Marks the second name of :func:`guest_conversation`: no nick or account has it.
+GUEST = "~"
+
+
 def conversation(first: str, second: str) -> str:
     """The target under which the private messages between the accounts
     ``first`` and ``second`` are kept: the same whoever sent them
     (``@alice,bob``: the two names case-folded, in order)."""
     one, other = sorted((first.casefold(), second.casefold()))
     return f"{CONVERSATION}{one},{other}"
+
+
+def guest_conversation(account: str, nick: str) -> str:
+    """The target under which the private messages between the account
+    ``account`` and ``nick``, someone not logged in, are kept for the
+    account alone (``@alice,~guest``), as Ergo keeps them for its
+    registered side: whoever takes that nick later, even as an account,
+    never reads them."""
+    return f"{CONVERSATION}{account.casefold()},{GUEST}{nick.casefold()}"
 
 
 def private_line(key: str, event: PrivateMessage) -> Chat:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore import Client
 from chatcore.engine.backplane import Backplane
-from chatcore.engine.history import CONVERSATION
+from chatcore.engine.history import CONVERSATION, GUEST
 from chatcore.events import PrivateMessage, RoomEvent, RoomNotice
 from chatcore.plugins.redis.arrivals import Arrivals
 from chatcore.plugins.redis.connection import DEFAULT_TIMEOUT, Target
@@ -78,10 +78,11 @@ class RedisBackplane(Backplane):
         return self.cluster.presence.history(room, limit)
 
     def keep_private(self, key: str, event: PrivateMessage, lines: int) -> None:
-        if event.msgid and event.account:
-            # The two accounts, as the conversation's name holds them.
+        if event.msgid:
+            # The two accounts, as the conversation's name holds them (one
+            # alone, twice, with a guest).
             one, _, other = key.removeprefix(CONVERSATION).partition(",")
-            self.cluster.publisher.put_private(key, event, (one, other), lines)
+            self.cluster.publisher.put_private(key, event, (one, one if other.startswith(GUEST) else other), lines)
 
     def conversations(self, account: str, start: float, end: float) -> list[tuple[str, float]] | None:
         return self.cluster.presence.conversations(account, start, end)
