@@ -2200,6 +2200,9 @@ def _private_history_lines(protocol: IRCProtocol, peer: str, events: list[RoomEv
     client = protocol.client
     wire = protocol.wire
     own = {client.nick.casefold(), client.account.casefold()}
+    # The peer as its nick is spelt (as the live lines had it), not as asked.
+    other = client.server.registry.find(peer)
+    peer = other.nick if other is not None else peer
     lines: list[bytes] = []
     for event in events:
         assert isinstance(event, Chat)  # what the history keeps of private lines

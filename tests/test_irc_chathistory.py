@@ -230,6 +230,8 @@ def test_a_private_line_has_one_id_and_time_live_echoed_and_in_history(chat_serv
     assert [said(line) for line in alice.sync()[1:-1]] == [to_self[0]]
     bob.send(f"CHATHISTORY AROUND alice msgid={received[0]} 1")  # found by its live ID
     assert [said(line) for line in bob.sync()[1:-1]] == [received]
+    alice.send("CHATHISTORY LATEST BOB * 1")  # asked in capitals: the lines name bob as he spells it
+    assert [line.partition(" PRIVMSG ")[2] for line in alice.sync()[1:-1]] == ["bob :one id"]
 
 
 def test_targets_counts_a_target_by_its_latest_line_with_both_ends_excluded(chat_server_factory, irc_client):
