@@ -246,7 +246,7 @@ def parse_msgid(msgid: str) -> tuple[str, int] | None:
     """The epoch and offset a :attr:`RoomEvent.msgid` names, or None if
     ``msgid`` is not one (a client may send anything)."""
     epoch, sep, offset = msgid.rpartition(":")
-    if not sep or not epoch or not offset.isdigit() or len(offset) > 18 or len(epoch) > 64:
+    if not sep or not epoch or not (offset.isascii() and offset.isdigit()) or len(offset) > 18 or len(epoch) > 64:
         return None
     number = int(offset)
     return (epoch, number) if number > 0 else None

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from chatcore.engine.history import HistoryService
     from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
-    from chatcore.events import PrivateMessage, RoomEvent
+    from chatcore.events import Joined, PrivateMessage, RoomEvent
     from chatcore.message import Message
     from chatcore.routes import Route
     from chatcore.transports import Scheme
@@ -286,8 +286,8 @@ class Hooks:
     def welcome(self, client: Client) -> list[str]:
         return self._collect("chatcore_welcome", {"client": client}, _lines)
 
-    def client_joined(self, client: Client, room: str) -> None:
-        self._call_each("chatcore_client_joined", {"client": client, "room": room})
+    def client_joined(self, client: Client, room: str, event: Joined) -> None:
+        self._call_each("chatcore_client_joined", {"client": client, "room": room, "event": event})
 
     def client_left(self, client: Client, room: str, reason: str) -> None:
         self._call_each("chatcore_client_left", {"client": client, "room": room, "reason": reason})

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from chatcore.engine.history import HistoryService
     from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
-    from chatcore.events import PrivateMessage, RoomEvent
+    from chatcore.events import Joined, PrivateMessage, RoomEvent
     from chatcore.message import Message
     from chatcore.routes import Route
     from chatcore.transports import Scheme
@@ -188,17 +188,23 @@ def chatcore_welcome(client: Client) -> list[str] | None:
 
 
 @hookspec
-def chatcore_client_joined(client: Client, room: str) -> None:
+def chatcore_client_joined(client: Client, room: str, event: Joined) -> None:
     """A client entered a room: on connecting, or by /join or JOIN.
 
     The other members have been sent ``* <nick> joined``.
 
     :param client: the client; ``client.room == room``.
     :param room: the room entered.
+    :param event: the :class:`~chatcore.events.Joined` the members were
+        sent, numbered: what was said in the room before it (a smaller
+        offset in its epoch) was said before the client's live lines begin,
+        which is where a replay of the room's history stops (the history
+        plugin), so that no line comes both replayed and live.
 
     Called on the client's own thread. Calls for different clients overlap.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1 ``event``
     """
 
 

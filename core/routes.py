@@ -73,7 +73,7 @@ class Route:
     """Requests whose path starts with ``prefix`` go to ``handler``.
 
     :ivar prefix: a path that starts and ends with ``/`` (``"/hooks/"``),
-        outside ``/api/``.
+        outside ``/api/`` and ``/admin/`` (the API and its admin page).
     :ivar handler: called with the :class:`HttpRequest` on the connection's
         reader thread (calls overlap); returns ``(status, object)``, the
         object answered as JSON, or raises :class:`HttpError`.
@@ -91,5 +91,7 @@ class Route:
     def __post_init__(self) -> None:
         if not (self.prefix.startswith("/") and self.prefix.endswith("/")) or len(self.prefix) < 3:
             raise ValueError(f"a route's prefix starts and ends with '/', like '/hooks/', not {self.prefix!r}")
-        if self.prefix.startswith("/api/"):
-            raise ValueError(f"{self.prefix!r}: the paths under /api/ are the api plugin's own")
+        # The api plugin answers these itself, so a route there would never be called.
+        for own in ("/api/", "/admin/"):
+            if self.prefix.startswith(own):
+                raise ValueError(f"{self.prefix!r}: the paths under {own} are the api plugin's own")

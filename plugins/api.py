@@ -43,7 +43,7 @@ code as the operators' commands: what users see, the log, the kept bans
 and the cluster's forwarding are the same whichever way an action came.
 
 Other plugins' paths: a plugin's ``chatcore_api_routes`` gives path
-prefixes outside ``/api/`` (:class:`chatcore.routes.Route`) and their
+prefixes outside ``/api/`` and ``/admin/`` (:class:`chatcore.routes.Route`) and their
 handlers; their requests are read here with the same limits, and the
 handler's answer is sent as JSON (the webhooks plugin's ``/hooks/``).
 """

@@ -63,7 +63,7 @@ from chatcore.engine.history import (
     select,
 )
 from chatcore.engine.server import ChatServer
-from chatcore.events import Action, Chat, PrivateMessage, Replay, RoomEvent, parse_msgid
+from chatcore.events import Action, Chat, Joined, PrivateMessage, Replay, RoomEvent, parse_msgid
 from chatcore.names import nick_problem, room_problem
 
 #: Loaded and unloaded by a reload (SIGHUP) while the server runs:
@@ -215,12 +215,13 @@ def chatcore_private_received(client: Client, event: PrivateMessage) -> None:
 
 
 @hookimpl
-def chatcore_client_joined(client: Client, room: str) -> None:
+def chatcore_client_joined(client: Client, room: str, event: Joined) -> None:
     history = _history(client.server)
     # The cluster's history of the room, where the backplane keeps one;
-    # else what this server saw.
+    # else what this server saw; up to the client's join, since what was
+    # said after it reaches the client live.
     count = history.lines.replayed(room)
-    events = history.events(client.server, room, count)[-count:]
+    events = history.events(client.server, room, count, joined=event)[-count:]
     if events:
         client.send(Replay(room, tuple(events)))
 
@@ -239,7 +240,7 @@ def chatcore_command(client: Client, name: str, args: str) -> bool | None:
         return None
     words = args.split()
     count = DEFAULT_SHOWN
-    if words and words[-1].isdigit():
+    if words and words[-1].isascii() and words[-1].isdigit():
         count = int(words.pop())
     if len(words) > 1 or count < 1:
         client.error("usage: /history [ROOM|@NICK] [N]")
@@ -288,19 +289,44 @@ class Retention:
         return max([self.default, *self.rooms.values()])
 
 
-def with_local_tail(shared: list[RoomEvent], local: list[RoomEvent]) -> list[RoomEvent]:
-    """The cluster's events of a room, then this server's own that are not
-    among them yet: lines said here a moment ago, still on their way to the
-    cluster (its publisher sends in batches), which this server's users
-    have seen already. Without them a client entering the room in that
-    moment would get them neither live (said before it entered) nor in the
-    replay (read from the cluster): a silent loss the fault suite found."""
+def said_before(event: RoomEvent, mark: RoomEvent) -> bool:
+    """Whether this server numbered ``event`` before ``mark`` (a client's
+    Joined): an earlier epoch (a run before this one), or a smaller offset."""
+    return event.epoch != mark.epoch or event.offset < mark.offset
+
+
+def for_replay(shared: list[RoomEvent], local: list[RoomEvent], joined: RoomEvent | None = None) -> list[RoomEvent]:
+    """A room's lines to replay to a client entering it: the cluster's
+    (``shared``, oldest first) up to where the client's live lines begin,
+    then this server's own not in the cluster's history yet.
+
+    ``local`` is what this server's members heard, in order; ``joined`` the
+    client's Joined, which marks where its live lines begin. Two ways a
+    line could otherwise reach the client twice or not at all:
+
+    - said here a moment before the join, and still on its way to the
+      cluster (the publisher sends in batches): not live (said before the
+      join), not in the cluster's history: added after it;
+    - in the cluster's history but heard here only after the join (said
+      meanwhile, or not read from Redis here yet): it comes live, so the
+      cluster's lines stop at the last one heard here before the join
+      (those before anything heard here are older than this server's
+      record, and kept).
+    """
     if not local:
         return shared
-    known = {event.msgid for event in shared}
-    since = shared[-1].time if shared else 0.0
-    tail = [event for event in local if event.time >= since and event.msgid not in known]
-    return shared + tail if tail else shared
+    before = local if joined is None else [event for event in local if said_before(event, joined)]
+    heard = {event.msgid for event in local}
+    heard_before = {event.msgid for event in before}
+    keep = len(shared)
+    positions = [i for i, event in enumerate(shared) if event.msgid in heard]
+    if positions:
+        last_before = max((i for i in positions if shared[i].msgid in heard_before), default=-1)
+        keep = max(last_before + 1, positions[0])
+    in_shared = {event.msgid for event in shared}
+    since = shared[keep - 1].time if keep else 0.0
+    tail = [event for event in before if event.msgid not in in_shared and event.time >= since]
+    return shared[:keep] + tail
 
 
 def _said_at(event: RoomEvent) -> float:
@@ -439,13 +465,20 @@ class History:
                 self._trim()
             return list(events)
 
-    def events(self, server: ChatServer, room: str, limit: int = 0) -> list[RoomEvent]:
+    def events(self, server: ChatServer, room: str, limit: int = 0, joined: RoomEvent | None = None) -> list[RoomEvent]:
         """The room's kept events, oldest first (the last ``limit`` at
         least, if given: a cluster reads no more): the cluster's, where the
         backplane keeps them (the same on every server), else this
-        server's; a private conversation's likewise."""
-        events = server.backplane.history(room, limit or self.lines(room))
-        return self.replay(room) if events is None else with_local_tail(events, self.replay(room))
+        server's; a private conversation's likewise.
+
+        :param joined: for a replay, the entering client's Joined: only
+            what was said before it (what came after comes live).
+        """
+        local = self.replay(room)
+        shared = server.backplane.history(room, limit or self.lines(room))
+        if shared is not None:
+            return for_replay(shared, local, joined)
+        return local if joined is None else [event for event in local if said_before(event, joined)]
 
     def conversations(self, server: ChatServer, account: str, start: float, end: float) -> list[tuple[str, float]]:
         """The private conversations of ``account`` whose latest line was

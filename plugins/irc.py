@@ -1061,7 +1061,7 @@ class IRCProtocol(Protocol):
         if sub == "LS":
             if not self._registered:
                 self._cap_negotiating = True  # registration waits for CAP END
-            values = len(params) > 1 and params[1].isdigit() and int(params[1]) >= 302
+            values = len(params) > 1 and params[1].isascii() and params[1].isdigit() and int(params[1]) >= 302
             offered = self._offered()
             if values:  # 302 implies cap-notify (IRCv3 capability negotiation)
                 self.caps.add("cap-notify")
@@ -2158,7 +2158,7 @@ def chathistory_query(subcommand: str, params: list[str], max_limit: int) -> tup
 def chathistory_limit(text: str, max_limit: int) -> int:
     """A CHATHISTORY limit: the server's most when missing, zero, not a
     number or above it (as Ergo)."""
-    limit = int(text) if text.isdigit() and len(text) < 10 else 0
+    limit = int(text) if text.isascii() and text.isdigit() and len(text) < 10 else 0
     return limit if 0 < limit <= max_limit else max_limit
 
 

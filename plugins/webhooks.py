@@ -782,7 +782,7 @@ class Outbox:
             if 200 <= status < 300:
                 return status, 0.0, None
             retry_after = response.getheader("Retry-After", "")
-            wait = float(retry_after) if retry_after.isdigit() else 0.0
+            wait = float(retry_after) if retry_after.isascii() and retry_after.isdigit() else 0.0
             # The receiver's words go to the log: no line breaks or escapes of theirs.
             excerpt = "".join(c if c.isprintable() else " " for c in answer[:200].decode("utf-8", "replace")).strip()
             return status, wait, f"HTTP {status}" + (f": {excerpt}" if excerpt else "")

@@ -729,6 +729,8 @@ def test_a_plugin_serves_paths_beside_the_api(chat_server_factory, caplog):
 def test_routes_are_checked():
     with pytest.raises(ValueError, match="api plugin's own"):
         Route("/api/mine/", lambda request: (200, {}))
+    with pytest.raises(ValueError, match="the paths under /admin/ are the api plugin's own"):
+        Route("/admin/extra/", lambda request: (200, {}))  # the admin page's paths would hide it
     with pytest.raises(ValueError, match="starts and ends"):
         Route("/hooks", lambda request: (200, {}))
 

@@ -12,6 +12,8 @@ def test_a_message_id_names_its_event_and_reads_back():
     assert Chat("lobby", "alice", "hi").msgid == ""  # not published yet
 
 
-@pytest.mark.parametrize("text", ["", "7", ":7", "abc:", "abc:0", "abc:-1", "abc:x1", "abc:1 ", "a:" + "9" * 19])
+@pytest.mark.parametrize(
+    "text", ["", "7", ":7", "abc:", "abc:0", "abc:-1", "abc:x1", "abc:1 ", "a:" + "9" * 19, "abc:\u00b3", "abc:1\u0663"]
+)
 def test_what_is_not_a_message_id_reads_as_none(text):
     assert parse_msgid(text) is None

@@ -18,7 +18,7 @@ from chatcore.config import parse_config
 from chatcore.engine.history import HistoryService, Mark, Query, conversation
 from chatcore.engine.history import select as select_events
 from chatcore.engine.server import ChatServer
-from chatcore.events import Chat
+from chatcore.events import Chat, Joined
 from chatcore.names import room_problem
 from chatcore.plugins import history
 from chatcore.testing import ClientFactory, LineClient, wait_for
@@ -521,6 +521,8 @@ def test_the_history_command_shows_a_rooms_last_lines(chat_server_factory, chat_
     assert carol.sync()[-1] == "! you are not in lobby; join it to read its history"
     carol.send("/history lobby dev 2")
     assert carol.sync() == ["! usage: /history [ROOM|@NICK] [N]"]
+    bob.send("/history \u00b3")  # a digit to str.isdigit(), not to int(): a room's name here, not a crash
+    assert bob.sync()[-1] == "! you are not in \u00b3; join it to read its history"
 
 
 def test_a_plugin_supplies_the_history_service(chat_server_factory, chat_client):
@@ -585,7 +587,33 @@ def test_a_replay_from_the_cluster_adds_the_lines_said_here_on_their_way_to_it()
     said_here = Chat("dev", "carol", "three", 7, "l", 12.0)
     relayed = Chat("dev", "bob", "two", 5, "l", 11.0, origin="r:2")  # the cluster's "two", kept here too
     old = Chat("dev", "dave", "long ago", 1, "l", 1.0)  # older than what the cluster gives: not added
-    merged = history.with_local_tail(shared, [old, relayed, said_here])
+    merged = history.for_replay(shared, [old, relayed, said_here])
     assert [event.text for event in merged] == ["one", "two", "three"]
-    assert history.with_local_tail(shared, []) == shared
-    assert [event.text for event in history.with_local_tail([], [said_here])] == ["three"]
+    assert history.for_replay(shared, []) == shared
+    assert [event.text for event in history.for_replay([], [said_here])] == ["three"]
+
+
+def test_a_replay_stops_where_the_clients_live_lines_begin():
+    """Lines said after the client's Joined reach it live: the replay leaves
+    them out, those said here and those of the cluster alike (found by
+    tests/faults/test_fault_reconnect.py under load: lines said between the
+    join and the replay's read came twice)."""
+    joined = Joined("dev", "erin")
+    joined.__dict__.update(epoch="l", offset=8, time=12.5)  # numbered as the server numbers it
+    shared = [
+        Chat("dev", "alice", "one", 1, "r", 10.0),
+        Chat("dev", "bob", "two", 2, "r", 11.0),
+        Chat("dev", "alice", "after, relayed here", 3, "r", 13.0),  # heard here after the join
+        Chat("dev", "bob", "after, not read here yet", 4, "r", 13.5),  # in Redis, not delivered here yet
+    ]
+    local = [
+        Chat("dev", "bob", "two", 5, "l", 11.0, origin="r:2"),
+        Chat("dev", "carol", "before, on its way", 7, "l", 12.0),
+        Chat("dev", "alice", "after, relayed here", 9, "l", 13.0, origin="r:3"),
+        Chat("dev", "carol", "after, on its way", 10, "l", 14.0),
+    ]
+    merged = history.for_replay(shared, local, joined)
+    assert [event.text for event in merged] == ["one", "two", "before, on its way"]
+    # Without a cluster: this server's lines before the join.
+    previous_run = Chat("dev", "dave", "yesterday", 40, "old", 1.0)
+    assert [event.epoch for event in [previous_run, *local] if history.said_before(event, joined)] == ["old", "l", "l"]

@@ -324,6 +324,20 @@ def test_cap_ls_302_lists_every_capability_with_its_values(chat_server_factory, 
         client.close()
 
 
+def test_a_cap_version_of_non_ascii_digits_is_not_302(chat_server_factory):
+    # "³02" passed str.isdigit() and int() raised, which dropped the client:
+    # found by a minute of fuzzing (fuzz/corpus/irc/ keeps the input).
+    server = start(chat_server_factory)
+    client = IRCClient(server.listener("irc").address)
+    try:
+        client.send("CAP LS \u00b302")
+        assert client.readline().startswith(":chatcore CAP * LS :account-notify ")  # no values: not 302
+        client.send("CAP LIST")
+        assert client.readline() == ":chatcore CAP * LIST :"  # and no cap-notify of its own
+    finally:
+        client.close()
+
+
 def test_labeled_response_labels_one_line_batches_several_and_acks_none(chat_server_factory, irc):
     server = start(chat_server_factory)
     me = irc(server, "me", "labeled-response batch echo-message message-tags")

@@ -52,7 +52,9 @@ def test_each_subcommand_is_a_query():
 
 
 @pytest.mark.parametrize(
-    ("given", "expected"), [("", 100), ("0", 100), ("7", 7), ("500", 100), ("-3", 100), ("x", 100)]
+    ("given", "expected"),
+    # "³" and "٣" are digits to str.isdigit() but not to int(): found by the fuzzer (fuzz/corpus/irc/).
+    [("", 100), ("0", 100), ("7", 7), ("500", 100), ("-3", 100), ("x", 100), ("³", 100), ("٣", 100)],
 )
 def test_a_limit_missing_zero_or_too_large_is_the_servers_most(given, expected):
     assert chathistory_limit(given, 100) == expected

@@ -49,6 +49,8 @@ class Receiver:
         self.requests: list[tuple[dict[str, str], bytes, str]] = []  # headers, body, what it was answered
         self.script: deque[int | str] = deque()
         self.default: int | str = 200
+        #: A Retry-After header for the answers that are not 2xx, if any.
+        self.retry_after: str | None = None
         self.released = threading.Event()
         self._lock = threading.Lock()
         receiver = self
@@ -67,6 +69,8 @@ class Receiver:
                     return
                 assert isinstance(action, int)
                 self.send_response(action)
+                if receiver.retry_after is not None and not 200 <= action < 300:
+                    self.send_header("Retry-After", receiver.retry_after)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
@@ -373,6 +377,17 @@ def test_failures_and_timeouts_are_retried_under_one_key_and_nothing_is_lost(ser
     assert value(samples, "chatcore_webhook_retries_total", webhook="out") == 5
     assert value(samples, "chatcore_webhook_queue_depth", webhook="out") == 0
     assert dead_letters(server) == []
+
+
+def test_a_retry_after_of_non_ascii_digits_is_no_wait_and_no_crash(serve, native, receiver):
+    # "³" is a digit to str.isdigit() and not to float(): it once raised on the delivery thread.
+    receiver.retry_after = "\u00b3"
+    receiver.script.extend([429])
+    server = serve("--webhook-out", outgoing(receiver.url, "events=message"))
+    alice = native(server, "alice")
+    alice.send("after a 429")
+    wait_for(lambda: len(receiver.delivered()) == 1, message="the line delivered on the second attempt")
+    assert [answer for _headers, _body, answer in receiver.attempts()] == ["429", "200"]
 
 
 def test_the_chat_goes_on_while_the_receiver_hangs(serve, native, receiver):

@@ -570,7 +570,7 @@ class ChatServer:
                 client.room, nick=client.nick, user=client.user, account=client.account, realname=client.realname
             )
             self.stats.delivered(self._publish(joined, exclude=client))
-            self.hooks.client_joined(client, client.room)
+            self.hooks.client_joined(client, client.room, joined)
         return True
 
     def _claim_guest_nick(self, client: Client) -> None:
@@ -895,7 +895,7 @@ class ChatServer:
             # the names), before anything the room or a plugin says next.
             client.send(joined)
             self.stats.delivered(self._publish(joined, exclude=client))
-            self.hooks.client_joined(client, room)
+            self.hooks.client_joined(client, room, joined)
         return None
 
     def _enter_room(self, client: Client, room: str) -> RoomState:

@@ -129,47 +129,44 @@ def _blocking_sentinel_pool() -> type[Any]:
     return type("SentinelBlockingConnectionPool", (SentinelConnectionPool, BlockingConnectionPool), {})
 
 
-def connect(target: str | Target, *, timeout: float, name: str) -> redis_py.Redis:
-    """A client with one connection of its own, for one thread.
+def _link_options(timeout: float, name: str) -> dict[str, Any]:
+    """What every link of the plugin is made with, whichever way it finds
+    the primary.
 
     No redis-py retries: the plugin retries itself, in order and without
     duplicates, and a blind retry of a non-idempotent command could add an
     event twice.
     """
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),
+        "decode_responses": True,
+        "encoding_errors": ENCODING_ERRORS,
+        "protocol": 2,  # the replies' shapes the plugin reads are RESP2's
+        "client_name": name,
+    }
+
+
+def connect(target: str | Target, *, timeout: float, name: str) -> redis_py.Redis:
+    """A client with one connection of its own, for one thread."""
     import redis as redis_py
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    options = _link_options(timeout, name)
     if isinstance(target, Target) and target.sentinels:
         from redis.sentinel import SentinelConnectionPool
 
-        pool = target._sentinel_pool(
-            SentinelConnectionPool,
-            timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
-            encoding_errors=ENCODING_ERRORS,
-            protocol=2,
-            client_name=name,
-        )
+        pool = target._sentinel_pool(SentinelConnectionPool, timeout, **options)
         # close() below closes the pool too: this client is its only user.
         return redis_py.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0), single_connection_client=True)
     url = target.url if isinstance(target, Target) else target
-    return redis_py.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
-        encoding_errors=ENCODING_ERRORS,
-        protocol=2,  # the replies' shapes below are RESP2's
-        single_connection_client=True,
-        client_name=name,
-    )
+    return redis_py.Redis.from_url(url, single_connection_client=True, **options)
 
 
 def shared_client(target: str | Target, *, timeout: float, name: str) -> redis_py.Redis:
@@ -178,36 +175,13 @@ def shared_client(target: str | Target, *, timeout: float, name: str) -> redis_p
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    # A blocking pool waits for a free connection (at most ``timeout``).
+    options = _link_options(timeout, name) | {"max_connections": SHARED_CONNECTIONS, "timeout": timeout}
     if isinstance(target, Target) and target.sentinels:
-        pool = target._sentinel_pool(
-            _blocking_sentinel_pool(),
-            timeout,
-            max_connections=SHARED_CONNECTIONS,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
-            encoding_errors=ENCODING_ERRORS,
-            protocol=2,
-            client_name=name,
-        )
-        return redis_py.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
-    url = target.url if isinstance(target, Target) else target
-    pool = redis_py.BlockingConnectionPool.from_url(
-        url,
-        max_connections=SHARED_CONNECTIONS,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
-        encoding_errors=ENCODING_ERRORS,
-        protocol=2,
-        client_name=name,
-    )
+        pool = target._sentinel_pool(_blocking_sentinel_pool(), timeout, **options)
+    else:
+        url = target.url if isinstance(target, Target) else target
+        pool = redis_py.BlockingConnectionPool.from_url(url, **options)
     return redis_py.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
