@@ -476,6 +476,12 @@ class History:
         """
         local = self.replay(room)
         shared = server.backplane.history(room, limit or self.lines(room))
+        if shared is not None and room.startswith(CONVERSATION):
+            # Each line is kept where its recipient is: this server's record
+            # holds its own part alone, not a prefix of the cluster's (as a
+            # room's is); add what it has that the cluster has not yet.
+            known = {event.msgid for event in shared}
+            return sorted(shared + [event for event in local if event.msgid not in known], key=_said_at)
         if shared is not None:
             return for_replay(shared, local, joined)
         return local if joined is None else [event for event in local if said_before(event, joined)]
