@@ -36,6 +36,16 @@ log = logging.getLogger("chatcore")
 # is far more than a reader needs, and 10,000 of them would reserve 80 GiB of
 # address space. The resident cost is what the thread touches either way.
 THREAD_STACK_SIZE = 256 * 1024
+# How long a thread may keep the GIL while others wait for it (CPython's
+# default: 5 ms). Every waiting thread wakes once per interval to ask for
+# it; with thousands of reader threads waiting (a server behind under many
+# clients) those wake-ups outgrew what a CPU can schedule, every thread
+# stayed runnable and the one holding the GIL got a sliver of the CPU: at
+# 5,000 clients in rooms of 10, deliveries fell to a trickle and lines
+# were lost (docs/performance.md, "The stall at thousands of clients").
+# Ten times longer, ten times fewer wake-ups; threads that block on I/O
+# (almost every one here) still hand the GIL over at once.
+SWITCH_INTERVAL = 0.05
 #: How often the main thread looks for a signal that another thread received.
 SIGNAL_CHECK_INTERVAL = 0.1
 
@@ -186,6 +196,7 @@ def serve(args: Sequence[str]) -> int:
         log.warning(warning, extra={"event": "configuration_warning"})
     _raise_open_file_limit(options.max_clients)
     threading.stack_size(THREAD_STACK_SIZE)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     allocator.keep_freed_memory()
     try:  # before the server starts its threads: they inherit it
         cpus = affinity.apply(options.cpu_affinity)

@@ -63,6 +63,7 @@ from chatcore.engine.store import StoreError
 from chatcore.events import ModeChanged, NickChanged, RoomEvent, TopicChanged
 from chatcore.names import nick_problem, room_problem
 from chatcore.transports.listener import format_address
+from chatcore.wire.native import logged_in_text
 
 if TYPE_CHECKING:
     from chatcore.engine.server import ChatServer
@@ -307,7 +308,8 @@ class Accounts(AccountService):
         was = client.account
         client.account = name
         _forget_owner(client)
-        log.info("%s from %s logged in to account %r", client.nick, format_address(*client.address), name)
+        who = client.nick or "a connection entering the chat"  # a login before entering (SASL, a first /login)
+        log.info("%s from %s logged in to account %r", who, format_address(*client.address), name)
         if was and was != name:
             log.info("%s logged out of account %r", client.nick, was)
         return None
@@ -494,7 +496,7 @@ def _login(client: Client, args: str) -> None:
         return
     refusal = _service(client).log_in(client, account, password)
     if refusal is None:
-        client.notice(f"you are logged in to {client.account}")
+        client.notice(logged_in_text(client.account))
     elif not client.closed:
         client.error(refusal.text)
 

@@ -73,7 +73,7 @@ from chatcore.transports.listener import format_address
 from chatcore.wire import Protocol, WireFormat
 from chatcore.wire.framing import PING_FRAME, WebSocketFraming, websocket_frame
 from chatcore.wire.http import Deadlines, HttpConnection, plain_error, raw_answer
-from chatcore.wire.native import PASSWORD_REQUIRED, handle_text, own_room_notice, sanitize
+from chatcore.wire.native import ARRIVAL_WAIT, PASSWORD_REQUIRED, arrive, handle_text, own_room_notice, sanitize
 from chatcore.wire.tags import client_tags
 from chatcore.wire.websocket import (
     MAX_FRAGMENTS,
@@ -96,10 +96,17 @@ DEFAULT_TLS_PORT = 8443
 #: The WebSocket endpoint's path.
 WS_PATH = "/ws"
 #: The query of ``/ws`` (``/ws?rooms=after-nick``) that the page opens it
-#: with: the connection enters the chat in no room, and may join one only
-#: once it has chosen a nickname, so that nobody sees a visitor as
-#: ``guest-N`` while the page asks for a name. Without it a WebSocket enters
-#: the default room at once, as a native client does (bots, load tests).
+#: with: the connection enters the chat with its first message, however
+#: late, in no room, and may join one only once it has a nickname, so that
+#: nobody sees a visitor as ``guest-N``. The page asks for the name first
+#: and sends it as its first message (``/nick NAME`` or ``/login NAME
+#: PASSWORD``), so the welcome greets it by it. A browser can send only once
+#: the upgrade's answer has reached it, a round trip later, which over the
+#: internet is often longer than :data:`ARRIVAL_WAIT`: hence no time limit
+#: (``--login-timeout`` bounds it). Without the query a WebSocket enters the
+#: default room as a native client does: under the name of a first message
+#: that comes within ARRIVAL_WAIT of the upgrade, else as a guest (bots,
+#: load tests).
 AFTER_NICK = "after-nick"
 #: What a connection opened with ``rooms=after-nick`` is told when it tries
 #: to join a room before it has a nickname of its own.
@@ -408,6 +415,7 @@ class WebProtocol(Protocol):
     __slots__ = (
         "__weakref__",
         "_after_nick",
+        "_arriving",
         "_last_heard",
         "_pinged",
         "_state",
@@ -434,6 +442,9 @@ class WebProtocol(Protocol):
         self._pinged = False
         #: Opened with ``rooms=after-nick``: in no room until it has a nickname.
         self._after_nick = False
+        #: The WebSocket is open and the first message is to decide the
+        #: name the connection enters under (:func:`arrive`).
+        self._arriving = False
 
     def connection_made(self) -> None:
         # Not admitted yet: a browser enters the chat when its WebSocket opens.
@@ -584,10 +595,19 @@ class WebProtocol(Protocol):
         self.client.send_data(answer)
         self.framing = WebSocketFraming(ws, self._state.max_message, MAX_FRAGMENTS)
         self.http = None
-        # In once the WebSocket is open, unless the server wants its
-        # password first: the page asks for it and sends /pass.
-        if self.client.server.log_in(self.client, room=self._login_room) is not None:
-            self.client.error(PASSWORD_REQUIRED)
+        # In with the first message, whose /nick or /login names the
+        # connection (as a native client's first line does), unless the
+        # server wants its password first: the page asks for it and sends
+        # /pass. The wait for that message is a native client's, but with
+        # rooms=after-nick (AFTER_NICK says why).
+        client = self.client
+        if client.server.gate.password_required:
+            client.server.log_in(client, room=self._login_room)  # refused: counts nothing
+            client.error(PASSWORD_REQUIRED)
+        elif trailing or self._after_nick or client.transport.wait_readable(ARRIVAL_WAIT):
+            self._arriving = True
+        elif client.server.log_in(client, room=self._login_room) is not None:
+            client.error(PASSWORD_REQUIRED)  # a reload asked for a password meanwhile
         if trailing:
             self._ws_received(trailing)
 
@@ -596,6 +616,12 @@ class WebProtocol(Protocol):
         assert framing is not None
         client = self.client
         messages = framing.feed(data)
+        if self._arriving and (messages or not self._after_nick):
+            # The first bytes (with a whole message, for a page) decide the
+            # name the connection enters under.
+            self._arriving = False
+            if self._arrive(messages[0] if messages else None):
+                messages = messages[1:]
         for text in messages:
             if client.closed:
                 return
@@ -613,6 +639,18 @@ class WebProtocol(Protocol):
         elif framing.closed is not None:  # broken framing: the stream cannot be trusted
             log.info("web: %s from %r", framing.closed, client)
             client.disconnect("protocol error", tell=False)
+
+    def _arrive(self, first: str | None) -> bool:
+        """Enter the chat with the first message (:func:`arrive`): under the
+        name of a ``line`` whose text is ``/nick NAME`` or ``/login NAME
+        PASSWORD``; True if that message is answered so."""
+        try:
+            obj = json.loads(first) if first is not None else None
+        except (ValueError, RecursionError):  # handled as any message, once in
+            obj = None
+        text = obj.get("text") if isinstance(obj, dict) and obj.get("type") == "line" else None
+        line = sanitize(text) if isinstance(text, str) and _valid_text(text) else ""
+        return arrive(self.client, line, room=self._login_room)
 
     def _handle(self, text: str) -> None:
         client = self.client

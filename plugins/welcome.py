@@ -26,7 +26,7 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         help=(
             "text sent to each new client, with placeholders {nick}, {room} and {count} "
-            "(people in the room on this server, the newcomer included: in a cluster, /who lists everyone); "
+            "(people in the room, the newcomer included; in a cluster the other servers' as of a few seconds before); "
             "'\\n' starts a new line "
             f"(default: {DEFAULT_TEXT!r})"
         ),
@@ -65,5 +65,6 @@ def chatcore_welcome(client: Client) -> list[str]:
     room = client.room
     if not room and text == DEFAULT_TEXT:
         text = DEFAULT_TEXT_NO_ROOM
-    count = len(server.registry.members(room)) if room else 0
+    # Here, the newcomer included, and on the other servers of a cluster.
+    count = len(server.registry.members(room)) + server.backplane.count_elsewhere(room) if room else 0
     return text.replace("\\n", "\n").format(nick=client.nick, room=room or "no room", count=count).split("\n")

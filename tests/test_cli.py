@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import chatcore
+from chatcore import cli
 from chatcore.engine import allocator
 from chatcore.testing import LineClient, ServerProcess
 
@@ -256,6 +257,16 @@ def test_usage_error_at_start_exits_2_in_one_line():
     assert result.returncode == 2
     assert result.stderr.endswith("chatcore: error: the room list names no rooms\n")
     assert "Traceback" not in result.stderr
+
+
+def test_the_server_lets_a_thread_keep_the_gil_longer_than_python_does():
+    # Thousands of reader threads waiting for the GIL each wake once per
+    # switch interval: at 5 ms a server of 5,000 clients that fell behind
+    # spent its CPU on those wake-ups and stalled (docs/performance.md).
+    env = {"PYTHONPATH": str(TEST_PLUGINS)}
+    result = run("serve", "--port", "0", "--plugins", "chatcore_testplugins.switch_interval", env=env)
+    assert result.stderr.endswith(f"chatcore: error: switch interval {cli.SWITCH_INTERVAL:g}\n")
+    assert 10 * sys.getswitchinterval() <= cli.SWITCH_INTERVAL  # this process keeps Python's default
 
 
 # -- --cpu-affinity -------------------------------------------------------------

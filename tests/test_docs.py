@@ -65,16 +65,17 @@ def test_the_readme_plugin_table_lists_every_bundled_plugin():
     assert bundled - rows == set()
 
 
-def test_the_welcome_count_says_it_counts_this_server_only():
-    """In a cluster {count} is this server's members of the room (a Redis
-    round trip per connection would cost every arrival): say so."""
+def test_the_welcome_count_says_how_old_the_other_servers_part_may_be():
+    """In a cluster {count} adds the other servers' members as the last
+    presence renewal read them (a Redis round trip per connection would
+    cost every arrival): say so."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     row = next(line for line in readme.splitlines() if line.startswith("| `welcome`"))
-    assert "on this server" in row
+    assert "as of a few seconds before" in row
     pm = PluginManager()
     load_plugins(pm, ["welcome"])
     parser = build_parser(pm)
     help_text = next(a.help for a in parser._actions if "--welcome-text" in a.option_strings)
-    assert "on this server" in help_text
+    assert "as of a few seconds before" in help_text
     scaling = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
-    assert "{count}" in scaling
+    assert "`{count}` counts the room's people on every server" in scaling

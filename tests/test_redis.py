@@ -636,6 +636,28 @@ def test_presence_who_rooms_and_msg_span_the_cluster(redis_server, cluster, conn
     alice.expect("* you are now known as bob")
 
 
+def test_the_welcome_counts_the_rooms_members_on_every_server(redis_server, cluster, connect) -> None:
+    # Each server writes how many of its clients are in each room when it
+    # renews its presence; the others read the counts then, not on every
+    # arrival (a connect storm would pay a round trip each).
+    one = cluster(redis_server.url, "127.0.0.1", "--plugins", "redis,welcome", "--redis-node-timeout", "1")
+    two = cluster(redis_server.url, "127.0.0.2", "--plugins", "redis,welcome", "--redis-node-timeout", "1")
+    connect(one, "alice")
+    connect(one, "amy")
+    welcomes = []
+
+    def welcomed_with_everyone() -> bool:
+        newcomer = LineClient(two.address, timeout=TIMEOUT)
+        try:
+            welcomes.append(newcomer.expect(lambda line: line.startswith("* Welcome to chatcore, ")))
+        finally:
+            newcomer.close()
+        return "(3 here)" in welcomes[-1]  # alice and amy on server one, and the newcomer
+
+    wait_for(welcomed_with_everyone, timeout=TIMEOUT, message="a welcome that counts server one's members")
+    assert all("(1 here)" in text or "(3 here)" in text for text in welcomes), welcomes
+
+
 def test_irc_names_and_who_list_the_other_servers_members(redis_server, cluster, connect) -> None:
     # An IRC client's nick list is the channel's, not this server's part of it.
     one = cluster(redis_server.url, "127.0.0.1", "--plugins", "redis,irc", "--listen", "irc://127.0.0.1:0")
@@ -1596,6 +1618,65 @@ def test_memberships_modes_and_quits_of_many_rooms_span_the_cluster(redis_server
     alice.send("/quit")
     bob.expect(re.compile(r"\* alice left"))
     assert not [line for line in bob.sync() if "alice left" in line]  # once, not once per room
+
+
+@pytest.mark.slow
+def test_a_join_whose_reply_was_lost_is_found_in_the_stream_and_no_gap_is_told(
+    redis_server, cluster, connect, chat_server_factory
+) -> None:
+    """Issue 25, item 6: a room's members were told ``* messages from other
+    servers may be missing here`` when nothing was. A server's first member
+    in a room is read from its Joined's place in the stream; when the reply
+    saying where it went was lost (the link dropped after Redis ran the
+    publish), the retry is answered "a repeat" only, and the reader started
+    at the stream's top and told of a possible gap, although nothing had
+    been said in between. Now the Joined is found in the stream by its
+    server and number: no gap, and nothing said after it is skipped.
+
+    The lost reply is made exactly: the Joined the server is about to
+    publish is put in Redis first, as its lost attempt did, with its node
+    and number, so the publisher's own send is the retry."""
+    from chatcore.events import Joined
+    from chatcore.plugins.redis.codec import encode_event
+    from chatcore.plugins.redis.scripts import PUBLISH_LUA
+
+    two = cluster(redis_server.url, "127.0.0.2")
+    name = two.args[two.args.index("--redis-cluster") + 1]  # in-process: its publisher is at hand
+    one = chat_server_factory("--plugins", "redis", "--redis-url", redis_server.url, "--redis-cluster", name)
+    alice = connect(two, "alice")
+    carol = LineClient(one.address, timeout=TIMEOUT)
+    try:
+        carol.send("/nick carol")
+        carol.expect("* you are now known as carol")
+        linked(alice, "alice", [carol])
+        alice.send("/join dev")
+        alice.expect(re.compile(r"^\* you are now in dev "))
+        carol.sync()
+        cluster_one = one.backplane.cluster  # type: ignore[attr-defined]
+        publisher = cluster_one.publisher
+        wait_for(lambda: publisher._seq >= 1 and publisher.waiting() == 0, timeout=TIMEOUT)  # carol's join of lobby
+        seq = publisher._seq + 1  # the number of carol's Joined in dev, the next event said here
+        joined = Joined("dev", nick="carol", user="carol", time=time.time())
+        keys = cluster_one.keys
+        client = redis_server.client()
+        try:
+            placed = client.register_script(PUBLISH_LUA)(
+                keys=[keys.meta("dev"), keys.stream("dev")],
+                args=[cluster_one.node, seq, encode_event(joined), 1000, "unused", joined.msgid],
+            )
+        finally:
+            client.close()
+        assert placed != 0
+        carol.send("/join dev")
+        carol.expect(re.compile(r"^\* you are now in dev "))
+        # Its Joined (queued maybe just after the answer) was the retry that Redis called a repeat.
+        wait_for(lambda: publisher._seq == seq and publisher.waiting() == 0, timeout=TIMEOUT)
+        alice.send("said in dev after carol came")
+        carol.expect("[dev] <alice> said in dev after carol came")
+        carol.sync()
+        assert not [line for line in carol.received if "may be missing" in line], carol.received
+    finally:
+        carol.close()
 
 
 # -- CHATHISTORY across the cluster (issue 29) ------------------------------------------

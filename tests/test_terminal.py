@@ -6,6 +6,7 @@ stdin and stdout as pipes. Every wait has a timeout; none sleeps.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -808,18 +809,59 @@ def account_server(chat_server_factory: ServerFactory, tmp_path: Any) -> ChatSer
     return server
 
 
-def test_piped_account_login_with_the_password_from_a_file(account_server: ChatServer, tmp_path: Any) -> None:
+def test_piped_account_login_arrives_under_the_account_once(
+    account_server: ChatServer, chat_client: ClientFactory, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 25, item 1: ``--account alice`` (the password from a file) is
+    the first line, ``/login alice ...``, and the server lets the client in
+    under the account's name: the welcome says alice, the room sees one
+    join and no guest name or rename."""
+    caplog.set_level(logging.DEBUG, logger="chatcore")
+    other = chat_client(account_server)
     secret = tmp_path / "account-password"
     secret.write_text(ACCOUNT_PASSWORD + "\n")
-    result = run_client(
-        client_command(account_server, "--account", "alice", "--account-password-file", str(secret)), b"hi\n"
-    )
+    command = client_command(account_server, "--account", "alice", "--account-password-file", str(secret))
+    result = run_client(command, b"hi\n")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
+    assert lines[0].startswith("* Welcome to chatcore, alice! "), lines
     assert "* you are logged in to alice" in lines
-    assert "* you are now known as alice" in lines  # --account is the nick too
+    assert not any("guest" in line or "known as" in line for line in lines), lines
     assert "<You> hi" in lines
+    assert other.readline() == "* alice joined"
+    assert other.readline() == "<alice> hi"
+    other.sync()
+    seen = other.received[other.received.index("* alice joined") :]
+    assert not any("guest" in line or "known as" in line for line in seen), seen
+    # Never in the output, the command line or the server's log (the password came from a file).
     assert ACCOUNT_PASSWORD not in result.stdout.decode() + result.stderr.decode()
+    assert ACCOUNT_PASSWORD not in " ".join(command)
+    assert "logged in to account 'alice'" in caplog.text
+    assert ACCOUNT_PASSWORD not in caplog.text
+
+
+def test_piped_account_login_that_fails_arrives_as_a_guest_and_ends_the_run(
+    account_server: ChatServer, chat_client: ClientFactory
+) -> None:
+    other = chat_client(account_server)
+    command = client_command(account_server, "--account", "alice")
+    result = subprocess.run(
+        command,
+        input=b"hi\n",
+        capture_output=True,
+        timeout=TIMEOUT,
+        env=client_env(CHATCORE_ACCOUNT_PASSWORD="not-the-password"),
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "<You> hi" not in result.stdout.decode()
+    assert result.stderr.decode() == (
+        "chatcore client: error: the server refused the login to the account alice (wrong account name or "
+        "password); check --account-password-file or CHATCORE_ACCOUNT_PASSWORD.\n"
+    )
+    guest = joined_nick(other)  # in under a guest name; "hi" never went out
+    other.expect(f"* {guest} left")
+    assert not any("<" in line for line in other.received), other.received
 
 
 def test_piped_account_login_from_the_environment_and_a_wrong_one_ends_the_run(account_server: ChatServer) -> None:

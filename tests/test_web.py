@@ -65,7 +65,12 @@ class WSClient:
         path: str = "/ws",
         rcvbuf: int | None = None,
         subprotocols: Sequence[str] = (),
+        first: Obj | None = None,
     ) -> None:
+        #: A message sent in the same write as the upgrade request (a client
+        #: that does not wait for the answer), so it is there before the
+        #: server could admit the connection, however busy the machine.
+        self._first = first
         sock = socket.socket()
         if rcvbuf is not None:  # before connecting, so the window stays small
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -106,7 +111,10 @@ class WSClient:
         )
         host = f"{address[0]}:{address[1]}"
         request = Request(host=host, target=path, extra_headers=headers, subprotocols=list(subprotocols))
-        sock.sendall(self.ws.send(request))
+        opening = self.ws.send(request)
+        if self._first is not None:
+            opening += masked_text_frame(json.dumps(self._first))
+        sock.sendall(opening)
         deadline = time.monotonic() + TIMEOUT
         status, body = 0, b""
         while True:
@@ -215,6 +223,15 @@ class WSClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def masked_text_frame(text: str) -> bytes:
+    """One text message as a client frames it (RFC 6455: masked), for a
+    frame wsproto will not make before the handshake's answer."""
+    data = text.encode()
+    assert len(data) < 126
+    mask = b"\x01\x02\x03\x04"
+    return bytes([0x81, 0x80 | len(data)]) + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(data))
 
 
 def http_get(
@@ -660,12 +677,65 @@ def test_topics_modes_and_invitations_reach_the_browser_as_they_change(web, clie
     assert third.expect({"type": "notice"})["you"]["server_operator"] is True
 
 
+def test_a_page_arrives_under_the_nick_of_its_first_message_however_late(web, clients):
+    """Issue 25, item 1: the page asks for the nick, then sends it as its
+    first message; the connection enters the chat with it, whenever it
+    comes (a browser's first message is a round trip behind the upgrade),
+    and the welcome greets the nick: never a guest renamed."""
+    server = web(plugins="welcome,web")
+    native = clients.native(server)
+    page = clients(server, path="/ws?rooms=after-nick")
+    # Later than a native client's wait (ARRIVAL_WAIT): still not in, still nameless.
+    time.sleep(web_module.ARRIVAL_WAIT * 4)
+    assert len(server.registry) == 1
+    page.say("/nick webby")
+    welcome = page.expect({"type": "welcome"})
+    assert welcome["lines"][0].startswith("Welcome to chatcore, webby! ")
+    assert welcome["you"] == {**welcome["you"], "nick": "webby", "room": "", "rooms": []}
+    page.expect({"type": "notice", "text": "you are now known as webby"})
+    page.say("/join lobby")
+    native.expect("* webby joined")
+    native.sync()
+    assert not [line for line in native.received if "guest-2" in line or "known as" in line], native.received
+    assert not [obj for obj in page.received if "guest-" in json.dumps(obj)], page.received
+
+
+def test_a_bots_first_message_names_it_as_a_native_clients_first_line(web, clients, tmp_path):
+    """The JSON dialect without the page's query: a first message within
+    ARRIVAL_WAIT of the upgrade (here in the upgrade's own write) names the
+    connection, ``/login`` too; a WebSocket that says nothing enters as a
+    guest once the wait is over."""
+    from chatcore.engine import auth
+
+    server = web("--state-db", str(tmp_path / "state.db"), plugins="welcome,web,accounts")
+    record = {"name": "Robo", "password": auth.hash_password("robo-secret-1"), "certfp": [], "suspended": ""}
+    assert server.store.create("account", "robo", record)
+    native = clients.native(server)
+    bot = clients(server, first={"type": "line", "text": "/nick bot"})
+    assert bot.expect({"type": "welcome"})["you"] == {**bot.received[0]["you"], "nick": "bot", "room": "lobby"}
+    bot.expect({"type": "notice", "text": "you are now known as bot"})
+    native.expect("* bot joined")
+    robo = clients(server, first={"type": "line", "text": "/login robo robo-secret-1"})
+    assert robo.expect({"type": "welcome"})["lines"][0].startswith("Welcome to chatcore, Robo! ")
+    assert robo.expect({"type": "notice"})["text"] == "you are logged in to Robo"
+    native.expect("* Robo joined")
+    wrong = clients(server, first={"type": "line", "text": "/login robo wrong-password"})
+    assert wrong.expect({"type": "welcome"})["you"]["nick"].startswith("guest-")
+    assert wrong.expect({"type": "error"})["text"] == "wrong account name or password"
+    quiet = clients(server)
+    assert quiet.expect({"type": "welcome"})["you"]["nick"].startswith("guest-")
+    native.sync()
+    assert not [line for line in native.received if "known as" in line], native.received
+
+
 def test_a_page_that_waits_for_its_nickname_is_in_no_room_until_then(web, clients):
     server = web()
     native = clients.native(server)
     native.send("/nick nat")
     native.sync()
     page = clients(server, path="/ws?rooms=after-nick")
+    # A first message that names nobody: in under a guest name, in no room.
+    page.say("/rooms")
     welcome = page.expect({"type": "welcome"})
     assert welcome["default_room"] == "lobby"
     assert welcome["you"] == {**welcome["you"], "room": "", "rooms": []}

@@ -356,22 +356,23 @@ def test_two_rooms_a_private_conversation_with_a_native_user_and_the_topic(brows
             native.send("/topic Welcome, all")  # nat came first: the lobby's operator
             native.expect("* nat set the topic: Welcome, all")
 
-            # Connected and welcomed, asking for a name: in no room meanwhile.
+            # Asking for a name first: not connected meanwhile, so nobody sees anything.
             alice = browser()
             alice.get(url)
             wait(alice, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is not None, "the dialog")
-            wait(alice, lambda d: state(d) == "connected", "connected")
-            wait(alice, lambda d: log_has(d, "Welcome to chatcore"), "the welcome")  # in the chat, as a guest
+            assert state(alice) == "idle"
             assert not [line for line in native.sync() if "joined" in line or "guest-" in line]
             heard = len(native.received)
             field = alice.find_element(By.ID, "nick-input")
             field.clear()
             field.send_keys("alice")
             alice.find_element(By.ID, "nick-submit").click()
+            wait(alice, lambda d: state(d) == "connected", "connected")
             native.expect("* alice joined")  # the first the room hears of her: her own name
             assert not [line for line in native.received[heard:] if "guest-" in line]
             wait(alice, lambda d: shown(d) == "#lobby", "alice in the lobby")
-            assert log_has(alice, "Welcome to chatcore")  # the welcome stays on top of the first room
+            # The welcome greets her by her name, on top of the first room.
+            assert log_has(alice, "Welcome to chatcore, alice!")
 
             # The lobby's topic, read-only for alice; it changes live.
             wait(alice, lambda d: topic(d) == ("Welcome, all", "false"), "the lobby's topic, read-only")
@@ -833,6 +834,14 @@ def test_the_server_password_works_from_the_page(browser, tmp_path):
     with serve("--password-file", str(secret)) as server:
         driver = browser()
         driver.get("http://{}:{}/".format(*server.addresses["ws"]))
+        # The nick first (the page connects once it has one), then the password.
+        wait(
+            driver, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is not None, "the nick dialog"
+        )
+        nick = driver.find_element(By.ID, "nick-input")
+        nick.clear()
+        nick.send_keys("keyholder")
+        driver.find_element(By.ID, "nick-submit").click()
         wait(driver, asking, "the password dialog")
         field = driver.find_element(By.ID, "password-input")
         assert field.get_attribute("type") == "password"
@@ -842,14 +851,10 @@ def test_the_server_password_works_from_the_page(browser, tmp_path):
         field.send_keys("letmein")
         driver.find_element(By.ID, "password-submit").click()
         wait(driver, lambda d: not asking(d), "the password accepted")
-        wait(
-            driver, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is not None, "the nick dialog"
-        )
-        nick = driver.find_element(By.ID, "nick-input")
-        nick.clear()
-        nick.send_keys("keyholder")
-        driver.find_element(By.ID, "nick-submit").click()
+        # In under the nick offered before /pass: the welcome greets it.
+        wait(driver, lambda d: log_has(d, "Welcome to chatcore, keyholder!"), "the welcome")
         wait(driver, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is None, "the nick accepted")
+        assert not log_has(driver, "guest-")
         native = LineClient(server.addresses["tcp"])
         try:
             native.send("/pass letmein")
@@ -860,6 +865,33 @@ def test_the_server_password_works_from_the_page(browser, tmp_path):
             native.close()
     assert "guess" not in server.stderr  # the password is never logged
     assert "letmein" not in server.stderr
+
+
+def test_the_page_arrives_under_the_chosen_nick_once(browser, tmp_path):
+    """Issue 25, item 1: the page asks for the nick before it connects and
+    sends it as its first message, so the server lets it in under it: the
+    welcome greets the nick, and a native member sees one join under it,
+    no guest and no rename. Again after a reconnect (the nick remembered)."""
+    with serve() as server:
+        url = "http://{}:{}/".format(*server.addresses["ws"])
+        native = LineClient(server.addresses["tcp"])
+        try:
+            native.sync()
+            page = browser()
+            open_page(page, url, "carol")
+            wait(page, lambda d: log_has(d, "Welcome to chatcore, carol!"), "the welcome greeting carol")
+            native.expect("* carol joined")
+            say(page, "hello from the page")
+            native.expect("<carol> hello from the page")
+            page.get(url)  # a reload: the remembered nick is the first message at once
+            wait(page, lambda d: log_has(d, "Welcome to chatcore, carol!"), "the welcome after the reload")
+            native.expect("* carol left")
+            native.expect("* carol joined")
+            native.sync()
+            assert not [line for line in native.received if "guest-2" in line or "known as" in line], native.received
+            assert not any("guest-" in text for text in log_texts(page)), log_texts(page)
+        finally:
+            native.close()
 
 
 def test_the_login_form_logs_in_to_an_account_and_a_wrong_password_says_so(browser, tmp_path):
@@ -912,6 +944,19 @@ def test_the_login_form_logs_in_to_an_account_and_a_wrong_password_says_so(brows
             say(page, "still alice")
             native.expect("<alice> still alice")
             assert not log_has(page, "you were renamed")
+
+            # The account's password given at once: the login is the page's
+            # first message, and it enters under the account's name (issue 25).
+            other = browser()
+            other.get(url)
+            wait(other, lambda d: d.find_element(By.ID, "nick-dialog").get_attribute("open") is not None, "the form")
+            other.find_element(By.ID, "nick-input").send_keys("bob")
+            other.find_element(By.ID, "account-password").send_keys(password)
+            other.find_element(By.ID, "nick-submit").click()
+            wait(other, lambda d: log_has(d, "Welcome to chatcore, bob!"), "the welcome greeting bob")
+            wait_for_text(other, "you are logged in to bob")
+            native.expect("* bob joined")
+            assert not any("guest-" in text or "known as" in text for text in log_texts(other)), log_texts(other)
         finally:
             native.close()
     assert password not in server.stderr

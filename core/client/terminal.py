@@ -31,13 +31,13 @@ of input, a request to leave, or the server closing the connection.
 Right after connecting the client sends ``/pass PASSWORD`` (with
 ``--password-file`` or ``CHATCORE_PASSWORD``), ``/login ACCOUNT PASSWORD`` (with
 ``--account``; the password from a file, the environment or a prompt, never
-the command line), ``/nick NAME`` (with ``--nick``, or the account's name;
-before ``/pass`` when there is one, so that the server lets it in under that
-name and the room never sees a guest name; without a password and an
-account it is the first line, and the server lets the client in under it
-in the same way, answering it with the welcome alone; else after
-``/login``, so that the account's nick is ours when we take it) and
-``/ping``. The server
+the command line), ``/nick NAME`` (with ``--nick``) and ``/ping``. The first
+line names the client, so that the room never sees a guest name: with a
+server password, ``/nick`` goes before ``/pass`` and the server lets the
+client in under it once the password is right (``/login`` follows);
+without one, the server lets a client in under the name of its first line,
+``/nick NAME`` or, when the nick is the account's (``--account`` alone),
+``/login ACCOUNT PASSWORD`` once the login succeeds (TerminalClient._opening_lines). The server
 answers a client's lines in order, so everything before the ``* pong`` is
 the welcome or the answer to ``/pass``, ``/login`` and ``/nick``; input
 waits until then, and that ``* pong`` is not shown. A server with a password
@@ -446,7 +446,8 @@ connection was lost, or (with piped input) the server refused the password,
         type=_nick,
         metavar="NAME",
         help=(
-            "log in to this account (/login) right after connecting, before taking --nick (default: NAME); "
+            "log in to this account (/login) right after connecting, and enter under its name (default "
+            "--nick: NAME); "
             "its password from --account-password-file, CHATCORE_ACCOUNT_PASSWORD or, in a terminal, "
             "a prompt (never a bare option: it would show in ps)"
         ),
@@ -908,6 +909,8 @@ class TerminalClient:
                     f"the server refused the login to the account {self._account[0]} ({text}); "
                     "check --account-password-file or CHATCORE_ACCOUNT_PASSWORD"
                 )
+                if self.nick is not None and self.nick.casefold() == self._account[0].casefold():
+                    self._nick_pending = False  # the login was to give us the nick: its refusal says it all
                 if self.interactive:
                     self.note(f"{self.login_refusal}, or type /login ACCOUNT PASSWORD.")
                 self._show_error(line)
@@ -1068,16 +1071,8 @@ class TerminalClient:
         previous_sigint = _install_sigint(loop, leave_requested)
         failure: str | None
         try:
-            # With a password, /nick goes first: the server lets us in under
-            # it when /pass is right, so the room never sees a guest name.
-            if self.nick is not None and self._password is not None:
-                await self._send(f"/nick {self.nick}")
-            if self._password is not None:
-                await self._send(f"/pass {self._password}")
-            if self._account is not None:  # before /nick: the account's nick is then ours when we take it
-                await self._send(f"/login {self._account[0]} {self._account[1]}")
-            if self.nick is not None and self._password is None:
-                await self._send(f"/nick {self.nick}")
+            for line in self._opening_lines():
+                await self._send(line)
             if self.timestamps:
                 await self._send("/timestamps on")
             await self._send("/rooms")  # where we are: the prompt shows the current room
@@ -1104,6 +1099,26 @@ class TerminalClient:
         if failure is not None:
             return _error(failure)
         return 0
+
+    def _opening_lines(self) -> list[str]:
+        """What the client says first: the lines that let it in under its
+        name (see the module docstring), before ``/timestamps`` and ``/rooms``.
+
+        The first line names us, so that we enter under the name, once: the
+        server takes a first line ``/nick NAME`` or ``/login ACCOUNT
+        PASSWORD`` as the name to enter under (``/login`` when the nick is
+        the account's, so that it is ours as we take it), or, with a server
+        password, the ``/nick`` before ``/pass`` (a ``/login`` then follows
+        it: the server takes none before the password)."""
+        nick, account = self.nick, self._account
+        login = [f"/login {account[0]} {account[1]}"] if account is not None else []
+        if self._password is not None:
+            return [*([f"/nick {nick}"] if nick is not None else []), f"/pass {self._password}", *login]
+        if nick is None:
+            return login
+        if account is not None and nick.casefold() == account[0].casefold():
+            return login  # the server lets us in under the account's name
+        return [f"/nick {nick}", *login]
 
     def _lost(self) -> str:
         said = f" ({self._last_error})" if self._last_error else ""

@@ -14,7 +14,7 @@ through one object, the server's :attr:`~chatcore.engine.server.ChatServer.backp
   kept where every server reads them (:meth:`Backplane.keep_private`);
 - **presence**: nicknames claimed across servers, and who is in which room
   elsewhere (:meth:`Backplane.claim_nick`, :meth:`Backplane.release_nick`,
-  :meth:`Backplane.members`);
+  :meth:`Backplane.members`, :meth:`Backplane.count_elsewhere`);
 - **private messages** to a nickname on another server
   (:meth:`Backplane.send_private`);
 - **moderation**: an operator's kick, mute or ban, carried to every server
@@ -215,6 +215,13 @@ class Backplane:
         """Who is in which room on the other servers: ``{room: [nick, ...]}``
         (this server's own are the registry's). On the asking client's thread."""
         return {}
+
+    def count_elsewhere(self, room: str) -> int:
+        """How many people are in ``room`` on the other servers, as the
+        backplane last learned it (it may be a few seconds old): for a figure
+        shown on every arrival, such as the welcome's, where asking the
+        cluster each time would cost a round trip per arrival. Any thread."""
+        return 0
 
     # -- private messages and moderation ----------------------------------------------
 

@@ -368,9 +368,15 @@ class Writer:
             queue = client._queue
             n = len(queue)
             if n == 1:
-                plain = queue.popleft()
+                plain = queue.pop(0)
+            elif n:
+                # Taken, then deleted: what send_data() appends meanwhile
+                # goes to the end, after what was taken.
+                taken = queue[:MAX_BATCH]
+                del queue[: len(taken)]
+                plain = b"".join(taken)
             else:
-                plain = b"".join([queue.popleft() for _ in range(min(n, MAX_BATCH))]) if n else b""
+                plain = b""
             # Level again: 0, which also rights a count a race made drift.
             client._sendq = client._sendq - len(plain) if queue else 0
             # The rooms' lines after what was said to it alone: send_data()

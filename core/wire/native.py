@@ -65,10 +65,18 @@ PASSWORD_REQUIRED = (
 NO_ROOM = "you are in no room, so nobody hears you: /join ROOM first (/rooms lists them)"
 #: What a client that gave a wrong server password is told.
 WRONG_PASSWORD = "wrong password; try /pass PASSWORD again"
+
+
+def logged_in_text(account: str) -> str:
+    """What a client is told once it is logged in to ``account`` (``/login``,
+    or a first line that logs in: the terminal client waits for it)."""
+    return f"you are logged in to {account}"
+
+
 #: Seconds a connection to a server without a password waits for its first
 #: line before it enters the chat under a guest name. A client that knows
-#: its name sends ``/nick NAME`` as soon as it is connected (the terminal
-#: client does), and its bytes follow its side of the TCP handshake at
+#: its name sends ``/nick NAME`` (or ``/login ACCOUNT PASSWORD``) as soon as
+#: it is connected (the terminal client does), and its bytes follow its side of the TCP handshake at
 #: once, so they are usually here before the server looks; the wait ends
 #: as they come. Someone on ``nc`` who says nothing is welcomed this much
 #: later, and a connect storm is as much longer (docs/protocol.md).
@@ -357,8 +365,8 @@ NATIVE_TIMED_IN_ROOMS = TimedNativeFormat(labelled=True)
 
 class NativeProtocol(Protocol):
     """A native client: enters the chat at once (under the name its first
-    line gives, if it is ``/nick NAME`` and comes within
-    :data:`ARRIVAL_WAIT`), then each line is a command (``/name args``) or a
+    line gives, if it is ``/nick NAME`` or ``/login ACCOUNT PASSWORD`` and
+    comes within :data:`ARRIVAL_WAIT`: :func:`arrive`), then each line is a command (``/name args``) or a
     message to its room (``//text`` sends ``/text``)."""
 
     __slots__ = ("_arriving", "_framer")
@@ -436,32 +444,12 @@ class NativeProtocol(Protocol):
             server.broadcast_messages(run)
 
     def _arrive(self, lines: list[bytes | None]) -> list[bytes | None]:
-        """Enter the chat with the first bytes the client sent: under the
-        name a first line ``/nick NAME`` gives, else under a guest name;
-        returns the lines still to handle.
-
-        That ``/nick`` is answered as always, after the welcome (``you are
-        now known as NAME``, or the error, the client then being in under a
-        guest name): a script that waits for the answer works the same
-        whether its line came in time or not. Only the room sees the
-        difference: one join under the name, and no rename."""
+        """Enter the chat with the first bytes the client sent (:func:`arrive`
+        with their first line, if they hold a whole one); returns the lines
+        still to handle."""
         self._arriving = False
-        client = self.client
-        server = client.server
         first = sanitize(lines[0].decode("utf-8", "replace")) if lines and lines[0] is not None else ""
-        name, _, args = first.partition(" ")
-        nick = args.strip() if name.lower() == "/nick" else ""
-        problem = nick_problem(nick) if nick else None
-        if nick and problem is None and server.log_in(client, nick=nick) is None:
-            client.notice(f"you are now known as {nick}")
-            return lines[1:]
-        if server.log_in(client) is not None:  # a password is wanted since (a reload): the lines wait for it
-            client.error(PASSWORD_REQUIRED)
-            return lines
-        if nick:
-            client.error(problem or f"nickname {nick!r} is taken")
-            return lines[1:]
-        return lines
+        return lines[1:] if arrive(self.client, first) else lines
 
     def _too_long(self) -> str:
         # The limit this connection's framer has: a reload may have changed
@@ -477,6 +465,65 @@ class NativeProtocol(Protocol):
         text = sanitize(raw.decode("utf-8", "replace"))  # decode(), inline: once per line
         if text:
             handle_text(self.client, text)
+
+
+def arrive(client: Client, first: str, *, room: str | None = None) -> bool:
+    """Let a connection that has not entered the chat yet in with its first
+    line of text ``first`` (sanitised; ``""`` for none): the one arrival of
+    every front-end whose users type lines (the native protocol, the web
+    page and the WebSocket's JSON).
+
+    The name it enters under is the one that line gives: ``/nick NAME``, or
+    ``/login ACCOUNT PASSWORD`` on a server with accounts (the account's
+    name, once the login succeeds; a login as IRC's SASL before
+    registration is, through the account service). Anything else, or a
+    name that cannot be had, enters under a guest name.
+
+    The line is answered as the command always is, after the welcome (``you
+    are now known as NAME``, ``you are logged in to ACCOUNT``, or the
+    error, the client then being in under a guest name): a script that waits
+    for the answer works the same whether its line came in time or not.
+    Only the room sees the difference: one join under the name, and no
+    rename. The line is never passed to a plugin (a login holds a password).
+
+    :param room: where the client enters (:func:`handle_text`'s ``login_room``).
+    :return: True if ``first`` was the name's line and is answered; False
+        if it is still to be handled as an ordinary line (or, if the server
+        wants its password now, after a reload, kept for ``/pass``).
+    """
+    server = client.server
+    if server.gate.password_required:  # a reload asked for one since: no login before it
+        client.error(PASSWORD_REQUIRED)
+        return False
+    name, _, args = first.partition(" ")
+    command = name.lower()
+    if command == "/nick" and (nick := args.strip()):
+        problem = nick_problem(nick)
+        if problem is None and server.log_in(client, nick=nick, room=room) is None:
+            client.notice(f"you are now known as {nick}")
+            return True
+        server.log_in(client, room=room)
+        client.error(problem or f"nickname {nick!r} is taken")
+        return True
+    words = args.split()
+    accounts = server.accounts
+    if command == "/login" and len(words) == 2 and accounts is not None:
+        refusal = accounts.log_in(client, words[0], words[1])
+        if client.closed:  # too many failures
+            return True
+        account = client.account
+        if refusal is None and nick_problem(account) is None and server.log_in(client, nick=account, room=room) is None:
+            client.notice(logged_in_text(account))
+            return True
+        server.log_in(client, room=room)
+        if refusal is not None:
+            client.error(refusal.text)
+        else:
+            client.notice(logged_in_text(account))
+            client.error(f"nickname {account!r} is taken")
+        return True
+    server.log_in(client, room=room)
+    return False
 
 
 def handle_text(client: Client, text: str, *, login_room: str | None = None) -> None:

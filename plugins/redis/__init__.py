@@ -218,6 +218,18 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         ),
     )
     add(
+        "--redis-min-replicas",
+        type=whole_number(0, 16),
+        default=0,
+        metavar="N",
+        help=(
+            "count an event as shared only once N replicas of the primary have it (Redis's WAIT): a "
+            "switchover (SENTINEL FAILOVER) with the old primary alive then loses nothing; while fewer "
+            "than N replicas answer, events wait (up to --redis-max-pending) (default: %(default)s, "
+            "shared once the primary has it)"
+        ),
+    )
+    add(
         "--redis-max-pending",
         type=whole_number(1),
         default=DEFAULT_MAX_PENDING,
@@ -267,6 +279,7 @@ def chatcore_configure(config: Config) -> None:
         timeout=options.redis_timeout,
         check_interval=options.redis_check_interval,
         node_timeout=options.redis_node_timeout,
+        min_replicas=options.redis_min_replicas,
     )
 
 

@@ -33,6 +33,10 @@ class Start:
     cursor: Cursor | None
     #: Why starting at the top may have skipped something (told as a gap).
     gap: str | None = None
+    #: This server's number of the Joined, when Redis has it but where it
+    #: went is not known (a retried publish whose reply was lost): the
+    #: reader looks for it in the stream, and tells no gap if it is there.
+    seq: int | None = None
 
 
 class Arrivals:
@@ -80,12 +84,15 @@ class Arrivals:
             self._unannounced.pop(room, None)
             return True
 
-    def placed(self, room: str, seq: int, cursor: Cursor | None, gap: str | None = None) -> None:
-        """Where the Joined number ``seq`` went (None: not known, and why)."""
+    def placed(
+        self, room: str, seq: int, cursor: Cursor | None, gap: str | None = None, *, in_stream: bool = False
+    ) -> None:
+        """Where the Joined number ``seq`` went (None: not known, and why;
+        ``in_stream``: Redis has it, somewhere in the room's stream)."""
         with self._lock:
             if self._asked.get(room) == seq:
                 del self._asked[room]
-                self._placed[room] = Start(cursor, None if cursor else gap)
+                self._placed[room] = Start(cursor, None if cursor else gap, seq if in_stream and not cursor else None)
 
     def plan(self, rooms: Callable[[], Collection[str]]) -> tuple[dict[str, Start], list[str]]:
         """The rooms to start reading and where, and the rooms to stop

@@ -102,6 +102,9 @@ class RedisBackplane(Backplane):
     def members(self) -> dict[str, list[str]]:
         return self.cluster.presence.members() or {}
 
+    def count_elsewhere(self, room: str) -> int:
+        return self.cluster.presence.elsewhere.get(room, 0)
+
     def send_private(self, sender: Client, message: PrivateMessage) -> bool | str | None:
         return self.cluster.presence.send_private(message)
 
@@ -159,6 +162,7 @@ class Cluster:
         timeout: float = DEFAULT_TIMEOUT,
         check_interval: float = DEFAULT_CHECK_INTERVAL,
         node_timeout: float = DEFAULT_NODE_TIMEOUT,
+        min_replicas: int = 0,
     ) -> None:
         #: Where the primary is (the URL, or the Sentinels that know it).
         self.target = target if isinstance(target, Target) else Target(target)
@@ -167,6 +171,8 @@ class Cluster:
         self.name = name
         self.keys = Keys(name)
         self.stream_length = stream_length
+        #: Replicas that must have an event before it counts as shared (--redis-min-replicas).
+        self.min_replicas = min_replicas
         self.node = secrets.token_hex(6)
         self.server: ChatServer | None = None
         self.stopping = threading.Event()

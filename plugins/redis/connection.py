@@ -54,7 +54,8 @@ class Target:
     turns its ``READONLY`` refusals and the replica's unblocking of a
     blocking read into a ``ConnectionError``) goes to the promoted replica.
     A link made before the failover stays on a live old primary until it is
-    demoted (docs/scaling.md, "Following a failover": not yet safe).
+    demoted (docs/scaling.md, "A primary demoted while alive":
+    ``--redis-min-replicas`` makes that safe).
     The URL's scheme (TLS), user, password and database still apply to the
     primary. Thread-safe: the three threads and the client threads share one.
     """

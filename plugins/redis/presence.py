@@ -3,6 +3,7 @@ servers gone, and the client threads' requests to the cluster."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import re
@@ -108,6 +109,10 @@ class Presence(threading.Thread):
         #: Set when the link comes back: the renewal enters every room here
         #: again (what was entered during the outage, or lost by Redis).
         self.reenter = threading.Event()
+        #: How many people are in each room on the other live servers, as
+        #: the last renewal read it (every ``interval``): the welcome's count,
+        #: which must not cost a round trip per arrival in a connect storm.
+        self.elsewhere: dict[str, int] = {}
         #: Where each room's stream stood when this server read its state
         #: (ENTER_LUA): room -> entry id, for the reader's catch-up.
         self.entered_at: dict[str, str] = {}
@@ -151,6 +156,7 @@ class Presence(threading.Thread):
         keys, node = self.cluster.keys, self.cluster.node
         # Each nick's rooms, comma-separated (room names have no comma); "" for none.
         snapshot: dict[Any, Any] = {client.nick: ",".join(client.rooms) for client in server.registry}
+        counts: dict[Any, Any] = collections.Counter(room for client in server.registry for room in client.rooms)
         pipe = self.client.pipeline(transaction=True)
         # The old value (Redis >= 6.2) says whether the key expired meanwhile,
         # and the reap lock whether another server announced this one gone.
@@ -158,8 +164,11 @@ class Presence(threading.Thread):
         pipe.getdel(keys.reaping(node))
         pipe.sadd(keys.nodes(), node)
         pipe.delete(keys.members(node))
+        pipe.delete(keys.member_counts(node))
         if snapshot:
             pipe.hset(keys.members(node), mapping=snapshot)
+        if counts:
+            pipe.hset(keys.member_counts(node), mapping=counts)
             for nick in snapshot:  # back after Redis lost them (a restart)
                 pipe.set(keys.nick(nick), node, nx=True)
         for nick in set(self.snapshot) - set(snapshot):  # given up while the link was down
@@ -265,16 +274,29 @@ class Presence(threading.Thread):
         return event
 
     def _reap(self) -> None:
+        """Announce the users of the servers that stopped renewing gone, and
+        count the people in each room on those that live (:attr:`elsewhere`)."""
         assert self.client is not None
         cluster = self.cluster
         keys = cluster.keys
         others = self._other_nodes()
-        if not others:
-            return
         pipe = self.client.pipeline(transaction=False)
         for node in others:
             pipe.exists(keys.alive(node))
-        gone = [node for node, alive in zip(others, pipe.execute(), strict=True) if not alive]
+            pipe.hgetall(keys.member_counts(node))
+        replies = pipe.execute() if others else []
+        gone = []
+        elsewhere: collections.Counter[str] = collections.Counter()
+        for node, alive, counts in zip(others, replies[::2], replies[1::2], strict=True):
+            if not alive:
+                gone.append(node)
+                continue
+            for room, count in counts.items():
+                if isinstance(room, str) and not room_problem(room) and str(count).isascii() and str(count).isdigit():
+                    elsewhere[room] += int(count)
+                else:
+                    cluster.invalid.drop(f"a room count of node {node}", "not a room's name and a number")
+        self.elsewhere = dict(elsewhere)
         for node in gone:
             if self.client.set(keys.reaping(node), cluster.node, nx=True, px=int(self.node_timeout * 3000)):
                 self._announce_gone(node)
@@ -291,7 +313,7 @@ class Presence(threading.Thread):
         pipe = self.client.pipeline(transaction=False)
         for nick in members:
             self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
-        pipe.delete(keys.members(node), keys.inbox(node))
+        pipe.delete(keys.members(node), keys.member_counts(node), keys.inbox(node))
         pipe.srem(keys.nodes(), node)
         self._let_go_of_rooms(node, pipe)  # their state goes with the last server holding them
         # The lock stays, for longer, as the mark that tells the node, should

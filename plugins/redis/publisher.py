@@ -59,6 +59,10 @@ def _cured_by_retry(reply: object) -> bool:
     return isinstance(reply, (NoScriptError, ReadOnlyError))
 
 
+class NotReplicated(Exception):
+    """Fewer replicas than --redis-min-replicas confirmed a batch."""
+
+
 class Publisher(threading.Thread):
     """Appends this server's room events to the streams, in order, from one thread.
 
@@ -203,12 +207,24 @@ class Publisher(threading.Thread):
                 script_keys += [keys.room_state(room), keys.room_holders(room)]
                 args += item.changes
             script(keys=script_keys, args=args, client=pipe)
+        if cluster.min_replicas:
+            # Defends against a loss in a switchover: an old primary that
+            # lives on takes writes its promoted replica never gets, and drops
+            # them when it is demoted. WAIT answers how many replicas have
+            # everything this link wrote; too few and the batch is sent again
+            # on a new link (to the primary the Sentinels name now), where the
+            # script and the readers drop what is there already.
+            pipe.wait(cluster.min_replicas, max(1, int(cluster.timeout * 1000 / 2)))
         # Replies item by item: a pipeline is not atomic, so one refusal does
         # not mean the others were not added.
         replies: list[Any] = pipe.execute(raise_on_error=False)
         for reply in replies:
             if _cured_by_retry(reply):
                 raise reply
+        if cluster.min_replicas:
+            replicas = replies.pop()
+            if not isinstance(replicas, int) or replicas < cluster.min_replicas:
+                raise NotReplicated(f"{replicas} of the {cluster.min_replicas} replicas needed have the events")
         return replies
 
     def _settle(self, batch: list[_Pending], replies: list[Any]) -> None:
@@ -229,8 +245,12 @@ class Publisher(threading.Thread):
                     arrivals.placed(item.room, item.seq, Cursor(str(entry_id), str(epoch), int(offset)))
                 else:
                     # A repeat: Redis had it from a batch whose reply the link
-                    # lost, and where it went is not known any more.
-                    arrivals.placed(item.room, item.seq, None, "the cluster link dropped as the room was entered")
+                    # lost. Where it went is in the stream (the reader finds
+                    # it by this server's number); only if it is not found
+                    # there any more may something have been skipped.
+                    arrivals.placed(
+                        item.room, item.seq, None, "the cluster link dropped as the room was entered", in_stream=True
+                    )
         if refused:
             # Not the link: out of memory, a wrong type at a key, a script
             # error. Retrying would block every later event behind these.
@@ -278,7 +298,7 @@ class Publisher(threading.Thread):
                 self.failure = str(exc)
                 if not failing:
                     self.failing_since = time.time()
-                    expected = (redis_py.ConnectionError, redis_py.TimeoutError, redis_py.ResponseError)
+                    expected = (redis_py.ConnectionError, redis_py.TimeoutError, redis_py.ResponseError, NotReplicated)
                     log.warning(
                         "publishing to Redis failed (%s); %d events wait, retrying",
                         exc,

@@ -36,9 +36,18 @@ log = logging.getLogger("chatcore.redis")
 BLOCK_MS = 250
 #: Seconds between checks that each cursor is still where the stream is.
 DEFAULT_CHECK_INTERVAL = 5.0
+#: Entries looked through, at most, for this server's own Joined whose
+#: place the publisher did not learn (newest first: it was added a moment
+#: ago, as the room was entered).
+FIND_OWN = 1000
 #: Entries read, at most, to catch a room's state up (a few milliseconds'
 #: worth: between a server reading the state and its Joined entry).
 CATCH_UP = 1000
+#: How far back a reader reads again after Redis went back in time (a
+#: failover to a replica that lacked entries read here): the writes on the
+#: new primary since it was promoted, which a reader left on the old
+#: primary until its demotion (some 10 s) has not seen.
+REWIND_MS = 60_000
 
 
 class Reader(threading.Thread):
@@ -114,11 +123,12 @@ class Reader(threading.Thread):
         for room, where in start.items():
             # The top is read before the room counts as read, so a failure
             # here leaves it to the next plan.
-            cursor = where.cursor or self._top(client, room)
+            found = self._own_entry(client, room, where.seq) if where.seq is not None else None
+            cursor = where.cursor or found or self._top(client, room)
             self._catch_up_state(client, room, cursor)
             if cluster.arrivals.begin(room, where):
                 self.cursors[room] = cursor
-                if where.gap:
+                if where.gap and found is None:
                     cluster.gap(room, None, where.gap)
 
     def _catch_up_state(self, client: redis_py.Redis, room: str, cursor: Cursor) -> None:
@@ -147,6 +157,24 @@ class Reader(threading.Thread):
             if event.changes_state and event.room == room:
                 server.rooms.apply(event)
 
+    def _own_entry(self, client: redis_py.Redis, room: str, seq: int) -> Cursor | None:
+        """A cursor at this server's entry number ``seq`` in the room's
+        stream, looked for among the last :data:`FIND_OWN` entries; None if
+        it is not there (trimmed, or on a copy of the stream a failover
+        left behind). For a Joined whose publish reply was lost: starting at
+        the top instead told the members of a gap, although nearly always
+        nothing had been said between the Joined and the top (issue 25)."""
+        cluster = self.cluster
+        entries: list[Any] = client.xrevrange(cluster.keys.stream(room), count=FIND_OWN) or []
+        for entry_id, entry in entries:
+            if entry.get("node") == cluster.node and entry.get("seq") == str(seq):
+                try:
+                    epoch, offset = entry_place(entry)
+                except (KeyError, ValueError):
+                    return None
+                return Cursor(str(entry_id), epoch, offset)
+        return None
+
     def _top(self, client: redis_py.Redis, room: str) -> Cursor:
         """A cursor at the end of the room's stream (where this server's
         Joined entry went is not known)."""
@@ -157,6 +185,33 @@ class Reader(threading.Thread):
         (epoch, offset), last = pipe.execute()
         last_id = last[0][0] if last else "0-0"
         return Cursor(last_id, epoch, int(offset or 0))
+
+    def _rewound(self, client: redis_py.Redis, room: str) -> Cursor:
+        """A cursor :data:`REWIND_MS` back in the room's stream, by Redis's
+        clock (entry IDs are its milliseconds).
+
+        After a failover to a replica that lacked the newest entries read
+        here, what the publishers that moved first wrote there since is
+        behind this server's place: it is read again, from before the
+        failover, and what was delivered already is dropped by its node's
+        number (``heard``), so nothing comes twice and nothing written on
+        the new primary is skipped."""
+        keys = self.cluster.keys
+        seconds, micros = client.time()
+        since = int(seconds) * 1000 + int(micros) // 1000 - REWIND_MS
+        pipe = client.pipeline(transaction=True)  # one snapshot of both keys
+        pipe.hmget(keys.meta(room), ["epoch"])
+        pipe.xrevrange(keys.stream(room), max=f"({since}-0", count=1)
+        (epoch,), before = pipe.execute()
+        try:
+            if before:
+                entry_id, entry = before[0]
+                return Cursor(str(entry_id), epoch, entry_place(entry)[1])
+            # The whole stream is younger: all of it, from before its first entry.
+            first: list[Any] = client.xrange(keys.stream(room), count=1) or []
+            return Cursor("0-0", epoch, entry_place(first[0][1])[1] - 1 if first else 0)
+        except (KeyError, ValueError):  # an entry this server cannot read
+            return self._top(client, room)
 
     def _check(self, client: redis_py.Redis) -> None:
         """Compare every cursor with its room in Redis: a changed epoch (Redis
@@ -183,7 +238,7 @@ class Reader(threading.Thread):
             else:
                 # Not from the start: that would deliver again all it has.
                 self.cluster.gap(room, None, "Redis went back in time")
-                self.cursors[room] = self._top(client, room)
+                self.cursors[room] = self._rewound(client, room)
 
     def _read(self, client: redis_py.Redis) -> None:
         keys = self.cluster.keys

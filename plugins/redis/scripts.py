@@ -26,6 +26,11 @@ class Keys:
         """The node's clients: a hash nick -> room."""
         return f"{self.prefix}node:{node}:members"
 
+    def member_counts(self, node: str) -> str:
+        """How many of the node's clients are in each room: a hash room ->
+        count, read by the other servers for the welcome's count."""
+        return f"{self.prefix}node:{node}:counts"
+
     def inbox(self, node: str) -> str:
         """Private messages for the node's clients: a stream."""
         return f"{self.prefix}node:{node}:inbox"

@@ -37,6 +37,11 @@ const privates = new Map(); // nick in lower case -> the nick as last seen, in t
 const roomStates = new Map(); // room -> {topic, topicBy, topicAt, flags, operators, voiced} (roles in lower case)
 let defaultRoom = "lobby"; // where the page goes first: the server's welcome says
 let entering = false; // welcomed: the rooms are joined once the nick is ours
+// The first message named us (/nick or /login) and the server is to let us
+// in under it: a welcome under a guest name means it refused, and its
+// answer (an error) follows.
+let introduced = false;
+let loginSent = false; // our /login is on its way, or answered: not sent again
 let resuming = false; // entering after a reconnect: ask for what was missed
 let pendingView = ""; // a room the visitor asked to see: shown once the server has made it current
 let lastRooms = []; // the last /rooms answer, drawn again when a badge changes
@@ -66,14 +71,19 @@ let unreadMarker = null;
 function connect() {
   clearTimeout(reconnectTimer);
   setState("connecting", "connecting…");
-  // rooms=after-nick: in no room until the visitor has a nickname, so that
-  // nobody sees them as guest-N meanwhile (docs/protocol.md).
+  // rooms=after-nick: the server lets the page in with its first message,
+  // under the nick it names, in no room until it has a nickname of its own,
+  // so that nobody ever sees the visitor as guest-N (docs/protocol.md).
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws?rooms=after-nick`;
   const ws = new WebSocket(url);
   socket = ws;
+  introduced = false;
+  loginSent = false;
   ws.onopen = () => {
     attempts = 0;
     setState("connected", "connected");
+    if (me.wantedNick) introduce();
+    else askNick();
   };
   ws.onmessage = (message) => {
     let event;
@@ -114,6 +124,16 @@ function connect() {
       connect();
     };
   };
+}
+
+// The first message: the nick we enter under (with the account's password,
+// a login to it), so that the welcome greets us by it.
+function introduce() {
+  introduced = true;
+  if (accountPassword !== null) {
+    loginSent = true;
+    sendLine(`/login ${me.wantedNick} ${accountPassword}`);
+  } else sendLine(`/nick ${me.wantedNick}`);
 }
 
 function setState(state, text) {
@@ -189,6 +209,10 @@ function handle(event) {
       break;
     case "error":
       if (/^(password required|wrong password)/.test(event.text)) {
+        // Our first message was not taken as a name (a /nick before /pass
+        // is, and is offered again with it: sendPassword).
+        introduced = false;
+        loginSent = false;
         askPassword(event.text);
         break;
       }
@@ -211,13 +235,27 @@ function welcomed(event) {
   if (event.default_room) defaultRoom = event.default_room;
   for (const line of event.lines) note(line, "notice");
   // In no room until the nick is ours (a guest name is never seen in a
-  // room): then every room is joined (enterRooms). With an account password
-  // the page logs in first, and takes the nick once that is answered
-  // (loggedIn), so that the account's nick is ours when we take it.
+  // room): then every room is joined (enterRooms). We are in under the nick
+  // our first message named (introduce), or as a guest if it was refused
+  // (its error follows, and asks for another). Behind a server password the
+  // page enters under the nick offered with /pass, and logs in after.
   entering = true;
-  if (me.wantedNick && accountPassword !== null) sendLine(`/login ${me.wantedNick} ${accountPassword}`);
-  else if (me.wantedNick) sendLine(`/nick ${me.wantedNick}`);
-  else askNick();
+  if (!isGuest(me.nick)) {
+    enterRooms();
+    if (accountPassword !== null && !loginSent) {
+      loginSent = true;
+      sendLine(`/login ${me.wantedNick} ${accountPassword}`);
+    }
+  } else if (!introduced) {
+    // The page logs in first, and takes the nick once that is answered
+    // (loggedIn), so that the account's nick is ours when we take it.
+    if (me.wantedNick && accountPassword !== null && !loginSent) {
+      loginSent = true;
+      sendLine(`/login ${me.wantedNick} ${accountPassword}`);
+    } else if (me.wantedNick) sendLine(`/nick ${me.wantedNick}`);
+    else askNick();
+  }
+  introduced = false;
   refresh();
 }
 
@@ -987,7 +1025,7 @@ let serverPassword = null;
 function askPassword(text) {
   const wrong = text.startsWith("wrong password");
   if (serverPassword !== null && !wrong) {
-    sendLine(`/pass ${serverPassword}`);
+    sendPassword(serverPassword);
     return;
   }
   serverPassword = null;
@@ -1003,8 +1041,15 @@ $("password-form").addEventListener("submit", (submit) => {
   if (!password) return;
   $("password-input").value = "";
   serverPassword = password;
-  sendLine(`/pass ${password}`);
+  sendPassword(password);
 });
+
+// The server lets us in under a nick offered before /pass: our first
+// message offered it, unless it was a login (refused before the password).
+function sendPassword(password) {
+  if (me.wantedNick && accountPassword !== null) sendLine(`/nick ${me.wantedNick}`);
+  sendLine(`/pass ${password}`);
+}
 
 // -- the account -----------------------------------------------------------------
 
@@ -1020,6 +1065,7 @@ function loggedIn() {
 
 function loginRefused(text) {
   accountPassword = null;
+  loginSent = false;
   askNick();
   $("nick-error").textContent = text;
 }
@@ -1055,8 +1101,17 @@ $("nick-form").addEventListener("submit", (submit) => {
   $("nick-error").textContent = "";
   const password = $("account-password").value;
   $("account-password").value = "";
+  if (password) accountPassword = password;
+  if (!socket) {
+    connect(); // the page connects once it knows the nick to enter under
+    return;
+  }
+  if (!wasConnected) {
+    if (socket.readyState === WebSocket.OPEN) introduce(); // not in yet: the nick is our first message
+    return;
+  }
   if (password) {
-    accountPassword = password;
+    loginSent = true;
     sendLine(`/login ${nick} ${password}`); // the nick follows the answer (loggedIn)
   } else if (nick === me.nick) closeNick();
   else sendLine(`/nick ${nick}`);
@@ -1137,4 +1192,9 @@ setInterval(() => {
   if (!document.hidden && socket && socket.readyState === WebSocket.OPEN && sendLine("/rooms")) quietAnswers.rooms += 1;
 }, 30000);
 
-connect();
+// The nick first: the page connects once it knows the name to enter under.
+if (me.wantedNick) connect();
+else {
+  setState("idle", "pick a nickname to connect");
+  askNick();
+}
