@@ -457,8 +457,14 @@ class PrivateMessage(Event):
     sender a copy with ``echo=True`` (native: ``-> *recipient* text``).
     ``notice``: said as a notice (IRC's ``NOTICE nick``), which IRC clients
     get as ``NOTICE``. ``tags``: client-only tags the sender attached, as
-    :attr:`Chat.tags`. ``msgid``: the message's ID, the same on both copies
-    (IRC's ``msgid`` tag); ``""`` for one from another server.
+    :attr:`Chat.tags`. ``msgid``: the message's ID, ``EPOCH:OFFSET`` in the
+    sender's server's numbering of private lines
+    (:meth:`ChatServer.private_msgid
+    <chatcore.engine.server.ChatServer.private_msgid>`): the same on both
+    copies, on every server of a cluster and in history (IRC's ``msgid``
+    tag). ``time``: when it was sent, in seconds since the epoch, likewise
+    the same everywhere (IRC's ``time`` tag; 0.0: not known). ``account``:
+    the account the sender was logged in to, or ``""``.
     """
 
     sender: str
@@ -468,6 +474,8 @@ class PrivateMessage(Event):
     notice: bool = False
     tags: str = ""
     msgid: str = ""
+    time: float = 0.0
+    account: str = ""
 
 
 @dataclass(frozen=True)

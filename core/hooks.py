@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from chatcore.engine.history import HistoryService
     from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
-    from chatcore.events import Joined, RoomEvent
+    from chatcore.events import Joined, PrivateMessage, RoomEvent
     from chatcore.message import Message
     from chatcore.routes import Route
     from chatcore.transports import Scheme
@@ -313,6 +313,10 @@ class Hooks:
     def message_delivered(self, message: Message, recipients: int) -> None:
         if self._impls["chatcore_message_delivered"]:  # after every message: skip the call when nobody listens
             self._call_each("chatcore_message_delivered", {"message": message, "recipients": recipients})
+
+    def private_received(self, client: Client, event: PrivateMessage) -> None:
+        if self._impls["chatcore_private_received"]:
+            self._call_each("chatcore_private_received", {"client": client, "event": event})
 
     def command(self, client: Client, name: str, args: str) -> bool:
         return bool(self._call_first("chatcore_command", {"client": client, "name": name, "args": args}))

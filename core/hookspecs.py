@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from chatcore.engine.history import HistoryService
     from chatcore.engine.rooms import RoomState
     from chatcore.engine.server import ChatServer
-    from chatcore.events import Joined, RoomEvent
+    from chatcore.events import Joined, PrivateMessage, RoomEvent
     from chatcore.message import Message
     from chatcore.routes import Route
     from chatcore.transports import Scheme
@@ -286,6 +286,26 @@ def chatcore_message_delivered(message: Message, recipients: int) -> None:
 
     Called on the sender's thread after the message was queued to every
     recipient. Calls from different senders overlap; keep this fast.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def chatcore_private_received(client: Client, event: PrivateMessage) -> None:
+    """A private message reached its recipient on this server: said here
+    (after the filter chain, before the sender's copy) or on another server
+    of a cluster (brought by the backplane). The place to keep private
+    lines (the history plugin keeps those between two logged-in accounts);
+    ``chatcore_message_delivered`` is the sender's side, on its server.
+
+    :param client: the recipient, on this server.
+    :param event: the message as the recipient got it, with its ID, its
+        time and the sender's account (:class:`~chatcore.events.PrivateMessage`).
+
+    Called on the sender's thread, or the backplane's for one from another
+    server, after the message was queued to ``client``. Calls overlap; keep
+    this fast.
 
     .. versionadded:: 0.1
     """

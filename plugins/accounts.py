@@ -84,11 +84,14 @@ DEFAULT_NICK_GRACE = 30.0
 #: FAILURE_WINDOW seconds, before it refuses password logins for a while.
 DEFAULT_MAX_FAILURES = 10
 FAILURE_WINDOW = 600.0
-#: The shortest password /register and /password accept.
-MIN_PASSWORD = 8
+#: The shortest password /register and /password accept, unless
+#: --min-password-length says otherwise.
+DEFAULT_MIN_PASSWORD = 8
+#: The longest --min-password-length (Ergo takes passphrases up to 300).
+MAX_MIN_PASSWORD = 300
 
 HELP = [
-    ("/register PASSWORD", f"make your current nick an account of yours (a password of {MIN_PASSWORD}+ characters)"),
+    ("/register PASSWORD", "make your current nick an account of yours (see --min-password-length)"),
     ("/login [ACCOUNT] PASSWORD", "log in to ACCOUNT (your current nick if none is given)"),
     ("/logout", "log out of your account (this connection only)"),
     ("/password OLD NEW", "change your account's password"),
@@ -148,6 +151,16 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
             "refuses password logins until they age out (default: %(default)s)"
         ),
     )
+    group.add_argument(
+        "--min-password-length",
+        type=whole_number(1, MAX_MIN_PASSWORD),
+        default=DEFAULT_MIN_PASSWORD,
+        metavar="N",
+        help=(
+            "the fewest characters a password given to /register or /password may have; "
+            "passwords already registered are not checked again (default: %(default)s)"
+        ),
+    )
 
 
 @dataclass
@@ -165,6 +178,8 @@ class State:
 
     grace: float
     max_failures: int
+    #: --min-password-length.
+    min_password: int = DEFAULT_MIN_PASSWORD
     failures: FailureCounter = field(default_factory=lambda: FailureCounter(FAILURE_WINDOW))
     counts: Counts = field(default_factory=Counts)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -177,7 +192,7 @@ class State:
 @hookimpl
 def chatcore_configure(config: Config) -> None:
     options = config.options
-    config.data[NAME] = State(options.nick_grace, options.account_max_failures)
+    config.data[NAME] = State(options.nick_grace, options.account_max_failures, options.min_password_length)
 
 
 def _state(server: ChatServer) -> State:
@@ -429,9 +444,10 @@ def chatcore_command(client: Client, name: str, args: str) -> bool | None:
     return True
 
 
-def _password_problem(password: str) -> str | None:
-    if len(password) < MIN_PASSWORD:
-        return f"a password needs at least {MIN_PASSWORD} characters"
+def _password_problem(client: Client, password: str) -> str | None:
+    shortest = _state(client.server).min_password
+    if len(password) < shortest:
+        return f"a password needs at least {shortest} characters"
     if " " in password:
         return "a password has no spaces"
     return None
@@ -445,7 +461,7 @@ def _register(client: Client, args: str) -> None:
     if client.account:
         client.error(f"you are logged in to {client.account} already; /logout first to register another account")
         return
-    if (problem := _password_problem(password)) is not None:
+    if (problem := _password_problem(client, password)) is not None:
         client.error(f"{problem}; nothing was registered")
         return
     name = client.nick
@@ -530,7 +546,7 @@ def _password(client: Client, args: str) -> None:
     record = _logged_in_record(client)
     if record is None:
         return
-    if (problem := _password_problem(new)) is not None:
+    if (problem := _password_problem(client, new)) is not None:
         client.error(f"{problem}; the password was not changed")
         return
     if not _check_own(client, record, old):

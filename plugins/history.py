@@ -43,22 +43,27 @@ from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import logging
 import queue
-import secrets
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from chatcore import Client, Config, UsageError, hookimpl
 from chatcore.config import restart_only, whole_number
-from chatcore.engine.history import CONVERSATION, HistoryService, Query, conversation, select
+from chatcore.engine.history import (
+    CONVERSATION,
+    GUEST,
+    HistoryService,
+    Query,
+    conversation,
+    guest_conversation,
+    private_line,
+    select,
+)
 from chatcore.engine.server import ChatServer
-from chatcore.events import Action, Chat, Joined, Replay, RoomEvent, parse_msgid
-from chatcore.message import Message
+from chatcore.events import Action, Chat, Joined, PrivateMessage, Replay, RoomEvent, parse_msgid
 from chatcore.names import nick_problem, room_problem
 
 #: Loaded and unloaded by a reload (SIGHUP) while the server runs:
@@ -192,13 +197,21 @@ def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
 
 
 @hookimpl
-def chatcore_message_delivered(message: Message) -> None:
-    # Private lines are kept between two logged-in accounts only, as Ergo
-    # keeps them for registered users: a guest's name is anyone's next.
-    # A recipient on another server (None here) is not known to be logged in.
-    sender, recipient = message.sender, message.recipient
-    if message.kind == "private" and recipient is not None and sender.account and recipient.account:
-        _history(sender.server).add_private(conversation(sender.account, recipient.account), sender, message.text)
+def chatcore_private_received(client: Client, event: PrivateMessage) -> None:
+    # Private lines are kept for logged-in accounts only, as Ergo keeps them
+    # for registered users: a guest's name is anyone's next, so a line with
+    # a guest is kept for the account's side alone.
+    # Kept where the recipient is: its server alone knows both accounts
+    # (the sender's travels with the line).
+    if event.account and client.account:
+        key = conversation(event.account, client.account)
+    elif event.account:  # to a guest: kept for the sender's account alone
+        key = guest_conversation(event.account, client.nick)
+    elif client.account:  # from a guest: kept for the recipient's account alone
+        key = guest_conversation(client.account, event.sender)
+    else:
+        return
+    _history(client.server).add_private(client.server, key, event)
 
 
 @hookimpl
@@ -316,6 +329,16 @@ def for_replay(shared: list[RoomEvent], local: list[RoomEvent], joined: RoomEven
     return shared[:keep] + tail
 
 
+def _said_at(event: RoomEvent) -> float:
+    return event.time
+
+
+def _accounts(key: str) -> tuple[str, str]:
+    """The two accounts (case-folded) of a private conversation's name."""
+    one, _, other = key[len(CONVERSATION) :].partition(",")
+    return one, other
+
+
 def _history(server: ChatServer) -> History:
     history: History = server.config.data[NAME]
     return history
@@ -347,10 +370,6 @@ class History:
         # whether a resume from an offset can be complete.
         self._dropped: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
-        # Private lines' message IDs: a numbering of this process's own
-        # (next() of a count is atomic under the GIL).
-        self._private_epoch = f"{secrets.token_hex(4)}-private"
-        self._private_offsets = itertools.count(1)
 
     def _dropped_one(self, event: Chat | Action) -> None:
         """``event`` leaves memory (the caller holds the lock)."""
@@ -394,11 +413,12 @@ class History:
             if events:
                 self.bytes -= sum(_size(event) for event in events)
 
-    def add_private(self, key: str, sender: Client, text: str) -> None:
-        """``sender`` said ``text`` in the private conversation ``key``
-        (:func:`~chatcore.engine.history.conversation`): keep it as chat,
-        numbered in this server's own numbering of private lines."""
-        self.add(Chat(key, sender.nick, text, next(self._private_offsets), self._private_epoch, time.time()))
+    def add_private(self, server: ChatServer, key: str, event: PrivateMessage) -> None:
+        """Keep ``event`` in the private conversation ``key``
+        (:func:`~chatcore.engine.history.conversation`) as chat with its
+        message ID and time, and in a cluster's shared history."""
+        self.add(private_line(key, event))
+        server.backplane.keep_private(key, event, self.lines(key))
 
     def add(self, event: Chat | Action) -> None:
         """An event was published: keep it, and queue it for the database."""
@@ -449,32 +469,46 @@ class History:
         """The room's kept events, oldest first (the last ``limit`` at
         least, if given: a cluster reads no more): the cluster's, where the
         backplane keeps them (the same on every server), else this
-        server's. A private conversation's are this server's.
+        server's; a private conversation's likewise.
 
         :param joined: for a replay, the entering client's Joined: only
             what was said before it (what came after comes live).
         """
         local = self.replay(room)
-        if room.startswith(CONVERSATION):
-            return local
         shared = server.backplane.history(room, limit or self.lines(room))
+        if shared is not None and room.startswith(CONVERSATION):
+            # Each line is kept where its recipient is: this server's record
+            # holds its own part alone, not a prefix of the cluster's (as a
+            # room's is); add what it has that the cluster has not yet.
+            known = {event.msgid for event in shared}
+            return sorted(shared + [event for event in local if event.msgid not in known], key=_said_at)
         if shared is not None:
             return for_replay(shared, local, joined)
         return local if joined is None else [event for event in local if said_before(event, joined)]
 
-    def conversations(self, start: float, end: float) -> list[tuple[str, float]]:
-        """The private conversations with lines between the times ``start``
-        and ``end``, and the time of the latest there: those in memory and
-        those in the database."""
+    def conversations(self, server: ChatServer, account: str, start: float, end: float) -> list[tuple[str, float]]:
+        """The private conversations of ``account`` whose latest line was
+        said at or after the time ``start`` and before ``end``, with that
+        time: the cluster's, where the backplane keeps them, else those in
+        memory and those in the database."""
+        shared = server.backplane.conversations(account, start, end)
+        if shared is not None:
+            return shared
+        mine = account.casefold()
+        return [
+            (key, newest) for key, newest in self._conversations() if mine in _accounts(key) and start <= newest < end
+        ]
+
+    def _conversations(self) -> list[tuple[str, float]]:
+        """Every private conversation here, and the time of its latest line:
+        those in memory and those in the database."""
         newest: dict[str, float] = {}
         if self.store is not None:
-            newest.update(self.store.latest(CONVERSATION, start, end, MAX_QUERY))
+            newest.update(self.store.latest(CONVERSATION, MAX_QUERY))
         with self._lock:
             for key, events in self._rooms.items():
-                if key.startswith(CONVERSATION):
-                    times = [event.time for event in events if start <= event.time <= end]
-                    if times:
-                        newest[key] = max(*times, newest.get(key, 0.0))
+                if key.startswith(CONVERSATION) and events:
+                    newest[key] = max(events[-1].time, newest.get(key, 0.0))
         return list(newest.items())
 
     def since(self, room: str, epoch: str, offset: int, overlap: int = 0) -> tuple[list[RoomEvent], bool]:
@@ -623,21 +657,19 @@ class HistoryStore:
 
         return self.ask(ask, f"reading {room}")
 
-    def latest(self, prefix: str, start: float, end: float, limit: int) -> list[tuple[str, float]]:
-        """The rooms whose name starts with ``prefix`` that have lines between
-        the times ``start`` and ``end``, and the time of their latest line
-        there, the latest first (at most ``limit``)."""
+    def latest(self, prefix: str, limit: int) -> list[tuple[str, float]]:
+        """The rooms whose name starts with ``prefix``, and the time of
+        their latest line, the latest first (at most ``limit``)."""
 
         def ask(db: sqlite3.Connection, pending: list[_Row]) -> list[tuple[str, float]]:
             newest: dict[str, float] = {}
             for room, when in db.execute(
-                f"SELECT room, max(time) FROM {_TABLE} WHERE substr(room, 1, ?) = ? AND time BETWEEN ? AND ? "
-                "GROUP BY room",
-                (len(prefix), prefix, start, end),
+                f"SELECT room, max(time) FROM {_TABLE} WHERE substr(room, 1, ?) = ? GROUP BY room",
+                (len(prefix), prefix),
             ):
                 newest[str(room)] = float(when)
             for row in pending:
-                if row[0].startswith(prefix) and start <= row[1] <= end:
+                if row[0].startswith(prefix):
                     newest[row[0]] = max(row[1], newest.get(row[0], row[1]))
             return sorted(newest.items(), key=lambda item: -item[1])[:limit]
 
@@ -772,44 +804,56 @@ class _Service(HistoryService):
         return min(MAX_QUERY, self.history.lines.most)
 
     def query(self, client: Client, target: str, query: Query) -> list[RoomEvent] | str:
-        key, refusal = self._readable(client, target)
+        keys, refusal = self._readable(client, target)
         if refusal:
             return refusal
-        return select(self.history.events(self.server, key), query)
+        if len(keys) == 1:
+            return select(self.history.events(self.server, keys[0]), query)
+        # Two conversations read as one, in the order said.
+        merged = sorted((event for key in keys for event in self.history.events(self.server, key)), key=_said_at)
+        return select(merged, query)
 
-    def _readable(self, client: Client, target: str) -> tuple[str, str]:
+    def _readable(self, client: Client, target: str) -> tuple[list[str], str]:
         """What ``target`` names for ``client`` (a room it is in, or, for
-        ``@NICK``, its private conversation with that nick's account), and
-        ``""``; else ``""`` and why it may not read it."""
+        ``@NICK``, its private conversations with that nick), and ``""``;
+        else nothing and why it may not read it."""
         if not target.startswith(CONVERSATION):
             room = target.lower()
             if room in client.rooms:
-                return room, ""
+                return [room], ""
             # Only a member may read a room's past: +s and +i rooms keep theirs to themselves.
-            return "", f"you are not in {target}; join it to read its history"
+            return [], f"you are not in {target}; join it to read its history"
         nick = target[len(CONVERSATION) :]
         if nick_problem(nick) is not None:
-            return "", f"no such nick {nick!r}"
+            return [], f"no such nick {nick!r}"
         if not client.account:
-            return "", "private history is kept for logged-in accounts only; log in to read it"
+            return [], "private history is kept for logged-in accounts only; log in to read it"
         # An account owns the nick of its name (the accounts plugin): a nick
-        # not here, or not logged in, is taken for the account's name.
+        # not here, or not logged in, is taken for the account's name; and
+        # what this account said with whoever used the nick as a guest.
         other = self.server.registry.find(nick)
-        return conversation(client.account, other.account if other is not None and other.account else nick), ""
+        account = other.account if other is not None and other.account else nick
+        return [conversation(client.account, account), guest_conversation(client.account, nick)], ""
 
     def targets(self, client: Client, start: float, end: float, limit: int) -> list[tuple[str, float]]:
         backwards = start > end
         start, end = min(start, end), max(start, end)
         found = []
         for room in client.rooms:
-            times = [event.time for event in self.history.events(self.server, room) if start <= event.time <= end]
-            if times:
+            # A target counts by its latest line alone (as the spec and Ergo
+            # have it): one with older lines in the window but a newer one
+            # after it has been listed for that newer one.
+            times = [event.time for event in self.history.events(self.server, room)]
+            if times and start <= max(times) < end:
                 found.append((room, max(times)))
         if client.account:
             mine = client.account.casefold()
-            for key, newest in self.history.conversations(start, end):
-                one, other = key[len(CONVERSATION) :].split(",", 1)
-                if mine in (one, other):
-                    found.append((CONVERSATION + (other if one == mine else one), newest))
+            peers: dict[str, float] = {}
+            for key, newest in self.history.conversations(self.server, client.account, start, end):
+                one, other = _accounts(key)
+                # A guest conversation is listed under the guest's nick (merged with that account's).
+                peer = (other if one == mine else one).removeprefix(GUEST)
+                peers[peer] = max(newest, peers.get(peer, newest))
+            found.extend((CONVERSATION + peer, newest) for peer, newest in peers.items())
         found.sort(key=lambda item: item[1])
         return found[-limit:] if backwards else found[:limit]

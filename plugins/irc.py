@@ -34,7 +34,6 @@ import math
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -507,11 +506,6 @@ RENDERING_CAPS = frozenset({
 })  # fmt: skip
 
 
-def _private_id() -> str:
-    """The ID of a private message to oneself (as the engine gives others)."""
-    return f"pm-{uuid.uuid4().hex}"
-
-
 def account_name(account: str) -> str:
     """An account as IRC shows it in a parameter (extended-join, ACCOUNT):
     ``*`` for none, and for one that could break the line (from the cluster)."""
@@ -574,7 +568,9 @@ class TaggedIRCFormat(IRCFormat):
         if self._time:
             tags.append(("time", server_time(event.time or time.time())))
         if self._msgid:
-            if event.offset:
+            # Not the offset: a line from the cluster's history has none, but
+            # the ID its server gave it.
+            if event.msgid:
                 tags.append(("msgid", event.msgid))
             if isinstance(event, (Chat, Tagged)) and event.tags:  # a client's own, checked again
                 tags.extend(client_tags(event.tags).items())
@@ -972,15 +968,20 @@ class IRCProtocol(Protocol):
         """The tags of a private message or TAGMSG for this client: its time
         (``server-time``), with ``message-tags`` its ID and the sender's
         client-only tags, and the sender's account (``account-tag``)."""
-        tags = [self.wire.line_tags()]
+        said = event if isinstance(event, PrivateMessage) else None
+        # The time it was said, as its history has it.
+        tags = [self.wire.line_tags(said.time if said is not None and said.time else None)]
         if "message-tags" in self.caps:
             if event.msgid:
                 tags.append(tag_text([("msgid", event.msgid)]))
             tags.append(tag_text(client_tags(event.tags).items()))
         if "account-tag" in self.caps:
-            member = self.client.server.registry.find(event.sender)
-            if member is not None and member.account:
-                tags.append(tag_text([("account", member.account)]))
+            account = said.account if said is not None else ""
+            if not account:
+                member = self.client.server.registry.find(event.sender)
+                account = member.account if member is not None else ""
+            if account and user_problem(account) is None:  # one from the cluster could break the line
+                tags.append(tag_text([("account", account)]))
         return ";".join(filter(None, tags))
 
     def _mask_of(self, nick: str) -> str:
@@ -1515,7 +1516,19 @@ class IRCProtocol(Protocol):
         recipient = server.registry.find(target)
         tags = self.client_tags()
         if recipient is client:  # to oneself, as IRC allows: here and back, seen by nobody else
-            self._to_self(PrivateMessage(client.nick, client.nick, text, notice=quiet, tags=tags, msgid=_private_id()))
+            said = PrivateMessage(
+                client.nick,
+                client.nick,
+                text,
+                notice=quiet,
+                tags=tags,
+                msgid=server.private_msgid(),
+                time=time.time(),
+                account=client.account,
+            )
+            self._to_self(said)
+            # Received, as any private line (the history keeps an account's notes to itself).
+            server.hooks.private_received(client, said)
             return
         if recipient is not None and not recipient.closed:
             away = irc_state(recipient)
@@ -1564,7 +1577,7 @@ class IRCProtocol(Protocol):
             elif tags and (refusal := server.send_tags(self.client, room, tags)) is not None:
                 self.reply("404", target, f"Cannot send to channel: {refusal.text}")
         elif server.registry.find(target) is self.client:
-            self._to_self(PrivateTags(target, target, tags, _private_id()))
+            self._to_self(PrivateTags(target, target, tags, server.private_msgid()))
         elif (refusal := server.send_private_tags(self.client, target, tags)) is None:
             pass
         elif refusal.reason == "no_such_nick":
@@ -2183,6 +2196,9 @@ def _private_history_lines(protocol: IRCProtocol, peer: str, events: list[RoomEv
     client = protocol.client
     wire = protocol.wire
     own = {client.nick.casefold(), client.account.casefold()}
+    # The peer as its nick is spelt (as the live lines had it), not as asked.
+    other = client.server.registry.find(peer)
+    peer = other.nick if other is not None else peer
     lines: list[bytes] = []
     for event in events:
         assert isinstance(event, Chat)  # what the history keeps of private lines
@@ -2213,6 +2229,12 @@ def _chathistory_targets(protocol: IRCProtocol, service: HistoryService, params:
             raise ChathistoryError("INVALID_PARAMS", "TARGETS", reference, text="Invalid timestamp")
     assert start is not None
     assert end is not None
+    # Both ends excluded, to the millisecond a time tag shows (as irctest
+    # and Ergo have it): the earlier one rounded up past its millisecond.
+    if start.time <= end.time:
+        start = parse_reference(params[0], exclusive_start=True) or start
+    else:
+        end = parse_reference(params[1], exclusive_start=True) or end
     limit = chathistory_limit(params[2] if len(params) > 2 else "", service.max_limit)
     server = protocol.wire.server
     lines = safe_lines(

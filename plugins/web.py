@@ -321,7 +321,9 @@ def event_object(event: Event) -> dict[str, Any] | None:
         return {"type": "welcome", "lines": list(event.lines)}
     if isinstance(event, PrivateMessage):
         private = {"type": "private", "from": event.sender, "to": event.recipient, "text": event.text}
-        return {**private, "echo": event.echo, **({"notice": True} if event.notice else {})}
+        # Its ID and time, the same on every copy and in history (as a room line's).
+        said = {"msgid": event.msgid, "time": event.time} if event.msgid else {}
+        return {**private, "echo": event.echo, **({"notice": True} if event.notice else {}), **said}
     if isinstance(event, Invited):
         return {"type": "invite", "by": event.by, "room": event.room}
     if isinstance(event, PrivateTags):  # typing in a private conversation with this page's user

@@ -400,3 +400,29 @@ def test_a_registered_room_s_topic_and_modes_survive_a_restart(tmp_path: Path):
         bob.expect(lambda line: line.startswith("[dev] * ChanServ set mode +o guest-"))
         alice.close()
         bob.close()
+
+
+def test_the_shortest_password_is_an_option(accounts, connect):
+    """--min-password-length (irctest registers with 7 characters); a
+    refusal is said to the client, never silence."""
+    server = accounts("--min-password-length", "7")
+    alice = connect(server, "alice")
+    alice.send("/register sixsix")
+    alice.expect("! a password needs at least 7 characters; nothing was registered")
+    register(alice, "alice", "sesame1")
+    alice.send("/password sesame1 short")
+    alice.expect("! a password needs at least 7 characters; the password was not changed")
+
+
+@pytest.mark.parametrize("given", ["0", "301", "seven"])
+def test_a_minimum_password_length_out_of_range_exits_2_in_one_line(given):
+    result = subprocess.run(
+        [sys.executable, "-m", "chatcore", "serve", "--plugins", "accounts", "--min-password-length", given],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--min-password-length" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -77,9 +77,7 @@ class DirectoryBackplane(Backplane):
         if message.recipient == "offline":
             return "offline is on a server that cannot be reached now"
         for other in self.directory.servers:
-            found = other.registry.find(message.recipient)
-            if other is not sender.server and found is not None:
-                found.send(PrivateMessage(sender.nick, found.nick, message.text))
+            if other is not sender.server and other.deliver_private(message):
                 return True
         return None
 

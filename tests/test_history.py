@@ -459,8 +459,8 @@ def test_a_schema_1_database_is_migrated_and_keeps_its_lines(tmp_path):
             ("lobby", 5.0, "chat", "a", "old", "", 0),  # from before message IDs: none
             ("lobby", 6.0, "chat", "b", "new", "e9", 4),
         ]
-        assert store.latest("lob", 5.5, 10.0, 5) == [("lobby", 6.0)]  # the targets with lines between two times
-        assert store.latest("@", 0.0, 10.0, 5) == []
+        assert store.latest("lob", 5) == [("lobby", 6.0)]  # the targets and the time of their latest line
+        assert store.latest("@", 5) == []
     finally:
         store.stop()
     with sqlite3.connect(path) as db:
@@ -556,18 +556,21 @@ def test_private_lines_between_two_accounts_are_kept_for_both(chat_server_factor
     alice.expect("*bob* yes")
     bob.send("in the lobby")
     alice.expect("<bob> in the lobby")
-    carol.send("/msg bob a guest's line")  # carol has no account: not kept
+    carol.send("/msg bob a guest's line")  # carol has no account: kept for bob alone
     bob.expect("*carol* a guest's line")
+    bob.sync()
     bob.send("/history @alice")
     assert bob.sync()[-3:] == ["* last 2 messages in @alice:", "# <alice> are you there?", "# <bob> yes"]
     alice.send("/history @BOB 1")
     assert alice.sync() == ["* last 1 message in @bob:", "# <bob> yes"]
     carol.send("/history @bob")
     assert carol.sync()[-1] == "! private history is kept for logged-in accounts only; log in to read it"
+    bob.send("/history @carol")
+    assert bob.sync()[-2:] == ["* last 1 message in @carol:", "# <carol> a guest's line"]
     service = server.history
     bob_here = server.registry.find("bob")
-    assert [target for target, _ in service.targets(bob_here, 0, 2e9, 10)] == ["@alice", "lobby"]
-    assert [target for target, _ in service.targets(bob_here, 2e9, 0, 1)] == ["lobby"]  # counted from the start
+    assert [target for target, _ in service.targets(bob_here, 0, 2e9, 10)] == ["@alice", "lobby", "@carol"]
+    assert [target for target, _ in service.targets(bob_here, 2e9, 0, 1)] == ["@carol"]  # counted from the start
     assert service.targets(bob_here, 0, 1, 10) == []  # nothing said then
     first, second = service.query(bob_here, "@alice", Query("latest", 5))
     assert first.msgid

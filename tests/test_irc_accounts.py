@@ -271,3 +271,18 @@ def test_the_irc_library_logs_in_with_sasl(chat_server_factory, tmp_path, made):
         assert server.registry.find("bot").account == "alice"
     finally:
         connection.close()
+
+
+def test_a_registration_refused_over_irc_is_answered(chat_server_factory, tmp_path, made):
+    """What irctest waited for in vain: REGISTER with a password shorter than
+    --min-password-length gets a NOTICE saying why, and one long enough
+    registers (irctest's 7-character passwords with the option at 7)."""
+    server = start(chat_server_factory, tmp_path, "--min-password-length", "7")
+    client = irc_client(server, made)
+    client.send("NICK foo")
+    client.send("USER foo 0 * :Foo")
+    client.expect(" 001 foo ")
+    client.send("REGISTER sesame")
+    client.expect(":chatcore NOTICE foo :error: a password needs at least 7 characters; nothing was registered")
+    client.send("REGISTER sesame1")
+    client.expect(re.compile(r"NOTICE foo :registered the account foo;"))

@@ -201,3 +201,85 @@ def test_without_the_history_plugin_chathistory_is_not_offered(chat_server_facto
     assert not [line for line in alice.received if "CHATHISTORY=" in line]
     alice.send("CHATHISTORY LATEST #lobby * 5")
     assert alice.sync() == [":chatcore FAIL CHATHISTORY MESSAGE_ERROR LATEST :This server keeps no history"]
+
+
+def test_a_private_line_has_one_id_and_time_live_echoed_and_in_history(chat_server_factory, irc_client, tmp_path):
+    """Issue 29: what irctest's testMessagesToSelf compares: the recipient's
+    copy, the sender's echo and the history's line carry one msgid and one
+    time, to another account and to oneself."""
+    server = start(chat_server_factory, "--state-db", str(tmp_path / "state.db"), plugins="irc,history,accounts")
+    alice = irc_client(server, "alice", CAPS + " echo-message")
+    bob = irc_client(server, "bob", CAPS)
+    for client, nick in ((alice, "alice"), (bob, "bob")):
+        client.send("REGISTER correct-horse")
+        client.expect(re.compile(f"NOTICE {nick} :registered the account {nick};"))
+
+    def said(line: str) -> tuple[str, str]:
+        tags = tags_of(line)
+        return tags["msgid"], tags["time"]
+
+    alice.send("PRIVMSG bob :one id")
+    received = said(bob.expect(re.compile(r"PRIVMSG bob :one id$")))
+    echoed = said(alice.expect(re.compile(r"PRIVMSG bob :one id$")))
+    assert received == echoed
+    alice.send("PRIVMSG alice :a note to myself")
+    to_self = [said(alice.expect(re.compile(r"PRIVMSG alice :a note to myself$"))) for _ in range(2)]
+    assert to_self[0] == to_self[1]  # the copy received and the echo
+    alice.sync()
+    alice.send("CHATHISTORY LATEST bob * 10")
+    assert [said(line) for line in alice.sync()[1:-1]] == [received]
+    alice.send("CHATHISTORY LATEST alice * 10")
+    assert [said(line) for line in alice.sync()[1:-1]] == [to_self[0]]
+    bob.send(f"CHATHISTORY AROUND alice msgid={received[0]} 1")  # found by its live ID
+    assert [said(line) for line in bob.sync()[1:-1]] == [received]
+    alice.send("CHATHISTORY LATEST BOB * 1")  # asked in capitals: the lines name bob as he spells it
+    assert [line.partition(" PRIVMSG ")[2] for line in alice.sync()[1:-1]] == ["bob :one id"]
+
+
+def test_targets_counts_a_target_by_its_latest_line_with_both_ends_excluded(chat_server_factory, irc_client):
+    """As irctest's testChathistoryTargets* and Ergo have it: a channel is
+    listed when its latest line falls strictly between the two times (to
+    the millisecond its time tag shows), not for an older line in between."""
+    server = start(chat_server_factory)
+    alice = irc_client(server, "alice", CAPS + " echo-message")
+    times = []
+    for text in ("first", "second"):
+        alice.send(f"PRIVMSG #lobby :{text}")
+        times.append(tags_of(alice.expect(re.compile(f"PRIVMSG #lobby :{text}$")))["time"])
+    alice.sync()
+
+    def targets(start: str, end: str) -> list[str]:
+        alice.send(f"CHATHISTORY TARGETS timestamp={start} timestamp={end} 10")
+        return [line.split(" ", 4)[4] for line in alice.sync()[1:-1]]
+
+    everything = ("2000-01-01T00:00:00.000Z", "2100-01-01T00:00:00.000Z")
+    assert targets(*everything) == [f"#lobby {times[1]}"]
+    assert targets(everything[1], everything[0]) == [f"#lobby {times[1]}"]  # backwards
+    assert targets(times[1], everything[1]) == []  # the start excluded
+    assert targets(everything[0], times[1]) == []  # the end excluded, and "first" does not count
+
+
+def test_a_line_with_a_guest_is_kept_for_the_account_alone(chat_server_factory, irc_client, tmp_path):
+    """As Ergo (irctest's testChathistoryDMs): the lines between an account
+    and a guest are kept for the account; the guest reads nothing, nor does
+    whoever registers the guest's nick later."""
+    server = start(chat_server_factory, "--state-db", str(tmp_path / "state.db"), plugins="irc,history,accounts")
+    alice = irc_client(server, "alice", CAPS + " echo-message")
+    guest = irc_client(server, "visitor", CAPS)
+    alice.send("REGISTER correct-horse")
+    alice.expect(re.compile("NOTICE alice :registered the account alice;"))
+    alice.send("PRIVMSG visitor :hello stranger")
+    guest.expect(re.compile(r"PRIVMSG visitor :hello stranger$"))
+    guest.send("PRIVMSG alice :hello alice")
+    alice.expect(re.compile(r"PRIVMSG alice :hello alice$"))
+    alice.sync()
+    alice.send("CHATHISTORY LATEST visitor * 10")
+    assert [line.rpartition(" :")[2] for line in batch(alice.sync())[1]] == ["hello stranger", "hello alice"]
+    alice.send("CHATHISTORY TARGETS timestamp=2000-01-01T00:00:00.000Z timestamp=2100-01-01T00:00:00.000Z 10")
+    assert [line.split()[-2] for line in alice.sync()[1:-1]] == ["visitor"]
+    guest.send("CHATHISTORY LATEST alice * 10")  # a guest has no private history
+    assert guest.sync() == [":chatcore FAIL CHATHISTORY INVALID_TARGET LATEST alice :Messages could not be retrieved"]
+    guest.send("REGISTER correct-horse")  # the nick an account now: still not its past
+    guest.expect(re.compile("NOTICE visitor :registered the account visitor;"))
+    guest.send("CHATHISTORY LATEST alice * 10")
+    assert batch(guest.sync())[1] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 
 import pluggy
@@ -13,7 +14,7 @@ import pytest
 from chatcore import Client, Message, hookimpl
 from chatcore.config import parse_config
 from chatcore.engine.server import ChatServer
-from chatcore.events import Chat, Joined, Left, RoomEvent
+from chatcore.events import Chat, Joined, Left, PrivateMessage, RoomEvent
 from chatcore.hooks import PluginError
 from chatcore.testing import LineClient, wait_for
 
@@ -168,6 +169,30 @@ def test_delivered_observers_see_the_final_text(chat_server_factory, chat_client
     bob.expect("<guest-1> HEY")
     alice.sync()
     assert seen == [("guest-1", "HEY", 2)]
+
+
+def test_the_recipient_s_server_hears_of_a_private_message_with_its_id_and_time(chat_server_factory, chat_client):
+    """chatcore_private_received: the recipient, and the event with the ID
+    and time both copies carry."""
+    received: list[tuple[str, PrivateMessage]] = []
+
+    class Keeper:
+        @hookimpl
+        def chatcore_private_received(self, client: Client, event: PrivateMessage) -> None:
+            received.append((client.nick, event))
+
+    server = chat_server_factory("--plugins", "commands", plugins=[Upper(), Keeper()])
+    alice, bob = chat_client(server), chat_client(server)
+    for client, nick in ((alice, "alice"), (bob, "bob")):
+        client.send(f"/nick {nick}")
+        client.expect(f"* you are now known as {nick}")
+    alice.send("/msg bob psst")
+    bob.expect("*alice* PSST")
+    alice.expect("-> *bob* PSST")
+    [(recipient, event)] = received
+    assert (recipient, event.sender, event.recipient, event.text, event.echo) == ("bob", "alice", "bob", "PSST", False)
+    assert event.msgid.endswith("-pm:1")
+    assert abs(event.time - time.time()) < 10
 
 
 def test_first_command_plugin_wins_and_shows_in_help(chat_server_factory, chat_client):

@@ -42,6 +42,7 @@ from chatcore.events import (
     RoomNotice,
     TopicChanged,
 )
+from chatcore.plugins.irc import parse_reference
 from chatcore.plugins.redis import (
     Arrivals,
     Cursor,
@@ -55,6 +56,7 @@ from chatcore.plugins.redis import (
 )
 from chatcore.plugins.redis.roomstate import state_changes, state_fields, state_from_fields
 from chatcore.testing import LineClient, ServerProcess, wait_for
+from chatcore.wire.tags import parse_tags
 
 TIMEOUT = 10
 _clusters = itertools.count(1)
@@ -205,6 +207,12 @@ def test_events_travel_as_versioned_json() -> None:
     with pytest.raises(ValueError, match="need sender, recipient and tags"):
         decode_private('{"type":"PrivateTags","sender":"a","recipient":"b"}')
     assert "notice" not in encode_private(PrivateMessage("bot", "bob", "psst"))
+    # Its time and the sender's account travel in the JSON, its ID beside it (the entry's id).
+    signed = PrivateMessage("alice", "bob", "hi", msgid="ab12-pm:3", time=1.5, account="alice")
+    assert decode_private(encode_private(signed), msgid="ab12-pm:3") == signed
+    assert encode_private(signed) == (
+        '{"type":"PrivateMessage","sender":"alice","recipient":"bob","time":1.5,"account":"alice","text":"hi"}'
+    )
     assert (
         encode_event(Left("lobby", nick="carol", time=1.5))
         == '{"type":"Left","time":1.5,"room":"lobby","nick":"carol"}'
@@ -1813,3 +1821,148 @@ def test_ircv3_notifications_reach_the_other_servers_once(redis_server, cluster)
     finally:
         for client in clients:
             client.close()
+
+
+# -- CHATHISTORY across the cluster (issue 29) ------------------------------------------
+
+CHATHISTORY_CAPS = "batch draft/chathistory echo-message message-tags server-time"
+
+
+@pytest.fixture
+def irc_in() -> Iterator[Callable[..., IRCClient]]:
+    """``irc_in(process, nick, join="#lobby")``: a registered IRC client on
+    ``process`` with CHATHISTORY_CAPS, in ``join``; closed at teardown."""
+    clients: list[IRCClient] = []
+
+    def make(process: ServerProcess, nick: str, join: str = "#lobby") -> IRCClient:
+        client = IRCClient(process.addresses["irc"], timeout=TIMEOUT)
+        clients.append(client)
+        client.send(f"CAP REQ :{CHATHISTORY_CAPS}")
+        client.send(f"NICK {nick}")
+        client.send(f"USER {nick} 0 * :{nick}")
+        client.send("CAP END")
+        client.expect(re.compile(f" 001 {nick} "))
+        if join:
+            client.send(f"JOIN {join}")
+            client.expect(re.compile(f" 366 {nick} {join} "))
+            client.sync()  # past the channel's replay: what is said from now on comes live alone
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def said(line: str) -> tuple[str, str, str]:
+    """An IRC line's text, msgid and time tags."""
+    tags = parse_tags(line[1:].partition(" ")[0])
+    return line.rpartition(" :")[2], tags["msgid"], tags["time"]
+
+
+def history_of(client: IRCClient, request: str) -> list[tuple[str, str, str]]:
+    """The lines of the chathistory batch answering ``CHATHISTORY request``."""
+    return [said(line) for line in batch_of(client, f"CHATHISTORY {request}")]
+
+
+def batch_of(client: IRCClient, request: str) -> list[str]:
+    """The lines inside the batch that answers ``request`` (what came
+    before it, such as a late JOIN notice, left out)."""
+    client.send(request)
+    answer = client.sync()
+    start = next(index for index, line in enumerate(answer) if " BATCH +" in line)
+    _opening, *lines, closing = answer[start:]
+    assert " BATCH -" in closing, answer
+    return lines
+
+
+@pytest.mark.slow
+def test_chathistory_on_server_2_answers_with_server_1_s_lines_and_ids(redis_server, cluster, connect, irc_in) -> None:
+    """Issue 29: an IRC client on server 2 asks CHATHISTORY for a channel and
+    gets the lines said on server 1, with the msgids and times server 1's
+    users saw live."""
+    args = ("--plugins", "redis,history,irc", "--listen", "irc://127.0.0.1:0", "--history-room-lines", "lobby=50")
+    one = cluster(redis_server.url, "127.0.0.1", *args)
+    two = cluster(redis_server.url, "127.0.0.2", *args)
+    nat, dan = connect(one, "nat"), connect(two, "dan")
+    linked(nat, "nat", [dan])  # server 2 reads the room
+    alice, bob, carol = irc_in(one, "alice"), irc_in(one, "bob"), irc_in(two, "carol")
+    for number in range(5):
+        alice.send(f"PRIVMSG #lobby :said on one {number}")
+    pattern = re.compile(r"PRIVMSG #lobby :said on one \d$")
+    live_one = [said(bob.expect(pattern)) for _ in range(5)]
+    assert [said(alice.expect(pattern)) for _ in range(5)] == live_one  # echo-message
+    assert [said(carol.expect(pattern)) for _ in range(5)] == live_one  # relayed with its ID and time
+    assert history_of(carol, "LATEST #lobby * 5") == live_one
+    assert history_of(carol, f"BEFORE #lobby msgid={live_one[4][1]} 3") == live_one[1:4]
+    assert history_of(carol, f"AROUND #lobby msgid={live_one[2][1]} 1") == [live_one[2]]
+    assert history_of(bob, f"AFTER #lobby msgid={live_one[0][1]} 2") == live_one[1:3]
+
+
+@pytest.mark.slow
+def test_private_history_between_accounts_is_the_cluster_s(redis_server, cluster, irc_in) -> None:
+    """Issue 29: the private lines of logged-in accounts are kept in Redis,
+    so CHATHISTORY and TARGETS on server 2 return those said through server
+    1 (and across the two), with the IDs and times their live copies had."""
+    args = ("--plugins", "redis,history,irc,accounts", "--listen", "irc://127.0.0.1:0")
+    one = cluster(redis_server.url, "127.0.0.1", *args)
+    two = cluster(redis_server.url, "127.0.0.2", *args)
+    alice, erin = irc_in(one, "alice", join=""), irc_in(one, "erin", join="")
+    bob = irc_in(two, "bob", join="")
+    for client, nick in ((alice, "alice"), (erin, "erin"), (bob, "bob")):
+        client.send("REGISTER correct-horse")
+        client.expect(re.compile(f"NOTICE {nick} :registered the account {nick};"))
+    # Across the servers, both ways, and between two people on server 1.
+    alice.send("PRIVMSG bob :from one to two")
+    to_bob = said(bob.expect(re.compile(r"PRIVMSG bob :from one to two$")))
+    assert said(alice.expect(re.compile(r"PRIVMSG bob :from one to two$"))) == to_bob  # the echo
+    bob.send("PRIVMSG alice :from two to one")
+    to_alice = said(alice.expect(re.compile(r"PRIVMSG alice :from two to one$")))
+    assert said(bob.expect(re.compile(r"PRIVMSG alice :from two to one$"))) == to_alice
+    alice.send("PRIVMSG erin :within one")
+    to_erin = said(erin.expect(re.compile(r"PRIVMSG erin :within one$")))
+    # Another connection of alice's account, on server 2.
+    again = irc_in(two, "alice2", join="")
+    again.send("LOGIN alice correct-horse")
+    again.expect(re.compile("NOTICE alice2 :you are logged in to alice$"))
+
+    def kept(client: IRCClient, peer: str, lines: list[tuple[str, str, str]]) -> bool:
+        return history_of(client, f"LATEST {peer} * 10") == lines
+
+    for client in (again, alice):  # kept by the recipients' servers, read by both
+        wait_for(lambda client=client: kept(client, "bob", [to_bob, to_alice]), message="alice's lines with bob")
+        wait_for(lambda client=client: kept(client, "erin", [to_erin]), message="alice's line to erin")
+    assert kept(bob, "alice", [to_bob, to_alice])
+    assert history_of(again, f"BEFORE bob msgid={to_alice[1]} 5") == [to_bob]
+    targets = "CHATHISTORY TARGETS timestamp=2000-01-01T00:00:00.000Z timestamp=2100-01-01T00:00:00.000Z 10"
+    assert sorted(line.split()[-2] for line in batch_of(again, targets)) == ["bob", "erin"]
+    assert history_of(erin, "LATEST bob * 10") == []  # not erin's conversation: nothing of it
+
+
+@pytest.mark.slow
+def test_lines_delayed_by_a_redis_outage_keep_their_original_time(redis_server, cluster, connect, irc_in) -> None:
+    """Issue 29: the lines said on server 1 while its link to Redis is cut
+    reach server 2 after the outage with the time they were said (IRC's
+    server-time tag), the time server 1's users saw, not the delivery time."""
+    proxy = Proxy(("127.0.0.1", redis_server.port))
+    try:
+        args = ("--plugins", "redis,irc,history", "--listen", "irc://127.0.0.1:0")  # (history: draft/chathistory)
+        one = cluster(proxy.url, "127.0.0.1", *args)
+        two = cluster(redis_server.url, "127.0.0.2", *args)
+        nat, dan = connect(one, "nat"), connect(two, "dan")
+        linked(nat, "nat", [dan])
+        alice, bob = irc_in(one, "alice"), irc_in(two, "bob")
+        proxy.partition()  # until heal(): reconnecting fails too
+        nat.expect(LINK_DOWN)  # server 1 knows: what it hears now waits for Redis
+        for number in range(3):
+            alice.send(f"PRIVMSG #lobby :during the outage {number}")
+        pattern = re.compile(r"PRIVMSG #lobby :during the outage \d$")
+        seen_on_one = [said(alice.expect(pattern)) for _ in range(3)]  # the echo, at once
+        assert not [line for line in bob.sync() if pattern.search(line)]  # held back by the outage
+        outage_ended = time.time()
+        proxy.heal()
+        delivered = [said(bob.expect(pattern)) for _ in range(3)]
+        assert delivered == seen_on_one
+        times = [parse_reference(f"timestamp={when}") for _, _, when in delivered]
+        assert all(mark is not None and mark.time < outage_ended for mark in times), (times, outage_ended)
+    finally:
+        proxy.close()

@@ -541,9 +541,13 @@ def test_web_and_native_clients_chat_both_ways(web, clients):
     native.send("/msg webby psst")
     private = browser.expect({"type": "private"})
     assert private == {**private, "from": "nat", "to": "webby", "text": "psst", "echo": False}
+    assert private["msgid"].endswith("-pm:1")  # a private line's ID and time, as in history
+    assert private["time"] > 0
     browser.say("/msg nat back")
     native.expect("*webby* back")
-    assert browser.expect({"type": "private"})["echo"] is True
+    echo = browser.expect({"type": "private"})
+    assert echo["echo"] is True
+    assert echo["msgid"].endswith("-pm:2")
     browser.say("/who")
     assert sorted(browser.expect({"type": "members"})["nicks"]) == ["nat", "webby"]
     browser.say("/join dev")

@@ -10,7 +10,8 @@ through one object, the server's :attr:`~chatcore.engine.server.ChatServer.backp
 - **publishing**: the events said here, to be carried to the other servers
   (:meth:`Backplane.published`);
 - **history**: a room's recent events as the whole cluster said them
-  (:meth:`Backplane.history`);
+  (:meth:`Backplane.history`), and the private lines of logged-in accounts
+  kept where every server reads them (:meth:`Backplane.keep_private`);
 - **presence**: nicknames claimed across servers, and who is in which room
   elsewhere (:meth:`Backplane.claim_nick`, :meth:`Backplane.release_nick`,
   :meth:`Backplane.members`, :meth:`Backplane.count_elsewhere`);
@@ -164,7 +165,28 @@ class Backplane:
     def history(self, room: str, limit: int) -> list[RoomEvent] | None:
         """``room``'s last ``limit`` events as the whole cluster said them,
         oldest first, or None if the backplane keeps none (then the history
-        plugin answers from what this server saw)."""
+        plugin answers from what this server saw). ``room`` may be a private
+        conversation's name (``@alice,bob``): its lines kept by
+        :meth:`keep_private`, as :func:`chatcore.engine.history.private_line`
+        makes them."""
+        return None
+
+    def keep_private(self, key: str, event: PrivateMessage, lines: int) -> None:
+        """Keep ``event``, a private line between two logged-in accounts,
+        in the private conversation ``key``
+        (:func:`chatcore.engine.history.conversation`), where every server
+        of a cluster reads it: :meth:`history` of ``key`` then answers with
+        it, and :meth:`conversations` lists ``key`` for both accounts. Keep
+        about the last ``lines`` of the conversation. Called by the server
+        of the recipient (the one that knows both accounts), on the thread
+        that delivered it: keep it fast (queue the work)."""
+
+    def conversations(self, account: str, start: float, end: float) -> list[tuple[str, float]] | None:
+        """The private conversations of ``account`` kept by
+        :meth:`keep_private` whose latest line was said at or after the time
+        ``start`` and before ``end``, with that time; or None if the
+        backplane keeps none (then the history plugin answers from what
+        this server saw). On the asking client's thread."""
         return None
 
     # -- presence ---------------------------------------------------------------------

@@ -24,9 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from chatcore.events import Chat, parse_msgid
+
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
-    from chatcore.events import RoomEvent
+    from chatcore.events import PrivateMessage, RoomEvent
 
 #: The kinds of :class:`Query`, as CHATHISTORY names them (lower case).
 QUERY_KINDS = ("latest", "before", "after", "around", "between")
@@ -36,12 +38,34 @@ QUERY_KINDS = ("latest", "before", "after", "around", "between")
 CONVERSATION = "@"
 
 
+#: Marks the second name of :func:`guest_conversation`: no nick or account has it.
+GUEST = "~"
+
+
 def conversation(first: str, second: str) -> str:
     """The target under which the private messages between the accounts
     ``first`` and ``second`` are kept: the same whoever sent them
     (``@alice,bob``: the two names case-folded, in order)."""
     one, other = sorted((first.casefold(), second.casefold()))
     return f"{CONVERSATION}{one},{other}"
+
+
+def guest_conversation(account: str, nick: str) -> str:
+    """The target under which the private messages between the account
+    ``account`` and ``nick``, someone not logged in, are kept for the
+    account alone (``@alice,~guest``), as Ergo keeps them for its
+    registered side: whoever takes that nick later, even as an account,
+    never reads them."""
+    return f"{CONVERSATION}{account.casefold()},{GUEST}{nick.casefold()}"
+
+
+def private_line(key: str, event: PrivateMessage) -> Chat:
+    """A private message as its conversation ``key`` keeps it: chat with the
+    sender's nick, its time, its account, and its message ID (the epoch and
+    offset of the sender's server's numbering of private lines), so that a
+    replayed line matches the live one."""
+    epoch, offset = parse_msgid(event.msgid) or ("", 0)
+    return Chat(key, event.sender, event.text, offset, epoch, event.time, notice=event.notice, account=event.account)
 
 
 @dataclass(frozen=True)
@@ -149,8 +173,9 @@ class HistoryService:
         raise NotImplementedError
 
     def targets(self, client: Client, start: float, end: float, limit: int) -> list[tuple[str, float]]:
-        """The targets ``client`` may read with events between the times
-        ``start`` and ``end``: ``(room or @NICK, time of its latest event
-        there)``, oldest first; at most ``limit``, counted from ``start``
+        """The targets ``client`` may read whose latest event was said
+        between the times ``start`` and ``end`` (the earlier of the two
+        included, the later not): ``(room or @NICK, time of its latest
+        event)``, oldest first; at most ``limit``, counted from ``start``
         (so the latest ones when ``start`` is after ``end``)."""
         raise NotImplementedError

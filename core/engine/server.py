@@ -44,10 +44,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
+import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -171,6 +172,12 @@ class ChatServer:
         # Supplied by plugins (chatcore_account_service ...), asked once: _service().
         self._services: dict[str, object] = {}
         self._state_lock = threading.Lock()
+        # Private lines' message IDs (private_msgid): EPOCH:OFFSET, like a
+        # room line's, so history keeps and finds both alike, under an epoch
+        # of this process's own that no room's numbering has (theirs end in
+        # a number) and that no other server of a cluster draws.
+        self._private_epoch = f"{secrets.token_hex(8)}-pm"
+        self._private_offsets = itertools.count(1)
         self.listeners: list[Listener] = []
         for url in config.listen:
             try:
@@ -763,25 +770,61 @@ class ChatServer:
             return Refusal("rejected", message.rejected)
         if not message.text:
             return Refusal("empty", f"your message to {nick} was empty after filtering; it was not sent")
-        # Its ID, on both copies: unique, and never taken for a room's EPOCH:OFFSET.
-        msgid = f"pm-{uuid.uuid4().hex}"
+        # One ID and one time for the line, on every copy, every server and in history.
+        event = PrivateMessage(
+            sender.nick,
+            recipient.nick if recipient is not None else nick,
+            message.text,
+            notice=notice,
+            msgid=self.private_msgid(),
+            time=time.time(),
+            account=sender.account,
+        )
         if recipient is not None:
-            nick = recipient.nick
-            recipient.send(PrivateMessage(sender.nick, nick, message.text, notice=notice, tags=tags, msgid=msgid))
+            self._hand_private(recipient, dataclasses.replace(event, tags=tags))
         else:
-            # With its tags and ID, for the backplane to carry what it can.
-            carried = PrivateMessage(sender.nick, nick, message.text, notice=notice, tags=tags, msgid=msgid)
-            result = self.backplane.send_private(sender, carried)
+            # With its tags, ID and time, for the backplane to carry what it can.
+            result = self.backplane.send_private(sender, dataclasses.replace(event, tags=tags))
             if result is None:
                 return Refusal("no_such_nick", f"no such nick {nick!r}")
             if isinstance(result, str):
                 return Refusal("unreachable", result)
         counts.deliveries += 1
-        sender.send(PrivateMessage(sender.nick, nick, message.text, echo=True, notice=notice, tags=tags, msgid=msgid))
+        sender.send(dataclasses.replace(event, echo=True, tags=tags))
         if sender.arrived:
             counts.observe_latency(time.monotonic() - sender.arrived)
         self.hooks.message_delivered(message, 1)
         return None
+
+    def private_msgid(self) -> str:
+        """A new private line's message ID, ``EPOCH:OFFSET`` in this server's
+        numbering of private lines (:attr:`PrivateMessage.msgid
+        <chatcore.events.PrivateMessage.msgid>`), unique in a cluster too.
+        Any thread."""
+        # next() of an itertools.count is one atomic step under the GIL.
+        return f"{self._private_epoch}:{next(self._private_offsets)}"
+
+    def deliver_private(self, event: PrivateMessage | PrivateTags) -> bool:
+        """Give ``event``, a private message (or client-only tags without
+        text: IRC's ``TAGMSG nick``) said on another server of a cluster, to
+        its recipient here, and tell the plugins of a message
+        (``chatcore_private_received``): what a backplane's reader calls.
+        False if nobody here has the recipient's nick (any more). On the
+        backplane's thread."""
+        recipient = self.registry.find(event.recipient)
+        if recipient is None or recipient.closed:
+            return False
+        if isinstance(event, PrivateTags):
+            recipient.send(dataclasses.replace(event, recipient=recipient.nick))
+        else:
+            self._hand_private(recipient, dataclasses.replace(event, recipient=recipient.nick, echo=False))
+        return True
+
+    def _hand_private(self, recipient: Client, event: PrivateMessage) -> None:
+        """The one way a private message reaches its recipient here, from
+        whatever server it was said on."""
+        recipient.send(event)
+        self.hooks.private_received(recipient, event)
 
     def send_tags(self, sender: Client, room: str, tags: str) -> Refusal | None:
         """Say client-only ``tags`` without text to ``room`` (IRC's ``TAGMSG
@@ -818,7 +861,7 @@ class ChatServer:
             recipient = None
         if recipient is sender or (recipient is None and not self.backplane.shared):
             return Refusal("no_such_nick", f"no such nick {nick!r}")
-        event = PrivateTags(sender.nick, nick if recipient is None else recipient.nick, tags, f"pm-{uuid.uuid4().hex}")
+        event = PrivateTags(sender.nick, nick if recipient is None else recipient.nick, tags, self.private_msgid())
         if recipient is not None:
             recipient.send(event)
         else:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore import Client
 from chatcore.engine.backplane import Backplane
+from chatcore.engine.history import CONVERSATION, GUEST
 from chatcore.events import PrivateMessage, PrivateTags, RoomEvent, RoomNotice
 from chatcore.plugins.redis.arrivals import Arrivals
 from chatcore.plugins.redis.connection import DEFAULT_TIMEOUT, Target
@@ -72,7 +73,19 @@ class RedisBackplane(Backplane):
             cluster.publisher.put(cluster.presence.relayed(event))
 
     def history(self, room: str, limit: int) -> list[RoomEvent] | None:
+        if room.startswith(CONVERSATION):
+            return self.cluster.presence.private_history(room, limit)
         return self.cluster.presence.history(room, limit)
+
+    def keep_private(self, key: str, event: PrivateMessage, lines: int) -> None:
+        if event.msgid:
+            # The two accounts, as the conversation's name holds them (one
+            # alone, twice, with a guest).
+            one, _, other = key.removeprefix(CONVERSATION).partition(",")
+            self.cluster.publisher.put_private(key, event, (one, one if other.startswith(GUEST) else other), lines)
+
+    def conversations(self, account: str, start: float, end: float) -> list[tuple[str, float]] | None:
+        return self.cluster.presence.conversations(account, start, end)
 
     @property
     def shared(self) -> bool:

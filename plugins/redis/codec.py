@@ -70,24 +70,28 @@ def decode_event(text: str, max_line: int = DEFAULT_MAX_LINE, origin: str = "") 
 
 def encode_private(message: PrivateMessage | PrivateTags) -> str:
     """A private message, or client-only tags without text (IRC's ``TAGMSG
-    nick``), as the JSON of an inbox entry's ``event`` field, with its tags.
-
-    Not its message ID: every private message has one, and a server of an
-    older version drops an entry with a field it does not know, so it would
-    lose every message; the recipient's copy has none, as before."""
+    nick``), as the JSON of an inbox entry's ``event`` field (and a kept
+    private line's), with its tags; its message ID travels beside it, in
+    the entry's ``id``."""
     record: dict[str, Any] = {"type": type(message).__name__, "sender": message.sender, "recipient": message.recipient}
-    # Each only when set: servers that do not know it still read the rest.
-    if isinstance(message, PrivateMessage) and message.notice:
-        record["notice"] = True
+    # Each only when set: an entry without them reads as before.
     if message.tags:
         record["tags"] = message.tags
-    if isinstance(message, PrivateMessage):
-        record["text"] = message.text
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    if isinstance(message, PrivateTags):
+        return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    if message.notice:
+        record["notice"] = True
+    if message.time:
+        record["time"] = message.time
+    if message.account:
+        record["account"] = message.account
+    return json.dumps({**record, "text": message.text}, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE) -> PrivateMessage | PrivateTags:
-    """The message or tags :func:`encode_private` wrote; ValueError if it is not one."""
+def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE, msgid: str = "") -> PrivateMessage | PrivateTags:
+    """The message or tags :func:`encode_private` wrote, with the message ID
+    ``msgid`` (an entry's ``id``, checked: :func:`entry_msgid`); ValueError
+    if it is not one."""
     record = _json_object(text, max_line)
     kind = record.pop("type", None)
     if kind not in ("PrivateMessage", "PrivateTags"):
@@ -96,10 +100,10 @@ def decode_private(text: str, max_line: int = DEFAULT_MAX_LINE) -> PrivateMessag
     if kind == "PrivateTags":
         if not {"sender", "recipient", "tags"} <= set(fields):
             raise ValueError("private tags need sender, recipient and tags")
-        return PrivateTags(**fields)
+        return PrivateTags(**fields, msgid=msgid)
     if not {"sender", "recipient", "text"} <= set(fields):
         raise ValueError("a private message needs sender, recipient and text")
-    return PrivateMessage(**fields)
+    return PrivateMessage(**fields, msgid=msgid)
 
 
 #: An operator's action for the other servers (see :func:`moderate`): the
@@ -159,7 +163,9 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 #: The fields an entry may carry, and their types, by event class.
 _ROOM_EVENT_FIELDS = {cls: _field_types(cls) for cls in _ROOM_EVENTS.values()}
-_PRIVATE_FIELDS: dict[str, Any] = {"sender": str, "recipient": str, "text": str, "notice": bool, "tags": str}
+_PRIVATE_FIELDS: dict[str, Any] = {
+    "sender": str, "recipient": str, "text": str, "notice": bool, "tags": str, "time": float, "account": str,
+}  # fmt: skip
 _PRIVATE_TAGS_FIELDS: dict[str, Any] = {"sender": str, "recipient": str, "tags": str}
 
 
@@ -259,9 +265,10 @@ def entry_place(entry: dict[str, str]) -> tuple[str, int]:
 
 
 def entry_msgid(entry: dict[str, str]) -> str:
-    """The message ID the server that said a room stream entry's event gave
-    it (its ``id``), or ``""`` if the entry has none (written by an older
-    server) or not a valid one."""
+    """The message ID the server that said a stream entry's event gave it
+    (its ``id``: a room entry's, an inbox entry's, a kept private line's),
+    or ``""`` if the entry has none (written by an older server) or not a
+    valid one."""
     msgid = entry.get("id", "")
     return msgid if parse_msgid(msgid) is not None else ""
 

@@ -11,9 +11,17 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from chatcore.engine.history import private_line
 from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, PrivateTags, RoomEvent
 from chatcore.names import room_problem
-from chatcore.plugins.redis.codec import FORMAT_VERSION, encode_moderation, encode_private, entry_event
+from chatcore.plugins.redis.codec import (
+    FORMAT_VERSION,
+    decode_private,
+    encode_moderation,
+    encode_private,
+    entry_event,
+    entry_msgid,
+)
 from chatcore.plugins.redis.connection import close, shared_client
 from chatcore.plugins.redis.roomstate import state_fields, state_from_fields
 from chatcore.plugins.redis.scripts import CLAIM_LUA, ENTER_LUA, EXIT_LUA, RELEASE_LUA
@@ -549,6 +557,66 @@ class Presence(threading.Thread):
             return None
         return found[:limit][::-1]
 
+    def private_history(self, key: str, limit: int) -> list[RoomEvent] | None:
+        """The last ``limit`` lines kept in the private conversation
+        ``key`` (``Backplane.keep_private``), oldest first, as the history
+        plugin keeps them (:func:`~chatcore.engine.history.private_line`:
+        with their time and message ID); None if Redis cannot say."""
+        import redis as redis_py
+
+        assert self.client is not None
+        assert self.cluster.server is not None
+        if not self.cluster.linked:
+            return None
+        max_line = self.cluster.server.max_line
+        found: list[RoomEvent] = []
+        seen: set[str] = set()
+        newest = "+"
+        try:
+            while len(found) < limit:
+                page: list[Any] = (
+                    self.client.xrevrange(self.cluster.keys.conversation(key), max=newest, count=HISTORY_PAGE) or []
+                )
+                for entry_id, entry in page:
+                    try:
+                        if entry.get("v") != FORMAT_VERSION:
+                            raise ValueError(f"format version {entry.get('v')!r:.20}")
+                        message = decode_private(entry["event"], max_line, entry_msgid(entry))
+                        if not isinstance(message, PrivateMessage):
+                            raise ValueError("not a private line")
+                    except (KeyError, ValueError) as exc:
+                        self.cluster.invalid.drop(f"conversation {key} entry {entry_id}", exc)
+                        continue
+                    if message.msgid in seen:
+                        continue  # kept twice: a retry whose first reply the link lost
+                    seen.add(message.msgid)
+                    found.append(private_line(key, message))
+                if len(page) < HISTORY_PAGE:
+                    break
+                newest = "(" + str(page[-1][0])
+        except redis_py.RedisError as exc:
+            log.info("could not read a private conversation's history from the cluster (%s)", exc)
+            return None
+        return found[:limit][::-1]
+
+    def conversations(self, account: str, start: float, end: float) -> list[tuple[str, float]] | None:
+        """The conversations of ``account`` whose latest kept line was said
+        at or after ``start`` and before ``end``, with that time; None if
+        Redis cannot say."""
+        import redis as redis_py
+
+        assert self.client is not None
+        if not self.cluster.linked:
+            return None
+        try:
+            found: list[Any] = self.client.zrangebyscore(
+                self.cluster.keys.conversations(account), start, f"({end!r}", withscores=True
+            )
+        except redis_py.RedisError as exc:
+            log.info("could not list %s's private conversations in the cluster (%s)", account, exc)
+            return None
+        return [(str(name), float(score)) for name, score in found]
+
     def _holder(self, nick: str) -> str | None:
         """The other server that holds ``nick`` (its node id), or None if none
         does (or this one does). ``NotAnswering`` if it stopped renewing."""
@@ -616,7 +684,7 @@ class Presence(threading.Thread):
             # Not retried, so never sent twice; a failure is told to the sender.
             self.client.xadd(
                 keys.inbox(owner),
-                {"v": FORMAT_VERSION, "node": cluster.node, "event": encode_private(message)},
+                {"v": FORMAT_VERSION, "node": cluster.node, "id": message.msgid, "event": encode_private(message)},
                 maxlen=INBOX_LENGTH,
                 approximate=True,
             )

@@ -1,4 +1,5 @@
-"""The redis plugin's publisher: this server's room events to the streams."""
+"""The redis plugin's publisher: this server's room events to the streams,
+and the private lines it keeps to their conversations'."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from chatcore.events import Joined, RoomEvent
+from chatcore.events import Joined, PrivateMessage, RoomEvent
 from chatcore.plugins.redis.arrivals import Cursor
-from chatcore.plugins.redis.codec import encode_event
+from chatcore.plugins.redis.codec import encode_event, encode_private
 from chatcore.plugins.redis.connection import Backoff, close, connect
 from chatcore.plugins.redis.roomstate import state_changes
-from chatcore.plugins.redis.scripts import EXIT_LUA, PUBLISH_LUA
+from chatcore.plugins.redis.scripts import EXIT_LUA, KEEP_PRIVATE_LUA, PUBLISH_LUA
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -43,6 +44,10 @@ class _Pending:
     #: Not an event: this server lets go of the room it entered with this
     #: generation (``EXIT_LUA``), in order after its last events there.
     exit_generation: str | None = None
+    #: Not a room event: a private line kept in the conversation ``room``
+    #: (``KEEP_PRIVATE_LUA``): the two accounts, its time and how many
+    #: lines the conversation keeps.
+    private: tuple[str, str, float, int] | None = None
 
 
 def _cured_by_retry(reply: object) -> bool:
@@ -110,6 +115,17 @@ class Publisher(threading.Thread):
             self._trim()
             self._cond.notify()
 
+    def put_private(self, key: str, message: PrivateMessage, accounts: tuple[str, str], lines: int) -> None:
+        """Queue a private line for its conversation ``key``'s stream (any
+        thread): retried through outages as room events are, in order."""
+        with self._cond:
+            self._seq += 1
+            item = _Pending(self._seq, key, encode_private(message), message.msgid)
+            item.private = (*accounts, message.time, lines)
+            self._queue.append(item)
+            self._trim()
+            self._cond.notify()
+
     def _trim(self) -> None:
         """Under the lock: give up the oldest beyond --redis-max-pending."""
         if len(self._queue) <= self.max_pending:
@@ -153,7 +169,9 @@ class Publisher(threading.Thread):
                 self._queue.popleft()
             self.confirmed = max(self.confirmed, last)
 
-    def _send(self, client: redis_py.Redis, script: Any, exit_script: Any, batch: list[_Pending]) -> list[Any]:
+    def _send(
+        self, client: redis_py.Redis, script: Any, exit_script: Any, keep_script: Any, batch: list[_Pending]
+    ) -> list[Any]:
         """One pipeline of ``batch``; the replies, one per event (a refusal
         as its ResponseError). Raises what calls for a retry of the batch."""
         cluster = self.cluster
@@ -165,6 +183,14 @@ class Publisher(threading.Thread):
                 exit_script(
                     keys=[keys.room_state(room), keys.room_holders(room), keys.node_rooms(cluster.node)],
                     args=[cluster.node, item.exit_generation, room],
+                    client=pipe,
+                )
+                continue
+            if item.private is not None:
+                one, other, when, lines = item.private
+                keep_script(
+                    keys=[keys.conversation(room), keys.conversations(one), keys.conversations(other)],
+                    args=[cluster.node, item.msgid, item.event, lines, when, room],
                     client=pipe,
                 )
                 continue
@@ -244,6 +270,7 @@ class Publisher(threading.Thread):
         client: redis_py.Redis | None = None
         script: Any = None
         exit_script: Any = None
+        keep_script: Any = None
         failing = False
         backoff = Backoff()
         while not cluster.stopping.is_set():
@@ -255,7 +282,8 @@ class Publisher(threading.Thread):
                     client = connect(cluster.target, timeout=cluster.timeout, name=f"chatcore-{cluster.node}-pub")
                     script = client.register_script(PUBLISH_LUA)
                     exit_script = client.register_script(EXIT_LUA)
-                replies = self._send(client, script, exit_script, batch)
+                    keep_script = client.register_script(KEEP_PRIVATE_LUA)
+                replies = self._send(client, script, exit_script, keep_script, batch)
             except Exception as exc:
                 if isinstance(exc, redis_py.ResponseError) and not _cured_by_retry(exc):
                     # The batch as a whole refused (loading the script): as above.

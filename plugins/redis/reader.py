@@ -3,7 +3,6 @@ messages and operators' actions, from the streams to the members here."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -308,15 +307,13 @@ class Reader(threading.Thread):
         try:
             if entry.get("v") != FORMAT_VERSION:
                 raise ValueError(f"format version {entry.get('v')!r:.20}")
-            message = decode_private(entry["event"], server.max_line)
+            # With the ID and time its server gave it: one of each everywhere.
+            message = decode_private(entry["event"], server.max_line, entry_msgid(entry))
         except (KeyError, ValueError) as exc:
             self.cluster.invalid.drop(f"inbox entry {entry_id}", exc)
             return
-        recipient = server.registry.find(message.recipient)
-        if recipient is None:
+        if not server.deliver_private(message):
             log.info("private message for %r, who left this server meanwhile, dropped", message.recipient)
-            return
-        recipient.send(dataclasses.replace(message, recipient=recipient.nick))
 
     def _deliver(self, room: str, cursor: Cursor, entry_id: str, entry: dict[str, str]) -> None:
         cluster = self.cluster

@@ -65,6 +65,18 @@ class Keys:
         """The rooms the node holds: a set (the reaper lets go of them for a node gone)."""
         return f"{self.prefix}node:{node}:rooms"
 
+    def conversation(self, key: str) -> str:
+        """A private conversation's kept lines (``key`` as
+        :func:`chatcore.engine.history.conversation` names it,
+        ``@alice,bob``): a stream of entries ``v``, ``node``, ``id``, ``event``,
+        as an inbox's."""
+        return f"{self.prefix}private:{key.removeprefix('@')}:stream"
+
+    def conversations(self, account: str) -> str:
+        """The private conversations an account has kept lines in: a sorted
+        set of their names, scored by the time of the latest line."""
+        return f"{self.prefix}account:{account.casefold()}:conversations"
+
     def meta(self, room: str) -> str:
         """The room's hash: ``epoch``, ``offset`` (the last one given) and,
         per publishing node, ``node:ID`` = the node's last sequence number."""
@@ -192,4 +204,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+
+# Keeps a private line between two accounts (Backplane.keep_private): the
+# entry in the conversation's stream, and the conversation in each
+# account's list, at the time of its latest line. A retry after a dropped
+# reply may add the line twice: readers drop a message ID seen already.
+# KEYS: the conversation's stream, the two accounts' lists (the same one
+# twice for notes to oneself). ARGV: node, the line's message ID, its JSON
+# (as an inbox entry's), maxlen, its time, the conversation's name.
+KEEP_PRIVATE_LUA = """
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'v', '1', 'node', ARGV[1], 'id', ARGV[2], 'event', ARGV[3])
+redis.call('ZADD', KEYS[2], 'GT', ARGV[5], ARGV[6])
+redis.call('ZADD', KEYS[3], 'GT', ARGV[5], ARGV[6])
+return 1
 """
