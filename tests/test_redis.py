@@ -677,7 +677,8 @@ def test_the_welcome_counts_the_rooms_members_on_every_server(redis_server, clus
         return "(3 here)" in welcomes[-1]  # alice and amy on server one, and the newcomer
 
     wait_for(welcomed_with_everyone, timeout=TIMEOUT, message="a welcome that counts server one's members")
-    assert all("(1 here)" in text or "(3 here)" in text for text in welcomes), welcomes
+    # Before that, server one's count as its renewals went: alice alone, or no one yet.
+    assert all(re.search(r"\(([123]) here\)", text) for text in welcomes), welcomes
 
 
 def test_irc_names_and_who_list_the_other_servers_members(redis_server, cluster, connect) -> None:
