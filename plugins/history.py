@@ -192,8 +192,10 @@ def chatcore_server_stop(server: ChatServer) -> None:
 
 @hookimpl
 def chatcore_room_event(server: ChatServer, event: RoomEvent) -> None:
+    history = _history(server)
     if isinstance(event, (Chat, Action)):
-        _history(server).add(event)
+        history.add(event)
+    history.saw(event)  # after add(): a replay waiting for it then finds it kept
 
 
 @hookimpl
@@ -221,6 +223,9 @@ def chatcore_client_joined(client: Client, room: str, event: Joined) -> None:
     # else what this server saw; up to the client's join, since what was
     # said after it reaches the client live.
     count = history.lines.replayed(room)
+    # Everything numbered before the join reached the feeds before the
+    # client did (the engine's room order); its record here may lag a moment.
+    history.wait_for_all_before(event)
     events = history.events(client.server, room, count, joined=event)[-count:]
     if events:
         client.send(Replay(room, tuple(events)))
@@ -287,6 +292,11 @@ class Retention:
     def most(self) -> int:
         """The most lines any room keeps."""
         return max([self.default, *self.rooms.values()])
+
+
+#: Seconds a replay waits, at most, for the record to take the lines said
+#: before the join (a moment: they are on their way from the feeds).
+SEEN_WAIT = 0.5
 
 
 def said_before(event: RoomEvent, mark: RoomEvent) -> bool:
@@ -370,6 +380,12 @@ class History:
         # whether a resume from an offset can be complete.
         self._dropped: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
+        # Per room, how far this record has every event the engine numbered
+        # (hooks run after the feeds: a line already out may be recorded a
+        # moment later): [epoch, the first offset not seen yet, those seen
+        # beyond it]. What a replay waits on (wait_for_all_before).
+        self._seen: dict[str, tuple[str, list[int], set[int]]] = {}
+        self._seen_changed = threading.Condition()
 
     def _dropped_one(self, event: Chat | Action) -> None:
         """``event`` leaves memory (the caller holds the lock)."""
@@ -404,9 +420,44 @@ class History:
             if not events:
                 del self._rooms[room]
 
+    def saw(self, event: RoomEvent) -> None:
+        """Note that the record has taken ``event``, whatever its kind."""
+        if not event.offset:
+            return
+        with self._seen_changed:
+            seen = self._seen.get(event.room)
+            if seen is None or seen[0] != event.epoch:
+                # A new numbering of the room (made again): from here on.
+                self._seen[event.room] = (event.epoch, [event.offset + 1], set())
+            else:
+                _, first, beyond = seen
+                if event.offset >= first[0]:
+                    beyond.add(event.offset)
+                    while first[0] in beyond:
+                        beyond.discard(first[0])
+                        first[0] += 1
+            self._seen_changed.notify_all()
+
+    def wait_for_all_before(self, joined: RoomEvent, timeout: float = SEEN_WAIT) -> None:
+        """Wait until the record has every event of ``joined``'s room
+        numbered before it (at most ``timeout``: an event whose publishing
+        failed never comes, and is then taken as seen)."""
+
+        def complete() -> bool:
+            seen = self._seen.get(joined.room)
+            return seen is None or seen[0] != joined.epoch or seen[1][0] >= joined.offset
+
+        with self._seen_changed:
+            if not self._seen_changed.wait_for(complete, timeout):
+                _, first, beyond = self._seen[joined.room]
+                first[0] = joined.offset
+                beyond.difference_update(range(min(beyond, default=0), joined.offset))
+
     def forget(self, room: str) -> None:
         """The room has no member here any more: free its lines (the
         database, if any, keeps its copy)."""
+        with self._seen_changed:
+            self._seen.pop(room, None)
         with self._lock:
             events = self._rooms.pop(room, None)
             self._dropped.pop(room, None)  # a room made again is numbered anew

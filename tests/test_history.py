@@ -617,3 +617,62 @@ def test_a_replay_stops_where_the_clients_live_lines_begin():
     # Without a cluster: this server's lines before the join.
     previous_run = Chat("dev", "dave", "yesterday", 40, "old", 1.0)
     assert [event.epoch for event in [previous_run, *local] if history.said_before(event, joined)] == ["old", "l", "l"]
+
+
+def test_a_joiners_replay_and_live_lines_meet_exactly_under_preemption(chat_server_factory):
+    """Every line said in the room reaches a client that enters it once:
+    replayed if it was said before the client's join, live if after; never
+    both, never neither. Threads are switched every 10 µs here (Python's
+    default is 5 ms, chatcore serve's 50), so that a sender is preempted
+    between numbering its line and appending it, and a history hook between
+    the feed and the record: the two windows the fault suite's reconnect
+    test hit under load."""
+    import sys
+    import threading
+
+    server = chat_server_factory("--plugins", "history", "--history-lines", "5000")
+    senders = [LineClient(server.address) for _ in range(3)]
+    for number, sender in enumerate(senders):
+        sender.send(f"/nick s{number}")
+        sender.expect(f"* you are now known as s{number}")
+    stop = threading.Event()
+
+    def talk(sender: LineClient, number: int) -> None:
+        count = 0
+        while not stop.is_set() and count < 3000:
+            sender.send(f"s{number} {count}")
+            count += 1
+            if count % 50 == 0:
+                sender.sync()  # paced by the server, never flooding it
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    talkers = [threading.Thread(target=talk, args=(s, n), daemon=True) for n, s in enumerate(senders)]
+    joiners: list[LineClient] = []
+    try:
+        for talker in talkers:
+            talker.start()
+        for _ in range(15):
+            joiner = LineClient(server.address)
+            joiners.append(joiner)
+            joiner.send("/nick j" + str(len(joiners)))
+            joiner.sync()
+        stop.set()
+        for talker in talkers:
+            talker.join(30)
+    finally:
+        sys.setswitchinterval(previous)
+    for sender in senders:
+        sender.sync()
+    for joiner in joiners:
+        joiner.sync()
+        got = joiner.received  # every line it was sent, in order
+        replayed = [line[2:] for line in got if line.startswith("# <s")]
+        live = [line for line in got if line.startswith("<s")]
+        assert not set(replayed) & set(live), "a line came replayed and live"
+        for number in range(3):
+            mine = [int(line.split()[-1]) for line in replayed + live if line.startswith(f"<s{number}> ")]
+            if mine:
+                assert mine == list(range(mine[0], mine[0] + len(mine))), f"s{number}'s lines with a hole or twice"
+    for client in senders + joiners:
+        client.close()

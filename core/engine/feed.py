@@ -24,6 +24,12 @@ The rules that keep every line whole, in order and exactly once:
   queue first (:meth:`RoomFeed.take`), so the member sees both in the order
   they were said. Lines of two rooms have no order between them but the
   order they reach the member in.
+- A room's events are numbered (their offset) and appended to its feeds
+  in one order, under the room's order lock
+  (``ChatServer._room_order``), and a client entering the room attaches
+  and takes its Joined's number under the same lock. So the lines it gets
+  live are exactly those numbered after its Joined, and its history
+  replay (the ``history`` plugin) is exactly those numbered before.
 - A member leaving a room takes what it has not had yet along (moved to
   its queue) and is detached; one that is disconnected is detached from
   every feed, so nothing said after its last words reaches it.

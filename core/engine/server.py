@@ -116,6 +116,11 @@ def _stamp(event: RoomEvent, epoch: str, offset: int, when: float) -> None:
     event.__dict__.update(epoch=epoch, offset=offset, time=when)
 
 
+#: Locks that order each room's numbering and appends (rooms share them by
+#: hash: a bounded number, and no state to drop when a room empties).
+ROOM_ORDER_STRIPES = 64
+
+
 class ChatServer:
     """A chat server configured by a :class:`~chatcore.config.Config`.
 
@@ -172,6 +177,11 @@ class ChatServer:
         # Supplied by plugins (chatcore_account_service ...), asked once: _service().
         self._services: dict[str, object] = {}
         self._state_lock = threading.Lock()
+        # A room's numbering and its feeds' appends happen in one order, the
+        # same one a member's attach and its Joined's number are taken in
+        # (_room_order): a client entering a room then has as history exactly
+        # the lines numbered before its Joined, and live exactly the rest.
+        self._room_orders = [threading.Lock() for _ in range(ROOM_ORDER_STRIPES)]
         # Private lines' message IDs (private_msgid): EPOCH:OFFSET, like a
         # room line's, so history keeps and finds both alike, under an epoch
         # of this process's own that no room's numbering has (theirs end in
@@ -542,7 +552,13 @@ class ChatServer:
         # A chosen nickname is claimed in the cluster first (the backplane's).
         if nick is not None and self.backplane.claim_nick(client, nick) is not None:
             return False
-        if not self.registry.add(client, room, nick):
+        entering = self.registry.default_room if room is None else room
+        with self._room_order(entering):
+            added = self.registry.add(client, room, nick)
+            # Its Joined's number, taken as it attaches: what was said in
+            # the room before is its history, the rest reaches it live.
+            position = self.backplane.next_position(entering) if added and entering else None
+        if not added:
             if nick is not None:
                 self._release_nick(client, nick)
             return False
@@ -570,6 +586,8 @@ class ChatServer:
             joined = Joined(
                 client.room, nick=client.nick, user=client.user, account=client.account, realname=client.realname
             )
+            if position is not None:
+                _stamp(joined, *position, time.time())
             self.stats.delivered(self._publish(joined, exclude=client))
             self.hooks.client_joined(client, client.room, joined)
         return True
@@ -622,9 +640,9 @@ class ChatServer:
         if not message.text:
             return
         room = message.room
-        # Numbered as it is made, which costs less than publish() stamping it
-        # afterwards: this runs for every message.
-        epoch, offset = self.backplane.next_position(room)
+        # Numbered by publish(), in the room's order (_room_order): a number
+        # taken here could reach the feeds after a later one.
+        epoch, offset = "", 0
         now = time.time()
         # Chat is not echoed to its sender; an action is, as the answer to
         # /me, unless the sender's client shows its own actions (IRC).
@@ -687,7 +705,7 @@ class ChatServer:
             if events and message.room != events[0].room:  # a filter may send it elsewhere
                 self._publish_together(passed, events, counts)
             room = message.room
-            epoch, offset = self.backplane.next_position(room)
+            epoch, offset = "", 0  # numbered by publish(), as in broadcast_message
             sender = message.sender
             if sender._account:  # the property's slot, as in broadcast_message
                 chat = Chat(
@@ -903,8 +921,12 @@ class ChatServer:
         if (refusal := self._entry_refusal(client, state, key)) is not None:
             self._maybe_emptied(room)  # entered for this client alone: let go of the state
             return refusal
-        if self.registry.join(client, room):
+        with self._room_order(room):
+            entered = self.registry.join(client, room)
+            position = self.backplane.next_position(room) if entered else None  # as in admit()
+        if position is not None:
             joined = Joined(room, nick=client.nick, user=client.user, account=client.account, realname=client.realname)
+            _stamp(joined, *position, time.time())
             # The room's state first (publishing applies it again, which a
             # join allows): the client's own join shows who runs the room.
             self.rooms.apply(joined)
@@ -1251,75 +1273,80 @@ class ChatServer:
         clients each was queued to."""
         first = events[0]
         room = first.room
-        feeds = self.registry.feeds.get(room, ())
-        if not feeds and not relay:
-            # From elsewhere, for a room nobody here is in: numbering it (or
-            # recording it) would make per-room state for a room that has
-            # none here, and bring an emptied room's back.
-            return 0
-        for event in events:
-            if not event.offset:
-                epoch, offset = self.backplane.next_position(room)
-                # An event from elsewhere keeps the time it was said at.
-                _stamp(event, epoch, offset, event.time or time.time())
-            if event.changes_state:  # wherever it was said: one path for the room's state
-                self.rooms.apply(event)
-        skip: Client | frozenset[Client] | None = exclude
-        if first.told_in or first.operators_only:
-            # Members told in another room already are left out, and so are
-            # those who are not the room's operators, for an event for them.
-            told = {member for name in first.told_in for member in self.registry.members(name)}
-            if first.operators_only:
-                state = self.rooms.get(room)
-                told.update(m for m in self.registry.members(room) if state is None or not state.is_operator(m.nick))
-            if exclude is not None:
-                told.add(exclude)
-            skip = frozenset(told)
-        count = 0
-        woken = []  # feeds that were idle: handed to the writer together
-        # Presence notices may wait a moment, to leave in one send() with the
-        # rest of a burst (chatcore.engine.writer); the rest goes out at once.
-        batched = first.batched
-        single = len(events) == 1
-        try:
-            for feed in feeds:
-                # Encoded once per wire format and appended once, whatever the
-                # room's size: the writer sends each member what it has not had
-                # (chatcore.engine.feed).
-                wire = feed.wire
-                lines: list[bytes] | None = None
-                try:
-                    if single:
-                        data = wire.encode(first)
+        # Numbered and appended in the room's one order (_room_order); the feeds
+        # are read under it too, so that a member attached meanwhile gets the line.
+        with self._room_order(room):
+            feeds = self.registry.feeds.get(room, ())
+            if not feeds and not relay:
+                # From elsewhere, for a room nobody here is in: numbering it (or
+                # recording it) would make per-room state for a room that has
+                # none here, and bring an emptied room's back.
+                return 0
+            for event in events:
+                if not event.offset:
+                    epoch, offset = self.backplane.next_position(room)
+                    # An event from elsewhere keeps the time it was said at.
+                    _stamp(event, epoch, offset, event.time or time.time())
+                if event.changes_state:  # wherever it was said: one path for the room's state
+                    self.rooms.apply(event)
+            skip: Client | frozenset[Client] | None = exclude
+            if first.told_in or first.operators_only:
+                # Members told in another room already are left out, and so are
+                # those who are not the room's operators, for an event for them.
+                told = {member for name in first.told_in for member in self.registry.members(name)}
+                if first.operators_only:
+                    state = self.rooms.get(room)
+                    told.update(
+                        m for m in self.registry.members(room) if state is None or not state.is_operator(m.nick)
+                    )
+                if exclude is not None:
+                    told.add(exclude)
+                skip = frozenset(told)
+            count = 0
+            woken = []  # feeds that were idle: handed to the writer together
+            # Presence notices may wait a moment, to leave in one send() with the
+            # rest of a burst (chatcore.engine.writer); the rest goes out at once.
+            batched = first.batched
+            single = len(events) == 1
+            try:
+                for feed in feeds:
+                    # Encoded once per wire format and appended once, whatever the
+                    # room's size: the writer sends each member what it has not had
+                    # (chatcore.engine.feed).
+                    wire = feed.wire
+                    lines: list[bytes] | None = None
+                    try:
+                        if single:
+                            data = wire.encode(first)
+                        else:
+                            data, lines = None, [line for line in [wire.encode(event) for event in events] if line]
+                    except Exception:
+                        # A format that cannot render an event (a bug, or input from
+                        # a cluster it did not expect) costs its members that event
+                        # only: raising here would leave the feeds already marked
+                        # ready unscheduled, and the room silent for good.
+                        data, lines = None, self._render_each(wire, events)
+                    if not data and not lines:
+                        continue
+                    if skip is exclude:
+                        count += len(feed.members) - (exclude is not None and feed.membership(exclude) is not None)
                     else:
-                        data, lines = None, [line for line in [wire.encode(event) for event in events] if line]
-                except Exception:
-                    # A format that cannot render an event (a bug, or input from
-                    # a cluster it did not expect) costs its members that event
-                    # only: raising here would leave the feeds already marked
-                    # ready unscheduled, and the room silent for good.
-                    data, lines = None, self._render_each(wire, events)
-                if not data and not lines:
-                    continue
-                if skip is exclude:
-                    count += len(feed.members) - (exclude is not None and feed.membership(exclude) is not None)
-                else:
-                    count += sum(1 for membership in feed.members if not left_out(skip, membership.client))
-                with feed.lock:
-                    if data:
-                        feed.append(data, skip)
-                    elif lines:
-                        feed.extend(lines, skip)
-                    if feed.mark_ready(batched):
-                        woken.append(feed)
-        finally:
-            # Whatever happened, a feed marked ready is handed to the writer:
-            # one left out would never be sent again.
-            if woken:
-                if batched:
-                    self.writer.schedule_batched(woken)
-                else:
-                    self.writer.schedule_feeds(woken)
+                        count += sum(1 for membership in feed.members if not left_out(skip, membership.client))
+                    with feed.lock:
+                        if data:
+                            feed.append(data, skip)
+                        elif lines:
+                            feed.extend(lines, skip)
+                        if feed.mark_ready(batched):
+                            woken.append(feed)
+            finally:
+                # Whatever happened, a feed marked ready is handed to the writer:
+                # one left out would never be sent again.
+                if woken:
+                    if batched:
+                        self.writer.schedule_batched(woken)
+                    else:
+                        self.writer.schedule_feeds(woken)
         if relay and self._backplane_publishes:  # said here: the backplane carries it to the other servers
             try:
                 self.backplane.published(events)
@@ -1332,6 +1359,11 @@ class ChatServer:
             for event in events:
                 self.hooks.room_changed(self, event)
         return count
+
+    def _room_order(self, room: str) -> threading.Lock:
+        """The lock under which ``room``'s events are numbered and appended,
+        and a client attaches to it with its Joined's number (``""``: any)."""
+        return self._room_orders[hash(room) % ROOM_ORDER_STRIPES]
 
     def _backplane_failed(self, method: str) -> None:
         """Log a failure of the backplane's ``method`` (the first five, then
