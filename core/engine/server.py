@@ -1095,8 +1095,8 @@ class ChatServer:
         left = Left(room, nick=target.nick, reason=reason, disconnected=False, kicked_by=by, user=target.user)
         if not self.registry.part(target, room):
             return False
-        target.send(left)  # out of the room already: its own copy
         self.stats.delivered(self._publish(left))
+        target.send(left)  # out of the room already: its own copy, after the room's (as part_room)
         self.hooks.client_left(target, room, f"kicked by {by}: {reason}")
         self._maybe_emptied(room)
         return True
@@ -1204,8 +1204,10 @@ class ChatServer:
         if not self.registry.part(client, room):
             return False
         left = Left(room, nick=client.nick, reason=reason, disconnected=False, user=client.user)
-        client.send(left)
         self.stats.delivered(self._publish(left))
+        # Told after the room: whoever the client's answer sets going (a
+        # script, a test) finds the room told already.
+        client.send(left)
         self.hooks.client_left(client, room, reason or "part")
         self._maybe_emptied(room)
         return True
