@@ -334,7 +334,10 @@ def for_replay(shared: list[RoomEvent], local: list[RoomEvent], joined: RoomEven
         last_before = max((i for i in positions if shared[i].msgid in heard_before), default=-1)
         keep = max(last_before + 1, positions[0])
     in_shared = {event.msgid for event in shared}
-    since = shared[keep - 1].time if keep else 0.0
+    # Older than the cluster's window: not on its way, only out of it. (Not
+    # the last kept line's time: a line stamped before it may be numbered
+    # and sent after it, and still be on its way.)
+    since = shared[0].time if shared else 0.0
     tail = [event for event in before if event.msgid not in in_shared and event.time >= since]
     return shared[:keep] + tail
 

@@ -614,6 +614,10 @@ def test_a_replay_stops_where_the_clients_live_lines_begin():
     ]
     merged = history.for_replay(shared, local, joined)
     assert [event.text for event in merged] == ["one", "two", "before, on its way"]
+    # A line stamped before the cluster's last one, and still on its way to it, is kept too.
+    late = Chat("dev", "carol", "stamped early, sent late", 6, "l", 10.5)
+    merged = history.for_replay(shared[:2], [late], joined)
+    assert [event.text for event in merged] == ["one", "two", "stamped early, sent late"]
     # Without a cluster: this server's lines before the join.
     previous_run = Chat("dev", "dave", "yesterday", 40, "old", 1.0)
     assert [event.epoch for event in [previous_run, *local] if history.said_before(event, joined)] == ["old", "l", "l"]
