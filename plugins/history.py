@@ -330,7 +330,7 @@ def for_replay(shared: list[RoomEvent], local: list[RoomEvent], joined: RoomEven
     heard_before = {event.msgid for event in before}
     keep = len(shared)
     positions = [i for i, event in enumerate(shared) if event.msgid in heard]
-    if positions:
+    if positions and joined is not None:  # a query (no join) has no live lines: all of it
         last_before = max((i for i in positions if shared[i].msgid in heard_before), default=-1)
         keep = max(last_before + 1, positions[0])
     in_shared = {event.msgid for event in shared}

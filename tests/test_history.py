@@ -614,6 +614,10 @@ def test_a_replay_stops_where_the_clients_live_lines_begin():
     ]
     merged = history.for_replay(shared, local, joined)
     assert [event.text for event in merged] == ["one", "two", "before, on its way"]
+    # A query (CHATHISTORY, /history) has no join to stop at: all the cluster has, and what is on its way.
+    assert [event.text for event in history.for_replay(shared, local)] == [
+        "one", "two", "after, relayed here", "after, not read here yet", "before, on its way", "after, on its way"
+    ]  # fmt: skip
     # A line stamped before the cluster's last one, and still on its way to it, is kept too.
     late = Chat("dev", "carol", "stamped early, sent late", 6, "l", 10.5)
     merged = history.for_replay(shared[:2], [late], joined)
