@@ -627,22 +627,21 @@ def test_a_replay_stops_where_the_clients_live_lines_begin():
     assert [event.epoch for event in [previous_run, *local] if history.said_before(event, joined)] == ["old", "l", "l"]
 
 
-def test_a_joiners_replay_and_live_lines_meet_exactly_under_preemption(chat_server_factory):
-    """Every line said in the room reaches a client that enters it once:
-    replayed if it was said before the client's join, live if after; never
-    both, never neither. Threads are switched every 10 µs here (Python's
-    default is 5 ms, chatcore serve's 50), so that a sender is preempted
-    between numbering its line and appending it, and a history hook between
-    the feed and the record: the two windows the fault suite's reconnect
-    test hit under load."""
-    import sys
+def joiners_of_a_busy_room(server: ChatServer, room: str, joins: int) -> tuple[list[LineClient], list[LineClient]]:
+    """Three senders talking in ``room`` (the lobby if ``""``) while
+    ``joins`` clients enter it one after the other (``/nick jN``, then
+    ``/join room``), threads switched every 10 µs (Python's default is
+    5 ms, chatcore serve's 50) so that the server is preempted inside
+    every window it has; :return: the senders and the joiners, synced."""
     import threading
 
-    server = chat_server_factory("--plugins", "history", "--history-lines", "5000")
     senders = [LineClient(server.address) for _ in range(3)]
     for number, sender in enumerate(senders):
         sender.send(f"/nick s{number}")
         sender.expect(f"* you are now known as s{number}")
+        if room:
+            sender.send(f"/join {room}")
+            sender.expect(re.compile(rf"^\* you are now in {room} "))
     stop = threading.Event()
 
     def talk(sender: LineClient, number: int) -> None:
@@ -660,20 +659,33 @@ def test_a_joiners_replay_and_live_lines_meet_exactly_under_preemption(chat_serv
     try:
         for talker in talkers:
             talker.start()
-        for _ in range(15):
+        for number in range(joins):
             joiner = LineClient(server.address)
             joiners.append(joiner)
-            joiner.send("/nick j" + str(len(joiners)))
+            joiner.send(f"/nick j{number}")
+            if room:
+                joiner.send(f"/join {room}")
             joiner.sync()
         stop.set()
         for talker in talkers:
             talker.join(30)
     finally:
         sys.setswitchinterval(previous)
-    for sender in senders:
-        sender.sync()
+    for client in senders + joiners:
+        client.sync()
+    return senders, joiners
+
+
+def test_a_joiners_replay_and_live_lines_meet_exactly_under_preemption(chat_server_factory):
+    """Every line said in the room reaches a client that enters it once:
+    replayed if it was said before the client's join, live if after; never
+    both, never neither; under preemption, so that a sender is preempted
+    between numbering its line and appending it, and a history hook between
+    the feed and the record: the two windows the fault suite's reconnect
+    test hit under load."""
+    server = chat_server_factory("--plugins", "history", "--history-lines", "5000")
+    senders, joiners = joiners_of_a_busy_room(server, "", 15)
     for joiner in joiners:
-        joiner.sync()
         got = joiner.received  # every line it was sent, in order
         replayed = [line[2:] for line in got if line.startswith("# <s")]
         live = [line for line in got if line.startswith("<s")]
@@ -682,5 +694,24 @@ def test_a_joiners_replay_and_live_lines_meet_exactly_under_preemption(chat_serv
             mine = [int(line.split()[-1]) for line in replayed + live if line.startswith(f"<s{number}> ")]
             if mine:
                 assert mine == list(range(mine[0], mine[0] + len(mine))), f"s{number}'s lines with a hole or twice"
+    for client in senders + joiners:
+        client.close()
+
+
+def test_a_client_entering_a_room_hears_its_own_join_before_the_rooms_lines(chat_server_factory):
+    """A client that enters a busy room is told it is in (native: ``you are
+    now in``; IRC: its JOIN) before any line of the room: a line said a
+    moment after its join came first, before the client knew it was in the
+    room (an IRC client drops a PRIVMSG to a channel it has not joined),
+    and a script waiting for the join notice skipped it (the fault suite's
+    reconnect test, once)."""
+    server = chat_server_factory("--plugins", "history")
+    senders, joiners = joiners_of_a_busy_room(server, "dev", 20)
+    for joiner in joiners:
+        got = joiner.received
+        entered = next(i for i, line in enumerate(got) if line.startswith("* you are now in dev "))
+        heard = [i for i, line in enumerate(got) if line.startswith("[dev] <s")]
+        assert heard, "the joiner heard nothing of the room"
+        assert heard[0] > entered, got[: entered + 1]
     for client in senders + joiners:
         client.close()

@@ -417,6 +417,44 @@ def test_a_room_whose_members_keep_up_holds_no_lines():
             sock.close()
 
 
+def test_a_held_member_gets_the_rooms_lines_after_what_it_is_told_first():
+    """A client entering a room is attached held (the engine's join): the
+    room's lines said meanwhile are kept for it, neither sent nor put before
+    what it is told alone (that it is in), and follow that once released;
+    the others are not held up."""
+    writer = Writer()
+    writer.start()
+    alice, alice_sock, alice_peer = make_client(writer)
+    bob, bob_sock, bob_peer = make_client(writer)
+    feed = in_feed(alice)
+    try:
+        with feed.lock:
+            held = feed.attach(bob, hold=True)
+        say(writer, feed, b"<carol> one\n")
+        say(writer, feed, b"<carol> two\n")
+        assert read_exactly(alice_peer, 24) == b"<carol> one\n<carol> two\n"
+        # alice is level, yet the lines bob has not had are kept.
+        wait_for(lambda: not feed.scheduled, message="the writer's visit")
+        assert feed.lines == [b"<carol> one\n", b"<carol> two\n"]
+        bob.send_data(b"* you are now in dev\n")
+        with feed.lock:
+            assert feed.release(held)
+            ready = feed.mark_ready(False)
+        if ready:
+            writer.schedule_feeds([feed])
+        expected = b"* you are now in dev\n<carol> one\n<carol> two\n"
+        assert read_exactly(bob_peer, len(expected)) == expected
+        say(writer, feed, b"<carol> three\n")
+        assert read_exactly(bob_peer, 14) == b"<carol> three\n"
+        # Read like any member's from now on: nothing is kept for it any more.
+        assert feed.holding == 0
+        assert set(feed.members) == {held, feed.membership(alice)}
+    finally:
+        writer.stop()
+        for sock in (alice_sock, alice_peer, bob_sock, bob_peer):
+            sock.close()
+
+
 def test_a_member_that_falls_behind_the_feed_is_a_slow_consumer_and_the_others_go_on():
     writer = Writer()
     writer.start()

@@ -29,7 +29,11 @@ The rules that keep every line whole, in order and exactly once:
   (``ChatServer._room_order``), and a client entering the room attaches
   and takes its Joined's number under the same lock. So the lines it gets
   live are exactly those numbered after its Joined, and its history
-  replay (the ``history`` plugin) is exactly those numbered before.
+  replay (the ``history`` plugin) is exactly those numbered before. It
+  attaches *held*: its lines wait in the feed, neither sent nor moved to
+  its queue, until it has been told it is in (its own Joined, rendered
+  outside the lock: a cluster's names are a Redis round trip), and is
+  then released (:meth:`RoomFeed.release`).
 - A member leaving a room takes what it has not had yet along (moved to
   its queue) and is detached; one that is disconnected is detached from
   every feed, so nothing said after its last words reaches it.
@@ -70,7 +74,7 @@ class Membership:
     feed's lock, except ``pos``, which the writer also reads without it.
     """
 
-    __slots__ = ("client", "feed", "own", "pos")
+    __slots__ = ("client", "feed", "held", "own", "pos")
 
     def __init__(self, client: Client, feed: RoomFeed) -> None:
         self.client = client
@@ -81,6 +85,8 @@ class Membership:
         #: The number of the last line the client is left out of (its own
         #: words: no echo), or -1.
         self.own = -1
+        #: Attached but not yet read (:meth:`RoomFeed.attach`'s ``hold``).
+        self.held = False
 
     def __repr__(self) -> str:
         return f"<Membership {self.client!r} at {self.pos} of {self.feed!r}>"
@@ -99,16 +105,20 @@ class RoomFeed:
     ``end`` is one past the last line.
     """
 
-    __slots__ = ("_attached", "end", "lines", "lock", "members", "scheduled", "senders", "start", "wire")
+    __slots__ = ("_attached", "end", "holding", "lines", "lock", "members", "scheduled", "senders", "start", "wire")
 
     def __init__(self, wire: WireFormat) -> None:
         self.wire = wire
-        #: The attached memberships: an immutable tuple, replaced on every
-        #: change (read without the lock on every line).
+        #: The attached memberships the writer reads for: an immutable
+        #: tuple, replaced on every change (read without the lock on every
+        #: line). Held ones are left out.
         self.members: tuple[Membership, ...] = ()
-        # The same, by client: removing one of 10,000 members is then a
-        # C-level copy, not a Python loop (a disconnect storm is N leaves).
+        # Every attached one, held ones too, by client: removing one of
+        # 10,000 members is then a C-level copy, not a Python loop (a
+        # disconnect storm is N leaves).
         self._attached: dict[Client, Membership] = {}
+        #: How many attached memberships are held: their lines are kept.
+        self.holding = 0
         self.lock = threading.Lock()
         self.lines: list[bytes] = []
         # Who each line is not for (its sender: no echo; a frozenset of
@@ -166,13 +176,33 @@ class RoomFeed:
             return True
         return False
 
-    def attach(self, client: Client) -> Membership:
-        """Make ``client`` a reader of everything appended from now on."""
+    def attach(self, client: Client, hold: bool = False) -> Membership:
+        """Make ``client`` a reader of everything appended from now on.
+
+        :param hold: keep its lines here, unread, until :meth:`release`:
+            what is said to it alone meanwhile (that it is in the room)
+            goes first.
+        """
         membership = Membership(client, self)
         self._attached[client] = membership
-        self.members = tuple(self._attached.values())
-        client._memberships = (*client._memberships, membership)
+        if hold:
+            membership.held = True
+            self.holding += 1
+        else:
+            client._memberships = (*client._memberships, membership)
+        self._list_members()
         return membership
+
+    def release(self, membership: Membership) -> bool:
+        """Let a held ``membership`` be read; :return: True if lines wait
+        for it (the feed then needs a visit of the writer)."""
+        if not membership.held or membership.feed is not self:
+            return False
+        membership.held = False
+        self.holding -= 1
+        membership.client._memberships = (*membership.client._memberships, membership)
+        self._list_members()
+        return membership.pos < self.end
 
     def detach(self, client: Client) -> bytes:
         """Remove ``client``; :return: what it had not had yet."""
@@ -181,9 +211,20 @@ class RoomFeed:
             return b""
         pending = self.take(membership, self.end - membership.pos)
         membership.feed = None
-        self.members = tuple(self._attached.values())
+        if membership.held:
+            membership.held = False
+            self.holding -= 1
+        self._list_members()
         client._memberships = tuple(m for m in client._memberships if m is not membership)
         return pending
+
+    def _list_members(self) -> None:
+        attached = self._attached.values()
+        self.members = tuple(m for m in attached if not m.held) if self.holding else tuple(attached)
+
+    def empty(self) -> bool:
+        """Whether no client is attached, held or not."""
+        return not self._attached
 
     def take(self, membership: Membership, most: int = MAX_TAKE) -> bytes:
         """The next lines for ``membership`` (up to ``most``, leaving out
@@ -216,7 +257,9 @@ class RoomFeed:
 
     def forget(self, upto: int) -> None:
         """Forget the lines before line number ``upto``, which every
-        attached member has had."""
+        attached member has had (a held one's are kept)."""
+        if self.holding:
+            upto = min(upto, *(m.pos for m in self._attached.values() if m.held))
         done = upto - self.start
         if done > 0:
             del self.lines[:done]

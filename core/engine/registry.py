@@ -77,11 +77,11 @@ class Registry:
     def next_id(self) -> int:
         return next(self._ids)
 
-    def add(self, client: Client, room: str | None = None, nick: str | None = None) -> bool:
+    def add(self, client: Client, room: str | None = None, nick: str | None = None, hold: bool = False) -> bool:
         """Register a new client under ``nick``, or a fresh ``guest-N``
         nickname if none is given, in ``room`` (the default room if None;
         in no room if ``""``); False (and nothing changed) if ``nick`` is
-        taken, ignoring case."""
+        taken, ignoring case. ``hold``: as :meth:`join`'s."""
         with self._lock:
             if nick is None:
                 while True:
@@ -94,7 +94,7 @@ class Registry:
             self._by_nick[_key(nick)] = client
             room = self.default_room if room is None else room
             if room:
-                self._enter(client, room)
+                self._enter(client, room, hold)
             return True
 
     def guest_nick(self) -> str:
@@ -132,16 +132,33 @@ class Registry:
             self._by_nick[_key(nick)] = client
             return True
 
-    def join(self, client: Client, room: str) -> bool:
+    def join(self, client: Client, room: str, hold: bool = False) -> bool:
         """Put ``client`` in ``room`` too (made on first use) and make it the
         client's current room; False if it was in it already (then it only
-        becomes current)."""
+        becomes current).
+
+        :param hold: the room's lines wait for the client until
+            :meth:`release`, so that what it is told first (that it is in)
+            comes before them (:meth:`~chatcore.engine.feed.RoomFeed.attach`).
+        """
         with self._lock:
             client.room = room
             if room in client.rooms:
                 return False
-            self._enter(client, room)
+            self._enter(client, room, hold)
             return True
+
+    def release(self, client: Client, room: str) -> list[RoomFeed]:
+        """Let ``room``'s lines reach ``client``, held since it entered;
+        :return: the feeds whose lines now wait for it (for the writer)."""
+        waiting = []
+        for feed in self.feeds.get(room, ()):
+            membership = feed.membership(client)
+            if membership is not None and membership.held:
+                with feed.lock:
+                    if feed.release(membership) and feed.mark_ready(False):
+                        waiting.append(feed)
+        return waiting
 
     def part(self, client: Client, room: str) -> bool:
         """Take ``client`` out of ``room``; False if it was not in it. If it
@@ -190,7 +207,7 @@ class Registry:
 
     # All called with the lock held.
 
-    def _enter(self, client: Client, room: str) -> None:
+    def _enter(self, client: Client, room: str, hold: bool = False) -> None:
         before = client.wire.variant(len(client.rooms))
         client.rooms = (*client.rooms, room)
         client.room = room
@@ -200,7 +217,7 @@ class Registry:
         wire = client.wire.variant(len(client.rooms))
         if wire is not before:
             self._rewire(client, before, wire, client.rooms[:-1])
-        self._attach(client, room, wire)
+        self._attach(client, room, wire, hold)
 
     def _leave(self, client: Client, room: str) -> None:
         before = client.wire.variant(len(client.rooms))
@@ -230,7 +247,7 @@ class Registry:
             self._detach(client, room, old)
             self._attach(client, room, new)
 
-    def _attach(self, client: Client, room: str, wire: WireFormat) -> None:
+    def _attach(self, client: Client, room: str, wire: WireFormat, hold: bool = False) -> None:
         feeds = self.feeds.get(room, ())
         feed = next((f for f in feeds if f.wire is wire), None)
         if feed is None:
@@ -239,7 +256,7 @@ class Registry:
             # feed: each is a consistent snapshot on its own.
             self.feeds[room] = (*feeds, feed)
         with feed.lock:
-            feed.attach(client)
+            feed.attach(client, hold)
 
     def _detach(self, client: Client, room: str, wire: WireFormat) -> None:
         feeds = self.feeds.get(room, ())
@@ -249,6 +266,6 @@ class Registry:
                     pending = feed.detach(client)
                 if pending and client.close_reason is None:  # what it had not had yet goes first
                     client.send_data(pending)
-                if not feed.members:
+                if feed.empty():
                     self.feeds[room] = tuple(f for f in feeds if f is not feed)
                 break

@@ -554,7 +554,8 @@ class ChatServer:
             return False
         entering = self.registry.default_room if room is None else room
         with self._room_order(entering):
-            added = self.registry.add(client, room, nick)
+            # Held: the room's lines wait until it has had its welcome.
+            added = self.registry.add(client, room, nick, hold=True)
             # Its Joined's number, taken as it attaches: what was said in
             # the room before is its history, the rest reaches it live.
             position = self.backplane.next_position(entering) if added and entering else None
@@ -563,9 +564,12 @@ class ChatServer:
                 self._release_nick(client, nick)
             return False
         client.admitted = True
-        if nick is None:
-            self._claim_guest_nick(client)
-        client.send(Welcome(tuple(self.hooks.welcome(client))))
+        try:
+            if nick is None:
+                self._claim_guest_nick(client)
+            client.send(Welcome(tuple(self.hooks.welcome(client))))
+        finally:
+            self._release(client, entering)
         log.info(
             "client joined: %s from %s",
             client.nick,
@@ -922,18 +926,22 @@ class ChatServer:
             self._maybe_emptied(room)  # entered for this client alone: let go of the state
             return refusal
         with self._room_order(room):
-            entered = self.registry.join(client, room)
+            # Held, as in admit(): the room's lines wait until it is told it is in.
+            entered = self.registry.join(client, room, hold=True)
             position = self.backplane.next_position(room) if entered else None  # as in admit()
         if position is not None:
             joined = Joined(room, nick=client.nick, user=client.user, account=client.account, realname=client.realname)
             _stamp(joined, *position, time.time())
-            # The room's state first (publishing applies it again, which a
-            # join allows): the client's own join shows who runs the room.
-            self.rooms.apply(joined)
-            # The client is told first, alone, with the same event: its
-            # protocol shows its own join its way (IRC: JOIN, the topic and
-            # the names), before anything the room or a plugin says next.
-            client.send(joined)
+            try:
+                # The room's state first (publishing applies it again, which a
+                # join allows): the client's own join shows who runs the room.
+                self.rooms.apply(joined)
+                # The client is told first, alone, with the same event: its
+                # protocol shows its own join its way (IRC: JOIN, the topic and
+                # the names), before anything the room or a plugin says next.
+                client.send(joined)
+            finally:
+                self._release(client, room)
             self.stats.delivered(self._publish(joined, exclude=client))
             self.hooks.client_joined(client, room, joined)
         return None
@@ -1361,6 +1369,14 @@ class ChatServer:
             for event in events:
                 self.hooks.room_changed(self, event)
         return count
+
+    def _release(self, client: Client, room: str) -> None:
+        """Let ``room``'s lines reach ``client``, held since it entered
+        (:meth:`Registry.join`'s ``hold``), once it has been told it is in."""
+        if room:
+            waiting = self.registry.release(client, room)
+            if waiting:
+                self.writer.schedule_feeds(waiting)
 
     def _room_order(self, room: str) -> threading.Lock:
         """The lock under which ``room``'s events are numbered and appended,
