@@ -27,6 +27,8 @@ from chatcore.plugins.redis.roomstate import state_fields, state_from_fields
 from chatcore.plugins.redis.scripts import CLAIM_LUA, ENTER_LUA, EXIT_LUA, RELEASE_LUA
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import redis as redis_py
 
     from chatcore import Client
@@ -521,81 +523,72 @@ class Presence(threading.Thread):
         server gave them (:attr:`RoomEvent.origin`), but no epoch and offset
         (``""``, 0: the stream's numbering is the cluster's, not what users
         see); None if Redis cannot say."""
-        import redis as redis_py
-
-        assert self.client is not None
         assert self.cluster.server is not None
-        if not self.cluster.linked:
-            return None
         max_line = self.cluster.server.max_line
-        found: list[RoomEvent] = []
-        newest = "+"
-        try:
-            # Newest first, a page at a time, until enough or the start.
-            while len(found) < limit:
-                page: list[Any] = (
-                    self.client.xrevrange(self.cluster.keys.stream(room), max=newest, count=HISTORY_PAGE) or []
-                )
-                for entry_id, entry in page:
-                    try:
-                        _, _, event = entry_event(entry, max_line)
-                    except (KeyError, ValueError) as exc:
-                        self.cluster.invalid.drop(f"room {room} entry {entry_id}", exc)
-                        continue
-                    if isinstance(event, (Chat, Action)) and event.room == room:
-                        # With its time and message ID, but not the stream's
-                        # epoch and offset: users see each server's own
-                        # numbering (docs/scaling.md), and a page that saw a
-                        # stream's epoch beside its server's thought the
-                        # server had restarted.
-                        found.append(event)
-                if len(page) < HISTORY_PAGE:
-                    break
-                newest = "(" + str(page[-1][0])
-        except redis_py.RedisError as exc:
-            log.info("could not read room %s's history from the cluster (%s)", room, exc)
-            return None
-        return found[:limit][::-1]
+
+        def line(entry: dict[str, Any]) -> RoomEvent | None:
+            _, _, event = entry_event(entry, max_line)
+            # With its time and message ID, but not the stream's epoch and
+            # offset: users see each server's own numbering
+            # (docs/scaling.md), and a page that saw a stream's epoch beside
+            # its server's thought the server had restarted.
+            return event if isinstance(event, (Chat, Action)) and event.room == room else None
+
+        return self._newest(self.cluster.keys.stream(room), limit, line, f"room {room}")
 
     def private_history(self, key: str, limit: int) -> list[RoomEvent] | None:
         """The last ``limit`` lines kept in the private conversation
         ``key`` (``Backplane.keep_private``), oldest first, as the history
         plugin keeps them (:func:`~chatcore.engine.history.private_line`:
         with their time and message ID); None if Redis cannot say."""
+        assert self.cluster.server is not None
+        max_line = self.cluster.server.max_line
+        seen: set[str] = set()
+
+        def line(entry: dict[str, Any]) -> RoomEvent | None:
+            if entry.get("v") != FORMAT_VERSION:
+                raise ValueError(f"format version {entry.get('v')!r:.20}")
+            message = decode_private(entry["event"], max_line, entry_msgid(entry))
+            if not isinstance(message, PrivateMessage):
+                raise ValueError("not a private line")
+            if message.msgid in seen:
+                return None  # kept twice: a retry whose first reply the link lost
+            seen.add(message.msgid)
+            return private_line(key, message)
+
+        return self._newest(self.cluster.keys.conversation(key), limit, line, f"conversation {key}")
+
+    def _newest(
+        self, stream: str, limit: int, line: Callable[[dict[str, Any]], RoomEvent | None], what: str
+    ) -> list[RoomEvent] | None:
+        """The last ``limit`` lines of ``stream`` (``line`` makes each
+        entry's, or None to pass it over), oldest first; read newest first,
+        a page at a time, until enough or the start. An entry ``line``
+        cannot read (KeyError, ValueError) is dropped and counted. None if
+        Redis cannot say."""
         import redis as redis_py
 
         assert self.client is not None
-        assert self.cluster.server is not None
         if not self.cluster.linked:
             return None
-        max_line = self.cluster.server.max_line
         found: list[RoomEvent] = []
-        seen: set[str] = set()
         newest = "+"
         try:
             while len(found) < limit:
-                page: list[Any] = (
-                    self.client.xrevrange(self.cluster.keys.conversation(key), max=newest, count=HISTORY_PAGE) or []
-                )
+                page: list[Any] = self.client.xrevrange(stream, max=newest, count=HISTORY_PAGE) or []
                 for entry_id, entry in page:
                     try:
-                        if entry.get("v") != FORMAT_VERSION:
-                            raise ValueError(f"format version {entry.get('v')!r:.20}")
-                        message = decode_private(entry["event"], max_line, entry_msgid(entry))
-                        if not isinstance(message, PrivateMessage):
-                            raise ValueError("not a private line")
+                        event = line(entry)
                     except (KeyError, ValueError) as exc:
-                        self.cluster.invalid.drop(f"conversation {key} entry {entry_id}", exc)
+                        self.cluster.invalid.drop(f"{what} entry {entry_id}", exc)
                         continue
-                    if message.msgid in seen:
-                        continue  # kept twice: a retry whose first reply the link lost
-                    seen.add(message.msgid)
-                    found.append(private_line(key, message))
+                    if event is not None:
+                        found.append(event)
                 if len(page) < HISTORY_PAGE:
                     break
                 newest = "(" + str(page[-1][0])
         except redis_py.RedisError as exc:
-            log.info("could not read a private conversation's history from the cluster (%s)", exc)
+            log.info("could not read %s's history from the cluster (%s)", what, exc)
             return None
         return found[:limit][::-1]
 
