@@ -74,7 +74,7 @@ class Membership:
     feed's lock, except ``pos``, which the writer also reads without it.
     """
 
-    __slots__ = ("client", "feed", "held", "own", "pos")
+    __slots__ = ("client", "feed", "own", "pos")
 
     def __init__(self, client: Client, feed: RoomFeed) -> None:
         self.client = client
@@ -85,8 +85,6 @@ class Membership:
         #: The number of the last line the client is left out of (its own
         #: words: no echo), or -1.
         self.own = -1
-        #: Attached but not yet read (:meth:`RoomFeed.attach`'s ``hold``).
-        self.held = False
 
     def __repr__(self) -> str:
         return f"<Membership {self.client!r} at {self.pos} of {self.feed!r}>"
@@ -105,20 +103,18 @@ class RoomFeed:
     ``end`` is one past the last line.
     """
 
-    __slots__ = ("_attached", "end", "holding", "lines", "lock", "members", "scheduled", "senders", "start", "wire")
+    __slots__ = ("_attached", "_held", "end", "lines", "lock", "members", "scheduled", "senders", "start", "wire")
 
     def __init__(self, wire: WireFormat) -> None:
         self.wire = wire
-        #: The attached memberships the writer reads for: an immutable
-        #: tuple, replaced on every change (read without the lock on every
-        #: line). Held ones are left out.
+        #: The attached memberships: an immutable tuple, replaced on every
+        #: change (read without the lock on every line).
         self.members: tuple[Membership, ...] = ()
-        # Every attached one, held ones too, by client: removing one of
-        # 10,000 members is then a C-level copy, not a Python loop (a
-        # disconnect storm is N leaves).
+        # The same, by client: removing one of 10,000 members is then a
+        # C-level copy, not a Python loop (a disconnect storm is N leaves).
         self._attached: dict[Client, Membership] = {}
-        #: How many attached memberships are held: their lines are kept.
-        self.holding = 0
+        # Attached held (attach()'s hold): not read yet, their lines kept.
+        self._held: dict[Client, Membership] = {}
         self.lock = threading.Lock()
         self.lines: list[bytes] = []
         # Who each line is not for (its sender: no echo; a frozenset of
@@ -134,19 +130,19 @@ class RoomFeed:
         return f"<RoomFeed {self.wire.name}: lines {self.start}-{self.end}, {len(self.members)} members>"
 
     def membership(self, client: Client) -> Membership | None:
-        """``client``'s membership of this feed, or None."""
-        return self._attached.get(client)
+        """``client``'s membership of this feed (held or not), or None."""
+        membership = self._attached.get(client)
+        return membership if membership is not None else self._held.get(client)
 
     # All of these are called with the lock held.
 
     def _mark_own(self, skip: Client | frozenset[Client], line: int) -> None:
         if skip.__class__ is frozenset:
-            attached = self._attached
             for client in skip:
-                membership = attached.get(client)
+                membership = self.membership(client)
                 if membership is not None:
                     membership.own = line
-        else:
+        else:  # a line's sender, who is not held (its own thread is busy entering)
             membership = self._attached.get(skip)  # type: ignore[arg-type]
             if membership is not None:
                 membership.own = line
@@ -184,47 +180,43 @@ class RoomFeed:
             goes first.
         """
         membership = Membership(client, self)
-        self._attached[client] = membership
         if hold:
-            membership.held = True
-            self.holding += 1
+            self._held[client] = membership
         else:
-            client._memberships = (*client._memberships, membership)
-        self._list_members()
+            self._add(membership)
         return membership
 
-    def release(self, membership: Membership) -> bool:
-        """Let a held ``membership`` be read; :return: True if lines wait
-        for it (the feed then needs a visit of the writer)."""
-        if not membership.held or membership.feed is not self:
+    def release(self, client: Client) -> bool:
+        """Let ``client``'s held membership be read; :return: True if
+        lines wait for it (the feed then needs a visit of the writer)."""
+        membership = self._held.pop(client, None)
+        if membership is None:
             return False
-        membership.held = False
-        self.holding -= 1
-        membership.client._memberships = (*membership.client._memberships, membership)
-        self._list_members()
+        self._add(membership)
         return membership.pos < self.end
+
+    def _add(self, membership: Membership) -> None:
+        client = membership.client
+        self._attached[client] = membership
+        self.members = tuple(self._attached.values())
+        client._memberships = (*client._memberships, membership)
 
     def detach(self, client: Client) -> bytes:
         """Remove ``client``; :return: what it had not had yet."""
-        membership = self._attached.pop(client, None)
+        membership = self._held.pop(client, None)
         if membership is None:
-            return b""
+            membership = self._attached.pop(client, None)
+            if membership is None:
+                return b""
+            self.members = tuple(self._attached.values())
+            client._memberships = tuple(m for m in client._memberships if m is not membership)
         pending = self.take(membership, self.end - membership.pos)
         membership.feed = None
-        if membership.held:
-            membership.held = False
-            self.holding -= 1
-        self._list_members()
-        client._memberships = tuple(m for m in client._memberships if m is not membership)
         return pending
-
-    def _list_members(self) -> None:
-        attached = self._attached.values()
-        self.members = tuple(m for m in attached if not m.held) if self.holding else tuple(attached)
 
     def empty(self) -> bool:
         """Whether no client is attached, held or not."""
-        return not self._attached
+        return not self._attached and not self._held
 
     def take(self, membership: Membership, most: int = MAX_TAKE) -> bytes:
         """The next lines for ``membership`` (up to ``most``, leaving out
@@ -258,8 +250,8 @@ class RoomFeed:
     def forget(self, upto: int) -> None:
         """Forget the lines before line number ``upto``, which every
         attached member has had (a held one's are kept)."""
-        if self.holding:
-            upto = min(upto, *(m.pos for m in self._attached.values() if m.held))
+        if self._held:
+            upto = min(upto, *(m.pos for m in self._held.values()))
         done = upto - self.start
         if done > 0:
             del self.lines[:done]

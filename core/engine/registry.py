@@ -153,11 +153,9 @@ class Registry:
         :return: the feeds whose lines now wait for it (for the writer)."""
         waiting = []
         for feed in self.feeds.get(room, ()):
-            membership = feed.membership(client)
-            if membership is not None and membership.held:
-                with feed.lock:
-                    if feed.release(membership) and feed.mark_ready(False):
-                        waiting.append(feed)
+            with feed.lock:
+                if feed.release(client) and feed.mark_ready(False):
+                    waiting.append(feed)
         return waiting
 
     def part(self, client: Client, room: str) -> bool:
