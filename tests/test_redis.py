@@ -762,6 +762,51 @@ def test_irc_names_and_who_list_the_other_servers_members(redis_server, cluster,
         irc.close()
 
 
+def numerics(client: IRCClient, command: str) -> list[str]:
+    """The numerics ``command`` was answered with, without the server's prefix."""
+    client.send(command)
+    return [said for line in client.sync() if re.match(r"[0-9]{3} ", said := line.partition(" ")[2])]
+
+
+def who_flags(client: IRCClient, channel: str) -> dict[str, str]:
+    """WHO ``channel``'s answer: each member's flags (``H`` here, ``G`` away ...), by nick."""
+    return {fields[6]: fields[7] for line in numerics(client, f"WHO {channel}") if (fields := line.split())[0] == "352"}
+
+
+@pytest.mark.slow
+def test_irc_who_and_whois_show_who_is_away_on_another_server(redis_server, cluster) -> None:
+    # bob is away before anyone on server one shares a channel with him:
+    # WHO and WHOIS there learn it from the cluster's presence, not from an
+    # AWAY server one never read.
+    one = cluster(redis_server.url, "127.0.0.1", "--plugins", "redis,irc", "--listen", "irc://127.0.0.1:0")
+    two = cluster(redis_server.url, "127.0.0.2", "--plugins", "redis,irc", "--listen", "irc://127.0.0.1:0")
+    bob = ircv3_user(two, "bob", "message-tags", "#lobby")
+    wendy = None
+    try:
+        bob.send("AWAY :at lunch")
+        bob.expect(re.compile(r" 306 bob "))
+        wendy = ircv3_user(one, "wendy", "message-tags", "#lobby")
+        with server_log_on_failure(one):
+            wait_for(lambda: who_flags(wendy, "#lobby").get("bob") == "G", timeout=TIMEOUT, message="bob away")
+            assert who_flags(wendy, "#lobby")["wendy"] == "H"
+            answer = numerics(wendy, "WHOIS BOB")
+            assert "311 wendy bob bob chatcore * :chatcore user on another server" in answer
+            assert "319 wendy bob @#lobby" in answer  # he made it
+            assert "301 wendy bob :at lunch" in answer
+            assert answer[-1].startswith("318 wendy bob ")
+            # Back: H again, and no 301.
+            bob.send("AWAY")
+            bob.expect(re.compile(r" 305 bob "))
+            wait_for(lambda: who_flags(wendy, "#lobby").get("bob") == "H", timeout=TIMEOUT, message="bob back")
+            assert not [line for line in numerics(wendy, "WHOIS bob") if line.startswith("301 ")]
+            # Nobody by that name anywhere: 401, as before.
+            assert numerics(wendy, "WHOIS nobody")[0].startswith("401 wendy nobody ")
+    finally:
+        bob.close()
+        if wendy is not None:
+            wendy.close()
+
+
 def test_room_state_as_redis_fields_changes_as_the_engine_does() -> None:
     """The state hash (roomstate) must follow the same events to the same
     state as :class:`Rooms` here: each event's changes, applied as the
@@ -1452,12 +1497,16 @@ def test_malformed_presence_and_private_messages_are_dropped_and_counted(redis_s
             f"{prefix}node:{FOREIGN_NODE}:members",
             mapping={"carl": "lobby", "evil\r\nnick": "lobby", "bob": "lobby\r\nx"},
         )
+        # ... and whose away messages forge IRC lines, or are too long for one.
+        redis.hset(f"{prefix}node:{FOREIGN_NODE}:away", mapping={"carl": "out\r\nQUIT :x", "alice": "x" * 5000})
         answered(alice, "/who", "* in lobby (2): alice, carl")
         wendy = irc_user(one, "wendy")
         try:
             wendy.sock.sendall(b"NAMES #lobby\r\n")
             names = wendy.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r")
             assert names.endswith(":@alice carl wendy")
+            wendy.sock.sendall(b"WHOIS carl\r\n")
+            assert wendy.expect(re.compile(r" 301 wendy carl ")).endswith(" 301 wendy carl :outQUIT :x\r")
         finally:
             wendy.close()
         inbox = f"{prefix}node:{node}:inbox"
