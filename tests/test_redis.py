@@ -75,12 +75,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def cluster() -> Iterator[object]:
-    """``cluster(url, host, *args)``: a chatcore server process in this test's
-    cluster, listening on ``host``; stopped at teardown."""
+    """``cluster(url, host, *args, env=None)``: a chatcore server process in
+    this test's cluster, listening on ``host``; stopped at teardown."""
     name = f"test{next(_clusters)}-{os.getpid()}"  # two test runs may share a Redis port by chance
     processes: list[ServerProcess] = []
 
-    def start(url: str, host: str = "127.0.0.1", *args: str) -> ServerProcess:
+    def start(url: str, host: str = "127.0.0.1", *args: str, env: dict[str, str] | None = None) -> ServerProcess:
         plugins = [] if "--plugins" in args else ["--plugins", "redis"]
         process = ServerProcess(
             *plugins,
@@ -89,6 +89,7 @@ def cluster() -> Iterator[object]:
             "--redis-cluster", name,
             "--redis-timeout", "1",
             *args,
+            env=env,
         )  # fmt: skip
         processes.append(process.start())
         return process
@@ -649,25 +650,22 @@ def test_a_failover_to_a_replica_that_lacks_the_last_entries_is_told_not_replaye
 @pytest.mark.slow
 @pytest.mark.slow
 def test_a_newer_server_s_lines_with_fields_this_one_does_not_know_are_delivered(redis_server, cluster, connect):
-    # A rolling upgrade: what a newer server writes, with an optional field
-    # this version has not heard of, reaches the members here, and is not
-    # counted as invalid.
+    # A rolling upgrade: server two writes its entries as a newer version
+    # might, with an optional field this version has not heard of. Its chat
+    # and private messages reach server one's members, and none is counted
+    # as invalid.
     one, metrics = watched_server(redis_server, cluster)
+    newer = {"PYTHONPATH": str(Path(__file__).parent / "plugins")}
+    two = cluster(redis_server.url, "127.0.0.2", "--plugins", "redis,chatcore_testplugins.newer_entries", env=newer)
     alice = connect(one, "alice")
-    wait_for(lambda: last_event(redis_server, "lobby").get("nick") == "alice", timeout=TIMEOUT, message="the join")
-    redis = redis_server.client()
-    try:
-        [node] = redis.smembers(next(iter(redis.keys("chatcore:*:nodes"))))
-        inbox = f"chatcore:{one.args[one.args.index('--redis-cluster') + 1]}:node:{node}:inbox"
-        with server_log_on_failure(one):
-            forge(redis_server, "lobby", {"event": chat_json(nick="newton", text="from the future", priority=2)})
-            alice.expect("<newton> from the future")
-            message = {"type": "PrivateMessage", "sender": "newton", "recipient": "alice", "text": "psst", "x": [1]}
-            redis.xadd(inbox, {"v": "1", "node": FOREIGN_NODE, "event": json.dumps(message)})
-            alice.expect("*newton* psst")
-            assert scrape(metrics, "chatcore_redis_invalid_entries_total") == 0
-    finally:
-        redis.close()
+    bob = connect(two, "bob")
+    with server_log_on_failure(one):
+        bob.send("/msg alice psst")
+        bob.expect("-> *alice* psst")
+        alice.expect("*bob* psst")
+        linked(bob, "bob", [alice])
+        assert "from_the_future" in json.dumps(last_event(redis_server, "lobby"))  # as a newer server writes
+        assert scrape(metrics, "chatcore_redis_invalid_entries_total") == 0
 
 
 def test_presence_who_rooms_and_msg_span_the_cluster(redis_server, cluster, connect) -> None:
