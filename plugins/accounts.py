@@ -178,8 +178,6 @@ class State:
 
     grace: float
     max_failures: int
-    #: --min-password-length.
-    min_password: int = DEFAULT_MIN_PASSWORD
     failures: FailureCounter = field(default_factory=lambda: FailureCounter(FAILURE_WINDOW))
     counts: Counts = field(default_factory=Counts)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -192,7 +190,7 @@ class State:
 @hookimpl
 def chatcore_configure(config: Config) -> None:
     options = config.options
-    config.data[NAME] = State(options.nick_grace, options.account_max_failures, options.min_password_length)
+    config.data[NAME] = State(options.nick_grace, options.account_max_failures)
 
 
 def _state(server: ChatServer) -> State:
@@ -445,7 +443,8 @@ def chatcore_command(client: Client, name: str, args: str) -> bool | None:
 
 
 def _password_problem(client: Client, password: str) -> str | None:
-    shortest = _state(client.server).min_password
+    # Read when asked, not kept at start: a reload (SIGHUP) changes it.
+    shortest: int = client.server.config.options.min_password_length
     if len(password) < shortest:
         return f"a password needs at least {shortest} characters"
     if " " in password:

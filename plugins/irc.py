@@ -34,7 +34,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from chatcore import Config, UsageError, __version__, hookimpl
@@ -113,6 +113,8 @@ DEFAULT_NETWORK = "chatcore"
 #: defends against anyone learning a user's IP address from a prefix, WHO
 #: or WHOIS (IRC shows them to everybody by default).
 HOST = "chatcore"
+#: The real name WHO and WHOIS give someone on another server of a cluster (not known here).
+ELSEWHERE = "chatcore user on another server"
 #: RFC 1459's limit for a whole line, CR LF included.
 MAX_LINE = 512
 #: What a client may send in one line: tags, then a 512-byte message.
@@ -641,11 +643,10 @@ class IRCState:
     """What an IRC client told the server about itself, in ``client.data["irc"]``
     (WHOIS and PRIVMSG read another client's)."""
 
-    __slots__ = ("away", "modes", "username")
+    __slots__ = ("modes", "username")
 
     def __init__(self) -> None:
         self.username = ""
-        self.away: str | None = None
         self.modes = ""
 
 
@@ -1530,10 +1531,8 @@ class IRCProtocol(Protocol):
             # Received, as any private line (the history keeps an account's notes to itself).
             server.hooks.private_received(client, said)
             return
-        if recipient is not None and not recipient.closed:
-            away = irc_state(recipient)
-            if away is not None and away.away is not None and not quiet:
-                self.reply("301", recipient.nick, away.away)
+        if recipient is not None and not recipient.closed and recipient.away and not quiet:
+            self.reply("301", recipient.nick, recipient.away)
         # Every private message's one path: the filter chain, counted and
         # timed, and across a cluster to a nick on another server. Why not
         # is said IRC's way, and never to a NOTICE (RFC 2812 3.3.2).
@@ -1627,8 +1626,7 @@ class IRCProtocol(Protocol):
         rows = []
         for member in members:
             user, realname = self._userinfo(member)
-            state = irc_state(member)
-            here = "G" if state is not None and state.away is not None else "H"
+            here = "G" if member.away else "H"
             if operator_name(member) is not None:  # an IRC operator
                 here += "*"
             # A secret room of the member's is not named to those outside it.
@@ -1638,8 +1636,9 @@ class IRCProtocol(Protocol):
                 here += self.prefix_of(room, member.nick)
             rows.append((member.nick, room, user, here, realname))
         if in_room and members:  # ... and in a cluster the other servers' (as NAMES lists them)
-            for nick in client.server.backplane.members().get(in_room, []):
-                rows.append((nick, in_room, nick, "H", "chatcore user on another server"))
+            for nick, person in client.server.backplane.people().items():
+                if in_room in person.rooms:
+                    rows.append((nick, in_room, nick, "G" if person.away else "H", ELSEWHERE))
         lines = [
             self.wire.numeric(
                 client.nick,
@@ -1664,36 +1663,58 @@ class IRCProtocol(Protocol):
         target = params[-1].split(",")[0]
         member = client.server.registry.find(target)
         if member is None:
-            self.send(
-                [
-                    self.wire.numeric(client.nick, "401", target, "No such nick"),
-                    self.wire.numeric(client.nick, "318", target, "End of /WHOIS list."),
-                ]
-            )
+            self._whois_elsewhere(target)
             return
         user, realname = self._userinfo(member)
         nick = member.nick
         lines = [
             self.wire.numeric(client.nick, "311", nick, user, HOST, "*", realname),
-            *(
-                [
-                    self.wire.numeric(
-                        client.nick, "319", nick, " ".join(self.prefix_of(r, nick) + channel(r) for r in rooms)
-                    )
-                ]
-                if (rooms := self._visible_rooms(member))
-                else []
-            ),
+            *self._whois_rooms(nick, member.rooms),
             self.wire.numeric(client.nick, "312", nick, self.wire.server, f"chatcore {__version__}"),
         ]
         if operator_name(member) is not None:
             lines.append(self.wire.numeric(client.nick, "313", nick, "is an IRC operator"))
         if member.account:  # RPL_WHOISACCOUNT, as Ergo and the services send it
             lines.append(self.wire.numeric(client.nick, "330", nick, member.account, "is logged in as"))
-        state = irc_state(member)
-        if state is not None and state.away is not None:
-            lines.append(self.wire.numeric(client.nick, "301", nick, state.away))
+        if member.away:
+            lines.append(self.wire.numeric(client.nick, "301", nick, member.away))
         self.send([*lines, self.wire.numeric(client.nick, "318", nick, "End of /WHOIS list.")])
+
+    def _whois_elsewhere(self, target: str) -> None:
+        """WHOIS of a nick not on this server: someone on another server of
+        the cluster, as the presence knows them (rooms, away), or 401."""
+        me = self.client.nick
+        folded = target.casefold()
+        people = self.client.server.backplane.people().items()
+        found = next(((nick, person) for nick, person in people if nick.casefold() == folded), None)
+        if found is None:
+            self.send(
+                [
+                    self.wire.numeric(me, "401", target, "No such nick"),
+                    self.wire.numeric(me, "318", target, "End of /WHOIS list."),
+                ]
+            )
+            return
+        nick, person = found
+        lines = [
+            self.wire.numeric(me, "311", nick, nick, HOST, "*", ELSEWHERE),
+            *self._whois_rooms(nick, person.rooms),
+            self.wire.numeric(me, "312", nick, self.wire.server, "another server of the cluster"),
+        ]
+        if person.away:
+            lines.append(self.wire.numeric(me, "301", nick, person.away))
+        self.send([*lines, self.wire.numeric(me, "318", nick, "End of /WHOIS list.")])
+
+    def _whois_rooms(self, nick: str, rooms: Sequence[str]) -> list[str]:
+        """WHOIS's 319 for ``nick`` in ``rooms``: those this client may see, or no line for none."""
+        visible = self._visible_rooms(rooms)
+        if not visible:
+            return []
+        return [
+            self.wire.numeric(
+                self.client.nick, "319", nick, " ".join(self.prefix_of(r, nick) + channel(r) for r in visible)
+            )
+        ]
 
     def whowas(self, params: list[str]) -> None:
         """``WHOWAS nick [count]``: who had ``nick`` lately (the engine's
@@ -1726,15 +1747,11 @@ class IRCProtocol(Protocol):
             lines.append(numeric(me, "406", nick, "There was no such nickname"))
         self.send([*lines, numeric(me, "369", nick, "End of WHOWAS")])
 
-    def _visible_rooms(self, member: Client) -> list[str]:
-        """``member``'s rooms that this client may see (``+s`` ones only if it is in them too)."""
-        rooms = self.client.server.rooms
+    def _visible_rooms(self, rooms: Sequence[str]) -> list[str]:
+        """Those of ``rooms`` (someone's) that this client may see (``+s`` ones only if it is in them too)."""
+        states = self.client.server.rooms
         mine = self.client.rooms
-        return [
-            room
-            for room in member.rooms
-            if room in mine or (state := rooms.get(room)) is None or "s" not in state.flags
-        ]
+        return [room for room in rooms if room in mine or (state := states.get(room)) is None or "s" not in state.flags]
 
     def help_(self, params: list[str]) -> None:
         """``HELP [subject]``: 704, 705 lines, 706 (modern.ircdocs.horse),
@@ -1803,8 +1820,7 @@ class IRCProtocol(Protocol):
         for nick in params[:5]:
             member = registry.find(nick)
             if member is not None:
-                state = irc_state(member)
-                here = "-" if state is not None and state.away is not None else "+"
+                here = "-" if member.away else "+"
                 answers.append(f"{member.nick}={here}{self._userinfo(member)[0]}@{HOST}")
         self.reply("302", " ".join(answers))
 
@@ -1813,7 +1829,7 @@ class IRCProtocol(Protocol):
         channels with away-notify, on every server, are told (IRCv3 away-notify)."""
         text = truncated(clean(params[0]), AWAYLEN) if params else ""
         client = self.client
-        self.state.away = text or None
+        client.away = text
         if text:
             self.reply("306", "You have been marked as being away")
         else:
@@ -2595,11 +2611,10 @@ def chatcore_account_changed(client: Client) -> None:
 
 @hookimpl
 def chatcore_client_joined(client: Client, room: str) -> None:
-    """An IRC client that is away enters a channel: the IRC clients there
+    """A client that is away enters a channel: the IRC clients there
     with away-notify hear it after its JOIN (IRCv3 away-notify)."""
-    protocol = client.protocol
-    if isinstance(protocol, IRCProtocol) and protocol.state.away is not None:
-        away = AwayChanged(room, nick=client.nick, away=protocol.state.away, user=client.user)
+    if client.away:
+        away = AwayChanged(room, nick=client.nick, away=client.away, user=client.user)
         client.server.publish(away, exclude=client)
 
 

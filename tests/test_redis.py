@@ -49,6 +49,7 @@ from chatcore.plugins.redis import (
     Start,
     Target,
     decode_event,
+    decode_moderation,
     decode_private,
     encode_event,
     encode_private,
@@ -74,12 +75,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def cluster() -> Iterator[object]:
-    """``cluster(url, host, *args)``: a chatcore server process in this test's
-    cluster, listening on ``host``; stopped at teardown."""
+    """``cluster(url, host, *args, env=None)``: a chatcore server process in
+    this test's cluster, listening on ``host``; stopped at teardown."""
     name = f"test{next(_clusters)}-{os.getpid()}"  # two test runs may share a Redis port by chance
     processes: list[ServerProcess] = []
 
-    def start(url: str, host: str = "127.0.0.1", *args: str) -> ServerProcess:
+    def start(url: str, host: str = "127.0.0.1", *args: str, env: dict[str, str] | None = None) -> ServerProcess:
         plugins = [] if "--plugins" in args else ["--plugins", "redis"]
         process = ServerProcess(
             *plugins,
@@ -88,6 +89,7 @@ def cluster() -> Iterator[object]:
             "--redis-cluster", name,
             "--redis-timeout", "1",
             *args,
+            env=env,
         )  # fmt: skip
         processes.append(process.start())
         return process
@@ -222,7 +224,7 @@ def test_events_travel_as_versioned_json() -> None:
         ('{"type": ["Chat"], "room": "x"}', "unknown event type"),  # was a TypeError (found by fuzzing)
         ('{"type": "Chat", "room": "x"}', "missing"),
         ("[]", "not a JSON object"),
-        ('{"type": "Chat", "x": 1}', "unknown fields"),
+        ('{"type": "Chat", "room": "lobby", "nick": "amy", "x": 1}', "missing"),  # an unknown field is no text
         ("{", "Expecting"),
         # What another server's bug, or anyone who can write to Redis, might put there.
         ('{"type": "Chat", "room": "lobby", "nick": 42, "text": "hi"}', "nick is not a str"),
@@ -255,6 +257,35 @@ def test_events_travel_as_versioned_json() -> None:
         '{"type": "Chat", "room": "lobby", "nick": "amy", "text": "one\\r\\ntwo\\u0000 \\u001b[31mred"}'
     )
     assert event == Chat("lobby", nick="amy", text="onetwo red")
+
+
+def test_fields_a_newer_server_added_are_ignored() -> None:
+    # A rolling upgrade: a newer server's optional field must not make an
+    # older one drop the line. Unknown fields are left out, whatever their
+    # value; known ones are checked as ever, and a required one still counts.
+    newer = {"draft": {"any": ["json", 1, None]}, "priority": "high"}
+    assert decode_event(json.dumps({"type": "Chat", "room": "lobby", "nick": "amy", "text": "hi", **newer})) == Chat(
+        "lobby", nick="amy", text="hi"
+    )
+    away = {"type": "AwayChanged", "room": "dev", "nick": "amy", "away": "out", "until": 1.5}
+    assert decode_event(json.dumps(away)) == AwayChanged("dev", nick="amy", away="out")
+    private = {"type": "PrivateMessage", "sender": "amy", "recipient": "bob", "text": "psst", **newer}
+    assert decode_private(json.dumps(private), msgid="ab12-pm:3") == PrivateMessage(
+        "amy", "bob", "psst", msgid="ab12-pm:3"
+    )
+    tags = {"type": "PrivateTags", "sender": "amy", "recipient": "bob", "tags": "+typing=active", **newer}
+    assert decode_private(json.dumps(tags)) == PrivateTags("amy", "bob", "+typing=active")
+    unban = {"type": "Moderation", "action": "unban", "by": "op", "network": "10.0.0.0/8"}
+    assert decode_moderation(json.dumps({**unban, **newer})) == decode_moderation(json.dumps(unban))
+    # An identity field is the cluster's to give, never the entry's: left out too.
+    assert decode_event(chat_json(nick="amy", text="hi", origin="forged", offset=9), origin="e:1").origin == "e:1"
+    for bad, why in [
+        ({**private, "sender": 7}, "sender is not a str"),
+        ({**private, "text": ""}, "text is empty"),
+        ({"type": "PrivateMessage", "sender": "amy", "recipient": "bob", **newer}, "needs sender, recipient and text"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            decode_private(json.dumps(bad))
 
 
 def test_a_room_entered_is_read_from_its_first_join_s_place() -> None:
@@ -617,6 +648,26 @@ def test_a_failover_to_a_replica_that_lacks_the_last_entries_is_told_not_replaye
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_newer_server_s_lines_with_fields_this_one_does_not_know_are_delivered(redis_server, cluster, connect):
+    # A rolling upgrade: server two writes its entries as a newer version
+    # might, with an optional field this version has not heard of. Its chat
+    # and private messages reach server one's members, and none is counted
+    # as invalid.
+    one, metrics = watched_server(redis_server, cluster)
+    newer = {"PYTHONPATH": str(Path(__file__).parent / "plugins")}
+    two = cluster(redis_server.url, "127.0.0.2", "--plugins", "redis,chatcore_testplugins.newer_entries", env=newer)
+    alice = connect(one, "alice")
+    bob = connect(two, "bob")
+    with server_log_on_failure(one):
+        bob.send("/msg alice psst")
+        bob.expect("-> *alice* psst")
+        alice.expect("*bob* psst")
+        linked(bob, "bob", [alice])
+        assert "from_the_future" in json.dumps(last_event(redis_server, "lobby"))  # as a newer server writes
+        assert scrape(metrics, "chatcore_redis_invalid_entries_total") == 0
+
+
 def test_presence_who_rooms_and_msg_span_the_cluster(redis_server, cluster, connect) -> None:
     one = cluster(redis_server.url, "127.0.0.1")
     two = cluster(redis_server.url, "127.0.0.2")
@@ -707,6 +758,51 @@ def test_irc_names_and_who_list_the_other_servers_members(redis_server, cluster,
         answered(bob, "/who", "* in lobby (3): amy, bob, wendy")
     finally:
         irc.close()
+
+
+def numerics(client: IRCClient, command: str) -> list[str]:
+    """The numerics ``command`` was answered with, without the server's prefix."""
+    client.send(command)
+    return [said for line in client.sync() if re.match(r"[0-9]{3} ", said := line.partition(" ")[2])]
+
+
+def who_flags(client: IRCClient, channel: str) -> dict[str, str]:
+    """WHO ``channel``'s answer: each member's flags (``H`` here, ``G`` away ...), by nick."""
+    return {fields[6]: fields[7] for line in numerics(client, f"WHO {channel}") if (fields := line.split())[0] == "352"}
+
+
+@pytest.mark.slow
+def test_irc_who_and_whois_show_who_is_away_on_another_server(redis_server, cluster) -> None:
+    # bob is away before anyone on server one shares a channel with him:
+    # WHO and WHOIS there learn it from the cluster's presence, not from an
+    # AWAY server one never read.
+    one = cluster(redis_server.url, "127.0.0.1", "--plugins", "redis,irc", "--listen", "irc://127.0.0.1:0")
+    two = cluster(redis_server.url, "127.0.0.2", "--plugins", "redis,irc", "--listen", "irc://127.0.0.1:0")
+    bob = ircv3_user(two, "bob", "message-tags", "#lobby")
+    wendy = None
+    try:
+        bob.send("AWAY :at lunch")
+        bob.expect(re.compile(r" 306 bob "))
+        wendy = ircv3_user(one, "wendy", "message-tags", "#lobby")
+        with server_log_on_failure(one):
+            wait_for(lambda: who_flags(wendy, "#lobby").get("bob") == "G", timeout=TIMEOUT, message="bob away")
+            assert who_flags(wendy, "#lobby")["wendy"] == "H"
+            answer = numerics(wendy, "WHOIS BOB")
+            assert "311 wendy bob bob chatcore * :chatcore user on another server" in answer
+            assert "319 wendy bob @#lobby" in answer  # he made it
+            assert "301 wendy bob :at lunch" in answer
+            assert answer[-1].startswith("318 wendy bob ")
+            # Back: H again, and no 301.
+            bob.send("AWAY")
+            bob.expect(re.compile(r" 305 bob "))
+            wait_for(lambda: who_flags(wendy, "#lobby").get("bob") == "H", timeout=TIMEOUT, message="bob back")
+            assert not [line for line in numerics(wendy, "WHOIS bob") if line.startswith("301 ")]
+            # Nobody by that name anywhere: 401, as before.
+            assert numerics(wendy, "WHOIS nobody")[0].startswith("401 wendy nobody ")
+    finally:
+        bob.close()
+        if wendy is not None:
+            wendy.close()
 
 
 def test_room_state_as_redis_fields_changes_as_the_engine_does() -> None:
@@ -1399,12 +1495,16 @@ def test_malformed_presence_and_private_messages_are_dropped_and_counted(redis_s
             f"{prefix}node:{FOREIGN_NODE}:members",
             mapping={"carl": "lobby", "evil\r\nnick": "lobby", "bob": "lobby\r\nx"},
         )
+        # ... and whose away messages forge IRC lines, or are too long for one.
+        redis.hset(f"{prefix}node:{FOREIGN_NODE}:away", mapping={"carl": "out\r\nQUIT :x", "alice": "x" * 5000})
         answered(alice, "/who", "* in lobby (2): alice, carl")
         wendy = irc_user(one, "wendy")
         try:
             wendy.sock.sendall(b"NAMES #lobby\r\n")
             names = wendy.expect(re.compile(r" 353 wendy = #lobby ")).rstrip("\r")
             assert names.endswith(":@alice carl wendy")
+            wendy.sock.sendall(b"WHOIS carl\r\n")
+            assert wendy.expect(re.compile(r" 301 wendy carl ")).endswith(" 301 wendy carl :outQUIT :x\r")
         finally:
             wendy.close()
         inbox = f"{prefix}node:{node}:inbox"

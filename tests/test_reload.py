@@ -342,3 +342,23 @@ def test_sighup_rereads_the_password_and_operators_files_and_the_limits(tmp_path
         )
     assert "first-pw-1729" not in proc.stderr
     assert "second-pw-4104" not in proc.stderr
+
+
+def test_sighup_changes_the_shortest_password(tmp_path, clients):
+    config = tmp_path / "chatcore.toml"
+    settings = f'plugins = ["accounts"]\nstate-db = "{tmp_path / "state.db"}"\n'
+    write(config, settings + "min-password-length = 10\n")
+    with ServerProcess("--config", str(config)) as proc:
+        alice = connect(proc, clients)
+        alice.send("/nick alice")
+        alice.expect("* you are now known as alice")
+        alice.send("/register sesame1")
+        alice.expect("! a password needs at least 10 characters; nothing was registered")
+        write(config, settings + "min-password-length = 7\n")
+        proc.send_signal(signal.SIGHUP)
+        assert "--min-password-length" in proc.expect_log(RELOADED)
+        alice.send("/register sesame")
+        alice.expect("! a password needs at least 7 characters; nothing was registered")
+        alice.send("/register sesame1")
+        alice.expect("* registered the account alice; you are logged in to it (later: /login alice PASSWORD)")
+    assert "needs a restart" not in proc.stderr

@@ -13,8 +13,8 @@ through one object, the server's :attr:`~chatcore.engine.server.ChatServer.backp
   (:meth:`Backplane.history`), and the private lines of logged-in accounts
   kept where every server reads them (:meth:`Backplane.keep_private`);
 - **presence**: nicknames claimed across servers, and who is in which room
-  elsewhere (:meth:`Backplane.claim_nick`, :meth:`Backplane.release_nick`,
-  :meth:`Backplane.members`, :meth:`Backplane.count_elsewhere`);
+  elsewhere and away there (:meth:`Backplane.claim_nick`, :meth:`Backplane.release_nick`,
+  :meth:`Backplane.members`, :meth:`Backplane.people`, :meth:`Backplane.count_elsewhere`);
 - **private messages** (and IRC's ``TAGMSG`` to a nick) to a nickname on
   another server (:meth:`Backplane.send_private`);
 - **moderation**: an operator's kick, mute or ban, carried to every server
@@ -60,6 +60,18 @@ class StreamPosition(NamedTuple):
 
     epoch: str
     offset: int
+
+
+class Person(NamedTuple):
+    """Someone on another server of the cluster (:meth:`Backplane.people`).
+
+    :ivar rooms: the rooms they are in.
+    :ivar away: their away message (:attr:`Client.away
+        <chatcore.engine.connection.Client.away>`), ``""`` if they are not away.
+    """
+
+    rooms: tuple[str, ...]
+    away: str = ""
 
 
 class Backplane:
@@ -214,6 +226,11 @@ class Backplane:
     def members(self) -> dict[str, list[str]]:
         """Who is in which room on the other servers: ``{room: [nick, ...]}``
         (this server's own are the registry's). On the asking client's thread."""
+        return {}
+
+    def people(self) -> dict[str, Person]:
+        """Who is on the other servers, by nickname, with their rooms and
+        away message (IRC's WHO and WHOIS). On the asking client's thread."""
         return {}
 
     def count_elsewhere(self, room: str) -> int:

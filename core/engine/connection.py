@@ -93,6 +93,7 @@ class Client:
         "address",
         "admitted",
         "arrived",
+        "away",
         "bytes_in",
         "bytes_out",
         "close_cause",
@@ -151,6 +152,9 @@ class Client:
         self.user = ""
         #: The real name it gave on connecting (IRC's ``USER``), or ``""``.
         self.realname = ""
+        #: Its away message (IRC's ``AWAY``), ``""`` while it is not away;
+        #: the other servers of a cluster learn it with its presence.
+        self.away = ""
         #: The rooms it is in, in the order it joined them; set by the registry.
         self.rooms: tuple[str, ...] = ()
         #: Its current room, one of :attr:`rooms` (where the native

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from chatcore import Client
-from chatcore.engine.backplane import Backplane
+from chatcore.engine.backplane import Backplane, Person
 from chatcore.engine.history import CONVERSATION, GUEST
-from chatcore.events import PrivateMessage, PrivateTags, RoomEvent, RoomNotice
+from chatcore.events import AwayChanged, PrivateMessage, PrivateTags, RoomEvent, RoomNotice
 from chatcore.plugins.redis.arrivals import Arrivals
 from chatcore.plugins.redis.connection import DEFAULT_TIMEOUT, Target
 from chatcore.plugins.redis.presence import DEFAULT_NODE_TIMEOUT, Presence
@@ -71,6 +71,8 @@ class RedisBackplane(Backplane):
         cluster = self.cluster
         for event in events:
             cluster.publisher.put(cluster.presence.relayed(event))
+        if any(isinstance(event, AwayChanged) for event in events):
+            cluster.presence.changed()  # the other servers' WHO and WHOIS read it from the presence
 
     def history(self, room: str, limit: int) -> list[RoomEvent] | None:
         if room.startswith(CONVERSATION):
@@ -101,6 +103,9 @@ class RedisBackplane(Backplane):
 
     def members(self) -> dict[str, list[str]]:
         return self.cluster.presence.members() or {}
+
+    def people(self) -> dict[str, Person]:
+        return self.cluster.presence.people() or {}
 
     def count_elsewhere(self, room: str) -> int:
         return self.cluster.presence.elsewhere.get(room, 0)

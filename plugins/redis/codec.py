@@ -1,12 +1,13 @@
 """The redis plugin's entries: room events, private messages (and tags
 sent to a nick) and operators' actions as the JSON of a stream entry, and the checks every entry from the
-cluster passes before it becomes an event. No I/O: the reader, the presence
-thread and the client threads call it."""
+cluster passes before it becomes an event. No I/O (but a debug log line):
+the reader, the presence thread and the client threads call it."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import typing
 from typing import Any
@@ -18,7 +19,11 @@ from chatcore.events import PrivateMessage, PrivateTags, RoomEvent, parse_msgid
 from chatcore.names import room_problem, user_problem
 from chatcore.wire.native import DEFAULT_MAX_LINE, sanitize
 
-#: The version of the stream entries' format (docs/scaling.md).
+log = logging.getLogger("chatcore.redis")
+
+#: The version of the stream entries' format (docs/scaling.md). A new
+#: optional field keeps it (readers ignore fields they do not know); a new
+#: required field, or a field whose type or meaning changes, is a new version.
 FORMAT_VERSION = "1"
 
 
@@ -187,20 +192,26 @@ def _json_object(text: str, max_line: int) -> dict[str, Any]:
 
 
 def checked(kinds: dict[str, Any], record: dict[str, Any], max_line: int) -> dict[str, Any]:
-    """``record``'s fields if each is one of ``kinds`` and of its type, every
-    name follows the name rule, and every text, sanitised as a client's line
-    is (:func:`chatcore.wire.native.sanitize`), is at most ``max_line`` bytes;
+    """``record``'s fields of ``kinds`` (the others are left out:
+    :data:`FORMAT_VERSION`) if each is of its type, every name follows the
+    name rule and every text, sanitised as a client's line is
+    (:func:`chatcore.wire.native.sanitize`), is at most ``max_line`` bytes;
     else ValueError. A ``text`` must not be empty (no chat line is).
 
     Defends against a number where a nickname goes (it made the IRC encoder
     raise in the publish path, and the room stopped on that server: issue
     23, item 6), CR/LF in a nickname or text (forged IRC lines), terminal
     escapes, and a huge text sent to every member."""
+    # A field this version does not know is a newer server's optional one
+    # (a rolling upgrade): left out, so the entry reads as it would without
+    # it. Only known fields reach the event, so it cannot set anything else.
     unknown = set(record) - set(kinds)
     if unknown:
-        raise ValueError(f"unknown fields {sorted(unknown)!r:.200}")
+        log.debug("ignored unknown fields %.200r", sorted(unknown))
     clean: dict[str, Any] = {}
     for name, given in record.items():
+        if name in unknown:
+            continue
         kind, value = kinds[name], given
         if typing.get_origin(kind) is tuple:  # tuple[str, ...]: a JSON list of strings
             clean[name] = _checked_strings(name, value, max_line)

@@ -11,11 +11,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from chatcore.engine.backplane import Person
 from chatcore.engine.history import private_line
 from chatcore.events import Action, Chat, Joined, Left, NickChanged, PrivateMessage, PrivateTags, RoomEvent
 from chatcore.names import room_problem
 from chatcore.plugins.redis.codec import (
     FORMAT_VERSION,
+    checked,
     decode_private,
     encode_moderation,
     encode_private,
@@ -159,6 +161,7 @@ class Presence(threading.Thread):
         # Each nick's rooms, comma-separated (room names have no comma); "" for none.
         snapshot: dict[Any, Any] = {client.nick: ",".join(client.rooms) for client in server.registry}
         counts: dict[Any, Any] = collections.Counter(room for client in server.registry for room in client.rooms)
+        away: dict[Any, Any] = {client.nick: client.away for client in server.registry if client.away}
         pipe = self.client.pipeline(transaction=True)
         # The old value (Redis >= 6.2) says whether the key expired meanwhile,
         # and the reap lock whether another server announced this one gone.
@@ -167,8 +170,11 @@ class Presence(threading.Thread):
         pipe.sadd(keys.nodes(), node)
         pipe.delete(keys.members(node))
         pipe.delete(keys.member_counts(node))
+        pipe.delete(keys.away(node))
         if snapshot:
             pipe.hset(keys.members(node), mapping=snapshot)
+        if away:
+            pipe.hset(keys.away(node), mapping=away)
         if counts:
             pipe.hset(keys.member_counts(node), mapping=counts)
             for nick in snapshot:  # back after Redis lost them (a restart)
@@ -315,7 +321,7 @@ class Presence(threading.Thread):
         pipe = self.client.pipeline(transaction=False)
         for nick in members:
             self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
-        pipe.delete(keys.members(node), keys.member_counts(node), keys.inbox(node))
+        pipe.delete(keys.members(node), keys.member_counts(node), keys.away(node), keys.inbox(node))
         pipe.srem(keys.nodes(), node)
         self._let_go_of_rooms(node, pipe)  # their state goes with the last server holding them
         # The lock stays, for longer, as the mark that tells the node, should
@@ -353,6 +359,19 @@ class Presence(threading.Thread):
                 valid[nick] = rooms
             else:
                 self.cluster.invalid.drop(f"a member of node {node}", "a nick or room that is not a valid name")
+        return valid
+
+    def _valid_away(self, node: str, away: dict[Any, Any]) -> dict[str, str]:
+        """``node``'s away messages (nick -> message), checked as an entry's
+        text is (:func:`checked`: they reach WHO and WHOIS); those that fail, counted."""
+        server = self.cluster.server
+        assert server is not None
+        valid: dict[str, str] = {}
+        for nick, message in away.items():
+            try:
+                valid[nick] = checked({"away": str}, {"away": message}, server.max_line)["away"]
+            except ValueError as exc:
+                self.cluster.invalid.drop(f"an away message of node {node}", exc)
         return valid
 
     # -- room state ---------------------------------------------------------
@@ -452,7 +471,7 @@ class Presence(threading.Thread):
             for nick in self.snapshot:
                 self._release(keys=[keys.nick(nick)], args=[node], client=pipe)
             self._let_go_of_rooms(node, pipe)  # done with the last leaves, unless the flush timed out
-            pipe.delete(keys.alive(node), keys.members(node), keys.inbox(node))
+            pipe.delete(keys.alive(node), keys.members(node), keys.away(node), keys.inbox(node))
             pipe.srem(keys.nodes(), node)
             pipe.execute()
         except redis_py.RedisError as exc:
@@ -493,6 +512,18 @@ class Presence(threading.Thread):
 
     def members(self) -> dict[str, list[str]] | None:
         """Members of the other live servers, by room (None if Redis cannot say)."""
+        people = self.people()
+        if people is None:
+            return None
+        rooms: dict[str, list[str]] = {}
+        for nick, person in people.items():
+            for room in person.rooms:
+                rooms.setdefault(room, []).append(nick)
+        return rooms
+
+    def people(self) -> dict[str, Person] | None:
+        """The people on the other live servers, by nick, with their rooms
+        and away messages (None if Redis cannot say)."""
         import redis as redis_py
 
         assert self.client is not None
@@ -505,17 +536,18 @@ class Presence(threading.Thread):
             for node in others:
                 pipe.exists(keys.alive(node))
                 pipe.hgetall(keys.members(node))
+                pipe.hgetall(keys.away(node))
             replies = pipe.execute()
         except redis_py.RedisError as exc:
             log.info("could not ask the cluster who is where (%s)", exc)
             return None
-        rooms: dict[str, list[str]] = {}
-        for node, alive, members in zip(others, replies[::2], replies[1::2], strict=True):
+        people: dict[str, Person] = {}
+        for node, alive, members, away in zip(others, replies[::3], replies[1::3], replies[2::3], strict=True):
             if alive:
+                messages = self._valid_away(node, away)
                 for nick, joined in self._valid_members(node, members).items():
-                    for room in joined:
-                        rooms.setdefault(room, []).append(nick)
-        return rooms
+                    people[nick] = Person(joined, messages.get(nick, ""))
+        return people
 
     def history(self, room: str, limit: int) -> list[RoomEvent] | None:
         """The room's last ``limit`` chat and action events in its stream,

@@ -31,6 +31,10 @@ class Keys:
         count, read by the other servers for the welcome's count."""
         return f"{self.prefix}node:{node}:counts"
 
+    def away(self, node: str) -> str:
+        """The node's clients who are away: a hash nick -> away message."""
+        return f"{self.prefix}node:{node}:away"
+
     def inbox(self, node: str) -> str:
         """Private messages for the node's clients: a stream."""
         return f"{self.prefix}node:{node}:inbox"
