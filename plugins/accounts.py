@@ -174,10 +174,10 @@ class Counts:
 
 @dataclass
 class State:
-    """The plugin's per-server state (``config.data["accounts"]``)."""
+    """The plugin's per-server state (``config.data["accounts"]``). Its
+    options are read from ``server.config.options`` when they are used, not
+    kept here: a reload (SIGHUP) changes them."""
 
-    grace: float
-    max_failures: int
     failures: FailureCounter = field(default_factory=lambda: FailureCounter(FAILURE_WINDOW))
     counts: Counts = field(default_factory=Counts)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -189,8 +189,7 @@ class State:
 
 @hookimpl
 def chatcore_configure(config: Config) -> None:
-    options = config.options
-    config.data[NAME] = State(options.nick_grace, options.account_max_failures)
+    config.data[NAME] = State()
 
 
 def _state(server: ChatServer) -> State:
@@ -254,7 +253,7 @@ class Accounts(AccountService):
         except StoreError as exc:
             log.error("login to %r from %s: %s", account, where, exc)
             return Refusal("unavailable", "accounts cannot be checked now; try again in a minute")
-        if _failures(state, key) >= state.max_failures:
+        if _failures(state, key) >= self.server.config.options.account_max_failures:
             with state.lock:
                 state.counts.throttled += 1
             log.warning("login to %r from %s refused: too many failed logins to it lately", account, where)
@@ -357,16 +356,15 @@ def _enforce(server: ChatServer) -> None:
     """The enforcer's thread: warn, then rename, those holding a nick an
     account owns without being logged in to it."""
     state = _state(server)
-    interval = min(1.0, max(0.1, state.grace / 4))
-    while not state.stopping.wait(interval):
+    while not state.stopping.wait(min(1.0, max(0.1, server.config.options.nick_grace / 4))):
         for client in list(server.registry):
             try:
-                _check_nick(server, state, client)
+                _check_nick(server, client)
             except Exception:
                 log.exception("nick ownership check of %r failed", client)
 
 
-def _check_nick(server: ChatServer, state: State, client: Client) -> None:
+def _check_nick(server: ChatServer, client: Client) -> None:
     if client.closed or not client.nick:
         return
     owner = _owner_of(server, client)
@@ -376,11 +374,12 @@ def _check_nick(server: ChatServer, state: State, client: Client) -> None:
     now = time.monotonic()
     deadline = data.get("deadline")
     if deadline is None:
-        data["deadline"] = now + state.grace
-        if state.grace:
+        grace: float = server.config.options.nick_grace
+        data["deadline"] = now + grace
+        if grace:
             client.notice(
                 f"the nick {client.nick} belongs to an account: /login {client.nick} PASSWORD within "
-                f"{state.grace:g} seconds, or /nick to another name, or you will be renamed"
+                f"{grace:g} seconds, or /nick to another name, or you will be renamed"
             )
             return
     elif now < deadline:

@@ -344,21 +344,40 @@ def test_sighup_rereads_the_password_and_operators_files_and_the_limits(tmp_path
     assert "second-pw-4104" not in proc.stderr
 
 
-def test_sighup_changes_the_shortest_password(tmp_path, clients):
+def test_sighup_changes_the_accounts_options(tmp_path, clients):
+    """--min-password-length, --account-max-failures and --nick-grace take
+    effect on a reload (they were kept from the start, and a reload said
+    they changed while nothing did)."""
     config = tmp_path / "chatcore.toml"
     settings = f'plugins = ["accounts"]\nstate-db = "{tmp_path / "state.db"}"\n'
-    write(config, settings + "min-password-length = 10\n")
+    write(config, settings + "min-password-length = 10\nnick-grace = 30\naccount-max-failures = 10\n")
     with ServerProcess("--config", str(config)) as proc:
         alice = connect(proc, clients)
         alice.send("/nick alice")
         alice.expect("* you are now known as alice")
         alice.send("/register sesame1")
         alice.expect("! a password needs at least 10 characters; nothing was registered")
-        write(config, settings + "min-password-length = 7\n")
+        bob = connect(proc, clients)
+        bob.send("/login alice guess1")
+        bob.expect("! wrong account name or password")
+        write(config, settings + "min-password-length = 7\nnick-grace = 7\naccount-max-failures = 1\n")
         proc.send_signal(signal.SIGHUP)
-        assert "--min-password-length" in proc.expect_log(RELOADED)
+        reloaded = proc.expect_log(RELOADED)
+        for option in ("--min-password-length", "--nick-grace", "--account-max-failures"):
+            assert option in reloaded
         alice.send("/register sesame")
         alice.expect("! a password needs at least 7 characters; nothing was registered")
         alice.send("/register sesame1")
         alice.expect("* registered the account alice; you are logged in to it (later: /login alice PASSWORD)")
+        # One failure to alice (bob's, before the reload) is now as many as allowed.
+        carol = connect(proc, clients)
+        carol.send("/login alice guess2")
+        carol.expect(re.compile(r"^! too many failed logins to alice lately"))
+        # And someone taking alice's nick has the new grace to log in.
+        alice.send("/quit")
+        carol.send("/nick alice")
+        carol.expect(
+            "* the nick alice belongs to an account: /login alice PASSWORD within 7 seconds, "
+            "or /nick to another name, or you will be renamed"
+        )
     assert "needs a restart" not in proc.stderr
