@@ -1531,8 +1531,13 @@ class IRCProtocol(Protocol):
             # Received, as any private line (the history keeps an account's notes to itself).
             server.hooks.private_received(client, said)
             return
-        if recipient is not None and not recipient.closed and recipient.away and not quiet:
-            self.reply("301", recipient.nick, recipient.away)
+        if not quiet:
+            if recipient is not None:
+                away = recipient.away if not recipient.closed else ""
+            else:  # on another server, maybe: as the cluster last said (no round trip per message)
+                away = server.backplane.away_elsewhere(target)
+            if away:
+                self.reply("301", recipient.nick if recipient is not None else target, away)
         # Every private message's one path: the filter chain, counted and
         # timed, and across a cluster to a nick on another server. Why not
         # is said IRC's way, and never to a NOTICE (RFC 2812 3.3.2).

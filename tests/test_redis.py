@@ -772,7 +772,7 @@ def who_flags(client: IRCClient, channel: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_irc_who_and_whois_show_who_is_away_on_another_server(redis_server, cluster) -> None:
+def test_irc_who_whois_and_privmsg_show_who_is_away_on_another_server(redis_server, cluster) -> None:
     # bob is away before anyone on server one shares a channel with him:
     # WHO and WHOIS there learn it from the cluster's presence, not from an
     # AWAY server one never read.
@@ -792,11 +792,24 @@ def test_irc_who_and_whois_show_who_is_away_on_another_server(redis_server, clus
             assert "319 wendy bob @#lobby" in answer  # he made it
             assert "301 wendy bob :at lunch" in answer
             assert answer[-1].startswith("318 wendy bob ")
+            # A private message to him is answered 301 too, as the cluster
+            # last said at a renewal (no round trip per message).
+            wait_for(
+                lambda: "301 wendy bob :at lunch" in numerics(wendy, "PRIVMSG bob :are you there?"),
+                timeout=TIMEOUT,
+                message="301 to a PRIVMSG",
+            )
+            bob.expect(re.compile(r":wendy!\S+ PRIVMSG bob :are you there\?"))
             # Back: H again, and no 301.
             bob.send("AWAY")
             bob.expect(re.compile(r" 305 bob "))
             wait_for(lambda: who_flags(wendy, "#lobby").get("bob") == "H", timeout=TIMEOUT, message="bob back")
             assert not [line for line in numerics(wendy, "WHOIS bob") if line.startswith("301 ")]
+            wait_for(
+                lambda: not [line for line in numerics(wendy, "PRIVMSG bob :back?") if line.startswith("301 ")],
+                timeout=TIMEOUT,
+                message="no 301 once he is back",
+            )
             # Nobody by that name anywhere: 401, as before.
             assert numerics(wendy, "WHOIS nobody")[0].startswith("401 wendy nobody ")
     finally:

@@ -240,6 +240,13 @@ class Backplane:
         cluster each time would cost a round trip per arrival. Any thread."""
         return 0
 
+    def away_elsewhere(self, nick: str) -> str:
+        """The away message of ``nick`` on another server (``""``: not away,
+        or not there), as the backplane last learned it (it may be a few
+        seconds old): for IRC's 301 answer to every private message, which
+        must not cost a round trip each. Any thread."""
+        return ""
+
     # -- private messages and moderation ----------------------------------------------
 
     def send_private(self, sender: Client, message: PrivateMessage | PrivateTags) -> bool | str | None:

@@ -110,6 +110,9 @@ class RedisBackplane(Backplane):
     def count_elsewhere(self, room: str) -> int:
         return self.cluster.presence.elsewhere.get(room, 0)
 
+    def away_elsewhere(self, nick: str) -> str:
+        return self.cluster.presence.away_elsewhere.get(nick.casefold(), "")
+
     def send_private(self, sender: Client, message: PrivateMessage | PrivateTags) -> bool | str | None:
         return self.cluster.presence.send_private(message)
 

@@ -117,6 +117,10 @@ class Presence(threading.Thread):
         #: the last renewal read it (every ``interval``): the welcome's count,
         #: which must not cost a round trip per arrival in a connect storm.
         self.elsewhere: dict[str, int] = {}
+        #: The away messages of the people on the other live servers, by
+        #: casefolded nick, read with :attr:`elsewhere`: IRC's 301 to every
+        #: private message to one of them.
+        self.away_elsewhere: dict[str, str] = {}
         #: Where each room's stream stood when this server read its state
         #: (ENTER_LUA): room -> entry id, for the reader's catch-up.
         self.entered_at: dict[str, str] = {}
@@ -283,7 +287,8 @@ class Presence(threading.Thread):
 
     def _reap(self) -> None:
         """Announce the users of the servers that stopped renewing gone, and
-        count the people in each room on those that live (:attr:`elsewhere`)."""
+        count the people in each room on those that live (:attr:`elsewhere`)
+        and note who is away there (:attr:`away_elsewhere`)."""
         assert self.client is not None
         cluster = self.cluster
         keys = cluster.keys
@@ -292,19 +297,23 @@ class Presence(threading.Thread):
         for node in others:
             pipe.exists(keys.alive(node))
             pipe.hgetall(keys.member_counts(node))
+            pipe.hgetall(keys.away(node))
         replies = pipe.execute() if others else []
         gone = []
         elsewhere: collections.Counter[str] = collections.Counter()
-        for node, alive, counts in zip(others, replies[::2], replies[1::2], strict=True):
+        away_elsewhere: dict[str, str] = {}
+        for node, alive, counts, away in zip(others, replies[::3], replies[1::3], replies[2::3], strict=True):
             if not alive:
                 gone.append(node)
                 continue
+            away_elsewhere.update((nick.casefold(), message) for nick, message in self._valid_away(node, away).items())
             for room, count in counts.items():
                 if isinstance(room, str) and not room_problem(room) and str(count).isascii() and str(count).isdigit():
                     elsewhere[room] += int(count)
                 else:
                     cluster.invalid.drop(f"a room count of node {node}", "not a room's name and a number")
         self.elsewhere = dict(elsewhere)
+        self.away_elsewhere = away_elsewhere
         for node in gone:
             if self.client.set(keys.reaping(node), cluster.node, nx=True, px=int(self.node_timeout * 3000)):
                 self._announce_gone(node)
