@@ -786,7 +786,59 @@ class IRCProtocol(Protocol):
         waiting connection)."""
 
     def data_received(self, data: bytes) -> None:
-        self.lines_received(self._framer.feed(data))
+        lines = self._framer.feed(data)
+        if len(lines) > 1 and self.client._pace is False and self._registered:
+            self._chat_together(lines)
+        else:
+            self.lines_received(lines)
+
+    def _chat_together(self, lines: list[bytes | None]) -> None:
+        """Several lines of one read from a registered client that is not
+        paced (``--limit-exempt``), as the native protocol reads them: each
+        run of plain chat to channels goes to the rooms together
+        (:meth:`~chatcore.engine.server.ChatServer.broadcast_messages`), and
+        any other line ends the run and is handled alone in its place, so
+        everything keeps its order. A busy sender's lines arrive many to a
+        read, and a room's members then cost once per read, not per line."""
+        client = self.client
+        server = client.server
+        run: list[Message] = []
+        speaking: dict[str, bool] = {}  # may the client speak in a room: asked once a read
+        for received in lines:
+            if client.closed:
+                return
+            message = self._plain_chat(received, speaking) if received is not None else None
+            if message is not None:
+                run.append(message)
+                continue
+            if run:
+                server.broadcast_messages(run)
+                run = []
+            self.lines_received([received])
+        if run and not client.closed:
+            server.broadcast_messages(run)
+
+    def _plain_chat(self, received: bytes, speaking: dict[str, bool]) -> Message | None:
+        """``PRIVMSG #channel :text`` to one channel the client is in and may
+        speak in, without tags or CTCP, as a Message; None for any other line
+        (which :meth:`privmsg` and the rest answer IRC's way, with their
+        numerics)."""
+        if received[:1] == b"@" or len(received) > MAX_LINE - 2:
+            return None
+        parsed = parse(decode(received))
+        if parsed is None or parsed[0] != "PRIVMSG" or len(parsed[1]) != 2:
+            return None
+        target, text = parsed[1]
+        if target[:1] != "#" or "," in target or text[:1] == "\x01":
+            return None
+        room = target[1:].lower()
+        if room not in self.client.rooms:
+            return None
+        allowed = speaking.get(room)
+        if allowed is None:
+            allowed = speaking[room] = self.client.server.speech_refusal(self.client, room) is None
+        text = clean(text)
+        return Message(self.client, room, text) if allowed and text else None
 
     def lines_received(self, lines: Iterable[bytes | None]) -> None:
         """IRC lines (without their endings) from whatever carries them; None

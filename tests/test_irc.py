@@ -1367,3 +1367,67 @@ def test_the_record_of_departures_is_bounded_and_searched_newest_first():
     assert [entry.user for entry in departed.find("bob", 1)] == ["u3"]
     assert [entry.nick for entry in departed.find("*")] == ["bob", "carol", "Bob"]
     assert departed.find("dave") == []
+
+
+@pytest.mark.parametrize("pacing", [[], ["--line-rate", "0", "--limit-exempt", ""]], ids=["exempt", "no-flood-control"])
+def test_irc_lines_read_together_keep_their_order_and_their_answers(chat_server_factory, connect, natives, pacing):
+    """An unpaced IRC client's lines of one read (a bot's burst) go to the
+    channels in runs of chat, as the native protocol's do: anything else
+    (a private message, an action, a NOTICE, a NICK, a line refused with a
+    numeric) ends the run and is answered in its place, IRC's way. Either
+    exempt from flood control (loopback), or with flood control off."""
+    server = start(chat_server_factory, *pacing)
+    runs: list[list[str]] = []
+    broadcast_messages = server.broadcast_messages
+
+    def recorded(messages: list[Message]) -> None:
+        runs.append([message.text for message in messages])
+        broadcast_messages(messages)
+
+    server.broadcast_messages = recorded  # type: ignore[method-assign]
+    bob = native(server, natives, "bob")
+    alice = register(connect, server, "alice")
+    alice.send("JOIN #quiet")
+    alice.expect(" 366 alice #quiet ")
+    alice.send("MODE #quiet +m")
+    alice.send("MODE #quiet -o alice")  # no longer allowed to speak in #quiet
+    alice.send("PRIVMSG #lobby :warm-up")  # the first line decides her pacing
+    bob.expect("<alice> warm-up")
+    alice.sync()
+    runs.clear()
+    burst = [
+        "PRIVMSG #lobby :one",
+        "PRIVMSG #lobby :two",
+        "PRIVMSG bob :psst",
+        "PRIVMSG #lobby :\x01ACTION waves\x01",
+        "PRIVMSG #nowhere :lost",
+        "PRIVMSG #quiet :hush",
+        "PRIVMSG #lobby :",
+        "NOTICE #lobby :note",
+        "PRIVMSG #lobby :three",
+        "NICK zed",
+        "PRIVMSG #lobby :four",
+        "PRIVMSG #lobby :five",
+    ]
+    alice.sock.sendall("".join(f"{line}\r\n" for line in burst).encode())
+    expected = [
+        "<alice> one",
+        "<alice> two",
+        "*alice* psst",
+        "* alice waves",
+        "<alice> note",
+        "<alice> three",
+        "* alice is now known as zed",
+        "<zed> four",
+        "<zed> five",
+    ]
+    bob.expect("<zed> five")
+    assert bob.received[-len(expected) :] == expected
+    assert [line.split(" ", 1)[1] for line in alice.sync()] == [
+        "403 alice #nowhere :No such channel",
+        "404 alice #quiet :Cannot send to channel: quiet is moderated: only its operators and voiced members speak",
+        "412 alice :No text to send",
+        "NICK zed",
+    ]
+    # The chat went in runs: one, two; three; four, five.
+    assert runs == [["one", "two"], ["three"], ["four", "five"]]
