@@ -806,7 +806,7 @@ class IRCProtocol(Protocol):
         speaking: dict[str, bool] = {}  # may the client speak in a room: asked once a read
         for received in lines:
             if client.closed:
-                return
+                break
             message = self._plain_chat(received, speaking) if received is not None else None
             if message is not None:
                 run.append(message)
@@ -815,7 +815,7 @@ class IRCProtocol(Protocol):
                 server.broadcast_messages(run)
                 run = []
             self.lines_received([received])
-        if run and not client.closed:
+        if run:  # read before any close: said, as it would have been line by line
             server.broadcast_messages(run)
 
     def _plain_chat(self, received: bytes, speaking: dict[str, bool]) -> Message | None:

@@ -31,11 +31,12 @@ HTTP connections that stay idle.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -74,7 +75,15 @@ from chatcore.transports.listener import format_address
 from chatcore.wire import Protocol, WireFormat
 from chatcore.wire.framing import PING_FRAME, WebSocketFraming, websocket_frame
 from chatcore.wire.http import Deadlines, HttpConnection, plain_error, raw_answer
-from chatcore.wire.native import ARRIVAL_WAIT, PASSWORD_REQUIRED, arrive, handle_text, own_room_notice, sanitize
+from chatcore.wire.native import (
+    ARRIVAL_WAIT,
+    PASSWORD_REQUIRED,
+    arrive,
+    handle_text,
+    own_room_notice,
+    sanitize,
+    say_together,
+)
 from chatcore.wire.tags import client_tags
 from chatcore.wire.websocket import (
     MAX_FRAGMENTS,
@@ -417,6 +426,29 @@ WEB = WebFormat()
 # -- one connection -------------------------------------------------------------
 
 
+def _plain_chat(message: str, max_line: int) -> str | None:
+    """The text of a ``{"type": "line"}`` message that is plain chat (no
+    command, within ``max_line``), sanitised, as :func:`say_together` takes
+    it; None for any other message, which is handled alone (with its
+    answer, if any)."""
+    if '"line"' not in message:  # most other messages, without parsing them
+        return None
+    try:
+        obj = json.loads(message)
+    except (ValueError, RecursionError):
+        return None
+    raw = obj.get("text") if isinstance(obj, dict) and obj.get("type") == "line" else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        if len(raw.encode("utf-8")) > max_line:
+            return None
+    except UnicodeEncodeError:
+        return None
+    text = sanitize(raw)
+    return text if text and (text[0] != "/" or text[:2] == "//") else None  # "//text" says "/text"
+
+
 class WebProtocol(Protocol):
     """One browser: HTTP requests, then, after the upgrade, its WebSocket."""
 
@@ -630,15 +662,13 @@ class WebProtocol(Protocol):
             self._arriving = False
             if self._arrive(messages[0] if messages else None):
                 messages = messages[1:]
-        for text in messages:
-            if client.closed:
-                return
-            if text is not None:
-                self._handle(text)
-            elif framing.why_dropped.startswith("binary"):
-                client.error("binary messages are not accepted: send JSON text")
-            else:
-                client.error(f"{framing.why_dropped}; it was not sent")
+        if len(messages) > 1 and client._pace is False and client.admitted:
+            say_together(client, self._typed(messages))
+        else:
+            for text in messages:
+                if client.closed:
+                    return
+                self._message(text)
         if framing.reply:  # a pong, or the closing handshake
             client.send_data(framing.reply)
             framing.reply = b""
@@ -647,6 +677,25 @@ class WebProtocol(Protocol):
         elif framing.closed is not None:  # broken framing: the stream cannot be trusted
             log.info("web: %s from %r", framing.closed, client)
             client.disconnect("protocol error", tell=False)
+
+    def _message(self, text: str | None) -> None:
+        """One WebSocket message (None: one the framing dropped)."""
+        framing = self.framing
+        assert framing is not None
+        if text is not None:
+            self._handle(text)
+        elif framing.why_dropped.startswith("binary"):
+            self.client.error("binary messages are not accepted: send JSON text")
+        else:
+            self.client.error(f"{framing.why_dropped}; it was not sent")
+
+    def _typed(self, messages: list[str | None]) -> Iterator[str | Callable[[], None]]:
+        """Messages of one read for :func:`say_together`: a plain chat
+        line's text, or the handling of any other message, in its place."""
+        max_line = self.client.server.max_line
+        for text in messages:
+            line = _plain_chat(text, max_line) if text is not None else None
+            yield line if line is not None else functools.partial(self._message, text)
 
     def _arrive(self, first: str | None) -> bool:
         """Enter the chat with the first message (:func:`arrive`): under the

@@ -53,3 +53,23 @@ def connect():
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def chat_runs():
+    """``chat_runs(server)``: a list that gets, from then on, the texts of
+    each run of chat ``server`` publishes together (``broadcast_messages``:
+    the chat lines of one read from a client that is not paced)."""
+
+    def record(server) -> list[list[str]]:
+        runs: list[list[str]] = []
+        broadcast_messages = server.broadcast_messages
+
+        def recorded(messages) -> None:
+            runs.append([message.text for message in messages])
+            broadcast_messages(messages)
+
+        server.broadcast_messages = recorded
+        return runs
+
+    return record

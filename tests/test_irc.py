@@ -1370,21 +1370,16 @@ def test_the_record_of_departures_is_bounded_and_searched_newest_first():
 
 
 @pytest.mark.parametrize("pacing", [[], ["--line-rate", "0", "--limit-exempt", ""]], ids=["exempt", "no-flood-control"])
-def test_irc_lines_read_together_keep_their_order_and_their_answers(chat_server_factory, connect, natives, pacing):
+def test_irc_lines_read_together_keep_their_order_and_their_answers(
+    chat_server_factory, connect, natives, chat_runs, pacing
+):
     """An unpaced IRC client's lines of one read (a bot's burst) go to the
     channels in runs of chat, as the native protocol's do: anything else
     (a private message, an action, a NOTICE, a NICK, a line refused with a
     numeric) ends the run and is answered in its place, IRC's way. Either
     exempt from flood control (loopback), or with flood control off."""
     server = start(chat_server_factory, *pacing)
-    runs: list[list[str]] = []
-    broadcast_messages = server.broadcast_messages
-
-    def recorded(messages: list[Message]) -> None:
-        runs.append([message.text for message in messages])
-        broadcast_messages(messages)
-
-    server.broadcast_messages = recorded  # type: ignore[method-assign]
+    runs = chat_runs(server)
     bob = native(server, natives, "bob")
     alice = register(connect, server, "alice")
     alice.send("JOIN #quiet")

@@ -251,7 +251,9 @@ def test_a_join_notice_arrives_before_what_the_newcomer_then_says(chat_server, c
     assert alice.received[-2:] == ["* guest-2 joined", "<guest-2> hello at once"]
 
 
-def test_lines_read_together_keep_their_order_with_commands_filters_and_errors(chat_server_factory, chat_client):
+def test_lines_read_together_keep_their_order_with_commands_filters_and_errors(
+    chat_server_factory, chat_client, chat_runs
+):
     """Lines that arrive in one read go to the room together, in runs of
     chat (ChatServer.broadcast_messages): a command, a rejected line or one
     too long in between is handled in its place, and each message is still
@@ -274,6 +276,7 @@ def test_lines_read_together_keep_their_order_with_commands_filters_and_errors(c
     bob.expect("<guest-1> warm-up")
     carol.expect("<guest-1> warm-up")
     burst = ["one", "two", "/nick zed", "three", "rejected", "//slash", "x" * 200, "four", "five"]
+    runs = chat_runs(server)
     alice.send_raw("".join(f"{line}\n" for line in burst).encode())
     expected = [
         "<guest-1> one",
@@ -289,6 +292,7 @@ def test_lines_read_together_keep_their_order_with_commands_filters_and_errors(c
         assert member.received[-len(expected) :] == expected
     assert alice.expect(re.compile("^! not that one")) == "! not that one"
     assert alice.readline() == "! line too long (the limit is 100 bytes); it was not sent"
+    assert runs == [["one", "two"], ["three", "rejected", "/slash"], ["four", "five"]]
     wait_for(lambda: len(delivered) == 7, message="every message reported")
     assert delivered == [(text, 2) for text in ("warm-up", "one", "two", "three", "/slash", "four", "five")]
     totals = server.stats.totals()

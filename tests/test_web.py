@@ -572,6 +572,44 @@ def test_web_and_native_clients_chat_both_ways(web, clients):
     native.expect("[dev] * webby left")
 
 
+def test_web_messages_read_together_keep_their_order_and_their_answers(web, clients, chat_runs):
+    """A page's (or a bot's) messages of one read go to the room in runs of
+    chat, as a native client's lines do: a command, a message of another
+    kind, one refused or broken ends the run and is answered in its place."""
+    server = web("--max-line", "100")
+    runs = chat_runs(server)
+    browser = clients(server)
+    browser.expect({"type": "welcome"})
+    native = clients.native(server)
+    browser.say("warm-up")  # the first line decides the page's pacing (exempt: loopback)
+    native.expect(re.compile(r"^<guest-\d+> warm-up$"))
+    runs.clear()
+    burst = [
+        {"type": "line", "text": "first"},
+        {"type": "line", "text": "second"},
+        {"type": "line", "text": "/nick webby"},
+        {"type": "typing", "room": "lobby", "state": "active"},
+        {"type": "line", "text": "third"},
+        {"type": "line", "text": "x" * 200},
+        {"type": "nonsense"},
+        {"type": "line", "text": "//not a command"},
+        {"type": "line", "text": "fourth"},
+    ]
+    browser.send_raw(b"".join(browser.ws.send(Message(data=json.dumps(obj))) for obj in burst))
+    native.expect("<webby> fourth")
+    assert native.received[-6:] == [
+        "<guest-1> first",
+        "<guest-1> second",
+        "* guest-1 is now known as webby",
+        "<webby> third",
+        "<webby> /not a command",
+        "<webby> fourth",
+    ]
+    assert browser.expect({"type": "error"})["text"] == "line too long (the limit is 100 bytes); it was not sent"
+    assert browser.expect({"type": "error"})["text"].startswith("bad message: expected")
+    assert runs == [["first", "second"], ["third"], ["/not a command", "fourth"]]
+
+
 def test_joins_leaves_and_nick_changes_reach_the_browser(web, clients):
     server = web()
     browser = clients(server)

@@ -18,7 +18,7 @@ import logging
 import re
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from chatcore.events import (
@@ -406,42 +406,18 @@ class NativeProtocol(Protocol):
                 self.handle_line(line)
 
     def _chat_together(self, lines: list[bytes | None]) -> None:
-        """Several lines of one read from a client in the chat that is not
-        paced (``--limit-exempt``): each run of chat lines goes to the room
-        together (:meth:`~chatcore.engine.server.ChatServer.broadcast_messages`),
-        and a command or a line too long ends the run and is handled in its
-        place, so everything keeps its order. A busy sender's lines arrive
-        many to a read, and a room's members then cost once per read, not
-        once per line."""
+        """Several lines of one read (:func:`say_together`); a line too long
+        is answered in its place."""
         client = self.client
-        server = client.server
-        run: list[Message] = []
-        for line in lines:
-            if client.closed:  # disconnected (by a line, or another thread)
-                break
-            if line is None:
-                if run:
-                    server.broadcast_messages(run)
-                    run = []
-                client.error(self._too_long())
-                continue
-            text = sanitize(line.decode("utf-8", "replace"))
-            if not text:
-                continue
-            if text[0] == "/":
-                if text[:2] != "//":
-                    if run:
-                        server.broadcast_messages(run)
-                        run = []
-                    handle_text(client, text)
-                    continue
-                text = text[1:]  # "//text" sends "/text" as a message
-            if not client.room:
-                client.error(NO_ROOM)
-                continue
-            run.append(Message(client, client.room, text))
-        if run:
-            server.broadcast_messages(run)
+
+        def typed() -> Iterator[str | Callable[[], None]]:
+            for line in lines:
+                if line is None:
+                    yield lambda: client.error(self._too_long())
+                elif text := sanitize(line.decode("utf-8", "replace")):
+                    yield text
+
+        say_together(client, typed())
 
     def _arrive(self, lines: list[bytes | None]) -> list[bytes | None]:
         """Enter the chat with the first bytes the client sent (:func:`arrive`
@@ -524,6 +500,47 @@ def arrive(client: Client, first: str, *, room: str | None = None) -> bool:
         return True
     server.log_in(client, room=room)
     return False
+
+
+def say_together(client: Client, typed: Iterable[str | Callable[[], None]]) -> None:
+    """What a client in the chat that is not paced (``--limit-exempt``, or
+    no flood control) typed, from one read, in order: each run of chat
+    goes to the room together
+    (:meth:`~chatcore.engine.server.ChatServer.broadcast_messages`), and a
+    command, or an item that is not text (a callable: an error to tell, a
+    request of another kind), ends the run and is handled in its place, so
+    everything keeps its order. A busy sender's lines arrive many to a
+    read, and a room's members then cost once per read, not once per line.
+
+    :param typed: texts already sanitised and not empty, as
+        :func:`handle_text` takes them, or callables.
+    """
+    server = client.server
+    run: list[Message] = []
+    for item in typed:
+        if client.closed:  # disconnected (by an item, or another thread)
+            break
+        if not isinstance(item, str):
+            if run:
+                server.broadcast_messages(run)
+                run = []
+            item()
+            continue
+        text = item
+        if text[0] == "/":
+            if text[:2] != "//":
+                if run:
+                    server.broadcast_messages(run)
+                    run = []
+                handle_text(client, text)
+                continue
+            text = text[1:]  # "//text" sends "/text" as a message
+        if not client.room:
+            client.error(NO_ROOM)
+            continue
+        run.append(Message(client, client.room, text))
+    if run:  # read before any close: said, as it would have been line by line
+        server.broadcast_messages(run)
 
 
 def handle_text(client: Client, text: str, *, login_room: str | None = None) -> None:
