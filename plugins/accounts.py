@@ -181,6 +181,11 @@ class State:
     failures: FailureCounter = field(default_factory=lambda: FailureCounter(FAILURE_WINDOW))
     counts: Counts = field(default_factory=Counts)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Held by the enforcer while it checks a connection and warns or
+    #: renames it, and by a login or a registration while it sets the
+    #: account: else the enforcer could act on the account it read just
+    #: before a login, and rename a connection told it is logged in.
+    enforcing: threading.Lock = field(default_factory=threading.Lock)
     stopping: threading.Event = field(default_factory=threading.Event)
     enforcer: threading.Thread | None = None
     #: A hash of the same cost as real ones, for unknown names (timing).
@@ -303,8 +308,9 @@ class Accounts(AccountService):
         with state.lock:
             state.counts.logins += 1
         was = client.account
-        client.account = name
-        _forget_owner(client)
+        with state.enforcing:
+            client.account = name
+            _forget_owner(client)
         who = client.nick or "a connection entering the chat"  # a login before entering (SASL, a first /login)
         log.info("%s from %s logged in to account %r", who, format_address(*client.address), name)
         if was and was != name:
@@ -359,7 +365,8 @@ def _enforce(server: ChatServer) -> None:
     while not state.stopping.wait(min(1.0, max(0.1, server.config.options.nick_grace / 4))):
         for client in list(server.registry):
             try:
-                _check_nick(server, client)
+                with state.enforcing:
+                    _check_nick(server, client)
             except Exception:
                 log.exception("nick ownership check of %r failed", client)
 
@@ -474,12 +481,16 @@ def _register(client: Client, args: str) -> None:
         "suspended_by": "",
         "certfp": [],
     }
-    if not client.server.store.create(KIND, name.casefold(), record):
+    # The account and its owner's login appear together to the enforcer.
+    with _state(client.server).enforcing:
+        created = client.server.store.create(KIND, name.casefold(), record)
+        if created:
+            client.account = name
+            _forget_owner(client)
+    if not created:
         client.error(f"the account {name} is taken: /login {name} PASSWORD if it is yours, or /nick to another name")
         return
     log.warning("account %r registered by %s", name, format_address(*client.address))
-    client.account = name
-    _forget_owner(client)
     client.notice(f"registered the account {name}; you are logged in to it (later: /login {name} PASSWORD)")
 
 

@@ -7,11 +7,12 @@ import logging
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from chatcore.engine import gate
+from chatcore.engine import auth, gate
 from chatcore.engine.auth import hash_password
 from chatcore.testing import LineClient, ServerProcess, wait_for
 
@@ -22,6 +23,14 @@ OPER = "s3cret-oper"
 @pytest.fixture
 def fast_failures(monkeypatch):
     monkeypatch.setattr(gate, "SECRET_DELAY", 0.02)
+
+
+@pytest.fixture
+def cheap_passwords(monkeypatch):
+    """Passwords hashed at a tiny scrypt cost, for tests of what a login
+    must do within a grace period: at the real cost a login took up to a
+    second on a loaded 2-core machine (CI)."""
+    monkeypatch.setattr(auth, "SCRYPT_N", 2**4)
 
 
 @pytest.fixture
@@ -64,6 +73,10 @@ def test_register_login_logout_and_shared_accounts(accounts, connect, caplog):
     alice.expect("* you are now known as alice2")
     other.send("/nick ALICE")
     other.expect("* you are now known as ALICE")
+    # Holding alice's nick without her account: warned at the enforcer's
+    # next round (within a second), which may come before or after the
+    # answer to /register.
+    other.expect(lambda line: line.startswith("* the nick ALICE belongs to an account: /login ALICE PASSWORD"))
     other.send(f"/register {PASSWORD}")
     assert other.readline() == (
         "! the account ALICE is taken: /login ALICE PASSWORD if it is yours, or /nick to another name"
@@ -108,7 +121,9 @@ def test_change_the_password_and_drop_the_account(accounts, connect):
     assert server.store.get("account", "alice") is None
 
 
-def test_a_registered_nick_is_renamed_after_the_grace_period_unless_its_owner_logs_in(accounts, connect):
+def test_a_registered_nick_is_renamed_after_the_grace_period_unless_its_owner_logs_in(
+    accounts, connect, cheap_passwords
+):
     server = accounts("--nick-grace", "0.5")
     alice = connect(server, "alice")
     register(alice, "alice")
@@ -141,8 +156,43 @@ def test_a_registered_nick_is_renamed_after_the_grace_period_unless_its_owner_lo
     witness.expect(lambda line: line.startswith("* you were renamed to guest-"))
     owner.send("/ping")
     owner.expect("* pong")
-    assert not any(line.startswith("* you were renamed") for line in owner.received)
+    assert not any(line.startswith("* you were renamed") for line in owner.received), owner.received
     assert server.registry.find("alice").account == "alice"
+
+
+def test_a_login_as_the_grace_period_ends_is_never_followed_by_a_rename(
+    accounts, connect, cheap_passwords, monkeypatch
+):
+    """A connection that logs in to its nick's account just as its grace
+    period runs out is renamed before its login is answered, or not at
+    all. The enforcer read the account, then renamed: a login in between
+    was told "you are logged in to alice", then "you were renamed ...
+    you are not logged in to". Here the enforcer's rename is held until
+    the login is answered (at most a second: a login that waits for the
+    enforcer cannot be answered meanwhile)."""
+    server = accounts("--nick-grace", "0.4")
+    alice = connect(server, "alice")
+    register(alice, "alice")
+    renaming, answered = threading.Event(), threading.Event()
+    change_nick = server.change_nick
+
+    def held_change_nick(client, nick):
+        if threading.current_thread().name == "chatcore-nick-owners":
+            renaming.set()
+            answered.wait(1.0)
+        return change_nick(client, nick)
+
+    monkeypatch.setattr(server, "change_nick", held_change_nick)
+    alice.send("/logout")
+    alice.expect(lambda line: line.startswith("* the nick alice belongs to an account"))
+    assert renaming.wait(5), "the enforcer did not rename alice"
+    alice.send(f"/login {PASSWORD}")
+    told = alice.expect(lambda line: line.startswith(("* you are logged in to alice", "* you were renamed to guest-")))
+    answered.set()
+    assert told.startswith("* you were renamed to guest-"), alice.received
+    alice.expect("* you are logged in to alice")
+    guest = told.split()[5].rstrip(":")
+    assert server.registry.find(guest).account == "alice"
 
 
 def test_failed_logins_are_throttled_per_connection_and_per_account(accounts, connect):
