@@ -1731,6 +1731,55 @@ def test_irc_operators_kick_and_kill_and_a_ban_by_nick_reach_another_server(redi
                 refused.close()
 
 
+@pytest.mark.slow
+def test_an_operator_whose_join_is_still_on_its_way_to_redis_hears_its_kick_done_elsewhere(
+    redis_server, cluster, connect, chat_server_factory, tmp_path
+) -> None:
+    """The operator's Joined goes to the room's stream through the
+    publisher's queue, and its server reads the room from there on; the kick
+    went to the other server at once, so the kicked one's leave could reach
+    the stream first and never the operator (the IRC test above, in CI
+    under load). Here the operator's Joined is held back until the leave is
+    in the stream, or a second: a kick now waits for what was said before it."""
+    opers_file = tmp_path / "opers"
+    opers_file.write_text("root hunter2\n")
+    two = cluster(redis_server.url, "127.0.0.2")
+    name = two.args[two.args.index("--redis-cluster") + 1]  # in-process: its publisher is at hand
+    one = chat_server_factory(
+        "--plugins", "redis", "--redis-url", redis_server.url, "--redis-cluster", name, "--opers-file", str(opers_file)
+    )  # fmt: skip
+    bob = connect(two, "bob")
+    publisher = one.backplane.cluster.publisher  # type: ignore[attr-defined]
+    send = publisher._send
+    admin = redis_server.client()
+
+    def kicked_in_stream() -> bool:
+        return any(
+            '"kicked_by":"op"' in entry["event"] for _id, entry in admin.xrange(publisher.cluster.keys.stream("lobby"))
+        )
+
+    def held_back(client, script, exit_script, keep_script, batch):  # type: ignore[no-untyped-def]
+        if any(item.placing and item.room == "lobby" for item in batch):  # the operator's Joined
+            deadline = time.monotonic() + 1.0
+            while not kicked_in_stream() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return send(client, script, exit_script, keep_script, batch)
+
+    publisher._send = held_back  # this server's alone, stopped after the test
+    op = LineClient(one.address, timeout=TIMEOUT)
+    try:
+        op.send("/nick op")
+        op.expect("* you are now known as op")
+        op.send("/oper root hunter2")
+        op.expect("* you are now an operator (root)")
+        op.send("/kick bob spamming")
+        bob.expect("* you were kicked out of lobby by op (spamming)")
+        op.expect("* bob was kicked out by op (spamming)")
+    finally:
+        op.close()
+        admin.close()
+
+
 def test_memberships_modes_and_quits_of_many_rooms_span_the_cluster(redis_server, cluster, connect) -> None:
     # Issue 24: a person in several rooms is listed in each on every server,
     # a room's mode change holds on the other servers, and a quit is told to

@@ -684,6 +684,11 @@ class Presence(threading.Thread):
                 room = details["room"]
                 if self.client.exists(cluster.keys.room_holders(room)):
                     self.client.hset(cluster.keys.room_state(room), f"i:{details['nick'].casefold()}", "1")
+            # Only once the events said here before it are in Redis: else the
+            # other server could carry out a kick and put the leave in the
+            # room's stream before the operator's own Joined, where this
+            # server's reader starts, and the operator never heard its kick.
+            cluster.publisher.flush(cluster.timeout)
             self.client.xadd(
                 cluster.keys.moderation(),
                 {"v": FORMAT_VERSION, "node": cluster.node, "event": encode_moderation(action, details)},
