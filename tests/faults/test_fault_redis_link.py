@@ -97,6 +97,11 @@ def test_redis_restarted_empty_under_load_announces_what_it_lost(redis_server, c
     mark = len(bob.received)
 
     sent = talk(alice, "before", 0.5)
+    # Read by server two before Redis goes: a line Redis took and lost
+    # with its restart before any reader had it is gone (Redis without
+    # persistence), and announced: a busy machine's reader lagging at the
+    # stop lost "before" lines that way, not what this test is about.
+    read_until(bob, f"<alice> {sent[-1]}")
     redis_server.stop()
     sent += talk(alice, "during", 1.0)
     redis_server.start()
@@ -106,9 +111,9 @@ def test_redis_restarted_empty_under_load_announces_what_it_lost(redis_server, c
     read_until(bob, "<alice> end")
     recovery = time.monotonic() - restarted
     row = record(tally("Redis restarted empty", sent, bob.received[mark:], "alice", recovery))
+    # What was said during the outage (queued by server one) and after it
+    # comes through the new streams, or its loss is announced.
     row.holds_the_promise()
-    # Everything said before the restart had been read; what came after is read from the new streams.
-    assert all(f"<alice> before {i}" in bob.received for i in range(sum(s.startswith("before") for s in sent)))
     assert row.recovery < RECOVERY_BOUND
 
 
