@@ -80,7 +80,12 @@ class Publisher(threading.Thread):
         self.cluster = cluster
         self.max_pending = max_pending
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        #: The publisher thread waits on it for events to send.
+        self._cond = threading.Condition(lock)
+        #: flush() waits on it for Redis's confirmations (a condition of its
+        #: own: _cond's notify() must wake the publisher, not a flush).
+        self._confirmed_changed = threading.Condition(lock)
         self._seq = 0
         #: Events given up: refused by Redis, or beyond --redis-max-pending.
         self.dropped = 0
@@ -144,13 +149,15 @@ class Publisher(threading.Thread):
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued so far is in Redis; False on timeout."""
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self._confirmed_changed:
             target = self._seq
-        while self.confirmed < target:
-            if time.monotonic() > deadline or not self.is_alive():
-                return False
-            time.sleep(0.01)
-        return True
+            while self.confirmed < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.is_alive():
+                    return False
+                # Looked at again now and then: a publisher that died never notifies.
+                self._confirmed_changed.wait(min(remaining, 0.5))
+            return True
 
     def waiting(self) -> int:
         """Events queued and not yet confirmed by Redis."""
@@ -168,6 +175,7 @@ class Publisher(threading.Thread):
             while self._queue and self._queue[0].seq <= last:
                 self._queue.popleft()
             self.confirmed = max(self.confirmed, last)
+            self._confirmed_changed.notify_all()
 
     def _send(
         self, client: redis_py.Redis, script: Any, exit_script: Any, keep_script: Any, batch: list[_Pending]
