@@ -375,6 +375,7 @@ def test_sighup_changes_the_accounts_options(tmp_path, clients):
         carol.expect(re.compile(r"^! too many failed logins to alice lately"))
         # And someone taking alice's nick has the new grace to log in.
         alice.send("/quit")
+        carol.expect("* alice left")  # her quit is another thread's: the nick is free once she is gone
         carol.send("/nick alice")
         carol.expect(
             "* the nick alice belongs to an account: /login alice PASSWORD within 7 seconds, "

@@ -232,7 +232,7 @@ class ChatServer:
         self.hooks.server_start(self)
         self.backplane.start(self)
         self.writer.start()
-        self.serving.start_sweeper()
+        self.serving.start()
         for listener in self.listeners:
             listener.start()
             host, port = listener.address
@@ -288,6 +288,7 @@ class ChatServer:
         state store (also after a start that failed: a plugin opened it)."""
         for listener in self.listeners:
             listener.server_close()
+        self.serving.close()
         self.writer.stop()
         if self._store is not None:
             self._store.close()

@@ -29,6 +29,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from chatcore.engine.connection import Client
+from chatcore.engine.turns import make_turns
 from chatcore.events import Error
 from chatcore.transports import Transport
 from chatcore.transports.listener import format_address
@@ -77,6 +78,9 @@ class Connections:
         self._handshaking: set[socket.socket] = set()
         self._sweeper: threading.Thread | None = None
         self._swept = threading.Event()
+        #: At most a few connection threads handle input at once
+        #: (chatcore.engine.turns); None where there is no epoll.
+        self.turns = make_turns()
 
     def snapshot(self) -> list[Client]:
         """Every connection being served, admitted or not (a copy)."""
@@ -274,28 +278,42 @@ class Connections:
             pass  # gone already, or too slow to say goodbye to
 
     def _read(self, client: Client, data_received: Callable[[bytes], None]) -> None:
-        recv = client.transport.recv
+        transport = client.transport
+        recv, recv_ready, buffered = transport.recv, transport.recv_ready, transport.buffered
+        # Without read turns (no epoll; or the server is stopping, when
+        # wait() says False) the thread waits in recv() itself.
+        reader = None if self.turns is None else self.turns.reader(transport.sock.fileno())
         clock = time.monotonic
         size = RECV_IDLE
         # No check of client.closed up here: a disconnect from any other
-        # thread shuts the socket down, which ends recv() below.
-        while True:
-            try:
-                data = recv(size)
-            except OSError as exc:
-                log.debug("read from %r failed: %s", client, exc)
-                client.disconnect("connection lost", tell=False)
-                return
-            if not data:
-                return
-            size = RECV_BUSY if len(data) >= size else RECV_IDLE
-            # When this input arrived: message latency starts here, and idle
-            # connections are timed from it.
-            client.arrived = clock()
-            client.bytes_in += len(data)
-            data_received(data)
-            if client.closed:  # disconnected (by what it sent, or another thread)
-                return
+        # thread shuts the socket down, which wakes the thread.
+        try:
+            while True:
+                turn = reader is not None and reader.wait(buffered())
+                try:
+                    data = recv_ready(size) if turn else recv(size)
+                    if data is None:
+                        continue  # not a whole TLS record yet, or a spurious wake-up
+                    if not data:
+                        return
+                    size = RECV_BUSY if len(data) >= size else RECV_IDLE
+                    # When this input arrived: message latency starts here,
+                    # and idle connections are timed from it.
+                    client.arrived = clock()
+                    client.bytes_in += len(data)
+                    data_received(data)
+                    if client.closed:  # disconnected (by what it sent, or another thread)
+                        return
+                except OSError as exc:
+                    log.debug("read from %r failed: %s", client, exc)
+                    client.disconnect("connection lost", tell=False)
+                    return
+                finally:
+                    if turn:
+                        reader.done()  # type: ignore[union-attr]
+        finally:
+            if reader is not None:
+                reader.forget()
 
     def _leave(self, client: Client) -> None:
         if client.close_reason is None:
@@ -307,6 +325,18 @@ class Connections:
             log.warning("writer did not release %r in time; closing anyway", client)
 
     # -- the deadlines ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the epoll thread of the read turns, and the sweeper."""
+        if self.turns is not None:
+            self.turns.start()
+        self.start_sweeper()
+
+    def close(self) -> None:
+        """Let go of the read turns (the server has stopped, or never
+        started)."""
+        if self.turns is not None:
+            self.turns.close()
 
     def start_sweeper(self) -> None:
         """Start the sweeper if the gate has deadlines and it is not running."""

@@ -2,7 +2,9 @@
 
 A transport is what the engine reads from and writes to for one connection:
 
-- the client's reader thread calls :meth:`Transport.recv` (blocking);
+- the client's reader thread calls :meth:`Transport.recv_ready` when the
+  socket has input (:mod:`chatcore.engine.turns` watches it), or
+  :meth:`Transport.recv` (blocking) where there is no epoll;
 - the shared writer thread sends what :meth:`Transport.encrypt` returns on
   the raw socket with ``MSG_DONTWAIT``, so it never blocks;
 - before the client is registered, :meth:`Transport.handshake` runs (with a
@@ -22,6 +24,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
@@ -51,6 +55,20 @@ class Transport:
         """Up to about ``size`` bytes from the client; ``b""`` at the end.
         Blocking; the reader thread only."""
         return self.sock.recv(size)
+
+    def recv_ready(self, size: int) -> bytes | None:
+        """Like :meth:`recv` but never blocking: None if nothing can be
+        read yet (input that woke the thread was not a whole TLS record, or
+        the wake-up was spurious). The reader thread only."""
+        try:
+            return self.sock.recv(size, _DONTWAIT)
+        except BlockingIOError:
+            return None
+
+    def buffered(self) -> bool:
+        """Whether input is waiting in memory, where polling the socket
+        cannot see it (TLS: the rest of a record already decrypted)."""
+        return False
 
     def sendall(self, data: bytes) -> None:
         """Send before the client is registered (a refusal), blocking."""

@@ -46,6 +46,8 @@ from collections.abc import Callable
 
 from chatcore.transports import Transport
 
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
 log = logging.getLogger("chatcore.tls")
 
 #: Seconds a new connection has to complete the TLS handshake.
@@ -204,8 +206,21 @@ class TLSTransport(Transport):
         return super().wait_readable(timeout)
 
     def recv(self, size: int) -> bytes:
+        data = self._read(size, block=True)
+        assert data is not None  # a blocking read waits for a whole record
+        return data
+
+    def recv_ready(self, size: int) -> bytes | None:
+        return self._read(size, block=False)
+
+    def buffered(self) -> bool:
+        with self._lock:
+            return bool(self._incoming.pending or self._ssl.pending())
+
+    def _read(self, size: int, *, block: bool) -> bytes | None:
         incoming = self._incoming
         lock = self._lock
+        flags = 0 if block else _DONTWAIT
         eof = False
         while True:
             with lock:
@@ -222,7 +237,10 @@ class TLSTransport(Transport):
                 return data
             if eof:
                 return b""
-            raw = self.sock.recv(size)  # blocking, and without the lock
+            try:
+                raw = self.sock.recv(size, flags)  # without the lock
+            except BlockingIOError:
+                return None  # part of a record: the rest wakes the thread again
             with lock:
                 if raw:
                     incoming.write(raw)
