@@ -275,3 +275,21 @@ def test_tls_input_read_in_part_is_buffered_where_the_socket_cannot_show_it(tls_
 
 def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_a_thread_ending_its_turn_takes_in_input_the_epoll_thread_has_not(monkeypatch):
+    # Under load the epoll thread waits for the GIL among every thread with a
+    # turn; input must not wait for it. Here it never runs at all.
+    monkeypatch.setattr(turns_module, "DIRECT", 0)
+    turns = Turns(limit=2)  # not started: no epoll thread
+    handler = Handler(turns, 1)
+    try:
+        assert wait_for(lambda: len(turns._waiting) == 1, TIMEOUT)
+        handler.pairs[0][1].send(b"hello")
+        other = turns.reader(-1)
+        assert other.wait(buffered=True)  # a TLS thread with input in memory
+        other.done()
+        assert wait_for(lambda: handler.data == [b"hello"], TIMEOUT)
+    finally:
+        turns.close()
+        handler.close()

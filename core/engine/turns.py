@@ -105,7 +105,6 @@ class Turns:
 
     def _run(self) -> None:
         epoll = self._epoll
-        waiting = self._waiting
         queue = self._queue
         clock = time.monotonic
         try:
@@ -116,16 +115,36 @@ class Turns:
                 with self._lock:
                     if self.closed:
                         break
-                    for fd, _ in events:
-                        latch = waiting.pop(fd, None)
-                        if latch is not None:
-                            queue.append(latch)
-                    if queue:
-                        self._grant(clock())
+                    self._take(events, clock())
         except Exception:  # never expected: without this thread, nobody would read
             log.exception("the read turns' epoll thread failed; connections read without turns")
             self.closed = True
         self._let_go()
+
+    def harvest(self) -> None:
+        """Queue, and give turns to, the threads whose input is in, without
+        waiting: called as a thread's turn ends. It holds the GIL already,
+        so under load input is found without a hand-off to the epoll
+        thread, which must wait for the GIL among every thread with a turn."""
+        try:
+            events = self._epoll.poll(0)
+        except (OSError, ValueError):
+            return  # closed: the server is stopping
+        if events:
+            with self._lock:
+                if not self.closed:
+                    self._take(events, time.monotonic())
+
+    def _take(self, events: list[tuple[int, int]], now: float) -> None:
+        """Queue the threads of sockets the epoll set reported (under the lock)."""
+        waiting = self._waiting
+        queue = self._queue
+        for fd, _ in events:
+            latch = waiting.pop(fd, None)
+            if latch is not None:
+                queue.append(latch)
+        if queue:
+            self._grant(now)
 
     def _grant(self, now: float) -> None:
         """Give turns to queued threads while fewer than ``limit`` fresh
@@ -214,17 +233,18 @@ class Reader:
         return self._counted or not turns.closed
 
     def done(self) -> None:
-        """End the turn: a counted one passes to the first queued thread."""
-        if not self._counted:
-            return
-        self._counted = False
+        """End the turn: a counted one passes to the first queued thread;
+        and whatever input the epoll set has is taken in."""
         turns = self._turns
-        with turns._lock:
-            turns._held.pop(self._latch, None)
-            if turns._queue:
-                latch = turns._queue.popleft()
-                turns._held[latch] = time.monotonic()
-                latch.release()
+        if self._counted:
+            self._counted = False
+            with turns._lock:
+                turns._held.pop(self._latch, None)
+                if turns._queue:
+                    latch = turns._queue.popleft()
+                    turns._held[latch] = time.monotonic()
+                    latch.release()
+        turns.harvest()
 
     def forget(self) -> None:
         """Stop watching the socket (before it is closed: its descriptor's
