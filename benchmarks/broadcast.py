@@ -1413,6 +1413,17 @@ def audience(scenario: Scenario) -> int:
     return scenario.clients - 1
 
 
+def away_from_driver(options: argparse.Namespace) -> list[str]:
+    """``taskset`` for a server: the CPUs other than --driver-cpu's, so that
+    a server never shares the driver's CPU (chatcore's --cpu-affinity auto
+    keeps the one of them it starts on; without this it was the driver's
+    one run in two, and the rounds of a run differed by a third)."""
+    if not options.driver_cpu:
+        return []
+    others = sorted(os.sched_getaffinity(0) - {int(options.driver_cpu)})
+    return ["taskset", "-c", ",".join(map(str, others))] if others else []
+
+
 def c_driver_command(server: ServerProcess, scenario: Scenario, options: argparse.Namespace) -> list[str]:
     """The C driver's command line for ``scenario`` against ``server``."""
     assert server.process is not None
@@ -1627,7 +1638,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--driver-cpu",
         metavar="CPU",
-        help="pin the C driver to this CPU with taskset (chatcore pins itself: --cpu-affinity auto)",
+        help="pin the C driver to this CPU with taskset, and start the servers on the other CPUs"
+        " (chatcore then pins itself to one of them: --cpu-affinity auto)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument(
@@ -1826,6 +1838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         command = server_command(
                             server_name, scenario, options, max_clients, log_dir, plugins=plugins, python=python
                         )
+                        command = [*away_from_driver(options), *command]
                         with ServerProcess(server_name, command, Path(log_dir) / f"{server_name}.out") as server:
                             if driver == "c":
                                 result = run_c_driver(server, scenario, options)
