@@ -11,10 +11,12 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import trustme
 
+import chatcore.engine.serving
 from chatcore.engine import turns as turns_module
 from chatcore.engine.turns import Turns
 from chatcore.testing import LineClient, wait_for
@@ -215,13 +217,19 @@ def test_a_busy_room_of_more_clients_than_turns_hears_every_line(chat_server_fac
             client.close()
 
 
-@pytest.fixture
-def tls_pair(tmp_path) -> Iterator[tuple[TLSTransport, ssl.SSLObject, ssl.MemoryBIO, socket.socket]]:
+def certificate(directory: Path) -> tuple[trustme.CA, Path, Path]:
+    """A CA, and a certificate and key for 127.0.0.1 it signed, in files."""
     ca = trustme.CA()
     leaf = ca.issue_cert("127.0.0.1")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert, key = directory / "cert.pem", directory / "key.pem"
     cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
     key.write_bytes(leaf.private_key_pem.bytes())
+    return ca, cert, key
+
+
+@pytest.fixture
+def tls_pair(tmp_path) -> Iterator[tuple[TLSTransport, ssl.SSLObject, ssl.MemoryBIO, socket.socket]]:
+    ca, cert, key = certificate(tmp_path)
     ours, theirs = socket.socketpair()
     transport = TLSTransport(ours, server_context(str(cert), str(key)))
     context = ssl.create_default_context()
@@ -293,3 +301,32 @@ def test_a_thread_ending_its_turn_takes_in_input_the_epoll_thread_has_not(monkey
     finally:
         turns.close()
         handler.close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_without_epoll_each_thread_waits_in_recv_as_before(chat_server_factory, monkeypatch, tmp_path, tls):
+    # Off Linux there is no epoll: make_turns() gives None and threads read
+    # blocking. The same chat must work, TLS included.
+    monkeypatch.setattr(chatcore.engine.serving, "make_turns", lambda: None)
+    args: list[str] = []
+    context = None
+    if tls:
+        ca, cert, key = certificate(tmp_path)
+        args = ["--listen", "tls://127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)]
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+    server = chat_server_factory(*args)
+    assert server.serving.turns is None
+    alice = LineClient(server.address, tls=context)
+    bob = LineClient(server.address, tls=context)
+    try:
+        alice.sync()
+        bob.sync()
+        alice.expect("* guest-2 joined")
+        alice.send("hello")
+        assert bob.expect("<guest-1> hello")
+        bob.send("/quit")
+        assert alice.expect("* guest-2 left")
+    finally:
+        alice.close()
+        bob.close()
