@@ -224,8 +224,9 @@ def version(name: str) -> str:
 
 
 @contextlib.contextmanager
-def running(name: str) -> Iterator[tuple[int, int]]:
-    """The server ``name`` on a free port: yields (port, process id)."""
+def running(name: str, pin: list[str] | None = None) -> Iterator[tuple[int, int]]:
+    """The server ``name`` on a free port: yields (port, process id).
+    ``pin``: a ``taskset`` prefix for it (``--driver-cpu``)."""
     with tempfile.TemporaryDirectory(prefix=f"irc-bench-{name}-") as tmp:
         port = free_port()
         command = SERVERS[name](port, Path(tmp))
@@ -233,7 +234,7 @@ def running(name: str) -> Iterator[tuple[int, int]]:
             raise RuntimeError(f"{command[0]} is not installed (apt-get install {name})")
         log = Path(tmp) / "server.log"
         with log.open("wb") as output:
-            proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=tmp)
+            proc = subprocess.Popen([*(pin or []), *command], stdout=output, stderr=subprocess.STDOUT, cwd=tmp)
         try:
             wait_for_port(port, proc)
             yield port, proc.pid
@@ -422,7 +423,14 @@ def main(argv: list[str] | None = None) -> int:
             "checks every line's order and counts the servers' CPU (default: %(default)s)"
         ),
     )
+    parser.add_argument(
+        "--driver-cpu",
+        metavar="CPU",
+        help="with --driver c: pin the C driver to this CPU with taskset, and start the servers on the other CPUs",
+    )
     options = parser.parse_args(argv)
+    if options.driver_cpu and options.driver != "c":
+        parser.error("--driver-cpu needs --driver c")
     found = options.ergo or shutil.which("ergo")
     if found is not None and ergo_version(found) is None:
         if options.ergo:
@@ -469,8 +477,10 @@ def run_c(names: list[str], options: argparse.Namespace) -> int:
     """The same rooms and connects through the C driver's IRC mode: every
     client registers, joins #bench, and the senders' PRIVMSG lines are
     checked for order, loss and corruption at every receiver."""
-    from broadcast import build_c_driver
+    from broadcast import away_from_driver, build_c_driver
 
+    pin = away_from_driver(options)
+    driver_pin = ["taskset", "-c", options.driver_cpu] if options.driver_cpu else []
     print("| server | test | deliveries/s | p50 ms | p99 ms | p99.9 ms | lost, dup, reord, corrupt | server cores |")
     print("|---|---|---:|---:|---:|---:|---|---:|")
     failed = False
@@ -479,10 +489,10 @@ def run_c(names: list[str], options: argparse.Namespace) -> int:
         for name in names:
             print(f"<!-- {version(name)} -->", file=sys.stderr)
             for size in [int(text) for text in options.rooms.split(",")]:
-                with running(name) as (port, pid):
+                with running(name, pin) as (port, pid):
                     flow = ["--clients", str(size), "--senders", str(min(options.senders, size))]
                     flow += ["--window", str(options.window), "--duration", str(options.duration)]
-                    result = c_driver(driver, port, pid, flow)
+                    result = c_driver([*driver_pin, driver], port, pid, flow)
                 if "error" in result:
                     failed = True
                     print(f"| {name} | room of {size} | {result['error']} | | | | | |", flush=True)
@@ -493,8 +503,10 @@ def run_c(names: list[str], options: argparse.Namespace) -> int:
                     f"{result['p99_ms']:.2f} | {result['p999_ms']:.2f} | {faults} | {result['server_cores']:.2f} |",
                     flush=True,
                 )
-            with running(name) as (port, pid):
-                result = c_driver(driver, port, pid, ["--mode", "connect", "--clients", str(options.connects)])
+            with running(name, pin) as (port, pid):
+                result = c_driver(
+                    [*driver_pin, driver], port, pid, ["--mode", "connect", "--clients", str(options.connects)]
+                )
             seconds = result.get("all_welcomed_s")
             failed = failed or seconds is None
             shown = f"{seconds:.3f} s until the last 001" if seconds is not None else f"not all welcomed: {result}"
@@ -502,8 +514,8 @@ def run_c(names: list[str], options: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def c_driver(driver: str, port: int, pid: int, args: list[str]) -> dict[str, Any]:
-    command = [driver, "--protocol", "irc", "--port", str(port), "--server-pid", str(pid), "--connect-rate", "0"]
+def c_driver(driver: list[str], port: int, pid: int, args: list[str]) -> dict[str, Any]:
+    command = [*driver, "--protocol", "irc", "--port", str(port), "--server-pid", str(pid), "--connect-rate", "0"]
     command += ["--setup-timeout", str(SETUP_TIMEOUT), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=2 * SETUP_TIMEOUT + 60, check=False)
     lines = done.stdout.strip().splitlines()
