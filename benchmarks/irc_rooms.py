@@ -424,6 +424,14 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     parser.add_argument(
+        "--steady",
+        type=int,
+        default=50_000,
+        metavar="PER_S",
+        help="with --driver c: also deliveries offered at this steady rate to a room of 100, for the tail "
+        "(0: not; default: %(default)s)",
+    )
+    parser.add_argument(
         "--driver-cpu",
         metavar="CPU",
         help="with --driver c: pin the C driver to this CPU with taskset, and start the servers on the other CPUs",
@@ -493,16 +501,14 @@ def run_c(names: list[str], options: argparse.Namespace) -> int:
                     flow = ["--clients", str(size), "--senders", str(min(options.senders, size))]
                     flow += ["--window", str(options.window), "--duration", str(options.duration)]
                     result = c_driver([*driver_pin, driver], port, pid, flow)
-                if "error" in result:
-                    failed = True
-                    print(f"| {name} | room of {size} | {result['error']} | | | | | |", flush=True)
-                    continue
-                faults = ", ".join(str(result[key]) for key in ("lost", "duplicated", "reordered", "corrupted"))
-                print(
-                    f"| {name} | room of {size} | {result['deliveries_per_s']:,.0f} | {result['p50_ms']:.2f} | "
-                    f"{result['p99_ms']:.2f} | {result['p999_ms']:.2f} | {faults} | {result['server_cores']:.2f} |",
-                    flush=True,
-                )
+                failed = not flow_row(name, f"room of {size}", result) or failed
+            if options.steady:
+                # The issue's tail: deliveries offered at a steady rate to a
+                # room of 100 (10 senders; the driver paces lines a second).
+                with running(name, pin) as (port, pid):
+                    flow = ["--clients", "100", "--senders", "10", "--rate", f"{options.steady / 99:.3f}"]
+                    result = c_driver([*driver_pin, driver], port, pid, [*flow, "--duration", str(options.duration)])
+                failed = not flow_row(name, f"steady {options.steady:,}/s to 100", result) or failed
             with running(name, pin) as (port, pid):
                 result = c_driver(
                     [*driver_pin, driver], port, pid, ["--mode", "connect", "--clients", str(options.connects)]
@@ -512,6 +518,20 @@ def run_c(names: list[str], options: argparse.Namespace) -> int:
             shown = f"{seconds:.3f} s until the last 001" if seconds is not None else f"not all welcomed: {result}"
             print(f"| {name} | {options.connects} connects at once | {shown} | | | | | |", flush=True)
     return 1 if failed else 0
+
+
+def flow_row(name: str, test: str, result: dict[str, Any]) -> bool:
+    """Print a flow's row of the table; False if the driver failed."""
+    if "error" in result:
+        print(f"| {name} | {test} | {result['error']} | | | | | |", flush=True)
+        return False
+    faults = ", ".join(str(result[key]) for key in ("lost", "duplicated", "reordered", "corrupted"))
+    print(
+        f"| {name} | {test} | {result['deliveries_per_s']:,.0f} | {result['p50_ms']:.2f} | "
+        f"{result['p99_ms']:.2f} | {result['p999_ms']:.2f} | {faults} | {result['server_cores']:.2f} |",
+        flush=True,
+    )
+    return True
 
 
 def c_driver(driver: list[str], port: int, pid: int, args: list[str]) -> dict[str, Any]:
