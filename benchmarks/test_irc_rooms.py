@@ -46,11 +46,13 @@ def test_ergo_is_told_from_debians_chemistry_program_of_the_same_name(tmp_path: 
 
 def test_the_c_driver_measures_chatcore(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--servers", "chatcore", "--rooms", "5", "--senders", "2", "--duration", "0.5", "--connects", "20"]
-    assert main([*argv, "--driver", "c"]) == 0
+    assert main([*argv, "--driver", "c", "--steady", "2000"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| chatcore |")]
-    assert len(rows) == 2
-    cells = [cell.strip() for cell in rows[0].split("|")]
-    assert int(cells[3].replace(",", "")) > 0
-    assert cells[7] == "0, 0, 0, 0"  # lost, duplicated, reordered, corrupted
-    assert "20 connects at once" in rows[1]
-    assert "until the last 001" in rows[1]
+    assert len(rows) == 3
+    for row, test in zip(rows[:2], ("room of 5", "steady 2,000/s to 100"), strict=True):
+        cells = [cell.strip() for cell in row.split("|")]
+        assert cells[2] == test
+        assert int(cells[3].replace(",", "")) > 0
+        assert cells[7] == "0, 0, 0, 0"  # lost, duplicated, reordered, corrupted
+    assert "20 connects at once" in rows[2]
+    assert "until the last 001" in rows[2]
