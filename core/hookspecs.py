@@ -304,8 +304,10 @@ def chatcore_private_received(client: Client, event: PrivateMessage) -> None:
         time and the sender's account (:class:`~chatcore.events.PrivateMessage`).
 
     Called on the sender's thread, or the backplane's for one from another
-    server, after the message was queued to ``client``. Calls overlap; keep
-    this fast.
+    server, just before the message is queued to ``client`` (so that what
+    a plugin keeps is there once the client has the message: it may ask
+    for its history at once). Calls overlap; keep this fast: the message
+    waits for it.
 
     .. versionadded:: 0.1
     """

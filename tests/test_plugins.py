@@ -14,7 +14,7 @@ import pytest
 from chatcore import Client, Message, hookimpl
 from chatcore.config import parse_config
 from chatcore.engine.server import ChatServer
-from chatcore.events import Chat, Joined, Left, PrivateMessage, RoomEvent
+from chatcore.events import Chat, Event, Joined, Left, PrivateMessage, RoomEvent
 from chatcore.hooks import PluginError
 from chatcore.testing import LineClient, wait_for
 
@@ -171,15 +171,29 @@ def test_delivered_observers_see_the_final_text(chat_server_factory, chat_client
     assert seen == [("guest-1", "HEY", 2)]
 
 
-def test_the_recipient_s_server_hears_of_a_private_message_with_its_id_and_time(chat_server_factory, chat_client):
+def test_the_recipient_s_server_hears_of_a_private_message_with_its_id_and_time(
+    chat_server_factory, chat_client, monkeypatch
+):
     """chatcore_private_received: the recipient, and the event with the ID
-    and time both copies carry."""
+    and time both copies carry; heard before the recipient is given it, so
+    that a plugin keeping it (history) has it once the recipient does."""
     received: list[tuple[str, PrivateMessage]] = []
+    order: list[str] = []
 
     class Keeper:
         @hookimpl
         def chatcore_private_received(self, client: Client, event: PrivateMessage) -> None:
             received.append((client.nick, event))
+            order.append("heard")
+
+    send = Client.send
+
+    def recorded(client: Client, event: Event) -> None:
+        if isinstance(event, PrivateMessage) and not event.echo:
+            order.append("given")
+        send(client, event)
+
+    monkeypatch.setattr(Client, "send", recorded)
 
     server = chat_server_factory("--plugins", "commands", plugins=[Upper(), Keeper()])
     alice, bob = chat_client(server), chat_client(server)
@@ -193,6 +207,7 @@ def test_the_recipient_s_server_hears_of_a_private_message_with_its_id_and_time(
     assert (recipient, event.sender, event.recipient, event.text, event.echo) == ("bob", "alice", "bob", "PSST", False)
     assert event.msgid.endswith("-pm:1")
     assert abs(event.time - time.time()) < 10
+    assert order == ["heard", "given"]
 
 
 def test_first_command_plugin_wins_and_shows_in_help(chat_server_factory, chat_client):

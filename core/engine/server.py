@@ -845,9 +845,11 @@ class ChatServer:
 
     def _hand_private(self, recipient: Client, event: PrivateMessage) -> None:
         """The one way a private message reaches its recipient here, from
-        whatever server it was said on."""
-        recipient.send(event)
+        whatever server it was said on. The plugins hear of it first: once
+        the recipient has it, a plugin that keeps it (history) has it too,
+        and a CHATHISTORY sent right after receiving it finds it."""
         self.hooks.private_received(recipient, event)
+        recipient.send(event)
 
     def send_tags(self, sender: Client, room: str, tags: str) -> Refusal | None:
         """Say client-only ``tags`` without text to ``room`` (IRC's ``TAGMSG
