@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis_support import Proxy, RedisServer, free_port
@@ -521,19 +522,27 @@ def test_publishes_cut_off_midway_are_retried_once_and_in_order(redis_server, cl
         proxy.close()
 
 
-def chat_texts(redis_server: RedisServer, room: str) -> list[str]:
-    """The texts of the chat entries in ``room``'s stream, in order."""
+def stream_events(redis_server: RedisServer, room: str) -> list[dict[str, Any]]:
+    """The events in ``room``'s stream, in order, as the codec wrote them."""
     client = redis_server.client()
     try:
-        texts = []
-        for stream in client.keys(f"chatcore:*:room:{room}:stream"):
-            for _id, entry in client.xrange(stream):
-                event = json.loads(entry["event"])
-                if event["type"] == "Chat":
-                    texts.append(event["text"])
-        return texts
+        return [
+            json.loads(entry["event"])
+            for stream in client.keys(f"chatcore:*:room:{room}:stream")
+            for _id, entry in client.xrange(stream)
+        ]
     finally:
         client.close()
+
+
+def joined_in_stream(redis_server: RedisServer, room: str, nick: str) -> bool:
+    """Whether ``nick``'s Joined is in ``room``'s stream yet."""
+    return any(event["type"] == "Joined" and event.get("nick") == nick for event in stream_events(redis_server, room))
+
+
+def chat_texts(redis_server: RedisServer, room: str) -> list[str]:
+    """The texts of the chat entries in ``room``'s stream, in order."""
+    return [event["text"] for event in stream_events(redis_server, room) if event["type"] == "Chat"]
 
 
 @pytest.mark.slow
@@ -1961,6 +1970,10 @@ def test_ircv3_notifications_reach_the_other_servers_once(redis_server, cluster)
             # An away user entering a channel: JOIN, then AWAY.
             bob.send("JOIN #third")
             bob.expect(re.compile(r" 366 bob #third "))
+            # bob hears of the joins after his own in the cluster's order, and
+            # his own reaches Redis just after he is told it (the publisher's
+            # queue): alice enters once it has, or hers may come before it.
+            assert wait_for(lambda: joined_in_stream(redis_server, "third", "bob"), TIMEOUT)
             alice.send("AWAY :back soon")
             alice.send("JOIN #third")
             alice.expect(re.compile(r" 366 alice #third "))
