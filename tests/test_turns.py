@@ -295,9 +295,15 @@ def test_a_thread_ending_its_turn_takes_in_input_the_epoll_thread_has_not(monkey
         assert wait_for(lambda: len(turns._waiting) == 1, TIMEOUT)
         handler.pairs[0][1].send(b"hello")
         other = turns.reader(-1)
-        assert other.wait(buffered=True)  # a TLS thread with input in memory
-        other.done()
-        assert wait_for(lambda: handler.data == [b"hello"], TIMEOUT)
+
+        def another_turn_ends() -> bool:
+            # Again until the handler's socket is in the epoll set: it goes
+            # in the waiting table a moment before.
+            assert other.wait(buffered=True)  # a TLS thread with input in memory
+            other.done()
+            return handler.data == [b"hello"]
+
+        assert wait_for(another_turn_ends, TIMEOUT)
     finally:
         turns.close()
         handler.close()
