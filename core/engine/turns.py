@@ -125,7 +125,11 @@ class Turns:
         """Queue, and give turns to, the threads whose input is in, without
         waiting: called as a thread's turn ends. It holds the GIL already,
         so under load input is found without a hand-off to the epoll
-        thread, which must wait for the GIL among every thread with a turn."""
+        thread, which must wait for the GIL among every thread with a turn.
+        Nothing to ask while no thread waits in the set (every talker has a
+        direct place): no system call then."""
+        if not self._waiting:
+            return
         try:
             events = self._epoll.poll(0)
         except (OSError, ValueError):

@@ -44,9 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from chatcore.transports import Transport
-
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+from chatcore.transports import _DONTWAIT, Transport
 
 log = logging.getLogger("chatcore.tls")
 
@@ -200,10 +198,7 @@ class TLSTransport(Transport):
 
     def wait_readable(self, timeout: float) -> bool:
         # What came with the handshake's last flight is in memory already.
-        with self._lock:
-            if self._incoming.pending or self._ssl.pending():
-                return True
-        return super().wait_readable(timeout)
+        return self.buffered() or super().wait_readable(timeout)
 
     def recv(self, size: int) -> bytes:
         data = self._read(size, block=True)
