@@ -5,10 +5,11 @@ marked with :data:`chatcore.hookimpl`. An implementation may accept any subset
 of a hook's arguments, by name, so hooks can gain arguments without breaking
 plugins.
 
-Threads: chatcore runs one thread per connected client, so most hooks are
-called on a client's thread, and calls from different clients overlap. A
-plugin that keeps shared state must lock it (or keep it per client in
-``client.data``).
+Threads: chatcore reads each client's input on a thread of its own while
+the client talks (one thread at a time per client, so its lines are handled
+in order; a quiet client holds none), so most hooks are called on a
+client's thread, and calls from different clients overlap. A plugin that
+keeps shared state must lock it (or keep it per client in ``client.data``).
 
 Failures: a plugin that raises in a per-connection or per-message hook is
 logged with its name and skipped; the event goes on with the other plugins.

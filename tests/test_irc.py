@@ -19,7 +19,7 @@ import pytest
 import trustme
 
 from chatcore import events, hookimpl
-from chatcore.engine import gate
+from chatcore.engine import gate, turns
 from chatcore.engine.backplane import Backplane
 from chatcore.engine.departed import Departed
 from chatcore.engine.rooms import Rooms
@@ -260,8 +260,11 @@ def os_threads() -> int:
 @pytest.mark.skipif(
     not os.path.isdir("/proc/self/task"), reason="counts the process's threads in /proc/self/task (Linux; CI is Linux)"
 )
-def test_connections_waiting_for_cap_end_hold_one_thread_each(chat_server_factory, connect):
-    # Each held a timer thread besides its reader: 40 waiting cost 80 threads.
+def test_connections_waiting_for_cap_end_hold_no_thread(chat_server_factory, connect, monkeypatch):
+    # Each held a timer thread besides its reader: 40 waiting cost 80
+    # threads. Now a connection whose client is quiet holds none.
+    monkeypatch.setattr(turns, "DIRECT_IDLE", 0.2)
+    monkeypatch.setattr(turns, "SPARE_IDLE", 0.2)
     server = start(chat_server_factory)
     before = os_threads()
     waiting = [connect(server) for _ in range(10)]
@@ -270,8 +273,10 @@ def test_connections_waiting_for_cap_end_hold_one_thread_each(chat_server_factor
         irc.send(f"NICK waiting{number}")
         irc.send(f"USER waiting{number} 0 * :Waiting")
         irc.sync()  # its thread has handled all three
-    assert os_threads() - before == len(waiting)
+    assert wait_for(lambda: os_threads() <= before, timeout=10)
     assert not server.registry.find("waiting0")
+    waiting[0].send("CAP END")
+    assert wait_for(lambda: server.registry.find("waiting0"), timeout=10)
 
 
 def test_quit_before_registration_is_answered_with_error(chat_server_factory, connect):

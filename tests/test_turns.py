@@ -1,10 +1,12 @@
-"""Read turns (chatcore.engine.turns): at most a few connection threads
-handle input at once, however many clients talk; a thread blocked inside its
-turn does not hold the others back; the server stops cleanly with threads
-waiting; TLS input that is not a whole record waits for the rest."""
+"""Read turns (chatcore.engine.turns): at most a few connections handle
+input at once, however many clients talk; a thread blocked inside its turn
+does not hold the others back; a quiet connection has no thread, and spare
+threads serve the next; the server stops cleanly with connections watched;
+TLS input that is not a whole record waits for the rest."""
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import ssl
@@ -18,7 +20,7 @@ import trustme
 
 import chatcore.engine.serving
 from chatcore.engine import turns as turns_module
-from chatcore.engine.turns import Turns
+from chatcore.engine.turns import BLOCK, PARK, TURN, Reader, Turns
 from chatcore.testing import LineClient, wait_for
 from chatcore.transports.tls import TLSTransport, server_context
 
@@ -27,17 +29,59 @@ TIMEOUT = 10
 
 @pytest.fixture
 def turns(monkeypatch) -> Iterator[Turns]:
-    monkeypatch.setattr(turns_module, "DIRECT", 0)  # every thread waits in the epoll set
+    monkeypatch.setattr(turns_module, "DIRECT", 0)  # every quiet connection is watched by the epoll set
     made = Turns(limit=2)
     made.start()
     yield made
     made.close()
 
 
+class Connection:
+    """A connection's work on a socket pair, reading through the turns as
+    chatcore's does (chatcore.engine.serving.Session)."""
+
+    def __init__(self, handler: Handler, number: int, sock: socket.socket) -> None:
+        self.handler = handler
+        self.number = number
+        self.sock = sock
+        self.reader = handler.turns.reader(sock.fileno(), self.run)
+        #: What each wait() said, in order.
+        self.said: list[str] = []
+
+    def run(self) -> Reader | None:
+        reader, handler = self.reader, self.handler
+        while True:
+            how = reader.wait()
+            self.said.append(how)
+            if how is PARK:
+                return reader
+            turn = how is TURN
+            try:
+                data = self.sock.recv(256, 0 if how is BLOCK else socket.MSG_DONTWAIT)
+                if not data:
+                    reader.forget()
+                    with handler.lock:
+                        handler.ended += 1
+                    return None
+                with handler.lock:
+                    handler.inside += 1
+                    handler.most_inside = max(handler.most_inside, handler.inside)
+                handler.handle(self.number, data)
+                with handler.lock:
+                    handler.inside -= 1
+                    handler.handled.append(self.number)
+                    handler.data.append(data)
+            except BlockingIOError:
+                continue  # a spurious wake-up
+            finally:
+                if turn:
+                    reader.done()
+
+
 class Handler:
-    """Connection threads on socket pairs, reading through the turns as
-    chatcore's do; ``handle(number, data)`` is each one's work (by default
-    ``work`` seconds of it). Counts how many handle input at once."""
+    """Connections on socket pairs, served by the turns' threads;
+    ``handle(number, data)`` is each one's work (by default ``work``
+    seconds of it). Counts how many handle input at once."""
 
     def __init__(
         self, turns: Turns, count: int, work: float = 0.0, handle: Callable[[int, bytes], None] | None = None
@@ -48,50 +92,27 @@ class Handler:
         self.lock = threading.Lock()
         self.inside = 0
         self.most_inside = 0
+        self.ended = 0
         self.handled: list[int] = []
         self.data: list[bytes] = []
         self.pairs = [socket.socketpair() for _ in range(count)]
-        self.threads = [
-            threading.Thread(target=self.serve, args=(number, ours), daemon=True)
-            for number, (ours, _) in enumerate(self.pairs)
-        ]
-        for thread in self.threads:
-            thread.start()
-
-    def serve(self, number: int, sock: socket.socket) -> None:
-        reader = self.turns.reader(sock.fileno())
-        try:
-            while reader.wait():
-                try:
-                    data = sock.recv(256, socket.MSG_DONTWAIT)
-                    if not data:
-                        return
-                    with self.lock:
-                        self.inside += 1
-                        self.most_inside = max(self.most_inside, self.inside)
-                    self.handle(number, data)
-                    with self.lock:
-                        self.inside -= 1
-                        self.handled.append(number)
-                        self.data.append(data)
-                finally:
-                    reader.done()
-        finally:
-            reader.forget()
+        self.connections = [Connection(self, number, ours) for number, (ours, _) in enumerate(self.pairs)]
+        for connection in self.connections:
+            turns.spawn(connection.run)
 
     def close(self) -> None:
         for _, theirs in self.pairs:
             theirs.close()
-        for thread in self.threads:
-            thread.join(TIMEOUT)
+        wait_for(lambda: self.ended == len(self.pairs), TIMEOUT)
         for ours, _ in self.pairs:
             ours.close()
 
 
-def test_at_most_the_limit_of_threads_handle_input_at_once(turns, monkeypatch):
+def test_at_most_the_limit_of_connections_handle_input_at_once(turns, monkeypatch):
     monkeypatch.setattr(turns_module, "STALE", 30.0)  # a slow machine's sleep is still work here
     handler = Handler(turns, 8, work=0.02)
     try:
+        assert wait_for(lambda: len(turns._waiting) == 8, TIMEOUT)
         for _, theirs in handler.pairs:
             theirs.send(b"line\n")
         assert wait_for(lambda: len(handler.handled) == 8, TIMEOUT)
@@ -119,6 +140,7 @@ def test_a_thread_blocked_in_its_turn_does_not_hold_the_others_back(turns):
     # still be served once theirs have gone stale.
     handler = Handler(turns, 3, handle=handle)
     try:
+        assert wait_for(lambda: len(turns._waiting) == 3, TIMEOUT)
         handler.pairs[0][1].send(b"first")
         handler.pairs[1][1].send(b"second")
         assert blocked.wait(TIMEOUT)
@@ -129,6 +151,52 @@ def test_a_thread_blocked_in_its_turn_does_not_hold_the_others_back(turns):
         assert wait_for(lambda: sorted(handler.data) == [b"first", b"second", b"third"], TIMEOUT)
     finally:
         release.set()
+        handler.close()
+
+
+def test_a_quiet_connection_has_no_thread_and_a_spare_thread_serves_the_next(turns, monkeypatch):
+    monkeypatch.setattr(turns_module, "SPARE_IDLE", 30.0)
+    monkeypatch.setattr(turns_module, "MAX_SPARE", 10)
+    before = os_threads()
+    handler = Handler(turns, 40)
+    try:
+        # Each connection's first work ran on a thread, then gave it up:
+        # ten threads wait as spares, the others ended.
+        assert wait_for(lambda: len(turns._waiting) == 40, TIMEOUT)
+        assert wait_for(lambda: turns.threads == len(turns._spares) == 10, TIMEOUT)
+        assert wait_for(lambda: os_threads() <= before + 10, TIMEOUT)
+        # Input on every connection is served by those spare threads: none
+        # is started.
+        started = 0
+        dispatch = turns._dispatch
+
+        def counting(work):
+            nonlocal started
+            started += not turns._spares
+            dispatch(work)
+
+        monkeypatch.setattr(turns, "_dispatch", counting)
+        for _, theirs in handler.pairs:
+            theirs.send(b"line\n")
+        assert wait_for(lambda: len(handler.handled) == 40, TIMEOUT)
+        assert started == 0
+        assert wait_for(lambda: len(turns._waiting) == 40, TIMEOUT)
+    finally:
+        handler.close()
+
+
+def test_spare_threads_end_when_nothing_comes_for_them(turns, monkeypatch):
+    monkeypatch.setattr(turns_module, "SPARE_IDLE", 0.2)
+    before = os_threads()
+    handler = Handler(turns, 20)
+    try:
+        assert wait_for(lambda: len(turns._waiting) == 20, TIMEOUT)
+        assert wait_for(lambda: turns.threads == 0, TIMEOUT)
+        assert wait_for(lambda: os_threads() == before, TIMEOUT)  # 20 quiet connections, no thread
+        for _, theirs in handler.pairs:
+            theirs.send(b"line\n")
+        assert wait_for(lambda: len(handler.handled) == 20, TIMEOUT)
+    finally:
         handler.close()
 
 
@@ -143,8 +211,8 @@ def test_a_few_threads_wait_for_their_own_input_and_give_their_place_up_when_it_
     turns.start()
     handler = Handler(turns, 8, work=0.01)
     try:
-        # Three threads take the places (no input yet); the others wait in
-        # the epoll set.
+        # Three threads take the places (no input yet); the other
+        # connections are watched by the epoll set.
         assert wait_for(lambda: turns._direct == 3 and len(turns._waiting) == 5, TIMEOUT)
         for _, theirs in handler.pairs:
             theirs.send(b"line\n")
@@ -164,31 +232,29 @@ def test_a_few_threads_wait_for_their_own_input_and_give_their_place_up_when_it_
         turns.close()
 
 
-def test_closing_lets_every_waiting_thread_go_to_read_without_turns(monkeypatch):
+def test_closing_gives_every_watched_connection_a_thread_to_read_blocking(monkeypatch):
     monkeypatch.setattr(turns_module, "DIRECT", 0)
     turns = Turns(limit=1)
     turns.start()
-    pair = socket.socketpair()
-    outcome: list[bool] = []
-
-    def wait() -> None:
-        reader = turns.reader(pair[0].fileno())
-        outcome.append(reader.wait())
-        reader.forget()
-
-    thread = threading.Thread(target=wait, daemon=True)
-    thread.start()
+    handler = Handler(turns, 3)
     try:
-        assert wait_for(lambda: pair[0].fileno() in turns._waiting, TIMEOUT)
+        assert wait_for(lambda: len(turns._waiting) == 3, TIMEOUT)
         turns.close()
-        thread.join(TIMEOUT)
-        assert outcome == [False]
-        # A thread that comes to wait after the close does not wait at all.
-        reader = turns.reader(pair[0].fileno())
-        assert reader.wait() is False
+        assert wait_for(lambda: all(c.said[-1:] == [BLOCK] for c in handler.connections), TIMEOUT)
+        for _, theirs in handler.pairs:
+            theirs.send(b"after the close\n")
+        assert wait_for(lambda: handler.data == [b"after the close\n"] * 3, TIMEOUT)
+        # A connection that comes to wait after the close reads blocking.
+        assert turns.reader(handler.pairs[0][0].fileno(), lambda: None).wait() is BLOCK
+        assert turns.park(handler.connections[0].reader) is False
     finally:
-        for sock in pair:
-            sock.close()
+        handler.close()
+
+
+def os_threads() -> int:
+    """This process's threads, as the kernel counts them (the turns'
+    threads have no threading.Thread)."""
+    return len(os.listdir("/proc/self/task"))
 
 
 def test_a_busy_room_of_more_clients_than_turns_hears_every_line(chat_server_factory, monkeypatch):
@@ -212,6 +278,32 @@ def test_a_busy_room_of_more_clients_than_turns_hears_every_line(chat_server_fac
         for number in range(1, 12):
             mine = [line for line in chat if line.startswith(f"<guest-{number + 1}> {number} says ")]
             assert mine == [f"<guest-{number + 1}> {number} says {line}" for line in range(50)]
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_server_s_quiet_clients_hold_no_thread_and_hear_everything(chat_server_factory, monkeypatch):
+    monkeypatch.setattr(turns_module, "DIRECT_IDLE", 0.2)
+    monkeypatch.setattr(turns_module, "SPARE_IDLE", 0.2)
+    server = chat_server_factory()
+    turns = server.serving.turns
+    assert turns is not None
+    clients = [LineClient(server.address) for _ in range(30)]
+    try:
+        for client in clients:
+            client.sync()
+        # Thirty connected clients, every one quiet: no connection thread.
+        assert wait_for(lambda: turns.threads == 0 and len(turns._waiting) == 30, TIMEOUT)
+        clients[0].send("anyone there?")
+        for client in clients[1:]:
+            client.expect("<guest-1> anyone there?")
+        clients[29].send("/nick zed")
+        clients[0].expect("* guest-30 is now known as zed")
+        assert wait_for(lambda: turns.threads == 0, TIMEOUT)
+        clients[29].send("/quit")
+        clients[0].expect("* zed left")
+        assert wait_for(lambda: len(turns._waiting) == 29 and len(server.serving.clients) == 29, TIMEOUT)
     finally:
         for client in clients:
             client.close()
@@ -285,7 +377,7 @@ def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
-def test_a_thread_ending_its_turn_takes_in_input_the_epoll_thread_has_not(monkeypatch):
+def test_a_thread_ending_its_work_takes_in_input_the_epoll_thread_has_not(monkeypatch):
     # Under load the epoll thread waits for the GIL among every thread with a
     # turn; input must not wait for it. Here it never runs at all.
     monkeypatch.setattr(turns_module, "DIRECT", 0)
@@ -294,16 +386,12 @@ def test_a_thread_ending_its_turn_takes_in_input_the_epoll_thread_has_not(monkey
     try:
         assert wait_for(lambda: len(turns._waiting) == 1, TIMEOUT)
         handler.pairs[0][1].send(b"hello")
-        other = turns.reader(-1)
 
-        def another_turn_ends() -> bool:
-            # Again until the handler's socket is in the epoll set: it goes
-            # in the waiting table a moment before.
-            assert other.wait(buffered=True)  # a TLS thread with input in memory
-            other.done()
+        def another_work_ends() -> bool:
+            turns.spawn(lambda: None)  # a connection's work that ends at once
             return handler.data == [b"hello"]
 
-        assert wait_for(another_turn_ends, TIMEOUT)
+        assert wait_for(another_work_ends, TIMEOUT)
     finally:
         turns.close()
         handler.close()
@@ -313,7 +401,7 @@ def test_a_thread_ending_its_turn_takes_in_input_the_epoll_thread_has_not(monkey
 def test_without_epoll_each_thread_waits_in_recv_as_before(chat_server_factory, monkeypatch, tmp_path, tls):
     # Off Linux there is no epoll: make_turns() gives None and threads read
     # blocking. The same chat must work, TLS included.
-    monkeypatch.setattr(chatcore.engine.serving, "make_turns", lambda: None)
+    monkeypatch.setattr(chatcore.engine.serving, "make_turns", lambda thread_ended: None)
     args: list[str] = []
     context = None
     if tls:

@@ -1,16 +1,22 @@
 """Serving connections: socketserver's "handler" part, for every listener.
 
 A :class:`~chatcore.transports.listener.Listener` only accepts; each
-connection it accepts is served here, on a thread of its own:
+connection it accepts is served here, by a :class:`Session`:
 
     :meth:`Connections.start_serving` (the accept loop's thread)
-        starts the connection's thread, which runs
-    :meth:`Connections.serve_connection`
-        the transport's handshake (TLS), the gate's refusals, then the
+        gives the connection's :meth:`Session.run` a thread, which runs
+    :meth:`Connections.admit`
+        the transport's handshake (TLS) and the gate's refusals, then the
         scheme's protocol: ``connection_made()``, ``data_received()`` for
         every chunk read, ``connection_lost()``, and the client's removal
-        from the chat (:meth:`ChatServer.remove_client
+        from the chat (:meth:`Connections.dismiss`, then
+        :meth:`ChatServer.remove_client
         <chatcore.engine.server.ChatServer.remove_client>`) when it ends.
+
+A connection has a thread while it has something to do: when its client
+goes quiet the thread is given up, and the read turns
+(:mod:`chatcore.engine.turns`) give it one again when the client says more;
+one at a time, so its input is handled in order.
 
 Beside them, one sweeper thread closes connections past the gate's
 deadlines, and :meth:`Connections.close_all` ends every connection when the
@@ -29,16 +35,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from chatcore.engine.connection import Client
-from chatcore.engine.turns import make_turns
+from chatcore.engine.turns import BLOCK, PARK, TURN, make_turns
 from chatcore.events import Error
 from chatcore.transports import Transport
 from chatcore.transports.listener import format_address
 from chatcore.transports.tls import HANDSHAKE_TIMEOUT, TLSTransport
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from chatcore.engine.server import ChatServer
+    from chatcore.engine.turns import Reader
     from chatcore.transports.listener import Listener
 
 log = logging.getLogger("chatcore.server")
@@ -68,10 +73,10 @@ class Connections:
         self.stats = server.stats
         self._lock = threading.Lock()
         self.clients: set[Client] = set()
-        #: The thread of every connection being served, by ident: added by
-        #: the accept loop as it starts one, removed by the thread itself as
-        #: its last act. close_all() waits until it is empty.
-        self._serving: set[int] = set()
+        #: Every connection being served: added by the accept loop as it
+        #: starts one, removed by its work's last act, once its socket is
+        #: closed. close_all() waits until it is empty.
+        self._serving: set[Session] = set()
         self._serving_changed = threading.Condition(self._lock)
         #: Sockets still in their TLS handshake (no Client yet): close_all()
         #: shuts them down, or it would wait out each one's handshake timeout.
@@ -80,64 +85,59 @@ class Connections:
         self._swept = threading.Event()
         #: At most a few connection threads handle input at once
         #: (chatcore.engine.turns); None where there is no epoll.
-        self.turns = make_turns()
+        self.turns = make_turns(self.stats.thread_ended)
 
     def snapshot(self) -> list[Client]:
         """Every connection being served, admitted or not (a copy)."""
         with self._lock:
             return list(self.clients)
 
-    # -- a connection's thread --------------------------------------------------
+    # -- a connection's work --------------------------------------------------
 
     def start_serving(self, listener: Listener, sock: socket.socket, peer: Any) -> None:
-        """Serve a connection that ``listener`` accepted, on a new thread
-        (called by its accept loop).
+        """Serve a connection that ``listener`` accepted, on a thread of
+        the read turns (a spare one, or a new one), or, without them, on a
+        thread of its own (called by its accept loop).
 
-        A bare thread, not a ``threading.Thread``, whose ``start()`` waits
+        Bare threads, not ``threading.Thread``, whose ``start()`` waits
         until the new thread has run: it would hold the accept loop for
         each connection's set-up and admission in turn, most of a connect
-        storm's time (docs/performance.md, "Connect storm"). So a connection's
-        thread has no ``threading.Thread``: no name, and nothing for
+        storm's time (docs/performance.md, "Connect storm"). So connection
+        threads have no ``threading.Thread``: no name, and nothing for
         ``threading`` to list or join. close_all() waits for ``_serving``
         instead; log records carry no thread name (``ChatServer.start``);
         the stack size is ``threading.stack_size()``'s, as for any thread.
         """
-        with self._lock:  # counted before close_all() can look, and before the thread can end
-            self._serving.add(_thread.start_new_thread(self._serving_thread, (listener, sock, peer)))
+        session = Session(self, listener, sock, peer)
+        with self._lock:  # counted before close_all() can look, and before it can end
+            self._serving.add(session)
+        if self.turns is not None:
+            self.turns.spawn(session.run)
+        else:
+            _thread.start_new_thread(self._own_thread, (session,))
 
-    def _serving_thread(self, listener: Listener, sock: socket.socket, peer: Any) -> None:
+    def _own_thread(self, session: Session) -> None:
+        """A connection's thread where there are no read turns."""
         try:
-            self.serve_connection(listener, sock, peer)
-        except Exception:
-            self.connection_error(peer)
+            session.run()
         finally:
-            listener.shutdown_request(sock)
-            # The thread's last acts: its counts retired exactly once, then
-            # close_all() told (it waits for the socket to be closed).
             self.stats.thread_ended()
-            with self._serving_changed:
-                self._serving.discard(threading.get_ident())
-                self._serving_changed.notify_all()
 
     def connection_error(self, peer: Any) -> None:
         log.exception("unexpected error with %s", format_address(str(peer[0]), int(peer[1])))
 
-    def serve_connection(self, listener: Listener, sock: socket.socket, peer: Any) -> None:
-        """Serve one connection from ``listener`` on its own thread, from the
-        handshake to the leave."""
-        address = (str(peer[0]), int(peer[1]))
-        limits = self.gate.limits
-        # Counted from the first moment, so that a TLS handshake that stalls
-        # holds its address's slot too; released exactly once, here, however
-        # the connection ends (the limits refuse nothing they did not count).
-        over_limit = limits.acquire(address[0])
-        try:
-            self._serve(listener, sock, address, over_limit)
-        finally:
-            if over_limit is None:
-                limits.release(address[0])
+    def served(self, session: Session) -> None:
+        """``session`` is over, its socket closed: close_all() is told."""
+        with self._serving_changed:
+            self._serving.discard(session)
+            self._serving_changed.notify_all()
 
-    def _serve(self, listener: Listener, sock: socket.socket, address: tuple[str, int], over_limit: str | None) -> None:
+    def admit(
+        self, listener: Listener, sock: socket.socket, address: tuple[str, int], over_limit: str | None
+    ) -> Client | None:
+        """Set a connection up, from the handshake to ``connection_made()``:
+        its Client, admitted and counted in :attr:`clients`, or None if it
+        was refused (and told so) or its TLS handshake failed."""
         server = self.server
         scheme = listener.scheme
         # Without this, Nagle's algorithm meets delayed ACKs and small rooms
@@ -146,7 +146,7 @@ class Connections:
         _keepalive(sock)
         transport = self._handshake(sock, address, listener) if scheme.tls else Transport(sock)
         if transport is None:
-            return
+            return None
         client = Client(
             transport,
             address,
@@ -157,7 +157,7 @@ class Connections:
             wire=scheme.wire,
         )
         # Made first: it renders the refusal too, in its client's words.
-        protocol = client.protocol = scheme.protocol(client)
+        client.protocol = scheme.protocol(client)
         if self.server.stopping:
             refused: tuple[str, str] | None = ("server shutting down", "shutdown")
         else:
@@ -191,23 +191,19 @@ class Connections:
             )
             self.stats.refused(label)
             self._refuse(client, reason)
-            return
+            return None
         self.stats.accepted_connection()
+        return client
 
+    def dismiss(self, listener: Listener, client: Client) -> None:
+        """An admitted connection is over: the client leaves the chat and
+        its slot is given back."""
         try:
-            if self.server.stopping:
-                client.disconnect("server shutting down", notice="server shutting down")
-                return
-            protocol.connection_made()
-            self._read(client, protocol.data_received)
-            protocol.connection_lost()
-        finally:
-            try:
-                self._leave(client)
-            finally:  # whatever happened: the slot is given back
-                with self._lock:
-                    self.clients.discard(client)
-                    listener.connected -= 1
+            self._leave(client)
+        finally:  # whatever happened: the slot is given back
+            with self._lock:
+                self.clients.discard(client)
+                listener.connected -= 1
 
     def _handshake(self, sock: socket.socket, address: tuple[str, int], listener: Listener) -> Transport | None:
         """The TLS transport of ``sock`` once its handshake is done, or None
@@ -277,44 +273,6 @@ class Connections:
         except OSError:
             pass  # gone already, or too slow to say goodbye to
 
-    def _read(self, client: Client, data_received: Callable[[bytes], None]) -> None:
-        transport = client.transport
-        recv, recv_ready, buffered = transport.recv, transport.recv_ready, transport.buffered
-        # Without read turns (no epoll; or the server is stopping, when
-        # wait() says False) the thread waits in recv() itself.
-        reader = None if self.turns is None else self.turns.reader(transport.sock.fileno())
-        clock = time.monotonic
-        size = RECV_IDLE
-        # No check of client.closed up here: a disconnect from any other
-        # thread shuts the socket down, which wakes the thread.
-        try:
-            while True:
-                turn = reader is not None and reader.wait(buffered())
-                try:
-                    data = recv_ready(size) if turn else recv(size)
-                    if data is None:
-                        continue  # not a whole TLS record yet, or a spurious wake-up
-                    if not data:
-                        return
-                    size = RECV_BUSY if len(data) >= size else RECV_IDLE
-                    # When this input arrived: message latency starts here,
-                    # and idle connections are timed from it.
-                    client.arrived = clock()
-                    client.bytes_in += len(data)
-                    data_received(data)
-                    if client.closed:  # disconnected (by what it sent, or another thread)
-                        return
-                except OSError as exc:
-                    log.debug("read from %r failed: %s", client, exc)
-                    client.disconnect("connection lost", tell=False)
-                    return
-                finally:
-                    if turn:
-                        reader.done()  # type: ignore[union-attr]
-        finally:
-            if reader is not None:
-                reader.forget()
-
     def _leave(self, client: Client) -> None:
         if client.close_reason is None:
             client.disconnect("connection closed", tell=False)
@@ -376,14 +334,159 @@ class Connections:
                 pass  # gone already
         for client in clients:
             client.disconnect(reason, notice=reason, linger=timeout)
-        me = threading.get_ident()  # may run on a client's own thread (a plugin's command)
+        me = threading.get_ident()  # may run on a client's thread (a plugin's command)
         with self._serving_changed:
             # Then their threads have closed their sockets: none is left
             # writing to a closed descriptor. One that does not end in time
             # is given up (they are daemon threads).
             self._serving_changed.wait_for(
-                lambda: len(self._serving) <= (me in self._serving), max(0.0, deadline - time.monotonic()) + 0.5
+                lambda: len(self._serving) <= any(session.thread == me for session in self._serving),
+                max(0.0, deadline - time.monotonic()) + 0.5,
             )
+
+
+class Session:
+    """One connection's work, from its accept to its close, on whichever
+    thread has it: the one the accept loop gave it, then, after each quiet
+    spell (when its client has nothing to say, it has no thread), one of
+    the read turns' (:mod:`chatcore.engine.turns`). One thread at a time,
+    so its input is read and handled in order; a thread blocked in its
+    work (a plugin waiting on a service) holds back this client only.
+
+    :meth:`run` is the work: it returns the connection's Reader when its
+    client goes quiet (the turns watch the socket, and run it again when
+    the client says more), or None once the connection is over.
+    """
+
+    __slots__ = ("_begun", "_connections", "_counted", "_listener", "_peer", "_reader", "_sock", "client", "thread")
+
+    def __init__(self, connections: Connections, listener: Listener, sock: socket.socket, peer: Any) -> None:
+        self._connections = connections
+        self._listener = listener
+        self._sock = sock
+        self._peer = peer
+        self._begun = False
+        #: Whether the connection holds its address's slot in the limits.
+        self._counted = False
+        self._reader: Reader | None = None
+        #: The chat's side of it, once it is admitted.
+        self.client: Client | None = None
+        #: The thread running it (0 while its client is quiet): close_all()
+        #: may run on it.
+        self.thread = 0
+
+    def run(self) -> Reader | None:
+        self.thread = _thread.get_ident()
+        lost = False
+        try:
+            if not self._begun:
+                self._begun = True
+                if not self._begin():
+                    self._end(lost=False)
+                    return None
+            if self._read():
+                self.thread = 0
+                return self._reader
+            lost = True
+        except Exception:
+            self._connections.connection_error(self._peer)
+        self._end(lost)
+        return None
+
+    def _begin(self) -> bool:
+        """Set the connection up: True once ``connection_made()`` has run."""
+        connections = self._connections
+        peer = self._peer
+        address = (str(peer[0]), int(peer[1]))
+        # Counted from the first moment, so that a TLS handshake that stalls
+        # holds its address's slot too; released exactly once, in _end(),
+        # however the connection ends (the limits refuse nothing they did
+        # not count).
+        over_limit = connections.gate.limits.acquire(address[0])
+        self._counted = over_limit is None
+        client = self.client = connections.admit(self._listener, self._sock, address, over_limit)
+        if client is None:
+            return False
+        if connections.server.stopping:
+            client.disconnect("server shutting down", notice="server shutting down")
+            return False
+        assert client.protocol is not None
+        client.protocol.connection_made()
+        turns = connections.turns
+        if turns is not None:
+            self._reader = turns.reader(client.transport.sock.fileno(), self.run)
+        return True
+
+    def _read(self) -> bool:
+        """Read and handle the client's input until the connection ends
+        (False) or the client goes quiet (True: its thread is given up)."""
+        client = self.client
+        assert client is not None
+        assert client.protocol is not None
+        data_received = client.protocol.data_received
+        transport = client.transport
+        recv, recv_ready, buffered = transport.recv, transport.recv_ready, transport.buffered
+        reader = self._reader
+        clock = time.monotonic
+        size = RECV_IDLE
+        # No check of client.closed up here: a disconnect from any other
+        # thread shuts the socket down, which wakes the thread (or, with the
+        # client quiet, the epoll set).
+        while True:
+            how = BLOCK if reader is None else reader.wait(buffered())
+            if how is PARK:
+                return True
+            turn = how is TURN
+            try:
+                # With a turn the socket has input (or TLS has it in memory):
+                # never a wait. Without read turns, recv() waits for it.
+                data = recv_ready(size) if turn else recv(size)
+                if data is None:
+                    continue  # not a whole TLS record yet, or a spurious wake-up
+                if not data:
+                    return False
+                size = RECV_BUSY if len(data) >= size else RECV_IDLE
+                # When this input arrived: message latency starts here,
+                # and idle connections are timed from it.
+                client.arrived = clock()
+                client.bytes_in += len(data)
+                data_received(data)
+                if client.closed:  # disconnected (by what it sent, or another thread)
+                    return False
+            except OSError as exc:
+                log.debug("read from %r failed: %s", client, exc)
+                client.disconnect("connection lost", tell=False)
+                return False
+            finally:
+                if turn:
+                    reader.done()  # type: ignore[union-attr]
+
+    def _end(self, lost: bool) -> None:
+        """The connection is over: ``connection_lost()`` if its reading
+        ended (not on an error), the client's leave, its slots given back,
+        the socket closed; each exactly once."""
+        connections = self._connections
+        client = self.client
+        try:
+            try:
+                if self._reader is not None:
+                    self._reader.forget()  # before the close: the number may be a new socket's next
+                if client is not None:
+                    try:
+                        if lost:
+                            assert client.protocol is not None
+                            client.protocol.connection_lost()
+                    finally:
+                        connections.dismiss(self._listener, client)
+            finally:
+                if self._counted:
+                    self._counted = False
+                    connections.gate.limits.release(str(self._peer[0]))
+        except Exception:
+            connections.connection_error(self._peer)
+        finally:
+            self._listener.shutdown_request(self._sock)
+            connections.served(self)
 
 
 #: TCP keepalive: a peer that vanished (power cut, NAT timeout) is found

@@ -1,31 +1,41 @@
-"""Read turns: a bound on the connections' threads that handle input at once.
+"""Read turns: a bound on the threads that handle input at once, and no
+thread at all for a connection with nothing to say.
 
-Each connection has a thread of its own that reads its input and handles it
-(:mod:`chatcore.engine.serving`). A thread blocked in ``recv()`` wants the
-GIL as soon as its input arrives, before any Python code of its own runs.
-With thousands of clients all talking, thousands of threads then wait for
-the GIL at once, each waking every switch interval to ask for it, and the
-one thread that holds it gets a thousandth of a CPU: the server falls
-behind, so more threads have input, so it falls further behind
-(docs/performance.md, "The stall at thousands of clients").
+Each connection's input is read and handled by one thread at a time, in
+order (:mod:`chatcore.engine.serving`), and a thread blocked in a plugin
+holds back its own client only. But a thread blocked in ``recv()`` wants
+the GIL as soon as input arrives, before any Python code of its own runs:
+with thousands of clients talking, thousands of threads wait for the GIL
+at once, each waking every switch interval to ask for it, and the one that
+holds it gets a thousandth of a CPU (docs/performance.md, "The stall at
+thousands of clients"). And a thread costs about 13 KiB of memory while its
+client says nothing, most of what an idle connection costs.
 
-So connection threads do not wait in ``recv()``. Each waits on a lock of
-its own (a futex: no timer, no GIL); one thread watches every waiting
-socket in an epoll set, one-shot (a socket is reported once, then again
-only when its thread waits anew), and lets at most ``limit`` threads have
-a turn at once. The others queue in the order their input came, and a turn
-that ends passes to the first of them. A thread with a turn reads without
-blocking, handles what it read, and gives the turn back: however many
-clients talk, at most ``limit`` connection threads want the GIL.
+So connection threads do not wait in ``recv()``, and a quiet connection has
+no thread. One epoll thread watches every quiet socket, one-shot (reported
+once, then again only when watched anew). When input comes, the socket's
+connection is queued, and at most ``limit`` connections have a turn at
+once: a turn runs the connection's work (its :class:`Reader`'s ``resume``)
+on a spare thread, or on a new one. The work reads without blocking,
+handles what it read and ends its turn; when its client has nothing more
+to say it hands its socket back to the epoll set (:meth:`Turns.park`) and
+its thread takes the next queued connection itself, or waits as a spare
+(Apache's event MPM parks keep-alive connections the same way, and keeps
+spare threads for the next request). However many clients talk, at most
+``limit`` threads want the GIL for their input.
 
-A turn held longer than :data:`STALE` seconds no longer counts against
-the limit: its thread is blocked (a plugin waiting on a network service, a
+Sixteen threads (:data:`DIRECT`) whose clients talk keep their connection
+and wait on its socket themselves with ``poll()``: no hand-off through the
+epoll thread, which costs a small room a tenth of its deliveries.
+
+A turn held longer than :data:`STALE` seconds no longer counts against the
+limit: its thread is blocked (a plugin waiting on a network service, a
 wrong password's delay), not computing, and one slow client or plugin must
 not hold everyone's input back. Go's scheduler does the same for a thread
 blocked in a system call.
 
 Linux only (epoll); elsewhere :func:`make_turns` returns None and each
-thread waits in ``recv()`` as before.
+connection has a thread of its own that waits in ``recv()``.
 """
 
 from __future__ import annotations
@@ -36,47 +46,85 @@ import os
 import select
 import time
 from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    #: A connection's work on a thread: None when the connection is over,
+    #: or its Reader, to be watched until its client says more.
+    Work = Callable[[], "Reader | None"]
 
 log = logging.getLogger("chatcore.server")
 
-#: How many connection threads may handle input at once from the epoll set.
-#: Two would keep the GIL busy (one runs, one is ready); a few more keep a
-#: thread that waits on a lock or a service inside its turn from idling the
-#: server.
+#: How many connections may handle input at once from the epoll set. Two
+#: would keep the GIL busy (one runs, one is ready); a few more keep a
+#: thread that waits on a lock or a service inside its turn from idling
+#: the server.
 LIMIT = 4
-#: How many threads may wait for their own input themselves (a poll on
-#: their socket, then the GIL: no hand-off through the epoll thread, which
-#: costs a small room a tenth of its deliveries). A thread keeps its place
-#: while its client talks at least every DIRECT_IDLE seconds; the others
-#: wait in the epoll set. At most LIMIT + DIRECT connection threads want
-#: the GIL at once.
+#: How many threads may wait for their own client's input themselves (a
+#: poll on its socket, then the GIL). A thread keeps its place while its
+#: client talks at least every DIRECT_IDLE seconds. At most LIMIT + DIRECT
+#: threads want the GIL for input at once.
 DIRECT = 16
 DIRECT_IDLE = 1.0
 #: A turn held this long is taken for a blocked thread and stops counting.
 #: Above the switch interval (chatcore.cli.SWITCH_INTERVAL, 50 ms): a thread
 #: that waits that long for the GIL is still computing.
 STALE = 0.1
+#: Spare threads, waiting for work: at most MAX_SPARE, each for at most
+#: SPARE_IDLE seconds. Starting a thread costs about 50 us, so a spare
+#: saves that for a connect storm or a burst of input; past the burst, an
+#: idle thread's 13 KiB is given back.
+MAX_SPARE = 64
+SPARE_IDLE = 2.0
+
+#: What :meth:`Reader.wait` says to do.
+TURN = "turn"  #: read without blocking, handle it, then ``done()``
+PARK = "park"  #: nothing to read: return the Reader, to be watched
+BLOCK = "block"  #: no turns (the server is stopping): read blocking
 
 _EVENTS = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLONESHOT", 0)
 
 
-class Turns:
-    """The epoll thread and the turns of one server's connections."""
+class _Spare:
+    """A thread waiting for work."""
 
-    def __init__(self, limit: int = LIMIT) -> None:
+    __slots__ = ("latch", "work")
+
+    def __init__(self) -> None:
+        self.latch = _thread.allocate_lock()
+        self.latch.acquire()  # held: acquiring it again waits for a release
+        self.work: Work | None = None
+
+
+class Turns:
+    """The epoll thread, the turns and the threads of one server's
+    connections.
+
+    :param thread_ended: called by each thread as its last act (the
+        server's per-thread counts are folded then).
+    """
+
+    def __init__(self, limit: int = LIMIT, thread_ended: Callable[[], None] | None = None) -> None:
         self.limit = limit
-        #: True once :meth:`close` has begun: threads read blocking again.
+        self._thread_ended = thread_ended
+        #: True once :meth:`close` has begun: connections read blocking.
         self.closed = False
         self._epoll = select.epoll()
         self._lock = _thread.allocate_lock()
-        #: The latch of each thread whose socket is watched, by descriptor.
-        self._waiting: dict[int, _thread.LockType] = {}
-        #: Threads whose input came, waiting for a turn.
-        self._queue: deque[_thread.LockType] = deque()
-        #: Every turn being held, by its thread's latch: when it began.
-        self._held: dict[_thread.LockType, float] = {}
-        #: How many threads wait for their input themselves (DIRECT at most).
+        #: The Reader of each socket in the epoll set, by descriptor.
+        self._waiting: dict[int, Reader] = {}
+        #: Connections whose input came, waiting for a turn.
+        self._queue: deque[Reader] = deque()
+        #: Every turn being held: when it began.
+        self._held: dict[Reader, float] = {}
+        #: Threads waiting for work, the one that waited least last.
+        self._spares: list[_Spare] = []
+        #: How many threads wait for their client's input themselves.
         self._direct = 0
+        #: Threads running (for the tests and the stats).
+        self.threads = 0
         self._wake_r, self._wake_w = os.pipe()
         self._epoll.register(self._wake_r, select.EPOLLIN)
         self._running = False
@@ -87,8 +135,9 @@ class Turns:
             _thread.start_new_thread(self._run, ())
 
     def close(self) -> None:
-        """Stop watching, and let every waiting thread go: from now on they
-        read blocking, without turns (the server is stopping)."""
+        """Stop watching: every connection in the epoll set or queued is
+        given a thread, and from now on reads blocking (the server is
+        stopping)."""
         if self.closed:
             return
         self.closed = True
@@ -97,116 +146,246 @@ class Turns:
         else:
             self._let_go()
 
-    def reader(self, fd: int) -> Reader:
-        """The turns of the connection thread reading socket ``fd``."""
-        return Reader(self, fd)
+    def reader(self, fd: int, resume: Work) -> Reader:
+        """The turns of the connection on socket ``fd``; ``resume`` is its
+        work, run on a thread with a turn when its client says more."""
+        return Reader(self, fd, resume)
 
-    # -- the epoll thread ------------------------------------------------------
+    def spawn(self, work: Work) -> None:
+        """Run ``work`` (a new connection's) on a spare thread, or a new
+        one: outside the turns, as a TLS handshake may block."""
+        with self._lock:
+            self._dispatch(work)
+
+    def park(self, reader: Reader) -> bool:
+        """Watch the reader's socket until its client says more; then its
+        work is resumed with a turn. False if the turns are closed: the
+        caller runs the work again at once (it reads blocking)."""
+        fd = reader._fd
+        with self._lock:  # against close(), which gives every watched connection a thread
+            if self.closed:
+                return False
+            try:
+                if reader._registered:
+                    self._epoll.modify(fd, _EVENTS)
+                else:
+                    self._epoll.register(fd, _EVENTS)
+                    reader._registered = True
+            except OSError:  # not a socket any more: its work will find out
+                return False
+            self._waiting[fd] = reader
+        return True
+
+    # -- threads ------------------------------------------------------------------
+
+    def _dispatch(self, work: Work) -> None:
+        """Give ``work`` to a spare thread, or start one (under the lock)."""
+        if self._spares:
+            spare = self._spares.pop()
+            spare.work = work
+            spare.latch.release()
+        else:
+            self.threads += 1
+            _thread.start_new_thread(self._thread, (work,))
+
+    def _thread(self, work: Work | None) -> None:
+        """A thread of the turns: runs connections' work, then takes the
+        next queued connection, or waits as a spare, or ends."""
+        spare: _Spare | None = None
+        try:
+            while work is not None:
+                try:
+                    reader = work()
+                except Exception:  # the work's own errors are its own to log
+                    log.exception("a connection's work failed")
+                    reader = None
+                if reader is not None and not self.park(reader):
+                    work = reader.resume  # closed: it reads blocking, here
+                    continue
+                work = self._next()
+                if work is None:
+                    if spare is None:
+                        spare = _Spare()
+                    work = self._wait_as_spare(spare)
+        finally:
+            with self._lock:
+                self.threads -= 1
+            if self._thread_ended is not None:
+                self._thread_ended()
+
+    def _next(self) -> Work | None:
+        """The next queued connection's work, with its turn, if a turn is
+        free: the thread that ends a turn goes on with the next itself (no
+        hand-off to another thread). It holds the GIL already, so it also
+        takes in what the epoll set has ready: under load, input need not
+        wait for the epoll thread to win the GIL."""
+        events = self._ready()
+        with self._lock:
+            if self.closed:
+                return None
+            if events:
+                self._take(events)
+            queue = self._queue
+            if not queue:
+                return None
+            now = time.monotonic()
+            if self._fresh(now) >= self.limit:
+                return None
+            reader = queue.popleft()
+            self._held[reader] = now
+            reader._granted = True
+            self._grant(now)  # any other free turns
+            return reader.resume
+
+    def _wait_as_spare(self, spare: _Spare) -> Work | None:
+        """Wait for work as a spare thread; None: end the thread."""
+        with self._lock:
+            if self.closed or len(self._spares) >= MAX_SPARE:
+                return None
+            self._spares.append(spare)
+        if not spare.latch.acquire(timeout=SPARE_IDLE):
+            with self._lock:
+                if spare in self._spares:  # nobody gave it work (or let it go) meanwhile: it ends
+                    self._spares.remove(spare)
+                    return None
+            spare.latch.acquire()  # it was given work as it timed out: released already
+        work, spare.work = spare.work, None
+        return work
+
+    # -- the epoll thread ---------------------------------------------------------
 
     def _run(self) -> None:
         epoll = self._epoll
         queue = self._queue
-        clock = time.monotonic
         try:
             while True:
-                # Asleep until input comes, or, while threads queue, until a
-                # held turn may have gone stale.
+                # Asleep until input comes, or, while connections queue,
+                # until a held turn may have gone stale.
                 events = epoll.poll(STALE if queue else -1)
                 with self._lock:
                     if self.closed:
                         break
-                    self._take(events, clock())
+                    self._take(events)
+                    if queue:
+                        self._grant(time.monotonic())
         except Exception:  # never expected: without this thread, nobody would read
             log.exception("the read turns' epoll thread failed; connections read without turns")
             self.closed = True
         self._let_go()
 
-    def harvest(self) -> None:
-        """Queue, and give turns to, the threads whose input is in, without
-        waiting: called as a thread's turn ends. It holds the GIL already,
-        so under load input is found without a hand-off to the epoll
-        thread, which must wait for the GIL among every thread with a turn.
-        Nothing to ask while no thread waits in the set (every talker has a
-        direct place): no system call then."""
+    def _ready(self) -> list[tuple[int, int]]:
+        """What the epoll set has ready now, without waiting. Nothing to ask
+        while no socket is watched: no system call then."""
         if not self._waiting:
-            return
+            return []
         try:
-            events = self._epoll.poll(0)
+            return self._epoll.poll(0)
         except (OSError, ValueError):
-            return  # closed: the server is stopping
-        if events:
+            return []  # closed: the server is stopping
+
+    def _pass_on(self) -> None:
+        """Queue what the epoll set has ready, and give free turns to other
+        threads: called by a thread that keeps its own connection (it holds
+        the GIL already, so under load input need not wait for the epoll
+        thread to win it)."""
+        events = self._ready()
+        if events or self._queue:
             with self._lock:
                 if not self.closed:
-                    self._take(events, time.monotonic())
+                    self._take(events)
+                    self._grant(time.monotonic())
 
-    def _take(self, events: list[tuple[int, int]], now: float) -> None:
-        """Queue the threads of sockets the epoll set reported (under the lock)."""
+    def _take(self, events: list[tuple[int, int]]) -> None:
+        """Queue the connections of sockets the epoll set reported (under
+        the lock)."""
         waiting = self._waiting
         queue = self._queue
         for fd, _ in events:
-            latch = waiting.pop(fd, None)
-            if latch is not None:
-                queue.append(latch)
-        if queue:
-            self._grant(now)
+            reader = waiting.pop(fd, None)
+            if reader is not None:
+                queue.append(reader)
 
-    def _grant(self, now: float) -> None:
-        """Give turns to queued threads while fewer than ``limit`` fresh
-        turns are held (under the lock)."""
+    def _fresh(self, now: float) -> int:
+        """How many turns held count against the limit (under the lock)."""
         fresh = 0
         for began in self._held.values():
             if now - began < STALE:
                 fresh += 1
+        return fresh
+
+    def _grant(self, now: float) -> None:
+        """Give turns to queued connections while fewer than ``limit``
+        fresh turns are held, each on a thread (under the lock)."""
         queue = self._queue
+        if not queue:
+            return
+        fresh = self._fresh(now)
         held = self._held
         while queue and fresh < self.limit:
-            latch = queue.popleft()
-            held[latch] = now
-            latch.release()
+            reader = queue.popleft()
+            held[reader] = now
+            reader._granted = True
+            self._dispatch(reader.resume)
             fresh += 1
 
     def _let_go(self) -> None:
+        """Closed: every watched or queued connection's work runs on a
+        thread, to read blocking; spare threads end."""
         with self._lock:
-            latches = [*self._waiting.values(), *self._queue]
+            readers = [*self._waiting.values(), *self._queue]
             self._waiting.clear()
             self._queue.clear()
-        for latch in latches:
-            latch.release()
+            for reader in readers:
+                self._dispatch(reader.resume)
+            for spare in self._spares:
+                spare.work = None
+                spare.latch.release()
+            self._spares.clear()
         self._epoll.close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
 
 
 class Reader:
-    """One connection thread's side of :class:`Turns`."""
+    """One connection's side of :class:`Turns`: its work reads in a loop of
+    ``wait()``, a read, and ``done()`` after a turn."""
 
-    __slots__ = ("_counted", "_fd", "_latch", "_poll", "_registered", "_turns")
+    __slots__ = ("_counted", "_fd", "_granted", "_poll", "_registered", "_turns", "resume")
 
-    def __init__(self, turns: Turns, fd: int) -> None:
+    def __init__(self, turns: Turns, fd: int, resume: Work) -> None:
         self._turns = turns
         self._fd = fd
-        self._latch = _thread.allocate_lock()
-        self._latch.acquire()  # held: acquiring it again waits for a release
+        #: The connection's work, run on a thread with a turn when its
+        #: client says more.
+        self.resume = resume
         self._registered = False
-        #: While the thread waits for its input itself (one of DIRECT).
+        #: A turn was given while the socket was watched: the work's next
+        #: wait() takes it.
+        self._granted = False
+        #: While the thread waits for its client's input itself (one of DIRECT).
         self._poll: select.poll | None = None
         #: Whether the turn being held counts against the limit.
         self._counted = False
 
-    def wait(self, buffered: bool = False) -> bool:
-        """Wait until the socket has input and this thread may handle it;
-        True then (:meth:`done` ends the turn). False if the turns are
-        closed: read blocking, without them. ``buffered``: input is in
-        memory already (TLS), so take a turn now."""
+    def wait(self, buffered: bool = False) -> str:
+        """What to do next: :data:`TURN` (the socket has input and a turn
+        is held: read without blocking, then :meth:`done`), :data:`PARK`
+        (nothing to read: return this Reader from the work, and give the
+        thread up) or :data:`BLOCK` (the turns are closed: read blocking).
+        ``buffered``: input is in memory already (TLS), so take a turn now."""
         turns = self._turns
-        latch = self._latch
-        if buffered:
-            with turns._lock:
-                if turns.closed:
-                    return False
-                turns._held[latch] = time.monotonic()  # over the limit, briefly: a rare case
+        if self._granted:
+            self._granted = False
             self._counted = True
-            return True
+            return TURN
+        if turns.closed:
+            return BLOCK
+        if buffered:
+            turns._pass_on()
+            with turns._lock:
+                turns._held[self] = time.monotonic()  # over the limit, briefly: a rare case
+            self._counted = True
+            return TURN
         poller = self._poll
         if poller is None and turns._direct < DIRECT:
             with turns._lock:
@@ -215,54 +394,36 @@ class Reader:
                     poller = self._poll = select.poll()
                     poller.register(self._fd, select.POLLIN)
         if poller is not None:
+            turns._pass_on()
             if poller.poll(DIRECT_IDLE * 1000):
-                return True
+                return TURN  # uncounted, as any direct read
             self._leave_direct()  # its client went quiet: the place is another's
-        fd = self._fd
-        turns._waiting[fd] = latch  # before the epoll set can report it
-        if turns.closed:  # close() lets go of what it finds waiting: this may not be there yet
-            turns._waiting.pop(fd, None)
-            return False
-        try:
-            if self._registered:
-                turns._epoll.modify(fd, _EVENTS)
-            else:
-                turns._epoll.register(fd, _EVENTS)
-                self._registered = True
-        except (OSError, ValueError):  # the epoll set is closed: the server is stopping
-            turns._waiting.pop(fd, None)
-            return False
-        latch.acquire()
-        self._counted = latch in turns._held
-        return self._counted or not turns.closed
+        return PARK
 
     def done(self) -> None:
-        """End the turn: a counted one passes to the first queued thread;
-        and whatever input the epoll set has is taken in."""
-        turns = self._turns
+        """End the turn (the thread's next act, wait() or its next
+        connection, passes any free turn on)."""
         if self._counted:
             self._counted = False
-            with turns._lock:
-                turns._held.pop(self._latch, None)
-                if turns._queue:
-                    latch = turns._queue.popleft()
-                    turns._held[latch] = time.monotonic()
-                    latch.release()
-        turns.harvest()
+            with self._turns._lock:
+                self._turns._held.pop(self, None)
 
     def forget(self) -> None:
-        """Stop watching the socket (before it is closed: its descriptor's
-        number may be a new connection's next)."""
+        """Stop watching the socket (the connection is over, and its
+        descriptor's number may be a new connection's next)."""
         turns = self._turns
         if self._poll is not None:
             self._leave_direct()
-        turns._waiting.pop(self._fd, None)
-        if self._registered:
-            self._registered = False
-            try:
-                turns._epoll.unregister(self._fd)
-            except (OSError, ValueError):
-                pass  # the epoll set is closed
+        self.done()
+        with turns._lock:
+            if turns._waiting.get(self._fd) is self:
+                del turns._waiting[self._fd]
+            if self._registered:
+                self._registered = False
+                try:
+                    turns._epoll.unregister(self._fd)
+                except (OSError, ValueError):
+                    pass  # the epoll set is closed
 
     def _leave_direct(self) -> None:
         self._poll = None
@@ -270,8 +431,8 @@ class Reader:
             self._turns._direct -= 1
 
 
-def make_turns() -> Turns | None:
+def make_turns(thread_ended: Callable[[], None] | None = None) -> Turns | None:
     """The server's read turns, or None where there is no epoll."""
     if not hasattr(select, "epoll"):
         return None
-    return Turns(LIMIT)
+    return Turns(LIMIT, thread_ended)

@@ -2,10 +2,9 @@
 
 A :class:`Listener` is the standard library's TCP server, one per URL, each
 running ``serve_forever()`` on its own thread. It does nothing but accept:
-every connection, whichever listener it came from, is served by
-:meth:`Connections.serve_connection
-<chatcore.engine.serving.Connections.serve_connection>` on a thread of its
-own (started by :meth:`Connections.start_serving
+every connection, whichever listener it came from, is served by a
+:class:`~chatcore.engine.serving.Session` (started by
+:meth:`Connections.start_serving
 <chatcore.engine.serving.Connections.start_serving>`), with the listener's
 :class:`~chatcore.transports.Scheme`. So there is one
 registry and one set of rooms for all of them.
