@@ -200,6 +200,33 @@ def test_spare_threads_end_when_nothing_comes_for_them(turns, monkeypatch):
         handler.close()
 
 
+def test_input_waits_for_a_thread_while_the_system_refuses_one(turns, monkeypatch, caplog):
+    monkeypatch.setattr(turns_module, "MAX_SPARE", 0)  # a thread ends when its connection goes quiet
+    handler = Handler(turns, 2)
+    try:
+        assert wait_for(lambda: len(turns._waiting) == 2 and turns.threads == 0, TIMEOUT)
+        refusals = []
+        start = turns_module._start_thread
+
+        def refusing(function, args):
+            if len(refusals) < 3:
+                refusals.append(args)
+                raise RuntimeError("can't start new thread")
+            return start(function, args)
+
+        monkeypatch.setattr(turns_module, "_start_thread", refusing)
+        handler.pairs[0][1].send(b"hello")
+        # Refused three times (the epoll thread tries again while it
+        # queues), then served: nothing lost, nothing stuck.
+        assert wait_for(lambda: handler.data == [b"hello"], TIMEOUT)
+        assert len(refusals) == 3
+        assert "no thread for a connection's input (can't start new thread)" in caplog.text
+        handler.pairs[1][1].send(b"and the other")
+        assert wait_for(lambda: handler.data == [b"hello", b"and the other"], TIMEOUT)
+    finally:
+        handler.close()
+
+
 def test_a_few_threads_wait_for_their_own_input_and_give_their_place_up_when_it_stops(monkeypatch):
     monkeypatch.setattr(turns_module, "DIRECT", 3)
     monkeypatch.setattr(turns_module, "DIRECT_IDLE", 0.2)
@@ -307,6 +334,34 @@ def test_a_server_s_quiet_clients_hold_no_thread_and_hear_everything(chat_server
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_connection_the_system_has_no_thread_for_is_closed_and_the_server_goes_on(chat_server_factory, monkeypatch):
+    monkeypatch.setattr(turns_module, "MAX_SPARE", 0)
+    server = chat_server_factory()
+    alice = LineClient(server.address)
+    alice.sync()
+    start = turns_module._start_thread
+    monkeypatch.setattr(turns_module, "_start_thread", lambda function, args: _refuse())
+    refused = socket.create_connection(server.address, timeout=TIMEOUT)
+    try:
+        assert refused.recv(100) == b""  # closed, not left hanging
+    finally:
+        refused.close()
+    monkeypatch.setattr(turns_module, "_start_thread", start)
+    bob = LineClient(server.address)
+    try:
+        bob.sync()
+        bob.send("hello")
+        alice.expect("<guest-2> hello")  # the refused one never had a name
+        assert wait_for(lambda: len(server.serving._serving) == 2, TIMEOUT)
+    finally:
+        alice.close()
+        bob.close()
+
+
+def _refuse() -> None:
+    raise RuntimeError("can't start new thread")
 
 
 def certificate(directory: Path) -> tuple[trustme.CA, Path, Path]:

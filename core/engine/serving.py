@@ -111,10 +111,14 @@ class Connections:
         session = Session(self, listener, sock, peer)
         with self._lock:  # counted before close_all() can look, and before it can end
             self._serving.add(session)
-        if self.turns is not None:
-            self.turns.spawn(session.run)
-        else:
-            _thread.start_new_thread(self._own_thread, (session,))
+        try:
+            if self.turns is not None:
+                self.turns.spawn(session.run)
+            else:
+                _thread.start_new_thread(self._own_thread, (session,))
+        except RuntimeError:  # no thread to be had: the accept loop logs it and closes the socket
+            self.served(session)
+            raise
 
     def _own_thread(self, session: Session) -> None:
         """A connection's thread where there are no read turns."""

@@ -84,6 +84,9 @@ TURN = "turn"  #: read without blocking, handle it, then ``done()``
 PARK = "park"  #: nothing to read: return the Reader, to be watched
 BLOCK = "block"  #: no turns (the server is stopping): read blocking
 
+#: Starts a bare thread (the tests make it refuse).
+_start_thread = _thread.start_new_thread
+
 _EVENTS = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLONESHOT", 0)
 
 
@@ -128,6 +131,7 @@ class Turns:
         self._wake_r, self._wake_w = os.pipe()
         self._epoll.register(self._wake_r, select.EPOLLIN)
         self._running = False
+        self._no_thread_logged = -10.0
 
     def start(self) -> None:
         if not self._running:
@@ -185,8 +189,8 @@ class Turns:
             spare.work = work
             spare.latch.release()
         else:
+            _start_thread(self._thread, (work,))  # RuntimeError: the system refused a thread
             self.threads += 1
-            _thread.start_new_thread(self._thread, (work,))
 
     def _thread(self, work: Work | None) -> None:
         """A thread of the turns: runs connections' work, then takes the
@@ -325,8 +329,28 @@ class Turns:
             reader = queue.popleft()
             held[reader] = now
             reader._granted = True
-            self._dispatch(reader.resume)
+            try:
+                self._dispatch(reader.resume)
+            except RuntimeError as exc:
+                # No thread to be had (the process's limit on threads, or
+                # memory): the connection keeps its place at the head of the
+                # queue, for a thread that ends its work (_next) or the next
+                # grant, and the other clients' connections go on.
+                del held[reader]
+                reader._granted = False
+                queue.appendleft(reader)
+                self._no_thread(exc, now)
+                return
             fresh += 1
+
+    def _no_thread(self, exc: BaseException, now: float) -> None:
+        if now - self._no_thread_logged >= 10.0:  # once in a while: the condition may last
+            self._no_thread_logged = now
+            log.error(
+                "no thread for a connection's input (%s): it waits for a thread to come free; "
+                "raise the process's limit on threads (ulimit -u) or its memory",
+                exc,
+            )
 
     def _let_go(self) -> None:
         """Closed: every watched or queued connection's work runs on a
@@ -336,7 +360,10 @@ class Turns:
             self._waiting.clear()
             self._queue.clear()
             for reader in readers:
-                self._dispatch(reader.resume)
+                try:
+                    self._dispatch(reader.resume)
+                except RuntimeError as exc:  # stopping: close_all() gives it up after its timeout
+                    self._no_thread(exc, time.monotonic())
             for spare in self._spares:
                 spare.work = None
                 spare.latch.release()
