@@ -227,6 +227,20 @@ def test_input_waits_for_a_thread_while_the_system_refuses_one(turns, monkeypatc
         handler.close()
 
 
+def test_the_epoll_thread_wakes_for_connections_another_thread_queued(turns):
+    # A thread that ends its work, or keeps its connection, takes in what
+    # the epoll set has ready; if every turn is held it leaves those
+    # connections queued, and the epoll thread, asleep without a timeout,
+    # must wake to grant them once a turn is free or stale.
+    assert wait_for(lambda: turns._asleep, TIMEOUT)
+    resumed = threading.Event()
+    reader = turns.reader(-1, resumed.set)
+    with turns._lock:
+        turns._queue.append(reader)  # as _next() or _pass_on() leave it
+        turns._mind_queue()
+    assert resumed.wait(TIMEOUT)
+
+
 def test_a_few_threads_wait_for_their_own_input_and_give_their_place_up_when_it_stops(monkeypatch):
     monkeypatch.setattr(turns_module, "DIRECT", 3)
     monkeypatch.setattr(turns_module, "DIRECT_IDLE", 0.2)

@@ -129,6 +129,9 @@ class Turns:
         #: Threads running (for the tests and the stats).
         self.threads = 0
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        #: The epoll thread sleeps without a timeout (nothing was queued).
+        self._asleep = False
         self._epoll.register(self._wake_r, select.EPOLLIN)
         self._running = False
         self._no_thread_logged = -10.0
@@ -234,11 +237,13 @@ class Turns:
                 return None
             now = time.monotonic()
             if self._fresh(now) >= self.limit:
+                self._mind_queue()
                 return None
             reader = queue.popleft()
             self._held[reader] = now
             reader._granted = True
             self._grant(now)  # any other free turns
+            self._mind_queue()
             return reader.resume
 
     def _wait_as_spare(self, spare: _Spare) -> Work | None:
@@ -264,11 +269,17 @@ class Turns:
         try:
             while True:
                 # Asleep until input comes, or, while connections queue,
-                # until a held turn may have gone stale.
-                events = epoll.poll(STALE if queue else -1)
+                # until a held turn may have gone stale. Another thread that
+                # queues connections meanwhile wakes it (_mind_queue).
                 with self._lock:
+                    self._asleep = not queue
+                events = epoll.poll(-1 if self._asleep else STALE)
+                with self._lock:
+                    self._asleep = False
                     if self.closed:
                         break
+                    if any(fd == self._wake_r for fd, _ in events):
+                        os.read(self._wake_r, 64)
                     self._take(events)
                     if queue:
                         self._grant(time.monotonic())
@@ -276,6 +287,15 @@ class Turns:
             log.exception("the read turns' epoll thread failed; connections read without turns")
             self.closed = True
         self._let_go()
+
+    def _mind_queue(self) -> None:
+        """Connections left queued (every turn held) while the epoll thread
+        sleeps without a timeout: wake it, to grant them once a held turn
+        goes stale (under the lock). Otherwise a plugin blocked in each of
+        the turns would hold the queue until one of them returned."""
+        if self._queue and self._asleep:
+            self._asleep = False
+            os.write(self._wake_w, b"q")
 
     def _ready(self) -> list[tuple[int, int]]:
         """What the epoll set has ready now, without waiting. Nothing to ask
@@ -298,6 +318,7 @@ class Turns:
                 if not self.closed:
                     self._take(events)
                     self._grant(time.monotonic())
+                    self._mind_queue()
 
     def _take(self, events: list[tuple[int, int]]) -> None:
         """Queue the connections of sockets the epoll set reported (under
