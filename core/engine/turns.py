@@ -166,8 +166,9 @@ class Turns:
 
     def park(self, reader: Reader) -> bool:
         """Watch the reader's socket until its client says more; then its
-        work is resumed with a turn. False if the turns are closed: the
-        caller runs the work again at once (it reads blocking)."""
+        work is resumed with a turn. False if it cannot be watched (the
+        turns are closed, or the epoll set refuses it): the caller runs the
+        work again at once, and it reads blocking."""
         fd = reader._fd
         with self._lock:  # against close(), which gives every watched connection a thread
             if self.closed:
@@ -178,7 +179,12 @@ class Turns:
                 else:
                     self._epoll.register(fd, _EVENTS)
                     reader._registered = True
-            except OSError:  # not a socket any more: its work will find out
+            except OSError as exc:
+                # The system's limit on watches (fs.epoll.max_user_watches),
+                # or memory: this connection keeps a thread and reads
+                # blocking, rather than asking to be watched again forever.
+                reader._blocking = True
+                log.warning("a connection cannot be watched (%s); it keeps a thread of its own", exc)
                 return False
             self._waiting[fd] = reader
         return True
@@ -398,7 +404,7 @@ class Reader:
     """One connection's side of :class:`Turns`: its work reads in a loop of
     ``wait()``, a read, and ``done()`` after a turn."""
 
-    __slots__ = ("_counted", "_fd", "_granted", "_poll", "_registered", "_turns", "resume")
+    __slots__ = ("_blocking", "_counted", "_fd", "_granted", "_poll", "_registered", "_turns", "resume")
 
     def __init__(self, turns: Turns, fd: int, resume: Work) -> None:
         self._turns = turns
@@ -407,6 +413,8 @@ class Reader:
         #: client says more.
         self.resume = resume
         self._registered = False
+        #: The epoll set refused the socket: it reads blocking, on its thread.
+        self._blocking = False
         #: A turn was given while the socket was watched: the work's next
         #: wait() takes it.
         self._granted = False
@@ -426,7 +434,7 @@ class Reader:
             self._granted = False
             self._counted = True
             return TURN
-        if turns.closed:
+        if turns.closed or self._blocking:
             return BLOCK
         if buffered:
             turns._pass_on()
@@ -462,8 +470,9 @@ class Reader:
         turns = self._turns
         if self._poll is not None:
             self._leave_direct()
-        self.done()
+        self._counted = self._granted = False
         with turns._lock:
+            turns._held.pop(self, None)
             if turns._waiting.get(self._fd) is self:
                 del turns._waiting[self._fd]
             if self._registered:
@@ -472,6 +481,10 @@ class Reader:
                     turns._epoll.unregister(self._fd)
                 except (OSError, ValueError):
                     pass  # the epoll set is closed
+            if not turns.closed:
+                # Its thread goes on to the connection's end, which may wait
+                # (the client's last output): its turn goes to the next now.
+                turns._grant(time.monotonic())
 
     def _leave_direct(self) -> None:
         self._poll = None
