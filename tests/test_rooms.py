@@ -132,6 +132,29 @@ def test_invite_only_keys_and_limits_keep_people_out_until_invited(chat_server_f
     assert server.registry.rooms()["ops"] == 3
 
 
+def test_an_invitation_goes_with_a_name_given_up(chat_server_factory, connect):
+    server = chat_server_factory()
+    alice, bob, carol = connect(server, "alice"), connect(server, "bob"), connect(server, "carol")
+    in_room(alice, "ops")
+    for number in range(20):  # rooms without invitations, which a quit need not look through
+        in_room(alice, f"other{number}")
+    assert reply(alice, "/join ops") == ["* you now talk in ops"]
+    assert reply(alice, "/mode +i") == ["[ops] * alice set mode +i"]
+    assert reply(alice, "/invite bob ops") == ["* invited bob to ops"]
+    assert reply(alice, "/invite carol ops") == ["* invited carol to ops"]
+    carol.expect("* alice invites you to ops: /join ops")
+    bob.send("/quit")
+    bob.wait_closed()
+    assert reply(carol, "/nick carla") == ["* you are now known as carla"]
+    # Whoever takes the names next inherits nothing.
+    new_bob, new_carol = connect(server, "bob"), connect(server, "carol")
+    assert reply(new_bob, "/join ops") == ["! ops is invite only: an operator of it must /invite you"]
+    assert reply(new_carol, "/join ops") == ["! ops is invite only: an operator of it must /invite you"]
+    assert reply(alice, "/invite carla ops") == ["* invited carla to ops"]
+    carol.expect("* alice invites you to ops: /join ops")
+    assert reply(carol, "/join ops") == ["* you are now in ops (2 here)"]
+
+
 def test_ban_masks_and_exceptions(chat_server_factory, connect):
     server = chat_server_factory()
     alice = connect(server, "alice")

@@ -264,6 +264,10 @@ class Rooms:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._states: dict[str, RoomState] = {}
+        #: The rooms that may hold invitations: a nick given up is looked
+        #: for there only (every room, for each client that quits, made
+        #: 10,000 clients in 5,000 rooms spend half their CPU leaving).
+        self._with_invitations: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._states)
@@ -277,11 +281,15 @@ class Rooms:
         first member here enters: the cluster's state, or the founded one);
         the state already here if another member entered meanwhile."""
         with self._lock:
-            return self._states.setdefault(state.name, state)
+            installed = self._states.setdefault(state.name, state)
+            if installed.invited:
+                self._with_invitations.add(installed.name)
+            return installed
 
     def drop(self, room: str) -> None:
         """Forget an emptied room (the registry's ``if_empty`` calls this, under its lock)."""
         self._states.pop(room, None)
+        self._with_invitations.discard(room)
 
     def apply(self, event: RoomEvent) -> None:
         """Change the state of ``event``'s room as the event says."""
@@ -316,8 +324,12 @@ class Rooms:
         it, or whoever takes the name next would inherit them."""
         folded = nick.casefold()
         with self._lock:
-            for state in self._states.values():
-                state.invited.discard(folded)
+            for room in list(self._with_invitations):
+                state = self._states.get(room)
+                if state is not None:
+                    state.invited.discard(folded)
+                if state is None or not state.invited:
+                    self._with_invitations.discard(room)
 
     def invite(self, room: str, nick: str) -> None:
         """Let ``nick`` into ``room`` past ``+i`` (and ``+k`` and ``+l``), once."""
@@ -325,6 +337,7 @@ class Rooms:
             state = self._states.get(room)
             if state is not None:
                 state.invited.add(nick.casefold())
+                self._with_invitations.add(room)
 
 
 def _apply_modes(state: RoomState, event: ModeChanged) -> None:
