@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chatcore")
 
-# Each client has a reader thread; Python's default 8 MiB stack reservation
-# is far more than a reader needs, and 10,000 of them would reserve 80 GiB of
-# address space. The resident cost is what the thread touches either way.
+# Each talking client has a reader thread; Python's default 8 MiB stack
+# reservation is far more than a reader needs, and 10,000 of them would
+# reserve 80 GiB of address space. The resident cost is what the thread touches either way.
 THREAD_STACK_SIZE = 256 * 1024
 # How long a thread may keep the GIL while others wait for it (CPython's
 # default: 5 ms). Every waiting thread wakes once per interval to ask for

@@ -11,8 +11,9 @@
   queued output without blocking;
 - :mod:`~chatcore.engine.gate`: admission, passwords and other secrets,
   pacing, deadlines;
-- :mod:`~chatcore.engine.serving`: a thread per connection, from accept to
-  leave (the transport's handshake, the refusal, the read loop), and the
+- :mod:`~chatcore.engine.serving`: each connection's work, from accept to
+  leave (the transport's handshake, the refusal, the read loop), on a
+  thread while its client talks (:mod:`~chatcore.engine.turns`), and the
   deadline sweeper;
 - :mod:`~chatcore.engine.backplane`: the seam to other servers;
 - :mod:`~chatcore.engine.limits`, :mod:`~chatcore.engine.auth`,

@@ -1,6 +1,6 @@
 """Which CPUs the server process runs on (``--cpu-affinity``).
 
-Why one CPU by default: the engine is a thread per client plus a writer,
+Why one CPU by default: the engine is a thread per talking client plus a writer,
 and only the thread holding CPython's GIL runs Python. Every line read
 hands the GIL from one thread to another; when the next thread sleeps on
 another CPU, each hand-off is a cross-CPU wake-up, and the waiting thread
