@@ -644,12 +644,20 @@ class WebProtocol(Protocol):
         if client.server.gate.password_required:
             client.server.log_in(client, room=self._login_room)  # refused: counts nothing
             client.error(PASSWORD_REQUIRED)
-        elif trailing or self._after_nick or client.transport.wait_readable(ARRIVAL_WAIT):
+        else:
             self._arriving = True
-        elif client.server.log_in(client, room=self._login_room) is not None:
-            client.error(PASSWORD_REQUIRED)  # a reload asked for a password meanwhile
+            if not (trailing or self._after_nick):
+                client.on_silence(ARRIVAL_WAIT, self._silent)
         if trailing:
             self._ws_received(trailing)
+
+    def _silent(self) -> None:
+        """No message within ARRIVAL_WAIT of the upgrade: in as a guest."""
+        client = self.client
+        if self._arriving:
+            self._arriving = False
+            if client.server.log_in(client, room=self._login_room) is not None:
+                client.error(PASSWORD_REQUIRED)  # a reload asked for a password meanwhile
 
     def _ws_received(self, data: bytes) -> None:
         framing = self.framing

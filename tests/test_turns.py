@@ -7,6 +7,7 @@ TLS input that is not a whole record waits for the rest."""
 from __future__ import annotations
 
 import os
+import re
 import select
 import socket
 import ssl
@@ -23,6 +24,7 @@ from chatcore.engine import turns as turns_module
 from chatcore.engine.turns import BLOCK, PARK, TURN, Reader, Turns
 from chatcore.testing import LineClient, wait_for
 from chatcore.transports.tls import TLSTransport, server_context
+from chatcore.wire import native as native_module
 
 TIMEOUT = 10
 
@@ -47,17 +49,22 @@ class Connection:
         self.reader = handler.turns.reader(sock.fileno(), self.run)
         #: What each wait() said, in order.
         self.said: list[str] = []
+        #: When to be resumed even with nothing to read (wait()'s deadline):
+        #: it is met in ``silent``, and any input calls it off.
+        self.deadline: float | None = None
+        self.silent: float | None = None
 
     def run(self) -> Reader | None:
         reader, handler = self.reader, self.handler
         while True:
-            how = reader.wait()
+            how = reader.wait(deadline=self.deadline)
             self.said.append(how)
             if how is PARK:
                 return reader
             turn = how is TURN
             try:
                 data = self.sock.recv(256, 0 if how is BLOCK else socket.MSG_DONTWAIT)
+                self.deadline = None
                 if not data:
                     reader.forget()
                     with handler.lock:
@@ -72,7 +79,10 @@ class Connection:
                     handler.handled.append(self.number)
                     handler.data.append(data)
             except BlockingIOError:
-                continue  # a spurious wake-up
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self.deadline = None
+                    self.silent = time.monotonic()
+                continue  # a spurious wake-up, or the deadline
             finally:
                 if turn:
                     reader.done()
@@ -125,6 +135,40 @@ def test_at_most_the_limit_of_connections_handle_input_at_once(turns, monkeypatc
         assert handler.most_inside == 2
     finally:
         handler.close()
+
+
+def test_a_parked_connection_is_resumed_at_its_deadline_unless_its_client_speaks_first(monkeypatch):
+    monkeypatch.setattr(turns_module, "DIRECT", 0)
+    monkeypatch.setattr(turns_module, "SPARE_IDLE", 30.0)
+    turns = Turns(limit=2)
+    turns.start()
+    started = time.monotonic()
+    handler = Handler(turns, 0)
+    pairs = [socket.socketpair() for _ in range(3)]
+    handler.pairs = pairs
+    connections = [Connection(handler, number, ours) for number, (ours, _) in enumerate(pairs)]
+    for connection, wait in zip(connections, (0.5, 0.5, 0.25), strict=True):
+        connection.deadline = started + wait
+    try:
+        pairs[1][1].send(b"hello")  # before its deadline: calls it off
+        for connection in connections:
+            turns.spawn(connection.run)
+        assert wait_for(lambda: handler.data == [b"hello"] and len(turns._waiting) == 3, TIMEOUT)
+        # Waiting for their deadlines, the connections hold no thread.
+        assert turns.threads == len(turns._spares)
+        assert wait_for(lambda: connections[0].silent is not None and connections[2].silent is not None, TIMEOUT)
+        assert connections[2].silent >= started + 0.25
+        assert connections[0].silent >= started + 0.5
+        assert connections[1].silent is None
+        # Then parked again, with no deadline: watched for input only.
+        assert wait_for(lambda: len(turns._waiting) == 3, TIMEOUT)
+        for _, theirs in pairs:
+            theirs.send(b"more")
+        assert wait_for(lambda: len(handler.data) == 4, TIMEOUT)
+        assert connections[1].silent is None
+    finally:
+        handler.close()
+        turns.close()
 
 
 def test_a_thread_blocked_in_its_turn_does_not_hold_the_others_back(turns):
@@ -372,6 +416,40 @@ def test_a_server_s_quiet_clients_hold_no_thread_and_hear_everything(chat_server
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_storm_of_silent_clients_holds_no_thread_while_the_server_waits_for_their_first_line(
+    chat_server_factory, monkeypatch
+):
+    monkeypatch.setattr(native_module, "ARRIVAL_WAIT", 1.0)
+    monkeypatch.setattr(turns_module, "DIRECT", 0)
+    server = chat_server_factory()
+    turns = server.serving.turns
+    assert turns is not None
+    started = time.monotonic()
+    silent = [socket.create_connection(server.address, timeout=TIMEOUT) for _ in range(30)]
+    named = LineClient(server.address)
+    try:
+        named.send("/nick amy")  # in time: it enters under its name at once
+        assert named.readline().startswith("* Welcome to chatcore, amy! ")
+        # Thirty connections wait for a first line, and no thread waits
+        # with them: they are watched by the epoll set, with a deadline.
+        assert wait_for(lambda: len(turns._waiting) == 31, TIMEOUT)
+        assert turns.threads == len(turns._spares)
+        assert time.monotonic() - started < 1.0
+        assert not select.select(silent, [], [], 0)[0]  # nobody welcomed yet
+        # At the deadline each is let in under a guest name.
+        for sock in silent:
+            with sock.makefile("r", encoding="utf-8") as reading:
+                assert reading.readline().startswith("* Welcome to chatcore, guest-")
+        assert time.monotonic() - started >= 1.0
+        joined = {named.expect(re.compile(r"^\* guest-\d+ joined$")) for _ in silent}  # the room saw each come in
+        assert len(joined) == 30
+        assert wait_for(lambda: len(server.registry) == 31, TIMEOUT)
+    finally:
+        named.close()
+        for sock in silent:
+            sock.close()
 
 
 def test_a_connection_the_system_has_no_thread_for_is_closed_and_the_server_goes_on(chat_server_factory, monkeypatch):

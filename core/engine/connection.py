@@ -109,6 +109,7 @@ class Client:
         "room",
         "rooms",
         "server",
+        "silence",
         "sock",
         "transport",
         "user",
@@ -182,6 +183,9 @@ class Client:
         #: True once ``server.admit()`` let it into the chat.
         self.admitted = False
         self._pace: Any = None  # the input pacing's token bucket, made on first use
+        #: What to do if the client stays silent: ``(deadline, callback)``
+        #: (:meth:`on_silence`), or None.
+        self.silence: tuple[float, Callable[[], None]] | None = None
 
         # Output state, shared with the writer thread (see chatcore.engine.writer).
         self._max_queue = max_queue
@@ -327,6 +331,17 @@ class Client:
             return True
         self._drained = None
         return False
+
+    def on_silence(self, seconds: float, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` if the client sends nothing in the next
+        ``seconds``: on the thread that reads its input, in order with it
+        (a protocol's own state needs no lock), and with no thread kept
+        waiting meanwhile, so that a storm of silent connections costs no
+        thread each. Any input first calls it off; a second call replaces
+        the first. For a protocol's wait for a first line (the native
+        protocol enters a client that says nothing under a guest name);
+        from its own methods only (connection_made, data_received)."""
+        self.silence = (time.monotonic() + seconds, callback)
 
     def notice(self, text: str) -> None:
         """Send a server notice to this client (native: ``* <text>``)."""

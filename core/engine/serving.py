@@ -437,18 +437,38 @@ class Session:
         # thread shuts the socket down, which wakes the thread (or, with the
         # client quiet, the epoll set).
         while True:
-            how = BLOCK if reader is None else reader.wait(buffered())
-            if how is PARK:
-                return True
+            silence = client.silence  # (deadline, callback): Client.on_silence
+            if reader is None:
+                how = BLOCK
+            else:
+                how = reader.wait(buffered(), None if silence is None else silence[0])
+                if how is PARK:
+                    return True
             turn = how is TURN
             try:
-                # With a turn the socket has input (or TLS has it in memory):
-                # never a wait. Without read turns, recv() waits for it.
-                data = recv_ready(size) if turn else recv(size)
+                if silence is not None and not turn and not transport.wait_readable(max(0.0, silence[0] - clock())):
+                    data = None  # reading blocking: the deadline came first
+                else:
+                    # With a turn the socket has input (or TLS has it in
+                    # memory), or the deadline came: never a wait. Without
+                    # read turns, recv() waits for it.
+                    data = recv_ready(size) if turn else recv(size)
                 if data is None:
-                    continue  # not a whole TLS record yet, or a spurious wake-up
+                    # Not a whole TLS record yet, or a spurious wake-up, or
+                    # the client said nothing before the deadline: unless
+                    # it has sent something since (part of a TLS record),
+                    # the callback runs, in this turn.
+                    if silence is not None and clock() >= silence[0]:
+                        client.silence = None
+                        if not transport.wait_readable(0):
+                            silence[1]()
+                            if client.closed:
+                                return False
+                    continue
                 if not data:
                     return False
+                if silence is not None:
+                    client.silence = None  # it said something: the callback is off
                 size = RECV_BUSY if len(data) >= size else RECV_IDLE
                 # When this input arrived: message latency starts here,
                 # and idle connections are timed from it.

@@ -34,6 +34,12 @@ wrong password's delay), not computing, and one slow client or plugin must
 not hold everyone's input back. Go's scheduler does the same for a thread
 blocked in a system call.
 
+A connection may wait for its client's input with a deadline (a native
+client's first line: :meth:`chatcore.engine.connection.Client.on_silence`):
+parked with it, it is queued for a turn when input comes or when the
+deadline passes, whichever is first, so that a connect storm of silent
+clients holds no thread while each waits.
+
 Linux only (epoll); elsewhere :func:`make_turns` returns None and each
 connection has a thread of its own that waits in ``recv()``.
 """
@@ -41,7 +47,10 @@ connection has a thread of its own that waits in ``recv()``.
 from __future__ import annotations
 
 import _thread
+import heapq
+import itertools
 import logging
+import math
 import os
 import select
 import time
@@ -132,6 +141,13 @@ class Turns:
         os.set_blocking(self._wake_r, False)
         #: The epoll thread sleeps without a timeout (nothing was queued).
         self._asleep = False
+        #: The deadlines of parked connections (Reader.wait's), soonest first.
+        self._timers: list[tuple[float, int, Reader]] = []
+        self._timer_order = itertools.count()  # equal deadlines never compare Readers
+        #: When the epoll thread wakes by itself: -inf while it is awake
+        #: (it looks at the timers before it sleeps again), inf while it
+        #: sleeps until input comes.
+        self._wake_at = -math.inf
         self._epoll.register(self._wake_r, select.EPOLLIN)
         self._running = False
         self._no_thread_logged = -10.0
@@ -187,6 +203,12 @@ class Turns:
                 log.warning("a connection cannot be watched (%s); it keeps a thread of its own", exc)
                 return False
             self._waiting[fd] = reader
+            deadline = reader._deadline
+            if deadline is not None:
+                heapq.heappush(self._timers, (deadline, next(self._timer_order), reader))
+                if deadline < self._wake_at:  # the epoll thread sleeps past it
+                    self._wake_at = -math.inf
+                    os.write(self._wake_w, b"t")
         return True
 
     # -- threads ------------------------------------------------------------------
@@ -238,10 +260,12 @@ class Turns:
                 return None
             if events:
                 self._take(events)
+            now = time.monotonic()
+            if self._timers and self._timers[0][0] <= now:
+                self._expire(now)
             queue = self._queue
             if not queue:
                 return None
-            now = time.monotonic()
             if self._fresh(now) >= self.limit:
                 self._mind_queue()
                 return None
@@ -275,20 +299,32 @@ class Turns:
         try:
             while True:
                 # Asleep until input comes, or, while connections queue,
-                # until a held turn may have gone stale. Another thread that
-                # queues connections meanwhile wakes it (_mind_queue).
+                # until a held turn may have gone stale, or until a parked
+                # connection's deadline. Another thread that queues
+                # connections meanwhile wakes it (_mind_queue), as one that
+                # parks a connection with a sooner deadline does (park).
                 with self._lock:
                     self._asleep = not queue
-                events = epoll.poll(-1 if self._asleep else STALE)
+                    timeout = -1.0 if self._asleep else STALE
+                    now = time.monotonic()
+                    if self._timers:
+                        until = max(0.0, self._timers[0][0] - now)
+                        timeout = until if timeout < 0 else min(timeout, until)
+                    self._wake_at = math.inf if timeout < 0 else now + timeout
+                events = epoll.poll(timeout)
                 with self._lock:
                     self._asleep = False
+                    self._wake_at = -math.inf
                     if self.closed:
                         break
                     if any(fd == self._wake_r for fd, _ in events):
                         os.read(self._wake_r, 64)
                     self._take(events)
+                    now = time.monotonic()
+                    if self._timers and self._timers[0][0] <= now:
+                        self._expire(now)
                     if queue:
-                        self._grant(time.monotonic())
+                        self._grant(now)
         except Exception:  # never expected: without this thread, nobody would read
             log.exception("the read turns' epoll thread failed; connections read without turns")
             self.closed = True
@@ -335,6 +371,21 @@ class Turns:
             reader = waiting.pop(fd, None)
             if reader is not None:
                 queue.append(reader)
+
+    def _expire(self, now: float) -> None:
+        """Queue the parked connections whose deadline has passed (under
+        the lock). A timer whose connection was resumed meanwhile (its
+        input came), or parked again with another deadline, or forgotten,
+        is dropped. The socket stays in the epoll set: should it report
+        input later, nobody waits for it there (_take), and parking the
+        connection again arms it anew."""
+        timers = self._timers
+        waiting = self._waiting
+        while timers and timers[0][0] <= now:
+            deadline, _, reader = heapq.heappop(timers)
+            if reader._deadline == deadline and waiting.get(reader._fd) is reader:
+                del waiting[reader._fd]
+                self._queue.append(reader)
 
     def _fresh(self, now: float) -> int:
         """How many turns held count against the limit (under the lock)."""
@@ -404,7 +455,7 @@ class Reader:
     """One connection's side of :class:`Turns`: its work reads in a loop of
     ``wait()``, a read, and ``done()`` after a turn."""
 
-    __slots__ = ("_blocking", "_counted", "_fd", "_granted", "_poll", "_registered", "_turns", "resume")
+    __slots__ = ("_blocking", "_counted", "_deadline", "_fd", "_granted", "_poll", "_registered", "_turns", "resume")
 
     def __init__(self, turns: Turns, fd: int, resume: Work) -> None:
         self._turns = turns
@@ -422,13 +473,18 @@ class Reader:
         self._poll: select.poll | None = None
         #: Whether the turn being held counts against the limit.
         self._counted = False
+        #: When a parked connection is resumed even if its client says
+        #: nothing (time.monotonic()), or None.
+        self._deadline: float | None = None
 
-    def wait(self, buffered: bool = False) -> str:
+    def wait(self, buffered: bool = False, deadline: float | None = None) -> str:
         """What to do next: :data:`TURN` (the socket has input and a turn
         is held: read without blocking, then :meth:`done`), :data:`PARK`
         (nothing to read: return this Reader from the work, and give the
         thread up) or :data:`BLOCK` (the turns are closed: read blocking).
-        ``buffered``: input is in memory already (TLS), so take a turn now."""
+        ``buffered``: input is in memory already (TLS), so take a turn now.
+        ``deadline`` (``time.monotonic()``): a TURN comes then at the
+        latest, input or not (the read finds nothing)."""
         turns = self._turns
         if self._granted:
             self._granted = False
@@ -451,9 +507,11 @@ class Reader:
                     poller.register(self._fd, select.POLLIN)
         if poller is not None:
             turns._pass_on()
-            if poller.poll(DIRECT_IDLE * 1000):
+            timeout = DIRECT_IDLE if deadline is None else min(DIRECT_IDLE, deadline - time.monotonic())
+            if poller.poll(max(0.0, timeout) * 1000) or (deadline is not None and time.monotonic() >= deadline):
                 return TURN  # uncounted, as any direct read
             self._leave_direct()  # its client went quiet: the place is another's
+        self._deadline = deadline
         return PARK
 
     def done(self) -> None:

@@ -374,19 +374,32 @@ class NativeProtocol(Protocol):
     def __init__(self, client: Client) -> None:
         super().__init__(client)
         self._framer = LineFraming(client.server.max_line)
-        #: Whether the first bytes came before the client entered: they
-        #: decide its name (data_received).
+        #: Whether the client has not entered yet, and its first bytes
+        #: will decide its name (data_received), if they come within
+        #: ARRIVAL_WAIT.
         self._arriving = False
 
     def connection_made(self) -> None:
         # With a password, the client enters once it gives it (/pass), under
         # the name a /nick before it offered. Without one it enters at once:
-        # after its first line, if that comes within ARRIVAL_WAIT, so that
-        # a client that knows its name is never seen under a guest name.
+        # with its first bytes, if they come within ARRIVAL_WAIT, so that a
+        # client that knows its name is never seen under a guest name.
         client = self.client
-        if not client.server.gate.password_required and client.transport.wait_readable(ARRIVAL_WAIT):
+        if client.server.gate.password_required:
+            self._enter()
+        else:
             self._arriving = True
-        elif client.server.log_in(client) is not None:
+            client.on_silence(ARRIVAL_WAIT, self._silent)
+
+    def _silent(self) -> None:
+        """Nothing came within ARRIVAL_WAIT: in under a guest name."""
+        if self._arriving:
+            self._arriving = False
+            self._enter()
+
+    def _enter(self) -> None:
+        client = self.client
+        if client.server.log_in(client) is not None:  # a password is wanted (a reload may ask for one)
             client.error(PASSWORD_REQUIRED)
 
     def data_received(self, data: bytes) -> None:
