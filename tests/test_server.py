@@ -220,6 +220,37 @@ def test_default_backlog_lets_a_burst_of_500_connects_in(chat_server_factory):
             client.close()
 
 
+def test_default_backlog_holds_a_storm_of_2000_connects(chat_server_factory):
+    """2,000 connects sent at once from one thread, faster than the server
+    accepts them: the kernel queues them all (the backlog is the system's
+    largest); none is dropped to be retried a second later."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4500 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # IRC connections that have not registered: in the server, in no room.
+    server = chat_server_factory("--plugins", "irc", "--listen", "irc://127.0.0.1:0", "--max-clients", "2100")
+    # The kernel caps every backlog at net.core.somaxconn (4096 here).
+    somaxconn = Path("/proc/sys/net/core/somaxconn")
+    storm = min(2000, int(somaxconn.read_text()) - 100) if somaxconn.exists() else 2000
+    socks: list[socket.socket] = []
+    overflows_before = listen_overflows()
+    try:
+        for _ in range(storm):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(server.address)
+            socks.append(sock)
+        assert wait_for(lambda: len(server.serving.clients) == storm, 30)
+        if overflows_before is not None:
+            overflows = listen_overflows()
+            assert overflows is not None
+            assert overflows - overflows_before < 50  # system-wide: others' are tolerated
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_a_connect_storm_reaches_every_member_exactly_once(chat_server, chat_client):
     # Join notices of a burst are batched (chatcore.engine.writer): each
     # still arrives, once, and nobody waits for their welcome behind them.
