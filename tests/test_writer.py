@@ -351,6 +351,39 @@ def test_a_member_gets_every_line_of_the_room_but_its_own_in_order():
             sock.close()
 
 
+def test_a_take_leaves_out_only_the_lines_not_for_the_member_before_and_after_its_own():
+    writer = Writer()
+    made = [make_client(writer) for _ in range(3)]
+    (alice, bob, carol) = (client for client, _, _ in made)
+    feed = in_feed(alice, bob, carol)
+    said: list[tuple[bytes, Client | frozenset[Client] | None]] = [
+        (b"1\n", alice),
+        (b"2\n", frozenset({alice, carol})),  # told to both in another room already
+        (b"3\n", bob),
+        (b"4\n", None),
+    ]
+    said += [(f"{n}\n".encode(), bob if n % 2 else None) for n in range(5, 300)]  # a long tail after their own
+    try:
+        with feed.lock:
+            for line, sender in said:
+                feed.append(line, sender)
+            for client in (alice, bob, carol):
+                skipped = {
+                    line
+                    for line, sender in said
+                    if sender is client or (isinstance(sender, frozenset) and client in sender)
+                }
+                membership = feed.membership(client)
+                assert membership is not None
+                expected = b"".join(line for line, _ in said if line not in skipped)
+                assert feed.take(membership) == expected
+    finally:
+        writer.stop()
+        for _, sock, peer in made:
+            sock.close()
+            peer.close()
+
+
 class SpeakingSocket(RecordingSocket):
     """A RecordingSocket that has the room say something after each send:
     lines that arrive while the writer's visit is still sending."""

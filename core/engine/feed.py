@@ -218,6 +218,20 @@ class RoomFeed:
         """Whether no client is attached, held or not."""
         return not self._attached and not self._held
 
+    def for_member(self, first: int, last: int, own: int, client: Client) -> bytes:
+        """Lines ``first`` to ``last`` (indices, not numbers) joined, without
+        those not for ``client``; ``own`` is the index of the last line it is
+        left out of. None after it is, so only the lines up to it are looked
+        at: in a connect storm a member's first take holds its own join,
+        then every join after it."""
+        lines = self.lines
+        senders = self.senders
+        split = own + 1 if own < last else last
+        kept = [lines[n] for n in range(first, split) if not left_out(senders[n], client)]
+        if split < last:
+            kept += lines[split:last]
+        return b"".join(kept)
+
     def take(self, membership: Membership, most: int = MAX_TAKE) -> bytes:
         """The next lines for ``membership`` (up to ``most``, leaving out
         those not for it) as one piece, and its position moved past them."""
@@ -232,10 +246,7 @@ class RoomFeed:
         first = pos - start
         last = stop - start
         if membership.own >= pos:  # lines not for it may be in the way: its own (no echo)
-            lines = self.lines
-            senders = self.senders
-            client = membership.client
-            return b"".join([lines[n] for n in range(first, last) if not left_out(senders[n], client)])
+            return self.for_member(first, last, membership.own - start, membership.client)
         if last - first == 1:
             return self.lines[first]
         return b"".join(self.lines[first:last])

@@ -65,7 +65,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from chatcore.engine.feed import MAX_TAKE, TRIM_AFTER, left_out
+from chatcore.engine.feed import MAX_TAKE, TRIM_AFTER
 
 if TYPE_CHECKING:
     from chatcore.engine.connection import Client
@@ -277,10 +277,7 @@ class Writer:
                     level = False
                 membership.pos = stop
                 if membership.own >= pos:  # lines not for it are in the way: its own (no echo)
-                    senders = feed.senders
-                    data = b"".join(
-                        [lines[n] for n in range(pos - start, stop - start) if not left_out(senders[n], member)]
-                    )
+                    data = feed.for_member(pos - start, stop - start, membership.own - start, member)
                 elif pos == shared_pos and stop == end:
                     data = shared
                 else:
