@@ -74,7 +74,7 @@ class Membership:
     feed's lock, except ``pos``, which the writer also reads without it.
     """
 
-    __slots__ = ("client", "feed", "own", "pos")
+    __slots__ = ("client", "feed", "own", "pos", "skipped")
 
     def __init__(self, client: Client, feed: RoomFeed) -> None:
         self.client = client
@@ -85,6 +85,9 @@ class Membership:
         #: The number of the last line the client is left out of (its own
         #: words: no echo), or -1.
         self.own = -1
+        #: The numbers of the lines from ``pos`` on that the client is left
+        #: out of, in order (made with the first).
+        self.skipped: list[int] | None = None
 
     def __repr__(self) -> str:
         return f"<Membership {self.client!r} at {self.pos} of {self.feed!r}>"
@@ -93,6 +96,18 @@ class Membership:
 def left_out(skip: object, client: Client) -> bool:
     """Whether a line whose ``senders`` entry is ``skip`` is not for ``client``."""
     return skip is client or (skip.__class__ is frozenset and client in skip)
+
+
+def _leave_out(membership: Membership, first: int, last: int) -> None:
+    """Lines ``first`` to ``last`` (numbers) are not for the membership's client."""
+    membership.own = last
+    skipped = membership.skipped
+    if skipped is None:
+        membership.skipped = list(range(first, last + 1))
+    elif first == last:
+        skipped.append(first)
+    else:
+        skipped.extend(range(first, last + 1))
 
 
 class RoomFeed:
@@ -136,30 +151,32 @@ class RoomFeed:
 
     # All of these are called with the lock held.
 
-    def _mark_own(self, skip: Client | frozenset[Client], line: int) -> None:
+    def _mark_own(self, skip: Client | frozenset[Client], first: int, last: int) -> None:
+        """Lines ``first`` to ``last`` (numbers) are not for ``skip``."""
         if skip.__class__ is frozenset:
             for client in skip:
                 membership = self.membership(client)
                 if membership is not None:
-                    membership.own = line
+                    _leave_out(membership, first, last)
         else:  # a line's sender, who is not held (its own thread is busy entering)
             membership = self._attached.get(skip)  # type: ignore[arg-type]
             if membership is not None:
-                membership.own = line
+                _leave_out(membership, first, last)
 
     def append(self, line: bytes, sender: Client | frozenset[Client] | None) -> None:
         self.lines.append(line)
         self.senders.append(sender)
         if sender is not None:
-            self._mark_own(sender, self.end)
+            self._mark_own(sender, self.end, self.end)
         self.end += 1
 
     def extend(self, lines: list[bytes], sender: Client | frozenset[Client] | None) -> None:
         self.lines.extend(lines)
         self.senders.extend([sender] * len(lines))
+        first = self.end
         self.end += len(lines)
         if sender is not None:
-            self._mark_own(sender, self.end - 1)
+            self._mark_own(sender, first, self.end - 1)
 
     def mark_ready(self, batched: bool) -> bool:
         """After an append: True if the feed is to be handed to the writer
@@ -218,18 +235,28 @@ class RoomFeed:
         """Whether no client is attached, held or not."""
         return not self._attached and not self._held
 
-    def for_member(self, first: int, last: int, own: int, client: Client) -> bytes:
-        """Lines ``first`` to ``last`` (indices, not numbers) joined, without
-        those not for ``client``; ``own`` is the index of the last line it is
-        left out of. None after it is, so only the lines up to it are looked
-        at: in a connect storm a member's first take holds its own join,
-        then every join after it."""
+    def for_member(self, membership: Membership, pos: int, stop: int) -> bytes:
+        """Lines ``pos`` to ``stop`` (numbers, ``stop`` excluded) joined, but
+        for those its client is left out of (``membership.skipped``, which
+        forgets them): the slices between them, so the cost is the number of
+        lines left out, not of lines (in a room where everyone talks, each
+        visit spans every member's latest line)."""
+        skipped = membership.skipped
+        assert skipped is not None  # own >= pos: one at least
         lines = self.lines
-        senders = self.senders
-        split = own + 1 if own < last else last
-        kept = [lines[n] for n in range(first, split) if not left_out(senders[n], client)]
-        if split < last:
-            kept += lines[split:last]
+        start = self.start
+        kept: list[bytes] = []
+        at = pos
+        passed = 0
+        for line in skipped:
+            if line >= stop:
+                break
+            passed += 1
+            if line >= at:  # never below pos, so always; but a line must not come twice
+                kept += lines[at - start : line - start]
+                at = line + 1
+        del skipped[:passed]
+        kept += lines[at - start : stop - start]
         return b"".join(kept)
 
     def take(self, membership: Membership, most: int = MAX_TAKE) -> bytes:
@@ -246,7 +273,7 @@ class RoomFeed:
         first = pos - start
         last = stop - start
         if membership.own >= pos:  # lines not for it may be in the way: its own (no echo)
-            return self.for_member(first, last, membership.own - start, membership.client)
+            return self.for_member(membership, pos, stop)
         if last - first == 1:
             return self.lines[first]
         return b"".join(self.lines[first:last])

@@ -277,7 +277,7 @@ class Writer:
                     level = False
                 membership.pos = stop
                 if membership.own >= pos:  # lines not for it are in the way: its own (no echo)
-                    data = feed.for_member(pos - start, stop - start, membership.own - start, member)
+                    data = feed.for_member(membership, pos, stop)
                 elif pos == shared_pos and stop == end:
                     data = shared
                 else:
