@@ -393,6 +393,25 @@ def test_a_take_leaves_out_only_the_lines_not_for_the_member_before_and_after_it
             peer.close()
 
 
+def test_a_member_held_while_it_enters_is_left_out_of_its_own_line():
+    writer = Writer()
+    (alice, alice_sock, alice_peer), (bob, bob_sock, bob_peer) = make_client(writer), make_client(writer)
+    feed = in_feed(alice)
+    try:
+        with feed.lock:
+            feed.attach(bob, hold=True)  # entering: told its welcome first
+            feed.append(b"* bob is here\n", bob)  # about bob, from another thread
+            feed.append(b"<alice> hi bob\n", alice)
+            assert feed.release(bob)
+            membership = feed.membership(bob)
+            assert membership is not None
+            assert feed.take(membership) == b"<alice> hi bob\n"
+    finally:
+        writer.stop()
+        for sock in (alice_sock, alice_peer, bob_sock, bob_peer):
+            sock.close()
+
+
 class SpeakingSocket(RecordingSocket):
     """A RecordingSocket that has the room say something after each send:
     lines that arrive while the writer's visit is still sending."""

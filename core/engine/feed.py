@@ -158,8 +158,10 @@ class RoomFeed:
                 membership = self.membership(client)
                 if membership is not None:
                     _leave_out(membership, first, last)
-        else:  # a line's sender, who is not held (its own thread is busy entering)
+        else:  # a line's sender: attached, or held while it enters the room
             membership = self._attached.get(skip)  # type: ignore[arg-type]
+            if membership is None:
+                membership = self._held.get(skip)  # type: ignore[arg-type]
             if membership is not None:
                 _leave_out(membership, first, last)
 
