@@ -27,6 +27,7 @@ from chatcore.transports.tls import TLSTransport, server_context
 from chatcore.wire import native as native_module
 
 TIMEOUT = 10
+DIRECT_DEFAULT = turns_module.DIRECT
 
 
 @pytest.fixture
@@ -568,6 +569,44 @@ def test_a_thread_ending_its_work_takes_in_input_the_epoll_thread_has_not(monkey
     finally:
         turns.close()
         handler.close()
+
+
+@pytest.mark.parametrize("direct", [DIRECT_DEFAULT, 0], ids=["direct", "parked"])
+def test_part_of_a_tls_record_in_time_is_input_and_the_client_enters_under_its_first_line(
+    chat_server_factory, monkeypatch, tmp_path, direct
+):
+    monkeypatch.setattr(turns_module, "DIRECT", direct)
+    monkeypatch.setattr(native_module, "ARRIVAL_WAIT", 0.3)
+    ca, cert, key = certificate(tmp_path)
+    server = chat_server_factory("--listen", "tls://127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    sock = socket.create_connection(server.address, timeout=TIMEOUT)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    peer = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    try:
+        while True:
+            try:
+                peer.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        sock.sendall(outgoing.read())
+        peer.write(b"/nick amy\n")
+        record = outgoing.read()
+        sock.sendall(record[:5])  # in time, but not a whole record
+        time.sleep(0.6)  # a slow client: the rest comes after ARRIVAL_WAIT
+        sock.sendall(record[5:])
+        received = b""
+        while b"\n" not in received:
+            try:
+                received += peer.read(65536)
+            except ssl.SSLWantReadError:
+                incoming.write(sock.recv(65536))
+        assert received.decode().startswith("* Welcome to chatcore, amy! ")
+    finally:
+        sock.close()
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])

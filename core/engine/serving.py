@@ -455,15 +455,21 @@ class Session:
                     data = recv_ready(size) if turn else recv(size)
                 if data is None:
                     # Not a whole TLS record yet, or a spurious wake-up, or
-                    # the client said nothing before the deadline: unless
-                    # it has sent something since (part of a TLS record),
-                    # the callback runs, in this turn.
-                    if silence is not None and clock() >= silence[0]:
-                        client.silence = None
-                        if not transport.wait_readable(0):
-                            silence[1]()
-                            if client.closed:
-                                return False
+                    # the deadline came.
+                    if silence is None:
+                        continue
+                    came = turn and transport.incomplete  # part of a TLS record: input, which calls it off
+                    if clock() < silence[0]:
+                        if came:
+                            client.silence = None
+                        continue
+                    # The client said nothing in time: unless it has sent
+                    # something since, the callback runs, in this turn.
+                    client.silence = None
+                    if not came and not transport.wait_readable(0):
+                        silence[1]()
+                        if client.closed:
+                            return False
                     continue
                 if not data:
                     return False

@@ -43,6 +43,9 @@ class Transport:
 
     #: True if :meth:`encrypt` must be applied to outgoing bytes.
     encrypts = False
+    #: Whether the last :meth:`recv_ready` that gave None had read part of
+    #: a message all the same (TLS: part of a record): input came.
+    incomplete = False
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock

@@ -127,7 +127,7 @@ class Certificates:
 class TLSTransport(Transport):
     """The native or any other protocol over TLS (see the module docstring)."""
 
-    __slots__ = ("_incoming", "_lock", "_on_output", "_outgoing", "_ssl", "_version")
+    __slots__ = ("_incoming", "_lock", "_on_output", "_outgoing", "_ssl", "_version", "incomplete")
 
     encrypts = True
 
@@ -139,6 +139,7 @@ class TLSTransport(Transport):
         self._lock = threading.Lock()
         self._on_output: Callable[[], None] = lambda: None
         self._version = ""
+        self.incomplete = False
 
     @property
     def description(self) -> str:
@@ -217,6 +218,7 @@ class TLSTransport(Transport):
         lock = self._lock
         flags = 0 if block else _DONTWAIT
         eof = False
+        got = False
         while True:
             with lock:
                 try:
@@ -235,10 +237,12 @@ class TLSTransport(Transport):
             try:
                 raw = self.sock.recv(size, flags)  # without the lock
             except BlockingIOError:
-                return None  # part of a record: the rest wakes the thread again
+                self.incomplete = got
+                return None  # part of a record (or nothing): the rest wakes the thread again
             with lock:
                 if raw:
                     incoming.write(raw)
+                    got = True
                 else:
                     incoming.write_eof()
                     eof = True
