@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import resource  # POSIX, as the server is
 import socket
 import ssl
 import struct
@@ -171,7 +172,6 @@ def listen_overflows() -> int | None:
 
 
 def test_default_backlog_lets_a_burst_of_500_connects_in(chat_server_factory):
-    resource = pytest.importorskip("resource")  # POSIX: the server is POSIX-only
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 1100 <= hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -224,7 +224,6 @@ def test_default_backlog_holds_a_storm_of_2000_connects(chat_server_factory):
     """2,000 connects sent at once from one thread, faster than the server
     accepts them: the kernel queues them all (the backlog is the system's
     largest); none is dropped to be retried a second later."""
-    resource = pytest.importorskip("resource")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4500 <= hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
