@@ -260,12 +260,13 @@ class Turns:
                 return None
             if events:
                 self._take(events)
-            now = time.monotonic()
-            if self._timers and self._timers[0][0] <= now:
+            timers = self._timers
+            if timers and timers[0][0] <= (now := time.monotonic()):
                 self._expire(now)
             queue = self._queue
             if not queue:
                 return None
+            now = time.monotonic()
             if self._fresh(now) >= self.limit:
                 self._mind_queue()
                 return None
