@@ -60,31 +60,34 @@ class PluginError(Exception):
         self.error = error
 
 
-# One implementation, ready to call: (plugin name, call(kwargs)).
-_Impl = tuple[str, Callable[[dict[str, Any]], Any]]
+# One implementation, ready to call: (plugin name, call(*the hook's arguments)).
+_Impl = tuple[str, Callable[..., Any]]
 
 
-def _bind(function: Callable[..., Any], argnames: tuple[str, ...]) -> Callable[[dict[str, Any]], Any]:
-    """A caller that passes an implementation the arguments it asks for.
+def _bind(function: Callable[..., Any], argnames: tuple[str, ...], specnames: tuple[str, ...]) -> Callable[..., Any]:
+    """A caller of an implementation that takes the hook's arguments in
+    the order of its specification.
 
-    Spelled out per arity rather than ``function(*args)``: a call with a
-    star-argument recurses in C, a plain call is run inline by CPython
-    3.11+. Each C level deepens every client thread's stack, and a stack
-    page once touched stays resident: this keeps a client's thread one
-    page (4 KB) smaller, and dispatch faster.
+    Nearly every implementation asks for all of them, in that order, and is
+    called as it is: per-message hooks run on every line, and a wrapper
+    (a lambda, an argument dict) was a frame and a dict per call and per
+    implementation. pluggy lets an implementation ask for fewer: it gets
+    an adapter that picks its own, spelled out per arity, since a call with
+    a star-argument recurses in C where a plain call is run inline by
+    CPython 3.11+ (each C level deepens the calling thread's stack).
     """
-    if not argnames:
-        return lambda kwargs: function()
-    a = argnames[0]
-    if len(argnames) == 1:
-        return lambda kwargs: function(kwargs[a])
-    b = argnames[1]
-    if len(argnames) == 2:
-        return lambda kwargs: function(kwargs[a], kwargs[b])
-    c = argnames[2]
-    if len(argnames) == 3:
-        return lambda kwargs: function(kwargs[a], kwargs[b], kwargs[c])
-    return lambda kwargs: function(*[kwargs[name] for name in argnames])
+    if argnames == specnames:
+        return function
+    picks = tuple(specnames.index(name) for name in argnames)
+    if not picks:
+        return lambda *args: function()
+    a = picks[0]
+    if len(picks) == 1:
+        return lambda *args: function(args[a])
+    b = picks[1]
+    if len(picks) == 2:
+        return lambda *args: function(args[a], args[b])
+    return lambda *args: function(*[args[pick] for pick in picks])
 
 
 class _Implementations(dict[str, list[_Impl]]):
@@ -101,8 +104,10 @@ class _Implementations(dict[str, list[_Impl]]):
     def __missing__(self, hook: str) -> list[_Impl]:
         caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
         # pluggy calls the last of get_hookimpls() first.
+        specnames = tuple(caller.spec.argnames) if caller.spec is not None else ()
         impls = [
-            (impl.plugin_name, _bind(impl.function, tuple(impl.argnames))) for impl in reversed(caller.get_hookimpls())
+            (impl.plugin_name, _bind(impl.function, tuple(impl.argnames), specnames))
+            for impl in reversed(caller.get_hookimpls())
         ]
         self[hook] = impls
         return impls
@@ -138,12 +143,12 @@ class Hooks:
 
     # -- the three calling conventions --------------------------------------
 
-    def _call_each(self, hook: str, kwargs: dict[str, Any]) -> list[Any]:
+    def _call_each(self, hook: str, *args: Any) -> list[Any]:
         """Call every implementation; log and skip the ones that raise."""
         results = []
         for plugin, call in self._impls[hook]:
             try:
-                result = call(kwargs)
+                result = call(*args)
             except Exception as exc:
                 self._failed(plugin, hook, exc)
                 continue
@@ -151,7 +156,7 @@ class Hooks:
                 results.append(result)
         return results
 
-    def _call_first(self, hook: str, kwargs: dict[str, Any]) -> Any:
+    def _call_first(self, hook: str, *args: Any) -> Any:
         """Return the first true result; log and skip failures.
 
         ``False`` or ``""`` mean "not mine" as ``None`` does, so a plugin
@@ -159,7 +164,7 @@ class Hooks:
         """
         for plugin, call in self._impls[hook]:
             try:
-                result = call(kwargs)
+                result = call(*args)
             except Exception as exc:
                 self._failed(plugin, hook, exc)
                 continue
@@ -167,25 +172,25 @@ class Hooks:
                 return result
         return None
 
-    def _collect(self, hook: str, kwargs: dict[str, Any], check: Callable[[Any], list[Any]]) -> list[Any]:
+    def _collect(self, hook: str, check: Callable[[Any], list[Any]], *args: Any) -> list[Any]:
         """Call every implementation and gather the items of its result;
         a plugin that raises, or returns something ``check`` rejects, is
         logged and skipped."""
         items: list[Any] = []
         for plugin, call in self._impls[hook]:
             try:
-                result = call(kwargs)
+                result = call(*args)
                 if result is not None:
                     items.extend(check(result))
             except Exception as exc:
                 self._failed(plugin, hook, exc)
         return items
 
-    def _call_strict(self, hook: str, kwargs: dict[str, Any]) -> None:
+    def _call_strict(self, hook: str, *args: Any) -> None:
         """Call every implementation; the first failure stops the start."""
         for plugin, call in self._impls[hook]:
             try:
-                call(kwargs)
+                call(*args)
             except UsageError:
                 raise
             except Exception as exc:
@@ -215,18 +220,18 @@ class Hooks:
     # -- start-up and shutdown ----------------------------------------------
 
     def addoption(self, parser: argparse.ArgumentParser) -> None:
-        self._call_strict("chatcore_addoption", {"parser": parser})
+        self._call_strict("chatcore_addoption", parser)
 
     def configure(self, config: Config) -> None:
-        self._call_strict("chatcore_configure", {"config": config})
+        self._call_strict("chatcore_configure", config)
 
     def server_start(self, server: ChatServer) -> None:
-        self._call_strict("chatcore_server_start", {"server": server})
+        self._call_strict("chatcore_server_start", server)
 
     def server_stop(self, server: ChatServer) -> None:
-        self._call_each("chatcore_server_stop", {"server": server})
+        self._call_each("chatcore_server_stop", server)
 
-    def call_plugin(self, plugin: str, hook: str, kwargs: dict[str, Any]) -> Any:
+    def call_plugin(self, plugin: str, hook: str, *args: Any) -> Any:
         """Call the implementation of ``hook`` of the plugin named ``plugin``
         alone, if it has one: starting or stopping one plugin while the
         server runs (a reload that loads or unloads it).
@@ -238,7 +243,7 @@ class Hooks:
             if name != plugin:
                 continue
             try:
-                return call(kwargs)
+                return call(*args)
             except UsageError:
                 raise
             except Exception as exc:
@@ -257,7 +262,7 @@ class Hooks:
         appliers: list[tuple[str, Callable[[], object]]] = []
         for plugin, call in self._impls["chatcore_reload"]:
             try:
-                result = call({"server": server, "old": old, "new": new})
+                result = call(server, old, new)
             except UsageError:
                 raise
             except Exception as exc:
@@ -280,30 +285,29 @@ class Hooks:
     # -- connections and rooms ----------------------------------------------
 
     def connection_arriving(self, address: tuple[str, int], server: ChatServer) -> str | None:
-        reason = self._call_first("chatcore_connection_arriving", {"address": address, "server": server})
+        reason = self._call_first("chatcore_connection_arriving", address, server)
         return None if reason is None else str(reason)
 
     def welcome(self, client: Client) -> list[str]:
-        return self._collect("chatcore_welcome", {"client": client}, _lines)
+        return self._collect("chatcore_welcome", _lines, client)
 
     def client_joined(self, client: Client, room: str, event: Joined) -> None:
-        self._call_each("chatcore_client_joined", {"client": client, "room": room, "event": event})
+        self._call_each("chatcore_client_joined", client, room, event)
 
     def client_left(self, client: Client, room: str, reason: str) -> None:
-        self._call_each("chatcore_client_left", {"client": client, "room": room, "reason": reason})
+        self._call_each("chatcore_client_left", client, room, reason)
 
     def account_changed(self, client: Client, old: str) -> None:
         if self._impls["chatcore_account_changed"]:
-            self._call_each("chatcore_account_changed", {"client": client, "old": old})
+            self._call_each("chatcore_account_changed", client, old)
 
     # -- messages and commands ----------------------------------------------
 
     def message(self, message: Message) -> None:
         """Run the filter chain; it stops at the first rejection."""
-        kwargs = {"message": message}
         for plugin, call in self._impls["chatcore_message"]:
             try:
-                call(kwargs)
+                call(message)
             except Exception as exc:
                 self._failed(plugin, "chatcore_message", exc)
                 continue
@@ -311,40 +315,44 @@ class Hooks:
                 return
 
     def message_delivered(self, message: Message, recipients: int) -> None:
-        if self._impls["chatcore_message_delivered"]:  # after every message: skip the call when nobody listens
-            self._call_each("chatcore_message_delivered", {"message": message, "recipients": recipients})
+        # After every message: its own loop, with a plain call (no star-argument).
+        for plugin, call in self._impls["chatcore_message_delivered"]:
+            try:
+                call(message, recipients)
+            except Exception as exc:
+                self._failed(plugin, "chatcore_message_delivered", exc)
 
     def private_received(self, client: Client, event: PrivateMessage) -> None:
         if self._impls["chatcore_private_received"]:
-            self._call_each("chatcore_private_received", {"client": client, "event": event})
+            self._call_each("chatcore_private_received", client, event)
 
     def command(self, client: Client, name: str, args: str) -> bool:
-        return bool(self._call_first("chatcore_command", {"client": client, "name": name, "args": args}))
+        return bool(self._call_first("chatcore_command", client, name, args))
 
     def command_help(self, client: Client) -> list[tuple[str, str]]:
-        return self._collect("chatcore_command_help", {"client": client}, _help_entries)
+        return self._collect("chatcore_command_help", _help_entries, client)
 
     def server_operator(self, client: Client) -> str | None:
-        name = self._call_first("chatcore_server_operator", {"client": client})
+        name = self._call_first("chatcore_server_operator", client)
         return name if isinstance(name, str) else None
 
     def room_state(self, server: ChatServer, room: str) -> RoomState | None:
         from chatcore.engine.rooms import RoomState
 
-        state = self._call_first("chatcore_room_state", {"server": server, "room": room})
+        state = self._call_first("chatcore_room_state", server, room)
         if state is not None and not (isinstance(state, RoomState) and state.name == room):
             log.error("chatcore_room_state returned %r, not the RoomState of %r; ignored", state, room)
             return None
         return state
 
     def room_event(self, server: ChatServer, event: RoomEvent) -> None:
-        self._call_each("chatcore_room_event", {"server": server, "event": event})
+        self._call_each("chatcore_room_event", server, event)
 
     def room_changed(self, server: ChatServer, event: RoomEvent) -> None:
-        self._call_each("chatcore_room_changed", {"server": server, "event": event})
+        self._call_each("chatcore_room_changed", server, event)
 
     def moderation(self, server: ChatServer, action: str, details: dict[str, Any]) -> None:
-        self._call_each("chatcore_moderation", {"server": server, "action": action, "details": details})
+        self._call_each("chatcore_moderation", server, action, details)
 
     # -- listeners and clusters -----------------------------------------------
 
@@ -353,7 +361,7 @@ class Hooks:
         found: list[Scheme] = []
         for plugin, call in self._impls["chatcore_schemes"]:
             try:
-                result = call({})
+                result = call()
                 if result is not None:
                     found.extend(_schemes(result))
             except Exception as exc:
@@ -366,7 +374,7 @@ class Hooks:
         found: dict[str, Route] = {}
         for plugin, call in self._impls["chatcore_api_routes"]:
             try:
-                result = call({"server": server})
+                result = call(server)
                 for route in _routes(result) if result is not None else ():
                     if route.prefix in found:
                         raise ValueError(f"two plugins serve the HTTP paths under {route.prefix}")
@@ -389,7 +397,7 @@ class Hooks:
 
     def _service(self, hook: str, server: ChatServer, kind: type[_S]) -> _S | None:
         """The first ``kind`` a plugin answers ``hook`` with, or None."""
-        service = self._call_first(hook, {"server": server})
+        service = self._call_first(hook, server)
         if service is not None and not isinstance(service, kind):
             log.error("%s returned %r, which is no %s; ignored", hook, service, kind.__name__)
             return None
@@ -399,7 +407,7 @@ class Hooks:
         """A plugin's backplane, or None; a failure stops the start."""
         for plugin, call in self._impls["chatcore_backplane"]:
             try:
-                result = call({"server": server})
+                result = call(server)
             except Exception as exc:
                 raise PluginError(plugin, "chatcore_backplane", exc) from exc
             if result:  # None, False: not mine (docs/plugins.md, "When several plugins answer")

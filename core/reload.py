@@ -144,7 +144,7 @@ class PluginChange:
         config.options = new  # what the plugins read in chatcore_configure
         try:
             for name, plugin in self.added.items():
-                _alone(name, plugin).call_plugin(name, "chatcore_configure", {"config": config})
+                _alone(name, plugin).call_plugin(name, "chatcore_configure", config)
         finally:
             config.options = running
 
@@ -158,14 +158,14 @@ class PluginChange:
         for name in self.removed:
             plugin = pm.unregister(name=name)
             try:
-                _alone(name, plugin).call_plugin(name, "chatcore_server_stop", {"server": server})
+                _alone(name, plugin).call_plugin(name, "chatcore_server_stop", server)
             except Exception as exc:
                 log.error("reload: plugin %s failed to stop (%s); it is unloaded all the same", name, exc)
             config.data.pop(name, None)  # no other plugin finds its state (the api reads history's)
         for name, plugin in self.added.items():
             pm.register(plugin, name=name)
             try:
-                pm.hooks.call_plugin(name, "chatcore_server_start", {"server": server})
+                pm.hooks.call_plugin(name, "chatcore_server_start", server)
             except Exception as exc:
                 log.error("reload: plugin %s failed to start (%s); it is unloaded again", name, exc)
                 pm.unregister(name=name)

@@ -171,6 +171,44 @@ def test_delivered_observers_see_the_final_text(chat_server_factory, chat_client
     assert seen == [("guest-1", "HEY", 2)]
 
 
+def test_an_implementation_gets_the_arguments_it_names_in_any_order(chat_server_factory, chat_client):
+    # pluggy lets an implementation take any of the specification's
+    # arguments, in any order; the hooks call most with all of them, as
+    # they are, and these through an adapter that picks by name.
+    seen: list[tuple[object, ...]] = []
+
+    class Picky:
+        @hookimpl
+        def chatcore_message_delivered(self, recipients: int, message: Message) -> None:
+            seen.append(("delivered", recipients, message.text))
+
+        @hookimpl
+        def chatcore_client_joined(self, room: str) -> None:
+            seen.append(("joined", room))
+
+        @hookimpl
+        def chatcore_command(self, args: str, client: Client) -> bool | None:
+            if args != "picky":
+                return None
+            client.notice(f"picked {args}")
+            return True
+
+        @hookimpl
+        def chatcore_client_left(self) -> None:
+            seen.append(("left",))
+
+    server = chat_server_factory(plugins=[Picky()])
+    alice, bob = chat_client(server), chat_client(server)
+    alice.send("/anything picky")
+    alice.expect("* picked picky")
+    alice.send("hello")
+    bob.expect("<guest-1> hello")
+    bob.close()
+    wait_for(lambda: ("left",) in seen)
+    assert seen.count(("joined", "lobby")) == 2
+    assert ("delivered", 1, "hello") in seen
+
+
 def test_the_recipient_s_server_hears_of_a_private_message_with_its_id_and_time(
     chat_server_factory, chat_client, monkeypatch
 ):
