@@ -188,11 +188,6 @@ def _read_word_file(path: str) -> list[str]:
     return [line for line in lines if not line.lstrip().startswith("#")]
 
 
-def _settings(message: Message) -> Settings:
-    settings: Settings = message.sender.server.config.data[NAME]
-    return settings
-
-
 # ---------------------------------------------------------------------------
 # 1. Flood control
 # ---------------------------------------------------------------------------
@@ -219,9 +214,13 @@ class TokenBucket(limits.TokenBucket):
         return len(rejections)
 
 
+# Each filter reads the settings afresh (a reload swaps them), spelled out
+# rather than through a helper: the three run on every message.
+
+
 @hookimpl(specname="chatcore_message", tryfirst=True)
 def flood_control(message: Message) -> None:
-    settings = _settings(message)
+    settings: Settings = message.sender.server.config.data[NAME]
     if settings.flood_rate is None or message.kind == "leave":  # a leave is the client's last word, not a flood
         return
     client = message.sender
@@ -249,7 +248,7 @@ def flood_control(message: Message) -> None:
 
 @hookimpl(specname="chatcore_message")
 def message_length(message: Message) -> None:
-    limit = _settings(message).max_chars
+    limit = message.sender.server.config.data[NAME].max_chars
     if limit is not None and len(message.text) > limit:
         message.reject(f"message too long ({len(message.text)} characters; the limit is {limit}); it was not sent")
 
@@ -394,7 +393,7 @@ class BannedWords:
 
 @hookimpl(specname="chatcore_message", trylast=True)
 def banned_words(message: Message) -> None:
-    settings = _settings(message)
+    settings: Settings = message.sender.server.config.data[NAME]
     banned = settings.banned
     if banned is None:
         return
