@@ -86,6 +86,21 @@ def test_idle_clients_make_no_per_thread_counts_and_their_joins_are_counted(chat
     assert server.stats.totals().deliveries == 5 + 2
 
 
+def test_lines_read_together_are_each_timed(chat_server_factory, chat_client):
+    # The lines of one read are published together and timed in one step:
+    # each still counts once in the histogram, with the same latency.
+    server = chat_server_factory()
+    alice, bob = chat_client(server), chat_client(server)
+    alice.sync()
+    alice.sock.sendall(b"".join(f"line {number}\n".encode() for number in range(20)))
+    for number in range(20):
+        bob.expect(f"<guest-1> line {number}")
+    wait_for(lambda: sum(server.stats.totals().latency_buckets) == 20, message="the 20 lines timed")
+    totals = server.stats.totals()
+    assert totals.messages == 20
+    assert 0 < totals.latency_sum < 20 * 5.0
+
+
 def test_a_connection_thread_retires_its_counts_when_it_ends(chat_server_factory, chat_client):
     server = chat_server_factory()
     alice, bob = chat_client(server), chat_client(server)

@@ -75,9 +75,11 @@ class ThreadCounts:
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
 
-    def observe_latency(self, seconds: float) -> None:
-        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
+    def observe_latency(self, seconds: float, messages: int = 1) -> None:
+        """``messages`` messages (the lines of one read, published
+        together) each took ``seconds`` from arrival to queueing."""
+        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += messages
+        self.latency_sum += seconds * messages
 
     def add(self, other: ThreadCounts) -> None:
         self.messages += other.messages
