@@ -142,6 +142,10 @@ class Hooks:
         return bool(self._impls["chatcore_" + name])
 
     # -- the three calling conventions --------------------------------------
+    # For the hooks called per connection, command or room event: their
+    # call(*args) is one C level on 3.11, on a reading thread. The hooks
+    # called per message (message, message_delivered) loop on their own,
+    # with plain calls.
 
     def _call_each(self, hook: str, *args: Any) -> list[Any]:
         """Call every implementation; log and skip the ones that raise."""
