@@ -307,7 +307,8 @@ class EventLog:
         # 10x slower): the time stamp is cached per millisecond (lines come
         # dozens to a millisecond under load), only the strings go through
         # the C JSON string encoder, and a message, nearly every event, is
-        # one %-template.
+        # one f-string (a third cheaper than the same %-template, whose
+        # format is parsed again on every call).
         when, kind, nick, room, text, extra = event
         millis = int(when * 1000)
         if millis != self._millis:
@@ -318,13 +319,9 @@ class EventLog:
                 self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._stamp = f"{self._second_text}.{millis % 1000:03d}+00:00"
         if kind in _MESSAGE_KINDS and type(extra) is int:
-            return _MESSAGE_RECORD % (
-                self._stamp,
-                kind,
-                _json_string(nick),
-                _json_string(room),
-                _json_string(text),
-                extra,
+            return (
+                f'{{"time": "{self._stamp}", "event": "{kind}", "nick": {_json_string(nick)}, '
+                f'"room": {_json_string(room)}, "text": {_json_string(text)}, "recipients": {extra}}}\n'
             )
         record = (
             f'{{"time": "{self._stamp}", "event": "{kind}", "nick": {_json_string(nick)}, "room": {_json_string(room)}'
@@ -346,7 +343,6 @@ class EventLog:
         return record + "}\n"
 
 
-#: Message kinds whose record is :data:`_MESSAGE_RECORD` (with a recipient
-#: count, and no "to": a private message's extra is a pair).
+#: Message kinds whose record is the one f-string of ``_format`` (with a
+#: recipient count, and no "to": a private message's extra is a pair).
 _MESSAGE_KINDS = frozenset({"chat", "action", "notice"})
-_MESSAGE_RECORD = '{"time": "%s", "event": "%s", "nick": %s, "room": %s, "text": %s, "recipients": %d}\n'

@@ -62,8 +62,8 @@ def test_logger_writes_json_lines(chat_server_factory, chat_client, tmp_path):
     log_file = tmp_path / "events.jsonl"
     server = chat_server_factory("--plugins", "welcome,logger", "--log-file", str(log_file))
     alice, bob = chat_client(server), chat_client(server)
-    alice.send("héllo wörld")
-    bob.expect("<guest-1> héllo wörld")
+    alice.send('héllo "wörld" \\ ok')
+    bob.expect('<guest-1> héllo "wörld" \\ ok')
     alice.sync()
     alice.send("/me waves")
     bob.expect("* guest-1 waves")
@@ -83,7 +83,10 @@ def test_logger_writes_json_lines(chat_server_factory, chat_client, tmp_path):
         ("leave", "guest-2"),
         ("leave", "guest-1"),
     ]
-    assert events[2] == {**events[2], "room": "lobby", "text": "héllo wörld", "recipients": 1}
+    assert events[2] == {**events[2], "room": "lobby", "text": 'héllo "wörld" \\ ok', "recipients": 1}
+    # Each record is written as json.dumps would write it, quotes and backslashes escaped.
+    raw = log_file.read_text(encoding="utf-8").splitlines()
+    assert raw[2] == json.dumps(events[2], ensure_ascii=False)
     assert events[4]["reason"] == "quit"
     assert events[5]["reason"] == "server shutting down"
     for event in events:
