@@ -1864,22 +1864,32 @@ class IRCProtocol(Protocol):
     def ison(self, params: list[str]) -> None:
         if not self._need(params, 1, "ISON"):
             return
-        registry = self.client.server.registry
         nicks = " ".join(params).split()[:MAX_TARGETS]
-        present = [member.nick for member in map(registry.find, nicks) if member is not None]
-        self.reply("303", " ".join(present))
+        self.reply("303", " ".join(nick for nick, _away, _user in self._online(nicks)))
 
     def userhost(self, params: list[str]) -> None:
         if not self._need(params, 1, "USERHOST"):
             return
-        registry = self.client.server.registry
-        answers = []
-        for nick in params[:5]:
-            member = registry.find(nick)
-            if member is not None:
-                here = "-" if member.away else "+"
-                answers.append(f"{member.nick}={here}{self._userinfo(member)[0]}@{HOST}")
+        answers = [f"{nick}={'-' if away else '+'}{user}@{HOST}" for nick, away, user in self._online(params[:5])]
         self.reply("302", " ".join(answers))
+
+    def _online(self, nicks: list[str]) -> list[tuple[str, str, str]]:
+        """Those of ``nicks`` who are online, here or on another server of
+        the cluster (clients' notify lists ask ISON every minute or so):
+        ``(nick, away message, user name)`` in the order asked. The cluster
+        is asked once, and only for a nick not here (a person elsewhere
+        shows their nick as user name, as WHOIS does)."""
+        server = self.client.server
+        found: list[tuple[str, str, str] | None] = []
+        for nick in nicks:
+            member = server.registry.find(nick)
+            found.append(None if member is None else (member.nick, member.away, self._userinfo(member)[0]))
+        if None in found and server.backplane.shared:
+            elsewhere = {nick.casefold(): (nick, person.away) for nick, person in server.backplane.people().items()}
+            for index, nick in enumerate(nicks):
+                if found[index] is None and (person := elsewhere.get(nick.casefold())) is not None:
+                    found[index] = (person[0], person[1], person[0])
+        return [answer for answer in found if answer is not None]
 
     def away(self, params: list[str]) -> None:
         """``AWAY :text`` (none: back): 306 or 305, and the clients in its

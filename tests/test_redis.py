@@ -801,6 +801,9 @@ def test_irc_who_whois_and_privmsg_show_who_is_away_on_another_server(redis_serv
             assert "319 wendy bob @#lobby" in answer  # he made it
             assert "301 wendy bob :at lunch" in answer
             assert answer[-1].startswith("318 wendy bob ")
+            # ISON (clients' notify lists) and USERHOST find him there too.
+            assert numerics(wendy, "ISON nobody BOB wendy") == ["303 wendy :bob wendy"]
+            assert numerics(wendy, "USERHOST bob nobody") == ["302 wendy bob=-bob@chatcore"]
             # A private message to him is answered 301 too, as the cluster
             # last said at a renewal (no round trip per message).
             wait_for(
@@ -814,6 +817,7 @@ def test_irc_who_whois_and_privmsg_show_who_is_away_on_another_server(redis_serv
             bob.expect(re.compile(r" 305 bob "))
             wait_for(lambda: who_flags(wendy, "#lobby").get("bob") == "H", timeout=TIMEOUT, message="bob back")
             assert not [line for line in numerics(wendy, "WHOIS bob") if line.startswith("301 ")]
+            assert numerics(wendy, "USERHOST bob") == ["302 wendy bob=+bob@chatcore"]
             wait_for(
                 lambda: not [line for line in numerics(wendy, "PRIVMSG bob :back?") if line.startswith("301 ")],
                 timeout=TIMEOUT,
