@@ -684,6 +684,9 @@ class ChatServer:
         counts = self.stats.mine()
         passed: list[Message] = []
         events: list[RoomEvent] = []
+        filter_message = self.hooks.message
+        # The lines of one read arrived together: one time for all of them.
+        now = time.time()
         # The room's speaking rules, looked up once per room of the run (one
         # sender, one recv()): a mode changed meanwhile holds from the next read.
         checked: str | None = None
@@ -701,23 +704,21 @@ class ChatServer:
             if refused is not None:
                 message.sender.error(refused)
                 continue
-            self.hooks.message(message)
+            filter_message(message)
             if message.rejected is not None:
                 message.sender.error(message.rejected)
                 continue
             if not message.text:
                 continue
-            if events and message.room != events[0].room:  # a filter may send it elsewhere
-                self._publish_together(passed, events, counts)
             room = message.room
-            epoch, offset = "", 0  # numbered by publish(), as in broadcast_message
+            if events and room != events[0].room:  # a filter may send it elsewhere
+                self._publish_together(passed, events, counts)
             sender = message.sender
+            # numbered by publish() (epoch "", offset 0), as in broadcast_message
             if sender._account:  # the property's slot, as in broadcast_message
-                chat = Chat(
-                    room, sender.nick, message.text, offset, epoch, time.time(), sender.user, account=sender._account
-                )
+                chat = Chat(room, sender.nick, message.text, 0, "", now, sender.user, account=sender._account)
             else:
-                chat = Chat(room, sender.nick, message.text, offset, epoch, time.time(), sender.user)
+                chat = Chat(room, sender.nick, message.text, 0, "", now, sender.user)
             events.append(chat)
             passed.append(message)
         self._publish_together(passed, events, counts)
