@@ -685,8 +685,6 @@ class ChatServer:
         passed: list[Message] = []
         events: list[RoomEvent] = []
         filter_message = self.hooks.message
-        # The lines of one read arrived together: one time for all of them.
-        now = time.time()
         # The room's speaking rules, looked up once per room of the run (one
         # sender, one recv()): a mode changed meanwhile holds from the next read.
         checked: str | None = None
@@ -714,11 +712,13 @@ class ChatServer:
             if events and room != events[0].room:  # a filter may send it elsewhere
                 self._publish_together(passed, events, counts)
             sender = message.sender
-            # numbered by publish() (epoch "", offset 0), as in broadcast_message
+            # Numbered by publish() (epoch "", offset 0), as in broadcast_message.
+            # Each line its own time, even in one read: history asked "before
+            # this time" must not lose the lines said with it.
             if sender._account:  # the property's slot, as in broadcast_message
-                chat = Chat(room, sender.nick, message.text, 0, "", now, sender.user, account=sender._account)
+                chat = Chat(room, sender.nick, message.text, 0, "", time.time(), sender.user, account=sender._account)
             else:
-                chat = Chat(room, sender.nick, message.text, 0, "", now, sender.user)
+                chat = Chat(room, sender.nick, message.text, 0, "", time.time(), sender.user)
             events.append(chat)
             passed.append(message)
         self._publish_together(passed, events, counts)
