@@ -320,14 +320,23 @@ class Rooms:
                 _apply_modes(state, event)
 
     def forget_invitations(self, nick: str) -> None:
-        """``nick`` was given up (a quit, a rename): its invitations go with
-        it, or whoever takes the name next would inherit them."""
-        folded = nick.casefold()
+        """``nick`` was given up (a quit): its invitations go with it, or
+        whoever takes the name next would inherit them."""
+        self.move_invitations(nick, None)
+
+    def move_invitations(self, old: str, new: str | None) -> None:
+        """``old`` is now called ``new``: its invitations follow it, as
+        IRC servers keep a user's invitations through a ``NICK``; none left
+        under ``old`` for whoever takes that name next. ``new`` None: a
+        quit, the invitations go."""
+        folded = old.casefold()
         with self._lock:
             for room in list(self._with_invitations):
                 state = self._states.get(room)
-                if state is not None:
+                if state is not None and folded in state.invited:
                     state.invited.discard(folded)
+                    if new is not None:
+                        state.invited.add(new.casefold())
                 if state is None or not state.invited:
                     self._with_invitations.discard(room)
 

@@ -1235,7 +1235,7 @@ class ChatServer:
             self._release_nick(client, nick)
             return False
         self._release_nick(client, old)
-        self.rooms.forget_invitations(old)
+        self.rooms.move_invitations(old, nick)
         self.departed.add(old, client.user, client.realname)
         self.publish_about(client, NickChanged("", nick=old, new_nick=nick, user=client.user))
         return True
