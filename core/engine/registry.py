@@ -121,13 +121,19 @@ class Registry:
 
     def rename(self, client: Client, nick: str) -> bool:
         """Give ``client`` a new nickname; False if another client has it
-        (nicknames are unique ignoring case)."""
+        (nicknames are unique ignoring case), or if ``client`` is not here
+        (any more)."""
         with self._lock:
             holder = self._by_nick.get(nick.casefold())
             if holder is not None and holder is not client:
                 return False
-            if self._by_nick.get(client.nick.casefold()) is client:
-                del self._by_nick[client.nick.casefold()]
+            if self._by_nick.get(client.nick.casefold()) is not client:
+                # Removed meanwhile: a rename from another thread (the
+                # accounts plugin's enforcer, a cluster's collision) racing
+                # the client's leave would otherwise register it again, a
+                # ghost holding the name for good.
+                return False
+            del self._by_nick[client.nick.casefold()]
             client.nick = nick
             self._by_nick[_key(nick)] = client
             return True
