@@ -401,8 +401,12 @@ def _check_nick(server: ChatServer, client: Client) -> None:
     old = client.nick
     for _ in range(10):
         guest = server.registry.guest_nick()
-        if server.change_nick(client, guest):
+        # Only if it is still called so: its own /nick meanwhile (on its
+        # thread, which this lock does not hold) wins, and is checked afresh.
+        if server.change_nick(client, guest, was=old):
             break
+        if client.nick != old:
+            return
     else:
         return
     log.info("renamed %s to %s: the nick belongs to account %r", old, guest, owner)

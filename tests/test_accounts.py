@@ -160,6 +160,29 @@ def test_a_registered_nick_is_renamed_after_the_grace_period_unless_its_owner_lo
     assert server.registry.find("alice").account == "alice"
 
 
+def alice_about_to_be_renamed(accounts, connect, monkeypatch, most: float):
+    """A server whose enforcer is about to rename alice (she logged out of
+    her account, and her grace period is over), held until the returned
+    event is set (at most ``most`` seconds): (server, alice, event)."""
+    server = accounts("--nick-grace", "0.4")
+    alice = connect(server, "alice")
+    register(alice, "alice")
+    renaming, answered = threading.Event(), threading.Event()
+    change_nick = server.change_nick
+
+    def held_change_nick(client, nick, **options):
+        if threading.current_thread().name == "chatcore-nick-owners":
+            renaming.set()
+            answered.wait(most)
+        return change_nick(client, nick, **options)
+
+    monkeypatch.setattr(server, "change_nick", held_change_nick)
+    alice.send("/logout")
+    alice.expect(lambda line: line.startswith("* the nick alice belongs to an account"))
+    assert renaming.wait(5), "the enforcer did not rename alice"
+    return server, alice, answered
+
+
 def test_a_login_as_the_grace_period_ends_is_never_followed_by_a_rename(
     accounts, connect, cheap_passwords, monkeypatch
 ):
@@ -170,22 +193,7 @@ def test_a_login_as_the_grace_period_ends_is_never_followed_by_a_rename(
     you are not logged in to". Here the enforcer's rename is held until
     the login is answered (at most a second: a login that waits for the
     enforcer cannot be answered meanwhile)."""
-    server = accounts("--nick-grace", "0.4")
-    alice = connect(server, "alice")
-    register(alice, "alice")
-    renaming, answered = threading.Event(), threading.Event()
-    change_nick = server.change_nick
-
-    def held_change_nick(client, nick):
-        if threading.current_thread().name == "chatcore-nick-owners":
-            renaming.set()
-            answered.wait(1.0)
-        return change_nick(client, nick)
-
-    monkeypatch.setattr(server, "change_nick", held_change_nick)
-    alice.send("/logout")
-    alice.expect(lambda line: line.startswith("* the nick alice belongs to an account"))
-    assert renaming.wait(5), "the enforcer did not rename alice"
+    server, alice, answered = alice_about_to_be_renamed(accounts, connect, monkeypatch, most=1.0)
     alice.send(f"/login {PASSWORD}")
     told = alice.expect(lambda line: line.startswith(("* you are logged in to alice", "* you were renamed to guest-")))
     answered.set()
@@ -193,6 +201,25 @@ def test_a_login_as_the_grace_period_ends_is_never_followed_by_a_rename(
     alice.expect("* you are logged in to alice")
     guest = told.split()[5].rstrip(":")
     assert server.registry.find(guest).account == "alice"
+
+
+def test_a_nick_changed_as_the_grace_period_ends_is_not_renamed(accounts, connect, cheap_passwords, monkeypatch):
+    """The enforcer decided to rename alice (a registered nick); before it
+    did, the connection took another name of its own. The enforcer renames
+    only a client still called what it checked, so the connection keeps
+    the name it chose. Here the enforcer's rename is held until the
+    connection's /nick is answered."""
+    server, alice, answered = alice_about_to_be_renamed(accounts, connect, monkeypatch, most=5.0)
+    alice.send("/nick alicia")
+    alice.expect("* you are now known as alicia")
+    answered.set()
+    alice.send("/ping")
+    alice.expect("* pong")
+    # The enforcer's later rounds (one renamed the witness) leave alicia alone.
+    witness = connect(server, "alice")
+    witness.expect(lambda line: line.startswith("* you were renamed to guest-"))
+    assert server.registry.find("alicia") is not None
+    assert not any(line.startswith("* you were renamed") for line in alice.received), alice.received
 
 
 def test_failed_logins_are_throttled_per_connection_and_per_account(accounts, connect):

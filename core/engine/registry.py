@@ -119,11 +119,14 @@ class Registry:
                 self._drop_member(client, room)
             return True
 
-    def rename(self, client: Client, nick: str) -> bool:
+    def rename(self, client: Client, nick: str, was: str | None = None) -> bool:
         """Give ``client`` a new nickname; False if another client has it
-        (nicknames are unique ignoring case), or if ``client`` is not here
-        (any more)."""
+        (nicknames are unique ignoring case), if ``client`` is not here (any
+        more), or if ``was`` is given and the client is no longer called
+        that."""
         with self._lock:
+            if was is not None and client.nick != was:
+                return False
             holder = self._by_nick.get(nick.casefold())
             if holder is not None and holder is not client:
                 return False

@@ -1222,16 +1222,23 @@ class ChatServer:
         self._maybe_emptied(room)
         return True
 
-    def change_nick(self, client: Client, nick: str) -> bool:
+    def change_nick(self, client: Client, nick: str, *, was: str | None = None) -> bool:
         """Rename ``client`` and tell its room; False if the nickname is
         taken (checked and taken under the registry's lock, so of two
         clients asking for the same name at once exactly one gets it; a
         cluster plugin claims it across servers first, with
-        the backplane's ``claim_nick``)."""
+        the backplane's ``claim_nick``).
+
+        :param was: rename only if the client is still called this: for a
+            rename decided on another thread (an enforcer's), which the
+            client's own ``/nick`` meanwhile must win. False if it is not.
+        """
         old = client.nick
+        if was is not None and old != was:
+            return False
         if self.backplane.claim_nick(client, nick) is not None:
             return False
-        if not self.registry.rename(client, nick):
+        if not self.registry.rename(client, nick, was):
             self._release_nick(client, nick)
             return False
         self._release_nick(client, old)
