@@ -262,8 +262,11 @@ class Presence(threading.Thread):
         for _ in range(GUEST_TRIES):
             guest = server.registry.guest_nick()
             self._collided.add((nick, guest))
-            renamed = server.change_nick(client, guest)
+            # Only if still called so: a /nick of its own meanwhile ended the collision.
+            renamed = server.change_nick(client, guest, was=nick)
             self._collided.discard((nick, guest))
+            if not renamed and client.nick != nick:
+                return
             if renamed:
                 log.warning(
                     "returning user %r: the nickname was taken on another server meanwhile; now %s", nick, guest
