@@ -164,6 +164,24 @@ class LineClient:
             if not self._fill(deadline):
                 raise AssertionError(f"expected a line matching {match!r}; got {_summary(skipped)} (eof={self.eof})")
 
+    def expect_all(self, *wanted: str, timeout: float | None = None) -> list[str]:
+        """Read lines until each of ``wanted`` has arrived, in any order;
+        returns every line read. For lines with no order between them: a
+        reply to this client's command, and what another client's (or
+        another server's) reaction to it made."""
+        missing = list(wanted)
+        read: list[str] = []
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while missing:
+            while self._unread and missing:
+                line = self._unread.pop(0)
+                read.append(line)
+                if line in missing:
+                    missing.remove(line)
+            if missing and not self._fill(deadline):
+                raise AssertionError(f"expected {missing!r} too; got {_summary(read)} (eof={self.eof})")
+        return read
+
     def sync(self) -> list[str]:
         """Round trip through the server: returns every line that arrived
         before the reply to ``/ping``. Since the server handles a client's

@@ -35,11 +35,6 @@ def refusal(address, source: str) -> list[str]:
         client.close()
 
 
-def expect_all(client: LineClient, *wanted: str) -> None:
-    """Read until every line of ``wanted`` has arrived, in any order."""
-    client.expect(lambda _line: all(line in client.received for line in wanted))
-
-
 @pytest.fixture
 def fast_failures(monkeypatch):
     monkeypatch.setattr(gate, "SECRET_DELAY", 0.05)
@@ -97,8 +92,7 @@ def test_ban_by_nick_on_the_spot_at_connect_and_after_a_restart(tmp_path, opers_
             alice.expect("* you are now an operator (root)")
             alice.send("/ban mallory 1h flooding the lobby")
             assert mallory.wait_closed()[-1] == "! disconnected: banned by guest-1: flooding the lobby"
-            expect_all(
-                alice,
+            alice.expect_all(
                 "* mallory left (banned by guest-1: flooding the lobby)",
                 "* banned 127.0.0.2/32 for 1h; disconnected mallory",
             )
@@ -434,7 +428,7 @@ def test_a_mute_holds_the_nick_and_the_address_across_reconnects_and_a_restart(
     operator = connect(restarted, "dave", source="127.0.0.3")
     _oper(operator)
     operator.send("/unmute bob")
-    expect_all(operator, "* unmuted bob")
+    operator.expect_all("* unmuted bob")
     back.expect("* you are no longer muted")
     assert not _is_muted(connect(restarted, "robert", source="127.0.0.2"))
     operator.send("/unmute bob")

@@ -138,26 +138,14 @@ def linked(sender: LineClient, nick: str, receivers: Sequence[LineClient]) -> No
 
 @contextlib.contextmanager
 def server_log_on_failure(process: ServerProcess) -> Iterator[None]:
-    """A failed assertion inside also shows what the server logged."""
+    """A failed assertion inside also shows what the server logged, and
+    still points at the line that failed (its traceback is kept)."""
     try:
         yield
     except AssertionError as exc:
         process.stop()
-        raise AssertionError(f"{exc}\n--- the server's log:\n{process.stderr[-4000:]}") from None
-
-
-def expect_all(client: LineClient, *wanted: str) -> list[str]:
-    """Read until each of ``wanted`` has arrived, in any order; returns
-    every line read. For lines from two sources with no order between them
-    (a reply to the client's command, and an event from another server)."""
-    missing = list(wanted)
-    lines: list[str] = []
-    while missing:
-        line = client.readline()
-        lines.append(line)
-        if line in missing:
-            missing.remove(line)
-    return lines
+        failed = AssertionError(f"{exc}\n--- the server's log:\n{process.stderr[-4000:]}")
+        raise failed.with_traceback(exc.__traceback__) from None
 
 
 def last_text(redis_server: RedisServer) -> str | None:
@@ -1639,7 +1627,7 @@ def test_an_operator_kicks_mutes_and_bans_users_on_another_server(redis_server, 
         # Two sources, no order between them: op's server says the kick went
         # out once Redis took it, and bob's server may have carried it out and
         # its leave come back before that (op then reads the leave first).
-        expect_all(op, "* bob is on another server: kick sent there", "* bob left (kicked by op: spamming)")
+        op.expect_all("* bob is on another server: kick sent there", "* bob left (kicked by op: spamming)")
         assert bob.wait_closed()[-1] == "! disconnected: kicked by op: spamming"
         carol.expect("* bob left (kicked by op: spamming)")
         two.expect_log(re.compile(r"operator root \(op\) kicked bob from 127\.0\.0\.3: spamming"))
