@@ -396,6 +396,13 @@ def test_a_busy_room_of_more_clients_than_turns_hears_every_line(chat_server_fac
             client.close()
 
 
+def welcomed_as(client: LineClient) -> str:
+    """The guest name ``client``'s welcome (its first line) gave it."""
+    found = re.match(r"\* Welcome to chatcore, ([^!]+)!", client.received[0])
+    assert found is not None, client.received
+    return found.group(1)
+
+
 def test_a_server_s_quiet_clients_hold_no_thread_and_hear_everything(chat_server_factory, monkeypatch):
     monkeypatch.setattr(turns_module, "DIRECT_IDLE", 0.2)
     monkeypatch.setattr(turns_module, "SPARE_IDLE", 0.2)
@@ -406,13 +413,16 @@ def test_a_server_s_quiet_clients_hold_no_thread_and_hear_everything(chat_server
     try:
         for client in clients:
             client.sync()
+        # Guest names go in the order connections are let in, which thirty
+        # at once need not keep: each learns its own from its welcome.
+        first, last = welcomed_as(clients[0]), welcomed_as(clients[29])
         # Thirty connected clients, every one quiet: no connection thread.
         assert wait_for(lambda: turns.threads == 0 and len(turns._waiting) == 30, TIMEOUT)
         clients[0].send("anyone there?")
         for client in clients[1:]:
-            client.expect("<guest-1> anyone there?")
+            client.expect(f"<{first}> anyone there?")
         clients[29].send("/nick zed")
-        clients[0].expect("* guest-30 is now known as zed")
+        clients[0].expect(f"* {last} is now known as zed")
         assert wait_for(lambda: turns.threads == 0, TIMEOUT)
         clients[29].send("/quit")
         clients[0].expect("* zed left")
@@ -628,11 +638,13 @@ def test_without_epoll_each_thread_waits_in_recv_as_before(chat_server_factory, 
     try:
         alice.sync()
         bob.sync()
-        alice.expect("* guest-2 joined")
+        # Guest names go in the order connections are let in (two at once need not keep theirs).
+        a_name, b_name = (welcomed_as(client) for client in (alice, bob))
+        alice.expect(f"* {b_name} joined")
         alice.send("hello")
-        assert bob.expect("<guest-1> hello")
+        assert bob.expect(f"<{a_name}> hello")
         bob.send("/quit")
-        assert alice.expect("* guest-2 left")
+        assert alice.expect(f"* {b_name} left")
     finally:
         alice.close()
         bob.close()
