@@ -995,7 +995,7 @@ def test_oper_makes_an_irc_operator_who_kicks_and_kills(chat_server_factory, con
     assert any("failed /oper as 'root' by alice" in record.getMessage() for record in caplog.records)
     assert OPER_PASSWORD not in caplog.text
 
-    dave.expect("* carol joined")
+    dave.expect_all("* bob joined", "* carol joined")  # in either order, as alice's JOINs above
     alice.send(f"OPER root {OPER_PASSWORD}")
     alice.send("MODE alice")
     assert alice.sync() == [
