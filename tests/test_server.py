@@ -17,6 +17,7 @@ import pytest
 
 from chatcore import Client, hookimpl
 from chatcore.engine.serving import RECV_BUSY
+from chatcore.events import Disconnected
 from chatcore.testing import LineClient, wait_for
 
 
@@ -699,3 +700,33 @@ def test_stop_gives_up_on_a_thread_that_does_not_end_and_closes_the_rest(chat_se
     finally:
         stuck.release.set()
     wait_for(lambda: not server.serving._serving, message="alice's thread to end once released")
+
+
+def test_two_threads_disconnecting_one_client_at_once_send_one_goodbye(chat_server_factory, connect, monkeypatch):
+    # An operator's kick and the idle sweep (or a flood cut-off) may
+    # disconnect one client at the same moment: the first to ask does it,
+    # with its reason; the other's goodbye and reason are not added on top.
+    server = chat_server_factory()
+    alice, bob = connect(server, "alice"), connect(server, "bob")
+    target = server.registry.find("bob")
+    entered, go_on = threading.Event(), threading.Event()
+    send = Client.send
+
+    def held_send(self, event):
+        if isinstance(event, Disconnected) and threading.current_thread().name == "first":
+            entered.set()
+            go_on.wait(5)
+        return send(self, event)
+
+    monkeypatch.setattr(Client, "send", held_send)
+    first = threading.Thread(target=target.disconnect, args=("kicked first",), name="first")
+    first.start()
+    try:
+        assert entered.wait(5), "the first disconnect did not start"
+        target.disconnect("kicked second")  # the first thread has it: nothing to do
+    finally:
+        go_on.set()
+        first.join(5)
+    said = bob.wait_closed()
+    assert [line for line in said if line.startswith("! disconnected")] == ["! disconnected: kicked first"]
+    alice.expect("* bob left (kicked first)")

@@ -48,6 +48,13 @@ _CAUSE_OF_REASON = {
 }
 
 
+#: Held while a thread claims a client's disconnection (a few attribute
+#: reads and one write): of two threads disconnecting one client at once (a
+#: kick and the idle sweep), one goes on. One lock for every client, taken
+#: once per disconnection: a lock each would cost every idle client memory.
+_CLAIMS = threading.Lock()
+
+
 def disconnect_cause(reason: str) -> str:
     """The label of a disconnect reason the engine knows, else ``"other"``."""
     return _CAUSE_OF_REASON.get(reason, "other")
@@ -76,6 +83,7 @@ class Client:
         "__weakref__",
         "_account",
         "_blocked",
+        "_closing_by",
         "_done",
         "_drained",
         "_encrypt",
@@ -166,6 +174,8 @@ class Client:
         self.data: dict[str, Any] = {}
         #: Why the client is being disconnected (``None`` while connected).
         self.close_reason: str | None = None
+        # The thread disconnecting it (0: none yet): see disconnect().
+        self._closing_by = 0
         #: That reason as one of :data:`DISCONNECT_CAUSES` (``None`` while connected).
         self.close_cause: str | None = None
         #: The operator who kicked the client out (``disconnect(kicked_by=...)``), or None.
@@ -388,8 +398,15 @@ class Client:
             reason`` (:func:`chatcore.events.kick_text`), the cause is
             ``"kick"`` and the leave event says who (IRC shows a ``KICK``).
         """
-        if self.close_reason is not None:
-            return
+        # One thread disconnects it, whichever asked first: a second one at
+        # the same moment would send last words of its own and set a reason
+        # over the first's. The same thread may come again: its last words
+        # overflowing the queue disconnect it as a slow consumer, inside.
+        me = threading.get_ident()
+        with _CLAIMS:
+            if self.close_reason is not None or self._closing_by not in (0, me):
+                return
+            self._closing_by = me
         for membership in self._memberships:  # nothing its rooms say after its last words
             feed = membership.feed
             if feed is None:
