@@ -347,6 +347,13 @@ class Connections:
                 lambda: len(self._serving) <= any(session.thread == me for session in self._serving),
                 max(0.0, deadline - time.monotonic()) + 0.5,
             )
+            own = next((session.client for session in self._serving if session.thread == me), None)
+        # The client whose thread this is (it asked for the stop) cannot end
+        # its session while it is here: wait for the writer to have sent it
+        # its notice and closed its socket, as the others' ended sessions
+        # say of theirs, or the writer stopped next leaves it open.
+        if own is not None:
+            own.wait_closed(max(0.0, deadline - time.monotonic()) + 0.5)
 
 
 class Session:
