@@ -20,8 +20,10 @@ measure of what the machine can do, with ratios to it printed at the end).
 system compiler for the run (as the C reference server is; a clear error if
 there is no ``cc``). It parses every delivery: latency of each in a
 histogram (p50, p99, p99.9, max), losses, duplicates, reordering and
-corrupted lines per sender, the server's CPU and memory from ``/proc``, its
-own CPU per delivery beside the server's (``driver_us_per_delivery``,
+corrupted lines per sender, the server's CPU (``server_kernel_share``: the
+kernel's part of it, which no change to the server's Python can take away)
+and memory from ``/proc``, its own CPU per delivery beside the server's
+(``driver_us_per_delivery``,
 ``server_us_per_delivery``: how far the driver is from being the limit). It
 speaks the native protocol, IRC (``--protocol irc``: chatcore's ``irc://``
 listener) and WebSocket (``--protocol ws`` or ``--web``), and runs issue 27's

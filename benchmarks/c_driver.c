@@ -850,7 +850,10 @@ static void set_up(int64_t deadline) {
 
 /* -- /proc ------------------------------------------------------------------ */
 
-static double server_cpu(void) {
+/* The server's CPU seconds so far (user and system); its system (kernel)
+ * seconds in *kernel, when given. */
+static double server_cpu_split(double *kernel) {
+    if (kernel) *kernel = 0;
     if (!server_pid) return 0;
     char path[64], data[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", server_pid);
@@ -864,8 +867,11 @@ static double server_cpu(void) {
     unsigned long utime = 0, stime = 0;
     /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2) return 0;
+    if (kernel) *kernel = (double)stime / (double)sysconf(_SC_CLK_TCK);
     return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
 }
+
+static double server_cpu(void) { return server_cpu_split(NULL); }
 
 static long server_rss_kib(void) {
     if (!server_pid) return 0;
@@ -924,14 +930,14 @@ static double startup_ms(double fraction) {
 typedef struct {
     int64_t at;
     uint64_t deliveries, expected;
-    double cpu, server_cpu;
+    double cpu, server_cpu, server_kernel;
 } stop_point;
 
 static void stop_here(stop_point *stop) {
     stop->at = now;
     stop->deliveries = deliveries;
     stop->cpu = own_cpu();
-    stop->server_cpu = server_cpu();
+    stop->server_cpu = server_cpu_split(&stop->server_kernel);
     stop->expected = 0;
     for (int s = 0; s < senders_count; s++) stop->expected += senders[s].sent * (uint64_t)senders[s].audience;
 }
@@ -949,7 +955,7 @@ static int run_flow(void) {
     }
     int64_t started = clock_us();
     for (int s = 0; s < senders_count; s++) senders[s].progress_us = started;
-    double cpu_start = own_cpu(), server_start = server_cpu();
+    double cpu_start = own_cpu(), kernel_start, server_start = server_cpu_split(&kernel_start);
     uint64_t at_start = deliveries;
     int64_t send_until = started + (int64_t)(duration * 1e6);
     stop_point stop = {0};
@@ -1022,6 +1028,10 @@ static int run_flow(void) {
            stop.expected > unique ? stop.expected - unique : 0, corrupt, gaps, duplicated, reordered, stalls, notices);
     printf("\"seconds\": %.2f, ", seconds);
     if (server_pid) printf("\"server_cores\": %.2f, ", seconds > 0 ? server_used / seconds : 0.0);
+    /* How much of the server's CPU was the kernel's (its sends, receives,
+     * wake-ups): what no change to the server's own code can take away. */
+    if (server_pid && server_used > 0)
+        printf("\"server_kernel_share\": %.2f, ", (stop.server_kernel - kernel_start) / server_used);
     printf("\"driver_cores\": %.2f, ", seconds > 0 ? driver_cpu / seconds : 0.0);
     if (server_pid && timed)
         printf("\"server_us_per_delivery\": %.4f, ", server_used * 1e6 / (double)timed);

@@ -83,6 +83,9 @@ def test_every_line_arrives_once_in_order_in_each_protocol(driver: str, chatcore
     assert isinstance(most, float)
     assert 0 <= p50 <= p99 <= p999 <= most  # type: ignore[operator]
     assert isinstance(result["server_cores"], float)
+    kernel_share = result["server_kernel_share"]  # of the server's CPU, what the kernel spent
+    assert isinstance(kernel_share, float)
+    assert 0 <= kernel_share <= 1
     assert isinstance(result["driver_us_per_delivery"], float)
 
 
