@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from chatcore import Config, UsageError, __version__, hookimpl
-from chatcore.config import whole_number
+from chatcore.config import restart_only, whole_number
 from chatcore.engine.history import CONVERSATION, QUERY_KINDS, HistoryService, Mark, Query
 from chatcore.engine.rooms import CHANMODES, LIST_MODES, MAX_LIST, MAX_MODES, TOPIC_LENGTH, ModeError, parse_modes
 from chatcore.events import (
@@ -2594,11 +2594,15 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         "irc plugin",
         "IRC clients on irc:// and ircs:// listeners, and over WebSocket on ircws:// and ircwss:// (docs/irc.md).",
     )
-    group.add_argument(
-        "--irc-server-name",
-        default=DEFAULT_SERVER_NAME,
-        metavar="NAME",
-        help="the server's name in IRC prefixes and numerics, a host name (default: %(default)s)",
+    # Restart only, as in Ergo and InspIRCd: clients keep the names they
+    # were given at registration (prefixes, 005) for the whole connection.
+    restart_only(
+        group.add_argument(
+            "--irc-server-name",
+            default=DEFAULT_SERVER_NAME,
+            metavar="NAME",
+            help="the server's name in IRC prefixes and numerics, a host name (default: %(default)s)",
+        )
     )
     group.add_argument(
         "--irc-autojoin",
@@ -2606,11 +2610,13 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         metavar="#ROOM[,#ROOM]",
         help="channels every IRC client joins on registering (default: none; clients join their own)",
     )
-    group.add_argument(
-        "--irc-network",
-        default=DEFAULT_NETWORK,
-        metavar="NAME",
-        help="the network name IRC clients show (005 NETWORK; default: %(default)s)",
+    restart_only(
+        group.add_argument(
+            "--irc-network",
+            default=DEFAULT_NETWORK,
+            metavar="NAME",
+            help="the network name IRC clients show (005 NETWORK; default: %(default)s)",
+        )
     )
     group.add_argument(
         "--irc-ws-origins",

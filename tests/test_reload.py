@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from test_irc import IRCClient
 
 from chatcore import hookimpl
 from chatcore.reload import reload_configuration
@@ -382,3 +383,39 @@ def test_sighup_changes_the_accounts_options(tmp_path, clients):
             "or /nick to another name, or you will be renamed"
         )
     assert "needs a restart" not in proc.stderr
+
+
+def irc_client(proc: ServerProcess, clients: list[LineClient], nick: str) -> tuple[IRCClient, list[str]]:
+    """An IRC client registered as ``nick``, and the lines of its registration."""
+    client = IRCClient(proc.addresses["irc"])
+    clients.append(client)
+    client.send(f"NICK {nick}")
+    client.send(f"USER {nick} 0 * :{nick}")
+    client.expect(f" 422 {nick} ")  # no MOTD: the last line of the registration
+    return client, client.sync()
+
+
+def test_sighup_keeps_the_irc_names_and_applies_the_autojoin(tmp_path, clients):
+    """The server and network names need a restart (IRC clients keep those
+    they registered with, as Ergo and InspIRCd refuse them at a rehash);
+    --irc-autojoin applies to the next registration."""
+    config = tmp_path / "chatcore.toml"
+    write(config, 'plugins = ["irc"]\n')
+    listen = ("--listen", "tcp://127.0.0.1:0", "--listen", "irc://127.0.0.1:0")
+    with ServerProcess("--config", str(config), *listen) as proc:
+        irc_client(proc, clients, "early")
+        write(
+            config,
+            'plugins = ["irc"]\nirc-server-name = "irc.example.org"\nirc-network = "ExampleNet"\n'
+            'irc-autojoin = "#news"\n',
+        )
+        proc.send_signal(signal.SIGHUP)
+        proc.expect_log(re.compile(r"reload: --irc-server-name changed: needs a restart; left unchanged"))
+        proc.expect_log(re.compile(r"reload: --irc-network changed: needs a restart; left unchanged"))
+        assert "--irc-autojoin changed" in proc.expect_log(RELOADED)
+        late, lines = irc_client(proc, clients, "late")
+        assert late.received[0].startswith(":chatcore 001 late ")
+        assert "NETWORK=chatcore" in " ".join(line for line in late.received if " 005 " in line).split()
+        assert any(line.startswith(":late!") and line.endswith(" JOIN #news") for line in lines)
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr
