@@ -693,20 +693,27 @@ def chatcore_configure(config: Config) -> None:
     except ImportError:
         raise UsageError("the api plugin needs the jsonschema library: pip install 'chatcore[api]'") from None
     options = config.options
+    check_limits(options)
+    config.data[NAME] = ApiState(parse_tokens(options.api_token), options.api_rate, options.api_burst)
+
+
+def check_limits(options: argparse.Namespace) -> None:
+    """:raises UsageError: a bad ``--api-rate`` or ``--api-burst``."""
     if not (0 < options.api_rate <= 1e6) or math.isnan(options.api_rate):
         raise UsageError("--api-rate must be a number of requests per second above 0")
     if options.api_burst < 1:
         raise UsageError("--api-burst must be at least 1")
-    config.data[NAME] = ApiState(parse_tokens(options.api_token), options.api_rate, options.api_burst)
 
 
 @hookimpl
 def chatcore_reload(server: ChatServer, new: argparse.Namespace) -> Any:
-    tokens = parse_tokens(new.api_token)  # a bad entry keeps the running tokens
+    check_limits(new)  # a bad value, or a bad token entry, keeps the running ones
+    tokens = parse_tokens(new.api_token)
     state = _state(server)
 
     def apply() -> None:
         state.tokens = tokens  # one reference swap; a revoked token stops at once
+        state.set_limits(new.api_rate, new.api_burst)
 
     return apply
 
@@ -770,6 +777,11 @@ class ApiState:
         #: Other plugins' routes (chatcore_api_routes), set at start.
         self.routes: list[Route] = []
         self._lock = threading.Lock()
+
+    def set_limits(self, rate: float, burst: int) -> None:
+        """A reload's ``--api-rate`` and ``--api-burst``, from each token's next request."""
+        with self._lock:
+            self.rate, self.burst = rate, burst
 
     def wait_before(self, token: Token) -> float:
         """0.0 and one request taken from ``token``'s bucket, or the

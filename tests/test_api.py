@@ -369,7 +369,9 @@ def test_token_entries_are_checked():
 def test_a_reload_replaces_the_tokens(api):
     server = api()
     assert call(server, "GET", "/api/rooms", READ)[0] == 200
-    apply = api_module.chatcore_reload(server, argparse.Namespace(api_token=[TOKENS[1]]))
+    apply = api_module.chatcore_reload(
+        server, argparse.Namespace(**{**vars(server.config.options), "api_token": [TOKENS[1]]})
+    )
     apply()
     assert call(server, "GET", "/api/rooms", READ)[0] == 401  # revoked
 

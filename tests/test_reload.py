@@ -9,9 +9,11 @@ import signal
 from pathlib import Path
 
 import pytest
+from test_api import call
 from test_irc import IRCClient
 
 from chatcore import hookimpl
+from chatcore.plugins.api import hash_token
 from chatcore.reload import reload_configuration
 from chatcore.testing import LineClient, ServerProcess, wait_for
 
@@ -19,6 +21,7 @@ pytestmark = pytest.mark.slow
 
 RELOADED = re.compile(r"configuration reloaded: ")
 FAILED = re.compile(r"reload failed: .*; the running configuration is kept")
+API_TOKEN = "reload-token-0123456789abcdefghij"
 
 
 def write(path: Path, text: str) -> None:
@@ -417,5 +420,30 @@ def test_sighup_keeps_the_irc_names_and_applies_the_autojoin(tmp_path, clients):
         assert late.received[0].startswith(":chatcore 001 late ")
         assert "NETWORK=chatcore" in " ".join(line for line in late.received if " 005 " in line).split()
         assert any(line.startswith(":late!") and line.endswith(" JOIN #news") for line in lines)
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr
+
+
+def test_sighup_changes_the_api_rate_and_burst(tmp_path):
+    """They were kept from the start while the log said they changed."""
+    config = tmp_path / "chatcore.toml"
+    token = f'plugins = ["api"]\napi-token = ["bot:read:{hash_token(API_TOKEN)}"]\n'
+    write(config, token + "api-rate = 0.001\napi-burst = 5\n")
+    with ServerProcess("--config", str(config), "--listen", "http://127.0.0.1:0") as proc:
+        assert call(proc, "GET", "/api/rooms", API_TOKEN)[0] == 200
+        write(config, token + "api-rate = 0.1\napi-burst = 1\n")
+        proc.send_signal(signal.SIGHUP)
+        reloaded = proc.expect_log(RELOADED)
+        assert "--api-rate" in reloaded
+        assert "--api-burst" in reloaded
+        assert call(proc, "GET", "/api/rooms", API_TOKEN)[0] == 200
+        status, _, response = call(proc, "GET", "/api/rooms", API_TOKEN)  # past the new burst of one
+        assert status == 429
+        assert response.getheader("Retry-After") in ("9", "10")  # a request every ten seconds
+
+        write(config, token + "api-rate = 0\n")  # refused whole: the limits stay
+        proc.send_signal(signal.SIGHUP)
+        assert "--api-rate must be a number of requests per second above 0" in proc.expect_log(FAILED)
+        assert call(proc, "GET", "/api/rooms", API_TOKEN)[0] == 429
     assert proc.returncode == 0
     assert "Traceback" not in proc.stderr
