@@ -941,10 +941,14 @@ class Webhooks:
         new settings; a new one starts; one taken out stops, and what it
         held goes to the dead-letter log."""
         with self._lock:
-            # A reload is no way around a webhook's rate: its bucket carries over.
+            # A reload is no way around a webhook's rate: its bucket carries
+            # over, with the new rate and burst (its tokens up to that burst).
             buckets = {old.name.casefold(): old.bucket for old in self.settings.incoming}
             for new in settings.incoming:
-                new.bucket = buckets.get(new.name.casefold(), new.bucket)
+                bucket = buckets.get(new.name.casefold())
+                if bucket is not None:
+                    bucket.rate, bucket.burst = new.bucket.rate, new.bucket.burst
+                    new.bucket = bucket
             self.settings = settings
             self.dead_letters.path = settings.dead_letter
             running = {outbox.hook.name.casefold(): outbox for outbox in self.outboxes}

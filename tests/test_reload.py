@@ -447,3 +447,29 @@ def test_sighup_changes_the_api_rate_and_burst(tmp_path):
         assert call(proc, "GET", "/api/rooms", API_TOKEN)[0] == 429
     assert proc.returncode == 0
     assert "Traceback" not in proc.stderr
+
+
+def test_sighup_changes_the_rate_of_a_kept_incoming_webhook(tmp_path, clients):
+    """A webhook kept by name keeps its bucket (a reload is no way around
+    its rate), and the bucket takes the new --webhook-rate and
+    --webhook-burst: it kept the old ones while the log said they changed."""
+    config = tmp_path / "chatcore.toml"
+    hook = f'plugins = ["api", "webhooks"]\nwebhook-in = ["name=deploys room=lobby hash={hash_token(API_TOKEN)}"]\n'
+    write(config, hook + "webhook-rate = 0.001\nwebhook-burst = 5\n")
+    listen = ("--listen", "tcp://127.0.0.1:0", "--listen", "http://127.0.0.1:0")
+    with ServerProcess("--config", str(config), *listen, "--webhook-dead-letter", str(tmp_path / "dead.jsonl")) as proc:
+        alice = connect(proc, clients)
+        assert call(proc, "POST", f"/hooks/{API_TOKEN}", body={"text": "one"})[0] == 200
+        alice.expect("<deploys> one")
+        write(config, hook + "webhook-rate = 0.1\nwebhook-burst = 1\n")
+        proc.send_signal(signal.SIGHUP)
+        reloaded = proc.expect_log(RELOADED)
+        assert "--webhook-rate" in reloaded
+        assert "--webhook-burst" in reloaded
+        assert call(proc, "POST", f"/hooks/{API_TOKEN}", body={"text": "two"})[0] == 200  # of four left, one now
+        alice.expect("<deploys> two")
+        status, _, response = call(proc, "POST", f"/hooks/{API_TOKEN}", body={"text": "three"})
+        assert status == 429
+        assert response.getheader("Retry-After") == "10"  # a request every ten seconds
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr
