@@ -2449,7 +2449,7 @@ class IRCWebSocketProtocol(IRCProtocol):
     WebSocket ping and closes one silent for two intervals.
     """
 
-    __slots__ = ("__weakref__", "_last_heard", "_opening", "_pinged", "_settings", "_websocket")
+    __slots__ = ("__weakref__", "_last_heard", "_opening", "_pinged_at", "_settings", "_websocket")
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
@@ -2458,7 +2458,8 @@ class IRCWebSocketProtocol(IRCProtocol):
         #: The WebSocket's framing, once it is open.
         self._websocket: WebSocketTextLines | None = None
         self._last_heard = time.monotonic()
-        self._pinged = False
+        #: When the ping it has not answered yet went out (0.0: none).
+        self._pinged_at = 0.0
 
     def connection_made(self) -> None:
         super().connection_made()
@@ -2485,7 +2486,7 @@ class IRCWebSocketProtocol(IRCProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_heard = time.monotonic()
-        self._pinged = False
+        self._pinged_at = 0.0
         if self._websocket is None:
             data = self._open(data)
             if not data:
@@ -2554,7 +2555,8 @@ class IRCWebSocketProtocol(IRCProtocol):
 
     def check(self, now: float, interval: float) -> None:
         """From the pinger thread: close an opening that takes too long; ping
-        an open WebSocket quiet for an interval, close it after two."""
+        an open WebSocket quiet for an interval, close it an interval after
+        an unanswered ping."""
         client = self.client
         if client.closed:
             return
@@ -2565,11 +2567,14 @@ class IRCWebSocketProtocol(IRCProtocol):
             if opening.started and now - opening.started > HEADER_TIMEOUT:
                 client.send_data(http_error(408, "request head too slow"))
                 client.disconnect("request head too slow", tell=False)
-        elif now - self._last_heard > 2 * interval:
+        elif not self._pinged_at:
+            if now - self._last_heard > interval:
+                self._pinged_at = now
+                client.send_data(PING_FRAME)
+        elif now - self._pinged_at > interval:
+            # Timed from the ping, never from the silence alone: a client
+            # quiet for longer than a shorter interval (a reload's) is asked first.
             client.disconnect("ping timeout")
-        elif now - self._last_heard > interval and not self._pinged:
-            self._pinged = True
-            client.send_data(PING_FRAME)
 
 
 _BINARY_ON_TEXT = (

@@ -457,7 +457,7 @@ class WebProtocol(Protocol):
         "_after_nick",
         "_arriving",
         "_last_heard",
-        "_pinged",
+        "_pinged_at",
         "_state",
         "framing",
         "http",
@@ -479,7 +479,8 @@ class WebProtocol(Protocol):
         #: The WebSocket's framing, once the upgrade is done.
         self.framing: WebSocketFraming | None = None
         self._last_heard = time.monotonic()
-        self._pinged = False
+        #: When the ping it has not answered yet went out (0.0: none).
+        self._pinged_at = 0.0
         #: Opened with ``rooms=after-nick``: in no room until it has a nickname.
         self._after_nick = False
         #: The WebSocket is open and the first message is to decide the
@@ -525,7 +526,7 @@ class WebProtocol(Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_heard = time.monotonic()
-        self._pinged = False
+        self._pinged_at = 0.0
         if self.http is not None:
             self.http.receive(data)
         else:
@@ -533,22 +534,25 @@ class WebProtocol(Protocol):
 
     def check(self, now: float, interval: float) -> None:
         """From the pinger thread: ping an open WebSocket that has been quiet
-        for an interval, drop it after two; close an idle HTTP connection."""
+        for an interval, drop it an interval after an unanswered ping; close
+        an idle HTTP connection."""
         client = self.client
         if client.closed:
             return
-        quiet = now - self._last_heard
         http = self.http
         if http is not None:
             # A request is timed as a whole, not per byte: a client sending
             # one header byte every few seconds would otherwise hold its
             # connection (and its thread) for ever (slowloris).
             http.check(now)
-        elif quiet > 2 * interval:
+        elif not self._pinged_at:
+            if now - self._last_heard > interval:
+                self._pinged_at = now
+                client.send_data(PING_FRAME)
+        elif now - self._pinged_at > interval:
+            # Timed from the ping, never from the silence alone: a browser
+            # quiet for longer than a shorter interval (a reload's) is asked first.
             client.disconnect("ping timeout", tell=False)
-        elif quiet > interval and not self._pinged:
-            self._pinged = True
-            client.send_data(PING_FRAME)
 
     # -- HTTP -------------------------------------------------------------------
 

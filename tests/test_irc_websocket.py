@@ -11,6 +11,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,26 @@ def test_pings_find_a_dead_irc_websocket(ircws, clients):
     assert dead.pings >= 1
     assert alive.pings >= 1
     alive.sync()
+
+
+def test_a_quiet_irc_websocket_is_pinged_before_it_is_dropped(ircws, clients):
+    """Dropped an interval after a ping it did not answer, never for its
+    silence alone: after a reload shortens --irc-ws-ping-interval, a client
+    quiet for longer than two new intervals is asked first."""
+    server = ircws()  # pings every 20 seconds: the pinger thread leaves it alone meanwhile
+    quiet = clients(server).register("quiet")
+    (protocol,) = _ws_protocols(server)
+    later = time.monotonic() + 100  # quiet for five intervals
+    protocol.check(later, 20.0)
+    quiet.sync()
+    quiet.sync()  # its pong, sent before this PING, has been read
+    assert quiet.pings == 1
+    assert not protocol.client.closed
+    protocol.check(later, 20.0)  # quiet again: asked again
+    quiet.auto_pong = False
+    protocol.check(later + 21, 20.0)
+    quiet.wait_closed()
+    assert quiet.pings == 2
 
 
 def test_a_websocket_that_stops_reading_is_dropped_as_a_slow_consumer(ircws, clients):

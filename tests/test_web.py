@@ -1075,6 +1075,27 @@ def test_pings_find_a_dead_browser(web, clients):
     alive.sync()
 
 
+def test_a_browser_quiet_for_long_is_pinged_before_it_is_dropped(web, clients):
+    """Dropped an interval after a ping it did not answer, never for its
+    silence alone: after a reload shortens --web-ping-interval, a browser
+    quiet for longer than two new intervals is asked first."""
+    server = web()  # pings every 20 seconds: the pinger thread leaves it alone meanwhile
+    browser = clients(server)
+    browser.sync()
+    client = _server_side(server, lambda c: isinstance(c.protocol, web_module.WebProtocol))
+    later = time.monotonic() + 100  # quiet for five intervals
+    client.protocol.check(later, 20.0)
+    browser.sync()
+    browser.sync()  # its pong, sent before this /ping, has been read
+    assert browser.pings == 1
+    assert not client.closed
+    client.protocol.check(later, 20.0)  # quiet again: asked again
+    browser.auto_pong = False
+    client.protocol.check(later + 21, 20.0)
+    browser.wait_closed()
+    assert browser.pings == 2
+
+
 def test_a_browser_that_stops_reading_is_dropped_as_a_slow_consumer(web, clients):
     server = web("--max-queue", "64")
     listener = clients.native(server)
