@@ -74,7 +74,7 @@ from chatcore.transports import Scheme
 from chatcore.transports.listener import format_address
 from chatcore.wire import Protocol, WireFormat
 from chatcore.wire.framing import PING_FRAME, WebSocketFraming, websocket_frame
-from chatcore.wire.http import Deadlines, HttpConnection, plain_error, raw_answer
+from chatcore.wire.http import HttpConnection, plain_error, raw_answer
 from chatcore.wire.native import (
     ARRIVAL_WAIT,
     PASSWORD_REQUIRED,
@@ -88,6 +88,7 @@ from chatcore.wire.tags import client_tags
 from chatcore.wire.websocket import (
     MAX_FRAGMENTS,
     MAX_HEADER_BYTES,
+    Pinger,
     Refused,
     accept,
     foreign_origin,
@@ -212,6 +213,21 @@ def chatcore_configure(config: Config) -> None:
 
 
 @hookimpl
+def chatcore_reload(server: ChatServer, new: argparse.Namespace) -> Callable[[], None]:
+    origins = parse_origins(new.web_origins, "--web-origins")  # a bad one keeps the running configuration
+    state = _state(server)
+
+    def apply() -> None:
+        # Read at each use: origins at the next upgrade, the message limit
+        # by the WebSockets opened from now on, the interval at the next ping.
+        state.origins = origins
+        state.max_message = new.web_max_message
+        state.connections.set_interval(float(new.web_ping_interval))
+
+    return apply
+
+
+@hookimpl
 def chatcore_schemes() -> list[Scheme]:
     return [
         Scheme("ws", WEB, WebProtocol, default_port=DEFAULT_PORT, description="the web page and its WebSocket"),
@@ -259,19 +275,13 @@ class WebState:
 
     def __init__(self, origins: frozenset[str], ping_interval: float, max_message: int) -> None:
         self.origins = origins
-        self.ping_interval = ping_interval
         self.max_message = max_message
         self.static = {path: (_read_static(name), kind) for path, (name, kind) in _STATIC.items()}
         #: The open connections, and the thread that pings them and enforces
         #: their deadlines. It wakes a few times per interval, so a dead
         #: browser is found within about two intervals and an idle HTTP
         #: connection soon after its timeout.
-        self.connections: Deadlines[WebProtocol] = Deadlines(
-            "chatcore-web-pinger", min(ping_interval / 4, 1.0), self._check
-        )
-
-    def _check(self, protocol: WebProtocol, now: float) -> None:
-        protocol.check(now, self.ping_interval)
+        self.connections = Pinger("web", ping_interval)
 
 
 def _read_static(name: str) -> bytes:

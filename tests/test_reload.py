@@ -7,10 +7,12 @@ import json
 import re
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_api import call
 from test_irc import IRCClient
+from test_web import HTTPError, WSClient
 
 from chatcore import hookimpl
 from chatcore.plugins.api import hash_token
@@ -471,5 +473,49 @@ def test_sighup_changes_the_rate_of_a_kept_incoming_webhook(tmp_path, clients):
         status, _, response = call(proc, "POST", f"/hooks/{API_TOKEN}", body={"text": "three"})
         assert status == 429
         assert response.getheader("Retry-After") == "10"  # a request every ten seconds
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr
+
+
+def browser(address: tuple[str, int], clients: list[Any], origin: str = "auto") -> WSClient:
+    client = WSClient(address, origin=origin)
+    clients.append(client)
+    client.sync()
+    return client
+
+
+def test_sighup_changes_the_web_origins_message_limit_and_ping_interval(tmp_path, clients):
+    """They were kept from the start while the log said they changed. The
+    origins apply to the next WebSocket, the message limit to WebSockets
+    opened from then on, the ping interval to the open ones too."""
+    config = tmp_path / "chatcore.toml"
+    write(config, 'plugins = ["web"]\nweb-max-message = 1000\n')
+    listen = ("--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0")
+    with ServerProcess("--config", str(config), *listen) as proc:
+        address = proc.addresses["ws"]
+        with pytest.raises(HTTPError) as refused:
+            WSClient(address, origin="https://chat.example.com")
+        assert refused.value.status == 403
+        early = browser(address, clients)
+        silent = browser(address, clients)
+        silent.auto_pong = False  # a browser gone away: answers no ping
+        write(
+            config,
+            'plugins = ["web"]\nweb-max-message = 3000\nweb-origins = ["https://chat.example.com"]\n'
+            "web-ping-interval = 1\n",
+        )
+        proc.send_signal(signal.SIGHUP)
+        reloaded = proc.expect_log(RELOADED)
+        for option in ("--web-max-message", "--web-origins", "--web-ping-interval"):
+            assert option in reloaded
+        late = browser(address, clients, origin="https://chat.example.com")
+        late.say("x" * 2000)
+        early.expect({"type": "chat", "nick": late.received[0]["you"]["nick"], "text": "x" * 2000})
+        early.say("y" * 2000)
+        assert early.expect({"type": "error"})["text"] == "message too long (the limit is 1000 bytes); it was not sent"
+        # Reading (so answering pings), early sees the silent one dropped.
+        early.expect({"type": "leave", "nick": silent.received[0]["you"]["nick"], "reason": "ping timeout"}, 10)
+        silent.wait_closed()
+        early.sync()
     assert proc.returncode == 0
     assert "Traceback" not in proc.stderr

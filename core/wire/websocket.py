@@ -231,7 +231,16 @@ class Pinger(Deadlines[Any]):
 
     def __init__(self, name: str, interval: float) -> None:
         self.interval = interval
-        super().__init__(f"chatcore-{name}-pinger", min(interval / 4, 1.0), self._ping)
+        super().__init__(f"chatcore-{name}-pinger", self._tick(interval), self._ping)
+
+    def set_interval(self, interval: float) -> None:
+        """A new interval (a reload's), from the next round of checks."""
+        self.interval = interval
+        self.tick = self._tick(interval)
+
+    @staticmethod
+    def _tick(interval: float) -> float:
+        return min(interval / 4, 1.0)
 
     def _ping(self, connection: Pinged, now: float) -> None:
         connection.check(now, self.interval)
