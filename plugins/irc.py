@@ -2676,8 +2676,16 @@ def capabilities_changed(server: ChatServer) -> None:
 
 
 @hookimpl
-def chatcore_reload(server: ChatServer) -> Callable[[], None]:
-    return lambda: capabilities_changed(server)
+def chatcore_reload(server: ChatServer, new: argparse.Namespace) -> Callable[[], None]:
+    origins = parse_origins(new.irc_ws_origins, "--irc-ws-origins")  # a bad one keeps the running configuration
+    settings: IRCWebSocketSettings = server.config.data[WS_DATA]
+
+    def apply() -> None:
+        settings.origins = origins  # read at each opening
+        settings.pinger.set_interval(float(new.irc_ws_ping_interval))
+        capabilities_changed(server)
+
+    return apply
 
 
 @hookimpl

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from test_api import call
 from test_irc import IRCClient
+from test_irc_websocket import IRCWebSocketClient
 from test_web import HTTPError, WSClient
 
 from chatcore import hookimpl
@@ -515,6 +516,38 @@ def test_sighup_changes_the_web_origins_message_limit_and_ping_interval(tmp_path
         assert early.expect({"type": "error"})["text"] == "message too long (the limit is 1000 bytes); it was not sent"
         # Reading (so answering pings), early sees the silent one dropped.
         early.expect({"type": "leave", "nick": silent.received[0]["you"]["nick"], "reason": "ping timeout"}, 10)
+        silent.wait_closed()
+        early.sync()
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr
+
+
+def test_sighup_changes_the_irc_websocket_origins_and_ping_interval(tmp_path, clients):
+    """They were kept from the start while the log said they changed."""
+    config = tmp_path / "chatcore.toml"
+    write(config, 'plugins = ["irc"]\n')
+    listen = ("--listen", "tcp://127.0.0.1:0", "--listen", "ircws://127.0.0.1:0")
+    with ServerProcess("--config", str(config), *listen) as proc:
+        address = proc.addresses["ircws"]
+        with pytest.raises(HTTPError) as refused:
+            IRCWebSocketClient(address, origin="https://gamja.example.org")
+        assert refused.value.status == 403
+        early = IRCWebSocketClient(address)
+        silent = IRCWebSocketClient(address)
+        clients += [early, silent]
+        early.register("early")
+        silent.register("silent")
+        silent.auto_pong = False  # a client gone away: answers no ping
+        write(config, 'plugins = ["irc"]\nirc-ws-origins = ["https://gamja.example.org"]\nirc-ws-ping-interval = 1\n')
+        proc.send_signal(signal.SIGHUP)
+        reloaded = proc.expect_log(RELOADED)
+        assert "--irc-ws-origins" in reloaded
+        assert "--irc-ws-ping-interval" in reloaded
+        late = IRCWebSocketClient(address, origin="https://gamja.example.org")
+        clients.append(late)
+        late.register("late")
+        # Reading (so answering pings), early sees the silent one dropped.
+        early.expect(r"^:silent!silent@chatcore QUIT :Quit: ping timeout$", timeout=10)
         silent.wait_closed()
         early.sync()
     assert proc.returncode == 0
