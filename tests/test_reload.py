@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 RELOADED = re.compile(r"configuration reloaded: ")
 FAILED = re.compile(r"reload failed: .*; the running configuration is kept")
-API_TOKEN = "reload-token-0123456789abcdefghij"
+SECRET = "reload-secret-0123456789abcdefghi"  # an API token, a webhook's secret
 
 
 def write(path: Path, text: str) -> None:
@@ -430,24 +430,24 @@ def test_sighup_keeps_the_irc_names_and_applies_the_autojoin(tmp_path, clients):
 def test_sighup_changes_the_api_rate_and_burst(tmp_path):
     """They were kept from the start while the log said they changed."""
     config = tmp_path / "chatcore.toml"
-    token = f'plugins = ["api"]\napi-token = ["bot:read:{hash_token(API_TOKEN)}"]\n'
+    token = f'plugins = ["api"]\napi-token = ["bot:read:{hash_token(SECRET)}"]\n'
     write(config, token + "api-rate = 0.001\napi-burst = 5\n")
     with ServerProcess("--config", str(config), "--listen", "http://127.0.0.1:0") as proc:
-        assert call(proc, "GET", "/api/rooms", API_TOKEN)[0] == 200
+        assert call(proc, "GET", "/api/rooms", SECRET)[0] == 200
         write(config, token + "api-rate = 0.1\napi-burst = 1\n")
         proc.send_signal(signal.SIGHUP)
         reloaded = proc.expect_log(RELOADED)
         assert "--api-rate" in reloaded
         assert "--api-burst" in reloaded
-        assert call(proc, "GET", "/api/rooms", API_TOKEN)[0] == 200
-        status, _, response = call(proc, "GET", "/api/rooms", API_TOKEN)  # past the new burst of one
+        assert call(proc, "GET", "/api/rooms", SECRET)[0] == 200
+        status, _, response = call(proc, "GET", "/api/rooms", SECRET)  # past the new burst of one
         assert status == 429
         assert response.getheader("Retry-After") in ("9", "10")  # a request every ten seconds
 
         write(config, token + "api-rate = 0\n")  # refused whole: the limits stay
         proc.send_signal(signal.SIGHUP)
         assert "--api-rate must be a number of requests per second above 0" in proc.expect_log(FAILED)
-        assert call(proc, "GET", "/api/rooms", API_TOKEN)[0] == 429
+        assert call(proc, "GET", "/api/rooms", SECRET)[0] == 429
     assert proc.returncode == 0
     assert "Traceback" not in proc.stderr
 
@@ -457,21 +457,21 @@ def test_sighup_changes_the_rate_of_a_kept_incoming_webhook(tmp_path, clients):
     its rate), and the bucket takes the new --webhook-rate and
     --webhook-burst: it kept the old ones while the log said they changed."""
     config = tmp_path / "chatcore.toml"
-    hook = f'plugins = ["api", "webhooks"]\nwebhook-in = ["name=deploys room=lobby hash={hash_token(API_TOKEN)}"]\n'
+    hook = f'plugins = ["api", "webhooks"]\nwebhook-in = ["name=deploys room=lobby hash={hash_token(SECRET)}"]\n'
     write(config, hook + "webhook-rate = 0.001\nwebhook-burst = 5\n")
     listen = ("--listen", "tcp://127.0.0.1:0", "--listen", "http://127.0.0.1:0")
     with ServerProcess("--config", str(config), *listen, "--webhook-dead-letter", str(tmp_path / "dead.jsonl")) as proc:
         alice = connect(proc, clients)
-        assert call(proc, "POST", f"/hooks/{API_TOKEN}", body={"text": "one"})[0] == 200
+        assert call(proc, "POST", f"/hooks/{SECRET}", body={"text": "one"})[0] == 200
         alice.expect("<deploys> one")
         write(config, hook + "webhook-rate = 0.1\nwebhook-burst = 1\n")
         proc.send_signal(signal.SIGHUP)
         reloaded = proc.expect_log(RELOADED)
         assert "--webhook-rate" in reloaded
         assert "--webhook-burst" in reloaded
-        assert call(proc, "POST", f"/hooks/{API_TOKEN}", body={"text": "two"})[0] == 200  # of four left, one now
+        assert call(proc, "POST", f"/hooks/{SECRET}", body={"text": "two"})[0] == 200  # of four left, one now
         alice.expect("<deploys> two")
-        status, _, response = call(proc, "POST", f"/hooks/{API_TOKEN}", body={"text": "three"})
+        status, _, response = call(proc, "POST", f"/hooks/{SECRET}", body={"text": "three"})
         assert status == 429
         assert response.getheader("Retry-After") == "10"  # a request every ten seconds
     assert proc.returncode == 0
