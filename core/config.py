@@ -269,7 +269,8 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
             metavar="NAMES",
             help=(
                 "comma-separated plugins to load, by entry-point name or dotted module "
-                f"name (default: {','.join(DEFAULT_PLUGINS)}; '' for none); a reload cannot change them"
+                f"name (default: {','.join(DEFAULT_PLUGINS)}; '' for none); a reload loads and unloads "
+                "welcome, filters, logger and history, and the others need a restart"
             ),
         )
     )
