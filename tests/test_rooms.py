@@ -132,6 +132,14 @@ def test_invite_only_keys_and_limits_keep_people_out_until_invited(chat_server_f
     assert server.registry.rooms()["ops"] == 3
 
 
+def test_a_limit_of_one_says_one_member(chat_server_factory, connect):
+    server = chat_server_factory()
+    alice, bob = connect(server, "alice"), connect(server, "bob")
+    in_room(alice, "solo")
+    assert reply(alice, "/mode +l 1") == ["[solo] * alice set mode +l 1"]
+    assert reply(bob, "/join solo") == ["! solo is full (1 member)"]
+
+
 def test_an_invitation_goes_with_a_name_given_up_and_follows_a_rename(chat_server_factory, connect):
     server = chat_server_factory()
     alice, bob, carol = connect(server, "alice"), connect(server, "bob"), connect(server, "carol")

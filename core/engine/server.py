@@ -975,7 +975,8 @@ class ChatServer:
         if state.key and key != state.key and not invited:
             return Refusal("bad_key", f"{room} needs a key: /join {room} KEY")
         if state.limit and len(self.nicks_in(room)) >= state.limit and not invited:
-            return Refusal("full", f"{room} is full ({state.limit} members)")
+            members = "member" if state.limit == 1 else "members"
+            return Refusal("full", f"{room} is full ({state.limit} {members})")
         return None
 
     def may_run(self, client: Client, room: str) -> RoomState | Refusal:
