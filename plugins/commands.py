@@ -170,9 +170,16 @@ def _mode(client: Client, args: str) -> None:
         client.notice(f"{what} of {room}: {listing}" if masks else f"{room} has no {what}")
     if all(r.mode in LIST_MODES and not r.argument for r in requests):
         return
-    refusal = client.server.change_modes(client, room, modes, arguments)
+    # Asked before the change: a /mode whose changes are all in force
+    # already changes nothing and tells the room nothing, so its sender is
+    # told here (every command answers). IRC says nothing then, as its
+    # servers do.
+    unchanged = server.effective_modes(state, requests)[0] == ""
+    refusal = server.change_modes(client, room, modes, arguments)
     if refusal is not None:
         client.error(refusal.text)
+    elif unchanged:
+        client.notice(f"no change: {room} is already as asked ({state.modes()[0]})")
 
 
 def _kick(client: Client, args: str) -> None:

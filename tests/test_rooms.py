@@ -140,6 +140,25 @@ def test_a_limit_of_one_says_one_member(chat_server_factory, connect):
     assert reply(bob, "/join solo") == ["! solo is full (1 member)"]
 
 
+def test_a_mode_change_that_changes_nothing_is_answered_to_its_sender_alone(chat_server_factory, connect):
+    """Every command answers (docs/commands.md): a /mode whose changes are
+    all in force already is told so, and the room hears nothing."""
+    server = chat_server_factory()
+    alice, bob = connect(server, "alice"), connect(server, "bob")
+    in_room(alice, "dev")
+    in_room(bob, "dev")
+    bob.sync()
+    for line in ("/mode +t", "/mode -m", "/mode -k", "/mode -l", "/mode -b nobody", "/mode +o alice", "/mode -v bob"):
+        assert reply(alice, line) == ["* no change: dev is already as asked (+nt)"], line
+    assert reply(alice, "/mode dev +nt-s") == ["* no change: dev is already as asked (+nt)"]
+    assert bob.sync() == []
+    # A change of some of it tells the room that part alone, as before.
+    assert reply(alice, "/mode +tm") == ["[dev] * alice set mode +m"]
+    bob.expect("[dev] * alice set mode +m")
+    # Refusals come first: a member who is no operator is told that.
+    assert reply(bob, "/mode +t") == ["! you are not an operator of dev"]
+
+
 def test_an_invitation_goes_with_a_name_given_up_and_follows_a_rename(chat_server_factory, connect):
     server = chat_server_factory()
     alice, bob, carol = connect(server, "alice"), connect(server, "bob"), connect(server, "carol")

@@ -1023,7 +1023,7 @@ class ChatServer:
             requests = parse_modes(modes, arguments)
         except ModeError as exc:
             return Refusal(exc.code, str(exc))
-        letters, args = self._effective(state, requests)
+        letters, args = self.effective_modes(state, requests)
         if isinstance(letters, Refusal):
             return letters
         if letters:
@@ -1031,9 +1031,12 @@ class ChatServer:
             self.stats.delivered(self._publish(event))
         return None
 
-    def _effective(self, state: RoomState, requests: list[ModeRequest]) -> tuple[str | Refusal, list[str]]:
+    def effective_modes(self, state: RoomState, requests: list[ModeRequest]) -> tuple[str | Refusal, list[str]]:
         """The mode string and arguments of the requests that change
-        something (``+m`` on a ``+m`` room does not), or a Refusal."""
+        something in ``state`` (``+m`` on a ``+m`` room does not; ``""``
+        when none does), or a Refusal. Changes nothing: :meth:`change_modes`
+        applies them, and a front-end may ask first, to tell its user that
+        nothing would change."""
         letters: list[str] = []
         args: list[str] = []
         sign = ""
