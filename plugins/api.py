@@ -235,6 +235,10 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(code): _ERROR for code in (*codes, 401, 403, 429)}
 
 
+#: The pattern of a text field without control characters (a message, a
+#: reason): one line of text.
+NO_CONTROLS = "^[^\\u0000-\\u001f\\u007f]*$"
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -332,7 +336,7 @@ OPENAPI: dict[str, Any] = {
                         "minLength": 1,
                         "maxLength": 4096,
                         "description": "the message; control characters are not allowed",
-                        "pattern": "^[^\\u0000-\\u001f\\u007f]*$",
+                        "pattern": NO_CONTROLS,
                     },
                     "notice": {"type": "boolean", "description": "said as a notice (IRC's NOTICE)"},
                 },
@@ -420,7 +424,7 @@ _REASON = {
     "type": "string",
     "maxLength": MAX_REASON,
     "description": "why, shown to the people concerned; control characters are not allowed",
-    "pattern": "^[^\\u0000-\\u001f\\u007f]*$",
+    "pattern": NO_CONTROLS,
 }
 _DURATION = {"type": "integer", "minimum": 1, "maximum": 31536000, "description": "seconds"}
 
@@ -643,7 +647,11 @@ def validation_problem(validator: Any, value: Any) -> str | None:
     if error is None:
         return None
     where = "/".join(str(part) for part in error.path)
-    return f"{where}: {error.message}" if where else error.message
+    message = error.message
+    if error.validator == "pattern" and error.validator_value == NO_CONTROLS:
+        # jsonschema would quote the regular expression: say it in words.
+        message = "control characters (a line break, a tab ...) are not allowed: send each line on its own"
+    return f"{where}: {message}" if where else message
 
 
 # -- options and life cycle --------------------------------------------------------
