@@ -447,6 +447,12 @@ class IRCFormat(WireFormat):
             numeric(nick, "003", f"This server was created {STARTED}"),
             numeric(nick, "004", self.server, version, "io", "beiklmnostv", "beklov"),
         ]
+        return lines + self.isupport_lines(nick, max_rooms, history_limit) + self.motd_lines(nick, motd)
+
+    def isupport_lines(self, nick: str, max_rooms: int = 100, history_limit: int = 0) -> list[str]:
+        """The 005 lines: after 004 at registration, and after 351 (``VERSION``)."""
+        numeric = self.numeric
+        lines: list[str] = []
         tokens = [
             f"AWAYLEN={AWAYLEN}",
             "CASEMAPPING=ascii",
@@ -473,7 +479,7 @@ class IRCFormat(WireFormat):
             lines.append(
                 numeric(nick, "005", *tokens[start : start + ISUPPORT_PER_LINE], "are supported by this server")
             )
-        return lines + self.motd_lines(nick, motd)
+        return lines
 
     def motd_lines(self, nick: str, motd: Iterable[str]) -> list[str]:
         text = [line for line in motd if line.strip()]
@@ -2118,6 +2124,23 @@ class IRCProtocol(Protocol):
             shown = time.strftime("%A %B %d %Y -- %H:%M:%S UTC", time.gmtime(now))
             self.reply("391", self.wire.server, str(int(now)), "0", shown)
 
+    def version(self, params: list[str]) -> None:
+        """``VERSION``: 351 (RFC 2812 3.4.3, in modern.ircdocs.horse's form),
+        then the 005 lines again, as Ergo and InspIRCd send them."""
+        if not self._this_server(params):
+            return
+        client = self.client
+        history = client.server.history
+        limit = history.max_limit if history is not None else 0
+        wire = self.wire
+        about = "a plugin-extensible chat server in Python"
+        self.send(
+            [
+                wire.numeric(client.nick, "351", f"chatcore-{__version__}", wire.server, about),
+                *wire.isupport_lines(client.nick, client.server.max_rooms_per_client, limit),
+            ]
+        )
+
     def info(self, params: list[str]) -> None:
         """``INFO``: what this server is (371 lines, then 374)."""
         if not self._this_server(params):
@@ -2357,6 +2380,7 @@ _HANDLERS: dict[str, Handler] = {
     "LUSERS": IRCProtocol.lusers,
     "HELP": IRCProtocol.help_,
     "INFO": IRCProtocol.info,
+    "VERSION": IRCProtocol.version,
     "OPER": IRCProtocol.oper,
     "KICK": IRCProtocol.kick,
     "INVITE": IRCProtocol.invite,
@@ -2394,6 +2418,7 @@ IRC_HELP = {
     "TIME": "TIME: the server's time",
     "TOPIC": "TOPIC <#channel> [:<topic>]: see or set a channel's topic (empty: clear it)",
     "USERHOST": "USERHOST <nick> ...: user and host of these nicks",
+    "VERSION": "VERSION: the server's version and what it supports (005)",
     "WHO": "WHO <#channel>|<mask>: who is in a channel, or whose nick matches",
     "WHOIS": "WHOIS <nick>: who someone is and where",
     "WHOWAS": "WHOWAS <nick> [<count>]: who had a nickname lately (the newest first; * and ? match)",

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import trustme
 
-from chatcore import events, hookimpl
+from chatcore import __version__, events, hookimpl
 from chatcore.engine import gate, turns
 from chatcore.engine.backplane import Backplane
 from chatcore.engine.departed import Departed
@@ -1236,6 +1236,23 @@ def test_a_private_message_refused_is_said_irc_s_way_and_never_to_a_notice(chat_
     assert not [line for line in alice.sync() if " 401 " in line or "error:" in line]
     bob.send("PING :x")
     assert not [line for line in bob.sync() if "darn" in line]
+
+
+def test_version_answers_351_and_the_005_lines_again(chat_server_factory, connect):
+    """RFC 2812 3.4.3 (irssi's and WeeChat's /version): 351, then the
+    ISUPPORT lines of the registration again, as Ergo and InspIRCd send."""
+    server = start(chat_server_factory)
+    alice = register(connect, server, "alice")
+    alice.send("VERSION")
+    lines = alice.sync()
+    assert lines[0] == f":chatcore 351 alice chatcore-{__version__} chatcore :a plugin-extensible chat server in Python"
+    assert len(lines) == 3
+    assert all(line.startswith(":chatcore 005 alice ") for line in lines[1:])
+    assert "NICKLEN=32" in " ".join(lines)
+    alice.send("VERSION other.server")
+    assert alice.readline() == ":chatcore 402 alice other.server :No such server"
+    alice.send("HELP VERSION")
+    assert " 704 alice VERSION :VERSION" in alice.sync()[0]
 
 
 def test_time_info_and_what_irctest_found_in_who_and_mode(chat_server_factory, connect):
