@@ -247,7 +247,7 @@ def chatcore_command(client: Client, name: str, args: str) -> bool | None:
     count = DEFAULT_SHOWN
     if words and words[-1].isascii() and words[-1].isdigit():
         count = int(words.pop())
-    if len(words) > 1 or count < 1:
+    if len(words) > 1 or count < 1 or words == [CONVERSATION]:
         client.error("usage: /history [ROOM|@NICK] [N]")
         return True
     room = words[0].lower() if words else client.room

@@ -521,6 +521,8 @@ def test_the_history_command_shows_a_rooms_last_lines(chat_server_factory, chat_
     assert carol.sync()[-1] == "! you are not in lobby; join it to read its history"
     carol.send("/history lobby dev 2")
     assert carol.sync() == ["! usage: /history [ROOM|@NICK] [N]"]
+    carol.send("/history @")  # no nick after the @: how to ask, not "no such nick ''"
+    assert carol.sync() == ["! usage: /history [ROOM|@NICK] [N]"]
     bob.send("/history \u00b3")  # a digit to str.isdigit(), not to int(): a room's name here, not a crash
     assert bob.sync()[-1] == "! you are not in \u00b3; join it to read its history"
 
