@@ -159,6 +159,40 @@ def test_a_mode_change_that_changes_nothing_is_answered_to_its_sender_alone(chat
     assert reply(bob, "/mode +t") == ["! you are not an operator of dev"]
 
 
+def test_a_newcomer_enters_the_default_room_only_as_a_join_would_let_it_in(chat_server_factory, connect):
+    """The lobby's +b, +i, +k and +l keep native and web newcomers out as
+    they keep out a /join (and IRC's JOIN): they enter in no room, told why."""
+    server = chat_server_factory()
+    alice = connect(server, "alice")  # the lobby's first member: its operator
+    for number, (modes, told) in enumerate(
+        [
+            ("+b bob0", "! you are banned from lobby"),
+            ("+i", "! lobby is invite only: an operator of it must /invite you"),
+            ("+k hunter2", "! lobby needs a key: /join lobby KEY"),
+            ("+l 1", "! lobby is full (1 member)"),
+        ]
+    ):
+        assert reply(alice, f"/mode {modes}")[0].startswith("* alice set mode +")
+        newcomer = LineClient(server.address)
+        try:
+            newcomer.send(f"/nick bob{number}")  # at once: it enters under that name
+            assert newcomer.sync() == [
+                f"* Welcome to chatcore, bob{number}! Type /help for the commands.",
+                told,
+                f"* you are now known as bob{number}",
+            ]
+            assert reply(newcomer, "/rooms") == ["* 1 room: lobby (1)"]
+            assert server.nicks_in("lobby") == ["alice"]
+            assert alice.sync() == []  # nobody joined
+        finally:
+            newcomer.close()
+        undo = modes.replace("+", "-").replace(" 1", "")
+        assert reply(alice, f"/mode {undo}")[0].startswith("* alice set mode -")
+    # With the modes lifted, newcomers enter it as ever.
+    carol = connect(server, "carol")
+    assert reply(carol, "/rooms") == ["* 1 room: lobby (2, current)"]
+
+
 def test_an_invitation_goes_with_a_name_given_up_and_follows_a_rename(chat_server_factory, connect):
     server = chat_server_factory()
     alice, bob, carol = connect(server, "alice"), connect(server, "bob"), connect(server, "carol")

@@ -554,9 +554,23 @@ class ChatServer:
         if nick is not None and self.backplane.claim_nick(client, nick) is not None:
             return False
         entering = self.registry.default_room if room is None else room
+        # A newcomer passes nothing a /join would not: a room here whose
+        # modes keep people out (+b, +i, +k, +l) is entered only once the
+        # newcomer, named, has been checked as a join checks; refused, it
+        # enters in no room and is told why after its welcome. The other
+        # rooms are entered at once, as they always were.
+        state = self.rooms.get(entering) if entering else None
+        guarded = state is not None and bool(state.bans or state.key or state.limit or "i" in state.flags)
+        refusal = None
         with self._room_order(entering):
             # Held: the room's lines wait until it has had its welcome.
-            added = self.registry.add(client, room, nick, hold=True)
+            added = self.registry.add(client, "" if guarded else room, nick, hold=True)
+            if added and state is not None and guarded:
+                refusal = self._entry_refusal(client, state, "")
+                if refusal is None:
+                    self.registry.join(client, entering, hold=True)
+                else:
+                    entering = ""
             # Its Joined's number, taken as it attaches: what was said in
             # the room before is its history, the rest reaches it live.
             position = self.backplane.next_position(entering) if added and entering else None
@@ -569,6 +583,8 @@ class ChatServer:
             if nick is None:
                 self._claim_guest_nick(client)
             client.send(Welcome(tuple(self.hooks.welcome(client))))
+            if refusal is not None:
+                client.error(refusal.text)
         finally:
             self._release(client, entering)
         log.info(
