@@ -561,19 +561,23 @@ class ChatServer:
         # rooms are entered at once, as they always were.
         state = self.rooms.get(entering) if entering else None
         guarded = state is not None and bool(state.bans or state.key or state.limit or "i" in state.flags)
-        refusal = None
-        with self._room_order(entering):
+        with self._room_order("" if guarded else entering):
             # Held: the room's lines wait until it has had its welcome.
             added = self.registry.add(client, "" if guarded else room, nick, hold=True)
-            if added and state is not None and guarded:
-                refusal = self._entry_refusal(client, state, "")
-                if refusal is None:
-                    self.registry.join(client, entering, hold=True)
-                else:
-                    entering = ""
             # Its Joined's number, taken as it attaches: what was said in
             # the room before is its history, the rest reaches it live.
-            position = self.backplane.next_position(entering) if added and entering else None
+            position = self.backplane.next_position(entering) if added and entering and not guarded else None
+        refusal = None
+        if added and state is not None and guarded:
+            # Checked outside the room's order lock, as a /join is: in a
+            # cluster a limit counts the other servers' members (Redis).
+            refusal = self._entry_refusal(client, state, "")
+            if refusal is None:
+                with self._room_order(entering):
+                    self.registry.join(client, entering, hold=True)
+                    position = self.backplane.next_position(entering)
+            else:
+                entering = ""
         if not added:
             if nick is not None:
                 self._release_nick(client, nick)
