@@ -720,8 +720,8 @@ def chatcore_reload(server: ChatServer, new: argparse.Namespace) -> Any:
     state = _state(server)
 
     def apply() -> None:
-        state.tokens = tokens  # one reference swap; a revoked token stops at once
         state.set_limits(new.api_rate, new.api_burst)
+        state.replace_tokens(tokens)
 
     return apply
 
@@ -790,6 +790,18 @@ class ApiState:
         """A reload's ``--api-rate`` and ``--api-burst``, from each token's next request."""
         with self._lock:
             self.rate, self.burst = rate, burst
+
+    def replace_tokens(self, tokens: list[Token]) -> None:
+        """A reload's tokens, in one reference swap (a revoked token stops
+        at once). A token kept (the same hash) keeps its bucket: a reload,
+        such as logrotate's every night, is no way around the rate."""
+        with self._lock:
+            kept = {token.digest: token for token in self.tokens}
+            for token in tokens:
+                old = kept.get(token.digest)
+                if old is not None:
+                    token.allowance, token.filled = old.allowance, old.filled
+            self.tokens = tokens
 
     def wait_before(self, token: Token) -> float:
         """0.0 and one request taken from ``token``'s bucket, or the

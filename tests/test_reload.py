@@ -452,6 +452,24 @@ def test_sighup_changes_the_api_rate_and_burst(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_sighup_keeps_the_bucket_of_a_kept_api_token(tmp_path):
+    """A reload (logrotate's, every night) is no way around --api-rate: a
+    token kept across it keeps what it has used; a new token starts full."""
+    config = tmp_path / "chatcore.toml"
+    tokens = f'plugins = ["api"]\napi-rate = 0.001\napi-burst = 2\napi-token = ["bot:read:{hash_token(SECRET)}"'
+    write(config, tokens + "]\n")
+    with ServerProcess("--config", str(config), "--listen", "http://127.0.0.1:0") as proc:
+        assert [call(proc, "GET", "/api/rooms", SECRET)[0] for _ in range(3)] == [200, 200, 429]
+        other = "another-secret-0123456789abcdef"
+        write(config, tokens + f', "bot2:read:{hash_token(other)}"]\n')
+        proc.send_signal(signal.SIGHUP)
+        assert "--api-token changed" in proc.expect_log(RELOADED)
+        assert call(proc, "GET", "/api/rooms", SECRET)[0] == 429
+        assert call(proc, "GET", "/api/rooms", other)[0] == 200
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr
+
+
 def test_sighup_changes_the_rate_of_a_kept_incoming_webhook(tmp_path, clients):
     """A webhook kept by name keeps its bucket (a reload is no way around
     its rate), and the bucket takes the new --webhook-rate and
