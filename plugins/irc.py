@@ -2471,7 +2471,7 @@ class IRCWebSocketProtocol(IRCProtocol):
     picks the framing, and with it the format this client's room events are
     rendered in (:meth:`IRCFormat.framed_by`), shared by every connection of
     that subprotocol. The server's pinger pings a quiet client with a
-    WebSocket ping and closes one silent for two intervals.
+    WebSocket ping and closes one an interval after a ping it did not answer.
     """
 
     __slots__ = ("__weakref__", "_last_heard", "_opening", "_pinged_at", "_settings", "_websocket")
@@ -2664,7 +2664,7 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         type=whole_number(1, 3600),
         default=DEFAULT_WS_PING_INTERVAL,
         metavar="SECONDS",
-        help="ping each IRC WebSocket this often; one silent for two intervals is disconnected (default: %(default)s)",
+        help="ping each IRC WebSocket this often; unanswered an interval later, disconnected (default: %(default)s)",
     )
 
 

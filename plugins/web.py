@@ -191,7 +191,7 @@ def chatcore_addoption(parser: argparse.ArgumentParser) -> None:
         type=whole_number(1, 3600),
         default=DEFAULT_PING_INTERVAL,
         metavar="SECONDS",
-        help="ping each browser this often; one silent for two intervals is disconnected (default: %(default)s)",
+        help="ping each browser this often; unanswered an interval later, dropped (default: %(default)s)",
     )
     group.add_argument(
         "--web-max-message",
